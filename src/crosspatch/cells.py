@@ -1,0 +1,153 @@
+"""The 2x2 factorial at a boundary (DESIGN 1.3).
+
+Per batch of events: one full pass of each model over the prefixes gives both diagonal cells
+and both boundary states (for every requested boundary at once); each cross cell is a
+late-only pass (layers ``b..L-1``) on the other model's boundary state. Every cell is read out
+with one fixed head: IT's final norm + lm_head (``common_it``) and PT's (``common_pt``).
+``Y = logit(t_IT) - logit(t_PT)`` at the last prefix position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from .divergence import DivergenceEvent, length_batches
+from .models.execution import capture_forward, late_forward, readout
+from .models.loading import ModelPair
+from .models.vocab import masked_argmax, top2_margin
+
+READOUTS = ("common_it", "common_pt")
+CELLS = ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")  # U_<upstream>_L_<late stack>
+
+
+@dataclass
+class CellRecord:
+    """One event scored at one boundary: four cells under each readout, and diagnostics."""
+
+    key: str
+    prompt_id: str
+    category: str | None
+    boundary: int
+    position: int
+    prompt_len: int
+    prefix_len: int
+    t_pt: int
+    t_it: int
+    t_pt_text: str
+    t_it_text: str
+    cells: dict[str, dict[str, float]]  # readout -> cell -> Y
+    margin_pt: float  # PT's own top-1 minus top-2 at the event (natural pass)
+    margin_it: float
+    near_tie: bool
+    natural_agrees: bool  # natural passes reproduce t_pt / t_it as argmax
+    valid: bool = True
+    invalid_reason: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_record(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict) -> "CellRecord":
+        return cls(**record)
+
+
+@dataclass
+class CellsConfig:
+    batch_size: int = 8
+    near_tie_threshold: float = 0.05  # logits; margins below this are flagged
+
+
+def resolve_boundary(boundary: int | float, num_layers: int) -> int:
+    """An int is a layer index; a float in (0, 1) is a fraction of depth (rounded)."""
+    from .errors import BoundaryError
+
+    if isinstance(boundary, bool):
+        raise BoundaryError("boundary must be an int layer or a fraction of depth")
+    if isinstance(boundary, float) and not boundary.is_integer():
+        if not 0.0 < boundary < 1.0:
+            raise BoundaryError(f"fractional boundary {boundary} must be in (0, 1)")
+        b = int(round(boundary * num_layers))
+    else:
+        b = int(boundary)
+    if not 0 <= b < num_layers:
+        raise BoundaryError(f"boundary {boundary} resolves to layer {b}, outside 0..{num_layers - 1}")
+    return b
+
+
+def _y(logits: torch.Tensor, t_it: torch.Tensor, t_pt: torch.Tensor) -> torch.Tensor:
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return logits[rows, t_it.to(logits.device)] - logits[rows, t_pt.to(logits.device)]
+
+
+def score_events(
+    pair: ModelPair,
+    events: list[DivergenceEvent],
+    boundaries: list[int],
+    config: CellsConfig | None = None,
+    on_batch: Callable[[list[CellRecord]], None] | None = None,
+) -> list[CellRecord]:
+    """Score every event at every boundary; records come back in batch order."""
+    config = config or CellsConfig()
+    records: list[CellRecord] = []
+    tok = pair.tokenizer_it
+    for batch in length_batches(len(events), [len(e.prefix_ids) for e in events], config.batch_size):
+        evs = [events[k] for k in batch]
+        seqs = [e.prefix_ids for e in evs]
+        last = torch.tensor([len(s) - 1 for s in seqs])
+        rows = torch.arange(len(seqs))
+        t_it = torch.tensor([e.t_it for e in evs])
+        t_pt = torch.tensor([e.t_pt for e in evs])
+        cap_pt = capture_forward(pair.pt, seqs, boundaries, pair.pad_id)
+        cap_it = capture_forward(pair.it, seqs, boundaries, pair.pad_id)
+        nat_pt = cap_pt.final_states[rows, last]
+        nat_it = cap_it.final_states[rows, last]
+        own_pt, own_it = readout(pair.pt, nat_pt), readout(pair.it, nat_it)
+        margin_pt, margin_it = top2_margin(own_pt, pair.real_vocab), top2_margin(own_it, pair.real_vocab)
+        agrees = (masked_argmax(own_pt, pair.real_vocab).cpu() == t_pt) & (
+            masked_argmax(own_it, pair.real_vocab).cpu() == t_it
+        )
+        batch_records = []
+        for b in boundaries:
+            upt_lit = late_forward(pair.it, b, cap_pt.boundary_states[b], seqs, pair.pad_id)[rows, last]
+            uit_lpt = late_forward(pair.pt, b, cap_it.boundary_states[b], seqs, pair.pad_id)[rows, last]
+            states = {"upt_lpt": nat_pt, "upt_lit": upt_lit, "uit_lpt": uit_lpt, "uit_lit": nat_it}
+            ys: dict[str, dict[str, list[float]]] = {}
+            for name, head in (("common_it", pair.it), ("common_pt", pair.pt)):
+                ys[name] = {
+                    cell: _y(readout(head, h), t_it, t_pt).cpu().tolist() for cell, h in states.items()
+                }
+            for j, ev in enumerate(evs):
+                cells = {r: {c: float(ys[r][c][j]) for c in CELLS} for r in READOUTS}
+                finite = all(math.isfinite(v) for r in cells.values() for v in r.values())
+                mp, mi = float(margin_pt[j]), float(margin_it[j])
+                batch_records.append(
+                    CellRecord(
+                        key=f"{ev.key}@{b}",
+                        prompt_id=ev.prompt_id,
+                        category=ev.category,
+                        boundary=b,
+                        position=ev.position,
+                        prompt_len=ev.prompt_len,
+                        prefix_len=len(ev.prefix_ids),
+                        t_pt=ev.t_pt,
+                        t_it=ev.t_it,
+                        t_pt_text=tok.decode([ev.t_pt]),
+                        t_it_text=tok.decode([ev.t_it]),
+                        cells=cells,
+                        margin_pt=mp,
+                        margin_it=mi,
+                        near_tie=min(mp, mi) < config.near_tie_threshold,
+                        natural_agrees=bool(agrees[j]),
+                        valid=finite,
+                        invalid_reason=None if finite else "non-finite cell value (NaN/inf)",
+                    )
+                )
+        records += batch_records
+        if on_batch is not None:
+            on_batch(batch_records)
+    return records

@@ -1,0 +1,121 @@
+"""Architecture anatomy: where the decoder layers, final norm and lm_head of a causal LM live.
+
+Generic discovery covers the usual Hugging Face layout (``model.<prefix>.layers`` + ``norm``);
+a small registry names the exceptions (GPT-2's ``h``/``ln_f``, GPT-NeoX's
+``final_layer_norm``). The final logit processing (Gemma's soft-capping, Cohere/Granite
+logit scales) is read from the config so that our readout equals the model's own logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedArchitectureError
+
+# model_type -> (layers attribute, final norm attribute) where generic discovery is not enough
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "gpt2": ("h", "ln_f"),
+    "gpt_neox": ("layers", "final_layer_norm"),
+    "gptj": ("h", "ln_f"),
+    "falcon": ("h", "ln_f"),
+    "bloom": ("h", "ln_f"),
+}
+_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "norm_f", "final_norm", "final_layernorm")
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """Return the transformers model under a PEFT wrapper (LoRA layers stay injected)."""
+    get_base = getattr(model, "get_base_model", None)
+    if get_base is not None and type(model).__module__.startswith("peft"):
+        return get_base()
+    return model
+
+
+@dataclass
+class Anatomy:
+    """Handles on the parts of one causal LM that cross-patching touches."""
+
+    model: nn.Module  # the transformers *ForCausalLM (PEFT wrapper removed)
+    backbone: nn.Module  # the decoder stack module (embeddings, layers, final norm)
+    layers: nn.ModuleList
+    final_norm: nn.Module
+    lm_head: nn.Module
+    logit_softcap: float | None = None
+    logit_scale: float | None = None  # logits are multiplied by this (Cohere)
+    logit_divisor: float | None = None  # logits are divided by this (Granite)
+    layer_returns_tuple: bool | None = None  # learned from the first forward pass
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+
+    def final_logits(self, final_states: torch.Tensor) -> torch.Tensor:
+        """Logits from pre-norm final states, with the model's own final processing, in fp32."""
+        logits = self.lm_head(self.final_norm(final_states))
+        if self.logit_scale is not None:
+            logits = logits * self.logit_scale
+        if self.logit_divisor is not None:
+            logits = logits / self.logit_divisor
+        if self.logit_softcap is not None:
+            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits.float()
+
+
+def _find_layers(backbone: nn.Module, n_layers: int | None, preferred: str | None) -> nn.ModuleList:
+    if preferred is not None and isinstance(getattr(backbone, preferred, None), nn.ModuleList):
+        return getattr(backbone, preferred)
+    lists = [m for _, m in backbone.named_children() if isinstance(m, nn.ModuleList)]
+    if n_layers is not None:
+        lists = [m for m in lists if len(m) == n_layers] or lists
+    if not lists:
+        raise UnsupportedArchitectureError(
+            f"no decoder layer list found in {type(backbone).__name__}; "
+            "add the architecture to crosspatch.models.anatomy._REGISTRY"
+        )
+    return max(lists, key=len)
+
+
+def find_anatomy(model: nn.Module) -> Anatomy:
+    """Locate layers, final norm, lm_head and final logit processing of a causal LM."""
+    lm = unwrap_peft(model)
+    cfg = lm.config
+    model_type = getattr(cfg, "model_type", "")
+    prefix = getattr(lm, "base_model_prefix", "model")
+    backbone = getattr(lm, prefix, None)
+    if not isinstance(backbone, nn.Module):
+        raise UnsupportedArchitectureError(
+            f"{type(lm).__name__} has no '{prefix}' backbone module (base_model_prefix)"
+        )
+    layers_name, norm_name = _REGISTRY.get(model_type, (None, None))
+    n_layers = getattr(cfg, "num_hidden_layers", None)
+    layers = _find_layers(backbone, n_layers, layers_name)
+    norm = None
+    for name in ((norm_name,) if norm_name else ()) + _NORM_NAMES:
+        if name and isinstance(getattr(backbone, name, None), nn.Module):
+            norm = getattr(backbone, name)
+            break
+    if norm is None:
+        raise UnsupportedArchitectureError(f"no final norm found in {type(backbone).__name__}")
+    lm_head = lm.get_output_embeddings()
+    if lm_head is None:
+        raise UnsupportedArchitectureError(f"{type(lm).__name__} has no output embeddings (lm_head)")
+    scale = getattr(cfg, "logit_scale", None)
+    divisor = getattr(cfg, "logits_scaling", None)
+    return Anatomy(
+        model=lm,
+        backbone=backbone,
+        layers=layers,
+        final_norm=norm,
+        lm_head=lm_head,
+        logit_softcap=getattr(cfg, "final_logit_softcapping", None) or None,
+        logit_scale=float(scale) if isinstance(scale, (int, float)) and scale != 1 else None,
+        logit_divisor=float(divisor) if isinstance(divisor, (int, float)) and divisor != 1 else None,
+    )

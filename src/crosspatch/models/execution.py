@@ -1,0 +1,240 @@
+"""Running parts of a model: capture boundary states, run only the late stack, read out.
+
+All passes use right padding with explicit position ids ``0..n-1`` so that every real token
+sees exactly the history it would see alone (causal attention never reaches the padding that
+follows it). Decoder layers may return a tensor (transformers 5) or a tuple (4.x); the only
+place that matters is :class:`_SkippedLayer`, which mirrors whatever the real layers return.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..errors import BoundaryError
+from .anatomy import Anatomy, find_anatomy, unwrap_peft
+
+
+@dataclass
+class ModelHandle:
+    """One side of a pair: a module, its anatomy, and whether a PEFT adapter is on for it."""
+
+    role: str  # "PT" or "IT"
+    module: nn.Module
+    anatomy: Anatomy = field(init=False)
+    adapter_enabled: bool | None = None  # None: plain model; False: PEFT adapter switched off
+
+    def __post_init__(self) -> None:
+        self.anatomy = find_anatomy(self.module)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Context in which ``module`` computes this side (adapter off for a PEFT base)."""
+        if self.adapter_enabled is False:
+            with self.module.disable_adapter():
+                yield
+        else:
+            yield
+
+    @property
+    def input_device(self) -> torch.device:
+        return unwrap_peft(self.module).get_input_embeddings().weight.device
+
+    @property
+    def config(self):
+        return self.anatomy.model.config
+
+
+def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _replace_hidden(args: tuple, kwargs: dict, new: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (new,) + tuple(args[1:]), kwargs
+    kwargs = dict(kwargs)
+    kwargs["hidden_states"] = new
+    return args, kwargs
+
+
+class _SkippedLayer(nn.Module):
+    """Stands in for an early layer during a late-only pass: returns its input untouched."""
+
+    def __init__(self, original: nn.Module, returns_tuple: bool) -> None:
+        super().__init__()
+        self.returns_tuple = returns_tuple
+        for attr in ("attention_type", "layer_idx", "is_sliding", "sliding_window"):
+            if hasattr(original, attr):
+                setattr(self, attr, getattr(original, attr))
+
+    def forward(self, *args, **kwargs):
+        hidden = _hidden_arg(args, kwargs)
+        return (hidden,) if self.returns_tuple else hidden
+
+
+def layer_output_hidden(output) -> torch.Tensor:
+    """The hidden states in a decoder layer's output, tensor (transformers 5) or tuple (4.x)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def padded_batch(
+    sequences: list[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, attention mask, position ids and lengths for a list of sequences."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    width = int(lengths.max())
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    positions = torch.arange(width)[None, :].expand(len(sequences), width).contiguous()
+    return ids.to(device), mask.to(device), positions.to(device), lengths
+
+
+@dataclass
+class Capture:
+    """States from one pass: residual entering each boundary layer, and pre-norm final states."""
+
+    boundary_states: dict[int, torch.Tensor]  # b -> [batch, seq, d]
+    final_states: torch.Tensor  # [batch, seq, d], input of the final norm
+
+
+def _check_boundary(anatomy: Anatomy, boundary: int) -> None:
+    if not 0 <= boundary < anatomy.num_layers:
+        raise BoundaryError(f"boundary {boundary} is outside layers 0..{anatomy.num_layers - 1}")
+
+
+def _run_backbone(handle: ModelHandle, ids, mask, positions) -> None:
+    backbone = handle.anatomy.backbone
+    with torch.inference_mode(), handle.active():
+        backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+
+
+def capture_forward(
+    handle: ModelHandle,
+    sequences: list[list[int]],
+    boundaries: list[int],
+    pad_id: int,
+    keep_on: torch.device | str | None = None,
+) -> Capture:
+    """Full forward of ``handle`` over right-padded ``sequences``, capturing the residual entering
+    each layer in ``boundaries`` and the input of the final norm (both ``[batch, seq, d]``)."""
+    anatomy = handle.anatomy
+    for b in boundaries:
+        _check_boundary(anatomy, b)
+    captured: dict[int, torch.Tensor] = {}
+    final: list[torch.Tensor] = []
+    hooks = []
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        return t.to(keep_on) if keep_on is not None else t
+
+    def make_pre(b: int):
+        def pre(module, args, kwargs):
+            captured[b] = keep(_hidden_arg(args, kwargs))
+
+        return pre
+
+    def learn_output_type(module, args, kwargs, output):
+        anatomy.layer_returns_tuple = isinstance(output, (tuple, list))
+
+    try:
+        for b in set(boundaries):
+            hooks.append(anatomy.layers[b].register_forward_pre_hook(make_pre(b), with_kwargs=True))
+        hooks.append(
+            anatomy.final_norm.register_forward_pre_hook(
+                lambda m, a, k: final.append(keep(_hidden_arg(a, k))), with_kwargs=True
+            )
+        )
+        hooks.append(anatomy.layers[0].register_forward_hook(learn_output_type, with_kwargs=True))
+        ids, mask, positions, _ = padded_batch(sequences, pad_id, handle.input_device)
+        _run_backbone(handle, ids, mask, positions)
+    finally:
+        for h in hooks:
+            h.remove()
+    return Capture(boundary_states={b: captured[b] for b in boundaries}, final_states=final[-1])
+
+
+def _ensure_output_type_known(handle: ModelHandle, pad_id: int) -> None:
+    if handle.anatomy.layer_returns_tuple is None:
+        capture_forward(handle, [[pad_id]], [0], pad_id)
+
+
+def late_forward(
+    handle: ModelHandle,
+    boundary: int,
+    upstream: torch.Tensor,
+    sequences: list[list[int]],
+    pad_id: int,
+    keep_on: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Run only layers ``boundary..L-1`` of ``handle`` on ``upstream`` (``[batch, seq, d]``, the
+    residual entering ``boundary``) and return the input of the final norm, ``[batch, seq, d]``.
+
+    Layers before ``boundary`` are replaced by pass-through stand-ins for the duration of the
+    call, so they cost nothing; the model's own forward builds masks, rotary embeddings and
+    per-layer attention types, which keeps the late stack exact for every architecture."""
+    anatomy = handle.anatomy
+    _check_boundary(anatomy, boundary)
+    _ensure_output_type_known(handle, pad_id)
+    layers = anatomy.layers
+    originals = [layers[i] for i in range(boundary)]
+    final: list[torch.Tensor] = []
+
+    def inject(module, args, kwargs):
+        incoming = _hidden_arg(args, kwargs)
+        if upstream.shape != incoming.shape:
+            raise ValueError(f"upstream shape {tuple(upstream.shape)} != {tuple(incoming.shape)}")
+        return _replace_hidden(args, kwargs, upstream.to(device=incoming.device, dtype=incoming.dtype))
+
+    hooks = []
+    try:
+        for i, layer in enumerate(originals):
+            layers[i] = _SkippedLayer(layer, bool(anatomy.layer_returns_tuple))
+        hooks.append(layers[boundary].register_forward_pre_hook(inject, with_kwargs=True))
+        hooks.append(
+            anatomy.final_norm.register_forward_pre_hook(
+                lambda m, a, k: final.append(_hidden_arg(a, k).detach()), with_kwargs=True
+            )
+        )
+        ids, mask, positions, _ = padded_batch(sequences, pad_id, handle.input_device)
+        _run_backbone(handle, ids, mask, positions)
+    finally:
+        for h in hooks:
+            h.remove()
+        for i, layer in enumerate(originals):
+            layers[i] = layer
+    out = final[-1]
+    return out.to(keep_on) if keep_on is not None else out
+
+
+def readout(handle: ModelHandle, final_states: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of ``handle``'s final norm + lm_head (+ final processing) on ``final_states``."""
+    anatomy = handle.anatomy
+    device = anatomy.final_norm.weight.device if hasattr(anatomy.final_norm, "weight") else None
+    with torch.inference_mode(), handle.active():
+        states = final_states.to(device) if device is not None else final_states
+        return anatomy.final_logits(states)
+
+
+def cache_keyword(handle: ModelHandle) -> str:
+    """Name of the KV-cache argument of the model's forward (``cache`` in recent transformers)."""
+    params = inspect.signature(handle.anatomy.model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def next_token_logits(handle: ModelHandle, **inputs) -> torch.Tensor:
+    """fp32 logits of the last position from the model's own forward (used while decoding)."""
+    model = handle.anatomy.model
+    params = inspect.signature(model.forward).parameters
+    if "logits_to_keep" in params:
+        inputs["logits_to_keep"] = 1
+    with torch.inference_mode(), handle.active():
+        out = model(**inputs)
+    return out.logits[:, -1].float()

@@ -1,0 +1,116 @@
+"""The real vocabulary: the token ids an argmax may pick.
+
+Masked out: ``lm_head`` rows beyond the tokenizer (vocabulary padding), ids that are not the
+same token in both tokenizers, and never-trained placeholder tokens (Gemma's ``<unusedN>``,
+Llama 3's ``<|reserved_special_token_N|>``, ...). What was masked, and why, is recorded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import PromptTokenizationMismatchError, VocabularyMismatchError
+
+PLACEHOLDER_PATTERNS: dict[str, str] = {
+    "gemma_unused": r"^<unused\d+>$",
+    "llama3_reserved": r"^<\|reserved_special_token_\d+\|>$",
+    "t5_extra_id": r"^<extra_id_\d+>$",
+    "generic_reserved": r"^<\|?reserved_?\d+\|?>$",
+    "qwen_extra": r"^<\|extra_\d+\|>$",
+    "madeup_word": r"^<\|?madeupword\d+\|?>$",
+}
+
+
+@dataclass
+class RealVocabulary:
+    """Boolean mask of argmax-eligible ids plus a record of what was masked and why."""
+
+    mask: torch.Tensor  # bool [n_ids]
+    masked_counts: dict[str, int] = field(default_factory=dict)
+    patterns_matched: list[str] = field(default_factory=list)
+
+    def for_rows(self, n_rows: int) -> torch.Tensor:
+        """The mask fitted to a logits width (rows beyond the shared tokenizer are never real)."""
+        if n_rows <= self.mask.numel():
+            return self.mask[:n_rows]
+        return torch.cat([self.mask, torch.zeros(n_rows - self.mask.numel(), dtype=torch.bool)])
+
+    def as_record(self) -> dict:
+        return {
+            "real_ids": int(self.mask.sum()),
+            "total_ids": int(self.mask.numel()),
+            "masked_counts": dict(self.masked_counts),
+            "placeholder_patterns_matched": list(self.patterns_matched),
+        }
+
+
+def _id_to_token(tokenizer) -> dict[int, str]:
+    return {i: t for t, i in tokenizer.get_vocab().items()}
+
+
+def build_real_vocabulary(tok_pt, tok_it, n_rows: int) -> RealVocabulary:
+    """Mask for a pair of tokenizers and an ``lm_head`` of ``n_rows`` rows.
+
+    Raises VocabularyMismatchError when a token string has different ids in the two tokenizers
+    (logit(t) would then compare different tokens)."""
+    pt_tokens, it_tokens = _id_to_token(tok_pt), _id_to_token(tok_it)
+    pt_ids, it_ids = tok_pt.get_vocab(), tok_it.get_vocab()
+    conflicts = [t for t, i in pt_ids.items() if t in it_ids and it_ids[t] != i]
+    if conflicts:
+        examples = ", ".join(f"{t!r}: PT {pt_ids[t]} vs IT {it_ids[t]}" for t in conflicts[:5])
+        raise VocabularyMismatchError(
+            f"{len(conflicts)} token(s) have different ids in the two tokenizers ({examples}); "
+            "logits of the two models do not index the same tokens"
+        )
+    mask = torch.zeros(n_rows, dtype=torch.bool)
+    counts = {"beyond_tokenizer": 0, "not_shared": 0}
+    compiled = {name: re.compile(p) for name, p in PLACEHOLDER_PATTERNS.items()}
+    matched: set[str] = set()
+    for i in range(n_rows):
+        tp, ti = pt_tokens.get(i), it_tokens.get(i)
+        if tp is None and ti is None:
+            counts["beyond_tokenizer"] += 1
+            continue
+        if tp is None or ti is None or tp != ti:
+            counts["not_shared"] += 1
+            continue
+        name = next((n for n, rx in compiled.items() if rx.match(tp)), None)
+        if name is not None:
+            counts[f"placeholder:{name}"] = counts.get(f"placeholder:{name}", 0) + 1
+            matched.add(PLACEHOLDER_PATTERNS[name])
+            continue
+        mask[i] = True
+    return RealVocabulary(mask=mask, masked_counts=counts, patterns_matched=sorted(matched))
+
+
+def masked_argmax(logits: torch.Tensor, real: RealVocabulary) -> torch.Tensor:
+    """Argmax over the real vocabulary of ``[..., V]`` logits."""
+    mask = real.for_rows(logits.shape[-1]).to(logits.device)
+    return logits.masked_fill(~mask, float("-inf")).argmax(dim=-1)
+
+
+def top2_margin(logits: torch.Tensor, real: RealVocabulary) -> torch.Tensor:
+    """top-1 minus top-2 logit over the real vocabulary (``[..., V]`` -> ``[...]``)."""
+    mask = real.for_rows(logits.shape[-1]).to(logits.device)
+    top = logits.masked_fill(~mask, float("-inf")).topk(2, dim=-1).values
+    return top[..., 0] - top[..., 1]
+
+
+def tokenize_once(tok_pt, tok_it, prompt_id: str, text: str) -> list[int]:
+    """Token ids of ``text``, checked to be identical under both tokenizers."""
+    ids_pt = tok_pt(text, add_special_tokens=True)["input_ids"]
+    ids_it = tok_it(text, add_special_tokens=True)["input_ids"] if tok_it is not tok_pt else ids_pt
+    if list(ids_pt) != list(ids_it):
+        first = next(
+            (k for k, (a, b) in enumerate(zip(ids_pt, ids_it)) if a != b), min(len(ids_pt), len(ids_it))
+        )
+        raise PromptTokenizationMismatchError(
+            f"prompt {prompt_id!r} tokenizes differently: PT {len(ids_pt)} ids, IT {len(ids_it)} ids, "
+            f"first difference at index {first} (PT {ids_pt[first:first + 3]} vs IT {ids_it[first:first + 3]})"
+        )
+    if not ids_pt:
+        raise PromptTokenizationMismatchError(f"prompt {prompt_id!r} tokenizes to no ids")
+    return list(ids_pt)

@@ -1,0 +1,118 @@
+"""Prompt sets: JSONL, CSV or Parquet rows with ``id``, ``prompt``, optional ``category``.
+
+Any other column is kept as metadata. A malformed file raises PromptFileError naming the file,
+the line (1-based, as an editor shows it) and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import PromptFileError
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    prompt: str
+    category: str | None = None
+    metadata: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _row_to_prompt(row: dict, where: str) -> Prompt:
+    if "id" not in row or _is_missing(row["id"]) or str(row["id"]).strip() == "":
+        raise PromptFileError(f"{where}: field 'id' is missing or empty")
+    if isinstance(row["id"], (dict, list)):
+        raise PromptFileError(f"{where}: field 'id' must be a string or number")
+    if "prompt" not in row or _is_missing(row["prompt"]):
+        raise PromptFileError(f"{where}: field 'prompt' is missing")
+    if not isinstance(row["prompt"], str) or not row["prompt"]:
+        raise PromptFileError(f"{where}: field 'prompt' must be a non-empty string")
+    category = row.get("category")
+    if not _is_missing(category) and not isinstance(category, str):
+        raise PromptFileError(f"{where}: field 'category' must be a string")
+    meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "category") and not _is_missing(v)}
+    return Prompt(str(row["id"]), row["prompt"], None if _is_missing(category) else category, meta)
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PromptFileError(f"{where}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise PromptFileError(f"{where}: each line must be a JSON object")
+            rows.append((where, row))
+    return rows
+
+
+def _read_table(path: Path) -> list[tuple[str, dict]]:
+    import pandas as pd
+
+    try:
+        if path.suffix == ".csv":
+            frame = pd.read_csv(path, dtype={"id": str}, keep_default_na=False, na_values=[""])
+            first_line = 2  # header is line 1
+        else:
+            frame = pd.read_parquet(path)
+            first_line = 1
+    except Exception as exc:  # pandas raises many parser types
+        raise PromptFileError(f"{path}: cannot be read as {path.suffix[1:]} ({exc})") from exc
+    for column in ("id", "prompt"):
+        if column not in frame.columns:
+            raise PromptFileError(f"{path}: required column {column!r} is missing")
+    return [(f"{path}:{i + first_line}", rec) for i, rec in enumerate(frame.to_dict(orient="records"))]
+
+
+def load_prompts(path: str | Path) -> list[Prompt]:
+    """Read and validate a prompt file; ids must be unique."""
+    path = Path(path)
+    if not path.exists():
+        raise PromptFileError(f"{path}: no such prompt file")
+    if path.suffix in (".jsonl", ".json"):
+        rows = _read_jsonl(path)
+    elif path.suffix in (".csv", ".parquet", ".pq"):
+        rows = _read_table(path)
+    else:
+        raise PromptFileError(f"{path}: unknown prompt file type {path.suffix!r} (use .jsonl, .csv, .parquet)")
+    prompts, seen = [], {}
+    for where, row in rows:
+        prompt = _row_to_prompt(row, where)
+        if prompt.id in seen:
+            raise PromptFileError(f"{where}: field 'id' {prompt.id!r} repeats {seen[prompt.id]}")
+        seen[prompt.id] = where
+        prompts.append(prompt)
+    if not prompts:
+        raise PromptFileError(f"{path}: contains no prompts")
+    return prompts
+
+
+def as_prompts(items) -> list[Prompt]:
+    """Accept Prompt objects, dicts, or plain strings (ids become their index)."""
+    out = []
+    for k, item in enumerate(items):
+        if isinstance(item, Prompt):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(Prompt(str(k), item))
+        elif isinstance(item, dict):
+            out.append(_row_to_prompt(item, f"prompt #{k}"))
+        else:
+            raise PromptFileError(f"prompt #{k}: expected a str, dict or Prompt, got {type(item).__name__}")
+    ids = [p.id for p in out]
+    if len(set(ids)) != len(ids):
+        raise PromptFileError("prompt ids must be unique")
+    return out

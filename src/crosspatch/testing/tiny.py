@@ -1,0 +1,96 @@
+"""Tiny random-init causal LMs of many architectures and a character tokenizer."""
+
+from __future__ import annotations
+
+import copy
+import string
+
+import torch
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<unused0>", "<unused1>"]
+VOCAB_PADDING = 6  # lm_head rows beyond the tokenizer, as real checkpoints often have
+
+
+def char_tokenizer():
+    """A character-level PreTrainedTokenizerFast with BOS prepended and two placeholder tokens."""
+    from tokenizers import Tokenizer, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(set(string.printable) - set("\x0b\x0c"))
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + chars)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def _configs(vocab: int, layers: int):
+    from transformers import (
+        Gemma2Config, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig,
+        Olmo2Config, Phi3Config, Qwen2Config, Qwen3Config,
+    )
+
+    common = dict(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
+    )
+    return {
+        "llama": lambda: LlamaConfig(**common),
+        "qwen2": lambda: Qwen2Config(**common),
+        "qwen3": lambda: Qwen3Config(**common, head_dim=8),
+        "mistral": lambda: MistralConfig(**common, sliding_window=8),
+        "gemma2": lambda: Gemma2Config(**common, head_dim=8, sliding_window=8, final_logit_softcapping=5.0,
+                                       attn_logit_softcapping=20.0, query_pre_attn_scalar=8),
+        "gemma3": lambda: Gemma3TextConfig(**common, head_dim=8, sliding_window=8, final_logit_softcapping=5.0,
+                                           query_pre_attn_scalar=8),
+        "olmo2": lambda: Olmo2Config(**common),
+        "phi3": lambda: Phi3Config(**{k: v for k, v in common.items()}),
+        "gpt2": lambda: GPT2Config(vocab_size=vocab, n_embd=32, n_layer=layers, n_head=4, n_positions=256,
+                                   bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False),
+        "gpt_neox": lambda: GPTNeoXConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                                          num_hidden_layers=layers, num_attention_heads=4,
+                                          max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+                                          pad_token_id=0, tie_word_embeddings=False),
+    }
+
+
+ARCHITECTURES = tuple(_configs(8, 2))
+
+
+def tiny_model(arch: str = "llama", layers: int = 4, seed: int = 0, vocab_size: int | None = None,
+               init_scale: float = 4.0):
+    """A random-init fp32 causal LM in eval mode; weights scaled up so logits are decisive."""
+    from transformers import AutoModelForCausalLM
+
+    vocab = vocab_size or (len(char_tokenizer()) + VOCAB_PADDING)
+    config = _configs(vocab, layers)[arch]()
+    config._attn_implementation = "eager" if arch == "gemma2" else "sdpa"
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(init_scale)
+    return model.eval()
+
+
+def perturb_layers(model, layer_indices, scale: float = 0.5, seed: int = 1):
+    """A copy of ``model`` whose decoder layers in ``layer_indices`` get relative Gaussian noise."""
+    from ..models.anatomy import find_anatomy
+
+    child = copy.deepcopy(model)
+    layers = find_anatomy(child).layers
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for i in layer_indices:
+            for p in layers[i].parameters():
+                noise = torch.randn(p.shape, generator=gen) * (p.std() if p.numel() > 1 else 1.0)
+                p.add_(noise * scale)
+    return child.eval()
+
+
+def tiny_pair(arch: str = "llama", layers: int = 4, perturb=None, seed: int = 0, scale: float = 0.5):
+    """(base, descendant, tokenizer): the descendant perturbs ``perturb`` layers (default all)."""
+    base = tiny_model(arch, layers, seed)
+    idx = range(layers) if perturb is None else perturb
+    return base, perturb_layers(base, idx, scale=scale, seed=seed + 1), char_tokenizer()
