@@ -1,0 +1,21 @@
+"""crosspatch: first-divergence cross-patching of a base model and its fine-tuned descendant.
+
+    pair = crosspatch.load_pair("base-dir", tuned="tuned-dir")          # or adapter="lora-dir"
+    result = crosspatch.run(pair, crosspatch.load_prompts("prompts.jsonl"), boundary=0.6)
+    result.summary["results"]; result.events  # pandas DataFrame, one row per event
+"""
+
+from .cells import CELLS, READOUTS, CellRecord
+from .divergence import DivergenceEvent, NoDivergence
+from .errors import CrosspatchError
+from .models import LoadOptions, ModelPair, load_pair, pair_from_models
+from .pipeline import RunConfig, RunResult, rerender, run
+from .prompts import Prompt, load_prompts
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CELLS", "READOUTS", "CellRecord", "CrosspatchError", "DivergenceEvent", "LoadOptions",
+    "ModelPair", "NoDivergence", "Prompt", "RunConfig", "RunResult", "load_pair", "load_prompts",
+    "pair_from_models", "rerender", "run",
+]

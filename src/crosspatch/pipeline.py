@@ -1,0 +1,232 @@
+"""The one path: load pair -> find divergences -> run cells -> statistics -> report.
+
+``run`` works through the prompts in chunks; each chunk's outcomes are appended to the run
+directory before the next starts, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .cells import CellRecord, CellsConfig, resolve_boundary, score_events
+from .divergence import DivergenceConfig, NoDivergence, find_divergences
+from .models.loading import ModelPair
+from .models.vocab import tokenize_once
+from .prompts import Prompt, as_prompts
+from .report.markdown import render_markdown
+from .stats import BootstrapConfig, summarize_boundaries
+from .store import CONFIG_SCHEMA, SUMMARY_SCHEMA, RunStore, environment, events_frame, fingerprint
+
+
+@dataclass
+class RunConfig:
+    """Options of one cross-patching run (all recorded in config.json)."""
+
+    boundary: int | float = 0.6  # layer index, or fraction of depth
+    boundaries: list[int | float] | None = None  # several boundaries at once (overrides boundary)
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    rollout_model: str = "IT"
+    near_tie_threshold: float = 0.05
+    bootstrap: int = 2000
+    seed: int = 0
+    chat_template: bool = False  # apply the descendant's chat template to every prompt
+    title: str | None = None
+
+
+@dataclass
+class RunResult:
+    """What a run produced; ``events`` is a pandas DataFrame, one row per (event, boundary)."""
+
+    summary: dict
+    records: list[CellRecord]
+    no_divergence: list[NoDivergence]
+    config: dict
+    run_dir: Path | None = None
+    _report: str | None = field(default=None, repr=False)
+
+    @property
+    def events(self):
+        return events_frame(self.records)
+
+    @property
+    def report(self) -> str:
+        if self._report is None:
+            self._report = render_markdown(self.config, self.summary)
+        return self._report
+
+
+def _prompt_text(pair: ModelPair, prompt: Prompt, config: RunConfig) -> str:
+    if not config.chat_template:
+        return prompt.prompt
+    return pair.tokenizer_it.apply_chat_template(
+        [{"role": "user", "content": prompt.prompt}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def _prompts_digest(prompts: list[Prompt]) -> str:
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(f"{p.id}\x00{p.prompt}\x00{p.category}\x01".encode())
+    return h.hexdigest()
+
+
+def build_config_record(pair: ModelPair, prompts: list[Prompt], config: RunConfig, boundaries: list[int]) -> dict:
+    options = asdict(config)
+    result_parts = {
+        "options": {k: v for k, v in options.items() if k not in ("batch_size", "title")},
+        "boundaries": boundaries,
+        "models": pair.provenance,
+        "prompts": _prompts_digest(prompts),
+    }
+    return {
+        "schema_version": CONFIG_SCHEMA,
+        "title": config.title,
+        "options": options,
+        "resolved_boundaries": boundaries,
+        "num_layers": pair.num_layers,
+        "residency": pair.residency,
+        "models": pair.provenance,
+        "load_options": pair.provenance.get("load_options", {}),
+        "prompts": {"count": len(prompts), "sha256": _prompts_digest(prompts)},
+        "pair_warnings": pair.warnings,
+        "real_vocabulary": pair.real_vocab.as_record(),
+        "environment": environment(),
+        "fingerprint": fingerprint(result_parts),
+    }
+
+
+def build_summary(
+    config_record: dict, records: list[CellRecord], no_div: list[NoDivergence], prompts_count: int,
+    boot: BootstrapConfig, extra: dict | None = None,
+) -> dict:
+    """Counts, warnings and statistics of a run (pure function of the stored records)."""
+    boundaries = config_record["resolved_boundaries"]
+    first = [r for r in records if r.boundary == boundaries[0]]
+    reasons = {"agreed_eos": 0, "budget_exhausted": 0}
+    for x in no_div:
+        reasons[x.reason] = reasons.get(x.reason, 0) + 1
+    counts = {
+        "prompts": prompts_count,
+        "events": sum(r.valid for r in first),
+        "invalid": sum(not r.valid for r in first),
+        "near_tie": sum(r.near_tie for r in first),
+        "natural_disagree": sum(not r.natural_agrees for r in first),
+        "no_divergence": reasons,
+    }
+    warnings = list(config_record.get("pair_warnings", []))
+    if counts["invalid"]:
+        bad = ", ".join(r.prompt_id for r in first if not r.valid)[:300]
+        warnings.append(f"{counts['invalid']} event(s) had non-finite cells and were excluded: {bad}")
+    if counts["near_tie"]:
+        warnings.append(
+            f"{counts['near_tie']} event(s) are near-ties (a top-1/top-2 margin under "
+            f"{config_record['options']['near_tie_threshold']} logits); in low precision the divergence "
+            "may move, consider --dtype float32"
+        )
+    if counts["natural_disagree"]:
+        warnings.append(
+            f"{counts['natural_disagree']} event(s) where a recomputed forward did not reproduce the "
+            "searched token as argmax (numerical tie)"
+        )
+    summary = {
+        "schema_version": SUMMARY_SCHEMA,
+        "num_layers": config_record["num_layers"],
+        "boundaries": [str(b) for b in boundaries],
+        "counts": counts,
+        "results": summarize_boundaries(records, boot),
+        "warnings": warnings,
+        "no_divergence_prompts": [{"prompt_id": x.prompt_id, "reason": x.reason} for x in no_div],
+        "real_vocabulary": config_record.get("real_vocabulary"),
+    }
+    if extra:
+        summary.update(extra)
+    return summary
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=not (enabled and console.is_terminal), transient=False,
+    )
+
+
+def run(
+    pair: ModelPair,
+    prompts,
+    config: RunConfig | None = None,
+    out: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    **overrides,
+) -> RunResult:
+    """Run the first-divergence 2x2 on ``prompts`` (Prompt objects, dicts or strings).
+
+    With ``out``, records stream into that run directory (resumable) and the summary, Parquet
+    table and report.md are written there."""
+    config = config or RunConfig()
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise TypeError(f"unknown run option {key!r}")
+        setattr(config, key, value)
+    prompts = as_prompts(prompts)
+    requested = config.boundaries if config.boundaries else [config.boundary]
+    boundaries = sorted({resolve_boundary(b, pair.num_layers) for b in requested})
+    token_ids = [
+        tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, p.id, _prompt_text(pair, p, config)) for p in prompts
+    ]
+    record = build_config_record(pair, prompts, config, boundaries)
+    store = RunStore(out) if out is not None else None
+    done: set[str] = set()
+    if store is not None:
+        store.start(record, resume=resume)
+        done = store.completed_prompts(boundaries)
+    todo = [k for k, p in enumerate(prompts) if p.id not in done]
+    records: list[CellRecord] = store.load_records() if store else []
+    no_div: list[NoDivergence] = store.load_no_divergence() if store else []
+    div_cfg = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model)
+    cell_cfg = CellsConfig(config.batch_size, config.near_tie_threshold)
+    started = time.perf_counter()
+    chunk = max(config.batch_size, 1) * 4
+    with _progress(progress) if progress else contextlib.nullcontext() as bar:
+        task = bar.add_task("prompts", total=len(prompts), completed=len(prompts) - len(todo)) if bar else None
+        for start in range(0, len(todo), chunk):
+            idx = todo[start : start + chunk]
+            events, none = find_divergences(pair, [prompts[k] for k in idx], [token_ids[k] for k in idx], div_cfg)
+            scored = score_events(pair, events, boundaries, cell_cfg)
+            if store is not None:
+                # records first: a prompt counts as done only once all its boundaries are stored
+                store.append_records(scored)
+                store.append_no_divergence(none)
+            records += scored
+            no_div += none
+            if bar:
+                bar.update(task, advance=len(idx))
+    order = {p.id: k for k, p in enumerate(prompts)}
+    records.sort(key=lambda r: (order.get(r.prompt_id, len(order)), r.boundary))
+    no_div.sort(key=lambda x: order.get(x.prompt_id, len(order)))
+    boot = BootstrapConfig(config.bootstrap, config.seed)
+    summary = build_summary(record, records, no_div, len(prompts), boot,
+                            {"elapsed_seconds_this_session": round(time.perf_counter() - started, 3)})
+    result = RunResult(summary, records, no_div, record, Path(out) if out is not None else None)
+    if store is not None:
+        store.write_summary(summary)
+        store.write_parquet(records)
+        store.write_text("report.md", result.report)
+    return result
+
+
+def rerender(run_dir: str | Path) -> str:
+    """Re-render report.md from a run directory's stored files alone; returns the text."""
+    store = RunStore(run_dir)
+    text = render_markdown(store.config(), store.summary())
+    store.write_text("report.md", text)
+    return text

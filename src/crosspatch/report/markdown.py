@@ -1,0 +1,193 @@
+"""Markdown report, rendered from ``config.json`` and ``summary.json`` alone."""
+
+from __future__ import annotations
+
+from ..cells import READOUTS
+
+_EFFECT_LABELS = {
+    "E_PT": "PT-upstream late effect `E_PT`",
+    "E_IT": "IT-upstream late effect `E_IT`",
+    "interaction": "interaction `I = E_IT - E_PT`",
+    "native_shift": "native diagonal shift `D`",
+    "direct_share": "direct (portable) share `E_PT/E_IT`",
+    "matched_portable_ratio": "matched/portable ratio `E_IT/E_PT`",
+    "interaction_share": "interaction share `I/D`",
+    "odds_interaction": "odds factor `exp(I)`",
+}
+_RATIOS = {"direct_share", "interaction_share"}
+
+
+def md_escape(text: str) -> str:
+    """Model text is data: escape Markdown/HTML-significant characters and show whitespace."""
+    text = str(text).replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    for ch in "|`*_[]<>#":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def fmt_value(stat: dict | None, signed: bool = True, percent: bool = False) -> str:
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    fmt = (lambda v: f"{100 * v:.0f}%") if percent else ((lambda v: f"{v:+.2f}") if signed else (lambda v: f"{v:.2f}"))
+    text = fmt(stat["mean"])
+    ci = stat.get("ci")
+    if ci and ci[0] is not None and ci[1] is not None:
+        text += f" [{fmt(ci[0])}, {fmt(ci[1])}]"
+    return text
+
+
+def fmt_effect(block: dict, name: str) -> str:
+    stat = block["effects"][name]
+    if name in _RATIOS:
+        return fmt_value(stat, percent=True)
+    return fmt_value(stat, signed=name != "odds_interaction")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def cell_table(block: dict) -> list[str]:
+    c = block["cells"]
+    return _table(
+        ["upstream \\ late", "`L_PT`", "`L_IT`"],
+        [["`U_PT`", fmt_value(c["upt_lpt"]), fmt_value(c["upt_lit"])],
+         ["`U_IT`", fmt_value(c["uit_lpt"]), fmt_value(c["uit_lit"])]],
+    )
+
+
+def effects_table(blocks: dict[str, dict]) -> list[str]:
+    names = list(blocks)
+    rows = [[label] + [fmt_effect(blocks[n], key) for n in names] for key, label in _EFFECT_LABELS.items()]
+    return _table(["quantity"] + [f"{n.replace('_', '-')} readout" for n in names], rows)
+
+
+def breakdown_table(groups: dict[str, dict], label: str) -> list[str]:
+    rows = []
+    for name, block in groups.items():
+        rows.append([md_escape(name), str(block["n_events"]), fmt_effect(block, "E_PT"),
+                     fmt_effect(block, "E_IT"), fmt_effect(block, "interaction")])
+    return _table([label, "events", "`E_PT`", "`E_IT`", "interaction"], rows)
+
+
+def counts_lines(counts: dict) -> list[str]:
+    nd = counts.get("no_divergence", {})
+    return [
+        f"- prompts: {counts['prompts']}",
+        f"- first-divergence events scored: {counts['events']} "
+        f"(invalid, excluded: {counts['invalid']}; near-ties: {counts['near_tie']}; "
+        f"natural pass disagreeing with the search: {counts['natural_disagree']})",
+        f"- prompts with no divergence: {sum(nd.values())} "
+        f"(both models ended with the same EOS: {nd.get('agreed_eos', 0)}; "
+        f"no disagreement within the token budget: {nd.get('budget_exhausted', 0)})",
+    ]
+
+
+def boundary_section(result: dict, boundary: str, num_layers: int | None, level: str = "##") -> list[str]:
+    lines = []
+    depth = f" of {num_layers}" if num_layers else ""
+    lines.append(f"{level} Boundary layer {boundary}{depth}")
+    lines.append("")
+    head = result["common_it"]["all"]
+    lines.append("Mean `Y = logit(t_IT) - logit(t_PT)` per cell, common-IT readout (headline), "
+                 "with 95% prompt-cluster bootstrap intervals:")
+    lines.append("")
+    lines += cell_table(head)
+    lines.append("")
+    lines += effects_table({name: result[name]["all"] for name in READOUTS})
+    lines.append("")
+    by_cat = result["common_it"]["by_category"]
+    if by_cat:
+        lines.append(f"{level}# By category (common-IT)")
+        lines.append("")
+        lines += breakdown_table(by_cat, "category")
+        lines.append("")
+    lines.append(f"{level}# By generated position (common-IT)")
+    lines.append("")
+    lines += breakdown_table(result["common_it"]["by_position"], "position")
+    lines.append("")
+    agree = result.get("readout_agreement", {})
+    if agree.get("same_sign_fraction") is not None:
+        corr = agree["interaction_correlation"]
+        lines.append(
+            f"Readout agreement: per-event interactions have the same sign under both readouts in "
+            f"{100 * agree['same_sign_fraction']:.0f}% of events"
+            + (f" (correlation {corr:.2f})." if corr is not None else ".")
+        )
+        lines.append("")
+    return lines
+
+
+def reading_lines(result: dict) -> list[str]:
+    """A plain-language reading of the headline numbers, with the uncertainty stated."""
+    eff = result["common_it"]["all"]["effects"]
+    inter, e_pt = eff["interaction"], eff["E_PT"]
+    if inter["mean"] is None:
+        return ["No valid events, so there is nothing to read."]
+    ci = inter.get("ci")
+    if ci and ci[0] is not None and ci[0] > 0:
+        verdict = ("The late stack's gain depends on the descendant's own upstream state: it is smaller "
+                   "on base upstream state (positive interaction, interval above zero). A fine-tune "
+                   "like this is fragile when grafted onto base early layers.")
+    elif ci and ci[1] is not None and ci[1] < 0:
+        verdict = ("The late stack's gain is larger on base upstream state than on its own (negative "
+                   "interaction, interval below zero).")
+    else:
+        verdict = ("The interaction's interval includes zero: no evidence that the late stack's gain "
+                   "depends on which upstream state it reads; the late effect looks portable.")
+    share = eff["direct_share"]["mean"]
+    extra = f" The portable part `E_PT` is {fmt_value(e_pt)}"
+    extra += f", {100 * share:.0f}% of `E_IT`." if share is not None else "."
+    return [verdict + extra]
+
+
+def render_markdown(config: dict, summary: dict) -> str:
+    """The full report. Deterministic: the same stored files give the same text."""
+    models = config.get("models", {})
+    num_layers = summary.get("num_layers")
+    title = config.get("title") or "crosspatch run"
+    lines = [f"# {md_escape(title)}", ""]
+    base = models.get("base", {}).get("path", "?")
+    tuned = models.get("tuned", {}).get("path") or models.get("adapter", {}).get("path", "?")
+    kind = "PEFT adapter" if "adapter" in models else "descendant"
+    lines += [f"- base (PT): `{md_escape(base)}`", f"- {kind} (IT): `{md_escape(tuned)}`"]
+    opts = config.get("options", {})
+    lines.append(
+        f"- boundary: {', '.join(summary['boundaries'])} of {num_layers} layers; max new tokens "
+        f"{opts.get('max_new_tokens')}; dtype {config.get('load_options', {}).get('dtype', opts.get('dtype'))}; "
+        f"rollout model {opts.get('rollout_model')}; bootstrap {opts.get('bootstrap')} resamples, seed {opts.get('seed')}"
+    )
+    lines.append("")
+    lines += counts_lines(summary["counts"])
+    lines.append("")
+    first = summary["boundaries"][0]
+    lines.append("## Reading")
+    lines.append("")
+    lines += reading_lines(summary["results"][first])
+    lines.append("")
+    for b in summary["boundaries"]:
+        lines += boundary_section(summary["results"][b], b, num_layers)
+    warnings = summary.get("warnings", [])
+    lines.append("## Warnings")
+    lines.append("")
+    lines += [f"- {md_escape(w)}" for w in warnings] or ["- none"]
+    lines.append("")
+    nd = summary.get("no_divergence_prompts", [])
+    if nd:
+        lines.append("## Prompts without a divergence")
+        lines.append("")
+        shown = nd[:50]
+        lines += [f"- `{md_escape(x['prompt_id'])}`: {x['reason']}" for x in shown]
+        if len(nd) > len(shown):
+            lines.append(f"- ... and {len(nd) - len(shown)} more (see no_divergence.jsonl)")
+        lines.append("")
+    vocab = summary.get("real_vocabulary")
+    if vocab:
+        lines.append("## Real vocabulary")
+        lines.append("")
+        counts = ", ".join(f"{k}: {v}" for k, v in vocab["masked_counts"].items() if v)
+        lines.append(f"{vocab['real_ids']} of {vocab['total_ids']} ids eligible for argmax; masked: {counts or 'none'}.")
+        lines.append("")
+    return "\n".join(lines)

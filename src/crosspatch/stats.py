@@ -1,0 +1,178 @@
+"""Effects, prompt-cluster bootstrap, breakdowns and pooling (DESIGN 1.4).
+
+Every quantity is a function of the four cell means, so one bootstrap of the cell means (events
+of one prompt resampled together) gives consistent intervals for all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .cells import CELLS, READOUTS, CellRecord
+
+EFFECTS = (
+    "E_PT", "E_IT", "interaction", "native_shift", "direct_share", "matched_portable_ratio",
+    "interaction_share", "odds_interaction",
+)
+POSITION_BUCKETS = {"all": 0, ">=3": 3, ">=5": 5}
+
+
+@dataclass
+class BootstrapConfig:
+    n_resamples: int = 2000
+    seed: int = 0
+    confidence: float = 0.95
+
+
+def effects_from_cell_means(m: np.ndarray) -> dict[str, np.ndarray]:
+    """All DESIGN 1.4 quantities from cell means ``[..., 4]`` ordered as CELLS."""
+    upt_lpt, upt_lit, uit_lpt, uit_lit = (m[..., k] for k in range(4))
+    e_pt = upt_lit - upt_lpt
+    e_it = uit_lit - uit_lpt
+    inter = e_it - e_pt
+    shift = uit_lit - upt_lpt
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {
+            "E_PT": e_pt,
+            "E_IT": e_it,
+            "interaction": inter,
+            "native_shift": shift,
+            "direct_share": e_pt / e_it,
+            "matched_portable_ratio": e_it / e_pt,
+            "interaction_share": inter / shift,
+            "odds_interaction": np.exp(inter),
+        }
+
+
+def _clean(x: float) -> float | None:
+    return float(x) if math.isfinite(float(x)) else None
+
+
+def effect_block(
+    values: np.ndarray, clusters: Sequence[str], boot: BootstrapConfig
+) -> dict:
+    """Means and percentile CIs of cells and effects. ``values`` is ``[n_events, 4]``."""
+    n = len(values)
+    block: dict = {"n_events": int(n), "n_prompts": int(len(set(clusters)))}
+    if n == 0:
+        block["cells"] = {c: {"mean": None, "ci": None} for c in CELLS}
+        block["effects"] = {e: {"mean": None, "ci": None} for e in EFFECTS}
+        return block
+    means = values.mean(axis=0)
+    point = effects_from_cell_means(means)
+    names, index = np.unique(np.asarray(clusters), return_inverse=True)
+    sums = np.zeros((len(names), 4))
+    np.add.at(sums, index, values)
+    counts = np.bincount(index, minlength=len(names)).astype(float)
+    ci_cells = ci_effects = None
+    if len(names) >= 2 and boot.n_resamples > 0:
+        rng = np.random.default_rng(boot.seed)
+        weights = rng.multinomial(len(names), np.full(len(names), 1.0 / len(names)), size=boot.n_resamples)
+        resampled = (weights @ sums) / (weights @ counts)[:, None]
+        lo, hi = 50 * (1 - boot.confidence), 100 - 50 * (1 - boot.confidence)
+        ci_cells = np.percentile(resampled, [lo, hi], axis=0)
+        boot_effects = effects_from_cell_means(resampled)
+        ci_effects = {}
+        for k, v in boot_effects.items():
+            v = v[np.isfinite(v)]
+            ci_effects[k] = np.percentile(v, [lo, hi]) if len(v) else None
+    block["cells"] = {
+        c: {"mean": _clean(means[k]),
+            "ci": None if ci_cells is None else [_clean(ci_cells[0, k]), _clean(ci_cells[1, k])]}
+        for k, c in enumerate(CELLS)
+    }
+    block["effects"] = {
+        e: {"mean": _clean(point[e]),
+            "ci": None if ci_effects is None or ci_effects[e] is None
+            else [_clean(ci_effects[e][0]), _clean(ci_effects[e][1])]}
+        for e in EFFECTS
+    }
+    return block
+
+
+def _matrix(records: Sequence[CellRecord], readout: str) -> np.ndarray:
+    return np.array([[r.cells[readout][c] for c in CELLS] for r in records], dtype=float).reshape(-1, 4)
+
+
+def summarize_records(records: Sequence[CellRecord], readout: str, boot: BootstrapConfig) -> dict:
+    """Overall, by-category and by-position blocks for one readout (valid records only)."""
+    recs = [r for r in records if r.valid]
+    out = {"all": effect_block(_matrix(recs, readout), [r.prompt_id for r in recs], boot)}
+    categories = sorted({r.category for r in recs if r.category is not None})
+    out["by_category"] = {}
+    for cat in categories:
+        sub = [r for r in recs if r.category == cat]
+        out["by_category"][cat] = effect_block(_matrix(sub, readout), [r.prompt_id for r in sub], boot)
+    out["by_position"] = {}
+    for name, start in POSITION_BUCKETS.items():
+        sub = [r for r in recs if r.position >= start]
+        out["by_position"][name] = effect_block(_matrix(sub, readout), [r.prompt_id for r in sub], boot)
+    return out
+
+
+def readout_agreement(records: Sequence[CellRecord]) -> dict:
+    """How common-IT and common-PT readouts agree on per-event interactions."""
+    recs = [r for r in records if r.valid]
+    if len(recs) < 2:
+        return {"n_events": len(recs), "interaction_correlation": None, "same_sign_fraction": None}
+    inter = {
+        name: effects_from_cell_means(_matrix(recs, name))["interaction"] for name in READOUTS
+    }
+    a, b = inter["common_it"], inter["common_pt"]
+    corr = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else None
+    return {
+        "n_events": len(recs),
+        "interaction_correlation": corr,
+        "same_sign_fraction": float(np.mean(np.sign(a) == np.sign(b))),
+    }
+
+
+def summarize_boundaries(records: Iterable[CellRecord], boot: BootstrapConfig) -> dict:
+    """``{boundary: {readout: blocks, "readout_agreement": ...}}`` over all boundaries present."""
+    records = list(records)
+    out = {}
+    for b in sorted({r.boundary for r in records}):
+        sub = [r for r in records if r.boundary == b]
+        out[str(b)] = {name: summarize_records(sub, name, boot) for name in READOUTS}
+        out[str(b)]["readout_agreement"] = readout_agreement(sub)
+    return out
+
+
+def pool_family_balanced(
+    groups: dict[str, Sequence[CellRecord]], readout: str, boot: BootstrapConfig
+) -> dict:
+    """Pool several model pairs as the mean of per-pair means (each pair weighs the same,
+    whatever its event count); each pair's prompts are resampled within that pair."""
+    groups = {k: [r for r in v if r.valid] for k, v in groups.items()}
+    groups = {k: v for k, v in groups.items() if v}
+    if not groups:
+        return effect_block(np.zeros((0, 4)), [], boot)
+    rng = np.random.default_rng(boot.seed)
+    point_means, boot_means = [], []
+    for recs in groups.values():
+        values = _matrix(recs, readout)
+        point_means.append(values.mean(axis=0))
+        names, index = np.unique([r.prompt_id for r in recs], return_inverse=True)
+        sums = np.zeros((len(names), 4))
+        np.add.at(sums, index, values)
+        counts = np.bincount(index, minlength=len(names)).astype(float)
+        w = rng.multinomial(len(names), np.full(len(names), 1.0 / len(names)), size=boot.n_resamples)
+        boot_means.append((w @ sums) / (w @ counts)[:, None])
+    point = effects_from_cell_means(np.mean(point_means, axis=0))
+    resampled = np.mean(boot_means, axis=0)
+    lo, hi = 50 * (1 - boot.confidence), 100 - 50 * (1 - boot.confidence)
+    boot_effects = effects_from_cell_means(resampled)
+    block = {
+        "n_pairs": len(groups),
+        "n_events": int(sum(len(v) for v in groups.values())),
+        "effects": {},
+    }
+    for e in EFFECTS:
+        v = boot_effects[e][np.isfinite(boot_effects[e])]
+        ci = np.percentile(v, [lo, hi]) if len(v) else None
+        block["effects"][e] = {"mean": _clean(point[e]), "ci": None if ci is None else [_clean(ci[0]), _clean(ci[1])]}
+    return block
