@@ -91,9 +91,10 @@ def score_events(
     config: CellsConfig | None = None,
     on_batch: Callable[[list[CellRecord]], None] | None = None,
 ) -> list[CellRecord]:
-    """Score every event at every boundary; records come back in batch order."""
+    """Score every event at every boundary. Records come back in event order (boundaries in
+    the given order within an event); ``on_batch`` sees them batch by batch as they finish."""
     config = config or CellsConfig()
-    records: list[CellRecord] = []
+    by_event: dict[int, list[CellRecord]] = {}
     tok = pair.tokenizer_it
     for batch in length_batches(len(events), [len(e.prefix_ids) for e in events], config.batch_size):
         evs = [events[k] for k in batch]
@@ -112,6 +113,8 @@ def score_events(
             masked_argmax(own_it, pair.real_vocab).cpu() == t_it
         )
         batch_records = []
+        for k in batch:
+            by_event[k] = []
         for b in boundaries:
             upt_lit = late_forward(pair.it, b, cap_pt.boundary_states[b], seqs, pair.pad_id)[rows, last]
             uit_lpt = late_forward(pair.pt, b, cap_it.boundary_states[b], seqs, pair.pad_id)[rows, last]
@@ -125,29 +128,28 @@ def score_events(
                 cells = {r: {c: float(ys[r][c][j]) for c in CELLS} for r in READOUTS}
                 finite = all(math.isfinite(v) for r in cells.values() for v in r.values())
                 mp, mi = float(margin_pt[j]), float(margin_it[j])
-                batch_records.append(
-                    CellRecord(
-                        key=f"{ev.key}@{b}",
-                        prompt_id=ev.prompt_id,
-                        category=ev.category,
-                        boundary=b,
-                        position=ev.position,
-                        prompt_len=ev.prompt_len,
-                        prefix_len=len(ev.prefix_ids),
-                        t_pt=ev.t_pt,
-                        t_it=ev.t_it,
-                        t_pt_text=tok.decode([ev.t_pt]),
-                        t_it_text=tok.decode([ev.t_it]),
-                        cells=cells,
-                        margin_pt=mp,
-                        margin_it=mi,
-                        near_tie=min(mp, mi) < config.near_tie_threshold,
-                        natural_agrees=bool(agrees[j]),
-                        valid=finite,
-                        invalid_reason=None if finite else "non-finite cell value (NaN/inf)",
-                    )
+                record = CellRecord(
+                    key=f"{ev.key}@{b}",
+                    prompt_id=ev.prompt_id,
+                    category=ev.category,
+                    boundary=b,
+                    position=ev.position,
+                    prompt_len=ev.prompt_len,
+                    prefix_len=len(ev.prefix_ids),
+                    t_pt=ev.t_pt,
+                    t_it=ev.t_it,
+                    t_pt_text=tok.decode([ev.t_pt]),
+                    t_it_text=tok.decode([ev.t_it]),
+                    cells=cells,
+                    margin_pt=mp,
+                    margin_it=mi,
+                    near_tie=min(mp, mi) < config.near_tie_threshold,
+                    natural_agrees=bool(agrees[j]),
+                    valid=finite,
+                    invalid_reason=None if finite else "non-finite cell value (NaN/inf)",
                 )
-        records += batch_records
+                by_event[batch[j]].append(record)
+                batch_records.append(record)
         if on_batch is not None:
             on_batch(batch_records)
-    return records
+    return [r for k in range(len(events)) for r in by_event[k]]

@@ -94,3 +94,11 @@ def tiny_pair(arch: str = "llama", layers: int = 4, perturb=None, seed: int = 0,
     base = tiny_model(arch, layers, seed)
     idx = range(layers) if perturb is None else perturb
     return base, perturb_layers(base, idx, scale=scale, seed=seed + 1), char_tokenizer()
+
+
+def make_pair(arch: str = "llama", layers: int = 4, perturb=None, scale: float = 0.5, seed: int = 0):
+    """A ready :class:`~crosspatch.models.ModelPair` of a tiny base and a perturbed descendant."""
+    from ..models.loading import pair_from_models
+
+    base, child, tok = tiny_pair(arch, layers, perturb, seed, scale)
+    return pair_from_models(base, child, tok)

@@ -1,0 +1,124 @@
+"""The ``crosspatch`` command: thin subcommands over the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import CrosspatchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="First-divergence cross-patching of a base model and its fine-tuned descendant.")
+zoo_app = typer.Typer(no_args_is_help=True, help="The embedded weather-report model zoo.")
+app.add_typer(zoo_app, name="zoo")
+console = Console(stderr=True)
+
+
+def _boundary(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error[/] {type(exc).__name__}: {exc}")
+    raise typer.Exit(code=2)
+
+
+def print_summary_table(summary: dict, title: str = "crosspatch") -> None:
+    """A short rich table of the headline effects (common-IT readout, first boundary)."""
+    from .report.markdown import fmt_effect
+
+    out = Console()
+    b = summary["boundaries"][0]
+    block = summary["results"][b]["common_it"]["all"]
+    table = Table(title=f"{title}: boundary {b}, common-IT readout, {block['n_events']} events")
+    table.add_column("quantity")
+    table.add_column("mean [95% CI]", justify="right")
+    for name in ("E_PT", "E_IT", "interaction", "direct_share", "native_shift"):
+        table.add_row(name, fmt_effect(block, name))
+    out.print(table)
+    nd = summary["counts"]["no_divergence"]
+    out.print(f"prompts {summary['counts']['prompts']}, events {summary['counts']['events']}, "
+              f"no divergence {sum(nd.values())}, invalid {summary['counts']['invalid']}")
+
+
+@app.command("run")
+def run_cmd(
+    base: str = typer.Option(..., "--base", help="Base model (PT): hub id or local directory."),
+    prompts: Path = typer.Option(..., "--prompts", help="Prompt file: .jsonl, .csv or .parquet."),
+    tuned: Optional[str] = typer.Option(None, "--tuned", help="Descendant (IT): full or merged checkpoint."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="PEFT adapter directory on --base."),
+    out: Path = typer.Option(Path("runs/latest"), "--out", help="Run directory."),
+    boundary: str = typer.Option("0.6", "--boundary", help="Boundary layer: int index or depth fraction."),
+    boundaries: Optional[str] = typer.Option(None, "--boundaries", help="Comma-separated list of boundaries."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (accelerate device_map)"),
+    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples."),
+    seed: int = typer.Option(0, "--seed"),
+    chat_template: bool = typer.Option(False, "--chat-template", help="Apply the descendant's chat template."),
+    rollout_model: str = typer.Option("IT", "--rollout-model", help="Which model decodes greedily: IT or PT."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights."),
+    allow_special_token_mismatch: bool = typer.Option(False, "--allow-special-token-mismatch"),
+    revision: Optional[str] = typer.Option(None, "--revision"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Finish an interrupted run in --out."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Run the first-divergence 2x2 factorial on a model pair and write a run directory."""
+    from . import load_pair, load_prompts
+    from .models.loading import LoadOptions
+    from .pipeline import RunConfig, run
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        _fail(ValueError(f"--dtype must be float32, bfloat16 or float16, not {dtype!r}"))
+    try:
+        items = load_prompts(prompts)
+        options = LoadOptions(dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                              allow_pickle=allow_pickle, revision=revision,
+                              allow_special_token_mismatch=allow_special_token_mismatch)
+        with console.status("loading models"):
+            pair = load_pair(base, tuned=tuned, adapter=adapter, options=options)
+        config = RunConfig(
+            boundary=_boundary(boundary),
+            boundaries=[_boundary(x) for x in boundaries.split(",")] if boundaries else None,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, rollout_model=rollout_model.upper(),
+            bootstrap=bootstrap, seed=seed, chat_template=chat_template,
+        )
+        result = run(pair, items, config, out=out, resume=resume, progress=not quiet)
+    except CrosspatchError as exc:
+        _fail(exc)
+    for w in result.summary["warnings"]:
+        console.print(f"[yellow]warning[/] {w}")
+    print_summary_table(result.summary)
+    console.print(f"run directory: {out} (report.md, summary.json, events.jsonl, events.parquet)")
+
+
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """Re-render report.md from a run directory's stored files alone."""
+    from .pipeline import rerender
+
+    try:
+        rerender(run_dir)
+    except CrosspatchError as exc:
+        _fail(exc)
+    console.print(f"wrote {run_dir / 'report.md'}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # records already appended stay; rerun the same command to resume
+        console.print("interrupted; run the same command again to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

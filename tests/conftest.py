@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny random-init pairs built from configs (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crosspatch.testing import char_tokenizer, make_pair
+
+PROMPTS = [
+    {"id": "p0", "prompt": "Rain in Boston", "category": "precipitation"},
+    {"id": "p1", "prompt": "Forecast for Denver, wind from the west:", "category": "wind"},
+    {"id": "p2", "prompt": "Sky", "category": "sky"},
+    {"id": "p3", "prompt": "Temperature high 71F, low", "category": "temperature"},
+    {"id": "p4", "prompt": "Humidity near 80% in Miami", "category": "humidity"},
+    {"id": "p5", "prompt": "Visibility", "category": "visibility"},
+]
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return char_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def llama_pair():
+    return make_pair("llama")
+
+
+@pytest.fixture
+def prompts():
+    return [dict(p) for p in PROMPTS]
