@@ -1,0 +1,118 @@
+"""Every supported architecture: anatomy is found and the full pipeline is exact."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from crosspatch.cells import score_events
+from crosspatch.divergence import DivergenceEvent
+from crosspatch.models import capture_forward, find_anatomy, late_forward, tokenize_once
+from crosspatch.models.execution import _SkippedLayer, layer_output_hidden
+from crosspatch.pipeline import run
+from crosspatch.testing import ARCHITECTURES, make_pair, tiny_model
+
+EXPECTED = {"llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "olmo2", "gpt2", "gpt_neox", "phi3"}
+
+
+def test_required_architectures_are_covered():
+    assert EXPECTED <= set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("arch", sorted(EXPECTED))
+def test_full_pipeline_runs_and_diagonals_are_exact(arch, prompts):
+    pair = make_pair(arch)
+    anatomy = pair.it.anatomy
+    assert anatomy.num_layers == 4 and anatomy.hidden_size == 32
+    result = run(pair, prompts[:4], max_new_tokens=10, boundary=0.5, bootstrap=200, progress=False)
+    assert result.summary["counts"]["events"] + sum(result.summary["counts"]["no_divergence"].values()) == 4
+    assert result.records, "a perturbed descendant must diverge somewhere"
+    for rec in result.records:
+        with torch.inference_mode():
+            ids = torch.tensor([result_prefix(pair, rec, prompts)])
+            ref_it = pair.it.anatomy.model(input_ids=ids).logits[0, -1].float()
+            ref_pt = pair.pt.anatomy.model(input_ids=ids).logits[0, -1].float()
+        assert abs(rec.cells["common_it"]["uit_lit"] - float(ref_it[rec.t_it] - ref_it[rec.t_pt])) <= 1e-5
+        assert abs(rec.cells["common_pt"]["upt_lpt"] - float(ref_pt[rec.t_it] - ref_pt[rec.t_pt])) <= 1e-5
+        assert rec.natural_agrees
+
+
+def result_prefix(pair, rec, prompts):
+    """Rebuild the event prefix from the rollout (IT decodes; prefix = prompt + shared tokens)."""
+    text = next(p["prompt"] for p in prompts if p["id"] == rec.prompt_id)
+    ids = tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, rec.prompt_id, text)
+    from crosspatch.divergence import greedy_rollout
+
+    return ids + greedy_rollout(pair.it, [ids], rec.position, pair)[0][: rec.position] if rec.position else ids
+
+
+def test_gemma_softcap_and_gpt2_names_are_found():
+    assert find_anatomy(tiny_model("gemma2")).logit_softcap == 5.0
+    gpt2 = find_anatomy(tiny_model("gpt2"))
+    assert gpt2.final_norm is gpt2.backbone.ln_f and gpt2.layers is gpt2.backbone.h
+    neox = find_anatomy(tiny_model("gpt_neox"))
+    assert neox.final_norm is neox.backbone.final_layer_norm
+
+
+class _TupleLayer(nn.Module):
+    """A transformers-4.x-style decoder layer: returns ``(hidden_states,)``."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, hidden_states, **kwargs):
+        return (self.inner(hidden_states, **kwargs),)
+
+
+def _tuple_style_llama():
+    """A Llama whose layers return tuples and whose loop indexes ``[0]`` (the 4.x contract)."""
+    from transformers.masking_utils import create_causal_mask
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    model = tiny_model("llama")
+    backbone = model.model
+    backbone.layers = nn.ModuleList(_TupleLayer(layer) for layer in backbone.layers)
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, use_cache=False, **kw):
+        h = self.embed_tokens(input_ids)
+        if position_ids is None:
+            position_ids = torch.arange(h.shape[1])[None]
+        mask = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=attention_mask,
+                                  cache=None, position_ids=position_ids)
+        pe = self.rotary_emb(h, position_ids)
+        for layer in self.layers:
+            h = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=position_ids)[0]
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(h))
+
+    backbone.forward = types.MethodType(forward, backbone)
+    return model
+
+
+def test_tuple_returning_layers_are_handled():
+    reference = tiny_model("llama")
+    model = _tuple_style_llama()
+    from crosspatch.models import pair_from_models
+    from crosspatch.testing import char_tokenizer
+
+    pair = pair_from_models(model, reference, char_tokenizer())
+    ids = tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, "a", "Rain in Boston")
+    cap = capture_forward(pair.pt, [ids], [2], pair.pad_id)
+    assert pair.pt.anatomy.layer_returns_tuple is True
+    late = late_forward(pair.pt, 2, cap.boundary_states[2], [ids], pair.pad_id)
+    assert torch.equal(late, cap.final_states)
+    # same weights, different layer contract: the cells agree with the tensor-returning model
+    rec = score_events(pair, [DivergenceEvent("a", None, len(ids), 0, ids, 40, 50)], [2])[0]
+    for cell in ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit"):
+        assert abs(rec.cells["common_it"][cell] - rec.cells["common_it"]["upt_lpt"]) <= 1e-5
+
+
+def test_skipped_layer_mirrors_the_layer_contract():
+    x = torch.randn(1, 3, 4)
+    assert _SkippedLayer(nn.Identity(), returns_tuple=False)(x) is x
+    out = _SkippedLayer(nn.Identity(), returns_tuple=True)(x, attention_mask=None)
+    assert isinstance(out, tuple) and layer_output_hidden(out) is x
+    assert layer_output_hidden(x) is x

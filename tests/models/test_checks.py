@@ -1,0 +1,109 @@
+"""Pair checks: each incompatibility is a named error that says what differs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from crosspatch.errors import (
+    ArchitectureMismatchError, HiddenSizeMismatchError, LayerCountMismatchError, ModelLoadError,
+    PickleWeightsRefusedError, PromptTokenizationMismatchError, SpecialTokensMismatchError,
+    VocabularyMismatchError,
+)
+from crosspatch.models import build_real_vocabulary, load_pair, pair_from_models, tokenize_once
+from crosspatch.testing import char_tokenizer, tiny_model
+
+
+def _tokenizer(bos_template=True, eos="</s>", swap=None, extra=None):
+    from tokenizers import Tokenizer, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    base = char_tokenizer()
+    vocab = dict(base.get_vocab())
+    if swap:
+        a, b = swap
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+    if extra:
+        vocab[extra] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    if bos_template:
+        core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token=eos,
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+def test_architecture_mismatch():
+    with pytest.raises(ArchitectureMismatchError, match="LlamaForCausalLM.*Qwen2ForCausalLM"):
+        pair_from_models(tiny_model("llama"), tiny_model("qwen2"), char_tokenizer())
+
+
+def test_layer_count_mismatch():
+    with pytest.raises(LayerCountMismatchError, match="PT has 4 decoder layers, IT has 6"):
+        pair_from_models(tiny_model("llama", 4), tiny_model("llama", 6), char_tokenizer())
+
+
+def test_hidden_size_mismatch():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    wide = LlamaForCausalLM(LlamaConfig(vocab_size=110, hidden_size=64, intermediate_size=64,
+                                        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2))
+    with pytest.raises(HiddenSizeMismatchError, match="PT 32, IT 64"):
+        pair_from_models(tiny_model("llama"), wide, char_tokenizer())
+
+
+def test_vocabulary_id_conflict():
+    with pytest.raises(VocabularyMismatchError, match="different ids"):
+        pair_from_models(tiny_model(), tiny_model(), char_tokenizer(), _tokenizer(swap=("a", "b")))
+
+
+def test_special_tokens_mismatch_is_an_error_unless_allowed():
+    tok_it = _tokenizer(eos="<unk>")
+    with pytest.raises(SpecialTokensMismatchError, match="eos_token"):
+        pair_from_models(tiny_model(), tiny_model(), char_tokenizer(), tok_it)
+    pair = pair_from_models(tiny_model(), tiny_model(), char_tokenizer(), tok_it, allow_special_token_mismatch=True)
+    assert any("eos_token" in w for w in pair.warnings)
+
+
+def test_prompt_tokenization_mismatch_names_the_prompt():
+    with pytest.raises(PromptTokenizationMismatchError, match="'q7'.*first difference at index 0"):
+        tokenize_once(char_tokenizer(), _tokenizer(bos_template=False), "q7", "Rain")
+
+
+def test_ids_not_shared_are_masked_and_recorded():
+    tok_it = _tokenizer(extra="<|im_end|>")
+    real = build_real_vocabulary(char_tokenizer(), tok_it, len(tok_it) + 4)
+    new_id = tok_it.convert_tokens_to_ids("<|im_end|>")
+    assert not real.mask[new_id]
+    assert real.masked_counts["not_shared"] == 1
+    assert real.masked_counts["beyond_tokenizer"] == 4
+    assert real.masked_counts["placeholder:gemma_unused"] == 2
+    assert r"^<unused\d+>$" in real.patterns_matched
+
+
+def test_pickle_weights_are_refused_unless_allowed(tmp_path):
+    model, tok = tiny_model(), char_tokenizer()
+    for name in ("base", "tuned"):  # transformers 5 only writes safetensors: make a pickle checkpoint
+        model.save_pretrained(tmp_path / name)
+        (tmp_path / name / "model.safetensors").unlink()
+        torch.save(model.state_dict(), tmp_path / name / "pytorch_model.bin")
+        tok.save_pretrained(tmp_path / name)
+    with pytest.raises(PickleWeightsRefusedError, match="--allow-pickle"):
+        load_pair(str(tmp_path / "base"), tuned=str(tmp_path / "tuned"))
+    pair = load_pair(str(tmp_path / "base"), tuned=str(tmp_path / "tuned"), allow_pickle=True)
+    assert pair.num_layers == 4
+
+
+def test_exactly_one_descendant_is_required(tmp_path):
+    with pytest.raises(ModelLoadError, match="exactly one"):
+        load_pair(str(tmp_path), tuned=None, adapter=None)
+
+
+def test_missing_adapter_config_is_a_load_error(tmp_path):
+    model, tok = tiny_model(), char_tokenizer()
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    (tmp_path / "notadapter").mkdir()
+    with pytest.raises(ModelLoadError, match="adapter_config.json"):
+        load_pair(str(tmp_path / "base"), adapter=str(tmp_path / "notadapter"))

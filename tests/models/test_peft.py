@@ -1,0 +1,76 @@
+"""A base + LoRA adapter directory equals the same adapter merged into a full checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from crosspatch.models import load_pair
+from crosspatch.pipeline import run
+from crosspatch.testing import char_tokenizer, tiny_model
+
+MERGE_TOLERANCE = 1e-4  # fp32: merged W + BA vs unmerged x@W + x@A@B differ by rounding only
+
+
+def _lora_dirs(tmp_path, bias="none", modules_to_save=None):
+    from peft import LoraConfig, get_peft_model
+
+    tok = char_tokenizer()
+    base = tiny_model("llama")
+    base.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+                     bias=bias, modules_to_save=modules_to_save, init_lora_weights=False)
+    torch.manual_seed(3)
+    peft_model = get_peft_model(tiny_model("llama"), cfg)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.mul_(3.0)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    tok.save_pretrained(tmp_path / "merged")
+    return tmp_path / "base", tmp_path / "adapter", tmp_path / "merged"
+
+
+def test_adapter_cells_equal_merged_cells(tmp_path, prompts):
+    base, adapter, merged = _lora_dirs(tmp_path)
+    via_adapter = load_pair(str(base), adapter=str(adapter))
+    via_merged = load_pair(str(base), tuned=str(merged))
+    assert via_adapter.residency == "adapter" and via_adapter.pt.module is via_adapter.it.module
+    a = run(via_adapter, prompts, max_new_tokens=12, bootstrap=0, progress=False)
+    m = run(via_merged, prompts, max_new_tokens=12, bootstrap=0, progress=False)
+    assert a.records, "the adapter must change the model"
+    assert [(r.prompt_id, r.position, r.t_pt, r.t_it) for r in a.records] == [
+        (r.prompt_id, r.position, r.t_pt, r.t_it) for r in m.records
+    ]
+    worst = max(abs(x.cells[n][c] - y.cells[n][c]) for x, y in zip(a.records, m.records)
+                for n in x.cells for c in x.cells[n])
+    print(f"adapter vs merged max abs cell difference: {worst:.2e}")
+    assert worst <= MERGE_TOLERANCE
+    assert via_adapter.provenance["adapter"]["settings"]["r"] == 4
+
+
+def test_adapter_disabled_is_the_base(tmp_path):
+    base, adapter, _ = _lora_dirs(tmp_path)
+    pair = load_pair(str(base), adapter=str(adapter))
+    ids = torch.tensor([[1, 40, 41, 42]])
+    reference = tiny_model("llama")
+    with torch.inference_mode(), pair.pt.active():
+        got = pair.pt.anatomy.model(input_ids=ids).logits
+    assert torch.allclose(got, reference(input_ids=ids).logits, atol=1e-6)
+
+
+def test_adapter_settings_that_change_the_base_are_warned(tmp_path):
+    base, adapter, _ = _lora_dirs(tmp_path, bias="lora_only")
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["modules_to_save"] = ["lm_head"]
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    from crosspatch.models.loading import _adapter_warnings
+
+    _, warnings = _adapter_warnings(str(adapter))
+    assert any("bias='lora_only'" in w for w in warnings)
+    assert any("modules_to_save" in w for w in warnings)
