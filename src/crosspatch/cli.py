@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import CrosspatchError
 
@@ -25,7 +26,7 @@ def _boundary(text: str) -> int | float:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error[/] {type(exc).__name__}: {exc}")
+    console.print(Text.assemble(("error ", "bold red"), f"{type(exc).__name__}: {exc}"), soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -95,7 +96,7 @@ def run_cmd(
     except CrosspatchError as exc:
         _fail(exc)
     for w in result.summary["warnings"]:
-        console.print(f"[yellow]warning[/] {w}")
+        console.print(Text.assemble(("warning ", "yellow"), w), soft_wrap=True)
     print_summary_table(result.summary)
     console.print(f"run directory: {out} (report.md, summary.json, events.jsonl, events.parquet)")
 

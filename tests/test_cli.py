@@ -1,0 +1,70 @@
+"""The command line end to end on a tiny saved pair."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from crosspatch.cli import app
+from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
+
+from .conftest import PROMPTS
+
+
+@pytest.fixture(scope="module")
+def saved_pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    base = tiny_model("llama")
+    tok = char_tokenizer()
+    for name, model in (("base", base), ("tuned", perturb_layers(base, range(4), scale=0.3))):
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    return root
+
+
+def test_run_writes_the_run_directory_and_report_rerenders(saved_pair, tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, [
+        "run", "--base", str(saved_pair / "base"), "--tuned", str(saved_pair / "tuned"),
+        "--prompts", str(saved_pair / "prompts.jsonl"), "--out", str(out), "--max-new-tokens", "12",
+        "--boundary", "0.5", "--bootstrap", "300", "--quiet",
+    ])
+    assert res.exit_code == 0, res.output
+    for name in ("config.json", "events.jsonl", "summary.json", "report.md", "events.parquet"):
+        assert (out / name).exists(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["schema_version"] == "crosspatch.config/1"
+    assert config["environment"]["torch"] and config["environment"]["transformers"]
+    assert config["models"]["base"]["weights"]["model.safetensors"]  # sha256 recorded
+    assert config["options"]["boundary"] == 0.5 and config["resolved_boundaries"] == [2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["schema_version"] == "crosspatch.summary/1"
+    counts = summary["counts"]
+    assert counts["prompts"] == len(PROMPTS)
+    assert counts["events"] + counts["invalid"] + sum(counts["no_divergence"].values()) == len(PROMPTS)
+    lines = (out / "events.jsonl").read_text().splitlines()
+    assert len(lines) == counts["events"] + counts["invalid"]
+    assert "interaction" in res.output  # the rich summary table
+    original = (out / "report.md").read_text()
+    (out / "report.md").unlink()
+    res = CliRunner().invoke(app, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "report.md").read_text() == original
+
+
+def test_bad_prompt_file_is_a_clear_error(saved_pair, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a"}\n')
+    res = CliRunner().invoke(app, ["run", "--base", str(saved_pair / "base"), "--tuned",
+                                   str(saved_pair / "tuned"), "--prompts", str(bad), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2
+    assert "PromptFileError" in res.output and "bad.jsonl:1: field 'prompt' is missing" in res.output
+
+
+def test_report_on_a_non_run_directory(tmp_path):
+    res = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert res.exit_code == 2 and "RunDirectoryError" in res.output

@@ -1,0 +1,72 @@
+"""Prompt files: JSONL, CSV, Parquet; malformed input names the line and field."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from crosspatch.errors import PromptFileError
+from crosspatch.prompts import load_prompts
+
+
+def _jsonl(tmp_path, lines):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_jsonl_with_metadata(tmp_path):
+    path = _jsonl(tmp_path, [json.dumps({"id": 1, "prompt": "Rain?", "category": "precip", "split": "id"}),
+                             "", json.dumps({"id": "b", "prompt": "Wind?"})])
+    got = load_prompts(path)
+    assert [(p.id, p.category, p.metadata) for p in got] == [("1", "precip", {"split": "id"}), ("b", None, {})]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"id": "a", "prompt": "x"', r"p.jsonl:2: not valid JSON"),
+        ('["a", "x"]', r"p.jsonl:2: each line must be a JSON object"),
+        ('{"prompt": "x"}', r"p.jsonl:2: field 'id' is missing"),
+        ('{"id": "b"}', r"p.jsonl:2: field 'prompt' is missing"),
+        ('{"id": "b", "prompt": ""}', r"p.jsonl:2: field 'prompt' must be a non-empty string"),
+        ('{"id": "b", "prompt": 3}', r"p.jsonl:2: field 'prompt' must be a non-empty string"),
+        ('{"id": "b", "prompt": "x", "category": 4}', r"p.jsonl:2: field 'category' must be a string"),
+        ('{"id": "a", "prompt": "y"}', r"p.jsonl:2: field 'id' 'a' repeats .*p.jsonl:1"),
+    ],
+)
+def test_malformed_jsonl_names_line_and_field(tmp_path, line, message):
+    path = _jsonl(tmp_path, ['{"id": "a", "prompt": "ok"}', line])
+    with pytest.raises(PromptFileError, match=message):
+        load_prompts(path)
+
+
+def test_csv_and_parquet(tmp_path):
+    frame = pd.DataFrame({"id": ["001", "2"], "prompt": ["Rain?", "Sun?"], "category": ["a", None]})
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    frame.to_parquet(tmp_path / "p.parquet")
+    for name in ("p.csv", "p.parquet"):
+        got = load_prompts(tmp_path / name)
+        assert [(p.id, p.prompt, p.category) for p in got] == [("001", "Rain?", "a"), ("2", "Sun?", None)]
+
+
+def test_csv_missing_column_and_empty_prompt(tmp_path):
+    (tmp_path / "a.csv").write_text("id,text\n1,Rain\n")
+    with pytest.raises(PromptFileError, match="required column 'prompt'"):
+        load_prompts(tmp_path / "a.csv")
+    (tmp_path / "b.csv").write_text("id,prompt\n1,Rain\n2,\n")
+    with pytest.raises(PromptFileError, match=r"b.csv:3: field 'prompt' is missing"):
+        load_prompts(tmp_path / "b.csv")
+
+
+def test_unknown_suffix_missing_and_empty_files(tmp_path):
+    (tmp_path / "p.txt").write_text("x")
+    with pytest.raises(PromptFileError, match="unknown prompt file type"):
+        load_prompts(tmp_path / "p.txt")
+    with pytest.raises(PromptFileError, match="no such prompt file"):
+        load_prompts(tmp_path / "nope.jsonl")
+    (tmp_path / "e.jsonl").write_text("\n")
+    with pytest.raises(PromptFileError, match="contains no prompts"):
+        load_prompts(tmp_path / "e.jsonl")

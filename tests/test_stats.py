@@ -1,0 +1,75 @@
+"""Statistics: effect definitions, prompt-cluster bootstrap, breakdowns and pooling."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from crosspatch.cells import CellRecord
+from crosspatch.stats import BootstrapConfig, effect_block, effects_from_cell_means, pool_family_balanced, summarize_records
+
+
+def rec(pid, cells, category=None, position=0, boundary=2, valid=True):
+    y = dict(zip(("upt_lpt", "upt_lit", "uit_lpt", "uit_lit"), cells))
+    return CellRecord(key=f"{pid}#{position}@{boundary}", prompt_id=pid, category=category, boundary=boundary,
+                      position=position, prompt_len=3, prefix_len=3 + position, t_pt=1, t_it=2,
+                      t_pt_text="a", t_it_text="b", cells={"common_it": y, "common_pt": y}, margin_pt=1.0,
+                      margin_it=1.0, near_tie=False, natural_agrees=True, valid=valid)
+
+
+def test_effect_definitions():
+    e = effects_from_cell_means(np.array([-1.0, -0.2, 0.5, 2.0]))
+    assert e["E_PT"] == pytest.approx(0.8)
+    assert e["E_IT"] == pytest.approx(1.5)
+    assert e["interaction"] == pytest.approx(0.7)
+    assert e["native_shift"] == pytest.approx(3.0)
+    assert e["direct_share"] == pytest.approx(0.8 / 1.5)
+    assert e["matched_portable_ratio"] == pytest.approx(1.5 / 0.8)
+    assert e["interaction_share"] == pytest.approx(0.7 / 3.0)
+    assert e["odds_interaction"] == pytest.approx(math.exp(0.7))
+
+
+def test_bootstrap_is_seeded_and_covers_the_mean():
+    rng = np.random.default_rng(5)
+    values = rng.normal(1.0, 1.0, size=(200, 4))
+    clusters = [str(i) for i in range(200)]
+    a = effect_block(values, clusters, BootstrapConfig(2000, seed=1))
+    b = effect_block(values, clusters, BootstrapConfig(2000, seed=1))
+    assert a == b
+    lo, hi = a["cells"]["uit_lit"]["ci"]
+    assert lo < values[:, 3].mean() < hi
+    # a 95% interval of a mean of 200 unit-variance draws is about +-0.14 wide
+    assert 0.2 < hi - lo < 0.35
+
+
+def test_events_of_one_prompt_resample_together():
+    # two prompts, each with many identical events: the cluster bootstrap sees only 2 clusters,
+    # so its interval spans both prompt means; an event-level bootstrap would be far narrower.
+    values = np.array([[0, 0, 0, 0]] * 50 + [[0, 0, 0, 4]] * 50, dtype=float)
+    clusters = ["a"] * 50 + ["b"] * 50
+    block = effect_block(values, clusters, BootstrapConfig(2000, seed=0))
+    assert block["n_prompts"] == 2 and block["n_events"] == 100
+    lo, hi = block["effects"]["E_IT"]["ci"]
+    assert lo == pytest.approx(0.0) and hi == pytest.approx(4.0)
+
+
+def test_breakdowns_and_invalid_records():
+    records = [rec("a", [0, 1, 0, 3], "rain", 0), rec("b", [0, 1, 0, 1], "wind", 4),
+               rec("c", [0, 2, 0, 2], "wind", 6), rec("d", [float("nan")] * 4, "rain", 1, valid=False)]
+    out = summarize_records(records, "common_it", BootstrapConfig(200))
+    assert out["all"]["n_events"] == 3
+    assert out["by_category"]["rain"]["effects"]["interaction"]["mean"] == pytest.approx(2.0)
+    assert out["by_category"]["wind"]["n_events"] == 2
+    assert out["by_position"][">=3"]["n_events"] == 2
+    assert out["by_position"][">=5"]["n_events"] == 1
+    assert out["by_category"]["rain"]["effects"]["interaction"]["ci"] is None  # one prompt: no CI
+
+
+def test_family_balanced_pooling_weights_pairs_equally():
+    big = [rec(f"x{i}", [0, 1, 0, 1]) for i in range(90)]  # interaction 0
+    small = [rec(f"y{i}", [0, 1, 0, 3]) for i in range(10)]  # interaction 2
+    pooled = pool_family_balanced({"big": big, "small": small}, "common_it", BootstrapConfig(500))
+    assert pooled["effects"]["interaction"]["mean"] == pytest.approx(1.0)  # not 0.2 (event-weighted)
+    assert pooled["n_pairs"] == 2
