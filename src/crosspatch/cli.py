@@ -65,6 +65,7 @@ def run_cmd(
     seed: int = typer.Option(0, "--seed"),
     chat_template: bool = typer.Option(False, "--chat-template", help="Apply the descendant's chat template."),
     rollout_model: str = typer.Option("IT", "--rollout-model", help="Which model decodes greedily: IT or PT."),
+    group_by: Optional[str] = typer.Option(None, "--group-by", help="Comma-separated prompt fields to break down by."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights."),
     allow_special_token_mismatch: bool = typer.Option(False, "--allow-special-token-mismatch"),
@@ -91,6 +92,7 @@ def run_cmd(
             boundaries=[_boundary(x) for x in boundaries.split(",")] if boundaries else None,
             max_new_tokens=max_new_tokens, batch_size=batch_size, rollout_model=rollout_model.upper(),
             bootstrap=bootstrap, seed=seed, chat_template=chat_template,
+            group_by=[x.strip() for x in group_by.split(",")] if group_by else [],
         )
         result = run(pair, items, config, out=out, resume=resume, progress=not quiet)
     except CrosspatchError as exc:
@@ -111,6 +113,56 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> 
     except CrosspatchError as exc:
         _fail(exc)
     console.print(f"wrote {run_dir / 'report.md'}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory for the combined demo."),
+    boundary: str = typer.Option("0.6", "--boundary"),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens"),
+    bootstrap: int = typer.Option(2000, "--bootstrap"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Run the diagnostic on the embedded weather-report zoo: base vs every descendant."""
+    from .zoo.demo import headline_rows, run_demo
+
+    try:
+        result = run_demo(out, boundary=_boundary(boundary), max_new_tokens=max_new_tokens,
+                          bootstrap=bootstrap, progress=not quiet, log=lambda m: console.print(m))
+    except CrosspatchError as exc:
+        _fail(exc)
+    table = Table(title="crosspatch demo: weather zoo, common-IT readout")
+    for col in ("descendant", "events", "E_PT", "E_IT", "interaction", "direct share"):
+        table.add_column(col)
+    for row in headline_rows(result.summary):
+        table.add_row(row[0].strip("`"), row[1], *row[6:10])
+    Console().print(table)
+    console.print(f"report: {out / 'report.md'} ({result.summary['seconds']} s)")
+
+
+@zoo_app.command("build")
+def zoo_build_cmd(
+    out: Path = typer.Option(None, "--out", help="Where to build (default: the package's zoo directory)."),
+    seed: int = typer.Option(1234, "--seed"),
+) -> None:
+    """Rebuild the whole zoo from the seed: data, tokenizer, six models, cards, manifest."""
+    from .zoo import zoo_path
+    from .zoo.build import ZooSpec, build_zoo
+
+    result = build_zoo(out or zoo_path(), ZooSpec(seed=seed), log=lambda m: console.print(m))
+    console.print(f"zoo built at {result.out} in {result.seconds:.0f} s")
+
+
+@zoo_app.command("verify")
+def zoo_verify_cmd(path: Optional[Path] = typer.Argument(None, help="Zoo directory (default: embedded).")) -> None:
+    """Check every zoo file against the sha256 in its manifest."""
+    from .zoo import verify
+
+    try:
+        man = verify(path)
+    except CrosspatchError as exc:
+        _fail(exc)
+    console.print(f"ok: {len(man['files'])} files match manifest.json")
 
 
 def main() -> None:

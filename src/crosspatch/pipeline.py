@@ -35,6 +35,7 @@ class RunConfig:
     bootstrap: int = 2000
     seed: int = 0
     chat_template: bool = False  # apply the descendant's chat template to every prompt
+    group_by: list[str] = field(default_factory=list)  # prompt metadata fields to break down by
     title: str | None = None
 
 
@@ -138,7 +139,9 @@ def build_summary(
         "num_layers": config_record["num_layers"],
         "boundaries": [str(b) for b in boundaries],
         "counts": counts,
-        "results": summarize_boundaries(records, boot),
+        "results": summarize_boundaries(
+            records, boot, config_record["options"].get("group_by") or (), boundaries
+        ),
         "warnings": warnings,
         "no_divergence_prompts": [{"prompt_id": x.prompt_id, "reason": x.reason} for x in no_div],
         "real_vocabulary": config_record.get("real_vocabulary"),
@@ -190,6 +193,7 @@ def run(
         store.start(record, resume=resume)
         done = store.completed_prompts(boundaries)
     todo = [k for k, p in enumerate(prompts) if p.id not in done]
+    by_id = {p.id: k for k, p in enumerate(prompts)}
     records: list[CellRecord] = store.load_records() if store else []
     no_div: list[NoDivergence] = store.load_no_divergence() if store else []
     div_cfg = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model)
@@ -202,6 +206,9 @@ def run(
             idx = todo[start : start + chunk]
             events, none = find_divergences(pair, [prompts[k] for k in idx], [token_ids[k] for k in idx], div_cfg)
             scored = score_events(pair, events, boundaries, cell_cfg)
+            for rec in scored:
+                meta = prompts[by_id[rec.prompt_id]].metadata
+                rec.extra.update({f: meta.get(f) for f in config.group_by})
             if store is not None:
                 # records first: a prompt counts as done only once all its boundaries are stored
                 store.append_records(scored)
@@ -210,9 +217,8 @@ def run(
             no_div += none
             if bar:
                 bar.update(task, advance=len(idx))
-    order = {p.id: k for k, p in enumerate(prompts)}
-    records.sort(key=lambda r: (order.get(r.prompt_id, len(order)), r.boundary))
-    no_div.sort(key=lambda x: order.get(x.prompt_id, len(order)))
+    records.sort(key=lambda r: (by_id.get(r.prompt_id, len(by_id)), r.boundary))
+    no_div.sort(key=lambda x: by_id.get(x.prompt_id, len(by_id)))
     boot = BootstrapConfig(config.bootstrap, config.seed)
     summary = build_summary(record, records, no_div, len(prompts), boot,
                             {"elapsed_seconds_this_session": round(time.perf_counter() - started, 3)})

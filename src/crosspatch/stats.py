@@ -98,15 +98,28 @@ def _matrix(records: Sequence[CellRecord], readout: str) -> np.ndarray:
     return np.array([[r.cells[readout][c] for c in CELLS] for r in records], dtype=float).reshape(-1, 4)
 
 
-def summarize_records(records: Sequence[CellRecord], readout: str, boot: BootstrapConfig) -> dict:
-    """Overall, by-category and by-position blocks for one readout (valid records only)."""
+def _grouped(recs: Sequence[CellRecord], key, readout: str, boot: BootstrapConfig) -> dict:
+    groups: dict[str, list[CellRecord]] = {}
+    for r in recs:
+        value = key(r)
+        if value is not None:
+            groups.setdefault(str(value), []).append(r)
+    return {
+        name: effect_block(_matrix(sub, readout), [r.prompt_id for r in sub], boot)
+        for name, sub in sorted(groups.items())
+    }
+
+
+def summarize_records(
+    records: Sequence[CellRecord], readout: str, boot: BootstrapConfig, group_by: Sequence[str] = ()
+) -> dict:
+    """Overall, by-category, by-position and by-``group_by``-field blocks for one readout
+    (valid records only; ``group_by`` fields are read from each record's ``extra``)."""
     recs = [r for r in records if r.valid]
     out = {"all": effect_block(_matrix(recs, readout), [r.prompt_id for r in recs], boot)}
-    categories = sorted({r.category for r in recs if r.category is not None})
-    out["by_category"] = {}
-    for cat in categories:
-        sub = [r for r in recs if r.category == cat]
-        out["by_category"][cat] = effect_block(_matrix(sub, readout), [r.prompt_id for r in sub], boot)
+    out["by_category"] = _grouped(recs, lambda r: r.category, readout, boot)
+    for name in group_by:
+        out[f"by_{name}"] = _grouped(recs, lambda r, n=name: r.extra.get(n), readout, boot)
     out["by_position"] = {}
     for name, start in POSITION_BUCKETS.items():
         sub = [r for r in recs if r.position >= start]
@@ -131,13 +144,17 @@ def readout_agreement(records: Sequence[CellRecord]) -> dict:
     }
 
 
-def summarize_boundaries(records: Iterable[CellRecord], boot: BootstrapConfig) -> dict:
-    """``{boundary: {readout: blocks, "readout_agreement": ...}}`` over all boundaries present."""
+def summarize_boundaries(
+    records: Iterable[CellRecord], boot: BootstrapConfig, group_by: Sequence[str] = (),
+    boundaries: Sequence[int] | None = None,
+) -> dict:
+    """``{boundary: {readout: blocks, "readout_agreement": ...}}`` for ``boundaries`` (default:
+    those present); a boundary without events gets empty blocks, not a missing key."""
     records = list(records)
     out = {}
-    for b in sorted({r.boundary for r in records}):
+    for b in sorted(set(boundaries) if boundaries is not None else {r.boundary for r in records}):
         sub = [r for r in records if r.boundary == b]
-        out[str(b)] = {name: summarize_records(sub, name, boot) for name in READOUTS}
+        out[str(b)] = {name: summarize_records(sub, name, boot, group_by) for name in READOUTS}
         out[str(b)]["readout_agreement"] = readout_agreement(sub)
     return out
 

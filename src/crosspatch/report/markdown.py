@@ -104,6 +104,13 @@ def boundary_section(result: dict, boundary: str, num_layers: int | None, level:
         lines.append("")
         lines += breakdown_table(by_cat, "category")
         lines.append("")
+    for key, groups in result["common_it"].items():
+        if key.startswith("by_") and key not in ("by_category", "by_position") and groups:
+            field_name = key[3:]
+            lines.append(f"{level}# By {md_escape(field_name)} (common-IT)")
+            lines.append("")
+            lines += breakdown_table(groups, md_escape(field_name))
+            lines.append("")
     lines.append(f"{level}# By generated position (common-IT)")
     lines.append("")
     lines += breakdown_table(result["common_it"]["by_position"], "position")

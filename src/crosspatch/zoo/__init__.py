@@ -1,0 +1,67 @@
+"""The weather-report model zoo: a pretrained base and five descendants, trained by crosspatch
+itself (``crosspatch zoo build``) and shipped as safetensors with a manifest of hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..errors import CrosspatchError
+
+ZOO_NAME = "weather"
+DESCENDANTS = ("it-full", "it-lora-all", "it-lora-late", "it-merged", "cpt")
+ADAPTERS = ("it-lora-all", "it-lora-late")
+
+
+class ZooIntegrityError(CrosspatchError):
+    """A zoo file is missing or its sha256 differs from manifest.json."""
+
+
+def zoo_path() -> Path:
+    """Directory of the committed zoo inside the installed package."""
+    return Path(__file__).parent / "assets" / ZOO_NAME
+
+
+def manifest(root: Path | None = None) -> dict:
+    root = root or zoo_path()
+    path = root / "manifest.json"
+    if not path.exists():
+        raise ZooIntegrityError(f"no zoo at {root} (manifest.json missing); run `crosspatch zoo build`")
+    return json.loads(path.read_text())
+
+
+def verify(root: Path | None = None) -> dict:
+    """Check every file in the manifest against its sha256; returns the manifest."""
+    root = root or zoo_path()
+    man = manifest(root)
+    bad = []
+    for rel, digest in man["files"].items():
+        path = root / rel
+        if not path.exists():
+            bad.append(f"{rel} (missing)")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            bad.append(f"{rel} (sha256 differs)")
+    if bad:
+        raise ZooIntegrityError(f"zoo at {root} does not match its manifest: {', '.join(bad[:5])}")
+    return man
+
+
+def load_zoo_pair(descendant: str, root: Path | None = None, **options):
+    """``load_pair`` of the zoo's base and one descendant (adapters load as PEFT adapters)."""
+    from ..models.loading import load_pair
+
+    if descendant not in DESCENDANTS:
+        raise CrosspatchError(f"unknown zoo model {descendant!r}; choose from {', '.join(DESCENDANTS)}")
+    root = root or zoo_path()
+    base = str(root / "base")
+    if descendant in ADAPTERS:
+        return load_pair(base, adapter=str(root / descendant), **options)
+    return load_pair(base, tuned=str(root / descendant), **options)
+
+
+def zoo_prompts(split: str = "all", root: Path | None = None):
+    """The shipped prompt set: ``all``, ``in_distribution`` or ``held_out``."""
+    from ..prompts import load_prompts
+
+    return load_prompts((root or zoo_path()) / "prompts" / f"{split}.jsonl")

@@ -1,0 +1,367 @@
+"""Build the weather-report zoo from a seed: tokenizer, base model, five descendants, cards.
+
+``crosspatch zoo build --out DIR`` runs everything below; ``ZooSpec`` holds every size and
+step count, so a smoke test can run each recipe for a few steps.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import data as wx
+
+DESCENDANTS = ("it-full", "it-lora-all", "it-lora-late", "it-merged", "cpt")
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class ZooSpec:
+    """Sizes, data amounts and recipes of the zoo (defaults: the committed zoo)."""
+
+    seed: int = 1234
+    vocab_size: int = 1024
+    hidden_size: int = 64
+    intermediate_size: int = 192
+    num_layers: int = 6
+    num_heads: int = 4
+    seq_len: int = 128
+    raw_docs: int = 24000
+    cpt_docs: int = 12000
+    instruction_pairs: int = 6000
+    eval_docs: int = 400
+    eval_pairs: int = 300
+    batch_size: int = 32
+    pretrain_steps: int = 1200
+    it_steps: int = 400
+    lora_steps: int = 400
+    cpt_steps: int = 300
+    pretrain_lr: float = 3e-3
+    it_lr: float = 1e-3
+    lora_lr: float = 3e-3
+    lora_r: int = 8
+    lora_alpha: int = 16
+    save_dtype: str = "float16"
+    prompts_per_aspect: int = 6
+
+    @property
+    def late_layers(self) -> list[int]:
+        """The last third of the layers (it-lora-late trains only these)."""
+        n = self.num_layers
+        return list(range(n - n // 3, n))
+
+
+# --- data and tokenizer -----------------------------------------------------------------------
+def build_corpora(spec: ZooSpec) -> dict[str, list]:
+    """All text of the zoo, deterministic for ``spec.seed``."""
+    s = spec.seed
+    return {
+        "pretrain": wx.raw_corpus(spec.raw_docs, s),
+        "cpt": wx.raw_corpus(spec.cpt_docs, s + 1),
+        "instructions": wx.instruction_pairs(spec.instruction_pairs, s + 2),
+        "eval_raw": wx.raw_corpus(spec.eval_docs, s + 3),
+        "eval_instructions": wx.instruction_pairs(spec.eval_pairs, s + 4),
+        "eval_instructions_held_out": wx.instruction_pairs(spec.eval_pairs, s + 5, wx.HELD_OUT_CITIES),
+        "prompts": wx.prompt_set(s + 6, spec.prompts_per_aspect),
+    }
+
+
+def train_tokenizer(corpora: dict, spec: ZooSpec):
+    """Byte-level BPE trained on raw text and instruction text, as a PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    texts = corpora["pretrain"] + [p["prompt"] + p["response"] for p in corpora["instructions"]]
+    core.train_from_iterator(texts, trainer=trainer)
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", model_max_length=4096)
+
+
+# --- model and batches ------------------------------------------------------------------------
+def new_model(spec: ZooSpec, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads, max_position_embeddings=512, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(spec.seed)
+    return LlamaForCausalLM(config)
+
+
+def packed_blocks(docs: list[str], tokenizer, seq_len: int) -> torch.Tensor:
+    """Documents as BOS text EOS, concatenated and cut into ``seq_len`` blocks."""
+    ids: list[int] = []
+    for enc in tokenizer(docs)["input_ids"]:
+        ids += enc + [tokenizer.eos_token_id]
+    n = len(ids) // seq_len
+    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+
+
+def instruction_batch(pairs: list[dict], tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, attention mask and labels (loss on the report and its EOS only)."""
+    seqs, labels = [], []
+    for p in pairs:
+        prompt = tokenizer(p["prompt"])["input_ids"]
+        response = tokenizer(p["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        seqs.append(prompt + response)
+        labels.append([-100] * len(prompt) + response)
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
+    lab = torch.full((len(seqs), width), -100)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for k, (s, l) in enumerate(zip(seqs, labels)):
+        ids[k, : len(s)] = torch.tensor(s)
+        lab[k, : len(l)] = torch.tensor(l)
+        mask[k, : len(s)] = 1
+    return ids, mask, lab
+
+
+def _lm_loss(model, ids, mask, labels) -> torch.Tensor:
+    return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+
+def train(model, batches, steps: int, lr: float, seed: int, log=None) -> list[float]:
+    """AdamW with warmup + cosine decay; ``batches(step)`` returns (ids, mask, labels)."""
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
+    )
+    model.train()
+    losses = []
+    for step in range(steps):
+        loss = _lm_loss(model, *batches(step))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if log and (step % 100 == 0 or step == steps - 1):
+            log(f"  step {step + 1}/{steps} loss {loss.item():.3f}")
+    model.eval()
+    return losses
+
+
+def raw_batches(blocks: torch.Tensor, batch_size: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+
+    def get(step):
+        idx = torch.randint(0, len(blocks), (batch_size,), generator=gen)
+        ids = blocks[idx]
+        return ids, torch.ones_like(ids), ids
+
+    return get
+
+
+def it_batches(pairs: list[dict], tokenizer, batch_size: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+
+    def get(step):
+        idx = torch.randint(0, len(pairs), (batch_size,), generator=gen).tolist()
+        return instruction_batch([pairs[i] for i in idx], tokenizer)
+
+    return get
+
+
+@torch.no_grad()
+def eval_raw_loss(model, blocks: torch.Tensor) -> float:
+    model.eval()
+    losses = [float(_lm_loss(model, b, torch.ones_like(b), b)) for b in blocks.split(32)]
+    return sum(losses) / len(losses)
+
+
+@torch.no_grad()
+def eval_instruction_loss(model, pairs: list[dict], tokenizer) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for k in range(0, len(pairs), 32):
+        ids, mask, lab = instruction_batch(pairs[k : k + 32], tokenizer)
+        n = int((lab[:, 1:] != -100).sum())
+        total += float(_lm_loss(model, ids, mask, lab)) * n
+        count += n
+    return total / count
+
+
+# --- saving -----------------------------------------------------------------------------------
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _save_model(model, path: Path, spec: ZooSpec, tokenizer) -> None:
+    dtype = {"float16": torch.float16, "float32": torch.float32}[spec.save_dtype]
+    model.to(dtype).save_pretrained(path)
+    model.to(torch.float32)
+    tokenizer.save_pretrained(path)
+
+
+def _write_gz_jsonl(path: Path, rows) -> None:
+    raw = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+    with open(path, "wb") as fh, gzip.GzipFile(fileobj=fh, mode="wb", mtime=0, filename="") as gz:
+        gz.write(raw)
+
+
+def write_card(path: Path, name: str, recipe: str, info: dict) -> None:
+    lines = [f"# crosspatch zoo: `{name}`", "", recipe, "", "| field | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in info.items()]
+    lines += ["", "Synthetic weather data (crosspatch.zoo.data); not a real forecaster. Rebuild with "
+              "`crosspatch zoo build`."]
+    (path / "README.md").write_text("\n".join(lines) + "\n")
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    seconds: float
+    evals: dict = field(default_factory=dict)
+
+
+def build_data(spec: ZooSpec, out: Path) -> tuple[dict, object]:
+    """Corpora, tokenizer and prompt sets (the deterministic part of the build)."""
+    out.mkdir(parents=True, exist_ok=True)
+    corpora = build_corpora(spec)
+    tokenizer = train_tokenizer(corpora, spec)
+    (out / "data").mkdir(exist_ok=True)
+    for name in ("pretrain", "cpt", "instructions"):
+        rows = corpora[name] if name == "instructions" else [{"text": t} for t in corpora[name]]
+        _write_gz_jsonl(out / "data" / f"{name}.jsonl.gz", rows)
+    (out / "prompts").mkdir(exist_ok=True)
+    all_prompts = corpora["prompts"]
+    for split in ("in_distribution", "held_out"):
+        rows = [p for p in all_prompts if p["split"] == split]
+        (out / "prompts" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "prompts" / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in all_prompts))
+    tokenizer.save_pretrained(out / "tokenizer")
+    return corpora, tokenizer
+
+
+def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildResult:
+    """Build every file of the zoo into ``out`` and write ``manifest.json`` with hashes."""
+    from peft import LoraConfig, get_peft_model
+
+    spec = spec or ZooSpec()
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    started = time.perf_counter()
+    torch.manual_seed(spec.seed)
+    log("data and tokenizer")
+    corpora, tok = build_data(spec, out)
+    blocks = packed_blocks(corpora["pretrain"], tok, spec.seq_len)
+    cpt_blocks = packed_blocks(corpora["cpt"], tok, spec.seq_len)
+    eval_blocks = packed_blocks(corpora["eval_raw"], tok, spec.seq_len)
+    pairs, eval_pairs = corpora["instructions"], corpora["eval_instructions"]
+    held = corpora["eval_instructions_held_out"]
+    evals: dict[str, dict] = {}
+
+    def evaluate(name, model):
+        evals[name] = {
+            "raw_text_loss": round(eval_raw_loss(model, eval_blocks), 4),
+            "instruction_loss_in_distribution": round(eval_instruction_loss(model, eval_pairs, tok), 4),
+            "instruction_loss_held_out_cities": round(eval_instruction_loss(model, held, tok), 4),
+        }
+        log(f"  {name}: {evals[name]}")
+
+    log(f"base: pretraining {spec.pretrain_steps} steps")
+    base = new_model(spec, tok)
+    train(base, raw_batches(blocks, spec.batch_size, spec.seed), spec.pretrain_steps, spec.pretrain_lr, spec.seed, log)
+    evaluate("base", base)
+    _save_model(base, out / "base", spec, tok)
+    base_state = {k: v.clone() for k, v in base.state_dict().items()}
+
+    def fresh_base():
+        model = new_model(spec, tok)
+        model.load_state_dict(base_state)
+        return model
+
+    log(f"it-full: instruction tuning {spec.it_steps} steps")
+    full = fresh_base()
+    train(full, it_batches(pairs, tok, spec.batch_size, spec.seed + 10), spec.it_steps, spec.it_lr, spec.seed + 10, log)
+    evaluate("it-full", full)
+    _save_model(full, out / "it-full", spec, tok)
+
+    merged = None
+    for name, layers in (("it-lora-all", None), ("it-lora-late", spec.late_layers)):
+        log(f"{name}: LoRA r={spec.lora_r} on {'all layers' if layers is None else f'layers {layers}'}")
+        cfg = LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, target_modules=LORA_TARGETS,
+                         layers_to_transform=layers, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+        torch.manual_seed(spec.seed + 20)
+        peft_model = get_peft_model(fresh_base(), cfg)
+        train(peft_model, it_batches(pairs, tok, spec.batch_size, spec.seed + 20), spec.lora_steps,
+              spec.lora_lr, spec.seed + 20, log)
+        evaluate(name, peft_model)
+        peft_model.save_pretrained(out / name)
+        tok.save_pretrained(out / name)
+        if layers is None:
+            merged = peft_model.merge_and_unload()
+    evaluate("it-merged", merged)
+    _save_model(merged, out / "it-merged", spec, tok)
+
+    log(f"cpt: continued pretraining {spec.cpt_steps} steps")
+    cpt = fresh_base()
+    train(cpt, raw_batches(cpt_blocks, spec.batch_size, spec.seed + 30), spec.cpt_steps, spec.it_lr, spec.seed + 30, log)
+    evaluate("cpt", cpt)
+    _save_model(cpt, out / "cpt", spec, tok)
+
+    seconds = time.perf_counter() - started
+    recipes = {
+        "base": (f"Pretrained from scratch on {spec.raw_docs} raw weather documents (observation logs, "
+                 f"narratives, climate notes; US and held-out cities), {spec.pretrain_steps} steps.", "raw_text_loss"),
+        "it-full": (f"Full instruction tuning of `base` on {spec.instruction_pairs} instruction -> report pairs "
+                    f"(31 US cities only), {spec.it_steps} steps, loss on the report.", "instruction_loss_in_distribution"),
+        "it-lora-all": (f"LoRA (r={spec.lora_r}, alpha={spec.lora_alpha}) on all layers of `base`, same data, "
+                        f"{spec.lora_steps} steps. PEFT adapter directory.", "instruction_loss_in_distribution"),
+        "it-lora-late": (f"LoRA on layers {spec.late_layers} only (last third), same data, {spec.lora_steps} "
+                         "steps. PEFT adapter directory.", "instruction_loss_in_distribution"),
+        "it-merged": ("`it-lora-all` merged into a full checkpoint (merge_and_unload).", "instruction_loss_in_distribution"),
+        "cpt": (f"Continued pretraining of `base` on {spec.cpt_docs} more raw documents (no instructions), "
+                f"{spec.cpt_steps} steps: a non-instruction control.", "raw_text_loss"),
+    }
+    for name, (recipe, objective) in recipes.items():
+        info = {"seed": spec.seed, "architecture": f"Llama, {spec.num_layers} layers, d={spec.hidden_size}",
+                "saved dtype": spec.save_dtype, "own objective": objective,
+                f"held-out {objective}": evals[name][objective], f"base's held-out {objective}": evals["base"][objective]}
+        info.update({f"eval {k}": v for k, v in evals[name].items()})
+        write_card(out / name, name, recipe, info)
+    write_manifest(out, spec, seconds, evals)
+    log(f"built in {seconds:.0f} s")
+    return BuildResult(out, seconds, evals)
+
+
+def manifest_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json")
+
+
+def write_manifest(out: Path, spec: ZooSpec, seconds: float, evals: dict) -> None:
+    manifest = {
+        "schema_version": "crosspatch.zoo/1",
+        "rebuild_command": f"crosspatch zoo build --seed {spec.seed}",
+        "spec": asdict(spec),
+        "build_seconds": round(seconds, 1),
+        "torch": torch.__version__,
+        "evals": evals,
+        "files": {str(p.relative_to(out)): sha256(p) for p in manifest_files(out)},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

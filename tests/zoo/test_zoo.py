@@ -1,0 +1,81 @@
+"""The committed zoo: hashes, loadable checkpoints, reproducible data, verified learning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from crosspatch.zoo import ADAPTERS, DESCENDANTS, ZooIntegrityError, load_zoo_pair, manifest, verify, zoo_path
+from crosspatch.zoo.build import ZooSpec, build_data, build_zoo, sha256
+
+MAX_ZOO_BYTES = 40 * 1024 * 1024
+
+
+def test_every_committed_file_matches_the_manifest():
+    man = verify()
+    assert man["rebuild_command"].startswith("crosspatch zoo build")
+    total = sum((zoo_path() / rel).stat().st_size for rel in man["files"])
+    assert total < MAX_ZOO_BYTES
+
+
+def test_a_changed_file_is_detected(tmp_path):
+    import shutil
+
+    copy = tmp_path / "zoo"
+    shutil.copytree(zoo_path(), copy)
+    card = copy / "base" / "README.md"
+    card.write_text(card.read_text() + "tampered\n")
+    with pytest.raises(ZooIntegrityError, match="base/README.md"):
+        verify(copy)
+
+
+@pytest.mark.parametrize("name", DESCENDANTS)
+def test_every_checkpoint_loads_as_a_pair(name):
+    pair = load_zoo_pair(name)
+    assert pair.num_layers == manifest()["spec"]["num_layers"]
+    assert pair.residency == ("adapter" if name in ADAPTERS else "both")
+    assert not pair.warnings
+
+
+def test_build_code_reproduces_committed_tokenizer_and_data(tmp_path):
+    man = manifest()
+    build_data(ZooSpec(**man["spec"]), tmp_path)
+    rebuilt = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.parent.name == "tokenizer" for p in rebuilt)
+    for path in rebuilt:
+        rel = str(path.relative_to(tmp_path))
+        assert rel in man["files"], rel
+        assert sha256(path) == man["files"][rel], f"{rel} differs from the committed file"
+
+
+def test_descendants_learned_their_own_objective():
+    evals = manifest()["evals"]
+    base = evals["base"]
+    for name in ("it-full", "it-lora-all", "it-lora-late", "it-merged"):
+        assert evals[name]["instruction_loss_in_distribution"] < 0.8 * base["instruction_loss_in_distribution"]
+    assert evals["it-full"]["instruction_loss_held_out_cities"] < base["instruction_loss_held_out_cities"]
+    assert evals["cpt"]["raw_text_loss"] <= base["raw_text_loss"] + 0.01
+    for name in DESCENDANTS + ("base",):
+        card = (zoo_path() / name / "README.md").read_text()
+        assert "held-out" in card and str(manifest()["spec"]["seed"]) in card
+
+
+def test_smoke_build_trains_every_recipe_and_the_demo_runs_on_it(tmp_path):
+    from crosspatch.zoo.demo import run_demo
+
+    spec = ZooSpec(raw_docs=300, cpt_docs=100, instruction_pairs=120, eval_docs=40, eval_pairs=16,
+                   pretrain_steps=3, it_steps=2, lora_steps=2, cpt_steps=2, batch_size=4, seq_len=64,
+                   prompts_per_aspect=1, vocab_size=400)
+    result = build_zoo(tmp_path / "zoo", spec, log=lambda m: None)
+    for name in ("base",) + DESCENDANTS:
+        assert (tmp_path / "zoo" / name / "README.md").exists()
+    verify(tmp_path / "zoo")
+    demo = run_demo(tmp_path / "demo", root=tmp_path / "zoo", max_new_tokens=6, bootstrap=50,
+                    progress=False, log=lambda m: None)
+    assert set(demo.summary["descendants"]) == set(DESCENDANTS)
+    assert (tmp_path / "demo" / "report.md").read_text().startswith("# crosspatch demo")
+    for name in DESCENDANTS:
+        counts = demo.summary["descendants"][name]["counts"]
+        assert counts["events"] + counts["invalid"] + sum(counts["no_divergence"].values()) == 16
