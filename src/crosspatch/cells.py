@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from .divergence import DivergenceEvent, length_batches
-from .models.execution import capture_forward, late_forward, readout
+from .models.execution import EventStates, capture_forward, late_forward, readout
 from .models.loading import ModelPair
 from .models.vocab import masked_argmax, top2_margin
 
@@ -79,6 +79,15 @@ def resolve_boundary(boundary: int | float, num_layers: int) -> int:
     return b
 
 
+def _pad_stack(rows: list[torch.Tensor]) -> torch.Tensor:
+    """``[n_i, d]`` tensors right-padded with zeros into ``[batch, max n, d]``."""
+    width = max(r.shape[0] for r in rows)
+    out = rows[0].new_zeros((len(rows), width, rows[0].shape[-1]))
+    for k, r in enumerate(rows):
+        out[k, : r.shape[0]] = r
+    return out
+
+
 def _y(logits: torch.Tensor, t_it: torch.Tensor, t_pt: torch.Tensor) -> torch.Tensor:
     rows = torch.arange(logits.shape[0], device=logits.device)
     return logits[rows, t_it.to(logits.device)] - logits[rows, t_pt.to(logits.device)]
@@ -90,9 +99,14 @@ def score_events(
     boundaries: list[int],
     config: CellsConfig | None = None,
     on_batch: Callable[[list[CellRecord]], None] | None = None,
+    natural: dict[str, dict[str, EventStates]] | None = None,
 ) -> list[CellRecord]:
     """Score every event at every boundary. Records come back in event order (boundaries in
-    the given order within an event); ``on_batch`` sees them batch by batch as they finish."""
+    the given order within an event); ``on_batch`` sees them batch by batch as they finish.
+
+    ``natural`` (from the divergence search's passes, keyed by event key) supplies both models'
+    boundary and final states; without it one full pass of each model over the prefixes
+    computes them here."""
     config = config or CellsConfig()
     by_event: dict[int, list[CellRecord]] = {}
     tok = pair.tokenizer_it
@@ -103,10 +117,18 @@ def score_events(
         rows = torch.arange(len(seqs))
         t_it = torch.tensor([e.t_it for e in evs])
         t_pt = torch.tensor([e.t_pt for e in evs])
-        cap_pt = capture_forward(pair.pt, seqs, boundaries, pair.pad_id)
-        cap_it = capture_forward(pair.it, seqs, boundaries, pair.pad_id)
-        nat_pt = cap_pt.final_states[rows, last]
-        nat_it = cap_it.final_states[rows, last]
+        if natural is None:
+            cap_pt = capture_forward(pair.pt, seqs, boundaries, pair.pad_id)
+            cap_it = capture_forward(pair.it, seqs, boundaries, pair.pad_id)
+            u_pt, u_it = cap_pt.boundary_states, cap_it.boundary_states
+            nat_pt = cap_pt.final_states[rows, last]
+            nat_it = cap_it.final_states[rows, last]
+        else:
+            states = [natural[e.key] for e in evs]
+            u_pt = {b: _pad_stack([s["PT"].boundary[b] for s in states]) for b in boundaries}
+            u_it = {b: _pad_stack([s["IT"].boundary[b] for s in states]) for b in boundaries}
+            nat_pt = torch.stack([s["PT"].final for s in states])
+            nat_it = torch.stack([s["IT"].final for s in states])
         own_pt, own_it = readout(pair.pt, nat_pt), readout(pair.it, nat_it)
         margin_pt, margin_it = top2_margin(own_pt, pair.real_vocab), top2_margin(own_it, pair.real_vocab)
         agrees = (masked_argmax(own_pt, pair.real_vocab).cpu() == t_pt) & (
@@ -116,8 +138,8 @@ def score_events(
         for k in batch:
             by_event[k] = []
         for b in boundaries:
-            upt_lit = late_forward(pair.it, b, cap_pt.boundary_states[b], seqs, pair.pad_id)[rows, last]
-            uit_lpt = late_forward(pair.pt, b, cap_it.boundary_states[b], seqs, pair.pad_id)[rows, last]
+            upt_lit = late_forward(pair.it, b, u_pt[b], seqs, pair.pad_id)[rows, last]
+            uit_lpt = late_forward(pair.pt, b, u_it[b], seqs, pair.pad_id)[rows, last]
             states = {"upt_lpt": nat_pt, "upt_lit": upt_lit, "uit_lpt": uit_lpt, "uit_lit": nat_it}
             ys: dict[str, dict[str, list[float]]] = {}
             for name, head in (("common_it", pair.it), ("common_pt", pair.pt)):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .cells import CellRecord, CellsConfig, resolve_boundary, score_events
 from .divergence import DivergenceConfig, NoDivergence, find_divergences
+from .models.execution import counting_work
 from .models.loading import ModelPair
 from .models.vocab import tokenize_once
 from .prompts import Prompt, as_prompts
@@ -36,6 +37,10 @@ class RunConfig:
     seed: int = 0
     chat_template: bool = False  # apply the descendant's chat template to every prompt
     group_by: list[str] = field(default_factory=list)  # prompt metadata fields to break down by
+    # "minimal": the rollout and the teacher-forced pass also supply both models' states (2 full
+    # passes + 2 late-only passes per event); "exact": one more full pass of each model over the
+    # prefix, which makes the exactness properties hold bit for bit across different passes.
+    plan: str = "minimal"
     title: str | None = None
 
 
@@ -196,16 +201,25 @@ def run(
     by_id = {p.id: k for k, p in enumerate(prompts)}
     records: list[CellRecord] = store.load_records() if store else []
     no_div: list[NoDivergence] = store.load_no_divergence() if store else []
-    div_cfg = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model)
+    if config.plan not in ("minimal", "exact"):
+        raise ValueError(f"plan must be 'minimal' or 'exact', not {config.plan!r}")
+    minimal = config.plan == "minimal"
+    div_cfg = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model,
+                               capture_boundaries=boundaries if minimal else None)
     cell_cfg = CellsConfig(config.batch_size, config.near_tie_threshold)
     started = time.perf_counter()
     chunk = max(config.batch_size, 1) * 4
-    with _progress(progress) if progress else contextlib.nullcontext() as bar:
+    event_work = 0
+    with counting_work() as work, (_progress(progress) if progress else contextlib.nullcontext()) as bar:
         task = bar.add_task("prompts", total=len(prompts), completed=len(prompts) - len(todo)) if bar else None
         for start in range(0, len(todo), chunk):
             idx = todo[start : start + chunk]
-            events, none = find_divergences(pair, [prompts[k] for k in idx], [token_ids[k] for k in idx], div_cfg)
-            scored = score_events(pair, events, boundaries, cell_cfg)
+            natural = {} if minimal else None
+            events, none = find_divergences(
+                pair, [prompts[k] for k in idx], [token_ids[k] for k in idx], div_cfg, natural=natural
+            )
+            scored = score_events(pair, events, boundaries, cell_cfg, natural=natural)
+            event_work += sum(len(e.prefix_ids) for e in events) * pair.num_layers
             for rec in scored:
                 meta = prompts[by_id[rec.prompt_id]].metadata
                 rec.extra.update({f: meta.get(f) for f in config.group_by})
@@ -220,8 +234,15 @@ def run(
     records.sort(key=lambda r: (by_id.get(r.prompt_id, len(by_id)), r.boundary))
     no_div.sort(key=lambda x: by_id.get(x.prompt_id, len(by_id)))
     boot = BootstrapConfig(config.bootstrap, config.seed)
-    summary = build_summary(record, records, no_div, len(prompts), boot,
-                            {"elapsed_seconds_this_session": round(time.perf_counter() - started, 3)})
+    cost = {
+        "plan": config.plan,
+        "token_layers_executed": work.token_layers,
+        "event_prefix_token_layers": event_work,
+        "fe_per_event": round(work.token_layers / event_work, 3) if event_work else None,
+        "seconds": round(time.perf_counter() - started, 3),
+        "prompts_processed": len(todo),
+    }
+    summary = build_summary(record, records, no_div, len(prompts), boot, {"cost_this_session": cost})
     result = RunResult(summary, records, no_div, record, Path(out) if out is not None else None)
     if store is not None:
         store.write_summary(summary)

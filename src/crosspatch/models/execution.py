@@ -20,6 +20,36 @@ from ..errors import BoundaryError
 from .anatomy import Anatomy, find_anatomy, unwrap_peft
 
 
+class WorkCounter:
+    """Counts model work as token-layers (one token through one decoder layer), real tokens only.
+    One forward-pass equivalent (FE) of an event = prefix length x number of layers."""
+
+    def __init__(self) -> None:
+        self.token_layers = 0
+
+    def add(self, tokens: int, layers: int) -> None:
+        self.token_layers += int(tokens) * int(layers)
+
+
+_COUNTERS: list[WorkCounter] = []
+
+
+@contextlib.contextmanager
+def counting_work() -> Iterator[WorkCounter]:
+    """Count the work of every pass run inside this context."""
+    counter = WorkCounter()
+    _COUNTERS.append(counter)
+    try:
+        yield counter
+    finally:
+        _COUNTERS.remove(counter)
+
+
+def record_work(tokens: int, layers: int) -> None:
+    for counter in _COUNTERS:
+        counter.add(tokens, layers)
+
+
 @dataclass
 class ModelHandle:
     """One side of a pair: a module, its anatomy, and whether a PEFT adapter is on for it."""
@@ -98,10 +128,71 @@ def padded_batch(
 
 @dataclass
 class Capture:
-    """States from one pass: residual entering each boundary layer, and pre-norm final states."""
+    """States from one pass: residual entering each boundary layer, and pre-norm final states.
+    Position ``j`` of row ``r``'s sequence is at index ``offsets[r] + j`` (left padding)."""
 
     boundary_states: dict[int, torch.Tensor]  # b -> [batch, seq, d]
     final_states: torch.Tensor  # [batch, seq, d], input of the final norm
+    offsets: list[int] | None = None
+
+    def event_states(self, row: int, length: int, boundaries: list[int]) -> "EventStates":
+        off = self.offsets[row] if self.offsets else 0
+        return EventStates(
+            {b: self.boundary_states[b][row, off : off + length] for b in boundaries},
+            self.final_states[row, off + length - 1],
+        )
+
+
+@dataclass
+class EventStates:
+    """One model's natural states over one event prefix: boundary states ``[n, d]`` and the
+    pre-norm final state at the last prefix position ``[d]``."""
+
+    boundary: dict[int, torch.Tensor]
+    final: torch.Tensor
+
+
+class StateRecorder:
+    """While active, records the residual entering each boundary layer and the final-norm input
+    of every forward call (one tensor per call, in call order)."""
+
+    def __init__(self, anatomy: Anatomy, boundaries: list[int], keep_on=None) -> None:
+        self.anatomy, self.boundaries, self.keep_on = anatomy, list(boundaries), keep_on
+        self.boundary: dict[int, list[torch.Tensor]] = {b: [] for b in self.boundaries}
+        self.final: list[torch.Tensor] = []
+        self._hooks: list = []
+
+    def _keep(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        return t.to(self.keep_on) if self.keep_on is not None else t
+
+    def __enter__(self) -> "StateRecorder":
+        anatomy = self.anatomy
+        for b in self.boundaries:
+            _check_boundary(anatomy, b)
+
+            def pre(module, args, kwargs, b=b):
+                self.boundary[b].append(self._keep(_hidden_arg(args, kwargs)))
+
+            self._hooks.append(anatomy.layers[b].register_forward_pre_hook(pre, with_kwargs=True))
+        self._hooks.append(anatomy.final_norm.register_forward_pre_hook(
+            lambda m, a, k: self.final.append(self._keep(_hidden_arg(a, k))), with_kwargs=True))
+
+        def learn_output_type(module, args, kwargs, output):
+            anatomy.layer_returns_tuple = isinstance(output, (tuple, list))
+
+        self._hooks.append(anatomy.layers[0].register_forward_hook(learn_output_type, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+    def concatenated(self, offsets: list[int] | None = None) -> Capture:
+        """All recorded calls joined along the sequence axis."""
+        return Capture({b: torch.cat(v, dim=1) for b, v in self.boundary.items()},
+                       torch.cat(self.final, dim=1), offsets)
 
 
 def _check_boundary(anatomy: Anatomy, boundary: int) -> None:
@@ -124,41 +215,11 @@ def capture_forward(
 ) -> Capture:
     """Full forward of ``handle`` over right-padded ``sequences``, capturing the residual entering
     each layer in ``boundaries`` and the input of the final norm (both ``[batch, seq, d]``)."""
-    anatomy = handle.anatomy
-    for b in boundaries:
-        _check_boundary(anatomy, b)
-    captured: dict[int, torch.Tensor] = {}
-    final: list[torch.Tensor] = []
-    hooks = []
-
-    def keep(t: torch.Tensor) -> torch.Tensor:
-        t = t.detach()
-        return t.to(keep_on) if keep_on is not None else t
-
-    def make_pre(b: int):
-        def pre(module, args, kwargs):
-            captured[b] = keep(_hidden_arg(args, kwargs))
-
-        return pre
-
-    def learn_output_type(module, args, kwargs, output):
-        anatomy.layer_returns_tuple = isinstance(output, (tuple, list))
-
-    try:
-        for b in set(boundaries):
-            hooks.append(anatomy.layers[b].register_forward_pre_hook(make_pre(b), with_kwargs=True))
-        hooks.append(
-            anatomy.final_norm.register_forward_pre_hook(
-                lambda m, a, k: final.append(keep(_hidden_arg(a, k))), with_kwargs=True
-            )
-        )
-        hooks.append(anatomy.layers[0].register_forward_hook(learn_output_type, with_kwargs=True))
-        ids, mask, positions, _ = padded_batch(sequences, pad_id, handle.input_device)
+    ids, mask, positions, lengths = padded_batch(sequences, pad_id, handle.input_device)
+    with StateRecorder(handle.anatomy, boundaries, keep_on) as rec:
         _run_backbone(handle, ids, mask, positions)
-    finally:
-        for h in hooks:
-            h.remove()
-    return Capture(boundary_states={b: captured[b] for b in boundaries}, final_states=final[-1])
+    record_work(int(lengths.sum()), handle.anatomy.num_layers)
+    return rec.concatenated()
 
 
 def _ensure_output_type_known(handle: ModelHandle, pad_id: int) -> None:
@@ -203,8 +264,9 @@ def late_forward(
                 lambda m, a, k: final.append(_hidden_arg(a, k).detach()), with_kwargs=True
             )
         )
-        ids, mask, positions, _ = padded_batch(sequences, pad_id, handle.input_device)
+        ids, mask, positions, lengths = padded_batch(sequences, pad_id, handle.input_device)
         _run_backbone(handle, ids, mask, positions)
+        record_work(int(lengths.sum()), anatomy.num_layers - boundary)
     finally:
         for h in hooks:
             h.remove()
@@ -229,12 +291,15 @@ def cache_keyword(handle: ModelHandle) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def next_token_logits(handle: ModelHandle, **inputs) -> torch.Tensor:
-    """fp32 logits of the last position from the model's own forward (used while decoding)."""
+def step_logits(handle: ModelHandle, keep: int, **inputs) -> torch.Tensor:
+    """fp32 logits ``[batch, keep, V]`` of the last ``keep`` positions from the model's own
+    forward (used while decoding with a KV cache)."""
     model = handle.anatomy.model
     params = inspect.signature(model.forward).parameters
     if "logits_to_keep" in params:
-        inputs["logits_to_keep"] = 1
+        inputs["logits_to_keep"] = keep
     with torch.inference_mode(), handle.active():
         out = model(**inputs)
-    return out.logits[:, -1].float()
+    fresh = inputs["input_ids"].shape[1]
+    record_work(int(inputs["attention_mask"][:, -fresh:].sum()), handle.anatomy.num_layers)
+    return out.logits[:, -keep:].float()
