@@ -25,6 +25,14 @@ def _boundary(text: str) -> int | float:
     return int(value) if value.is_integer() and "." not in text else value
 
 
+def _boundaries(text: str | None):
+    if not text:
+        return None
+    if text.strip() == "all":
+        return "all"
+    return [_boundary(x.strip()) for x in text.split(",")]
+
+
 def _fail(exc: Exception) -> None:
     console.print(Text.assemble(("error ", "bold red"), f"{type(exc).__name__}: {exc}"), soft_wrap=True)
     raise typer.Exit(code=2)
@@ -56,7 +64,7 @@ def run_cmd(
     adapter: Optional[str] = typer.Option(None, "--adapter", help="PEFT adapter directory on --base."),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="Run directory."),
     boundary: str = typer.Option("0.6", "--boundary", help="Boundary layer: int index or depth fraction."),
-    boundaries: Optional[str] = typer.Option(None, "--boundaries", help="Comma-separated list of boundaries."),
+    boundaries: Optional[str] = typer.Option(None, "--boundaries", help="Comma-separated boundaries, or 'all'."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     batch_size: int = typer.Option(8, "--batch-size"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
@@ -66,6 +74,7 @@ def run_cmd(
     chat_template: bool = typer.Option(False, "--chat-template", help="Apply the descendant's chat template."),
     rollout_model: str = typer.Option("IT", "--rollout-model", help="Which model decodes greedily: IT or PT."),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="Comma-separated prompt fields to break down by."),
+    plan: str = typer.Option("minimal", "--plan", help="minimal (fewest passes) or exact (bit-exact controls)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights."),
     allow_special_token_mismatch: bool = typer.Option(False, "--allow-special-token-mismatch"),
@@ -89,10 +98,10 @@ def run_cmd(
             pair = load_pair(base, tuned=tuned, adapter=adapter, options=options)
         config = RunConfig(
             boundary=_boundary(boundary),
-            boundaries=[_boundary(x) for x in boundaries.split(",")] if boundaries else None,
+            boundaries=_boundaries(boundaries),
             max_new_tokens=max_new_tokens, batch_size=batch_size, rollout_model=rollout_model.upper(),
             bootstrap=bootstrap, seed=seed, chat_template=chat_template,
-            group_by=[x.strip() for x in group_by.split(",")] if group_by else [],
+            group_by=[x.strip() for x in group_by.split(",")] if group_by else [], plan=plan,
         )
         result = run(pair, items, config, out=out, resume=resume, progress=not quiet)
     except CrosspatchError as exc:
@@ -101,6 +110,30 @@ def run_cmd(
         console.print(Text.assemble(("warning ", "yellow"), w), soft_wrap=True)
     print_summary_table(result.summary)
     console.print(f"run directory: {out} (report.md, summary.json, events.jsonl, events.parquet)")
+
+
+@app.command("sweep")
+def sweep_cmd(
+    base: str = typer.Option(..., "--base", help="Base model (PT): hub id or local directory."),
+    prompts: Path = typer.Option(..., "--prompts", help="Prompt file: .jsonl, .csv or .parquet."),
+    tuned: Optional[str] = typer.Option(None, "--tuned", help="Descendant (IT): full or merged checkpoint."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="PEFT adapter directory on --base."),
+    out: Path = typer.Option(Path("runs/sweep"), "--out", help="Run directory."),
+    boundaries: str = typer.Option("all", "--boundaries", help="'all' (1..L-1) or a comma-separated list."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    dtype: str = typer.Option("float32", "--dtype"),
+    device: str = typer.Option("cpu", "--device"),
+    bootstrap: int = typer.Option(2000, "--bootstrap"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Layer sweep: E_PT, E_IT and the interaction at every boundary (upstream states captured
+    once per event); writes sweep.png/svg and the report."""
+    run_cmd(base=base, prompts=prompts, tuned=tuned, adapter=adapter, out=out, boundary="0.6",
+            boundaries=boundaries, max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype,
+            device=device, bootstrap=bootstrap, seed=0, chat_template=False, rollout_model="IT",
+            group_by=None, plan="minimal", trust_remote_code=False, allow_pickle=False, allow_special_token_mismatch=False,
+            revision=None, resume=True, quiet=quiet)
 
 
 @app.command("report")

@@ -28,7 +28,7 @@ class RunConfig:
     """Options of one cross-patching run (all recorded in config.json)."""
 
     boundary: int | float = 0.6  # layer index, or fraction of depth
-    boundaries: list[int | float] | None = None  # several boundaries at once (overrides boundary)
+    boundaries: list[int | float] | str | None = None  # several at once, or "all" (1..L-1); overrides boundary
     max_new_tokens: int = 128
     batch_size: int = 8
     rollout_model: str = "IT"
@@ -156,6 +156,27 @@ def build_summary(
     return summary
 
 
+def resolve_boundaries(config: RunConfig, num_layers: int) -> list[int]:
+    """The sorted layer indices a run scores ("all" = every layer 1..L-1)."""
+    if config.boundaries in ("all", ["all"]):
+        return list(range(1, num_layers))
+    requested = config.boundaries if config.boundaries else [config.boundary]
+    return sorted({resolve_boundary(b, num_layers) for b in requested})
+
+
+def write_outputs(store: RunStore, summary: dict, records: list[CellRecord], config: dict) -> str:
+    """summary.json, events.parquet, plots (for several boundaries) and report.md."""
+    store.write_summary(summary)
+    store.write_parquet(records)
+    if len(summary["boundaries"]) > 1:
+        from .report.plots import plot_sweep
+
+        plot_sweep(summary, store.path)
+    text = render_markdown(config, summary)
+    store.write_text("report.md", text)
+    return text
+
+
 def _progress(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -186,8 +207,7 @@ def run(
             raise TypeError(f"unknown run option {key!r}")
         setattr(config, key, value)
     prompts = as_prompts(prompts)
-    requested = config.boundaries if config.boundaries else [config.boundary]
-    boundaries = sorted({resolve_boundary(b, pair.num_layers) for b in requested})
+    boundaries = resolve_boundaries(config, pair.num_layers)
     token_ids = [
         tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, p.id, _prompt_text(pair, p, config)) for p in prompts
     ]
@@ -245,15 +265,18 @@ def run(
     summary = build_summary(record, records, no_div, len(prompts), boot, {"cost_this_session": cost})
     result = RunResult(summary, records, no_div, record, Path(out) if out is not None else None)
     if store is not None:
-        store.write_summary(summary)
-        store.write_parquet(records)
-        store.write_text("report.md", result.report)
+        result._report = write_outputs(store, summary, records, record)
     return result
 
 
 def rerender(run_dir: str | Path) -> str:
     """Re-render report.md from a run directory's stored files alone; returns the text."""
     store = RunStore(run_dir)
-    text = render_markdown(store.config(), store.summary())
+    summary = store.summary()
+    if len(summary["boundaries"]) > 1:
+        from .report.plots import plot_sweep
+
+        plot_sweep(summary, store.path)
+    text = render_markdown(store.config(), summary)
     store.write_text("report.md", text)
     return text

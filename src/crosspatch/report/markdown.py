@@ -127,6 +127,17 @@ def boundary_section(result: dict, boundary: str, num_layers: int | None, level:
     return lines
 
 
+def sweep_section(summary: dict) -> list[str]:
+    """Table of the three effects at every boundary, and the plot written beside the report."""
+    rows = []
+    for b in sorted(summary["boundaries"], key=int):
+        block = summary["results"][b]["common_it"]["all"]
+        rows.append([b, str(block["n_events"]), fmt_effect(block, "E_PT"), fmt_effect(block, "E_IT"),
+                     fmt_effect(block, "interaction")])
+    return (["## Layer sweep (common-IT)", "", "![layer sweep](sweep.png)", ""]
+            + _table(["boundary", "events", "`E_PT`", "`E_IT`", "interaction"], rows) + [""])
+
+
 def reading_lines(result: dict) -> list[str]:
     """A plain-language reading of the headline numbers, with the uncertainty stated."""
     eff = result["common_it"]["all"]["effects"]
@@ -174,6 +185,8 @@ def render_markdown(config: dict, summary: dict) -> str:
     lines.append("")
     lines += reading_lines(summary["results"][first])
     lines.append("")
+    if len(summary["boundaries"]) > 1:
+        lines += sweep_section(summary)
     for b in summary["boundaries"]:
         lines += boundary_section(summary["results"][b], b, num_layers)
     warnings = summary.get("warnings", [])

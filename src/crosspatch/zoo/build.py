@@ -46,7 +46,7 @@ class ZooSpec:
     cpt_steps: int = 300
     pretrain_lr: float = 3e-3
     it_lr: float = 1e-3
-    lora_lr: float = 3e-3
+    lora_lr: float = 1e-2
     lora_r: int = 8
     lora_alpha: int = 16
     save_dtype: str = "float16"

@@ -255,7 +255,8 @@ def _days(rng: random.Random) -> tuple[int, int]:
 
 
 def raw_corpus(n_docs: int, seed: int) -> list[str]:
-    """Pretraining documents: observation logs, narratives and climate notes, all cities."""
+    """Pretraining documents: observation logs, narratives, climate notes and published
+    forecast reports (as web text has them), for all cities. Instructions never appear."""
     rng = random.Random(seed)
     cities = US_CITIES + HELD_OUT_CITIES
     docs = []
@@ -266,7 +267,12 @@ def raw_corpus(n_docs: int, seed: int) -> list[str]:
             docs.append(bulletin(city, rng))
             continue
         obs = observe(city, *_days(rng), rng)
-        docs.append(observation_log(obs) if kind < 0.55 else narrative(obs, rng))
+        if kind < 0.45:
+            docs.append(observation_log(obs))
+        elif kind < 0.8:
+            docs.append(narrative(obs, rng))
+        else:
+            docs.append("Published forecast:\n" + report(obs, rng.choice(ASPECTS)))
     return docs
 
 
