@@ -99,7 +99,8 @@ class RunStore:
     # -- config -----------------------------------------------------------------------------
     def start(self, config: dict, resume: bool = True) -> bool:
         """Create the directory or check it belongs to this configuration. Returns True when
-        earlier records exist and will be reused."""
+        earlier records exist and will be reused. Records of prompts left incomplete by an
+        interruption are dropped, so that redoing them adds no duplicate line."""
         self.path.mkdir(parents=True, exist_ok=True)
         cfg_path = self.path / "config.json"
         if cfg_path.exists():
@@ -114,7 +115,20 @@ class RunStore:
         _write_json(cfg_path, config)
         for name in (EVENTS_FILE, NO_DIV_FILE):
             _repair_tail(self.path / name)
+        self._drop_incomplete(config.get("resolved_boundaries") or [])
         return bool(self.load_records() or self.load_no_divergence())
+
+    def _drop_incomplete(self, boundaries: list[int]) -> None:
+        path = self.path / EVENTS_FILE
+        if not path.exists():
+            return
+        done = self.completed_prompts(boundaries)
+        rows = _read_jsonl(path)
+        kept = [r for r in rows if r["prompt_id"] in done]
+        if len(kept) != len(rows):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in kept), encoding="utf-8")
+            os.replace(tmp, path)
 
     def config(self) -> dict:
         path = self.path / "config.json"

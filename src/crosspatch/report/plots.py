@@ -37,6 +37,9 @@ def plot_sweep(summary: dict, out_dir: str | Path, readout: str = "common_it") -
         if band:
             ax.fill_between([b for b, _ in band], [ci[0] for _, ci in band], [ci[1] for _, ci in band],
                             color=color, alpha=0.18, linewidth=0)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xlabel(f"boundary layer b (of {summary.get('num_layers')})")
     ax.set_ylabel("logit(t_IT) - logit(t_PT)")

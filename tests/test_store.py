@@ -1,0 +1,120 @@
+"""Run directories: resumable after a real kill, torn lines repaired, no duplicates."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from crosspatch.cells import CellRecord
+from crosspatch.errors import RunDirectoryError
+from crosspatch.pipeline import run
+from crosspatch.store import RunStore
+from crosspatch.testing import char_tokenizer, make_pair, perturb_layers, tiny_model
+
+WORDS = ["Rain", "Wind", "Snow", "Sky", "Fog", "Heat", "Humid", "Storm", "Cold", "Gust"]
+
+
+def many_prompts(n):
+    return [{"id": f"q{k:03d}", "prompt": f"{WORDS[k % 10]} in city {k} on day {k % 28}",
+             "category": WORDS[k % 10]} for k in range(n)]
+
+
+def _strip(summary):
+    return {k: v for k, v in summary.items() if k != "cost_this_session"}
+
+
+def assert_same_summary(got, want, tol=1e-5, path="summary"):
+    """Equal structure, counts and strings; floats within ``tol`` (resumed runs batch the
+    remaining prompts differently, which moves values by float rounding only)."""
+    if isinstance(want, dict):
+        assert set(got) == set(want), path
+        for k in want:
+            assert_same_summary(got[k], want[k], tol, f"{path}.{k}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), path
+        for k, (a, b) in enumerate(zip(got, want)):
+            assert_same_summary(a, b, tol, f"{path}[{k}]")
+    elif isinstance(want, float) and not isinstance(want, bool):
+        assert abs(got - want) <= tol * max(1.0, abs(want)), f"{path}: {got} vs {want}"
+    else:
+        assert got == want, f"{path}: {got!r} vs {want!r}"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    base = tiny_model("llama", layers=4)
+    tok = char_tokenizer()
+    for name, model in (("base", base), ("tuned", perturb_layers(base, range(4), scale=0.12))):
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    (root / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in many_prompts(160)))
+    return root
+
+
+def _command(saved, out):
+    return [sys.executable, "-m", "crosspatch.cli", "run", "--base", str(saved / "base"), "--tuned",
+            str(saved / "tuned"), "--prompts", str(saved / "prompts.jsonl"), "--out", str(out),
+            "--boundaries", "1,3", "--max-new-tokens", "24", "--batch-size", "2", "--bootstrap", "200", "--quiet"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_run_resumes_to_the_uninterrupted_result(saved, tmp_path, sig):
+    reference = tmp_path / "reference"
+    subprocess.run(_command(saved, reference), check=True, capture_output=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_command(saved, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    events = out / "events.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if events.exists() and events.stat().st_size > 0:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+    assert not (out / "summary.json").exists()
+    partial = len(events.read_text().splitlines())
+    finished = subprocess.run(_command(saved, out), capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    keys = [json.loads(line)["key"] for line in events.read_text().splitlines()]
+    assert len(keys) == len(set(keys)), "duplicate event lines after resume"
+    ref_keys = [json.loads(line)["key"] for line in (reference / "events.jsonl").read_text().splitlines()]
+    assert sorted(keys) == sorted(ref_keys) and len(keys) > partial
+    nd = [json.loads(line)["prompt_id"] for line in (out / "no_divergence.jsonl").read_text().splitlines()]
+    assert len(nd) == len(set(nd))
+    got = json.loads((out / "summary.json").read_text())
+    want = json.loads((reference / "summary.json").read_text())
+    assert_same_summary(_strip(got), _strip(want))
+
+
+def test_torn_line_and_incomplete_prompt_are_redone(tmp_path):
+    pair = make_pair("llama", scale=0.2)
+    prompts = many_prompts(8)
+    full = run(pair, prompts, boundaries=[1, 2], max_new_tokens=10, bootstrap=100, progress=False, out=tmp_path / "a")
+    events = tmp_path / "a" / "events.jsonl"
+    lines = events.read_text().splitlines()
+    # simulate a kill in the middle of writing: the last prompt loses its second boundary, torn
+    events.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    (tmp_path / "a" / "summary.json").unlink()
+    again = run(pair, prompts, boundaries=[1, 2], max_new_tokens=10, bootstrap=100, progress=False, out=tmp_path / "a")
+    keys = [json.loads(line)["key"] for line in events.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == len(lines)
+    assert_same_summary(_strip(again.summary), _strip(full.summary))
+    assert again.summary["cost_this_session"]["prompts_processed"] == 1
+
+
+def test_a_run_directory_refuses_other_settings(tmp_path):
+    pair = make_pair("llama", scale=0.2)
+    run(pair, many_prompts(3), boundary=2, max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "r")
+    with pytest.raises(RunDirectoryError, match="different settings"):
+        run(pair, many_prompts(3), boundary=1, max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "r")
+    with pytest.raises(RunDirectoryError, match="--resume"):
+        run(pair, many_prompts(3), boundary=2, max_new_tokens=6, bootstrap=0, progress=False,
+            out=tmp_path / "r", resume=False)
