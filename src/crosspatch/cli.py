@@ -75,6 +75,7 @@ def run_cmd(
     rollout_model: str = typer.Option("IT", "--rollout-model", help="Which model decodes greedily: IT or PT."),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="Comma-separated prompt fields to break down by."),
     plan: str = typer.Option("minimal", "--plan", help="minimal (fewest passes) or exact (bit-exact controls)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: take prompts i, i+n, ... (then crosspatch merge)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights."),
     allow_special_token_mismatch: bool = typer.Option(False, "--allow-special-token-mismatch"),
@@ -101,10 +102,10 @@ def run_cmd(
             boundaries=_boundaries(boundaries),
             max_new_tokens=max_new_tokens, batch_size=batch_size, rollout_model=rollout_model.upper(),
             bootstrap=bootstrap, seed=seed, chat_template=chat_template,
-            group_by=[x.strip() for x in group_by.split(",")] if group_by else [], plan=plan,
+            group_by=[x.strip() for x in group_by.split(",")] if group_by else [], plan=plan, shard=shard,
         )
         result = run(pair, items, config, out=out, resume=resume, progress=not quiet)
-    except CrosspatchError as exc:
+    except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     for w in result.summary["warnings"]:
         console.print(Text.assemble(("warning ", "yellow"), w), soft_wrap=True)
@@ -132,8 +133,24 @@ def sweep_cmd(
     run_cmd(base=base, prompts=prompts, tuned=tuned, adapter=adapter, out=out, boundary="0.6",
             boundaries=boundaries, max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype,
             device=device, bootstrap=bootstrap, seed=0, chat_template=False, rollout_model="IT",
-            group_by=None, plan="minimal", trust_remote_code=False, allow_pickle=False, allow_special_token_mismatch=False,
+            group_by=None, plan="minimal", shard=None, trust_remote_code=False, allow_pickle=False, allow_special_token_mismatch=False,
             revision=None, resume=True, quiet=quiet)
+
+
+@app.command("merge")
+def merge_cmd(
+    shard_dirs: list[Path] = typer.Argument(..., help="Run directories of shards 0/n .. n-1/n."),
+    out: Path = typer.Option(..., "--out", help="Run directory for the merged run."),
+) -> None:
+    """Merge the run directories of a sharded run (e.g. a SLURM job array) into one run."""
+    from .pipeline import merge_runs
+
+    try:
+        result = merge_runs(shard_dirs, out)
+    except CrosspatchError as exc:
+        _fail(exc)
+    print_summary_table(result.summary)
+    console.print(f"merged {len(shard_dirs)} shards into {out}")
 
 
 @app.command("report")

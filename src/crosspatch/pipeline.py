@@ -20,6 +20,7 @@ from .models.vocab import tokenize_once
 from .prompts import Prompt, as_prompts
 from .report.markdown import render_markdown
 from .stats import BootstrapConfig, summarize_boundaries
+from .errors import RunDirectoryError
 from .store import CONFIG_SCHEMA, SUMMARY_SCHEMA, RunStore, environment, events_frame, fingerprint
 
 
@@ -41,6 +42,7 @@ class RunConfig:
     # passes + 2 late-only passes per event); "exact": one more full pass of each model over the
     # prefix, which makes the exactness properties hold bit for bit across different passes.
     plan: str = "minimal"
+    shard: str | None = None  # "i/n": this job takes prompts i, i+n, i+2n, ... (merge with merge_runs)
     title: str | None = None
 
 
@@ -84,11 +86,12 @@ def _prompts_digest(prompts: list[Prompt]) -> str:
 def build_config_record(pair: ModelPair, prompts: list[Prompt], config: RunConfig, boundaries: list[int]) -> dict:
     options = asdict(config)
     result_parts = {
-        "options": {k: v for k, v in options.items() if k not in ("batch_size", "title")},
+        "options": {k: v for k, v in options.items() if k not in ("batch_size", "title", "shard")},
         "boundaries": boundaries,
         "models": pair.provenance,
         "prompts": _prompts_digest(prompts),
     }
+    run_fingerprint = fingerprint(result_parts)
     return {
         "schema_version": CONFIG_SCHEMA,
         "title": config.title,
@@ -102,7 +105,8 @@ def build_config_record(pair: ModelPair, prompts: list[Prompt], config: RunConfi
         "pair_warnings": pair.warnings,
         "real_vocabulary": pair.real_vocab.as_record(),
         "environment": environment(),
-        "fingerprint": fingerprint(result_parts),
+        "run_fingerprint": run_fingerprint,  # the same for every shard of one run
+        "fingerprint": fingerprint({"run": run_fingerprint, "shard": config.shard}),
     }
 
 
@@ -156,6 +160,56 @@ def build_summary(
     return summary
 
 
+def parse_shard(shard: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like 'i/n' (e.g. 0/4), not {shard!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"shard {shard!r}: need 0 <= i < n")
+    return i, n
+
+
+def select_shard(prompts: list[Prompt], shard: str | None) -> list[Prompt]:
+    """Prompts of shard ``i/n``: positions i, i+n, i+2n, ... of the prompt list."""
+    if shard is None:
+        return prompts
+    i, n = parse_shard(shard)
+    return prompts[i::n]
+
+
+def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override: int | None = None) -> RunResult:
+    """Combine the run directories of shards ``0/n .. n-1/n`` of one run into ``out``: events
+    and no-divergence outcomes concatenated, statistics and report computed on the union."""
+    stores = [RunStore(d) for d in shard_dirs]
+    configs = [st.config() for st in stores]
+    fps = {c.get("run_fingerprint") for c in configs}
+    if len(fps) != 1:
+        raise RunDirectoryError("these run directories are not shards of one run (settings differ)")
+    shards = sorted(parse_shard(c["options"]["shard"]) if c["options"].get("shard") else (0, 1) for c in configs)
+    n = shards[0][1]
+    if shards != [(i, n) for i in range(n)]:
+        raise RunDirectoryError(f"shards {shards} do not cover 0/{n} .. {n - 1}/{n} exactly once")
+    for st in stores:
+        st.summary()  # every shard must have finished
+    record = dict(configs[0])
+    record["options"] = dict(record["options"], shard=None)
+    if bootstrap_override is not None:
+        record["options"]["bootstrap"] = bootstrap_override
+    record["fingerprint"] = fingerprint({"run": record["run_fingerprint"], "shard": None})
+    record["merged_from"] = [str(d) for d in shard_dirs]
+    records = sorted((r for st in stores for r in st.load_records()), key=lambda r: (r.prompt_id, r.boundary))
+    no_div = sorted((x for st in stores for x in st.load_no_divergence()), key=lambda x: x.prompt_id)
+    prompts_count = sum(st.summary()["counts"]["prompts"] for st in stores)
+    opts = record["options"]
+    summary = build_summary(record, records, no_div, prompts_count, BootstrapConfig(opts["bootstrap"], opts["seed"]))
+    store = RunStore(out)
+    store.write_complete(record, records, no_div)
+    result = RunResult(summary, records, no_div, record, store.path)
+    result._report = write_outputs(store, summary, records, record)
+    return result
+
+
 def resolve_boundaries(config: RunConfig, num_layers: int) -> list[int]:
     """The sorted layer indices a run scores ("all" = every layer 1..L-1)."""
     if config.boundaries in ("all", ["all"]):
@@ -206,12 +260,13 @@ def run(
         if not hasattr(config, key):
             raise TypeError(f"unknown run option {key!r}")
         setattr(config, key, value)
-    prompts = as_prompts(prompts)
+    all_prompts = as_prompts(prompts)
     boundaries = resolve_boundaries(config, pair.num_layers)
+    record = build_config_record(pair, all_prompts, config, boundaries)
+    prompts = select_shard(all_prompts, config.shard)
     token_ids = [
         tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, p.id, _prompt_text(pair, p, config)) for p in prompts
     ]
-    record = build_config_record(pair, prompts, config, boundaries)
     store = RunStore(out) if out is not None else None
     done: set[str] = set()
     if store is not None:

@@ -177,6 +177,14 @@ class RunStore:
         done = {p for p, bs in per_prompt.items() if need <= bs}
         return done | {x.prompt_id for x in self.load_no_divergence()}
 
+    def write_complete(self, config: dict, records: list[CellRecord], no_div: list[NoDivergence]) -> None:
+        """Write a whole run at once (merged shards): config and both record files, replaced."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_json(self.path / "config.json", config)
+        for name, rows in ((EVENTS_FILE, records), (NO_DIV_FILE, no_div)):
+            (self.path / name).unlink(missing_ok=True)
+            self._append(name, (r.to_record() for r in rows))
+
     # -- outputs ----------------------------------------------------------------------------
     def write_summary(self, summary: dict) -> None:
         _write_json(self.path / "summary.json", summary)
