@@ -93,6 +93,39 @@ def _y(logits: torch.Tensor, t_it: torch.Tensor, t_pt: torch.Tensor) -> torch.Te
     return logits[rows, t_it.to(logits.device)] - logits[rows, t_pt.to(logits.device)]
 
 
+def natural_diagnostics(heads, real, nat_pt, nat_it, t_pt, t_it) -> dict:
+    """Each model's own top-1/top-2 margin at the event, and whether its argmax is the token the
+    search found (a numerical tie otherwise). ``heads`` = (PT head, IT head)."""
+    own_pt, own_it = readout(heads[0], nat_pt), readout(heads[1], nat_it)
+    agrees = (masked_argmax(own_pt, real).cpu() == t_pt) & (masked_argmax(own_it, real).cpu() == t_it)
+    return {"margin_pt": top2_margin(own_pt, real).cpu().tolist(),
+            "margin_it": top2_margin(own_it, real).cpu().tolist(), "agrees": agrees.tolist()}
+
+
+def build_records(heads, tokenizer, evs: list[DivergenceEvent], boundary: int, states: dict[str, torch.Tensor],
+                  diagnostics: dict, config: CellsConfig) -> list[CellRecord]:
+    """Read the four cells' final states (``states[cell]``: ``[n, d]``) out with both heads
+    (``heads`` = (PT head, IT head)) and build one record per event."""
+    t_it = torch.tensor([e.t_it for e in evs])
+    t_pt = torch.tensor([e.t_pt for e in evs])
+    ys = {name: {cell: _y(readout(head, h), t_it, t_pt).cpu().tolist() for cell, h in states.items()}
+          for name, head in (("common_it", heads[1]), ("common_pt", heads[0]))}
+    records = []
+    for j, ev in enumerate(evs):
+        cells = {r: {c: float(ys[r][c][j]) for c in CELLS} for r in READOUTS}
+        finite = all(math.isfinite(v) for r in cells.values() for v in r.values())
+        mp, mi = float(diagnostics["margin_pt"][j]), float(diagnostics["margin_it"][j])
+        records.append(CellRecord(
+            key=f"{ev.key}@{boundary}", prompt_id=ev.prompt_id, category=ev.category, boundary=boundary,
+            position=ev.position, prompt_len=ev.prompt_len, prefix_len=len(ev.prefix_ids),
+            t_pt=ev.t_pt, t_it=ev.t_it, t_pt_text=tokenizer.decode([ev.t_pt]), t_it_text=tokenizer.decode([ev.t_it]),
+            cells=cells, margin_pt=mp, margin_it=mi, near_tie=min(mp, mi) < config.near_tie_threshold,
+            natural_agrees=bool(diagnostics["agrees"][j]), valid=finite,
+            invalid_reason=None if finite else "non-finite cell value (NaN/inf)",
+        ))
+    return records
+
+
 def score_events(
     pair: ModelPair,
     events: list[DivergenceEvent],
@@ -129,11 +162,7 @@ def score_events(
             u_it = {b: _pad_stack([s["IT"].boundary[b] for s in states]) for b in boundaries}
             nat_pt = torch.stack([s["PT"].final for s in states])
             nat_it = torch.stack([s["IT"].final for s in states])
-        own_pt, own_it = readout(pair.pt, nat_pt), readout(pair.it, nat_it)
-        margin_pt, margin_it = top2_margin(own_pt, pair.real_vocab), top2_margin(own_it, pair.real_vocab)
-        agrees = (masked_argmax(own_pt, pair.real_vocab).cpu() == t_pt) & (
-            masked_argmax(own_it, pair.real_vocab).cpu() == t_it
-        )
+        diagnostics = natural_diagnostics((pair.pt, pair.it), pair.real_vocab, nat_pt, nat_it, t_pt, t_it)
         batch_records = []
         for k in batch:
             by_event[k] = []
@@ -141,35 +170,7 @@ def score_events(
             upt_lit = late_forward(pair.it, b, u_pt[b], seqs, pair.pad_id)[rows, last]
             uit_lpt = late_forward(pair.pt, b, u_it[b], seqs, pair.pad_id)[rows, last]
             states = {"upt_lpt": nat_pt, "upt_lit": upt_lit, "uit_lpt": uit_lpt, "uit_lit": nat_it}
-            ys: dict[str, dict[str, list[float]]] = {}
-            for name, head in (("common_it", pair.it), ("common_pt", pair.pt)):
-                ys[name] = {
-                    cell: _y(readout(head, h), t_it, t_pt).cpu().tolist() for cell, h in states.items()
-                }
-            for j, ev in enumerate(evs):
-                cells = {r: {c: float(ys[r][c][j]) for c in CELLS} for r in READOUTS}
-                finite = all(math.isfinite(v) for r in cells.values() for v in r.values())
-                mp, mi = float(margin_pt[j]), float(margin_it[j])
-                record = CellRecord(
-                    key=f"{ev.key}@{b}",
-                    prompt_id=ev.prompt_id,
-                    category=ev.category,
-                    boundary=b,
-                    position=ev.position,
-                    prompt_len=ev.prompt_len,
-                    prefix_len=len(ev.prefix_ids),
-                    t_pt=ev.t_pt,
-                    t_it=ev.t_it,
-                    t_pt_text=tok.decode([ev.t_pt]),
-                    t_it_text=tok.decode([ev.t_it]),
-                    cells=cells,
-                    margin_pt=mp,
-                    margin_it=mi,
-                    near_tie=min(mp, mi) < config.near_tie_threshold,
-                    natural_agrees=bool(agrees[j]),
-                    valid=finite,
-                    invalid_reason=None if finite else "non-finite cell value (NaN/inf)",
-                )
+            for j, record in enumerate(build_records((pair.pt, pair.it), tok, evs, b, states, diagnostics, config)):
                 by_event[batch[j]].append(record)
                 batch_records.append(record)
         if on_batch is not None:

@@ -80,6 +80,8 @@ def run_cmd(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights."),
     allow_special_token_mismatch: bool = typer.Option(False, "--allow-special-token-mismatch"),
     revision: Optional[str] = typer.Option(None, "--revision"),
+    residency: Optional[str] = typer.Option(None, "--residency",
+                                            help="both | sequential | adapter (default: chosen, reason printed)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Finish an interrupted run in --out."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -94,9 +96,11 @@ def run_cmd(
         items = load_prompts(prompts)
         options = LoadOptions(dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                               allow_pickle=allow_pickle, revision=revision,
-                              allow_special_token_mismatch=allow_special_token_mismatch)
+                              allow_special_token_mismatch=allow_special_token_mismatch, residency=residency)
         with console.status("loading models"):
             pair = load_pair(base, tuned=tuned, adapter=adapter, options=options)
+        console.print(f"residency: {pair.residency} ({pair.provenance.get('residency_reason')})",
+                      soft_wrap=True, markup=False)
         config = RunConfig(
             boundary=_boundary(boundary),
             boundaries=_boundaries(boundaries),
@@ -134,7 +138,7 @@ def sweep_cmd(
             boundaries=boundaries, max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype,
             device=device, bootstrap=bootstrap, seed=0, chat_template=False, rollout_model="IT",
             group_by=None, plan="minimal", shard=None, trust_remote_code=False, allow_pickle=False, allow_special_token_mismatch=False,
-            revision=None, resume=True, quiet=quiet)
+            revision=None, residency=None, resume=True, quiet=quiet)
 
 
 @app.command("merge")

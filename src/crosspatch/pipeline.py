@@ -85,10 +85,12 @@ def _prompts_digest(prompts: list[Prompt]) -> str:
 
 def build_config_record(pair: ModelPair, prompts: list[Prompt], config: RunConfig, boundaries: list[int]) -> dict:
     options = asdict(config)
-    result_parts = {
+    models = {k: v for k, v in pair.provenance.items() if k != "residency_reason"}
+    models["load_options"] = {k: v for k, v in models.get("load_options", {}).items() if k != "residency"}
+    result_parts = {  # what changes results; residency and batching only move float rounding
         "options": {k: v for k, v in options.items() if k not in ("batch_size", "title", "shard")},
         "boundaries": boundaries,
-        "models": pair.provenance,
+        "models": models,
         "prompts": _prompts_digest(prompts),
     }
     run_fingerprint = fingerprint(result_parts)
@@ -231,6 +233,13 @@ def write_outputs(store: RunStore, summary: dict, records: list[CellRecord], con
     return text
 
 
+def _say(enabled: bool, message: str) -> None:
+    if enabled:
+        from rich.console import Console
+
+        Console(stderr=True).print(message, soft_wrap=True, markup=False)
+
+
 def _progress(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -283,17 +292,30 @@ def run(
                                capture_boundaries=boundaries if minimal else None)
     cell_cfg = CellsConfig(config.batch_size, config.near_tie_threshold)
     started = time.perf_counter()
-    chunk = max(config.batch_size, 1) * 4
+    sequential = pair.residency == "sequential"
+    chunk = (len(todo) or 1) if sequential else max(config.batch_size, 1) * 4
+    if sequential and todo:
+        from .residency import cache_bytes
+
+        size = cache_bytes(pair, [token_ids[k] for k in todo], config.max_new_tokens, len(boundaries))
+        _say(progress, f"sequential residency: one model at a time; CPU state cache up to {size / 2**20:.1f} MiB "
+                       f"({pair.provenance.get('residency_reason', '')})")
     event_work = 0
     with counting_work() as work, (_progress(progress) if progress else contextlib.nullcontext()) as bar:
         task = bar.add_task("prompts", total=len(prompts), completed=len(prompts) - len(todo)) if bar else None
         for start in range(0, len(todo), chunk):
             idx = todo[start : start + chunk]
-            natural = {} if minimal else None
-            events, none = find_divergences(
-                pair, [prompts[k] for k in idx], [token_ids[k] for k in idx], div_cfg, natural=natural
-            )
-            scored = score_events(pair, events, boundaries, cell_cfg, natural=natural)
+            chunk_prompts, chunk_ids = [prompts[k] for k in idx], [token_ids[k] for k in idx]
+            if sequential:
+                from .residency import score_chunk_sequentially
+
+                events, none, scored = score_chunk_sequentially(
+                    pair, chunk_prompts, chunk_ids, boundaries, div_cfg, cell_cfg
+                )
+            else:
+                natural = {} if minimal else None
+                events, none = find_divergences(pair, chunk_prompts, chunk_ids, div_cfg, natural=natural)
+                scored = score_events(pair, events, boundaries, cell_cfg, natural=natural)
             event_work += sum(len(e.prefix_ids) for e in events) * pair.num_layers
             for rec in scored:
                 meta = prompts[by_id[rec.prompt_id]].metadata

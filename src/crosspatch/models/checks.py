@@ -14,16 +14,20 @@ _SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")
 
 def check_pair_compatible(pt, it) -> None:
     """Architecture class, layer count and hidden size must match (handles: ModelHandle)."""
-    a, b = pt.anatomy, it.anatomy
-    cls_a, cls_b = type(a.model).__name__, type(b.model).__name__
-    if cls_a != cls_b:
-        raise ArchitectureMismatchError(f"architecture differs: PT is {cls_a}, IT is {cls_b}")
-    if a.num_layers != b.num_layers:
+    compare_facts(*({"class": type(h.anatomy.model).__name__, "num_layers": h.anatomy.num_layers,
+                     "hidden_size": h.anatomy.hidden_size} for h in (pt, it)))
+
+
+def compare_facts(a: dict, b: dict) -> None:
+    """The checks on recorded facts (``class``, ``num_layers``, ``hidden_size``) of two models."""
+    if a["class"] != b["class"]:
+        raise ArchitectureMismatchError(f"architecture differs: PT is {a['class']}, IT is {b['class']}")
+    if a["num_layers"] != b["num_layers"]:
         raise LayerCountMismatchError(
-            f"layer count differs: PT has {a.num_layers} decoder layers, IT has {b.num_layers}"
+            f"layer count differs: PT has {a['num_layers']} decoder layers, IT has {b['num_layers']}"
         )
-    if a.hidden_size != b.hidden_size:
-        raise HiddenSizeMismatchError(f"hidden size differs: PT {a.hidden_size}, IT {b.hidden_size}")
+    if a["hidden_size"] != b["hidden_size"]:
+        raise HiddenSizeMismatchError(f"hidden size differs: PT {a['hidden_size']}, IT {b['hidden_size']}")
 
 
 def check_special_tokens(tok_pt, tok_it, allow_mismatch: bool = False) -> list[str]:

@@ -34,6 +34,7 @@ class LoadOptions:
     revision: str | None = None
     allow_special_token_mismatch: bool = False
     hash_weights: bool = True
+    residency: str | None = None  # both | sequential | adapter; None chooses (see choose_residency)
 
 
 @dataclass
@@ -186,6 +187,14 @@ def load_pair(
         setattr(options, key, value)
     if (tuned is None) == (adapter is None):
         raise ModelLoadError("give exactly one of tuned= (a checkpoint) or adapter= (a PEFT adapter dir)")
+    residency, reason = choose_residency(base, tuned, adapter, options)
+    options.residency = residency
+    if residency == "sequential":
+        from ..residency import load_sequential_pair
+
+        pair = load_sequential_pair(base, tuned, options)
+        pair.provenance["residency_reason"] = reason
+        return pair
     warnings: list[str] = []
     provenance = {"base": _provenance(base, options), "load_options": vars(options).copy()}
     tok_pt = load_tokenizer(base, options)
@@ -202,14 +211,54 @@ def load_pair(
         has_tok = any((Path(adapter) / n).exists() for n in ("tokenizer.json", "tokenizer_config.json"))
         tok_it = load_tokenizer(adapter, options) if has_tok else tok_pt
         provenance["adapter"] = _provenance(adapter, options) | {"settings": settings}
-        residency = "adapter"
     else:
         pt = ModelHandle("PT", load_causal_lm(base, options))
         it = ModelHandle("IT", load_causal_lm(tuned, options))
         tok_it = load_tokenizer(tuned, options)
         provenance["tuned"] = _provenance(tuned, options)
-        residency = "both"
+    provenance["residency_reason"] = reason
     return assemble_pair(pt, it, tok_pt, tok_it, residency, options, warnings, provenance)
+
+
+def _weights_bytes(path: str) -> int | None:
+    if not _is_local(path):
+        return None
+    return sum(f.stat().st_size for f in weight_files(path)) or None
+
+
+def _available_bytes(options: LoadOptions) -> int | None:
+    if options.device in ("cuda", "auto") and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        return int(free)
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def choose_residency(base: str, tuned: str | None, adapter: str | None, options: LoadOptions) -> tuple[str, str]:
+    """The residency to use and why: ``adapter`` for a PEFT adapter (one copy of the base
+    weights serves both sides); otherwise ``both`` when two models fit in the free memory of
+    the target device with 20% headroom, else ``sequential`` (one model at a time)."""
+    if options.residency is not None:
+        if adapter is not None and options.residency != "adapter":
+            raise ModelLoadError("with an adapter the residency is 'adapter' (one copy of the base weights)")
+        if adapter is None and options.residency == "adapter":
+            raise ModelLoadError("residency 'adapter' needs --adapter")
+        return options.residency, "asked for"
+    if adapter is not None:
+        return "adapter", "PEFT adapter: one copy of the base weights serves both models"
+    sizes = [_weights_bytes(base), _weights_bytes(tuned)]
+    free = _available_bytes(options)
+    if None in sizes or free is None:
+        return "both", "model sizes or free memory unknown (hub ids); loading both"
+    scale = {"float32": 4, "bfloat16": 2, "float16": 2}[options.dtype] / 2  # files are mostly 16-bit
+    need = int(sum(sizes) * max(scale, 1.0) * 1.2)
+    if need <= free:
+        return "both", f"both models (~{need / 2**30:.1f} GiB with headroom) fit in {free / 2**30:.1f} GiB free"
+    return "sequential", f"both models need ~{need / 2**30:.1f} GiB but {free / 2**30:.1f} GiB is free"
 
 
 def assemble_pair(pt, it, tok_pt, tok_it, residency, options, warnings, provenance) -> ModelPair:

@@ -1,0 +1,75 @@
+"""Residency modes: both, sequential (one model at a time) and adapter give the same numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crosspatch.cells import CELLS, READOUTS
+from crosspatch.errors import ModelLoadError
+from crosspatch.models import load_pair
+from crosspatch.models.loading import LoadOptions, choose_residency
+from crosspatch.pipeline import run
+
+from .conftest import PROMPTS
+from .models.test_peft import _lora_dirs
+
+
+def _same(a, b, tol=1e-4):
+    assert [(r.key, r.t_pt, r.t_it) for r in a.records] == [(r.key, r.t_pt, r.t_it) for r in b.records]
+    assert [x.prompt_id for x in a.no_divergence] == [x.prompt_id for x in b.no_divergence]
+    worst = max(abs(x.cells[n][c] - y.cells[n][c]) for x, y in zip(a.records, b.records) for n in READOUTS for c in CELLS)
+    assert worst <= tol, worst
+    return worst
+
+
+def test_three_residencies_give_the_same_numbers(tmp_path):
+    base, adapter, merged = _lora_dirs(tmp_path)
+    pairs = {
+        "adapter": load_pair(str(base), adapter=str(adapter)),
+        "both": load_pair(str(base), tuned=str(merged), residency="both"),
+        "sequential": load_pair(str(base), tuned=str(merged), residency="sequential"),
+    }
+    assert {k: p.residency for k, p in pairs.items()} == {k: k for k in pairs}
+    results = {k: run(p, PROMPTS, boundaries=[1, 3], max_new_tokens=12, bootstrap=0, progress=False)
+               for k, p in pairs.items()}
+    assert results["both"].records
+    _same(results["both"], results["sequential"], tol=1e-5)
+    _same(results["both"], results["adapter"], tol=1e-4)  # merged vs unmerged LoRA rounding
+
+
+def test_sequential_holds_one_model_at_a_time(tmp_path, monkeypatch):
+    import crosspatch.residency as residency
+
+    base, _, merged = _lora_dirs(tmp_path)
+    pair = load_pair(str(base), tuned=str(merged), residency="sequential")
+    resident, peak = [], []
+    original = residency.SequentialPair.resident
+
+    def tracking(self, role):
+        ctx = original(self, role)
+
+        class Wrapper:
+            def __enter__(self_inner):
+                resident.append(role)
+                peak.append(len(resident))
+                return ctx.__enter__()
+
+            def __exit__(self_inner, *exc):
+                resident.remove(role)
+                return ctx.__exit__(*exc)
+
+        return Wrapper()
+
+    monkeypatch.setattr(residency.SequentialPair, "resident", tracking)
+    result = run(pair, PROMPTS, boundary=2, max_new_tokens=10, bootstrap=0, progress=False)
+    assert result.records and max(peak) == 1
+
+
+def test_residency_choice_and_its_reason(tmp_path):
+    base, adapter, merged = _lora_dirs(tmp_path)
+    assert choose_residency(str(base), None, str(adapter), LoadOptions())[0] == "adapter"
+    kind, reason = choose_residency(str(base), str(merged), None, LoadOptions())
+    assert kind == "both" and "fit" in reason
+    with pytest.raises(ModelLoadError, match="needs --adapter"):
+        choose_residency(str(base), str(merged), None, LoadOptions(residency="adapter"))
