@@ -124,6 +124,52 @@ def method_nnsight(args) -> dict:
             "cells": cells, "num_layers": L}
 
 
+def make_large_pair(root: Path, hidden: int, layers: int) -> tuple[Path, Path, float]:
+    """A random-init Llama pair big enough that model memory dominates the process (saved once)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from crosspatch.testing import perturb_layers
+    from crosspatch.zoo import zoo_path
+
+    base_dir, tuned_dir = root / "base", root / "tuned"
+    tok = AutoTokenizer.from_pretrained(zoo_path() / "tokenizer")
+    if not (tuned_dir / "config.json").exists():
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 8 // 3,
+                          num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
+                          tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id)
+        torch.manual_seed(0)
+        base = LlamaForCausalLM(cfg).eval()
+        base.save_pretrained(base_dir)
+        tok.save_pretrained(base_dir)
+        perturb_layers(base, range(layers), scale=0.05).save_pretrained(tuned_dir)
+        tok.save_pretrained(tuned_dir)
+    size_mb = sum(f.stat().st_size for f in base_dir.glob("*.safetensors")) / 2**20
+    return base_dir, tuned_dir, size_mb
+
+
+def method_memory(args) -> dict:
+    """Peak RSS of one residency on the large pair; the baseline RSS is taken before loading."""
+    from crosspatch.models import load_pair
+    from crosspatch.pipeline import run
+    from crosspatch.residency import cache_bytes
+    from crosspatch.zoo import zoo_prompts
+
+    base_dir, tuned_dir, size_mb = make_large_pair(Path(args.large_dir), args.large_hidden, args.large_layers)
+    before = peak_rss_mb()
+    prompts = zoo_prompts("all")[: args.prompts]
+    pair = load_pair(str(base_dir), tuned=str(tuned_dir), residency=args.residency, hash_weights=False)
+    ids = [pair.tokenizer_pt(p.prompt)["input_ids"] for p in prompts]
+    cache_mb = (cache_bytes(pair, ids, args.max_new_tokens, 1) / 2**20) if args.residency == "sequential" else 0.0
+    start = time.perf_counter()
+    result = run(pair, prompts, boundary=0.6, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                 bootstrap=0, progress=False)
+    return {"seconds": time.perf_counter() - start, "events": result.summary["counts"]["events"],
+            "baseline_rss_mb": before, "peak_rss_mb": peak_rss_mb(), "model_mb": size_mb, "cache_mb": cache_mb,
+            "fe_per_event": result.summary["cost_this_session"]["fe_per_event"], "num_layers": pair.num_layers,
+            "cells": {r.prompt_id: r.cells["common_it"] for r in result.records}}
+
+
 def spawn(method: str, args, extra: list[str]) -> dict:
     cmd = [sys.executable, __file__, "--method", method, "--prompts", str(args.prompts), "--descendant",
            args.descendant, "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
@@ -139,7 +185,11 @@ def max_cell_diff(a: dict, b: dict) -> float | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--method", choices=["crosspatch", "nnsight"])
+    ap.add_argument("--method", choices=["crosspatch", "nnsight", "memory"])
+    ap.add_argument("--residency", default="both")
+    ap.add_argument("--large-dir", default="/tmp/crosspatch-bench-large")
+    ap.add_argument("--large-hidden", type=int, default=1536)
+    ap.add_argument("--large-layers", type=int, default=12)
     ap.add_argument("--prompts", type=int, default=48)
     ap.add_argument("--descendant", default="it-full")
     ap.add_argument("--max-new-tokens", type=int, default=48)
@@ -150,7 +200,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.method:
-        result = {"crosspatch": method_crosspatch, "nnsight": method_nnsight}[args.method](args)
+        result = {"crosspatch": method_crosspatch, "nnsight": method_nnsight, "memory": method_memory}[args.method](args)
         print(json.dumps(result))
         return
 
@@ -162,6 +212,16 @@ def main() -> None:
         r = rows[label]
         print(f"{label:45s} {r['events']:4d} events  {r['seconds']:7.2f} s  {r['events'] / r['seconds']:7.2f} events/s  "
               f"{r['fe_per_event']:.2f} FE/event  peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    make_large_pair(Path(args.large_dir), args.large_hidden, args.large_layers)  # built here, not measured
+    memory = {}
+    for residency in ("both", "sequential"):
+        r = spawn("memory", args, ["--residency", residency, "--large-hidden", str(args.large_hidden),
+                                   "--large-layers", str(args.large_layers), "--large-dir", args.large_dir])
+        memory[residency] = r
+        used = r["peak_rss_mb"] - r["baseline_rss_mb"]
+        print(f"residency {residency:10s} model {r['model_mb']:.0f} MB, cache {r['cache_mb']:.0f} MB, "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB (process baseline {r['baseline_rss_mb']:.0f} MB, "
+              f"model work {used:.0f} MB), {r['seconds']:.1f} s", flush=True)
     cp, nn, sw, nsw = (rows[k] for k in rows)
     L = cp["num_layers"]
     speed = (cp["events"] / cp["seconds"]) / (nn["events"] / nn["seconds"])
@@ -175,13 +235,18 @@ def main() -> None:
         "sweep_fe_vs_bound": sw["fe_per_event"] / lower,
         "sweep_event_rate_ratio": sweep_speed,
         "max_abs_cell_diff_vs_nnsight": max_cell_diff(cp["cells"], nn["cells"]),
+        "sequential_memory_vs_model_plus_cache": (memory["sequential"]["peak_rss_mb"] - memory["sequential"]["baseline_rss_mb"])
+        / (memory["sequential"]["model_mb"] + memory["sequential"]["cache_mb"]),
+        "both_memory_vs_model": (memory["both"]["peak_rss_mb"] - memory["both"]["baseline_rss_mb"]) / memory["both"]["model_mb"],
+        "sequential_vs_both_max_cell_diff": max_cell_diff(
+            {k: v for k, v in memory["sequential"]["cells"].items()}, {k: v for k, v in memory["both"]["cells"].items()}),
     }
     print(json.dumps(summary, indent=2))
     if args.write:
-        write_doc(args, rows, summary)
+        write_doc(args, rows, summary, memory)
 
 
-def write_doc(args, rows: dict, summary: dict) -> None:
+def write_doc(args, rows: dict, summary: dict, memory: dict) -> None:
     lines = [
         "# Benchmarks",
         "",
@@ -217,6 +282,27 @@ def write_doc(args, rows: dict, summary: dict) -> None:
         "",
         "FE counts real tokens through decoder layers; the search's work past the event (at most one "
         "verification chunk) and prompts without a divergence are included in the numerator.",
+        "",
+        "## Residency and memory",
+        "",
+        f"A random-init Llama pair (d={args.large_hidden}, {args.large_layers} layers, "
+        f"{memory['both']['model_mb']:.0f} MB of fp32 weights per model), {args.prompts} prompts, one boundary. "
+        "Model work = peak RSS minus the process's RSS before loading (Python, torch).",
+        "",
+        "| residency | model work (MB) | one model (MB) | state cache bound (MB) | ratio | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in memory.items():
+        used = r["peak_rss_mb"] - r["baseline_rss_mb"]
+        denominator = r["model_mb"] + r["cache_mb"]
+        lines.append(f"| {name} | {used:.0f} | {r['model_mb']:.0f} | {r['cache_mb']:.1f} | "
+                     f"{used / denominator:.2f}x of {'model + cache' if name == 'sequential' else 'one model'} | "
+                     f"{r['seconds']:.1f} |")
+    lines += [
+        "",
+        f"- sequential peak / (larger model + cache) = **{summary['sequential_memory_vs_model_plus_cache']:.2f}x** "
+        "(target ≤ 1.2x); sequential and both agree on every cell within "
+        f"{summary['sequential_vs_both_max_cell_diff']:.1e}.",
         "",
     ]
     args.write.parent.mkdir(parents=True, exist_ok=True)

@@ -279,10 +279,23 @@ def late_forward(
 def readout(handle: ModelHandle, final_states: torch.Tensor) -> torch.Tensor:
     """fp32 logits of ``handle``'s final norm + lm_head (+ final processing) on ``final_states``."""
     anatomy = handle.anatomy
-    device = anatomy.final_norm.weight.device if hasattr(anatomy.final_norm, "weight") else None
+    device = execution_device(anatomy.final_norm)
     with torch.inference_mode(), handle.active():
         states = final_states.to(device) if device is not None else final_states
         return anatomy.final_logits(states)
+
+
+def execution_device(module: nn.Module) -> torch.device | None:
+    """Where ``module`` computes: accelerate's execution device for dispatched (possibly
+    offloaded) modules, else the device of its first real parameter."""
+    hook = getattr(module, "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device) if not isinstance(hook.execution_device, int) \
+            else torch.device("cuda", hook.execution_device)
+    for p in module.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return None
 
 
 def cache_keyword(handle: ModelHandle) -> str:
