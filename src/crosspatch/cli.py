@@ -76,6 +76,8 @@ def run_cmd(
     group_by: Optional[str] = typer.Option(None, "--group-by", help="Comma-separated prompt fields to break down by."),
     plan: str = typer.Option("minimal", "--plan", help="minimal (fewest passes) or exact (bit-exact controls)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: take prompts i, i+n, ... (then crosspatch merge)."),
+    engine: str = typer.Option("local", "--engine", help="local, or ray (chunks on Ray actors; pip install crosspatch[ray])."),
+    workers: int = typer.Option(2, "--workers", help="Ray actors (each holds the models)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights."),
     allow_special_token_mismatch: bool = typer.Option(False, "--allow-special-token-mismatch"),
@@ -107,6 +109,7 @@ def run_cmd(
             max_new_tokens=max_new_tokens, batch_size=batch_size, rollout_model=rollout_model.upper(),
             bootstrap=bootstrap, seed=seed, chat_template=chat_template,
             group_by=[x.strip() for x in group_by.split(",")] if group_by else [], plan=plan, shard=shard,
+            engine=engine, workers=workers,
         )
         result = run(pair, items, config, out=out, resume=resume, progress=not quiet)
     except (CrosspatchError, ValueError) as exc:
@@ -137,7 +140,7 @@ def sweep_cmd(
     run_cmd(base=base, prompts=prompts, tuned=tuned, adapter=adapter, out=out, boundary="0.6",
             boundaries=boundaries, max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype,
             device=device, bootstrap=bootstrap, seed=0, chat_template=False, rollout_model="IT",
-            group_by=None, plan="minimal", shard=None, trust_remote_code=False, allow_pickle=False, allow_special_token_mismatch=False,
+            group_by=None, plan="minimal", shard=None, engine="local", workers=2, trust_remote_code=False, allow_pickle=False, allow_special_token_mismatch=False,
             revision=None, residency=None, resume=True, quiet=quiet)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .cells import CellRecord, CellsConfig, resolve_boundary, score_events
 from .divergence import DivergenceConfig, NoDivergence, find_divergences
-from .models.execution import counting_work
+from .models.execution import WorkCounter, counting_work
 from .models.loading import ModelPair
 from .models.vocab import tokenize_once
 from .prompts import Prompt, as_prompts
@@ -43,6 +43,8 @@ class RunConfig:
     # prefix, which makes the exactness properties hold bit for bit across different passes.
     plan: str = "minimal"
     shard: str | None = None  # "i/n": this job takes prompts i, i+n, i+2n, ... (merge with merge_runs)
+    engine: str = "local"  # "local" or "ray" (prompt chunks on Ray actors that each hold the models)
+    workers: int = 2  # Ray actors
     title: str | None = None
 
 
@@ -88,7 +90,7 @@ def build_config_record(pair: ModelPair, prompts: list[Prompt], config: RunConfi
     models = {k: v for k, v in pair.provenance.items() if k != "residency_reason"}
     models["load_options"] = {k: v for k, v in models.get("load_options", {}).items() if k != "residency"}
     result_parts = {  # what changes results; residency and batching only move float rounding
-        "options": {k: v for k, v in options.items() if k not in ("batch_size", "title", "shard")},
+        "options": {k: v for k, v in options.items() if k not in ("batch_size", "title", "shard", "engine", "workers")},
         "boundaries": boundaries,
         "models": models,
         "prompts": _prompts_digest(prompts),
@@ -233,6 +235,24 @@ def write_outputs(store: RunStore, summary: dict, records: list[CellRecord], con
     return text
 
 
+def process_chunk(pair, prompts: list[Prompt], token_ids: list[list[int]], boundaries: list[int], config: RunConfig):
+    """Search and score one chunk of prompts: (events, no-divergence outcomes, records, work in
+    token-layers). The unit of work of every engine."""
+    div_cfg = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model,
+                               capture_boundaries=boundaries if config.plan == "minimal" else None)
+    cell_cfg = CellsConfig(config.batch_size, config.near_tie_threshold)
+    with counting_work() as work:
+        if pair.residency == "sequential":
+            from .residency import score_chunk_sequentially
+
+            events, none, scored = score_chunk_sequentially(pair, prompts, token_ids, boundaries, div_cfg, cell_cfg)
+        else:
+            natural = {} if config.plan == "minimal" else None
+            events, none = find_divergences(pair, prompts, token_ids, div_cfg, natural=natural)
+            scored = score_events(pair, events, boundaries, cell_cfg, natural=natural)
+    return events, none, scored, work.token_layers
+
+
 def _say(enabled: bool, message: str) -> None:
     if enabled:
         from rich.console import Console
@@ -287,10 +307,6 @@ def run(
     no_div: list[NoDivergence] = store.load_no_divergence() if store else []
     if config.plan not in ("minimal", "exact"):
         raise ValueError(f"plan must be 'minimal' or 'exact', not {config.plan!r}")
-    minimal = config.plan == "minimal"
-    div_cfg = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model,
-                               capture_boundaries=boundaries if minimal else None)
-    cell_cfg = CellsConfig(config.batch_size, config.near_tie_threshold)
     started = time.perf_counter()
     sequential = pair.residency == "sequential"
     chunk = (len(todo) or 1) if sequential else max(config.batch_size, 1) * 4
@@ -301,21 +317,20 @@ def run(
         _say(progress, f"sequential residency: one model at a time; CPU state cache up to {size / 2**20:.1f} MiB "
                        f"({pair.provenance.get('residency_reason', '')})")
     event_work = 0
-    with counting_work() as work, (_progress(progress) if progress else contextlib.nullcontext()) as bar:
+    work = WorkCounter()  # summed from the chunks (which may run in other processes)
+    with _progress(progress) if progress else contextlib.nullcontext() as bar:
         task = bar.add_task("prompts", total=len(prompts), completed=len(prompts) - len(todo)) if bar else None
-        for start in range(0, len(todo), chunk):
-            idx = todo[start : start + chunk]
-            chunk_prompts, chunk_ids = [prompts[k] for k in idx], [token_ids[k] for k in idx]
-            if sequential:
-                from .residency import score_chunk_sequentially
+        chunks = [todo[start : start + chunk] for start in range(0, len(todo), chunk)]
+        if config.engine == "ray":
+            from .distributed import ray_chunks
 
-                events, none, scored = score_chunk_sequentially(
-                    pair, chunk_prompts, chunk_ids, boundaries, div_cfg, cell_cfg
-                )
-            else:
-                natural = {} if minimal else None
-                events, none = find_divergences(pair, chunk_prompts, chunk_ids, div_cfg, natural=natural)
-                scored = score_events(pair, events, boundaries, cell_cfg, natural=natural)
+            results = ray_chunks(pair, prompts, token_ids, chunks, boundaries, config)
+        else:
+            results = (process_chunk(pair, [prompts[k] for k in idx], [token_ids[k] for k in idx],
+                                     boundaries, config) for idx in chunks)
+        for result in results:  # streamed: each chunk is stored as soon as it is done
+            events, none, scored, chunk_work = result
+            work.add(chunk_work, 1)
             event_work += sum(len(e.prefix_ids) for e in events) * pair.num_layers
             for rec in scored:
                 meta = prompts[by_id[rec.prompt_id]].metadata
@@ -327,7 +342,7 @@ def run(
             records += scored
             no_div += none
             if bar:
-                bar.update(task, advance=len(idx))
+                bar.update(task, advance=len({r.prompt_id for r in scored} | {x.prompt_id for x in none}))
     records.sort(key=lambda r: (by_id.get(r.prompt_id, len(by_id)), r.boundary))
     no_div.sort(key=lambda x: by_id.get(x.prompt_id, len(by_id)))
     boot = BootstrapConfig(config.bootstrap, config.seed)
