@@ -319,7 +319,11 @@ def run(
     event_work = 0
     work = WorkCounter()  # summed from the chunks (which may run in other processes)
     with _progress(progress) if progress else contextlib.nullcontext() as bar:
-        task = bar.add_task("prompts", total=len(prompts), completed=len(prompts) - len(todo)) if bar else None
+        if bar:
+            search_task = bar.add_task("divergence search (prompts)", total=len(prompts),
+                                       completed=len(prompts) - len(todo))
+            cells_task = bar.add_task(f"2x2 cells at {len(boundaries)} boundar{'y' if len(boundaries) == 1 else 'ies'} "
+                                      "(events)", total=None, completed=len(records))
         chunks = [todo[start : start + chunk] for start in range(0, len(todo), chunk)]
         if config.engine == "ray":
             from .distributed import ray_chunks
@@ -342,7 +346,8 @@ def run(
             records += scored
             no_div += none
             if bar:
-                bar.update(task, advance=len({r.prompt_id for r in scored} | {x.prompt_id for x in none}))
+                bar.update(search_task, advance=len(events) + len(none))
+                bar.update(cells_task, advance=len(scored))
     records.sort(key=lambda r: (by_id.get(r.prompt_id, len(by_id)), r.boundary))
     no_div.sort(key=lambda x: by_id.get(x.prompt_id, len(by_id)))
     boot = BootstrapConfig(config.bootstrap, config.seed)
@@ -371,4 +376,7 @@ def rerender(run_dir: str | Path) -> str:
         plot_sweep(summary, store.path)
     text = render_markdown(store.config(), summary)
     store.write_text("report.md", text)
+    from .report.html import render_html
+
+    store.write_text("report.html", render_html(store.path))
     return text
