@@ -72,7 +72,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(saved, tmp_path, sig):
     reference = tmp_path / "reference"
     subprocess.run(_command(saved, reference), check=True, capture_output=True)
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_command(saved, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # a shell may start background jobs with SIGINT ignored; the child gets default handling back
+    proc = subprocess.Popen(_command(saved, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     events = out / "events.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
