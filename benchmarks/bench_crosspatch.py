@@ -281,7 +281,10 @@ def write_doc(args, rows: dict, summary: dict, memory: dict) -> None:
         f"{summary['max_abs_cell_diff_vs_nnsight']:.2e}.",
         "",
         "FE counts real tokens through decoder layers; the search's work past the event (at most one "
-        "verification chunk) and prompts without a divergence are included in the numerator.",
+        "verification chunk) and prompts without a divergence are included in the numerator. On this zoo "
+        "every event is at generated position 0, so the lockstep baseline decodes only one step per model: "
+        "the regime least favourable to crosspatch; later divergences widen the gap (the baseline "
+        "recomputes the whole prefix for every generated token).",
         "",
         "## Residency and memory",
         "",
