@@ -8,19 +8,14 @@ import pytest
 from typer.testing import CliRunner
 
 from crosspatch.cli import app
-from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
+from crosspatch.testing import save_tiny_pair
 
 from .conftest import PROMPTS
 
 
 @pytest.fixture(scope="module")
 def saved_pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    base = tiny_model("llama")
-    tok = char_tokenizer()
-    for name, model in (("base", base), ("tuned", perturb_layers(base, range(4), scale=0.3))):
-        model.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
+    root = save_tiny_pair(tmp_path_factory.mktemp("pair"), scale=0.3)
     prompts = root / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     return root

@@ -8,7 +8,7 @@ import pytest
 
 from crosspatch.models import load_pair
 from crosspatch.pipeline import run
-from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
+from crosspatch.testing import save_tiny_pair
 
 from .test_store import _strip, assert_same_summary, many_prompts
 
@@ -17,13 +17,7 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ray")
-    base = tiny_model("llama")
-    tok = char_tokenizer()
-    for name, model in (("base", base), ("tuned", perturb_layers(base, range(4), scale=0.15))):
-        model.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-    return root
+    return save_tiny_pair(tmp_path_factory.mktemp("ray"), scale=0.15)
 
 
 def test_ray_engine_equals_local_engine(saved, tmp_path):

@@ -15,7 +15,7 @@ from crosspatch.cells import CellRecord
 from crosspatch.errors import RunDirectoryError
 from crosspatch.pipeline import run
 from crosspatch.store import RunStore
-from crosspatch.testing import char_tokenizer, make_pair, perturb_layers, tiny_model
+from crosspatch.testing import make_pair, save_tiny_pair
 
 WORDS = ["Rain", "Wind", "Snow", "Sky", "Fog", "Heat", "Humid", "Storm", "Cold", "Gust"]
 
@@ -51,12 +51,7 @@ def assert_same_summary(got, want, tol=1e-5, path="summary"):
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    base = tiny_model("llama", layers=4)
-    tok = char_tokenizer()
-    for name, model in (("base", base), ("tuned", perturb_layers(base, range(4), scale=0.12))):
-        model.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
+    root = save_tiny_pair(tmp_path_factory.mktemp("resume"), scale=0.12)
     (root / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in many_prompts(160)))
     return root
 

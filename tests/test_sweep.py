@@ -45,13 +45,9 @@ def test_sweep_cost_stays_near_the_lower_bound():
 
 
 def test_sweep_command(tmp_path):
-    from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
+    from crosspatch.testing import save_tiny_pair
 
-    base = tiny_model("llama")
-    tok = char_tokenizer()
-    for name, model in (("base", base), ("tuned", perturb_layers(base, range(4), scale=0.3))):
-        model.save_pretrained(tmp_path / name)
-        tok.save_pretrained(tmp_path / name)
+    save_tiny_pair(tmp_path, scale=0.3)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     res = CliRunner().invoke(app, ["sweep", "--base", str(tmp_path / "base"), "--tuned", str(tmp_path / "tuned"),

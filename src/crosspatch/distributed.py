@@ -54,8 +54,12 @@ def ray_chunks(pair, prompts, token_ids, chunks: list[list[int]], boundaries: li
     spec = _load_spec(pair)
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(num_cpus=max(config.workers, 1), include_dashboard=False, log_to_driver=False,
-                 ignore_reinit_error=True)
+        import os
+
+        if os.environ.get("RAY_ADDRESS"):  # an existing cluster: its resources are its own
+            ray.init(log_to_driver=False)
+        else:  # a local cluster sized to the workers
+            ray.init(num_cpus=max(config.workers, 1), include_dashboard=False, log_to_driver=False)
     try:
         Worker = ray.remote(num_cpus=1)(ChunkWorker)
         actors = [Worker.remote(spec, config, boundaries) for _ in range(max(1, min(config.workers, len(chunks))))]

@@ -24,7 +24,7 @@ from .divergence import DivergenceConfig, DivergenceEvent, NoDivergence, greedy_
 from .models.anatomy import Anatomy
 from .models.checks import check_special_tokens, compare_facts
 from .models.execution import ModelHandle, capture_forward, late_forward, readout
-from .models.loading import LoadOptions, _provenance, load_causal_lm, load_tokenizer
+from .models.loading import LoadOptions, _provenance, eos_token_ids, load_causal_lm, load_tokenizer, pad_token_id
 from .models.vocab import RealVocabulary, build_real_vocabulary, masked_argmax
 from .prompts import Prompt
 
@@ -50,16 +50,6 @@ def model_facts(handle: ModelHandle) -> dict:
     a = handle.anatomy
     return {"class": type(a.model).__name__, "num_layers": a.num_layers, "hidden_size": a.hidden_size,
             "lm_head_rows": a.lm_head.weight.shape[0]}
-
-
-def _eos_ids(handle: ModelHandle, tokenizer) -> set[int]:
-    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
-    eos = getattr(getattr(handle.anatomy.model, "generation_config", None), "eos_token_id", None)
-    if isinstance(eos, int):
-        ids.add(eos)
-    elif isinstance(eos, (list, tuple)):
-        ids.update(int(e) for e in eos)
-    return ids
 
 
 @dataclass
@@ -96,11 +86,7 @@ class SequentialPair:
 
     @property
     def pad_id(self) -> int:
-        tok = self.tokenizer_it
-        for cand in (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id, 0):
-            if cand is not None:
-                return int(cand)
-        return 0
+        return pad_token_id(self.tokenizer_it)
 
     @contextlib.contextmanager
     def resident(self, role: str) -> Iterator[ModelHandle]:
@@ -124,7 +110,7 @@ def load_sequential_pair(base: str, tuned: str, options: LoadOptions) -> Sequent
     for role, tok in (("PT", tok_pt), ("IT", tok_it)):
         handle = ModelHandle(role, load_causal_lm(paths[role], options))
         heads[role], facts[role] = ReadoutHead(handle), model_facts(handle)
-        eos |= _eos_ids(handle, tok)
+        eos |= eos_token_ids(tok, handle.anatomy.model)
         del handle
         gc.collect()
     compare_facts(facts["PT"], facts["IT"])

@@ -56,25 +56,32 @@ class ModelPair:
 
     @property
     def pad_id(self) -> int:
-        tok = self.tokenizer_it
-        for cand in (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id, 0):
-            if cand is not None:
-                return int(cand)
-        return 0
+        return pad_token_id(self.tokenizer_it)
 
     @property
     def eos_ids(self) -> set[int]:
-        ids = set()
-        for tok, handle in ((self.tokenizer_pt, self.pt), (self.tokenizer_it, self.it)):
-            if tok.eos_token_id is not None:
-                ids.add(int(tok.eos_token_id))
-            gen = getattr(handle.anatomy.model, "generation_config", None)
-            eos = getattr(gen, "eos_token_id", None) if gen is not None else None
-            if isinstance(eos, int):
-                ids.add(eos)
-            elif isinstance(eos, (list, tuple)):
-                ids.update(int(e) for e in eos)
-        return ids
+        return eos_token_ids(self.tokenizer_pt, self.pt.anatomy.model) | eos_token_ids(
+            self.tokenizer_it, self.it.anatomy.model
+        )
+
+
+def pad_token_id(tokenizer) -> int:
+    """Id used for padding (never attended to by real tokens): pad, else eos, else unk, else 0."""
+    for cand in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id, 0):
+        if cand is not None:
+            return int(cand)
+    return 0
+
+
+def eos_token_ids(tokenizer, model) -> set[int]:
+    """End-of-sequence ids of a tokenizer and of a model's generation config."""
+    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, (list, tuple)):
+        ids.update(int(e) for e in eos)
+    return ids
 
 
 def _is_local(path: str) -> bool:

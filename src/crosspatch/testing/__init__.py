@@ -1,6 +1,6 @@
 """Tiny models and tokenizers built from configs (random init, no downloads) for tests and
 notebooks. Public so that users can test their own extensions the way crosspatch tests itself."""
 
-from .tiny import ARCHITECTURES, char_tokenizer, make_pair, perturb_layers, tiny_model, tiny_pair
+from .tiny import ARCHITECTURES, char_tokenizer, make_pair, perturb_layers, save_tiny_pair, tiny_model, tiny_pair
 
-__all__ = ["ARCHITECTURES", "char_tokenizer", "make_pair", "perturb_layers", "tiny_model", "tiny_pair"]
+__all__ = ["ARCHITECTURES", "char_tokenizer", "make_pair", "perturb_layers", "save_tiny_pair", "tiny_model", "tiny_pair"]

@@ -102,3 +102,16 @@ def make_pair(arch: str = "llama", layers: int = 4, perturb=None, scale: float =
 
     base, child, tok = tiny_pair(arch, layers, perturb, seed, scale)
     return pair_from_models(base, child, tok)
+
+
+def save_tiny_pair(root, arch: str = "llama", layers: int = 4, scale: float = 0.3, seed: int = 0):
+    """Write ``root/base`` and ``root/tuned`` (safetensors + tokenizer) for CLI-level tests;
+    returns ``root``."""
+    from pathlib import Path
+
+    root = Path(root)
+    base, child, tok = tiny_pair(arch, layers, None, seed, scale)
+    for name, model in (("base", base), ("tuned", child)):
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    return root
