@@ -123,3 +123,20 @@ def test_readout_uses_final_logit_softcapping():
     cap = capture_forward(pair.it, seqs, [1], pair.pad_id)
     logits = readout(pair.it, cap.final_states[0, -1:])
     assert logits.abs().max() < 5.0
+
+
+def test_non_finite_cells_are_flagged_counted_and_excluded(tmp_path):
+    from crosspatch.pipeline import build_summary, build_config_record
+    from crosspatch.stats import BootstrapConfig
+
+    pair = make_pair("llama")
+    events = forced_events(pair, ["Rain in Boston", "Wind"])
+    with torch.no_grad():
+        pair.it.anatomy.final_norm.weight[0] = float("nan")  # IT's head now reads out NaN
+    records = score_events(pair, events, [2])
+    assert all(not r.valid and "non-finite" in r.invalid_reason for r in records)
+    config = build_config_record(pair, [], __import__("crosspatch").RunConfig(boundary=2), [2])
+    summary = build_summary(config, records, [], 2, BootstrapConfig(50))
+    assert summary["counts"]["invalid"] == 2 and summary["counts"]["events"] == 0
+    assert any("non-finite" in w and "0" in w for w in summary["warnings"])
+    assert summary["results"]["2"]["common_it"]["all"]["n_events"] == 0

@@ -287,5 +287,6 @@ def pair_from_models(pt_model, it_model, tokenizer, tokenizer_it=None, **options
     return assemble_pair(
         ModelHandle("PT", pt_model), ModelHandle("IT", it_model), tokenizer,
         tokenizer_it if tokenizer_it is not None else tokenizer, "both", opts, [],
-        {"base": {"path": "<in-memory>"}, "tuned": {"path": "<in-memory>"}},
+        {"base": {"path": "<in-memory>"}, "tuned": {"path": "<in-memory>"},
+         "load_options": vars(opts) | {"dtype": str(next(pt_model.parameters()).dtype).replace("torch.", "")}},
     )
