@@ -70,3 +70,29 @@ def test_unknown_suffix_missing_and_empty_files(tmp_path):
     (tmp_path / "e.jsonl").write_text("\n")
     with pytest.raises(PromptFileError, match="contains no prompts"):
         load_prompts(tmp_path / "e.jsonl")
+
+
+def test_chat_template_is_an_explicit_recorded_option():
+    from crosspatch.pipeline import run
+    from crosspatch.testing import make_pair
+
+    pair = make_pair("llama")
+    pair.tokenizer_it.chat_template = "{% for m in messages %}U: {{ m['content'] }}\n{% endfor %}A:"
+    raw = run(pair, [{"id": "a", "prompt": "Rain?"}], max_new_tokens=4, bootstrap=0, progress=False)
+    templated = run(pair, [{"id": "a", "prompt": "Rain?"}], max_new_tokens=4, bootstrap=0, progress=False,
+                    chat_template=True)
+    assert raw.config["options"]["chat_template"] is False and templated.config["options"]["chat_template"] is True
+    assert raw.config["fingerprint"] != templated.config["fingerprint"]
+    from crosspatch.pipeline import _prompt_text
+    from crosspatch.prompts import Prompt
+
+    assert _prompt_text(pair, Prompt("a", "Rain?"), templated_config(templated)) == "U: Rain?\nA:"
+    for result, text in ((raw, "Rain?"), (templated, "U: Rain?\nA:")):
+        for r in result.records:
+            assert r.prompt_len == len(text) + 1  # characters + BOS
+
+
+def templated_config(result):
+    from crosspatch.pipeline import RunConfig
+
+    return RunConfig(chat_template=result.config["options"]["chat_template"])

@@ -45,6 +45,7 @@ class RunConfig:
     shard: str | None = None  # "i/n": this job takes prompts i, i+n, i+2n, ... (merge with merge_runs)
     engine: str = "local"  # "local" or "ray" (prompt chunks on Ray actors that each hold the models)
     workers: int = 2  # Ray actors
+    sequential_chunk: int = 512  # prompts per load cycle with residency "sequential" (4 model loads each)
     title: str | None = None
 
 
@@ -90,7 +91,8 @@ def build_config_record(pair: ModelPair, prompts: list[Prompt], config: RunConfi
     models = {k: v for k, v in pair.provenance.items() if k != "residency_reason"}
     models["load_options"] = {k: v for k, v in models.get("load_options", {}).items() if k != "residency"}
     result_parts = {  # what changes results; residency and batching only move float rounding
-        "options": {k: v for k, v in options.items() if k not in ("batch_size", "title", "shard", "engine", "workers")},
+        "options": {k: v for k, v in options.items()
+                    if k not in ("batch_size", "title", "shard", "engine", "workers", "sequential_chunk")},
         "boundaries": boundaries,
         "models": models,
         "prompts": _prompts_digest(prompts),
@@ -309,11 +311,11 @@ def run(
         raise ValueError(f"plan must be 'minimal' or 'exact', not {config.plan!r}")
     started = time.perf_counter()
     sequential = pair.residency == "sequential"
-    chunk = (len(todo) or 1) if sequential else max(config.batch_size, 1) * 4
+    chunk = max(config.sequential_chunk, 1) if sequential else max(config.batch_size, 1) * 4
     if sequential and todo:
         from .residency import cache_bytes
 
-        size = cache_bytes(pair, [token_ids[k] for k in todo], config.max_new_tokens, len(boundaries))
+        size = cache_bytes(pair, [token_ids[k] for k in todo[:chunk]], config.max_new_tokens, len(boundaries))
         _say(progress, f"sequential residency: one model at a time; CPU state cache up to {size / 2**20:.1f} MiB "
                        f"({pair.provenance.get('residency_reason', '')})")
     event_work = 0
