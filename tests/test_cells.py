@@ -140,3 +140,19 @@ def test_non_finite_cells_are_flagged_counted_and_excluded(tmp_path):
     assert summary["counts"]["invalid"] == 2 and summary["counts"]["events"] == 0
     assert any("non-finite" in w and "0" in w for w in summary["warnings"])
     assert summary["results"]["2"]["common_it"]["all"]["n_events"] == 0
+
+
+@pytest.mark.parametrize("plan, tol", [("exact", 0.0), ("minimal", 1e-5)])
+def test_controls_end_to_end_under_each_plan(plan, tol, prompts):
+    """Through the whole pipeline: exactly zero with the exact plan, float rounding with minimal."""
+    late_only = run(make_pair("llama", perturb=[2, 3]), prompts, boundary=2, plan=plan, max_new_tokens=10,
+                    bootstrap=0, progress=False)
+    early_only = run(make_pair("llama", perturb=[0, 1]), prompts, boundary=2, plan=plan, max_new_tokens=10,
+                     bootstrap=0, progress=False)
+    assert late_only.records and early_only.records
+    for rec in late_only.records:
+        y = rec.cells["common_it"]
+        assert abs((y["uit_lit"] - y["uit_lpt"]) - (y["upt_lit"] - y["upt_lpt"])) <= tol
+    for rec in early_only.records:
+        y = rec.cells["common_it"]
+        assert abs(y["upt_lit"] - y["upt_lpt"]) <= tol and abs(y["uit_lit"] - y["uit_lpt"]) <= tol
