@@ -25,6 +25,12 @@ def _boundary(text: str) -> int | float:
     return int(value) if value.is_integer() and "." not in text else value
 
 
+def _stdout() -> Console:
+    """Console for result tables: never narrower than the tables when output is not a terminal."""
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=140)
+
+
 def _boundaries(text: str | None):
     if not text:
         return None
@@ -42,7 +48,7 @@ def print_summary_table(summary: dict, title: str = "crosspatch") -> None:
     """A short rich table of the headline effects (common-IT readout, first boundary)."""
     from .report.markdown import fmt_effect
 
-    out = Console()
+    out = _stdout()
     b = summary["boundaries"][0]
     block = summary["results"][b]["common_it"]["all"]
     table = Table(title=f"{title}: boundary {b}, common-IT readout, {block['n_events']} events")
@@ -117,7 +123,8 @@ def run_cmd(
     for w in result.summary["warnings"]:
         console.print(Text.assemble(("warning ", "yellow"), w), soft_wrap=True)
     print_summary_table(result.summary)
-    console.print(f"run directory: {out} (report.md, summary.json, events.jsonl, events.parquet)")
+    console.print(f"run directory: {out} (report.md, report.html, summary.json, events.jsonl, events.parquet)",
+                  soft_wrap=True)
 
 
 @app.command("sweep")
@@ -193,8 +200,9 @@ def demo_cmd(
         table.add_column(col)
     for row in headline_rows(result.summary):
         table.add_row(row[0].strip("`"), row[1], *row[6:10])
-    Console().print(table)
-    console.print(f"report: {out / 'report.md'} ({result.summary['seconds']} s)")
+    _stdout().print(table)
+    console.print(f"report: {out / 'report.md'} and report.html per descendant ({result.summary['seconds']} s)",
+                  soft_wrap=True)
 
 
 @zoo_app.command("build")
@@ -222,7 +230,23 @@ def zoo_verify_cmd(path: Optional[Path] = typer.Argument(None, help="Zoo directo
     console.print(f"ok: {len(man['files'])} files match manifest.json")
 
 
+def _quiet_libraries() -> None:
+    """Keep the terminal for crosspatch's own progress: no per-file loading bars or deprecation
+    chatter from transformers/peft (warnings that matter to the run go into its report)."""
+    import warnings
+
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+
+
 def main() -> None:
+    _quiet_libraries()
     try:
         app()
     except KeyboardInterrupt:  # records already appended stay; rerun the same command to resume
