@@ -199,9 +199,9 @@ def demo_cmd(
     for col in ("descendant", "events", "E_PT", "E_IT", "interaction", "direct share"):
         table.add_column(col)
     for row in headline_rows(result.summary):
-        table.add_row(row[0].strip("`"), row[1], *row[6:10])
+        table.add_row(row[0], row[1], *row[6:10])
     _stdout().print(table)
-    console.print(f"report: {out / 'report.md'} and report.html per descendant ({result.summary['seconds']} s)",
+    console.print(f"report: {out / 'report.md'} and {out / 'report.html'} ({result.summary['seconds']} s)",
                   soft_wrap=True)
 
 

@@ -214,6 +214,7 @@ def events_frame(records: Iterable[CellRecord]):
     rows = []
     for r in records:
         row = {k: v for k, v in r.to_record().items() if k not in ("cells", "extra")}
+        row.update({k: v for k, v in r.extra.items() if k not in row})  # --group-by fields
         for name in READOUTS:
             y = r.cells[name]
             for c in CELLS:

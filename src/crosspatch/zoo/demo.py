@@ -62,86 +62,97 @@ def run_demo(
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     report = render_demo_report(summary)
     (out / "report.md").write_text(report)
+    (out / "report.html").write_text(render_demo_html(summary))
     return DemoResult(out, runs, summary, report)
+
+
+def render_demo_html(summary: dict) -> str:
+    """The combined report as one self-contained, autoescaped HTML page."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
+    return env.get_template("tables.html.j2").render(
+        title="crosspatch demo: the weather-report zoo", intro=demo_intro(summary), tables=demo_tables(summary),
+        links=[f"{name}/report.html" for name in summary["descendants"]],
+    )
 
 
 def headline_rows(summary: dict) -> list[list[str]]:
     rows = []
     for name, s in summary["descendants"].items():
-        b = s["boundaries"][0]
-        block = s["results"][b]["common_it"]["all"]
+        block = s["results"][s["boundaries"][0]]["common_it"]["all"]
         c = block["cells"]
-        rows.append([
-            f"`{name}`", str(block["n_events"]),
-            fmt_value(c["upt_lpt"], signed=True).split(" ")[0], fmt_value(c["upt_lit"]).split(" ")[0],
-            fmt_value(c["uit_lpt"]).split(" ")[0], fmt_value(c["uit_lit"]).split(" ")[0],
-            fmt_effect(block, "E_PT"), fmt_effect(block, "E_IT"), fmt_effect(block, "interaction"),
-            fmt_effect(block, "direct_share"),
-        ])
+        rows.append([name, str(block["n_events"])]
+                    + [fmt_value(c[k]).split(" ")[0] for k in ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")]
+                    + [fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction", "direct_share")])
     return rows
 
 
-def headline_table(summary: dict) -> list[str]:
-    return _table(
-        ["descendant", "events", "Y(U_PT,L_PT)", "Y(U_PT,L_IT)", "Y(U_IT,L_PT)", "Y(U_IT,L_IT)",
-         "`E_PT`", "`E_IT`", "interaction", "direct share"],
-        headline_rows(summary),
-    )
+HEADLINE = ["descendant", "events", "Y(U_PT,L_PT)", "Y(U_PT,L_IT)", "Y(U_IT,L_PT)", "Y(U_IT,L_IT)",
+            "E_PT", "E_IT", "interaction", "direct share"]
 
 
-def _matrix_table(summary: dict, group_key: str, label: str) -> list[str]:
-    names = list(summary["descendants"])
+def _matrix_rows(summary: dict, group_key: str) -> list[list[str]]:
+    """One row per group (aspect, position), one interaction column per descendant."""
     groups: list[str] = []
     for s in summary["descendants"].values():
-        block = s["results"][s["boundaries"][0]]["common_it"].get(group_key, {})
-        groups += [g for g in block if g not in groups]
+        groups += [g for g in s["results"][s["boundaries"][0]]["common_it"].get(group_key, {}) if g not in groups]
     rows = []
     for g in groups:
-        row = [md_escape(g)]
-        for name in names:
-            s = summary["descendants"][name]
+        row = [g]
+        for s in summary["descendants"].values():
             block = s["results"][s["boundaries"][0]]["common_it"].get(group_key, {}).get(g)
             row.append(f"{fmt_effect(block, 'interaction')} (n={block['n_events']})" if block else "n/a")
         rows.append(row)
-    return _table([label] + [f"`{n}`" for n in names], rows)
+    return rows
 
 
-def _split_table(summary: dict) -> list[str]:
+def _split_rows(summary: dict) -> list[list[str]]:
     rows = []
     for name, s in summary["descendants"].items():
         groups = s["results"][s["boundaries"][0]]["common_it"].get("by_split", {})
         for split in ("in_distribution", "held_out"):
             block = groups.get(split)
             if block:
-                rows.append([f"`{name}`", split.replace("_", "-"), str(block["n_events"]),
+                rows.append([name, split.replace("_", "-"), str(block["n_events"]),
                              fmt_effect(block, "E_PT"), fmt_effect(block, "E_IT"), fmt_effect(block, "interaction")])
-    return _table(["descendant", "cities", "events", "`E_PT`", "`E_IT`", "interaction"], rows)
+    return rows
+
+
+def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(heading, header, rows) of every table of the combined report, in order."""
+    names = list(summary["descendants"])
+    tables = [
+        ("Cells and effects per descendant", HEADLINE, headline_rows(summary)),
+        ("Counts", ["descendant", "events", "agreed EOS", "budget exhausted", "invalid", "near-ties"],
+         [[n, str(s["counts"]["events"]), str(s["counts"]["no_divergence"].get("agreed_eos", 0)),
+           str(s["counts"]["no_divergence"].get("budget_exhausted", 0)), str(s["counts"]["invalid"]),
+           str(s["counts"]["near_tie"])] for n, s in summary["descendants"].items()]),
+        ("Interaction by aspect", ["aspect"] + names, _matrix_rows(summary, "by_category")),
+        ("In-distribution vs held-out cities", ["descendant", "cities", "events", "E_PT", "E_IT", "interaction"],
+         _split_rows(summary)),
+        ("By generated position", ["position"] + names, _matrix_rows(summary, "by_position")),
+    ]
+    evals = (summary.get("zoo") or {}).get("evals") or {}
+    if evals:
+        keys = list(next(iter(evals.values())))
+        tables.append(("The zoo's own held-out losses", ["model"] + keys,
+                       [[m] + [f"{v[k]:.3f}" for k in keys] for m, v in evals.items()]))
+    return tables
+
+
+def demo_intro(summary: dict) -> str:
+    first = next(iter(summary["descendants"].values()))
+    return (f"Base (pretrained on raw weather text) against each descendant, on {summary['prompts']} instruction "
+            f"prompts (8 aspects; training cities and held-out cities). Boundary layer {first['boundaries'][0]} of "
+            f"{first['num_layers']}; common-IT readout; mean Y = logit(t_IT) - logit(t_PT) per cell; 95% "
+            "prompt-cluster bootstrap intervals.")
 
 
 def render_demo_report(summary: dict) -> str:
-    first = next(iter(summary["descendants"].values()))
-    lines = [
-        "# crosspatch demo: the weather-report zoo",
-        "",
-        f"Base (`base`, pretrained on raw weather text) against each descendant, on {summary['prompts']} "
-        f"instruction prompts (8 aspects; training cities and held-out cities). Boundary layer "
-        f"{first['boundaries'][0]} of {first['num_layers']}; common-IT readout; mean "
-        "`Y = logit(t_IT) - logit(t_PT)` per cell; 95% prompt-cluster bootstrap intervals.",
-        "",
-    ]
-    lines += headline_table(summary)
-    lines += ["", "Counts (events / prompts without divergence):", ""]
-    for name, s in summary["descendants"].items():
-        c = s["counts"]
-        lines.append(f"- `{name}`: {c['events']} events, {sum(c['no_divergence'].values())} without divergence "
-                     f"({c['no_divergence']}), {c['invalid']} invalid, {c['near_tie']} near-ties")
-    lines += ["", "## Interaction by aspect", ""] + _matrix_table(summary, "by_category", "aspect")
-    lines += ["", "## In-distribution vs held-out cities", ""] + _split_table(summary)
-    lines += ["", "## By generated position", ""] + _matrix_table(summary, "by_position", "position")
-    evals = (summary.get("zoo") or {}).get("evals") or {}
-    if evals:
-        lines += ["", "## The zoo's own held-out losses", ""]
-        keys = list(next(iter(evals.values())))
-        lines += _table(["model"] + keys, [[f"`{m}`"] + [f"{v[k]:.3f}" for k in keys] for m, v in evals.items()])
+    lines = ["# crosspatch demo: the weather-report zoo", "", demo_intro(summary), ""]
+    for heading, header, rows in demo_tables(summary):
+        # our labels and numbers print as they are; names that come from data (aspects) are escaped
+        lines += [f"## {heading}", ""] + _table(header, [[md_escape(r[0])] + r[1:] for r in rows]) + [""]
     lines += ["", f"Per-descendant reports: `{'/report.md`, `'.join(summary['descendants'])}/report.md`.", ""]
     return "\n".join(lines)
