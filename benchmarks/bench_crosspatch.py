@@ -114,7 +114,9 @@ def method_nnsight(args) -> dict:
             cross_it, _ = logits_of("IT", t, (b, u_pt[b]))
             cross_pt, _ = logits_of("PT", t, (b, u_it[b]))
             # each late stack's own head: the L_IT cells equal crosspatch's common-IT readout
-            y = lambda lg: float(lg[t_it] - lg[t_pt])
+            def y(lg):
+                return float(lg[t_it] - lg[t_pt])
+
             cells[f"{p.id}@{b}"] = {"upt_lit": y(cross_it), "uit_lit": y(nat_it),
                                     "upt_lpt_own": y(nat_pt), "uit_lpt_own": y(cross_pt)}
     seconds = time.perf_counter() - start

@@ -67,13 +67,11 @@ def test_report_on_a_non_run_directory(tmp_path):
 
 def test_html_report_is_self_contained_and_escapes_model_text(tmp_path):
     from crosspatch.pipeline import rerender, run
-    from crosspatch.store import RunStore
     from crosspatch.testing import make_pair
 
     result = run(make_pair("llama"), PROMPTS[:3], boundaries=[1, 2], max_new_tokens=6, bootstrap=50,
                  progress=False, out=tmp_path / "r", title="<b>title</b>")
     assert result.records
-    store = RunStore(tmp_path / "r")
     rows = [json.loads(line) for line in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]
     rows[0]["t_it_text"] = "<script>alert(1)</script>"
     (tmp_path / "r" / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from crosspatch.divergence import DivergenceConfig, find_divergences, greedy_rollout
-from crosspatch.models import capture_forward, masked_argmax, readout, tokenize_once
+from crosspatch.models import masked_argmax, tokenize_once
 from crosspatch.prompts import as_prompts
 from crosspatch.testing import make_pair
 

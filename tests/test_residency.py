@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from crosspatch.cells import CELLS, READOUTS
 from crosspatch.errors import ModelLoadError

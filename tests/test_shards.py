@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
-from typer.testing import CliRunner
 
-from crosspatch.cli import app
 from crosspatch.errors import RunDirectoryError
 from crosspatch.pipeline import merge_runs, run
 from crosspatch.testing import make_pair

@@ -11,10 +11,8 @@ import time
 
 import pytest
 
-from crosspatch.cells import CellRecord
 from crosspatch.errors import RunDirectoryError
 from crosspatch.pipeline import run
-from crosspatch.store import RunStore
 from crosspatch.testing import make_pair, save_tiny_pair
 
 WORDS = ["Rain", "Wind", "Snow", "Sky", "Fog", "Heat", "Humid", "Storm", "Cold", "Gust"]

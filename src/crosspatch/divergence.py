@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from .models.execution import (
-    Capture, EventStates, ModelHandle, StateRecorder, cache_keyword, capture_forward, readout, step_logits,
+    EventStates, ModelHandle, StateRecorder, cache_keyword, step_logits,
 )
 from .models.loading import ModelPair
 from .models.vocab import masked_argmax
@@ -148,6 +148,7 @@ def greedy_rollout(
     """Greedy continuations over the real vocabulary; each row stops after an EOS."""
     decoder = CachedDecoder(handle, pair)
     logits = decoder.start(prompts)
+    eos = pair.eos_ids
     outputs: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     for step in range(max_new_tokens):
@@ -155,7 +156,7 @@ def greedy_rollout(
         for row, tok in enumerate(tokens):
             if not done[row]:
                 outputs[row].append(tok)
-                done[row] = tok in pair.eos_ids
+                done[row] = tok in eos
         if all(done) or step == max_new_tokens - 1:
             break
         feed = torch.tensor([[pair.pad_id if d else t] for t, d in zip(tokens, done)])
@@ -265,21 +266,3 @@ def find_divergences(
         if on_batch is not None:
             on_batch(batch_events, batch_none)
     return events, none
-
-
-def lockstep_reference(pair: ModelPair, prompt: list[int], max_new_tokens: int) -> tuple[int, int, int] | None:
-    """Slow reference: step both models together without caches; (position, t_pt, t_it) or None.
-    Kept in the library so users can spot-check the fast search on their own pair."""
-    seq = list(prompt)
-    for i in range(max_new_tokens):
-        picks = []
-        for handle in (pair.pt, pair.it):
-            cap = capture_forward(handle, [seq], [], pair.pad_id)
-            picks.append(int(masked_argmax(readout(handle, cap.final_states[0, -1:]), pair.real_vocab)[0]))
-        if picks[0] != picks[1]:
-            return i, picks[0], picks[1]
-        seq.append(picks[0])
-        if picks[0] in pair.eos_ids:
-            return None
-    return None
-

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 
@@ -68,7 +66,7 @@ def test_smoke_build_trains_every_recipe_and_the_demo_runs_on_it(tmp_path):
     spec = ZooSpec(raw_docs=300, cpt_docs=100, instruction_pairs=120, eval_docs=40, eval_pairs=16,
                    pretrain_steps=3, it_steps=2, lora_steps=2, cpt_steps=2, batch_size=4, seq_len=64,
                    prompts_per_aspect=1, vocab_size=400)
-    result = build_zoo(tmp_path / "zoo", spec, log=lambda m: None)
+    build_zoo(tmp_path / "zoo", spec, log=lambda m: None)
     for name in ("base",) + DESCENDANTS:
         assert (tmp_path / "zoo" / name / "README.md").exists()
     verify(tmp_path / "zoo")

@@ -129,10 +129,10 @@ def instruction_batch(pairs: list[dict], tokenizer) -> tuple[torch.Tensor, torch
     ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
     lab = torch.full((len(seqs), width), -100)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for k, (s, l) in enumerate(zip(seqs, labels)):
-        ids[k, : len(s)] = torch.tensor(s)
-        lab[k, : len(l)] = torch.tensor(l)
-        mask[k, : len(s)] = 1
+    for k, (seq, label) in enumerate(zip(seqs, labels)):
+        ids[k, : len(seq)] = torch.tensor(seq)
+        lab[k, : len(label)] = torch.tensor(label)
+        mask[k, : len(seq)] = 1
     return ids, mask, lab
 
 
