@@ -168,9 +168,11 @@ def _search_batch(
     pair: ModelPair, roll: ModelHandle, check: ModelHandle, prompts: list[list[int]],
     config: "DivergenceConfig", capture: list[int] | None,
 ):
-    """Chunked search: ``roll`` decodes up to ``chunk_size`` tokens greedily, then ``check``
-    consumes the same tokens in one cached call (like speculative-decoding verification); the
-    first mismatch ends the row, finished rows leave both caches. Returns per row
+    """Chunked search: ``roll`` decodes a chunk of tokens greedily (1, 2, 4, ... up to
+    ``chunk_size``: most divergences come early), then ``check`` consumes the same tokens in one
+    cached call (like speculative-decoding verification); the first mismatch ends the row and
+    finished rows leave both caches. A chunk's first token is checked against the prediction
+    ``check`` already made, so a row that diverges there costs ``check`` nothing. Returns per row
     ``(i, t_roll, t_check)`` or ``(None, reason, n_generated)``, the accepted tokens, and the
     two decoders (for their states)."""
     real, eos, pad = pair.real_vocab, pair.eos_ids, pair.pad_id
@@ -182,9 +184,21 @@ def _search_batch(
     outcome: list[tuple | None] = [None] * n
     budget = config.max_new_tokens
     live = list(range(n))  # original rows still in both caches, in batch order
+
+    def retire(live, logits_r):
+        keep = [k for k, r in enumerate(live) if outcome[r] is None]
+        if len(keep) < len(live):
+            live = [live[k] for k in keep]
+            if live:
+                dec_r.select(keep)
+                dec_c.select(keep)
+                logits_r = logits_r[torch.tensor(keep, device=logits_r.device)]
+        return live, logits_r
+
+    chunk_len = 1
     while live:
         chunk: dict[int, list[int]] = {r: [] for r in live}
-        for _ in range(config.chunk_size):
+        for _ in range(chunk_len):
             picks = masked_argmax(logits_r, real).tolist()
             growing = [len(gen[r]) + len(chunk[r]) < budget and not (chunk[r] and chunk[r][-1] in eos) for r in live]
             for r, pick, grow in zip(live, picks, growing):
@@ -195,7 +209,15 @@ def _search_batch(
                 break
             feed = [[pick if grow else pad] for pick, grow in zip(picks, growing)]
             logits_r = dec_r.feed(torch.tensor(feed))[:, 0]
-        width = max(len(c) for c in chunk.values())
+        chunk_len = min(2 * chunk_len, config.chunk_size)
+        for r in live:
+            i = len(gen[r])
+            if chunk[r] and pred_c[r][i] != chunk[r][0]:
+                outcome[r] = (i, chunk[r][0], pred_c[r][i])
+        live, logits_r = retire(live, logits_r)
+        if not live:
+            break
+        width = max(len(chunk[r]) for r in live)
         tokens = torch.tensor([chunk[r] + [pad] * (width - len(chunk[r])) for r in live])
         checked = masked_argmax(dec_c.feed(tokens), real).tolist()
         for k, r in enumerate(live):
@@ -211,13 +233,7 @@ def _search_batch(
                     break
             if outcome[r] is None and len(gen[r]) >= budget:
                 outcome[r] = (None, "budget_exhausted", len(gen[r]))
-        keep = [k for k, r in enumerate(live) if outcome[r] is None]
-        if len(keep) < len(live):
-            live = [live[k] for k in keep]
-            if live:
-                dec_r.select(keep)
-                dec_c.select(keep)
-                logits_r = logits_r[torch.tensor(keep, device=logits_r.device)]
+        live, logits_r = retire(live, logits_r)
     return outcome, gen, dec_r, dec_c
 
 
