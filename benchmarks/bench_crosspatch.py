@@ -199,6 +199,7 @@ def main() -> None:
     ap.add_argument("--plan", default="minimal")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--write", type=Path, default=None)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per method; the fastest is reported")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.method:
@@ -210,8 +211,10 @@ def main() -> None:
     for label, method, extra in (("crosspatch", "crosspatch", []), ("nnsight baseline", "nnsight", []),
                                  ("crosspatch sweep", "crosspatch", ["--sweep"]),
                                  ("nnsight sweep (4 full passes per boundary)", "nnsight", ["--sweep"])):
-        rows[label] = spawn(method, args, extra)
-        r = rows[label]
+        runs = [spawn(method, args, extra) for _ in range(args.repeats)]  # best of N: timing noise on shared cores
+        r = min(runs, key=lambda x: x["seconds"])
+        r["peak_rss_mb"] = max(x["peak_rss_mb"] for x in runs)
+        rows[label] = r
         print(f"{label:45s} {r['events']:4d} events  {r['seconds']:7.2f} s  {r['events'] / r['seconds']:7.2f} events/s  "
               f"{r['fe_per_event']:.2f} FE/event  peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
     make_large_pair(Path(args.large_dir), args.large_hidden, args.large_layers)  # built here, not measured
@@ -263,7 +266,8 @@ def write_doc(args, rows: dict, summary: dict, memory: dict) -> None:
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}; zoo pair `base` vs `{args.descendant}` "
         f"({rows['crosspatch']['num_layers']} layers), {args.prompts} zoo prompts, fp32, CPU. "
-        "Each method runs in its own subprocess (peak RSS is its own).",
+        f"Each method runs in its own subprocess (peak RSS is its own), {args.repeats} times; the fastest "
+        "run is reported.",
         "",
         "| method | events | seconds | events/s | FE per event | peak RSS (MB) |",
         "|---|---|---|---|---|---|",
