@@ -29,7 +29,7 @@ def test_run_writes_the_run_directory_and_report_rerenders(saved_pair, tmp_path)
         "--boundary", "0.5", "--bootstrap", "300", "--quiet",
     ])
     assert res.exit_code == 0, res.output
-    for name in ("config.json", "events.jsonl", "summary.json", "report.md", "events.parquet"):
+    for name in ("config.json", "events.jsonl", "summary.json", "report.md", "report.html", "events.parquet"):
         assert (out / name).exists(), name
     config = json.loads((out / "config.json").read_text())
     assert config["schema_version"] == "crosspatch.config/1"

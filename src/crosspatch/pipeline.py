@@ -225,15 +225,23 @@ def resolve_boundaries(config: RunConfig, num_layers: int) -> list[int]:
 
 
 def write_outputs(store: RunStore, summary: dict, records: list[CellRecord], config: dict) -> str:
-    """summary.json, events.parquet, plots (for several boundaries) and report.md."""
+    """summary.json, events.parquet, then the reports; returns the Markdown report."""
     store.write_summary(summary)
     store.write_parquet(records)
+    return render_reports(store, summary, config)
+
+
+def render_reports(store: RunStore, summary: dict, config: dict) -> str:
+    """Plot (several boundaries), report.md and report.html from what the store holds."""
+    from .report.html import render_html
+
     if len(summary["boundaries"]) > 1:
         from .report.plots import plot_sweep
 
         plot_sweep(summary, store.path)
     text = render_markdown(config, summary)
     store.write_text("report.md", text)
+    store.write_text("report.html", render_html(store.path))
     return text
 
 
@@ -291,6 +299,10 @@ def run(
         if not hasattr(config, key):
             raise TypeError(f"unknown run option {key!r}")
         setattr(config, key, value)
+    if config.plan not in ("minimal", "exact"):
+        raise ValueError(f"plan must be 'minimal' or 'exact', not {config.plan!r}")
+    if config.engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', not {config.engine!r}")
     all_prompts = as_prompts(prompts)
     boundaries = resolve_boundaries(config, pair.num_layers)
     record = build_config_record(pair, all_prompts, config, boundaries)
@@ -307,8 +319,6 @@ def run(
     by_id = {p.id: k for k, p in enumerate(prompts)}
     records: list[CellRecord] = store.load_records() if store else []
     no_div: list[NoDivergence] = store.load_no_divergence() if store else []
-    if config.plan not in ("minimal", "exact"):
-        raise ValueError(f"plan must be 'minimal' or 'exact', not {config.plan!r}")
     started = time.perf_counter()
     sequential = pair.residency == "sequential"
     chunk = max(config.sequential_chunk, 1) if sequential else max(config.batch_size, 1) * 4
@@ -369,16 +379,6 @@ def run(
 
 
 def rerender(run_dir: str | Path) -> str:
-    """Re-render report.md from a run directory's stored files alone; returns the text."""
+    """Re-render the reports from a run directory's stored files alone; returns report.md."""
     store = RunStore(run_dir)
-    summary = store.summary()
-    if len(summary["boundaries"]) > 1:
-        from .report.plots import plot_sweep
-
-        plot_sweep(summary, store.path)
-    text = render_markdown(store.config(), summary)
-    store.write_text("report.md", text)
-    from .report.html import render_html
-
-    store.write_text("report.html", render_html(store.path))
-    return text
+    return render_reports(store, store.summary(), store.config())
