@@ -45,3 +45,11 @@ def test_bad_shard_spec_is_refused():
         run(pair, many_prompts(2), shard="1-2", progress=False, bootstrap=0, max_new_tokens=4)
     with pytest.raises(ValueError, match="0 <= i < n"):
         run(pair, many_prompts(2), shard="2/2", progress=False, bootstrap=0, max_new_tokens=4)
+
+
+def test_bad_run_options_are_refused_before_anything_is_written(tmp_path):
+    pair = make_pair("llama")
+    for bad in ({"plan": "fast"}, {"engine": "spark"}, {"rollout_model": "it"}):
+        with pytest.raises(ValueError):
+            run(pair, many_prompts(2), out=tmp_path / "r", progress=False, bootstrap=0, **bad)
+    assert not (tmp_path / "r").exists()

@@ -4,8 +4,9 @@ One model (the *rollout* model, IT by default) decodes greedily over the real vo
 other is teacher-forced over prompt + that rollout, chunk by chunk, each with its own KV cache.
 Because attention is causal, the first position where the second model's argmax differs from
 the rollout token is exactly where lockstep greedy decoding of both models would first
-disagree; verifying in chunks stops both models a few tokens after the event. No disagreement within the
-budget, or an EOS both models agree on, is a *no-event* outcome that is kept and counted.
+disagree; verifying in growing chunks stops both models at most a few tokens after the event.
+No disagreement within the budget, or an EOS both models agree on, is a *no-event* outcome that
+is kept and counted.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from typing import Callable
 
 import torch
 
-from .models.execution import (
-    EventStates, ModelHandle, StateRecorder, cache_keyword, step_logits,
-)
+from .models.execution import EventStates, ModelHandle, StateRecorder, cache_keyword, step_logits
 from .models.loading import ModelPair
 from .models.vocab import masked_argmax
 from .prompts import Prompt

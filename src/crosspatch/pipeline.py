@@ -301,6 +301,8 @@ def run(
         setattr(config, key, value)
     if config.plan not in ("minimal", "exact"):
         raise ValueError(f"plan must be 'minimal' or 'exact', not {config.plan!r}")
+    if config.rollout_model not in ("IT", "PT"):
+        raise ValueError(f"rollout_model must be 'IT' or 'PT', not {config.rollout_model!r}")
     if config.engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', not {config.engine!r}")
     all_prompts = as_prompts(prompts)
