@@ -21,7 +21,9 @@ from .prompts import Prompt, as_prompts
 from .report.markdown import render_markdown
 from .stats import BootstrapConfig, summarize_boundaries
 from .errors import RunDirectoryError
-from .store import CONFIG_SCHEMA, SUMMARY_SCHEMA, RunStore, environment, events_frame, fingerprint
+from .store import (
+    CONFIG_SCHEMA, SUMMARY_SCHEMA, RunStore, completed_prompts, environment, events_frame, fingerprint,
+)
 
 
 @dataclass
@@ -88,6 +90,7 @@ def _prompts_digest(prompts: list[Prompt]) -> str:
 
 def build_config_record(pair: ModelPair, prompts: list[Prompt], config: RunConfig, boundaries: list[int]) -> dict:
     options = asdict(config)
+    digest = _prompts_digest(prompts)
     models = {k: v for k, v in pair.provenance.items() if k != "residency_reason"}
     models["load_options"] = {k: v for k, v in models.get("load_options", {}).items() if k != "residency"}
     result_parts = {  # what changes results; residency and batching only move float rounding
@@ -95,7 +98,7 @@ def build_config_record(pair: ModelPair, prompts: list[Prompt], config: RunConfi
                     if k not in ("batch_size", "title", "shard", "engine", "workers", "sequential_chunk")},
         "boundaries": boundaries,
         "models": models,
-        "prompts": _prompts_digest(prompts),
+        "prompts": digest,
     }
     run_fingerprint = fingerprint(result_parts)
     return {
@@ -107,7 +110,7 @@ def build_config_record(pair: ModelPair, prompts: list[Prompt], config: RunConfi
         "residency": pair.residency,
         "models": pair.provenance,
         "load_options": pair.provenance.get("load_options", {}),
-        "prompts": {"count": len(prompts), "sha256": _prompts_digest(prompts)},
+        "prompts": {"count": len(prompts), "sha256": digest},
         "pair_warnings": pair.warnings,
         "real_vocabulary": pair.real_vocab.as_record(),
         "environment": environment(),
@@ -313,14 +316,13 @@ def run(
         tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, p.id, _prompt_text(pair, p, config)) for p in prompts
     ]
     store = RunStore(out) if out is not None else None
-    done: set[str] = set()
+    records: list[CellRecord] = []
+    no_div: list[NoDivergence] = []
     if store is not None:
-        store.start(record, resume=resume)
-        done = store.completed_prompts(boundaries)
+        records, no_div = store.start(record, resume=resume)
+    done = completed_prompts(records, no_div, boundaries)
     todo = [k for k, p in enumerate(prompts) if p.id not in done]
     by_id = {p.id: k for k, p in enumerate(prompts)}
-    records: list[CellRecord] = store.load_records() if store else []
-    no_div: list[NoDivergence] = store.load_no_divergence() if store else []
     started = time.perf_counter()
     sequential = pair.residency == "sequential"
     chunk = max(config.sequential_chunk, 1) if sequential else max(config.batch_size, 1) * 4

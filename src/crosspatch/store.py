@@ -97,10 +97,10 @@ class RunStore:
         self.path = Path(path)
 
     # -- config -----------------------------------------------------------------------------
-    def start(self, config: dict, resume: bool = True) -> bool:
-        """Create the directory or check it belongs to this configuration. Returns True when
-        earlier records exist and will be reused. Records of prompts left incomplete by an
-        interruption are dropped, so that redoing them adds no duplicate line."""
+    def start(self, config: dict, resume: bool = True) -> tuple[list[CellRecord], list[NoDivergence]]:
+        """Create the directory or check it belongs to this configuration. Returns the records
+        and no-divergence outcomes of earlier sessions, read once. Records of prompts left
+        incomplete by an interruption are dropped, so that redoing them adds no duplicate line."""
         self.path.mkdir(parents=True, exist_ok=True)
         cfg_path = self.path / "config.json"
         if cfg_path.exists():
@@ -115,20 +115,15 @@ class RunStore:
         _write_json(cfg_path, config)
         for name in (EVENTS_FILE, NO_DIV_FILE):
             _repair_tail(self.path / name)
-        self._drop_incomplete(config.get("resolved_boundaries") or [])
-        return bool(self.load_records() or self.load_no_divergence())
-
-    def _drop_incomplete(self, boundaries: list[int]) -> None:
-        path = self.path / EVENTS_FILE
-        if not path.exists():
-            return
-        done = self.completed_prompts(boundaries)
-        rows = _read_jsonl(path)
-        kept = [r for r in rows if r["prompt_id"] in done]
-        if len(kept) != len(rows):
+        records, no_div = self.load_records(), self.load_no_divergence()
+        done = completed_prompts(records, no_div, config.get("resolved_boundaries") or [])
+        kept = [r for r in records if r.prompt_id in done]
+        if len(kept) != len(records):
+            path = self.path / EVENTS_FILE
             tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in kept), encoding="utf-8")
+            tmp.write_text("".join(json.dumps(r.to_record(), default=str) + "\n" for r in kept), encoding="utf-8")
             os.replace(tmp, path)
+        return kept, no_div
 
     def config(self) -> dict:
         path = self.path / "config.json"
@@ -168,14 +163,6 @@ class RunStore:
                 out.append(NoDivergence(**row))
         return out
 
-    def completed_prompts(self, boundaries: list[int]) -> set[str]:
-        """Prompts fully recorded: every boundary scored, or a no-divergence outcome."""
-        need = set(boundaries)
-        per_prompt: dict[str, set[int]] = {}
-        for r in self.load_records():
-            per_prompt.setdefault(r.prompt_id, set()).add(r.boundary)
-        done = {p for p, bs in per_prompt.items() if need <= bs}
-        return done | {x.prompt_id for x in self.load_no_divergence()}
 
     def write_complete(self, config: dict, records: list[CellRecord], no_div: list[NoDivergence]) -> None:
         """Write a whole run at once (merged shards): config and both record files, replaced."""
@@ -204,6 +191,15 @@ class RunStore:
         target = self.path / "events.parquet"
         events_frame(records).to_parquet(target, index=False)
         return target
+
+
+def completed_prompts(records: Iterable[CellRecord], no_div: Iterable[NoDivergence], boundaries: list[int]) -> set[str]:
+    """Prompts fully recorded: every boundary scored, or a no-divergence outcome."""
+    need = set(boundaries)
+    per_prompt: dict[str, set[int]] = {}
+    for r in records:
+        per_prompt.setdefault(r.prompt_id, set()).add(r.boundary)
+    return {p for p, bs in per_prompt.items() if need <= bs} | {x.prompt_id for x in no_div}
 
 
 def events_frame(records: Iterable[CellRecord]):

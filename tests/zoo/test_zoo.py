@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from crosspatch.zoo import ADAPTERS, DESCENDANTS, ZooIntegrityError, load_zoo_pair, manifest, verify, zoo_path
-from crosspatch.zoo.build import ZooSpec, build_data, build_zoo, sha256
+from crosspatch.zoo.build import ZooSpec, build_data, build_zoo
 
 MAX_ZOO_BYTES = 40 * 1024 * 1024
 
