@@ -152,9 +152,9 @@ def make_large_pair(root: Path, hidden: int, layers: int) -> tuple[Path, Path, f
 
 def method_memory(args) -> dict:
     """Peak RSS of one residency on the large pair; the baseline RSS is taken before loading."""
-    from crosspatch.models import load_pair
+    from crosspatch.execution import load_pair
     from crosspatch.pipeline import run
-    from crosspatch.residency import cache_bytes
+    from crosspatch.pipeline import state_cache_bytes
     from crosspatch.zoo import zoo_prompts
 
     base_dir, tuned_dir, size_mb = make_large_pair(Path(args.large_dir), args.large_hidden, args.large_layers)
@@ -162,7 +162,7 @@ def method_memory(args) -> dict:
     prompts = zoo_prompts("all")[: args.prompts]
     pair = load_pair(str(base_dir), tuned=str(tuned_dir), residency=args.residency, hash_weights=False)
     ids = [pair.tokenizer_pt(p.prompt)["input_ids"] for p in prompts]
-    cache_mb = (cache_bytes(pair, ids, args.max_new_tokens, 1) / 2**20) if args.residency == "sequential" else 0.0
+    cache_mb = (state_cache_bytes(pair, ids, args.max_new_tokens, 1) / 2**20) if args.residency == "sequential" else 0.0
     start = time.perf_counter()
     result = run(pair, prompts, boundary=0.6, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                  bootstrap=0, progress=False)

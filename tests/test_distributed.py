@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from crosspatch.models import load_pair
+from crosspatch.execution import load_pair
 from crosspatch.pipeline import run
 from crosspatch.testing import save_tiny_pair
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from crosspatch.divergence import DivergenceConfig, find_divergences, greedy_rollout
+from crosspatch.divergence import DivergenceConfig, find_divergences
+from crosspatch.execution import greedy_rollout
 from crosspatch.models import masked_argmax, tokenize_once
 from crosspatch.prompts import as_prompts
 from crosspatch.testing import make_pair

@@ -45,14 +45,40 @@ def test_bootstrap_is_seeded_and_covers_the_mean():
 
 
 def test_events_of_one_prompt_resample_together():
-    # two prompts, each with many identical events: the cluster bootstrap sees only 2 clusters,
-    # so its interval spans both prompt means; an event-level bootstrap would be far narrower.
-    values = np.array([[0, 0, 0, 0]] * 50 + [[0, 0, 0, 4]] * 50, dtype=float)
-    clusters = ["a"] * 50 + ["b"] * 50
+    # five prompts, each with many identical events: the cluster bootstrap sees only 5 clusters,
+    # so its interval is wide; an event-level bootstrap of 250 events would be far narrower.
+    values = np.array([[0, 0, 0, 0]] * 100 + [[0, 0, 0, 4]] * 150, dtype=float)
+    clusters = [c for c in "ab" for _ in range(50)] + [c for c in "cde" for _ in range(50)]
     block = effect_block(values, clusters, BootstrapConfig(2000, seed=0))
-    assert block["n_prompts"] == 2 and block["n_events"] == 100
+    assert block["n_prompts"] == 5 and block["n_events"] == 250
     lo, hi = block["effects"]["E_IT"]["ci"]
-    assert lo == pytest.approx(0.0) and hi == pytest.approx(4.0)
+    assert lo <= 1.0 and hi == pytest.approx(4.0) and hi - lo > 2.0
+
+
+def test_fewer_than_five_prompt_clusters_get_no_interval():
+    values = np.array([[0, 0, 0, 0]] * 50 + [[0, 0, 0, 4]] * 50, dtype=float)
+    block = effect_block(values, ["a"] * 50 + ["b"] * 50, BootstrapConfig(2000, seed=0))
+    assert block["effects"]["E_IT"]["ci"] is None and block["cells"]["uit_lit"]["ci"] is None
+    assert "2 prompt cluster(s)" in block["ci_note"]
+    assert block["effects"]["E_IT"]["mean"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("cells, reason", [
+    ([0, 0.01, 0, 2], "within 0.1 of zero"),  # E_PT ~ 0: E_IT / E_PT explodes
+    ([0, -1, 0, 2], "opposite signs"),  # E_PT < 0 < E_IT: a negative "share" means nothing
+])
+def test_unstable_ratios_are_reported_as_na_with_the_reason(cells, reason):
+    values = np.array([cells] * 20, dtype=float)
+    block = effect_block(values, [f"p{i}" for i in range(20)], BootstrapConfig(200))
+    ratio = block["effects"]["matched_portable_ratio"]
+    assert ratio["mean"] is None and ratio["ci"] is None and reason in ratio["na_reason"]
+
+
+def test_stable_ratios_are_reported():
+    values = np.array([[0, 1, 0, 2]] * 10 + [[0, 1.2, 0, 2.2]] * 10, dtype=float)
+    block = effect_block(values, [f"p{i}" for i in range(20)], BootstrapConfig(200))
+    assert block["effects"]["direct_share"]["mean"] == pytest.approx(1.1 / 2.1)
+    assert block["effects"]["direct_share"]["ci"] is not None
 
 
 def test_breakdowns_and_invalid_records():

@@ -8,14 +8,16 @@
 from .cells import CELLS, READOUTS, CellRecord
 from .divergence import DivergenceEvent, NoDivergence
 from .errors import CrosspatchError
-from .models import LoadOptions, ModelPair, load_pair, pair_from_models
+from .analysis import Analysis, EventSet
+from .execution import ModelPair, ModelSet, load_models, load_pair, models_from_modules, pair_from_models
+from .models import LoadOptions
 from .pipeline import RunConfig, RunResult, rerender, run
 from .prompts import Prompt, load_prompts
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CELLS", "READOUTS", "CellRecord", "CrosspatchError", "DivergenceEvent", "LoadOptions",
-    "ModelPair", "NoDivergence", "Prompt", "RunConfig", "RunResult", "load_pair", "load_prompts",
-    "pair_from_models", "rerender", "run",
+    "CELLS", "READOUTS", "Analysis", "CellRecord", "CrosspatchError", "DivergenceEvent", "EventSet",
+    "LoadOptions", "ModelPair", "ModelSet", "NoDivergence", "Prompt", "RunConfig", "RunResult", "load_models",
+    "load_pair", "load_prompts", "models_from_modules", "pair_from_models", "rerender", "run",
 ]

@@ -1,8 +1,9 @@
 """The 2x2 factorial at a boundary (DESIGN 1.3).
 
-Per batch of events: one full pass of each model over the prefixes gives both diagonal cells
-and both boundary states (for every requested boundary at once); each cross cell is a
-late-only pass (layers ``b..L-1``) on the other model's boundary state. Every cell is read out
+The natural pass of each model over the prefixes (recorded by the divergence search, or one
+full pass) gives both diagonal cells and both boundary states (for every requested boundary at
+once); each cross cell is a late-only pass (layers ``b..L-1``) on the other model's boundary
+state. Every cell is read out
 with one fixed head: IT's final norm + lm_head (``common_it``) and PT's (``common_pt``).
 ``Y = logit(t_IT) - logit(t_PT)`` at the last prefix position.
 """
@@ -11,13 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 
-from .divergence import DivergenceEvent, length_batches
-from .models.execution import EventStates, capture_forward, late_forward, readout
-from .models.loading import ModelPair
+from .analysis import Analysis, EventSet
+from .divergence import DivergenceEvent
+from .execution import Executor, Late, ModelSet, Program
+from .models.execution import EventStates, readout
 from .models.vocab import masked_argmax, top2_margin
 
 READOUTS = ("common_it", "common_pt")
@@ -79,15 +80,6 @@ def resolve_boundary(boundary: int | float, num_layers: int) -> int:
     return b
 
 
-def _pad_stack(rows: list[torch.Tensor]) -> torch.Tensor:
-    """``[n_i, d]`` tensors right-padded with zeros into ``[batch, max n, d]``."""
-    width = max(r.shape[0] for r in rows)
-    out = rows[0].new_zeros((len(rows), width, rows[0].shape[-1]))
-    for k, r in enumerate(rows):
-        out[k, : r.shape[0]] = r
-    return out
-
-
 def _y(logits: torch.Tensor, t_it: torch.Tensor, t_pt: torch.Tensor) -> torch.Tensor:
     rows = torch.arange(logits.shape[0], device=logits.device)
     return logits[rows, t_it.to(logits.device)] - logits[rows, t_pt.to(logits.device)]
@@ -126,53 +118,58 @@ def build_records(heads, tokenizer, evs: list[DivergenceEvent], boundary: int, s
     return records
 
 
+@dataclass
+class CrossPatch(Analysis):
+    """The 2x2 (DESIGN 1.3) at each of ``boundaries``: the diagonal cells are the natural passes
+    (recorded by the search, or run here), each cross cell one late-only pass on the other
+    model's boundary state. Returns one :class:`CellRecord` per (event, boundary), in event
+    order."""
+
+    boundaries: list[int]
+    config: CellsConfig = field(default_factory=CellsConfig)
+    name: str = "cells"
+
+    def program(self, ex: Executor, evset: EventSet) -> Program:
+        base, tuned, evs = evset.base, evset.tuned, evset.events
+        if not evs:
+            return []
+        u_pt, u_it = yield from evset.states([base, tuned], self.boundaries)
+        seqs = evset.sequences
+        late = yield ([Late(tuned, b, [s.boundary[b] for s in u_pt], seqs) for b in self.boundaries]
+                      + [Late(base, b, [s.boundary[b] for s in u_it], seqs) for b in self.boundaries])
+        n_b = len(self.boundaries)
+        heads = (ex.models.head(base), ex.models.head(tuned))
+        by_event: list[list[CellRecord]] = [[] for _ in evs]
+        step = self.config.batch_size
+        for start in range(0, len(evs), step):
+            part = slice(start, start + step)
+            nat_pt = torch.stack([s.final for s in u_pt[part]])
+            nat_it = torch.stack([s.final for s in u_it[part]])
+            t_pt = torch.tensor([e.t_pt for e in evs[part]])
+            t_it = torch.tensor([e.t_it for e in evs[part]])
+            diagnostics = natural_diagnostics(heads, ex.models.real_vocab, nat_pt, nat_it, t_pt, t_it)
+            for j, b in enumerate(self.boundaries):
+                states = {"upt_lpt": nat_pt, "upt_lit": torch.stack(late[j][part]),
+                          "uit_lpt": torch.stack(late[n_b + j][part]), "uit_lit": nat_it}
+                recs = build_records(heads, ex.models.tokenizer, evs[part], b, states, diagnostics, self.config)
+                for k, rec in enumerate(recs):
+                    by_event[start + k].append(rec)
+        return [r for recs in by_event for r in recs]
+
+
 def score_events(
-    pair: ModelPair,
+    models: ModelSet,
     events: list[DivergenceEvent],
     boundaries: list[int],
     config: CellsConfig | None = None,
-    on_batch: Callable[[list[CellRecord]], None] | None = None,
     natural: dict[str, dict[str, EventStates]] | None = None,
+    tuned: str | None = None,
 ) -> list[CellRecord]:
-    """Score every event at every boundary. Records come back in event order (boundaries in
-    the given order within an event); ``on_batch`` sees them batch by batch as they finish.
-
-    ``natural`` (from the divergence search's passes, keyed by event key) supplies both models'
-    boundary and final states; without it one full pass of each model over the prefixes
-    computes them here."""
+    """Score every event at every boundary for descendant ``tuned`` (default: the first) against
+    the base. Records come back in event order (boundaries in the given order within an event).
+    ``natural`` (from the divergence search, keyed by event key, then role) supplies both
+    models' boundary and final states; without it one full pass of each model computes them."""
     config = config or CellsConfig()
-    by_event: dict[int, list[CellRecord]] = {}
-    tok = pair.tokenizer_it
-    for batch in length_batches(len(events), [len(e.prefix_ids) for e in events], config.batch_size):
-        evs = [events[k] for k in batch]
-        seqs = [e.prefix_ids for e in evs]
-        last = torch.tensor([len(s) - 1 for s in seqs])
-        rows = torch.arange(len(seqs))
-        t_it = torch.tensor([e.t_it for e in evs])
-        t_pt = torch.tensor([e.t_pt for e in evs])
-        if natural is None:
-            cap_pt = capture_forward(pair.pt, seqs, boundaries, pair.pad_id)
-            cap_it = capture_forward(pair.it, seqs, boundaries, pair.pad_id)
-            u_pt, u_it = cap_pt.boundary_states, cap_it.boundary_states
-            nat_pt = cap_pt.final_states[rows, last]
-            nat_it = cap_it.final_states[rows, last]
-        else:
-            states = [natural[e.key] for e in evs]
-            u_pt = {b: _pad_stack([s["PT"].boundary[b] for s in states]) for b in boundaries}
-            u_it = {b: _pad_stack([s["IT"].boundary[b] for s in states]) for b in boundaries}
-            nat_pt = torch.stack([s["PT"].final for s in states])
-            nat_it = torch.stack([s["IT"].final for s in states])
-        diagnostics = natural_diagnostics((pair.pt, pair.it), pair.real_vocab, nat_pt, nat_it, t_pt, t_it)
-        batch_records = []
-        for k in batch:
-            by_event[k] = []
-        for b in boundaries:
-            upt_lit = late_forward(pair.it, b, u_pt[b], seqs, pair.pad_id)[rows, last]
-            uit_lpt = late_forward(pair.pt, b, u_it[b], seqs, pair.pad_id)[rows, last]
-            states = {"upt_lpt": nat_pt, "upt_lit": upt_lit, "uit_lpt": uit_lpt, "uit_lit": nat_it}
-            for j, record in enumerate(build_records((pair.pt, pair.it), tok, evs, b, states, diagnostics, config)):
-                by_event[batch[j]].append(record)
-                batch_records.append(record)
-        if on_batch is not None:
-            on_batch(batch_records)
-    return [r for k in range(len(events)) for r in by_event[k]]
+    evset = EventSet(events, models.base, tuned or models.roles[1], natural)
+    ex = Executor(models, config.batch_size)
+    return ex.drive(CrossPatch(list(boundaries), config).program(ex, evset))

@@ -1,7 +1,9 @@
-"""The one path: load pair -> find divergences -> run cells -> statistics -> report.
+"""The one path: load models -> find divergences -> analyses (the 2x2, ...) -> statistics -> report.
 
-``run`` works through the prompts in chunks; each chunk's outcomes are appended to the run
-directory before the next starts, so an interrupted run resumes where it stopped.
+``run`` works through the prompts in chunks (``process_chunk``: the divergence stage, then
+each analysis, all as programs for the executor); an engine (local or Ray) runs the chunks and
+each chunk's outcomes are appended to the run directory as soon as it is done, so an
+interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .cells import CellRecord, CellsConfig, resolve_boundary, score_events
-from .divergence import DivergenceConfig, NoDivergence, find_divergences
+from .analysis import EventSet
+from .cells import CellRecord, CellsConfig, CrossPatch, resolve_boundary
+from .divergence import DivergenceConfig, NoDivergence, divergence_program
+from .execution import ENGINES, Executor, ModelSet, map_chunks
 from .models.execution import WorkCounter, counting_work
-from .models.loading import ModelPair
 from .models.vocab import tokenize_once
 from .prompts import Prompt, as_prompts
 from .report.markdown import render_markdown
@@ -49,6 +52,7 @@ class RunConfig:
     workers: int = 2  # Ray actors
     sequential_chunk: int = 512  # prompts per load cycle with residency "sequential" (4 model loads each)
     title: str | None = None
+    tuned: str | None = None  # with several descendants loaded: the role scored against the base (default: the first)
 
 
 @dataclass
@@ -60,6 +64,7 @@ class RunResult:
     no_divergence: list[NoDivergence]
     config: dict
     run_dir: Path | None = None
+    analyses: dict[str, list] = field(default_factory=dict)  # further analyses' records, by name
     _report: str | None = field(default=None, repr=False)
 
     @property
@@ -73,10 +78,10 @@ class RunResult:
         return self._report
 
 
-def _prompt_text(pair: ModelPair, prompt: Prompt, config: RunConfig) -> str:
+def _prompt_text(pair: ModelSet, prompt: Prompt, config: RunConfig) -> str:
     if not config.chat_template:
         return prompt.prompt
-    return pair.tokenizer_it.apply_chat_template(
+    return pair.tokenizers[config.tuned or pair.roles[1]].apply_chat_template(
         [{"role": "user", "content": prompt.prompt}], tokenize=False, add_generation_prompt=True
     )
 
@@ -88,10 +93,10 @@ def _prompts_digest(prompts: list[Prompt]) -> str:
     return h.hexdigest()
 
 
-def build_config_record(pair: ModelPair, prompts: list[Prompt], config: RunConfig, boundaries: list[int]) -> dict:
+def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig, boundaries: list[int]) -> dict:
     options = asdict(config)
     digest = _prompts_digest(prompts)
-    models = {k: v for k, v in pair.provenance.items() if k != "residency_reason"}
+    models = {k: v for k, v in pair.provenance.items() if k not in ("residency_reason", "load_spec")}
     models["load_options"] = {k: v for k, v in models.get("load_options", {}).items() if k != "residency"}
     result_parts = {  # what changes results; residency and batching only move float rounding
         "options": {k: v for k, v in options.items()
@@ -108,7 +113,8 @@ def build_config_record(pair: ModelPair, prompts: list[Prompt], config: RunConfi
         "resolved_boundaries": boundaries,
         "num_layers": pair.num_layers,
         "residency": pair.residency,
-        "models": pair.provenance,
+        "models": {k: v for k, v in pair.provenance.items() if k != "load_spec"},
+        "roles": list(pair.roles),
         "load_options": pair.provenance.get("load_options", {}),
         "prompts": {"count": len(prompts), "sha256": digest},
         "pair_warnings": pair.warnings,
@@ -248,22 +254,57 @@ def render_reports(store: RunStore, summary: dict, config: dict) -> str:
     return text
 
 
-def process_chunk(pair, prompts: list[Prompt], token_ids: list[list[int]], boundaries: list[int], config: RunConfig):
-    """Search and score one chunk of prompts: (events, no-divergence outcomes, records, work in
-    token-layers). The unit of work of every engine."""
+@dataclass
+class ChunkPlan:
+    """What every chunk of a run does (picklable: it travels to Ray actors)."""
+
+    boundaries: list[int]
+    divergence: DivergenceConfig
+    cells: CellsConfig
+    analyses: list = field(default_factory=list)  # further Analysis objects run on the same events
+    tuned: str | None = None  # the descendant role scored against the base (default: the first)
+
+
+@dataclass
+class ChunkResult:
+    """One chunk's outcomes: events, no-divergence outcomes, 2x2 records, other analyses'
+    records (by analysis name), and the work done in token-layers."""
+
+    events: list
+    no_divergence: list[NoDivergence]
+    records: list[CellRecord]
+    analyses: dict[str, list]
+    token_layers: int
+
+
+def process_chunk(models, plan: ChunkPlan, item) -> ChunkResult:
+    """Search and score one chunk of prompts (``item`` = (prompts, token ids)): the unit of work
+    of every engine. The stages are programs the executor runs, whatever the residency."""
+    prompts, token_ids = item
+    ex = Executor(models, plan.cells.batch_size)
+    tuned = plan.tuned or models.roles[1]
+    with counting_work() as work:
+        events, none, natural = ex.drive(divergence_program(prompts, token_ids, plan.divergence, models.base, tuned))
+        evset = EventSet(events, models.base, tuned, natural)
+        scored = ex.drive(CrossPatch(plan.boundaries, plan.cells).program(ex, evset))
+        others = {a.name: ex.drive(a.program(ex, evset)) for a in plan.analyses}
+    return ChunkResult(events, none, scored, others, work.token_layers)
+
+
+def chunk_plan(config: RunConfig, boundaries: list[int], analyses=()) -> ChunkPlan:
     div_cfg = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model,
                                capture_boundaries=boundaries if config.plan == "minimal" else None)
-    cell_cfg = CellsConfig(config.batch_size, config.near_tie_threshold)
-    with counting_work() as work:
-        if pair.residency == "sequential":
-            from .residency import score_chunk_sequentially
+    return ChunkPlan(boundaries, div_cfg, CellsConfig(config.batch_size, config.near_tie_threshold), list(analyses),
+                     config.tuned)
 
-            events, none, scored = score_chunk_sequentially(pair, prompts, token_ids, boundaries, div_cfg, cell_cfg)
-        else:
-            natural = {} if config.plan == "minimal" else None
-            events, none = find_divergences(pair, prompts, token_ids, div_cfg, natural=natural)
-            scored = score_events(pair, events, boundaries, cell_cfg, natural=natural)
-    return events, none, scored, work.token_layers
+
+def state_cache_bytes(models: ModelSet, prompt_ids: list[list[int]], max_new_tokens: int, n_boundaries: int) -> int:
+    """Upper bound of the CPU state cache of one chunk under sequential residency: both models'
+    boundary and final states over prompt + budget tokens, in the compute dtype."""
+    dtype = models.provenance.get("load_options", {}).get("dtype", "float32")
+    itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 4)
+    tokens = sum(len(p) + max_new_tokens for p in prompt_ids)
+    return 2 * tokens * models.hidden_size * itemsize * (n_boundaries + 1)
 
 
 def _say(enabled: bool, message: str) -> None:
@@ -285,15 +326,18 @@ def _progress(enabled: bool):
 
 
 def run(
-    pair: ModelPair,
+    pair: ModelSet,
     prompts,
     config: RunConfig | None = None,
     out: str | Path | None = None,
     resume: bool = True,
     progress: bool = True,
+    analyses=(),
     **overrides,
 ) -> RunResult:
-    """Run the first-divergence 2x2 on ``prompts`` (Prompt objects, dicts or strings).
+    """Run the first-divergence 2x2 on ``prompts`` (Prompt objects, dicts or strings), and any
+    further ``analyses`` (:class:`~crosspatch.analysis.Analysis`) on the same events; their
+    records are in ``result.analyses[name]`` and ``<name>.jsonl``.
 
     With ``out``, records stream into that run directory (resumable) and the summary, Parquet
     table and report.md are written there."""
@@ -306,14 +350,18 @@ def run(
         raise ValueError(f"plan must be 'minimal' or 'exact', not {config.plan!r}")
     if config.rollout_model not in ("IT", "PT"):
         raise ValueError(f"rollout_model must be 'IT' or 'PT', not {config.rollout_model!r}")
-    if config.engine not in ("local", "ray"):
-        raise ValueError(f"engine must be 'local' or 'ray', not {config.engine!r}")
+    if config.engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {config.engine!r}")
+    tuned = config.tuned or pair.roles[1]
+    if tuned not in pair.descendants:
+        raise ValueError(f"tuned must name a descendant role ({', '.join(pair.descendants)}), not {tuned!r}")
     all_prompts = as_prompts(prompts)
     boundaries = resolve_boundaries(config, pair.num_layers)
     record = build_config_record(pair, all_prompts, config, boundaries)
     prompts = select_shard(all_prompts, config.shard)
     token_ids = [
-        tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, p.id, _prompt_text(pair, p, config)) for p in prompts
+        tokenize_once(pair.tokenizers[pair.base], pair.tokenizers[tuned], p.id, _prompt_text(pair, p, config))
+        for p in prompts
     ]
     store = RunStore(out) if out is not None else None
     records: list[CellRecord] = []
@@ -327,43 +375,45 @@ def run(
     sequential = pair.residency == "sequential"
     chunk = max(config.sequential_chunk, 1) if sequential else max(config.batch_size, 1) * 4
     if sequential and todo:
-        from .residency import cache_bytes
-
-        size = cache_bytes(pair, [token_ids[k] for k in todo[:chunk]], config.max_new_tokens, len(boundaries))
+        size = state_cache_bytes(pair, [token_ids[k] for k in todo[:chunk]], config.max_new_tokens, len(boundaries))
         _say(progress, f"sequential residency: one model at a time; CPU state cache up to {size / 2**20:.1f} MiB "
                        f"({pair.provenance.get('residency_reason', '')})")
     event_work = 0
     work = WorkCounter()  # summed from the chunks (which may run in other processes)
+    plan = chunk_plan(config, boundaries, analyses)
+    extra: dict[str, list] = {a.name: (store.load_rows(f"{a.name}.jsonl") if store is not None else [])
+                              for a in plan.analyses}
     with _progress(progress) if progress else contextlib.nullcontext() as bar:
         if bar:
             search_task = bar.add_task("divergence search (prompts)", total=len(prompts),
                                        completed=len(prompts) - len(todo))
             cells_task = bar.add_task(f"2x2 cells at {len(boundaries)} boundar{'y' if len(boundaries) == 1 else 'ies'} "
                                       "(events)", total=None, completed=len(records))
-        chunks = [todo[start : start + chunk] for start in range(0, len(todo), chunk)]
-        if config.engine == "ray":
-            from .distributed import ray_chunks
-
-            results = ray_chunks(pair, prompts, token_ids, chunks, boundaries, config)
-        else:
-            results = (process_chunk(pair, [prompts[k] for k in idx], [token_ids[k] for k in idx],
-                                     boundaries, config) for idx in chunks)
-        for result in results:  # streamed: each chunk is stored as soon as it is done
-            events, none, scored, chunk_work = result
-            work.add(chunk_work, 1)
-            event_work += sum(len(e.prefix_ids) for e in events) * pair.num_layers
-            for rec in scored:
-                meta = prompts[by_id[rec.prompt_id]].metadata
-                rec.extra.update({f: meta.get(f) for f in config.group_by})
-            if store is not None:
-                # records first: a prompt counts as done only once all its boundaries are stored
-                store.append_records(scored)
-                store.append_no_divergence(none)
-            records += scored
-            no_div += none
-            if bar:
-                bar.update(search_task, advance=len(events) + len(none))
-                bar.update(cells_task, advance=len(scored))
+        items = [([prompts[k] for k in todo[start : start + chunk]], [token_ids[k] for k in todo[start : start + chunk]])
+                 for start in range(0, len(todo), chunk)]
+        try:
+            for result in map_chunks(pair, process_chunk, plan, items, config.engine, config.workers):
+                # streamed: each chunk is stored as soon as it is done
+                work.add(result.token_layers, 1)
+                event_work += sum(len(e.prefix_ids) for e in result.events) * pair.num_layers
+                for rec in result.records:
+                    meta = prompts[by_id[rec.prompt_id]].metadata
+                    rec.extra.update({f: meta.get(f) for f in config.group_by})
+                if store is not None:
+                    for name, rows in result.analyses.items():
+                        store.append_rows(f"{name}.jsonl", rows)
+                    # the 2x2 records last: a prompt counts as done once all its boundaries are stored
+                    store.append_records(result.records)
+                    store.append_no_divergence(result.no_divergence)
+                for name, rows in result.analyses.items():
+                    extra[name] += [r.to_record() if hasattr(r, "to_record") else r for r in rows]
+                records += result.records
+                no_div += result.no_divergence
+                if bar:
+                    bar.update(search_task, advance=len(result.events) + len(result.no_divergence))
+                    bar.update(cells_task, advance=len(result.records))
+        finally:
+            pair.release()
     records.sort(key=lambda r: (by_id.get(r.prompt_id, len(by_id)), r.boundary))
     no_div.sort(key=lambda x: by_id.get(x.prompt_id, len(by_id)))
     boot = BootstrapConfig(config.bootstrap, config.seed)
@@ -376,7 +426,7 @@ def run(
         "prompts_processed": len(todo),
     }
     summary = build_summary(record, records, no_div, len(prompts), boot, {"cost_this_session": cost})
-    result = RunResult(summary, records, no_div, record, Path(out) if out is not None else None)
+    result = RunResult(summary, records, no_div, record, Path(out) if out is not None else None, extra)
     if store is not None:
         result._report = write_outputs(store, summary, records, record)
     return result

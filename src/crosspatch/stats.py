@@ -19,6 +19,11 @@ EFFECTS = (
     "interaction_share", "odds_interaction",
 )
 POSITION_BUCKETS = {"all": 0, ">=3": 3, ">=5": 5}
+# ratio -> (numerator, denominator)
+RATIOS = {"direct_share": ("E_PT", "E_IT"), "matched_portable_ratio": ("E_IT", "E_PT"),
+          "interaction_share": ("interaction", "native_shift")}
+MIN_CLUSTERS_FOR_CI = 5  # fewer prompt clusters: no interval (the n is shown instead)
+RATIO_MIN_DENOMINATOR = 0.1  # logits: a ratio over a smaller denominator is not reported
 
 
 @dataclass
@@ -69,7 +74,7 @@ def effect_block(
     np.add.at(sums, index, values)
     counts = np.bincount(index, minlength=len(names)).astype(float)
     ci_cells = ci_effects = None
-    if len(names) >= 2 and boot.n_resamples > 0:
+    if len(names) >= MIN_CLUSTERS_FOR_CI and boot.n_resamples > 0:
         rng = np.random.default_rng(boot.seed)
         weights = rng.multinomial(len(names), np.full(len(names), 1.0 / len(names)), size=boot.n_resamples)
         resampled = (weights @ sums) / (weights @ counts)[:, None]
@@ -91,7 +96,35 @@ def effect_block(
             else [_clean(ci_effects[e][0]), _clean(ci_effects[e][1])]}
         for e in EFFECTS
     }
+    if ci_effects is None:
+        block["ci_note"] = (f"no interval: {len(names)} prompt cluster(s), fewer than {MIN_CLUSTERS_FOR_CI}"
+                            if boot.n_resamples > 0 else "no interval: bootstrap disabled")
+    guard_ratios(block["effects"])
     return block
+
+
+def ratio_unreliable(num: dict, den: dict) -> str | None:
+    """Why a ratio of two effects (``{"mean", "ci"}``) must not be reported, or None. Ratios
+    explode when the denominator is near zero and mean nothing when the signs differ."""
+    d, n = den["mean"], num["mean"]
+    if d is None or n is None:
+        return "no events"
+    if abs(d) < RATIO_MIN_DENOMINATOR:
+        return f"denominator {d:+.3f} is within {RATIO_MIN_DENOMINATOR} of zero"
+    ci = den.get("ci")
+    if ci is not None and None not in ci and ci[0] <= 0 <= ci[1]:
+        return f"the denominator's interval [{ci[0]:+.2f}, {ci[1]:+.2f}] contains zero"
+    if n * d < 0:
+        return "numerator and denominator have opposite signs"
+    return None
+
+
+def guard_ratios(effects: dict) -> None:
+    """Replace unreliable ratios by n/a (mean and CI None) with the reason, in place."""
+    for ratio, (num, den) in RATIOS.items():
+        reason = ratio_unreliable(effects[num], effects[den])
+        if reason is not None:
+            effects[ratio] = {"mean": None, "ci": None, "na_reason": reason}
 
 
 def _matrix(records: Sequence[CellRecord], readout: str) -> np.ndarray:
@@ -192,4 +225,5 @@ def pool_family_balanced(
         v = boot_effects[e][np.isfinite(boot_effects[e])]
         ci = np.percentile(v, [lo, hi]) if len(v) else None
         block["effects"][e] = {"mean": _clean(point[e]), "ci": None if ci is None else [_clean(ci[0]), _clean(ci[1])]}
+    guard_ratios(block["effects"])
     return block

@@ -147,6 +147,22 @@ class RunStore:
     def append_no_divergence(self, items: Iterable[NoDivergence]) -> None:
         self._append(NO_DIV_FILE, (x.to_record() for x in items))
 
+    def append_rows(self, name: str, rows: Iterable) -> None:
+        """Append an analysis's records (dicts or objects with ``to_record``) to ``name``."""
+        self._append(name, (r.to_record() if hasattr(r, "to_record") else r for r in rows))
+
+    def load_rows(self, name: str) -> list[dict]:
+        """An analysis's records, de-duplicated by ``key`` where they have one (a resumed chunk
+        may have written some twice); a torn last line is cut first."""
+        _repair_tail(self.path / name)
+        seen, out = set(), []
+        for row in _read_jsonl(self.path / name):
+            key = row.get("key") if isinstance(row, dict) else None
+            if key is None or key not in seen:
+                seen.add(key)
+                out.append(row)
+        return out
+
     def load_records(self) -> list[CellRecord]:
         seen, out = set(), []
         for row in _read_jsonl(self.path / EVENTS_FILE):

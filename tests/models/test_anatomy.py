@@ -44,7 +44,7 @@ def result_prefix(pair, rec, prompts):
     """Rebuild the event prefix from the rollout (IT decodes; prefix = prompt + shared tokens)."""
     text = next(p["prompt"] for p in prompts if p["id"] == rec.prompt_id)
     ids = tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, rec.prompt_id, text)
-    from crosspatch.divergence import greedy_rollout
+    from crosspatch.execution import greedy_rollout
 
     return ids + greedy_rollout(pair.it, [ids], rec.position, pair)[0][: rec.position] if rec.position else ids
 
@@ -95,7 +95,7 @@ def _tuple_style_llama():
 def test_tuple_returning_layers_are_handled():
     reference = tiny_model("llama")
     model = _tuple_style_llama()
-    from crosspatch.models import pair_from_models
+    from crosspatch.execution import pair_from_models
     from crosspatch.testing import char_tokenizer
 
     pair = pair_from_models(model, reference, char_tokenizer())

@@ -11,7 +11,8 @@ from crosspatch.errors import (
     PickleWeightsRefusedError, PromptTokenizationMismatchError, SpecialTokensMismatchError,
     VocabularyMismatchError,
 )
-from crosspatch.models import build_real_vocabulary, load_pair, pair_from_models, tokenize_once
+from crosspatch.execution import load_pair, pair_from_models
+from crosspatch.models import build_real_vocabulary, tokenize_once
 from crosspatch.testing import char_tokenizer, tiny_model
 
 

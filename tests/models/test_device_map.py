@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 from crosspatch.cells import CELLS, READOUTS
-from crosspatch.models import pair_from_models
+from crosspatch.execution import pair_from_models
 from crosspatch.pipeline import run
 from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
 

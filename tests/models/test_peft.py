@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from crosspatch.models import load_pair
+from crosspatch.execution import load_pair
 from crosspatch.pipeline import run
 from crosspatch.testing import char_tokenizer, tiny_model
 
@@ -68,8 +68,8 @@ def test_adapter_settings_that_change_the_base_are_warned(tmp_path):
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     cfg["modules_to_save"] = ["lm_head"]
     (adapter / "adapter_config.json").write_text(json.dumps(cfg))
-    from crosspatch.models.loading import _adapter_warnings
+    from crosspatch.models.loading import adapter_settings
 
-    _, warnings = _adapter_warnings(str(adapter))
+    _, warnings = adapter_settings(str(adapter))
     assert any("bias='lora_only'" in w for w in warnings)
     assert any("modules_to_save" in w for w in warnings)

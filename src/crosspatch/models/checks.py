@@ -12,22 +12,30 @@ from ..errors import (
 _SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")
 
 
+def model_facts(handle) -> dict:
+    """What the pair checks compare (kept after a model is freed); ``handle``: ModelHandle."""
+    a = handle.anatomy
+    return {"class": type(a.model).__name__, "num_layers": a.num_layers, "hidden_size": a.hidden_size,
+            "lm_head_rows": a.lm_head.weight.shape[0]}
+
+
 def check_pair_compatible(pt, it) -> None:
     """Architecture class, layer count and hidden size must match (handles: ModelHandle)."""
-    compare_facts(*({"class": type(h.anatomy.model).__name__, "num_layers": h.anatomy.num_layers,
-                     "hidden_size": h.anatomy.hidden_size} for h in (pt, it)))
+    compare_facts(model_facts(pt), model_facts(it))
 
 
-def compare_facts(a: dict, b: dict) -> None:
-    """The checks on recorded facts (``class``, ``num_layers``, ``hidden_size``) of two models."""
+def compare_facts(a: dict, b: dict, names: tuple[str, str] = ("PT", "IT")) -> None:
+    """The checks on recorded facts (``class``, ``num_layers``, ``hidden_size``) of two models
+    (``names``: how the messages call them)."""
+    x, y = names
     if a["class"] != b["class"]:
-        raise ArchitectureMismatchError(f"architecture differs: PT is {a['class']}, IT is {b['class']}")
+        raise ArchitectureMismatchError(f"architecture differs: {x} is {a['class']}, {y} is {b['class']}")
     if a["num_layers"] != b["num_layers"]:
         raise LayerCountMismatchError(
-            f"layer count differs: PT has {a['num_layers']} decoder layers, IT has {b['num_layers']}"
+            f"layer count differs: {x} has {a['num_layers']} decoder layers, {y} has {b['num_layers']}"
         )
     if a["hidden_size"] != b["hidden_size"]:
-        raise HiddenSizeMismatchError(f"hidden size differs: PT {a['hidden_size']}, IT {b['hidden_size']}")
+        raise HiddenSizeMismatchError(f"hidden size differs: {x} {a['hidden_size']}, {y} {b['hidden_size']}")
 
 
 def check_special_tokens(tok_pt, tok_it, allow_mismatch: bool = False) -> list[str]:

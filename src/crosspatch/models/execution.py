@@ -52,23 +52,28 @@ def record_work(tokens: int, layers: int) -> None:
 
 @dataclass
 class ModelHandle:
-    """One side of a pair: a module, its anatomy, and whether a PEFT adapter is on for it."""
+    """One named model (a role: ``base``, a descendant, a stage): a module, its anatomy, and
+    which PEFT adapter computes it when several roles share one copy of the base weights."""
 
-    role: str  # "PT" or "IT"
+    role: str
     module: nn.Module
     anatomy: Anatomy = field(init=False)
-    adapter_enabled: bool | None = None  # None: plain model; False: PEFT adapter switched off
+    adapter_enabled: bool | None = None  # None: plain model; False: PEFT adapters switched off
+    adapter_name: str | None = None  # with adapter_enabled=True: the PEFT adapter to activate
 
     def __post_init__(self) -> None:
         self.anatomy = find_anatomy(self.module)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
-        """Context in which ``module`` computes this side (adapter off for a PEFT base)."""
+        """Context in which ``module`` computes this role (adapters off for a PEFT base, the
+        role's own adapter on for a descendant)."""
         if self.adapter_enabled is False:
             with self.module.disable_adapter():
                 yield
         else:
+            if self.adapter_name is not None and self.module.active_adapter != self.adapter_name:
+                self.module.set_adapter(self.adapter_name)
             yield
 
     @property
@@ -227,6 +232,29 @@ def _ensure_output_type_known(handle: ModelHandle, pad_id: int) -> None:
         capture_forward(handle, [[pad_id]], [0], pad_id)
 
 
+def _edit_hook(layer: nn.Module, site: str, fn):
+    """Register a forward hook replacing the output of ``site`` (``mlp`` or ``residual``)."""
+    if site == "mlp":
+        mlp = getattr(layer, "mlp", None)
+        if not isinstance(mlp, nn.Module):
+            raise ValueError(f"{type(layer).__name__} has no 'mlp' submodule to edit")
+
+        def edit_mlp(module, args, output):
+            if isinstance(output, (tuple, list)):  # some MLPs (MoE) also return router logits
+                return (fn(output[0]),) + tuple(output[1:])
+            return fn(output)
+
+        return mlp.register_forward_hook(edit_mlp)
+    if site == "residual":
+        def edit_residual(module, args, output):
+            if isinstance(output, (tuple, list)):
+                return (fn(output[0]),) + tuple(output[1:])
+            return fn(output)
+
+        return layer.register_forward_hook(edit_residual)
+    raise ValueError(f"edit site must be 'mlp' or 'residual', not {site!r}")
+
+
 def late_forward(
     handle: ModelHandle,
     boundary: int,
@@ -234,15 +262,21 @@ def late_forward(
     sequences: list[list[int]],
     pad_id: int,
     keep_on: torch.device | str | None = None,
+    edits: list[tuple[int, str, object]] | None = None,
 ) -> torch.Tensor:
     """Run only layers ``boundary..L-1`` of ``handle`` on ``upstream`` (``[batch, seq, d]``, the
     residual entering ``boundary``) and return the input of the final norm, ``[batch, seq, d]``.
+    ``edits``: ``(layer, site, fn)`` replace the output of a late layer's ``mlp`` or of the
+    layer itself (``residual``) by ``fn(output)``.
 
     Layers before ``boundary`` are replaced by pass-through stand-ins for the duration of the
     call, so they cost nothing; the model's own forward builds masks, rotary embeddings and
     per-layer attention types, which keeps the late stack exact for every architecture."""
     anatomy = handle.anatomy
     _check_boundary(anatomy, boundary)
+    for layer, _, _ in edits or ():
+        if not boundary <= layer < anatomy.num_layers:
+            raise BoundaryError(f"an edit of layer {layer} is outside the late stack {boundary}..{anatomy.num_layers - 1}")
     _ensure_output_type_known(handle, pad_id)
     layers = anatomy.layers
     originals = [layers[i] for i in range(boundary)]
@@ -259,6 +293,8 @@ def late_forward(
         for i, layer in enumerate(originals):
             layers[i] = _SkippedLayer(layer, bool(anatomy.layer_returns_tuple))
         hooks.append(layers[boundary].register_forward_pre_hook(inject, with_kwargs=True))
+        for layer, site, fn in edits or ():
+            hooks.append(_edit_hook(layers[layer], site, fn))
         hooks.append(
             anatomy.final_norm.register_forward_pre_hook(
                 lambda m, a, k: final.append(_hidden_arg(a, k).detach()), with_kwargs=True

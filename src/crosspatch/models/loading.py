@@ -1,4 +1,4 @@
-"""Loading a pair: hub ids or local dirs, a base + PEFT adapter, or a merged checkpoint.
+"""Loading checkpoints: hub ids or local dirs, PEFT adapter settings, provenance records.
 
 Safe by default: ``trust_remote_code`` is off, safetensors are required unless the user passes
 ``allow_pickle=True``. Everything that identifies the weights (paths, revisions, sha256 of
@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import ModelLoadError, PickleWeightsRefusedError
-from .checks import check_pair_compatible, check_special_tokens
-from .execution import ModelHandle
-from .vocab import RealVocabulary, build_real_vocabulary
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -34,35 +31,7 @@ class LoadOptions:
     revision: str | None = None
     allow_special_token_mismatch: bool = False
     hash_weights: bool = True
-    residency: str | None = None  # both | sequential | adapter; None chooses (see choose_residency)
-
-
-@dataclass
-class ModelPair:
-    """A base (PT) and a descendant (IT) ready for cross-patching."""
-
-    pt: ModelHandle
-    it: ModelHandle
-    tokenizer_pt: object
-    tokenizer_it: object
-    real_vocab: RealVocabulary
-    residency: str  # "both" or "adapter"
-    warnings: list[str] = field(default_factory=list)
-    provenance: dict = field(default_factory=dict)
-
-    @property
-    def num_layers(self) -> int:
-        return self.pt.anatomy.num_layers
-
-    @property
-    def pad_id(self) -> int:
-        return pad_token_id(self.tokenizer_it)
-
-    @property
-    def eos_ids(self) -> set[int]:
-        return eos_token_ids(self.tokenizer_pt, self.pt.anatomy.model) | eos_token_ids(
-            self.tokenizer_it, self.it.anatomy.model
-        )
+    residency: str | None = None  # both | sequential | adapter; None chooses (execution.choose_residency)
 
 
 def pad_token_id(tokenizer) -> int:
@@ -84,7 +53,7 @@ def eos_token_ids(tokenizer, model) -> set[int]:
     return ids
 
 
-def _is_local(path: str) -> bool:
+def is_local(path: str) -> bool:
     return Path(path).expanduser().exists()
 
 
@@ -102,7 +71,7 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def _check_weight_format(path: str, allow_pickle: bool) -> None:
-    if not _is_local(path):
+    if not is_local(path):
         return
     files = weight_files(path)
     if files and not any(f.suffix == ".safetensors" for f in files) and not allow_pickle:
@@ -112,8 +81,8 @@ def _check_weight_format(path: str, allow_pickle: bool) -> None:
         )
 
 
-def _provenance(path: str, options: LoadOptions) -> dict:
-    record = {"path": str(path), "local": _is_local(path), "revision": options.revision}
+def provenance(path: str, options: LoadOptions) -> dict:
+    record = {"path": str(path), "local": is_local(path), "revision": options.revision}
     if record["local"]:
         files = weight_files(path)
         record["weights"] = {
@@ -157,7 +126,9 @@ def load_tokenizer(path: str, options: LoadOptions):
         raise ModelLoadError(f"could not load a tokenizer from {path!r}: {exc}") from exc
 
 
-def _adapter_warnings(adapter_dir: str) -> tuple[dict, list[str]]:
+def adapter_settings(adapter_dir: str) -> tuple[dict, list[str]]:
+    """The recorded settings of a PEFT adapter directory, and warnings about settings that make
+    "adapter disabled" differ from the original base."""
     cfg_path = Path(adapter_dir) / "adapter_config.json"
     if not cfg_path.exists():
         raise ModelLoadError(f"{adapter_dir} is not a PEFT adapter directory (no adapter_config.json)")
@@ -176,117 +147,3 @@ def _adapter_warnings(adapter_dir: str) -> tuple[dict, list[str]]:
             "'adapter disabled' uses the originals"
         )
     return settings, warnings
-
-
-def load_pair(
-    base: str,
-    tuned: str | None = None,
-    adapter: str | None = None,
-    options: LoadOptions | None = None,
-    **overrides,
-) -> ModelPair:
-    """Load a base and its descendant: ``tuned`` (full or merged checkpoint) or ``adapter``
-    (a PEFT adapter directory on ``base``; one copy of the base weights serves both sides)."""
-    options = options or LoadOptions()
-    for key, value in overrides.items():
-        if not hasattr(options, key):
-            raise TypeError(f"unknown load option {key!r}")
-        setattr(options, key, value)
-    if (tuned is None) == (adapter is None):
-        raise ModelLoadError("give exactly one of tuned= (a checkpoint) or adapter= (a PEFT adapter dir)")
-    residency, reason = choose_residency(base, tuned, adapter, options)
-    options.residency = residency
-    if residency == "sequential":
-        from ..residency import load_sequential_pair
-
-        pair = load_sequential_pair(base, tuned, options)
-        pair.provenance["residency_reason"] = reason
-        return pair
-    warnings: list[str] = []
-    provenance = {"base": _provenance(base, options), "load_options": vars(options).copy()}
-    tok_pt = load_tokenizer(base, options)
-    if adapter is not None:
-        from peft import PeftModel
-
-        settings, adapter_warnings = _adapter_warnings(adapter)
-        warnings += adapter_warnings
-        base_model = load_causal_lm(base, options)
-        peft_model = PeftModel.from_pretrained(base_model, adapter, is_trainable=False)
-        peft_model.eval()
-        pt = ModelHandle("PT", peft_model, adapter_enabled=False)
-        it = ModelHandle("IT", peft_model, adapter_enabled=True)
-        has_tok = any((Path(adapter) / n).exists() for n in ("tokenizer.json", "tokenizer_config.json"))
-        tok_it = load_tokenizer(adapter, options) if has_tok else tok_pt
-        provenance["adapter"] = _provenance(adapter, options) | {"settings": settings}
-    else:
-        pt = ModelHandle("PT", load_causal_lm(base, options))
-        it = ModelHandle("IT", load_causal_lm(tuned, options))
-        tok_it = load_tokenizer(tuned, options)
-        provenance["tuned"] = _provenance(tuned, options)
-    provenance["residency_reason"] = reason
-    return assemble_pair(pt, it, tok_pt, tok_it, residency, options, warnings, provenance)
-
-
-def _weights_bytes(path: str) -> int | None:
-    if not _is_local(path):
-        return None
-    return sum(f.stat().st_size for f in weight_files(path)) or None
-
-
-def _available_bytes(options: LoadOptions) -> int | None:
-    if options.device in ("cuda", "auto") and torch.cuda.is_available():
-        free, _ = torch.cuda.mem_get_info()
-        return int(free)
-    try:
-        import os
-
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def choose_residency(base: str, tuned: str | None, adapter: str | None, options: LoadOptions) -> tuple[str, str]:
-    """The residency to use and why: ``adapter`` for a PEFT adapter (one copy of the base
-    weights serves both sides); otherwise ``both`` when two models fit in the free memory of
-    the target device with 20% headroom, else ``sequential`` (one model at a time)."""
-    if options.residency is not None:
-        if adapter is not None and options.residency != "adapter":
-            raise ModelLoadError("with an adapter the residency is 'adapter' (one copy of the base weights)")
-        if adapter is None and options.residency == "adapter":
-            raise ModelLoadError("residency 'adapter' needs --adapter")
-        return options.residency, "asked for"
-    if adapter is not None:
-        return "adapter", "PEFT adapter: one copy of the base weights serves both models"
-    sizes = [_weights_bytes(base), _weights_bytes(tuned)]
-    free = _available_bytes(options)
-    if None in sizes or free is None:
-        return "both", "model sizes or free memory unknown (hub ids); loading both"
-    scale = {"float32": 4, "bfloat16": 2, "float16": 2}[options.dtype] / 2  # files are mostly 16-bit
-    need = int(sum(sizes) * max(scale, 1.0) * 1.2)
-    if need <= free:
-        return "both", f"both models (~{need / 2**30:.1f} GiB with headroom) fit in {free / 2**30:.1f} GiB free"
-    return "sequential", f"both models need ~{need / 2**30:.1f} GiB but {free / 2**30:.1f} GiB is free"
-
-
-def assemble_pair(pt, it, tok_pt, tok_it, residency, options, warnings, provenance) -> ModelPair:
-    """Check compatibility and build the real vocabulary of two already-loaded handles."""
-    check_pair_compatible(pt, it)
-    warnings = list(warnings) + check_special_tokens(
-        tok_pt, tok_it, allow_mismatch=options.allow_special_token_mismatch
-    )
-    rows = min(pt.anatomy.lm_head.weight.shape[0], it.anatomy.lm_head.weight.shape[0])
-    real = build_real_vocabulary(tok_pt, tok_it, rows)
-    return ModelPair(pt, it, tok_pt, tok_it, real, residency, warnings, provenance)
-
-
-def pair_from_models(pt_model, it_model, tokenizer, tokenizer_it=None, **options) -> ModelPair:
-    """A pair from models already in memory (notebooks, tests). Models are put in eval mode."""
-    opts = LoadOptions(**options)
-    pt_model.eval()
-    it_model.eval()
-    return assemble_pair(
-        ModelHandle("PT", pt_model), ModelHandle("IT", it_model), tokenizer,
-        tokenizer_it if tokenizer_it is not None else tokenizer, "both", opts, [],
-        {"base": {"path": "<in-memory>"}, "tuned": {"path": "<in-memory>"},
-         "load_options": vars(opts) | {"dtype": str(next(pt_model.parameters()).dtype).replace("torch.", "")}},
-    )

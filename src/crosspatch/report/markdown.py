@@ -27,7 +27,7 @@ def md_escape(text: str) -> str:
 
 def fmt_value(stat: dict | None, signed: bool = True, percent: bool = False) -> str:
     if not stat or stat.get("mean") is None:
-        return "n/a"
+        return f"n/a ({stat['na_reason']})" if stat and stat.get("na_reason") else "n/a"
     fmt = (lambda v: f"{100 * v:.0f}%") if percent else ((lambda v: f"{v:+.2f}") if signed else (lambda v: f"{v:.2f}"))
     text = fmt(stat["mean"])
     ci = stat.get("ci")

@@ -98,7 +98,7 @@ def tiny_pair(arch: str = "llama", layers: int = 4, perturb=None, seed: int = 0,
 
 def make_pair(arch: str = "llama", layers: int = 4, perturb=None, scale: float = 0.5, seed: int = 0):
     """A ready :class:`~crosspatch.models.ModelPair` of a tiny base and a perturbed descendant."""
-    from ..models.loading import pair_from_models
+    from ..execution import pair_from_models
 
     base, child, tok = tiny_pair(arch, layers, perturb, seed, scale)
     return pair_from_models(base, child, tok)

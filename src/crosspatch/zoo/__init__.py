@@ -49,7 +49,7 @@ def verify(root: Path | None = None) -> dict:
 
 def load_zoo_pair(descendant: str, root: Path | None = None, **options):
     """``load_pair`` of the zoo's base and one descendant (adapters load as PEFT adapters)."""
-    from ..models.loading import load_pair
+    from ..execution import load_pair
 
     if descendant not in DESCENDANTS:
         raise CrosspatchError(f"unknown zoo model {descendant!r}; choose from {', '.join(DESCENDANTS)}")

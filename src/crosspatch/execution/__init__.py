@@ -1,0 +1,20 @@
+"""The execution layer: named models and their residency, the pass vocabulary, the executor
+that runs passes, and the engines that distribute chunks of prompts (see docs/architecture.md).
+
+Analyses import from here; this package imports only ``models`` and ``errors``."""
+
+from .engines import ENGINES, map_chunks
+from .executor import Executor, Program, pad_stack
+from .modelset import (
+    BASE, RESIDENCIES, ModelPair, ModelSet, ResidentSet, SequentialSet, choose_residency, load_models, load_pair,
+    models_from_modules, pair_from_models,
+)
+from .passes import Capture, Decode, Edit, Late, Search, SearchOutcome
+from .search import greedy_rollout, length_batches
+
+__all__ = [
+    "BASE", "ENGINES", "RESIDENCIES", "Capture", "Decode", "Edit", "Executor", "Late", "ModelPair", "ModelSet",
+    "Program", "ResidentSet", "Search", "SearchOutcome", "SequentialSet", "choose_residency", "greedy_rollout",
+    "length_batches", "load_models", "load_pair", "map_chunks", "models_from_modules", "pad_stack",
+    "pair_from_models",
+]

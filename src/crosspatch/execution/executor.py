@@ -1,0 +1,168 @@
+"""The executor: runs the passes analyses ask for, deciding order, batching and residency.
+
+An analysis is a *program*: a generator that yields lists of passes (see ``passes.py``) and
+receives their results, in the same order, at the ``yield``::
+
+    def blend(ex, events, b):
+        u_pt, u_it = yield [Capture("base", seqs, [b]), Capture("tuned", seqs, [b])]
+        (final,) = yield [Late("base", b, [0.5 * (x.boundary[b] + y.boundary[b]) for x, y in zip(u_pt, u_it)], seqs)]
+        return ex.readout("tuned", torch.stack(final))
+
+Passes yielded together are independent: the executor runs them grouped by role, starting with
+the model already in memory, so under ``sequential`` residency each yield costs at most one
+load per role, and a program never says which residency it runs under. All work is counted by
+the primitives in ``models.execution`` (one place).
+"""
+
+from __future__ import annotations
+
+from typing import Generator
+
+import torch
+
+from ..models.execution import EventStates, capture_forward, late_forward, readout
+from .modelset import ModelSet
+from .passes import Capture, Decode, Late, Pass, Search, SearchOutcome
+from .search import first_mismatch, length_batches, rollout_states, search_interleaved
+
+Program = Generator[list[Pass], list, object]
+
+
+def pad_stack(rows: list[torch.Tensor]) -> torch.Tensor:
+    """``[n_i, d]`` tensors right-padded with zeros into ``[batch, max n, d]``."""
+    width = max(r.shape[0] for r in rows)
+    out = rows[0].new_zeros((len(rows), width, rows[0].shape[-1]))
+    for k, r in enumerate(rows):
+        out[k, : r.shape[0]] = r
+    return out
+
+
+class Executor:
+    """Runs passes on a :class:`ModelSet` in batches of ``batch_size`` items of similar length."""
+
+    def __init__(self, models: ModelSet, batch_size: int = 8) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        self.models, self.batch_size = models, batch_size
+
+    # -- programs ---------------------------------------------------------------------------
+    def drive(self, program: Program):
+        """Run ``program`` to completion; returns its return value."""
+        try:
+            request = next(program)
+            while True:
+                request = program.send(self.run(request))
+        except StopIteration as stop:
+            return stop.value
+
+    def readout(self, role: str, final_states: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of ``role``'s final norm + lm_head on ``final_states`` (``[..., d]``); heads
+        are always available, whatever the residency."""
+        return readout(self.models.head(role), final_states)
+
+    # -- passes -----------------------------------------------------------------------------
+    def run(self, passes: list[Pass]) -> list:
+        """Results of independent ``passes``, in order."""
+        results: list = [None] * len(passes)
+        pending = list(range(len(passes)))
+        while pending:
+            current = self.models.resident_role
+            first = next((k for k in pending if passes[k].roles[0] == current), pending[0])
+            role = passes[first].roles[0]
+            for k in [k for k in pending if passes[k].roles[0] == role]:
+                results[k] = self._run_one(passes[k])
+                pending.remove(k)
+        return results
+
+    def _run_one(self, p: Pass):
+        if isinstance(p, Capture):
+            return self._capture(p)
+        if isinstance(p, Late):
+            return self._late(p)
+        if isinstance(p, Decode):
+            return self._decode(p)
+        if isinstance(p, Search):
+            return self._search(p)
+        raise TypeError(f"unknown pass {type(p).__name__}")
+
+    def _batches(self, sequences: list[list[int]]) -> list[list[int]]:
+        return length_batches(len(sequences), [len(s) for s in sequences], self.batch_size)
+
+    def _capture(self, p: Capture) -> list[EventStates]:
+        out: list[EventStates | None] = [None] * len(p.sequences)
+        keep = self.models.state_device
+        with self.models.use(p.role) as model:
+            for batch in self._batches(p.sequences):
+                seqs = [p.sequences[k] for k in batch]
+                cap = capture_forward(model, seqs, p.boundaries, self.models.pad_id, keep_on=keep)
+                for row, k in enumerate(batch):
+                    n = len(seqs[row])
+                    final = cap.final_states[row, :n] if p.all_final else cap.final_states[row, n - 1]
+                    out[k] = EventStates({b: cap.boundary_states[b][row, :n] for b in p.boundaries}, final)
+        return out
+
+    def _late(self, p: Late) -> list[torch.Tensor]:
+        if len(p.upstream) != len(p.sequences):
+            raise ValueError(f"{len(p.upstream)} upstream states for {len(p.sequences)} sequences")
+        out: list[torch.Tensor | None] = [None] * len(p.sequences)
+        keep = self.models.state_device
+        with self.models.use(p.role) as model:
+            for batch in self._batches(p.sequences):
+                seqs = [p.sequences[k] for k in batch]
+                edits = [(e.layer, e.site, (lambda h, fn=e.fn, items=list(batch): fn(h, items))) for e in p.edits]
+                final = late_forward(model, p.boundary, pad_stack([p.upstream[k] for k in batch]), seqs,
+                                     self.models.pad_id, keep_on=keep, edits=edits)
+                for row, k in enumerate(batch):
+                    out[k] = final[row, len(seqs[row]) - 1]
+        return out
+
+    def _decode(self, p: Decode) -> list[list[int]]:
+        out: list[list[int] | None] = [None] * len(p.prompts)
+        with self.models.use(p.role) as model:
+            for batch in self._batches(p.prompts):
+                generated, _ = rollout_states(self.models, model, [p.prompts[k] for k in batch], p.max_new_tokens)
+                for k, g in zip(batch, generated):
+                    out[k] = g
+        return out
+
+    def _search(self, p: Search) -> list[SearchOutcome]:
+        out: list[SearchOutcome | None] = [None] * len(p.prompts)
+        keep = self.models.state_device
+        batches = self._batches(p.prompts)
+        if self.models.can_hold(p.roles):  # both models at once: interleaved, stops at the event
+            with self.models.use(p.roll) as roll, self.models.use(p.check) as check:
+                for batch in batches:
+                    found = search_interleaved(self.models, roll, check, [p.prompts[k] for k in batch],
+                                               p.max_new_tokens, p.chunk_size, p.capture, keep)
+                    for k, o in zip(batch, found):
+                        out[k] = o
+            return out
+        # one model at a time: the whole rollout first, then one teacher-forced pass
+        rollouts, roll_states = {}, {}
+        with self.models.use(p.roll) as roll:
+            for batch in batches:
+                generated, decoder = rollout_states(self.models, roll, [p.prompts[k] for k in batch],
+                                                    p.max_new_tokens, p.capture, keep)
+                for row, (k, g) in enumerate(zip(batch, generated)):
+                    rollouts[k] = g
+                    if p.capture is not None:
+                        roll_states[k] = decoder.row_states(row)
+                del decoder  # it refers to the model, which must be freed before the next load
+            del roll
+        with self.models.use(p.check) as check:
+            for batch in batches:
+                prompts = [p.prompts[k] for k in batch]
+                found, cap = first_mismatch(self.models, check, prompts, [rollouts[k] for k in batch],
+                                            p.capture, keep)
+                for row, (k, (i, a, b)) in enumerate(zip(batch, found)):
+                    if i is None:
+                        out[k] = SearchOutcome(None, rollouts[k][:b], reason=a)
+                        continue
+                    states = None
+                    if p.capture is not None:
+                        n = len(prompts[row]) + i
+                        full = roll_states.pop(k)
+                        states = {p.roll: EventStates({b: t[:n] for b, t in full.boundary.items()}, full.final[n - 1]),
+                                  p.check: cap.event_states(row, n, p.capture)}
+                    out[k] = SearchOutcome(i, rollouts[k][:i], t_roll=a, t_check=b, states=states)
+        return out

@@ -1,0 +1,452 @@
+"""A set of named models (roles) and where they live: the residency strategies.
+
+A :class:`ModelSet` holds a base and any number of descendants or training stages under role
+names (``base``, ``tuned``, ``sft``, ...). They share one tokenizer vocabulary and one real
+vocabulary. *Residency* decides what is in memory:
+
+- ``both``: every model is loaded once and stays resident;
+- ``adapter``: one copy of the base weights with one PEFT adapter per descendant; a role is
+  computed by switching adapters (the base with adapters disabled);
+- ``sequential``: at most one model in memory at a time, loaded on demand; every role's final
+  norm + ``lm_head`` stay resident as small copies so any state can be read out with any head.
+
+Analyses never look at the residency: they ask the executor for passes, and the executor asks
+:meth:`ModelSet.use` for the model of a role.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import os
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError
+from ..models.anatomy import Anatomy
+from ..models.checks import check_special_tokens, compare_facts, model_facts
+from ..models.execution import ModelHandle
+from ..models.loading import (
+    LoadOptions, adapter_settings, eos_token_ids, is_local, load_causal_lm, load_tokenizer, pad_token_id,
+    provenance, weight_files,
+)
+from ..models.vocab import RealVocabulary, build_real_vocabulary
+
+BASE = "base"
+RESIDENCIES = ("both", "sequential", "adapter")
+
+
+class ReadoutHead:
+    """A resident copy of one model's final norm + lm_head (+ final logit processing), so that
+    states can be read out while the model itself is not in memory."""
+
+    def __init__(self, handle: ModelHandle) -> None:
+        a = handle.anatomy
+        self.role = handle.role
+        self.anatomy = Anatomy(
+            model=None, backbone=None, layers=nn.ModuleList(), final_norm=copy.deepcopy(a.final_norm),
+            lm_head=copy.deepcopy(a.lm_head), logit_softcap=a.logit_softcap, logit_scale=a.logit_scale,
+            logit_divisor=a.logit_divisor,
+        )
+
+    def active(self):
+        return contextlib.nullcontext()
+
+
+@dataclass
+class ModelSet:
+    """Named models sharing one vocabulary. ``roles[0]`` is the base; a two-role set is a
+    *pair* (``pt``/``it`` name its base and descendant handles in the method's terms)."""
+
+    roles: tuple[str, ...]
+    tokenizers: dict[str, object]
+    real_vocab: RealVocabulary
+    eos_ids: set[int]
+    facts: dict[str, dict]
+    residency: str = "both"
+    warnings: list[str] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+
+    # -- the residency contract ----------------------------------------------------------
+    @contextlib.contextmanager
+    def use(self, role: str) -> Iterator[ModelHandle]:
+        """The model of ``role``, in memory for the duration of the context."""
+        raise NotImplementedError
+
+    def can_hold(self, roles) -> bool:
+        """Whether the models of all ``roles`` can be in use at the same time."""
+        return True
+
+    def head(self, role: str):
+        """Something :func:`~crosspatch.models.execution.readout` accepts for ``role``'s head."""
+        raise NotImplementedError
+
+    @property
+    def state_device(self) -> str | None:
+        """Where states that outlive a pass are kept (None: where they were computed)."""
+        return None
+
+    @property
+    def resident_role(self) -> str | None:
+        """The role whose model is in memory now, when only one can be (else None)."""
+        return None
+
+    def release(self) -> None:
+        """Free whatever this set loaded on demand."""
+
+    def load_spec(self) -> dict:
+        """What another process needs to load the same set (Ray workers)."""
+        spec = self.provenance.get("load_spec")
+        if spec is None:
+            from ..errors import CrosspatchError
+
+            raise CrosspatchError("this engine needs models loaded from paths (load_pair/load_models), "
+                                  "not in-memory models")
+        return spec
+
+    # -- shared facts -----------------------------------------------------------------------
+    @property
+    def base(self) -> str:
+        return self.roles[0]
+
+    @property
+    def descendants(self) -> tuple[str, ...]:
+        return self.roles[1:]
+
+    @property
+    def num_layers(self) -> int:
+        return self.facts[self.base]["num_layers"]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.facts[self.base]["hidden_size"]
+
+    @property
+    def tokenizer(self):
+        """The tokenizer that decodes token text (the first descendant's, else the base's)."""
+        return self.tokenizers[self.roles[1] if len(self.roles) > 1 else self.base]
+
+    @property
+    def pad_id(self) -> int:
+        return pad_token_id(self.tokenizer)
+
+    # -- the pair view (the method's PT = base, IT = first descendant) -------------------------
+    @property
+    def tokenizer_pt(self):
+        return self.tokenizers[self.base]
+
+    @property
+    def tokenizer_it(self):
+        return self.tokenizers[self.roles[1]]
+
+    @property
+    def pt(self):
+        return self.handle(self.base)
+
+    @property
+    def it(self):
+        return self.handle(self.roles[1])
+
+    def handle(self, role: str):
+        """The resident handle of ``role`` (its readout head where models are loaded on demand)."""
+        return self.head(role)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(roles={list(self.roles)}, residency={self.residency!r}, "
+                f"layers={self.num_layers}, d={self.hidden_size})")
+
+
+@dataclass(repr=False)
+class ResidentSet(ModelSet):
+    """Every role's model stays in memory (residency ``both``, or ``adapter`` when the handles
+    share one PEFT model)."""
+
+    handles: dict[str, ModelHandle] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def use(self, role: str) -> Iterator[ModelHandle]:
+        yield self.handles[role]
+
+    def head(self, role: str) -> ModelHandle:
+        return self.handles[role]
+
+
+@dataclass(repr=False)
+class SequentialSet(ModelSet):
+    """At most one model in memory: ``use(role)`` loads it (freeing the previous one) and keeps
+    it until another role is asked for, so consecutive passes of one role load it once."""
+
+    paths: dict[str, str] = field(default_factory=dict)
+    options: LoadOptions = field(default_factory=LoadOptions)
+    heads: dict[str, ReadoutHead] = field(default_factory=dict)
+    _current: ModelHandle | None = None
+    _live: "weakref.WeakSet" = field(default_factory=weakref.WeakSet)
+    loads: int = 0  # how many times a model was loaded
+    peak_live_models: int = 0  # most models alive at once (weak references: measured, not assumed)
+
+    residency: str = "sequential"
+
+    @contextlib.contextmanager
+    def use(self, role: str) -> Iterator[ModelHandle]:
+        if self._current is None or self._current.role != role:
+            self.release()
+            handle = ModelHandle(role, load_causal_lm(self.paths[role], self.options))
+            self._live.add(handle.module)
+            self.loads += 1
+            self.peak_live_models = max(self.peak_live_models, len(self._live))
+            self._current = handle
+        yield self._current
+
+    def can_hold(self, roles) -> bool:
+        return len(set(roles)) <= 1
+
+    def head(self, role: str) -> ReadoutHead:
+        return self.heads[role]
+
+    @property
+    def state_device(self) -> str:
+        return "cpu"
+
+    @property
+    def resident_role(self) -> str | None:
+        return self._current.role if self._current is not None else None
+
+    def release(self) -> None:
+        self._current = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# -- loading ----------------------------------------------------------------------------------
+def _weights_bytes(path: str) -> int | None:
+    if not is_local(path):
+        return None
+    return sum(f.stat().st_size for f in weight_files(path)) or None
+
+
+def _available_bytes(options: LoadOptions) -> int | None:
+    if options.device in ("cuda", "auto") and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        return int(free)
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def choose_residency(base: str, tuned: str | list[str] | None, adapter: str | list[str] | None,
+                     options: LoadOptions) -> tuple[str, str]:
+    """The residency to use and why: ``adapter`` for PEFT adapters (one copy of the base weights
+    serves every role); otherwise ``both`` when all models fit in the free memory of the target
+    device with 20% headroom, else ``sequential`` (one model at a time)."""
+    tuned = [tuned] if isinstance(tuned, str) else list(tuned or [])
+    adapter = [adapter] if isinstance(adapter, str) else list(adapter or [])
+    if options.residency is not None:
+        if options.residency not in RESIDENCIES:
+            raise ModelLoadError(f"residency must be one of {', '.join(RESIDENCIES)}, not {options.residency!r}")
+        if adapter and options.residency != "adapter":
+            raise ModelLoadError("with an adapter the residency is 'adapter' (one copy of the base weights)")
+        if not adapter and options.residency == "adapter":
+            raise ModelLoadError("residency 'adapter' needs --adapter")
+        return options.residency, "asked for"
+    if adapter and tuned:
+        raise ModelLoadError("give descendants either as checkpoints (tuned) or as adapters, not both in one set")
+    if adapter:
+        return "adapter", "PEFT adapter: one copy of the base weights serves every model"
+    sizes = [_weights_bytes(p) for p in [base] + tuned]
+    free = _available_bytes(options)
+    if None in sizes or free is None:
+        return "both", "model sizes or free memory unknown (hub ids); loading all"
+    scale = {"float32": 4, "bfloat16": 2, "float16": 2}[options.dtype] / 2  # files are mostly 16-bit
+    need = int(sum(sizes) * max(scale, 1.0) * 1.2)
+    if need <= free:
+        return "both", f"all {len(sizes)} models (~{need / 2**30:.1f} GiB with headroom) fit in {free / 2**30:.1f} GiB free"
+    return "sequential", f"{len(sizes)} models need ~{need / 2**30:.1f} GiB but {free / 2**30:.1f} GiB is free"
+
+
+def _real_vocabulary(tokenizers: dict[str, object], rows: int) -> RealVocabulary:
+    """The ids every tokenizer shares with the base (and that are not placeholders)."""
+    roles = list(tokenizers)
+    base = tokenizers[roles[0]]
+    parts = [build_real_vocabulary(base, tokenizers[r], rows) for r in roles[1:]] or \
+        [build_real_vocabulary(base, base, rows)]
+    if len(parts) == 1:
+        return parts[0]
+    mask = parts[0].mask.clone()
+    for p in parts[1:]:
+        mask &= p.mask
+    counts = {k: v for k, v in parts[0].masked_counts.items() if k != "not_shared"}
+    counts["not_shared"] = int(mask.numel() - mask.sum()) - sum(counts.values())
+    patterns = sorted({x for p in parts for x in p.patterns_matched})
+    return RealVocabulary(mask=mask, masked_counts=counts, patterns_matched=patterns)
+
+
+def _check_set(roles, tokenizers, facts, options) -> tuple[RealVocabulary, list[str]]:
+    warnings: list[str] = []
+    base = roles[0]
+    for role in roles[1:]:
+        names = ("PT", "IT") if len(roles) == 2 else (base, role)
+        compare_facts(facts[base], facts[role], names)
+        for w in check_special_tokens(tokenizers[base], tokenizers[role],
+                                      allow_mismatch=options.allow_special_token_mismatch):
+            warnings.append(w if len(roles) == 2 else f"{role}: {w}")
+    rows = min(f["lm_head_rows"] for f in facts.values())
+    return _real_vocabulary(tokenizers, rows), warnings
+
+
+def _role_names(descendants: dict[str, str] | list[str] | str | None) -> dict[str, str]:
+    if descendants is None:
+        return {}
+    if isinstance(descendants, str):
+        return {"tuned": descendants}
+    if isinstance(descendants, dict):
+        return {str(k): str(v) for k, v in descendants.items()}
+    names: dict[str, str] = {}
+    for path in descendants:
+        name = Path(str(path).rstrip("/")).name or "tuned"
+        k, unique = 2, name
+        while unique in names or unique == BASE:
+            unique, k = f"{name}-{k}", k + 1
+        names[unique] = str(path)
+    return names
+
+
+def load_models(
+    base: str,
+    tuned: dict[str, str] | list[str] | str | None = None,
+    adapters: dict[str, str] | list[str] | str | None = None,
+    options: LoadOptions | None = None,
+    **overrides,
+) -> ModelSet:
+    """Load a base and any number of descendants: full or merged checkpoints (``tuned``) or PEFT
+    adapter directories on ``base`` (``adapters``), each a path, a list of paths (roles named
+    after the directories) or a ``{role: path}`` dict. The residency is chosen here (see
+    :func:`choose_residency`) and recorded with its reason."""
+    options = options or LoadOptions()
+    for key, value in overrides.items():
+        if not hasattr(options, key):
+            raise TypeError(f"unknown load option {key!r}")
+        setattr(options, key, value)
+    tuned_roles, adapter_roles = _role_names(tuned), _role_names(adapters)
+    if not tuned_roles and not adapter_roles:
+        raise ModelLoadError("give at least one descendant: tuned= (a checkpoint) or adapter= (a PEFT adapter dir)")
+    if tuned_roles and adapter_roles:
+        raise ModelLoadError("give descendants either as checkpoints (tuned) or as adapters, not both in one set")
+    residency, reason = choose_residency(base, list(tuned_roles.values()), list(adapter_roles.values()), options)
+    options.residency = residency
+    roles = (BASE,) + tuple(tuned_roles or adapter_roles)
+    record = {"base": provenance(base, options), "load_options": vars(options).copy(),
+              "residency_reason": reason,
+              "load_spec": {"base": base, "tuned": tuned_roles or None, "adapters": adapter_roles or None,
+                            "options": {**vars(options), "hash_weights": False}}}
+    descendant_key = "adapter" if adapter_roles else "tuned"
+    paths = tuned_roles or adapter_roles
+    if len(paths) == 1:  # a pair: the record keeps the familiar single-descendant layout
+        record[descendant_key] = provenance(next(iter(paths.values())), options)
+    else:
+        record["descendants"] = {r: provenance(p, options) for r, p in paths.items()}
+    tokenizers = {BASE: load_tokenizer(base, options)}
+    warnings: list[str] = []
+
+    if residency == "sequential":
+        heads, facts, eos = {}, {}, set()
+        all_paths = {BASE: base, **tuned_roles}
+        for role in roles:
+            if role != BASE:
+                tokenizers[role] = load_tokenizer(all_paths[role], options)
+            handle = ModelHandle(role, load_causal_lm(all_paths[role], options))
+            heads[role], facts[role] = ReadoutHead(handle), model_facts(handle)
+            eos |= eos_token_ids(tokenizers[role], handle.anatomy.model)
+            del handle
+            gc.collect()
+        real, checks = _check_set(roles, tokenizers, facts, options)
+        return SequentialSet(roles, tokenizers, real, eos, facts, "sequential", warnings + checks, record,
+                             paths=all_paths, options=options, heads=heads)
+
+    handles: dict[str, ModelHandle] = {}
+    if adapter_roles:
+        from peft import PeftModel
+
+        base_model = load_causal_lm(base, options)
+        model = None
+        for role, path in adapter_roles.items():
+            settings, adapter_warnings = adapter_settings(path)
+            warnings += [w if len(adapter_roles) == 1 else f"{role}: {w}" for w in adapter_warnings]
+            if model is None:
+                model = PeftModel.from_pretrained(base_model, path, adapter_name=role, is_trainable=False)
+            else:
+                model.load_adapter(path, adapter_name=role, is_trainable=False)
+            has_tok = any((Path(path) / n).exists() for n in ("tokenizer.json", "tokenizer_config.json"))
+            tokenizers[role] = load_tokenizer(path, options) if has_tok else tokenizers[BASE]
+            target = record["adapter"] if len(adapter_roles) == 1 else record["descendants"][role]
+            target["settings"] = settings
+        model.eval()
+        handles[BASE] = ModelHandle(BASE, model, adapter_enabled=False)
+        for role in adapter_roles:
+            handles[role] = ModelHandle(role, model, adapter_enabled=True, adapter_name=role)
+    else:
+        handles[BASE] = ModelHandle(BASE, load_causal_lm(base, options))
+        for role, path in tuned_roles.items():
+            handles[role] = ModelHandle(role, load_causal_lm(path, options))
+            tokenizers[role] = load_tokenizer(path, options)
+    return assemble_set(handles, tokenizers, residency, options, warnings, record)
+
+
+def load_pair(base: str, tuned: str | None = None, adapter: str | None = None,
+              options: LoadOptions | None = None, **overrides) -> ModelSet:
+    """Load a base and one descendant: ``tuned`` (full or merged checkpoint) or ``adapter``
+    (a PEFT adapter directory on ``base``). Roles: ``base`` and ``tuned``."""
+    if (tuned is None) == (adapter is None):
+        raise ModelLoadError("give exactly one of tuned= (a checkpoint) or adapter= (a PEFT adapter dir)")
+    return load_models(base, tuned={"tuned": tuned} if tuned is not None else None,
+                       adapters={"tuned": adapter} if adapter is not None else None, options=options, **overrides)
+
+
+def assemble_set(handles: dict[str, ModelHandle], tokenizers: dict[str, object], residency: str,
+                 options: LoadOptions, warnings: list[str], record: dict) -> ResidentSet:
+    """Check compatibility and build the real vocabulary of already-loaded handles."""
+    roles = tuple(handles)
+    facts = {r: model_facts(h) for r, h in handles.items()}
+    real, checks = _check_set(roles, tokenizers, facts, options)
+    eos: set[int] = set()
+    for role, h in handles.items():
+        eos |= eos_token_ids(tokenizers[role], h.anatomy.model)
+    return ResidentSet(roles, tokenizers, real, eos, facts, residency, list(warnings) + checks, record,
+                       handles=handles)
+
+
+def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dict[str, object] | None = None,
+                        **options) -> ResidentSet:
+    """A set from models already in memory (notebooks, tests); the first entry is the base.
+    Models are put in eval mode."""
+    opts = LoadOptions(**options)
+    roles = list(models)
+    for m in models.values():
+        m.eval()
+    toks = {r: (tokenizers or {}).get(r, tokenizer) for r in roles}
+    handles = {r: ModelHandle(r, m) for r, m in models.items()}
+    first = next(iter(models.values()))
+    record = {"base": {"path": "<in-memory>"}, "load_options": vars(opts) | {
+        "dtype": str(next(first.parameters()).dtype).replace("torch.", "")}}
+    if len(roles) == 2:
+        record["tuned"] = {"path": "<in-memory>"}
+    else:
+        record["descendants"] = {r: {"path": "<in-memory>"} for r in roles[1:]}
+    return assemble_set(handles, toks, "both", opts, [], record)
+
+
+def pair_from_models(pt_model, it_model, tokenizer, tokenizer_it=None, **options) -> ResidentSet:
+    """A pair (roles ``base``, ``tuned``) from models already in memory."""
+    return models_from_modules({BASE: pt_model, "tuned": it_model}, tokenizer,
+                               {"tuned": tokenizer_it} if tokenizer_it is not None else None, **options)
+
+
+# The method's name for a two-role set.
+ModelPair = ModelSet

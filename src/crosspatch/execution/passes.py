@@ -1,0 +1,113 @@
+"""The vocabulary analyses use to say *what* they need. The executor decides *how*.
+
+Every pass names the role (model) it needs and works on a list of items (token sequences);
+results come back per item, in item order, whatever batching, residency or device was used.
+States are ``EventStates``: the residual entering each requested boundary layer over the whole
+sequence (``[n, d]``) and the final-norm input at its last position (``[d]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..models.execution import EventStates
+
+# An edit of one late-stack site: called with the batch's hidden states ``[batch, seq, d]`` and
+# the item indices of the batch rows; returns the replacement (same shape).
+EditFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
+
+
+@dataclass
+class Edit:
+    """Replace the output of ``site`` of decoder ``layer`` during a late-only pass.
+    ``site``: ``"mlp"`` (the layer's MLP output, before it is added to the residual) or
+    ``"residual"`` (the layer's output residual stream)."""
+
+    layer: int
+    site: str
+    fn: EditFn
+
+
+@dataclass
+class Capture:
+    """A full forward of ``role`` over ``sequences``. Result per item: :class:`EventStates` with
+    the residual entering each layer of ``boundaries`` and the final-norm input at the last
+    position; with ``all_final`` the final-norm input at every position (``[n, d]``) instead."""
+
+    role: str
+    sequences: list[list[int]]
+    boundaries: list[int]
+    all_final: bool = False
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return (self.role,)
+
+
+@dataclass
+class Late:
+    """Only layers ``boundary..L-1`` of ``role``, run on ``upstream`` (per item ``[n_i, d]``: the
+    residual entering ``boundary`` over the whole sequence; no KV reuse), with optional
+    ``edits``. Result per item: the final-norm input at the last position (``[d]``)."""
+
+    role: str
+    boundary: int
+    upstream: list[torch.Tensor]
+    sequences: list[list[int]]
+    edits: list[Edit] = field(default_factory=list)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return (self.role,)
+
+
+@dataclass
+class Decode:
+    """Greedy decoding of ``role`` over the real vocabulary from each prompt, at most
+    ``max_new_tokens``, stopping after an EOS. Result per item: the generated ids."""
+
+    role: str
+    prompts: list[list[int]]
+    max_new_tokens: int
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return (self.role,)
+
+
+@dataclass
+class Search:
+    """First divergence of ``roll``'s greedy decoding and ``check``'s greedy choice on the same
+    history (DESIGN 1.2). Result per item: :class:`SearchOutcome`. With ``capture`` boundaries,
+    each event outcome carries both models' states over the event prefix."""
+
+    roll: str
+    check: str
+    prompts: list[list[int]]
+    max_new_tokens: int
+    capture: list[int] | None = None
+    chunk_size: int = 8
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return (self.roll, self.check)
+
+
+@dataclass
+class SearchOutcome:
+    """``position`` is the first generated index where the two disagree (None: no event, with
+    ``reason`` ``agreed_eos`` or ``budget_exhausted``). ``shared`` are the generated tokens both
+    agreed on before it; ``t_roll``/``t_check`` the two picks there."""
+
+    position: int | None
+    shared: list[int]
+    t_roll: int | None = None
+    t_check: int | None = None
+    reason: str | None = None
+    states: dict[str, EventStates] | None = None  # role -> states over prompt + shared
+
+
+Pass = Capture | Late | Decode | Search

@@ -1,0 +1,263 @@
+"""Decoding with KV caches: greedy rollouts and the first-divergence search.
+
+Two strategies give the same outcomes (tested against naive lockstep decoding):
+
+- *interleaved* (both models usable at once): the rollout model decodes a chunk of tokens
+  greedily (1, 2, 4, ... up to ``chunk_size``), the other consumes the same tokens in one cached
+  call, like speculative-decoding verification; the first mismatch ends the row and finished
+  rows leave both caches;
+- *phased* (one model at a time): the rollout model decodes the whole budget, then the other is
+  teacher-forced over prompt + rollout in one pass.
+
+Because attention is causal, the first position where the checking model's argmax differs from
+the rollout token is exactly where lockstep greedy decoding of both models would first disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..models.execution import EventStates, ModelHandle, StateRecorder, cache_keyword, capture_forward, readout, step_logits
+from ..models.vocab import masked_argmax
+from .passes import SearchOutcome
+
+
+def _new_cache(handle: ModelHandle):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=handle.anatomy.model.config)
+    except TypeError:  # transformers 4.x
+        return DynamicCache()
+
+
+class CachedDecoder:
+    """One model stepping through a left-padded batch with its own KV cache.
+
+    ``start`` consumes the prompts; ``feed`` appends tokens ``[live rows, k]`` and returns the
+    logits after each of them; ``select`` drops finished rows from the cache so they cost
+    nothing more. With ``capture`` boundaries, the states of every consumed position are kept
+    per row (``event_states``), so no separate full pass is needed later."""
+
+    def __init__(self, handle: ModelHandle, models, capture: list[int] | None = None, keep_on=None) -> None:
+        self.handle, self.models, self.capture = handle, models, capture
+        self.cache = _new_cache(handle)
+        self.kw = cache_keyword(handle)
+        self.recorder = StateRecorder(handle.anatomy, capture, keep_on) if capture is not None else None
+
+    def _call(self, ids, keep: int) -> torch.Tensor:
+        with self.recorder or contextlib.nullcontext():
+            logits = step_logits(self.handle, keep, input_ids=ids, attention_mask=self.mask,
+                                 position_ids=self.positions, use_cache=True, **{self.kw: self.cache})
+        if self.recorder is not None:
+            final = self.recorder.final.pop()
+            bounds = {b: self.recorder.boundary[b].pop() for b in self.capture}
+            for k, row in enumerate(self.rows):
+                self.kept[row]["final"].append(final[k])
+                for b in self.capture:
+                    self.kept[row][b].append(bounds[b][k])
+        return logits
+
+    def start(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Consume the prompts; returns next-token logits ``[batch, V]``."""
+        pad, device = self.models.pad_id, self.handle.input_device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p):] = torch.tensor(p)
+            mask[row, width - len(p):] = 1
+        self.rows = list(range(len(prompts)))
+        self.offsets = [width - len(p) for p in prompts]
+        self.kept = [{"final": [], **{b: [] for b in (self.capture or [])}} for _ in prompts]
+        self.mask = mask.to(device)
+        self.positions = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+        self.next_position = self.positions[:, -1:] + 1
+        return self._call(ids.to(device), 1)[:, 0]
+
+    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append ``tokens`` ``[live rows, k]``; returns logits ``[live rows, k, V]``."""
+        k = tokens.shape[1]
+        device = self.mask.device
+        self.mask = torch.cat([self.mask, torch.ones((tokens.shape[0], k), dtype=torch.long, device=device)], 1)
+        self.positions = self.next_position + torch.arange(k, device=device)[None, :]
+        self.next_position = self.next_position + k
+        return self._call(tokens.to(device), k)
+
+    def select(self, keep: list[int]) -> None:
+        """Keep only the rows of the current batch at indices ``keep``."""
+        idx = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
+        self.cache.batch_select_indices(idx)
+        self.mask, self.next_position = self.mask[idx], self.next_position[idx]
+        self.rows = [self.rows[i] for i in keep]
+
+    def row_states(self, row: int) -> EventStates:
+        """This model's states over every position consumed for original row ``row`` (boundary
+        states and final-norm inputs, both ``[n, d]``; left padding removed)."""
+        kept, off = self.kept[row], self.offsets[row]
+        seq = {key: torch.cat([t.reshape(-1, t.shape[-1]) for t in parts])[off:] for key, parts in kept.items()}
+        return EventStates({b: seq[b] for b in self.capture}, seq["final"])
+
+    def event_states(self, row: int, length: int) -> EventStates:
+        """This model's states over the first ``length`` positions of original row ``row``."""
+        kept, off = self.kept[row], self.offsets[row]
+        seq = {key: torch.cat([t.reshape(-1, t.shape[-1]) for t in parts]) for key, parts in kept.items()}
+        return EventStates({b: seq[b][off : off + length] for b in self.capture}, seq["final"][off + length - 1])
+
+
+def greedy_rollout(
+    handle: ModelHandle, prompts: list[list[int]], max_new_tokens: int, models
+) -> list[list[int]]:
+    """Greedy continuations over the real vocabulary; each row stops after an EOS."""
+    return _greedy(CachedDecoder(handle, models), prompts, max_new_tokens, models)
+
+
+def _greedy(decoder: CachedDecoder, prompts: list[list[int]], max_new_tokens: int, models) -> list[list[int]]:
+    logits = decoder.start(prompts)
+    eos = models.eos_ids
+    outputs: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    for step in range(max_new_tokens):
+        tokens = masked_argmax(logits, models.real_vocab).tolist()
+        for row, tok in enumerate(tokens):
+            if not done[row]:
+                outputs[row].append(tok)
+                done[row] = tok in eos
+        if all(done) or step == max_new_tokens - 1:
+            break
+        feed = torch.tensor([[models.pad_id if d else t] for t, d in zip(tokens, done)])
+        logits = decoder.feed(feed)[:, 0]
+    return outputs
+
+
+def _search_batch(
+    models, roll: ModelHandle, check: ModelHandle, prompts: list[list[int]],
+    budget: int, chunk_size: int, capture: list[int] | None, keep_on=None,
+):
+    """Chunked search: ``roll`` decodes a chunk of tokens greedily (1, 2, 4, ... up to
+    ``chunk_size``: most divergences come early), then ``check`` consumes the same tokens in one
+    cached call (like speculative-decoding verification); the first mismatch ends the row and
+    finished rows leave both caches. A chunk's first token is checked against the prediction
+    ``check`` already made, so a row that diverges there costs ``check`` nothing. Returns per row
+    ``(i, t_roll, t_check)`` or ``(None, reason, n_generated)``, the accepted tokens, and the
+    two decoders (for their states)."""
+    real, eos, pad = models.real_vocab, models.eos_ids, models.pad_id
+    dec_r, dec_c = CachedDecoder(roll, models, capture, keep_on), CachedDecoder(check, models, capture, keep_on)
+    logits_r = dec_r.start(prompts)
+    n = len(prompts)
+    pred_c = [[int(t)] for t in masked_argmax(dec_c.start(prompts), real).tolist()]  # check's pick per position
+    gen: list[list[int]] = [[] for _ in range(n)]
+    outcome: list[tuple | None] = [None] * n
+    live = list(range(n))  # original rows still in both caches, in batch order
+
+    def retire(live, logits_r):
+        keep = [k for k, r in enumerate(live) if outcome[r] is None]
+        if len(keep) < len(live):
+            live = [live[k] for k in keep]
+            if live:
+                dec_r.select(keep)
+                dec_c.select(keep)
+                logits_r = logits_r[torch.tensor(keep, device=logits_r.device)]
+        return live, logits_r
+
+    chunk_len = 1
+    while live:
+        chunk: dict[int, list[int]] = {r: [] for r in live}
+        for _ in range(chunk_len):
+            picks = masked_argmax(logits_r, real).tolist()
+            growing = [len(gen[r]) + len(chunk[r]) < budget and not (chunk[r] and chunk[r][-1] in eos) for r in live]
+            for r, pick, grow in zip(live, picks, growing):
+                if grow:
+                    chunk[r].append(pick)
+            if not any(grow and len(gen[r]) + len(chunk[r]) < budget and chunk[r][-1] not in eos
+                       for r, grow in zip(live, growing)):
+                break
+            feed = [[pick if grow else pad] for pick, grow in zip(picks, growing)]
+            logits_r = dec_r.feed(torch.tensor(feed))[:, 0]
+        chunk_len = min(2 * chunk_len, chunk_size)
+        for r in live:
+            i = len(gen[r])
+            if chunk[r] and pred_c[r][i] != chunk[r][0]:
+                outcome[r] = (i, chunk[r][0], pred_c[r][i])
+        live, logits_r = retire(live, logits_r)
+        if not live:
+            break
+        width = max(len(chunk[r]) for r in live)
+        tokens = torch.tensor([chunk[r] + [pad] * (width - len(chunk[r])) for r in live])
+        checked = masked_argmax(dec_c.feed(tokens), real).tolist()
+        for k, r in enumerate(live):
+            for j, tok in enumerate(chunk[r]):
+                i = len(gen[r])
+                if pred_c[r][i] != tok:
+                    outcome[r] = (i, tok, pred_c[r][i])
+                    break
+                gen[r].append(tok)
+                pred_c[r].append(checked[k][j])
+                if tok in eos:
+                    outcome[r] = (None, "agreed_eos", len(gen[r]))
+                    break
+            if outcome[r] is None and len(gen[r]) >= budget:
+                outcome[r] = (None, "budget_exhausted", len(gen[r]))
+        live, logits_r = retire(live, logits_r)
+    return outcome, gen, dec_r, dec_c
+
+
+def _outcomes(prompts, outcome, gen, states_of) -> list[SearchOutcome]:
+    """Raw per-row results as :class:`SearchOutcome` (``states_of(row, length)``: both models'
+    states over the first ``length`` positions, or None)."""
+    result = []
+    for row, (p, (i, a, b)) in enumerate(zip(prompts, outcome)):
+        if i is None:
+            result.append(SearchOutcome(None, gen[row][:b], reason=a))
+        else:
+            result.append(SearchOutcome(i, gen[row][:i], t_roll=a, t_check=b, states=states_of(row, len(p) + i)))
+    return result
+
+
+def search_interleaved(models, roll: ModelHandle, check: ModelHandle, prompts: list[list[int]], max_new_tokens: int,
+                       chunk_size: int = 8, capture: list[int] | None = None, keep_on=None) -> list[SearchOutcome]:
+    """First divergence with both models in use at once (chunked decode + cached verification)."""
+    outcome, gen, dec_r, dec_c = _search_batch(models, roll, check, prompts, max_new_tokens, chunk_size, capture,
+                                               keep_on)
+
+    def states_of(row, length):
+        if capture is None:
+            return None
+        return {roll.role: dec_r.event_states(row, length), check.role: dec_c.event_states(row, length)}
+
+    return _outcomes(prompts, outcome, gen, states_of)
+
+
+def rollout_states(models, handle: ModelHandle, prompts: list[list[int]], max_new_tokens: int,
+                   capture: list[int] | None = None, keep_on=None):
+    """Greedy rollouts of ``handle`` (and, with ``capture``, the decoder holding its states)."""
+    decoder = CachedDecoder(handle, models, capture, keep_on)
+    return _greedy(decoder, prompts, max_new_tokens, models), decoder
+
+
+def first_mismatch(models, check: ModelHandle, prompts: list[list[int]], rollouts: list[list[int]],
+                   capture: list[int] | None = None, keep_on=None):
+    """Teacher-force ``check`` over prompt + rollout; per row ``(i, t_roll, t_check)`` at the first
+    position where ``check``'s argmax differs from the rollout, or ``(None, reason, n)``; and
+    ``check``'s states (a :class:`~crosspatch.models.execution.Capture`)."""
+    seqs = [p + r for p, r in zip(prompts, rollouts)]
+    cap = capture_forward(check, seqs, capture or [], models.pad_id, keep_on=keep_on)
+    outcome = []
+    for row, (p, r) in enumerate(zip(prompts, rollouts)):
+        finals = cap.final_states[row, len(p) - 1 : len(p) - 1 + len(r)]
+        picks = masked_argmax(readout(check, finals), models.real_vocab).tolist() if r else []
+        i = next((j for j, (a, b) in enumerate(zip(r, picks)) if a != b), None)
+        if i is None:
+            reason = "agreed_eos" if r and r[-1] in models.eos_ids else "budget_exhausted"
+            outcome.append((None, reason, len(r)))
+        else:
+            outcome.append((i, r[i], picks[i]))
+    return outcome, cap
+
+
+def length_batches(n_items: int, lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (less padding), in a stable order."""
+    order = sorted(range(n_items), key=lambda k: (lengths[k], k))
+    return [order[k : k + batch_size] for k in range(0, n_items, batch_size)]

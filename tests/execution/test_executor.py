@@ -1,0 +1,144 @@
+"""The execution layer: one analysis, written once as passes, gives the same numbers under
+every residency and engine; several models; at most one resident under ``sequential``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crosspatch.cells import CELLS, READOUTS
+from crosspatch.execution import (
+    Capture, Edit, Executor, Late, load_models, load_pair, models_from_modules, pair_from_models,
+)
+from crosspatch.models.execution import counting_work
+from crosspatch.pipeline import run
+from crosspatch.testing import BlendProbe, char_tokenizer, make_pair, perturb_layers, tiny_model
+
+from ..conftest import PROMPTS
+from ..models.test_peft import MERGE_TOLERANCE, _lora_dirs
+
+OPTIONS = dict(boundary=2, max_new_tokens=12, bootstrap=0, progress=False)
+
+
+def _probe(result) -> dict[str, float]:
+    return {r["key"]: r["logit_t_it"] for r in result.analyses["blend_probe"]}
+
+
+def _close(a: dict, b: dict, tol: float) -> float:
+    assert a and sorted(a) == sorted(b)
+    worst = max(abs(a[k] - b[k]) for k in a)
+    assert worst <= tol, worst
+    return worst
+
+
+def test_a_toy_analysis_gives_the_same_numbers_under_every_residency_and_engine(tmp_path):
+    from peft import PeftModel
+
+    base, adapter, merged = _lora_dirs(tmp_path)
+    probe = [BlendProbe(boundary=2)]
+    merged_sets = {
+        "both": load_pair(str(base), tuned=str(merged), residency="both"),
+        "sequential": load_pair(str(base), tuned=str(merged), residency="sequential"),
+    }
+    out = {k: _probe(run(m, PROMPTS, analyses=probe, **OPTIONS)) for k, m in merged_sets.items()}
+    pytest.importorskip("ray")
+    out["ray"] = _probe(run(merged_sets["both"], PROMPTS, analyses=probe, engine="ray", workers=2, **OPTIONS))
+    _close(out["sequential"], out["both"], 1e-5)
+    _close(out["ray"], out["both"], 1e-5)
+    # adapter residency (one copy of the base weights, adapter toggled) against the same
+    # unmerged LoRA model held as a separate resident model: the residency changes nothing
+    adapter_set = load_pair(str(base), adapter=str(adapter))
+    assert adapter_set.residency == "adapter"
+    unmerged = PeftModel.from_pretrained(tiny_model("llama").__class__.from_pretrained(str(base)), str(adapter))
+    resident = pair_from_models(tiny_model("llama").__class__.from_pretrained(str(base)), unmerged, char_tokenizer())
+    via_adapter = _probe(run(adapter_set, PROMPTS, analyses=probe, **OPTIONS))
+    _close(via_adapter, _probe(run(resident, PROMPTS, analyses=probe, **OPTIONS)), 1e-5)
+    _close(via_adapter, out["both"], MERGE_TOLERANCE)  # merged vs unmerged LoRA: rounding only
+
+
+def test_blend_endpoints_are_the_natural_and_cross_cells():
+    pair = make_pair("llama")
+    result = run(pair, PROMPTS, analyses=[BlendProbe(2, alpha=0.0), BlendProbe(2, alpha=1.0, name="blend_1")],
+                 plan="exact", **OPTIONS)
+    assert result.records
+    at_0 = {r["key"]: r["y"] for r in result.analyses["blend_probe"]}
+    at_1 = {r["key"]: r["y"] for r in result.analyses["blend_1"]}
+    for rec in result.records:  # common-IT readout, as the probe reads with the descendant's head
+        assert at_0[rec.key] == pytest.approx(rec.cells["common_it"]["upt_lpt"], abs=1e-5)
+        assert at_1[rec.key] == pytest.approx(rec.cells["common_it"]["uit_lpt"], abs=1e-5)
+    ex = Executor(pair)
+    seqs = [[1, 40, 41, 42, 43], [1, 50, 51]]
+    u_pt, = ex.run([Capture("base", seqs, [2])])
+    natural = torch.stack([s.final for s in u_pt])
+    (late,) = ex.run([Late("base", 2, [s.boundary[2] for s in u_pt], seqs)])
+    assert torch.equal(torch.stack(late), natural)  # diagonal reconstruction, bit for bit
+
+
+def test_an_identity_edit_is_an_exact_no_op_and_a_real_edit_moves_the_output():
+    pair = make_pair("llama")
+    ex = Executor(pair, batch_size=2)
+    seqs = [[1, 40, 41, 42, 43], [1, 50, 51], [1, 60]]
+    (caps,) = ex.run([Capture("base", seqs, [2])])
+    upstream = [s.boundary[2] for s in caps]
+    plain, same, zeroed = ex.run([
+        Late("tuned", 2, upstream, seqs),
+        Late("tuned", 2, upstream, seqs, [Edit(3, "mlp", lambda h, items: h)]),
+        Late("tuned", 2, upstream, seqs, [Edit(3, "mlp", lambda h, items: torch.zeros_like(h))]),
+    ])
+    for a, b, c in zip(plain, same, zeroed):
+        assert torch.equal(a, b)
+        assert (a - c).abs().max() > 1e-3
+    seen = []
+    ex.run([Late("tuned", 2, upstream, seqs, [Edit(2, "residual", lambda h, items: seen.append(items) or h)])])
+    assert sorted(k for items in seen for k in items) == [0, 1, 2]  # edits learn which items a batch holds
+    with pytest.raises(Exception, match="outside the late stack"):
+        ex.run([Late("tuned", 2, upstream, seqs, [Edit(1, "mlp", lambda h, items: h)])])
+
+
+def _three_models(root):
+    """A base and two descendants: one perturbed only above boundary 2, one only below."""
+    tok = char_tokenizer()
+    base = tiny_model("llama")
+    models = {"base": base, "late": perturb_layers(base, [2, 3], 0.5, seed=5),
+              "early": perturb_layers(base, [0, 1], 0.5, seed=6)}
+    for name, model in models.items():
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    return models, tok
+
+
+def test_three_models_sequential_hold_one_at_a_time_and_match_resident(tmp_path):
+    modules, tok = _three_models(tmp_path)
+    paths = {r: str(tmp_path / r) for r in ("late", "early")}
+    sequential = load_models(str(tmp_path / "base"), tuned=paths, residency="sequential")
+    resident = models_from_modules(modules, tok)
+    assert sequential.roles == resident.roles == ("base", "late", "early")
+    for role in ("late", "early"):
+        got = run(sequential, PROMPTS, tuned=role, boundaries=[1, 2], **{k: v for k, v in OPTIONS.items() if k != "boundary"})
+        want = run(resident, PROMPTS, tuned=role, boundaries=[1, 2], **{k: v for k, v in OPTIONS.items() if k != "boundary"})
+        assert [r.key for r in got.records] == [r.key for r in want.records] and got.records
+        worst = max(abs(x.cells[n][c] - y.cells[n][c]) for x, y in zip(got.records, want.records)
+                    for n in READOUTS for c in CELLS)
+        assert worst <= 1e-5
+        at2 = [r for r in got.records if r.boundary == 2]
+        inter = [(r.cells["common_it"]["uit_lit"] - r.cells["common_it"]["uit_lpt"])
+                 - (r.cells["common_it"]["upt_lit"] - r.cells["common_it"]["upt_lpt"]) for r in at2]
+        if role == "late":  # the two upstream states are the same: no interaction
+            assert max(abs(i) for i in inter) <= 1e-4
+    assert sequential.peak_live_models == 1  # measured with weak references to every loaded model
+
+
+def test_work_is_counted_once_per_pass():
+    pair = make_pair("llama", layers=4)
+    ex = Executor(pair, batch_size=2)
+    seqs = [[1, 40, 41], [1, 50, 51, 52, 53]]
+    ex.run([Capture("tuned", [[1]], [0])])  # the first pass of a model learns its layer output type
+    with counting_work() as work:
+        (caps,) = ex.run([Capture("base", seqs, [2])])
+        ex.run([Late("tuned", 2, [s.boundary[2] for s in caps], seqs)])
+    assert work.token_layers == 8 * 4 + 8 * 2  # a full pass (4 layers), then a late-only pass (2)
+
+
+def test_executor_refuses_a_bad_batch_size():
+    with pytest.raises(ValueError, match="batch_size"):
+        Executor(make_pair("llama"), batch_size=0)

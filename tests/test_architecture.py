@@ -1,0 +1,113 @@
+"""The package's layering: no import cycles, and each layer imports only the layers below it
+(docs/architecture.md). Function-level (lazy) imports count too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import crosspatch
+
+PACKAGE = Path(crosspatch.__file__).parent
+
+# layer -> what it may import from the package (besides itself)
+ALLOWED = {
+    "crosspatch.models": {"crosspatch.errors"},
+    "crosspatch.execution": {"crosspatch.errors", "crosspatch.models"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> list[str]:
+    if node.level == 0:
+        base = node.module or ""
+    else:
+        parts = module.split(".")
+        keep = len(parts) - node.level + (1 if is_package else 0)
+        base = ".".join(parts[:keep] + ([node.module] if node.module else []))
+    if not base.startswith("crosspatch"):
+        return []
+    if node.module is None:  # "from . import x": x may be a submodule
+        return [f"{base}.{a.name}" for a in node.names]
+    return [base]
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            targets: list[str] = []
+            if isinstance(node, ast.ImportFrom):
+                targets = _resolve(name, path.name == "__init__.py", node)
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("crosspatch")]
+            for t in targets:
+                while t and t not in modules:  # "from .x import y" where y is a name, not a module
+                    t = t.rpartition(".")[0]
+                if t and t != name:
+                    graph[name].add(t)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles_inside_the_package():
+    graph = import_graph()
+    # the package's own __init__ re-exports the public API; nothing inside imports it back
+    inner = {m: {t for t in deps if t != "crosspatch"} for m, deps in graph.items() if m != "crosspatch"}
+    assert _cycles(inner) == []
+
+
+def test_lower_layers_import_nothing_above_them():
+    graph = import_graph()
+    bad = []
+    for module, deps in graph.items():
+        for layer, allowed in ALLOWED.items():
+            if module == layer or module.startswith(layer + "."):
+                for dep in deps:
+                    if not (dep == layer or dep.startswith(layer + ".")
+                            or any(dep == a or dep.startswith(a + ".") for a in allowed)):
+                        bad.append(f"{module} imports {dep}")
+    assert bad == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
