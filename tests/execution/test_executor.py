@@ -142,3 +142,24 @@ def test_work_is_counted_once_per_pass():
 def test_executor_refuses_a_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size"):
         Executor(make_pair("llama"), batch_size=0)
+
+
+def test_several_adapters_on_one_base_copy(tmp_path):
+    """Two PEFT adapters on one copy of the base weights: each descendant's cells equal those of
+    its merged checkpoint held resident."""
+    first = _lora_dirs(tmp_path / "a")
+    second = _lora_dirs(tmp_path / "b", seed=7)
+    adapters = load_models(str(first[0]), adapters={"one": str(first[1]), "two": str(second[1])})
+    assert adapters.residency == "adapter" and adapters.roles == ("base", "one", "two")
+    assert adapters.handle("one").module is adapters.handle("two").module  # one copy of the weights
+    merged = load_models(str(first[0]), tuned={"one": str(first[2]), "two": str(second[2])}, residency="both")
+    for role in ("one", "two"):
+        got = run(adapters, PROMPTS, tuned=role, **OPTIONS)
+        want = run(merged, PROMPTS, tuned=role, **OPTIONS)
+        assert [r.key for r in got.records] == [r.key for r in want.records] and got.records
+        worst = max(abs(x.cells[n][c] - y.cells[n][c]) for x, y in zip(got.records, want.records)
+                    for n in READOUTS for c in CELLS)
+        assert worst <= MERGE_TOLERANCE
+    one = run(adapters, PROMPTS, tuned="one", **OPTIONS)
+    two = run(adapters, PROMPTS, tuned="two", **OPTIONS)
+    assert [r.cells for r in one.records] != [r.cells for r in two.records]  # the adapters really differ

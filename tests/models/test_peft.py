@@ -13,7 +13,7 @@ from crosspatch.testing import char_tokenizer, tiny_model
 MERGE_TOLERANCE = 1e-4  # fp32: merged W + BA vs unmerged x@W + x@A@B differ by rounding only
 
 
-def _lora_dirs(tmp_path, bias="none", modules_to_save=None):
+def _lora_dirs(tmp_path, bias="none", modules_to_save=None, seed=3):
     from peft import LoraConfig, get_peft_model
 
     tok = char_tokenizer()
@@ -22,8 +22,9 @@ def _lora_dirs(tmp_path, bias="none", modules_to_save=None):
     tok.save_pretrained(tmp_path / "base")
     cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
                      bias=bias, modules_to_save=modules_to_save, init_lora_weights=False)
-    torch.manual_seed(3)
-    peft_model = get_peft_model(tiny_model("llama"), cfg)
+    model = tiny_model("llama")
+    torch.manual_seed(seed)  # after tiny_model, which seeds its own init
+    peft_model = get_peft_model(model, cfg)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_" in name:
