@@ -41,8 +41,9 @@ def test_run_writes_the_run_directory_and_report_rerenders(saved_pair, tmp_path)
     counts = summary["counts"]
     assert counts["prompts"] == len(PROMPTS)
     assert counts["events"] + counts["invalid"] + sum(counts["no_divergence"].values()) == len(PROMPTS)
-    lines = (out / "events.jsonl").read_text().splitlines()
-    assert len(lines) == counts["events"] + counts["invalid"]
+    lines = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    assert sum(r["kind"] == "first_diff" for r in lines) == counts["events"] + counts["invalid"]
+    assert {r["kind"] for r in lines} <= {"first_diff", "first_nonformat_diff", "first_assistant_marker_diff"}
     assert "interaction" in res.output  # the rich summary table
     original = (out / "report.md").read_text()
     (out / "report.md").unlink()
@@ -73,7 +74,8 @@ def test_html_report_is_self_contained_and_escapes_model_text(tmp_path):
                  progress=False, out=tmp_path / "r", title="<b>title</b>")
     assert result.records
     rows = [json.loads(line) for line in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]
-    rows[0]["t_it_text"] = "<script>alert(1)</script>"
+    first = next(r for r in rows if r["kind"] == "first_diff")  # the events table shows first divergences
+    first["t_it_text"] = "<script>alert(1)</script>"
     (tmp_path / "r" / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     rerender(tmp_path / "r")
     html = (tmp_path / "r" / "report.html").read_text()

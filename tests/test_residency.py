@@ -41,12 +41,18 @@ def test_three_residencies_give_the_same_numbers(tmp_path):
 def test_sequential_holds_one_model_at_a_time(tmp_path):
     base, _, merged = _lora_dirs(tmp_path)
     pair = load_pair(str(base), tuned=str(merged), residency="sequential")
-    result = run(pair, PROMPTS, boundary=2, max_new_tokens=10, bootstrap=0, progress=False)
+    result = run(pair, PROMPTS, boundary=2, max_new_tokens=10, bootstrap=0, progress=False,
+                 controls="none", event_kinds="first_diff")
     assert result.records
     # weak references to every model loaded: never two alive at once (measured, not assumed)
     assert pair.peak_live_models == 1
     # minimal plan: rollout (IT), check (PT), then the late passes starting with PT: 3 loads
     assert pair.loads == 3
+    # with every control and event kind: their passes are grouped by role across analyses
+    loads = pair.loads
+    everything = run(pair, PROMPTS, boundary=2, max_new_tokens=10, bootstrap=0, progress=False, controls="all")
+    assert {r.kind for r in everything.records} >= {"first_diff"}
+    assert pair.peak_live_models == 1 and pair.loads - loads <= 10
 
 
 def test_residency_choice_and_its_reason(tmp_path):

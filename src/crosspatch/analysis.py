@@ -10,11 +10,12 @@ actors or in a shard (docs/architecture.md has a worked example).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .divergence import DivergenceEvent
-from .execution import Capture, Executor, Program
+from .execution import Capture, Decode, Executor, Program
 from .models.execution import EventStates
+from .models.vocab import masked_argmax
 
 
 @dataclass
@@ -27,10 +28,32 @@ class EventSet:
     base: str
     tuned: str
     natural: dict[str, dict[str, EventStates]] | None = None
+    _histories: dict = field(default_factory=dict, repr=False)
 
     @property
     def sequences(self) -> list[list[int]]:
         return [e.prefix_ids for e in self.events]
+
+    @property
+    def prompts(self) -> list[list[int]]:
+        """Each event's prompt ids."""
+        return [e.prefix_ids[: e.prompt_len] for e in self.events]
+
+    def history(self, ex: Executor, roll: str, check: str, budget: int) -> Program:
+        """Per event, ``(rollout, picks)``: ``roll``'s greedy continuation of the event's prompt
+        (at most ``budget`` tokens) and ``check``'s argmax at each of its positions (teacher-forced
+        on the same history). ``yield from`` inside a program; computed once per set."""
+        key = (roll, check, budget)
+        if key not in self._histories:
+            prompts = self.prompts
+            (rollouts,) = yield [Decode(roll, prompts, budget)]
+            (caps,) = yield [Capture(check, [p + r for p, r in zip(prompts, rollouts)], [], all_final=True)]
+            picks = []
+            for p, r, cap in zip(prompts, rollouts, caps):
+                finals = cap.final[len(p) - 1 : len(p) - 1 + len(r)]
+                picks.append(masked_argmax(ex.readout(check, finals), ex.models.real_vocab).tolist() if r else [])
+            self._histories[key] = list(zip(rollouts, picks))
+        return self._histories[key]
 
     def states(self, roles: list[str], boundaries: list[int]) -> Program:
         """Each role's states over every event prefix (``yield from`` inside a program): taken

@@ -20,6 +20,7 @@ from .divergence import DivergenceEvent
 from .execution import Executor, Late, ModelSet, Program
 from .models.execution import EventStates, readout
 from .models.vocab import masked_argmax, top2_margin
+from .tokens import TokenDescriber
 
 READOUTS = ("common_it", "common_pt")
 CELLS = ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")  # U_<upstream>_L_<late stack>
@@ -48,6 +49,9 @@ class CellRecord:
     valid: bool = True
     invalid_reason: str | None = None
     extra: dict = field(default_factory=dict)
+    kind: str = "first_diff"  # event kind (tokens.EVENT_KINDS) or a control's event kind
+    t_pt_category: str | None = None  # tokens.token_category of each token
+    t_it_category: str | None = None
 
     def to_record(self) -> dict:
         return asdict(self)
@@ -55,6 +59,12 @@ class CellRecord:
     @classmethod
     def from_record(cls, record: dict) -> "CellRecord":
         return cls(**record)
+
+    def effects(self, readout: str = "common_it") -> dict[str, float]:
+        """This event's ``E_PT``, ``E_IT`` and interaction under ``readout``."""
+        y = self.cells[readout]
+        e_pt, e_it = y["upt_lit"] - y["upt_lpt"], y["uit_lit"] - y["uit_lpt"]
+        return {"E_PT": e_pt, "E_IT": e_it, "interaction": e_it - e_pt}
 
 
 @dataclass
@@ -80,6 +90,13 @@ def resolve_boundary(boundary: int | float, num_layers: int) -> int:
     return b
 
 
+def headline_boundary(boundaries: list[int], num_layers: int) -> int:
+    """The boundary a run's verdict and controls use: the one closest to the default depth
+    (``round(0.6 L)``), the lower one on a tie."""
+    target = round(0.6 * num_layers)
+    return min(boundaries, key=lambda b: (abs(b - target), b))
+
+
 def _y(logits: torch.Tensor, t_it: torch.Tensor, t_pt: torch.Tensor) -> torch.Tensor:
     rows = torch.arange(logits.shape[0], device=logits.device)
     return logits[rows, t_it.to(logits.device)] - logits[rows, t_pt.to(logits.device)]
@@ -103,6 +120,7 @@ def build_records(heads, tokenizer, evs: list[DivergenceEvent], boundary: int, s
     ys = {name: {cell: _y(readout(head, h), t_it, t_pt).cpu().tolist() for cell, h in states.items()}
           for name, head in (("common_it", heads[1]), ("common_pt", heads[0]))}
     records = []
+    describe = TokenDescriber(tokenizer)
     for j, ev in enumerate(evs):
         cells = {r: {c: float(ys[r][c][j]) for c in CELLS} for r in READOUTS}
         finite = all(math.isfinite(v) for r in cells.values() for v in r.values())
@@ -113,7 +131,8 @@ def build_records(heads, tokenizer, evs: list[DivergenceEvent], boundary: int, s
             t_pt=ev.t_pt, t_it=ev.t_it, t_pt_text=tokenizer.decode([ev.t_pt]), t_it_text=tokenizer.decode([ev.t_it]),
             cells=cells, margin_pt=mp, margin_it=mi, near_tie=min(mp, mi) < config.near_tie_threshold,
             natural_agrees=bool(diagnostics["agrees"][j]), valid=finite,
-            invalid_reason=None if finite else "non-finite cell value (NaN/inf)",
+            invalid_reason=None if finite else "non-finite cell value (NaN/inf)", kind=ev.kind,
+            t_pt_category=describe.category(ev.t_pt), t_it_category=describe.category(ev.t_it),
         ))
     return records
 

@@ -90,6 +90,16 @@ def run_cmd(
     revision: Optional[str] = typer.Option(None, "--revision"),
     residency: Optional[str] = typer.Option(None, "--residency",
                                             help="both | sequential | adapter (default: chosen, reason printed)."),
+    controls: str = typer.Option("default", "--controls",
+                                 help="Controls: default (the cheap ones), all, none, or a comma list "
+                                      "(label_swap, pre_divergence, pre_late_commitment, hybrid_state, readout_agreement, "
+                                      "position_subsets, near_ties, random_later, native_history)."),
+    event_kinds: str = typer.Option("all", "--event-kinds",
+                                    help="all, or a comma list of first_diff, first_nonformat_diff, "
+                                         "first_assistant_marker_diff."),
+    verify_fp32: bool = typer.Option(False, "--verify-fp32",
+                                     help="Re-run the search of near-tie events in float32 and count how many move."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Verdict thresholds (YAML or JSON, see docs/verdict.md)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Finish an interrupted run in --out."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -115,7 +125,8 @@ def run_cmd(
             max_new_tokens=max_new_tokens, batch_size=batch_size, rollout_model=rollout_model.upper(),
             bootstrap=bootstrap, seed=seed, chat_template=chat_template,
             group_by=[x.strip() for x in group_by.split(",")] if group_by else [], plan=plan, shard=shard,
-            engine=engine, workers=workers,
+            engine=engine, workers=workers, controls=controls, event_kinds=event_kinds, verify_fp32=verify_fp32,
+            policy=load_policy(policy) if policy else None,
         )
         result = run(pair, items, config, out=out, resume=resume, progress=not quiet)
     except (CrosspatchError, ValueError) as exc:
@@ -123,32 +134,93 @@ def run_cmd(
     for w in result.summary["warnings"]:
         console.print(Text.assemble(("warning ", "yellow"), w), soft_wrap=True)
     print_summary_table(result.summary)
+    verdict = result.summary.get("verdict")
+    if verdict:
+        _stdout().print(Text.assemble(("verdict: ", "bold"), (verdict["verdict"], "bold"), " — ", verdict["reason"]),
+                        soft_wrap=True)
     console.print(f"run directory: {out} (report.md, report.html, summary.json, events.jsonl, events.parquet)",
                   soft_wrap=True)
 
 
-@app.command("sweep")
-def sweep_cmd(
-    base: str = typer.Option(..., "--base", help="Base model (PT): hub id or local directory."),
-    prompts: Path = typer.Option(..., "--prompts", help="Prompt file: .jsonl, .csv or .parquet."),
-    tuned: Optional[str] = typer.Option(None, "--tuned", help="Descendant (IT): full or merged checkpoint."),
-    adapter: Optional[str] = typer.Option(None, "--adapter", help="PEFT adapter directory on --base."),
-    out: Path = typer.Option(Path("runs/sweep"), "--out", help="Run directory."),
-    boundaries: str = typer.Option("all", "--boundaries", help="'all' (1..L-1) or a comma-separated list."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    dtype: str = typer.Option("float32", "--dtype"),
-    device: str = typer.Option("cpu", "--device"),
-    bootstrap: int = typer.Option(2000, "--bootstrap"),
-    quiet: bool = typer.Option(False, "--quiet"),
-) -> None:
+def _sweep_cmd(**options) -> None:
     """Layer sweep: E_PT, E_IT and the interaction at every boundary (upstream states captured
-    once per event); writes sweep.png/svg and the report."""
-    run_cmd(base=base, prompts=prompts, tuned=tuned, adapter=adapter, out=out, boundary="0.6",
-            boundaries=boundaries, max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype,
-            device=device, bootstrap=bootstrap, seed=0, chat_template=False, rollout_model="IT",
-            group_by=None, plan="minimal", shard=None, engine="local", workers=2, trust_remote_code=False, allow_pickle=False, allow_special_token_mismatch=False,
-            revision=None, residency=None, resume=True, quiet=quiet)
+    once per event); writes sweep.png/svg and the report. Takes exactly run's options."""
+    options["boundaries"] = options.get("boundaries") or "all"
+    run_cmd(**options)
+
+
+def _sweep_signature():
+    """``run``'s parameters, with ``--boundaries`` defaulting to all and ``--out`` to runs/sweep."""
+    import inspect
+
+    params = []
+    for p in inspect.signature(run_cmd, eval_str=True).parameters.values():
+        if p.name == "boundaries":
+            p = p.replace(default=typer.Option("all", "--boundaries", help="'all' (1..L-1) or a comma-separated list."))
+        elif p.name == "out":
+            p = p.replace(default=typer.Option(Path("runs/sweep"), "--out", help="Run directory."))
+        params.append(p)
+    return inspect.Signature(params)
+
+
+_sweep_cmd.__signature__ = _sweep_signature()
+app.command("sweep")(_sweep_cmd)
+
+
+def load_policy(path: Path) -> dict:
+    """Verdict thresholds from a YAML or JSON file (a mapping of VerdictPolicy fields)."""
+    import yaml
+
+    from .errors import PolicyFileError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PolicyFileError(f"cannot read policy file {path}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PolicyFileError(f"policy file {path} must hold a mapping of thresholds, not {type(data).__name__}")
+    return data
+
+
+@app.command("gate")
+def gate_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    max_interaction_share: Optional[float] = typer.Option(None, "--max-interaction-share",
+                                                          help="Upstream-dependent above this I/E_IT (default 0.5)."),
+    min_portable_share: Optional[float] = typer.Option(None, "--min-portable-share",
+                                                       help="Portable from this E_PT/E_IT on (default 0.3)."),
+    min_late_effect: Optional[float] = typer.Option(None, "--min-late-effect",
+                                                    help="No late effect when both intervals lie within ±this (default 0.5)."),
+    min_prompts: Optional[int] = typer.Option(None, "--min-prompts", help="Fewer prompts with events: inconclusive (default 5)."),
+    allow: Optional[str] = typer.Option(None, "--allow",
+                                        help="Verdicts that pass, comma list (default: portable,no-late-effect)."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Thresholds from a YAML/JSON file (flags override it)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object for machines."),
+) -> None:
+    """Pass or fail a run for CI: exit 0 pass, 1 fail, 2 unusable run (missing, unfinished,
+    inconsistent, or a sanity control failed). Prints the verdict and its reason."""
+    import json
+
+    from .gate import gate
+
+    overrides = {k: v for k, v in dict(max_interaction_share=max_interaction_share, min_portable_share=min_portable_share,
+                                        min_late_effect=min_late_effect, min_prompts=min_prompts).items() if v is not None}
+    if allow:
+        overrides["pass_verdicts"] = [x.strip() for x in allow.split(",") if x.strip()]
+    try:
+        base_policy = load_policy(policy) if policy else {}
+    except CrosspatchError as exc:
+        _fail(exc)
+    outcome = gate(run_dir, {**base_policy, **overrides})
+    if as_json:
+        print(json.dumps(outcome, indent=2, default=str))
+    else:
+        style = {0: "bold green", 1: "bold red", 2: "bold yellow"}[outcome["exit_code"]]
+        _stdout().print(Text.assemble((f"{outcome['status']}: ", style), outcome.get("verdict") or "", " — ",
+                                      outcome["reason"]), soft_wrap=True)
+    raise typer.Exit(code=outcome["exit_code"])
 
 
 @app.command("merge")

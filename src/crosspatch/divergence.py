@@ -18,21 +18,33 @@ from .models.execution import EventStates
 from .prompts import Prompt
 
 
+# event kind -> key suffix (first divergence keeps the short "first")
+KEY_SUFFIX = {"first_diff": "first", "first_nonformat_diff": "nonformat", "first_assistant_marker_diff": "assistant"}
+
+
+def event_key(prompt_id: str, kind: str = "first_diff") -> str:
+    """The record key of a prompt's event of ``kind`` (``<id>#first`` for the first divergence)."""
+    return f"{prompt_id}#{KEY_SUFFIX.get(kind, kind)}"
+
+
 @dataclass
 class DivergenceEvent:
-    """The first generated position where PT's and IT's greedy top-1 tokens differ."""
+    """A generated position where PT's and IT's greedy top-1 tokens differ on a shared history:
+    by default the first (``kind`` ``first_diff``); other kinds and controls score other
+    positions the same way."""
 
     prompt_id: str
     category: str | None
     prompt_len: int
     position: int  # generated position i (0 = first token after the prompt)
-    prefix_ids: list[int]  # prompt + the i shared generated tokens
+    prefix_ids: list[int]  # prompt + the i generated tokens of the history before the event
     t_pt: int
     t_it: int
+    kind: str = "first_diff"
 
     @property
     def key(self) -> str:
-        return f"{self.prompt_id}#first"
+        return event_key(self.prompt_id, self.kind)
 
     def to_record(self) -> dict:
         return asdict(self)

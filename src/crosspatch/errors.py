@@ -61,3 +61,7 @@ class BoundaryError(CrosspatchError):
 # --- runs -----------------------------------------------------------------------------------
 class RunDirectoryError(CrosspatchError):
     """A run directory is missing files or belongs to a different configuration."""
+
+
+class PolicyFileError(CrosspatchError):
+    """A verdict policy file cannot be read or is not a mapping of known thresholds."""

@@ -15,8 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .analysis import EventSet
-from .cells import CellRecord, CellsConfig, CrossPatch, resolve_boundary
-from .divergence import DivergenceConfig, NoDivergence, divergence_program
+from .cells import CellRecord, CellsConfig, CrossPatch, headline_boundary, resolve_boundary
+from .controls import PASS_CONTROLS, control_analyses, control_rows, parse_controls
+from .kinds import EventKinds, parse_event_kinds, relabel
+from .verdict import VerdictPolicy, decide
+from .divergence import DivergenceConfig, NoDivergence, divergence_program, find_divergences
 from .execution import ENGINES, Executor, ModelSet, map_chunks
 from .models.execution import WorkCounter, counting_work
 from .models.vocab import tokenize_once
@@ -25,7 +28,7 @@ from .report.markdown import render_markdown
 from .stats import BootstrapConfig, summarize_boundaries
 from .errors import RunDirectoryError
 from .store import (
-    CONFIG_SCHEMA, SUMMARY_SCHEMA, RunStore, completed_prompts, environment, events_frame, fingerprint,
+    CONFIG_SCHEMA, EVENTS_FILE, NO_DIV_FILE, SUMMARY_SCHEMA, RunStore, completed_prompts, environment, events_frame, fingerprint,
 )
 
 
@@ -53,6 +56,10 @@ class RunConfig:
     sequential_chunk: int = 512  # prompts per load cycle with residency "sequential" (4 model loads each)
     title: str | None = None
     tuned: str | None = None  # with several descendants loaded: the role scored against the base (default: the first)
+    event_kinds: list[str] | str = "all"  # first_diff, first_nonformat_diff, first_assistant_marker_diff
+    controls: list[str] | str | None = "default"  # names, "all", "none" or "default" (controls.DEFAULT_CONTROLS)
+    verify_fp32: bool = False  # re-run near-tie events' search in float32 and count how many move
+    policy: dict | None = None  # verdict thresholds (verdict.VerdictPolicy fields)
 
 
 @dataclass
@@ -100,7 +107,8 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
     models["load_options"] = {k: v for k, v in models.get("load_options", {}).items() if k != "residency"}
     result_parts = {  # what changes results; residency and batching only move float rounding
         "options": {k: v for k, v in options.items()
-                    if k not in ("batch_size", "title", "shard", "engine", "workers", "sequential_chunk")},
+                    if k not in ("batch_size", "title", "shard", "engine", "workers", "sequential_chunk",
+                                 "verify_fp32", "policy")},
         "boundaries": boundaries,
         "models": models,
         "prompts": digest,
@@ -127,11 +135,12 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
 
 def build_summary(
     config_record: dict, records: list[CellRecord], no_div: list[NoDivergence], prompts_count: int,
-    boot: BootstrapConfig, extra: dict | None = None,
+    boot: BootstrapConfig, extra: dict | None = None, analyses: dict[str, list] | None = None,
 ) -> dict:
-    """Counts, warnings and statistics of a run (pure function of the stored records)."""
+    """Counts, warnings, statistics, controls and the verdict of a run (a pure function of the
+    stored records; ``analyses``: the controls' and other analyses' records by name)."""
     boundaries = config_record["resolved_boundaries"]
-    first = [r for r in records if r.boundary == boundaries[0]]
+    first = [r for r in records if r.boundary == boundaries[0] and r.kind == "first_diff"]
     reasons = {"agreed_eos": 0, "budget_exhausted": 0}
     for x in no_div:
         reasons[x.reason] = reasons.get(x.reason, 0) + 1
@@ -170,9 +179,35 @@ def build_summary(
         "no_divergence_prompts": [{"prompt_id": x.prompt_id, "reason": x.reason} for x in no_div],
         "real_vocabulary": config_record.get("real_vocabulary"),
     }
+    opts = config_record["options"]
+    headline = headline_boundary(boundaries, config_record["num_layers"])
+    names = parse_controls(opts.get("controls", "default"))
+    at_headline = [r for r in records if r.boundary == headline and r.kind == "first_diff"]
+    rows = control_rows(names, at_headline, {k: [_as_row(r) for r in v] for k, v in (analyses or {}).items()},
+                        boot, config_record.get("load_options", {}).get("dtype", "float32"),
+                        opts.get("near_tie_threshold", 0.05), opts.get("seed", 0))
+    policy = VerdictPolicy.from_dict(opts.get("policy") or {})
+    block = summary["results"][str(headline)][policy.readout]
+    fp32 = (extra or {}).get("fp32_verification")
+    for row in rows:
+        if row["control"] == "near_ties" and fp32:
+            row["details"]["fp32_verification"] = fp32
+            if fp32["checked"]:
+                row["summary"] += f"; re-run in float32: {fp32['moved']} of {fp32['checked']} moved"
+    summary["controls"] = rows
+    summary["verdict"] = {**decide(block["all"], rows, policy), "boundary": headline, "readout": policy.readout}
+    summary["verdicts_by_category"] = {name: decide(b, None, policy)["verdict"]
+                                       for name, b in block["by_category"].items()}
+    for row in rows:
+        if row["status"] in ("warn", "fail"):
+            warnings.append(f"control {row['control']} ({row['status']}): {row['summary']}")
     if extra:
         summary.update(extra)
     return summary
+
+
+def _as_row(record) -> dict:
+    return record.to_record() if hasattr(record, "to_record") else record
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
@@ -216,11 +251,16 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override
     records = sorted((r for st in stores for r in st.load_records()), key=lambda r: (r.prompt_id, r.boundary))
     no_div = sorted((x for st in stores for x in st.load_no_divergence()), key=lambda x: x.prompt_id)
     prompts_count = sum(st.summary()["counts"]["prompts"] for st in stores)
+    names = sorted({p.name for st in stores for p in st.path.glob("*.jsonl")} - {EVENTS_FILE, NO_DIV_FILE})
+    analyses = {n[: -len(".jsonl")]: [row for st in stores for row in st.load_rows(n)] for n in names}
     opts = record["options"]
-    summary = build_summary(record, records, no_div, prompts_count, BootstrapConfig(opts["bootstrap"], opts["seed"]))
+    summary = build_summary(record, records, no_div, prompts_count, BootstrapConfig(opts["bootstrap"], opts["seed"]),
+                            analyses=analyses)
     store = RunStore(out)
     store.write_complete(record, records, no_div)
-    result = RunResult(summary, records, no_div, record, store.path)
+    for name, rows in analyses.items():
+        store.write_rows(f"{name}.jsonl", rows)
+    result = RunResult(summary, records, no_div, record, store.path, analyses)
     result._report = write_outputs(store, summary, records, record)
     return result
 
@@ -261,8 +301,9 @@ class ChunkPlan:
     boundaries: list[int]
     divergence: DivergenceConfig
     cells: CellsConfig
-    analyses: list = field(default_factory=list)  # further Analysis objects run on the same events
+    analyses: list = field(default_factory=list)  # controls and further analyses, run on the same events
     tuned: str | None = None  # the descendant role scored against the base (default: the first)
+    kinds: EventKinds | None = None  # event kinds beyond the first divergence
 
 
 @dataclass
@@ -286,16 +327,64 @@ def process_chunk(models, plan: ChunkPlan, item) -> ChunkResult:
     with counting_work() as work:
         events, none, natural = ex.drive(divergence_program(prompts, token_ids, plan.divergence, models.base, tuned))
         evset = EventSet(events, models.base, tuned, natural)
-        scored = ex.drive(CrossPatch(plan.boundaries, plan.cells).program(ex, evset))
-        others = {a.name: ex.drive(a.program(ex, evset)) for a in plan.analyses}
+        programs = [CrossPatch(plan.boundaries, plan.cells).program(ex, evset)]
+        programs += [a.program(ex, evset) for a in plan.analyses]
+        if plan.kinds is not None:
+            programs.append(plan.kinds.program(ex, evset))
+        values = ex.drive_all(programs)  # side by side: passes of one role grouped across analyses
+        scored = values[0]
+        others = {a.name: v for a, v in zip(plan.analyses, values[1:])}
+        if plan.kinds is not None:  # written before the first divergence's records, which mark completion
+            kind_records, twins = values[-1]
+            scored = kind_records + relabel(scored, twins) + scored
     return ChunkResult(events, none, scored, others, work.token_layers)
 
 
-def chunk_plan(config: RunConfig, boundaries: list[int], analyses=()) -> ChunkPlan:
+def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analyses=()) -> ChunkPlan:
     div_cfg = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model,
                                capture_boundaries=boundaries if config.plan == "minimal" else None)
-    return ChunkPlan(boundaries, div_cfg, CellsConfig(config.batch_size, config.near_tie_threshold), list(analyses),
-                     config.tuned)
+    cells = CellsConfig(config.batch_size, config.near_tie_threshold)
+    kinds = parse_event_kinds(config.event_kinds)
+    controls = control_analyses([c for c in parse_controls(config.controls) if c in PASS_CONTROLS],
+                                headline_boundary(boundaries, num_layers), config.max_new_tokens, config.seed, cells)
+    return ChunkPlan(boundaries, div_cfg, cells, controls + list(analyses), config.tuned,
+                     EventKinds(boundaries, kinds, config.max_new_tokens, config.rollout_model, cells)
+                     if len(kinds) > 1 else None)
+
+
+def _float32_models(models: ModelSet) -> ModelSet:
+    """The same models in float32: reloaded from their paths, or copied when in memory."""
+    import copy
+
+    from .execution import load_models, models_from_modules
+    from .models.loading import LoadOptions
+
+    spec = models.provenance.get("load_spec")
+    if spec is not None:
+        opts = LoadOptions(**{**spec["options"], "dtype": "float32"})
+        return load_models(spec["base"], tuned=spec["tuned"], adapters=spec["adapters"], options=opts)
+    modules = {role: copy.deepcopy(models.handle(role).module).float() for role in models.roles}
+    return models_from_modules(modules, models.tokenizer, models.tokenizers)
+
+
+def verify_near_ties_fp32(models: ModelSet, prompts: list[Prompt], token_ids: list[list[int]],
+                          records: list[CellRecord], config: RunConfig) -> dict:
+    """Re-run the divergence search of near-tie events' prompts in float32; count the events whose
+    position or tokens move (a low-precision near-tie decided them)."""
+    dtype = models.provenance.get("load_options", {}).get("dtype", "float32")
+    ties = {r.prompt_id: r for r in records if r.kind == "first_diff" and r.near_tie}
+    if dtype == "float32" or not ties:
+        return {"checked": 0, "moved": 0, "moved_prompts": [],
+                "note": "the run is already float32" if dtype == "float32" else "no near-tie events"}
+    idx = [k for k, p in enumerate(prompts) if p.id in ties]
+    models32 = _float32_models(models)
+    div = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model)
+    events, none = find_divergences(models32, [prompts[k] for k in idx], [token_ids[k] for k in idx], div,
+                                    tuned=config.tuned or models.roles[1])
+    found = {e.prompt_id: (e.position, e.t_pt, e.t_it) for e in events}
+    moved = sorted(pid for pid, r in ties.items() if found.get(pid) != (r.position, r.t_pt, r.t_it))
+    models32.release()
+    return {"checked": len(ties), "moved": len(moved), "moved_prompts": moved[:200]}
 
 
 def state_cache_bytes(models: ModelSet, prompt_ids: list[list[int]], max_new_tokens: int, n_boundaries: int) -> int:
@@ -357,6 +446,11 @@ def run(
         raise ValueError(f"tuned must name a descendant role ({', '.join(pair.descendants)}), not {tuned!r}")
     all_prompts = as_prompts(prompts)
     boundaries = resolve_boundaries(config, pair.num_layers)
+    plan = chunk_plan(config, boundaries, pair.num_layers, analyses)  # validates kinds and controls
+    VerdictPolicy.from_dict(config.policy or {})
+    names = [a.name for a in plan.analyses]
+    if len(set(names)) != len(names):
+        raise ValueError(f"analysis names must be unique in a run: {names}")
     record = build_config_record(pair, all_prompts, config, boundaries)
     prompts = select_shard(all_prompts, config.shard)
     token_ids = [
@@ -380,9 +474,9 @@ def run(
                        f"({pair.provenance.get('residency_reason', '')})")
     event_work = 0
     work = WorkCounter()  # summed from the chunks (which may run in other processes)
-    plan = chunk_plan(config, boundaries, analyses)
-    extra: dict[str, list] = {a.name: (store.load_rows(f"{a.name}.jsonl") if store is not None else [])
-                              for a in plan.analyses}
+    extra: dict[str, list] = {  # earlier sessions' records of prompts already complete
+        a.name: [r for r in (store.load_rows(f"{a.name}.jsonl") if store is not None else []) if r.get("prompt_id") in done]
+        for a in plan.analyses}
     with _progress(progress) if progress else contextlib.nullcontext() as bar:
         if bar:
             search_task = bar.add_task("divergence search (prompts)", total=len(prompts),
@@ -425,7 +519,10 @@ def run(
         "seconds": round(time.perf_counter() - started, 3),
         "prompts_processed": len(todo),
     }
-    summary = build_summary(record, records, no_div, len(prompts), boot, {"cost_this_session": cost})
+    extras = {"cost_this_session": cost}
+    if config.verify_fp32:
+        extras["fp32_verification"] = verify_near_ties_fp32(pair, prompts, token_ids, records, config)
+    summary = build_summary(record, records, no_div, len(prompts), boot, extras, extra)
     result = RunResult(summary, records, no_div, record, Path(out) if out is not None else None, extra)
     if store is not None:
         result._report = write_outputs(store, summary, records, record)

@@ -146,9 +146,12 @@ def _grouped(recs: Sequence[CellRecord], key, readout: str, boot: BootstrapConfi
 def summarize_records(
     records: Sequence[CellRecord], readout: str, boot: BootstrapConfig, group_by: Sequence[str] = ()
 ) -> dict:
-    """Overall, by-category, by-position and by-``group_by``-field blocks for one readout
-    (valid records only; ``group_by`` fields are read from each record's ``extra``)."""
-    recs = [r for r in records if r.valid]
+    """Blocks for one readout (valid records only). The headline (``all``) and the breakdowns by
+    category, position, token-category pair and ``group_by`` fields (read from each record's
+    ``extra``) use first-divergence events; ``by_event_kind`` has one block per event kind, and
+    ``kinds_averaged`` averages each prompt's kinds before pooling (as the paper did)."""
+    valid = [r for r in records if r.valid]
+    recs = [r for r in valid if r.kind == "first_diff"]
     out = {"all": effect_block(_matrix(recs, readout), [r.prompt_id for r in recs], boot)}
     out["by_category"] = _grouped(recs, lambda r: r.category, readout, boot)
     for name in group_by:
@@ -157,12 +160,46 @@ def summarize_records(
     for name, start in POSITION_BUCKETS.items():
         sub = [r for r in recs if r.position >= start]
         out["by_position"][name] = effect_block(_matrix(sub, readout), [r.prompt_id for r in sub], boot)
+    out["by_token_category"] = _grouped(
+        recs, lambda r: f"{r.t_pt_category}->{r.t_it_category}" if r.t_pt_category else None, readout, boot)
+    kinds = sorted({r.kind for r in valid})
+    if kinds != ["first_diff"]:
+        out["by_event_kind"] = _grouped(valid, lambda r: r.kind, readout, boot)
+        per_prompt: dict[str, list[np.ndarray]] = {}
+        for r in valid:
+            per_prompt.setdefault(r.prompt_id, []).append(_matrix([r], readout)[0])
+        names = sorted(per_prompt)
+        averaged = np.array([np.mean(per_prompt[p], axis=0) for p in names]).reshape(-1, 4)
+        out["kinds_averaged"] = effect_block(averaged, names, boot)
     return out
+
+
+def label_swap_null(records: Sequence[CellRecord], readout: str = "common_it", resamples: int = 10000,
+                    seed: int = 0, quantile: float = 99.9) -> dict:
+    """The label-swap null of the mean interaction: swapping which model is "PT" and which is
+    "IT" flips the sign of an event's interaction, so under the null of no interaction each
+    prompt cluster's summed interaction is equally likely to carry either sign. Returns the
+    observed mean, the null's ``quantile`` percentile of ``|mean|``, and a two-sided p-value."""
+    recs = [r for r in records if r.valid and r.kind == "first_diff"]
+    if not recs:
+        return {"n_events": 0, "n_prompts": 0, "observed": None, "threshold": None, "p_value": None,
+                "rejects_null": None}
+    inter = effects_from_cell_means(_matrix(recs, readout))["interaction"]
+    names, index = np.unique([r.prompt_id for r in recs], return_inverse=True)
+    sums = np.zeros(len(names))
+    np.add.at(sums, index, inter)
+    observed = float(inter.mean())
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(resamples, len(names)))
+    null = np.abs(signs @ sums / len(recs))
+    threshold = float(np.percentile(null, quantile))
+    p_value = float((1 + np.sum(null >= abs(observed) - 1e-12)) / (resamples + 1))
+    return {"n_events": len(recs), "n_prompts": int(len(names)), "observed": observed, "threshold": threshold,
+            "quantile": quantile, "p_value": p_value, "rejects_null": bool(abs(observed) > threshold)}
 
 
 def readout_agreement(records: Sequence[CellRecord]) -> dict:
     """How common-IT and common-PT readouts agree on per-event interactions."""
-    recs = [r for r in records if r.valid]
+    recs = [r for r in records if r.valid and r.kind == "first_diff"]
     if len(recs) < 2:
         return {"n_events": len(recs), "interaction_correlation": None, "same_sign_fraction": None}
     inter = {

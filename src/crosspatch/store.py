@@ -151,6 +151,13 @@ class RunStore:
         """Append an analysis's records (dicts or objects with ``to_record``) to ``name``."""
         self._append(name, (r.to_record() if hasattr(r, "to_record") else r for r in rows))
 
+    def write_rows(self, name: str, rows: Iterable[dict]) -> None:
+        """Replace ``name`` with ``rows`` (a merged run's analysis records)."""
+        path = self.path / name
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows), encoding="utf-8")
+        os.replace(tmp, path)
+
     def load_rows(self, name: str) -> list[dict]:
         """An analysis's records, de-duplicated by ``key`` where they have one (a resumed chunk
         may have written some twice); a torn last line is cut first."""
@@ -210,11 +217,13 @@ class RunStore:
 
 
 def completed_prompts(records: Iterable[CellRecord], no_div: Iterable[NoDivergence], boundaries: list[int]) -> set[str]:
-    """Prompts fully recorded: every boundary scored, or a no-divergence outcome."""
+    """Prompts fully recorded: the first divergence scored at every boundary, or a no-divergence
+    outcome."""
     need = set(boundaries)
     per_prompt: dict[str, set[int]] = {}
     for r in records:
-        per_prompt.setdefault(r.prompt_id, set()).add(r.boundary)
+        if r.kind == "first_diff":  # other kinds are written before it: it marks completion
+            per_prompt.setdefault(r.prompt_id, set()).add(r.boundary)
     return {p for p, bs in per_prompt.items() if need <= bs} | {x.prompt_id for x in no_div}
 
 

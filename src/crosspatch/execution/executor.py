@@ -37,6 +37,15 @@ def pad_stack(rows: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def _identity(p: Pass):
+    """A hashable identity of passes without tensors (identical ones are computed once)."""
+    if isinstance(p, Capture):
+        return ("capture", p.role, tuple(map(tuple, p.sequences)), tuple(p.boundaries), p.all_final)
+    if isinstance(p, Decode):
+        return ("decode", p.role, tuple(map(tuple, p.prompts)), p.max_new_tokens)
+    return None
+
+
 class Executor:
     """Runs passes on a :class:`ModelSet` in batches of ``batch_size`` items of similar length."""
 
@@ -55,6 +64,33 @@ class Executor:
         except StopIteration as stop:
             return stop.value
 
+    def drive_all(self, programs: list[Program]) -> list:
+        """Run several independent programs side by side; returns their return values in order.
+        At each step the passes all pending programs ask for form one request, so the executor
+        groups them by role (fewer model loads under ``sequential``) and computes identical
+        passes once."""
+        values: list = [None] * len(programs)
+        requests: dict[int, list] = {}
+        for k, program in enumerate(programs):
+            try:
+                requests[k] = next(program)
+            except StopIteration as stop:
+                values[k] = stop.value
+        while requests:
+            order = list(requests)
+            flat = [p for k in order for p in requests[k]]
+            results = self.run(flat)
+            start = 0
+            for k in order:
+                n = len(requests[k])
+                mine, start = results[start : start + n], start + n
+                try:
+                    requests[k] = programs[k].send(mine)
+                except StopIteration as stop:
+                    values[k] = stop.value
+                    del requests[k]
+        return values
+
     def readout(self, role: str, final_states: torch.Tensor) -> torch.Tensor:
         """fp32 logits of ``role``'s final norm + lm_head on ``final_states`` (``[..., d]``); heads
         are always available, whatever the residency."""
@@ -64,7 +100,15 @@ class Executor:
     def run(self, passes: list[Pass]) -> list:
         """Results of independent ``passes``, in order."""
         results: list = [None] * len(passes)
-        pending = list(range(len(passes)))
+        same: dict[int, int] = {}  # index -> earlier index of an identical pass
+        seen: dict = {}
+        for k, p in enumerate(passes):
+            key = _identity(p)
+            if key is not None and key in seen:
+                same[k] = seen[key]
+            elif key is not None:
+                seen[key] = k
+        pending = [k for k in range(len(passes)) if k not in same]
         while pending:
             current = self.models.resident_role
             first = next((k for k in pending if passes[k].roles[0] == current), pending[0])
@@ -72,6 +116,8 @@ class Executor:
             for k in [k for k in pending if passes[k].roles[0] == role]:
                 results[k] = self._run_one(passes[k])
                 pending.remove(k)
+        for k, j in same.items():
+            results[k] = results[j]
         return results
 
     def _run_one(self, p: Pass):

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..cells import READOUTS
-from .markdown import _EFFECT_LABELS, counts_lines, fmt_effect, fmt_value, reading_lines
+from .markdown import _EFFECT_LABELS, _fmt_number, counts_lines, fmt_effect, fmt_value, reading_lines
 
 
 def _section(result: dict, boundary: str) -> dict:
@@ -41,8 +41,8 @@ def render_html(run_dir: str | Path, max_events: int = 200) -> str:
     models = config.get("models", {})
     first = summary["boundaries"][0]
     events = []
-    for r in store.load_records()[: max_events * len(summary["boundaries"])]:
-        if str(r.boundary) != first or len(events) >= max_events:
+    for r in store.load_records():
+        if str(r.boundary) != first or r.kind != "first_diff" or len(events) >= max_events:
             continue
         y = r.cells["common_it"]
         events.append({"prompt_id": r.prompt_id, "category": r.category or "", "position": r.position,
@@ -61,6 +61,10 @@ def render_html(run_dir: str | Path, max_events: int = 200) -> str:
                       f"bootstrap {opts.get('bootstrap')} resamples, seed {opts.get('seed')}"),
         counts=[line[2:] for line in counts_lines(summary["counts"])],
         reading=" ".join(reading_lines(summary["results"][first])),
+        verdict=summary.get("verdict"),
+        controls=[{**c, "value_text": _fmt_number(c.get("value")),
+                   "ci_text": f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]" if c.get("ci") and None not in c["ci"] else ""}
+                  for c in summary.get("controls", [])],
         sweep_png=base64.b64encode(sweep.read_bytes()).decode() if len(summary["boundaries"]) > 1 and sweep.exists() else None,
         sections=[_section(summary["results"][b], b) for b in summary["boundaries"]],
         events=events, warnings=summary.get("warnings", []),

@@ -111,6 +111,12 @@ def boundary_section(result: dict, boundary: str, num_layers: int | None, level:
             lines.append("")
             lines += breakdown_table(groups, md_escape(field_name))
             lines.append("")
+    averaged = result["common_it"].get("kinds_averaged")
+    if averaged:
+        lines.append(f"Event kinds averaged per prompt before pooling (as the paper did): interaction "
+                     f"{fmt_effect(averaged, 'interaction')}, `E_PT` {fmt_effect(averaged, 'E_PT')}, "
+                     f"`E_IT` {fmt_effect(averaged, 'E_IT')} ({averaged['n_prompts']} prompts).")
+        lines.append("")
     lines.append(f"{level}# By generated position (common-IT)")
     lines.append("")
     lines += breakdown_table(result["common_it"]["by_position"], "position")
@@ -161,12 +167,51 @@ def reading_lines(result: dict) -> list[str]:
     return [verdict + extra]
 
 
+def verdict_lines(summary: dict) -> list[str]:
+    """The verdict, first thing in the report: the word, then the plain-words reason."""
+    v = summary.get("verdict")
+    if not v:
+        return []
+    return [f"**Verdict: {v['verdict']}** (boundary {v['boundary']}, {v['readout'].replace('_', '-')} readout)", "",
+            md_escape_prose(v["reason"]), ""]
+
+
+def md_escape_prose(text: str) -> str:
+    """Escape what could become markup in generated prose (keeps it readable)."""
+    for ch in "|`*_[]<>#":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def _fmt_number(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:+.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:+.2f}"
+    return str(value)
+
+
+def controls_table(rows: list[dict]) -> list[str]:
+    """The Controls table: one row per control."""
+    if not rows:
+        return []
+    body = []
+    for r in rows:
+        ci = r.get("ci")
+        ci_text = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci and None not in ci else ""
+        body.append([r["control"].replace("_", "-"), r["status"], _fmt_number(r.get("value")), ci_text,
+                     str(r.get("n") if r.get("n") is not None else ""), md_escape_prose(r.get("threshold") or ""),
+                     md_escape_prose(r["summary"])])
+    return ["## Controls", ""] + _table(["control", "status", "value", "95% CI", "n", "threshold", "reading"], body) + [""]
+
+
 def render_markdown(config: dict, summary: dict) -> str:
     """The full report. Deterministic: the same stored files give the same text."""
     models = config.get("models", {})
     num_layers = summary.get("num_layers")
     title = config.get("title") or "crosspatch run"
     lines = [f"# {md_escape(title)}", ""]
+    lines += verdict_lines(summary)
     base = models.get("base", {}).get("path", "?")
     tuned = models.get("tuned", {}).get("path") or models.get("adapter", {}).get("path", "?")
     kind = "PEFT adapter" if "adapter" in models else "descendant"
@@ -181,10 +226,12 @@ def render_markdown(config: dict, summary: dict) -> str:
     lines += counts_lines(summary["counts"])
     lines.append("")
     first = summary["boundaries"][0]
-    lines.append("## Reading")
-    lines.append("")
-    lines += reading_lines(summary["results"][first])
-    lines.append("")
+    if not summary.get("verdict"):
+        lines.append("## Reading")
+        lines.append("")
+        lines += reading_lines(summary["results"][first])
+        lines.append("")
+    lines += controls_table(summary.get("controls", []))
     if len(summary["boundaries"]) > 1:
         lines += sweep_section(summary)
     for b in summary["boundaries"]:
