@@ -268,10 +268,10 @@ def demo_cmd(
     except CrosspatchError as exc:
         _fail(exc)
     table = Table(title="crosspatch demo: weather zoo, common-IT readout")
-    for col in ("descendant", "events", "E_PT", "E_IT", "interaction", "direct share"):
+    for col in ("descendant", "events", "E_PT", "E_IT", "interaction", "direct share", "verdict"):
         table.add_column(col)
     for row in headline_rows(result.summary):
-        table.add_row(row[0], row[1], *row[6:10])
+        table.add_row(row[0], row[1], *row[6:11])
     _stdout().print(table)
     console.print(f"report: {out / 'report.md'} and {out / 'report.html'} ({result.summary['seconds']} s)",
                   soft_wrap=True)

@@ -111,6 +111,9 @@ def decide(block: dict, controls: list[dict] | None = None, policy: VerdictPolic
         return out("inconclusive", head + " Neither late effect differs from zero, but the intervals are too wide "
                    f"to rule out an effect of {bound} logits: add prompts.")
     sign = 1.0 if e_it["mean"] >= 0 else -1.0
+    if _excludes_zero(e_pt["ci"]) and _excludes_zero(e_it["ci"]) and e_pt["mean"] * e_it["mean"] < 0:
+        return out("inconclusive", head + " The late layers push in opposite directions on the two upstream states; "
+                   "neither portable nor upstream-dependent describes that.")
     swap = next((c for c in controls if c.get("control") == "label_swap"), None)
     beyond_null = swap is None or swap.get("status") == "pass"
     inter_reliable = _excludes_zero(inter["ci"]) and sign * inter["mean"] > 0 and beyond_null
@@ -128,8 +131,5 @@ def decide(block: dict, controls: list[dict] | None = None, policy: VerdictPolic
                    f"(threshold {100 * policy.min_portable_share:.0f}%)" + (
                        "; the interaction is not reliably of the late effect's sign" if not inter_reliable else "")
                    + ": the late layers' gain is self-contained and carries over to base early layers.")
-    if _excludes_zero(e_pt["ci"]) and e_pt["mean"] * sign < 0:
-        return out("inconclusive", head + " The late layers push in opposite directions on the two upstream states; "
-                   "neither portable nor upstream-dependent describes that.")
     return out("inconclusive", head + f" The portable share ({'n/a' if direct is None else f'{100 * direct:.0f}%'}) "
                "and the interaction fall between the thresholds, or are not reliable: no verdict.")

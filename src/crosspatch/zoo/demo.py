@@ -50,6 +50,7 @@ def run_demo(
         log(f"base vs {name}")
         pair = load_zoo_pair(name, root)
         config.title = f"crosspatch zoo: base vs {name}"
+        _clear_stale_demo_run(out / name, config.title, log)
         runs[name] = run(pair, prompts, config, out=out / name, progress=progress)
     summary = {
         "schema_version": DEMO_SCHEMA,
@@ -64,6 +65,24 @@ def run_demo(
     (out / "report.md").write_text(report)
     (out / "report.html").write_text(render_demo_html(summary))
     return DemoResult(out, runs, summary, report)
+
+
+def _clear_stale_demo_run(path: Path, title: str, log) -> None:
+    """The demo owns its run directories: one left by an earlier demo with other settings (an
+    older crosspatch, other options) is replaced, and said so. Anything else is left alone (the
+    run then refuses the directory with a named error)."""
+    import shutil
+
+    cfg = path / "config.json"
+    if not cfg.exists():
+        return
+    try:
+        old = json.loads(cfg.read_text())
+    except ValueError:
+        return
+    if old.get("title") == title and (path / "summary.json").exists():
+        log(f"replacing the earlier demo run in {path}")
+        shutil.rmtree(path)
 
 
 def render_demo_html(summary: dict) -> str:
@@ -84,12 +103,13 @@ def headline_rows(summary: dict) -> list[list[str]]:
         c = block["cells"]
         rows.append([name, str(block["n_events"])]
                     + [fmt_value(c[k]).split(" ")[0] for k in ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")]
-                    + [fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction", "direct_share")])
+                    + [fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction", "direct_share")]
+                    + [s.get("verdict", {}).get("verdict", "n/a")])
     return rows
 
 
 HEADLINE = ["descendant", "events", "Y(U_PT,L_PT)", "Y(U_PT,L_IT)", "Y(U_IT,L_PT)", "Y(U_IT,L_IT)",
-            "E_PT", "E_IT", "interaction", "direct share"]
+            "E_PT", "E_IT", "interaction", "direct share", "verdict"]
 
 
 def _matrix_rows(summary: dict, group_key: str) -> list[list[str]]:
