@@ -111,3 +111,21 @@ def test_event_kinds_are_recorded_and_broken_down():
     # the first-divergence headline is unchanged by the other kinds
     alone = run(pair, many_prompts(12), event_kinds="first_diff", **{**OPTIONS, "max_new_tokens": 16})
     assert alone.summary["results"]["2"]["common_it"]["all"] == blocks["all"]
+
+
+def test_verify_fp32_reruns_near_tie_events_in_float32():
+    import torch
+
+    from crosspatch.execution import pair_from_models
+    from crosspatch.testing import tiny_pair
+
+    base, child, tok = tiny_pair("llama", scale=0.5)
+    pair = pair_from_models(base.to(torch.bfloat16), child.to(torch.bfloat16), tok)
+    result = run(pair, many_prompts(10), boundary=2, max_new_tokens=8, bootstrap=0, progress=False,
+                 near_tie_threshold=100.0, verify_fp32=True, event_kinds="first_diff")  # every event a near-tie
+    check = result.summary["fp32_verification"]
+    events = result.summary["counts"]["events"]
+    assert events and check["checked"] == events and 0 <= check["moved"] <= events
+    row = _row(result, "near_ties")
+    assert row["details"]["fp32_verification"] == check and "re-run in float32" in row["summary"]
+    assert next(p.dtype for p in pair.pt.module.parameters()) == torch.bfloat16  # the run's models untouched
