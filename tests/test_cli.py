@@ -70,7 +70,7 @@ def test_html_report_is_self_contained_and_escapes_model_text(tmp_path):
     from crosspatch.pipeline import rerender, run
     from crosspatch.testing import make_pair
 
-    result = run(make_pair("llama"), PROMPTS[:3], boundaries=[1, 2], max_new_tokens=6, bootstrap=50,
+    result = run(make_pair("llama"), PROMPTS[:3], boundaries=[1, 2], max_new_tokens=6, bootstrap=100,
                  progress=False, out=tmp_path / "r", title="<b>title</b>")
     assert result.records
     rows = [json.loads(line) for line in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]

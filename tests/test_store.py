@@ -111,8 +111,13 @@ def test_torn_line_and_incomplete_prompt_are_redone(tmp_path):
 def test_a_run_directory_refuses_other_settings(tmp_path):
     pair = make_pair("llama", scale=0.2)
     run(pair, many_prompts(3), boundary=2, max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "r")
-    with pytest.raises(RunDirectoryError, match="different settings"):
+    with pytest.raises(RunDirectoryError, match=r"other settings \(.*options.boundary: 2 -> 1"):
         run(pair, many_prompts(3), boundary=1, max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "r")
-    with pytest.raises(RunDirectoryError, match="--resume"):
+    with pytest.raises(RunDirectoryError, match="--no-resume.*--overwrite"):
         run(pair, many_prompts(3), boundary=2, max_new_tokens=6, bootstrap=0, progress=False,
             out=tmp_path / "r", resume=False)
+    # --overwrite starts afresh: the other settings replace the old run, nothing of it is mixed in
+    fresh = run(pair, many_prompts(3), boundary=1, max_new_tokens=6, bootstrap=0, progress=False,
+                out=tmp_path / "r", overwrite=True)
+    assert {r.boundary for r in fresh.records} == {1}
+    assert all(json.loads(line)["boundary"] == 1 for line in (tmp_path / "r" / "events.jsonl").read_text().splitlines())

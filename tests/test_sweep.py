@@ -51,7 +51,7 @@ def test_sweep_command(tmp_path):
     prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     res = CliRunner().invoke(app, ["sweep", "--base", str(tmp_path / "base"), "--tuned", str(tmp_path / "tuned"),
                                    "--prompts", str(prompts), "--out", str(tmp_path / "run"),
-                                   "--max-new-tokens", "8", "--bootstrap", "50", "--quiet"])
+                                   "--max-new-tokens", "8", "--bootstrap", "100", "--quiet"])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["boundaries"] == ["1", "2", "3"]

@@ -49,18 +49,82 @@ class PickleWeightsRefusedError(ModelLoadError):
     """Only pickle (.bin/.pt) weights were found and allow_pickle was not given."""
 
 
+class ModelPathNotFoundError(ModelLoadError):
+    """A model path that looks local does not exist (nothing is asked of a hub for it)."""
+
+
+class AdapterGivenAsCheckpointError(ModelLoadError):
+    """A PEFT adapter directory was given where a full checkpoint is expected (use --adapter)."""
+
+
+class AdapterShapeMismatchError(ModelLoadError):
+    """An adapter's weights do not fit the base model (another base, or another size)."""
+
+
+class HubUnavailableError(ModelLoadError):
+    """A hub id cannot be resolved: offline (HF_HUB_OFFLINE=1 or no network) and not cached."""
+
+
+class ChatTemplateMissingError(ModelLoadError):
+    """--chat-template was asked for but the descendant's tokenizer has no chat template."""
+
+
 # --- inputs ---------------------------------------------------------------------------------
 class PromptFileError(CrosspatchError):
     """A prompt file is malformed; the message names the file, line and field."""
 
 
-class BoundaryError(CrosspatchError):
-    """The boundary layer is outside the model's layers."""
+class BoundaryError(CrosspatchError, ValueError):
+    """The boundary layer is outside the model's layers, or a fraction is not in (0, 1)."""
+
+
+class OptionError(CrosspatchError, ValueError):
+    """An option has a value crosspatch cannot use (named, with the accepted values)."""
+
+
+class DeviceUnavailableError(OptionError):
+    """The requested device is not available to this torch build (e.g. CUDA on a CPU-only torch)."""
+
+
+class GroupByFieldError(OptionError):
+    """--group-by names a field that no prompt has."""
+
+
+class PromptTooLongError(CrosspatchError):
+    """Prompts plus the generation budget exceed the model's position limit (ids listed)."""
 
 
 # --- runs -----------------------------------------------------------------------------------
 class RunDirectoryError(CrosspatchError):
     """A run directory is missing files or belongs to a different configuration."""
+
+
+class NotARunDirectoryError(RunDirectoryError):
+    """The directory is not a crosspatch run directory (no marker, no config.json)."""
+
+
+class RunDirectoryNotEmptyError(RunDirectoryError):
+    """--out holds files that crosspatch did not write, or another run (refused, never mixed)."""
+
+
+class RunSettingsMismatchError(RunDirectoryError):
+    """The run directory holds a run with other settings (the differing settings are named)."""
+
+
+class ForeignRecordsError(RunDirectoryError):
+    """Records in a run directory belong to another run (their run fingerprint differs)."""
+
+
+class CorruptRunFileError(RunDirectoryError):
+    """A run file (config.json, summary.json, a .jsonl file) is not valid; file and line named."""
+
+
+class IncompleteRunError(RunDirectoryError):
+    """Prompts are missing from a run's records (events + no-divergence + invalid != prompts)."""
+
+
+class RunWriteError(RunDirectoryError):
+    """Writing to the run directory failed (disk full, permission denied); it stays resumable."""
 
 
 class PolicyFileError(CrosspatchError):

@@ -20,13 +20,16 @@ from .controls import PASS_CONTROLS, control_analyses, control_rows, parse_contr
 from .kinds import EventKinds, parse_event_kinds, relabel
 from .verdict import VerdictPolicy, decide
 from .divergence import DivergenceConfig, NoDivergence, divergence_program, find_divergences
-from .execution import ENGINES, Executor, ModelSet, map_chunks
+from .execution import Executor, ModelSet, map_chunks
 from .models.execution import WorkCounter, counting_work
 from .models.vocab import tokenize_once
 from .prompts import Prompt, as_prompts
 from .report.markdown import render_markdown
 from .stats import BootstrapConfig, summarize_boundaries
-from .errors import RunDirectoryError
+from .errors import IncompleteRunError, OptionError, RunDirectoryError
+from .validation import (
+    check_chat_template, check_group_by, check_prompt_lengths, parse_shard, validate_run_options,
+)
 from .store import (
     CONFIG_SCHEMA, EVENTS_FILE, NO_DIV_FILE, SUMMARY_SCHEMA, RunStore, completed_prompts, environment, events_frame, fingerprint,
 )
@@ -100,7 +103,8 @@ def _prompts_digest(prompts: list[Prompt]) -> str:
     return h.hexdigest()
 
 
-def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig, boundaries: list[int]) -> dict:
+def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig, boundaries: list[int],
+                        shard_ids: list[str] | None = None) -> dict:
     options = asdict(config)
     digest = _prompts_digest(prompts)
     models = {k: v for k, v in pair.provenance.items() if k not in ("residency_reason", "load_spec")}
@@ -125,6 +129,8 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
         "roles": list(pair.roles),
         "load_options": pair.provenance.get("load_options", {}),
         "prompts": {"count": len(prompts), "sha256": digest},
+        "prompt_ids": shard_ids if shard_ids is not None else [p.id for p in prompts],  # this run's (shard's)
+        "fingerprint_inputs": result_parts,
         "pair_warnings": pair.warnings,
         "real_vocabulary": pair.real_vocab.as_record(),
         "environment": environment(),
@@ -152,7 +158,7 @@ def build_summary(
         "natural_disagree": sum(not r.natural_agrees for r in first),
         "no_divergence": reasons,
     }
-    warnings = list(config_record.get("pair_warnings", []))
+    warnings = list(config_record.get("pair_warnings", [])) + list(config_record.get("run_warnings", []))
     if counts["invalid"]:
         bad = ", ".join(r.prompt_id for r in first if not r.valid)[:300]
         warnings.append(f"{counts['invalid']} event(s) had non-finite cells and were excluded: {bad}")
@@ -210,14 +216,21 @@ def _as_row(record) -> dict:
     return record.to_record() if hasattr(record, "to_record") else record
 
 
-def parse_shard(shard: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in shard.split("/"))
-    except ValueError:
-        raise ValueError(f"shard must look like 'i/n' (e.g. 0/4), not {shard!r}") from None
-    if not 0 <= i < n:
-        raise ValueError(f"shard {shard!r}: need 0 <= i < n")
-    return i, n
+def missing_prompts(prompt_ids: list[str], records: list[CellRecord], no_div: list[NoDivergence],
+                    boundaries: list[int]) -> list[str]:
+    """Prompts not accounted for: each prompt must have a first-divergence record at every
+    boundary (valid or invalid) or a no-divergence outcome (events + no-divergence + invalid ==
+    prompts)."""
+    return [p for p in prompt_ids if p not in completed_prompts(records, no_div, boundaries)]
+
+
+def check_complete(prompt_ids: list[str], records, no_div, boundaries, where: str) -> None:
+    missing = missing_prompts(prompt_ids, records, no_div, boundaries)
+    if missing:
+        raise IncompleteRunError(
+            f"{where}: {len(missing)} of {len(prompt_ids)} prompt(s) have no record ({', '.join(missing[:10])}"
+            f"{', ...' if len(missing) > 10 else ''}); events + no-divergence + invalid must equal the prompts. "
+            "If the run was interrupted or a file was truncated, run the same command again to redo them")
 
 
 def select_shard(prompts: list[Prompt], shard: str | None) -> list[Prompt]:
@@ -228,9 +241,17 @@ def select_shard(prompts: list[Prompt], shard: str | None) -> list[Prompt]:
     return prompts[i::n]
 
 
-def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override: int | None = None) -> RunResult:
-    """Combine the run directories of shards ``0/n .. n-1/n`` of one run into ``out``: events
-    and no-divergence outcomes concatenated, statistics and report computed on the union."""
+def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override: int | None = None,
+               overwrite: bool = False) -> RunResult:
+    """Combine the run directories of shards ``0/n .. n-1/n`` of one run into ``out`` (a new or
+    empty directory; ``overwrite`` replaces a crosspatch run there): events and no-divergence
+    outcomes concatenated, statistics and report computed on the union. Every shard must be
+    finished and complete (every prompt accounted for)."""
+    if not shard_dirs:
+        raise RunDirectoryError("give the run directories of the shards to merge")
+    out_path = Path(out).resolve()
+    if any(Path(d).resolve() == out_path for d in shard_dirs):
+        raise RunDirectoryError(f"--out {out} is one of the shards; merge into a new directory")
     stores = [RunStore(d) for d in shard_dirs]
     configs = [st.config() for st in stores]
     fps = {c.get("run_fingerprint") for c in configs}
@@ -240,14 +261,19 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override
     n = shards[0][1]
     if shards != [(i, n) for i in range(n)]:
         raise RunDirectoryError(f"shards {shards} do not cover 0/{n} .. {n - 1}/{n} exactly once")
-    for st in stores:
+    for st, cfg in zip(stores, configs):
         st.summary()  # every shard must have finished
+        if "prompt_ids" in cfg:
+            check_complete(cfg["prompt_ids"], st.load_records(), st.load_no_divergence(), cfg["resolved_boundaries"],
+                           f"shard {st.path}")
     record = dict(configs[0])
     record["options"] = dict(record["options"], shard=None)
     if bootstrap_override is not None:
         record["options"]["bootstrap"] = bootstrap_override
     record["fingerprint"] = fingerprint({"run": record["run_fingerprint"], "shard": None})
     record["merged_from"] = [str(d) for d in shard_dirs]
+    if all("prompt_ids" in c for c in configs):
+        record["prompt_ids"] = [p for c in configs for p in c["prompt_ids"]]
     records = sorted((r for st in stores for r in st.load_records()), key=lambda r: (r.prompt_id, r.boundary))
     no_div = sorted((x for st in stores for x in st.load_no_divergence()), key=lambda x: x.prompt_id)
     prompts_count = sum(st.summary()["counts"]["prompts"] for st in stores)
@@ -257,7 +283,7 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override
     summary = build_summary(record, records, no_div, prompts_count, BootstrapConfig(opts["bootstrap"], opts["seed"]),
                             analyses=analyses)
     store = RunStore(out)
-    store.write_complete(record, records, no_div)
+    store.write_complete(record, records, no_div, overwrite=overwrite)
     for name, rows in analyses.items():
         store.write_rows(f"{name}.jsonl", rows)
     result = RunResult(summary, records, no_div, record, store.path, analyses)
@@ -422,6 +448,7 @@ def run(
     resume: bool = True,
     progress: bool = True,
     analyses=(),
+    overwrite: bool = False,
     **overrides,
 ) -> RunResult:
     """Run the first-divergence 2x2 on ``prompts`` (Prompt objects, dicts or strings), and any
@@ -429,39 +456,41 @@ def run(
     records are in ``result.analyses[name]`` and ``<name>.jsonl``.
 
     With ``out``, records stream into that run directory (resumable) and the summary, Parquet
-    table and report.md are written there."""
+    table and report.md are written there. ``resume=False`` refuses a directory that already
+    holds this run; ``overwrite=True`` replaces the crosspatch run in ``out`` (never other files)."""
     config = config or RunConfig()
     for key, value in overrides.items():
         if not hasattr(config, key):
             raise TypeError(f"unknown run option {key!r}")
         setattr(config, key, value)
-    if config.plan not in ("minimal", "exact"):
-        raise ValueError(f"plan must be 'minimal' or 'exact', not {config.plan!r}")
-    if config.rollout_model not in ("IT", "PT"):
-        raise ValueError(f"rollout_model must be 'IT' or 'PT', not {config.rollout_model!r}")
-    if config.engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {config.engine!r}")
+    validate_run_options(config)
     tuned = config.tuned or pair.roles[1]
     if tuned not in pair.descendants:
-        raise ValueError(f"tuned must name a descendant role ({', '.join(pair.descendants)}), not {tuned!r}")
+        raise OptionError(f"tuned must name a descendant role ({', '.join(pair.descendants)}), not {tuned!r}")
     all_prompts = as_prompts(prompts)
+    run_warnings = check_group_by(list(config.group_by), all_prompts)
+    if config.chat_template:
+        check_chat_template(pair.tokenizers[tuned])
     boundaries = resolve_boundaries(config, pair.num_layers)
     plan = chunk_plan(config, boundaries, pair.num_layers, analyses)  # validates kinds and controls
     VerdictPolicy.from_dict(config.policy or {})
     names = [a.name for a in plan.analyses]
     if len(set(names)) != len(names):
-        raise ValueError(f"analysis names must be unique in a run: {names}")
-    record = build_config_record(pair, all_prompts, config, boundaries)
+        raise OptionError(f"analysis names must be unique in a run: {names}")
     prompts = select_shard(all_prompts, config.shard)
+    record = build_config_record(pair, all_prompts, config, boundaries, [p.id for p in prompts])
+    record["run_warnings"] = run_warnings
     token_ids = [
         tokenize_once(pair.tokenizers[pair.base], pair.tokenizers[tuned], p.id, _prompt_text(pair, p, config))
         for p in prompts
     ]
+    check_prompt_lengths([p.id for p in prompts], token_ids, config.max_new_tokens,
+                         pair.facts[pair.base].get("max_positions"))
     store = RunStore(out) if out is not None else None
     records: list[CellRecord] = []
     no_div: list[NoDivergence] = []
     if store is not None:
-        records, no_div = store.start(record, resume=resume)
+        records, no_div = store.start(record, resume=resume, overwrite=overwrite)
     done = completed_prompts(records, no_div, boundaries)
     todo = [k for k, p in enumerate(prompts) if p.id not in done]
     by_id = {p.id: k for k, p in enumerate(prompts)}
@@ -508,6 +537,7 @@ def run(
                     bar.update(cells_task, advance=len(result.records))
         finally:
             pair.release()
+    check_complete([p.id for p in prompts], records, no_div, boundaries, str(out) if out is not None else "run")
     records.sort(key=lambda r: (by_id.get(r.prompt_id, len(by_id)), r.boundary))
     no_div.sort(key=lambda x: by_id.get(x.prompt_id, len(by_id)))
     boot = BootstrapConfig(config.bootstrap, config.seed)

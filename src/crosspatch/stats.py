@@ -155,6 +155,8 @@ def summarize_records(
     out = {"all": effect_block(_matrix(recs, readout), [r.prompt_id for r in recs], boot)}
     out["by_category"] = _grouped(recs, lambda r: r.category, readout, boot)
     for name in group_by:
+        if f"by_{name}" in out or name in ("position", "token_category", "event_kind"):
+            continue  # a built-in breakdown is never replaced by a --group-by field of the same name
         out[f"by_{name}"] = _grouped(recs, lambda r, n=name: r.extra.get(n), readout, boot)
     out["by_position"] = {}
     for name, start in POSITION_BUCKETS.items():

@@ -25,7 +25,10 @@ from typing import Iterable
 
 from .cells import CELLS, READOUTS, CellRecord
 from .divergence import NoDivergence
-from .errors import RunDirectoryError
+from .errors import (
+    CorruptRunFileError, ForeignRecordsError, IncompleteRunError, NotARunDirectoryError, RunDirectoryError,
+    RunDirectoryNotEmptyError, RunSettingsMismatchError, RunWriteError,
+)
 
 CONFIG_SCHEMA = "crosspatch.config/1"
 SUMMARY_SCHEMA = "crosspatch.summary/1"
@@ -59,87 +62,236 @@ def fingerprint(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+MARKER = ".crosspatch-run"  # written first into every run directory: what makes it one
+_OUTPUTS = ("config.json", "summary.json", "events.parquet", "report.md", "report.html", "sweep.png", "sweep.svg")
+
+
+def _guard_write(path: Path):
+    """Turn an OS failure while writing into a named error; what was written stays resumable."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except OSError as exc:
+            raise RunWriteError(
+                f"cannot write {path}: {exc.strerror or exc}. Records already written are kept; free space or fix "
+                "permissions, then run the same command again to resume"
+            ) from None
+
+    return guard()
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with _guard_write(path):
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        line = getattr(exc, "lineno", None)
+        raise CorruptRunFileError(f"{path}{f':{line}' if line else ''}: {what} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CorruptRunFileError(f"{path}: {what} must be a JSON object, not {type(data).__name__}")
+    return data
 
 
 def _repair_tail(path: Path) -> None:
     """Cut a torn final line (a write interrupted by a kill) so appends start on a fresh line."""
     if not path.exists() or path.stat().st_size == 0:
         return
-    with open(path, "rb+") as fh:
+    with _guard_write(path), open(path, "rb+") as fh:
         data = fh.read()
         if data.endswith(b"\n"):
             return
         fh.truncate(data.rfind(b"\n") + 1)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """``(line number, object)`` per non-empty line; a line that is not a JSON object is a
+    named error (a torn last line is cut by ``_repair_tail`` before a run resumes)."""
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptRunFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # torn line from an interrupted write; its prompt is redone on resume
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorruptRunFileError(
+                f"{path}:{lineno}: not valid JSON ({exc.msg}); if the run was interrupted, run the same command "
+                "again to resume it"
+            ) from None
+        if not isinstance(row, dict):
+            raise CorruptRunFileError(f"{path}:{lineno}: each line must be a JSON object")
+        rows.append((lineno, row))
     return rows
 
 
+def settings_diff(old, new, prefix: str = "") -> list[str]:
+    """Human-readable differences between two fingerprint inputs (``key: old -> new``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += settings_diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if old != new:
+        return [f"{prefix or 'settings'}: {json.dumps(old, default=str)[:80]} -> {json.dumps(new, default=str)[:80]}"]
+    return []
+
+
 class RunStore:
-    """Reads and writes one run directory."""
+    """Reads and writes one run directory. Every line it writes carries the run's fingerprint
+    (``run``), so records of another run can never be adopted silently."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.fingerprint: str | None = None
+
+    # -- identity ---------------------------------------------------------------------------
+    def is_run(self) -> bool:
+        """A directory crosspatch wrote: the marker, or a config.json of a crosspatch run."""
+        if (self.path / MARKER).exists():
+            return True
+        cfg = self.path / "config.json"
+        if cfg.exists():
+            try:
+                return str(json.loads(cfg.read_text(encoding="utf-8")).get("schema_version", "")).startswith(
+                    "crosspatch.config")
+            except (OSError, ValueError, AttributeError):
+                return False
+        return False
+
+    def _marker(self) -> dict:
+        try:
+            return json.loads((self.path / MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def clear(self) -> None:
+        """Remove the files of the run held here (``--overwrite``); files crosspatch did not
+        write are never touched."""
+        if not self.is_run():
+            raise RunDirectoryNotEmptyError(f"{self.path} is not a crosspatch run directory; not clearing it")
+        names = set(_OUTPUTS) | {p.name for p in self.path.glob("*.jsonl")} | {p.name for p in self.path.glob("*.tmp")}
+        with _guard_write(self.path):
+            for name in names:
+                (self.path / name).unlink(missing_ok=True)
+            (self.path / MARKER).unlink(missing_ok=True)
+
+    def prepare(self, fingerprint: str, overwrite: bool = False) -> None:
+        """Make ``path`` a run directory for a new run: created, or empty, or (``overwrite``) a
+        crosspatch run directory cleared. Anything else non-empty is refused."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirectoryNotEmptyError(f"{self.path} exists and is not a directory")
+        if self.path.exists() and any(self.path.iterdir()):
+            if not self.is_run():
+                raise RunDirectoryNotEmptyError(
+                    f"{self.path} holds files that crosspatch did not write; choose a new or empty --out "
+                    "(crosspatch never deletes or mixes with files it did not write)")
+            if not overwrite:
+                raise RunDirectoryNotEmptyError(
+                    f"{self.path} already holds a crosspatch run; choose another --out, or pass --overwrite to replace it")
+            self.clear()
+        with _guard_write(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / MARKER).write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
+        self.fingerprint = fingerprint
 
     # -- config -----------------------------------------------------------------------------
-    def start(self, config: dict, resume: bool = True) -> tuple[list[CellRecord], list[NoDivergence]]:
-        """Create the directory or check it belongs to this configuration. Returns the records
-        and no-divergence outcomes of earlier sessions, read once. Records of prompts left
-        incomplete by an interruption are dropped, so that redoing them adds no duplicate line."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        cfg_path = self.path / "config.json"
-        if cfg_path.exists():
-            old = json.loads(cfg_path.read_text())
-            if old.get("fingerprint") != config.get("fingerprint"):
-                raise RunDirectoryError(
-                    f"{self.path} holds a run with different settings (fingerprint "
-                    f"{old.get('fingerprint')} vs {config.get('fingerprint')}); use another --out"
-                )
+    def start(self, config: dict, resume: bool = True, overwrite: bool = False
+              ) -> tuple[list[CellRecord], list[NoDivergence]]:
+        """Create the run directory, or check it holds this very run and resume it. Returns the
+        records and no-divergence outcomes of earlier sessions, read once. Records of prompts
+        left incomplete by an interruption are dropped, so that redoing them adds no duplicate.
+
+        ``resume=False`` refuses a directory that already holds the run; ``overwrite=True``
+        replaces a crosspatch run directory's files (never files it did not write)."""
+        fp = config.get("fingerprint")
+        if overwrite or not (self.path.exists() and self.is_run()):
+            self.prepare(fp, overwrite=overwrite)
+        else:
+            old_fp = self._marker().get("fingerprint")
+            cfg_path = self.path / "config.json"
+            old = _read_json(cfg_path, "config.json") if cfg_path.exists() else None
+            old_fp = (old or {}).get("fingerprint", old_fp)
+            if old_fp is not None and old_fp != fp:
+                changes = settings_diff((old or {}).get("fingerprint_inputs", {}), config.get("fingerprint_inputs", {}))
+                raise RunSettingsMismatchError(
+                    f"{self.path} holds a run with other settings ("
+                    + ("; ".join(changes[:8]) if changes else f"fingerprint {old_fp} vs {fp}")
+                    + "). Use another --out, or --overwrite to replace that run")
             if not resume:
-                raise RunDirectoryError(f"{self.path} already holds this run; pass --resume to finish it")
-        _write_json(cfg_path, config)
-        for name in (EVENTS_FILE, NO_DIV_FILE):
+                raise RunDirectoryError(
+                    f"{self.path} already holds this run; run without --no-resume to finish it, or pass --overwrite "
+                    "to start it afresh")
+            self.fingerprint = fp
+            if not (self.path / MARKER).exists():
+                with _guard_write(self.path):
+                    (self.path / MARKER).write_text(json.dumps({"fingerprint": fp}) + "\n", encoding="utf-8")
+        _write_json(self.path / "config.json", config)
+        for name in [EVENTS_FILE, NO_DIV_FILE] + [p.name for p in self.path.glob("*.jsonl")]:
             _repair_tail(self.path / name)
         records, no_div = self.load_records(), self.load_no_divergence()
         done = completed_prompts(records, no_div, config.get("resolved_boundaries") or [])
         kept = [r for r in records if r.prompt_id in done]
         if len(kept) != len(records):
-            path = self.path / EVENTS_FILE
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r.to_record(), default=str) + "\n" for r in kept), encoding="utf-8")
-            os.replace(tmp, path)
+            self.write_rows(EVENTS_FILE, [r.to_record() for r in kept])
         return kept, no_div
 
     def config(self) -> dict:
         path = self.path / "config.json"
+        if not self.path.is_dir():
+            raise NotARunDirectoryError(f"{self.path} is not a directory")
         if not path.exists():
-            raise RunDirectoryError(f"{self.path} is not a crosspatch run directory (no config.json)")
-        return json.loads(path.read_text())
+            raise NotARunDirectoryError(f"{self.path} is not a crosspatch run directory (no config.json)")
+        cfg = _read_json(path, "config.json")
+        for key in ("options", "resolved_boundaries", "num_layers"):
+            if key not in cfg:
+                raise CorruptRunFileError(f"{path}: config.json lacks {key!r} (not a crosspatch run config)")
+        self.fingerprint = self.fingerprint or cfg.get("fingerprint")
+        return cfg
 
     # -- records ----------------------------------------------------------------------------
+    def _tagged(self, rows: Iterable[dict]) -> str:
+        return "".join(json.dumps({**r, "run": self.fingerprint} if self.fingerprint else r, default=str) + "\n"
+                       for r in rows)
+
     def _append(self, name: str, rows: Iterable[dict]) -> None:
-        text = "".join(json.dumps(r, default=str) + "\n" for r in rows)
+        text = self._tagged(rows)
         if not text:
             return
-        with open(self.path / name, "a", encoding="utf-8") as fh:
+        path = self.path / name
+        with _guard_write(path), open(path, "a", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+
+    def _rows(self, name: str) -> list[tuple[str, dict]]:
+        """Rows of ``name`` without their run tag; rows of another run are a named error."""
+        if self.fingerprint is None and (self.path / "config.json").exists():
+            self.config()
+        out = []
+        for lineno, row in _read_jsonl(self.path / name):
+            tag = row.pop("run", None)
+            if tag is not None and self.fingerprint is not None and tag != self.fingerprint:
+                raise ForeignRecordsError(
+                    f"{self.path / name}:{lineno}: a record of another run (fingerprint {tag}, this run "
+                    f"{self.fingerprint}); records are never mixed: move that file away or use another --out")
+            out.append((f"{self.path / name}:{lineno}", row))
+        return out
 
     def append_records(self, records: Iterable[CellRecord]) -> None:
         self._append(EVENTS_FILE, (r.to_record() for r in records))
@@ -152,19 +304,19 @@ class RunStore:
         self._append(name, (r.to_record() if hasattr(r, "to_record") else r for r in rows))
 
     def write_rows(self, name: str, rows: Iterable[dict]) -> None:
-        """Replace ``name`` with ``rows`` (a merged run's analysis records)."""
+        """Replace ``name`` with ``rows`` (tagged with this run's fingerprint)."""
         path = self.path / name
         tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows), encoding="utf-8")
-        os.replace(tmp, path)
+        with _guard_write(path):
+            tmp.write_text(self._tagged(rows), encoding="utf-8")
+            os.replace(tmp, path)
 
     def load_rows(self, name: str) -> list[dict]:
         """An analysis's records, de-duplicated by ``key`` where they have one (a resumed chunk
-        may have written some twice); a torn last line is cut first."""
-        _repair_tail(self.path / name)
+        may have written some twice)."""
         seen, out = set(), []
-        for row in _read_jsonl(self.path / name):
-            key = row.get("key") if isinstance(row, dict) else None
+        for _, row in self._rows(name):
+            key = row.get("key")
             if key is None or key not in seen:
                 seen.add(key)
                 out.append(row)
@@ -172,28 +324,36 @@ class RunStore:
 
     def load_records(self) -> list[CellRecord]:
         seen, out = set(), []
-        for row in _read_jsonl(self.path / EVENTS_FILE):
-            if row["key"] not in seen:
-                seen.add(row["key"])
-                out.append(CellRecord.from_record(row))
+        for where, row in self._rows(EVENTS_FILE):
+            try:
+                record = CellRecord.from_record(row)
+            except (TypeError, KeyError, ValueError) as exc:
+                raise CorruptRunFileError(f"{where}: not an event record ({exc})") from None
+            if record.key not in seen:
+                seen.add(record.key)
+                out.append(record)
         return out
 
     def load_no_divergence(self) -> list[NoDivergence]:
         seen, out = set(), []
-        for row in _read_jsonl(self.path / NO_DIV_FILE):
-            if row["prompt_id"] not in seen:
-                seen.add(row["prompt_id"])
-                out.append(NoDivergence(**row))
+        for where, row in self._rows(NO_DIV_FILE):
+            try:
+                item = NoDivergence(**row)
+            except TypeError as exc:
+                raise CorruptRunFileError(f"{where}: not a no-divergence record ({exc})") from None
+            if item.prompt_id not in seen:
+                seen.add(item.prompt_id)
+                out.append(item)
         return out
 
-
-    def write_complete(self, config: dict, records: list[CellRecord], no_div: list[NoDivergence]) -> None:
-        """Write a whole run at once (merged shards): config and both record files, replaced."""
-        self.path.mkdir(parents=True, exist_ok=True)
+    def write_complete(self, config: dict, records: list[CellRecord], no_div: list[NoDivergence],
+                       overwrite: bool = False) -> None:
+        """Write a whole run at once (merged shards) into a new or empty directory (or, with
+        ``overwrite``, in place of a crosspatch run)."""
+        self.prepare(config.get("fingerprint"), overwrite=overwrite)
         _write_json(self.path / "config.json", config)
         for name, rows in ((EVENTS_FILE, records), (NO_DIV_FILE, no_div)):
-            (self.path / name).unlink(missing_ok=True)
-            self._append(name, (r.to_record() for r in rows))
+            self.write_rows(name, [r.to_record() for r in rows])
 
     # -- outputs ----------------------------------------------------------------------------
     def write_summary(self, summary: dict) -> None:
@@ -202,17 +362,26 @@ class RunStore:
     def summary(self) -> dict:
         path = self.path / "summary.json"
         if not path.exists():
-            raise RunDirectoryError(f"{self.path} has no summary.json (the run did not finish)")
-        return json.loads(path.read_text())
+            if not (self.path / "config.json").exists():
+                raise NotARunDirectoryError(f"{self.path} is not a crosspatch run directory (no config.json)")
+            raise IncompleteRunError(f"{self.path} has no summary.json: the run did not finish (run the same "
+                                     "command again to resume it)")
+        summary = _read_json(path, "summary.json")
+        for key in ("counts", "results", "boundaries"):
+            if key not in summary:
+                raise CorruptRunFileError(f"{path}: summary.json lacks {key!r}")
+        return summary
 
     def write_text(self, name: str, text: str) -> Path:
         target = self.path / name
-        target.write_text(text, encoding="utf-8")
+        with _guard_write(target):
+            target.write_text(text, encoding="utf-8")
         return target
 
     def write_parquet(self, records: list[CellRecord]) -> Path:
         target = self.path / "events.parquet"
-        events_frame(records).to_parquet(target, index=False)
+        with _guard_write(target):
+            events_frame(records).to_parquet(target, index=False)
         return target
 
 

@@ -93,7 +93,7 @@ def test_smoke_build_trains_every_recipe_and_the_demo_runs_on_it(tmp_path):
     for name in ("base",) + DESCENDANTS:
         assert (tmp_path / "zoo" / name / "README.md").exists()
     verify(tmp_path / "zoo")
-    demo = run_demo(tmp_path / "demo", root=tmp_path / "zoo", max_new_tokens=6, bootstrap=50,
+    demo = run_demo(tmp_path / "demo", root=tmp_path / "zoo", max_new_tokens=6, bootstrap=100,
                     progress=False, log=lambda m: None)
     assert set(demo.summary["descendants"]) == set(DESCENDANTS)
     assert (tmp_path / "demo" / "report.md").read_text().startswith("# crosspatch demo")

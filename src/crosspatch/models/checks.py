@@ -15,8 +15,11 @@ _SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")
 def model_facts(handle) -> dict:
     """What the pair checks compare (kept after a model is freed); ``handle``: ModelHandle."""
     a = handle.anatomy
+    cfg = a.model.config
+    limit = next((getattr(cfg, k) for k in ("max_position_embeddings", "n_positions", "max_sequence_length")
+                  if isinstance(getattr(cfg, k, None), int)), None)
     return {"class": type(a.model).__name__, "num_layers": a.num_layers, "hidden_size": a.hidden_size,
-            "lm_head_rows": a.lm_head.weight.shape[0]}
+            "lm_head_rows": a.lm_head.weight.shape[0], "max_positions": limit}
 
 
 def check_pair_compatible(pt, it) -> None:

@@ -1,0 +1,255 @@
+"""Validate first, then load: every option and input is checked before any model weight is
+loaded or any file is written, so a failed command leaves nothing behind and its corrected
+version is never refused. Each failure is a named error saying what to change
+(docs/errors.md lists the bad inputs covered).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+from .errors import (
+    AdapterGivenAsCheckpointError, BoundaryError, ChatTemplateMissingError, DeviceUnavailableError, GroupByFieldError,
+    ModelLoadError, ModelPathNotFoundError, OptionError, PromptTooLongError, RunDirectoryNotEmptyError, RunWriteError,
+)
+
+DTYPES = ("float32", "bfloat16", "float16")
+DEVICES = ("cpu", "cuda", "auto")
+MIN_BOOTSTRAP = 100  # fewer resamples give degenerate intervals; 0 disables intervals
+BUILTIN_BREAKDOWNS = ("category", "position", "token_category", "event_kind")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def _int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionError(f"{name} must be an integer, not {value!r}")
+    if value < minimum:
+        raise OptionError(f"{name} must be >= {minimum}, not {value}")
+    return value
+
+
+def check_boundary_spec(value) -> None:
+    """A boundary is an int layer index >= 0 or a depth fraction strictly inside (0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BoundaryError(f"boundary must be an int layer or a fraction of depth, not {value!r}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or not 0.0 < value < 1.0:
+            raise BoundaryError(
+                f"fractional boundary {value} must be strictly between 0 and 1 (write an integer such as "
+                f"{int(value) if math.isfinite(value) and value >= 1 else 1} for a layer index)")
+    elif value < 0:
+        raise BoundaryError(f"boundary layer {value} must be >= 0")
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in str(shard).split("/"))
+    except ValueError:
+        raise OptionError(f"--shard must look like 'i/n' (e.g. 0/4), not {shard!r}") from None
+    if not 0 <= i < n:
+        raise OptionError(f"--shard {shard!r}: need 0 <= i < n")
+    return i, n
+
+
+def validate_run_options(config) -> None:
+    """Every :class:`~crosspatch.pipeline.RunConfig` field that can be checked without a model."""
+    from .controls import parse_controls
+    from .kinds import parse_event_kinds
+    from .verdict import VerdictPolicy
+
+    if config.plan not in ("minimal", "exact"):
+        raise OptionError(f"plan must be 'minimal' or 'exact', not {config.plan!r}")
+    if config.rollout_model not in ("IT", "PT"):
+        raise OptionError(f"rollout model must be 'IT' or 'PT', not {config.rollout_model!r}")
+    if config.engine not in ("local", "ray"):
+        raise OptionError(f"engine must be one of local, ray, not {config.engine!r}")
+    _int("batch size", config.batch_size, 1)
+    _int("max new tokens", config.max_new_tokens, 1)
+    _int("seed", config.seed, 0)
+    _int("workers", config.workers, 1)
+    _int("sequential chunk", config.sequential_chunk, 1)
+    boot = _int("bootstrap", config.bootstrap, 0)
+    if 0 < boot < MIN_BOOTSTRAP:
+        raise OptionError(f"bootstrap {boot} gives degenerate intervals: use at least {MIN_BOOTSTRAP} resamples "
+                          "(2000 is the default), or 0 to report no intervals")
+    t = config.near_tie_threshold
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+        raise OptionError(f"near-tie threshold must be a finite number >= 0, not {t!r}")
+    if config.boundaries not in (None, "all", ["all"]):
+        if isinstance(config.boundaries, (str, bytes)) or not list(config.boundaries):
+            raise BoundaryError(f"boundaries must be 'all' or a non-empty list, not {config.boundaries!r}")
+        for b in config.boundaries:
+            check_boundary_spec(b)
+    else:
+        check_boundary_spec(config.boundary)
+    if config.shard is not None:
+        parse_shard(config.shard)
+    try:
+        parse_event_kinds(config.event_kinds)
+        parse_controls(config.controls)
+        VerdictPolicy.from_dict(config.policy or {})
+    except (TypeError, ValueError) as exc:
+        raise OptionError(str(exc)) from None
+    if not isinstance(config.group_by, (list, tuple)) or any(not isinstance(g, str) or not g.strip()
+                                                              for g in config.group_by):
+        raise OptionError(f"group-by must be a list of field names, not {config.group_by!r}")
+
+
+def validate_load_options(options) -> None:
+    """dtype, device and residency of :class:`~crosspatch.models.loading.LoadOptions`."""
+    if options.dtype not in DTYPES:
+        raise OptionError(f"dtype must be one of {', '.join(DTYPES)}, not {options.dtype!r}")
+    device = str(options.device)
+    if device not in DEVICES and not re.match(r"^cuda:\d+$", device):
+        raise OptionError(f"device must be cpu, cuda, cuda:N or auto, not {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"--device {device} asked for CUDA, but this torch ({torch.__version__}) sees no CUDA device; "
+                "use --device cpu, or install a CUDA build of torch on a machine with a GPU")
+    if options.residency not in (None, "both", "sequential", "adapter"):
+        raise OptionError(f"residency must be both, sequential or adapter, not {options.residency!r}")
+
+
+def looks_local(path: str) -> bool:
+    """Whether ``path`` names a local directory rather than a hub id (``org/name``)."""
+    p = str(path)
+    return (p.startswith((".", "/", "~")) or os.sep in p.strip("/").replace("/", "", 1) or "\\" in p
+            or p.endswith("/") or Path(p).expanduser().exists() or not _HUB_ID.match(p))
+
+
+def check_model_path(path: str, role: str, adapter: bool = False) -> None:
+    """A local path exists and is what it is given as; a hub id is reachable or cached."""
+    p = Path(str(path)).expanduser()
+    flag = "--adapter" if adapter else ("--base" if role == "base" else "--tuned")
+    if looks_local(path):
+        if not p.exists():
+            raise ModelPathNotFoundError(f"{flag} {path}: no such directory")
+        if not p.is_dir():
+            raise ModelPathNotFoundError(f"{flag} {path}: not a directory (give the checkpoint's directory)")
+        has_config, has_adapter = (p / "config.json").exists(), (p / "adapter_config.json").exists()
+        if adapter and not has_adapter:
+            raise ModelLoadError(f"--adapter {path} is not a PEFT adapter directory (no adapter_config.json)"
+                                 + ("; it looks like a full checkpoint: give it as --tuned" if has_config else ""))
+        if not adapter and has_adapter and not has_config:
+            raise AdapterGivenAsCheckpointError(
+                f"{flag} {path} is a PEFT adapter directory (adapter_config.json, no config.json); "
+                f"give it as --adapter {path} with its base as --base")
+        if not adapter and not has_config:
+            raise ModelLoadError(f"{flag} {path} has no config.json: not a Hugging Face checkpoint directory")
+        return
+    check_hub_id(str(path), flag)
+
+
+def check_hub_id(repo: str, flag: str) -> None:
+    """Fail at once (not after retries) when a hub id cannot be resolved: offline and not cached."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return
+    cached = try_to_load_from_cache(repo, "config.json")
+    if isinstance(cached, str):
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or \
+        os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in ("1", "true", "yes")
+    from .errors import HubUnavailableError
+
+    if offline:
+        raise HubUnavailableError(
+            f"{flag} {repo}: not a local directory, and not in the local Hugging Face cache while HF_HUB_OFFLINE=1; "
+            "download it first or give a local path")
+    if not _hub_reachable():
+        raise HubUnavailableError(
+            f"{flag} {repo}: not a local directory, not in the local Hugging Face cache, and the Hub cannot be reached "
+            "(no network); give a local path, or download the model where there is network")
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def local_num_layers(path: str) -> int | None:
+    """The decoder layer count from a local checkpoint's config.json (None when unknown)."""
+    import json
+
+    cfg = Path(str(path)).expanduser() / "config.json"
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(data.get(key), int):
+            return data[key]
+    text = data.get("text_config")
+    return text.get("num_hidden_layers") if isinstance(text, dict) else None
+
+
+def check_out_dir(out: str | Path, resume: bool = True, overwrite: bool = False) -> None:
+    """``--out`` is a new, empty or crosspatch run directory, and can be written."""
+    from .store import RunStore
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise RunDirectoryNotEmptyError(f"--out {out} exists and is not a directory")
+    if path.exists() and any(path.iterdir()) and not RunStore(path).is_run():
+        raise RunDirectoryNotEmptyError(
+            f"--out {out} holds files that crosspatch did not write; choose a new or empty directory "
+            "(crosspatch never deletes or mixes with files it did not write)")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunWriteError(f"--out {out}: cannot write in {probe} (permission denied)")
+
+
+def check_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateMissingError(
+            "--chat-template was given but the descendant's tokenizer has no chat template; drop the option "
+            "(raw prompts are the default) or use a tokenizer that defines one")
+
+
+def check_group_by(fields: list[str], prompts) -> list[str]:
+    """Warnings for ``--group-by`` fields; a field no prompt has is an error."""
+    warnings = []
+    for name in fields:
+        if name in BUILTIN_BREAKDOWNS:
+            warnings.append(f"--group-by {name}: the by-{name} breakdown is built in; the option is ignored")
+            continue
+        have = sum(name in p.metadata for p in prompts)
+        if have == 0:
+            fields_seen = sorted({k for p in prompts for k in p.metadata})[:10]
+            raise GroupByFieldError(f"--group-by {name}: no prompt has a field {name!r} (fields present: "
+                                    f"{', '.join(fields_seen) or 'none besides id, prompt, category'})")
+        if have < len(prompts):
+            warnings.append(f"--group-by {name}: {len(prompts) - have} of {len(prompts)} prompt(s) lack the field; "
+                            "they are left out of that breakdown only")
+    return warnings
+
+
+def check_prompt_lengths(prompt_ids: list[str], token_ids: list[list[int]], max_new_tokens: int,
+                         limit: int | None) -> None:
+    """Prompt + generation budget must fit the model's position limit (policy: a named error
+    listing the prompts, before any compute; nothing is truncated silently)."""
+    if not limit:
+        return
+    long = [(pid, len(ids)) for pid, ids in zip(prompt_ids, token_ids) if len(ids) + max_new_tokens > limit]
+    if long:
+        shown = ", ".join(f"{pid} ({n} tokens)" for pid, n in long[:10])
+        raise PromptTooLongError(
+            f"{len(long)} prompt(s) plus --max-new-tokens {max_new_tokens} exceed the model's {limit} positions: "
+            f"{shown}{', ...' if len(long) > 10 else ''}. Shorten or drop them, or lower --max-new-tokens")
