@@ -121,3 +121,31 @@ def test_a_run_directory_refuses_other_settings(tmp_path):
                 out=tmp_path / "r", overwrite=True)
     assert {r.boundary for r in fresh.records} == {1}
     assert all(json.loads(line)["boundary"] == 1 for line in (tmp_path / "r" / "events.jsonl").read_text().splitlines())
+
+
+def test_disk_full_while_writing_is_named_and_the_run_stays_resumable(tmp_path, monkeypatch):
+    import errno
+
+    import crosspatch.store as store_module
+    from crosspatch.errors import RunWriteError
+
+    pair = make_pair("llama", scale=0.2)
+    prompts = many_prompts(12)
+    options = dict(boundary=2, max_new_tokens=6, bootstrap=0, progress=False, batch_size=2, event_kinds="first_diff")
+    real_open, calls = open, {"n": 0}
+
+    def full_disk_open(path, mode="r", *args, **kwargs):
+        if "a" in mode and str(path).endswith("events.jsonl"):
+            calls["n"] += 1
+            if calls["n"] == 2:  # the second chunk's records hit a full disk
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(store_module, "open", full_disk_open, raising=False)
+    with pytest.raises(RunWriteError, match="No space left on device.*resume"):
+        run(pair, prompts, out=tmp_path / "r", **options)
+    monkeypatch.undo()
+    resumed = run(pair, prompts, out=tmp_path / "r", **options)
+    whole = run(pair, prompts, out=tmp_path / "w", **options)
+    assert resumed.summary["cost_this_session"]["prompts_processed"] < len(prompts)  # the first chunk was kept
+    assert_same_summary(_strip(resumed.summary), _strip(whole.summary))

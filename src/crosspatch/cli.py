@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .errors import CrosspatchError
+from .errors import CrosspatchError, OptionError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="First-divergence cross-patching of a base model and its fine-tuned descendant.")
@@ -21,8 +21,17 @@ console = Console(stderr=True)
 
 
 def _boundary(text: str) -> int | float:
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text else value
+    """``12`` is layer 12; ``0.6`` is 60% of depth; ``1.0`` or ``abc`` are named errors."""
+    from .errors import BoundaryError
+
+    text = str(text).strip()
+    try:
+        value = float(text)
+    except ValueError:
+        raise BoundaryError(f"boundary must be an int layer (e.g. 12) or a depth fraction (e.g. 0.6), not {text!r}") from None
+    if value.is_integer() and "." not in text and "e" not in text.lower():
+        return int(value)
+    return value
 
 
 def _stdout() -> Console:
@@ -32,11 +41,16 @@ def _stdout() -> Console:
 
 
 def _boundaries(text: str | None):
-    if not text:
+    from .errors import BoundaryError
+
+    if text is None:
         return None
     if text.strip() == "all":
         return "all"
-    return [_boundary(x.strip()) for x in text.split(",")]
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise BoundaryError(f"--boundaries must be 'all' or a comma-separated list of layers, not {text!r}")
+    return [_boundary(x) for x in items]
 
 
 def _fail(exc: Exception) -> None:
@@ -100,35 +114,53 @@ def run_cmd(
     verify_fp32: bool = typer.Option(False, "--verify-fp32",
                                      help="Re-run the search of near-tie events in float32 and count how many move."),
     policy: Optional[Path] = typer.Option(None, "--policy", help="Verdict thresholds (YAML or JSON, see docs/verdict.md)."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Finish an interrupted run in --out."),
+    resume: bool = typer.Option(True, "--resume/--no-resume",
+                                help="Finish an interrupted run in --out (default); --no-resume refuses a directory "
+                                     "that already holds this run."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace the crosspatch run in --out and start afresh (never touches other files)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Run the first-divergence 2x2 factorial on a model pair and write a run directory."""
     from . import load_pair, load_prompts
     from .models.loading import LoadOptions
     from .pipeline import RunConfig, run
+    from .validation import (
+        check_model_path, check_out_dir, local_num_layers, validate_load_options, validate_run_options,
+    )
 
-    if dtype not in ("float32", "bfloat16", "float16"):
-        _fail(ValueError(f"--dtype must be float32, bfloat16 or float16, not {dtype!r}"))
-    try:
-        items = load_prompts(prompts)
+    try:  # validate everything that needs no weights first: a failure leaves nothing behind
+        if (tuned is None) == (adapter is None):
+            raise OptionError("give exactly one descendant: --tuned (a full or merged checkpoint) or --adapter "
+                              "(a PEFT adapter directory)")
         options = LoadOptions(dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                               allow_pickle=allow_pickle, revision=revision,
                               allow_special_token_mismatch=allow_special_token_mismatch, residency=residency)
-        with console.status("loading models"):
-            pair = load_pair(base, tuned=tuned, adapter=adapter, options=options)
-        console.print(f"residency: {pair.residency} ({pair.provenance.get('residency_reason')})",
-                      soft_wrap=True, markup=False)
+        validate_load_options(options)
         config = RunConfig(
             boundary=_boundary(boundary),
             boundaries=_boundaries(boundaries),
             max_new_tokens=max_new_tokens, batch_size=batch_size, rollout_model=rollout_model.upper(),
             bootstrap=bootstrap, seed=seed, chat_template=chat_template,
-            group_by=[x.strip() for x in group_by.split(",")] if group_by else [], plan=plan, shard=shard,
+            group_by=[x.strip() for x in group_by.split(",") if x.strip()] if group_by else [], plan=plan, shard=shard,
             engine=engine, workers=workers, controls=controls, event_kinds=event_kinds, verify_fp32=verify_fp32,
             policy=load_policy(policy) if policy else None,
         )
-        result = run(pair, items, config, out=out, resume=resume, progress=not quiet)
+        validate_run_options(config)
+        items = load_prompts(prompts)
+        check_model_path(base, "base")
+        check_model_path(tuned or adapter, "tuned", adapter=adapter is not None)
+        layers = local_num_layers(base)
+        if layers is not None:
+            from .pipeline import resolve_boundaries
+
+            resolve_boundaries(config, layers)
+        check_out_dir(out, resume=resume, overwrite=overwrite)
+        with console.status("loading models"):
+            pair = load_pair(base, tuned=tuned, adapter=adapter, options=options)
+        console.print(f"residency: {pair.residency} ({pair.provenance.get('residency_reason')})",
+                      soft_wrap=True, markup=False)
+        result = run(pair, items, config, out=out, resume=resume, progress=not quiet, overwrite=overwrite)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     for w in result.summary["warnings"]:
@@ -226,14 +258,17 @@ def gate_cmd(
 @app.command("merge")
 def merge_cmd(
     shard_dirs: list[Path] = typer.Argument(..., help="Run directories of shards 0/n .. n-1/n."),
-    out: Path = typer.Option(..., "--out", help="Run directory for the merged run."),
+    out: Path = typer.Option(..., "--out", help="Run directory for the merged run (new or empty)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a crosspatch run already in --out."),
 ) -> None:
     """Merge the run directories of a sharded run (e.g. a SLURM job array) into one run."""
     from .pipeline import merge_runs
+    from .validation import check_out_dir
 
     try:
-        result = merge_runs(shard_dirs, out)
-    except CrosspatchError as exc:
+        check_out_dir(out, overwrite=overwrite)
+        result = merge_runs(shard_dirs, out, overwrite=overwrite)
+    except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     print_summary_table(result.summary)
     console.print(f"merged {len(shard_dirs)} shards into {out}")
@@ -242,13 +277,16 @@ def merge_cmd(
 @app.command("report")
 def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     """Re-render report.md from a run directory's stored files alone."""
-    from .pipeline import rerender
+    from .pipeline import rerender_run
 
     try:
-        rerender(run_dir)
-    except CrosspatchError as exc:
+        written = rerender_run(run_dir)
+    except (CrosspatchError, ValueError) as exc:
         _fail(exc)
-    console.print(f"wrote {run_dir / 'report.md'}")
+    for w in written.warnings:
+        console.print(Text.assemble(("warning ", "yellow"), w), soft_wrap=True)
+    for path in written.files:
+        console.print(f"wrote {path}", soft_wrap=True)
 
 
 @app.command("demo")

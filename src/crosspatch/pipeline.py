@@ -559,7 +559,33 @@ def run(
     return result
 
 
+@dataclass
+class Rendered:
+    """What ``crosspatch report`` produced: the Markdown text, the files written, warnings."""
+
+    text: str
+    files: list[Path]
+    warnings: list[str]
+
+
+def rerender_run(run_dir: str | Path) -> Rendered:
+    """Re-render the reports from a run directory's stored files alone, after checking that
+    every prompt of the run is accounted for (a warning names the missing ones)."""
+    store = RunStore(run_dir)
+    config, summary = store.config(), store.summary()
+    warnings = []
+    if "prompt_ids" in config:
+        missing = missing_prompts(config["prompt_ids"], store.load_records(), store.load_no_divergence(),
+                                  config["resolved_boundaries"])
+        if missing:
+            warnings.append(f"{len(missing)} prompt(s) of this run have no record in events.jsonl or "
+                            f"no_divergence.jsonl: {', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}; "
+                            "the summary was computed before they went missing")
+    text = render_reports(store, summary, config)
+    files = [store.path / n for n in ("report.md", "report.html", "sweep.png", "sweep.svg") if (store.path / n).exists()]
+    return Rendered(text, files, warnings)
+
+
 def rerender(run_dir: str | Path) -> str:
     """Re-render the reports from a run directory's stored files alone; returns report.md."""
-    store = RunStore(run_dir)
-    return render_reports(store, store.summary(), store.config())
+    return rerender_run(run_dir).text

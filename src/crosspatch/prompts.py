@@ -38,24 +38,58 @@ def _row_to_prompt(row: dict, where: str) -> Prompt:
     category = row.get("category")
     if not _is_missing(category) and not isinstance(category, str):
         raise PromptFileError(f"{where}: field 'category' must be a string")
+    for name in ("id", "prompt", "category"):
+        _check_text(row.get(name), where, name)
+    if isinstance(row["id"], float) and not row["id"].is_integer():
+        raise PromptFileError(f"{where}: field 'id' must be a string or an integer, not {row['id']!r}")
     meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "category") and not _is_missing(v)}
     return Prompt(str(row["id"]), row["prompt"], None if _is_missing(category) else category, meta)
 
 
+def _text_lines(path: Path) -> list[str]:
+    """The file's lines as text: a UTF-8 byte-order mark is accepted (and dropped); bytes that
+    are not UTF-8 are a named error with their line."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PromptFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = []
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise PromptFileError(f"{path}:{lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                                  f"{exc.start + 1}); save the file as UTF-8") from None
+    return lines
+
+
+def _check_text(value, where: str, name: str) -> None:
+    """Strings must be encodable: a lone surrogate (from a ``\\ud800`` JSON escape) is refused."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PromptFileError(f"{where}: field {name!r} contains a lone surrogate ({value[exc.start]!a} at "
+                                  f"character {exc.start}); it is not valid Unicode text") from None
+
+
 def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PromptFileError(f"{where}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise PromptFileError(f"{where}: each line must be a JSON object")
-            rows.append((where, row))
+    for lineno, line in enumerate(_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PromptFileError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise PromptFileError(f"{where}: JSON nested too deeply") from None
+        if not isinstance(row, dict):
+            raise PromptFileError(f"{where}: each line must be a JSON object")
+        rows.append((where, row))
     return rows
 
 
@@ -64,7 +98,8 @@ def _read_table(path: Path) -> list[tuple[str, dict]]:
 
     try:
         if path.suffix == ".csv":
-            frame = pd.read_csv(path, dtype={"id": str}, keep_default_na=False, na_values=[""])
+            _text_lines(path)  # names a line that is not UTF-8
+            frame = pd.read_csv(path, dtype={"id": str}, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
             first_line = 2  # header is line 1
         else:
             frame = pd.read_parquet(path)
@@ -82,6 +117,8 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     path = Path(path)
     if not path.exists():
         raise PromptFileError(f"{path}: no such prompt file")
+    if path.is_dir():
+        raise PromptFileError(f"{path}: is a directory; give a .jsonl, .csv or .parquet file")
     if path.suffix in (".jsonl", ".json"):
         rows = _read_jsonl(path)
     elif path.suffix in (".csv", ".parquet", ".pq"):

@@ -12,15 +12,15 @@ import re
 from pathlib import Path
 
 from .errors import (
-    AdapterGivenAsCheckpointError, BoundaryError, ChatTemplateMissingError, DeviceUnavailableError, GroupByFieldError,
-    ModelLoadError, ModelPathNotFoundError, OptionError, PromptTooLongError, RunDirectoryNotEmptyError, RunWriteError,
+    BoundaryError, ChatTemplateMissingError, DeviceUnavailableError, GroupByFieldError, OptionError,
+    PromptTooLongError, RunDirectoryNotEmptyError, RunWriteError,
 )
+from .models.paths import check_hub_id, check_model_path, local_num_layers, looks_local  # noqa: F401 (re-exported)
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda", "auto")
 MIN_BOOTSTRAP = 100  # fewer resamples give degenerate intervals; 0 disables intervals
 BUILTIN_BREAKDOWNS = ("category", "position", "token_category", "event_kind")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
 def _int(name: str, value, minimum: int) -> int:
@@ -114,88 +114,6 @@ def validate_load_options(options) -> None:
                 "use --device cpu, or install a CUDA build of torch on a machine with a GPU")
     if options.residency not in (None, "both", "sequential", "adapter"):
         raise OptionError(f"residency must be both, sequential or adapter, not {options.residency!r}")
-
-
-def looks_local(path: str) -> bool:
-    """Whether ``path`` names a local directory rather than a hub id (``org/name``)."""
-    p = str(path)
-    return (p.startswith((".", "/", "~")) or os.sep in p.strip("/").replace("/", "", 1) or "\\" in p
-            or p.endswith("/") or Path(p).expanduser().exists() or not _HUB_ID.match(p))
-
-
-def check_model_path(path: str, role: str, adapter: bool = False) -> None:
-    """A local path exists and is what it is given as; a hub id is reachable or cached."""
-    p = Path(str(path)).expanduser()
-    flag = "--adapter" if adapter else ("--base" if role == "base" else "--tuned")
-    if looks_local(path):
-        if not p.exists():
-            raise ModelPathNotFoundError(f"{flag} {path}: no such directory")
-        if not p.is_dir():
-            raise ModelPathNotFoundError(f"{flag} {path}: not a directory (give the checkpoint's directory)")
-        has_config, has_adapter = (p / "config.json").exists(), (p / "adapter_config.json").exists()
-        if adapter and not has_adapter:
-            raise ModelLoadError(f"--adapter {path} is not a PEFT adapter directory (no adapter_config.json)"
-                                 + ("; it looks like a full checkpoint: give it as --tuned" if has_config else ""))
-        if not adapter and has_adapter and not has_config:
-            raise AdapterGivenAsCheckpointError(
-                f"{flag} {path} is a PEFT adapter directory (adapter_config.json, no config.json); "
-                f"give it as --adapter {path} with its base as --base")
-        if not adapter and not has_config:
-            raise ModelLoadError(f"{flag} {path} has no config.json: not a Hugging Face checkpoint directory")
-        return
-    check_hub_id(str(path), flag)
-
-
-def check_hub_id(repo: str, flag: str) -> None:
-    """Fail at once (not after retries) when a hub id cannot be resolved: offline and not cached."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover
-        return
-    cached = try_to_load_from_cache(repo, "config.json")
-    if isinstance(cached, str):
-        return
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or \
-        os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in ("1", "true", "yes")
-    from .errors import HubUnavailableError
-
-    if offline:
-        raise HubUnavailableError(
-            f"{flag} {repo}: not a local directory, and not in the local Hugging Face cache while HF_HUB_OFFLINE=1; "
-            "download it first or give a local path")
-    if not _hub_reachable():
-        raise HubUnavailableError(
-            f"{flag} {repo}: not a local directory, not in the local Hugging Face cache, and the Hub cannot be reached "
-            "(no network); give a local path, or download the model where there is network")
-
-
-def _hub_reachable(timeout: float = 2.0) -> bool:
-    import socket
-    from urllib.parse import urlparse
-
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = urlparse(endpoint).hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def local_num_layers(path: str) -> int | None:
-    """The decoder layer count from a local checkpoint's config.json (None when unknown)."""
-    import json
-
-    cfg = Path(str(path)).expanduser() / "config.json"
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if isinstance(data.get(key), int):
-            return data[key]
-    text = data.get("text_config")
-    return text.get("num_hidden_layers") if isinstance(text, dict) else None
 
 
 def check_out_dir(out: str | Path, resume: bool = True, overwrite: bool = False) -> None:

@@ -36,6 +36,7 @@ from ..models.loading import (
     LoadOptions, adapter_settings, eos_token_ids, is_local, load_causal_lm, load_tokenizer, pad_token_id,
     provenance, weight_files,
 )
+from ..models.paths import check_model_path
 from ..models.vocab import RealVocabulary, build_real_vocabulary
 
 BASE = "base"
@@ -225,6 +226,24 @@ class SequentialSet(ModelSet):
 
 
 # -- loading ----------------------------------------------------------------------------------
+def adapter_load_error(path: str, base: str, exc: Exception) -> ModelLoadError:
+    """A named error for an adapter that does not fit its base: the first mismatching module and
+    both shapes when PEFT reports a size mismatch."""
+    import re
+
+    from ..errors import AdapterShapeMismatchError
+
+    text = str(exc)
+    m = re.search(r"size mismatch for ([\w.]+): copying a param with shape (torch\.Size\(\[[^\]]*\]\)) from "
+                  r"checkpoint, the shape in current model is (torch\.Size\(\[[^\]]*\]\))", text)
+    if m:
+        return AdapterShapeMismatchError(
+            f"adapter {path} does not fit base {base}: {m.group(1)} has shape {m.group(2)} in the adapter but "
+            f"{m.group(3)} in the base model; was it trained on another base?")
+    return ModelLoadError(f"could not load adapter {path} onto {base}: {text.splitlines()[0][:300]}")
+
+
+
 def _weights_bytes(path: str) -> int | None:
     if not is_local(path):
         return None
@@ -335,6 +354,11 @@ def load_models(
             raise TypeError(f"unknown load option {key!r}")
         setattr(options, key, value)
     tuned_roles, adapter_roles = _role_names(tuned), _role_names(adapters)
+    check_model_path(base, "base")
+    for path in tuned_roles.values():
+        check_model_path(path, "tuned")
+    for path in adapter_roles.values():
+        check_model_path(path, "tuned", adapter=True)
     if not tuned_roles and not adapter_roles:
         raise ModelLoadError("give at least one descendant: tuned= (a checkpoint) or adapter= (a PEFT adapter dir)")
     if tuned_roles and adapter_roles:
@@ -379,10 +403,13 @@ def load_models(
         for role, path in adapter_roles.items():
             settings, adapter_warnings = adapter_settings(path)
             warnings += [w if len(adapter_roles) == 1 else f"{role}: {w}" for w in adapter_warnings]
-            if model is None:
-                model = PeftModel.from_pretrained(base_model, path, adapter_name=role, is_trainable=False)
-            else:
-                model.load_adapter(path, adapter_name=role, is_trainable=False)
+            try:
+                if model is None:
+                    model = PeftModel.from_pretrained(base_model, path, adapter_name=role, is_trainable=False)
+                else:
+                    model.load_adapter(path, adapter_name=role, is_trainable=False)
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise adapter_load_error(path, base, exc) from None
             has_tok = any((Path(path) / n).exists() for n in ("tokenizer.json", "tokenizer_config.json"))
             tokenizers[role] = load_tokenizer(path, options) if has_tok else tokenizers[BASE]
             target = record["adapter"] if len(adapter_roles) == 1 else record["descendants"][role]

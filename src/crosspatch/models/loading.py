@@ -107,8 +107,9 @@ def load_causal_lm(path: str, options: LoadOptions):
         kwargs["device_map"] = "auto"
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"could not load {path!r}: {exc}") from exc
+    except Exception as exc:  # transformers, safetensors and torch raise many types for a bad checkpoint
+        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"could not load {path!r} as a causal LM: {first}") from exc
     if options.device not in ("auto", "cpu"):
         model.to(options.device)
     model.eval()
@@ -122,8 +123,9 @@ def load_tokenizer(path: str, options: LoadOptions):
         return AutoTokenizer.from_pretrained(
             path, trust_remote_code=options.trust_remote_code, revision=options.revision
         )
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"could not load a tokenizer from {path!r}: {exc}") from exc
+    except Exception as exc:  # tokenizers and transformers raise many types for a bad tokenizer
+        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"could not load a tokenizer from {path!r}: {first}") from exc
 
 
 def adapter_settings(adapter_dir: str) -> tuple[dict, list[str]]:

@@ -28,7 +28,14 @@ def manifest(root: Path | None = None) -> dict:
     path = root / "manifest.json"
     if not path.exists():
         raise ZooIntegrityError(f"no zoo at {root} (manifest.json missing); run `crosspatch zoo build`")
-    return json.loads(path.read_text())
+    try:
+        man = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ZooIntegrityError(f"{path}: not a readable JSON manifest ({exc})") from None
+    if not isinstance(man, dict) or not isinstance(man.get("files"), dict) or \
+            not all(isinstance(k, str) and isinstance(v, str) for k, v in man["files"].items()):
+        raise ZooIntegrityError(f"{path}: a manifest must be an object whose 'files' maps paths to sha256 strings")
+    return man
 
 
 def verify(root: Path | None = None) -> dict:
@@ -38,7 +45,9 @@ def verify(root: Path | None = None) -> dict:
     bad = []
     for rel, digest in man["files"].items():
         path = root / rel
-        if not path.exists():
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            bad.append(f"{rel} (path outside the zoo)")
+        elif not path.exists():
             bad.append(f"{rel} (missing)")
         elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
             bad.append(f"{rel} (sha256 differs)")
