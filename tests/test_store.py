@@ -149,3 +149,33 @@ def test_disk_full_while_writing_is_named_and_the_run_stays_resumable(tmp_path, 
     whole = run(pair, prompts, out=tmp_path / "w", **options)
     assert resumed.summary["cost_this_session"]["prompts_processed"] < len(prompts)  # the first chunk was kept
     assert_same_summary(_strip(resumed.summary), _strip(whole.summary))
+
+
+def test_group_by_never_replaces_a_built_in_breakdown():
+    pair = make_pair("llama", scale=0.2)
+    prompts = [dict(p, split="a" if k % 2 else "b") for k, p in enumerate(many_prompts(8))]
+    result = run(pair, prompts, boundary=2, max_new_tokens=6, bootstrap=0, progress=False,
+                 group_by=["category", "split"], event_kinds="first_diff")
+    block = result.summary["results"]["2"]["common_it"]
+    cats = {p["category"] for p in prompts}
+    assert set(block["by_category"]) <= cats and block["by_category"]  # still keyed by category
+    assert set(block["by_split"]) <= {"a", "b"}
+    assert any("--group-by category" in w for w in result.summary["warnings"])
+
+
+def test_a_run_whose_config_was_lost_never_adopts_another_models_records(tmp_path):
+    from crosspatch.errors import RunSettingsMismatchError
+
+    prompts = many_prompts(4)
+    run(make_pair("llama", scale=0.2), prompts, boundary=2, max_new_tokens=6, bootstrap=0, progress=False,
+        out=tmp_path / "r", event_kinds="first_diff")
+    (tmp_path / "r" / "config.json").unlink()
+    (tmp_path / "r" / "summary.json").unlink()
+    other = make_pair("llama", scale=0.2, seed=5)  # another model: another fingerprint
+    with pytest.raises(RunSettingsMismatchError):
+        run(other, prompts, boundary=2, max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "r",
+            event_kinds="first_diff")
+    # the same model finds its own run again (the marker holds its fingerprint) and finishes it
+    again = run(make_pair("llama", scale=0.2), prompts, boundary=2, max_new_tokens=6, bootstrap=0, progress=False,
+                out=tmp_path / "r", event_kinds="first_diff")
+    assert again.summary["cost_this_session"]["prompts_processed"] == 0

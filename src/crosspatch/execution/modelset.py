@@ -449,6 +449,25 @@ def assemble_set(handles: dict[str, ModelHandle], tokenizers: dict[str, object],
                        handles=handles)
 
 
+def module_digest(module: nn.Module) -> str:
+    """A cheap fingerprint of in-memory weights (names, shapes, sums and a few values of every
+    tensor), so that runs of different in-memory models never share a run directory."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in module.state_dict().items():
+            if p.is_meta:  # offloaded by a device map: its shape is all that is at hand
+                h.update(f"{name}{tuple(p.shape)}".encode())
+                continue
+            flat = p.detach().reshape(-1)
+            if flat.is_floating_point():
+                flat = flat.float()
+            h.update(f"{name}{tuple(p.shape)}{float(flat.sum()) if flat.numel() else 0.0:.6e}".encode())
+            h.update(flat[:16].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dict[str, object] | None = None,
                         **options) -> ResidentSet:
     """A set from models already in memory (notebooks, tests); the first entry is the base.
@@ -460,12 +479,13 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
     toks = {r: (tokenizers or {}).get(r, tokenizer) for r in roles}
     handles = {r: ModelHandle(r, m) for r, m in models.items()}
     first = next(iter(models.values()))
-    record = {"base": {"path": "<in-memory>"}, "load_options": vars(opts) | {
+    digests = {r: module_digest(m) for r, m in models.items()}
+    record = {"base": {"path": "<in-memory>", "weights_digest": digests[roles[0]]}, "load_options": vars(opts) | {
         "dtype": str(next(first.parameters()).dtype).replace("torch.", "")}}
     if len(roles) == 2:
-        record["tuned"] = {"path": "<in-memory>"}
+        record["tuned"] = {"path": "<in-memory>", "weights_digest": digests[roles[1]]}
     else:
-        record["descendants"] = {r: {"path": "<in-memory>"} for r in roles[1:]}
+        record["descendants"] = {r: {"path": "<in-memory>", "weights_digest": digests[r]} for r in roles[1:]}
     return assemble_set(handles, toks, "both", opts, [], record)
 
 
