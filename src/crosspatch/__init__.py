@@ -12,6 +12,7 @@ from .analysis import Analysis, EventSet
 from .execution import ModelPair, ModelSet, load_models, load_pair, models_from_modules, pair_from_models
 from .models import LoadOptions
 from .pipeline import RunConfig, RunResult, rerender, run
+from .compare import compare, lineage
 from .prompts import Prompt, load_prompts
 
 __version__ = "0.1.0"
@@ -19,5 +20,5 @@ __version__ = "0.1.0"
 __all__ = [
     "CELLS", "READOUTS", "Analysis", "CellRecord", "CrosspatchError", "DivergenceEvent", "EventSet",
     "LoadOptions", "ModelPair", "ModelSet", "NoDivergence", "Prompt", "RunConfig", "RunResult", "load_models",
-    "load_pair", "load_prompts", "models_from_modules", "pair_from_models", "rerender", "run",
+    "load_pair", "load_prompts", "compare", "lineage", "models_from_modules", "pair_from_models", "rerender", "run",
 ]

@@ -122,40 +122,15 @@ def run_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Run the first-divergence 2x2 factorial on a model pair and write a run directory."""
-    from . import load_pair, load_prompts
-    from .models.loading import LoadOptions
-    from .pipeline import RunConfig, run
-    from .validation import (
-        check_model_path, check_out_dir, local_num_layers, validate_load_options, validate_run_options,
-    )
+    from . import load_pair
+    from .pipeline import run
 
-    try:  # validate everything that needs no weights first: a failure leaves nothing behind
+    kw = dict(locals())
+    try:
         if (tuned is None) == (adapter is None):
             raise OptionError("give exactly one descendant: --tuned (a full or merged checkpoint) or --adapter "
                               "(a PEFT adapter directory)")
-        options = LoadOptions(dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                              allow_pickle=allow_pickle, revision=revision,
-                              allow_special_token_mismatch=allow_special_token_mismatch, residency=residency)
-        validate_load_options(options)
-        config = RunConfig(
-            boundary=_boundary(boundary),
-            boundaries=_boundaries(boundaries),
-            max_new_tokens=max_new_tokens, batch_size=batch_size, rollout_model=rollout_model.upper(),
-            bootstrap=bootstrap, seed=seed, chat_template=chat_template,
-            group_by=[x.strip() for x in group_by.split(",") if x.strip()] if group_by else [], plan=plan, shard=shard,
-            engine=engine, workers=workers, controls=controls, event_kinds=event_kinds, verify_fp32=verify_fp32,
-            policy=load_policy(policy) if policy else None,
-        )
-        validate_run_options(config)
-        items = load_prompts(prompts)
-        check_model_path(base, "base")
-        check_model_path(tuned or adapter, "tuned", adapter=adapter is not None)
-        layers = local_num_layers(base)
-        if layers is not None:
-            from .pipeline import resolve_boundaries
-
-            resolve_boundaries(config, layers)
-        check_out_dir(out, resume=resume, overwrite=overwrite)
+        items, config, options = _prepare(kw, [tuned] if tuned else [], [adapter] if adapter else [])
         with console.status("loading models"):
             pair = load_pair(base, tuned=tuned, adapter=adapter, options=options)
         console.print(f"residency: {pair.residency} ({pair.provenance.get('residency_reason')})",
@@ -172,6 +147,139 @@ def run_cmd(
                         soft_wrap=True)
     console.print(f"run directory: {out} (report.md, report.html, summary.json, events.jsonl, events.parquet)",
                   soft_wrap=True)
+
+
+def _prepare(kw: dict, tuned: list[str], adapters: list[str]):
+    """Validate every option, the prompt file, the model paths and --out before any weight is
+    loaded; returns (prompts, RunConfig, LoadOptions)."""
+    from . import load_prompts
+    from .models.loading import LoadOptions
+    from .pipeline import RunConfig, resolve_boundaries
+    from .validation import (
+        check_model_path, check_out_dir, local_num_layers, validate_load_options, validate_run_options,
+    )
+
+    options = LoadOptions(dtype=kw["dtype"], device=kw["device"], trust_remote_code=kw["trust_remote_code"],
+                          allow_pickle=kw["allow_pickle"], revision=kw["revision"],
+                          allow_special_token_mismatch=kw["allow_special_token_mismatch"], residency=kw["residency"])
+    validate_load_options(options)
+    group_by = kw["group_by"]
+    config = RunConfig(
+        boundary=_boundary(kw["boundary"]), boundaries=_boundaries(kw["boundaries"]),
+        max_new_tokens=kw["max_new_tokens"], batch_size=kw["batch_size"], rollout_model=kw["rollout_model"].upper(),
+        bootstrap=kw["bootstrap"], seed=kw["seed"], chat_template=kw["chat_template"],
+        group_by=[x.strip() for x in group_by.split(",") if x.strip()] if group_by else [], plan=kw["plan"],
+        shard=kw["shard"], engine=kw["engine"], workers=kw["workers"], controls=kw["controls"],
+        event_kinds=kw["event_kinds"], verify_fp32=kw["verify_fp32"],
+        policy=load_policy(kw["policy"]) if kw["policy"] else None,
+    )
+    validate_run_options(config)
+    items = load_prompts(kw["prompts"])
+    check_model_path(kw["base"], "base")
+    for path in tuned:
+        check_model_path(path, "tuned")
+    for path in adapters:
+        check_model_path(path, "tuned", adapter=True)
+    layers = local_num_layers(kw["base"])
+    if layers is not None:
+        resolve_boundaries(config, layers)
+    check_out_dir(kw["out"], resume=kw["resume"], overwrite=kw["overwrite"])
+    return items, config, options
+
+
+def _signature_like_run(drop: tuple[str, ...] = (), replace: dict | None = None, add: list | None = None):
+    """``run``'s parameters (one definition of the options for every command that runs)."""
+    import inspect
+
+    params = []
+    for p in inspect.signature(run_cmd, eval_str=True).parameters.values():
+        if p.name in drop:
+            continue
+        if replace and p.name in replace:
+            p = p.replace(**replace[p.name])
+        params.append(p)
+    for extra in add or []:
+        params.insert(0 if extra.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD and extra.default is inspect._empty
+                      else len(params), extra)
+    return inspect.Signature(params)
+
+
+def _compare_cmd(**kw) -> None:
+    """Every descendant against one base in one table (a run directory each under --out), with
+    cross-descendant patching (--cross A:D or all)."""
+    from .compare import compare
+    from .execution import load_models
+
+    tuned, adapters = kw.pop("tuned") or [], kw.pop("adapter") or []
+    cross = kw.pop("cross")
+    try:
+        if not tuned and not adapters:
+            raise OptionError("give the descendants to compare: --tuned DIR (repeatable) and/or --adapter DIR")
+        items, config, options = _prepare(kw, tuned, adapters)
+        with console.status("loading models"):
+            models = load_models(kw["base"], tuned=tuned or None, adapters=adapters or None, options=options)
+        console.print(f"residency: {models.residency} ({models.provenance.get('residency_reason')})",
+                      soft_wrap=True, markup=False)
+        result = compare(models, items, config, out=kw["out"], cross=cross, progress=not kw["quiet"])
+    except (CrosspatchError, ValueError) as exc:
+        _fail(exc)
+    table = Table(title="crosspatch compare: common-IT readout, headline boundary")
+    for col in ("descendant", "verdict", "events", "E_PT", "E_IT", "interaction", "direct share"):
+        table.add_column(col)
+    from .report.markdown import fmt_effect
+
+    for role, r in result.summary["rows"].items():
+        table.add_row(role, r["verdict"], str(r["events"]),
+                      *[fmt_effect({"effects": r["effects"]}, k) for k in ("E_PT", "E_IT", "interaction", "direct_share")])
+    _stdout().print(table)
+    console.print(f"report: {kw['out']}/report.md and report.html; one run directory per descendant", soft_wrap=True)
+
+
+def _lineage_cmd(**kw) -> None:
+    """Score every training stage on the Base -> Final first divergences: MODELS is BASE STAGE1
+    ... FINAL (checkpoint or adapter directories, in training order)."""
+    from pathlib import Path as _Path
+
+    from .compare import lineage
+    from .execution import load_models
+
+    paths = kw.pop("models")
+    try:
+        if len(paths) < 2:
+            raise OptionError("lineage needs BASE and at least one stage (the last one is the final model)")
+        kw["base"] = paths[0]
+        stages = paths[1:]
+        adapters = [p for p in stages if (_Path(p) / "adapter_config.json").exists()]
+        tuned = [p for p in stages if p not in adapters]
+        items, config, options = _prepare(kw, tuned, adapters)
+        names = {}
+        for p in stages:
+            name, k = _Path(str(p).rstrip("/")).name or "stage", 2
+            while name in names or name == "base":
+                name, k = f"{_Path(str(p).rstrip('/')).name}-{k}", k + 1
+            names[name] = p
+        with console.status("loading models"):
+            models = load_models(paths[0], tuned={n: p for n, p in names.items() if p in tuned} or None,
+                                 adapters={n: p for n, p in names.items() if p in adapters} or None, options=options)
+            order = ("base",) + tuple(names)
+            if models.roles != order:  # checkpoints and adapters mixed: keep the training order
+                models.roles = order
+        result = lineage(models, items, config, out=kw["out"], progress=not kw["quiet"])
+    except (CrosspatchError, ValueError) as exc:
+        _fail(exc)
+    table = Table(title=f"crosspatch lineage: base -> {result.summary['final']}")
+    for col in ("stage", "native shift D", "% of final", "top-1 = t_Final", "interaction"):
+        table.add_column(col)
+    from .report.markdown import fmt_value
+
+    for s in result.summary["stages"]:
+        r = result.summary["by_stage"][s]
+        table.add_row(s, fmt_value(r["native_shift"]),
+                      "n/a" if r["percent_of_final"] is None else f"{r['percent_of_final']:.0f}%",
+                      "n/a" if r["top1_agreement_with_final"] is None else f"{100 * r['top1_agreement_with_final']:.0f}%",
+                      fmt_value(r["interaction"]))
+    _stdout().print(table)
+    console.print(f"report: {kw['out']}/report.md, report.html, lineage.png", soft_wrap=True)
 
 
 def _sweep_cmd(**options) -> None:
@@ -197,6 +305,36 @@ def _sweep_signature():
 
 _sweep_cmd.__signature__ = _sweep_signature()
 app.command("sweep")(_sweep_cmd)
+
+
+def _compare_signature():
+    import inspect
+
+    cross = inspect.Parameter("cross", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+        None, "--cross", help="Cross-descendant patching: 'all', or UPSTREAM:LATE pairs (comma-separated roles)."))
+    return _signature_like_run(replace={
+        "tuned": {"annotation": Optional[list[str]], "default": typer.Option(
+            None, "--tuned", help="A descendant checkpoint (repeat for several; roles are the directory names).")},
+        "adapter": {"annotation": Optional[list[str]], "default": typer.Option(
+            None, "--adapter", help="A PEFT adapter directory on --base (repeatable).")},
+        "out": {"default": typer.Option(Path("runs/compare"), "--out", help="Directory of the comparison.")},
+    }, add=[cross])
+
+
+def _lineage_signature():
+    import inspect
+
+    models = inspect.Parameter("models", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=list[str],
+                               default=typer.Argument(..., help="BASE STAGE1 ... FINAL (directories, training order)."))
+    return _signature_like_run(drop=("base", "tuned", "adapter"), replace={
+        "out": {"default": typer.Option(Path("runs/lineage"), "--out", help="Directory of the lineage.")}},
+        add=[models])
+
+
+_compare_cmd.__signature__ = _compare_signature()
+app.command("compare")(_compare_cmd)
+_lineage_cmd.__signature__ = _lineage_signature()
+app.command("lineage")(_lineage_cmd)
 
 
 def load_policy(path: Path) -> dict:

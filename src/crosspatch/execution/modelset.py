@@ -186,6 +186,7 @@ class SequentialSet(ModelSet):
     paths: dict[str, str] = field(default_factory=dict)
     options: LoadOptions = field(default_factory=LoadOptions)
     heads: dict[str, ReadoutHead] = field(default_factory=dict)
+    adapter_paths: dict[str, str] = field(default_factory=dict)  # roles that are a PEFT adapter on the base
     _current: ModelHandle | None = None
     _live: "weakref.WeakSet" = field(default_factory=weakref.WeakSet)
     loads: int = 0  # how many times a model was loaded
@@ -197,12 +198,20 @@ class SequentialSet(ModelSet):
     def use(self, role: str) -> Iterator[ModelHandle]:
         if self._current is None or self._current.role != role:
             self.release()
-            handle = ModelHandle(role, load_causal_lm(self.paths[role], self.options))
+            handle = self.load_handle(role)
             self._live.add(handle.module)
             self.loads += 1
             self.peak_live_models = max(self.peak_live_models, len(self._live))
             self._current = handle
         yield self._current
+
+    def load_handle(self, role: str) -> ModelHandle:
+        """Load ``role``'s model (an adapter role: the base with that adapter)."""
+        if role in self.adapter_paths:
+            model = _load_adapters(load_causal_lm(self.paths[BASE], self.options), self.paths[BASE],
+                                   {role: self.adapter_paths[role]}, self.options, None, None, [])
+            return ModelHandle(role, model, adapter_enabled=True, adapter_name=role)
+        return ModelHandle(role, load_causal_lm(self.paths[role], self.options))
 
     def can_hold(self, roles) -> bool:
         return len(set(roles)) <= 1
@@ -270,15 +279,16 @@ def choose_residency(base: str, tuned: str | list[str] | None, adapter: str | li
     if options.residency is not None:
         if options.residency not in RESIDENCIES:
             raise ModelLoadError(f"residency must be one of {', '.join(RESIDENCIES)}, not {options.residency!r}")
-        if adapter and options.residency != "adapter":
-            raise ModelLoadError("with an adapter the residency is 'adapter' (one copy of the base weights)")
-        if not adapter and options.residency == "adapter":
-            raise ModelLoadError("residency 'adapter' needs --adapter")
+        if adapter and not tuned and options.residency == "both":
+            raise ModelLoadError("with adapters only, the residency is 'adapter' (one copy of the base weights) "
+                                 "or 'sequential'")
+        if options.residency == "adapter" and (not adapter or tuned):
+            raise ModelLoadError("residency 'adapter' needs --adapter (and no --tuned checkpoints)")
         return options.residency, "asked for"
-    if adapter and tuned:
-        raise ModelLoadError("give descendants either as checkpoints (tuned) or as adapters, not both in one set")
-    if adapter:
+    if adapter and not tuned:
         return "adapter", "PEFT adapter: one copy of the base weights serves every model"
+    if adapter:
+        tuned = tuned + [base]  # the adapters share one more copy of the base weights
     sizes = [_weights_bytes(p) for p in [base] + tuned]
     free = _available_bytes(options)
     if None in sizes or free is None:
@@ -337,6 +347,32 @@ def _role_names(descendants: dict[str, str] | list[str] | str | None) -> dict[st
     return names
 
 
+def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options: LoadOptions, tokenizers: dict,
+                   record: dict, warnings: list[str]):
+    """A PEFT model holding every adapter of ``adapter_roles`` on ``base_model``."""
+    from peft import PeftModel
+
+    model = None
+    for role, path in adapter_roles.items():
+        settings, adapter_warnings = adapter_settings(path)
+        warnings += [w if len(adapter_roles) == 1 else f"{role}: {w}" for w in adapter_warnings]
+        try:
+            if model is None:
+                model = PeftModel.from_pretrained(base_model, path, adapter_name=role, is_trainable=False)
+            else:
+                model.load_adapter(path, adapter_name=role, is_trainable=False)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise adapter_load_error(path, base, exc) from None
+        if tokenizers is not None:
+            has_tok = any((Path(path) / n).exists() for n in ("tokenizer.json", "tokenizer_config.json"))
+            tokenizers[role] = load_tokenizer(path, options) if has_tok else tokenizers[BASE]
+        if record is not None:
+            target = record["adapter"] if "adapter" in record else record["descendants"][role]
+            target["settings"] = settings
+    model.eval()
+    return model
+
+
 def load_models(
     base: str,
     tuned: dict[str, str] | list[str] | str | None = None,
@@ -344,16 +380,20 @@ def load_models(
     options: LoadOptions | None = None,
     **overrides,
 ) -> ModelSet:
-    """Load a base and any number of descendants: full or merged checkpoints (``tuned``) or PEFT
-    adapter directories on ``base`` (``adapters``), each a path, a list of paths (roles named
-    after the directories) or a ``{role: path}`` dict. The residency is chosen here (see
+    """Load a base and any number of descendants: full or merged checkpoints (``tuned``) and/or
+    PEFT adapter directories on ``base`` (``adapters``), each a path, a list of paths (roles
+    named after the directories) or a ``{role: path}`` dict. The residency is chosen here (see
     :func:`choose_residency`) and recorded with its reason."""
     options = options or LoadOptions()
     for key, value in overrides.items():
         if not hasattr(options, key):
             raise TypeError(f"unknown load option {key!r}")
         setattr(options, key, value)
-    tuned_roles, adapter_roles = _role_names(tuned), _role_names(adapters)
+    tuned_roles = _role_names(tuned)
+    adapter_roles = {k: v for k, v in _role_names(adapters).items()}
+    for role in list(adapter_roles):
+        if role in tuned_roles:  # two descendants in directories of the same name
+            adapter_roles[f"{role}-adapter"] = adapter_roles.pop(role)
     check_model_path(base, "base")
     for path in tuned_roles.values():
         check_model_path(path, "tuned")
@@ -361,60 +401,49 @@ def load_models(
         check_model_path(path, "tuned", adapter=True)
     if not tuned_roles and not adapter_roles:
         raise ModelLoadError("give at least one descendant: tuned= (a checkpoint) or adapter= (a PEFT adapter dir)")
-    if tuned_roles and adapter_roles:
-        raise ModelLoadError("give descendants either as checkpoints (tuned) or as adapters, not both in one set")
     residency, reason = choose_residency(base, list(tuned_roles.values()), list(adapter_roles.values()), options)
     options.residency = residency
-    roles = (BASE,) + tuple(tuned_roles or adapter_roles)
+    roles = (BASE,) + tuple(tuned_roles) + tuple(adapter_roles)
     record = {"base": provenance(base, options), "load_options": vars(options).copy(),
               "residency_reason": reason,
               "load_spec": {"base": base, "tuned": tuned_roles or None, "adapters": adapter_roles or None,
                             "options": {**vars(options), "hash_weights": False}}}
-    descendant_key = "adapter" if adapter_roles else "tuned"
-    paths = tuned_roles or adapter_roles
-    if len(paths) == 1:  # a pair: the record keeps the familiar single-descendant layout
-        record[descendant_key] = provenance(next(iter(paths.values())), options)
+    if len(roles) == 2:  # a pair: the record keeps the familiar single-descendant layout
+        key, path = ("adapter", *adapter_roles.values()) if adapter_roles else ("tuned", *tuned_roles.values())
+        record[key] = provenance(path, options)
     else:
-        record["descendants"] = {r: provenance(p, options) for r, p in paths.items()}
+        record["descendants"] = {r: provenance(p, options) | ({"kind": "adapter"} if r in adapter_roles else {})
+                                 for r, p in {**tuned_roles, **adapter_roles}.items()}
     tokenizers = {BASE: load_tokenizer(base, options)}
     warnings: list[str] = []
 
     if residency == "sequential":
         heads, facts, eos = {}, {}, set()
-        all_paths = {BASE: base, **tuned_roles}
+        sequential = SequentialSet(roles, tokenizers, None, set(), {}, "sequential", warnings, record,
+                                   paths={BASE: base, **tuned_roles}, options=options, heads=heads,
+                                   adapter_paths=adapter_roles)
         for role in roles:
-            if role != BASE:
-                tokenizers[role] = load_tokenizer(all_paths[role], options)
-            handle = ModelHandle(role, load_causal_lm(all_paths[role], options))
+            if role in tuned_roles:
+                tokenizers[role] = load_tokenizer(tuned_roles[role], options)
+            if role in adapter_roles:
+                has_tok = any((Path(adapter_roles[role]) / n).exists() for n in ("tokenizer.json", "tokenizer_config.json"))
+                tokenizers[role] = load_tokenizer(adapter_roles[role], options) if has_tok else tokenizers[BASE]
+                record_target = record["adapter"] if "adapter" in record else record["descendants"][role]
+                record_target["settings"], adapter_warnings = adapter_settings(adapter_roles[role])
+                warnings += adapter_warnings
+            handle = sequential.load_handle(role)
             heads[role], facts[role] = ReadoutHead(handle), model_facts(handle)
             eos |= eos_token_ids(tokenizers[role], handle.anatomy.model)
             del handle
             gc.collect()
         real, checks = _check_set(roles, tokenizers, facts, options)
-        return SequentialSet(roles, tokenizers, real, eos, facts, "sequential", warnings + checks, record,
-                             paths=all_paths, options=options, heads=heads)
+        sequential.real_vocab, sequential.eos_ids, sequential.facts = real, eos, facts
+        sequential.warnings = warnings + checks
+        return sequential
 
     handles: dict[str, ModelHandle] = {}
-    if adapter_roles:
-        from peft import PeftModel
-
-        base_model = load_causal_lm(base, options)
-        model = None
-        for role, path in adapter_roles.items():
-            settings, adapter_warnings = adapter_settings(path)
-            warnings += [w if len(adapter_roles) == 1 else f"{role}: {w}" for w in adapter_warnings]
-            try:
-                if model is None:
-                    model = PeftModel.from_pretrained(base_model, path, adapter_name=role, is_trainable=False)
-                else:
-                    model.load_adapter(path, adapter_name=role, is_trainable=False)
-            except (RuntimeError, ValueError, KeyError) as exc:
-                raise adapter_load_error(path, base, exc) from None
-            has_tok = any((Path(path) / n).exists() for n in ("tokenizer.json", "tokenizer_config.json"))
-            tokenizers[role] = load_tokenizer(path, options) if has_tok else tokenizers[BASE]
-            target = record["adapter"] if len(adapter_roles) == 1 else record["descendants"][role]
-            target["settings"] = settings
-        model.eval()
+    if adapter_roles and not tuned_roles:  # residency "adapter": every role on one copy of the base weights
+        model = _load_adapters(load_causal_lm(base, options), base, adapter_roles, options, tokenizers, record, warnings)
         handles[BASE] = ModelHandle(BASE, model, adapter_enabled=False)
         for role in adapter_roles:
             handles[role] = ModelHandle(role, model, adapter_enabled=True, adapter_name=role)
@@ -423,6 +452,11 @@ def load_models(
         for role, path in tuned_roles.items():
             handles[role] = ModelHandle(role, load_causal_lm(path, options))
             tokenizers[role] = load_tokenizer(path, options)
+        if adapter_roles:  # checkpoints and adapters together: the adapters share one more copy of the base
+            model = _load_adapters(load_causal_lm(base, options), base, adapter_roles, options, tokenizers, record,
+                                   warnings)
+            for role in adapter_roles:
+                handles[role] = ModelHandle(role, model, adapter_enabled=True, adapter_name=role)
     return assemble_set(handles, tokenizers, residency, options, warnings, record)
 
 

@@ -1,0 +1,397 @@
+"""Several descendants of one base (DESIGN 1.6: recipe separation, lineage).
+
+- :func:`compare`: every descendant against the base, each a full run (its own run directory,
+  resumable, with controls and verdict) plus one table; optionally cross-descendant patching:
+  ``Y(U_X, L_Y)`` — descendant ``X``'s upstream state through descendant ``Y``'s late stack,
+  scored on ``Y``'s events (``t_base`` vs ``t_Y``) with ``Y``'s head.
+- :func:`lineage`: the support is fixed on the Base -> Final first divergences; every stage
+  is scored on that same ``(t_Base, t_Final)`` contrast: its 2x2 against the base, its native
+  ``Y``, its percent of the final stage, its top-1 agreement with ``t_Final``, and a label-swap
+  null of its interaction.
+- :func:`pool_runs`: several base/descendant families pooled family-balanced (mean of
+  per-family means, bootstrap within family).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .analysis import Analysis, EventSet
+from .cells import CELLS, CellRecord
+from .execution import Executor, Late, ModelSet, Program
+from .models.vocab import masked_argmax
+from .pipeline import RunConfig, RunResult, run
+from .stats import BootstrapConfig, effect_block, label_swap_null, pool_family_balanced
+
+COMPARE_SCHEMA = "crosspatch.compare/1"
+LINEAGE_SCHEMA = "crosspatch.lineage/1"
+
+
+def _y(logits: torch.Tensor, events) -> torch.Tensor:
+    rows = torch.arange(len(events))
+    t_it = torch.tensor([e.t_it for e in events], device=logits.device)
+    t_pt = torch.tensor([e.t_pt for e in events], device=logits.device)
+    return (logits[rows, t_it] - logits[rows, t_pt]).cpu()
+
+
+@dataclass
+class CrossDescendant(Analysis):
+    """``Y(U_X, L_tuned)`` for each other descendant ``X`` in ``upstream``, on the run's events
+    (the tuned role's contrast), read with the tuned role's head (common-IT)."""
+
+    boundary: int
+    upstream: list[str]
+    name: str = "cross_descendant"
+
+    def program(self, ex: Executor, events: EventSet) -> Program:
+        others = [r for r in self.upstream if r not in (events.base, events.tuned)]
+        if not events.events or not others:
+            return []
+        b = self.boundary
+        states = yield from events.states(others, [b])
+        finals = yield [Late(events.tuned, b, [s.boundary[b] for s in per_role], events.sequences) for per_role in states]
+        rows = []
+        for role, final in zip(others, finals):
+            ys = _y(ex.readout(events.tuned, torch.stack(final)), events.events)
+            rows += [{"key": f"{e.key}@{b}", "prompt_id": e.prompt_id, "upstream": role, "late": events.tuned,
+                      "boundary": b, "y": float(ys[k])} for k, e in enumerate(events.events)]
+        return rows
+
+
+@dataclass
+class StageScores(Analysis):
+    """Each stage's 2x2 against the base on the run's events (Base -> Final contrast), read
+    with the stage's own head, and whether the stage's own top-1 is ``t_Final``."""
+
+    boundary: int
+    stages: list[str]
+    name: str = "lineage"
+
+    def program(self, ex: Executor, events: EventSet) -> Program:
+        if not events.events:
+            return []
+        b, base = self.boundary, events.base
+        states = yield from events.states([base] + list(self.stages), [b])
+        u_base, per_stage = states[0], states[1:]
+        passes = []
+        for role, u_s in zip(self.stages, per_stage):
+            passes += [Late(role, b, [s.boundary[b] for s in u_base], events.sequences),
+                       Late(base, b, [s.boundary[b] for s in u_s], events.sequences)]
+        finals = yield passes
+        nat_base = torch.stack([s.final for s in u_base])
+        rows = []
+        for k, (role, u_s) in enumerate(zip(self.stages, per_stage)):
+            nat_s = torch.stack([s.final for s in u_s])
+            cells = {"upt_lpt": nat_base, "upt_lit": torch.stack(finals[2 * k]),
+                     "uit_lpt": torch.stack(finals[2 * k + 1]), "uit_lit": nat_s}
+            ys = {c: _y(ex.readout(role, h), events.events) for c, h in cells.items()}
+            own = masked_argmax(ex.readout(role, nat_s), ex.models.real_vocab).cpu()
+            for j, e in enumerate(events.events):
+                rows.append({"key": f"{e.key}@{b}#{role}", "prompt_id": e.prompt_id, "stage": role, "boundary": b,
+                             "cells": {c: float(ys[c][j]) for c in CELLS}, "top1_is_t_final": bool(own[j] == e.t_it)})
+        return rows
+
+
+# -- compare ------------------------------------------------------------------------------------
+@dataclass
+class CompareResult:
+    runs: dict[str, RunResult]
+    summary: dict
+    report: str
+    out: Path | None = None
+
+
+def parse_cross(spec: str | None, descendants: tuple[str, ...]) -> dict[str, list[str]]:
+    """``all`` or ``A:D,B:D`` -> {late-stack role: [upstream roles]}."""
+    if not spec:
+        return {}
+    if spec.strip() == "all":
+        return {d: [x for x in descendants if x != d] for d in descendants}
+    out: dict[str, list[str]] = {}
+    for item in spec.split(","):
+        try:
+            up, late = (x.strip() for x in item.split(":"))
+        except ValueError:
+            raise ValueError(f"--cross takes 'all' or UPSTREAM:LATE pairs, not {item!r}") from None
+        for role in (up, late):
+            if role not in descendants:
+                raise ValueError(f"--cross {item}: {role!r} is not a descendant ({', '.join(descendants)})")
+        if up == late:
+            raise ValueError(f"--cross {item}: the two roles must differ")
+        out.setdefault(late, []).append(up)
+    return out
+
+
+def _mean(values) -> dict:
+    vals = [v for v in values if v is not None and np.isfinite(v)]
+    return {"mean": float(np.mean(vals)) if vals else None, "n": len(vals)}
+
+
+def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str | Path | None = None,
+            cross: str | None = None, progress: bool = True, **overrides) -> CompareResult:
+    """Every descendant of ``models`` against its base (one run directory each under ``out``),
+    one table, and the cross-descendant matrix when ``cross`` is ``all`` or ``A:D,...``."""
+    from dataclasses import replace
+
+    from .cells import headline_boundary
+
+    from .pipeline import resolve_boundaries
+
+    config = replace(config or RunConfig(), **overrides)
+    plan = parse_cross(cross, models.descendants)
+    b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers)
+    runs: dict[str, RunResult] = {}
+    for role in models.descendants:
+        extra = [CrossDescendant(b, plan[role])] if role in plan else []
+        cfg = replace(config, tuned=role, title=config.title or f"crosspatch compare: base vs {role}")
+        runs[role] = run(models, prompts, cfg, out=Path(out) / role if out is not None else None, progress=progress,
+                         analyses=extra)
+    summary = compare_summary(models, runs, plan)
+    report = render_compare_markdown(summary)
+    if out is not None:
+        out = Path(out)
+        (out / "compare.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        (out / "report.md").write_text(report)
+        (out / "report.html").write_text(render_compare_html(summary))
+    return CompareResult(runs, summary, report, Path(out) if out is not None else None)
+
+
+def compare_summary(models: ModelSet, runs: dict[str, RunResult], plan: dict[str, list[str]]) -> dict:
+    rows = {}
+    for role, result in runs.items():
+        v = result.summary["verdict"]
+        block = result.summary["results"][str(v["boundary"])]["common_it"]["all"]
+        rows[role] = {"events": block["n_events"], "prompts": block["n_prompts"], "cells": block["cells"],
+                      "effects": {k: block["effects"][k] for k in ("E_PT", "E_IT", "interaction", "direct_share")},
+                      "verdict": v["verdict"], "reason": v["reason"], "boundary": v["boundary"]}
+    matrix = None
+    if plan:
+        roles = list(models.roles)
+        matrix = {x: {y: None for y in roles} for x in roles}
+        for y, result in runs.items():
+            first = [r for r in result.records if r.kind == "first_diff" and r.boundary == rows[y]["boundary"]]
+            matrix[models.base][y] = _mean(r.cells["common_it"]["upt_lit"] for r in first)
+            matrix[y][y] = _mean(r.cells["common_it"]["uit_lit"] for r in first)
+            matrix[y][models.base] = _mean(r.cells["common_it"]["uit_lpt"] for r in first)
+            for x in plan.get(y, []):
+                matrix[x][y] = _mean(r["y"] for r in result.analyses.get("cross_descendant", []) if r["upstream"] == x)
+    return {"schema_version": COMPARE_SCHEMA, "base": models.base, "descendants": list(models.descendants),
+            "rows": rows, "cross": matrix,
+            "cross_note": ("Y(U_X, L_Y): upstream X (rows) through late stack Y (columns), on Y's events (t_base vs t_Y) "
+                           "with Y's head; the base column uses the upstream descendant's events")}
+
+
+def _fmt(stat) -> str:
+    from .report.markdown import fmt_value
+
+    return fmt_value(stat)
+
+
+def render_compare_markdown(summary: dict) -> str:
+    from .report.markdown import _table, fmt_effect, md_escape
+
+    lines = ["# crosspatch compare", "", f"Base against {len(summary['rows'])} descendant(s); headline boundary, "
+             "common-IT readout, 95% prompt-cluster intervals.", ""]
+    rows = []
+    for role, r in summary["rows"].items():
+        block = {"effects": r["effects"]}
+        rows.append([md_escape(role), r["verdict"], str(r["events"])]
+                    + [_fmt(r["cells"][c]).split(" ")[0] for c in CELLS]
+                    + [fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction", "direct_share")])
+    lines += _table(["descendant", "verdict", "events", "Y(U_PT,L_PT)", "Y(U_PT,L_IT)", "Y(U_IT,L_PT)", "Y(U_IT,L_IT)",
+                     "E_PT", "E_IT", "interaction", "direct share"], rows) + [""]
+    for role, r in summary["rows"].items():
+        lines += [f"- **{md_escape(role)}**: {md_escape(r['reason'])}"]
+    lines.append("")
+    if summary.get("cross"):
+        roles = list(summary["cross"])
+        lines += ["## Cross-descendant patching", "", summary["cross_note"] + ".", ""]
+        body = []
+        for x in roles:
+            body.append([f"U_{md_escape(x)}"] + [
+                "n/a" if summary["cross"][x][y] is None or summary["cross"][x][y]["mean"] is None
+                else f"{summary['cross'][x][y]['mean']:+.2f}" for y in roles])
+        lines += _table(["upstream \\ late"] + [f"L_{md_escape(y)}" for y in roles], body) + [""]
+    return "\n".join(lines)
+
+
+def render_compare_html(summary: dict) -> str:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    from .report.markdown import fmt_effect
+
+    env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
+    tables = [("Descendants", ["descendant", "verdict", "events", "E_PT", "E_IT", "interaction", "direct share"],
+               [[role, r["verdict"], str(r["events"])] + [fmt_effect({"effects": r["effects"]}, k)
+                                                          for k in ("E_PT", "E_IT", "interaction", "direct_share")]
+                for role, r in summary["rows"].items()])]
+    if summary.get("cross"):
+        roles = list(summary["cross"])
+        tables.append(("Cross-descendant patching: Y(U_X, L_Y)", ["upstream \\ late"] + [f"L_{y}" for y in roles],
+                       [[f"U_{x}"] + ["n/a" if summary["cross"][x][y] is None or summary["cross"][x][y]["mean"] is None
+                                      else f"{summary['cross'][x][y]['mean']:+.2f}" for y in roles] for x in roles]))
+    return env.get_template("tables.html.j2").render(
+        title="crosspatch compare", intro=" ".join(f"{k}: {r['reason']}" for k, r in summary["rows"].items()),
+        tables=tables, links=[f"{role}/report.html" for role in summary["rows"]])
+
+
+# -- lineage ------------------------------------------------------------------------------------
+@dataclass
+class LineageResult:
+    run: RunResult
+    summary: dict
+    report: str
+    out: Path | None = None
+
+
+def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str | Path | None = None,
+            progress: bool = True, **overrides) -> LineageResult:
+    """Score every stage of ``models`` (descendant roles in training order, the last one the
+    final model) on the Base -> Final first divergences."""
+    from dataclasses import replace
+
+    from .cells import headline_boundary
+    from .pipeline import resolve_boundaries
+
+    if len(models.descendants) < 1:
+        raise ValueError("a lineage needs at least one stage")
+    config = replace(config or RunConfig(), **overrides)
+    final = models.descendants[-1]
+    b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers)
+    cfg = replace(config, tuned=final, title=config.title or f"crosspatch lineage: base -> {final}")
+    result = run(models, prompts, cfg, out=Path(out) / "run" if out is not None else None, progress=progress,
+                 analyses=[StageScores(b, list(models.descendants))])
+    summary = lineage_summary(result, list(models.descendants), b, BootstrapConfig(config.bootstrap, config.seed))
+    report = render_lineage_markdown(summary)
+    if out is not None:
+        out = Path(out)
+        (out / "lineage.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        plot_lineage(summary, out)
+        (out / "report.md").write_text(report)
+        (out / "report.html").write_text(render_lineage_html(summary, out))
+    return LineageResult(result, summary, report, Path(out) if out is not None else None)
+
+
+def lineage_summary(result: RunResult, stages: list[str], boundary: int, boot: BootstrapConfig) -> dict:
+    rows = result.analyses.get("lineage", [])
+    by_stage: dict[str, list[dict]] = {s: [r for r in rows if r["stage"] == s] for s in stages}
+    out_stages = {}
+    final_shift = None
+    for s in stages[::-1]:  # the final stage first: percents are of it
+        recs = by_stage[s]
+        values = np.array([[r["cells"][c] for c in CELLS] for r in recs], dtype=float).reshape(-1, 4)
+        block = effect_block(values, [r["prompt_id"] for r in recs], boot)
+        fake = [CellRecord(key=r["key"], prompt_id=r["prompt_id"], category=None, boundary=boundary, position=0,
+                           prompt_len=0, prefix_len=0, t_pt=0, t_it=0, t_pt_text="", t_it_text="",
+                           cells={"common_it": r["cells"], "common_pt": r["cells"]}, margin_pt=0.0, margin_it=0.0,
+                           near_tie=False, natural_agrees=True) for r in recs]
+        shift = block["effects"]["native_shift"]["mean"]
+        if s == stages[-1]:
+            final_shift = shift
+        out_stages[s] = {
+            "events": len(recs), "native_y": block["cells"]["uit_lit"], "native_shift": block["effects"]["native_shift"],
+            "E_PT": block["effects"]["E_PT"], "E_IT": block["effects"]["E_IT"],
+            "interaction": block["effects"]["interaction"],
+            "percent_of_final": (100 * shift / final_shift) if shift is not None and final_shift not in (None, 0) else None,
+            "top1_agreement_with_final": float(np.mean([r["top1_is_t_final"] for r in recs])) if recs else None,
+            "label_swap": label_swap_null(fake, seed=boot.seed),
+        }
+    return {"schema_version": LINEAGE_SCHEMA, "stages": stages, "final": stages[-1], "boundary": boundary,
+            "events": result.summary["counts"]["events"], "by_stage": {s: out_stages[s] for s in stages},
+            "note": ("support fixed on the Base -> Final first divergences; each stage scored on (t_Base, t_Final) "
+                     "with its own head; percent of final = the stage's native shift Y(U_S,L_S) - Y(U_B,L_B) over the "
+                     "final stage's")}
+
+
+def plot_lineage(summary: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = summary["stages"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    x = np.arange(len(stages))
+    for key, label in (("native_shift", "native shift D"), ("E_IT", "E_IT"), ("E_PT", "E_PT"),
+                       ("interaction", "interaction")):
+        stats = [summary["by_stage"][s][key] for s in stages]
+        means = [np.nan if st["mean"] is None else st["mean"] for st in stats]
+        ax.plot(x, means, marker="o", label=label)
+        lo = [np.nan if not st.get("ci") else st["ci"][0] for st in stats]
+        hi = [np.nan if not st.get("ci") else st["ci"][1] for st in stats]
+        ax.fill_between(x, lo, hi, alpha=0.15)
+    ax.set_xticks(x, stages)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel("logits (t_Final vs t_Base)")
+    ax.set_title("lineage: every stage on the Base -> Final contrast")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "lineage.png", dpi=120)
+    fig.savefig(out / "lineage.svg")
+    plt.close(fig)
+
+
+def render_lineage_markdown(summary: dict) -> str:
+    from .report.markdown import _table, fmt_value, md_escape
+
+    lines = ["# crosspatch lineage", "", md_escape(summary["note"]) + ".", "",
+             f"{summary['events']} Base -> Final events at boundary {summary['boundary']}.", "",
+             "![lineage](lineage.png)", ""]
+    rows = []
+    for s in summary["stages"]:
+        r = summary["by_stage"][s]
+        pct = "n/a" if r["percent_of_final"] is None else f"{r['percent_of_final']:.0f}%"
+        agree = "n/a" if r["top1_agreement_with_final"] is None else f"{100 * r['top1_agreement_with_final']:.0f}%"
+        swap = r["label_swap"]
+        null = "n/a" if swap["p_value"] is None else f"p={swap['p_value']:.3f}"
+        rows.append([md_escape(s), fmt_value(r["native_shift"]), pct, agree, fmt_value(r["E_PT"]), fmt_value(r["E_IT"]),
+                     fmt_value(r["interaction"]), null])
+    lines += _table(["stage", "native shift D", "% of final", "top-1 = t_Final", "E_PT", "E_IT", "interaction",
+                     "label-swap null"], rows)
+    return "\n".join(lines + [""])
+
+
+def render_lineage_html(summary: dict, out: Path) -> str:
+    import base64
+
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    from .report.markdown import fmt_value
+
+    env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
+    rows = [[s, fmt_value(summary["by_stage"][s]["native_shift"]),
+             "n/a" if summary["by_stage"][s]["percent_of_final"] is None
+             else f"{summary['by_stage'][s]['percent_of_final']:.0f}%",
+             fmt_value(summary["by_stage"][s]["interaction"])] for s in summary["stages"]]
+    png = out / "lineage.png"
+    return env.get_template("tables.html.j2").render(
+        title="crosspatch lineage", intro=summary["note"],
+        tables=[("Stages", ["stage", "native shift D", "% of final", "interaction"], rows)], links=[],
+        image=base64.b64encode(png.read_bytes()).decode() if png.exists() else None)
+
+
+# -- pooling ------------------------------------------------------------------------------------
+def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str = "common_it",
+              bootstrap: int = 2000, seed: int = 0) -> dict:
+    """Family-balanced pooling of finished runs (one per base/descendant family): the mean of
+    per-family means, prompts resampled within each family; at each run's headline boundary."""
+    from .store import RunStore
+
+    if not isinstance(run_dirs, dict):
+        run_dirs = {Path(d).name: d for d in run_dirs}
+    groups = {}
+    for name, d in run_dirs.items():
+        store = RunStore(d)
+        summary = store.summary()
+        b = summary.get("verdict", {}).get("boundary", int(summary["boundaries"][0]))
+        groups[name] = [r for r in store.load_records() if r.boundary == b and r.kind == "first_diff"]
+    return pool_family_balanced(groups, readout, BootstrapConfig(bootstrap, seed))
+
+
+__all__ = ["CompareResult", "CrossDescendant", "LineageResult", "StageScores", "compare", "lineage", "parse_cross",
+           "pool_runs"]

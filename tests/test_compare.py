@@ -1,0 +1,150 @@
+"""Several descendants in one table, cross-descendant patching, lineage over stages, pooling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from crosspatch.compare import compare, lineage, parse_cross, pool_runs
+from crosspatch.execution import load_models, models_from_modules
+from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
+
+from .test_store import many_prompts
+
+OPTIONS = dict(boundary=2, max_new_tokens=8, bootstrap=300, progress=False, plan="exact", event_kinds="first_diff")
+
+
+@pytest.fixture(scope="module")
+def family():
+    """A base and three descendants with known structure at boundary 2."""
+    base = tiny_model("llama")
+    return {"base": base, "same": perturb_layers(base, [], 0.0), "late": perturb_layers(base, [2, 3], 0.4, seed=3),
+            "early": perturb_layers(base, [0, 1], 0.4, seed=4)}
+
+
+@pytest.fixture(scope="module")
+def compared(family, tmp_path_factory):
+    models = models_from_modules(family, char_tokenizer())
+    out = tmp_path_factory.mktemp("cmp")
+    return compare(models, many_prompts(16), out=out, cross="all", controls="default", **OPTIONS), out
+
+
+def test_compare_gives_each_descendant_its_expected_effects(compared):
+    result, out = compared
+    rows = result.summary["rows"]
+    assert rows["same"]["events"] == 0 and rows["same"]["verdict"] == "inconclusive"  # identical: no divergence
+    late, early = rows["late"]["effects"], rows["early"]["effects"]
+    assert late["interaction"]["mean"] == 0.0 and late["E_PT"]["mean"] == late["E_IT"]["mean"] > 0
+    assert rows["late"]["verdict"] == "portable"
+    assert early["E_PT"]["mean"] == 0.0 and early["E_IT"]["mean"] == 0.0
+    assert rows["early"]["verdict"] == "no-late-effect"
+    for name in ("compare.json", "report.md", "report.html", "late/report.md", "early/summary.json"):
+        assert (out / name).exists(), name
+
+
+def test_cross_matrix_diagonal_equals_each_descendants_own_cells(compared):
+    result, _ = compared
+    m = result.summary["cross"]
+    for role in ("late", "early"):
+        block = result.runs[role].summary["results"]["2"]["common_it"]["all"]["cells"]
+        assert m[role][role]["mean"] == pytest.approx(block["uit_lit"]["mean"], abs=1e-9)
+        assert m["base"][role]["mean"] == pytest.approx(block["upt_lit"]["mean"], abs=1e-9)
+    # late and early share nothing above/below the boundary in the same way: the early descendant's
+    # upstream through the late descendant's stack is a real, finite number
+    assert m["early"]["late"]["mean"] is not None and m["early"]["late"]["n"] == result.summary["rows"]["late"]["events"]
+
+
+def test_cross_descendant_equals_a_pair_run_when_the_upstream_is_the_base(family):
+    # U_base through L_late on late's events is the cell Y(U_PT, L_IT) of the plain pair run
+    models = models_from_modules({"base": family["base"], "late": family["late"], "alias": family["base"]},
+                                 char_tokenizer())
+    result = compare(models, many_prompts(10), cross="alias:late", **OPTIONS)
+    cross = result.summary["cross"]["alias"]["late"]["mean"]
+    assert cross == pytest.approx(result.summary["cross"]["base"]["late"]["mean"], abs=1e-6)
+
+
+def test_parse_cross():
+    assert parse_cross("all", ("a", "b")) == {"a": ["b"], "b": ["a"]}
+    assert parse_cross("a:b", ("a", "b")) == {"b": ["a"]}
+    with pytest.raises(ValueError, match="not a descendant"):
+        parse_cross("a:z", ("a", "b"))
+
+
+def _interpolated_stages(n=3):
+    """stage k = base + k/n x delta: a lineage whose answer is known (monotone)."""
+    base = tiny_model("llama")
+    final = perturb_layers(base, range(4), 0.4, seed=9)
+    stages = {}
+    for k in range(1, n + 1):
+        stage = perturb_layers(base, [], 0.0)
+        with torch.no_grad():
+            for p, pb, pf in zip(stage.parameters(), base.parameters(), final.parameters()):
+                p.copy_(pb + (k / n) * (pf - pb))
+        stages[f"s{k}"] = stage
+    return {"base": base, **stages}
+
+
+def test_lineage_on_an_interpolation_is_monotone_and_its_final_stage_equals_a_plain_run(tmp_path):
+    from crosspatch.pipeline import run
+
+    modules = _interpolated_stages(3)
+    models = models_from_modules(modules, char_tokenizer())
+    result = lineage(models, many_prompts(16), out=tmp_path, **OPTIONS)
+    by = result.summary["by_stage"]
+    shifts = [by[s]["native_shift"]["mean"] for s in ("s1", "s2", "s3")]
+    assert shifts[0] < shifts[1] < shifts[2]
+    assert by["s3"]["percent_of_final"] == pytest.approx(100.0)
+    assert 0 <= by["s1"]["top1_agreement_with_final"] <= by["s3"]["top1_agreement_with_final"] == 1.0
+    plain = run(models_from_modules({"base": modules["base"], "s3": modules["s3"]}, char_tokenizer()),
+                many_prompts(16), **OPTIONS)
+    cells = plain.summary["results"]["2"]["common_it"]["all"]["cells"]
+    assert by["s3"]["native_y"]["mean"] == pytest.approx(cells["uit_lit"]["mean"], abs=1e-6)
+    for name in ("lineage.json", "lineage.png", "lineage.svg", "report.md", "report.html", "run/summary.json"):
+        assert (tmp_path / name).exists(), name
+
+
+def test_pooling_runs_weights_families_equally(compared):
+    _, out = compared
+    pooled = pool_runs({"late": out / "late", "early": out / "early"}, bootstrap=200)
+    assert pooled["n_pairs"] == 2
+
+
+def test_compare_and_lineage_commands(tmp_path):
+    from crosspatch.cli import app
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "m")
+    tiny_model("llama", seed=4).save_pretrained(root / "other")
+    char_tokenizer().save_pretrained(root / "other")
+    prompts = tmp_path / "p.jsonl"
+    import json
+
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in many_prompts(8)))
+    common = ["--prompts", str(prompts), "--max-new-tokens", "6", "--bootstrap", "0", "--quiet", "--boundary", "2",
+              "--event-kinds", "first_diff", "--controls", "none"]
+    res = CliRunner().invoke(app, ["compare", "--base", str(root / "base"), "--tuned", str(root / "tuned"),
+                                   "--tuned", str(root / "other"), "--cross", "all", "--out", str(tmp_path / "c"), *common])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "c" / "compare.json").exists() and "tuned" in res.output and "other" in res.output
+    res = CliRunner().invoke(app, ["lineage", str(root / "base"), str(root / "other"), str(root / "tuned"),
+                                   "--out", str(tmp_path / "l"), *common])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "l" / "lineage.png").exists()
+    models = load_models(str(root / "base"), tuned=[str(root / "tuned"), str(root / "other")])
+    assert models.roles == ("base", "tuned", "other")
+
+
+def test_compare_under_sequential_residency_holds_one_model_at_a_time(family, tmp_path):
+    tok = char_tokenizer()
+    for name, model in family.items():
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    models = load_models(str(tmp_path / "base"), tuned={r: str(tmp_path / r) for r in ("same", "late", "early")},
+                         residency="sequential")
+    result = compare(models, many_prompts(8), cross="all", **{**OPTIONS, "bootstrap": 0})
+    assert models.peak_live_models == 1  # weak references to every model loaded: never two alive
+    resident = compare(models_from_modules(family, tok), many_prompts(8), cross="all", **{**OPTIONS, "bootstrap": 0})
+    for role in ("late", "early"):
+        got = result.summary["rows"][role]["effects"]["interaction"]["mean"]
+        assert got == pytest.approx(resident.summary["rows"][role]["effects"]["interaction"]["mean"], abs=1e-5)
