@@ -67,19 +67,30 @@ def test_report_on_a_non_run_directory(tmp_path):
 
 
 def test_html_report_is_self_contained_and_escapes_model_text(tmp_path):
+    """Hostile text in token text, prompt ids, categories, prompts and model paths never becomes
+    markup; the page needs no network."""
     from crosspatch.pipeline import rerender, run
     from crosspatch.testing import make_pair
 
-    result = run(make_pair("llama"), PROMPTS[:3], boundaries=[1, 2], max_new_tokens=6, bootstrap=100,
+    script, img = "<script>alert(1)</script>", '<img src=x onerror="alert(2)">'
+    prompts = [dict(p, id=f"{p['id']}{img}", category=f"{script}{p['category']}") for p in PROMPTS[:3]]
+    prompts[0]["prompt"] = script + prompts[0]["prompt"]
+    result = run(make_pair("llama"), prompts, boundaries=[1, 2], max_new_tokens=6, bootstrap=100,
                  progress=False, out=tmp_path / "r", title="<b>title</b>")
     assert result.records
     rows = [json.loads(line) for line in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]
-    first = next(r for r in rows if r["kind"] == "first_diff")  # the events table shows first divergences
-    first["t_it_text"] = "<script>alert(1)</script>"
+    for r in rows:
+        r["t_it_text"], r["t_pt_text"] = script, img
     (tmp_path / "r" / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    config["models"]["base"]["path"] = f"/models/{script}"
+    (tmp_path / "r" / "config.json").write_text(json.dumps(config))
     rerender(tmp_path / "r")
     html = (tmp_path / "r" / "report.html").read_text()
-    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert script not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<img" not in html and "&lt;img src=x onerror=" in html
+    assert html.count("<script>") == 1  # the explorer's own script, nothing else
     assert "<b>title</b>" not in html and "&lt;b&gt;title&lt;/b&gt;" in html
-    assert "data:image/png;base64," in html  # the sweep plot is embedded, no external file
-    assert 'src="http' not in html and "<link" not in html
+    assert "<svg" in html  # plots are inline, no external file
+    assert 'src="http' not in html and "<link" not in html and "`" not in html.split("<script>")[0]
+

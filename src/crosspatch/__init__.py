@@ -2,23 +2,42 @@
 
     pair = crosspatch.load_pair("base-dir", tuned="tuned-dir")          # or adapter="lora-dir"
     result = crosspatch.run(pair, crosspatch.load_prompts("prompts.jsonl"), boundary=0.6)
-    result.summary["results"]; result.events  # pandas DataFrame, one row per event
+    result.verdict; result.effects(); result.events  # pandas DataFrames
+
+Names are imported on first use, so that ``crosspatch --help`` answers without loading torch.
 """
 
-from .cells import CELLS, READOUTS, CellRecord
-from .divergence import DivergenceEvent, NoDivergence
-from .errors import CrosspatchError
-from .analysis import Analysis, EventSet
-from .execution import ModelPair, ModelSet, load_models, load_pair, models_from_modules, pair_from_models
-from .models import LoadOptions
-from .pipeline import RunConfig, RunResult, rerender, run
-from .compare import compare, lineage
-from .prompts import Prompt, load_prompts
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CELLS", "READOUTS", "Analysis", "CellRecord", "CrosspatchError", "DivergenceEvent", "EventSet",
-    "LoadOptions", "ModelPair", "ModelSet", "NoDivergence", "Prompt", "RunConfig", "RunResult", "load_models",
-    "load_pair", "load_prompts", "compare", "lineage", "models_from_modules", "pair_from_models", "rerender", "run",
-]
+_EXPORTS = {
+    "CELLS": "cells", "READOUTS": "cells", "CellRecord": "cells",
+    "DivergenceEvent": "divergence", "NoDivergence": "divergence",
+    "CrosspatchError": "errors",
+    "Analysis": "analysis", "EventSet": "analysis",
+    "ModelPair": "execution", "ModelSet": "execution", "load_models": "execution", "load_pair": "execution",
+    "models_from_modules": "execution", "pair_from_models": "execution",
+    "LoadOptions": "models",
+    "RunConfig": "pipeline", "RunResult": "pipeline", "rerender": "pipeline", "run": "pipeline",
+    "compare": "compare", "lineage": "compare",
+    "Prompt": "prompts", "load_prompts": "prompts",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'crosspatch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    if name not in ("compare", "lineage"):  # those two share their name with the submodule
+        globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

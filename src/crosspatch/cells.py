@@ -52,6 +52,8 @@ class CellRecord:
     kind: str = "first_diff"  # event kind (tokens.EVENT_KINDS) or a control's event kind
     t_pt_category: str | None = None  # tokens.token_category of each token
     t_it_category: str | None = None
+    prompt_text: str | None = None  # the prompt as the models read it (decoded)
+    continuation_text: str | None = None  # the shared generated tokens before the event (decoded)
 
     def to_record(self) -> dict:
         return asdict(self)
@@ -133,6 +135,8 @@ def build_records(heads, tokenizer, evs: list[DivergenceEvent], boundary: int, s
             natural_agrees=bool(diagnostics["agrees"][j]), valid=finite,
             invalid_reason=None if finite else "non-finite cell value (NaN/inf)", kind=ev.kind,
             t_pt_category=describe.category(ev.t_pt), t_it_category=describe.category(ev.t_it),
+            prompt_text=tokenizer.decode(ev.prefix_ids[: ev.prompt_len], skip_special_tokens=True),
+            continuation_text=tokenizer.decode(ev.prefix_ids[ev.prompt_len:]),
         ))
     return records
 

@@ -480,16 +480,14 @@ def zoo_verify_cmd(path: Optional[Path] = typer.Argument(None, help="Zoo directo
 
 def _quiet_libraries() -> None:
     """Keep the terminal for crosspatch's own progress: no per-file loading bars or deprecation
-    chatter from transformers/peft (warnings that matter to the run go into its report)."""
+    chatter from transformers/peft (warnings that matter to the run go into its report). Set
+    through the environment, so that nothing heavy is imported before a command needs it."""
+    import os
     import warnings
 
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
 
 

@@ -156,6 +156,10 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     if out is not None:
         out = Path(out)
         (out / "compare.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        from .report.html import render_html
+
+        for role in runs:  # per-run pages link back to the combined page
+            (out / role / "report.html").write_text(render_html(out / role, back_link="../report.html"), encoding="utf-8")
         (out / "report.md").write_text(report)
         (out / "report.html").write_text(render_compare_html(summary))
     return CompareResult(runs, summary, report, Path(out) if out is not None else None)

@@ -79,7 +79,66 @@ class RunResult:
 
     @property
     def events(self):
+        """One row per (event, boundary): identity, tokens, every cell, per-event effects."""
         return events_frame(self.records)
+
+    def to_pandas(self):
+        """The same as :attr:`events` (a pandas DataFrame)."""
+        return self.events
+
+    @property
+    def verdict(self) -> dict | None:
+        """``{"verdict", "reason", "numbers", ...}`` of the run (docs/verdict.md)."""
+        return self.summary.get("verdict")
+
+    def _blocks(self, boundary, readout: str):
+        bs = [str(boundary)] if boundary is not None else self.summary["boundaries"]
+        for b in bs:
+            if b not in self.summary["results"]:
+                raise KeyError(f"boundary {b} was not scored in this run (scored: {', '.join(self.summary['boundaries'])})")
+            yield b, self.summary["results"][b][readout]
+
+    def effects(self, boundary: int | None = None, readout: str = "common_it", by: str | None = None):
+        """A DataFrame of the effects with 95% intervals: one row per (boundary, group, effect).
+        ``by``: a breakdown (``category``, ``position``, ``event_kind``, ``token_category`` or a
+        ``--group-by`` field); default the headline (all first-divergence events)."""
+        import pandas as pd
+
+        rows = []
+        for b, res in self._blocks(boundary, readout):
+            groups = {"all": res["all"]} if by is None else res.get(f"by_{by}", {})
+            for group, block in groups.items():
+                for name, stat in block["effects"].items():
+                    ci = stat.get("ci") or [None, None]
+                    rows.append({"boundary": int(b), "group": group, "effect": name, "mean": stat["mean"],
+                                 "ci_low": ci[0], "ci_high": ci[1], "n_events": block["n_events"],
+                                 "n_prompts": block["n_prompts"], "note": stat.get("na_reason")})
+        return pd.DataFrame(rows)
+
+    def cells(self, boundary: int | None = None, readout: str = "common_it"):
+        """A DataFrame of the four cell means with 95% intervals, per boundary."""
+        import pandas as pd
+
+        rows = []
+        for b, res in self._blocks(boundary, readout):
+            for cell, stat in res["all"]["cells"].items():
+                ci = stat.get("ci") or [None, None]
+                rows.append({"boundary": int(b), "cell": cell, "mean": stat["mean"], "ci_low": ci[0], "ci_high": ci[1],
+                             "n_events": res["all"]["n_events"]})
+        return pd.DataFrame(rows)
+
+    def controls(self):
+        """The Controls table as a DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame([{k: v for k, v in row.items() if k != "details"} for row in self.summary.get("controls", [])])
+
+    def __repr__(self) -> str:
+        counts = self.summary.get("counts", {})
+        v = (self.verdict or {}).get("verdict", "n/a")
+        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir else ""
+        return (f"RunResult(prompts={counts.get('prompts')}, events={counts.get('events')}, "
+                f"boundaries={self.summary.get('boundaries')}, verdict={v!r}{where})")
 
     @property
     def report(self) -> str:

@@ -112,8 +112,11 @@ def _read_table(path: Path) -> list[tuple[str, dict]]:
     return [(f"{path}:{i + first_line}", rec) for i, rec in enumerate(frame.to_dict(orient="records"))]
 
 
-def load_prompts(path: str | Path) -> list[Prompt]:
-    """Read and validate a prompt file; ids must be unique."""
+def load_prompts(path) -> list[Prompt]:
+    """Read and validate a prompt file (JSONL, CSV, Parquet), or take a pandas DataFrame, a
+    ``datasets.Dataset`` or a list of dicts/strings; ids must be unique."""
+    if not isinstance(path, (str, Path)):
+        return as_prompts(path)
     path = Path(path)
     if not path.exists():
         raise PromptFileError(f"{path}: no such prompt file")
@@ -138,7 +141,21 @@ def load_prompts(path: str | Path) -> list[Prompt]:
 
 
 def as_prompts(items) -> list[Prompt]:
-    """Accept Prompt objects, dicts, or plain strings (ids become their index)."""
+    """Accept Prompt objects, dicts, or plain strings (ids become their index), a pandas
+    DataFrame or a ``datasets.Dataset`` (columns ``id``, ``prompt``, optional ``category``,
+    others kept as metadata), or a path to a prompt file."""
+    if isinstance(items, (str, Path)) and Path(items).suffix in (".jsonl", ".json", ".csv", ".parquet", ".pq"):
+        return load_prompts(items)
+    if hasattr(items, "to_dict") and hasattr(items, "columns"):  # pandas DataFrame
+        for column in ("id", "prompt"):
+            if column not in items.columns:
+                raise PromptFileError(f"DataFrame: required column {column!r} is missing")
+        items = items.to_dict(orient="records")
+    elif hasattr(items, "column_names") and hasattr(items, "to_list"):  # datasets.Dataset
+        for column in ("id", "prompt"):
+            if column not in items.column_names:
+                raise PromptFileError(f"Dataset: required column {column!r} is missing")
+        items = items.to_list()
     out = []
     for k, item in enumerate(items):
         if isinstance(item, Prompt):

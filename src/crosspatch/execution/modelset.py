@@ -34,7 +34,7 @@ from ..models.checks import check_special_tokens, compare_facts, model_facts
 from ..models.execution import ModelHandle
 from ..models.loading import (
     LoadOptions, adapter_settings, eos_token_ids, is_local, load_causal_lm, load_tokenizer, pad_token_id,
-    provenance, weight_files,
+    provenance, quiet_loading, weight_files,
 )
 from ..models.paths import check_model_path
 from ..models.vocab import RealVocabulary, build_real_vocabulary
@@ -357,10 +357,11 @@ def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options
         settings, adapter_warnings = adapter_settings(path)
         warnings += [w if len(adapter_roles) == 1 else f"{role}: {w}" for w in adapter_warnings]
         try:
-            if model is None:
-                model = PeftModel.from_pretrained(base_model, path, adapter_name=role, is_trainable=False)
-            else:
-                model.load_adapter(path, adapter_name=role, is_trainable=False)
+            with quiet_loading(options.verbose):
+                if model is None:
+                    model = PeftModel.from_pretrained(base_model, path, adapter_name=role, is_trainable=False)
+                else:
+                    model.load_adapter(path, adapter_name=role, is_trainable=False)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise adapter_load_error(path, base, exc) from None
         if tokenizers is not None:

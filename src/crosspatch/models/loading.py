@@ -7,8 +7,10 @@ local weight files, adapter settings) goes into the pair's provenance for the ru
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from typing import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ class LoadOptions:
     allow_special_token_mismatch: bool = False
     hash_weights: bool = True
     residency: str | None = None  # both | sequential | adapter; None chooses (execution.choose_residency)
+    verbose: bool = False  # show transformers' loading bars and advisory warnings
 
 
 def pad_token_id(tokenizer) -> int:
@@ -91,6 +94,30 @@ def provenance(path: str, options: LoadOptions) -> dict:
     return record
 
 
+@contextlib.contextmanager
+def quiet_loading(verbose: bool = False) -> Iterator[None]:
+    """No per-file loading bars or advisory chatter from transformers unless ``verbose``."""
+    if verbose:
+        yield
+        return
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|peft)\..*")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_causal_lm(path: str, options: LoadOptions):
     """A transformers causal LM in eval mode, loaded with the safe defaults above."""
     from transformers import AutoModelForCausalLM
@@ -106,7 +133,8 @@ def load_causal_lm(path: str, options: LoadOptions):
     if options.device == "auto":
         kwargs["device_map"] = "auto"
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        with quiet_loading(options.verbose):
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as exc:  # transformers, safetensors and torch raise many types for a bad checkpoint
         first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"could not load {path!r} as a causal LM: {first}") from exc
@@ -120,9 +148,10 @@ def load_tokenizer(path: str, options: LoadOptions):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(
-            path, trust_remote_code=options.trust_remote_code, revision=options.revision
-        )
+        with quiet_loading(options.verbose):
+            return AutoTokenizer.from_pretrained(
+                path, trust_remote_code=options.trust_remote_code, revision=options.revision
+            )
     except Exception as exc:  # tokenizers and transformers raise many types for a bad tokenizer
         first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"could not load a tokenizer from {path!r}: {first}") from exc

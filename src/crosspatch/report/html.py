@@ -1,9 +1,10 @@
-"""Self-contained HTML report (one file, plot embedded), rendered from a stored run alone.
-Jinja2 autoescaping is on: every model text (tokens, prompt ids, paths) is escaped."""
+"""Self-contained HTML report (one file, plots inline as SVG, no network), rendered from a
+stored run alone. Jinja2 autoescaping is on: every model and prompt text (tokens, prompts, ids,
+categories, paths) is escaped; plots draw text as paths. The event explorer is plain inline
+JavaScript that only reads ``textContent`` and ``data-*`` attributes (never ``innerHTML``)."""
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -11,62 +12,92 @@ from ..cells import READOUTS
 from .markdown import _EFFECT_LABELS, _fmt_number, counts_lines, fmt_effect, fmt_value, reading_lines
 
 
+def _plain(text: str) -> str:
+    """Markdown-only niceties (backticks, bold) removed for HTML."""
+    return str(text).replace("`", "").replace("**", "")
+
+
 def _section(result: dict, boundary: str) -> dict:
+    from .plots import cells_heatmap_svg, forest_svg
+
     head = result["common_it"]["all"]
-    groups = []
+    groups, forests = [], []
     for key, block in result["common_it"].items():
         if key.startswith("by_") and block:
             label = key[3:]
-            groups.append({"title": f"By {label} (common-IT)", "label": label, "rows": [
+            groups.append({"title": f"By {label.replace('_', ' ')} (common-IT)", "label": label.replace("_", " "), "rows": [
                 [name, str(b["n_events"]), fmt_effect(b, "E_PT"), fmt_effect(b, "E_IT"), fmt_effect(b, "interaction")]
                 for name, b in block.items()]})
+            if key != "by_position":
+                rows = [(name, b) for name, b in block.items() if b["n_events"]][:30]
+                if rows:
+                    forests.append(forest_svg(rows, f"by {label.replace('_', ' ')}: effects with 95% CIs"))
     return {
         "boundary": boundary,
         "cells": {c: fmt_value(v) for c, v in head["cells"].items()},
         "readouts": [r.replace("_", "-") for r in READOUTS],
-        "effects": [[label] + [fmt_effect(result[r]["all"], key) for r in READOUTS]
+        "effects": [[_plain(label)] + [fmt_effect(result[r]["all"], key) for r in READOUTS]
                     for key, label in _EFFECT_LABELS.items()],
         "groups": groups,
+        "heatmap": cells_heatmap_svg(head, f"mean Y per cell, boundary {boundary} (common-IT)"),
+        "forest_all": forest_svg([("all events", head)], f"boundary {boundary}: effects with 95% CIs"),
+        "forests": forests,
     }
 
 
-def render_html(run_dir: str | Path, max_events: int = 200) -> str:
+def _event(r) -> dict:
+    y = {name: r.cells[name] for name in READOUTS}
+    inter = (y["common_it"]["uit_lit"] - y["common_it"]["uit_lpt"]) - (y["common_it"]["upt_lit"] - y["common_it"]["upt_lpt"])
+    return {"prompt_id": r.prompt_id, "category": r.category or "", "kind": r.kind, "position": r.position,
+            "t_pt_text": json.dumps(r.t_pt_text)[1:-1], "t_it_text": json.dumps(r.t_it_text)[1:-1],
+            "t_pt_category": r.t_pt_category or "", "t_it_category": r.t_it_category or "",
+            "interaction": inter, "cells": y, "margin_pt": r.margin_pt, "margin_it": r.margin_it,
+            "near_tie": r.near_tie, "valid": r.valid, "prompt_text": r.prompt_text or "",
+            "continuation_text": r.continuation_text or ""}
+
+
+def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | None = None) -> str:
     """The HTML text of a run directory's report."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     from ..store import RunStore
+    from .plots import histogram_svg, sweep_svg
 
     store = RunStore(run_dir)
     config, summary = store.config(), store.summary()
     models = config.get("models", {})
-    first = summary["boundaries"][0]
-    events = []
-    for r in store.load_records():
-        if str(r.boundary) != first or r.kind != "first_diff" or len(events) >= max_events:
-            continue
-        y = r.cells["common_it"]
-        events.append({"prompt_id": r.prompt_id, "category": r.category or "", "position": r.position,
-                       "t_pt_text": json.dumps(r.t_pt_text)[1:-1], "t_it_text": json.dumps(r.t_it_text)[1:-1],
-                       "interaction": (y["uit_lit"] - y["uit_lpt"]) - (y["upt_lit"] - y["upt_lpt"])})
-    sweep = Path(run_dir) / "sweep.png"
-    opts = config.get("options", {})
+    head_b = str((summary.get("verdict") or {}).get("boundary", summary["boundaries"][0]))
+    records = [r for r in store.load_records() if str(r.boundary) == head_b]
+    events = [_event(r) for r in records[:max_events]]
+    firsts = [e["interaction"] for e in events if e["kind"] == "first_diff" and e["valid"]]
+    opts, load = config.get("options", {}), config.get("load_options", {})
+    vocab = summary.get("real_vocabulary") or config.get("real_vocabulary")
     env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2", "html"]))
     return env.get_template("report.html.j2").render(
         title=config.get("title") or "crosspatch run",
+        back_link=back_link or config.get("back_link"),
         base=models.get("base", {}).get("path", "?"),
         tuned=models.get("tuned", {}).get("path") or models.get("adapter", {}).get("path", "?"),
         kind="PEFT adapter" if "adapter" in models else "descendant",
         boundaries=summary["boundaries"], num_layers=summary.get("num_layers"),
-        options_line=(f"max new tokens {opts.get('max_new_tokens')}, rollout model {opts.get('rollout_model')}, "
-                      f"bootstrap {opts.get('bootstrap')} resamples, seed {opts.get('seed')}"),
-        counts=[line[2:] for line in counts_lines(summary["counts"])],
-        reading=" ".join(reading_lines(summary["results"][first])),
+        setup=[("dtype", load.get("dtype", "float32")), ("device", load.get("device", "cpu")),
+               ("residency", config.get("residency", "?")), ("plan", opts.get("plan")),
+               ("max new tokens", opts.get("max_new_tokens")), ("rollout model", opts.get("rollout_model")),
+               ("bootstrap", f"{opts.get('bootstrap')} resamples, seed {opts.get('seed')}"),
+               ("event kinds", opts.get("event_kinds")), ("controls", opts.get("controls"))],
+        counts=[_plain(line[2:]) for line in counts_lines(summary["counts"])],
+        reading=_plain(" ".join(reading_lines(summary["results"][summary["boundaries"][0]]))),
         verdict=summary.get("verdict"),
         controls=[{**c, "value_text": _fmt_number(c.get("value")),
                    "ci_text": f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]" if c.get("ci") and None not in c["ci"] else ""}
                   for c in summary.get("controls", [])],
-        sweep_png=base64.b64encode(sweep.read_bytes()).decode() if len(summary["boundaries"]) > 1 and sweep.exists() else None,
+        sweep_svg=sweep_svg(summary) if len(summary["boundaries"]) > 1 else None,
+        histogram=histogram_svg(firsts, f"per-event interaction at boundary {head_b} (first divergence, common-IT)")
+        if firsts else None,
         sections=[_section(summary["results"][b], b) for b in summary["boundaries"]],
-        events=events, warnings=summary.get("warnings", []),
+        head_boundary=head_b, events=events, total_events=len(records),
+        categories=sorted({e["category"] for e in events}), kinds=sorted({e["kind"] for e in events}),
+        warnings=summary.get("warnings", []),
+        vocab=vocab,
         no_divergence=summary.get("no_divergence_prompts", [])[:200],
     )

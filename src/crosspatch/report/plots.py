@@ -52,3 +52,119 @@ def plot_sweep(summary: dict, out_dir: str | Path, readout: str = "common_it") -
         fig.savefig(path, metadata={"Date": None} if path.suffix == ".svg" else None)
     plt.close(fig)
     return paths
+
+
+def _svg(fig) -> str:
+    """An inline SVG of ``fig`` (text drawn as paths: no font or markup reaches the page)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _label(text) -> str:
+    """Model or prompt text as a plot label: no mathtext, bounded length."""
+    text = str(text).replace("\\", "\\\\").replace("$", "\\$")
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.fonttype"] = "path"
+    return plt
+
+
+def cells_heatmap_svg(block: dict, title: str) -> str:
+    """The 2x2 of mean Y (upstream rows, late-stack columns) as a heatmap."""
+    import numpy as np
+
+    plt = _pyplot()
+    c = block["cells"]
+    grid = np.array([[c["upt_lpt"]["mean"], c["upt_lit"]["mean"]], [c["uit_lpt"]["mean"], c["uit_lit"]["mean"]]],
+                    dtype=float)
+    fig, ax = plt.subplots(figsize=(3.8, 3.2))
+    vmax = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+    ax.imshow(grid, cmap="RdBu_r", vmin=-vmax or -1, vmax=vmax or 1)
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, "n/a" if not np.isfinite(grid[i, j]) else f"{grid[i, j]:+.2f}", ha="center", va="center",
+                    fontsize=12)
+    ax.set_xticks([0, 1], ["L_PT", "L_IT"])
+    ax.set_yticks([0, 1], ["U_PT", "U_IT"])
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def forest_svg(rows: list[tuple[str, dict]], title: str) -> str:
+    """E_PT, E_IT and the interaction with 95% intervals, one line of three per group."""
+    plt = _pyplot()
+    n = max(len(rows), 1)
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * n * 3 + 1.0))
+    y = 0
+    ticks, labels = [], []
+    for label, block in rows:
+        for key, name, color in CURVES:
+            stat = block["effects"][key]
+            if stat["mean"] is not None:
+                ci = stat.get("ci")
+                err = [[stat["mean"] - ci[0]], [ci[1] - stat["mean"]]] if ci and None not in ci else None
+                ax.errorbar(stat["mean"], y, xerr=err, fmt="o", color=color, capsize=3,
+                            label=name if label == rows[0][0] else None)
+            ticks.append(y)
+            labels.append(f"{_label(label)}: {key}")
+            y -= 1
+        y -= 0.6
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.set_yticks(ticks, labels, fontsize=7)
+    ax.set_xlabel("logits")
+    ax.set_title(title, fontsize=9)
+    if rows:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def histogram_svg(values: list[float], title: str) -> str:
+    """Per-event interactions."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.0))
+    finite = [v for v in values if v == v and abs(v) != float("inf")]
+    if finite:
+        ax.hist(finite, bins=min(40, max(5, len(finite) // 3)), color="#2ca02c", alpha=0.8)
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("per-event interaction (logits)")
+    ax.set_ylabel("events")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def sweep_svg(summary: dict, readout: str = "common_it") -> str:
+    """The layer sweep (several boundaries) as inline SVG."""
+    plt = _pyplot()
+    s = sweep_series(summary, readout)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label, color in CURVES:
+        xs = [b for b, m in zip(s["boundary"], s[key]) if m is not None]
+        ys = [m for m in s[key] if m is not None]
+        ax.plot(xs, ys, marker="o", label=label, color=color)
+        band = [(b, ci) for b, ci in zip(s["boundary"], s[key + "_ci"]) if ci and None not in ci]
+        if band:
+            ax.fill_between([b for b, _ in band], [ci[0] for _, ci in band], [ci[1] for _, ci in band],
+                            color=color, alpha=0.18, linewidth=0)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel(f"boundary layer b (of {summary.get('num_layers')})")
+    ax.set_ylabel("logit(t_IT) - logit(t_PT)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _svg(fig)

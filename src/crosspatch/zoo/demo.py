@@ -62,6 +62,10 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     report = render_demo_report(summary)
+    for name in runs:  # per-run pages link back to the combined page
+        from ..report.html import render_html
+
+        (out / name / "report.html").write_text(render_html(out / name, back_link="../report.html"), encoding="utf-8")
     (out / "report.md").write_text(report)
     (out / "report.html").write_text(render_demo_html(summary))
     return DemoResult(out, runs, summary, report)
