@@ -13,9 +13,9 @@ from rich.text import Text
 
 from .errors import CrosspatchError, OptionError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="First-divergence cross-patching of a base model and its fine-tuned descendant.")
-zoo_app = typer.Typer(no_args_is_help=True, help="The embedded weather-report model zoo.")
+zoo_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The embedded weather-report model zoo.")
 app.add_typer(zoo_app, name="zoo")
 console = Console(stderr=True)
 
@@ -63,7 +63,15 @@ def print_summary_table(summary: dict, title: str = "crosspatch") -> None:
     from .report.markdown import fmt_effect
 
     out = _stdout()
-    b = summary["boundaries"][0]
+    if len(summary["boundaries"]) > 1:  # a sweep: one row per boundary
+        table = Table(title=f"{title}: layer sweep, common-IT readout (plot: sweep.png in the run directory)")
+        for col in ("boundary", "events", "E_PT", "E_IT", "interaction"):
+            table.add_column(col, justify="right")
+        for b in summary["boundaries"]:
+            block = summary["results"][b]["common_it"]["all"]
+            table.add_row(b, str(block["n_events"]), *[fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction")])
+        out.print(table)
+    b = str((summary.get("verdict") or {}).get("boundary", summary["boundaries"][0]))
     block = summary["results"][b]["common_it"]["all"]
     table = Table(title=f"{title}: boundary {b}, common-IT readout, {block['n_events']} events")
     table.add_column("quantity")
@@ -85,12 +93,12 @@ def run_cmd(
     out: Path = typer.Option(Path("runs/latest"), "--out", help="Run directory."),
     boundary: str = typer.Option("0.6", "--boundary", help="Boundary layer: int index or depth fraction."),
     boundaries: Optional[str] = typer.Option(None, "--boundaries", help="Comma-separated boundaries, or 'all'."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Greedy budget of the divergence search (tokens)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (accelerate device_map)"),
     bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and of the random controls."),
     chat_template: bool = typer.Option(False, "--chat-template", help="Apply the descendant's chat template."),
     rollout_model: str = typer.Option("IT", "--rollout-model", help="Which model decodes greedily: IT or PT."),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="Comma-separated prompt fields to break down by."),
@@ -98,10 +106,10 @@ def run_cmd(
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: take prompts i, i+n, ... (then crosspatch merge)."),
     engine: str = typer.Option("local", "--engine", help="local, or ray (chunks on Ray actors; pip install crosspatch[ray])."),
     workers: int = typer.Option(2, "--workers", help="Ray actors (each holds the models)."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with a checkpoint (off by default)."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights."),
-    allow_special_token_mismatch: bool = typer.Option(False, "--allow-special-token-mismatch"),
-    revision: Optional[str] = typer.Option(None, "--revision"),
+    allow_special_token_mismatch: bool = typer.Option(False, "--allow-special-token-mismatch", help="Accept differing BOS/EOS/PAD/UNK (recorded as a warning)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit) of the checkpoints."),
     residency: Optional[str] = typer.Option(None, "--residency",
                                             help="both | sequential | adapter (default: chosen, reason printed)."),
     controls: str = typer.Option("default", "--controls",
@@ -119,6 +127,9 @@ def run_cmd(
                                      "that already holds this run."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace the crosspatch run in --out and start afresh (never touches other files)."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Print the plan (models, residency, boundaries, prompts, estimated work and "
+                                      "state cache, output files) and exit before loading any weight."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Run the first-divergence 2x2 factorial on a model pair and write a run directory."""
@@ -131,6 +142,8 @@ def run_cmd(
             raise OptionError("give exactly one descendant: --tuned (a full or merged checkpoint) or --adapter "
                               "(a PEFT adapter directory)")
         items, config, options = _prepare(kw, [tuned] if tuned else [], [adapter] if adapter else [])
+        if dry_run:
+            return _print_plan(kw, [tuned] if tuned else [], [adapter] if adapter else [], items, config, options)
         with console.status("loading models"):
             pair = load_pair(base, tuned=tuned, adapter=adapter, options=options)
         console.print(f"residency: {pair.residency} ({pair.provenance.get('residency_reason')})",
@@ -138,6 +151,9 @@ def run_cmd(
         result = run(pair, items, config, out=out, resume=resume, progress=not quiet, overwrite=overwrite)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
+    resumed = result.summary.get("cost_this_session", {}).get("prompts_resumed")
+    if resumed:
+        console.print(f"resumed: {resumed} prompts already done", soft_wrap=True)
     for w in result.summary["warnings"]:
         console.print(Text.assemble(("warning ", "yellow"), w), soft_wrap=True)
     print_summary_table(result.summary)
@@ -187,6 +203,60 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str]):
     return items, config, options
 
 
+def _print_plan(kw: dict, tuned: list[str], adapters: list[str], items, config, options) -> None:
+    """The --dry-run plan: everything decided before a weight is loaded."""
+    import json as _json
+
+    from .controls import parse_controls
+    from .execution import choose_residency
+    from .kinds import parse_event_kinds
+    from .models.loading import load_tokenizer
+    from .pipeline import resolve_boundaries, select_shard
+    from .validation import local_num_layers
+
+    out = _stdout()
+    residency, reason = choose_residency(kw["base"], tuned, adapters, options)
+    layers = local_num_layers(kw["base"])
+    prompts = select_shard(items, config.shard)
+    lines = [f"base: {kw['base']}"] + [f"descendant: {p}" for p in tuned] + [f"adapter: {p}" for p in adapters]
+    lines.append(f"residency: {residency} ({reason})")
+    if layers:
+        bounds = resolve_boundaries(config, layers)
+        lines.append(f"boundaries: {', '.join(map(str, bounds))} of {layers} layers")
+    else:
+        bounds = None
+        lines.append("boundaries: resolved when the model config is read (hub id)")
+    lines.append(f"prompts: {len(prompts)}" + (f" (shard {config.shard} of {len(items)})" if config.shard else ""))
+    kinds, controls = parse_event_kinds(config.event_kinds), parse_controls(config.controls)
+    lines.append(f"event kinds: {', '.join(kinds)}; controls: {', '.join(controls) or 'none'}")
+    try:
+        tok = load_tokenizer(kw["base"], options)
+        tokens = sum(len(tok(p.prompt)["input_ids"]) + config.max_new_tokens for p in prompts)
+    except CrosspatchError:
+        tokens = None
+    if tokens is not None and bounds:
+        late = sum(2 * (layers - b) / layers for b in bounds)
+        fe = tokens * (2 + late + (2 if len(kinds) > 1 else 0))
+        lines.append(f"estimated work: at most {fe:,.0f} token forward-pass equivalents over {tokens:,} prompt+budget "
+                     "tokens (search, cells" + (", event kinds" if len(kinds) > 1 else "") + "; controls add a little)")
+        cfg_path = Path(kw["base"]) / "config.json"
+        try:
+            hidden = _json.loads(cfg_path.read_text()).get("hidden_size") or _json.loads(cfg_path.read_text()).get("n_embd")
+        except (OSError, ValueError):
+            hidden = None
+        if hidden and residency == "sequential":
+            item = {"float32": 4}.get(options.dtype, 2)
+            size = 2 * tokens * hidden * item * (len(bounds) + 1)
+            lines.append(f"state cache (sequential, CPU): up to {size / 2**20:.1f} MiB")
+    out_dir = Path(kw["out"])
+    lines.append(f"output: {out_dir}/ config.json, events.jsonl, no_divergence.jsonl, summary.json, events.parquet, "
+                 "report.md, report.html" + (", control_*.jsonl" if controls else "")
+                 + (", sweep.png, sweep.svg" if bounds and len(bounds) > 1 else ""))
+    lines.append("dry run: nothing was loaded or written")
+    for line in lines:
+        out.print(line, soft_wrap=True, markup=False)
+
+
 def _signature_like_run(drop: tuple[str, ...] = (), replace: dict | None = None, add: list | None = None):
     """``run``'s parameters (one definition of the options for every command that runs)."""
     import inspect
@@ -216,6 +286,8 @@ def _compare_cmd(**kw) -> None:
         if not tuned and not adapters:
             raise OptionError("give the descendants to compare: --tuned DIR (repeatable) and/or --adapter DIR")
         items, config, options = _prepare(kw, tuned, adapters)
+        if kw["dry_run"]:
+            return _print_plan(kw, tuned, adapters, items, config, options)
         with console.status("loading models"):
             models = load_models(kw["base"], tuned=tuned or None, adapters=adapters or None, options=options)
         console.print(f"residency: {models.residency} ({models.provenance.get('residency_reason')})",
@@ -252,6 +324,8 @@ def _lineage_cmd(**kw) -> None:
         adapters = [p for p in stages if (_Path(p) / "adapter_config.json").exists()]
         tuned = [p for p in stages if p not in adapters]
         items, config, options = _prepare(kw, tuned, adapters)
+        if kw["dry_run"]:
+            return _print_plan(kw, tuned, adapters, items, config, options)
         names = {}
         for p in stages:
             name, k = _Path(str(p).rstrip("/")).name or "stage", 2
@@ -430,10 +504,10 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> 
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory for the combined demo."),
-    boundary: str = typer.Option("0.6", "--boundary"),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens"),
-    bootstrap: int = typer.Option(2000, "--bootstrap"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    boundary: str = typer.Option("0.6", "--boundary", help="Boundary layer: int index or depth fraction."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Greedy budget of the divergence search."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples (0: no intervals)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Run the diagnostic on the embedded weather-report zoo: base vs every descendant."""
     from .zoo.demo import headline_rows, run_demo
@@ -456,7 +530,7 @@ def demo_cmd(
 @zoo_app.command("build")
 def zoo_build_cmd(
     out: Path = typer.Option(None, "--out", help="Where to build (default: the package's zoo directory)."),
-    seed: int = typer.Option(1234, "--seed"),
+    seed: int = typer.Option(1234, "--seed", help="Seed of the zoo build."),
 ) -> None:
     """Rebuild the whole zoo from the seed: data, tokenizer, six models, cards, manifest."""
     from .zoo import zoo_path

@@ -552,6 +552,9 @@ def run(
         records, no_div = store.start(record, resume=resume, overwrite=overwrite)
     done = completed_prompts(records, no_div, boundaries)
     todo = [k for k, p in enumerate(prompts) if p.id not in done]
+    resumed = len(prompts) - len(todo)
+    if resumed:
+        _say(progress, f"resumed: {resumed} prompt(s) already done in {out}, {len(todo)} to go")
     by_id = {p.id: k for k, p in enumerate(prompts)}
     started = time.perf_counter()
     sequential = pair.residency == "sequential"
@@ -570,7 +573,7 @@ def run(
             search_task = bar.add_task("divergence search (prompts)", total=len(prompts),
                                        completed=len(prompts) - len(todo))
             cells_task = bar.add_task(f"2x2 cells at {len(boundaries)} boundar{'y' if len(boundaries) == 1 else 'ies'} "
-                                      "(events)", total=None, completed=len(records))
+                                      "(records of the events found so far)", total=len(records), completed=len(records))
         items = [([prompts[k] for k in todo[start : start + chunk]], [token_ids[k] for k in todo[start : start + chunk]])
                  for start in range(0, len(todo), chunk)]
         try:
@@ -593,7 +596,7 @@ def run(
                 no_div += result.no_divergence
                 if bar:
                     bar.update(search_task, advance=len(result.events) + len(result.no_divergence))
-                    bar.update(cells_task, advance=len(result.records))
+                    bar.update(cells_task, total=len(records), completed=len(records))
         finally:
             pair.release()
     check_complete([p.id for p in prompts], records, no_div, boundaries, str(out) if out is not None else "run")
@@ -607,6 +610,7 @@ def run(
         "fe_per_event": round(work.token_layers / event_work, 3) if event_work else None,
         "seconds": round(time.perf_counter() - started, 3),
         "prompts_processed": len(todo),
+        "prompts_resumed": resumed,
     }
     extras = {"cost_this_session": cost}
     if config.verify_fp32:

@@ -96,8 +96,9 @@ def cells_heatmap_svg(block: dict, title: str) -> str:
     ax.imshow(grid, cmap="RdBu_r", vmin=-vmax or -1, vmax=vmax or 1)
     for i in range(2):
         for j in range(2):
+            dark = np.isfinite(grid[i, j]) and abs(grid[i, j]) > 0.55 * (vmax or 1)
             ax.text(j, i, "n/a" if not np.isfinite(grid[i, j]) else f"{grid[i, j]:+.2f}", ha="center", va="center",
-                    fontsize=12)
+                    fontsize=12, color="white" if dark else "black")
     ax.set_xticks([0, 1], ["L_PT", "L_IT"])
     ax.set_yticks([0, 1], ["U_PT", "U_IT"])
     ax.set_title(title, fontsize=9)
