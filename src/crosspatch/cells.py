@@ -54,6 +54,7 @@ class CellRecord:
     t_it_category: str | None = None
     prompt_text: str | None = None  # the prompt as the models read it (decoded)
     continuation_text: str | None = None  # the shared generated tokens before the event (decoded)
+    prefix_ids: list[int] | None = None  # prompt + shared generated tokens (for later analyses of a run)
 
     def to_record(self) -> dict:
         return asdict(self)
@@ -137,6 +138,7 @@ def build_records(heads, tokenizer, evs: list[DivergenceEvent], boundary: int, s
             t_pt_category=describe.category(ev.t_pt), t_it_category=describe.category(ev.t_it),
             prompt_text=tokenizer.decode(ev.prefix_ids[: ev.prompt_len], skip_special_tokens=True),
             continuation_text=tokenizer.decode(ev.prefix_ids[ev.prompt_len:]),
+            prefix_ids=list(ev.prefix_ids),
         ))
     return records
 

@@ -127,6 +127,10 @@ def run_cmd(
                                      "that already holds this run."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace the crosspatch run in --out and start afresh (never touches other files)."),
+    consequence: bool = typer.Option(False, "--consequence",
+                                     help="Force t_IT, t_PT and matched alternatives at each event and score the "
+                                          "continuation with the prompt's validator."),
+    consequence_budget: int = typer.Option(32, "--consequence-budget", help="Tokens continued after the forced token."),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Print the plan (models, residency, boundaries, prompts, estimated work and "
                                       "state cache, output files) and exit before loading any weight."),
@@ -188,6 +192,7 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str]):
         shard=kw["shard"], engine=kw["engine"], workers=kw["workers"], controls=kw["controls"],
         event_kinds=kw["event_kinds"], verify_fp32=kw["verify_fp32"],
         policy=load_policy(kw["policy"]) if kw["policy"] else None,
+        consequence=kw["consequence"], consequence_budget=kw["consequence_budget"],
     )
     validate_run_options(config)
     items = load_prompts(kw["prompts"])
@@ -465,6 +470,31 @@ def gate_cmd(
         _stdout().print(Text.assemble((f"{outcome['status']}: ", style), outcome.get("verdict") or "", " — ",
                                       outcome["reason"]), soft_wrap=True)
     raise typer.Exit(code=outcome["exit_code"])
+
+
+@app.command("consequence")
+def consequence_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    prompts: Path = typer.Option(..., "--prompts", help="The run's prompt file, whose rows carry 'validator' fields."),
+    budget: int = typer.Option(32, "--budget", help="Tokens continued after the forced token."),
+    with_pt: bool = typer.Option(False, "--with-pt", help="Also continue with the base model."),
+) -> None:
+    """Does the divergent token matter? Force t_IT, t_PT, a rank-matched and a random token at
+    each event, continue greedily, score the suffix with the prompt's validator (resumable)."""
+    from .consequence import consequence_for_run
+    from .prompts import load_prompts
+
+    try:
+        if budget < 1:
+            raise OptionError(f"--budget must be >= 1, not {budget}")
+        cons = consequence_for_run(run_dir, load_prompts(prompts), budget, with_pt)
+    except (CrosspatchError, ValueError) as exc:
+        _fail(exc)
+    from .report.markdown import consequence_lines
+
+    for line in consequence_lines(cons):
+        _stdout().print(line, soft_wrap=True, markup=False)
+    console.print(f"wrote {run_dir / 'consequence.jsonl'}, summary.json, report.md, report.html", soft_wrap=True)
 
 
 @app.command("merge")

@@ -63,6 +63,9 @@ class RunConfig:
     controls: list[str] | str | None = "default"  # names, "all", "none" or "default" (controls.DEFAULT_CONTROLS)
     verify_fp32: bool = False  # re-run near-tie events' search in float32 and count how many move
     policy: dict | None = None  # verdict thresholds (verdict.VerdictPolicy fields)
+    consequence: bool = False  # forced-token continuations scored by the prompts' validators
+    consequence_budget: int = 32  # tokens generated after the forced token
+    consequence_with_pt: bool = False  # also continue with the base
 
 
 @dataclass
@@ -260,6 +263,11 @@ def build_summary(
             if fp32["checked"]:
                 row["summary"] += f"; re-run in float32: {fp32['moved']} of {fp32['checked']} moved"
     summary["controls"] = rows
+    if analyses and analyses.get("consequence"):
+        from .consequence import consequence_summary
+
+        inter = {r.key.rsplit("@", 1)[0]: r.effects()["interaction"] for r in at_headline if r.valid}
+        summary["consequences"] = consequence_summary([_as_row(r) for r in analyses["consequence"]], inter, boot)
     summary["verdict"] = {**decide(block["all"], rows, policy), "boundary": headline, "readout": policy.readout}
     summary["verdicts_by_category"] = {name: decide(b, None, policy)["verdict"]
                                        for name, b in block["by_category"].items()}
@@ -425,13 +433,18 @@ def process_chunk(models, plan: ChunkPlan, item) -> ChunkResult:
     return ChunkResult(events, none, scored, others, work.token_layers)
 
 
-def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analyses=()) -> ChunkPlan:
+def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analyses=(),
+               validators: dict | None = None) -> ChunkPlan:
     div_cfg = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model,
                                capture_boundaries=boundaries if config.plan == "minimal" else None)
     cells = CellsConfig(config.batch_size, config.near_tie_threshold)
     kinds = parse_event_kinds(config.event_kinds)
     controls = control_analyses([c for c in parse_controls(config.controls) if c in PASS_CONTROLS],
                                 headline_boundary(boundaries, num_layers), config.max_new_tokens, config.seed, cells)
+    if config.consequence and validators:
+        from .consequence import Consequence
+
+        controls.append(Consequence(validators, config.consequence_budget, config.consequence_with_pt, config.seed))
     return ChunkPlan(boundaries, div_cfg, cells, controls + list(analyses), config.tuned,
                      EventKinds(boundaries, kinds, config.max_new_tokens, config.rollout_model, cells)
                      if len(kinds) > 1 else None)
@@ -531,7 +544,12 @@ def run(
     if config.chat_template:
         check_chat_template(pair.tokenizers[tuned])
     boundaries = resolve_boundaries(config, pair.num_layers)
-    plan = chunk_plan(config, boundaries, pair.num_layers, analyses)  # validates kinds and controls
+    from .consequence import validators_of
+
+    validators = validators_of(all_prompts)
+    if config.consequence and not validators:
+        run_warnings.append("--consequence: no prompt carries a 'validator' field, so nothing is scored")
+    plan = chunk_plan(config, boundaries, pair.num_layers, analyses, validators)  # validates kinds and controls
     VerdictPolicy.from_dict(config.policy or {})
     names = [a.name for a in plan.analyses]
     if len(set(names)) != len(names):

@@ -20,6 +20,7 @@ class Prompt:
     prompt: str
     category: str | None = None
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
+    validator: object = field(default=None, compare=False, hash=False)  # validators.Validator or None
 
 
 def _is_missing(value) -> bool:
@@ -42,8 +43,19 @@ def _row_to_prompt(row: dict, where: str) -> Prompt:
         _check_text(row.get(name), where, name)
     if isinstance(row["id"], float) and not row["id"].is_integer():
         raise PromptFileError(f"{where}: field 'id' must be a string or an integer, not {row['id']!r}")
-    meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "category") and not _is_missing(v)}
-    return Prompt(str(row["id"]), row["prompt"], None if _is_missing(category) else category, meta)
+    validator = None
+    if not _is_missing(row.get("validator")):
+        from .validators import parse_validator
+
+        spec = row["validator"]
+        if isinstance(spec, str):  # CSV/Parquet cells hold JSON text
+            try:
+                spec = json.loads(spec)
+            except json.JSONDecodeError as exc:
+                raise PromptFileError(f"{where}: field 'validator' is not valid JSON ({exc.msg})") from None
+        validator = parse_validator(spec, where)
+    meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "category", "validator") and not _is_missing(v)}
+    return Prompt(str(row["id"]), row["prompt"], None if _is_missing(category) else category, meta, validator)
 
 
 def _text_lines(path: Path) -> list[str]:

@@ -71,6 +71,7 @@ def validate_run_options(config) -> None:
     _int("seed", config.seed, 0)
     _int("workers", config.workers, 1)
     _int("sequential chunk", config.sequential_chunk, 1)
+    _int("consequence budget", config.consequence_budget, 1)
     boot = _int("bootstrap", config.bootstrap, 0)
     if 0 < boot < MIN_BOOTSTRAP:
         raise OptionError(f"bootstrap {boot} gives degenerate intervals: use at least {MIN_BOOTSTRAP} resamples "

@@ -205,6 +205,26 @@ def controls_table(rows: list[dict]) -> list[str]:
     return ["## Controls", ""] + _table(["control", "status", "value", "95% CI", "n", "threshold", "reading"], body) + [""]
 
 
+def consequence_lines(cons: dict | None) -> list[str]:
+    """Does the divergent token matter: pass rates per forced token and the deltas."""
+    if not cons or not cons.get("by_model"):
+        return []
+    lines = ["## Consequences: does the divergent token matter?", "",
+             f"{cons['n_events']} event(s) with a validator; each first token forced, the continuation (suffix only, "
+             "the forced token excluded) scored by the prompt's validator.", ""]
+    rows = []
+    for label, b in cons["by_model"].items():
+        rate = b["pass_rate"]
+        corr = b["interaction_vs_delta"]
+        corr_text = "n/a" if corr.get("r") is None else f"{corr['r']:+.2f}" + (
+            f" [{corr['ci'][0]:+.2f}, {corr['ci'][1]:+.2f}]" if corr.get("ci") else "")
+        rows.append([f"continued by {label}"] + [fmt_value(rate[n], signed=False) for n in
+                                                 ("t_it", "t_pt", "matched", "random")]
+                    + [fmt_value(b["delta_t_it_minus_t_pt"]), fmt_value(b["delta_t_it_minus_matched"]), corr_text])
+    return lines + _table(["", "pass t_IT", "pass t_PT", "pass matched", "pass random", "t_IT - t_PT",
+                           "t_IT - matched", "corr(interaction, delta)"], rows) + [""]
+
+
 def render_markdown(config: dict, summary: dict) -> str:
     """The full report. Deterministic: the same stored files give the same text."""
     models = config.get("models", {})
@@ -232,6 +252,7 @@ def render_markdown(config: dict, summary: dict) -> str:
         lines += reading_lines(summary["results"][first])
         lines.append("")
     lines += controls_table(summary.get("controls", []))
+    lines += consequence_lines(summary.get("consequences"))
     if len(summary["boundaries"]) > 1:
         lines += sweep_section(summary)
     for b in summary["boundaries"]:

@@ -1,0 +1,199 @@
+"""Does the divergent token matter? Forced-token continuation scoring (DESIGN 1.6).
+
+For each first-divergence event whose prompt carries a validator (``validators.py``), force
+each of four first tokens at the event and let the descendant (and optionally the base)
+continue greedily for a budget, then score **the suffix only** — the forced token is part of
+the prompt of the continuation, never of the scored text:
+
+- ``t_IT`` and ``t_PT``, the two models' picks;
+- ``matched``: the token ranked just below ``t_PT`` by the descendant at the event (as unlikely
+  under IT as ``t_PT``, but neither model's pick);
+- ``random``: a token drawn from the real vocabulary (seeded per prompt).
+
+Reported per continuation model: pass rates per forced token, the deltas ``t_IT - t_PT`` and
+``t_IT - matched`` with prompt-cluster bootstrap intervals, per category, and the correlation of
+the per-event interaction with ``pass(t_IT) - pass(t_PT)`` (does the interaction sit on tokens
+that matter?).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .analysis import Analysis, EventSet
+from .execution import Decode, Executor, Program
+from .stats import BootstrapConfig
+
+FORCED = ("t_it", "t_pt", "matched", "random")
+CONSEQUENCE_FILE = "consequence.jsonl"
+
+
+@dataclass
+class Consequence(Analysis):
+    """Forced-token continuations of the events whose prompt has a validator."""
+
+    validators: dict  # prompt id -> validators.Validator
+    budget: int = 32
+    with_pt: bool = False  # also continue with the base
+    seed: int = 0
+    name: str = "consequence"
+
+    def program(self, ex: Executor, events: EventSet) -> Program:
+        evs = [e for e in events.events if e.prompt_id in self.validators]
+        if not evs:
+            return []
+        sub = EventSet(evs, events.base, events.tuned,
+                       {e.key: events.natural[e.key] for e in evs} if events.natural else None)
+        (u_it,) = yield from sub.states([events.tuned], [])
+        logits = ex.readout(events.tuned, torch.stack([s.final for s in u_it])).cpu().clone()
+        real = ex.models.real_vocab.for_rows(logits.shape[-1])
+        logits[:, ~real] = float("-inf")
+        order = torch.argsort(logits, dim=-1, descending=True)
+        real_ids = torch.nonzero(real).flatten().tolist()
+        forced = []
+        for k, e in enumerate(evs):
+            ranked = order[k].tolist()
+            r = ranked.index(e.t_pt)
+            matched = next(t for t in ranked[r + 1:] if t not in (e.t_it, e.t_pt))
+            rng = np.random.default_rng([self.seed, zlib.crc32(e.prompt_id.encode())])
+            pool = [t for t in real_ids if t not in (e.t_it, e.t_pt, matched)]
+            forced.append({"t_it": e.t_it, "t_pt": e.t_pt, "matched": matched,
+                           "random": int(pool[int(rng.integers(len(pool)))])})
+        roles = [("IT", events.tuned)] + ([("PT", events.base)] if self.with_pt else [])
+        prompts = [e.prefix_ids + [f[name]] for e, f in zip(evs, forced) for name in FORCED]
+        continuations = yield [Decode(role, prompts, self.budget) for _, role in roles]
+        tok = ex.models.tokenizer
+        rows = []
+        for k, (e, f) in enumerate(zip(evs, forced)):
+            validator = self.validators[e.prompt_id]
+            row = {"key": f"{e.key}#consequence", "prompt_id": e.prompt_id, "category": e.category,
+                   "event_key": e.key, "forced": f, "forced_text": {n: tok.decode([f[n]]) for n in FORCED},
+                   "validator": validator.as_record(), "results": {}}
+            for (label, _), conts in zip(roles, continuations):
+                res = {}
+                for j, name in enumerate(FORCED):
+                    suffix = tok.decode(conts[k * len(FORCED) + j], skip_special_tokens=True)
+                    res[name] = {"pass": bool(validator.check(suffix)), "suffix": suffix[:400]}
+                row["results"][label] = res
+            rows.append(row)
+        return rows
+
+
+def _cluster_ci(values: np.ndarray, clusters: list[str], boot: BootstrapConfig):
+    """Mean and percentile interval of ``values`` with prompts resampled together."""
+    if len(values) == 0:
+        return {"mean": None, "ci": None, "n": 0}
+    names, index = np.unique(np.asarray(clusters), return_inverse=True)
+    mean = float(values.mean())
+    if len(names) < 5 or boot.n_resamples <= 0:
+        return {"mean": mean, "ci": None, "n": int(len(values))}
+    sums = np.zeros(len(names))
+    np.add.at(sums, index, values)
+    counts = np.bincount(index, minlength=len(names)).astype(float)
+    w = np.random.default_rng(boot.seed).multinomial(len(names), np.full(len(names), 1 / len(names)),
+                                                     size=boot.n_resamples)
+    res = (w @ sums) / (w @ counts)
+    lo, hi = np.percentile(res, [2.5, 97.5])
+    return {"mean": mean, "ci": [float(lo), float(hi)], "n": int(len(values))}
+
+
+def _correlation(x: np.ndarray, y: np.ndarray, clusters: list[str], boot: BootstrapConfig):
+    if len(x) < 3 or x.std() == 0 or y.std() == 0:
+        return {"r": None, "ci": None, "n": int(len(x)), "note": "too few events or no variation"}
+    r = float(np.corrcoef(x, y)[0, 1])
+    names, index = np.unique(np.asarray(clusters), return_inverse=True)
+    if len(names) < 5 or boot.n_resamples <= 0:
+        return {"r": r, "ci": None, "n": int(len(x))}
+    rng = np.random.default_rng(boot.seed)
+    members = [np.flatnonzero(index == k) for k in range(len(names))]
+    stats = []
+    for _ in range(min(boot.n_resamples, 2000)):
+        pick = np.concatenate([members[k] for k in rng.integers(len(names), size=len(names))])
+        if x[pick].std() > 0 and y[pick].std() > 0:
+            stats.append(np.corrcoef(x[pick], y[pick])[0, 1])
+    ci = [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))] if stats else None
+    return {"r": r, "ci": ci, "n": int(len(x))}
+
+
+def consequence_summary(rows: list[dict], interactions: dict[str, float], boot: BootstrapConfig) -> dict:
+    """Pass rates, deltas with intervals, per-category rates and the interaction correlation
+    (``interactions``: event key -> per-event interaction at the headline boundary)."""
+    out = {"n_events": len(rows), "by_model": {}}
+    labels = sorted({label for r in rows for label in r["results"]})
+    for label in labels:
+        rs = [r for r in rows if label in r["results"]]
+        clusters = [r["prompt_id"] for r in rs]
+        passed = {n: np.array([float(r["results"][label][n]["pass"]) for r in rs]) for n in FORCED}
+        block = {"pass_rate": {n: _cluster_ci(passed[n], clusters, boot) for n in FORCED},
+                 "delta_t_it_minus_t_pt": _cluster_ci(passed["t_it"] - passed["t_pt"], clusters, boot),
+                 "delta_t_it_minus_matched": _cluster_ci(passed["t_it"] - passed["matched"], clusters, boot),
+                 "by_category": {}}
+        for cat in sorted({r["category"] or "" for r in rs}):
+            idx = [k for k, r in enumerate(rs) if (r["category"] or "") == cat]
+            block["by_category"][cat] = {"n": len(idx), **{n: float(passed[n][idx].mean()) for n in FORCED}}
+        keyed = [(interactions[r["event_key"]], passed["t_it"][k] - passed["t_pt"][k], r["prompt_id"])
+                 for k, r in enumerate(rs) if r["event_key"] in interactions]
+        if keyed:
+            x, y, c = (np.array([k[0] for k in keyed]), np.array([k[1] for k in keyed]), [k[2] for k in keyed])
+            block["interaction_vs_delta"] = _correlation(x, y, c, boot)
+        else:
+            block["interaction_vs_delta"] = {"r": None, "ci": None, "n": 0}
+        out["by_model"][label] = block
+    return out
+
+
+def validators_of(prompts) -> dict:
+    return {p.id: p.validator for p in prompts if getattr(p, "validator", None) is not None}
+
+
+def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt: bool = False,
+                        progress: bool = False) -> dict:
+    """``crosspatch consequence RUN_DIR``: forced-token continuations of a finished run's
+    first-divergence events (prompts give the validators); resumable (events already scored in
+    consequence.jsonl are skipped). Updates summary.json and the reports; returns the summary."""
+    from .cells import headline_boundary
+    from .divergence import DivergenceEvent
+    from .errors import CorruptRunFileError, OptionError
+    from .execution import load_pair
+    from .models.loading import LoadOptions
+    from .pipeline import render_reports
+    from .prompts import as_prompts
+    from .store import RunStore
+
+    store = RunStore(run_dir)
+    config, summary = store.config(), store.summary()
+    validators = validators_of(as_prompts(prompts))
+    if not validators:
+        raise OptionError("no prompt carries a 'validator' field: nothing to score")
+    b = headline_boundary(config["resolved_boundaries"], config["num_layers"])
+    records = [r for r in store.load_records() if r.boundary == b and r.kind == "first_diff" and r.valid]
+    if any(r.prefix_ids is None for r in records):
+        raise CorruptRunFileError(f"{store.path}: its records lack prefix ids (made by an older crosspatch); "
+                                  "run it again with --consequence instead")
+    done = {row["event_key"] for row in store.load_rows(CONSEQUENCE_FILE)}
+    events = [DivergenceEvent(r.prompt_id, r.category, r.prompt_len, r.position, r.prefix_ids, r.t_pt, r.t_it)
+              for r in records if r.prompt_id in validators and r.key.rsplit("@", 1)[0] not in done]
+    if events:
+        models = config["models"]
+        known = set(LoadOptions.__dataclass_fields__)
+        options = LoadOptions(**{k: v for k, v in config.get("load_options", {}).items() if k in known and k != "residency"})
+        pair = load_pair(models["base"]["path"], tuned=models.get("tuned", {}).get("path"),
+                         adapter=models.get("adapter", {}).get("path"), options=options)
+        ex = Executor(pair, config["options"].get("batch_size", 8))
+        rows = ex.drive(Consequence(validators, budget, with_pt, config["options"].get("seed", 0)).program(
+            ex, EventSet(events, pair.base, pair.roles[1], None)))
+        store.append_rows(CONSEQUENCE_FILE, rows)
+        pair.release()
+    rows = store.load_rows(CONSEQUENCE_FILE)
+    inter = {r.key.rsplit("@", 1)[0]: r.effects()["interaction"] for r in records}
+    opts = config["options"]
+    summary["consequences"] = consequence_summary(rows, inter, BootstrapConfig(opts.get("bootstrap", 2000),
+                                                                               opts.get("seed", 0)))
+    store.write_summary(summary)
+    render_reports(store, summary, config)
+    return summary["consequences"]

@@ -1,0 +1,152 @@
+"""Forced-token consequences: validators, suffix-only scoring, natural continuations, deltas."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from crosspatch.analysis import EventSet
+from crosspatch.consequence import Consequence, consequence_summary
+from crosspatch.divergence import DivergenceEvent
+from crosspatch.errors import PromptFileError
+from crosspatch.execution import Decode, Executor, pair_from_models
+from crosspatch.prompts import as_prompts
+from crosspatch.testing import char_tokenizer, make_pair, tiny_model
+from crosspatch.validators import parse_validator
+
+from .test_store import many_prompts
+
+
+@pytest.mark.parametrize("rule, good, bad", [
+    ({"type": "exact", "answer": "71F"}, "\n 71f.\nmore text", "It is 71F"),
+    ({"type": "regex", "pattern": r"if it keeps \w+", "flags": "i"}, "If it keeps falling, expect rain", "rain"),
+    ({"type": "regex", "pattern": "sorry", "must_match": False, "flags": "i"}, "WIND: 14 mph", "Sorry, I cannot"),
+    ({"type": "sections", "required": ["WIND:", "ALERTS:"]}, "WIND: NW\nALERTS: none", "WIND: NW only"),
+    ({"type": "number", "value": 21.7, "tolerance": 0.1}, "about 21.65 C today", "about 25 C"),
+    ({"type": "json", "required": ["temp"], "types": {"temp": "number"}}, 'x {"temp": 3.5} y', '{"temp": "3.5"}'),
+])
+def test_each_validator_kind_passes_and_fails(rule, good, bad):
+    v = parse_validator(rule, "p.jsonl:1")
+    assert v.check(good) and not v.check(bad)
+
+
+def test_several_rules_must_all_pass():
+    v = parse_validator([{"type": "sections", "required": ["WIND"]}, {"type": "number", "value": 14}], "x")
+    assert v.check("WIND 14 mph") and not v.check("WIND 15 mph")
+
+
+@pytest.mark.parametrize("rule, message", [
+    ({"type": "nope"}, "'type' must be one of"), ({"type": "regex", "pattern": "("}, "does not compile"),
+    ({"type": "number", "value": "7"}, "'value' must be a number"), ({"type": "exact"}, "'answer' must be"),
+    ({"type": "sections", "required": []}, "non-empty list"), (5, "must be an object"), ("{not json", "not valid JSON"),
+    ({"type": "exact", "answer": "a", "extra": 1}, "unknown field"),
+])
+def test_a_malformed_validator_is_a_named_error_with_the_line(rule, message):
+    with pytest.raises(PromptFileError, match=message):
+        as_prompts([{"id": "a", "prompt": "x", "validator": rule}])
+
+
+def test_a_malformed_validator_in_a_file_names_the_line(tmp_path):
+    from crosspatch.prompts import load_prompts
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "a", "prompt": "x"}) + "\n" +
+                    json.dumps({"id": "b", "prompt": "y", "validator": {"type": "regex", "pattern": "["}}) + "\n")
+    with pytest.raises(PromptFileError, match=r"p.jsonl:2: validator"):
+        load_prompts(path)
+
+
+def _copy_model():
+    """A model whose next token is its current token: the continuation depends only on the first."""
+    model = tiny_model("llama", layers=2)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.norm.weight.fill_(1.0)
+        emb = torch.randn(model.model.embed_tokens.weight.shape, generator=torch.Generator().manual_seed(0))
+        model.model.embed_tokens.weight.copy_(emb)
+        model.lm_head.weight.copy_(emb * 3)
+    return model.eval()
+
+
+def test_a_continuation_that_depends_only_on_the_first_token_gives_the_expected_deltas():
+    tok = char_tokenizer()
+    model = _copy_model()
+    pair = pair_from_models(model, model, tok)
+    a, b = tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("b")
+    prefix = tok("x")["input_ids"]
+    events = [DivergenceEvent(f"p{k}", "c", len(prefix), 0, prefix, t_pt=b, t_it=a) for k in range(6)]
+    validators = {f"p{k}": parse_validator({"type": "regex", "pattern": "^[a ]+$"}, "x") for k in range(6)}
+    ex = Executor(pair)
+    rows = ex.drive(Consequence(validators, budget=5).program(ex, EventSet(events, "base", "tuned", None)))
+    for r in rows:
+        res = r["results"]["IT"]
+        assert res["t_it"]["suffix"].replace(" ", "") == "aaaaa" and res["t_it"]["pass"]  # the copy model repeats the forced token
+        assert res["t_pt"]["suffix"].replace(" ", "") == "bbbbb" and not res["t_pt"]["pass"]
+        assert not res["matched"]["pass"] and not res["random"]["pass"]
+        assert r["forced"]["matched"] not in (a, b) and r["forced"]["random"] not in (a, b)
+    summary = consequence_summary(rows, {e.key: 1.0 for e in events}, __import__("crosspatch.stats").stats.BootstrapConfig(200))
+    block = summary["by_model"]["IT"]
+    assert block["delta_t_it_minus_t_pt"]["mean"] == 1.0 and block["delta_t_it_minus_matched"]["mean"] == 1.0
+    assert block["pass_rate"]["t_it"]["mean"] == 1.0 and block["pass_rate"]["t_pt"]["mean"] == 0.0
+
+
+def test_scoring_is_suffix_only():
+    """A validator that passes on the forced token alone fails when the suffix lacks it."""
+    tok = char_tokenizer()
+    model = _copy_model()
+    pair = pair_from_models(model, model, tok)
+    a, b = tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("b")
+    prefix = tok("x")["input_ids"]
+    ev = DivergenceEvent("p", None, len(prefix), 0, prefix, t_pt=a, t_it=b)
+    # "^b$" passes on the forced token t_IT = 'b' alone; the scored suffix is the 3 tokens after it
+    validators = {"p": parse_validator({"type": "regex", "pattern": "^b$"}, "x")}
+    ex = Executor(pair)
+    row = ex.drive(Consequence(validators, budget=3).program(ex, EventSet([ev], "base", "tuned", None)))[0]
+    assert row["forced_text"]["t_it"] == "b" and not row["results"]["IT"]["t_it"]["pass"]
+    assert row["results"]["IT"]["t_it"]["suffix"].replace(" ", "") == "bbb"  # 3 generated tokens, none forced
+
+
+def test_forcing_the_natural_token_reproduces_the_natural_continuation():
+    pair = make_pair("llama", scale=0.5)
+    result = __import__("crosspatch.pipeline").pipeline.run(
+        pair, [dict(p, validator={"type": "regex", "pattern": "."}) for p in many_prompts(6)], boundary=2,
+        max_new_tokens=8, bootstrap=0, progress=False, consequence=True, consequence_budget=6,
+        event_kinds="first_diff", controls="none")
+    rows = result.analyses["consequence"]
+    assert rows and "consequences" in result.summary
+    ex = Executor(pair)
+    records = {r.key.rsplit("@", 1)[0]: r for r in result.records}
+    for row in rows:
+        rec = records[row["event_key"]]
+        (natural,) = ex.run([Decode("tuned", [rec.prefix_ids], 7)])  # IT's own greedy continuation
+        assert natural[0][0] == rec.t_it  # IT picks t_IT itself at the event
+        forced_then = pair.tokenizer.decode(natural[0][1:7], skip_special_tokens=True)
+        assert row["results"]["IT"]["t_it"]["suffix"] == forced_then
+
+
+def test_consequence_command_on_a_finished_run(tmp_path):
+    from crosspatch.cli import app
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "m")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(dict(p, validator={"type": "regex", "pattern": "[a-z]"})) + "\n"
+                               for p in many_prompts(8)))
+    args = ["run", "--base", str(root / "base"), "--tuned", str(root / "tuned"), "--prompts", str(prompts), "--out",
+            str(tmp_path / "r"), "--max-new-tokens", "6", "--bootstrap", "0", "--quiet", "--controls", "none"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    res = CliRunner().invoke(app, ["consequence", str(tmp_path / "r"), "--prompts", str(prompts), "--budget", "4"])
+    assert res.exit_code == 0, res.output
+    assert "pass t_IT" in res.output and (tmp_path / "r" / "consequence.jsonl").exists()
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["consequences"]["n_events"] == summary["counts"]["events"]
+    assert "Consequences" in (tmp_path / "r" / "report.md").read_text()
+    again = CliRunner().invoke(app, ["consequence", str(tmp_path / "r"), "--prompts", str(prompts)])
+    assert again.exit_code == 0  # resumable: nothing left to do, same numbers
+    lines = (tmp_path / "r" / "consequence.jsonl").read_text().splitlines()
+    assert len(lines) == summary["consequences"]["n_events"]
