@@ -263,6 +263,10 @@ def build_summary(
             if fp32["checked"]:
                 row["summary"] += f"; re-run in float32: {fp32['moved']} of {fp32['checked']} moved"
     summary["controls"] = rows
+    if analyses and analyses.get("routing"):
+        from .routing import routing_summary
+
+        summary["routing"] = routing_summary([_as_row(r) for r in analyses["routing"]])
     if analyses and analyses.get("consequence"):
         from .consequence import consequence_summary
 
@@ -441,6 +445,9 @@ def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analys
     kinds = parse_event_kinds(config.event_kinds)
     controls = control_analyses([c for c in parse_controls(config.controls) if c in PASS_CONTROLS],
                                 headline_boundary(boundaries, num_layers), config.max_new_tokens, config.seed, cells)
+    from .routing import RouterShift
+
+    controls.append(RouterShift(headline_boundary(boundaries, num_layers)))  # MoE only; no passes for dense models
     if config.consequence and validators:
         from .consequence import Consequence
 

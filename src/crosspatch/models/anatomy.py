@@ -119,3 +119,13 @@ def find_anatomy(model: nn.Module) -> Anatomy:
         logit_scale=float(scale) if isinstance(scale, (int, float)) and scale != 1 else None,
         logit_divisor=float(divisor) if isinstance(divisor, (int, float)) and divisor != 1 else None,
     )
+
+
+def router_name(layer: nn.Module) -> str | None:
+    """The path of a mixture-of-experts layer's router inside a decoder layer (``mlp.gate``,
+    ``mlp.router``, ``block_sparse_moe.gate``, ...), or None for a dense layer."""
+    for name, module in layer.named_modules():
+        last = name.split(".")[-1]
+        if last in ("gate", "router") and name.count(".") >= 1 and not hasattr(module, "up_proj"):
+            return name
+    return None

@@ -18,8 +18,11 @@ def model_facts(handle) -> dict:
     cfg = a.model.config
     limit = next((getattr(cfg, k) for k in ("max_position_embeddings", "n_positions", "max_sequence_length")
                   if isinstance(getattr(cfg, k, None), int)), None)
+    from .anatomy import router_name
+
+    routers = {i: name for i, layer in enumerate(a.layers) if (name := router_name(layer)) is not None}
     return {"class": type(a.model).__name__, "num_layers": a.num_layers, "hidden_size": a.hidden_size,
-            "lm_head_rows": a.lm_head.weight.shape[0], "max_positions": limit}
+            "lm_head_rows": a.lm_head.weight.shape[0], "max_positions": limit, "routers": routers}
 
 
 def check_pair_compatible(pt, it) -> None:

@@ -252,7 +252,17 @@ def _edit_hook(layer: nn.Module, site: str, fn):
             return fn(output)
 
         return layer.register_forward_hook(edit_residual)
-    raise ValueError(f"edit site must be 'mlp' or 'residual', not {site!r}")
+    try:
+        module = layer.get_submodule(site)
+    except AttributeError:
+        raise ValueError(f"edit site must be 'mlp', 'residual' or a submodule of the layer, not {site!r}") from None
+
+    def edit_module(mod, args, output):
+        if isinstance(output, (tuple, list)):
+            return (fn(output[0]),) + tuple(output[1:])
+        return fn(output)
+
+    return module.register_forward_hook(edit_module)
 
 
 def late_forward(

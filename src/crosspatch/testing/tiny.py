@@ -49,6 +49,7 @@ def _configs(vocab: int, layers: int):
         "phi3": lambda: Phi3Config(**{k: v for k, v in common.items()}),
         "gpt2": lambda: GPT2Config(vocab_size=vocab, n_embd=32, n_layer=layers, n_head=4, n_positions=256,
                                    bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False),
+        **_more_configs(common, vocab, layers),
         "gpt_neox": lambda: GPTNeoXConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
                                           num_hidden_layers=layers, num_attention_heads=4,
                                           max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
@@ -56,6 +57,41 @@ def _configs(vocab: int, layers: int):
     }
 
 
+def _more_configs(common: dict, vocab: int, layers: int) -> dict:
+    """Further dense families and mixture-of-experts models (tiny, from configs)."""
+    import transformers as t
+
+    moe = dict(num_local_experts=4, num_experts_per_tok=2)
+    table = {
+        "gemma": ("GemmaConfig", dict(common, head_dim=8)),
+        "cohere": ("CohereConfig", dict(common, logit_scale=0.5)),
+        "falcon": ("FalconConfig", dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                                        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
+                                        new_decoder_architecture=True, num_kv_heads=2, max_position_embeddings=256)),
+        "stablelm": ("StableLmConfig", dict(common)),
+        "granite": ("GraniteConfig", dict(common, logits_scaling=2.0, residual_multiplier=0.5,
+                                          embedding_multiplier=2.0, attention_multiplier=0.2)),
+        "smollm3": ("SmolLM3Config", dict(common, no_rope_layer_interval=2)),
+        "olmo": ("OlmoConfig", dict(common)),
+        "phi": ("PhiConfig", dict(common)),
+        "starcoder2": ("Starcoder2Config", dict(common)),
+        "glm4": ("Glm4Config", dict(common, head_dim=8)),
+        "helium": ("HeliumConfig", dict(common, head_dim=8)),
+        "mixtral": ("MixtralConfig", dict(common, **moe)),
+        "qwen2_moe": ("Qwen2MoeConfig", dict(common, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                             shared_expert_intermediate_size=32, decoder_sparse_step=1)),
+        "qwen3_moe": ("Qwen3MoeConfig", dict(common, head_dim=8, num_experts=4, num_experts_per_tok=2,
+                                             moe_intermediate_size=32, decoder_sparse_step=1)),
+        "olmoe": ("OlmoeConfig", dict(common, num_experts=4, num_experts_per_tok=2)),
+        "gpt_oss": ("GptOssConfig", dict(common, head_dim=8, num_local_experts=4, num_experts_per_tok=2,
+                                         sliding_window=8, layer_types=["sliding_attention", "full_attention"] * (layers // 2))),
+        "granitemoe": ("GraniteMoeConfig", dict(common, **moe, logits_scaling=2.0)),
+    }
+    return {name: (lambda cls=cls, kw=kw: getattr(t, cls)(**kw)) for name, (cls, kw) in table.items()
+            if hasattr(t, cls)}
+
+
+MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "granitemoe")
 ARCHITECTURES = tuple(_configs(8, 2))
 
 
@@ -66,7 +102,7 @@ def tiny_model(arch: str = "llama", layers: int = 4, seed: int = 0, vocab_size: 
 
     vocab = vocab_size or (len(char_tokenizer()) + VOCAB_PADDING)
     config = _configs(vocab, layers)[arch]()
-    config._attn_implementation = "eager" if arch == "gemma2" else "sdpa"
+    config._attn_implementation = "eager" if arch in ("gemma2", "gpt_oss") else "sdpa"
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():

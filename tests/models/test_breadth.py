@@ -1,0 +1,57 @@
+"""More dense families and mixture-of-experts models: anatomy found, diagonal cells equal the
+unpatched model, a late-only descendant has an interaction of exactly zero; MoE routing at the
+boundary is recorded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crosspatch.pipeline import run
+from crosspatch.testing import ARCHITECTURES, MOE_ARCHITECTURES, make_pair
+
+from ..conftest import PROMPTS
+from .test_anatomy import EXPECTED, result_prefix
+
+MORE = sorted(set(ARCHITECTURES) - EXPECTED)
+OPTIONS = dict(boundary=2, max_new_tokens=8, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+
+
+def test_at_least_twenty_architectures_are_tested():
+    assert len(ARCHITECTURES) >= 20
+    assert set(MOE_ARCHITECTURES) <= set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("arch", MORE)
+def test_diagonal_is_exact_and_late_only_interaction_is_zero(arch):
+    prompts = [dict(p) for p in PROMPTS[:4]]
+    pair = make_pair(arch)
+    result = run(pair, prompts, **OPTIONS)
+    assert result.records, "a perturbed descendant must diverge somewhere"
+    for rec in result.records:
+        with torch.inference_mode():
+            ids = torch.tensor([result_prefix(pair, rec, prompts)])
+            ref = pair.it.anatomy.model(input_ids=ids).logits[0, -1].float()
+        assert abs(rec.cells["common_it"]["uit_lit"] - float(ref[rec.t_it] - ref[rec.t_pt])) <= 1e-5
+    late = run(make_pair(arch, perturb=[2, 3]), prompts, plan="exact", **OPTIONS)
+    for rec in late.records:
+        y = rec.cells["common_it"]
+        assert (y["uit_lit"] - y["uit_lpt"]) - (y["upt_lit"] - y["upt_lpt"]) == 0.0
+
+
+@pytest.mark.parametrize("arch", [a for a in MOE_ARCHITECTURES if a in ARCHITECTURES])
+def test_moe_routing_at_the_boundary_is_recorded(arch):
+    prompts = [dict(p) for p in PROMPTS[:4]]
+    result = run(make_pair(arch), prompts, **OPTIONS)
+    rows = result.analyses["routing"]
+    assert rows and len(rows) == len(result.records)
+    assert all(0.0 <= r["top_k_overlap"] <= 1.0 and r["js_divergence"] >= 0.0 for r in rows)
+    assert result.summary["routing"]["n_events"] == len(rows)
+    # perturbing only layer 3: at boundary 2 both models route the same state through the same router
+    same = run(make_pair(arch, perturb=[3]), prompts, plan="exact", **OPTIONS)
+    assert all(r["js_divergence"] == 0.0 and r["experts_pt"] == r["experts_it"] for r in same.analyses["routing"])
+
+
+def test_dense_models_record_no_routing():
+    result = run(make_pair("llama"), [dict(p) for p in PROMPTS[:3]], **OPTIONS)
+    assert result.analyses["routing"] == [] and "routing" not in result.summary
