@@ -49,7 +49,8 @@ def method_crosspatch(args) -> dict:
     boundaries = "all" if args.sweep else None
     start = time.perf_counter()
     result = run(pair, prompts, boundary=0.6, boundaries=boundaries, max_new_tokens=args.max_new_tokens,
-                 batch_size=args.batch_size, bootstrap=0, progress=False, plan=args.plan)
+                 batch_size=args.batch_size, bootstrap=0, progress=False, plan=args.plan,
+                 controls="none", event_kinds="first_diff")  # the 2x2 alone, as the baselines compute it
     seconds = time.perf_counter() - start
     cost = result.summary["cost_this_session"]
     cells = {f"{r.prompt_id}@{r.boundary}": r.cells["common_it"] for r in result.records}
@@ -165,7 +166,7 @@ def method_memory(args) -> dict:
     cache_mb = (state_cache_bytes(pair, ids, args.max_new_tokens, 1) / 2**20) if args.residency == "sequential" else 0.0
     start = time.perf_counter()
     result = run(pair, prompts, boundary=0.6, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                 bootstrap=0, progress=False)
+                 bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
     return {"seconds": time.perf_counter() - start, "events": result.summary["counts"]["events"],
             "baseline_rss_mb": before, "peak_rss_mb": peak_rss_mb(), "model_mb": size_mb, "cache_mb": cache_mb,
             "fe_per_event": result.summary["cost_this_session"]["fe_per_event"], "num_layers": pair.num_layers,
