@@ -497,6 +497,59 @@ def consequence_cmd(
     console.print(f"wrote {run_dir / 'consequence.jsonl'}, summary.json, report.md, report.html", soft_wrap=True)
 
 
+features_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                            help="Sparse final-MLP feature mediation with a paired crosscoder.")
+app.add_typer(features_app, name="features")
+
+
+def _features(run_dir: Path, crosscoder: Optional[Path], layers: int, latents: int, k: int, steps: int,
+              train_only: bool) -> None:
+    from .features import run_features
+
+    try:
+        for value, name in ((layers, "--layers"), (latents, "--latents"), (k, "--k"), (steps, "--steps")):
+            if value < 1:
+                raise OptionError(f"{name} must be >= 1, not {value}")
+        if k > latents:
+            raise OptionError(f"--k {k} cannot exceed --latents {latents}")
+        result = run_features(run_dir, crosscoder, layers, latents, k, steps, train_only,
+                              log=lambda m: console.print(m, soft_wrap=True, markup=False))
+    except (CrosspatchError, ValueError) as exc:
+        _fail(exc)
+    from .report.markdown import features_lines
+
+    for line in features_lines(result):
+        _stdout().print(line, soft_wrap=True, markup=False)
+    console.print(f"wrote {run_dir / 'features'}/, summary.json, report.md, report.html", soft_wrap=True)
+
+
+@features_app.command("train")
+def features_train_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    layers: int = typer.Option(3, "--layers", help="How many final MLP layers the crosscoder reads."),
+    latents: int = typer.Option(256, "--latents", help="Dictionary size."),
+    k: int = typer.Option(8, "--k", help="Active latents per token (BatchTopK)."),
+    steps: int = typer.Option(1500, "--steps", help="Training steps."),
+) -> None:
+    """Cache paired activations of the run's events and train the crosscoder (with its gate)."""
+    _features(run_dir, None, layers, latents, k, steps, True)
+
+
+@features_app.command("mediate")
+def features_mediate_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    crosscoder: Optional[Path] = typer.Option(None, "--crosscoder",
+                                              help="A trained crosscoder directory (crosspatch or dictionary_learning "
+                                                   "layout); default: train one now."),
+    layers: int = typer.Option(3, "--layers", help="Final MLP layers (when training)."),
+    latents: int = typer.Option(256, "--latents", help="Dictionary size (when training)."),
+    k: int = typer.Option(8, "--k", help="Active latents per token (when training)."),
+    steps: int = typer.Option(1500, "--steps", help="Training steps (when training)."),
+) -> None:
+    """Mediation curve, rescue and structured closure on held-out events."""
+    _features(run_dir, crosscoder, layers, latents, k, steps, False)
+
+
 @app.command("merge")
 def merge_cmd(
     shard_dirs: list[Path] = typer.Argument(..., help="Run directories of shards 0/n .. n-1/n."),

@@ -225,6 +225,47 @@ def consequence_lines(cons: dict | None) -> list[str]:
                            "t_IT - matched", "corr(interaction, delta)"], rows) + [""]
 
 
+def features_lines(feat: dict | None) -> list[str]:
+    """Crosscoder quality gate, mediation curve, rescue and closure."""
+    if not feat:
+        return []
+    lines = ["## Sparse final-MLP features", ""]
+    gate = feat.get("quality_gate")
+    if gate:
+        ve = ", ".join(f"layer {layer}: PT {v['pt']:.2f} / IT {v['it']:.2f}" for layer, v in gate["variance_explained"].items())
+        lines += [f"Crosscoder ({feat['source']}, {feat['n_latents']} latents, k = {feat['k']}, MLP layers "
+                  f"{', '.join(map(str, feat['layers']))}): quality gate **{'passed' if gate['passed'] else 'FAILED'}** — "
+                  f"held-out variance explained {ve}; mean L0 {gate['mean_l0']:.1f} (target {gate['target_k']}); "
+                  f"{100 * gate['alive_in_range_share']:.0f}% of latents fire on 1-20% of tokens.", ""]
+    if feat.get("note"):
+        lines += [f"*{md_escape(feat['note'])}*", ""]
+    study = feat.get("study") or {}
+    if study.get("mediation"):
+        rows = []
+        for k, g in study["mediation"].items():
+            rows.append([k] + [("n/a" if v is None else f"{v['interaction_drop']:+.3f}"
+                                + ("" if v["share"] is None else f" ({100 * v['share']:.0f}%)"))
+                               for v in (g.get("top"), g.get("matched_random"), g.get("top_active"))]
+                        + [f"{g['top']['upstream_dependence']:+.3f}"])
+        lines += [f"Mediation on {study['n_heldout']} held-out events (ranked on {study['n_train']}): interaction drop "
+                  "when the IT-branch decoder contribution of k latents is removed from both L_IT cells.", ""]
+        lines += _table(["k", "top-ranked", "matched random", "top active", "upstream dependence (top)"], rows) + [""]
+    if study.get("rescue"):
+        rows = [[k, *[("n/a" if g[n]["fraction_of_missing"] is None else f"{100 * g[n]['fraction_of_missing']:.0f}%")
+                      + f" ({g[n]['logit_gain']:+.3f})" for n in ("top", "random")]] for k, g in study["rescue"].items()]
+        lines += ["Rescue: top-k latents of (U_IT, L_IT) patched into (U_PT, L_IT), as a share of the missing margin.",
+                  ""] + _table(["k", "top-ranked", "random"], rows) + [""]
+    closure = feat.get("closure") or {}
+    if closure.get("by_rank"):
+        rows = [[r] + [("n/a" if g[n]["closure"] is None else f"{100 * g[n]['closure']:.0f}%")
+                       for n in ("pca", "gaussian", "random_subspace", "sign_flipped")]
+                for r, g in closure["by_rank"].items()]
+        lines += ["Structured closure: held-out boundary shifts projected on the top-r principal components of the "
+                  "train shifts, added to U_PT through L_IT (share of the missing margin).", ""]
+        lines += _table(["rank r", "PCA", "Gaussian", "random subspace", "sign-flipped"], rows) + [""]
+    return lines
+
+
 def render_markdown(config: dict, summary: dict) -> str:
     """The full report. Deterministic: the same stored files give the same text."""
     models = config.get("models", {})
@@ -253,6 +294,7 @@ def render_markdown(config: dict, summary: dict) -> str:
         lines.append("")
     lines += controls_table(summary.get("controls", []))
     lines += consequence_lines(summary.get("consequences"))
+    lines += features_lines(summary.get("features"))
     if len(summary["boundaries"]) > 1:
         lines += sweep_section(summary)
     for b in summary["boundaries"]:

@@ -1,0 +1,133 @@
+"""Sparse final-MLP feature mediation with crosscoders (``crosspatch features train|mediate``).
+
+On a finished run directory: the first-divergence events at the headline boundary are split by
+prompt into a train and a held-out half; both models' outputs of the last ``n_layers`` MLPs over
+the event prefixes are cached (``features/activations/shard_*.safetensors`` with metadata,
+resumable); a paired BatchTopK crosscoder is trained (or loaded with ``--crosscoder DIR``) and
+judged by its quality gate; then mediation, rescue and closure run (``study.py``) and
+``features/features.json``, ``summary.json`` → ``features`` and both reports are updated.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .crosscoder import Crosscoder, load_crosscoder, quality_gate, save_crosscoder, train_crosscoder
+from .study import Closure, FeatureStudy, activations, split_events
+
+__all__ = ["Crosscoder", "load_crosscoder", "quality_gate", "save_crosscoder", "train_crosscoder", "run_features",
+           "features_frames"]
+
+
+def _run_models(store, config):
+    from ..execution import load_pair
+    from ..models.loading import LoadOptions
+
+    models = config["models"]
+    known = set(LoadOptions.__dataclass_fields__)
+    options = LoadOptions(**{k: v for k, v in config.get("load_options", {}).items() if k in known and k != "residency"})
+    return load_pair(models["base"]["path"], tuned=models.get("tuned", {}).get("path"),
+                     adapter=models.get("adapter", {}).get("path"), options=options)
+
+
+def _events(store, config):
+    from ..cells import headline_boundary
+    from ..divergence import DivergenceEvent
+    from ..errors import CorruptRunFileError
+
+    b = headline_boundary(config["resolved_boundaries"], config["num_layers"])
+    records = [r for r in store.load_records() if r.boundary == b and r.kind == "first_diff" and r.valid]
+    if any(r.prefix_ids is None for r in records):
+        raise CorruptRunFileError(f"{store.path}: records lack prefix ids (an older run); run it again")
+    return b, [DivergenceEvent(r.prompt_id, r.category, r.prompt_len, r.position, r.prefix_ids, r.t_pt, r.t_it)
+               for r in records]
+
+
+def cache_activations(ex, events, boundary, layers, directory: Path, shard_size: int = 64, log=print):
+    """Paired activations of ``events`` in safetensors shards (resumable); returns (x_pt, x_it)."""
+    from safetensors.torch import load_file, save_file
+
+    from ..analysis import EventSet
+
+    directory.mkdir(parents=True, exist_ok=True)
+    d = ex.models.hidden_size
+    tokens = sum(len(e.prefix_ids) for e in events)
+    log(f"activation cache: {tokens} tokens x {len(layers)} layers x {d} x 2 models x 4 bytes = "
+        f"{tokens * len(layers) * d * 2 * 4 / 2**20:.1f} MiB in {directory}")
+    xs_pt, xs_it = [], []
+    for n, start in enumerate(range(0, len(events), shard_size)):
+        path = directory / f"shard_{n:05d}.safetensors"
+        if not path.exists():
+            chunk = events[start:start + shard_size]
+            pairs = ex.drive(activations(ex, EventSet(chunk, ex.models.base, ex.models.roles[1], None), boundary, layers))
+            save_file({"pt": torch.cat([p for p, _ in pairs]).contiguous(), "it": torch.cat([i for _, i in pairs]).contiguous()},
+                      str(path), metadata={"layers": json.dumps(layers), "events": str(len(chunk)), "dtype": "float32"})
+        shard = load_file(str(path))
+        xs_pt.append(shard["pt"])
+        xs_it.append(shard["it"])
+    (directory / "metadata.json").write_text(json.dumps({"layers": layers, "hidden_size": d, "tokens": tokens,
+                                                         "shards": len(xs_pt), "dtype": "float32"}, indent=2) + "\n")
+    return torch.cat(xs_pt), torch.cat(xs_it)
+
+
+def run_features(run_dir, crosscoder_dir=None, n_layers: int = 3, n_latents: int = 256, k: int = 8,
+                 steps: int = 1500, train_only: bool = False, log=print) -> dict:
+    """Train (or load) the crosscoder on a run's events, then mediation, rescue and closure."""
+    from ..analysis import EventSet
+    from ..execution import Executor
+    from ..pipeline import render_reports
+    from ..store import RunStore
+
+    store = RunStore(run_dir)
+    config, summary = store.config(), store.summary()
+    boundary, events = _events(store, config)
+    train, held = split_events(events)
+    pair = _run_models(store, config)
+    ex = Executor(pair, config["options"].get("batch_size", 8))
+    out = store.path / "features"
+    started = time.perf_counter()
+    if crosscoder_dir is not None:
+        cc = load_crosscoder(crosscoder_dir)
+        layers = cc.config.layers or list(range(pair.num_layers - n_layers, pair.num_layers))
+    else:
+        layers = list(range(max(boundary, pair.num_layers - n_layers), pair.num_layers))
+        x_pt, x_it = cache_activations(ex, train, boundary, layers, out / "activations", log=log)
+        cc = train_crosscoder(x_pt, x_it, layers, pair.hidden_size, n_latents=n_latents, k=k, steps=steps, log=log)
+        save_crosscoder(cc, out / "crosscoder")
+    h_pt, h_it = cache_activations(ex, held, boundary, layers, out / "activations_heldout", log=log) if held else (None, None)
+    gate = quality_gate(cc, h_pt, h_it) if h_pt is not None and len(h_pt) else None
+    result = {"boundary": boundary, "layers": layers, "n_latents": cc.config.n_latents, "k": cc.config.k,
+              "source": cc.config.source, "quality_gate": gate, "train_seconds": round(time.perf_counter() - started, 1)}
+    if not train_only:
+        t, h = EventSet(train, pair.base, pair.roles[1], None), EventSet(held, pair.base, pair.roles[1], None)
+        result["study"] = ex.drive(FeatureStudy(cc, boundary).program(ex, t, h))
+        result["closure"] = ex.drive(Closure(boundary).program(ex, t, h))
+        if gate is not None and not gate["passed"]:
+            result["note"] = "the crosscoder failed its quality gate: read the mediation results with caution"
+    pair.release()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "features.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    summary["features"] = result
+    store.write_summary(summary)
+    render_reports(store, summary, config)
+    return result
+
+
+def features_frames(result: dict) -> dict:
+    """The mediation curve, rescue and closure as pandas DataFrames."""
+    import pandas as pd
+
+    frames = {}
+    study = result.get("study") or {}
+    frames["mediation"] = pd.DataFrame([{"k": int(k), "set": name, **v} for k, g in study.get("mediation", {}).items()
+                                        for name, v in g.items()])
+    frames["rescue"] = pd.DataFrame([{"k": int(k), "set": name, **v} for k, g in study.get("rescue", {}).items()
+                                     for name, v in g.items()])
+    closure = result.get("closure") or {}
+    frames["closure"] = pd.DataFrame([{"rank": int(r), "control": name, **v}
+                                      for r, g in closure.get("by_rank", {}).items() for name, v in g.items()])
+    return frames

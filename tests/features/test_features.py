@@ -1,0 +1,133 @@
+"""Crosscoder, mediation, rescue and closure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from crosspatch.analysis import EventSet
+from crosspatch.execution import Edit, Executor, Late
+from crosspatch.features import Crosscoder, load_crosscoder, quality_gate, save_crosscoder, train_crosscoder
+from crosspatch.features.crosscoder import CrosscoderConfig
+from crosspatch.features.study import Closure, split_events
+from crosspatch.testing import make_pair
+
+
+def _data(n=600, d=24, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    atoms = torch.randn(40, d, generator=gen)
+    codes = (torch.rand(n, 40, generator=gen) < 0.08).float() * torch.rand(n, 40, generator=gen) * 3
+    x_pt = codes @ atoms + 0.01 * torch.randn(n, d, generator=gen)
+    x_it = codes @ (atoms + 0.3 * torch.randn(40, d, generator=gen)) + 0.01 * torch.randn(n, d, generator=gen)
+    return x_pt, x_it
+
+
+def test_shapes_and_batch_topk_activates_k_latents_per_row_on_average():
+    cc = Crosscoder(CrosscoderConfig(d_in=24, n_latents=64, k=5, layers=[2, 3], hidden_size=12))
+    a, b = torch.randn(32, 24), torch.randn(32, 24)
+    z = cc.encode(a, b, batch_topk=True)
+    assert z.shape == (32, 64) and cc.decode(z, "it").shape == (32, 24)
+    assert int((z > 0).sum()) == 5 * 32  # exactly k x batch active (pre-activations are positive here)
+
+
+def test_save_load_round_trip_keeps_normalisation(tmp_path):
+    x_pt, x_it = _data()
+    cc = train_crosscoder(x_pt, x_it, [2, 3], 12, n_latents=64, k=6, steps=50)
+    save_crosscoder(cc, tmp_path / "cc")
+    back = load_crosscoder(tmp_path / "cc")
+    assert back.config == cc.config and back.config.norm_scale["pt"] > 0 and len(back.config.norm_mean["it"]) == 24
+    with torch.no_grad():
+        a = cc.normalize(x_pt[:5], "pt")
+        assert torch.equal(cc.encode(a, cc.normalize(x_it[:5], "it")), back.encode(a, back.normalize(x_it[:5], "it")))
+
+
+def test_training_learns_and_the_quality_gate_reports_every_check():
+    x_pt, x_it = _data()
+    cc = train_crosscoder(x_pt[:500], x_it[:500], [0, 1], 12, n_latents=64, k=6, steps=600)
+    gate = quality_gate(cc, x_pt[500:], x_it[500:])
+    assert set(gate["variance_explained"]) == {"0", "1"}
+    assert min(v for layer in gate["variance_explained"].values() for v in layer.values()) > 0.5
+    assert set(gate["checks"]) == {"variance_explained>=0.75", "mean_l0_within_10%", "alive_share>=0.5"}
+
+
+def test_ablating_all_latents_removes_the_whole_reconstruction():
+    cc = Crosscoder(CrosscoderConfig(d_in=24, n_latents=64, k=5, layers=[0, 1], hidden_size=12))
+    z = cc.encode(torch.randn(8, 24), torch.randn(8, 24), batch_topk=True)
+    with torch.no_grad():
+        full = cc.decoder_contribution(z, "it", range(64))
+        assert torch.allclose(full, cc.decode(z, "it") - cc.b_dec[1], atol=1e-6)
+        assert torch.allclose(cc.decoder_contribution(z, "it"), full, atol=1e-6)
+
+
+def test_zero_edits_are_exact_no_ops():
+    pair = make_pair("llama")
+    ex = Executor(pair)
+    seqs = [[1, 40, 41, 42], [1, 50]]
+    (u,) = ex.run([Late("tuned", 2, [torch.zeros(len(s), 32) for s in seqs], seqs)])
+    (e,) = ex.run([Late("tuned", 2, [torch.zeros(len(s), 32) for s in seqs], seqs,
+                        [Edit(3, "mlp", lambda h, items: h + 0.0 * torch.ones_like(h))])])
+    assert all(torch.equal(a, b) for a, b in zip(u, e))
+
+
+def test_closure_with_the_full_delta_equals_the_diagonal_cell():
+    from crosspatch.divergence import DivergenceEvent
+
+    pair = make_pair("llama", scale=0.5)
+    ex = Executor(pair)
+    events = [DivergenceEvent(f"p{k}", None, 3, 0, [1, 40 + k, 41 + k], 5, 6) for k in range(8)]
+    train, held = EventSet(events[:4], "base", "tuned"), EventSet(events[4:], "base", "tuned")
+    result = ex.drive(Closure(2, ranks=(1, 32)).program(ex, train, held))
+    full = result["by_rank"]["32"]["pca"]  # rank = hidden size: the whole shift
+    assert full["gain"] == pytest.approx(result["y_uit_lit"] - result["y_upt_lit"], abs=1e-4)
+    assert set(result["by_rank"]["1"]) == {"pca", "sign_flipped", "random_subspace", "gaussian"}
+
+
+def test_external_dictionary_learning_layout_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    d, m = 24, 32
+    weights = {"encoder.weight": torch.randn(2, d, m), "encoder.bias": torch.randn(m),
+               "decoder.weight": torch.randn(2, m, d), "decoder.bias": torch.randn(2, d)}
+    save_file(weights, str(tmp_path / "ae.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"trainer": {"activation_dim": d, "dict_size": m, "k": 4,
+                                                                  "layers": [2, 3], "hidden_size": 12}}))
+    cc = load_crosscoder(tmp_path)
+    assert cc.config.source == "dictionary_learning" and cc.config.n_latents == m
+    assert torch.equal(cc.W_dec.data, weights["decoder.weight"]) and torch.equal(cc.b_enc.data, weights["encoder.bias"])
+
+
+def test_split_is_by_prompt_and_stable():
+    from crosspatch.divergence import DivergenceEvent
+
+    evs = [DivergenceEvent(f"p{k}", None, 1, 0, [1], 2, 3) for k in range(40)]
+    a1, b1 = split_events(evs)
+    a2, b2 = split_events(list(reversed(evs)))
+    assert {e.prompt_id for e in a1} == {e.prompt_id for e in a2} and a1 and b1
+
+
+def test_features_end_to_end_on_a_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from crosspatch.cli import app
+    from crosspatch.execution import load_pair
+    from crosspatch.features import features_frames
+    from crosspatch.pipeline import run
+    from crosspatch.testing import save_tiny_pair
+
+    from ..test_store import many_prompts
+
+    root = save_tiny_pair(tmp_path / "m", scale=0.5)
+    pair = load_pair(str(root / "base"), tuned=str(root / "tuned"))
+    run(pair, many_prompts(16), boundary=2, max_new_tokens=8, bootstrap=0, progress=False, out=tmp_path / "r",
+        controls="none", event_kinds="first_diff")
+    res = CliRunner().invoke(app, ["features", "mediate", str(tmp_path / "r"), "--latents", "64", "--k", "4",
+                                   "--steps", "60", "--layers", "2"])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "r" / "features" / "features.json").read_text())
+    assert result["quality_gate"] is not None and result["study"]["mediation"]
+    frames = features_frames(result)
+    assert {"top", "matched_random", "top_active"} <= set(frames["mediation"]["set"])
+    assert (tmp_path / "r" / "features" / "crosscoder" / "crosscoder.safetensors").exists()
+    assert "Sparse final-MLP features" in (tmp_path / "r" / "report.md").read_text()
