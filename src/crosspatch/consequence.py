@@ -161,7 +161,7 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     from .errors import CorruptRunFileError, OptionError
     from .execution import load_pair
     from .models.loading import LoadOptions
-    from .pipeline import render_reports
+    from .report.render import render_reports
     from .prompts import as_prompts
     from .store import RunStore
 

@@ -25,6 +25,7 @@ from .models.execution import WorkCounter, counting_work
 from .models.vocab import tokenize_once
 from .prompts import Prompt, as_prompts
 from .report.markdown import render_markdown
+from .report.render import render_reports
 from .stats import BootstrapConfig, summarize_boundaries
 from .errors import IncompleteRunError, OptionError, RunDirectoryError
 from .validation import (
@@ -375,20 +376,6 @@ def write_outputs(store: RunStore, summary: dict, records: list[CellRecord], con
     store.write_summary(summary)
     store.write_parquet(records)
     return render_reports(store, summary, config)
-
-
-def render_reports(store: RunStore, summary: dict, config: dict) -> str:
-    """Plot (several boundaries), report.md and report.html from what the store holds."""
-    from .report.html import render_html
-
-    if len(summary["boundaries"]) > 1:
-        from .report.plots import plot_sweep
-
-        plot_sweep(summary, store.path)
-    text = render_markdown(config, summary)
-    store.write_text("report.md", text)
-    store.write_text("report.html", render_html(store.path))
-    return text
 
 
 @dataclass

@@ -79,7 +79,7 @@ def run_features(run_dir, crosscoder_dir=None, n_layers: int = 3, n_latents: int
     """Train (or load) the crosscoder on a run's events, then mediation, rescue and closure."""
     from ..analysis import EventSet
     from ..execution import Executor
-    from ..pipeline import render_reports
+    from ..report.render import render_reports
     from ..store import RunStore
 
     store = RunStore(run_dir)
