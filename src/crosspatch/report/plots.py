@@ -20,15 +20,8 @@ def sweep_series(summary: dict, readout: str = "common_it") -> dict[str, list]:
     return series
 
 
-def plot_sweep(summary: dict, out_dir: str | Path, readout: str = "common_it") -> list[Path]:
-    """Write ``sweep.png`` and ``sweep.svg``: the three curves with 95% CI bands."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = sweep_series(summary, readout)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+def _draw_sweep(ax, s: dict) -> None:
+    """The three curves with their 95% CI bands on ``ax``."""
     for key, label, color in CURVES:
         xs = [b for b, m in zip(s["boundary"], s[key]) if m is not None]
         ys = [m for m in s[key] if m is not None]
@@ -37,6 +30,17 @@ def plot_sweep(summary: dict, out_dir: str | Path, readout: str = "common_it") -
         if band:
             ax.fill_between([b for b, _ in band], [ci[0] for _, ci in band], [ci[1] for _, ci in band],
                             color=color, alpha=0.18, linewidth=0)
+
+
+def plot_sweep(summary: dict, out_dir: str | Path, readout: str = "common_it") -> list[Path]:
+    """Write ``sweep.png`` and ``sweep.svg``: the three curves with 95% CI bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    _draw_sweep(ax, sweep_series(summary, readout))
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -153,16 +157,8 @@ def histogram_svg(values: list[float], title: str) -> str:
 def sweep_svg(summary: dict, readout: str = "common_it") -> str:
     """The layer sweep (several boundaries) as inline SVG."""
     plt = _pyplot()
-    s = sweep_series(summary, readout)
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label, color in CURVES:
-        xs = [b for b, m in zip(s["boundary"], s[key]) if m is not None]
-        ys = [m for m in s[key] if m is not None]
-        ax.plot(xs, ys, marker="o", label=label, color=color)
-        band = [(b, ci) for b, ci in zip(s["boundary"], s[key + "_ci"]) if ci and None not in ci]
-        if band:
-            ax.fill_between([b for b, _ in band], [ci[0] for _, ci in band], [ci[1] for _, ci in band],
-                            color=color, alpha=0.18, linewidth=0)
+    _draw_sweep(ax, sweep_series(summary, readout))
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xlabel(f"boundary layer b (of {summary.get('num_layers')})")
     ax.set_ylabel("logit(t_IT) - logit(t_PT)")
