@@ -4,8 +4,8 @@ Shared latents, one encoder and one decoder per model: ``z = BatchTopK(W_pt x_pt
 b)``, ``x̂_M = z W_dec_M + b_dec_M``; inputs are the concatenated outputs of the ``layers``
 MLPs, normalised per model by constants estimated with a running (Welford) estimator and saved
 with the weights. BatchTopK keeps the ``k x batch`` largest pre-activations of a batch, so that
-*on average* each token has ``k`` active latents; at inference a threshold estimated during
-training replaces the batch rule (as in Bussmann et al., 2024). Written here rather than taken
+*on average* each token has ``k`` active latents; at inference a threshold replaces the batch
+rule (as in Bussmann et al., 2024), set so that training rows keep ``k`` latents on average. Written here rather than taken
 from ``dictionary_learning`` or ``sae-lens``: neither ships a paired BatchTopK crosscoder whose
 IT-branch decoder can be edited inside our late-only passes, and both would pull in their own
 training stacks; ``load_crosscoder`` reads the ``dictionary_learning`` crosscoder layout.
@@ -123,7 +123,6 @@ def train_crosscoder(x_pt: torch.Tensor, x_it: torch.Tensor, layers: list[int], 
     a, b = model.normalize(x_pt.float(), "pt"), model.normalize(x_it.float(), "it")
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    thresholds = []
     for step in range(steps):
         idx = torch.randint(0, a.shape[0], (min(batch_size, a.shape[0]),), generator=gen)
         z = model.encode(a[idx], b[idx], batch_topk=True)
@@ -134,13 +133,12 @@ def train_crosscoder(x_pt: torch.Tensor, x_it: torch.Tensor, layers: list[int], 
         with torch.no_grad():  # unit-norm decoder directions (summed over branches) keep the scale identifiable
             norms = model.W_dec.norm(dim=-1).sum(0).clamp_min(1e-6)
             model.W_dec.div_(norms[None, :, None] / 2)
-            if step >= steps // 2:
-                positive = z[z > 0]
-                if positive.numel():
-                    thresholds.append(float(positive.min()))
         if log and (step % max(steps // 5, 1) == 0 or step == steps - 1):
             log(f"crosscoder step {step}: loss {float(loss):.4f}")
-    model.config.threshold = float(sum(thresholds) / len(thresholds)) if thresholds else 0.0
+    with torch.no_grad():  # the inference threshold keeps k latents per training row on average
+        pre = torch.cat([model.pre(a[i:i + 4096], b[i:i + 4096]).flatten() for i in range(0, a.shape[0], 4096)])
+        keep = min(pre.numel(), k * a.shape[0])
+        model.config.threshold = float(pre.topk(keep).values[-1]) if keep else 0.0
     return model.eval()
 
 

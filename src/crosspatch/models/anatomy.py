@@ -90,6 +90,10 @@ def find_anatomy(model: nn.Module) -> Anatomy:
     model_type = getattr(cfg, "model_type", "")
     prefix = getattr(lm, "base_model_prefix", "model")
     backbone = getattr(lm, prefix, None)
+    for fallback in ("model", "transformer", "gpt_neox"):  # prefixes differ across transformers releases
+        if isinstance(backbone, nn.Module):
+            break
+        prefix, backbone = fallback, getattr(lm, fallback, None)
     if not isinstance(backbone, nn.Module):
         raise UnsupportedArchitectureError(
             f"{type(lm).__name__} has no '{prefix}' backbone module (base_model_prefix)"

@@ -258,8 +258,9 @@ def _edit_hook(layer: nn.Module, site: str, fn):
         raise ValueError(f"edit site must be 'mlp', 'residual' or a submodule of the layer, not {site!r}") from None
 
     def edit_module(mod, args, output):
-        if isinstance(output, (tuple, list)):
-            return (fn(output[0]),) + tuple(output[1:])
+        if isinstance(output, (tuple, list)):  # edit the first matrix-like output (e.g. router logits)
+            k = next((i for i, o in enumerate(output) if isinstance(o, torch.Tensor) and o.ndim >= 2), 0)
+            return tuple(output[:k]) + (fn(output[k]),) + tuple(output[k + 1:])
         return fn(output)
 
     return module.register_forward_hook(edit_module)
