@@ -148,3 +148,13 @@ def test_compare_under_sequential_residency_holds_one_model_at_a_time(family, tm
     for role in ("late", "early"):
         got = result.summary["rows"][role]["effects"]["interaction"]["mean"]
         assert got == pytest.approx(resident.summary["rows"][role]["effects"]["interaction"]["mean"], abs=1e-5)
+
+
+def test_pool_command(compared):
+    from crosspatch.cli import app
+
+    _, out = compared
+    res = CliRunner().invoke(app, ["pool", str(out / "late"), str(out / "early"), "--bootstrap", "200"])
+    assert res.exit_code == 0, res.output
+    assert "2 families" in res.output and "interaction" in res.output
+    assert CliRunner().invoke(app, ["pool", str(out / "late")]).exit_code == 2

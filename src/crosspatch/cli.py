@@ -497,6 +497,42 @@ def consequence_cmd(
     console.print(f"wrote {run_dir / 'consequence.jsonl'}, summary.json, report.md, report.html", soft_wrap=True)
 
 
+@app.command("pool")
+def pool_cmd(
+    run_dirs: list[Path] = typer.Argument(..., help="Finished run directories, one per base/descendant family."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples (within each family)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Pool several families family-balanced: the mean of per-family means, prompts resampled
+    within each family (each run at its headline boundary, common-IT readout)."""
+    import json
+
+    from .compare import pool_runs
+    from .report.markdown import fmt_effect
+
+    try:
+        if len(run_dirs) < 2:
+            raise OptionError("give at least two run directories (one per family) to pool")
+        if bootstrap < 0 or 0 < bootstrap < 100:
+            raise OptionError(f"--bootstrap must be 0 or at least 100, not {bootstrap}")
+        names = [p.name for p in run_dirs]
+        if len(set(names)) != len(names):
+            names = [str(p) for p in run_dirs]
+        pooled = pool_runs(dict(zip(names, run_dirs)), bootstrap=bootstrap, seed=seed)
+    except (CrosspatchError, ValueError) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(pooled, indent=2, default=str))
+        return
+    table = Table(title=f"family-balanced pool of {pooled['n_pairs']} families, {pooled['n_events']} events")
+    table.add_column("quantity")
+    table.add_column("mean [95% CI]", justify="right")
+    for name in ("E_PT", "E_IT", "interaction", "direct_share", "native_shift"):
+        table.add_row(name, fmt_effect(pooled, name))
+    _stdout().print(table)
+
+
 features_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                             help="Sparse final-MLP feature mediation with a paired crosscoder.")
 app.add_typer(features_app, name="features")

@@ -69,6 +69,16 @@ def _consequence_rows(cons: dict | None):
     return {"n": cons["n_events"], "rows": rows}
 
 
+def _features_section(feat: dict | None):
+    if not feat:
+        return None
+    from .markdown import features_lines
+    from .plots import features_svgs
+
+    text = [_plain(line) for line in features_lines(feat) if line and not line.startswith(("|", "##"))]
+    return {"text": text, "plots": features_svgs(feat)}
+
+
 def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | None = None) -> str:
     """The HTML text of a run directory's report."""
     from jinja2 import Environment, PackageLoader, select_autoescape
@@ -112,6 +122,7 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
         categories=sorted({e["category"] for e in events}), kinds=sorted({e["kind"] for e in events}),
         warnings=summary.get("warnings", []),
         consequences=_consequence_rows(summary.get("consequences")),
+        features=_features_section(summary.get("features")),
         vocab=vocab,
         no_divergence=summary.get("no_divergence_prompts", [])[:200],
     )

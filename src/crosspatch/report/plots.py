@@ -165,3 +165,57 @@ def sweep_svg(summary: dict, readout: str = "common_it") -> str:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _svg(fig)
+
+
+def features_svgs(feat: dict) -> list[str]:
+    """Mediation curve with its control sets, rescue bars, closure against rank (inline SVGs)."""
+    plt = _pyplot()
+    out = []
+    study = feat.get("study") or {}
+    curve = study.get("mediation") or {}
+    if curve:
+        ks = sorted(curve, key=int)
+        fig, ax = plt.subplots(figsize=(5.2, 3.2))
+        for name, color in (("top", "#d62728"), ("matched_random", "#7f7f7f"), ("top_active", "#1f77b4")):
+            ax.plot([int(k) for k in ks], [curve[k][name]["interaction_drop"] for k in ks], marker="o", color=color,
+                    label=name.replace("_", " "))
+        ax.set_xscale("log")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("latents ablated (k)")
+        ax.set_ylabel("interaction drop (logits)")
+        ax.set_title("mediation: IT-branch decoder ablated in both L_IT cells", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        out.append(_svg(fig))
+    rescue = study.get("rescue") or {}
+    if rescue:
+        ks = sorted(rescue, key=int)
+        fig, ax = plt.subplots(figsize=(5.2, 3.2))
+        width = 0.38
+        for j, (name, color) in enumerate((("top", "#d62728"), ("random", "#7f7f7f"))):
+            ax.bar([i + (j - 0.5) * width for i in range(len(ks))], [rescue[k][name]["logit_gain"] for k in ks],
+                   width, color=color, label=name)
+        ax.set_xticks(range(len(ks)), ks)
+        ax.set_xlabel("latents patched (k)")
+        ax.set_ylabel("logit gain in (U_PT, L_IT)")
+        ax.set_title("rescue", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        out.append(_svg(fig))
+    closure = (feat.get("closure") or {}).get("by_rank") or {}
+    if closure:
+        ranks = sorted(closure, key=int)
+        fig, ax = plt.subplots(figsize=(5.2, 3.2))
+        for name, color in (("pca", "#2ca02c"), ("gaussian", "#7f7f7f"), ("random_subspace", "#1f77b4"),
+                            ("sign_flipped", "#d62728")):
+            ax.plot([int(r) for r in ranks], [closure[r][name]["gain"] for r in ranks], marker="o", color=color,
+                    label=name.replace("_", " "))
+        ax.set_xscale("log", base=2)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("rank r")
+        ax.set_ylabel("logit gain in (U_PT, L_IT)")
+        ax.set_title("structured closure of the boundary shift", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        out.append(_svg(fig))
+    return out
