@@ -19,7 +19,7 @@ OPTIONS = dict(boundary=2, max_new_tokens=8, bootstrap=300, progress=False, plan
 def family():
     """A base and three descendants with known structure at boundary 2."""
     base = tiny_model("llama")
-    return {"base": base, "same": perturb_layers(base, [], 0.0), "late": perturb_layers(base, [2, 3], 0.4, seed=3),
+    return {"base": base, "same": perturb_layers(base, [], 0.0), "late": perturb_layers(base, [2, 3], 2.0, seed=3),
             "early": perturb_layers(base, [0, 1], 0.4, seed=4)}
 
 

@@ -16,7 +16,7 @@ OPTIONS = dict(boundary=2, max_new_tokens=10, bootstrap=500, progress=False, pla
 @pytest.fixture(scope="module")
 def late_only():
     """A descendant that differs only in layers >= 2: at boundary 2 both upstream states agree."""
-    pair = make_pair("llama", perturb=[2, 3], scale=0.4)
+    pair = make_pair("llama", perturb=[2, 3], scale=2.0)
     return run(pair, many_prompts(16), controls="all", **OPTIONS)
 
 

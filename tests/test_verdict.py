@@ -31,6 +31,8 @@ def _block(e_pt, e_it, inter, n_prompts=20):
     (_block((3.43, (3.0, 3.9)), (3.28, (2.9, 3.7)), (-0.15, (-0.5, 0.2))), "portable"),
     # nothing moves
     (_block((0.01, (-0.1, 0.1)), (0.02, (-0.1, 0.15)), (0.01, (-0.1, 0.1))), "no-late-effect"),
+    # significant but negligible: both whole intervals within +-0.5 logits
+    (_block((-0.23, (-0.41, -0.04)), (-0.21, (-0.31, -0.09)), (0.02, (-0.06, 0.09))), "no-late-effect"),
     # nothing significant but too wide to tell
     (_block((0.5, (-2.0, 3.0)), (0.4, (-2.5, 3.1)), (-0.1, (-1, 1))), "inconclusive"),
     # too few prompts
@@ -63,7 +65,7 @@ def test_policy_from_dict_refuses_unknown_keys():
 @pytest.fixture(scope="module")
 def portable_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gate") / "run"
-    run(make_pair("llama", perturb=[2, 3], scale=0.4), many_prompts(16), boundary=2, max_new_tokens=8,
+    run(make_pair("llama", perturb=[2, 3], scale=2.0), many_prompts(16), boundary=2, max_new_tokens=8,
         bootstrap=300, progress=False, plan="exact", out=out, event_kinds="first_diff")
     return out
 

@@ -10,13 +10,13 @@ Vocabulary:
 - ``upstream-dependent`` ("fragile adapter") — the interaction is reliably of ``E_IT``'s sign
   (interval excludes zero, and beyond the label-swap null when that control ran) and takes more
   than ``max_interaction_share`` of ``E_IT``: most of the late effect needs the tuned upstream;
-- ``no-late-effect`` — neither ``E_PT`` nor ``E_IT`` differs from zero and both intervals lie
-  within ``±min_late_effect`` logits;
+- ``no-late-effect`` — both the ``E_PT`` and the ``E_IT`` intervals lie within
+  ``±min_late_effect`` logits (negligible, whether or not they exclude zero);
 - ``inconclusive`` — too few prompts, no intervals, a failed sanity control, intervals too wide
   to tell, or effects of opposite signs.
 
-Rules are applied in that order of precedence: inconclusive (data), no-late-effect,
-upstream-dependent, portable, inconclusive (the rest).
+Rules are applied in this order: inconclusive (data), no-late-effect, inconclusive (too wide),
+opposite signs (inconclusive), upstream-dependent, portable, inconclusive (the rest).
 """
 
 from __future__ import annotations
@@ -102,12 +102,12 @@ def decide(block: dict, controls: list[dict] | None = None, policy: VerdictPolic
     if any(s.get("ci") is None or None in (s.get("ci") or [None]) for s in (e_pt, e_it, inter)):
         return out("inconclusive", "No bootstrap intervals (bootstrap disabled or too few prompts). " + head)
     late_present = _excludes_zero(e_it["ci"]) or _excludes_zero(e_pt["ci"])
+    bound = policy.min_late_effect
+    if all(-bound <= v <= bound for s in (e_pt, e_it) for v in s["ci"]):
+        return out("no-late-effect", head + f" Both late effects lie within ±{bound} logits (their whole intervals): "
+                   "the fine-tune's late layers barely change this decision; whatever changed it lives upstream of "
+                   "the boundary.")
     if not late_present:
-        bound = policy.min_late_effect
-        if all(-bound <= v <= bound for s in (e_pt, e_it) for v in s["ci"]):
-            return out("no-late-effect", head + f" Neither late effect differs from zero and both intervals lie within "
-                       f"±{bound} logits: the fine-tune's late layers do not change this decision; whatever "
-                       "changed it lives upstream of the boundary.")
         return out("inconclusive", head + " Neither late effect differs from zero, but the intervals are too wide "
                    f"to rule out an effect of {bound} logits: add prompts.")
     sign = 1.0 if e_it["mean"] >= 0 else -1.0
