@@ -472,6 +472,13 @@ def gate_cmd(
     raise typer.Exit(code=outcome["exit_code"])
 
 
+def _print_section(lines: list[str], written: str) -> None:
+    """A report section on stdout, then what was written (stderr)."""
+    for line in lines:
+        _stdout().print(line, soft_wrap=True, markup=False)
+    console.print(f"wrote {written}", soft_wrap=True)
+
+
 @app.command("consequence")
 def consequence_cmd(
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
@@ -492,9 +499,7 @@ def consequence_cmd(
         _fail(exc)
     from .report.markdown import consequence_lines
 
-    for line in consequence_lines(cons):
-        _stdout().print(line, soft_wrap=True, markup=False)
-    console.print(f"wrote {run_dir / 'consequence.jsonl'}, summary.json, report.md, report.html", soft_wrap=True)
+    _print_section(consequence_lines(cons), f"{run_dir / 'consequence.jsonl'}, summary.json, report.md, report.html")
 
 
 @app.command("pool")
@@ -554,9 +559,7 @@ def _features(run_dir: Path, crosscoder: Optional[Path], layers: int, latents: i
         _fail(exc)
     from .report.markdown import features_lines
 
-    for line in features_lines(result):
-        _stdout().print(line, soft_wrap=True, markup=False)
-    console.print(f"wrote {run_dir / 'features'}/, summary.json, report.md, report.html", soft_wrap=True)
+    _print_section(features_lines(result), f"{run_dir / 'features'}/, summary.json, report.md, report.html")
 
 
 @features_app.command("train")
