@@ -163,3 +163,14 @@ def test_several_adapters_on_one_base_copy(tmp_path):
     one = run(adapters, PROMPTS, tuned="one", **OPTIONS)
     two = run(adapters, PROMPTS, tuned="two", **OPTIONS)
     assert [r.cells for r in one.records] != [r.cells for r in two.records]  # the adapters really differ
+
+
+def test_an_adapter_under_sequential_residency_matches_adapter_residency(tmp_path):
+    base, adapter, _ = _lora_dirs(tmp_path)
+    together = run(load_pair(str(base), adapter=str(adapter)), PROMPTS, **OPTIONS)
+    sequential = load_pair(str(base), adapter=str(adapter), residency="sequential")
+    apart = run(sequential, PROMPTS, **OPTIONS)
+    want = {r.key: r for r in together.records}
+    assert sorted(want) == sorted(r.key for r in apart.records) and apart.records
+    worst = max(abs(want[r.key].cells[n][c] - r.cells[n][c]) for r in apart.records for n in READOUTS for c in CELLS)
+    assert worst <= 1e-5 and sequential.peak_live_models == 1
