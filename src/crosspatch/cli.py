@@ -630,13 +630,14 @@ def demo_cmd(
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Greedy budget of the divergence search."),
     bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples (0: no intervals)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quick: bool = typer.Option(False, "--quick", help="A quarter of the prompts, first divergences only."),
 ) -> None:
     """Run the diagnostic on the embedded weather-report zoo: base vs every descendant."""
     from .zoo.demo import headline_rows, run_demo
 
     try:
         result = run_demo(out, boundary=_boundary(boundary), max_new_tokens=max_new_tokens,
-                          bootstrap=bootstrap, progress=not quiet, log=lambda m: console.print(m))
+                          bootstrap=bootstrap, progress=not quiet, log=lambda m: console.print(m), quick=quick)
     except CrosspatchError as exc:
         _fail(exc)
     table = Table(title="crosspatch demo: weather zoo, common-IT readout")

@@ -100,3 +100,15 @@ def test_smoke_build_trains_every_recipe_and_the_demo_runs_on_it(tmp_path):
     for name in DESCENDANTS:
         counts = demo.summary["descendants"][name]["counts"]
         assert counts["events"] + counts["invalid"] + sum(counts["no_divergence"].values()) == 16
+
+
+def test_quick_demo_on_the_embedded_zoo(tmp_path):
+    from crosspatch.zoo.demo import run_demo
+
+    demo = run_demo(tmp_path / "demo", bootstrap=100, progress=False, log=lambda m: None, quick=True)
+    assert demo.summary["prompts"] == 24
+    for name, s in demo.summary["descendants"].items():
+        assert s["counts"]["prompts"] == 24 and s["verdict"]["verdict"] in (
+            "portable", "upstream-dependent", "no-late-effect", "inconclusive"), name
+    html = (tmp_path / "demo" / "it-full" / "report.html").read_text()
+    assert '<a href="../report.html">' in html

@@ -36,14 +36,19 @@ def run_demo(
     bootstrap: int = 2000,
     progress: bool = True,
     log=print,
+    quick: bool = False,
 ) -> DemoResult:
-    """Run base vs each descendant on the shipped prompts and write the combined report."""
+    """Run base vs each descendant on the shipped prompts and write the combined report.
+    ``quick``: every fourth prompt and the first-divergence event kind only (a few seconds)."""
     root = root or zoo_path()
     man = verify(root)
     out = Path(out)
     prompts = zoo_prompts("all", root)
+    if quick:
+        prompts = prompts[::4]
     config = RunConfig(boundary=boundary, max_new_tokens=max_new_tokens, bootstrap=bootstrap,
-                       group_by=["split"], batch_size=16)
+                       group_by=["split"], batch_size=16,
+                       **({"event_kinds": "first_diff"} if quick else {}))
     runs: dict[str, RunResult] = {}
     started = time.perf_counter()
     for name in descendants:
