@@ -156,11 +156,8 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     """``crosspatch consequence RUN_DIR``: forced-token continuations of a finished run's
     first-divergence events (prompts give the validators); resumable (events already scored in
     consequence.jsonl are skipped). Updates summary.json and the reports; returns the summary."""
-    from .cells import headline_boundary
-    from .divergence import DivergenceEvent
-    from .errors import CorruptRunFileError, OptionError
-    from .execution import load_pair
-    from .models.loading import LoadOptions
+    from .errors import OptionError
+    from .reopen import first_events, reopen_models
     from .report.render import render_reports
     from .prompts import as_prompts
     from .store import RunStore
@@ -170,20 +167,11 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     validators = validators_of(as_prompts(prompts))
     if not validators:
         raise OptionError("no prompt carries a 'validator' field: nothing to score")
-    b = headline_boundary(config["resolved_boundaries"], config["num_layers"])
-    records = [r for r in store.load_records() if r.boundary == b and r.kind == "first_diff" and r.valid]
-    if any(r.prefix_ids is None for r in records):
-        raise CorruptRunFileError(f"{store.path}: its records lack prefix ids (made by an older crosspatch); "
-                                  "run it again with --consequence instead")
+    _, records, events = first_events(store, config)
     done = {row["event_key"] for row in store.load_rows(CONSEQUENCE_FILE)}
-    events = [DivergenceEvent(r.prompt_id, r.category, r.prompt_len, r.position, r.prefix_ids, r.t_pt, r.t_it)
-              for r in records if r.prompt_id in validators and r.key.rsplit("@", 1)[0] not in done]
+    events = [e for e in events if e.prompt_id in validators and e.key not in done]
     if events:
-        models = config["models"]
-        known = set(LoadOptions.__dataclass_fields__)
-        options = LoadOptions(**{k: v for k, v in config.get("load_options", {}).items() if k in known and k != "residency"})
-        pair = load_pair(models["base"]["path"], tuned=models.get("tuned", {}).get("path"),
-                         adapter=models.get("adapter", {}).get("path"), options=options)
+        pair = reopen_models(config)
         ex = Executor(pair, config["options"].get("batch_size", 8))
         rows = ex.drive(Consequence(validators, budget, with_pt, config["options"].get("seed", 0)).program(
             ex, EventSet(events, pair.base, pair.roles[1], None)))

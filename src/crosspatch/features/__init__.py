@@ -23,30 +23,6 @@ __all__ = ["Crosscoder", "load_crosscoder", "quality_gate", "save_crosscoder", "
            "features_frames"]
 
 
-def _run_models(store, config):
-    from ..execution import load_pair
-    from ..models.loading import LoadOptions
-
-    models = config["models"]
-    known = set(LoadOptions.__dataclass_fields__)
-    options = LoadOptions(**{k: v for k, v in config.get("load_options", {}).items() if k in known and k != "residency"})
-    return load_pair(models["base"]["path"], tuned=models.get("tuned", {}).get("path"),
-                     adapter=models.get("adapter", {}).get("path"), options=options)
-
-
-def _events(store, config):
-    from ..cells import headline_boundary
-    from ..divergence import DivergenceEvent
-    from ..errors import CorruptRunFileError
-
-    b = headline_boundary(config["resolved_boundaries"], config["num_layers"])
-    records = [r for r in store.load_records() if r.boundary == b and r.kind == "first_diff" and r.valid]
-    if any(r.prefix_ids is None for r in records):
-        raise CorruptRunFileError(f"{store.path}: records lack prefix ids (an older run); run it again")
-    return b, [DivergenceEvent(r.prompt_id, r.category, r.prompt_len, r.position, r.prefix_ids, r.t_pt, r.t_it)
-               for r in records]
-
-
 def cache_activations(ex, events, boundary, layers, directory: Path, shard_size: int = 64, log=print):
     """Paired activations of ``events`` in safetensors shards (resumable); returns (x_pt, x_it)."""
     from safetensors.torch import load_file, save_file
@@ -79,14 +55,15 @@ def run_features(run_dir, crosscoder_dir=None, n_layers: int = 3, n_latents: int
     """Train (or load) the crosscoder on a run's events, then mediation, rescue and closure."""
     from ..analysis import EventSet
     from ..execution import Executor
+    from ..reopen import first_events, reopen_models
     from ..report.render import render_reports
     from ..store import RunStore
 
     store = RunStore(run_dir)
     config, summary = store.config(), store.summary()
-    boundary, events = _events(store, config)
+    boundary, _, events = first_events(store, config)
     train, held = split_events(events)
-    pair = _run_models(store, config)
+    pair = reopen_models(config)
     ex = Executor(pair, config["options"].get("batch_size", 8))
     out = store.path / "features"
     started = time.perf_counter()
