@@ -105,6 +105,11 @@ def _y(logits: torch.Tensor, t_it: torch.Tensor, t_pt: torch.Tensor) -> torch.Te
     return logits[rows, t_it.to(logits.device)] - logits[rows, t_pt.to(logits.device)]
 
 
+def event_y(logits: torch.Tensor, events) -> torch.Tensor:
+    """``Y = logit(t_IT) - logit(t_PT)`` per event from logits ``[n_events, V]`` (on the CPU)."""
+    return _y(logits, torch.tensor([e.t_it for e in events]), torch.tensor([e.t_pt for e in events])).cpu()
+
+
 def natural_diagnostics(heads, real, nat_pt, nat_it, t_pt, t_it) -> dict:
     """Each model's own top-1/top-2 margin at the event, and whether its argmax is the token the
     search found (a numerical tie otherwise). ``heads`` = (PT head, IT head)."""

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .analysis import Analysis, EventSet
-from .cells import CELLS, CellRecord
+from .cells import CELLS, CellRecord, event_y
 from .execution import Executor, Late, ModelSet, Program
 from .models.vocab import masked_argmax
 from .pipeline import RunConfig, RunResult, run
@@ -30,13 +30,6 @@ from .stats import BootstrapConfig, effect_block, label_swap_null, pool_family_b
 
 COMPARE_SCHEMA = "crosspatch.compare/1"
 LINEAGE_SCHEMA = "crosspatch.lineage/1"
-
-
-def _y(logits: torch.Tensor, events) -> torch.Tensor:
-    rows = torch.arange(len(events))
-    t_it = torch.tensor([e.t_it for e in events], device=logits.device)
-    t_pt = torch.tensor([e.t_pt for e in events], device=logits.device)
-    return (logits[rows, t_it] - logits[rows, t_pt]).cpu()
 
 
 @dataclass
@@ -57,7 +50,7 @@ class CrossDescendant(Analysis):
         finals = yield [Late(events.tuned, b, [s.boundary[b] for s in per_role], events.sequences) for per_role in states]
         rows = []
         for role, final in zip(others, finals):
-            ys = _y(ex.readout(events.tuned, torch.stack(final)), events.events)
+            ys = event_y(ex.readout(events.tuned, torch.stack(final)), events.events)
             rows += [{"key": f"{e.key}@{b}", "prompt_id": e.prompt_id, "upstream": role, "late": events.tuned,
                       "boundary": b, "y": float(ys[k])} for k, e in enumerate(events.events)]
         return rows
@@ -89,7 +82,7 @@ class StageScores(Analysis):
             nat_s = torch.stack([s.final for s in u_s])
             cells = {"upt_lpt": nat_base, "upt_lit": torch.stack(finals[2 * k]),
                      "uit_lpt": torch.stack(finals[2 * k + 1]), "uit_lit": nat_s}
-            ys = {c: _y(ex.readout(role, h), events.events) for c, h in cells.items()}
+            ys = {c: event_y(ex.readout(role, h), events.events) for c, h in cells.items()}
             own = masked_argmax(ex.readout(role, nat_s), ex.models.real_vocab).cpu()
             for j, e in enumerate(events.events):
                 rows.append({"key": f"{e.key}@{b}#{role}", "prompt_id": e.prompt_id, "stage": role, "boundary": b,

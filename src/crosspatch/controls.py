@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .analysis import Analysis, EventSet
-from .cells import CellRecord, CellsConfig, CrossPatch
+from .cells import CellRecord, CellsConfig, CrossPatch, event_y
 from .divergence import DivergenceEvent
 from .execution import Capture, Decode, Executor, Late, Program
 from .models.vocab import masked_argmax
@@ -207,13 +207,9 @@ class HybridState(Analysis):
                   for a in INTERPOLATION]
         passes += [Late(base, b, [x.boundary[b] for x in u_pt], seqs), Late(tuned, b, random, seqs)]
         results = yield passes
-        t_it = torch.tensor([e.t_it for e in evset.events])
-        t_pt = torch.tensor([e.t_pt for e in evset.events])
 
         def y_of(finals):
-            logits = ex.readout(tuned, torch.stack(list(finals)))
-            rows = torch.arange(len(t_it))
-            return (logits[rows, t_it.to(logits.device)] - logits[rows, t_pt.to(logits.device)]).cpu()
+            return event_y(ex.readout(tuned, torch.stack(list(finals))), evset.events)
 
         interp = [y_of(r) for r in results[: len(INTERPOLATION)]]
         recon_pt, rand = y_of(results[-2]), y_of(results[-1])

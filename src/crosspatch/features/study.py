@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..analysis import EventSet
+from ..cells import event_y
 from ..execution import Edit, Executor, Late, Program
 from .crosscoder import Crosscoder
 
@@ -66,11 +67,8 @@ def activations(ex: Executor, events: EventSet, boundary: int, layers: list[int]
 
 
 def _y(ex, role, finals, events):
-    logits = ex.readout(role, torch.stack(finals))
-    rows = torch.arange(len(events))
-    t_it = torch.tensor([e.t_it for e in events], device=logits.device)
-    t_pt = torch.tensor([e.t_pt for e in events], device=logits.device)
-    return (logits[rows, t_it] - logits[rows, t_pt]).cpu().numpy()
+    """Y of each event's final state read out with ``role``'s head (numpy)."""
+    return event_y(ex.readout(role, torch.stack(list(finals))), events).numpy()
 
 
 def _edits(cc: Crosscoder, layers, deltas: list[torch.Tensor], sign: float):
