@@ -175,6 +175,8 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str]):
     from . import load_prompts
     from .models.loading import LoadOptions
     from .pipeline import RunConfig, resolve_boundaries
+    from .errors import PromptImageError
+    from .models.paths import local_is_multimodal
     from .validation import (
         check_model_path, check_out_dir, local_num_layers, validate_load_options, validate_run_options,
     )
@@ -204,6 +206,9 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str]):
     layers = local_num_layers(kw["base"])
     if layers is not None:
         resolve_boundaries(config, layers)
+    images = [p.id for p in items if p.metadata.get("image")]
+    if images and local_is_multimodal(kw["base"]) is False:
+        raise PromptImageError(f"prompt(s) {', '.join(images[:5])} have an image, but the base is a text-only model")
     check_out_dir(kw["out"], resume=kw["resume"], overwrite=kw["overwrite"])
     return items, config, options
 

@@ -74,6 +74,12 @@ class PromptFileError(CrosspatchError):
     """A prompt file is malformed; the message names the file, line and field."""
 
 
+class PromptImageError(PromptFileError):
+    """An image prompt that cannot be run: a text-only model, an unreadable image, processors of
+    the pair that disagree, image placeholder tokens without an image, or two prompts with the
+    same tokens and different images."""
+
+
 class BoundaryError(CrosspatchError, ValueError):
     """The boundary layer is outside the model's layers, or a fraction is not in (0, 1)."""
 

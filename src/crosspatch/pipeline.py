@@ -159,10 +159,48 @@ def _prompt_text(pair: ModelSet, prompt: Prompt, config: RunConfig) -> str:
     )
 
 
+def prompt_token_ids(pair: ModelSet, prompts: list[Prompt], tuned: str, config: RunConfig) -> list[list[int]]:
+    """Token ids of every prompt, identical under the base's and ``tuned``'s tokenizers; an image
+    prompt goes through both models' processors (which must agree) and its image is registered
+    for the passes (:mod:`crosspatch.models.media`)."""
+    import torch
+
+    from .errors import PromptImageError
+    from .models.media import encode_image_prompt
+
+    token = pair.image_token_id
+    images = [p.id for p in prompts if p.metadata.get("image")]
+    if images and token is None:
+        raise PromptImageError(f"prompt(s) {', '.join(images[:5])} have an image, but the base is a text-only model")
+    if images and config.engine != "local":
+        raise OptionError("image prompts run with the local engine (--engine local)")
+    out = []
+    for p in prompts:
+        text = _prompt_text(pair, p, config)
+        if not p.metadata.get("image"):
+            ids = tokenize_once(pair.tokenizers[pair.base], pair.tokenizers[tuned], p.id, text)
+            if token is not None and token in ids:
+                raise PromptImageError(f"prompt {p.id!r} holds the image placeholder but has no 'image' field")
+            out.append(ids)
+            continue
+        ids, inputs = encode_image_prompt(pair.processor(pair.base), p.id, text, p.metadata["image"])
+        ids_it, inputs_it = encode_image_prompt(pair.processor(tuned), p.id, text, p.metadata["image"])
+        same = ids == ids_it and inputs.keys() == inputs_it.keys() and all(
+            inputs[k].shape == inputs_it[k].shape and torch.equal(inputs[k], inputs_it[k]) for k in inputs)
+        if not same:
+            raise PromptImageError(f"prompt {p.id!r}: the base's and {tuned!r}'s processors turn the image into "
+                                   "different tokens or pixels; cross-patching needs one shared prefix")
+        pair.media.register(p.id, ids, inputs)
+        out.append(ids)
+    return out
+
+
 def _prompts_digest(prompts: list[Prompt]) -> str:
     h = hashlib.sha256()
     for p in prompts:
         h.update(f"{p.id}\x00{p.prompt}\x00{p.category}\x01".encode())
+        if p.metadata.get("image"):  # an image prompt: the image's bytes are part of the prompt
+            h.update(hashlib.sha256(Path(p.metadata["image"]).read_bytes()).digest())
     return h.hexdigest()
 
 
@@ -551,10 +589,7 @@ def run(
     prompts = select_shard(all_prompts, config.shard)
     record = build_config_record(pair, all_prompts, config, boundaries, [p.id for p in prompts])
     record["run_warnings"] = run_warnings
-    token_ids = [
-        tokenize_once(pair.tokenizers[pair.base], pair.tokenizers[tuned], p.id, _prompt_text(pair, p, config))
-        for p in prompts
-    ]
+    token_ids = prompt_token_ids(pair, prompts, tuned, config)
     check_prompt_lengths([p.id for p in prompts], token_ids, config.max_new_tokens,
                          pair.facts[pair.base].get("max_positions"))
     store = RunStore(out) if out is not None else None

@@ -55,6 +55,8 @@ def _row_to_prompt(row: dict, where: str) -> Prompt:
                 raise PromptFileError(f"{where}: field 'validator' is not valid JSON ({exc.msg})") from None
         validator = parse_validator(spec, where)
     meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "category", "validator") and not _is_missing(v)}
+    if "image" in meta and (not isinstance(meta["image"], str) or not meta["image"].strip()):
+        raise PromptFileError(f"{where}: field 'image' must be a path to an image file")
     return Prompt(str(row["id"]), row["prompt"], None if _is_missing(category) else category, meta, validator)
 
 
@@ -142,7 +144,7 @@ def load_prompts(path) -> list[Prompt]:
         raise PromptFileError(f"{path}: unknown prompt file type {path.suffix!r} (use .jsonl, .csv, .parquet)")
     prompts, seen = [], {}
     for where, row in rows:
-        prompt = _row_to_prompt(row, where)
+        prompt = _with_image_path(_row_to_prompt(row, where), path.parent, where)
         if prompt.id in seen:
             raise PromptFileError(f"{where}: field 'id' {prompt.id!r} repeats {seen[prompt.id]}")
         seen[prompt.id] = where
@@ -150,6 +152,18 @@ def load_prompts(path) -> list[Prompt]:
     if not prompts:
         raise PromptFileError(f"{path}: contains no prompts")
     return prompts
+
+
+def _with_image_path(prompt: Prompt, base: Path, where: str) -> Prompt:
+    """An ``image`` field resolved against ``base`` (the prompt file's folder) and checked to exist."""
+    image = prompt.metadata.get("image")
+    if image is None:
+        return prompt
+    resolved = (base / Path(image).expanduser()).resolve()
+    if not resolved.is_file():
+        raise PromptFileError(f"{where}: field 'image' {image!r}: no such file ({resolved})")
+    prompt.metadata["image"] = str(resolved)
+    return prompt
 
 
 def as_prompts(items) -> list[Prompt]:
@@ -175,7 +189,7 @@ def as_prompts(items) -> list[Prompt]:
         elif isinstance(item, str):
             out.append(Prompt(str(k), item))
         elif isinstance(item, dict):
-            out.append(_row_to_prompt(item, f"prompt #{k}"))
+            out.append(_with_image_path(_row_to_prompt(item, f"prompt #{k}"), Path.cwd(), f"prompt #{k}"))
         else:
             raise PromptFileError(f"prompt #{k}: expected a str, dict or Prompt, got {type(item).__name__}")
     ids = [p.id for p in out]

@@ -28,14 +28,15 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, PromptImageError
 from ..models.anatomy import Anatomy
 from ..models.checks import check_special_tokens, compare_facts, model_facts
 from ..models.execution import ModelHandle
 from ..models.loading import (
-    LoadOptions, adapter_settings, eos_token_ids, is_local, load_causal_lm, load_tokenizer, pad_token_id,
-    provenance, quiet_loading, weight_files,
+    LoadOptions, adapter_settings, eos_token_ids, is_local, load_causal_lm, load_processor, load_tokenizer,
+    pad_token_id, provenance, quiet_loading, weight_files,
 )
+from ..models.media import MediaRegistry, install_media_hook
 from ..models.paths import check_model_path
 from ..models.vocab import RealVocabulary, build_real_vocabulary
 
@@ -73,6 +74,35 @@ class ModelSet:
     residency: str = "both"
     warnings: list[str] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
+    processors: dict[str, object] = field(default_factory=dict)  # vision-language roles' processors
+    media: MediaRegistry = field(default_factory=MediaRegistry)  # this run's image prompts
+
+    # -- images (vision-language models) ----------------------------------------------------
+    @property
+    def image_token_id(self) -> int | None:
+        """The base's image placeholder token, or None for a text-only set."""
+        return self.facts[self.base].get("image_token_id")
+
+    def processor(self, role: str):
+        """``role``'s multimodal processor (loaded from its directory, an adapter's from the base's
+        unless it has its own)."""
+        if role not in self.processors:
+            spec = self.provenance.get("load_spec") or {}
+            path = {**(spec.get("tuned") or {}), **(spec.get("adapters") or {})}.get(role, spec.get("base"))
+            if path is None:
+                raise PromptImageError(f"no processor for {role!r}: give models_from_modules(processors=...)")
+            if role in (spec.get("adapters") or {}) and not (Path(path) / "preprocessor_config.json").exists():
+                path = spec["base"]
+            self.processors[role] = load_processor(path, LoadOptions(**{
+                k: v for k, v in (spec.get("options") or {}).items() if k in LoadOptions.__dataclass_fields__}))
+        return self.processors[role]
+
+    def attach_media(self, handle: ModelHandle) -> None:
+        """Let full passes of a vision-language ``handle`` find their prompts' images."""
+        token = handle.anatomy.image_token_id
+        if token is not None and not getattr(handle.anatomy.backbone, "_crosspatch_media", False):
+            install_media_hook(handle.anatomy.backbone, token, self.media)
+            handle.anatomy.backbone._crosspatch_media = True
 
     # -- the residency contract ----------------------------------------------------------
     @contextlib.contextmanager
@@ -210,8 +240,11 @@ class SequentialSet(ModelSet):
         if role in self.adapter_paths:
             model = _load_adapters(load_causal_lm(self.paths[BASE], self.options), self.paths[BASE],
                                    {role: self.adapter_paths[role]}, self.options, None, None, [])
-            return ModelHandle(role, model, adapter_enabled=True, adapter_name=role)
-        return ModelHandle(role, load_causal_lm(self.paths[role], self.options))
+            handle = ModelHandle(role, model, adapter_enabled=True, adapter_name=role)
+        else:
+            handle = ModelHandle(role, load_causal_lm(self.paths[role], self.options))
+        self.attach_media(handle)
+        return handle
 
     def can_hold(self, roles) -> bool:
         return len(set(roles)) <= 1
@@ -327,7 +360,12 @@ def _check_set(roles, tokenizers, facts, options) -> tuple[RealVocabulary, list[
                                       allow_mismatch=options.allow_special_token_mismatch):
             warnings.append(w if len(roles) == 2 else f"{role}: {w}")
     rows = min(f["lm_head_rows"] for f in facts.values())
-    return _real_vocabulary(tokenizers, rows), warnings
+    real = _real_vocabulary(tokenizers, rows)
+    image = facts[base].get("image_token_id")
+    if image is not None and image < real.mask.numel() and bool(real.mask[image]):
+        real.mask[image] = False  # an image placeholder is never generated text
+        real.masked_counts["image_placeholder"] = 1
+    return real, warnings
 
 
 def _role_names(descendants: dict[str, str] | list[str] | str | None) -> dict[str, str]:
@@ -480,8 +518,11 @@ def assemble_set(handles: dict[str, ModelHandle], tokenizers: dict[str, object],
     eos: set[int] = set()
     for role, h in handles.items():
         eos |= eos_token_ids(tokenizers[role], h.anatomy.model)
-    return ResidentSet(roles, tokenizers, real, eos, facts, residency, list(warnings) + checks, record,
-                       handles=handles)
+    models = ResidentSet(roles, tokenizers, real, eos, facts, residency, list(warnings) + checks, record,
+                         handles=handles)
+    for handle in handles.values():
+        models.attach_media(handle)
+    return models
 
 
 def module_digest(module: nn.Module) -> str:
@@ -504,9 +545,10 @@ def module_digest(module: nn.Module) -> str:
 
 
 def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dict[str, object] | None = None,
-                        **options) -> ResidentSet:
+                        processors: dict[str, object] | object | None = None, **options) -> ResidentSet:
     """A set from models already in memory (notebooks, tests); the first entry is the base.
-    Models are put in eval mode."""
+    Models are put in eval mode. ``processors``: vision-language models' processors (one for
+    all roles, or a dict by role)."""
     opts = LoadOptions(**options)
     roles = list(models)
     for m in models.values():
@@ -521,7 +563,10 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
         record["tuned"] = {"path": "<in-memory>", "weights_digest": digests[roles[1]]}
     else:
         record["descendants"] = {r: {"path": "<in-memory>", "weights_digest": digests[r]} for r in roles[1:]}
-    return assemble_set(handles, toks, "both", opts, [], record)
+    models_set = assemble_set(handles, toks, "both", opts, [], record)
+    if processors is not None:
+        models_set.processors = dict(processors) if isinstance(processors, dict) else {r: processors for r in roles}
+    return models_set
 
 
 def pair_from_models(pt_model, it_model, tokenizer, tokenizer_it=None, **options) -> ResidentSet:

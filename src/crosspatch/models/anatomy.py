@@ -39,7 +39,7 @@ class Anatomy:
     """Handles on the parts of one causal LM that cross-patching touches."""
 
     model: nn.Module  # the transformers *ForCausalLM (PEFT wrapper removed)
-    backbone: nn.Module  # the decoder stack module (embeddings, layers, final norm)
+    backbone: nn.Module  # what a full pass runs (the decoder stack; a VLM's multimodal model)
     layers: nn.ModuleList
     final_norm: nn.Module
     lm_head: nn.Module
@@ -47,6 +47,8 @@ class Anatomy:
     logit_scale: float | None = None  # logits are multiplied by this (Cohere)
     logit_divisor: float | None = None  # logits are divided by this (Granite)
     layer_returns_tuple: bool | None = None  # learned from the first forward pass
+    late_backbone: nn.Module | None = None  # the language tower late-only passes run (default: backbone)
+    image_token_id: int | None = None  # a vision-language model's image placeholder token
 
     @property
     def num_layers(self) -> int:
@@ -54,7 +56,7 @@ class Anatomy:
 
     @property
     def hidden_size(self) -> int:
-        cfg = self.model.config
+        cfg = text_config(self.model.config)
         return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
 
     def final_logits(self, final_states: torch.Tensor) -> torch.Tensor:
@@ -83,10 +85,20 @@ def _find_layers(backbone: nn.Module, n_layers: int | None, preferred: str | Non
     return max(lists, key=len)
 
 
+def text_config(config):
+    """The language model's config (a vision-language config's ``text_config``; else itself)."""
+    inner = getattr(config, "text_config", None)
+    return inner if inner is not None and getattr(config, "vision_config", None) is not None else config
+
+
 def find_anatomy(model: nn.Module) -> Anatomy:
-    """Locate layers, final norm, lm_head and final logit processing of a causal LM."""
+    """Locate layers, final norm, lm_head and final logit processing of a causal LM (of a
+    vision-language model: of its language tower, whose layers hold the boundary)."""
+    from .media import image_token_id
+
     lm = unwrap_peft(model)
-    cfg = lm.config
+    full_cfg = lm.config
+    cfg = text_config(full_cfg)
     model_type = getattr(cfg, "model_type", "")
     prefix = getattr(lm, "base_model_prefix", "model")
     backbone = getattr(lm, prefix, None)
@@ -98,16 +110,20 @@ def find_anatomy(model: nn.Module) -> Anatomy:
         raise UnsupportedArchitectureError(
             f"{type(lm).__name__} has no '{prefix}' backbone module (base_model_prefix)"
         )
+    tower = backbone
+    inner = getattr(backbone, "language_model", None)
+    if isinstance(inner, nn.Module) and not any(isinstance(m, nn.ModuleList) for m in backbone.children()):
+        tower = inner  # a vision-language model: the decoder layers live in its language model
     layers_name, norm_name = _REGISTRY.get(model_type, (None, None))
     n_layers = getattr(cfg, "num_hidden_layers", None)
-    layers = _find_layers(backbone, n_layers, layers_name)
+    layers = _find_layers(tower, n_layers, layers_name)
     norm = None
     for name in ((norm_name,) if norm_name else ()) + _NORM_NAMES:
-        if name and isinstance(getattr(backbone, name, None), nn.Module):
-            norm = getattr(backbone, name)
+        if name and isinstance(getattr(tower, name, None), nn.Module):
+            norm = getattr(tower, name)
             break
     if norm is None:
-        raise UnsupportedArchitectureError(f"no final norm found in {type(backbone).__name__}")
+        raise UnsupportedArchitectureError(f"no final norm found in {type(tower).__name__}")
     lm_head = lm.get_output_embeddings()
     if lm_head is None:
         raise UnsupportedArchitectureError(f"{type(lm).__name__} has no output embeddings (lm_head)")
@@ -122,6 +138,8 @@ def find_anatomy(model: nn.Module) -> Anatomy:
         logit_softcap=getattr(cfg, "final_logit_softcapping", None) or None,
         logit_scale=float(scale) if isinstance(scale, (int, float)) and scale != 1 else None,
         logit_divisor=float(divisor) if isinstance(divisor, (int, float)) and divisor != 1 else None,
+        late_backbone=tower,
+        image_token_id=image_token_id(full_cfg),
     )
 
 

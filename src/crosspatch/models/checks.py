@@ -14,15 +14,18 @@ _SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")
 
 def model_facts(handle) -> dict:
     """What the pair checks compare (kept after a model is freed); ``handle``: ModelHandle."""
+    from .anatomy import text_config
+
     a = handle.anatomy
-    cfg = a.model.config
+    cfg = text_config(a.model.config)
     limit = next((getattr(cfg, k) for k in ("max_position_embeddings", "n_positions", "max_sequence_length")
                   if isinstance(getattr(cfg, k, None), int)), None)
     from .anatomy import router_name
 
     routers = {i: name for i, layer in enumerate(a.layers) if (name := router_name(layer)) is not None}
     return {"class": type(a.model).__name__, "num_layers": a.num_layers, "hidden_size": a.hidden_size,
-            "lm_head_rows": a.lm_head.weight.shape[0], "max_positions": limit, "routers": routers}
+            "lm_head_rows": a.lm_head.weight.shape[0], "max_positions": limit, "routers": routers,
+            "image_token_id": a.image_token_id}
 
 
 def check_pair_compatible(pt, it) -> None:

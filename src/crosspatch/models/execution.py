@@ -205,8 +205,10 @@ def _check_boundary(anatomy: Anatomy, boundary: int) -> None:
         raise BoundaryError(f"boundary {boundary} is outside layers 0..{anatomy.num_layers - 1}")
 
 
-def _run_backbone(handle: ModelHandle, ids, mask, positions) -> None:
-    backbone = handle.anatomy.backbone
+def _run_backbone(handle: ModelHandle, ids, mask, positions, late: bool = False) -> None:
+    """The model's own forward up to the final norm (``late``: the language tower alone, for
+    passes whose boundary input is replaced anyway: no vision encoder)."""
+    backbone = (handle.anatomy.late_backbone or handle.anatomy.backbone) if late else handle.anatomy.backbone
     with torch.inference_mode(), handle.active():
         backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
 
@@ -312,7 +314,7 @@ def late_forward(
             )
         )
         ids, mask, positions, lengths = padded_batch(sequences, pad_id, handle.input_device)
-        _run_backbone(handle, ids, mask, positions)
+        _run_backbone(handle, ids, mask, positions, late=True)
         record_work(int(lengths.sum()), anatomy.num_layers - boundary)
     finally:
         for h in hooks:

@@ -119,8 +119,9 @@ def quiet_loading(verbose: bool = False) -> Iterator[None]:
 
 
 def load_causal_lm(path: str, options: LoadOptions):
-    """A transformers causal LM in eval mode, loaded with the safe defaults above."""
-    from transformers import AutoModelForCausalLM
+    """A transformers causal LM in eval mode, loaded with the safe defaults above (a
+    vision-language checkpoint loads as its image-text-to-text model)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     _check_weight_format(path, options.allow_pickle)
     kwargs = dict(
@@ -134,7 +135,11 @@ def load_causal_lm(path: str, options: LoadOptions):
         kwargs["device_map"] = "auto"
     try:
         with quiet_loading(options.verbose):
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            config = AutoConfig.from_pretrained(path, trust_remote_code=options.trust_remote_code,
+                                                revision=options.revision)
+            auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None \
+                else AutoModelForCausalLM
+            model = auto.from_pretrained(path, **kwargs)
     except Exception as exc:  # transformers, safetensors and torch raise many types for a bad checkpoint
         first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"could not load {path!r} as a causal LM: {first}") from exc
@@ -142,6 +147,21 @@ def load_causal_lm(path: str, options: LoadOptions):
         model.to(options.device)
     model.eval()
     return model
+
+
+def load_processor(path: str, options: LoadOptions):
+    """The multimodal processor saved with a vision-language checkpoint."""
+    from transformers import AutoProcessor
+
+    from ..errors import PromptImageError
+
+    try:
+        with quiet_loading(options.verbose):
+            return AutoProcessor.from_pretrained(path, trust_remote_code=options.trust_remote_code,
+                                                 revision=options.revision)
+    except Exception as exc:  # transformers raises many types for a missing or bad processor
+        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        raise PromptImageError(f"could not load an image processor from {path!r}: {first}") from exc
 
 
 def load_tokenizer(path: str, options: LoadOptions):

@@ -91,3 +91,16 @@ def local_num_layers(path: str) -> int | None:
             return data[key]
     text = data.get("text_config")
     return text.get("num_hidden_layers") if isinstance(text, dict) else None
+
+
+def local_is_multimodal(path: str) -> bool | None:
+    """Whether a local checkpoint's config.json describes a vision-language model (None when
+    unknown: a hub id or no readable config)."""
+    import json
+
+    cfg = Path(str(path)).expanduser() / "config.json"
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return isinstance(data, dict) and isinstance(data.get("vision_config"), dict)

@@ -1,0 +1,149 @@
+"""Vision-language pairs: the boundary lies in the language tower, an image prompt goes through
+the model's own processor, its image tokens are part of the shared prefix and the cells patch
+the whole prefix, image positions included."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from crosspatch.errors import PromptFileError, PromptImageError
+from crosspatch.execution import load_pair, pair_from_models
+from crosspatch.models.anatomy import find_anatomy
+from crosspatch.pipeline import run
+from crosspatch.prompts import load_prompts
+from crosspatch.testing.vision import save_llava_pair, tiny_llava_pair, vision_processor, weather_chart
+
+OPTIONS = dict(boundary=2, max_new_tokens=12, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+
+
+@pytest.fixture(scope="module")
+def charts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("charts")
+    return [weather_chart(root / f"chart{i}.png", seed=i, kind="line" if i % 2 else "bar") for i in range(4)]
+
+
+def image_prompts(charts):
+    return [{"id": f"c{i}", "prompt": f"Forecast for city {i}:", "image": str(c), "category": "chart"}
+            for i, c in enumerate(charts)]
+
+
+def natural_logits(model, processor, prompt: dict, continuation: list[int]) -> torch.Tensor:
+    """The unpatched model's own next-token logits after prompt (with its image) + continuation."""
+    from PIL import Image
+
+    enc = processor(text="<image>" + prompt["prompt"], images=Image.open(prompt["image"]).convert("RGB"),
+                    return_tensors="pt")
+    ids = torch.cat([enc["input_ids"], torch.tensor([continuation], dtype=torch.long)], 1)
+    with torch.inference_mode():
+        return model(input_ids=ids, pixel_values=enc["pixel_values"]).logits[0, -1].float()
+
+
+def test_anatomy_is_the_language_tower():
+    base, _, _ = tiny_llava_pair(layers=4)
+    a = find_anatomy(base)
+    assert a.num_layers == 4 and a.layers is base.model.language_model.layers
+    assert a.final_norm is base.model.language_model.norm and a.backbone is base.model
+    assert a.image_token_id == base.config.image_token_id and a.hidden_size == 32
+
+
+def test_diagonal_cells_reproduce_the_model_with_its_image(charts):
+    base, child, processor = tiny_llava_pair(layers=4)
+    pair = pair_from_models(base, child, processor.tokenizer, processors=processor)
+    prompts = image_prompts(charts)
+    result = run(pair, prompts, **OPTIONS)
+    assert len(result.records) == len(prompts)
+    by_id = {p["id"]: p for p in prompts}
+    for rec in result.records:
+        n_prompt = rec.prompt_len
+        assert rec.prefix_ids[:n_prompt].count(base.config.image_token_id) == 16  # image tokens in the prefix
+        cont = rec.prefix_ids[n_prompt:]
+        for model, cell in ((child, "uit_lit"), (base, "upt_lpt")):
+            ref = natural_logits(model, processor, by_id[rec.prompt_id], cont)
+            readout = "common_it" if cell == "uit_lit" else "common_pt"
+            assert abs(rec.cells[readout][cell] - float(ref[rec.t_it] - ref[rec.t_pt])) <= 1e-4
+
+
+def test_the_image_matters_and_batching_does_not(charts):
+    base, child, processor = tiny_llava_pair(layers=4)
+    pair = pair_from_models(base, child, processor.tokenizer, processors=processor)
+    same_text = [{"id": f"c{i}", "prompt": f"Chart {i}. Forecast:", "image": str(c)} for i, c in enumerate(charts)]
+    one = run(pair, same_text, batch_size=1, **OPTIONS)
+    many = run(pair, same_text, batch_size=4, **OPTIONS)
+    assert [r.key for r in one.records] == [r.key for r in many.records]
+    for a, b in zip(one.records, many.records):
+        assert a.position == b.position and a.t_pt == b.t_pt and a.t_it == b.t_it
+        for cell, y in a.cells["common_it"].items():
+            assert abs(y - b.cells["common_it"][cell]) <= 1e-5
+    # another chart under the same text changes what the model reads
+    prompt = dict(same_text[0])
+    swapped = dict(prompt, image=str(charts[1]))
+    assert not torch.allclose(natural_logits(base, processor, prompt, []), natural_logits(base, processor, swapped, []))
+
+
+def test_identical_models_give_zero_effects_and_late_only_gives_zero_interaction(charts):
+    base, _, processor = tiny_llava_pair(layers=4)
+    _, late, _ = tiny_llava_pair(layers=4, perturb=[2, 3])
+    pair = pair_from_models(base, late, processor.tokenizer, processors=processor)
+    result = run(pair, image_prompts(charts), plan="exact", **OPTIONS)
+    assert result.records
+    for rec in result.records:
+        y = rec.cells["common_it"]
+        assert (y["uit_lit"] - y["uit_lpt"]) - (y["upt_lit"] - y["upt_lpt"]) == 0.0
+    same = pair_from_models(base, tiny_llava_pair(layers=4)[0], processor.tokenizer, processors=processor)
+    assert run(same, image_prompts(charts), **OPTIONS).records == []  # identical models never diverge
+
+
+def test_checkpoints_on_disk_with_image_prompts_in_jsonl_and_sequential_residency(tmp_path, charts):
+    base_dir, tuned_dir = save_llava_pair(tmp_path / "pair")
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i, c in enumerate(charts[:3]):
+        (tmp_path / "img" / c.name).write_bytes(c.read_bytes())
+        rows.append({"id": f"c{i}", "prompt": f"City {i}:", "image": f"img/{c.name}"})  # relative to the file
+    prompt_file = tmp_path / "prompts.jsonl"
+    prompt_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = load_prompts(prompt_file)
+    assert all(p.metadata["image"].startswith(str(tmp_path)) for p in prompts)
+    both = run(load_pair(str(base_dir), tuned=str(tuned_dir)), prompts, **OPTIONS)
+    seq = run(load_pair(str(base_dir), tuned=str(tuned_dir), residency="sequential"), prompts, **OPTIONS)
+    assert both.records and [r.key for r in both.records] == [r.key for r in seq.records]
+    for a, b in zip(both.records, seq.records):
+        assert all(abs(a.cells["common_it"][c] - b.cells["common_it"][c]) <= 1e-5 for c in a.cells["common_it"])
+
+
+def test_bad_image_prompts_are_named_errors(tmp_path, charts):
+    missing = tmp_path / "p.jsonl"
+    missing.write_text(json.dumps({"id": "a", "prompt": "x", "image": "nope.png"}) + "\n")
+    with pytest.raises(PromptFileError, match="image"):
+        load_prompts(missing)
+    base, child, processor = tiny_llava_pair(layers=4)
+    pair = pair_from_models(base, child, processor.tokenizer, processors=processor)
+    twins = [{"id": "a", "prompt": "Same text", "image": str(charts[0])},
+             {"id": "b", "prompt": "Same text", "image": str(charts[1])}]
+    with pytest.raises(PromptImageError, match="same tokens and different images"):
+        run(pair, twins, **OPTIONS)
+    with pytest.raises(PromptImageError, match="no 'image' field"):
+        run(pair, [{"id": "a", "prompt": "<image> but no image"}], **OPTIONS)
+    not_an_image = tmp_path / "chart.png"
+    not_an_image.write_text("not a png")
+    with pytest.raises(PromptImageError, match="cannot read image"):
+        run(pair, [{"id": "a", "prompt": "x", "image": str(not_an_image)}], **OPTIONS)
+    from crosspatch.testing import make_pair
+
+    with pytest.raises(PromptImageError, match="text-only"):
+        run(make_pair("llama"), [{"id": "a", "prompt": "x", "image": str(charts[0])}], **OPTIONS)
+
+
+def test_processors_that_disagree_are_refused(charts):
+    from transformers import CLIPImageProcessor
+
+    base, child, processor = tiny_llava_pair(layers=4)
+    other = vision_processor(processor.tokenizer)
+    other.image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                               image_mean=[0.0, 0.0, 0.0])
+    pair = pair_from_models(base, child, processor.tokenizer, processors={"base": processor, "tuned": other})
+    with pytest.raises(PromptImageError, match="processors"):
+        run(pair, image_prompts(charts)[:1], **OPTIONS)
