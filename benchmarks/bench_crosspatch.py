@@ -1,18 +1,16 @@
-"""Benchmark: crosspatch against a straightforward nnsight implementation of the same 2x2.
+"""Benchmark crosspatch against the paper's own pipeline, nnsight and the forward-pass floor.
 
-    python benchmarks/bench_crosspatch.py [--prompts 48] [--descendant it-full] [--write docs/benchmarks.md]
+    pip install -e '.[bench]'
+    python benchmarks/bench_crosspatch.py --suite cpu     # this machine (CPU)
+    python benchmarks/bench_crosspatch.py --suite gpu     # a CUDA machine (bf16)
 
-Each method runs in a fresh subprocess of this script (so peak RSS is its own) on the same
-zoo pair and prompts; the parent prints and optionally writes the comparison:
-
-* crosspatch: chunked cached divergence search + late-only cross cells, batched (``plan=minimal``).
-* nnsight baseline: lockstep greedy decoding of both models without a cache (one full forward
-  of each model per generated token), then four full forwards per event (two natural, two with
-  the residual entering layer b replaced via ``layers[b-1].output``), batch size 1.
-* sweep: crosspatch with every boundary 1..L-1 against four full passes per boundary.
-
-Work is counted in forward-pass equivalents (FE): token-layers executed divided by
-(prefix length x layers) summed over events. Needs ``pip install -e .[bench]``.
+Each suite writes ``docs/benchmarks/<suite>.json`` and re-renders ``docs/benchmarks.md`` from
+every suite result present (so CPU and GPU tables made on different machines sit together).
+Every method runs in a fresh subprocess (peak memory is its own) on the same workload; all are
+timed after loading, and the fastest of ``--repeats`` runs is reported. Methods (see
+``baselines.py``): crosspatch (``run`` with the 2x2 alone: no controls, no bootstrap),
+paper-style, nnsight, and the lower bound on crosspatch's own events. Work is counted in
+forward-pass equivalents (FE): token-layers executed / sum over events of prefix x layers.
 """
 
 from __future__ import annotations
@@ -28,157 +26,214 @@ from pathlib import Path
 
 import torch
 
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-def peak_rss_mb() -> float:
+from workloads import workload_paths  # noqa: E402
+
+DOC = HERE.parent / "docs" / "benchmarks.md"
+RESULTS = HERE.parent / "docs" / "benchmarks"
+
+
+# ----------------------------------------------------------------------------- one method, in a child
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak GPU memory allocated, or this process's peak RSS (VmHWM: unlike ru_maxrss it is not
+    inherited from the parent across exec)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def load(descendant: str, n_prompts: int):
-    from crosspatch.zoo import load_zoo_pair, zoo_prompts
+def boundaries_of(args, layers: int) -> list[int]:
+    from crosspatch.cells import resolve_boundary
 
-    pair = load_zoo_pair(descendant)
-    prompts = zoo_prompts("all")
-    step = max(1, len(prompts) // n_prompts)
-    return pair, prompts[::step][:n_prompts]
+    return list(range(1, layers)) if args.sweep else [resolve_boundary(0.6, layers)]
+
+
+def load_prompt_list(args) -> list:
+    from crosspatch.prompts import load_prompts
+
+    prompts = load_prompts(workload_paths(args.workload, args.root)["prompts"])
+    step = max(1, len(prompts) // args.prompts)
+    return prompts[::step][: args.prompts]
 
 
 def method_crosspatch(args) -> dict:
-    from crosspatch.pipeline import run
-
-    pair, prompts = load(args.descendant, args.prompts)
-    boundaries = "all" if args.sweep else None
-    start = time.perf_counter()
-    result = run(pair, prompts, boundary=0.6, boundaries=boundaries, max_new_tokens=args.max_new_tokens,
-                 batch_size=args.batch_size, bootstrap=0, progress=False, plan=args.plan,
-                 controls="none", event_kinds="first_diff")  # the 2x2 alone, as the baselines compute it
-    seconds = time.perf_counter() - start
-    cost = result.summary["cost_this_session"]
-    cells = {f"{r.prompt_id}@{r.boundary}": r.cells["common_it"] for r in result.records}
-    return {"seconds": seconds, "events": result.summary["counts"]["events"], "fe_per_event": cost["fe_per_event"],
-            "token_layers": cost["token_layers_executed"], "event_work": cost["event_prefix_token_layers"],
-            "peak_rss_mb": peak_rss_mb(), "cells": cells, "num_layers": pair.num_layers,
-            "boundaries": result.summary["boundaries"]}
-
-
-def method_nnsight(args) -> dict:
-    from nnsight import NNsight
-
-    from crosspatch.cells import resolve_boundary
-    from crosspatch.models import masked_argmax, tokenize_once
-
-    pair, prompts = load(args.descendant, args.prompts)
-    L = pair.num_layers
-    boundaries = list(range(1, L)) if args.sweep else [resolve_boundary(0.6, L)]
-    if pair.residency == "adapter":
-        raise SystemExit("the nnsight baseline needs two separate models; use a full descendant")
-    models = {"PT": NNsight(pair.pt.anatomy.model), "IT": NNsight(pair.it.anatomy.model)}
-    real = pair.real_vocab
-    work = 0
-    event_work = 0
-    cells = {}
-    start = time.perf_counter()
-
-    def logits_of(name, ids, patch=None):
-        nonlocal work
-        model = models[name]
-        with torch.inference_mode(), model.trace(ids, output_hidden_states=True):
-            if patch is not None:
-                b, state = patch
-                model.model.layers[b - 1].output = state
-            hidden = model.output.hidden_states.save()  # hidden[b] = residual entering layer b
-            logits = model.output.logits.save()
-        work += ids.shape[1] * L
-        return logits[0, -1].float(), hidden
-
-    for p in prompts:
-        ids = tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, p.id, p.prompt)
-        seq = list(ids)
-        event = None
-        for i in range(args.max_new_tokens):  # lockstep greedy, no cache
-            t = torch.tensor([seq])
-            a = int(masked_argmax(logits_of("PT", t)[0], real))
-            c = int(masked_argmax(logits_of("IT", t)[0], real))
-            if a != c:
-                event = (a, c)
-                break
-            seq.append(a)
-            if a in pair.eos_ids:
-                break
-        if event is None:
-            continue
-        t_pt, t_it = event
-        t = torch.tensor([seq])
-        event_work += len(seq) * L
-        for b in boundaries:  # four full forwards per event and boundary
-            nat_pt, u_pt = logits_of("PT", t)
-            nat_it, u_it = logits_of("IT", t)
-            cross_it, _ = logits_of("IT", t, (b, u_pt[b]))
-            cross_pt, _ = logits_of("PT", t, (b, u_it[b]))
-            # each late stack's own head: the L_IT cells equal crosspatch's common-IT readout
-            def y(lg):
-                return float(lg[t_it] - lg[t_pt])
-
-            cells[f"{p.id}@{b}"] = {"upt_lit": y(cross_it), "uit_lit": y(nat_it),
-                                    "upt_lpt_own": y(nat_pt), "uit_lpt_own": y(cross_pt)}
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "events": len({k.split("@")[0] for k in cells}), "token_layers": work,
-            "event_work": event_work,
-            "fe_per_event": work / event_work if event_work else None, "peak_rss_mb": peak_rss_mb(),
-            "cells": cells, "num_layers": L}
-
-
-def make_large_pair(root: Path, hidden: int, layers: int) -> tuple[Path, Path, float]:
-    """A random-init Llama pair big enough that model memory dominates the process (saved once)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from crosspatch.testing import perturb_layers
-    from crosspatch.zoo import zoo_path
-
-    base_dir, tuned_dir = root / "base", root / "tuned"
-    tok = AutoTokenizer.from_pretrained(zoo_path() / "tokenizer")
-    if not (tuned_dir / "config.json").exists():
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 8 // 3,
-                          num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
-                          tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.pad_token_id)
-        torch.manual_seed(0)
-        base = LlamaForCausalLM(cfg).eval()
-        base.save_pretrained(base_dir)
-        tok.save_pretrained(base_dir)
-        perturb_layers(base, range(layers), scale=0.05).save_pretrained(tuned_dir)
-        tok.save_pretrained(tuned_dir)
-    size_mb = sum(f.stat().st_size for f in base_dir.glob("*.safetensors")) / 2**20
-    return base_dir, tuned_dir, size_mb
-
-
-def method_memory(args) -> dict:
-    """Peak RSS of one residency on the large pair; the baseline RSS is taken before loading."""
     from crosspatch.execution import load_pair
     from crosspatch.pipeline import run
-    from crosspatch.pipeline import state_cache_bytes
-    from crosspatch.zoo import zoo_prompts
 
-    base_dir, tuned_dir, size_mb = make_large_pair(Path(args.large_dir), args.large_hidden, args.large_layers)
-    before = peak_rss_mb()
-    prompts = zoo_prompts("all")[: args.prompts]
-    pair = load_pair(str(base_dir), tuned=str(tuned_dir), residency=args.residency, hash_weights=False)
-    ids = [pair.tokenizer_pt(p.prompt)["input_ids"] for p in prompts]
-    cache_mb = (state_cache_bytes(pair, ids, args.max_new_tokens, 1) / 2**20) if args.residency == "sequential" else 0.0
+    w = workload_paths(args.workload, args.root)
+    before = peak_memory_mb(args.device)
+    kind = {"tuned": w["tuned"]} if args.residency != "adapter" else {"adapter": w["adapter"]}
+    pair = load_pair(w["base"], residency=args.residency, dtype=args.dtype, device=args.device,
+                     hash_weights=False, **kind)
+    prompts = load_prompt_list(args)
+    cache_mb = 0.0
+    if args.residency == "sequential":
+        from crosspatch.pipeline import state_cache_bytes
+
+        ids = [pair.tokenizers[pair.roles[0]](p.prompt)["input_ids"] for p in prompts]
+        cache_mb = state_cache_bytes(pair, ids, args.max_new_tokens, 1) / 2**20
+    options = dict(boundary=0.6, boundaries="all" if args.sweep else None, max_new_tokens=args.max_new_tokens,
+                   batch_size=args.batch_size, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+    run(pair, prompts[:2], **options)  # warm-up (CUDA context, kernels), as every method gets
+    sync(args.device)
     start = time.perf_counter()
-    result = run(pair, prompts, boundary=0.6, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                 bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
-    return {"seconds": time.perf_counter() - start, "events": result.summary["counts"]["events"],
-            "baseline_rss_mb": before, "peak_rss_mb": peak_rss_mb(), "model_mb": size_mb, "cache_mb": cache_mb,
-            "fe_per_event": result.summary["cost_this_session"]["fe_per_event"], "num_layers": pair.num_layers,
-            "cells": {r.prompt_id: r.cells["common_it"] for r in result.records}}
+    result = run(pair, prompts, **options)
+    sync(args.device)
+    seconds = time.perf_counter() - start
+    cost = result.summary["cost_this_session"]
+    events = {r.prompt_id: (r.position, r.t_pt, r.t_it, r.prefix_ids) for r in result.records}
+    cells = {f"{r.prompt_id}@{r.boundary}": r.cells["common_it"]
+             for r in result.records}
+    return {"seconds": seconds, "events": events, "cells": cells, "fe_per_event": cost["fe_per_event"],
+            "peak_mb": peak_memory_mb(args.device), "before_mb": before, "cache_mb": cache_mb, "num_layers": pair.num_layers,
+            "no_divergence": len(result.no_divergence)}
 
 
-def spawn(method: str, args, extra: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--method", method, "--prompts", str(args.prompts), "--descendant",
-           args.descendant, "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
-           "--plan", args.plan] + extra
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+def plain_models(args):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    w = workload_paths(args.workload, args.root)
+    dtype = getattr(torch, args.dtype)
+    pt = AutoModelForCausalLM.from_pretrained(w["base"], dtype=dtype).to(args.device).eval()
+    it = AutoModelForCausalLM.from_pretrained(w["tuned"], dtype=dtype).to(args.device).eval()
+    tok = AutoTokenizer.from_pretrained(w["base"])
+    eos = {tok.eos_token_id} | set(_as_list(pt.generation_config.eos_token_id))
+    return pt, it, tok, {e for e in eos if e is not None}
+
+
+def _as_list(x):
+    return [] if x is None else (list(x) if isinstance(x, (list, tuple)) else [x])
+
+
+def method_baseline(args) -> dict:
+    import baselines
+
+    pt, it, tok, eos = plain_models(args)
+    L = pt.config.num_hidden_layers
+    boundaries = boundaries_of(args, L)
+    prompts = {p.id: tok(p.prompt)["input_ids"] for p in load_prompt_list(args)}
+    vocab = len(tok)
+    found = {k: tuple(v) for k, v in json.loads(Path(args.events).read_text()).items()} if args.events else {}
+
+    def compute(prompts):
+        with torch.inference_mode():
+            if args.method == "paper":
+                return baselines.paper_style(pt, it, prompts, boundaries, args.max_new_tokens, vocab, eos, args.device)
+            if args.method == "nnsight":
+                return baselines.nnsight_style(pt, it, prompts, boundaries, args.max_new_tokens, vocab, eos,
+                                               args.device, args.batch_size)
+            events = {k: v for k, v in found.items() if k in prompts}  # the lower bound, on crosspatch's events
+            return (events, *baselines.lower_bound(pt, it, events, boundaries, args.device, args.batch_size))
+
+    compute(dict(list(prompts.items())[:2]))  # warm-up, as every method gets
+    sync(args.device)
+    start = time.perf_counter()
+    events, cells, work = compute(prompts)
+    sync(args.device)
+    seconds = time.perf_counter() - start
+    event_work = sum(len(e[3]) for e in events.values()) * L
+    return {"seconds": seconds, "events": events, "cells": cells, "num_layers": L,
+            "fe_per_event": work / event_work if event_work else None, "peak_mb": peak_memory_mb(args.device)}
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def method_profile(args) -> dict:
+    """torch.profiler over one crosspatch run: the top operators and crosspatch functions."""
+    import cProfile
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from crosspatch.execution import load_pair
+    from crosspatch.pipeline import run
+
+    w = workload_paths(args.workload, args.root)
+    pair = load_pair(w["base"], tuned=w["tuned"], dtype=args.dtype, device=args.device, hash_weights=False)
+    prompts = load_prompt_list(args)
+    options = dict(boundary=0.6, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, bootstrap=0,
+                   progress=False, controls="none", event_kinds="first_diff")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        run(pair, prompts, **options)
+    key = "self_cuda_time_total" if args.device.startswith("cuda") else "self_cpu_time_total"
+    ops = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in ops)
+    top_ops = [{"op": e.key, "share": getattr(e, key) / total, "calls": e.count} for e in ops[:12]]
+    prof_py = cProfile.Profile()
+    prof_py.enable()
+    start = time.perf_counter()
+    run(pair, prompts, **options)
+    seconds = time.perf_counter() - start
+    prof_py.disable()
+    stats = pstats.Stats(prof_py)
+    rows = []
+    for (file, line, name), (cc, nc, tt, ct, callers) in stats.stats.items():
+        if "crosspatch" in file or "transformers" in file:
+            short = file.split("site-packages/")[-1].split("src/")[-1]
+            rows.append({"function": f"{short}:{line} {name}", "cumulative_s": ct, "self_s": tt, "calls": nc})
+    rows.sort(key=lambda r: r["cumulative_s"], reverse=True)
+    return {"top_ops": top_ops, "functions": rows[:25], "seconds": seconds}
+
+
+# ----------------------------------------------------------------------------- the parent
+
+SUITES = {
+    # name: list of (label, workload, dtype, device, prompts, sweep?, methods, residencies)
+    "cpu": [
+        ("zoo, fp32", "zoo", "float32", "cpu", 96, ["crosspatch", "lower", "paper", "nnsight"], ["both", "sequential"]),
+        ("mid-size pair, fp32", "mid", "float32", "cpu", 32, ["crosspatch", "lower", "paper", "nnsight"],
+         ["both", "sequential", "adapter"]),
+        ("mid-size pair, bf16", "mid", "bfloat16", "cpu", 32, ["crosspatch", "lower", "paper"], []),
+    ],
+    "smoke": [  # a minute on a laptop: checks the harness, not a result
+        ("zoo, fp32", "zoo", "float32", "cpu", 8, ["crosspatch", "paper", "nnsight", "lower"], ["both"]),
+        ("mid-size pair, fp32", "mid", "float32", "cpu", 4, ["crosspatch", "lower", "paper", "nnsight"],
+         ["sequential", "adapter"], "no-sweep"),
+    ],
+    "gpu": [  # the baselines decode at batch size 1: their minutes set the prompt counts
+        ("mid-size pair, bf16", "mid", "bfloat16", "cuda", 96, ["crosspatch", "lower", "paper", "nnsight"],
+         ["sequential"], "no-sweep-paper"),
+        ("large pair (~1B), bf16", "large", "bfloat16", "cuda", 32, ["crosspatch", "lower", "paper"], [], "no-sweep"),
+    ],
+}
+
+
+def spawn(args, method: str, workload: str, dtype: str, device: str, prompts: int, sweep: bool = False,
+          residency: str = "both", events: str | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--method", method, "--workload", workload, "--dtype", dtype, "--device", device,
+           "--prompts", str(prompts), "--max-new-tokens", str(args.max_new_tokens), "--batch-size",
+           str(args.batch_size), "--root", str(args.root), "--residency", residency]
+    if sweep:
+        cmd.append("--sweep")
+    if events:
+        cmd += ["--events", events]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{method} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def best_of(args, *a, **k) -> dict:
+    runs = [spawn(args, *a, **k) for _ in range(args.repeats)]
+    best = min(runs, key=lambda r: r["seconds"])
+    best["peak_mb"] = max(r["peak_mb"] for r in runs)
+    return best
+
+
+def compare_events(a: dict, b: dict) -> dict:
+    same = sum(1 for k in a.keys() & b.keys() if list(a[k][:3]) == list(b[k][:3]))
+    return {"same": same, "of": len(a.keys() | b.keys())}
 
 
 def max_cell_diff(a: dict, b: dict) -> float | None:
@@ -186,137 +241,151 @@ def max_cell_diff(a: dict, b: dict) -> float | None:
     return max(diffs) if diffs else None
 
 
+def measure(args, label, workload, dtype, device, prompts, methods, residencies, section: dict, save,
+            flags=()) -> None:
+    """Fill ``section`` method by method, calling ``save()`` after each (a run cut off by a time
+    limit keeps what it measured)."""
+    print(f"== {label}: {prompts} prompts", flush=True)
+    section.update({"label": label, "workload": workload, "dtype": dtype, "device": device, "prompts": prompts,
+                    "rows": {}, "sweep": {}, "residency": {}})
+    events_file = Path(args.root) / f"events-{workload}-{dtype}-{device}.json"
+    for sweep in (False,) if "no-sweep" in flags else (False, True):
+        rows = section["sweep" if sweep else "rows"]
+        try:
+            cp = best_of(args, "crosspatch", workload, dtype, device, prompts, sweep)
+        except SystemExit as exc:
+            section.setdefault("errors", {})[f"crosspatch{' sweep' if sweep else ''}"] = str(exc)[-2000:]
+            print(exc, flush=True)
+            save()
+            continue
+        events_file.write_text(json.dumps(cp["events"]))
+        for method in methods:
+            if method == "crosspatch":
+                r = cp
+            elif sweep and (method == "nnsight" or (method == "paper" and "no-sweep-paper" in flags)):
+                continue  # the sweep's baselines: paper-style and the floor
+            else:
+                try:
+                    r = best_of(args, method, workload, dtype, device, prompts, sweep,
+                                events=str(events_file) if method == "lower" else None)
+                except SystemExit as exc:  # recorded, and the rest still runs
+                    section.setdefault("errors", {})[f"{method}{' sweep' if sweep else ''}"] = str(exc)[-2000:]
+                    print(exc, flush=True)
+                    save()
+                    continue
+            r["event_agreement"] = compare_events(cp["events"], r["events"])
+            r["max_cell_diff"] = max_cell_diff(cp["cells"], r["cells"])
+            r["n_events"] = len(r["events"])
+            positions = sorted(e[0] for e in r["events"].values())
+            r["positions"] = positions
+            r["distinct_t_pt"] = len({e[1] for e in r["events"].values()})
+            rows[method] = {k: v for k, v in r.items() if k not in ("events", "cells")}
+            print(f"  {'sweep ' if sweep else ''}{method:10s} {r['n_events']:4d} events {r['seconds']:8.2f} s "
+                  f"{r['n_events'] / r['seconds']:8.2f} ev/s  FE/event {r['fe_per_event'] or 0:.2f}  "
+                  f"peak {r['peak_mb']:.0f} MB  same events {r['event_agreement']}", flush=True)
+            save()
+        if not sweep:
+            measure_residencies(args, workload, dtype, device, prompts, residencies, section, save)
+
+
+def measure_residencies(args, workload, dtype, device, prompts, residencies, section, save) -> None:
+    for residency in residencies:
+        try:
+            r = spawn(args, "crosspatch", workload, dtype, device, prompts, residency=residency)
+        except SystemExit as exc:
+            section.setdefault("errors", {})[f"residency {residency}"] = str(exc)[-2000:]
+            print(exc, flush=True)
+            save()
+            continue
+        section["residency"][residency] = {k: v for k, v in r.items() if k not in ("events", "cells")}
+        section["residency"][residency]["n_events"] = len(r["events"])
+        print(f"  residency {residency:10s} {r['seconds']:.1f} s peak {r['peak_mb']:.0f} MB "
+              f"(before loading {r['before_mb']:.0f} MB)", flush=True)
+        save()
+
+
+def build_workload(args, workload: str) -> dict:
+    """Build a random-init workload in a child process (keeps this process small)."""
+    code = (f"import sys, json; sys.path.insert(0, {str(HERE)!r}); from workloads import *; "
+            f"print(json.dumps(build_mid(workload_root({str(args.root)!r}, {workload!r}), SPECS[{workload!r}])))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"building {workload} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def environment(device: str) -> dict:
+    import transformers
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    if device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--method", choices=["crosspatch", "nnsight", "memory"])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", choices=sorted(SUITES))
+    ap.add_argument("--render", action="store_true", help="only re-render docs/benchmarks.md from the stored results")
+    ap.add_argument("--method", choices=["crosspatch", "paper", "nnsight", "lower", "profile"])
+    ap.add_argument("--workload", default="zoo", choices=["zoo", "mid", "large"])
+    ap.add_argument("--root", default="/tmp/crosspatch-bench", help="where the mid-size pair is written (once)")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--residency", default="both")
-    ap.add_argument("--large-dir", default="/tmp/crosspatch-bench-large")
-    ap.add_argument("--large-hidden", type=int, default=1536)
-    ap.add_argument("--large-layers", type=int, default=12)
-    ap.add_argument("--prompts", type=int, default=48)
-    ap.add_argument("--descendant", default="it-full")
-    ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--plan", default="minimal")
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: 32 on CPU, 128 on a GPU")
     ap.add_argument("--sweep", action="store_true")
-    ap.add_argument("--write", type=Path, default=None)
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per method; the fastest is reported")
+    ap.add_argument("--events", default=None)
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per method; the fastest is reported")
+    ap.add_argument("--out", type=Path, default=None, help="results JSON (default docs/benchmarks/<suite>.json)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.method:
-        result = {"crosspatch": method_crosspatch, "nnsight": method_nnsight, "memory": method_memory}[args.method](args)
-        print(json.dumps(result))
+        fn = {"crosspatch": method_crosspatch, "profile": method_profile}.get(args.method, method_baseline)
+        print(json.dumps(fn(args)))
         return
-
-    rows = {}
-    for label, method, extra in (("crosspatch", "crosspatch", []), ("nnsight baseline", "nnsight", []),
-                                 ("crosspatch sweep", "crosspatch", ["--sweep"]),
-                                 ("nnsight sweep (4 full passes per boundary)", "nnsight", ["--sweep"])):
-        runs = [spawn(method, args, extra) for _ in range(args.repeats)]  # best of N: timing noise on shared cores
-        r = min(runs, key=lambda x: x["seconds"])
-        r["peak_rss_mb"] = max(x["peak_rss_mb"] for x in runs)
-        rows[label] = r
-        print(f"{label:45s} {r['events']:4d} events  {r['seconds']:7.2f} s  {r['events'] / r['seconds']:7.2f} events/s  "
-              f"{r['fe_per_event']:.2f} FE/event  peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-    make_large_pair(Path(args.large_dir), args.large_hidden, args.large_layers)  # built here, not measured
-    memory = {}
-    for residency in ("both", "sequential"):
-        r = spawn("memory", args, ["--residency", residency, "--large-hidden", str(args.large_hidden),
-                                   "--large-layers", str(args.large_layers), "--large-dir", args.large_dir])
-        memory[residency] = r
-        used = r["peak_rss_mb"] - r["baseline_rss_mb"]
-        print(f"residency {residency:10s} model {r['model_mb']:.0f} MB, cache {r['cache_mb']:.0f} MB, "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB (process baseline {r['baseline_rss_mb']:.0f} MB, "
-              f"model work {used:.0f} MB), {r['seconds']:.1f} s", flush=True)
-    cp, nn, sw, nsw = (rows[k] for k in rows)
-    L = cp["num_layers"]
-    speed = (cp["events"] / cp["seconds"]) / (nn["events"] / nn["seconds"])
-    sweep_speed = (sw["events"] / sw["seconds"]) / (nsw["events"] / nsw["seconds"])
-    lower = 2 + (L - 1)
-    summary = {
-        "event_rate_ratio": speed,
-        "fe_ratio": nn["fe_per_event"] / cp["fe_per_event"],
-        "sweep_fe_per_event": sw["fe_per_event"],
-        "sweep_fe_lower_bound": lower,
-        "sweep_fe_vs_bound": sw["fe_per_event"] / lower,
-        "sweep_event_rate_ratio": sweep_speed,
-        "max_abs_cell_diff_vs_nnsight": max_cell_diff(cp["cells"], nn["cells"]),
-        "sequential_memory_vs_model_plus_cache": (memory["sequential"]["peak_rss_mb"] - memory["sequential"]["baseline_rss_mb"])
-        / (memory["sequential"]["model_mb"] + memory["sequential"]["cache_mb"]),
-        "both_memory_vs_model": (memory["both"]["peak_rss_mb"] - memory["both"]["baseline_rss_mb"]) / memory["both"]["model_mb"],
-        "sequential_vs_both_max_cell_diff": max_cell_diff(
-            {k: v for k, v in memory["sequential"]["cells"].items()}, {k: v for k, v in memory["both"]["cells"].items()}),
-    }
-    print(json.dumps(summary, indent=2))
-    if args.write:
-        write_doc(args, rows, summary, memory)
+    if args.render:
+        render()
+        return
+    if not args.suite:
+        ap.error("give --suite, --render or --method")
+    if args.batch_size is None:
+        args.batch_size = 128 if SUITES[args.suite][0][3] == "cuda" else 32
+    device = SUITES[args.suite][0][3]
+    result = {"suite": args.suite, "environment": environment(device),
+              "settings": {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+                           "repeats": args.repeats}, "sections": []}
+    out = args.out or RESULTS / f"{args.suite}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for label, workload, dtype, dev, prompts, methods, residencies, *flags in SUITES[args.suite]:
+        if workload != "zoo":
+            result.setdefault("workloads", {})[workload] = build_workload(args, workload)
+        section: dict = {}
+        result["sections"].append(section)
+        measure(args, label, workload, dtype, dev, prompts, methods, residencies, section,
+                lambda: out.write_text(json.dumps(result, indent=1)), flags)
+    if device == "cuda":  # the profile is taken on CPU (device time is scarce)
+        return
+    print("== profile", flush=True)
+    prof = next(s for s in SUITES[args.suite] if s[1] == "mid")
+    result["profile"] = spawn(args, "profile", "mid", prof[2], prof[3], prof[4])
+    result["profile"].update({"dtype": prof[2], "device": prof[3], "prompts": prof[4]})
+    out.write_text(json.dumps(result, indent=1))
+    if out.parent == RESULTS:
+        render()
 
 
-def write_doc(args, rows: dict, summary: dict, memory: dict) -> None:
-    lines = [
-        "# Benchmarks",
-        "",
-        "Reproduce with:",
-        "",
-        "```bash",
-        "pip install -e '.[bench]'",
-        f"python benchmarks/bench_crosspatch.py --prompts {args.prompts} --descendant {args.descendant} "
-        f"--max-new-tokens {args.max_new_tokens} --batch-size {args.batch_size} --write docs/benchmarks.md",
-        "```",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}; zoo pair `base` vs `{args.descendant}` "
-        f"({rows['crosspatch']['num_layers']} layers), {args.prompts} zoo prompts, fp32, CPU. "
-        f"Each method runs in its own subprocess (peak RSS is its own), {args.repeats} times; the fastest "
-        "run is reported.",
-        "",
-        "| method | events | seconds | events/s | FE per event | peak RSS (MB) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for label, r in rows.items():
-        lines.append(f"| {label} | {r['events']} | {r['seconds']:.2f} | {r['events'] / r['seconds']:.2f} | "
-                     f"{r['fe_per_event']:.2f} | {r['peak_rss_mb']:.0f} |")
-    lines += [
-        "",
-        f"- crosspatch / nnsight event rate (single boundary): **{summary['event_rate_ratio']:.1f}x** "
-        "(target ≥ 3x).",
-        f"- FE per event, nnsight / crosspatch: {summary['fe_ratio']:.1f}x.",
-        f"- sweep: {summary['sweep_fe_per_event']:.2f} FE per event against the lower bound 2 + (L-1) = "
-        f"{summary['sweep_fe_lower_bound']} (**{summary['sweep_fe_vs_bound']:.2f}x**, target ≤ 1.2x); event rate "
-        f"{summary['sweep_event_rate_ratio']:.1f}x four full passes per boundary.",
-        f"- agreement: max |ΔY| between crosspatch and the nnsight baseline on the `L_IT` cells = "
-        f"{summary['max_abs_cell_diff_vs_nnsight']:.2e}.",
-        "",
-        "FE counts real tokens through decoder layers; the search's work past the event (at most one "
-        "verification chunk) and prompts without a divergence are included in the numerator. On this zoo "
-        "every event is at generated position 0, so the lockstep baseline decodes only one step per model: "
-        "the regime least favourable to crosspatch; later divergences widen the gap (the baseline "
-        "recomputes the whole prefix for every generated token).",
-        "",
-        "## Residency and memory",
-        "",
-        f"A random-init Llama pair (d={args.large_hidden}, {args.large_layers} layers, "
-        f"{memory['both']['model_mb']:.0f} MB of fp32 weights per model), {args.prompts} prompts, one boundary. "
-        "Model work = peak RSS minus the process's RSS before loading (Python, torch).",
-        "",
-        "| residency | model work (MB) | one model (MB) | state cache bound (MB) | ratio | seconds |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, r in memory.items():
-        used = r["peak_rss_mb"] - r["baseline_rss_mb"]
-        denominator = r["model_mb"] + r["cache_mb"]
-        lines.append(f"| {name} | {used:.0f} | {r['model_mb']:.0f} | {r['cache_mb']:.1f} | "
-                     f"{used / denominator:.2f}x of {'model + cache' if name == 'sequential' else 'one model'} | "
-                     f"{r['seconds']:.1f} |")
-    lines += [
-        "",
-        f"- sequential peak / (larger model + cache) = **{summary['sequential_memory_vs_model_plus_cache']:.2f}x** "
-        "(target ≤ 1.2x); sequential and both agree on every cell within "
-        f"{summary['sequential_vs_both_max_cell_diff']:.1e}.",
-        "",
-    ]
-    args.write.parent.mkdir(parents=True, exist_ok=True)
-    args.write.write_text("\n".join(lines))
+# ----------------------------------------------------------------------------- the document
+
+
+def render() -> None:
+    from render_benchmarks import render_markdown
+
+    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    DOC.write_text(render_markdown(results))
+    print(f"wrote {DOC}")
 
 
 if __name__ == "__main__":

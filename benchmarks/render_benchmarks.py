@@ -1,0 +1,169 @@
+"""docs/benchmarks.md from the stored suite results (docs/benchmarks/*.json)."""
+
+from __future__ import annotations
+
+import statistics
+
+NAMES = {"crosspatch": "crosspatch", "paper": "paper-style (lockstep KV bs=1 + 6 full passes)",
+         "nnsight": "nnsight (lockstep with cache + batched traces)", "lower": "lower bound (2 full + 2 late passes)"}
+SWEEP_NAMES = {"crosspatch": "crosspatch sweep", "paper": "paper-style sweep (2 + 4 per boundary)",
+               "lower": "lower bound (2 full + 2 late per boundary)"}
+ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+HEADER = """# Benchmarks
+
+Regenerate (each suite writes `docs/benchmarks/<suite>.json`, then this page is rendered from
+every stored suite):
+
+```bash
+pip install -e '.[bench]'
+python benchmarks/bench_crosspatch.py --suite cpu   # CPU tables (this project's 2-core machines)
+python benchmarks/bench_crosspatch.py --suite gpu   # GPU tables (a CUDA machine)
+python benchmarks/bench_crosspatch.py --render      # this page from the stored results
+```
+
+Every method computes the same first-divergence 2x2 on the same prompts, each in a fresh
+subprocess, timed after loading (best of the stated repeats; peak memory is the worst):
+
+- **crosspatch**: `crosspatch.run` with the 2x2 alone (no controls, no bootstrap): batched,
+  cached divergence search, then late-only cross cells (`plan=minimal`).
+- **paper-style**: how the method's authors run it: lockstep greedy decoding of both models with
+  KV caches at batch size 1, then six full `use_cache=False` passes per event (two natural, four
+  with the residual entering layer b replaced by a forward pre-hook, the diagonal two as no-op
+  checks).
+- **nnsight**: the same 2x2 written the natural nnsight way: lockstep decoding through traces
+  that carry the KV cache, then natural and patched traces batched over events.
+- **lower bound**: plain Hugging Face forwards of exactly the tokens the cells need, on the
+  events crosspatch found, with no search: one batched full pass of each model over the event
+  prefixes plus two late-only passes per boundary. Wall time within 1.5x of it *including the
+  search* is the target.
+
+FE (forward-pass equivalents) per event = token-layers executed / sum over events of (prefix
+length x layers); prompts without a divergence count in the numerator. "same events" counts
+prompts whose (position, t_PT, t_IT) match crosspatch's; |ΔY| is the largest difference of the
+two L_IT cells from crosspatch's on shared events.
+
+Workloads: the zoo pair (`base` vs `it-full`, 6 layers, d=64) on its shipped prompts, and
+random-init Llama pairs built by `benchmarks/workloads.py` ({mid_desc}). In each, the
+descendant is the base plus a random rank-16 LoRA update of every linear layer (saved merged
+and as a PEFT adapter, for the `adapter` residency), sized so that the pair first disagrees at
+varied generated positions; prompts are word tokens drawn from a Zipf law.
+"""
+
+
+def _fmt(x, spec=".2f", none="n/a"):
+    return none if x is None else format(x, spec)
+
+
+def _positions(rows: dict) -> str:
+    pos = rows["crosspatch"]["positions"]
+    if not pos:
+        return "no events"
+    late = sum(p >= 3 for p in pos) / len(pos)
+    return (f"events at generated positions {min(pos)}-{max(pos)} (median {statistics.median(pos):g}, "
+            f"{late:.0%} at position >= 3), {rows['crosspatch']['distinct_t_pt']} distinct t_PT")
+
+
+def _method_table(rows: dict, names: dict, bound_fe: float | None = None) -> list[str]:
+    cp = rows["crosspatch"]
+    cp_rate = cp["n_events"] / cp["seconds"]
+    out = ["| method | events | same events | seconds | events/s | crosspatch speed-up | FE per event | "
+           "peak memory (MB) | max abs ΔY |", "|---|---|---|---|---|---|---|---|---|"]
+    for method, r in rows.items():
+        rate = r["n_events"] / r["seconds"] if r["seconds"] else None
+        speed = cp_rate / rate if rate else None
+        agree = r["event_agreement"]
+        out.append(f"| {names.get(method, method)} | {r['n_events']} | {agree['same']}/{agree['of']} | "
+                   f"{r['seconds']:.2f} | {_fmt(rate)} | {_fmt(speed, '.2f')}x | {_fmt(r['fe_per_event'])} | "
+                   f"{r['peak_mb']:.0f} | {_fmt(r['max_cell_diff'], '.1e')} |")
+    return out
+
+
+def _targets(rows: dict, sweep: bool, layers: int) -> list[str]:
+    cp = rows["crosspatch"]
+    rate = cp["n_events"] / cp["seconds"]
+    lines = []
+    if "paper" in rows:
+        ratio = rate / (rows["paper"]["n_events"] / rows["paper"]["seconds"])
+        lines.append(f"- event rate vs paper-style: **{ratio:.1f}x**" + ("" if sweep else " (target >= 5x)"))
+    if "nnsight" in rows:
+        ratio = rate / (rows["nnsight"]["n_events"] / rows["nnsight"]["seconds"])
+        lines.append(f"- event rate vs nnsight: **{ratio:.1f}x** (target >= 3x)")
+    if "lower" in rows:
+        ratio = cp["seconds"] / rows["lower"]["seconds"]
+        lines.append(f"- wall time vs the lower bound, search included: **{ratio:.2f}x** (target <= 1.5x)")
+    if sweep:
+        bound = 2 + (layers - 1)
+        lines.append(f"- sweep FE per event {cp['fe_per_event']:.2f} vs 2 + (L-1) = {bound}: "
+                     f"**{cp['fe_per_event'] / bound:.2f}x** (target <= 1.2x)")
+    return lines
+
+
+def _residency_table(section: dict, params: int | None) -> list[str]:
+    res = section["residency"]
+    if not res:
+        return []
+    one = params * ITEMSIZE.get(section["dtype"], 4) / 2**20 if params else None
+    out = ["", f"Residencies (single boundary; {'GPU memory allocated' if section['device'] == 'cuda' else 'peak RSS minus the RSS before loading'}):",
+           "", "| residency | events | seconds | model work (MB) | one model (MB) | state cache bound (MB) | ratio |",
+           "|---|---|---|---|---|---|---|"]
+    for name, r in res.items():
+        used = r["peak_mb"] - (r["before_mb"] if section["device"] != "cuda" else 0.0)
+        if one:
+            denom = one + r.get("cache_mb", 0.0)
+            what = "model + cache" if name == "sequential" else "one model"
+            ratio = f"{used / denom:.2f}x of {what}"
+        else:
+            ratio = "n/a"
+        out.append(f"| {name} | {r['n_events']} | {r['seconds']:.2f} | {used:.0f} | {_fmt(one, '.0f')} | "
+                   f"{r.get('cache_mb', 0.0):.1f} | {ratio} |")
+    return out
+
+
+def _profile(result: dict) -> list[str]:
+    prof = result.get("profile")
+    if not prof:
+        return []
+    out = ["", "### Profile of the hottest path (mid-size pair, crosspatch run)", "",
+           "Top operators by self time (torch.profiler):", "", "| operator | share | calls |", "|---|---|---|"]
+    out += [f"| `{o['op']}` | {o['share']:.1%} | {o['calls']} |" for o in prof["top_ops"][:10]]
+    out += ["", f"Python functions by cumulative time (cProfile, {prof['seconds']:.1f} s run):", "",
+            "| function | cumulative (s) | self (s) | calls |", "|---|---|---|---|"]
+    out += [f"| `{f['function']}` | {f['cumulative_s']:.2f} | {f['self_s']:.2f} | {f['calls']} |"
+            for f in prof["functions"][:15]]
+    return out
+
+
+def render_markdown(results: list[dict]) -> str:
+    built = {}
+    for r in results:
+        built.update(r.get("workloads", {}))
+    descs = []
+    for name, info in sorted(built.items(), reverse=True):
+        s = info["spec"]
+        descs.append(f"`{name}`: {s['layers']} layers, d={s['hidden']}, vocabulary {s['vocab']}, "
+                     f"{info['params'] / 1e6:.0f}M parameters per model, {s['prompts']} prompts of "
+                     f"{s['min_len']}-{s['max_len']} tokens")
+    mid_desc = "; ".join(descs) or "n/a"
+    lines = HEADER.format(mid_desc=mid_desc).splitlines()
+    for result in sorted(results, key=lambda r: r["suite"]):
+        env = result["environment"]
+        where = env.get("gpu") or f"{env['cpu']} CPU, {env['threads']} torch threads"
+        st = result["settings"]
+        lines += ["", f"## Suite `{result['suite']}`: {where}", "",
+                  f"torch {env['torch']}, transformers {env['transformers']}, Python {env['python']}; "
+                  f"{st['max_new_tokens']} new tokens at most, batch size {st['batch_size']}, best of "
+                  f"{st['repeats']} runs."]
+        for section in result["sections"]:
+            rows = section["rows"]
+            layers = rows["crosspatch"]["num_layers"]
+            lines += ["", f"### {section['label']} ({section['prompts']} prompts, {section['device']})", "",
+                      _positions(rows) + ".", ""]
+            lines += _method_table(rows, NAMES) + [""] + _targets(rows, False, layers)
+            if section["sweep"]:
+                lines += ["", f"Layer sweep (every boundary 1..{layers - 1}):", ""]
+                lines += _method_table(section["sweep"], SWEEP_NAMES) + [""] + _targets(section["sweep"], True, layers)
+            lines += _residency_table(section, result.get("workloads", {}).get(section["workload"], {}).get("params"))
+        lines += _profile(result)
+    notes = [r.get("notes") for r in results if r.get("notes")]
+    return "\n".join(lines + [""] + notes) + "\n"
