@@ -14,7 +14,8 @@ from crosspatch.execution import load_pair, pair_from_models
 from crosspatch.models.anatomy import find_anatomy
 from crosspatch.pipeline import run
 from crosspatch.prompts import load_prompts
-from crosspatch.testing.vision import save_llava_pair, tiny_llava_pair, vision_processor, weather_chart
+from crosspatch.models.media import image_placeholder
+from crosspatch.testing.vision import VLM_ARCHITECTURES, save_vlm_pair, tiny_vlm_pair, vision_processor, weather_chart
 
 OPTIONS = dict(boundary=2, max_new_tokens=12, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
 
@@ -34,23 +35,42 @@ def natural_logits(model, processor, prompt: dict, continuation: list[int]) -> t
     """The unpatched model's own next-token logits after prompt (with its image) + continuation."""
     from PIL import Image
 
-    enc = processor(text="<image>" + prompt["prompt"], images=Image.open(prompt["image"]).convert("RGB"),
+    enc = processor(text=image_placeholder(processor) + prompt["prompt"], images=Image.open(prompt["image"]).convert("RGB"),
                     return_tensors="pt")
     ids = torch.cat([enc["input_ids"], torch.tensor([continuation], dtype=torch.long)], 1)
+    extra = {}
+    if "token_type_ids" in enc:  # image tokens attend to each other (Gemma 3)
+        extra["token_type_ids"] = torch.cat([enc["token_type_ids"], torch.zeros(1, len(continuation), dtype=torch.long)], 1)
     with torch.inference_mode():
-        return model(input_ids=ids, pixel_values=enc["pixel_values"]).logits[0, -1].float()
+        return model(input_ids=ids, pixel_values=enc["pixel_values"], **extra).logits[0, -1].float()
 
 
-def test_anatomy_is_the_language_tower():
-    base, _, _ = tiny_llava_pair(layers=4)
+@pytest.mark.parametrize("arch", VLM_ARCHITECTURES)
+def test_anatomy_is_the_language_tower(arch):
+    base, _, _ = tiny_vlm_pair(arch, layers=4)
     a = find_anatomy(base)
     assert a.num_layers == 4 and a.layers is base.model.language_model.layers
     assert a.final_norm is base.model.language_model.norm and a.backbone is base.model
     assert a.image_token_id == base.config.image_token_id and a.hidden_size == 32
 
 
-def test_diagonal_cells_reproduce_the_model_with_its_image(charts):
-    base, child, processor = tiny_llava_pair(layers=4)
+def test_multimodal_rotary_positions_are_refused_by_name():
+    import transformers as t
+
+    from crosspatch.errors import UnsupportedArchitectureError
+
+    if not hasattr(t, "Qwen2VLForConditionalGeneration"):
+        pytest.skip("no Qwen2-VL in this transformers")
+    config = t.Qwen2VLConfig(text_config=dict(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                              num_attention_heads=4, num_key_value_heads=2),
+                             vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2))
+    with pytest.raises(UnsupportedArchitectureError, match="multimodal rotary"):
+        find_anatomy(t.Qwen2VLForConditionalGeneration(config))
+
+
+@pytest.mark.parametrize("arch", VLM_ARCHITECTURES)
+def test_diagonal_cells_reproduce_the_model_with_its_image(arch, charts):
+    base, child, processor = tiny_vlm_pair(arch, layers=4)
     pair = pair_from_models(base, child, processor.tokenizer, processors=processor)
     prompts = image_prompts(charts)
     result = run(pair, prompts, **OPTIONS)
@@ -58,7 +78,8 @@ def test_diagonal_cells_reproduce_the_model_with_its_image(charts):
     by_id = {p["id"]: p for p in prompts}
     for rec in result.records:
         n_prompt = rec.prompt_len
-        assert rec.prefix_ids[:n_prompt].count(base.config.image_token_id) == 16  # image tokens in the prefix
+        per_image = {"llava": 16, "gemma3": 4}[arch]
+        assert rec.prefix_ids[:n_prompt].count(base.config.image_token_id) == per_image  # image tokens in the prefix
         cont = rec.prefix_ids[n_prompt:]
         for model, cell in ((child, "uit_lit"), (base, "upt_lpt")):
             ref = natural_logits(model, processor, by_id[rec.prompt_id], cont)
@@ -66,8 +87,9 @@ def test_diagonal_cells_reproduce_the_model_with_its_image(charts):
             assert abs(rec.cells[readout][cell] - float(ref[rec.t_it] - ref[rec.t_pt])) <= 1e-4
 
 
-def test_the_image_matters_and_batching_does_not(charts):
-    base, child, processor = tiny_llava_pair(layers=4)
+@pytest.mark.parametrize("arch", VLM_ARCHITECTURES)
+def test_the_image_matters_and_batching_does_not(arch, charts):
+    base, child, processor = tiny_vlm_pair(arch, layers=4)
     pair = pair_from_models(base, child, processor.tokenizer, processors=processor)
     same_text = [{"id": f"c{i}", "prompt": f"Chart {i}. Forecast:", "image": str(c)} for i, c in enumerate(charts)]
     one = run(pair, same_text, batch_size=1, **OPTIONS)
@@ -83,21 +105,23 @@ def test_the_image_matters_and_batching_does_not(charts):
     assert not torch.allclose(natural_logits(base, processor, prompt, []), natural_logits(base, processor, swapped, []))
 
 
-def test_identical_models_give_zero_effects_and_late_only_gives_zero_interaction(charts):
-    base, _, processor = tiny_llava_pair(layers=4)
-    _, late, _ = tiny_llava_pair(layers=4, perturb=[2, 3])
+@pytest.mark.parametrize("arch", VLM_ARCHITECTURES)
+def test_identical_models_give_zero_effects_and_late_only_gives_zero_interaction(arch, charts):
+    base, _, processor = tiny_vlm_pair(arch, layers=4)
+    _, late, _ = tiny_vlm_pair(arch, layers=4, perturb=[2, 3])
     pair = pair_from_models(base, late, processor.tokenizer, processors=processor)
     result = run(pair, image_prompts(charts), plan="exact", **OPTIONS)
     assert result.records
     for rec in result.records:
         y = rec.cells["common_it"]
         assert (y["uit_lit"] - y["uit_lpt"]) - (y["upt_lit"] - y["upt_lpt"]) == 0.0
-    same = pair_from_models(base, tiny_llava_pair(layers=4)[0], processor.tokenizer, processors=processor)
+    same = pair_from_models(base, tiny_vlm_pair(arch, layers=4)[0], processor.tokenizer, processors=processor)
     assert run(same, image_prompts(charts), **OPTIONS).records == []  # identical models never diverge
 
 
-def test_checkpoints_on_disk_with_image_prompts_in_jsonl_and_sequential_residency(tmp_path, charts):
-    base_dir, tuned_dir = save_llava_pair(tmp_path / "pair")
+@pytest.mark.parametrize("arch", VLM_ARCHITECTURES)
+def test_checkpoints_on_disk_with_image_prompts_in_jsonl_and_sequential_residency(arch, tmp_path, charts):
+    base_dir, tuned_dir = save_vlm_pair(tmp_path / "pair", arch)
     (tmp_path / "img").mkdir()
     rows = []
     for i, c in enumerate(charts[:3]):
@@ -119,7 +143,7 @@ def test_bad_image_prompts_are_named_errors(tmp_path, charts):
     missing.write_text(json.dumps({"id": "a", "prompt": "x", "image": "nope.png"}) + "\n")
     with pytest.raises(PromptFileError, match="image"):
         load_prompts(missing)
-    base, child, processor = tiny_llava_pair(layers=4)
+    base, child, processor = tiny_vlm_pair("llava", layers=4)
     pair = pair_from_models(base, child, processor.tokenizer, processors=processor)
     twins = [{"id": "a", "prompt": "Same text", "image": str(charts[0])},
              {"id": "b", "prompt": "Same text", "image": str(charts[1])}]
@@ -138,12 +162,8 @@ def test_bad_image_prompts_are_named_errors(tmp_path, charts):
 
 
 def test_processors_that_disagree_are_refused(charts):
-    from transformers import CLIPImageProcessor
-
-    base, child, processor = tiny_llava_pair(layers=4)
-    other = vision_processor(processor.tokenizer)
-    other.image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-                                               image_mean=[0.0, 0.0, 0.0])
+    base, child, processor = tiny_vlm_pair("llava", layers=4)
+    other = vision_processor("llava", processor.tokenizer, image_mean=[0.0, 0.0, 0.0])
     pair = pair_from_models(base, child, processor.tokenizer, processors={"base": processor, "tuned": other})
     with pytest.raises(PromptImageError, match="processors"):
         run(pair, image_prompts(charts)[:1], **OPTIONS)

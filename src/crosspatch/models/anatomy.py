@@ -8,6 +8,7 @@ logit scales) is read from the config so that our readout equals the model's own
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +92,17 @@ def text_config(config):
     return inner if inner is not None and getattr(config, "vision_config", None) is not None else config
 
 
+def _check_multimodal_positions(config) -> None:
+    """Multimodal rotary positions (Qwen2-VL's M-RoPE) depend on the image grid, while crosspatch's
+    batched passes give every token a 1-D position: refused by name rather than run inexactly."""
+    text = text_config(config)
+    rope = getattr(text, "rope_scaling", None) or getattr(text, "rope_parameters", None) or {}
+    if (isinstance(rope, dict) and "mrope_section" in rope) or "vl" in str(getattr(config, "model_type", "")).split("_"):
+        raise UnsupportedArchitectureError(
+            f"{getattr(config, 'model_type', 'this model')}: vision-language models with multimodal rotary positions "
+            "(Qwen2-VL, Qwen2.5-VL, Qwen3-VL) are not supported; LLaVA-style and Gemma 3 pairs are")
+
+
 def find_anatomy(model: nn.Module) -> Anatomy:
     """Locate layers, final norm, lm_head and final logit processing of a causal LM (of a
     vision-language model: of its language tower, whose layers hold the boundary)."""
@@ -110,10 +122,14 @@ def find_anatomy(model: nn.Module) -> Anatomy:
         raise UnsupportedArchitectureError(
             f"{type(lm).__name__} has no '{prefix}' backbone module (base_model_prefix)"
         )
-    tower = backbone
+    tower = late = backbone
     inner = getattr(backbone, "language_model", None)
     if isinstance(inner, nn.Module) and not any(isinstance(m, nn.ModuleList) for m in backbone.children()):
         tower = inner  # a vision-language model: the decoder layers live in its language model
+        _check_multimodal_positions(full_cfg)
+        # late-only passes skip the vision encoder, unless the multimodal model builds the
+        # attention mask itself (image tokens attending to each other, e.g. Gemma 3)
+        late = backbone if "token_type_ids" in inspect.signature(backbone.forward).parameters else tower
     layers_name, norm_name = _REGISTRY.get(model_type, (None, None))
     n_layers = getattr(cfg, "num_hidden_layers", None)
     layers = _find_layers(tower, n_layers, layers_name)
@@ -138,7 +154,7 @@ def find_anatomy(model: nn.Module) -> Anatomy:
         logit_softcap=getattr(cfg, "final_logit_softcapping", None) or None,
         logit_scale=float(scale) if isinstance(scale, (int, float)) and scale != 1 else None,
         logit_divisor=float(divisor) if isinstance(divisor, (int, float)) and divisor != 1 else None,
-        late_backbone=tower,
+        late_backbone=late,
         image_token_id=image_token_id(full_cfg),
     )
 

@@ -92,7 +92,12 @@ class MediaRegistry:
 
 def install_media_hook(backbone: nn.Module, token_id: int, registry: MediaRegistry) -> object:
     """A forward pre-hook on the multimodal ``backbone``: a call with image tokens and no pixels
-    gets the registered images of its rows (rows read through the attention mask)."""
+    gets the registered images of its rows (rows read through the attention mask), and models
+    whose attention among image tokens follows ``token_type_ids`` (Gemma 3) get them from the
+    placeholder positions, as their processor makes them."""
+    import inspect
+
+    wants_types = "token_type_ids" in inspect.signature(backbone.forward).parameters
 
     def hook(module, args, kwargs):
         ids = kwargs.get("input_ids")
@@ -109,9 +114,17 @@ def install_media_hook(backbone: nn.Module, token_id: int, registry: MediaRegist
             row = ids[r] if mask is None else ids[r][mask[r].bool()]
             rows.append(row.tolist())
         kwargs.update(registry.batch_inputs(rows, ids.device))
+        if wants_types and kwargs.get("token_type_ids") is None:
+            kwargs["token_type_ids"] = (ids == token_id).long()
         return args, kwargs
 
     return backbone.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def image_placeholder(processor) -> str:
+    """The text a prompt writes where its image goes: the processor's begin-of-image token when it
+    has one (Gemma 3), else its image token (LLaVA's ``<image>``)."""
+    return getattr(processor, "boi_token", None) or getattr(processor, "image_token", None) or "<image>"
 
 
 def encode_image_prompt(processor, prompt_id: str, text: str, image_path: str) -> tuple[list[int], dict]:
@@ -119,7 +132,7 @@ def encode_image_prompt(processor, prompt_id: str, text: str, image_path: str) -
     The text may hold the processor's image placeholder; without one it is put first."""
     from PIL import Image, UnidentifiedImageError
 
-    placeholder = getattr(processor, "image_token", None) or "<image>"
+    placeholder = image_placeholder(processor)
     if placeholder not in text:
         text = f"{placeholder}{text}"
     try:
