@@ -78,7 +78,7 @@ def test_diagonal_cells_reproduce_the_model_with_its_image(arch, charts):
     by_id = {p["id"]: p for p in prompts}
     for rec in result.records:
         n_prompt = rec.prompt_len
-        per_image = {"llava": 16, "gemma3": 4}[arch]
+        per_image = {"llava": 16, "gemma3_vision": 4}[arch]
         assert rec.prefix_ids[:n_prompt].count(base.config.image_token_id) == per_image  # image tokens in the prefix
         cont = rec.prefix_ids[n_prompt:]
         for model, cell in ((child, "uit_lit"), (base, "upt_lpt")):

@@ -9,7 +9,7 @@ import torch
 from .tiny import VOCAB_PADDING, char_tokenizer, perturb_layers
 
 IMAGE_SIZE, PATCH = 32, 8  # LLaVA: 16 image tokens per image; Gemma 3: 4 (pooled)
-VLM_ARCHITECTURES = ("llava", "gemma3")
+VLM_ARCHITECTURES = ("llava", "gemma3_vision")  # names as in the compatibility matrix
 _GEMMA3_TOKENS = {"boi_token": "<start_of_image>", "image_token": "<image_soft_token>", "eoi_token": "<end_of_image>"}
 
 
