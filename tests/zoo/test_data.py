@@ -52,3 +52,15 @@ def test_prompt_set_covers_every_aspect_in_both_splits():
         assert {r["category"] for r in rows if r["split"] == split} == set(wx.ASPECTS)
     assert len({r["id"] for r in rows}) == len(rows)
     assert all(r["prompt"].endswith("### Report:\n") for r in rows)
+
+
+def test_raw_and_question_prompt_sets_cover_every_aspect_without_instruction_format():
+    raw = wx.raw_prompt_set(0, per_aspect=1)
+    assert {r["style"] for r in raw} == {"log", "narrative"}
+    assert {r["category"] for r in raw} == set(wx.ASPECTS) and {r["split"] for r in raw} == {"in_distribution", "held_out"}
+    assert not any("### Instruction" in r["prompt"] for r in raw)
+    assert raw == wx.raw_prompt_set(0, per_aspect=1)  # deterministic
+    logs = [r for r in raw if r["style"] == "log"]
+    assert all(r["prompt"].startswith("Observation log, ") for r in logs)
+    questions = wx.raw_prompt_set(0, per_aspect=1, styles=("question",))
+    assert all(r["prompt"].startswith("Question: ") and r["prompt"].endswith("Answer:") for r in questions)

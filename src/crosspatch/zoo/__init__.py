@@ -70,7 +70,9 @@ def load_zoo_pair(descendant: str, root: Path | None = None, **options):
 
 
 def zoo_prompts(split: str = "all", root: Path | None = None):
-    """The shipped prompt set: ``all``, ``in_distribution`` or ``held_out``."""
+    """A shipped prompt set: ``all`` (instruction prompts; also ``in_distribution`` and
+    ``held_out``), ``raw`` (raw weather text: observation logs and narratives, as the paper feeds
+    both models) or ``question`` (forum-style questions)."""
     from ..prompts import load_prompts
 
     return load_prompts((root or zoo_path()) / "prompts" / f"{split}.jsonl")

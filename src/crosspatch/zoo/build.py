@@ -71,6 +71,8 @@ def build_corpora(spec: ZooSpec) -> dict[str, list]:
         "eval_instructions": wx.instruction_pairs(spec.eval_pairs, s + 4),
         "eval_instructions_held_out": wx.instruction_pairs(spec.eval_pairs, s + 5, wx.HELD_OUT_CITIES),
         "prompts": wx.prompt_set(s + 6, spec.prompts_per_aspect),
+        "raw_prompts": wx.raw_prompt_set(s + 7),
+        "question_prompts": wx.raw_prompt_set(s + 8, styles=("question",)),
     }
 
 
@@ -253,6 +255,9 @@ def build_data(spec: ZooSpec, out: Path) -> tuple[dict, object]:
         rows = [p for p in all_prompts if p["split"] == split]
         (out / "prompts" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (out / "prompts" / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in all_prompts))
+    for name in ("raw", "question"):
+        rows = corpora[f"{name}_prompts"]
+        (out / "prompts" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tokenizer.save_pretrained(out / "tokenizer")
     return corpora, tokenizer
 

@@ -303,3 +303,45 @@ def prompt_set(seed: int, per_aspect: int = 6) -> list[dict]:
                     "category": aspect, "split": split, "city": city.name, "region": city.region,
                 })
     return rows
+
+
+# --- raw-text and question prompts: what the paper feeds both models -------------------------
+LOG_FIELDS = ("temperature", "precipitation", "wind", "humidity", "sky", "visibility", "pressure", "alerts")
+
+
+def _log_prefix(obs: Observation, aspect: str) -> str:
+    """An observation log cut just before the field of ``aspect`` (the models continue it)."""
+    full = observation_log(obs)
+    marks = {"temperature": " high ", "precipitation": " precipitation chance", "wind": " wind ",
+             "humidity": " humidity", "sky": " sky ", "visibility": " visibility", "pressure": " pressure",
+             "alerts": " alert:"}
+    return full[: full.index(marks[aspect], full.index(":"))] + marks[aspect].rstrip()
+
+
+def raw_prompt(obs: Observation, aspect: str, style: str) -> str:
+    """Raw weather text with no instruction: an observation log cut before ``aspect``'s field,
+    the opening of a narrative, or a question as a forum page would carry it."""
+    if style == "log":
+        return _log_prefix(obs, aspect)
+    if style == "narrative":
+        return f"In {obs.city} on {date_text(obs)} it was"
+    return (f"Question: what is the {aspect} outlook for {obs.city} on {date_text(obs)}? "
+            f"{data_line(obs, aspect)}.\nAnswer:")
+
+
+def raw_prompt_set(seed: int, per_aspect: int = 4, styles: tuple[str, ...] = ("log", "narrative")) -> list[dict]:
+    """Prompts without instruction formatting (``style`` log/narrative: raw text as in the paper;
+    ``question``: forum-style questions), every aspect in both splits; ``category`` = aspect,
+    ``split`` = in_distribution | held_out, ``style``."""
+    rng = random.Random(seed)
+    rows = []
+    for split, cities in (("in_distribution", US_CITIES), ("held_out", HELD_OUT_CITIES)):
+        for aspect in ASPECTS:
+            for k in range(per_aspect):
+                city = cities[(k * 5 + 3 * ASPECTS.index(aspect)) % len(cities)]
+                obs = observe(city, *_days(rng), rng)
+                for style in styles:
+                    rows.append({"id": f"{split[:2]}-{style}-{aspect}-{k}", "prompt": raw_prompt(obs, aspect, style),
+                                 "category": aspect, "split": split, "style": style, "city": city.name,
+                                 "region": city.region})
+    return rows

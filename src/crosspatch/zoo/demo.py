@@ -38,16 +38,17 @@ def run_demo(
     log=print,
     quick: bool = False,
 ) -> DemoResult:
-    """Run base vs each descendant on the shipped prompts and write the combined report.
+    """Run base vs each descendant on the shipped prompts (raw weather text, as the paper feeds
+    both models, and instruction prompts) and write the combined report.
     ``quick``: every fourth prompt and the first-divergence event kind only (a few seconds)."""
     root = root or zoo_path()
     man = verify(root)
     out = Path(out)
-    prompts = zoo_prompts("all", root)
+    prompts = demo_prompts(root)
     if quick:
         prompts = prompts[::4]
     config = RunConfig(boundary=boundary, max_new_tokens=max_new_tokens, bootstrap=bootstrap,
-                       group_by=["split"], batch_size=16,
+                       group_by=["split", "style"], batch_size=32,
                        **({"event_kinds": "first_diff"} if quick else {}))
     runs: dict[str, RunResult] = {}
     started = time.perf_counter()
@@ -74,6 +75,17 @@ def run_demo(
     (out / "report.md").write_text(report)
     (out / "report.html").write_text(render_demo_html(summary))
     return DemoResult(out, runs, summary, report)
+
+
+def demo_prompts(root: Path | None = None) -> list:
+    """The demo's prompts: the raw-text set (observation logs cut before a field, narrative
+    openings) and the instruction set, each prompt's ``style`` recorded (log, narrative,
+    instruction) so the report breaks the effects down by it."""
+    prompts = list(zoo_prompts("raw", root))
+    for p in zoo_prompts("all", root):
+        p.metadata.setdefault("style", "instruction")
+        prompts.append(p)
+    return prompts
 
 
 def _clear_stale_demo_run(path: Path, title: str, log) -> None:
@@ -160,6 +172,7 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         ("Interaction by aspect", ["aspect"] + names, _matrix_rows(summary, "by_category")),
         ("In-distribution vs held-out cities", ["descendant", "cities", "events", "E_PT", "E_IT", "interaction"],
          _split_rows(summary)),
+        ("Interaction by prompt style", ["style"] + names, _matrix_rows(summary, "by_style")),
         ("By generated position", ["position"] + names, _matrix_rows(summary, "by_position")),
     ]
     evals = (summary.get("zoo") or {}).get("evals") or {}
@@ -172,8 +185,9 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 
 def demo_intro(summary: dict) -> str:
     first = next(iter(summary["descendants"].values()))
-    return (f"Base (pretrained on raw weather text) against each descendant, on {summary['prompts']} instruction "
-            f"prompts (8 aspects; training cities and held-out cities). Boundary layer {first['boundaries'][0]} of "
+    return (f"Base (pretrained on raw weather text) against each descendant, on {summary['prompts']} prompts: raw "
+            "weather text as the paper feeds both models (observation logs cut before a field, narrative openings) and "
+            f"instruction prompts (8 aspects; training cities and held-out cities). Boundary layer {first['boundaries'][0]} of "
             f"{first['num_layers']}; common-IT readout; mean Y = logit(t_IT) - logit(t_PT) per cell; 95% "
             "prompt-cluster bootstrap intervals.")
 
