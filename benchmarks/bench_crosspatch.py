@@ -193,8 +193,8 @@ SUITES = {
     "cpu": [
         ("zoo, fp32", "zoo", "float32", "cpu", 96, ["crosspatch", "lower", "paper", "nnsight"], ["both", "sequential"]),
         ("mid-size pair, fp32", "mid", "float32", "cpu", 32, ["crosspatch", "lower", "paper", "nnsight"],
-         ["both", "sequential", "adapter"]),
-        ("mid-size pair, bf16", "mid", "bfloat16", "cpu", 32, ["crosspatch", "lower", "paper"], []),
+         ["both", "sequential", "adapter"], "no-sweep-paper"),
+        ("mid-size pair, bf16", "mid", "bfloat16", "cpu", 16, ["crosspatch", "lower", "paper"], [], "no-sweep"),
     ],
     "smoke": [  # a minute on a laptop: checks the harness, not a result
         ("zoo, fp32", "zoo", "float32", "cpu", 8, ["crosspatch", "paper", "nnsight", "lower"], ["both"]),
