@@ -191,7 +191,7 @@ def method_profile(args) -> dict:
 SUITES = {
     # name: list of (label, workload, dtype, device, prompts, sweep?, methods, residencies)
     "cpu": [
-        ("zoo, fp32", "zoo", "float32", "cpu", 96, ["crosspatch", "lower", "paper", "nnsight"], ["both", "sequential"]),
+        ("zoo, fp32", "zoo", "float32", "cpu", 128, ["crosspatch", "lower", "paper", "nnsight"], ["both", "sequential"]),
         ("mid-size pair, fp32", "mid", "float32", "cpu", 32, ["crosspatch", "lower", "paper", "nnsight"],
          ["both", "sequential", "adapter"], "no-sweep-paper"),
         ("mid-size pair, bf16", "mid", "bfloat16", "cpu", 16, ["crosspatch", "lower", "paper"], [], "no-sweep"),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 NAMES = {"crosspatch": "crosspatch", "paper": "paper-style (lockstep KV bs=1 + 6 full passes)",
          "nnsight": "nnsight (lockstep with cache + batched traces)", "lower": "lower bound (2 full + 2 late passes)"}
 SWEEP_NAMES = {"crosspatch": "crosspatch sweep", "paper": "paper-style sweep (2 + 4 per boundary)",
                "lower": "lower bound (2 full + 2 late per boundary)"}
 ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+NOTES = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "findings.md"  # written by hand from the numbers
 
 HEADER = """# Benchmarks
 
@@ -43,7 +45,8 @@ length x layers); prompts without a divergence count in the numerator. "same eve
 prompts whose (position, t_PT, t_IT) match crosspatch's; |ΔY| is the largest difference of the
 two L_IT cells from crosspatch's on shared events.
 
-Workloads: the zoo pair (`base` vs `it-full`, 6 layers, d=64) on its shipped prompts, and
+Workloads: the zoo pair (`base` vs `it-full`, 6 layers, d=64) on its raw-text prompts (events
+spread over generated positions), and
 random-init Llama pairs built by `benchmarks/workloads.py` ({mid_desc}). In each, the
 descendant is the base plus a random rank-16 LoRA update of every linear layer (saved merged
 and as a PEFT adapter, for the `adapter` residency), sized so that the pair first disagrees at
@@ -165,5 +168,5 @@ def render_markdown(results: list[dict]) -> str:
                 lines += _method_table(section["sweep"], SWEEP_NAMES) + [""] + _targets(section["sweep"], True, layers)
             lines += _residency_table(section, result.get("workloads", {}).get(section["workload"], {}).get("params"))
         lines += _profile(result)
-    notes = [r.get("notes") for r in results if r.get("notes")]
-    return "\n".join(lines + [""] + notes) + "\n"
+    notes = NOTES.read_text() if NOTES.exists() else ""
+    return "\n".join(lines + ["", notes]).rstrip() + "\n"

@@ -1,6 +1,6 @@
 """Benchmark workloads, all generated locally (no downloads).
 
-* ``zoo``: the embedded weather zoo's base and ``it-full`` on its shipped prompts.
+* ``zoo``: the embedded weather zoo's base and ``it-full`` on its raw-text prompts (events spread over positions).
 * ``mid``: a random-init Llama pair of about 134M parameters per model (12 layers, d=768,
   vocabulary 32,000, untied head) whose descendant is the base plus a random LoRA update of
   every linear layer (saved both as a PEFT adapter and merged), and 256 prompts of 32-256
@@ -119,7 +119,7 @@ def workload_paths(name: str, root: Path) -> dict:
 
         z = zoo_path()
         return {"base": str(z / "base"), "tuned": str(z / "it-full"), "adapter": None,
-                "prompts": str(z / "prompts" / "all.jsonl")}
+                "prompts": str(z / "prompts" / "raw.jsonl")}
     root = workload_root(root, name)
     return {"base": str(root / "base"), "tuned": str(root / "tuned"), "adapter": str(root / "adapter"),
             "prompts": str(root / "prompts.jsonl")}

@@ -167,3 +167,24 @@ def test_processors_that_disagree_are_refused(charts):
     pair = pair_from_models(base, child, processor.tokenizer, processors={"base": processor, "tuned": other})
     with pytest.raises(PromptImageError, match="processors"):
         run(pair, image_prompts(charts)[:1], **OPTIONS)
+
+
+def test_the_cli_runs_an_image_prompt_file_end_to_end(tmp_path, charts):
+    from typer.testing import CliRunner
+
+    from crosspatch.cli import app
+
+    base_dir, tuned_dir = save_vlm_pair(tmp_path / "pair", "llava")
+    rows = [{"id": f"c{i}", "prompt": f"<image> City {i} <b>today</b>:", "image": str(c), "category": "chart"}
+            for i, c in enumerate(charts[:3])]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", "--base", str(base_dir), "--tuned", str(tuned_dir), "--prompts", str(prompts),
+                                   "--out", str(out), "--boundary", "2", "--max-new-tokens", "8", "--bootstrap", "0",
+                                   "--controls", "none"])
+    assert res.exit_code == 0, res.output
+    html = (out / "report.html").read_text()
+    assert "t o d a y" in html and "<b>" not in html  # the prompt is shown (char tokenizer: spaced), escaped
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert events and all(e["prefix_ids"].count(events[0]["prefix_ids"][1]) >= 16 for e in events)
