@@ -134,11 +134,7 @@ def nnsight_style(pt, it, prompts: dict[str, list[int]], boundaries: list[int], 
             events[pid] = event
 
     cells = {}
-    order = sorted(events, key=lambda k: len(events[k][3]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        x, mask, last = right_padded([events[k][3] for k in chunk], device)
-        rows = torch.arange(len(chunk), device=device)
+    for chunk, x, mask, last, rows in event_batches(events, batch_size, device):
         states, natural = {}, {}
         for name in ("pt", "it"):
             model, saved = wrapped[name], {}  # filled inside the trace (nnsight runs its body separately)
@@ -162,13 +158,26 @@ def nnsight_style(pt, it, prompts: dict[str, list[int]], boundaries: list[int], 
                     saved["logits"] = model.lm_head.output[rows, last].save()
                 crossed[name] = saved["logits"]
             work += 2 * int(mask.sum()) * L
-            for i, k in enumerate(chunk):
-                _, t_pt, t_it, _ = events[k]
-                cells[f"{k}@{b}"] = {"upt_lit": _y(crossed["it"][i], t_pt, t_it),
-                                     "uit_lit": _y(natural["it"][i], t_pt, t_it),
-                                     "upt_lpt": _y(natural["pt"][i], t_pt, t_it),
-                                     "uit_lpt": _y(crossed["pt"][i], t_pt, t_it)}
+            cell_rows(events, chunk, b, natural, crossed, cells)
     return events, cells, work
+
+
+def event_batches(events: dict[str, tuple], batch_size: int, device: str):
+    """Events sorted by prefix length, in batches: ``(ids, right-padded prefixes, mask, last real
+    position, row index)``."""
+    order = sorted(events, key=lambda k: len(events[k][3]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        x, mask, last = right_padded([events[k][3] for k in chunk], device)
+        yield chunk, x, mask, last, torch.arange(len(chunk), device=device)
+
+
+def cell_rows(events: dict, chunk: list[str], b: int, natural: dict, crossed: dict, cells: dict) -> None:
+    """The four cells of each event of ``chunk`` at boundary ``b`` (each late stack's own head)."""
+    for i, k in enumerate(chunk):
+        _, t_pt, t_it, _ = events[k]
+        cells[f"{k}@{b}"] = {"upt_lit": _y(crossed["it"][i], t_pt, t_it), "uit_lit": _y(natural["it"][i], t_pt, t_it),
+                             "upt_lpt": _y(natural["pt"][i], t_pt, t_it), "uit_lpt": _y(crossed["pt"][i], t_pt, t_it)}
 
 
 def _first(x):
@@ -190,11 +199,7 @@ def lower_bound(pt, it, events: dict[str, tuple], boundaries: list[int], device:
     """Cells of the given events with the least model work: 2 full + 2 late-only passes."""
     L = pt.config.num_hidden_layers
     cells, work = {}, 0
-    order = sorted(events, key=lambda k: len(events[k][3]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        x, mask, last = right_padded([events[k][3] for k in chunk], device)
-        rows = torch.arange(len(chunk), device=device)
+    for chunk, x, mask, last, rows in event_batches(events, batch_size, device):
         natural, states = {}, {}
         for name, model in (("pt", pt), ("it", it)):
             out = model.model(x, attention_mask=mask, use_cache=False, output_hidden_states=True)
@@ -206,12 +211,7 @@ def lower_bound(pt, it, events: dict[str, tuple], boundaries: list[int], device:
             for name, model, other in (("it", it, "pt"), ("pt", pt, "it")):
                 crossed[name] = model.lm_head(late_only(model, states[other][b], mask, b)[rows, last])
             work += 2 * int(mask.sum()) * (L - b)
-            for i, k in enumerate(chunk):
-                _, t_pt, t_it, _ = events[k]
-                cells[f"{k}@{b}"] = {"upt_lit": _y(crossed["it"][i], t_pt, t_it),
-                                     "uit_lit": _y(natural["it"][i], t_pt, t_it),
-                                     "upt_lpt": _y(natural["pt"][i], t_pt, t_it),
-                                     "uit_lpt": _y(crossed["pt"][i], t_pt, t_it)}
+            cell_rows(events, chunk, b, natural, crossed, cells)
     return cells, work
 
 

@@ -342,6 +342,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per method; the fastest is reported")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default docs/benchmarks/<suite>.json)")
     args = ap.parse_args()
+    if args.batch_size is None:
+        device = SUITES[args.suite][0][3] if args.suite else args.device
+        args.batch_size = 128 if device.startswith("cuda") else 32
     if args.method:
         fn = {"crosspatch": method_crosspatch, "profile": method_profile}.get(args.method, method_baseline)
         print(json.dumps(fn(args)))
@@ -351,8 +354,6 @@ def main() -> None:
         return
     if not args.suite:
         ap.error("give --suite, --render or --method")
-    if args.batch_size is None:
-        args.batch_size = 128 if SUITES[args.suite][0][3] == "cuda" else 32
     device = SUITES[args.suite][0][3]
     result = {"suite": args.suite, "environment": environment(device),
               "settings": {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,

@@ -288,6 +288,29 @@ def instruction_pairs(n: int, seed: int, cities=US_CITIES) -> list[dict]:
     return pairs
 
 
+def _value_rules(text: str) -> list[dict]:
+    """One regex rule per number of ``text``: the continuation must state that value."""
+    import re
+
+    return [{"type": "regex", "pattern": rf"(?<![\d.]){re.escape(v)}(?![\d.])"}
+            for v in dict.fromkeys(re.findall(r"\d+(?:\.\d+)?", text))]
+
+
+def report_validator(obs: Observation, aspect: str) -> list[dict]:
+    """What a correct report of ``obs`` must do (checked on a continuation by
+    :mod:`crosspatch.validators`): name the city and date in its header, end with the end marker,
+    state every value of the reference report, and use the conditional form where the reference
+    does. (The header's first word, the aspect, is often the forced token itself, which the
+    consequence check does not score.)"""
+    ref = report(obs, aspect)
+    body = ref.split("\n", 1)[1]
+    rules = [{"type": "sections", "required": [f"{obs.city.upper()} - {date_text(obs)}", "### End"]}]
+    rules += _value_rules(body.replace("### End", ""))
+    if "If " in body:
+        rules.append({"type": "regex", "pattern": r"\bIf\b"})
+    return rules
+
+
 def prompt_set(seed: int, per_aspect: int = 6) -> list[dict]:
     """Evaluation prompts: every aspect, in-distribution (training cities, fresh days) and
     held-out cities; ``category`` = aspect, ``split`` = in_distribution | held_out."""
@@ -301,6 +324,7 @@ def prompt_set(seed: int, per_aspect: int = 6) -> list[dict]:
                 rows.append({
                     "id": f"{split[:2]}-{aspect}-{k}", "prompt": instruction(obs, aspect),
                     "category": aspect, "split": split, "city": city.name, "region": city.region,
+                    "validator": report_validator(obs, aspect),
                 })
     return rows
 
@@ -331,8 +355,9 @@ def raw_prompt(obs: Observation, aspect: str, style: str) -> str:
 
 def raw_prompt_set(seed: int, per_aspect: int = 4, styles: tuple[str, ...] = ("log", "narrative")) -> list[dict]:
     """Prompts without instruction formatting (``style`` log/narrative: raw text as in the paper;
-    ``question``: forum-style questions), every aspect in both splits; ``category`` = aspect,
-    ``split`` = in_distribution | held_out, ``style``."""
+    ``question``: forum-style questions, with a validator: the answer states the given values),
+    every aspect in both splits; ``category`` = aspect, ``split`` = in_distribution | held_out,
+    ``style``. A raw log or narrative has no validator: its continuation is a prediction."""
     rng = random.Random(seed)
     rows = []
     for split, cities in (("in_distribution", US_CITIES), ("held_out", HELD_OUT_CITIES)):
@@ -341,7 +366,10 @@ def raw_prompt_set(seed: int, per_aspect: int = 4, styles: tuple[str, ...] = ("l
                 city = cities[(k * 5 + 3 * ASPECTS.index(aspect)) % len(cities)]
                 obs = observe(city, *_days(rng), rng)
                 for style in styles:
-                    rows.append({"id": f"{split[:2]}-{style}-{aspect}-{k}", "prompt": raw_prompt(obs, aspect, style),
-                                 "category": aspect, "split": split, "style": style, "city": city.name,
-                                 "region": city.region})
+                    row = {"id": f"{split[:2]}-{style}-{aspect}-{k}", "prompt": raw_prompt(obs, aspect, style),
+                           "category": aspect, "split": split, "style": style, "city": city.name,
+                           "region": city.region}
+                    if style == "question":  # the answer must state the values the question gives
+                        row["validator"] = _value_rules(data_line(obs, aspect))
+                    rows.append(row)
     return rows

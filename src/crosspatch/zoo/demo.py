@@ -48,7 +48,7 @@ def run_demo(
     if quick:
         prompts = prompts[::4]
     config = RunConfig(boundary=boundary, max_new_tokens=max_new_tokens, bootstrap=bootstrap,
-                       group_by=["split", "style"], batch_size=32,
+                       group_by=["split", "style"], batch_size=32, consequence=True, consequence_budget=48,
                        **({"event_kinds": "first_diff"} if quick else {}))
     runs: dict[str, RunResult] = {}
     started = time.perf_counter()
@@ -160,6 +160,21 @@ def _split_rows(summary: dict) -> list[list[str]]:
     return rows
 
 
+def _consequence_rows(summary: dict) -> list[list[str]]:
+    rows = []
+    for name, s in summary["descendants"].items():
+        block = (s.get("consequences") or {}).get("by_model", {}).get("IT")
+        if not block:
+            continue
+        rate = block["pass_rate"]
+        delta = block["delta_t_it_minus_t_pt"]
+        ci = delta.get("ci")
+        rows.append([name, str(s["consequences"]["n_events"])]
+                    + [f"{rate[k]['mean']:.0%}" for k in ("t_it", "t_pt", "matched", "random")]
+                    + [f"{delta['mean']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")])
+    return rows
+
+
 def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(heading, header, rows) of every table of the combined report, in order."""
     names = list(summary["descendants"])
@@ -173,6 +188,10 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         ("In-distribution vs held-out cities", ["descendant", "cities", "events", "E_PT", "E_IT", "interaction"],
          _split_rows(summary)),
         ("Interaction by prompt style", ["style"] + names, _matrix_rows(summary, "by_style")),
+        ("Consequences: the descendant continues after each forced token; share of continuations its "
+         "prompt's validator passes (instruction and question prompts)",
+         ["descendant", "events", "forced t_IT", "forced t_PT", "rank-matched", "random", "t_IT - t_PT"],
+         _consequence_rows(summary)),
         ("By generated position", ["position"] + names, _matrix_rows(summary, "by_position")),
     ]
     evals = (summary.get("zoo") or {}).get("evals") or {}
