@@ -657,14 +657,21 @@ def demo_cmd(
 
 @zoo_app.command("build")
 def zoo_build_cmd(
-    out: Path = typer.Option(None, "--out", help="Where to build (default: the package's zoo directory)."),
+    out: Path = typer.Option(None, "--out", help="Where to build (a new directory)."),
     seed: int = typer.Option(1234, "--seed", help="Seed of the zoo build."),
+    into_package: bool = typer.Option(False, "--into-package",
+                                      help="Replace the zoo inside the installed crosspatch package (maintainers)."),
 ) -> None:
     """Rebuild the whole zoo from the seed: data, tokenizer, six models, cards, manifest."""
+    from .errors import OptionError
     from .zoo import zoo_path
     from .zoo.build import ZooSpec, build_zoo
 
-    result = build_zoo(out or zoo_path(), ZooSpec(seed=seed), log=lambda m: console.print(m))
+    target = out or zoo_path()
+    if Path(target).resolve() == zoo_path().resolve() and not into_package:
+        _fail(OptionError(f"refusing to overwrite the zoo inside the installed package ({zoo_path()}): give "
+                          "--out DIR for a new zoo, or --into-package to replace the embedded one"))
+    result = build_zoo(target, ZooSpec(seed=seed), log=lambda m: console.print(m))
     console.print(f"zoo built at {result.out} in {result.seconds:.0f} s")
 
 

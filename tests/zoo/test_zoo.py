@@ -133,3 +133,16 @@ def test_raw_prompts_give_realistic_divergences_on_the_shipped_it_full():
     assert eos_at_start <= 0.10
     assert sum(r.position >= 3 for r in events) / len(events) >= 0.40
     assert len({r.t_pt for r in events}) >= 10
+
+
+def test_zoo_build_refuses_to_overwrite_the_installed_zoo_unless_asked():
+    from typer.testing import CliRunner
+
+    from crosspatch.cli import app
+
+    before = (zoo_path() / "manifest.json").read_text()
+    res = CliRunner().invoke(app, ["zoo", "build"])
+    assert res.exit_code == 2 and "OptionError" in res.output and "--into-package" in res.output
+    res = CliRunner().invoke(app, ["zoo", "build", "--out", str(zoo_path())])
+    assert res.exit_code == 2
+    assert (zoo_path() / "manifest.json").read_text() == before

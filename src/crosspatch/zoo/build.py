@@ -362,7 +362,7 @@ def manifest_files(root: Path) -> list[Path]:
 def write_manifest(out: Path, spec: ZooSpec, seconds: float, evals: dict) -> None:
     manifest = {
         "schema_version": "crosspatch.zoo/1",
-        "rebuild_command": f"crosspatch zoo build --seed {spec.seed}",
+        "rebuild_command": f"crosspatch zoo build --seed {spec.seed} --into-package",
         "spec": asdict(spec),
         "build_seconds": round(seconds, 1),
         "torch": torch.__version__,
