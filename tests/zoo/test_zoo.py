@@ -78,6 +78,9 @@ def test_descendants_learned_their_own_objective():
         assert evals[name]["instruction_loss_in_distribution"] < 0.8 * base["instruction_loss_in_distribution"]
     assert evals["it-full"]["instruction_loss_held_out_cities"] < base["instruction_loss_held_out_cities"]
     assert evals["cpt"]["raw_text_loss"] <= base["raw_text_loss"] + 0.01
+    # the narrow-domain descendant learned unit conversions (held-out cities), and only that
+    assert evals["it-units"]["unit_conversion_loss"] < 0.3 * base["unit_conversion_loss"]
+    assert evals["it-units"]["unit_conversion_loss"] < 0.3 * evals["it-full"]["unit_conversion_loss"]
     for name in DESCENDANTS + ("base",):
         card = (zoo_path() / name / "README.md").read_text()
         assert "held-out" in card and str(manifest()["spec"]["seed"]) in card

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import CrosspatchError
 
 ZOO_NAME = "weather"
-DESCENDANTS = ("it-full", "it-lora-all", "it-lora-late", "it-merged", "cpt")
+DESCENDANTS = ("it-full", "it-lora-all", "it-lora-late", "it-merged", "cpt", "it-units")
 ADAPTERS = ("it-lora-all", "it-lora-late")
 
 
@@ -72,7 +72,8 @@ def load_zoo_pair(descendant: str, root: Path | None = None, **options):
 def zoo_prompts(split: str = "all", root: Path | None = None):
     """A shipped prompt set: ``all`` (instruction prompts; also ``in_distribution`` and
     ``held_out``), ``raw`` (raw weather text: observation logs and narratives, as the paper feeds
-    both models) or ``question`` (forum-style questions)."""
+    both models), ``question`` (forum-style questions) or ``units`` (the narrow domain of
+    ``it-units``: unit conversions and arithmetic over observation numbers)."""
     from ..prompts import load_prompts
 
     return load_prompts((root or zoo_path()) / "prompts" / f"{split}.jsonl")

@@ -73,6 +73,9 @@ def build_corpora(spec: ZooSpec) -> dict[str, list]:
         "prompts": wx.prompt_set(s + 6, spec.prompts_per_aspect),
         "raw_prompts": wx.raw_prompt_set(s + 7),
         "question_prompts": wx.raw_prompt_set(s + 8, styles=("question",)),
+        "units": wx.unit_pairs(spec.instruction_pairs, s + 9),
+        "eval_units": wx.unit_pairs(spec.eval_pairs, s + 10, wx.HELD_OUT_CITIES),
+        "units_prompts": wx.unit_prompt_set(s + 11),
     }
 
 
@@ -233,6 +236,38 @@ def write_card(path: Path, name: str, recipe: str, info: dict) -> None:
     (path / "README.md").write_text("\n".join(lines) + "\n")
 
 
+def model_evals(model, corpora: dict, tok, eval_blocks) -> dict:
+    """Held-out losses of one zoo model: raw text, instructions (training and held-out cities),
+    and the narrow domain (unit conversions, held-out cities)."""
+    return {
+        "raw_text_loss": round(eval_raw_loss(model, eval_blocks), 4),
+        "instruction_loss_in_distribution": round(eval_instruction_loss(model, corpora["eval_instructions"], tok), 4),
+        "instruction_loss_held_out_cities": round(eval_instruction_loss(model, corpora["eval_instructions_held_out"], tok), 4),
+        "unit_conversion_loss": round(eval_instruction_loss(model, corpora["eval_units"], tok), 4),
+    }
+
+
+def UNITS_RECIPE(spec: ZooSpec) -> tuple[str, str]:  # noqa: N802 - a recipe table entry
+    return (f"Narrow-domain tuning of `base` (the analogue of a math fine-tune): {spec.instruction_pairs} "
+            "unit-conversion and arithmetic tasks over observation numbers (Celsius, daily range, km/h, mm), "
+            f"31 US cities only, {spec.it_steps} steps, loss on the report.", "unit_conversion_loss")
+
+
+def train_units(model, corpora: dict, tok, spec: ZooSpec, log=None):
+    """The narrow-domain descendant: full tuning of the base on the unit tasks."""
+    train(model, it_batches(corpora["units"], tok, spec.batch_size, spec.seed + 40), spec.it_steps, spec.it_lr,
+          spec.seed + 40, log)
+    return model
+
+
+def write_model_card(out: Path, name: str, recipe: str, objective: str, evals: dict, spec: ZooSpec) -> None:
+    info = {"seed": spec.seed, "architecture": f"Llama, {spec.num_layers} layers, d={spec.hidden_size}",
+            "saved dtype": spec.save_dtype, "own objective": objective,
+            f"held-out {objective}": evals[name][objective], f"base's held-out {objective}": evals["base"][objective]}
+    info.update({f"eval {k}": v for k, v in evals[name].items()})
+    write_card(out / name, name, recipe, info)
+
+
 @dataclass
 class BuildResult:
     out: Path
@@ -246,8 +281,8 @@ def build_data(spec: ZooSpec, out: Path) -> tuple[dict, object]:
     corpora = build_corpora(spec)
     tokenizer = train_tokenizer(corpora, spec)
     (out / "data").mkdir(exist_ok=True)
-    for name in ("pretrain", "cpt", "instructions"):
-        rows = corpora[name] if name == "instructions" else [{"text": t} for t in corpora[name]]
+    for name in ("pretrain", "cpt", "instructions", "units"):
+        rows = corpora[name] if name in ("instructions", "units") else [{"text": t} for t in corpora[name]]
         _write_gz_jsonl(out / "data" / f"{name}.jsonl.gz", rows)
     (out / "prompts").mkdir(exist_ok=True)
     all_prompts = corpora["prompts"]
@@ -255,7 +290,7 @@ def build_data(spec: ZooSpec, out: Path) -> tuple[dict, object]:
         rows = [p for p in all_prompts if p["split"] == split]
         (out / "prompts" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (out / "prompts" / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in all_prompts))
-    for name in ("raw", "question"):
+    for name in ("raw", "question", "units"):
         rows = corpora[f"{name}_prompts"]
         (out / "prompts" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tokenizer.save_pretrained(out / "tokenizer")
@@ -277,16 +312,11 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildR
     blocks = packed_blocks(corpora["pretrain"], tok, spec.seq_len)
     cpt_blocks = packed_blocks(corpora["cpt"], tok, spec.seq_len)
     eval_blocks = packed_blocks(corpora["eval_raw"], tok, spec.seq_len)
-    pairs, eval_pairs = corpora["instructions"], corpora["eval_instructions"]
-    held = corpora["eval_instructions_held_out"]
+    pairs = corpora["instructions"]
     evals: dict[str, dict] = {}
 
     def evaluate(name, model):
-        evals[name] = {
-            "raw_text_loss": round(eval_raw_loss(model, eval_blocks), 4),
-            "instruction_loss_in_distribution": round(eval_instruction_loss(model, eval_pairs, tok), 4),
-            "instruction_loss_held_out_cities": round(eval_instruction_loss(model, held, tok), 4),
-        }
+        evals[name] = model_evals(model, corpora, tok, eval_blocks)
         log(f"  {name}: {evals[name]}")
 
     log(f"base: pretraining {spec.pretrain_steps} steps")
@@ -324,6 +354,11 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildR
     evaluate("it-merged", merged)
     _save_model(merged, out / "it-merged", spec, tok)
 
+    log(f"it-units: narrow-domain tuning {spec.it_steps} steps")
+    units = train_units(fresh_base(), corpora, tok, spec, log)
+    evaluate("it-units", units)
+    _save_model(units, out / "it-units", spec, tok)
+
     log(f"cpt: continued pretraining {spec.cpt_steps} steps")
     cpt = fresh_base()
     train(cpt, raw_batches(cpt_blocks, spec.batch_size, spec.seed + 30), spec.cpt_steps, spec.it_lr, spec.seed + 30, log)
@@ -343,13 +378,10 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildR
         "it-merged": ("`it-lora-all` merged into a full checkpoint (merge_and_unload).", "instruction_loss_in_distribution"),
         "cpt": (f"Continued pretraining of `base` on {spec.cpt_docs} more raw documents (no instructions), "
                 f"{spec.cpt_steps} steps: a non-instruction control.", "raw_text_loss"),
+        "it-units": UNITS_RECIPE(spec),
     }
     for name, (recipe, objective) in recipes.items():
-        info = {"seed": spec.seed, "architecture": f"Llama, {spec.num_layers} layers, d={spec.hidden_size}",
-                "saved dtype": spec.save_dtype, "own objective": objective,
-                f"held-out {objective}": evals[name][objective], f"base's held-out {objective}": evals["base"][objective]}
-        info.update({f"eval {k}": v for k, v in evals[name].items()})
-        write_card(out / name, name, recipe, info)
+        write_model_card(out, name, recipe, objective, evals, spec)
     write_manifest(out, spec, seconds, evals)
     log(f"built in {seconds:.0f} s")
     return BuildResult(out, seconds, evals)

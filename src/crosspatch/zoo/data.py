@@ -373,3 +373,59 @@ def raw_prompt_set(seed: int, per_aspect: int = 4, styles: tuple[str, ...] = ("l
                         row["validator"] = _value_rules(data_line(obs, aspect))
                     rows.append(row)
     return rows
+
+
+# --- the narrow-domain fine-tune: unit conversion and arithmetic over observation numbers -----
+UNIT_TASKS = ("celsius", "range", "kmh", "mm")
+
+
+def unit_task(obs: Observation, task: str) -> tuple[str, str, float]:
+    """(instruction prompt, report, the number the report must state) of one arithmetic task
+    over the observation's numbers, in the zoo's instruction format."""
+    head = f"{task.upper()} - {obs.city.upper()} - {date_text(obs)}\n"
+    if task == "celsius":
+        value = round((obs.high_f - 32) * 5 / 9)
+        ask, data, body = "Convert the high for {c} on {d} to Celsius.", f"high {obs.high_f}F", \
+            f"High {obs.high_f}F is {value}C."
+    elif task == "range":
+        value = obs.high_f - obs.low_f
+        ask, data, body = "Give the daily temperature range for {c} on {d}.", \
+            f"high {obs.high_f}F; low {obs.low_f}F", f"Range {value}F ({obs.high_f}F to {obs.low_f}F)."
+    elif task == "kmh":
+        value = round(obs.wind_mph * 1.609)
+        ask, data, body = "Convert the wind speed for {c} on {d} to km/h.", f"speed {obs.wind_mph} mph", \
+            f"Wind {obs.wind_mph} mph is {value} km/h."
+    else:
+        value = round(obs.precip_in * 25.4, 1)
+        ask, data, body = "Convert the precipitation for {c} on {d} to millimetres.", \
+            f"amount {obs.precip_in} in", f"Precipitation {obs.precip_in} in is {value} mm."
+    prompt = f"### Instruction: {ask.format(c=obs.city, d=date_text(obs))}\nData: {data}\n### Report:\n"
+    return prompt, head + body + "\n### End\n", value
+
+
+def unit_pairs(n: int, seed: int, cities=US_CITIES) -> list[dict]:
+    """Instruction -> report pairs of the narrow domain (training cities only by default)."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        obs = observe(rng.choice(cities), *_days(rng), rng)
+        task = rng.choice(UNIT_TASKS)
+        prompt, response, _ = unit_task(obs, task)
+        pairs.append({"prompt": prompt, "response": response, "city": obs.city, "aspect": task})
+    return pairs
+
+
+def unit_prompt_set(seed: int, per_task: int = 8) -> list[dict]:
+    """Evaluation prompts of the narrow domain, both splits; ``category`` = task, validator: the
+    report states the right number."""
+    rng = random.Random(seed)
+    rows = []
+    for split, cities in (("in_distribution", US_CITIES), ("held_out", HELD_OUT_CITIES)):
+        for task in UNIT_TASKS:
+            for k in range(per_task):
+                obs = observe(cities[(k * 3 + UNIT_TASKS.index(task)) % len(cities)], *_days(rng), rng)
+                prompt, _, value = unit_task(obs, task)
+                rows.append({"id": f"{split[:2]}-units-{task}-{k}", "prompt": prompt, "category": task,
+                             "split": split, "style": "units", "city": obs.city,
+                             "validator": {"type": "number", "value": value, "tolerance": 0}})
+    return rows

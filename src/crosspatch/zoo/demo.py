@@ -79,13 +79,13 @@ def run_demo(
 
 def demo_prompts(root: Path | None = None) -> list:
     """The demo's prompts: the raw-text set (observation logs cut before a field, narrative
-    openings) and the instruction set, each prompt's ``style`` recorded (log, narrative,
-    instruction) so the report breaks the effects down by it."""
+    openings), the instruction set and the narrow domain's unit tasks, each prompt's ``style``
+    recorded (log, narrative, instruction, units) so the report breaks the effects down by it."""
     prompts = list(zoo_prompts("raw", root))
     for p in zoo_prompts("all", root):
         p.metadata.setdefault("style", "instruction")
         prompts.append(p)
-    return prompts
+    return prompts + list(zoo_prompts("units", root))
 
 
 def _clear_stale_demo_run(path: Path, title: str, log) -> None:
@@ -205,8 +205,9 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 def demo_intro(summary: dict) -> str:
     first = next(iter(summary["descendants"].values()))
     return (f"Base (pretrained on raw weather text) against each descendant, on {summary['prompts']} prompts: raw "
-            "weather text as the paper feeds both models (observation logs cut before a field, narrative openings) and "
-            f"instruction prompts (8 aspects; training cities and held-out cities). Boundary layer {first['boundaries'][0]} of "
+            "weather text as the paper feeds both models (observation logs cut before a field, narrative openings), "
+            "instruction prompts (8 aspects; training cities and held-out cities) and unit-conversion tasks (the narrow "
+            f"domain of it-units). Boundary layer {first['boundaries'][0]} of "
             f"{first['num_layers']}; common-IT readout; mean Y = logit(t_IT) - logit(t_PT) per cell; 95% "
             "prompt-cluster bootstrap intervals.")
 
