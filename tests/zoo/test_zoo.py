@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from crosspatch.zoo import ADAPTERS, DESCENDANTS, ZooIntegrityError, load_zoo_pair, manifest, verify, zoo_path
-from crosspatch.zoo.build import ZooSpec, build_data, build_zoo
+from crosspatch.zoo.build import LINEAGE, ZooSpec, build_data, build_zoo
 
 MAX_ZOO_BYTES = 40 * 1024 * 1024
 
@@ -81,7 +81,13 @@ def test_descendants_learned_their_own_objective():
     # the narrow-domain descendant learned unit conversions (held-out cities), and only that
     assert evals["it-units"]["unit_conversion_loss"] < 0.3 * base["unit_conversion_loss"]
     assert evals["it-units"]["unit_conversion_loss"] < 0.3 * evals["it-full"]["unit_conversion_loss"]
-    for name in DESCENDANTS + ("base",):
+    # the lineage: each stage improves what it optimises
+    sft, dpo, final = (evals[name] for name in LINEAGE)
+    assert sft["instruction_loss_in_distribution"] < 0.2 * base["instruction_loss_in_distribution"]
+    assert dpo["preference_margin"] > sft["preference_margin"] > base["preference_margin"]
+    assert final["validator_pass_rate"] > sft["validator_pass_rate"] > base["validator_pass_rate"]
+    assert final["rft_samples_kept"] > 0
+    for name in DESCENDANTS + LINEAGE + ("base",):
         card = (zoo_path() / name / "README.md").read_text()
         assert "held-out" in card and str(manifest()["spec"]["seed"]) in card
 
@@ -91,7 +97,8 @@ def test_smoke_build_trains_every_recipe_and_the_demo_runs_on_it(tmp_path):
 
     spec = ZooSpec(raw_docs=300, cpt_docs=100, instruction_pairs=120, eval_docs=40, eval_pairs=16,
                    pretrain_steps=3, it_steps=2, lora_steps=2, cpt_steps=2, batch_size=4, seq_len=64,
-                   prompts_per_aspect=1, vocab_size=400)
+                   prompts_per_aspect=1, vocab_size=400, lineage_sft_steps=2, dpo_steps=2, rft_steps=2,
+                   rft_prompts=4, rft_samples=2)
     build_zoo(tmp_path / "zoo", spec, log=lambda m: None)
     for name in ("base",) + DESCENDANTS:
         assert (tmp_path / "zoo" / name / "README.md").exists()

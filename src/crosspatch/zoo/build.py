@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +52,12 @@ class ZooSpec:
     lora_alpha: int = 16
     save_dtype: str = "float16"
     prompts_per_aspect: int = 6
+    lineage_sft_steps: int = 400  # the lineage: SFT -> DPO -> rejection-sampling fine-tuning
+    dpo_steps: int = 60
+    dpo_lr: float = 5e-5
+    rft_steps: int = 100
+    rft_prompts: int = 256
+    rft_samples: int = 4
 
     @property
     def late_layers(self) -> list[int]:
@@ -76,6 +83,8 @@ def build_corpora(spec: ZooSpec) -> dict[str, list]:
         "units": wx.unit_pairs(spec.instruction_pairs, s + 9),
         "eval_units": wx.unit_pairs(spec.eval_pairs, s + 10, wx.HELD_OUT_CITIES),
         "units_prompts": wx.unit_prompt_set(s + 11),
+        "preferences": wx.preference_pairs(spec.instruction_pairs, s + 12),
+        "eval_preferences": wx.preference_pairs(spec.eval_pairs, s + 13),
     }
 
 
@@ -260,6 +269,131 @@ def train_units(model, corpora: dict, tok, spec: ZooSpec, log=None):
     return model
 
 
+LINEAGE = ("lineage-sft", "lineage-dpo", "lineage-final")
+def lineage_steps(spec: ZooSpec) -> dict:
+    return {"sft": spec.lineage_sft_steps, "dpo": spec.dpo_steps, "dpo_lr": spec.dpo_lr, "rft": spec.rft_steps,
+            "rft_prompts": spec.rft_prompts, "rft_samples": spec.rft_samples}
+
+
+def lineage_recipes(spec: ZooSpec) -> dict[str, tuple[str, str]]:
+    k = lineage_steps(spec)
+    return {
+        "lineage-sft": (f"Lineage stage 1, supervised fine-tuning of `base` on the instruction pairs, {k['sft']} steps.",
+                        "instruction_loss_in_distribution"),
+        "lineage-dpo": (f"Lineage stage 2, DPO (TRL's DPOTrainer, beta 0.1, reference = `lineage-sft`) on preference "
+                        f"pairs: the correct report against a subtly wrong one (a value off by a few units, or the "
+                        f"conditional statement dropped), {k['dpo']} steps.", "preference_margin"),
+        "lineage-final": (f"Lineage stage 3, a verifiable-reward stage: rejection-sampling fine-tuning of `lineage-dpo` "
+                          f"on its own continuations (greedy + {k['rft_samples'] - 1} sampled per prompt, "
+                          f"{k['rft_prompts']} training prompts) that pass the reports' validators, {k['rft']} steps.",
+                          "validator_pass_rate"),
+    }
+
+
+@torch.no_grad()
+def preference_margin(model, pairs: list[dict], tok) -> float:
+    """Mean log-probability of the chosen report minus the rejected one (higher: prefers correct)."""
+    model.eval()
+    diffs = []
+    for p in pairs:
+        logp = []
+        for key in ("chosen", "rejected"):
+            ids, mask, lab = instruction_batch([{"prompt": p["prompt"], "response": p[key]}], tok)
+            n = int((lab[:, 1:] != -100).sum())
+            logp.append(-float(_lm_loss(model, ids, mask, lab)) * n)
+        diffs.append(logp[0] - logp[1])
+    return sum(diffs) / len(diffs)
+
+
+@torch.no_grad()
+def sample_reports(model, prompts: list[str], tok, samples: int, seed: int, max_new_tokens: int = 48) -> list[list[str]]:
+    """Greedy plus ``samples - 1`` temperature-1 continuations of each prompt."""
+    torch.manual_seed(seed)
+    model.eval()
+    out = []
+    for prompt in prompts:
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        texts = []
+        for k in range(samples):
+            gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=k > 0, temperature=1.0, top_k=0,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            texts.append(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
+        out.append(texts)
+    return out
+
+
+def pass_rate(model, pairs: list[dict], tok, seed: int) -> float:
+    """Share of greedy reports that pass their reference report's validator."""
+    from ..validators import parse_validator
+
+    texts = sample_reports(model, [p["prompt"] for p in pairs], tok, 1, seed)
+    ok = [parse_validator(wx.validator_for_report(p["response"]), "zoo").check(t[0]) for p, t in zip(pairs, texts)]
+    return sum(ok) / len(ok)
+
+
+def train_lineage(base, corpora: dict, tok, spec: ZooSpec, log=print, spec_kept: list | None = None) -> dict:
+    """The three stages of the lineage (each a full model, trained from the previous one);
+    ``spec_kept[0]`` receives how many sampled reports the rejection-sampling stage kept."""
+    spec_kept = spec_kept if spec_kept is not None else [0]
+    import copy
+
+    from ..validators import parse_validator
+
+    try:
+        from datasets import Dataset
+        from trl import DPOConfig, DPOTrainer
+    except ImportError as exc:  # the zoo build's own extra
+        from ..errors import CrosspatchError
+
+        raise CrosspatchError("building the zoo's lineage needs TRL: pip install -e '.[zoo]'") from exc
+    k = lineage_steps(spec)
+
+    def snapshot(model):  # an independent copy of the weights (no shared storage with the trainer's model)
+        return {name: t.detach().clone() for name, t in model.state_dict().items()}
+
+    model = base
+    train(model, it_batches(corpora["instructions"], tok, spec.batch_size, spec.seed + 50), k["sft"], spec.it_lr,
+          spec.seed + 50, log)
+    stages = {"lineage-sft": snapshot(model)}
+    log(f"lineage-dpo: DPO {k['dpo']} steps")
+    reference = copy.deepcopy(model).eval()
+    cfg = DPOConfig(output_dir=str(Path(tempfile.mkdtemp()) / "dpo"), per_device_train_batch_size=spec.batch_size,
+                    max_steps=k["dpo"], learning_rate=k["dpo_lr"], beta=0.1, report_to=[], logging_steps=20,
+                    save_strategy="no", seed=spec.seed + 60, use_cpu=True, disable_tqdm=True)
+    trainer = DPOTrainer(model=model, ref_model=reference, args=cfg, processing_class=tok,
+                         train_dataset=Dataset.from_list(corpora["preferences"]))
+    trainer.train()
+    model = trainer.model.eval()
+    stages["lineage-dpo"] = snapshot(model)
+    log(f"lineage-final: rejection sampling on {k['rft_prompts']} prompts, then {k['rft']} steps")
+    pool = corpora["instructions"][: k["rft_prompts"]]
+    samples = sample_reports(model, [p["prompt"] for p in pool], tok, k["rft_samples"], spec.seed + 70)
+    kept = []
+    for p, texts in zip(pool, samples):
+        check = parse_validator(wx.validator_for_report(p["response"]), "zoo")
+        kept += [{"prompt": p["prompt"], "response": t.rstrip("\n") + "\n"} for t in dict.fromkeys(texts)
+                 if check.check(t)]
+    log(f"  kept {len(kept)} of {len(pool) * k['rft_samples']} samples")
+    spec_kept[0] = len(kept)
+    if kept:  # (an undertrained smoke build may keep none: then the final stage equals the DPO stage)
+        train(model, it_batches(kept, tok, spec.batch_size, spec.seed + 70), k["rft"], spec.it_lr / 2,
+              spec.seed + 70, log)
+    stages["lineage-final"] = snapshot(model)
+    out = {}
+    for name, state in stages.items():
+        fresh = new_model(spec, tok)
+        fresh.load_state_dict(state)
+        out[name] = fresh.eval()
+    return out
+
+
+def stage_metrics(model, corpora: dict, tok, spec: ZooSpec) -> dict:
+    """What the lineage's later stages optimise: the preference margin on held-out pairs and the
+    share of greedy reports that pass their validator (64 held-out instruction prompts)."""
+    return {"preference_margin": round(preference_margin(model, corpora["eval_preferences"], tok), 3),
+            "validator_pass_rate": round(pass_rate(model, corpora["eval_instructions"][:64], tok, spec.seed), 3)}
+
+
 def write_model_card(out: Path, name: str, recipe: str, objective: str, evals: dict, spec: ZooSpec) -> None:
     info = {"seed": spec.seed, "architecture": f"Llama, {spec.num_layers} layers, d={spec.hidden_size}",
             "saved dtype": spec.save_dtype, "own objective": objective,
@@ -359,6 +493,15 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildR
     evaluate("it-units", units)
     _save_model(units, out / "it-units", spec, tok)
 
+    log(f"lineage-sft: supervised fine-tuning {spec.lineage_sft_steps} steps")
+    evals["base"].update(stage_metrics(fresh_base(), corpora, tok, spec))
+    kept = [0]
+    for name, model in train_lineage(fresh_base(), corpora, tok, spec, log, kept).items():
+        evaluate(name, model)
+        evals[name].update(stage_metrics(model, corpora, tok, spec))
+        _save_model(model, out / name, spec, tok)
+    evals["lineage-final"]["rft_samples_kept"] = kept[0]
+
     log(f"cpt: continued pretraining {spec.cpt_steps} steps")
     cpt = fresh_base()
     train(cpt, raw_batches(cpt_blocks, spec.batch_size, spec.seed + 30), spec.cpt_steps, spec.it_lr, spec.seed + 30, log)
@@ -379,6 +522,7 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildR
         "cpt": (f"Continued pretraining of `base` on {spec.cpt_docs} more raw documents (no instructions), "
                 f"{spec.cpt_steps} steps: a non-instruction control.", "raw_text_loss"),
         "it-units": UNITS_RECIPE(spec),
+        **lineage_recipes(spec),
     }
     for name, (recipe, objective) in recipes.items():
         write_model_card(out, name, recipe, objective, evals, spec)

@@ -302,13 +302,39 @@ def report_validator(obs: Observation, aspect: str) -> list[dict]:
     state every value of the reference report, and use the conditional form where the reference
     does. (The header's first word, the aspect, is often the forced token itself, which the
     consequence check does not score.)"""
-    ref = report(obs, aspect)
-    body = ref.split("\n", 1)[1]
-    rules = [{"type": "sections", "required": [f"{obs.city.upper()} - {date_text(obs)}", "### End"]}]
+    return validator_for_report(report(obs, aspect))
+
+
+def validator_for_report(ref: str) -> list[dict]:
+    """:func:`report_validator` from the reference report's text."""
+    head, body = ref.split("\n", 1)
+    rules = [{"type": "sections", "required": [head.split(" - ", 1)[1], "### End"]}]
     rules += _value_rules(body.replace("### End", ""))
     if "If " in body:
         rules.append({"type": "regex", "pattern": r"\bIf\b"})
     return rules
+
+
+def preference_pairs(n: int, seed: int) -> list[dict]:
+    """DPO pairs on instruction prompts: ``chosen`` the correct report, ``rejected`` a subtly
+    wrong one (one value off by a few units, or the conditional statement dropped)."""
+    import re
+
+    rng = random.Random(seed)
+    rows = []
+    for p in instruction_pairs(n, seed):
+        head, body = p["response"].split("\n", 1)
+        numbers = re.findall(r"\d+", body)
+        if "If " in body and (not numbers or rng.random() < 0.3):
+            wrong = body[: body.index(" If ")] + "\n### End\n" if " If " in body else body
+        elif numbers:
+            value = rng.choice(numbers)
+            wrong = re.sub(rf"(?<![\d.]){value}(?![\d.])", str(int(value) + rng.choice((-3, -2, 2, 3))), body, count=1)
+        else:
+            continue
+        if wrong != body:
+            rows.append({"prompt": p["prompt"], "chosen": p["response"], "rejected": f"{head}\n{wrong}"})
+    return rows
 
 
 def prompt_set(seed: int, per_aspect: int = 6) -> list[dict]:

@@ -58,12 +58,14 @@ def run_demo(
         config.title = f"crosspatch zoo: base vs {name}"
         _clear_stale_demo_run(out / name, config.title, log)
         runs[name] = run(pair, prompts, config, out=out / name, progress=progress)
+    lineage_summary = run_lineage(root, prompts, config, out / "lineage", progress, log)
     summary = {
         "schema_version": DEMO_SCHEMA,
         "zoo": {"path": str(root), "rebuild_command": man.get("rebuild_command"), "evals": man.get("evals")},
         "prompts": len(prompts),
         "seconds": round(time.perf_counter() - started, 1),
         "descendants": {name: r.summary for name, r in runs.items()},
+        "lineage": lineage_summary,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -75,6 +77,25 @@ def run_demo(
     (out / "report.md").write_text(report)
     (out / "report.html").write_text(render_demo_html(summary))
     return DemoResult(out, runs, summary, report)
+
+
+def run_lineage(root: Path, prompts, config: RunConfig, out: Path, progress: bool, log) -> dict | None:
+    """``crosspatch lineage`` on the zoo's base -> lineage-sft -> lineage-dpo -> lineage-final."""
+    import shutil
+    from dataclasses import replace
+
+    from ..compare import lineage
+    from ..execution import load_models
+    from .build import LINEAGE
+
+    if not all((root / name).exists() for name in LINEAGE):
+        return None
+    log("lineage: base -> " + " -> ".join(LINEAGE))
+    if (out / "lineage.json").exists():
+        shutil.rmtree(out)  # the demo owns this directory (as its per-descendant runs)
+    models = load_models(str(root / "base"), tuned={name: str(root / name) for name in LINEAGE})
+    cfg = replace(config, consequence=False, controls="none", title="crosspatch zoo: lineage")
+    return lineage(models, prompts, cfg, out=out, progress=progress).summary
 
 
 def demo_prompts(root: Path | None = None) -> list:
@@ -194,11 +215,26 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
          _consequence_rows(summary)),
         ("By generated position", ["position"] + names, _matrix_rows(summary, "by_position")),
     ]
+    lin = summary.get("lineage")
+    if lin:
+        rows = []
+        for stage in lin["stages"]:
+            b = lin["by_stage"][stage]
+            pct = b.get("percent_of_final")
+            agree = b.get("top1_agreement_with_final")
+            rows.append([stage, str(b["events"]), fmt_value(b["native_shift"], signed=True),
+                         "n/a" if pct is None else f"{pct:.0f}%", fmt_value(b["E_PT"], signed=True),
+                         fmt_value(b["E_IT"], signed=True), fmt_value(b["interaction"], signed=True),
+                         "n/a" if agree is None else f"{agree:.0%}"])
+        tables.append(("Lineage: base -> SFT -> DPO -> final, every stage on the base -> final first divergences "
+                       "(lineage/lineage.png)", ["stage", "events", "native shift", "% of final", "E_PT", "E_IT",
+                                                 "interaction", "top-1 = t_final"], rows))
     evals = (summary.get("zoo") or {}).get("evals") or {}
     if evals:
-        keys = list(next(iter(evals.values())))
-        tables.append(("The zoo's own held-out losses", ["model"] + keys,
-                       [[m] + [f"{v[k]:.3f}" for k in keys] for m, v in evals.items()]))
+        keys = list(dict.fromkeys(k for v in evals.values() for k in v))
+        tables.append(("The zoo's own held-out evaluations", ["model"] + keys,
+                       [[m] + [f"{v[k]:.3f}" if isinstance(v.get(k), float) else str(v.get(k, "n/a")) for k in keys]
+                        for m, v in evals.items()]))
     return tables
 
 
