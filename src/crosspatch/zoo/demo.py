@@ -59,6 +59,7 @@ def run_demo(
         _clear_stale_demo_run(out / name, config.title, log)
         runs[name] = run(pair, prompts, config, out=out / name, progress=progress)
     lineage_summary = run_lineage(root, prompts, config, out / "lineage", progress, log)
+    sweep = run_sweep(root, prompts, config, out / "sweep-it-full", progress, log)
     summary = {
         "schema_version": DEMO_SCHEMA,
         "zoo": {"path": str(root), "rebuild_command": man.get("rebuild_command"), "evals": man.get("evals")},
@@ -66,6 +67,7 @@ def run_demo(
         "seconds": round(time.perf_counter() - started, 1),
         "descendants": {name: r.summary for name, r in runs.items()},
         "lineage": lineage_summary,
+        "sweep": sweep,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -77,6 +79,19 @@ def run_demo(
     (out / "report.md").write_text(report)
     (out / "report.html").write_text(render_demo_html(summary))
     return DemoResult(out, runs, summary, report)
+
+
+def run_sweep(root: Path, prompts, config: RunConfig, out: Path, progress: bool, log) -> dict:
+    """``crosspatch sweep`` of it-full: every boundary 1..L-1 (sweep.png in ``out``); returns the
+    headline effects per boundary."""
+    from dataclasses import replace
+
+    log("layer sweep: base vs it-full at every boundary")
+    cfg = replace(config, boundaries="all", consequence=False, controls="none", event_kinds="first_diff",
+                  title="crosspatch zoo: layer sweep of it-full")
+    _clear_stale_demo_run(out, cfg.title, log)
+    result = run(load_zoo_pair("it-full", root), prompts, cfg, out=out, progress=progress)
+    return {str(b): result.summary["results"][b]["common_it"]["all"] for b in result.summary["boundaries"]}
 
 
 def run_lineage(root: Path, prompts, config: RunConfig, out: Path, progress: bool, log) -> dict | None:
@@ -215,6 +230,12 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
          _consequence_rows(summary)),
         ("By generated position", ["position"] + names, _matrix_rows(summary, "by_position")),
     ]
+    if summary.get("sweep"):
+        tables.append(("Layer sweep of it-full: every boundary (sweep-it-full/sweep.png)",
+                       ["boundary", "events", "E_PT", "E_IT", "interaction", "direct share"],
+                       [[b, str(block["n_events"])] + [fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction",
+                                                                                      "direct_share")]
+                        for b, block in summary["sweep"].items()]))
     lin = summary.get("lineage")
     if lin:
         rows = []
