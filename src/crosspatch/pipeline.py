@@ -183,8 +183,10 @@ def prompt_token_ids(pair: ModelSet, prompts: list[Prompt], tuned: str, config: 
                 raise PromptImageError(f"prompt {p.id!r} holds the image placeholder but has no 'image' field")
             out.append(ids)
             continue
-        ids, inputs = encode_image_prompt(pair.processor(pair.base), p.id, text, p.metadata["image"])
-        ids_it, inputs_it = encode_image_prompt(pair.processor(tuned), p.id, text, p.metadata["image"])
+        processor_pt, processor_it = pair.processor(pair.base), pair.processor(tuned)
+        ids, inputs = encode_image_prompt(processor_pt, p.id, text, p.metadata["image"])
+        ids_it, inputs_it = (ids, inputs) if processor_it is processor_pt else \
+            encode_image_prompt(processor_it, p.id, text, p.metadata["image"])
         same = ids == ids_it and inputs.keys() == inputs_it.keys() and all(
             inputs[k].shape == inputs_it[k].shape and torch.equal(inputs[k], inputs_it[k]) for k in inputs)
         if not same:

@@ -8,7 +8,6 @@ logit scales) is read from the config so that our readout equals the model's own
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -106,7 +105,7 @@ def _check_multimodal_positions(config) -> None:
 def find_anatomy(model: nn.Module) -> Anatomy:
     """Locate layers, final norm, lm_head and final logit processing of a causal LM (of a
     vision-language model: of its language tower, whose layers hold the boundary)."""
-    from .media import image_token_id
+    from .media import image_token_id, takes_token_types
 
     lm = unwrap_peft(model)
     full_cfg = lm.config
@@ -129,7 +128,7 @@ def find_anatomy(model: nn.Module) -> Anatomy:
         _check_multimodal_positions(full_cfg)
         # late-only passes skip the vision encoder, unless the multimodal model builds the
         # attention mask itself (image tokens attending to each other, e.g. Gemma 3)
-        late = backbone if "token_type_ids" in inspect.signature(backbone.forward).parameters else tower
+        late = backbone if takes_token_types(backbone) else tower
     layers_name, norm_name = _REGISTRY.get(model_type, (None, None))
     n_layers = getattr(cfg, "num_hidden_layers", None)
     layers = _find_layers(tower, n_layers, layers_name)

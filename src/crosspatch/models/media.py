@@ -90,14 +90,20 @@ class MediaRegistry:
         return {k: torch.cat([f[k] for f in found]).to(device) for k in keys}
 
 
+def takes_token_types(backbone: nn.Module) -> bool:
+    """Whether a multimodal backbone builds its attention among image tokens from
+    ``token_type_ids`` (Gemma 3): it then gets them, and late-only passes must run through it."""
+    import inspect
+
+    return "token_type_ids" in inspect.signature(backbone.forward).parameters
+
+
 def install_media_hook(backbone: nn.Module, token_id: int, registry: MediaRegistry) -> object:
     """A forward pre-hook on the multimodal ``backbone``: a call with image tokens and no pixels
     gets the registered images of its rows (rows read through the attention mask), and models
     whose attention among image tokens follows ``token_type_ids`` (Gemma 3) get them from the
     placeholder positions, as their processor makes them."""
-    import inspect
-
-    wants_types = "token_type_ids" in inspect.signature(backbone.forward).parameters
+    wants_types = takes_token_types(backbone)
 
     def hook(module, args, kwargs):
         ids = kwargs.get("input_ids")

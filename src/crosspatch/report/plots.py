@@ -58,6 +58,16 @@ def plot_sweep(summary: dict, out_dir: str | Path, readout: str = "common_it") -
     return paths
 
 
+def _small_plot_svg(fig, ax, xlabel: str, ylabel: str, title: str) -> str:
+    """Axis labels, a small title and legend, then the inline SVG (the feature-study plots)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _svg(fig)
+
+
 def _svg(fig) -> str:
     """An inline SVG of ``fig`` (text drawn as paths: no font or markup reaches the page)."""
     import io
@@ -181,12 +191,7 @@ def features_svgs(feat: dict) -> list[str]:
                     label=name.replace("_", " "))
         ax.set_xscale("log")
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xlabel("latents ablated (k)")
-        ax.set_ylabel("interaction drop (logits)")
-        ax.set_title("mediation: IT-branch decoder ablated in both L_IT cells", fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        out.append(_svg(fig))
+        out.append(_small_plot_svg(fig, ax, "latents ablated (k)", "interaction drop (logits)", "mediation: IT-branch decoder ablated in both L_IT cells"))
     rescue = study.get("rescue") or {}
     if rescue:
         ks = sorted(rescue, key=int)
@@ -196,12 +201,7 @@ def features_svgs(feat: dict) -> list[str]:
             ax.bar([i + (j - 0.5) * width for i in range(len(ks))], [rescue[k][name]["logit_gain"] for k in ks],
                    width, color=color, label=name)
         ax.set_xticks(range(len(ks)), ks)
-        ax.set_xlabel("latents patched (k)")
-        ax.set_ylabel("logit gain in (U_PT, L_IT)")
-        ax.set_title("rescue", fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        out.append(_svg(fig))
+        out.append(_small_plot_svg(fig, ax, "latents patched (k)", "logit gain in (U_PT, L_IT)", "rescue"))
     closure = (feat.get("closure") or {}).get("by_rank") or {}
     if closure:
         ranks = sorted(closure, key=int)
@@ -212,10 +212,5 @@ def features_svgs(feat: dict) -> list[str]:
                     label=name.replace("_", " "))
         ax.set_xscale("log", base=2)
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xlabel("rank r")
-        ax.set_ylabel("logit gain in (U_PT, L_IT)")
-        ax.set_title("structured closure of the boundary shift", fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        out.append(_svg(fig))
+        out.append(_small_plot_svg(fig, ax, "rank r", "logit gain in (U_PT, L_IT)", "structured closure of the boundary shift"))
     return out

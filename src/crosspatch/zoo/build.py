@@ -331,10 +331,9 @@ def pass_rate(model, pairs: list[dict], tok, seed: int) -> float:
     return sum(ok) / len(ok)
 
 
-def train_lineage(base, corpora: dict, tok, spec: ZooSpec, log=print, spec_kept: list | None = None) -> dict:
-    """The three stages of the lineage (each a full model, trained from the previous one);
-    ``spec_kept[0]`` receives how many sampled reports the rejection-sampling stage kept."""
-    spec_kept = spec_kept if spec_kept is not None else [0]
+def train_lineage(base, corpora: dict, tok, spec: ZooSpec, log=print) -> tuple[dict, int]:
+    """The three stages of the lineage (each a full model, trained from the previous one), and
+    how many sampled reports the rejection-sampling stage kept."""
     import copy
 
     from ..validators import parse_validator
@@ -374,7 +373,6 @@ def train_lineage(base, corpora: dict, tok, spec: ZooSpec, log=print, spec_kept:
         kept += [{"prompt": p["prompt"], "response": t.rstrip("\n") + "\n"} for t in dict.fromkeys(texts)
                  if check.check(t)]
     log(f"  kept {len(kept)} of {len(pool) * k['rft_samples']} samples")
-    spec_kept[0] = len(kept)
     if kept:  # (an undertrained smoke build may keep none: then the final stage equals the DPO stage)
         train(model, it_batches(kept, tok, spec.batch_size, spec.seed + 70), k["rft"], spec.it_lr / 2,
               spec.seed + 70, log)
@@ -384,7 +382,7 @@ def train_lineage(base, corpora: dict, tok, spec: ZooSpec, log=print, spec_kept:
         fresh = new_model(spec, tok)
         fresh.load_state_dict(state)
         out[name] = fresh.eval()
-    return out
+    return out, len(kept)
 
 
 def stage_metrics(model, corpora: dict, tok, spec: ZooSpec) -> dict:
@@ -495,12 +493,12 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildR
 
     log(f"lineage-sft: supervised fine-tuning {spec.lineage_sft_steps} steps")
     evals["base"].update(stage_metrics(fresh_base(), corpora, tok, spec))
-    kept = [0]
-    for name, model in train_lineage(fresh_base(), corpora, tok, spec, log, kept).items():
+    stages, kept = train_lineage(fresh_base(), corpora, tok, spec, log)
+    for name, model in stages.items():
         evaluate(name, model)
         evals[name].update(stage_metrics(model, corpora, tok, spec))
         _save_model(model, out / name, spec, tok)
-    evals["lineage-final"]["rft_samples_kept"] = kept[0]
+    evals["lineage-final"]["rft_samples_kept"] = kept
 
     log(f"cpt: continued pretraining {spec.cpt_steps} steps")
     cpt = fresh_base()

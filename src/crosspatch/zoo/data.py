@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass
 
 ASPECTS = ("temperature", "precipitation", "wind", "humidity", "sky", "visibility", "pressure", "alerts")
@@ -290,8 +291,6 @@ def instruction_pairs(n: int, seed: int, cities=US_CITIES) -> list[dict]:
 
 def _value_rules(text: str) -> list[dict]:
     """One regex rule per number of ``text``: the continuation must state that value."""
-    import re
-
     return [{"type": "regex", "pattern": rf"(?<![\d.]){re.escape(v)}(?![\d.])"}
             for v in dict.fromkeys(re.findall(r"\d+(?:\.\d+)?", text))]
 
@@ -318,8 +317,6 @@ def validator_for_report(ref: str) -> list[dict]:
 def preference_pairs(n: int, seed: int) -> list[dict]:
     """DPO pairs on instruction prompts: ``chosen`` the correct report, ``rejected`` a subtly
     wrong one (one value off by a few units, or the conditional statement dropped)."""
-    import re
-
     rng = random.Random(seed)
     rows = []
     for p in instruction_pairs(n, seed):
