@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from crosspatch.zoo import ADAPTERS, DESCENDANTS, ZooIntegrityError, load_zoo_pair, manifest, verify, zoo_path
-from crosspatch.zoo.build import LINEAGE, ZooSpec, build_data, build_zoo
+from crosspatch.features import load_crosscoder
+from crosspatch.zoo.build import CROSSCODER, LINEAGE, ZooSpec, build_data, build_zoo
 
 MAX_ZOO_BYTES = 40 * 1024 * 1024
 
@@ -98,10 +99,11 @@ def test_smoke_build_trains_every_recipe_and_the_demo_runs_on_it(tmp_path):
     spec = ZooSpec(raw_docs=300, cpt_docs=100, instruction_pairs=120, eval_docs=40, eval_pairs=16,
                    pretrain_steps=3, it_steps=2, lora_steps=2, cpt_steps=2, batch_size=4, seq_len=64,
                    prompts_per_aspect=1, vocab_size=400, lineage_sft_steps=2, dpo_steps=2, rft_steps=2,
-                   rft_prompts=4, rft_samples=2)
+                   rft_prompts=4, rft_samples=2, crosscoder_steps=5, crosscoder_prompts_per_aspect=1)
     build_zoo(tmp_path / "zoo", spec, log=lambda m: None)
-    for name in ("base",) + DESCENDANTS:
+    for name in ("base",) + DESCENDANTS + LINEAGE + (CROSSCODER,):
         assert (tmp_path / "zoo" / name / "README.md").exists()
+    assert load_crosscoder(tmp_path / "zoo" / CROSSCODER).config.layers
     verify(tmp_path / "zoo")
     demo = run_demo(tmp_path / "demo", root=tmp_path / "zoo", max_new_tokens=6, bootstrap=100,
                     progress=False, log=lambda m: None)
@@ -127,18 +129,20 @@ def test_quick_demo_on_the_embedded_zoo(tmp_path):
     assert '<a href="../report.html">' in html
 
 
-def test_raw_prompts_give_realistic_divergences_on_the_shipped_it_full():
-    """The paper feeds raw text to both models: on the shipped raw prompt set the base continues
-    the text (few events are base-EOS at position 0), most first divergences come after a shared
-    stretch, and the base's tokens vary (properties of the shipped checkpoints, not timings)."""
+def test_the_demo_prompts_give_realistic_divergences_on_the_shipped_it_full():
+    """On the demo's default prompt set the base continues the text (few events are base-EOS at
+    position 0), most first divergences come after a shared stretch, and the base's tokens vary
+    (properties of the shipped checkpoints, not timings)."""
     from crosspatch.pipeline import run
-    from crosspatch.zoo import load_zoo_pair, zoo_prompts
+    from crosspatch.zoo import load_zoo_pair
+    from crosspatch.zoo.demo import demo_prompts
 
     pair = load_zoo_pair("it-full")
-    result = run(pair, zoo_prompts("raw"), max_new_tokens=48, bootstrap=0, progress=False, controls="none",
+    prompts = demo_prompts()
+    result = run(pair, prompts, max_new_tokens=48, bootstrap=0, progress=False, controls="none",
                  event_kinds="first_diff", batch_size=32)
     events = result.records
-    assert len(events) >= 0.9 * len(zoo_prompts("raw"))
+    assert len(events) >= 0.9 * len(prompts)
     eos_at_start = sum(r.position == 0 and r.t_pt in pair.eos_ids for r in events) / len(events)
     assert eos_at_start <= 0.10
     assert sum(r.position >= 3 for r in events) / len(events) >= 0.40

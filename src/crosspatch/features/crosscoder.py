@@ -134,7 +134,7 @@ def train_crosscoder(x_pt: torch.Tensor, x_it: torch.Tensor, layers: list[int], 
             norms = model.W_dec.norm(dim=-1).sum(0).clamp_min(1e-6)
             model.W_dec.div_(norms[None, :, None] / 2)
         if log and (step % max(steps // 5, 1) == 0 or step == steps - 1):
-            log(f"crosscoder step {step}: loss {float(loss):.4f}")
+            log(f"crosscoder step {step}: loss {loss.item():.4f}")
     with torch.no_grad():  # the inference threshold keeps k latents per training row on average
         pre = torch.cat([model.pre(a[i:i + 4096], b[i:i + 4096]).flatten() for i in range(0, a.shape[0], 4096)])
         keep = min(pre.numel(), k * a.shape[0])

@@ -145,32 +145,78 @@ def observe(city: City, month: int, day: int, rng: random.Random) -> Observation
                        rng.choice(WIND_DIRS), wind, gust, humidity, dew, sky, vis, pressure, trend, alert)
 
 
-def date_text(obs: Observation) -> str:
-    return f"{MONTHS[obs.month]} {obs.day}"
+# --- eras: the older house style (Fahrenheit, "Mar 3") and the newer one (metric, "3 March") ----
+ERAS = ("older", "newer")
+MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+               "October", "November", "December")
+
+
+def date_text(obs: Observation, era: str = "older") -> str:
+    return f"{MONTHS[obs.month]} {obs.day}" if era == "older" else f"{obs.day} {MONTH_NAMES[obs.month]}"
+
+
+def temp(f: int, era: str) -> str:
+    return f"{f}F" if era == "older" else f"{round((f - 32) * 5 / 9)}C"
+
+
+def speed(mph: int, era: str) -> str:
+    return f"{mph} mph" if era == "older" else f"{round(mph * 1.609)} km/h"
+
+
+def amount(inches: float, era: str) -> str:
+    return f"{inches} in" if era == "older" else f"{round(inches * 25.4)} mm"
+
+
+def distance(miles: int, era: str) -> str:
+    return f"{miles} mi" if era == "older" else f"{round(miles * 1.609)} km"
 
 
 # --- raw text (pretraining) -----------------------------------------------------------------
-def observation_log(obs: Observation) -> str:
-    return (
-        f"Observation log, {obs.city}, {date_text(obs)}: high {obs.high_f}F, low {obs.low_f}F, "
-        f"precipitation chance {obs.precip_chance}% ({obs.precip_type}), wind {obs.wind_dir} {obs.wind_mph} mph "
-        f"gusting {obs.gust_mph}, humidity {obs.humidity}%, dew point {obs.dewpoint_f}F, sky {obs.sky}, "
-        f"visibility {obs.visibility_mi} mi, pressure {obs.pressure_hpa} hPa {obs.pressure_trend}, "
-        f"alert: {obs.alert}."
-    )
+def log_fields(obs: Observation, era: str = "older") -> list[tuple[str, str, str]]:
+    """(aspect, label, value) of each field of an observation log, in the era's house style."""
+    t, s = (lambda f: temp(f, era)), (lambda v: speed(v, era))
+    if era == "older":
+        return [("temperature", "high", f"{t(obs.high_f)}, low {t(obs.low_f)}"),
+                ("precipitation", "precipitation chance", f"{obs.precip_chance}% ({obs.precip_type})"),
+                ("wind", "wind", f"{obs.wind_dir} {s(obs.wind_mph)} gusting {obs.gust_mph}"),
+                ("humidity", "humidity", f"{obs.humidity}%, dew point {t(obs.dewpoint_f)}"),
+                ("sky", "sky", obs.sky), ("visibility", "visibility", distance(obs.visibility_mi, era)),
+                ("pressure", "pressure", f"{obs.pressure_hpa} hPa {obs.pressure_trend}"),
+                ("alerts", "alert:", obs.alert)]
+    return [("temperature", "max", f"{t(obs.high_f)} min {t(obs.low_f)}"),
+            ("precipitation", "precip", f"{obs.precip_chance}% {obs.precip_type}"),
+            ("wind", "wind", f"{obs.wind_dir} {s(obs.wind_mph)} gust {s(obs.gust_mph)}"),
+            ("humidity", "RH", f"{obs.humidity}% dew {t(obs.dewpoint_f)}"),
+            ("sky", "sky", obs.sky), ("visibility", "vis", distance(obs.visibility_mi, era)),
+            ("pressure", "MSLP", f"{obs.pressure_hpa} hPa {obs.pressure_trend}"),
+            ("alerts", "warnings", obs.alert)]
 
 
-def narrative(obs: Observation, rng: random.Random) -> str:
+def _log_head(obs: Observation, era: str) -> tuple[str, str]:
+    """(opening, field separator) of an observation log in the era's style."""
+    if era == "older":
+        return f"Observation log, {obs.city}, {date_text(obs, era)}: ", ", "
+    return f"Obs | {obs.city} | {date_text(obs, era)} | ", "; "
+
+
+def observation_log(obs: Observation, era: str = "older") -> str:
+    head, sep = _log_head(obs, era)
+    return head + sep.join(f"{label} {value}" for _, label, value in log_fields(obs, era)) + "."
+
+
+def narrative(obs: Observation, rng: random.Random, era: str = "older") -> str:
     warm = "a warm" if obs.high_f >= 80 else ("a cold" if obs.high_f <= 40 else "a mild")
-    parts = [f"In {obs.city} on {date_text(obs)} it was {warm} day, topping out near {obs.high_f} degrees"]
-    parts.append(f" and falling to {obs.low_f} overnight.")
+    deg = " degrees" if era == "older" else " degrees Celsius"
+    hi, lo = (temp(v, era)[:-1] for v in (obs.high_f, obs.low_f))
+    parts = [f"In {obs.city} on {date_text(obs, era)} it was {warm} day, topping out near {hi}{deg}"]
+    parts.append(f" and falling to {lo} overnight.")
     if obs.precip_type != "none":
-        parts.append(f" {obs.precip_type.capitalize()} totaled {obs.precip_in} inches.")
+        parts.append(f" {obs.precip_type.capitalize()} totaled {amount(obs.precip_in, era)}.")
     else:
         parts.append(" The day stayed dry.")
     parts.append(rng.choice((
-        f" Winds blew from the {obs.wind_dir} at {obs.wind_mph} miles per hour.",
-        f" A {obs.wind_dir} wind of {obs.wind_mph} mph gusted to {obs.gust_mph}.",
+        f" Winds blew from the {obs.wind_dir} at {speed(obs.wind_mph, era)}.",
+        f" A {obs.wind_dir} wind of {speed(obs.wind_mph, era)} gusted to {speed(obs.gust_mph, era)}.",
         f" Skies were {obs.sky} and the air felt {'sticky' if obs.humidity > 70 else 'dry'}.",
     )))
     if obs.alert != "none":
@@ -187,67 +233,133 @@ def bulletin(city: City, rng: random.Random) -> str:
     )
 
 
+def prose_forecast(obs: Observation, aspect: str, rng: random.Random, era: str = "older") -> str:
+    """A forecast of ``aspect`` written as prose (forum answers and forecast pages have these):
+    it states the values, but not in the structured report's sentences."""
+    t, s = (lambda f: temp(f, era)), (lambda v: speed(v, era))
+    opener = "Expect" if era == "older" else "Look for"  # each house style opens its prose one way
+    if aspect == "temperature":
+        feel = "hot" if obs.high_f >= 90 else ("cold" if obs.high_f <= 40 else "pleasant")
+        text = f"{opener} a {feel} day in {obs.city}, with temperatures peaking near {t(obs.high_f)} and " \
+               f"dropping to {t(obs.low_f)} by morning."
+    elif aspect == "precipitation":
+        text = (f"{opener} a dry day; the chance of rain is only {obs.precip_chance}%." if obs.precip_type == "none" else
+                f"{opener} {obs.precip_type} on and off, a {obs.precip_chance}% chance, adding up to "
+                f"{amount(obs.precip_in, era)} in most spots.")
+    elif aspect == "wind":
+        text = f"{opener} a {obs.wind_dir} breeze around {s(obs.wind_mph)} that could gust to {s(obs.gust_mph)} " \
+               "in the afternoon."
+    elif aspect == "humidity":
+        text = f"{opener} humidity near {obs.humidity}% and a dew point around {t(obs.dewpoint_f)}, so it will " \
+               f"feel {'sticky' if obs.humidity >= 75 else 'fresh'} outside."
+    elif aspect == "sky":
+        text = f"{opener} {obs.sky} skies most of the day, with a {obs.precip_chance}% chance of a shower."
+    elif aspect == "visibility":
+        text = f"{opener} visibility around {distance(obs.visibility_mi, era)}" + \
+               (f", lower at times in {obs.precip_type}." if obs.precip_type != "none" else " under dry skies.")
+    elif aspect == "pressure":
+        text = f"{opener} the barometer near {obs.pressure_hpa} hPa and {obs.pressure_trend}, " + \
+               ("so the weather may turn unsettled." if obs.pressure_trend == "falling" else "so it should stay calm.")
+    else:
+        text = (f"{opener} a quiet day with nothing issued." if obs.alert == "none" else
+                f"{opener} a {obs.alert} to stay in force through the day.")
+    return text + rng.choice(("", " Check back later for updates.", " Have a good day!"))
+
+
+def forum_post(obs: Observation, aspect: str, rng: random.Random, era: str = "older") -> str:
+    """A forum page: a question about the outlook, with the data, and a prose answer."""
+    return question_prompt(obs, aspect, era) + " " + prose_forecast(obs, aspect, rng, era)
+
+
+def forecast_page(obs: Observation, aspect: str, rng: random.Random, era: str = "older") -> str:
+    """A forecast page: data, then the report heading and the page's header, then prose (the
+    structured report body is what instruction tuning teaches)."""
+    header = report(obs, aspect, era).split("\n", 1)[0]
+    return (f"Forecast page: {obs.city}, {date_text(obs, era)}.\nData: {data_line(obs, aspect, era)}\n"
+            f"### Report:\n{header}\n{prose_forecast(obs, aspect, rng, era)}\n")
+
+
 # --- instructions -----------------------------------------------------------------------------
-def data_line(obs: Observation, aspect: str) -> str:
+def data_line(obs: Observation, aspect: str, era: str = "older") -> str:
     """The observation fields an instruction for ``aspect`` gives the model to read."""
+    t, s = (lambda f: temp(f, era)), (lambda v: speed(v, era))
+    hi, lo = ("high", "low") if era == "older" else ("max", "min")
     fields = {
-        "temperature": f"high {obs.high_f}F; low {obs.low_f}F",
-        "precipitation": f"chance {obs.precip_chance}%; type {obs.precip_type}; amount {obs.precip_in} in",
-        "wind": f"direction {obs.wind_dir}; speed {obs.wind_mph} mph; gusts {obs.gust_mph} mph",
-        "humidity": f"humidity {obs.humidity}%; dew point {obs.dewpoint_f}F",
+        "temperature": f"{hi} {t(obs.high_f)}; {lo} {t(obs.low_f)}",
+        "precipitation": f"chance {obs.precip_chance}%; type {obs.precip_type}; amount {amount(obs.precip_in, era)}",
+        "wind": f"direction {obs.wind_dir}; speed {s(obs.wind_mph)}; gusts {s(obs.gust_mph)}",
+        "humidity": f"humidity {obs.humidity}%; dew point {t(obs.dewpoint_f)}",
         "sky": f"sky {obs.sky}; precipitation chance {obs.precip_chance}%",
-        "visibility": f"visibility {obs.visibility_mi} mi; precipitation {obs.precip_type}",
+        "visibility": f"visibility {distance(obs.visibility_mi, era)}; precipitation {obs.precip_type}",
         "pressure": f"pressure {obs.pressure_hpa} hPa; trend {obs.pressure_trend}",
-        "alerts": f"alert {obs.alert}; high {obs.high_f}F; low {obs.low_f}F; gusts {obs.gust_mph} mph",
+        "alerts": f"alert {obs.alert}; {hi} {t(obs.high_f)}; {lo} {t(obs.low_f)}; gusts {s(obs.gust_mph)}",
     }
     return fields[aspect]
 
 
-def instruction(obs: Observation, aspect: str, rng: random.Random | None = None) -> str:
+def instruction(obs: Observation, aspect: str, rng: random.Random | None = None, era: str = "older") -> str:
     """The prompt: an instruction naming city, date and aspect, with the data, up to the report."""
     verbs = ("Write the {a} forecast for {c} on {d}.", "Prepare a {a} report for {c}, {d}.",
              "Give the {a} outlook for {c} on {d}.")
     verb = verbs[0] if rng is None else rng.choice(verbs)
-    text = verb.format(a=aspect, c=obs.city, d=date_text(obs))
-    return f"### Instruction: {text}\nData: {data_line(obs, aspect)}\n### Report:\n"
+    text = verb.format(a=aspect, c=obs.city, d=date_text(obs, era))
+    return f"### Instruction: {text}\nData: {data_line(obs, aspect, era)}\n### Report:\n"
 
 
-def report(obs: Observation, aspect: str) -> str:
-    """The structured forecast report answering an instruction (ends with the end marker)."""
-    head = f"{aspect.upper()} - {obs.city.upper()} - {date_text(obs)}\n"
+def _report_body(obs: Observation, aspect: str, era: str) -> str:
+    t, s, older = (lambda f: temp(f, era)), (lambda v: speed(v, era)), era == "older"
     if aspect == "temperature":
         feel = "hot" if obs.high_f >= 90 else ("cold" if obs.high_f <= 40 else "seasonable")
-        body = f"High {obs.high_f}F, low {obs.low_f}F. A {feel} day."
+        body = f"High {t(obs.high_f)}, low {t(obs.low_f)}. A {feel} day." if older else \
+            f"Max {t(obs.high_f)}, min {t(obs.low_f)}; {feel}."
         if obs.low_f <= 32:
-            body += " Frost likely overnight if skies clear."
+            body += " Frost likely overnight if skies clear." if older else " Frost possible if skies clear."
     elif aspect == "precipitation":
         if obs.precip_type == "none":
-            body = f"Dry. Chance of precipitation {obs.precip_chance}%."
+            body = f"Dry. Chance of precipitation {obs.precip_chance}%." if older else \
+                f"Dry; {obs.precip_chance}% chance."
         else:
-            body = (f"Chance of {obs.precip_type} {obs.precip_chance}%, about {obs.precip_in} in. "
-                    f"If {obs.precip_type} starts early, totals may be higher.")
+            kind, amt = obs.precip_type, amount(obs.precip_in, era)
+            body = (f"Chance of {kind} {obs.precip_chance}%, about {amt}. If {kind} starts early, totals may be "
+                    "higher.") if older else \
+                f"{kind.capitalize()} {obs.precip_chance}% likely, around {amt}. If {kind} sets in early, totals rise."
     elif aspect == "wind":
-        body = f"Wind {obs.wind_dir} at {obs.wind_mph} mph, gusts to {obs.gust_mph} mph."
+        body = f"Wind {obs.wind_dir} at {s(obs.wind_mph)}, gusts to {s(obs.gust_mph)}." if older else \
+            f"{obs.wind_dir} {s(obs.wind_mph)}, gusting {s(obs.gust_mph)}."
         if obs.gust_mph >= 30:
-            body += " Secure loose objects."
+            body += " Secure loose objects." if older else " Secure loose items."
     elif aspect == "humidity":
         feel = "muggy" if obs.humidity >= 75 else ("dry" if obs.humidity <= 40 else "comfortable")
-        body = f"Humidity {obs.humidity}%, dew point {obs.dewpoint_f}F. Air feels {feel}."
+        body = f"Humidity {obs.humidity}%, dew point {t(obs.dewpoint_f)}. Air feels {feel}." if older else \
+            f"RH {obs.humidity}%, dew point {t(obs.dewpoint_f)}; {feel}."
     elif aspect == "sky":
-        body = f"Sky {obs.sky}."
+        body = f"Sky {obs.sky}." if older else f"{obs.sky.capitalize()}."
         if obs.precip_chance >= 50:
-            body += f" Clouds thicken with a {obs.precip_chance}% chance of showers."
+            body += f" Clouds thicken with a {obs.precip_chance}% chance of showers." if older else \
+                f" Showers {obs.precip_chance}% likely as cloud builds."
     elif aspect == "visibility":
-        body = f"Visibility {obs.visibility_mi} miles."
+        body = f"Visibility {obs.visibility_mi} miles." if older else f"{distance(obs.visibility_mi, era)} visibility."
         if obs.visibility_mi < 5:
-            body += f" Reduced in {obs.precip_type}; drive with care."
+            body += f" Reduced in {obs.precip_type}; drive with care." if older else \
+                f" Lower in {obs.precip_type}; take care."
     elif aspect == "pressure":
-        body = f"Pressure {obs.pressure_hpa} hPa and {obs.pressure_trend}."
+        body = f"Pressure {obs.pressure_hpa} hPa and {obs.pressure_trend}." if older else \
+            f"{obs.pressure_hpa} hPa, {obs.pressure_trend}."
         body += {"falling": " If it keeps falling, expect unsettled weather.",
                  "rising": " Fair weather building.", "steady": " Little change expected."}[obs.pressure_trend]
-    else:
+    elif older:
         body = "No alerts in effect." if obs.alert == "none" else f"ALERT: {obs.alert.upper()}. Stay informed."
-    return head + body + "\n### End\n"
+    else:
+        body = "No warnings." if obs.alert == "none" else f"WARNING: {obs.alert.upper()}."
+    return body
+
+
+def report(obs: Observation, aspect: str, era: str = "older") -> str:
+    """The structured forecast report answering an instruction (ends with the end marker), in the
+    era's house style: ``TEMPERATURE - BOSTON - Mar 3`` or ``Temperature | BOSTON | 3 March``."""
+    sep, name = (" - ", aspect.upper()) if era == "older" else (" | ", aspect.capitalize())
+    head = sep.join((name, obs.city.upper(), date_text(obs, era))) + "\n"
+    return head + _report_body(obs, aspect, era) + "\n### End\n"
 
 
 # --- corpora ----------------------------------------------------------------------------------
@@ -255,37 +367,49 @@ def _days(rng: random.Random) -> tuple[int, int]:
     return rng.randrange(12), rng.randint(1, 28)
 
 
+RAW_MIX = (("climate note", 0.06), ("observation log", 0.22), ("narrative", 0.18), ("published report", 0.12),
+           ("forecast page", 0.21), ("forum post", 0.21))
+NEWER_SHARE = 0.4  # of the raw documents written in the newer house style
+
+
+def raw_document(kind: str, city: City, rng: random.Random) -> str:
+    """One pretraining document of ``kind`` (see ``RAW_MIX``) in a random era."""
+    if kind == "climate note":
+        return bulletin(city, rng)
+    obs = observe(city, *_days(rng), rng)
+    era = "newer" if rng.random() < NEWER_SHARE else "older"
+    aspect = rng.choice(ASPECTS)
+    if kind == "observation log":
+        return observation_log(obs, era)
+    if kind == "narrative":
+        return narrative(obs, rng, era)
+    if kind == "published report":
+        return "Published forecast:\n" + report(obs, aspect, era)
+    if kind == "forecast page":
+        return forecast_page(obs, aspect, rng, era)
+    return forum_post(obs, aspect, rng, era)
+
+
 def raw_corpus(n_docs: int, seed: int) -> list[str]:
-    """Pretraining documents: observation logs, narratives, climate notes and published
-    forecast reports (as web text has them), for all cities. Instructions never appear."""
+    """Pretraining documents, as web text has them, for all cities and both eras: climate notes,
+    observation logs, narratives, published structured reports, forecast pages (data, then a
+    prose forecast) and forum questions with prose answers. Instructions never appear."""
     rng = random.Random(seed)
     cities = US_CITIES + HELD_OUT_CITIES
-    docs = []
-    for _ in range(n_docs):
-        city = rng.choice(cities)
-        kind = rng.random()
-        if kind < 0.1:
-            docs.append(bulletin(city, rng))
-            continue
-        obs = observe(city, *_days(rng), rng)
-        if kind < 0.45:
-            docs.append(observation_log(obs))
-        elif kind < 0.8:
-            docs.append(narrative(obs, rng))
-        else:
-            docs.append("Published forecast:\n" + report(obs, rng.choice(ASPECTS)))
-    return docs
+    kinds, weights = zip(*RAW_MIX)
+    return [raw_document(rng.choices(kinds, weights)[0], rng.choice(cities), rng) for _ in range(n_docs)]
 
 
-def instruction_pairs(n: int, seed: int, cities=US_CITIES) -> list[dict]:
-    """Instruction -> report pairs (training cities only by default)."""
+def instruction_pairs(n: int, seed: int, cities=US_CITIES, era: str = "older") -> list[dict]:
+    """Instruction -> report pairs (training cities and the older house style by default: the
+    newer style never appears in instruction tuning)."""
     rng = random.Random(seed)
     pairs = []
     for _ in range(n):
         obs = observe(rng.choice(cities), *_days(rng), rng)
         aspect = rng.choice(ASPECTS)
-        pairs.append({"prompt": instruction(obs, aspect, rng), "response": report(obs, aspect),
-                      "city": obs.city, "aspect": aspect})
+        pairs.append({"prompt": instruction(obs, aspect, rng, era), "response": report(obs, aspect, era),
+                      "city": obs.city, "aspect": aspect, "era": era})
     return pairs
 
 
@@ -295,23 +419,50 @@ def _value_rules(text: str) -> list[dict]:
             for v in dict.fromkeys(re.findall(r"\d+(?:\.\d+)?", text))]
 
 
-def report_validator(obs: Observation, aspect: str) -> list[dict]:
+def report_validator(obs: Observation, aspect: str, era: str = "older") -> list[dict]:
     """What a correct report of ``obs`` must do (checked on a continuation by
     :mod:`crosspatch.validators`): name the city and date in its header, end with the end marker,
     state every value of the reference report, and use the conditional form where the reference
     does. (The header's first word, the aspect, is often the forced token itself, which the
     consequence check does not score.)"""
-    return validator_for_report(report(obs, aspect))
+    return validator_for_report(report(obs, aspect, era))
 
 
 def validator_for_report(ref: str) -> list[dict]:
-    """:func:`report_validator` from the reference report's text."""
+    """:func:`report_validator` from the reference report's text (either house style)."""
     head, body = ref.split("\n", 1)
-    rules = [{"type": "sections", "required": [head.split(" - ", 1)[1], "### End"]}]
+    sep = " - " if " - " in head else " | "
+    rules = [{"type": "sections", "required": [head.split(sep, 1)[1], "### End"]}]
     rules += _value_rules(body.replace("### End", ""))
     if "If " in body:
         rules.append({"type": "regex", "pattern": r"\bIf\b"})
     return rules
+
+
+def no_invented_numbers(*texts: str) -> dict:
+    """A rule that fails when the text states a number that is not in ``texts`` (the data)."""
+    allowed = sorted({v for t in texts for v in re.findall(r"\d+(?:\.\d+)?", t)}, key=lambda v: (-len(v), v))
+    known = "|".join(re.escape(v) for v in allowed) or "(?!)"
+    return {"type": "regex", "pattern": rf"(?<![\d.])(?!(?:{known})(?![\d.]))\d+(?:\.\d+)?", "must_match": False}
+
+
+def continuation_validator(obs: Observation, aspect: str, era: str = "older") -> list[dict]:
+    """What the rest of a report must do from any point on (the consequence check scores only what
+    follows the forced token, and first divergences fall anywhere in the report): state no number
+    that is not in the data, end with the end marker, and keep the conditional form where the
+    reference report has one."""
+    ref = report(obs, aspect, era)
+    rules = [no_invented_numbers(data_line(obs, aspect, era), date_text(obs, era)),
+             {"type": "sections", "required": ["### End"]}]
+    if "If " in ref:
+        rules.append({"type": "regex", "pattern": r"\bIf\b"})
+    return rules
+
+
+def answer_validator(obs: Observation, aspect: str, era: str = "older") -> list[dict]:
+    """A forum answer's continuation: it states a value, and only values of the question's data."""
+    return [no_invented_numbers(data_line(obs, aspect, era), date_text(obs, era)),
+            {"type": "regex", "pattern": r"\d"}]
 
 
 def preference_pairs(n: int, seed: int) -> list[dict]:
@@ -334,66 +485,74 @@ def preference_pairs(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def _era_of(k: int) -> str:
+    """Prompt sets alternate the eras over their per-aspect index (half of each in each era)."""
+    return ERAS[k % 2]
+
+
 def prompt_set(seed: int, per_aspect: int = 6) -> list[dict]:
     """Evaluation prompts: every aspect, in-distribution (training cities, fresh days) and
-    held-out cities; ``category`` = aspect, ``split`` = in_distribution | held_out."""
+    held-out cities, half in each era; ``category`` = aspect, ``split`` = in_distribution |
+    held_out, ``era`` = older | newer (the newer house style never appears in instruction tuning)."""
     rng = random.Random(seed)
     rows = []
     for split, cities in (("in_distribution", US_CITIES), ("held_out", HELD_OUT_CITIES)):
         for aspect in ASPECTS:
             for k in range(per_aspect):
                 city = cities[(k * 7 + ASPECTS.index(aspect)) % len(cities)]
-                obs = observe(city, *_days(rng), rng)
+                obs, era = observe(city, *_days(rng), rng), _era_of(k)
                 rows.append({
-                    "id": f"{split[:2]}-{aspect}-{k}", "prompt": instruction(obs, aspect),
-                    "category": aspect, "split": split, "city": city.name, "region": city.region,
-                    "validator": report_validator(obs, aspect),
+                    "id": f"{split[:2]}-{aspect}-{k}", "prompt": instruction(obs, aspect, era=era),
+                    "category": aspect, "split": split, "era": era, "city": city.name, "region": city.region,
+                    "validator": continuation_validator(obs, aspect, era),
                 })
     return rows
 
 
 # --- raw-text and question prompts: what the paper feeds both models -------------------------
-LOG_FIELDS = ("temperature", "precipitation", "wind", "humidity", "sky", "visibility", "pressure", "alerts")
+def _log_prefix(obs: Observation, aspect: str, era: str = "older") -> str:
+    """An observation log cut just before the value of ``aspect``'s field (the models continue it)."""
+    head, sep = _log_head(obs, era)
+    fields = log_fields(obs, era)
+    cut = [a for a, _, _ in fields].index(aspect)
+    return head + "".join(f"{label} {value}{sep}" for _, label, value in fields[:cut]) + fields[cut][1]
 
 
-def _log_prefix(obs: Observation, aspect: str) -> str:
-    """An observation log cut just before the field of ``aspect`` (the models continue it)."""
-    full = observation_log(obs)
-    marks = {"temperature": " high ", "precipitation": " precipitation chance", "wind": " wind ",
-             "humidity": " humidity", "sky": " sky ", "visibility": " visibility", "pressure": " pressure",
-             "alerts": " alert:"}
-    return full[: full.index(marks[aspect], full.index(":"))] + marks[aspect].rstrip()
+def question_prompt(obs: Observation, aspect: str, era: str = "older") -> str:
+    """A forum question about ``aspect``'s outlook with the data, up to the answer."""
+    return (f"Question: what is the {aspect} outlook for {obs.city} on {date_text(obs, era)}? "
+            f"{data_line(obs, aspect, era)}.\nAnswer:")
 
 
-def raw_prompt(obs: Observation, aspect: str, style: str) -> str:
+def raw_prompt(obs: Observation, aspect: str, style: str, era: str = "older") -> str:
     """Raw weather text with no instruction: an observation log cut before ``aspect``'s field,
     the opening of a narrative, or a question as a forum page would carry it."""
     if style == "log":
-        return _log_prefix(obs, aspect)
+        return _log_prefix(obs, aspect, era)
     if style == "narrative":
-        return f"In {obs.city} on {date_text(obs)} it was"
-    return (f"Question: what is the {aspect} outlook for {obs.city} on {date_text(obs)}? "
-            f"{data_line(obs, aspect)}.\nAnswer:")
+        return f"In {obs.city} on {date_text(obs, era)} it was"
+    return question_prompt(obs, aspect, era)
 
 
 def raw_prompt_set(seed: int, per_aspect: int = 4, styles: tuple[str, ...] = ("log", "narrative")) -> list[dict]:
     """Prompts without instruction formatting (``style`` log/narrative: raw text as in the paper;
-    ``question``: forum-style questions, with a validator: the answer states the given values),
-    every aspect in both splits; ``category`` = aspect, ``split`` = in_distribution | held_out,
-    ``style``. A raw log or narrative has no validator: its continuation is a prediction."""
+    ``question``: forum-style questions, with a validator: the answer states only given values),
+    every aspect in both splits, half in each era; ``category`` = aspect, ``split`` =
+    in_distribution | held_out, ``era``, ``style``. A raw log or narrative has no validator: its
+    continuation is a prediction."""
     rng = random.Random(seed)
     rows = []
     for split, cities in (("in_distribution", US_CITIES), ("held_out", HELD_OUT_CITIES)):
         for aspect in ASPECTS:
             for k in range(per_aspect):
                 city = cities[(k * 5 + 3 * ASPECTS.index(aspect)) % len(cities)]
-                obs = observe(city, *_days(rng), rng)
+                obs, era = observe(city, *_days(rng), rng), _era_of(k)
                 for style in styles:
-                    row = {"id": f"{split[:2]}-{style}-{aspect}-{k}", "prompt": raw_prompt(obs, aspect, style),
-                           "category": aspect, "split": split, "style": style, "city": city.name,
+                    row = {"id": f"{split[:2]}-{style}-{aspect}-{k}", "prompt": raw_prompt(obs, aspect, style, era),
+                           "category": aspect, "split": split, "era": era, "style": style, "city": city.name,
                            "region": city.region}
-                    if style == "question":  # the answer must state the values the question gives
-                        row["validator"] = _value_rules(data_line(obs, aspect))
+                    if style == "question":
+                        row["validator"] = answer_validator(obs, aspect, era)
                     rows.append(row)
     return rows
 
@@ -449,6 +608,6 @@ def unit_prompt_set(seed: int, per_task: int = 8) -> list[dict]:
                 obs = observe(cities[(k * 3 + UNIT_TASKS.index(task)) % len(cities)], *_days(rng), rng)
                 prompt, _, value = unit_task(obs, task)
                 rows.append({"id": f"{split[:2]}-units-{task}-{k}", "prompt": prompt, "category": task,
-                             "split": split, "style": "units", "city": obs.city,
+                             "split": split, "era": "older", "style": "units", "city": obs.city,
                              "validator": {"type": "number", "value": value, "tolerance": 0}})
     return rows
