@@ -651,6 +651,10 @@ def demo_cmd(
     for row in headline_rows(result.summary):
         table.add_row(row[0], row[1], *row[6:11])
     _stdout().print(table)
+    from .zoo.reading import demo_reading
+
+    for paragraph in demo_reading(result.summary, result.summary.get("late_layers")):
+        _stdout().print(paragraph.replace("**", ""), markup=False, highlight=False)
     console.print(f"report: {out / 'report.md'} and {out / 'report.html'} ({result.summary['seconds']} s)",
                   soft_wrap=True)
 

@@ -59,6 +59,7 @@ class RunConfig:
     workers: int = 2  # Ray actors
     sequential_chunk: int = 512  # prompts per load cycle with residency "sequential" (4 model loads each)
     title: str | None = None
+    back_link: str | None = None  # report.html links back to this page (a combined report)
     tuned: str | None = None  # with several descendants loaded: the role scored against the base (default: the first)
     event_kinds: list[str] | str = "all"  # first_diff, first_nonformat_diff, first_assistant_marker_diff
     controls: list[str] | str | None = "default"  # names, "all", "none" or "default" (controls.DEFAULT_CONTROLS)
@@ -214,7 +215,7 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
     models["load_options"] = {k: v for k, v in models.get("load_options", {}).items() if k != "residency"}
     result_parts = {  # what changes results; residency and batching only move float rounding
         "options": {k: v for k, v in options.items()
-                    if k not in ("batch_size", "title", "shard", "engine", "workers", "sequential_chunk",
+                    if k not in ("batch_size", "title", "back_link", "shard", "engine", "workers", "sequential_chunk",
                                  "verify_fp32", "policy")},
         "boundaries": boundaries,
         "models": models,
@@ -224,6 +225,7 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
     return {
         "schema_version": CONFIG_SCHEMA,
         "title": config.title,
+        "back_link": config.back_link,
         "options": options,
         "resolved_boundaries": boundaries,
         "num_layers": pair.num_layers,

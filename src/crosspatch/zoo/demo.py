@@ -15,6 +15,8 @@ from pathlib import Path
 from ..pipeline import RunConfig, RunResult, run
 from ..report.markdown import _table, fmt_effect, fmt_value, md_escape
 from . import DESCENDANTS, load_zoo_pair, verify, zoo_path, zoo_prompts
+from .build import ZooSpec
+from .reading import demo_reading
 
 DEMO_SCHEMA = "crosspatch.demo/1"
 
@@ -47,17 +49,18 @@ def run_demo(
     prompts = demo_prompts(root)
     if quick:
         prompts = prompts[::4]
-    config = RunConfig(boundary=boundary, max_new_tokens=max_new_tokens, bootstrap=bootstrap,
-                       group_by=["split", "style"], batch_size=32, consequence=True, consequence_budget=48,
+    started = time.perf_counter()
+    config = RunConfig(boundary=boundary, max_new_tokens=max_new_tokens, bootstrap=bootstrap, back_link="../report.html",
+                       group_by=["split", "style", "era"], batch_size=32, consequence=True, consequence_budget=48,
                        **({"event_kinds": "first_diff"} if quick else {}))
     runs: dict[str, RunResult] = {}
-    started = time.perf_counter()
     for name in descendants:
         log(f"base vs {name}")
         pair = load_zoo_pair(name, root)
         config.title = f"crosspatch zoo: base vs {name}"
         _clear_stale_demo_run(out / name, config.title, log)
         runs[name] = run(pair, prompts, config, out=out / name, progress=progress)
+    features = run_zoo_features(root, out, runs, log)
     lineage_summary = run_lineage(root, prompts, config, out / "lineage", progress, log)
     sweep = run_sweep(root, prompts, config, out / "sweep-it-full", progress, log)
     summary = {
@@ -68,17 +71,27 @@ def run_demo(
         "descendants": {name: r.summary for name, r in runs.items()},
         "lineage": lineage_summary,
         "sweep": sweep,
+        "features": features,
+        "late_layers": (man.get("spec") or {}).get("num_layers") and ZooSpec(**man["spec"]).late_layers,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     report = render_demo_report(summary)
-    for name in runs:  # per-run pages link back to the combined page
-        from ..report.html import render_html
-
-        (out / name / "report.html").write_text(render_html(out / name, back_link="../report.html"), encoding="utf-8")
     (out / "report.md").write_text(report)
-    (out / "report.html").write_text(render_demo_html(summary))
+    (out / "report.html").write_text(render_demo_html(summary, out))
     return DemoResult(out, runs, summary, report)
+
+
+def run_zoo_features(root: Path, out: Path, runs: dict, log) -> dict | None:
+    """``crosspatch features mediate`` on the it-full run with the zoo's shipped crosscoder (no
+    training): quality gate on the demo's held-out events, mediation, rescue, closure."""
+    from ..features import run_features
+    from .build import CROSSCODER
+
+    if "it-full" not in runs or not (root / CROSSCODER / "config.json").exists():
+        return None
+    log(f"features: mediation on base vs it-full with the shipped {CROSSCODER}")
+    return run_features(out / "it-full", crosscoder_dir=root / CROSSCODER, log=lambda m: None)
 
 
 def run_sweep(root: Path, prompts, config: RunConfig, out: Path, progress: bool, log) -> dict:
@@ -115,12 +128,16 @@ def run_lineage(root: Path, prompts, config: RunConfig, out: Path, progress: boo
 
 def demo_prompts(root: Path | None = None) -> list:
     """The demo's prompts: the raw-text set (observation logs cut before a field, narrative
-    openings), the instruction set and the narrow domain's unit tasks, each prompt's ``style``
-    recorded (log, narrative, instruction, units) so the report breaks the effects down by it."""
+    openings), the instruction set, the forum questions and the narrow domain's unit tasks, each
+    prompt's ``style`` (log, narrative, instruction, question, units) and ``era`` recorded so the
+    report breaks the effects down by them."""
     prompts = list(zoo_prompts("raw", root))
     for p in zoo_prompts("all", root):
         p.metadata.setdefault("style", "instruction")
         prompts.append(p)
+    root = root or zoo_path()
+    if (root / "prompts" / "question.jsonl").exists():
+        prompts += list(zoo_prompts("question", root))
     return prompts + list(zoo_prompts("units", root))
 
 
@@ -142,15 +159,27 @@ def _clear_stale_demo_run(path: Path, title: str, log) -> None:
         shutil.rmtree(path)
 
 
-def render_demo_html(summary: dict) -> str:
+def render_demo_html(summary: dict, out: Path) -> str:
     """The combined report as one self-contained, autoescaped HTML page."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
     return env.get_template("tables.html.j2").render(
         title="crosspatch demo: the weather-report zoo", intro=demo_intro(summary), tables=demo_tables(summary),
-        links=[f"{name}/report.html" for name in summary["descendants"]],
+        reading=[p.replace("**", "").replace("`", "") for p in demo_reading(summary, summary.get("late_layers"))],
+        links=[f"{name}/report.html" for name in summary["descendants"]]
+        + [f"{d}/report.html" for d in ("sweep-it-full", "lineage") if (out / d / "report.html").exists()],
+        images=demo_images(out),
     )
+
+
+def demo_images(out: Path) -> list[tuple[str, str]]:
+    """(caption, base64 PNG) of the sweep and lineage plots, embedded so the page stands alone."""
+    import base64
+
+    found = [("Layer sweep of it-full: effects at every boundary", out / "sweep-it-full" / "sweep.png"),
+             ("Lineage: every training stage on the base -> final events", out / "lineage" / "lineage.png")]
+    return [(caption, base64.b64encode(path.read_bytes()).decode()) for caption, path in found if path.exists()]
 
 
 def headline_rows(summary: dict) -> list[list[str]]:
@@ -211,6 +240,19 @@ def _consequence_rows(summary: dict) -> list[list[str]]:
     return rows
 
 
+def _drop(v: dict | None) -> str:
+    if not v:
+        return "n/a"
+    return f"{v['interaction_drop']:+.2f}" + ("" if v.get("share") is None else f" ({100 * v['share']:.0f}%)")
+
+
+def _rescue(g: dict | None) -> str:
+    top = (g or {}).get("top")
+    if not top or top.get("fraction_of_missing") is None:
+        return "n/a"
+    return f"{100 * top['fraction_of_missing']:.0f}% of the missing margin"
+
+
 def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(heading, header, rows) of every table of the combined report, in order."""
     names = list(summary["descendants"])
@@ -224,12 +266,27 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         ("In-distribution vs held-out cities", ["descendant", "cities", "events", "E_PT", "E_IT", "interaction"],
          _split_rows(summary)),
         ("Interaction by prompt style", ["style"] + names, _matrix_rows(summary, "by_style")),
+        ("Interaction by house style (era; the newer style never appears in instruction tuning)", ["era"] + names,
+         _matrix_rows(summary, "by_era")),
+        ("Interaction by event kind", ["event kind"] + names, _matrix_rows(summary, "by_event_kind")),
+        ("Interaction by token category (t_PT -> t_IT)", ["tokens"] + names, _matrix_rows(summary, "by_token_category")),
         ("Consequences: the descendant continues after each forced token; share of continuations its "
-         "prompt's validator passes (instruction and question prompts)",
+         "prompt's validator passes (instruction, question and unit-task prompts)",
          ["descendant", "events", "forced t_IT", "forced t_PT", "rank-matched", "random", "t_IT - t_PT"],
          _consequence_rows(summary)),
         ("By generated position", ["position"] + names, _matrix_rows(summary, "by_position")),
     ]
+    feat = summary.get("features")
+    if feat and (feat.get("study") or {}).get("mediation"):
+        gate = feat.get("quality_gate") or {}
+        study = feat["study"]
+        tables.append((
+            f"Features: mediation on it-full with the shipped crosscoder (quality gate "
+            f"{'passed' if gate.get('passed') else 'FAILED'}, held-out mean L0 {gate.get('mean_l0', float('nan')):.1f} "
+            f"for k = {feat['k']}; {study['n_heldout']} held-out events, latents ranked on {study['n_train']})",
+            ["k latents removed", "interaction drop, top-ranked", "matched random", "most active", "rescue (top)"],
+            [[k, _drop(g.get("top")), _drop(g.get("matched_random")), _drop(g.get("top_active")),
+              _rescue((study.get("rescue") or {}).get(k))] for k, g in study["mediation"].items()]))
     if summary.get("sweep"):
         tables.append(("Layer sweep of it-full: every boundary (sweep-it-full/sweep.png)",
                        ["boundary", "events", "E_PT", "E_IT", "interaction", "direct share"],
@@ -256,21 +313,25 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         tables.append(("The zoo's own held-out evaluations", ["model"] + keys,
                        [[m] + [f"{v[k]:.3f}" if isinstance(v.get(k), float) else str(v.get(k, "n/a")) for k in keys]
                         for m, v in evals.items()]))
-    return tables
+    return [t for t in tables if t[2]]  # (a table with no rows, e.g. event kinds under --quick, is left out)
 
 
 def demo_intro(summary: dict) -> str:
     first = next(iter(summary["descendants"].values()))
-    return (f"Base (pretrained on raw weather text) against each descendant, on {summary['prompts']} prompts: raw "
+    return (f"Base (pretrained on raw weather web text) against each descendant, on {summary['prompts']} prompts: raw "
             "weather text as the paper feeds both models (observation logs cut before a field, narrative openings), "
-            "instruction prompts (8 aspects; training cities and held-out cities) and unit-conversion tasks (the narrow "
-            f"domain of it-units). Boundary layer {first['boundaries'][0]} of "
+            "instruction prompts (8 aspects; training and held-out cities), forum questions, and unit-conversion tasks "
+            "(the narrow domain of it-units); half of the weather prompts in the older house style instruction tuning "
+            f"used, half in the newer one it never saw. Boundary layer {first['boundaries'][0]} of "
             f"{first['num_layers']}; common-IT readout; mean Y = logit(t_IT) - logit(t_PT) per cell; 95% "
             "prompt-cluster bootstrap intervals.")
 
 
 def render_demo_report(summary: dict) -> str:
-    lines = ["# crosspatch demo: the weather-report zoo", "", demo_intro(summary), ""]
+    lines = ["# crosspatch demo: the weather-report zoo", "", demo_intro(summary), "", "## Reading", ""]
+    for paragraph in demo_reading(summary, summary.get("late_layers")):
+        lines += [paragraph, "" if not paragraph.startswith("- ") else None]
+    lines = [x for x in lines if x is not None] + [""]
     for heading, header, rows in demo_tables(summary):
         # our labels and numbers print as they are; names that come from data (aspects) are escaped
         lines += [f"## {heading}", ""] + _table(header, [[md_escape(r[0])] + r[1:] for r in rows]) + [""]

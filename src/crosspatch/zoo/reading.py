@@ -1,0 +1,240 @@
+"""The demo's reading: plain-words findings written from the numbers of a demo summary.
+
+Every sentence is chosen by a rule on the numbers it quotes (a sign, whether an interval
+excludes zero, which group is largest), so the reading changes when the zoo or the method does;
+nothing here is a fixed claim about the zoo.
+"""
+
+from __future__ import annotations
+
+from ..report.markdown import fmt_value
+
+
+def _headline(s: dict) -> dict:
+    """The all-events block of a run summary at its first boundary, common-IT readout."""
+    return s["results"][s["boundaries"][0]]["common_it"]["all"]
+
+
+def _stat(block: dict | None, name: str) -> dict | None:
+    return None if not block else block["effects"].get(name)
+
+
+def _mean(stat: dict | None) -> float | None:
+    return None if not stat else stat.get("mean")
+
+
+def sign_word(stat: dict | None) -> str:
+    """``positive``/``negative`` when the interval excludes zero, else ``indistinguishable from zero``."""
+    if not stat or stat.get("mean") is None:
+        return "not estimable"
+    ci = stat.get("ci")
+    if ci and ci[0] is not None and ci[0] > 0:
+        return "positive"
+    if ci and ci[1] is not None and ci[1] < 0:
+        return "negative"
+    return "indistinguishable from zero"
+
+
+def _groups(s: dict, key: str) -> dict:
+    return s["results"][s["boundaries"][0]]["common_it"].get(key, {})
+
+
+def _apart(a: dict, b: dict) -> int:
+    """+1 when ``a``'s interval lies above ``b``'s, -1 below, 0 when they overlap (or are missing)."""
+    ca, cb = a.get("ci"), b.get("ci")
+    if not ca or not cb or None in (*ca, *cb):
+        return 0
+    return 1 if ca[0] > cb[1] else -1 if ca[1] < cb[0] else 0
+
+
+def _extremes(groups: dict, effect: str = "interaction", min_events: int = 8) -> tuple | None:
+    rows = [(g, b) for g, b in groups.items() if b["n_events"] >= min_events and _mean(_stat(b, effect)) is not None]
+    if len(rows) < 2:
+        return None
+    rows.sort(key=lambda r: _mean(_stat(r[1], effect)))
+    return rows[0], rows[-1]
+
+
+def instruction_tuning(summary: dict, name: str = "it-full") -> list[str]:
+    s = summary["descendants"].get(name)
+    if not s:
+        return []
+    block = _headline(s)
+    inter = _stat(block, "interaction")
+    word = sign_word(inter)
+    lines = [f"**Instruction tuning ({name})**: its late layers move Y by {fmt_value(_stat(block, 'E_IT'))} on its own "
+             f"upstream state and {fmt_value(_stat(block, 'E_PT'))} on the base's; the interaction is {word} "
+             f"({fmt_value(inter)}, {block['n_events']} events). " + {
+                 "positive": "As in the paper, part of the late gain needs the fine-tuned early layers.",
+                 "negative": "Unlike the paper's headline, on these events the late layers do more on the base's "
+                             "upstream state than on their own: the fine-tuned early layers already carry much of "
+                             "the shift, and the late layers add less on top of it.",
+             }.get(word, "The late gain does not measurably depend on whose early layers produced the state.")]
+    ext = _extremes(_groups(s, "by_style"))
+    if ext:
+        (lo, lb), (hi, hb) = ext
+        signs = {sign_word(_stat(b, "interaction")) for b in _groups(s, "by_style").values() if b["n_events"] >= 8}
+        verdict = (f"{signs.pop()} on every style" if len(signs) == 1 and "indistinguishable from zero" not in signs else
+                   "its sign depends on what kind of decision the event is, so read the breakdowns, not only the "
+                   "headline" if {"positive", "negative"} <= signs else
+                   "the styles differ in size, not reliably in sign")
+        lines.append(f"By prompt style the interaction runs from {fmt_value(_stat(lb, 'interaction'))} on {lo} prompts "
+                     f"to {fmt_value(_stat(hb, 'interaction'))} on {hi} prompts: {verdict}.")
+    kinds = _groups(s, "by_token_category")
+    ext = _extremes(kinds)
+    if ext:
+        (lo, lb), (hi, hb) = ext
+        lines.append(f"By token category (t_PT -> t_IT) it runs from {fmt_value(_stat(lb, 'interaction'))} on "
+                     f"{lo} events (n={lb['n_events']}) to {fmt_value(_stat(hb, 'interaction'))} on {hi} events "
+                     f"(n={hb['n_events']}).")
+    return lines
+
+
+def eras_and_splits(summary: dict, name: str = "it-full") -> list[str]:
+    s = summary["descendants"].get(name)
+    if not s:
+        return []
+    lines = []
+    eras = _groups(s, "by_era")
+    if "older" in eras and "newer" in eras:
+        old, new = eras["older"], eras["newer"]
+        e_old, e_new = _mean(_stat(old, "E_IT")), _mean(_stat(new, "E_IT"))
+        more = "smaller" if e_new < e_old else "larger"
+        lines.append(f"**House style**: on prompts in the newer style, which instruction tuning never showed, {name}'s "
+                     f"late effect on its own upstream state is {fmt_value(_stat(new, 'E_IT'))} against "
+                     f"{fmt_value(_stat(old, 'E_IT'))} on the older style it was tuned on ({more}); interaction "
+                     f"{fmt_value(_stat(new, 'interaction'))} vs {fmt_value(_stat(old, 'interaction'))}.")
+    splits = _groups(s, "by_split")
+    if "in_distribution" in splits and "held_out" in splits:
+        a, b = splits["in_distribution"], splits["held_out"]
+        lines.append(f"**Held-out cities** (never in instruction tuning): interaction {fmt_value(_stat(b, 'interaction'))} "
+                     f"against {fmt_value(_stat(a, 'interaction'))} on training cities.")
+    return lines
+
+
+def contrasts(summary: dict, late_layers: list[int] | None) -> list[str]:
+    d = summary["descendants"]
+    lines = []
+    full, units = d.get("it-full"), d.get("it-units")
+    if full and units:
+        fs, us = _stat(_headline(full), "direct_share"), _stat(_headline(units), "direct_share")
+        if _mean(fs) is not None and _mean(us) is not None:
+            apart = _apart(us, fs)
+            comparison = ("more portable to the base's early layers than instruction tuning's, as the paper found for "
+                          "a math fine-tune" if apart > 0 else
+                          "less portable than instruction tuning's, unlike the paper's math fine-tune" if apart < 0 else
+                          "about as portable as instruction tuning's (the intervals overlap)")
+            lines.append(f"**Narrow domain (it-units)**: verdict {units['verdict']['verdict']}, direct share "
+                         f"{fmt_value(us, percent=True)} against it-full's {fmt_value(fs, percent=True)}: its late "
+                         f"effect is {comparison}.")
+    late = d.get("it-lora-late")
+    if late and late_layers:
+        b = int(late["boundaries"][0])
+        inter = _stat(_headline(late), "interaction")
+        if min(late_layers) >= b and _mean(inter) is not None:
+            exact = abs(_mean(inter)) < 1e-3
+            lines.append(f"**Late-only LoRA (it-lora-late)** trains layers {late_layers[0]}-{late_layers[-1]}, all at or "
+                         f"above the boundary {b}: its upstream state is the base's, so the interaction must be zero; it "
+                         f"is {_mean(inter):.1e} ({'the check holds' if exact else 'THE CHECK FAILS'}).")
+    merged, adapter = d.get("it-merged"), d.get("it-lora-all")
+    if merged and adapter:
+        a, m = _mean(_stat(_headline(adapter), "interaction")), _mean(_stat(_headline(merged), "interaction"))
+        if a is not None and m is not None:
+            lines.append(f"**Adapter vs merged**: the LoRA adapter gives interaction {a:+.2f} and its merged checkpoint "
+                         f"{m:+.2f} ({'the same diagnosis' if abs(a - m) < 0.1 else 'they differ: check the merge'}; "
+                         "the merged weights are rounded to float16).")
+    cpt = d.get("cpt")
+    if cpt:
+        block = _headline(cpt)
+        lines.append(f"**Continued pretraining (cpt)**, the non-instruction control: {block['n_events']} events, late "
+                     f"effect {fmt_value(_stat(block, 'E_IT'))}, interaction {fmt_value(_stat(block, 'interaction'))}, "
+                     f"verdict {cpt['verdict']['verdict']}.")
+    return lines
+
+
+def consequences(summary: dict, name: str = "it-full") -> list[str]:
+    s = summary["descendants"].get(name) or {}
+    block = ((s.get("consequences") or {}).get("by_model") or {}).get("IT")
+    if not block:
+        return []
+    delta = block["delta_t_it_minus_t_pt"]
+    word = sign_word(delta)
+    return [f"**Consequences**: when {name} continues after its own token the validator passes "
+            f"{block['pass_rate']['t_it']['mean']:.0%} of the time, after the base's token "
+            f"{block['pass_rate']['t_pt']['mean']:.0%} (difference {fmt_value(delta)}): the divergent token "
+            + ("matters for the answer's correctness." if word == "positive" else
+               "does not measurably help the answer." if word != "negative" else "hurts the answer.")]
+
+
+def features(summary: dict) -> list[str]:
+    feat = summary.get("features") or {}
+    gate, study = feat.get("quality_gate"), feat.get("study") or {}
+    med = (study.get("mediation") or {})
+    if not gate or not med:
+        return []
+    ks = sorted(med, key=int)
+    top, rnd = med[ks[0]]["top"], med[ks[0]]["matched_random"]
+    shares = ", ".join(f"{k} latents {100 * med[k]['top']['share']:.0f}%" for k in ks
+                       if med[k]["top"].get("share") is not None)
+    small = [k for k in ks if int(k) <= feat.get("n_latents", 256) // 5] or ks[:1]  # at most a fifth of the latents
+    best = max((med[k]["top"].get("share") or 0.0) for k in small)
+    finding = (f"at most {small[-1]} of {feat.get('n_latents', '?')} latents carry half or more of the interaction"
+               if best >= 0.5 else
+               f"the top {small[-1]} latents carry part of the interaction, not most of it" if best >= 0.2 else
+               "no small feature set carries much of the interaction")
+    if top["upstream_dependence"] <= max(0.05, 3 * abs(rnd["upstream_dependence"])):
+        finding = "the top-ranked features do no better than random ones"
+    return [f"**Features**: the shipped crosscoder {'passes' if gate['passed'] else 'FAILS'} its quality gate on the "
+            f"demo's held-out events (mean L0 {gate['mean_l0']:.1f} for k = {gate['target_k']}). Removing the IT "
+            f"decoder contribution of the {ks[0]} top-ranked latents lowers Y by {top['drop_uit_lit']:+.2f} on the "
+            f"descendant's upstream state and by {top['drop_upt_lit']:+.2f} on the base's ({ks[0]} frequency-matched "
+            f"random latents: {rnd['drop_uit_lit']:+.2f} and {rnd['drop_upt_lit']:+.2f}); share of the held-out "
+            f"interaction removed: {shares or 'n/a'}: {finding}."]
+
+
+def lineage_and_sweep(summary: dict) -> list[str]:
+    lines = []
+    lin = summary.get("lineage")
+    if lin:
+        stages = [(st, lin["by_stage"][st].get("percent_of_final")) for st in lin["stages"]]
+        first = stages[0]
+        if first[1] is not None:
+            lines.append(f"**Lineage**: the first stage ({first[0]}) already reaches {first[1]:.0f}% of the final "
+                         "model's shift on the base -> final events; " + ", ".join(
+                             f"{st} {p:.0f}%" for st, p in stages[1:] if p is not None) + ".")
+    sweep = summary.get("sweep")
+    if sweep:
+        rows = [(b, _mean(block["effects"]["interaction"])) for b, block in sweep.items()
+                if _mean(block["effects"]["interaction"]) is not None]
+        if rows:
+            b, v = max(rows, key=lambda r: abs(r[1]))
+            lines.append(f"**Layer sweep**: the interaction is largest in size at boundary {b} ({v:+.2f}); across "
+                         f"boundaries it spans {min(r[1] for r in rows):+.2f} to {max(r[1] for r in rows):+.2f}, so "
+                         "state the boundary with any number you quote.")
+    return lines
+
+
+def advice(summary: dict) -> list[str]:
+    by_verdict: dict[str, list[str]] = {}
+    for name, s in summary["descendants"].items():
+        by_verdict.setdefault(s["verdict"]["verdict"], []).append(name)
+    lines = ["**What to do**:"]
+    if by_verdict.get("upstream-dependent"):
+        lines.append(f"- {', '.join(by_verdict['upstream-dependent'])}: the late gain needs the tuned early layers; do "
+                     "not transplant or merge these late layers onto another base, and gate such adapters with "
+                     "`crosspatch gate`.")
+    if by_verdict.get("portable"):
+        lines.append(f"- {', '.join(by_verdict['portable'])}: the late gain carries over to the base's early layers; "
+                     "late-layer merging or transplanting is not ruled out by this diagnostic.")
+    if by_verdict.get("no-late-effect"):
+        lines.append(f"- {', '.join(by_verdict['no-late-effect'])}: no late effect to protect at this boundary.")
+    if by_verdict.get("inconclusive"):
+        lines.append(f"- {', '.join(by_verdict['inconclusive'])}: inconclusive; add prompts or read the controls "
+                     "before acting.")
+    return lines
+
+
+def demo_reading(summary: dict, late_layers: list[int] | None = None) -> list[str]:
+    """The reading, one paragraph (Markdown) per finding, in the report's order."""
+    return (instruction_tuning(summary) + eras_and_splits(summary) + contrasts(summary, late_layers)
+            + consequences(summary) + features(summary) + lineage_and_sweep(summary) + advice(summary))

@@ -1,0 +1,92 @@
+"""The demo's reading is written from the numbers: each sentence follows the sign, interval and
+group sizes it quotes (synthetic summaries, so every branch is exercised)."""
+
+from __future__ import annotations
+
+from crosspatch.zoo.reading import demo_reading, sign_word
+
+
+def _stat(mean, lo=None, hi=None):
+    return {"mean": mean, "ci": None if lo is None else [lo, hi]}
+
+
+def _block(e_pt, e_it, inter, n=40, share=None):
+    effects = {"E_PT": _stat(*e_pt), "E_IT": _stat(*e_it), "interaction": _stat(*inter),
+               "direct_share": _stat(*(share or (e_pt[0] / e_it[0], None, None)))}
+    return {"n_events": n, "n_prompts": n, "effects": effects, "cells": {}}
+
+
+def _run(block, verdict="portable", **groups):
+    return {"boundaries": ["4"], "results": {"4": {"common_it": {"all": block, **groups}}},
+            "verdict": {"verdict": verdict}}
+
+
+def _summary(it_full, **more):
+    return {"descendants": {"it-full": it_full, **more}}
+
+
+def test_sign_words_follow_the_interval():
+    assert sign_word(_stat(1.0, 0.2, 1.8)) == "positive"
+    assert sign_word(_stat(-1.0, -1.8, -0.2)) == "negative"
+    assert sign_word(_stat(0.5, -0.1, 1.1)) == "indistinguishable from zero"
+    assert sign_word(None) == "not estimable"
+
+
+def test_the_instruction_tuning_sentence_follows_the_interaction_sign():
+    pos = demo_reading(_summary(_run(_block((0.8, 0.5, 1.1), (2.4, 2.0, 2.8), (1.6, 1.1, 2.1)))))[0]
+    neg = demo_reading(_summary(_run(_block((3.0, 2.5, 3.5), (1.0, 0.8, 1.2), (-2.0, -2.5, -1.5)))))[0]
+    assert "As in the paper" in pos and "+1.60 [+1.10, +2.10]" in pos
+    assert "Unlike the paper" in neg and "-2.00" in neg
+
+
+def test_breakdowns_name_the_extreme_groups_and_skip_small_ones():
+    styles = {"log": _block((1, None, None), (1.2, None, None), (0.2, 0.1, 0.3), n=30),
+              "instruction": _block((3, None, None), (1, None, None), (-2.0, -2.4, -1.6), n=30),
+              "tiny": _block((1, None, None), (9, None, None), (8.0, None, None), n=2)}
+    text = " ".join(demo_reading(_summary(_run(_block((1, 0, 2), (1, 0, 2), (0, -1, 1)), by_style=styles))))
+    assert "from -2.00 [-2.40, -1.60] on instruction prompts to +0.20 [+0.10, +0.30] on log prompts" in text
+    assert "tiny" not in text
+
+
+def test_the_late_only_check_and_the_advice_follow_the_runs():
+    late = _run(_block((5, 4, 6), (5, 4, 6), (0.0, 0.0, 0.0)), verdict="upstream-dependent")
+    text = "\n".join(demo_reading(_summary(_run(_block((1, 0, 2), (1, 0, 2), (0, -1, 1))), **{"it-lora-late": late}),
+                                  late_layers=[4, 5]))
+    assert "the check holds" in text
+    assert "- it-lora-late: the late gain needs the tuned early layers" in text
+    broken = _run(_block((5, 4, 6), (5, 4, 6), (0.3, 0.2, 0.4)))
+    text = "\n".join(demo_reading(_summary(_run(_block((1, 0, 2), (1, 0, 2), (0, -1, 1))), **{"it-lora-late": broken}),
+                                  late_layers=[4, 5]))
+    assert "THE CHECK FAILS" in text
+    # a late-only adapter below the boundary is not a check at all
+    text = "\n".join(demo_reading(_summary(_run(_block((1, 0, 2), (1, 0, 2), (0, -1, 1))), **{"it-lora-late": broken}),
+                                  late_layers=[2, 3]))
+    assert "check" not in text
+
+
+def test_the_narrow_domain_contrast_needs_separated_intervals():
+    full = _run(_block((3, 2, 4), (1, 0.8, 1.2), (-2, -3, -1), share=(0.5, 0.4, 0.6)))
+    units = _run(_block((3, 2, 4), (1, 0.8, 1.2), (-2, -3, -1), share=(0.9, 0.8, 1.0)))
+    close = _run(_block((3, 2, 4), (1, 0.8, 1.2), (-2, -3, -1), share=(0.55, 0.45, 0.7)))
+    assert "more portable" in "\n".join(demo_reading(_summary(full, **{"it-units": units})))
+    assert "about as portable" in "\n".join(demo_reading(_summary(full, **{"it-units": close})))
+
+
+def _features(top_share, top_dep, random_dep, passed=True):
+    def entry(share, dep):
+        return {"share": share, "upstream_dependence": dep, "drop_uit_lit": dep, "drop_upt_lit": 0.0,
+                "interaction_drop": dep}
+    return {"n_latents": 256, "quality_gate": {"passed": passed, "mean_l0": 8.1, "target_k": 8},
+            "study": {"mediation": {"10": {"top": entry(top_share, top_dep), "matched_random": entry(0.01, random_dep)},
+                                    "200": {"top": entry(0.95, top_dep), "matched_random": entry(0.02, random_dep)}}}}
+
+
+def test_the_features_finding_follows_the_shares_of_small_sets_and_the_random_control():
+    base = _summary(_run(_block((1, 0, 2), (2, 1, 3), (1, 0.5, 1.5))))
+    strong = "\n".join(demo_reading({**base, "features": _features(0.6, 0.6, 0.01)}))
+    assert "passes its quality gate" in strong and "at most 10 of 256 latents carry half or more" in strong
+    # 200 latents are not a small set: a 95% share there does not make the finding
+    weak = "\n".join(demo_reading({**base, "features": _features(0.05, 0.6, 0.01, passed=False)}))
+    assert "FAILS" in weak and "no small feature set" in weak
+    noise = "\n".join(demo_reading({**base, "features": _features(0.6, 0.1, 0.08)}))
+    assert "no better than random" in noise
