@@ -160,3 +160,26 @@ def test_zoo_build_refuses_to_overwrite_the_installed_zoo_unless_asked():
     res = CliRunner().invoke(app, ["zoo", "build", "--out", str(zoo_path())])
     assert res.exit_code == 2
     assert (zoo_path() / "manifest.json").read_text() == before
+
+
+def test_instruction_batches_are_what_trls_sft_trainer_trains_on(tmp_path):
+    """The zoo's own loop (it-full, the LoRA adapters, it-units) and TRL's SFTTrainer (the
+    lineage) see the same tokens and put the loss on the same positions: the report and its EOS."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from crosspatch.zoo import data as wx
+    from crosspatch.zoo.build import instruction_batch, new_model
+
+    tok = AutoTokenizer.from_pretrained(zoo_path() / "tokenizer")
+    pairs = wx.instruction_pairs(6, 3) + wx.unit_pairs(3, 3) + wx.instruction_pairs(3, 3, era="newer")
+    cfg = SFTConfig(output_dir=str(tmp_path), max_steps=1, completion_only_loss=True, packing=False, report_to=[],
+                    use_cpu=True)
+    rows = Dataset.from_list([{"prompt": p["prompt"], "completion": p["response"]} for p in pairs])
+    trainer = SFTTrainer(model=new_model(ZooSpec(), tok), args=cfg, processing_class=tok, train_dataset=rows)
+    for k, p in enumerate(pairs):
+        ids, mask, labels = instruction_batch([p], tok)
+        n = int(mask[0].sum())
+        assert trainer.train_dataset[k]["input_ids"] == ids[0, :n].tolist()
+        assert trainer.train_dataset[k]["labels"] == labels[0, :n].tolist()

@@ -17,7 +17,9 @@ def _plain(text: str) -> str:
     return str(text).replace("`", "").replace("**", "")
 
 
-def _section(result: dict, boundary: str) -> dict:
+def _section(result: dict, boundary: str, breakdown_plots: bool = True) -> dict:
+    """One boundary's tables and plots (the per-group forest plots only where ``breakdown_plots``:
+    a sweep draws them at its headline boundary, the others keep their tables and the sweep curves)."""
     from .plots import cells_heatmap_svg, forest_svg
 
     head = result["common_it"]["all"]
@@ -28,7 +30,7 @@ def _section(result: dict, boundary: str) -> dict:
             groups.append({"title": f"By {label.replace('_', ' ')} (common-IT)", "label": label.replace("_", " "), "rows": [
                 [name, str(b["n_events"]), fmt_effect(b, "E_PT"), fmt_effect(b, "E_IT"), fmt_effect(b, "interaction")]
                 for name, b in block.items()]})
-            if key != "by_position":
+            if key != "by_position" and breakdown_plots:
                 rows = [(name, b) for name, b in block.items() if b["n_events"]][:30]
                 if rows:
                     forests.append(forest_svg(rows, f"by {label.replace('_', ' ')}: effects with 95% CIs"))
@@ -117,7 +119,7 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
         sweep_svg=sweep_svg(summary) if len(summary["boundaries"]) > 1 else None,
         histogram=histogram_svg(firsts, f"per-event interaction at boundary {head_b} (first divergence, common-IT)")
         if firsts else None,
-        sections=[_section(summary["results"][b], b) for b in summary["boundaries"]],
+        sections=[_section(summary["results"][b], b, breakdown_plots=b == head_b) for b in summary["boundaries"]],
         head_boundary=head_b, events=events, total_events=len(records),
         categories=sorted({e["category"] for e in events}), kinds=sorted({e["kind"] for e in events}),
         warnings=summary.get("warnings", []),

@@ -286,14 +286,16 @@ def lineage_steps(spec: ZooSpec) -> dict:
 def lineage_recipes(spec: ZooSpec) -> dict[str, tuple[str, str]]:
     k = lineage_steps(spec)
     return {
-        "lineage-sft": (f"Lineage stage 1, supervised fine-tuning of `base` on the instruction pairs, {k['sft']} steps.",
+        "lineage-sft": (f"Lineage stage 1, supervised fine-tuning of `base` (TRL's SFTTrainer, loss on the report) on the "
+                        f"instruction pairs, {k['sft']} steps.",
                         "instruction_loss_in_distribution"),
         "lineage-dpo": (f"Lineage stage 2, DPO (TRL's DPOTrainer, beta 0.1, reference = `lineage-sft`) on preference "
                         f"pairs: the correct report against a subtly wrong one (a value off by a few units, or the "
                         f"conditional statement dropped), {k['dpo']} steps.", "preference_margin"),
         "lineage-final": (f"Lineage stage 3, a verifiable-reward stage: rejection-sampling fine-tuning of `lineage-dpo` "
                           f"on its own continuations (greedy + {k['rft_samples'] - 1} sampled per prompt, "
-                          f"{k['rft_prompts']} training prompts) that pass the reports' validators, {k['rft']} steps.",
+                          f"{k['rft_prompts']} training prompts) that pass the reports' validators, TRL's SFTTrainer, "
+                          f"{k['rft']} steps.",
                           "validator_pass_rate"),
     }
 
@@ -357,7 +359,7 @@ def train_lineage(base, corpora: dict, tok, spec: ZooSpec, log=print) -> tuple[d
 
     try:
         from datasets import Dataset
-        from trl import DPOConfig, DPOTrainer
+        from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
     except ImportError as exc:  # the zoo build's own extra
         from ..errors import CrosspatchError
 
@@ -367,9 +369,20 @@ def train_lineage(base, corpora: dict, tok, spec: ZooSpec, log=print) -> tuple[d
     def snapshot(model):  # an independent copy of the weights (no shared storage with the trainer's model)
         return {name: t.detach().clone() for name, t in model.state_dict().items()}
 
-    model = base
-    train(model, it_batches(corpora["instructions"], tok, spec.batch_size, spec.seed + 50), k["sft"], spec.it_lr,
-          spec.seed + 50, log)
+    def sft(model, pairs, steps, lr, seed):
+        """TRL's SFTTrainer on prompt -> completion rows, loss on the completion (and its EOS), with
+        the optimiser and schedule of :func:`train`."""
+        cfg = SFTConfig(output_dir=str(Path(tempfile.mkdtemp()) / "sft"), per_device_train_batch_size=spec.batch_size,
+                        max_steps=steps, learning_rate=lr, weight_decay=0.01, adam_beta2=0.95, warmup_steps=max(1, steps // 20),
+                        lr_scheduler_type="cosine", max_grad_norm=1.0, completion_only_loss=True, packing=False,
+                        report_to=[], logging_steps=max(steps // 4, 1), save_strategy="no", seed=seed, use_cpu=True,
+                        disable_tqdm=True)
+        rows = Dataset.from_list([{"prompt": p["prompt"], "completion": p["response"]} for p in pairs])
+        trainer = SFTTrainer(model=model, args=cfg, processing_class=tok, train_dataset=rows)
+        trainer.train()
+        return trainer.model.eval()
+
+    model = sft(base, corpora["instructions"], k["sft"], spec.it_lr, spec.seed + 50)
     stages = {"lineage-sft": snapshot(model)}
     log(f"lineage-dpo: DPO {k['dpo']} steps")
     reference = copy.deepcopy(model).eval()
@@ -391,8 +404,7 @@ def train_lineage(base, corpora: dict, tok, spec: ZooSpec, log=print) -> tuple[d
                  if check.check(t)]
     log(f"  kept {len(kept)} of {len(pool) * k['rft_samples']} samples")
     if kept:  # (an undertrained smoke build may keep none: then the final stage equals the DPO stage)
-        train(model, it_batches(kept, tok, spec.batch_size, spec.seed + 70), k["rft"], spec.it_lr / 2,
-              spec.seed + 70, log)
+        model = sft(model, kept, k["rft"], spec.it_lr / 2, spec.seed + 70)
     stages["lineage-final"] = snapshot(model)
     out = {}
     for name, state in stages.items():

@@ -51,7 +51,7 @@ def run_demo(
         prompts = prompts[::4]
     started = time.perf_counter()
     config = RunConfig(boundary=boundary, max_new_tokens=max_new_tokens, bootstrap=bootstrap, back_link="../report.html",
-                       group_by=["split", "style", "era"], batch_size=32, consequence=True, consequence_budget=48,
+                       group_by=["split", "style", "era"], batch_size=128, consequence=True, consequence_budget=48,
                        **({"event_kinds": "first_diff"} if quick else {}))
     runs: dict[str, RunResult] = {}
     for name in descendants:

@@ -199,9 +199,11 @@ def lineage_and_sweep(summary: dict) -> list[str]:
         stages = [(st, lin["by_stage"][st].get("percent_of_final")) for st in lin["stages"]]
         first = stages[0]
         if first[1] is not None:
+            inters = ", ".join(f"{st} {fmt_value(lin['by_stage'][st].get('interaction'))}" for st in lin["stages"])
             lines.append(f"**Lineage**: the first stage ({first[0]}) already reaches {first[1]:.0f}% of the final "
                          "model's shift on the base -> final events; " + ", ".join(
-                             f"{st} {p:.0f}%" for st, p in stages[1:] if p is not None) + ".")
+                             f"{st} {p:.0f}%" for st, p in stages[1:] if p is not None)
+                         + f". Interaction at each stage: {inters}.")
     sweep = summary.get("sweep")
     if sweep:
         rows = [(b, _mean(block["effects"]["interaction"])) for b, block in sweep.items()
