@@ -42,7 +42,7 @@ def run_demo(
 ) -> DemoResult:
     """Run base vs each descendant on the shipped prompts (raw weather text, as the paper feeds
     both models, and instruction prompts) and write the combined report.
-    ``quick``: every fourth prompt and the first-divergence event kind only (a few seconds)."""
+    ``quick``: every fourth prompt and the first-divergence event kind only (about 30 s)."""
     root = root or zoo_path()
     man = verify(root)
     out = Path(out)
@@ -72,7 +72,7 @@ def run_demo(
         "lineage": lineage_summary,
         "sweep": sweep,
         "features": features,
-        "late_layers": (man.get("spec") or {}).get("num_layers") and ZooSpec(**man["spec"]).late_layers,
+        "late_layers": _late_layers(man),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -80,6 +80,12 @@ def run_demo(
     (out / "report.md").write_text(report)
     (out / "report.html").write_text(render_demo_html(summary, out))
     return DemoResult(out, runs, summary, report)
+
+
+def _late_layers(man: dict) -> list[int] | None:
+    """The layers ``it-lora-late`` trains, from the zoo's recorded depth."""
+    n = (man.get("spec") or {}).get("num_layers")
+    return ZooSpec(num_layers=n).late_layers if isinstance(n, int) else None
 
 
 def run_zoo_features(root: Path, out: Path, runs: dict, log) -> dict | None:
