@@ -141,7 +141,8 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     runs: dict[str, RunResult] = {}
     for role in models.descendants:
         extra = [CrossDescendant(b, plan[role])] if role in plan else []
-        cfg = replace(config, tuned=role, title=config.title or f"crosspatch compare: base vs {role}")
+        cfg = replace(config, tuned=role, title=config.title or f"crosspatch compare: base vs {role}",
+                      back_link=config.back_link or ("../report.html" if out is not None else None))
         runs[role] = run(models, prompts, cfg, out=Path(out) / role if out is not None else None, progress=progress,
                          analyses=extra)
     summary = compare_summary(models, runs, plan)
@@ -149,10 +150,6 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     if out is not None:
         out = Path(out)
         (out / "compare.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        from .report.html import render_html
-
-        for role in runs:  # per-run pages link back to the combined page
-            (out / role / "report.html").write_text(render_html(out / role, back_link="../report.html"), encoding="utf-8")
         (out / "report.md").write_text(report)
         (out / "report.html").write_text(render_compare_html(summary))
     return CompareResult(runs, summary, report, Path(out) if out is not None else None)

@@ -90,3 +90,15 @@ def test_the_features_finding_follows_the_shares_of_small_sets_and_the_random_co
     assert "FAILS" in weak and "no small feature set" in weak
     noise = "\n".join(demo_reading({**base, "features": _features(0.6, 0.1, 0.08)}))
     assert "no better than random" in noise
+
+
+def test_the_cross_descendant_sentence_reports_the_recovered_share_of_the_gap():
+    def cross(units_y):
+        m = {"base": {"it-full": {"mean": -2.0}}, "it-full": {"it-full": {"mean": 4.0}},
+             "it-units": {"it-full": {"mean": units_y}}}
+        return {"base": "base", "descendants": ["it-full", "it-units"], "cross": m}
+    base = _summary(_run(_block((1, 0, 2), (2, 1, 3), (1, 0.5, 1.5))))
+    shared = "\n".join(demo_reading({**base, "cross": cross(2.5)}))
+    assert "recover 75% (it-units)" in shared and "largely shared" in shared
+    specific = "\n".join(demo_reading({**base, "cross": cross(-1.0)}))
+    assert "recover 17% (it-units)" in specific and "specific to its own early layers" in specific

@@ -42,7 +42,7 @@ def run_demo(
 ) -> DemoResult:
     """Run base vs each descendant on the shipped prompts (raw weather text, as the paper feeds
     both models, and instruction prompts) and write the combined report.
-    ``quick``: every fourth prompt and the first-divergence event kind only (about 30 s)."""
+    ``quick``: every fourth prompt and the first-divergence event kind only (about 40 s)."""
     root = root or zoo_path()
     man = verify(root)
     out = Path(out)
@@ -61,6 +61,7 @@ def run_demo(
         _clear_stale_demo_run(out / name, config.title, log)
         runs[name] = run(pair, prompts, config, out=out / name, progress=progress)
     features = run_zoo_features(root, out, runs, log)
+    cross = run_cross(root, prompts, config, out / "compare", progress, log)
     lineage_summary = run_lineage(root, prompts, config, out / "lineage", progress, log)
     sweep = run_sweep(root, prompts, config, out / "sweep-it-full", progress, log)
     summary = {
@@ -72,6 +73,7 @@ def run_demo(
         "lineage": lineage_summary,
         "sweep": sweep,
         "features": features,
+        "cross": cross,
         "late_layers": _late_layers(man),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +113,34 @@ def run_sweep(root: Path, prompts, config: RunConfig, out: Path, progress: bool,
     _clear_stale_demo_run(out, cfg.title, log)
     result = run(load_zoo_pair("it-full", root), prompts, cfg, out=out, progress=progress)
     return {str(b): result.summary["results"][b]["common_it"]["all"] for b in result.summary["boundaries"]}
+
+
+CROSS = {"tuned": ("it-full", "it-units"), "adapters": ("it-lora-all",)}
+
+
+def run_cross(root: Path, prompts, config: RunConfig, out: Path, progress: bool, log) -> dict | None:
+    """``crosspatch compare --cross all`` on it-full, it-units and the it-lora-all adapter: each
+    one's upstream state through each other's late stack (first divergences, no controls)."""
+    import shutil
+    from dataclasses import replace
+
+    from ..compare import compare
+    from ..execution import load_models
+
+    names = CROSS["tuned"] + CROSS["adapters"]
+    if not all((root / name).exists() for name in names):
+        return None
+    log("cross-descendant patching: " + ", ".join(names))
+    if (out / "compare.json").exists():
+        shutil.rmtree(out)  # the demo owns this directory (as its per-descendant runs)
+    models = load_models(str(root / "base"), tuned={n: str(root / n) for n in CROSS["tuned"]},
+                         adapters={n: str(root / n) for n in CROSS["adapters"]})
+    cfg = replace(config, consequence=False, controls="none", event_kinds="first_diff", group_by=[],
+                  title="crosspatch zoo: cross-descendant patching")
+    result = compare(models, prompts, cfg, out=out, cross="all", progress=progress)
+    models.release()
+    return {"descendants": result.summary["descendants"], "base": result.summary["base"],
+            "cross": result.summary["cross"], "note": result.summary["cross_note"]}
 
 
 def run_lineage(root: Path, prompts, config: RunConfig, out: Path, progress: bool, log) -> dict | None:
@@ -174,7 +204,7 @@ def render_demo_html(summary: dict, out: Path) -> str:
         title="crosspatch demo: the weather-report zoo", intro=demo_intro(summary), tables=demo_tables(summary),
         reading=[p.replace("**", "").replace("`", "") for p in demo_reading(summary, summary.get("late_layers"))],
         links=[f"{name}/report.html" for name in summary["descendants"]]
-        + [f"{d}/report.html" for d in ("sweep-it-full", "lineage") if (out / d / "report.html").exists()],
+        + [f"{d}/report.html" for d in ("compare", "sweep-it-full", "lineage") if (out / d / "report.html").exists()],
         images=demo_images(out),
     )
 
@@ -282,6 +312,14 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
          _consequence_rows(summary)),
         ("By generated position", ["position"] + names, _matrix_rows(summary, "by_position")),
     ]
+    cross = summary.get("cross")
+    if cross and cross.get("cross"):
+        roles = [cross["base"]] + list(cross["descendants"])
+        tables.append(("Cross-descendant patching (compare/): mean Y(U_X, L_Y), upstream state of X (rows) through the "
+                       "late stack of Y (columns), on Y's first divergences (t_base vs t_Y) read with Y's head",
+                       ["upstream \\ late stack"] + roles,
+                       [[x] + [("n/a" if not (v := cross["cross"][x].get(y)) or v.get("mean") is None else
+                                f"{v['mean']:+.2f}") for y in roles] for x in roles]))
     feat = summary.get("features")
     if feat and (feat.get("study") or {}).get("mediation"):
         gate = feat.get("quality_gate") or {}

@@ -152,6 +152,33 @@ def contrasts(summary: dict, late_layers: list[int] | None) -> list[str]:
     return lines
 
 
+def cross_descendants(summary: dict, name: str = "it-full") -> list[str]:
+    """How much of the gap between base upstream and ``name``'s own upstream state other
+    descendants' upstream states recover through ``name``'s late stack."""
+    cross = (summary.get("cross") or {}).get("cross") or {}
+    base = (summary.get("cross") or {}).get("base")
+    if not cross or name not in cross or base not in cross:
+        return []
+    own, from_base = (cross[name].get(name) or {}).get("mean"), (cross[base].get(name) or {}).get("mean")
+    if own is None or from_base is None or abs(own - from_base) < 1e-6:
+        return []
+    parts = []
+    for other in cross:
+        y = (cross[other].get(name) or {}).get("mean")
+        if other in (name, base) or y is None:
+            continue
+        parts.append((other, (y - from_base) / (own - from_base)))
+    if not parts:
+        return []
+    shared = all(share >= 0.5 for _, share in parts)
+    return [f"**Cross-descendant patching**: through {name}'s late stack, the upstream states of other fine-tunes of "
+            f"the same base recover " + ", ".join(f"{100 * share:.0f}% ({other})" for other, share in parts)
+            + f" of the gap between the base's upstream state (Y {from_base:+.2f}) and {name}'s own ({own:+.2f}): "
+            + ("what the late stack needs from upstream is largely shared by these fine-tunes, not specific to its "
+               "own early layers." if shared else
+               "part of what the late stack needs is specific to its own early layers.")]
+
+
 def consequences(summary: dict, name: str = "it-full") -> list[str]:
     s = summary["descendants"].get(name) or {}
     block = ((s.get("consequences") or {}).get("by_model") or {}).get("IT")
@@ -239,4 +266,4 @@ def advice(summary: dict) -> list[str]:
 def demo_reading(summary: dict, late_layers: list[int] | None = None) -> list[str]:
     """The reading, one paragraph (Markdown) per finding, in the report's order."""
     return (instruction_tuning(summary) + eras_and_splits(summary) + contrasts(summary, late_layers)
-            + consequences(summary) + features(summary) + lineage_and_sweep(summary) + advice(summary))
+            + cross_descendants(summary) + consequences(summary) + features(summary) + lineage_and_sweep(summary) + advice(summary))
