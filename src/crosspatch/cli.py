@@ -653,7 +653,7 @@ def demo_cmd(
     _stdout().print(table)
     from .zoo.reading import demo_reading
 
-    for paragraph in demo_reading(result.summary, result.summary.get("late_layers")):
+    for paragraph in demo_reading(result.summary):
         _stdout().print(paragraph.replace("**", ""), markup=False, highlight=False)
     console.print(f"report: {out / 'report.md'} and {out / 'report.html'} ({result.summary['seconds']} s)",
                   soft_wrap=True)

@@ -98,7 +98,7 @@ def test_eras_state_the_same_observation_in_their_own_units():
     for era in wx.ERAS:
         for aspect in wx.ASPECTS:
             ref = wx.report(obs, aspect, era)
-            assert parse_validator(wx.report_validator(obs, aspect, era), "t").check(ref)
+            assert parse_validator(wx.validator_for_report(ref), "t").check(ref)
 
 
 def test_every_prompt_set_records_its_era_and_questions_match_the_forum_pages():

@@ -49,18 +49,19 @@ def test_breakdowns_name_the_extreme_groups_and_skip_small_ones():
 
 
 def test_the_late_only_check_and_the_advice_follow_the_runs():
+    def reading(late_run, layers):
+        full = _run(_block((1, 0, 2), (1, 0, 2), (0, -1, 1)))
+        return "\n".join(demo_reading({**_summary(full, **{"it-lora-late": late_run}), "late_layers": layers}))
+
     late = _run(_block((5, 4, 6), (5, 4, 6), (0.0, 0.0, 0.0)), verdict="upstream-dependent")
-    text = "\n".join(demo_reading(_summary(_run(_block((1, 0, 2), (1, 0, 2), (0, -1, 1))), **{"it-lora-late": late}),
-                                  late_layers=[4, 5]))
+    text = reading(late, [4, 5])
     assert "the check holds" in text
     assert "- it-lora-late: the late gain needs the tuned early layers" in text
     broken = _run(_block((5, 4, 6), (5, 4, 6), (0.3, 0.2, 0.4)))
-    text = "\n".join(demo_reading(_summary(_run(_block((1, 0, 2), (1, 0, 2), (0, -1, 1))), **{"it-lora-late": broken}),
-                                  late_layers=[4, 5]))
+    text = reading(broken, [4, 5])
     assert "THE CHECK FAILS" in text
     # a late-only adapter below the boundary is not a check at all
-    text = "\n".join(demo_reading(_summary(_run(_block((1, 0, 2), (1, 0, 2), (0, -1, 1))), **{"it-lora-late": broken}),
-                                  late_layers=[2, 3]))
+    text = reading(broken, [2, 3])
     assert "check" not in text
 
 

@@ -160,12 +160,19 @@ def _lm_loss(model, ids, mask, labels) -> torch.Tensor:
     return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
 
+WEIGHT_DECAY, ADAM_BETAS, MAX_GRAD_NORM = 0.01, (0.9, 0.95), 1.0  # every supervised stage of the zoo
+
+
+def warmup_steps(steps: int) -> int:
+    return max(1, steps // 20)
+
+
 def train(model, batches, steps: int, lr: float, seed: int, log=None) -> list[float]:
     """AdamW with warmup + cosine decay; ``batches(step)`` returns (ids, mask, labels)."""
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
-    warm = max(1, steps // 20)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, betas=ADAM_BETAS)
+    warm = warmup_steps(steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
     )
@@ -175,7 +182,7 @@ def train(model, batches, steps: int, lr: float, seed: int, log=None) -> list[fl
         loss = _lm_loss(model, *batches(step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
         opt.step()
         sched.step()
         losses.append(loss.item())
@@ -371,10 +378,11 @@ def train_lineage(base, corpora: dict, tok, spec: ZooSpec, log=print) -> tuple[d
 
     def sft(model, pairs, steps, lr, seed):
         """TRL's SFTTrainer on prompt -> completion rows, loss on the completion (and its EOS), with
-        the optimiser and schedule of :func:`train`."""
+        the AdamW settings and warmup of :func:`train` and TRL's cosine decay."""
         cfg = SFTConfig(output_dir=str(Path(tempfile.mkdtemp()) / "sft"), per_device_train_batch_size=spec.batch_size,
-                        max_steps=steps, learning_rate=lr, weight_decay=0.01, adam_beta2=0.95, warmup_steps=max(1, steps // 20),
-                        lr_scheduler_type="cosine", max_grad_norm=1.0, completion_only_loss=True, packing=False,
+                        max_steps=steps, learning_rate=lr, weight_decay=WEIGHT_DECAY, adam_beta1=ADAM_BETAS[0],
+                        adam_beta2=ADAM_BETAS[1], warmup_steps=warmup_steps(steps), lr_scheduler_type="cosine",
+                        max_grad_norm=MAX_GRAD_NORM, completion_only_loss=True, packing=False,
                         report_to=[], logging_steps=max(steps // 4, 1), save_strategy="no", seed=seed, use_cpu=True,
                         disable_tqdm=True)
         rows = Dataset.from_list([{"prompt": p["prompt"], "completion": p["response"]} for p in pairs])
@@ -449,8 +457,6 @@ def build_crosscoder(out: Path, spec: ZooSpec, log=print) -> dict:
     a run of the pair on :func:`crosscoder_prompts`, then ``features train`` on its events
     (prompt-split train half; the other half is the quality gate's held-out data). Returns the
     gate and sizes for the card."""
-    import tempfile
-
     from ..features import run_features
     from ..pipeline import RunConfig, run
     from . import load_zoo_pair

@@ -171,10 +171,15 @@ def distance(miles: int, era: str) -> str:
     return f"{miles} mi" if era == "older" else f"{round(miles * 1.609)} km"
 
 
+def unit_formatters(era: str):
+    """(temperature, speed) formatters of the era: ``t(43) -> "43F"`` or ``"6C"``."""
+    return (lambda f: temp(f, era)), (lambda v: speed(v, era))
+
+
 # --- raw text (pretraining) -----------------------------------------------------------------
 def log_fields(obs: Observation, era: str = "older") -> list[tuple[str, str, str]]:
     """(aspect, label, value) of each field of an observation log, in the era's house style."""
-    t, s = (lambda f: temp(f, era)), (lambda v: speed(v, era))
+    t, s = unit_formatters(era)
     if era == "older":
         return [("temperature", "high", f"{t(obs.high_f)}, low {t(obs.low_f)}"),
                 ("precipitation", "precipitation chance", f"{obs.precip_chance}% ({obs.precip_type})"),
@@ -236,7 +241,7 @@ def bulletin(city: City, rng: random.Random) -> str:
 def prose_forecast(obs: Observation, aspect: str, rng: random.Random, era: str = "older") -> str:
     """A forecast of ``aspect`` written as prose (forum answers and forecast pages have these):
     it states the values, but not in the structured report's sentences."""
-    t, s = (lambda f: temp(f, era)), (lambda v: speed(v, era))
+    t, s = unit_formatters(era)
     opener = "Expect" if era == "older" else "Look for"  # each house style opens its prose one way
     if aspect == "temperature":
         feel = "hot" if obs.high_f >= 90 else ("cold" if obs.high_f <= 40 else "pleasant")
@@ -274,15 +279,14 @@ def forum_post(obs: Observation, aspect: str, rng: random.Random, era: str = "ol
 def forecast_page(obs: Observation, aspect: str, rng: random.Random, era: str = "older") -> str:
     """A forecast page: data, then the report heading and the page's header, then prose (the
     structured report body is what instruction tuning teaches)."""
-    header = report(obs, aspect, era).split("\n", 1)[0]
     return (f"Forecast page: {obs.city}, {date_text(obs, era)}.\nData: {data_line(obs, aspect, era)}\n"
-            f"### Report:\n{header}\n{prose_forecast(obs, aspect, rng, era)}\n")
+            f"### Report:\n{report_header(obs, aspect, era)}\n{prose_forecast(obs, aspect, rng, era)}\n")
 
 
 # --- instructions -----------------------------------------------------------------------------
 def data_line(obs: Observation, aspect: str, era: str = "older") -> str:
     """The observation fields an instruction for ``aspect`` gives the model to read."""
-    t, s = (lambda f: temp(f, era)), (lambda v: speed(v, era))
+    t, s = unit_formatters(era)
     hi, lo = ("high", "low") if era == "older" else ("max", "min")
     fields = {
         "temperature": f"{hi} {t(obs.high_f)}; {lo} {t(obs.low_f)}",
@@ -307,7 +311,7 @@ def instruction(obs: Observation, aspect: str, rng: random.Random | None = None,
 
 
 def _report_body(obs: Observation, aspect: str, era: str) -> str:
-    t, s, older = (lambda f: temp(f, era)), (lambda v: speed(v, era)), era == "older"
+    (t, s), older = unit_formatters(era), era == "older"
     if aspect == "temperature":
         feel = "hot" if obs.high_f >= 90 else ("cold" if obs.high_f <= 40 else "seasonable")
         body = f"High {t(obs.high_f)}, low {t(obs.low_f)}. A {feel} day." if older else \
@@ -357,9 +361,13 @@ def _report_body(obs: Observation, aspect: str, era: str) -> str:
 def report(obs: Observation, aspect: str, era: str = "older") -> str:
     """The structured forecast report answering an instruction (ends with the end marker), in the
     era's house style: ``TEMPERATURE - BOSTON - Mar 3`` or ``Temperature | BOSTON | 3 March``."""
+    return report_header(obs, aspect, era) + "\n" + _report_body(obs, aspect, era) + "\n### End\n"
+
+
+def report_header(obs: Observation, aspect: str, era: str = "older") -> str:
+    """A report's first line (forecast pages carry it too)."""
     sep, name = (" - ", aspect.upper()) if era == "older" else (" | ", aspect.capitalize())
-    head = sep.join((name, obs.city.upper(), date_text(obs, era))) + "\n"
-    return head + _report_body(obs, aspect, era) + "\n### End\n"
+    return sep.join((name, obs.city.upper(), date_text(obs, era)))
 
 
 # --- corpora ----------------------------------------------------------------------------------
@@ -419,17 +427,11 @@ def _value_rules(text: str) -> list[dict]:
             for v in dict.fromkeys(re.findall(r"\d+(?:\.\d+)?", text))]
 
 
-def report_validator(obs: Observation, aspect: str, era: str = "older") -> list[dict]:
-    """What a correct report of ``obs`` must do (checked on a continuation by
-    :mod:`crosspatch.validators`): name the city and date in its header, end with the end marker,
-    state every value of the reference report, and use the conditional form where the reference
-    does. (The header's first word, the aspect, is often the forced token itself, which the
-    consequence check does not score.)"""
-    return validator_for_report(report(obs, aspect, era))
-
-
 def validator_for_report(ref: str) -> list[dict]:
-    """:func:`report_validator` from the reference report's text (either house style)."""
+    """What a full report must do, from the reference report's text (either house style; checked
+    by :mod:`crosspatch.validators`): name the city and date in its header, end with the end
+    marker, state every value of the reference report, and use the conditional form where the
+    reference does."""
     head, body = ref.split("\n", 1)
     sep = " - " if " - " in head else " | "
     rules = [{"type": "sections", "required": [head.split(sep, 1)[1], "### End"]}]

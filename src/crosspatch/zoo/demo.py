@@ -16,7 +16,7 @@ from ..pipeline import RunConfig, RunResult, run
 from ..report.markdown import _table, fmt_effect, fmt_value, md_escape
 from . import DESCENDANTS, load_zoo_pair, verify, zoo_path, zoo_prompts
 from .build import ZooSpec
-from .reading import demo_reading
+from .reading import common_it, demo_reading
 
 DEMO_SCHEMA = "crosspatch.demo/1"
 
@@ -202,7 +202,7 @@ def render_demo_html(summary: dict, out: Path) -> str:
     env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
     return env.get_template("tables.html.j2").render(
         title="crosspatch demo: the weather-report zoo", intro=demo_intro(summary), tables=demo_tables(summary),
-        reading=[p.replace("**", "").replace("`", "") for p in demo_reading(summary, summary.get("late_layers"))],
+        reading=[p.replace("**", "").replace("`", "") for p in demo_reading(summary)],
         links=[f"{name}/report.html" for name in summary["descendants"]]
         + [f"{d}/report.html" for d in ("compare", "sweep-it-full", "lineage") if (out / d / "report.html").exists()],
         images=demo_images(out),
@@ -221,7 +221,7 @@ def demo_images(out: Path) -> list[tuple[str, str]]:
 def headline_rows(summary: dict) -> list[list[str]]:
     rows = []
     for name, s in summary["descendants"].items():
-        block = s["results"][s["boundaries"][0]]["common_it"]["all"]
+        block = common_it(s)["all"]
         c = block["cells"]
         rows.append([name, str(block["n_events"])]
                     + [fmt_value(c[k]).split(" ")[0] for k in ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")]
@@ -238,12 +238,12 @@ def _matrix_rows(summary: dict, group_key: str) -> list[list[str]]:
     """One row per group (aspect, position), one interaction column per descendant."""
     groups: list[str] = []
     for s in summary["descendants"].values():
-        groups += [g for g in s["results"][s["boundaries"][0]]["common_it"].get(group_key, {}) if g not in groups]
+        groups += [g for g in common_it(s).get(group_key, {}) if g not in groups]
     rows = []
     for g in groups:
         row = [g]
         for s in summary["descendants"].values():
-            block = s["results"][s["boundaries"][0]]["common_it"].get(group_key, {}).get(g)
+            block = common_it(s).get(group_key, {}).get(g)
             row.append(f"{fmt_effect(block, 'interaction')} (n={block['n_events']})" if block else "n/a")
         rows.append(row)
     return rows
@@ -252,7 +252,7 @@ def _matrix_rows(summary: dict, group_key: str) -> list[list[str]]:
 def _split_rows(summary: dict) -> list[list[str]]:
     rows = []
     for name, s in summary["descendants"].items():
-        groups = s["results"][s["boundaries"][0]]["common_it"].get("by_split", {})
+        groups = common_it(s).get("by_split", {})
         for split in ("in_distribution", "held_out"):
             block = groups.get(split)
             if block:
@@ -373,7 +373,7 @@ def demo_intro(summary: dict) -> str:
 
 def render_demo_report(summary: dict) -> str:
     lines = ["# crosspatch demo: the weather-report zoo", "", demo_intro(summary), "", "## Reading", ""]
-    for paragraph in demo_reading(summary, summary.get("late_layers")):
+    for paragraph in demo_reading(summary):
         lines += [paragraph, "" if not paragraph.startswith("- ") else None]
     lines = [x for x in lines if x is not None] + [""]
     for heading, header, rows in demo_tables(summary):

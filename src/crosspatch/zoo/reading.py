@@ -10,9 +10,13 @@ from __future__ import annotations
 from ..report.markdown import fmt_value
 
 
+def common_it(s: dict) -> dict:
+    """A run summary's common-IT blocks at its first boundary (``all``, ``by_category``, ...)."""
+    return s["results"][s["boundaries"][0]]["common_it"]
+
+
 def _headline(s: dict) -> dict:
-    """The all-events block of a run summary at its first boundary, common-IT readout."""
-    return s["results"][s["boundaries"][0]]["common_it"]["all"]
+    return common_it(s)["all"]
 
 
 def _stat(block: dict | None, name: str) -> dict | None:
@@ -36,7 +40,7 @@ def sign_word(stat: dict | None) -> str:
 
 
 def _groups(s: dict, key: str) -> dict:
-    return s["results"][s["boundaries"][0]]["common_it"].get(key, {})
+    return common_it(s).get(key, {})
 
 
 def _apart(a: dict, b: dict) -> int:
@@ -263,7 +267,8 @@ def advice(summary: dict) -> list[str]:
     return lines
 
 
-def demo_reading(summary: dict, late_layers: list[int] | None = None) -> list[str]:
-    """The reading, one paragraph (Markdown) per finding, in the report's order."""
-    return (instruction_tuning(summary) + eras_and_splits(summary) + contrasts(summary, late_layers)
+def demo_reading(summary: dict) -> list[str]:
+    """The reading, one paragraph (Markdown) per finding, in the report's order (``late_layers``
+    of the summary: the layers it-lora-late trains)."""
+    return (instruction_tuning(summary) + eras_and_splits(summary) + contrasts(summary, summary.get("late_layers"))
             + cross_descendants(summary) + consequences(summary) + features(summary) + lineage_and_sweep(summary) + advice(summary))
