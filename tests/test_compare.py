@@ -158,3 +158,23 @@ def test_pool_command(compared):
     assert res.exit_code == 0, res.output
     assert "2 families" in res.output and "interaction" in res.output
     assert CliRunner().invoke(app, ["pool", str(out / "late")]).exit_code == 2
+
+
+
+def test_each_run_page_names_the_descendant_it_scores():
+    """A compare or lineage run loads several descendants: its pages name the one its role scores."""
+    from crosspatch.report.markdown import scored_descendant
+
+    several = {"models": {"base": {"path": "b"}, "descendants": {"sft": {"path": "s"},
+                                                                 "lora": {"path": "l", "kind": "adapter"}}},
+               "roles": ["base", "sft", "lora"]}
+    assert scored_descendant({**several, "options": {"tuned": "lora"}}) == ("l", "PEFT adapter")
+    assert scored_descendant({**several, "options": {"tuned": None}}) == ("s", "descendant")
+    assert scored_descendant({"models": {"base": {"path": "b"}, "adapter": {"path": "a"}}}) == ("a", "PEFT adapter")
+    assert scored_descendant({"models": {"base": {"path": "b"}, "tuned": {"path": "t"}}}) == ("t", "descendant")
+
+
+def test_compare_pages_link_back_to_the_combined_page(compared):
+    _, out = compared
+    for role in ("late", "early"):
+        assert '<a href="../report.html">' in (out / role / "report.html").read_text()

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ..cells import READOUTS
-from .markdown import _EFFECT_LABELS, _fmt_number, counts_lines, fmt_effect, fmt_value, reading_lines
+from .markdown import _EFFECT_LABELS, _fmt_number, counts_lines, fmt_effect, fmt_value, reading_lines, scored_descendant
 
 
 def _plain(text: str) -> str:
@@ -91,6 +91,7 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
     store = RunStore(run_dir)
     config, summary = store.config(), store.summary()
     models = config.get("models", {})
+    tuned, kind = scored_descendant(config)
     head_b = str((summary.get("verdict") or {}).get("boundary", summary["boundaries"][0]))
     records = [r for r in store.load_records() if str(r.boundary) == head_b]
     events = [_event(r) for r in records[:max_events]]
@@ -102,8 +103,7 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
         title=config.get("title") or "crosspatch run",
         back_link=back_link or config.get("back_link"),
         base=models.get("base", {}).get("path", "?"),
-        tuned=models.get("tuned", {}).get("path") or models.get("adapter", {}).get("path", "?"),
-        kind="PEFT adapter" if "adapter" in models else "descendant",
+        tuned=tuned, kind=kind,
         boundaries=summary["boundaries"], num_layers=summary.get("num_layers"),
         setup=[("dtype", load.get("dtype", "float32")), ("device", load.get("device", "cpu")),
                ("residency", config.get("residency", "?")), ("plan", opts.get("plan")),

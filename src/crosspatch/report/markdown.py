@@ -266,6 +266,21 @@ def features_lines(feat: dict | None) -> list[str]:
     return lines
 
 
+def scored_descendant(config: dict) -> tuple[str, str]:
+    """(path, "descendant" or "PEFT adapter") of the model a run scores against the base: the
+    pair's ``tuned``/``adapter`` entry, or with several descendants loaded (compare, lineage)
+    the ``descendants`` entry of the run's role."""
+    models = config.get("models", {})
+    if "descendants" in models:
+        roles = config.get("roles") or []
+        role = (config.get("options") or {}).get("tuned") or (roles[1] if len(roles) > 1 else None)
+        entry = models["descendants"].get(role, {})
+        return entry.get("path", "?"), "PEFT adapter" if entry.get("kind") == "adapter" else "descendant"
+    if "adapter" in models:
+        return models["adapter"].get("path", "?"), "PEFT adapter"
+    return models.get("tuned", {}).get("path", "?"), "descendant"
+
+
 def render_markdown(config: dict, summary: dict) -> str:
     """The full report. Deterministic: the same stored files give the same text."""
     models = config.get("models", {})
@@ -274,8 +289,7 @@ def render_markdown(config: dict, summary: dict) -> str:
     lines = [f"# {md_escape(title)}", ""]
     lines += verdict_lines(summary)
     base = models.get("base", {}).get("path", "?")
-    tuned = models.get("tuned", {}).get("path") or models.get("adapter", {}).get("path", "?")
-    kind = "PEFT adapter" if "adapter" in models else "descendant"
+    tuned, kind = scored_descendant(config)
     lines += [f"- base (PT): `{md_escape(base)}`", f"- {kind} (IT): `{md_escape(tuned)}`"]
     opts = config.get("options", {})
     lines.append(

@@ -136,7 +136,7 @@ def run_cross(root: Path, prompts, config: RunConfig, out: Path, progress: bool,
     models = load_models(str(root / "base"), tuned={n: str(root / n) for n in CROSS["tuned"]},
                          adapters={n: str(root / n) for n in CROSS["adapters"]})
     cfg = replace(config, consequence=False, controls="none", event_kinds="first_diff", group_by=[],
-                  title="crosspatch zoo: cross-descendant patching")
+                  title=None)  # compare names each run after its descendant
     result = compare(models, prompts, cfg, out=out, cross="all", progress=progress)
     models.release()
     return {"descendants": result.summary["descendants"], "base": result.summary["base"],
