@@ -250,6 +250,7 @@ CASES = [
     # -- options --------------------------------------------------------------------------------
     Case("options", "--batch-size 0", lambda e: e.run_args("--batch-size", "0"), "OptionError"),
     Case("options", "--batch-size -3", lambda e: e.run_args("--batch-size", "-3"), "OptionError"),
+    Case("options", "--max-batch-tokens 0", lambda e: e.run_args("--max-batch-tokens", "0"), "OptionError"),
     Case("options", "--max-new-tokens 0", lambda e: e.run_args("--max-new-tokens", "0"), "OptionError"),
     Case("options", "--bootstrap 1 (degenerate intervals)", lambda e: e.run_args("--bootstrap", "1"), "OptionError"),
     Case("options", "--bootstrap -5", lambda e: e.run_args("--bootstrap", "-5"), "OptionError"),

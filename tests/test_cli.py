@@ -131,9 +131,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     res = CliRunner().invoke(app, ["run", "--base", str(root / "base"), "--tuned", str(root / "tuned"), "--prompts",
                                    str(prompts), "--out", str(tmp_path / "out"), "--boundaries", "1,3", "--dry-run",
-                                   "--residency", "sequential"])
+                                   "--residency", "sequential", "--max-batch-tokens", "4096"])
     assert res.exit_code == 0, res.output
     for text in ("residency: sequential", "boundaries: 1, 3 of 4 layers", "prompts: 6", "estimated work",
-                 "state cache", "sweep.png", "nothing was loaded or written"):
+                 "state cache", "at most 4,096 padded tokens", "sweep.png", "nothing was loaded or written"):
         assert text in res.output, text
     assert not (tmp_path / "out").exists()

@@ -55,6 +55,28 @@ def test_sequential_holds_one_model_at_a_time(tmp_path):
     assert pair.peak_live_models == 1 and pair.loads - loads <= 10
 
 
+def test_sequential_keeps_one_copy_of_a_readout_head_the_fine_tune_left_alone(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from crosspatch.models.execution import readout
+
+    base, _, merged = _lora_dirs(tmp_path)  # LoRA on attention and MLP: final norm and lm_head untouched
+    pair = load_pair(str(base), tuned=str(merged), residency="sequential")
+    assert pair.head("tuned").anatomy.lm_head is pair.head("base").anatomy.lm_head
+    assert pair.head("tuned").anatomy.final_norm is pair.head("base").anatomy.final_norm
+    states = torch.randn(3, pair.hidden_size)
+    for part in ("lm_head", "norm"):  # a descendant whose head moved keeps its own, and reads out with it
+        model = AutoModelForCausalLM.from_pretrained(str(merged))
+        with torch.no_grad():
+            (model.lm_head if part == "lm_head" else model.model.norm).weight[0] += 0.5
+        model.save_pretrained(tmp_path / part)
+        AutoTokenizer.from_pretrained(str(merged)).save_pretrained(tmp_path / part)
+        moved = load_pair(str(base), tuned=str(tmp_path / part), residency="sequential")
+        assert moved.head("tuned").anatomy.lm_head is not moved.head("base").anatomy.lm_head
+        assert not torch.equal(readout(moved.head("tuned"), states), readout(moved.head("base"), states))
+
+
 def test_residency_choice_and_its_reason(tmp_path):
     base, adapter, merged = _lora_dirs(tmp_path)
     assert choose_residency(str(base), None, str(adapter), LoadOptions())[0] == "adapter"

@@ -74,6 +74,7 @@ class CellRecord:
 class CellsConfig:
     batch_size: int = 8
     near_tie_threshold: float = 0.05  # logits; margins below this are flagged
+    max_batch_tokens: int | None = None  # padded tokens per batch (Executor); None: rows alone bound it
 
 
 def resolve_boundary(boundary: int | float, num_layers: int) -> int:
@@ -201,5 +202,5 @@ def score_events(
     models' boundary and final states; without it one full pass of each model computes them."""
     config = config or CellsConfig()
     evset = EventSet(events, models.base, tuned or models.roles[1], natural)
-    ex = Executor(models, config.batch_size)
+    ex = Executor(models, config.batch_size, config.max_batch_tokens)
     return ex.drive(CrossPatch(list(boundaries), config).program(ex, evset))

@@ -95,6 +95,9 @@ def run_cmd(
     boundaries: Optional[str] = typer.Option(None, "--boundaries", help="Comma-separated boundaries, or 'all'."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Greedy budget of the divergence search (tokens)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
+    max_batch_tokens: Optional[int] = typer.Option(
+        None, "--max-batch-tokens", help="Padded tokens per forward pass at most (prompt + generation budget while "
+        "decoding): bounds working memory, e.g. with --residency sequential."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (accelerate device_map)"),
     bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples."),
@@ -188,7 +191,8 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str]):
     group_by = kw["group_by"]
     config = RunConfig(
         boundary=_boundary(kw["boundary"]), boundaries=_boundaries(kw["boundaries"]),
-        max_new_tokens=kw["max_new_tokens"], batch_size=kw["batch_size"], rollout_model=kw["rollout_model"].upper(),
+        max_new_tokens=kw["max_new_tokens"], batch_size=kw["batch_size"], max_batch_tokens=kw["max_batch_tokens"],
+        rollout_model=kw["rollout_model"].upper(),
         bootstrap=kw["bootstrap"], seed=kw["seed"], chat_template=kw["chat_template"],
         group_by=[x.strip() for x in group_by.split(",") if x.strip()] if group_by else [], plan=kw["plan"],
         shard=kw["shard"], engine=kw["engine"], workers=kw["workers"], controls=kw["controls"],
@@ -258,6 +262,9 @@ def _print_plan(kw: dict, tuned: list[str], adapters: list[str], items, config, 
             item = {"float32": 4}.get(options.dtype, 2)
             size = 2 * tokens * hidden * item * (len(bounds) + 1)
             lines.append(f"state cache (sequential, CPU): up to {size / 2**20:.1f} MiB")
+    lines.append(f"batching: up to {config.batch_size} sequences per forward pass"
+                 + (f", at most {config.max_batch_tokens:,} padded tokens (prompt + generation budget while decoding)"
+                    if config.max_batch_tokens else ""))
     out_dir = Path(kw["out"])
     lines.append(f"output: {out_dir}/ config.json, events.jsonl, no_divergence.jsonl, summary.json, events.parquet, "
                  "report.md, report.html" + (", control_*.jsonl" if controls else "")

@@ -172,7 +172,7 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     events = [e for e in events if e.prompt_id in validators and e.key not in done]
     if events:
         pair = reopen_models(config)
-        ex = Executor(pair, config["options"].get("batch_size", 8))
+        ex = Executor.for_run(pair, config["options"])
         rows = ex.drive(Consequence(validators, budget, with_pt, config["options"].get("seed", 0)).program(
             ex, EventSet(events, pair.base, pair.roles[1], None)))
         store.append_rows(CONSEQUENCE_FILE, rows)

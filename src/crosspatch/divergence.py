@@ -70,6 +70,7 @@ class DivergenceConfig:
     rollout_model: str = "IT"  # which model decodes; the other verifies its tokens
     chunk_size: int = 8  # tokens decoded between verifications (bounds work past the event)
     capture_boundaries: list[int] | None = None  # keep both models' states for the cells (minimal plan)
+    max_batch_tokens: int | None = None  # padded tokens per batch, generation budget included (Executor)
 
 
 def divergence_program(prompts: list[Prompt], prompt_ids: list[list[int]], config: DivergenceConfig,
@@ -111,7 +112,7 @@ def find_divergences(
     prefix are put there (keyed by event key, then role)."""
     if natural is None:
         config = DivergenceConfig(**{**asdict(config), "capture_boundaries": None})
-    events, none, states = Executor(models, config.batch_size).drive(
+    events, none, states = Executor(models, config.batch_size, config.max_batch_tokens).drive(
         divergence_program(prompts, prompt_ids, config, models.base, tuned or models.roles[1]))
     if natural is not None and states:
         natural.update(states)

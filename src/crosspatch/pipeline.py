@@ -44,6 +44,7 @@ class RunConfig:
     boundaries: list[int | float] | str | None = None  # several at once, or "all" (1..L-1); overrides boundary
     max_new_tokens: int = 128
     batch_size: int = 8
+    max_batch_tokens: int | None = None  # padded tokens per batch (prompt + generation budget while decoding)
     rollout_model: str = "IT"
     near_tie_threshold: float = 0.05
     bootstrap: int = 2000
@@ -215,7 +216,7 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
     models["load_options"] = {k: v for k, v in models.get("load_options", {}).items() if k != "residency"}
     result_parts = {  # what changes results; residency and batching only move float rounding
         "options": {k: v for k, v in options.items()
-                    if k not in ("batch_size", "title", "back_link", "shard", "engine", "workers", "sequential_chunk",
+                    if k not in ("batch_size", "max_batch_tokens", "title", "back_link", "shard", "engine", "workers", "sequential_chunk",
                                  "verify_fp32", "policy")},
         "boundaries": boundaries,
         "models": models,
@@ -448,7 +449,7 @@ def process_chunk(models, plan: ChunkPlan, item) -> ChunkResult:
     """Search and score one chunk of prompts (``item`` = (prompts, token ids)): the unit of work
     of every engine. The stages are programs the executor runs, whatever the residency."""
     prompts, token_ids = item
-    ex = Executor(models, plan.cells.batch_size)
+    ex = Executor(models, plan.cells.batch_size, plan.cells.max_batch_tokens)
     tuned = plan.tuned or models.roles[1]
     with counting_work() as work:
         events, none, natural = ex.drive(divergence_program(prompts, token_ids, plan.divergence, models.base, tuned))
@@ -469,8 +470,9 @@ def process_chunk(models, plan: ChunkPlan, item) -> ChunkResult:
 def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analyses=(),
                validators: dict | None = None) -> ChunkPlan:
     div_cfg = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model,
-                               capture_boundaries=boundaries if config.plan == "minimal" else None)
-    cells = CellsConfig(config.batch_size, config.near_tie_threshold)
+                               capture_boundaries=boundaries if config.plan == "minimal" else None,
+                               max_batch_tokens=config.max_batch_tokens)
+    cells = CellsConfig(config.batch_size, config.near_tie_threshold, config.max_batch_tokens)
     kinds = parse_event_kinds(config.event_kinds)
     controls = control_analyses([c for c in parse_controls(config.controls) if c in PASS_CONTROLS],
                                 headline_boundary(boundaries, num_layers), config.max_new_tokens, config.seed, cells)
@@ -512,7 +514,8 @@ def verify_near_ties_fp32(models: ModelSet, prompts: list[Prompt], token_ids: li
                 "note": "the run is already float32" if dtype == "float32" else "no near-tie events"}
     idx = [k for k, p in enumerate(prompts) if p.id in ties]
     models32 = _float32_models(models)
-    div = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model)
+    div = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model,
+                           max_batch_tokens=config.max_batch_tokens)
     events, none = find_divergences(models32, [prompts[k] for k in idx], [token_ids[k] for k in idx], div,
                                     tuned=config.tuned or models.roles[1])
     found = {e.prompt_id: (e.position, e.t_pt, e.t_it) for e in events}

@@ -67,6 +67,8 @@ def validate_run_options(config) -> None:
     if config.engine not in ("local", "ray"):
         raise OptionError(f"engine must be one of local, ray, not {config.engine!r}")
     _int("batch size", config.batch_size, 1)
+    if config.max_batch_tokens is not None:
+        _int("max batch tokens", config.max_batch_tokens, 1)
     _int("max new tokens", config.max_new_tokens, 1)
     _int("seed", config.seed, 0)
     _int("workers", config.workers, 1)

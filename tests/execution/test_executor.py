@@ -10,6 +10,8 @@ from crosspatch.cells import CELLS, READOUTS
 from crosspatch.execution import (
     Capture, Edit, Executor, Late, load_models, load_pair, models_from_modules, pair_from_models,
 )
+from crosspatch.execution import executor as executor_module
+from crosspatch.execution.search import length_batches
 from crosspatch.models.execution import counting_work
 from crosspatch.pipeline import run
 from crosspatch.testing import BlendProbe, char_tokenizer, make_pair, perturb_layers, tiny_model
@@ -142,6 +144,46 @@ def test_work_is_counted_once_per_pass():
 def test_executor_refuses_a_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size"):
         Executor(make_pair("llama"), batch_size=0)
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        Executor(make_pair("llama"), max_batch_tokens=0)
+
+
+def test_a_token_budget_bounds_every_batch_and_keeps_every_item():
+    lengths = [5, 40, 7, 7, 90, 3, 12, 40, 200, 6]
+    for rows, budget in [(4, None), (4, 60), (8, 100), (3, 1)]:
+        batches = length_batches(len(lengths), lengths, rows, budget)
+        assert sorted(k for b in batches for k in b) == list(range(len(lengths)))  # none lost, none twice
+        for batch in batches:
+            assert len(batch) <= rows
+            widths = [lengths[k] for k in batch]
+            assert widths == sorted(widths)  # similar lengths together, shortest first
+            if budget is not None and len(batch) > 1:
+                assert len(batch) * max(widths) <= budget  # padded tokens
+    assert [8] in length_batches(len(lengths), lengths, 4, 60)  # longer than the budget: alone, never split
+    assert length_batches(4, [3, 3, 3, 3], 8, 6) == [[0, 1], [2, 3]]
+    assert length_batches(4, [3, 3, 3, 3], 8, None) == [[0, 1, 2, 3]]
+
+
+@pytest.mark.parametrize("residency", ["both", "sequential"])
+def test_a_token_budget_changes_batches_not_results(tmp_path, residency):
+    """Decoding passes count each prompt with its generation budget: a budget below one prompt +
+    budget puts every prompt alone, and the events and cells stay what they were."""
+    base, _, merged = _lora_dirs(tmp_path)
+    pair = load_pair(str(base), tuned=str(merged), residency=residency)
+    budget = OPTIONS["max_new_tokens"] + 1
+    batches = []
+    real = executor_module.length_batches
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(executor_module, "length_batches", lambda *a: batches.append((a[1], real(*a))) or batches[-1][1])
+        small = run(pair, PROMPTS, batch_size=8, max_batch_tokens=budget, **OPTIONS)
+    searched = [b for lengths, bs in batches if min(lengths) > OPTIONS["max_new_tokens"] for b in bs]
+    assert searched and all(len(b) == 1 for b in searched)  # prompt + budget > the budget: alone
+    assert all(len(b) * max(lengths[k] for k in b) <= budget for lengths, bs in batches for b in bs if len(b) > 1)
+    whole = run(pair, PROMPTS, batch_size=8, **OPTIONS)
+    assert [r.key for r in small.records] == [r.key for r in whole.records] and whole.records
+    worst = max(abs(x.cells[n][c] - y.cells[n][c]) for x, y in zip(small.records, whole.records)
+                for n in READOUTS for c in CELLS)
+    assert worst <= 1e-5
 
 
 def test_several_adapters_on_one_base_copy(tmp_path):

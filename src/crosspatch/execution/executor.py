@@ -47,12 +47,22 @@ def _identity(p: Pass):
 
 
 class Executor:
-    """Runs passes on a :class:`ModelSet` in batches of ``batch_size`` items of similar length."""
+    """Runs passes on a :class:`ModelSet` in batches of at most ``batch_size`` items of similar
+    length and, with ``max_batch_tokens``, at most that many padded tokens per batch (a decoding
+    pass counts each prompt with its whole generation budget, the length its KV cache reaches):
+    the bound on a batch's working memory, whatever the prompt lengths."""
 
-    def __init__(self, models: ModelSet, batch_size: int = 8) -> None:
+    def __init__(self, models: ModelSet, batch_size: int = 8, max_batch_tokens: int | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-        self.models, self.batch_size = models, batch_size
+        if max_batch_tokens is not None and max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, not {max_batch_tokens}")
+        self.models, self.batch_size, self.max_batch_tokens = models, batch_size, max_batch_tokens
+
+    @classmethod
+    def for_run(cls, models: ModelSet, options: dict) -> "Executor":
+        """An executor batching as the run whose recorded ``options`` (config.json) are given."""
+        return cls(models, options.get("batch_size", 8), options.get("max_batch_tokens"))
 
     # -- programs ---------------------------------------------------------------------------
     def drive(self, program: Program):
@@ -131,8 +141,10 @@ class Executor:
             return self._search(p)
         raise TypeError(f"unknown pass {type(p).__name__}")
 
-    def _batches(self, sequences: list[list[int]]) -> list[list[int]]:
-        return length_batches(len(sequences), [len(s) for s in sequences], self.batch_size)
+    def _batches(self, sequences: list[list[int]], generated: int = 0) -> list[list[int]]:
+        """Batches of item indices; ``generated``: tokens each item may still grow by."""
+        return length_batches(len(sequences), [len(s) + generated for s in sequences], self.batch_size,
+                              self.max_batch_tokens)
 
     def _capture(self, p: Capture) -> list[EventStates]:
         out: list[EventStates | None] = [None] * len(p.sequences)
@@ -165,7 +177,7 @@ class Executor:
     def _decode(self, p: Decode) -> list[list[int]]:
         out: list[list[int] | None] = [None] * len(p.prompts)
         with self.models.use(p.role) as model:
-            for batch in self._batches(p.prompts):
+            for batch in self._batches(p.prompts, p.max_new_tokens):
                 generated, _ = rollout_states(self.models, model, [p.prompts[k] for k in batch], p.max_new_tokens)
                 for k, g in zip(batch, generated):
                     out[k] = g
@@ -174,7 +186,7 @@ class Executor:
     def _search(self, p: Search) -> list[SearchOutcome]:
         out: list[SearchOutcome | None] = [None] * len(p.prompts)
         keep = self.models.state_device
-        batches = self._batches(p.prompts)
+        batches = self._batches(p.prompts, p.max_new_tokens)
         if self.models.can_hold(p.roles):  # both models at once: interleaved, stops at the event
             with self.models.use(p.roll) as roll, self.models.use(p.check) as check:
                 for batch in batches:

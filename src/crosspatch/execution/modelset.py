@@ -23,7 +23,7 @@ import os
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -46,16 +46,34 @@ RESIDENCIES = ("both", "sequential", "adapter")
 
 class ReadoutHead:
     """A resident copy of one model's final norm + lm_head (+ final logit processing), so that
-    states can be read out while the model itself is not in memory."""
+    states can be read out while the model itself is not in memory. A head equal, weight for
+    weight, to one of ``others`` (a descendant whose fine-tune left the head alone, as most LoRA
+    adapters do) shares that head's modules instead of holding a second copy."""
 
-    def __init__(self, handle: ModelHandle) -> None:
+    def __init__(self, handle: ModelHandle, others: Iterable[ReadoutHead] = ()) -> None:
         a = handle.anatomy
         self.role = handle.role
+        twin = next((h for h in others if h.equals(a)), None)
+        final_norm, lm_head = (twin.anatomy.final_norm, twin.anatomy.lm_head) if twin is not None else (
+            copy.deepcopy(a.final_norm), copy.deepcopy(a.lm_head))
         self.anatomy = Anatomy(
-            model=None, backbone=None, layers=nn.ModuleList(), final_norm=copy.deepcopy(a.final_norm),
-            lm_head=copy.deepcopy(a.lm_head), logit_softcap=a.logit_softcap, logit_scale=a.logit_scale,
-            logit_divisor=a.logit_divisor,
+            model=None, backbone=None, layers=nn.ModuleList(), final_norm=final_norm, lm_head=lm_head,
+            logit_softcap=a.logit_softcap, logit_scale=a.logit_scale, logit_divisor=a.logit_divisor,
         )
+
+    def equals(self, anatomy: Anatomy) -> bool:
+        """Whether ``anatomy``'s final norm, lm_head and logit processing are exactly this head's."""
+        mine = self.anatomy
+        if (type(mine.final_norm), type(mine.lm_head)) != (type(anatomy.final_norm), type(anatomy.lm_head)) or (
+                (mine.logit_softcap, mine.logit_scale, mine.logit_divisor)
+                != (anatomy.logit_softcap, anatomy.logit_scale, anatomy.logit_divisor)):
+            return False
+        for ours, theirs in ((mine.final_norm, anatomy.final_norm), (mine.lm_head, anatomy.lm_head)):
+            a, b = ours.state_dict(), theirs.state_dict()
+            if a.keys() != b.keys() or any(a[k].dtype != b[k].dtype or a[k].shape != b[k].shape
+                                           or not torch.equal(a[k], b[k].to(a[k].device)) for k in a):
+                return False
+        return True
 
     def active(self):
         return contextlib.nullcontext()
@@ -471,7 +489,7 @@ def load_models(
                 record_target["settings"], adapter_warnings = adapter_settings(adapter_roles[role])
                 warnings += adapter_warnings
             handle = sequential.load_handle(role)
-            heads[role], facts[role] = ReadoutHead(handle), model_facts(handle)
+            heads[role], facts[role] = ReadoutHead(handle, heads.values()), model_facts(handle)
             eos |= eos_token_ids(tokenizers[role], handle.anatomy.model)
             del handle
             gc.collect()

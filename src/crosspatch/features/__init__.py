@@ -64,7 +64,7 @@ def run_features(run_dir, crosscoder_dir=None, n_layers: int = 3, n_latents: int
     boundary, _, events = first_events(store, config)
     train, held = split_events(events)
     pair = reopen_models(config)
-    ex = Executor(pair, config["options"].get("batch_size", 8))
+    ex = Executor.for_run(pair, config["options"])
     out = store.path / "features"
     started = time.perf_counter()
     if crosscoder_dir is not None:
