@@ -63,11 +63,32 @@ def load_prompt_list(args) -> list:
     return prompts[::step][: args.prompts]
 
 
+def warm_code_paths() -> None:
+    """One run on a tiny random pair: imports, kernels and allocator pools that every process pays
+    once, so that "model work" (peak minus the memory before loading) is the models' and the
+    run's alone."""
+    from crosspatch.pipeline import run
+    from crosspatch.testing import make_pair
+
+    pair = make_pair("llama")
+    run(pair, [{"id": "w", "prompt": "warm up"}], boundary=2, max_new_tokens=4, bootstrap=0, progress=False)
+    pair.release()
+
+
+def unique_head_bytes(pair) -> int:
+    """Bytes of the readout heads a sequential set keeps resident (shared heads counted once)."""
+    heads = getattr(pair, "heads", {})
+    modules = {id(m): m for h in heads.values() for m in (h.anatomy.final_norm, h.anatomy.lm_head)}
+    return sum(p.numel() * p.element_size() for m in modules.values() for p in m.parameters())
+
+
 def method_crosspatch(args) -> dict:
     from crosspatch.execution import load_pair
     from crosspatch.pipeline import run
 
     w = workload_paths(args.workload, args.root)
+    if not args.device.startswith("cuda"):
+        warm_code_paths()
     before = peak_memory_mb(args.device)
     kind = {"tuned": w["tuned"]} if args.residency != "adapter" else {"adapter": w["adapter"]}
     pair = load_pair(w["base"], residency=args.residency, dtype=args.dtype, device=args.device,
@@ -80,7 +101,7 @@ def method_crosspatch(args) -> dict:
         ids = [pair.tokenizers[pair.roles[0]](p.prompt)["input_ids"] for p in prompts]
         cache_mb = state_cache_bytes(pair, ids, args.max_new_tokens, 1) / 2**20
     options = dict(boundary=0.6, boundaries="all" if args.sweep else None, max_new_tokens=args.max_new_tokens,
-                   batch_size=args.batch_size, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+                   batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
     run(pair, prompts[:2], **options)  # warm-up (CUDA context, kernels), as every method gets
     sync(args.device)
     start = time.perf_counter()
@@ -92,7 +113,8 @@ def method_crosspatch(args) -> dict:
     cells = {f"{r.prompt_id}@{r.boundary}": r.cells["common_it"]
              for r in result.records}
     return {"seconds": seconds, "events": events, "cells": cells, "fe_per_event": cost["fe_per_event"],
-            "peak_mb": peak_memory_mb(args.device), "before_mb": before, "cache_mb": cache_mb, "num_layers": pair.num_layers,
+            "peak_mb": peak_memory_mb(args.device), "before_mb": before, "cache_mb": cache_mb,
+            "heads_mb": unique_head_bytes(pair) / 2**20, "max_batch_tokens": args.max_batch_tokens, "num_layers": pair.num_layers,
             "no_divergence": len(result.no_divergence)}
 
 
@@ -166,7 +188,7 @@ def method_profile(args) -> dict:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
     with profile(activities=activities) as prof:
         run(pair, prompts, **options)
-    key = "self_cuda_time_total" if args.device.startswith("cuda") else "self_cpu_time_total"
+    key = "self_device_time_total" if args.device.startswith("cuda") else "self_cpu_time_total"
     ops = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in ops)
     top_ops = [{"op": e.key, "share": getattr(e, key) / total, "calls": e.count} for e in ops[:12]]
@@ -193,8 +215,11 @@ SUITES = {
     "cpu": [
         ("zoo, fp32", "zoo", "float32", "cpu", 128, ["crosspatch", "lower", "paper", "nnsight"], ["both", "sequential"]),
         ("mid-size pair, fp32", "mid", "float32", "cpu", 32, ["crosspatch", "lower", "paper", "nnsight"],
-         ["both", "sequential", "adapter"], "no-sweep-paper"),
+         ["both", "sequential", "sequential@1024", "adapter"], "no-sweep-paper"),
         ("mid-size pair, bf16", "mid", "bfloat16", "cpu", 16, ["crosspatch", "lower", "paper"], [], "no-sweep"),
+        # where the weights dominate (the regime of the sequential memory target)
+        ("large pair (~1B), bf16", "large", "bfloat16", "cpu", 16, ["crosspatch", "lower"],
+         ["sequential", "sequential@2048"], "no-sweep"),
     ],
     "smoke": [  # a minute on a laptop: checks the harness, not a result
         ("zoo, fp32", "zoo", "float32", "cpu", 8, ["crosspatch", "paper", "nnsight", "lower"], ["both"]),
@@ -203,19 +228,21 @@ SUITES = {
     ],
     "gpu": [  # the baselines decode at batch size 1: their minutes set the prompt counts
         ("mid-size pair, bf16", "mid", "bfloat16", "cuda", 96, ["crosspatch", "lower", "paper", "nnsight"],
-         ["sequential"], "no-sweep-paper"),
+         ["sequential", "sequential@4096"], "no-sweep-paper"),
         ("large pair (~1B), bf16", "large", "bfloat16", "cuda", 32, ["crosspatch", "lower", "paper"], [], "no-sweep"),
     ],
 }
 
 
 def spawn(args, method: str, workload: str, dtype: str, device: str, prompts: int, sweep: bool = False,
-          residency: str = "both", events: str | None = None) -> dict:
+          residency: str = "both", events: str | None = None, max_batch_tokens: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--method", method, "--workload", workload, "--dtype", dtype, "--device", device,
            "--prompts", str(prompts), "--max-new-tokens", str(args.max_new_tokens), "--batch-size",
            str(args.batch_size), "--root", str(args.root), "--residency", residency]
     if sweep:
         cmd.append("--sweep")
+    if max_batch_tokens:
+        cmd += ["--max-batch-tokens", str(max_batch_tokens)]
     if events:
         cmd += ["--events", events]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -289,9 +316,13 @@ def measure(args, label, workload, dtype, device, prompts, methods, residencies,
 
 
 def measure_residencies(args, workload, dtype, device, prompts, residencies, section, save) -> None:
+    """``residencies``: names, or ``name@N`` for that residency with a budget of N padded tokens
+    per batch (``--max-batch-tokens``)."""
     for residency in residencies:
+        name, _, budget = residency.partition("@")
         try:
-            r = spawn(args, "crosspatch", workload, dtype, device, prompts, residency=residency)
+            r = spawn(args, "crosspatch", workload, dtype, device, prompts, residency=name,
+                      max_batch_tokens=int(budget) if budget else None)
         except SystemExit as exc:
             section.setdefault("errors", {})[f"residency {residency}"] = str(exc)[-2000:]
             print(exc, flush=True)
@@ -337,6 +368,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=None, help="default: 32 on CPU, 128 on a GPU")
+    ap.add_argument("--max-batch-tokens", type=int, default=None, help="crosspatch's token budget per batch")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--events", default=None)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per method; the fastest is reported")
@@ -367,9 +399,7 @@ def main() -> None:
         result["sections"].append(section)
         measure(args, label, workload, dtype, dev, prompts, methods, residencies, section,
                 lambda: out.write_text(json.dumps(result, indent=1)), flags)
-    if device == "cuda":  # the profile is taken on CPU (device time is scarce)
-        return
-    print("== profile", flush=True)
+    print("== profile", flush=True)  # on the suite's device: on a GPU it shows where the search's time goes
     prof = next(s for s in SUITES[args.suite] if s[1] == "mid")
     result["profile"] = spawn(args, "profile", "mid", prof[2], prof[3], prof[4])
     result["profile"].update({"dtype": prof[2], "device": prof[3], "prompts": prof[4]})

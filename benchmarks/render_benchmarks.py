@@ -107,18 +107,24 @@ def _residency_table(section: dict, params: int | None) -> list[str]:
     if not res:
         return []
     one = params * ITEMSIZE.get(section["dtype"], 4) / 2**20 if params else None
-    out = ["", f"Residencies (single boundary; {'GPU memory allocated' if section['device'] == 'cuda' else 'peak RSS minus the RSS before loading'}):",
-           "", "| residency | events | seconds | model work (MB) | one model (MB) | state cache bound (MB) | ratio |",
-           "|---|---|---|---|---|---|---|"]
-    for name, r in res.items():
+    what = "GPU memory allocated" if section["device"] == "cuda" else \
+        "peak RSS minus the RSS before loading, measured after a warm-up run on a tiny pair"
+    out = ["", f"Residencies (single boundary; {what}; heads: the resident readout copies of a sequential "
+           "set, shared when equal):", "",
+           "| residency | padded tokens per batch | events | seconds | model work (MB) | one model (MB) | heads (MB) "
+           "| state cache bound (MB) | ratio |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for key, r in res.items():
+        name = key.partition("@")[0]
         used = r["peak_mb"] - (r["before_mb"] if section["device"] != "cuda" else 0.0)
         if one:
             denom = one + r.get("cache_mb", 0.0)
-            what = "model + cache" if name == "sequential" else "one model"
-            ratio = f"{used / denom:.2f}x of {what}"
+            ratio = f"{used / denom:.2f}x of {'model + cache' if name == 'sequential' else 'one model'}"
         else:
             ratio = "n/a"
-        out.append(f"| {name} | {r['n_events']} | {r['seconds']:.2f} | {used:.0f} | {_fmt(one, '.0f')} | "
+        budget = r.get("max_batch_tokens")
+        out.append(f"| {name} | {f'{budget:,}' if budget else 'rows only'} | {r['n_events']} | {r['seconds']:.2f} | "
+                   f"{used:.0f} | {_fmt(one, '.0f')} | {_fmt(r.get('heads_mb'), '.0f')} | "
                    f"{r.get('cache_mb', 0.0):.1f} | {ratio} |")
     return out
 
@@ -127,8 +133,10 @@ def _profile(result: dict) -> list[str]:
     prof = result.get("profile")
     if not prof:
         return []
-    out = ["", "### Profile of the hottest path (mid-size pair, crosspatch run)", "",
-           "Top operators by self time (torch.profiler):", "", "| operator | share | calls |", "|---|---|---|"]
+    where = f"{prof.get('dtype', '')}, {prof.get('prompts', '?')} prompts, {prof.get('device', 'cpu')}"
+    clock = "GPU self time" if prof.get("device", "cpu").startswith("cuda") else "self time"
+    out = ["", f"### Profile of the hottest path (mid-size pair, crosspatch run; {where})", "",
+           f"Top operators by {clock} (torch.profiler):", "", "| operator | share | calls |", "|---|---|---|"]
     out += [f"| `{o['op']}` | {o['share']:.1%} | {o['calls']} |" for o in prof["top_ops"][:10]]
     out += ["", f"Python functions by cumulative time (cProfile, {prof['seconds']:.1f} s run):", "",
             "| function | cumulative (s) | self (s) | calls |", "|---|---|---|---|"]
