@@ -32,6 +32,7 @@ sys.path.insert(0, str(HERE))
 from workloads import workload_paths  # noqa: E402
 
 DOC = HERE.parent / "docs" / "benchmarks.md"
+ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 RESULTS = HERE.parent / "docs" / "benchmarks"
 
 
@@ -82,6 +83,17 @@ def unique_head_bytes(pair) -> int:
     return sum(p.numel() * p.element_size() for m in modules.values() for p in m.parameters())
 
 
+def kv_cache_bound_bytes(base: str, dtype: str, prompt_ids: list[list[int]], max_new_tokens: int,
+                         batch_size: int, max_batch_tokens: int | None) -> int:
+    """One model's largest KV cache over the run's decoding batches (the executor's own batching
+    of prompt + budget tokens)."""
+    from crosspatch.execution import kv_bytes_per_token, largest_batch_tokens
+
+    config = json.loads((Path(base) / "config.json").read_text())
+    tokens = largest_batch_tokens([len(p) + max_new_tokens for p in prompt_ids], batch_size, max_batch_tokens)
+    return tokens * kv_bytes_per_token(config, ITEMSIZE.get(dtype, 2))
+
+
 def method_crosspatch(args) -> dict:
     from crosspatch.execution import load_pair
     from crosspatch.pipeline import run
@@ -94,12 +106,14 @@ def method_crosspatch(args) -> dict:
     pair = load_pair(w["base"], residency=args.residency, dtype=args.dtype, device=args.device,
                      hash_weights=False, **kind)
     prompts = load_prompt_list(args)
-    cache_mb = 0.0
+    cache_mb = kv_mb = 0.0
     if args.residency == "sequential":
         from crosspatch.pipeline import state_cache_bytes
 
         ids = [pair.tokenizers[pair.roles[0]](p.prompt)["input_ids"] for p in prompts]
         cache_mb = state_cache_bytes(pair, ids, args.max_new_tokens, 1) / 2**20
+        kv_mb = kv_cache_bound_bytes(w["base"], args.dtype, ids, args.max_new_tokens, args.batch_size,
+                                     args.max_batch_tokens) / 2**20
     options = dict(boundary=0.6, boundaries="all" if args.sweep else None, max_new_tokens=args.max_new_tokens,
                    batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
     run(pair, prompts[:2], **options)  # warm-up (CUDA context, kernels), as every method gets
@@ -113,7 +127,7 @@ def method_crosspatch(args) -> dict:
     cells = {f"{r.prompt_id}@{r.boundary}": r.cells["common_it"]
              for r in result.records}
     return {"seconds": seconds, "events": events, "cells": cells, "fe_per_event": cost["fe_per_event"],
-            "peak_mb": peak_memory_mb(args.device), "before_mb": before, "cache_mb": cache_mb,
+            "peak_mb": peak_memory_mb(args.device), "before_mb": before, "cache_mb": cache_mb, "kv_mb": kv_mb,
             "heads_mb": unique_head_bytes(pair) / 2**20, "max_batch_tokens": args.max_batch_tokens, "num_layers": pair.num_layers,
             "no_divergence": len(result.no_divergence)}
 
@@ -218,7 +232,7 @@ SUITES = {
          ["both", "sequential", "sequential@1024", "adapter"], "no-sweep-paper"),
         ("mid-size pair, bf16", "mid", "bfloat16", "cpu", 16, ["crosspatch", "lower", "paper"], [], "no-sweep"),
         # where the weights dominate (the regime of the sequential memory target)
-        ("large pair (~1B), bf16", "large", "bfloat16", "cpu", 16, ["crosspatch", "lower"],
+        ("large pair (1.4B), bf16", "large", "bfloat16", "cpu", 16, ["crosspatch", "lower"],
          ["sequential", "sequential@2048"], "no-sweep"),
     ],
     "smoke": [  # a minute on a laptop: checks the harness, not a result
@@ -229,7 +243,7 @@ SUITES = {
     "gpu": [  # the baselines decode at batch size 1: their minutes set the prompt counts
         ("mid-size pair, bf16", "mid", "bfloat16", "cuda", 96, ["crosspatch", "lower", "paper", "nnsight"],
          ["sequential", "sequential@4096"], "no-sweep-paper"),
-        ("large pair (~1B), bf16", "large", "bfloat16", "cuda", 32, ["crosspatch", "lower", "paper"], [], "no-sweep"),
+        ("large pair (1.4B), bf16", "large", "bfloat16", "cuda", 32, ["crosspatch", "lower", "paper"], [], "no-sweep"),
     ],
 }
 

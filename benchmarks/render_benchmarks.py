@@ -109,23 +109,26 @@ def _residency_table(section: dict, params: int | None) -> list[str]:
     one = params * ITEMSIZE.get(section["dtype"], 4) / 2**20 if params else None
     what = "GPU memory allocated" if section["device"] == "cuda" else \
         "peak RSS minus the RSS before loading, measured after a warm-up run on a tiny pair"
-    out = ["", f"Residencies (single boundary; {what}; heads: the resident readout copies of a sequential "
-           "set, shared when equal):", "",
+    out = ["", f"Residencies (single boundary; {what}. heads: the readout copies a sequential set keeps "
+           "resident, one copy when equal; KV cache bound: one model's largest KV cache over the run's "
+           "decoding batches; state cache bound: both models' states kept between phases):", "",
            "| residency | padded tokens per batch | events | seconds | model work (MB) | one model (MB) | heads (MB) "
-           "| state cache bound (MB) | ratio |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| KV cache bound (MB) | state cache bound (MB) | vs model + state cache | vs model + KV + state cache |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in res.items():
         name = key.partition("@")[0]
         used = r["peak_mb"] - (r["before_mb"] if section["device"] != "cuda" else 0.0)
-        if one:
-            denom = one + r.get("cache_mb", 0.0)
-            ratio = f"{used / denom:.2f}x of {'model + cache' if name == 'sequential' else 'one model'}"
+        cache, kv = r.get("cache_mb", 0.0), r.get("kv_mb")
+        if not one:
+            ratios = ["n/a", "n/a"]
+        elif name == "sequential":
+            ratios = [f"{used / (one + cache):.2f}x", f"{used / (one + cache + kv):.2f}x" if kv else "n/a"]
         else:
-            ratio = "n/a"
+            ratios = [f"{used / one:.2f}x of one model", "n/a"]
         budget = r.get("max_batch_tokens")
         out.append(f"| {name} | {f'{budget:,}' if budget else 'rows only'} | {r['n_events']} | {r['seconds']:.2f} | "
-                   f"{used:.0f} | {_fmt(one, '.0f')} | {_fmt(r.get('heads_mb'), '.0f')} | "
-                   f"{r.get('cache_mb', 0.0):.1f} | {ratio} |")
+                   f"{used:.0f} | {_fmt(one, '.0f')} | {_fmt(r.get('heads_mb'), '.0f')} | {_fmt(kv or None, '.0f')} | "
+                   f"{cache:.1f} | {' | '.join(ratios)} |")
     return out
 
 

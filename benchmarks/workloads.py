@@ -35,7 +35,7 @@ class MidSpec:
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
 SPECS = {"mid": MidSpec(),  # ~134M parameters per model
-         "large": MidSpec(layers=24, hidden=2048, intermediate=5632, heads=16, prompts=128)}  # ~1.1B
+         "large": MidSpec(layers=24, hidden=2048, intermediate=5632, heads=16, prompts=128)}  # ~1.4B (untied embeddings and head)
 
 
 def workload_root(root, name: str) -> Path:

@@ -222,7 +222,7 @@ def _print_plan(kw: dict, tuned: list[str], adapters: list[str], items, config, 
     import json as _json
 
     from .controls import parse_controls
-    from .execution import choose_residency
+    from .execution import choose_residency, kv_bytes_per_token, largest_batch_tokens
     from .kinds import parse_event_kinds
     from .models.loading import load_tokenizer
     from .pipeline import resolve_boundaries, select_shard
@@ -240,31 +240,40 @@ def _print_plan(kw: dict, tuned: list[str], adapters: list[str], items, config, 
     else:
         bounds = None
         lines.append("boundaries: resolved when the model config is read (hub id)")
+    try:
+        model_config = _json.loads((Path(kw["base"]) / "config.json").read_text())
+    except (OSError, ValueError):
+        model_config = {}
+    if not isinstance(model_config, dict):
+        model_config = {}
+    itemsize = {"float32": 4}.get(options.dtype, 2)
     lines.append(f"prompts: {len(prompts)}" + (f" (shard {config.shard} of {len(items)})" if config.shard else ""))
     kinds, controls = parse_event_kinds(config.event_kinds), parse_controls(config.controls)
     lines.append(f"event kinds: {', '.join(kinds)}; controls: {', '.join(controls) or 'none'}")
     try:
         tok = load_tokenizer(kw["base"], options)
-        tokens = sum(len(tok(p.prompt)["input_ids"]) + config.max_new_tokens for p in prompts)
+        lengths = [len(tok(p.prompt)["input_ids"]) + config.max_new_tokens for p in prompts]
+        tokens = sum(lengths)
     except CrosspatchError:
-        tokens = None
+        lengths, tokens = [], None
     if tokens is not None and bounds:
         late = sum(2 * (layers - b) / layers for b in bounds)
         fe = tokens * (2 + late + (2 if len(kinds) > 1 else 0))
         lines.append(f"estimated work: at most {fe:,.0f} token forward-pass equivalents over {tokens:,} prompt+budget "
                      "tokens (search, cells" + (", event kinds" if len(kinds) > 1 else "") + "; controls add a little)")
-        cfg_path = Path(kw["base"]) / "config.json"
-        try:
-            hidden = _json.loads(cfg_path.read_text()).get("hidden_size") or _json.loads(cfg_path.read_text()).get("n_embd")
-        except (OSError, ValueError):
-            hidden = None
-        if hidden and residency == "sequential":
-            item = {"float32": 4}.get(options.dtype, 2)
-            size = 2 * tokens * hidden * item * (len(bounds) + 1)
+        text = model_config.get("text_config")
+        hidden = (text if isinstance(text, dict) else model_config).get("hidden_size") or model_config.get("n_embd")
+        if isinstance(hidden, int) and residency == "sequential":
+            size = 2 * tokens * hidden * itemsize * (len(bounds) + 1)
             lines.append(f"state cache (sequential, CPU): up to {size / 2**20:.1f} MiB")
     lines.append(f"batching: up to {config.batch_size} sequences per forward pass"
                  + (f", at most {config.max_batch_tokens:,} padded tokens (prompt + generation budget while decoding)"
                     if config.max_batch_tokens else ""))
+    per_token = kv_bytes_per_token(model_config, itemsize)
+    if per_token and lengths:
+        largest = largest_batch_tokens(lengths, config.batch_size, config.max_batch_tokens)
+        lines.append(f"KV cache of the largest decoding batch: up to {largest * per_token / 2**20:,.1f} MiB per model "
+                     f"({largest:,} padded tokens; --max-batch-tokens lowers it)")
     out_dir = Path(kw["out"])
     lines.append(f"output: {out_dir}/ config.json, events.jsonl, no_divergence.jsonl, summary.json, events.parquet, "
                  "report.md, report.html" + (", control_*.jsonl" if controls else "")

@@ -11,7 +11,7 @@ from crosspatch.execution import (
     Capture, Edit, Executor, Late, load_models, load_pair, models_from_modules, pair_from_models,
 )
 from crosspatch.execution import executor as executor_module
-from crosspatch.execution.search import length_batches
+from crosspatch.execution.batching import kv_bytes_per_token, largest_batch_tokens, length_batches
 from crosspatch.models.execution import counting_work
 from crosspatch.pipeline import run
 from crosspatch.testing import BlendProbe, char_tokenizer, make_pair, perturb_layers, tiny_model
@@ -162,6 +162,19 @@ def test_a_token_budget_bounds_every_batch_and_keeps_every_item():
     assert [8] in length_batches(len(lengths), lengths, 4, 60)  # longer than the budget: alone, never split
     assert length_batches(4, [3, 3, 3, 3], 8, 6) == [[0, 1], [2, 3]]
     assert length_batches(4, [3, 3, 3, 3], 8, None) == [[0, 1, 2, 3]]
+
+
+def test_the_kv_cache_estimate_is_what_a_model_caches():
+    model = tiny_model("llama")
+    per_token = kv_bytes_per_token(model.config.to_dict(), 4)
+    with torch.inference_mode():
+        cache = model(input_ids=torch.randint(5, 50, (3, 11)), use_cache=True).past_key_values
+    layers = getattr(cache, "layers", None)
+    tensors = [t for layer in layers for t in (layer.keys, layer.values)] if layers is not None \
+        else list(cache.key_cache) + list(cache.value_cache)  # transformers 4.x
+    assert sum(t.numel() * t.element_size() for t in tensors) == 3 * 11 * per_token
+    assert largest_batch_tokens([14, 11, 3], 2) == 2 * 11  # rows x the longest of the largest batch
+    assert kv_bytes_per_token({"model_type": "custom"}, 4) is None  # a config that does not say
 
 
 @pytest.mark.parametrize("residency", ["both", "sequential"])

@@ -3,6 +3,7 @@ that runs passes, and the engines that distribute chunks of prompts (see docs/ar
 
 Analyses import from here; this package imports only ``models`` and ``errors``."""
 
+from .batching import kv_bytes_per_token, largest_batch_tokens, length_batches
 from .engines import ENGINES, map_chunks
 from .executor import Executor, Program, pad_stack
 from .modelset import (
@@ -10,11 +11,11 @@ from .modelset import (
     models_from_modules, pair_from_models,
 )
 from .passes import Capture, Decode, Edit, Late, Search, SearchOutcome
-from .search import greedy_rollout, length_batches
+from .search import greedy_rollout
 
 __all__ = [
     "BASE", "ENGINES", "RESIDENCIES", "Capture", "Decode", "Edit", "Executor", "Late", "ModelPair", "ModelSet",
     "Program", "ResidentSet", "Search", "SearchOutcome", "SequentialSet", "choose_residency", "greedy_rollout",
-    "length_batches", "load_models", "load_pair", "map_chunks", "models_from_modules", "pad_stack",
-    "pair_from_models",
+    "kv_bytes_per_token", "largest_batch_tokens", "length_batches", "load_models", "load_pair", "map_chunks",
+    "models_from_modules", "pad_stack", "pair_from_models",
 ]

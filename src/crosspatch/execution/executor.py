@@ -23,7 +23,8 @@ import torch
 from ..models.execution import EventStates, capture_forward, late_forward, readout
 from .modelset import ModelSet
 from .passes import Capture, Decode, Late, Pass, Search, SearchOutcome
-from .search import first_mismatch, length_batches, rollout_states, search_interleaved
+from .batching import length_batches
+from .search import first_mismatch, rollout_states, search_interleaved
 
 Program = Generator[list[Pass], list, object]
 

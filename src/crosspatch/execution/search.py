@@ -255,21 +255,3 @@ def first_mismatch(models, check: ModelHandle, prompts: list[list[int]], rollout
         else:
             outcome.append((i, r[i], picks[i]))
     return outcome, cap
-
-
-def length_batches(n_items: int, lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
-    """Indices grouped into batches of similar length (less padding), in a stable order: at most
-    ``batch_size`` items, and with ``max_tokens`` at most that many padded tokens (rows x the
-    longest length) per batch, which bounds a batch's activations and KV cache whatever the
-    lengths. An item longer than ``max_tokens`` goes alone (a sequence is never split)."""
-    order = sorted(range(n_items), key=lambda k: (lengths[k], k))
-    batches: list[list[int]] = []
-    for k in order:
-        batch = batches[-1] if batches else None
-        # sorted ascending, so the newcomer sets the batch's padded width
-        if batch is None or len(batch) >= batch_size or (
-                max_tokens is not None and (len(batch) + 1) * lengths[k] > max_tokens):
-            batches.append([k])
-        else:
-            batch.append(k)
-    return batches

@@ -1,0 +1,46 @@
+"""How the executor cuts work into batches, and what a batch costs in KV cache (for the dry-run
+plan and the benchmarks: batching changes memory and speed, never results)."""
+
+from __future__ import annotations
+
+
+def length_batches(n_items: int, lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches of similar length (less padding), in a stable order: at most
+    ``batch_size`` items, and with ``max_tokens`` at most that many padded tokens (rows x the
+    longest length) per batch, which bounds a batch's activations and KV cache whatever the
+    lengths. An item longer than ``max_tokens`` goes alone (a sequence is never split)."""
+    order = sorted(range(n_items), key=lambda k: (lengths[k], k))
+    batches: list[list[int]] = []
+    for k in order:
+        batch = batches[-1] if batches else None
+        # sorted ascending, so the newcomer sets the batch's padded width
+        if batch is None or len(batch) >= batch_size or (
+                max_tokens is not None and (len(batch) + 1) * lengths[k] > max_tokens):
+            batches.append([k])
+        else:
+            batch.append(k)
+    return batches
+
+
+def largest_batch_tokens(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> int:
+    """Padded tokens (rows x the longest length) of the largest batch :func:`length_batches` makes."""
+    batches = length_batches(len(lengths), lengths, batch_size, max_tokens)
+    return max((len(b) * max(lengths[k] for k in b) for b in batches), default=0)
+
+
+def kv_bytes_per_token(config: dict, itemsize: int) -> int | None:
+    """Bytes one token adds to a model's KV cache (keys and values at every layer), from its
+    config.json (a multimodal model's ``text_config``); None when the config does not say. An
+    upper bound for models that cache less (sliding windows, compressed latents)."""
+    text = config.get("text_config")
+    cfg = text if isinstance(text, dict) else config
+    layers = cfg.get("num_hidden_layers") or cfg.get("n_layer")
+    heads = cfg.get("num_attention_heads") or cfg.get("n_head")
+    hidden = cfg.get("hidden_size") or cfg.get("n_embd")
+    if not all(isinstance(x, int) and x > 0 for x in (layers, heads, hidden)):
+        return None
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    head_dim = cfg.get("head_dim") or hidden // heads
+    if not all(isinstance(x, int) and x > 0 for x in (kv_heads, head_dim)):
+        return None
+    return 2 * layers * kv_heads * head_dim * itemsize
