@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -206,6 +207,10 @@ def method_profile(args) -> dict:
     ops = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in ops)
     top_ops = [{"op": e.key, "share": getattr(e, key) / total, "calls": e.count} for e in ops[:12]]
+    # host-side CUDA runtime calls (allocations, frees, synchronisations, copies, launches): their
+    # host time is what a launch-bound decoding step pays beside the kernels
+    runtime = sorted((e for e in ops if e.key.startswith("cuda")), key=lambda e: e.self_cpu_time_total, reverse=True)
+    runtime_calls = [{"call": e.key, "calls": e.count, "host_ms": e.self_cpu_time_total / 1e3} for e in runtime[:12]]
     prof_py = cProfile.Profile()
     prof_py.enable()
     start = time.perf_counter()
@@ -219,7 +224,7 @@ def method_profile(args) -> dict:
             short = file.split("site-packages/")[-1].split("src/")[-1]
             rows.append({"function": f"{short}:{line} {name}", "cumulative_s": ct, "self_s": tt, "calls": nc})
     rows.sort(key=lambda r: r["cumulative_s"], reverse=True)
-    return {"top_ops": top_ops, "functions": rows[:25], "seconds": seconds}
+    return {"top_ops": top_ops, "runtime_calls": runtime_calls, "functions": rows[:25], "seconds": seconds}
 
 
 # ----------------------------------------------------------------------------- the parent
@@ -241,15 +246,24 @@ SUITES = {
          ["sequential", "adapter"], "no-sweep"),
     ],
     "gpu": [  # the baselines decode at batch size 1: their minutes set the prompt counts
-        ("mid-size pair, bf16", "mid", "bfloat16", "cuda", 96, ["crosspatch", "lower", "paper", "nnsight"],
+        ("mid-size pair, bf16", "mid", "bfloat16", "cuda", 96, ["crosspatch", "crosspatch-expandable", "lower", "paper", "nnsight"],
          ["sequential", "sequential@4096"], "no-sweep-paper"),
         ("large pair (1.4B), bf16", "large", "bfloat16", "cuda", 32, ["crosspatch", "lower", "paper"], [], "no-sweep"),
     ],
 }
 
 
+# crosspatch under another process environment: an A/B of one hypothesis each (GPU suite)
+VARIANTS = {
+    # the search's KV caches grow a token per step; if each step's new, slightly larger blocks cost a
+    # cudaMalloc (and cudaFree storms when the pool fills), growable segments remove that cost
+    "crosspatch-expandable": ("crosspatch", {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
+}
+
+
 def spawn(args, method: str, workload: str, dtype: str, device: str, prompts: int, sweep: bool = False,
           residency: str = "both", events: str | None = None, max_batch_tokens: int | None = None) -> dict:
+    method, env = VARIANTS.get(method, (method, {}))
     cmd = [sys.executable, __file__, "--method", method, "--workload", workload, "--dtype", dtype, "--device", device,
            "--prompts", str(prompts), "--max-new-tokens", str(args.max_new_tokens), "--batch-size",
            str(args.batch_size), "--root", str(args.root), "--residency", residency]
@@ -259,7 +273,7 @@ def spawn(args, method: str, workload: str, dtype: str, device: str, prompts: in
         cmd += ["--max-batch-tokens", str(max_batch_tokens)]
     if events:
         cmd += ["--events", events]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
     if out.returncode != 0:
         raise SystemExit(f"{method} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -303,7 +317,7 @@ def measure(args, label, workload, dtype, device, prompts, methods, residencies,
         for method in methods:
             if method == "crosspatch":
                 r = cp
-            elif sweep and (method == "nnsight" or (method == "paper" and "no-sweep-paper" in flags)):
+            elif sweep and (method == "nnsight" or method in VARIANTS or (method == "paper" and "no-sweep-paper" in flags)):
                 continue  # the sweep's baselines: paper-style and the floor
             else:
                 try:

@@ -6,7 +6,8 @@ import statistics
 from pathlib import Path
 
 NAMES = {"crosspatch": "crosspatch", "paper": "paper-style (lockstep KV bs=1 + 6 full passes)",
-         "nnsight": "nnsight (lockstep with cache + batched traces)", "lower": "lower bound (2 full + 2 late passes)"}
+         "nnsight": "nnsight (lockstep with cache + batched traces)", "lower": "lower bound (2 full + 2 late passes)",
+         "crosspatch-expandable": "crosspatch, CUDA allocator with expandable segments"}
 SWEEP_NAMES = {"crosspatch": "crosspatch sweep", "paper": "paper-style sweep (2 + 4 per boundary)",
                "lower": "lower bound (2 full + 2 late per boundary)"}
 ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -141,6 +142,9 @@ def _profile(result: dict) -> list[str]:
     out = ["", f"### Profile of the hottest path (mid-size pair, crosspatch run; {where})", "",
            f"Top operators by {clock} (torch.profiler):", "", "| operator | share | calls |", "|---|---|---|"]
     out += [f"| `{o['op']}` | {o['share']:.1%} | {o['calls']} |" for o in prof["top_ops"][:10]]
+    if prof.get("runtime_calls"):
+        out += ["", "CUDA runtime calls by host time:", "", "| call | calls | host time (ms) |", "|---|---|---|"]
+        out += [f"| `{c['call']}` | {c['calls']} | {c['host_ms']:.1f} |" for c in prof["runtime_calls"]]
     out += ["", f"Python functions by cumulative time (cProfile, {prof['seconds']:.1f} s run):", "",
             "| function | cumulative (s) | self (s) | calls |", "|---|---|---|---|"]
     out += [f"| `{f['function']}` | {f['cumulative_s']:.2f} | {f['self_s']:.2f} | {f['calls']} |"
