@@ -74,6 +74,26 @@ def test_greedy_rollout_batched_equals_single_on_absolute_positions(prompts):
     assert batched == single
 
 
+def test_rows_that_end_leave_the_batch_and_the_others_decode_as_alone(prompts):
+    """A row that emits EOS stops costing anything; the rows still decoding, and the states kept
+    for every row (sequential residency's rollouts), are those of each row decoded alone."""
+    from crosspatch.execution.search import rollout_states
+
+    pair = make_pair("llama")
+    ids = [tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, p["id"], p["prompt"]) for p in prompts]
+    free = greedy_rollout(pair.it, ids, 12, pair)
+    pair.eos_ids = set(pair.eos_ids) | {free[0][2], free[1][0]}  # two rows now end early, at different steps
+    batched, decoder = rollout_states(pair, pair.it, ids, 12, capture=[2])
+    assert len(batched[1]) == 1 and len(batched[0]) <= 3 and max(map(len, batched)) == 12
+    for row, x in enumerate(ids):
+        alone, one = rollout_states(pair, pair.it, [x], 12, capture=[2])
+        assert batched[row] == alone[0]
+        mine, its = decoder.row_states(row), one.row_states(0)
+        assert mine.boundary[2].shape[0] == len(x) + len(batched[row]) - 1  # the last token is never fed
+        assert torch.allclose(mine.boundary[2], its.boundary[2], atol=1e-5)
+        assert torch.allclose(mine.final, its.final, atol=1e-5)
+
+
 def test_rollout_never_picks_masked_ids(prompts):
     pair = make_pair("llama")
     ids = [tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, p["id"], p["prompt"]) for p in prompts]

@@ -115,20 +115,23 @@ def greedy_rollout(
 
 
 def _greedy(decoder: CachedDecoder, prompts: list[list[int]], max_new_tokens: int, models) -> list[list[int]]:
+    """Greedy decoding of every row until its EOS or the budget; a row that has ended leaves the
+    batch (and the cache), so it costs nothing more while the others go on."""
     logits = decoder.start(prompts)
     eos = models.eos_ids
     outputs: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
+    live = list(range(len(prompts)))  # original rows still decoding, in batch order
     for step in range(max_new_tokens):
         tokens = masked_argmax(logits, models.real_vocab).tolist()
-        for row, tok in enumerate(tokens):
-            if not done[row]:
-                outputs[row].append(tok)
-                done[row] = tok in eos
-        if all(done) or step == max_new_tokens - 1:
+        for row, tok in zip(live, tokens):
+            outputs[row].append(tok)
+        keep = [k for k, tok in enumerate(tokens) if tok not in eos]
+        if not keep or step == max_new_tokens - 1:
             break
-        feed = torch.tensor([[models.pad_id if d else t] for t, d in zip(tokens, done)])
-        logits = decoder.feed(feed)[:, 0]
+        if len(keep) < len(live):
+            decoder.select(keep)
+            live, tokens = [live[k] for k in keep], [tokens[k] for k in keep]
+        logits = decoder.feed(torch.tensor([[t] for t in tokens]))[:, 0]
     return outputs
 
 
