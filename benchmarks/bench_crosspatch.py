@@ -401,6 +401,9 @@ def main() -> None:
     ap.add_argument("--events", default=None)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per method; the fastest is reported")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default docs/benchmarks/<suite>.json)")
+    ap.add_argument("--only", action="append", default=None, metavar="PART",
+                    help="run only the sections whose label contains PART ('profile': the profile), merging them "
+                         "into the stored results (for machines that limit a command's time); repeatable")
     args = ap.parse_args()
     if args.batch_size is None:
         device = SUITES[args.suite][0][3] if args.suite else args.device
@@ -415,22 +418,32 @@ def main() -> None:
     if not args.suite:
         ap.error("give --suite, --render or --method")
     device = SUITES[args.suite][0][3]
-    result = {"suite": args.suite, "environment": environment(device),
-              "settings": {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-                           "repeats": args.repeats}, "sections": []}
     out = args.out or RESULTS / f"{args.suite}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    for label, workload, dtype, dev, prompts, methods, residencies, *flags in SUITES[args.suite]:
+    settings = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "repeats": args.repeats}
+    result = {"suite": args.suite, "environment": environment(device), "settings": settings, "sections": []}
+    if args.only and out.exists():  # a part of the suite: the other sections stay as stored
+        stored = json.loads(out.read_text())
+        if (stored.get("settings"), stored.get("environment")) != (settings, result["environment"]):
+            raise SystemExit(f"{out} holds results of other settings or another environment: run the whole suite "
+                             "(or give --out elsewhere) rather than mix them")
+        result.update({k: v for k, v in stored.items() if k in ("sections", "workloads", "profile")})
+    chosen = [s for s in SUITES[args.suite] if not args.only or any(part in s[0] for part in args.only)]
+    for label, workload, dtype, dev, prompts, methods, residencies, *flags in chosen:
         if workload != "zoo":
             result.setdefault("workloads", {})[workload] = build_workload(args, workload)
         section: dict = {}
+        result["sections"] = [s for s in result["sections"] if s.get("label") != label]
         result["sections"].append(section)
         measure(args, label, workload, dtype, dev, prompts, methods, residencies, section,
                 lambda: out.write_text(json.dumps(result, indent=1)), flags)
-    print("== profile", flush=True)  # on the suite's device: on a GPU it shows where the search's time goes
-    prof = next(s for s in SUITES[args.suite] if s[1] == "mid")
-    result["profile"] = spawn(args, "profile", "mid", prof[2], prof[3], prof[4])
-    result["profile"].update({"dtype": prof[2], "device": prof[3], "prompts": prof[4]})
+    order = [s[0] for s in SUITES[args.suite]]
+    result["sections"].sort(key=lambda s: order.index(s["label"]) if s.get("label") in order else len(order))
+    if not args.only or "profile" in args.only:
+        print("== profile", flush=True)  # on the suite's device: on a GPU it shows where the search's time goes
+        prof = next(s for s in SUITES[args.suite] if s[1] == "mid")
+        result["profile"] = spawn(args, "profile", "mid", prof[2], prof[3], prof[4])
+        result["profile"].update({"dtype": prof[2], "device": prof[3], "prompts": prof[4]})
     out.write_text(json.dumps(result, indent=1))
     if out.parent == RESULTS:
         render()

@@ -25,6 +25,9 @@ python benchmarks/bench_crosspatch.py --suite gpu   # GPU tables (a CUDA machine
 python benchmarks/bench_crosspatch.py --render      # this page from the stored results
 ```
 
+Where a machine limits a command's time, run a suite in parts, each merged into the stored
+results of the same settings and environment (`--only mid`, `--only large`, `--only profile`).
+
 Every method computes the same first-divergence 2x2 on the same prompts, each in a fresh
 subprocess, timed after loading (best of the stated repeats; peak memory is the worst):
 
