@@ -615,8 +615,10 @@ def run(
     chunk = max(config.sequential_chunk, 1) if sequential else max(config.batch_size, 1) * 4
     if sequential and todo:
         size = state_cache_bytes(pair, [token_ids[k] for k in todo[:chunk]], config.max_new_tokens, len(boundaries))
-        _say(progress, f"sequential residency: one model at a time; CPU state cache up to {size / 2**20:.1f} MiB "
-                       f"({pair.provenance.get('residency_reason', '')})")
+        batching = (f"batches of at most {config.max_batch_tokens:,} padded tokens" if config.max_batch_tokens
+                    else "--max-batch-tokens bounds each batch's working memory")
+        _say(progress, f"sequential residency: one model at a time; CPU state cache up to {size / 2**20:.1f} MiB; "
+                       f"{batching} ({pair.provenance.get('residency_reason', '')})")
     event_work = 0
     work = WorkCounter()  # summed from the chunks (which may run in other processes)
     extra: dict[str, list] = {  # earlier sessions' records of prompts already complete
