@@ -33,7 +33,6 @@ sys.path.insert(0, str(HERE))
 from workloads import workload_paths  # noqa: E402
 
 DOC = HERE.parent / "docs" / "benchmarks.md"
-ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 RESULTS = HERE.parent / "docs" / "benchmarks"
 
 
@@ -89,10 +88,11 @@ def kv_cache_bound_bytes(base: str, dtype: str, prompt_ids: list[list[int]], max
     """One model's largest KV cache over the run's decoding batches (the executor's own batching
     of prompt + budget tokens)."""
     from crosspatch.execution import kv_bytes_per_token, largest_batch_tokens
+    from crosspatch.models.loading import DTYPES
+    from crosspatch.models.paths import local_config
 
-    config = json.loads((Path(base) / "config.json").read_text())
     tokens = largest_batch_tokens([len(p) + max_new_tokens for p in prompt_ids], batch_size, max_batch_tokens)
-    return tokens * kv_bytes_per_token(config, ITEMSIZE.get(dtype, 2))
+    return tokens * kv_bytes_per_token(local_config(base), DTYPES[dtype].itemsize)
 
 
 def method_crosspatch(args) -> dict:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from crosspatch.models.loading import DTYPES
+
 NAMES = {"crosspatch": "crosspatch", "paper": "paper-style (lockstep KV bs=1 + 6 full passes)",
          "nnsight": "nnsight (lockstep with cache + batched traces)", "lower": "lower bound (2 full + 2 late passes)",
          "crosspatch-expandable": "crosspatch, CUDA allocator with expandable segments"}
 SWEEP_NAMES = {"crosspatch": "crosspatch sweep", "paper": "paper-style sweep (2 + 4 per boundary)",
                "lower": "lower bound (2 full + 2 late per boundary)"}
-ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 NOTES = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "findings.md"  # written by hand from the numbers
 
 HEADER = """# Benchmarks
@@ -110,7 +111,7 @@ def _residency_table(section: dict, params: int | None) -> list[str]:
     res = section["residency"]
     if not res:
         return []
-    one = params * ITEMSIZE.get(section["dtype"], 4) / 2**20 if params else None
+    one = params * DTYPES[section["dtype"]].itemsize / 2**20 if params else None
     what = "GPU memory allocated" if section["device"] == "cuda" else \
         "peak RSS minus the RSS before loading, measured after a warm-up run on a tiny pair"
     out = ["", f"Residencies (single boundary; {what}. heads: the readout copies a sequential set keeps "

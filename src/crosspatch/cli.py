@@ -219,12 +219,11 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str]):
 
 def _print_plan(kw: dict, tuned: list[str], adapters: list[str], items, config, options) -> None:
     """The --dry-run plan: everything decided before a weight is loaded."""
-    import json as _json
-
     from .controls import parse_controls
     from .execution import choose_residency, kv_bytes_per_token, largest_batch_tokens
     from .kinds import parse_event_kinds
-    from .models.loading import load_tokenizer
+    from .models.loading import DTYPES, load_tokenizer
+    from .models.paths import local_config, text_config
     from .pipeline import resolve_boundaries, select_shard
     from .validation import local_num_layers
 
@@ -240,13 +239,8 @@ def _print_plan(kw: dict, tuned: list[str], adapters: list[str], items, config, 
     else:
         bounds = None
         lines.append("boundaries: resolved when the model config is read (hub id)")
-    try:
-        model_config = _json.loads((Path(kw["base"]) / "config.json").read_text())
-    except (OSError, ValueError):
-        model_config = {}
-    if not isinstance(model_config, dict):
-        model_config = {}
-    itemsize = {"float32": 4}.get(options.dtype, 2)
+    model_config = local_config(kw["base"])
+    itemsize = DTYPES[options.dtype].itemsize
     lines.append(f"prompts: {len(prompts)}" + (f" (shard {config.shard} of {len(items)})" if config.shard else ""))
     kinds, controls = parse_event_kinds(config.event_kinds), parse_controls(config.controls)
     lines.append(f"event kinds: {', '.join(kinds)}; controls: {', '.join(controls) or 'none'}")
@@ -261,8 +255,7 @@ def _print_plan(kw: dict, tuned: list[str], adapters: list[str], items, config, 
         fe = tokens * (2 + late + (2 if len(kinds) > 1 else 0))
         lines.append(f"estimated work: at most {fe:,.0f} token forward-pass equivalents over {tokens:,} prompt+budget "
                      "tokens (search, cells" + (", event kinds" if len(kinds) > 1 else "") + "; controls add a little)")
-        text = model_config.get("text_config")
-        hidden = (text if isinstance(text, dict) else model_config).get("hidden_size") or model_config.get("n_embd")
+        hidden = text_config(model_config).get("hidden_size") or model_config.get("n_embd")
         if isinstance(hidden, int) and residency == "sequential":
             size = 2 * tokens * hidden * itemsize * (len(bounds) + 1)
             lines.append(f"state cache (sequential, CPU): up to {size / 2**20:.1f} MiB")

@@ -22,6 +22,7 @@ from .verdict import VerdictPolicy, decide
 from .divergence import DivergenceConfig, NoDivergence, divergence_program, find_divergences
 from .execution import Executor, ModelSet, map_chunks
 from .models.execution import WorkCounter, counting_work
+from .models.loading import DTYPES
 from .models.vocab import tokenize_once
 from .prompts import Prompt, as_prompts
 from .report.markdown import render_markdown
@@ -528,7 +529,7 @@ def state_cache_bytes(models: ModelSet, prompt_ids: list[list[int]], max_new_tok
     """Upper bound of the CPU state cache of one chunk under sequential residency: both models'
     boundary and final states over prompt + budget tokens, in the compute dtype."""
     dtype = models.provenance.get("load_options", {}).get("dtype", "float32")
-    itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 4)
+    itemsize = DTYPES[dtype].itemsize if dtype in DTYPES else 4
     tokens = sum(len(p) + max_new_tokens for p in prompt_ids)
     return 2 * tokens * models.hidden_size * itemsize * (n_boundaries + 1)
 

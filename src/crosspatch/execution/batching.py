@@ -3,6 +3,7 @@ plan and the benchmarks: batching changes memory and speed, never results)."""
 
 from __future__ import annotations
 
+from ..models.paths import text_config
 
 def length_batches(n_items: int, lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
     """Indices grouped into batches of similar length (less padding), in a stable order: at most
@@ -32,8 +33,7 @@ def kv_bytes_per_token(config: dict, itemsize: int) -> int | None:
     """Bytes one token adds to a model's KV cache (keys and values at every layer), from its
     config.json (a multimodal model's ``text_config``); None when the config does not say. An
     upper bound for models that cache less (sliding windows, compressed latents)."""
-    text = config.get("text_config")
-    cfg = text if isinstance(text, dict) else config
+    cfg = text_config(config)
     layers = cfg.get("num_hidden_layers") or cfg.get("n_layer")
     heads = cfg.get("num_attention_heads") or cfg.get("n_head")
     hidden = cfg.get("hidden_size") or cfg.get("n_embd")

@@ -77,30 +77,44 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def local_num_layers(path: str) -> int | None:
-    """The decoder layer count from a local checkpoint's config.json (None when unknown)."""
+def _read_config(path: str):
+    """A local checkpoint's parsed config.json, or None (a hub id, or no readable JSON)."""
     import json
 
-    cfg = Path(str(path)).expanduser() / "config.json"
     try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
+        return json.loads((Path(str(path)).expanduser() / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def local_config(path: str) -> dict:
+    """A local checkpoint's config.json as a dict ({} for a hub id, no readable file, or JSON that
+    is not an object)."""
+    data = _read_config(path)
+    return data if isinstance(data, dict) else {}
+
+
+def text_config(config: dict) -> dict:
+    """The language model's part of a config dict: a multimodal model's ``text_config``, else the
+    config itself."""
+    text = config.get("text_config")
+    return text if isinstance(text, dict) else config
+
+
+def local_num_layers(path: str) -> int | None:
+    """The decoder layer count from a local checkpoint's config.json (None when unknown)."""
+    data = local_config(path)
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if isinstance(data.get(key), int):
             return data[key]
-    text = data.get("text_config")
-    return text.get("num_hidden_layers") if isinstance(text, dict) else None
+    layers = text_config(data).get("num_hidden_layers")
+    return layers if isinstance(layers, int) else None
 
 
 def local_is_multimodal(path: str) -> bool | None:
     """Whether a local checkpoint's config.json describes a vision-language model (None when
     unknown: a hub id or no readable config)."""
-    import json
-
-    cfg = Path(str(path)).expanduser() / "config.json"
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    data = _read_config(path)
+    if data is None:
         return None
     return isinstance(data, dict) and isinstance(data.get("vision_config"), dict)
