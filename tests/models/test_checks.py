@@ -107,3 +107,32 @@ def test_missing_adapter_config_is_a_load_error(tmp_path):
     (tmp_path / "notadapter").mkdir()
     with pytest.raises(ModelLoadError, match="adapter_config.json"):
         load_pair(str(tmp_path / "base"), adapter=str(tmp_path / "notadapter"))
+
+
+def _saved_pair_with_tuned_weights(tmp_path, edit):
+    from safetensors.torch import load_file, save_file
+
+    model, tok = tiny_model(), char_tokenizer()
+    for name in ("base", "tuned"):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    path = tmp_path / "tuned" / "model.safetensors"
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+    return str(tmp_path / "base"), str(tmp_path / "tuned")
+
+
+@pytest.mark.parametrize("residency", ["both", "sequential"])
+def test_a_checkpoint_lacking_a_weight_is_refused_not_initialised_at_random(tmp_path, residency):
+    base, tuned = _saved_pair_with_tuned_weights(tmp_path, lambda t: t.pop("model.layers.2.mlp.up_proj.weight"))
+    with pytest.raises(ModelLoadError, match=r"lacks 1 weight.*model\.layers\.2\.mlp\.up_proj\.weight"):
+        load_pair(base, tuned=tuned, residency=residency)
+
+
+@pytest.mark.parametrize("residency", ["both", "sequential"])
+def test_weights_the_model_does_not_use_are_a_pair_warning(tmp_path, residency):
+    base, tuned = _saved_pair_with_tuned_weights(tmp_path, lambda t: t.update({"model.extra.weight": torch.ones(2)}))
+    pair = load_pair(base, tuned=tuned, residency=residency)
+    notes = [w for w in pair.warnings if "not used" in w]
+    assert len(notes) == 1 and "model.extra.weight" in notes[0] and tuned in notes[0]

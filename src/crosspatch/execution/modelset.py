@@ -20,6 +20,7 @@ import contextlib
 import copy
 import gc
 import os
+import warnings as warnings_module
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from ..models.anatomy import Anatomy
 from ..models.checks import check_special_tokens, compare_facts, model_facts
 from ..models.execution import ModelHandle
 from ..models.loading import (
-    DTYPES, LoadOptions, adapter_settings, eos_token_ids, is_local, load_causal_lm, load_processor, load_tokenizer,
+    DTYPES, LoadOptions, adapter_settings, check_adapter_files, eos_token_ids, is_local, load_causal_lm, load_processor, load_tokenizer,
     pad_token_id, provenance, quiet_loading, weight_files,
 )
 from ..models.media import MediaRegistry, install_media_hook
@@ -256,11 +257,11 @@ class SequentialSet(ModelSet):
     def load_handle(self, role: str) -> ModelHandle:
         """Load ``role``'s model (an adapter role: the base with that adapter)."""
         if role in self.adapter_paths:
-            model = _load_adapters(load_causal_lm(self.paths[BASE], self.options), self.paths[BASE],
+            model = _load_adapters(load_causal_lm(self.paths[BASE], self.options, self.warnings), self.paths[BASE],
                                    {role: self.adapter_paths[role]}, self.options, None, None, [])
             handle = ModelHandle(role, model, adapter_enabled=True, adapter_name=role)
         else:
-            handle = ModelHandle(role, load_causal_lm(self.paths[role], self.options))
+            handle = ModelHandle(role, load_causal_lm(self.paths[role], self.options, self.warnings))
         self.attach_media(handle)
         return handle
 
@@ -413,13 +414,19 @@ def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options
         settings, adapter_warnings = adapter_settings(path)
         warnings += [w if len(adapter_roles) == 1 else f"{role}: {w}" for w in adapter_warnings]
         try:
-            with quiet_loading(options.verbose):
+            with quiet_loading(options.verbose), warnings_module.catch_warnings(record=True) as caught:
+                warnings_module.simplefilter("always")
                 if model is None:
                     model = PeftModel.from_pretrained(base_model, path, adapter_name=role, is_trainable=False)
+                    missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
                 else:
-                    model.load_adapter(path, adapter_name=role, is_trainable=False)
+                    result = model.load_adapter(path, adapter_name=role, is_trainable=False)
+                    missing = list(getattr(result, "missing_keys", None) or [])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise adapter_load_error(path, base, exc) from None
+        if missing:  # PEFT leaves them at their initial values (LoRA B: zero) and only warns
+            raise ModelLoadError(f"adapter {path} lacks weights its adapter_config.json declares: "
+                                 f"{'; '.join(missing)[:400]}")
         if tokenizers is not None:
             has_tok = any((Path(path) / n).exists() for n in ("tokenizer.json", "tokenizer_config.json"))
             tokenizers[role] = load_tokenizer(path, options) if has_tok else tokenizers[BASE]
@@ -456,6 +463,7 @@ def load_models(
         check_model_path(path, "tuned")
     for path in adapter_roles.values():
         check_model_path(path, "tuned", adapter=True)
+        check_adapter_files(path, options.allow_pickle)
     if not tuned_roles and not adapter_roles:
         raise ModelLoadError("give at least one descendant: tuned= (a checkpoint) or adapter= (a PEFT adapter dir)")
     residency, reason = choose_residency(base, list(tuned_roles.values()), list(adapter_roles.values()), options)
@@ -500,18 +508,19 @@ def load_models(
 
     handles: dict[str, ModelHandle] = {}
     if adapter_roles and not tuned_roles:  # residency "adapter": every role on one copy of the base weights
-        model = _load_adapters(load_causal_lm(base, options), base, adapter_roles, options, tokenizers, record, warnings)
+        model = _load_adapters(load_causal_lm(base, options, warnings), base, adapter_roles, options, tokenizers,
+                               record, warnings)
         handles[BASE] = ModelHandle(BASE, model, adapter_enabled=False)
         for role in adapter_roles:
             handles[role] = ModelHandle(role, model, adapter_enabled=True, adapter_name=role)
     else:
-        handles[BASE] = ModelHandle(BASE, load_causal_lm(base, options))
+        handles[BASE] = ModelHandle(BASE, load_causal_lm(base, options, warnings))
         for role, path in tuned_roles.items():
-            handles[role] = ModelHandle(role, load_causal_lm(path, options))
+            handles[role] = ModelHandle(role, load_causal_lm(path, options, warnings))
             tokenizers[role] = load_tokenizer(path, options)
         if adapter_roles:  # checkpoints and adapters together: the adapters share one more copy of the base
-            model = _load_adapters(load_causal_lm(base, options), base, adapter_roles, options, tokenizers, record,
-                                   warnings)
+            model = _load_adapters(load_causal_lm(base, options, warnings), base, adapter_roles, options, tokenizers,
+                                   record, warnings)
             for role in adapter_roles:
                 handles[role] = ModelHandle(role, model, adapter_enabled=True, adapter_name=role)
     return assemble_set(handles, tokenizers, residency, options, warnings, record)

@@ -118,9 +118,12 @@ def quiet_loading(verbose: bool = False) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_causal_lm(path: str, options: LoadOptions):
+def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None = None):
     """A transformers causal LM in eval mode, loaded with the safe defaults above (a
-    vision-language checkpoint loads as its image-text-to-text model)."""
+    vision-language checkpoint loads as its image-text-to-text model). A checkpoint that lacks
+    weights the model needs is a :class:`ModelLoadError` (transformers would initialise them at
+    random and say so only in its log); weights the model does not use are named in
+    ``warnings``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     _check_weight_format(path, options.allow_pickle)
@@ -139,14 +142,49 @@ def load_causal_lm(path: str, options: LoadOptions):
                                                 revision=options.revision)
             auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None \
                 else AutoModelForCausalLM
-            model = auto.from_pretrained(path, **kwargs)
+            model, info = auto.from_pretrained(path, output_loading_info=True, **kwargs)
     except Exception as exc:  # transformers, safetensors and torch raise many types for a bad checkpoint
         first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"could not load {path!r} as a causal LM: {first}") from exc
+    missing, unused = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
+    if missing:
+        raise ModelLoadError(
+            f"{path} lacks {len(missing)} weight(s) that its {type(model).__name__} needs "
+            f"({_some(missing)}); transformers would initialise them at random. Is the checkpoint complete "
+            "(every shard of its index present)?")
+    if unused and warnings is not None:
+        note = f"{path}: {len(unused)} weight(s) in the checkpoint are not used by {type(model).__name__} ({_some(unused)})"
+        if note not in warnings:
+            warnings.append(note)
     if options.device not in ("auto", "cpu"):
         model.to(options.device)
     model.eval()
     return model
+
+
+def _some(names: list[str], k: int = 3) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def check_adapter_files(path: str, allow_pickle: bool) -> None:
+    """A local PEFT adapter directory has a readable adapter_config.json and adapter weights
+    (safetensors unless ``allow_pickle``), checked before any model loads."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        return  # a hub id: PEFT resolves it
+    try:
+        cfg = json.loads((root / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelLoadError(f"--adapter {path}: adapter_config.json is not readable JSON ({exc})") from None
+    if not isinstance(cfg, dict) or not cfg.get("peft_type"):
+        raise ModelLoadError(f"--adapter {path}: adapter_config.json names no peft_type; is it a PEFT adapter?")
+    files = [f for f in root.iterdir() if f.name.startswith("adapter_model")]
+    if not files:
+        raise ModelLoadError(f"--adapter {path} holds no adapter weights (adapter_model.safetensors)")
+    if not any(f.suffix == ".safetensors" for f in files) and not allow_pickle:
+        raise PickleWeightsRefusedError(
+            f"{path} has only pickle adapter weights ({', '.join(f.name for f in files[:3])}); pickle can run "
+            "arbitrary code when loaded. Convert to safetensors, or pass --allow-pickle if you trust it.")
 
 
 def load_processor(path: str, options: LoadOptions):
@@ -183,7 +221,12 @@ def adapter_settings(adapter_dir: str) -> tuple[dict, list[str]]:
     cfg_path = Path(adapter_dir) / "adapter_config.json"
     if not cfg_path.exists():
         raise ModelLoadError(f"{adapter_dir} is not a PEFT adapter directory (no adapter_config.json)")
-    cfg = json.loads(cfg_path.read_text())
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelLoadError(f"{adapter_dir}: adapter_config.json is not readable JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{adapter_dir}: adapter_config.json is not a JSON object")
     settings = {k: cfg.get(k) for k in ("peft_type", "r", "lora_alpha", "target_modules", "bias",
                                          "modules_to_save", "layers_to_transform", "base_model_name_or_path")}
     warnings = []
