@@ -6,6 +6,7 @@ the line (1-based, as an editor shows it) and the field.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import dataclass, field
@@ -30,12 +31,14 @@ def _is_missing(value) -> bool:
 def _row_to_prompt(row: dict, where: str) -> Prompt:
     if "id" not in row or _is_missing(row["id"]) or str(row["id"]).strip() == "":
         raise PromptFileError(f"{where}: field 'id' is missing or empty")
-    if isinstance(row["id"], (dict, list)):
-        raise PromptFileError(f"{where}: field 'id' must be a string or number")
+    if isinstance(row["id"], (dict, list, bool)):
+        raise PromptFileError(f"{where}: field 'id' must be a string or number, not {row['id']!r}")
     if "prompt" not in row or _is_missing(row["prompt"]):
         raise PromptFileError(f"{where}: field 'prompt' is missing")
     if not isinstance(row["prompt"], str) or not row["prompt"]:
         raise PromptFileError(f"{where}: field 'prompt' must be a non-empty string")
+    if not row["prompt"].strip():
+        raise PromptFileError(f"{where}: field 'prompt' holds only whitespace")
     category = row.get("category")
     if not _is_missing(category) and not isinstance(category, str):
         raise PromptFileError(f"{where}: field 'category' must be a string")
@@ -112,12 +115,18 @@ def _read_table(path: Path) -> list[tuple[str, dict]]:
 
     try:
         if path.suffix == ".csv":
-            _text_lines(path)  # names a line that is not UTF-8
+            header = _text_lines(path)[0]  # names a line that is not UTF-8
+            names = next(csv.reader([header]), [])
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise PromptFileError(f"{path}:1: column {repeated[0]!r} appears more than once in the header")
             frame = pd.read_csv(path, dtype={"id": str}, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
             first_line = 2  # header is line 1
         else:
             frame = pd.read_parquet(path)
             first_line = 1
+    except PromptFileError:
+        raise
     except Exception as exc:  # pandas raises many parser types
         raise PromptFileError(f"{path}: cannot be read as {path.suffix[1:]} ({exc})") from exc
     for column in ("id", "prompt"):
