@@ -115,6 +115,40 @@ def _pickle_only(env: Env) -> Path:
     return target
 
 
+def _edit_safetensors(path: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def _lacking_weight(env: Env) -> Path:
+    """A checkpoint whose file lost one layer's MLP weight (transformers would initialise it at random)."""
+    def drop(d):
+        _edit_safetensors(d / "model.safetensors", lambda t: t.pop(next(k for k in sorted(t) if "layers.1.mlp" in k)))
+    return _model_dir(env, "lacking_weight", drop)
+
+
+def _adapter_dir(env: Env, name: str, mutate) -> Path:
+    target = env.tmp / name
+    shutil.copytree(env.adapter, target)
+    mutate(target)
+    return target
+
+
+def _adapter_args(env: Env, adapter: Path) -> list[str]:
+    return env.run_args("--adapter", str(adapter), base=env.lora_base, tuned=False)
+
+
+def _pickled_adapter(d: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    torch.save(load_file(d / "adapter_model.safetensors"), d / "adapter_model.bin")
+    (d / "adapter_model.safetensors").unlink()
+
+
 def _broken_run(env: Env, name: str, mutate) -> Path:
     target = env.copy_run(name)
     mutate(target)
@@ -172,6 +206,10 @@ CASES = [
          lambda e: e.run_args(prompts=e.file("p.jsonl", _jsonl([{"id": "a", "prompt": 5}]))), "PromptFileError"),
     Case("prompts", "an empty prompt",
          lambda e: e.run_args(prompts=e.file("p.jsonl", _jsonl([{"id": "a", "prompt": ""}]))), "PromptFileError"),
+    Case("prompts", "a prompt of whitespace only",
+         lambda e: e.run_args(prompts=e.file("p.jsonl", _jsonl([{"id": "a", "prompt": " \n\t "}]))), "PromptFileError"),
+    Case("prompts", "an id that is a boolean",
+         lambda e: e.run_args(prompts=e.file("p.jsonl", _jsonl([{"id": True, "prompt": "x"}]))), "PromptFileError"),
     Case("prompts", "a repeated id",
          lambda e: e.run_args(prompts=e.file("p.jsonl", _jsonl([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}]))),
          "PromptFileError"),
@@ -184,6 +222,8 @@ CASES = [
          lambda e: e.run_args(prompts=e.file("p.jsonl", '{"id": "a", "prompt": "x \\ud800 y"}\n')), "PromptFileError"),
     Case("prompts", "a CSV without a prompt column", lambda e: e.run_args(prompts=e.file("p.csv", "id,text\na,b\n")),
          "PromptFileError"),
+    Case("prompts", "a CSV whose header repeats the prompt column",
+         lambda e: e.run_args(prompts=e.file("p.csv", "id,prompt,prompt\na,rain,sun\n")), "PromptFileError"),
     Case("prompts", "a CSV that is not UTF-8", lambda e: e.run_args(prompts=e.file("p.csv", b"id,prompt\na,caf\xe9\n")),
          "PromptFileError"),
     Case("prompts", "an image field naming no file",
@@ -232,6 +272,21 @@ CASES = [
     Case("models", "a corrupt safetensors file",
          lambda e: e.run_args(tuned=_model_dir(e, "corrupt_st", lambda d: (d / "model.safetensors").write_bytes(b"junk"))),
          "ModelLoadError"),
+    Case("models", "compare given the same descendant twice",
+         lambda e: ["compare", "--base", str(e.base), "--tuned", str(e.tuned), "--tuned", f"{e.tuned}/", "--prompts",
+                    str(e.prompts), "--out", str(e.tmp / "cmp")], "OptionError"),
+    Case("models", "a checkpoint that lacks a weight", lambda e: e.run_args(tuned=_lacking_weight(e)), "ModelLoadError"),
+    Case("models", "an adapter_config.json that is not JSON",
+         lambda e: _adapter_args(e, _adapter_dir(e, "adapter_bad_cfg", lambda d: (d / "adapter_config.json").write_text("{x"))),
+         "ModelLoadError"),
+    Case("models", "an adapter directory without adapter weights",
+         lambda e: _adapter_args(e, _adapter_dir(e, "adapter_no_weights",
+                                                 lambda d: (d / "adapter_model.safetensors").unlink())), "ModelLoadError"),
+    Case("models", "an adapter file that lacks a tensor",
+         lambda e: _adapter_args(e, _adapter_dir(e, "adapter_lacking", lambda d: _edit_safetensors(
+             d / "adapter_model.safetensors", lambda t: t.pop(sorted(t)[0])))), "ModelLoadError"),
+    Case("models", "an adapter with only pickle weights without --allow-pickle",
+         lambda e: _adapter_args(e, _adapter_dir(e, "adapter_pickled", _pickled_adapter)), "PickleWeightsRefusedError"),
     Case("models", "a config.json that is not JSON",
          lambda e: e.run_args(tuned=_model_dir(e, "bad_cfg", lambda d: (d / "config.json").write_text("{oops"))),
          "ModelLoadError"),
@@ -254,6 +309,8 @@ CASES = [
     Case("options", "--max-new-tokens 0", lambda e: e.run_args("--max-new-tokens", "0"), "OptionError"),
     Case("options", "--bootstrap 1 (degenerate intervals)", lambda e: e.run_args("--bootstrap", "1"), "OptionError"),
     Case("options", "--bootstrap -5", lambda e: e.run_args("--bootstrap", "-5"), "OptionError"),
+    Case("options", "--bootstrap 10^11 (more than intervals need)", lambda e: e.run_args("--bootstrap", str(10**11)),
+         "OptionError"),
     Case("options", "--seed -1", lambda e: e.run_args("--seed", "-1"), "OptionError"),
     Case("options", "--workers 0", lambda e: e.run_args("--workers", "0"), "OptionError"),
     Case("options", "--boundary 1.0 (not a fraction below 1)", lambda e: e.run_args("--boundary", "1.0"), "BoundaryError"),
@@ -263,6 +320,10 @@ CASES = [
     Case("options", "--boundary nan", lambda e: e.run_args("--boundary", "nan"), "BoundaryError"),
     Case("options", "--boundaries with no entry", lambda e: e.run_args("--boundaries", ","), "BoundaryError"),
     Case("options", "--boundaries 1,x", lambda e: e.run_args("--boundaries", "1,x"), "BoundaryError"),
+    Case("options", "a sweep of every boundary on a 1-layer model",
+         lambda e: ["sweep", *e.run_args("--boundaries", "all", base=_arch_dir(e, "llama", 1),
+                                         tuned=_arch_dir(e, "llama", 1))[1:]],
+         "BoundaryError"),
     Case("options", "--shard 3/2", lambda e: e.run_args("--shard", "3/2"), "OptionError"),
     Case("options", "--shard abc", lambda e: e.run_args("--shard", "abc"), "OptionError"),
     Case("options", "--plan fast", lambda e: e.run_args("--plan", "fast"), "OptionError"),
@@ -316,6 +377,7 @@ CASES = [
          lambda e: ["report", str(_broken_run(e, "thincfg", lambda d: (d / "config.json").write_text("{}")))],
          "CorruptRunFileError"),
     # -- merge ----------------------------------------------------------------------------------
+    Case("merge", "pool given the same run twice", lambda e: ["pool", str(e.run), str(e.run)], "OptionError"),
     Case("merge", "--out already holds a run", lambda e: ["merge", *map(str, _shards(e, "m")), "--out", str(e.copy_run("t"))],
          "RunDirectoryNotEmptyError"),
     Case("merge", "--out holds unrelated files",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from crosspatch.cells import CellRecord
-from crosspatch.stats import BootstrapConfig, effect_block, effects_from_cell_means, pool_family_balanced, summarize_records
+from crosspatch.stats import BootstrapConfig, effect_block, resampled_cell_means, effects_from_cell_means, pool_family_balanced, summarize_records
 
 
 def rec(pid, cells, category=None, position=0, boundary=2, valid=True):
@@ -99,3 +99,12 @@ def test_family_balanced_pooling_weights_pairs_equally():
     pooled = pool_family_balanced({"big": big, "small": small}, "common_it", BootstrapConfig(500))
     assert pooled["effects"]["interaction"]["mean"] == pytest.approx(1.0)  # not 0.2 (event-weighted)
     assert pooled["n_pairs"] == 2
+
+
+def test_bootstrap_draws_in_bounded_chunks_equal_one_draw():
+    rng_values = np.random.default_rng(1)
+    sums, counts = rng_values.normal(size=(37, 4)), rng_values.integers(1, 4, size=37).astype(float)
+    whole = resampled_cell_means(np.random.default_rng(5), sums, counts, 2500, chunk=10_000)
+    chunked = resampled_cell_means(np.random.default_rng(5), sums, counts, 2500, chunk=7)
+    assert whole.shape == (2500, 4)
+    np.testing.assert_allclose(whole, chunked, rtol=1e-12, atol=1e-15)  # the same draws; BLAS may block differently

@@ -181,7 +181,8 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str]):
     from .errors import PromptImageError
     from .models.paths import local_is_multimodal
     from .validation import (
-        check_model_path, check_out_dir, local_num_layers, validate_load_options, validate_run_options,
+        check_distinct_descendants, check_model_path, check_out_dir, local_num_layers, validate_load_options,
+        validate_run_options,
     )
 
     options = LoadOptions(dtype=kw["dtype"], device=kw["device"], trust_remote_code=kw["trust_remote_code"],
@@ -207,6 +208,7 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str]):
         check_model_path(path, "tuned")
     for path in adapters:
         check_model_path(path, "tuned", adapter=True)
+    check_distinct_descendants(list(tuned) + list(adapters))
     layers = local_num_layers(kw["base"])
     if layers is not None:
         resolve_boundaries(config, layers)
@@ -529,12 +531,18 @@ def pool_cmd(
 
     from .compare import pool_runs
     from .report.markdown import fmt_effect
+    from .validation import check_bootstrap
 
     try:
         if len(run_dirs) < 2:
             raise OptionError("give at least two run directories (one per family) to pool")
-        if bootstrap < 0 or 0 < bootstrap < 100:
-            raise OptionError(f"--bootstrap must be 0 or at least 100, not {bootstrap}")
+        check_bootstrap(bootstrap)
+        seen: dict[Path, Path] = {}
+        for path in run_dirs:
+            if path.resolve() in seen:
+                raise OptionError(f"run directory {path} is given twice (as {seen[path.resolve()]} too): "
+                                  "each family must count once")
+            seen[path.resolve()] = path
         names = [p.name for p in run_dirs]
         if len(set(names)) != len(names):
             names = [str(p) for p in run_dirs]

@@ -28,7 +28,7 @@ from .prompts import Prompt, as_prompts
 from .report.markdown import render_markdown
 from .report.render import render_reports
 from .stats import BootstrapConfig, summarize_boundaries
-from .errors import IncompleteRunError, OptionError, RunDirectoryError
+from .errors import BoundaryError, IncompleteRunError, OptionError, RunDirectoryError
 from .validation import (
     check_chat_template, check_group_by, check_prompt_lengths, parse_shard, validate_run_options,
 )
@@ -410,6 +410,9 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override
 def resolve_boundaries(config: RunConfig, num_layers: int) -> list[int]:
     """The sorted layer indices a run scores ("all" = every layer 1..L-1)."""
     if config.boundaries in ("all", ["all"]):
+        if num_layers < 2:
+            raise BoundaryError(f"boundaries 'all' (1..L-1) leave no boundary on a model of {num_layers} layer: "
+                                "a sweep needs at least 2 layers (give --boundary 0 to patch the embeddings)")
         return list(range(1, num_layers))
     requested = config.boundaries if config.boundaries else [config.boundary]
     return sorted({resolve_boundary(b, num_layers) for b in requested})

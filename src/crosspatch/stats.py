@@ -53,6 +53,20 @@ def effects_from_cell_means(m: np.ndarray) -> dict[str, np.ndarray]:
         }
 
 
+def resampled_cell_means(rng: np.random.Generator, sums: np.ndarray, counts: np.ndarray, n_resamples: int,
+                         chunk: int = 10_000) -> np.ndarray:
+    """Cell means ``[n_resamples, 4]`` of a cluster bootstrap: each resample draws the clusters
+    (prompts) with replacement; ``sums`` ``[clusters, 4]`` and ``counts`` ``[clusters]`` are each
+    cluster's event sums and event count. Drawn ``chunk`` resamples at a time, so memory stays
+    bounded whatever the number of clusters (the same draws as one call)."""
+    k = len(counts)
+    out = np.empty((n_resamples, sums.shape[1]))
+    for start in range(0, n_resamples, chunk):
+        w = rng.multinomial(k, np.full(k, 1.0 / k), size=min(chunk, n_resamples - start))
+        out[start:start + len(w)] = (w @ sums) / (w @ counts)[:, None]
+    return out
+
+
 def _clean(x: float) -> float | None:
     return float(x) if math.isfinite(float(x)) else None
 
@@ -75,9 +89,7 @@ def effect_block(
     counts = np.bincount(index, minlength=len(names)).astype(float)
     ci_cells = ci_effects = None
     if len(names) >= MIN_CLUSTERS_FOR_CI and boot.n_resamples > 0:
-        rng = np.random.default_rng(boot.seed)
-        weights = rng.multinomial(len(names), np.full(len(names), 1.0 / len(names)), size=boot.n_resamples)
-        resampled = (weights @ sums) / (weights @ counts)[:, None]
+        resampled = resampled_cell_means(np.random.default_rng(boot.seed), sums, counts, boot.n_resamples)
         lo, hi = 50 * (1 - boot.confidence), 100 - 50 * (1 - boot.confidence)
         ci_cells = np.percentile(resampled, [lo, hi], axis=0)
         boot_effects = effects_from_cell_means(resampled)
@@ -249,8 +261,7 @@ def pool_family_balanced(
         sums = np.zeros((len(names), 4))
         np.add.at(sums, index, values)
         counts = np.bincount(index, minlength=len(names)).astype(float)
-        w = rng.multinomial(len(names), np.full(len(names), 1.0 / len(names)), size=boot.n_resamples)
-        boot_means.append((w @ sums) / (w @ counts)[:, None])
+        boot_means.append(resampled_cell_means(rng, sums, counts, boot.n_resamples))
     point = effects_from_cell_means(np.mean(point_means, axis=0))
     resampled = np.mean(boot_means, axis=0)
     lo, hi = 50 * (1 - boot.confidence), 100 - 50 * (1 - boot.confidence)

@@ -20,6 +20,7 @@ from .models.paths import check_hub_id, check_model_path, local_num_layers, look
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda", "auto")
 MIN_BOOTSTRAP = 100  # fewer resamples give degenerate intervals; 0 disables intervals
+MAX_BOOTSTRAP = 100_000  # beyond, percentile intervals no longer change, only the time does
 BUILTIN_BREAKDOWNS = ("category", "position", "token_category", "event_kind")
 
 
@@ -29,6 +30,29 @@ def _int(name: str, value, minimum: int) -> int:
     if value < minimum:
         raise OptionError(f"{name} must be >= {minimum}, not {value}")
     return value
+
+
+def check_distinct_descendants(paths: list[str]) -> None:
+    """Each descendant (checkpoint or adapter) is given once: the same directory twice would be
+    run twice and counted as two descendants (or two training stages)."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        key = str(Path(str(path)).expanduser().resolve()) if looks_local(path) else str(path)
+        if key in seen:
+            raise OptionError(f"descendant {path} is given twice (also as {seen[key]}): give each once")
+        seen[key] = str(path)
+
+
+def check_bootstrap(value) -> int:
+    """Bootstrap resamples: 0 (no intervals) or MIN_BOOTSTRAP..MAX_BOOTSTRAP."""
+    boot = _int("bootstrap", value, 0)
+    if 0 < boot < MIN_BOOTSTRAP:
+        raise OptionError(f"bootstrap {boot} gives degenerate intervals: use at least {MIN_BOOTSTRAP} resamples "
+                          "(2000 is the default), or 0 to report no intervals")
+    if boot > MAX_BOOTSTRAP:
+        raise OptionError(f"bootstrap {boot} is more resamples than intervals need: use at most {MAX_BOOTSTRAP:,} "
+                          "(2000 is the default)")
+    return boot
 
 
 def check_boundary_spec(value) -> None:
@@ -74,10 +98,7 @@ def validate_run_options(config) -> None:
     _int("workers", config.workers, 1)
     _int("sequential chunk", config.sequential_chunk, 1)
     _int("consequence budget", config.consequence_budget, 1)
-    boot = _int("bootstrap", config.bootstrap, 0)
-    if 0 < boot < MIN_BOOTSTRAP:
-        raise OptionError(f"bootstrap {boot} gives degenerate intervals: use at least {MIN_BOOTSTRAP} resamples "
-                          "(2000 is the default), or 0 to report no intervals")
+    check_bootstrap(config.bootstrap)
     t = config.near_tie_threshold
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
         raise OptionError(f"near-tie threshold must be a finite number >= 0, not {t!r}")
