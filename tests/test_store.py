@@ -179,3 +179,27 @@ def test_a_run_whose_config_was_lost_never_adopts_another_models_records(tmp_pat
     again = run(make_pair("llama", scale=0.2), prompts, boundary=2, max_new_tokens=6, bootstrap=0, progress=False,
                 out=tmp_path / "r", event_kinds="first_diff")
     assert again.summary["cost_this_session"]["prompts_processed"] == 0
+
+
+def test_a_run_directory_in_use_by_another_process_is_refused_then_free_when_it_ends(tmp_path):
+    from crosspatch.store import RunStore
+
+    out = tmp_path / "run"
+    pair, prompts = make_pair("llama"), many_prompts(3)
+    # another process holds the directory as a running crosspatch run would (RunStore.lock)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from crosspatch.store import RunStore\n"
+         "with RunStore(sys.argv[1]).lock():\n    print('held', flush=True); time.sleep(120)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirectoryError, match="in use by another crosspatch process"):
+            run(pair, prompts, out=out, max_new_tokens=4, bootstrap=0, progress=False)
+        assert not any(out.iterdir()), "the refused run wrote nothing"
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    result = run(pair, prompts, out=out, max_new_tokens=4, bootstrap=0, progress=False)  # a killed holder leaves no lock
+    assert (out / "summary.json").exists() and len(result.records) + len(result.no_divergence) >= 3
+    with RunStore(out).lock():  # released when the run returned
+        pass

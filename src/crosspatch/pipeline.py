@@ -604,82 +604,83 @@ def run(
     check_prompt_lengths([p.id for p in prompts], token_ids, config.max_new_tokens,
                          pair.facts[pair.base].get("max_positions"))
     store = RunStore(out) if out is not None else None
-    records: list[CellRecord] = []
-    no_div: list[NoDivergence] = []
-    if store is not None:
-        records, no_div = store.start(record, resume=resume, overwrite=overwrite)
-    done = completed_prompts(records, no_div, boundaries)
-    todo = [k for k, p in enumerate(prompts) if p.id not in done]
-    resumed = len(prompts) - len(todo)
-    if resumed:
-        _say(progress, f"resumed: {resumed} prompt(s) already done in {out}, {len(todo)} to go")
-    by_id = {p.id: k for k, p in enumerate(prompts)}
-    started = time.perf_counter()
-    sequential = pair.residency == "sequential"
-    chunk = max(config.sequential_chunk, 1) if sequential else max(config.batch_size, 1) * 4
-    if sequential and todo:
-        size = state_cache_bytes(pair, [token_ids[k] for k in todo[:chunk]], config.max_new_tokens, len(boundaries))
-        batching = (f"batches of at most {config.max_batch_tokens:,} padded tokens" if config.max_batch_tokens
-                    else "--max-batch-tokens bounds each batch's working memory")
-        _say(progress, f"sequential residency: one model at a time; CPU state cache up to {size / 2**20:.1f} MiB; "
-                       f"{batching} ({pair.provenance.get('residency_reason', '')})")
-    event_work = 0
-    work = WorkCounter()  # summed from the chunks (which may run in other processes)
-    extra: dict[str, list] = {  # earlier sessions' records of prompts already complete
-        a.name: [r for r in (store.load_rows(f"{a.name}.jsonl") if store is not None else []) if r.get("prompt_id") in done]
-        for a in plan.analyses}
-    with _progress(progress) if progress else contextlib.nullcontext() as bar:
-        if bar:
-            search_task = bar.add_task("divergence search (prompts)", total=len(prompts),
-                                       completed=len(prompts) - len(todo))
-            cells_task = bar.add_task(f"2x2 cells at {len(boundaries)} boundar{'y' if len(boundaries) == 1 else 'ies'} "
-                                      "(records of the events found so far)", total=len(records), completed=len(records))
-        items = [([prompts[k] for k in todo[start : start + chunk]], [token_ids[k] for k in todo[start : start + chunk]])
-                 for start in range(0, len(todo), chunk)]
-        try:
-            for result in map_chunks(pair, process_chunk, plan, items, config.engine, config.workers):
-                # streamed: each chunk is stored as soon as it is done
-                work.add(result.token_layers, 1)
-                event_work += sum(len(e.prefix_ids) for e in result.events) * pair.num_layers
-                for rec in result.records:
-                    meta = prompts[by_id[rec.prompt_id]].metadata
-                    rec.extra.update({f: meta.get(f) for f in config.group_by})
-                if store is not None:
+    with store.lock() if store is not None else contextlib.nullcontext():  # one process per run directory
+        records: list[CellRecord] = []
+        no_div: list[NoDivergence] = []
+        if store is not None:
+            records, no_div = store.start(record, resume=resume, overwrite=overwrite)
+        done = completed_prompts(records, no_div, boundaries)
+        todo = [k for k, p in enumerate(prompts) if p.id not in done]
+        resumed = len(prompts) - len(todo)
+        if resumed:
+            _say(progress, f"resumed: {resumed} prompt(s) already done in {out}, {len(todo)} to go")
+        by_id = {p.id: k for k, p in enumerate(prompts)}
+        started = time.perf_counter()
+        sequential = pair.residency == "sequential"
+        chunk = max(config.sequential_chunk, 1) if sequential else max(config.batch_size, 1) * 4
+        if sequential and todo:
+            size = state_cache_bytes(pair, [token_ids[k] for k in todo[:chunk]], config.max_new_tokens, len(boundaries))
+            batching = (f"batches of at most {config.max_batch_tokens:,} padded tokens" if config.max_batch_tokens
+                        else "--max-batch-tokens bounds each batch's working memory")
+            _say(progress, f"sequential residency: one model at a time; CPU state cache up to {size / 2**20:.1f} MiB; "
+                           f"{batching} ({pair.provenance.get('residency_reason', '')})")
+        event_work = 0
+        work = WorkCounter()  # summed from the chunks (which may run in other processes)
+        extra: dict[str, list] = {  # earlier sessions' records of prompts already complete
+            a.name: [r for r in (store.load_rows(f"{a.name}.jsonl") if store is not None else []) if r.get("prompt_id") in done]
+            for a in plan.analyses}
+        with _progress(progress) if progress else contextlib.nullcontext() as bar:
+            if bar:
+                search_task = bar.add_task("divergence search (prompts)", total=len(prompts),
+                                           completed=len(prompts) - len(todo))
+                cells_task = bar.add_task(f"2x2 cells at {len(boundaries)} boundar{'y' if len(boundaries) == 1 else 'ies'} "
+                                          "(records of the events found so far)", total=len(records), completed=len(records))
+            items = [([prompts[k] for k in todo[start : start + chunk]], [token_ids[k] for k in todo[start : start + chunk]])
+                     for start in range(0, len(todo), chunk)]
+            try:
+                for result in map_chunks(pair, process_chunk, plan, items, config.engine, config.workers):
+                    # streamed: each chunk is stored as soon as it is done
+                    work.add(result.token_layers, 1)
+                    event_work += sum(len(e.prefix_ids) for e in result.events) * pair.num_layers
+                    for rec in result.records:
+                        meta = prompts[by_id[rec.prompt_id]].metadata
+                        rec.extra.update({f: meta.get(f) for f in config.group_by})
+                    if store is not None:
+                        for name, rows in result.analyses.items():
+                            store.append_rows(f"{name}.jsonl", rows)
+                        # the 2x2 records last: a prompt counts as done once all its boundaries are stored
+                        store.append_records(result.records)
+                        store.append_no_divergence(result.no_divergence)
                     for name, rows in result.analyses.items():
-                        store.append_rows(f"{name}.jsonl", rows)
-                    # the 2x2 records last: a prompt counts as done once all its boundaries are stored
-                    store.append_records(result.records)
-                    store.append_no_divergence(result.no_divergence)
-                for name, rows in result.analyses.items():
-                    extra[name] += [r.to_record() if hasattr(r, "to_record") else r for r in rows]
-                records += result.records
-                no_div += result.no_divergence
-                if bar:
-                    bar.update(search_task, advance=len(result.events) + len(result.no_divergence))
-                    bar.update(cells_task, total=len(records), completed=len(records))
-        finally:
-            pair.release()
-    check_complete([p.id for p in prompts], records, no_div, boundaries, str(out) if out is not None else "run")
-    records.sort(key=lambda r: (by_id.get(r.prompt_id, len(by_id)), r.boundary))
-    no_div.sort(key=lambda x: by_id.get(x.prompt_id, len(by_id)))
-    boot = BootstrapConfig(config.bootstrap, config.seed)
-    cost = {
-        "plan": config.plan,
-        "token_layers_executed": work.token_layers,
-        "event_prefix_token_layers": event_work,
-        "fe_per_event": round(work.token_layers / event_work, 3) if event_work else None,
-        "seconds": round(time.perf_counter() - started, 3),
-        "prompts_processed": len(todo),
-        "prompts_resumed": resumed,
-    }
-    extras = {"cost_this_session": cost}
-    if config.verify_fp32:
-        extras["fp32_verification"] = verify_near_ties_fp32(pair, prompts, token_ids, records, config)
-    summary = build_summary(record, records, no_div, len(prompts), boot, extras, extra)
-    result = RunResult(summary, records, no_div, record, Path(out) if out is not None else None, extra)
-    if store is not None:
-        result._report = write_outputs(store, summary, records, record)
-    return result
+                        extra[name] += [r.to_record() if hasattr(r, "to_record") else r for r in rows]
+                    records += result.records
+                    no_div += result.no_divergence
+                    if bar:
+                        bar.update(search_task, advance=len(result.events) + len(result.no_divergence))
+                        bar.update(cells_task, total=len(records), completed=len(records))
+            finally:
+                pair.release()
+        check_complete([p.id for p in prompts], records, no_div, boundaries, str(out) if out is not None else "run")
+        records.sort(key=lambda r: (by_id.get(r.prompt_id, len(by_id)), r.boundary))
+        no_div.sort(key=lambda x: by_id.get(x.prompt_id, len(by_id)))
+        boot = BootstrapConfig(config.bootstrap, config.seed)
+        cost = {
+            "plan": config.plan,
+            "token_layers_executed": work.token_layers,
+            "event_prefix_token_layers": event_work,
+            "fe_per_event": round(work.token_layers / event_work, 3) if event_work else None,
+            "seconds": round(time.perf_counter() - started, 3),
+            "prompts_processed": len(todo),
+            "prompts_resumed": resumed,
+        }
+        extras = {"cost_this_session": cost}
+        if config.verify_fp32:
+            extras["fp32_verification"] = verify_near_ties_fp32(pair, prompts, token_ids, records, config)
+        summary = build_summary(record, records, no_div, len(prompts), boot, extras, extra)
+        result = RunResult(summary, records, no_div, record, Path(out) if out is not None else None, extra)
+        if store is not None:
+            result._report = write_outputs(store, summary, records, record)
+        return result
 
 
 @dataclass

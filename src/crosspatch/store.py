@@ -15,13 +15,14 @@ are de-duplicated by key on load, and prompts already recorded are skipped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .cells import CELLS, READOUTS, CellRecord
 from .divergence import NoDivergence
@@ -161,6 +162,35 @@ class RunStore:
         self.fingerprint: str | None = None
 
     # -- identity ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this run directory for the calling process while it writes: a second crosspatch
+        process on the same directory gets a :class:`RunDirectoryError` instead of interleaving
+        its records. An advisory lock on the directory itself (created here when new), released
+        when the process ends however it ends, so a crashed run leaves nothing stale. Where the
+        platform has no ``flock`` (Windows), runs are not guarded."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        if self.path.exists() and not self.path.is_dir():
+            yield  # refused with its own error when the run starts
+            return
+        with _guard_write(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunDirectoryError(
+                    f"{self.path} is in use by another crosspatch process writing a run there; wait for it to "
+                    "finish (then run again to resume or reuse it), or choose another --out") from None
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
     def is_run(self) -> bool:
         """A directory crosspatch wrote: the marker, or a config.json of a crosspatch run."""
         if (self.path / MARKER).exists():
