@@ -81,6 +81,18 @@ def _arch_dir(env: Env, arch: str, layers: int = 4) -> Path:
     return target
 
 
+def _small_vocabulary_pair(env: Env) -> list[str]:
+    """Base and descendant with 60 input embeddings, saved with a tokenizer of about 100 ids."""
+    from crosspatch.testing import char_tokenizer, tiny_model
+
+    dirs = []
+    for name, seed in (("small_vocab_base", 0), ("small_vocab_tuned", 1)):
+        tiny_model("llama", 4, seed=seed, vocab_size=60).save_pretrained(env.tmp / name)
+        char_tokenizer().save_pretrained(env.tmp / name)
+        dirs.append(env.tmp / name)
+    return env.run_args(base=dirs[0], tuned=dirs[1], prompts=env.file("p.jsonl", _jsonl([{"id": "a", "prompt": "x{|}~"}])))
+
+
 def _other_eos(env: Env) -> Path:
     def change(d):
         cfg = json.loads((d / "tokenizer_config.json").read_text())
@@ -275,6 +287,8 @@ CASES = [
     Case("models", "compare given the same descendant twice",
          lambda e: ["compare", "--base", str(e.base), "--tuned", str(e.tuned), "--tuned", f"{e.tuned}/", "--prompts",
                     str(e.prompts), "--out", str(e.tmp / "cmp")], "OptionError"),
+    Case("models", "a tokenizer whose ids go beyond the model's embeddings", _small_vocabulary_pair,
+         "VocabularyMismatchError"),
     Case("models", "a checkpoint that lacks a weight", lambda e: e.run_args(tuned=_lacking_weight(e)), "ModelLoadError"),
     Case("models", "an adapter_config.json that is not JSON",
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_bad_cfg", lambda d: (d / "adapter_config.json").write_text("{x"))),

@@ -30,7 +30,8 @@ from .report.render import render_reports
 from .stats import BootstrapConfig, summarize_boundaries
 from .errors import BoundaryError, IncompleteRunError, OptionError, RunDirectoryError
 from .validation import (
-    check_chat_template, check_group_by, check_prompt_lengths, parse_shard, validate_run_options,
+    check_chat_template, check_group_by, check_prompt_lengths, check_prompt_token_ids, parse_shard,
+    validate_run_options,
 )
 from .store import (
     CONFIG_SCHEMA, EVENTS_FILE, NO_DIV_FILE, SUMMARY_SCHEMA, RunStore, completed_prompts, environment, events_frame, fingerprint,
@@ -603,6 +604,8 @@ def run(
     token_ids = prompt_token_ids(pair, prompts, tuned, config)
     check_prompt_lengths([p.id for p in prompts], token_ids, config.max_new_tokens,
                          pair.facts[pair.base].get("max_positions"))
+    check_prompt_token_ids([p.id for p in prompts], token_ids,
+                           {role: pair.facts[role].get("input_embeddings") for role in pair.roles})
     store = RunStore(out) if out is not None else None
     with store.lock() if store is not None else contextlib.nullcontext():  # one process per run directory
         records: list[CellRecord] = []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import (
     BoundaryError, ChatTemplateMissingError, DeviceUnavailableError, GroupByFieldError, OptionError,
-    PromptTooLongError, RunDirectoryNotEmptyError, RunWriteError,
+    PromptTooLongError, RunDirectoryNotEmptyError, RunWriteError, VocabularyMismatchError,
 )
 from .models.paths import check_hub_id, check_model_path, local_num_layers, looks_local  # noqa: F401 (re-exported)
 
@@ -181,6 +181,23 @@ def check_group_by(fields: list[str], prompts) -> list[str]:
             warnings.append(f"--group-by {name}: {len(prompts) - have} of {len(prompts)} prompt(s) lack the field; "
                             "they are left out of that breakdown only")
     return warnings
+
+
+def check_prompt_token_ids(prompt_ids: list[str], token_ids: list[list[int]], embeddings: dict[str, int | None]
+                           ) -> None:
+    """Every prompt token id must have an input embedding in every model (``embeddings``: role
+    -> rows): a tokenizer that does not belong to its model gives ids beyond the table, which
+    would fail deep inside a forward pass."""
+    for role, rows in embeddings.items():
+        if not rows:
+            continue
+        for pid, ids in zip(prompt_ids, token_ids):
+            beyond = [t for t in ids if not 0 <= t < rows]
+            if beyond:
+                raise VocabularyMismatchError(
+                    f"prompt {pid!r} has token id {beyond[0]}, but the {role} model has {rows} input embeddings "
+                    f"(ids 0..{rows - 1}): the tokenizer does not belong to that model; give the model its own "
+                    "tokenizer")
 
 
 def check_prompt_lengths(prompt_ids: list[str], token_ids: list[list[int]], max_new_tokens: int,

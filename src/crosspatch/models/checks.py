@@ -23,8 +23,10 @@ def model_facts(handle) -> dict:
     from .anatomy import router_name
 
     routers = {i: name for i, layer in enumerate(a.layers) if (name := router_name(layer)) is not None}
+    embeddings = a.model.get_input_embeddings()
     return {"class": type(a.model).__name__, "num_layers": a.num_layers, "hidden_size": a.hidden_size,
             "lm_head_rows": a.lm_head.weight.shape[0], "max_positions": limit, "routers": routers,
+            "input_embeddings": getattr(embeddings, "num_embeddings", None),
             "image_token_id": a.image_token_id}
 
 
