@@ -96,3 +96,30 @@ def templated_config(result):
     from crosspatch.pipeline import RunConfig
 
     return RunConfig(chat_template=result.config["options"]["chat_template"])
+
+
+def test_in_python_one_prompt_is_one_prompt_and_a_path_is_a_file(tmp_path):
+    from crosspatch.prompts import Prompt, as_prompts
+
+    assert [(p.id, p.prompt) for p in as_prompts("Rain in Oslo")] == [("0", "Rain in Oslo")]  # not 12 characters
+    assert [p.id for p in as_prompts({"id": "a", "prompt": "Rain"})] == ["a"]
+    assert [p.id for p in as_prompts(Prompt("b", "Sun"))] == ["b"]
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "c", "prompt": "Fog"}) + "\n")
+    assert [p.id for p in as_prompts(str(path))] == [p.id for p in as_prompts(path)] == ["c"]
+    with pytest.raises(PromptFileError, match="no such prompt file"):
+        as_prompts(str(tmp_path / "missing.jsonl"))
+
+
+@pytest.mark.parametrize("items, message", [
+    ([], "no prompts given"),
+    (None, "prompts must be a list"),
+    (7, "prompts must be a list"),
+    ({"a": "Rain"}, "one prompt row"),
+    ([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}], "unique"),
+])
+def test_in_python_no_prompt_or_a_shapeless_value_is_a_named_error(items, message):
+    from crosspatch.prompts import as_prompts
+
+    with pytest.raises(PromptFileError, match=message):
+        as_prompts(items)

@@ -176,12 +176,21 @@ def _with_image_path(prompt: Prompt, base: Path, where: str) -> Prompt:
 
 
 def as_prompts(items) -> list[Prompt]:
-    """Accept Prompt objects, dicts, or plain strings (ids become their index), a pandas
+    """Accept a list of Prompt objects, dicts or plain strings (ids become their index), a pandas
     DataFrame or a ``datasets.Dataset`` (columns ``id``, ``prompt``, optional ``category``,
-    others kept as metadata), or a path to a prompt file."""
-    if isinstance(items, (str, Path)) and Path(items).suffix in (".jsonl", ".json", ".csv", ".parquet", ".pq"):
+    others kept as metadata), a path to a prompt file (a ``Path``, or a string ending in .jsonl,
+    .json, .csv, .parquet or naming an existing file), or one prompt (a string, dict or Prompt).
+    No prompt at all is a :class:`PromptFileError`, as for an empty file."""
+    if isinstance(items, Path) or (isinstance(items, str) and _names_a_file(items)):
         return load_prompts(items)
-    if hasattr(items, "to_dict") and hasattr(items, "columns"):  # pandas DataFrame
+    if isinstance(items, (str, Prompt)):  # one prompt
+        items = [items]
+    elif isinstance(items, dict):
+        if "prompt" not in items:
+            raise PromptFileError("a dict is one prompt row with 'id' and 'prompt' fields; give a list of such rows "
+                                  "for several prompts")
+        items = [items]
+    elif hasattr(items, "to_dict") and hasattr(items, "columns"):  # pandas DataFrame
         for column in ("id", "prompt"):
             if column not in items.columns:
                 raise PromptFileError(f"DataFrame: required column {column!r} is missing")
@@ -191,6 +200,9 @@ def as_prompts(items) -> list[Prompt]:
             if column not in items.column_names:
                 raise PromptFileError(f"Dataset: required column {column!r} is missing")
         items = items.to_list()
+    elif items is None or not hasattr(items, "__iter__"):
+        raise PromptFileError(f"prompts must be a list of strings, dicts or Prompt objects, a DataFrame, a Dataset or "
+                              f"the path of a prompt file, not {type(items).__name__}")
     out = []
     for k, item in enumerate(items):
         if isinstance(item, Prompt):
@@ -201,7 +213,20 @@ def as_prompts(items) -> list[Prompt]:
             out.append(_with_image_path(_row_to_prompt(item, f"prompt #{k}"), Path.cwd(), f"prompt #{k}"))
         else:
             raise PromptFileError(f"prompt #{k}: expected a str, dict or Prompt, got {type(item).__name__}")
+    if not out:
+        raise PromptFileError("no prompts given")
     ids = [p.id for p in out]
     if len(set(ids)) != len(ids):
         raise PromptFileError("prompt ids must be unique")
     return out
+
+
+def _names_a_file(text: str) -> bool:
+    """Whether a string passed as prompts is the path of a prompt file (a known suffix, or an
+    existing file) rather than the text of one prompt."""
+    if "\n" in text:
+        return False
+    try:
+        return Path(text).suffix in (".jsonl", ".json", ".csv", ".parquet", ".pq") or Path(text).is_file()
+    except (OSError, ValueError):  # a long or NUL-bearing text is no path
+        return False
