@@ -110,3 +110,11 @@ def test_gate_exit_codes(portable_run, tmp_path):
 def test_gate_prints_the_verdict_for_people(portable_run):
     res = CliRunner().invoke(app, ["gate", str(portable_run)])
     assert res.exit_code == 0 and "pass" in res.output and "portable" in res.output
+
+
+def test_no_event_at_all_says_so_instead_of_reporting_empty_numbers():
+    empty = {"n_events": 0, "n_prompts": 0,
+             "effects": {k: {"mean": None, "ci": None} for k in ("E_PT", "E_IT", "interaction")}}
+    out = decide(empty)
+    assert out["verdict"] == "inconclusive"
+    assert out["reason"].startswith("No prompt produced a first-divergence event") and "n/a" not in out["reason"]

@@ -308,6 +308,8 @@ def plot_lineage(summary: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .report.plots import legend
+
     stages = summary["stages"]
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     x = np.arange(len(stages))
@@ -323,7 +325,7 @@ def plot_lineage(summary: dict, out: Path) -> None:
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_ylabel("logits (t_Final vs t_Base)")
     ax.set_title("lineage: every stage on the Base -> Final contrast")
-    ax.legend(fontsize=8)
+    legend(ax, fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "lineage.png", dpi=120)
     fig.savefig(out / "lineage.svg")

@@ -92,6 +92,11 @@ def decide(block: dict, controls: list[dict] | None = None, policy: VerdictPolic
     head = (f"On {block.get('n_events', 0)} first-divergence events from {n_prompts} prompts, the descendant's late "
             f"layers move logit(t_IT) - logit(t_PT) by {_fmt(e_it)} on its own upstream state (E_IT) and "
             f"{_fmt(e_pt)} on the base's (E_PT); interaction {_fmt(inter)}.")
+    if n_prompts == 0:
+        return out("inconclusive", "No prompt produced a first-divergence event: on these prompts the descendant "
+                                   "decodes exactly like the base within the generation budget (or every event was "
+                                   "invalid), so there is nothing to score. Use prompts on which the two differ, or a "
+                                   "larger --max-new-tokens.")
     if n_prompts < policy.min_prompts:
         return out("inconclusive", f"Only {n_prompts} prompt(s) produced an event (at least {policy.min_prompts} "
                                    "are needed for an interval): add prompts. " + head)

@@ -9,6 +9,12 @@ CURVES = (("E_PT", "PT-upstream late effect E_PT", "#1f77b4"),
           ("interaction", "interaction I = E_IT - E_PT", "#2ca02c"))
 
 
+def legend(ax, **kwargs) -> None:
+    """A legend when something on ``ax`` is labelled (a run without events has nothing to name:
+    matplotlib would warn instead)."""
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(**kwargs)
+
 def sweep_series(summary: dict, readout: str = "common_it") -> dict[str, list]:
     """Per-boundary means and CIs of E_PT, E_IT and the interaction (boundaries ascending)."""
     bounds = sorted(int(b) for b in summary["boundaries"])
@@ -48,7 +54,7 @@ def plot_sweep(summary: dict, out_dir: str | Path, readout: str = "common_it") -
     ax.set_xlabel(f"boundary layer b (of {summary.get('num_layers')})")
     ax.set_ylabel("logit(t_IT) - logit(t_PT)")
     ax.set_title(f"Layer sweep ({readout.replace('_', '-')} readout, 95% bootstrap CI)")
-    ax.legend(fontsize=8)
+    legend(ax, fontsize=8)
     fig.tight_layout()
     out_dir = Path(out_dir)
     paths = [out_dir / "sweep.png", out_dir / "sweep.svg"]
@@ -63,7 +69,7 @@ def _small_plot_svg(fig, ax, xlabel: str, ylabel: str, title: str) -> str:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    legend(ax, fontsize=7)
     fig.tight_layout()
     return _svg(fig)
 
@@ -143,8 +149,7 @@ def forest_svg(rows: list[tuple[str, dict]], title: str) -> str:
     ax.set_yticks(ticks, labels, fontsize=7)
     ax.set_xlabel("logits")
     ax.set_title(title, fontsize=9)
-    if rows:
-        ax.legend(fontsize=7, loc="best")
+    legend(ax, fontsize=7, loc="best")
     fig.tight_layout()
     return _svg(fig)
 
@@ -172,7 +177,7 @@ def sweep_svg(summary: dict, readout: str = "common_it") -> str:
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xlabel(f"boundary layer b (of {summary.get('num_layers')})")
     ax.set_ylabel("logit(t_IT) - logit(t_PT)")
-    ax.legend(fontsize=8)
+    legend(ax, fontsize=8)
     fig.tight_layout()
     return _svg(fig)
 
