@@ -161,6 +161,17 @@ def _pickled_adapter(d: Path) -> None:
     (d / "adapter_model.safetensors").unlink()
 
 
+def _eventless_run(env: Env) -> Path:
+    """A finished run of the base against itself: no prompt diverges."""
+    from crosspatch.execution import load_pair
+    from crosspatch.pipeline import run
+
+    out = env.tmp / "eventless"
+    run(load_pair(str(env.base), tuned=str(env.base)), GOOD, boundary=2, max_new_tokens=4, bootstrap=0,
+        progress=False, out=out, controls="none", event_kinds="first_diff")
+    return out
+
+
 def _broken_run(env: Env, name: str, mutate) -> Path:
     target = env.copy_run(name)
     mutate(target)
@@ -391,6 +402,8 @@ CASES = [
          lambda e: ["report", str(_broken_run(e, "thincfg", lambda d: (d / "config.json").write_text("{}")))],
          "CorruptRunFileError"),
     # -- merge ----------------------------------------------------------------------------------
+    Case("run directories", "features train on a run without events",
+         lambda e: ["features", "train", str(_eventless_run(e))], "OptionError"),
     Case("merge", "pool given the same run twice", lambda e: ["pool", str(e.run), str(e.run)], "OptionError"),
     Case("merge", "--out already holds a run", lambda e: ["merge", *map(str, _shards(e, "m")), "--out", str(e.copy_run("t"))],
          "RunDirectoryNotEmptyError"),

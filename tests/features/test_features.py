@@ -131,3 +131,22 @@ def test_features_end_to_end_on_a_run(tmp_path):
     assert {"top", "matched_random", "top_active"} <= set(frames["mediation"]["set"])
     assert (tmp_path / "r" / "features" / "crosscoder" / "crosscoder.safetensors").exists()
     assert "Sparse final-MLP features" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_a_run_without_events_is_a_named_error_before_any_model_loads(tmp_path):
+    from crosspatch.errors import OptionError
+    from crosspatch.execution import load_pair
+    from crosspatch.features import run_features
+    from crosspatch.pipeline import run
+    from crosspatch.testing import save_tiny_pair
+
+    from ..test_store import many_prompts
+
+    root = save_tiny_pair(tmp_path / "m")
+    pair = load_pair(str(root / "base"), tuned=str(root / "base"))  # identical: no prompt diverges
+    run(pair, many_prompts(4), boundary=2, max_new_tokens=4, bootstrap=0, progress=False, out=tmp_path / "r",
+        controls="none", event_kinds="first_diff")
+    for train_only in (True, False):
+        with pytest.raises(OptionError, match="0 valid event"):
+            run_features(tmp_path / "r", train_only=train_only, log=lambda m: None)
+    assert not (tmp_path / "r" / "features").exists()

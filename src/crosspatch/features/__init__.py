@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import OptionError
 from .crosscoder import Crosscoder, load_crosscoder, quality_gate, save_crosscoder, train_crosscoder
 from .study import Closure, FeatureStudy, activations, split_events
 
@@ -63,6 +64,12 @@ def run_features(run_dir, crosscoder_dir=None, n_layers: int = 3, n_latents: int
     config, summary = store.config(), store.summary()
     boundary, _, events = first_events(store, config)
     train, held = split_events(events)
+    needs = "a training half" if train_only else "a training and a held-out half"
+    if (crosscoder_dir is None and not train) or (not train_only and not (train and held)):
+        raise OptionError(
+            f"{store.path}: the feature study needs first-divergence events for {needs} (split by prompt); this run has "
+            f"{len(events)} valid event(s) at boundary {boundary} ({len(train)} training, {len(held)} held out). Run "
+            "more prompts")
     pair = reopen_models(config)
     ex = Executor.for_run(pair, config["options"])
     out = store.path / "features"
@@ -72,6 +79,9 @@ def run_features(run_dir, crosscoder_dir=None, n_layers: int = 3, n_latents: int
         layers = cc.config.layers or list(range(pair.num_layers - n_layers, pair.num_layers))
     else:
         layers = list(range(max(boundary, pair.num_layers - n_layers), pair.num_layers))
+        if len(layers) < n_layers:
+            log(f"--layers {n_layers}: the crosscoder reads the {len(layers)} layer(s) above boundary {boundary} "
+                f"({layers[0]}..{layers[-1]}), all there are")
         x_pt, x_it = cache_activations(ex, train, boundary, layers, out / "activations", log=log)
         cc = train_crosscoder(x_pt, x_it, layers, pair.hidden_size, n_latents=n_latents, k=k, steps=steps, log=log)
         save_crosscoder(cc, out / "crosscoder")
