@@ -105,6 +105,14 @@ def test_gate_exit_codes(portable_run, tmp_path):
     (failed / "summary.json").write_text(json.dumps(summary))
     code, out = _gate(failed)
     assert code == 2 and "hybrid_state" in out["reason"]
+    for name, damage in (("counts_text", {"counts": "many"}), ("results_list", {"results": []})):
+        damaged = tmp_path / name
+        shutil.copytree(portable_run, damaged)
+        summary = json.loads((damaged / "summary.json").read_text())
+        summary.update(damage)
+        (damaged / "summary.json").write_text(json.dumps(summary))
+        code, out = _gate(damaged)
+        assert code == 2 and out["status"] == "unusable" and "summary.json" in out["reason"], name
 
 
 def test_gate_prints_the_verdict_for_people(portable_run):

@@ -61,13 +61,48 @@ class CellRecord:
 
     @classmethod
     def from_record(cls, record: dict) -> "CellRecord":
-        return cls(**record)
+        """A record as stored (``to_record``); a field of the wrong type is a ValueError naming
+        it, so a damaged line is refused rather than read into statistics."""
+        rec = cls(**record)
+        for name in ("key", "prompt_id", "t_pt_text", "t_it_text", "kind"):
+            _expect(name, getattr(rec, name), str)
+        _expect("position", rec.position, int)  # negative: a control's point inside the prompt
+        for name in ("boundary", "prompt_len", "prefix_len", "t_pt", "t_it"):
+            value = getattr(rec, name)
+            _expect(name, value, int)
+            if value < 0:
+                raise ValueError(f"field {name!r} is negative ({value})")
+        for name in ("near_tie", "natural_agrees", "valid"):
+            _expect(name, getattr(rec, name), bool)
+        for name in ("margin_pt", "margin_it"):
+            _expect(name, getattr(rec, name), float)
+        _expect("extra", rec.extra, dict)
+        _expect("cells", rec.cells, dict)
+        for name in READOUTS:
+            cells = rec.cells.get(name)
+            if not isinstance(cells, dict) or set(CELLS) - set(cells):
+                raise ValueError(f"field 'cells' lacks the four cells of readout {name!r}")
+            for cell in CELLS:
+                _expect(f"cells.{name}.{cell}", cells[cell], float)
+        if rec.prefix_ids is not None and (not isinstance(rec.prefix_ids, list)
+                                           or not all(type(t) is int for t in rec.prefix_ids)):
+            raise ValueError("field 'prefix_ids' must be a list of token ids")
+        return rec
 
     def effects(self, readout: str = "common_it") -> dict[str, float]:
         """This event's ``E_PT``, ``E_IT`` and interaction under ``readout``."""
         y = self.cells[readout]
         e_pt, e_it = y["upt_lit"] - y["upt_lpt"], y["uit_lit"] - y["uit_lpt"]
         return {"E_PT": e_pt, "E_IT": e_it, "interaction": e_it - e_pt}
+
+
+def _expect(name: str, value, kind: type) -> None:
+    """``value`` is of ``kind`` (bool is not an int; an int is a float; NaN is a float)."""
+    ok = type(value) is bool if kind is bool else (
+        isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+        isinstance(value, kind) and not isinstance(value, bool))
+    if not ok:
+        raise ValueError(f"field {name!r} must be {kind.__name__}, not {value!r}"[:200])
 
 
 @dataclass

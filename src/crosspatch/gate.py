@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import CorruptRunFileError
+from .store import check_summary_shape
 from .verdict import VerdictPolicy, decide
 
 
@@ -33,8 +35,11 @@ def gate(run_dir: str | Path, policy: dict | None = None) -> dict:
         return _unusable(f"{path} has no summary.json: the run did not finish (run the same command again to resume)")
     try:
         summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+        check_summary_shape(summary, path / "summary.json")
         counts = summary["counts"]
         results = summary["results"]
+    except CorruptRunFileError as exc:
+        return _unusable(str(exc))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return _unusable(f"{path / 'summary.json'} is unreadable or malformed: {exc}")
     accounted = counts.get("events", 0) + counts.get("invalid", 0) + sum(counts.get("no_divergence", {}).values())

@@ -397,9 +397,7 @@ class RunStore:
             raise IncompleteRunError(f"{self.path} has no summary.json: the run did not finish (run the same "
                                      "command again to resume it)")
         summary = _read_json(path, "summary.json")
-        for key in ("counts", "results", "boundaries"):
-            if key not in summary:
-                raise CorruptRunFileError(f"{path}: summary.json lacks {key!r}")
+        check_summary_shape(summary, path)
         return summary
 
     def write_text(self, name: str, text: str) -> Path:
@@ -413,6 +411,34 @@ class RunStore:
         with _guard_write(target):
             events_frame(records).to_parquet(target, index=False)
         return target
+
+
+def check_summary_shape(summary, path) -> None:
+    """The parts of a summary.json that reports and ``gate`` read have their types, else a
+    :class:`CorruptRunFileError` (a damaged file must not surface as a Python error)."""
+    def bad(what: str):
+        return CorruptRunFileError(f"{path}: summary.json {what}; re-render it with `crosspatch report` from the "
+                                   "run's records, or run again")
+    if not isinstance(summary, dict):
+        raise bad("is not a JSON object")
+    for key in ("counts", "results", "boundaries"):
+        if key not in summary:
+            raise bad(f"lacks {key!r}")
+    counts, results, boundaries = summary["counts"], summary["results"], summary["boundaries"]
+    if not isinstance(counts, dict) or not all(type(counts.get(k, 0)) is int for k in ("prompts", "events", "invalid")):
+        raise bad("has 'counts' that are not whole numbers")
+    no_div = counts.get("no_divergence", {})
+    if not isinstance(no_div, dict) or not all(type(v) is int for v in no_div.values()):
+        raise bad("has 'counts.no_divergence' that are not whole numbers")
+    if not isinstance(boundaries, list) or not boundaries:
+        raise bad("has no list of 'boundaries'")
+    if not isinstance(results, dict) or not all(isinstance(v, dict) for v in results.values()):
+        raise bad("has 'results' that are not objects")
+    for b, by_readout in results.items():
+        for readout, block in by_readout.items():
+            if readout in READOUTS and not (isinstance(block, dict) and isinstance(block.get("all"), dict)
+                                            and isinstance(block["all"].get("effects"), dict)):
+                raise bad(f"has no effects under results[{b!r}][{readout!r}]['all']")
 
 
 def completed_prompts(records: Iterable[CellRecord], no_div: Iterable[NoDivergence], boundaries: list[int]) -> set[str]:
