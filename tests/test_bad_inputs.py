@@ -172,6 +172,22 @@ def _eventless_run(env: Env) -> Path:
     return out
 
 
+def _edit_first_event(field: str, value):
+    """A mutation of a run directory: the first line of events.jsonl gets ``field = value``."""
+    def mutate(d: Path) -> None:
+        lines = (d / "events.jsonl").read_text().splitlines()
+        row = json.loads(lines[0])
+        row[field] = value
+        (d / "events.jsonl").write_text("\n".join([json.dumps(row)] + lines[1:]) + "\n")
+    return mutate
+
+
+def _edit_summary(d: Path, **fields) -> None:
+    summary = json.loads((d / "summary.json").read_text())
+    summary.update(fields)
+    (d / "summary.json").write_text(json.dumps(summary))
+
+
 def _broken_run(env: Env, name: str, mutate) -> Path:
     target = env.copy_run(name)
     mutate(target)
@@ -395,6 +411,15 @@ CASES = [
     Case("run directories", "report with a summary.json that is not JSON",
          lambda e: ["report", str(_broken_run(e, "badsum", lambda d: (d / "summary.json").write_text("nope")))],
          "CorruptRunFileError"),
+    Case("run directories", "report with an event whose cells are not numbers",
+         lambda e: ["report", str(_broken_run(e, "cells_text", _edit_first_event("cells", "high")))],
+         "CorruptRunFileError"),
+    Case("run directories", "report with an event at a negative token id",
+         lambda e: ["report", str(_broken_run(e, "negative_token", _edit_first_event("t_it", -3)))],
+         "CorruptRunFileError"),
+    Case("run directories", "report with summary counts that are not numbers",
+         lambda e: ["report", str(_broken_run(e, "counts_text", lambda d: _edit_summary(d, counts="many")))],
+         "CorruptRunFileError"),
     Case("run directories", "report with a summary.json that is a list",
          lambda e: ["report", str(_broken_run(e, "listsum", lambda d: (d / "summary.json").write_text("[]")))],
          "CorruptRunFileError"),
@@ -423,6 +448,9 @@ CASES = [
     Case("merge", "a directory that is not a run", lambda e: ["merge", str(e.tmp), "--out", str(e.tmp / "o")],
          "NotARunDirectoryError"),
     # -- zoo ------------------------------------------------------------------------------------
+    Case("zoo", "demo --out holding files the demo did not write",
+         lambda e: ["demo", "--quick", "--quiet", "--out", str(e.file("mine/notes.txt", "keep me").parent)],
+         "RunDirectoryNotEmptyError"),
     Case("zoo", "zoo verify on a directory without a manifest", lambda e: ["zoo", "verify", str(e.tmp)],
          "ZooIntegrityError"),
     Case("zoo", "zoo verify with a manifest that is not JSON",

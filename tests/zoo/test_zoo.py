@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 
 import pytest
 
@@ -183,3 +184,23 @@ def test_instruction_batches_are_what_trls_sft_trainer_trains_on(tmp_path):
         n = int(mask[0].sum())
         assert trainer.train_dataset[k]["input_ids"] == ids[0, :n].tolist()
         assert trainer.train_dataset[k]["labels"] == labels[0, :n].tolist()
+
+
+def test_the_demo_writes_only_into_a_new_or_earlier_demo_directory(tmp_path):
+    from crosspatch.errors import RunDirectoryNotEmptyError
+    from crosspatch.zoo.demo import DEMO_SCHEMA, check_demo_dir, run_demo
+
+    check_demo_dir(tmp_path / "new")
+    earlier = tmp_path / "earlier"
+    (earlier / "it-full").mkdir(parents=True)
+    (earlier / "summary.json").write_text(json.dumps({"schema_version": DEMO_SCHEMA}))
+    check_demo_dir(earlier)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(RunDirectoryNotEmptyError, match="notes.txt"):
+        run_demo(tmp_path / "mine", quick=True, progress=False, log=lambda m: None)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "summary.json").write_text(json.dumps({"schema_version": "crosspatch.summary/1"}))
+    with pytest.raises(RunDirectoryNotEmptyError, match="summary.json"):
+        check_demo_dir(tmp_path / "other")

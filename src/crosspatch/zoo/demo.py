@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..pipeline import RunConfig, RunResult, run
+from ..validation import validate_run_options
 from ..report.markdown import _table, fmt_effect, fmt_value, md_escape
 from . import DESCENDANTS, load_zoo_pair, verify, zoo_path, zoo_prompts
 from .build import ZooSpec
@@ -44,8 +45,9 @@ def run_demo(
     both models, and instruction prompts) and write the combined report.
     ``quick``: every fourth prompt and the first-divergence event kind only (about 40 s)."""
     root = root or zoo_path()
-    man = verify(root)
     out = Path(out)
+    check_demo_dir(out, descendants)
+    man = verify(root)
     prompts = demo_prompts(root)
     if quick:
         prompts = prompts[::4]
@@ -53,6 +55,7 @@ def run_demo(
     config = RunConfig(boundary=boundary, max_new_tokens=max_new_tokens, bootstrap=bootstrap, back_link="../report.html",
                        group_by=["split", "style", "era"], batch_size=128, consequence=True, consequence_budget=48,
                        **({"event_kinds": "first_diff"} if quick else {}))
+    validate_run_options(config)  # before any model loads
     runs: dict[str, RunResult] = {}
     for name in descendants:
         log(f"base vs {name}")
@@ -175,6 +178,32 @@ def demo_prompts(root: Path | None = None) -> list:
     if (root / "prompts" / "question.jsonl").exists():
         prompts += list(zoo_prompts("question", root))
     return prompts + list(zoo_prompts("units", root))
+
+
+def check_demo_dir(out: Path, descendants=DESCENDANTS) -> None:
+    """The demo writes (and on a re-run replaces) only its own runs and reports: ``out`` must be
+    new, empty, or hold nothing but what an earlier demo wrote there."""
+    from ..errors import RunDirectoryNotEmptyError
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RunDirectoryNotEmptyError(f"--out {out} exists and is not a directory")
+    own = set(descendants) | set(DESCENDANTS) | {"compare", "lineage", "sweep-it-full", "summary.json", "report.md",
+                                                 "report.html"}
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in own)
+    summary = out / "summary.json"
+    if summary.exists():
+        try:
+            if json.loads(summary.read_text(encoding="utf-8")).get("schema_version") != DEMO_SCHEMA:
+                foreign.append(summary.name)
+        except (OSError, ValueError, AttributeError):
+            foreign.append(summary.name)
+    if foreign:
+        raise RunDirectoryNotEmptyError(
+            f"--out {out} holds files the demo did not write ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}); choose a new or empty directory (the demo replaces only its "
+            "own earlier runs)")
 
 
 def _clear_stale_demo_run(path: Path, title: str, log) -> None:
