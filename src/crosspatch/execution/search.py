@@ -47,9 +47,9 @@ class CachedDecoder:
         self.kw = cache_keyword(handle)
         self.recorder = StateRecorder(handle.anatomy, capture, keep_on) if capture is not None else None
 
-    def _call(self, ids, keep: int) -> torch.Tensor:
+    def _call(self, ids, keep: int, real_tokens: int) -> torch.Tensor:
         with self.recorder or contextlib.nullcontext():
-            logits = step_logits(self.handle, keep, input_ids=ids, attention_mask=self.mask,
+            logits = step_logits(self.handle, keep, real_tokens, input_ids=ids, attention_mask=self.mask,
                                  position_ids=self.positions, use_cache=True, **{self.kw: self.cache})
         if self.recorder is not None:
             final = self.recorder.final.pop()
@@ -75,7 +75,7 @@ class CachedDecoder:
         self.mask = mask.to(device)
         self.positions = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
         self.next_position = self.positions[:, -1:] + 1
-        return self._call(ids.to(device), 1)[:, 0]
+        return self._call(ids.to(device), 1, int(mask.sum()))[:, 0]
 
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append ``tokens`` ``[live rows, k]``; returns logits ``[live rows, k, V]``."""
@@ -84,7 +84,7 @@ class CachedDecoder:
         self.mask = torch.cat([self.mask, torch.ones((tokens.shape[0], k), dtype=torch.long, device=device)], 1)
         self.positions = self.next_position + torch.arange(k, device=device)[None, :]
         self.next_position = self.next_position + k
-        return self._call(tokens.to(device), k)
+        return self._call(tokens.to(device), k, tokens.numel())
 
     def select(self, keep: list[int]) -> None:
         """Keep only the rows of the current batch at indices ``keep``."""

@@ -353,15 +353,15 @@ def cache_keyword(handle: ModelHandle) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def step_logits(handle: ModelHandle, keep: int, **inputs) -> torch.Tensor:
+def step_logits(handle: ModelHandle, keep: int, real_tokens: int, **inputs) -> torch.Tensor:
     """fp32 logits ``[batch, keep, V]`` of the last ``keep`` positions from the model's own
-    forward (used while decoding with a KV cache)."""
+    forward (used while decoding with a KV cache); ``real_tokens``: the non-padding tokens fed,
+    counted by the caller (reading them off the device mask would wait for the forward pass)."""
     model = handle.anatomy.model
     params = inspect.signature(model.forward).parameters
     if "logits_to_keep" in params:
         inputs["logits_to_keep"] = keep
     with torch.inference_mode(), handle.active():
         out = model(**inputs)
-    fresh = inputs["input_ids"].shape[1]
-    record_work(int(inputs["attention_mask"][:, -fresh:].sum()), handle.anatomy.num_layers)
+    record_work(real_tokens, handle.anatomy.num_layers)
     return out.logits[:, -keep:].float()

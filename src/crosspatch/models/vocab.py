@@ -38,6 +38,18 @@ class RealVocabulary:
             return self.mask[:n_rows]
         return torch.cat([self.mask, torch.zeros(n_rows - self.mask.numel(), dtype=torch.bool)])
 
+    def on(self, n_rows: int, device: torch.device) -> torch.Tensor:
+        """:meth:`for_rows` on ``device``, copied there once (a decoding step must not wait for
+        a host-to-device copy of the mask)."""
+        cache = self.__dict__.setdefault("_on_device", {})
+        key = (n_rows, str(device))
+        if key not in cache:
+            cache[key] = self.for_rows(n_rows).to(device)
+        return cache[key]
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_on_device"}  # device copies stay home
+
     def as_record(self) -> dict:
         return {
             "real_ids": int(self.mask.sum()),
@@ -88,13 +100,13 @@ def build_real_vocabulary(tok_pt, tok_it, n_rows: int) -> RealVocabulary:
 
 def masked_argmax(logits: torch.Tensor, real: RealVocabulary) -> torch.Tensor:
     """Argmax over the real vocabulary of ``[..., V]`` logits."""
-    mask = real.for_rows(logits.shape[-1]).to(logits.device)
+    mask = real.on(logits.shape[-1], logits.device)
     return logits.masked_fill(~mask, float("-inf")).argmax(dim=-1)
 
 
 def top2_margin(logits: torch.Tensor, real: RealVocabulary) -> torch.Tensor:
     """top-1 minus top-2 logit over the real vocabulary (``[..., V]`` -> ``[...]``)."""
-    mask = real.for_rows(logits.shape[-1]).to(logits.device)
+    mask = real.on(logits.shape[-1], logits.device)
     top = logits.masked_fill(~mask, float("-inf")).topk(2, dim=-1).values
     return top[..., 0] - top[..., 1]
 
