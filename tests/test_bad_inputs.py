@@ -233,6 +233,8 @@ CASES = [
          "PromptFileError"),
     Case("prompts", "a line that is a JSON array", lambda e: e.run_args(prompts=e.file("p.jsonl", "[1, 2]\n")),
          "PromptFileError"),
+    Case("prompts", "a .json array with an item that is not an object",
+         lambda e: e.run_args(prompts=e.file("p.json", json.dumps([GOOD[0], "Fog"]))), "PromptFileError"),
     Case("prompts", "a row without id", lambda e: e.run_args(prompts=e.file("p.jsonl", _jsonl([{"prompt": "x"}]))),
          "PromptFileError"),
     Case("prompts", "an empty id", lambda e: e.run_args(prompts=e.file("p.jsonl", _jsonl([{"id": " ", "prompt": "x"}]))),

@@ -123,3 +123,15 @@ def test_in_python_no_prompt_or_a_shapeless_value_is_a_named_error(items, messag
 
     with pytest.raises(PromptFileError, match=message):
         as_prompts(items)
+
+
+def test_a_json_file_may_hold_one_array_of_prompts_or_json_lines(tmp_path):
+    rows = [{"id": "a", "prompt": "Rain", "category": "rain"}, {"id": "b", "prompt": "Sun"}]
+    (tmp_path / "array.json").write_text(json.dumps(rows, indent=2))
+    (tmp_path / "lines.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("array.json", "lines.json"):
+        assert [(p.id, p.prompt, p.category) for p in load_prompts(tmp_path / name)] == \
+            [("a", "Rain", "rain"), ("b", "Sun", None)]
+    (tmp_path / "mixed.json").write_text(json.dumps([rows[0], "Fog"]))
+    with pytest.raises(PromptFileError, match="item 1 of the array must be a JSON object"):
+        load_prompts(tmp_path / "mixed.json")

@@ -1,4 +1,4 @@
-"""Prompt sets: JSONL, CSV or Parquet rows with ``id``, ``prompt``, optional ``category``.
+"""Prompt sets: JSONL (or a .json array), CSV or Parquet rows with ``id``, ``prompt``, optional ``category``.
 
 Any other column is kept as metadata. A malformed file raises PromptFileError naming the file,
 the line (1-based, as an editor shows it) and the field.
@@ -110,6 +110,24 @@ def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
     return rows
 
 
+def _read_json_array(path: Path) -> list[tuple[str, dict]] | None:
+    """The rows of a .json file holding one JSON array of prompt objects, or None when the file
+    is not one JSON document (then it is read as JSON lines)."""
+    text = "\n".join(_text_lines(path))
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(data, list):
+        return None  # one object: read as a JSON-lines file of one line
+    rows = []
+    for k, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise PromptFileError(f"{path}: item {k} of the array must be a JSON object")
+        rows.append((f"{path}: item {k}", row))
+    return rows
+
+
 def _read_table(path: Path) -> list[tuple[str, dict]]:
     import pandas as pd
 
@@ -136,7 +154,7 @@ def _read_table(path: Path) -> list[tuple[str, dict]]:
 
 
 def load_prompts(path) -> list[Prompt]:
-    """Read and validate a prompt file (JSONL, CSV, Parquet), or take a pandas DataFrame, a
+    """Read and validate a prompt file (JSONL, a .json array, CSV, Parquet), or take a pandas DataFrame, a
     ``datasets.Dataset`` or a list of dicts/strings; ids must be unique."""
     if not isinstance(path, (str, Path)):
         return as_prompts(path)
@@ -144,13 +162,15 @@ def load_prompts(path) -> list[Prompt]:
     if not path.exists():
         raise PromptFileError(f"{path}: no such prompt file")
     if path.is_dir():
-        raise PromptFileError(f"{path}: is a directory; give a .jsonl, .csv or .parquet file")
-    if path.suffix in (".jsonl", ".json"):
+        raise PromptFileError(f"{path}: is a directory; give a .jsonl, .json, .csv or .parquet file")
+    if path.suffix == ".json" and (array := _read_json_array(path)) is not None:
+        rows = array
+    elif path.suffix in (".jsonl", ".json"):
         rows = _read_jsonl(path)
     elif path.suffix in (".csv", ".parquet", ".pq"):
         rows = _read_table(path)
     else:
-        raise PromptFileError(f"{path}: unknown prompt file type {path.suffix!r} (use .jsonl, .csv, .parquet)")
+        raise PromptFileError(f"{path}: unknown prompt file type {path.suffix!r} (use .jsonl, .json, .csv, .parquet)")
     prompts, seen = [], {}
     for where, row in rows:
         prompt = _with_image_path(_row_to_prompt(row, where), path.parent, where)
