@@ -179,7 +179,8 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str]):
     from .models.loading import LoadOptions
     from .pipeline import RunConfig, resolve_boundaries
     from .errors import PromptImageError
-    from .models.paths import local_is_multimodal
+    from .models.anatomy import check_supported
+    from .models.paths import local_config, local_is_multimodal
     from .validation import (
         check_distinct_descendants, check_model_path, check_out_dir, local_num_layers, validate_load_options,
         validate_run_options,
@@ -209,6 +210,8 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str]):
     for path in adapters:
         check_model_path(path, "tuned", adapter=True)
     check_distinct_descendants(list(tuned) + list(adapters))
+    for path in [kw["base"], *tuned]:
+        check_supported(local_config(path))  # a hub id: checked once loaded
     layers = local_num_layers(kw["base"])
     if layers is not None:
         resolve_boundaries(config, layers)

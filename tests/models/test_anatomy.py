@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import types
 
 import pytest
@@ -81,8 +82,10 @@ def _tuple_style_llama():
         h = self.embed_tokens(input_ids)
         if position_ids is None:
             position_ids = torch.arange(h.shape[1])[None]
-        mask = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=attention_mask,
-                                  cache=None, position_ids=position_ids)
+        params = inspect.signature(create_causal_mask).parameters  # renamed across 5.x releases
+        extra = {"inputs_embeds": h, "cache": None} if "inputs_embeds" in params else \
+            {"input_embeds": h, "past_key_values": None, "cache_position": torch.arange(h.shape[1])}
+        mask = create_causal_mask(config=self.config, attention_mask=attention_mask, position_ids=position_ids, **extra)
         pe = self.rotary_emb(h, position_ids)
         for layer in self.layers:
             h = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=position_ids)[0]
@@ -118,3 +121,22 @@ def test_skipped_layer_mirrors_the_layer_contract():
     out = _SkippedLayer(nn.Identity(), returns_tuple=True)(x, attention_mask=None)
     assert isinstance(out, tuple) and layer_output_hidden(out) is x
     assert layer_output_hidden(x) is x
+
+
+def test_models_the_method_cannot_run_exactly_are_refused_by_name():
+    from transformers import MambaConfig, MambaForCausalLM, T5Config
+
+    from crosspatch.errors import UnsupportedArchitectureError
+    from crosspatch.models.anatomy import check_supported
+
+    with pytest.raises(UnsupportedArchitectureError, match="encoder-decoder"):
+        check_supported(T5Config(num_layers=2))
+    with pytest.raises(UnsupportedArchitectureError, match="state-space"):
+        check_supported({"model_type": "jamba"})  # a parsed config.json, before any model loads
+    mamba = MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, state_size=4))
+    with pytest.raises(UnsupportedArchitectureError, match="state-space"):
+        find_anatomy(mamba)  # a loaded model: refused before any pass runs
+    with pytest.raises(UnsupportedArchitectureError, match="multimodal rotary"):
+        check_supported({"model_type": "qwen2_vl", "vision_config": {"depth": 1}, "text_config": {}})
+    check_supported({"model_type": "llama"})
+    check_supported({"model_type": "llava", "vision_config": {}, "text_config": {"model_type": "llama"}})

@@ -91,15 +91,42 @@ def text_config(config):
     return inner if inner is not None and getattr(config, "vision_config", None) is not None else config
 
 
-def _check_multimodal_positions(config) -> None:
-    """Multimodal rotary positions (Qwen2-VL's M-RoPE) depend on the image grid, while crosspatch's
-    batched passes give every token a 1-D position: refused by name rather than run inexactly."""
-    text = text_config(config)
-    rope = getattr(text, "rope_scaling", None) or getattr(text, "rope_parameters", None) or {}
-    if (isinstance(rope, dict) and "mrope_section" in rope) or "vl" in str(getattr(config, "model_type", "")).split("_"):
+# model types whose layers keep a recurrent (state-space, linear-attention or convolution) state
+# instead of, or beside, a key-value cache keyed by position
+_RECURRENT_MODEL_TYPES = frozenset({
+    "mamba", "mamba2", "falcon_mamba", "rwkv", "jamba", "zamba", "zamba2", "bamba", "falcon_h1", "nemotron_h",
+    "granitemoehybrid", "lfm2", "lfm2_moe", "qwen3_next", "recurrent_gemma", "xlstm", "minimax", "plamo2",
+})
+
+
+def check_supported(config) -> None:
+    """Refuse by name the models the method or crosspatch's batching cannot run exactly:
+    encoder-decoder models (the method compares decoder-only causal LMs), and state-space,
+    recurrent or hybrid models (their cache is not a key-value cache over positions, so batched
+    decoding with left padding would be silently wrong). ``config``: a transformers config or
+    a parsed config.json (checked before any model loads)."""
+    get = config.get if isinstance(config, dict) else (lambda key, default=None: getattr(config, key, default))
+    model_type = str(get("model_type", "") or "")
+    text = get("text_config", None)
+    text_type = str((text.get("model_type") if isinstance(text, dict) else getattr(text, "model_type", "")) or "")
+    if get("is_encoder_decoder", False):
         raise UnsupportedArchitectureError(
-            f"{getattr(config, 'model_type', 'this model')}: vision-language models with multimodal rotary positions "
-            "(Qwen2-VL, Qwen2.5-VL, Qwen3-VL) are not supported; LLaVA-style and Gemma 3 pairs are")
+            f"{model_type or 'this model'} is an encoder-decoder model; crosspatch compares decoder-only causal "
+            "language models (a base and its fine-tuned descendant)")
+    if model_type in _RECURRENT_MODEL_TYPES or text_type in _RECURRENT_MODEL_TYPES:
+        raise UnsupportedArchitectureError(
+            f"{model_type}: state-space, recurrent and hybrid models are not supported (their cache is not a "
+            "key-value cache over positions, so batched decoding would not be exact); attention-only "
+            "decoders are")
+    if get("vision_config", None) is not None:
+        # multimodal rotary positions (Qwen2-VL's M-RoPE) depend on the image grid, while the
+        # batched passes give every token a 1-D position: refused rather than run inexactly
+        text_get = text.get if isinstance(text, dict) else (lambda key, default=None: getattr(text, key, default))
+        rope = (text_get("rope_scaling", None) or text_get("rope_parameters", None) or {}) if text is not None else {}
+        if (isinstance(rope, dict) and "mrope_section" in rope) or "vl" in model_type.split("_"):
+            raise UnsupportedArchitectureError(
+                f"{model_type}: vision-language models with multimodal rotary positions (Qwen2-VL, Qwen2.5-VL, "
+                "Qwen3-VL) are not supported; LLaVA-style and Gemma 3 pairs are")
 
 
 def find_anatomy(model: nn.Module) -> Anatomy:
@@ -109,6 +136,7 @@ def find_anatomy(model: nn.Module) -> Anatomy:
 
     lm = unwrap_peft(model)
     full_cfg = lm.config
+    check_supported(full_cfg)
     cfg = text_config(full_cfg)
     model_type = getattr(cfg, "model_type", "")
     prefix = getattr(lm, "base_model_prefix", "model")
@@ -125,7 +153,6 @@ def find_anatomy(model: nn.Module) -> Anatomy:
     inner = getattr(backbone, "language_model", None)
     if isinstance(inner, nn.Module) and not any(isinstance(m, nn.ModuleList) for m in backbone.children()):
         tower = inner  # a vision-language model: the decoder layers live in its language model
-        _check_multimodal_positions(full_cfg)
         # late-only passes skip the vision encoder, unless the multimodal model builds the
         # attention mask itself (image tokens attending to each other, e.g. Gemma 3)
         late = backbone if takes_token_types(backbone) else tower
