@@ -126,3 +126,23 @@ def test_no_event_at_all_says_so_instead_of_reporting_empty_numbers():
     out = decide(empty)
     assert out["verdict"] == "inconclusive"
     assert out["reason"].startswith("No prompt produced a first-divergence event") and "n/a" not in out["reason"]
+
+
+@pytest.mark.parametrize("policy, message", [
+    ({"min_prompts": "five"}, "min_prompts must be a whole number"),
+    ({"min_prompts": 0}, "min_prompts must be a whole number"),
+    ({"min_prompts": True}, "min_prompts must be a whole number"),
+    ({"min_portable_share": float("nan")}, "finite number"),
+    ({"max_interaction_share": -0.5}, "finite number"),
+    ({"min_late_effect": "big"}, "finite number"),
+    ({"readout": "common_xx"}, "readout must be"),
+    ({"pass_verdicts": [1, 2]}, "verdict names"),
+    ({"pass_verdicts": ["bogus"]}, "unknown verdict"),
+])
+def test_a_policy_with_a_threshold_of_the_wrong_kind_is_refused(policy, message):
+    with pytest.raises(ValueError, match=message):
+        VerdictPolicy.from_dict(policy)
+
+
+def test_one_verdict_name_is_a_list_of_one():
+    assert VerdictPolicy.from_dict({"pass_verdicts": "portable"}).pass_verdicts == ("portable",)

@@ -21,6 +21,7 @@ opposite signs (inconclusive), upstream-dependent, portable, inconclusive (the r
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 VERDICTS = ("portable", "upstream-dependent", "no-late-effect", "inconclusive")
@@ -46,13 +47,21 @@ class VerdictPolicy:
         data = dict(data)
         if "pass_verdicts" in data:
             pv = data["pass_verdicts"]
+            if not isinstance(pv, (str, list, tuple)) or not all(isinstance(v, str) for v in ([pv] if isinstance(pv, str) else pv)):
+                raise ValueError(f"policy pass_verdicts must be verdict names, not {pv!r}")
             data["pass_verdicts"] = tuple([pv] if isinstance(pv, str) else pv)
             bad = [v for v in data["pass_verdicts"] if v not in VERDICTS]
             if bad:
                 raise ValueError(f"unknown verdict(s) {', '.join(bad)} in pass_verdicts; choose from {', '.join(VERDICTS)}")
         for key in ("max_interaction_share", "min_portable_share", "min_late_effect"):
-            if key in data and not isinstance(data[key], (int, float)):
-                raise ValueError(f"policy {key} must be a number, not {data[key]!r}")
+            value = data.get(key, 0.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"policy {key} must be a finite number >= 0, not {value!r}")
+        value = data.get("min_prompts", 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"policy min_prompts must be a whole number >= 1, not {value!r}")
+        if data.get("readout", "common_it") not in ("common_it", "common_pt"):
+            raise ValueError(f"policy readout must be common_it or common_pt, not {data['readout']!r}")
         return cls(**data)
 
     def as_dict(self) -> dict:
