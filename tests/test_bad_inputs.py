@@ -289,6 +289,9 @@ CASES = [
          lambda e: ["consequence", str(e.tmp), "--prompts", str(e.prompts)], "NotARunDirectoryError"),
     Case("prompts", "consequence with prompts that carry no validator",
          lambda e: ["consequence", str(e.run), "--prompts", str(e.prompts)], "OptionError"),
+    Case("prompts", "consequence with validators only for prompts the run does not have",
+         lambda e: ["consequence", str(e.copy_run("conseq")), "--prompts", str(e.file("v.jsonl", _jsonl(
+             [{"id": "elsewhere", "prompt": "x", "validator": {"type": "regex", "pattern": "a"}}])))], "OptionError"),
     Case("prompts", "--group-by a field no prompt has", lambda e: e.run_args("--group-by", "region"), "GroupByFieldError"),
     Case("prompts", "a prompt longer than the model's positions",
          lambda e: e.run_args(prompts=e.file("p.jsonl", _jsonl([{"id": "long", "prompt": "rain " * 60}]))),

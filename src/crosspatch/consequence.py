@@ -167,6 +167,12 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     validators = validators_of(as_prompts(prompts))
     if not validators:
         raise OptionError("no prompt carries a 'validator' field: nothing to score")
+    run_ids = set(config.get("prompt_ids") or [])
+    if run_ids and not run_ids & set(validators):
+        shown = ", ".join(sorted(validators)[:5])
+        raise OptionError(f"none of the {len(validators)} prompt(s) with a validator ({shown}"
+                          f"{', ...' if len(validators) > 5 else ''}) is a prompt of the run in {store.path}: "
+                          "give the run's own prompt file, with 'validator' fields added")
     _, records, events = first_events(store, config)
     done = {row["event_key"] for row in store.load_rows(CONSEQUENCE_FILE)}
     events = [e for e in events if e.prompt_id in validators and e.key not in done]
