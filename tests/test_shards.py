@@ -53,3 +53,11 @@ def test_bad_run_options_are_refused_before_anything_is_written(tmp_path):
         with pytest.raises(ValueError):
             run(pair, many_prompts(2), out=tmp_path / "r", progress=False, bootstrap=0, **bad)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_shard_without_prompts_finishes_and_says_so(tmp_path):
+    prompts = [{"id": f"p{k}", "prompt": f"Rain in city {k}"} for k in range(4)]
+    result = run(make_pair("llama"), prompts, shard="5/8", out=tmp_path / "s5", max_new_tokens=4, bootstrap=0,
+                 progress=False)
+    assert result.summary["counts"]["prompts"] == 0 and not result.records
+    assert "holds no prompt" in result.summary["verdict"]["reason"]

@@ -319,6 +319,9 @@ def build_summary(
         inter = {r.key.rsplit("@", 1)[0]: r.effects()["interaction"] for r in at_headline if r.valid}
         summary["consequences"] = consequence_summary([_as_row(r) for r in analyses["consequence"]], inter, boot)
     summary["verdict"] = {**decide(block["all"], rows, policy), "boundary": headline, "readout": policy.readout}
+    if prompts_count == 0:  # a shard of a job array that got no prompt
+        summary["verdict"]["reason"] = (f"This run holds no prompt (shard {opts.get('shard')} of a prompt set with "
+                                        "fewer prompts than shards); merge it with the other shards.")
     summary["verdicts_by_category"] = {name: decide(b, None, policy)["verdict"]
                                        for name, b in block["by_category"].items()}
     for row in rows:
