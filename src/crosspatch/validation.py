@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 
 from .errors import (
-    BoundaryError, ChatTemplateMissingError, DeviceUnavailableError, GroupByFieldError, OptionError,
+    BoundaryError, ChatTemplateMissingError, GroupByFieldError, OptionError,
     PromptTooLongError, RunDirectoryNotEmptyError, RunWriteError, VocabularyMismatchError,
 )
+from .models.loading import DEVICES, validate_load_options  # noqa: F401 (re-exported)
 from .models.paths import check_hub_id, check_model_path, local_num_layers, looks_local  # noqa: F401 (re-exported)
 
-DTYPES = ("float32", "bfloat16", "float16")
-DEVICES = ("cpu", "cuda", "auto")
 MIN_BOOTSTRAP = 100  # fewer resamples give degenerate intervals; 0 disables intervals
 MAX_BOOTSTRAP = 100_000  # beyond, percentile intervals no longer change, only the time does
 BUILTIN_BREAKDOWNS = ("category", "position", "token_category", "event_kind")
@@ -120,24 +118,6 @@ def validate_run_options(config) -> None:
     if not isinstance(config.group_by, (list, tuple)) or any(not isinstance(g, str) or not g.strip()
                                                               for g in config.group_by):
         raise OptionError(f"group-by must be a list of field names, not {config.group_by!r}")
-
-
-def validate_load_options(options) -> None:
-    """dtype, device and residency of :class:`~crosspatch.models.loading.LoadOptions`."""
-    if options.dtype not in DTYPES:
-        raise OptionError(f"dtype must be one of {', '.join(DTYPES)}, not {options.dtype!r}")
-    device = str(options.device)
-    if device not in DEVICES and not re.match(r"^cuda:\d+$", device):
-        raise OptionError(f"device must be cpu, cuda, cuda:N or auto, not {device!r}")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise DeviceUnavailableError(
-                f"--device {device} asked for CUDA, but this torch ({torch.__version__}) sees no CUDA device; "
-                "use --device cpu, or install a CUDA build of torch on a machine with a GPU")
-    if options.residency not in (None, "both", "sequential", "adapter"):
-        raise OptionError(f"residency must be both, sequential or adapter, not {options.residency!r}")
 
 
 def check_out_dir(out: str | Path, resume: bool = True, overwrite: bool = False) -> None:

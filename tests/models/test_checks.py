@@ -136,3 +136,13 @@ def test_weights_the_model_does_not_use_are_a_pair_warning(tmp_path, residency):
     pair = load_pair(base, tuned=tuned, residency=residency)
     notes = [w for w in pair.warnings if "not used" in w]
     assert len(notes) == 1 and "model.extra.weight" in notes[0] and tuned in notes[0]
+
+
+@pytest.mark.parametrize("option, error", [
+    ({"dtype": "fp16"}, "OptionError"), ({"device": "gpu"}, "OptionError"), ({"residency": "weird"}, "OptionError"),
+])
+def test_load_options_are_checked_in_python_too(tmp_path, option, error):
+    import crosspatch.errors as errors
+
+    with pytest.raises(getattr(errors, error)):
+        load_pair(str(tmp_path / "base"), tuned=str(tmp_path / "tuned"), **option)  # refused before the paths are read

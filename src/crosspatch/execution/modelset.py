@@ -35,7 +35,7 @@ from ..models.checks import check_special_tokens, compare_facts, model_facts
 from ..models.execution import ModelHandle
 from ..models.loading import (
     DTYPES, LoadOptions, adapter_settings, check_adapter_files, eos_token_ids, is_local, load_causal_lm, load_processor, load_tokenizer,
-    pad_token_id, provenance, quiet_loading, weight_files,
+    pad_token_id, provenance, quiet_loading, validate_load_options, weight_files,
 )
 from ..models.media import MediaRegistry, install_media_hook
 from ..models.paths import check_model_path
@@ -453,6 +453,7 @@ def load_models(
         if not hasattr(options, key):
             raise TypeError(f"unknown load option {key!r}")
         setattr(options, key, value)
+    validate_load_options(options)  # the Python API gets the CLI's named errors, before any load
     tuned_roles = _role_names(tuned)
     adapter_roles = {k: v for k, v in _role_names(adapters).items()}
     for role in list(adapter_roles):

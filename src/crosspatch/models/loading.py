@@ -10,15 +10,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 from typing import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import ModelLoadError, PickleWeightsRefusedError
+from ..errors import DeviceUnavailableError, ModelLoadError, OptionError, PickleWeightsRefusedError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICES = ("cpu", "cuda", "auto")  # and cuda:N
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
@@ -35,6 +37,24 @@ class LoadOptions:
     hash_weights: bool = True
     residency: str | None = None  # both | sequential | adapter; None chooses (execution.choose_residency)
     verbose: bool = False  # show transformers' loading bars and advisory warnings
+
+
+def validate_load_options(options) -> None:
+    """dtype, device and residency of :class:`~crosspatch.models.loading.LoadOptions`."""
+    if options.dtype not in DTYPES:
+        raise OptionError(f"dtype must be one of {', '.join(DTYPES)}, not {options.dtype!r}")
+    device = str(options.device)
+    if device not in DEVICES and not re.match(r"^cuda:\d+$", device):
+        raise OptionError(f"device must be cpu, cuda, cuda:N or auto, not {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"--device {device} asked for CUDA, but this torch ({torch.__version__}) sees no CUDA device; "
+                "use --device cpu, or install a CUDA build of torch on a machine with a GPU")
+    if options.residency not in (None, "both", "sequential", "adapter"):
+        raise OptionError(f"residency must be both, sequential or adapter, not {options.residency!r}")
 
 
 def pad_token_id(tokenizer) -> int:
