@@ -203,3 +203,16 @@ def test_a_run_directory_in_use_by_another_process_is_refused_then_free_when_it_
     assert (out / "summary.json").exists() and len(result.records) + len(result.no_divergence) >= 3
     with RunStore(out).lock():  # released when the run returned
         pass
+
+
+def test_a_file_system_without_locks_still_runs(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    result = run(make_pair("llama"), many_prompts(2), out=tmp_path / "run", max_new_tokens=4, bootstrap=0,
+                 progress=False)
+    assert (tmp_path / "run" / "summary.json").exists() and result.summary["counts"]["prompts"] == 2

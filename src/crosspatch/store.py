@@ -168,7 +168,8 @@ class RunStore:
         process on the same directory gets a :class:`RunDirectoryError` instead of interleaving
         its records. An advisory lock on the directory itself (created here when new), released
         when the process ends however it ends, so a crashed run leaves nothing stale. Where the
-        platform has no ``flock`` (Windows), runs are not guarded."""
+        platform or file system has no ``flock`` (Windows, some network mounts), runs are not
+        guarded."""
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
@@ -187,6 +188,8 @@ class RunStore:
                 raise RunDirectoryError(
                     f"{self.path} is in use by another crosspatch process writing a run there; wait for it to "
                     "finish (then run again to resume or reuse it), or choose another --out") from None
+            except OSError:  # a file system without locks (some network mounts): run unguarded
+                pass
             yield
         finally:
             os.close(fd)  # closing releases the lock
