@@ -229,3 +229,18 @@ def test_an_adapter_under_sequential_residency_matches_adapter_residency(tmp_pat
     assert sorted(want) == sorted(r.key for r in apart.records) and apart.records
     worst = max(abs(want[r.key].cells[n][c] - r.cells[n][c]) for r in apart.records for n in READOUTS for c in CELLS)
     assert worst <= 1e-5 and sequential.peak_live_models == 1
+
+
+def test_decoding_on_cuda_keeps_to_attention_backends_that_need_no_per_shape_plan():
+    """cuDNN's attention plans every new shape, and a growing KV cache is a new shape each step
+    (measured: 4x slower searches on an H200); decoding steps use the other backends there."""
+    from crosspatch.models.execution import decoding_attention
+
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with decoding_attention(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert torch.backends.cuda.math_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored
+    with decoding_attention(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled()  # nothing changes off CUDA
