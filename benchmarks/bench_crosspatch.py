@@ -455,7 +455,7 @@ def main() -> None:
 def render() -> None:
     from render_benchmarks import render_markdown
 
-    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    results = [r for r in (json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))) if "suite" in r]  # suites only
     DOC.write_text(render_markdown(results))
     print(f"wrote {DOC}")
 
