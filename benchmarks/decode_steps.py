@@ -25,7 +25,6 @@ Prints the prefill time and the mean time per step of each, and each step's rati
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import platform
 import sys
@@ -37,25 +36,16 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from baselines import sync  # noqa: E402
 from workloads import workload_paths  # noqa: E402
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _new_cache(model):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # transformers 4.x
-        return DynamicCache()
-
-
-def hf_decode(model, prompts: list[list[int]], steps: int, pad: int, masked: bool, device: str) -> tuple[float, float]:
+def hf_decode(handle, prompts: list[list[int]], steps: int, pad: int, masked: bool, device: str) -> tuple[float, float]:
     """Prefill then ``steps`` greedy tokens with the model's own forward; (prefill s, s per step)."""
+    from crosspatch.execution.search import _new_cache
+    from crosspatch.models.execution import cache_keyword
+
+    model = handle.anatomy.model
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -65,8 +55,8 @@ def hf_decode(model, prompts: list[list[int]], steps: int, pad: int, masked: boo
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     extra = {"attention_mask": mask, "position_ids": positions} if masked else {}
-    kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    cache = _new_cache(model)
+    kw = cache_keyword(handle)
+    cache = _new_cache(handle)
     sync(device)
     start = time.perf_counter()
     with torch.inference_mode():
@@ -133,10 +123,9 @@ def main() -> None:
     equal = [p[:shortest] for p in prompts]
     boundary = round(0.6 * pair.num_layers)
     with pair.use(pair.base) as handle:
-        model = handle.anatomy.model
         variants = {
-            "hf-equal": lambda n: hf_decode(model, equal, n, pair.pad_id, False, args.device),
-            "hf-padded": lambda n: hf_decode(model, prompts, n, pair.pad_id, True, args.device),
+            "hf-equal": lambda n: hf_decode(handle, equal, n, pair.pad_id, False, args.device),
+            "hf-padded": lambda n: hf_decode(handle, prompts, n, pair.pad_id, True, args.device),
             "crosspatch": lambda n: crosspatch_decode(pair, handle, prompts, n, None, args.device),
             "crosspatch-capture": lambda n: crosspatch_decode(pair, handle, prompts, n, [boundary], args.device),
         }

@@ -534,18 +534,13 @@ def pool_cmd(
 
     from .compare import pool_runs
     from .report.markdown import fmt_effect
-    from .validation import check_bootstrap
+    from .validation import check_bootstrap, check_given_once
 
     try:
         if len(run_dirs) < 2:
             raise OptionError("give at least two run directories (one per family) to pool")
         check_bootstrap(bootstrap)
-        seen: dict[Path, Path] = {}
-        for path in run_dirs:
-            if path.resolve() in seen:
-                raise OptionError(f"run directory {path} is given twice (as {seen[path.resolve()]} too): "
-                                  "each family must count once")
-            seen[path.resolve()] = path
+        check_given_once(run_dirs, "run directory", "each family must count once")
         names = [p.name for p in run_dirs]
         if len(set(names)) != len(names):
             names = [str(p) for p in run_dirs]

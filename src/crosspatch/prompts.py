@@ -14,6 +14,8 @@ from pathlib import Path
 
 from .errors import PromptFileError
 
+_JSON_SUFFIXES, _TABLE_SUFFIXES = (".jsonl", ".json"), (".csv", ".parquet", ".pq")  # the prompt file types
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -165,9 +167,9 @@ def load_prompts(path) -> list[Prompt]:
         raise PromptFileError(f"{path}: is a directory; give a .jsonl, .json, .csv or .parquet file")
     if path.suffix == ".json" and (array := _read_json_array(path)) is not None:
         rows = array
-    elif path.suffix in (".jsonl", ".json"):
+    elif path.suffix in _JSON_SUFFIXES:
         rows = _read_jsonl(path)
-    elif path.suffix in (".csv", ".parquet", ".pq"):
+    elif path.suffix in _TABLE_SUFFIXES:
         rows = _read_table(path)
     else:
         raise PromptFileError(f"{path}: unknown prompt file type {path.suffix!r} (use .jsonl, .json, .csv, .parquet)")
@@ -247,6 +249,6 @@ def _names_a_file(text: str) -> bool:
     if "\n" in text:
         return False
     try:
-        return Path(text).suffix in (".jsonl", ".json", ".csv", ".parquet", ".pq") or Path(text).is_file()
+        return Path(text).suffix in _JSON_SUFFIXES + _TABLE_SUFFIXES or Path(text).is_file()
     except (OSError, ValueError):  # a long or NUL-bearing text is no path
         return False

@@ -30,15 +30,21 @@ def _int(name: str, value, minimum: int) -> int:
     return value
 
 
+def check_given_once(paths: list, what: str, why: str) -> None:
+    """Each of ``paths`` (local directories, or hub ids) names a different thing: the same one
+    twice (``./a`` and ``a/`` alike) is an OptionError saying ``why`` that matters."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        key = str(Path(str(path)).expanduser().resolve()) if looks_local(str(path)) else str(path)
+        if key in seen:
+            raise OptionError(f"{what} {path} is given twice (also as {seen[key]}): {why}")
+        seen[key] = str(path)
+
+
 def check_distinct_descendants(paths: list[str]) -> None:
     """Each descendant (checkpoint or adapter) is given once: the same directory twice would be
     run twice and counted as two descendants (or two training stages)."""
-    seen: dict[str, str] = {}
-    for path in paths:
-        key = str(Path(str(path)).expanduser().resolve()) if looks_local(path) else str(path)
-        if key in seen:
-            raise OptionError(f"descendant {path} is given twice (also as {seen[key]}): give each once")
-        seen[key] = str(path)
+    check_given_once(paths, "descendant", "give each once")
 
 
 def check_bootstrap(value) -> int:
@@ -168,16 +174,18 @@ def check_prompt_token_ids(prompt_ids: list[str], token_ids: list[list[int]], em
     """Every prompt token id must have an input embedding in every model (``embeddings``: role
     -> rows): a tokenizer that does not belong to its model gives ids beyond the table, which
     would fail deep inside a forward pass."""
-    for role, rows in embeddings.items():
-        if not rows:
-            continue
-        for pid, ids in zip(prompt_ids, token_ids):
-            beyond = [t for t in ids if not 0 <= t < rows]
-            if beyond:
-                raise VocabularyMismatchError(
-                    f"prompt {pid!r} has token id {beyond[0]}, but the {role} model has {rows} input embeddings "
-                    f"(ids 0..{rows - 1}): the tokenizer does not belong to that model; give the model its own "
-                    "tokenizer")
+    known = {role: rows for role, rows in embeddings.items() if rows}
+    if not known:
+        return
+    role = min(known, key=known.get)  # the smallest table bounds them all
+    rows = known[role]
+    for pid, ids in zip(prompt_ids, token_ids):
+        beyond = next((t for t in ids if not 0 <= t < rows), None)
+        if beyond is not None:
+            raise VocabularyMismatchError(
+                f"prompt {pid!r} has token id {beyond}, but the {role} model has {rows} input embeddings "
+                f"(ids 0..{rows - 1}): the tokenizer does not belong to that model; give the model its own "
+                "tokenizer")
 
 
 def check_prompt_lengths(prompt_ids: list[str], token_ids: list[list[int]], max_new_tokens: int,

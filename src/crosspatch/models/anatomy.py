@@ -105,11 +105,13 @@ def check_supported(config) -> None:
     recurrent or hybrid models (their cache is not a key-value cache over positions, so batched
     decoding with left padding would be silently wrong). ``config``: a transformers config or
     a parsed config.json (checked before any model loads)."""
-    get = config.get if isinstance(config, dict) else (lambda key, default=None: getattr(config, key, default))
-    model_type = str(get("model_type", "") or "")
-    text = get("text_config", None)
-    text_type = str((text.get("model_type") if isinstance(text, dict) else getattr(text, "model_type", "")) or "")
-    if get("is_encoder_decoder", False):
+    def get(obj, key: str, default=None):  # a config object and a parsed config.json alike
+        return obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
+
+    model_type = str(get(config, "model_type") or "")
+    text = get(config, "text_config")
+    text_type = str(get(text, "model_type") or "")
+    if get(config, "is_encoder_decoder", False):
         raise UnsupportedArchitectureError(
             f"{model_type or 'this model'} is an encoder-decoder model; crosspatch compares decoder-only causal "
             "language models (a base and its fine-tuned descendant)")
@@ -118,11 +120,10 @@ def check_supported(config) -> None:
             f"{model_type}: state-space, recurrent and hybrid models are not supported (their cache is not a "
             "key-value cache over positions, so batched decoding would not be exact); attention-only "
             "decoders are")
-    if get("vision_config", None) is not None:
+    if get(config, "vision_config") is not None:
         # multimodal rotary positions (Qwen2-VL's M-RoPE) depend on the image grid, while the
         # batched passes give every token a 1-D position: refused rather than run inexactly
-        text_get = text.get if isinstance(text, dict) else (lambda key, default=None: getattr(text, key, default))
-        rope = (text_get("rope_scaling", None) or text_get("rope_parameters", None) or {}) if text is not None else {}
+        rope = get(text, "rope_scaling") or get(text, "rope_parameters") or {}
         if (isinstance(rope, dict) and "mrope_section" in rope) or "vl" in model_type.split("_"):
             raise UnsupportedArchitectureError(
                 f"{model_type}: vision-language models with multimodal rotary positions (Qwen2-VL, Qwen2.5-VL, "

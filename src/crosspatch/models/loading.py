@@ -47,8 +47,6 @@ def validate_load_options(options) -> None:
     if device not in DEVICES and not re.match(r"^cuda:\d+$", device):
         raise OptionError(f"device must be cpu, cuda, cuda:N or auto, not {device!r}")
     if device.startswith("cuda"):
-        import torch
-
         if not torch.cuda.is_available():
             raise DeviceUnavailableError(
                 f"--device {device} asked for CUDA, but this torch ({torch.__version__}) sees no CUDA device; "
@@ -186,18 +184,28 @@ def _some(names: list[str], k: int = 3) -> str:
     return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
 
 
+def read_adapter_config(adapter_dir: str) -> dict:
+    """A PEFT adapter directory's adapter_config.json: a JSON object naming its ``peft_type``,
+    else a :class:`ModelLoadError` saying what is wrong."""
+    cfg_path = Path(adapter_dir) / "adapter_config.json"
+    if not cfg_path.exists():
+        raise ModelLoadError(f"{adapter_dir} is not a PEFT adapter directory (no adapter_config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelLoadError(f"{adapter_dir}: adapter_config.json is not readable JSON ({exc})") from None
+    if not isinstance(cfg, dict) or not cfg.get("peft_type"):
+        raise ModelLoadError(f"{adapter_dir}: adapter_config.json names no peft_type; is it a PEFT adapter?")
+    return cfg
+
+
 def check_adapter_files(path: str, allow_pickle: bool) -> None:
     """A local PEFT adapter directory has a readable adapter_config.json and adapter weights
     (safetensors unless ``allow_pickle``), checked before any model loads."""
     root = Path(path).expanduser()
     if not root.is_dir():
         return  # a hub id: PEFT resolves it
-    try:
-        cfg = json.loads((root / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelLoadError(f"--adapter {path}: adapter_config.json is not readable JSON ({exc})") from None
-    if not isinstance(cfg, dict) or not cfg.get("peft_type"):
-        raise ModelLoadError(f"--adapter {path}: adapter_config.json names no peft_type; is it a PEFT adapter?")
+    read_adapter_config(str(root))
     files = [f for f in root.iterdir() if f.name.startswith("adapter_model")]
     if not files:
         raise ModelLoadError(f"--adapter {path} holds no adapter weights (adapter_model.safetensors)")
@@ -238,15 +246,7 @@ def load_tokenizer(path: str, options: LoadOptions):
 def adapter_settings(adapter_dir: str) -> tuple[dict, list[str]]:
     """The recorded settings of a PEFT adapter directory, and warnings about settings that make
     "adapter disabled" differ from the original base."""
-    cfg_path = Path(adapter_dir) / "adapter_config.json"
-    if not cfg_path.exists():
-        raise ModelLoadError(f"{adapter_dir} is not a PEFT adapter directory (no adapter_config.json)")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelLoadError(f"{adapter_dir}: adapter_config.json is not readable JSON ({exc})") from None
-    if not isinstance(cfg, dict):
-        raise ModelLoadError(f"{adapter_dir}: adapter_config.json is not a JSON object")
+    cfg = read_adapter_config(adapter_dir)
     settings = {k: cfg.get(k) for k in ("peft_type", "r", "lora_alpha", "target_modules", "bias",
                                          "modules_to_save", "layers_to_transform", "base_model_name_or_path")}
     warnings = []

@@ -31,6 +31,7 @@ class RealVocabulary:
     mask: torch.Tensor  # bool [n_ids]
     masked_counts: dict[str, int] = field(default_factory=dict)
     patterns_matched: list[str] = field(default_factory=list)
+    _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # see ``on``
 
     def for_rows(self, n_rows: int) -> torch.Tensor:
         """The mask fitted to a logits width (rows beyond the shared tokenizer are never real)."""
@@ -41,14 +42,13 @@ class RealVocabulary:
     def on(self, n_rows: int, device: torch.device) -> torch.Tensor:
         """:meth:`for_rows` on ``device``, copied there once (a decoding step must not wait for
         a host-to-device copy of the mask)."""
-        cache = self.__dict__.setdefault("_on_device", {})
         key = (n_rows, str(device))
-        if key not in cache:
-            cache[key] = self.for_rows(n_rows).to(device)
-        return cache[key]
+        if key not in self._on_device:
+            self._on_device[key] = self.for_rows(n_rows).to(device)
+        return self._on_device[key]
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_on_device"}  # device copies stay home
+        return {**self.__dict__, "_on_device": {}}  # device copies stay home
 
     def as_record(self) -> dict:
         return {
