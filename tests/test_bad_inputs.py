@@ -182,6 +182,13 @@ def _edit_first_event(field: str, value):
     return mutate
 
 
+def _append_no_event(d: Path) -> None:
+    """A no-divergence record whose reason is a list, appended to no_divergence.jsonl."""
+    row = {"prompt_id": "p0", "category": None, "reason": ["agreed_eos"], "generated_tokens": 3}
+    with open(d / "no_divergence.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def _edit_summary(d: Path, **fields) -> None:
     summary = json.loads((d / "summary.json").read_text())
     summary.update(fields)
@@ -413,6 +420,8 @@ CASES = [
     Case("run directories", "events.jsonl with a corrupt line in the middle",
          lambda e: e.run_args(out=_broken_run(e, "badline", lambda d: (d / "events.jsonl").write_text(
              "{oops\n" + (d / "events.jsonl").read_text()))), "CorruptRunFileError"),
+    Case("run directories", "no_divergence.jsonl with a reason that is a list",
+         lambda e: e.run_args(out=_broken_run(e, "nodiv_reason", _append_no_event)), "CorruptRunFileError"),
     Case("run directories", "events.jsonl holding records of another run",
          lambda e: e.run_args(out=_broken_run(e, "foreign", lambda d: (d / "events.jsonl").write_text(
              (d / "events.jsonl").read_text().replace('"run": "', '"run": "x')))), "ForeignRecordsError"),

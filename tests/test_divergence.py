@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from crosspatch.divergence import DivergenceConfig, find_divergences
@@ -119,3 +120,78 @@ def test_eos_agreed_by_both_is_a_no_event():
             handle.anatomy.lm_head.weight.requires_grad_(False)
     _, _, (events, none) = _search(pair, [{"id": "a", "prompt": "Rain"}], max_new_tokens=10)
     assert events == [] and none[0].reason == "agreed_eos" and 1 <= none[0].generated_tokens < 10
+
+
+def lockstep_or_non_finite(pair, ids, max_new):
+    """The reference with NaN/inf logits: lockstep decoding ends, without an event, at the first
+    position where either model's logits hold no finite choice (``("non_finite", i, role)``)."""
+    from crosspatch.models.vocab import NON_FINITE
+
+    seq = list(ids)
+    for i in range(max_new):
+        picks = {}
+        for handle in (pair.pt, pair.it):
+            with torch.inference_mode():
+                logits = handle.anatomy.model(input_ids=torch.tensor([seq])).logits[0, -1]
+            picks[handle.role] = int(masked_argmax(logits, pair.real_vocab))
+        bad = [role for role, t in picks.items() if t == NON_FINITE]
+        if bad:
+            return "non_finite", i, bad[0]
+        t_pt, t_it = picks[pair.pt.role], picks[pair.it.role]
+        if t_pt != t_it:
+            return "event", i, t_pt, t_it
+        if t_pt in pair.eos_ids:
+            return None
+        seq.append(t_pt)
+    return None
+
+
+@pytest.mark.parametrize("rollout_model", ["IT", "PT"])
+@pytest.mark.parametrize("one_model_at_a_time", [False, True])
+def test_nan_logits_end_a_prompt_without_an_event_and_name_the_model(prompts, rollout_model, one_model_at_a_time):
+    """A model whose logits turn NaN (here: the descendant's embedding of one token is NaN, so
+    its logits are NaN once it has read that token) has no greedy choice there: the prompt gets
+    no event, with reason ``non_finite_logits`` and that model named, at the position lockstep
+    decoding reaches; the other prompts keep their events. Both search strategies, both
+    rollout models."""
+    pair = make_pair("llama", scale=0.15)
+    _, ids, (clean, _) = _search(pair, prompts, max_new_tokens=16)
+    # a token both decode at generated position 2 of an event at 4 or later, not read before it:
+    # verified in a chunk of two tokens (positions 1-2), where a NaN key reaches position 1
+    late = next(e for e in clean if e.position >= 4 and e.prefix_ids[e.prompt_len + 2] not in e.prefix_ids[:e.prompt_len + 2])
+    poison = late.prefix_ids[late.prompt_len + 2]
+    with torch.no_grad():
+        pair.it.anatomy.model.get_input_embeddings().weight[poison] = float("nan")
+    prompts.append({"id": "poisoned prompt", "prompt": "Rain" + pair.tokenizer_it.decode([poison])})
+    if one_model_at_a_time:
+        pair.can_hold = lambda roles: len(set(roles)) <= 1  # the phased search (sequential residency)
+    ps, ids, (events, none) = _search(pair, prompts, max_new_tokens=16, batch_size=4, rollout_model=rollout_model)
+    found = {e.prompt_id: ("event", e.position, e.t_pt, e.t_it) for e in events}
+    found |= {x.prompt_id: ("non_finite", x.generated_tokens, x.model) for x in none if x.reason == "non_finite_logits"}
+    expected = {p.id: ref for p, p_ids in zip(ps, ids) if (ref := lockstep_or_non_finite(pair, p_ids, 16))}
+    assert found == expected
+    assert expected[late.prompt_id] == ("non_finite", 3, "tuned")  # NaN once it has read the token
+    assert expected["poisoned prompt"] == ("non_finite", 0, "tuned")
+    assert any(kind == "event" for kind, *_ in expected.values())
+
+
+def test_a_run_counts_reports_and_resumes_prompts_lost_to_nan_logits(tmp_path, prompts):
+    """Prompts that end at NaN logits are counted, named with the model in the summary and the
+    reports, kept in no_divergence.jsonl (a resumed run reads them back), and a run where every
+    prompt ended so says that, not that the models decode alike."""
+    from crosspatch.pipeline import run
+
+    pair = make_pair("llama", scale=0.15)
+    with torch.no_grad():
+        pair.it.anatomy.model.get_input_embeddings().weight[pair.tokenizer_it.bos_token_id] = float("nan")
+    kw = dict(boundary=2, max_new_tokens=8, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+    result = run(pair, prompts, out=tmp_path / "run", **kw)
+    summary = result.summary
+    assert summary["counts"]["no_divergence"]["non_finite_logits"] == len(prompts)
+    assert summary["no_divergence_prompts"][0] == {"prompt_id": "p0", "reason": "non_finite_logits", "model": "tuned"}
+    assert any("NaN or infinite" in w and "tuned: 6" in w for w in summary["warnings"])
+    assert "NaN or infinite logits" in summary["verdict"]["reason"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "NaN or infinite logits before a disagreement: 6" in report and "non_finite_logits (tuned)" in report
+    again = run(pair, prompts, out=tmp_path / "run", **kw)
+    assert again.summary["no_divergence_prompts"] == summary["no_divergence_prompts"]

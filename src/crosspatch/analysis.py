@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .divergence import DivergenceEvent
 from .execution import Capture, Decode, Executor, Program
 from .models.execution import EventStates
-from .models.vocab import masked_argmax
+from .models.vocab import NON_FINITE, masked_argmax
 
 
 @dataclass
@@ -42,7 +42,9 @@ class EventSet:
     def history(self, ex: Executor, roll: str, check: str, budget: int) -> Program:
         """Per event, ``(rollout, picks)``: ``roll``'s greedy continuation of the event's prompt
         (at most ``budget`` tokens) and ``check``'s argmax at each of its positions (teacher-forced
-        on the same history). ``yield from`` inside a program; computed once per set."""
+        on the same history), both cut before the first position where ``check``'s logits are NaN
+        or infinite (no pick of its own there). ``yield from`` inside a program; computed once per
+        set."""
         key = (roll, check, budget)
         if key not in self._histories:
             prompts = self.prompts
@@ -52,7 +54,8 @@ class EventSet:
             for p, r, cap in zip(prompts, rollouts, caps):
                 finals = cap.final[len(p) - 1 : len(p) - 1 + len(r)]
                 picks.append(masked_argmax(ex.readout(check, finals), ex.models.real_vocab).tolist() if r else [])
-            self._histories[key] = list(zip(rollouts, picks))
+            cut = [next((j for j, t in enumerate(c) if t == NON_FINITE), len(c)) for c in picks]
+            self._histories[key] = [(r[:j], c[:j]) for r, c, j in zip(rollouts, picks, cut)]
         return self._histories[key]
 
     def states(self, roles: list[str], boundaries: list[int]) -> Program:

@@ -24,7 +24,7 @@ from .analysis import Analysis, EventSet
 from .cells import CellRecord, CellsConfig, CrossPatch, event_y
 from .divergence import DivergenceEvent
 from .execution import Capture, Decode, Executor, Late, Program
-from .models.vocab import masked_argmax
+from .models.vocab import NON_FINITE, masked_argmax
 from .stats import BootstrapConfig, effect_block, label_swap_null
 
 CONTROLS = ("label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
@@ -149,7 +149,7 @@ class NativeHistory(Analysis):
         pick_it = masked_argmax(ex.readout(evset.tuned, torch.stack([c.final for c in cap_it])), ex.models.real_vocab)
         events, natural = [], {}
         for k, (e, kind, seq) in enumerate(candidates):
-            if int(pick_pt[k]) != int(pick_it[k]):
+            if int(pick_pt[k]) != int(pick_it[k]) and NON_FINITE not in (int(pick_pt[k]), int(pick_it[k])):
                 ev = DivergenceEvent(e.prompt_id, e.category, e.prompt_len, len(seq) - e.prompt_len, seq,
                                      int(pick_pt[k]), int(pick_it[k]), kind)
                 events.append(ev)
@@ -259,6 +259,9 @@ def control_rows(names: list[str], first: list[CellRecord], control_records: dic
     rows = []
     for name in names:
         rec = control_records.get(f"control_{name}", [])
+        if not first:  # nothing a control could check
+            rows.append(_row(name, "warn", None, "no events", n=0))
+            continue
         if name == "label_swap":
             null = label_swap_null(first, seed=seed)
             if null["observed"] is None:
@@ -312,7 +315,8 @@ def control_rows(names: list[str], first: list[CellRecord], control_records: dic
                     bins[f"[{lo:+.2f}, {hi:+.2f}]"] = {"n": len(sub), "interaction": _mean_interaction(sub)}
             status = "info" if open_ else "warn"
             text = (f"interaction on the {len(open_)} event(s) whose boundary state does not yet favour t_IT (logit lens)"
-                    if open_ else "every event's boundary state already favours t_IT: the late stack may only amplify")
+                    if open_ else "no event was scored by the logit lens" if not paired else
+                    "every event's boundary state already favours t_IT: the late stack may only amplify")
             rows.append(_row(name, status, block["mean"], text, "lens margin <= 0", block["ci"], len(open_),
                              bins=bins, n_scored=len(paired)))
         elif name == "hybrid_state":

@@ -5,8 +5,9 @@ other is teacher-forced over prompt + that rollout. Because attention is causal,
 position where the second model's argmax differs from the rollout token is exactly where
 lockstep greedy decoding of both models would first disagree. How the two passes are
 interleaved (chunked verification on KV caches, or one model after the other) is the
-executor's business (``execution/search.py``). No disagreement within the budget, or an EOS
-both models agree on, is a *no-event* outcome that is kept and counted.
+executor's business (``execution/search.py``). No disagreement within the budget, an EOS
+both models agree on, or NaN/inf logits of either model before a disagreement, is a *no-event*
+outcome that is kept and counted.
 """
 
 from __future__ import annotations
@@ -50,17 +51,38 @@ class DivergenceEvent:
         return asdict(self)
 
 
+NO_DIVERGENCE_REASONS = ("agreed_eos", "budget_exhausted", "non_finite_logits")
+
+
 @dataclass
 class NoDivergence:
-    """A prompt on which the two models did not disagree within the budget."""
+    """A prompt without an event: the two models did not disagree within the budget
+    (``agreed_eos``: both ended with the same EOS; ``budget_exhausted``), or ``model``'s logits
+    were NaN or infinite before they disagreed (``non_finite_logits``: an overflow in low
+    precision or a broken checkpoint; the prompt has no defined event)."""
 
     prompt_id: str
     category: str | None
-    reason: str  # "agreed_eos" | "budget_exhausted"
+    reason: str
     generated_tokens: int
+    model: str | None = None  # whose logits were not finite (reason non_finite_logits)
 
     def to_record(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict) -> "NoDivergence":
+        """A record as stored (``to_record``); a field of the wrong type is a ValueError naming it."""
+        item = cls(**record)
+        checks = {"prompt_id": isinstance(item.prompt_id, str),
+                  "category": item.category is None or isinstance(item.category, str),
+                  "reason": item.reason in NO_DIVERGENCE_REASONS,
+                  "generated_tokens": type(item.generated_tokens) is int and item.generated_tokens >= 0,
+                  "model": item.model is None or isinstance(item.model, str)}
+        bad = next((name for name, ok in checks.items() if not ok), None)
+        if bad is not None:
+            raise ValueError(f"field {bad!r} is not valid ({getattr(item, bad)!r})"[:200])
+        return item
 
 
 @dataclass
@@ -88,7 +110,7 @@ def divergence_program(prompts: list[Prompt], prompt_ids: list[list[int]], confi
     natural = {} if config.capture_boundaries is not None else None
     for prompt, ids, o in zip(prompts, prompt_ids, outcomes):
         if o.position is None:
-            none.append(NoDivergence(prompt.id, prompt.category, o.reason, len(o.shared)))
+            none.append(NoDivergence(prompt.id, prompt.category, o.reason, len(o.shared), o.non_finite))
             continue
         t_it, t_pt = (o.t_roll, o.t_check) if roll == tuned else (o.t_check, o.t_roll)
         event = DivergenceEvent(prompt.id, prompt.category, len(ids), o.position, ids + o.shared, t_pt, t_it)

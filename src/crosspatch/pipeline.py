@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .cells import CellRecord, CellsConfig, CrossPatch, headline_boundary, resol
 from .controls import PASS_CONTROLS, control_analyses, control_rows, parse_controls
 from .kinds import EventKinds, parse_event_kinds, relabel
 from .verdict import VerdictPolicy, decide
-from .divergence import DivergenceConfig, NoDivergence, divergence_program, find_divergences
+from .divergence import NO_DIVERGENCE_REASONS, DivergenceConfig, NoDivergence, divergence_program, find_divergences
 from .execution import Executor, ModelSet, map_chunks
 from .models.execution import WorkCounter, counting_work
 from .models.loading import DTYPES
@@ -255,7 +256,7 @@ def build_summary(
     stored records; ``analyses``: the controls' and other analyses' records by name)."""
     boundaries = config_record["resolved_boundaries"]
     first = [r for r in records if r.boundary == boundaries[0] and r.kind == "first_diff"]
-    reasons = {"agreed_eos": 0, "budget_exhausted": 0}
+    reasons = dict.fromkeys(NO_DIVERGENCE_REASONS, 0)
     for x in no_div:
         reasons[x.reason] = reasons.get(x.reason, 0) + 1
     counts = {
@@ -267,6 +268,15 @@ def build_summary(
         "no_divergence": reasons,
     }
     warnings = list(config_record.get("pair_warnings", [])) + list(config_record.get("run_warnings", []))
+    non_finite = [x for x in no_div if x.reason == "non_finite_logits"]
+    if non_finite:
+        whose = Counter(x.model or "a model" for x in non_finite)
+        warnings.append(
+            f"{len(non_finite)} prompt(s) have no event because a model's logits were NaN or infinite before the "
+            f"two disagreed ({', '.join(f'{m}: {n}' for m, n in whose.items())}): "
+            f"{', '.join(x.prompt_id for x in non_finite)[:300]}; in float16 this is usually an overflow "
+            "(use --dtype bfloat16 or float32), otherwise a damaged checkpoint"
+        )
     if counts["invalid"]:
         bad = ", ".join(r.prompt_id for r in first if not r.valid)[:300]
         warnings.append(f"{counts['invalid']} event(s) had non-finite cells and were excluded: {bad}")
@@ -290,7 +300,8 @@ def build_summary(
             records, boot, config_record["options"].get("group_by") or (), boundaries
         ),
         "warnings": warnings,
-        "no_divergence_prompts": [{"prompt_id": x.prompt_id, "reason": x.reason} for x in no_div],
+        "no_divergence_prompts": [{"prompt_id": x.prompt_id, "reason": x.reason,
+                                   **({"model": x.model} if x.model else {})} for x in no_div],
         "real_vocabulary": config_record.get("real_vocabulary"),
     }
     opts = config_record["options"]
@@ -319,6 +330,11 @@ def build_summary(
         inter = {r.key.rsplit("@", 1)[0]: r.effects()["interaction"] for r in at_headline if r.valid}
         summary["consequences"] = consequence_summary([_as_row(r) for r in analyses["consequence"]], inter, boot)
     summary["verdict"] = {**decide(block["all"], rows, policy), "boundary": headline, "readout": policy.readout}
+    if non_finite and not block["all"].get("n_prompts"):
+        summary["verdict"]["reason"] = (
+            f"No prompt produced a scorable event, and {len(non_finite)} of {prompts_count} stopped at NaN or "
+            "infinite logits before the two models disagreed (see the warnings): check the models' dtype "
+            "(float16 overflows) and weights before reading anything else.")
     if prompts_count == 0:  # a shard of a job array that got no prompt
         summary["verdict"]["reason"] = (f"This run holds no prompt (shard {opts.get('shard')} of a prompt set with "
                                         "fewer prompts than shards); merge it with the other shards.")

@@ -371,8 +371,8 @@ class RunStore:
         seen, out = set(), []
         for where, row in self._rows(NO_DIV_FILE):
             try:
-                item = NoDivergence(**row)
-            except TypeError as exc:
+                item = NoDivergence.from_record(row)
+            except (TypeError, ValueError) as exc:
                 raise CorruptRunFileError(f"{where}: not a no-divergence record ({exc})") from None
             if item.prompt_id not in seen:
                 seen.add(item.prompt_id)

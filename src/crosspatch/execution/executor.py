@@ -197,11 +197,12 @@ class Executor:
                         out[k] = o
             return out
         # one model at a time: the whole rollout first, then one teacher-forced pass
-        rollouts, roll_states = {}, {}
+        rollouts, roll_states, stopped_rollouts = {}, {}, set()
         with self.models.use(p.roll) as roll:
             for batch in batches:
                 generated, decoder = rollout_states(self.models, roll, [p.prompts[k] for k in batch],
                                                     p.max_new_tokens, p.capture, keep)
+                stopped_rollouts.update(batch[row] for row in decoder.non_finite)
                 for row, (k, g) in enumerate(zip(batch, generated)):
                     rollouts[k] = g
                     if p.capture is not None:
@@ -211,17 +212,18 @@ class Executor:
         with self.models.use(p.check) as check:
             for batch in batches:
                 prompts = [p.prompts[k] for k in batch]
-                found, cap = first_mismatch(self.models, check, prompts, [rollouts[k] for k in batch],
-                                            p.capture, keep)
+                stopped = {row: p.roll for row, k in enumerate(batch) if k in stopped_rollouts}
+                found, culprit, check_states = first_mismatch(self.models, check, prompts,
+                                                              [rollouts[k] for k in batch], p.capture, keep, stopped)
                 for row, (k, (i, a, b)) in enumerate(zip(batch, found)):
                     if i is None:
-                        out[k] = SearchOutcome(None, rollouts[k][:b], reason=a)
+                        out[k] = SearchOutcome(None, rollouts[k][:b], reason=a, non_finite=culprit.get(row))
                         continue
                     states = None
                     if p.capture is not None:
                         n = len(prompts[row]) + i
                         full = roll_states.pop(k)
                         states = {p.roll: EventStates({b: t[:n] for b, t in full.boundary.items()}, full.final[n - 1]),
-                                  p.check: cap.event_states(row, n, p.capture)}
+                                  p.check: check_states(row, n)}
                     out[k] = SearchOutcome(i, rollouts[k][:i], t_roll=a, t_check=b, states=states)
         return out

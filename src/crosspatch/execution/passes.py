@@ -67,7 +67,8 @@ class Late:
 @dataclass
 class Decode:
     """Greedy decoding of ``role`` over the real vocabulary from each prompt, at most
-    ``max_new_tokens``, stopping after an EOS. Result per item: the generated ids."""
+    ``max_new_tokens``, stopping after an EOS, or before a position where its logits are NaN or
+    infinite (no token is its choice there). Result per item: the generated ids."""
 
     role: str
     prompts: list[list[int]]
@@ -99,8 +100,9 @@ class Search:
 @dataclass
 class SearchOutcome:
     """``position`` is the first generated index where the two disagree (None: no event, with
-    ``reason`` ``agreed_eos`` or ``budget_exhausted``). ``shared`` are the generated tokens both
-    agreed on before it; ``t_roll``/``t_check`` the two picks there."""
+    ``reason`` ``agreed_eos``, ``budget_exhausted`` or ``non_finite_logits``: the logits of the
+    role ``non_finite`` were NaN or infinite before any disagreement). ``shared`` are the
+    generated tokens both agreed on before it; ``t_roll``/``t_check`` the two picks there."""
 
     position: int | None
     shared: list[int]
@@ -108,6 +110,7 @@ class SearchOutcome:
     t_check: int | None = None
     reason: str | None = None
     states: dict[str, EventStates] | None = None  # role -> states over prompt + shared
+    non_finite: str | None = None
 
 
 Pass = Capture | Late | Decode | Search

@@ -20,7 +20,7 @@ import contextlib
 import torch
 
 from ..models.execution import EventStates, ModelHandle, StateRecorder, cache_keyword, capture_forward, readout, step_logits
-from ..models.vocab import masked_argmax
+from ..models.vocab import NON_FINITE, masked_argmax
 from .passes import SearchOutcome
 
 
@@ -46,6 +46,7 @@ class CachedDecoder:
         self.cache = _new_cache(handle)
         self.kw = cache_keyword(handle)
         self.recorder = StateRecorder(handle.anatomy, capture, keep_on) if capture is not None else None
+        self.non_finite: set[int] = set()  # original rows whose decoding stopped at NaN/inf logits
 
     def _call(self, ids, keep: int, real_tokens: int) -> torch.Tensor:
         with self.recorder or contextlib.nullcontext():
@@ -116,7 +117,8 @@ def greedy_rollout(
 
 def _greedy(decoder: CachedDecoder, prompts: list[list[int]], max_new_tokens: int, models) -> list[list[int]]:
     """Greedy decoding of every row until its EOS or the budget; a row that has ended leaves the
-    batch (and the cache), so it costs nothing more while the others go on."""
+    batch (and the cache), so it costs nothing more while the others go on. A row whose logits
+    are NaN or infinite ends there, without a token, and is listed in ``decoder.non_finite``."""
     logits = decoder.start(prompts)
     eos = models.eos_ids
     outputs: list[list[int]] = [[] for _ in prompts]
@@ -124,8 +126,11 @@ def _greedy(decoder: CachedDecoder, prompts: list[list[int]], max_new_tokens: in
     for step in range(max_new_tokens):
         tokens = masked_argmax(logits, models.real_vocab).tolist()
         for row, tok in zip(live, tokens):
-            outputs[row].append(tok)
-        keep = [k for k, tok in enumerate(tokens) if tok not in eos]
+            if tok == NON_FINITE:
+                decoder.non_finite.add(row)
+            else:
+                outputs[row].append(tok)
+        keep = [k for k, tok in enumerate(tokens) if tok not in eos and tok != NON_FINITE]
         if not keep or step == max_new_tokens - 1:
             break
         if len(keep) < len(live):
@@ -144,8 +149,10 @@ def _search_batch(
     cached call (like speculative-decoding verification); the first mismatch ends the row and
     finished rows leave both caches. A chunk's first token is checked against the prediction
     ``check`` already made, so a row that diverges there costs ``check`` nothing. Returns per row
-    ``(i, t_roll, t_check)`` or ``(None, reason, n_generated)``, the accepted tokens, and the
-    two decoders (for their states)."""
+    ``(i, t_roll, t_check)`` or ``(None, reason, n_generated)``, the accepted tokens, the role
+    whose logits were NaN or infinite for each row that ended so (reason ``non_finite_logits``:
+    no token is that model's choice there, so the search cannot go on), and the two decoders
+    (for their states)."""
     real, eos, pad = models.real_vocab, models.eos_ids, models.pad_id
     dec_r, dec_c = CachedDecoder(roll, models, capture, keep_on), CachedDecoder(check, models, capture, keep_on)
     logits_r = dec_r.start(prompts)
@@ -153,7 +160,12 @@ def _search_batch(
     pred_c = [[int(t)] for t in masked_argmax(dec_c.start(prompts), real).tolist()]  # check's pick per position
     gen: list[list[int]] = [[] for _ in range(n)]
     outcome: list[tuple | None] = [None] * n
+    culprit: dict[int, str] = {}
     live = list(range(n))  # original rows still in both caches, in batch order
+
+    def end_non_finite(r: int, role: str) -> None:
+        outcome[r] = (None, "non_finite_logits", len(gen[r]))
+        culprit[r] = role
 
     def retire(live, logits_r):
         keep = [k for k, r in enumerate(live) if outcome[r] is None]
@@ -168,22 +180,32 @@ def _search_batch(
     chunk_len = 1
     while live:
         chunk: dict[int, list[int]] = {r: [] for r in live}
+        stopped: set[int] = set()  # rows whose rollout logits were not finite in this chunk
+
+        def extending(r: int) -> bool:
+            return r not in stopped and len(gen[r]) + len(chunk[r]) < budget and not (chunk[r] and chunk[r][-1] in eos)
+
         for _ in range(chunk_len):
             picks = masked_argmax(logits_r, real).tolist()
-            growing = [len(gen[r]) + len(chunk[r]) < budget and not (chunk[r] and chunk[r][-1] in eos) for r in live]
+            growing = [extending(r) for r in live]
             for r, pick, grow in zip(live, picks, growing):
-                if grow:
+                if grow and pick == NON_FINITE:
+                    stopped.add(r)
+                elif grow:
                     chunk[r].append(pick)
-            if not any(grow and len(gen[r]) + len(chunk[r]) < budget and chunk[r][-1] not in eos
-                       for r, grow in zip(live, growing)):
+            if not any(extending(r) for r in live):
                 break
-            feed = [[pick if grow else pad] for pick, grow in zip(picks, growing)]
+            feed = [[chunk[r][-1] if grow and r not in stopped else pad] for r, grow in zip(live, growing)]
             logits_r = dec_r.feed(torch.tensor(feed))[:, 0]
         chunk_len = min(2 * chunk_len, chunk_size)
         for r in live:
             i = len(gen[r])
-            if chunk[r] and pred_c[r][i] != chunk[r][0]:
+            if pred_c[r][i] == NON_FINITE:
+                end_non_finite(r, check.role)
+            elif chunk[r] and pred_c[r][i] != chunk[r][0]:
                 outcome[r] = (i, chunk[r][0], pred_c[r][i])
+            elif not chunk[r]:  # the rollout's first pick of this chunk was not finite
+                end_non_finite(r, roll.role)
         live, logits_r = retire(live, logits_r)
         if not live:
             break
@@ -193,6 +215,9 @@ def _search_batch(
         for k, r in enumerate(live):
             for j, tok in enumerate(chunk[r]):
                 i = len(gen[r])
+                if pred_c[r][i] == NON_FINITE:
+                    end_non_finite(r, check.role)
+                    break
                 if pred_c[r][i] != tok:
                     outcome[r] = (i, tok, pred_c[r][i])
                     break
@@ -201,19 +226,22 @@ def _search_batch(
                 if tok in eos:
                     outcome[r] = (None, "agreed_eos", len(gen[r]))
                     break
-            if outcome[r] is None and len(gen[r]) >= budget:
+            if outcome[r] is None and r in stopped:
+                end_non_finite(r, roll.role)
+            elif outcome[r] is None and len(gen[r]) >= budget:
                 outcome[r] = (None, "budget_exhausted", len(gen[r]))
         live, logits_r = retire(live, logits_r)
-    return outcome, gen, dec_r, dec_c
+    return outcome, gen, culprit, dec_r, dec_c
 
 
-def _outcomes(prompts, outcome, gen, states_of) -> list[SearchOutcome]:
+def _outcomes(prompts, outcome, gen, states_of, culprit: dict[int, str]) -> list[SearchOutcome]:
     """Raw per-row results as :class:`SearchOutcome` (``states_of(row, length)``: both models'
-    states over the first ``length`` positions, or None)."""
+    states over the first ``length`` positions, or None; ``culprit``: per row that ended at
+    non-finite logits, whose)."""
     result = []
     for row, (p, (i, a, b)) in enumerate(zip(prompts, outcome)):
         if i is None:
-            result.append(SearchOutcome(None, gen[row][:b], reason=a))
+            result.append(SearchOutcome(None, gen[row][:b], reason=a, non_finite=culprit.get(row)))
         else:
             result.append(SearchOutcome(i, gen[row][:i], t_roll=a, t_check=b, states=states_of(row, len(p) + i)))
     return result
@@ -221,16 +249,32 @@ def _outcomes(prompts, outcome, gen, states_of) -> list[SearchOutcome]:
 
 def search_interleaved(models, roll: ModelHandle, check: ModelHandle, prompts: list[list[int]], max_new_tokens: int,
                        chunk_size: int = 8, capture: list[int] | None = None, keep_on=None) -> list[SearchOutcome]:
-    """First divergence with both models in use at once (chunked decode + cached verification)."""
-    outcome, gen, dec_r, dec_c = _search_batch(models, roll, check, prompts, max_new_tokens, chunk_size, capture,
-                                               keep_on)
+    """First divergence with both models in use at once (chunked decode + cached verification).
+
+    A row that ended at NaN/inf logits is searched again one token per call: in a call over
+    several tokens, a NaN key at a later position reaches the earlier positions' attention
+    through the masked scores (NaN + -inf is NaN), so the position where the logits first stop
+    being finite, or an event before it, is only exact token by token (as lockstep decoding)."""
+    outcome, gen, culprit, dec_r, dec_c = _search_batch(models, roll, check, prompts, max_new_tokens, chunk_size,
+                                                        capture, keep_on)
+    source = {row: (dec_r, dec_c, row) for row in range(len(prompts))}
+    redo = [row for row, o in enumerate(outcome) if o[0] is None and o[1] == "non_finite_logits"]
+    if redo and chunk_size > 1:
+        again, gen2, culprit2, dec_r2, dec_c2 = _search_batch(models, roll, check, [prompts[r] for r in redo],
+                                                              max_new_tokens, 1, capture, keep_on)
+        for k, row in enumerate(redo):
+            outcome[row], gen[row], source[row] = again[k], gen2[k], (dec_r2, dec_c2, k)
+            culprit.pop(row, None)
+            if k in culprit2:
+                culprit[row] = culprit2[k]
 
     def states_of(row, length):
         if capture is None:
             return None
-        return {roll.role: dec_r.event_states(row, length), check.role: dec_c.event_states(row, length)}
+        rolling, checking, at = source[row]
+        return {roll.role: rolling.event_states(at, length), check.role: checking.event_states(at, length)}
 
-    return _outcomes(prompts, outcome, gen, states_of)
+    return _outcomes(prompts, outcome, gen, states_of, culprit)
 
 
 def rollout_states(models, handle: ModelHandle, prompts: list[list[int]], max_new_tokens: int,
@@ -241,20 +285,50 @@ def rollout_states(models, handle: ModelHandle, prompts: list[list[int]], max_ne
 
 
 def first_mismatch(models, check: ModelHandle, prompts: list[list[int]], rollouts: list[list[int]],
-                   capture: list[int] | None = None, keep_on=None):
+                   capture: list[int] | None = None, keep_on=None, stopped: dict[int, str] | None = None):
     """Teacher-force ``check`` over prompt + rollout; per row ``(i, t_roll, t_check)`` at the first
-    position where ``check``'s argmax differs from the rollout, or ``(None, reason, n)``; and
-    ``check``'s states (a :class:`~crosspatch.models.execution.Capture`)."""
+    position where ``check``'s argmax differs from the rollout, or ``(None, reason, n)``, reason
+    ``non_finite_logits`` where ``check``'s logits are NaN or infinite first, or where the rollout
+    of a row in ``stopped`` (row -> rollout role) ended at its own; whose logits those were, per
+    such row; and ``states(row, length)``: ``check``'s states over a row's first ``length``
+    positions. A row whose logits are not finite somewhere is fed again one token per call (see
+    :func:`search_interleaved`: in one call, a NaN at a later position reaches earlier ones)."""
     seqs = [p + r for p, r in zip(prompts, rollouts)]
     cap = capture_forward(check, seqs, capture or [], models.pad_id, keep_on=keep_on)
-    outcome = []
+    outcome, culprit, alone = [], {}, {}
     for row, (p, r) in enumerate(zip(prompts, rollouts)):
         finals = cap.final_states[row, len(p) - 1 : len(p) - 1 + len(r)]
         picks = masked_argmax(readout(check, finals), models.real_vocab).tolist() if r else []
+        if NON_FINITE in picks:
+            alone[row] = CachedDecoder(check, models, capture, keep_on)
+            picks = _picks_token_by_token(alone[row], models, p, r)
         i = next((j for j, (a, b) in enumerate(zip(r, picks)) if a != b), None)
-        if i is None:
+        if i is not None and picks[i] == NON_FINITE:
+            outcome.append((None, "non_finite_logits", i))
+            culprit[row] = check.role
+        elif i is not None:
+            outcome.append((i, r[i], picks[i]))
+        elif stopped and row in stopped:
+            outcome.append((None, "non_finite_logits", len(r)))
+            culprit[row] = stopped[row]
+        else:
             reason = "agreed_eos" if r and r[-1] in models.eos_ids else "budget_exhausted"
             outcome.append((None, reason, len(r)))
-        else:
-            outcome.append((i, r[i], picks[i]))
-    return outcome, cap
+
+    def states(row: int, length: int) -> EventStates:
+        if row in alone:
+            return alone[row].event_states(0, length)
+        return cap.event_states(row, length, capture or [])
+
+    return outcome, culprit, states
+
+
+def _picks_token_by_token(decoder: CachedDecoder, models, prompt: list[int], rollout: list[int]) -> list[int]:
+    """``decoder``'s model's picks at each rollout position, fed one token per call and stopped at
+    the first pick that differs from the rollout (a mismatch or :data:`NON_FINITE`)."""
+    picks = [int(masked_argmax(decoder.start([prompt]), models.real_vocab)[0])]
+    for tok in rollout[:-1]:
+        if picks[-1] != tok:
+            break
+        picks.append(int(masked_argmax(decoder.feed(torch.tensor([[tok]]))[:, 0], models.real_vocab)[0]))
+    return picks

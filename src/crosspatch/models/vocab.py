@@ -98,10 +98,17 @@ def build_real_vocabulary(tok_pt, tok_it, n_rows: int) -> RealVocabulary:
     return RealVocabulary(mask=mask, masked_counts=counts, patterns_matched=sorted(matched))
 
 
+NON_FINITE = -1  # what masked_argmax picks where the logits are NaN or infinite
+
+
 def masked_argmax(logits: torch.Tensor, real: RealVocabulary) -> torch.Tensor:
-    """Argmax over the real vocabulary of ``[..., V]`` logits."""
+    """Argmax over the real vocabulary of ``[..., V]`` logits; :data:`NON_FINITE` where the real
+    vocabulary's logits hold a NaN, a +inf or no finite value (an overflow or a broken
+    checkpoint: no token is the model's choice there)."""
     mask = real.on(logits.shape[-1], logits.device)
-    return logits.masked_fill(~mask, float("-inf")).argmax(dim=-1)
+    masked = logits.masked_fill(~mask, float("-inf"))
+    top = masked.amax(dim=-1)  # NaN if any logit is NaN
+    return torch.where(torch.isfinite(top), masked.argmax(dim=-1), NON_FINITE)
 
 
 def top2_margin(logits: torch.Tensor, real: RealVocabulary) -> torch.Tensor:

@@ -72,6 +72,12 @@ def breakdown_table(groups: dict[str, dict], label: str) -> list[str]:
     return _table([label, "events", "`E_PT`", "`E_IT`", "interaction"], rows)
 
 
+def no_event_reason(item: dict) -> str:
+    """A ``no_divergence_prompts`` entry's reason, with whose logits were not finite."""
+    model = item.get("model")
+    return f"{item['reason']} ({md_escape(str(model))})" if model else str(item["reason"])
+
+
 def counts_lines(counts: dict) -> list[str]:
     nd = counts.get("no_divergence", {})
     return [
@@ -81,7 +87,9 @@ def counts_lines(counts: dict) -> list[str]:
         f"natural pass disagreeing with the search: {counts['natural_disagree']})",
         f"- prompts with no divergence: {sum(nd.values())} "
         f"(both models ended with the same EOS: {nd.get('agreed_eos', 0)}; "
-        f"no disagreement within the token budget: {nd.get('budget_exhausted', 0)})",
+        f"no disagreement within the token budget: {nd.get('budget_exhausted', 0)}"
+        + (f"; NaN or infinite logits before a disagreement: {nd['non_finite_logits']}"
+           if nd.get("non_finite_logits") else "") + ")",
     ]
 
 
@@ -323,7 +331,7 @@ def render_markdown(config: dict, summary: dict) -> str:
         lines.append("## Prompts without a divergence")
         lines.append("")
         shown = nd[:50]
-        lines += [f"- `{md_escape(x['prompt_id'])}`: {x['reason']}" for x in shown]
+        lines += [f"- `{md_escape(x['prompt_id'])}`: {no_event_reason(x)}" for x in shown]
         if len(nd) > len(shown):
             lines.append(f"- ... and {len(nd) - len(shown)} more (see no_divergence.jsonl)")
         lines.append("")

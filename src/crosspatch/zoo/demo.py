@@ -323,9 +323,10 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     names = list(summary["descendants"])
     tables = [
         ("Cells and effects per descendant", HEADLINE, headline_rows(summary)),
-        ("Counts", ["descendant", "events", "agreed EOS", "budget exhausted", "invalid", "near-ties"],
+        ("Counts", ["descendant", "events", "agreed EOS", "budget exhausted", "NaN/inf logits", "invalid", "near-ties"],
          [[n, str(s["counts"]["events"]), str(s["counts"]["no_divergence"].get("agreed_eos", 0)),
-           str(s["counts"]["no_divergence"].get("budget_exhausted", 0)), str(s["counts"]["invalid"]),
+           str(s["counts"]["no_divergence"].get("budget_exhausted", 0)),
+           str(s["counts"]["no_divergence"].get("non_finite_logits", 0)), str(s["counts"]["invalid"]),
            str(s["counts"]["near_tie"])] for n, s in summary["descendants"].items()]),
         ("Interaction by aspect", ["aspect"] + names, _matrix_rows(summary, "by_category")),
         ("In-distribution vs held-out cities", ["descendant", "cities", "events", "E_PT", "E_IT", "interaction"],
