@@ -340,6 +340,10 @@ CASES = [
     Case("models", "an adapter_config.json that is not JSON",
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_bad_cfg", lambda d: (d / "adapter_config.json").write_text("{x"))),
          "ModelLoadError"),
+    Case("models", "a prompt-tuning adapter (virtual tokens, no layer changes)",
+         lambda e: _adapter_args(e, _adapter_dir(e, "adapter_prompt_tuning", lambda d: (d / "adapter_config.json").write_text(
+             json.dumps({"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 4})))),
+         "UnsupportedAdapterError"),
     Case("models", "an adapter directory without adapter weights",
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_no_weights",
                                                  lambda d: (d / "adapter_model.safetensors").unlink())), "ModelLoadError"),

@@ -61,6 +61,11 @@ class AdapterShapeMismatchError(ModelLoadError):
     """An adapter's weights do not fit the base model (another base, or another size)."""
 
 
+class UnsupportedAdapterError(ModelLoadError):
+    """A PEFT adapter of a prompt-learning kind (prompt / prefix / P-tuning): it changes the input
+    sequence, not the layers, so there is no descendant late stack to cross-patch."""
+
+
 class HubUnavailableError(ModelLoadError):
     """A hub id cannot be resolved: offline (HF_HUB_OFFLINE=1 or no network) and not cached."""
 

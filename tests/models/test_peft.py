@@ -74,3 +74,35 @@ def test_adapter_settings_that_change_the_base_are_warned(tmp_path):
     _, warnings = adapter_settings(str(adapter))
     assert any("bias='lora_only'" in w for w in warnings)
     assert any("modules_to_save" in w for w in warnings)
+
+
+def test_a_hub_adapter_in_the_cache_loads_offline(tmp_path):
+    """An adapter given as a hub id is read from the Hugging Face cache like a checkpoint (its
+    adapter_config.json, not a config.json, marks it cached), and gives the local directory's
+    numbers."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    base, adapter, _ = _lora_dirs(tmp_path)
+    for repo, src in (("org/tiny-base", base), ("org/tiny-adapter", adapter)):
+        entry = tmp_path / "hf" / "hub" / f"models--{repo.replace('/', '--')}"
+        shutil.copytree(src, entry / "snapshots" / ("0" * 40))
+        (entry / "refs").mkdir()
+        (entry / "refs" / "main").write_text("0" * 40)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{k}", "prompt": t}) + "\n"
+                               for k, t in enumerate(["Rain in Boston", "Sky", "Wind from the west"])))
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    outs = {}
+    for name, args in (("hub", ["--base", "org/tiny-base", "--adapter", "org/tiny-adapter"]),
+                       ("local", ["--base", str(base), "--adapter", str(adapter)])):
+        done = subprocess.run([sys.executable, "-m", "crosspatch", "run", *args, "--prompts", str(prompts),
+                               "--out", str(tmp_path / name), "--max-new-tokens", "8", "--bootstrap", "0",
+                               "--controls", "none", "--event-kinds", "first_diff"],
+                              env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outs[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    assert outs["hub"]["counts"] == outs["local"]["counts"] and outs["hub"]["counts"]["events"] > 0
+    assert outs["hub"]["results"] == outs["local"]["results"]

@@ -38,16 +38,17 @@ def check_model_path(path: str, role: str, adapter: bool = False) -> None:
         if not adapter and not has_config:
             raise ModelLoadError(f"{flag} {path} has no config.json: not a Hugging Face checkpoint directory")
         return
-    check_hub_id(str(path), flag)
+    check_hub_id(str(path), flag, "adapter_config.json" if adapter else "config.json")
 
 
-def check_hub_id(repo: str, flag: str) -> None:
-    """Fail at once (not after retries) when a hub id cannot be resolved: offline and not cached."""
+def check_hub_id(repo: str, flag: str, marker: str = "config.json") -> None:
+    """Fail at once (not after retries) when a hub id cannot be resolved: offline and its
+    ``marker`` file (a checkpoint's config.json, an adapter's adapter_config.json) not cached."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover
         return
-    cached = try_to_load_from_cache(repo, "config.json")
+    cached = try_to_load_from_cache(repo, marker)
     if isinstance(cached, str):
         return
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or \

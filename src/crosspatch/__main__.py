@@ -1,0 +1,5 @@
+"""``python -m crosspatch``: the same command line as ``crosspatch``."""
+
+from .cli import main
+
+main()
