@@ -101,6 +101,11 @@ class GroupByFieldError(OptionError):
     """--group-by names a field that no prompt has."""
 
 
+class DeviceMemoryError(CrosspatchError):
+    """A single sequence does not fit in memory even alone in its batch (larger batches that run
+    out of memory are split and retried automatically)."""
+
+
 class PromptTooLongError(CrosspatchError):
     """Prompts plus the generation budget exceed the model's position limit (ids listed)."""
 

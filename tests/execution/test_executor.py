@@ -199,6 +199,51 @@ def test_a_token_budget_changes_batches_not_results(tmp_path, residency):
     assert worst <= 1e-5
 
 
+def _out_of_memory_above(mp, rows: int) -> list[int]:
+    """Every batched primitive the executor calls runs out of memory on more than ``rows``
+    sequences; returns the sizes that did (appended as they fail)."""
+    failed = []
+    for name, arg in (("capture_forward", 1), ("late_forward", 3), ("search_interleaved", 3),
+                      ("rollout_states", 2), ("first_mismatch", 2)):
+        def oom(*a, real=getattr(executor_module, name), arg=arg, **kw):
+            n = len(a[arg])
+            if n > rows:
+                failed.append(n)
+                raise torch.OutOfMemoryError(f"simulated: {n} sequences")
+            return real(*a, **kw)
+        mp.setattr(executor_module, name, oom)
+    return failed
+
+
+@pytest.mark.parametrize("residency", ["both", "sequential"])
+def test_a_batch_that_runs_out_of_memory_is_split_and_the_results_stay(tmp_path, residency):
+    """Out of device memory, a batch is halved and retried (and later batches stay under the
+    size that failed) instead of losing the run: same events, same cells."""
+    base, _, merged = _lora_dirs(tmp_path)
+    pair = load_pair(str(base), tuned=str(merged), residency=residency)
+    whole = run(pair, PROMPTS, batch_size=8, **OPTIONS)
+    with pytest.MonkeyPatch.context() as mp:
+        failed = _out_of_memory_above(mp, 2)
+        split = run(pair, PROMPTS, batch_size=8, **OPTIONS)
+    assert failed and max(failed) > 2 and failed.count(max(failed)) == 1  # one failure, then capped
+    assert [r.key for r in split.records] == [r.key for r in whole.records] and whole.records
+    assert [x.prompt_id for x in split.no_divergence] == [x.prompt_id for x in whole.no_divergence]
+    worst = max(abs(x.cells[n][c] - y.cells[n][c]) for x, y in zip(split.records, whole.records)
+                for n in READOUTS for c in CELLS)
+    assert worst <= 1e-5
+
+
+def test_one_sequence_that_does_not_fit_alone_is_a_named_error(tmp_path):
+    from crosspatch.errors import DeviceMemoryError
+
+    base, _, merged = _lora_dirs(tmp_path)
+    pair = load_pair(str(base), tuned=str(merged))
+    with pytest.MonkeyPatch.context() as mp:
+        _out_of_memory_above(mp, 0)
+        with pytest.raises(DeviceMemoryError, match="alone in its batch.*resume"):
+            run(pair, PROMPTS, batch_size=8, out=tmp_path / "run", **OPTIONS)
+
+
 def test_several_adapters_on_one_base_copy(tmp_path):
     """Two PEFT adapters on one copy of the base weights: each descendant's cells equal those of
     its merged checkpoint held resident."""

@@ -16,10 +16,12 @@ the primitives in ``models.execution`` (one place).
 
 from __future__ import annotations
 
-from typing import Generator
+import gc
+from typing import Callable, Generator
 
 import torch
 
+from ..errors import DeviceMemoryError
 from ..models.execution import EventStates, capture_forward, late_forward, readout
 from .modelset import ModelSet
 from .passes import Capture, Decode, Late, Pass, Search, SearchOutcome
@@ -36,6 +38,17 @@ def pad_stack(rows: list[torch.Tensor]) -> torch.Tensor:
     for k, r in enumerate(rows):
         out[k, : r.shape[0]] = r
     return out
+
+
+# what running out of memory raises: torch's device OOM (CUDA, MPS, XPU), Python's MemoryError
+OUT_OF_MEMORY = tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError,
+                       MemoryError})
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _identity(p: Pass):
@@ -59,6 +72,7 @@ class Executor:
         if max_batch_tokens is not None and max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be >= 1, not {max_batch_tokens}")
         self.models, self.batch_size, self.max_batch_tokens = models, batch_size, max_batch_tokens
+        self.max_rows = batch_size  # lowered when a batch runs out of memory (see _each_batch)
 
     @classmethod
     def for_run(cls, models: ModelSet, options: dict) -> "Executor":
@@ -147,17 +161,43 @@ class Executor:
         return length_batches(len(sequences), [len(s) + generated for s in sequences], self.batch_size,
                               self.max_batch_tokens)
 
+    def _each_batch(self, batches: list[list[int]], work: Callable[[list[int]], None], what: str,
+                    lengths: list[int]) -> None:
+        """``work(batch)`` for every batch, in order. A batch that runs out of memory is split in
+        halves and retried, and later batches of this executor stay under the size that failed:
+        batching changes memory and speed, never results. A single sequence that does not fit
+        is a :class:`DeviceMemoryError` (``what``: the pass, for its message; ``lengths``: each
+        item's tokens)."""
+        todo = list(reversed(batches))
+        while todo:
+            batch = todo.pop()
+            if len(batch) > self.max_rows:
+                todo += reversed([batch[i : i + self.max_rows] for i in range(0, len(batch), self.max_rows)])
+                continue
+            if _fits(work, batch):
+                continue
+            if len(batch) == 1:
+                raise DeviceMemoryError(
+                    f"the {what} ran out of memory on one sequence of {lengths[batch[0]]} tokens, alone in its "
+                    "batch. Records already written are kept: free memory (--residency sequential holds one "
+                    "model at a time, --device auto spreads it over devices, --dtype bfloat16 halves it) or "
+                    "shorten the prompts or --max-new-tokens, then run the same command again to resume.")
+            self.max_rows = (len(batch) + 1) // 2
+            todo.append(batch)
+
     def _capture(self, p: Capture) -> list[EventStates]:
         out: list[EventStates | None] = [None] * len(p.sequences)
         keep = self.models.state_device
         with self.models.use(p.role) as model:
-            for batch in self._batches(p.sequences):
+            def work(batch):
                 seqs = [p.sequences[k] for k in batch]
                 cap = capture_forward(model, seqs, p.boundaries, self.models.pad_id, keep_on=keep)
                 for row, k in enumerate(batch):
                     n = len(seqs[row])
                     final = cap.final_states[row, :n] if p.all_final else cap.final_states[row, n - 1]
                     out[k] = EventStates({b: cap.boundary_states[b][row, :n] for b in p.boundaries}, final)
+
+            self._each_batch(self._batches(p.sequences), work, f"full pass of {p.role}", list(map(len, p.sequences)))
         return out
 
     def _late(self, p: Late) -> list[torch.Tensor]:
@@ -166,51 +206,62 @@ class Executor:
         out: list[torch.Tensor | None] = [None] * len(p.sequences)
         keep = self.models.state_device
         with self.models.use(p.role) as model:
-            for batch in self._batches(p.sequences):
+            def work(batch):
                 seqs = [p.sequences[k] for k in batch]
                 edits = [(e.layer, e.site, (lambda h, fn=e.fn, items=list(batch): fn(h, items))) for e in p.edits]
                 final = late_forward(model, p.boundary, pad_stack([p.upstream[k] for k in batch]), seqs,
                                      self.models.pad_id, keep_on=keep, edits=edits)
                 for row, k in enumerate(batch):
                     out[k] = final[row, len(seqs[row]) - 1]
+
+            self._each_batch(self._batches(p.sequences), work, f"late pass of {p.role}", list(map(len, p.sequences)))
         return out
 
     def _decode(self, p: Decode) -> list[list[int]]:
         out: list[list[int] | None] = [None] * len(p.prompts)
         with self.models.use(p.role) as model:
-            for batch in self._batches(p.prompts, p.max_new_tokens):
+            def work(batch):
                 generated, _ = rollout_states(self.models, model, [p.prompts[k] for k in batch], p.max_new_tokens)
                 for k, g in zip(batch, generated):
                     out[k] = g
+
+            self._each_batch(self._batches(p.prompts, p.max_new_tokens), work, f"decoding of {p.role}",
+                             [len(x) + p.max_new_tokens for x in p.prompts])
         return out
 
     def _search(self, p: Search) -> list[SearchOutcome]:
         out: list[SearchOutcome | None] = [None] * len(p.prompts)
         keep = self.models.state_device
         batches = self._batches(p.prompts, p.max_new_tokens)
+        lengths = [len(x) + p.max_new_tokens for x in p.prompts]
         if self.models.can_hold(p.roles):  # both models at once: interleaved, stops at the event
             with self.models.use(p.roll) as roll, self.models.use(p.check) as check:
-                for batch in batches:
+                def search(batch):
                     found = search_interleaved(self.models, roll, check, [p.prompts[k] for k in batch],
                                                p.max_new_tokens, p.chunk_size, p.capture, keep)
                     for k, o in zip(batch, found):
                         out[k] = o
+
+                self._each_batch(batches, search, f"divergence search of {p.roll} and {p.check}", lengths)
             return out
         # one model at a time: the whole rollout first, then one teacher-forced pass
         rollouts, roll_states, stopped_rollouts = {}, {}, set()
-        with self.models.use(p.roll) as roll:
-            for batch in batches:
-                generated, decoder = rollout_states(self.models, roll, [p.prompts[k] for k in batch],
+        with self.models.use(p.roll) as rolling:
+            def rollout(batch, model=rolling):
+                generated, decoder = rollout_states(self.models, model, [p.prompts[k] for k in batch],
                                                     p.max_new_tokens, p.capture, keep)
                 stopped_rollouts.update(batch[row] for row in decoder.non_finite)
                 for row, (k, g) in enumerate(zip(batch, generated)):
                     rollouts[k] = g
                     if p.capture is not None:
                         roll_states[k] = decoder.row_states(row)
-                del decoder  # it refers to the model, which must be freed before the next load
-            del roll
+
+            # nothing may refer to the model once it is released (the next load needs its memory):
+            # the decoder lives only inside ``rollout``, and the handle goes with it
+            self._each_batch(batches, rollout, f"rollout of {p.roll}", lengths)
+            del rolling, rollout
         with self.models.use(p.check) as check:
-            for batch in batches:
+            def verify(batch):
                 prompts = [p.prompts[k] for k in batch]
                 stopped = {row: p.roll for row, k in enumerate(batch) if k in stopped_rollouts}
                 found, culprit, check_states = first_mismatch(self.models, check, prompts,
@@ -222,8 +273,23 @@ class Executor:
                     states = None
                     if p.capture is not None:
                         n = len(prompts[row]) + i
-                        full = roll_states.pop(k)
+                        full = roll_states[k]
                         states = {p.roll: EventStates({b: t[:n] for b, t in full.boundary.items()}, full.final[n - 1]),
                                   p.check: check_states(row, n)}
                     out[k] = SearchOutcome(i, rollouts[k][:i], t_roll=a, t_check=b, states=states)
+                for k in batch:
+                    roll_states.pop(k, None)
+
+            self._each_batch(batches, verify, f"teacher-forced check of {p.check}", lengths)
         return out
+
+
+def _fits(work: Callable[[list[int]], None], batch: list[int]) -> bool:
+    """``work(batch)``; False (memory freed) when it ran out of memory."""
+    try:
+        work(batch)
+        return True
+    except OUT_OF_MEMORY:
+        pass
+    _free_memory()  # outside the handler: the traceback and the tensors it holds are gone
+    return False
