@@ -146,3 +146,19 @@ def test_load_options_are_checked_in_python_too(tmp_path, option, error):
 
     with pytest.raises(getattr(errors, error)):
         load_pair(str(tmp_path / "base"), tuned=str(tmp_path / "tuned"), **option)  # refused before the paths are read
+
+
+def test_chat_turn_terminators_end_decoding_like_eos():
+    """An instruct tokenizer's chat-turn terminator (a special token such as ``<|im_end|>``) is an
+    end-of-sequence id of the pair, which ends decoding, even when no generation config lists
+    it; the same text as an ordinary added token is not."""
+    from crosspatch.models.loading import eos_token_ids
+
+    tok = char_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_end|>", "<|im_start|>"]})
+    tok.add_tokens(["<end_of_turn>"])  # not special here: text, not a terminator
+    im_end, start, eot = tok.convert_tokens_to_ids(["<|im_end|>", "<|im_start|>", "<end_of_turn>"])
+    assert eos_token_ids(tok, None) == {tok.eos_token_id, im_end}
+    pair = pair_from_models(tiny_model("llama", vocab_size=len(tok) + 2), tiny_model("llama", vocab_size=len(tok) + 2,
+                                                                                   seed=1), tok)
+    assert im_end in pair.eos_ids and start not in pair.eos_ids and eot not in pair.eos_ids

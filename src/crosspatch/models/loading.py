@@ -63,9 +63,18 @@ def pad_token_id(tokenizer) -> int:
     return 0
 
 
+# chat-turn terminators of instruct models: an instruct model ends its answer with one of these
+# even where its generation config does not list it (a fine-tune saved without one)
+CHAT_TURN_TERMINATORS = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
+
+
 def eos_token_ids(tokenizer, model) -> set[int]:
-    """End-of-sequence ids of a tokenizer and of a model's generation config."""
+    """End-of-sequence ids: the tokenizer's EOS, the model's generation config's, and the
+    chat-turn terminators (:data:`CHAT_TURN_TERMINATORS`) the tokenizer has as special tokens."""
     ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    for token_id, token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(token, "special", False) and str(token) in CHAT_TURN_TERMINATORS:
+            ids.add(int(token_id))
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(eos, int):
         ids.add(eos)
