@@ -87,9 +87,22 @@ def test_chat_template_is_an_explicit_recorded_option():
     from crosspatch.prompts import Prompt
 
     assert _prompt_text(pair, Prompt("a", "Rain?"), templated_config(templated)) == "U: Rain?\nA:"
-    for result, text in ((raw, "Rain?"), (templated, "U: Rain?\nA:")):
-        for r in result.records:
-            assert r.prompt_len == len(text) + 1  # characters + BOS
+    # raw text gets the tokenizer's BOS; templated text is what the template renders, special
+    # tokens included, as apply_chat_template(tokenize=True) gives it: BOS only if it has one
+    from crosspatch.pipeline import RunConfig, prompt_token_ids
+
+    def ids(chat_template):
+        return prompt_token_ids(pair, [Prompt("a", "Rain?")], "tuned", RunConfig(chat_template=chat_template))[0]
+
+    def rendered():
+        return pair.tokenizer_it.apply_chat_template([{"role": "user", "content": "Rain?"}], add_generation_prompt=True,
+                                                     tokenize=True, return_dict=False)
+
+    bos = pair.tokenizer_it.bos_token_id
+    assert ids(False) == [bos] + pair.tokenizer_it("Rain?", add_special_tokens=False)["input_ids"]
+    assert ids(True) == rendered() and bos not in ids(True)
+    pair.tokenizer_it.chat_template = "{{ bos_token }}" + pair.tokenizer_it.chat_template
+    assert ids(True) == rendered() and ids(True).count(bos) == 1  # not doubled
 
 
 def templated_config(result):

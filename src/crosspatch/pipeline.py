@@ -183,7 +183,9 @@ def prompt_token_ids(pair: ModelSet, prompts: list[Prompt], tuned: str, config: 
     for p in prompts:
         text = _prompt_text(pair, p, config)
         if not p.metadata.get("image"):
-            ids = tokenize_once(pair.tokenizers[pair.base], pair.tokenizers[tuned], p.id, text)
+            # a chat template renders its special tokens (BOS too): adding them again doubles BOS
+            ids = tokenize_once(pair.tokenizers[pair.base], pair.tokenizers[tuned], p.id, text,
+                                add_special_tokens=not config.chat_template)
             if token is not None and token in ids:
                 raise PromptImageError(f"prompt {p.id!r} holds the image placeholder but has no 'image' field")
             out.append(ids)

@@ -118,10 +118,11 @@ def top2_margin(logits: torch.Tensor, real: RealVocabulary) -> torch.Tensor:
     return top[..., 0] - top[..., 1]
 
 
-def tokenize_once(tok_pt, tok_it, prompt_id: str, text: str) -> list[int]:
-    """Token ids of ``text``, checked to be identical under both tokenizers."""
-    ids_pt = tok_pt(text, add_special_tokens=True)["input_ids"]
-    ids_it = tok_it(text, add_special_tokens=True)["input_ids"] if tok_it is not tok_pt else ids_pt
+def tokenize_once(tok_pt, tok_it, prompt_id: str, text: str, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of ``text``, checked to be identical under both tokenizers (``add_special_tokens``
+    False for text a chat template rendered: it holds its special tokens, BOS included, already)."""
+    ids_pt = tok_pt(text, add_special_tokens=add_special_tokens)["input_ids"]
+    ids_it = tok_it(text, add_special_tokens=add_special_tokens)["input_ids"] if tok_it is not tok_pt else ids_pt
     if list(ids_pt) != list(ids_it):
         first = next(
             (k for k, (a, b) in enumerate(zip(ids_pt, ids_it)) if a != b), min(len(ids_pt), len(ids_it))
