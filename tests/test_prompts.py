@@ -52,6 +52,18 @@ def test_csv_and_parquet(tmp_path):
         assert [(p.id, p.prompt, p.category) for p in got] == [("001", "Rain?", "a"), ("2", "Sun?", None)]
 
 
+def test_spreadsheet_exports_read_as_written(tmp_path):
+    """A byte-order mark, a semicolon or tab delimiter (Excel's exports), .tsv and CRLF line
+    ends are read as their writer meant; a delimiter inside a quoted prompt stays text."""
+    rows = [("001", "Rain, then sun; later wind", "a"), ("2", "Sun?", "b")]
+    for name, delimiter in (("semi.csv", ";"), ("tab.csv", "\t"), ("t.tsv", "\t"), ("comma.csv", ",")):
+        lines = [delimiter.join(["id", "prompt", "category"])]
+        lines += [delimiter.join([i, f'"{p}"', c]) for i, p, c in rows]
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+        got = load_prompts(tmp_path / name)
+        assert [(p.id, p.prompt, p.category) for p in got] == rows, name
+
+
 def test_csv_missing_column_and_empty_prompt(tmp_path):
     (tmp_path / "a.csv").write_text("id,text\n1,Rain\n")
     with pytest.raises(PromptFileError, match="required column 'prompt'"):

@@ -87,7 +87,7 @@ def print_summary_table(summary: dict, title: str = "crosspatch") -> None:
 @app.command("run")
 def run_cmd(
     base: str = typer.Option(..., "--base", help="Base model (PT): hub id or local directory."),
-    prompts: Path = typer.Option(..., "--prompts", help="Prompt file: .jsonl, .json (an array or JSON lines), .csv or .parquet."),
+    prompts: Path = typer.Option(..., "--prompts", help="Prompt file: .jsonl, .json (an array or JSON lines), .csv (comma, semicolon or tab), .tsv or .parquet."),
     tuned: Optional[str] = typer.Option(None, "--tuned", help="Descendant (IT): full or merged checkpoint."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="PEFT adapter directory on --base."),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="Run directory."),

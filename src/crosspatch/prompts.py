@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import PromptFileError
 
-_JSON_SUFFIXES, _TABLE_SUFFIXES = (".jsonl", ".json"), (".csv", ".parquet", ".pq")  # the prompt file types
+_JSON_SUFFIXES, _TABLE_SUFFIXES = (".jsonl", ".json"), (".csv", ".tsv", ".parquet", ".pq")  # the prompt file types
 
 
 @dataclass(frozen=True)
@@ -130,17 +130,30 @@ def _read_json_array(path: Path) -> list[tuple[str, dict]] | None:
     return rows
 
 
+def _delimiter(path: Path, header: str) -> str:
+    """A .tsv's tab; a .csv's comma, or the semicolon, tab or bar its header is written with
+    (spreadsheets export those) when that header names both required columns."""
+    if path.suffix == ".tsv":
+        return "\t"
+    for delimiter in (",", ";", "\t", "|"):
+        if {"id", "prompt"} <= set(next(csv.reader([header], delimiter=delimiter), [])):
+            return delimiter
+    return ","
+
+
 def _read_table(path: Path) -> list[tuple[str, dict]]:
     import pandas as pd
 
     try:
-        if path.suffix == ".csv":
-            header = _text_lines(path)[0]  # names a line that is not UTF-8
-            names = next(csv.reader([header]), [])
+        if path.suffix in (".csv", ".tsv"):
+            header = _text_lines(path)[0].lstrip("\ufeff")  # names a line that is not UTF-8
+            delimiter = _delimiter(path, header)
+            names = next(csv.reader([header], delimiter=delimiter), [])
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:
                 raise PromptFileError(f"{path}:1: column {repeated[0]!r} appears more than once in the header")
-            frame = pd.read_csv(path, dtype={"id": str}, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
+            frame = pd.read_csv(path, sep=delimiter, dtype={"id": str}, keep_default_na=False, na_values=[""],
+                                encoding="utf-8-sig")
             first_line = 2  # header is line 1
         else:
             frame = pd.read_parquet(path)
@@ -164,7 +177,7 @@ def load_prompts(path) -> list[Prompt]:
     if not path.exists():
         raise PromptFileError(f"{path}: no such prompt file")
     if path.is_dir():
-        raise PromptFileError(f"{path}: is a directory; give a .jsonl, .json, .csv or .parquet file")
+        raise PromptFileError(f"{path}: is a directory; give a .jsonl, .json, .csv, .tsv or .parquet file")
     if path.suffix == ".json" and (array := _read_json_array(path)) is not None:
         rows = array
     elif path.suffix in _JSON_SUFFIXES:
@@ -172,7 +185,7 @@ def load_prompts(path) -> list[Prompt]:
     elif path.suffix in _TABLE_SUFFIXES:
         rows = _read_table(path)
     else:
-        raise PromptFileError(f"{path}: unknown prompt file type {path.suffix!r} (use .jsonl, .json, .csv, .parquet)")
+        raise PromptFileError(f"{path}: unknown prompt file type {path.suffix!r} (use .jsonl, .json, .csv, .tsv, .parquet)")
     prompts, seen = [], {}
     for where, row in rows:
         prompt = _with_image_path(_row_to_prompt(row, where), path.parent, where)
@@ -201,7 +214,7 @@ def as_prompts(items) -> list[Prompt]:
     """Accept a list of Prompt objects, dicts or plain strings (ids become their index), a pandas
     DataFrame or a ``datasets.Dataset`` (columns ``id``, ``prompt``, optional ``category``,
     others kept as metadata), a path to a prompt file (a ``Path``, or a string ending in .jsonl,
-    .json, .csv, .parquet or naming an existing file), or one prompt (a string, dict or Prompt).
+    .json, .csv, .tsv, .parquet or naming an existing file), or one prompt (a string, dict or Prompt).
     No prompt at all is a :class:`PromptFileError`, as for an empty file."""
     if isinstance(items, Path) or (isinstance(items, str) and _names_a_file(items)):
         return load_prompts(items)
