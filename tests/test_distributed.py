@@ -40,3 +40,22 @@ def test_ray_engine_needs_paths():
 
     with pytest.raises(CrosspatchError, match="loaded from paths"):
         run(make_pair("llama"), many_prompts(10), engine="ray", bootstrap=0, progress=False, max_new_tokens=4)
+
+
+def test_a_lost_ray_worker_is_a_named_error(saved):
+    """A worker that dies mid-chunk (killed, out of host memory) stops the run with a named error
+    that says the finished chunks are kept, not a Ray traceback."""
+    import os
+
+    from crosspatch.errors import EngineWorkerError
+    from crosspatch.execution import map_chunks
+
+    pair = load_pair(str(saved / "base"), tuned=str(saved / "tuned"))
+
+    def chunk(models, payload, item):
+        if item == "dies":
+            os._exit(3)
+        return item
+
+    with pytest.raises(EngineWorkerError, match="resume"):
+        list(map_chunks(pair, chunk, None, ["a", "dies", "b"], engine="ray", workers=2))

@@ -106,6 +106,11 @@ class DeviceMemoryError(CrosspatchError):
     out of memory are split and retried automatically)."""
 
 
+class EngineWorkerError(CrosspatchError):
+    """A worker of the Ray engine died (killed, out of host memory, its node lost) while it
+    processed a chunk; the chunks finished before are stored, so rerunning resumes."""
+
+
 class PromptTooLongError(CrosspatchError):
     """Prompts plus the generation budget exceed the model's position limit (ids listed)."""
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterator
 
-from ..errors import CrosspatchError
+from ..errors import CrosspatchError, EngineWorkerError
 from .modelset import ModelSet
 
 ENGINES = ("local", "ray")
@@ -64,6 +64,9 @@ def _ray_map(models: ModelSet, fn: ChunkFn, payload, items: list, workers: int) 
         else:  # a local cluster sized to the workers
             ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False)
     try:
+        lost = tuple(getattr(ray.exceptions, name) for name in  # what a dead worker raises
+                     ("RayActorError", "WorkerCrashedError", "OutOfMemoryError", "ObjectLostError")
+                     if hasattr(ray.exceptions, name))
         Worker = ray.remote(num_cpus=1)(ChunkWorker)
         actors = [Worker.remote(spec, fn, payload) for _ in range(max(1, min(workers, len(items))))]
         pending, queue = {}, list(items)
@@ -75,7 +78,15 @@ def _ray_map(models: ModelSet, fn: ChunkFn, payload, items: list, workers: int) 
             actor = pending.pop(done[0])
             if queue:
                 pending[actor.process.remote(queue.pop(0))] = actor
-            yield ray.get(done[0])
+            try:
+                result = ray.get(done[0])
+            except lost as exc:
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise EngineWorkerError(
+                    f"a Ray worker was lost while it processed a chunk of prompts ({type(exc).__name__}: {first}). "
+                    "The chunks finished before are stored: run the same command again to resume (with fewer "
+                    "--workers, or --engine local, if the machine ran out of memory).") from None
+            yield result
     finally:
         if started_here:
             ray.shutdown()
