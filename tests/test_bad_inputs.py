@@ -142,6 +142,15 @@ def _lacking_weight(env: Env) -> Path:
     return _model_dir(env, "lacking_weight", drop)
 
 
+def _other_shapes(env: Env) -> Path:
+    """A checkpoint whose config.json gives another MLP width than its weights have."""
+    def edit(d):
+        config = json.loads((d / "config.json").read_text())
+        config["intermediate_size"] = config["intermediate_size"] // 2
+        (d / "config.json").write_text(json.dumps(config))
+    return _model_dir(env, "other_shapes", edit)
+
+
 def _adapter_dir(env: Env, name: str, mutate) -> Path:
     target = env.tmp / name
     shutil.copytree(env.adapter, target)
@@ -337,6 +346,8 @@ CASES = [
                                                                             "num_hidden_layers": 4})).parent),
          "UnsupportedArchitectureError"),
     Case("models", "a checkpoint that lacks a weight", lambda e: e.run_args(tuned=_lacking_weight(e)), "ModelLoadError"),
+    Case("models", "a config.json whose shapes are not its weights", lambda e: e.run_args(tuned=_other_shapes(e)),
+         "ModelLoadError"),
     Case("models", "an adapter_config.json that is not JSON",
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_bad_cfg", lambda d: (d / "adapter_config.json").write_text("{x"))),
          "ModelLoadError"),

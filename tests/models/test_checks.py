@@ -162,3 +162,20 @@ def test_chat_turn_terminators_end_decoding_like_eos():
     pair = pair_from_models(tiny_model("llama", vocab_size=len(tok) + 2), tiny_model("llama", vocab_size=len(tok) + 2,
                                                                                    seed=1), tok)
     assert im_end in pair.eos_ids and start not in pair.eos_ids and eot not in pair.eos_ids
+
+
+def test_weights_of_other_shapes_than_the_config_are_named(tmp_path):
+    """A config.json that does not describe its weights (edited, or copied from another size) is a
+    ModelLoadError naming the shapes (and, under transformers 5, the weights), not transformers' "see the report above"."""
+    import json
+
+    from crosspatch.errors import ModelLoadError
+    from crosspatch.execution import load_pair
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path)
+    config = json.loads((root / "tuned" / "config.json").read_text())
+    config["intermediate_size"] = 48
+    (root / "tuned" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"shapes its config.json gives.*64.*48"):
+        load_pair(str(root / "base"), tuned=str(root / "tuned"))

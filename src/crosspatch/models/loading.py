@@ -145,6 +145,35 @@ def quiet_loading(verbose: bool = False) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _load_report(lines: list[str]) -> Iterator[None]:
+    """Collect transformers' warning-level log lines (its load report) into ``lines`` instead of
+    printing them."""
+    import logging
+    import re
+
+    from transformers.utils import logging as hf_logging
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())
+            lines.extend(text.splitlines())
+
+    handler, logger = Collect(level=logging.WARNING), hf_logging.get_logger("transformers")
+    level, silent = hf_logging.get_verbosity(), logging.getLogger("transformers").level > logging.WARNING
+    logger.addHandler(handler)
+    if silent:  # quiet loading: the report is collected, not shown
+        hf_logging.disable_default_handler()
+        hf_logging.set_verbosity_warning()
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        if silent:
+            hf_logging.set_verbosity(level)
+            hf_logging.enable_default_handler()
+
+
 def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None = None):
     """A transformers causal LM in eval mode, loaded with the safe defaults above (a
     vision-language checkpoint loads as its image-text-to-text model). A checkpoint that lacks
@@ -163,8 +192,9 @@ def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None =
         kwargs["use_safetensors"] = True
     if options.device == "auto":
         kwargs["device_map"] = "auto"
+    report: list[str] = []
     try:
-        with quiet_loading(options.verbose):
+        with quiet_loading(options.verbose), _load_report(report):
             config = AutoConfig.from_pretrained(path, trust_remote_code=options.trust_remote_code,
                                                 revision=options.revision)
             auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None \
@@ -172,6 +202,13 @@ def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None =
             model, info = auto.from_pretrained(path, output_loading_info=True, **kwargs)
     except Exception as exc:  # transformers, safetensors and torch raise many types for a bad checkpoint
         first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        mismatched = [" ".join(line.replace("Reinit due to size mismatch - ", "").split()) for line in report
+                      if "MISMATCH" in line and "|" in line]  # transformers 5: in its log, not its error
+        mismatched = mismatched or [" ".join(line.split()) for line in str(exc).splitlines() if "size mismatch" in line]
+        if mismatched:
+            raise ModelLoadError(
+                f"{path}: weights do not have the shapes its config.json gives ({'; '.join(mismatched[:4])[:600]}). "
+                "Is the config.json the checkpoint's own?") from exc
         raise ModelLoadError(f"could not load {path!r} as a causal LM: {first}") from exc
     missing, unused = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
     if missing:
