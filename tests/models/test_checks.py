@@ -179,3 +179,18 @@ def test_weights_of_other_shapes_than_the_config_are_named(tmp_path):
     (root / "tuned" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=r"shapes its config.json gives.*64.*48"):
         load_pair(str(root / "base"), tuned=str(root / "tuned"))
+
+
+@pytest.mark.parametrize("residency", ["both", "sequential"])
+def test_a_checkpoint_saved_without_tokenizer_files_reads_with_the_base_tokenizer(tmp_path, residency):
+    """``merge_and_unload().save_pretrained()`` writes no tokenizer: such a descendant is read with
+    the base's tokenizer, and the pair says so."""
+    from crosspatch.execution import load_pair
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (root / "tuned" / name).unlink(missing_ok=True)
+    pair = load_pair(str(root / "base"), tuned=str(root / "tuned"), residency=residency)
+    assert any("no tokenizer files" in w for w in pair.warnings)
+    assert pair.tokenizers["tuned"].get_vocab() == pair.tokenizers["base"].get_vocab()

@@ -404,6 +404,21 @@ def _role_names(descendants: dict[str, str] | list[str] | str | None) -> dict[st
     return names
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def descendant_tokenizer(path: str, options: LoadOptions, base_tokenizer, warnings: list[str] | None = None):
+    """A descendant's own tokenizer; for a local directory without tokenizer files (an adapter, or
+    a checkpoint saved without them, as ``merge_and_unload().save_pretrained()`` leaves it) the
+    base's, said in ``warnings`` for a checkpoint (given)."""
+    root = Path(path).expanduser()
+    if not root.is_dir() or any((root / name).exists() for name in TOKENIZER_FILES):
+        return load_tokenizer(path, options)
+    if warnings is not None:
+        warnings.append(f"{path} has no tokenizer files: it is read with the base's tokenizer")
+    return base_tokenizer
+
+
 def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options: LoadOptions, tokenizers: dict,
                    record: dict, warnings: list[str]):
     """A PEFT model holding every adapter of ``adapter_roles`` on ``base_model``."""
@@ -428,8 +443,7 @@ def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options
             raise ModelLoadError(f"adapter {path} lacks weights its adapter_config.json declares: "
                                  f"{'; '.join(missing)[:400]}")
         if tokenizers is not None:
-            has_tok = any((Path(path) / n).exists() for n in ("tokenizer.json", "tokenizer_config.json"))
-            tokenizers[role] = load_tokenizer(path, options) if has_tok else tokenizers[BASE]
+            tokenizers[role] = descendant_tokenizer(path, options, tokenizers[BASE])
         if record is not None:
             target = record["adapter"] if "adapter" in record else record["descendants"][role]
             target["settings"] = settings
@@ -490,10 +504,9 @@ def load_models(
                                    adapter_paths=adapter_roles)
         for role in roles:
             if role in tuned_roles:
-                tokenizers[role] = load_tokenizer(tuned_roles[role], options)
+                tokenizers[role] = descendant_tokenizer(tuned_roles[role], options, tokenizers[BASE], warnings)
             if role in adapter_roles:
-                has_tok = any((Path(adapter_roles[role]) / n).exists() for n in ("tokenizer.json", "tokenizer_config.json"))
-                tokenizers[role] = load_tokenizer(adapter_roles[role], options) if has_tok else tokenizers[BASE]
+                tokenizers[role] = descendant_tokenizer(adapter_roles[role], options, tokenizers[BASE])
                 record_target = record["adapter"] if "adapter" in record else record["descendants"][role]
                 record_target["settings"], adapter_warnings = adapter_settings(adapter_roles[role])
                 warnings += adapter_warnings
@@ -518,7 +531,7 @@ def load_models(
         handles[BASE] = ModelHandle(BASE, load_causal_lm(base, options, warnings))
         for role, path in tuned_roles.items():
             handles[role] = ModelHandle(role, load_causal_lm(path, options, warnings))
-            tokenizers[role] = load_tokenizer(path, options)
+            tokenizers[role] = descendant_tokenizer(path, options, tokenizers[BASE], warnings)
         if adapter_roles:  # checkpoints and adapters together: the adapters share one more copy of the base
             model = _load_adapters(load_causal_lm(base, options, warnings), base, adapter_roles, options, tokenizers,
                                    record, warnings)
