@@ -407,16 +407,38 @@ def _role_names(descendants: dict[str, str] | list[str] | str | None) -> dict[st
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def descendant_tokenizer(path: str, options: LoadOptions, base_tokenizer, warnings: list[str] | None = None):
-    """A descendant's own tokenizer; for a local directory without tokenizer files (an adapter, or
-    a checkpoint saved without them, as ``merge_and_unload().save_pretrained()`` leaves it) the
-    base's, said in ``warnings`` for a checkpoint (given)."""
+def descendant_tokenizer(path: str, options: LoadOptions, base_tokenizer, warnings: list[str] | None = None,
+                         adapter: bool = False):
+    """A descendant's own tokenizer where it has one, else the base's: a local directory without
+    tokenizer files (an adapter, or a checkpoint saved without them, as
+    ``merge_and_unload().save_pretrained()`` leaves it; said in ``warnings`` when given), or a
+    hub adapter whose repository has none."""
     root = Path(path).expanduser()
-    if not root.is_dir() or any((root / name).exists() for name in TOKENIZER_FILES):
+    if root.is_dir():
+        own = any((root / name).exists() for name in TOKENIZER_FILES)
+    else:
+        own = not adapter or _hub_has_tokenizer(path)
+    if own:
         return load_tokenizer(path, options)
     if warnings is not None:
         warnings.append(f"{path} has no tokenizer files: it is read with the base's tokenizer")
     return base_tokenizer
+
+
+def _hub_has_tokenizer(repo: str) -> bool:
+    """Whether a hub repository holds a tokenizer (asked of the cache, then of the Hub if online)."""
+    from huggingface_hub import file_exists, try_to_load_from_cache
+
+    from ..models.paths import hub_reachable
+
+    if any(isinstance(try_to_load_from_cache(repo, name), str) for name in TOKENIZER_FILES):
+        return True
+    if not hub_reachable():
+        return False
+    try:
+        return any(file_exists(repo, name) for name in ("tokenizer_config.json", "tokenizer.json"))
+    except Exception:  # offline, gated or unreachable: nothing more to learn; PEFT loads the weights
+        return False
 
 
 def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options: LoadOptions, tokenizers: dict,
@@ -443,7 +465,7 @@ def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options
             raise ModelLoadError(f"adapter {path} lacks weights its adapter_config.json declares: "
                                  f"{'; '.join(missing)[:400]}")
         if tokenizers is not None:
-            tokenizers[role] = descendant_tokenizer(path, options, tokenizers[BASE])
+            tokenizers[role] = descendant_tokenizer(path, options, tokenizers[BASE], adapter=True)
         if record is not None:
             target = record["adapter"] if "adapter" in record else record["descendants"][role]
             target["settings"] = settings
@@ -506,7 +528,7 @@ def load_models(
             if role in tuned_roles:
                 tokenizers[role] = descendant_tokenizer(tuned_roles[role], options, tokenizers[BASE], warnings)
             if role in adapter_roles:
-                tokenizers[role] = descendant_tokenizer(adapter_roles[role], options, tokenizers[BASE])
+                tokenizers[role] = descendant_tokenizer(adapter_roles[role], options, tokenizers[BASE], adapter=True)
                 record_target = record["adapter"] if "adapter" in record else record["descendants"][role]
                 record_target["settings"], adapter_warnings = adapter_settings(adapter_roles[role])
                 warnings += adapter_warnings

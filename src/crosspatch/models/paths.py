@@ -59,13 +59,16 @@ def check_hub_id(repo: str, flag: str, marker: str = "config.json") -> None:
         raise HubUnavailableError(
             f"{flag} {repo}: not a local directory, and not in the local Hugging Face cache while HF_HUB_OFFLINE=1; "
             "download it first or give a local path")
-    if not _hub_reachable():
+    if not hub_reachable():
         raise HubUnavailableError(
             f"{flag} {repo}: not a local directory, not in the local Hugging Face cache, and the Hub cannot be reached "
             "(no network); give a local path, or download the model where there is network")
 
 
-def _hub_reachable(timeout: float = 2.0) -> bool:
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hub answers (offline mode set: no), asked once with a short timeout."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
     import socket
     from urllib.parse import urlparse
 
