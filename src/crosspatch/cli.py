@@ -301,8 +301,9 @@ def _signature_like_run(drop: tuple[str, ...] = (), replace: dict | None = None,
 def _compare_cmd(**kw) -> None:
     """Every descendant against one base in one table (a run directory each under --out), with
     cross-descendant patching (--cross A:D or all)."""
-    from .compare import compare
+    from .compare import compare, parse_cross
     from .execution import load_models
+    from .execution.modelset import descendant_roles
 
     tuned, adapters = kw.pop("tuned") or [], kw.pop("adapter") or []
     cross = kw.pop("cross")
@@ -310,6 +311,7 @@ def _compare_cmd(**kw) -> None:
         if not tuned and not adapters:
             raise OptionError("give the descendants to compare: --tuned DIR (repeatable) and/or --adapter DIR")
         items, config, options = _prepare(kw, tuned, adapters)
+        parse_cross(cross, tuple(r for roles in descendant_roles(tuned or None, adapters or None) for r in roles))
         if kw["dry_run"]:
             return _print_plan(kw, tuned, adapters, items, config, options)
         with console.status("loading models"):

@@ -24,6 +24,7 @@ import torch
 from .analysis import Analysis, EventSet
 from .cells import CELLS, CellRecord, event_y
 from .execution import Executor, Late, ModelSet, Program
+from .errors import OptionError
 from .models.vocab import masked_argmax
 from .pipeline import RunConfig, RunResult, run
 from .stats import BootstrapConfig, effect_block, label_swap_null, pool_family_balanced
@@ -100,7 +101,8 @@ class CompareResult:
 
 
 def parse_cross(spec: str | None, descendants: tuple[str, ...]) -> dict[str, list[str]]:
-    """``all`` or ``A:D,B:D`` -> {late-stack role: [upstream roles]}."""
+    """``all`` or ``A:D,B:D`` -> {late-stack role: [upstream roles]}; anything else is an
+    :class:`OptionError` (checked before any model loads, from the role names alone)."""
     if not spec:
         return {}
     if spec.strip() == "all":
@@ -110,12 +112,12 @@ def parse_cross(spec: str | None, descendants: tuple[str, ...]) -> dict[str, lis
         try:
             up, late = (x.strip() for x in item.split(":"))
         except ValueError:
-            raise ValueError(f"--cross takes 'all' or UPSTREAM:LATE pairs, not {item!r}") from None
+            raise OptionError(f"--cross takes 'all' or UPSTREAM:LATE pairs, not {item!r}") from None
         for role in (up, late):
             if role not in descendants:
-                raise ValueError(f"--cross {item}: {role!r} is not a descendant ({', '.join(descendants)})")
+                raise OptionError(f"--cross {item}: {role!r} is not a descendant ({', '.join(descendants)})")
         if up == late:
-            raise ValueError(f"--cross {item}: the two roles must differ")
+            raise OptionError(f"--cross {item}: the two roles must differ")
         out.setdefault(late, []).append(up)
     return out
 
@@ -253,7 +255,7 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     from .pipeline import resolve_boundaries
 
     if len(models.descendants) < 1:
-        raise ValueError("a lineage needs at least one stage")
+        raise OptionError("a lineage needs at least one stage")
     config = replace(config or RunConfig(), **overrides)
     final = models.descendants[-1]
     b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers)

@@ -404,6 +404,17 @@ def _role_names(descendants: dict[str, str] | list[str] | str | None) -> dict[st
     return names
 
 
+def descendant_roles(tuned=None, adapters=None) -> tuple[dict[str, str], dict[str, str]]:
+    """The role names :func:`load_models` gives descendant checkpoints and adapters (their
+    directory names, made unique), each -> its path: known before any model loads."""
+    tuned_roles = _role_names(tuned)
+    adapter_roles = dict(_role_names(adapters))
+    for role in list(adapter_roles):
+        if role in tuned_roles:  # two descendants in directories of the same name
+            adapter_roles[f"{role}-adapter"] = adapter_roles.pop(role)
+    return tuned_roles, adapter_roles
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -490,11 +501,7 @@ def load_models(
             raise TypeError(f"unknown load option {key!r}")
         setattr(options, key, value)
     validate_load_options(options)  # the Python API gets the CLI's named errors, before any load
-    tuned_roles = _role_names(tuned)
-    adapter_roles = {k: v for k, v in _role_names(adapters).items()}
-    for role in list(adapter_roles):
-        if role in tuned_roles:  # two descendants in directories of the same name
-            adapter_roles[f"{role}-adapter"] = adapter_roles.pop(role)
+    tuned_roles, adapter_roles = descendant_roles(tuned, adapters)
     check_model_path(base, "base")
     for path in tuned_roles.values():
         check_model_path(path, "tuned")
