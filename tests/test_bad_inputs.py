@@ -465,6 +465,13 @@ CASES = [
     Case("run directories", "report with summary counts that are not numbers",
          lambda e: ["report", str(_broken_run(e, "counts_text", lambda d: _edit_summary(d, counts="many")))],
          "CorruptRunFileError"),
+    Case("run directories", "report with a summary.json of a newer format",
+         lambda e: ["report", str(_broken_run(e, "newsum", lambda d: _edit_summary(d, schema_version="crosspatch.summary/9")))],
+         "RunSchemaError"),
+    Case("run directories", "--out holding a run whose config.json is of a newer format",
+         lambda e: e.run_args(out=_broken_run(e, "newcfg", lambda d: (d / "config.json").write_text(
+             (d / "config.json").read_text().replace('"crosspatch.config/1"', '"crosspatch.config/9"')))),
+         "RunSchemaError"),
     Case("run directories", "report with a summary.json that is a list",
          lambda e: ["report", str(_broken_run(e, "listsum", lambda d: (d / "summary.json").write_text("[]")))],
          "CorruptRunFileError"),

@@ -140,6 +140,11 @@ class CorruptRunFileError(RunDirectoryError):
     """A run file (config.json, summary.json, a .jsonl file) is not valid; file and line named."""
 
 
+class RunSchemaError(RunDirectoryError):
+    """A run file was written in another version of crosspatch's file format (its
+    ``schema_version``), which this version does not read."""
+
+
 class IncompleteRunError(RunDirectoryError):
     """Prompts are missing from a run's records (events + no-divergence + invalid != prompts)."""
 

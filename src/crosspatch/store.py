@@ -28,7 +28,7 @@ from .cells import CELLS, READOUTS, CellRecord
 from .divergence import NoDivergence
 from .errors import (
     CorruptRunFileError, ForeignRecordsError, IncompleteRunError, NotARunDirectoryError, RunDirectoryError,
-    RunDirectoryNotEmptyError, RunSettingsMismatchError, RunWriteError,
+    RunDirectoryNotEmptyError, RunSchemaError, RunSettingsMismatchError, RunWriteError,
 )
 
 CONFIG_SCHEMA = "crosspatch.config/1"
@@ -259,6 +259,8 @@ class RunStore:
             old_fp = self._marker().get("fingerprint")
             cfg_path = self.path / "config.json"
             old = _read_json(cfg_path, "config.json") if cfg_path.exists() else None
+            if isinstance(old, dict):  # a run of another file format is neither resumed nor mixed
+                check_schema(old, CONFIG_SCHEMA, cfg_path)
             old_fp = (old or {}).get("fingerprint", old_fp)
             if old_fp is not None and old_fp != fp:
                 changes = settings_diff((old or {}).get("fingerprint_inputs", {}), config.get("fingerprint_inputs", {}))
@@ -291,6 +293,8 @@ class RunStore:
         if not path.exists():
             raise NotARunDirectoryError(f"{self.path} is not a crosspatch run directory (no config.json)")
         cfg = _read_json(path, "config.json")
+        if isinstance(cfg, dict):
+            check_schema(cfg, CONFIG_SCHEMA, path)
         for key in ("options", "resolved_boundaries", "num_layers"):
             if key not in cfg:
                 raise CorruptRunFileError(f"{path}: config.json lacks {key!r} (not a crosspatch run config)")
@@ -416,6 +420,24 @@ class RunStore:
         return target
 
 
+def check_schema(data: dict, expected: str, path) -> None:
+    """A file's ``schema_version`` (when it has one) is the version this crosspatch writes and
+    reads, else a :class:`RunSchemaError` (a newer or older format is never half-read)."""
+    version = data.get("schema_version")
+    if version is not None and version != expected:
+        raise RunSchemaError(f"{path} is in format {version!r}; this crosspatch ({_version()}) reads {expected!r}: "
+                             "read it with the crosspatch version that wrote it (config.json names it), or run again")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("crosspatch")
+    except PackageNotFoundError:
+        return "source tree"
+
+
 def check_summary_shape(summary, path) -> None:
     """The parts of a summary.json that reports and ``gate`` read have their types, else a
     :class:`CorruptRunFileError` (a damaged file must not surface as a Python error)."""
@@ -424,6 +446,7 @@ def check_summary_shape(summary, path) -> None:
                                    "run's records, or run again")
     if not isinstance(summary, dict):
         raise bad("is not a JSON object")
+    check_schema(summary, SUMMARY_SCHEMA, path)
     for key in ("counts", "results", "boundaries"):
         if key not in summary:
             raise bad(f"lacks {key!r}")
