@@ -194,3 +194,14 @@ def test_a_checkpoint_saved_without_tokenizer_files_reads_with_the_base_tokenize
     pair = load_pair(str(root / "base"), tuned=str(root / "tuned"), residency=residency)
     assert any("no tokenizer files" in w for w in pair.warnings)
     assert pair.tokenizers["tuned"].get_vocab() == pair.tokenizers["base"].get_vocab()
+
+
+@pytest.mark.parametrize("base, tuned", [(None, "x"), (123, "x"), ("x", 5), ("x", ""), ("x", ["a", "b"]), ("  ", "x")])
+def test_models_given_in_python_are_paths_or_hub_ids(base, tuned):
+    """``None``, numbers, empty strings (the working directory) or a list where one path is
+    expected are refused by name before anything is looked up."""
+    from crosspatch.errors import OptionError
+    from crosspatch.execution import load_pair
+
+    with pytest.raises(OptionError, match="must be a model directory or a hub id"):
+        load_pair(base, tuned=tuned)

@@ -29,7 +29,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError, PromptImageError
+from ..errors import ModelLoadError, OptionError, PromptImageError
 from ..models.anatomy import Anatomy
 from ..models.checks import check_special_tokens, compare_facts, model_facts
 from ..models.execution import ModelHandle
@@ -387,15 +387,27 @@ def _check_set(roles, tokenizers, facts, options) -> tuple[RealVocabulary, list[
     return real, warnings
 
 
+def model_path_arg(value, what: str) -> str:
+    """A model given in Python: a non-empty string or path-like (a directory or a hub id), else an
+    :class:`OptionError` (``""`` would be the working directory, ``None`` a hub id "None")."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise OptionError(f"{what} must be a model directory or a hub id (a non-empty string), not {value!r}")
+    return value
+
+
 def _role_names(descendants: dict[str, str] | list[str] | str | None) -> dict[str, str]:
     if descendants is None:
         return {}
-    if isinstance(descendants, str):
-        return {"tuned": descendants}
+    if isinstance(descendants, (str, os.PathLike)):
+        return {"tuned": model_path_arg(descendants, "a descendant")}
     if isinstance(descendants, dict):
-        return {str(k): str(v) for k, v in descendants.items()}
+        return {str(k): model_path_arg(v, f"descendant {k!r}") for k, v in descendants.items()}
+    if not isinstance(descendants, (list, tuple)):
+        raise OptionError(f"descendants are a path, a list of paths or a {{role: path}} dict, not {descendants!r}")
     names: dict[str, str] = {}
-    for path in descendants:
+    for path in map(lambda x: model_path_arg(x, "a descendant"), descendants):
         name = Path(str(path).rstrip("/")).name or "tuned"
         k, unique = 2, name
         while unique in names or unique == BASE:
@@ -501,6 +513,7 @@ def load_models(
             raise TypeError(f"unknown load option {key!r}")
         setattr(options, key, value)
     validate_load_options(options)  # the Python API gets the CLI's named errors, before any load
+    base = model_path_arg(base, "the base")
     tuned_roles, adapter_roles = descendant_roles(tuned, adapters)
     check_model_path(base, "base")
     for path in tuned_roles.values():
