@@ -216,3 +216,13 @@ def test_a_file_system_without_locks_still_runs(tmp_path, monkeypatch):
     result = run(make_pair("llama"), many_prompts(2), out=tmp_path / "run", max_new_tokens=4, bootstrap=0,
                  progress=False)
     assert (tmp_path / "run" / "summary.json").exists() and result.summary["counts"]["prompts"] == 2
+
+
+@pytest.mark.parametrize("out", ["", "  ", 123, None])
+def test_a_run_directory_is_a_non_empty_path(out):
+    """In Python, ``out=""`` would be the working directory and a number no path at all."""
+    from crosspatch.errors import RunDirectoryError
+    from crosspatch.store import RunStore
+
+    with pytest.raises(RunDirectoryError, match="is a path"):
+        RunStore(out)

@@ -158,6 +158,8 @@ class RunStore:
     (``run``), so records of another run can never be adopted silently."""
 
     def __init__(self, path: str | Path) -> None:
+        if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+            raise RunDirectoryError(f"a run directory is a path (a non-empty string), not {path!r}")
         self.path = Path(path)
         self.fingerprint: str | None = None
 
