@@ -305,6 +305,13 @@ CASES = [
          lambda e: ["consequence", str(e.tmp), "--prompts", str(e.prompts)], "NotARunDirectoryError"),
     Case("prompts", "consequence with prompts that carry no validator",
          lambda e: ["consequence", str(e.run), "--prompts", str(e.prompts)], "OptionError"),
+    Case("prompts", "consequence --budget beyond the model's positions",
+         lambda e: ["consequence", str(e.copy_run("conseq_long")), "--budget", "100000", "--prompts", str(e.file(
+             "vl.jsonl", _jsonl([dict(g, validator={"type": "regex", "pattern": "a"}) for g in GOOD])))],
+         "PromptTooLongError"),
+    Case("prompts", "run --consequence with a budget beyond the model's positions",
+         lambda e: e.run_args("--consequence", "--consequence-budget", "100000", prompts=e.file("vr.jsonl", _jsonl(
+             [dict(g, validator={"type": "regex", "pattern": "a"}) for g in GOOD]))), "PromptTooLongError"),
     Case("prompts", "consequence with validators only for prompts the run does not have",
          lambda e: ["consequence", str(e.copy_run("conseq")), "--prompts", str(e.file("v.jsonl", _jsonl(
              [{"id": "elsewhere", "prompt": "x", "validator": {"type": "regex", "pattern": "a"}}])))], "OptionError"),

@@ -157,7 +157,9 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     first-divergence events (prompts give the validators); resumable (events already scored in
     consequence.jsonl are skipped). Updates summary.json and the reports; returns the summary."""
     from .errors import OptionError
+    from .models.paths import local_max_positions
     from .reopen import first_events, reopen_models
+    from .validation import check_continuation_lengths
     from .report.render import render_reports
     from .prompts import as_prompts
     from .store import RunStore
@@ -176,8 +178,12 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     _, records, events = first_events(store, config)
     done = {row["event_key"] for row in store.load_rows(CONSEQUENCE_FILE)}
     events = [e for e in events if e.prompt_id in validators and e.key not in done]
+    lengths = {e.key: len(e.prefix_ids) for e in events}
+    base_path = (config.get("models", {}).get("base") or {}).get("path")
+    check_continuation_lengths(lengths, budget, local_max_positions(base_path) if base_path else None)
     if events:
         pair = reopen_models(config)
+        check_continuation_lengths(lengths, budget, pair.facts[pair.base].get("max_positions"))
         ex = Executor.for_run(pair, config["options"])
         rows = ex.drive(Consequence(validators, budget, with_pt, config["options"].get("seed", 0)).program(
             ex, EventSet(events, pair.base, pair.roles[1], None)))

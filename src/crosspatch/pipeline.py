@@ -624,7 +624,8 @@ def run(
     record["run_warnings"] = run_warnings
     token_ids = prompt_token_ids(pair, prompts, tuned, config)
     check_prompt_lengths([p.id for p in prompts], token_ids, config.max_new_tokens,
-                         pair.facts[pair.base].get("max_positions"))
+                         pair.facts[pair.base].get("max_positions"),
+                         config.consequence_budget if config.consequence and validators else None)
     check_prompt_token_ids([p.id for p in prompts], token_ids,
                            {role: pair.facts[role].get("input_embeddings") for role in pair.roles})
     store = RunStore(out) if out is not None else None

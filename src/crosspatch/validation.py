@@ -189,14 +189,33 @@ def check_prompt_token_ids(prompt_ids: list[str], token_ids: list[list[int]], em
 
 
 def check_prompt_lengths(prompt_ids: list[str], token_ids: list[list[int]], max_new_tokens: int,
-                         limit: int | None) -> None:
-    """Prompt + generation budget must fit the model's position limit (policy: a named error
-    listing the prompts, before any compute; nothing is truncated silently)."""
+                         limit: int | None, consequence_budget: int | None = None) -> None:
+    """Prompt + generation budget (+ a forced token and ``consequence_budget`` continued tokens
+    after the event, when consequences are scored) must fit the model's position limit (policy:
+    a named error listing the prompts, before any compute; nothing is truncated silently)."""
     if not limit:
         return
-    long = [(pid, len(ids)) for pid, ids in zip(prompt_ids, token_ids) if len(ids) + max_new_tokens > limit]
+    extra = 1 + consequence_budget if consequence_budget else 0
+    long = [(pid, len(ids)) for pid, ids in zip(prompt_ids, token_ids) if len(ids) + max_new_tokens + extra > limit]
     if long:
         shown = ", ".join(f"{pid} ({n} tokens)" for pid, n in long[:10])
+        budget = f"--max-new-tokens {max_new_tokens}" + (f" and a forced token + --consequence-budget "
+                                                         f"{consequence_budget}" if extra else "")
         raise PromptTooLongError(
-            f"{len(long)} prompt(s) plus --max-new-tokens {max_new_tokens} exceed the model's {limit} positions: "
-            f"{shown}{', ...' if len(long) > 10 else ''}. Shorten or drop them, or lower --max-new-tokens")
+            f"{len(long)} prompt(s) plus {budget} exceed the model's {limit} positions: "
+            f"{shown}{', ...' if len(long) > 10 else ''}. Shorten or drop them, or lower the budget")
+
+
+def check_continuation_lengths(prefix_lengths: dict[str, int], budget: int, limit: int | None) -> None:
+    """An event prefix + the forced token + ``budget`` continued tokens must fit the model's
+    position limit (``crosspatch consequence``): a named error listing the events, before any
+    model loads where the limit is known from a local config.json."""
+    if not limit:
+        return
+    long = [(key, n) for key, n in prefix_lengths.items() if n + 1 + budget > limit]
+    if long:
+        shown = ", ".join(f"{key} ({n} tokens)" for key, n in long[:10])
+        raise PromptTooLongError(
+            f"{len(long)} event prefix(es) plus the forced token and --budget {budget} exceed the model's {limit} "
+            f"positions: {shown}{', ...' if len(long) > 10 else ''}. Lower --budget to at most "
+            f"{limit - 1 - max(n for _, n in long)}")

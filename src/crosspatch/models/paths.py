@@ -115,6 +115,15 @@ def local_num_layers(path: str) -> int | None:
     return layers if isinstance(layers, int) else None
 
 
+def local_max_positions(path: str) -> int | None:
+    """The position limit from a local checkpoint's config.json (None when unknown)."""
+    cfg = text_config(local_config(path))
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(cfg.get(key), int) and cfg[key] > 0:
+            return cfg[key]
+    return None
+
+
 def local_is_multimodal(path: str) -> bool | None:
     """Whether a local checkpoint's config.json describes a vision-language model (None when
     unknown: a hub id or no readable config)."""
