@@ -191,6 +191,10 @@ def _edit_first_event(field: str, value):
     return mutate
 
 
+def _positions(env: Env) -> int:
+    return json.loads((env.base / "config.json").read_text())["max_position_embeddings"]
+
+
 def _append_no_event(d: Path) -> None:
     """A no-divergence record whose reason is a list, appended to no_divergence.jsonl."""
     row = {"prompt_id": "p0", "category": None, "reason": ["agreed_eos"], "generated_tokens": 3}
@@ -319,6 +323,9 @@ CASES = [
     Case("prompts", "a prompt longer than the model's positions",
          lambda e: e.run_args(prompts=e.file("p.jsonl", _jsonl([{"id": "long", "prompt": "rain " * 60}]))),
          "PromptTooLongError"),
+    Case("prompts", "a prompt that fits --max-new-tokens but not the native-history control's 16 tokens",
+         lambda e: e.run_args("--controls", "native_history", prompts=e.file("p.jsonl", _jsonl(
+             [{"id": "long", "prompt": "r" * (_positions(e) - 1 - 10)}]))), "PromptTooLongError"),
     # -- models ---------------------------------------------------------------------------------
     Case("models", "--base path that does not exist", lambda e: e.run_args(base=e.tmp / "nope"), "ModelPathNotFoundError"),
     Case("models", "--tuned path that does not exist", lambda e: e.run_args(tuned=e.tmp / "nope"), "ModelPathNotFoundError"),

@@ -77,3 +77,8 @@ class Analysis:
 
     def program(self, ex: Executor, events: EventSet) -> Program:
         raise NotImplementedError
+
+    def tokens_past_prompt(self) -> int:
+        """How far past a prompt this analysis decodes (0: no further than the divergence search),
+        for the check that prompts + decoding fit the model's positions."""
+        return 0

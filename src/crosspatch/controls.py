@@ -129,6 +129,9 @@ class NativeHistory(Analysis):
     cells: CellsConfig = field(default_factory=CellsConfig)
     name: str = "control_native_history"
 
+    def tokens_past_prompt(self) -> int:
+        return max(self.horizons)
+
     def program(self, ex: Executor, evset: EventSet) -> Program:
         if not evset.events:
             return []

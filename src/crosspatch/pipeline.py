@@ -625,7 +625,8 @@ def run(
     token_ids = prompt_token_ids(pair, prompts, tuned, config)
     check_prompt_lengths([p.id for p in prompts], token_ids, config.max_new_tokens,
                          pair.facts[pair.base].get("max_positions"),
-                         config.consequence_budget if config.consequence and validators else None)
+                         config.consequence_budget if config.consequence and validators else None,
+                         max([0] + [a.tokens_past_prompt() for a in plan.analyses]))
     check_prompt_token_ids([p.id for p in prompts], token_ids,
                            {role: pair.facts[role].get("input_embeddings") for role in pair.roles})
     store = RunStore(out) if out is not None else None

@@ -189,18 +189,22 @@ def check_prompt_token_ids(prompt_ids: list[str], token_ids: list[list[int]], em
 
 
 def check_prompt_lengths(prompt_ids: list[str], token_ids: list[list[int]], max_new_tokens: int,
-                         limit: int | None, consequence_budget: int | None = None) -> None:
+                         limit: int | None, consequence_budget: int | None = None, controls_reach: int = 0) -> None:
     """Prompt + generation budget (+ a forced token and ``consequence_budget`` continued tokens
-    after the event, when consequences are scored) must fit the model's position limit (policy:
-    a named error listing the prompts, before any compute; nothing is truncated silently)."""
+    after the event, when consequences are scored; at least ``controls_reach``, the tokens a
+    control decodes past the prompt) must fit the model's position limit (policy: a named error
+    listing the prompts, before any compute; nothing is truncated silently)."""
     if not limit:
         return
     extra = 1 + consequence_budget if consequence_budget else 0
-    long = [(pid, len(ids)) for pid, ids in zip(prompt_ids, token_ids) if len(ids) + max_new_tokens + extra > limit]
+    reach = max(max_new_tokens + extra, controls_reach)
+    long = [(pid, len(ids)) for pid, ids in zip(prompt_ids, token_ids) if len(ids) + reach > limit]
     if long:
         shown = ", ".join(f"{pid} ({n} tokens)" for pid, n in long[:10])
         budget = f"--max-new-tokens {max_new_tokens}" + (f" and a forced token + --consequence-budget "
                                                          f"{consequence_budget}" if extra else "")
+        if controls_reach > max_new_tokens + extra:
+            budget = f"the {controls_reach} tokens a control decodes (native_history; {budget})"
         raise PromptTooLongError(
             f"{len(long)} prompt(s) plus {budget} exceed the model's {limit} positions: "
             f"{shown}{', ...' if len(long) > 10 else ''}. Shorten or drop them, or lower the budget")
