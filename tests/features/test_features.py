@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -131,6 +132,37 @@ def test_features_end_to_end_on_a_run(tmp_path):
     assert {"top", "matched_random", "top_active"} <= set(frames["mediation"]["set"])
     assert (tmp_path / "r" / "features" / "crosscoder" / "crosscoder.safetensors").exists()
     assert "Sparse final-MLP features" in (tmp_path / "r" / "report.md").read_text()
+
+    # the activation cache is reused only for the same events and layers, and an unreadable shard
+    # (an interrupted write) is computed again: never a crosscoder trained on stale activations
+    from safetensors import safe_open
+
+    shard = tmp_path / "r" / "features" / "activations" / "shard_00000.safetensors"
+
+    def cached_layers():
+        with safe_open(str(shard), "pt") as f:
+            return json.loads(f.metadata()["layers"]), f.get_slice("pt").get_shape()[1]
+
+    assert cached_layers() == ([2, 3], 2 * pair.hidden_size)
+    train = ["features", "train", str(tmp_path / "r"), "--latents", "64", "--k", "4", "--steps", "20"]
+    assert CliRunner().invoke(app, train + ["--layers", "1"]).exit_code == 0
+    assert cached_layers() == ([3], pair.hidden_size)
+    shard.write_bytes(b"garbage")
+    assert CliRunner().invoke(app, train + ["--layers", "1"]).exit_code == 0
+    assert cached_layers() == ([3], pair.hidden_size)
+
+    # a crosscoder given by the user is checked: damaged files and another model's are named errors
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tmp_path / "r" / "features" / "crosscoder", damaged)
+    (damaged / "crosscoder.safetensors").write_bytes(b"garbage")
+    mediate = ["features", "mediate", str(tmp_path / "r"), "--crosscoder"]
+    res = CliRunner().invoke(app, mediate + [str(damaged)])
+    assert res.exit_code == 2 and "error ModelLoadError" in res.output and "not a readable crosscoder" in res.output
+    wide = tmp_path / "wide"
+    save_crosscoder(Crosscoder(CrosscoderConfig(d_in=3 * pair.hidden_size, n_latents=8, k=2, layers=[1, 2, 3],
+                                                hidden_size=pair.hidden_size)), wide)
+    res = CliRunner().invoke(app, mediate + [str(wide)])
+    assert res.exit_code == 2 and "error OptionError" in res.output and "late stack is layers 2..3" in res.output
 
 
 def test_a_run_without_events_is_a_named_error_before_any_model_loads(tmp_path):

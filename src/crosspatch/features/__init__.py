@@ -10,7 +10,9 @@ judged by its quality gate; then mediation, rescue and closure run (``study.py``
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,7 +28,7 @@ __all__ = ["Crosscoder", "load_crosscoder", "quality_gate", "save_crosscoder", "
 
 def cache_activations(ex, events, boundary, layers, directory: Path, shard_size: int = 64, log=print):
     """Paired activations of ``events`` in safetensors shards (resumable); returns (x_pt, x_it)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from ..analysis import EventSet
 
@@ -38,17 +40,41 @@ def cache_activations(ex, events, boundary, layers, directory: Path, shard_size:
     xs_pt, xs_it = [], []
     for n, start in enumerate(range(0, len(events), shard_size)):
         path = directory / f"shard_{n:05d}.safetensors"
-        if not path.exists():
-            chunk = events[start:start + shard_size]
+        chunk = events[start:start + shard_size]
+        meta = {"layers": json.dumps(layers), "events": str(len(chunk)), "dtype": "float32",
+                "event_keys": hashlib.sha256("\n".join(e.key for e in chunk).encode()).hexdigest()}
+        shard = _cached_shard(path, meta)
+        if shard is None:
+            if path.exists():
+                log(f"{path.name}: cached for other events or layers, or unreadable: computed again")
             pairs = ex.drive(activations(ex, EventSet(chunk, ex.models.base, ex.models.roles[1], None), boundary, layers))
-            save_file({"pt": torch.cat([p for p, _ in pairs]).contiguous(), "it": torch.cat([i for _, i in pairs]).contiguous()},
-                      str(path), metadata={"layers": json.dumps(layers), "events": str(len(chunk)), "dtype": "float32"})
-        shard = load_file(str(path))
+            shard = {"pt": torch.cat([p for p, _ in pairs]).contiguous(), "it": torch.cat([i for _, i in pairs]).contiguous()}
+            partial = path.with_suffix(".partial")  # a shard is complete or absent, never half written
+            save_file(shard, str(partial), metadata=meta)
+            os.replace(partial, path)
         xs_pt.append(shard["pt"])
         xs_it.append(shard["it"])
     (directory / "metadata.json").write_text(json.dumps({"layers": layers, "hidden_size": d, "tokens": tokens,
                                                          "shards": len(xs_pt), "dtype": "float32"}, indent=2) + "\n")
     return torch.cat(xs_pt), torch.cat(xs_it)
+
+
+def _cached_shard(path: Path, meta: dict) -> dict | None:
+    """A cached activation shard whose metadata is ``meta`` (the same events and layers), or
+    None: absent, unreadable (an interrupted write) or made for other events or layers."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}) != meta:
+                return None
+        shard = load_file(str(path))
+    except Exception:  # safetensors raises its own error types for a damaged file
+        return None
+    return shard if {"pt", "it"} <= set(shard) else None
 
 
 def run_features(run_dir, crosscoder_dir=None, n_layers: int = 3, n_latents: int = 256, k: int = 8,
@@ -77,6 +103,11 @@ def run_features(run_dir, crosscoder_dir=None, n_layers: int = 3, n_latents: int
     if crosscoder_dir is not None:
         cc = load_crosscoder(crosscoder_dir)
         layers = cc.config.layers or list(range(pair.num_layers - n_layers, pair.num_layers))
+        if cc.config.d_in != len(layers) * pair.hidden_size or not all(boundary <= x < pair.num_layers for x in layers):
+            raise OptionError(
+                f"--crosscoder {crosscoder_dir} reads layers {layers} with {cc.config.d_in} inputs; this run's late "
+                f"stack is layers {boundary}..{pair.num_layers - 1} of width {pair.hidden_size}: it was trained on "
+                "another model or boundary")
     else:
         layers = list(range(max(boundary, pair.num_layers - n_layers), pair.num_layers))
         if len(layers) < n_layers:

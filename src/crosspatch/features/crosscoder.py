@@ -181,6 +181,20 @@ def save_crosscoder(model: Crosscoder, path: str | Path) -> Path:
 
 
 def load_crosscoder(path: str | Path) -> Crosscoder:
+    """:func:`read_crosscoder`, with a damaged or inconsistent directory a :class:`ModelLoadError`
+    naming it (a crosscoder is user input, like a checkpoint)."""
+    from ..errors import CrosspatchError, ModelLoadError
+
+    try:
+        return read_crosscoder(path)
+    except CrosspatchError:
+        raise
+    except Exception as exc:  # json, safetensors and torch raise many types for a damaged file
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"--crosscoder {path}: not a readable crosscoder ({type(exc).__name__}: {first})") from None
+
+
+def read_crosscoder(path: str | Path) -> Crosscoder:
     """A crosscoder saved by crosspatch (``config.json`` + ``crosscoder.safetensors``), or one in
     the ``dictionary_learning`` crosscoder layout (``config.json`` with ``trainer.activation_dim``
     and ``dict_size``, weights ``ae.pt`` refused / ``ae.safetensors`` with ``encoder.weight``
