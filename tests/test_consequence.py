@@ -146,7 +146,16 @@ def test_consequence_command_on_a_finished_run(tmp_path):
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["consequences"]["n_events"] == summary["counts"]["events"]
     assert "Consequences" in (tmp_path / "r" / "report.md").read_text()
-    again = CliRunner().invoke(app, ["consequence", str(tmp_path / "r"), "--prompts", str(prompts)])
+    again = CliRunner().invoke(app, ["consequence", str(tmp_path / "r"), "--prompts", str(prompts), "--budget", "4"])
     assert again.exit_code == 0  # resumable: nothing left to do, same numbers
     lines = (tmp_path / "r" / "consequence.jsonl").read_text().splitlines()
     assert len(lines) == summary["consequences"]["n_events"]
+    # other settings never add to (or reuse) what was scored with these
+    other_rule = tmp_path / "q.jsonl"
+    other_rule.write_text(prompts.read_text().replace("[a-z]", "[0-9]"))
+    for extra, what in ((["--prompts", str(prompts)], "budget 4 -> 32"),
+                        (["--prompts", str(prompts), "--budget", "4", "--with-pt"], "with_pt False -> True"),
+                        (["--prompts", str(other_rule), "--budget", "4"], "the validator of prompt")):
+        res = CliRunner().invoke(app, ["consequence", str(tmp_path / "r"), *extra])
+        assert res.exit_code == 2 and "error RunSettingsMismatchError" in res.output and what in res.output, res.output
+    assert (tmp_path / "r" / "consequence.jsonl").read_text().splitlines() == lines

@@ -73,7 +73,8 @@ class Consequence(Analysis):
             validator = self.validators[e.prompt_id]
             row = {"key": f"{e.key}#consequence", "prompt_id": e.prompt_id, "category": e.category,
                    "event_key": e.key, "forced": f, "forced_text": {n: tok.decode([f[n]]) for n in FORCED},
-                   "validator": validator.as_record(), "results": {}}
+                   "validator": validator.as_record(), "budget": self.budget, "with_pt": self.with_pt,
+                   "seed": self.seed, "results": {}}
             for (label, _), conts in zip(roles, continuations):
                 res = {}
                 for j, name in enumerate(FORCED):
@@ -147,6 +148,26 @@ def consequence_summary(rows: list[dict], interactions: dict[str, float], boot: 
     return out
 
 
+def check_stored_consequences(rows: list[dict], validators: dict, budget: int, with_pt: bool, seed: int,
+                              path) -> None:
+    """Continuations already stored (a resumed ``crosspatch consequence``) were scored with these
+    settings, else a :class:`RunSettingsMismatchError`: results of two budgets, validators or
+    model sets are never mixed in one summary."""
+    from .errors import RunSettingsMismatchError
+
+    asked = {"budget": budget, "with_pt": with_pt, "seed": seed}
+    for row in rows:
+        validator = validators.get(row.get("prompt_id"))
+        have = {name: row.get(name) for name in asked}
+        changed = [f"{name} {have[name]!r} -> {asked[name]!r}" for name in asked if have[name] != asked[name]]
+        if validator is not None and row.get("validator") != validator.as_record():
+            changed.append(f"the validator of prompt {row.get('prompt_id')!r}")
+        if changed:
+            raise RunSettingsMismatchError(
+                f"{path} holds continuations scored with other settings ({'; '.join(changed)}): run with the same "
+                "--budget, --with-pt and validators to add to them, or move that file away to score afresh")
+
+
 def validators_of(prompts) -> dict:
     return {p.id: p.validator for p in prompts if getattr(p, "validator", None) is not None}
 
@@ -176,7 +197,10 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
                           f"{', ...' if len(validators) > 5 else ''}) is a prompt of the run in {store.path}: "
                           "give the run's own prompt file, with 'validator' fields added")
     _, records, events = first_events(store, config)
-    done = {row["event_key"] for row in store.load_rows(CONSEQUENCE_FILE)}
+    seed = config["options"].get("seed", 0)
+    stored = store.load_rows(CONSEQUENCE_FILE)
+    check_stored_consequences(stored, validators, budget, with_pt, seed, store.path / CONSEQUENCE_FILE)
+    done = {row["event_key"] for row in stored}
     events = [e for e in events if e.prompt_id in validators and e.key not in done]
     lengths = {e.key: len(e.prefix_ids) for e in events}
     base_path = (config.get("models", {}).get("base") or {}).get("path")
@@ -185,7 +209,7 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
         pair = reopen_models(config)
         check_continuation_lengths(lengths, budget, pair.facts[pair.base].get("max_positions"))
         ex = Executor.for_run(pair, config["options"])
-        rows = ex.drive(Consequence(validators, budget, with_pt, config["options"].get("seed", 0)).program(
+        rows = ex.drive(Consequence(validators, budget, with_pt, seed).program(
             ex, EventSet(events, pair.base, pair.roles[1], None)))
         store.append_rows(CONSEQUENCE_FILE, rows)
         pair.release()
