@@ -134,6 +134,24 @@ def test_compare_and_lineage_commands(tmp_path):
     models = load_models(str(root / "base"), tuned=[str(root / "tuned"), str(root / "other")])
     assert models.roles == ("base", "tuned", "other")
 
+    # the same command again resumes into its own output; other settings are refused by the
+    # descendant's run unless --overwrite; a compare's directory is no lineage's, nor a run's
+    again = ["compare", "--base", str(root / "base"), "--tuned", str(root / "tuned"), "--tuned", str(root / "other"),
+             "--cross", "all", "--out", str(tmp_path / "c"), *common]
+    res = CliRunner().invoke(app, again)
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, again + ["--max-new-tokens", "5"])
+    assert res.exit_code == 2 and "error RunSettingsMismatchError" in res.output, res.output
+    assert CliRunner().invoke(app, again + ["--max-new-tokens", "5", "--overwrite"]).exit_code == 0
+    res = CliRunner().invoke(app, ["lineage", str(root / "base"), str(root / "other"), str(root / "tuned"),
+                                   "--out", str(tmp_path / "l"), *common])
+    assert res.exit_code == 0, res.output
+    for args in (["lineage", str(root / "base"), str(root / "tuned"), "--out", str(tmp_path / "c"), *common],
+                 ["run", "--base", str(root / "base"), "--tuned", str(root / "tuned"), "--out", str(tmp_path / "l"),
+                  *common]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and "holds the output of a crosspatch" in res.output, res.output
+
 
 def test_compare_under_sequential_residency_holds_one_model_at_a_time(family, tmp_path):
     tok = char_tokenizer()

@@ -172,7 +172,7 @@ def run_cmd(
                   soft_wrap=True)
 
 
-def _prepare(kw: dict, tuned: list[str], adapters: list[str]):
+def _prepare(kw: dict, tuned: list[str], adapters: list[str], collection: str | None = None):
     """Validate every option, the prompt file, the model paths and --out before any weight is
     loaded; returns (prompts, RunConfig, LoadOptions)."""
     from . import load_prompts
@@ -218,7 +218,7 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str]):
     images = [p.id for p in items if p.metadata.get("image")]
     if images and local_is_multimodal(kw["base"]) is False:
         raise PromptImageError(f"prompt(s) {', '.join(images[:5])} have an image, but the base is a text-only model")
-    check_out_dir(kw["out"], resume=kw["resume"], overwrite=kw["overwrite"])
+    check_out_dir(kw["out"], resume=kw["resume"], overwrite=kw["overwrite"], collection=collection)
     return items, config, options
 
 
@@ -310,7 +310,7 @@ def _compare_cmd(**kw) -> None:
     try:
         if not tuned and not adapters:
             raise OptionError("give the descendants to compare: --tuned DIR (repeatable) and/or --adapter DIR")
-        items, config, options = _prepare(kw, tuned, adapters)
+        items, config, options = _prepare(kw, tuned, adapters, collection="compare")
         parse_cross(cross, tuple(r for roles in descendant_roles(tuned or None, adapters or None) for r in roles))
         if kw["dry_run"]:
             return _print_plan(kw, tuned, adapters, items, config, options)
@@ -318,7 +318,8 @@ def _compare_cmd(**kw) -> None:
             models = load_models(kw["base"], tuned=tuned or None, adapters=adapters or None, options=options)
         console.print(f"residency: {models.residency} ({models.provenance.get('residency_reason')})",
                       soft_wrap=True, markup=False)
-        result = compare(models, items, config, out=kw["out"], cross=cross, progress=not kw["quiet"])
+        result = compare(models, items, config, out=kw["out"], cross=cross, progress=not kw["quiet"],
+                         resume=kw["resume"], overwrite=kw["overwrite"])
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     table = Table(title="crosspatch compare: common-IT readout, headline boundary")
@@ -349,7 +350,7 @@ def _lineage_cmd(**kw) -> None:
         stages = paths[1:]
         adapters = [p for p in stages if (_Path(p) / "adapter_config.json").exists()]
         tuned = [p for p in stages if p not in adapters]
-        items, config, options = _prepare(kw, tuned, adapters)
+        items, config, options = _prepare(kw, tuned, adapters, collection="lineage")
         if kw["dry_run"]:
             return _print_plan(kw, tuned, adapters, items, config, options)
         names = {}
@@ -364,7 +365,8 @@ def _lineage_cmd(**kw) -> None:
             order = ("base",) + tuple(names)
             if models.roles != order:  # checkpoints and adapters mixed: keep the training order
                 models.roles = order
-        result = lineage(models, items, config, out=kw["out"], progress=not kw["quiet"])
+        result = lineage(models, items, config, out=kw["out"], progress=not kw["quiet"], resume=kw["resume"],
+                         overwrite=kw["overwrite"])
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     table = Table(title=f"crosspatch lineage: base -> {result.summary['final']}")

@@ -28,6 +28,7 @@ from .errors import OptionError
 from .models.vocab import masked_argmax
 from .pipeline import RunConfig, RunResult, run
 from .stats import BootstrapConfig, effect_block, label_swap_null, pool_family_balanced
+from .store import mark_collection
 
 COMPARE_SCHEMA = "crosspatch.compare/1"
 LINEAGE_SCHEMA = "crosspatch.lineage/1"
@@ -128,9 +129,11 @@ def _mean(values) -> dict:
 
 
 def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str | Path | None = None,
-            cross: str | None = None, progress: bool = True, **overrides) -> CompareResult:
-    """Every descendant of ``models`` against its base (one run directory each under ``out``),
-    one table, and the cross-descendant matrix when ``cross`` is ``all`` or ``A:D,...``."""
+            cross: str | None = None, progress: bool = True, resume: bool = True, overwrite: bool = False,
+            **overrides) -> CompareResult:
+    """Every descendant of ``models`` against its base (one run directory each under ``out``,
+    resumed or replaced as ``run`` does with ``resume`` / ``overwrite``), one table, and the
+    cross-descendant matrix when ``cross`` is ``all`` or ``A:D,...``."""
     from dataclasses import replace
 
     from .cells import headline_boundary
@@ -141,12 +144,14 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     plan = parse_cross(cross, models.descendants)
     b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers)
     runs: dict[str, RunResult] = {}
+    if out is not None:
+        mark_collection(out, "compare")
     for role in models.descendants:
         extra = [CrossDescendant(b, plan[role])] if role in plan else []
         cfg = replace(config, tuned=role, title=config.title or f"crosspatch compare: base vs {role}",
                       back_link=config.back_link or ("../report.html" if out is not None else None))
         runs[role] = run(models, prompts, cfg, out=Path(out) / role if out is not None else None, progress=progress,
-                         analyses=extra)
+                         analyses=extra, resume=resume, overwrite=overwrite)
     summary = compare_summary(models, runs, plan)
     report = render_compare_markdown(summary)
     if out is not None:
@@ -246,7 +251,7 @@ class LineageResult:
 
 
 def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str | Path | None = None,
-            progress: bool = True, **overrides) -> LineageResult:
+            progress: bool = True, resume: bool = True, overwrite: bool = False, **overrides) -> LineageResult:
     """Score every stage of ``models`` (descendant roles in training order, the last one the
     final model) on the Base -> Final first divergences."""
     from dataclasses import replace
@@ -260,8 +265,10 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     final = models.descendants[-1]
     b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers)
     cfg = replace(config, tuned=final, title=config.title or f"crosspatch lineage: base -> {final}")
+    if out is not None:
+        mark_collection(out, "lineage")
     result = run(models, prompts, cfg, out=Path(out) / "run" if out is not None else None, progress=progress,
-                 analyses=[StageScores(b, list(models.descendants))])
+                 analyses=[StageScores(b, list(models.descendants))], resume=resume, overwrite=overwrite)
     summary = lineage_summary(result, list(models.descendants), b, BootstrapConfig(config.bootstrap, config.seed))
     report = render_lineage_markdown(summary)
     if out is not None:

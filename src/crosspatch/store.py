@@ -64,6 +64,25 @@ def fingerprint(parts: dict) -> str:
 
 
 MARKER = ".crosspatch-run"  # written first into every run directory: what makes it one
+COLLECTION_MARKER = ".crosspatch-collection"  # a compare's or lineage's --out: run directories + a report
+
+
+def mark_collection(path: str | Path, kind: str) -> None:
+    """Mark ``path`` (created) as crosspatch's ``kind`` output ("compare", "lineage"), which
+    holds run directories and a report, so that the same command may resume into it."""
+    path = Path(path)
+    with _guard_write(path):
+        path.mkdir(parents=True, exist_ok=True)
+        (path / COLLECTION_MARKER).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
+
+
+def collection_kind(path: str | Path) -> str | None:
+    """The kind :func:`mark_collection` wrote into ``path``, or None."""
+    try:
+        kind = json.loads((Path(path) / COLLECTION_MARKER).read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
 _OUTPUTS = ("config.json", "summary.json", "events.parquet", "report.md", "report.html", "sweep.png", "sweep.svg")
 
 

@@ -126,17 +126,27 @@ def validate_run_options(config) -> None:
         raise OptionError(f"group-by must be a list of field names, not {config.group_by!r}")
 
 
-def check_out_dir(out: str | Path, resume: bool = True, overwrite: bool = False) -> None:
-    """``--out`` is a new, empty or crosspatch run directory, and can be written."""
-    from .store import RunStore
+def check_out_dir(out: str | Path, resume: bool = True, overwrite: bool = False, collection: str | None = None) -> None:
+    """``--out`` is a new, empty or crosspatch run directory (``collection``: or that command's
+    earlier output, "compare" or "lineage", whose runs then resume or refuse on their own), and
+    can be written."""
+    from .store import RunStore, collection_kind
 
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise RunDirectoryNotEmptyError(f"--out {out} exists and is not a directory")
-    if path.exists() and any(path.iterdir()) and not RunStore(path).is_run():
-        raise RunDirectoryNotEmptyError(
-            f"--out {out} holds files that crosspatch did not write; choose a new or empty directory "
-            "(crosspatch never deletes or mixes with files it did not write)")
+    if path.exists() and any(path.iterdir()):
+        kind = collection_kind(path)
+        if kind is not None and kind != collection:
+            raise RunDirectoryNotEmptyError(
+                f"--out {out} holds the output of a crosspatch {kind}; choose another directory")
+        if kind is None and not RunStore(path).is_run():
+            raise RunDirectoryNotEmptyError(
+                f"--out {out} holds files that crosspatch did not write; choose a new or empty directory "
+                "(crosspatch never deletes or mixes with files it did not write)")
+        if kind is None and collection is not None:
+            raise RunDirectoryNotEmptyError(f"--out {out} holds a crosspatch run, not a {collection}; choose another "
+                                            "directory")
     probe = path
     while not probe.exists():
         probe = probe.parent
