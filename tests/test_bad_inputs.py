@@ -151,6 +151,16 @@ def _other_shapes(env: Env) -> Path:
     return _model_dir(env, "other_shapes", edit)
 
 
+def _custom_code(env: Env) -> Path:
+    """A checkpoint of a model type transformers does not know, mapped to code it ships."""
+    def edit(d):
+        config = json.loads((d / "config.json").read_text())
+        config.update(model_type="weathernet", architectures=["WeatherNet"],
+                      auto_map={"AutoModelForCausalLM": "modeling_weathernet.WeatherNet"})
+        (d / "config.json").write_text(json.dumps(config))
+    return _model_dir(env, "custom_code", edit)
+
+
 def _adapter_dir(env: Env, name: str, mutate) -> Path:
     target = env.tmp / name
     shutil.copytree(env.adapter, target)
@@ -366,6 +376,8 @@ CASES = [
                                                                             "num_hidden_layers": 4})).parent),
          "UnsupportedArchitectureError"),
     Case("models", "a checkpoint that lacks a weight", lambda e: e.run_args(tuned=_lacking_weight(e)), "ModelLoadError"),
+    Case("models", "a checkpoint that ships its own model code, without --trust-remote-code",
+         lambda e: e.run_args(tuned=_custom_code(e)), "ModelLoadError"),
     Case("models", "a config.json whose shapes are not its weights", lambda e: e.run_args(tuned=_other_shapes(e)),
          "ModelLoadError"),
     Case("models", "an adapter_config.json that is not JSON",

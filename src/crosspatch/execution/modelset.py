@@ -34,7 +34,7 @@ from ..models.anatomy import Anatomy
 from ..models.checks import check_special_tokens, compare_facts, model_facts
 from ..models.execution import ModelHandle
 from ..models.loading import (
-    DTYPES, LoadOptions, adapter_settings, check_adapter_files, eos_token_ids, is_local, load_causal_lm, load_processor, load_tokenizer,
+    DTYPES, LoadOptions, adapter_settings, check_adapter_files, check_custom_code, eos_token_ids, is_local, load_causal_lm, load_processor, load_tokenizer,
     pad_token_id, provenance, quiet_loading, validate_load_options, weight_files,
 )
 from ..models.media import MediaRegistry, install_media_hook
@@ -518,6 +518,8 @@ def load_models(
     check_model_path(base, "base")
     for path in tuned_roles.values():
         check_model_path(path, "tuned")
+    for path in [base, *tuned_roles.values()]:
+        check_custom_code(path, options.trust_remote_code)
     for path in adapter_roles.values():
         check_model_path(path, "tuned", adapter=True)
         check_adapter_files(path, options.allow_pickle)

@@ -283,6 +283,24 @@ def is_prompt_learning(peft_type: str) -> bool:
 _PROMPT_LEARNING = {"PROMPT_TUNING", "MULTITASK_PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "CPT", "CARTRIDGE"}
 
 
+def check_custom_code(path: str, trust_remote_code: bool) -> None:
+    """A local checkpoint whose model type transformers does not know and whose config.json maps
+    its classes to code shipped with it (``auto_map``) loads only with ``trust_remote_code``: a
+    named error before any weight loads. (A known type with an ``auto_map``, as some official
+    checkpoints keep from before transformers supported them, loads with transformers' code.)"""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from .paths import local_config
+
+    config = local_config(path)
+    auto_map = config.get("auto_map")
+    if auto_map and not trust_remote_code and config.get("model_type") not in CONFIG_MAPPING:
+        raise ModelLoadError(
+            f"{path} ships its own model code (config.json auto_map: {', '.join(sorted(auto_map))[:200]}); crosspatch "
+            "never runs a checkpoint's code unless asked: pass --trust-remote-code (trust_remote_code=True) if you "
+            "trust it")
+
+
 def check_adapter_files(path: str, allow_pickle: bool) -> None:
     """A PEFT adapter has a readable adapter_config.json of a kind crosspatch can patch, and a
     local adapter directory has adapter weights (safetensors unless ``allow_pickle``), checked
