@@ -105,7 +105,8 @@ def test_gate_exit_codes(portable_run, tmp_path):
     (failed / "summary.json").write_text(json.dumps(summary))
     code, out = _gate(failed)
     assert code == 2 and "hybrid_state" in out["reason"]
-    for name, damage in (("counts_text", {"counts": "many"}), ("results_list", {"results": []})):
+    for name, damage in (("counts_text", {"counts": "many"}), ("results_list", {"results": []}),
+                         ("newer_format", {"schema_version": "crosspatch.summary/9"})):
         damaged = tmp_path / name
         shutil.copytree(portable_run, damaged)
         summary = json.loads((damaged / "summary.json").read_text())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import CorruptRunFileError
+from .errors import CorruptRunFileError, RunSchemaError
 from .store import check_summary_shape
 from .verdict import VerdictPolicy, decide
 
@@ -38,7 +38,7 @@ def gate(run_dir: str | Path, policy: dict | None = None) -> dict:
         check_summary_shape(summary, path / "summary.json")
         counts = summary["counts"]
         results = summary["results"]
-    except CorruptRunFileError as exc:
+    except (CorruptRunFileError, RunSchemaError) as exc:
         return _unusable(str(exc))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return _unusable(f"{path / 'summary.json'} is unreadable or malformed: {exc}")
