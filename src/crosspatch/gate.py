@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from .errors import CorruptRunFileError, RunSchemaError
-from .store import check_summary_shape
+from .store import check_summary_shape, not_a_run_message
 from .verdict import VerdictPolicy, decide
 
 
@@ -30,7 +30,7 @@ def gate(run_dir: str | Path, policy: dict | None = None) -> dict:
     if not path.is_dir():
         return _unusable(f"{path} is not a directory")
     if not (path / "config.json").exists():
-        return _unusable(f"{path} is not a crosspatch run directory (no config.json)")
+        return _unusable(not_a_run_message(path))
     if not (path / "summary.json").exists():
         return _unusable(f"{path} has no summary.json: the run did not finish (run the same command again to resume)")
     try:

@@ -76,6 +76,17 @@ def mark_collection(path: str | Path, kind: str) -> None:
         (path / COLLECTION_MARKER).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
 
 
+def not_a_run_message(path: Path) -> str:
+    """Why ``path`` (a directory without config.json) is no run, naming the runs inside a
+    compare's or lineage's output."""
+    kind = collection_kind(path)
+    if kind is None:
+        return f"{path} is not a crosspatch run directory (no config.json)"
+    runs = sorted(p.name for p in path.iterdir() if (p / "config.json").exists())
+    return (f"{path} is the output of a crosspatch {kind}, not one run: give one of its run directories "
+            f"({', '.join(str(path / r) for r in runs[:5]) or 'none finished'})")
+
+
 def collection_kind(path: str | Path) -> str | None:
     """The kind :func:`mark_collection` wrote into ``path``, or None."""
     try:
@@ -312,7 +323,7 @@ class RunStore:
         if not self.path.is_dir():
             raise NotARunDirectoryError(f"{self.path} is not a directory")
         if not path.exists():
-            raise NotARunDirectoryError(f"{self.path} is not a crosspatch run directory (no config.json)")
+            raise NotARunDirectoryError(not_a_run_message(self.path))
         cfg = _read_json(path, "config.json")
         if isinstance(cfg, dict):
             check_schema(cfg, CONFIG_SCHEMA, path)
