@@ -156,6 +156,11 @@ def test_compare_and_lineage_commands(tmp_path):
     assert res.exit_code == 2 and "output of a crosspatch compare" in res.output and str(tmp_path / "c" / "tuned") in res.output
     res = CliRunner().invoke(app, ["gate", str(tmp_path / "l")])
     assert res.exit_code == 2 and "output of a crosspatch lineage" in res.output
+    from crosspatch.errors import RunDirectoryNotEmptyError
+
+    with pytest.raises(RunDirectoryNotEmptyError, match="holds a crosspatch run, not a compare"):
+        compare(models, many_prompts(2), out=tmp_path / "l" / "run", max_new_tokens=2, bootstrap=0, progress=False)
+    assert not (tmp_path / "l" / "run" / ".crosspatch-collection").exists()
 
 
 def test_compare_under_sequential_residency_holds_one_model_at_a_time(family, tmp_path):

@@ -29,6 +29,7 @@ from .models.vocab import masked_argmax
 from .pipeline import RunConfig, RunResult, run
 from .stats import BootstrapConfig, effect_block, label_swap_null, pool_family_balanced
 from .store import mark_collection
+from .validation import check_out_dir
 
 COMPARE_SCHEMA = "crosspatch.compare/1"
 LINEAGE_SCHEMA = "crosspatch.lineage/1"
@@ -145,6 +146,7 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers)
     runs: dict[str, RunResult] = {}
     if out is not None:
+        check_out_dir(out, resume=resume, overwrite=overwrite, collection="compare")
         mark_collection(out, "compare")
     for role in models.descendants:
         extra = [CrossDescendant(b, plan[role])] if role in plan else []
@@ -266,6 +268,7 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers)
     cfg = replace(config, tuned=final, title=config.title or f"crosspatch lineage: base -> {final}")
     if out is not None:
+        check_out_dir(out, resume=resume, overwrite=overwrite, collection="lineage")
         mark_collection(out, "lineage")
     result = run(models, prompts, cfg, out=Path(out) / "run" if out is not None else None, progress=progress,
                  analyses=[StageScores(b, list(models.descendants))], resume=resume, overwrite=overwrite)
