@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 400) -> str:
+    """The first line of an exception's message (cut to ``limit``), or its type name when it says
+    nothing: what a named error quotes of the library error under it."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class CrosspatchError(Exception):
     """Base class of every error crosspatch raises on purpose."""
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterator
 
-from ..errors import CrosspatchError, EngineWorkerError
+from ..errors import CrosspatchError, EngineWorkerError, first_line
 from .modelset import ModelSet
 
 ENGINES = ("local", "ray")
@@ -81,7 +81,7 @@ def _ray_map(models: ModelSet, fn: ChunkFn, payload, items: list, workers: int) 
             try:
                 result = ray.get(done[0])
             except lost as exc:
-                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc, 300)
                 raise EngineWorkerError(
                     f"a Ray worker was lost while it processed a chunk of prompts ({type(exc).__name__}: {first}). "
                     "The chunks finished before are stored: run the same command again to resume (with fewer "

@@ -183,14 +183,14 @@ def save_crosscoder(model: Crosscoder, path: str | Path) -> Path:
 def load_crosscoder(path: str | Path) -> Crosscoder:
     """:func:`read_crosscoder`, with a damaged or inconsistent directory a :class:`ModelLoadError`
     naming it (a crosscoder is user input, like a checkpoint)."""
-    from ..errors import CrosspatchError, ModelLoadError
+    from ..errors import CrosspatchError, ModelLoadError, first_line
 
     try:
         return read_crosscoder(path)
     except CrosspatchError:
         raise
     except Exception as exc:  # json, safetensors and torch raise many types for a damaged file
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 300)
         raise ModelLoadError(f"--crosscoder {path}: not a readable crosscoder ({type(exc).__name__}: {first})") from None
 
 

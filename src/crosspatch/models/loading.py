@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DeviceUnavailableError, ModelLoadError, OptionError, PickleWeightsRefusedError, UnsupportedAdapterError
+from ..errors import (
+    DeviceUnavailableError, ModelLoadError, OptionError, PickleWeightsRefusedError, UnsupportedAdapterError, first_line,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("cpu", "cuda", "auto")  # and cuda:N
@@ -201,7 +203,7 @@ def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None =
                 else AutoModelForCausalLM
             model, info = auto.from_pretrained(path, output_loading_info=True, **kwargs)
     except Exception as exc:  # transformers, safetensors and torch raise many types for a bad checkpoint
-        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         mismatched = [" ".join(line.replace("Reinit due to size mismatch - ", "").split()) for line in report
                       if "MISMATCH" in line and "|" in line]  # transformers 5: in its log, not its error
         mismatched = mismatched or [" ".join(line.split()) for line in str(exc).splitlines() if "size mismatch" in line]
@@ -261,7 +263,7 @@ def _hub_adapter_config(repo: str) -> Path:
     try:
         return Path(hf_hub_download(repo, "adapter_config.json"))
     except Exception as exc:  # huggingface_hub raises many types: offline, not found, gated, network
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 300)
         raise ModelLoadError(f"--adapter {repo}: could not fetch its adapter_config.json from the Hub or the local "
                              f"cache ({first})") from None
 
@@ -329,7 +331,7 @@ def load_processor(path: str, options: LoadOptions):
             return AutoProcessor.from_pretrained(path, trust_remote_code=options.trust_remote_code,
                                                  revision=options.revision)
     except Exception as exc:  # transformers raises many types for a missing or bad processor
-        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise PromptImageError(f"could not load an image processor from {path!r}: {first}") from exc
 
 
@@ -342,7 +344,7 @@ def load_tokenizer(path: str, options: LoadOptions):
                 path, trust_remote_code=options.trust_remote_code, revision=options.revision
             )
     except Exception as exc:  # tokenizers and transformers raise many types for a bad tokenizer
-        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelLoadError(f"could not load a tokenizer from {path!r}: {first}") from exc
 
 
