@@ -8,6 +8,7 @@ from ..errors import (
     LayerCountMismatchError,
     SpecialTokensMismatchError,
 )
+from .paths import POSITION_LIMIT_KEYS
 
 _SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")
 
@@ -18,8 +19,7 @@ def model_facts(handle) -> dict:
 
     a = handle.anatomy
     cfg = text_config(a.model.config)
-    limit = next((getattr(cfg, k) for k in ("max_position_embeddings", "n_positions", "max_sequence_length")
-                  if isinstance(getattr(cfg, k, None), int)), None)
+    limit = next((getattr(cfg, k) for k in POSITION_LIMIT_KEYS if isinstance(getattr(cfg, k, None), int)), None)
     from .anatomy import router_name
 
     routers = {i: name for i, layer in enumerate(a.layers) if (name := router_name(layer)) is not None}

@@ -51,11 +51,9 @@ def check_hub_id(repo: str, flag: str, marker: str = "config.json") -> None:
     cached = try_to_load_from_cache(repo, marker)
     if isinstance(cached, str):
         return
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or \
-        os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in ("1", "true", "yes")
     from ..errors import HubUnavailableError
 
-    if offline:
+    if hub_offline():
         raise HubUnavailableError(
             f"{flag} {repo}: not a local directory, and not in the local Hugging Face cache while HF_HUB_OFFLINE=1; "
             "download it first or give a local path")
@@ -65,9 +63,15 @@ def check_hub_id(repo: str, flag: str, marker: str = "config.json") -> None:
             "(no network); give a local path, or download the model where there is network")
 
 
+def hub_offline() -> bool:
+    """Whether offline mode is set (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    return any(os.environ.get(name, "").lower() in ("1", "true", "yes")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
 def hub_reachable(timeout: float = 2.0) -> bool:
     """Whether the Hub answers (offline mode set: no), asked once with a short timeout."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    if hub_offline():
         return False
     import socket
     from urllib.parse import urlparse
@@ -115,10 +119,13 @@ def local_num_layers(path: str) -> int | None:
     return layers if isinstance(layers, int) else None
 
 
+POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")  # where configs say it
+
+
 def local_max_positions(path: str) -> int | None:
     """The position limit from a local checkpoint's config.json (None when unknown)."""
     cfg = text_config(local_config(path))
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+    for key in POSITION_LIMIT_KEYS:
         if isinstance(cfg.get(key), int) and cfg[key] > 0:
             return cfg[key]
     return None
