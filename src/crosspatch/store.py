@@ -47,15 +47,20 @@ def environment() -> dict:
         "cuda_available": torch.cuda.is_available(),
     }
     for name in ("transformers", "peft", "accelerate", "safetensors", "crosspatch"):
-        try:
-            from importlib.metadata import version
-
-            env[name] = version(name)
-        except Exception:  # not installed
-            env[name] = None
+        env[name] = package_version(name)
     if torch.cuda.is_available():
         env["cuda_device"] = torch.cuda.get_device_name(0)
     return env
+
+
+def package_version(name: str) -> str | None:
+    """An installed distribution's version (None when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
 
 
 def fingerprint(parts: dict) -> str:
@@ -457,17 +462,9 @@ def check_schema(data: dict, expected: str, path) -> None:
     reads, else a :class:`RunSchemaError` (a newer or older format is never half-read)."""
     version = data.get("schema_version")
     if version is not None and version != expected:
-        raise RunSchemaError(f"{path} is in format {version!r}; this crosspatch ({_version()}) reads {expected!r}: "
-                             "read it with the crosspatch version that wrote it (config.json names it), or run again")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("crosspatch")
-    except PackageNotFoundError:
-        return "source tree"
+        raise RunSchemaError(f"{path} is in format {version!r}; this crosspatch ({package_version('crosspatch') or 'source tree'}) "
+                             f"reads {expected!r}: read it with the crosspatch version that wrote it (config.json names "
+                             "it), or run again")
 
 
 def check_summary_shape(summary, path) -> None:

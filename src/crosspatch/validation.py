@@ -214,7 +214,7 @@ def check_prompt_lengths(prompt_ids: list[str], token_ids: list[list[int]], max_
         budget = f"--max-new-tokens {max_new_tokens}" + (f" and a forced token + --consequence-budget "
                                                          f"{consequence_budget}" if extra else "")
         if controls_reach > max_new_tokens + extra:
-            budget = f"the {controls_reach} tokens a control decodes (native_history; {budget})"
+            budget = f"the {controls_reach} tokens a control decodes past them ({budget})"
         raise PromptTooLongError(
             f"{len(long)} prompt(s) plus {budget} exceed the model's {limit} positions: "
             f"{shown}{', ...' if len(long) > 10 else ''}. Shorten or drop them, or lower the budget")

@@ -152,7 +152,6 @@ def _load_report(lines: list[str]) -> Iterator[None]:
     """Collect transformers' warning-level log lines (its load report) into ``lines`` instead of
     printing them."""
     import logging
-    import re
 
     from transformers.utils import logging as hf_logging
 
