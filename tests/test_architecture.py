@@ -111,3 +111,31 @@ def test_lower_layers_import_nothing_above_them():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_only_the_execution_layer_compares_residencies():
+    """Residency is decided and acted on in execution/ alone (DESIGN 2.1): no analysis, summary,
+    report or command branches on it."""
+    import re
+
+    pattern = re.compile(r"residency\s*(==|!=|\bin\b|\bnot in\b)|(==|!=)\s*\w*\.?residency\b")
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel.startswith(("execution/", "models/")):
+            continue
+        for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if pattern.search(line.split("#")[0]):
+                offenders.append(f"{rel}:{k}: {line.strip()}")
+    assert offenders == []
+
+
+def test_plugins_register_from_one_module_each():
+    """Every built-in analysis is one module that registers itself; the registry imports them by
+    name only (no import edge back from the registry to an analysis)."""
+    from crosspatch.registry import _BUILTIN_MODULES, registered
+
+    graph = import_graph()
+    assert not any(dep.startswith("crosspatch.analyses") for dep in graph["crosspatch.registry"])
+    modules = {p.summarize.__module__ for p in registered().values()}
+    assert modules <= set(_BUILTIN_MODULES) | {m for m in modules if not m.startswith("crosspatch")}

@@ -17,20 +17,34 @@ from crosspatch.verdict import VerdictPolicy, decide
 from .test_store import many_prompts
 
 
-def _block(e_pt, e_it, inter, n_prompts=20):
+def _block(e_pt, e_it, inter, share=None, n_prompts=20):
     def stat(m, ci):
         return {"mean": m, "ci": list(ci)}
+    share = share or (inter[0] / e_it[0], (inter[1][0] / e_it[0], inter[1][1] / e_it[0]))
     return {"n_events": n_prompts, "n_prompts": n_prompts,
-            "effects": {"E_PT": stat(*e_pt), "E_IT": stat(*e_it), "interaction": stat(*inter)}}
+            "effects": {"E_PT": stat(*e_pt), "E_IT": stat(*e_it), "interaction": stat(*inter),
+                        "late_interaction_share": stat(*share)}}
+
+
+PAPER_IT = _block((0.76, (0.4, 1.1)), (2.44, (2.0, 2.9)), (1.68, (1.2, 2.1)), (0.69, (0.56, 0.80)))
+DEMO_IT_FULL = _block((1.10, (0.7, 1.5)), (2.12, (1.7, 2.5)), (1.02, (0.67, 1.37)), (0.48, (0.33, 0.62)))
 
 
 @pytest.mark.parametrize("block, verdict", [
-    # the paper's instruction tuning: E_PT +0.76, E_IT +2.44, I +1.68 (69% of E_IT) -> upstream-dependent
-    (_block((0.76, (0.4, 1.1)), (2.44, (2.0, 2.9)), (1.68, (1.2, 2.1))), "upstream-dependent"),
+    # the paper's instruction tuning: E_PT +0.76, E_IT +2.44, I +1.68 (69% [56%, 80%] of E_IT) -> upstream-dependent
+    (PAPER_IT, "upstream-dependent"),
     # the paper's math fine-tune: large portable E_PT, I slightly negative -> portable
-    (_block((3.43, (3.0, 3.9)), (3.28, (2.9, 3.7)), (-0.15, (-0.5, 0.2))), "portable"),
+    (_block((3.43, (3.0, 3.9)), (3.28, (2.9, 3.7)), (-0.15, (-0.5, 0.2)), (-0.05, (-0.15, 0.06))), "portable"),
+    # the demo's it-full: 48% [33%, 62%] straddles the upper bound -> the middle grade
+    (DEMO_IT_FULL, "partly-upstream-dependent"),
+    # a share interval between the bounds
+    (_block((1.0, (0.7, 1.3)), (1.6, (1.3, 1.9)), (0.6, (0.4, 0.8)), (0.37, (0.3, 0.45))), "partly-upstream-dependent"),
+    # a share interval across both bounds: too wide to grade
+    (_block((1.0, (0.2, 1.8)), (1.6, (1.0, 2.2)), (0.6, (-0.2, 1.4)), (0.37, (-0.1, 0.8))), "inconclusive"),
+    # a share below the portable bound, but E_PT's interval contains zero: the portable part is not established
+    (_block((0.6, (-0.1, 1.3)), (0.8, (0.3, 1.3)), (0.2, (0.0, 0.3)), (0.1, (0.0, 0.2))), "inconclusive"),
     # nothing moves
-    (_block((0.01, (-0.1, 0.1)), (0.02, (-0.1, 0.15)), (0.01, (-0.1, 0.1))), "no-late-effect"),
+    (_block((0.01, (-0.1, 0.1)), (0.02, (-0.1, 0.15)), (0.01, (-0.1, 0.1)), (0.0, (0.0, 0.0))), "no-late-effect"),
     # significant but negligible: both whole intervals within +-0.5 logits
     (_block((-0.23, (-0.41, -0.04)), (-0.21, (-0.31, -0.09)), (0.02, (-0.06, 0.09))), "no-late-effect"),
     # nothing significant but too wide to tell
@@ -44,15 +58,74 @@ def test_verdict_rule(block, verdict):
     assert decide(block)["verdict"] == verdict
 
 
-def test_a_failed_sanity_control_or_the_label_swap_null_changes_the_verdict():
-    block = _block((0.76, (0.4, 1.1)), (2.44, (2.0, 2.9)), (1.68, (1.2, 2.1)))
-    assert decide(block, [{"control": "hybrid_state", "status": "fail"}])["verdict"] == "inconclusive"
-    within_null = [{"control": "label_swap", "status": "warn"}]
-    assert decide(block, within_null)["verdict"] != "upstream-dependent"
-    lenient = VerdictPolicy(max_interaction_share=0.8)  # 69% is under 80%, E_PT share 31% >= 30%
-    assert decide(block, None, lenient)["verdict"] == "portable"
-    between = VerdictPolicy(max_interaction_share=0.8, min_portable_share=0.5)
-    assert decide(block, None, between)["verdict"] == "inconclusive"
+def test_every_verdict_sentence_quotes_the_share_that_decided_it():
+    for block in (PAPER_IT, DEMO_IT_FULL):
+        out = decide(block)
+        share = block["effects"]["late_interaction_share"]
+        quoted = f"{100 * share['mean']:.0f}% [{100 * share['ci'][0]:.0f}%, {100 * share['ci'][1]:.0f}%]"
+        assert quoted in out["reason"] and "+1.02 [+0.67, +1.37]" in decide(DEMO_IT_FULL)["reason"]
+    assert "self-contained" not in decide(DEMO_IT_FULL)["reason"]  # never the opposite of the middle grade
+
+
+LABEL_SWAP_FAILS = {"control": "label_swap", "status": "warn", "summary": "within the null",
+                    "details": {"on_failure": "inconclusive", "weakens": ["partly-upstream-dependent", "upstream-dependent"]}}
+READOUTS_DISAGREE = {"control": "readout_agreement", "status": "warn", "summary": "the grade depends on the head",
+                     "details": {"on_failure": "inconclusive",
+                                 "weakens": ["portable", "partly-upstream-dependent", "upstream-dependent"]}}
+SANITY_FAILS = {"control": "hybrid_state", "status": "fail", "summary": "reconstruction failed",
+                "details": {"on_failure": "unusable"}}
+CAVEAT = {"control": "near_ties", "status": "warn", "summary": "many near-ties", "details": {}}
+PASSES = {"control": "pre_divergence", "status": "pass", "summary": "near zero", "details": {}}
+
+
+def test_a_failing_control_never_inverts_the_verdict():
+    """The regression of the inversion: +2.19 [+0.82, +3.58] with the label-swap control failing
+    used to come out 'portable' ("not reliably of the late effect's sign"); a failing control
+    may only make a verdict inconclusive."""
+    block = _block((1.28, (0.4, 2.1)), (3.47, (2.6, 4.3)), (2.19, (0.82, 3.58)), (0.63, (0.52, 0.78)))
+    assert decide(block)["verdict"] == "upstream-dependent"
+    out = decide(block, [LABEL_SWAP_FAILS])
+    assert out["verdict"] == "inconclusive" and out["grade"] == "upstream-dependent"
+    assert "would say upstream-dependent" in out["reason"] and out["weakened_by"] == ["label_swap"]
+
+
+def test_adding_controls_only_keeps_a_verdict_or_makes_it_inconclusive():
+    import itertools
+
+    blocks = [PAPER_IT, DEMO_IT_FULL,
+              _block((3.43, (3.0, 3.9)), (3.28, (2.9, 3.7)), (-0.15, (-0.5, 0.2)), (-0.05, (-0.15, 0.06))),
+              _block((0.01, (-0.1, 0.1)), (0.02, (-0.1, 0.15)), (0.01, (-0.1, 0.1)), (0.0, (0.0, 0.0)))]
+    rows = [LABEL_SWAP_FAILS, READOUTS_DISAGREE, SANITY_FAILS, CAVEAT, PASSES]
+    for block in blocks:
+        for k in range(len(rows) + 1):
+            for subset in itertools.combinations(rows, k):
+                before = decide(block, list(subset))["verdict"]
+                for extra in rows:
+                    if extra not in subset:
+                        after = decide(block, list(subset) + [extra])["verdict"]
+                        assert after in (before, "inconclusive"), (subset, extra, before, after)
+
+
+def test_identical_models_give_no_events_and_pass_the_gate(tmp_path):
+    from crosspatch.execution import pair_from_models
+    from crosspatch.testing import char_tokenizer, tiny_model
+
+    model = tiny_model("llama")
+    pair = pair_from_models(model, model, char_tokenizer())
+    result = run(pair, many_prompts(6), boundary=2, max_new_tokens=6, bootstrap=200, progress=False,
+                 out=tmp_path / "same")
+    assert result.summary["counts"]["events"] == 0 and result.verdict["verdict"] == "no-late-effect"
+    code, out = _gate(tmp_path / "same")
+    assert (code, out["status"]) == (0, "pass")
+
+
+def test_policy_checks_its_bounds():
+    with pytest.raises(ValueError, match="must not exceed"):
+        VerdictPolicy.from_dict({"portable_interaction_share": 0.6, "max_interaction_share": 0.5})
+    with pytest.raises(ValueError, match="replaced by portable_interaction_share"):
+        VerdictPolicy.from_dict({"min_portable_share": 0.3})
+    strict = VerdictPolicy(max_interaction_share=0.8)
+    assert decide(PAPER_IT, None, strict)["verdict"] == "partly-upstream-dependent"
 
 
 def test_policy_from_dict_refuses_unknown_keys():
@@ -80,8 +153,9 @@ def test_gate_exit_codes(portable_run, tmp_path):
     assert (code, out["status"], out["verdict"]) == (0, "pass", "portable")
     code, out = _gate(portable_run, "--allow", "upstream-dependent")
     assert (code, out["status"]) == (1, "fail")
-    code, out = _gate(portable_run, "--min-portable-share", "1.5")  # stricter than the run can meet
-    assert code == 1 and out["verdict"] == "inconclusive"
+    # an interaction share must lie below -0.5 to be portable: the same run is now not portable
+    code, out = _gate(portable_run, "--portable-interaction-share", "0", "--max-interaction-share", "0")
+    assert code == 1 and out["verdict"] != "portable"
     policy = tmp_path / "policy.yaml"
     policy.write_text("pass_verdicts: [upstream-dependent]\n")
     assert _gate(portable_run, "--policy", policy)[0] == 1
@@ -129,11 +203,18 @@ def test_no_event_at_all_says_so_instead_of_reporting_empty_numbers():
     assert out["reason"].startswith("No prompt produced a first-divergence event") and "n/a" not in out["reason"]
 
 
+def test_adding_controls_to_a_run_never_inverts_its_verdict(portable_run):
+    base = run(make_pair("llama", perturb=[2, 3], scale=2.0), many_prompts(16), boundary=2, max_new_tokens=8,
+               bootstrap=300, progress=False, plan="exact", event_kinds="first_diff", controls="none")
+    full = json.loads((portable_run / "summary.json").read_text())["verdict"]
+    assert full["verdict"] in (base.verdict["verdict"], "inconclusive")
+
+
 @pytest.mark.parametrize("policy, message", [
     ({"min_prompts": "five"}, "min_prompts must be a whole number"),
     ({"min_prompts": 0}, "min_prompts must be a whole number"),
     ({"min_prompts": True}, "min_prompts must be a whole number"),
-    ({"min_portable_share": float("nan")}, "finite number"),
+    ({"portable_interaction_share": float("nan")}, "finite number"),
     ({"max_interaction_share": -0.5}, "finite number"),
     ({"min_late_effect": "big"}, "finite number"),
     ({"readout": "common_xx"}, "readout must be"),

@@ -226,6 +226,7 @@ def _print_plan(kw: dict, tuned: list[str], adapters: list[str], items, config, 
     """The --dry-run plan: everything decided before a weight is loaded."""
     from .controls import parse_controls
     from .execution import choose_residency, kv_bytes_per_token, largest_batch_tokens
+    from .execution.batching import state_cache_bytes
     from .kinds import parse_event_kinds
     from .models.loading import DTYPES, load_tokenizer
     from .models.paths import local_config, text_config
@@ -261,8 +262,8 @@ def _print_plan(kw: dict, tuned: list[str], adapters: list[str], items, config, 
         lines.append(f"estimated work: at most {fe:,.0f} token forward-pass equivalents over {tokens:,} prompt+budget "
                      "tokens (search, cells" + (", event kinds" if len(kinds) > 1 else "") + "; controls add a little)")
         hidden = text_config(model_config).get("hidden_size") or model_config.get("n_embd")
-        if isinstance(hidden, int) and residency == "sequential":
-            size = 2 * tokens * hidden * itemsize * (len(bounds) + 1)
+        size = state_cache_bytes(residency, tokens, hidden, itemsize, len(bounds)) if isinstance(hidden, int) else None
+        if size is not None:
             lines.append(f"state cache (sequential, CPU): up to {size / 2**20:.1f} MiB")
     lines.append(f"batching: up to {config.batch_size} sequences per forward pass"
                  + (f", at most {config.max_batch_tokens:,} padded tokens (prompt + generation budget while decoding)"
@@ -459,10 +460,11 @@ def load_policy(path: Path) -> dict:
 @app.command("gate")
 def gate_cmd(
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
-    max_interaction_share: Optional[float] = typer.Option(None, "--max-interaction-share",
-                                                          help="Upstream-dependent above this I/E_IT (default 0.5)."),
-    min_portable_share: Optional[float] = typer.Option(None, "--min-portable-share",
-                                                       help="Portable from this E_PT/E_IT on (default 0.3)."),
+    max_interaction_share: Optional[float] = typer.Option(
+        None, "--max-interaction-share", help="Upstream-dependent when the whole I/E_IT interval lies above this (default 0.5)."),
+    portable_interaction_share: Optional[float] = typer.Option(
+        None, "--portable-interaction-share",
+        help="Portable when the whole I/E_IT interval lies below this and E_PT is reliable (default 0.25)."),
     min_late_effect: Optional[float] = typer.Option(None, "--min-late-effect",
                                                     help="No late effect when both intervals lie within ±this (default 0.5)."),
     min_prompts: Optional[int] = typer.Option(None, "--min-prompts", help="Fewer prompts with events: inconclusive (default 5)."),
@@ -477,7 +479,8 @@ def gate_cmd(
 
     from .gate import gate
 
-    overrides = {k: v for k, v in dict(max_interaction_share=max_interaction_share, min_portable_share=min_portable_share,
+    overrides = {k: v for k, v in dict(max_interaction_share=max_interaction_share,
+                                        portable_interaction_share=portable_interaction_share,
                                         min_late_effect=min_late_effect, min_prompts=min_prompts).items() if v is not None}
     if allow:
         overrides["pass_verdicts"] = [x.strip() for x in allow.split(",") if x.strip()]
@@ -520,9 +523,12 @@ def consequence_cmd(
         cons = consequence_for_run(run_dir, load_prompts(prompts), budget, with_pt)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
-    from .report.markdown import consequence_lines
+    from .consequence import render_consequences
+    from .report.sections import section_markdown
 
-    _print_section(consequence_lines(cons), f"{run_dir / 'consequence.jsonl'}, summary.json, report.md, report.html")
+    section = render_consequences(cons)
+    _print_section(section_markdown(section) if section else [],
+                   f"{run_dir / 'consequence.jsonl'}, summary.json, report.md, report.html")
 
 
 @app.command("pool")
@@ -581,9 +587,12 @@ def _features(run_dir: Path, crosscoder: Optional[Path], layers: int, latents: i
                               log=lambda m: console.print(m, soft_wrap=True, markup=False))
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
-    from .report.markdown import features_lines
+    from .features.plugin import render_features
+    from .report.sections import section_markdown
 
-    _print_section(features_lines(result), f"{run_dir / 'features'}/, summary.json, report.md, report.html")
+    section = render_features(result)
+    _print_section(section_markdown(section) if section else [],
+                   f"{run_dir / 'features'}/, summary.json, report.md, report.html")
 
 
 @features_app.command("train")

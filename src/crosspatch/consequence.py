@@ -27,7 +27,8 @@ import torch
 
 from .analysis import Analysis, EventSet
 from .execution import Decode, Executor, Program
-from .stats import BootstrapConfig
+from .registry import AnalysisPlugin, PlanContext, Section, SummaryContext, Table, register_analysis
+from .stats import BootstrapConfig, cluster_mean_ci
 
 FORCED = ("t_it", "t_pt", "matched", "random")
 CONSEQUENCE_FILE = "consequence.jsonl"
@@ -85,24 +86,6 @@ class Consequence(Analysis):
         return rows
 
 
-def _cluster_ci(values: np.ndarray, clusters: list[str], boot: BootstrapConfig):
-    """Mean and percentile interval of ``values`` with prompts resampled together."""
-    if len(values) == 0:
-        return {"mean": None, "ci": None, "n": 0}
-    names, index = np.unique(np.asarray(clusters), return_inverse=True)
-    mean = float(values.mean())
-    if len(names) < 5 or boot.n_resamples <= 0:
-        return {"mean": mean, "ci": None, "n": int(len(values))}
-    sums = np.zeros(len(names))
-    np.add.at(sums, index, values)
-    counts = np.bincount(index, minlength=len(names)).astype(float)
-    w = np.random.default_rng(boot.seed).multinomial(len(names), np.full(len(names), 1 / len(names)),
-                                                     size=boot.n_resamples)
-    res = (w @ sums) / (w @ counts)
-    lo, hi = np.percentile(res, [2.5, 97.5])
-    return {"mean": mean, "ci": [float(lo), float(hi)], "n": int(len(values))}
-
-
 def _correlation(x: np.ndarray, y: np.ndarray, clusters: list[str], boot: BootstrapConfig):
     if len(x) < 3 or x.std() == 0 or y.std() == 0:
         return {"r": None, "ci": None, "n": int(len(x)), "note": "too few events or no variation"}
@@ -130,9 +113,9 @@ def consequence_summary(rows: list[dict], interactions: dict[str, float], boot: 
         rs = [r for r in rows if label in r["results"]]
         clusters = [r["prompt_id"] for r in rs]
         passed = {n: np.array([float(r["results"][label][n]["pass"]) for r in rs]) for n in FORCED}
-        block = {"pass_rate": {n: _cluster_ci(passed[n], clusters, boot) for n in FORCED},
-                 "delta_t_it_minus_t_pt": _cluster_ci(passed["t_it"] - passed["t_pt"], clusters, boot),
-                 "delta_t_it_minus_matched": _cluster_ci(passed["t_it"] - passed["matched"], clusters, boot),
+        block = {"pass_rate": {n: cluster_mean_ci(passed[n], clusters, boot) for n in FORCED},
+                 "delta_t_it_minus_t_pt": cluster_mean_ci(passed["t_it"] - passed["t_pt"], clusters, boot),
+                 "delta_t_it_minus_matched": cluster_mean_ci(passed["t_it"] - passed["matched"], clusters, boot),
                  "by_category": {}}
         for cat in sorted({r["category"] or "" for r in rs}):
             idx = [k for k, r in enumerate(rs) if (r["category"] or "") == cat]
@@ -176,17 +159,18 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
                         progress: bool = False) -> dict:
     """``crosspatch consequence RUN_DIR``: forced-token continuations of a finished run's
     first-divergence events (prompts give the validators); resumable (events already scored in
-    consequence.jsonl are skipped). Updates summary.json and the reports; returns the summary."""
+    consequence.jsonl are skipped). Works on every run directory crosspatch writes (a pair, a
+    compare member, a lineage run). Updates summary.json and the reports; returns the block."""
     from .errors import OptionError
+    from .finished import first_events, resummarize, run_on_finished
     from .models.paths import local_max_positions
-    from .reopen import first_events, reopen_models
     from .validation import check_continuation_lengths
-    from .report.render import render_reports
     from .prompts import as_prompts
     from .store import RunStore
 
     store = RunStore(run_dir)
-    config, summary = store.config(), store.summary()
+    config = store.config()
+    store.summary()  # the run must have finished
     validators = validators_of(as_prompts(prompts))
     if not validators:
         raise OptionError("no prompt carries a 'validator' field: nothing to score")
@@ -196,7 +180,7 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
         raise OptionError(f"none of the {len(validators)} prompt(s) with a validator ({shown}"
                           f"{', ...' if len(validators) > 5 else ''}) is a prompt of the run in {store.path}: "
                           "give the run's own prompt file, with 'validator' fields added")
-    _, records, events = first_events(store, config)
+    _, _, events = first_events(store, config)
     seed = config["options"].get("seed", 0)
     stored = store.load_rows(CONSEQUENCE_FILE)
     check_stored_consequences(stored, validators, budget, with_pt, seed, store.path / CONSEQUENCE_FILE)
@@ -206,18 +190,59 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     base_path = (config.get("models", {}).get("base") or {}).get("path")
     check_continuation_lengths(lengths, budget, local_max_positions(base_path) if base_path else None)
     if events:
-        pair = reopen_models(config)
-        check_continuation_lengths(lengths, budget, pair.facts[pair.base].get("max_positions"))
-        ex = Executor.for_run(pair, config["options"])
-        rows = ex.drive(Consequence(validators, budget, with_pt, seed).program(
-            ex, EventSet(events, pair.base, pair.roles[1], None)))
-        store.append_rows(CONSEQUENCE_FILE, rows)
-        pair.release()
-    rows = store.load_rows(CONSEQUENCE_FILE)
-    inter = {r.key.rsplit("@", 1)[0]: r.effects()["interaction"] for r in records}
-    opts = config["options"]
-    summary["consequences"] = consequence_summary(rows, inter, BootstrapConfig(opts.get("bootstrap", 2000),
-                                                                               opts.get("seed", 0)))
-    store.write_summary(summary)
-    render_reports(store, summary, config)
-    return summary["consequences"]
+        summary = run_on_finished(run_dir, Consequence(validators, budget, with_pt, seed), events,
+                                  check_models=lambda models: check_continuation_lengths(
+                                      lengths, budget, models.facts[models.base].get("max_positions")))
+    else:
+        with store.lock():
+            summary = resummarize(store, config)
+    return summary.get("consequences") or {}
+
+
+def _build(options, plan: PlanContext) -> Consequence | None:
+    config = plan.config
+    if not getattr(config, "consequence", False) or not plan.validators:
+        return None
+    return Consequence(plan.validators, config.consequence_budget, config.consequence_with_pt, config.seed)
+
+
+def _summarize(rows: list[dict], ctx: SummaryContext, options) -> dict | None:
+    if not rows:
+        return None
+    inter = {r.key.rsplit("@", 1)[0]: r.effects()["interaction"] for r in ctx.first}
+    return consequence_summary(rows, inter, ctx.bootstrap("consequences"))
+
+
+def _rate(stat: dict, signed: bool = False) -> str:
+    if stat.get("mean") is None:
+        return "n/a"
+    text = f"{stat['mean']:+.2f}" if signed else f"{stat['mean']:.2f}"
+    ci = stat.get("ci")
+    if ci and None not in ci:
+        text += f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if signed else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+    return text + f" (n={stat.get('n', 0)})"
+
+
+def render_consequences(block: dict) -> Section | None:
+    """Pass rates per forced token, the deltas and the interaction correlation, with intervals."""
+    if not block or not block.get("by_model"):
+        return None
+    rows = []
+    for label, b in block["by_model"].items():
+        corr = b["interaction_vs_delta"]
+        corr_text = "n/a" if corr.get("r") is None else f"{corr['r']:+.2f}" + (
+            f" [{corr['ci'][0]:+.2f}, {corr['ci'][1]:+.2f}]" if corr.get("ci") else "") + f" (n={corr.get('n', 0)})"
+        rows.append([f"continued by {label}"] + [_rate(b["pass_rate"][n]) for n in FORCED]
+                    + [_rate(b["delta_t_it_minus_t_pt"], True), _rate(b["delta_t_it_minus_matched"], True), corr_text])
+    return Section(
+        "Consequences: does the divergent token matter?",
+        [f"{block['n_events']} event(s) with a validator; each first token forced, the continuation (suffix only, "
+         "the forced token excluded) scored by the prompt's validator. Rates and deltas with 95% prompt-cluster "
+         "intervals."],
+        [Table(["", "pass t_IT", "pass t_PT", "pass matched", "pass random", "t_IT - t_PT", "t_IT - matched",
+                "corr(interaction, delta)"], rows)])
+
+
+PLUGIN = register_analysis(AnalysisPlugin(
+    "consequence", _summarize, build=_build, render=render_consequences, default=True, summary_key="consequences",
+    description="forced-token continuations scored by the prompts' validators (--consequence)"))

@@ -55,7 +55,7 @@ def gate(run_dir: str | Path, policy: dict | None = None) -> dict:
         block = results[boundary][rules.readout]["all"]
     except KeyError:
         return _unusable(f"summary.json has no results for boundary {boundary} and readout {rules.readout}")
-    decision = decide(block, controls, rules)
+    decision = decide(block, controls, rules, counts)
     passed = decision["verdict"] in rules.pass_verdicts
     return {"status": "pass" if passed else "fail", "exit_code": 0 if passed else 1,
             "verdict": decision["verdict"], "reason": decision["reason"], "boundary": int(boundary),

@@ -11,31 +11,32 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .analysis import EventSet
 from .cells import CellRecord, CellsConfig, CrossPatch, headline_boundary, resolve_boundary
-from .controls import PASS_CONTROLS, control_analyses, control_rows, parse_controls
 from .kinds import EventKinds, parse_event_kinds, relabel
-from .verdict import VerdictPolicy, decide
-from .divergence import NO_DIVERGENCE_REASONS, DivergenceConfig, NoDivergence, divergence_program, find_divergences
+from .registry import PlanContext, enabled_plugins
+from .summary import build_summary
+from .verdict import VerdictPolicy
+from .divergence import DivergenceConfig, NoDivergence, divergence_program, find_divergences
 from .execution import Executor, ModelSet, map_chunks
+from .execution.batching import chunk_size, state_cache_bytes as cache_bytes
 from .models.execution import WorkCounter, counting_work
 from .models.loading import DTYPES
 from .models.vocab import tokenize_once
 from .prompts import Prompt, as_prompts
 from .report.markdown import render_markdown
 from .report.render import render_reports
-from .stats import BootstrapConfig, summarize_boundaries
+from .stats import BootstrapConfig
 from .errors import BoundaryError, IncompleteRunError, OptionError, RunDirectoryError
 from .validation import (
     check_chat_template, check_group_by, check_prompt_lengths, check_prompt_token_ids, parse_shard,
     validate_run_options,
 )
 from .store import (
-    CONFIG_SCHEMA, EVENTS_FILE, NO_DIV_FILE, SUMMARY_SCHEMA, RunStore, completed_prompts, environment, events_frame, fingerprint,
+    CONFIG_SCHEMA, EVENTS_FILE, NO_DIV_FILE, RunStore, completed_prompts, environment, events_frame, fingerprint,
 )
 
 
@@ -72,6 +73,8 @@ class RunConfig:
     consequence: bool = False  # forced-token continuations scored by the prompts' validators
     consequence_budget: int = 32  # tokens generated after the forced token
     consequence_with_pt: bool = False  # also continue with the base
+    analyses: list[str] = field(default_factory=list)  # registered analyses to run beyond the default ones
+    analysis_options: dict = field(default_factory=dict)  # {analysis name: {option: value}} (its options dataclass)
 
 
 @dataclass
@@ -237,6 +240,7 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
         "num_layers": pair.num_layers,
         "residency": pair.residency,
         "models": {k: v for k, v in pair.provenance.items() if k != "load_spec"},
+        "load_spec": pair.provenance.get("load_spec"),  # what reloads these models (after-the-fact analyses)
         "roles": list(pair.roles),
         "load_options": pair.provenance.get("load_options", {}),
         "prompts": {"count": len(prompts), "sha256": digest},
@@ -248,110 +252,6 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
         "run_fingerprint": run_fingerprint,  # the same for every shard of one run
         "fingerprint": fingerprint({"run": run_fingerprint, "shard": config.shard}),
     }
-
-
-def build_summary(
-    config_record: dict, records: list[CellRecord], no_div: list[NoDivergence], prompts_count: int,
-    boot: BootstrapConfig, extra: dict | None = None, analyses: dict[str, list] | None = None,
-) -> dict:
-    """Counts, warnings, statistics, controls and the verdict of a run (a pure function of the
-    stored records; ``analyses``: the controls' and other analyses' records by name)."""
-    boundaries = config_record["resolved_boundaries"]
-    first = [r for r in records if r.boundary == boundaries[0] and r.kind == "first_diff"]
-    reasons = dict.fromkeys(NO_DIVERGENCE_REASONS, 0)
-    for x in no_div:
-        reasons[x.reason] = reasons.get(x.reason, 0) + 1
-    counts = {
-        "prompts": prompts_count,
-        "events": sum(r.valid for r in first),
-        "invalid": sum(not r.valid for r in first),
-        "near_tie": sum(r.near_tie for r in first),
-        "natural_disagree": sum(not r.natural_agrees for r in first),
-        "no_divergence": reasons,
-    }
-    warnings = list(config_record.get("pair_warnings", [])) + list(config_record.get("run_warnings", []))
-    non_finite = [x for x in no_div if x.reason == "non_finite_logits"]
-    if non_finite:
-        whose = Counter(x.model or "a model" for x in non_finite)
-        warnings.append(
-            f"{len(non_finite)} prompt(s) have no event because a model's logits were NaN or infinite before the "
-            f"two disagreed ({', '.join(f'{m}: {n}' for m, n in whose.items())}): "
-            f"{', '.join(x.prompt_id for x in non_finite)[:300]}; in float16 this is usually an overflow "
-            "(use --dtype bfloat16 or float32), otherwise a damaged checkpoint"
-        )
-    if counts["invalid"]:
-        bad = ", ".join(r.prompt_id for r in first if not r.valid)[:300]
-        warnings.append(f"{counts['invalid']} event(s) had non-finite cells and were excluded: {bad}")
-    if counts["near_tie"]:
-        warnings.append(
-            f"{counts['near_tie']} event(s) are near-ties (a top-1/top-2 margin under "
-            f"{config_record['options']['near_tie_threshold']} logits); in low precision the divergence "
-            "may move, consider --dtype float32"
-        )
-    if counts["natural_disagree"]:
-        warnings.append(
-            f"{counts['natural_disagree']} event(s) where a recomputed forward did not reproduce the "
-            "searched token as argmax (numerical tie)"
-        )
-    summary = {
-        "schema_version": SUMMARY_SCHEMA,
-        "num_layers": config_record["num_layers"],
-        "boundaries": [str(b) for b in boundaries],
-        "counts": counts,
-        "results": summarize_boundaries(
-            records, boot, config_record["options"].get("group_by") or (), boundaries
-        ),
-        "warnings": warnings,
-        "no_divergence_prompts": [{"prompt_id": x.prompt_id, "reason": x.reason,
-                                   **({"model": x.model} if x.model else {})} for x in no_div],
-        "real_vocabulary": config_record.get("real_vocabulary"),
-    }
-    opts = config_record["options"]
-    headline = headline_boundary(boundaries, config_record["num_layers"])
-    names = parse_controls(opts.get("controls", "default"))
-    at_headline = [r for r in records if r.boundary == headline and r.kind == "first_diff"]
-    rows = control_rows(names, at_headline, {k: [_as_row(r) for r in v] for k, v in (analyses or {}).items()},
-                        boot, config_record.get("load_options", {}).get("dtype", "float32"),
-                        opts.get("near_tie_threshold", 0.05), opts.get("seed", 0))
-    policy = VerdictPolicy.from_dict(opts.get("policy") or {})
-    block = summary["results"][str(headline)][policy.readout]
-    fp32 = (extra or {}).get("fp32_verification")
-    for row in rows:
-        if row["control"] == "near_ties" and fp32:
-            row["details"]["fp32_verification"] = fp32
-            if fp32["checked"]:
-                row["summary"] += f"; re-run in float32: {fp32['moved']} of {fp32['checked']} moved"
-    summary["controls"] = rows
-    if analyses and analyses.get("routing"):
-        from .routing import routing_summary
-
-        summary["routing"] = routing_summary([_as_row(r) for r in analyses["routing"]])
-    if analyses and analyses.get("consequence"):
-        from .consequence import consequence_summary
-
-        inter = {r.key.rsplit("@", 1)[0]: r.effects()["interaction"] for r in at_headline if r.valid}
-        summary["consequences"] = consequence_summary([_as_row(r) for r in analyses["consequence"]], inter, boot)
-    summary["verdict"] = {**decide(block["all"], rows, policy), "boundary": headline, "readout": policy.readout}
-    if non_finite and not block["all"].get("n_prompts"):
-        summary["verdict"]["reason"] = (
-            f"No prompt produced a scorable event, and {len(non_finite)} of {prompts_count} stopped at NaN or "
-            "infinite logits before the two models disagreed (see the warnings): check the models' dtype "
-            "(float16 overflows) and weights before reading anything else.")
-    if prompts_count == 0:  # a shard of a job array that got no prompt
-        summary["verdict"]["reason"] = (f"This run holds no prompt (shard {opts.get('shard')} of a prompt set with "
-                                        "fewer prompts than shards); merge it with the other shards.")
-    summary["verdicts_by_category"] = {name: decide(b, None, policy)["verdict"]
-                                       for name, b in block["by_category"].items()}
-    for row in rows:
-        if row["status"] in ("warn", "fail"):
-            warnings.append(f"control {row['control']} ({row['status']}): {row['summary']}")
-    if extra:
-        summary.update(extra)
-    return summary
-
-
-def _as_row(record) -> dict:
-    return record.to_record() if hasattr(record, "to_record") else record
 
 
 def missing_prompts(prompt_ids: list[str], records: list[CellRecord], no_div: list[NoDivergence],
@@ -419,7 +319,7 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override
     analyses = {n[: -len(".jsonl")]: [row for st in stores for row in st.load_rows(n)] for n in names}
     opts = record["options"]
     summary = build_summary(record, records, no_div, prompts_count, BootstrapConfig(opts["bootstrap"], opts["seed"]),
-                            analyses=analyses)
+                            analyses=analyses, run_dir=out)
     store = RunStore(out)
     store.write_complete(record, records, no_div, overwrite=overwrite)
     for name, rows in analyses.items():
@@ -495,21 +395,25 @@ def process_chunk(models, plan: ChunkPlan, item) -> ChunkResult:
 
 def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analyses=(),
                validators: dict | None = None) -> ChunkPlan:
+    """What every chunk runs: the search, the 2x2, and the analysis of every enabled plug-in
+    (selected controls, default analyses, ``config.analyses``), then ``analyses`` given in Python
+    (Analysis objects, or names of registered plug-ins)."""
     div_cfg = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model,
                                capture_boundaries=boundaries if config.plan == "minimal" else None,
                                max_batch_tokens=config.max_batch_tokens)
     cells = CellsConfig(config.batch_size, config.near_tie_threshold, config.max_batch_tokens)
     kinds = parse_event_kinds(config.event_kinds)
-    controls = control_analyses([c for c in parse_controls(config.controls) if c in PASS_CONTROLS],
-                                headline_boundary(boundaries, num_layers), config.max_new_tokens, config.seed, cells)
-    from .routing import RouterShift
-
-    controls.append(RouterShift(headline_boundary(boundaries, num_layers)))  # MoE only; no passes for dense models
-    if config.consequence and validators:
-        from .consequence import Consequence
-
-        controls.append(Consequence(validators, config.consequence_budget, config.consequence_with_pt, config.seed))
-    return ChunkPlan(boundaries, div_cfg, cells, controls + list(analyses), config.tuned,
+    context = PlanContext(config, boundaries, headline_boundary(boundaries, num_layers), num_layers, cells,
+                          validators or {})
+    given = [a for a in analyses if not isinstance(a, str)]
+    built = []
+    for plugin in enabled_plugins(vars(config), [a for a in analyses if isinstance(a, str)]):
+        if plugin.build is None:
+            continue
+        analysis = plugin.build(plugin.make_options(config.analysis_options.get(plugin.name)), context)
+        if analysis is not None:
+            built.append(analysis)
+    return ChunkPlan(boundaries, div_cfg, cells, built + given, config.tuned,
                      EventKinds(boundaries, kinds, config.max_new_tokens, config.rollout_model, cells)
                      if len(kinds) > 1 else None)
 
@@ -556,7 +460,7 @@ def state_cache_bytes(models: ModelSet, prompt_ids: list[list[int]], max_new_tok
     dtype = models.provenance.get("load_options", {}).get("dtype", "float32")
     itemsize = DTYPES[dtype].itemsize if dtype in DTYPES else 4
     tokens = sum(len(p) + max_new_tokens for p in prompt_ids)
-    return 2 * tokens * models.hidden_size * itemsize * (n_boundaries + 1)
+    return cache_bytes("sequential", tokens, models.hidden_size, itemsize, n_boundaries)
 
 
 def _say(enabled: bool, message: str) -> None:
@@ -600,6 +504,10 @@ def run(
         if not hasattr(config, key):
             raise TypeError(f"unknown run option {key!r}")
         setattr(config, key, value)
+    named = [a for a in analyses if isinstance(a, str)]  # registered analyses given by name
+    if named:
+        config.analyses = list(dict.fromkeys([*config.analyses, *named]))
+    analyses = [a for a in analyses if not isinstance(a, str)]
     validate_run_options(config)
     tuned = config.tuned or pair.roles[1]
     if tuned not in pair.descendants:
@@ -642,10 +550,11 @@ def run(
             _say(progress, f"resumed: {resumed} prompt(s) already done in {out}, {len(todo)} to go")
         by_id = {p.id: k for k, p in enumerate(prompts)}
         started = time.perf_counter()
-        sequential = pair.residency == "sequential"
-        chunk = max(config.sequential_chunk, 1) if sequential else max(config.batch_size, 1) * 4
-        if sequential and todo:
-            size = state_cache_bytes(pair, [token_ids[k] for k in todo[:chunk]], config.max_new_tokens, len(boundaries))
+        chunk = chunk_size(pair.residency, config.batch_size, config.sequential_chunk)
+        dtype = pair.provenance.get("load_options", {}).get("dtype", "float32")
+        size = cache_bytes(pair.residency, sum(len(token_ids[k]) + config.max_new_tokens for k in todo[:chunk]),
+                           pair.hidden_size, DTYPES[dtype].itemsize if dtype in DTYPES else 4, len(boundaries))
+        if size is not None and todo:
             batching = (f"batches of at most {config.max_batch_tokens:,} padded tokens" if config.max_batch_tokens
                         else "--max-batch-tokens bounds each batch's working memory")
             _say(progress, f"sequential residency: one model at a time; CPU state cache up to {size / 2**20:.1f} MiB; "
@@ -702,7 +611,7 @@ def run(
         extras = {"cost_this_session": cost}
         if config.verify_fp32:
             extras["fp32_verification"] = verify_near_ties_fp32(pair, prompts, token_ids, records, config)
-        summary = build_summary(record, records, no_div, len(prompts), boot, extras, extra)
+        summary = build_summary(record, records, no_div, len(prompts), boot, extras, extra, run_dir=out)
         result = RunResult(summary, records, no_div, record, Path(out) if out is not None else None, extra)
         if store is not None:
             result._report = write_outputs(store, summary, records, record)

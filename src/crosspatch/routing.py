@@ -12,6 +12,7 @@ import torch
 
 from .analysis import Analysis, EventSet
 from .execution import Edit, Executor, Late, Program
+from .registry import AnalysisPlugin, Section, Table, register_analysis
 
 
 def _js(p: torch.Tensor, q: torch.Tensor) -> float:
@@ -68,3 +69,27 @@ def routing_summary(rows: list[dict]) -> dict | None:
             "mean_js_divergence": sum(r["js_divergence"] for r in rows) / n,
             "mean_top_k_overlap": sum(r["top_k_overlap"] for r in rows) / n,
             "same_top_k_share": sum(r["experts_pt"] == r["experts_it"] for r in rows) / n}
+
+
+def _summarize(rows: list[dict], ctx, options) -> dict | None:
+    return routing_summary(rows)
+
+
+def render_routing(block: dict) -> Section | None:
+    if not block:
+        return None
+    return Section("Expert routing at the boundary (mixture of experts)",
+                   [f"Router distributions of the two models at the last prefix position of {block['n_events']} "
+                    f"event(s), layer {block['boundary']}."],
+                   [Table(["mean JS divergence", "mean top-k overlap", "same top-k share"],
+                          [[f"{block['mean_js_divergence']:.3f}", f"{block['mean_top_k_overlap']:.2f}",
+                            f"{block['same_top_k_share']:.2f}"]])])
+
+
+def _build(options, plan):
+    return RouterShift(plan.headline)  # runs no pass on dense models
+
+
+PLUGIN = register_analysis(AnalysisPlugin(
+    "routing", _summarize, build=_build, render=render_routing, default=True,
+    description="router shift of mixture-of-experts models at the boundary"))

@@ -6,6 +6,8 @@ of one prompt resampled together) gives consistent intervals for all of them.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -16,12 +18,20 @@ from .cells import CELLS, READOUTS, CellRecord
 
 EFFECTS = (
     "E_PT", "E_IT", "interaction", "native_shift", "direct_share", "matched_portable_ratio",
-    "interaction_share", "odds_interaction",
+    "interaction_share", "late_interaction_share", "odds_interaction",
 )
+# readouts derived from the two common ones, summarised for the headline only: each late stack read
+# with its own head (native_late), and each upstream row read with its own model's head (native_upstream)
+NATIVE_READOUTS = {
+    "native_late": {"upt_lpt": "common_pt", "uit_lpt": "common_pt", "upt_lit": "common_it", "uit_lit": "common_it"},
+    "native_upstream": {"upt_lpt": "common_pt", "upt_lit": "common_pt", "uit_lpt": "common_it", "uit_lit": "common_it"},
+}
+ALL_READOUTS = READOUTS + tuple(NATIVE_READOUTS)
 POSITION_BUCKETS = {"all": 0, ">=3": 3, ">=5": 5}
 # ratio -> (numerator, denominator)
 RATIOS = {"direct_share": ("E_PT", "E_IT"), "matched_portable_ratio": ("E_IT", "E_PT"),
-          "interaction_share": ("interaction", "native_shift")}
+          "interaction_share": ("interaction", "native_shift"), "late_interaction_share": ("interaction", "E_IT")}
+SIGNED_RATIOS = {"late_interaction_share"}  # meaningful with either sign (negative: E_PT exceeds E_IT)
 MIN_CLUSTERS_FOR_CI = 5  # fewer prompt clusters: no interval (the n is shown instead)
 RATIO_MIN_DENOMINATOR = 0.1  # logits: a ratio over a smaller denominator is not reported
 
@@ -31,6 +41,37 @@ class BootstrapConfig:
     n_resamples: int = 2000
     seed: int = 0
     confidence: float = 0.95
+
+
+def stable_seed(seed: int, name: str) -> int:
+    """A seed for the block ``name`` derived from the run's ``seed`` by a stable hash: each block's
+    bootstrap draws its own resamples (blocks with the same number of prompts do not share their
+    interval errors) and the draws are the same in every process and run."""
+    digest = hashlib.sha256(f"{int(seed)}\x00{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def block_bootstrap(boot: BootstrapConfig, name: str) -> BootstrapConfig:
+    """``boot`` with the seed of block ``name`` (:func:`stable_seed`)."""
+    return dataclasses.replace(boot, seed=stable_seed(boot.seed, name))
+
+
+def cluster_mean_ci(values: np.ndarray, clusters: Sequence[str], boot: BootstrapConfig) -> dict:
+    """Mean of per-event ``values`` with a prompt-cluster percentile interval (the same bootstrap
+    as the effect blocks): ``{"mean", "ci", "n"}``; no interval under MIN_CLUSTERS_FOR_CI clusters."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return {"mean": None, "ci": None, "n": 0}
+    names, index = np.unique(np.asarray(clusters), return_inverse=True)
+    mean = float(values.mean())
+    if len(names) < MIN_CLUSTERS_FOR_CI or boot.n_resamples <= 0:
+        return {"mean": mean, "ci": None, "n": int(len(values))}
+    sums = np.zeros((len(names), 1))
+    np.add.at(sums, index, values[:, None])
+    counts = np.bincount(index, minlength=len(names)).astype(float)
+    res = resampled_cell_means(np.random.default_rng(boot.seed), sums, counts, boot.n_resamples)[:, 0]
+    lo, hi = np.percentile(res, [50 * (1 - boot.confidence), 100 - 50 * (1 - boot.confidence)])
+    return {"mean": mean, "ci": [float(lo), float(hi)], "n": int(len(values))}
 
 
 def effects_from_cell_means(m: np.ndarray) -> dict[str, np.ndarray]:
@@ -49,6 +90,7 @@ def effects_from_cell_means(m: np.ndarray) -> dict[str, np.ndarray]:
             "direct_share": e_pt / e_it,
             "matched_portable_ratio": e_it / e_pt,
             "interaction_share": inter / shift,
+            "late_interaction_share": inter / e_it,
             "odds_interaction": np.exp(inter),
         }
 
@@ -78,6 +120,7 @@ def effect_block(
     n = len(values)
     block: dict = {"n_events": int(n), "n_prompts": int(len(set(clusters)))}
     if n == 0:
+        block["sign_count"] = {"positive": 0, "negative": 0, "prompts": 0}
         block["cells"] = {c: {"mean": None, "ci": None} for c in CELLS}
         block["effects"] = {e: {"mean": None, "ci": None} for e in EFFECTS}
         return block
@@ -87,6 +130,9 @@ def effect_block(
     sums = np.zeros((len(names), 4))
     np.add.at(sums, index, values)
     counts = np.bincount(index, minlength=len(names)).astype(float)
+    per_prompt = effects_from_cell_means(sums / counts[:, None])["interaction"]
+    block["sign_count"] = {"positive": int(np.sum(per_prompt > 0)), "negative": int(np.sum(per_prompt < 0)),
+                           "prompts": int(len(names))}  # per-prompt mean interactions, k of K positive
     ci_cells = ci_effects = None
     if len(names) >= MIN_CLUSTERS_FOR_CI and boot.n_resamples > 0:
         resampled = resampled_cell_means(np.random.default_rng(boot.seed), sums, counts, boot.n_resamples)
@@ -115,7 +161,7 @@ def effect_block(
     return block
 
 
-def ratio_unreliable(num: dict, den: dict) -> str | None:
+def ratio_unreliable(num: dict, den: dict, signed: bool = False) -> str | None:
     """Why a ratio of two effects (``{"mean", "ci"}``) must not be reported, or None. Ratios
     explode when the denominator is near zero and mean nothing when the signs differ."""
     d, n = den["mean"], num["mean"]
@@ -126,7 +172,7 @@ def ratio_unreliable(num: dict, den: dict) -> str | None:
     ci = den.get("ci")
     if ci is not None and None not in ci and ci[0] <= 0 <= ci[1]:
         return f"the denominator's interval [{ci[0]:+.2f}, {ci[1]:+.2f}] contains zero"
-    if n * d < 0:
+    if n * d < 0 and not signed:
         return "numerator and denominator have opposite signs"
     return None
 
@@ -134,81 +180,102 @@ def ratio_unreliable(num: dict, den: dict) -> str | None:
 def guard_ratios(effects: dict) -> None:
     """Replace unreliable ratios by n/a (mean and CI None) with the reason, in place."""
     for ratio, (num, den) in RATIOS.items():
-        reason = ratio_unreliable(effects[num], effects[den])
+        reason = ratio_unreliable(effects[num], effects[den], ratio in SIGNED_RATIOS)
         if reason is not None:
             effects[ratio] = {"mean": None, "ci": None, "na_reason": reason}
 
 
 def _matrix(records: Sequence[CellRecord], readout: str) -> np.ndarray:
-    return np.array([[r.cells[readout][c] for c in CELLS] for r in records], dtype=float).reshape(-1, 4)
+    source = NATIVE_READOUTS.get(readout, dict.fromkeys(CELLS, readout))
+    return np.array([[r.cells[source[c]][c] for c in CELLS] for r in records], dtype=float).reshape(-1, 4)
 
 
-def _grouped(recs: Sequence[CellRecord], key, readout: str, boot: BootstrapConfig) -> dict:
+def _grouped(recs: Sequence[CellRecord], key, readout: str, boot: BootstrapConfig, name: str = "") -> dict:
     groups: dict[str, list[CellRecord]] = {}
     for r in recs:
         value = key(r)
         if value is not None:
             groups.setdefault(str(value), []).append(r)
     return {
-        name: effect_block(_matrix(sub, readout), [r.prompt_id for r in sub], boot)
-        for name, sub in sorted(groups.items())
+        group: effect_block(_matrix(sub, readout), [r.prompt_id for r in sub], block_bootstrap(boot, f"{name}/{group}"))
+        for group, sub in sorted(groups.items())
     }
 
 
 def summarize_records(
-    records: Sequence[CellRecord], readout: str, boot: BootstrapConfig, group_by: Sequence[str] = ()
+    records: Sequence[CellRecord], readout: str, boot: BootstrapConfig, group_by: Sequence[str] = (),
+    name: str = "",
 ) -> dict:
     """Blocks for one readout (valid records only). The headline (``all``) and the breakdowns by
     category, position, token-category pair and ``group_by`` fields (read from each record's
     ``extra``) use first-divergence events; ``by_event_kind`` has one block per event kind, and
-    ``kinds_averaged`` averages each prompt's kinds before pooling (as the paper did)."""
+    ``kinds_averaged`` averages each prompt's kinds before pooling (as the paper did). Each block
+    bootstraps with its own seed, derived from ``name`` and the block's place (:func:`stable_seed`)."""
     valid = [r for r in records if r.valid]
     recs = [r for r in valid if r.kind == "first_diff"]
-    out = {"all": effect_block(_matrix(recs, readout), [r.prompt_id for r in recs], boot)}
-    out["by_category"] = _grouped(recs, lambda r: r.category, readout, boot)
-    for name in group_by:
-        if f"by_{name}" in out or name in ("position", "token_category", "event_kind"):
+    def seeded(part: str) -> BootstrapConfig:
+        return block_bootstrap(boot, f"{name}/{part}")
+
+    out = {"all": effect_block(_matrix(recs, readout), [r.prompt_id for r in recs], seeded("all"))}
+    out["by_category"] = _grouped(recs, lambda r: r.category, readout, boot, f"{name}/by_category")
+    for field_name in group_by:
+        if f"by_{field_name}" in out or field_name in ("position", "token_category", "event_kind"):
             continue  # a built-in breakdown is never replaced by a --group-by field of the same name
-        out[f"by_{name}"] = _grouped(recs, lambda r, n=name: r.extra.get(n), readout, boot)
+        out[f"by_{field_name}"] = _grouped(recs, lambda r, n=field_name: r.extra.get(n), readout, boot,
+                                           f"{name}/by_{field_name}")
     out["by_position"] = {}
-    for name, start in POSITION_BUCKETS.items():
+    for bucket, start in POSITION_BUCKETS.items():
         sub = [r for r in recs if r.position >= start]
-        out["by_position"][name] = effect_block(_matrix(sub, readout), [r.prompt_id for r in sub], boot)
+        out["by_position"][bucket] = effect_block(_matrix(sub, readout), [r.prompt_id for r in sub],
+                                                  seeded(f"by_position/{bucket}"))
     out["by_token_category"] = _grouped(
-        recs, lambda r: f"{r.t_pt_category}->{r.t_it_category}" if r.t_pt_category else None, readout, boot)
+        recs, lambda r: f"{r.t_pt_category}->{r.t_it_category}" if r.t_pt_category else None, readout, boot,
+        f"{name}/by_token_category")
     kinds = sorted({r.kind for r in valid})
     if kinds != ["first_diff"]:
-        out["by_event_kind"] = _grouped(valid, lambda r: r.kind, readout, boot)
+        out["by_event_kind"] = _grouped(valid, lambda r: r.kind, readout, boot, f"{name}/by_event_kind")
         per_prompt: dict[str, list[np.ndarray]] = {}
         for r in valid:
             per_prompt.setdefault(r.prompt_id, []).append(_matrix([r], readout)[0])
         names = sorted(per_prompt)
         averaged = np.array([np.mean(per_prompt[p], axis=0) for p in names]).reshape(-1, 4)
-        out["kinds_averaged"] = effect_block(averaged, names, boot)
+        out["kinds_averaged"] = effect_block(averaged, names, seeded("kinds_averaged"))
     return out
 
 
+EXACT_SIGN_FLIP_MAX_CLUSTERS = 14  # up to 2**14 sign patterns are enumerated; more are drawn
+
+
 def label_swap_null(records: Sequence[CellRecord], readout: str = "common_it", resamples: int = 10000,
-                    seed: int = 0, quantile: float = 99.9) -> dict:
-    """The label-swap null of the mean interaction: swapping which model is "PT" and which is
-    "IT" flips the sign of an event's interaction, so under the null of no interaction each
-    prompt cluster's summed interaction is equally likely to carry either sign. Returns the
-    observed mean, the null's ``quantile`` percentile of ``|mean|``, and a two-sided p-value."""
+                    seed: int = 0, level: float = 0.01) -> dict:
+    """The label-swap null of the mean interaction, a calibrated two-sided test at ``level``:
+    swapping which model is "PT" and which is "IT" flips the sign of an event's interaction, so
+    under the null of no interaction each prompt cluster's summed interaction is equally likely to
+    carry either sign. Every sign pattern is enumerated for up to EXACT_SIGN_FLIP_MAX_CLUSTERS
+    clusters (an exact p-value), else ``resamples`` patterns are drawn (p = (1 + hits) / (1 + draws)).
+    Returns the observed mean, the p-value, the null's ``1 - level`` quantile of ``|mean|`` and
+    whether the test rejects the null (p < level)."""
     recs = [r for r in records if r.valid and r.kind == "first_diff"]
     if not recs:
         return {"n_events": 0, "n_prompts": 0, "observed": None, "threshold": None, "p_value": None,
-                "rejects_null": None}
+                "rejects_null": None, "level": level, "exact": None}
     inter = effects_from_cell_means(_matrix(recs, readout))["interaction"]
     names, index = np.unique([r.prompt_id for r in recs], return_inverse=True)
     sums = np.zeros(len(names))
     np.add.at(sums, index, inter)
     observed = float(inter.mean())
-    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(resamples, len(names)))
-    null = np.abs(signs @ sums / len(recs))
-    threshold = float(np.percentile(null, quantile))
-    p_value = float((1 + np.sum(null >= abs(observed) - 1e-12)) / (resamples + 1))
-    return {"n_events": len(recs), "n_prompts": int(len(names)), "observed": observed, "threshold": threshold,
-            "quantile": quantile, "p_value": p_value, "rejects_null": bool(abs(observed) > threshold)}
+    k = len(names)
+    exact = k <= EXACT_SIGN_FLIP_MAX_CLUSTERS
+    if exact:
+        patterns = ((np.arange(2**k)[:, None] >> np.arange(k)) & 1) * 2.0 - 1.0
+    else:
+        patterns = np.random.default_rng(seed).choice([-1.0, 1.0], size=(resamples, k))
+    null = np.abs(patterns @ sums / len(recs))
+    hits = int(np.sum(null >= abs(observed) - 1e-12))
+    p_value = hits / len(null) if exact else (1 + hits) / (len(null) + 1)
+    threshold = float(np.quantile(null, 1 - level))
+    return {"n_events": len(recs), "n_prompts": int(k), "observed": observed, "threshold": threshold,
+            "level": level, "p_value": float(p_value), "rejects_null": bool(p_value < level), "exact": exact}
 
 
 def readout_agreement(records: Sequence[CellRecord]) -> dict:
@@ -238,7 +305,11 @@ def summarize_boundaries(
     out = {}
     for b in sorted(set(boundaries) if boundaries is not None else {r.boundary for r in records}):
         sub = [r for r in records if r.boundary == b]
-        out[str(b)] = {name: summarize_records(sub, name, boot, group_by) for name in READOUTS}
+        out[str(b)] = {name: summarize_records(sub, name, boot, group_by, f"{b}/{name}") for name in READOUTS}
+        valid = [r for r in sub if r.valid and r.kind == "first_diff"]
+        for name in NATIVE_READOUTS:  # the headline under the two native readouts
+            out[str(b)][name] = {"all": effect_block(_matrix(valid, name), [r.prompt_id for r in valid],
+                                                     block_bootstrap(boot, f"{b}/{name}/all"))}
         out[str(b)]["readout_agreement"] = readout_agreement(sub)
     return out
 

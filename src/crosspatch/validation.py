@@ -119,11 +119,28 @@ def validate_run_options(config) -> None:
         parse_event_kinds(config.event_kinds)
         parse_controls(config.controls)
         VerdictPolicy.from_dict(config.policy or {})
+        check_analysis_options(config.analyses, config.analysis_options)
     except (TypeError, ValueError) as exc:
         raise OptionError(str(exc)) from None
     if not isinstance(config.group_by, (list, tuple)) or any(not isinstance(g, str) or not g.strip()
                                                               for g in config.group_by):
         raise OptionError(f"group-by must be a list of field names, not {config.group_by!r}")
+
+
+def check_analysis_options(names, options) -> None:
+    """``analyses`` names registered plug-ins; ``analysis_options`` maps registered names to option
+    dicts their options dataclass accepts (ValueError otherwise)."""
+    from .registry import get_analysis
+
+    if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)) or \
+            any(not isinstance(n, str) for n in names):
+        raise ValueError(f"analyses must be a list of registered analysis names, not {names!r}")
+    if not isinstance(options, dict) or any(not isinstance(v, dict) for v in options.values()):
+        raise ValueError(f"analysis options must be a {{name: {{option: value}}}} dict, not {options!r}")
+    for name in [*names, *options]:
+        get_analysis(name)
+    for name, given in options.items():
+        get_analysis(name).make_options(given)
 
 
 def check_out_dir(out: str | Path, resume: bool = True, overwrite: bool = False, collection: str | None = None) -> None:

@@ -1,22 +1,29 @@
-"""The verdict: one word and a paragraph a practitioner can act on, from the headline effects
-and the controls, with thresholds anyone can read and change (``VerdictPolicy``;
-docs/verdict.md restates the rule).
+"""The verdict: a pre-stated decision rule over intervals (docs/verdict.md restates it), and a
+paragraph generated from the very numbers that decide it.
 
-Vocabulary:
+The rule has two stages, so that a control can never invert a verdict:
 
-- ``portable`` — the late effect survives base upstream state: ``E_PT`` is reliably of the same
-  sign as ``E_IT`` and at least ``min_portable_share`` of it, and the interaction does not take
-  more than ``max_interaction_share`` of ``E_IT``;
-- ``upstream-dependent`` ("fragile adapter") — the interaction is reliably of ``E_IT``'s sign
-  (interval excludes zero, and beyond the label-swap null when that control ran) and takes more
-  than ``max_interaction_share`` of ``E_IT``: most of the late effect needs the tuned upstream;
-- ``no-late-effect`` — both the ``E_PT`` and the ``E_IT`` intervals lie within
-  ``±min_late_effect`` logits (negligible, whether or not they exclude zero);
-- ``inconclusive`` — too few prompts, no intervals, a failed sanity control, intervals too wide
-  to tell, or effects of opposite signs.
+1. **Grade the effects** (``grade``), from the headline block alone:
 
-Rules are applied in this order: inconclusive (data), no-late-effect, inconclusive (too wide),
-opposite signs (inconclusive), upstream-dependent, portable, inconclusive (the rest).
+   - ``inconclusive`` — no events (unless the models never disagreed: then ``no-late-effect``),
+     fewer than ``min_prompts`` prompts, or no intervals;
+   - ``no-late-effect`` — both ``E_PT``'s and ``E_IT``'s intervals lie within ``±min_late_effect``;
+   - ``inconclusive`` — no late effect is established (both intervals contain zero) but they are
+     too wide to rule one out, or the late stack pushes in opposite directions on the two
+     upstream states, or the share below cannot be formed (``E_IT``'s interval contains zero);
+   - otherwise the **interaction share** ``s = I / E_IT`` (the part of the descendant's late effect
+     that needs its own upstream state) decides, on its 95% interval ``[lo, hi]``:
+     ``upstream-dependent`` when ``lo > max_interaction_share``; ``portable`` when
+     ``hi < portable_interaction_share`` and ``E_PT``'s interval excludes zero with ``E_IT``'s sign;
+     ``partly-upstream-dependent`` when the interval lies between the bounds or straddles one
+     of them; ``inconclusive`` when it straddles both (too wide to grade: add prompts).
+
+2. **Apply the controls** (``apply_controls``): each Controls row says what its failure means
+   (``details.on_failure``): a failed sanity check (status ``fail``) makes any verdict
+   ``inconclusive``; a control whose failure is ``inconclusive`` (the label-swap test, readout
+   agreement) turns the verdicts it ``weakens`` into ``inconclusive``; every other failure is a
+   named caveat in the reason. Adding a control can therefore only keep a verdict or make it
+   ``inconclusive`` (a test checks this for every set of controls).
 """
 
 from __future__ import annotations
@@ -24,15 +31,19 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-VERDICTS = ("portable", "upstream-dependent", "no-late-effect", "inconclusive")
+VERDICTS = ("portable", "partly-upstream-dependent", "upstream-dependent", "no-late-effect", "inconclusive")
+GRADED = ("portable", "partly-upstream-dependent", "upstream-dependent")
+INTERACTION_CLAIMS = ("partly-upstream-dependent", "upstream-dependent")  # verdicts that say the interaction exists
+NO_EVENT_AGREEMENT = ("agreed_eos", "budget_exhausted")  # no-event reasons that mean "the two models decode alike"
+Z_95, Z_80_POWER = 1.959964, 0.841621
 
 
 @dataclass
 class VerdictPolicy:
     """Thresholds of the verdict (and of ``crosspatch gate``)."""
 
-    max_interaction_share: float = 0.5  # I / E_IT above this (I reliable) -> upstream-dependent
-    min_portable_share: float = 0.3  # E_PT / E_IT at least this -> portable
+    max_interaction_share: float = 0.5  # I / E_IT interval above this -> upstream-dependent
+    portable_interaction_share: float = 0.25  # I / E_IT interval below this (and E_PT reliable) -> portable
     min_late_effect: float = 0.5  # logits: both late-effect intervals inside +-this -> no late effect
     min_prompts: int = 5  # fewer prompt clusters with events -> inconclusive
     readout: str = "common_it"
@@ -40,7 +51,12 @@ class VerdictPolicy:
 
     @classmethod
     def from_dict(cls, data: dict) -> "VerdictPolicy":
+        if not isinstance(data, dict):
+            raise ValueError(f"a policy is a mapping of VerdictPolicy fields, not {type(data).__name__}")
         known = {f.name for f in fields(cls)}
+        if "min_portable_share" in data:
+            raise ValueError("policy key min_portable_share was replaced by portable_interaction_share (the "
+                             "verdict is graded on the interval of I / E_IT; docs/verdict.md)")
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown policy key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -53,10 +69,14 @@ class VerdictPolicy:
             bad = [v for v in data["pass_verdicts"] if v not in VERDICTS]
             if bad:
                 raise ValueError(f"unknown verdict(s) {', '.join(bad)} in pass_verdicts; choose from {', '.join(VERDICTS)}")
-        for key in ("max_interaction_share", "min_portable_share", "min_late_effect"):
+        for key in ("max_interaction_share", "portable_interaction_share", "min_late_effect"):
             value = data.get(key, 0.0)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"policy {key} must be a finite number >= 0, not {value!r}")
+        low = data.get("portable_interaction_share", cls.portable_interaction_share)
+        high = data.get("max_interaction_share", cls.max_interaction_share)
+        if low > high:
+            raise ValueError(f"policy portable_interaction_share ({low}) must not exceed max_interaction_share ({high})")
         value = data.get("min_prompts", 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"policy min_prompts must be a whole number >= 1, not {value!r}")
@@ -70,80 +90,156 @@ class VerdictPolicy:
         return d
 
 
+@dataclass
+class Verdict:
+    """A verdict: the word, the reason (generated from ``numbers``), the numbers that decided it,
+    and the policy. ``as_dict()`` is what summary.json stores under ``verdict``."""
+
+    verdict: str
+    reason: str
+    numbers: dict
+    policy: dict
+    grade: str | None = None  # the effects' grade before the controls were applied
+    weakened_by: list | None = None  # controls that turned the grade into inconclusive
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
 def _excludes_zero(ci) -> bool:
     return ci is not None and None not in ci and (ci[0] > 0 or ci[1] < 0)
 
 
-def _fmt(stat: dict) -> str:
+def _has_ci(stat: dict) -> bool:
+    ci = stat.get("ci")
+    return ci is not None and None not in ci
+
+
+def fmt_stat(stat: dict, percent: bool = False) -> str:
+    """``+1.02 [+0.67, +1.37]`` (or ``48% [30%, 66%]``), the way both reports print a number."""
     if stat.get("mean") is None:
         return "n/a"
-    ci = stat.get("ci")
-    text = f"{stat['mean']:+.2f}"
-    if ci and None not in ci:
-        text += f" [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+    f = (lambda v: f"{100 * v:.0f}%") if percent else (lambda v: f"{v:+.2f}")
+    text = f(stat["mean"])
+    if _has_ci(stat):
+        text += f" [{f(stat['ci'][0])}, {f(stat['ci'][1])}]"
     return text
 
 
-def decide(block: dict, controls: list[dict] | None = None, policy: VerdictPolicy | None = None) -> dict:
-    """The verdict of one effect block (``summary.results[b][readout]["all"]`` or a category's)
-    given the Controls rows (None: none ran). Returns ``{"verdict", "reason", "numbers"}``."""
-    policy = policy or VerdictPolicy()
-    controls = controls or []
+def _numbers(block: dict) -> dict:
     eff = block["effects"]
-    e_pt, e_it, inter = eff["E_PT"], eff["E_IT"], eff["interaction"]
-    n_prompts = block.get("n_prompts", 0)
-    numbers = {"n_events": block.get("n_events", 0), "n_prompts": n_prompts,
-               "E_PT": e_pt, "E_IT": e_it, "interaction": inter}
+    inter = eff["interaction"]
+    half = (inter["ci"][1] - inter["ci"][0]) / 2 if _has_ci(inter) else None
+    return {"n_events": block.get("n_events", 0), "n_prompts": block.get("n_prompts", 0),
+            "E_PT": eff["E_PT"], "E_IT": eff["E_IT"], "interaction": inter,
+            "late_interaction_share": eff.get("late_interaction_share", {"mean": None, "ci": None}),
+            "sign_count": block.get("sign_count"),
+            "interaction_half_width": half,
+            # the smallest interaction this many prompts would detect at 80% power (two-sided 5%)
+            "min_detectable_interaction": None if half is None else half / Z_95 * (Z_95 + Z_80_POWER)}
 
-    def out(verdict: str, reason: str) -> dict:
-        return {"verdict": verdict, "reason": reason, "numbers": numbers, "policy": policy.as_dict()}
 
-    head = (f"On {block.get('n_events', 0)} first-divergence events from {n_prompts} prompts, the descendant's late "
-            f"layers move logit(t_IT) - logit(t_PT) by {_fmt(e_it)} on its own upstream state (E_IT) and "
-            f"{_fmt(e_pt)} on the base's (E_PT); interaction {_fmt(inter)}.")
+def _head(numbers: dict) -> str:
+    return (f"On {numbers['n_events']} first-divergence events from {numbers['n_prompts']} prompts, the descendant's "
+            f"late layers move logit(t_IT) - logit(t_PT) by {fmt_stat(numbers['E_IT'])} on its own upstream state "
+            f"(E_IT) and {fmt_stat(numbers['E_PT'])} on the base's (E_PT); interaction {fmt_stat(numbers['interaction'])}.")
+
+
+def grade(block: dict, policy: VerdictPolicy, counts: dict | None = None) -> tuple[str, str, dict]:
+    """Stage 1: ``(verdict, reason, numbers)`` from the effect block alone (module docstring)."""
+    numbers = _numbers(block)
+    n_prompts = numbers["n_prompts"]
     if n_prompts == 0:
-        return out("inconclusive", "No prompt produced a first-divergence event: on these prompts the descendant "
-                                   "decodes exactly like the base within the generation budget (or every event was "
-                                   "invalid), so there is nothing to score. Use prompts on which the two differ, or a "
-                                   "larger --max-new-tokens.")
+        no_div = (counts or {}).get("no_divergence") or {}
+        if counts and counts.get("prompts") and not counts.get("invalid") and \
+                sum(no_div.get(r, 0) for r in NO_EVENT_AGREEMENT) == counts["prompts"]:
+            return "no-late-effect", (
+                f"On all {counts['prompts']} prompts the descendant decodes exactly like the base within the "
+                "generation budget (no first divergence): nothing it changed reaches these decisions, so there is "
+                "no late effect to be fragile. Use prompts from the fine-tune's domain to test it."), numbers
+        return "inconclusive", ("No prompt produced a first-divergence event that could be scored: there is "
+                                "nothing to decide on."), numbers
+    head = _head(numbers)
     if n_prompts < policy.min_prompts:
-        return out("inconclusive", f"Only {n_prompts} prompt(s) produced an event (at least {policy.min_prompts} "
-                                   "are needed for an interval): add prompts. " + head)
-    failed = [c["control"] for c in controls if c.get("status") == "fail"]
-    if failed:
-        return out("inconclusive", f"Sanity control(s) failed: {', '.join(failed)}; the patched passes cannot be "
-                                   "trusted, so no verdict is given. " + head)
-    if any(s.get("ci") is None or None in (s.get("ci") or [None]) for s in (e_pt, e_it, inter)):
-        return out("inconclusive", "No bootstrap intervals (bootstrap disabled or too few prompts). " + head)
-    late_present = _excludes_zero(e_it["ci"]) or _excludes_zero(e_pt["ci"])
+        return "inconclusive", (f"Only {n_prompts} prompt(s) produced an event (at least {policy.min_prompts} are "
+                                "needed for an interval): add prompts. " + head), numbers
+    e_pt, e_it, share = numbers["E_PT"], numbers["E_IT"], numbers["late_interaction_share"]
+    if not all(_has_ci(s) for s in (e_pt, e_it, numbers["interaction"])):
+        return "inconclusive", "No bootstrap intervals (bootstrap disabled or too few prompts). " + head, numbers
     bound = policy.min_late_effect
     if all(-bound <= v <= bound for s in (e_pt, e_it) for v in s["ci"]):
-        return out("no-late-effect", head + f" Both late effects lie within ±{bound} logits (their whole intervals): "
-                   "the fine-tune's late layers barely change this decision; whatever changed it lives upstream of "
-                   "the boundary.")
-    if not late_present:
-        return out("inconclusive", head + " Neither late effect differs from zero, but the intervals are too wide "
-                   f"to rule out an effect of {bound} logits: add prompts.")
-    sign = 1.0 if e_it["mean"] >= 0 else -1.0
+        return "no-late-effect", head + (f" Both late effects lie within ±{bound} logits (their whole intervals): the "
+                                         "fine-tune's late layers barely change this decision; whatever changed it "
+                                         "lives upstream of the boundary."), numbers
+    if not (_excludes_zero(e_it["ci"]) or _excludes_zero(e_pt["ci"])):
+        return "inconclusive", head + (" Neither late effect differs from zero, but the intervals are too wide to "
+                                       f"rule out an effect of {bound} logits: add prompts."), numbers
     if _excludes_zero(e_pt["ci"]) and _excludes_zero(e_it["ci"]) and e_pt["mean"] * e_it["mean"] < 0:
-        return out("inconclusive", head + " The late layers push in opposite directions on the two upstream states; "
-                   "neither portable nor upstream-dependent describes that.")
-    swap = next((c for c in controls if c.get("control") == "label_swap"), None)
-    beyond_null = swap is None or swap.get("status") == "pass"
-    inter_reliable = _excludes_zero(inter["ci"]) and sign * inter["mean"] > 0 and beyond_null
-    inter_share = inter["mean"] / e_it["mean"] if abs(e_it["mean"]) >= 1e-9 else None
-    direct = e_pt["mean"] / e_it["mean"] if abs(e_it["mean"]) >= 1e-9 else None
-    if inter_reliable and inter_share is not None and inter_share > policy.max_interaction_share:
-        return out("upstream-dependent", head + f" The interaction is {100 * inter_share:.0f}% of the late effect "
-                   f"(threshold {100 * policy.max_interaction_share:.0f}%)" + (" and beyond the label-swap null" if swap else "")
-                   + ": most of what the late layers add needs the tuned upstream state. Grafting these late layers "
-                   "(or this adapter) onto base early layers would lose most of their effect: a fragile fine-tune.")
-    same_sign_pt = _excludes_zero(e_pt["ci"]) and e_pt["mean"] * sign > 0
-    if same_sign_pt and direct is not None and direct >= policy.min_portable_share and \
-            (inter_share is None or inter_share <= policy.max_interaction_share or not inter_reliable):
-        return out("portable", head + f" {100 * direct:.0f}% of the late effect survives on base upstream state "
-                   f"(threshold {100 * policy.min_portable_share:.0f}%)" + (
-                       "; the interaction is not reliably of the late effect's sign" if not inter_reliable else "")
-                   + ": the late layers' gain is self-contained and carries over to base early layers.")
-    return out("inconclusive", head + f" The portable share ({'n/a' if direct is None else f'{100 * direct:.0f}%'}) "
-               "and the interaction fall between the thresholds, or are not reliable: no verdict.")
+        return "inconclusive", head + (" The late layers push in opposite directions on the two upstream states; "
+                                       "neither portable nor upstream-dependent describes that."), numbers
+    if not _has_ci(share):
+        why = share.get("na_reason") or "E_IT's interval contains zero"
+        return "inconclusive", head + (f" The interaction share I / E_IT cannot be formed ({why}): the descendant's "
+                                       "own late effect is not established, so its portability cannot be graded."), numbers
+    lo, hi = share["ci"]
+    low, high = policy.portable_interaction_share, policy.max_interaction_share
+    quoted = f"The interaction is {fmt_stat(share, percent=True)} of E_IT"
+    bounds = f"(portable below {100 * low:.0f}%, upstream-dependent above {100 * high:.0f}%, on the whole interval)"
+    sign = 1.0 if e_it["mean"] >= 0 else -1.0
+    pt_reliable = _excludes_zero(e_pt["ci"]) and e_pt["mean"] * sign > 0
+    if lo > high:
+        return "upstream-dependent", head + (
+            f" {quoted} {bounds}: most of what the late layers add needs the descendant's own upstream state. "
+            "Grafting these late layers (or this adapter) onto base early layers would lose most of their effect: "
+            "a fragile fine-tune."), numbers
+    if hi < low and pt_reliable:
+        return "portable", head + (
+            f" {quoted} {bounds}, and E_PT is reliably of E_IT's sign: the late layers' gain is self-contained "
+            "and carries over to base early layers."), numbers
+    if hi < low:
+        return "inconclusive", head + (f" {quoted} {bounds}, but E_PT's interval does not exclude zero: the portable "
+                                       "part is not established."), numbers
+    if lo < low and hi > high:
+        return "inconclusive", head + (f" {quoted} {bounds}: the interval spans both bounds, too wide to grade. Add "
+                                       "prompts (or see min_detectable_interaction)."), numbers
+    return "partly-upstream-dependent", head + (
+        f" {quoted} {bounds}: part of the late gain carries over to base early layers and part needs the "
+        "descendant's own upstream state. Check the breakdowns before grafting these late layers elsewhere."), numbers
+
+
+def apply_controls(verdict: str, reason: str, controls: list[dict]) -> tuple[str, str, list[str]]:
+    """Stage 2: the controls can only keep the verdict or make it ``inconclusive`` (module
+    docstring). Returns ``(verdict, reason, controls that weakened it)``."""
+    failed = [c for c in controls if c.get("status") == "fail"]
+    if failed:
+        names = ", ".join(c["control"] for c in failed)
+        return "inconclusive", (f"Sanity control(s) failed: {names}; the patched passes cannot be trusted, so no "
+                                f"verdict is given (the effects alone would say {verdict}). " + reason), \
+            [c["control"] for c in failed]
+    weakening, caveats = [], []
+    for c in controls:
+        if c.get("status") != "warn":
+            continue
+        details = c.get("details") or {}
+        if details.get("on_failure") == "inconclusive" and verdict in details.get("weakens", GRADED):
+            weakening.append(c)
+        elif details.get("on_failure") in ("warning", None) and verdict != "inconclusive":
+            caveats.append(c)
+    if weakening and verdict != "inconclusive":
+        why = "; ".join(f"{c['control'].replace('_', '-')}: {c['summary']}" for c in weakening)
+        return "inconclusive", (f"The effects alone would say {verdict}, but {why}. " + reason), \
+            [c["control"] for c in weakening]
+    if caveats:
+        reason += " Caveats: " + "; ".join(f"{c['control'].replace('_', '-')}: {c['summary']}" for c in caveats) + "."
+    return verdict, reason, []
+
+
+def decide(block: dict, controls: list[dict] | None = None, policy: VerdictPolicy | None = None,
+           counts: dict | None = None) -> dict:
+    """The verdict of one effect block (``summary.results[b][readout]["all"]`` or a category's)
+    given the Controls rows (None: none ran) and the run's counts (to tell "the models never
+    disagree" from "nothing could be scored"). Returns :meth:`Verdict.as_dict`."""
+    policy = policy or VerdictPolicy()
+    graded, reason, numbers = grade(block, policy, counts)
+    verdict, reason, weakened = apply_controls(graded, reason, controls or [])
+    return Verdict(verdict, reason, numbers, policy.as_dict(), graded, weakened or None).as_dict()

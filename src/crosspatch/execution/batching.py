@@ -44,3 +44,18 @@ def kv_bytes_per_token(config: dict, itemsize: int) -> int | None:
     if not all(isinstance(x, int) and x > 0 for x in (kv_heads, head_dim)):
         return None
     return 2 * layers * kv_heads * head_dim * itemsize
+
+
+def chunk_size(residency: str, batch_size: int, sequential_chunk: int) -> int:
+    """Prompts per chunk of a run: with one model resident at a time (``sequential``), as many as
+    a load cycle should serve; otherwise a few batches, so that records stream out often."""
+    return max(sequential_chunk, 1) if residency == "sequential" else max(batch_size, 1) * 4
+
+
+def state_cache_bytes(residency: str, tokens: int, hidden_size: int, itemsize: int, n_boundaries: int) -> int | None:
+    """Upper bound of the CPU state cache of a chunk of ``tokens`` prompt + budget tokens: both
+    models' boundary and final states, in the compute dtype; None when no states are cached
+    between passes (every residency but ``sequential``)."""
+    if residency != "sequential":
+        return None
+    return 2 * tokens * hidden_size * itemsize * (n_boundaries + 1)

@@ -79,15 +79,22 @@ def _cached_shard(path: Path, meta: dict) -> dict | None:
 
 def run_features(run_dir, crosscoder_dir=None, n_layers: int = 3, n_latents: int = 256, k: int = 8,
                  steps: int = 1500, train_only: bool = False, log=print) -> dict:
-    """Train (or load) the crosscoder on a run's events, then mediation, rescue and closure."""
-    from ..analysis import EventSet
-    from ..execution import Executor
-    from ..reopen import first_events, reopen_models
-    from ..report.render import render_reports
+    """Train (or load) the crosscoder on a run's events, then mediation, rescue and closure
+    (holding the run directory's lock; works on every run directory crosspatch writes)."""
     from ..store import RunStore
 
     store = RunStore(run_dir)
-    config, summary = store.config(), store.summary()
+    with store.lock():  # one writer per run directory
+        return _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_only, log)
+
+
+def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_only, log) -> dict:
+    from ..analysis import EventSet
+    from ..execution import Executor
+    from ..finished import first_events, reopen_models, resummarize
+
+    config = store.config()
+    store.summary()  # the run must have finished
     boundary, _, events = first_events(store, config)
     train, held = split_events(events)
     needs = "a training half" if train_only else "a training and a held-out half"
@@ -129,9 +136,7 @@ def run_features(run_dir, crosscoder_dir=None, n_layers: int = 3, n_latents: int
     pair.release()
     out.mkdir(parents=True, exist_ok=True)
     (out / "features.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    summary["features"] = result
-    store.write_summary(summary)
-    render_reports(store, summary, config)
+    resummarize(store, config)  # the features plug-in reads features.json into summary.json and the reports
     return result
 
 

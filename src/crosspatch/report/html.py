@@ -58,35 +58,13 @@ def _event(r) -> dict:
             "continuation_text": r.continuation_text or ""}
 
 
-def _consequence_rows(cons: dict | None):
-    if not cons or not cons.get("by_model"):
-        return None
-    rows = []
-    for label, b in cons["by_model"].items():
-        corr = b["interaction_vs_delta"]
-        rows.append([f"continued by {label}"] + [fmt_value(b["pass_rate"][n], signed=False)
-                                                 for n in ("t_it", "t_pt", "matched", "random")]
-                    + [fmt_value(b["delta_t_it_minus_t_pt"]), fmt_value(b["delta_t_it_minus_matched"]),
-                       "n/a" if corr.get("r") is None else f"{corr['r']:+.2f}"])
-    return {"n": cons["n_events"], "rows": rows}
-
-
-def _features_section(feat: dict | None):
-    if not feat:
-        return None
-    from .markdown import features_lines
-    from .plots import features_svgs
-
-    text = [_plain(line) for line in features_lines(feat) if line and not line.startswith(("|", "##"))]
-    return {"text": text, "plots": features_svgs(feat)}
-
-
 def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | None = None) -> str:
     """The HTML text of a run directory's report."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     from ..store import RunStore
     from .plots import histogram_svg, sweep_svg
+    from .sections import sections_html
 
     store = RunStore(run_dir)
     config, summary = store.config(), store.summary()
@@ -123,8 +101,7 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
         head_boundary=head_b, events=events, total_events=len(records),
         categories=sorted({e["category"] for e in events}), kinds=sorted({e["kind"] for e in events}),
         warnings=summary.get("warnings", []),
-        consequences=_consequence_rows(summary.get("consequences")),
-        features=_features_section(summary.get("features")),
+        analysis_sections=sections_html(summary),
         vocab=vocab,
         no_divergence=summary.get("no_divergence_prompts", [])[:200],
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ..cells import READOUTS
+from .mdtext import _table, md_escape, md_escape_prose  # noqa: F401  (md_escape* are part of this module's API)
+from .sections import sections_markdown
 
 _EFFECT_LABELS = {
     "E_PT": "PT-upstream late effect `E_PT`",
@@ -15,14 +17,6 @@ _EFFECT_LABELS = {
     "odds_interaction": "odds factor `exp(I)`",
 }
 _RATIOS = {"direct_share", "interaction_share"}
-
-
-def md_escape(text: str) -> str:
-    """Model text is data: escape Markdown/HTML-significant characters and show whitespace."""
-    text = str(text).replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
-    for ch in "|`*_[]<>#":
-        text = text.replace(ch, "\\" + ch)
-    return text
 
 
 def fmt_value(stat: dict | None, signed: bool = True, percent: bool = False) -> str:
@@ -41,12 +35,6 @@ def fmt_effect(block: dict, name: str) -> str:
     if name in _RATIOS:
         return fmt_value(stat, percent=True)
     return fmt_value(stat, signed=name != "odds_interaction")
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return out
 
 
 def cell_table(block: dict) -> list[str]:
@@ -184,13 +172,6 @@ def verdict_lines(summary: dict) -> list[str]:
             md_escape_prose(v["reason"]), ""]
 
 
-def md_escape_prose(text: str) -> str:
-    """Escape what could become markup in generated prose (keeps it readable)."""
-    for ch in "|`*_[]<>#":
-        text = text.replace(ch, "\\" + ch)
-    return text
-
-
 def _fmt_number(value) -> str:
     if value is None:
         return "n/a"
@@ -211,67 +192,6 @@ def controls_table(rows: list[dict]) -> list[str]:
                      str(r.get("n") if r.get("n") is not None else ""), md_escape_prose(r.get("threshold") or ""),
                      md_escape_prose(r["summary"])])
     return ["## Controls", ""] + _table(["control", "status", "value", "95% CI", "n", "threshold", "reading"], body) + [""]
-
-
-def consequence_lines(cons: dict | None) -> list[str]:
-    """Does the divergent token matter: pass rates per forced token and the deltas."""
-    if not cons or not cons.get("by_model"):
-        return []
-    lines = ["## Consequences: does the divergent token matter?", "",
-             f"{cons['n_events']} event(s) with a validator; each first token forced, the continuation (suffix only, "
-             "the forced token excluded) scored by the prompt's validator.", ""]
-    rows = []
-    for label, b in cons["by_model"].items():
-        rate = b["pass_rate"]
-        corr = b["interaction_vs_delta"]
-        corr_text = "n/a" if corr.get("r") is None else f"{corr['r']:+.2f}" + (
-            f" [{corr['ci'][0]:+.2f}, {corr['ci'][1]:+.2f}]" if corr.get("ci") else "")
-        rows.append([f"continued by {label}"] + [fmt_value(rate[n], signed=False) for n in
-                                                 ("t_it", "t_pt", "matched", "random")]
-                    + [fmt_value(b["delta_t_it_minus_t_pt"]), fmt_value(b["delta_t_it_minus_matched"]), corr_text])
-    return lines + _table(["", "pass t_IT", "pass t_PT", "pass matched", "pass random", "t_IT - t_PT",
-                           "t_IT - matched", "corr(interaction, delta)"], rows) + [""]
-
-
-def features_lines(feat: dict | None) -> list[str]:
-    """Crosscoder quality gate, mediation curve, rescue and closure."""
-    if not feat:
-        return []
-    lines = ["## Sparse final-MLP features", ""]
-    gate = feat.get("quality_gate")
-    if gate:
-        ve = ", ".join(f"layer {layer}: PT {v['pt']:.2f} / IT {v['it']:.2f}" for layer, v in gate["variance_explained"].items())
-        lines += [f"Crosscoder ({feat['source']}, {feat['n_latents']} latents, k = {feat['k']}, MLP layers "
-                  f"{', '.join(map(str, feat['layers']))}): quality gate **{'passed' if gate['passed'] else 'FAILED'}** — "
-                  f"held-out variance explained {ve}; mean L0 {gate['mean_l0']:.1f} (target {gate['target_k']}); "
-                  f"{100 * gate['alive_in_range_share']:.0f}% of latents fire on 1-20% of tokens.", ""]
-    if feat.get("note"):
-        lines += [f"*{md_escape(feat['note'])}*", ""]
-    study = feat.get("study") or {}
-    if study.get("mediation"):
-        rows = []
-        for k, g in study["mediation"].items():
-            rows.append([k] + [("n/a" if v is None else f"{v['interaction_drop']:+.3f}"
-                                + ("" if v["share"] is None else f" ({100 * v['share']:.0f}%)"))
-                               for v in (g.get("top"), g.get("matched_random"), g.get("top_active"))]
-                        + [f"{g['top']['upstream_dependence']:+.3f}"])
-        lines += [f"Mediation on {study['n_heldout']} held-out events (ranked on {study['n_train']}): interaction drop "
-                  "when the IT-branch decoder contribution of k latents is removed from both L_IT cells.", ""]
-        lines += _table(["k", "top-ranked", "matched random", "top active", "upstream dependence (top)"], rows) + [""]
-    if study.get("rescue"):
-        rows = [[k, *[("n/a" if g[n]["fraction_of_missing"] is None else f"{100 * g[n]['fraction_of_missing']:.0f}%")
-                      + f" ({g[n]['logit_gain']:+.3f})" for n in ("top", "random")]] for k, g in study["rescue"].items()]
-        lines += ["Rescue: top-k latents of (U_IT, L_IT) patched into (U_PT, L_IT), as a share of the missing margin.",
-                  ""] + _table(["k", "top-ranked", "random"], rows) + [""]
-    closure = feat.get("closure") or {}
-    if closure.get("by_rank"):
-        rows = [[r] + [("n/a" if g[n]["closure"] is None else f"{100 * g[n]['closure']:.0f}%")
-                       for n in ("pca", "gaussian", "random_subspace", "sign_flipped")]
-                for r, g in closure["by_rank"].items()]
-        lines += ["Structured closure: held-out boundary shifts projected on the top-r principal components of the "
-                  "train shifts, added to U_PT through L_IT (share of the missing margin).", ""]
-        lines += _table(["rank r", "PCA", "Gaussian", "random subspace", "sign-flipped"], rows) + [""]
-    return lines
 
 
 def scored_descendant(config: dict) -> tuple[str, str]:
@@ -315,8 +235,7 @@ def render_markdown(config: dict, summary: dict) -> str:
         lines += reading_lines(summary["results"][first])
         lines.append("")
     lines += controls_table(summary.get("controls", []))
-    lines += consequence_lines(summary.get("consequences"))
-    lines += features_lines(summary.get("features"))
+    lines += sections_markdown(summary)
     if len(summary["boundaries"]) > 1:
         lines += sweep_section(summary)
     for b in summary["boundaries"]:

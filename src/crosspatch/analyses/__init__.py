@@ -1,0 +1,3 @@
+"""The built-in analyses, one module each (controls of DESIGN 1.5 and the rest): each module
+defines its analysis (when it needs passes), its options, its ``summarize`` and ``render``, and
+registers them with :func:`crosspatch.registry.register_analysis`."""

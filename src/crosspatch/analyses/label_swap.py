@@ -1,0 +1,38 @@
+"""Label-swap null (DESIGN 1.5): swapping which model is "PT" and which is "IT" flips the sign of
+each prompt cluster's interaction; a calibrated sign-flip test at a stated level. Its failure
+(the interaction is within the null) makes the verdict ``inconclusive``, never its opposite."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..registry import AnalysisPlugin, SummaryContext, control_row, register_analysis
+from ..stats import label_swap_null
+from ..verdict import INTERACTION_CLAIMS
+
+
+@dataclass
+class LabelSwapOptions:
+    level: float = field(default=0.01, metadata={"help": "two-sided p-value below which the interaction is "
+                                                          "beyond the null"})
+    resamples: int = field(default=10000, metadata={"help": "sign-flip draws of the null"})
+
+
+def summarize(rows: list[dict], ctx: SummaryContext, options: LabelSwapOptions) -> dict:
+    null = label_swap_null(ctx.first, resamples=options.resamples, seed=ctx.bootstrap("label_swap").seed,
+                           level=options.level)
+    if null["observed"] is None:
+        return control_row("label_swap", "warn", None, "no events", n=0)
+    sig = null["rejects_null"]
+    return control_row(
+        "label_swap", "pass" if sig else "warn", null["observed"],
+        ("the interaction is beyond the label-swap null" if sig else
+         "the interaction is within the label-swap null: not distinguishable from zero"),
+        f"two-sided p < {options.level:g} (prompt-cluster sign flips)", n=null["n_events"],
+        p_value=null["p_value"], level=options.level, null_threshold=null["threshold"], n_prompts=null["n_prompts"],
+        exact=null["exact"], on_failure="inconclusive", weakens=list(INTERACTION_CLAIMS))
+
+
+PLUGIN = register_analysis(AnalysisPlugin(
+    "label_swap", summarize, options=LabelSwapOptions, role="control", default=True,
+    description="sign-flip null of the interaction over prompt clusters"))

@@ -1,0 +1,45 @@
+"""Report sections of registered analyses (:class:`crosspatch.registry.Section`), rendered for
+Markdown and for the HTML template. Section text is data: escaped in both renderings."""
+
+from __future__ import annotations
+
+from ..registry import Section, registered
+from .mdtext import _table, md_escape_prose
+
+
+def analysis_sections(summary: dict) -> list[Section]:
+    """The sections of every registered analysis (not control) whose block is in ``summary``,
+    in registration order."""
+    out = []
+    for plugin in registered().values():
+        if plugin.role != "analysis" or plugin.render is None:
+            continue
+        block = summary.get(plugin.summary_key)
+        if block:
+            section = plugin.render(block)
+            if section is not None:
+                out.append(section)
+    return out
+
+
+def section_markdown(section: Section) -> list[str]:
+    """A section as Markdown lines (prose escaped; tables with escaped cells)."""
+    lines = [f"## {md_escape_prose(section.title)}", ""]
+    for text in section.paragraphs:
+        lines += [md_escape_prose(text), ""]
+    for table in section.tables:
+        lines += _table([md_escape_prose(h) for h in table.header],
+                        [[md_escape_prose(str(c)) for c in row] for row in table.rows]) + [""]
+    return lines
+
+
+def sections_markdown(summary: dict) -> list[str]:
+    return [line for s in analysis_sections(summary) for line in section_markdown(s)]
+
+
+def sections_html(summary: dict) -> list[dict]:
+    """Sections for the HTML template (which autoescapes every text; figures are SVG the
+    plug-in drew from numbers)."""
+    return [{"title": s.title, "paragraphs": s.paragraphs,
+             "tables": [{"header": t.header, "rows": t.rows} for t in s.tables], "figures": s.figures}
+            for s in analysis_sections(summary)]

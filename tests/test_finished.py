@@ -1,0 +1,65 @@
+"""After the fact: one path (crosspatch.finished) reopens any run directory crosspatch writes — a
+pair, a compare member, a lineage run — from the load spec its config.json records."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from crosspatch.cli import app
+from crosspatch.testing.contract import PROMPTS, save_tiny_lora
+
+SETTINGS = ["--boundary", "2", "--max-new-tokens", "8", "--bootstrap", "0", "--controls", "none", "--quiet",
+            "--event-kinds", "first_diff"]
+
+
+def _prompt_file(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    return path
+
+
+def test_consequence_and_features_run_on_a_compare_member_and_a_lineage_run(tmp_path):
+    base, adapter, merged = save_tiny_lora(tmp_path / "m")
+    prompts = _prompt_file(tmp_path)
+    res = CliRunner().invoke(app, ["compare", "--base", str(base), "--tuned", str(merged), "--adapter", str(adapter),
+                                   "--prompts", str(prompts), "--out", str(tmp_path / "cmp"), *SETTINGS])
+    assert res.exit_code == 0, res.output
+    for member in ("merged", "adapter"):
+        config = json.loads((tmp_path / "cmp" / member / "config.json").read_text())
+        assert config["load_spec"]["base"] == str(base)  # what reopens the member's models
+        res = CliRunner().invoke(app, ["consequence", str(tmp_path / "cmp" / member), "--prompts", str(prompts),
+                                       "--budget", "3"])
+        assert res.exit_code == 0, res.output
+        summary = json.loads((tmp_path / "cmp" / member / "summary.json").read_text())
+        assert summary["consequences"]["n_events"] == summary["counts"]["events"] > 0
+        assert "Consequences" in (tmp_path / "cmp" / member / "report.md").read_text()
+
+    res = CliRunner().invoke(app, ["lineage", str(base), str(merged), "--prompts", str(prompts), "--out",
+                                   str(tmp_path / "lin"), *SETTINGS])
+    assert res.exit_code == 0, res.output
+    run_dir = tmp_path / "lin" / "run"
+    res = CliRunner().invoke(app, ["features", "train", str(run_dir), "--latents", "16", "--k", "2", "--steps", "5",
+                                   "--layers", "1"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["features"]["layers"] == [3] and "Sparse final-MLP features" in (run_dir / "report.md").read_text()
+
+
+def test_run_on_finished_runs_a_registered_analysis_and_summarises_again(tmp_path):
+    from crosspatch.execution import load_pair
+    from crosspatch.finished import run_on_finished
+    from crosspatch.pipeline import run
+
+    base, _, merged = save_tiny_lora(tmp_path / "m")
+    result = run(load_pair(str(base), tuned=str(merged)), PROMPTS, boundary=2, max_new_tokens=8, bootstrap=0,
+                 controls="none", progress=False, out=tmp_path / "r")
+    assert not any(r["control"] == "pre_late_commitment" for r in result.summary["controls"])
+    later = run_on_finished(tmp_path / "r", "pre_late_commitment")
+    rows = (tmp_path / "r" / "control_pre_late_commitment.jsonl").read_text().splitlines()
+    assert len(rows) == result.summary["counts"]["events"] > 0
+    row = next(r for r in later["controls"] if r["control"] == "pre_late_commitment")
+    assert row["details"]["n_scored"] == len(rows)  # the control that ran later is in the summary
+    assert "pre-late-commitment" in (tmp_path / "r" / "report.md").read_text()
+    assert later["counts"] == result.summary["counts"] and later["results"] == result.summary["results"]

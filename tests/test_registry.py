@@ -1,0 +1,101 @@
+"""The analysis registry: every registered analysis, built-in or registered from another package
+through the ``crosspatch.analyses`` entry point, passes the common contract
+(crosspatch.testing.contract: every residency, shards merged, resume, picklable, summary block,
+report section) with no edit to crosspatch."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from crosspatch import registry
+from crosspatch.errors import OptionError
+from crosspatch.registry import AnalysisPlugin, register_analysis, registered, unregister_analysis
+
+PLUGIN_PACKAGE = Path(__file__).parent / "plugin_package"
+BUILTIN = ["label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
+           "position_subsets", "near_ties", "random_later", "native_history", "routing", "consequence", "features"]
+
+
+@pytest.fixture(scope="module")
+def with_entry_point():
+    """A package outside src/ (tests/plugin_package) on the path, as if pip-installed: its
+    entry point registers the analysis 'token_rank'."""
+    sys.path.insert(0, str(PLUGIN_PACKAGE))
+    registry._loaded = False  # discover entry points again
+    try:
+        yield registered()
+    finally:
+        sys.path.remove(str(PLUGIN_PACKAGE))
+        unregister_analysis("token_rank")
+        sys.modules.pop("crosspatch_example_plugin", None)
+
+
+@pytest.fixture(scope="module")
+def contract(with_entry_point, tmp_path_factory):
+    from crosspatch.testing.contract import check_analyses
+
+    return check_analyses(list(with_entry_point), tmp_path_factory.mktemp("contract"))
+
+
+def test_an_entry_point_registers_an_analysis_from_another_package(with_entry_point):
+    assert list(with_entry_point)[: len(BUILTIN)] == BUILTIN
+    assert "token_rank" in with_entry_point
+    assert with_entry_point["token_rank"].options.__name__ == "TokenRankOptions"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUILTIN + ["token_rank"])
+def test_every_registered_analysis_passes_the_contract(contract, name):
+    assert contract[name]["residencies"] == ["adapter", "both", "sequential"]
+    if name in ("pre_divergence", "pre_late_commitment", "hybrid_state", "random_later", "native_history",
+                "consequence", "token_rank"):
+        assert contract[name]["rows"] > 0  # the contract compared real records, not two empty lists
+    if name not in ("routing", "features"):  # dense models route nothing; no feature study ran
+        assert contract[name]["block"]
+
+
+def test_the_external_analysis_appears_in_summary_and_both_reports(contract, tmp_path_factory):
+    root = next(p for p in Path(tmp_path_factory.getbasetemp()).glob("contract*/run-both"))
+    import json
+
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["token_rank"]["n_events"] > 0
+    assert "## Rank of t_IT under the base" in (root / "report.md").read_text()
+    assert "<h2>Rank of t_IT under the base</h2>" in (root / "report.html").read_text()
+
+
+def test_names_are_unique_and_checked():
+    plugin = AnalysisPlugin("probe_once", lambda rows, ctx, options: None)
+    register_analysis(plugin)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_analysis(AnalysisPlugin("probe_once", lambda rows, ctx, options: None))
+        with pytest.raises(ValueError, match="letters, digits"):
+            AnalysisPlugin("../x", lambda rows, ctx, options: None)
+        with pytest.raises(ValueError, match="role"):
+            AnalysisPlugin("x", lambda rows, ctx, options: None, role="other")
+    finally:
+        unregister_analysis("probe_once")
+
+
+def test_unknown_analyses_and_options_are_named_errors_before_any_model_loads():
+    from crosspatch.pipeline import RunConfig
+    from crosspatch.validation import validate_run_options
+
+    with pytest.raises(OptionError, match="no analysis named 'nope'"):
+        validate_run_options(RunConfig(analyses=["nope"]))
+    with pytest.raises(OptionError, match="unknown option"):
+        validate_run_options(RunConfig(analysis_options={"hybrid_state": {"draws": 3}}))
+    with pytest.raises(OptionError, match="takes no options"):
+        validate_run_options(RunConfig(analysis_options={"near_ties": {"x": 1}}))
+
+
+def test_block_seeds_differ_by_name_and_are_stable():
+    from crosspatch.stats import stable_seed
+
+    assert stable_seed(0, "2/common_it/all") == stable_seed(0, "2/common_it/all")
+    assert stable_seed(0, "2/common_it/all") != stable_seed(0, "2/common_it/by_category/wind")
+    assert stable_seed(0, "a") != stable_seed(1, "a")
