@@ -34,8 +34,9 @@ def __getattr__(name: str):
     if module is None:
         raise AttributeError(f"module 'crosspatch' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
-    if name not in ("compare", "lineage"):  # those two share their name with the submodule
-        globals()[name] = value
+    if name == "compare":  # the submodule of the same name is callable (it calls the function)
+        return globals()["compare"]
+    globals()[name] = value
     return value
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .analysis import Analysis, EventSet
-from .divergence import DivergenceEvent
+from .divergence import DivergenceEvent, RecordKey
 from .execution import Executor, Late, ModelSet, Program
 from .models.execution import EventStates, readout
 from .models.vocab import masked_argmax, top2_margin
@@ -24,6 +24,14 @@ from .tokens import TokenDescriber
 
 READOUTS = ("common_it", "common_pt")
 CELLS = ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")  # U_<upstream>_L_<late stack>
+
+
+def cell_effects(y) -> dict:
+    """The one effect formula (DESIGN 1.4): ``E_PT``, ``E_IT`` and the interaction from the four
+    cells ``y[cell]`` (numbers or arrays; stats derives the ratios from these)."""
+    e_pt = y["upt_lit"] - y["upt_lpt"]
+    e_it = y["uit_lit"] - y["uit_lpt"]
+    return {"E_PT": e_pt, "E_IT": e_it, "interaction": e_it - e_pt}
 
 
 @dataclass
@@ -91,9 +99,13 @@ class CellRecord:
 
     def effects(self, readout: str = "common_it") -> dict[str, float]:
         """This event's ``E_PT``, ``E_IT`` and interaction under ``readout``."""
-        y = self.cells[readout]
-        e_pt, e_it = y["upt_lit"] - y["upt_lpt"], y["uit_lit"] - y["uit_lpt"]
-        return {"E_PT": e_pt, "E_IT": e_it, "interaction": e_it - e_pt}
+        return cell_effects(self.cells[readout])
+
+    @property
+    def event_key(self) -> str:
+        """The event's key without the boundary (``p7#first``): what other analyses' records of
+        the same event carry."""
+        return RecordKey.parse(self.key).event
 
 
 def _expect(name: str, value, kind: type) -> None:
@@ -170,7 +182,7 @@ def build_records(heads, tokenizer, evs: list[DivergenceEvent], boundary: int, s
         finite = all(math.isfinite(v) for r in cells.values() for v in r.values())
         mp, mi = float(diagnostics["margin_pt"][j]), float(diagnostics["margin_it"][j])
         records.append(CellRecord(
-            key=f"{ev.key}@{boundary}", prompt_id=ev.prompt_id, category=ev.category, boundary=boundary,
+            key=str(RecordKey(ev.prompt_id, ev.kind, boundary)), prompt_id=ev.prompt_id, category=ev.category, boundary=boundary,
             position=ev.position, prompt_len=ev.prompt_len, prefix_len=len(ev.prefix_ids),
             t_pt=ev.t_pt, t_it=ev.t_it, t_pt_text=tokenizer.decode([ev.t_pt]), t_it_text=tokenizer.decode([ev.t_it]),
             cells=cells, margin_pt=mp, margin_it=mi, near_tie=min(mp, mi) < config.near_tie_threshold,

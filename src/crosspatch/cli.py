@@ -13,9 +13,25 @@ from rich.text import Text
 
 from .errors import CrosspatchError, OptionError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
                   help="First-divergence cross-patching of a base model and its fine-tuned descendant.")
-zoo_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The embedded weather-report model zoo.")
+zoo_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
+                      help="The embedded weather-report model zoo.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"crosspatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print crosspatch's version and exit.")) -> None:
+    """First-divergence cross-patching of a base model and its fine-tuned descendant."""
 app.add_typer(zoo_app, name="zoo")
 console = Console(stderr=True)
 
@@ -568,7 +584,7 @@ def pool_cmd(
     _stdout().print(table)
 
 
-features_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+features_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
                             help="Sparse final-MLP feature mediation with a paired crosscoder.")
 app.add_typer(features_app, name="features")
 
@@ -642,18 +658,33 @@ def merge_cmd(
 
 
 @app.command("report")
-def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
-    """Re-render report.md from a run directory's stored files alone."""
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    check: bool = typer.Option(False, "--check", help="Check that every number report.md and report.html print "
+                                                      "comes from the stored data (exit 1 if one does not)."),
+) -> None:
+    """Re-render report.md and report.html from a run directory's stored files alone."""
     from .pipeline import rerender_run
 
     try:
         written = rerender_run(run_dir)
+        if check:
+            from .report.check import check_report
+
+            problems = check_report(run_dir)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     for w in written.warnings:
         console.print(Text.assemble(("warning ", "yellow"), w), soft_wrap=True)
     for path in written.files:
         console.print(f"wrote {path}", soft_wrap=True)
+    if check:
+        for problem in problems:
+            console.print(Text.assemble(("not in the stored data ", "red"), problem), soft_wrap=True)
+        console.print(f"check: {'every printed number comes from the stored data' if not problems else f'{len(problems)} number(s) are not backed by the stored data'}",
+                      soft_wrap=True)
+        if problems:
+            raise typer.Exit(code=1)
 
 
 @app.command("demo")

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch
 from .analysis import Analysis, EventSet
 from .cells import CELLS, CellRecord, event_y
 from .execution import Executor, Late, ModelSet, Program
+from .divergence import RecordKey
 from .errors import OptionError
 from .models.vocab import masked_argmax
 from .pipeline import RunConfig, RunResult, run
@@ -54,7 +56,7 @@ class CrossDescendant(Analysis):
         rows = []
         for role, final in zip(others, finals):
             ys = event_y(ex.readout(events.tuned, torch.stack(final)), events.events)
-            rows += [{"key": f"{e.key}@{b}", "prompt_id": e.prompt_id, "upstream": role, "late": events.tuned,
+            rows += [{"key": str(RecordKey(e.prompt_id, e.kind, b, role)), "prompt_id": e.prompt_id, "upstream": role, "late": events.tuned,
                       "boundary": b, "y": float(ys[k])} for k, e in enumerate(events.events)]
         return rows
 
@@ -88,7 +90,7 @@ class StageScores(Analysis):
             ys = {c: event_y(ex.readout(role, h), events.events) for c, h in cells.items()}
             own = masked_argmax(ex.readout(role, nat_s), ex.models.real_vocab).cpu()
             for j, e in enumerate(events.events):
-                rows.append({"key": f"{e.key}@{b}#{role}", "prompt_id": e.prompt_id, "stage": role, "boundary": b,
+                rows.append({"key": str(RecordKey(e.prompt_id, e.kind, b, role)), "prompt_id": e.prompt_id, "stage": role, "boundary": b,
                              "cells": {c: float(ys[c][j]) for c in CELLS}, "top1_is_t_final": bool(own[j] == e.t_it)})
         return rows
 
@@ -403,3 +405,16 @@ def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str =
 
 __all__ = ["CompareResult", "CrossDescendant", "LineageResult", "StageScores", "compare", "lineage", "parse_cross",
            "pool_runs"]
+
+
+class _CallableModule(type(sys.modules[__name__])):
+    """``crosspatch.compare`` is both this module and the function :func:`compare`: importing a
+    submodule makes it an attribute of its package, so whichever was looked up first used to win
+    (the second ``crosspatch.compare(...)`` call failed with "'module' object is not callable").
+    Calling the module calls the function."""
+
+    def __call__(self, *args, **kwargs):
+        return compare(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -209,7 +209,7 @@ def _build(options, plan: PlanContext) -> Consequence | None:
 def _summarize(rows: list[dict], ctx: SummaryContext, options) -> dict | None:
     if not rows:
         return None
-    inter = {r.key.rsplit("@", 1)[0]: r.effects()["interaction"] for r in ctx.first}
+    inter = {r.event_key: r.effects()["interaction"] for r in ctx.first}
     return consequence_summary(rows, inter, ctx.bootstrap("consequences"))
 
 

@@ -12,6 +12,7 @@ outcome that is kept and counted.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 from .execution import Executor, ModelSet, Program, Search
@@ -26,6 +27,45 @@ KEY_SUFFIX = {"first_diff": "first", "first_nonformat_diff": "nonformat", "first
 def event_key(prompt_id: str, kind: str = "first_diff") -> str:
     """The record key of a prompt's event of ``kind`` (``<id>#first`` for the first divergence)."""
     return f"{prompt_id}#{KEY_SUFFIX.get(kind, kind)}"
+
+
+_SUFFIX_KIND = {v: k for k, v in KEY_SUFFIX.items()}
+_RECORD_KEY = re.compile(r"^(?P<event>.*)@(?P<boundary>-?\d+)(?:#(?P<role>[^#@]*))?$")
+
+
+@dataclass(frozen=True)
+class RecordKey:
+    """The key of a stored record, typed: ``str()`` gives the stored form
+    ``<prompt_id>#<kind suffix>[@<boundary>][#<role>]`` (``p7#first@16``, ``p7#first@16#sft``) and
+    :meth:`parse` reads it back (prompt ids may hold ``#`` and ``@``: the fields are read from the
+    right)."""
+
+    prompt_id: str
+    kind: str = "first_diff"
+    boundary: int | None = None
+    role: str | None = None
+
+    def __str__(self) -> str:
+        text = event_key(self.prompt_id, self.kind)
+        if self.boundary is not None:
+            text += f"@{self.boundary}"
+            if self.role is not None:
+                text += f"#{self.role}"
+        return text
+
+    @property
+    def event(self) -> str:
+        """The event's key, without boundary and role."""
+        return event_key(self.prompt_id, self.kind)
+
+    @classmethod
+    def parse(cls, text: str) -> "RecordKey":
+        m = _RECORD_KEY.match(text)
+        event, boundary, role = (m["event"], int(m["boundary"]), m["role"]) if m else (text, None, None)
+        prompt_id, _, suffix = event.rpartition("#")
+        if not _:
+            raise ValueError(f"not a record key: {text!r}")
+        return cls(prompt_id, _SUFFIX_KIND.get(suffix, suffix), boundary, role)
 
 
 @dataclass

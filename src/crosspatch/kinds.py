@@ -75,7 +75,7 @@ def relabel(first_records: list[CellRecord], twins: list[tuple[str, str]]) -> li
     """Copies of first-divergence records for kinds that fall on the first divergence."""
     by_key: dict[str, list[CellRecord]] = {}
     for r in first_records:
-        by_key.setdefault(r.key.rsplit("@", 1)[0], []).append(r)
+        by_key.setdefault(r.event_key, []).append(r)
     out = []
     for kind, key in twins:
         for r in by_key.get(key, []):

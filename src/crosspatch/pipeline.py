@@ -108,7 +108,11 @@ class RunResult:
         for b in bs:
             if b not in self.summary["results"]:
                 raise KeyError(f"boundary {b} was not scored in this run (scored: {', '.join(self.summary['boundaries'])})")
-            yield b, self.summary["results"][b][readout]
+            blocks = self.summary["results"][b]
+            if readout not in blocks or readout == "readout_agreement":
+                known = [k for k in blocks if k != "readout_agreement"]
+                raise OptionError(f"no readout {readout!r}; readouts: {', '.join(known)}")
+            yield b, blocks[readout]
 
     def effects(self, boundary: int | None = None, readout: str = "common_it", by: str | None = None):
         """A DataFrame of the effects with 95% intervals: one row per (boundary, group, effect).
@@ -118,7 +122,11 @@ class RunResult:
 
         rows = []
         for b, res in self._blocks(boundary, readout):
-            groups = {"all": res["all"]} if by is None else res.get(f"by_{by}", {})
+            if by is not None and f"by_{by}" not in res:
+                known = sorted(k[3:] for k in res if k.startswith("by_"))
+                raise OptionError(f"no breakdown by {by!r} in this run; breakdowns: {', '.join(known) or 'none'} "
+                                  "(a prompt field becomes one with --group-by)")
+            groups = {"all": res["all"]} if by is None else res[f"by_{by}"]
             for group, block in groups.items():
                 for name, stat in block["effects"].items():
                     ci = stat.get("ci") or [None, None]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .analysis import Analysis, EventSet
+from .divergence import RecordKey
 from .execution import Edit, Executor, Late, Program
 from .registry import AnalysisPlugin, Section, Table, register_analysis
 
@@ -55,7 +56,7 @@ class RouterShift(Analysis):
             lp, li = captured[events.base][k], captured[events.tuned][k]
             top_pt = torch.topk(lp, min(self.top_k, lp.numel())).indices.tolist()
             top_it = torch.topk(li, min(self.top_k, li.numel())).indices.tolist()
-            rows.append({"key": f"{e.key}@{b}", "prompt_id": e.prompt_id, "boundary": b, "experts_pt": top_pt,
+            rows.append({"key": str(RecordKey(e.prompt_id, e.kind, b)), "prompt_id": e.prompt_id, "boundary": b, "experts_pt": top_pt,
                          "experts_it": top_it, "top_k_overlap": len(set(top_pt) & set(top_it)) / len(top_pt),
                          "js_divergence": _js(lp.softmax(-1), li.softmax(-1))})
         return rows

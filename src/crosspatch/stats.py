@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .cells import CELLS, READOUTS, CellRecord
+from .cells import CELLS, READOUTS, CellRecord, cell_effects
 
 EFFECTS = (
     "E_PT", "E_IT", "interaction", "native_shift", "direct_share", "matched_portable_ratio",
@@ -76,11 +76,10 @@ def cluster_mean_ci(values: np.ndarray, clusters: Sequence[str], boot: Bootstrap
 
 def effects_from_cell_means(m: np.ndarray) -> dict[str, np.ndarray]:
     """All DESIGN 1.4 quantities from cell means ``[..., 4]`` ordered as CELLS."""
-    upt_lpt, upt_lit, uit_lpt, uit_lit = (m[..., k] for k in range(4))
-    e_pt = upt_lit - upt_lpt
-    e_it = uit_lit - uit_lpt
-    inter = e_it - e_pt
-    shift = uit_lit - upt_lpt
+    y = {c: m[..., k] for k, c in enumerate(CELLS)}
+    base = cell_effects(y)
+    e_pt, e_it, inter = base["E_PT"], base["E_IT"], base["interaction"]
+    shift = y["uit_lit"] - y["upt_lpt"]
     with np.errstate(divide="ignore", invalid="ignore"):
         return {
             "E_PT": e_pt,

@@ -520,8 +520,7 @@ def events_frame(records: Iterable[CellRecord]):
             y = r.cells[name]
             for c in CELLS:
                 row[f"{name}.{c}"] = y[c]
-            row[f"{name}.E_PT"] = y["upt_lit"] - y["upt_lpt"]
-            row[f"{name}.E_IT"] = y["uit_lit"] - y["uit_lpt"]
-            row[f"{name}.interaction"] = row[f"{name}.E_IT"] - row[f"{name}.E_PT"]
+            for effect, value in r.effects(name).items():
+                row[f"{name}.{effect}"] = value
         rows.append(row)
     return pd.DataFrame(rows)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..analysis import Analysis, EventSet
+from ..divergence import RecordKey
 from ..cells import event_y
 from ..execution import Executor, Late, Program
 from ..registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
@@ -65,7 +66,7 @@ class HybridState(Analysis):
         recon_pt = y_of(results[n_interp])
         rand = [y_of(r) for r in results[n_interp + 1:]]
         nat_pt, nat_it = y_of(x.final for x in u_pt), y_of(y.final for y in u_it)
-        return [{"key": f"{e.key}@{b}", "prompt_id": e.prompt_id, "boundary": b,
+        return [{"key": str(RecordKey(e.prompt_id, e.kind, b)), "prompt_id": e.prompt_id, "boundary": b,
                  "reconstruction_error": float(max(abs(recon_pt[k] - nat_pt[k]), abs(interp[-1][k] - nat_it[k]))),
                  "y_interpolation": [float(v[k]) for v in interp], "y_random_patch": float(rand[0][k]),
                  "y_random_patches": [float(v[k]) for v in rand]}

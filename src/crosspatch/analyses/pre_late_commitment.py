@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..analysis import Analysis, EventSet
+from ..divergence import RecordKey
 from ..execution import Executor, Program
 from ..registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
 from .common import interaction_block, mean_interaction
@@ -28,7 +29,7 @@ class PreLateCommitment(Analysis):
         b = self.boundary
         (u_it,) = yield from evset.states([evset.tuned], [b])
         lens = ex.readout(evset.tuned, torch.stack([s.boundary[b][-1] for s in u_it]))
-        return [{"key": f"{e.key}@{b}", "prompt_id": e.prompt_id, "boundary": b,
+        return [{"key": str(RecordKey(e.prompt_id, e.kind, b)), "prompt_id": e.prompt_id, "boundary": b,
                  "lens_margin": float(lens[k, e.t_it] - lens[k, e.t_pt])} for k, e in enumerate(evset.events)]
 
 

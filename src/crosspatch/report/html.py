@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..cells import READOUTS
+from ..cells import READOUTS, cell_effects
 from .markdown import _EFFECT_LABELS, _fmt_number, counts_lines, fmt_effect, fmt_value, reading_lines, scored_descendant
 
 
@@ -49,7 +49,7 @@ def _section(result: dict, boundary: str, breakdown_plots: bool = True) -> dict:
 
 def _event(r) -> dict:
     y = {name: r.cells[name] for name in READOUTS}
-    inter = (y["common_it"]["uit_lit"] - y["common_it"]["uit_lpt"]) - (y["common_it"]["upt_lit"] - y["common_it"]["upt_lpt"])
+    inter = cell_effects(y["common_it"])["interaction"]
     return {"prompt_id": r.prompt_id, "category": r.category or "", "kind": r.kind, "position": r.position,
             "t_pt_text": json.dumps(r.t_pt_text)[1:-1], "t_it_text": json.dumps(r.t_it_text)[1:-1],
             "t_pt_category": r.t_pt_category or "", "t_it_category": r.t_it_category or "",

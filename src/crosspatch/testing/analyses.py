@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..analysis import Analysis, EventSet
+from ..divergence import RecordKey
 from ..execution import Executor, Late, Program
 
 
@@ -29,6 +30,6 @@ class BlendProbe(Analysis):
         blend = [(1 - self.alpha) * x.boundary[b] + self.alpha * y.boundary[b] for x, y in zip(u_pt, u_it)]
         (final,) = yield [Late(events.base, b, blend, events.sequences)]
         logits = ex.readout(events.tuned, torch.stack(final))
-        return [{"key": f"{e.key}@{b}", "prompt_id": e.prompt_id, "alpha": self.alpha,
+        return [{"key": str(RecordKey(e.prompt_id, e.kind, b)), "prompt_id": e.prompt_id, "alpha": self.alpha,
                  "logit_t_it": float(logits[k, e.t_it]), "y": float(logits[k, e.t_it] - logits[k, e.t_pt])}
                 for k, e in enumerate(events.events)]

@@ -247,23 +247,38 @@ def lineage_and_sweep(summary: dict) -> list[str]:
     return lines
 
 
+def _share_text(verdict: dict) -> str:
+    share = (verdict.get("numbers") or {}).get("late_interaction_share") or {}
+    if share.get("mean") is None:
+        return ""
+    ci = share.get("ci")
+    return f" (I/E_IT {100 * share['mean']:.0f}%" + (f" [{100 * ci[0]:.0f}%, {100 * ci[1]:.0f}%]" if ci else "") + ")"
+
+
 def advice(summary: dict) -> list[str]:
+    """One line per verdict grade, naming the descendants with their interaction share and its
+    interval (the numbers the verdict rule decided on, docs/verdict.md)."""
     by_verdict: dict[str, list[str]] = {}
     for name, s in summary["descendants"].items():
-        by_verdict.setdefault(s["verdict"]["verdict"], []).append(name)
+        by_verdict.setdefault(s["verdict"]["verdict"], []).append(name + _share_text(s["verdict"]))
     lines = ["**What to do**:"]
-    if by_verdict.get("upstream-dependent"):
-        lines.append(f"- {', '.join(by_verdict['upstream-dependent'])}: the late gain needs the tuned early layers; do "
-                     "not transplant or merge these late layers onto another base, and gate such adapters with "
-                     "`crosspatch gate`.")
-    if by_verdict.get("portable"):
-        lines.append(f"- {', '.join(by_verdict['portable'])}: the late gain carries over to the base's early layers; "
-                     "late-layer merging or transplanting is not ruled out by this diagnostic.")
-    if by_verdict.get("no-late-effect"):
-        lines.append(f"- {', '.join(by_verdict['no-late-effect'])}: no late effect to protect at this boundary.")
-    if by_verdict.get("inconclusive"):
-        lines.append(f"- {', '.join(by_verdict['inconclusive'])}: inconclusive; add prompts or read the controls "
-                     "before acting.")
+    text = {
+        "upstream-dependent": "the whole interval of the interaction share lies above the policy's upper bound: the "
+                              "late gain needs the tuned early layers; do not transplant or merge these late layers "
+                              "onto another base, and gate such adapters with `crosspatch gate`.",
+        "partly-upstream-dependent": "the interaction share's interval lies between the bounds or straddles one: "
+                                     "part of the late gain carries over to the base's early layers and part needs "
+                                     "the tuned ones; grafting keeps only part of the gain, check the breakdowns.",
+        "portable": "the whole interval of the interaction share lies below the portable bound and E_PT is reliable: "
+                    "the late gain carries over to the base's early layers; late-layer merging or transplanting is "
+                    "not ruled out by this diagnostic.",
+        "no-late-effect": "no late effect to protect at this boundary.",
+        "inconclusive": "inconclusive (the reason says why: too few prompts, a wide interval, or a control that "
+                        "failed); add prompts or read the controls before acting.",
+    }
+    for verdict, sentence in text.items():
+        if by_verdict.get(verdict):
+            lines.append(f"- {', '.join(by_verdict[verdict])}: {sentence}")
     return lines
 
 
