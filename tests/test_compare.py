@@ -33,7 +33,7 @@ def compared(family, tmp_path_factory):
 def test_compare_gives_each_descendant_its_expected_effects(compared):
     result, out = compared
     rows = result.summary["rows"]
-    assert rows["same"]["events"] == 0 and rows["same"]["verdict"] == "inconclusive"  # identical: no divergence
+    assert rows["same"]["events"] == 0 and rows["same"]["verdict"] == "no-late-effect"  # identical: never disagree
     late, early = rows["late"]["effects"], rows["early"]["effects"]
     assert late["interaction"]["mean"] == 0.0 and late["E_PT"]["mean"] == late["E_IT"]["mean"] > 0
     assert rows["late"]["verdict"] == "portable"

@@ -16,7 +16,8 @@ from crosspatch.registry import AnalysisPlugin, register_analysis, registered, u
 
 PLUGIN_PACKAGE = Path(__file__).parent / "plugin_package"
 BUILTIN = ["label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
-           "position_subsets", "near_ties", "random_later", "native_history", "routing", "consequence", "features"]
+           "position_subsets", "near_ties", "random_later", "native_history", "null_calibration", "routing", "consequence",
+           "features"]
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def assert_same_summary(got, want, tol=1e-5, path="summary"):
             assert_same_summary(a, b, tol, f"{path}[{k}]")
     elif isinstance(want, float) and not isinstance(want, bool):
         # ratios (shares) amplify rounding where their denominator is small: relative check
-        ratio = any(k in path for k in ("share", "ratio"))
+        ratio = any(k in path for k in ("share", "ratio", "p_value"))  # a p-value counts sign patterns near the observed value
         limit = 1e-3 * max(1.0, abs(want)) if ratio else tol * max(1.0, abs(want))
         assert abs(got - want) <= limit, f"{path}: {got} vs {want}"
     else:

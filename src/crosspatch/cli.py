@@ -153,11 +153,18 @@ def run_cmd(
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Print the plan (models, residency, boundaries, prompts, estimated work and "
                                       "state cache, output files) and exit before loading any weight."),
+    null: Optional[list[str]] = typer.Option(
+        None, "--null", help="A null descendant of the same base (a checkpoint or adapter trained like the descendant "
+        "on a null task, or with another seed): the verdict's yardstick (repeatable)."),
+    synthetic_null: int = typer.Option(
+        0, "--synthetic-null", help="Synthetic nulls of the descendant: the real weight delta's spectrum in random "
+        "directions (a weaker yardstick than --null; needs both models in memory)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Run the first-divergence 2x2 factorial on a model pair and write a run directory."""
-    from . import load_pair
+    from . import load_models
     from .pipeline import run
+    from .validation import validate_run_options
 
     kw = dict(locals())
     try:
@@ -165,10 +172,14 @@ def run_cmd(
             raise OptionError("give exactly one descendant: --tuned (a full or merged checkpoint) or --adapter "
                               "(a PEFT adapter directory)")
         items, config, options = _prepare(kw, [tuned] if tuned else [], [adapter] if adapter else [])
+        roles_tuned, roles_adapters = _null_roles(tuned, adapter, null or [], options)
+        config.nulls = [r for r in [*roles_tuned, *roles_adapters] if r != "tuned"]
+        config.synthetic_nulls, config.tuned = synthetic_null, "tuned"
+        validate_run_options(config)
         if dry_run:
             return _print_plan(kw, [tuned] if tuned else [], [adapter] if adapter else [], items, config, options)
         with console.status("loading models"):
-            pair = load_pair(base, tuned=tuned, adapter=adapter, options=options)
+            pair = load_models(base, tuned=roles_tuned or None, adapters=roles_adapters or None, options=options)
         console.print(f"residency: {pair.residency} ({pair.provenance.get('residency_reason')})",
                       soft_wrap=True, markup=False)
         result = run(pair, items, config, out=out, resume=resume, progress=not quiet, overwrite=overwrite)
@@ -186,6 +197,26 @@ def run_cmd(
                         soft_wrap=True)
     console.print(f"run directory: {out} (report.md, report.html, summary.json, events.jsonl, events.parquet)",
                   soft_wrap=True)
+
+
+def _null_roles(tuned, adapter, nulls: list[str], options) -> tuple[dict, dict]:
+    """The roles to load: the descendant as ``tuned`` and each ``--null`` as ``null-1``, ...
+    (an adapter directory or a checkpoint, told apart by its adapter_config.json), each path
+    checked before any weight loads."""
+    from .validation import check_model_path
+    from .models.loading import check_adapter_files
+
+    roles_tuned = {"tuned": tuned} if tuned else {}
+    roles_adapters = {"tuned": adapter} if adapter else {}
+    for k, path in enumerate(nulls, 1):
+        if path in (tuned, adapter):
+            raise OptionError(f"--null {path} is the descendant itself: a null must be another fine-tune")
+        is_adapter = (Path(path) / "adapter_config.json").exists()
+        check_model_path(path, "null", adapter=is_adapter)
+        if is_adapter:
+            check_adapter_files(path, options.allow_pickle)
+        (roles_adapters if is_adapter else roles_tuned)[f"null-{k}"] = path
+    return roles_tuned, roles_adapters
 
 
 def _prepare(kw: dict, tuned: list[str], adapters: list[str], collection: str | None = None):

@@ -23,9 +23,9 @@ from .analyses.random_later import RandomLater
 from .registry import controls as registered_controls, get_analysis, select_controls
 
 CONTROLS = ("label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
-            "position_subsets", "near_ties", "random_later", "native_history")
+            "position_subsets", "near_ties", "random_later", "native_history", "null_calibration")
 DEFAULT_CONTROLS = ("label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
-                    "position_subsets", "near_ties")  # the cheap ones: no extra decoding
+                    "position_subsets", "near_ties", "null_calibration")  # the cheap ones: no extra decoding
 
 __all__ = ["CONTROLS", "DEFAULT_CONTROLS", "HORIZONS", "INTERPOLATION", "NEAR_TIE_MAX_SHARE",
            "PRE_DIVERGENCE_MAX_SHARE", "RECONSTRUCTION_TOLERANCE", "HybridState",

@@ -24,6 +24,9 @@ def parse_event_kinds(text: str | list[str] | None) -> list[str]:
     if text is None or text == "all" or text == ["all"]:
         return list(EVENT_KINDS)
     items = [x.strip() for x in (text.split(",") if isinstance(text, str) else text) if x.strip()]
+    if not items:
+        raise ValueError(f"event kinds {text!r} name no kind: give 'all' or a comma list of {', '.join(EVENT_KINDS)} "
+                         "(first_diff is always scored)")
     unknown = [x for x in items if x not in EVENT_KINDS]
     if unknown:
         raise ValueError(f"unknown event kind(s) {', '.join(unknown)}; choose from {', '.join(EVENT_KINDS)} or all")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .analysis import EventSet
@@ -73,6 +73,8 @@ class RunConfig:
     consequence: bool = False  # forced-token continuations scored by the prompts' validators
     consequence_budget: int = 32  # tokens generated after the forced token
     consequence_with_pt: bool = False  # also continue with the base
+    nulls: list[str] = field(default_factory=list)  # null descendant roles of the model set (null calibration)
+    synthetic_nulls: int = 0  # synthetic nulls of the descendant built in memory (docs/verdict.md)
     analyses: list[str] = field(default_factory=list)  # registered analyses to run beyond the default ones
     analysis_options: dict = field(default_factory=dict)  # {analysis name: {option: value}} (its options dataclass)
 
@@ -228,7 +230,7 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
                         shard_ids: list[str] | None = None) -> dict:
     options = asdict(config)
     digest = _prompts_digest(prompts)
-    models = {k: v for k, v in pair.provenance.items() if k not in ("residency_reason", "load_spec")}
+    models = {k: v for k, v in pair.provenance.items() if k not in ("residency_reason", "load_spec", "reopen_spec")}
     models["load_options"] = {k: v for k, v in models.get("load_options", {}).items() if k != "residency"}
     result_parts = {  # what changes results; residency and batching only move float rounding
         "options": {k: v for k, v in options.items()
@@ -247,8 +249,9 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
         "resolved_boundaries": boundaries,
         "num_layers": pair.num_layers,
         "residency": pair.residency,
-        "models": {k: v for k, v in pair.provenance.items() if k != "load_spec"},
-        "load_spec": pair.provenance.get("load_spec"),  # what reloads these models (after-the-fact analyses)
+        "models": {k: v for k, v in pair.provenance.items() if k not in ("load_spec", "reopen_spec")},
+        # what reloads these models (after-the-fact analyses)
+        "load_spec": pair.provenance.get("load_spec") or pair.provenance.get("reopen_spec"),
         "roles": list(pair.roles),
         "load_options": pair.provenance.get("load_options", {}),
         "prompts": {"count": len(prompts), "sha256": digest},
@@ -479,10 +482,15 @@ def _say(enabled: bool, message: str) -> None:
 
 
 def _progress(enabled: bool):
+    """Progress bars on a terminal; plain progress lines when standard error is not one."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
+    if enabled and not console.is_terminal:
+        from .progress import LineProgress
+
+        return LineProgress()
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, disable=not (enabled and console.is_terminal), transient=False,
@@ -520,6 +528,15 @@ def run(
     tuned = config.tuned or pair.roles[1]
     if tuned not in pair.descendants:
         raise OptionError(f"tuned must name a descendant role ({', '.join(pair.descendants)}), not {tuned!r}")
+    bad = [n for n in config.nulls if n not in pair.descendants or n == tuned]
+    if bad:
+        raise OptionError(f"nulls must name other descendant roles of the model set ({', '.join(r for r in pair.descendants if r != tuned) or 'none'}), "
+                          f"not {', '.join(map(repr, bad))}")
+    if config.synthetic_nulls:
+        from .execution.nulls import with_synthetic_nulls
+
+        pair, roles = with_synthetic_nulls(pair, tuned, config.synthetic_nulls, config.seed)
+        config = replace(config, nulls=[*config.nulls, *roles], tuned=tuned)
     all_prompts = as_prompts(prompts)
     run_warnings = check_group_by(list(config.group_by), all_prompts)
     if config.chat_template:

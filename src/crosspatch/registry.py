@@ -36,6 +36,7 @@ _BUILTIN_MODULES = (
     "crosspatch.analyses.pre_late_commitment", "crosspatch.analyses.hybrid_state",
     "crosspatch.analyses.readout_agreement", "crosspatch.analyses.position_subsets",
     "crosspatch.analyses.near_ties", "crosspatch.analyses.random_later", "crosspatch.analyses.native_history",
+    "crosspatch.analyses.null_calibration",
     "crosspatch.routing", "crosspatch.consequence", "crosspatch.features.plugin",
 )
 
@@ -226,10 +227,17 @@ def select_controls(text: str | list[str] | None) -> list[str]:
     if text is None or text == "default":
         return [p.name for p in controls() if p.default]
     items = [x.strip() for x in (text.split(",") if isinstance(text, str) else text) if x.strip()]
+    if not items:
+        raise ValueError(f"controls {text!r} name no control: give default, all, none or a comma list of control names")
+    if len(items) > 1 and {"all", "none", "default"} & set(items):
+        raise ValueError(f"controls {', '.join(items)}: all, none and default stand alone; give one of them, or a comma "
+                         "list of control names")
     if items == ["all"]:
         return known
-    if items in (["none"], []):
+    if items == ["none"]:
         return []
+    if items == ["default"]:
+        return [p.name for p in controls() if p.default]
     unknown = [x for x in items if x not in known]
     if unknown:
         raise ValueError(f"unknown control(s) {', '.join(unknown)}; choose from {', '.join(known)}, all, none")

@@ -102,6 +102,10 @@ def validate_run_options(config) -> None:
     _int("workers", config.workers, 1)
     _int("sequential chunk", config.sequential_chunk, 1)
     _int("consequence budget", config.consequence_budget, 1)
+    _int("synthetic nulls", config.synthetic_nulls, 0)
+    if isinstance(config.nulls, (str, bytes)) or not isinstance(config.nulls, (list, tuple)) or \
+            any(not isinstance(n, str) or not n for n in config.nulls):
+        raise OptionError(f"nulls must be a list of descendant role names, not {config.nulls!r}")
     check_bootstrap(config.bootstrap)
     t = config.near_tie_threshold
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:

@@ -56,7 +56,7 @@ def test_the_late_only_check_and_the_advice_follow_the_runs():
     late = _run(_block((5, 4, 6), (5, 4, 6), (0.0, 0.0, 0.0)), verdict="upstream-dependent")
     text = reading(late, [4, 5])
     assert "the check holds" in text
-    assert "- it-lora-late: the late gain needs the tuned early layers" in text
+    assert "- it-lora-late: the whole interval of the interaction share lies above the policy's upper bound" in text
     broken = _run(_block((5, 4, 6), (5, 4, 6), (0.3, 0.2, 0.4)))
     text = reading(broken, [4, 5])
     assert "THE CHECK FAILS" in text

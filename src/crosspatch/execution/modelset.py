@@ -20,6 +20,7 @@ import contextlib
 import copy
 import gc
 import os
+import re
 import warnings as warnings_module
 import weakref
 from dataclasses import dataclass, field
@@ -397,18 +398,40 @@ def model_path_arg(value, what: str) -> str:
     return value
 
 
+ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_role_name(name: str) -> str:
+    """A role name is a safe file name: letters, digits, '.', '_' and '-', not starting with a
+    dot or a dash (so never '', '.', '..' or a path): it names a run directory under --out."""
+    if not isinstance(name, str) or not ROLE_NAME.match(name):
+        raise OptionError(f"role name {name!r} is not a safe name (letters, digits, '.', '_', '-'; starting with a "
+                          "letter or digit): it names a run directory; give another name")
+    return name
+
+
+def role_name_of(path: str) -> str:
+    """The role a descendant path gets: its resolved directory's name (``runs/sft/..`` is the
+    parent's name, never ``..``), or a hub id's last part; characters that are unsafe in a file
+    name become '-'."""
+    p = Path(str(path)).expanduser()
+    name = p.resolve().name if p.exists() else str(path).rstrip("/").rsplit("/", 1)[-1]
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip(".-")
+    return name or "tuned"
+
+
 def _role_names(descendants: dict[str, str] | list[str] | str | None) -> dict[str, str]:
     if descendants is None:
         return {}
     if isinstance(descendants, (str, os.PathLike)):
         return {"tuned": model_path_arg(descendants, "a descendant")}
     if isinstance(descendants, dict):
-        return {str(k): model_path_arg(v, f"descendant {k!r}") for k, v in descendants.items()}
+        return {check_role_name(str(k)): model_path_arg(v, f"descendant {k!r}") for k, v in descendants.items()}
     if not isinstance(descendants, (list, tuple)):
         raise OptionError(f"descendants are a path, a list of paths or a {{role: path}} dict, not {descendants!r}")
     names: dict[str, str] = {}
     for path in map(lambda x: model_path_arg(x, "a descendant"), descendants):
-        name = Path(str(path).rstrip("/")).name or "tuned"
+        name = role_name_of(path)
         k, unique = 2, name
         while unique in names or unique == BASE:
             unique, k = f"{name}-{k}", k + 1

@@ -14,9 +14,10 @@ _EFFECT_LABELS = {
     "direct_share": "direct (portable) share `E_PT/E_IT`",
     "matched_portable_ratio": "matched/portable ratio `E_IT/E_PT`",
     "interaction_share": "interaction share `I/D`",
+    "late_interaction_share": "interaction share of the late effect `I/E_IT` (the verdict's number)",
     "odds_interaction": "odds factor `exp(I)`",
 }
-_RATIOS = {"direct_share", "interaction_share"}
+_RATIOS = {"direct_share", "interaction_share", "late_interaction_share"}
 
 
 def fmt_value(stat: dict | None, signed: bool = True, percent: bool = False) -> str:

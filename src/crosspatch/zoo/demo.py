@@ -254,13 +254,14 @@ def headline_rows(summary: dict) -> list[list[str]]:
         c = block["cells"]
         rows.append([name, str(block["n_events"])]
                     + [fmt_value(c[k]).split(" ")[0] for k in ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")]
-                    + [fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction", "direct_share")]
+                    + [fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction", "direct_share",
+                                                      "late_interaction_share")]
                     + [s.get("verdict", {}).get("verdict", "n/a")])
     return rows
 
 
 HEADLINE = ["descendant", "events", "Y(U_PT,L_PT)", "Y(U_PT,L_IT)", "Y(U_IT,L_PT)", "Y(U_IT,L_IT)",
-            "E_PT", "E_IT", "interaction", "direct share", "verdict"]
+            "E_PT", "E_IT", "interaction", "direct share", "I/E_IT", "verdict"]
 
 
 def _matrix_rows(summary: dict, group_key: str) -> list[list[str]]:

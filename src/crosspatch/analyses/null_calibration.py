@@ -1,0 +1,124 @@
+"""Null calibration (docs/verdict.md): how large an interaction does a harmless fine-tune of the
+same base produce on the same events? Each null descendant (a trained null: ``--null DIR``, a seed
+twin or a generic-text fine-tune; or a synthetic null: ``--synthetic-null N``) is scored on the
+run's first-divergence events with the same ``(t_PT, t_IT)`` contrast: its 2x2 against the base,
+read with its own head. The control compares the observed interaction with the nulls' on two
+counts: paired by event, the interval of ``I − I_null`` must lie beyond zero on the interaction's
+side for every null (prompt sampling); and with two or more nulls, ``I`` must lie beyond the
+one-sided 95% prediction bound of a further null, ``mean + t(K−1) · sd · sqrt(1 + 1/K)`` of the
+K null interactions (the spread between harmless fine-tunes; one null has no spread to measure,
+a weaker yardstick that the row says). Otherwise the verdicts that claim an interaction become
+``inconclusive``. Without a null it is an ``info`` row saying the verdict has no yardstick."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..analysis import Analysis, EventSet
+from ..cells import CELLS, cell_effects, event_y
+from ..divergence import RecordKey
+from ..execution import Executor, Late, Program
+from ..registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
+from ..stats import cluster_mean_ci
+from ..verdict import INTERACTION_CLAIMS
+
+
+# one-sided 95% quantiles of Student's t by degrees of freedom (larger df: the normal's 1.645)
+T_95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833, 10: 1.812,
+        12: 1.782, 15: 1.753, 20: 1.725, 30: 1.697, 60: 1.671}
+
+
+def t_95(df: int) -> float:
+    """The one-sided 95% quantile of Student's t with ``df`` degrees of freedom (conservative
+    between tabulated values)."""
+    known = [d for d in sorted(T_95) if d <= df]
+    return T_95[known[-1]] if known else T_95[1] if df >= 1 else float("inf")
+
+
+@dataclass
+class NullScores(Analysis):
+    """Each null role's four cells against the base on the run's events (the run's contrast),
+    read with the null's own head."""
+
+    boundary: int
+    nulls: list[str]
+    name: str = "control_null_calibration"
+
+    def program(self, ex: Executor, events: EventSet) -> Program:
+        if not events.events or not self.nulls:
+            return []
+        b, base = self.boundary, events.base
+        states = yield from events.states([base] + list(self.nulls), [b])
+        u_base, per_null = states[0], states[1:]
+        passes = []
+        for role, u_n in zip(self.nulls, per_null):
+            passes += [Late(role, b, [s.boundary[b] for s in u_base], events.sequences),
+                       Late(base, b, [s.boundary[b] for s in u_n], events.sequences)]
+        finals = yield passes
+        nat_base = torch.stack([s.final for s in u_base])
+        rows = []
+        for k, (role, u_n) in enumerate(zip(self.nulls, per_null)):
+            cells = {"upt_lpt": nat_base, "upt_lit": torch.stack(finals[2 * k]),
+                     "uit_lpt": torch.stack(finals[2 * k + 1]), "uit_lit": torch.stack([s.final for s in u_n])}
+            ys = {c: event_y(ex.readout(role, h), events.events) for c, h in cells.items()}
+            for j, e in enumerate(events.events):
+                rows.append({"key": str(RecordKey(e.prompt_id, e.kind, b, role)), "event_key": e.key,
+                             "prompt_id": e.prompt_id, "null": role, "boundary": b,
+                             "cells": {c: float(ys[c][j]) for c in CELLS}})
+        return rows
+
+
+def build(options, plan: PlanContext) -> NullScores | None:
+    nulls = list(getattr(plan.config, "nulls", None) or [])
+    return NullScores(plan.headline, nulls) if nulls else None
+
+
+def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
+    nulls = sorted({r["null"] for r in rows})
+    if not nulls:
+        return control_row("null_calibration", "info", None,
+                           "no null descendant: nothing says how large an interaction a harmless fine-tune of this "
+                           "base produces (give --null DIR, or --synthetic-null N for a weaker yardstick)", n=0)
+    observed = {r.event_key: r.effects()["interaction"] for r in ctx.first}
+    i_obs = float(np.mean(list(observed.values()))) if observed else 0.0
+    sign = 1.0 if i_obs >= 0 else -1.0
+    by_null, beyond = {}, []
+    for null in nulls:
+        paired = [(observed[r["event_key"]], cell_effects(r["cells"])["interaction"], r["prompt_id"])
+                  for r in rows if r["null"] == null and r["event_key"] in observed]
+        diff = cluster_mean_ci(np.array([o - n for o, n, _ in paired]), [p for _, _, p in paired],
+                               ctx.bootstrap(f"control_null_calibration/{null}"))
+        i_null = float(np.mean([n for _, n, _ in paired])) if paired else None
+        ok = diff["ci"] is not None and (diff["ci"][0] > 0 if sign > 0 else diff["ci"][1] < 0)
+        by_null[null] = {"interaction": i_null, "difference": diff,
+                         "ratio": (i_obs / i_null) if i_null not in (None, 0.0) else None, "beyond": ok}
+        beyond.append(ok)
+    null_values = [abs(v["interaction"]) for v in by_null.values() if v["interaction"] is not None]
+    p_value = (1 + sum(v >= abs(i_obs) for v in null_values)) / (len(null_values) + 1)
+    signed = np.array([sign * v["interaction"] for v in by_null.values() if v["interaction"] is not None])
+    bound = None
+    if len(signed) >= 2:  # a further harmless fine-tune's interaction stays below this (one-sided 95%)
+        bound = float(signed.mean() + t_95(len(signed) - 1) * signed.std(ddof=1) * np.sqrt(1 + 1 / len(signed)))
+        beyond.append(sign * i_obs > bound)
+    largest = max(nulls, key=lambda n: abs(by_null[n]["interaction"] or 0.0))
+    worst = by_null[largest]
+    ci = worst["difference"]["ci"]
+    text = (f"the interaction {i_obs:+.2f} against {len(nulls)} null(s) (largest {largest}: "
+            f"{worst['interaction']:+.2f}; difference {worst['difference']['mean']:+.2f}"
+            + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "") + ")"
+            + ("" if bound is None else f"; prediction bound of a further null {sign * bound:+.2f}")
+            + (": beyond every null" if all(beyond) else ": not beyond the null yardstick")
+            + ("" if len(nulls) > 1 else " (one null: no spread between nulls measured, a weaker yardstick)"))
+    return control_row("null_calibration", "pass" if all(beyond) else "warn", worst["difference"]["mean"], text,
+                       "I − I_null interval beyond zero for every null", ci, len(observed),
+                       by_null=by_null, p_value=p_value, prediction_bound=None if bound is None else sign * bound,
+                       on_failure="inconclusive",
+                       weakens=list(INTERACTION_CLAIMS))
+
+
+PLUGIN = register_analysis(AnalysisPlugin(
+    "null_calibration", summarize, build=build, role="control", default=True,
+    description="the interaction against null descendants of the same base (--null, --synthetic-null)"))

@@ -1,0 +1,63 @@
+"""Progress where standard error is not a terminal (CI logs, ``nohup``, a notebook's subprocess):
+plain lines, ``stage: done/total (rate/s, ETA)``, at most every few seconds and when a stage
+finishes, so that a slow machine can be told from a hang. Same interface as the part of
+``rich.progress.Progress`` the pipeline uses."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class LineProgress:
+    """``add_task`` / ``update`` / context manager, printing lines to ``stream``."""
+
+    def __init__(self, stream=None, every: float = 5.0) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.every = every
+        self.tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for task_id, task in self.tasks.items():
+            if not task["printed_done"]:
+                self._print(task_id, final=True)
+
+    def add_task(self, description: str, total: int | None = None, completed: int = 0) -> int:
+        task_id = len(self.tasks)
+        now = time.monotonic()
+        self.tasks[task_id] = {"description": description, "total": total, "completed": completed, "start": now,
+                               "start_done": completed, "last": 0.0, "printed_done": False}
+        self._print(task_id)
+        return task_id
+
+    def update(self, task_id: int, advance: int | None = None, total: int | None = None,
+               completed: int | None = None) -> None:
+        task = self.tasks[task_id]
+        if total is not None:
+            task["total"] = total
+        if completed is not None:
+            task["completed"] = completed
+        if advance:
+            task["completed"] += advance
+        done = task["total"] is not None and task["completed"] >= task["total"]
+        if done and not task["printed_done"] or time.monotonic() - task["last"] >= self.every:
+            self._print(task_id, final=done)
+
+    def _print(self, task_id: int, final: bool = False) -> None:
+        task = self.tasks[task_id]
+        now = time.monotonic()
+        elapsed = now - task["start"]
+        done, total = task["completed"], task["total"]
+        rate = (done - task["start_done"]) / elapsed if elapsed > 0 else 0.0
+        text = f"{task['description']}: {done}/{total if total is not None else '?'}"
+        if elapsed >= 0.5:
+            text += f" ({rate:.2f}/s, {elapsed:.0f} s elapsed"
+            if total is not None and rate > 0 and done < total:
+                text += f", ETA {(total - done) / rate:.0f} s"
+            text += ")"
+        print(text, file=self.stream, flush=True)
+        task["last"] = now
+        task["printed_done"] = final or (total is not None and done >= total)
