@@ -329,6 +329,11 @@ CASES = [
     Case("prompts", "consequence with validators only for prompts the run does not have",
          lambda e: ["consequence", str(e.copy_run("conseq")), "--prompts", str(e.file("v.jsonl", _jsonl(
              [{"id": "elsewhere", "prompt": "x", "validator": {"type": "regex", "pattern": "a"}}])))], "OptionError"),
+    Case("prompts", "consequence with a prompt file that is not the run's (one id added, the others missing)",
+         lambda e: ["consequence", str(e.copy_run("conseq_other")), "--prompts", str(e.file("v2.jsonl", _jsonl(
+             [dict(GOOD[0], validator={"type": "regex", "pattern": "a"}),
+              {"id": "elsewhere", "prompt": "x", "validator": {"type": "regex", "pattern": "a"}}])))],
+         "PromptSetMismatchError"),
     Case("prompts", "--group-by a field no prompt has", lambda e: e.run_args("--group-by", "region"), "GroupByFieldError"),
     Case("prompts", "a prompt longer than the model's positions",
          lambda e: e.run_args(prompts=e.file("p.jsonl", _jsonl([{"id": "long", "prompt": "rain " * 60}]))),
@@ -411,6 +416,15 @@ CASES = [
          "ChatTemplateMissingError"),
     Case("models", "--residency adapter with --tuned", lambda e: e.run_args("--residency", "adapter"), "ModelLoadError"),
     # -- options --------------------------------------------------------------------------------
+    Case("options", "--event-kinds '' (names no kind)", lambda e: e.run_args("--event-kinds", ""), "OptionError"),
+    Case("options", "--controls none,all (contradictory)", lambda e: e.run_args("--controls", "none,all"), "OptionError"),
+    Case("options", "--controls '' (names no control)", lambda e: e.run_args("--controls", ""), "OptionError"),
+    Case("options", "--null that is the descendant itself", lambda e: e.run_args("--null", str(e.tuned)), "OptionError"),
+    Case("options", "--null that does not exist", lambda e: e.run_args("--null", str(e.tmp / "nowhere")),
+         "ModelPathNotFoundError"),
+    Case("options", "--synthetic-null -1", lambda e: e.run_args("--synthetic-null", "-1"), "OptionError"),
+    Case("options", "--policy with the retired key min_portable_share",
+         lambda e: e.run_args("--policy", str(e.file("old.yaml", "min_portable_share: 0.3\n"))), "OptionError"),
     Case("options", "--batch-size 0", lambda e: e.run_args("--batch-size", "0"), "OptionError"),
     Case("options", "--batch-size -3", lambda e: e.run_args("--batch-size", "-3"), "OptionError"),
     Case("options", "--max-batch-tokens 0", lambda e: e.run_args("--max-batch-tokens", "0"), "OptionError"),

@@ -558,6 +558,9 @@ def consequence_cmd(
     prompts: Path = typer.Option(..., "--prompts", help="The run's prompt file, whose rows carry 'validator' fields."),
     budget: int = typer.Option(32, "--budget", help="Tokens continued after the forced token."),
     with_pt: bool = typer.Option(False, "--with-pt", help="Also continue with the base model."),
+    allow_partial: bool = typer.Option(False, "--allow-partial",
+                                       help="Score the prompts the file and the run share when they differ "
+                                            "(recorded; by default a differing prompt file is an error)."),
 ) -> None:
     """Does the divergent token matter? Force t_IT, t_PT, a rank-matched and a random token at
     each event, continue greedily, score the suffix with the prompt's validator (resumable)."""
@@ -567,7 +570,7 @@ def consequence_cmd(
     try:
         if budget < 1:
             raise OptionError(f"--budget must be >= 1, not {budget}")
-        cons = consequence_for_run(run_dir, load_prompts(prompts), budget, with_pt)
+        cons = consequence_for_run(run_dir, load_prompts(prompts), budget, with_pt, allow_partial=allow_partial)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     from .consequence import render_consequences

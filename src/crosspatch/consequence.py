@@ -155,8 +155,30 @@ def validators_of(prompts) -> dict:
     return {p.id: p.validator for p in prompts if getattr(p, "validator", None) is not None}
 
 
+def check_prompt_set(run_ids: set[str], file_ids: list[str], event_ids: set[str], path, allow_partial: bool) -> list[str]:
+    """The prompt file given to a finished run is that run's: ids the run does not have, and run
+    events whose prompt the file lacks, are a :class:`PromptSetMismatchError` (counts and the
+    first ids), or warnings with ``allow_partial``. Returns the warnings."""
+    from .errors import PromptSetMismatchError
+
+    foreign = sorted(set(file_ids) - run_ids) if run_ids else []
+    missing = sorted(event_ids - set(file_ids))
+    problems = []
+    if foreign:
+        problems.append(f"{len(foreign)} prompt id(s) of the file are not prompts of the run "
+                        f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''})")
+    if missing:
+        problems.append(f"{len(missing)} of the run's {len(event_ids)} event prompt(s) are missing from the file "
+                        f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): their events cannot be scored")
+    if problems and not allow_partial:
+        raise PromptSetMismatchError(f"the prompt file is not the run's: {'; '.join(problems)}. Give the run's own "
+                                     "prompt file with 'validator' fields added, or pass --allow-partial to score "
+                                     "the prompts both share (recorded in the summary)")
+    return problems
+
+
 def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt: bool = False,
-                        progress: bool = False) -> dict:
+                        progress: bool = False, allow_partial: bool = False) -> dict:
     """``crosspatch consequence RUN_DIR``: forced-token continuations of a finished run's
     first-divergence events (prompts give the validators); resumable (events already scored in
     consequence.jsonl are skipped). Works on every run directory crosspatch writes (a pair, a
@@ -171,7 +193,8 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     store = RunStore(run_dir)
     config = store.config()
     store.summary()  # the run must have finished
-    validators = validators_of(as_prompts(prompts))
+    given = as_prompts(prompts)
+    validators = validators_of(given)
     if not validators:
         raise OptionError("no prompt carries a 'validator' field: nothing to score")
     run_ids = set(config.get("prompt_ids") or [])
@@ -181,6 +204,8 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
                           f"{', ...' if len(validators) > 5 else ''}) is a prompt of the run in {store.path}: "
                           "give the run's own prompt file, with 'validator' fields added")
     _, _, events = first_events(store, config)
+    partial = check_prompt_set(run_ids, [p.id for p in given], {e.prompt_id for e in events}, store.path,
+                               allow_partial)
     seed = config["options"].get("seed", 0)
     stored = store.load_rows(CONSEQUENCE_FILE)
     check_stored_consequences(stored, validators, budget, with_pt, seed, store.path / CONSEQUENCE_FILE)
@@ -196,7 +221,12 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     else:
         with store.lock():
             summary = resummarize(store, config)
-    return summary.get("consequences") or {}
+    block = summary.get("consequences") or {}
+    if partial and block:  # recorded with the block: the scored events are those the file and the run share
+        block["partial"] = partial
+        summary["consequences"] = block
+        store.write_summary(summary)
+    return block
 
 
 def _build(options, plan: PlanContext) -> Consequence | None:

@@ -86,6 +86,11 @@ class PromptFileError(CrosspatchError):
     """A prompt file is malformed; the message names the file, line and field."""
 
 
+class PromptSetMismatchError(PromptFileError):
+    """A prompt file given to a finished run (``crosspatch consequence``) is not that run's: ids the
+    run does not have, or run events whose prompt the file lacks."""
+
+
 class PromptImageError(PromptFileError):
     """An image prompt that cannot be run: a text-only model, an unreadable image, processors of
     the pair that disagree, image placeholder tokens without an image, or two prompts with the

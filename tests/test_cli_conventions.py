@@ -1,0 +1,80 @@
+"""What a newcomer meets first: CLI conventions, progress in logs, safe role names, a Python API
+whose public names stay what they are."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import crosspatch
+from crosspatch.cli import app
+from crosspatch.errors import OptionError
+
+from .test_store import many_prompts
+
+
+def test_version_and_short_help():
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"crosspatch {crosspatch.__version__}"
+    for args in (["-h"], ["gate", "-h"], ["features", "-h"], ["zoo", "-h"]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0 and "Usage:" in res.output, args
+
+
+def test_every_public_callable_stays_callable_after_use():
+    for name in crosspatch.__all__:
+        first = getattr(crosspatch, name)
+        import importlib
+
+        importlib.import_module("crosspatch.compare")  # importing the submodule must not replace the function
+        again = getattr(crosspatch, name)
+        assert callable(first) == callable(again), name
+    assert callable(crosspatch.compare) and callable(crosspatch.lineage)
+
+
+def test_progress_lines_go_to_a_log_when_stderr_is_not_a_terminal(tmp_path):
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "m")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in many_prompts(6)))
+    log = tmp_path / "stderr.log"
+    with log.open("w") as err:
+        proc = subprocess.run([sys.executable, "-m", "crosspatch", "run", "--base", str(root / "base"), "--tuned",
+                               str(root / "tuned"), "--prompts", str(prompts), "--out", str(tmp_path / "r"),
+                               "--boundary", "2", "--max-new-tokens", "6", "--bootstrap", "0", "--controls", "none"],
+                              stderr=err, stdout=subprocess.DEVNULL, timeout=600)
+    assert proc.returncode == 0
+    text = log.read_text()
+    assert "divergence search (prompts): 6/6" in text and "divergence search (prompts): 0/6" in text
+
+
+def test_role_names_are_safe_names(tmp_path):
+    from crosspatch.execution.modelset import check_role_name, descendant_roles
+
+    (tmp_path / "sft" / "sub").mkdir(parents=True)
+    tuned, _ = descendant_roles([str(tmp_path / "sft" / "sub" / ".."), str(tmp_path / "sft")])
+    assert list(tuned) == ["sft", "sft-2"]  # the resolved directory's name, never '..'
+    for bad in ("..", ".", "", "a/b", "-x", "x" * 101):
+        with pytest.raises(OptionError, match="not a safe name"):
+            check_role_name(bad)
+    with pytest.raises(OptionError, match="not a safe name"):
+        descendant_roles({"..": str(tmp_path / "sft")})
+
+
+def test_unknown_breakdowns_and_readouts_are_named_errors():
+    from crosspatch.pipeline import run
+    from crosspatch.testing import make_pair
+
+    result = run(make_pair("llama"), many_prompts(6), boundary=2, max_new_tokens=6, bootstrap=0, progress=False,
+                 controls="none", event_kinds="first_diff")
+    assert not result.effects(by="category").empty
+    with pytest.raises(OptionError, match="no breakdown by 'bogus'.*category"):
+        result.effects(by="bogus")
+    with pytest.raises(OptionError, match="no readout 'native'"):
+        result.effects(readout="native")
+    assert not result.effects(readout="native_late").empty
