@@ -228,3 +228,24 @@ def test_a_policy_with_a_threshold_of_the_wrong_kind_is_refused(policy, message)
 
 def test_one_verdict_name_is_a_list_of_one():
     assert VerdictPolicy.from_dict({"pass_verdicts": "portable"}).pass_verdicts == ("portable",)
+
+
+def test_until_ci_width_stops_once_the_interval_is_narrow_enough_and_says_so(tmp_path):
+    from crosspatch.pipeline import rerender_run
+
+    pair = make_pair("llama", perturb=[0, 1, 2, 3], scale=0.5)
+    options = dict(boundary=2, max_new_tokens=8, bootstrap=300, progress=False, event_kinds="first_diff",
+                   controls="none", batch_size=2)  # chunks of 8 prompts
+    wide = run(pair, many_prompts(24), out=tmp_path / "wide", until_ci_width=50.0, **options)
+    info = wide.summary["until_ci_width"]
+    assert info["reached"] and info["prompts_processed"] == 8 and info["prompts_total"] == 24
+    assert len(info["unprocessed_prompts"]) == 16 and "were not processed" in info["message"]
+    assert wide.summary["counts"]["prompts"] == 8 and info["half_width"] <= 50.0
+    again = run(pair, many_prompts(24), out=tmp_path / "wide", until_ci_width=50.0, **options)
+    assert again.summary["counts"]["prompts"] == 8 and again.summary["cost_this_session"]["prompts_processed"] == 0
+    assert rerender_run(tmp_path / "wide").warnings == []
+    assert _gate(tmp_path / "wide")[0] in (0, 1)  # a usable run
+    narrow = run(pair, many_prompts(24), until_ci_width=1e-9, **options)
+    info = narrow.summary["until_ci_width"]
+    assert not info["reached"] and info["prompts_processed"] == 24 and "the prompts ran out" in info["message"]
+    assert narrow.verdict["numbers"]["interaction_half_width"] is not None

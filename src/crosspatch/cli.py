@@ -153,6 +153,9 @@ def run_cmd(
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Print the plan (models, residency, boundaries, prompts, estimated work and "
                                       "state cache, output files) and exit before loading any weight."),
+    until_ci_width: Optional[float] = typer.Option(
+        None, "--until-ci-width", help="Process prompts chunk by chunk until the interaction's 95% half-width is at "
+        "most this (logits), or the prompts run out; says which (resumable)."),
     null: Optional[list[str]] = typer.Option(
         None, "--null", help="A null descendant of the same base (a checkpoint or adapter trained like the descendant "
         "on a null task, or with another seed): the verdict's yardstick (repeatable)."),
@@ -248,6 +251,7 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str], collection: str | 
         event_kinds=kw["event_kinds"], verify_fp32=kw["verify_fp32"],
         policy=load_policy(kw["policy"]) if kw["policy"] else None,
         consequence=kw["consequence"], consequence_budget=kw["consequence_budget"],
+        until_ci_width=kw.get("until_ci_width"),
     )
     validate_run_options(config)
     items = load_prompts(kw["prompts"])
@@ -462,7 +466,7 @@ def _compare_signature():
 
     cross = inspect.Parameter("cross", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
         None, "--cross", help="Cross-descendant patching: 'all', or UPSTREAM:LATE pairs (comma-separated roles)."))
-    return _signature_like_run(replace={
+    return _signature_like_run(drop=("null", "synthetic_null"), replace={
         "tuned": {"annotation": Optional[list[str]], "default": typer.Option(
             None, "--tuned", help="A descendant checkpoint (repeat for several; roles are the directory names).")},
         "adapter": {"annotation": Optional[list[str]], "default": typer.Option(
@@ -476,7 +480,7 @@ def _lineage_signature():
 
     models = inspect.Parameter("models", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=list[str],
                                default=typer.Argument(..., help="BASE STAGE1 ... FINAL (directories, training order)."))
-    return _signature_like_run(drop=("base", "tuned", "adapter"), replace={
+    return _signature_like_run(drop=("base", "tuned", "adapter", "null", "synthetic_null"), replace={
         "out": {"default": typer.Option(Path("runs/lineage"), "--out", help="Directory of the lineage.")}},
         add=[models])
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .analysis import EventSet
-from .cells import CellRecord, CellsConfig, CrossPatch, headline_boundary, resolve_boundary
+from .cells import CELLS, CellRecord, CellsConfig, CrossPatch, headline_boundary, resolve_boundary
 from .kinds import EventKinds, parse_event_kinds, relabel
 from .registry import PlanContext, enabled_plugins
 from .summary import build_summary
@@ -73,6 +73,7 @@ class RunConfig:
     consequence: bool = False  # forced-token continuations scored by the prompts' validators
     consequence_budget: int = 32  # tokens generated after the forced token
     consequence_with_pt: bool = False  # also continue with the base
+    until_ci_width: float | None = None  # stop once the interaction's 95% half-width is at most this (logits)
     nulls: list[str] = field(default_factory=list)  # null descendant roles of the model set (null calibration)
     synthetic_nulls: int = 0  # synthetic nulls of the descendant built in memory (docs/verdict.md)
     analyses: list[str] = field(default_factory=list)  # registered analyses to run beyond the default ones
@@ -235,7 +236,7 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
     result_parts = {  # what changes results; residency and batching only move float rounding
         "options": {k: v for k, v in options.items()
                     if k not in ("batch_size", "max_batch_tokens", "title", "back_link", "shard", "engine", "workers", "sequential_chunk",
-                                 "verify_fp32", "policy")},
+                                 "verify_fp32", "policy", "until_ci_width")},
         "boundaries": boundaries,
         "models": models,
         "prompts": digest,
@@ -280,6 +281,42 @@ def check_complete(prompt_ids: list[str], records, no_div, boundaries, where: st
             f"{where}: {len(missing)} of {len(prompt_ids)} prompt(s) have no record ({', '.join(missing[:10])}"
             f"{', ...' if len(missing) > 10 else ''}); events + no-divergence + invalid must equal the prompts. "
             "If the run was interrupted or a file was truncated, run the same command again to redo them")
+
+
+def _reached(precision: dict, records, boundaries: list[int], num_layers: int, config: RunConfig) -> bool:
+    """Whether the interaction's 95% half-width at the headline boundary (common-IT, first
+    divergences, prompt-cluster bootstrap) is at most ``precision["target"]``; updates it."""
+    import numpy as np
+
+    from .stats import effect_block
+
+    headline = headline_boundary(boundaries, num_layers)
+    first = [r for r in records if r.boundary == headline and r.kind == "first_diff" and r.valid]
+    if not first:
+        return False
+    values = np.array([[r.cells["common_it"][c] for c in CELLS] for r in first], dtype=float)
+    ci = effect_block(values, [r.prompt_id for r in first],
+                      BootstrapConfig(max(config.bootstrap, 200), config.seed))["effects"]["interaction"]["ci"]
+    if ci is None or None in ci:
+        return False
+    precision["half_width"] = (ci[1] - ci[0]) / 2
+    precision["reached"] = precision["half_width"] <= precision["target"]
+    return precision["reached"]
+
+
+def _precision_record(precision: dict) -> dict:
+    """What ``--until-ci-width`` did, in words and numbers (summary.json ``until_ci_width``)."""
+    out = {k: v for k, v in precision.items() if k != "unprocessed"}
+    out["unprocessed_prompts"] = list(precision["unprocessed"])
+    hw = precision["half_width"]
+    out["message"] = (
+        f"the interaction's 95% half-width reached {hw:.3f} <= {precision['target']} after "
+        f"{precision['prompts_processed']} of {precision['prompts_total']} prompts; the other "
+        f"{len(precision['unprocessed'])} were not processed (run again with a smaller width to add them)"
+        if precision["reached"] else
+        f"the prompts ran out: {precision['prompts_total']} processed, half-width "
+        + (f"{hw:.3f}" if hw is not None else "n/a") + f" > {precision['target']} (add prompts)")
+    return out
 
 
 def select_shard(prompts: list[Prompt], shard: str | None) -> list[Prompt]:
@@ -597,6 +634,10 @@ def run(
                                           "(records of the events found so far)", total=len(records), completed=len(records))
             items = [([prompts[k] for k in todo[start : start + chunk]], [token_ids[k] for k in todo[start : start + chunk]])
                      for start in range(0, len(todo), chunk)]
+            precision = {"target": config.until_ci_width, "half_width": None, "reached": False} \
+                if config.until_ci_width else None
+            if precision is not None and _reached(precision, records, boundaries, pair.num_layers, config):
+                items = []  # an earlier session already reached the target: nothing more to process
             try:
                 for result in map_chunks(pair, process_chunk, plan, items, config.engine, config.workers):
                     # streamed: each chunk is stored as soon as it is done
@@ -618,9 +659,17 @@ def run(
                     if bar:
                         bar.update(search_task, advance=len(result.events) + len(result.no_divergence))
                         bar.update(cells_task, total=len(records), completed=len(records))
+                    if precision is not None and _reached(precision, records, boundaries, pair.num_layers, config):
+                        break  # the interval is as narrow as asked: the remaining prompts are left, and said so
             finally:
                 pair.release()
-        check_complete([p.id for p in prompts], records, no_div, boundaries, str(out) if out is not None else "run")
+        if precision is not None:
+            done_now = completed_prompts(records, no_div, boundaries)
+            unprocessed = [p.id for p in prompts if p.id not in done_now]
+            precision.update(prompts_processed=len(prompts) - len(unprocessed), prompts_total=len(prompts),
+                             unprocessed=unprocessed)
+        processed = [p for p in prompts if precision is None or p.id not in precision["unprocessed"]]
+        check_complete([p.id for p in processed], records, no_div, boundaries, str(out) if out is not None else "run")
         records.sort(key=lambda r: (by_id.get(r.prompt_id, len(by_id)), r.boundary))
         no_div.sort(key=lambda x: by_id.get(x.prompt_id, len(by_id)))
         boot = BootstrapConfig(config.bootstrap, config.seed)
@@ -630,13 +679,15 @@ def run(
             "event_prefix_token_layers": event_work,
             "fe_per_event": round(work.token_layers / event_work, 3) if event_work else None,
             "seconds": round(time.perf_counter() - started, 3),
-            "prompts_processed": len(todo),
+            "prompts_processed": len(todo) - (len(precision["unprocessed"]) if precision is not None else 0),
             "prompts_resumed": resumed,
         }
         extras = {"cost_this_session": cost}
+        if precision is not None:
+            extras["until_ci_width"] = _precision_record(precision)
         if config.verify_fp32:
             extras["fp32_verification"] = verify_near_ties_fp32(pair, prompts, token_ids, records, config)
-        summary = build_summary(record, records, no_div, len(prompts), boot, extras, extra, run_dir=out)
+        summary = build_summary(record, records, no_div, len(processed), boot, extras, extra, run_dir=out)
         result = RunResult(summary, records, no_div, record, Path(out) if out is not None else None, extra)
         if store is not None:
             result._report = write_outputs(store, summary, records, record)
@@ -659,8 +710,9 @@ def rerender_run(run_dir: str | Path) -> Rendered:
     config, summary = store.config(), store.summary()
     warnings = []
     if "prompt_ids" in config:
-        missing = missing_prompts(config["prompt_ids"], store.load_records(), store.load_no_divergence(),
-                                  config["resolved_boundaries"])
+        left = set((summary.get("until_ci_width") or {}).get("unprocessed_prompts") or [])  # by design
+        missing = missing_prompts([p for p in config["prompt_ids"] if p not in left], store.load_records(),
+                                  store.load_no_divergence(), config["resolved_boundaries"])
         if missing:
             warnings.append(f"{len(missing)} prompt(s) of this run have no record in events.jsonl or "
                             f"no_divergence.jsonl: {', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}; "

@@ -103,6 +103,11 @@ def validate_run_options(config) -> None:
     _int("sequential chunk", config.sequential_chunk, 1)
     _int("consequence budget", config.consequence_budget, 1)
     _int("synthetic nulls", config.synthetic_nulls, 0)
+    w = config.until_ci_width
+    if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0):
+        raise OptionError(f"until-ci-width must be a finite number of logits > 0, not {w!r}")
+    if w is not None and config.bootstrap == 0:
+        raise OptionError("--until-ci-width needs intervals: give --bootstrap (at least 200 resamples are used)")
     if isinstance(config.nulls, (str, bytes)) or not isinstance(config.nulls, (list, tuple)) or \
             any(not isinstance(n, str) or not n for n in config.nulls):
         raise OptionError(f"nulls must be a list of descendant role names, not {config.nulls!r}")

@@ -88,7 +88,9 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
                ("max new tokens", opts.get("max_new_tokens")), ("rollout model", opts.get("rollout_model")),
                ("bootstrap", f"{opts.get('bootstrap')} resamples, seed {opts.get('seed')}"),
                ("event kinds", opts.get("event_kinds")), ("controls", opts.get("controls"))],
-        counts=[_plain(line[2:]) for line in counts_lines(summary["counts"])],
+        counts=[_plain(line[2:]) for line in counts_lines(summary["counts"])]
+        + ([f"--until-ci-width {summary['until_ci_width']['target']}: {summary['until_ci_width']['message']}"]
+           if summary.get("until_ci_width") else []),
         reading=_plain(" ".join(reading_lines(summary["results"][summary["boundaries"][0]]))),
         verdict=summary.get("verdict"),
         controls=[{**c, "value_text": _fmt_number(c.get("value")),

@@ -228,6 +228,9 @@ def render_markdown(config: dict, summary: dict) -> str:
     )
     lines.append("")
     lines += counts_lines(summary["counts"])
+    if summary.get("until_ci_width"):
+        lines.append(f"- --until-ci-width {summary['until_ci_width']['target']}: "
+                     + md_escape_prose(summary["until_ci_width"]["message"]))
     lines.append("")
     first = summary["boundaries"][0]
     if not summary.get("verdict"):
