@@ -40,8 +40,9 @@ def test_several_rules_must_all_pass():
 
 @pytest.mark.parametrize("rule, message", [
     ({"type": "nope"}, "'type' must be one of"), ({"type": "regex", "pattern": "("}, "does not compile"),
-    ({"type": "number", "value": "7"}, "'value' must be a number"), ({"type": "exact"}, "'answer' must be"),
-    ({"type": "sections", "required": []}, "non-empty list"), (5, "must be an object"), ("{not json", "not valid JSON"),
+    ({"type": "number", "value": "7"}, "'value' must be a number"), ({"type": "exact"}, "'answer' is missing"),
+    ({"type": "sections", "required": []}, "'required': List should have at least 1 item"), (5, "must be an object"),
+    ("{not json", "not valid JSON"),
     ({"type": "exact", "answer": "a", "extra": 1}, "unknown field"),
 ])
 def test_a_malformed_validator_is_a_named_error_with_the_line(rule, message):

@@ -11,7 +11,9 @@ object with a ``type``:
 | ``number`` | ``value``, ``tolerance`` (default 0) | some number in the text is within ``tolerance`` of ``value`` |
 | ``json`` | ``required`` (keys), ``types`` (key -> string, number, integer, boolean, array, object) | the first ``{...}`` object in the text parses and has the keys with those types |
 
-A malformed validator is a :class:`~crosspatch.errors.PromptFileError` naming the line.
+Each rule type is a pydantic model with strict types (``ExactRule``, ``RegexRule``, ...);
+docs/validators.md is rendered from their JSON Schema. A malformed validator is a
+:class:`~crosspatch.errors.PromptFileError` naming the file, line, field and expected type.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from typing import Annotated, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from .errors import PromptFileError
 
@@ -94,8 +99,109 @@ def _check_rule(rule: dict, text: str) -> bool:
     raise ValueError(f"unknown validator type {kind!r}")
 
 
+class _Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ExactRule(_Rule):
+    """The first non-empty line equals ``answer`` (case and surrounding punctuation ignored)."""
+
+    type: Literal["exact"]
+    answer: str
+
+
+class RegexRule(_Rule):
+    """``pattern`` is found (or, with ``must_match: false``, is not found)."""
+
+    type: Literal["regex"]
+    pattern: str
+    must_match: bool = True
+    flags: Annotated[str, Field(pattern=r"^[ims]*$", description="any of i, m, s")] = ""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"the pattern does not compile ({exc})") from None
+        return value
+
+
+class SectionsRule(_Rule):
+    """Every required header/section string occurs in the text."""
+
+    type: Literal["sections"]
+    required: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    case_sensitive: bool = True
+
+
+def _finite(value: int | float) -> int | float:
+    try:
+        as_float = float(value)
+    except OverflowError:
+        raise ValueError("the number is too large to compare (beyond a 64-bit float)") from None
+    if not math.isfinite(as_float):
+        raise ValueError("the number must be finite")
+    return value
+
+
+class NumberRule(_Rule):
+    """Some number in the text is within ``tolerance`` of ``value``."""
+
+    type: Literal["number"]
+    value: Annotated[Union[int, float], AfterValidator(_finite)]
+    tolerance: Annotated[Union[int, float], AfterValidator(_finite), Field(ge=0)] = 0
+
+
+class JsonRule(_Rule):
+    """The first ``{...}`` object in the text parses and has the keys with those types."""
+
+    type: Literal["json"]
+    required: list[str] = []
+    types: dict[str, Literal["string", "number", "integer", "boolean", "array", "object"]] = {}
+
+
+Rule = Annotated[Union[ExactRule, RegexRule, SectionsRule, NumberRule, JsonRule], Field(discriminator="type")]
+_RULE = TypeAdapter(Rule)
+
+
+def validator_schema() -> dict:
+    """The JSON Schema of one validator rule (docs/validators.md is rendered from it)."""
+    return _RULE.json_schema()
+
+
+_BRANCHES = ("int", "float", "str", "bool")  # the union members pydantic names in an error's location
+
+
+def _explain(error: dict) -> tuple[str, str]:
+    """(field, explanation) of one pydantic error, the field named as in the spec."""
+    parts = [str(x) for x in error["loc"][1:]
+             if str(x) not in _BRANCHES and not str(x).startswith(("function-", "constrained-"))]
+    loc = ".".join(parts)
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return loc, f"unknown field {loc!r}"
+    if error["type"] == "missing":
+        return loc, f"field {loc!r} is missing"
+    if error["type"] in ("int_type", "float_type"):
+        return loc, f"field {loc!r} must be a number (got {error.get('input')!r:.60})"
+    return loc, f"field {loc!r}: {msg} (got {error.get('input')!r:.60})"
+
+
+def _explain_all(errors: list[dict]) -> str:
+    seen: dict[str, str] = {}
+    for error in errors:
+        loc, text = _explain(error)
+        seen.setdefault(loc, text)  # one explanation per field (a union reports one error per member)
+    return "; ".join(seen.values())
+
+
 def parse_validator(spec, where: str) -> Validator:
-    """A validator from a prompt row's ``validator`` field (one rule or a list of rules)."""
+    """A validator from a prompt row's ``validator`` field (one rule or a list of rules), checked
+    against the schema of its rule type with strict types (no coercion: ``"no"`` is not a
+    boolean): every malformed rule is a :class:`PromptFileError` naming ``where`` (file and
+    line), the field and what it must be."""
     rules = spec if isinstance(spec, list) else [spec]
     if not rules:
         raise PromptFileError(f"{where}: field 'validator' is an empty list")
@@ -104,46 +210,56 @@ def parse_validator(spec, where: str) -> Validator:
         at = f"{where}: validator{'' if len(rules) == 1 else f' #{k}'}"
         if not isinstance(rule, dict):
             raise PromptFileError(f"{at} must be an object with a 'type', not {type(rule).__name__}")
-        kind = rule.get("type")
-        if kind not in TYPES:
-            raise PromptFileError(f"{at}: 'type' must be one of {', '.join(TYPES)}, not {kind!r}")
-
-        def need(field, types, name):
-            if field not in rule or isinstance(rule[field], bool) or not isinstance(rule[field], types):
-                raise PromptFileError(f"{at} ({kind}): field {field!r} must be {name}")
-
-        if kind == "exact":
-            need("answer", str, "a string")
-        elif kind == "regex":
-            need("pattern", str, "a string")
-            if "must_match" in rule and not isinstance(rule["must_match"], bool):
-                raise PromptFileError(f"{at} (regex): 'must_match' must be true or false")
-            if not set(rule.get("flags", "")) <= set("ims") or not isinstance(rule.get("flags", ""), str):
-                raise PromptFileError(f"{at} (regex): 'flags' may only hold i, m, s")
-            try:
-                re.compile(rule["pattern"])
-            except re.error as exc:
-                raise PromptFileError(f"{at} (regex): pattern does not compile ({exc})") from None
-        elif kind == "sections":
-            need("required", list, "a non-empty list of strings")
-            if not rule["required"] or not all(isinstance(x, str) and x for x in rule["required"]):
-                raise PromptFileError(f"{at} (sections): 'required' must be a non-empty list of strings")
-        elif kind == "number":
-            need("value", (int, float), "a number")
-            tol = rule.get("tolerance", 0)
-            if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0 or not math.isfinite(tol):
-                raise PromptFileError(f"{at} (number): 'tolerance' must be a number >= 0")
-            if not math.isfinite(rule["value"]):
-                raise PromptFileError(f"{at} (number): 'value' must be finite")
-        elif kind == "json":
-            req, types = rule.get("required", []), rule.get("types", {})
-            if not isinstance(req, list) or not all(isinstance(x, str) for x in req):
-                raise PromptFileError(f"{at} (json): 'required' must be a list of keys")
-            if not isinstance(types, dict) or not all(v in _JSON_TYPES for v in types.values()):
-                raise PromptFileError(f"{at} (json): 'types' maps keys to one of {', '.join(_JSON_TYPES)}")
-        unknown = set(rule) - {"type", "answer", "pattern", "must_match", "flags", "required", "case_sensitive",
-                               "value", "tolerance", "types"}
-        if unknown:
-            raise PromptFileError(f"{at}: unknown field(s) {', '.join(sorted(unknown))}")
+        if rule.get("type") not in TYPES:
+            raise PromptFileError(f"{at}: 'type' must be one of {', '.join(TYPES)}, not {rule.get('type')!r}")
+        try:
+            _RULE.validate_python(rule)
+        except ValidationError as exc:
+            raise PromptFileError(f"{at} ({rule['type']}): " + _explain_all(exc.errors())) from None
         out.append(dict(rule))
     return Validator(tuple(out))
+
+
+def render_validator_docs() -> str:
+    """docs/validators.md: the reference of validator specs, rendered from the rule schemas
+    (``python -c "from crosspatch.validators import render_validator_docs as r; print(r())"``)."""
+    schema = validator_schema()
+    defs = schema.get("$defs", {})
+    lines = ["# Validator specs", "",
+             "A prompt's `validator` field holds one rule or a list of rules (all must pass). Each rule is an "
+             "object whose `type` selects one of the schemas below; types are strict (`\"no\"` is not a boolean, "
+             "`5` is not a string), unknown fields are refused, and every malformed rule is a `PromptFileError` "
+             "naming the file, line, field and what it must be. Generated from `crosspatch.validators` "
+             "(`validator_schema()` gives the JSON Schema); a test keeps this page in sync.", ""]
+    for name in ("ExactRule", "RegexRule", "SectionsRule", "NumberRule", "JsonRule"):
+        model = defs[name]
+        kind = model["properties"]["type"]["const"]
+        lines += [f"## `{kind}`", "", model.get("description", ""), "", "| field | type | default |", "|---|---|---|"]
+        for field_name, prop in model["properties"].items():
+            if field_name == "type":
+                continue
+            lines.append(f"| `{field_name}` | {_type_text(prop)} | "
+                         f"{'required' if field_name in model.get('required', []) else json.dumps(prop.get('default'))} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _type_text(prop: dict) -> str:
+    if "anyOf" in prop:
+        return " or ".join(_type_text(p) for p in prop["anyOf"])
+    if "enum" in prop:
+        return "one of " + ", ".join(f"`{v}`" for v in prop["enum"])
+    kind = prop.get("type", "any")
+    if kind == "array":
+        text = f"list of {_type_text(prop.get('items', {}))}"
+        return text + (f", at least {prop['minItems']}" if prop.get("minItems") else "")
+    if kind == "object":
+        return f"object of {_type_text(prop.get('additionalProperties', {}))}"
+    extra = []
+    if "pattern" in prop:
+        extra.append(f"matching `{prop['pattern']}`")
+    if "minimum" in prop:
+        extra.append(f">= {prop['minimum']}")
+    if prop.get("minLength"):
+        extra.append("non-empty")
+    return kind + (f" ({', '.join(extra)})" if extra else "")

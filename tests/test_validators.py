@@ -1,0 +1,49 @@
+"""Validator specs are parsed by a schema per rule type with strict types: every malformed spec
+in a prompt file is a PromptFileError naming the file, line, field and the expected type."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from crosspatch.errors import PromptFileError
+from crosspatch.prompts import load_prompts
+from crosspatch.validators import parse_validator, render_validator_docs
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"type": "regex", "pattern": "x", "flags": 5}, "field 'flags': Input should be a valid string"),
+    ({"type": "regex", "pattern": "x", "flags": None}, "field 'flags': Input should be a valid string"),
+    ({"type": "regex", "pattern": "x", "flags": "iq"}, "field 'flags': String should match"),
+    ({"type": "number", "value": 10**400}, "field 'value': the number is too large"),
+    ({"type": "number", "value": True}, "field 'value' must be a number"),
+    ({"type": "number", "value": 3, "tolerance": -1}, "field 'tolerance'"),
+    ({"type": "sections", "required": ["WIND"], "case_sensitive": "no"}, "field 'case_sensitive': Input should be a valid boolean"),
+    ({"type": "sections", "required": []}, "field 'required'"),
+    ({"type": "exact"}, "field 'answer' is missing"),
+    ({"type": "exact", "answer": "a", "colour": "red"}, "unknown field 'colour'"),
+    ({"type": "json", "types": {"a": "float"}}, "field 'types.a'"),
+    ({"type": "regex", "pattern": "("}, "does not compile"),
+    ({"type": "telepathy"}, "'type' must be one of"),
+])
+def test_a_malformed_spec_names_file_line_field_and_expected_type(tmp_path, spec, message):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "a", "prompt": "x"}) + "\n"
+                    + json.dumps({"id": "b", "prompt": "y", "validator": spec}) + "\n")
+    with pytest.raises(PromptFileError, match="p.jsonl:2") as info:
+        load_prompts(path)
+    assert message in str(info.value)
+
+
+def test_well_formed_specs_keep_their_meaning():
+    v = parse_validator([{"type": "number", "value": 14, "tolerance": 0.5},
+                         {"type": "sections", "required": ["WIND"], "case_sensitive": False}], "x")
+    assert v.check("wind 14.3 mph") and not v.check("wind 16 mph")
+
+
+def test_the_reference_page_is_rendered_from_the_schema():
+    docs = (Path(__file__).parents[1] / "docs" / "validators.md").read_text()
+    assert docs.strip() == render_validator_docs().strip(), \
+        'run: python -c "from crosspatch.validators import render_validator_docs as r; print(r())" > docs/validators.md'
