@@ -63,3 +63,33 @@ def test_run_on_finished_runs_a_registered_analysis_and_summarises_again(tmp_pat
     assert row["details"]["n_scored"] == len(rows)  # the control that ran later is in the summary
     assert "pre-late-commitment" in (tmp_path / "r" / "report.md").read_text()
     assert later["counts"] == result.summary["counts"] and later["results"] == result.summary["results"]
+
+
+def test_every_writer_takes_the_run_directory_lock(tmp_path):
+    import pytest
+
+    from crosspatch.errors import RunDirectoryError
+    from crosspatch.execution import load_pair
+    from crosspatch.features import run_features
+    from crosspatch.finished import run_on_finished
+    from crosspatch.pipeline import merge_runs, rerender_run, run
+    from crosspatch.store import RunStore
+
+    base, _, merged = save_tiny_lora(tmp_path / "m")
+    pair = load_pair(str(base), tuned=str(merged))
+    run(pair, PROMPTS, boundary=2, max_new_tokens=6, bootstrap=0, controls="none", progress=False, out=tmp_path / "r")
+    for i in range(2):
+        run(pair, PROMPTS, boundary=2, max_new_tokens=6, bootstrap=0, controls="none", progress=False,
+            out=tmp_path / f"s{i}", shard=f"{i}/2")
+    writers = [lambda: run_features(tmp_path / "r", train_only=True, steps=2, n_latents=8, k=2, log=lambda m: None),
+               lambda: run_on_finished(tmp_path / "r", "pre_late_commitment"),
+               lambda: rerender_run(tmp_path / "r")]
+    with RunStore(tmp_path / "r").lock():  # another process holds the run directory
+        for write in writers:
+            with pytest.raises(RunDirectoryError, match="in use by another crosspatch process"):
+                write()
+    with RunStore(tmp_path / "merged").lock():
+        with pytest.raises(RunDirectoryError, match="in use"):
+            merge_runs([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
+    for write in writers:  # released: each goes through
+        write()

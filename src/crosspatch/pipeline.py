@@ -369,11 +369,12 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override
     summary = build_summary(record, records, no_div, prompts_count, BootstrapConfig(opts["bootstrap"], opts["seed"]),
                             analyses=analyses, run_dir=out)
     store = RunStore(out)
-    store.write_complete(record, records, no_div, overwrite=overwrite)
-    for name, rows in analyses.items():
-        store.write_rows(f"{name}.jsonl", rows)
-    result = RunResult(summary, records, no_div, record, store.path, analyses)
-    result._report = write_outputs(store, summary, records, record)
+    with store.lock():  # one writer per run directory
+        store.write_complete(record, records, no_div, overwrite=overwrite)
+        for name, rows in analyses.items():
+            store.write_rows(f"{name}.jsonl", rows)
+        result = RunResult(summary, records, no_div, record, store.path, analyses)
+        result._report = write_outputs(store, summary, records, record)
     return result
 
 
@@ -707,6 +708,11 @@ def rerender_run(run_dir: str | Path) -> Rendered:
     """Re-render the reports from a run directory's stored files alone, after checking that
     every prompt of the run is accounted for (a warning names the missing ones)."""
     store = RunStore(run_dir)
+    with store.lock():  # one writer per run directory
+        return _rerender(store)
+
+
+def _rerender(store: RunStore) -> Rendered:
     config, summary = store.config(), store.summary()
     warnings = []
     if "prompt_ids" in config:
