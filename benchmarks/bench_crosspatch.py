@@ -219,7 +219,7 @@ def method_profile(args) -> dict:
     prof_py.disable()
     stats = pstats.Stats(prof_py)
     rows = []
-    for (file, line, name), (cc, nc, tt, ct, callers) in stats.stats.items():
+    for (file, line, name), (_cc, nc, tt, ct, _callers) in stats.stats.items():
         if "crosspatch" in file or "transformers" in file:
             short = file.split("site-packages/")[-1].split("src/")[-1]
             rows.append({"function": f"{short}:{line} {name}", "cumulative_s": ct, "self_s": tt, "calls": nc})

@@ -182,7 +182,7 @@ def _search_batch(
         chunk: dict[int, list[int]] = {r: [] for r in live}
         stopped: set[int] = set()  # rows whose rollout logits were not finite in this chunk
 
-        def extending(r: int) -> bool:
+        def extending(r: int, stopped=stopped, chunk=chunk) -> bool:  # this iteration's sets
             return r not in stopped and len(gen[r]) + len(chunk[r]) < budget and not (chunk[r] and chunk[r][-1] in eos)
 
         for _ in range(chunk_len):

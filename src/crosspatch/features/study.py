@@ -240,10 +240,10 @@ class Closure:
             basis = vh[:r].T  # [d, r]
             rand_basis = torch.linalg.qr(torch.randn(d, r, generator=gen))[0]
             gauss = [torch.randn(dl.shape, generator=gen) for dl in deltas]
-            variants = {
-                "pca": lambda dl: dl @ basis @ basis.T,
-                "sign_flipped": lambda dl: -(dl @ basis @ basis.T),
-                "random_subspace": lambda dl: dl @ rand_basis @ rand_basis.T,
+            variants = {  # bases bound now: each closure keeps this rank's
+                "pca": lambda dl, basis=basis: dl @ basis @ basis.T,
+                "sign_flipped": lambda dl, basis=basis: -(dl @ basis @ basis.T),
+                "random_subspace": lambda dl, rand_basis=rand_basis: dl @ rand_basis @ rand_basis.T,
             }
             for name, fn in variants.items():
                 requests.append(Late(tuned, b, patched(fn), held.sequences))

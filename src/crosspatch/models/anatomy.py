@@ -57,7 +57,7 @@ class Anatomy:
     @property
     def hidden_size(self) -> int:
         cfg = text_config(self.model.config)
-        return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+        return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
 
     def final_logits(self, final_states: torch.Tensor) -> torch.Tensor:
         """Logits from pre-norm final states, with the model's own final processing, in fp32."""
