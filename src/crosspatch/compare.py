@@ -30,7 +30,7 @@ from .errors import OptionError
 from .models.vocab import masked_argmax
 from .pipeline import RunConfig, RunResult, run
 from .stats import BootstrapConfig, effect_block, label_swap_null, pool_family_balanced
-from .store import mark_collection
+from .store import checked, mark_collection
 from .validation import check_out_dir
 
 COMPARE_SCHEMA = "crosspatch.compare/1"
@@ -160,7 +160,7 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     report = render_compare_markdown(summary)
     if out is not None:
         out = Path(out)
-        (out / "compare.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        (out / "compare.json").write_text(json.dumps(checked("compare.json", summary), indent=2, default=str) + "\n")
         (out / "report.md").write_text(report)
         (out / "report.html").write_text(render_compare_html(summary))
     return CompareResult(runs, summary, report, Path(out) if out is not None else None)
@@ -278,7 +278,7 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     report = render_lineage_markdown(summary)
     if out is not None:
         out = Path(out)
-        (out / "lineage.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        (out / "lineage.json").write_text(json.dumps(checked("lineage.json", summary), indent=2, default=str) + "\n")
         plot_lineage(summary, out)
         (out / "report.md").write_text(report)
         (out / "report.html").write_text(render_lineage_html(summary, out))

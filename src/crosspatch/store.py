@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .cells import CELLS, READOUTS, CellRecord
+from .schemas import check_document
 from .divergence import NoDivergence
 from .errors import (
     CorruptRunFileError, ForeignRecordsError, IncompleteRunError, NotARunDirectoryError, RunDirectoryError,
@@ -117,6 +118,16 @@ def _guard_write(path: Path):
             ) from None
 
     return guard()
+
+
+def checked(name: str, document: dict) -> dict:
+    """``document`` if it matches the schema of file ``name`` (crosspatch.schemas), else a
+    :class:`RunWriteError`: crosspatch never writes a file its own readers would refuse."""
+    problems = check_document(name, document)
+    if problems:
+        raise RunWriteError(f"{name} to be written does not match its schema: {'; '.join(problems[:3])} "
+                            "(a crosspatch bug: please report it)")
+    return document
 
 
 def _write_json(path: Path, obj) -> None:
@@ -313,7 +324,7 @@ class RunStore:
             if not (self.path / MARKER).exists():
                 with _guard_write(self.path):
                     (self.path / MARKER).write_text(json.dumps({"fingerprint": fp}) + "\n", encoding="utf-8")
-        _write_json(self.path / "config.json", config)
+        _write_json(self.path / "config.json", checked("config.json", config))
         for name in [EVENTS_FILE, NO_DIV_FILE] + [p.name for p in self.path.glob("*.jsonl")]:
             _repair_tail(self.path / name)
         records, no_div = self.load_records(), self.load_no_divergence()
@@ -335,6 +346,10 @@ class RunStore:
         for key in ("options", "resolved_boundaries", "num_layers"):
             if key not in cfg:
                 raise CorruptRunFileError(f"{path}: config.json lacks {key!r} (not a crosspatch run config)")
+        problems = check_document("config.json", cfg)
+        if problems:
+            raise CorruptRunFileError(f"{path}: config.json does not match its schema (docs/schemas.md): "
+                                      f"{'; '.join(problems[:3])}")
         self.fingerprint = self.fingerprint or cfg.get("fingerprint")
         return cfg
 
@@ -425,13 +440,13 @@ class RunStore:
         """Write a whole run at once (merged shards) into a new or empty directory (or, with
         ``overwrite``, in place of a crosspatch run)."""
         self.prepare(config.get("fingerprint"), overwrite=overwrite)
-        _write_json(self.path / "config.json", config)
+        _write_json(self.path / "config.json", checked("config.json", config))
         for name, rows in ((EVENTS_FILE, records), (NO_DIV_FILE, no_div)):
             self.write_rows(name, [r.to_record() for r in rows])
 
     # -- outputs ----------------------------------------------------------------------------
     def write_summary(self, summary: dict) -> None:
-        _write_json(self.path / "summary.json", summary)
+        _write_json(self.path / "summary.json", checked("summary.json", summary))
 
     def summary(self) -> dict:
         path = self.path / "summary.json"
@@ -476,6 +491,9 @@ def check_summary_shape(summary, path) -> None:
     if not isinstance(summary, dict):
         raise bad("is not a JSON object")
     check_schema(summary, SUMMARY_SCHEMA, path)
+    problems = check_document("summary.json", summary)
+    if problems:
+        raise bad(f"does not match its schema (docs/schemas.md): {'; '.join(problems[:3])}")
     for key in ("counts", "results", "boundaries"):
         if key not in summary:
             raise bad(f"lacks {key!r}")

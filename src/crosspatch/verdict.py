@@ -126,13 +126,25 @@ def fmt_stat(stat: dict, percent: bool = False) -> str:
     return text
 
 
+def _late_share(eff: dict) -> dict:
+    """``I / E_IT`` with its interval; for summaries written before it was stored, derived from the
+    direct share (``1 − E_PT / E_IT``, the same bootstrap draws)."""
+    if "late_interaction_share" in eff:
+        return eff["late_interaction_share"]
+    direct = eff.get("direct_share") or {}
+    if direct.get("mean") is None:
+        return {"mean": None, "ci": None, "na_reason": direct.get("na_reason")}
+    ci = direct.get("ci")
+    return {"mean": 1 - direct["mean"], "ci": None if not ci or None in ci else [1 - ci[1], 1 - ci[0]]}
+
+
 def _numbers(block: dict) -> dict:
     eff = block["effects"]
     inter = eff["interaction"]
     half = (inter["ci"][1] - inter["ci"][0]) / 2 if _has_ci(inter) else None
     return {"n_events": block.get("n_events", 0), "n_prompts": block.get("n_prompts", 0),
             "E_PT": eff["E_PT"], "E_IT": eff["E_IT"], "interaction": inter,
-            "late_interaction_share": eff.get("late_interaction_share", {"mean": None, "ci": None}),
+            "late_interaction_share": _late_share(eff),
             "sign_count": block.get("sign_count"),
             "interaction_half_width": half,
             # the smallest interaction this many prompts would detect at 80% power (two-sided 5%)
