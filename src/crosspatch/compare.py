@@ -172,7 +172,7 @@ def compare_summary(models: ModelSet, runs: dict[str, RunResult], plan: dict[str
         v = result.summary["verdict"]
         block = result.summary["results"][str(v["boundary"])]["common_it"]["all"]
         rows[role] = {"events": block["n_events"], "prompts": block["n_prompts"], "cells": block["cells"],
-                      "effects": {k: block["effects"][k] for k in ("E_PT", "E_IT", "interaction", "direct_share")},
+                      "effects": {k: block["effects"][k] for k in ("E_PT", "E_IT", "interaction", "direct_share", "late_interaction_share")},
                       "verdict": v["verdict"], "reason": v["reason"], "boundary": v["boundary"]}
     matrix = None
     if plan:

@@ -124,7 +124,7 @@ class CompareDocument(TypedDict, total=False):
     base: str
     boundary: int
     rows: dict[str, dict[str, Any]]
-    cross: dict[str, Any]
+    cross: Optional[dict[str, Any]]
 
 
 @with_config(ConfigDict(extra="allow"))
