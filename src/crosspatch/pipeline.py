@@ -283,6 +283,34 @@ def check_complete(prompt_ids: list[str], records, no_div, boundaries, where: st
             "If the run was interrupted or a file was truncated, run the same command again to redo them")
 
 
+def with_nulls(pair: ModelSet, config: RunConfig, tuned: str) -> tuple[ModelSet, RunConfig]:
+    """The model set and config with the run's null descendants checked (``config.nulls``: other
+    descendant roles) and its synthetic nulls built (``config.synthetic_nulls``)."""
+    bad = [n for n in config.nulls if n not in pair.descendants or n == tuned]
+    if bad:
+        others = ", ".join(r for r in pair.descendants if r != tuned) or "none"
+        raise OptionError(f"nulls must name other descendant roles of the model set ({others}), "
+                          f"not {', '.join(map(repr, bad))}")
+    if not config.synthetic_nulls:
+        return pair, config
+    from .execution.nulls import with_synthetic_nulls
+
+    pair, roles = with_synthetic_nulls(pair, tuned, config.synthetic_nulls, config.seed)
+    return pair, replace(config, nulls=[*config.nulls, *roles], tuned=tuned)
+
+
+def _processed_prompts(precision: dict | None, prompts: list[Prompt], records, no_div, boundaries) -> list[Prompt]:
+    """The prompts this run accounts for: all of them, or with ``--until-ci-width`` those processed
+    before the target was reached (the others are recorded in ``precision``)."""
+    if precision is None:
+        return prompts
+    done = completed_prompts(records, no_div, boundaries)
+    unprocessed = [p.id for p in prompts if p.id not in done]
+    precision.update(prompts_processed=len(prompts) - len(unprocessed), prompts_total=len(prompts),
+                     unprocessed=unprocessed)
+    return [p for p in prompts if p.id in done]
+
+
 def _reached(precision: dict, records, boundaries: list[int], num_layers: int, config: RunConfig) -> bool:
     """Whether the interaction's 95% half-width at the headline boundary (common-IT, first
     divergences, prompt-cluster bootstrap) is at most ``precision["target"]``; updates it."""
@@ -566,15 +594,7 @@ def run(
     tuned = config.tuned or pair.roles[1]
     if tuned not in pair.descendants:
         raise OptionError(f"tuned must name a descendant role ({', '.join(pair.descendants)}), not {tuned!r}")
-    bad = [n for n in config.nulls if n not in pair.descendants or n == tuned]
-    if bad:
-        raise OptionError(f"nulls must name other descendant roles of the model set ({', '.join(r for r in pair.descendants if r != tuned) or 'none'}), "
-                          f"not {', '.join(map(repr, bad))}")
-    if config.synthetic_nulls:
-        from .execution.nulls import with_synthetic_nulls
-
-        pair, roles = with_synthetic_nulls(pair, tuned, config.synthetic_nulls, config.seed)
-        config = replace(config, nulls=[*config.nulls, *roles], tuned=tuned)
+    pair, config = with_nulls(pair, config, tuned)
     all_prompts = as_prompts(prompts)
     run_warnings = check_group_by(list(config.group_by), all_prompts)
     if config.chat_template:
@@ -664,12 +684,7 @@ def run(
                         break  # the interval is as narrow as asked: the remaining prompts are left, and said so
             finally:
                 pair.release()
-        if precision is not None:
-            done_now = completed_prompts(records, no_div, boundaries)
-            unprocessed = [p.id for p in prompts if p.id not in done_now]
-            precision.update(prompts_processed=len(prompts) - len(unprocessed), prompts_total=len(prompts),
-                             unprocessed=unprocessed)
-        processed = [p for p in prompts if precision is None or p.id not in precision["unprocessed"]]
+        processed = _processed_prompts(precision, prompts, records, no_div, boundaries)
         check_complete([p.id for p in processed], records, no_div, boundaries, str(out) if out is not None else "run")
         records.sort(key=lambda r: (by_id.get(r.prompt_id, len(by_id)), r.boundary))
         no_div.sort(key=lambda x: by_id.get(x.prompt_id, len(by_id)))
