@@ -78,3 +78,10 @@ def test_unknown_breakdowns_and_readouts_are_named_errors():
     with pytest.raises(OptionError, match="no readout 'native'"):
         result.effects(readout="native")
     assert not result.effects(readout="native_late").empty
+
+
+def test_gate_pool_and_report_read_runs_without_importing_torch():
+    code = ("import sys; import crosspatch.gate, crosspatch.store, crosspatch.verdict, crosspatch.records; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr

@@ -11,111 +11,17 @@ with one fixed head: IT's final norm + lm_head (``common_it``) and PT's (``commo
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
 from .analysis import Analysis, EventSet
 from .divergence import DivergenceEvent, RecordKey
+from .records import CELLS, READOUTS, CellRecord, cell_effects  # noqa: F401  (re-exported)
 from .execution import Executor, Late, ModelSet, Program
 from .models.execution import EventStates, readout
 from .models.vocab import masked_argmax, top2_margin
 from .tokens import TokenDescriber
-
-READOUTS = ("common_it", "common_pt")
-CELLS = ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")  # U_<upstream>_L_<late stack>
-
-
-def cell_effects(y) -> dict:
-    """The one effect formula (DESIGN 1.4): ``E_PT``, ``E_IT`` and the interaction from the four
-    cells ``y[cell]`` (numbers or arrays; stats derives the ratios from these)."""
-    e_pt = y["upt_lit"] - y["upt_lpt"]
-    e_it = y["uit_lit"] - y["uit_lpt"]
-    return {"E_PT": e_pt, "E_IT": e_it, "interaction": e_it - e_pt}
-
-
-@dataclass
-class CellRecord:
-    """One event scored at one boundary: four cells under each readout, and diagnostics."""
-
-    key: str
-    prompt_id: str
-    category: str | None
-    boundary: int
-    position: int
-    prompt_len: int
-    prefix_len: int
-    t_pt: int
-    t_it: int
-    t_pt_text: str
-    t_it_text: str
-    cells: dict[str, dict[str, float]]  # readout -> cell -> Y
-    margin_pt: float  # PT's own top-1 minus top-2 at the event (natural pass)
-    margin_it: float
-    near_tie: bool
-    natural_agrees: bool  # natural passes reproduce t_pt / t_it as argmax
-    valid: bool = True
-    invalid_reason: str | None = None
-    extra: dict = field(default_factory=dict)
-    kind: str = "first_diff"  # event kind (tokens.EVENT_KINDS) or a control's event kind
-    t_pt_category: str | None = None  # tokens.token_category of each token
-    t_it_category: str | None = None
-    prompt_text: str | None = None  # the prompt as the models read it (decoded)
-    continuation_text: str | None = None  # the shared generated tokens before the event (decoded)
-    prefix_ids: list[int] | None = None  # prompt + shared generated tokens (for later analyses of a run)
-
-    def to_record(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_record(cls, record: dict) -> "CellRecord":
-        """A record as stored (``to_record``); a field of the wrong type is a ValueError naming
-        it, so a damaged line is refused rather than read into statistics."""
-        rec = cls(**record)
-        for name in ("key", "prompt_id", "t_pt_text", "t_it_text", "kind"):
-            _expect(name, getattr(rec, name), str)
-        _expect("position", rec.position, int)  # negative: a control's point inside the prompt
-        for name in ("boundary", "prompt_len", "prefix_len", "t_pt", "t_it"):
-            value = getattr(rec, name)
-            _expect(name, value, int)
-            if value < 0:
-                raise ValueError(f"field {name!r} is negative ({value})")
-        for name in ("near_tie", "natural_agrees", "valid"):
-            _expect(name, getattr(rec, name), bool)
-        for name in ("margin_pt", "margin_it"):
-            _expect(name, getattr(rec, name), float)
-        _expect("extra", rec.extra, dict)
-        _expect("cells", rec.cells, dict)
-        for name in READOUTS:
-            cells = rec.cells.get(name)
-            if not isinstance(cells, dict) or set(CELLS) - set(cells):
-                raise ValueError(f"field 'cells' lacks the four cells of readout {name!r}")
-            for cell in CELLS:
-                _expect(f"cells.{name}.{cell}", cells[cell], float)
-        if rec.prefix_ids is not None and (not isinstance(rec.prefix_ids, list)
-                                           or not all(type(t) is int for t in rec.prefix_ids)):
-            raise ValueError("field 'prefix_ids' must be a list of token ids")
-        return rec
-
-    def effects(self, readout: str = "common_it") -> dict[str, float]:
-        """This event's ``E_PT``, ``E_IT`` and interaction under ``readout``."""
-        return cell_effects(self.cells[readout])
-
-    @property
-    def event_key(self) -> str:
-        """The event's key without the boundary (``p7#first``): what other analyses' records of
-        the same event carry."""
-        return RecordKey.parse(self.key).event
-
-
-def _expect(name: str, value, kind: type) -> None:
-    """``value`` is of ``kind`` (bool is not an int; an int is a float; NaN is a float)."""
-    ok = type(value) is bool if kind is bool else (
-        isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
-        isinstance(value, kind) and not isinstance(value, bool))
-    if not ok:
-        raise ValueError(f"field {name!r} must be {kind.__name__}, not {value!r}"[:200])
-
 
 @dataclass
 class CellsConfig:

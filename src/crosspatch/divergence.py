@@ -12,117 +12,14 @@ outcome that is kept and counted.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 
 from .execution import Executor, ModelSet, Program, Search
 from .models.execution import EventStates
 from .prompts import Prompt
-
-
-# event kind -> key suffix (first divergence keeps the short "first")
-KEY_SUFFIX = {"first_diff": "first", "first_nonformat_diff": "nonformat", "first_assistant_marker_diff": "assistant"}
-
-
-def event_key(prompt_id: str, kind: str = "first_diff") -> str:
-    """The record key of a prompt's event of ``kind`` (``<id>#first`` for the first divergence)."""
-    return f"{prompt_id}#{KEY_SUFFIX.get(kind, kind)}"
-
-
-_SUFFIX_KIND = {v: k for k, v in KEY_SUFFIX.items()}
-_RECORD_KEY = re.compile(r"^(?P<event>.*)@(?P<boundary>-?\d+)(?:#(?P<role>[^#@]*))?$")
-
-
-@dataclass(frozen=True)
-class RecordKey:
-    """The key of a stored record, typed: ``str()`` gives the stored form
-    ``<prompt_id>#<kind suffix>[@<boundary>][#<role>]`` (``p7#first@16``, ``p7#first@16#sft``) and
-    :meth:`parse` reads it back (prompt ids may hold ``#`` and ``@``: the fields are read from the
-    right)."""
-
-    prompt_id: str
-    kind: str = "first_diff"
-    boundary: int | None = None
-    role: str | None = None
-
-    def __str__(self) -> str:
-        text = event_key(self.prompt_id, self.kind)
-        if self.boundary is not None:
-            text += f"@{self.boundary}"
-            if self.role is not None:
-                text += f"#{self.role}"
-        return text
-
-    @property
-    def event(self) -> str:
-        """The event's key, without boundary and role."""
-        return event_key(self.prompt_id, self.kind)
-
-    @classmethod
-    def parse(cls, text: str) -> "RecordKey":
-        m = _RECORD_KEY.match(text)
-        event, boundary, role = (m["event"], int(m["boundary"]), m["role"]) if m else (text, None, None)
-        prompt_id, _, suffix = event.rpartition("#")
-        if not _:
-            raise ValueError(f"not a record key: {text!r}")
-        return cls(prompt_id, _SUFFIX_KIND.get(suffix, suffix), boundary, role)
-
-
-@dataclass
-class DivergenceEvent:
-    """A generated position where PT's and IT's greedy top-1 tokens differ on a shared history:
-    by default the first (``kind`` ``first_diff``); other kinds and controls score other
-    positions the same way."""
-
-    prompt_id: str
-    category: str | None
-    prompt_len: int
-    position: int  # generated position i (0 = first token after the prompt)
-    prefix_ids: list[int]  # prompt + the i generated tokens of the history before the event
-    t_pt: int
-    t_it: int
-    kind: str = "first_diff"
-
-    @property
-    def key(self) -> str:
-        return event_key(self.prompt_id, self.kind)
-
-    def to_record(self) -> dict:
-        return asdict(self)
-
-
-NO_DIVERGENCE_REASONS = ("agreed_eos", "budget_exhausted", "non_finite_logits")
-
-
-@dataclass
-class NoDivergence:
-    """A prompt without an event: the two models did not disagree within the budget
-    (``agreed_eos``: both ended with the same EOS; ``budget_exhausted``), or ``model``'s logits
-    were NaN or infinite before they disagreed (``non_finite_logits``: an overflow in low
-    precision or a broken checkpoint; the prompt has no defined event)."""
-
-    prompt_id: str
-    category: str | None
-    reason: str
-    generated_tokens: int
-    model: str | None = None  # whose logits were not finite (reason non_finite_logits)
-
-    def to_record(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_record(cls, record: dict) -> "NoDivergence":
-        """A record as stored (``to_record``); a field of the wrong type is a ValueError naming it."""
-        item = cls(**record)
-        checks = {"prompt_id": isinstance(item.prompt_id, str),
-                  "category": item.category is None or isinstance(item.category, str),
-                  "reason": item.reason in NO_DIVERGENCE_REASONS,
-                  "generated_tokens": type(item.generated_tokens) is int and item.generated_tokens >= 0,
-                  "model": item.model is None or isinstance(item.model, str)}
-        bad = next((name for name, ok in checks.items() if not ok), None)
-        if bad is not None:
-            raise ValueError(f"field {bad!r} is not valid ({getattr(item, bad)!r})"[:200])
-        return item
+from .records import (  # noqa: F401  (re-exported: the data of a run lives in records)
+    KEY_SUFFIX, NO_DIVERGENCE_REASONS, DivergenceEvent, NoDivergence, RecordKey, event_key,
+)
 
 
 @dataclass

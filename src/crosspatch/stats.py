@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .cells import CELLS, READOUTS, CellRecord, cell_effects
+from .records import CELLS, READOUTS, CellRecord, cell_effects
 
 EFFECTS = (
     "E_PT", "E_IT", "interaction", "native_shift", "direct_share", "matched_portable_ratio",

@@ -24,9 +24,8 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .cells import CELLS, READOUTS, CellRecord
+from .records import CELLS, READOUTS, CellRecord, NoDivergence
 from .schemas import check_document
-from .divergence import NoDivergence
 from .errors import (
     CorruptRunFileError, ForeignRecordsError, IncompleteRunError, NotARunDirectoryError, RunDirectoryError,
     RunDirectoryNotEmptyError, RunSchemaError, RunSettingsMismatchError, RunWriteError,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..cells import READOUTS, cell_effects
+from ..records import READOUTS, cell_effects
 from .markdown import _EFFECT_LABELS, _fmt_number, counts_lines, fmt_effect, fmt_value, reading_lines, scored_descendant
 
 
