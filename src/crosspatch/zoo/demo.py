@@ -229,9 +229,16 @@ def render_demo_html(summary: dict, out: Path) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
+    from markdown_it import MarkdownIt
+    from markupsafe import Markup
+
+    # the reading is generated Markdown (lists, emphasis, code): rendered, with raw HTML disabled
+    md = MarkdownIt("commonmark", {"html": False})
+    answer_header, answer_rows = answer_table(summary)
     return env.get_template("tables.html.j2").render(
         title="crosspatch demo: the weather-report zoo", intro=demo_intro(summary), tables=demo_tables(summary),
-        reading=[p.replace("**", "").replace("`", "") for p in demo_reading(summary)],
+        answer=(answer_header, answer_rows),
+        reading_html=Markup(md.render("\n\n".join(_as_list_blocks(demo_reading(summary))))),
         links=[f"{name}/report.html" for name in summary["descendants"]]
         + [f"{d}/report.html" for d in ("compare", "sweep-it-full", "lineage") if (out / d / "report.html").exists()],
         images=demo_images(out),
@@ -402,8 +409,33 @@ def demo_intro(summary: dict) -> str:
             "prompt-cluster bootstrap intervals.")
 
 
+def _as_list_blocks(paragraphs: list[str]) -> list[str]:
+    """Consecutive ``- `` lines form one Markdown list (one block), other paragraphs stand alone."""
+    blocks: list[str] = []
+    for p in paragraphs:
+        if p.startswith("- ") and blocks and blocks[-1].split("\n")[-1].startswith(("- ", "**What to do**")):
+            blocks[-1] += "\n" + p
+        else:
+            blocks.append(p)
+    return blocks
+
+
+def answer_table(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """The one-table answer the combined report opens with: each descendant's verdict, the
+    interaction share that decided it and the interaction, with intervals and n."""
+    rows = []
+    for name, s in summary["descendants"].items():
+        block = common_it(s)["all"]
+        rows.append([name, s.get("verdict", {}).get("verdict", "n/a"), fmt_effect(block, "late_interaction_share"),
+                     fmt_effect(block, "interaction"), str(block["n_events"]), str(block["n_prompts"])])
+    return ["descendant", "verdict", "I/E_IT (decides)", "interaction", "events", "prompts"], rows
+
+
 def render_demo_report(summary: dict) -> str:
-    lines = ["# crosspatch demo: the weather-report zoo", "", demo_intro(summary), "", "## Reading", ""]
+    header, rows = answer_table(summary)
+    lines = ["# crosspatch demo: the weather-report zoo", "", "## The answer", ""] + _table(header, rows) + [
+        "", "Verdicts by the rule of docs/verdict.md (interval of I/E_IT against 25% and 50%).", "",
+        demo_intro(summary), "", "## Reading", ""]
     for paragraph in demo_reading(summary):
         lines += [paragraph, "" if not paragraph.startswith("- ") else None]
     lines = [x for x in lines if x is not None] + [""]
