@@ -18,7 +18,7 @@ IMPORT_TO_DIST = {"PIL": "pillow", "yaml": "pyyaml", "huggingface_hub": "hugging
                   "markdown_it": "markdown_it_py", "markupsafe": "markupsafe"}
 RUNTIME_ONLY = {"pyarrow", "accelerate"}  # pandas writes Parquet through pyarrow; transformers places device maps with accelerate
 OPTIONAL = {"ray": "ray", "trl": "zoo", "datasets": "zoo"}
-VIA = {"markupsafe": "jinja2"}  # imported, and installed by the declared dependency named here  # imported only where the extra is needed
+VIA = {"markupsafe": "jinja2", "typing_extensions": "pydantic"}  # installed by the declared dependency named here  # imported only where the extra is needed
 
 
 def _dist(requirement: str) -> str:
