@@ -108,3 +108,36 @@ def test_bootstrap_draws_in_bounded_chunks_equal_one_draw():
     chunked = resampled_cell_means(np.random.default_rng(5), sums, counts, 2500, chunk=7)
     assert whole.shape == (2500, 4)
     np.testing.assert_allclose(whole, chunked, rtol=1e-12, atol=1e-15)  # the same draws; BLAS may block differently
+
+
+def test_kinds_on_the_same_event_count_once_in_the_per_prompt_average():
+    from crosspatch.records import CellRecord
+    from crosspatch.stats import BootstrapConfig, summarize_records
+
+    def rec(pid, kind, position, y):
+        cells = {"upt_lpt": 0.0, "upt_lit": 0.0, "uit_lpt": 0.0, "uit_lit": y}
+        return CellRecord(key=f"{pid}#{kind}@2", prompt_id=pid, category=None, boundary=2, position=position,
+                          prompt_len=1, prefix_len=2, t_pt=1, t_it=2, t_pt_text="a", t_it_text="b",
+                          cells={"common_it": cells, "common_pt": cells}, margin_pt=1.0, margin_it=1.0,
+                          near_tie=False, natural_agrees=True, kind=kind)
+
+    # p0: first_diff and first_nonformat_diff are one event (position 0); a marker event elsewhere
+    records = [rec("p0", "first_diff", 0, 1.0), rec("p0", "first_nonformat_diff", 0, 1.0),
+               rec("p0", "first_assistant_marker_diff", 3, 4.0)]
+    out = summarize_records(records, "common_it", BootstrapConfig(0))
+    assert out["kinds_averaged"]["cells"]["uit_lit"]["mean"] == 2.5  # (1 + 4) / 2, not (1 + 1 + 4) / 3
+
+
+def test_a_requested_event_kind_without_events_is_reported_with_n_zero():
+    from crosspatch.kinds import EVENT_KINDS
+    from crosspatch.records import CellRecord
+    from crosspatch.stats import BootstrapConfig, summarize_records
+
+    cells = {"upt_lpt": 0.0, "upt_lit": 1.0, "uit_lpt": 0.0, "uit_lit": 2.0}
+    record = CellRecord(key="p#first@2", prompt_id="p", category=None, boundary=2, position=0, prompt_len=1,
+                        prefix_len=1, t_pt=1, t_it=2, t_pt_text="a", t_it_text="b",
+                        cells={"common_it": cells, "common_pt": cells}, margin_pt=1.0, margin_it=1.0,
+                        near_tie=False, natural_agrees=True)
+    out = summarize_records([record], "common_it", BootstrapConfig(0), event_kinds=list(EVENT_KINDS))
+    assert sorted(out["by_event_kind"]) == sorted(EVENT_KINDS)
+    assert out["by_event_kind"]["first_assistant_marker_diff"]["n_events"] == 0

@@ -203,7 +203,7 @@ def _grouped(recs: Sequence[CellRecord], key, readout: str, boot: BootstrapConfi
 
 def summarize_records(
     records: Sequence[CellRecord], readout: str, boot: BootstrapConfig, group_by: Sequence[str] = (),
-    name: str = "",
+    name: str = "", event_kinds: Sequence[str] = (),
 ) -> dict:
     """Blocks for one readout (valid records only). The headline (``all``) and the breakdowns by
     category, position, token-category pair and ``group_by`` fields (read from each record's
@@ -230,14 +230,18 @@ def summarize_records(
     out["by_token_category"] = _grouped(
         recs, lambda r: f"{r.t_pt_category}->{r.t_it_category}" if r.t_pt_category else None, readout, boot,
         f"{name}/by_token_category")
-    kinds = sorted({r.kind for r in valid})
+    kinds = sorted({r.kind for r in valid} | set(event_kinds))
     if kinds != ["first_diff"]:
         out["by_event_kind"] = _grouped(valid, lambda r: r.kind, readout, boot, f"{name}/by_event_kind")
-        per_prompt: dict[str, list[np.ndarray]] = {}
+        for kind in event_kinds:  # a requested kind without events is reported with n_events 0, not left out
+            out["by_event_kind"].setdefault(kind, effect_block(np.zeros((0, 4)), [], boot))
+        # kinds that fall on the same event of a prompt (same position and tokens) count once, as the
+        # method's authors drop such duplicates before averaging per prompt
+        per_prompt: dict[str, dict[tuple, np.ndarray]] = {}
         for r in valid:
-            per_prompt.setdefault(r.prompt_id, []).append(_matrix([r], readout)[0])
+            per_prompt.setdefault(r.prompt_id, {}).setdefault((r.position, r.t_pt, r.t_it), _matrix([r], readout)[0])
         names = sorted(per_prompt)
-        averaged = np.array([np.mean(per_prompt[p], axis=0) for p in names]).reshape(-1, 4)
+        averaged = np.array([np.mean(list(per_prompt[p].values()), axis=0) for p in names]).reshape(-1, 4)
         out["kinds_averaged"] = effect_block(averaged, names, seeded("kinds_averaged"))
     return out
 
@@ -297,7 +301,7 @@ def readout_agreement(records: Sequence[CellRecord]) -> dict:
 
 def summarize_boundaries(
     records: Iterable[CellRecord], boot: BootstrapConfig, group_by: Sequence[str] = (),
-    boundaries: Sequence[int] | None = None,
+    boundaries: Sequence[int] | None = None, event_kinds: Sequence[str] = (),
 ) -> dict:
     """``{boundary: {readout: blocks, "readout_agreement": ...}}`` for ``boundaries`` (default:
     those present); a boundary without events gets empty blocks, not a missing key."""
@@ -305,7 +309,8 @@ def summarize_boundaries(
     out = {}
     for b in sorted(set(boundaries) if boundaries is not None else {r.boundary for r in records}):
         sub = [r for r in records if r.boundary == b]
-        out[str(b)] = {name: summarize_records(sub, name, boot, group_by, f"{b}/{name}") for name in READOUTS}
+        out[str(b)] = {name: summarize_records(sub, name, boot, group_by, f"{b}/{name}", event_kinds)
+                       for name in READOUTS}
         valid = [r for r in sub if r.valid and r.kind == "first_diff"]
         for name in NATIVE_READOUTS:  # the headline under the two native readouts
             out[str(b)][name] = {"all": effect_block(_matrix(valid, name), [r.prompt_id for r in valid],

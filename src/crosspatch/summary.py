@@ -20,6 +20,15 @@ def as_row(record) -> dict:
     return record.to_record() if hasattr(record, "to_record") else record
 
 
+def _requested_kinds(text) -> list[str]:
+    from .kinds import parse_event_kinds
+
+    try:
+        return parse_event_kinds(text)
+    except ValueError:  # a summary of a run recorded before the kinds were checked
+        return []
+
+
 def _counts(first: list[CellRecord], no_div: list[NoDivergence], prompts_count: int) -> dict:
     reasons = dict.fromkeys(NO_DIVERGENCE_REASONS, 0)
     for x in no_div:
@@ -97,7 +106,8 @@ def build_summary(
         "num_layers": config_record["num_layers"],
         "boundaries": [str(b) for b in boundaries],
         "counts": counts,
-        "results": summarize_boundaries(records, boot, opts.get("group_by") or (), boundaries),
+        "results": summarize_boundaries(records, boot, opts.get("group_by") or (), boundaries,
+                                        _requested_kinds(opts.get("event_kinds", "all"))),
         "warnings": warnings,
         "no_divergence_prompts": [{"prompt_id": x.prompt_id, "reason": x.reason,
                                    **({"model": x.model} if x.model else {})} for x in no_div],
