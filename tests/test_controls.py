@@ -17,7 +17,9 @@ OPTIONS = dict(boundary=2, max_new_tokens=10, bootstrap=500, progress=False, pla
 def late_only():
     """A descendant that differs only in layers >= 2: at boundary 2 both upstream states agree."""
     pair = make_pair("llama", perturb=[2, 3], scale=2.0)
-    return run(pair, many_prompts(16), controls="all", **OPTIONS)
+    # its events are all early (position < 3): the pre-divergence control uses the 'half' rule here
+    return run(pair, many_prompts(16), controls="all", analysis_options={"pre_divergence": {"rule": "half"}},
+               **OPTIONS)
 
 
 def _row(result, name):
@@ -132,3 +134,17 @@ def test_verify_fp32_reruns_near_tie_events_in_float32():
     row = _row(result, "near_ties")
     assert row["details"]["fp32_verification"] == check and "re-run in float32" in row["summary"]
     assert next(p.dtype for p in pair.pt.module.parameters()) == torch.bfloat16  # the run's models untouched
+
+
+def test_the_pre_divergence_rule_of_the_method_s_authors_cuts_late_events_at_a_random_earlier_position():
+    from crosspatch.analyses.pre_divergence import PreDivergence
+    from crosspatch.divergence import DivergenceEvent
+
+    rule = PreDivergence(2, rule="random_cut", seed=0)
+    early = DivergenceEvent("a", None, 3, 2, [1, 2, 3, 9, 9], 5, 6)
+    late = DivergenceEvent("b", None, 3, 7, [1, 2, 3] + [9] * 7, 5, 6)
+    assert rule._cut(early) is None  # position < 3: not used
+    cuts = {PreDivergence(2, rule="random_cut", seed=s)._cut(late) for s in range(40)}
+    assert cuts <= set(range(1, 8)) and len(cuts) > 3  # 1..position generated tokens removed, seeded
+    assert rule._cut(late) == PreDivergence(2, rule="random_cut", seed=0)._cut(late)
+    assert PreDivergence(2, rule="half")._cut(early) == 1 and PreDivergence(2, rule="half")._cut(late) == 4

@@ -1,5 +1,10 @@
 """Pre-divergence prefix (DESIGN 1.5): the future ``(t_PT, t_IT)`` pair scored at an earlier
-shared prefix, where the interaction should be near zero."""
+shared prefix, where the interaction should be near zero. Two named rules (option ``rule``):
+
+- ``random_cut`` (default, the method's authors' rule): events at generated position >= 3 only,
+  cut at a random earlier generated position (seeded per prompt);
+- ``half``: every event, less its last ``max(1, (position + 1) // 2)`` tokens (into the prompt for
+  events at position 0), crosspatch's earlier rule."""
 
 from __future__ import annotations
 
@@ -10,9 +15,21 @@ from ..cells import CellsConfig, CrossPatch
 from ..divergence import DivergenceEvent
 from ..execution import Executor, Program
 from ..registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
-from .common import cell_records, cell_rows, interaction_block, mean_interaction
+from .common import cell_records, cell_rows, interaction_block, mean_interaction, stable_rng
 
 MAX_SHARE = 0.25  # |I at the earlier prefix| <= this share of I (or of 1 logit)
+RULES = ("random_cut", "half")
+MIN_POSITION = 3  # random_cut: events at generated position >= this
+
+
+@dataclass
+class PreDivergenceOptions:
+    rule: str = field(default="random_cut", metadata={"help": "random_cut (events at position >= 3, a random "
+                                                              "earlier cut) or half (every event, half its tokens)"})
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"pre_divergence rule must be one of {', '.join(RULES)}, not {self.rule!r}")
 
 
 @dataclass
@@ -23,12 +40,23 @@ class PreDivergence(Analysis):
     boundary: int
     cells: CellsConfig = field(default_factory=CellsConfig)
     name: str = "control_pre_divergence"
+    rule: str = "half"
+    seed: int = 0
+
+    def _cut(self, e: DivergenceEvent) -> int | None:
+        """How many tokens to remove from the event's prefix (None: the event is not used)."""
+        if self.rule == "random_cut":
+            if e.position < MIN_POSITION:
+                return None
+            keep = int(stable_rng(self.seed, e.prompt_id + "#pre").integers(e.position))  # generated tokens kept
+            return e.position - keep
+        return max(1, (e.position + 1) // 2)
 
     def program(self, ex: Executor, evset: EventSet) -> Program:
         early = []
         for e in evset.events:
-            cut = max(1, (e.position + 1) // 2)
-            if len(e.prefix_ids) - cut >= 1:
+            cut = self._cut(e)
+            if cut is not None and len(e.prefix_ids) - cut >= 1:
                 early.append(DivergenceEvent(e.prompt_id, e.category, e.prompt_len, e.position - cut,
                                              e.prefix_ids[:-cut], e.t_pt, e.t_it, "pre_divergence"))
         if not early:
@@ -38,8 +66,8 @@ class PreDivergence(Analysis):
         return cell_rows(scored)
 
 
-def build(options, plan: PlanContext) -> PreDivergence:
-    return PreDivergence(plan.headline, plan.cells)
+def build(options: PreDivergenceOptions, plan: PlanContext) -> PreDivergence:
+    return PreDivergence(plan.headline, plan.cells, rule=options.rule, seed=plan.config.seed)
 
 
 def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
@@ -52,10 +80,10 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
     text = ("near zero at the earlier prefix, as expected" if ok else
             "no earlier prefix could be scored" if value is None else
             "the pair is already separated before the divergence: the interaction is not specific to it")
-    return control_row("pre_divergence", "pass" if ok else "warn", value, text, f"|I_pre| <= {limit:.3f}",
-                       block["ci"], block["n"], share_of_first=share)
+    return control_row("pre_divergence", "pass" if ok else "warn", value, text + f" (rule {options.rule})",
+                       f"|I_pre| <= {limit:.3f}", block["ci"], block["n"], share_of_first=share, rule=options.rule)
 
 
 PLUGIN = register_analysis(AnalysisPlugin(
-    "pre_divergence", summarize, build=build, role="control", default=True,
+    "pre_divergence", summarize, build=build, options=PreDivergenceOptions, role="control", default=True,
     description="the event's token pair scored at an earlier shared prefix"))
