@@ -22,7 +22,7 @@ INTERPOLATION = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 @dataclass
 class HybridStateOptions:
-    random_draws: int = field(default=1, metadata={"help": "signed-permutation patches per event (seeded draws)"})
+    random_draws: int = field(default=3, metadata={"help": "signed-permutation patches per event (seeded draws)"})
 
 
 @dataclass
