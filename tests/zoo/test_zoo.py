@@ -123,11 +123,22 @@ def test_quick_demo_on_the_embedded_zoo(tmp_path):
     demo = run_demo(tmp_path / "demo", bootstrap=100, progress=False, log=lambda m: None, quick=True)
     n = len(demo_prompts()[::4])
     assert demo.summary["prompts"] == n and n >= 50
+    from crosspatch.report.check import check_report
+    from crosspatch.verdict import VERDICTS
+
     for name, s in demo.summary["descendants"].items():
-        assert s["counts"]["prompts"] == n and s["verdict"]["verdict"] in (
-            "portable", "upstream-dependent", "no-late-effect", "inconclusive"), name
+        assert s["counts"]["prompts"] == n and s["verdict"]["verdict"] in VERDICTS, name
+        # every number each descendant's two reports print comes from its stored data
+        assert check_report(tmp_path / "demo" / name) == [], name
     html = (tmp_path / "demo" / "it-full" / "report.html").read_text()
     assert '<a href="../report.html">' in html
+    # the combined page opens with the one-table answer: every descendant's verdict before any prose
+    page = (tmp_path / "demo" / "report.html").read_text()
+    answer = page.index("<h2>The answer</h2>")
+    assert answer < page.index("<h2>Reading</h2>") and page.index("<h1>") < answer
+    table = page[answer:page.index("</table>", answer)]
+    for name, s in demo.summary["descendants"].items():
+        assert f"<td>{name}</td><td>{s['verdict']['verdict']}</td>" in table, name
 
 
 def test_the_demo_prompts_give_realistic_divergences_on_the_shipped_it_full():

@@ -60,7 +60,10 @@ def allowed_numbers(summary: dict, config: dict, records=()) -> set[str]:
     _numeric_leaves(summary, values)
     _numeric_leaves(config, values)
     for r in records:
-        _numeric_leaves([r.cells, r.margin_pt, r.margin_it, r.position, r.boundary], values)
+        _numeric_leaves([r.cells, r.margin_pt, r.margin_it, r.position, r.boundary, r.t_pt, r.t_it, r.prompt_len,
+                         r.prefix_len, r.prompt_id, r.category or ""], values)
+        # model text the explorer shows (tokens, prompts, continuations): data, whatever digits it holds
+        _numeric_leaves([r.t_pt_text, r.t_it_text, r.prompt_text or "", r.continuation_text or ""], values)
         for readout in r.cells:
             _numeric_leaves(r.effects(readout), values)
     allowed = set(VOCABULARY)
