@@ -141,6 +141,28 @@ class CrossPatch(Analysis):
         return [r for recs in by_event for r in recs]
 
 
+def cells_against_base(ex: Executor, events: EventSet, boundary: int, roles: list[str]) -> Program:
+    """Each role's 2x2 against the base on ``events`` (the events' own ``(t_PT, t_IT)`` contrast),
+    read with the role's own head: per role, ``({cell: Y per event}, natural final states)``.
+    ``yield from`` inside a program (lineage stages, null descendants)."""
+    b, base = boundary, events.base
+    states = yield from events.states([base] + list(roles), [b])
+    u_base, per_role = states[0], states[1:]
+    passes = []
+    for role, u_r in zip(roles, per_role):
+        passes += [Late(role, b, [s.boundary[b] for s in u_base], events.sequences),
+                   Late(base, b, [s.boundary[b] for s in u_r], events.sequences)]
+    finals = yield passes
+    nat_base = torch.stack([s.final for s in u_base])
+    out = {}
+    for k, (role, u_r) in enumerate(zip(roles, per_role)):
+        nat_r = torch.stack([s.final for s in u_r])
+        cells = {"upt_lpt": nat_base, "upt_lit": torch.stack(finals[2 * k]),
+                 "uit_lpt": torch.stack(finals[2 * k + 1]), "uit_lit": nat_r}
+        out[role] = ({c: event_y(ex.readout(role, h), events.events) for c, h in cells.items()}, nat_r)
+    return out
+
+
 def score_events(
     models: ModelSet,
     events: list[DivergenceEvent],

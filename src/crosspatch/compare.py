@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .analysis import Analysis, EventSet
-from .cells import CELLS, CellRecord, event_y
+from .cells import CELLS, CellRecord, cells_against_base, event_y
 from .execution import Executor, Late, ModelSet, Program
 from .divergence import RecordKey
 from .errors import OptionError
@@ -73,25 +73,15 @@ class StageScores(Analysis):
     def program(self, ex: Executor, events: EventSet) -> Program:
         if not events.events:
             return []
-        b, base = self.boundary, events.base
-        states = yield from events.states([base] + list(self.stages), [b])
-        u_base, per_stage = states[0], states[1:]
-        passes = []
-        for role, u_s in zip(self.stages, per_stage):
-            passes += [Late(role, b, [s.boundary[b] for s in u_base], events.sequences),
-                       Late(base, b, [s.boundary[b] for s in u_s], events.sequences)]
-        finals = yield passes
-        nat_base = torch.stack([s.final for s in u_base])
+        b = self.boundary
+        scored = yield from cells_against_base(ex, events, b, list(self.stages))
         rows = []
-        for k, (role, u_s) in enumerate(zip(self.stages, per_stage)):
-            nat_s = torch.stack([s.final for s in u_s])
-            cells = {"upt_lpt": nat_base, "upt_lit": torch.stack(finals[2 * k]),
-                     "uit_lpt": torch.stack(finals[2 * k + 1]), "uit_lit": nat_s}
-            ys = {c: event_y(ex.readout(role, h), events.events) for c, h in cells.items()}
+        for role, (ys, nat_s) in scored.items():
             own = masked_argmax(ex.readout(role, nat_s), ex.models.real_vocab).cpu()
             for j, e in enumerate(events.events):
-                rows.append({"key": str(RecordKey(e.prompt_id, e.kind, b, role)), "prompt_id": e.prompt_id, "stage": role, "boundary": b,
-                             "cells": {c: float(ys[c][j]) for c in CELLS}, "top1_is_t_final": bool(own[j] == e.t_it)})
+                rows.append({"key": str(RecordKey(e.prompt_id, e.kind, b, role)), "prompt_id": e.prompt_id, "stage": role,
+                             "boundary": b, "cells": {c: float(ys[c][j]) for c in CELLS},
+                             "top1_is_t_final": bool(own[j] == e.t_it)})
         return rows
 
 

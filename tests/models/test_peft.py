@@ -8,32 +8,15 @@ import torch
 
 from crosspatch.execution import load_pair
 from crosspatch.pipeline import run
-from crosspatch.testing import char_tokenizer, tiny_model
+from crosspatch.testing import tiny_model
 
 MERGE_TOLERANCE = 1e-4  # fp32: merged W + BA vs unmerged x@W + x@A@B differ by rounding only
 
 
 def _lora_dirs(tmp_path, bias="none", modules_to_save=None, seed=3):
-    from peft import LoraConfig, get_peft_model
+    from crosspatch.testing.contract import save_tiny_lora
 
-    tok = char_tokenizer()
-    base = tiny_model("llama")
-    base.save_pretrained(tmp_path / "base")
-    tok.save_pretrained(tmp_path / "base")
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
-                     bias=bias, modules_to_save=modules_to_save, init_lora_weights=False)
-    model = tiny_model("llama")
-    torch.manual_seed(seed)  # after tiny_model, which seeds its own init
-    peft_model = get_peft_model(model, cfg)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                p.mul_(3.0)
-    peft_model.save_pretrained(tmp_path / "adapter")
-    merged = peft_model.merge_and_unload()
-    merged.save_pretrained(tmp_path / "merged")
-    tok.save_pretrained(tmp_path / "merged")
-    return tmp_path / "base", tmp_path / "adapter", tmp_path / "merged"
+    return save_tiny_lora(tmp_path, seed=seed, bias=bias, modules_to_save=modules_to_save)
 
 
 def test_adapter_cells_equal_merged_cells(tmp_path, prompts):

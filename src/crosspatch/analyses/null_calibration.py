@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..analysis import Analysis, EventSet
-from ..cells import CELLS, cell_effects, event_y
+from ..cells import CELLS, cell_effects, cells_against_base
 from ..divergence import RecordKey
-from ..execution import Executor, Late, Program
+from ..execution import Executor, Program
 from ..registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
 from ..stats import cluster_mean_ci
 from ..verdict import INTERACTION_CLAIMS
@@ -50,20 +49,10 @@ class NullScores(Analysis):
     def program(self, ex: Executor, events: EventSet) -> Program:
         if not events.events or not self.nulls:
             return []
-        b, base = self.boundary, events.base
-        states = yield from events.states([base] + list(self.nulls), [b])
-        u_base, per_null = states[0], states[1:]
-        passes = []
-        for role, u_n in zip(self.nulls, per_null):
-            passes += [Late(role, b, [s.boundary[b] for s in u_base], events.sequences),
-                       Late(base, b, [s.boundary[b] for s in u_n], events.sequences)]
-        finals = yield passes
-        nat_base = torch.stack([s.final for s in u_base])
+        b = self.boundary
+        scored = yield from cells_against_base(ex, events, b, list(self.nulls))
         rows = []
-        for k, (role, u_n) in enumerate(zip(self.nulls, per_null)):
-            cells = {"upt_lpt": nat_base, "upt_lit": torch.stack(finals[2 * k]),
-                     "uit_lpt": torch.stack(finals[2 * k + 1]), "uit_lit": torch.stack([s.final for s in u_n])}
-            ys = {c: event_y(ex.readout(role, h), events.events) for c, h in cells.items()}
+        for role, (ys, _) in scored.items():
             for j, e in enumerate(events.events):
                 rows.append({"key": str(RecordKey(e.prompt_id, e.kind, b, role)), "event_key": e.key,
                              "prompt_id": e.prompt_id, "null": role, "boundary": b,

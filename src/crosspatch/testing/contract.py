@@ -33,9 +33,10 @@ MERGE_TOLERANCE = 1e-4  # float32: merged W + BA against x@W + x@A@B differ by r
 SETTINGS = dict(boundary=2, max_new_tokens=8, bootstrap=200, progress=False)
 
 
-def save_tiny_lora(root, seed: int = 3) -> tuple[Path, Path, Path]:
+def save_tiny_lora(root, seed: int = 3, bias: str = "none", modules_to_save=None) -> tuple[Path, Path, Path]:
     """A tiny base, a LoRA adapter on it (non-zero, scaled up so it changes decisions) and the
-    merged LoRA, saved as ``root/base``, ``root/adapter``, ``root/merged``."""
+    merged LoRA, saved as ``root/base``, ``root/adapter``, ``root/merged`` (``bias`` and
+    ``modules_to_save`` as PEFT's ``LoraConfig`` takes them)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -48,7 +49,8 @@ def save_tiny_lora(root, seed: int = 3) -> tuple[Path, Path, Path]:
     tok.save_pretrained(root / "base")
     model = tiny_model("llama")
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, bias=bias,
+                                                  modules_to_save=modules_to_save,
                                                   target_modules=["q_proj", "v_proj", "up_proj", "down_proj"]))
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
