@@ -69,7 +69,7 @@ def test_csv_missing_column_and_empty_prompt(tmp_path):
     with pytest.raises(PromptFileError, match="required column 'prompt'"):
         load_prompts(tmp_path / "a.csv")
     (tmp_path / "b.csv").write_text("id,prompt\n1,Rain\n2,\n")
-    with pytest.raises(PromptFileError, match=r"b.csv:3: field 'prompt' is missing"):
+    with pytest.raises(PromptFileError, match=r"b.csv:3: field 'prompt' is empty"):
         load_prompts(tmp_path / "b.csv")
 
 
@@ -160,3 +160,24 @@ def test_a_json_file_may_hold_one_array_of_prompts_or_json_lines(tmp_path):
     (tmp_path / "mixed.json").write_text(json.dumps([rows[0], "Fog"]))
     with pytest.raises(PromptFileError, match="item 1 of the array must be a JSON object"):
         load_prompts(tmp_path / "mixed.json")
+
+
+def test_a_null_prompt_text_is_named_as_null_not_missing(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "a", "prompt": null}\n')
+    with pytest.raises(PromptFileError, match=r"p.jsonl:1: field 'prompt' is null"):
+        load_prompts(path)
+
+
+def test_a_missing_lineage_stage_is_named_as_a_stage(tmp_path):
+    from typer.testing import CliRunner
+
+    from crosspatch.cli import app
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "m")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "Rain"}\n')
+    res = CliRunner().invoke(app, ["lineage", str(root / "base"), str(tmp_path / "nowhere"), "--prompts", str(prompts),
+                                   "--out", str(tmp_path / "lin")])
+    assert res.exit_code == 2 and "lineage stage" in res.output and "--tuned" not in res.output

@@ -226,3 +226,21 @@ def test_a_run_directory_is_a_non_empty_path(out):
 
     with pytest.raises(RunDirectoryError, match="is a path"):
         RunStore(out)
+
+
+def test_a_damaged_line_inside_events_jsonl_is_not_blamed_on_an_interruption(tmp_path):
+    from crosspatch.errors import CorruptRunFileError
+    from crosspatch.store import RunStore, settings_diff
+
+    from crosspatch.pipeline import run
+    from crosspatch.testing import make_pair
+
+    run(make_pair("llama"), many_prompts(4), boundary=2, max_new_tokens=4, bootstrap=0, progress=False,
+        controls="none", event_kinds="first_diff", out=tmp_path / "r")
+    events = tmp_path / "r" / "events.jsonl"
+    lines = events.read_text().splitlines(keepends=True)
+    events.write_text(lines[0] + "{broken\n" + "".join(lines[1:]))
+    with pytest.raises(CorruptRunFileError, match="a line inside the file is damaged") as info:
+        RunStore(tmp_path / "r").load_records()
+    assert "events.jsonl:2" in str(info.value)
+    assert settings_diff({"boundaries": None}, {"boundaries": [2, 4]}) == ["boundaries: not given -> [2, 4]"]

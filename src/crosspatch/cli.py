@@ -215,7 +215,7 @@ def _null_roles(tuned, adapter, nulls: list[str], options) -> tuple[dict, dict]:
         if path in (tuned, adapter):
             raise OptionError(f"--null {path} is the descendant itself: a null must be another fine-tune")
         is_adapter = (Path(path) / "adapter_config.json").exists()
-        check_model_path(path, "null", adapter=is_adapter)
+        check_model_path(path, "--null", adapter=is_adapter)
         if is_adapter:
             check_adapter_files(path, options.allow_pickle)
         (roles_adapters if is_adapter else roles_tuned)[f"null-{k}"] = path
@@ -256,10 +256,11 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str], collection: str | 
     validate_run_options(config)
     items = load_prompts(kw["prompts"])
     check_model_path(kw["base"], "base")
+    role = "lineage stage" if collection == "lineage" else "tuned"  # named as the user gave them
     for path in tuned:
-        check_model_path(path, "tuned")
+        check_model_path(path, role)
     for path in adapters:
-        check_model_path(path, "tuned", adapter=True)
+        check_model_path(path, role, adapter=True)
     check_distinct_descendants(list(tuned) + list(adapters))
     for path in [kw["base"], *tuned]:
         check_supported(local_config(path))  # a hub id: checked once loaded

@@ -35,8 +35,11 @@ def _row_to_prompt(row: dict, where: str) -> Prompt:
         raise PromptFileError(f"{where}: field 'id' is missing or empty")
     if isinstance(row["id"], (dict, list, bool)):
         raise PromptFileError(f"{where}: field 'id' must be a string or number, not {row['id']!r}")
-    if "prompt" not in row or _is_missing(row["prompt"]):
+    if "prompt" not in row:
         raise PromptFileError(f"{where}: field 'prompt' is missing")
+    if _is_missing(row["prompt"]):
+        raise PromptFileError(f"{where}: field 'prompt' is {'null' if row['prompt'] is None else 'empty'}: "
+                              "give the prompt's text")
     if not isinstance(row["prompt"], str) or not row["prompt"]:
         raise PromptFileError(f"{where}: field 'prompt' must be a non-empty string")
     if not row["prompt"].strip():

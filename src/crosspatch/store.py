@@ -170,16 +170,20 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise CorruptRunFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    last = max((k for k, line in enumerate(lines, start=1) if line.strip()), default=0)
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise CorruptRunFileError(
-                f"{path}:{lineno}: not valid JSON ({exc.msg}); if the run was interrupted, run the same command "
-                "again to resume it"
-            ) from None
+            advice = ("the last line was cut off: if the run was interrupted, run the same command again to resume it"
+                      if lineno == last and not text.endswith("\n") else
+                      "a line inside the file is damaged (not an interrupted write, which only cuts the last line): "
+                      "restore the file from a copy, or delete that line and run the same command again to redo "
+                      "its prompt, or start afresh with --overwrite")
+            raise CorruptRunFileError(f"{path}:{lineno}: not valid JSON ({exc.msg}); {advice}") from None
         if not isinstance(row, dict):
             raise CorruptRunFileError(f"{path}:{lineno}: each line must be a JSON object")
         rows.append((lineno, row))
@@ -194,7 +198,9 @@ def settings_diff(old, new, prefix: str = "") -> list[str]:
             out += settings_diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
         return out
     if old != new:
-        return [f"{prefix or 'settings'}: {json.dumps(old, default=str)[:80]} -> {json.dumps(new, default=str)[:80]}"]
+        def show(value) -> str:
+            return "not given" if value is None else json.dumps(value, default=str)[:80]
+        return [f"{prefix or 'settings'}: {show(old)} -> {show(new)}"]
     return []
 
 

@@ -21,7 +21,8 @@ def looks_local(path: str) -> bool:
 def check_model_path(path: str, role: str, adapter: bool = False) -> None:
     """A local path exists and is what it is given as; a hub id is reachable or cached."""
     p = Path(str(path)).expanduser()
-    flag = "--adapter" if adapter else ("--base" if role == "base" else "--tuned")
+    # how the user gave it: --base, --tuned, --adapter, or another name ("lineage stage", "--null")
+    flag = "--adapter" if adapter and role in ("tuned", "base") else {"base": "--base", "tuned": "--tuned"}.get(role, role)
     if looks_local(path):
         if not p.exists():
             raise ModelPathNotFoundError(f"{flag} {path}: no such directory")
@@ -29,7 +30,7 @@ def check_model_path(path: str, role: str, adapter: bool = False) -> None:
             raise ModelPathNotFoundError(f"{flag} {path}: not a directory (give the checkpoint's directory)")
         has_config, has_adapter = (p / "config.json").exists(), (p / "adapter_config.json").exists()
         if adapter and not has_adapter:
-            raise ModelLoadError(f"--adapter {path} is not a PEFT adapter directory (no adapter_config.json)"
+            raise ModelLoadError(f"{flag} {path} is not a PEFT adapter directory (no adapter_config.json)"
                                  + ("; it looks like a full checkpoint: give it as --tuned" if has_config else ""))
         if not adapter and has_adapter and not has_config:
             raise AdapterGivenAsCheckpointError(
