@@ -17,7 +17,8 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
     ok = share is not None and share <= MAX_SHARE
     row = control_row("near_ties", "pass" if ok else "warn", share,
                       f"{ties} of {n} event(s) have a top-1/top-2 margin under {threshold} logits"
-                      + ("" if ok else "; consider --dtype float32 or --verify-fp32"),
+                      + ("" if ok else "; in float32 a margin this small is a genuine near-tie" if ctx.dtype == "float32"
+                         else "; consider --dtype float32 or --verify-fp32"),
                       f"share <= {MAX_SHARE}", n=n, near_ties=ties)
     fp32 = ctx.extra.get("fp32_verification")
     if fp32:
