@@ -99,8 +99,10 @@ def _options(plugins) -> dict:
                 consequence=any(p.name == "consequence" for p in plugins), consequence_budget=4)
 
 
-def check_analyses(names, workdir, ray: bool = False, tolerance: float = 1e-5) -> dict[str, dict]:
-    """Check the registered analyses ``names`` together (one set of runs serves all of them);
+def check_analyses(names, workdir, ray: bool = False, tolerance: float = 1e-5,
+                   analysis_options: dict | None = None) -> dict[str, dict]:
+    """Check the registered analyses ``names`` together (one set of runs serves all of them), with
+    ``analysis_options`` ({name: {option: value}}) where the tiny models need other settings;
     returns, per name, what was compared. Raises AssertionError on the first breach."""
     from ..execution import load_pair
     from ..pipeline import RunConfig, chunk_plan, merge_runs, run
@@ -110,7 +112,7 @@ def check_analyses(names, workdir, ray: bool = False, tolerance: float = 1e-5) -
     workdir = Path(workdir)
     plugins = [get_analysis(n) for n in names]
     base, adapter, merged = save_tiny_lora(workdir / "models")
-    opts = {**SETTINGS, **_options(plugins)}
+    opts = {**SETTINGS, **_options(plugins), "analysis_options": dict(analysis_options or {})}
     config = RunConfig(**{k: v for k, v in opts.items() if k != "progress"})
     plan = chunk_plan(config, [2], 4, validators={p["id"]: None for p in PROMPTS})
     pickle.loads(pickle.dumps(plan))  # every built analysis travels to Ray actors and shard jobs
@@ -164,6 +166,6 @@ def check_analyses(names, workdir, ray: bool = False, tolerance: float = 1e-5) -
     return report
 
 
-def check_analysis(name: str, workdir, ray: bool = False, tolerance: float = 1e-5) -> dict:
-    """:func:`check_analyses` for one registered analysis."""
-    return check_analyses([name], workdir, ray, tolerance)[name]
+def check_analysis(name: str, workdir, ray: bool = False, tolerance: float = 1e-5, options: dict | None = None) -> dict:
+    """:func:`check_analyses` for one registered analysis (``options``: its options)."""
+    return check_analyses([name], workdir, ray, tolerance, {name: options} if options else None)[name]
