@@ -7,10 +7,13 @@ from __future__ import annotations
 import ast
 import re
 import sys
-import tomllib
 from pathlib import Path
 
+import pytest
+
 import crosspatch
+
+tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
 
 ROOT = Path(__file__).parents[1]
 PACKAGE = Path(crosspatch.__file__).parent
