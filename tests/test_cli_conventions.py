@@ -85,3 +85,27 @@ def test_gate_pool_and_report_read_runs_without_importing_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_verdict_is_a_typed_record_that_still_serialises(tmp_path):
+    from crosspatch.pipeline import run
+    from crosspatch.testing import make_pair
+
+    result = run(make_pair("llama", perturb=[2, 3], scale=2.0), many_prompts(8), boundary=2, max_new_tokens=6,
+                 bootstrap=200, progress=False, controls="none", event_kinds="first_diff")
+    v = result.verdict
+    assert v.verdict == v["verdict"] and v.reason == v["reason"] and v.boundary == 2
+    assert json.loads(json.dumps(v)) == dict(v) and repr(v).startswith("Verdict(")
+
+
+def test_pool_counts_each_run_once(tmp_path):
+    from crosspatch.compare import pool_runs
+    from crosspatch.pipeline import run
+    from crosspatch.testing import make_pair
+    import shutil
+
+    run(make_pair("llama"), many_prompts(6), boundary=2, max_new_tokens=6, bootstrap=0, progress=False,
+        controls="none", out=tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    with pytest.raises(OptionError, match="hold the same run"):
+        pool_runs([tmp_path / "a", tmp_path / "copy"])

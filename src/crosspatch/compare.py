@@ -384,10 +384,15 @@ def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str =
 
     if not isinstance(run_dirs, dict):
         run_dirs = {Path(d).name: d for d in run_dirs}
-    groups = {}
+    groups, seen = {}, {}
     for name, d in run_dirs.items():
         store = RunStore(d)
         summary = store.summary()
+        run_id = store.config().get("run_fingerprint")
+        if run_id is not None and run_id in seen:  # one run (a copy, or two shards of it) must count once
+            raise OptionError(f"{d} and {seen[run_id]} hold the same run (or shards of one run): each family must "
+                              "count once; merge shards with crosspatch merge first")
+        seen[run_id] = d
         b = summary.get("verdict", {}).get("boundary", int(summary["boundaries"][0]))
         groups[name] = [r for r in store.load_records() if r.boundary == b and r.kind == "first_diff"]
     return pool_family_balanced(groups, readout, BootstrapConfig(bootstrap, seed))

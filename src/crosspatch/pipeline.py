@@ -102,9 +102,14 @@ class RunResult:
         return self.events
 
     @property
-    def verdict(self) -> dict | None:
-        """``{"verdict", "reason", "numbers", ...}`` of the run (docs/verdict.md)."""
-        return self.summary.get("verdict")
+    def verdict(self):
+        """The run's verdict (docs/verdict.md): a :class:`~crosspatch.verdict.VerdictView`, the
+        stored ``{"verdict", "grade", "reason", "numbers", ...}`` dict with typed attributes
+        (``.verdict``, ``.grade``, ``.reason``, ``.share``); None before a summary exists."""
+        from .verdict import VerdictView
+
+        stored = self.summary.get("verdict")
+        return VerdictView(stored) if stored is not None else None
 
     def _blocks(self, boundary, readout: str):
         bs = [str(boundary)] if boundary is not None else self.summary["boundaries"]

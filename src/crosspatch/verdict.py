@@ -255,3 +255,40 @@ def decide(block: dict, controls: list[dict] | None = None, policy: VerdictPolic
     graded, reason, numbers = grade(block, policy, counts)
     verdict, reason, weakened = apply_controls(graded, reason, controls or [])
     return Verdict(verdict, reason, numbers, policy.as_dict(), graded, weakened or None).as_dict()
+
+
+class VerdictView(dict):
+    """``result.verdict``: the stored verdict record (a dict, as summary.json holds it) with typed
+    attributes: ``.verdict``, ``.grade``, ``.reason``, ``.numbers``, ``.boundary``, ``.readout``,
+    ``.share`` (the interaction share ``I/E_IT`` that decided it) and a one-line repr."""
+
+    @property
+    def verdict(self) -> str:
+        return self.get("verdict", "n/a")
+
+    @property
+    def grade(self) -> str | None:
+        return self.get("grade")
+
+    @property
+    def reason(self) -> str:
+        return self.get("reason", "")
+
+    @property
+    def numbers(self) -> dict:
+        return self.get("numbers", {})
+
+    @property
+    def boundary(self) -> int | None:
+        return self.get("boundary")
+
+    @property
+    def readout(self) -> str | None:
+        return self.get("readout")
+
+    @property
+    def share(self) -> dict:
+        return self.numbers.get("late_interaction_share") or {}
+
+    def __repr__(self) -> str:
+        return f"Verdict({self.verdict!r}, I/E_IT {fmt_stat(self.share, percent=True)}, boundary {self.boundary})"
