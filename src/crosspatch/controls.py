@@ -20,7 +20,7 @@ from .analyses.near_ties import MAX_SHARE as NEAR_TIE_MAX_SHARE
 from .analyses.pre_divergence import MAX_SHARE as PRE_DIVERGENCE_MAX_SHARE, PreDivergence
 from .analyses.pre_late_commitment import PreLateCommitment
 from .analyses.random_later import RandomLater
-from .registry import controls as registered_controls, get_analysis, select_controls
+from .registry import select_controls
 
 CONTROLS = ("label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
             "position_subsets", "near_ties", "random_later", "native_history", "null_calibration")
@@ -29,18 +29,9 @@ DEFAULT_CONTROLS = ("label_swap", "pre_divergence", "pre_late_commitment", "hybr
 
 __all__ = ["CONTROLS", "DEFAULT_CONTROLS", "HORIZONS", "INTERPOLATION", "NEAR_TIE_MAX_SHARE",
            "PRE_DIVERGENCE_MAX_SHARE", "RECONSTRUCTION_TOLERANCE", "HybridState",
-           "NativeHistory", "PreDivergence", "PreLateCommitment", "RandomLater", "control_names", "parse_controls"]
-
-
-def control_names() -> list[str]:
-    """Every registered control, built-in ones first (the Controls table's order)."""
-    return [p.name for p in registered_controls()]
+           "NativeHistory", "PreDivergence", "PreLateCommitment", "RandomLater", "parse_controls"]
 
 
 def parse_controls(text: str | list[str] | None) -> list[str]:
     """``all``, ``none``, ``default`` (None) or a comma list of registered control names."""
     return select_controls(text)
-
-
-def is_control(name: str) -> bool:
-    return get_analysis(name).role == "control"

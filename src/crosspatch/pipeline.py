@@ -478,8 +478,8 @@ def process_chunk(models, plan: ChunkPlan, item) -> ChunkResult:
 def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analyses=(),
                validators: dict | None = None) -> ChunkPlan:
     """What every chunk runs: the search, the 2x2, and the analysis of every enabled plug-in
-    (selected controls, default analyses, ``config.analyses``), then ``analyses`` given in Python
-    (Analysis objects, or names of registered plug-ins)."""
+    (selected controls, default analyses, ``config.analyses``), then the ``analyses`` objects given
+    in Python (``run`` has put the names of registered plug-ins into ``config.analyses``)."""
     div_cfg = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model,
                                capture_boundaries=boundaries if config.plan == "minimal" else None,
                                max_batch_tokens=config.max_batch_tokens)
@@ -487,15 +487,14 @@ def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analys
     kinds = parse_event_kinds(config.event_kinds)
     context = PlanContext(config, boundaries, headline_boundary(boundaries, num_layers), num_layers, cells,
                           validators or {})
-    given = [a for a in analyses if not isinstance(a, str)]
     built = []
-    for plugin in enabled_plugins(vars(config), [a for a in analyses if isinstance(a, str)]):
+    for plugin in enabled_plugins(vars(config)):
         if plugin.build is None:
             continue
         analysis = plugin.build(plugin.make_options(config.analysis_options.get(plugin.name)), context)
         if analysis is not None:
             built.append(analysis)
-    return ChunkPlan(boundaries, div_cfg, cells, built + given, config.tuned,
+    return ChunkPlan(boundaries, div_cfg, cells, built + list(analyses), config.tuned,
                      EventKinds(boundaries, kinds, config.max_new_tokens, config.rollout_model, cells)
                      if len(kinds) > 1 else None)
 
