@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .analysis import EventSet
-from .cells import CELLS, CellRecord, CellsConfig, CrossPatch, headline_boundary, resolve_boundary
+from .cells import CellRecord, CellsConfig, CrossPatch, headline_boundary, resolve_boundary
 from .kinds import EventKinds, parse_event_kinds, relabel
 from .registry import PlanContext, enabled_plugins
 from .summary import build_summary
@@ -319,16 +319,13 @@ def _processed_prompts(precision: dict | None, prompts: list[Prompt], records, n
 def _reached(precision: dict, records, boundaries: list[int], num_layers: int, config: RunConfig) -> bool:
     """Whether the interaction's 95% half-width at the headline boundary (common-IT, first
     divergences, prompt-cluster bootstrap) is at most ``precision["target"]``; updates it."""
-    import numpy as np
-
-    from .stats import effect_block
+    from .stats import cell_matrix, effect_block
 
     headline = headline_boundary(boundaries, num_layers)
     first = [r for r in records if r.boundary == headline and r.kind == "first_diff" and r.valid]
     if not first:
         return False
-    values = np.array([[r.cells["common_it"][c] for c in CELLS] for r in first], dtype=float)
-    ci = effect_block(values, [r.prompt_id for r in first],
+    ci = effect_block(cell_matrix(first, "common_it"), [r.prompt_id for r in first],
                       BootstrapConfig(max(config.bootstrap, 200), config.seed))["effects"]["interaction"]["ci"]
     if ci is None or None in ci:
         return False

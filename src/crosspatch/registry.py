@@ -22,6 +22,7 @@ registry.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -100,9 +101,9 @@ class SummaryContext:
     def dtype(self) -> str:
         return self.config.get("load_options", {}).get("dtype", "float32")
 
-    @property
+    @functools.cached_property
     def first(self) -> list:
-        """Valid first-divergence records at the headline boundary."""
+        """Valid first-divergence records at the headline boundary (filtered once per summary)."""
         return [r for r in self.records if r.boundary == self.headline and r.kind == "first_diff" and r.valid]
 
     def bootstrap(self, block: str):

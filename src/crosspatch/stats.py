@@ -184,7 +184,8 @@ def guard_ratios(effects: dict) -> None:
             effects[ratio] = {"mean": None, "ci": None, "na_reason": reason}
 
 
-def _matrix(records: Sequence[CellRecord], readout: str) -> np.ndarray:
+def cell_matrix(records: Sequence[CellRecord], readout: str) -> np.ndarray:
+    """The four cells of each record under ``readout`` (a common or a native one), ``[n, 4]``."""
     source = NATIVE_READOUTS.get(readout, dict.fromkeys(CELLS, readout))
     return np.array([[r.cells[source[c]][c] for c in CELLS] for r in records], dtype=float).reshape(-1, 4)
 
@@ -196,7 +197,7 @@ def _grouped(recs: Sequence[CellRecord], key, readout: str, boot: BootstrapConfi
         if value is not None:
             groups.setdefault(str(value), []).append(r)
     return {
-        group: effect_block(_matrix(sub, readout), [r.prompt_id for r in sub], block_bootstrap(boot, f"{name}/{group}"))
+        group: effect_block(cell_matrix(sub, readout), [r.prompt_id for r in sub], block_bootstrap(boot, f"{name}/{group}"))
         for group, sub in sorted(groups.items())
     }
 
@@ -215,7 +216,7 @@ def summarize_records(
     def seeded(part: str) -> BootstrapConfig:
         return block_bootstrap(boot, f"{name}/{part}")
 
-    out = {"all": effect_block(_matrix(recs, readout), [r.prompt_id for r in recs], seeded("all"))}
+    out = {"all": effect_block(cell_matrix(recs, readout), [r.prompt_id for r in recs], seeded("all"))}
     out["by_category"] = _grouped(recs, lambda r: r.category, readout, boot, f"{name}/by_category")
     for field_name in group_by:
         if f"by_{field_name}" in out or field_name in ("position", "token_category", "event_kind"):
@@ -225,7 +226,7 @@ def summarize_records(
     out["by_position"] = {}
     for bucket, start in POSITION_BUCKETS.items():
         sub = [r for r in recs if r.position >= start]
-        out["by_position"][bucket] = effect_block(_matrix(sub, readout), [r.prompt_id for r in sub],
+        out["by_position"][bucket] = effect_block(cell_matrix(sub, readout), [r.prompt_id for r in sub],
                                                   seeded(f"by_position/{bucket}"))
     out["by_token_category"] = _grouped(
         recs, lambda r: f"{r.t_pt_category}->{r.t_it_category}" if r.t_pt_category else None, readout, boot,
@@ -239,7 +240,7 @@ def summarize_records(
         # method's authors drop such duplicates before averaging per prompt
         per_prompt: dict[str, dict[tuple, np.ndarray]] = {}
         for r in valid:
-            per_prompt.setdefault(r.prompt_id, {}).setdefault((r.position, r.t_pt, r.t_it), _matrix([r], readout)[0])
+            per_prompt.setdefault(r.prompt_id, {}).setdefault((r.position, r.t_pt, r.t_it), cell_matrix([r], readout)[0])
         names = sorted(per_prompt)
         averaged = np.array([np.mean(list(per_prompt[p].values()), axis=0) for p in names]).reshape(-1, 4)
         out["kinds_averaged"] = effect_block(averaged, names, seeded("kinds_averaged"))
@@ -262,7 +263,7 @@ def label_swap_null(records: Sequence[CellRecord], readout: str = "common_it", r
     if not recs:
         return {"n_events": 0, "n_prompts": 0, "observed": None, "threshold": None, "p_value": None,
                 "rejects_null": None, "level": level, "exact": None}
-    inter = effects_from_cell_means(_matrix(recs, readout))["interaction"]
+    inter = effects_from_cell_means(cell_matrix(recs, readout))["interaction"]
     names, index = np.unique([r.prompt_id for r in recs], return_inverse=True)
     sums = np.zeros(len(names))
     np.add.at(sums, index, inter)
@@ -288,7 +289,7 @@ def readout_agreement(records: Sequence[CellRecord]) -> dict:
     if len(recs) < 2:
         return {"n_events": len(recs), "interaction_correlation": None, "same_sign_fraction": None}
     inter = {
-        name: effects_from_cell_means(_matrix(recs, name))["interaction"] for name in READOUTS
+        name: effects_from_cell_means(cell_matrix(recs, name))["interaction"] for name in READOUTS
     }
     a, b = inter["common_it"], inter["common_pt"]
     corr = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else None
@@ -313,7 +314,7 @@ def summarize_boundaries(
                        for name in READOUTS}
         valid = [r for r in sub if r.valid and r.kind == "first_diff"]
         for name in NATIVE_READOUTS:  # the headline under the two native readouts
-            out[str(b)][name] = {"all": effect_block(_matrix(valid, name), [r.prompt_id for r in valid],
+            out[str(b)][name] = {"all": effect_block(cell_matrix(valid, name), [r.prompt_id for r in valid],
                                                      block_bootstrap(boot, f"{b}/{name}/all"))}
         out[str(b)]["readout_agreement"] = readout_agreement(sub)
     return out
@@ -331,7 +332,7 @@ def pool_family_balanced(
     rng = np.random.default_rng(boot.seed)
     point_means, boot_means = [], []
     for recs in groups.values():
-        values = _matrix(recs, readout)
+        values = cell_matrix(recs, readout)
         point_means.append(values.mean(axis=0))
         names, index = np.unique([r.prompt_id for r in recs], return_inverse=True)
         sums = np.zeros((len(names), 4))

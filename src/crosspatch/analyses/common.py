@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 
 from ..cells import CellRecord
-from ..stats import BootstrapConfig, effect_block
+from ..stats import BootstrapConfig, cell_matrix, effect_block
 
 
 def stable_rng(seed: int, prompt_id: str) -> np.random.Generator:
@@ -28,9 +28,7 @@ def mean_interaction(records: list[CellRecord]) -> float | None:
 def interaction_block(records: list[CellRecord], boot: BootstrapConfig) -> dict:
     """The common-IT interaction of the valid records with its prompt-cluster interval and n."""
     recs = [r for r in records if r.valid]
-    values = np.array([[r.cells["common_it"][c] for c in ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")]
-                       for r in recs], dtype=float).reshape(-1, 4)
-    return effect_block(values, [r.prompt_id for r in recs], boot)["effects"]["interaction"] | {"n": len(recs)}
+    return effect_block(cell_matrix(recs, "common_it"), [r.prompt_id for r in recs], boot)["effects"]["interaction"] | {"n": len(recs)}
 
 
 def cell_records(rows: list[dict]) -> list[CellRecord]:
