@@ -160,3 +160,27 @@ def test_consequence_command_on_a_finished_run(tmp_path):
         res = CliRunner().invoke(app, ["consequence", str(tmp_path / "r"), *extra])
         assert res.exit_code == 2 and "error RunSettingsMismatchError" in res.output and what in res.output, res.output
     assert (tmp_path / "r" / "consequence.jsonl").read_text().splitlines() == lines
+
+
+def test_allow_partial_scores_the_shared_prompts_and_records_what_was_left_out(tmp_path):
+    from crosspatch.cli import app
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "m")
+    rows = [dict(p, validator={"type": "regex", "pattern": "[a-z]"}) for p in many_prompts(8)]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["run", "--base", str(root / "base"), "--tuned", str(root / "tuned"), "--prompts", str(prompts), "--out",
+            str(tmp_path / "r"), "--max-new-tokens", "6", "--bootstrap", "0", "--quiet", "--controls", "none"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    other = tmp_path / "other.jsonl"  # one prompt of the run left out, one the run does not have
+    other.write_text("".join(json.dumps(r) + "\n" for r in rows[1:] + [dict(rows[0], id="elsewhere")]))
+    refused = CliRunner().invoke(app, ["consequence", str(tmp_path / "r"), "--prompts", str(other), "--budget", "3"])
+    assert refused.exit_code == 2 and "PromptSetMismatchError" in refused.output
+    res = CliRunner().invoke(app, ["consequence", str(tmp_path / "r"), "--prompts", str(other), "--budget", "3",
+                                   "--allow-partial"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert any("elsewhere" in p for p in summary["consequences"]["partial"])
+    assert all(r["prompt_id"] != rows[0]["id"] for r in map(json.loads, (tmp_path / "r" / "consequence.jsonl")
+                                                            .read_text().splitlines()))

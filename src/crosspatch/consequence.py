@@ -225,7 +225,8 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     if partial and block:  # recorded with the block: the scored events are those the file and the run share
         block["partial"] = partial
         summary["consequences"] = block
-        store.write_summary(summary)
+        with store.lock():  # like every write to a run directory
+            store.write_summary(summary)
     return block
 
 
