@@ -550,6 +550,58 @@ def gate_cmd(
     raise typer.Exit(code=outcome["exit_code"])
 
 
+@app.command("preflight")
+def preflight_cmd(
+    base: str = typer.Option(..., "--base", help="Base model: hub id or local directory."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="PEFT adapter directory on --base."),
+    merged: Optional[str] = typer.Option(None, "--merged", help="A merged checkpoint (of --adapter, if given)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file (default: 8 built-in generic probes)."),
+    domain_text: Optional[Path] = typer.Option(None, "--domain-text", help="Held-out domain text: .txt (blank-line "
+                                               "separated) or .jsonl with a 'text' field."),
+    out: Optional[Path] = typer.Option(None, "--out", help="New directory for preflight.json/.md/.html, or a "
+                                       "crosspatch run directory (adds a Preflight section to its reports)."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Greedy budget per prompt and model."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (accelerate device_map)"),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Tolerances from a YAML/JSON file (PreflightPolicy fields)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with a checkpoint."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights."),
+    allow_special_token_mismatch: bool = typer.Option(False, "--allow-special-token-mismatch",
+                                                      help="Accept differing BOS/EOS/PAD/UNK (recorded as a warning)."),
+    as_json: bool = typer.Option(False, "--json", help="Print preflight.json for machines."),
+) -> None:
+    """Before you merge or ship: is the adapter active, does the merge compute what the adapter
+    computes, do the models still generate sensibly, did the fine-tune learn its domain. Exit 0
+    when every check passes, 1 when one fails, 2 for unusable input."""
+    import json
+
+    from .models.loading import LoadOptions
+    from .workflows.preflight import preflight
+
+    try:
+        thresholds = load_policy(policy) if policy else {}
+        options = LoadOptions(dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                              allow_special_token_mismatch=allow_special_token_mismatch)
+        result = preflight(base, adapter=adapter, merged=merged, prompts=prompts, domain_text=domain_text, out=out,
+                           policy=thresholds, max_new_tokens=max_new_tokens, options=options,
+                           progress=None if as_json else (lambda m: console.print(f"[dim]{m}[/dim]")))
+    except CrosspatchError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(result.document, indent=2, default=str))
+    else:
+        table = Table(title=f"crosspatch preflight: {'PASS' if result.passed else 'FAIL'}")
+        for column in ("check", "status", "finding"):
+            table.add_column(column, overflow="fold")
+        colours = {"pass": "green", "fail": "bold red", "warn": "yellow", "skip": "dim"}
+        for check in result.document["checks"]:
+            table.add_row(check["name"], Text(check["status"], style=colours[check["status"]]), check["summary"])
+        _stdout().print(table)
+        if out is not None:
+            console.print(f"written: {out}/preflight.md, preflight.html, preflight.json")
+    raise typer.Exit(code=result.exit_code)
+
+
 def _print_section(lines: list[str], written: str) -> None:
     """A report section on stdout, then what was written (stderr)."""
     for line in lines:

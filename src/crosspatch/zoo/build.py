@@ -503,6 +503,16 @@ class BuildResult:
     evals: dict = field(default_factory=dict)
 
 
+DOMAIN_TEXTS = 60
+
+
+def write_domain_text(out: Path, corpora: dict) -> None:
+    """``prompts/domain.jsonl``: held-out instruction -> report texts (``{"text"}`` rows), the
+    domain text of ``crosspatch preflight --domain-text``."""
+    rows = [{"text": p["prompt"] + p["response"]} for p in corpora["eval_instructions"][:DOMAIN_TEXTS]]
+    (out / "prompts" / "domain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def build_data(spec: ZooSpec, out: Path) -> tuple[dict, object]:
     """Corpora, tokenizer and prompt sets (the deterministic part of the build)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -521,8 +531,12 @@ def build_data(spec: ZooSpec, out: Path) -> tuple[dict, object]:
     for name in ("raw", "question", "units"):
         rows = corpora[f"{name}_prompts"]
         (out / "prompts" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_domain_text(out, corpora)
     tokenizer.save_pretrained(out / "tokenizer")
     return corpora, tokenizer
+
+
+from .faults import FAULTS, derive_fault_models  # noqa: E402 - after the helpers it uses
 
 
 def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildResult:
@@ -581,6 +595,8 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildR
             merged = peft_model.merge_and_unload()
     evaluate("it-merged", merged)
     _save_model(merged, out / "it-merged", spec, tok)
+    log(f"faults: {', '.join(FAULTS)} (derived from base and it-lora-all)")
+    derive_fault_models(out, {"float16": torch.float16, "float32": torch.float32}[spec.save_dtype])
 
     log(f"it-units: narrow-domain tuning {spec.it_steps} steps")
     units = train_units(fresh_base(), corpora, tok, spec, log)

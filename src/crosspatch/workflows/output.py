@@ -1,0 +1,110 @@
+"""Output directories of the practitioner workflows (``preflight``, ``splice``): one JSON
+document, a Markdown and an HTML rendering of the same sections, written under the directory's
+lock, never over another workflow's or another input's results.
+
+A directory holding the same workflow's document for the same inputs (their fingerprint) is a
+finished result: it is read back, no model loads (resume). Anything else in the directory is
+refused with a named error before any model loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import CorruptRunFileError, RunDirectoryNotEmptyError, RunSettingsMismatchError
+from ..registry import Section
+
+
+def fingerprint_of(inputs: dict) -> str:
+    from ..store import fingerprint
+
+    return fingerprint(inputs)
+
+
+def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run_dir: bool = False) -> dict | None:
+    """The stored ``<kind>.json`` of ``out`` when it was written for these ``inputs`` (resume),
+    None for a new or empty directory; a :class:`RunDirectoryNotEmptyError` for a directory that
+    holds anything else (a crosspatch run directory is accepted with ``allow_run_dir``: the
+    workflow adds its file and a section to the run's reports) and a
+    :class:`RunSettingsMismatchError` for the same workflow on other inputs."""
+    if out is None:
+        return None
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise RunDirectoryNotEmptyError(f"{path} exists and is not a directory")
+    document_path = path / f"{kind}.json"
+    if document_path.exists():
+        try:
+            document = json.loads(document_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise CorruptRunFileError(f"{document_path} is not readable JSON ({exc}); remove it or choose "
+                                      "another --out") from None
+        if not isinstance(document, dict) or document.get("fingerprint") != fingerprint_of(inputs):
+            old = document.get("inputs") if isinstance(document, dict) else None
+            from ..store import settings_diff
+
+            diff = settings_diff(old, inputs) if isinstance(old, dict) else ["not a crosspatch document"]
+            raise RunSettingsMismatchError(
+                f"{path} holds a {kind} of other inputs ({'; '.join(diff[:4])}); choose another --out, nothing "
+                "was overwritten")
+        return document
+    if path.is_dir() and any(path.iterdir()):
+        from ..store import RunStore
+
+        if not (allow_run_dir and RunStore(path).is_run()):
+            raise RunDirectoryNotEmptyError(
+                f"{path} is not empty and holds no {kind} result; choose a new directory for --out (nothing is "
+                "written into a directory crosspatch did not make for this)")
+    return None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def markdown_page(title: str, intro: list[str], sections: list[Section]) -> str:
+    from ..report.mdtext import md_escape_prose
+    from ..report.sections import section_markdown
+
+    lines = [f"# {md_escape_prose(title)}", ""]
+    for text in intro:
+        lines += [md_escape_prose(text), ""]
+    for section in sections:
+        lines += section_markdown(section)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def html_page(title: str, intro: list[str], sections: list[Section], columns: list[dict] | None = None) -> str:
+    """A self-contained page; every text is escaped by the template. ``columns``: side-by-side
+    text blocks (``{"title", "header", "rows"}``, each cell ``{"before", "mark", "after"}``, the
+    marked part highlighted)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2", "html"]))
+    return env.get_template("workflow.html.j2").render(
+        title=title, intro=intro, columns=columns or [],
+        sections=[{"title": s.title, "paragraphs": s.paragraphs, "figures": s.figures,
+                   "tables": [{"header": t.header, "rows": t.rows} for t in s.tables]} for s in sections])
+
+
+def write_outputs(out: str | Path, kind: str, document: dict, title: str, intro: list[str],
+                  sections: list[Section], columns: list[dict] | None = None) -> Path:
+    """Write ``<kind>.json``, ``<kind>.md`` and ``<kind>.html`` into ``out`` under its lock."""
+    from ..store import RunStore
+
+    path = Path(out)
+    with RunStore(path).lock():
+        _atomic_write(path / f"{kind}.md", markdown_page(title, intro, sections))
+        _atomic_write(path / f"{kind}.html", html_page(title, intro, sections, columns))
+        _atomic_write(path / f"{kind}.json", json.dumps(document, indent=2, default=str) + "\n")  # last: marks done
+    return path

@@ -1,0 +1,142 @@
+"""crosspatch preflight: on the zoo it passes the adapter and its merge, and fails, naming the
+cause, on the do-nothing adapter and the broken merge; inputs are refused before any model loads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from crosspatch.cli import app
+from crosspatch.errors import (
+    ModelPathNotFoundError, OptionError, PromptFileError, RunDirectoryNotEmptyError, RunSettingsMismatchError,
+)
+from crosspatch.workflows.preflight import PreflightPolicy, generation_health, preflight
+from crosspatch.zoo import zoo_path
+from crosspatch.zoo.faults import BROKEN_MERGE, NOOP_ADAPTER
+
+Z = zoo_path()
+PROMPTS = [json.loads(line) for line in (Z / "prompts" / "all.jsonl").read_text().splitlines()[::8]]  # 12 prompts
+
+
+def run(adapter=None, merged=None, **kw):
+    kw.setdefault("prompts", PROMPTS)
+    kw.setdefault("max_new_tokens", 24)
+    return preflight(str(Z / "base"), adapter=adapter and str(Z / adapter), merged=merged and str(Z / merged), **kw)
+
+
+def test_adapter_and_its_merge_pass_every_check(tmp_path):
+    result = run("it-lora-all", "it-merged", domain_text=Z / "prompts" / "domain.jsonl", out=tmp_path / "pf")
+    checks = result.checks
+    assert result.passed and result.exit_code == 0, result
+    assert [c["status"] for c in checks.values()] == ["pass"] * 5
+    assert checks["adapter-active"]["numbers"]["nonzero_delta_modules"] == checks["adapter-active"]["numbers"]["adapted_modules"] > 0
+    merge = checks["adapter-vs-merged"]["numbers"]
+    assert merge["precision"] == "half"  # the merged checkpoint is stored in float16
+    assert merge["max_abs_logit_diff"] < 0.6 and merge["top1_agreement"] >= 0.99
+    nll = checks["domain-learning"]["numbers"]["nll"]
+    assert nll["adapter"] < nll["base"] and abs(nll["adapter"] - nll["merged"]) < 1e-2
+    for name in ("preflight.json", "preflight.md", "preflight.html"):
+        assert (tmp_path / "pf" / name).stat().st_size > 0
+
+
+def test_do_nothing_adapter_fails_naming_zero_b_matrices():
+    result = run(NOOP_ADAPTER)
+    check = result.checks["adapter-active"]
+    assert not result.passed and result.failed() == ["adapter-active"]
+    assert check["numbers"]["nonzero_delta_modules"] == 0 and check["numbers"]["greedy_changed"] == 0
+    assert any("LoRA B matrix is zero" in cause for cause in check["causes"])
+
+
+def test_zero_scaling_is_named(tmp_path):
+    adapter = tmp_path / "alpha0"
+    shutil.copytree(Z / "it-lora-all", adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 0}))
+    result = preflight(str(Z / "base"), adapter=str(adapter), prompts=PROMPTS[:4], max_new_tokens=8)
+    assert result.failed() == ["adapter-active"]
+    assert any("scaling 0" in cause for cause in result.checks["adapter-active"]["causes"])
+
+
+def test_broken_merge_fails_with_confident_divergences():
+    result = run("it-lora-all", BROKEN_MERGE)
+    check = result.checks["adapter-vs-merged"]
+    assert "adapter-vs-merged" in result.failed() and result.checks["adapter-active"]["status"] == "pass"
+    assert check["numbers"]["confident_divergences"] > 0
+    assert any("max |Δlogit|" in cause for cause in check["causes"])
+
+
+def test_policy_tolerances_decide_the_merge_check():
+    strict = run("it-lora-all", "it-merged", policy={"max_abs_logit_diff": 1e-6})
+    assert strict.failed() == ["adapter-vs-merged"]
+    assert strict.checks["adapter-vs-merged"]["numbers"]["tolerances"]["max_abs_logit_diff"] == 1e-6
+
+
+def test_inputs_are_refused_before_any_model_loads(tmp_path, monkeypatch):
+    import crosspatch.execution as execution
+
+    monkeypatch.setattr(execution, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(OptionError):
+        preflight(str(Z / "base"))
+    with pytest.raises(ModelPathNotFoundError):
+        preflight(str(Z / "base"), adapter=str(tmp_path / "missing"))
+    with pytest.raises(OptionError, match="unknown preflight policy"):
+        run("it-lora-all", policy={"max_abs": 1})
+    with pytest.raises(OptionError):
+        run("it-lora-all", policy={"min_top1_agreement": 2})
+    with pytest.raises(PromptFileError):
+        run("it-lora-all", domain_text=tmp_path / "none.txt")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirectoryNotEmptyError):
+        run("it-lora-all", out=tmp_path / "busy")
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_finished_output_is_read_back_and_other_inputs_refused(tmp_path, monkeypatch):
+    first = run("it-lora-all", prompts=PROMPTS[:3], max_new_tokens=6, out=tmp_path / "pf")
+    import crosspatch.execution as execution
+
+    monkeypatch.setattr(execution, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
+    again = run("it-lora-all", prompts=PROMPTS[:3], max_new_tokens=6, out=tmp_path / "pf")
+    assert again.document == json.loads((tmp_path / "pf" / "preflight.json").read_text()) == first.document
+    with pytest.raises(RunSettingsMismatchError):
+        run("it-lora-all", prompts=PROMPTS[:3], max_new_tokens=7, out=tmp_path / "pf")
+
+
+def test_model_text_is_escaped_in_the_pages(tmp_path):
+    prompts = [{"id": "x<b>", "prompt": "<script>alert(1)</script> Boston"}]
+    run("it-lora-all", prompts=prompts, max_new_tokens=4, out=tmp_path / "pf")
+    page = (tmp_path / "pf" / "preflight.html").read_text()
+    assert "<script>alert" not in page and "&lt;script&gt;" in page
+    assert "<script>" not in (tmp_path / "pf" / "preflight.md").read_text()
+
+
+def test_generation_health_flags(tokenizer):
+    eos = {tokenizer.eos_token_id}
+    looping = tokenizer("ab ab ab ab ab ab ab ab", add_special_tokens=False)["input_ids"]
+    healthy = tokenizer("rain later today", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    special = [t for t in tokenizer.all_special_ids if t not in eos and t != tokenizer.pad_token_id]
+    outputs = [looping, healthy, [tokenizer.eos_token_id]] + ([[special[0], *healthy]] if special else [])
+    health = generation_health(outputs, tokenizer, eos, PreflightPolicy())
+    flags = health["flags"]
+    assert flags[0]["loop"] and flags[0]["no_eos"] and not flags[1]["loop"] and not flags[1]["no_eos"]
+    assert flags[2]["empty"] and not flags[1]["empty"]
+    if special:
+        assert flags[3]["special_leak"] and not flags[1]["special_leak"]
+
+
+def test_cli_exit_codes(tmp_path):
+    runner = CliRunner()
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS[:3]))
+    common = ["preflight", "--base", str(Z / "base"), "--prompts", str(prompts), "--max-new-tokens", "6"]
+    ok = runner.invoke(app, common + ["--adapter", str(Z / "it-lora-all"), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["passed"] is True
+    bad = runner.invoke(app, common + ["--adapter", str(Z / NOOP_ADAPTER)])
+    assert bad.exit_code == 1 and "changes nothing" in bad.output
+    unusable = runner.invoke(app, common + ["--adapter", str(tmp_path / "nope")])
+    assert unusable.exit_code == 2 and "ModelPathNotFoundError" in unusable.output
