@@ -38,7 +38,7 @@ _BUILTIN_MODULES = (
     "crosspatch.analyses.readout_agreement", "crosspatch.analyses.position_subsets",
     "crosspatch.analyses.near_ties", "crosspatch.analyses.random_later", "crosspatch.analyses.native_history",
     "crosspatch.analyses.null_calibration",
-    "crosspatch.routing", "crosspatch.consequence", "crosspatch.features.plugin",
+    "crosspatch.routing", "crosspatch.consequence", "crosspatch.features.plugin", "crosspatch.workflows.section",
 )
 
 

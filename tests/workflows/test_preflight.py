@@ -140,3 +140,16 @@ def test_cli_exit_codes(tmp_path):
     assert bad.exit_code == 1 and "changes nothing" in bad.output
     unusable = runner.invoke(app, common + ["--adapter", str(tmp_path / "nope")])
     assert unusable.exit_code == 2 and "ModelPathNotFoundError" in unusable.output
+
+
+def test_preflight_into_a_run_directory_adds_a_section_to_its_reports(tmp_path):
+    import crosspatch
+
+    pair = crosspatch.load_pair(str(Z / "base"), adapter=str(Z / "it-lora-all"))
+    crosspatch.run(pair, PROMPTS[:4], max_new_tokens=8, bootstrap=200, out=tmp_path / "run")
+    result = run("it-lora-all", prompts=PROMPTS[:3], max_new_tokens=6, out=tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["preflight"]["passed"] is result.passed is True
+    assert [c["name"] for c in summary["preflight"]["checks"]] == list(result.checks)
+    assert "## Preflight" in (tmp_path / "run" / "report.md").read_text()
+    assert "Preflight" in (tmp_path / "run" / "report.html").read_text()
