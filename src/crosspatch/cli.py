@@ -602,6 +602,57 @@ def preflight_cmd(
     raise typer.Exit(code=result.exit_code)
 
 
+@app.command("splice")
+def splice_cmd(
+    base: str = typer.Option(..., "--base", help="Base model: hub id or local directory."),
+    prompts: Path = typer.Option(..., "--prompts", help="Prompt file (validators, if any, give pass rates)."),
+    tuned: Optional[str] = typer.Option(None, "--tuned", help="Descendant: full or merged checkpoint."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Descendant: PEFT adapter directory on --base."),
+    boundary: Optional[str] = typer.Option(None, "--boundary", help="Boundary layer (int) or depth fraction (default 0.6)."),
+    boundaries: Optional[str] = typer.Option(None, "--boundaries", help="Comma-separated boundaries, or 'all'."),
+    out: Path = typer.Option(Path("runs/splice"), "--out", help="New directory for splice.json/.md/.html."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Greedy budget per prompt and chimera."),
+    no_diagnostic: bool = typer.Option(False, "--no-diagnostic", help="Skip the cross-patching run at the same boundaries."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (accelerate device_map)"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with a checkpoint."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights."),
+    allow_special_token_mismatch: bool = typer.Option(False, "--allow-special-token-mismatch",
+                                                      help="Accept differing BOS/EOS/PAD/UNK (recorded as a warning)."),
+) -> None:
+    """What a layer-range merge would write: the four static chimeras (base/tuned early layers x
+    base/tuned late layers) generate freely on the prompts, side by side, with validator pass
+    rates, where each departs from the tuned model, and the cross-patching numbers there."""
+    from .models.loading import LoadOptions
+    from .workflows.splice import splice
+
+    try:
+        if boundary is not None and boundaries is not None:
+            raise OptionError("give --boundary or --boundaries, not both")
+        chosen = _boundaries(boundaries) if boundaries is not None else [_boundary(boundary or "0.6")]
+        options = LoadOptions(dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                              allow_special_token_mismatch=allow_special_token_mismatch)
+        result = splice(base, tuned=tuned, adapter=adapter, prompts=prompts, boundaries=chosen, out=out,
+                        max_new_tokens=max_new_tokens, options=options, run_diagnostic=not no_diagnostic,
+                        progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+    except CrosspatchError as exc:
+        _fail(exc)
+    table = Table(title="crosspatch splice: validator pass rate / same as tuned")
+    table.add_column("boundary")
+    names = list(next(iter(result.document["boundaries"].values()))["chimeras"])
+    for name in names:
+        table.add_column(name, overflow="fold")
+    for b, block in result.document["boundaries"].items():
+        cells = []
+        for name in names:
+            chimera = block["chimeras"][name]
+            rate = chimera["validator_pass_rate"]
+            cells.append(f"{'—' if rate is None else f'{rate:.0%}'} / {chimera['same_as_tuned']:.0%}")
+        table.add_row(b, *cells)
+    _stdout().print(table)
+    console.print(f"written: {out}/splice.html (continuations side by side), splice.md, splice.json")
+
+
 def _print_section(lines: list[str], written: str) -> None:
     """A report section on stdout, then what was written (stderr)."""
     for line in lines:
