@@ -396,7 +396,18 @@ def _lineage_cmd(**kw) -> None:
     from .execution import load_models
 
     paths = kw.pop("models")
+    checkpoints = kw.pop("checkpoints")
+    steps, found = None, []
     try:
+        if checkpoints is not None:
+            from .workflows.checkpoints import discover_checkpoints
+
+            if len(paths) != 1:
+                raise OptionError("with --checkpoints give only BASE as MODELS: the stages are the checkpoint-<step> "
+                                  "directories, in step order (the last one is the final model)")
+            found = discover_checkpoints(checkpoints)
+            paths = [paths[0], *[str(c.path) for c in found]]
+            steps = {c.name: c.step for c in found}
         if len(paths) < 2:
             raise OptionError("lineage needs BASE and at least one stage (the last one is the final model)")
         kw["base"] = paths[0]
@@ -406,8 +417,8 @@ def _lineage_cmd(**kw) -> None:
         items, config, options = _prepare(kw, tuned, adapters, collection="lineage")
         if kw["dry_run"]:
             return _print_plan(kw, tuned, adapters, items, config, options)
-        names = {}
-        for p in stages:
+        names = {c.name: str(c.path) for c in found}
+        for p in ([] if found else stages):
             name, k = _Path(str(p).rstrip("/")).name or "stage", 2
             while name in names or name == "base":
                 name, k = f"{_Path(str(p).rstrip('/')).name}-{k}", k + 1
@@ -419,7 +430,7 @@ def _lineage_cmd(**kw) -> None:
             if models.roles != order:  # checkpoints and adapters mixed: keep the training order
                 models.roles = order
         result = lineage(models, items, config, out=kw["out"], progress=not kw["quiet"], resume=kw["resume"],
-                         overwrite=kw["overwrite"])
+                         overwrite=kw["overwrite"], steps=steps)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     table = Table(title=f"crosspatch lineage: base -> {result.summary['final']}")
@@ -480,10 +491,15 @@ def _lineage_signature():
     import inspect
 
     models = inspect.Parameter("models", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=list[str],
-                               default=typer.Argument(..., help="BASE STAGE1 ... FINAL (directories, training order)."))
+                               default=typer.Argument(..., help="BASE STAGE1 ... FINAL (directories, training order); "
+                                                      "with --checkpoints only BASE."))
+    checkpoints = inspect.Parameter("checkpoints", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                                    default=typer.Option(None, "--checkpoints", help="A trainer's output_dir: its "
+                                                         "checkpoint-<step> directories (full or adapter) are the stages, "
+                                                         "in step order."))
     return _signature_like_run(drop=("base", "tuned", "adapter", "null", "synthetic_null"), replace={
         "out": {"default": typer.Option(Path("runs/lineage"), "--out", help="Directory of the lineage.")}},
-        add=[models])
+        add=[models, checkpoints])
 
 
 _compare_cmd.__signature__ = _compare_signature()

@@ -245,9 +245,11 @@ class LineageResult:
 
 
 def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str | Path | None = None,
-            progress: bool = True, resume: bool = True, overwrite: bool = False, **overrides) -> LineageResult:
+            progress: bool = True, resume: bool = True, overwrite: bool = False, steps: dict[str, int] | None = None,
+            **overrides) -> LineageResult:
     """Score every stage of ``models`` (descendant roles in training order, the last one the
-    final model) on the Base -> Final first divergences."""
+    final model) on the Base -> Final first divergences. ``steps``: the training step of each
+    stage (trainer checkpoints), recorded and used as the plot's x axis."""
     from dataclasses import replace
 
     from .cells import headline_boundary
@@ -265,6 +267,8 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     result = run(models, prompts, cfg, out=Path(out) / "run" if out is not None else None, progress=progress,
                  analyses=[StageScores(b, list(models.descendants))], resume=resume, overwrite=overwrite)
     summary = lineage_summary(result, list(models.descendants), b, BootstrapConfig(config.bootstrap, config.seed))
+    if steps:
+        summary["training_steps"] = {s: int(steps[s]) for s in models.descendants if s in steps}
     report = render_lineage_markdown(summary)
     if out is not None:
         out = Path(out)
@@ -316,7 +320,9 @@ def plot_lineage(summary: dict, out: Path) -> None:
 
     stages = summary["stages"]
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    x = np.arange(len(stages))
+    steps = summary.get("training_steps") or {}
+    by_step = all(s in steps for s in stages)
+    x = np.array([steps[s] for s in stages]) if by_step else np.arange(len(stages))
     for key, label in (("native_shift", "native shift D"), ("E_IT", "E_IT"), ("E_PT", "E_PT"),
                        ("interaction", "interaction")):
         stats = [summary["by_stage"][s][key] for s in stages]
@@ -325,7 +331,10 @@ def plot_lineage(summary: dict, out: Path) -> None:
         lo = [np.nan if not st.get("ci") else st["ci"][0] for st in stats]
         hi = [np.nan if not st.get("ci") else st["ci"][1] for st in stats]
         ax.fill_between(x, lo, hi, alpha=0.15)
-    ax.set_xticks(x, stages)
+    if by_step:
+        ax.set_xlabel("training step")
+    else:
+        ax.set_xticks(x, stages)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_ylabel("logits (t_Final vs t_Base)")
     ax.set_title("lineage: every stage on the Base -> Final contrast")

@@ -52,6 +52,11 @@ class ModelLoadError(CrosspatchError):
     """A checkpoint could not be loaded as asked."""
 
 
+class CheckpointDiscoveryError(ModelLoadError):
+    """A trainer output directory holds no usable ``checkpoint-<step>`` directories, or one of them
+    is neither a model checkpoint nor a PEFT adapter (e.g. still being written)."""
+
+
 class PickleWeightsRefusedError(ModelLoadError):
     """Only pickle (.bin/.pt) weights were found and allow_pickle was not given."""
 

@@ -138,6 +138,7 @@ class LineageDocument(TypedDict, total=False):
     events: int
     by_stage: dict[str, dict[str, Any]]
     note: str
+    training_steps: dict[str, int]
 
 
 DOCUMENTS = {"config.json": RunConfigRecord, "summary.json": Summary, "compare.json": CompareDocument,

@@ -677,6 +677,26 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
     return models_set
 
 
+def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None, **options) -> ResidentSet:
+    """A pair from one PEFT model in memory: ``base`` is the model with its adapters switched off,
+    ``tuned`` with ``adapter_name`` (default: the active adapter) on; no second copy of the
+    weights (residency "adapter"). The model is put in eval mode (the caller restores training)."""
+    from ..models.anatomy import unwrap_peft
+
+    if not type(peft_model).__module__.startswith("peft"):
+        raise ModelLoadError(f"pair_from_peft_model needs a PEFT model, not {type(peft_model).__name__}")
+    name = adapter_name or peft_model.active_adapter
+    opts = LoadOptions(**options)
+    peft_model.eval()
+    handles = {BASE: ModelHandle(BASE, peft_model, adapter_enabled=False),
+               "tuned": ModelHandle("tuned", peft_model, adapter_enabled=True, adapter_name=name)}
+    dtype = str(next(unwrap_peft(peft_model).parameters()).dtype).replace("torch.", "")
+    record = {"base": {"path": "<in-memory>", "weights_digest": module_digest(unwrap_peft(peft_model))},
+              "adapter": {"path": "<in-memory>", "adapter_name": name, "weights_digest": module_digest(peft_model)},
+              "load_options": vars(opts) | {"dtype": dtype}}
+    return assemble_set(handles, {BASE: tokenizer, "tuned": tokenizer}, "adapter", opts, [], record)
+
+
 def pair_from_models(pt_model, it_model, tokenizer, tokenizer_it=None, **options) -> ResidentSet:
     """A pair (roles ``base``, ``tuned``) from models already in memory."""
     return models_from_modules({BASE: pt_model, "tuned": it_model}, tokenizer,

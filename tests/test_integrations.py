@@ -1,0 +1,103 @@
+"""CrosspatchCallback in a real TRL training run: a zoo LoRA trained for a few dozen steps logs
+the diagnostic through the trainer at each save, and the logged numbers equal a separate
+``crosspatch run`` on the saved checkpoints; the checkpoints then form a lineage by step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from crosspatch.errors import CheckpointDiscoveryError, OptionError
+from crosspatch.integrations import CrosspatchCallback
+from crosspatch.zoo import zoo_path
+
+Z = zoo_path()
+PROMPTS = [json.loads(line) for line in (Z / "prompts" / "all.jsonl").read_text().splitlines()[::12]]  # 8 prompts
+SETTINGS = dict(boundary=4, max_new_tokens=16, bootstrap=200, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import gzip
+
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    out = tmp_path_factory.mktemp("train")
+    with gzip.open(Z / "data" / "instructions.jsonl.gz", "rt") as fh:
+        rows = [json.loads(line) for _, line in zip(range(256), fh)]
+    data = Dataset.from_list([{"text": r["prompt"] + r["response"]} for r in rows])
+    tokenizer = AutoTokenizer.from_pretrained(str(Z / "tokenizer"))
+    model = AutoModelForCausalLM.from_pretrained(str(Z / "base"), dtype="float32")
+    args = SFTConfig(output_dir=str(out / "trainer"), max_steps=24, save_steps=12, per_device_train_batch_size=8,
+                     learning_rate=1e-2, logging_steps=6, report_to=[], use_cpu=True, seed=0, save_only_model=True,
+                     max_length=128, disable_tqdm=True, dataloader_num_workers=0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"], lora_dropout=0.0,
+                      task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=lora)
+    callback = CrosspatchCallback(PROMPTS, out=out / "diag", verbose=False, **SETTINGS).attach(trainer)
+    trainer.train()
+    return out, callback, trainer
+
+
+def test_logged_numbers_equal_a_separate_run_on_each_checkpoint(trained):
+    import crosspatch
+
+    out, callback, trainer = trained
+    assert [row["step"] for row in callback.history] == [12, 24]
+    assert callback.history[0]["metrics"]["E_IT"] != callback.history[1]["metrics"]["E_IT"]  # the adapter trained
+    logged = [entry for entry in trainer.state.log_history if "crosspatch/E_IT" in entry]
+    assert [entry["step"] for entry in logged] == [12, 24]  # through the trainer's own logging
+    for row, entry in zip(callback.history, logged):
+        checkpoint = out / "trainer" / f"checkpoint-{row['step']}"
+        assert json.loads((checkpoint / "crosspatch.json").read_text())["metrics"] == row["metrics"]
+        pair = crosspatch.load_pair(str(Z / "base"), adapter=str(checkpoint))
+        separate = crosspatch.run(pair, PROMPTS, progress=False, **SETTINGS)
+        block = separate.summary["results"][str(SETTINGS["boundary"])]["common_it"]["all"]["effects"]
+        for name in ("E_PT", "E_IT", "interaction"):
+            assert entry[f"crosspatch/{name}"] == pytest.approx(block[name]["mean"], abs=1e-4)
+            assert row["metrics"][f"{name}_ci_low"] == pytest.approx(block[name]["ci"][0], abs=1e-4)
+    assert (out / "diag" / "steps.jsonl").read_text().count("\n") == 2
+
+
+def test_checkpoints_form_a_lineage_in_step_order(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from crosspatch.cli import app
+    from crosspatch.workflows.checkpoints import discover_checkpoints
+
+    out, _, _ = trained
+    found = discover_checkpoints(out / "trainer")
+    assert [c.step for c in found] == [12, 24] and all(c.adapter for c in found)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    result = CliRunner().invoke(app, ["lineage", str(Z / "base"), "--checkpoints", str(out / "trainer"), "--prompts",
+                                      str(prompts), "--boundary", "4", "--max-new-tokens", "16", "--bootstrap", "200",
+                                      "--out", str(tmp_path / "lin"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "lin" / "lineage.json").read_text())
+    assert document["stages"] == ["step-12", "step-24"] and document["training_steps"] == {"step-12": 12, "step-24": 24}
+
+
+def test_checkpoint_discovery_names_what_is_wrong(tmp_path):
+    from crosspatch.workflows.checkpoints import discover_checkpoints
+
+    with pytest.raises(CheckpointDiscoveryError, match="no checkpoint"):
+        discover_checkpoints(tmp_path)
+    (tmp_path / "checkpoint-5").mkdir()
+    (tmp_path / "checkpoint-5" / "config.json").write_text("{}")
+    with pytest.raises(CheckpointDiscoveryError, match="no model weights"):
+        discover_checkpoints(tmp_path)
+
+
+def test_callback_options_are_checked_when_made():
+    with pytest.raises(OptionError):
+        CrosspatchCallback(PROMPTS, every_n_steps=0)
+    with pytest.raises(OptionError):
+        CrosspatchCallback(PROMPTS, on_save=False)
+    with pytest.raises(OptionError):
+        CrosspatchCallback(PROMPTS, policy={"nonsense": 1})
+    assert len(CrosspatchCallback(PROMPTS, max_prompts=3).prompts) == 3
