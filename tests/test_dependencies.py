@@ -20,7 +20,7 @@ PACKAGE = Path(crosspatch.__file__).parent
 IMPORT_TO_DIST = {"PIL": "pillow", "yaml": "pyyaml", "huggingface_hub": "huggingface_hub",
                   "markdown_it": "markdown_it_py", "markupsafe": "markupsafe"}
 RUNTIME_ONLY = {"pyarrow", "accelerate"}  # pandas writes Parquet through pyarrow; transformers places device maps with accelerate
-OPTIONAL = {"ray": "ray", "trl": "zoo", "datasets": "zoo"}
+OPTIONAL = {"ray": "ray", "trl": "zoo", "datasets": "zoo", "mergekit": "merge"}
 VIA = {"markupsafe": "jinja2", "typing_extensions": "pydantic"}  # installed by the declared dependency named here  # imported only where the extra is needed
 
 

@@ -669,6 +669,46 @@ def splice_cmd(
     console.print(f"written: {out}/splice.html (continuations side by side), splice.md, splice.json")
 
 
+@app.command("merge-check")
+def merge_check_cmd(
+    config: Path = typer.Argument(..., help="A mergekit configuration (YAML)."),
+    prompts: Path = typer.Option(..., "--prompts", help="Prompt file."),
+    base: Optional[str] = typer.Option(None, "--base", help="The base the merged models descend from (default: the "
+                                       "configuration's base_model; a passthrough splice: its first slice's model)."),
+    out: Path = typer.Option(Path("runs/merge-check"), "--out", help="New directory for merge-check.json/.md/.html."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Greedy budget per prompt and model."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (accelerate device_map)"),
+) -> None:
+    """Evaluate a mergekit configuration before you ship the merge: a passthrough layer splice as
+    `crosspatch splice` at its boundary; a weight merge (linear, TIES, DARE, SLERP, ...) built with
+    mergekit into a temporary directory, preflighted and diagnosed beside its parents. Needs
+    `pip install 'crosspatch[merge]'`."""
+    from .models.loading import LoadOptions
+    from .workflows.mergecheck import merge_check
+
+    try:
+        document = merge_check(config, prompts, base=base, out=out, max_new_tokens=max_new_tokens,
+                               options=LoadOptions(dtype=dtype, device=device),
+                               progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+    except CrosspatchError as exc:
+        _fail(exc)
+    if document["kind"] == "splice":
+        console.print(f"{document['this_chimera']} at layer {document['plan']['boundary']}: {document['receives']}; "
+                      f"verdict {document.get('verdict')}", soft_wrap=True)
+    else:
+        table = Table(title=f"crosspatch merge-check: {document['method']} merge vs its parents (against the base)")
+        for column in ("model", "E_PT", "E_IT", "interaction", "verdict"):
+            table.add_column(column)
+        from .workflows.splice import _ci
+
+        for role, v in document["diagnostic"].items():
+            table.add_row(role, _ci(v.get("E_PT")), _ci(v.get("E_IT")), _ci(v.get("interaction")), str(v.get("verdict")))
+        _stdout().print(table)
+        console.print(f"preflight of the merge: {'pass' if document['preflight']['passed'] else 'FAIL'}")
+    console.print(f"written: {out}/merge-check.md, merge-check.html, merge-check.json")
+
+
 def _print_section(lines: list[str], written: str) -> None:
     """A report section on stdout, then what was written (stderr)."""
     for line in lines:

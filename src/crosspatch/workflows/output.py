@@ -24,12 +24,15 @@ def fingerprint_of(inputs: dict) -> str:
     return fingerprint(inputs)
 
 
-def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run_dir: bool = False) -> dict | None:
+def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run_dir: bool = False,
+                      own_entries: tuple[str, ...] = ()) -> dict | None:
     """The stored ``<kind>.json`` of ``out`` when it was written for these ``inputs`` (resume),
     None for a new or empty directory; a :class:`RunDirectoryNotEmptyError` for a directory that
     holds anything else (a crosspatch run directory is accepted with ``allow_run_dir``: the
     workflow adds its file and a section to the run's reports) and a
-    :class:`RunSettingsMismatchError` for the same workflow on other inputs."""
+    :class:`RunSettingsMismatchError` for the same workflow on other inputs. ``own_entries``: names
+    the workflow itself writes before its document (an interrupted run's, resumed by their own
+    logic), accepted in the directory."""
     if out is None:
         return None
     path = Path(out)
@@ -51,7 +54,7 @@ def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run
                 f"{path} holds a {kind} of other inputs ({'; '.join(diff[:4])}); choose another --out, nothing "
                 "was overwritten")
         return document
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and any(p.name not in own_entries for p in path.iterdir()):
         from ..store import RunStore
 
         if not (allow_run_dir and RunStore(path).is_run()):

@@ -1,0 +1,263 @@
+"""``crosspatch merge-check config.yml``: evaluate a mergekit configuration before (or instead of)
+building it. Needs the ``[merge]`` extra (mergekit, the library its users merge with).
+
+- A ``passthrough`` merge of ``slices`` that keep every layer at its own index and switch from one
+  model to another once (layers ``0..b-1`` from one model, ``b..L-1`` from the other; mergekit
+  takes the embeddings from the first slice's model and the final norm and head from the last
+  slice's, as the chimeras here do) is a layer splice: it is evaluated as ``crosspatch splice``
+  at ``b`` — the four chimeras, of which one is this configuration, with the cross-patching
+  numbers there — and the report says which boundary state the fine-tuned layers would receive.
+- A weight merge (``linear``, ``ties``, ``dare_ties``, ``slerp``, ``task_arithmetic``, ... any
+  method mergekit runs over whole models) is built with mergekit into a temporary directory,
+  then preflighted against the base (does the merge change the model, does it still generate
+  sensibly) and diagnosed: the 2x2 of base vs the merge beside base vs each parent.
+
+A configuration that is neither (layers repeated or reordered, more than one switch, more than
+one source per slice, a layer count other than the models') is an
+:class:`UnsupportedMergeConfigError` naming what crosspatch cannot evaluate, before any model loads.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CrosspatchError, OptionError
+
+KIND = "merge-check"
+SCHEMA = "crosspatch.merge-check/1"
+
+
+class UnsupportedMergeConfigError(CrosspatchError):
+    """A mergekit configuration crosspatch cannot evaluate (named why), or mergekit is missing."""
+
+
+def _mergekit():
+    try:
+        import mergekit.config  # noqa: F401
+        import mergekit.merge  # noqa: F401
+    except ImportError as exc:
+        raise UnsupportedMergeConfigError(f"merge-check needs mergekit: pip install 'crosspatch[merge]' ({exc})") from None
+
+
+def read_merge_config(path: str | Path):
+    """The configuration as mergekit validates it (a :class:`UnsupportedMergeConfigError` for a
+    file mergekit refuses)."""
+    _mergekit()
+    import yaml
+    from mergekit.config import MergeConfiguration
+    from pydantic import ValidationError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UnsupportedMergeConfigError(f"{path}: no such mergekit configuration file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return MergeConfiguration.model_validate(data)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValidationError, TypeError) as exc:
+        text = " ".join(str(exc).split())[:400]
+        raise UnsupportedMergeConfigError(f"{path} is not a mergekit configuration mergekit accepts: {text}") from None
+
+
+def _path(reference) -> str:
+    if reference.lora is not None:
+        raise UnsupportedMergeConfigError(f"{reference}: a model+LoRA reference; merge the adapter first or give the "
+                                          "adapter to crosspatch preflight/splice directly")
+    return str(reference.model.path)
+
+
+@dataclass
+class SplicePlan:
+    """A passthrough configuration read as one switch at ``boundary``: early layers from
+    ``early``, late layers (and the head) from ``late``."""
+
+    early: str
+    late: str
+    boundary: int
+    num_layers: int
+
+
+def splice_plan(config) -> SplicePlan:
+    """The single-switch layer splice a passthrough ``slices`` configuration describes."""
+    from ..models.paths import local_config, text_config
+
+    if config.modules:
+        raise UnsupportedMergeConfigError("configurations with 'modules' (multi-module models) are not evaluated")
+    segments: list[tuple[str, int, int]] = []
+    for number, out_slice in enumerate(config.slices, 1):
+        if len(out_slice.sources) != 1:
+            raise UnsupportedMergeConfigError(f"slice {number} has {len(out_slice.sources)} sources: a passthrough "
+                                              "splice takes each layer from one model")
+        source = out_slice.sources[0]
+        start, stop = source.layer_range
+        segments.append((_path(source.model), int(start), int(stop)))
+    position = 0
+    for model, start, stop in segments:
+        if start != position or stop <= start:
+            raise UnsupportedMergeConfigError(
+                f"layers {start}..{stop - 1} of {model} would sit at output position {position}: repeated or reordered "
+                "layers (a 'frankenmerge') are not a splice of two models at one boundary, which is what crosspatch "
+                "evaluates")
+        position = stop
+    merged: list[list] = []
+    for model, start, stop in segments:  # adjacent slices of one model are one segment
+        if merged and merged[-1][0] == model:
+            merged[-1][2] = stop
+        else:
+            merged.append([model, start, stop])
+    layers = text_config(local_config(merged[0][0])).get("num_hidden_layers")
+    if isinstance(layers, int) and position != layers:
+        raise UnsupportedMergeConfigError(f"the slices give {position} layers, the models have {layers}: crosspatch "
+                                          "evaluates splices that keep the depth")
+    if len(merged) == 1:
+        raise UnsupportedMergeConfigError(f"every layer comes from {merged[0][0]}: there is no splice to evaluate")
+    if len(merged) > 2:
+        raise UnsupportedMergeConfigError(
+            f"the slices switch models {len(merged) - 1} times ({', '.join(f'{m}[{a}:{b}]' for m, a, b in merged)}); "
+            "crosspatch evaluates one switch (early layers from one model, late layers from another)")
+    (early, _, boundary), (late, _, _) = merged[0], merged[1]
+    return SplicePlan(early, late, boundary, position)
+
+
+def merge_check(config_path: str | Path, prompts, base: str | None = None, out: str | Path | None = None,
+                max_new_tokens: int = 32, options=None, progress=None) -> dict:
+    """Evaluate a mergekit configuration (see the module docstring); returns the document
+    written as ``merge-check.json`` (with ``.md``/``.html``) into ``out``."""
+    from ..models.loading import LoadOptions, validate_load_options
+    from ..models.paths import check_model_path
+    from .output import finished_document, fingerprint_of
+
+    options = options or LoadOptions()
+    validate_load_options(options)
+    config = read_merge_config(config_path)
+    say = progress or (lambda message: None)
+    method = config.merge_method
+    if prompts is None:
+        raise OptionError("merge-check needs --prompts")
+    inputs = {"config": Path(config_path).read_text(encoding="utf-8"), "prompts": str(prompts), "base": base,
+              "max_new_tokens": max_new_tokens, "dtype": options.dtype}
+    if method == "passthrough":
+        if not config.slices:
+            raise UnsupportedMergeConfigError("a passthrough configuration without slices copies one model: nothing "
+                                              "to evaluate")
+        plan = splice_plan(config)
+        base = base or (_path(config.base_model) if config.base_model else plan.early)
+        if base not in (plan.early, plan.late):
+            raise UnsupportedMergeConfigError(f"--base {base} is neither model of the splice ({plan.early}, {plan.late})")
+        tuned = plan.late if base == plan.early else plan.early
+        for path in (plan.early, plan.late):
+            check_model_path(path, "--config model")
+        stored = finished_document(out, KIND, inputs, own_entries=("splice",))
+        if stored is not None:
+            return stored
+        from .splice import chimera_name, splice
+
+        say(f"passthrough splice at layer {plan.boundary}: {plan.early} below, {plan.late} above")
+        result = splice(base, tuned=tuned, prompts=prompts, boundaries=[plan.boundary], max_new_tokens=max_new_tokens,
+                        options=options, out=Path(out) / "splice" if out is not None else None, progress=progress)
+        sides = {plan.early: "base" if plan.early == base else "tuned", plan.late: "base" if plan.late == base else "tuned"}
+        this = chimera_name(sides[plan.early], sides[plan.late])
+        chimera = result.document["boundaries"][str(plan.boundary)]["chimeras"][this]
+        receives = (f"the {sides[plan.late]} model's layers {plan.boundary}..{plan.num_layers - 1} would receive the "
+                    f"{sides[plan.early]} model's upstream state at layer {plan.boundary}")
+        document = {"schema_version": SCHEMA, "fingerprint": fingerprint_of(inputs), "inputs": inputs, "method": method,
+                    "kind": "splice", "plan": vars(plan), "base": base, "this_chimera": this, "receives": receives,
+                    "validator_pass_rate": chimera["validator_pass_rate"], "same_as_tuned": chimera["same_as_tuned"],
+                    "diagnostic": (result.document.get("diagnostic") or {}).get(str(plan.boundary)),
+                    "verdict": (result.document.get("diagnostic") or {}).get("verdict")}
+        _write(out, document)
+        return document
+    return _weight_merge(config, config_path, prompts, base, out, max_new_tokens, options, inputs, say)
+
+
+def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, options, inputs, say) -> dict:
+    import crosspatch
+
+    from ..execution import load_models
+    from ..models.paths import check_model_path
+    from .output import finished_document, fingerprint_of
+    from .preflight import preflight
+    from .splice import _effects
+
+    if config.slices or config.modules:
+        raise UnsupportedMergeConfigError(f"{config.merge_method} over slices or modules is not evaluated: give whole "
+                                          "models (models: [...])")
+    parents = [_path(m.model) for m in (config.models or [])]
+    base = base or (_path(config.base_model) if config.base_model else None)
+    if base is None:
+        raise OptionError(f"a {config.merge_method} merge names no base_model: give --base (the model the parents were "
+                          "fine-tuned from)")
+    for path in [base, *parents]:
+        check_model_path(path, "--config model")
+    stored = finished_document(out, KIND, inputs, own_entries=("runs",))
+    if stored is not None:
+        return stored
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    workdir = Path(tempfile.mkdtemp(prefix="crosspatch-merge-"))
+    try:
+        merged = workdir / "merged"
+        say(f"building the {config.merge_method} merge with mergekit")
+        try:
+            run_merge(config, str(merged), MergeOptions(quiet=True, copy_tokenizer=True, write_model_card=False,
+                                                        trust_remote_code=options.trust_remote_code))
+        except Exception as exc:  # mergekit raises many types for configurations it cannot build
+            text = " ".join(str(exc).split())[:400]
+            raise UnsupportedMergeConfigError(f"mergekit could not build the merge: {type(exc).__name__}: {text}") from None
+        say("preflight of the merge against the base")
+        checks = preflight(base, merged=str(merged), prompts=prompts, max_new_tokens=max_new_tokens, options=options)
+        say("the diagnostic of the merge and of each parent against the base")
+        roles = {"merge": str(merged), **{Path(p).name or f"parent-{i}": p for i, p in enumerate(parents) if p != base}}
+        models = load_models(base, tuned=roles, options=options)
+        diagnostic = {}
+        for role in roles:
+            result = crosspatch.run(models, prompts, tuned=role, max_new_tokens=max_new_tokens, progress=False,
+                                    out=Path(out) / "runs" / role if out is not None else None)
+            headline = (result.summary.get("verdict") or {}).get("boundary")
+            diagnostic[role] = {**(_effects(result.summary, headline) or {}), "boundary": headline,
+                                "verdict": (result.summary.get("verdict") or {}).get("verdict")}
+        models.release()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    document = {"schema_version": SCHEMA, "fingerprint": fingerprint_of(inputs), "inputs": inputs,
+                "method": config.merge_method, "kind": "weights", "base": base, "parents": parents,
+                "preflight": {"passed": checks.passed, "checks": [{k: c[k] for k in ("name", "status", "summary")}
+                                                                  for c in checks.document["checks"]]},
+                "diagnostic": diagnostic}
+    _write(out, document)
+    return document
+
+
+def _sections(document: dict):
+    from ..registry import Section, Table
+    from .splice import _ci
+
+    if document["kind"] == "splice":
+        d = document.get("diagnostic") or {}
+        rate = document["validator_pass_rate"]
+        return [Section("Layer splice", [
+            f"{document['method']} configuration: {document['this_chimera']} at layer {document['plan']['boundary']} "
+            f"of {document['plan']['num_layers']}; {document['receives']}.",
+            f"Its continuations: validator pass rate {'n/a' if rate is None else f'{rate:.0%}'}, identical to the tuned "
+            f"model's on {document['same_as_tuned']:.0%} of prompts (all four chimeras: splice/splice.html).",
+            f"Cross-patching there: E_PT {_ci(d.get('E_PT'))}, E_IT {_ci(d.get('E_IT'))}, interaction "
+            f"{_ci(d.get('interaction'))}; verdict {document.get('verdict')}."])]
+    rows = [[role, str(v.get("boundary")), _ci(v.get("E_PT")), _ci(v.get("E_IT")), _ci(v.get("interaction")),
+             str(v.get("verdict"))] for role, v in document["diagnostic"].items()]
+    checks = document["preflight"]["checks"]
+    return [Section("Preflight of the merge", [f"against base {document['base']}"],
+                    [Table(["check", "status", "finding"], [[c["name"], c["status"], c["summary"]] for c in checks])]),
+            Section("The merge and its parents against the base", [],
+                    [Table(["model", "boundary", "E_PT", "E_IT", "interaction", "verdict"], rows)])]
+
+
+def _write(out, document: dict) -> None:
+    if out is None:
+        return
+    from .output import write_outputs
+
+    write_outputs(out, KIND, document, "crosspatch merge-check", [f"mergekit merge_method: {document['method']}"],
+                  _sections(document))

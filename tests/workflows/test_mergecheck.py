@@ -1,0 +1,90 @@
+"""crosspatch merge-check on mergekit configurations of the zoo: a passthrough splice is the
+matching chimera (equal to the model mergekit builds from it), a linear merge of two descendants
+is built, preflighted and diagnosed beside its parents; what it cannot evaluate is named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from crosspatch.zoo import zoo_path
+
+pytest.importorskip("mergekit", reason="merge-check needs the [merge] extra (README's test command installs it)")
+
+from crosspatch.workflows.mergecheck import UnsupportedMergeConfigError, merge_check, splice_plan, read_merge_config  # noqa: E402
+
+Z = zoo_path()
+PROMPTS = Z / "prompts" / "in_distribution.jsonl"
+
+
+def _config(tmp_path, text: str):
+    path = tmp_path / "merge.yml"
+    path.write_text(text.replace("$Z", str(Z)))
+    return path
+
+
+PASSTHROUGH = """merge_method: passthrough
+slices:
+  - sources: [{model: $Z/base, layer_range: [0, 2]}]
+  - sources: [{model: $Z/base, layer_range: [2, 4]}]
+  - sources: [{model: $Z/it-full, layer_range: [4, 6]}]
+dtype: float32
+"""
+
+
+def test_passthrough_splice_is_the_chimera_mergekit_would_build(tmp_path):
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    from crosspatch.execution import load_models
+    from crosspatch.execution.search import greedy_rollout
+    from crosspatch.workflows.splice import generate_chimera
+
+    config = _config(tmp_path, PASSTHROUGH)
+    plan = splice_plan(read_merge_config(config))
+    assert (plan.early, plan.late, plan.boundary, plan.num_layers) == (str(Z / "base"), str(Z / "it-full"), 4, 6)
+    document = merge_check(config, PROMPTS, out=tmp_path / "mc", max_new_tokens=16)
+    assert document["this_chimera"] == "base early + tuned late" and document["diagnostic"]["n_events"] > 0
+    assert "upstream state at layer 4" in document["receives"]
+    assert (tmp_path / "mc" / "merge-check.html").exists() and (tmp_path / "mc" / "splice" / "splice.html").exists()
+    # the chimera generates what the model mergekit builds from this configuration generates
+    read = read_merge_config(config)
+    run_merge(read, str(tmp_path / "built"), MergeOptions(quiet=True, write_model_card=False))
+    models = load_models(str(Z / "base"), tuned={"tuned": str(Z / "it-full"), "built": str(tmp_path / "built")},
+                         residency="both")
+    ids = [models.tokenizer(json.loads(line)["prompt"])["input_ids"] for line in PROMPTS.read_text().splitlines()[:8]]
+    with models.use("built") as built:
+        expected = greedy_rollout(built, ids, 16, models)
+    assert generate_chimera(models, "base", "tuned", 4, ids, 16, {"base": "base", "tuned": "tuned"}) == expected
+
+
+def test_linear_merge_of_two_descendants_is_built_preflighted_and_diagnosed(tmp_path):
+    config = _config(tmp_path, """merge_method: linear
+models:
+  - model: $Z/it-full
+    parameters: {weight: 0.5}
+  - model: $Z/cpt
+    parameters: {weight: 0.5}
+dtype: float32
+""")
+    document = merge_check(config, PROMPTS, base=str(Z / "base"), out=tmp_path / "mc", max_new_tokens=16)
+    assert document["kind"] == "weights" and set(document["diagnostic"]) == {"merge", "it-full", "cpt"}
+    assert [c["name"] for c in document["preflight"]["checks"]][0] == "merged-changes"
+    assert all("interaction" in v for v in document["diagnostic"].values())
+    assert "The merge and its parents" in (tmp_path / "mc" / "merge-check.md").read_text()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("merge_method: passthrough\nslices:\n  - sources: [{model: $Z/base, layer_range: [0, 4]}]\n"
+     "  - sources: [{model: $Z/it-full, layer_range: [2, 6]}]\n", "frankenmerge"),
+    ("merge_method: passthrough\nslices:\n  - sources: [{model: $Z/base, layer_range: [0, 2]}]\n"
+     "  - sources: [{model: $Z/it-full, layer_range: [2, 4]}]\n  - sources: [{model: $Z/base, layer_range: [4, 6]}]\n",
+     "switch models 2 times"),
+    ("merge_method: passthrough\nslices:\n  - sources: [{model: $Z/base, layer_range: [0, 4]}]\n", "layers"),
+    ("merge_method: [not, a, method]\n", "mergekit accepts"),
+])
+def test_configurations_it_cannot_evaluate_are_named(tmp_path, text, message):
+    with pytest.raises(UnsupportedMergeConfigError, match=message):
+        merge_check(_config(tmp_path, text), PROMPTS, out=tmp_path / "mc")
+    assert not (tmp_path / "mc").exists()
