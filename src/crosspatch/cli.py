@@ -694,8 +694,8 @@ def merge_check_cmd(
     except CrosspatchError as exc:
         _fail(exc)
     if document["kind"] == "splice":
-        console.print(f"{document['this_chimera']} at layer {document['plan']['boundary']}: {document['receives']}; "
-                      f"verdict {document.get('verdict')}", soft_wrap=True)
+        _stdout().print(f"{document['this_chimera']} at layer {document['plan']['boundary']}: {document['receives']}; "
+                        f"verdict {document.get('verdict')}", soft_wrap=True)
     else:
         table = Table(title=f"crosspatch merge-check: {document['method']} merge vs its parents (against the base)")
         for column in ("model", "E_PT", "E_IT", "interaction", "verdict"):
@@ -923,7 +923,7 @@ def zoo_build_cmd(
     into_package: bool = typer.Option(False, "--into-package",
                                       help="Replace the zoo inside the installed crosspatch package (maintainers)."),
 ) -> None:
-    """Rebuild the whole zoo from the seed: data, tokenizer, six models, cards, manifest."""
+    """Rebuild the whole zoo from the seed: data, tokenizer, every model, cards, manifest."""
     from .errors import OptionError
     from .zoo import zoo_path
     from .zoo.build import ZooSpec, build_zoo

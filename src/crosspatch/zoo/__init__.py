@@ -1,4 +1,4 @@
-"""The weather-report model zoo: a pretrained base and five descendants, trained by crosspatch
+"""The weather-report model zoo: a pretrained base, its descendants (and two faulty ones), trained by crosspatch
 itself (``crosspatch zoo build``) and shipped as safetensors with a manifest of hashes."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from ..errors import CrosspatchError
 ZOO_NAME = "weather"
 DESCENDANTS = ("it-full", "it-lora-all", "it-lora-late", "it-merged", "cpt", "it-units")
 ADAPTERS = ("it-lora-all", "it-lora-late")
+FAULTY = ("it-lora-noop", "it-merged-broken")  # for crosspatch preflight to fail on (zoo/faults.py)
 
 
 class ZooIntegrityError(CrosspatchError):
