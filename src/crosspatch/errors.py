@@ -170,5 +170,10 @@ class RunWriteError(RunDirectoryError):
     """Writing to the run directory failed (disk full, permission denied); it stays resumable."""
 
 
+class UnsupportedMergeConfigError(CrosspatchError):
+    """A mergekit configuration ``merge-check`` cannot evaluate (it names why), or mergekit is not
+    installed."""
+
+
 class PolicyFileError(CrosspatchError):
     """A verdict policy file cannot be read or is not a mapping of known thresholds."""

@@ -24,14 +24,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CrosspatchError, OptionError
+from ..errors import OptionError, UnsupportedMergeConfigError
 
 KIND = "merge-check"
 SCHEMA = "crosspatch.merge-check/1"
 
 
-class UnsupportedMergeConfigError(CrosspatchError):
-    """A mergekit configuration crosspatch cannot evaluate (named why), or mergekit is missing."""
+__all__ = ["UnsupportedMergeConfigError", "merge_check", "read_merge_config", "splice_plan"]
 
 
 def _mergekit():

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CrosspatchError, OptionError, PromptFileError
+from ..errors import OptionError, PromptFileError
 from ..registry import Section, Table
 
 KIND = "preflight"
@@ -56,11 +56,6 @@ DEFAULT_PROBE_PROMPTS = (
     "Write a short note to a colleague about the meeting.", "def add(a, b):", "The three primary colours are",
     "Summarise: The committee met on Tuesday and agreed to postpone the vote.", "Translate to French: good morning",
 )
-
-
-class AdapterInactiveError(CrosspatchError):
-    """The adapter changes nothing (raised only where a caller asks for it: ``preflight`` reports it
-    as a failed check)."""
 
 
 @dataclass
