@@ -571,6 +571,8 @@ def preflight_cmd(
     base: str = typer.Option(..., "--base", help="Base model: hub id or local directory."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="PEFT adapter directory on --base."),
     merged: Optional[str] = typer.Option(None, "--merged", help="A merged checkpoint (of --adapter, if given)."),
+    merge_in_memory: Optional[str] = typer.Option(None, "--merge-in-memory", help="Merge --adapter with PEFT in memory, "
+                                                  "weights rounded to float32|bfloat16|float16, and check that merge."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file (default: 8 built-in generic probes)."),
     domain_text: Optional[Path] = typer.Option(None, "--domain-text", help="Held-out domain text: .txt (blank-line "
                                                "separated) or .jsonl with a 'text' field."),
@@ -600,6 +602,7 @@ def preflight_cmd(
                               allow_special_token_mismatch=allow_special_token_mismatch)
         result = preflight(base, adapter=adapter, merged=merged, prompts=prompts, domain_text=domain_text, out=out,
                            policy=thresholds, max_new_tokens=max_new_tokens, options=options,
+                           merge_in_memory=merge_in_memory,
                            progress=None if as_json else (lambda m: console.print(f"[dim]{m}[/dim]")))
     except CrosspatchError as exc:
         _fail(exc)

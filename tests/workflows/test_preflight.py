@@ -68,6 +68,16 @@ def test_broken_merge_fails_with_confident_divergences():
     assert any("max |Δlogit|" in cause for cause in check["causes"])
 
 
+def test_a_merge_in_memory_is_checked_at_its_precision():
+    bf16 = run("it-lora-all", merge_in_memory="bfloat16")
+    fp32 = run("it-lora-all", merge_in_memory="float32")
+    rounded, exact = (r.checks["adapter-vs-merged"]["numbers"] for r in (bf16, fp32))
+    assert bf16.passed and fp32.passed and (rounded["precision"], exact["precision"]) == ("half", "float32")
+    assert exact["max_abs_logit_diff"] < 1e-3 < rounded["max_abs_logit_diff"]  # bf16 rounding shows, float32 does not
+    with pytest.raises(OptionError):
+        run("it-lora-all", "it-merged", merge_in_memory="bfloat16")
+
+
 def test_policy_tolerances_decide_the_merge_check():
     strict = run("it-lora-all", "it-merged", policy={"max_abs_logit_diff": 1e-6})
     assert strict.failed() == ["adapter-vs-merged"]

@@ -64,6 +64,17 @@ def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run
     return None
 
 
+class Stages:
+    """Progress of a workflow as numbered stages with their total (``[3/7] generating: base``)."""
+
+    def __init__(self, total: int, say) -> None:
+        self.total, self.done, self.say = total, 0, say or (lambda message: None)
+
+    def __call__(self, message: str) -> None:
+        self.done += 1
+        self.say(f"[{self.done}/{self.total}] {message}")
+
+
 def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -439,12 +439,16 @@ def preflight_inputs(base: str, adapter: str | None, merged: str | None, prompts
 
 def preflight(base: str, adapter: str | None = None, merged: str | None = None, prompts=None,
               domain_text: str | Path | None = None, out: str | Path | None = None, policy: PreflightPolicy | dict | None = None,
-              max_new_tokens: int = 32, options=None, progress=None, **load_overrides) -> PreflightResult:
+              max_new_tokens: int = 32, options=None, progress=None, merge_in_memory: str | None = None,
+              **load_overrides) -> PreflightResult:
     """Preflight an adapter and/or a merged checkpoint against its base (see the module
     docstring). Inputs are validated before any model loads; ``out`` (a new directory, or a
     crosspatch run directory to add a section to its reports) receives ``preflight.json``,
     ``preflight.md`` and ``preflight.html``; an ``out`` that already holds this preflight of the
-    same inputs is read back without loading anything."""
+    same inputs is read back without loading anything. ``merge_in_memory`` ("float32",
+    "bfloat16", "float16"; with ``adapter`` and no ``merged``): merge the adapter with PEFT
+    (``merge_and_unload`` on a copy) and round the merged weights to that dtype, to see what such
+    a merge would compute before writing one (holds a second copy of the model)."""
     from ..execution import load_models
     from ..models.loading import LoadOptions, check_adapter_files, validate_load_options
     from ..models.paths import check_model_path
@@ -458,6 +462,13 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     validate_load_options(options)
     if adapter is None and merged is None:
         raise OptionError("preflight needs --adapter and/or --merged (a descendant to check against --base)")
+    if merge_in_memory is not None:
+        from ..models.loading import DTYPES
+
+        if adapter is None or merged is not None:
+            raise OptionError("--merge-in-memory merges --adapter in memory: give --adapter and no --merged")
+        if merge_in_memory not in DTYPES:
+            raise OptionError(f"--merge-in-memory must be one of {', '.join(DTYPES)}, not {merge_in_memory!r}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise OptionError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
     check_model_path(str(base), "base")
@@ -469,16 +480,27 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     prompt_ids, texts, source = _prompt_texts(prompts)
     domain = read_domain_text(domain_text) if domain_text is not None else None
     inputs = preflight_inputs(base, adapter, merged, prompts, domain_text, max_new_tokens, policy, options)
+    if merge_in_memory is not None:
+        inputs["merge_in_memory"] = merge_in_memory
     from .output import finished_document, fingerprint_of
 
     stored = finished_document(out, KIND, inputs, allow_run_dir=True)
     if stored is not None:
         return PreflightResult(stored, Path(out))
 
-    say = progress or (lambda message: None)
+    from .output import Stages
+
+    descendants = int(adapter is not None) + int(merged is not None or merge_in_memory is not None)
+    say = Stages(1 + int(merge_in_memory is not None) + 1 + descendants + 1 + int(domain is not None), progress)
     say("loading models")
+    if merge_in_memory is not None:
+        options.residency = "adapter"  # the in-memory merge is a copy of the one resident PEFT model
     models = load_models(str(base), tuned={"merged": str(merged)} if merged else None,
                          adapters={"adapter": str(adapter)} if adapter else None, options=options)
+    if merge_in_memory is not None:
+        say(f"merging the adapter in memory ({merge_in_memory})")
+        _add_in_memory_merge(models, merge_in_memory)
+        merged = f"<in memory: {merge_in_memory}>"
     roles = ["base"] + (["adapter"] if adapter else []) + (["merged"] if merged else [])
     tokenizer = models.tokenizer
     encoded = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
@@ -500,7 +522,8 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
                   if pair[0] in roles and pair[1] in roles}
     divergence_at = _first_divergences(outputs["adapter"], outputs["merged"]) if adapter and merged else []
     divergences = []
-    precision = _precision(options.dtype, merged)
+    precision = "half" if merge_in_memory in ("bfloat16", "float16") else \
+        _precision(options.dtype, merged if merge_in_memory is None else None)
     tolerances = policy.tolerances(precision)
     vocab = real.mask.numel()
     say("comparing logits")
@@ -566,6 +589,27 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     if out is not None:
         write_preflight(out, document)
     return PreflightResult(document, Path(out) if out is not None else None)
+
+
+def _add_in_memory_merge(models, dtype: str) -> None:
+    """A ``merged`` role: the adapter merged into a copy of the base with PEFT, its weights
+    rounded to ``dtype`` (then computed in the load dtype, as a saved merge would be)."""
+    import copy
+
+    from ..models.execution import ModelHandle
+    from ..models.loading import DTYPES
+
+    with models.use("adapter") as handle:
+        peft_model = copy.deepcopy(handle.module)
+        peft_model.set_adapter(handle.adapter_name)
+    merged = peft_model.merge_and_unload()
+    with torch.no_grad():
+        for parameter in merged.parameters():
+            parameter.copy_(parameter.to(DTYPES[dtype]).to(parameter.dtype))
+    merged.eval()
+    models.handles["merged"] = ModelHandle("merged", merged)
+    models.roles = (*models.roles, "merged")
+    models.tokenizers["merged"] = models.tokenizers["adapter"]
 
 
 def _health_check(outputs: dict, models, roles: list[str], policy: PreflightPolicy) -> Check:

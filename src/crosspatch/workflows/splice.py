@@ -220,8 +220,9 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     if stored is not None:
         return SpliceResult(stored, Path(out))
 
-    say = progress or (lambda message: None)
-    say("loading models")
+    from .output import Stages
+
+    (progress or (lambda message: None))("loading models")
     models = load_models(str(base), tuned={"tuned": str(tuned)} if tuned else None,
                          adapters={"tuned": str(adapter)} if adapter else None, options=options)
     layers = models.num_layers
@@ -229,6 +230,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     tokenizer = models.tokenizer
     encoded = [tokenizer(p.prompt, add_special_tokens=True)["input_ids"] for p in items]
     roles = {"base": "base", "tuned": "tuned"}
+    say = Stages(2 + 2 * len(chosen) + int(run_diagnostic), progress)
     outputs_by_boundary: dict[int, dict[tuple[str, str], list[list[int]]]] = {}
     diagonal = {}
     for side in SIDES:
