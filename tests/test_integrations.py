@@ -101,3 +101,24 @@ def test_callback_options_are_checked_when_made():
     with pytest.raises(OptionError):
         CrosspatchCallback(PROMPTS, policy={"nonsense": 1})
     assert len(CrosspatchCallback(PROMPTS, max_prompts=3).prompts) == 3
+
+
+def test_a_failing_policy_stops_training_and_marks_the_checkpoint(tmp_path):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    import crosspatch
+
+    pair = crosspatch.load_pair(str(Z / "base"), adapter=str(Z / "it-lora-all"))
+    with pair.use("tuned") as handle:
+        peft_model = handle.module
+    callback = CrosspatchCallback(PROMPTS, tokenizer=pair.tokenizer, policy={"pass_verdicts": ["no-late-effect"]},
+                                  stop_on_fail=True, verbose=False, **SETTINGS)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    (tmp_path / "checkpoint-7").mkdir()
+    state, control = TrainerState(global_step=7), TrainerControl()
+    peft_model.train()
+    callback.on_save(args, state, control, model=peft_model)
+    mark = json.loads((tmp_path / "checkpoint-7" / "crosspatch.json").read_text())
+    assert mark["passed"] is False and mark["verdict"] != "no-late-effect"
+    assert control.should_training_stop and peft_model.training  # training mode restored
+    assert state.log_history[-1]["step"] == 7 and "crosspatch/interaction" in state.log_history[-1]

@@ -216,7 +216,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
               "prompts": str(prompts) if isinstance(prompts, (str, Path)) else [p.prompt for p in items],
               "boundaries": boundaries, "max_new_tokens": max_new_tokens, "dtype": options.dtype,
               "diagnostic": run_diagnostic}
-    stored = finished_document(out, KIND, inputs)
+    stored = finished_document(out, KIND, inputs, own_entries=("crosspatch",))  # an interrupted diagnostic resumes
     if stored is not None:
         return SpliceResult(stored, Path(out))
 
