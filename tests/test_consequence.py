@@ -184,3 +184,12 @@ def test_allow_partial_scores_the_shared_prompts_and_records_what_was_left_out(t
     assert any("elsewhere" in p for p in summary["consequences"]["partial"])
     assert all(r["prompt_id"] != rows[0]["id"] for r in map(json.loads, (tmp_path / "r" / "consequence.jsonl")
                                                             .read_text().splitlines()))
+    # a later summary (report re-rendered from the stored files) still says what was left out
+    from crosspatch.finished import resummarize
+    from crosspatch.store import RunStore
+
+    assert any("elsewhere" in p for p in resummarize(RunStore(tmp_path / "r"))["consequences"]["partial"])
+    # the full file afterwards scores the rest, and the record of the partial call is gone
+    full = CliRunner().invoke(app, ["consequence", str(tmp_path / "r"), "--prompts", str(prompts), "--budget", "3"])
+    assert full.exit_code == 0, full.output
+    assert "partial" not in json.loads((tmp_path / "r" / "summary.json").read_text())["consequences"]

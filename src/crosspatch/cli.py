@@ -896,20 +896,23 @@ def demo_cmd(
     bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples (0: no intervals)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     quick: bool = typer.Option(False, "--quick", help="A quarter of the prompts, first divergences only."),
+    full: bool = typer.Option(False, "--full", help="Every descendant (adds it-merged and the seed twin it-full-seed2)."),
 ) -> None:
-    """Run the diagnostic on the embedded weather-report zoo: base vs every descendant."""
+    """Run the diagnostic on the embedded weather-report zoo: base vs its descendants, each with
+    the zoo's null fine-tunes as the verdict's yardstick."""
     from .zoo.demo import headline_rows, run_demo
 
     try:
         result = run_demo(out, boundary=_boundary(boundary), max_new_tokens=max_new_tokens,
-                          bootstrap=bootstrap, progress=not quiet, log=lambda m: console.print(m), quick=quick)
+                          bootstrap=bootstrap, progress=not quiet, log=lambda m: console.print(m), quick=quick,
+                          full=full)
     except CrosspatchError as exc:
         _fail(exc)
     table = Table(title="crosspatch demo: weather zoo, common-IT readout")
-    for col in ("descendant", "events", "E_PT", "E_IT", "interaction", "direct share", "verdict"):
+    for col in ("descendant", "events", "E_PT", "E_IT", "interaction", "direct share", "I/E_IT", "verdict"):
         table.add_column(col)
     for row in headline_rows(result.summary):
-        table.add_row(row[0], row[1], *row[6:11])
+        table.add_row(row[0], row[1], *row[6:12])
     _stdout().print(table)
     from .zoo.reading import demo_reading
 

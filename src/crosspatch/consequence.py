@@ -18,6 +18,7 @@ that matter?).
 
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +215,8 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     lengths = {e.key: len(e.prefix_ids) for e in events}
     base_path = (config.get("models", {}).get("base") or {}).get("path")
     check_continuation_lengths(lengths, budget, local_max_positions(base_path) if base_path else None)
+    with store.lock():  # what this call left out, kept beside the records so every later summary reports it
+        _record_partial(store.path, partial)
     if events:
         summary = run_on_finished(run_dir, Consequence(validators, budget, with_pt, seed), events,
                                   check_models=lambda models: check_continuation_lengths(
@@ -221,13 +224,20 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     else:
         with store.lock():
             summary = resummarize(store, config)
-    block = summary.get("consequences") or {}
-    if partial and block:  # recorded with the block: the scored events are those the file and the run share
-        block["partial"] = partial
-        summary["consequences"] = block
-        with store.lock():  # like every write to a run directory
-            store.write_summary(summary)
-    return block
+    return summary.get("consequences") or {}
+
+
+PARTIAL_FILE = "consequence_partial.json"
+
+
+def _record_partial(run_dir: Path, partial: list[str]) -> None:
+    """``consequence_partial.json``: the warnings of the last ``consequence --allow-partial`` (the
+    prompts the file and the run did not share); removed when a later call scores a full file."""
+    path = Path(run_dir) / PARTIAL_FILE
+    if partial:
+        path.write_text(json.dumps({"partial": partial}, indent=2) + "\n", encoding="utf-8")
+    elif path.exists():
+        path.unlink()
 
 
 def _build(options, plan: PlanContext) -> Consequence | None:
@@ -241,7 +251,11 @@ def _summarize(rows: list[dict], ctx: SummaryContext, options) -> dict | None:
     if not rows:
         return None
     inter = {r.event_key: r.effects()["interaction"] for r in ctx.first}
-    return consequence_summary(rows, inter, ctx.bootstrap("consequences"))
+    block = consequence_summary(rows, inter, ctx.bootstrap("consequences"))
+    partial_file = ctx.run_dir / PARTIAL_FILE if ctx.run_dir is not None else None
+    if partial_file is not None and partial_file.exists():
+        block["partial"] = json.loads(partial_file.read_text(encoding="utf-8")).get("partial") or []
+    return block
 
 
 def _rate(stat: dict, signed: bool = False) -> str:

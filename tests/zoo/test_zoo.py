@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from crosspatch.zoo import ADAPTERS, DESCENDANTS, ZooIntegrityError, load_zoo_pair, manifest, verify, zoo_path
+from crosspatch.zoo import (
+    ADAPTERS, DESCENDANTS, FAULTY, NULLS, ZooIntegrityError, load_zoo_pair, manifest, verify, zoo_path,
+)
 from crosspatch.features import load_crosscoder
 from crosspatch.zoo.build import CROSSCODER, LINEAGE, ZooSpec, build_data, build_zoo
 
@@ -89,9 +91,17 @@ def test_descendants_learned_their_own_objective():
     assert dpo["preference_margin"] > sft["preference_margin"] > base["preference_margin"]
     assert final["validator_pass_rate"] > sft["validator_pass_rate"] > base["validator_pass_rate"]
     assert final["rft_samples_kept"] > 0
-    for name in DESCENDANTS + LINEAGE + ("base",):
+    # the additions: the fragile adapter and the seed twin learned the reports; the generic LoRA raw text only
+    for name in ("it-lora-fragile", "it-full-seed2"):
+        assert evals[name]["instruction_loss_in_distribution"] < 0.2 * base["instruction_loss_in_distribution"]
+    generic = evals["lora-generic"]
+    assert generic["raw_text_loss"] <= base["raw_text_loss"] + 0.01
+    assert generic["instruction_loss_in_distribution"] > 0.8 * base["instruction_loss_in_distribution"]
+    for name in DESCENDANTS + LINEAGE + NULLS + ("base",):
         card = (zoo_path() / name / "README.md").read_text()
         assert "held-out" in card and str(manifest()["spec"]["seed"]) in card
+    for name in FAULTY:  # each broken model's card says what is wrong with it
+        assert "preflight" in (zoo_path() / name / "README.md").read_text()
 
 
 def test_smoke_build_trains_every_recipe_and_the_demo_runs_on_it(tmp_path):
@@ -100,14 +110,14 @@ def test_smoke_build_trains_every_recipe_and_the_demo_runs_on_it(tmp_path):
     spec = ZooSpec(raw_docs=300, cpt_docs=100, instruction_pairs=120, eval_docs=40, eval_pairs=16,
                    pretrain_steps=3, it_steps=2, lora_steps=2, cpt_steps=2, batch_size=4, seq_len=64,
                    prompts_per_aspect=1, vocab_size=400, lineage_sft_steps=2, dpo_steps=2, rft_steps=2,
-                   rft_prompts=4, rft_samples=2, crosscoder_steps=5, crosscoder_prompts_per_aspect=1)
+                   rft_prompts=4, rft_samples=2, crosscoder_steps=5, crosscoder_prompts_per_aspect=1, fragile_steps=2)
     build_zoo(tmp_path / "zoo", spec, log=lambda m: None)
-    for name in ("base",) + DESCENDANTS + LINEAGE + (CROSSCODER,):
+    for name in ("base",) + DESCENDANTS + LINEAGE + NULLS + FAULTY + (CROSSCODER,):
         assert (tmp_path / "zoo" / name / "README.md").exists()
     assert load_crosscoder(tmp_path / "zoo" / CROSSCODER).config.layers
     verify(tmp_path / "zoo")
     demo = run_demo(tmp_path / "demo", root=tmp_path / "zoo", max_new_tokens=6, bootstrap=100,
-                    progress=False, log=lambda m: None)
+                    progress=False, log=lambda m: None, full=True)
     assert set(demo.summary["descendants"]) == set(DESCENDANTS)
     assert (tmp_path / "demo" / "report.md").read_text().startswith("# crosspatch demo")
     for name in DESCENDANTS:
@@ -139,6 +149,17 @@ def test_quick_demo_on_the_embedded_zoo(tmp_path):
     table = page[answer:page.index("</table>", answer)]
     for name, s in demo.summary["descendants"].items():
         assert f"<td>{name}</td><td>{s['verdict']['verdict']}</td>" in table, name
+
+
+def test_the_shipped_fragile_adapter_is_upstream_dependent_on_clear_intervals():
+    import crosspatch
+    from crosspatch.zoo.demo import demo_prompts
+
+    result = crosspatch.run(load_zoo_pair("it-lora-fragile"), demo_prompts(), max_new_tokens=48, bootstrap=1000,
+                            event_kinds="first_diff", controls="none", consequence=False, batch_size=128, progress=False)
+    share = result.verdict["numbers"]["late_interaction_share"]
+    assert result.verdict.verdict == "upstream-dependent" and share["ci"][0] > 0.5, result.verdict.reason
+    assert result.verdict["numbers"]["E_IT"]["ci"][0] > 1.0  # a real late effect, most of it upstream-dependent
 
 
 def test_the_demo_prompts_give_realistic_divergences_on_the_shipped_it_full():

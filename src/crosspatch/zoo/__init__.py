@@ -10,8 +10,11 @@ from pathlib import Path
 from ..errors import CrosspatchError
 
 ZOO_NAME = "weather"
-DESCENDANTS = ("it-full", "it-lora-all", "it-lora-late", "it-merged", "cpt", "it-units")
-ADAPTERS = ("it-lora-all", "it-lora-late")
+DESCENDANTS = ("it-full", "it-lora-all", "it-lora-late", "it-lora-fragile", "it-merged", "cpt", "it-units",
+               "it-full-seed2")
+ADAPTERS = ("it-lora-all", "it-lora-late", "it-lora-fragile", "lora-generic", "it-lora-noop")
+DEMO_DESCENDANTS = ("it-full", "it-lora-all", "it-lora-late", "it-lora-fragile", "cpt", "it-units")  # --full: all
+NULLS = ("lora-generic", "cpt")  # harmless fine-tunes of the base: the demo's null yardstick (docs/verdict.md)
 FAULTY = ("it-lora-noop", "it-merged-broken")  # for crosspatch preflight to fail on (zoo/faults.py)
 
 
@@ -57,17 +60,25 @@ def verify(root: Path | None = None) -> dict:
     return man
 
 
-def load_zoo_pair(descendant: str, root: Path | None = None, **options):
-    """``load_pair`` of the zoo's base and one descendant (adapters load as PEFT adapters)."""
-    from ..execution import load_pair
+def load_zoo_pair(descendant: str, root: Path | None = None, nulls: tuple[str, ...] = (), **options):
+    """``load_pair`` of the zoo's base and one descendant (adapters load as PEFT adapters); with
+    ``nulls``, those zoo models are loaded beside it as further roles (the null yardstick:
+    ``run(..., tuned=descendant, nulls=[...])``)."""
+    from ..execution import load_models, load_pair
 
-    if descendant not in DESCENDANTS:
-        raise CrosspatchError(f"unknown zoo model {descendant!r}; choose from {', '.join(DESCENDANTS)}")
+    known = DESCENDANTS + NULLS + FAULTY
+    for name in (descendant, *nulls):
+        if name not in known:
+            raise CrosspatchError(f"unknown zoo model {name!r}; choose from {', '.join(dict.fromkeys(known))}")
     root = root or zoo_path()
     base = str(root / "base")
-    if descendant in ADAPTERS:
-        return load_pair(base, adapter=str(root / descendant), **options)
-    return load_pair(base, tuned=str(root / descendant), **options)
+    if not nulls:
+        if descendant in ADAPTERS:
+            return load_pair(base, adapter=str(root / descendant), **options)
+        return load_pair(base, tuned=str(root / descendant), **options)
+    names = [descendant, *[n for n in nulls if n != descendant]]
+    return load_models(base, tuned={n: str(root / n) for n in names if n not in ADAPTERS} or None,
+                       adapters={n: str(root / n) for n in names if n in ADAPTERS} or None, **options)
 
 
 def zoo_prompts(split: str = "all", root: Path | None = None):

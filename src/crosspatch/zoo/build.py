@@ -63,6 +63,9 @@ class ZooSpec:
     crosscoder_k: int = 16  # (k = 8 explains < 0.76 of the IT branch's variance at layer 4: the gate's edge)
     crosscoder_steps: int = 3000
     crosscoder_prompts_per_aspect: int = 20  # 1280 training prompts (the held-out L0 misses k on ~150 events)
+    fragile_steps: int = 400  # it-lora-fragile (zoo/additions.py)
+    fragile_kl_weight: float = 1.0
+    twin_seed_offset: int = 100  # it-full-seed2: it-full's recipe with seed + this
 
     @property
     def late_layers(self) -> list[int]:
@@ -536,7 +539,8 @@ def build_data(spec: ZooSpec, out: Path) -> tuple[dict, object]:
     return corpora, tokenizer
 
 
-from .faults import FAULTS, derive_fault_models  # noqa: E402 - after the helpers it uses
+from .additions import build_additions, recipes as addition_recipes  # noqa: E402 - after the helpers they use
+from .faults import FAULTS, derive_fault_models  # noqa: E402
 
 
 def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildResult:
@@ -598,6 +602,8 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildR
     log(f"faults: {', '.join(FAULTS)} (derived from base and it-lora-all)")
     derive_fault_models(out, {"float16": torch.float16, "float32": torch.float32}[spec.save_dtype])
 
+    build_additions(out, spec, corpora, tok, evaluate, log)
+
     log(f"it-units: narrow-domain tuning {spec.it_steps} steps")
     units = train_units(fresh_base(), corpora, tok, spec, log)
     evaluate("it-units", units)
@@ -633,6 +639,7 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildR
                 f"{spec.cpt_steps} steps: a non-instruction control.", "raw_text_loss"),
         "it-units": UNITS_RECIPE(spec),
         **lineage_recipes(spec),
+        **addition_recipes(spec),
     }
     for name, (recipe, objective) in recipes.items():
         write_model_card(out, name, recipe, objective, evals, spec)
@@ -655,5 +662,6 @@ def write_manifest(out: Path, spec: ZooSpec, seconds: float, evals: dict, crossc
         "evals": evals,
         "crosscoder": crosscoder,
         "files": {str(p.relative_to(out)): sha256(p) for p in manifest_files(out)},
+        "size_bytes": sum(p.stat().st_size for p in manifest_files(out)),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..pipeline import RunConfig, RunResult, run
 from ..validation import validate_run_options
 from ..report.markdown import _table, fmt_effect, fmt_value, md_escape
-from . import DESCENDANTS, load_zoo_pair, verify, zoo_path, zoo_prompts
+from . import DEMO_DESCENDANTS, DESCENDANTS, NULLS, load_zoo_pair, verify, zoo_path, zoo_prompts
 from .build import ZooSpec
 from .reading import common_it, demo_reading
 
@@ -32,7 +32,7 @@ class DemoResult:
 
 def run_demo(
     out: str | Path = "runs/demo",
-    descendants: tuple[str, ...] = DESCENDANTS,
+    descendants: tuple[str, ...] | None = None,
     root: Path | None = None,
     boundary: float | int = 0.6,
     max_new_tokens: int = 48,
@@ -40,10 +40,15 @@ def run_demo(
     progress: bool = True,
     log=print,
     quick: bool = False,
+    full: bool = False,
 ) -> DemoResult:
     """Run base vs each descendant on the shipped prompts (raw weather text, as the paper feeds
-    both models, and instruction prompts) and write the combined report.
-    ``quick``: every fourth prompt and the first-divergence event kind only (about 40 s)."""
+    both models, and instruction prompts) and write the combined report. Each run scores the
+    zoo's nulls (``NULLS``) on its events: the verdict's yardstick.
+    ``descendants``: default :data:`DEMO_DESCENDANTS`; ``full``: every descendant (adds the merged
+    checkpoint and the seed twin). ``quick``: every fourth prompt and the first-divergence event
+    kind only (about 40 s)."""
+    descendants = descendants or (DESCENDANTS if full else DEMO_DESCENDANTS)
     root = root or zoo_path()
     out = Path(out)
     check_demo_dir(out, descendants)
@@ -57,12 +62,18 @@ def run_demo(
                        **({"event_kinds": "first_diff"} if quick else {}))
     validate_run_options(config)  # before any model loads
     runs: dict[str, RunResult] = {}
+    nulls = tuple(n for n in NULLS if (root / n).exists())
+    from dataclasses import replace
+
     for name in descendants:
-        log(f"base vs {name}")
-        pair = load_zoo_pair(name, root)
-        config.title = f"crosspatch zoo: base vs {name}"
-        _clear_stale_demo_run(out / name, config.title, log)
-        runs[name] = run(pair, prompts, config, out=out / name, progress=progress)
+        own_nulls = [n for n in nulls if n != name]
+        log(f"base vs {name}" + (f" (null yardstick: {', '.join(own_nulls)})" if own_nulls else ""))
+        pair = load_zoo_pair(name, root, nulls=tuple(own_nulls))
+        title = f"crosspatch zoo: base vs {name}"
+        own = replace(config, title=title, tuned=name if own_nulls else None, nulls=own_nulls)
+        _clear_stale_demo_run(out / name, title, log)
+        runs[name] = run(pair, prompts, own, out=out / name, progress=progress)
+        pair.release()
     features = run_zoo_features(root, out, runs, log)
     cross = run_cross(root, prompts, config, out / "compare", progress, log)
     lineage_summary = run_lineage(root, prompts, config, out / "lineage", progress, log)

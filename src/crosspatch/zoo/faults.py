@@ -85,4 +85,5 @@ def refresh_manifest_files(zoo: str | Path) -> None:
     path = zoo / "manifest.json"
     manifest = json.loads(path.read_text(encoding="utf-8"))
     manifest["files"] = {str(p.relative_to(zoo)): sha256(p) for p in manifest_files(zoo)}
+    manifest["size_bytes"] = sum(p.stat().st_size for p in manifest_files(zoo))
     path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -147,6 +147,32 @@ def contrasts(summary: dict, late_layers: list[int] | None) -> list[str]:
             lines.append(f"**Adapter vs merged**: the LoRA adapter gives interaction {a:+.2f} and its merged checkpoint "
                          f"{m:+.2f} ({'the same diagnosis' if abs(a - m) < 0.1 else 'they differ: check the merge'}; "
                          "the merged weights are rounded to float16).")
+    fragile = d.get("it-lora-fragile")
+    if fragile:
+        block, verdict = _headline(fragile), fragile["verdict"]
+        intended = verdict["verdict"] == "upstream-dependent"
+        lines.append(f"**Fragile adapter (it-lora-fragile)**, built so that its late LoRA reads what only its early LoRA "
+                     f"writes: E_PT {fmt_value(_stat(block, 'E_PT'))} on the base's upstream state against E_IT "
+                     f"{fmt_value(_stat(block, 'E_IT'))} on its own{_share_text(verdict)}: verdict {verdict['verdict']} "
+                     f"({'as constructed: its late gain largely disappears on base upstream state' if intended else 'NOT the verdict it was built for'}).")
+    twin, full = d.get("it-full-seed2"), d.get("it-full")
+    if twin and full:
+        ti, fi = _stat(_headline(twin), "interaction"), _stat(_headline(full), "interaction")
+        if _mean(ti) is not None and _mean(fi) is not None:
+            apart = _apart(ti, fi)
+            lines.append(f"**Seed twin (it-full-seed2)**, it-full's recipe with another seed: interaction "
+                         f"{fmt_value(ti)} against it-full's {fmt_value(fi)}, verdicts {twin['verdict']['verdict']} and "
+                         f"{full['verdict']['verdict']} ({'the intervals overlap: the diagnosis is stable across seeds' if apart == 0 else 'the intervals are apart: seeds move this diagnosis, read single runs with care'}).")
+    beyond, within = [], []
+    for name, summary_of in d.items():
+        row = next((c for c in summary_of.get("controls") or [] if c.get("control") == "null_calibration"), None)
+        if row and row.get("status") != "info":
+            (beyond if row["status"] == "pass" else within).append(name)
+    if beyond or within:
+        lines.append("**Null yardstick** (`lora-generic`, a LoRA on generic text, and `cpt`, harmless fine-tunes of the "
+                     "base scored on each run's own events): the interaction lies beyond the nulls' for "
+                     f"{', '.join(beyond) or 'no descendant'}; within them for {', '.join(within) or 'none'}"
+                     " (an interaction claim within the nulls' becomes inconclusive, docs/verdict.md).")
     cpt = d.get("cpt")
     if cpt:
         block = _headline(cpt)
