@@ -109,3 +109,24 @@ def test_pool_counts_each_run_once(tmp_path):
     shutil.copytree(tmp_path / "a", tmp_path / "copy")
     with pytest.raises(OptionError, match="hold the same run"):
         pool_runs([tmp_path / "a", tmp_path / "copy"])
+
+
+def test_the_demo_stage_clock_counts_stages_and_estimates_what_is_left():
+    from crosspatch.progress import StageClock
+
+    now = [0.0]
+    lines: list[str] = []
+    clock = StageClock([1.0, 1.0, 2.0], lines.append, clock=lambda: now[0])
+    clock.next()
+    clock("base vs it-full")
+    clock("a second line of the same stage")
+    now[0] = 30.0
+    clock.next()
+    clock("base vs cpt")
+    now[0] = 60.0
+    clock.next()
+    clock("lineage")
+    assert lines[0] == "[1/3] base vs it-full (0:00 elapsed)"
+    assert lines[1] == "a second line of the same stage"
+    assert lines[2] == "[2/3] base vs cpt (0:30 elapsed, about 1:30 left)"  # 30 s per unit, 3 units left
+    assert lines[3] == "[3/3] lineage (1:00 elapsed, about 1:00 left)"

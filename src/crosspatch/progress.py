@@ -61,3 +61,36 @@ class LineProgress:
         print(text, file=self.stream, flush=True)
         task["last"] = now
         task["printed_done"] = final or (total is not None and done >= total)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class StageClock:
+    """An overall stage counter across a multi-run command (the demo): each stage's first log
+    line reads ``[k/N] message (m:ss elapsed, about m:ss left)``, the estimate from the time per
+    unit of weight of the stages done so far (stages have rough relative ``weights``)."""
+
+    def __init__(self, weights: list[float], log, clock=time.monotonic) -> None:
+        self.weights, self.log, self.clock = list(weights), log, clock
+        self.started = clock()
+        self.index = 0  # stages begun
+        self.pending = False
+
+    def next(self) -> None:
+        """The next stage begins."""
+        self.index += 1
+        self.pending = True
+
+    def __call__(self, message: str) -> None:
+        if not self.pending:
+            self.log(message)
+            return
+        self.pending = False
+        elapsed = self.clock() - self.started
+        done = sum(self.weights[: self.index - 1])
+        left = sum(self.weights[self.index - 1:])
+        eta = f", about {_clock(elapsed / done * left)} left" if done > 0 else ""
+        self.log(f"[{self.index}/{len(self.weights)}] {message} ({_clock(elapsed)} elapsed{eta})")

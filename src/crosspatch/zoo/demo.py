@@ -47,7 +47,7 @@ def run_demo(
     zoo's nulls (``NULLS``) on its events: the verdict's yardstick.
     ``descendants``: default :data:`DEMO_DESCENDANTS`; ``full``: every descendant (adds the merged
     checkpoint and the seed twin). ``quick``: every fourth prompt and the first-divergence event
-    kind only (about 40 s)."""
+    kind only (about 80 s on 2 CPU cores)."""
     descendants = descendants or (DESCENDANTS if full else DEMO_DESCENDANTS)
     root = root or zoo_path()
     out = Path(out)
@@ -65,7 +65,12 @@ def run_demo(
     nulls = tuple(n for n in NULLS if (root / n).exists())
     from dataclasses import replace
 
+    from ..progress import StageClock
+
+    # one counter over the whole demo: a run per descendant, then features, cross, lineage, sweep
+    log = StageClock([1.0] * len(descendants) + [0.5, 1.0, 1.5, 1.0], log)
     for name in descendants:
+        log.next()
         own_nulls = [n for n in nulls if n != name]
         log(f"base vs {name}" + (f" (null yardstick: {', '.join(own_nulls)})" if own_nulls else ""))
         pair = load_zoo_pair(name, root, nulls=tuple(own_nulls))
@@ -74,9 +79,13 @@ def run_demo(
         _clear_stale_demo_run(out / name, title, log)
         runs[name] = run(pair, prompts, own, out=out / name, progress=progress)
         pair.release()
+    log.next()
     features = run_zoo_features(root, out, runs, log)
+    log.next()
     cross = run_cross(root, prompts, config, out / "compare", progress, log)
+    log.next()
     lineage_summary = run_lineage(root, prompts, config, out / "lineage", progress, log)
+    log.next()
     sweep = run_sweep(root, prompts, config, out / "sweep-it-full", progress, log)
     summary = {
         "schema_version": DEMO_SCHEMA,
