@@ -130,3 +130,23 @@ def test_the_demo_stage_clock_counts_stages_and_estimates_what_is_left():
     assert lines[1] == "a second line of the same stage"
     assert lines[2] == "[2/3] base vs cpt (0:30 elapsed, about 1:30 left)"  # 30 s per unit, 3 units left
     assert lines[3] == "[3/3] lineage (1:00 elapsed, about 1:00 left)"
+
+
+def test_dtype_aliases_and_auto_resolve_to_what_loading_uses():
+    import torch
+
+    from crosspatch.errors import OptionError
+    from crosspatch.models.loading import LoadOptions, validate_load_options
+
+    for given, expected in (("bf16", "bfloat16"), ("FP16", "float16"), ("fp32", "float32"), ("float32", "float32")):
+        options = LoadOptions(dtype=given)
+        validate_load_options(options)
+        assert options.dtype == expected
+    on_cpu = LoadOptions(dtype="auto", device="cpu")
+    validate_load_options(on_cpu)
+    assert on_cpu.dtype == "float32"  # auto on the CPU; a CUDA device gets bfloat16
+    default = LoadOptions()
+    validate_load_options(default)
+    assert default.dtype == ("bfloat16" if default.device != "cpu" and torch.cuda.is_available() else "float32")
+    with pytest.raises(OptionError, match="bf16"):
+        validate_load_options(LoadOptions(dtype="int8"))

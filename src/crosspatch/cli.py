@@ -114,7 +114,7 @@ def run_cmd(
     max_batch_tokens: Optional[int] = typer.Option(
         None, "--max-batch-tokens", help="Padded tokens per forward pass at most (prompt + generation budget while "
         "decoding): bounds working memory, e.g. with --residency sequential."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 (bf16) | float16 (fp16)"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (accelerate device_map)"),
     bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and of the random controls."),
@@ -579,7 +579,7 @@ def preflight_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="New directory for preflight.json/.md/.html, or a "
                                        "crosspatch run directory (adds a Preflight section to its reports)."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Greedy budget per prompt and model."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 (bf16) | float16 (fp16)"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (accelerate device_map)"),
     policy: Optional[Path] = typer.Option(None, "--policy", help="Tolerances from a YAML/JSON file (PreflightPolicy fields)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with a checkpoint."),
@@ -632,7 +632,7 @@ def splice_cmd(
     out: Path = typer.Option(Path("runs/splice"), "--out", help="New directory for splice.json/.md/.html."),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Greedy budget per prompt and chimera."),
     no_diagnostic: bool = typer.Option(False, "--no-diagnostic", help="Skip the cross-patching run at the same boundaries."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 (bf16) | float16 (fp16)"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (accelerate device_map)"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with a checkpoint."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights."),
@@ -680,7 +680,7 @@ def merge_check_cmd(
                                        "configuration's base_model; a passthrough splice: its first slice's model)."),
     out: Path = typer.Option(Path("runs/merge-check"), "--out", help="New directory for merge-check.json/.md/.html."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Greedy budget per prompt and model."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 (bf16) | float16 (fp16)"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (accelerate device_map)"),
 ) -> None:
     """Evaluate a mergekit configuration before you ship the merge: a passthrough layer splice as

@@ -36,7 +36,7 @@ from ..models.checks import check_special_tokens, compare_facts, model_facts
 from ..models.execution import ModelHandle
 from ..models.loading import (
     DTYPES, LoadOptions, adapter_settings, check_adapter_files, check_custom_code, eos_token_ids, is_local, load_causal_lm, load_processor, load_tokenizer,
-    pad_token_id, provenance, quiet_loading, validate_load_options, weight_files,
+    pad_token_id, provenance, quiet_loading, resolve_dtype, validate_load_options, weight_files,
 )
 from ..models.media import MediaRegistry, install_media_hook
 from ..models.paths import check_model_path
@@ -346,7 +346,7 @@ def choose_residency(base: str, tuned: str | list[str] | None, adapter: str | li
     free = _available_bytes(options)
     if None in sizes or free is None:
         return "both", "model sizes or free memory unknown (hub ids); loading all"
-    scale = DTYPES[options.dtype].itemsize / 2  # files are mostly 16-bit
+    scale = DTYPES[resolve_dtype(options.dtype, options.device)].itemsize / 2  # files are mostly 16-bit
     need = int(sum(sizes) * max(scale, 1.0) * 1.2)
     if need <= free:
         return "both", f"all {len(sizes)} models (~{need / 2**30:.1f} GiB with headroom) fit in {free / 2**30:.1f} GiB free"

@@ -22,6 +22,20 @@ from ..errors import (
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
+def resolve_dtype(dtype, device) -> str:
+    """A dtype name as loading uses it: aliases (``bf16``, ``fp16``, ``fp32``) spelled out, and
+    ``auto`` resolved: bfloat16 (float16 where the GPU has no bfloat16) when a CUDA device will
+    be used, float32 on the CPU. Other values are returned as given (validated by the caller)."""
+    name = str(dtype).strip().lower() if isinstance(dtype, str) else dtype
+    name = DTYPE_ALIASES.get(name, name)
+    if name == "auto":
+        if str(device) != "cpu" and torch.cuda.is_available():
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "float32"
+    return name
 DEVICES = ("cpu", "cuda", "auto")  # and cuda:N
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
@@ -30,7 +44,7 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 class LoadOptions:
     """How to load checkpoints (every field is recorded in the run's config.json)."""
 
-    dtype: str = "float32"
+    dtype: str = "auto"  # auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 | float16 (bf16, fp16)
     device: str = "cpu"  # cpu | cuda | auto (accelerate device_map)
     trust_remote_code: bool = False
     allow_pickle: bool = False
@@ -42,9 +56,12 @@ class LoadOptions:
 
 
 def validate_load_options(options) -> None:
-    """dtype, device and residency of :class:`~crosspatch.models.loading.LoadOptions`."""
-    if options.dtype not in DTYPES:
-        raise OptionError(f"dtype must be one of {', '.join(DTYPES)}, not {options.dtype!r}")
+    """dtype, device and residency of :class:`~crosspatch.models.loading.LoadOptions`; the dtype
+    is resolved in place (:func:`resolve_dtype`), so the record holds the dtype actually used."""
+    resolved = resolve_dtype(options.dtype, options.device)
+    if resolved not in DTYPES:
+        raise OptionError(f"dtype must be auto, {', '.join(DTYPES)} (or bf16, fp16, fp32), not {options.dtype!r}")
+    options.dtype = resolved
     device = str(options.device)
     if device not in DEVICES and not re.match(r"^cuda:\d+$", device):
         raise OptionError(f"device must be cpu, cuda, cuda:N or auto, not {device!r}")
@@ -185,7 +202,7 @@ def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None =
 
     _check_weight_format(path, options.allow_pickle)
     kwargs = dict(
-        dtype=DTYPES[options.dtype],
+        dtype=DTYPES[resolve_dtype(options.dtype, options.device)],
         trust_remote_code=options.trust_remote_code,
         revision=options.revision,
     )

@@ -463,8 +463,9 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     if adapter is None and merged is None:
         raise OptionError("preflight needs --adapter and/or --merged (a descendant to check against --base)")
     if merge_in_memory is not None:
-        from ..models.loading import DTYPES
+        from ..models.loading import DTYPE_ALIASES, DTYPES
 
+        merge_in_memory = DTYPE_ALIASES.get(str(merge_in_memory).lower(), str(merge_in_memory).lower())
         if adapter is None or merged is not None:
             raise OptionError("--merge-in-memory merges --adapter in memory: give --adapter and no --merged")
         if merge_in_memory not in DTYPES:
