@@ -37,3 +37,16 @@ def llama_pair():
 @pytest.fixture
 def prompts():
     return [dict(p) for p in PROMPTS]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Tests that need headless Chromium skip without it; say so once, loudly, at the end."""
+    from crosspatch.report.browser import find_chromium
+
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "chromium" in str(r.longrepr).lower()]
+    if find_chromium() is None:
+        terminalreporter.write_sep("!", "NO CHROMIUM: the browser tests of the HTML reports did not run", red=True,
+                                   bold=True)
+        terminalreporter.write_line(f"{len(skipped)} test(s) skipped for it. Install it (Debian: apt-get install "
+                                    "chromium; or set CROSSPATCH_CHROMIUM=/path/to/chrome) to check the reports in a "
+                                    "real browser.")

@@ -150,3 +150,17 @@ def test_dtype_aliases_and_auto_resolve_to_what_loading_uses():
     assert default.dtype == ("bfloat16" if default.device != "cpu" and torch.cuda.is_available() else "float32")
     with pytest.raises(OptionError, match="bf16"):
         validate_load_options(LoadOptions(dtype="int8"))
+
+
+def test_env_says_what_crosspatch_runs_on_and_which_residency_a_run_would_choose():
+    from crosspatch.zoo import zoo_path
+
+    res = CliRunner().invoke(app, ["env", "--json", "--base", str(zoo_path() / "base"), "--adapter",
+                                   str(zoo_path() / "it-lora-all")])
+    assert res.exit_code == 0, res.output
+    facts = json.loads(res.stdout)
+    assert facts["crosspatch"] == crosspatch.__version__ and facts["torch"] and facts["cpu_count"] >= 1
+    assert facts["dtype"] in ("float32", "bfloat16", "float16") and "mergekit" in facts["extras"]
+    assert facts["residency"]["choice"] == "adapter" and facts["residency"]["reason"]
+    lonely = CliRunner().invoke(app, ["env", "--base", str(zoo_path() / "base")])
+    assert lonely.exit_code == 2 and "OptionError" in lonely.output

@@ -712,6 +712,65 @@ def merge_check_cmd(
     console.print(f"written: {out}/merge-check.md, merge-check.html, merge-check.json")
 
 
+@app.command("env")
+def env_cmd(
+    base: Optional[str] = typer.Option(None, "--base", help="With --tuned/--adapter: say which residency a run would use."),
+    tuned: Optional[list[str]] = typer.Option(None, "--tuned", help="A descendant checkpoint (repeatable)."),
+    adapter: Optional[list[str]] = typer.Option(None, "--adapter", help="A PEFT adapter directory (repeatable)."),
+    dtype: str = typer.Option("auto", "--dtype", help="The dtype a run would load in (auto, float32, bf16, fp16)."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object for machines."),
+) -> None:
+    """What crosspatch runs on: versions, devices and memory, what --dtype auto resolves to, the
+    optional extras, headless Chromium for the report tests; with --base and a descendant, the
+    residency a run would choose and why (nothing is loaded)."""
+    import json
+    import os
+
+    import torch
+
+    from .models.loading import LoadOptions, validate_load_options
+    from .report.browser import find_chromium
+    from .store import environment, package_version
+
+    try:
+        options = LoadOptions(dtype=dtype, device=device)
+        validate_load_options(options)
+        facts = environment()
+        facts["cpu_count"] = os.cpu_count()
+        pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+        facts["memory_gib"] = round(pages * os.sysconf("SC_PAGE_SIZE") / 2**30, 1) if pages else None
+        facts["cuda_devices"] = [{"name": torch.cuda.get_device_name(i),
+                                  "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1)}
+                                 for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+        facts["dtype_auto"] = options.dtype if dtype == "auto" else None
+        facts["dtype"] = options.dtype
+        facts["extras"] = {name: package_version(name) for name in ("trl", "datasets", "mergekit", "ray")}
+        facts["chromium"] = find_chromium()
+        if base is not None:
+            from .execution import choose_residency
+
+            if not tuned and not adapter:
+                raise OptionError("with --base give --tuned and/or --adapter: the residency depends on the descendants")
+            residency, reason = choose_residency(base, list(tuned or []), list(adapter or []), options)
+            facts["residency"] = {"choice": residency, "reason": reason}
+    except CrosspatchError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(facts, indent=2, default=str))
+        return
+    table = Table(title="crosspatch env")
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    for key, value in facts.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v if v is not None else 'not installed'}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = "; ".join(f"{d['name']} ({d['memory_gib']} GiB)" for d in value) or "none"
+        table.add_row(key, "not found" if value is None else str(value))
+    _stdout().print(table)
+
+
 def _print_section(lines: list[str], written: str) -> None:
     """A report section on stdout, then what was written (stderr)."""
     for line in lines:
