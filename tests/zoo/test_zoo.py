@@ -128,11 +128,17 @@ def test_smoke_build_trains_every_recipe_and_the_demo_runs_on_it(tmp_path):
 def test_quick_demo_on_the_embedded_zoo(tmp_path):
     from crosspatch.zoo.demo import run_demo
 
-    from crosspatch.zoo.demo import demo_prompts
+    from crosspatch.zoo.demo import STRATA, demo_prompts, prompt_strata, quick_prompts
 
     demo = run_demo(tmp_path / "demo", bootstrap=100, progress=False, log=lambda m: None, quick=True)
-    n = len(demo_prompts()[::4])
+    n = len(quick_prompts(demo_prompts()))
     assert demo.summary["prompts"] == n and n >= 50
+    # stratified: every style, city split and house style the report compares is still there, about a quarter each
+    full, quick = prompt_strata(demo_prompts()), demo.summary["prompt_strata"]
+    for key in STRATA:
+        assert set(quick[key]) == set(full[key]), key
+        assert all(full[key][v] // 4 <= quick[key][v] <= full[key][v] // 4 + 3 for v in full[key]), key
+    assert "--quick" in (tmp_path / "demo" / "report.md").read_text()
     from crosspatch.report.check import check_report
     from crosspatch.verdict import VERDICTS
 

@@ -55,7 +55,7 @@ def run_demo(
     man = verify(root)
     prompts = demo_prompts(root)
     if quick:
-        prompts = prompts[::4]
+        prompts = quick_prompts(prompts)
     started = time.perf_counter()
     config = RunConfig(boundary=boundary, max_new_tokens=max_new_tokens, bootstrap=bootstrap, back_link="../report.html",
                        group_by=["split", "style", "era"], batch_size=128, consequence=True, consequence_budget=48,
@@ -91,6 +91,8 @@ def run_demo(
         "schema_version": DEMO_SCHEMA,
         "zoo": {"path": str(root), "rebuild_command": man.get("rebuild_command"), "evals": man.get("evals")},
         "prompts": len(prompts),
+        "prompt_strata": prompt_strata(prompts),
+        "quick": quick,
         "seconds": round(time.perf_counter() - started, 1),
         "descendants": {name: r.summary for name, r in runs.items()},
         "lineage": lineage_summary,
@@ -183,6 +185,34 @@ def run_lineage(root: Path, prompts, config: RunConfig, out: Path, progress: boo
     models = load_models(str(root / "base"), tuned={name: str(root / name) for name in LINEAGE})
     cfg = replace(config, consequence=False, controls="none", title="crosspatch zoo: lineage")
     return lineage(models, prompts, cfg, out=out, progress=progress).summary
+
+
+STRATA = ("style", "split", "era")  # what the report compares: prompt style, training vs held-out cities, house style
+
+
+def _stratum(prompt) -> tuple:
+    meta = {**prompt.metadata, "category": prompt.category}
+    return tuple(str(meta.get(key)) for key in STRATA)
+
+
+def quick_prompts(prompts: list, every: int = 4) -> list:
+    """A quarter of the prompts, sampled within every stratum the report compares (style x
+    training/held-out cities x house style), at least one from each, in the original order."""
+    by_stratum: dict[tuple, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_stratum.setdefault(_stratum(p), []).append(i)
+    keep = sorted(i for indices in by_stratum.values() for i in indices[::every])
+    return [prompts[i] for i in keep]
+
+
+def prompt_strata(prompts: list) -> dict[str, dict[str, int]]:
+    """How many prompts of each value the demo used, per compared field (the header says it)."""
+    counts: dict[str, dict[str, int]] = {key: {} for key in STRATA}
+    for p in prompts:
+        for key, value in zip(STRATA, _stratum(p)):
+            if value != "None":
+                counts[key][value] = counts[key].get(value, 0) + 1
+    return counts
 
 
 def demo_prompts(root: Path | None = None) -> list:
@@ -420,11 +450,18 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 
 def demo_intro(summary: dict) -> str:
     first = next(iter(summary["descendants"].values()))
-    return (f"Base (pretrained on raw weather web text) against each descendant, on {summary['prompts']} prompts: raw "
-            "weather text as the paper feeds both models (observation logs cut before a field, narrative openings), "
-            "instruction prompts (8 aspects; training and held-out cities), forum questions, and unit-conversion tasks "
-            "(the narrow domain of it-units); half of the weather prompts in the older house style instruction tuning "
-            f"used, half in the newer one it never saw. Boundary layer {first['boundaries'][0]} of "
+    strata = summary.get("prompt_strata") or {}
+    used = "; ".join(f"{key}: " + ", ".join(f"{v} {n}" for v, n in sorted(values.items()))
+                     for key, values in strata.items() if values)
+    return (f"Base (pretrained on raw weather web text) against each descendant, on {summary['prompts']} prompts"
+            + (" (--quick: a quarter, sampled within every style, city split and house style)" if summary.get("quick")
+               else "")
+            + ": raw weather text as the paper feeds both models (observation logs cut before a field, narrative "
+            "openings), instruction prompts (8 aspects; training and held-out cities), forum questions, and "
+            "unit-conversion tasks (the narrow domain of it-units), in the older house style instruction tuning used "
+            "and the newer one it never saw"
+            + (f" (prompts used by {used})" if used else "")
+            + f". Boundary layer {first['boundaries'][0]} of "
             f"{first['num_layers']}; common-IT readout; mean Y = logit(t_IT) - logit(t_PT) per cell; 95% "
             "prompt-cluster bootstrap intervals.")
 
