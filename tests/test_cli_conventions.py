@@ -164,3 +164,26 @@ def test_env_says_what_crosspatch_runs_on_and_which_residency_a_run_would_choose
     assert facts["residency"]["choice"] == "adapter" and facts["residency"]["reason"]
     lonely = CliRunner().invoke(app, ["env", "--base", str(zoo_path() / "base")])
     assert lonely.exit_code == 2 and "OptionError" in lonely.output
+
+
+def test_descendants_can_be_named_on_the_command_line():
+    from crosspatch.execution.modelset import descendant_roles
+
+    tuned, adapters = descendant_roles(["sft=/models/a/checkpoint-5", "/models/b/final"], ["dpo=/x/adapter"])
+    assert tuned == {"sft": "/models/a/checkpoint-5", "final": "/models/b/final"} and adapters == {"dpo": "/x/adapter"}
+    for bad in (["../up=/m"], ["a=/m", "a=/n"], ["base=/m"], ["x="]):
+        with pytest.raises(OptionError):
+            descendant_roles(bad)
+
+
+def test_compare_takes_named_descendants(tmp_path):
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "m")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in many_prompts(4)))
+    res = CliRunner().invoke(app, ["compare", "--base", str(root / "base"), "--tuned", f"sft={root / 'tuned'}",
+                                   "--prompts", str(prompts), "--out", str(tmp_path / "c"), "--max-new-tokens", "4",
+                                   "--bootstrap", "0", "--quiet", "--controls", "none"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "c" / "sft" / "summary.json").exists()

@@ -257,6 +257,10 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str], collection: str | 
     items = load_prompts(kw["prompts"])
     check_model_path(kw["base"], "base")
     role = "lineage stage" if collection == "lineage" else "tuned"  # named as the user gave them
+    from .execution.modelset import named_path
+
+    tuned = [(named_path(p) or (None, p))[1] for p in tuned]  # NAME=PATH: the path is checked
+    adapters = [(named_path(p) or (None, p))[1] for p in adapters]
     for path in tuned:
         check_model_path(path, role)
     for path in adapters:
@@ -480,9 +484,10 @@ def _compare_signature():
         None, "--cross", help="Cross-descendant patching: 'all', or UPSTREAM:LATE pairs (comma-separated roles)."))
     return _signature_like_run(drop=("null", "synthetic_null"), replace={
         "tuned": {"annotation": Optional[list[str]], "default": typer.Option(
-            None, "--tuned", help="A descendant checkpoint (repeat for several; roles are the directory names).")},
+            None, "--tuned", help="A descendant checkpoint (repeat for several; roles are the directory names, or "
+            "give NAME=PATH).")},
         "adapter": {"annotation": Optional[list[str]], "default": typer.Option(
-            None, "--adapter", help="A PEFT adapter directory on --base (repeatable).")},
+            None, "--adapter", help="A PEFT adapter directory on --base (repeatable; NAME=PATH names its role).")},
         "out": {"default": typer.Option(Path("runs/compare"), "--out", help="Directory of the comparison.")},
     }, add=[cross])
 

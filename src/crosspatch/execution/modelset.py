@@ -420,6 +420,17 @@ def role_name_of(path: str) -> str:
     return name or "tuned"
 
 
+def named_path(value: str) -> tuple[str, str] | None:
+    """``NAME=PATH`` (a role name for a descendant, as ``--tuned sft=./out/checkpoint-500``) unless
+    the whole value is itself an existing path; the name must be a safe name."""
+    if "=" not in value or Path(value).expanduser().exists():
+        return None
+    name, _, path = value.partition("=")
+    if not path:
+        raise OptionError(f"{value!r}: NAME=PATH needs a path after '='")
+    return check_role_name(name), path
+
+
 def _role_names(descendants: dict[str, str] | list[str] | str | None) -> dict[str, str]:
     if descendants is None:
         return {}
@@ -431,6 +442,13 @@ def _role_names(descendants: dict[str, str] | list[str] | str | None) -> dict[st
         raise OptionError(f"descendants are a path, a list of paths or a {{role: path}} dict, not {descendants!r}")
     names: dict[str, str] = {}
     for path in map(lambda x: model_path_arg(x, "a descendant"), descendants):
+        named = named_path(path)
+        if named is not None:  # NAME=PATH: the role is named by the user
+            name, path = named
+            if name in names or name == BASE:
+                raise OptionError(f"role name {name!r} is given twice (or is the base's): each descendant needs its own")
+            names[name] = path
+            continue
         name = role_name_of(path)
         k, unique = 2, name
         while unique in names or unique == BASE:
