@@ -126,7 +126,7 @@ def test_features_end_to_end_on_a_run(tmp_path):
     res = CliRunner().invoke(app, ["features", "mediate", str(tmp_path / "r"), "--latents", "64", "--k", "4",
                                    "--steps", "60", "--layers", "2"])
     assert res.exit_code == 0, res.output
-    result = json.loads((tmp_path / "r" / "features" / "features.json").read_text())
+    result = json.loads((tmp_path / "r" / "features" / "mediate.json").read_text())
     assert result["quality_gate"] is not None and result["study"]["mediation"]
     frames = features_frames(result)
     assert {"top", "matched_random", "top_active"} <= set(frames["mediation"]["set"])
@@ -147,6 +147,11 @@ def test_features_end_to_end_on_a_run(tmp_path):
     train = ["features", "train", str(tmp_path / "r"), "--latents", "64", "--k", "4", "--steps", "20"]
     assert CliRunner().invoke(app, train + ["--layers", "1"]).exit_code == 0
     assert cached_layers() == ([3], pair.hidden_size)
+    # features train keeps the earlier mediate result: both files, the study shown, the other named
+    assert json.loads((tmp_path / "r" / "features" / "mediate.json").read_text()) == result
+    assert json.loads((tmp_path / "r" / "features" / "train.json").read_text())["result"] == "train"
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["features"]["result"] == "mediate" and summary["features"]["other_results"] == ["train"]
     shard.write_bytes(b"garbage")
     assert CliRunner().invoke(app, train + ["--layers", "1"]).exit_code == 0
     assert cached_layers() == ([3], pair.hidden_size)

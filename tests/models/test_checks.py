@@ -139,7 +139,7 @@ def test_weights_the_model_does_not_use_are_a_pair_warning(tmp_path, residency):
 
 
 @pytest.mark.parametrize("option, error", [
-    ({"dtype": "fp16"}, "OptionError"), ({"device": "gpu"}, "OptionError"), ({"residency": "weird"}, "OptionError"),
+    ({"dtype": "int8"}, "OptionError"), ({"device": "gpu"}, "OptionError"), ({"residency": "weird"}, "OptionError"),
 ])
 def test_load_options_are_checked_in_python_too(tmp_path, option, error):
     import crosspatch.errors as errors

@@ -5,7 +5,9 @@ prompt into a train and a held-out half; both models' outputs of the last ``n_la
 the event prefixes are cached (``features/activations/shard_*.safetensors`` with metadata,
 resumable); a paired BatchTopK crosscoder is trained (or loaded with ``--crosscoder DIR``) and
 judged by its quality gate; then mediation, rescue and closure run (``study.py``) and
-``features/features.json``, ``summary.json`` → ``features`` and both reports are updated.
+``features/train.json`` (``features train``: the crosscoder and its quality gate) or
+``features/mediate.json`` (``features mediate``: the study), each kept when the other is written;
+``summary.json`` → ``features`` and both reports are updated.
 """
 
 from __future__ import annotations
@@ -135,8 +137,10 @@ def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_on
             result["note"] = "the crosscoder failed its quality gate: read the mediation results with caution"
     pair.release()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "features.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    resummarize(store, config)  # the features plug-in reads features.json into summary.json and the reports
+    name = "train" if train_only else "mediate"  # each command's result kept beside the other's
+    result["result"] = name
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    resummarize(store, config)  # the features plug-in reads the results into summary.json and the reports
     return result
 
 

@@ -1,6 +1,9 @@
 """The feature study as a registered analysis: its block of ``summary.json`` is the study's
-``features/features.json`` (written by ``crosspatch features train|mediate``), its report section
-the quality gate, mediation curve, rescue and closure. Light: imports no model code."""
+``features/mediate.json`` (``crosspatch features mediate``), else ``features/train.json``
+(``features train``: the crosscoder and its gate), else a run's ``features/features.json`` from
+before the two were kept apart; the block names the other results kept (``other_results``). Its
+report section: the quality gate, mediation curve, rescue and closure. Light: imports no model
+code."""
 
 from __future__ import annotations
 
@@ -8,16 +11,20 @@ import json
 
 from ..registry import AnalysisPlugin, Section, SummaryContext, Table, register_analysis
 
-FEATURES_FILE = "features/features.json"
+RESULT_FILES = ("features/mediate.json", "features/train.json", "features/features.json")  # first found is shown
 
 
 def _summarize(rows: list[dict], ctx: SummaryContext, options) -> dict | None:
     if ctx.run_dir is None:
         return None
-    path = ctx.run_dir / FEATURES_FILE
-    if not path.exists():
+    found = [name for name in RESULT_FILES if (ctx.run_dir / name).exists()]
+    if not found:
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    block = json.loads((ctx.run_dir / found[0]).read_text(encoding="utf-8"))
+    others = [name.rsplit("/", 1)[-1].removesuffix(".json") for name in found[1:]]
+    if others:
+        block["other_results"] = others
+    return block
 
 
 def _drop(v) -> str:
@@ -41,6 +48,9 @@ def render_features(feat: dict) -> Section | None:
             f"{100 * gate['alive_in_range_share']:.0f}% of latents fire on 1-20% of tokens.")
     if feat.get("note"):
         section.paragraphs.append(feat["note"])
+    if feat.get("other_results"):
+        section.paragraphs.append(f"Shown: the {feat.get('result', 'latest')} result; also kept in features/: "
+                                  + ", ".join(f"{name}.json" for name in feat["other_results"]) + ".")
     study = feat.get("study") or {}
     if study.get("mediation"):
         rows = [[k, _drop(g.get("top")), _drop(g.get("matched_random")), _drop(g.get("top_active")),
