@@ -187,3 +187,25 @@ def test_compare_takes_named_descendants(tmp_path):
                                    "--bootstrap", "0", "--quiet", "--controls", "none"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "c" / "sft" / "summary.json").exists()
+
+
+def test_gate_over_a_compare_directory_gates_every_descendant(tmp_path):
+    import shutil
+
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "m")
+    shutil.copytree(root / "tuned", tmp_path / "twin")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in many_prompts(4)))
+    res = CliRunner().invoke(app, ["compare", "--base", str(root / "base"), "--tuned", f"a={root / 'tuned'}", "--tuned",
+                                   f"b={tmp_path / 'twin'}", "--prompts", str(prompts), "--out", str(tmp_path / "c"),
+                                   "--max-new-tokens", "4", "--bootstrap", "0", "--quiet", "--controls", "none"])
+    assert res.exit_code == 0, res.output
+    gated = CliRunner().invoke(app, ["gate", str(tmp_path / "c"), "--json"])
+    outcome = json.loads(gated.stdout)
+    assert outcome["collection"] == "compare" and list(outcome["members"]) == ["a", "b"]
+    assert gated.exit_code == outcome["exit_code"] == max(m["exit_code"] for m in outcome["members"].values())
+    (tmp_path / "c" / "b" / "summary.json").unlink()  # one member unusable: the whole gate is
+    again = CliRunner().invoke(app, ["gate", str(tmp_path / "c")])
+    assert again.exit_code == 2 and "b: unusable" in again.stdout and again.stdout.count("\n") == 3

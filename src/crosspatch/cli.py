@@ -532,7 +532,7 @@ def load_policy(path: Path) -> dict:
 
 @app.command("gate")
 def gate_cmd(
-    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    run_dir: Path = typer.Argument(..., help="A finished run directory, or a compare/lineage directory."),
     max_interaction_share: Optional[float] = typer.Option(
         None, "--max-interaction-share", help="Upstream-dependent when the whole I/E_IT interval lies above this (default 0.5)."),
     portable_interaction_share: Optional[float] = typer.Option(
@@ -547,7 +547,8 @@ def gate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object for machines."),
 ) -> None:
     """Pass or fail a run for CI: exit 0 pass, 1 fail, 2 unusable run (missing, unfinished,
-    inconsistent, or a sanity control failed). Prints the verdict and its reason."""
+    inconsistent, or a sanity control failed). Prints the verdict and its reason. On a compare
+    directory: every descendant's run, one line each, and the exit code of the worst."""
     import json
 
     from .gate import gate
@@ -565,9 +566,12 @@ def gate_cmd(
     if as_json:
         print(json.dumps(outcome, indent=2, default=str))
     else:
-        style = {0: "bold green", 1: "bold red", 2: "bold yellow"}[outcome["exit_code"]]
-        _stdout().print(Text.assemble((f"{outcome['status']}: ", style), outcome.get("verdict") or "", " — ",
-                                      outcome["reason"]), soft_wrap=True)
+        styles = {0: "bold green", 1: "bold red", 2: "bold yellow"}
+        for name, member in (outcome.get("members") or {}).items():  # a compare or lineage: one line per run
+            _stdout().print(Text.assemble(f"{name}: ", (f"{member['status']}: ", styles[member["exit_code"]]),
+                                          member.get("verdict") or "", " — ", member["reason"]), soft_wrap=True)
+        _stdout().print(Text.assemble((f"{outcome['status']}: ", styles[outcome["exit_code"]]),
+                                      outcome.get("verdict") or "", " — ", outcome["reason"]), soft_wrap=True)
     raise typer.Exit(code=outcome["exit_code"])
 
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from .errors import CorruptRunFileError, RunSchemaError
-from .store import check_summary_shape, not_a_run_message
+from .store import check_summary_shape, collection_kind, not_a_run_message
 from .verdict import VerdictPolicy, decide
 
 
@@ -21,7 +21,44 @@ def _unusable(reason: str, **extra) -> dict:
 
 
 def gate(run_dir: str | Path, policy: dict | None = None) -> dict:
-    """Decide pass / fail / unusable for ``run_dir`` under ``policy`` (VerdictPolicy fields)."""
+    """Decide pass / fail / unusable for ``run_dir`` under ``policy`` (VerdictPolicy fields). A
+    ``compare`` directory gates every member run (one outcome each under ``members``, the exit
+    code of the worst); a ``lineage`` directory gates its run (base vs the final stage)."""
+    kind = collection_kind(run_dir)
+    if kind is not None:
+        return gate_collection(Path(run_dir), kind, policy)
+    return gate_run(run_dir, policy)
+
+
+def collection_members(path: Path, kind: str) -> list[Path]:
+    """The run directories of a compare (every descendant's, in the order compare.json lists them)
+    or of a lineage (its one run)."""
+    if kind == "lineage":
+        return [path / "run"]
+    listed = []
+    try:
+        listed = list(json.loads((path / "compare.json").read_text(encoding="utf-8")).get("descendants") or [])
+    except (OSError, ValueError, AttributeError):
+        pass
+    found = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / "config.json").exists())
+    return [path / name for name in [*[n for n in listed if n in found], *[n for n in found if n not in listed]]]
+
+
+def gate_collection(path: Path, kind: str, policy: dict | None = None) -> dict:
+    members = collection_members(path, kind)
+    if not members:
+        return _unusable(f"{path} is a {kind} directory without any finished run")
+    outcomes = {member.name: gate_run(member, policy) for member in members}
+    worst = max(outcomes.values(), key=lambda o: o["exit_code"])
+    counts = {status: sum(o["status"] == status for o in outcomes.values()) for status in ("pass", "fail", "unusable")}
+    reason = (f"{kind} of {len(outcomes)} run(s): " + ", ".join(f"{n} {c}" for n, c in counts.items() if c)
+              + ("" if kind == "compare" else " (the lineage's run: base vs its final stage)"))
+    return {"status": worst["status"], "exit_code": worst["exit_code"], "verdict": None, "reason": reason,
+            "collection": kind, "members": outcomes, "run_dir": str(path)}
+
+
+def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
+    """Decide pass / fail / unusable for one run directory (see :func:`gate`)."""
     path = Path(run_dir)
     try:
         rules = VerdictPolicy.from_dict(policy or {})
