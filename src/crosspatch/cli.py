@@ -1000,7 +1000,8 @@ def zoo_build_cmd(
     """Rebuild the whole zoo from the seed: data, tokenizer, every model, cards, manifest."""
     from .errors import OptionError
     from .zoo import zoo_path
-    from .zoo.build import ZooSpec, build_zoo
+    from .zoo.assemble import build_zoo
+    from .zoo.build import ZooSpec
 
     target = out or zoo_path()
     if Path(target).resolve() == zoo_path().resolve() and not into_package:

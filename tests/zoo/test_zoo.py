@@ -10,7 +10,8 @@ from crosspatch.zoo import (
     ADAPTERS, DESCENDANTS, FAULTY, NULLS, ZooIntegrityError, load_zoo_pair, manifest, verify, zoo_path,
 )
 from crosspatch.features import load_crosscoder
-from crosspatch.zoo.build import CROSSCODER, LINEAGE, ZooSpec, build_data, build_zoo
+from crosspatch.zoo.assemble import build_zoo
+from crosspatch.zoo.build import CROSSCODER, LINEAGE, ZooSpec, build_data
 
 MAX_ZOO_BYTES = 40 * 1024 * 1024
 

@@ -1,0 +1,152 @@
+"""``crosspatch zoo build``: every model of the zoo from a seed, in order, then the cards and
+the manifest. The recipes' pieces live in :mod:`.build` (data, tokenizer, training loops, the
+first descendants, the lineage, the crosscoder), :mod:`.additions` (the fragile adapter and the
+nulls) and :mod:`.faults` (the broken models); this module only puts them together."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import data as wx
+from .additions import build_additions, recipes as addition_recipes
+from .build import (
+    CROSSCODER, LORA_TARGETS, UNITS_RECIPE, ZooSpec, _save_model, build_crosscoder, build_data, build_lineage,
+    it_batches, lineage_recipes, manifest_files, model_evals, new_model, packed_blocks, raw_batches, sha256, train,
+    train_units, write_model_card,
+)
+from .faults import FAULTS, derive_fault_models
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    seconds: float
+    evals: dict = field(default_factory=dict)
+
+
+
+
+def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildResult:
+    """Build every file of the zoo into ``out`` and write ``manifest.json`` with hashes."""
+    from peft import LoraConfig, get_peft_model
+
+    spec = spec or ZooSpec()
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    started = time.perf_counter()
+    torch.manual_seed(spec.seed)
+    log("data and tokenizer")
+    corpora, tok = build_data(spec, out)
+    blocks = packed_blocks(corpora["pretrain"], tok, spec.seq_len)
+    cpt_blocks = packed_blocks(corpora["cpt"], tok, spec.seq_len)
+    eval_blocks = packed_blocks(corpora["eval_raw"], tok, spec.seq_len)
+    pairs = corpora["instructions"]
+    evals: dict[str, dict] = {}
+
+    def evaluate(name, model):
+        evals[name] = model_evals(model, corpora, tok, eval_blocks)
+        log(f"  {name}: {evals[name]}")
+
+    log(f"base: pretraining {spec.pretrain_steps} steps")
+    base = new_model(spec, tok)
+    train(base, raw_batches(blocks, spec.batch_size, spec.seed), spec.pretrain_steps, spec.pretrain_lr, spec.seed, log)
+    evaluate("base", base)
+    _save_model(base, out / "base", spec, tok)
+    base_state = {k: v.clone() for k, v in base.state_dict().items()}
+
+    def fresh_base():
+        model = new_model(spec, tok)
+        model.load_state_dict(base_state)
+        return model
+
+    log(f"it-full: instruction tuning {spec.it_steps} steps")
+    full = fresh_base()
+    train(full, it_batches(pairs, tok, spec.batch_size, spec.seed + 10), spec.it_steps, spec.it_lr, spec.seed + 10, log)
+    evaluate("it-full", full)
+    _save_model(full, out / "it-full", spec, tok)
+
+    merged = None
+    for name, layers in (("it-lora-all", None), ("it-lora-late", spec.late_layers)):
+        log(f"{name}: LoRA r={spec.lora_r} on {'all layers' if layers is None else f'layers {layers}'}")
+        cfg = LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, target_modules=LORA_TARGETS,
+                         layers_to_transform=layers, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+        torch.manual_seed(spec.seed + 20)
+        peft_model = get_peft_model(fresh_base(), cfg)
+        train(peft_model, it_batches(pairs, tok, spec.batch_size, spec.seed + 20), spec.lora_steps,
+              spec.lora_lr, spec.seed + 20, log)
+        evaluate(name, peft_model)
+        peft_model.save_pretrained(out / name)
+        tok.save_pretrained(out / name)
+        if layers is None:
+            merged = peft_model.merge_and_unload()
+    evaluate("it-merged", merged)
+    _save_model(merged, out / "it-merged", spec, tok)
+    log(f"faults: {', '.join(FAULTS)} (derived from base and it-lora-all)")
+    derive_fault_models(out, {"float16": torch.float16, "float32": torch.float32}[spec.save_dtype])
+
+    build_additions(out, spec, corpora, tok, evaluate, log)
+
+    log(f"it-units: narrow-domain tuning {spec.it_steps} steps")
+    units = train_units(fresh_base(), corpora, tok, spec, log)
+    evaluate("it-units", units)
+    _save_model(units, out / "it-units", spec, tok)
+
+    log(f"lineage-sft: supervised fine-tuning {spec.lineage_sft_steps} steps")
+    build_lineage(out, spec, corpora, tok, fresh_base, evaluate, evals, log)
+
+    log(f"cpt: continued pretraining {spec.cpt_steps} steps")
+    cpt = fresh_base()
+    train(cpt, raw_batches(cpt_blocks, spec.batch_size, spec.seed + 30), spec.cpt_steps, spec.it_lr, spec.seed + 30, log)
+    evaluate("cpt", cpt)
+    _save_model(cpt, out / "cpt", spec, tok)
+
+    log(f"{CROSSCODER}: paired crosscoder of base vs it-full")
+    crosscoder = build_crosscoder(out, spec, log)
+    seconds = time.perf_counter() - started
+    recipes = {
+        "base": (f"Pretrained from scratch on {spec.raw_docs} raw weather documents as web text has them "
+                 f"({', '.join(f'{k} {w:.0%}' for k, w in wx.RAW_MIX)}; forecast pages and forum answers give "
+                 f"the data, then a prose forecast), US and held-out cities, {1 - wx.NEWER_SHARE:.0%} in the "
+                 f"older house style and {wx.NEWER_SHARE:.0%} in the newer one, {spec.pretrain_steps} steps.",
+                 "raw_text_loss"),
+        "it-full": (f"Full instruction tuning of `base` on {spec.instruction_pairs} instruction -> report pairs "
+                    f"(31 US cities and the older house style only), {spec.it_steps} steps, loss on the report.",
+                    "instruction_loss_in_distribution"),
+        "it-lora-all": (f"LoRA (r={spec.lora_r}, alpha={spec.lora_alpha}) on all layers of `base`, same data, "
+                        f"{spec.lora_steps} steps. PEFT adapter directory.", "instruction_loss_in_distribution"),
+        "it-lora-late": (f"LoRA on layers {spec.late_layers} only (last third), same data, {spec.lora_steps} "
+                         "steps. PEFT adapter directory.", "instruction_loss_in_distribution"),
+        "it-merged": ("`it-lora-all` merged into a full checkpoint (merge_and_unload).", "instruction_loss_in_distribution"),
+        "cpt": (f"Continued pretraining of `base` on {spec.cpt_docs} more raw documents (no instructions), "
+                f"{spec.cpt_steps} steps: a non-instruction control.", "raw_text_loss"),
+        "it-units": UNITS_RECIPE(spec),
+        **lineage_recipes(spec),
+        **addition_recipes(spec),
+    }
+    for name, (recipe, objective) in recipes.items():
+        write_model_card(out, name, recipe, objective, evals, spec)
+    write_manifest(out, spec, seconds, evals, crosscoder)
+    log(f"built in {seconds:.0f} s")
+    return BuildResult(out, seconds, evals)
+
+
+def write_manifest(out: Path, spec: ZooSpec, seconds: float, evals: dict, crosscoder: dict | None = None) -> None:
+    manifest = {
+        "schema_version": "crosspatch.zoo/1",
+        "rebuild_command": f"crosspatch zoo build --seed {spec.seed} --into-package",
+        "spec": asdict(spec),
+        "build_seconds": round(seconds, 1),
+        "torch": torch.__version__,
+        "evals": evals,
+        "crosscoder": crosscoder,
+        "files": {str(p.relative_to(out)): sha256(p) for p in manifest_files(out)},
+        "size_bytes": sum(p.stat().st_size for p in manifest_files(out)),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
