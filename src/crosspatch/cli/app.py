@@ -1,0 +1,151 @@
+"""The ``crosspatch`` command: thin subcommands over the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
+                  help="First-divergence cross-patching of a base model and its fine-tuned descendant.")
+zoo_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
+                      help="The embedded weather-report model zoo.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"crosspatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print crosspatch's version and exit.")) -> None:
+    """First-divergence cross-patching of a base model and its fine-tuned descendant."""
+app.add_typer(zoo_app, name="zoo")
+console = Console(stderr=True)
+
+
+def _boundary(text: str) -> int | float:
+    """``12`` is layer 12; ``0.6`` is 60% of depth; ``1.0`` or ``abc`` are named errors."""
+    from ..errors import BoundaryError
+
+    text = str(text).strip()
+    try:
+        value = float(text)
+    except ValueError:
+        raise BoundaryError(f"boundary must be an int layer (e.g. 12) or a depth fraction (e.g. 0.6), not {text!r}") from None
+    if value.is_integer() and "." not in text and "e" not in text.lower():
+        return int(value)
+    return value
+
+
+def _stdout() -> Console:
+    """Console for result tables: never narrower than the tables when output is not a terminal."""
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=140)
+
+
+def _boundaries(text: str | None):
+    from ..errors import BoundaryError
+
+    if text is None:
+        return None
+    if text.strip() == "all":
+        return "all"
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise BoundaryError(f"--boundaries must be 'all' or a comma-separated list of layers, not {text!r}")
+    return [_boundary(x) for x in items]
+
+
+def _fail(exc: Exception) -> None:
+    console.print(Text.assemble(("error ", "bold red"), f"{type(exc).__name__}: {exc}"), soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def print_summary_table(summary: dict, title: str = "crosspatch") -> None:
+    """A short rich table of the headline effects (common-IT readout, first boundary)."""
+    from ..report.markdown import fmt_effect
+
+    out = _stdout()
+    if len(summary["boundaries"]) > 1:  # a sweep: one row per boundary
+        table = Table(title=f"{title}: layer sweep, common-IT readout (plot: sweep.png in the run directory)")
+        for col in ("boundary", "events", "E_PT", "E_IT", "interaction"):
+            table.add_column(col, justify="right")
+        for b in summary["boundaries"]:
+            block = summary["results"][b]["common_it"]["all"]
+            table.add_row(b, str(block["n_events"]), *[fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction")])
+        out.print(table)
+    b = str((summary.get("verdict") or {}).get("boundary", summary["boundaries"][0]))
+    block = summary["results"][b]["common_it"]["all"]
+    table = Table(title=f"{title}: boundary {b}, common-IT readout, {block['n_events']} events")
+    table.add_column("quantity")
+    table.add_column("mean [95% CI]", justify="right")
+    for name in ("E_PT", "E_IT", "interaction", "direct_share", "native_shift"):
+        table.add_row(name, fmt_effect(block, name))
+    out.print(table)
+    nd = summary["counts"]["no_divergence"]
+    out.print(f"prompts {summary['counts']['prompts']}, events {summary['counts']['events']}, "
+              f"no divergence {sum(nd.values())}, invalid {summary['counts']['invalid']}")
+
+
+
+def load_policy(path: Path) -> dict:
+    """Verdict thresholds from a YAML or JSON file (a mapping of VerdictPolicy fields)."""
+    import yaml
+
+    from ..errors import PolicyFileError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PolicyFileError(f"cannot read policy file {path}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PolicyFileError(f"policy file {path} must hold a mapping of thresholds, not {type(data).__name__}")
+    return data
+
+
+
+def _print_section(lines: list[str], written: str) -> None:
+    """A report section on stdout, then what was written (stderr)."""
+    for line in lines:
+        _stdout().print(line, soft_wrap=True, markup=False)
+    console.print(f"wrote {written}", soft_wrap=True)
+
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for crosspatch's own progress: no per-file loading bars or deprecation
+    chatter from transformers/peft (warnings that matter to the run go into its report). Set
+    through the environment, so that nothing heavy is imported before a command needs it."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+
+
+def main() -> None:
+    _quiet_libraries()
+    try:
+        app()
+    except KeyboardInterrupt:  # records already appended stay; rerun the same command to resume
+        console.print("interrupted; run the same command again to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""The commands on finished runs and the zoo: ``gate``, ``consequence``, ``pool``, ``features``,
+``merge``, ``report``, ``demo``, ``zoo build|verify``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from ..errors import CrosspatchError, OptionError
+from .app import (
+    HELP_OPTIONS, _boundary, _fail, _print_section, _stdout, app, console, load_policy, print_summary_table,
+    zoo_app,
+)
+
+
+@app.command("gate")
+def gate_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished run directory, or a compare/lineage directory."),
+    max_interaction_share: Optional[float] = typer.Option(
+        None, "--max-interaction-share", help="Upstream-dependent when the whole I/E_IT interval lies above this (default 0.5)."),
+    portable_interaction_share: Optional[float] = typer.Option(
+        None, "--portable-interaction-share",
+        help="Portable when the whole I/E_IT interval lies below this and E_PT is reliable (default 0.25)."),
+    min_late_effect: Optional[float] = typer.Option(None, "--min-late-effect",
+                                                    help="No late effect when both intervals lie within ±this (default 0.5)."),
+    min_prompts: Optional[int] = typer.Option(None, "--min-prompts", help="Fewer prompts with events: inconclusive (default 5)."),
+    allow: Optional[str] = typer.Option(None, "--allow",
+                                        help="Verdicts that pass, comma list (default: portable,no-late-effect)."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Thresholds from a YAML/JSON file (flags override it)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object for machines."),
+) -> None:
+    """Pass or fail a run for CI: exit 0 pass, 1 fail, 2 unusable run (missing, unfinished,
+    inconsistent, or a sanity control failed). Prints the verdict and its reason. On a compare
+    directory: every descendant's run, one line each, and the exit code of the worst."""
+    import json
+
+    from ..gate import gate
+
+    overrides = {k: v for k, v in dict(max_interaction_share=max_interaction_share,
+                                        portable_interaction_share=portable_interaction_share,
+                                        min_late_effect=min_late_effect, min_prompts=min_prompts).items() if v is not None}
+    if allow:
+        overrides["pass_verdicts"] = [x.strip() for x in allow.split(",") if x.strip()]
+    try:
+        base_policy = load_policy(policy) if policy else {}
+    except CrosspatchError as exc:
+        _fail(exc)
+    outcome = gate(run_dir, {**base_policy, **overrides})
+    if as_json:
+        print(json.dumps(outcome, indent=2, default=str))
+    else:
+        styles = {0: "bold green", 1: "bold red", 2: "bold yellow"}
+        for name, member in (outcome.get("members") or {}).items():  # a compare or lineage: one line per run
+            _stdout().print(Text.assemble(f"{name}: ", (f"{member['status']}: ", styles[member["exit_code"]]),
+                                          member.get("verdict") or "", " — ", member["reason"]), soft_wrap=True)
+        _stdout().print(Text.assemble((f"{outcome['status']}: ", styles[outcome["exit_code"]]),
+                                      outcome.get("verdict") or "", " — ", outcome["reason"]), soft_wrap=True)
+    raise typer.Exit(code=outcome["exit_code"])
+
+
+
+@app.command("consequence")
+def consequence_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    prompts: Path = typer.Option(..., "--prompts", help="The run's prompt file, whose rows carry 'validator' fields."),
+    budget: int = typer.Option(32, "--budget", help="Tokens continued after the forced token."),
+    with_pt: bool = typer.Option(False, "--with-pt", help="Also continue with the base model."),
+    allow_partial: bool = typer.Option(False, "--allow-partial",
+                                       help="Score the prompts the file and the run share when they differ "
+                                            "(recorded; by default a differing prompt file is an error)."),
+) -> None:
+    """Does the divergent token matter? Force t_IT, t_PT, a rank-matched and a random token at
+    each event, continue greedily, score the suffix with the prompt's validator (resumable)."""
+    from ..consequence import consequence_for_run
+    from ..prompts import load_prompts
+
+    try:
+        if budget < 1:
+            raise OptionError(f"--budget must be >= 1, not {budget}")
+        cons = consequence_for_run(run_dir, load_prompts(prompts), budget, with_pt, allow_partial=allow_partial)
+    except (CrosspatchError, ValueError) as exc:
+        _fail(exc)
+    from ..consequence import render_consequences
+    from ..report.sections import section_markdown
+
+    section = render_consequences(cons)
+    _print_section(section_markdown(section) if section else [],
+                   f"{run_dir / 'consequence.jsonl'}, summary.json, report.md, report.html")
+
+
+@app.command("pool")
+def pool_cmd(
+    run_dirs: list[Path] = typer.Argument(..., help="Finished run directories, one per base/descendant family."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples (within each family)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Pool several families family-balanced: the mean of per-family means, prompts resampled
+    within each family (each run at its headline boundary, common-IT readout)."""
+    import json
+
+    from ..compare import pool_runs
+    from ..report.markdown import fmt_effect
+    from ..validation import check_bootstrap, check_given_once
+
+    try:
+        if len(run_dirs) < 2:
+            raise OptionError("give at least two run directories (one per family) to pool")
+        check_bootstrap(bootstrap)
+        check_given_once(run_dirs, "run directory", "each family must count once")
+        names = [p.name for p in run_dirs]
+        if len(set(names)) != len(names):
+            names = [str(p) for p in run_dirs]
+        pooled = pool_runs(dict(zip(names, run_dirs)), bootstrap=bootstrap, seed=seed)
+    except (CrosspatchError, ValueError) as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(pooled, indent=2, default=str))
+        return
+    table = Table(title=f"family-balanced pool of {pooled['n_pairs']} families, {pooled['n_events']} events")
+    table.add_column("quantity")
+    table.add_column("mean [95% CI]", justify="right")
+    for name in ("E_PT", "E_IT", "interaction", "direct_share", "native_shift"):
+        table.add_row(name, fmt_effect(pooled, name))
+    _stdout().print(table)
+
+
+features_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
+                            help="Sparse final-MLP feature mediation with a paired crosscoder.")
+app.add_typer(features_app, name="features")
+
+
+def _features(run_dir: Path, crosscoder: Optional[Path], layers: int, latents: int, k: int, steps: int,
+              train_only: bool) -> None:
+    from ..features import run_features
+
+    try:
+        for value, name in ((layers, "--layers"), (latents, "--latents"), (k, "--k"), (steps, "--steps")):
+            if value < 1:
+                raise OptionError(f"{name} must be >= 1, not {value}")
+        if k > latents:
+            raise OptionError(f"--k {k} cannot exceed --latents {latents}")
+        result = run_features(run_dir, crosscoder, layers, latents, k, steps, train_only,
+                              log=lambda m: console.print(m, soft_wrap=True, markup=False))
+    except (CrosspatchError, ValueError) as exc:
+        _fail(exc)
+    from ..features.plugin import render_features
+    from ..report.sections import section_markdown
+
+    section = render_features(result)
+    _print_section(section_markdown(section) if section else [],
+                   f"{run_dir / 'features'}/, summary.json, report.md, report.html")
+
+
+@features_app.command("train")
+def features_train_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    layers: int = typer.Option(3, "--layers", help="How many final MLP layers the crosscoder reads."),
+    latents: int = typer.Option(256, "--latents", help="Dictionary size."),
+    k: int = typer.Option(8, "--k", help="Active latents per token (BatchTopK)."),
+    steps: int = typer.Option(1500, "--steps", help="Training steps."),
+) -> None:
+    """Cache paired activations of the run's events and train the crosscoder (with its gate)."""
+    _features(run_dir, None, layers, latents, k, steps, True)
+
+
+@features_app.command("mediate")
+def features_mediate_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    crosscoder: Optional[Path] = typer.Option(None, "--crosscoder",
+                                              help="A trained crosscoder directory (crosspatch or dictionary_learning "
+                                                   "layout); default: train one now."),
+    layers: int = typer.Option(3, "--layers", help="Final MLP layers (when training)."),
+    latents: int = typer.Option(256, "--latents", help="Dictionary size (when training)."),
+    k: int = typer.Option(8, "--k", help="Active latents per token (when training)."),
+    steps: int = typer.Option(1500, "--steps", help="Training steps (when training)."),
+) -> None:
+    """Mediation curve, rescue and structured closure on held-out events."""
+    _features(run_dir, crosscoder, layers, latents, k, steps, False)
+
+
+@app.command("merge")
+def merge_cmd(
+    shard_dirs: list[Path] = typer.Argument(..., help="Run directories of shards 0/n .. n-1/n."),
+    out: Path = typer.Option(..., "--out", help="Run directory for the merged run (new or empty)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a crosspatch run already in --out."),
+) -> None:
+    """Merge the run directories of a sharded run (e.g. a SLURM job array) into one run."""
+    from ..pipeline import merge_runs
+    from ..validation import check_out_dir
+
+    try:
+        check_out_dir(out, overwrite=overwrite)
+        result = merge_runs(shard_dirs, out, overwrite=overwrite)
+    except (CrosspatchError, ValueError) as exc:
+        _fail(exc)
+    print_summary_table(result.summary)
+    console.print(f"merged {len(shard_dirs)} shards into {out}")
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    check: bool = typer.Option(False, "--check", help="Check that every number report.md and report.html print "
+                                                      "comes from the stored data (exit 1 if one does not)."),
+) -> None:
+    """Re-render report.md and report.html from a run directory's stored files alone."""
+    from ..pipeline import rerender_run
+
+    try:
+        written = rerender_run(run_dir)
+        if check:
+            from ..report.check import check_report
+
+            problems = check_report(run_dir)
+    except (CrosspatchError, ValueError) as exc:
+        _fail(exc)
+    for w in written.warnings:
+        console.print(Text.assemble(("warning ", "yellow"), w), soft_wrap=True)
+    for path in written.files:
+        console.print(f"wrote {path}", soft_wrap=True)
+    if check:
+        for problem in problems:
+            console.print(Text.assemble(("not in the stored data ", "red"), problem), soft_wrap=True)
+        console.print(f"check: {'every printed number comes from the stored data' if not problems else f'{len(problems)} number(s) are not backed by the stored data'}",
+                      soft_wrap=True)
+        if problems:
+            raise typer.Exit(code=1)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory for the combined demo."),
+    boundary: str = typer.Option("0.6", "--boundary", help="Boundary layer: int index or depth fraction."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Greedy budget of the divergence search."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples (0: no intervals)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quick: bool = typer.Option(False, "--quick", help="A quarter of the prompts, first divergences only."),
+    full: bool = typer.Option(False, "--full", help="Every descendant (adds it-merged and the seed twin it-full-seed2)."),
+) -> None:
+    """Run the diagnostic on the embedded weather-report zoo: base vs its descendants, each with
+    the zoo's null fine-tunes as the verdict's yardstick."""
+    from ..zoo.demo import headline_rows, run_demo
+
+    try:
+        result = run_demo(out, boundary=_boundary(boundary), max_new_tokens=max_new_tokens,
+                          bootstrap=bootstrap, progress=not quiet, log=lambda m: console.print(m), quick=quick,
+                          full=full)
+    except CrosspatchError as exc:
+        _fail(exc)
+    table = Table(title="crosspatch demo: weather zoo, common-IT readout")
+    for col in ("descendant", "events", "E_PT", "E_IT", "interaction", "direct share", "I/E_IT", "verdict"):
+        table.add_column(col)
+    for row in headline_rows(result.summary):
+        table.add_row(row[0], row[1], *row[6:12])
+    _stdout().print(table)
+    from ..zoo.reading import demo_reading
+
+    for paragraph in demo_reading(result.summary):
+        _stdout().print(paragraph.replace("**", ""), markup=False, highlight=False)
+    console.print(f"report: {out / 'report.md'} and {out / 'report.html'} ({result.summary['seconds']} s)",
+                  soft_wrap=True)
+
+
+@zoo_app.command("build")
+def zoo_build_cmd(
+    out: Path = typer.Option(None, "--out", help="Where to build (a new directory)."),
+    seed: int = typer.Option(1234, "--seed", help="Seed of the zoo build."),
+    into_package: bool = typer.Option(False, "--into-package",
+                                      help="Replace the zoo inside the installed crosspatch package (maintainers)."),
+) -> None:
+    """Rebuild the whole zoo from the seed: data, tokenizer, every model, cards, manifest."""
+    from ..errors import OptionError
+    from ..zoo import zoo_path
+    from ..zoo.assemble import build_zoo
+    from ..zoo.build import ZooSpec
+
+    target = out or zoo_path()
+    if Path(target).resolve() == zoo_path().resolve() and not into_package:
+        _fail(OptionError(f"refusing to overwrite the zoo inside the installed package ({zoo_path()}): give "
+                          "--out DIR for a new zoo, or --into-package to replace the embedded one"))
+    result = build_zoo(target, ZooSpec(seed=seed), log=lambda m: console.print(m))
+    console.print(f"zoo built at {result.out} in {result.seconds:.0f} s")
+
+
+@zoo_app.command("verify")
+def zoo_verify_cmd(path: Optional[Path] = typer.Argument(None, help="Zoo directory (default: embedded).")) -> None:
+    """Check every zoo file against the sha256 in its manifest."""
+    from ..zoo import verify
+
+    try:
+        man = verify(path)
+    except CrosspatchError as exc:
+        _fail(exc)
+    console.print(f"ok: {len(man['files'])} files match manifest.json")
