@@ -30,8 +30,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from .errors import OptionError
-
-METRICS = ("E_PT", "E_IT", "interaction")
+from .summary import HEADLINE_EFFECTS as METRICS  # the effects it logs
 
 
 class CrosspatchCallback(TrainerCallback):
@@ -153,7 +152,7 @@ class CrosspatchCallback(TrainerCallback):
             out = Path(self.out) / f"step-{step}" if self.out is not None else None
             result = crosspatch.run(pair, self.prompts, boundary=self.boundary, max_new_tokens=self.max_new_tokens,
                                     bootstrap=self.bootstrap, seed=self.seed, out=out, progress=False,
-                                    policy=_policy_dict(self.policy))
+                                    policy=self.policy.as_dict())
         finally:
             if was_training:
                 model.train()
@@ -181,13 +180,14 @@ class CrosspatchCallback(TrainerCallback):
         return row
 
     def _row(self, step: int, result, seconds: float) -> dict:
+        from .summary import effects_at
+
         summary = result.summary
         boundary = (summary.get("verdict") or {}).get("boundary")
-        block = ((summary.get("results") or {}).get(str(boundary)) or {}).get("common_it", {}).get("all") or {}
-        effects = block.get("effects") or {}
+        block = effects_at(summary, boundary) or {}
         metrics: dict[str, float | None] = {}
         for name in METRICS:
-            value = effects.get(name) or {}
+            value = block.get(name) or {}
             metrics[name] = value.get("mean")
             ci = value.get("ci")
             metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = (ci[0], ci[1]) if ci else (None, None)
@@ -202,8 +202,3 @@ class CrosspatchCallback(TrainerCallback):
 def _is_peft(model) -> bool:
     return type(model).__module__.startswith("peft")
 
-
-def _policy_dict(policy) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(policy)

@@ -84,6 +84,11 @@ class StageClock:
         self.index += 1
         self.pending = True
 
+    def stage(self, message: str) -> None:
+        """The next stage begins, announced by ``message``."""
+        self.next()
+        self(message)
+
     def __call__(self, message: str) -> None:
         if not self.pending:
             self.log(message)

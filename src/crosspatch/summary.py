@@ -15,6 +15,19 @@ from .store import SUMMARY_SCHEMA
 from .verdict import VerdictPolicy, decide
 
 
+HEADLINE_EFFECTS = ("E_PT", "E_IT", "interaction")
+
+
+def effects_at(summary: dict, boundary, readout: str = "common_it") -> dict | None:
+    """``{"n_events", "E_PT", "E_IT", "interaction"}`` (each ``{"mean", "ci"}``) of a summary's
+    first-divergence block at ``boundary``, None when the summary has none there."""
+    block = ((summary.get("results") or {}).get(str(boundary)) or {}).get(readout, {}).get("all")
+    if not block:
+        return None
+    effects = block["effects"]
+    return {"n_events": block["n_events"], **{k: effects[k] for k in HEADLINE_EFFECTS if k in effects}}
+
+
 def as_row(record) -> dict:
     """A stored row of an analysis (a dict, or a record object with ``to_record``)."""
     return record.to_record() if hasattr(record, "to_record") else record

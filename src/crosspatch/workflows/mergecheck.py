@@ -178,7 +178,7 @@ def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, optio
     from ..models.paths import check_model_path
     from .output import finished_document, fingerprint_of
     from .preflight import preflight
-    from .splice import _effects
+    from ..summary import effects_at
 
     if config.slices or config.modules:
         raise UnsupportedMergeConfigError(f"{config.merge_method} over slices or modules is not evaluated: give whole "
@@ -216,7 +216,7 @@ def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, optio
             result = crosspatch.run(models, prompts, tuned=role, max_new_tokens=max_new_tokens, progress=False,
                                     out=Path(out) / "runs" / role if out is not None else None)
             headline = (result.summary.get("verdict") or {}).get("boundary")
-            diagnostic[role] = {**(_effects(result.summary, headline) or {}), "boundary": headline,
+            diagnostic[role] = {**(effects_at(result.summary, headline) or {}), "boundary": headline,
                                 "verdict": (result.summary.get("verdict") or {}).get("verdict")}
         models.release()
     finally:

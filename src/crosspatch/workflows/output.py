@@ -64,15 +64,12 @@ def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run
     return None
 
 
-class Stages:
-    """Progress of a workflow as numbered stages with their total (``[3/7] generating: base``)."""
+def stages(total: int, say):
+    """Progress of a workflow as numbered stages with their total and the time left
+    (``[3/7] generating: base (0:12 elapsed, about 0:16 left)``): a function of the message."""
+    from ..progress import StageClock
 
-    def __init__(self, total: int, say) -> None:
-        self.total, self.done, self.say = total, 0, say or (lambda message: None)
-
-    def __call__(self, message: str) -> None:
-        self.done += 1
-        self.say(f"[{self.done}/{self.total}] {message}")
+    return StageClock([1.0] * total, say or (lambda message: None)).stage
 
 
 def _atomic_write(path: Path, text: str) -> None:

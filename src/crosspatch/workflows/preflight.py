@@ -489,10 +489,10 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     if stored is not None:
         return PreflightResult(stored, Path(out))
 
-    from .output import Stages
+    from .output import stages
 
     descendants = int(adapter is not None) + int(merged is not None or merge_in_memory is not None)
-    say = Stages(1 + int(merge_in_memory is not None) + 1 + descendants + 1 + int(domain is not None), progress)
+    say = stages(1 + int(merge_in_memory is not None) + 1 + descendants + 1 + int(domain is not None), progress)
     say("loading models")
     if merge_in_memory is not None:
         options.residency = "adapter"  # the in-memory merge is a copy of the one resident PEFT model

@@ -220,7 +220,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     if stored is not None:
         return SpliceResult(stored, Path(out))
 
-    from .output import Stages
+    from .output import stages
 
     (progress or (lambda message: None))("loading models")
     models = load_models(str(base), tuned={"tuned": str(tuned)} if tuned else None,
@@ -230,7 +230,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     tokenizer = models.tokenizer
     encoded = [tokenizer(p.prompt, add_special_tokens=True)["input_ids"] for p in items]
     roles = {"base": "base", "tuned": "tuned"}
-    say = Stages(2 + 2 * len(chosen) + int(run_diagnostic), progress)
+    say = stages(2 + 2 * len(chosen) + int(run_diagnostic), progress)
     outputs_by_boundary: dict[int, dict[tuple[str, str], list[list[int]]]] = {}
     diagonal = {}
     for side in SIDES:
@@ -249,7 +249,9 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
 
         result = crosspatch.run(models, items, boundaries=chosen, max_new_tokens=max_new_tokens,
                                 out=Path(out) / "crosspatch" if out is not None else None, progress=False)
-        diagnostic = {str(b): _effects(result.summary, b) for b in chosen}
+        from ..summary import effects_at
+
+        diagnostic = {str(b): effects_at(result.summary, b) for b in chosen}
         diagnostic["verdict"] = (result.summary.get("verdict") or {}).get("verdict")
     models.release()
 
@@ -303,14 +305,6 @@ def _precheck_layers(base: str, boundaries) -> None:
     layers = text_config(local_config(base)).get("num_hidden_layers")  # {} for a hub id: checked after loading
     if isinstance(layers, int):
         _resolve(boundaries, layers)
-
-
-def _effects(summary: dict, boundary: int) -> dict | None:
-    block = ((summary.get("results") or {}).get(str(boundary)) or {}).get("common_it", {}).get("all")
-    if not block:
-        return None
-    effects = block["effects"]
-    return {"n_events": block["n_events"], **{k: effects[k] for k in ("E_PT", "E_IT", "interaction") if k in effects}}
 
 
 def _ci(value: dict | None) -> str:

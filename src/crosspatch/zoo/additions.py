@@ -32,7 +32,9 @@ ADDITIONS = (FRAGILE_ADAPTER, SEED_TWIN, GENERIC_LORA)
 
 def fragile_boundary(spec) -> int:
     """Where the fragile adapter's early half ends: the demo's headline boundary (60% of depth)."""
-    return round(0.6 * spec.num_layers)
+    from ..cells import resolve_boundary
+
+    return resolve_boundary(0.6, spec.num_layers)
 
 
 def recipes(spec) -> dict[str, tuple[str, str]]:

@@ -17,7 +17,7 @@ from . import data as wx
 from .additions import build_additions, recipes as addition_recipes
 from .build import (
     CROSSCODER, LORA_TARGETS, UNITS_RECIPE, ZooSpec, _save_model, build_crosscoder, build_data, build_lineage,
-    it_batches, lineage_recipes, manifest_files, model_evals, new_model, packed_blocks, raw_batches, sha256, train,
+    it_batches, lineage_recipes, manifest_entries, model_evals, new_model, packed_blocks, raw_batches, train,
     train_units, write_model_card,
 )
 from .faults import FAULTS, derive_fault_models
@@ -146,7 +146,6 @@ def write_manifest(out: Path, spec: ZooSpec, seconds: float, evals: dict, crossc
         "torch": torch.__version__,
         "evals": evals,
         "crosscoder": crosscoder,
-        "files": {str(p.relative_to(out)): sha256(p) for p in manifest_files(out)},
-        "size_bytes": sum(p.stat().st_size for p in manifest_files(out)),
+        **manifest_entries(out),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

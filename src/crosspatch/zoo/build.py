@@ -533,5 +533,11 @@ def build_data(spec: ZooSpec, out: Path) -> tuple[dict, object]:
     return corpora, tokenizer
 
 
+def manifest_entries(root: Path) -> dict:
+    """The manifest's ``files`` (path -> sha256) and ``size_bytes`` of a zoo directory."""
+    files = manifest_files(root)
+    return {"files": {str(p.relative_to(root)): sha256(p) for p in files}, "size_bytes": sum(p.stat().st_size for p in files)}
+
+
 def manifest_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json")

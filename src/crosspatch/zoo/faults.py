@@ -79,11 +79,10 @@ def derive_fault_models(zoo: str | Path, dtype: torch.dtype = torch.float16) -> 
 
 def refresh_manifest_files(zoo: str | Path) -> None:
     """Recompute the ``files`` hashes of a zoo's manifest (everything else is kept)."""
-    from .build import manifest_files, sha256
+    from .build import manifest_entries
 
     zoo = Path(zoo)
     path = zoo / "manifest.json"
     manifest = json.loads(path.read_text(encoding="utf-8"))
-    manifest["files"] = {str(p.relative_to(zoo)): sha256(p) for p in manifest_files(zoo)}
-    manifest["size_bytes"] = sum(p.stat().st_size for p in manifest_files(zoo))
+    manifest.update(manifest_entries(zoo))
     path.write_text(json.dumps(manifest, indent=2) + "\n")
