@@ -579,6 +579,12 @@ CASES = [
     Case("workflows", "lineage --checkpoints with stages given as well",
          lambda e: ["lineage", str(e.base), str(e.tuned), "--checkpoints", str(e.tmp), "--prompts", str(e.prompts),
                     "--out", str(e.tmp / "lin")], "OptionError"),
+    Case("workflows", "lineage with one stage name given twice (NAME=PATH)",
+         lambda e: ["lineage", str(e.base), f"sft={e.tuned}", f"sft={e.base}", "--prompts", str(e.prompts), "--out",
+                    str(e.tmp / "lin")], "OptionError"),
+    Case("workflows", "lineage with a stage named by an unsafe name",
+         lambda e: ["lineage", str(e.base), f"../up={e.tuned}", "--prompts", str(e.prompts), "--out",
+                    str(e.tmp / "lin")], "OptionError"),
     # -- zoo ------------------------------------------------------------------------------------
     Case("zoo", "demo --out holding files the demo did not write",
          lambda e: ["demo", "--quick", "--quiet", "--out", str(e.file("mine/notes.txt", "keep me").parent)],

@@ -104,6 +104,96 @@ def test_lineage_on_an_interpolation_is_monotone_and_its_final_stage_equals_a_pl
         assert (tmp_path / name).exists(), name
 
 
+def _stages_with_their_own_heads():
+    """Interpolated stages whose final also changes its head (lm_head): the final model's readout
+    of a stage differs from the stage's own."""
+    modules = _interpolated_stages(3)
+    with torch.no_grad():
+        for k, name in enumerate(("s1", "s2", "s3"), start=1):
+            gen = torch.Generator().manual_seed(17)
+            head = modules[name].lm_head.weight
+            head.add_((k / 3) * 0.5 * torch.randn(head.shape, generator=gen) * head.std())
+    return modules
+
+
+def test_lineage_reads_every_stage_with_the_final_models_head_too(tmp_path):
+    from crosspatch.records import RecordKey
+
+    modules = _stages_with_their_own_heads()
+    result = lineage(models_from_modules(modules, char_tokenizer()), many_prompts(16), out=tmp_path, **OPTIONS)
+    rows = result.run.analyses["lineage"]
+    final = {RecordKey.parse(r["key"]).event: r for r in rows if r["stage"] == "s3"}
+    for r in final.values():  # the final stage read with its own head is its final readout
+        assert r["cells_final_readout"] == pytest.approx(r["cells"], abs=1e-6)
+    for r in rows:  # the base's own state through the base's late stack, read with the final's head
+        same = final[RecordKey.parse(r["key"]).event]
+        assert r["cells_final_readout"]["upt_lpt"] == pytest.approx(same["cells"]["upt_lpt"], abs=1e-5)
+    s1 = [r for r in rows if r["stage"] == "s1"]
+    assert max(abs(r["cells"]["upt_lpt"] - r["cells_final_readout"]["upt_lpt"]) for r in s1) > 1e-3
+
+
+def test_lineage_reports_each_stage_share_of_final_two_ways(tmp_path):
+    """The authors' share (the stage's interaction over the final's, every cell read with the final
+    model's head) beside the native-shift share, each recomputed here from the stored rows, or n/a
+    with the reason when the final's own effect cannot carry a ratio."""
+    import numpy as np
+
+    from crosspatch.cells import CELLS, cell_effects
+
+    modules = _stages_with_their_own_heads()
+    result = lineage(models_from_modules(modules, char_tokenizer()), many_prompts(16), out=tmp_path, **OPTIONS)
+    by, rows = result.summary["by_stage"], result.run.analyses["lineage"]
+
+    def effect(stage, field, name):
+        y = {c: np.mean([r[field][c] for r in rows if r["stage"] == stage]) for c in CELLS}
+        return y["uit_lit"] - y["upt_lpt"] if name == "native_shift" else cell_effects(y)[name]
+
+    for stage in ("s1", "s2", "s3"):
+        for share, field, name in (("share_of_final_interaction", "cells_final_readout", "interaction"),
+                                   ("share_of_final_shift", "cells", "native_shift")):
+            stat = by[stage][share]
+            assert stat["n"] == sum(r["stage"] == stage for r in rows)
+            if stat["mean"] is None:
+                assert name in stat["na_reason"]
+            else:
+                assert stat["mean"] == pytest.approx(100 * effect(stage, field, name) / effect("s3", field, name))
+                assert stat["ci"][0] <= stat["mean"] <= stat["ci"][1]
+        assert by[stage]["percent_of_final"] == by[stage]["share_of_final_shift"]["mean"]
+        assert by[stage]["interaction_final_readout"]["mean"] == pytest.approx(
+            effect(stage, "cells_final_readout", "interaction"))
+    assert by["s3"]["share_of_final_shift"]["mean"] == pytest.approx(100.0)
+    report = (tmp_path / "report.md").read_text()
+    assert "share of final (interaction, authors')" in report and "share of final (shift)" in report
+    import html
+
+    assert "share of final (interaction, authors')" in html.unescape((tmp_path / "report.html").read_text())
+
+
+def test_a_share_of_the_final_has_a_joint_interval_and_is_na_without_a_final_effect():
+    import numpy as np
+
+    from crosspatch.cells import cell_effects
+    from crosspatch.stats import BootstrapConfig, share_of_reference
+
+    rng = np.random.default_rng(0)
+    prompts = [f"p{k}" for k in range(40)]
+    final = rng.normal(size=(40, 4)) + np.array([0.0, 1.0, 0.0, 4.0])  # interaction about +3
+    stage = 0.5 * final + 0.2 * rng.normal(size=(40, 4))
+    share = share_of_reference(stage, final, prompts, "interaction", BootstrapConfig(2000, seed=1))
+
+    def inter(m):
+        return cell_effects({c: m[:, k].mean() for k, c in enumerate(("upt_lpt", "upt_lit", "uit_lpt", "uit_lit"))})[
+            "interaction"]
+
+    assert share["mean"] == pytest.approx(100 * inter(stage) / inter(final))
+    draws = [rng.integers(0, 40, 40) for _ in range(2000)]  # an independent loop bootstrap over prompts
+    ratios = [100 * inter(stage[d]) / inter(final[d]) for d in draws]
+    assert share["ci"] == pytest.approx(list(np.percentile(ratios, [2.5, 97.5])), abs=4.0)
+    flat = np.zeros((40, 4))  # the final has no interaction: no share of it can be stated
+    none = share_of_reference(stage, flat, prompts, "interaction", BootstrapConfig(200))
+    assert none["mean"] is None and "interaction" in none["na_reason"] and none["n"] == 40
+
+
 def test_pooling_runs_weights_families_equally(compared):
     _, out = compared
     pooled = pool_runs({"late": out / "late", "early": out / "early"}, bootstrap=200)
@@ -131,6 +221,16 @@ def test_compare_and_lineage_commands(tmp_path):
                                    "--out", str(tmp_path / "l"), *common])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "l" / "lineage.png").exists()
+    # stages named NAME=PATH keep their names and their training order; a name twice is refused
+    res = CliRunner().invoke(app, ["lineage", str(root / "base"), f"sft={root / 'other'}", f"dpo={root / 'tuned'}",
+                                   "--out", str(tmp_path / "named"), *common])
+    assert res.exit_code == 0, res.output
+    named = json.loads((tmp_path / "named" / "lineage.json").read_text())
+    assert named["stages"] == ["sft", "dpo"] and named["final"] == "dpo"
+    res = CliRunner().invoke(app, ["lineage", str(root / "base"), f"sft={root / 'other'}", f"sft={root / 'tuned'}",
+                                   "--out", str(tmp_path / "twice"), *common])
+    assert res.exit_code == 2 and "stage name 'sft' is given twice" in res.output, res.output
+    assert not (tmp_path / "twice").exists()
     models = load_models(str(root / "base"), tuned=[str(root / "tuned"), str(root / "other")])
     assert models.roles == ("base", "tuned", "other")
 

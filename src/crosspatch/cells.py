@@ -141,10 +141,12 @@ class CrossPatch(Analysis):
         return [r for recs in by_event for r in recs]
 
 
-def cells_against_base(ex: Executor, events: EventSet, boundary: int, roles: list[str]) -> Program:
+def cells_against_base(ex: Executor, events: EventSet, boundary: int, roles: list[str],
+                       also_read_with: str | None = None) -> Program:
     """Each role's 2x2 against the base on ``events`` (the events' own ``(t_PT, t_IT)`` contrast),
-    read with the role's own head: per role, ``({cell: Y per event}, natural final states)``.
-    ``yield from`` inside a program (lineage stages, null descendants)."""
+    read with the role's own head: per role, ``({cell: Y per event}, natural final states)``, and
+    with ``also_read_with`` a third item, the same four cells read with that role's head (the
+    lineage's common final readout). ``yield from`` inside a program (lineage stages, nulls)."""
     b, base = boundary, events.base
     states = yield from events.states([base] + list(roles), [b])
     u_base, per_role = states[0], states[1:]
@@ -159,7 +161,11 @@ def cells_against_base(ex: Executor, events: EventSet, boundary: int, roles: lis
         nat_r = torch.stack([s.final for s in u_r])
         cells = {"upt_lpt": nat_base, "upt_lit": torch.stack(finals[2 * k]),
                  "uit_lpt": torch.stack(finals[2 * k + 1]), "uit_lit": nat_r}
-        out[role] = ({c: event_y(ex.readout(role, h), events.events) for c, h in cells.items()}, nat_r)
+        own = {c: event_y(ex.readout(role, h), events.events) for c, h in cells.items()}
+        if also_read_with is None:
+            out[role] = (own, nat_r)
+        else:
+            out[role] = (own, nat_r, {c: event_y(ex.readout(also_read_with, h), events.events) for c, h in cells.items()})
     return out
 
 

@@ -29,7 +29,7 @@ from .divergence import RecordKey
 from .errors import OptionError
 from .models.vocab import masked_argmax
 from .pipeline import RunConfig, RunResult, run
-from .stats import BootstrapConfig, effect_block, label_swap_null, pool_family_balanced
+from .stats import BootstrapConfig, block_bootstrap, effect_block, label_swap_null, pool_family_balanced, share_of_reference
 from .store import checked, mark_collection
 from .validation import check_out_dir
 
@@ -64,7 +64,9 @@ class CrossDescendant(Analysis):
 @dataclass
 class StageScores(Analysis):
     """Each stage's 2x2 against the base on the run's events (Base -> Final contrast), read
-    with the stage's own head, and whether the stage's own top-1 is ``t_Final``."""
+    with the stage's own head (``cells``) and with the final stage's head (``cells_final_readout``,
+    the authors' common readout for a stage's share), and whether the stage's own top-1 is
+    ``t_Final``."""
 
     boundary: int
     stages: list[str]
@@ -74,13 +76,14 @@ class StageScores(Analysis):
         if not events.events:
             return []
         b = self.boundary
-        scored = yield from cells_against_base(ex, events, b, list(self.stages))
+        scored = yield from cells_against_base(ex, events, b, list(self.stages), also_read_with=self.stages[-1])
         rows = []
-        for role, (ys, nat_s) in scored.items():
+        for role, (ys, nat_s, ys_final) in scored.items():
             own = masked_argmax(ex.readout(role, nat_s), ex.models.real_vocab).cpu()
             for j, e in enumerate(events.events):
                 rows.append({"key": str(RecordKey(e.prompt_id, e.kind, b, role)), "prompt_id": e.prompt_id, "stage": role,
                              "boundary": b, "cells": {c: float(ys[c][j]) for c in CELLS},
+                             "cells_final_readout": {c: float(ys_final[c][j]) for c in CELLS},
                              "top1_is_t_final": bool(own[j] == e.t_it)})
         return rows
 
@@ -280,34 +283,63 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
 
 
 def lineage_summary(result: RunResult, stages: list[str], boundary: int, boot: BootstrapConfig) -> dict:
+    """Each stage's effects on the Base -> Final events, with its share of the final model two
+    ways, each with a joint prompt-cluster interval: ``share_of_final_shift`` (the stage's native
+    shift over the final's, each read with its own head) and ``share_of_final_interaction`` (the
+    method's authors' share: the stage's interaction over the final's, both read with the final
+    model's head). ``percent_of_final`` is the first share's point value, kept for old readers."""
     rows = result.analyses.get("lineage", [])
-    by_stage: dict[str, list[dict]] = {s: [r for r in rows if r["stage"] == s] for s in stages}
+    by_stage: dict[str, dict[str, dict]] = {s: {} for s in stages}
+    for r in rows:
+        if r["stage"] in by_stage:
+            by_stage[r["stage"]][RecordKey.parse(r["key"]).event] = r
+    final = stages[-1]
+    events = [e for e in by_stage[final] if all(e in by_stage[s] for s in stages)]  # one event order for all
+    prompts = [by_stage[final][e]["prompt_id"] for e in events]
+
+    def matrix(stage: str, field: str) -> np.ndarray | None:
+        recs = [by_stage[stage][e] for e in events]
+        if any(field not in r for r in recs):  # rows of an older crosspatch: no final readout recorded
+            return None
+        return np.array([[r[field][c] for c in CELLS] for r in recs], dtype=float).reshape(-1, 4)
+
+    final_own, final_common = matrix(final, "cells"), matrix(final, "cells_final_readout")
     out_stages = {}
-    final_shift = None
-    for s in stages[::-1]:  # the final stage first: percents are of it
-        recs = by_stage[s]
+    for s in stages:
+        recs = list(by_stage[s].values())
         values = np.array([[r["cells"][c] for c in CELLS] for r in recs], dtype=float).reshape(-1, 4)
         block = effect_block(values, [r["prompt_id"] for r in recs], boot)
         fake = [CellRecord(key=r["key"], prompt_id=r["prompt_id"], category=None, boundary=boundary, position=0,
                            prompt_len=0, prefix_len=0, t_pt=0, t_it=0, t_pt_text="", t_it_text="",
                            cells={"common_it": r["cells"], "common_pt": r["cells"]}, margin_pt=0.0, margin_it=0.0,
                            near_tie=False, natural_agrees=True) for r in recs]
-        shift = block["effects"]["native_shift"]["mean"]
-        if s == stages[-1]:
-            final_shift = shift
+        share_boot = block_bootstrap(boot, f"lineage-share/{s}")
+        by_shift = share_of_reference(matrix(s, "cells"), final_own, prompts, "native_shift", share_boot)
+        common = matrix(s, "cells_final_readout")
+        by_interaction = (share_of_reference(common, final_common, prompts, "interaction", share_boot)
+                          if common is not None and final_common is not None
+                          else {"mean": None, "ci": None, "n": len(events),
+                                "na_reason": "run recorded before the final readout was kept: rerun with --overwrite"})
+        common_block = (effect_block(common, prompts, share_boot)["effects"]["interaction"]
+                        if common is not None else {"mean": None, "ci": None})
         out_stages[s] = {
             "events": len(recs), "native_y": block["cells"]["uit_lit"], "native_shift": block["effects"]["native_shift"],
             "E_PT": block["effects"]["E_PT"], "E_IT": block["effects"]["E_IT"],
             "interaction": block["effects"]["interaction"],
-            "percent_of_final": (100 * shift / final_shift) if shift is not None and final_shift not in (None, 0) else None,
+            "interaction_final_readout": common_block,
+            "share_of_final_shift": by_shift,
+            "share_of_final_interaction": by_interaction,
+            "percent_of_final": by_shift["mean"],
             "top1_agreement_with_final": float(np.mean([r["top1_is_t_final"] for r in recs])) if recs else None,
             "label_swap": label_swap_null(fake, seed=boot.seed),
         }
-    return {"schema_version": LINEAGE_SCHEMA, "stages": stages, "final": stages[-1], "boundary": boundary,
+    return {"schema_version": LINEAGE_SCHEMA, "stages": stages, "final": final, "boundary": boundary,
             "events": result.summary["counts"]["events"], "by_stage": {s: out_stages[s] for s in stages},
-            "note": ("support fixed on the Base -> Final first divergences; each stage scored on (t_Base, t_Final) "
-                     "with its own head; percent of final = the stage's native shift Y(U_S,L_S) - Y(U_B,L_B) over the "
-                     "final stage's")}
+            "note": ("support fixed on the Base -> Final first divergences; each stage scored on (t_Base, t_Final). "
+                     "Share of final (shift) = the stage's native shift Y(U_S,L_S) - Y(U_B,L_B), each model read with "
+                     "its own head, over the final stage's; share of final (interaction, the method's authors' "
+                     "measure) = the stage's interaction over the final's, every cell read with the final model's "
+                     "head; both with 95% prompt-cluster intervals")}
 
 
 def plot_lineage(summary: dict, out: Path) -> None:
@@ -345,23 +377,36 @@ def plot_lineage(summary: dict, out: Path) -> None:
     plt.close(fig)
 
 
+LINEAGE_COLUMNS = ("stage", "n", "native shift D", "share of final (shift)", "interaction (final's head)",
+                   "share of final (interaction, authors')", "top-1 = t_Final", "E_PT", "E_IT", "interaction",
+                   "label-swap null")
+
+
+def lineage_rows(summary: dict) -> list[list[str]]:
+    """One row per stage under :data:`LINEAGE_COLUMNS` (text, unescaped), for both reports."""
+    from .report.markdown import fmt_percent, fmt_value
+
+    rows = []
+    for s in summary["stages"]:
+        r = summary["by_stage"][s]
+        agree = "n/a" if r["top1_agreement_with_final"] is None else f"{100 * r['top1_agreement_with_final']:.0f}%"
+        swap = r["label_swap"]
+        null = "n/a" if swap["p_value"] is None else f"p={swap['p_value']:.3f}"
+        share_shift = r.get("share_of_final_shift") or {"mean": r.get("percent_of_final"), "ci": None}
+        rows.append([s, str(r["events"]), fmt_value(r["native_shift"]), fmt_percent(share_shift),
+                     fmt_value(r.get("interaction_final_readout")), fmt_percent(r.get("share_of_final_interaction")),
+                     agree, fmt_value(r["E_PT"]), fmt_value(r["E_IT"]), fmt_value(r["interaction"]), null])
+    return rows
+
+
 def render_lineage_markdown(summary: dict) -> str:
-    from .report.markdown import _table, fmt_value, md_escape
+    from .report.markdown import _table, md_escape
 
     lines = ["# crosspatch lineage", "", md_escape(summary["note"]) + ".", "",
              f"{summary['events']} Base -> Final events at boundary {summary['boundary']}.", "",
              "![lineage](lineage.png)", ""]
-    rows = []
-    for s in summary["stages"]:
-        r = summary["by_stage"][s]
-        pct = "n/a" if r["percent_of_final"] is None else f"{r['percent_of_final']:.0f}%"
-        agree = "n/a" if r["top1_agreement_with_final"] is None else f"{100 * r['top1_agreement_with_final']:.0f}%"
-        swap = r["label_swap"]
-        null = "n/a" if swap["p_value"] is None else f"p={swap['p_value']:.3f}"
-        rows.append([md_escape(s), fmt_value(r["native_shift"]), pct, agree, fmt_value(r["E_PT"]), fmt_value(r["E_IT"]),
-                     fmt_value(r["interaction"]), null])
-    lines += _table(["stage", "native shift D", "% of final", "top-1 = t_Final", "E_PT", "E_IT", "interaction",
-                     "label-swap null"], rows)
+    rows = [[md_escape(row[0]), *row[1:]] for row in lineage_rows(summary)]
+    lines += _table(list(LINEAGE_COLUMNS), rows)
     return "\n".join(lines + [""])
 
 
@@ -370,17 +415,11 @@ def render_lineage_html(summary: dict, out: Path) -> str:
 
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    from .report.markdown import fmt_value
-
     env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
-    rows = [[s, fmt_value(summary["by_stage"][s]["native_shift"]),
-             "n/a" if summary["by_stage"][s]["percent_of_final"] is None
-             else f"{summary['by_stage'][s]['percent_of_final']:.0f}%",
-             fmt_value(summary["by_stage"][s]["interaction"])] for s in summary["stages"]]
     png = out / "lineage.png"
     return env.get_template("tables.html.j2").render(
         title="crosspatch lineage", intro=summary["note"],
-        tables=[("Stages", ["stage", "native shift D", "% of final", "interaction"], rows)], links=[],
+        tables=[("Stages", list(LINEAGE_COLUMNS), lineage_rows(summary))], links=[],
         image=base64.b64encode(png.read_bytes()).decode() if png.exists() else None)
 
 

@@ -160,6 +160,40 @@ def effect_block(
     return block
 
 
+def share_of_reference(values: np.ndarray, reference: np.ndarray, clusters: Sequence[str], effect: str,
+                       boot: BootstrapConfig) -> dict:
+    """``effect`` of ``values`` over the same effect of ``reference`` (both ``[n_events, 4]`` cells
+    of the same events, e.g. a lineage stage and the final model), in percent, with a joint
+    prompt-cluster percentile interval (each resample draws the prompts once for both):
+    ``{"mean", "ci", "n"}``, or mean and interval None with ``na_reason`` when the reference's
+    effect is near zero or its interval contains zero (:func:`ratio_unreliable`)."""
+    values, reference = (np.asarray(v, dtype=float).reshape(-1, 4) for v in (values, reference))
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "ci": None, "n": 0, "na_reason": "no events"}
+    both = np.concatenate([values, reference], axis=1)
+    names, index = np.unique(np.asarray(clusters), return_inverse=True)
+    sums = np.zeros((len(names), 8))
+    np.add.at(sums, index, both)
+    counts = np.bincount(index, minlength=len(names)).astype(float)
+    means = both.mean(axis=0)
+    num, den = (effects_from_cell_means(means[k:k + 4])[effect] for k in (0, 4))
+    ci_num = ci_den = ci = None
+    if len(names) >= MIN_CLUSTERS_FOR_CI and boot.n_resamples > 0:
+        res = resampled_cell_means(np.random.default_rng(boot.seed), sums, counts, boot.n_resamples)
+        r_num, r_den = (effects_from_cell_means(res[:, k:k + 4])[effect] for k in (0, 4))
+        lo, hi = 50 * (1 - boot.confidence), 100 - 50 * (1 - boot.confidence)
+        ci_num, ci_den = (list(np.percentile(r, [lo, hi])) for r in (r_num, r_den))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = 100 * r_num / r_den
+        ratio = ratio[np.isfinite(ratio)]
+        ci = [_clean(x) for x in np.percentile(ratio, [lo, hi])] if len(ratio) else None
+    reason = ratio_unreliable({"mean": float(num), "ci": ci_num}, {"mean": float(den), "ci": ci_den}, signed=True)
+    if reason is not None:
+        return {"mean": None, "ci": None, "n": int(n), "na_reason": f"the final's {effect}: {reason}"}
+    return {"mean": _clean(100 * num / den), "ci": ci, "n": int(n)}
+
+
 def ratio_unreliable(num: dict, den: dict, signed: bool = False) -> str | None:
     """Why a ratio of two effects (``{"mean", "ci"}``) must not be reported, or None. Ratios
     explode when the denominator is near zero and mean nothing when the signs differ."""

@@ -307,6 +307,28 @@ def _compare_cmd(**kw) -> None:
     console.print(f"report: {kw['out']}/report.md and report.html; one run directory per descendant", soft_wrap=True)
 
 
+def _stage_names(stages: list[str]) -> dict[str, str]:
+    """{stage name: path} in training order: ``NAME=PATH`` names a stage (safe names, no
+    duplicates, not ``base``); otherwise the directory's resolved name, numbered when taken."""
+    from ..execution.modelset import check_role_name, named_path, role_name_of
+
+    names: dict[str, str] = {}
+    for value in stages:
+        named = named_path(value)
+        if named is not None:
+            name, path = named
+            if name in names or name == "base":
+                raise OptionError(f"stage name {name!r} is given twice (or is the base's): each stage needs its own")
+            names[name] = path
+            continue
+        first = role_name_of(value)
+        name, k = first, 2
+        while name in names or name == "base":
+            name, k = check_role_name(f"{first}-{k}"), k + 1
+        names[name] = value
+    return names
+
+
 def _lineage_cmd(**kw) -> None:
     """Score every training stage on the Base -> Final first divergences: MODELS is BASE STAGE1
     ... FINAL (checkpoint or adapter directories, in training order)."""
@@ -331,18 +353,13 @@ def _lineage_cmd(**kw) -> None:
         if len(paths) < 2:
             raise OptionError("lineage needs BASE and at least one stage (the last one is the final model)")
         kw["base"] = paths[0]
-        stages = paths[1:]
+        names = {c.name: str(c.path) for c in found} or _stage_names(paths[1:])
+        stages = list(names.values())
         adapters = [p for p in stages if (_Path(p) / "adapter_config.json").exists()]
         tuned = [p for p in stages if p not in adapters]
         items, config, options = _prepare(kw, tuned, adapters, collection="lineage")
         if kw["dry_run"]:
             return _print_plan(kw, tuned, adapters, items, config, options)
-        names = {c.name: str(c.path) for c in found}
-        for p in ([] if found else stages):
-            name, k = _Path(str(p).rstrip("/")).name or "stage", 2
-            while name in names or name == "base":
-                name, k = f"{_Path(str(p).rstrip('/')).name}-{k}", k + 1
-            names[name] = p
         with console.status("loading models"):
             models = load_models(paths[0], tuned={n: p for n, p in names.items() if p in tuned} or None,
                                  adapters={n: p for n, p in names.items() if p in adapters} or None, options=options)
@@ -353,17 +370,14 @@ def _lineage_cmd(**kw) -> None:
                          overwrite=kw["overwrite"], steps=steps)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
-    table = Table(title=f"crosspatch lineage: base -> {result.summary['final']}")
-    for col in ("stage", "native shift D", "% of final", "top-1 = t_Final", "interaction"):
-        table.add_column(col)
-    from ..report.markdown import fmt_value
+    from ..compare import LINEAGE_COLUMNS, lineage_rows
 
-    for s in result.summary["stages"]:
-        r = result.summary["by_stage"][s]
-        table.add_row(s, fmt_value(r["native_shift"]),
-                      "n/a" if r["percent_of_final"] is None else f"{r['percent_of_final']:.0f}%",
-                      "n/a" if r["top1_agreement_with_final"] is None else f"{100 * r['top1_agreement_with_final']:.0f}%",
-                      fmt_value(r["interaction"]))
+    table = Table(title=f"crosspatch lineage: base -> {result.summary['final']}")
+    shown = [k for k, col in enumerate(LINEAGE_COLUMNS) if col not in ("E_PT", "E_IT", "label-swap null")]
+    for k in shown:
+        table.add_column(LINEAGE_COLUMNS[k])
+    for row in lineage_rows(result.summary):
+        table.add_row(*[row[k] for k in shown])
     _stdout().print(table)
     console.print(f"report: {kw['out']}/report.md, report.html, lineage.png", soft_wrap=True)
 

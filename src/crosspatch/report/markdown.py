@@ -31,6 +31,18 @@ def fmt_value(stat: dict | None, signed: bool = True, percent: bool = False) -> 
     return text
 
 
+def fmt_percent(stat: dict | None) -> str:
+    """A statistic already in percent (``{"mean", "ci"}``, e.g. a lineage stage's share of the
+    final model) as ``29% [21%, 38%]``, or n/a with its reason."""
+    if not stat or stat.get("mean") is None:
+        return f"n/a ({stat['na_reason']})" if stat and stat.get("na_reason") else "n/a"
+    text = f"{stat['mean']:.0f}%"
+    ci = stat.get("ci")
+    if ci and ci[0] is not None and ci[1] is not None:
+        text += f" [{ci[0]:.0f}%, {ci[1]:.0f}%]"
+    return text
+
+
 def fmt_effect(block: dict, name: str) -> str:
     stat = block["effects"][name]
     if name in _RATIOS:

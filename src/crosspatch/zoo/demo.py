@@ -427,18 +427,11 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                         for b, block in summary["sweep"].items()]))
     lin = summary.get("lineage")
     if lin:
-        rows = []
-        for stage in lin["stages"]:
-            b = lin["by_stage"][stage]
-            pct = b.get("percent_of_final")
-            agree = b.get("top1_agreement_with_final")
-            rows.append([stage, str(b["events"]), fmt_value(b["native_shift"], signed=True),
-                         "n/a" if pct is None else f"{pct:.0f}%", fmt_value(b["E_PT"], signed=True),
-                         fmt_value(b["E_IT"], signed=True), fmt_value(b["interaction"], signed=True),
-                         "n/a" if agree is None else f"{agree:.0%}"])
-        tables.append(("Lineage: base -> SFT -> DPO -> final, every stage on the base -> final first divergences "
-                       "(lineage/lineage.png)", ["stage", "events", "native shift", "% of final", "E_PT", "E_IT",
-                                                 "interaction", "top-1 = t_final"], rows))
+        from ..compare import LINEAGE_COLUMNS, lineage_rows
+
+        shown = [k for k, col in enumerate(LINEAGE_COLUMNS) if col != "label-swap null"]
+        tables.append(("Lineage: every stage on the base -> final first divergences (lineage/lineage.png)",
+                       [LINEAGE_COLUMNS[k] for k in shown], [[row[k] for k in shown] for row in lineage_rows(lin)]))
     evals = (summary.get("zoo") or {}).get("evals") or {}
     if evals:
         keys = list(dict.fromkeys(k for v in evals.values() for k in v))
