@@ -285,6 +285,13 @@ def test_pool_command(compared):
     res = CliRunner().invoke(app, ["pool", str(out / "late"), str(out / "early"), "--bootstrap", "200"])
     assert res.exit_code == 0, res.output
     assert "2 families" in res.output and "interaction" in res.output
+    assert "leave-one-out" in res.output and "pool without it" in res.output
+    late = pool_runs({"late": out / "late", "early": out / "early"}, bootstrap=200)["leave_one_out"]["early"]
+    assert f"{late['effects']['interaction']['mean']:+.2f}" in res.output  # without early, the pool is late alone
+    res = CliRunner().invoke(app, ["pool", str(out / "late"), str(out / "early"), "--bootstrap", "200", "--json"])
+    import json
+
+    assert set(json.loads(res.output)["leave_one_out"]) == {"late", "early"}
     assert CliRunner().invoke(app, ["pool", str(out / "late")]).exit_code == 2
 
 

@@ -101,6 +101,31 @@ def test_family_balanced_pooling_weights_pairs_equally():
     assert pooled["n_pairs"] == 2
 
 
+def test_pooling_reports_each_family_and_the_pool_without_it():
+    a = [rec(f"a{i}", [0, 1, 0, 1 + (i % 3)]) for i in range(12)]  # interaction 1
+    b = [rec(f"b{i}", [0, 1, 0, 3 + (i % 2)]) for i in range(8)]  # interaction 2.5
+    c = [rec(f"c{i}", [0, 2, 0, 10 + (i % 2)]) for i in range(6)]  # interaction 8.5: the outlier family
+    groups = {"a": a, "b": b, "c": c}
+    pooled = pool_family_balanced(groups, "common_it", BootstrapConfig(500))
+    assert pooled["effects"]["interaction"]["mean"] == pytest.approx((1 + 2.5 + 8.5) / 3)
+    for name, recs in groups.items():
+        own = pooled["families"][name]
+        assert own["n_events"] == len(recs)
+        assert own["effects"]["interaction"]["mean"] == pytest.approx(
+            pool_family_balanced({name: recs}, "common_it", BootstrapConfig(0))["effects"]["interaction"]["mean"])
+        rest = {k: v for k, v in groups.items() if k != name}
+        without = pooled["leave_one_out"][name]
+        assert without["n_pairs"] == 2 and without["n_events"] == sum(map(len, rest.values()))
+        for effect in ("E_PT", "E_IT", "interaction"):
+            assert without["effects"][effect]["mean"] == pytest.approx(
+                pool_family_balanced(rest, "common_it", BootstrapConfig(500))["effects"][effect]["mean"])
+        lo, hi = without["effects"]["interaction"]["ci"]
+        assert lo <= without["effects"]["interaction"]["mean"] <= hi
+    assert pooled["leave_one_out"]["c"]["effects"]["interaction"]["mean"] == pytest.approx(1.75)  # without the outlier
+    one = pool_family_balanced({"a": a}, "common_it", BootstrapConfig(100))
+    assert "leave_one_out" not in one  # nothing to leave out of a single family
+
+
 def test_bootstrap_draws_in_bounded_chunks_equal_one_draw():
     rng_values = np.random.default_rng(1)
     sums, counts = rng_values.normal(size=(37, 4)), rng_values.integers(1, 4, size=37).astype(float)

@@ -121,12 +121,27 @@ def pool_cmd(
     if as_json:
         print(json.dumps(pooled, indent=2, default=str))
         return
+    quantities = ("E_PT", "E_IT", "interaction", "late_interaction_share", "direct_share", "native_shift")
+    loo = pooled.get("leave_one_out") or {}
     table = Table(title=f"family-balanced pool of {pooled['n_pairs']} families, {pooled['n_events']} events")
     table.add_column("quantity")
     table.add_column("mean [95% CI]", justify="right")
-    for name in ("E_PT", "E_IT", "interaction", "direct_share", "native_shift"):
-        table.add_row(name, fmt_effect(pooled, name))
+    table.add_column("leave-one-out range of the mean", justify="right")
+    for name in quantities:
+        means = [b["effects"][name]["mean"] for b in loo.values() if b["effects"][name]["mean"] is not None]
+        spread = "n/a" if not means else (f"{100 * min(means):.0f}% .. {100 * max(means):.0f}%" if name.endswith("share")
+                                          else f"{min(means):+.2f} .. {max(means):+.2f}")
+        table.add_row(name, fmt_effect(pooled, name), spread)
     _stdout().print(table)
+    families = Table(title="each family, and the pool without it (leave one out)")
+    for col in ("family", "events", "its interaction", "pooled interaction without it", "pooled I/E_IT without it"):
+        families.add_column(col)
+    for name, own in (pooled.get("families") or {}).items():
+        rest = loo.get(name)
+        families.add_row(name, str(own["n_events"]), fmt_effect(own, "interaction"),
+                         fmt_effect(rest, "interaction") if rest else "n/a",
+                         fmt_effect(rest, "late_interaction_share") if rest else "n/a")
+    _stdout().print(families)
 
 
 features_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
