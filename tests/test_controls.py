@@ -109,13 +109,42 @@ def test_event_kinds_are_recorded_and_broken_down():
     assert "first_diff" in kinds
     blocks = result.summary["results"]["2"]["common_it"]
     if len(kinds) > 1:
-        assert set(blocks["by_event_kind"]) == kinds and "kinds_averaged" in blocks
+        assert set(blocks["by_event_kind"]) >= kinds and "kinds_averaged" in blocks
+        for kind in set(blocks["by_event_kind"]) - kinds:  # requested, no event: shown with n 0
+            assert blocks["by_event_kind"][kind]["n_events"] == 0
     assert blocks["by_token_category"]
     for r in result.records:
         assert r.t_pt_category in ("FORMAT", "CONTENT", "FUNCTION_OTHER")
     # the first-divergence headline is unchanged by the other kinds
     alone = run(pair, many_prompts(12), event_kinds="first_diff", **{**OPTIONS, "max_new_tokens": 16})
     assert alone.summary["results"]["2"]["common_it"]["all"] == blocks["all"]
+
+
+def test_users_word_lists_are_recorded_and_markers_are_whole_words(tmp_path):
+    import json
+    import string
+
+    from crosspatch.errors import RunSettingsMismatchError
+    from crosspatch.tokens import starts_a_word
+
+    pair = make_pair("llama", scale=0.5)
+    letters = list(string.ascii_lowercase)  # with a character tokenizer every letter is a one-token "word"
+    options = {**OPTIONS, "max_new_tokens": 16, "event_kinds": "first_diff,first_assistant_marker_diff"}
+    result = run(pair, many_prompts(12), out=tmp_path, marker_words=",".join(letters), format_tokens=["e", "T"],
+                 **options)
+    recorded = json.loads((tmp_path / "config.json").read_text())["options"]
+    assert recorded["marker_words"] == letters and recorded["format_tokens"] == ["e", "t"]
+    tok = pair.tokenizer
+    assert any(r.kind == "first_assistant_marker_diff" for r in result.records)
+    for r in result.records:
+        for text, category in ((r.t_pt_text, r.t_pt_category), (r.t_it_text, r.t_it_category)):
+            if text.strip().lower() in ("e", "t"):
+                assert category == "FORMAT"
+        if r.kind == "first_assistant_marker_diff":  # the marker side starts a word on the shared history
+            previous = tok.decode([r.prefix_ids[-1]])
+            assert any(t.strip().lower() in letters and starts_a_word(previous, t) for t in (r.t_pt_text, r.t_it_text))
+    with pytest.raises(RunSettingsMismatchError, match="marker_words"):  # other words: another run
+        run(pair, many_prompts(12), out=tmp_path, marker_words="a,b", format_tokens=["e", "T"], **options)
 
 
 def test_verify_fp32_reruns_near_tie_events_in_float32():

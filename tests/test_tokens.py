@@ -26,6 +26,10 @@ def test_token_category_rule(text, special, expected):
 def test_assistant_markers():
     assert is_assistant_marker(" Sure") and is_assistant_marker("Certainly,") and is_assistant_marker("I")
     assert is_assistant_marker("Let's") and not is_assistant_marker(" rain") and not is_assistant_marker("\n")
+    # all-capitals words are abbreviations and headings (a weather report's HI = high), not openers,
+    # unless listed in capitals (OK)
+    assert not is_assistant_marker(" HI") and not is_assistant_marker("SURE") and is_assistant_marker(" Hi")
+    assert is_assistant_marker(" OK") and is_assistant_marker(" ok") and not is_assistant_marker(" oK")
 
 
 def _naive(history, other, describe):
@@ -68,3 +72,50 @@ def test_event_kind_finder_matches_a_naive_reference_on_hand_made_sequences():
         assert find_event_kinds(history, other, _describe) == _naive(history, other, _describe), (history, other)
     found = find_event_kinds([0, 6, 7], [1, 3, 3], _describe)
     assert found == {"first_diff": 0, "first_nonformat_diff": 1, "first_assistant_marker_diff": 2}
+
+
+# -- whole-word markers and the user's word lists --------------------------------------------------
+_TEXTS = {1: " It", 2: " I", 3: "N", 4: " G", 5: " Sure", 6: ",", 7: " rain", 8: "S", 9: "\n", 10: "I", 11: " here",
+          12: "ure"}
+
+
+def _describe_text(token_id):
+    text = _TEXTS[token_id]
+    return token_category(text), is_assistant_marker(text)
+
+
+@pytest.mark.parametrize("history, other, before, expected", [
+    ([7, 2, 3], [7, 4, 3], 9, None),  # " I" + "N" ("IN") against " G": the marker is a piece of a word
+    ([7, 2, 6], [7, 4, 6], 9, 1),  # " I" then ",": a whole word
+    ([7, 4, 3], [7, 2, 3], 9, 1),  # the other model's " I" starts a word: its end is not generated, so it counts
+    ([7, 8, 10], [7, 8, 4], 9, None),  # "I" glued to "S" ("SI"): it starts no word
+    ([7, 9, 10, 6], [7, 9, 4, 6], 9, 2),  # "I" after a newline starts a word
+    ([5, 6], [11, 6], None, 0),  # the first generated token, followed by punctuation
+    ([5, 12], [7, 12], None, None),  # " Sure" continued by "ure"? not a whole word
+])
+def test_a_marker_counts_only_as_a_whole_word(history, other, before, expected):
+    found = find_event_kinds(history, other, _describe_text, lambda t: _TEXTS[t], before)
+    assert found.get("first_assistant_marker_diff") == expected
+    # without the texts, the old token-only rule: any marker token counts
+    loose = find_event_kinds(history, other, _describe_text)
+    assert "first_assistant_marker_diff" in loose or expected is None
+
+
+def test_users_word_lists_replace_the_defaults(tmp_path):
+    from crosspatch.errors import OptionError
+    from crosspatch.tokens import TokenClasses
+
+    classes = TokenClasses.from_options(format_tokens="Forecast, Outlook", marker_words=["Roger"])
+    assert token_category(" forecast", classes=classes) == FORMAT
+    assert token_category(" Answer", classes=classes) == CONTENT  # the default list is replaced, not extended
+    assert token_category(" the", classes=classes) == FUNCTION_OTHER  # function words are untouched
+    assert token_category("</s>", classes=classes) == FORMAT  # markup stays FORMAT by rule
+    assert is_assistant_marker(" Roger.", classes) and not is_assistant_marker(" Sure", classes)
+    words = tmp_path / "markers.txt"
+    words.write_text("# one per line\nSure\n  Of course \n\n")
+    assert TokenClasses.from_options(marker_words=f"@{words}").marker_words == {"Sure", "Of course"}
+    for bad in ("", " , ", "**", ["ok", 3]):
+        with pytest.raises(OptionError):
+            TokenClasses.from_options(marker_words=bad)
+    with pytest.raises(OptionError, match="cannot read"):
+        TokenClasses.from_options(format_tokens=f"@{tmp_path / 'missing.txt'}")

@@ -21,13 +21,14 @@ from .records import CELLS, READOUTS, CellRecord, cell_effects  # noqa: F401  (r
 from .execution import Executor, Late, ModelSet, Program
 from .models.execution import EventStates, readout
 from .models.vocab import masked_argmax, top2_margin
-from .tokens import TokenDescriber
+from .tokens import DEFAULT_TOKEN_CLASSES, TokenClasses, TokenDescriber
 
 @dataclass
 class CellsConfig:
     batch_size: int = 8
     near_tie_threshold: float = 0.05  # logits; margins below this are flagged
     max_batch_tokens: int | None = None  # padded tokens per batch (Executor); None: rows alone bound it
+    token_classes: TokenClasses = DEFAULT_TOKEN_CLASSES  # word lists of token categories and markers
 
 
 def resolve_boundary(boundary: int | float, num_layers: int) -> int:
@@ -82,7 +83,7 @@ def build_records(heads, tokenizer, evs: list[DivergenceEvent], boundary: int, s
     ys = {name: {cell: _y(readout(head, h), t_it, t_pt).cpu().tolist() for cell, h in states.items()}
           for name, head in (("common_it", heads[1]), ("common_pt", heads[0]))}
     records = []
-    describe = TokenDescriber(tokenizer)
+    describe = TokenDescriber(tokenizer, config.token_classes)
     for j, ev in enumerate(evs):
         cells = {r: {c: float(ys[r][c][j]) for c in CELLS} for r in READOUTS}
         finite = all(math.isfinite(v) for r in cells.values() for v in r.values())

@@ -53,11 +53,11 @@ class EventKinds:
             return [], []
         roll, check = (evset.tuned, evset.base) if self.rollout_model == "IT" else (evset.base, evset.tuned)
         histories = yield from evset.history(ex, roll, check, self.budget)
-        describe = TokenDescriber(ex.models.tokenizer)
+        describe = TokenDescriber(ex.models.tokenizer, self.cells.token_classes)
         fresh: list[DivergenceEvent] = []
         twins: list[tuple[str, str]] = []
         for ev, (rollout, picks) in zip(evset.events, histories):
-            found = find_event_kinds(rollout, picks, describe)
+            found = find_event_kinds(rollout, picks, describe, describe.text, ev.prefix_ids[ev.prompt_len - 1])
             for kind in extra:
                 j = found.get(kind)
                 if j is None:

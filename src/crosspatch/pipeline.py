@@ -17,6 +17,7 @@ from pathlib import Path
 from .analysis import EventSet
 from .cells import CellRecord, CellsConfig, CrossPatch, headline_boundary, resolve_boundary
 from .kinds import EventKinds, parse_event_kinds, relabel
+from .tokens import TokenClasses, word_list
 from .registry import PlanContext, enabled_plugins
 from .summary import build_summary
 from .verdict import VerdictPolicy
@@ -67,6 +68,8 @@ class RunConfig:
     back_link: str | None = None  # report.html links back to this page (a combined report)
     tuned: str | None = None  # with several descendants loaded: the role scored against the base (default: the first)
     event_kinds: list[str] | str = "all"  # first_diff, first_nonformat_diff, first_assistant_marker_diff
+    format_tokens: list[str] | str | None = None  # replaces the structural words counted as FORMAT (tokens.py)
+    marker_words: list[str] | str | None = None  # replaces the assistant-marker words (a marker must be a whole word)
     controls: list[str] | str | None = "default"  # names, "all", "none" or "default" (controls.DEFAULT_CONTROLS)
     verify_fp32: bool = False  # re-run near-tie events' search in float32 and count how many move
     policy: dict | None = None  # verdict thresholds (verdict.VerdictPolicy fields)
@@ -480,7 +483,8 @@ def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analys
     div_cfg = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model,
                                capture_boundaries=boundaries if config.plan == "minimal" else None,
                                max_batch_tokens=config.max_batch_tokens)
-    cells = CellsConfig(config.batch_size, config.near_tie_threshold, config.max_batch_tokens)
+    cells = CellsConfig(config.batch_size, config.near_tie_threshold, config.max_batch_tokens,
+                        TokenClasses.from_options(config.format_tokens, config.marker_words))
     kinds = parse_event_kinds(config.event_kinds)
     context = PlanContext(config, boundaries, headline_boundary(boundaries, num_layers), num_layers, cells,
                           validators or {})
@@ -592,6 +596,9 @@ def run(
         config.analyses = list(dict.fromkeys([*config.analyses, *named]))
     analyses = [a for a in analyses if not isinstance(a, str)]
     validate_run_options(config)
+    for option in ("format_tokens", "marker_words"):  # recorded as the words themselves, not a file name
+        if getattr(config, option) is not None:
+            setattr(config, option, sorted(word_list(getattr(config, option), f"--{option.replace('_', '-')}")))
     tuned = config.tuned or pair.roles[1]
     if tuned not in pair.descendants:
         raise OptionError(f"tuned must name a descendant role ({', '.join(pair.descendants)}), not {tuned!r}")

@@ -86,6 +86,7 @@ def validate_run_options(config) -> None:
     """Every :class:`~crosspatch.pipeline.RunConfig` field that can be checked without a model."""
     from .controls import parse_controls
     from .kinds import parse_event_kinds
+    from .tokens import TokenClasses
     from .verdict import VerdictPolicy
 
     if config.plan not in ("minimal", "exact"):
@@ -126,6 +127,7 @@ def validate_run_options(config) -> None:
         parse_shard(config.shard)
     try:
         parse_event_kinds(config.event_kinds)
+        TokenClasses.from_options(getattr(config, "format_tokens", None), getattr(config, "marker_words", None))
         parse_controls(config.controls)
         VerdictPolicy.from_dict(config.policy or {})
         check_analysis_options(config.analyses, config.analysis_options)

@@ -54,6 +54,14 @@ def run_cmd(
     event_kinds: str = typer.Option("all", "--event-kinds",
                                     help="all, or a comma list of first_diff, first_nonformat_diff, "
                                          "first_assistant_marker_diff."),
+    format_tokens: Optional[str] = typer.Option(None, "--format-tokens", metavar="WORDS",
+                                                help="Words counted as FORMAT (structural/discourse words), replacing "
+                                                     "crosspatch's list: a comma list or @FILE (one per line); "
+                                                     "punctuation, whitespace, markup and special tokens stay FORMAT."),
+    marker_words: Optional[str] = typer.Option(None, "--marker-words", metavar="WORDS",
+                                               help="Assistant-marker words for first_assistant_marker_diff, replacing "
+                                                    "crosspatch's list: a comma list or @FILE; a marker must be a whole "
+                                                    "word."),
     verify_fp32: bool = typer.Option(False, "--verify-fp32",
                                      help="Re-run the search of near-tie events in float32 and count how many move."),
     policy: Optional[Path] = typer.Option(None, "--policy", help="Verdict thresholds (YAML or JSON, see docs/verdict.md)."),
@@ -165,6 +173,7 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str], collection: str | 
         group_by=[x.strip() for x in group_by.split(",") if x.strip()] if group_by else [], plan=kw["plan"],
         shard=kw["shard"], engine=kw["engine"], workers=kw["workers"], controls=kw["controls"],
         event_kinds=kw["event_kinds"], verify_fp32=kw["verify_fp32"],
+        format_tokens=kw.get("format_tokens"), marker_words=kw.get("marker_words"),
         policy=load_policy(kw["policy"]) if kw["policy"] else None,
         consequence=kw["consequence"], consequence_budget=kw["consequence_budget"],
         until_ci_width=kw.get("until_ci_width"),
