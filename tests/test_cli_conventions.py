@@ -152,6 +152,24 @@ def test_dtype_aliases_and_auto_resolve_to_what_loading_uses():
         validate_load_options(LoadOptions(dtype="int8"))
 
 
+def test_device_auto_is_the_default_and_is_recorded_as_the_device_used():
+    import torch
+
+    from crosspatch.errors import OptionError
+    from crosspatch.models.loading import LoadOptions, validate_load_options
+
+    default = LoadOptions()
+    assert default.device == "auto"
+    validate_load_options(default)
+    assert default.device == ("cuda" if torch.cuda.is_available() else "cpu")  # one device, never a map
+    for given, expected in (("CPU", "cpu"), ("map", "map"), ("cpu", "cpu")):
+        options = LoadOptions(device=given)
+        validate_load_options(options)
+        assert options.device == expected
+    with pytest.raises(OptionError, match="auto, cpu, cuda, cuda:N or map"):
+        validate_load_options(LoadOptions(device="gpu"))
+
+
 def test_env_says_what_crosspatch_runs_on_and_which_residency_a_run_would_choose():
     from crosspatch.zoo import zoo_path
 

@@ -12,6 +12,8 @@ from rich.text import Text
 
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+DEVICE_HELP = ("auto (CUDA when present, else the CPU) | cpu | cuda | cuda:N | map (accelerate device map over "
+               "every GPU and the CPU).")
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
                   help="First-divergence cross-patching of a base model and its fine-tuned descendant.")
 zoo_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from ..errors import CrosspatchError, OptionError
 from .app import (
-    _boundaries, _boundary, _fail, _stdout, app, console, load_policy, print_summary_table,
+    DEVICE_HELP, _boundaries, _boundary, _fail, _stdout, app, console, load_policy, print_summary_table,
 )
 
 
@@ -31,7 +31,7 @@ def run_cmd(
         None, "--max-batch-tokens", help="Padded tokens per forward pass at most (prompt + generation budget while "
         "decoding): bounds working memory, e.g. with --residency sequential."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 (bf16) | float16 (fp16)"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (accelerate device_map)"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and of the random controls."),
     chat_template: bool = typer.Option(False, "--chat-template", help="Apply the descendant's chat template."),

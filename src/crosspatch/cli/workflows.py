@@ -12,6 +12,7 @@ from rich.text import Text
 
 from ..errors import CrosspatchError, OptionError
 from .app import (
+    DEVICE_HELP,
     _boundaries, _boundary, _fail, _stdout, app, console, load_policy,
 )
 
@@ -30,7 +31,7 @@ def preflight_cmd(
                                        "crosspatch run directory (adds a Preflight section to its reports)."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Greedy budget per prompt and model."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 (bf16) | float16 (fp16)"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (accelerate device_map)"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     policy: Optional[Path] = typer.Option(None, "--policy", help="Tolerances from a YAML/JSON file (PreflightPolicy fields)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with a checkpoint."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights."),
@@ -83,7 +84,7 @@ def splice_cmd(
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Greedy budget per prompt and chimera."),
     no_diagnostic: bool = typer.Option(False, "--no-diagnostic", help="Skip the cross-patching run at the same boundaries."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 (bf16) | float16 (fp16)"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (accelerate device_map)"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with a checkpoint."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights."),
     allow_special_token_mismatch: bool = typer.Option(False, "--allow-special-token-mismatch",
@@ -131,7 +132,7 @@ def merge_check_cmd(
     out: Path = typer.Option(Path("runs/merge-check"), "--out", help="New directory for merge-check.json/.md/.html."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Greedy budget per prompt and model."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 (bf16) | float16 (fp16)"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto (accelerate device_map)"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Evaluate a mergekit configuration before you ship the merge: a passthrough layer splice as
     `crosspatch splice` at its boundary; a weight merge (linear, TIES, DARE, SLERP, ...) built with
@@ -168,7 +169,7 @@ def env_cmd(
     tuned: Optional[list[str]] = typer.Option(None, "--tuned", help="A descendant checkpoint (repeatable)."),
     adapter: Optional[list[str]] = typer.Option(None, "--adapter", help="A PEFT adapter directory (repeatable)."),
     dtype: str = typer.Option("auto", "--dtype", help="The dtype a run would load in (auto, float32, bf16, fp16)."),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object for machines."),
 ) -> None:
     """What crosspatch runs on: versions, devices and memory, what --dtype auto resolves to, the
@@ -193,6 +194,8 @@ def env_cmd(
         facts["cuda_devices"] = [{"name": torch.cuda.get_device_name(i),
                                   "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1)}
                                  for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+        facts["device_auto"] = options.device if device == "auto" else None
+        facts["device"] = options.device
         facts["dtype_auto"] = options.dtype if dtype == "auto" else None
         facts["dtype"] = options.dtype
         facts["extras"] = {name: package_version(name) for name in ("trl", "datasets", "mergekit", "ray")}

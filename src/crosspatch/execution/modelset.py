@@ -313,7 +313,7 @@ def _weights_bytes(path: str) -> int | None:
 
 
 def _available_bytes(options: LoadOptions) -> int | None:
-    if options.device in ("cuda", "auto") and torch.cuda.is_available():
+    if (str(options.device).startswith("cuda") or options.device in ("auto", "map")) and torch.cuda.is_available():
         free, _ = torch.cuda.mem_get_info()
         return int(free)
     try:

@@ -32,11 +32,21 @@ def resolve_dtype(dtype, device) -> str:
     name = str(dtype).strip().lower() if isinstance(dtype, str) else dtype
     name = DTYPE_ALIASES.get(name, name)
     if name == "auto":
-        if str(device) != "cpu" and torch.cuda.is_available():
+        if str(device).strip().lower() != "cpu" and torch.cuda.is_available():
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         return "float32"
     return name
-DEVICES = ("cpu", "cuda", "auto")  # and cuda:N
+DEVICES = ("auto", "cpu", "cuda", "map")  # and cuda:N
+
+
+def resolve_device(device) -> str:
+    """A device as loading uses it: ``auto`` is CUDA (``cuda``, the current GPU) when this torch
+    sees one, else ``cpu``; ``map`` is accelerate's device map (a model spread over every GPU and
+    the CPU); other values are returned as given (validated by the caller)."""
+    name = str(device).strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
@@ -45,7 +55,7 @@ class LoadOptions:
     """How to load checkpoints (every field is recorded in the run's config.json)."""
 
     dtype: str = "auto"  # auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 | float16 (bf16, fp16)
-    device: str = "cpu"  # cpu | cuda | auto (accelerate device_map)
+    device: str = "auto"  # auto (CUDA when present, else the CPU) | cpu | cuda | cuda:N | map (accelerate device map)
     trust_remote_code: bool = False
     allow_pickle: bool = False
     revision: str | None = None
@@ -56,20 +66,22 @@ class LoadOptions:
 
 
 def validate_load_options(options) -> None:
-    """dtype, device and residency of :class:`~crosspatch.models.loading.LoadOptions`; the dtype
-    is resolved in place (:func:`resolve_dtype`), so the record holds the dtype actually used."""
+    """dtype, device and residency of :class:`~crosspatch.models.loading.LoadOptions`; the device
+    and the dtype are resolved in place (:func:`resolve_device`, :func:`resolve_dtype`), so the
+    record holds the device and dtype actually used."""
+    device = resolve_device(options.device)
+    if device not in DEVICES and not re.match(r"^cuda:\d+$", device):
+        raise OptionError(f"device must be auto, cpu, cuda, cuda:N or map, not {options.device!r}")
+    options.device = device
     resolved = resolve_dtype(options.dtype, options.device)
     if resolved not in DTYPES:
         raise OptionError(f"dtype must be auto, {', '.join(DTYPES)} (or bf16, fp16, fp32), not {options.dtype!r}")
     options.dtype = resolved
-    device = str(options.device)
-    if device not in DEVICES and not re.match(r"^cuda:\d+$", device):
-        raise OptionError(f"device must be cpu, cuda, cuda:N or auto, not {device!r}")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise DeviceUnavailableError(
                 f"--device {device} asked for CUDA, but this torch ({torch.__version__}) sees no CUDA device; "
-                "use --device cpu, or install a CUDA build of torch on a machine with a GPU")
+                "use --device auto or cpu, or install a CUDA build of torch on a machine with a GPU")
     if options.residency not in (None, "both", "sequential", "adapter"):
         raise OptionError(f"residency must be both, sequential or adapter, not {options.residency!r}")
 
@@ -208,7 +220,8 @@ def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None =
     )
     if not options.allow_pickle:
         kwargs["use_safetensors"] = True
-    if options.device == "auto":
+    device = resolve_device(options.device)
+    if device == "map":
         kwargs["device_map"] = "auto"
     report: list[str] = []
     try:
@@ -238,8 +251,8 @@ def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None =
         note = f"{path}: {len(unused)} weight(s) in the checkpoint are not used by {type(model).__name__} ({_some(unused)})"
         if note not in warnings:
             warnings.append(note)
-    if options.device not in ("auto", "cpu"):
-        model.to(options.device)
+    if device not in ("map", "cpu"):
+        model.to(device)
     model.eval()
     return model
 
