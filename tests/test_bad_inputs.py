@@ -439,6 +439,8 @@ CASES = [
     Case("options", "--boundary 99 on a 4-layer model", lambda e: e.run_args("--boundary", "99"), "BoundaryError"),
     Case("options", "--boundary abc", lambda e: e.run_args("--boundary", "abc"), "BoundaryError"),
     Case("options", "--boundary -1", lambda e: e.run_args("--boundary", "-1"), "BoundaryError"),
+    Case("options", "--boundary 0 (no early layers: boundaries are 1..L-1)", lambda e: e.run_args("--boundary", "0"),
+         "BoundaryError"),
     Case("options", "--boundary nan", lambda e: e.run_args("--boundary", "nan"), "BoundaryError"),
     Case("options", "--boundaries with no entry", lambda e: e.run_args("--boundaries", ","), "BoundaryError"),
     Case("options", "--boundaries 1,x", lambda e: e.run_args("--boundaries", "1,x"), "BoundaryError"),

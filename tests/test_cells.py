@@ -111,9 +111,17 @@ def test_boundary_resolution():
     assert resolve_boundary(0.6, 36) == 22
     assert resolve_boundary(3, 8) == 3
     assert resolve_boundary(3.0, 8) == 3
+    assert resolve_boundary(1, 8) == 1 and resolve_boundary(7, 8) == 7
     for bad in (8, -1, 1.5, 1.0001):
         with pytest.raises(BoundaryError):
             resolve_boundary(bad, 8)
+    # 1..L-1, as a sweep uses them: at 0 the early stack is empty (the embeddings alone), and a
+    # fraction that rounds to 0 says so
+    for zero in (0, 0.0, 0.05):
+        with pytest.raises(BoundaryError, match="leaves no early layers.*1..7"):
+            resolve_boundary(zero, 8)
+    with pytest.raises(BoundaryError, match="1 layer\\(s\\) has no boundary"):
+        resolve_boundary(0.5, 1)
 
 
 def test_readout_uses_final_logit_softcapping():

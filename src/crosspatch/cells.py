@@ -32,7 +32,9 @@ class CellsConfig:
 
 
 def resolve_boundary(boundary: int | float, num_layers: int) -> int:
-    """An int is a layer index; a float in (0, 1) is a fraction of depth (rounded)."""
+    """An int is a layer index; a float in (0, 1) is a fraction of depth (rounded). A boundary is
+    in 1..L-1: layers ``0..b-1`` are the early stack, ``b..L-1`` the late stack, and both must hold
+    a layer (at 0 the "upstream state" would be the embeddings alone)."""
     from .errors import BoundaryError
 
     if isinstance(boundary, bool):
@@ -43,8 +45,15 @@ def resolve_boundary(boundary: int | float, num_layers: int) -> int:
         b = int(round(boundary * num_layers))
     else:
         b = int(boundary)
-    if not 0 <= b < num_layers:
-        raise BoundaryError(f"boundary {boundary} resolves to layer {b}, outside 0..{num_layers - 1}")
+    if num_layers < 2:
+        raise BoundaryError(f"boundary {boundary}: a model of {num_layers} layer(s) has no boundary (one needs a layer "
+                            "on each side)")
+    if b == 0:
+        raise BoundaryError(f"boundary {boundary} resolves to layer 0, which leaves no early layers (the upstream "
+                            f"state would be the embeddings alone): boundaries are 1..{num_layers - 1}, as a sweep "
+                            "uses them")
+    if not 1 <= b < num_layers:
+        raise BoundaryError(f"boundary {boundary} resolves to layer {b}, outside 1..{num_layers - 1}")
     return b
 
 

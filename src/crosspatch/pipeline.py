@@ -416,7 +416,7 @@ def resolve_boundaries(config: RunConfig, num_layers: int) -> list[int]:
     if config.boundaries in ("all", ["all"]):
         if num_layers < 2:
             raise BoundaryError(f"boundaries 'all' (1..L-1) leave no boundary on a model of {num_layers} layer: "
-                                "a sweep needs at least 2 layers (give --boundary 0 to patch the embeddings)")
+                                "a boundary needs a layer on each side, so at least 2 layers")
         return list(range(1, num_layers))
     requested = config.boundaries if config.boundaries else [config.boundary]
     return sorted({resolve_boundary(b, num_layers) for b in requested})
