@@ -52,6 +52,34 @@ def test_run_writes_the_run_directory_and_report_rerenders(saved_pair, tmp_path)
     assert (out / "report.md").read_text() == original
 
 
+def test_the_same_command_on_a_finished_run_loads_no_model(saved_pair, tmp_path, monkeypatch):
+    import crosspatch
+
+    out = tmp_path / "run"
+    args = ["run", "--base", str(saved_pair / "base"), "--tuned", str(saved_pair / "tuned"), "--prompts",
+            str(saved_pair / "prompts.jsonl"), "--out", str(out), "--max-new-tokens", "8", "--boundary", "2",
+            "--bootstrap", "0", "--controls", "none", "--event-kinds", "first_diff", "--quiet"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    summary = (out / "summary.json").read_text()
+
+    def no_loading(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(crosspatch, "load_models", no_loading)
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "nothing to do (no model loaded)" in res.output and "interaction" in res.output
+    assert (out / "summary.json").read_text() == summary  # nothing rewritten
+    # another setting, or a prompt file with more prompts: the models load (and run decides)
+    for changed in (args + ["--seed", "1"], [a if a != "8" else "9" for a in args]):
+        res = CliRunner().invoke(app, changed)
+        assert isinstance(res.exception, AssertionError) and "a model was loaded" in str(res.exception)
+    more = tmp_path / "more.jsonl"
+    more.write_text((saved_pair / "prompts.jsonl").read_text() + json.dumps({"id": "extra", "prompt": "Rain in"}) + "\n")
+    res = CliRunner().invoke(app, [more.as_posix() if a == str(saved_pair / "prompts.jsonl") else a for a in args])
+    assert isinstance(res.exception, AssertionError)
+
+
 def test_bad_prompt_file_is_a_clear_error(saved_pair, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a"}\n')

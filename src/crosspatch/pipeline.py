@@ -31,7 +31,7 @@ from .prompts import Prompt, as_prompts
 from .report.markdown import render_markdown
 from .report.render import render_reports
 from .stats import BootstrapConfig
-from .errors import BoundaryError, IncompleteRunError, OptionError, RunDirectoryError
+from .errors import BoundaryError, CrosspatchError, IncompleteRunError, OptionError, RunDirectoryError
 from .validation import (
     check_chat_template, check_group_by, check_prompt_lengths, check_prompt_token_ids, parse_shard,
     validate_run_options,
@@ -411,6 +411,69 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override
     return result
 
 
+def normalise_run_config(config: RunConfig) -> RunConfig:
+    """``config`` as a run records it, in place: word lists as the sorted words themselves (not a
+    file's name)."""
+    for option in ("format_tokens", "marker_words"):
+        if getattr(config, option) is not None:
+            setattr(config, option, sorted(word_list(getattr(config, option), f"--{option.replace('_', '-')}")))
+    return config
+
+
+def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters: dict[str, str], options,
+                    prompts, config: RunConfig) -> RunResult | None:
+    """The stored result of ``out`` when it already holds this very run, finished: the same load
+    request (paths and load options), unchanged weight files (their sha256 recomputed), the same
+    options, boundaries and prompts, every prompt done and a summary written. None otherwise (the
+    caller loads the models and ``run`` resumes, refuses or replaces as usual). Nothing is loaded
+    or written: the command that finished the run says so instantly."""
+    import json
+    from dataclasses import asdict, replace
+
+    from .execution.modelset import choose_residency
+    from .models.loading import provenance
+    path = Path(out)
+    if not (path / "config.json").is_file() or not (path / "summary.json").is_file():
+        return None
+    config = normalise_run_config(replace(config))
+    if config.until_ci_width is not None or config.synthetic_nulls or config.verify_fp32:
+        return None  # these decide or measure in the session itself
+    store = RunStore(path)
+    try:
+        stored = store.config()
+        options = replace(options)
+        options.residency = options.residency or choose_residency(base, list(tuned.values()), list(adapters.values()),
+                                                                  options)[0]
+        spec = {"base": base, "tuned": tuned or None, "adapters": adapters or None,
+                "options": {**vars(options), "hash_weights": False}}
+        if json.loads(json.dumps(spec, default=str)) != stored.get("load_spec"):
+            return None
+        if json.loads(json.dumps(asdict(config), default=str)) != stored.get("options"):
+            return None
+        models = stored.get("models") or {}
+        recorded = [models.get("base")] + ([models[k] for k in ("tuned", "adapter") if k in models]
+                                           or list((models.get("descendants") or {}).values()))
+        for entry in recorded:
+            if entry is None or provenance(entry["path"], options).get("weights") != entry.get("weights"):
+                return None  # a weight file changed (or was never hashed)
+        all_prompts = as_prompts(prompts)
+        if stored.get("fingerprint_inputs", {}).get("prompts") != _prompts_digest(all_prompts):
+            return None
+        boundaries = stored["resolved_boundaries"]
+        if resolve_boundaries(config, stored["num_layers"]) != boundaries:
+            return None
+        records, no_div = store.load_records(), store.load_no_divergence()
+        wanted = {p.id for p in select_shard(all_prompts, config.shard)}
+        if not wanted <= completed_prompts(records, no_div, boundaries):
+            return None
+        summary = store.summary()
+    except (CrosspatchError, OSError, KeyError, TypeError, ValueError):
+        return None  # anything unusual: the normal path decides, with its named errors
+    from .finished import stored_analyses
+
+    return RunResult(summary, records, no_div, stored, path, stored_analyses(store))
+
+
 def resolve_boundaries(config: RunConfig, num_layers: int) -> list[int]:
     """The sorted layer indices a run scores ("all" = every layer 1..L-1)."""
     if config.boundaries in ("all", ["all"]):
@@ -596,9 +659,7 @@ def run(
         config.analyses = list(dict.fromkeys([*config.analyses, *named]))
     analyses = [a for a in analyses if not isinstance(a, str)]
     validate_run_options(config)
-    for option in ("format_tokens", "marker_words"):  # recorded as the words themselves, not a file name
-        if getattr(config, option) is not None:
-            setattr(config, option, sorted(word_list(getattr(config, option), f"--{option.replace('_', '-')}")))
+    normalise_run_config(config)
     tuned = config.tuned or pair.roles[1]
     if tuned not in pair.descendants:
         raise OptionError(f"tuned must name a descendant role ({', '.join(pair.descendants)}), not {tuned!r}")

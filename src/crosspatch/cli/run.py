@@ -105,11 +105,18 @@ def run_cmd(
         validate_run_options(config)
         if dry_run:
             return _print_plan(kw, [tuned] if tuned else [], [adapter] if adapter else [], items, config, options)
-        with console.status("loading models"):
-            pair = load_models(base, tuned=roles_tuned or None, adapters=roles_adapters or None, options=options)
-        console.print(f"residency: {pair.residency} ({pair.provenance.get('residency_reason')})",
-                      soft_wrap=True, markup=False)
-        result = run(pair, items, config, out=out, resume=resume, progress=not quiet, overwrite=overwrite)
+        from ..pipeline import finished_result
+
+        result = finished_result(out, base, roles_tuned, roles_adapters, options, items, config) \
+            if resume and not overwrite else None
+        if result is not None:  # the same command again on a finished run: nothing to load or compute
+            console.print(f"{out} already holds this run, finished: nothing to do (no model loaded)", soft_wrap=True)
+        else:
+            with console.status("loading models"):
+                pair = load_models(base, tuned=roles_tuned or None, adapters=roles_adapters or None, options=options)
+            console.print(f"residency: {pair.residency} ({pair.provenance.get('residency_reason')})",
+                          soft_wrap=True, markup=False)
+            result = run(pair, items, config, out=out, resume=resume, progress=not quiet, overwrite=overwrite)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     resumed = result.summary.get("cost_this_session", {}).get("prompts_resumed")
