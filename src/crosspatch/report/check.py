@@ -18,7 +18,7 @@ from pathlib import Path
 # a number standing alone: not glued to a word, a path or another number (t_IT, L0, top-1, p7, 3.5x)
 _NUMBER = re.compile(r"(?<![\w.\-/#@])[+\-−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w.]*\w)(?:%)?")
 _CODE_SPAN = re.compile(r"`[^`]*`")
-_HTML_DROP = re.compile(r"<(svg|script|style|code|pre|title)\b.*?</\1>", re.S | re.I)
+_HTML_DROP = re.compile(r"<(svg|script|style|code|pre|title|select|button)\b.*?</\1>", re.S | re.I)  # not data: controls
 _TAG = re.compile(r"<[^>]+>")
 # numbers of the method's own vocabulary that a report names rather than measures
 VOCABULARY = {"2", "95%", "1", "4", "2x2", "0"}

@@ -58,6 +58,22 @@ def _event(r) -> dict:
             "continuation_text": r.continuation_text or ""}
 
 
+def explorer_events(records) -> list[dict]:
+    """One row per event (a prompt's divergence: position and token pair) with every event kind
+    that falls on it, in the records' order."""
+    from ..tokens import EVENT_KINDS
+
+    events: dict[tuple, dict] = {}
+    for r in records:
+        key = (r.prompt_id, r.position, r.t_pt, r.t_it)
+        if key not in events:
+            events[key] = {**_event(r), "kinds": []}
+        events[key]["kinds"].append(r.kind)
+    for e in events.values():
+        e["kinds"] = sorted(set(e["kinds"]), key=lambda k: (EVENT_KINDS.index(k) if k in EVENT_KINDS else 99, k))
+    return list(events.values())
+
+
 def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | None = None) -> str:
     """The HTML text of a run directory's report."""
     from jinja2 import Environment, PackageLoader, select_autoescape
@@ -72,8 +88,9 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
     tuned, kind = scored_descendant(config)
     head_b = str((summary.get("verdict") or {}).get("boundary", summary["boundaries"][0]))
     records = [r for r in store.load_records() if str(r.boundary) == head_b]
-    events = [_event(r) for r in records[:max_events]]
-    firsts = [e["interaction"] for e in events if e["kind"] == "first_diff" and e["valid"]]
+    all_events = explorer_events(records)
+    events = all_events[:max_events]
+    firsts = [_event(r)["interaction"] for r in records if r.kind == "first_diff" and r.valid]
     opts, load = config.get("options", {}), config.get("load_options", {})
     vocab = summary.get("real_vocabulary") or config.get("real_vocabulary")
     env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2", "html"]))
@@ -100,8 +117,8 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
         histogram=histogram_svg(firsts, f"per-event interaction at boundary {head_b} (first divergence, common-IT)")
         if firsts else None,
         sections=[_section(summary["results"][b], b, breakdown_plots=b == head_b) for b in summary["boundaries"]],
-        head_boundary=head_b, events=events, total_events=len(records),
-        categories=sorted({e["category"] for e in events}), kinds=sorted({e["kind"] for e in events}),
+        head_boundary=head_b, events=events, total_events=len(all_events),
+        categories=sorted({e["category"] for e in events}), kinds=sorted({k for e in events for k in e["kinds"]}),
         warnings=summary.get("warnings", []),
         analysis_sections=sections_html(summary),
         vocab=vocab,
