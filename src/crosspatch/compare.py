@@ -119,9 +119,14 @@ def parse_cross(spec: str | None, descendants: tuple[str, ...]) -> dict[str, lis
     return out
 
 
-def _mean(values) -> dict:
-    vals = [v for v in values if v is not None and np.isfinite(v)]
-    return {"mean": float(np.mean(vals)) if vals else None, "n": len(vals)}
+def _mean(pairs, boot: BootstrapConfig, name: str) -> dict:
+    """Mean of ``(prompt id, value)`` pairs (non-finite values dropped) with its prompt-cluster
+    interval: ``{"mean", "ci", "n"}``."""
+    from .stats import cluster_mean_ci
+
+    kept = [(p, v) for p, v in pairs if v is not None and np.isfinite(v)]
+    return cluster_mean_ci(np.array([v for _, v in kept], dtype=float), [p for p, _ in kept],
+                           block_bootstrap(boot, name))
 
 
 def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str | Path | None = None,
@@ -149,7 +154,7 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
                       back_link=config.back_link or ("../report.html" if out is not None else None))
         runs[role] = run(models, prompts, cfg, out=Path(out) / role if out is not None else None, progress=progress,
                          analyses=extra, resume=resume, overwrite=overwrite)
-    summary = compare_summary(models, runs, plan)
+    summary = compare_summary(models, runs, plan, BootstrapConfig(config.bootstrap, config.seed))
     report = render_compare_markdown(summary)
     if out is not None:
         out = Path(out)
@@ -159,7 +164,8 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     return CompareResult(runs, summary, report, Path(out) if out is not None else None)
 
 
-def compare_summary(models: ModelSet, runs: dict[str, RunResult], plan: dict[str, list[str]]) -> dict:
+def compare_summary(models: ModelSet, runs: dict[str, RunResult], plan: dict[str, list[str]],
+                    boot: BootstrapConfig | None = None) -> dict:
     rows = {}
     for role, result in runs.items():
         v = result.summary["verdict"]
@@ -173,11 +179,15 @@ def compare_summary(models: ModelSet, runs: dict[str, RunResult], plan: dict[str
         matrix = {x: {y: None for y in roles} for x in roles}
         for y, result in runs.items():
             first = [r for r in result.records if r.kind == "first_diff" and r.boundary == rows[y]["boundary"]]
-            matrix[models.base][y] = _mean(r.cells["common_it"]["upt_lit"] for r in first)
-            matrix[y][y] = _mean(r.cells["common_it"]["uit_lit"] for r in first)
-            matrix[y][models.base] = _mean(r.cells["common_it"]["uit_lpt"] for r in first)
+            boot = boot or BootstrapConfig()
+            matrix[models.base][y] = _mean(((r.prompt_id, r.cells["common_it"]["upt_lit"]) for r in first), boot,
+                                           f"cross/{models.base}/{y}")
+            matrix[y][y] = _mean(((r.prompt_id, r.cells["common_it"]["uit_lit"]) for r in first), boot, f"cross/{y}/{y}")
+            matrix[y][models.base] = _mean(((r.prompt_id, r.cells["common_it"]["uit_lpt"]) for r in first), boot,
+                                           f"cross/{y}/{models.base}")
             for x in plan.get(y, []):
-                matrix[x][y] = _mean(r["y"] for r in result.analyses.get("cross_descendant", []) if r["upstream"] == x)
+                matrix[x][y] = _mean(((r["prompt_id"], r["y"]) for r in result.analyses.get("cross_descendant", [])
+                                      if r["upstream"] == x), boot, f"cross/{x}/{y}")
     return {"schema_version": COMPARE_SCHEMA, "base": models.base, "descendants": list(models.descendants),
             "rows": rows, "cross": matrix,
             "cross_note": ("Y(U_X, L_Y): upstream X (rows) through late stack Y (columns), on Y's events (t_base vs t_Y) "
@@ -190,6 +200,13 @@ def _fmt(stat) -> str:
     return fmt_value(stat)
 
 
+def cross_cell(stat: dict | None) -> str:
+    """One cell of the cross-descendant matrix: mean [95% CI] (n=...), or n/a."""
+    if stat is None or stat.get("mean") is None:
+        return "n/a" if stat is None else f"n/a (n={stat.get('n', 0)})"
+    return f"{_fmt(stat)} (n={stat['n']})"
+
+
 def render_compare_markdown(summary: dict) -> str:
     from .report.markdown import _table, fmt_effect, md_escape
 
@@ -199,7 +216,7 @@ def render_compare_markdown(summary: dict) -> str:
     for role, r in summary["rows"].items():
         block = {"effects": r["effects"]}
         rows.append([md_escape(role), r["verdict"], str(r["events"])]
-                    + [_fmt(r["cells"][c]).split(" ")[0] for c in CELLS]
+                    + [_fmt(r["cells"][c]) for c in CELLS]
                     + [fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction", "direct_share")])
     lines += _table(["descendant", "verdict", "events", "Y(U_PT,L_PT)", "Y(U_PT,L_IT)", "Y(U_IT,L_PT)", "Y(U_IT,L_IT)",
                      "E_PT", "E_IT", "interaction", "direct share"], rows) + [""]
@@ -211,9 +228,7 @@ def render_compare_markdown(summary: dict) -> str:
         lines += ["## Cross-descendant patching", "", summary["cross_note"] + ".", ""]
         body = []
         for x in roles:
-            body.append([f"U_{md_escape(x)}"] + [
-                "n/a" if summary["cross"][x][y] is None or summary["cross"][x][y]["mean"] is None
-                else f"{summary['cross'][x][y]['mean']:+.2f}" for y in roles])
+            body.append([f"U_{md_escape(x)}"] + [cross_cell(summary["cross"][x][y]) for y in roles])
         lines += _table(["upstream \\ late"] + [f"L_{md_escape(y)}" for y in roles], body) + [""]
     return "\n".join(lines)
 
@@ -224,15 +239,15 @@ def render_compare_html(summary: dict) -> str:
     from .report.markdown import fmt_effect
 
     env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
-    tables = [("Descendants", ["descendant", "verdict", "events", "E_PT", "E_IT", "interaction", "direct share"],
+    tables = [("Descendants (95% prompt-cluster intervals)",
+               ["descendant", "verdict", "events", "E_PT", "E_IT", "interaction", "direct share"],
                [[role, r["verdict"], str(r["events"])] + [fmt_effect({"effects": r["effects"]}, k)
                                                           for k in ("E_PT", "E_IT", "interaction", "direct_share")]
                 for role, r in summary["rows"].items()])]
     if summary.get("cross"):
         roles = list(summary["cross"])
         tables.append(("Cross-descendant patching: Y(U_X, L_Y)", ["upstream \\ late"] + [f"L_{y}" for y in roles],
-                       [[f"U_{x}"] + ["n/a" if summary["cross"][x][y] is None or summary["cross"][x][y]["mean"] is None
-                                      else f"{summary['cross'][x][y]['mean']:+.2f}" for y in roles] for x in roles]))
+                       [[f"U_{x}"] + [cross_cell(summary["cross"][x][y]) for y in roles] for x in roles]))
     return env.get_template("tables.html.j2").render(
         title="crosspatch compare", intro=" ".join(f"{k}: {r['reason']}" for k, r in summary["rows"].items()),
         tables=tables, links=[f"{role}/report.html" for role in summary["rows"]])

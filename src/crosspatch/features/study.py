@@ -29,6 +29,7 @@ import torch
 from ..analysis import EventSet
 from ..cells import event_y
 from ..execution import Edit, Executor, Late, Program
+from ..stats import BootstrapConfig, block_bootstrap, cluster_mean_ci
 from .crosscoder import Crosscoder
 
 KS = (10, 50, 200, 500)
@@ -180,8 +181,11 @@ class FeatureStudy:
             inter_a = (ya_it - y_uit_lpt) - (ya_pt - y_upt_lpt)
             drop = float(np.mean(inter - inter_a))
             base_i = float(np.mean(inter))
+            spread = cluster_mean_ci(np.asarray(inter - inter_a, dtype=float), [e.prompt_id for e in evs],
+                                     block_bootstrap(BootstrapConfig(), f"features/{k}/{name}"))
             curve.setdefault(str(k), {})[name] = {
-                "interaction_drop": drop, "share": drop / base_i if abs(base_i) >= 0.1 else None,
+                "interaction_drop": drop, "interaction_drop_ci": spread["ci"], "n": spread["n"],
+                "share": drop / base_i if abs(base_i) >= 0.1 else None,
                 "drop_uit_lit": float(np.mean(y_uit_lit - ya_it)), "drop_upt_lit": float(np.mean(y_upt_lit - ya_pt)),
                 "upstream_dependence": float(np.mean(y_uit_lit - ya_it) - np.mean(y_upt_lit - ya_pt))}
 

@@ -310,7 +310,7 @@ def headline_rows(summary: dict) -> list[list[str]]:
         block = common_it(s)["all"]
         c = block["cells"]
         rows.append([name, str(block["n_events"])]
-                    + [fmt_value(c[k]).split(" ")[0] for k in ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")]
+                    + [fmt_value(c[k]) for k in ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")]
                     + [fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction", "direct_share",
                                                       "late_interaction_share")]
                     + [s.get("verdict", {}).get("verdict", "n/a")])
@@ -331,7 +331,7 @@ def _matrix_rows(summary: dict, group_key: str) -> list[list[str]]:
         row = [g]
         for s in summary["descendants"].values():
             block = common_it(s).get(group_key, {}).get(g)
-            row.append(f"{fmt_effect(block, 'interaction')} (n={block['n_events']})" if block else "n/a")
+            row.append(f"{fmt_effect(block, 'interaction')} (n={block['n_events']})" if block else "n/a (n=0)")
         rows.append(row)
     return rows
 
@@ -358,7 +358,7 @@ def _consequence_rows(summary: dict) -> list[list[str]]:
         delta = block["delta_t_it_minus_t_pt"]
         ci = delta.get("ci")
         rows.append([name, str(s["consequences"]["n_events"])]
-                    + [f"{rate[k]['mean']:.0%}" for k in ("t_it", "t_pt", "matched", "random")]
+                    + [fmt_value(rate[k], percent=True) for k in ("t_it", "t_pt", "matched", "random")]
                     + [f"{delta['mean']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")])
     return rows
 
@@ -366,7 +366,9 @@ def _consequence_rows(summary: dict) -> list[list[str]]:
 def _drop(v: dict | None) -> str:
     if not v:
         return "n/a"
-    return f"{v['interaction_drop']:+.2f}" + ("" if v.get("share") is None else f" ({100 * v['share']:.0f}%)")
+    ci = v.get("interaction_drop_ci")
+    return (f"{v['interaction_drop']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+            + ("" if v.get("share") is None else f" ({100 * v['share']:.0f}%)"))
 
 
 def _rescue(g: dict | None) -> str:
@@ -378,6 +380,8 @@ def _rescue(g: dict | None) -> str:
 
 def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(heading, header, rows) of every table of the combined report, in order."""
+    from ..compare import cross_cell
+
     names = list(summary["descendants"])
     tables = [
         ("Cells and effects per descendant", HEADLINE, headline_rows(summary)),
@@ -406,8 +410,7 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         tables.append(("Cross-descendant patching (compare/): mean Y(U_X, L_Y), upstream state of X (rows) through the "
                        "late stack of Y (columns), on Y's first divergences (t_base vs t_Y) read with Y's head",
                        ["upstream \\ late stack"] + roles,
-                       [[x] + [("n/a" if not (v := cross["cross"][x].get(y)) or v.get("mean") is None else
-                                f"{v['mean']:+.2f}") for y in roles] for x in roles]))
+                       [[x] + [cross_cell(cross["cross"][x].get(y)) for y in roles] for x in roles]))
     feat = summary.get("features")
     if feat and (feat.get("study") or {}).get("mediation"):
         gate = feat.get("quality_gate") or {}
