@@ -80,6 +80,42 @@ def test_unknown_breakdowns_and_readouts_are_named_errors():
     assert not result.effects(readout="native_late").empty
 
 
+def test_events_are_one_row_per_event_with_its_kinds_and_the_long_form_one_per_kind():
+    from crosspatch.pipeline import run
+    from crosspatch.testing import make_pair
+    from crosspatch.tokens import EVENT_KINDS
+
+    result = run(make_pair("llama", scale=0.5), many_prompts(12), boundaries=[1, 2], max_new_tokens=12,
+                 bootstrap=0, progress=False, controls="none")
+    wide, long = result.events, result.events_long
+    identity = ["prompt_id", "position", "t_pt", "t_it", "boundary"]
+    assert len(long) == len(result.records) and "kind" in long and "kinds" not in long
+    assert len(wide) == len(long.drop_duplicates(identity)) < len(long)  # kinds on one event: one row
+    assert not wide.duplicated(identity).any() and "kind" not in wide and "key" not in wide
+    for kind in EVENT_KINDS:  # every kind has its column, requested or found
+        assert wide[f"is_{kind}"].sum() == (long["kind"] == kind).sum()
+    for _, row in wide.iterrows():
+        assert row["kinds"].split(",") == [k for k in EVENT_KINDS if row[f"is_{k}"]]
+    assert result.to_pandas().equals(wide) and result.to_pandas(long=True).equals(long)
+
+
+def test_result_objects_print_short():
+    from crosspatch.compare import compare, lineage
+    from crosspatch.execution import models_from_modules
+    from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
+
+    base = tiny_model("llama")
+    models = models_from_modules({"base": base, "a": perturb_layers(base, [2, 3], 1.0, seed=3),
+                                  "b": perturb_layers(base, [0, 1], 0.5, seed=4)}, char_tokenizer())
+    options = dict(boundary=2, max_new_tokens=6, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+    results = [compare(models, many_prompts(6), **options), lineage(models, many_prompts(6), **options)]
+    results.append(results[0].runs["a"])
+    for result in results:
+        text = repr(result)
+        assert len(text) < 300 and "{" not in text, text
+    assert "a: " in repr(results[0]) and "stages=['a', 'b']" in repr(results[1])
+
+
 def test_gate_pool_and_report_read_runs_without_importing_torch():
     code = ("import sys; import crosspatch.gate, crosspatch.store, crosspatch.verdict, crosspatch.records; "
             "print('torch' in sys.modules)")

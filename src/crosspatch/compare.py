@@ -96,6 +96,11 @@ class CompareResult:
     report: str
     out: Path | None = None
 
+    def __repr__(self) -> str:
+        verdicts = ", ".join(f"{role}: {row['verdict']}" for role, row in self.summary.get("rows", {}).items())
+        where = f", out={str(self.out)!r}" if self.out else ""
+        return f"CompareResult(base={self.summary.get('base')!r}, {verdicts or 'no descendants'}{where})"
+
 
 def parse_cross(spec: str | None, descendants: tuple[str, ...]) -> dict[str, list[str]]:
     """``all`` or ``A:D,B:D`` -> {late-stack role: [upstream roles]}; anything else is an
@@ -260,6 +265,11 @@ class LineageResult:
     summary: dict
     report: str
     out: Path | None = None
+
+    def __repr__(self) -> str:
+        where = f", out={str(self.out)!r}" if self.out else ""
+        return (f"LineageResult(stages={self.summary.get('stages')}, boundary={self.summary.get('boundary')}, "
+                f"events={self.summary.get('events')}{where})")
 
 
 def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str | Path | None = None,

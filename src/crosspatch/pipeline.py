@@ -37,7 +37,7 @@ from .validation import (
     validate_run_options,
 )
 from .store import (
-    CONFIG_SCHEMA, EVENTS_FILE, NO_DIV_FILE, RunStore, completed_prompts, environment, events_frame, fingerprint,
+    CONFIG_SCHEMA, EVENTS_FILE, NO_DIV_FILE, RunStore, completed_prompts, environment, events_frame, fingerprint, records_frame,
 )
 
 
@@ -97,12 +97,19 @@ class RunResult:
 
     @property
     def events(self):
-        """One row per (event, boundary): identity, tokens, every cell, per-event effects."""
+        """One row per (event, boundary): the event kinds on it (``kinds``, ``is_<kind>``),
+        identity, tokens, every cell, per-event effects (:func:`~crosspatch.store.events_frame`)."""
         return events_frame(self.records)
 
-    def to_pandas(self):
-        """The same as :attr:`events` (a pandas DataFrame)."""
-        return self.events
+    @property
+    def events_long(self):
+        """The long form: one row per (event, event kind, boundary), as events.jsonl and
+        events.parquet store them, with ``kind`` (:func:`~crosspatch.store.records_frame`)."""
+        return records_frame(self.records)
+
+    def to_pandas(self, long: bool = False):
+        """:attr:`events` (or :attr:`events_long` with ``long=True``) as a pandas DataFrame."""
+        return self.events_long if long else self.events
 
     @property
     def verdict(self):

@@ -473,7 +473,7 @@ class RunStore:
     def write_parquet(self, records: list[CellRecord]) -> Path:
         target = self.path / "events.parquet"
         with _guard_write(target):
-            events_frame(records).to_parquet(target, index=False)
+            records_frame(records).to_parquet(target, index=False)
         return target
 
 
@@ -531,8 +531,32 @@ def completed_prompts(records: Iterable[CellRecord], no_div: Iterable[NoDivergen
 
 
 def events_frame(records: Iterable[CellRecord]):
-    """One row per (event, boundary): identity columns, ``Y`` per readout and cell, and the
-    per-event effects ``<readout>.E_PT``, ``.E_IT``, ``.interaction``."""
+    """One row per (event, boundary): an event is a prompt's divergence (generated position and
+    token pair); ``kinds`` lists the event kinds that fall on it (comma-separated, in the order of
+    ``tokens.EVENT_KINDS``) and ``is_<kind>`` says the same per kind; then the identity columns,
+    ``Y`` per readout and cell and the per-event effects, as :func:`records_frame` (the long
+    form, one row per event kind) has them without its ``key`` and ``kind``."""
+    from .tokens import EVENT_KINDS
+
+    long = records_frame(records)
+    if long.empty:
+        return long
+    identity = ["prompt_id", "position", "t_pt", "t_it", "boundary"]
+    order = {k: n for n, k in enumerate(EVENT_KINDS)}
+    kinds = long.groupby(identity, sort=False)["kind"].agg(
+        lambda ks: ",".join(sorted(set(ks), key=lambda k: (order.get(k, len(order)), k))))
+    wide = long.drop_duplicates(identity).drop(columns=["key", "kind"]).set_index(identity)
+    wide.insert(0, "kinds", kinds)
+    for kind in sorted(set(long["kind"]) | set(EVENT_KINDS), key=lambda k: (order.get(k, len(order)), k)):
+        wide.insert(1 + sum(c.startswith("is_") for c in wide.columns), f"is_{kind}",
+                    wide["kinds"].str.split(",").apply(lambda ks, k=kind: k in ks))
+    return wide.reset_index()
+
+
+def records_frame(records: Iterable[CellRecord]):
+    """One row per record, i.e. per (event, event kind, boundary), as ``events.jsonl`` and
+    ``events.parquet`` hold them: identity columns with ``kind``, ``Y`` per readout and cell, and
+    the per-event effects ``<readout>.E_PT``, ``.E_IT``, ``.interaction``."""
     import pandas as pd
 
     rows = []
