@@ -21,6 +21,7 @@ def saved_pair(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_run_writes_the_run_directory_and_report_rerenders(saved_pair, tmp_path):
     out = tmp_path / "run"
     res = CliRunner().invoke(app, [
@@ -94,6 +95,7 @@ def test_report_on_a_non_run_directory(tmp_path):
     assert res.exit_code == 2 and "RunDirectoryError" in res.output
 
 
+@pytest.mark.slow
 def test_html_report_is_self_contained_and_escapes_model_text(tmp_path):
     """Hostile text in token text, prompt ids, categories, prompts and model paths never becomes
     markup; the page needs no network."""

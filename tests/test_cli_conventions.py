@@ -36,6 +36,7 @@ def test_every_public_callable_stays_callable_after_use():
     assert callable(crosspatch.compare) and callable(crosspatch.lineage)
 
 
+@pytest.mark.slow
 def test_progress_lines_go_to_a_log_when_stderr_is_not_a_terminal(tmp_path):
     from crosspatch.testing import save_tiny_pair
 
@@ -243,6 +244,7 @@ def test_compare_takes_named_descendants(tmp_path):
     assert (tmp_path / "c" / "sft" / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_gate_over_a_compare_directory_gates_every_descendant(tmp_path):
     import shutil
 

@@ -30,6 +30,7 @@ def compared(family, tmp_path_factory):
     return compare(models, many_prompts(16), out=out, cross="all", controls="default", **OPTIONS), out
 
 
+@pytest.mark.slow
 def test_compare_gives_each_descendant_its_expected_effects(compared):
     result, out = compared
     rows = result.summary["rows"]
@@ -43,6 +44,7 @@ def test_compare_gives_each_descendant_its_expected_effects(compared):
         assert (out / name).exists(), name
 
 
+@pytest.mark.slow
 def test_cross_matrix_diagonal_equals_each_descendants_own_cells(compared):
     result, _ = compared
     m = result.summary["cross"]
@@ -85,6 +87,7 @@ def _interpolated_stages(n=3):
     return {"base": base, **stages}
 
 
+@pytest.mark.slow
 def test_lineage_on_an_interpolation_is_monotone_and_its_final_stage_equals_a_plain_run(tmp_path):
     from crosspatch.pipeline import run
 
@@ -116,6 +119,7 @@ def _stages_with_their_own_heads():
     return modules
 
 
+@pytest.mark.slow
 def test_lineage_reads_every_stage_with_the_final_models_head_too(tmp_path):
     from crosspatch.records import RecordKey
 
@@ -132,6 +136,7 @@ def test_lineage_reads_every_stage_with_the_final_models_head_too(tmp_path):
     assert max(abs(r["cells"]["upt_lpt"] - r["cells_final_readout"]["upt_lpt"]) for r in s1) > 1e-3
 
 
+@pytest.mark.slow
 def test_lineage_reports_each_stage_share_of_final_two_ways(tmp_path):
     """The authors' share (the stage's interaction over the final's, every cell read with the final
     model's head) beside the native-shift share, each recomputed here from the stored rows, or n/a
@@ -200,6 +205,7 @@ def test_pooling_runs_weights_families_equally(compared):
     assert pooled["n_pairs"] == 2
 
 
+@pytest.mark.slow
 def test_compare_and_lineage_commands(tmp_path):
     from crosspatch.cli import app
     from crosspatch.testing import save_tiny_pair
@@ -263,6 +269,7 @@ def test_compare_and_lineage_commands(tmp_path):
     assert not (tmp_path / "l" / "run" / ".crosspatch-collection").exists()
 
 
+@pytest.mark.slow
 def test_compare_under_sequential_residency_holds_one_model_at_a_time(family, tmp_path):
     tok = char_tokenizer()
     for name, model in family.items():

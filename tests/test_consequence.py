@@ -130,6 +130,7 @@ def test_forcing_the_natural_token_reproduces_the_natural_continuation():
         assert row["results"]["IT"]["t_it"]["suffix"] == forced_then
 
 
+@pytest.mark.slow
 def test_consequence_command_on_a_finished_run(tmp_path):
     from crosspatch.cli import app
     from crosspatch.testing import save_tiny_pair
@@ -162,6 +163,7 @@ def test_consequence_command_on_a_finished_run(tmp_path):
     assert (tmp_path / "r" / "consequence.jsonl").read_text().splitlines() == lines
 
 
+@pytest.mark.slow
 def test_allow_partial_scores_the_shared_prompts_and_records_what_was_left_out(tmp_path):
     from crosspatch.cli import app
     from crosspatch.testing import save_tiny_pair

@@ -26,6 +26,7 @@ def _row(result, name):
     return next(r for r in result.summary["controls"] if r["control"] == name)
 
 
+@pytest.mark.slow
 def test_every_control_fills_one_row(late_only):
     assert [r["control"] for r in late_only.summary["controls"]] == list(CONTROLS)
     for row in late_only.summary["controls"]:
@@ -68,6 +69,7 @@ def test_hybrid_state_reconstruction_and_interpolation_endpoints_are_exact(late_
     assert row["details"]["monotone"] is True
 
 
+@pytest.mark.slow
 def test_interpolation_endpoints_equal_the_cells_on_a_fully_perturbed_pair():
     pair = make_pair("llama", scale=0.5)
     result = run(pair, many_prompts(8), controls="hybrid_state", event_kinds="first_diff", **OPTIONS)
@@ -79,6 +81,7 @@ def test_interpolation_endpoints_equal_the_cells_on_a_fully_perturbed_pair():
         assert rec["reconstruction_error"] == 0.0
 
 
+@pytest.mark.slow
 def test_early_only_descendant_has_no_late_effect():
     pair = make_pair("llama", perturb=[0, 1], scale=0.4)
     result = run(pair, many_prompts(16), **OPTIONS)
@@ -102,6 +105,7 @@ def test_control_selection():
         parse_controls("label_swap,bogus")
 
 
+@pytest.mark.slow
 def test_event_kinds_are_recorded_and_broken_down():
     pair = make_pair("llama", scale=0.5)
     result = run(pair, many_prompts(12), **{**OPTIONS, "max_new_tokens": 16})
@@ -120,6 +124,7 @@ def test_event_kinds_are_recorded_and_broken_down():
     assert alone.summary["results"]["2"]["common_it"]["all"] == blocks["all"]
 
 
+@pytest.mark.slow
 def test_users_word_lists_are_recorded_and_markers_are_whole_words(tmp_path):
     import json
     import string

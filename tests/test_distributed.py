@@ -20,6 +20,7 @@ def saved(tmp_path_factory):
     return save_tiny_pair(tmp_path_factory.mktemp("ray"), scale=0.15)
 
 
+@pytest.mark.slow
 def test_ray_engine_equals_local_engine(saved, tmp_path):
     pair = load_pair(str(saved / "base"), tuned=str(saved / "tuned"))
     prompts = many_prompts(24)
@@ -42,6 +43,7 @@ def test_ray_engine_needs_paths():
         run(make_pair("llama"), many_prompts(10), engine="ray", bootstrap=0, progress=False, max_new_tokens=4)
 
 
+@pytest.mark.slow
 def test_a_lost_ray_worker_is_a_named_error(saved):
     """A worker that dies mid-chunk (killed, out of host memory) stops the run with a named error
     that says the finished chunks are kept, not a Ray traceback."""

@@ -146,6 +146,7 @@ def lockstep_or_non_finite(pair, ids, max_new):
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rollout_model", ["IT", "PT"])
 @pytest.mark.parametrize("one_model_at_a_time", [False, True])
 def test_nan_logits_end_a_prompt_without_an_event_and_name_the_model(prompts, rollout_model, one_model_at_a_time):

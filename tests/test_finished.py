@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from crosspatch.cli import app
@@ -20,6 +21,7 @@ def _prompt_file(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_consequence_and_features_run_on_a_compare_member_and_a_lineage_run(tmp_path):
     base, adapter, merged = save_tiny_lora(tmp_path / "m")
     prompts = _prompt_file(tmp_path)
@@ -47,6 +49,7 @@ def test_consequence_and_features_run_on_a_compare_member_and_a_lineage_run(tmp_
     assert summary["features"]["layers"] == [3] and "Sparse final-MLP features" in (run_dir / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_run_on_finished_runs_a_registered_analysis_and_summarises_again(tmp_path):
     from crosspatch.execution import load_pair
     from crosspatch.finished import run_on_finished
@@ -65,6 +68,7 @@ def test_run_on_finished_runs_a_registered_analysis_and_summarises_again(tmp_pat
     assert later["counts"] == result.summary["counts"] and later["results"] == result.summary["results"]
 
 
+@pytest.mark.slow
 def test_every_writer_takes_the_run_directory_lock(tmp_path):
     import pytest
 

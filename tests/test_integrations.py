@@ -43,6 +43,7 @@ def trained(tmp_path_factory):
     return out, callback, trainer
 
 
+@pytest.mark.slow
 def test_logged_numbers_equal_a_separate_run_on_each_checkpoint(trained):
     import crosspatch
 
@@ -63,6 +64,7 @@ def test_logged_numbers_equal_a_separate_run_on_each_checkpoint(trained):
     assert (out / "diag" / "steps.jsonl").read_text().count("\n") == 2
 
 
+@pytest.mark.slow
 def test_checkpoints_form_a_lineage_in_step_order(trained, tmp_path):
     from typer.testing import CliRunner
 

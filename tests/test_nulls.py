@@ -70,6 +70,7 @@ def test_without_a_null_the_row_says_there_is_no_yardstick():
     assert row["status"] == "info" and "no null descendant" in row["summary"]
 
 
+@pytest.mark.slow
 def test_a_trained_null_is_given_on_the_command_line(tmp_path):
     from crosspatch.testing import save_tiny_pair
 

@@ -60,6 +60,7 @@ def test_every_registered_analysis_passes_the_contract(contract, name):
         assert contract[name]["block"]
 
 
+@pytest.mark.slow
 def test_the_external_analysis_appears_in_summary_and_both_reports(contract, tmp_path_factory):
     root = next(p for p in Path(tmp_path_factory.getbasetemp()).glob("contract*/run-both"))
     import json

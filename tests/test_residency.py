@@ -23,6 +23,7 @@ def _same(a, b, tol=1e-4):
     return worst
 
 
+@pytest.mark.slow
 def test_three_residencies_give_the_same_numbers(tmp_path):
     base, adapter, merged = _lora_dirs(tmp_path)
     pairs = {
@@ -38,6 +39,7 @@ def test_three_residencies_give_the_same_numbers(tmp_path):
     _same(results["both"], results["adapter"], tol=1e-4)  # merged vs unmerged LoRA rounding
 
 
+@pytest.mark.slow
 def test_sequential_holds_one_model_at_a_time(tmp_path):
     base, _, merged = _lora_dirs(tmp_path)
     pair = load_pair(str(base), tuned=str(merged), residency="sequential")
@@ -55,6 +57,7 @@ def test_sequential_holds_one_model_at_a_time(tmp_path):
     assert pair.peak_live_models == 1 and pair.loads - loads <= 10
 
 
+@pytest.mark.slow
 def test_sequential_keeps_one_copy_of_a_readout_head_the_fine_tune_left_alone(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -12,6 +12,7 @@ from crosspatch.testing import make_pair
 from .test_store import _strip, assert_same_summary, many_prompts
 
 
+@pytest.mark.slow
 def test_three_shards_merge_to_the_unsharded_result(tmp_path):
     pair = make_pair("llama", scale=0.15)
     prompts = many_prompts(14)
@@ -27,6 +28,7 @@ def test_three_shards_merge_to_the_unsharded_result(tmp_path):
     assert (tmp_path / "merged" / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_merge_refuses_incomplete_or_foreign_shards(tmp_path):
     pair = make_pair("llama", scale=0.15)
     prompts = many_prompts(6)

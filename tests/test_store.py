@@ -60,6 +60,7 @@ def _command(saved, out):
             "--boundaries", "1,3", "--max-new-tokens", "24", "--batch-size", "2", "--bootstrap", "200", "--quiet"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_run_resumes_to_the_uninterrupted_result(saved, tmp_path, sig):
     reference = tmp_path / "reference"
@@ -92,6 +93,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(saved, tmp_path, sig):
     assert_same_summary(_strip(got), _strip(want))
 
 
+@pytest.mark.slow
 def test_torn_line_and_incomplete_prompt_are_redone(tmp_path):
     pair = make_pair("llama", scale=0.2)
     prompts = many_prompts(8)
@@ -108,6 +110,7 @@ def test_torn_line_and_incomplete_prompt_are_redone(tmp_path):
     assert again.summary["cost_this_session"]["prompts_processed"] == 1
 
 
+@pytest.mark.slow
 def test_a_run_directory_refuses_other_settings(tmp_path):
     pair = make_pair("llama", scale=0.2)
     run(pair, many_prompts(3), boundary=2, max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "r")
@@ -123,6 +126,7 @@ def test_a_run_directory_refuses_other_settings(tmp_path):
     assert all(json.loads(line)["boundary"] == 1 for line in (tmp_path / "r" / "events.jsonl").read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_is_named_and_the_run_stays_resumable(tmp_path, monkeypatch):
     import errno
 
@@ -163,6 +167,7 @@ def test_group_by_never_replaces_a_built_in_breakdown():
     assert any("--group-by category" in w for w in result.summary["warnings"])
 
 
+@pytest.mark.slow
 def test_a_run_whose_config_was_lost_never_adopts_another_models_records(tmp_path):
     from crosspatch.errors import RunSettingsMismatchError
 
@@ -181,6 +186,7 @@ def test_a_run_whose_config_was_lost_never_adopts_another_models_records(tmp_pat
     assert again.summary["cost_this_session"]["prompts_processed"] == 0
 
 
+@pytest.mark.slow
 def test_a_run_directory_in_use_by_another_process_is_refused_then_free_when_it_ends(tmp_path):
     from crosspatch.store import RunStore
 

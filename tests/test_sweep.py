@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from crosspatch.cells import CELLS, READOUTS
@@ -14,6 +15,7 @@ from crosspatch.testing import make_pair
 from .conftest import PROMPTS
 
 
+@pytest.mark.slow
 def test_sweep_equals_separate_boundary_runs(tmp_path):
     pair = make_pair("qwen2", layers=5, scale=0.2)
     sweep = run(pair, PROMPTS, boundaries="all", max_new_tokens=10, bootstrap=100, progress=False,
@@ -43,6 +45,7 @@ def test_sweep_cost_stays_near_the_lower_bound():
         assert cost["fe_per_event"] <= 1.3 * lower_bound
 
 
+@pytest.mark.slow
 def test_sweep_command(tmp_path):
     from crosspatch.testing import save_tiny_pair
 

@@ -148,6 +148,7 @@ def _gate(*args):
     return res.exit_code, json.loads(res.output)
 
 
+@pytest.mark.slow
 def test_gate_exit_codes(portable_run, tmp_path):
     code, out = _gate(portable_run)
     assert (code, out["status"], out["verdict"]) == (0, "pass", "portable")
@@ -230,6 +231,7 @@ def test_one_verdict_name_is_a_list_of_one():
     assert VerdictPolicy.from_dict({"pass_verdicts": "portable"}).pass_verdicts == ("portable",)
 
 
+@pytest.mark.slow
 def test_until_ci_width_stops_once_the_interval_is_narrow_enough_and_says_so(tmp_path):
     from crosspatch.pipeline import rerender_run
 

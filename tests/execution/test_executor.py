@@ -33,6 +33,7 @@ def _close(a: dict, b: dict, tol: float) -> float:
     return worst
 
 
+@pytest.mark.slow
 def test_a_toy_analysis_gives_the_same_numbers_under_every_residency_and_engine(tmp_path):
     from peft import PeftModel
 
@@ -109,6 +110,7 @@ def _three_models(root):
     return models, tok
 
 
+@pytest.mark.slow
 def test_three_models_sequential_hold_one_at_a_time_and_match_resident(tmp_path):
     modules, tok = _three_models(tmp_path)
     paths = {r: str(tmp_path / r) for r in ("late", "early")}
@@ -177,6 +179,7 @@ def test_the_kv_cache_estimate_is_what_a_model_caches():
     assert kv_bytes_per_token({"model_type": "custom"}, 4) is None  # a config that does not say
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("residency", ["both", "sequential"])
 def test_a_token_budget_changes_batches_not_results(tmp_path, residency):
     """Decoding passes count each prompt with its generation budget: a budget below one prompt +
@@ -215,6 +218,7 @@ def _out_of_memory_above(mp, rows: int) -> list[int]:
     return failed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("residency", ["both", "sequential"])
 def test_a_batch_that_runs_out_of_memory_is_split_and_the_results_stay(tmp_path, residency):
     """Out of device memory, a batch is halved and retried (and later batches stay under the
@@ -233,6 +237,7 @@ def test_a_batch_that_runs_out_of_memory_is_split_and_the_results_stay(tmp_path,
     assert worst <= 1e-5
 
 
+@pytest.mark.slow
 def test_one_sequence_that_does_not_fit_alone_is_a_named_error(tmp_path):
     from crosspatch.errors import DeviceMemoryError
 
@@ -244,6 +249,7 @@ def test_one_sequence_that_does_not_fit_alone_is_a_named_error(tmp_path):
             run(pair, PROMPTS, batch_size=8, out=tmp_path / "run", **OPTIONS)
 
 
+@pytest.mark.slow
 def test_several_adapters_on_one_base_copy(tmp_path):
     """Two PEFT adapters on one copy of the base weights: each descendant's cells equal those of
     its merged checkpoint held resident."""
@@ -265,6 +271,7 @@ def test_several_adapters_on_one_base_copy(tmp_path):
     assert [r.cells for r in one.records] != [r.cells for r in two.records]  # the adapters really differ
 
 
+@pytest.mark.slow
 def test_an_adapter_under_sequential_residency_matches_adapter_residency(tmp_path):
     base, adapter, _ = _lora_dirs(tmp_path)
     together = run(load_pair(str(base), adapter=str(adapter)), PROMPTS, **OPTIONS)

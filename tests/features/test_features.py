@@ -44,6 +44,7 @@ def test_save_load_round_trip_keeps_normalisation(tmp_path):
         assert torch.equal(cc.encode(a, cc.normalize(x_it[:5], "it")), back.encode(a, back.normalize(x_it[:5], "it")))
 
 
+@pytest.mark.slow
 def test_training_learns_and_the_quality_gate_reports_every_check():
     x_pt, x_it = _data()
     cc = train_crosscoder(x_pt[:500], x_it[:500], [0, 1], 12, n_latents=64, k=6, steps=600)
@@ -108,6 +109,7 @@ def test_split_is_by_prompt_and_stable():
     assert {e.prompt_id for e in a1} == {e.prompt_id for e in a2} and a1 and b1
 
 
+@pytest.mark.slow
 def test_features_end_to_end_on_a_run(tmp_path):
     from typer.testing import CliRunner
 

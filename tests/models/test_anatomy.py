@@ -23,6 +23,7 @@ def test_required_architectures_are_covered():
     assert EXPECTED <= set(ARCHITECTURES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(EXPECTED))
 def test_full_pipeline_runs_and_diagonals_are_exact(arch, prompts):
     pair = make_pair(arch)

@@ -22,6 +22,7 @@ def test_at_least_twenty_architectures_are_tested():
     assert set(MOE_ARCHITECTURES) <= set(ARCHITECTURES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", MORE)
 def test_diagonal_is_exact_and_late_only_interaction_is_zero(arch):
     prompts = [dict(p) for p in PROMPTS[:4]]
@@ -39,6 +40,7 @@ def test_diagonal_is_exact_and_late_only_interaction_is_zero(arch):
         assert (y["uit_lit"] - y["uit_lpt"]) - (y["upt_lit"] - y["upt_lpt"]) == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [a for a in MOE_ARCHITECTURES if a in ARCHITECTURES])
 def test_moe_routing_at_the_boundary_is_recorded(arch):
     prompts = [dict(p) for p in PROMPTS[:4]]

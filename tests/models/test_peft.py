@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from crosspatch.execution import load_pair
@@ -59,6 +60,7 @@ def test_adapter_settings_that_change_the_base_are_warned(tmp_path):
     assert any("modules_to_save" in w for w in warnings)
 
 
+@pytest.mark.slow
 def test_a_hub_adapter_in_the_cache_loads_offline(tmp_path):
     """An adapter given as a hub id is read from the Hugging Face cache like a checkpoint (its
     adapter_config.json, not a config.json, marks it cached), and gives the local directory's

@@ -119,6 +119,7 @@ def test_identical_models_give_zero_effects_and_late_only_gives_zero_interaction
     assert run(same, image_prompts(charts), **OPTIONS).records == []  # identical models never diverge
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", VLM_ARCHITECTURES)
 def test_checkpoints_on_disk_with_image_prompts_in_jsonl_and_sequential_residency(arch, tmp_path, charts):
     base_dir, tuned_dir = save_vlm_pair(tmp_path / "pair", arch)

@@ -33,6 +33,7 @@ def _visible_rows(dom: str) -> tuple[int, int]:
     return sum("hidden" not in r for r in rows), len(rows)
 
 
+@pytest.mark.slow
 def test_report_loads_without_console_errors(report):
     dom, errors = load(report)
     assert errors == []
@@ -41,6 +42,7 @@ def test_report_loads_without_console_errors(report):
     assert re.search(r'id="shown-count">\d+ of \d+ events match, \d+ shown<', dom)  # the script ran
 
 
+@pytest.mark.slow
 def test_explorer_filter_changes_the_visible_rows(report):
     dom, _ = load(report)
     categories = sorted(set(re.findall(r'<tr class="event-row" data-category="([^"]*)"', dom)))
@@ -56,6 +58,7 @@ def _shown(dom: str) -> list[dict]:
     return [dict(re.findall(r'data-([a-z]+)="([^"]*)"', r)) for r in rows if "hidden" not in r]
 
 
+@pytest.mark.slow
 def test_explorer_pages_and_sorts_one_row_per_event(report):
     dom, _ = load(report)
     every = _shown(dom)

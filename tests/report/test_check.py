@@ -21,12 +21,14 @@ def checked_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_every_number_in_both_reports_comes_from_the_stored_data(checked_run):
     assert check_report(checked_run) == []
     res = CliRunner().invoke(app, ["report", str(checked_run), "--check"])
     assert res.exit_code == 0 and "every printed number comes from the stored data" in res.output
 
 
+@pytest.mark.slow
 def test_a_number_the_data_does_not_hold_is_found(checked_run, tmp_path):
     import shutil
 

@@ -33,6 +33,7 @@ dtype: float32
 """
 
 
+@pytest.mark.slow
 def test_passthrough_splice_is_the_chimera_mergekit_would_build(tmp_path):
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
@@ -59,6 +60,7 @@ def test_passthrough_splice_is_the_chimera_mergekit_would_build(tmp_path):
     assert generate_chimera(models, "base", "tuned", 4, ids, 16, {"base": "base", "tuned": "tuned"}) == expected
 
 
+@pytest.mark.slow
 def test_linear_merge_of_two_descendants_is_built_preflighted_and_diagnosed(tmp_path):
     config = _config(tmp_path, """merge_method: linear
 models:

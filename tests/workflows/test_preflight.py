@@ -68,6 +68,7 @@ def test_broken_merge_fails_with_confident_divergences():
     assert any("max |Δlogit|" in cause for cause in check["causes"])
 
 
+@pytest.mark.slow
 def test_a_merge_in_memory_is_checked_at_its_precision():
     bf16 = run("it-lora-all", merge_in_memory="bfloat16")
     fp32 = run("it-lora-all", merge_in_memory="float32")
@@ -78,6 +79,7 @@ def test_a_merge_in_memory_is_checked_at_its_precision():
         run("it-lora-all", "it-merged", merge_in_memory="bfloat16")
 
 
+@pytest.mark.slow
 def test_policy_tolerances_decide_the_merge_check():
     strict = run("it-lora-all", "it-merged", policy={"max_abs_logit_diff": 1e-6})
     assert strict.failed() == ["adapter-vs-merged"]
@@ -152,6 +154,7 @@ def test_cli_exit_codes(tmp_path):
     assert unusable.exit_code == 2 and "ModelPathNotFoundError" in unusable.output
 
 
+@pytest.mark.slow
 def test_preflight_into_a_run_directory_adds_a_section_to_its_reports(tmp_path):
     import crosspatch
 

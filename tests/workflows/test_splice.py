@@ -76,6 +76,7 @@ def test_adapter_chimera_equals_the_adapter_merged_into_the_late_layers_only():
         assert generate_chimera(models, "tuned", "tuned", b, ids, 24, ROLES) == greedy_rollout(tuned, ids, 24, models)
 
 
+@pytest.mark.slow
 def test_splice_of_the_zoo_writes_a_page_that_renders_in_chromium(tmp_path):
     from crosspatch.report.browser import find_chromium, load
 

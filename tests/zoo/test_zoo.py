@@ -63,6 +63,7 @@ def _content(path):
     return path.read_bytes()
 
 
+@pytest.mark.slow
 def test_build_code_reproduces_committed_tokenizer_and_data(tmp_path):
     man = manifest()
     build_data(ZooSpec(**man["spec"]), tmp_path)
@@ -105,6 +106,7 @@ def test_descendants_learned_their_own_objective():
         assert "preflight" in (zoo_path() / name / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_smoke_build_trains_every_recipe_and_the_demo_runs_on_it(tmp_path):
     from crosspatch.zoo.demo import run_demo
 
@@ -126,6 +128,7 @@ def test_smoke_build_trains_every_recipe_and_the_demo_runs_on_it(tmp_path):
         assert counts["events"] + counts["invalid"] + sum(counts["no_divergence"].values()) == demo.summary["prompts"]
 
 
+@pytest.mark.slow
 def test_quick_demo_on_the_embedded_zoo(tmp_path):
     from crosspatch.zoo.demo import run_demo
 
@@ -158,6 +161,7 @@ def test_quick_demo_on_the_embedded_zoo(tmp_path):
         assert f"<td>{name}</td><td>{s['verdict']['verdict']}</td>" in table, name
 
 
+@pytest.mark.slow
 def test_the_shipped_fragile_adapter_is_upstream_dependent_on_clear_intervals():
     import crosspatch
     from crosspatch.zoo.demo import demo_prompts
@@ -169,6 +173,7 @@ def test_the_shipped_fragile_adapter_is_upstream_dependent_on_clear_intervals():
     assert result.verdict["numbers"]["E_IT"]["ci"][0] > 1.0  # a real late effect, most of it upstream-dependent
 
 
+@pytest.mark.slow
 def test_the_demo_prompts_give_realistic_divergences_on_the_shipped_it_full():
     """On the demo's default prompt set the base continues the text (few events are base-EOS at
     position 0), most first divergences come after a shared stretch, and the base's tokens vary
