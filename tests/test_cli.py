@@ -153,6 +153,29 @@ def test_help_is_fast_plain_and_complete():
         assert getattr(p.default, "help", None), f"--{p.name} has no help"
 
 
+def test_every_command_shows_plain_metavars():
+    import typer.main
+
+    group = typer.main.get_command(app)
+
+    def commands(cmd, path):
+        subs = getattr(cmd, "commands", None)
+        if not subs:
+            yield path
+            return
+        for name, sub in subs.items():
+            yield from commands(sub, path + [name])
+
+    paths = list(commands(group, []))
+    assert len(paths) > 15
+    for path in paths:
+        out = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "100"}).output
+        usage = out.splitlines()[0]
+        assert "{" not in usage and "<list[" not in out and "<list" not in out, (path, usage)
+    usage = CliRunner().invoke(app, ["pool", "--help"]).output.splitlines()[0]
+    assert usage.endswith("pool [OPTIONS] RUN_DIR...")
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     from crosspatch.testing import save_tiny_pair
 

@@ -11,6 +11,28 @@ from rich.table import Table
 from rich.text import Text
 
 
+def _plain_argument_help() -> None:
+    """Typer writes a required argument as ``{RUN_DIR}`` on the usage line and adds its Python
+    type (``<list[Path]>``) to the help; crosspatch's arguments carry a metavar that says what to
+    give, so both show it plainly (``RUN_DIR``, ``RUN_DIR...``, ``[PATH]``). A typer without these
+    hooks is left as it is (the help is then only less plain)."""
+    import typer.core
+
+    cls = getattr(typer.core, "TyperArgument", None)
+    if cls is None or not hasattr(cls, "_usage_display_name") or not hasattr(cls, "display_type_rich"):
+        return
+
+    def usage(self) -> str:
+        name = self.display_name_raw
+        if self.nargs != 1 and not name.endswith("..."):
+            name += "..."
+        return name if self.required else f"[{name}]"
+
+    cls._usage_display_name = usage
+    cls.display_type_rich = lambda self, ctx: None
+
+
+_plain_argument_help()
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 DEVICE_HELP = ("auto (CUDA when present, else the CPU) | cpu | cuda | cuda:N | map (accelerate device map over "
                "every GPU and the CPU).")

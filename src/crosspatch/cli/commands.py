@@ -19,7 +19,7 @@ from .app import (
 
 @app.command("gate")
 def gate_cmd(
-    run_dir: Path = typer.Argument(..., help="A finished run directory, or a compare/lineage directory."),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A finished run directory, or a compare/lineage directory."),
     max_interaction_share: Optional[float] = typer.Option(
         None, "--max-interaction-share", help="Upstream-dependent when the whole I/E_IT interval lies above this (default 0.5)."),
     portable_interaction_share: Optional[float] = typer.Option(
@@ -65,7 +65,7 @@ def gate_cmd(
 
 @app.command("consequence")
 def consequence_cmd(
-    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A finished run directory."),
     prompts: Path = typer.Option(..., "--prompts", help="The run's prompt file, whose rows carry 'validator' fields."),
     budget: int = typer.Option(32, "--budget", help="Tokens continued after the forced token."),
     with_pt: bool = typer.Option(False, "--with-pt", help="Also continue with the base model."),
@@ -94,7 +94,7 @@ def consequence_cmd(
 
 @app.command("pool")
 def pool_cmd(
-    run_dirs: list[Path] = typer.Argument(..., help="Finished run directories, one per base/descendant family."),
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="Finished run directories, one per base/descendant family."),
     bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples (within each family)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -173,7 +173,7 @@ def _features(run_dir: Path, crosscoder: Optional[Path], layers: int, latents: i
 
 @features_app.command("train")
 def features_train_cmd(
-    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A finished run directory."),
     layers: int = typer.Option(3, "--layers", help="How many final MLP layers the crosscoder reads."),
     latents: int = typer.Option(256, "--latents", help="Dictionary size."),
     k: int = typer.Option(8, "--k", help="Active latents per token (BatchTopK)."),
@@ -185,7 +185,7 @@ def features_train_cmd(
 
 @features_app.command("mediate")
 def features_mediate_cmd(
-    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A finished run directory."),
     crosscoder: Optional[Path] = typer.Option(None, "--crosscoder",
                                               help="A trained crosscoder directory (crosspatch or dictionary_learning "
                                                    "layout); default: train one now."),
@@ -200,7 +200,7 @@ def features_mediate_cmd(
 
 @app.command("merge")
 def merge_cmd(
-    shard_dirs: list[Path] = typer.Argument(..., help="Run directories of shards 0/n .. n-1/n."),
+    shard_dirs: list[Path] = typer.Argument(..., metavar="SHARD_DIR...", help="Run directories of shards 0/n .. n-1/n."),
     out: Path = typer.Option(..., "--out", help="Run directory for the merged run (new or empty)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a crosspatch run already in --out."),
 ) -> None:
@@ -219,7 +219,7 @@ def merge_cmd(
 
 @app.command("report")
 def report_cmd(
-    run_dir: Path = typer.Argument(..., help="A run directory."),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A run directory."),
     check: bool = typer.Option(False, "--check", help="Check that every number report.md and report.html print "
                                                       "comes from the stored data (exit 1 if one does not)."),
 ) -> None:
@@ -303,7 +303,7 @@ def zoo_build_cmd(
 
 
 @zoo_app.command("verify")
-def zoo_verify_cmd(path: Optional[Path] = typer.Argument(None, help="Zoo directory (default: embedded).")) -> None:
+def zoo_verify_cmd(path: Optional[Path] = typer.Argument(None, metavar="PATH", help="Zoo directory (default: embedded).")) -> None:
     """Check every zoo file against the sha256 in its manifest."""
     from ..zoo import verify
 

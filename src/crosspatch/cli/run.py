@@ -81,7 +81,7 @@ def run_cmd(
         None, "--until-ci-width", help="Process prompts chunk by chunk until the interaction's 95% half-width is at "
         "most this (logits), or the prompts run out; says which (resumable)."),
     null: Optional[list[str]] = typer.Option(
-        None, "--null", help="A null descendant of the same base (a checkpoint or adapter trained like the descendant "
+        None, "--null", metavar="DIR", help="A null descendant of the same base (a checkpoint or adapter trained like the descendant "
         "on a null task, or with another seed): the verdict's yardstick (repeatable)."),
     synthetic_null: int = typer.Option(
         0, "--synthetic-null", help="Synthetic nulls of the descendant: the real weight delta's spectrum in random "
@@ -430,10 +430,10 @@ def _compare_signature():
         None, "--cross", help="Cross-descendant patching: 'all', or UPSTREAM:LATE pairs (comma-separated roles)."))
     return _signature_like_run(drop=("null", "synthetic_null"), replace={
         "tuned": {"annotation": Optional[list[str]], "default": typer.Option(
-            None, "--tuned", help="A descendant checkpoint (repeat for several; roles are the directory names, or "
+            None, "--tuned", metavar="[NAME=]DIR", help="A descendant checkpoint (repeat for several; roles are the directory names, or "
             "give NAME=PATH).")},
         "adapter": {"annotation": Optional[list[str]], "default": typer.Option(
-            None, "--adapter", help="A PEFT adapter directory on --base (repeatable; NAME=PATH names its role).")},
+            None, "--adapter", metavar="[NAME=]DIR", help="A PEFT adapter directory on --base (repeatable; NAME=PATH names its role).")},
         "out": {"default": typer.Option(Path("runs/compare"), "--out", help="Directory of the comparison.")},
     }, add=[cross])
 
@@ -442,7 +442,7 @@ def _lineage_signature():
     import inspect
 
     models = inspect.Parameter("models", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=list[str],
-                               default=typer.Argument(..., help="BASE STAGE1 ... FINAL (directories, training order); "
+                               default=typer.Argument(..., metavar="MODEL...", help="BASE STAGE1 ... FINAL (directories, training order); "
                                                       "with --checkpoints only BASE."))
     checkpoints = inspect.Parameter("checkpoints", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                                     default=typer.Option(None, "--checkpoints", help="A trainer's output_dir: its "

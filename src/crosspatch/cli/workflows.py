@@ -125,7 +125,7 @@ def splice_cmd(
 
 @app.command("merge-check")
 def merge_check_cmd(
-    config: Path = typer.Argument(..., help="A mergekit configuration (YAML)."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="A mergekit configuration (YAML)."),
     prompts: Path = typer.Option(..., "--prompts", help="Prompt file."),
     base: Optional[str] = typer.Option(None, "--base", help="The base the merged models descend from (default: the "
                                        "configuration's base_model; a passthrough splice: its first slice's model)."),
@@ -166,8 +166,8 @@ def merge_check_cmd(
 @app.command("env")
 def env_cmd(
     base: Optional[str] = typer.Option(None, "--base", help="With --tuned/--adapter: say which residency a run would use."),
-    tuned: Optional[list[str]] = typer.Option(None, "--tuned", help="A descendant checkpoint (repeatable)."),
-    adapter: Optional[list[str]] = typer.Option(None, "--adapter", help="A PEFT adapter directory (repeatable)."),
+    tuned: Optional[list[str]] = typer.Option(None, "--tuned", metavar="DIR", help="A descendant checkpoint (repeatable)."),
+    adapter: Optional[list[str]] = typer.Option(None, "--adapter", metavar="DIR", help="A PEFT adapter directory (repeatable)."),
     dtype: str = typer.Option("auto", "--dtype", help="The dtype a run would load in (auto, float32, bf16, fp16)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object for machines."),
