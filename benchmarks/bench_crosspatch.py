@@ -133,6 +133,62 @@ def method_crosspatch(args) -> dict:
             "no_divergence": len(result.no_divergence)}
 
 
+def method_default(args) -> dict:
+    """A default ``crosspatch.run`` (default controls, every event kind, 2000 bootstrap
+    resamples, the default batching), timed after loading like the 2x2 alone; events and cells are
+    its first divergences."""
+    from crosspatch.execution import load_pair
+    from crosspatch.pipeline import run
+
+    w = workload_paths(args.workload, args.root)
+    if not args.device.startswith("cuda"):
+        warm_code_paths()
+    pair = load_pair(w["base"], tuned=w["tuned"], dtype=args.dtype, device=args.device, hash_weights=False)
+    prompts = load_prompt_list(args)
+    options = dict(boundary=0.6, max_new_tokens=args.max_new_tokens, progress=False)
+    run(pair, prompts[:2], **options)  # warm-up, as every method gets
+    sync(args.device)
+    start = time.perf_counter()
+    result = run(pair, prompts, **options)
+    sync(args.device)
+    seconds = time.perf_counter() - start
+    first = [r for r in result.records if r.kind == "first_diff"]
+    return {"seconds": seconds, "events": {r.prompt_id: (r.position, r.t_pt, r.t_it, r.prefix_ids) for r in first},
+            "cells": {f"{r.prompt_id}@{r.boundary}": r.cells["common_it"] for r in first},
+            "fe_per_event": result.summary["cost_this_session"]["fe_per_event"], "peak_mb": peak_memory_mb(args.device),
+            "no_divergence": len(result.no_divergence)}
+
+
+def method_process(args) -> dict:
+    """The same default run as one ``crosspatch run`` command, timed from the start of the process
+    to its exit: imports, loading, hashing, compute, statistics and both reports (the fixed cost a
+    user waits for beside the compute)."""
+    import tempfile
+
+    w = workload_paths(args.workload, args.root)
+    prompts = load_prompt_list(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / "prompts.jsonl"
+        file.write_text("".join(json.dumps({"id": p.id, "prompt": p.prompt}) + "\n" for p in prompts))
+        cmd = [sys.executable, "-m", "crosspatch", "run", "--base", w["base"], "--tuned", w["tuned"], "--prompts",
+               str(file), "--out", str(Path(tmp) / "run"), "--boundary", "0.6", "--max-new-tokens",
+               str(args.max_new_tokens), "--dtype", args.dtype, "--device", args.device, "--quiet"]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"crosspatch run failed:\n{done.stderr[-4000:]}")
+        lines = [json.loads(x) for x in (Path(tmp) / "run" / "events.jsonl").read_text().splitlines()]
+        summary = json.loads((Path(tmp) / "run" / "summary.json").read_text())
+    first = [r for r in lines if r["kind"] == "first_diff"]
+    return {"seconds": seconds,
+            "events": {r["prompt_id"]: (r["position"], r["t_pt"], r["t_it"], r["prefix_ids"]) for r in first},
+            "cells": {f"{r['prompt_id']}@{r['boundary']}": r["cells"]["common_it"] for r in first},
+            "fe_per_event": summary["cost_this_session"]["fe_per_event"],
+            "compute_seconds": summary["cost_this_session"]["seconds"], "peak_mb": None,  # another process's
+            "no_divergence": sum(summary["counts"]["no_divergence"].values())}
+
+
 def plain_models(args):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -233,6 +289,9 @@ SUITES = {
     # name: list of (label, workload, dtype, device, prompts, sweep?, methods, residencies)
     "cpu": [
         ("zoo, fp32", "zoo", "float32", "cpu", 128, ["crosspatch", "lower", "paper", "nnsight"], ["both", "sequential"]),
+        # what a user runs: the default command, in-process and as a whole process
+        ("zoo, fp32, the default run", "zoo", "float32", "cpu", 128, ["crosspatch", "default", "process", "paper"], [],
+         "no-sweep"),
         ("mid-size pair, fp32", "mid", "float32", "cpu", 32, ["crosspatch", "lower", "paper", "nnsight"],
          ["both", "sequential", "sequential@1024", "adapter"], "no-sweep-paper"),
         ("mid-size pair, bf16", "mid", "bfloat16", "cpu", 16, ["crosspatch", "lower", "paper"], [], "no-sweep"),
@@ -387,7 +446,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", choices=sorted(SUITES))
     ap.add_argument("--render", action="store_true", help="only re-render docs/benchmarks.md from the stored results")
-    ap.add_argument("--method", choices=["crosspatch", "paper", "nnsight", "lower", "profile"])
+    ap.add_argument("--method", choices=["crosspatch", "paper", "nnsight", "lower", "profile", "default", "process"])
     ap.add_argument("--workload", default="zoo", choices=["zoo", "mid", "large"])
     ap.add_argument("--root", default="/tmp/crosspatch-bench", help="where the mid-size pair is written (once)")
     ap.add_argument("--dtype", default="float32")
@@ -409,7 +468,8 @@ def main() -> None:
         device = SUITES[args.suite][0][3] if args.suite else args.device
         args.batch_size = 128 if device.startswith("cuda") else 32
     if args.method:
-        fn = {"crosspatch": method_crosspatch, "profile": method_profile}.get(args.method, method_baseline)
+        fn = {"crosspatch": method_crosspatch, "profile": method_profile, "default": method_default,
+              "process": method_process}.get(args.method, method_baseline)
         print(json.dumps(fn(args)))
         return
     if args.render:

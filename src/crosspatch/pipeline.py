@@ -48,8 +48,11 @@ class RunConfig:
     boundary: int | float = 0.6  # layer index, or fraction of depth
     boundaries: list[int | float] | str | None = None  # several at once, or "all" (1..L-1); overrides boundary
     max_new_tokens: int = 128
-    batch_size: int = 8
-    max_batch_tokens: int | None = None  # padded tokens per batch (prompt + generation budget while decoding)
+    # a batch holds at most batch_size sequences and max_batch_tokens padded tokens (prompt +
+    # generation budget while decoding): the token budget sets the rows for the prompts at hand
+    # (128 rows of a short prompt, fewer of long ones); batching changes speed, never results
+    batch_size: int = 128
+    max_batch_tokens: int | None = 16384
     rollout_model: str = "IT"
     near_tie_threshold: float = 0.05
     bootstrap: int = 2000

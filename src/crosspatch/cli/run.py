@@ -26,10 +26,11 @@ def run_cmd(
     boundary: str = typer.Option("0.6", "--boundary", help="Boundary layer: int index or depth fraction."),
     boundaries: Optional[str] = typer.Option(None, "--boundaries", help="Comma-separated boundaries, or 'all'."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Greedy budget of the divergence search (tokens)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Sequences per forward pass at most."),
     max_batch_tokens: Optional[int] = typer.Option(
-        None, "--max-batch-tokens", help="Padded tokens per forward pass at most (prompt + generation budget while "
-        "decoding): bounds working memory, e.g. with --residency sequential."),
+        16384, "--max-batch-tokens", help="Padded tokens per forward pass at most (prompt + generation budget while "
+        "decoding): with --batch-size it sets the rows of a batch from the prompts' lengths, and bounds working "
+        "memory (lower it with --residency sequential or a small GPU)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 (bf16) | float16 (fp16)"),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples."),

@@ -48,8 +48,13 @@ def kv_bytes_per_token(config: dict, itemsize: int) -> int | None:
 
 def chunk_size(residency: str, batch_size: int, sequential_chunk: int) -> int:
     """Prompts per chunk of a run: with one model resident at a time (``sequential``), as many as
-    a load cycle should serve; otherwise a few batches, so that records stream out often."""
-    return max(sequential_chunk, 1) if residency == "sequential" else max(batch_size, 1) * 4
+    a load cycle should serve; otherwise a few batches but at most 128 prompts (or one batch, when
+    a batch is larger), so that records stream out, a killed run loses little and
+    ``--until-ci-width`` checks often."""
+    if residency == "sequential":
+        return max(sequential_chunk, 1)
+    batch_size = max(batch_size, 1)
+    return min(4 * batch_size, max(batch_size, 128))
 
 
 def state_cache_bytes(residency: str, tokens: int, hidden_size: int, itemsize: int, n_boundaries: int) -> int | None:
