@@ -145,8 +145,6 @@ def build_for_finished(name: str, config: dict):
     """A registered plug-in's analysis, built for a finished run from its recorded options."""
     from types import SimpleNamespace
 
-    from .cells import CellsConfig
-    from .tokens import TokenClasses
     from .errors import OptionError
     from .registry import PlanContext, get_analysis
 
@@ -156,10 +154,7 @@ def build_for_finished(name: str, config: dict):
                           "(crosspatch report)")
     opts = config["options"]
     boundaries = config["resolved_boundaries"]
-    cells = CellsConfig(opts.get("batch_size", 8), opts.get("near_tie_threshold", 0.05), opts.get("max_batch_tokens"),
-                        TokenClasses.from_options(opts.get("format_tokens"), opts.get("marker_words")))
-    context = PlanContext(SimpleNamespace(**opts), boundaries, headline_boundary(boundaries, config["num_layers"]),
-                          config["num_layers"], cells, {})
+    context = PlanContext.for_run(SimpleNamespace(**opts), boundaries, config["num_layers"])
     analysis = plugin.build(plugin.make_options((opts.get("analysis_options") or {}).get(name)), context)
     if analysis is None:
         raise OptionError(f"analysis {name!r} has nothing to run on this run's settings")

@@ -17,7 +17,7 @@ from pathlib import Path
 from .analysis import EventSet
 from .cells import CellRecord, CellsConfig, CrossPatch, headline_boundary, resolve_boundary
 from .kinds import EventKinds, parse_event_kinds, relabel
-from .tokens import TokenClasses, word_list
+from .tokens import word_list
 from .registry import PlanContext, enabled_plugins
 from .summary import build_summary
 from .verdict import VerdictPolicy
@@ -556,11 +556,9 @@ def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analys
     div_cfg = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model,
                                capture_boundaries=boundaries if config.plan == "minimal" else None,
                                max_batch_tokens=config.max_batch_tokens)
-    cells = CellsConfig(config.batch_size, config.near_tie_threshold, config.max_batch_tokens,
-                        TokenClasses.from_options(config.format_tokens, config.marker_words))
+    context = PlanContext.for_run(config, boundaries, num_layers, validators)
+    cells = context.cells
     kinds = parse_event_kinds(config.event_kinds)
-    context = PlanContext(config, boundaries, headline_boundary(boundaries, num_layers), num_layers, cells,
-                          validators or {})
     built = []
     for plugin in enabled_plugins(vars(config)):
         if plugin.build is None:

@@ -72,6 +72,23 @@ class PlanContext:
     cells: Any  # cells.CellsConfig
     validators: dict = field(default_factory=dict)  # prompt id -> validators.Validator
 
+    @classmethod
+    def for_run(cls, config, boundaries: list[int], num_layers: int, validators: dict | None = None) -> "PlanContext":
+        """The one way to build a run's context: from its ``RunConfig`` while it runs, or from the
+        options recorded in a finished run's config.json (as an object with those attributes; an
+        option an older run did not record takes the cells' default)."""
+        from .cells import CellsConfig, headline_boundary
+        from .tokens import TokenClasses
+
+        default = CellsConfig()
+        cells = CellsConfig(getattr(config, "batch_size", default.batch_size),
+                            getattr(config, "near_tie_threshold", default.near_tie_threshold),
+                            getattr(config, "max_batch_tokens", default.max_batch_tokens),
+                            TokenClasses.from_options(getattr(config, "format_tokens", None),
+                                                      getattr(config, "marker_words", None)))
+        return cls(config, list(boundaries), headline_boundary(boundaries, num_layers), num_layers, cells,
+                   validators or {})
+
 
 @dataclass
 class SummaryContext:

@@ -548,11 +548,7 @@ def load_models(
     PEFT adapter directories on ``base`` (``adapters``), each a path, a list of paths (roles
     named after the directories) or a ``{role: path}`` dict. The residency is chosen here (see
     :func:`choose_residency`) and recorded with its reason."""
-    options = options or LoadOptions()
-    for key, value in overrides.items():
-        if not hasattr(options, key):
-            raise TypeError(f"unknown load option {key!r}")
-        setattr(options, key, value)
+    options = LoadOptions.with_overrides(options, **overrides)
     validate_load_options(options)  # the Python API gets the CLI's named errors, before any load
     base = model_path_arg(base, "the base")
     tuned_roles, adapter_roles = descendant_roles(tuned, adapters)

@@ -64,6 +64,18 @@ class LoadOptions:
     residency: str | None = None  # both | sequential | adapter; None chooses (execution.choose_residency)
     verbose: bool = False  # show transformers' loading bars and advisory warnings
 
+    @classmethod
+    def with_overrides(cls, options: "LoadOptions | None" = None, **overrides) -> "LoadOptions":
+        """``options`` (a fresh default when None) with ``overrides`` set, in place, as the Python
+        API's ``**load_overrides`` give them (``dtype="bf16"``, ``residency="sequential"``); an
+        unknown name is a ``TypeError``. Not validated: call :func:`validate_load_options`."""
+        options = options or cls()
+        for key, value in overrides.items():
+            if key not in cls.__dataclass_fields__:
+                raise TypeError(f"unknown load option {key!r}")
+            setattr(options, key, value)
+        return options
+
 
 def validate_load_options(options) -> None:
     """dtype, device and residency of :class:`~crosspatch.models.loading.LoadOptions`; the device

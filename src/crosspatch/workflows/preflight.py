@@ -454,11 +454,7 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     from ..models.paths import check_model_path
 
     policy = policy if isinstance(policy, PreflightPolicy) else PreflightPolicy.from_dict(policy)
-    options = options or LoadOptions()
-    for key, value in load_overrides.items():
-        if not hasattr(options, key):
-            raise TypeError(f"unknown load option {key!r}")
-        setattr(options, key, value)
+    options = LoadOptions.with_overrides(options, **load_overrides)
     validate_load_options(options)
     if adapter is None and merged is None:
         raise OptionError("preflight needs --adapter and/or --merged (a descendant to check against --base)")

@@ -180,11 +180,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     from ..prompts import as_prompts, load_prompts
     from .output import finished_document, fingerprint_of
 
-    options = options or LoadOptions()
-    for key, value in load_overrides.items():
-        if not hasattr(options, key):
-            raise TypeError(f"unknown load option {key!r}")
-        setattr(options, key, value)
+    options = LoadOptions.with_overrides(options, **load_overrides)
     if (tuned is None) == (adapter is None):
         raise OptionError("splice needs exactly one descendant: --tuned (a checkpoint) or --adapter (a PEFT adapter)")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
