@@ -103,70 +103,167 @@ def _pyplot():
     return plt
 
 
-def cells_heatmap_svg(block: dict, title: str) -> str:
-    """The 2x2 of mean Y (upstream rows, late-stack columns) as a heatmap."""
-    import numpy as np
+def _diverging(value: float, vmax: float) -> str:
+    """A blue-white-red colour for ``value`` in [-vmax, vmax] (RdBu reversed)."""
+    t = max(-1.0, min(1.0, value / vmax)) if vmax else 0.0
+    end = (178, 24, 43) if t > 0 else (33, 102, 172)
+    r, g, b = (round(255 + (c - 255) * abs(t)) for c in end)
+    return f"#{r:02x}{g:02x}{b:02x}"
 
-    plt = _pyplot()
+
+def cells_heatmap_svg(block: dict, title: str) -> str:
+    """The 2x2 of mean Y (upstream rows, late-stack columns) as a heatmap (SVG)."""
+    import math
+
     c = block["cells"]
-    grid = np.array([[c["upt_lpt"]["mean"], c["upt_lit"]["mean"]], [c["uit_lpt"]["mean"], c["uit_lit"]["mean"]]],
-                    dtype=float)
-    fig, ax = plt.subplots(figsize=(3.8, 3.2))
-    vmax = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
-    ax.imshow(grid, cmap="RdBu_r", vmin=-vmax or -1, vmax=vmax or 1)
-    for i in range(2):
-        for j in range(2):
-            dark = np.isfinite(grid[i, j]) and abs(grid[i, j]) > 0.55 * (vmax or 1)
-            ax.text(j, i, "n/a" if not np.isfinite(grid[i, j]) else f"{grid[i, j]:+.2f}", ha="center", va="center",
-                    fontsize=12, color="white" if dark else "black")
-    ax.set_xticks([0, 1], ["L_PT", "L_IT"])
-    ax.set_yticks([0, 1], ["U_PT", "U_IT"])
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return _svg(fig)
+    grid = [[c["upt_lpt"]["mean"], c["upt_lit"]["mean"]], [c["uit_lpt"]["mean"], c["uit_lit"]["mean"]]]
+    finite = [abs(v) for row in grid for v in row if v is not None and math.isfinite(v)]
+    vmax = max(finite) if finite else 1.0
+    left, top, cell = 60.0, 30.0, 90.0
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + 2 * cell + 20:.0f}" height="{top + 2 * cell + 36:.0f}" '
+           f'viewBox="0 0 {left + 2 * cell + 20:.0f} {top + 2 * cell + 36:.0f}" role="img">',
+           _text(left + cell, 16, title, size=11, anchor="middle", weight="bold")]
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            ok = v is not None and math.isfinite(v)
+            x0, y0 = left + j * cell, top + i * cell
+            out.append(f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{cell:.1f}" height="{cell:.1f}" '
+                       f'fill="{_diverging(v, vmax) if ok else "#eeeeee"}" stroke="#444" stroke-width="0.5"/>')
+            dark = ok and abs(v) > 0.55 * vmax
+            out.append(_text(x0 + cell / 2, y0 + cell / 2 + 5, f"{v:+.2f}" if ok else "n/a", size=14, anchor="middle",
+                             color="white" if dark else "black"))
+    out += [_text(left + cell / 2, top + 2 * cell + 18, "L_PT", anchor="middle"),
+            _text(left + 1.5 * cell, top + 2 * cell + 18, "L_IT", anchor="middle"),
+            _text(left - 8, top + cell / 2 + 4, "U_PT", anchor="end"),
+            _text(left - 8, top + 1.5 * cell + 4, "U_IT", anchor="end"), "</svg>"]
+    return "".join(out)
+
+
+# -- the run report's two small charts, written as SVG directly: a report is rendered on every run
+# and on every resummary, and drawing them with matplotlib cost seconds per report (its import
+# included). Every text is escaped; nothing but these shapes reaches the page.
+def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """About ``count`` round tick values covering [lo, hi] (steps of 1, 2 or 5 x 10^k)."""
+    import math
+
+    if not math.isfinite(lo) or not math.isfinite(hi) or hi <= lo:
+        lo, hi = (lo - 1.0, lo + 1.0) if math.isfinite(lo) else (-1.0, 1.0)
+    raw = (hi - lo) / max(count - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    first = math.floor(lo / step) * step
+    ticks = [first + k * step for k in range(int(math.ceil((hi - first) / step)) + 1)]
+    return [round(t, 10) for t in ticks]
+
+
+def _text(x: float, y: float, text: str, size: int = 11, anchor: str = "start", color: str = "#222",
+          weight: str = "normal") -> str:
+    from html import escape
+
+    return (f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" fill="{color}" '
+            f'font-weight="{weight}" font-family="sans-serif">{escape(str(text))}</text>')
+
+
+def _tick(v: float) -> str:
+    return f"{v:g}" if abs(v) >= 1e-9 else "0"
 
 
 def forest_svg(rows: list[tuple[str, dict]], title: str) -> str:
-    """E_PT, E_IT and the interaction with 95% intervals, one line of three per group."""
-    plt = _pyplot()
-    n = max(len(rows), 1)
-    fig, ax = plt.subplots(figsize=(6.4, 0.45 * n * 3 + 1.0))
-    y = 0
-    ticks, labels = [], []
-    for label, block in rows:
-        for key, name, color in CURVES:
-            stat = block["effects"][key]
-            if stat["mean"] is not None:
-                ci = stat.get("ci")
-                err = [[stat["mean"] - ci[0]], [ci[1] - stat["mean"]]] if ci and None not in ci else None
-                ax.errorbar(stat["mean"], y, xerr=err, fmt="o", color=color, capsize=3,
-                            label=name if label == rows[0][0] else None)
-            ticks.append(y)
-            labels.append(f"{_label(label)}: {key}")
-            y -= 1
-        y -= 0.6
-    ax.axvline(0.0, color="grey", linewidth=0.8)
-    ax.set_yticks(ticks, labels, fontsize=7)
-    ax.set_xlabel("logits")
-    ax.set_title(title, fontsize=9)
-    legend(ax, fontsize=7, loc="best")
-    fig.tight_layout()
-    return _svg(fig)
+    """E_PT, E_IT and the interaction with 95% intervals, one line of three per group (SVG)."""
+    stats = [(label, key, name, color, block["effects"][key]) for label, block in rows for key, name, color in CURVES]
+    values = [0.0]
+    for *_, stat in stats:
+        if stat.get("mean") is not None:
+            values.append(stat["mean"])
+            ci = stat.get("ci")
+            if ci and None not in ci:
+                values += list(ci)
+    ticks = _nice_ticks(min(values), max(values))
+    lo, hi = ticks[0], ticks[-1]
+    left, width, top, row, gap = 230.0, 380.0, 46.0, 15.0, 9.0
+    height = top + len(stats) * row + gap * len(rows) + 40
+
+    def x(v: float) -> float:
+        return left + (v - lo) / (hi - lo) * width
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 20:.0f}" height="{height:.0f}" '
+           f'viewBox="0 0 {left + width + 20:.0f} {height:.0f}" role="img">',
+           _text((left + width) / 2, 16, title, size=12, anchor="middle", weight="bold")]
+    for k, (_, name, color) in enumerate(CURVES):  # legend
+        lx = 12 + k * (left + width) / 3
+        out += [f'<circle cx="{lx:.1f}" cy="30" r="4" fill="{color}"/>', _text(lx + 8, 34, name, size=9)]
+    y = top
+    for n, (label, key, _, color, stat) in enumerate(stats):
+        if n and n % len(CURVES) == 0:
+            y += gap
+        cy = y + row / 2
+        out.append(_text(left - 8, cy + 4, f"{_label(label)}: {key}", size=10, anchor="end"))
+        mean, ci = stat.get("mean"), stat.get("ci")
+        if mean is not None:
+            if ci and None not in ci:
+                out += [f'<line x1="{x(ci[0]):.1f}" y1="{cy:.1f}" x2="{x(ci[1]):.1f}" y2="{cy:.1f}" stroke="{color}" '
+                        'stroke-width="1.5"/>']
+                out += [f'<line x1="{x(v):.1f}" y1="{cy - 4:.1f}" x2="{x(v):.1f}" y2="{cy + 4:.1f}" stroke="{color}"/>'
+                        for v in ci]
+            out.append(f'<circle cx="{x(mean):.1f}" cy="{cy:.1f}" r="4" fill="{color}"/>')
+        else:
+            out.append(_text(left + 4, cy + 4, "n/a", size=9, color="#888"))
+        y += row
+    axis = y + 6
+    out.append(f'<line x1="{x(0.0):.1f}" y1="{top - 4:.1f}" x2="{x(0.0):.1f}" y2="{axis:.1f}" stroke="grey" '
+               'stroke-width="0.8"/>')
+    out.append(f'<line x1="{left:.1f}" y1="{axis:.1f}" x2="{left + width:.1f}" y2="{axis:.1f}" stroke="#444"/>')
+    for t in ticks:
+        out += [f'<line x1="{x(t):.1f}" y1="{axis:.1f}" x2="{x(t):.1f}" y2="{axis + 4:.1f}" stroke="#444"/>',
+                _text(x(t), axis + 16, _tick(t), size=9, anchor="middle")]
+    out += [_text(left + width / 2, axis + 30, "logits", size=10, anchor="middle"), "</svg>"]
+    return "".join(out)
 
 
 def histogram_svg(values: list[float], title: str) -> str:
-    """Per-event interactions."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.2, 3.0))
-    finite = [v for v in values if v == v and abs(v) != float("inf")]
-    if finite:
-        ax.hist(finite, bins=min(40, max(5, len(finite) // 3)), color="#2ca02c", alpha=0.8)
-    ax.axvline(0.0, color="grey", linewidth=0.8)
-    ax.set_xlabel("per-event interaction (logits)")
-    ax.set_ylabel("events")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return _svg(fig)
+    """Per-event interactions as a histogram (SVG)."""
+    import numpy as np
+
+    finite = np.array([v for v in values if v == v and abs(v) != float("inf")], dtype=float)
+    left, width, top, height = 50.0, 440.0, 28.0, 170.0
+    out_w, out_h = left + width + 20, top + height + 46
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{out_w:.0f}" height="{out_h:.0f}" '
+           f'viewBox="0 0 {out_w:.0f} {out_h:.0f}" role="img">',
+           _text(left + width / 2, 16, title, size=11, anchor="middle", weight="bold")]
+    if len(finite):
+        counts, edges = np.histogram(finite, bins=min(40, max(5, len(finite) // 3)))
+    else:
+        counts, edges = np.zeros(1, dtype=int), np.array([-1.0, 1.0])
+    ticks = _nice_ticks(float(min(edges[0], 0.0)), float(max(edges[-1], 0.0)))
+    lo, hi = ticks[0], ticks[-1]
+    peak = max(int(counts.max()), 1)
+    y_ticks = [t for t in _nice_ticks(0.0, float(peak), 4) if t == int(t)]
+    top_count = max(y_ticks[-1], peak)
+
+    def x(v: float) -> float:
+        return left + (v - lo) / (hi - lo) * width
+
+    def y(c: float) -> float:
+        return top + height - c / top_count * height
+
+    for count, a, b in zip(counts, edges[:-1], edges[1:]):
+        if count:
+            out.append(f'<rect x="{x(a):.1f}" y="{y(count):.1f}" width="{max(x(b) - x(a) - 0.5, 0.5):.1f}" '
+                       f'height="{top + height - y(count):.1f}" fill="#2ca02c" fill-opacity="0.8"/>')
+    base = top + height
+    out += [f'<line x1="{x(0.0):.1f}" y1="{top:.1f}" x2="{x(0.0):.1f}" y2="{base:.1f}" stroke="grey" stroke-width="0.8"/>',
+            f'<line x1="{left:.1f}" y1="{base:.1f}" x2="{left + width:.1f}" y2="{base:.1f}" stroke="#444"/>',
+            f'<line x1="{left:.1f}" y1="{top:.1f}" x2="{left:.1f}" y2="{base:.1f}" stroke="#444"/>']
+    for t in ticks:
+        out += [f'<line x1="{x(t):.1f}" y1="{base:.1f}" x2="{x(t):.1f}" y2="{base + 4:.1f}" stroke="#444"/>',
+                _text(x(t), base + 16, _tick(t), size=9, anchor="middle")]
+    for t in y_ticks:
+        out += [f'<line x1="{left - 4:.1f}" y1="{y(t):.1f}" x2="{left:.1f}" y2="{y(t):.1f}" stroke="#444"/>',
+                _text(left - 7, y(t) + 3, f"{int(t)}", size=9, anchor="end")]
+    out += [_text(left + width / 2, base + 32, "per-event interaction (logits)", size=10, anchor="middle"),
+            f'<g transform="rotate(-90 14 {top + height / 2:.1f})">'
+            + _text(14, top + height / 2, "events", size=10, anchor="middle") + "</g>", "</svg>"]
+    return "".join(out)
 
 
 def sweep_svg(summary: dict, readout: str = "common_it") -> str:
