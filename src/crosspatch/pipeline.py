@@ -9,15 +9,13 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .analysis import EventSet
-from .cells import CellRecord, CellsConfig, CrossPatch, headline_boundary, resolve_boundary
+from .cells import CellRecord, CellsConfig, CrossPatch
 from .kinds import EventKinds, parse_event_kinds, relabel
-from .tokens import word_list
 from .registry import PlanContext, enabled_plugins
 from .summary import build_summary
 from .verdict import VerdictPolicy
@@ -27,165 +25,19 @@ from .execution.batching import chunk_size, state_cache_bytes as cache_bytes
 from .models.execution import WorkCounter, counting_work
 from .models.loading import DTYPES
 from .models.vocab import tokenize_once
-from .prompts import Prompt, as_prompts
-from .report.markdown import render_markdown
-from .report.render import render_reports
+from .prompts import Prompt, as_prompts, prompts_digest
 from .stats import BootstrapConfig
-from .errors import BoundaryError, CrosspatchError, IncompleteRunError, OptionError, RunDirectoryError
+from .errors import OptionError
 from .validation import (
-    check_chat_template, check_group_by, check_prompt_lengths, check_prompt_token_ids, parse_shard,
+    check_chat_template, check_group_by, check_prompt_lengths, check_prompt_token_ids,
     validate_run_options,
 )
-from .store import (
-    CONFIG_SCHEMA, EVENTS_FILE, NO_DIV_FILE, RunStore, completed_prompts, environment, events_frame, fingerprint, records_frame,
-)
-
-
-@dataclass
-class RunConfig:
-    """Options of one cross-patching run (all recorded in config.json)."""
-
-    boundary: int | float = 0.6  # layer index, or fraction of depth
-    boundaries: list[int | float] | str | None = None  # several at once, or "all" (1..L-1); overrides boundary
-    max_new_tokens: int = 128
-    # a batch holds at most batch_size sequences and max_batch_tokens padded tokens (prompt +
-    # generation budget while decoding): the token budget sets the rows for the prompts at hand
-    # (128 rows of a short prompt, fewer of long ones); batching changes speed, never results
-    batch_size: int = 128
-    max_batch_tokens: int | None = 16384
-    rollout_model: str = "IT"
-    near_tie_threshold: float = 0.05
-    bootstrap: int = 2000
-    seed: int = 0
-    chat_template: bool = False  # apply the descendant's chat template to every prompt
-    group_by: list[str] = field(default_factory=list)  # prompt metadata fields to break down by
-    # "minimal": the rollout and the teacher-forced pass also supply both models' states (2 full
-    # passes + 2 late-only passes per event); "exact": one more full pass of each model over the
-    # prefix, which makes the exactness properties hold bit for bit across different passes.
-    plan: str = "minimal"
-    shard: str | None = None  # "i/n": this job takes prompts i, i+n, i+2n, ... (merge with merge_runs)
-    engine: str = "local"  # "local" or "ray" (prompt chunks on Ray actors that each hold the models)
-    workers: int = 2  # Ray actors
-    sequential_chunk: int = 512  # prompts per load cycle with residency "sequential" (4 model loads each)
-    title: str | None = None
-    back_link: str | None = None  # report.html links back to this page (a combined report)
-    tuned: str | None = None  # with several descendants loaded: the role scored against the base (default: the first)
-    event_kinds: list[str] | str = "all"  # first_diff, first_nonformat_diff, first_assistant_marker_diff
-    format_tokens: list[str] | str | None = None  # replaces the structural words counted as FORMAT (tokens.py)
-    marker_words: list[str] | str | None = None  # replaces the assistant-marker words (a marker must be a whole word)
-    controls: list[str] | str | None = "default"  # names, "all", "none" or "default" (controls.DEFAULT_CONTROLS)
-    verify_fp32: bool = False  # re-run near-tie events' search in float32 and count how many move
-    policy: dict | None = None  # verdict thresholds (verdict.VerdictPolicy fields)
-    consequence: bool = False  # forced-token continuations scored by the prompts' validators
-    consequence_budget: int = 32  # tokens generated after the forced token
-    consequence_with_pt: bool = False  # also continue with the base
-    until_ci_width: float | None = None  # stop once the interaction's 95% half-width is at most this (logits)
-    nulls: list[str] = field(default_factory=list)  # null descendant roles of the model set (null calibration)
-    synthetic_nulls: int = 0  # synthetic nulls of the descendant built in memory (docs/verdict.md)
-    analyses: list[str] = field(default_factory=list)  # registered analyses to run beyond the default ones
-    analysis_options: dict = field(default_factory=dict)  # {analysis name: {option: value}} (its options dataclass)
-
-
-@dataclass
-class RunResult:
-    """What a run produced; ``events`` is a pandas DataFrame, one row per (event, boundary)."""
-
-    summary: dict
-    records: list[CellRecord]
-    no_divergence: list[NoDivergence]
-    config: dict
-    run_dir: Path | None = None
-    analyses: dict[str, list] = field(default_factory=dict)  # further analyses' records, by name
-    _report: str | None = field(default=None, repr=False)
-
-    @property
-    def events(self):
-        """One row per (event, boundary): the event kinds on it (``kinds``, ``is_<kind>``),
-        identity, tokens, every cell, per-event effects (:func:`~crosspatch.store.events_frame`)."""
-        return events_frame(self.records)
-
-    @property
-    def events_long(self):
-        """The long form: one row per (event, event kind, boundary), as events.jsonl and
-        events.parquet store them, with ``kind`` (:func:`~crosspatch.store.records_frame`)."""
-        return records_frame(self.records)
-
-    def to_pandas(self, long: bool = False):
-        """:attr:`events` (or :attr:`events_long` with ``long=True``) as a pandas DataFrame."""
-        return self.events_long if long else self.events
-
-    @property
-    def verdict(self):
-        """The run's verdict (docs/verdict.md): a :class:`~crosspatch.verdict.VerdictView`, the
-        stored ``{"verdict", "grade", "reason", "numbers", ...}`` dict with typed attributes
-        (``.verdict``, ``.grade``, ``.reason``, ``.share``); None before a summary exists."""
-        from .verdict import VerdictView
-
-        stored = self.summary.get("verdict")
-        return VerdictView(stored) if stored is not None else None
-
-    def _blocks(self, boundary, readout: str):
-        bs = [str(boundary)] if boundary is not None else self.summary["boundaries"]
-        for b in bs:
-            if b not in self.summary["results"]:
-                raise KeyError(f"boundary {b} was not scored in this run (scored: {', '.join(self.summary['boundaries'])})")
-            blocks = self.summary["results"][b]
-            if readout not in blocks or readout == "readout_agreement":
-                known = [k for k in blocks if k != "readout_agreement"]
-                raise OptionError(f"no readout {readout!r}; readouts: {', '.join(known)}")
-            yield b, blocks[readout]
-
-    def effects(self, boundary: int | None = None, readout: str = "common_it", by: str | None = None):
-        """A DataFrame of the effects with 95% intervals: one row per (boundary, group, effect).
-        ``by``: a breakdown (``category``, ``position``, ``event_kind``, ``token_category`` or a
-        ``--group-by`` field); default the headline (all first-divergence events)."""
-        import pandas as pd
-
-        rows = []
-        for b, res in self._blocks(boundary, readout):
-            if by is not None and f"by_{by}" not in res:
-                known = sorted(k[3:] for k in res if k.startswith("by_"))
-                raise OptionError(f"no breakdown by {by!r} in this run; breakdowns: {', '.join(known) or 'none'} "
-                                  "(a prompt field becomes one with --group-by)")
-            groups = {"all": res["all"]} if by is None else res[f"by_{by}"]
-            for group, block in groups.items():
-                for name, stat in block["effects"].items():
-                    ci = stat.get("ci") or [None, None]
-                    rows.append({"boundary": int(b), "group": group, "effect": name, "mean": stat["mean"],
-                                 "ci_low": ci[0], "ci_high": ci[1], "n_events": block["n_events"],
-                                 "n_prompts": block["n_prompts"], "note": stat.get("na_reason")})
-        return pd.DataFrame(rows)
-
-    def cells(self, boundary: int | None = None, readout: str = "common_it"):
-        """A DataFrame of the four cell means with 95% intervals, per boundary."""
-        import pandas as pd
-
-        rows = []
-        for b, res in self._blocks(boundary, readout):
-            for cell, stat in res["all"]["cells"].items():
-                ci = stat.get("ci") or [None, None]
-                rows.append({"boundary": int(b), "cell": cell, "mean": stat["mean"], "ci_low": ci[0], "ci_high": ci[1],
-                             "n_events": res["all"]["n_events"]})
-        return pd.DataFrame(rows)
-
-    def controls(self):
-        """The Controls table as a DataFrame."""
-        import pandas as pd
-
-        return pd.DataFrame([{k: v for k, v in row.items() if k != "details"} for row in self.summary.get("controls", [])])
-
-    def __repr__(self) -> str:
-        counts = self.summary.get("counts", {})
-        v = (self.verdict or {}).get("verdict", "n/a")
-        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir else ""
-        return (f"RunResult(prompts={counts.get('prompts')}, events={counts.get('events')}, "
-                f"boundaries={self.summary.get('boundaries')}, verdict={v!r}{where})")
-
-    @property
-    def report(self) -> str:
-        if self._report is None:
-            self._report = render_markdown(self.config, self.summary)
-        return self._report
+from .store import CONFIG_SCHEMA, RunStore, check_complete, completed_prompts, environment, fingerprint
+# the run's pieces, each in its own module; importable from here as before
+from .result import Rendered, RunResult, rerender, rerender_run, write_outputs  # noqa: F401
+from .resume import finished_result, precision_reached, precision_record, processed_prompts  # noqa: F401
+from .runconfig import RunConfig, normalise_run_config, resolve_boundaries  # noqa: F401
+from .shards import merge_runs, select_shard  # noqa: F401
 
 
 def _prompt_text(pair: ModelSet, prompt: Prompt, config: RunConfig) -> str:
@@ -236,19 +88,10 @@ def prompt_token_ids(pair: ModelSet, prompts: list[Prompt], tuned: str, config: 
     return out
 
 
-def _prompts_digest(prompts: list[Prompt]) -> str:
-    h = hashlib.sha256()
-    for p in prompts:
-        h.update(f"{p.id}\x00{p.prompt}\x00{p.category}\x01".encode())
-        if p.metadata.get("image"):  # an image prompt: the image's bytes are part of the prompt
-            h.update(hashlib.sha256(Path(p.metadata["image"]).read_bytes()).digest())
-    return h.hexdigest()
-
-
 def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig, boundaries: list[int],
                         shard_ids: list[str] | None = None) -> dict:
     options = asdict(config)
-    digest = _prompts_digest(prompts)
+    digest = prompts_digest(prompts)
     models = {k: v for k, v in pair.provenance.items() if k not in ("residency_reason", "load_spec", "reopen_spec")}
     models["load_options"] = {k: v for k, v in models.get("load_options", {}).items() if k != "residency"}
     result_parts = {  # what changes results; residency and batching only move float rounding
@@ -284,23 +127,6 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
     }
 
 
-def missing_prompts(prompt_ids: list[str], records: list[CellRecord], no_div: list[NoDivergence],
-                    boundaries: list[int]) -> list[str]:
-    """Prompts not accounted for: each prompt must have a first-divergence record at every
-    boundary (valid or invalid) or a no-divergence outcome (events + no-divergence + invalid ==
-    prompts)."""
-    return [p for p in prompt_ids if p not in completed_prompts(records, no_div, boundaries)]
-
-
-def check_complete(prompt_ids: list[str], records, no_div, boundaries, where: str) -> None:
-    missing = missing_prompts(prompt_ids, records, no_div, boundaries)
-    if missing:
-        raise IncompleteRunError(
-            f"{where}: {len(missing)} of {len(prompt_ids)} prompt(s) have no record ({', '.join(missing[:10])}"
-            f"{', ...' if len(missing) > 10 else ''}); events + no-divergence + invalid must equal the prompts. "
-            "If the run was interrupted or a file was truncated, run the same command again to redo them")
-
-
 def with_nulls(pair: ModelSet, config: RunConfig, tuned: str) -> tuple[ModelSet, RunConfig]:
     """The model set and config with the run's null descendants checked (``config.nulls``: other
     descendant roles) and its synthetic nulls built (``config.synthetic_nulls``)."""
@@ -315,191 +141,6 @@ def with_nulls(pair: ModelSet, config: RunConfig, tuned: str) -> tuple[ModelSet,
 
     pair, roles = with_synthetic_nulls(pair, tuned, config.synthetic_nulls, config.seed)
     return pair, replace(config, nulls=[*config.nulls, *roles], tuned=tuned)
-
-
-def _processed_prompts(precision: dict | None, prompts: list[Prompt], records, no_div, boundaries) -> list[Prompt]:
-    """The prompts this run accounts for: all of them, or with ``--until-ci-width`` those processed
-    before the target was reached (the others are recorded in ``precision``)."""
-    if precision is None:
-        return prompts
-    done = completed_prompts(records, no_div, boundaries)
-    unprocessed = [p.id for p in prompts if p.id not in done]
-    precision.update(prompts_processed=len(prompts) - len(unprocessed), prompts_total=len(prompts),
-                     unprocessed=unprocessed)
-    return [p for p in prompts if p.id in done]
-
-
-def _reached(precision: dict, records, boundaries: list[int], num_layers: int, config: RunConfig) -> bool:
-    """Whether the interaction's 95% half-width at the headline boundary (common-IT, first
-    divergences, prompt-cluster bootstrap) is at most ``precision["target"]``; updates it."""
-    from .stats import cell_matrix, effect_block
-
-    headline = headline_boundary(boundaries, num_layers)
-    first = [r for r in records if r.boundary == headline and r.kind == "first_diff" and r.valid]
-    if not first:
-        return False
-    ci = effect_block(cell_matrix(first, "common_it"), [r.prompt_id for r in first],
-                      BootstrapConfig(max(config.bootstrap, 200), config.seed))["effects"]["interaction"]["ci"]
-    if ci is None or None in ci:
-        return False
-    precision["half_width"] = (ci[1] - ci[0]) / 2
-    precision["reached"] = precision["half_width"] <= precision["target"]
-    return precision["reached"]
-
-
-def _precision_record(precision: dict) -> dict:
-    """What ``--until-ci-width`` did, in words and numbers (summary.json ``until_ci_width``)."""
-    out = {k: v for k, v in precision.items() if k != "unprocessed"}
-    out["unprocessed_prompts"] = list(precision["unprocessed"])
-    hw = precision["half_width"]
-    out["message"] = (
-        f"the interaction's 95% half-width reached {hw:.3f} <= {precision['target']} after "
-        f"{precision['prompts_processed']} of {precision['prompts_total']} prompts; the other "
-        f"{len(precision['unprocessed'])} were not processed (run again with a smaller width to add them)"
-        if precision["reached"] else
-        f"the prompts ran out: {precision['prompts_total']} processed, half-width "
-        + (f"{hw:.3f}" if hw is not None else "n/a") + f" > {precision['target']} (add prompts)")
-    return out
-
-
-def select_shard(prompts: list[Prompt], shard: str | None) -> list[Prompt]:
-    """Prompts of shard ``i/n``: positions i, i+n, i+2n, ... of the prompt list."""
-    if shard is None:
-        return prompts
-    i, n = parse_shard(shard)
-    return prompts[i::n]
-
-
-def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override: int | None = None,
-               overwrite: bool = False) -> RunResult:
-    """Combine the run directories of shards ``0/n .. n-1/n`` of one run into ``out`` (a new or
-    empty directory; ``overwrite`` replaces a crosspatch run there): events and no-divergence
-    outcomes concatenated, statistics and report computed on the union. Every shard must be
-    finished and complete (every prompt accounted for)."""
-    if not shard_dirs:
-        raise RunDirectoryError("give the run directories of the shards to merge")
-    out_path = Path(out).resolve()
-    if any(Path(d).resolve() == out_path for d in shard_dirs):
-        raise RunDirectoryError(f"--out {out} is one of the shards; merge into a new directory")
-    stores = [RunStore(d) for d in shard_dirs]
-    configs = [st.config() for st in stores]
-    fps = {c.get("run_fingerprint") for c in configs}
-    if len(fps) != 1:
-        raise RunDirectoryError("these run directories are not shards of one run (settings differ)")
-    shards = sorted(parse_shard(c["options"]["shard"]) if c["options"].get("shard") else (0, 1) for c in configs)
-    n = shards[0][1]
-    if shards != [(i, n) for i in range(n)]:
-        raise RunDirectoryError(f"shards {shards} do not cover 0/{n} .. {n - 1}/{n} exactly once")
-    for st, cfg in zip(stores, configs):
-        st.summary()  # every shard must have finished
-        if "prompt_ids" in cfg:
-            check_complete(cfg["prompt_ids"], st.load_records(), st.load_no_divergence(), cfg["resolved_boundaries"],
-                           f"shard {st.path}")
-    record = dict(configs[0])
-    record["options"] = dict(record["options"], shard=None)
-    if bootstrap_override is not None:
-        record["options"]["bootstrap"] = bootstrap_override
-    record["fingerprint"] = fingerprint({"run": record["run_fingerprint"], "shard": None})
-    record["merged_from"] = [str(d) for d in shard_dirs]
-    if all("prompt_ids" in c for c in configs):
-        record["prompt_ids"] = [p for c in configs for p in c["prompt_ids"]]
-    records = sorted((r for st in stores for r in st.load_records()), key=lambda r: (r.prompt_id, r.boundary))
-    no_div = sorted((x for st in stores for x in st.load_no_divergence()), key=lambda x: x.prompt_id)
-    prompts_count = sum(st.summary()["counts"]["prompts"] for st in stores)
-    names = sorted({p.name for st in stores for p in st.path.glob("*.jsonl")} - {EVENTS_FILE, NO_DIV_FILE})
-    analyses = {n[: -len(".jsonl")]: [row for st in stores for row in st.load_rows(n)] for n in names}
-    opts = record["options"]
-    summary = build_summary(record, records, no_div, prompts_count, BootstrapConfig(opts["bootstrap"], opts["seed"]),
-                            analyses=analyses, run_dir=out)
-    store = RunStore(out)
-    with store.lock():  # one writer per run directory
-        store.write_complete(record, records, no_div, overwrite=overwrite)
-        for name, rows in analyses.items():
-            store.write_rows(f"{name}.jsonl", rows)
-        result = RunResult(summary, records, no_div, record, store.path, analyses)
-        result._report = write_outputs(store, summary, records, record)
-    return result
-
-
-def normalise_run_config(config: RunConfig) -> RunConfig:
-    """``config`` as a run records it, in place: word lists as the sorted words themselves (not a
-    file's name)."""
-    for option in ("format_tokens", "marker_words"):
-        if getattr(config, option) is not None:
-            setattr(config, option, sorted(word_list(getattr(config, option), f"--{option.replace('_', '-')}")))
-    return config
-
-
-def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters: dict[str, str], options,
-                    prompts, config: RunConfig) -> RunResult | None:
-    """The stored result of ``out`` when it already holds this very run, finished: the same load
-    request (paths and load options), unchanged weight files (their sha256 recomputed), the same
-    options, boundaries and prompts, every prompt done and a summary written. None otherwise (the
-    caller loads the models and ``run`` resumes, refuses or replaces as usual). Nothing is loaded
-    or written: the command that finished the run says so instantly."""
-    import json
-    from dataclasses import asdict, replace
-
-    from .execution.modelset import choose_residency
-    from .models.loading import provenance
-    path = Path(out)
-    if not (path / "config.json").is_file() or not (path / "summary.json").is_file():
-        return None
-    config = normalise_run_config(replace(config))
-    if config.until_ci_width is not None or config.synthetic_nulls or config.verify_fp32:
-        return None  # these decide or measure in the session itself
-    store = RunStore(path)
-    try:
-        stored = store.config()
-        options = replace(options)
-        options.residency = options.residency or choose_residency(base, list(tuned.values()), list(adapters.values()),
-                                                                  options)[0]
-        spec = {"base": base, "tuned": tuned or None, "adapters": adapters or None,
-                "options": {**vars(options), "hash_weights": False}}
-        if json.loads(json.dumps(spec, default=str)) != stored.get("load_spec"):
-            return None
-        if json.loads(json.dumps(asdict(config), default=str)) != stored.get("options"):
-            return None
-        models = stored.get("models") or {}
-        recorded = [models.get("base")] + ([models[k] for k in ("tuned", "adapter") if k in models]
-                                           or list((models.get("descendants") or {}).values()))
-        for entry in recorded:
-            if entry is None or provenance(entry["path"], options).get("weights") != entry.get("weights"):
-                return None  # a weight file changed (or was never hashed)
-        all_prompts = as_prompts(prompts)
-        if stored.get("fingerprint_inputs", {}).get("prompts") != _prompts_digest(all_prompts):
-            return None
-        boundaries = stored["resolved_boundaries"]
-        if resolve_boundaries(config, stored["num_layers"]) != boundaries:
-            return None
-        records, no_div = store.load_records(), store.load_no_divergence()
-        wanted = {p.id for p in select_shard(all_prompts, config.shard)}
-        if not wanted <= completed_prompts(records, no_div, boundaries):
-            return None
-        summary = store.summary()
-    except (CrosspatchError, OSError, KeyError, TypeError, ValueError):
-        return None  # anything unusual: the normal path decides, with its named errors
-    from .finished import stored_analyses
-
-    return RunResult(summary, records, no_div, stored, path, stored_analyses(store))
-
-
-def resolve_boundaries(config: RunConfig, num_layers: int) -> list[int]:
-    """The sorted layer indices a run scores ("all" = every layer 1..L-1)."""
-    if config.boundaries in ("all", ["all"]):
-        if num_layers < 2:
-            raise BoundaryError(f"boundaries 'all' (1..L-1) leave no boundary on a model of {num_layers} layer: "
-                                "a boundary needs a layer on each side, so at least 2 layers")
-        return list(range(1, num_layers))
-    requested = config.boundaries if config.boundaries else [config.boundary]
-    return sorted({resolve_boundary(b, num_layers) for b in requested})
-
-
-def write_outputs(store: RunStore, summary: dict, records: list[CellRecord], config: dict) -> str:
-    """summary.json, events.parquet, then the reports; returns the Markdown report."""
-    store.write_summary(summary)
-    store.write_parquet(records)
-    return render_reports(store, summary, config)
 
 
 @dataclass
@@ -734,7 +375,7 @@ def run(
                      for start in range(0, len(todo), chunk)]
             precision = {"target": config.until_ci_width, "half_width": None, "reached": False} \
                 if config.until_ci_width else None
-            if precision is not None and _reached(precision, records, boundaries, pair.num_layers, config):
+            if precision is not None and precision_reached(precision, records, boundaries, pair.num_layers, config):
                 items = []  # an earlier session already reached the target: nothing more to process
             try:
                 for result in map_chunks(pair, process_chunk, plan, items, config.engine, config.workers):
@@ -757,11 +398,11 @@ def run(
                     if bar:
                         bar.update(search_task, advance=len(result.events) + len(result.no_divergence))
                         bar.update(cells_task, total=len(records), completed=len(records))
-                    if precision is not None and _reached(precision, records, boundaries, pair.num_layers, config):
+                    if precision is not None and precision_reached(precision, records, boundaries, pair.num_layers, config):
                         break  # the interval is as narrow as asked: the remaining prompts are left, and said so
             finally:
                 pair.release()
-        processed = _processed_prompts(precision, prompts, records, no_div, boundaries)
+        processed = processed_prompts(precision, prompts, records, no_div, boundaries)
         check_complete([p.id for p in processed], records, no_div, boundaries, str(out) if out is not None else "run")
         records.sort(key=lambda r: (by_id.get(r.prompt_id, len(by_id)), r.boundary))
         no_div.sort(key=lambda x: by_id.get(x.prompt_id, len(by_id)))
@@ -777,7 +418,7 @@ def run(
         }
         extras = {"cost_this_session": cost}
         if precision is not None:
-            extras["until_ci_width"] = _precision_record(precision)
+            extras["until_ci_width"] = precision_record(precision)
         if config.verify_fp32:
             extras["fp32_verification"] = verify_near_ties_fp32(pair, prompts, token_ids, records, config)
         summary = build_summary(record, records, no_div, len(processed), boot, extras, extra, run_dir=out)
@@ -787,39 +428,3 @@ def run(
         return result
 
 
-@dataclass
-class Rendered:
-    """What ``crosspatch report`` produced: the Markdown text, the files written, warnings."""
-
-    text: str
-    files: list[Path]
-    warnings: list[str]
-
-
-def rerender_run(run_dir: str | Path) -> Rendered:
-    """Re-render the reports from a run directory's stored files alone, after checking that
-    every prompt of the run is accounted for (a warning names the missing ones)."""
-    store = RunStore(run_dir)
-    with store.lock():  # one writer per run directory
-        return _rerender(store)
-
-
-def _rerender(store: RunStore) -> Rendered:
-    config, summary = store.config(), store.summary()
-    warnings = []
-    if "prompt_ids" in config:
-        left = set((summary.get("until_ci_width") or {}).get("unprocessed_prompts") or [])  # by design
-        missing = missing_prompts([p for p in config["prompt_ids"] if p not in left], store.load_records(),
-                                  store.load_no_divergence(), config["resolved_boundaries"])
-        if missing:
-            warnings.append(f"{len(missing)} prompt(s) of this run have no record in events.jsonl or "
-                            f"no_divergence.jsonl: {', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}; "
-                            "the summary was computed before they went missing")
-    text = render_reports(store, summary, config)
-    files = [store.path / n for n in ("report.md", "report.html", "sweep.png", "sweep.svg") if (store.path / n).exists()]
-    return Rendered(text, files, warnings)
-
-
-def rerender(run_dir: str | Path) -> str:
-    """Re-render the reports from a run directory's stored files alone; returns report.md."""
-    return rerender_run(run_dir).text

@@ -268,3 +268,15 @@ def _names_a_file(text: str) -> bool:
         return Path(text).suffix in _JSON_SUFFIXES + _TABLE_SUFFIXES or Path(text).is_file()
     except (OSError, ValueError):  # a long or NUL-bearing text is no path
         return False
+
+
+def prompts_digest(prompts: list[Prompt]) -> str:
+    """sha256 of the prompts' ids, texts, categories and images' bytes: what identifies a prompt set."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(f"{p.id}\x00{p.prompt}\x00{p.category}\x01".encode())
+        if p.metadata.get("image"):  # an image prompt: the image's bytes are part of the prompt
+            h.update(hashlib.sha256(Path(p.metadata["image"]).read_bytes()).digest())
+    return h.hexdigest()

@@ -530,6 +530,23 @@ def completed_prompts(records: Iterable[CellRecord], no_div: Iterable[NoDivergen
     return {p for p, bs in per_prompt.items() if need <= bs} | {x.prompt_id for x in no_div}
 
 
+def missing_prompts(prompt_ids: list[str], records: list[CellRecord], no_div: list[NoDivergence],
+                    boundaries: list[int]) -> list[str]:
+    """Prompts not accounted for: each prompt must have a first-divergence record at every
+    boundary (valid or invalid) or a no-divergence outcome (events + no-divergence + invalid ==
+    prompts)."""
+    return [p for p in prompt_ids if p not in completed_prompts(records, no_div, boundaries)]
+
+
+def check_complete(prompt_ids: list[str], records, no_div, boundaries, where: str) -> None:
+    missing = missing_prompts(prompt_ids, records, no_div, boundaries)
+    if missing:
+        raise IncompleteRunError(
+            f"{where}: {len(missing)} of {len(prompt_ids)} prompt(s) have no record ({', '.join(missing[:10])}"
+            f"{', ...' if len(missing) > 10 else ''}); events + no-divergence + invalid must equal the prompts. "
+            "If the run was interrupted or a file was truncated, run the same command again to redo them")
+
+
 def events_frame(records: Iterable[CellRecord]):
     """One row per (event, boundary): an event is a prompt's divergence (generated position and
     token pair); ``kinds`` lists the event kinds that fall on it (comma-separated, in the order of
