@@ -139,3 +139,24 @@ def test_plugins_register_from_one_module_each():
     assert not any(dep.startswith("crosspatch.analyses") for dep in graph["crosspatch.registry"])
     modules = {p.summarize.__module__ for p in registered().values()}
     assert modules <= set(_BUILTIN_MODULES) | {m for m in modules if not m.startswith("crosspatch")}
+
+
+def test_every_package_declares_a_literal_all_whose_names_exist():
+    import importlib
+    import importlib.util
+
+    root = Path(crosspatch.__file__).parent
+    packages = sorted(p for p in root.rglob("__init__.py") if "assets" not in p.parts)
+    assert len(packages) >= 10
+    for init in packages:
+        tree = ast.parse(init.read_text())
+        assigned = [n.value for n in tree.body if isinstance(n, ast.Assign)
+                    and any(getattr(t, "id", None) == "__all__" for t in n.targets)]
+        assert len(assigned) == 1 and isinstance(assigned[0], (ast.List, ast.Tuple)), init
+        names = [e.value for e in assigned[0].elts]
+        assert all(isinstance(x, str) for x in names) and len(set(names)) == len(names), init
+        dotted = ".".join(init.relative_to(root.parent).parent.parts)
+        package = importlib.import_module(dotted)
+        for name in names:  # a name of the package, or one of its modules
+            assert hasattr(package, name) or importlib.util.find_spec(f"{dotted}.{name}") is not None, (dotted, name)
+    assert sorted(crosspatch.__all__) == sorted(crosspatch._EXPORTS)  # the lazy exports, listed literally

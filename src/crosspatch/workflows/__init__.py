@@ -2,3 +2,5 @@
 merge agree with it, do the models still generate sensibly) and ``splice`` (what a layer-range
 merge would write). Each validates its inputs before any model loads and writes one JSON
 document with Markdown and HTML renderings into its own output directory."""
+
+__all__ = ["checkpoints", "mergecheck", "output", "preflight", "section", "splice"]  # the modules

@@ -18,6 +18,10 @@ NULLS = ("lora-generic", "cpt")  # harmless fine-tunes of the base: the demo's n
 FAULTY = ("it-lora-noop", "it-merged-broken")  # for crosspatch preflight to fail on (zoo/faults.py)
 
 
+__all__ = ["ADAPTERS", "DEMO_DESCENDANTS", "DESCENDANTS", "FAULTY", "NULLS", "ZOO_NAME", "ZooIntegrityError",
+           "load_zoo_pair", "manifest", "verify", "zoo_path", "zoo_prompts"]
+
+
 class ZooIntegrityError(CrosspatchError):
     """A zoo file is missing or its sha256 differs from manifest.json."""
 
