@@ -265,3 +265,28 @@ def test_gate_over_a_compare_directory_gates_every_descendant(tmp_path):
     (tmp_path / "c" / "b" / "summary.json").unlink()  # one member unusable: the whole gate is
     again = CliRunner().invoke(app, ["gate", str(tmp_path / "c")])
     assert again.exit_code == 2 and "b: unusable" in again.stdout and again.stdout.count("\n") == 3
+
+
+def test_command_line_defaults_are_the_dataclasses_defaults():
+    """The options dataclasses are the one source of defaults: every option of `run` (and so of
+    `sweep`, `compare`, `lineage`) that names a RunConfig or LoadOptions field defaults to it."""
+    import dataclasses
+    import inspect
+
+    from crosspatch.cli import run_cmd
+    from crosspatch.models.loading import LoadOptions
+    from crosspatch.runconfig import RunConfig
+
+    def defaults(cls):
+        return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cls)}
+
+    known = {**defaults(LoadOptions), **defaults(RunConfig)}
+    as_given = {"boundary": lambda v: float(v), "group_by": lambda v: v or []}  # parsed by the command
+    checked = 0
+    for p in inspect.signature(run_cmd).parameters.values():
+        if p.name in known:
+            value = as_given.get(p.name, lambda v: v)(p.default.default)
+            assert value == known[p.name], f"--{p.name.replace('_', '-')}: {value!r} != {known[p.name]!r}"
+            checked += 1
+    assert checked >= 25
