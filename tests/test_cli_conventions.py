@@ -119,11 +119,27 @@ def test_result_objects_print_short():
     assert "a: " in repr(results[0]) and "stages=['a', 'b']" in repr(results[1])
 
 
-def test_gate_pool_and_report_read_runs_without_importing_torch():
+def test_gate_pool_and_report_read_runs_without_importing_torch(tmp_path):
     code = ("import sys; import crosspatch.gate, crosspatch.store, crosspatch.verdict, crosspatch.records; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+    from crosspatch.pipeline import run
+    from crosspatch.testing import make_pair
+
+    prompts = [dict(p, validator={"type": "regex", "pattern": "[a-z]"}) for p in many_prompts(6)]
+    run(make_pair("llama", scale=0.5), prompts, out=tmp_path / "r", boundary=2, max_new_tokens=6, bootstrap=100,
+        progress=False, consequence=True, consequence_budget=4)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert [s["title"] for s in summary["sections"]]  # the analyses' sections are stored with the summary
+    before = (tmp_path / "r" / "report.md").read_text()
+    for command in (["report", str(tmp_path / "r")], ["report", str(tmp_path / "r"), "--check"],
+                    ["gate", str(tmp_path / "r")]):
+        code = (f"import sys\nsys.argv = ['crosspatch', *{command!r}]\nfrom crosspatch.cli import main\n"
+                "try:\n    main()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip().splitlines()[-1] == "False", (command, out.stdout, out.stderr)
+    assert (tmp_path / "r" / "report.md").read_text() == before  # the same report, with no plug-in imported
 
 
 def test_the_verdict_is_a_typed_record_that_still_serialises(tmp_path):

@@ -89,6 +89,7 @@ class Summary(TypedDict, total=False):
     consequences: dict[str, Any]
     routing: dict[str, Any]
     features: dict[str, Any]
+    sections: list[dict[str, Any]]  # the analyses' report sections, rendered when the summary was built
 
 
 @with_config(ConfigDict(extra="allow"))

@@ -151,4 +151,7 @@ def build_summary(
             warnings.append(f"control {row['control']} ({row['status']}): {row['summary']}")
     if extra:
         summary.update(extra)
+    from .report.sections import rendered_sections
+
+    summary["sections"] = rendered_sections(summary)  # the reports read them back without the plug-ins
     return summary

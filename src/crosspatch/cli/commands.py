@@ -224,7 +224,7 @@ def report_cmd(
                                                       "comes from the stored data (exit 1 if one does not)."),
 ) -> None:
     """Re-render report.md and report.html from a run directory's stored files alone."""
-    from ..pipeline import rerender_run
+    from ..result import rerender_run  # reads the stored files: no model code, no torch
 
     try:
         written = rerender_run(run_dir)

@@ -3,13 +3,28 @@ Markdown and for the HTML template. Section text is data: escaped in both render
 
 from __future__ import annotations
 
-from ..registry import Section, registered
+from dataclasses import asdict
+
+from ..registry import Section, Table, registered
 from .mdtext import _table, md_escape_prose
+
+
+def rendered_sections(summary: dict) -> list[dict]:
+    """The analyses' sections of ``summary``, rendered now by their plug-ins, as plain data
+    (stored in summary.json as ``sections``, so that the reports of a finished run are written
+    without importing any plug-in, or torch)."""
+    return [asdict(s) for s in analysis_sections({k: v for k, v in summary.items() if k != "sections"})]
 
 
 def analysis_sections(summary: dict) -> list[Section]:
     """The sections of every registered analysis (not control) whose block is in ``summary``,
-    in registration order."""
+    in registration order: those stored in the summary (``sections``) when it has them, else
+    rendered by the plug-ins."""
+    stored = summary.get("sections")
+    if stored is not None:
+        return [Section(s["title"], list(s.get("paragraphs") or []),
+                        [Table(list(t["header"]), [list(r) for r in t["rows"]]) for t in s.get("tables") or []],
+                        list(s.get("figures") or [])) for s in stored]
     out = []
     for plugin in registered().values():
         if plugin.role != "analysis" or plugin.render is None:
