@@ -153,6 +153,22 @@ def test_help_is_fast_plain_and_complete():
         assert getattr(p.default, "help", None), f"--{p.name} has no help"
 
 
+def test_the_readme_names_every_command():
+    import re
+    from pathlib import Path
+
+    import typer.main
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    listed = readme[readme.index("Subcommands:"):readme.index("## Trust and act")]
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        subs = getattr(command, "commands", None)
+        for full in ([f"{name} {s}" for s in subs] if subs else [name]):
+            words = full.split()
+            assert re.search(rf"`{re.escape(words[0])}(`| [^`]*{re.escape(words[-1])})", listed), full
+
+
 def test_every_command_shows_plain_metavars():
     import typer.main
 
