@@ -119,3 +119,11 @@ def test_users_word_lists_replace_the_defaults(tmp_path):
             TokenClasses.from_options(marker_words=bad)
     with pytest.raises(OptionError, match="cannot read"):
         TokenClasses.from_options(format_tokens=f"@{tmp_path / 'missing.txt'}")
+
+
+def test_a_run_records_marker_words_with_their_case():
+    from crosspatch.runconfig import RunConfig, normalise_run_config
+
+    config = normalise_run_config(RunConfig(marker_words="sure, OK", format_tokens=["Answer", "Report"]))
+    assert config.marker_words == ["OK", "sure"]  # "OK" stays a capitals-only marker once recorded
+    assert config.format_tokens == ["answer", "report"]  # format words match in any case

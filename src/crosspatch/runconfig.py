@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from .cells import resolve_boundary
 from .errors import BoundaryError
-from .tokens import word_list
+from .tokens import TokenClasses
 
 
 @dataclass
@@ -58,9 +58,11 @@ class RunConfig:
 def normalise_run_config(config: RunConfig) -> RunConfig:
     """``config`` as a run records it, in place: word lists as the sorted words themselves (not a
     file's name)."""
-    for option in ("format_tokens", "marker_words"):
-        if getattr(config, option) is not None:
-            setattr(config, option, sorted(word_list(getattr(config, option), f"--{option.replace('_', '-')}")))
+    classes = TokenClasses.from_options(config.format_tokens, config.marker_words)  # marker words keep their case
+    if config.format_tokens is not None:
+        config.format_tokens = sorted(classes.format_words)
+    if config.marker_words is not None:
+        config.marker_words = sorted(classes.marker_words)
     return config
 
 
