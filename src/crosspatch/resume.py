@@ -26,7 +26,7 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
     import json
     from dataclasses import asdict, replace
 
-    from .execution.modelset import choose_residency
+    from .execution.modelset import choose_residency, load_spec
     from .models.loading import provenance
     path = Path(out)
     if not (path / "config.json").is_file() or not (path / "summary.json").is_file():
@@ -40,8 +40,7 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
         options = replace(options)
         options.residency = options.residency or choose_residency(base, list(tuned.values()), list(adapters.values()),
                                                                   options)[0]
-        spec = {"base": base, "tuned": tuned or None, "adapters": adapters or None,
-                "options": {**vars(options), "hash_weights": False}}
+        spec = load_spec(base, tuned, adapters, options)
         if json.loads(json.dumps(spec, default=str)) != stored.get("load_spec"):
             return None
         if json.loads(json.dumps(asdict(config), default=str)) != stored.get("options"):

@@ -324,28 +324,6 @@ def _compare_cmd(**kw) -> None:
     console.print(f"report: {kw['out']}/report.md and report.html; one run directory per descendant", soft_wrap=True)
 
 
-def _stage_names(stages: list[str]) -> dict[str, str]:
-    """{stage name: path} in training order: ``NAME=PATH`` names a stage (safe names, no
-    duplicates, not ``base``); otherwise the directory's resolved name, numbered when taken."""
-    from ..execution.modelset import check_role_name, named_path, role_name_of
-
-    names: dict[str, str] = {}
-    for value in stages:
-        named = named_path(value)
-        if named is not None:
-            name, path = named
-            if name in names or name == "base":
-                raise OptionError(f"stage name {name!r} is given twice (or is the base's): each stage needs its own")
-            names[name] = path
-            continue
-        first = role_name_of(value)
-        name, k = first, 2
-        while name in names or name == "base":
-            name, k = check_role_name(f"{first}-{k}"), k + 1
-        names[name] = value
-    return names
-
-
 def _lineage_cmd(**kw) -> None:
     """Score every training stage on the Base -> Final first divergences: MODELS is BASE STAGE1
     ... FINAL (checkpoint or adapter directories, in training order)."""
@@ -370,7 +348,9 @@ def _lineage_cmd(**kw) -> None:
         if len(paths) < 2:
             raise OptionError("lineage needs BASE and at least one stage (the last one is the final model)")
         kw["base"] = paths[0]
-        names = {c.name: str(c.path) for c in found} or _stage_names(paths[1:])
+        from ..execution.modelset import _role_names
+
+        names = {c.name: str(c.path) for c in found} or _role_names(list(paths[1:]), what="stage", each="stage")
         stages = list(names.values())
         adapters = [p for p in stages if (_Path(p) / "adapter_config.json").exists()]
         tuned = [p for p in stages if p not in adapters]

@@ -431,7 +431,11 @@ def named_path(value: str) -> tuple[str, str] | None:
     return check_role_name(name), path
 
 
-def _role_names(descendants: dict[str, str] | list[str] | str | None) -> dict[str, str]:
+def _role_names(descendants: dict[str, str] | list[str] | str | None, what: str = "role",
+                each: str = "descendant") -> dict[str, str]:
+    """{role: path} of descendants given as a path, a list (directory names made unique, or
+    ``NAME=PATH``) or a dict; ``what``/``each`` name them in the messages (``stage`` for a
+    lineage)."""
     if descendants is None:
         return {}
     if isinstance(descendants, (str, os.PathLike)):
@@ -446,7 +450,7 @@ def _role_names(descendants: dict[str, str] | list[str] | str | None) -> dict[st
         if named is not None:  # NAME=PATH: the role is named by the user
             name, path = named
             if name in names or name == BASE:
-                raise OptionError(f"role name {name!r} is given twice (or is the base's): each descendant needs its own")
+                raise OptionError(f"{what} name {name!r} is given twice (or is the base's): each {each} needs its own")
             names[name] = path
             continue
         name = role_name_of(path)
@@ -537,6 +541,13 @@ def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options
     return model
 
 
+def load_spec(base: str, tuned_roles: dict[str, str], adapter_roles: dict[str, str], options: LoadOptions) -> dict:
+    """What reloads a model set, as config.json records it (``load_spec``): the paths by role and
+    the load options (residency resolved; weights not hashed again on a reload)."""
+    return {"base": base, "tuned": tuned_roles or None, "adapters": adapter_roles or None,
+            "options": {**vars(options), "hash_weights": False}}
+
+
 def load_models(
     base: str,
     tuned: dict[str, str] | list[str] | str | None = None,
@@ -566,9 +577,7 @@ def load_models(
     options.residency = residency
     roles = (BASE,) + tuple(tuned_roles) + tuple(adapter_roles)
     record = {"base": provenance(base, options), "load_options": vars(options).copy(),
-              "residency_reason": reason,
-              "load_spec": {"base": base, "tuned": tuned_roles or None, "adapters": adapter_roles or None,
-                            "options": {**vars(options), "hash_weights": False}}}
+              "residency_reason": reason, "load_spec": load_spec(base, tuned_roles, adapter_roles, options)}
     if len(roles) == 2:  # a pair: the record keeps the familiar single-descendant layout
         key, path = ("adapter", *adapter_roles.values()) if adapter_roles else ("tuned", *tuned_roles.values())
         record[key] = provenance(path, options)
