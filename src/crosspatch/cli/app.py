@@ -141,9 +141,12 @@ def load_policy(path: Path) -> dict:
 
 
 
-def _print_section(lines: list[str], written: str) -> None:
-    """A report section on stdout, then what was written (stderr)."""
-    for line in lines:
+def _print_section(section, written: str) -> None:
+    """A report section (a :class:`~crosspatch.registry.Section`, or None) on stdout as
+    Markdown, then what was written (stderr)."""
+    from ..report.sections import section_markdown
+
+    for line in section_markdown(section) if section is not None else []:
         _stdout().print(line, soft_wrap=True, markup=False)
     console.print(f"wrote {written}", soft_wrap=True)
 

@@ -85,11 +85,8 @@ def consequence_cmd(
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     from ..consequence import render_consequences
-    from ..report.sections import section_markdown
 
-    section = render_consequences(cons)
-    _print_section(section_markdown(section) if section else [],
-                   f"{run_dir / 'consequence.jsonl'}, summary.json, report.md, report.html")
+    _print_section(render_consequences(cons), f"{run_dir / 'consequence.jsonl'}, summary.json, report.md, report.html")
 
 
 @app.command("pool")
@@ -164,11 +161,8 @@ def _features(run_dir: Path, crosscoder: Optional[Path], layers: int, latents: i
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     from ..features.plugin import render_features
-    from ..report.sections import section_markdown
 
-    section = render_features(result)
-    _print_section(section_markdown(section) if section else [],
-                   f"{run_dir / 'features'}/, summary.json, report.md, report.html")
+    _print_section(render_features(result), f"{run_dir / 'features'}/, summary.json, report.md, report.html")
 
 
 @features_app.command("train")
