@@ -56,19 +56,26 @@ def block_bootstrap(boot: BootstrapConfig, name: str) -> BootstrapConfig:
     return dataclasses.replace(boot, seed=stable_seed(boot.seed, name))
 
 
+def cluster_sums(values: np.ndarray, clusters: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt cluster (sorted by name), the sum of its events' ``values`` (``[n]`` or
+    ``[n, k]``) and its event count: what the cluster bootstrap resamples."""
+    values = np.asarray(values, dtype=float)
+    names, index = np.unique(np.asarray(clusters), return_inverse=True)
+    sums = np.zeros((len(names),) + values.shape[1:])
+    np.add.at(sums, index, values)
+    return sums, np.bincount(index, minlength=len(names)).astype(float)
+
+
 def cluster_mean_ci(values: np.ndarray, clusters: Sequence[str], boot: BootstrapConfig) -> dict:
     """Mean of per-event ``values`` with a prompt-cluster percentile interval (the same bootstrap
     as the effect blocks): ``{"mean", "ci", "n"}``; no interval under MIN_CLUSTERS_FOR_CI clusters."""
     values = np.asarray(values, dtype=float)
     if len(values) == 0:
         return {"mean": None, "ci": None, "n": 0}
-    names, index = np.unique(np.asarray(clusters), return_inverse=True)
     mean = float(values.mean())
-    if len(names) < MIN_CLUSTERS_FOR_CI or boot.n_resamples <= 0:
+    sums, counts = cluster_sums(values[:, None], clusters)
+    if len(counts) < MIN_CLUSTERS_FOR_CI or boot.n_resamples <= 0:
         return {"mean": mean, "ci": None, "n": int(len(values))}
-    sums = np.zeros((len(names), 1))
-    np.add.at(sums, index, values[:, None])
-    counts = np.bincount(index, minlength=len(names)).astype(float)
     res = resampled_cell_means(np.random.default_rng(boot.seed), sums, counts, boot.n_resamples)[:, 0]
     lo, hi = np.percentile(res, [50 * (1 - boot.confidence), 100 - 50 * (1 - boot.confidence)])
     return {"mean": mean, "ci": [float(lo), float(hi)], "n": int(len(values))}
@@ -125,15 +132,13 @@ def effect_block(
         return block
     means = values.mean(axis=0)
     point = effects_from_cell_means(means)
-    names, index = np.unique(np.asarray(clusters), return_inverse=True)
-    sums = np.zeros((len(names), 4))
-    np.add.at(sums, index, values)
-    counts = np.bincount(index, minlength=len(names)).astype(float)
+    sums, counts = cluster_sums(values, clusters)
+    n_clusters = len(counts)
     per_prompt = effects_from_cell_means(sums / counts[:, None])["interaction"]
     block["sign_count"] = {"positive": int(np.sum(per_prompt > 0)), "negative": int(np.sum(per_prompt < 0)),
-                           "prompts": int(len(names))}  # per-prompt mean interactions, k of K positive
+                           "prompts": int(n_clusters)}  # per-prompt mean interactions, k of K positive
     ci_cells = ci_effects = None
-    if len(names) >= MIN_CLUSTERS_FOR_CI and boot.n_resamples > 0:
+    if n_clusters >= MIN_CLUSTERS_FOR_CI and boot.n_resamples > 0:
         resampled = resampled_cell_means(np.random.default_rng(boot.seed), sums, counts, boot.n_resamples)
         lo, hi = 50 * (1 - boot.confidence), 100 - 50 * (1 - boot.confidence)
         ci_cells = np.percentile(resampled, [lo, hi], axis=0)
@@ -154,7 +159,7 @@ def effect_block(
         for e in EFFECTS
     }
     if ci_effects is None:
-        block["ci_note"] = (f"no interval: {len(names)} prompt cluster(s), fewer than {MIN_CLUSTERS_FOR_CI}"
+        block["ci_note"] = (f"no interval: {n_clusters} prompt cluster(s), fewer than {MIN_CLUSTERS_FOR_CI}"
                             if boot.n_resamples > 0 else "no interval: bootstrap disabled")
     guard_ratios(block["effects"])
     return block
@@ -172,14 +177,11 @@ def share_of_reference(values: np.ndarray, reference: np.ndarray, clusters: Sequ
     if n == 0:
         return {"mean": None, "ci": None, "n": 0, "na_reason": "no events"}
     both = np.concatenate([values, reference], axis=1)
-    names, index = np.unique(np.asarray(clusters), return_inverse=True)
-    sums = np.zeros((len(names), 8))
-    np.add.at(sums, index, both)
-    counts = np.bincount(index, minlength=len(names)).astype(float)
+    sums, counts = cluster_sums(both, clusters)
     means = both.mean(axis=0)
     num, den = (effects_from_cell_means(means[k:k + 4])[effect] for k in (0, 4))
     ci_num = ci_den = ci = None
-    if len(names) >= MIN_CLUSTERS_FOR_CI and boot.n_resamples > 0:
+    if len(counts) >= MIN_CLUSTERS_FOR_CI and boot.n_resamples > 0:
         res = resampled_cell_means(np.random.default_rng(boot.seed), sums, counts, boot.n_resamples)
         r_num, r_den = (effects_from_cell_means(res[:, k:k + 4])[effect] for k in (0, 4))
         lo, hi = 50 * (1 - boot.confidence), 100 - 50 * (1 - boot.confidence)
@@ -385,10 +387,7 @@ def pool_family_balanced(
     for name, recs in groups.items():
         values = cell_matrix(recs, readout)
         point_means[name] = values.mean(axis=0)
-        names, index = np.unique([r.prompt_id for r in recs], return_inverse=True)
-        sums = np.zeros((len(names), 4))
-        np.add.at(sums, index, values)
-        counts = np.bincount(index, minlength=len(names)).astype(float)
+        sums, counts = cluster_sums(values, [r.prompt_id for r in recs])
         boot_means[name] = resampled_cell_means(rng, sums, counts, max(boot.n_resamples, 1))
     block = {
         "n_pairs": len(groups),

@@ -553,18 +553,16 @@ def events_frame(records: Iterable[CellRecord]):
     ``tokens.EVENT_KINDS``) and ``is_<kind>`` says the same per kind; then the identity columns,
     ``Y`` per readout and cell and the per-event effects, as :func:`records_frame` (the long
     form, one row per event kind) has them without its ``key`` and ``kind``."""
-    from .tokens import EVENT_KINDS
+    from .tokens import EVENT_KINDS, ordered_kinds
 
     long = records_frame(records)
     if long.empty:
         return long
     identity = ["prompt_id", "position", "t_pt", "t_it", "boundary"]
-    order = {k: n for n, k in enumerate(EVENT_KINDS)}
-    kinds = long.groupby(identity, sort=False)["kind"].agg(
-        lambda ks: ",".join(sorted(set(ks), key=lambda k: (order.get(k, len(order)), k))))
+    kinds = long.groupby(identity, sort=False)["kind"].agg(lambda ks: ",".join(ordered_kinds(ks)))
     wide = long.drop_duplicates(identity).drop(columns=["key", "kind"]).set_index(identity)
     wide.insert(0, "kinds", kinds)
-    for kind in sorted(set(long["kind"]) | set(EVENT_KINDS), key=lambda k: (order.get(k, len(order)), k)):
+    for kind in ordered_kinds(set(long["kind"]) | set(EVENT_KINDS)):
         wide.insert(1 + sum(c.startswith("is_") for c in wide.columns), f"is_{kind}",
                     wide["kinds"].str.split(",").apply(lambda ks, k=kind: k in ks))
     return wide.reset_index()

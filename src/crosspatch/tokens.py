@@ -122,6 +122,12 @@ def word_list(value: Iterable[str] | str, option: str, keep_case: bool = False) 
     return frozenset(words)
 
 
+def ordered_kinds(kinds) -> list[str]:
+    """Distinct event kinds in the order of :data:`EVENT_KINDS` (others after, by name)."""
+    order = {k: n for n, k in enumerate(EVENT_KINDS)}
+    return sorted(set(kinds), key=lambda k: (order.get(k, len(order)), k))
+
+
 def _is_symbolic(text: str) -> bool:
     return all(unicodedata.category(ch)[0] in "PSZ" or ch.isspace() for ch in text)
 

@@ -61,7 +61,7 @@ def _event(r) -> dict:
 def explorer_events(records) -> list[dict]:
     """One row per event (a prompt's divergence: position and token pair) with every event kind
     that falls on it, in the records' order."""
-    from ..tokens import EVENT_KINDS
+    from ..tokens import ordered_kinds
 
     events: dict[tuple, dict] = {}
     for r in records:
@@ -70,7 +70,7 @@ def explorer_events(records) -> list[dict]:
             events[key] = {**_event(r), "kinds": []}
         events[key]["kinds"].append(r.kind)
     for e in events.values():
-        e["kinds"] = sorted(set(e["kinds"]), key=lambda k: (EVENT_KINDS.index(k) if k in EVENT_KINDS else 99, k))
+        e["kinds"] = ordered_kinds(e["kinds"])
     return list(events.values())
 
 

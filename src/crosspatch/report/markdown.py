@@ -20,10 +20,13 @@ _EFFECT_LABELS = {
 _RATIOS = {"direct_share", "interaction_share", "late_interaction_share"}
 
 
-def fmt_value(stat: dict | None, signed: bool = True, percent: bool = False) -> str:
+def fmt_value(stat: dict | None, signed: bool = True, percent: bool = False, fmt=None) -> str:
+    """``mean [lo, hi]`` of a statistic, or n/a with its reason; ``fmt`` formats one number
+    (default: signed two decimals, or a fraction as a percent with ``percent``)."""
     if not stat or stat.get("mean") is None:
         return f"n/a ({stat['na_reason']})" if stat and stat.get("na_reason") else "n/a"
-    fmt = (lambda v: f"{100 * v:.0f}%") if percent else ((lambda v: f"{v:+.2f}") if signed else (lambda v: f"{v:.2f}"))
+    if fmt is None:
+        fmt = (lambda v: f"{100 * v:.0f}%") if percent else ((lambda v: f"{v:+.2f}") if signed else (lambda v: f"{v:.2f}"))
     text = fmt(stat["mean"])
     ci = stat.get("ci")
     if ci and ci[0] is not None and ci[1] is not None:
@@ -34,13 +37,7 @@ def fmt_value(stat: dict | None, signed: bool = True, percent: bool = False) -> 
 def fmt_percent(stat: dict | None) -> str:
     """A statistic already in percent (``{"mean", "ci"}``, e.g. a lineage stage's share of the
     final model) as ``29% [21%, 38%]``, or n/a with its reason."""
-    if not stat or stat.get("mean") is None:
-        return f"n/a ({stat['na_reason']})" if stat and stat.get("na_reason") else "n/a"
-    text = f"{stat['mean']:.0f}%"
-    ci = stat.get("ci")
-    if ci and ci[0] is not None and ci[1] is not None:
-        text += f" [{ci[0]:.0f}%, {ci[1]:.0f}%]"
-    return text
+    return fmt_value(stat, fmt=lambda v: f"{v:.0f}%")
 
 
 def fmt_effect(block: dict, name: str) -> str:
