@@ -51,13 +51,13 @@ def peak_memory_mb(device: str) -> float:
 
 
 def boundaries_of(args, layers: int) -> list[int]:
-    from crosspatch.cells import resolve_boundary
+    from crosspatch.core.cells import resolve_boundary
 
     return list(range(1, layers)) if args.sweep else [resolve_boundary(0.6, layers)]
 
 
 def load_prompt_list(args) -> list:
-    from crosspatch.prompts import load_prompts
+    from crosspatch.inputs.prompts import load_prompts
 
     prompts = load_prompts(workload_paths(args.workload, args.root)["prompts"])
     step = max(1, len(prompts) // args.prompts)
@@ -68,7 +68,7 @@ def warm_code_paths() -> None:
     """One run on a tiny random pair: imports, kernels and allocator pools that every process pays
     once, so that "model work" (peak minus the memory before loading) is the models' and the
     run's alone."""
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair
 
     pair = make_pair("llama")
@@ -97,7 +97,7 @@ def kv_cache_bound_bytes(base: str, dtype: str, prompt_ids: list[list[int]], max
 
 def method_crosspatch(args) -> dict:
     from crosspatch.execution import load_pair
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
 
     w = workload_paths(args.workload, args.root)
     if not args.device.startswith("cuda"):
@@ -109,7 +109,7 @@ def method_crosspatch(args) -> dict:
     prompts = load_prompt_list(args)
     cache_mb = kv_mb = 0.0
     if args.residency == "sequential":
-        from crosspatch.pipeline import state_cache_bytes
+        from crosspatch.runner.pipeline import state_cache_bytes
 
         ids = [pair.tokenizers[pair.roles[0]](p.prompt)["input_ids"] for p in prompts]
         cache_mb = state_cache_bytes(pair, ids, args.max_new_tokens, 1) / 2**20
@@ -138,7 +138,7 @@ def method_default(args) -> dict:
     resamples, the default batching), timed after loading like the 2x2 alone; events and cells are
     its first divergences."""
     from crosspatch.execution import load_pair
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
 
     w = workload_paths(args.workload, args.root)
     if not args.device.startswith("cuda"):
@@ -249,7 +249,7 @@ def method_profile(args) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from crosspatch.execution import load_pair
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
 
     w = workload_paths(args.workload, args.root)
     pair = load_pair(w["base"], tuned=w["tuned"], dtype=args.dtype, device=args.device, hash_weights=False)

@@ -43,7 +43,7 @@ from workloads import workload_paths  # noqa: E402
 def hf_decode(handle, prompts: list[list[int]], steps: int, pad: int, masked: bool, device: str) -> tuple[float, float]:
     """Prefill then ``steps`` greedy tokens with the model's own forward; (prefill s, s per step)."""
     from crosspatch.execution.search import _new_cache
-    from crosspatch.models.execution import cache_keyword
+    from crosspatch.models.forward import cache_keyword
 
     model = handle.anatomy.model
     width = max(len(p) for p in prompts)
@@ -80,7 +80,7 @@ def crosspatch_decode(pair, handle, prompts: list[list[int]], steps: int, captur
                       device: str) -> tuple[float, float]:
     from crosspatch.execution.search import CachedDecoder
     from crosspatch.models import masked_argmax
-    from crosspatch.models.execution import counting_work
+    from crosspatch.models.forward import counting_work
 
     decoder = CachedDecoder(handle, pair, capture)
     with counting_work():
@@ -110,7 +110,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from crosspatch.execution import load_pair
-    from crosspatch.prompts import load_prompts
+    from crosspatch.inputs.prompts import load_prompts
 
     paths = workload_paths(args.workload, Path(args.root))
     if not Path(paths["base"]).exists():

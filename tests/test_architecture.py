@@ -10,10 +10,19 @@ import crosspatch
 
 PACKAGE = Path(crosspatch.__file__).parent
 
-# layer -> what it may import from the package (besides itself)
+# layer -> what it may import from the package (besides itself): docs/architecture.md's table
+_BELOW_CORE = {"crosspatch.errors", "crosspatch.inputs", "crosspatch.models", "crosspatch.execution"}
 ALLOWED = {
+    "crosspatch.errors": set(),
+    "crosspatch.inputs": {"crosspatch.errors"},
     "crosspatch.models": {"crosspatch.errors"},
     "crosspatch.execution": {"crosspatch.errors", "crosspatch.models"},
+    "crosspatch.core": _BELOW_CORE,
+    "crosspatch.store": {"crosspatch.errors", "crosspatch.core"},
+    "crosspatch.report": {"crosspatch.errors", "crosspatch.core", "crosspatch.store"},
+    "crosspatch.analyses": _BELOW_CORE | {"crosspatch.core", "crosspatch.store", "crosspatch.report"},
+    "crosspatch.runner": _BELOW_CORE | {"crosspatch.core", "crosspatch.store", "crosspatch.report",
+                                        "crosspatch.analyses"},
 }
 
 
@@ -133,10 +142,10 @@ def test_only_the_execution_layer_compares_residencies():
 def test_plugins_register_from_one_module_each():
     """Every built-in analysis is one module that registers itself; the registry imports them by
     name only (no import edge back from the registry to an analysis)."""
-    from crosspatch.registry import _BUILTIN_MODULES, registered
+    from crosspatch.core.registry import _BUILTIN_MODULES, registered
 
     graph = import_graph()
-    assert not any(dep.startswith("crosspatch.analyses") for dep in graph["crosspatch.registry"])
+    assert not any(dep.startswith("crosspatch.analyses") for dep in graph["crosspatch.core.registry"])
     modules = {p.summarize.__module__ for p in registered().values()}
     assert modules <= set(_BUILTIN_MODULES) | {m for m in modules if not m.startswith("crosspatch")}
 

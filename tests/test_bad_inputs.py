@@ -183,7 +183,7 @@ def _pickled_adapter(d: Path) -> None:
 def _eventless_run(env: Env) -> Path:
     """A finished run of the base against itself: no prompt diverges."""
     from crosspatch.execution import load_pair
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
 
     out = env.tmp / "eventless"
     run(load_pair(str(env.base), tuned=str(env.base)), GOOD, boundary=2, max_new_tokens=4, bootstrap=0,
@@ -665,7 +665,7 @@ def test_the_corrected_command_is_never_refused(env_root, tmp_path):
 
 
 def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
-    from crosspatch.prompts import load_prompts
+    from crosspatch.inputs.prompts import load_prompts
 
     path = tmp_path / "p.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + _jsonl(GOOD).encode())

@@ -99,7 +99,7 @@ def test_report_on_a_non_run_directory(tmp_path):
 def test_html_report_is_self_contained_and_escapes_model_text(tmp_path):
     """Hostile text in token text, prompt ids, categories, prompts and model paths never becomes
     markup; the page needs no network."""
-    from crosspatch.pipeline import rerender, run
+    from crosspatch.runner.pipeline import rerender, run
     from crosspatch.testing import make_pair
 
     script, img = "<script>alert(1)</script>", '<img src=x onerror="alert(2)">'

@@ -26,11 +26,14 @@ def test_version_and_short_help():
 
 
 def test_every_public_callable_stays_callable_after_use():
+    import importlib
+    import sys
+
     for name in crosspatch.__all__:
         first = getattr(crosspatch, name)
-        import importlib
-
-        importlib.import_module("crosspatch.compare")  # importing the submodule must not replace the function
+        sys.modules.pop("crosspatch.compare", None)
+        with pytest.warns(DeprecationWarning, match="crosspatch.runner.compare"):
+            importlib.import_module("crosspatch.compare")  # the old path of the submodule must not replace the function
         again = getattr(crosspatch, name)
         assert callable(first) == callable(again), name
     assert callable(crosspatch.compare) and callable(crosspatch.lineage)
@@ -55,7 +58,7 @@ def test_progress_lines_go_to_a_log_when_stderr_is_not_a_terminal(tmp_path):
 
 
 def test_role_names_are_safe_names(tmp_path):
-    from crosspatch.execution.modelset import check_role_name, descendant_roles
+    from crosspatch.execution.roles import check_role_name, descendant_roles
 
     (tmp_path / "sft" / "sub").mkdir(parents=True)
     tuned, _ = descendant_roles([str(tmp_path / "sft" / "sub" / ".."), str(tmp_path / "sft")])
@@ -68,7 +71,7 @@ def test_role_names_are_safe_names(tmp_path):
 
 
 def test_unknown_breakdowns_and_readouts_are_named_errors():
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair
 
     result = run(make_pair("llama"), many_prompts(6), boundary=2, max_new_tokens=6, bootstrap=0, progress=False,
@@ -84,9 +87,9 @@ def test_unknown_breakdowns_and_readouts_are_named_errors():
 
 
 def test_events_are_one_row_per_event_with_its_kinds_and_the_long_form_one_per_kind():
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair
-    from crosspatch.tokens import EVENT_KINDS
+    from crosspatch.core.tokens import EVENT_KINDS
 
     result = run(make_pair("llama", scale=0.5), many_prompts(12), boundaries=[1, 2], max_new_tokens=12,
                  bootstrap=0, progress=False, controls="none")
@@ -103,7 +106,8 @@ def test_events_are_one_row_per_event_with_its_kinds_and_the_long_form_one_per_k
 
 
 def test_result_objects_print_short():
-    from crosspatch.compare import compare, lineage
+    from crosspatch.runner.compare import compare
+    from crosspatch.runner.lineage import lineage
     from crosspatch.execution import models_from_modules
     from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
 
@@ -120,11 +124,11 @@ def test_result_objects_print_short():
 
 
 def test_gate_pool_and_report_read_runs_without_importing_torch(tmp_path):
-    code = ("import sys; import crosspatch.gate, crosspatch.store, crosspatch.verdict, crosspatch.records; "
+    code = ("import sys; import crosspatch.workflows.gate, crosspatch.store, crosspatch.core.verdict, crosspatch.core.records; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair
 
     prompts = [dict(p, validator={"type": "regex", "pattern": "[a-z]"}) for p in many_prompts(6)]
@@ -143,7 +147,7 @@ def test_gate_pool_and_report_read_runs_without_importing_torch(tmp_path):
 
 
 def test_the_verdict_is_a_typed_record_that_still_serialises(tmp_path):
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair
 
     result = run(make_pair("llama", perturb=[2, 3], scale=2.0), many_prompts(8), boundary=2, max_new_tokens=6,
@@ -154,8 +158,8 @@ def test_the_verdict_is_a_typed_record_that_still_serialises(tmp_path):
 
 
 def test_pool_counts_each_run_once(tmp_path):
-    from crosspatch.compare import pool_runs
-    from crosspatch.pipeline import run
+    from crosspatch.runner.compare import pool_runs
+    from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair
     import shutil
 
@@ -167,7 +171,7 @@ def test_pool_counts_each_run_once(tmp_path):
 
 
 def test_the_demo_stage_clock_counts_stages_and_estimates_what_is_left():
-    from crosspatch.progress import StageClock
+    from crosspatch.runner.progress import StageClock
 
     now = [0.0]
     lines: list[str] = []
@@ -240,7 +244,7 @@ def test_env_says_what_crosspatch_runs_on_and_which_residency_a_run_would_choose
 
 
 def test_descendants_can_be_named_on_the_command_line():
-    from crosspatch.execution.modelset import descendant_roles
+    from crosspatch.execution.roles import descendant_roles
 
     tuned, adapters = descendant_roles(["sft=/models/a/checkpoint-5", "/models/b/final"], ["dpo=/x/adapter"])
     assert tuned == {"sft": "/models/a/checkpoint-5", "final": "/models/b/final"} and adapters == {"dpo": "/x/adapter"}
@@ -293,7 +297,7 @@ def test_command_line_defaults_are_the_dataclasses_defaults():
 
     from crosspatch.cli import run_cmd
     from crosspatch.models.loading import LoadOptions
-    from crosspatch.runconfig import RunConfig
+    from crosspatch.runner.config import RunConfig
 
     def defaults(cls):
         return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -6,7 +6,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from crosspatch.compare import compare, lineage, parse_cross, pool_runs
+from crosspatch.runner.compare import compare, parse_cross, pool_runs
+from crosspatch.runner.lineage import lineage
 from crosspatch.execution import load_models, models_from_modules
 from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
 
@@ -89,7 +90,7 @@ def _interpolated_stages(n=3):
 
 @pytest.mark.slow
 def test_lineage_on_an_interpolation_is_monotone_and_its_final_stage_equals_a_plain_run(tmp_path):
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
 
     modules = _interpolated_stages(3)
     models = models_from_modules(modules, char_tokenizer())
@@ -121,7 +122,7 @@ def _stages_with_their_own_heads():
 
 @pytest.mark.slow
 def test_lineage_reads_every_stage_with_the_final_models_head_too(tmp_path):
-    from crosspatch.records import RecordKey
+    from crosspatch.core.records import RecordKey
 
     modules = _stages_with_their_own_heads()
     result = lineage(models_from_modules(modules, char_tokenizer()), many_prompts(16), out=tmp_path, **OPTIONS)
@@ -143,7 +144,7 @@ def test_lineage_reports_each_stage_share_of_final_two_ways(tmp_path):
     with the reason when the final's own effect cannot carry a ratio."""
     import numpy as np
 
-    from crosspatch.cells import CELLS, cell_effects
+    from crosspatch.core.cells import CELLS, cell_effects
 
     modules = _stages_with_their_own_heads()
     result = lineage(models_from_modules(modules, char_tokenizer()), many_prompts(16), out=tmp_path, **OPTIONS)
@@ -177,8 +178,8 @@ def test_lineage_reports_each_stage_share_of_final_two_ways(tmp_path):
 def test_a_share_of_the_final_has_a_joint_interval_and_is_na_without_a_final_effect():
     import numpy as np
 
-    from crosspatch.cells import cell_effects
-    from crosspatch.stats import BootstrapConfig, share_of_reference
+    from crosspatch.core.cells import cell_effects
+    from crosspatch.core.stats import BootstrapConfig, share_of_reference
 
     rng = np.random.default_rng(0)
     prompts = [f"p{k}" for k in range(40)]

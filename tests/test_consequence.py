@@ -8,14 +8,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from crosspatch.analysis import EventSet
-from crosspatch.consequence import Consequence, consequence_summary
-from crosspatch.divergence import DivergenceEvent
+from crosspatch.core.analysis import EventSet
+from crosspatch.analyses.consequence import Consequence, consequence_summary
+from crosspatch.core.divergence import DivergenceEvent
 from crosspatch.errors import PromptFileError
 from crosspatch.execution import Decode, Executor, pair_from_models
-from crosspatch.prompts import as_prompts
+from crosspatch.inputs.prompts import as_prompts
 from crosspatch.testing import char_tokenizer, make_pair, tiny_model
-from crosspatch.validators import parse_validator
+from crosspatch.inputs.validators import parse_validator
 
 from .test_store import many_prompts
 
@@ -51,7 +51,7 @@ def test_a_malformed_validator_is_a_named_error_with_the_line(rule, message):
 
 
 def test_a_malformed_validator_in_a_file_names_the_line(tmp_path):
-    from crosspatch.prompts import load_prompts
+    from crosspatch.inputs.prompts import load_prompts
 
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"id": "a", "prompt": "x"}) + "\n" +
@@ -90,7 +90,7 @@ def test_a_continuation_that_depends_only_on_the_first_token_gives_the_expected_
         assert res["t_pt"]["suffix"].replace(" ", "") == "bbbbb" and not res["t_pt"]["pass"]
         assert not res["matched"]["pass"] and not res["random"]["pass"]
         assert r["forced"]["matched"] not in (a, b) and r["forced"]["random"] not in (a, b)
-    summary = consequence_summary(rows, {e.key: 1.0 for e in events}, __import__("crosspatch.stats").stats.BootstrapConfig(200))
+    summary = consequence_summary(rows, {e.key: 1.0 for e in events}, __import__("crosspatch.core.stats").core.stats.BootstrapConfig(200))
     block = summary["by_model"]["IT"]
     assert block["delta_t_it_minus_t_pt"]["mean"] == 1.0 and block["delta_t_it_minus_matched"]["mean"] == 1.0
     assert block["pass_rate"]["t_it"]["mean"] == 1.0 and block["pass_rate"]["t_pt"]["mean"] == 0.0
@@ -114,7 +114,7 @@ def test_scoring_is_suffix_only():
 
 def test_forcing_the_natural_token_reproduces_the_natural_continuation():
     pair = make_pair("llama", scale=0.5)
-    result = __import__("crosspatch.pipeline").pipeline.run(
+    result = __import__("crosspatch.runner.pipeline").runner.pipeline.run(
         pair, [dict(p, validator={"type": "regex", "pattern": "."}) for p in many_prompts(6)], boundary=2,
         max_new_tokens=8, bootstrap=0, progress=False, consequence=True, consequence_budget=6,
         event_kinds="first_diff", controls="none")
@@ -187,7 +187,7 @@ def test_allow_partial_scores_the_shared_prompts_and_records_what_was_left_out(t
     assert all(r["prompt_id"] != rows[0]["id"] for r in map(json.loads, (tmp_path / "r" / "consequence.jsonl")
                                                             .read_text().splitlines()))
     # a later summary (report re-rendered from the stored files) still says what was left out
-    from crosspatch.finished import resummarize
+    from crosspatch.runner.finished import resummarize
     from crosspatch.store import RunStore
 
     assert any("elsewhere" in p for p in resummarize(RunStore(tmp_path / "r"))["consequences"]["partial"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from crosspatch.controls import CONTROLS, DEFAULT_CONTROLS, parse_controls
-from crosspatch.pipeline import run
+from crosspatch.analyses.controls import CONTROLS, DEFAULT_CONTROLS, parse_controls
+from crosspatch.runner.pipeline import run
 from crosspatch.testing import make_pair
 
 from .test_store import many_prompts
@@ -130,7 +130,7 @@ def test_users_word_lists_are_recorded_and_markers_are_whole_words(tmp_path):
     import string
 
     from crosspatch.errors import RunSettingsMismatchError
-    from crosspatch.tokens import starts_a_word
+    from crosspatch.core.tokens import starts_a_word
 
     pair = make_pair("llama", scale=0.5)
     letters = list(string.ascii_lowercase)  # with a character tokenizer every letter is a one-token "word"
@@ -172,7 +172,7 @@ def test_verify_fp32_reruns_near_tie_events_in_float32():
 
 def test_the_pre_divergence_rule_of_the_method_s_authors_cuts_late_events_at_a_random_earlier_position():
     from crosspatch.analyses.pre_divergence import PreDivergence
-    from crosspatch.divergence import DivergenceEvent
+    from crosspatch.core.divergence import DivergenceEvent
 
     rule = PreDivergence(2, rule="random_cut", seed=0)
     early = DivergenceEvent("a", None, 3, 2, [1, 2, 3, 9, 9], 5, 6)

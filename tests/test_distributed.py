@@ -7,7 +7,7 @@ import json
 import pytest
 
 from crosspatch.execution import load_pair
-from crosspatch.pipeline import run
+from crosspatch.runner.pipeline import run
 from crosspatch.testing import save_tiny_pair
 
 from .test_store import _strip, assert_same_summary, many_prompts

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crosspatch.divergence import DivergenceConfig, find_divergences
+from crosspatch.core.divergence import DivergenceConfig, find_divergences
 from crosspatch.execution import greedy_rollout
 from crosspatch.models import masked_argmax, tokenize_once
-from crosspatch.prompts import as_prompts
+from crosspatch.inputs.prompts import as_prompts
 from crosspatch.testing import make_pair
 
 
@@ -180,7 +180,7 @@ def test_a_run_counts_reports_and_resumes_prompts_lost_to_nan_logits(tmp_path, p
     """Prompts that end at NaN logits are counted, named with the model in the summary and the
     reports, kept in no_divergence.jsonl (a resumed run reads them back), and a run where every
     prompt ended so says that, not that the models decode alike."""
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
 
     pair = make_pair("llama", scale=0.15)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""After the fact: one path (crosspatch.finished) reopens any run directory crosspatch writes — a
+"""After the fact: one path (crosspatch.runner.finished) reopens any run directory crosspatch writes — a
 pair, a compare member, a lineage run — from the load spec its config.json records."""
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def test_consequence_and_features_run_on_a_compare_member_and_a_lineage_run(tmp_
 @pytest.mark.slow
 def test_run_on_finished_runs_a_registered_analysis_and_summarises_again(tmp_path):
     from crosspatch.execution import load_pair
-    from crosspatch.finished import run_on_finished
-    from crosspatch.pipeline import run
+    from crosspatch.runner.finished import run_on_finished
+    from crosspatch.runner.pipeline import run
 
     base, _, merged = save_tiny_lora(tmp_path / "m")
     result = run(load_pair(str(base), tuned=str(merged)), PROMPTS, boundary=2, max_new_tokens=8, bootstrap=0,
@@ -74,9 +74,9 @@ def test_every_writer_takes_the_run_directory_lock(tmp_path):
 
     from crosspatch.errors import RunDirectoryError
     from crosspatch.execution import load_pair
-    from crosspatch.features import run_features
-    from crosspatch.finished import run_on_finished
-    from crosspatch.pipeline import merge_runs, rerender_run, run
+    from crosspatch.runner.on_finished import run_features
+    from crosspatch.runner.finished import run_on_finished
+    from crosspatch.runner.pipeline import merge_runs, rerender_run, run
     from crosspatch.store import RunStore
 
     base, _, merged = save_tiny_lora(tmp_path / "m")

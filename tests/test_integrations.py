@@ -9,7 +9,7 @@ import json
 import pytest
 
 from crosspatch.errors import CheckpointDiscoveryError, OptionError
-from crosspatch.integrations import CrosspatchCallback
+from crosspatch.workflows.callback import CrosspatchCallback
 from crosspatch.zoo import zoo_path
 
 Z = zoo_path()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from crosspatch.cli import app
 from crosspatch.execution import pair_from_models
 from crosspatch.execution.nulls import synthetic_null
-from crosspatch.pipeline import run
+from crosspatch.runner.pipeline import run
 from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
 
 from .test_store import many_prompts

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from crosspatch.errors import PromptFileError
-from crosspatch.prompts import load_prompts
+from crosspatch.inputs.prompts import load_prompts
 
 
 def _jsonl(tmp_path, lines):
@@ -85,7 +85,7 @@ def test_unknown_suffix_missing_and_empty_files(tmp_path):
 
 
 def test_chat_template_is_an_explicit_recorded_option():
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair
 
     pair = make_pair("llama")
@@ -95,13 +95,14 @@ def test_chat_template_is_an_explicit_recorded_option():
                     chat_template=True)
     assert raw.config["options"]["chat_template"] is False and templated.config["options"]["chat_template"] is True
     assert raw.config["fingerprint"] != templated.config["fingerprint"]
-    from crosspatch.pipeline import _prompt_text
-    from crosspatch.prompts import Prompt
+    from crosspatch.runner.prepare import _prompt_text
+    from crosspatch.inputs.prompts import Prompt
 
     assert _prompt_text(pair, Prompt("a", "Rain?"), templated_config(templated)) == "U: Rain?\nA:"
     # raw text gets the tokenizer's BOS; templated text is what the template renders, special
     # tokens included, as apply_chat_template(tokenize=True) gives it: BOS only if it has one
-    from crosspatch.pipeline import RunConfig, prompt_token_ids
+    from crosspatch.runner.pipeline import RunConfig
+    from crosspatch.runner.prepare import prompt_token_ids
 
     def ids(chat_template):
         return prompt_token_ids(pair, [Prompt("a", "Rain?")], "tuned", RunConfig(chat_template=chat_template))[0]
@@ -118,13 +119,13 @@ def test_chat_template_is_an_explicit_recorded_option():
 
 
 def templated_config(result):
-    from crosspatch.pipeline import RunConfig
+    from crosspatch.runner.pipeline import RunConfig
 
     return RunConfig(chat_template=result.config["options"]["chat_template"])
 
 
 def test_in_python_one_prompt_is_one_prompt_and_a_path_is_a_file(tmp_path):
-    from crosspatch.prompts import Prompt, as_prompts
+    from crosspatch.inputs.prompts import Prompt, as_prompts
 
     assert [(p.id, p.prompt) for p in as_prompts("Rain in Oslo")] == [("0", "Rain in Oslo")]  # not 12 characters
     assert [p.id for p in as_prompts({"id": "a", "prompt": "Rain"})] == ["a"]
@@ -144,7 +145,7 @@ def test_in_python_one_prompt_is_one_prompt_and_a_path_is_a_file(tmp_path):
     ([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}], "unique"),
 ])
 def test_in_python_no_prompt_or_a_shapeless_value_is_a_named_error(items, message):
-    from crosspatch.prompts import as_prompts
+    from crosspatch.inputs.prompts import as_prompts
 
     with pytest.raises(PromptFileError, match=message):
         as_prompts(items)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from crosspatch import registry
+from crosspatch.core import registry
 from crosspatch.errors import OptionError
-from crosspatch.registry import AnalysisPlugin, register_analysis, registered, unregister_analysis
+from crosspatch.core.registry import AnalysisPlugin, register_analysis, registered, unregister_analysis
 
 PLUGIN_PACKAGE = Path(__file__).parent / "plugin_package"
 BUILTIN = ["label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
@@ -86,8 +86,8 @@ def test_names_are_unique_and_checked():
 
 
 def test_unknown_analyses_and_options_are_named_errors_before_any_model_loads():
-    from crosspatch.pipeline import RunConfig
-    from crosspatch.validation import validate_run_options
+    from crosspatch.runner.pipeline import RunConfig
+    from crosspatch.runner.checks import validate_run_options
 
     with pytest.raises(OptionError, match="no analysis named 'nope'"):
         validate_run_options(RunConfig(analyses=["nope"]))
@@ -98,7 +98,7 @@ def test_unknown_analyses_and_options_are_named_errors_before_any_model_loads():
 
 
 def test_block_seeds_differ_by_name_and_are_stable():
-    from crosspatch.stats import stable_seed
+    from crosspatch.core.stats import stable_seed
 
     assert stable_seed(0, "2/common_it/all") == stable_seed(0, "2/common_it/all")
     assert stable_seed(0, "2/common_it/all") != stable_seed(0, "2/common_it/by_category/wind")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from crosspatch.cells import CELLS, READOUTS
+from crosspatch.core.cells import CELLS, READOUTS
 from crosspatch.errors import ModelLoadError
 from crosspatch.execution import load_pair
 from crosspatch.execution import choose_residency
 from crosspatch.models.loading import LoadOptions
-from crosspatch.pipeline import run
+from crosspatch.runner.pipeline import run
 
 from .conftest import PROMPTS
 from .models.test_peft import _lora_dirs
@@ -62,7 +62,7 @@ def test_sequential_keeps_one_copy_of_a_readout_head_the_fine_tune_left_alone(tm
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from crosspatch.models.execution import readout
+    from crosspatch.models.forward import readout
 
     base, _, merged = _lora_dirs(tmp_path)  # LoRA on attention and MLP: final norm and lm_head untouched
     pair = load_pair(str(base), tuned=str(merged), residency="sequential")

@@ -1,4 +1,4 @@
-"""The files crosspatch writes match their schemas (crosspatch.schemas), are checked on write and
+"""The files crosspatch writes match their schemas (crosspatch.store.schemas), are checked on write and
 on read, and docs/schemas.md is rendered from them."""
 
 from __future__ import annotations
@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 
 from crosspatch.errors import CorruptRunFileError, RunWriteError
-from crosspatch.schemas import check_document, render_schema_docs
+from crosspatch.store.schemas import check_document, render_schema_docs
 from crosspatch.store import RunStore, checked
 
 
 def test_the_reference_page_is_rendered_from_the_schemas():
     docs = (Path(__file__).parents[1] / "docs" / "schemas.md").read_text()
     assert docs.strip() == render_schema_docs().strip(), \
-        'run: python -c "from crosspatch.schemas import render_schema_docs as r; print(r())" > docs/schemas.md'
+        'run: python -c "from crosspatch.store.schemas import render_schema_docs as r; print(r())" > docs/schemas.md'
 
 
 def test_a_document_of_the_wrong_shape_is_refused_on_write_and_on_read(tmp_path):
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair
 
     from .test_store import many_prompts

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from crosspatch.errors import RunDirectoryError
-from crosspatch.pipeline import merge_runs, run
+from crosspatch.runner.pipeline import merge_runs, run
 from crosspatch.testing import make_pair
 
 from .test_store import _strip, assert_same_summary, many_prompts

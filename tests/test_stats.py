@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from crosspatch.cells import CellRecord
-from crosspatch.stats import BootstrapConfig, effect_block, resampled_cell_means, effects_from_cell_means, pool_family_balanced, summarize_records
+from crosspatch.core.cells import CellRecord
+from crosspatch.core.pooling import pool_family_balanced
+from crosspatch.core.stats import BootstrapConfig, effect_block, resampled_cell_means, effects_from_cell_means, summarize_records
 
 
 def rec(pid, cells, category=None, position=0, boundary=2, valid=True):
@@ -136,8 +137,8 @@ def test_bootstrap_draws_in_bounded_chunks_equal_one_draw():
 
 
 def test_kinds_on_the_same_event_count_once_in_the_per_prompt_average():
-    from crosspatch.records import CellRecord
-    from crosspatch.stats import BootstrapConfig, summarize_records
+    from crosspatch.core.records import CellRecord
+    from crosspatch.core.stats import BootstrapConfig, summarize_records
 
     def rec(pid, kind, position, y):
         cells = {"upt_lpt": 0.0, "upt_lit": 0.0, "uit_lpt": 0.0, "uit_lit": y}
@@ -154,9 +155,9 @@ def test_kinds_on_the_same_event_count_once_in_the_per_prompt_average():
 
 
 def test_a_requested_event_kind_without_events_is_reported_with_n_zero():
-    from crosspatch.kinds import EVENT_KINDS
-    from crosspatch.records import CellRecord
-    from crosspatch.stats import BootstrapConfig, summarize_records
+    from crosspatch.analyses.event_kinds import EVENT_KINDS
+    from crosspatch.core.records import CellRecord
+    from crosspatch.core.stats import BootstrapConfig, summarize_records
 
     cells = {"upt_lpt": 0.0, "upt_lit": 1.0, "uit_lpt": 0.0, "uit_lit": 2.0}
     record = CellRecord(key="p#first@2", prompt_id="p", category=None, boundary=2, position=0, prompt_len=1,

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from crosspatch.errors import RunDirectoryError
-from crosspatch.pipeline import run
+from crosspatch.runner.pipeline import run
 from crosspatch.testing import make_pair, save_tiny_pair
 
 WORDS = ["Rain", "Wind", "Snow", "Sky", "Fog", "Heat", "Humid", "Storm", "Cold", "Gust"]
@@ -130,7 +130,7 @@ def test_a_run_directory_refuses_other_settings(tmp_path):
 def test_disk_full_while_writing_is_named_and_the_run_stays_resumable(tmp_path, monkeypatch):
     import errno
 
-    import crosspatch.store as store_module
+    import crosspatch.store.rundir as store_module
     from crosspatch.errors import RunWriteError
 
     pair = make_pair("llama", scale=0.2)
@@ -238,7 +238,7 @@ def test_a_damaged_line_inside_events_jsonl_is_not_blamed_on_an_interruption(tmp
     from crosspatch.errors import CorruptRunFileError
     from crosspatch.store import RunStore, settings_diff
 
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair
 
     run(make_pair("llama"), many_prompts(4), boundary=2, max_new_tokens=4, bootstrap=0, progress=False,

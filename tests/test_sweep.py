@@ -7,9 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from crosspatch.cells import CELLS, READOUTS
+from crosspatch.core.cells import CELLS, READOUTS
 from crosspatch.cli import app
-from crosspatch.pipeline import run
+from crosspatch.runner.pipeline import run
 from crosspatch.testing import make_pair
 
 from .conftest import PROMPTS

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from crosspatch.tokens import (
+from crosspatch.core.tokens import (
     CONTENT, FORMAT, FUNCTION_OTHER, find_event_kinds, is_assistant_marker, token_category,
 )
 
@@ -103,7 +103,7 @@ def test_a_marker_counts_only_as_a_whole_word(history, other, before, expected):
 
 def test_users_word_lists_replace_the_defaults(tmp_path):
     from crosspatch.errors import OptionError
-    from crosspatch.tokens import TokenClasses
+    from crosspatch.core.tokens import TokenClasses
 
     classes = TokenClasses.from_options(format_tokens="Forecast, Outlook", marker_words=["Roger"])
     assert token_category(" forecast", classes=classes) == FORMAT
@@ -122,7 +122,7 @@ def test_users_word_lists_replace_the_defaults(tmp_path):
 
 
 def test_a_run_records_marker_words_with_their_case():
-    from crosspatch.runconfig import RunConfig, normalise_run_config
+    from crosspatch.runner.config import RunConfig, normalise_run_config
 
     config = normalise_run_config(RunConfig(marker_words="sure, OK", format_tokens=["Answer", "Report"]))
     assert config.marker_words == ["OK", "sure"]  # "OK" stays a capitals-only marker once recorded

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from crosspatch.errors import PromptFileError
-from crosspatch.prompts import load_prompts
-from crosspatch.validators import parse_validator, render_validator_docs
+from crosspatch.inputs.prompts import load_prompts
+from crosspatch.inputs.validators import parse_validator, render_validator_docs
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -46,4 +46,4 @@ def test_well_formed_specs_keep_their_meaning():
 def test_the_reference_page_is_rendered_from_the_schema():
     docs = (Path(__file__).parents[1] / "docs" / "validators.md").read_text()
     assert docs.strip() == render_validator_docs().strip(), \
-        'run: python -c "from crosspatch.validators import render_validator_docs as r; print(r())" > docs/validators.md'
+        'run: python -c "from crosspatch.inputs.validators import render_validator_docs as r; print(r())" > docs/validators.md'

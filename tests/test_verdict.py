@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from crosspatch.cli import app
-from crosspatch.pipeline import run
+from crosspatch.runner.pipeline import run
 from crosspatch.testing import make_pair
-from crosspatch.verdict import VerdictPolicy, decide
+from crosspatch.core.verdict import VerdictPolicy, decide
 
 from .test_store import many_prompts
 
@@ -233,7 +233,7 @@ def test_one_verdict_name_is_a_list_of_one():
 
 @pytest.mark.slow
 def test_until_ci_width_stops_once_the_interval_is_narrow_enough_and_says_so(tmp_path):
-    from crosspatch.pipeline import rerender_run
+    from crosspatch.runner.pipeline import rerender_run
 
     pair = make_pair("llama", perturb=[0, 1, 2, 3], scale=0.5)
     options = dict(boundary=2, max_new_tokens=8, bootstrap=300, progress=False, event_kinds="first_diff",

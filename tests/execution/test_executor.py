@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crosspatch.cells import CELLS, READOUTS
+from crosspatch.core.cells import CELLS, READOUTS
 from crosspatch.execution import (
     Capture, Edit, Executor, Late, load_models, load_pair, models_from_modules, pair_from_models,
 )
 from crosspatch.execution import executor as executor_module
 from crosspatch.execution.batching import kv_bytes_per_token, largest_batch_tokens, length_batches
-from crosspatch.models.execution import counting_work
-from crosspatch.pipeline import run
+from crosspatch.models.forward import counting_work
+from crosspatch.runner.pipeline import run
 from crosspatch.testing import BlendProbe, char_tokenizer, make_pair, perturb_layers, tiny_model
 
 from ..conftest import PROMPTS
@@ -286,7 +286,7 @@ def test_an_adapter_under_sequential_residency_matches_adapter_residency(tmp_pat
 def test_decoding_on_cuda_keeps_to_attention_backends_that_need_no_per_shape_plan():
     """cuDNN's attention plans every new shape, and a growing KV cache is a new shape each step
     (measured: 4x slower searches on an H200); decoding steps use the other backends there."""
-    from crosspatch.models.execution import decoding_attention
+    from crosspatch.models.forward import decoding_attention
 
     assert torch.backends.cuda.cudnn_sdp_enabled()
     with decoding_attention(torch.device("cuda")):

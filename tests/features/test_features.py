@@ -8,11 +8,11 @@ import shutil
 import pytest
 import torch
 
-from crosspatch.analysis import EventSet
+from crosspatch.core.analysis import EventSet
 from crosspatch.execution import Edit, Executor, Late
-from crosspatch.features import Crosscoder, load_crosscoder, quality_gate, save_crosscoder, train_crosscoder
-from crosspatch.features.crosscoder import CrosscoderConfig
-from crosspatch.features.study import Closure, split_events
+from crosspatch.analyses.features import Crosscoder, load_crosscoder, quality_gate, save_crosscoder, train_crosscoder
+from crosspatch.analyses.features.crosscoder import CrosscoderConfig
+from crosspatch.analyses.features.study import Closure, split_events
 from crosspatch.testing import make_pair
 
 
@@ -74,7 +74,7 @@ def test_zero_edits_are_exact_no_ops():
 
 
 def test_closure_with_the_full_delta_equals_the_diagonal_cell():
-    from crosspatch.divergence import DivergenceEvent
+    from crosspatch.core.divergence import DivergenceEvent
 
     pair = make_pair("llama", scale=0.5)
     ex = Executor(pair)
@@ -101,7 +101,7 @@ def test_external_dictionary_learning_layout_loads(tmp_path):
 
 
 def test_split_is_by_prompt_and_stable():
-    from crosspatch.divergence import DivergenceEvent
+    from crosspatch.core.divergence import DivergenceEvent
 
     evs = [DivergenceEvent(f"p{k}", None, 1, 0, [1], 2, 3) for k in range(40)]
     a1, b1 = split_events(evs)
@@ -115,8 +115,8 @@ def test_features_end_to_end_on_a_run(tmp_path):
 
     from crosspatch.cli import app
     from crosspatch.execution import load_pair
-    from crosspatch.features import features_frames
-    from crosspatch.pipeline import run
+    from crosspatch.analyses.features import features_frames
+    from crosspatch.runner.pipeline import run
     from crosspatch.testing import save_tiny_pair
 
     from ..test_store import many_prompts
@@ -175,8 +175,8 @@ def test_features_end_to_end_on_a_run(tmp_path):
 def test_a_run_without_events_is_a_named_error_before_any_model_loads(tmp_path):
     from crosspatch.errors import OptionError
     from crosspatch.execution import load_pair
-    from crosspatch.features import run_features
-    from crosspatch.pipeline import run
+    from crosspatch.runner.on_finished import run_features
+    from crosspatch.runner.pipeline import run
     from crosspatch.testing import save_tiny_pair
 
     from ..test_store import many_prompts

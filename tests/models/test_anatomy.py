@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from crosspatch.cells import score_events
-from crosspatch.divergence import DivergenceEvent
+from crosspatch.core.cells import score_events
+from crosspatch.core.divergence import DivergenceEvent
 from crosspatch.models import capture_forward, find_anatomy, late_forward, tokenize_once
-from crosspatch.models.execution import _SkippedLayer, layer_output_hidden
-from crosspatch.pipeline import run
+from crosspatch.models.forward import _SkippedLayer, layer_output_hidden
+from crosspatch.runner.pipeline import run
 from crosspatch.testing import ARCHITECTURES, make_pair, tiny_model
 
 EXPECTED = {"llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "olmo2", "gpt2", "gpt_neox", "phi3"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crosspatch.pipeline import run
+from crosspatch.runner.pipeline import run
 from crosspatch.testing import ARCHITECTURES, MOE_ARCHITECTURES, make_pair
 
 from ..conftest import PROMPTS

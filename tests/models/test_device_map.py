@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 
-from crosspatch.cells import CELLS, READOUTS
+from crosspatch.core.cells import CELLS, READOUTS
 from crosspatch.execution import pair_from_models
-from crosspatch.pipeline import run
+from crosspatch.runner.pipeline import run
 from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
 
 from ..conftest import PROMPTS

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from crosspatch.execution import load_pair
-from crosspatch.pipeline import run
+from crosspatch.runner.pipeline import run
 from crosspatch.testing import tiny_model
 
 MERGE_TOLERANCE = 1e-4  # fp32: merged W + BA vs unmerged x@W + x@A@B differ by rounding only
@@ -53,7 +53,7 @@ def test_adapter_settings_that_change_the_base_are_warned(tmp_path):
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     cfg["modules_to_save"] = ["lm_head"]
     (adapter / "adapter_config.json").write_text(json.dumps(cfg))
-    from crosspatch.models.loading import adapter_settings
+    from crosspatch.models.adapters import adapter_settings
 
     _, warnings = adapter_settings(str(adapter))
     assert any("bias='lora_only'" in w for w in warnings)

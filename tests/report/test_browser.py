@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(find_chromium() is None,
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair
 
     from ..test_store import many_prompts

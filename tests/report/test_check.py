@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from crosspatch.cli import app
-from crosspatch.pipeline import run
+from crosspatch.runner.pipeline import run
 from crosspatch.report.check import check_report, printed_numbers
 from crosspatch.testing import make_pair
 

@@ -8,7 +8,7 @@ from crosspatch.report.html import explorer_events
 
 
 def test_one_row_per_event_with_every_kind_that_falls_on_it(tmp_path):
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair
 
     from ..test_store import many_prompts

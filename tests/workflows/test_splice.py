@@ -13,7 +13,7 @@ import torch
 from crosspatch.errors import BoundaryError, ModelPathNotFoundError, OptionError
 from crosspatch.execution import load_models
 from crosspatch.execution.search import greedy_rollout
-from crosspatch.models.execution import ModelHandle
+from crosspatch.models.forward import ModelHandle
 from crosspatch.workflows.splice import CHIMERAS, chimera_name, generate_chimera, splice
 from crosspatch.zoo import zoo_path
 

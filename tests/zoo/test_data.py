@@ -93,7 +93,7 @@ def test_eras_state_the_same_observation_in_their_own_units():
     assert f"{obs.high_f}F" in older and f"{round((obs.high_f - 32) * 5 / 9)}C" in newer
     assert wx.date_text(obs, "older") == "Jul 15" and wx.date_text(obs, "newer") == "15 July"
     # a validator is satisfied by the reference report of its own era
-    from crosspatch.validators import parse_validator
+    from crosspatch.inputs.validators import parse_validator
 
     for era in wx.ERAS:
         for aspect in wx.ASPECTS:
@@ -113,7 +113,7 @@ def test_every_prompt_set_records_its_era_and_questions_match_the_forum_pages():
 
 
 def test_consequence_validators_judge_a_continuation_from_any_point():
-    from crosspatch.validators import parse_validator
+    from crosspatch.inputs.validators import parse_validator
 
     rng = __import__("random").Random(4)
     for era in wx.ERAS:

@@ -9,7 +9,7 @@ import pytest
 from crosspatch.zoo import (
     ADAPTERS, DESCENDANTS, FAULTY, NULLS, ZooIntegrityError, load_zoo_pair, manifest, verify, zoo_path,
 )
-from crosspatch.features import load_crosscoder
+from crosspatch.analyses.features import load_crosscoder
 from crosspatch.zoo.assemble import build_zoo
 from crosspatch.zoo.build import CROSSCODER, LINEAGE, ZooSpec, build_data
 
@@ -144,7 +144,7 @@ def test_quick_demo_on_the_embedded_zoo(tmp_path):
         assert all(full[key][v] // 4 <= quick[key][v] <= full[key][v] // 4 + 3 for v in full[key]), key
     assert "--quick" in (tmp_path / "demo" / "report.md").read_text()
     from crosspatch.report.check import check_report
-    from crosspatch.verdict import VERDICTS
+    from crosspatch.core.verdict import VERDICTS
 
     for name, s in demo.summary["descendants"].items():
         assert s["counts"]["prompts"] == n and s["verdict"]["verdict"] in VERDICTS, name
@@ -178,7 +178,7 @@ def test_the_demo_prompts_give_realistic_divergences_on_the_shipped_it_full():
     """On the demo's default prompt set the base continues the text (few events are base-EOS at
     position 0), most first divergences come after a shared stretch, and the base's tokens vary
     (properties of the shipped checkpoints, not timings)."""
-    from crosspatch.pipeline import run
+    from crosspatch.runner.pipeline import run
     from crosspatch.zoo import load_zoo_pair
     from crosspatch.zoo.demo import demo_prompts
 

@@ -6,8 +6,8 @@ import zlib
 
 import numpy as np
 
-from ..cells import CellRecord
-from ..stats import BootstrapConfig, cell_matrix, effect_block
+from ..core.cells import CellRecord
+from ..core.stats import BootstrapConfig, cell_matrix, effect_block
 
 
 def stable_rng(seed: int, prompt_id: str) -> np.random.Generator:

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..analysis import Analysis, EventSet
-from ..divergence import RecordKey
-from ..cells import event_y
+from ..core.analysis import Analysis, EventSet
+from ..core.divergence import RecordKey
+from ..core.cells import event_y
 from ..execution import Executor, Late, Program
-from ..registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
+from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
 from .common import stable_rng
 
 RECONSTRUCTION_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.25, "float16": 0.25}  # logits

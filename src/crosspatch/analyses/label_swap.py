@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..registry import AnalysisPlugin, SummaryContext, control_row, register_analysis
-from ..stats import label_swap_null
-from ..verdict import INTERACTION_CLAIMS
+from ..core.registry import AnalysisPlugin, SummaryContext, control_row, register_analysis
+from ..core.stats import label_swap_null
+from ..core.verdict import INTERACTION_CLAIMS
 
 
 @dataclass

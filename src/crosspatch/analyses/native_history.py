@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..analysis import Analysis, EventSet
-from ..cells import CellsConfig, CrossPatch
-from ..divergence import DivergenceEvent
+from ..core.analysis import Analysis, EventSet
+from ..core.cells import CellsConfig, CrossPatch
+from ..core.divergence import DivergenceEvent
 from ..execution import Capture, Decode, Executor, Program
 from ..models.vocab import NON_FINITE, masked_argmax
-from ..registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
+from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
 from .common import cell_records, interaction_block, cell_rows
 
 HORIZONS = (4, 8, 16)

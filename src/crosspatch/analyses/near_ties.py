@@ -3,7 +3,7 @@ move the divergence; with ``--verify-fp32`` the row says how many moved."""
 
 from __future__ import annotations
 
-from ..registry import AnalysisPlugin, SummaryContext, control_row, register_analysis
+from ..core.registry import AnalysisPlugin, SummaryContext, control_row, register_analysis
 
 MAX_SHARE = 0.10
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..analysis import Analysis, EventSet
-from ..cells import CELLS, cell_effects, cells_against_base
-from ..divergence import RecordKey
+from ..core.analysis import Analysis, EventSet
+from ..core.cells import CELLS, cell_effects, cells_against_base
+from ..core.divergence import RecordKey
 from ..execution import Executor, Program
-from ..registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
-from ..stats import cluster_mean_ci
-from ..verdict import INTERACTION_CLAIMS
+from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
+from ..core.stats import cluster_mean_ci
+from ..core.verdict import INTERACTION_CLAIMS
 
 
 # one-sided 95% quantiles of Student's t by degrees of freedom (larger df: the normal's 1.645)

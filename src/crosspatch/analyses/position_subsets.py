@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..registry import AnalysisPlugin, SummaryContext, control_row, register_analysis
+from ..core.registry import AnalysisPlugin, SummaryContext, control_row, register_analysis
 from .common import mean_interaction
 
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..analysis import Analysis, EventSet
-from ..divergence import RecordKey
+from ..core.analysis import Analysis, EventSet
+from ..core.divergence import RecordKey
 from ..execution import Executor, Program
-from ..registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
+from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
 from .common import interaction_block, mean_interaction
 
 

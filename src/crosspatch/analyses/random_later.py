@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..analysis import Analysis, EventSet
-from ..cells import CellsConfig, CrossPatch
-from ..divergence import DivergenceEvent
+from ..core.analysis import Analysis, EventSet
+from ..core.cells import CellsConfig, CrossPatch
+from ..core.divergence import DivergenceEvent
 from ..execution import Executor, Program
-from ..registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
+from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
 from .common import cell_records, cell_rows, interaction_block, mean_interaction, stable_rng
 
 SIDES = {"later_it": "IT rollout", "later_pt": "PT rollout"}

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import AnalysisPlugin, SummaryContext, control_row, register_analysis
-from ..stats import cluster_mean_ci
-from ..verdict import GRADED, grade
+from ..core.registry import AnalysisPlugin, SummaryContext, control_row, register_analysis
+from ..core.stats import cluster_mean_ci
+from ..core.verdict import GRADED, grade
 
 OTHER = {"common_it": "common_pt", "common_pt": "common_it"}
 

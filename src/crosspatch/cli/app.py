@@ -142,7 +142,7 @@ def load_policy(path: Path) -> dict:
 
 
 def _print_section(section, written: str) -> None:
-    """A report section (a :class:`~crosspatch.registry.Section`, or None) on stdout as
+    """A report section (a :class:`~crosspatch.core.registry.Section`, or None) on stdout as
     Markdown, then what was written (stderr)."""
     from ..report.sections import section_markdown
 

@@ -38,7 +38,7 @@ def gate_cmd(
     directory: every descendant's run, one line each, and the exit code of the worst."""
     import json
 
-    from ..gate import gate
+    from ..workflows.gate import gate
 
     overrides = {k: v for k, v in dict(max_interaction_share=max_interaction_share,
                                         portable_interaction_share=portable_interaction_share,
@@ -75,8 +75,8 @@ def consequence_cmd(
 ) -> None:
     """Does the divergent token matter? Force t_IT, t_PT, a rank-matched and a random token at
     each event, continue greedily, score the suffix with the prompt's validator (resumable)."""
-    from ..consequence import consequence_for_run
-    from ..prompts import load_prompts
+    from ..runner.on_finished import consequence_for_run
+    from ..inputs.prompts import load_prompts
 
     try:
         if budget < 1:
@@ -84,7 +84,7 @@ def consequence_cmd(
         cons = consequence_for_run(run_dir, load_prompts(prompts), budget, with_pt, allow_partial=allow_partial)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
-    from ..consequence import render_consequences
+    from ..analyses.consequence import render_consequences
 
     _print_section(render_consequences(cons), f"{run_dir / 'consequence.jsonl'}, summary.json, report.md, report.html")
 
@@ -100,9 +100,9 @@ def pool_cmd(
     within each family (each run at its headline boundary, common-IT readout)."""
     import json
 
-    from ..compare import pool_runs
+    from ..runner.compare import pool_runs
     from ..report.markdown import fmt_effect
-    from ..validation import check_bootstrap, check_given_once
+    from ..runner.checks import check_bootstrap, check_given_once
 
     try:
         if len(run_dirs) < 2:
@@ -148,7 +148,7 @@ app.add_typer(features_app, name="features")
 
 def _features(run_dir: Path, crosscoder: Optional[Path], layers: int, latents: int, k: int, steps: int,
               train_only: bool) -> None:
-    from ..features import run_features
+    from ..runner.on_finished import run_features
 
     try:
         for value, name in ((layers, "--layers"), (latents, "--latents"), (k, "--k"), (steps, "--steps")):
@@ -160,7 +160,7 @@ def _features(run_dir: Path, crosscoder: Optional[Path], layers: int, latents: i
                               log=lambda m: console.print(m, soft_wrap=True, markup=False))
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
-    from ..features.plugin import render_features
+    from ..analyses.features.plugin import render_features
 
     _print_section(render_features(result), f"{run_dir / 'features'}/, summary.json, report.md, report.html")
 
@@ -199,8 +199,8 @@ def merge_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a crosspatch run already in --out."),
 ) -> None:
     """Merge the run directories of a sharded run (e.g. a SLURM job array) into one run."""
-    from ..pipeline import merge_runs
-    from ..validation import check_out_dir
+    from ..runner.pipeline import merge_runs
+    from ..runner.checks import check_out_dir
 
     try:
         check_out_dir(out, overwrite=overwrite)
@@ -218,7 +218,7 @@ def report_cmd(
                                                       "comes from the stored data (exit 1 if one does not)."),
 ) -> None:
     """Re-render report.md and report.html from a run directory's stored files alone."""
-    from ..result import rerender_run  # reads the stored files: no model code, no torch
+    from ..runner.result import rerender_run  # reads the stored files: no model code, no torch
 
     try:
         written = rerender_run(run_dir)

@@ -91,8 +91,8 @@ def run_cmd(
 ) -> None:
     """Run the first-divergence 2x2 factorial on a model pair and write a run directory."""
     from .. import load_models
-    from ..pipeline import run
-    from ..validation import validate_run_options
+    from ..runner.pipeline import run
+    from ..runner.checks import validate_run_options
 
     kw = dict(locals())
     try:
@@ -106,7 +106,7 @@ def run_cmd(
         validate_run_options(config)
         if dry_run:
             return _print_plan(kw, [tuned] if tuned else [], [adapter] if adapter else [], items, config, options)
-        from ..pipeline import finished_result
+        from ..runner.pipeline import finished_result
 
         result = finished_result(out, base, roles_tuned, roles_adapters, options, items, config) \
             if resume and not overwrite else None
@@ -138,8 +138,8 @@ def _null_roles(tuned, adapter, nulls: list[str], options) -> tuple[dict, dict]:
     """The roles to load: the descendant as ``tuned`` and each ``--null`` as ``null-1``, ...
     (an adapter directory or a checkpoint, told apart by its adapter_config.json), each path
     checked before any weight loads."""
-    from ..validation import check_model_path
-    from ..models.loading import check_adapter_files
+    from ..runner.checks import check_model_path
+    from ..models.adapters import check_adapter_files
 
     roles_tuned = {"tuned": tuned} if tuned else {}
     roles_adapters = {"tuned": adapter} if adapter else {}
@@ -159,11 +159,11 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str], collection: str | 
     loaded; returns (prompts, RunConfig, LoadOptions)."""
     from .. import load_prompts
     from ..models.loading import LoadOptions
-    from ..pipeline import RunConfig, resolve_boundaries
+    from ..runner.pipeline import RunConfig, resolve_boundaries
     from ..errors import PromptImageError
     from ..models.anatomy import check_supported
     from ..models.paths import local_config, local_is_multimodal
-    from ..validation import (
+    from ..runner.checks import (
         check_distinct_descendants, check_model_path, check_out_dir, local_num_layers, validate_load_options,
         validate_run_options,
     )
@@ -190,7 +190,7 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str], collection: str | 
     items = load_prompts(kw["prompts"])
     check_model_path(kw["base"], "base")
     role = "lineage stage" if collection == "lineage" else "tuned"  # named as the user gave them
-    from ..execution.modelset import named_path
+    from ..execution.roles import named_path
 
     tuned = [(named_path(p) or (None, p))[1] for p in tuned]  # NAME=PATH: the path is checked
     adapters = [(named_path(p) or (None, p))[1] for p in adapters]
@@ -213,14 +213,14 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str], collection: str | 
 
 def _print_plan(kw: dict, tuned: list[str], adapters: list[str], items, config, options) -> None:
     """The --dry-run plan: everything decided before a weight is loaded."""
-    from ..controls import parse_controls
+    from ..analyses.controls import parse_controls
     from ..execution import choose_residency, kv_bytes_per_token, largest_batch_tokens
     from ..execution.batching import state_cache_bytes
-    from ..kinds import parse_event_kinds
+    from ..analyses.event_kinds import parse_event_kinds
     from ..models.loading import DTYPES, load_tokenizer
     from ..models.paths import local_config, text_config
-    from ..pipeline import resolve_boundaries, select_shard
-    from ..validation import local_num_layers
+    from ..runner.pipeline import resolve_boundaries, select_shard
+    from ..runner.checks import local_num_layers
 
     out = _stdout()
     residency, reason = choose_residency(kw["base"], tuned, adapters, options)
@@ -291,9 +291,9 @@ def _signature_like_run(drop: tuple[str, ...] = (), replace: dict | None = None,
 def _compare_cmd(**kw) -> None:
     """Every descendant against one base in one table (a run directory each under --out), with
     cross-descendant patching (--cross A:D or all)."""
-    from ..compare import compare, parse_cross
+    from ..runner.compare import compare, parse_cross
     from ..execution import load_models
-    from ..execution.modelset import descendant_roles
+    from ..execution.roles import descendant_roles
 
     tuned, adapters = kw.pop("tuned") or [], kw.pop("adapter") or []
     cross = kw.pop("cross")
@@ -329,7 +329,7 @@ def _lineage_cmd(**kw) -> None:
     ... FINAL (checkpoint or adapter directories, in training order)."""
     from pathlib import Path as _Path
 
-    from ..compare import lineage
+    from ..runner.lineage import lineage
     from ..execution import load_models
 
     paths = kw.pop("models")
@@ -348,7 +348,7 @@ def _lineage_cmd(**kw) -> None:
         if len(paths) < 2:
             raise OptionError("lineage needs BASE and at least one stage (the last one is the final model)")
         kw["base"] = paths[0]
-        from ..execution.modelset import _role_names
+        from ..execution.roles import _role_names
 
         names = {c.name: str(c.path) for c in found} or _role_names(list(paths[1:]), what="stage", each="stage")
         stages = list(names.values())
@@ -367,7 +367,7 @@ def _lineage_cmd(**kw) -> None:
                          overwrite=kw["overwrite"], steps=steps)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
-    from ..compare import LINEAGE_COLUMNS, lineage_rows
+    from ..runner.lineage import LINEAGE_COLUMNS, lineage_rows
 
     table = Table(title=f"crosspatch lineage: base -> {result.summary['final']}")
     shown = [k for k, col in enumerate(LINEAGE_COLUMNS) if col not in ("E_PT", "E_IT", "label-swap null")]

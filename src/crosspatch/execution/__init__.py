@@ -6,10 +6,11 @@ Analyses import from here; this package imports only ``models`` and ``errors``."
 from .batching import kv_bytes_per_token, largest_batch_tokens, length_batches
 from .engines import ENGINES, map_chunks
 from .executor import Executor, Program, pad_stack
-from .modelset import (
-    BASE, RESIDENCIES, ModelPair, ModelSet, ResidentSet, SequentialSet, choose_residency, load_models, load_pair,
-    models_from_modules, pair_from_models, pair_from_peft_model,
+from .modelset import RESIDENCIES, ModelPair, ModelSet, ResidentSet, SequentialSet
+from .opening import (
+    choose_residency, load_models, load_pair, models_from_modules, pair_from_models, pair_from_peft_model,
 )
+from .roles import BASE
 from .passes import Capture, Decode, Edit, Late, Search, SearchOutcome
 from .search import greedy_rollout
 

@@ -38,7 +38,7 @@ class ChunkWorker:
         import torch
 
         from ..models.loading import LoadOptions
-        from .modelset import load_models
+        from .opening import load_models
 
         torch.set_num_threads(1)
         options = LoadOptions(**spec["options"])

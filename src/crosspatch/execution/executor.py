@@ -22,7 +22,7 @@ from typing import Callable, Generator
 import torch
 
 from ..errors import DeviceMemoryError
-from ..models.execution import EventStates, capture_forward, late_forward, readout
+from ..models.forward import EventStates, capture_forward, late_forward, readout
 from .modelset import ModelSet
 from .passes import Capture, Decode, Late, Pass, Search, SearchOutcome
 from .batching import length_batches

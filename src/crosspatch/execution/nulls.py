@@ -18,7 +18,8 @@ import copy
 import torch
 
 from ..errors import OptionError
-from .modelset import ModelSet, models_from_modules
+from .modelset import ModelSet
+from .opening import models_from_modules
 
 SYNTHETIC_PREFIX = "null-synthetic-"
 

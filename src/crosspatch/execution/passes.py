@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ..models.execution import EventStates
+from ..models.forward import EventStates
 
 # An edit of one late-stack site: called with the batch's hidden states ``[batch, seq, d]`` and
 # the item indices of the batch rows; returns the replacement (same shape).

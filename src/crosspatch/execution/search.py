@@ -19,7 +19,7 @@ import contextlib
 
 import torch
 
-from ..models.execution import EventStates, ModelHandle, StateRecorder, cache_keyword, capture_forward, readout, step_logits
+from ..models.forward import EventStates, ModelHandle, StateRecorder, cache_keyword, capture_forward, readout, step_logits
 from ..models.vocab import NON_FINITE, masked_argmax
 from .passes import SearchOutcome
 

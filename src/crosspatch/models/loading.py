@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import re
 from typing import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import (
-    DeviceUnavailableError, ModelLoadError, OptionError, PickleWeightsRefusedError, UnsupportedAdapterError, first_line,
+    DeviceUnavailableError, ModelLoadError, OptionError, PickleWeightsRefusedError, first_line,
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -273,59 +272,6 @@ def _some(names: list[str], k: int = 3) -> str:
     return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
 
 
-def read_adapter_config(adapter: str) -> dict:
-    """A PEFT adapter's adapter_config.json (a local directory's, or a hub id's through the
-    Hugging Face cache): a JSON object naming a ``peft_type`` that changes the model's layers,
-    else a :class:`ModelLoadError` saying what is wrong."""
-    cfg_path = Path(adapter).expanduser() / "adapter_config.json"
-    if not cfg_path.exists() and not is_local(adapter):
-        cfg_path = _hub_adapter_config(adapter)
-    if not cfg_path.exists():
-        raise ModelLoadError(f"{adapter} is not a PEFT adapter directory (no adapter_config.json)")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelLoadError(f"{adapter}: adapter_config.json is not readable JSON ({exc})") from None
-    if not isinstance(cfg, dict) or not cfg.get("peft_type"):
-        raise ModelLoadError(f"{adapter}: adapter_config.json names no peft_type; is it a PEFT adapter?")
-    if is_prompt_learning(str(cfg["peft_type"])):
-        raise UnsupportedAdapterError(
-            f"{adapter} is a {cfg['peft_type']} adapter: prompt-learning methods add virtual tokens (or key/value "
-            "prefixes) to the input instead of changing the model's layers, so the descendant has no late stack of "
-            "its own to cross-patch and its sequence is not the base's. Use an adapter that changes weights (LoRA, "
-            "IA3, ...), or compare a checkpoint fine-tuned in full.")
-    return cfg
-
-
-def _hub_adapter_config(repo: str) -> Path:
-    """A hub adapter's adapter_config.json, from the cache or the Hub (as PEFT would fetch it)."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(repo, "adapter_config.json"))
-    except Exception as exc:  # huggingface_hub raises many types: offline, not found, gated, network
-        first = first_line(exc, 300)
-        raise ModelLoadError(f"--adapter {repo}: could not fetch its adapter_config.json from the Hub or the local "
-                             f"cache ({first})") from None
-
-
-def is_prompt_learning(peft_type: str) -> bool:
-    """Whether PEFT's ``peft_type`` is a prompt-learning method (prompt / prefix / P-tuning, ...),
-    as PEFT itself classifies it."""
-    try:
-        from peft import PromptLearningConfig
-        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-    except ImportError:  # pragma: no cover - an older PEFT layout
-        return peft_type.upper() in _PROMPT_LEARNING
-    config_class = PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type.upper())
-    if config_class is None:
-        return peft_type.upper() in _PROMPT_LEARNING
-    return issubclass(config_class, PromptLearningConfig)
-
-
-_PROMPT_LEARNING = {"PROMPT_TUNING", "MULTITASK_PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "CPT", "CARTRIDGE"}
-
-
 def check_custom_code(path: str, trust_remote_code: bool) -> None:
     """A local checkpoint whose model type transformers does not know and whose config.json maps
     its classes to code shipped with it (``auto_map``) loads only with ``trust_remote_code``: a
@@ -342,23 +288,6 @@ def check_custom_code(path: str, trust_remote_code: bool) -> None:
             f"{path} ships its own model code (config.json auto_map: {', '.join(sorted(auto_map))[:200]}); crosspatch "
             "never runs a checkpoint's code unless asked: pass --trust-remote-code (trust_remote_code=True) if you "
             "trust it")
-
-
-def check_adapter_files(path: str, allow_pickle: bool) -> None:
-    """A PEFT adapter has a readable adapter_config.json of a kind crosspatch can patch, and a
-    local adapter directory has adapter weights (safetensors unless ``allow_pickle``), checked
-    before any model loads."""
-    read_adapter_config(path)
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        return  # a hub id: PEFT resolves its weights
-    files = [f for f in root.iterdir() if f.name.startswith("adapter_model")]
-    if not files:
-        raise ModelLoadError(f"--adapter {path} holds no adapter weights (adapter_model.safetensors)")
-    if not any(f.suffix == ".safetensors" for f in files) and not allow_pickle:
-        raise PickleWeightsRefusedError(
-            f"{path} has only pickle adapter weights ({', '.join(f.name for f in files[:3])}); pickle can run "
-            "arbitrary code when loaded. Convert to safetensors, or pass --allow-pickle if you trust it.")
 
 
 def load_processor(path: str, options: LoadOptions):
@@ -387,23 +316,3 @@ def load_tokenizer(path: str, options: LoadOptions):
     except Exception as exc:  # tokenizers and transformers raise many types for a bad tokenizer
         first = first_line(exc)
         raise ModelLoadError(f"could not load a tokenizer from {path!r}: {first}") from exc
-
-
-def adapter_settings(adapter_dir: str) -> tuple[dict, list[str]]:
-    """The recorded settings of a PEFT adapter directory, and warnings about settings that make
-    "adapter disabled" differ from the original base."""
-    cfg = read_adapter_config(adapter_dir)
-    settings = {k: cfg.get(k) for k in ("peft_type", "r", "lora_alpha", "target_modules", "bias",
-                                         "modules_to_save", "layers_to_transform", "base_model_name_or_path")}
-    warnings = []
-    if cfg.get("bias", "none") not in (None, "none"):
-        warnings.append(
-            f"adapter bias={cfg['bias']!r}: biases are trained in place, so 'adapter disabled' is not "
-            "exactly the original base model"
-        )
-    if cfg.get("modules_to_save"):
-        warnings.append(
-            f"adapter modules_to_save={cfg['modules_to_save']}: these modules are replaced wholesale; "
-            "'adapter disabled' uses the originals"
-        )
-    return settings, warnings

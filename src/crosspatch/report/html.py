@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..records import READOUTS, cell_effects
+from ..core.records import READOUTS, cell_effects
 from .markdown import _EFFECT_LABELS, _fmt_number, counts_lines, fmt_effect, fmt_value, reading_lines, scored_descendant
 
 
@@ -61,7 +61,7 @@ def _event(r) -> dict:
 def explorer_events(records) -> list[dict]:
     """One row per event (a prompt's divergence: position and token pair) with every event kind
     that falls on it, in the records' order."""
-    from ..tokens import ordered_kinds
+    from ..core.tokens import ordered_kinds
 
     events: dict[tuple, dict] = {}
     for r in records:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..records import READOUTS
+from ..core.records import READOUTS
 from .mdtext import _table, md_escape, md_escape_prose  # noqa: F401  (md_escape* are part of this module's API)
 from .sections import sections_markdown
 

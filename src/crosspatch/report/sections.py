@@ -1,11 +1,11 @@
-"""Report sections of registered analyses (:class:`crosspatch.registry.Section`), rendered for
+"""Report sections of registered analyses (:class:`crosspatch.core.registry.Section`), rendered for
 Markdown and for the HTML template. Section text is data: escaped in both renderings."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
-from ..registry import Section, Table, registered
+from ..core.registry import Section, Table, registered
 from .mdtext import _table, md_escape_prose
 
 

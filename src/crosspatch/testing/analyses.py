@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..analysis import Analysis, EventSet
-from ..divergence import RecordKey
+from ..core.analysis import Analysis, EventSet
+from ..core.divergence import RecordKey
 from ..execution import Executor, Late, Program
 
 

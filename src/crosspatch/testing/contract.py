@@ -105,8 +105,8 @@ def check_analyses(names, workdir, ray: bool = False, tolerance: float = 1e-5,
     ``analysis_options`` ({name: {option: value}}) where the tiny models need other settings;
     returns, per name, what was compared. Raises AssertionError on the first breach."""
     from ..execution import load_pair
-    from ..pipeline import RunConfig, chunk_plan, merge_runs, run
-    from ..registry import get_analysis
+    from ..runner.pipeline import RunConfig, chunk_plan, merge_runs, run
+    from ..core.registry import get_analysis
     from ..store import EVENTS_FILE
 
     workdir = Path(workdir)

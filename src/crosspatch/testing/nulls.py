@@ -15,8 +15,8 @@ def null_false_positives(count: int = 50, prompts: int = 16, yardstick: int = 2,
     interaction claims and their share (with and without the null-calibration control)."""
     from ..execution import pair_from_models
     from ..execution.nulls import synthetic_null
-    from ..pipeline import run
-    from ..verdict import INTERACTION_CLAIMS, decide
+    from ..runner.pipeline import run
+    from ..core.verdict import INTERACTION_CLAIMS, decide
     from .tiny import char_tokenizer, perturb_layers, tiny_model
 
     base = tiny_model("llama")

@@ -178,7 +178,7 @@ def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, optio
     from ..models.paths import check_model_path
     from .output import finished_document, fingerprint_of
     from .preflight import preflight
-    from ..summary import effects_at
+    from ..runner.summary import effects_at
 
     if config.slices or config.modules:
         raise UnsupportedMergeConfigError(f"{config.merge_method} over slices or modules is not evaluated: give whole "
@@ -231,7 +231,7 @@ def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, optio
 
 
 def _sections(document: dict):
-    from ..registry import Section, Table
+    from ..core.registry import Section, Table
     from .splice import _ci
 
     if document["kind"] == "splice":

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import CorruptRunFileError, RunDirectoryNotEmptyError, RunSettingsMismatchError
-from ..registry import Section
+from ..core.registry import Section
 
 
 def fingerprint_of(inputs: dict) -> str:
@@ -67,7 +67,7 @@ def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run
 def stages(total: int, say):
     """Progress of a workflow as numbered stages with their total and the time left
     (``[3/7] generating: base (0:12 elapsed, about 0:16 left)``): a function of the message."""
-    from ..progress import StageClock
+    from ..runner.progress import StageClock
 
     return StageClock([1.0] * total, say or (lambda message: None)).stage
 

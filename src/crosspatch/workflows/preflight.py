@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from ..errors import OptionError, PromptFileError
-from ..registry import Section, Table
+from ..core.registry import Section, Table
 
 KIND = "preflight"
 SCHEMA = "crosspatch.preflight/1"
@@ -179,7 +179,7 @@ def _prompt_texts(prompts) -> tuple[list[str], list[str], str]:
     """(ids, texts, source) of the probe prompts: the given prompts (file, list) or the defaults."""
     if prompts is None:
         return [f"probe-{i}" for i in range(len(DEFAULT_PROBE_PROMPTS))], list(DEFAULT_PROBE_PROMPTS), "built-in probes"
-    from ..prompts import as_prompts, load_prompts
+    from ..inputs.prompts import as_prompts, load_prompts
 
     items = load_prompts(prompts) if isinstance(prompts, (str, Path)) else as_prompts(prompts)
     with_images = [p.id for p in items if getattr(p, "image", None)]
@@ -206,7 +206,7 @@ def _chunks(sequences: list[list[int]], vocab: int, budget_bytes: int = 1 << 29)
 
 def _logits(models, role: str, sequences: list[list[int]]) -> list[torch.Tensor]:
     """fp32 logits ``[len(seq), V]`` of ``role`` for each (right-padded) sequence."""
-    from ..models.execution import padded_batch
+    from ..models.forward import padded_batch
 
     out = []
     with models.use(role) as handle, torch.inference_mode(), handle.active():
@@ -450,7 +450,8 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     (``merge_and_unload`` on a copy) and round the merged weights to that dtype, to see what such
     a merge would compute before writing one (holds a second copy of the model)."""
     from ..execution import load_models
-    from ..models.loading import LoadOptions, check_adapter_files, validate_load_options
+    from ..models.adapters import check_adapter_files
+    from ..models.loading import LoadOptions, validate_load_options
     from ..models.paths import check_model_path
 
     policy = policy if isinstance(policy, PreflightPolicy) else PreflightPolicy.from_dict(policy)
@@ -593,7 +594,7 @@ def _add_in_memory_merge(models, dtype: str) -> None:
     rounded to ``dtype`` (then computed in the load dtype, as a saved merge would be)."""
     import copy
 
-    from ..models.execution import ModelHandle
+    from ..models.forward import ModelHandle
     from ..models.loading import DTYPES
 
     with models.use("adapter") as handle:
@@ -685,7 +686,7 @@ def write_preflight(out: str | Path, document: dict) -> None:
 
     store = RunStore(Path(out))
     if store.is_run() and (Path(out) / "summary.json").exists():
-        from ..finished import resummarize
+        from ..runner.finished import resummarize
 
         with store.lock():
             resummarize(store)

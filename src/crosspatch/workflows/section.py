@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from ..registry import AnalysisPlugin, Section, SummaryContext, Table, register_analysis
+from ..core.registry import AnalysisPlugin, Section, SummaryContext, Table, register_analysis
 
 PREFLIGHT_FILE = "preflight.json"
 

@@ -36,7 +36,7 @@ from typing import Iterator
 from torch import nn
 
 from ..errors import OptionError, PromptFileError
-from ..registry import Section, Table
+from ..core.registry import Section, Table
 
 KIND = "splice"
 SCHEMA = "crosspatch.splice/1"
@@ -175,9 +175,10 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     checked before any model loads; ``out`` (new, or this splice's own directory: read back)
     receives ``splice.json``, ``splice.md``, ``splice.html`` and the diagnostic's run directory."""
     from ..execution import load_models
-    from ..models.loading import LoadOptions, check_adapter_files, validate_load_options
+    from ..models.adapters import check_adapter_files
+    from ..models.loading import LoadOptions, validate_load_options
     from ..models.paths import check_model_path
-    from ..prompts import as_prompts, load_prompts
+    from ..inputs.prompts import as_prompts, load_prompts
     from .output import finished_document, fingerprint_of
 
     options = LoadOptions.with_overrides(options, **load_overrides)
@@ -192,7 +193,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     if boundaries != "all" and (not boundaries or any(isinstance(b, bool) or not isinstance(b, (int, float))
                                                         for b in boundaries)):
         raise OptionError(f"boundaries must be layer indices or depth fractions, or 'all', not {boundaries!r}")
-    from ..validation import check_boundary_spec
+    from ..runner.checks import check_boundary_spec
 
     for b in ([] if boundaries == "all" else boundaries):
         check_boundary_spec(b)
@@ -245,7 +246,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
 
         result = crosspatch.run(models, items, boundaries=chosen, max_new_tokens=max_new_tokens,
                                 out=Path(out) / "crosspatch" if out is not None else None, progress=False)
-        from ..summary import effects_at
+        from ..runner.summary import effects_at
 
         diagnostic = {str(b): effects_at(result.summary, b) for b in chosen}
         diagnostic["verdict"] = (result.summary.get("verdict") or {}).get("verdict")
@@ -289,7 +290,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
 
 
 def _resolve(boundaries, num_layers: int) -> list[int]:
-    from ..pipeline import RunConfig, resolve_boundaries
+    from ..runner.pipeline import RunConfig, resolve_boundaries
 
     return resolve_boundaries(RunConfig(boundaries=boundaries if boundaries == "all" else list(boundaries)), num_layers)
 

@@ -90,6 +90,6 @@ def zoo_prompts(split: str = "all", root: Path | None = None):
     ``held_out``), ``raw`` (raw weather text: observation logs and narratives, as the paper feeds
     both models), ``question`` (forum-style questions) or ``units`` (the narrow domain of
     ``it-units``: unit conversions and arithmetic over observation numbers)."""
-    from ..prompts import load_prompts
+    from ..inputs.prompts import load_prompts
 
     return load_prompts((root or zoo_path()) / "prompts" / f"{split}.jsonl")

@@ -32,7 +32,7 @@ ADDITIONS = (FRAGILE_ADAPTER, SEED_TWIN, GENERIC_LORA)
 
 def fragile_boundary(spec) -> int:
     """Where the fragile adapter's early half ends: the demo's headline boundary (60% of depth)."""
-    from ..cells import resolve_boundary
+    from ..core.cells import resolve_boundary
 
     return resolve_boundary(0.6, spec.num_layers)
 

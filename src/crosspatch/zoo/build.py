@@ -354,7 +354,7 @@ def sample_reports(model, prompts: list[str], tok, samples: int, seed: int, max_
 
 def pass_rate(model, pairs: list[dict], tok, seed: int) -> float:
     """Share of greedy reports that pass their reference report's validator."""
-    from ..validators import parse_validator
+    from ..inputs.validators import parse_validator
 
     texts = sample_reports(model, [p["prompt"] for p in pairs], tok, 1, seed)
     ok = [parse_validator(wx.validator_for_report(p["response"]), "zoo").check(t[0]) for p, t in zip(pairs, texts)]
@@ -366,7 +366,7 @@ def train_lineage(base, corpora: dict, tok, spec: ZooSpec, log=print) -> tuple[d
     how many sampled reports the rejection-sampling stage kept."""
     import copy
 
-    from ..validators import parse_validator
+    from ..inputs.validators import parse_validator
 
     try:
         from datasets import Dataset
@@ -461,8 +461,8 @@ def build_crosscoder(out: Path, spec: ZooSpec, log=print) -> dict:
     a run of the pair on :func:`crosscoder_prompts`, then ``features train`` on its events
     (prompt-split train half; the other half is the quality gate's held-out data). Returns the
     gate and sizes for the card."""
-    from ..features import run_features
-    from ..pipeline import RunConfig, run
+    from ..runner.on_finished import run_features
+    from ..runner.pipeline import RunConfig, run
     from . import load_zoo_pair
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -485,7 +485,7 @@ def build_crosscoder(out: Path, spec: ZooSpec, log=print) -> dict:
                                                        for layer, ve in (gate.get("variance_explained") or {}).items()}),
             "held-out latents firing on 1-20% of tokens": round(gate.get("alive_in_range_share", 0), 3)}
     write_card(target, CROSSCODER, (
-        f"Paired BatchTopK crosscoder (crosspatch.features) of `base` and `it-full`: both models' outputs of the "
+        f"Paired BatchTopK crosscoder (crosspatch.analyses.features) of `base` and `it-full`: both models' outputs of the "
         f"last {spec.crosscoder_layers} MLPs over the first-divergence prefixes of {len(prompts)} prompts drawn from "
         f"the demo's generators with other seeds (train half by prompt), {spec.crosscoder_steps} steps. Use it with "
         f"`crosspatch features mediate RUN --crosscoder {CROSSCODER}` on a base vs it-full run."), info)

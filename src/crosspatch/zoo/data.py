@@ -429,7 +429,7 @@ def _value_rules(text: str) -> list[dict]:
 
 def validator_for_report(ref: str) -> list[dict]:
     """What a full report must do, from the reference report's text (either house style; checked
-    by :mod:`crosspatch.validators`): name the city and date in its header, end with the end
+    by :mod:`crosspatch.inputs.validators`): name the city and date in its header, end with the end
     marker, state every value of the reference report, and use the conditional form where the
     reference does."""
     head, body = ref.split("\n", 1)

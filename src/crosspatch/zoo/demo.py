@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..pipeline import RunConfig, RunResult, run
-from ..validation import validate_run_options
+from ..runner.pipeline import RunConfig, RunResult, run
+from ..runner.checks import validate_run_options
 from ..report.markdown import _table, fmt_effect, fmt_value, md_escape
 from . import DEMO_DESCENDANTS, DESCENDANTS, NULLS, load_zoo_pair, verify, zoo_path, zoo_prompts
 from .build import ZooSpec
@@ -65,7 +65,7 @@ def run_demo(
     nulls = tuple(n for n in NULLS if (root / n).exists())
     from dataclasses import replace
 
-    from ..progress import StageClock
+    from ..runner.progress import StageClock
 
     # one counter over the whole demo: a run per descendant, then features, cross, lineage, sweep
     log = StageClock([1.0] * len(descendants) + [0.5, 1.0, 1.5, 1.0], log)
@@ -118,7 +118,7 @@ def _late_layers(man: dict) -> list[int] | None:
 def run_zoo_features(root: Path, out: Path, runs: dict, log) -> dict | None:
     """``crosspatch features mediate`` on the it-full run with the zoo's shipped crosscoder (no
     training): quality gate on the demo's held-out events, mediation, rescue, closure."""
-    from ..features import run_features
+    from ..runner.on_finished import run_features
     from .build import CROSSCODER
 
     if "it-full" not in runs or not (root / CROSSCODER / "config.json").exists():
@@ -149,7 +149,7 @@ def run_cross(root: Path, prompts, config: RunConfig, out: Path, progress: bool,
     import shutil
     from dataclasses import replace
 
-    from ..compare import compare
+    from ..runner.compare import compare
     from ..execution import load_models
 
     names = CROSS["tuned"] + CROSS["adapters"]
@@ -173,7 +173,7 @@ def run_lineage(root: Path, prompts, config: RunConfig, out: Path, progress: boo
     import shutil
     from dataclasses import replace
 
-    from ..compare import lineage
+    from ..runner.lineage import lineage
     from ..execution import load_models
     from .build import LINEAGE
 
@@ -380,7 +380,7 @@ def _rescue(g: dict | None) -> str:
 
 def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(heading, header, rows) of every table of the combined report, in order."""
-    from ..compare import cross_cell
+    from ..runner.compare import cross_cell
 
     names = list(summary["descendants"])
     tables = [
@@ -430,7 +430,7 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                         for b, block in summary["sweep"].items()]))
     lin = summary.get("lineage")
     if lin:
-        from ..compare import LINEAGE_COLUMNS, lineage_rows
+        from ..runner.lineage import LINEAGE_COLUMNS, lineage_rows
 
         shown = [k for k, col in enumerate(LINEAGE_COLUMNS) if col != "label-swap null"]
         tables.append(("Lineage: every stage on the base -> final first divergences (lineage/lineage.png)",

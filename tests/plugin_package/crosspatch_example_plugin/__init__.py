@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from crosspatch.analysis import Analysis, EventSet
-from crosspatch.registry import AnalysisPlugin, Section, Table, register_analysis
+from crosspatch.core.analysis import Analysis, EventSet
+from crosspatch.core.registry import AnalysisPlugin, Section, Table, register_analysis
 
 
 @dataclass

@@ -1,0 +1,89 @@
+"""Event kinds beyond the first divergence (DESIGN 1.2, ``tokens.py`` for the rule).
+
+On the rollout model's greedy history of each prompt (checked token by token by the other
+model), ``first_nonformat_diff`` and ``first_assistant_marker_diff`` are found with
+:func:`~crosspatch.core.tokens.find_event_kinds` and scored with the same 2x2 as the first
+divergence. The first divergence itself always comes from the search. A kind that falls on the
+first divergence reuses its records (relabelled, not recomputed).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from ..core.analysis import EventSet
+from ..core.cells import CellRecord, CellsConfig, CrossPatch
+from ..core.divergence import DivergenceEvent, event_key
+from ..execution import Executor, Program
+from ..core.tokens import EVENT_KINDS, TokenDescriber, find_event_kinds
+
+
+def parse_event_kinds(text: str | list[str] | None) -> list[str]:
+    """``all`` / None -> every kind; else a comma list (``first_diff`` is always included)."""
+    if text is None or text == "all" or text == ["all"]:
+        return list(EVENT_KINDS)
+    items = [x.strip() for x in (text.split(",") if isinstance(text, str) else text) if x.strip()]
+    if not items:
+        raise ValueError(f"event kinds {text!r} name no kind: give 'all' or a comma list of {', '.join(EVENT_KINDS)} "
+                         "(first_diff is always scored)")
+    unknown = [x for x in items if x not in EVENT_KINDS]
+    if unknown:
+        raise ValueError(f"unknown event kind(s) {', '.join(unknown)}; choose from {', '.join(EVENT_KINDS)} or all")
+    return ["first_diff"] + [k for k in EVENT_KINDS[1:] if k in items]
+
+
+@dataclass
+class EventKinds:
+    """Scores the extra ``kinds`` of each first-divergence event at ``boundaries``."""
+
+    boundaries: list[int]
+    kinds: list[str]
+    budget: int
+    rollout_model: str = "IT"
+    cells: CellsConfig = field(default_factory=CellsConfig)
+    name: str = "event_kinds"
+
+    def program(self, ex: Executor, evset: EventSet) -> Program:
+        """Returns ``(records, twins)``: records of the kinds that fall elsewhere, and
+        ``(kind, first-divergence event key)`` for kinds that fall on the first divergence
+        (see :func:`relabel`)."""
+        extra = [k for k in self.kinds if k != "first_diff"]
+        if not extra or not evset.events:
+            return [], []
+        roll, check = (evset.tuned, evset.base) if self.rollout_model == "IT" else (evset.base, evset.tuned)
+        histories = yield from evset.history(ex, roll, check, self.budget)
+        describe = TokenDescriber(ex.models.tokenizer, self.cells.token_classes)
+        fresh: list[DivergenceEvent] = []
+        twins: list[tuple[str, str]] = []
+        for ev, (rollout, picks) in zip(evset.events, histories):
+            found = find_event_kinds(rollout, picks, describe, describe.text, ev.prefix_ids[ev.prompt_len - 1])
+            for kind in extra:
+                j = found.get(kind)
+                if j is None:
+                    continue
+                t_roll, t_check = rollout[j], picks[j]
+                t_it, t_pt = (t_roll, t_check) if roll == evset.tuned else (t_check, t_roll)
+                if j == ev.position and (t_pt, t_it) == (ev.t_pt, ev.t_it):
+                    twins.append((kind, ev.key))
+                    continue
+                fresh.append(DivergenceEvent(ev.prompt_id, ev.category, ev.prompt_len, j,
+                                             ev.prefix_ids[: ev.prompt_len] + rollout[:j], t_pt, t_it, kind))
+        scored = yield from CrossPatch(self.boundaries, self.cells).program(
+            ex, EventSet(fresh, evset.base, evset.tuned, None))
+        return scored, twins
+
+
+def relabel(first_records: list[CellRecord], twins: list[tuple[str, str]]) -> list[CellRecord]:
+    """Copies of first-divergence records for kinds that fall on the first divergence."""
+    by_key: dict[str, list[CellRecord]] = {}
+    for r in first_records:
+        by_key.setdefault(r.event_key, []).append(r)
+    out = []
+    for kind, key in twins:
+        for r in by_key.get(key, []):
+            twin = copy.deepcopy(r)
+            twin.kind = kind
+            twin.key = twin.key.replace(key, event_key(r.prompt_id, kind), 1)
+            out.append(twin)
+    return out

@@ -1,0 +1,84 @@
+"""What every analysis shares: the events of a chunk, the states the search already computed,
+and the :class:`Analysis` contract.
+
+An analysis is a small dataclass with a ``name`` and a ``program(executor, events)``: a
+generator that yields lists of passes (``crosspatch.execution.passes``) and returns a list of
+records (dicts, or dataclasses with ``to_record``). It never looks at residency, devices or
+engines: the same program runs with all models resident, one at a time, on adapters, in Ray
+actors or in a shard (docs/architecture.md has a worked example).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .divergence import DivergenceEvent
+from ..execution import Capture, Decode, Executor, Program
+from ..models.forward import EventStates
+from ..models.vocab import NON_FINITE, masked_argmax
+
+
+@dataclass
+class EventSet:
+    """The events of one chunk, scored for the descendant ``tuned`` against ``base``.
+    ``natural[event.key][role]``: the states the divergence search recorded (minimal plan), or
+    None (then :meth:`states` asks for full passes)."""
+
+    events: list[DivergenceEvent]
+    base: str
+    tuned: str
+    natural: dict[str, dict[str, EventStates]] | None = None
+    _histories: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def sequences(self) -> list[list[int]]:
+        return [e.prefix_ids for e in self.events]
+
+    @property
+    def prompts(self) -> list[list[int]]:
+        """Each event's prompt ids."""
+        return [e.prefix_ids[: e.prompt_len] for e in self.events]
+
+    def history(self, ex: Executor, roll: str, check: str, budget: int) -> Program:
+        """Per event, ``(rollout, picks)``: ``roll``'s greedy continuation of the event's prompt
+        (at most ``budget`` tokens) and ``check``'s argmax at each of its positions (teacher-forced
+        on the same history), both cut before the first position where ``check``'s logits are NaN
+        or infinite (no pick of its own there). ``yield from`` inside a program; computed once per
+        set."""
+        key = (roll, check, budget)
+        if key not in self._histories:
+            prompts = self.prompts
+            (rollouts,) = yield [Decode(roll, prompts, budget)]
+            (caps,) = yield [Capture(check, [p + r for p, r in zip(prompts, rollouts)], [], all_final=True)]
+            picks = []
+            for p, r, cap in zip(prompts, rollouts, caps):
+                finals = cap.final[len(p) - 1 : len(p) - 1 + len(r)]
+                picks.append(masked_argmax(ex.readout(check, finals), ex.models.real_vocab).tolist() if r else [])
+            cut = [next((j for j, t in enumerate(c) if t == NON_FINITE), len(c)) for c in picks]
+            self._histories[key] = [(r[:j], c[:j]) for r, c, j in zip(rollouts, picks, cut)]
+        return self._histories[key]
+
+    def states(self, roles: list[str], boundaries: list[int]) -> Program:
+        """Each role's states over every event prefix (``yield from`` inside a program): taken
+        from the search where it recorded them, else one full pass per role."""
+        have = self.natural is not None and all(
+            r in self.natural.get(e.key, {}) and all(b in self.natural[e.key][r].boundary for b in boundaries)
+            for e in self.events for r in roles)
+        if have or not self.events:
+            return [[self.natural[e.key][r] for e in self.events] for r in roles] if self.events else \
+                [[] for _ in roles]
+        return (yield [Capture(r, self.sequences, boundaries) for r in roles])
+
+
+class Analysis:
+    """Base of analyses: a ``name`` (its records go to ``<name>.jsonl``) and a program."""
+
+    name: str = "analysis"
+
+    def program(self, ex: Executor, events: EventSet) -> Program:
+        raise NotImplementedError
+
+    def tokens_past_prompt(self) -> int:
+        """How far past a prompt this analysis decodes (0: no further than the divergence search),
+        for the check that prompts + decoding fit the model's positions."""
+        return 0

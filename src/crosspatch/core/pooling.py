@@ -1,0 +1,64 @@
+"""Pooling several families family-balanced (``crosspatch pool``): the mean of the families' effects
+with a bootstrap that resamples prompts within each family, and each family left out in turn."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .records import CellRecord
+from .stats import (
+    EFFECTS, BootstrapConfig, _clean, cell_matrix, cluster_sums, effect_block, effects_from_cell_means, guard_ratios,
+    resampled_cell_means,
+)
+
+
+def _pooled_effects(point_means: Sequence[np.ndarray], boot_means: Sequence[np.ndarray], boot: BootstrapConfig) -> dict:
+    """Effects (mean and percentile CI, unreliable ratios n/a) of the equal-weight mean of the
+    given families' cell means and of their bootstrap cell means."""
+    point = effects_from_cell_means(np.mean(point_means, axis=0))
+    boot_effects = effects_from_cell_means(np.mean(boot_means, axis=0))
+    lo, hi = 50 * (1 - boot.confidence), 100 - 50 * (1 - boot.confidence)
+    effects = {}
+    for e in EFFECTS:
+        v = boot_effects[e][np.isfinite(boot_effects[e])]
+        ci = np.percentile(v, [lo, hi]) if len(v) and boot.n_resamples > 0 else None
+        effects[e] = {"mean": _clean(point[e]), "ci": None if ci is None else [_clean(ci[0]), _clean(ci[1])]}
+    guard_ratios(effects)
+    return effects
+
+
+def pool_family_balanced(
+    groups: dict[str, Sequence[CellRecord]], readout: str, boot: BootstrapConfig
+) -> dict:
+    """Pool several model pairs as the mean of per-pair means (each pair weighs the same,
+    whatever its event count); each pair's prompts are resampled within that pair. With it, per
+    family: ``families`` (its own effects) and ``leave_one_out`` (the pool of all the others, on
+    the same resamples: how much the pooled answer rests on that one family)."""
+    groups = {k: [r for r in v if r.valid] for k, v in groups.items()}
+    groups = {k: v for k, v in groups.items() if v}
+    if not groups:
+        return effect_block(np.zeros((0, 4)), [], boot)
+    rng = np.random.default_rng(boot.seed)
+    point_means, boot_means = {}, {}
+    for name, recs in groups.items():
+        values = cell_matrix(recs, readout)
+        point_means[name] = values.mean(axis=0)
+        sums, counts = cluster_sums(values, [r.prompt_id for r in recs])
+        boot_means[name] = resampled_cell_means(rng, sums, counts, max(boot.n_resamples, 1))
+    block = {
+        "n_pairs": len(groups),
+        "n_events": int(sum(len(v) for v in groups.values())),
+        "effects": _pooled_effects(list(point_means.values()), list(boot_means.values()), boot),
+        "families": {name: {"n_events": len(groups[name]),
+                            "effects": _pooled_effects([point_means[name]], [boot_means[name]], boot)}
+                     for name in groups},
+    }
+    if len(groups) >= 2:
+        block["leave_one_out"] = {
+            name: {"n_pairs": len(groups) - 1, "n_events": block["n_events"] - len(groups[name]),
+                   "effects": _pooled_effects([m for k, m in point_means.items() if k != name],
+                                              [m for k, m in boot_means.items() if k != name], boot)}
+            for name in groups}
+    return block

@@ -1,0 +1,283 @@
+"""The analysis registry: every analysis of a run is one plug-in of one shape, registered by name.
+
+A plug-in (:class:`AnalysisPlugin`) bundles what a run needs to know of an analysis:
+
+- ``options``: a dataclass, the one place its defaults and their help (field metadata) live;
+- ``build(options, plan) -> Analysis | None``: the analysis whose ``program`` the executor runs on
+  every chunk's events (None for a plug-in computed from the 2x2 records alone);
+- ``summarize(rows, ctx, options) -> dict | None``: its block of ``summary.json`` from its stored
+  records (``<records>.jsonl``, dicts) and the run's 2x2 records (:class:`SummaryContext`); a
+  control returns its row of the Controls table;
+- ``render(block) -> Section | None``: its report section, one neutral description that the
+  Markdown and HTML reports both render (text is escaped there: a plug-in never writes markup).
+
+The pipeline, ``build_summary``, both reports, shards, resume and the after-the-fact path
+(:func:`crosspatch.runner.finished.run_on_finished`) loop over the registry, so adding an analysis
+touches one file. Third-party packages register theirs through the ``crosspatch.analyses`` entry
+point group (the entry point names a module that calls :func:`register_analysis` on import, or an
+:class:`AnalysisPlugin` object), in the manner of PEFT's ``register_peft_method`` and SAELens'
+registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+ENTRY_POINT_GROUP = "crosspatch.analyses"
+ROLES = ("control", "analysis")
+STATUSES = ("pass", "warn", "fail", "info")
+
+# built-in plug-ins, imported on first use of the registry (their modules register themselves)
+_BUILTIN_MODULES = (
+    "crosspatch.analyses.label_swap", "crosspatch.analyses.pre_divergence",
+    "crosspatch.analyses.pre_late_commitment", "crosspatch.analyses.hybrid_state",
+    "crosspatch.analyses.readout_agreement", "crosspatch.analyses.position_subsets",
+    "crosspatch.analyses.near_ties", "crosspatch.analyses.random_later", "crosspatch.analyses.native_history",
+    "crosspatch.analyses.null_calibration",
+    "crosspatch.analyses.routing", "crosspatch.analyses.consequence", "crosspatch.analyses.features.plugin", "crosspatch.workflows.section",
+)
+
+
+@dataclass
+class Table:
+    """A table of a report section: a header and rows of plain-text cells."""
+
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Section:
+    """A report section, rendered by both reports: a title, paragraphs of plain text, tables and
+    figures (SVG text the plug-in drew from numbers with :mod:`crosspatch.report.plots`)."""
+
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PlanContext:
+    """What a plug-in may read to build its analysis for one run (all picklable)."""
+
+    config: Any  # the run's RunConfig
+    boundaries: list[int]
+    headline: int  # the boundary controls and after-the-fact analyses use
+    num_layers: int
+    cells: Any  # cells.CellsConfig
+    validators: dict = field(default_factory=dict)  # prompt id -> validators.Validator
+
+    @classmethod
+    def for_run(cls, config, boundaries: list[int], num_layers: int, validators: dict | None = None) -> "PlanContext":
+        """The one way to build a run's context: from its ``RunConfig`` while it runs, or from the
+        options recorded in a finished run's config.json (as an object with those attributes; an
+        option an older run did not record takes the cells' default)."""
+        from .cells import CellsConfig, headline_boundary
+        from .tokens import TokenClasses
+
+        default = CellsConfig()
+        cells = CellsConfig(getattr(config, "batch_size", default.batch_size),
+                            getattr(config, "near_tie_threshold", default.near_tie_threshold),
+                            getattr(config, "max_batch_tokens", default.max_batch_tokens),
+                            TokenClasses.from_options(getattr(config, "format_tokens", None),
+                                                      getattr(config, "marker_words", None)))
+        return cls(config, list(boundaries), headline_boundary(boundaries, num_layers), num_layers, cells,
+                   validators or {})
+
+
+@dataclass
+class SummaryContext:
+    """What ``summarize`` may read besides its own rows: the run's recorded configuration, every
+    2x2 record, the headline boundary and its valid first-divergence records, and the bootstrap."""
+
+    config: dict  # config.json
+    records: list  # every CellRecord of the run
+    headline: int
+    boot: Any  # stats.BootstrapConfig of the run
+    extra: dict = field(default_factory=dict)  # session extras (fp32 verification, ...)
+    run_dir: Path | None = None  # the run directory (None for a run kept in memory)
+    results: dict = field(default_factory=dict)  # summary.json "results": effect blocks by boundary and readout
+
+    @property
+    def policy(self):
+        """The run's verdict policy (verdict.VerdictPolicy)."""
+        from .verdict import VerdictPolicy
+
+        return VerdictPolicy.from_dict(self.options.get("policy") or {})
+
+    @property
+    def options(self) -> dict:
+        return self.config.get("options", {})
+
+    @property
+    def dtype(self) -> str:
+        return self.config.get("load_options", {}).get("dtype", "float32")
+
+    @functools.cached_property
+    def first(self) -> list:
+        """Valid first-divergence records at the headline boundary (filtered once per summary)."""
+        return [r for r in self.records if r.boundary == self.headline and r.kind == "first_diff" and r.valid]
+
+    def bootstrap(self, block: str):
+        """The run's bootstrap settings with the seed of block ``block`` (:func:`stable_seed`)."""
+        from .stats import block_bootstrap
+
+        return block_bootstrap(self.boot, block)
+
+
+@dataclass
+class AnalysisPlugin:
+    """One registered analysis (see the module docstring)."""
+
+    name: str
+    summarize: Callable[[list[dict], SummaryContext, Any], dict | None]
+    build: Callable[[Any, PlanContext], Any] | None = None
+    render: Callable[[dict], Section | None] | None = None
+    options: type | None = None
+    role: str = "analysis"  # "control": a row of the Controls table; "analysis": a block of its own
+    default: bool = False  # controls: part of --controls default; analyses: run unless excluded
+    records: str | None = ""  # records file stem ("": the name; controls: control_<name>; None: no records)
+    summary_key: str | None = None  # the analysis' key in summary.json (default: its name)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"analysis plug-in {self.name!r}: role must be one of {ROLES}, not {self.role!r}")
+        if not self.name or not self.name.replace("_", "").isalnum() or not self.name[0].isalpha():
+            raise ValueError(f"analysis plug-in name {self.name!r}: letters, digits and '_', starting with a letter")
+        if self.options is not None and not dataclasses.is_dataclass(self.options):
+            raise TypeError(f"analysis plug-in {self.name!r}: options must be a dataclass")
+        if self.records == "":
+            self.records = f"control_{self.name}" if self.role == "control" else self.name
+        if self.summary_key is None:
+            self.summary_key = self.name
+
+    def make_options(self, given: dict | None = None):
+        """The options dataclass filled from ``given`` (unknown keys are an error)."""
+        if self.options is None:
+            if given:
+                raise ValueError(f"analysis {self.name!r} takes no options, got {', '.join(sorted(given))}")
+            return None
+        known = {f.name for f in dataclasses.fields(self.options)}
+        unknown = sorted(set(given or {}) - known)
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)} of analysis {self.name!r}; "
+                             f"known: {', '.join(sorted(known)) or 'none'}")
+        return self.options(**(given or {}))
+
+
+_REGISTRY: dict[str, AnalysisPlugin] = {}
+_loaded = False
+
+
+def register_analysis(plugin: AnalysisPlugin, replace: bool = False) -> AnalysisPlugin:
+    """Register ``plugin`` under its name (a name taken by another plug-in is an error unless
+    ``replace``). Returns the plug-in, so a module can write ``PLUGIN = register_analysis(...)``."""
+    if not isinstance(plugin, AnalysisPlugin):
+        raise TypeError(f"register_analysis takes an AnalysisPlugin, not {type(plugin).__name__}")
+    old = _REGISTRY.get(plugin.name)
+    if old is not None and old is not plugin and not replace:
+        raise ValueError(f"an analysis named {plugin.name!r} is already registered")
+    _REGISTRY[plugin.name] = plugin
+    return plugin
+
+
+def unregister_analysis(name: str) -> None:
+    """Remove a registered plug-in (tests and notebooks that register temporary ones)."""
+    _REGISTRY.pop(name, None)
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()  # importing the module registers it; an AnalysisPlugin object is registered here
+        if isinstance(obj, AnalysisPlugin):
+            register_analysis(obj)
+
+
+def registered() -> dict[str, AnalysisPlugin]:
+    """Every registered plug-in by name: the built-in ones in their fixed order, then the others
+    in the order they were registered."""
+    _load()
+    order = {m: k for k, m in enumerate(_BUILTIN_MODULES)}
+    ranked = sorted(enumerate(_REGISTRY.values()),
+                    key=lambda kv: (order.get(kv[1].summarize.__module__, len(order)), kv[0]))
+    return {p.name: p for _, p in ranked}
+
+
+def get_analysis(name: str) -> AnalysisPlugin:
+    plugins = registered()
+    if name not in plugins:
+        from ..errors import OptionError
+
+        raise OptionError(f"no analysis named {name!r} is registered; registered: {', '.join(sorted(plugins))}")
+    return plugins[name]
+
+
+def controls() -> list[AnalysisPlugin]:
+    """The registered controls, in registration order (the Controls table's order)."""
+    return [p for p in registered().values() if p.role == "control"]
+
+
+def analyses() -> list[AnalysisPlugin]:
+    """The registered analyses that are not controls."""
+    return [p for p in registered().values() if p.role == "analysis"]
+
+
+def select_controls(text: str | list[str] | None) -> list[str]:
+    """``all``, ``none``, ``default`` (None) or a comma list of registered control names, in the
+    Controls table's order (ValueError for an unknown name)."""
+    known = [p.name for p in controls()]
+    if text is None or text == "default":
+        return [p.name for p in controls() if p.default]
+    items = [x.strip() for x in (text.split(",") if isinstance(text, str) else text) if x.strip()]
+    if not items:
+        raise ValueError(f"controls {text!r} name no control: give default, all, none or a comma list of control names")
+    if len(items) > 1 and {"all", "none", "default"} & set(items):
+        raise ValueError(f"controls {', '.join(items)}: all, none and default stand alone; give one of them, or a comma "
+                         "list of control names")
+    if items == ["all"]:
+        return known
+    if items == ["none"]:
+        return []
+    if items == ["default"]:
+        return [p.name for p in controls() if p.default]
+    unknown = [x for x in items if x not in known]
+    if unknown:
+        raise ValueError(f"unknown control(s) {', '.join(unknown)}; choose from {', '.join(known)}, all, none")
+    return [c for c in known if c in items]
+
+
+def control_row(name: str, status: str, value, summary: str, threshold: str | None = None, ci=None, n=None,
+                **details) -> dict:
+    """A row of the Controls table (what a control's ``summarize`` returns)."""
+    if status not in STATUSES:
+        raise ValueError(f"control {name}: status must be one of {STATUSES}, not {status!r}")
+    return {"control": name, "status": status, "value": value, "ci": ci, "n": n, "threshold": threshold,
+            "summary": summary, "details": details}
+
+
+def enabled_plugins(options: dict, extra_names=()) -> list[AnalysisPlugin]:
+    """The plug-ins a run with these recorded ``options`` runs and summarises, in order: the
+    selected controls (``options["controls"]``), then the analyses that run by default, and every
+    plug-in named in ``options["analyses"]`` or ``extra_names`` (a control too)."""
+    named = set(options.get("analyses") or ()) | set(extra_names)
+    chosen = set(select_controls(options.get("controls", "default"))) | named
+    for name in named:
+        get_analysis(name)  # unknown names are an error
+    return [p for p in registered().values()
+            if (p.name in chosen if p.role == "control" else (p.default or p.name in named))]

@@ -1,0 +1,101 @@
+"""PEFT adapters of a model set: loading them onto a base (each a named adapter, switched per
+role), the named error for an adapter that does not fit its base, and the tokenizer a descendant
+brings (its own when it ships one, else the base's)."""
+
+from __future__ import annotations
+
+import re
+import warnings as warnings_module
+from pathlib import Path
+
+
+from ..errors import ModelLoadError
+from ..models.adapters import adapter_settings
+from ..models.loading import LoadOptions, load_tokenizer, quiet_loading
+
+from .roles import BASE
+
+
+def adapter_load_error(path: str, base: str, exc: Exception) -> ModelLoadError:
+    """A named error for an adapter that does not fit its base: the first mismatching module and
+    both shapes when PEFT reports a size mismatch."""
+
+    from ..errors import AdapterShapeMismatchError
+
+    text = str(exc)
+    m = re.search(r"size mismatch for ([\w.]+): copying a param with shape (torch\.Size\(\[[^\]]*\]\)) from "
+                  r"checkpoint, the shape in current model is (torch\.Size\(\[[^\]]*\]\))", text)
+    if m:
+        return AdapterShapeMismatchError(
+            f"adapter {path} does not fit base {base}: {m.group(1)} has shape {m.group(2)} in the adapter but "
+            f"{m.group(3)} in the base model; was it trained on another base?")
+    return ModelLoadError(f"could not load adapter {path} onto {base}: {text.splitlines()[0][:300]}")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def descendant_tokenizer(path: str, options: LoadOptions, base_tokenizer, warnings: list[str] | None = None,
+                         adapter: bool = False):
+    """A descendant's own tokenizer where it has one, else the base's: a local directory without
+    tokenizer files (an adapter, or a checkpoint saved without them, as
+    ``merge_and_unload().save_pretrained()`` leaves it; said in ``warnings`` when given), or a
+    hub adapter whose repository has none."""
+    root = Path(path).expanduser()
+    if root.is_dir():
+        own = any((root / name).exists() for name in TOKENIZER_FILES)
+    else:
+        own = not adapter or _hub_has_tokenizer(path)
+    if own:
+        return load_tokenizer(path, options)
+    if warnings is not None:
+        warnings.append(f"{path} has no tokenizer files: it is read with the base's tokenizer")
+    return base_tokenizer
+
+
+def _hub_has_tokenizer(repo: str) -> bool:
+    """Whether a hub repository holds a tokenizer (asked of the cache, then of the Hub if online)."""
+    from huggingface_hub import file_exists, try_to_load_from_cache
+
+    from ..models.paths import hub_reachable
+
+    if any(isinstance(try_to_load_from_cache(repo, name), str) for name in TOKENIZER_FILES):
+        return True
+    if not hub_reachable():
+        return False
+    try:
+        return any(file_exists(repo, name) for name in ("tokenizer_config.json", "tokenizer.json"))
+    except Exception:  # offline, gated or unreachable: nothing more to learn; PEFT loads the weights
+        return False
+
+
+def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options: LoadOptions, tokenizers: dict,
+                   record: dict, warnings: list[str]):
+    """A PEFT model holding every adapter of ``adapter_roles`` on ``base_model``."""
+    from peft import PeftModel
+
+    model = None
+    for role, path in adapter_roles.items():
+        settings, adapter_warnings = adapter_settings(path)
+        warnings += [w if len(adapter_roles) == 1 else f"{role}: {w}" for w in adapter_warnings]
+        try:
+            with quiet_loading(options.verbose), warnings_module.catch_warnings(record=True) as caught:
+                warnings_module.simplefilter("always")
+                if model is None:
+                    model = PeftModel.from_pretrained(base_model, path, adapter_name=role, is_trainable=False)
+                    missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
+                else:
+                    result = model.load_adapter(path, adapter_name=role, is_trainable=False)
+                    missing = list(getattr(result, "missing_keys", None) or [])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise adapter_load_error(path, base, exc) from None
+        if missing:  # PEFT leaves them at their initial values (LoRA B: zero) and only warns
+            raise ModelLoadError(f"adapter {path} lacks weights its adapter_config.json declares: "
+                                 f"{'; '.join(missing)[:400]}")
+        if tokenizers is not None:
+            tokenizers[role] = descendant_tokenizer(path, options, tokenizers[BASE], adapter=True)
+        if record is not None:
+            target = record["adapter"] if "adapter" in record else record["descendants"][role]
+            target["settings"] = settings
+    model.eval()
+    return model

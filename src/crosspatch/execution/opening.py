@@ -1,0 +1,298 @@
+"""Opening a model set: from checkpoints and adapters on disk or the Hub (:func:`load_models`,
+:func:`load_pair`: every check before the weights load, the residency chosen with its reason, the
+real vocabulary built), or from modules already in memory (:func:`models_from_modules`,
+:func:`pair_from_models`, :func:`pair_from_peft_model`)."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError
+from ..models.checks import check_special_tokens, compare_facts, model_facts
+from ..models.forward import ModelHandle
+from ..models.adapters import adapter_settings, check_adapter_files
+from ..models.loading import (
+    DTYPES, LoadOptions, check_custom_code, eos_token_ids, is_local, load_causal_lm, load_tokenizer, provenance,
+    resolve_dtype, validate_load_options, weight_files,
+)
+from ..models.paths import check_model_path
+from ..models.vocab import RealVocabulary, build_real_vocabulary
+
+from .adapters import _load_adapters, descendant_tokenizer
+from .modelset import RESIDENCIES, ModelSet, ReadoutHead, ResidentSet, SequentialSet
+from .roles import BASE, descendant_roles, model_path_arg
+
+
+# -- loading ----------------------------------------------------------------------------------
+def _weights_bytes(path: str) -> int | None:
+    if not is_local(path):
+        return None
+    return sum(f.stat().st_size for f in weight_files(path)) or None
+
+
+def _available_bytes(options: LoadOptions) -> int | None:
+    if (str(options.device).startswith("cuda") or options.device in ("auto", "map")) and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        return int(free)
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def choose_residency(base: str, tuned: str | list[str] | None, adapter: str | list[str] | None,
+                     options: LoadOptions) -> tuple[str, str]:
+    """The residency to use and why: ``adapter`` for PEFT adapters (one copy of the base weights
+    serves every role); otherwise ``both`` when all models fit in the free memory of the target
+    device with 20% headroom, else ``sequential`` (one model at a time)."""
+    tuned = [tuned] if isinstance(tuned, str) else list(tuned or [])
+    adapter = [adapter] if isinstance(adapter, str) else list(adapter or [])
+    if options.residency is not None:
+        if options.residency not in RESIDENCIES:
+            raise ModelLoadError(f"residency must be one of {', '.join(RESIDENCIES)}, not {options.residency!r}")
+        if adapter and not tuned and options.residency == "both":
+            raise ModelLoadError("with adapters only, the residency is 'adapter' (one copy of the base weights) "
+                                 "or 'sequential'")
+        if options.residency == "adapter" and (not adapter or tuned):
+            raise ModelLoadError("residency 'adapter' needs --adapter (and no --tuned checkpoints)")
+        return options.residency, "asked for"
+    if adapter and not tuned:
+        return "adapter", "PEFT adapter: one copy of the base weights serves every model"
+    if adapter:
+        tuned = tuned + [base]  # the adapters share one more copy of the base weights
+    sizes = [_weights_bytes(p) for p in [base] + tuned]
+    free = _available_bytes(options)
+    if None in sizes or free is None:
+        return "both", "model sizes or free memory unknown (hub ids); loading all"
+    scale = DTYPES[resolve_dtype(options.dtype, options.device)].itemsize / 2  # files are mostly 16-bit
+    need = int(sum(sizes) * max(scale, 1.0) * 1.2)
+    if need <= free:
+        return "both", f"all {len(sizes)} models (~{need / 2**30:.1f} GiB with headroom) fit in {free / 2**30:.1f} GiB free"
+    return "sequential", f"{len(sizes)} models need ~{need / 2**30:.1f} GiB but {free / 2**30:.1f} GiB is free"
+
+
+def _real_vocabulary(tokenizers: dict[str, object], rows: int) -> RealVocabulary:
+    """The ids every tokenizer shares with the base (and that are not placeholders)."""
+    roles = list(tokenizers)
+    base = tokenizers[roles[0]]
+    parts = [build_real_vocabulary(base, tokenizers[r], rows) for r in roles[1:]] or \
+        [build_real_vocabulary(base, base, rows)]
+    if len(parts) == 1:
+        return parts[0]
+    mask = parts[0].mask.clone()
+    for p in parts[1:]:
+        mask &= p.mask
+    counts = {k: v for k, v in parts[0].masked_counts.items() if k != "not_shared"}
+    counts["not_shared"] = int(mask.numel() - mask.sum()) - sum(counts.values())
+    patterns = sorted({x for p in parts for x in p.patterns_matched})
+    return RealVocabulary(mask=mask, masked_counts=counts, patterns_matched=patterns)
+
+
+def _check_set(roles, tokenizers, facts, options) -> tuple[RealVocabulary, list[str]]:
+    warnings: list[str] = []
+    base = roles[0]
+    for role in roles[1:]:
+        names = ("PT", "IT") if len(roles) == 2 else (base, role)
+        compare_facts(facts[base], facts[role], names)
+        for w in check_special_tokens(tokenizers[base], tokenizers[role],
+                                      allow_mismatch=options.allow_special_token_mismatch):
+            warnings.append(w if len(roles) == 2 else f"{role}: {w}")
+    rows = min(f["lm_head_rows"] for f in facts.values())
+    real = _real_vocabulary(tokenizers, rows)
+    image = facts[base].get("image_token_id")
+    if image is not None and image < real.mask.numel() and bool(real.mask[image]):
+        real.mask[image] = False  # an image placeholder is never generated text
+        real.masked_counts["image_placeholder"] = 1
+    return real, warnings
+
+
+def load_spec(base: str, tuned_roles: dict[str, str], adapter_roles: dict[str, str], options: LoadOptions) -> dict:
+    """What reloads a model set, as config.json records it (``load_spec``): the paths by role and
+    the load options (residency resolved; weights not hashed again on a reload)."""
+    return {"base": base, "tuned": tuned_roles or None, "adapters": adapter_roles or None,
+            "options": {**vars(options), "hash_weights": False}}
+
+
+def load_models(
+    base: str,
+    tuned: dict[str, str] | list[str] | str | None = None,
+    adapters: dict[str, str] | list[str] | str | None = None,
+    options: LoadOptions | None = None,
+    **overrides,
+) -> ModelSet:
+    """Load a base and any number of descendants: full or merged checkpoints (``tuned``) and/or
+    PEFT adapter directories on ``base`` (``adapters``), each a path, a list of paths (roles
+    named after the directories) or a ``{role: path}`` dict. The residency is chosen here (see
+    :func:`choose_residency`) and recorded with its reason."""
+    options = LoadOptions.with_overrides(options, **overrides)
+    validate_load_options(options)  # the Python API gets the CLI's named errors, before any load
+    base = model_path_arg(base, "the base")
+    tuned_roles, adapter_roles = descendant_roles(tuned, adapters)
+    check_model_path(base, "base")
+    for path in tuned_roles.values():
+        check_model_path(path, "tuned")
+    for path in [base, *tuned_roles.values()]:
+        check_custom_code(path, options.trust_remote_code)
+    for path in adapter_roles.values():
+        check_model_path(path, "tuned", adapter=True)
+        check_adapter_files(path, options.allow_pickle)
+    if not tuned_roles and not adapter_roles:
+        raise ModelLoadError("give at least one descendant: tuned= (a checkpoint) or adapter= (a PEFT adapter dir)")
+    residency, reason = choose_residency(base, list(tuned_roles.values()), list(adapter_roles.values()), options)
+    options.residency = residency
+    roles = (BASE,) + tuple(tuned_roles) + tuple(adapter_roles)
+    record = {"base": provenance(base, options), "load_options": vars(options).copy(),
+              "residency_reason": reason, "load_spec": load_spec(base, tuned_roles, adapter_roles, options)}
+    if len(roles) == 2:  # a pair: the record keeps the familiar single-descendant layout
+        key, path = ("adapter", *adapter_roles.values()) if adapter_roles else ("tuned", *tuned_roles.values())
+        record[key] = provenance(path, options)
+    else:
+        record["descendants"] = {r: provenance(p, options) | ({"kind": "adapter"} if r in adapter_roles else {})
+                                 for r, p in {**tuned_roles, **adapter_roles}.items()}
+    tokenizers = {BASE: load_tokenizer(base, options)}
+    warnings: list[str] = []
+
+    if residency == "sequential":
+        heads, facts, eos = {}, {}, set()
+        sequential = SequentialSet(roles, tokenizers, None, set(), {}, "sequential", warnings, record,
+                                   paths={BASE: base, **tuned_roles}, options=options, heads=heads,
+                                   adapter_paths=adapter_roles)
+        for role in roles:
+            if role in tuned_roles:
+                tokenizers[role] = descendant_tokenizer(tuned_roles[role], options, tokenizers[BASE], warnings)
+            if role in adapter_roles:
+                tokenizers[role] = descendant_tokenizer(adapter_roles[role], options, tokenizers[BASE], adapter=True)
+                record_target = record["adapter"] if "adapter" in record else record["descendants"][role]
+                record_target["settings"], adapter_warnings = adapter_settings(adapter_roles[role])
+                warnings += adapter_warnings
+            handle = sequential.load_handle(role)
+            heads[role], facts[role] = ReadoutHead(handle, heads.values()), model_facts(handle)
+            eos |= eos_token_ids(tokenizers[role], handle.anatomy.model)
+            del handle
+            gc.collect()
+        real, checks = _check_set(roles, tokenizers, facts, options)
+        sequential.real_vocab, sequential.eos_ids, sequential.facts = real, eos, facts
+        sequential.warnings = warnings + checks
+        return sequential
+
+    handles: dict[str, ModelHandle] = {}
+    if adapter_roles and not tuned_roles:  # residency "adapter": every role on one copy of the base weights
+        model = _load_adapters(load_causal_lm(base, options, warnings), base, adapter_roles, options, tokenizers,
+                               record, warnings)
+        handles[BASE] = ModelHandle(BASE, model, adapter_enabled=False)
+        for role in adapter_roles:
+            handles[role] = ModelHandle(role, model, adapter_enabled=True, adapter_name=role)
+    else:
+        handles[BASE] = ModelHandle(BASE, load_causal_lm(base, options, warnings))
+        for role, path in tuned_roles.items():
+            handles[role] = ModelHandle(role, load_causal_lm(path, options, warnings))
+            tokenizers[role] = descendant_tokenizer(path, options, tokenizers[BASE], warnings)
+        if adapter_roles:  # checkpoints and adapters together: the adapters share one more copy of the base
+            model = _load_adapters(load_causal_lm(base, options, warnings), base, adapter_roles, options, tokenizers,
+                                   record, warnings)
+            for role in adapter_roles:
+                handles[role] = ModelHandle(role, model, adapter_enabled=True, adapter_name=role)
+    return assemble_set(handles, tokenizers, residency, options, warnings, record)
+
+
+def load_pair(base: str, tuned: str | None = None, adapter: str | None = None,
+              options: LoadOptions | None = None, **overrides) -> ModelSet:
+    """Load a base and one descendant: ``tuned`` (full or merged checkpoint) or ``adapter``
+    (a PEFT adapter directory on ``base``). Roles: ``base`` and ``tuned``."""
+    if (tuned is None) == (adapter is None):
+        raise ModelLoadError("give exactly one of tuned= (a checkpoint) or adapter= (a PEFT adapter dir)")
+    return load_models(base, tuned={"tuned": tuned} if tuned is not None else None,
+                       adapters={"tuned": adapter} if adapter is not None else None, options=options, **overrides)
+
+
+def assemble_set(handles: dict[str, ModelHandle], tokenizers: dict[str, object], residency: str,
+                 options: LoadOptions, warnings: list[str], record: dict) -> ResidentSet:
+    """Check compatibility and build the real vocabulary of already-loaded handles."""
+    roles = tuple(handles)
+    facts = {r: model_facts(h) for r, h in handles.items()}
+    real, checks = _check_set(roles, tokenizers, facts, options)
+    eos: set[int] = set()
+    for role, h in handles.items():
+        eos |= eos_token_ids(tokenizers[role], h.anatomy.model)
+    models = ResidentSet(roles, tokenizers, real, eos, facts, residency, list(warnings) + checks, record,
+                         handles=handles)
+    for handle in handles.values():
+        models.attach_media(handle)
+    return models
+
+
+def module_digest(module: nn.Module) -> str:
+    """A cheap fingerprint of in-memory weights (names, shapes, sums and a few values of every
+    tensor), so that runs of different in-memory models never share a run directory."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in module.state_dict().items():
+            if p.is_meta:  # offloaded by a device map: its shape is all that is at hand
+                h.update(f"{name}{tuple(p.shape)}".encode())
+                continue
+            flat = p.detach().reshape(-1)
+            if flat.is_floating_point():
+                flat = flat.float()
+            h.update(f"{name}{tuple(p.shape)}{float(flat.sum()) if flat.numel() else 0.0:.6e}".encode())
+            h.update(flat[:16].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dict[str, object] | None = None,
+                        processors: dict[str, object] | object | None = None, **options) -> ResidentSet:
+    """A set from models already in memory (notebooks, tests); the first entry is the base.
+    Models are put in eval mode. ``processors``: vision-language models' processors (one for
+    all roles, or a dict by role)."""
+    opts = LoadOptions(**options)
+    roles = list(models)
+    for m in models.values():
+        m.eval()
+    toks = {r: (tokenizers or {}).get(r, tokenizer) for r in roles}
+    handles = {r: ModelHandle(r, m) for r, m in models.items()}
+    first = next(iter(models.values()))
+    digests = {r: module_digest(m) for r, m in models.items()}
+    record = {"base": {"path": "<in-memory>", "weights_digest": digests[roles[0]]}, "load_options": vars(opts) | {
+        "dtype": str(next(first.parameters()).dtype).replace("torch.", "")}}
+    if len(roles) == 2:
+        record["tuned"] = {"path": "<in-memory>", "weights_digest": digests[roles[1]]}
+    else:
+        record["descendants"] = {r: {"path": "<in-memory>", "weights_digest": digests[r]} for r in roles[1:]}
+    models_set = assemble_set(handles, toks, "both", opts, [], record)
+    if processors is not None:
+        models_set.processors = dict(processors) if isinstance(processors, dict) else {r: processors for r in roles}
+    return models_set
+
+
+def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None, **options) -> ResidentSet:
+    """A pair from one PEFT model in memory: ``base`` is the model with its adapters switched off,
+    ``tuned`` with ``adapter_name`` (default: the active adapter) on; no second copy of the
+    weights (residency "adapter"). The model is put in eval mode (the caller restores training)."""
+    from ..models.anatomy import unwrap_peft
+
+    if not type(peft_model).__module__.startswith("peft"):
+        raise ModelLoadError(f"pair_from_peft_model needs a PEFT model, not {type(peft_model).__name__}")
+    name = adapter_name or peft_model.active_adapter
+    opts = LoadOptions(**options)
+    peft_model.eval()
+    handles = {BASE: ModelHandle(BASE, peft_model, adapter_enabled=False),
+               "tuned": ModelHandle("tuned", peft_model, adapter_enabled=True, adapter_name=name)}
+    dtype = str(next(unwrap_peft(peft_model).parameters()).dtype).replace("torch.", "")
+    record = {"base": {"path": "<in-memory>", "weights_digest": module_digest(unwrap_peft(peft_model))},
+              "adapter": {"path": "<in-memory>", "adapter_name": name, "weights_digest": module_digest(peft_model)},
+              "load_options": vars(opts) | {"dtype": dtype}}
+    return assemble_set(handles, {BASE: tokenizer, "tuned": tokenizer}, "adapter", opts, [], record)
+
+
+def pair_from_models(pt_model, it_model, tokenizer, tokenizer_it=None, **options) -> ResidentSet:
+    """A pair (roles ``base``, ``tuned``) from models already in memory."""
+    return models_from_modules({BASE: pt_model, "tuned": it_model}, tokenizer,
+                               {"tuned": tokenizer_it} if tokenizer_it is not None else None, **options)
+
+
+# The method's name for a two-role set.

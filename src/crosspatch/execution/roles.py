@@ -1,0 +1,97 @@
+"""Role names of a model set: ``NAME=PATH`` arguments, safe names, and the names descendants,
+stages and adapters get when none is given (from their paths)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+
+from ..errors import OptionError
+
+BASE = "base"  # the role name of the base model
+
+
+def model_path_arg(value, what: str) -> str:
+    """A model given in Python: a non-empty string or path-like (a directory or a hub id), else an
+    :class:`OptionError` (``""`` would be the working directory, ``None`` a hub id "None")."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise OptionError(f"{what} must be a model directory or a hub id (a non-empty string), not {value!r}")
+    return value
+
+
+ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_role_name(name: str) -> str:
+    """A role name is a safe file name: letters, digits, '.', '_' and '-', not starting with a
+    dot or a dash (so never '', '.', '..' or a path): it names a run directory under --out."""
+    if not isinstance(name, str) or not ROLE_NAME.match(name):
+        raise OptionError(f"role name {name!r} is not a safe name (letters, digits, '.', '_', '-'; starting with a "
+                          "letter or digit): it names a run directory; give another name")
+    return name
+
+
+def role_name_of(path: str) -> str:
+    """The role a descendant path gets: its resolved directory's name (``runs/sft/..`` is the
+    parent's name, never ``..``), or a hub id's last part; characters that are unsafe in a file
+    name become '-'."""
+    p = Path(str(path)).expanduser()
+    name = p.resolve().name if p.exists() else str(path).rstrip("/").rsplit("/", 1)[-1]
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip(".-")
+    return name or "tuned"
+
+
+def named_path(value: str) -> tuple[str, str] | None:
+    """``NAME=PATH`` (a role name for a descendant, as ``--tuned sft=./out/checkpoint-500``) unless
+    the whole value is itself an existing path; the name must be a safe name."""
+    if "=" not in value or Path(value).expanduser().exists():
+        return None
+    name, _, path = value.partition("=")
+    if not path:
+        raise OptionError(f"{value!r}: NAME=PATH needs a path after '='")
+    return check_role_name(name), path
+
+
+def _role_names(descendants: dict[str, str] | list[str] | str | None, what: str = "role",
+                each: str = "descendant") -> dict[str, str]:
+    """{role: path} of descendants given as a path, a list (directory names made unique, or
+    ``NAME=PATH``) or a dict; ``what``/``each`` name them in the messages (``stage`` for a
+    lineage)."""
+    if descendants is None:
+        return {}
+    if isinstance(descendants, (str, os.PathLike)):
+        return {"tuned": model_path_arg(descendants, "a descendant")}
+    if isinstance(descendants, dict):
+        return {check_role_name(str(k)): model_path_arg(v, f"descendant {k!r}") for k, v in descendants.items()}
+    if not isinstance(descendants, (list, tuple)):
+        raise OptionError(f"descendants are a path, a list of paths or a {{role: path}} dict, not {descendants!r}")
+    names: dict[str, str] = {}
+    for path in map(lambda x: model_path_arg(x, "a descendant"), descendants):
+        named = named_path(path)
+        if named is not None:  # NAME=PATH: the role is named by the user
+            name, path = named
+            if name in names or name == BASE:
+                raise OptionError(f"{what} name {name!r} is given twice (or is the base's): each {each} needs its own")
+            names[name] = path
+            continue
+        name = role_name_of(path)
+        k, unique = 2, name
+        while unique in names or unique == BASE:
+            unique, k = f"{name}-{k}", k + 1
+        names[unique] = str(path)
+    return names
+
+
+def descendant_roles(tuned=None, adapters=None) -> tuple[dict[str, str], dict[str, str]]:
+    """The role names :func:`load_models` gives descendant checkpoints and adapters (their
+    directory names, made unique), each -> its path: known before any model loads."""
+    tuned_roles = _role_names(tuned)
+    adapter_roles = dict(_role_names(adapters))
+    for role in list(adapter_roles):
+        if role in tuned_roles:  # two descendants in directories of the same name
+            adapter_roles[f"{role}-adapter"] = adapter_roles.pop(role)
+    return tuned_roles, adapter_roles

@@ -1,0 +1,282 @@
+"""Prompt sets: JSONL (or a .json array), CSV or Parquet rows with ``id``, ``prompt``, optional ``category``.
+
+Any other column is kept as metadata. A malformed file raises PromptFileError naming the file,
+the line (1-based, as an editor shows it) and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import PromptFileError
+
+_JSON_SUFFIXES, _TABLE_SUFFIXES = (".jsonl", ".json"), (".csv", ".tsv", ".parquet", ".pq")  # the prompt file types
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    prompt: str
+    category: str | None = None
+    metadata: dict = field(default_factory=dict, compare=False, hash=False)
+    validator: object = field(default=None, compare=False, hash=False)  # validators.Validator or None
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _row_to_prompt(row: dict, where: str) -> Prompt:
+    if "id" not in row or _is_missing(row["id"]) or str(row["id"]).strip() == "":
+        raise PromptFileError(f"{where}: field 'id' is missing or empty")
+    if isinstance(row["id"], (dict, list, bool)):
+        raise PromptFileError(f"{where}: field 'id' must be a string or number, not {row['id']!r}")
+    if "prompt" not in row:
+        raise PromptFileError(f"{where}: field 'prompt' is missing")
+    if _is_missing(row["prompt"]):
+        raise PromptFileError(f"{where}: field 'prompt' is {'null' if row['prompt'] is None else 'empty'}: "
+                              "give the prompt's text")
+    if not isinstance(row["prompt"], str) or not row["prompt"]:
+        raise PromptFileError(f"{where}: field 'prompt' must be a non-empty string")
+    if not row["prompt"].strip():
+        raise PromptFileError(f"{where}: field 'prompt' holds only whitespace")
+    category = row.get("category")
+    if not _is_missing(category) and not isinstance(category, str):
+        raise PromptFileError(f"{where}: field 'category' must be a string")
+    for name in ("id", "prompt", "category"):
+        _check_text(row.get(name), where, name)
+    if isinstance(row["id"], float) and not row["id"].is_integer():
+        raise PromptFileError(f"{where}: field 'id' must be a string or an integer, not {row['id']!r}")
+    validator = None
+    if not _is_missing(row.get("validator")):
+        from .validators import parse_validator
+
+        spec = row["validator"]
+        if isinstance(spec, str):  # CSV/Parquet cells hold JSON text
+            try:
+                spec = json.loads(spec)
+            except json.JSONDecodeError as exc:
+                raise PromptFileError(f"{where}: field 'validator' is not valid JSON ({exc.msg})") from None
+        validator = parse_validator(spec, where)
+    meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "category", "validator") and not _is_missing(v)}
+    if "image" in meta and (not isinstance(meta["image"], str) or not meta["image"].strip()):
+        raise PromptFileError(f"{where}: field 'image' must be a path to an image file")
+    return Prompt(str(row["id"]), row["prompt"], None if _is_missing(category) else category, meta, validator)
+
+
+def _text_lines(path: Path) -> list[str]:
+    """The file's lines as text: a UTF-8 byte-order mark is accepted (and dropped); bytes that
+    are not UTF-8 are a named error with their line."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PromptFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = []
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise PromptFileError(f"{path}:{lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                                  f"{exc.start + 1}); save the file as UTF-8") from None
+    return lines
+
+
+def _check_text(value, where: str, name: str) -> None:
+    """Strings must be encodable: a lone surrogate (from a ``\\ud800`` JSON escape) is refused."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PromptFileError(f"{where}: field {name!r} contains a lone surrogate ({value[exc.start]!a} at "
+                                  f"character {exc.start}); it is not valid Unicode text") from None
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
+    rows = []
+    for lineno, line in enumerate(_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PromptFileError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise PromptFileError(f"{where}: JSON nested too deeply") from None
+        if not isinstance(row, dict):
+            raise PromptFileError(f"{where}: each line must be a JSON object")
+        rows.append((where, row))
+    return rows
+
+
+def _read_json_array(path: Path) -> list[tuple[str, dict]] | None:
+    """The rows of a .json file holding one JSON array of prompt objects, or None when the file
+    is not one JSON document (then it is read as JSON lines)."""
+    text = "\n".join(_text_lines(path))
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(data, list):
+        return None  # one object: read as a JSON-lines file of one line
+    rows = []
+    for k, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise PromptFileError(f"{path}: item {k} of the array must be a JSON object")
+        rows.append((f"{path}: item {k}", row))
+    return rows
+
+
+def _delimiter(path: Path, header: str) -> str:
+    """A .tsv's tab; a .csv's comma, or the semicolon, tab or bar its header is written with
+    (spreadsheets export those) when that header names both required columns."""
+    if path.suffix == ".tsv":
+        return "\t"
+    for delimiter in (",", ";", "\t", "|"):
+        if {"id", "prompt"} <= set(next(csv.reader([header], delimiter=delimiter), [])):
+            return delimiter
+    return ","
+
+
+def _read_table(path: Path) -> list[tuple[str, dict]]:
+    import pandas as pd
+
+    try:
+        if path.suffix in (".csv", ".tsv"):
+            header = _text_lines(path)[0].lstrip("\ufeff")  # names a line that is not UTF-8
+            delimiter = _delimiter(path, header)
+            names = next(csv.reader([header], delimiter=delimiter), [])
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise PromptFileError(f"{path}:1: column {repeated[0]!r} appears more than once in the header")
+            frame = pd.read_csv(path, sep=delimiter, dtype={"id": str}, keep_default_na=False, na_values=[""],
+                                encoding="utf-8-sig")
+            first_line = 2  # header is line 1
+        else:
+            frame = pd.read_parquet(path)
+            first_line = 1
+    except PromptFileError:
+        raise
+    except Exception as exc:  # pandas raises many parser types
+        raise PromptFileError(f"{path}: cannot be read as {path.suffix[1:]} ({exc})") from exc
+    for column in ("id", "prompt"):
+        if column not in frame.columns:
+            raise PromptFileError(f"{path}: required column {column!r} is missing")
+    return [(f"{path}:{i + first_line}", rec) for i, rec in enumerate(frame.to_dict(orient="records"))]
+
+
+def load_prompts(path) -> list[Prompt]:
+    """Read and validate a prompt file (JSONL, a .json array, CSV, Parquet), or take a pandas DataFrame, a
+    ``datasets.Dataset`` or a list of dicts/strings; ids must be unique."""
+    if not isinstance(path, (str, Path)):
+        return as_prompts(path)
+    path = Path(path)
+    if not path.exists():
+        raise PromptFileError(f"{path}: no such prompt file")
+    if path.is_dir():
+        raise PromptFileError(f"{path}: is a directory; give a .jsonl, .json, .csv, .tsv or .parquet file")
+    if path.suffix == ".json" and (array := _read_json_array(path)) is not None:
+        rows = array
+    elif path.suffix in _JSON_SUFFIXES:
+        rows = _read_jsonl(path)
+    elif path.suffix in _TABLE_SUFFIXES:
+        rows = _read_table(path)
+    else:
+        raise PromptFileError(f"{path}: unknown prompt file type {path.suffix!r} (use .jsonl, .json, .csv, .tsv, .parquet)")
+    prompts, seen = [], {}
+    for where, row in rows:
+        prompt = _with_image_path(_row_to_prompt(row, where), path.parent, where)
+        if prompt.id in seen:
+            raise PromptFileError(f"{where}: field 'id' {prompt.id!r} repeats {seen[prompt.id]}")
+        seen[prompt.id] = where
+        prompts.append(prompt)
+    if not prompts:
+        raise PromptFileError(f"{path}: contains no prompts")
+    return prompts
+
+
+def _with_image_path(prompt: Prompt, base: Path, where: str) -> Prompt:
+    """An ``image`` field resolved against ``base`` (the prompt file's folder) and checked to exist."""
+    image = prompt.metadata.get("image")
+    if image is None:
+        return prompt
+    resolved = (base / Path(image).expanduser()).resolve()
+    if not resolved.is_file():
+        raise PromptFileError(f"{where}: field 'image' {image!r}: no such file ({resolved})")
+    prompt.metadata["image"] = str(resolved)
+    return prompt
+
+
+def as_prompts(items) -> list[Prompt]:
+    """Accept a list of Prompt objects, dicts or plain strings (ids become their index), a pandas
+    DataFrame or a ``datasets.Dataset`` (columns ``id``, ``prompt``, optional ``category``,
+    others kept as metadata), a path to a prompt file (a ``Path``, or a string ending in .jsonl,
+    .json, .csv, .tsv, .parquet or naming an existing file), or one prompt (a string, dict or Prompt).
+    No prompt at all is a :class:`PromptFileError`, as for an empty file."""
+    if isinstance(items, Path) or (isinstance(items, str) and _names_a_file(items)):
+        return load_prompts(items)
+    if isinstance(items, (str, Prompt)):  # one prompt
+        items = [items]
+    elif isinstance(items, dict):
+        if "prompt" not in items:
+            raise PromptFileError("a dict is one prompt row with 'id' and 'prompt' fields; give a list of such rows "
+                                  "for several prompts")
+        items = [items]
+    elif hasattr(items, "to_dict") and hasattr(items, "columns"):  # pandas DataFrame
+        for column in ("id", "prompt"):
+            if column not in items.columns:
+                raise PromptFileError(f"DataFrame: required column {column!r} is missing")
+        items = items.to_dict(orient="records")
+    elif hasattr(items, "column_names") and hasattr(items, "to_list"):  # datasets.Dataset
+        for column in ("id", "prompt"):
+            if column not in items.column_names:
+                raise PromptFileError(f"Dataset: required column {column!r} is missing")
+        items = items.to_list()
+    elif items is None or not hasattr(items, "__iter__"):
+        raise PromptFileError(f"prompts must be a list of strings, dicts or Prompt objects, a DataFrame, a Dataset or "
+                              f"the path of a prompt file, not {type(items).__name__}")
+    out = []
+    for k, item in enumerate(items):
+        if isinstance(item, Prompt):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(Prompt(str(k), item))
+        elif isinstance(item, dict):
+            out.append(_with_image_path(_row_to_prompt(item, f"prompt #{k}"), Path.cwd(), f"prompt #{k}"))
+        else:
+            raise PromptFileError(f"prompt #{k}: expected a str, dict or Prompt, got {type(item).__name__}")
+    if not out:
+        raise PromptFileError("no prompts given")
+    ids = [p.id for p in out]
+    if len(set(ids)) != len(ids):
+        raise PromptFileError("prompt ids must be unique")
+    return out
+
+
+def _names_a_file(text: str) -> bool:
+    """Whether a string passed as prompts is the path of a prompt file (a known suffix, or an
+    existing file) rather than the text of one prompt."""
+    if "\n" in text:
+        return False
+    try:
+        return Path(text).suffix in _JSON_SUFFIXES + _TABLE_SUFFIXES or Path(text).is_file()
+    except (OSError, ValueError):  # a long or NUL-bearing text is no path
+        return False
+
+
+def prompts_digest(prompts: list[Prompt]) -> str:
+    """sha256 of the prompts' ids, texts, categories and images' bytes: what identifies a prompt set."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(f"{p.id}\x00{p.prompt}\x00{p.category}\x01".encode())
+        if p.metadata.get("image"):  # an image prompt: the image's bytes are part of the prompt
+            h.update(hashlib.sha256(Path(p.metadata["image"]).read_bytes()).digest())
+    return h.hexdigest()

@@ -1,0 +1,104 @@
+"""PEFT adapters on disk or the Hub: their configuration read without loading (the kind, the target
+modules, settings that change the base), the checks made before an adapter loads, and the
+settings recorded with a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+from ..errors import (
+    ModelLoadError, PickleWeightsRefusedError, UnsupportedAdapterError, first_line,
+)
+from .loading import is_local
+
+
+def read_adapter_config(adapter: str) -> dict:
+    """A PEFT adapter's adapter_config.json (a local directory's, or a hub id's through the
+    Hugging Face cache): a JSON object naming a ``peft_type`` that changes the model's layers,
+    else a :class:`ModelLoadError` saying what is wrong."""
+    cfg_path = Path(adapter).expanduser() / "adapter_config.json"
+    if not cfg_path.exists() and not is_local(adapter):
+        cfg_path = _hub_adapter_config(adapter)
+    if not cfg_path.exists():
+        raise ModelLoadError(f"{adapter} is not a PEFT adapter directory (no adapter_config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelLoadError(f"{adapter}: adapter_config.json is not readable JSON ({exc})") from None
+    if not isinstance(cfg, dict) or not cfg.get("peft_type"):
+        raise ModelLoadError(f"{adapter}: adapter_config.json names no peft_type; is it a PEFT adapter?")
+    if is_prompt_learning(str(cfg["peft_type"])):
+        raise UnsupportedAdapterError(
+            f"{adapter} is a {cfg['peft_type']} adapter: prompt-learning methods add virtual tokens (or key/value "
+            "prefixes) to the input instead of changing the model's layers, so the descendant has no late stack of "
+            "its own to cross-patch and its sequence is not the base's. Use an adapter that changes weights (LoRA, "
+            "IA3, ...), or compare a checkpoint fine-tuned in full.")
+    return cfg
+
+
+def _hub_adapter_config(repo: str) -> Path:
+    """A hub adapter's adapter_config.json, from the cache or the Hub (as PEFT would fetch it)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, "adapter_config.json"))
+    except Exception as exc:  # huggingface_hub raises many types: offline, not found, gated, network
+        first = first_line(exc, 300)
+        raise ModelLoadError(f"--adapter {repo}: could not fetch its adapter_config.json from the Hub or the local "
+                             f"cache ({first})") from None
+
+
+def is_prompt_learning(peft_type: str) -> bool:
+    """Whether PEFT's ``peft_type`` is a prompt-learning method (prompt / prefix / P-tuning, ...),
+    as PEFT itself classifies it."""
+    try:
+        from peft import PromptLearningConfig
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+    except ImportError:  # pragma: no cover - an older PEFT layout
+        return peft_type.upper() in _PROMPT_LEARNING
+    config_class = PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type.upper())
+    if config_class is None:
+        return peft_type.upper() in _PROMPT_LEARNING
+    return issubclass(config_class, PromptLearningConfig)
+
+
+_PROMPT_LEARNING = {"PROMPT_TUNING", "MULTITASK_PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "CPT", "CARTRIDGE"}
+
+
+def check_adapter_files(path: str, allow_pickle: bool) -> None:
+    """A PEFT adapter has a readable adapter_config.json of a kind crosspatch can patch, and a
+    local adapter directory has adapter weights (safetensors unless ``allow_pickle``), checked
+    before any model loads."""
+    read_adapter_config(path)
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        return  # a hub id: PEFT resolves its weights
+    files = [f for f in root.iterdir() if f.name.startswith("adapter_model")]
+    if not files:
+        raise ModelLoadError(f"--adapter {path} holds no adapter weights (adapter_model.safetensors)")
+    if not any(f.suffix == ".safetensors" for f in files) and not allow_pickle:
+        raise PickleWeightsRefusedError(
+            f"{path} has only pickle adapter weights ({', '.join(f.name for f in files[:3])}); pickle can run "
+            "arbitrary code when loaded. Convert to safetensors, or pass --allow-pickle if you trust it.")
+
+
+def adapter_settings(adapter_dir: str) -> tuple[dict, list[str]]:
+    """The recorded settings of a PEFT adapter directory, and warnings about settings that make
+    "adapter disabled" differ from the original base."""
+    cfg = read_adapter_config(adapter_dir)
+    settings = {k: cfg.get(k) for k in ("peft_type", "r", "lora_alpha", "target_modules", "bias",
+                                         "modules_to_save", "layers_to_transform", "base_model_name_or_path")}
+    warnings = []
+    if cfg.get("bias", "none") not in (None, "none"):
+        warnings.append(
+            f"adapter bias={cfg['bias']!r}: biases are trained in place, so 'adapter disabled' is not "
+            "exactly the original base model"
+        )
+    if cfg.get("modules_to_save"):
+        warnings.append(
+            f"adapter modules_to_save={cfg['modules_to_save']}: these modules are replaced wholesale; "
+            "'adapter disabled' uses the originals"
+        )
+    return settings, warnings

@@ -1,0 +1,263 @@
+"""Validate first, then load: every option and input is checked before any model weight is
+loaded or any file is written, so a failed command leaves nothing behind and its corrected
+version is never refused. Each failure is a named error saying what to change
+(docs/errors.md lists the bad inputs covered).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from ..errors import (
+    BoundaryError, ChatTemplateMissingError, GroupByFieldError, OptionError,
+    PromptTooLongError, RunDirectoryNotEmptyError, RunWriteError, VocabularyMismatchError,
+)
+from ..models.loading import DEVICES, validate_load_options  # noqa: F401 (re-exported)
+from ..models.paths import check_hub_id, check_model_path, local_num_layers, looks_local  # noqa: F401 (re-exported)
+
+MIN_BOOTSTRAP = 100  # fewer resamples give degenerate intervals; 0 disables intervals
+MAX_BOOTSTRAP = 100_000  # beyond, percentile intervals no longer change, only the time does
+BUILTIN_BREAKDOWNS = ("category", "position", "token_category", "event_kind")
+
+
+def _int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionError(f"{name} must be an integer, not {value!r}")
+    if value < minimum:
+        raise OptionError(f"{name} must be >= {minimum}, not {value}")
+    return value
+
+
+def check_given_once(paths: list, what: str, why: str) -> None:
+    """Each of ``paths`` (local directories, or hub ids) names a different thing: the same one
+    twice (``./a`` and ``a/`` alike) is an OptionError saying ``why`` that matters."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        key = str(Path(str(path)).expanduser().resolve()) if looks_local(str(path)) else str(path)
+        if key in seen:
+            raise OptionError(f"{what} {path} is given twice (also as {seen[key]}): {why}")
+        seen[key] = str(path)
+
+
+def check_distinct_descendants(paths: list[str]) -> None:
+    """Each descendant (checkpoint or adapter) is given once: the same directory twice would be
+    run twice and counted as two descendants (or two training stages)."""
+    check_given_once(paths, "descendant", "give each once")
+
+
+def check_bootstrap(value) -> int:
+    """Bootstrap resamples: 0 (no intervals) or MIN_BOOTSTRAP..MAX_BOOTSTRAP."""
+    boot = _int("bootstrap", value, 0)
+    if 0 < boot < MIN_BOOTSTRAP:
+        raise OptionError(f"bootstrap {boot} gives degenerate intervals: use at least {MIN_BOOTSTRAP} resamples "
+                          "(2000 is the default), or 0 to report no intervals")
+    if boot > MAX_BOOTSTRAP:
+        raise OptionError(f"bootstrap {boot} is more resamples than intervals need: use at most {MAX_BOOTSTRAP:,} "
+                          "(2000 is the default)")
+    return boot
+
+
+def check_boundary_spec(value) -> None:
+    """A boundary is an int layer index >= 0 or a depth fraction strictly inside (0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BoundaryError(f"boundary must be an int layer or a fraction of depth, not {value!r}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or not 0.0 < value < 1.0:
+            raise BoundaryError(
+                f"fractional boundary {value} must be strictly between 0 and 1 (write an integer such as "
+                f"{int(value) if math.isfinite(value) and value >= 1 else 1} for a layer index)")
+    elif value < 0:
+        raise BoundaryError(f"boundary layer {value} must be >= 0")
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in str(shard).split("/"))
+    except ValueError:
+        raise OptionError(f"--shard must look like 'i/n' (e.g. 0/4), not {shard!r}") from None
+    if not 0 <= i < n:
+        raise OptionError(f"--shard {shard!r}: need 0 <= i < n")
+    return i, n
+
+
+def validate_run_options(config) -> None:
+    """Every :class:`~crosspatch.runner.pipeline.RunConfig` field that can be checked without a model."""
+    from ..analyses.controls import parse_controls
+    from ..analyses.event_kinds import parse_event_kinds
+    from ..core.tokens import TokenClasses
+    from ..core.verdict import VerdictPolicy
+
+    if config.plan not in ("minimal", "exact"):
+        raise OptionError(f"plan must be 'minimal' or 'exact', not {config.plan!r}")
+    if config.rollout_model not in ("IT", "PT"):
+        raise OptionError(f"rollout model must be 'IT' or 'PT', not {config.rollout_model!r}")
+    if config.engine not in ("local", "ray"):
+        raise OptionError(f"engine must be one of local, ray, not {config.engine!r}")
+    _int("batch size", config.batch_size, 1)
+    if config.max_batch_tokens is not None:
+        _int("max batch tokens", config.max_batch_tokens, 1)
+    _int("max new tokens", config.max_new_tokens, 1)
+    _int("seed", config.seed, 0)
+    _int("workers", config.workers, 1)
+    _int("sequential chunk", config.sequential_chunk, 1)
+    _int("consequence budget", config.consequence_budget, 1)
+    _int("synthetic nulls", config.synthetic_nulls, 0)
+    w = config.until_ci_width
+    if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0):
+        raise OptionError(f"until-ci-width must be a finite number of logits > 0, not {w!r}")
+    if w is not None and config.bootstrap == 0:
+        raise OptionError("--until-ci-width needs intervals: give --bootstrap (at least 200 resamples are used)")
+    if isinstance(config.nulls, (str, bytes)) or not isinstance(config.nulls, (list, tuple)) or \
+            any(not isinstance(n, str) or not n for n in config.nulls):
+        raise OptionError(f"nulls must be a list of descendant role names, not {config.nulls!r}")
+    check_bootstrap(config.bootstrap)
+    t = config.near_tie_threshold
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+        raise OptionError(f"near-tie threshold must be a finite number >= 0, not {t!r}")
+    if config.boundaries not in (None, "all", ["all"]):
+        if isinstance(config.boundaries, (str, bytes)) or not list(config.boundaries):
+            raise BoundaryError(f"boundaries must be 'all' or a non-empty list, not {config.boundaries!r}")
+        for b in config.boundaries:
+            check_boundary_spec(b)
+    else:
+        check_boundary_spec(config.boundary)
+    if config.shard is not None:
+        parse_shard(config.shard)
+    try:
+        parse_event_kinds(config.event_kinds)
+        TokenClasses.from_options(getattr(config, "format_tokens", None), getattr(config, "marker_words", None))
+        parse_controls(config.controls)
+        VerdictPolicy.from_dict(config.policy or {})
+        check_analysis_options(config.analyses, config.analysis_options)
+    except (TypeError, ValueError) as exc:
+        raise OptionError(str(exc)) from None
+    if not isinstance(config.group_by, (list, tuple)) or any(not isinstance(g, str) or not g.strip()
+                                                              for g in config.group_by):
+        raise OptionError(f"group-by must be a list of field names, not {config.group_by!r}")
+
+
+def check_analysis_options(names, options) -> None:
+    """``analyses`` names registered plug-ins; ``analysis_options`` maps registered names to option
+    dicts their options dataclass accepts (ValueError otherwise)."""
+    from ..core.registry import get_analysis
+
+    if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)) or \
+            any(not isinstance(n, str) for n in names):
+        raise ValueError(f"analyses must be a list of registered analysis names, not {names!r}")
+    if not isinstance(options, dict) or any(not isinstance(v, dict) for v in options.values()):
+        raise ValueError(f"analysis options must be a {{name: {{option: value}}}} dict, not {options!r}")
+    for name in [*names, *options]:
+        get_analysis(name)
+    for name, given in options.items():
+        get_analysis(name).make_options(given)
+
+
+def check_out_dir(out: str | Path, resume: bool = True, overwrite: bool = False, collection: str | None = None) -> None:
+    """``--out`` is a new, empty or crosspatch run directory (``collection``: or that command's
+    earlier output, "compare" or "lineage", whose runs then resume or refuse on their own), and
+    can be written."""
+    from ..store import RunStore, collection_kind
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise RunDirectoryNotEmptyError(f"--out {out} exists and is not a directory")
+    if path.exists() and any(path.iterdir()):
+        kind = collection_kind(path)
+        if kind is not None and kind != collection:
+            raise RunDirectoryNotEmptyError(
+                f"--out {out} holds the output of a crosspatch {kind}; choose another directory")
+        if kind is None and not RunStore(path).is_run():
+            raise RunDirectoryNotEmptyError(
+                f"--out {out} holds files that crosspatch did not write; choose a new or empty directory "
+                "(crosspatch never deletes or mixes with files it did not write)")
+        if kind is None and collection is not None:
+            raise RunDirectoryNotEmptyError(f"--out {out} holds a crosspatch run, not a {collection}; choose another "
+                                            "directory")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunWriteError(f"--out {out}: cannot write in {probe} (permission denied)")
+
+
+def check_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateMissingError(
+            "--chat-template was given but the descendant's tokenizer has no chat template; drop the option "
+            "(raw prompts are the default) or use a tokenizer that defines one")
+
+
+def check_group_by(fields: list[str], prompts) -> list[str]:
+    """Warnings for ``--group-by`` fields; a field no prompt has is an error."""
+    warnings = []
+    for name in fields:
+        if name in BUILTIN_BREAKDOWNS:
+            warnings.append(f"--group-by {name}: the by-{name} breakdown is built in; the option is ignored")
+            continue
+        have = sum(name in p.metadata for p in prompts)
+        if have == 0:
+            fields_seen = sorted({k for p in prompts for k in p.metadata})[:10]
+            raise GroupByFieldError(f"--group-by {name}: no prompt has a field {name!r} (fields present: "
+                                    f"{', '.join(fields_seen) or 'none besides id, prompt, category'})")
+        if have < len(prompts):
+            warnings.append(f"--group-by {name}: {len(prompts) - have} of {len(prompts)} prompt(s) lack the field; "
+                            "they are left out of that breakdown only")
+    return warnings
+
+
+def check_prompt_token_ids(prompt_ids: list[str], token_ids: list[list[int]], embeddings: dict[str, int | None]
+                           ) -> None:
+    """Every prompt token id must have an input embedding in every model (``embeddings``: role
+    -> rows): a tokenizer that does not belong to its model gives ids beyond the table, which
+    would fail deep inside a forward pass."""
+    known = {role: rows for role, rows in embeddings.items() if rows}
+    if not known:
+        return
+    role = min(known, key=known.get)  # the smallest table bounds them all
+    rows = known[role]
+    for pid, ids in zip(prompt_ids, token_ids):
+        beyond = next((t for t in ids if not 0 <= t < rows), None)
+        if beyond is not None:
+            raise VocabularyMismatchError(
+                f"prompt {pid!r} has token id {beyond}, but the {role} model has {rows} input embeddings "
+                f"(ids 0..{rows - 1}): the tokenizer does not belong to that model; give the model its own "
+                "tokenizer")
+
+
+def check_prompt_lengths(prompt_ids: list[str], token_ids: list[list[int]], max_new_tokens: int,
+                         limit: int | None, consequence_budget: int | None = None, controls_reach: int = 0) -> None:
+    """Prompt + generation budget (+ a forced token and ``consequence_budget`` continued tokens
+    after the event, when consequences are scored; at least ``controls_reach``, the tokens a
+    control decodes past the prompt) must fit the model's position limit (policy: a named error
+    listing the prompts, before any compute; nothing is truncated silently)."""
+    if not limit:
+        return
+    extra = 1 + consequence_budget if consequence_budget else 0
+    reach = max(max_new_tokens + extra, controls_reach)
+    long = [(pid, len(ids)) for pid, ids in zip(prompt_ids, token_ids) if len(ids) + reach > limit]
+    if long:
+        shown = ", ".join(f"{pid} ({n} tokens)" for pid, n in long[:10])
+        budget = f"--max-new-tokens {max_new_tokens}" + (f" and a forced token + --consequence-budget "
+                                                         f"{consequence_budget}" if extra else "")
+        if controls_reach > max_new_tokens + extra:
+            budget = f"the {controls_reach} tokens a control decodes past them ({budget})"
+        raise PromptTooLongError(
+            f"{len(long)} prompt(s) plus {budget} exceed the model's {limit} positions: "
+            f"{shown}{', ...' if len(long) > 10 else ''}. Shorten or drop them, or lower the budget")
+
+
+def check_continuation_lengths(prefix_lengths: dict[str, int], budget: int, limit: int | None) -> None:
+    """An event prefix + the forced token + ``budget`` continued tokens must fit the model's
+    position limit (``crosspatch consequence``): a named error listing the events, before any
+    model loads where the limit is known from a local config.json."""
+    if not limit:
+        return
+    long = [(key, n) for key, n in prefix_lengths.items() if n + 1 + budget > limit]
+    if long:
+        shown = ", ".join(f"{key} ({n} tokens)" for key, n in long[:10])
+        raise PromptTooLongError(
+            f"{len(long)} event prefix(es) plus the forced token and --budget {budget} exceed the model's {limit} "
+            f"positions: {shown}{', ...' if len(long) > 10 else ''}. Lower --budget to at most "
+            f"{limit - 1 - max(n for _, n in long)}")

@@ -1,0 +1,269 @@
+"""Several descendants of one base (DESIGN 1.6: recipe separation, lineage).
+
+- :func:`compare`: every descendant against the base, each a full run (its own run directory,
+  resumable, with controls and verdict) plus one table; optionally cross-descendant patching:
+  ``Y(U_X, L_Y)`` — descendant ``X``'s upstream state through descendant ``Y``'s late stack,
+  scored on ``Y``'s events (``t_base`` vs ``t_Y``) with ``Y``'s head.
+- :func:`lineage`: the support is fixed on the Base -> Final first divergences; every stage
+  is scored on that same ``(t_Base, t_Final)`` contrast: its 2x2 against the base, its native
+  ``Y``, its percent of the final stage, its top-1 agreement with ``t_Final``, and a label-swap
+  null of its interaction.
+- :func:`pool_runs`: several base/descendant families pooled family-balanced (mean of
+  per-family means, bootstrap within family).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.analysis import Analysis, EventSet
+from ..core.cells import CELLS, event_y
+from ..execution import Executor, Late, ModelSet, Program
+from ..core.divergence import RecordKey
+from ..errors import OptionError
+from .pipeline import RunConfig, RunResult, run
+from ..core.pooling import pool_family_balanced
+from ..core.stats import BootstrapConfig, block_bootstrap
+from ..store import checked, mark_collection
+from .checks import check_out_dir
+
+COMPARE_SCHEMA = "crosspatch.compare/1"
+
+
+@dataclass
+class CrossDescendant(Analysis):
+    """``Y(U_X, L_tuned)`` for each other descendant ``X`` in ``upstream``, on the run's events
+    (the tuned role's contrast), read with the tuned role's head (common-IT)."""
+
+    boundary: int
+    upstream: list[str]
+    name: str = "cross_descendant"
+
+    def program(self, ex: Executor, events: EventSet) -> Program:
+        others = [r for r in self.upstream if r not in (events.base, events.tuned)]
+        if not events.events or not others:
+            return []
+        b = self.boundary
+        states = yield from events.states(others, [b])
+        finals = yield [Late(events.tuned, b, [s.boundary[b] for s in per_role], events.sequences) for per_role in states]
+        rows = []
+        for role, final in zip(others, finals):
+            ys = event_y(ex.readout(events.tuned, torch.stack(final)), events.events)
+            rows += [{"key": str(RecordKey(e.prompt_id, e.kind, b, role)), "prompt_id": e.prompt_id, "upstream": role, "late": events.tuned,
+                      "boundary": b, "y": float(ys[k])} for k, e in enumerate(events.events)]
+        return rows
+
+
+# -- compare ------------------------------------------------------------------------------------
+@dataclass
+class CompareResult:
+    runs: dict[str, RunResult]
+    summary: dict
+    report: str
+    out: Path | None = None
+
+    def __repr__(self) -> str:
+        verdicts = ", ".join(f"{role}: {row['verdict']}" for role, row in self.summary.get("rows", {}).items())
+        where = f", out={str(self.out)!r}" if self.out else ""
+        return f"CompareResult(base={self.summary.get('base')!r}, {verdicts or 'no descendants'}{where})"
+
+
+def parse_cross(spec: str | None, descendants: tuple[str, ...]) -> dict[str, list[str]]:
+    """``all`` or ``A:D,B:D`` -> {late-stack role: [upstream roles]}; anything else is an
+    :class:`OptionError` (checked before any model loads, from the role names alone)."""
+    if not spec:
+        return {}
+    if spec.strip() == "all":
+        return {d: [x for x in descendants if x != d] for d in descendants}
+    out: dict[str, list[str]] = {}
+    for item in spec.split(","):
+        try:
+            up, late = (x.strip() for x in item.split(":"))
+        except ValueError:
+            raise OptionError(f"--cross takes 'all' or UPSTREAM:LATE pairs, not {item!r}") from None
+        for role in (up, late):
+            if role not in descendants:
+                raise OptionError(f"--cross {item}: {role!r} is not a descendant ({', '.join(descendants)})")
+        if up == late:
+            raise OptionError(f"--cross {item}: the two roles must differ")
+        out.setdefault(late, []).append(up)
+    return out
+
+
+def _mean(pairs, boot: BootstrapConfig, name: str) -> dict:
+    """Mean of ``(prompt id, value)`` pairs (non-finite values dropped) with its prompt-cluster
+    interval: ``{"mean", "ci", "n"}``."""
+    from ..core.stats import cluster_mean_ci
+
+    kept = [(p, v) for p, v in pairs if v is not None and np.isfinite(v)]
+    return cluster_mean_ci(np.array([v for _, v in kept], dtype=float), [p for p, _ in kept],
+                           block_bootstrap(boot, name))
+
+
+def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str | Path | None = None,
+            cross: str | None = None, progress: bool = True, resume: bool = True, overwrite: bool = False,
+            **overrides) -> CompareResult:
+    """Every descendant of ``models`` against its base (one run directory each under ``out``,
+    resumed or replaced as ``run`` does with ``resume`` / ``overwrite``), one table, and the
+    cross-descendant matrix when ``cross`` is ``all`` or ``A:D,...``."""
+    from dataclasses import replace
+
+    from ..core.cells import headline_boundary
+
+    from .pipeline import resolve_boundaries
+
+    config = replace(config or RunConfig(), **overrides)
+    plan = parse_cross(cross, models.descendants)
+    b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers)
+    runs: dict[str, RunResult] = {}
+    if out is not None:
+        check_out_dir(out, resume=resume, overwrite=overwrite, collection="compare")
+        mark_collection(out, "compare")
+    for role in models.descendants:
+        extra = [CrossDescendant(b, plan[role])] if role in plan else []
+        cfg = replace(config, tuned=role, title=config.title or f"crosspatch compare: base vs {role}",
+                      back_link=config.back_link or ("../report.html" if out is not None else None))
+        runs[role] = run(models, prompts, cfg, out=Path(out) / role if out is not None else None, progress=progress,
+                         analyses=extra, resume=resume, overwrite=overwrite)
+    summary = compare_summary(models, runs, plan, BootstrapConfig(config.bootstrap, config.seed))
+    report = render_compare_markdown(summary)
+    if out is not None:
+        out = Path(out)
+        (out / "compare.json").write_text(json.dumps(checked("compare.json", summary), indent=2, default=str) + "\n")
+        (out / "report.md").write_text(report)
+        (out / "report.html").write_text(render_compare_html(summary))
+    return CompareResult(runs, summary, report, Path(out) if out is not None else None)
+
+
+def compare_summary(models: ModelSet, runs: dict[str, RunResult], plan: dict[str, list[str]],
+                    boot: BootstrapConfig | None = None) -> dict:
+    rows = {}
+    for role, result in runs.items():
+        v = result.summary["verdict"]
+        block = result.summary["results"][str(v["boundary"])]["common_it"]["all"]
+        rows[role] = {"events": block["n_events"], "prompts": block["n_prompts"], "cells": block["cells"],
+                      "effects": {k: block["effects"][k] for k in ("E_PT", "E_IT", "interaction", "direct_share", "late_interaction_share")},
+                      "verdict": v["verdict"], "reason": v["reason"], "boundary": v["boundary"]}
+    matrix = None
+    if plan:
+        roles = list(models.roles)
+        matrix = {x: {y: None for y in roles} for x in roles}
+        for y, result in runs.items():
+            first = [r for r in result.records if r.kind == "first_diff" and r.boundary == rows[y]["boundary"]]
+            boot = boot or BootstrapConfig()
+            matrix[models.base][y] = _mean(((r.prompt_id, r.cells["common_it"]["upt_lit"]) for r in first), boot,
+                                           f"cross/{models.base}/{y}")
+            matrix[y][y] = _mean(((r.prompt_id, r.cells["common_it"]["uit_lit"]) for r in first), boot, f"cross/{y}/{y}")
+            matrix[y][models.base] = _mean(((r.prompt_id, r.cells["common_it"]["uit_lpt"]) for r in first), boot,
+                                           f"cross/{y}/{models.base}")
+            for x in plan.get(y, []):
+                matrix[x][y] = _mean(((r["prompt_id"], r["y"]) for r in result.analyses.get("cross_descendant", [])
+                                      if r["upstream"] == x), boot, f"cross/{x}/{y}")
+    return {"schema_version": COMPARE_SCHEMA, "base": models.base, "descendants": list(models.descendants),
+            "rows": rows, "cross": matrix,
+            "cross_note": ("Y(U_X, L_Y): upstream X (rows) through late stack Y (columns), on Y's events (t_base vs t_Y) "
+                           "with Y's head; the base column uses the upstream descendant's events")}
+
+
+def _fmt(stat) -> str:
+    from ..report.markdown import fmt_value
+
+    return fmt_value(stat)
+
+
+def cross_cell(stat: dict | None) -> str:
+    """One cell of the cross-descendant matrix: mean [95% CI] (n=...), or n/a."""
+    if stat is None or stat.get("mean") is None:
+        return "n/a" if stat is None else f"n/a (n={stat.get('n', 0)})"
+    return f"{_fmt(stat)} (n={stat['n']})"
+
+
+def render_compare_markdown(summary: dict) -> str:
+    from ..report.markdown import _table, fmt_effect, md_escape
+
+    lines = ["# crosspatch compare", "", f"Base against {len(summary['rows'])} descendant(s); headline boundary, "
+             "common-IT readout, 95% prompt-cluster intervals.", ""]
+    rows = []
+    for role, r in summary["rows"].items():
+        block = {"effects": r["effects"]}
+        rows.append([md_escape(role), r["verdict"], str(r["events"])]
+                    + [_fmt(r["cells"][c]) for c in CELLS]
+                    + [fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction", "direct_share")])
+    lines += _table(["descendant", "verdict", "events", "Y(U_PT,L_PT)", "Y(U_PT,L_IT)", "Y(U_IT,L_PT)", "Y(U_IT,L_IT)",
+                     "E_PT", "E_IT", "interaction", "direct share"], rows) + [""]
+    for role, r in summary["rows"].items():
+        lines += [f"- **{md_escape(role)}**: {md_escape(r['reason'])}"]
+    lines.append("")
+    if summary.get("cross"):
+        roles = list(summary["cross"])
+        lines += ["## Cross-descendant patching", "", summary["cross_note"] + ".", ""]
+        body = []
+        for x in roles:
+            body.append([f"U_{md_escape(x)}"] + [cross_cell(summary["cross"][x][y]) for y in roles])
+        lines += _table(["upstream \\ late"] + [f"L_{md_escape(y)}" for y in roles], body) + [""]
+    return "\n".join(lines)
+
+
+def render_compare_html(summary: dict) -> str:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    from ..report.markdown import fmt_effect
+
+    env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
+    tables = [("Descendants (95% prompt-cluster intervals)",
+               ["descendant", "verdict", "events", "E_PT", "E_IT", "interaction", "direct share"],
+               [[role, r["verdict"], str(r["events"])] + [fmt_effect({"effects": r["effects"]}, k)
+                                                          for k in ("E_PT", "E_IT", "interaction", "direct_share")]
+                for role, r in summary["rows"].items()])]
+    if summary.get("cross"):
+        roles = list(summary["cross"])
+        tables.append(("Cross-descendant patching: Y(U_X, L_Y)", ["upstream \\ late"] + [f"L_{y}" for y in roles],
+                       [[f"U_{x}"] + [cross_cell(summary["cross"][x][y]) for y in roles] for x in roles]))
+    return env.get_template("tables.html.j2").render(
+        title="crosspatch compare", intro=" ".join(f"{k}: {r['reason']}" for k, r in summary["rows"].items()),
+        tables=tables, links=[f"{role}/report.html" for role in summary["rows"]])
+
+
+# -- pooling ------------------------------------------------------------------------------------
+def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str = "common_it",
+              bootstrap: int = 2000, seed: int = 0) -> dict:
+    """Family-balanced pooling of finished runs (one per base/descendant family): the mean of
+    per-family means, prompts resampled within each family; at each run's headline boundary."""
+    from ..store import RunStore
+
+    if not isinstance(run_dirs, dict):
+        run_dirs = {Path(d).name: d for d in run_dirs}
+    groups, seen = {}, {}
+    for name, d in run_dirs.items():
+        store = RunStore(d)
+        summary = store.summary()
+        run_id = store.config().get("run_fingerprint")
+        if run_id is not None and run_id in seen:  # one run (a copy, or two shards of it) must count once
+            raise OptionError(f"{d} and {seen[run_id]} hold the same run (or shards of one run): each family must "
+                              "count once; merge shards with crosspatch merge first")
+        seen[run_id] = d
+        b = summary.get("verdict", {}).get("boundary", int(summary["boundaries"][0]))
+        groups[name] = [r for r in store.load_records() if r.boundary == b and r.kind == "first_diff"]
+    return pool_family_balanced(groups, readout, BootstrapConfig(bootstrap, seed))
+
+
+__all__ = ["CompareResult", "CrossDescendant", "compare", "parse_cross", "pool_runs"]
+
+
+class _CallableModule(type(sys.modules[__name__])):
+    """``crosspatch.compare`` is both this module and the function :func:`compare`: importing a
+    submodule makes it an attribute of its package, so whichever was looked up first used to win
+    (the second ``crosspatch.compare(...)`` call failed with "'module' object is not callable").
+    Calling the module calls the function."""
+
+    def __call__(self, *args, **kwargs):
+        return compare(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,161 @@
+"""After the fact: analyses on a finished run directory (``crosspatch consequence``,
+``crosspatch features``, any registered analysis), by one path.
+
+:func:`reopen_models` loads the run's base and the descendant it scored from the load spec its
+``config.json`` records (a pair, a member of ``compare``, a ``lineage`` run: whatever the number of
+roles that run had loaded); :func:`first_events` rebuilds its first-divergence events at the
+headline boundary from the stored records; :func:`run_on_finished` drives an analysis' program
+through the executor, appends its records, and summarises and renders the run again from its
+stored files (:func:`resummarize`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.cells import CellRecord, headline_boundary
+from ..core.divergence import DivergenceEvent
+from ..errors import CorruptRunFileError, ModelLoadError
+
+_SESSION_KEYS = ("cost_this_session", "fp32_verification")  # summary keys a later summary keeps
+
+
+def scored_role(config: dict) -> str:
+    """The descendant role a run scored against its base."""
+    roles = config.get("roles") or []
+    return (config.get("options") or {}).get("tuned") or (roles[1] if len(roles) > 1 else "tuned")
+
+
+def load_request(config: dict) -> tuple[str, dict | None, dict | None, dict]:
+    """``(base, tuned, adapters, load options)`` that reload a run's base and scored descendant
+    (one role, under its recorded name) from its ``config.json``: the recorded load spec, or for
+    runs written before it was recorded, the model paths (pair or ``descendants`` layout)."""
+    role = scored_role(config)
+    spec = config.get("load_spec")
+    if spec is not None:
+        tuned, adapters = spec.get("tuned") or {}, spec.get("adapters") or {}
+        if role not in tuned and role not in adapters:
+            raise ModelLoadError(f"the run's load spec has no descendant {role!r} (roles: "
+                                 f"{', '.join([*tuned, *adapters]) or 'none'})")
+        options = dict(spec.get("options") or {})
+        pick = ({role: tuned[role]}, None) if role in tuned else (None, {role: adapters[role]})
+        return spec["base"], pick[0], pick[1], options
+    models = config.get("models") or {}
+    options = dict(config.get("load_options") or {})
+    if "descendants" in models:
+        entry = models["descendants"].get(role)
+        if entry is None:
+            raise ModelLoadError(f"the run records no descendant {role!r}")
+        pick = (None, {role: entry["path"]}) if entry.get("kind") == "adapter" else ({role: entry["path"]}, None)
+    elif "adapter" in models:
+        pick = (None, {role: models["adapter"]["path"]})
+    else:
+        pick = ({role: models.get("tuned", {}).get("path")}, None)
+    return models["base"]["path"], pick[0], pick[1], options
+
+
+def reopen_models(config: dict):
+    """The run's base and scored descendant, loaded as the run recorded them (residency chosen
+    afresh: the run may have had more models in memory)."""
+    from ..execution import load_models
+    from ..models.loading import LoadOptions
+
+    base, tuned, adapters, options = load_request(config)
+    known = set(LoadOptions.__dataclass_fields__)
+    opts = LoadOptions(**{k: v for k, v in options.items() if k in known and k != "residency"})
+    return load_models(base, tuned=tuned, adapters=adapters, options=opts)
+
+
+def first_events(store, config: dict) -> tuple[int, list[CellRecord], list[DivergenceEvent]]:
+    """The headline boundary, its valid first-divergence records and their events."""
+    b = headline_boundary(config["resolved_boundaries"], config["num_layers"])
+    records = [r for r in store.load_records() if r.boundary == b and r.kind == "first_diff" and r.valid]
+    if any(r.prefix_ids is None for r in records):
+        raise CorruptRunFileError(f"{store.path}: its records lack prefix ids (made by an older crosspatch); "
+                                  "run it again")
+    events = [DivergenceEvent(r.prompt_id, r.category, r.prompt_len, r.position, r.prefix_ids, r.t_pt, r.t_it)
+              for r in records]
+    return b, records, events
+
+
+def stored_analyses(store) -> dict[str, list[dict]]:
+    """Every analysis' stored records, by records-file stem."""
+    from ..store import EVENTS_FILE, NO_DIV_FILE
+
+    names = sorted({p.name for p in store.path.glob("*.jsonl")} - {EVENTS_FILE, NO_DIV_FILE})
+    return {n[: -len(".jsonl")]: store.load_rows(n) for n in names}
+
+
+def resummarize(store, config: dict | None = None) -> dict:
+    """Summarise a run again from its stored files (what the run itself would have written with
+    these records), keep the previous summary's session keys, write summary.json and both
+    reports; returns the summary."""
+    from ..report.render import render_reports
+    from ..core.stats import BootstrapConfig
+    from .summary import build_summary
+
+    config = config or store.config()
+    old = store.summary()
+    opts = config["options"]
+    records = store.load_records()
+    no_div = store.load_no_divergence()
+    session_keys = {k: old[k] for k in _SESSION_KEYS if k in old}
+    summary = build_summary(config, records, no_div, old["counts"]["prompts"],
+                            BootstrapConfig(opts.get("bootstrap", 2000), opts.get("seed", 0)), session_keys,
+                            stored_analyses(store), run_dir=store.path)
+    store.write_summary(summary)
+    render_reports(store, summary, config)
+    return summary
+
+
+def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent] | None = None,
+                    check_models=None) -> dict:
+    """Run ``analysis`` (an :class:`~crosspatch.core.analysis.Analysis`, or the name of a registered
+    plug-in, built with its default options) on a finished run's first-divergence events (or on
+    ``events``, a subset of them), append its records to ``<name>.jsonl``, and summarise and
+    render the run again. ``check_models(models)`` may refuse the loaded models before any pass.
+    Holds the run directory's lock. Returns the new summary."""
+    from ..core.analysis import EventSet
+    from ..execution import Executor
+    from ..store import RunStore
+
+    store = RunStore(run_dir)
+    with store.lock():
+        config = store.config()
+        store.summary()  # the run must have finished
+        if isinstance(analysis, str):
+            analysis = build_for_finished(analysis, config)
+        if events is None:
+            _, _, events = first_events(store, config)
+        if events:
+            models = reopen_models(config)
+            try:
+                if check_models is not None:
+                    check_models(models)
+                ex = Executor.for_run(models, config["options"])
+                rows = ex.drive(analysis.program(ex, EventSet(events, models.base, models.roles[1], None)))
+            finally:
+                models.release()
+            store.append_rows(f"{analysis.name}.jsonl", [r.to_record() if hasattr(r, "to_record") else r
+                                                         for r in rows])
+        return resummarize(store, config)
+
+
+def build_for_finished(name: str, config: dict):
+    """A registered plug-in's analysis, built for a finished run from its recorded options."""
+    from types import SimpleNamespace
+
+    from ..errors import OptionError
+    from ..core.registry import PlanContext, get_analysis
+
+    plugin = get_analysis(name)
+    if plugin.build is None:
+        raise OptionError(f"analysis {name!r} runs no passes: it is summarised from the stored records alone "
+                          "(crosspatch report)")
+    opts = config["options"]
+    boundaries = config["resolved_boundaries"]
+    context = PlanContext.for_run(SimpleNamespace(**opts), boundaries, config["num_layers"])
+    analysis = plugin.build(plugin.make_options((opts.get("analysis_options") or {}).get(name)), context)
+    if analysis is None:
+        raise OptionError(f"analysis {name!r} has nothing to run on this run's settings")
+    return analysis

@@ -1,0 +1,241 @@
+"""Training stages of one recipe (DESIGN 1.6: lineage): every stage scored on the Base -> Final
+first-divergence events (:func:`lineage`), with its share of the final's native shift and of its
+interaction (every cell read with the final's head), the table and plot of the reports."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.analysis import Analysis, EventSet
+from ..core.cells import CELLS, CellRecord, cells_against_base
+from ..execution import Executor, ModelSet, Program
+from ..core.divergence import RecordKey
+from ..errors import OptionError
+from ..models.vocab import masked_argmax
+from .pipeline import RunConfig, RunResult, run
+from ..core.stats import BootstrapConfig, block_bootstrap, effect_block, label_swap_null, share_of_reference
+from ..store import checked, mark_collection
+from .checks import check_out_dir
+
+LINEAGE_SCHEMA = "crosspatch.lineage/1"
+
+
+@dataclass
+class StageScores(Analysis):
+    """Each stage's 2x2 against the base on the run's events (Base -> Final contrast), read
+    with the stage's own head (``cells``) and with the final stage's head (``cells_final_readout``,
+    the authors' common readout for a stage's share), and whether the stage's own top-1 is
+    ``t_Final``."""
+
+    boundary: int
+    stages: list[str]
+    name: str = "lineage"
+
+    def program(self, ex: Executor, events: EventSet) -> Program:
+        if not events.events:
+            return []
+        b = self.boundary
+        scored = yield from cells_against_base(ex, events, b, list(self.stages), also_read_with=self.stages[-1])
+        rows = []
+        for role, (ys, nat_s, ys_final) in scored.items():
+            own = masked_argmax(ex.readout(role, nat_s), ex.models.real_vocab).cpu()
+            for j, e in enumerate(events.events):
+                rows.append({"key": str(RecordKey(e.prompt_id, e.kind, b, role)), "prompt_id": e.prompt_id, "stage": role,
+                             "boundary": b, "cells": {c: float(ys[c][j]) for c in CELLS},
+                             "cells_final_readout": {c: float(ys_final[c][j]) for c in CELLS},
+                             "top1_is_t_final": bool(own[j] == e.t_it)})
+        return rows
+
+
+# -- lineage ------------------------------------------------------------------------------------
+@dataclass
+class LineageResult:
+    run: RunResult
+    summary: dict
+    report: str
+    out: Path | None = None
+
+    def __repr__(self) -> str:
+        where = f", out={str(self.out)!r}" if self.out else ""
+        return (f"LineageResult(stages={self.summary.get('stages')}, boundary={self.summary.get('boundary')}, "
+                f"events={self.summary.get('events')}{where})")
+
+
+def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str | Path | None = None,
+            progress: bool = True, resume: bool = True, overwrite: bool = False, steps: dict[str, int] | None = None,
+            **overrides) -> LineageResult:
+    """Score every stage of ``models`` (descendant roles in training order, the last one the
+    final model) on the Base -> Final first divergences. ``steps``: the training step of each
+    stage (trainer checkpoints), recorded and used as the plot's x axis."""
+    from dataclasses import replace
+
+    from ..core.cells import headline_boundary
+    from .pipeline import resolve_boundaries
+
+    if len(models.descendants) < 1:
+        raise OptionError("a lineage needs at least one stage")
+    config = replace(config or RunConfig(), **overrides)
+    final = models.descendants[-1]
+    b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers)
+    cfg = replace(config, tuned=final, title=config.title or f"crosspatch lineage: base -> {final}")
+    if out is not None:
+        check_out_dir(out, resume=resume, overwrite=overwrite, collection="lineage")
+        mark_collection(out, "lineage")
+    result = run(models, prompts, cfg, out=Path(out) / "run" if out is not None else None, progress=progress,
+                 analyses=[StageScores(b, list(models.descendants))], resume=resume, overwrite=overwrite)
+    summary = lineage_summary(result, list(models.descendants), b, BootstrapConfig(config.bootstrap, config.seed))
+    if steps:
+        summary["training_steps"] = {s: int(steps[s]) for s in models.descendants if s in steps}
+    report = render_lineage_markdown(summary)
+    if out is not None:
+        out = Path(out)
+        (out / "lineage.json").write_text(json.dumps(checked("lineage.json", summary), indent=2, default=str) + "\n")
+        plot_lineage(summary, out)
+        (out / "report.md").write_text(report)
+        (out / "report.html").write_text(render_lineage_html(summary, out))
+    return LineageResult(result, summary, report, Path(out) if out is not None else None)
+
+
+def lineage_summary(result: RunResult, stages: list[str], boundary: int, boot: BootstrapConfig) -> dict:
+    """Each stage's effects on the Base -> Final events, with its share of the final model two
+    ways, each with a joint prompt-cluster interval: ``share_of_final_shift`` (the stage's native
+    shift over the final's, each read with its own head) and ``share_of_final_interaction`` (the
+    method's authors' share: the stage's interaction over the final's, both read with the final
+    model's head). ``percent_of_final`` is the first share's point value, kept for old readers."""
+    rows = result.analyses.get("lineage", [])
+    by_stage: dict[str, dict[str, dict]] = {s: {} for s in stages}
+    for r in rows:
+        if r["stage"] in by_stage:
+            by_stage[r["stage"]][RecordKey.parse(r["key"]).event] = r
+    final = stages[-1]
+    events = [e for e in by_stage[final] if all(e in by_stage[s] for s in stages)]  # one event order for all
+    prompts = [by_stage[final][e]["prompt_id"] for e in events]
+
+    def matrix(stage: str, field: str) -> np.ndarray | None:
+        recs = [by_stage[stage][e] for e in events]
+        if any(field not in r for r in recs):  # rows of an older crosspatch: no final readout recorded
+            return None
+        return np.array([[r[field][c] for c in CELLS] for r in recs], dtype=float).reshape(-1, 4)
+
+    final_own, final_common = matrix(final, "cells"), matrix(final, "cells_final_readout")
+    out_stages = {}
+    for s in stages:
+        recs = list(by_stage[s].values())
+        values = np.array([[r["cells"][c] for c in CELLS] for r in recs], dtype=float).reshape(-1, 4)
+        block = effect_block(values, [r["prompt_id"] for r in recs], boot)
+        fake = [CellRecord(key=r["key"], prompt_id=r["prompt_id"], category=None, boundary=boundary, position=0,
+                           prompt_len=0, prefix_len=0, t_pt=0, t_it=0, t_pt_text="", t_it_text="",
+                           cells={"common_it": r["cells"], "common_pt": r["cells"]}, margin_pt=0.0, margin_it=0.0,
+                           near_tie=False, natural_agrees=True) for r in recs]
+        share_boot = block_bootstrap(boot, f"lineage-share/{s}")
+        by_shift = share_of_reference(matrix(s, "cells"), final_own, prompts, "native_shift", share_boot)
+        common = matrix(s, "cells_final_readout")
+        by_interaction = (share_of_reference(common, final_common, prompts, "interaction", share_boot)
+                          if common is not None and final_common is not None
+                          else {"mean": None, "ci": None, "n": len(events),
+                                "na_reason": "run recorded before the final readout was kept: rerun with --overwrite"})
+        common_block = (effect_block(common, prompts, share_boot)["effects"]["interaction"]
+                        if common is not None else {"mean": None, "ci": None})
+        out_stages[s] = {
+            "events": len(recs), "native_y": block["cells"]["uit_lit"], "native_shift": block["effects"]["native_shift"],
+            "E_PT": block["effects"]["E_PT"], "E_IT": block["effects"]["E_IT"],
+            "interaction": block["effects"]["interaction"],
+            "interaction_final_readout": common_block,
+            "share_of_final_shift": by_shift,
+            "share_of_final_interaction": by_interaction,
+            "percent_of_final": by_shift["mean"],
+            "top1_agreement_with_final": float(np.mean([r["top1_is_t_final"] for r in recs])) if recs else None,
+            "label_swap": label_swap_null(fake, seed=boot.seed),
+        }
+    return {"schema_version": LINEAGE_SCHEMA, "stages": stages, "final": final, "boundary": boundary,
+            "events": result.summary["counts"]["events"], "by_stage": {s: out_stages[s] for s in stages},
+            "note": ("support fixed on the Base -> Final first divergences; each stage scored on (t_Base, t_Final). "
+                     "Share of final (shift) = the stage's native shift Y(U_S,L_S) - Y(U_B,L_B), each model read with "
+                     "its own head, over the final stage's; share of final (interaction, the method's authors' "
+                     "measure) = the stage's interaction over the final's, every cell read with the final model's "
+                     "head; both with 95% prompt-cluster intervals")}
+
+
+def plot_lineage(summary: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..report.plots import legend
+
+    stages = summary["stages"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    steps = summary.get("training_steps") or {}
+    by_step = all(s in steps for s in stages)
+    x = np.array([steps[s] for s in stages]) if by_step else np.arange(len(stages))
+    for key, label in (("native_shift", "native shift D"), ("E_IT", "E_IT"), ("E_PT", "E_PT"),
+                       ("interaction", "interaction")):
+        stats = [summary["by_stage"][s][key] for s in stages]
+        means = [np.nan if st["mean"] is None else st["mean"] for st in stats]
+        ax.plot(x, means, marker="o", label=label)
+        lo = [np.nan if not st.get("ci") else st["ci"][0] for st in stats]
+        hi = [np.nan if not st.get("ci") else st["ci"][1] for st in stats]
+        ax.fill_between(x, lo, hi, alpha=0.15)
+    if by_step:
+        ax.set_xlabel("training step")
+    else:
+        ax.set_xticks(x, stages)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel("logits (t_Final vs t_Base)")
+    ax.set_title("lineage: every stage on the Base -> Final contrast")
+    legend(ax, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "lineage.png", dpi=120)
+    fig.savefig(out / "lineage.svg")
+    plt.close(fig)
+
+
+LINEAGE_COLUMNS = ("stage", "n", "native shift D", "share of final (shift)", "interaction (final's head)",
+                   "share of final (interaction, authors')", "top-1 = t_Final", "E_PT", "E_IT", "interaction",
+                   "label-swap null")
+
+
+def lineage_rows(summary: dict) -> list[list[str]]:
+    """One row per stage under :data:`LINEAGE_COLUMNS` (text, unescaped), for both reports."""
+    from ..report.markdown import fmt_percent, fmt_value
+
+    rows = []
+    for s in summary["stages"]:
+        r = summary["by_stage"][s]
+        agree = "n/a" if r["top1_agreement_with_final"] is None else f"{100 * r['top1_agreement_with_final']:.0f}%"
+        swap = r["label_swap"]
+        null = "n/a" if swap["p_value"] is None else f"p={swap['p_value']:.3f}"
+        share_shift = r.get("share_of_final_shift") or {"mean": r.get("percent_of_final"), "ci": None}
+        rows.append([s, str(r["events"]), fmt_value(r["native_shift"]), fmt_percent(share_shift),
+                     fmt_value(r.get("interaction_final_readout")), fmt_percent(r.get("share_of_final_interaction")),
+                     agree, fmt_value(r["E_PT"]), fmt_value(r["E_IT"]), fmt_value(r["interaction"]), null])
+    return rows
+
+
+def render_lineage_markdown(summary: dict) -> str:
+    from ..report.markdown import _table, md_escape
+
+    lines = ["# crosspatch lineage", "", md_escape(summary["note"]) + ".", "",
+             f"{summary['events']} Base -> Final events at boundary {summary['boundary']}.", "",
+             "![lineage](lineage.png)", ""]
+    rows = [[md_escape(row[0]), *row[1:]] for row in lineage_rows(summary)]
+    lines += _table(list(LINEAGE_COLUMNS), rows)
+    return "\n".join(lines + [""])
+
+
+def render_lineage_html(summary: dict, out: Path) -> str:
+    import base64
+
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
+    png = out / "lineage.png"
+    return env.get_template("tables.html.j2").render(
+        title="crosspatch lineage", intro=summary["note"],
+        tables=[("Stages", list(LINEAGE_COLUMNS), lineage_rows(summary))], links=[],
+        image=base64.b64encode(png.read_bytes()).decode() if png.exists() else None)

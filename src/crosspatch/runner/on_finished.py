@@ -1,0 +1,130 @@
+"""The after-the-fact commands, each on a finished run directory through the one path of
+:mod:`crosspatch.runner.finished`: ``crosspatch consequence`` (:func:`consequence_for_run`) and
+``crosspatch features train|mediate`` (:func:`run_features`). Both work on every run directory
+crosspatch writes (a pair, a compare member, a lineage run) and hold its lock while they write."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..analyses.consequence import (
+    CONSEQUENCE_FILE, Consequence, _record_partial, check_prompt_set, check_stored_consequences, validators_of,
+)
+from ..analyses.features import cache_activations
+from ..analyses.features.crosscoder import load_crosscoder, quality_gate, save_crosscoder, train_crosscoder
+from ..analyses.features.study import Closure, FeatureStudy, split_events
+from ..core.analysis import EventSet
+from ..errors import OptionError
+from ..execution import Executor
+from ..inputs.prompts import as_prompts
+from ..models.paths import local_max_positions
+from ..store import RunStore
+from .checks import check_continuation_lengths
+from .finished import first_events, reopen_models, resummarize, run_on_finished
+
+__all__ = ["consequence_for_run", "run_features"]
+
+
+def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt: bool = False,
+                        progress: bool = False, allow_partial: bool = False) -> dict:
+    """``crosspatch consequence RUN_DIR``: forced-token continuations of a finished run's
+    first-divergence events (prompts give the validators); resumable (events already scored in
+    consequence.jsonl are skipped). Works on every run directory crosspatch writes (a pair, a
+    compare member, a lineage run). Updates summary.json and the reports; returns the block."""
+
+    store = RunStore(run_dir)
+    config = store.config()
+    store.summary()  # the run must have finished
+    given = as_prompts(prompts)
+    validators = validators_of(given)
+    if not validators:
+        raise OptionError("no prompt carries a 'validator' field: nothing to score")
+    run_ids = set(config.get("prompt_ids") or [])
+    if run_ids and not run_ids & set(validators):
+        shown = ", ".join(sorted(validators)[:5])
+        raise OptionError(f"none of the {len(validators)} prompt(s) with a validator ({shown}"
+                          f"{', ...' if len(validators) > 5 else ''}) is a prompt of the run in {store.path}: "
+                          "give the run's own prompt file, with 'validator' fields added")
+    _, _, events = first_events(store, config)
+    partial = check_prompt_set(run_ids, [p.id for p in given], {e.prompt_id for e in events}, store.path,
+                               allow_partial)
+    seed = config["options"].get("seed", 0)
+    stored = store.load_rows(CONSEQUENCE_FILE)
+    check_stored_consequences(stored, validators, budget, with_pt, seed, store.path / CONSEQUENCE_FILE)
+    done = {row["event_key"] for row in stored}
+    events = [e for e in events if e.prompt_id in validators and e.key not in done]
+    lengths = {e.key: len(e.prefix_ids) for e in events}
+    base_path = (config.get("models", {}).get("base") or {}).get("path")
+    check_continuation_lengths(lengths, budget, local_max_positions(base_path) if base_path else None)
+    with store.lock():  # what this call left out, kept beside the records so every later summary reports it
+        _record_partial(store.path, partial)
+    if events:
+        summary = run_on_finished(run_dir, Consequence(validators, budget, with_pt, seed), events,
+                                  check_models=lambda models: check_continuation_lengths(
+                                      lengths, budget, models.facts[models.base].get("max_positions")))
+    else:
+        with store.lock():
+            summary = resummarize(store, config)
+    return summary.get("consequences") or {}
+
+
+
+def run_features(run_dir, crosscoder_dir=None, n_layers: int = 3, n_latents: int = 256, k: int = 8,
+                 steps: int = 1500, train_only: bool = False, log=print) -> dict:
+    """Train (or load) the crosscoder on a run's events, then mediation, rescue and closure
+    (holding the run directory's lock; works on every run directory crosspatch writes)."""
+    store = RunStore(run_dir)
+    with store.lock():  # one writer per run directory
+        return _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_only, log)
+
+
+def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_only, log) -> dict:
+    config = store.config()
+    store.summary()  # the run must have finished
+    boundary, _, events = first_events(store, config)
+    train, held = split_events(events)
+    needs = "a training half" if train_only else "a training and a held-out half"
+    if (crosscoder_dir is None and not train) or (not train_only and not (train and held)):
+        raise OptionError(
+            f"{store.path}: the feature study needs first-divergence events for {needs} (split by prompt); this run has "
+            f"{len(events)} valid event(s) at boundary {boundary} ({len(train)} training, {len(held)} held out). Run "
+            "more prompts")
+    pair = reopen_models(config)
+    ex = Executor.for_run(pair, config["options"])
+    out = store.path / "features"
+    started = time.perf_counter()
+    if crosscoder_dir is not None:
+        cc = load_crosscoder(crosscoder_dir)
+        layers = cc.config.layers or list(range(pair.num_layers - n_layers, pair.num_layers))
+        if cc.config.d_in != len(layers) * pair.hidden_size or not all(boundary <= x < pair.num_layers for x in layers):
+            raise OptionError(
+                f"--crosscoder {crosscoder_dir} reads layers {layers} with {cc.config.d_in} inputs; this run's late "
+                f"stack is layers {boundary}..{pair.num_layers - 1} of width {pair.hidden_size}: it was trained on "
+                "another model or boundary")
+    else:
+        layers = list(range(max(boundary, pair.num_layers - n_layers), pair.num_layers))
+        if len(layers) < n_layers:
+            log(f"--layers {n_layers}: the crosscoder reads the {len(layers)} layer(s) above boundary {boundary} "
+                f"({layers[0]}..{layers[-1]}), all there are")
+        x_pt, x_it = cache_activations(ex, train, boundary, layers, out / "activations", log=log)
+        cc = train_crosscoder(x_pt, x_it, layers, pair.hidden_size, n_latents=n_latents, k=k, steps=steps, log=log)
+        save_crosscoder(cc, out / "crosscoder")
+    h_pt, h_it = cache_activations(ex, held, boundary, layers, out / "activations_heldout", log=log) if held else (None, None)
+    gate = quality_gate(cc, h_pt, h_it) if h_pt is not None and len(h_pt) else None
+    result = {"boundary": boundary, "layers": layers, "n_latents": cc.config.n_latents, "k": cc.config.k,
+              "source": cc.config.source, "quality_gate": gate, "train_seconds": round(time.perf_counter() - started, 1)}
+    if not train_only:
+        t, h = EventSet(train, pair.base, pair.roles[1], None), EventSet(held, pair.base, pair.roles[1], None)
+        result["study"] = ex.drive(FeatureStudy(cc, boundary).program(ex, t, h))
+        result["closure"] = ex.drive(Closure(boundary).program(ex, t, h))
+        if gate is not None and not gate["passed"]:
+            result["note"] = "the crosscoder failed its quality gate: read the mediation results with caution"
+    pair.release()
+    out.mkdir(parents=True, exist_ok=True)
+    name = "train" if train_only else "mediate"  # each command's result kept beside the other's
+    result["result"] = name
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    resummarize(store, config)  # the features plug-in reads the results into summary.json and the reports
+    return result

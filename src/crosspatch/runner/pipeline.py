@@ -1,0 +1,325 @@
+"""The one path: load models -> find divergences -> analyses (the 2x2, ...) -> statistics -> report.
+
+``run`` works through the prompts in chunks (``process_chunk``: the divergence stage, then
+each analysis, all as programs for the executor); an engine (local or Ray) runs the chunks and
+each chunk's outcomes are appended to the run directory as soon as it is done, so an
+interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.analysis import EventSet
+from ..core.cells import CellRecord, CellsConfig, CrossPatch
+from ..analyses.event_kinds import EventKinds, parse_event_kinds, relabel
+from ..core.registry import PlanContext, enabled_plugins
+from .summary import build_summary
+from ..core.verdict import VerdictPolicy
+from ..core.divergence import DivergenceConfig, NoDivergence, divergence_program, find_divergences
+from ..execution import Executor, ModelSet, map_chunks
+from ..execution.batching import chunk_size, state_cache_bytes as cache_bytes
+from ..models.forward import WorkCounter, counting_work
+from ..models.loading import DTYPES
+from ..inputs.prompts import Prompt, as_prompts
+from ..core.stats import BootstrapConfig
+from ..errors import OptionError
+from .checks import (
+    check_chat_template, check_group_by, check_prompt_lengths, check_prompt_token_ids,
+    validate_run_options,
+)
+from ..store import RunStore, check_complete, completed_prompts
+# the run's pieces, each in its own module; importable from here as before
+from .result import Rendered, RunResult, rerender, rerender_run, write_outputs  # noqa: F401
+from .resume import finished_result, precision_reached, precision_record, processed_prompts  # noqa: F401
+from .config import RunConfig, normalise_run_config, resolve_boundaries  # noqa: F401
+from .shards import merge_runs, select_shard  # noqa: F401
+from .prepare import build_config_record, prompt_token_ids, with_nulls
+
+
+@dataclass
+class ChunkPlan:
+    """What every chunk of a run does (picklable: it travels to Ray actors)."""
+
+    boundaries: list[int]
+    divergence: DivergenceConfig
+    cells: CellsConfig
+    analyses: list = field(default_factory=list)  # controls and further analyses, run on the same events
+    tuned: str | None = None  # the descendant role scored against the base (default: the first)
+    kinds: EventKinds | None = None  # event kinds beyond the first divergence
+
+
+@dataclass
+class ChunkResult:
+    """One chunk's outcomes: events, no-divergence outcomes, 2x2 records, other analyses'
+    records (by analysis name), and the work done in token-layers."""
+
+    events: list
+    no_divergence: list[NoDivergence]
+    records: list[CellRecord]
+    analyses: dict[str, list]
+    token_layers: int
+
+
+def process_chunk(models, plan: ChunkPlan, item) -> ChunkResult:
+    """Search and score one chunk of prompts (``item`` = (prompts, token ids)): the unit of work
+    of every engine. The stages are programs the executor runs, whatever the residency."""
+    prompts, token_ids = item
+    ex = Executor(models, plan.cells.batch_size, plan.cells.max_batch_tokens)
+    tuned = plan.tuned or models.roles[1]
+    with counting_work() as work:
+        events, none, natural = ex.drive(divergence_program(prompts, token_ids, plan.divergence, models.base, tuned))
+        evset = EventSet(events, models.base, tuned, natural)
+        programs = [CrossPatch(plan.boundaries, plan.cells).program(ex, evset)]
+        programs += [a.program(ex, evset) for a in plan.analyses]
+        if plan.kinds is not None:
+            programs.append(plan.kinds.program(ex, evset))
+        values = ex.drive_all(programs)  # side by side: passes of one role grouped across analyses
+        scored = values[0]
+        others = {a.name: v for a, v in zip(plan.analyses, values[1:])}
+        if plan.kinds is not None:  # written before the first divergence's records, which mark completion
+            kind_records, twins = values[-1]
+            scored = kind_records + relabel(scored, twins) + scored
+    return ChunkResult(events, none, scored, others, work.token_layers)
+
+
+def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analyses=(),
+               validators: dict | None = None) -> ChunkPlan:
+    """What every chunk runs: the search, the 2x2, and the analysis of every enabled plug-in
+    (selected controls, default analyses, ``config.analyses``), then the ``analyses`` objects given
+    in Python (``run`` has put the names of registered plug-ins into ``config.analyses``)."""
+    div_cfg = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model,
+                               capture_boundaries=boundaries if config.plan == "minimal" else None,
+                               max_batch_tokens=config.max_batch_tokens)
+    context = PlanContext.for_run(config, boundaries, num_layers, validators)
+    cells = context.cells
+    kinds = parse_event_kinds(config.event_kinds)
+    built = []
+    for plugin in enabled_plugins(vars(config)):
+        if plugin.build is None:
+            continue
+        analysis = plugin.build(plugin.make_options(config.analysis_options.get(plugin.name)), context)
+        if analysis is not None:
+            built.append(analysis)
+    return ChunkPlan(boundaries, div_cfg, cells, built + list(analyses), config.tuned,
+                     EventKinds(boundaries, kinds, config.max_new_tokens, config.rollout_model, cells)
+                     if len(kinds) > 1 else None)
+
+
+def _float32_models(models: ModelSet) -> ModelSet:
+    """The same models in float32: reloaded from their paths, or copied when in memory."""
+    import copy
+
+    from ..execution import load_models, models_from_modules
+    from ..models.loading import LoadOptions
+
+    spec = models.provenance.get("load_spec")
+    if spec is not None:
+        opts = LoadOptions(**{**spec["options"], "dtype": "float32"})
+        return load_models(spec["base"], tuned=spec["tuned"], adapters=spec["adapters"], options=opts)
+    modules = {role: copy.deepcopy(models.handle(role).module).float() for role in models.roles}
+    return models_from_modules(modules, models.tokenizer, models.tokenizers)
+
+
+def verify_near_ties_fp32(models: ModelSet, prompts: list[Prompt], token_ids: list[list[int]],
+                          records: list[CellRecord], config: RunConfig) -> dict:
+    """Re-run the divergence search of near-tie events' prompts in float32; count the events whose
+    position or tokens move (a low-precision near-tie decided them)."""
+    dtype = models.provenance.get("load_options", {}).get("dtype", "float32")
+    ties = {r.prompt_id: r for r in records if r.kind == "first_diff" and r.near_tie}
+    if dtype == "float32" or not ties:
+        return {"checked": 0, "moved": 0, "moved_prompts": [],
+                "note": "the run is already float32" if dtype == "float32" else "no near-tie events"}
+    idx = [k for k, p in enumerate(prompts) if p.id in ties]
+    models32 = _float32_models(models)
+    div = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model,
+                           max_batch_tokens=config.max_batch_tokens)
+    events, none = find_divergences(models32, [prompts[k] for k in idx], [token_ids[k] for k in idx], div,
+                                    tuned=config.tuned or models.roles[1])
+    found = {e.prompt_id: (e.position, e.t_pt, e.t_it) for e in events}
+    moved = sorted(pid for pid, r in ties.items() if found.get(pid) != (r.position, r.t_pt, r.t_it))
+    models32.release()
+    return {"checked": len(ties), "moved": len(moved), "moved_prompts": moved[:200]}
+
+
+def state_cache_bytes(models: ModelSet, prompt_ids: list[list[int]], max_new_tokens: int, n_boundaries: int) -> int:
+    """Upper bound of the CPU state cache of one chunk under sequential residency: both models'
+    boundary and final states over prompt + budget tokens, in the compute dtype."""
+    dtype = models.provenance.get("load_options", {}).get("dtype", "float32")
+    itemsize = DTYPES[dtype].itemsize if dtype in DTYPES else 4
+    tokens = sum(len(p) + max_new_tokens for p in prompt_ids)
+    return cache_bytes("sequential", tokens, models.hidden_size, itemsize, n_boundaries)
+
+
+def _say(enabled: bool, message: str) -> None:
+    if enabled:
+        from rich.console import Console
+
+        Console(stderr=True).print(message, soft_wrap=True, markup=False)
+
+
+def _progress(enabled: bool):
+    """Progress bars on a terminal; plain progress lines when standard error is not one."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if enabled and not console.is_terminal:
+        from .progress import LineProgress
+
+        return LineProgress()
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=not (enabled and console.is_terminal), transient=False,
+    )
+
+
+def run(
+    pair: ModelSet,
+    prompts,
+    config: RunConfig | None = None,
+    out: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    analyses=(),
+    overwrite: bool = False,
+    **overrides,
+) -> RunResult:
+    """Run the first-divergence 2x2 on ``prompts`` (Prompt objects, dicts or strings), and any
+    further ``analyses`` (:class:`~crosspatch.core.analysis.Analysis`) on the same events; their
+    records are in ``result.analyses[name]`` and ``<name>.jsonl``.
+
+    With ``out``, records stream into that run directory (resumable) and the summary, Parquet
+    table and report.md are written there. ``resume=False`` refuses a directory that already
+    holds this run; ``overwrite=True`` replaces the crosspatch run in ``out`` (never other files)."""
+    config = config or RunConfig()
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise TypeError(f"unknown run option {key!r}")
+        setattr(config, key, value)
+    named = [a for a in analyses if isinstance(a, str)]  # registered analyses given by name
+    if named:
+        config.analyses = list(dict.fromkeys([*config.analyses, *named]))
+    analyses = [a for a in analyses if not isinstance(a, str)]
+    validate_run_options(config)
+    normalise_run_config(config)
+    tuned = config.tuned or pair.roles[1]
+    if tuned not in pair.descendants:
+        raise OptionError(f"tuned must name a descendant role ({', '.join(pair.descendants)}), not {tuned!r}")
+    pair, config = with_nulls(pair, config, tuned)
+    all_prompts = as_prompts(prompts)
+    run_warnings = check_group_by(list(config.group_by), all_prompts)
+    if config.chat_template:
+        check_chat_template(pair.tokenizers[tuned])
+    boundaries = resolve_boundaries(config, pair.num_layers)
+    from ..analyses.consequence import validators_of
+
+    validators = validators_of(all_prompts)
+    if config.consequence and not validators:
+        run_warnings.append("--consequence: no prompt carries a 'validator' field, so nothing is scored")
+    plan = chunk_plan(config, boundaries, pair.num_layers, analyses, validators)  # validates kinds and controls
+    VerdictPolicy.from_dict(config.policy or {})
+    names = [a.name for a in plan.analyses]
+    if len(set(names)) != len(names):
+        raise OptionError(f"analysis names must be unique in a run: {names}")
+    prompts = select_shard(all_prompts, config.shard)
+    record = build_config_record(pair, all_prompts, config, boundaries, [p.id for p in prompts])
+    record["run_warnings"] = run_warnings
+    token_ids = prompt_token_ids(pair, prompts, tuned, config)
+    check_prompt_lengths([p.id for p in prompts], token_ids, config.max_new_tokens,
+                         pair.facts[pair.base].get("max_positions"),
+                         config.consequence_budget if config.consequence and validators else None,
+                         max([0] + [a.tokens_past_prompt() for a in plan.analyses]))
+    check_prompt_token_ids([p.id for p in prompts], token_ids,
+                           {role: pair.facts[role].get("input_embeddings") for role in pair.roles})
+    store = RunStore(out) if out is not None else None
+    with store.lock() if store is not None else contextlib.nullcontext():  # one process per run directory
+        records: list[CellRecord] = []
+        no_div: list[NoDivergence] = []
+        if store is not None:
+            records, no_div = store.start(record, resume=resume, overwrite=overwrite)
+        done = completed_prompts(records, no_div, boundaries)
+        todo = [k for k, p in enumerate(prompts) if p.id not in done]
+        resumed = len(prompts) - len(todo)
+        if resumed:
+            _say(progress, f"resumed: {resumed} prompt(s) already done in {out}, {len(todo)} to go")
+        by_id = {p.id: k for k, p in enumerate(prompts)}
+        started = time.perf_counter()
+        chunk = chunk_size(pair.residency, config.batch_size, config.sequential_chunk)
+        dtype = pair.provenance.get("load_options", {}).get("dtype", "float32")
+        size = cache_bytes(pair.residency, sum(len(token_ids[k]) + config.max_new_tokens for k in todo[:chunk]),
+                           pair.hidden_size, DTYPES[dtype].itemsize if dtype in DTYPES else 4, len(boundaries))
+        if size is not None and todo:
+            batching = (f"batches of at most {config.max_batch_tokens:,} padded tokens" if config.max_batch_tokens
+                        else "--max-batch-tokens bounds each batch's working memory")
+            _say(progress, f"sequential residency: one model at a time; CPU state cache up to {size / 2**20:.1f} MiB; "
+                           f"{batching} ({pair.provenance.get('residency_reason', '')})")
+        event_work = 0
+        work = WorkCounter()  # summed from the chunks (which may run in other processes)
+        analysis_records: dict[str, list] = {  # earlier sessions' records of prompts already complete
+            a.name: [r for r in (store.load_rows(f"{a.name}.jsonl") if store is not None else []) if r.get("prompt_id") in done]
+            for a in plan.analyses}
+        with _progress(progress) if progress else contextlib.nullcontext() as bar:
+            if bar:
+                search_task = bar.add_task("divergence search (prompts)", total=len(prompts),
+                                           completed=len(prompts) - len(todo))
+                cells_task = bar.add_task(f"2x2 cells at {len(boundaries)} boundar{'y' if len(boundaries) == 1 else 'ies'} "
+                                          "(records of the events found so far)", total=len(records), completed=len(records))
+            items = [([prompts[k] for k in todo[start : start + chunk]], [token_ids[k] for k in todo[start : start + chunk]])
+                     for start in range(0, len(todo), chunk)]
+            precision = {"target": config.until_ci_width, "half_width": None, "reached": False} \
+                if config.until_ci_width else None
+            if precision is not None and precision_reached(precision, records, boundaries, pair.num_layers, config):
+                items = []  # an earlier session already reached the target: nothing more to process
+            try:
+                for result in map_chunks(pair, process_chunk, plan, items, config.engine, config.workers):
+                    # streamed: each chunk is stored as soon as it is done
+                    work.add(result.token_layers, 1)
+                    event_work += sum(len(e.prefix_ids) for e in result.events) * pair.num_layers
+                    for rec in result.records:
+                        meta = prompts[by_id[rec.prompt_id]].metadata
+                        rec.extra.update({f: meta.get(f) for f in config.group_by})
+                    if store is not None:
+                        for name, rows in result.analyses.items():
+                            store.append_rows(f"{name}.jsonl", rows)
+                        # the 2x2 records last: a prompt counts as done once all its boundaries are stored
+                        store.append_records(result.records)
+                        store.append_no_divergence(result.no_divergence)
+                    for name, rows in result.analyses.items():
+                        analysis_records[name] += [r.to_record() if hasattr(r, "to_record") else r for r in rows]
+                    records += result.records
+                    no_div += result.no_divergence
+                    if bar:
+                        bar.update(search_task, advance=len(result.events) + len(result.no_divergence))
+                        bar.update(cells_task, total=len(records), completed=len(records))
+                    if precision is not None and precision_reached(precision, records, boundaries, pair.num_layers, config):
+                        break  # the interval is as narrow as asked: the remaining prompts are left, and said so
+            finally:
+                pair.release()
+        processed = processed_prompts(precision, prompts, records, no_div, boundaries)
+        check_complete([p.id for p in processed], records, no_div, boundaries, str(out) if out is not None else "run")
+        records.sort(key=lambda r: (by_id.get(r.prompt_id, len(by_id)), r.boundary))
+        no_div.sort(key=lambda x: by_id.get(x.prompt_id, len(by_id)))
+        boot = BootstrapConfig(config.bootstrap, config.seed)
+        cost = {
+            "plan": config.plan,
+            "token_layers_executed": work.token_layers,
+            "event_prefix_token_layers": event_work,
+            "fe_per_event": round(work.token_layers / event_work, 3) if event_work else None,
+            "seconds": round(time.perf_counter() - started, 3),
+            "prompts_processed": len(todo) - (len(precision["unprocessed"]) if precision is not None else 0),
+            "prompts_resumed": resumed,
+        }
+        session_keys = {"cost_this_session": cost}
+        if precision is not None:
+            session_keys["until_ci_width"] = precision_record(precision)
+        if config.verify_fp32:
+            session_keys["fp32_verification"] = verify_near_ties_fp32(pair, prompts, token_ids, records, config)
+        summary = build_summary(record, records, no_div, len(processed), boot, session_keys, analysis_records, run_dir=out)
+        result = RunResult(summary, records, no_div, record, Path(out) if out is not None else None, analysis_records)
+        if store is not None:
+            result._report = write_outputs(store, summary, records, record)
+        return result

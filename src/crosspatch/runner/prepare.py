@@ -1,0 +1,120 @@
+"""What a run prepares before any chunk: the prompts as token ids (chat template, images), the
+null descendants it adds, and the record of everything it was asked that goes into config.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+from ..execution import ModelSet
+from ..models.vocab import tokenize_once
+from ..inputs.prompts import Prompt, prompts_digest
+from ..errors import OptionError
+from ..store import CONFIG_SCHEMA, environment, fingerprint
+# the run's pieces, each in its own module; importable from here as before
+from .result import Rendered, RunResult, rerender, rerender_run, write_outputs  # noqa: F401
+from .resume import finished_result, precision_reached, precision_record, processed_prompts  # noqa: F401
+from .config import RunConfig, normalise_run_config, resolve_boundaries  # noqa: F401
+from .shards import merge_runs, select_shard  # noqa: F401
+
+
+def _prompt_text(pair: ModelSet, prompt: Prompt, config: RunConfig) -> str:
+    if not config.chat_template:
+        return prompt.prompt
+    return pair.tokenizers[config.tuned or pair.roles[1]].apply_chat_template(
+        [{"role": "user", "content": prompt.prompt}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def prompt_token_ids(pair: ModelSet, prompts: list[Prompt], tuned: str, config: RunConfig) -> list[list[int]]:
+    """Token ids of every prompt, identical under the base's and ``tuned``'s tokenizers; an image
+    prompt goes through both models' processors (which must agree) and its image is registered
+    for the passes (:mod:`crosspatch.models.media`)."""
+    import torch
+
+    from ..errors import PromptImageError
+    from ..models.media import encode_image_prompt
+
+    token = pair.image_token_id
+    images = [p.id for p in prompts if p.metadata.get("image")]
+    if images and token is None:
+        raise PromptImageError(f"prompt(s) {', '.join(images[:5])} have an image, but the base is a text-only model")
+    if images and config.engine != "local":
+        raise OptionError("image prompts run with the local engine (--engine local)")
+    out = []
+    for p in prompts:
+        text = _prompt_text(pair, p, config)
+        if not p.metadata.get("image"):
+            # a chat template renders its special tokens (BOS too): adding them again doubles BOS
+            ids = tokenize_once(pair.tokenizers[pair.base], pair.tokenizers[tuned], p.id, text,
+                                add_special_tokens=not config.chat_template)
+            if token is not None and token in ids:
+                raise PromptImageError(f"prompt {p.id!r} holds the image placeholder but has no 'image' field")
+            out.append(ids)
+            continue
+        processor_pt, processor_it = pair.processor(pair.base), pair.processor(tuned)
+        ids, inputs = encode_image_prompt(processor_pt, p.id, text, p.metadata["image"])
+        ids_it, inputs_it = (ids, inputs) if processor_it is processor_pt else \
+            encode_image_prompt(processor_it, p.id, text, p.metadata["image"])
+        same = ids == ids_it and inputs.keys() == inputs_it.keys() and all(
+            inputs[k].shape == inputs_it[k].shape and torch.equal(inputs[k], inputs_it[k]) for k in inputs)
+        if not same:
+            raise PromptImageError(f"prompt {p.id!r}: the base's and {tuned!r}'s processors turn the image into "
+                                   "different tokens or pixels; cross-patching needs one shared prefix")
+        pair.media.register(p.id, ids, inputs)
+        out.append(ids)
+    return out
+
+
+def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig, boundaries: list[int],
+                        shard_ids: list[str] | None = None) -> dict:
+    options = asdict(config)
+    digest = prompts_digest(prompts)
+    models = {k: v for k, v in pair.provenance.items() if k not in ("residency_reason", "load_spec", "reopen_spec")}
+    models["load_options"] = {k: v for k, v in models.get("load_options", {}).items() if k != "residency"}
+    result_parts = {  # what changes results; residency and batching only move float rounding
+        "options": {k: v for k, v in options.items()
+                    if k not in ("batch_size", "max_batch_tokens", "title", "back_link", "shard", "engine", "workers", "sequential_chunk",
+                                 "verify_fp32", "policy", "until_ci_width")},
+        "boundaries": boundaries,
+        "models": models,
+        "prompts": digest,
+    }
+    run_fingerprint = fingerprint(result_parts)
+    return {
+        "schema_version": CONFIG_SCHEMA,
+        "title": config.title,
+        "back_link": config.back_link,
+        "options": options,
+        "resolved_boundaries": boundaries,
+        "num_layers": pair.num_layers,
+        "residency": pair.residency,
+        "models": {k: v for k, v in pair.provenance.items() if k not in ("load_spec", "reopen_spec")},
+        # what reloads these models (after-the-fact analyses)
+        "load_spec": pair.provenance.get("load_spec") or pair.provenance.get("reopen_spec"),
+        "roles": list(pair.roles),
+        "load_options": pair.provenance.get("load_options", {}),
+        "prompts": {"count": len(prompts), "sha256": digest},
+        "prompt_ids": shard_ids if shard_ids is not None else [p.id for p in prompts],  # this run's (shard's)
+        "fingerprint_inputs": result_parts,
+        "pair_warnings": pair.warnings,
+        "real_vocabulary": pair.real_vocab.as_record(),
+        "environment": environment(),
+        "run_fingerprint": run_fingerprint,  # the same for every shard of one run
+        "fingerprint": fingerprint({"run": run_fingerprint, "shard": config.shard}),
+    }
+
+
+def with_nulls(pair: ModelSet, config: RunConfig, tuned: str) -> tuple[ModelSet, RunConfig]:
+    """The model set and config with the run's null descendants checked (``config.nulls``: other
+    descendant roles) and its synthetic nulls built (``config.synthetic_nulls``)."""
+    bad = [n for n in config.nulls if n not in pair.descendants or n == tuned]
+    if bad:
+        others = ", ".join(r for r in pair.descendants if r != tuned) or "none"
+        raise OptionError(f"nulls must name other descendant roles of the model set ({others}), "
+                          f"not {', '.join(map(repr, bad))}")
+    if not config.synthetic_nulls:
+        return pair, config
+    from ..execution.nulls import with_synthetic_nulls
+
+    pair, roles = with_synthetic_nulls(pair, tuned, config.synthetic_nulls, config.seed)
+    return pair, replace(config, nulls=[*config.nulls, *roles], tuned=tuned)

@@ -1,0 +1,161 @@
+"""What a run produced (:class:`RunResult`), and its reports written or re-rendered from the
+stored files alone (``crosspatch report``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import OptionError
+from ..core.records import CellRecord, NoDivergence
+from ..report.markdown import render_markdown
+from ..report.render import render_reports
+from ..store import RunStore, events_frame, missing_prompts, records_frame
+
+
+@dataclass
+class RunResult:
+    """What a run produced; ``events`` is a pandas DataFrame, one row per (event, boundary)."""
+
+    summary: dict
+    records: list[CellRecord]
+    no_divergence: list[NoDivergence]
+    config: dict
+    run_dir: Path | None = None
+    analyses: dict[str, list] = field(default_factory=dict)  # further analyses' records, by name
+    _report: str | None = field(default=None, repr=False)
+
+    @property
+    def events(self):
+        """One row per (event, boundary): the event kinds on it (``kinds``, ``is_<kind>``),
+        identity, tokens, every cell, per-event effects (:func:`~crosspatch.store.events_frame`)."""
+        return events_frame(self.records)
+
+    @property
+    def events_long(self):
+        """The long form: one row per (event, event kind, boundary), as events.jsonl and
+        events.parquet store them, with ``kind`` (:func:`~crosspatch.store.records_frame`)."""
+        return records_frame(self.records)
+
+    def to_pandas(self, long: bool = False):
+        """:attr:`events` (or :attr:`events_long` with ``long=True``) as a pandas DataFrame."""
+        return self.events_long if long else self.events
+
+    @property
+    def verdict(self):
+        """The run's verdict (docs/verdict.md): a :class:`~crosspatch.core.verdict.VerdictView`, the
+        stored ``{"verdict", "grade", "reason", "numbers", ...}`` dict with typed attributes
+        (``.verdict``, ``.grade``, ``.reason``, ``.share``); None before a summary exists."""
+        from ..core.verdict import VerdictView
+
+        stored = self.summary.get("verdict")
+        return VerdictView(stored) if stored is not None else None
+
+    def _blocks(self, boundary, readout: str):
+        bs = [str(boundary)] if boundary is not None else self.summary["boundaries"]
+        for b in bs:
+            if b not in self.summary["results"]:
+                raise KeyError(f"boundary {b} was not scored in this run (scored: {', '.join(self.summary['boundaries'])})")
+            blocks = self.summary["results"][b]
+            if readout not in blocks or readout == "readout_agreement":
+                known = [k for k in blocks if k != "readout_agreement"]
+                raise OptionError(f"no readout {readout!r}; readouts: {', '.join(known)}")
+            yield b, blocks[readout]
+
+    def effects(self, boundary: int | None = None, readout: str = "common_it", by: str | None = None):
+        """A DataFrame of the effects with 95% intervals: one row per (boundary, group, effect).
+        ``by``: a breakdown (``category``, ``position``, ``event_kind``, ``token_category`` or a
+        ``--group-by`` field); default the headline (all first-divergence events)."""
+        import pandas as pd
+
+        by = {"kind": "event_kind", "kinds": "event_kind"}.get(by, by)  # the records' and frames' names for it
+        rows = []
+        for b, res in self._blocks(boundary, readout):
+            if by is not None and f"by_{by}" not in res:
+                known = sorted(k[3:] for k in res if k.startswith("by_"))
+                raise OptionError(f"no breakdown by {by!r} in this run; breakdowns: {', '.join(known) or 'none'} "
+                                  "(a prompt field becomes one with --group-by)")
+            groups = {"all": res["all"]} if by is None else res[f"by_{by}"]
+            for group, block in groups.items():
+                for name, stat in block["effects"].items():
+                    ci = stat.get("ci") or [None, None]
+                    rows.append({"boundary": int(b), "group": group, "effect": name, "mean": stat["mean"],
+                                 "ci_low": ci[0], "ci_high": ci[1], "n_events": block["n_events"],
+                                 "n_prompts": block["n_prompts"], "note": stat.get("na_reason")})
+        return pd.DataFrame(rows)
+
+    def cells(self, boundary: int | None = None, readout: str = "common_it"):
+        """A DataFrame of the four cell means with 95% intervals, per boundary."""
+        import pandas as pd
+
+        rows = []
+        for b, res in self._blocks(boundary, readout):
+            for cell, stat in res["all"]["cells"].items():
+                ci = stat.get("ci") or [None, None]
+                rows.append({"boundary": int(b), "cell": cell, "mean": stat["mean"], "ci_low": ci[0], "ci_high": ci[1],
+                             "n_events": res["all"]["n_events"]})
+        return pd.DataFrame(rows)
+
+    def controls(self):
+        """The Controls table as a DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame([{k: v for k, v in row.items() if k != "details"} for row in self.summary.get("controls", [])])
+
+    def __repr__(self) -> str:
+        counts = self.summary.get("counts", {})
+        v = (self.verdict or {}).get("verdict", "n/a")
+        where = f", run_dir={str(self.run_dir)!r}" if self.run_dir else ""
+        return (f"RunResult(prompts={counts.get('prompts')}, events={counts.get('events')}, "
+                f"boundaries={self.summary.get('boundaries')}, verdict={v!r}{where})")
+
+    @property
+    def report(self) -> str:
+        if self._report is None:
+            self._report = render_markdown(self.config, self.summary)
+        return self._report
+
+
+def write_outputs(store: RunStore, summary: dict, records: list[CellRecord], config: dict) -> str:
+    """summary.json, events.parquet, then the reports; returns the Markdown report."""
+    store.write_summary(summary)
+    store.write_parquet(records)
+    return render_reports(store, summary, config)
+
+
+@dataclass
+class Rendered:
+    """What ``crosspatch report`` produced: the Markdown text, the files written, warnings."""
+
+    text: str
+    files: list[Path]
+    warnings: list[str]
+
+
+def rerender_run(run_dir: str | Path) -> Rendered:
+    """Re-render the reports from a run directory's stored files alone, after checking that
+    every prompt of the run is accounted for (a warning names the missing ones)."""
+    store = RunStore(run_dir)
+    with store.lock():  # one writer per run directory
+        return _rerender(store)
+
+
+def _rerender(store: RunStore) -> Rendered:
+    config, summary = store.config(), store.summary()
+    warnings = []
+    if "prompt_ids" in config:
+        left = set((summary.get("until_ci_width") or {}).get("unprocessed_prompts") or [])  # by design
+        missing = missing_prompts([p for p in config["prompt_ids"] if p not in left], store.load_records(),
+                                  store.load_no_divergence(), config["resolved_boundaries"])
+        if missing:
+            warnings.append(f"{len(missing)} prompt(s) of this run have no record in events.jsonl or "
+                            f"no_divergence.jsonl: {', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}; "
+                            "the summary was computed before they went missing")
+    text = render_reports(store, summary, config)
+    files = [store.path / n for n in ("report.md", "report.html", "sweep.png", "sweep.svg") if (store.path / n).exists()]
+    return Rendered(text, files, warnings)
+
+
+def rerender(run_dir: str | Path) -> str:
+    """Re-render the reports from a run directory's stored files alone; returns report.md."""
+    return rerender_run(run_dir).text

@@ -1,0 +1,114 @@
+"""Resuming: a finished run recognised before any model loads (:func:`finished_result`), and
+``--until-ci-width``'s bookkeeping (whether the interval is narrow enough, which prompts were
+processed, what the summary says of it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.cells import headline_boundary
+from ..errors import CrosspatchError
+from ..inputs.prompts import Prompt, as_prompts, prompts_digest
+from .result import RunResult
+from .config import RunConfig, normalise_run_config, resolve_boundaries
+from .shards import select_shard
+from ..core.stats import BootstrapConfig
+from ..store import RunStore, completed_prompts
+
+
+def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters: dict[str, str], options,
+                    prompts, config: RunConfig) -> RunResult | None:
+    """The stored result of ``out`` when it already holds this very run, finished: the same load
+    request (paths and load options), unchanged weight files (their sha256 recomputed), the same
+    options, boundaries and prompts, every prompt done and a summary written. None otherwise (the
+    caller loads the models and ``run`` resumes, refuses or replaces as usual). Nothing is loaded
+    or written: the command that finished the run says so instantly."""
+    import json
+    from dataclasses import asdict, replace
+
+    from ..execution.opening import choose_residency, load_spec
+    from ..models.loading import provenance
+    path = Path(out)
+    if not (path / "config.json").is_file() or not (path / "summary.json").is_file():
+        return None
+    config = normalise_run_config(replace(config))
+    if config.until_ci_width is not None or config.synthetic_nulls or config.verify_fp32:
+        return None  # these decide or measure in the session itself
+    store = RunStore(path)
+    try:
+        stored = store.config()
+        options = replace(options)
+        options.residency = options.residency or choose_residency(base, list(tuned.values()), list(adapters.values()),
+                                                                  options)[0]
+        spec = load_spec(base, tuned, adapters, options)
+        if json.loads(json.dumps(spec, default=str)) != stored.get("load_spec"):
+            return None
+        if json.loads(json.dumps(asdict(config), default=str)) != stored.get("options"):
+            return None
+        models = stored.get("models") or {}
+        recorded = [models.get("base")] + ([models[k] for k in ("tuned", "adapter") if k in models]
+                                           or list((models.get("descendants") or {}).values()))
+        for entry in recorded:
+            if entry is None or provenance(entry["path"], options).get("weights") != entry.get("weights"):
+                return None  # a weight file changed (or was never hashed)
+        all_prompts = as_prompts(prompts)
+        if stored.get("fingerprint_inputs", {}).get("prompts") != prompts_digest(all_prompts):
+            return None
+        boundaries = stored["resolved_boundaries"]
+        if resolve_boundaries(config, stored["num_layers"]) != boundaries:
+            return None
+        records, no_div = store.load_records(), store.load_no_divergence()
+        wanted = {p.id for p in select_shard(all_prompts, config.shard)}
+        if not wanted <= completed_prompts(records, no_div, boundaries):
+            return None
+        summary = store.summary()
+    except (CrosspatchError, OSError, KeyError, TypeError, ValueError):
+        return None  # anything unusual: the normal path decides, with its named errors
+    from .finished import stored_analyses
+
+    return RunResult(summary, records, no_div, stored, path, stored_analyses(store))
+
+
+def processed_prompts(precision: dict | None, prompts: list[Prompt], records, no_div, boundaries) -> list[Prompt]:
+    """The prompts this run accounts for: all of them, or with ``--until-ci-width`` those processed
+    before the target was reached (the others are recorded in ``precision``)."""
+    if precision is None:
+        return prompts
+    done = completed_prompts(records, no_div, boundaries)
+    unprocessed = [p.id for p in prompts if p.id not in done]
+    precision.update(prompts_processed=len(prompts) - len(unprocessed), prompts_total=len(prompts),
+                     unprocessed=unprocessed)
+    return [p for p in prompts if p.id in done]
+
+
+def precision_reached(precision: dict, records, boundaries: list[int], num_layers: int, config: RunConfig) -> bool:
+    """Whether the interaction's 95% half-width at the headline boundary (common-IT, first
+    divergences, prompt-cluster bootstrap) is at most ``precision["target"]``; updates it."""
+    from ..core.stats import cell_matrix, effect_block
+
+    headline = headline_boundary(boundaries, num_layers)
+    first = [r for r in records if r.boundary == headline and r.kind == "first_diff" and r.valid]
+    if not first:
+        return False
+    ci = effect_block(cell_matrix(first, "common_it"), [r.prompt_id for r in first],
+                      BootstrapConfig(max(config.bootstrap, 200), config.seed))["effects"]["interaction"]["ci"]
+    if ci is None or None in ci:
+        return False
+    precision["half_width"] = (ci[1] - ci[0]) / 2
+    precision["reached"] = precision["half_width"] <= precision["target"]
+    return precision["reached"]
+
+
+def precision_record(precision: dict) -> dict:
+    """What ``--until-ci-width`` did, in words and numbers (summary.json ``until_ci_width``)."""
+    out = {k: v for k, v in precision.items() if k != "unprocessed"}
+    out["unprocessed_prompts"] = list(precision["unprocessed"])
+    hw = precision["half_width"]
+    out["message"] = (
+        f"the interaction's 95% half-width reached {hw:.3f} <= {precision['target']} after "
+        f"{precision['prompts_processed']} of {precision['prompts_total']} prompts; the other "
+        f"{len(precision['unprocessed'])} were not processed (run again with a smaller width to add them)"
+        if precision["reached"] else
+        f"the prompts ran out: {precision['prompts_total']} processed, half-width "
+        + (f"{hw:.3f}" if hw is not None else "n/a") + f" > {precision['target']} (add prompts)")
+    return out

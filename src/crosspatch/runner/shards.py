@@ -1,0 +1,73 @@
+"""Shards of one run: the prompts a shard takes (``--shard i/n``) and :func:`merge_runs`, which
+combines the finished shards into one run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import RunDirectoryError
+from ..inputs.prompts import Prompt
+from .result import RunResult, write_outputs
+from ..core.stats import BootstrapConfig
+from ..store import EVENTS_FILE, NO_DIV_FILE, RunStore, check_complete, fingerprint
+from .summary import build_summary
+from .checks import parse_shard
+
+
+def select_shard(prompts: list[Prompt], shard: str | None) -> list[Prompt]:
+    """Prompts of shard ``i/n``: positions i, i+n, i+2n, ... of the prompt list."""
+    if shard is None:
+        return prompts
+    i, n = parse_shard(shard)
+    return prompts[i::n]
+
+
+def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override: int | None = None,
+               overwrite: bool = False) -> RunResult:
+    """Combine the run directories of shards ``0/n .. n-1/n`` of one run into ``out`` (a new or
+    empty directory; ``overwrite`` replaces a crosspatch run there): events and no-divergence
+    outcomes concatenated, statistics and report computed on the union. Every shard must be
+    finished and complete (every prompt accounted for)."""
+    if not shard_dirs:
+        raise RunDirectoryError("give the run directories of the shards to merge")
+    out_path = Path(out).resolve()
+    if any(Path(d).resolve() == out_path for d in shard_dirs):
+        raise RunDirectoryError(f"--out {out} is one of the shards; merge into a new directory")
+    stores = [RunStore(d) for d in shard_dirs]
+    configs = [st.config() for st in stores]
+    fps = {c.get("run_fingerprint") for c in configs}
+    if len(fps) != 1:
+        raise RunDirectoryError("these run directories are not shards of one run (settings differ)")
+    shards = sorted(parse_shard(c["options"]["shard"]) if c["options"].get("shard") else (0, 1) for c in configs)
+    n = shards[0][1]
+    if shards != [(i, n) for i in range(n)]:
+        raise RunDirectoryError(f"shards {shards} do not cover 0/{n} .. {n - 1}/{n} exactly once")
+    for st, cfg in zip(stores, configs):
+        st.summary()  # every shard must have finished
+        if "prompt_ids" in cfg:
+            check_complete(cfg["prompt_ids"], st.load_records(), st.load_no_divergence(), cfg["resolved_boundaries"],
+                           f"shard {st.path}")
+    record = dict(configs[0])
+    record["options"] = dict(record["options"], shard=None)
+    if bootstrap_override is not None:
+        record["options"]["bootstrap"] = bootstrap_override
+    record["fingerprint"] = fingerprint({"run": record["run_fingerprint"], "shard": None})
+    record["merged_from"] = [str(d) for d in shard_dirs]
+    if all("prompt_ids" in c for c in configs):
+        record["prompt_ids"] = [p for c in configs for p in c["prompt_ids"]]
+    records = sorted((r for st in stores for r in st.load_records()), key=lambda r: (r.prompt_id, r.boundary))
+    no_div = sorted((x for st in stores for x in st.load_no_divergence()), key=lambda x: x.prompt_id)
+    prompts_count = sum(st.summary()["counts"]["prompts"] for st in stores)
+    names = sorted({p.name for st in stores for p in st.path.glob("*.jsonl")} - {EVENTS_FILE, NO_DIV_FILE})
+    analyses = {n[: -len(".jsonl")]: [row for st in stores for row in st.load_rows(n)] for n in names}
+    opts = record["options"]
+    summary = build_summary(record, records, no_div, prompts_count, BootstrapConfig(opts["bootstrap"], opts["seed"]),
+                            analyses=analyses, run_dir=out)
+    store = RunStore(out)
+    with store.lock():  # one writer per run directory
+        store.write_complete(record, records, no_div, overwrite=overwrite)
+        for name, rows in analyses.items():
+            store.write_rows(f"{name}.jsonl", rows)
+        result = RunResult(summary, records, no_div, record, store.path, analyses)
+        result._report = write_outputs(store, summary, records, record)
+    return result

@@ -1,0 +1,17 @@
+"""The run directory: :class:`RunStore` (``rundir``: written as the run goes, resumable, locked),
+the files below it (``files``: markers, guarded JSON/JSONL, schema checks), the records as tables
+and completeness (``tables``), and the schemas of the files crosspatch writes (``schemas``)."""
+
+from .files import (
+    COLLECTION_MARKER, CONFIG_SCHEMA, EVENTS_FILE, MARKER, NO_DIV_FILE, SUMMARY_SCHEMA, check_schema, check_summary_shape, checked,
+    collection_kind, environment, fingerprint, mark_collection, not_a_run_message, package_version, settings_diff,
+)
+from .rundir import RunStore
+from .tables import check_complete, completed_prompts, events_frame, missing_prompts, records_frame
+
+__all__ = [
+    "COLLECTION_MARKER", "CONFIG_SCHEMA", "EVENTS_FILE", "MARKER", "NO_DIV_FILE", "SUMMARY_SCHEMA", "RunStore", "check_complete", "check_schema",
+    "check_summary_shape", "checked", "collection_kind", "completed_prompts", "environment", "events_frame",
+    "fingerprint", "mark_collection", "missing_prompts", "not_a_run_message", "package_version", "records_frame",
+    "settings_diff",
+]

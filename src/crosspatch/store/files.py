@@ -1,0 +1,234 @@
+"""The files of a run directory, below :class:`~crosspatch.store.rundir.RunStore`: the markers
+that make a directory a run (or a collection of runs), the environment and fingerprint recorded
+with a run, guarded JSON and JSONL reading and writing (a torn last line cut off, a damaged file
+a named error), and the schema checks of ``config.json`` and ``summary.json``."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+from ..core.records import READOUTS
+from ..errors import (
+    CorruptRunFileError, RunSchemaError, RunWriteError,
+)
+
+from .schemas import check_document
+
+CONFIG_SCHEMA = "crosspatch.config/1"
+SUMMARY_SCHEMA = "crosspatch.summary/1"
+EVENTS_FILE, NO_DIV_FILE = "events.jsonl", "no_divergence.jsonl"
+
+
+def environment() -> dict:
+    """Versions and machine facts recorded with every run."""
+    import torch
+
+    env = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+    }
+    for name in ("transformers", "peft", "accelerate", "safetensors", "crosspatch"):
+        env[name] = package_version(name)
+    if torch.cuda.is_available():
+        env["cuda_device"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def package_version(name: str) -> str | None:
+    """An installed distribution's version (None when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def fingerprint(parts: dict) -> str:
+    """Stable hash of the options that change results (used to refuse mixing runs)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+MARKER = ".crosspatch-run"  # written first into every run directory: what makes it one
+COLLECTION_MARKER = ".crosspatch-collection"  # a compare's or lineage's --out: run directories + a report
+
+
+def mark_collection(path: str | Path, kind: str) -> None:
+    """Mark ``path`` (created) as crosspatch's ``kind`` output ("compare", "lineage"), which
+    holds run directories and a report, so that the same command may resume into it."""
+    path = Path(path)
+    with _guard_write(path):
+        path.mkdir(parents=True, exist_ok=True)
+        (path / COLLECTION_MARKER).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
+
+
+def not_a_run_message(path: Path) -> str:
+    """Why ``path`` (a directory without config.json) is no run, naming the runs inside a
+    compare's or lineage's output."""
+    kind = collection_kind(path)
+    if kind is None:
+        return f"{path} is not a crosspatch run directory (no config.json)"
+    runs = sorted(p.name for p in path.iterdir() if (p / "config.json").exists())
+    return (f"{path} is the output of a crosspatch {kind}, not one run: give one of its run directories "
+            f"({', '.join(str(path / r) for r in runs[:5]) or 'none finished'})")
+
+
+def collection_kind(path: str | Path) -> str | None:
+    """The kind :func:`mark_collection` wrote into ``path``, or None."""
+    try:
+        kind = json.loads((Path(path) / COLLECTION_MARKER).read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+_OUTPUTS = ("config.json", "summary.json", "events.parquet", "report.md", "report.html", "sweep.png", "sweep.svg")
+
+
+def _guard_write(path: Path):
+    """Turn an OS failure while writing into a named error; what was written stays resumable."""
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except OSError as exc:
+            raise RunWriteError(
+                f"cannot write {path}: {exc.strerror or exc}. Records already written are kept; free space or fix "
+                "permissions, then run the same command again to resume"
+            ) from None
+
+    return guard()
+
+
+def checked(name: str, document: dict) -> dict:
+    """``document`` if it matches the schema of file ``name`` (crosspatch.store.schemas), else a
+    :class:`RunWriteError`: crosspatch never writes a file its own readers would refuse."""
+    problems = check_document(name, document)
+    if problems:
+        raise RunWriteError(f"{name} to be written does not match its schema: {'; '.join(problems[:3])} "
+                            "(a crosspatch bug: please report it)")
+    return document
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with _guard_write(path):
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        line = getattr(exc, "lineno", None)
+        raise CorruptRunFileError(f"{path}{f':{line}' if line else ''}: {what} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CorruptRunFileError(f"{path}: {what} must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a torn final line (a write interrupted by a kill) so appends start on a fresh line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with _guard_write(path), open(path, "rb+") as fh:
+        data = fh.read()
+        if data.endswith(b"\n"):
+            return
+        fh.truncate(data.rfind(b"\n") + 1)
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """``(line number, object)`` per non-empty line; a line that is not a JSON object is a
+    named error (a torn last line is cut by ``_repair_tail`` before a run resumes)."""
+    if not path.exists():
+        return []
+    rows = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptRunFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    lines = text.splitlines()
+    last = max((k for k, line in enumerate(lines, start=1) if line.strip()), default=0)
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            advice = ("the last line was cut off: if the run was interrupted, run the same command again to resume it"
+                      if lineno == last and not text.endswith("\n") else
+                      "a line inside the file is damaged (not an interrupted write, which only cuts the last line): "
+                      "restore the file from a copy, or delete that line and run the same command again to redo "
+                      "its prompt, or start afresh with --overwrite")
+            raise CorruptRunFileError(f"{path}:{lineno}: not valid JSON ({exc.msg}); {advice}") from None
+        if not isinstance(row, dict):
+            raise CorruptRunFileError(f"{path}:{lineno}: each line must be a JSON object")
+        rows.append((lineno, row))
+    return rows
+
+
+def settings_diff(old, new, prefix: str = "") -> list[str]:
+    """Human-readable differences between two fingerprint inputs (``key: old -> new``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += settings_diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if old != new:
+        def show(value) -> str:
+            return "not given" if value is None else json.dumps(value, default=str)[:80]
+        return [f"{prefix or 'settings'}: {show(old)} -> {show(new)}"]
+    return []
+
+
+def check_schema(data: dict, expected: str, path) -> None:
+    """A file's ``schema_version`` (when it has one) is the version this crosspatch writes and
+    reads, else a :class:`RunSchemaError` (a newer or older format is never half-read)."""
+    version = data.get("schema_version")
+    if version is not None and version != expected:
+        raise RunSchemaError(f"{path} is in format {version!r}; this crosspatch ({package_version('crosspatch') or 'source tree'}) "
+                             f"reads {expected!r}: read it with the crosspatch version that wrote it (config.json names "
+                             "it), or run again")
+
+
+def check_summary_shape(summary, path) -> None:
+    """The parts of a summary.json that reports and ``gate`` read have their types, else a
+    :class:`CorruptRunFileError` (a damaged file must not surface as a Python error)."""
+    def bad(what: str):
+        return CorruptRunFileError(f"{path}: summary.json {what}; re-render it with `crosspatch report` from the "
+                                   "run's records, or run again")
+    if not isinstance(summary, dict):
+        raise bad("is not a JSON object")
+    check_schema(summary, SUMMARY_SCHEMA, path)
+    problems = check_document("summary.json", summary)
+    if problems:
+        raise bad(f"does not match its schema (docs/schemas.md): {'; '.join(problems[:3])}")
+    for key in ("counts", "results", "boundaries"):
+        if key not in summary:
+            raise bad(f"lacks {key!r}")
+    counts, results, boundaries = summary["counts"], summary["results"], summary["boundaries"]
+    if not isinstance(counts, dict) or not all(type(counts.get(k, 0)) is int for k in ("prompts", "events", "invalid")):
+        raise bad("has 'counts' that are not whole numbers")
+    no_div = counts.get("no_divergence", {})
+    if not isinstance(no_div, dict) or not all(type(v) is int for v in no_div.values()):
+        raise bad("has 'counts.no_divergence' that are not whole numbers")
+    if not isinstance(boundaries, list) or not boundaries:
+        raise bad("has no list of 'boundaries'")
+    if not isinstance(results, dict) or not all(isinstance(v, dict) for v in results.values()):
+        raise bad("has 'results' that are not objects")
+    for b, by_readout in results.items():
+        for readout, block in by_readout.items():
+            if readout in READOUTS and not (isinstance(block, dict) and isinstance(block.get("all"), dict)
+                                            and isinstance(block["all"].get("effects"), dict)):
+                raise bad(f"has no effects under results[{b!r}][{readout!r}]['all']")

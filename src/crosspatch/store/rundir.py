@@ -1,0 +1,308 @@
+"""The run directory: everything a report needs, written as the run goes.
+
+::
+
+    config.json          every option, the environment, model provenance, a fingerprint
+    events.jsonl         one line per (event, boundary), append-only, keyed for resume
+    no_divergence.jsonl  one line per prompt without an event (counted, never dropped)
+    summary.json         statistics, versioned schema
+    events.parquet       the events as a flat table (pandas/pyarrow)
+    report.md            rendered from the files above alone
+
+A run killed at any moment resumes: a torn last line is cut off before appending, records
+are de-duplicated by key on load, and prompts already recorded are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ..core.records import CellRecord, NoDivergence
+from ..errors import (
+    CorruptRunFileError, ForeignRecordsError, IncompleteRunError, NotARunDirectoryError, RunDirectoryError,
+    RunDirectoryNotEmptyError, RunSettingsMismatchError,
+)
+
+from .files import (
+    _OUTPUTS, CONFIG_SCHEMA, EVENTS_FILE, MARKER, NO_DIV_FILE, _guard_write, _read_json, _read_jsonl,
+    _repair_tail, _write_json, check_schema, check_summary_shape, checked, not_a_run_message, settings_diff,
+)
+from .schemas import check_document
+from .tables import completed_prompts, records_frame
+
+
+class RunStore:
+    """Reads and writes one run directory. Every line it writes carries the run's fingerprint
+    (``run``), so records of another run can never be adopted silently."""
+
+    def __init__(self, path: str | Path) -> None:
+        if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+            raise RunDirectoryError(f"a run directory is a path (a non-empty string), not {path!r}")
+        self.path = Path(path)
+        self.fingerprint: str | None = None
+
+    # -- identity ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this run directory for the calling process while it writes: a second crosspatch
+        process on the same directory gets a :class:`RunDirectoryError` instead of interleaving
+        its records. An advisory lock on the directory itself (created here when new), released
+        when the process ends however it ends, so a crashed run leaves nothing stale. Where the
+        platform or file system has no ``flock`` (Windows, some network mounts), runs are not
+        guarded."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        if self.path.exists() and not self.path.is_dir():
+            yield  # refused with its own error when the run starts
+            return
+        with _guard_write(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunDirectoryError(
+                    f"{self.path} is in use by another crosspatch process writing a run there; wait for it to "
+                    "finish (then run again to resume or reuse it), or choose another --out") from None
+            except OSError:  # a file system without locks (some network mounts): run unguarded
+                pass
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def is_run(self) -> bool:
+        """A directory crosspatch wrote: the marker, or a config.json of a crosspatch run."""
+        if (self.path / MARKER).exists():
+            return True
+        cfg = self.path / "config.json"
+        if cfg.exists():
+            try:
+                return str(json.loads(cfg.read_text(encoding="utf-8")).get("schema_version", "")).startswith(
+                    "crosspatch.config")
+            except (OSError, ValueError, AttributeError):
+                return False
+        return False
+
+    def _marker(self) -> dict:
+        try:
+            return json.loads((self.path / MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def clear(self) -> None:
+        """Remove the files of the run held here (``--overwrite``); files crosspatch did not
+        write are never touched."""
+        if not self.is_run():
+            raise RunDirectoryNotEmptyError(f"{self.path} is not a crosspatch run directory; not clearing it")
+        names = set(_OUTPUTS) | {p.name for p in self.path.glob("*.jsonl")} | {p.name for p in self.path.glob("*.tmp")}
+        with _guard_write(self.path):
+            for name in names:
+                (self.path / name).unlink(missing_ok=True)
+            (self.path / MARKER).unlink(missing_ok=True)
+
+    def prepare(self, fingerprint: str, overwrite: bool = False) -> None:
+        """Make ``path`` a run directory for a new run: created, or empty, or (``overwrite``) a
+        crosspatch run directory cleared. Anything else non-empty is refused."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirectoryNotEmptyError(f"{self.path} exists and is not a directory")
+        if self.path.exists() and any(self.path.iterdir()):
+            if not self.is_run():
+                raise RunDirectoryNotEmptyError(
+                    f"{self.path} holds files that crosspatch did not write; choose a new or empty --out "
+                    "(crosspatch never deletes or mixes with files it did not write)")
+            if not overwrite:
+                raise RunDirectoryNotEmptyError(
+                    f"{self.path} already holds a crosspatch run; choose another --out, or pass --overwrite to replace it")
+            self.clear()
+        with _guard_write(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / MARKER).write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
+        self.fingerprint = fingerprint
+
+    # -- config -----------------------------------------------------------------------------
+    def start(self, config: dict, resume: bool = True, overwrite: bool = False
+              ) -> tuple[list[CellRecord], list[NoDivergence]]:
+        """Create the run directory, or check it holds this very run and resume it. Returns the
+        records and no-divergence outcomes of earlier sessions, read once. Records of prompts
+        left incomplete by an interruption are dropped, so that redoing them adds no duplicate.
+
+        ``resume=False`` refuses a directory that already holds the run; ``overwrite=True``
+        replaces a crosspatch run directory's files (never files it did not write)."""
+        fp = config.get("fingerprint")
+        if overwrite or not (self.path.exists() and self.is_run()):
+            self.prepare(fp, overwrite=overwrite)
+        else:
+            old_fp = self._marker().get("fingerprint")
+            cfg_path = self.path / "config.json"
+            old = _read_json(cfg_path, "config.json") if cfg_path.exists() else None
+            if isinstance(old, dict):  # a run of another file format is neither resumed nor mixed
+                check_schema(old, CONFIG_SCHEMA, cfg_path)
+            old_fp = (old or {}).get("fingerprint", old_fp)
+            if old_fp is not None and old_fp != fp:
+                changes = settings_diff((old or {}).get("fingerprint_inputs", {}), config.get("fingerprint_inputs", {}))
+                raise RunSettingsMismatchError(
+                    f"{self.path} holds a run with other settings ("
+                    + ("; ".join(changes[:8]) if changes else f"fingerprint {old_fp} vs {fp}")
+                    + "). Use another --out, or --overwrite to replace that run")
+            if not resume:
+                raise RunDirectoryError(
+                    f"{self.path} already holds this run; run without --no-resume to finish it, or pass --overwrite "
+                    "to start it afresh")
+            self.fingerprint = fp
+            if not (self.path / MARKER).exists():
+                with _guard_write(self.path):
+                    (self.path / MARKER).write_text(json.dumps({"fingerprint": fp}) + "\n", encoding="utf-8")
+        _write_json(self.path / "config.json", checked("config.json", config))
+        for name in [EVENTS_FILE, NO_DIV_FILE] + [p.name for p in self.path.glob("*.jsonl")]:
+            _repair_tail(self.path / name)
+        records, no_div = self.load_records(), self.load_no_divergence()
+        done = completed_prompts(records, no_div, config.get("resolved_boundaries") or [])
+        kept = [r for r in records if r.prompt_id in done]
+        if len(kept) != len(records):
+            self.write_rows(EVENTS_FILE, [r.to_record() for r in kept])
+        return kept, no_div
+
+    def config(self) -> dict:
+        path = self.path / "config.json"
+        if not self.path.is_dir():
+            raise NotARunDirectoryError(f"{self.path} is not a directory")
+        if not path.exists():
+            raise NotARunDirectoryError(not_a_run_message(self.path))
+        cfg = _read_json(path, "config.json")
+        if isinstance(cfg, dict):
+            check_schema(cfg, CONFIG_SCHEMA, path)
+        for key in ("options", "resolved_boundaries", "num_layers"):
+            if key not in cfg:
+                raise CorruptRunFileError(f"{path}: config.json lacks {key!r} (not a crosspatch run config)")
+        problems = check_document("config.json", cfg)
+        if problems:
+            raise CorruptRunFileError(f"{path}: config.json does not match its schema (docs/schemas.md): "
+                                      f"{'; '.join(problems[:3])}")
+        self.fingerprint = self.fingerprint or cfg.get("fingerprint")
+        return cfg
+
+    # -- records ----------------------------------------------------------------------------
+    def _tagged(self, rows: Iterable[dict]) -> str:
+        return "".join(json.dumps({**r, "run": self.fingerprint} if self.fingerprint else r, default=str) + "\n"
+                       for r in rows)
+
+    def _append(self, name: str, rows: Iterable[dict]) -> None:
+        text = self._tagged(rows)
+        if not text:
+            return
+        path = self.path / name
+        with _guard_write(path), open(path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _rows(self, name: str) -> list[tuple[str, dict]]:
+        """Rows of ``name`` without their run tag; rows of another run are a named error."""
+        if self.fingerprint is None and (self.path / "config.json").exists():
+            self.config()
+        out = []
+        for lineno, row in _read_jsonl(self.path / name):
+            tag = row.pop("run", None)
+            if tag is not None and self.fingerprint is not None and tag != self.fingerprint:
+                raise ForeignRecordsError(
+                    f"{self.path / name}:{lineno}: a record of another run (fingerprint {tag}, this run "
+                    f"{self.fingerprint}); records are never mixed: move that file away or use another --out")
+            out.append((f"{self.path / name}:{lineno}", row))
+        return out
+
+    def append_records(self, records: Iterable[CellRecord]) -> None:
+        self._append(EVENTS_FILE, (r.to_record() for r in records))
+
+    def append_no_divergence(self, items: Iterable[NoDivergence]) -> None:
+        self._append(NO_DIV_FILE, (x.to_record() for x in items))
+
+    def append_rows(self, name: str, rows: Iterable) -> None:
+        """Append an analysis's records (dicts or objects with ``to_record``) to ``name``."""
+        self._append(name, (r.to_record() if hasattr(r, "to_record") else r for r in rows))
+
+    def write_rows(self, name: str, rows: Iterable[dict]) -> None:
+        """Replace ``name`` with ``rows`` (tagged with this run's fingerprint)."""
+        path = self.path / name
+        tmp = path.with_suffix(".tmp")
+        with _guard_write(path):
+            tmp.write_text(self._tagged(rows), encoding="utf-8")
+            os.replace(tmp, path)
+
+    def load_rows(self, name: str) -> list[dict]:
+        """An analysis's records, de-duplicated by ``key`` where they have one (a resumed chunk
+        may have written some twice)."""
+        seen, out = set(), []
+        for _, row in self._rows(name):
+            key = row.get("key")
+            if key is None or key not in seen:
+                seen.add(key)
+                out.append(row)
+        return out
+
+    def load_records(self) -> list[CellRecord]:
+        seen, out = set(), []
+        for where, row in self._rows(EVENTS_FILE):
+            try:
+                record = CellRecord.from_record(row)
+            except (TypeError, KeyError, ValueError) as exc:
+                raise CorruptRunFileError(f"{where}: not an event record ({exc})") from None
+            if record.key not in seen:
+                seen.add(record.key)
+                out.append(record)
+        return out
+
+    def load_no_divergence(self) -> list[NoDivergence]:
+        seen, out = set(), []
+        for where, row in self._rows(NO_DIV_FILE):
+            try:
+                item = NoDivergence.from_record(row)
+            except (TypeError, ValueError) as exc:
+                raise CorruptRunFileError(f"{where}: not a no-divergence record ({exc})") from None
+            if item.prompt_id not in seen:
+                seen.add(item.prompt_id)
+                out.append(item)
+        return out
+
+    def write_complete(self, config: dict, records: list[CellRecord], no_div: list[NoDivergence],
+                       overwrite: bool = False) -> None:
+        """Write a whole run at once (merged shards) into a new or empty directory (or, with
+        ``overwrite``, in place of a crosspatch run)."""
+        self.prepare(config.get("fingerprint"), overwrite=overwrite)
+        _write_json(self.path / "config.json", checked("config.json", config))
+        for name, rows in ((EVENTS_FILE, records), (NO_DIV_FILE, no_div)):
+            self.write_rows(name, [r.to_record() for r in rows])
+
+    # -- outputs ----------------------------------------------------------------------------
+    def write_summary(self, summary: dict) -> None:
+        _write_json(self.path / "summary.json", checked("summary.json", summary))
+
+    def summary(self) -> dict:
+        path = self.path / "summary.json"
+        if not path.exists():
+            if not (self.path / "config.json").exists():
+                raise NotARunDirectoryError(f"{self.path} is not a crosspatch run directory (no config.json)")
+            raise IncompleteRunError(f"{self.path} has no summary.json: the run did not finish (run the same "
+                                     "command again to resume it)")
+        summary = _read_json(path, "summary.json")
+        check_summary_shape(summary, path)
+        return summary
+
+    def write_text(self, name: str, text: str) -> Path:
+        target = self.path / name
+        with _guard_write(target):
+            target.write_text(text, encoding="utf-8")
+        return target
+
+    def write_parquet(self, records: list[CellRecord]) -> Path:
+        target = self.path / "events.parquet"
+        with _guard_write(target):
+            records_frame(records).to_parquet(target, index=False)
+        return target

@@ -1,0 +1,181 @@
+"""The files crosspatch writes, described as TypedDicts (in the manner of lm-evaluation-harness's
+``result_schema.py``): ``config.json`` and ``summary.json`` of a run directory, ``compare.json`` and
+``lineage.json`` of a collection. They are checked when written and when read
+(:func:`check_document`, with pydantic), and docs/schemas.md is rendered from them
+(:func:`render_schema_docs`; a test keeps it in sync). Keys not listed are allowed: plug-ins add
+their own blocks to ``summary.json`` under their registered name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from typing_extensions import TypedDict  # pydantic validates these on Python < 3.12
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+
+
+class Stat(TypedDict, total=False):
+    """A number with its 95% prompt-cluster interval (None without one) and, for a ratio that
+    cannot be formed, the reason."""
+
+    mean: Optional[float]
+    ci: Optional[list[Optional[float]]]
+    na_reason: str
+
+
+class EffectBlock(TypedDict, total=False):
+    """One group of events under one readout: counts, the four cell means and every effect."""
+
+    n_events: int
+    n_prompts: int
+    sign_count: dict[str, int]
+    cells: dict[str, Stat]
+    effects: dict[str, Stat]
+    ci_note: str
+
+
+class ControlRow(TypedDict, total=False):
+    """A row of the Controls table (``details.on_failure`` says what its failure means)."""
+
+    control: str
+    status: str
+    value: Any
+    ci: Optional[list[Optional[float]]]
+    n: Optional[int]
+    threshold: Optional[str]
+    summary: str
+    details: dict[str, Any]
+
+
+class VerdictRecord(TypedDict, total=False):
+    """The verdict (docs/verdict.md): word, grade, reason, the numbers that decided it."""
+
+    verdict: str
+    grade: str
+    reason: str
+    numbers: dict[str, Any]
+    policy: dict[str, Any]
+    weakened_by: list[str]
+    boundary: int
+    readout: str
+
+
+class Counts(TypedDict, total=False):
+    prompts: int
+    events: int
+    invalid: int
+    near_tie: int
+    natural_disagree: int
+    no_divergence: dict[str, int]
+
+
+@with_config(ConfigDict(extra="allow"))
+class Summary(TypedDict, total=False):
+    """``summary.json`` (schema ``crosspatch.summary/1``)."""
+
+    schema_version: str
+    num_layers: int
+    boundaries: list[str]
+    counts: Counts
+    results: dict[str, dict[str, Any]]  # boundary -> readout -> {"all": EffectBlock, "by_...": {...}}
+    warnings: list[str]
+    no_divergence_prompts: list[dict[str, Any]]
+    controls: list[ControlRow]
+    verdict: VerdictRecord
+    verdicts_by_category: dict[str, str]
+    cost_this_session: dict[str, Any]
+    until_ci_width: dict[str, Any]
+    consequences: dict[str, Any]
+    routing: dict[str, Any]
+    features: dict[str, Any]
+    sections: list[dict[str, Any]]  # the analyses' report sections, rendered when the summary was built
+
+
+@with_config(ConfigDict(extra="allow"))
+class RunConfigRecord(TypedDict, total=False):
+    """``config.json`` (schema ``crosspatch.config/1``): the run's options, models and prompts."""
+
+    schema_version: str
+    title: Optional[str]
+    back_link: Optional[str]
+    options: dict[str, Any]
+    resolved_boundaries: list[int]
+    num_layers: int
+    residency: str
+    models: dict[str, Any]
+    load_spec: Optional[dict[str, Any]]
+    roles: list[str]
+    load_options: dict[str, Any]
+    prompts: dict[str, Any]
+    prompt_ids: list[str]
+    fingerprint_inputs: dict[str, Any]
+    pair_warnings: list[str]
+    run_warnings: list[str]
+    real_vocabulary: dict[str, Any]
+    environment: dict[str, Any]
+    run_fingerprint: str
+    fingerprint: str
+
+
+@with_config(ConfigDict(extra="allow"))
+class CompareDocument(TypedDict, total=False):
+    """``compare.json``: one row per descendant, and the cross-descendant matrix."""
+
+    base: str
+    boundary: int
+    rows: dict[str, dict[str, Any]]
+    cross: Optional[dict[str, Any]]
+
+
+@with_config(ConfigDict(extra="allow"))
+class LineageDocument(TypedDict, total=False):
+    """``lineage.json``: every stage scored on the Base -> Final contrast."""
+
+    schema_version: str
+    stages: list[str]
+    final: str
+    boundary: int
+    events: int
+    by_stage: dict[str, dict[str, Any]]
+    note: str
+    training_steps: dict[str, int]
+
+
+DOCUMENTS = {"config.json": RunConfigRecord, "summary.json": Summary, "compare.json": CompareDocument,
+             "lineage.json": LineageDocument}
+_ADAPTERS: dict[str, TypeAdapter] = {}
+
+
+def check_document(name: str, document) -> list[str]:
+    """The problems of ``document`` against the schema of the file ``name`` (empty: it conforms)."""
+    adapter = _ADAPTERS.setdefault(name, TypeAdapter(DOCUMENTS[name]))
+    try:
+        adapter.validate_python(document, strict=False)
+    except ValidationError as exc:
+        return [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:10]]
+    return []
+
+
+def _type_name(tp) -> str:
+    text = getattr(tp, "__name__", None) if not getattr(tp, "__args__", None) else None
+    return text or str(tp).replace("typing.", "").replace("crosspatch.store.schemas.", "")
+
+
+def render_schema_docs() -> str:
+    """docs/schemas.md: every documented file and record type, its keys and their types."""
+    from typing import get_type_hints
+
+    lines = ["# File schemas", "",
+             "The JSON files crosspatch writes, as the TypedDicts of `crosspatch.store.schemas` describe them. Each is "
+             "checked when written and when read; keys not listed are allowed (a registered analysis adds its "
+             "block to `summary.json` under its `summary_key`). Generated from the code; a test keeps this page in "
+             "sync.", ""]
+    documents = {**{f"`{name}`": tp for name, tp in DOCUMENTS.items()},
+                 **{f"`{tp.__name__}`": tp for tp in (Counts, EffectBlock, Stat, ControlRow, VerdictRecord)}}
+    for title, tp in documents.items():
+        lines += [f"## {title}", "", " ".join((tp.__doc__ or "").split()), "", "| key | type |", "|---|---|"]
+        for key, hint in get_type_hints(tp).items():
+            lines.append(f"| `{key}` | `{_type_name(hint)}` |")
+        lines.append("")
+    return "\n".join(lines)

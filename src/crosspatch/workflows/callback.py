@@ -1,0 +1,204 @@
+"""crosspatch where training happens: :class:`CrosspatchCallback`, a transformers
+``TrainerCallback`` (so also TRL's ``SFTTrainer``/``DPOTrainer``) that runs the diagnostic while a
+model trains.
+
+    callback = CrosspatchCallback(prompts="probe.jsonl", every_n_steps=200, out="runs/train-diag")
+    trainer = SFTTrainer(model=..., args=..., train_dataset=..., peft_config=lora)
+    callback.attach(trainer)        # logs through trainer.log: TensorBoard, W&B, ... receive them
+    trainer.train()
+
+Every ``every_n_steps`` steps and/or at each checkpoint save, it runs first-divergence
+cross-patching of the model being trained against its base on a small fixed prompt set: for a
+PEFT model the base is the same weights with the adapter switched off (no second copy); for a
+full fine-tune give ``base`` (a path or a module, held on the CPU between diagnostics unless you
+place it). It logs ``crosspatch/E_PT``, ``crosspatch/E_IT``, ``crosspatch/interaction`` (each
+with ``_ci_low``/``_ci_high``), ``crosspatch/events`` and ``crosspatch/passed``; appends a row per
+step to ``history`` (and ``<out>/steps.jsonl``); writes ``crosspatch.json`` into each saved
+checkpoint directory; and with ``stop_on_fail`` stops training when the verdict is not one the
+policy passes. Its cost is bounded by ``max_prompts`` and ``max_new_tokens`` and printed.
+
+Numbers equal a separate ``crosspatch run`` on the saved checkpoint with the same settings (the
+test trains a zoo LoRA with TRL and checks this to 1e-4).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from ..errors import OptionError
+from ..runner.summary import HEADLINE_EFFECTS as METRICS  # the effects it logs
+
+
+class CrosspatchCallback(TrainerCallback):
+    """Runs the diagnostic during training (see the module docstring)."""
+
+    def __init__(self, prompts, base=None, boundary: int | float = 0.6, every_n_steps: int | None = None,
+                 on_save: bool = True, max_prompts: int = 32, max_new_tokens: int = 32, bootstrap: int = 1000,
+                 seed: int = 0, policy: dict | None = None, stop_on_fail: bool = False, out: str | Path | None = None,
+                 tokenizer=None, prefix: str = "crosspatch/", verbose: bool = True) -> None:
+        from ..inputs.prompts import as_prompts, load_prompts
+        from ..runner.checks import check_bootstrap, check_boundary_spec
+        from ..core.verdict import VerdictPolicy
+
+        items = load_prompts(prompts) if isinstance(prompts, (str, Path)) else as_prompts(prompts)
+        if not isinstance(max_prompts, int) or max_prompts < 1:
+            raise OptionError(f"max_prompts must be a positive integer, not {max_prompts!r}")
+        if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
+            raise OptionError(f"every_n_steps must be a positive integer or None, not {every_n_steps!r}")
+        if every_n_steps is None and not on_save:
+            raise OptionError("the callback would never run: give every_n_steps, or keep on_save=True")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise OptionError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
+        check_boundary_spec(boundary)
+        check_bootstrap(bootstrap)
+        try:
+            self.policy = VerdictPolicy.from_dict(policy or {})
+        except ValueError as exc:
+            raise OptionError(f"CrosspatchCallback policy: {exc}") from None
+        self.prompts = items[:max_prompts]
+        self.skipped_prompts = len(items) - len(self.prompts)
+        self.base, self.boundary, self.every_n_steps, self.on_save_enabled = base, boundary, every_n_steps, on_save
+        self.max_new_tokens, self.bootstrap, self.seed = max_new_tokens, bootstrap, seed
+        self.stop_on_fail, self.out, self.tokenizer, self.prefix, self.verbose = stop_on_fail, out, tokenizer, prefix, verbose
+        self.history: list[dict] = []
+        self.trainer = None
+        self._base_model = None
+        self._done: dict[int, dict] = {}
+
+    # -- wiring ---------------------------------------------------------------------------------
+    def attach(self, trainer) -> CrosspatchCallback:
+        """Add this callback to ``trainer`` and log through ``trainer.log`` (so every logger the
+        trainer reports to receives the numbers). Returns self."""
+        self.trainer = trainer
+        trainer.add_callback(self)
+        if self.tokenizer is None:
+            self.tokenizer = getattr(trainer, "processing_class", None) or getattr(trainer, "tokenizer", None)
+        return self
+
+    def _say(self, message: str) -> None:
+        if self.verbose:
+            print(f"crosspatch: {message}", flush=True)
+
+    # -- events ---------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if self.tokenizer is None:
+            self.tokenizer = processing_class or kwargs.get("tokenizer")
+        if self.tokenizer is None:
+            raise OptionError("CrosspatchCallback needs the tokenizer: give tokenizer=, or pass processing_class to "
+                              "the trainer")
+        if model is not None and not _is_peft(model) and self.base is None:
+            raise OptionError("CrosspatchCallback on a full fine-tune needs base= (the base checkpoint's path or "
+                              "module); for a PEFT model the base is the adapter switched off")
+        extra = f" (first {len(self.prompts)} of {len(self.prompts) + self.skipped_prompts} prompts)" \
+            if self.skipped_prompts else ""
+        when = ", ".join(([f"every {self.every_n_steps} steps"] if self.every_n_steps else [])
+                         + (["at each save"] if self.on_save_enabled else []))
+        self._say(f"diagnostic {when} on {len(self.prompts)} prompts{extra}, {self.max_new_tokens} new tokens, "
+                  f"boundary {self.boundary}")
+        return control
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every_n_steps and state.global_step % self.every_n_steps == 0:
+            self._diagnose(state, control, model)
+        return control
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if not self.on_save_enabled:
+            return control
+        row = self._diagnose(state, control, model)
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if checkpoint.is_dir():
+            (checkpoint / "crosspatch.json").write_text(json.dumps(row, indent=2, default=str) + "\n")
+        return control
+
+    # -- the diagnostic -------------------------------------------------------------------------
+    def _pair(self, model):
+        from ..execution import pair_from_models, pair_from_peft_model
+
+        if _is_peft(model):
+            return pair_from_peft_model(model, self.tokenizer)
+        if self._base_model is None:
+            self._base_model = self._load_base(model)
+        device = next(model.parameters()).device
+        self._base_model.to(device)
+        return pair_from_models(self._base_model, model, self.tokenizer)
+
+    def _load_base(self, model):
+        import torch
+
+        if isinstance(self.base, torch.nn.Module):
+            return self.base
+        from transformers import AutoModelForCausalLM
+
+        dtype = next(model.parameters()).dtype
+        return AutoModelForCausalLM.from_pretrained(str(self.base), dtype=dtype, use_safetensors=True)
+
+    def _diagnose(self, state, control, model) -> dict:
+        step = int(state.global_step)
+        if step in self._done:
+            return self._done[step]
+        if model is None:
+            raise OptionError("the trainer passed no model to CrosspatchCallback")
+        import crosspatch
+
+        was_training = model.training
+        started = time.perf_counter()
+        try:
+            pair = self._pair(model)
+            out = Path(self.out) / f"step-{step}" if self.out is not None else None
+            result = crosspatch.run(pair, self.prompts, boundary=self.boundary, max_new_tokens=self.max_new_tokens,
+                                    bootstrap=self.bootstrap, seed=self.seed, out=out, progress=False,
+                                    policy=self.policy.as_dict())
+        finally:
+            if was_training:
+                model.train()
+            if self._base_model is not None and self.base is not self._base_model:
+                self._base_model.to("cpu")
+        seconds = time.perf_counter() - started
+        row = self._row(step, result, seconds)
+        self._done[step] = row
+        self.history.append(row)
+        if self.out is not None:
+            Path(self.out).mkdir(parents=True, exist_ok=True)
+            with open(Path(self.out) / "steps.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row, default=str) + "\n")
+        logs = {f"{self.prefix}{k}": v for k, v in row["metrics"].items() if v is not None}
+        if self.trainer is not None:
+            self.trainer.log(logs)
+        else:
+            state.log_history.append({**logs, "step": step})
+        self._say(f"step {step}: " + ", ".join(f"{k} {row['metrics'][k]:+.3f}" for k in METRICS
+                                               if row["metrics"].get(k) is not None)
+                  + f"; {row['verdict']} ({row['events']} events, {seconds:.1f} s)")
+        if self.stop_on_fail and not row["passed"]:
+            self._say(f"stopping training: verdict {row['verdict']} is not one the policy passes")
+            control.should_training_stop = True
+        return row
+
+    def _row(self, step: int, result, seconds: float) -> dict:
+        from ..runner.summary import effects_at
+
+        summary = result.summary
+        boundary = (summary.get("verdict") or {}).get("boundary")
+        block = effects_at(summary, boundary) or {}
+        metrics: dict[str, float | None] = {}
+        for name in METRICS:
+            value = block.get(name) or {}
+            metrics[name] = value.get("mean")
+            ci = value.get("ci")
+            metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = (ci[0], ci[1]) if ci else (None, None)
+        verdict = (summary.get("verdict") or {}).get("verdict")
+        passed = verdict in self.policy.pass_verdicts
+        metrics["events"] = float(block.get("n_events") or 0)
+        metrics["passed"] = float(passed)
+        return {"step": step, "boundary": boundary, "metrics": metrics, "verdict": verdict, "passed": passed,
+                "events": int(block.get("n_events") or 0), "seconds": round(seconds, 3)}
+
+
+def _is_peft(model) -> bool:
+    return type(model).__module__.startswith("peft")
+

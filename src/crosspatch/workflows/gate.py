@@ -1,0 +1,100 @@
+"""``crosspatch gate``: a run's verdict as an exit code for CI pipelines (docs/ci.md).
+
+Exit codes: ``0`` pass (the verdict is one the policy lets through), ``1`` fail (another
+verdict), ``2`` unusable (no such directory, not a run, unfinished, counts that do not add up,
+or a sanity control failed). The verdict is recomputed from ``summary.json`` under the given
+thresholds, so a stricter policy needs no re-run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import CorruptRunFileError, RunSchemaError
+from ..store import check_summary_shape, collection_kind, not_a_run_message
+from ..core.verdict import VerdictPolicy, decide
+
+
+def _unusable(reason: str, **extra) -> dict:
+    return {"status": "unusable", "exit_code": 2, "verdict": None, "reason": reason, **extra}
+
+
+def gate(run_dir: str | Path, policy: dict | None = None) -> dict:
+    """Decide pass / fail / unusable for ``run_dir`` under ``policy`` (VerdictPolicy fields). A
+    ``compare`` directory gates every member run (one outcome each under ``members``, the exit
+    code of the worst); a ``lineage`` directory gates its run (base vs the final stage)."""
+    kind = collection_kind(run_dir)
+    if kind is not None:
+        return gate_collection(Path(run_dir), kind, policy)
+    return gate_run(run_dir, policy)
+
+
+def collection_members(path: Path, kind: str) -> list[Path]:
+    """The run directories of a compare (every descendant's, in the order compare.json lists them)
+    or of a lineage (its one run)."""
+    if kind == "lineage":
+        return [path / "run"]
+    listed = []
+    try:
+        listed = list(json.loads((path / "compare.json").read_text(encoding="utf-8")).get("descendants") or [])
+    except (OSError, ValueError, AttributeError):
+        pass
+    found = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / "config.json").exists())
+    return [path / name for name in [*[n for n in listed if n in found], *[n for n in found if n not in listed]]]
+
+
+def gate_collection(path: Path, kind: str, policy: dict | None = None) -> dict:
+    members = collection_members(path, kind)
+    if not members:
+        return _unusable(f"{path} is a {kind} directory without any finished run")
+    outcomes = {member.name: gate_run(member, policy) for member in members}
+    worst = max(outcomes.values(), key=lambda o: o["exit_code"])
+    counts = {status: sum(o["status"] == status for o in outcomes.values()) for status in ("pass", "fail", "unusable")}
+    reason = (f"{kind} of {len(outcomes)} run(s): " + ", ".join(f"{n} {c}" for n, c in counts.items() if c)
+              + ("" if kind == "compare" else " (the lineage's run: base vs its final stage)"))
+    return {"status": worst["status"], "exit_code": worst["exit_code"], "verdict": None, "reason": reason,
+            "collection": kind, "members": outcomes, "run_dir": str(path)}
+
+
+def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
+    """Decide pass / fail / unusable for one run directory (see :func:`gate`)."""
+    path = Path(run_dir)
+    try:
+        rules = VerdictPolicy.from_dict(policy or {})
+    except (TypeError, ValueError) as exc:
+        return _unusable(f"bad policy: {exc}")
+    if not path.is_dir():
+        return _unusable(f"{path} is not a directory")
+    if not (path / "config.json").exists():
+        return _unusable(not_a_run_message(path))
+    if not (path / "summary.json").exists():
+        return _unusable(f"{path} has no summary.json: the run did not finish (run the same command again to resume)")
+    try:
+        summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+        check_summary_shape(summary, path / "summary.json")
+        counts = summary["counts"]
+        results = summary["results"]
+    except (CorruptRunFileError, RunSchemaError) as exc:
+        return _unusable(str(exc))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return _unusable(f"{path / 'summary.json'} is unreadable or malformed: {exc}")
+    accounted = counts.get("events", 0) + counts.get("invalid", 0) + sum(counts.get("no_divergence", {}).values())
+    if accounted != counts.get("prompts"):
+        return _unusable(f"counts do not add up: {accounted} prompts accounted for, {counts.get('prompts')} in the run")
+    controls = summary.get("controls") or []
+    failed = [c["control"] for c in controls if c.get("status") == "fail"]
+    if failed:
+        return _unusable(f"sanity control(s) failed: {', '.join(failed)}", controls=controls)
+    stored = summary.get("verdict") or {}
+    boundary = str(stored.get("boundary", summary["boundaries"][0]))
+    try:
+        block = results[boundary][rules.readout]["all"]
+    except KeyError:
+        return _unusable(f"summary.json has no results for boundary {boundary} and readout {rules.readout}")
+    decision = decide(block, controls, rules, counts)
+    passed = decision["verdict"] in rules.pass_verdicts
+    return {"status": "pass" if passed else "fail", "exit_code": 0 if passed else 1,
+            "verdict": decision["verdict"], "reason": decision["reason"], "boundary": int(boundary),
+            "readout": rules.readout, "policy": rules.as_dict(), "numbers": decision["numbers"],
+            "run_dir": str(path)}
