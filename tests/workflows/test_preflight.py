@@ -13,7 +13,9 @@ from crosspatch.cli import app
 from crosspatch.errors import (
     ModelPathNotFoundError, OptionError, PromptFileError, RunDirectoryNotEmptyError, RunSettingsMismatchError,
 )
-from crosspatch.workflows.preflight import PreflightPolicy, generation_health, preflight
+from crosspatch.workflows.preflight import preflight
+from crosspatch.workflows.preflight_measures import generation_health
+from crosspatch.workflows.preflight_policy import PreflightPolicy
 from crosspatch.zoo import zoo_path
 from crosspatch.zoo.faults import BROKEN_MERGE, NOOP_ADAPTER
 
