@@ -17,7 +17,7 @@ from crosspatch.core.registry import AnalysisPlugin, register_analysis, register
 PLUGIN_PACKAGE = Path(__file__).parent / "plugin_package"
 BUILTIN = ["label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
            "position_subsets", "near_ties", "random_later", "native_history", "null_calibration", "routing", "consequence",
-           "features"]
+           "features", "event_kinds"]
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +54,10 @@ def test_an_entry_point_registers_an_analysis_from_another_package(with_entry_po
 def test_every_registered_analysis_passes_the_contract(contract, name):
     assert contract[name]["residencies"] == ["adapter", "both", "sequential"]
     if name in ("pre_divergence", "pre_late_commitment", "hybrid_state", "random_later", "native_history",
-                "consequence", "token_rank"):
+                "consequence", "token_rank", "event_kinds"):
         assert contract[name]["rows"] > 0  # the contract compared real records, not two empty lists
-    if name not in ("routing", "features"):  # dense models route nothing; no feature study ran
+    if name not in ("routing", "features", "event_kinds"):  # dense models route nothing; no feature study ran;
+        # event kinds have no block of their own (their records are 2x2 records, in every effect block)
         assert contract[name]["block"]
 
 
@@ -103,3 +104,22 @@ def test_block_seeds_differ_by_name_and_are_stable():
     assert stable_seed(0, "2/common_it/all") == stable_seed(0, "2/common_it/all")
     assert stable_seed(0, "2/common_it/all") != stable_seed(0, "2/common_it/by_category/wind")
     assert stable_seed(0, "a") != stable_seed(1, "a")
+
+
+def test_event_kinds_are_an_ordinary_plugin_whose_records_join_the_2x2s():
+    """Event kinds are built from the registry like any analysis (none when only the first
+    divergence is asked for), and the chunk's code has no case for them: an analysis that scores
+    more events with the 2x2 says so (``scores_cells``) and its records join the run's."""
+    import inspect
+
+    from crosspatch.runner.config import RunConfig
+    from crosspatch.runner.pipeline import chunk_plan, process_chunk
+
+    plan = chunk_plan(RunConfig(boundary=2), [2], 4)
+    kinds = [a for a in plan.analyses if a.name == "event_kinds"]
+    assert len(kinds) == 1 and kinds[0].scores_cells and kinds[0].kinds[0] == "first_diff"
+    assert not [a for a in chunk_plan(RunConfig(boundary=2, event_kinds="first_diff"), [2], 4).analyses
+                if a.name == "event_kinds"]
+    source = inspect.getsource(process_chunk)
+    assert "kinds" not in source.replace("event kinds", "") and "EventKinds" not in source
+

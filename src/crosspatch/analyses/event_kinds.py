@@ -12,8 +12,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from ..core.analysis import EventSet
+from ..core.analysis import Analysis, EventSet
 from ..core.cells import CellRecord, CellsConfig, CrossPatch
+from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, register_analysis
 from ..core.divergence import DivergenceEvent, event_key
 from ..execution import Executor, Program
 from ..core.tokens import EVENT_KINDS, TokenDescriber, find_event_kinds
@@ -34,8 +35,9 @@ def parse_event_kinds(text: str | list[str] | None) -> list[str]:
 
 
 @dataclass
-class EventKinds:
-    """Scores the extra ``kinds`` of each first-divergence event at ``boundaries``."""
+class EventKinds(Analysis):
+    """Scores the extra ``kinds`` of each first-divergence event at ``boundaries``; its records are
+    2x2 records (``scores_cells``), stored with the first divergence's."""
 
     boundaries: list[int]
     kinds: list[str]
@@ -43,6 +45,7 @@ class EventKinds:
     rollout_model: str = "IT"
     cells: CellsConfig = field(default_factory=CellsConfig)
     name: str = "event_kinds"
+    scores_cells = True
 
     def program(self, ex: Executor, evset: EventSet) -> Program:
         """Returns ``(records, twins)``: records of the kinds that fall elsewhere, and
@@ -74,6 +77,13 @@ class EventKinds:
         return scored, twins
 
 
+    def cell_records(self, value, first_records: list[CellRecord]) -> list[CellRecord]:
+        """The records of kinds that fall elsewhere, then copies of the first divergence's records
+        for kinds that fall on it."""
+        kind_records, twins = value
+        return kind_records + relabel(first_records, twins)
+
+
 def relabel(first_records: list[CellRecord], twins: list[tuple[str, str]]) -> list[CellRecord]:
     """Copies of first-divergence records for kinds that fall on the first divergence."""
     by_key: dict[str, list[CellRecord]] = {}
@@ -87,3 +97,23 @@ def relabel(first_records: list[CellRecord], twins: list[tuple[str, str]]) -> li
             twin.key = twin.key.replace(key, event_key(r.prompt_id, kind), 1)
             out.append(twin)
     return out
+
+
+def _build(options, context: PlanContext) -> EventKinds | None:
+    kinds = parse_event_kinds(context.config.event_kinds)
+    if len(kinds) <= 1:
+        return None  # the first divergence alone: the 2x2 scores it
+    return EventKinds(context.boundaries, kinds, context.config.max_new_tokens, context.config.rollout_model,
+                      context.cells)
+
+
+def _summarize(rows: list[dict], ctx: SummaryContext, options) -> None:
+    """No block of its own: its records are 2x2 records, summarised with the run's (``by_event_kind``
+    in every effect block, and the event explorer's kinds)."""
+    return None
+
+
+PLUGIN = register_analysis(AnalysisPlugin(
+    name="event_kinds", summarize=_summarize, build=_build, default=True, records=None,
+    description="the first non-format and the first assistant-marker divergence of each event's history, "
+                "scored with the 2x2 (--event-kinds)"))

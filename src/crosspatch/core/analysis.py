@@ -74,9 +74,18 @@ class Analysis:
     """Base of analyses: a ``name`` (its records go to ``<name>.jsonl``) and a program."""
 
     name: str = "analysis"
+    scores_cells: bool = False
+    """True for an analysis that scores further events with the 2x2 itself (event kinds): the
+    records of :meth:`cell_records` join the run's 2x2 records (``events.jsonl``, written before
+    the first divergence's, which mark a prompt complete) instead of a records file of its own."""
 
     def program(self, ex: Executor, events: EventSet) -> Program:
         raise NotImplementedError
+
+    def cell_records(self, value, first_records: list) -> list:
+        """With ``scores_cells``: the 2x2 records this analysis adds, from its program's ``value``
+        and the chunk's first-divergence records."""
+        return list(value)
 
     def tokens_past_prompt(self) -> int:
         """How far past a prompt this analysis decodes (0: no further than the divergence search),

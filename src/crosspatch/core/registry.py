@@ -38,7 +38,8 @@ _BUILTIN_MODULES = (
     "crosspatch.analyses.readout_agreement", "crosspatch.analyses.position_subsets",
     "crosspatch.analyses.near_ties", "crosspatch.analyses.random_later", "crosspatch.analyses.native_history",
     "crosspatch.analyses.null_calibration",
-    "crosspatch.analyses.routing", "crosspatch.analyses.consequence", "crosspatch.analyses.features.plugin", "crosspatch.workflows.section",
+    "crosspatch.analyses.routing", "crosspatch.analyses.consequence", "crosspatch.analyses.features.plugin",
+    "crosspatch.analyses.event_kinds", "crosspatch.workflows.section",
 )
 
 

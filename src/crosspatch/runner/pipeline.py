@@ -15,7 +15,6 @@ from pathlib import Path
 
 from ..core.analysis import EventSet
 from ..core.cells import CellRecord, CellsConfig, CrossPatch
-from ..analyses.event_kinds import EventKinds, parse_event_kinds, relabel
 from ..core.registry import PlanContext, enabled_plugins
 from .summary import build_summary
 from ..core.verdict import VerdictPolicy
@@ -49,7 +48,6 @@ class ChunkPlan:
     cells: CellsConfig
     analyses: list = field(default_factory=list)  # controls and further analyses, run on the same events
     tuned: str | None = None  # the descendant role scored against the base (default: the first)
-    kinds: EventKinds | None = None  # event kinds beyond the first divergence
 
 
 @dataclass
@@ -75,14 +73,14 @@ def process_chunk(models, plan: ChunkPlan, item) -> ChunkResult:
         evset = EventSet(events, models.base, tuned, natural)
         programs = [CrossPatch(plan.boundaries, plan.cells).program(ex, evset)]
         programs += [a.program(ex, evset) for a in plan.analyses]
-        if plan.kinds is not None:
-            programs.append(plan.kinds.program(ex, evset))
         values = ex.drive_all(programs)  # side by side: passes of one role grouped across analyses
-        scored = values[0]
-        others = {a.name: v for a, v in zip(plan.analyses, values[1:])}
-        if plan.kinds is not None:  # written before the first divergence's records, which mark completion
-            kind_records, twins = values[-1]
-            scored = kind_records + relabel(scored, twins) + scored
+        first, added, others = values[0], [], {}
+        for analysis, value in zip(plan.analyses, values[1:]):
+            if getattr(analysis, "scores_cells", False):  # more events scored with the 2x2 (event kinds)
+                added += analysis.cell_records(value, first)
+            else:
+                others[analysis.name] = value
+        scored = added + first  # the first divergence's records last: they mark a prompt complete
     return ChunkResult(events, none, scored, others, work.token_layers)
 
 
@@ -95,8 +93,6 @@ def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analys
                                capture_boundaries=boundaries if config.plan == "minimal" else None,
                                max_batch_tokens=config.max_batch_tokens)
     context = PlanContext.for_run(config, boundaries, num_layers, validators)
-    cells = context.cells
-    kinds = parse_event_kinds(config.event_kinds)
     built = []
     for plugin in enabled_plugins(vars(config)):
         if plugin.build is None:
@@ -104,9 +100,7 @@ def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analys
         analysis = plugin.build(plugin.make_options(config.analysis_options.get(plugin.name)), context)
         if analysis is not None:
             built.append(analysis)
-    return ChunkPlan(boundaries, div_cfg, cells, built + list(analyses), config.tuned,
-                     EventKinds(boundaries, kinds, config.max_new_tokens, config.rollout_model, cells)
-                     if len(kinds) > 1 else None)
+    return ChunkPlan(boundaries, div_cfg, context.cells, built + list(analyses), config.tuned)
 
 
 def _float32_models(models: ModelSet) -> ModelSet:
@@ -261,7 +255,7 @@ def run(
         work = WorkCounter()  # summed from the chunks (which may run in other processes)
         analysis_records: dict[str, list] = {  # earlier sessions' records of prompts already complete
             a.name: [r for r in (store.load_rows(f"{a.name}.jsonl") if store is not None else []) if r.get("prompt_id") in done]
-            for a in plan.analyses}
+            for a in plan.analyses if not getattr(a, "scores_cells", False)}
         with _progress(progress) if progress else contextlib.nullcontext() as bar:
             if bar:
                 search_task = bar.add_task("divergence search (prompts)", total=len(prompts),

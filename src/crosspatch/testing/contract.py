@@ -83,7 +83,10 @@ def _close(a, b, tol: float, where: str) -> None:
 
 
 def _rows(result, plugin) -> list[dict]:
-    rows = [r.to_record() if hasattr(r, "to_record") else r for r in result.analyses.get(plugin.records, [])]
+    """The plug-in's records; for one without a records file, the run's 2x2 records (where an
+    analysis that scores more events with the 2x2, as event kinds do, puts its records)."""
+    found = result.analyses.get(plugin.records, []) if plugin.records is not None else result.records
+    rows = [r.to_record() if hasattr(r, "to_record") else r for r in found]
     return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str)[:400] if "key" not in r else r["key"])
 
 
