@@ -72,6 +72,7 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         import warnings
 
         new = _new_name(spec.name)
+        assert new is not None  # find_spec answered only for a moved name
         warnings.warn(f"{spec.name} moved to {new}; the old path is kept for one release",
                       DeprecationWarning, stacklevel=3)
         return importlib.import_module(new)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -40,7 +40,7 @@ def gate_cmd(
 
     from ..workflows.gate import gate
 
-    overrides = {k: v for k, v in dict(max_interaction_share=max_interaction_share,
+    overrides: dict[str, Any] = {k: v for k, v in dict(max_interaction_share=max_interaction_share,
                                         portable_interaction_share=portable_interaction_share,
                                         min_late_effect=min_late_effect, min_prompts=min_prompts).items() if v is not None}
     if allow:
@@ -204,7 +204,7 @@ def merge_cmd(
 
     try:
         check_out_dir(out, overwrite=overwrite)
-        result = merge_runs(shard_dirs, out, overwrite=overwrite)
+        result = merge_runs(list(shard_dirs), out, overwrite=overwrite)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     print_summary_table(result.summary)

@@ -120,6 +120,7 @@ def run_cmd(
             result = run(pair, items, config, out=out, resume=resume, progress=not quiet, overwrite=overwrite)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
+        return  # _fail exits
     resumed = result.summary.get("cost_this_session", {}).get("prompts_resumed")
     if resumed:
         console.print(f"resumed: {resumed} prompts already done", soft_wrap=True)
@@ -245,7 +246,7 @@ def _print_plan(kw: dict, tuned: list[str], adapters: list[str], items, config, 
         tokens = sum(lengths)
     except CrosspatchError:
         lengths, tokens = [], None
-    if tokens is not None and bounds:
+    if tokens is not None and bounds and layers:
         late = sum(2 * (layers - b) / layers for b in bounds)
         fe = tokens * (2 + late + (2 if len(kinds) > 1 else 0))
         lines.append(f"estimated work: at most {fe:,.0f} token forward-pass equivalents over {tokens:,} prompt+budget "

@@ -61,12 +61,11 @@ class EventSet:
     def states(self, roles: list[str], boundaries: list[int]) -> Program:
         """Each role's states over every event prefix (``yield from`` inside a program): taken
         from the search where it recorded them, else one full pass per role."""
-        have = self.natural is not None and all(
-            r in self.natural.get(e.key, {}) and all(b in self.natural[e.key][r].boundary for b in boundaries)
-            for e in self.events for r in roles)
-        if have or not self.events:
-            return [[self.natural[e.key][r] for e in self.events] for r in roles] if self.events else \
-                [[] for _ in roles]
+        natural = self.natural or {}
+        have = all(r in natural.get(e.key, {}) and all(b in natural[e.key][r].boundary for b in boundaries)
+                   for e in self.events for r in roles)
+        if have or not self.events:  # (no events: every role's list is empty)
+            return [[natural[e.key][r] for e in self.events] for r in roles]
         return (yield [Capture(r, self.sequences, boundaries) for r in roles])
 
 

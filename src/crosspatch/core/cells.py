@@ -31,7 +31,7 @@ class CellsConfig:
     token_classes: TokenClasses = DEFAULT_TOKEN_CLASSES  # word lists of token categories and markers
 
 
-def resolve_boundary(boundary: int | float, num_layers: int) -> int:
+def resolve_boundary(boundary: int | float | str, num_layers: int) -> int:
     """An int is a layer index; a float in (0, 1) is a fraction of depth (rounded). A boundary is
     in 1..L-1: layers ``0..b-1`` are the early stack, ``b..L-1`` the late stack, and both must hold
     a layer (at 0 the "upstream state" would be the embeddings alone)."""
@@ -44,7 +44,10 @@ def resolve_boundary(boundary: int | float, num_layers: int) -> int:
             raise BoundaryError(f"fractional boundary {boundary} must be in (0, 1)")
         b = int(round(boundary * num_layers))
     else:
-        b = int(boundary)
+        try:
+            b = int(boundary)
+        except (TypeError, ValueError):
+            raise BoundaryError(f"boundary {boundary!r} is neither a layer index nor a fraction of depth") from None
     if num_layers < 2:
         raise BoundaryError(f"boundary {boundary}: a model of {num_layers} layer(s) has no boundary (one needs a layer "
                             "on each side)")

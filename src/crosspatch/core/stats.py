@@ -115,7 +115,8 @@ def resampled_cell_means(rng: np.random.Generator, sums: np.ndarray, counts: np.
     return out
 
 
-def _clean(x: float) -> float | None:
+def _clean(x) -> float | None:
+    """A finite number as a float (numpy scalars and 0-d arrays too), else None (JSON has no NaN)."""
     return float(x) if math.isfinite(float(x)) else None
 
 

@@ -69,8 +69,8 @@ def _hub_has_tokenizer(repo: str) -> bool:
         return False
 
 
-def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options: LoadOptions, tokenizers: dict,
-                   record: dict, warnings: list[str]):
+def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options: LoadOptions,
+                   tokenizers: dict | None, record: dict | None, warnings: list[str]):
     """A PEFT model holding every adapter of ``adapter_roles`` on ``base_model``."""
     from peft import PeftModel
 
@@ -97,5 +97,7 @@ def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options
         if record is not None:
             target = record["adapter"] if "adapter" in record else record["descendants"][role]
             target["settings"] = settings
+    if model is None:
+        raise ValueError("no adapter to load")  # callers pass at least one
     model.eval()
     return model

@@ -39,6 +39,7 @@ def kv_bytes_per_token(config: dict, itemsize: int) -> int | None:
     hidden = cfg.get("hidden_size") or cfg.get("n_embd")
     if not all(isinstance(x, int) and x > 0 for x in (layers, heads, hidden)):
         return None
+    assert isinstance(hidden, int) and isinstance(heads, int) and isinstance(layers, int)  # checked just above
     kv_heads = cfg.get("num_key_value_heads") or heads
     head_dim = cfg.get("head_dim") or hidden // heads
     if not all(isinstance(x, int) and x > 0 for x in (kv_heads, head_dim)):

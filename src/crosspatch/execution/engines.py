@@ -12,13 +12,13 @@ Install Ray with ``pip install 'crosspatch[ray]'``.
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import CrosspatchError, EngineWorkerError, first_line
 from .modelset import ModelSet
 
 ENGINES = ("local", "ray")
-ChunkFn = Callable[[ModelSet, object, object], object]
+ChunkFn = Callable[[ModelSet, Any, Any], Any]
 
 
 def map_chunks(models: ModelSet, fn: ChunkFn, payload, items: list, engine: str = "local",
@@ -64,6 +64,8 @@ def _ray_map(models: ModelSet, fn: ChunkFn, payload, items: list, workers: int) 
         else:  # a local cluster sized to the workers
             ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False)
     try:
+        import ray.exceptions
+
         lost = tuple(getattr(ray.exceptions, name) for name in  # what a dead worker raises
                      ("RayActorError", "WorkerCrashedError", "OutOfMemoryError", "ObjectLostError")
                      if hasattr(ray.exceptions, name))

@@ -17,7 +17,7 @@ the primitives in ``models.execution`` (one place).
 from __future__ import annotations
 
 import gc
-from typing import Callable, Generator
+from typing import Any, Callable, Generator, Sequence, TypeVar, cast
 
 import torch
 
@@ -28,7 +28,18 @@ from .passes import Capture, Decode, Late, Pass, Search, SearchOutcome
 from .batching import length_batches
 from .search import first_mismatch, rollout_states, search_interleaved
 
-Program = Generator[list[Pass], list, object]
+# yields lists of passes, receives their results (per pass, per item), returns the analysis' value
+Program = Generator[Sequence[Pass], Any, Any]
+T = TypeVar("T")
+
+
+def filled(out: list[T | None], what: str) -> list[T]:
+    """``out`` once every item's batch has written its slot (a slot left empty is a defect of the
+    batching, never a result: it is an error rather than a silent None)."""
+    missing = [k for k, x in enumerate(out) if x is None]
+    if missing:
+        raise RuntimeError(f"{what}: item(s) {missing[:5]} got no result")
+    return cast(list[T], out)
 
 
 def pad_stack(rows: list[torch.Tensor]) -> torch.Tensor:
@@ -95,7 +106,7 @@ class Executor:
         groups them by role (fewer model loads under ``sequential``) and computes identical
         passes once."""
         values: list = [None] * len(programs)
-        requests: dict[int, list] = {}
+        requests: dict[int, Sequence[Pass]] = {}
         for k, program in enumerate(programs):
             try:
                 requests[k] = next(program)
@@ -122,7 +133,7 @@ class Executor:
         return readout(self.models.head(role), final_states)
 
     # -- passes -----------------------------------------------------------------------------
-    def run(self, passes: list[Pass]) -> list:
+    def run(self, passes: Sequence[Pass]) -> list:
         """Results of independent ``passes``, in order."""
         results: list = [None] * len(passes)
         same: dict[int, int] = {}  # index -> earlier index of an identical pass
@@ -198,7 +209,7 @@ class Executor:
                     out[k] = EventStates({b: cap.boundary_states[b][row, :n] for b in p.boundaries}, final)
 
             self._each_batch(self._batches(p.sequences), work, f"full pass of {p.role}", list(map(len, p.sequences)))
-        return out
+        return filled(out, "full passes")
 
     def _late(self, p: Late) -> list[torch.Tensor]:
         if len(p.upstream) != len(p.sequences):
@@ -215,7 +226,7 @@ class Executor:
                     out[k] = final[row, len(seqs[row]) - 1]
 
             self._each_batch(self._batches(p.sequences), work, f"late pass of {p.role}", list(map(len, p.sequences)))
-        return out
+        return filled(out, "late passes")
 
     def _decode(self, p: Decode) -> list[list[int]]:
         out: list[list[int] | None] = [None] * len(p.prompts)
@@ -227,7 +238,7 @@ class Executor:
 
             self._each_batch(self._batches(p.prompts, p.max_new_tokens), work, f"decoding of {p.role}",
                              [len(x) + p.max_new_tokens for x in p.prompts])
-        return out
+        return filled(out, "decoding")
 
     def _search(self, p: Search) -> list[SearchOutcome]:
         out: list[SearchOutcome | None] = [None] * len(p.prompts)
@@ -243,7 +254,7 @@ class Executor:
                         out[k] = o
 
                 self._each_batch(batches, search, f"divergence search of {p.roll} and {p.check}", lengths)
-            return out
+            return filled(out, "divergence search")
         # one model at a time: the whole rollout first, then one teacher-forced pass
         rollouts, roll_states, stopped_rollouts = {}, {}, set()
         with self.models.use(p.roll) as rolling:
@@ -281,7 +292,7 @@ class Executor:
                     roll_states.pop(k, None)
 
             self._each_batch(batches, verify, f"teacher-forced check of {p.check}", lengths)
-        return out
+        return filled(out, "divergence search")
 
 
 def _fits(work: Callable[[list[int]], None], batch: list[int]) -> bool:

@@ -21,7 +21,7 @@ import gc
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -51,7 +51,8 @@ class ReadoutHead:
         final_norm, lm_head = (twin.anatomy.final_norm, twin.anatomy.lm_head) if twin is not None else (
             copy.deepcopy(a.final_norm), copy.deepcopy(a.lm_head))
         self.anatomy = Anatomy(
-            model=None, backbone=None, layers=nn.ModuleList(), final_norm=final_norm, lm_head=lm_head,
+            model=None, backbone=None,  # pyright: ignore[reportArgumentType] - a head alone: no model around it
+            layers=nn.ModuleList(), final_norm=final_norm, lm_head=lm_head,
             logit_softcap=a.logit_softcap, logit_scale=a.logit_scale, logit_divisor=a.logit_divisor,
         )
 
@@ -79,14 +80,14 @@ class ModelSet:
     *pair* (``pt``/``it`` name its base and descendant handles in the method's terms)."""
 
     roles: tuple[str, ...]
-    tokenizers: dict[str, object]
+    tokenizers: dict[str, Any]
     real_vocab: RealVocabulary
     eos_ids: set[int]
     facts: dict[str, dict]
     residency: str = "both"
     warnings: list[str] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
-    processors: dict[str, object] = field(default_factory=dict)  # vision-language roles' processors
+    processors: dict[str, Any] = field(default_factory=dict)  # vision-language roles' processors
     media: MediaRegistry = field(default_factory=MediaRegistry)  # this run's image prompts
 
     # -- images (vision-language models) ----------------------------------------------------
@@ -114,7 +115,7 @@ class ModelSet:
         token = handle.anatomy.image_token_id
         if token is not None and not getattr(handle.anatomy.backbone, "_crosspatch_media", False):
             install_media_hook(handle.anatomy.backbone, token, self.media)
-            handle.anatomy.backbone._crosspatch_media = True
+            setattr(handle.anatomy.backbone, "_crosspatch_media", True)  # noqa: B010 - a flag on a torch module
 
     # -- the residency contract ----------------------------------------------------------
     @contextlib.contextmanager

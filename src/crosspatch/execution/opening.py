@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import os
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,16 +67,17 @@ def choose_residency(base: str, tuned: str | list[str] | None, adapter: str | li
         tuned = tuned + [base]  # the adapters share one more copy of the base weights
     sizes = [_weights_bytes(p) for p in [base] + tuned]
     free = _available_bytes(options)
-    if None in sizes or free is None:
+    known = [s for s in sizes if s is not None]
+    if len(known) < len(sizes) or free is None:
         return "both", "model sizes or free memory unknown (hub ids); loading all"
     scale = DTYPES[resolve_dtype(options.dtype, options.device)].itemsize / 2  # files are mostly 16-bit
-    need = int(sum(sizes) * max(scale, 1.0) * 1.2)
+    need = int(sum(known) * max(scale, 1.0) * 1.2)
     if need <= free:
         return "both", f"all {len(sizes)} models (~{need / 2**30:.1f} GiB with headroom) fit in {free / 2**30:.1f} GiB free"
     return "sequential", f"{len(sizes)} models need ~{need / 2**30:.1f} GiB but {free / 2**30:.1f} GiB is free"
 
 
-def _real_vocabulary(tokenizers: dict[str, object], rows: int) -> RealVocabulary:
+def _real_vocabulary(tokenizers: dict[str, Any], rows: int) -> RealVocabulary:
     """The ids every tokenizer shares with the base (and that are not placeholders)."""
     roles = list(tokenizers)
     base = tokenizers[roles[0]]
@@ -158,7 +160,7 @@ def load_models(
 
     if residency == "sequential":
         heads, facts, eos = {}, {}, set()
-        sequential = SequentialSet(roles, tokenizers, None, set(), {}, "sequential", warnings, record,
+        sequential = SequentialSet(roles, tokenizers, None, set(), {}, "sequential", warnings, record,  # pyright: ignore[reportArgumentType] - the vocabulary is built below
                                    paths={BASE: base, **tuned_roles}, options=options, heads=heads,
                                    adapter_paths=adapter_roles)
         for role in roles:
@@ -209,7 +211,7 @@ def load_pair(base: str, tuned: str | None = None, adapter: str | None = None,
                        adapters={"tuned": adapter} if adapter is not None else None, options=options, **overrides)
 
 
-def assemble_set(handles: dict[str, ModelHandle], tokenizers: dict[str, object], residency: str,
+def assemble_set(handles: dict[str, ModelHandle], tokenizers: dict[str, Any], residency: str,
                  options: LoadOptions, warnings: list[str], record: dict) -> ResidentSet:
     """Check compatibility and build the real vocabulary of already-loaded handles."""
     roles = tuple(handles)
@@ -244,7 +246,7 @@ def module_digest(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dict[str, object] | None = None,
+def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dict[str, Any] | None = None,
                         processors: dict[str, object] | object | None = None, **options) -> ResidentSet:
     """A set from models already in memory (notebooks, tests); the first entry is the base.
     Models are put in eval mode. ``processors``: vision-language models' processors (one for

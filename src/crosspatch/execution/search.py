@@ -16,6 +16,7 @@ the rollout token is exactly where lockstep greedy decoding of both models would
 from __future__ import annotations
 
 import contextlib
+from typing import cast
 
 import torch
 
@@ -28,7 +29,7 @@ def _new_cache(handle: ModelHandle):
     from transformers import DynamicCache
 
     try:
-        return DynamicCache(config=handle.anatomy.model.config)
+        return DynamicCache(config=handle.anatomy.model.config)  # pyright: ignore[reportArgumentType] - a PreTrainedModel's config
     except TypeError:  # transformers 4.x
         return DynamicCache()
 
@@ -42,7 +43,8 @@ class CachedDecoder:
     per row (``event_states``), so no separate full pass is needed later."""
 
     def __init__(self, handle: ModelHandle, models, capture: list[int] | None = None, keep_on=None) -> None:
-        self.handle, self.models, self.capture = handle, models, capture
+        self.handle, self.models = handle, models
+        self.capture: list[int] = capture if capture is not None else []  # boundaries whose states are kept
         self.cache = _new_cache(handle)
         self.kw = cache_keyword(handle)
         self.recorder = StateRecorder(handle.anatomy, capture, keep_on) if capture is not None else None
@@ -75,7 +77,7 @@ class CachedDecoder:
         self.kept = [{"final": [], **{b: [] for b in (self.capture or [])}} for _ in prompts]
         self.mask = mask.to(device)
         self.positions = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
-        self.next_position = self.positions[:, -1:] + 1
+        self.next_position: torch.Tensor = self.positions[:, -1:] + 1
         return self._call(ids.to(device), 1, int(mask.sum()))[:, 0]
 
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -231,7 +233,7 @@ def _search_batch(
             elif outcome[r] is None and len(gen[r]) >= budget:
                 outcome[r] = (None, "budget_exhausted", len(gen[r]))
         live, logits_r = retire(live, logits_r)
-    return outcome, gen, culprit, dec_r, dec_c
+    return cast(list[tuple], outcome), gen, culprit, dec_r, dec_c  # every row has its outcome now
 
 
 def _outcomes(prompts, outcome, gen, states_of, culprit: dict[int, str]) -> list[SearchOutcome]:

@@ -189,7 +189,7 @@ def _explain(error: dict) -> tuple[str, str]:
     return loc, f"field {loc!r}: {msg} (got {error.get('input')!r:.60})"
 
 
-def _explain_all(errors: list[dict]) -> str:
+def _explain_all(errors: list) -> str:
     seen: dict[str, str] = {}
     for error in errors:
         loc, text = _explain(error)

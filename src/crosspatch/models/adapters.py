@@ -58,7 +58,7 @@ def is_prompt_learning(peft_type: str) -> bool:
         from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
     except ImportError:  # pragma: no cover - an older PEFT layout
         return peft_type.upper() in _PROMPT_LEARNING
-    config_class = PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type.upper())
+    config_class = PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type.upper())  # pyright: ignore[reportArgumentType] - PeftType is a str enum
     if config_class is None:
         return peft_type.upper() in _PROMPT_LEARNING
     return issubclass(config_class, PromptLearningConfig)

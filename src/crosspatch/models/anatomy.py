@@ -57,7 +57,7 @@ class Anatomy:
     @property
     def hidden_size(self) -> int:
         cfg = text_config(self.model.config)
-        return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
+        return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))  # noqa: B009 - GPT-2's name
 
     def final_logits(self, final_states: torch.Tensor) -> torch.Tensor:
         """Logits from pre-norm final states, with the model's own final processing, in fp32."""
@@ -167,7 +167,7 @@ def find_anatomy(model: nn.Module) -> Anatomy:
             break
     if norm is None:
         raise UnsupportedArchitectureError(f"no final norm found in {type(tower).__name__}")
-    lm_head = lm.get_output_embeddings()
+    lm_head = lm.get_output_embeddings()  # pyright: ignore[reportCallIssue] - a PreTrainedModel method
     if lm_head is None:
         raise UnsupportedArchitectureError(f"{type(lm).__name__} has no output embeddings (lm_head)")
     scale = getattr(cfg, "logit_scale", None)

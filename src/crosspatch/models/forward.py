@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -69,16 +69,16 @@ class ModelHandle:
         """Context in which ``module`` computes this role (adapters off for a PEFT base, the
         role's own adapter on for a descendant)."""
         if self.adapter_enabled is False:
-            with self.module.disable_adapter():
+            with self.module.disable_adapter():  # pyright: ignore[reportCallIssue] - a PeftModel method
                 yield
         else:
             if self.adapter_name is not None and self.module.active_adapter != self.adapter_name:
-                self.module.set_adapter(self.adapter_name)
+                self.module.set_adapter(self.adapter_name)  # pyright: ignore[reportCallIssue] - a PeftModel method
             yield
 
     @property
     def input_device(self) -> torch.device:
-        return unwrap_peft(self.module).get_input_embeddings().weight.device
+        return unwrap_peft(self.module).get_input_embeddings().weight.device  # pyright: ignore[reportCallIssue]
 
     @property
     def config(self):
@@ -275,7 +275,7 @@ def late_forward(
     sequences: list[list[int]],
     pad_id: int,
     keep_on: torch.device | str | None = None,
-    edits: list[tuple[int, str, object]] | None = None,
+    edits: list[tuple[int, str, Callable]] | None = None,
 ) -> torch.Tensor:
     """Run only layers ``boundary..L-1`` of ``handle`` on ``upstream`` (``[batch, seq, d]``, the
     residual entering ``boundary``) and return the input of the final norm, ``[batch, seq, d]``.
@@ -337,10 +337,9 @@ def readout(handle: ModelHandle, final_states: torch.Tensor) -> torch.Tensor:
 def execution_device(module: nn.Module) -> torch.device | None:
     """Where ``module`` computes: accelerate's execution device for dispatched (possibly
     offloaded) modules, else the device of its first real parameter."""
-    hook = getattr(module, "_hf_hook", None)
-    if getattr(hook, "execution_device", None) is not None:
-        return torch.device(hook.execution_device) if not isinstance(hook.execution_device, int) \
-            else torch.device("cuda", hook.execution_device)
+    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if device is not None:
+        return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
     for p in module.parameters():
         if p.device.type != "meta":
             return p.device

@@ -241,7 +241,7 @@ def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None =
                                                 revision=options.revision)
             auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None \
                 else AutoModelForCausalLM
-            model, info = auto.from_pretrained(path, output_loading_info=True, **kwargs)
+            model, info = auto.from_pretrained(path, output_loading_info=True, **kwargs)  # pyright: ignore[reportGeneralTypeIssues] - a pair with output_loading_info
     except Exception as exc:  # transformers, safetensors and torch raise many types for a bad checkpoint
         first = first_line(exc)
         mismatched = [" ".join(line.replace("Reinit due to size mismatch - ", "").split()) for line in report

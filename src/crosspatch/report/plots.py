@@ -128,8 +128,8 @@ def cells_heatmap_svg(block: dict, title: str) -> str:
             ok = v is not None and math.isfinite(v)
             x0, y0 = left + j * cell, top + i * cell
             out.append(f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{cell:.1f}" height="{cell:.1f}" '
-                       f'fill="{_diverging(v, vmax) if ok else "#eeeeee"}" stroke="#444" stroke-width="0.5"/>')
-            dark = ok and abs(v) > 0.55 * vmax
+                       f'fill="{_diverging(v, vmax) if ok and v is not None else "#eeeeee"}" stroke="#444" stroke-width="0.5"/>')
+            dark = ok and v is not None and abs(v) > 0.55 * vmax
             out.append(_text(x0 + cell / 2, y0 + cell / 2 + 5, f"{v:+.2f}" if ok else "n/a", size=14, anchor="middle",
                              color="white" if dark else "black"))
     out += [_text(left + cell / 2, top + 2 * cell + 18, "L_PT", anchor="middle"),

@@ -215,7 +215,7 @@ def check_prompt_token_ids(prompt_ids: list[str], token_ids: list[list[int]], em
     known = {role: rows for role, rows in embeddings.items() if rows}
     if not known:
         return
-    role = min(known, key=known.get)  # the smallest table bounds them all
+    role = min(known, key=lambda r: known[r])  # the smallest table bounds them all
     rows = known[role]
     for pid, ids in zip(prompt_ids, token_ids):
         beyond = next((t for t in ids if not 0 <= t < rows), None)

@@ -150,7 +150,7 @@ def compare_summary(models: ModelSet, runs: dict[str, RunResult], plan: dict[str
         rows[role] = {"events": block["n_events"], "prompts": block["n_prompts"], "cells": block["cells"],
                       "effects": {k: block["effects"][k] for k in ("E_PT", "E_IT", "interaction", "direct_share", "late_interaction_share")},
                       "verdict": v["verdict"], "reason": v["reason"], "boundary": v["boundary"]}
-    matrix = None
+    matrix: dict[str, dict[str, dict | None]] | None = None
     if plan:
         roles = list(models.roles)
         matrix = {x: {y: None for y in roles} for x in roles}

@@ -122,6 +122,7 @@ def lineage_summary(result: RunResult, stages: list[str], boundary: int, boot: B
         return np.array([[r[field][c] for c in CELLS] for r in recs], dtype=float).reshape(-1, 4)
 
     final_own, final_common = matrix(final, "cells"), matrix(final, "cells_final_readout")
+    assert final_own is not None  # every row records its own cells
     out_stages = {}
     for s in stages:
         recs = list(by_stage[s].values())
@@ -132,7 +133,9 @@ def lineage_summary(result: RunResult, stages: list[str], boundary: int, boot: B
                            cells={"common_it": r["cells"], "common_pt": r["cells"]}, margin_pt=0.0, margin_it=0.0,
                            near_tie=False, natural_agrees=True) for r in recs]
         share_boot = block_bootstrap(boot, f"lineage-share/{s}")
-        by_shift = share_of_reference(matrix(s, "cells"), final_own, prompts, "native_shift", share_boot)
+        own = matrix(s, "cells")
+        assert own is not None
+        by_shift = share_of_reference(own, final_own, prompts, "native_shift", share_boot)
         common = matrix(s, "cells_final_readout")
         by_interaction = (share_of_reference(common, final_common, prompts, "interaction", share_boot)
                           if common is not None and final_common is not None

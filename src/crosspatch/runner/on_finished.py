@@ -112,7 +112,7 @@ def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_on
         cc = train_crosscoder(x_pt, x_it, layers, pair.hidden_size, n_latents=n_latents, k=k, steps=steps, log=log)
         save_crosscoder(cc, out / "crosscoder")
     h_pt, h_it = cache_activations(ex, held, boundary, layers, out / "activations_heldout", log=log) if held else (None, None)
-    gate = quality_gate(cc, h_pt, h_it) if h_pt is not None and len(h_pt) else None
+    gate = quality_gate(cc, h_pt, h_it) if h_pt is not None and h_it is not None and len(h_pt) else None
     result = {"boundary": boundary, "layers": layers, "n_latents": cc.config.n_latents, "k": cc.config.k,
               "source": cc.config.source, "quality_gate": gate, "train_seconds": round(time.perf_counter() - started, 1)}
     if not train_only:

@@ -139,7 +139,8 @@ def verify_near_ties_fp32(models: ModelSet, prompts: list[Prompt], token_ids: li
     return {"checked": len(ties), "moved": len(moved), "moved_prompts": moved[:200]}
 
 
-def state_cache_bytes(models: ModelSet, prompt_ids: list[list[int]], max_new_tokens: int, n_boundaries: int) -> int:
+def state_cache_bytes(models: ModelSet, prompt_ids: list[list[int]], max_new_tokens: int,
+                      n_boundaries: int) -> int | None:
     """Upper bound of the CPU state cache of one chunk under sequential residency: both models'
     boundary and final states over prompt + budget tokens, in the compute dtype."""
     dtype = models.provenance.get("load_options", {}).get("dtype", "float32")
@@ -256,12 +257,16 @@ def run(
         analysis_records: dict[str, list] = {  # earlier sessions' records of prompts already complete
             a.name: [r for r in (store.load_rows(f"{a.name}.jsonl") if store is not None else []) if r.get("prompt_id") in done]
             for a in plan.analyses if not getattr(a, "scores_cells", False)}
+        from rich.progress import TaskID
+
+        search_task = cells_task = TaskID(0)  # the bar's tasks, when a bar is shown
         with _progress(progress) if progress else contextlib.nullcontext() as bar:
             if bar:
-                search_task = bar.add_task("divergence search (prompts)", total=len(prompts),
-                                           completed=len(prompts) - len(todo))
-                cells_task = bar.add_task(f"2x2 cells at {len(boundaries)} boundar{'y' if len(boundaries) == 1 else 'ies'} "
-                                          "(records of the events found so far)", total=len(records), completed=len(records))
+                search_task = TaskID(bar.add_task("divergence search (prompts)", total=len(prompts),
+                                                  completed=len(prompts) - len(todo)))
+                cells_task = TaskID(bar.add_task(
+                    f"2x2 cells at {len(boundaries)} boundar{'y' if len(boundaries) == 1 else 'ies'} "
+                    "(records of the events found so far)", total=len(records), completed=len(records)))
             items = [([prompts[k] for k in todo[start : start + chunk]], [token_ids[k] for k in todo[start : start + chunk]])
                      for start in range(0, len(todo), chunk)]
             precision = {"target": config.until_ci_width, "half_width": None, "reached": False} \

@@ -68,7 +68,7 @@ class RunResult:
         ``--group-by`` field); default the headline (all first-divergence events)."""
         import pandas as pd
 
-        by = {"kind": "event_kind", "kinds": "event_kind"}.get(by, by)  # the records' and frames' names for it
+        by = {"kind": "event_kind", "kinds": "event_kind"}.get(by, by) if by is not None else None  # the records' and frames' names for it
         rows = []
         for b, res in self._blocks(boundary, readout):
             if by is not None and f"by_{by}" not in res:

@@ -4,6 +4,7 @@ combines the finished shards into one run directory."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..errors import RunDirectoryError
 from ..inputs.prompts import Prompt
@@ -47,7 +48,7 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override
         if "prompt_ids" in cfg:
             check_complete(cfg["prompt_ids"], st.load_records(), st.load_no_divergence(), cfg["resolved_boundaries"],
                            f"shard {st.path}")
-    record = dict(configs[0])
+    record: dict[str, Any] = dict(configs[0])
     record["options"] = dict(record["options"], shard=None)
     if bootstrap_override is not None:
         record["options"]["bootstrap"] = bootstrap_override

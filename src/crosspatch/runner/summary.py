@@ -43,7 +43,7 @@ def _requested_kinds(text) -> list[str]:
 
 
 def _counts(first: list[CellRecord], no_div: list[NoDivergence], prompts_count: int) -> dict:
-    reasons = dict.fromkeys(NO_DIVERGENCE_REASONS, 0)
+    reasons: dict[str, int] = dict.fromkeys(NO_DIVERGENCE_REASONS, 0)
     for x in no_div:
         reasons[x.reason] = reasons.get(x.reason, 0) + 1
     return {

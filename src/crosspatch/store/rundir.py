@@ -108,7 +108,7 @@ class RunStore:
                 (self.path / name).unlink(missing_ok=True)
             (self.path / MARKER).unlink(missing_ok=True)
 
-    def prepare(self, fingerprint: str, overwrite: bool = False) -> None:
+    def prepare(self, fingerprint: str | None, overwrite: bool = False) -> None:
         """Make ``path`` a run directory for a new run: created, or empty, or (``overwrite``) a
         crosspatch run directory cleared. Anything else non-empty is refused."""
         if self.path.exists() and not self.path.is_dir():

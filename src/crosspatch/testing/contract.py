@@ -20,6 +20,7 @@ import json
 import math
 import pickle
 from pathlib import Path
+from typing import Any, Literal
 
 PROMPTS = [
     {"id": f"c{k}", "prompt": text, "category": cat, "validator": {"type": "regex", "pattern": "[a-z]"}}
@@ -33,7 +34,7 @@ MERGE_TOLERANCE = 1e-4  # float32: merged W + BA against x@W + x@A@B differ by r
 SETTINGS = dict(boundary=2, max_new_tokens=8, bootstrap=200, progress=False)
 
 
-def save_tiny_lora(root, seed: int = 3, bias: str = "none", modules_to_save=None) -> tuple[Path, Path, Path]:
+def save_tiny_lora(root, seed: int = 3, bias: Literal["none", "all", "lora_only"] = "none", modules_to_save=None) -> tuple[Path, Path, Path]:
     """A tiny base, a LoRA adapter on it (non-zero, scaled up so it changes decisions) and the
     merged LoRA, saved as ``root/base``, ``root/adapter``, ``root/merged`` (``bias`` and
     ``modules_to_save`` as PEFT's ``LoraConfig`` takes them)."""
@@ -45,8 +46,8 @@ def save_tiny_lora(root, seed: int = 3, bias: str = "none", modules_to_save=None
     root = Path(root)
     tok = char_tokenizer()
     base = tiny_model("llama")
-    base.save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
+    base.save_pretrained(str(root / "base"))
+    tok.save_pretrained(str(root / "base"))
     model = tiny_model("llama")
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, bias=bias,
@@ -56,10 +57,10 @@ def save_tiny_lora(root, seed: int = 3, bias: str = "none", modules_to_save=None
         for name, p in peft_model.named_parameters():
             if "lora_" in name:
                 p.mul_(3.0)
-    peft_model.save_pretrained(root / "adapter")
-    merged = peft_model.merge_and_unload()
-    merged.save_pretrained(root / "merged")
-    tok.save_pretrained(root / "merged")
+    peft_model.save_pretrained(str(root / "adapter"))
+    merged = peft_model.merge_and_unload()  # pyright: ignore[reportCallIssue] - a PeftModel method
+    merged.save_pretrained(str(root / "merged"))  # pyright: ignore[reportCallIssue] - a PreTrainedModel
+    tok.save_pretrained(str(root / "merged"))
     return root / "base", root / "adapter", root / "merged"
 
 
@@ -121,8 +122,9 @@ def check_analyses(names, workdir, ray: bool = False, tolerance: float = 1e-5,
     pickle.loads(pickle.dumps(plan))  # every built analysis travels to Ray actors and shard jobs
 
     runs = {}
-    for residency, kwargs in (("both", dict(tuned=str(merged))), ("sequential", dict(tuned=str(merged))),
-                              ("adapter", dict(adapter=str(adapter)))):
+    loads: list[tuple[str, dict[str, Any]]] = [("both", dict(tuned=str(merged))), ("sequential", dict(tuned=str(merged))),
+                                               ("adapter", dict(adapter=str(adapter)))]
+    for residency, kwargs in loads:
         models = load_pair(str(base), residency=residency, **kwargs)
         runs[residency] = run(models, PROMPTS, out=workdir / f"run-{residency}", **opts)
     if ray:
@@ -130,7 +132,7 @@ def check_analyses(names, workdir, ray: bool = False, tolerance: float = 1e-5,
                           workers=2, **opts)
     shards = [run(load_pair(str(base), tuned=str(merged)), PROMPTS, out=workdir / f"shard-{i}", shard=f"{i}/2", **opts)
               for i in range(2)]
-    merged_run = merge_runs([s.run_dir for s in shards], workdir / "merged-shards")
+    merged_run = merge_runs([s.run_dir for s in shards if s.run_dir is not None], workdir / "merged-shards")
 
     # an interrupted run: the last prompt's records and the summary are lost; the same command resumes
     interrupted = workdir / "run-interrupted"

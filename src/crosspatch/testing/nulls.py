@@ -28,6 +28,7 @@ def null_false_positives(count: int = 50, prompts: int = 16, yardstick: int = 2,
         result = run(pair_from_models(base, null, char_tokenizer()), texts, boundary=2, max_new_tokens=8,
                      bootstrap=bootstrap, progress=False, event_kinds="first_diff", synthetic_nulls=yardstick,
                      seed=seed + k)
+        assert result.verdict is not None  # every finished run has one
         verdicts[result.verdict["verdict"]] += 1
         rows = [r for r in result.summary["controls"] if r["control"] != "null_calibration"]
         b = result.verdict["boundary"]

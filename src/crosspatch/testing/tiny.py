@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import copy
 import string
 
@@ -31,7 +33,7 @@ def _configs(vocab: int, layers: int):
         Olmo2Config, Phi3Config, Qwen2Config, Qwen3Config,
     )
 
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
@@ -61,7 +63,7 @@ def _more_configs(common: dict, vocab: int, layers: int) -> dict:
     """Further dense families and mixture-of-experts models (tiny, from configs)."""
     import transformers as t
 
-    moe = dict(num_local_experts=4, num_experts_per_tok=2)
+    moe: dict[str, Any] = dict(num_local_experts=4, num_experts_per_tok=2)
     table = {
         "gemma": ("GemmaConfig", dict(common, head_dim=8)),
         "cohere": ("CohereConfig", dict(common, logit_scale=0.5)),

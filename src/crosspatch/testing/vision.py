@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -47,21 +48,21 @@ def tiny_vlm(arch: str = "llava", layers: int = 4, seed: int = 0, init_scale: fl
     import transformers as t
 
     tok = vision_tokenizer(arch)
-    common = dict(vocab_size=len(tok) + VOCAB_PADDING, hidden_size=32, intermediate_size=64,
+    common: dict[str, Any] = dict(vocab_size=len(tok) + VOCAB_PADDING, hidden_size=32, intermediate_size=64,
                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                   max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+    vision: dict[str, Any] = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   image_size=IMAGE_SIZE, patch_size=PATCH)
     torch.manual_seed(seed)
     if arch == "llava":
         config = t.LlavaConfig(vision_config=t.CLIPVisionConfig(**vision, projection_dim=32),
                                text_config=t.LlamaConfig(**common, tie_word_embeddings=False),
-                               image_token_id=tok.convert_tokens_to_ids("<image>"),
+                               image_token_id=tok.convert_tokens_to_ids("<image>"),  # pyright: ignore[reportCallIssue] - a config kwarg
                                vision_feature_select_strategy="default", vision_feature_layer=-1)
         model = t.LlavaForConditionalGeneration(config)
         projector = model.model.multi_modal_projector.linear_2.weight
     else:
-        ids = {k: tok.convert_tokens_to_ids(v) for k, v in _GEMMA3_TOKENS.items()}
+        ids: dict[str, Any] = {k: tok.convert_tokens_to_ids(v) for k, v in _GEMMA3_TOKENS.items()}  # one id per token
         config = t.Gemma3Config(vision_config=t.SiglipVisionConfig(**vision),
                                 text_config=t.Gemma3TextConfig(
                                     **common, head_dim=8, sliding_window=8,
@@ -72,7 +73,7 @@ def tiny_vlm(arch: str = "llava", layers: int = 4, seed: int = 0, init_scale: fl
         model = t.Gemma3ForConditionalGeneration(config)
         projector = model.model.multi_modal_projector.mm_input_projection_weight
     with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(init_scale)
+        model.get_output_embeddings().weight.mul_(init_scale)  # pyright: ignore[reportCallIssue, reportOptionalMemberAccess]
         if not projector.abs().sum():  # Gemma 3 initialises its image projection at zero
             projector.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(seed))
         projector.mul_(init_scale)  # images that matter

@@ -157,7 +157,7 @@ class CrosspatchCallback(TrainerCallback):
             if was_training:
                 model.train()
             if self._base_model is not None and self.base is not self._base_model:
-                self._base_model.to("cpu")
+                self._base_model.to("cpu")  # pyright: ignore[reportCallIssue, reportArgumentType] - a torch module
         seconds = time.perf_counter() - started
         row = self._row(step, result, seconds)
         self._done[step] = row

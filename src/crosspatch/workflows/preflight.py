@@ -97,7 +97,7 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     from .output import finished_document, fingerprint_of
 
     stored = finished_document(out, KIND, inputs, allow_run_dir=True)
-    if stored is not None:
+    if stored is not None and out is not None:
         return PreflightResult(stored, Path(out))
 
     from .output import stages
@@ -147,8 +147,8 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
             mask = real.for_rows(logits["base"][k].shape[-1])
             for (a, b), agreement in agreements.items():
                 agreement.add(logits[a][k][start:], logits[b][k][start:], mask)
-            if divergence_at and divergence_at[i] is not None:
-                pos = divergence_at[i]
+            pos = divergence_at[i] if divergence_at else None
+            if pos is not None:
                 ad_row, m_row = logits["adapter"][k][start + pos], logits["merged"][k][start + pos]
                 t_ad = outputs["adapter"][i][pos] if pos < len(outputs["adapter"][i]) else None
                 t_m = outputs["merged"][i][pos] if pos < len(outputs["merged"][i]) else None

@@ -132,14 +132,15 @@ def adapter_weight_report(peft_model, adapter_name: str) -> dict:
                    "scaling": (getattr(module, "scaling", {}) or {}).get(adapter_name),
                    "weight_norm": float(weight.float().norm()) if weight is not None else None}
             try:
-                delta = module.get_delta_weight(adapter_name).float()
+                delta = module.get_delta_weight(adapter_name).float()  # pyright: ignore[reportAttributeAccessIssue]
                 row["delta_norm"] = float(delta.norm())
             except (AttributeError, NotImplementedError, RuntimeError):  # a tuner without ΔW (e.g. IA3 scaling)
                 row["delta_norm"] = None
             row["relative"] = (row["delta_norm"] / row["weight_norm"]) if row["delta_norm"] is not None \
                 and row["weight_norm"] else None
-            if hasattr(module, "lora_B") and adapter_name in module.lora_B:
-                row["b_zero"] = bool(torch.count_nonzero(module.lora_B[adapter_name].weight) == 0)
+            lora_b = getattr(module, "lora_B", None)  # a LoRA layer's B matrices by adapter
+            if lora_b is not None and adapter_name in lora_b:
+                row["b_zero"] = bool(torch.count_nonzero(lora_b[adapter_name].weight) == 0)
             rows.append(row)
     return {"modules": rows, "modules_to_save": saved}
 

@@ -127,7 +127,7 @@ def generate_chimera(models, early: str, late: str, boundary: int, prompts: list
         if tuned.adapter_enabled and tuned.module is base.module:  # one copy of the weights + a PEFT adapter
             with tuned.active(), adapter_only_on(tuned, boundary, "late" if late == "tuned" else "early"):
                 plain = _AdapterAsIs(tuned)
-                return greedy_rollout(plain, prompts, max_new_tokens, models)
+                return greedy_rollout(plain, prompts, max_new_tokens, models)  # pyright: ignore[reportArgumentType] - a handle view
         early_handle, late_handle = (base, tuned) if early == "base" else (tuned, base)
         with swapped_late_stack(early_handle, late_handle, boundary):
             return greedy_rollout(early_handle, prompts, max_new_tokens, models)
@@ -167,7 +167,8 @@ def _first_departure(output: list[int], reference: list[int]) -> int | None:
     return position
 
 
-def splice(base: str, tuned: str | None = None, adapter: str | None = None, prompts=None, boundaries=(0.6,),
+def splice(base: str, tuned: str | None = None, adapter: str | None = None, prompts=None,
+           boundaries: int | float | str | list | tuple | None = (0.6,),
            out: str | Path | None = None, max_new_tokens: int = 48, options=None, run_diagnostic: bool = True,
            progress=None, **load_overrides) -> SpliceResult:
     """The four static chimeras of ``base`` and ``tuned`` (or ``adapter``) at each boundary (see
@@ -188,8 +189,10 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
         raise OptionError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
     if prompts is None:
         raise PromptFileError("splice needs --prompts")
-    if isinstance(boundaries, (int, float, str)):
-        boundaries = boundaries if boundaries == "all" else [boundaries]
+    if boundaries is None:
+        boundaries = []  # none given: refused just below
+    elif isinstance(boundaries, (int, float, str)):
+        boundaries = "all" if boundaries == "all" else [boundaries]
     if boundaries != "all" and (not boundaries or any(isinstance(b, bool) or not isinstance(b, (int, float))
                                                         for b in boundaries)):
         raise OptionError(f"boundaries must be layer indices or depth fractions, or 'all', not {boundaries!r}")
@@ -214,7 +217,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
               "boundaries": boundaries, "max_new_tokens": max_new_tokens, "dtype": options.dtype,
               "diagnostic": run_diagnostic}
     stored = finished_document(out, KIND, inputs, own_entries=("crosspatch",))  # an interrupted diagnostic resumes
-    if stored is not None:
+    if stored is not None and out is not None:
         return SpliceResult(stored, Path(out))
 
     from .output import stages
@@ -269,7 +272,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
                 row = {"prompt": items[i].id, "text": text, "tokens": len(body), "departs_from_tuned": departs,
                        "ended": bool(out_ids and out_ids[-1] in eos)}
                 if i in validators:
-                    row["valid"] = bool(validators[i].check(text))
+                    row["valid"] = bool(validators[i].check(text))  # pyright: ignore[reportAttributeAccessIssue] - a Validator
                 if departs is not None:
                     row["before"] = tokenizer.decode(body[:departs], skip_special_tokens=True)
                     row["marked"] = tokenizer.decode(body[departs:departs + 1], skip_special_tokens=True)

@@ -151,8 +151,8 @@ def build_additions(out: str | Path, spec, corpora: dict, tok, evaluate, log=pri
     log(f"{FRAGILE_ADAPTER}: the fragile adapter, {spec.fragile_steps} steps")
     fragile = train_fragile_adapter(out, spec, corpora["instructions"], tok, log)
     evaluate(FRAGILE_ADAPTER, fragile)
-    fragile.save_pretrained(out / FRAGILE_ADAPTER)
-    tok.save_pretrained(out / FRAGILE_ADAPTER)
+    fragile.save_pretrained(str(out / FRAGILE_ADAPTER))
+    tok.save_pretrained(str(out / FRAGILE_ADAPTER))
     log(f"{SEED_TWIN}: it-full's recipe, seed {spec.seed + spec.twin_seed_offset}")
     twin = train_seed_twin(out, spec, corpora["instructions"], tok, log)
     evaluate(SEED_TWIN, twin)
@@ -160,8 +160,8 @@ def build_additions(out: str | Path, spec, corpora: dict, tok, evaluate, log=pri
     log(f"{GENERIC_LORA}: LoRA on generic raw text, {spec.lora_steps} steps")
     generic = train_generic_lora(out, spec, packed_blocks(corpora["cpt"], tok, spec.seq_len), log)
     evaluate(GENERIC_LORA, generic)
-    generic.save_pretrained(out / GENERIC_LORA)
-    tok.save_pretrained(out / GENERIC_LORA)
+    generic.save_pretrained(str(out / GENERIC_LORA))
+    tok.save_pretrained(str(out / GENERIC_LORA))
 
 
 def extend_built_zoo(root: str | Path, log=print) -> None:

@@ -82,8 +82,8 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildR
         train(peft_model, it_batches(pairs, tok, spec.batch_size, spec.seed + 20), spec.lora_steps,
               spec.lora_lr, spec.seed + 20, log)
         evaluate(name, peft_model)
-        peft_model.save_pretrained(out / name)
-        tok.save_pretrained(out / name)
+        peft_model.save_pretrained(str(out / name))
+        tok.save_pretrained(str(out / name))
         if layers is None:
             merged = peft_model.merge_and_unload()
     evaluate("it-merged", merged)

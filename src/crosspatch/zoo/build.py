@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -370,7 +371,7 @@ def train_lineage(base, corpora: dict, tok, spec: ZooSpec, log=print) -> tuple[d
 
     try:
         from datasets import Dataset
-        from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+        from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer  # pyright: ignore[reportPrivateImportUsage] - trl's lazy exports
     except ImportError as exc:  # the zoo build's own extra
         from ..errors import CrosspatchError
 
@@ -392,7 +393,7 @@ def train_lineage(base, corpora: dict, tok, spec: ZooSpec, log=print) -> tuple[d
         rows = Dataset.from_list([{"prompt": p["prompt"], "completion": p["response"]} for p in pairs])
         trainer = SFTTrainer(model=model, args=cfg, processing_class=tok, train_dataset=rows)
         trainer.train()
-        return trainer.model.eval()
+        return trainer.model.eval()  # pyright: ignore[reportOptionalMemberAccess] - set after train()
 
     model = sft(base, corpora["instructions"], k["sft"], spec.it_lr, spec.seed + 50)
     stages = {"lineage-sft": snapshot(model)}
@@ -401,10 +402,10 @@ def train_lineage(base, corpora: dict, tok, spec: ZooSpec, log=print) -> tuple[d
     cfg = DPOConfig(output_dir=str(Path(tempfile.mkdtemp()) / "dpo"), per_device_train_batch_size=spec.batch_size,
                     max_steps=k["dpo"], learning_rate=k["dpo_lr"], beta=0.1, report_to=[], logging_steps=20,
                     save_strategy="no", seed=spec.seed + 60, use_cpu=True, disable_tqdm=True)
-    trainer = DPOTrainer(model=model, ref_model=reference, args=cfg, processing_class=tok,
+    trainer = DPOTrainer(model=model, ref_model=reference, args=cfg, processing_class=tok,  # pyright: ignore[reportArgumentType]
                          train_dataset=Dataset.from_list(corpora["preferences"]))
     trainer.train()
-    model = trainer.model.eval()
+    model = trainer.model.eval()  # pyright: ignore[reportOptionalMemberAccess] - set after train()
     stages["lineage-dpo"] = snapshot(model)
     log(f"lineage-final: rejection sampling on {k['rft_prompts']} prompts, then {k['rft']} steps")
     pool = corpora["instructions"][: k["rft_prompts"]]
@@ -510,7 +511,7 @@ def write_domain_text(out: Path, corpora: dict) -> None:
     (out / "prompts" / "domain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def build_data(spec: ZooSpec, out: Path) -> tuple[dict, object]:
+def build_data(spec: ZooSpec, out: Path) -> tuple[dict, Any]:
     """Corpora, tokenizer and prompt sets (the deterministic part of the build)."""
     out.mkdir(parents=True, exist_ok=True)
     corpora = build_corpora(spec)

@@ -13,6 +13,7 @@ import math
 import random
 import re
 from dataclasses import dataclass
+from typing import Any
 
 ASPECTS = ("temperature", "precipitation", "wind", "humidity", "sky", "visibility", "pressure", "alerts")
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -497,7 +498,7 @@ def prompt_set(seed: int, per_aspect: int = 6) -> list[dict]:
     held-out cities, half in each era; ``category`` = aspect, ``split`` = in_distribution |
     held_out, ``era`` = older | newer (the newer house style never appears in instruction tuning)."""
     rng = random.Random(seed)
-    rows = []
+    rows: list[dict] = []
     for split, cities in (("in_distribution", US_CITIES), ("held_out", HELD_OUT_CITIES)):
         for aspect in ASPECTS:
             for k in range(per_aspect):
@@ -550,7 +551,7 @@ def raw_prompt_set(seed: int, per_aspect: int = 4, styles: tuple[str, ...] = ("l
                 city = cities[(k * 5 + 3 * ASPECTS.index(aspect)) % len(cities)]
                 obs, era = observe(city, *_days(rng), rng), _era_of(k)
                 for style in styles:
-                    row = {"id": f"{split[:2]}-{style}-{aspect}-{k}", "prompt": raw_prompt(obs, aspect, style, era),
+                    row: dict[str, Any] = {"id": f"{split[:2]}-{style}-{aspect}-{k}", "prompt": raw_prompt(obs, aspect, style, era),
                            "category": aspect, "split": split, "era": era, "style": style, "city": city.name,
                            "region": city.region}
                     if style == "question":

@@ -59,7 +59,7 @@ def run_demo(
     started = time.perf_counter()
     config = RunConfig(boundary=boundary, max_new_tokens=max_new_tokens, bootstrap=bootstrap, back_link="../report.html",
                        group_by=["split", "style", "era"], batch_size=128, consequence=True, consequence_budget=48,
-                       **({"event_kinds": "first_diff"} if quick else {}))
+                       event_kinds="first_diff" if quick else RunConfig.event_kinds)
     validate_run_options(config)  # before any model loads
     runs: dict[str, RunResult] = {}
     nulls = tuple(n for n in NULLS if (root / n).exists())
@@ -135,7 +135,7 @@ def run_sweep(root: Path, prompts, config: RunConfig, out: Path, progress: bool,
     log("layer sweep: base vs it-full at every boundary")
     cfg = replace(config, boundaries="all", consequence=False, controls="none", event_kinds="first_diff",
                   title="crosspatch zoo: layer sweep of it-full")
-    _clear_stale_demo_run(out, cfg.title, log)
+    _clear_stale_demo_run(out, cfg.title or "", log)
     result = run(load_zoo_pair("it-full", root), prompts, cfg, out=out, progress=progress)
     return {str(b): result.summary["results"][b]["common_it"]["all"] for b in result.summary["boundaries"]}
 

@@ -43,19 +43,20 @@ def _groups(s: dict, key: str) -> dict:
     return common_it(s).get(key, {})
 
 
-def _apart(a: dict, b: dict) -> int:
+def _apart(a: dict | None, b: dict | None) -> int:
     """+1 when ``a``'s interval lies above ``b``'s, -1 below, 0 when they overlap (or are missing)."""
-    ca, cb = a.get("ci"), b.get("ci")
+    ca, cb = (a or {}).get("ci"), (b or {}).get("ci")
     if not ca or not cb or None in (*ca, *cb):
         return 0
     return 1 if ca[0] > cb[1] else -1 if ca[1] < cb[0] else 0
 
 
 def _extremes(groups: dict, effect: str = "interaction", min_events: int = 8) -> tuple | None:
-    rows = [(g, b) for g, b in groups.items() if b["n_events"] >= min_events and _mean(_stat(b, effect)) is not None]
+    means = {g: _mean(_stat(b, effect)) for g, b in groups.items() if b["n_events"] >= min_events}
+    rows = [(g, groups[g]) for g, m in means.items() if m is not None]
     if len(rows) < 2:
         return None
-    rows.sort(key=lambda r: _mean(_stat(r[1], effect)))
+    rows.sort(key=lambda r: means[r[0]] or 0.0)
     return rows[0], rows[-1]
 
 
@@ -103,7 +104,8 @@ def eras_and_splits(summary: dict, name: str = "it-full") -> list[str]:
     if "older" in eras and "newer" in eras:
         old, new = eras["older"], eras["newer"]
         e_old, e_new = _mean(_stat(old, "E_IT")), _mean(_stat(new, "E_IT"))
-        more = "smaller" if e_new < e_old else "larger"
+        more = ("no mean to compare" if e_new is None or e_old is None
+                else "smaller" if e_new < e_old else "larger")
         lines.append(f"**House style**: on prompts in the newer style, which instruction tuning never showed, {name}'s "
                      f"late effect on its own upstream state is {fmt_value(_stat(new, 'E_IT'))} against "
                      f"{fmt_value(_stat(old, 'E_IT'))} on the older style it was tuned on ({more}); interaction "
@@ -135,8 +137,9 @@ def contrasts(summary: dict, late_layers: list[int] | None) -> list[str]:
     if late and late_layers:
         b = int(late["boundaries"][0])
         inter = _stat(_headline(late), "interaction")
-        if min(late_layers) >= b and _mean(inter) is not None:
-            exact = abs(_mean(inter)) < 1e-3
+        inter_mean = _mean(inter)
+        if min(late_layers) >= b and inter_mean is not None:
+            exact = abs(inter_mean) < 1e-3
             lines.append(f"**Late-only LoRA (it-lora-late)** trains layers {late_layers[0]}-{late_layers[-1]}, all at or "
                          f"above the boundary {b}: its upstream state is the base's, so the interaction must be zero; it "
                          f"is {_mean(inter):.1e} ({'the check holds' if exact else 'THE CHECK FAILS'}).")
@@ -273,8 +276,8 @@ def lineage_and_sweep(summary: dict) -> list[str]:
             lines.append(text)
     sweep = summary.get("sweep")
     if sweep:
-        rows = [(b, _mean(block["effects"]["interaction"])) for b, block in sweep.items()
-                if _mean(block["effects"]["interaction"]) is not None]
+        rows = [(b, m) for b, m in ((b, _mean(block["effects"]["interaction"])) for b, block in sweep.items())
+                if m is not None]
         if rows:
             b, v = max(rows, key=lambda r: abs(r[1]))
             lines.append(f"**Layer sweep**: the interaction is largest in size at boundary {b} ({v:+.2f}); across "

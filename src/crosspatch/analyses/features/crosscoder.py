@@ -106,7 +106,7 @@ def running_norm(batches) -> tuple[list[float], float]:
             delta = row - mean
             mean += delta / n
             m2 += float((delta * (row - mean)).sum())
-    if n == 0:
+    if n == 0 or mean is None:
         raise ValueError("no activations to normalise")
     return mean.float().tolist(), math.sqrt(max(m2 / max(n - 1, 1), 1e-12))
 
