@@ -122,6 +122,10 @@ def test_boundary_resolution():
             resolve_boundary(zero, 8)
     with pytest.raises(BoundaryError, match="1 layer\\(s\\) has no boundary"):
         resolve_boundary(0.5, 1)
+    assert resolve_boundary("3", 8) == 3  # a layer index given as text (a YAML or CLI value)
+    for text in ("three", "", None, [3]):
+        with pytest.raises(BoundaryError, match="neither a layer index nor a fraction"):
+            resolve_boundary(text, 8)
 
 
 def test_readout_uses_final_logit_softcapping():
