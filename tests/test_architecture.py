@@ -169,3 +169,11 @@ def test_every_package_declares_a_literal_all_whose_names_exist():
         for name in names:  # a name of the package, or one of its modules
             assert hasattr(package, name) or importlib.util.find_spec(f"{dotted}.{name}") is not None, (dotted, name)
     assert sorted(crosspatch.__all__) == sorted(crosspatch._EXPORTS)  # the lazy exports, listed literally
+
+
+def test_no_module_is_above_400_lines():
+    """A module a reader can hold in mind: none of the package's modules is above 400 lines (the
+    zoo's generated assets aside)."""
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if "assets" not in p.parts
+            and (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert long == {}

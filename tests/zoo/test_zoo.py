@@ -11,7 +11,8 @@ from crosspatch.zoo import (
 )
 from crosspatch.analyses.features import load_crosscoder
 from crosspatch.zoo.assemble import build_zoo
-from crosspatch.zoo.build import CROSSCODER, LINEAGE, ZooSpec, build_data
+from crosspatch.zoo.build import CROSSCODER, ZooSpec, build_data
+from crosspatch.zoo.lineage import LINEAGE
 
 MAX_ZOO_BYTES = 40 * 1024 * 1024
 

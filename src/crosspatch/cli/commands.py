@@ -253,7 +253,8 @@ def demo_cmd(
 ) -> None:
     """Run the diagnostic on the embedded weather-report zoo: base vs its descendants, each with
     the zoo's null fine-tunes as the verdict's yardstick."""
-    from ..zoo.demo import headline_rows, run_demo
+    from ..zoo.demo import run_demo
+    from ..zoo.demo_report import headline_rows
 
     try:
         result = run_demo(out, boundary=_boundary(boundary), max_new_tokens=max_new_tokens,

@@ -15,9 +15,10 @@ import torch
 
 from . import data as wx
 from .additions import build_additions, recipes as addition_recipes
+from .lineage import build_lineage, lineage_recipes
 from .build import (
-    CROSSCODER, LORA_TARGETS, UNITS_RECIPE, ZooSpec, _save_model, build_crosscoder, build_data, build_lineage,
-    it_batches, lineage_recipes, manifest_entries, model_evals, new_model, packed_blocks, raw_batches, train,
+    CROSSCODER, LORA_TARGETS, UNITS_RECIPE, ZooSpec, _save_model, build_crosscoder, build_data,
+    it_batches, manifest_entries, model_evals, new_model, packed_blocks, raw_batches, train,
     train_units, write_model_card,
 )
 from .faults import FAULTS, derive_fault_models
