@@ -95,9 +95,28 @@ def kv_cache_bound_bytes(base: str, dtype: str, prompt_ids: list[list[int]], max
     return tokens * kv_bytes_per_token(local_config(base), DTYPES[dtype].itemsize)
 
 
+def _timed_run(args, pair, prompts, options: dict):
+    """``crosspatch.run`` timed after a warm-up on two prompts (CUDA context, kernels), as every
+    method gets; returns (seconds, result)."""
+    from crosspatch.runner.pipeline import run
+
+    run(pair, prompts[:2], **options)
+    sync(args.device)
+    start = time.perf_counter()
+    result = run(pair, prompts, **options)
+    sync(args.device)
+    return time.perf_counter() - start, result
+
+
+def _first_divergences(records) -> tuple[dict, dict]:
+    """The events and common-IT cells of the first divergences (what every method is compared on)."""
+    first = [r for r in records if r.kind == "first_diff"]
+    return ({r.prompt_id: (r.position, r.t_pt, r.t_it, r.prefix_ids) for r in first},
+            {f"{r.prompt_id}@{r.boundary}": r.cells["common_it"] for r in first})
+
+
 def method_crosspatch(args) -> dict:
     from crosspatch.execution import load_pair
-    from crosspatch.runner.pipeline import run
 
     w = workload_paths(args.workload, args.root)
     if not args.device.startswith("cuda"):
@@ -112,21 +131,14 @@ def method_crosspatch(args) -> dict:
         from crosspatch.runner.pipeline import state_cache_bytes
 
         ids = [pair.tokenizers[pair.roles[0]](p.prompt)["input_ids"] for p in prompts]
-        cache_mb = state_cache_bytes(pair, ids, args.max_new_tokens, 1) / 2**20
+        cache_mb = (state_cache_bytes(pair, ids, args.max_new_tokens, 1) or 0) / 2**20
         kv_mb = kv_cache_bound_bytes(w["base"], args.dtype, ids, args.max_new_tokens, args.batch_size,
                                      args.max_batch_tokens) / 2**20
     options = dict(boundary=0.6, boundaries="all" if args.sweep else None, max_new_tokens=args.max_new_tokens,
                    batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
-    run(pair, prompts[:2], **options)  # warm-up (CUDA context, kernels), as every method gets
-    sync(args.device)
-    start = time.perf_counter()
-    result = run(pair, prompts, **options)
-    sync(args.device)
-    seconds = time.perf_counter() - start
+    seconds, result = _timed_run(args, pair, prompts, options)
     cost = result.summary["cost_this_session"]
-    events = {r.prompt_id: (r.position, r.t_pt, r.t_it, r.prefix_ids) for r in result.records}
-    cells = {f"{r.prompt_id}@{r.boundary}": r.cells["common_it"]
-             for r in result.records}
+    events, cells = _first_divergences(result.records)
     return {"seconds": seconds, "events": events, "cells": cells, "fe_per_event": cost["fe_per_event"],
             "peak_mb": peak_memory_mb(args.device), "before_mb": before, "cache_mb": cache_mb, "kv_mb": kv_mb,
             "heads_mb": unique_head_bytes(pair) / 2**20, "max_batch_tokens": args.max_batch_tokens, "num_layers": pair.num_layers,
@@ -138,23 +150,16 @@ def method_default(args) -> dict:
     resamples, the default batching), timed after loading like the 2x2 alone; events and cells are
     its first divergences."""
     from crosspatch.execution import load_pair
-    from crosspatch.runner.pipeline import run
 
     w = workload_paths(args.workload, args.root)
     if not args.device.startswith("cuda"):
         warm_code_paths()
     pair = load_pair(w["base"], tuned=w["tuned"], dtype=args.dtype, device=args.device, hash_weights=False)
     prompts = load_prompt_list(args)
-    options = dict(boundary=0.6, max_new_tokens=args.max_new_tokens, progress=False)
-    run(pair, prompts[:2], **options)  # warm-up, as every method gets
-    sync(args.device)
-    start = time.perf_counter()
-    result = run(pair, prompts, **options)
-    sync(args.device)
-    seconds = time.perf_counter() - start
-    first = [r for r in result.records if r.kind == "first_diff"]
-    return {"seconds": seconds, "events": {r.prompt_id: (r.position, r.t_pt, r.t_it, r.prefix_ids) for r in first},
-            "cells": {f"{r.prompt_id}@{r.boundary}": r.cells["common_it"] for r in first},
+    seconds, result = _timed_run(args, pair, prompts, dict(boundary=0.6, max_new_tokens=args.max_new_tokens,
+                                                           progress=False))
+    events, cells = _first_divergences(result.records)
+    return {"seconds": seconds, "events": events, "cells": cells,
             "fe_per_event": result.summary["cost_this_session"]["fe_per_event"], "peak_mb": peak_memory_mb(args.device),
             "no_divergence": len(result.no_divergence)}
 
