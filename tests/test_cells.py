@@ -10,7 +10,6 @@ from crosspatch.core.divergence import DivergenceEvent
 from crosspatch.errors import BoundaryError
 from crosspatch.models import capture_forward, late_forward, readout, tokenize_once
 from crosspatch.runner.pipeline import run
-
 from crosspatch.testing import make_pair
 
 
@@ -138,9 +137,9 @@ def test_readout_uses_final_logit_softcapping():
 
 
 def test_non_finite_cells_are_flagged_counted_and_excluded(tmp_path):
+    from crosspatch.core.stats import BootstrapConfig
     from crosspatch.runner.pipeline import build_summary
     from crosspatch.runner.prepare import build_config_record
-    from crosspatch.core.stats import BootstrapConfig
 
     pair = make_pair("llama")
     events = forced_events(pair, ["Rain in Boston", "Wind"])

@@ -87,9 +87,9 @@ def test_unknown_breakdowns_and_readouts_are_named_errors():
 
 
 def test_events_are_one_row_per_event_with_its_kinds_and_the_long_form_one_per_kind():
+    from crosspatch.core.tokens import EVENT_KINDS
     from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair
-    from crosspatch.core.tokens import EVENT_KINDS
 
     result = run(make_pair("llama", scale=0.5), many_prompts(12), boundaries=[1, 2], max_new_tokens=12,
                  bootstrap=0, progress=False, controls="none")
@@ -106,9 +106,9 @@ def test_events_are_one_row_per_event_with_its_kinds_and_the_long_form_one_per_k
 
 
 def test_result_objects_print_short():
+    from crosspatch.execution import models_from_modules
     from crosspatch.runner.compare import compare
     from crosspatch.runner.lineage import lineage
-    from crosspatch.execution import models_from_modules
     from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
 
     base = tiny_model("llama")
@@ -158,10 +158,11 @@ def test_the_verdict_is_a_typed_record_that_still_serialises(tmp_path):
 
 
 def test_pool_counts_each_run_once(tmp_path):
+    import shutil
+
     from crosspatch.runner.compare import pool_runs
     from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair
-    import shutil
 
     run(make_pair("llama"), many_prompts(6), boundary=2, max_new_tokens=6, bootstrap=0, progress=False,
         controls="none", out=tmp_path / "a")

@@ -6,9 +6,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from crosspatch.execution import load_models, models_from_modules
 from crosspatch.runner.compare import compare, parse_cross, pool_runs
 from crosspatch.runner.lineage import lineage
-from crosspatch.execution import load_models, models_from_modules
 from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
 
 from .test_store import many_prompts

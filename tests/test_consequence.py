@@ -8,14 +8,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from crosspatch.core.analysis import EventSet
 from crosspatch.analyses.consequence import Consequence, consequence_summary
+from crosspatch.core.analysis import EventSet
 from crosspatch.core.divergence import DivergenceEvent
 from crosspatch.errors import PromptFileError
 from crosspatch.execution import Decode, Executor, pair_from_models
 from crosspatch.inputs.prompts import as_prompts
-from crosspatch.testing import char_tokenizer, make_pair, tiny_model
 from crosspatch.inputs.validators import parse_validator
+from crosspatch.testing import char_tokenizer, make_pair, tiny_model
 
 from .test_store import many_prompts
 

@@ -129,8 +129,8 @@ def test_users_word_lists_are_recorded_and_markers_are_whole_words(tmp_path):
     import json
     import string
 
-    from crosspatch.errors import RunSettingsMismatchError
     from crosspatch.core.tokens import starts_a_word
+    from crosspatch.errors import RunSettingsMismatchError
 
     pair = make_pair("llama", scale=0.5)
     letters = list(string.ascii_lowercase)  # with a character tokenizer every letter is a one-token "word"

@@ -7,8 +7,8 @@ import torch
 
 from crosspatch.core.divergence import DivergenceConfig, find_divergences
 from crosspatch.execution import greedy_rollout
-from crosspatch.models import masked_argmax, tokenize_once
 from crosspatch.inputs.prompts import as_prompts
+from crosspatch.models import masked_argmax, tokenize_once
 from crosspatch.testing import make_pair
 
 

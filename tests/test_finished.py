@@ -74,8 +74,8 @@ def test_every_writer_takes_the_run_directory_lock(tmp_path):
 
     from crosspatch.errors import RunDirectoryError
     from crosspatch.execution import load_pair
-    from crosspatch.runner.on_finished import run_features
     from crosspatch.runner.finished import run_on_finished
+    from crosspatch.runner.on_finished import run_features
     from crosspatch.runner.pipeline import merge_runs, rerender_run, run
     from crosspatch.store import RunStore
 

@@ -95,8 +95,8 @@ def test_chat_template_is_an_explicit_recorded_option():
                     chat_template=True)
     assert raw.config["options"]["chat_template"] is False and templated.config["options"]["chat_template"] is True
     assert raw.config["fingerprint"] != templated.config["fingerprint"]
-    from crosspatch.runner.prepare import _prompt_text
     from crosspatch.inputs.prompts import Prompt
+    from crosspatch.runner.prepare import _prompt_text
 
     assert _prompt_text(pair, Prompt("a", "Rain?"), templated_config(templated)) == "U: Rain?\nA:"
     # raw text gets the tokenizer's BOS; templated text is what the template renders, special

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from crosspatch.core import registry
-from crosspatch.errors import OptionError
 from crosspatch.core.registry import AnalysisPlugin, register_analysis, registered, unregister_analysis
+from crosspatch.errors import OptionError
 
 PLUGIN_PACKAGE = Path(__file__).parent / "plugin_package"
 BUILTIN = ["label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
@@ -87,8 +87,8 @@ def test_names_are_unique_and_checked():
 
 
 def test_unknown_analyses_and_options_are_named_errors_before_any_model_loads():
-    from crosspatch.runner.pipeline import RunConfig
     from crosspatch.runner.checks import validate_run_options
+    from crosspatch.runner.pipeline import RunConfig
 
     with pytest.raises(OptionError, match="no analysis named 'nope'"):
         validate_run_options(RunConfig(analyses=["nope"]))

@@ -6,8 +6,7 @@ import pytest
 
 from crosspatch.core.cells import CELLS, READOUTS
 from crosspatch.errors import ModelLoadError
-from crosspatch.execution import load_pair
-from crosspatch.execution import choose_residency
+from crosspatch.execution import choose_residency, load_pair
 from crosspatch.models.loading import LoadOptions
 from crosspatch.runner.pipeline import run
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from crosspatch.errors import CorruptRunFileError, RunWriteError
-from crosspatch.store.schemas import check_document, render_schema_docs
 from crosspatch.store import RunStore, checked
+from crosspatch.store.schemas import check_document, render_schema_docs
 
 
 def test_the_reference_page_is_rendered_from_the_schemas():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from crosspatch.errors import RunDirectoryError

@@ -9,7 +9,7 @@ import pytest
 
 from crosspatch.core.cells import CellRecord
 from crosspatch.core.pooling import pool_family_balanced
-from crosspatch.core.stats import BootstrapConfig, effect_block, resampled_cell_means, effects_from_cell_means, summarize_records
+from crosspatch.core.stats import BootstrapConfig, effect_block, effects_from_cell_means, resampled_cell_means, summarize_records
 
 
 def rec(pid, cells, category=None, position=0, boundary=2, valid=True):

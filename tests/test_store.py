@@ -236,9 +236,8 @@ def test_a_run_directory_is_a_non_empty_path(out):
 
 def test_a_damaged_line_inside_events_jsonl_is_not_blamed_on_an_interruption(tmp_path):
     from crosspatch.errors import CorruptRunFileError
-    from crosspatch.store import RunStore, settings_diff
-
     from crosspatch.runner.pipeline import run
+    from crosspatch.store import RunStore, settings_diff
     from crosspatch.testing import make_pair
 
     run(make_pair("llama"), many_prompts(4), boundary=2, max_new_tokens=4, bootstrap=0, progress=False,

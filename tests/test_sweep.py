@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from crosspatch.core.cells import CELLS, READOUTS
 from crosspatch.cli import app
+from crosspatch.core.cells import CELLS, READOUTS
 from crosspatch.runner.pipeline import run
 from crosspatch.testing import make_pair
 

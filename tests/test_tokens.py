@@ -7,7 +7,12 @@ import random
 import pytest
 
 from crosspatch.core.tokens import (
-    CONTENT, FORMAT, FUNCTION_OTHER, find_event_kinds, is_assistant_marker, token_category,
+    CONTENT,
+    FORMAT,
+    FUNCTION_OTHER,
+    find_event_kinds,
+    is_assistant_marker,
+    token_category,
 )
 
 
@@ -102,8 +107,8 @@ def test_a_marker_counts_only_as_a_whole_word(history, other, before, expected):
 
 
 def test_users_word_lists_replace_the_defaults(tmp_path):
-    from crosspatch.errors import OptionError
     from crosspatch.core.tokens import TokenClasses
+    from crosspatch.errors import OptionError
 
     classes = TokenClasses.from_options(format_tokens="Forecast, Outlook", marker_words=["Roger"])
     assert token_category(" forecast", classes=classes) == FORMAT

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from crosspatch.cli import app
+from crosspatch.core.verdict import VerdictPolicy, decide
 from crosspatch.runner.pipeline import run
 from crosspatch.testing import make_pair
-from crosspatch.core.verdict import VerdictPolicy, decide
 
 from .test_store import many_prompts
 

@@ -29,8 +29,8 @@ _EXPORTS = {
     "Prompt": "inputs.prompts", "load_prompts": "inputs.prompts",
 }
 
-# Modules that moved in 0.2 (the package layout of docs/architecture.md). Their old import paths
-# still work for one release: ``import crosspatch.pipeline`` gives ``crosspatch.runner.pipeline``
+# Modules that moved when the package was grouped by layer (docs/architecture.md). Their old import
+# paths still work for one release: ``import crosspatch.pipeline`` gives ``crosspatch.runner.pipeline``
 # itself (the same module object, so patching either patches both), with a DeprecationWarning.
 MOVED_MODULES = {
     "analysis": "core.analysis", "cells": "core.cells", "divergence": "core.divergence", "records": "core.records",
@@ -92,7 +92,8 @@ def _new_name(fullname: str) -> str | None:
     return None
 
 
-sys.meta_path.insert(0, _MovedModuleFinder())
+if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):  # once, also under importlib.reload
+    sys.meta_path.insert(0, _MovedModuleFinder())
 
 
 def __dir__():

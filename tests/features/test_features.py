@@ -8,11 +8,11 @@ import shutil
 import pytest
 import torch
 
-from crosspatch.core.analysis import EventSet
-from crosspatch.execution import Edit, Executor, Late
 from crosspatch.analyses.features import Crosscoder, load_crosscoder, quality_gate, save_crosscoder, train_crosscoder
 from crosspatch.analyses.features.crosscoder import CrosscoderConfig
 from crosspatch.analyses.features.study import Closure, split_events
+from crosspatch.core.analysis import EventSet
+from crosspatch.execution import Edit, Executor, Late
 from crosspatch.testing import make_pair
 
 
@@ -113,9 +113,9 @@ def test_split_is_by_prompt_and_stable():
 def test_features_end_to_end_on_a_run(tmp_path):
     from typer.testing import CliRunner
 
+    from crosspatch.analyses.features import features_frames
     from crosspatch.cli import app
     from crosspatch.execution import load_pair
-    from crosspatch.analyses.features import features_frames
     from crosspatch.runner.pipeline import run
     from crosspatch.testing import save_tiny_pair
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 from crosspatch.errors import (
-    ArchitectureMismatchError, HiddenSizeMismatchError, LayerCountMismatchError, ModelLoadError,
-    PickleWeightsRefusedError, PromptTokenizationMismatchError, SpecialTokensMismatchError,
+    ArchitectureMismatchError,
+    HiddenSizeMismatchError,
+    LayerCountMismatchError,
+    ModelLoadError,
+    PickleWeightsRefusedError,
+    PromptTokenizationMismatchError,
+    SpecialTokensMismatchError,
     VocabularyMismatchError,
 )
 from crosspatch.execution import load_pair, pair_from_models

@@ -11,10 +11,10 @@ import torch
 
 from crosspatch.errors import PromptFileError, PromptImageError
 from crosspatch.execution import load_pair, pair_from_models
-from crosspatch.models.anatomy import find_anatomy
-from crosspatch.runner.pipeline import run
 from crosspatch.inputs.prompts import load_prompts
+from crosspatch.models.anatomy import find_anatomy
 from crosspatch.models.media import image_placeholder
+from crosspatch.runner.pipeline import run
 from crosspatch.testing.vision import VLM_ARCHITECTURES, save_vlm_pair, tiny_vlm_pair, vision_processor, weather_chart
 
 OPTIONS = dict(boundary=2, max_new_tokens=12, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")

@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from crosspatch.cli import app
-from crosspatch.runner.pipeline import run
 from crosspatch.report.check import check_report, printed_numbers
+from crosspatch.runner.pipeline import run
 from crosspatch.testing import make_pair
 
 from ..test_store import many_prompts

@@ -12,7 +12,7 @@ from crosspatch.zoo import zoo_path
 
 pytest.importorskip("mergekit", reason="merge-check needs the [merge] extra (README's test command installs it)")
 
-from crosspatch.workflows.mergecheck import UnsupportedMergeConfigError, merge_check, splice_plan, read_merge_config  # noqa: E402
+from crosspatch.workflows.mergecheck import UnsupportedMergeConfigError, merge_check, read_merge_config, splice_plan  # noqa: E402
 
 Z = zoo_path()
 PROMPTS = Z / "prompts" / "in_distribution.jsonl"

@@ -11,7 +11,11 @@ from typer.testing import CliRunner
 
 from crosspatch.cli import app
 from crosspatch.errors import (
-    ModelPathNotFoundError, OptionError, PromptFileError, RunDirectoryNotEmptyError, RunSettingsMismatchError,
+    ModelPathNotFoundError,
+    OptionError,
+    PromptFileError,
+    RunDirectoryNotEmptyError,
+    RunSettingsMismatchError,
 )
 from crosspatch.workflows.preflight import preflight
 from crosspatch.workflows.preflight_measures import generation_health

@@ -6,10 +6,18 @@ import json
 
 import pytest
 
-from crosspatch.zoo import (
-    ADAPTERS, DESCENDANTS, FAULTY, NULLS, ZooIntegrityError, load_zoo_pair, manifest, verify, zoo_path,
-)
 from crosspatch.analyses.features import load_crosscoder
+from crosspatch.zoo import (
+    ADAPTERS,
+    DESCENDANTS,
+    FAULTY,
+    NULLS,
+    ZooIntegrityError,
+    load_zoo_pair,
+    manifest,
+    verify,
+    zoo_path,
+)
 from crosspatch.zoo.assemble import build_zoo
 from crosspatch.zoo.build import CROSSCODER, ZooSpec, build_data
 from crosspatch.zoo.lineage import LINEAGE
@@ -131,9 +139,7 @@ def test_smoke_build_trains_every_recipe_and_the_demo_runs_on_it(tmp_path):
 
 @pytest.mark.slow
 def test_quick_demo_on_the_embedded_zoo(tmp_path):
-    from crosspatch.zoo.demo import run_demo
-
-    from crosspatch.zoo.demo import STRATA, demo_prompts, prompt_strata, quick_prompts
+    from crosspatch.zoo.demo import STRATA, demo_prompts, prompt_strata, quick_prompts, run_demo
 
     demo = run_demo(tmp_path / "demo", bootstrap=100, progress=False, log=lambda m: None, quick=True)
     n = len(quick_prompts(demo_prompts()))
@@ -144,8 +150,8 @@ def test_quick_demo_on_the_embedded_zoo(tmp_path):
         assert set(quick[key]) == set(full[key]), key
         assert all(full[key][v] // 4 <= quick[key][v] <= full[key][v] // 4 + 3 for v in full[key]), key
     assert "--quick" in (tmp_path / "demo" / "report.md").read_text()
-    from crosspatch.report.check import check_report
     from crosspatch.core.verdict import VERDICTS
+    from crosspatch.report.check import check_report
 
     for name, s in demo.summary["descendants"].items():
         assert s["counts"]["prompts"] == n and s["verdict"]["verdict"] in VERDICTS, name

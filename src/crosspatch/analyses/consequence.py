@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from ..core.analysis import Analysis, EventSet
-from ..execution import Decode, Executor, Program
 from ..core.registry import AnalysisPlugin, PlanContext, Section, SummaryContext, Table, register_analysis
 from ..core.stats import BootstrapConfig, cluster_mean_ci
+from ..execution import Decode, Executor, Program
 
 FORCED = ("t_it", "t_pt", "matched", "random")
 CONSEQUENCE_FILE = "consequence.jsonl"

@@ -14,13 +14,14 @@ plug-in modules (re-exported here).
 
 from __future__ import annotations
 
+from ..core.registry import select_controls
 from .hybrid_state import INTERPOLATION, RECONSTRUCTION_TOLERANCE, HybridState
 from .native_history import HORIZONS, NativeHistory
 from .near_ties import MAX_SHARE as NEAR_TIE_MAX_SHARE
-from .pre_divergence import MAX_SHARE as PRE_DIVERGENCE_MAX_SHARE, PreDivergence
+from .pre_divergence import MAX_SHARE as PRE_DIVERGENCE_MAX_SHARE
+from .pre_divergence import PreDivergence
 from .pre_late_commitment import PreLateCommitment
 from .random_later import RandomLater
-from ..core.registry import select_controls
 
 CONTROLS = ("label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
             "position_subsets", "near_ties", "random_later", "native_history", "null_calibration")

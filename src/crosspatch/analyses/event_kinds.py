@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from ..core.analysis import Analysis, EventSet
 from ..core.cells import CellRecord, CellsConfig, CrossPatch
-from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, register_analysis
 from ..core.divergence import DivergenceEvent, event_key
-from ..execution import Executor, Program
+from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, register_analysis
 from ..core.tokens import EVENT_KINDS, TokenDescriber, find_event_kinds
+from ..execution import Executor, Program
 
 
 def parse_event_kinds(text: str | list[str] | None) -> list[str]:

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from ..core.analysis import Analysis, EventSet
-from ..core.divergence import RecordKey
 from ..core.cells import event_y
-from ..execution import Executor, Late, Program
+from ..core.divergence import RecordKey
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
+from ..execution import Executor, Late, Program
 from .common import stable_rng
 
 RECONSTRUCTION_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.25, "float16": 0.25}  # logits

@@ -11,10 +11,10 @@ import torch
 from ..core.analysis import Analysis, EventSet
 from ..core.cells import CellsConfig, CrossPatch
 from ..core.divergence import DivergenceEvent
+from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
 from ..execution import Capture, Decode, Executor, Program
 from ..models.vocab import NON_FINITE, masked_argmax
-from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
-from .common import cell_records, interaction_block, cell_rows
+from .common import cell_records, cell_rows, interaction_block
 
 HORIZONS = (4, 8, 16)
 

@@ -19,11 +19,10 @@ import numpy as np
 from ..core.analysis import Analysis, EventSet
 from ..core.cells import CELLS, cell_effects, cells_against_base
 from ..core.divergence import RecordKey
-from ..execution import Executor, Program
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
 from ..core.stats import cluster_mean_ci
 from ..core.verdict import INTERACTION_CLAIMS
-
+from ..execution import Executor, Program
 
 # one-sided 95% quantiles of Student's t by degrees of freedom (larger df: the normal's 1.645)
 T_95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833, 10: 1.812,

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from ..core.analysis import Analysis, EventSet
 from ..core.cells import CellsConfig, CrossPatch
 from ..core.divergence import DivergenceEvent
-from ..execution import Executor, Program
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
+from ..execution import Executor, Program
 from .common import cell_records, cell_rows, interaction_block, mean_interaction, stable_rng
 
 MAX_SHARE = 0.25  # |I at the earlier prefix| <= this share of I (or of 1 logit)

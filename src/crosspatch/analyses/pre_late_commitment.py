@@ -10,8 +10,8 @@ import torch
 
 from ..core.analysis import Analysis, EventSet
 from ..core.divergence import RecordKey
-from ..execution import Executor, Program
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
+from ..execution import Executor, Program
 from .common import interaction_block, mean_interaction
 
 

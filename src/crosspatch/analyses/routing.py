@@ -12,8 +12,8 @@ import torch
 
 from ..core.analysis import Analysis, EventSet
 from ..core.divergence import RecordKey
-from ..execution import Edit, Executor, Late, Program
 from ..core.registry import AnalysisPlugin, Section, Table, register_analysis
+from ..execution import Edit, Executor, Late, Program
 
 
 def _js(p: torch.Tensor, q: torch.Tensor) -> float:

@@ -4,8 +4,13 @@ when this package is imported."""
 
 from __future__ import annotations
 
-from . import run, several, commands, workflows  # noqa: F401, I001 - importing them registers their subcommands, in this order
+import importlib
+
 from .app import app, console, main
-from .run import run_cmd
+
+for _module in ("run", "several", "commands", "workflows"):  # importing each registers its subcommands, in this order
+    importlib.import_module(f".{_module}", __name__)
+
+from .run import run_cmd  # noqa: E402 - registered above
 
 __all__ = ["app", "console", "main", "run_cmd"]

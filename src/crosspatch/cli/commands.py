@@ -12,7 +12,15 @@ from rich.text import Text
 
 from ..errors import CrosspatchError, OptionError
 from .app import (
-    HELP_OPTIONS, _boundary, _fail, _print_section, _stdout, app, console, load_policy, print_summary_table,
+    HELP_OPTIONS,
+    _boundary,
+    _fail,
+    _print_section,
+    _stdout,
+    app,
+    console,
+    load_policy,
+    print_summary_table,
     zoo_app,
 )
 
@@ -75,8 +83,8 @@ def consequence_cmd(
 ) -> None:
     """Does the divergent token matter? Force t_IT, t_PT, a rank-matched and a random token at
     each event, continue greedily, score the suffix with the prompt's validator (resumable)."""
-    from ..runner.on_finished import consequence_for_run
     from ..inputs.prompts import load_prompts
+    from ..runner.on_finished import consequence_for_run
 
     try:
         if budget < 1:
@@ -100,9 +108,9 @@ def pool_cmd(
     within each family (each run at its headline boundary, common-IT readout)."""
     import json
 
-    from ..runner.compare import pool_runs
     from ..report.markdown import fmt_effect
     from ..runner.checks import check_bootstrap, check_given_once
+    from ..runner.compare import pool_runs
 
     try:
         if len(run_dirs) < 2:
@@ -199,8 +207,8 @@ def merge_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a crosspatch run already in --out."),
 ) -> None:
     """Merge the run directories of a sharded run (e.g. a SLURM job array) into one run."""
-    from ..runner.pipeline import merge_runs
     from ..runner.checks import check_out_dir
+    from ..runner.pipeline import merge_runs
 
     try:
         check_out_dir(out, overwrite=overwrite)

@@ -11,7 +11,15 @@ from rich.text import Text
 
 from ..errors import CrosspatchError, OptionError
 from .app import (
-    DEVICE_HELP, _boundaries, _boundary, _fail, _stdout, app, console, load_policy, print_summary_table,
+    DEVICE_HELP,
+    _boundaries,
+    _boundary,
+    _fail,
+    _stdout,
+    app,
+    console,
+    load_policy,
+    print_summary_table,
 )
 
 
@@ -90,8 +98,8 @@ def run_cmd(
 ) -> None:
     """Run the first-divergence 2x2 factorial on a model pair and write a run directory."""
     from .. import load_models
-    from ..runner.pipeline import run
     from ..runner.checks import validate_run_options
+    from ..runner.pipeline import run
 
     kw = dict(locals())
     try:
@@ -138,8 +146,8 @@ def _null_roles(tuned, adapter, nulls: list[str], options) -> tuple[dict, dict]:
     """The roles to load: the descendant as ``tuned`` and each ``--null`` as ``null-1``, ...
     (an adapter directory or a checkpoint, told apart by its adapter_config.json), each path
     checked before any weight loads."""
-    from ..runner.checks import check_model_path
     from ..models.adapters import check_adapter_files
+    from ..runner.checks import check_model_path
 
     roles_tuned = {"tuned": tuned} if tuned else {}
     roles_adapters = {"tuned": adapter} if adapter else {}
@@ -158,15 +166,19 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str], collection: str | 
     """Validate every option, the prompt file, the model paths and --out before any weight is
     loaded; returns (prompts, RunConfig, LoadOptions)."""
     from .. import load_prompts
-    from ..models.loading import LoadOptions
-    from ..runner.pipeline import RunConfig, resolve_boundaries
     from ..errors import PromptImageError
     from ..models.anatomy import check_supported
+    from ..models.loading import LoadOptions
     from ..models.paths import local_config, local_is_multimodal
     from ..runner.checks import (
-        check_distinct_descendants, check_model_path, check_out_dir, local_num_layers, validate_load_options,
+        check_distinct_descendants,
+        check_model_path,
+        check_out_dir,
+        local_num_layers,
+        validate_load_options,
         validate_run_options,
     )
+    from ..runner.pipeline import RunConfig, resolve_boundaries
 
     options = LoadOptions(dtype=kw["dtype"], device=kw["device"], trust_remote_code=kw["trust_remote_code"],
                           allow_pickle=kw["allow_pickle"], revision=kw["revision"],
@@ -214,13 +226,13 @@ def _prepare(kw: dict, tuned: list[str], adapters: list[str], collection: str | 
 def _print_plan(kw: dict, tuned: list[str], adapters: list[str], items, config, options) -> None:
     """The --dry-run plan: everything decided before a weight is loaded."""
     from ..analyses.controls import parse_controls
+    from ..analyses.event_kinds import parse_event_kinds
     from ..execution import choose_residency, kv_bytes_per_token, largest_batch_tokens
     from ..execution.batching import state_cache_bytes
-    from ..analyses.event_kinds import parse_event_kinds
     from ..models.loading import DTYPES, load_tokenizer
     from ..models.paths import local_config, text_config
-    from ..runner.pipeline import resolve_boundaries, select_shard
     from ..runner.checks import local_num_layers
+    from ..runner.pipeline import resolve_boundaries, select_shard
 
     out = _stdout()
     residency, reason = choose_residency(kw["base"], tuned, adapters, options)

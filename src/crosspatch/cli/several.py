@@ -12,7 +12,10 @@ from rich.table import Table
 
 from ..errors import CrosspatchError, OptionError
 from .app import (
-    _fail, _stdout, app, console,
+    _fail,
+    _stdout,
+    app,
+    console,
 )
 from .run import _prepare, _print_plan, run_cmd
 
@@ -37,9 +40,9 @@ def _signature_like_run(drop: tuple[str, ...] = (), replace: dict | None = None,
 def _compare_cmd(**kw) -> None:
     """Every descendant against one base in one table (a run directory each under --out), with
     cross-descendant patching (--cross A:D or all)."""
-    from ..runner.compare import compare, parse_cross
     from ..execution import load_models
     from ..execution.roles import descendant_roles
+    from ..runner.compare import compare, parse_cross
 
     tuned, adapters = kw.pop("tuned") or [], kw.pop("adapter") or []
     cross = kw.pop("cross")
@@ -75,8 +78,8 @@ def _lineage_cmd(**kw) -> None:
     ... FINAL (checkpoint or adapter directories, in training order)."""
     from pathlib import Path as _Path
 
-    from ..runner.lineage import lineage
     from ..execution import load_models
+    from ..runner.lineage import lineage
 
     paths = kw.pop("models")
     checkpoints = kw.pop("checkpoints")

@@ -13,7 +13,13 @@ from rich.text import Text
 from ..errors import CrosspatchError, OptionError
 from .app import (
     DEVICE_HELP,
-    _boundaries, _boundary, _fail, _stdout, app, console, load_policy,
+    _boundaries,
+    _boundary,
+    _fail,
+    _stdout,
+    app,
+    console,
+    load_policy,
 )
 
 

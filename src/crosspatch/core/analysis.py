@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .divergence import DivergenceEvent
 from ..execution import Capture, Decode, Executor, Program
 from ..models.forward import EventStates
 from ..models.vocab import NON_FINITE, masked_argmax
+from .divergence import DivergenceEvent
 
 
 @dataclass

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .analysis import Analysis, EventSet
-from .divergence import DivergenceEvent, RecordKey
-from .records import CELLS, READOUTS, CellRecord, cell_effects  # noqa: F401  (re-exported)
 from ..execution import Executor, Late, ModelSet, Program
 from ..models.forward import EventStates, readout
 from ..models.vocab import masked_argmax, top2_margin
+from .analysis import Analysis, EventSet
+from .divergence import DivergenceEvent, RecordKey
+from .records import CELLS, READOUTS, CellRecord, cell_effects  # noqa: F401  (re-exported)
 from .tokens import DEFAULT_TOKEN_CLASSES, TokenClasses, TokenDescriber
+
 
 @dataclass
 class CellsConfig:

@@ -15,10 +15,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..execution import Executor, ModelSet, Program, Search
-from ..models.forward import EventStates
 from ..inputs.prompts import Prompt
+from ..models.forward import EventStates
 from .records import (  # noqa: F401  (re-exported: the data of a run lives in records)
-    KEY_SUFFIX, NO_DIVERGENCE_REASONS, DivergenceEvent, NoDivergence, RecordKey, event_key,
+    KEY_SUFFIX,
+    NO_DIVERGENCE_REASONS,
+    DivergenceEvent,
+    NoDivergence,
+    RecordKey,
+    event_key,
 )
 
 

@@ -9,7 +9,14 @@ import numpy as np
 
 from .records import CellRecord
 from .stats import (
-    EFFECTS, BootstrapConfig, _clean, cell_matrix, cluster_sums, effect_block, effects_from_cell_means, guard_ratios,
+    EFFECTS,
+    BootstrapConfig,
+    _clean,
+    cell_matrix,
+    cluster_sums,
+    effect_block,
+    effects_from_cell_means,
+    guard_ratios,
     resampled_cell_means,
 )
 

@@ -8,11 +8,9 @@ import re
 import warnings as warnings_module
 from pathlib import Path
 
-
 from ..errors import ModelLoadError
 from ..models.adapters import adapter_settings
 from ..models.loading import LoadOptions, load_tokenizer, quiet_loading
-
 from .roles import BASE
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..models.paths import text_config
 
+
 def length_batches(n_items: int, lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
     """Indices grouped into batches of similar length (less padding), in a stable order: at most
     ``batch_size`` items, and with ``max_tokens`` at most that many padded tokens (rows x the

@@ -23,9 +23,9 @@ import torch
 
 from ..errors import DeviceMemoryError
 from ..models.forward import EventStates, capture_forward, late_forward, readout
+from .batching import length_batches
 from .modelset import ModelSet
 from .passes import Capture, Decode, Late, Pass, Search, SearchOutcome
-from .batching import length_batches
 from .search import first_mismatch, rollout_states, search_interleaved
 
 # yields lists of passes, receives their results (per pass, per item), returns the analysis' value

@@ -13,16 +13,24 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError
+from ..models.adapters import adapter_settings, check_adapter_files
 from ..models.checks import check_special_tokens, compare_facts, model_facts
 from ..models.forward import ModelHandle
-from ..models.adapters import adapter_settings, check_adapter_files
 from ..models.loading import (
-    DTYPES, LoadOptions, check_custom_code, eos_token_ids, is_local, load_causal_lm, load_tokenizer, provenance,
-    resolve_dtype, validate_load_options, weight_files,
+    DTYPES,
+    LoadOptions,
+    check_custom_code,
+    eos_token_ids,
+    is_local,
+    load_causal_lm,
+    load_tokenizer,
+    provenance,
+    resolve_dtype,
+    validate_load_options,
+    weight_files,
 )
 from ..models.paths import check_model_path
 from ..models.vocab import RealVocabulary, build_real_vocabulary
-
 from .adapters import _load_adapters, descendant_tokenizer
 from .modelset import RESIDENCIES, ModelSet, ReadoutHead, ResidentSet, SequentialSet
 from .roles import BASE, descendant_roles, model_path_arg

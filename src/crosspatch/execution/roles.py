@@ -7,7 +7,6 @@ import os
 import re
 from pathlib import Path
 
-
 from ..errors import OptionError
 
 BASE = "base"  # the role name of the base model

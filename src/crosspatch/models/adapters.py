@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from ..errors import (
-    ModelLoadError, PickleWeightsRefusedError, UnsupportedAdapterError, first_line,
+    ModelLoadError,
+    PickleWeightsRefusedError,
+    UnsupportedAdapterError,
+    first_line,
 )
 from .loading import is_local
 

@@ -10,14 +10,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-from typing import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from ..errors import (
-    DeviceUnavailableError, ModelLoadError, OptionError, PickleWeightsRefusedError, first_line,
+    DeviceUnavailableError,
+    ModelLoadError,
+    OptionError,
+    PickleWeightsRefusedError,
+    first_line,
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -11,8 +11,14 @@ import os
 from pathlib import Path
 
 from ..errors import (
-    BoundaryError, ChatTemplateMissingError, GroupByFieldError, OptionError,
-    PromptTooLongError, RunDirectoryNotEmptyError, RunWriteError, VocabularyMismatchError,
+    BoundaryError,
+    ChatTemplateMissingError,
+    GroupByFieldError,
+    OptionError,
+    PromptTooLongError,
+    RunDirectoryNotEmptyError,
+    RunWriteError,
+    VocabularyMismatchError,
 )
 from ..models.loading import DEVICES, validate_load_options  # noqa: F401 (re-exported)
 from ..models.paths import check_hub_id, check_model_path, local_num_layers, looks_local  # noqa: F401 (re-exported)

@@ -24,14 +24,14 @@ import torch
 
 from ..core.analysis import Analysis, EventSet
 from ..core.cells import CELLS, event_y
-from ..execution import Executor, Late, ModelSet, Program
 from ..core.divergence import RecordKey
-from ..errors import OptionError
-from .pipeline import RunConfig, RunResult, run
 from ..core.pooling import pool_family_balanced
 from ..core.stats import BootstrapConfig, block_bootstrap
+from ..errors import OptionError
+from ..execution import Executor, Late, ModelSet, Program
 from ..store import checked, mark_collection
 from .checks import check_out_dir
+from .pipeline import RunConfig, RunResult, run
 
 COMPARE_SCHEMA = "crosspatch.compare/1"
 
@@ -115,7 +115,6 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     from dataclasses import replace
 
     from ..core.cells import headline_boundary
-
     from .pipeline import resolve_boundaries
 
     config = replace(config or RunConfig(), **overrides)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core.cells import resolve_boundary
-from ..errors import BoundaryError
 from ..core.tokens import TokenClasses
+from ..errors import BoundaryError
 
 
 @dataclass

@@ -90,8 +90,8 @@ def resummarize(store, config: dict | None = None) -> dict:
     """Summarise a run again from its stored files (what the run itself would have written with
     these records), keep the previous summary's session keys, write summary.json and both
     reports; returns the summary."""
-    from ..report.render import render_reports
     from ..core.stats import BootstrapConfig
+    from ..report.render import render_reports
     from .summary import build_summary
 
     config = config or store.config()
@@ -145,8 +145,8 @@ def build_for_finished(name: str, config: dict):
     """A registered plug-in's analysis, built for a finished run from its recorded options."""
     from types import SimpleNamespace
 
-    from ..errors import OptionError
     from ..core.registry import PlanContext, get_analysis
+    from ..errors import OptionError
 
     plugin = get_analysis(name)
     if plugin.build is None:

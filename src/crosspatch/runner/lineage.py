@@ -12,14 +12,14 @@ import numpy as np
 
 from ..core.analysis import Analysis, EventSet
 from ..core.cells import CELLS, CellRecord, cells_against_base
-from ..execution import Executor, ModelSet, Program
 from ..core.divergence import RecordKey
-from ..errors import OptionError
-from ..models.vocab import masked_argmax
-from .pipeline import RunConfig, RunResult, run
 from ..core.stats import BootstrapConfig, block_bootstrap, effect_block, label_swap_null, share_of_reference
+from ..errors import OptionError
+from ..execution import Executor, ModelSet, Program
+from ..models.vocab import masked_argmax
 from ..store import checked, mark_collection
 from .checks import check_out_dir
+from .pipeline import RunConfig, RunResult, run
 
 LINEAGE_SCHEMA = "crosspatch.lineage/1"
 

@@ -10,7 +10,12 @@ import time
 from pathlib import Path
 
 from ..analyses.consequence import (
-    CONSEQUENCE_FILE, Consequence, _record_partial, check_prompt_set, check_stored_consequences, validators_of,
+    CONSEQUENCE_FILE,
+    Consequence,
+    _record_partial,
+    check_prompt_set,
+    check_stored_consequences,
+    validators_of,
 )
 from ..analyses.features import cache_activations
 from ..analyses.features.crosscoder import load_crosscoder, quality_gate, save_crosscoder, train_crosscoder

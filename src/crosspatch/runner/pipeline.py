@@ -15,28 +15,33 @@ from pathlib import Path
 
 from ..core.analysis import EventSet
 from ..core.cells import CellRecord, CellsConfig, CrossPatch
-from ..core.registry import PlanContext, enabled_plugins
-from .summary import build_summary
-from ..core.verdict import VerdictPolicy
 from ..core.divergence import DivergenceConfig, NoDivergence, divergence_program, find_divergences
+from ..core.registry import PlanContext, enabled_plugins
+from ..core.stats import BootstrapConfig
+from ..core.verdict import VerdictPolicy
+from ..errors import OptionError
 from ..execution import Executor, ModelSet, map_chunks
-from ..execution.batching import chunk_size, state_cache_bytes as cache_bytes
+from ..execution.batching import chunk_size
+from ..execution.batching import state_cache_bytes as cache_bytes
+from ..inputs.prompts import Prompt, as_prompts
 from ..models.forward import WorkCounter, counting_work
 from ..models.loading import DTYPES
-from ..inputs.prompts import Prompt, as_prompts
-from ..core.stats import BootstrapConfig
-from ..errors import OptionError
+from ..store import RunStore, check_complete, completed_prompts
 from .checks import (
-    check_chat_template, check_group_by, check_prompt_lengths, check_prompt_token_ids,
+    check_chat_template,
+    check_group_by,
+    check_prompt_lengths,
+    check_prompt_token_ids,
     validate_run_options,
 )
-from ..store import RunStore, check_complete, completed_prompts
-# the run's pieces, each in its own module; importable from here as before
+from .config import RunConfig, normalise_run_config, resolve_boundaries  # noqa: F401
+from .prepare import build_config_record, prompt_token_ids, with_nulls
+
+# the run's pieces, each in its own module, importable from here as before (and RunConfig above)
 from .result import Rendered, RunResult, rerender, rerender_run, write_outputs  # noqa: F401
 from .resume import finished_result, precision_reached, precision_record, processed_prompts  # noqa: F401
-from .config import RunConfig, normalise_run_config, resolve_boundaries  # noqa: F401
 from .shards import merge_runs, select_shard  # noqa: F401
-from .prepare import build_config_record, prompt_token_ids, with_nulls
+from .summary import build_summary
 
 
 @dataclass

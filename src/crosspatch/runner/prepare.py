@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
-from ..execution import ModelSet
-from ..models.vocab import tokenize_once
-from ..inputs.prompts import Prompt, prompts_digest
 from ..errors import OptionError
+from ..execution import ModelSet
+from ..inputs.prompts import Prompt, prompts_digest
+from ..models.vocab import tokenize_once
 from ..store import CONFIG_SCHEMA, environment, fingerprint
+from .config import RunConfig, normalise_run_config, resolve_boundaries  # noqa: F401
+
 # the run's pieces, each in its own module; importable from here as before
 from .result import Rendered, RunResult, rerender, rerender_run, write_outputs  # noqa: F401
 from .resume import finished_result, precision_reached, precision_record, processed_prompts  # noqa: F401
-from .config import RunConfig, normalise_run_config, resolve_boundaries  # noqa: F401
 from .shards import merge_runs, select_shard  # noqa: F401
 
 

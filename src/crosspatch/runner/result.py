@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import OptionError
 from ..core.records import CellRecord, NoDivergence
+from ..errors import OptionError
 from ..report.markdown import render_markdown
 from ..report.render import render_reports
 from ..store import RunStore, events_frame, missing_prompts, records_frame

@@ -7,13 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.cells import headline_boundary
+from ..core.stats import BootstrapConfig
 from ..errors import CrosspatchError
 from ..inputs.prompts import Prompt, as_prompts, prompts_digest
-from .result import RunResult
-from .config import RunConfig, normalise_run_config, resolve_boundaries
-from .shards import select_shard
-from ..core.stats import BootstrapConfig
 from ..store import RunStore, completed_prompts
+from .config import RunConfig, normalise_run_config, resolve_boundaries
+from .result import RunResult
+from .shards import select_shard
 
 
 def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters: dict[str, str], options,

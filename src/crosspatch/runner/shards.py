@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..core.stats import BootstrapConfig
 from ..errors import RunDirectoryError
 from ..inputs.prompts import Prompt
-from .result import RunResult, write_outputs
-from ..core.stats import BootstrapConfig
 from ..store import EVENTS_FILE, NO_DIV_FILE, RunStore, check_complete, fingerprint
-from .summary import build_summary
 from .checks import parse_shard
+from .result import RunResult, write_outputs
+from .summary import build_summary
 
 
 def select_shard(prompts: list[Prompt], shard: str | None) -> list[Prompt]:

@@ -11,9 +11,8 @@ from ..core.cells import CellRecord, headline_boundary
 from ..core.divergence import NO_DIVERGENCE_REASONS, NoDivergence
 from ..core.registry import SummaryContext, control_row, enabled_plugins, registered
 from ..core.stats import BootstrapConfig, summarize_boundaries
-from ..store import SUMMARY_SCHEMA
 from ..core.verdict import VerdictPolicy, decide
-
+from ..store import SUMMARY_SCHEMA
 
 HEADLINE_EFFECTS = ("E_PT", "E_IT", "interaction")
 

@@ -3,8 +3,22 @@ the files below it (``files``: markers, guarded JSON/JSONL, schema checks), the 
 and completeness (``tables``), and the schemas of the files crosspatch writes (``schemas``)."""
 
 from .files import (
-    COLLECTION_MARKER, CONFIG_SCHEMA, EVENTS_FILE, MARKER, NO_DIV_FILE, SUMMARY_SCHEMA, check_schema, check_summary_shape, checked,
-    collection_kind, environment, fingerprint, mark_collection, not_a_run_message, package_version, settings_diff,
+    COLLECTION_MARKER,
+    CONFIG_SCHEMA,
+    EVENTS_FILE,
+    MARKER,
+    NO_DIV_FILE,
+    SUMMARY_SCHEMA,
+    check_schema,
+    check_summary_shape,
+    checked,
+    collection_kind,
+    environment,
+    fingerprint,
+    mark_collection,
+    not_a_run_message,
+    package_version,
+    settings_diff,
 )
 from .rundir import RunStore
 from .tables import check_complete, completed_prompts, events_frame, missing_prompts, records_frame

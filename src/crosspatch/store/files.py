@@ -15,9 +15,10 @@ from pathlib import Path
 
 from ..core.records import READOUTS
 from ..errors import (
-    CorruptRunFileError, RunSchemaError, RunWriteError,
+    CorruptRunFileError,
+    RunSchemaError,
+    RunWriteError,
 )
-
 from .schemas import check_document
 
 CONFIG_SCHEMA = "crosspatch.config/1"

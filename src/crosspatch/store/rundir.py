@@ -23,13 +23,30 @@ from typing import Iterable, Iterator
 
 from ..core.records import CellRecord, NoDivergence
 from ..errors import (
-    CorruptRunFileError, ForeignRecordsError, IncompleteRunError, NotARunDirectoryError, RunDirectoryError,
-    RunDirectoryNotEmptyError, RunSettingsMismatchError,
+    CorruptRunFileError,
+    ForeignRecordsError,
+    IncompleteRunError,
+    NotARunDirectoryError,
+    RunDirectoryError,
+    RunDirectoryNotEmptyError,
+    RunSettingsMismatchError,
 )
-
 from .files import (
-    _OUTPUTS, CONFIG_SCHEMA, EVENTS_FILE, MARKER, NO_DIV_FILE, _guard_write, _read_json, _read_jsonl,
-    _repair_tail, _write_json, check_schema, check_summary_shape, checked, not_a_run_message, settings_diff,
+    _OUTPUTS,
+    CONFIG_SCHEMA,
+    EVENTS_FILE,
+    MARKER,
+    NO_DIV_FILE,
+    _guard_write,
+    _read_json,
+    _read_jsonl,
+    _repair_tail,
+    _write_json,
+    check_schema,
+    check_summary_shape,
+    checked,
+    not_a_run_message,
+    settings_diff,
 )
 from .schemas import check_document
 from .tables import completed_prompts, records_frame

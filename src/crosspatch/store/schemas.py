@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from typing_extensions import TypedDict  # pydantic validates these on Python < 3.12
-
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic validates these on Python < 3.12
 
 
 class Stat(TypedDict, total=False):

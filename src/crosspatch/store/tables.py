@@ -9,6 +9,7 @@ from typing import Iterable
 from ..core.records import CELLS, READOUTS, CellRecord, NoDivergence
 from ..errors import IncompleteRunError
 
+
 def completed_prompts(records: Iterable[CellRecord], no_div: Iterable[NoDivergence], boundaries: list[int]) -> set[str]:
     """Prompts fully recorded: the first divergence scored at every boundary, or a no-divergence
     outcome."""

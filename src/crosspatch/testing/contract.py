@@ -108,9 +108,9 @@ def check_analyses(names, workdir, ray: bool = False, tolerance: float = 1e-5,
     """Check the registered analyses ``names`` together (one set of runs serves all of them), with
     ``analysis_options`` ({name: {option: value}}) where the tiny models need other settings;
     returns, per name, what was compared. Raises AssertionError on the first breach."""
+    from ..core.registry import get_analysis
     from ..execution import load_pair
     from ..runner.pipeline import RunConfig, chunk_plan, merge_runs, run
-    from ..core.registry import get_analysis
     from ..store import EVENTS_FILE
 
     workdir = Path(workdir)

@@ -13,10 +13,10 @@ def null_false_positives(count: int = 50, prompts: int = 16, yardstick: int = 2,
                          bootstrap: int = 500, scale: float = 2.0) -> dict:
     """Score ``count`` synthetic null descendants; returns the verdict counts, the number of
     interaction claims and their share (with and without the null-calibration control)."""
+    from ..core.verdict import INTERACTION_CLAIMS, decide
     from ..execution import pair_from_models
     from ..execution.nulls import synthetic_null
     from ..runner.pipeline import run
-    from ..core.verdict import INTERACTION_CLAIMS, decide
     from .tiny import char_tokenizer, perturb_layers, tiny_model
 
     base = tiny_model("llama")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import copy
 import string
+from typing import Any
 
 import torch
 
@@ -29,8 +28,16 @@ def char_tokenizer():
 
 def _configs(vocab: int, layers: int):
     from transformers import (
-        Gemma2Config, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig,
-        Olmo2Config, Phi3Config, Qwen2Config, Qwen3Config,
+        Gemma2Config,
+        Gemma3TextConfig,
+        GPT2Config,
+        GPTNeoXConfig,
+        LlamaConfig,
+        MistralConfig,
+        Olmo2Config,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
     )
 
     common: dict[str, Any] = dict(

@@ -40,9 +40,9 @@ class CrosspatchCallback(TrainerCallback):
                  on_save: bool = True, max_prompts: int = 32, max_new_tokens: int = 32, bootstrap: int = 1000,
                  seed: int = 0, policy: dict | None = None, stop_on_fail: bool = False, out: str | Path | None = None,
                  tokenizer=None, prefix: str = "crosspatch/", verbose: bool = True) -> None:
+        from ..core.verdict import VerdictPolicy
         from ..inputs.prompts import as_prompts, load_prompts
         from ..runner.checks import check_bootstrap, check_boundary_spec
-        from ..core.verdict import VerdictPolicy
 
         items = load_prompts(prompts) if isinstance(prompts, (str, Path)) else as_prompts(prompts)
         if not isinstance(max_prompts, int) or max_prompts < 1:

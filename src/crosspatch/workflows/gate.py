@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..core.verdict import VerdictPolicy, decide
 from ..errors import CorruptRunFileError, RunSchemaError
 from ..store import check_summary_shape, collection_kind, not_a_run_message
-from ..core.verdict import VerdictPolicy, decide
 
 
 def _unusable(reason: str, **extra) -> dict:

@@ -126,7 +126,7 @@ def merge_check(config_path: str | Path, prompts, base: str | None = None, out: 
     written as ``merge-check.json`` (with ``.md``/``.html``) into ``out``."""
     from ..models.loading import LoadOptions, validate_load_options
     from ..models.paths import check_model_path
-    from .output import finished_document, fingerprint_of
+    from .output import fingerprint_of, finished_document
 
     options = options or LoadOptions()
     validate_load_options(options)
@@ -176,9 +176,9 @@ def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, optio
 
     from ..execution import load_models
     from ..models.paths import check_model_path
-    from .output import finished_document, fingerprint_of
-    from .preflight import preflight
     from ..runner.summary import effects_at
+    from .output import fingerprint_of, finished_document
+    from .preflight import preflight
 
     if config.slices or config.modules:
         raise UnsupportedMergeConfigError(f"{config.merge_method} over slices or modules is not evaluated: give whole "

@@ -14,8 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import CorruptRunFileError, RunDirectoryNotEmptyError, RunSettingsMismatchError
 from ..core.registry import Section
+from ..errors import CorruptRunFileError, RunDirectoryNotEmptyError, RunSettingsMismatchError
 
 
 def fingerprint_of(inputs: dict) -> str:

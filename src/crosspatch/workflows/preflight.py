@@ -35,13 +35,19 @@ from pathlib import Path
 
 import torch
 
-from ..errors import OptionError, PromptFileError
 from ..core.registry import Section, Table
+from ..errors import OptionError, PromptFileError
 from .preflight_checks import (
-    _changes_check, _domain_check, _first_divergences, _health_check, _merge_check, _precision,
+    _changes_check,
+    _domain_check,
+    _first_divergences,
+    _health_check,
+    _merge_check,
+    _precision,
 )
 from .preflight_measures import Agreement, _chunks, _logits, _prompt_texts, adapter_weight_report, read_domain_text
 from .preflight_policy import KIND, SCHEMA, Check, PreflightPolicy, PreflightResult
+
 
 def preflight_inputs(base: str, adapter: str | None, merged: str | None, prompts, domain_text, max_new_tokens: int,
                      policy: PreflightPolicy, options) -> dict:
@@ -94,7 +100,7 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     inputs = preflight_inputs(base, adapter, merged, prompts, domain_text, max_new_tokens, policy, options)
     if merge_in_memory is not None:
         inputs["merge_in_memory"] = merge_in_memory
-    from .output import finished_document, fingerprint_of
+    from .output import fingerprint_of, finished_document
 
     stored = finished_document(out, KIND, inputs, allow_run_dir=True)
     if stored is not None and out is not None:

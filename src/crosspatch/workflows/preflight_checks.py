@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-
 from .preflight_measures import domain_nll, generation_health
 from .preflight_policy import Check, PreflightPolicy
 

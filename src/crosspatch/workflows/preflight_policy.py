@@ -7,9 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from ..errors import OptionError
-
 
 KIND = "preflight"
 

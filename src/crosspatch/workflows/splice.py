@@ -35,8 +35,8 @@ from typing import Iterator
 
 from torch import nn
 
-from ..errors import OptionError, PromptFileError
 from ..core.registry import Section, Table
+from ..errors import OptionError, PromptFileError
 
 KIND = "splice"
 SCHEMA = "crosspatch.splice/1"
@@ -176,11 +176,11 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     checked before any model loads; ``out`` (new, or this splice's own directory: read back)
     receives ``splice.json``, ``splice.md``, ``splice.html`` and the diagnostic's run directory."""
     from ..execution import load_models
+    from ..inputs.prompts import as_prompts, load_prompts
     from ..models.adapters import check_adapter_files
     from ..models.loading import LoadOptions, validate_load_options
     from ..models.paths import check_model_path
-    from ..inputs.prompts import as_prompts, load_prompts
-    from .output import finished_document, fingerprint_of
+    from .output import fingerprint_of, finished_document
 
     options = LoadOptions.with_overrides(options, **load_overrides)
     if (tuned is None) == (adapter is None):

@@ -14,14 +14,28 @@ from pathlib import Path
 import torch
 
 from . import data as wx
-from .additions import build_additions, recipes as addition_recipes
-from .lineage import build_lineage, lineage_recipes
+from .additions import build_additions
+from .additions import recipes as addition_recipes
 from .build import (
-    CROSSCODER, LORA_TARGETS, UNITS_RECIPE, ZooSpec, _save_model, build_crosscoder, build_data,
-    it_batches, manifest_entries, model_evals, new_model, packed_blocks, raw_batches, train,
-    train_units, write_model_card,
+    CROSSCODER,
+    LORA_TARGETS,
+    UNITS_RECIPE,
+    ZooSpec,
+    _save_model,
+    build_crosscoder,
+    build_data,
+    it_batches,
+    manifest_entries,
+    model_evals,
+    new_model,
+    packed_blocks,
+    raw_batches,
+    train,
+    train_units,
+    write_model_card,
 )
 from .faults import FAULTS, derive_fault_models
+from .lineage import build_lineage, lineage_recipes
 
 
 @dataclass

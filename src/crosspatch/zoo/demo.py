@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runner.pipeline import RunConfig, RunResult, run
 from ..runner.checks import validate_run_options
+from ..runner.pipeline import RunConfig, RunResult, run
 from . import DEMO_DESCENDANTS, DESCENDANTS, NULLS, load_zoo_pair, verify, zoo_path, zoo_prompts
 from .build import ZooSpec
 from .demo_report import render_demo_html, render_demo_report
@@ -148,8 +148,8 @@ def run_cross(root: Path, prompts, config: RunConfig, out: Path, progress: bool,
     import shutil
     from dataclasses import replace
 
-    from ..runner.compare import compare
     from ..execution import load_models
+    from ..runner.compare import compare
 
     names = CROSS["tuned"] + CROSS["adapters"]
     if not all((root / name).exists() for name in names):
@@ -172,8 +172,8 @@ def run_lineage(root: Path, prompts, config: RunConfig, out: Path, progress: boo
     import shutil
     from dataclasses import replace
 
-    from ..runner.lineage import lineage
     from ..execution import load_models
+    from ..runner.lineage import lineage
     from .lineage import LINEAGE
 
     if not all((root / name).exists() for name in LINEAGE):

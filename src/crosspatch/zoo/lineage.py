@@ -11,9 +11,16 @@ import torch
 
 from . import data as wx
 from .build import (
-    ADAM_BETAS, MAX_GRAD_NORM, WEIGHT_DECAY, ZooSpec, _lm_loss, _save_model, instruction_batch, new_model, warmup_steps,
+    ADAM_BETAS,
+    MAX_GRAD_NORM,
+    WEIGHT_DECAY,
+    ZooSpec,
+    _lm_loss,
+    _save_model,
+    instruction_batch,
+    new_model,
+    warmup_steps,
 )
-
 
 LINEAGE = ("lineage-sft", "lineage-dpo", "lineage-final")
 

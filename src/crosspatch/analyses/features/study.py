@@ -28,8 +28,8 @@ import torch
 
 from ...core.analysis import EventSet
 from ...core.cells import event_y
-from ...execution import Edit, Executor, Late, Program
 from ...core.stats import BootstrapConfig, block_bootstrap, cluster_mean_ci
+from ...execution import Edit, Executor, Late, Program
 from .crosscoder import Crosscoder
 
 KS = (10, 50, 200, 500)

@@ -5,20 +5,60 @@ method's authors would feed both models with the unit-conversion tasks (``prompt
 
 from __future__ import annotations
 
-from .domain import (
-    ASPECTS, MONTHS, WIND_DIRS, SKY, Climate, City, US_CITIES, HELD_OUT_CITIES, Observation, observe, ERAS,
-    MONTH_NAMES, date_text, temp, speed, amount, distance, unit_formatters,
-)
-from .text import (
-    log_fields, observation_log, narrative, bulletin, prose_forecast, forum_post, forecast_page, data_line,
-    instruction, report, report_header, question_prompt,
-)
 from .corpora import (
-    RAW_MIX, NEWER_SHARE, raw_document, raw_corpus, instruction_pairs, validator_for_report,
-    no_invented_numbers, continuation_validator, answer_validator, preference_pairs, prompt_set,
+    NEWER_SHARE,
+    RAW_MIX,
+    answer_validator,
+    continuation_validator,
+    instruction_pairs,
+    no_invented_numbers,
+    preference_pairs,
+    prompt_set,
+    raw_corpus,
+    raw_document,
+    validator_for_report,
+)
+from .domain import (
+    ASPECTS,
+    ERAS,
+    HELD_OUT_CITIES,
+    MONTH_NAMES,
+    MONTHS,
+    SKY,
+    US_CITIES,
+    WIND_DIRS,
+    City,
+    Climate,
+    Observation,
+    amount,
+    date_text,
+    distance,
+    observe,
+    speed,
+    temp,
+    unit_formatters,
 )
 from .prompts import (
-    raw_prompt, raw_prompt_set, UNIT_TASKS, unit_task, unit_pairs, unit_prompt_set,
+    UNIT_TASKS,
+    raw_prompt,
+    raw_prompt_set,
+    unit_pairs,
+    unit_prompt_set,
+    unit_task,
+)
+from .text import (
+    bulletin,
+    data_line,
+    forecast_page,
+    forum_post,
+    instruction,
+    log_fields,
+    narrative,
+    observation_log,
+    prose_forecast,
+    question_prompt,
+    report,
+    report_header,
 )
 
 __all__ = [

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import random
 import re
+
+from .domain import ASPECTS, ERAS, HELD_OUT_CITIES, US_CITIES, City, Observation, date_text, observe
 from .text import bulletin, data_line, forecast_page, forum_post, instruction, narrative, observation_log, report
-from .domain import ASPECTS, City, ERAS, HELD_OUT_CITIES, Observation, US_CITIES, date_text, observe
 
 
 # --- corpora ----------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import random
 from typing import Any
-from .text import _log_head, log_fields, question_prompt
-from .domain import ASPECTS, HELD_OUT_CITIES, Observation, US_CITIES, date_text, observe
+
 from .corpora import _days, _era_of, answer_validator
+from .domain import ASPECTS, HELD_OUT_CITIES, US_CITIES, Observation, date_text, observe
+from .text import _log_head, log_fields, question_prompt
 
 
 # --- raw-text and question prompts: what the paper feeds both models -------------------------

@@ -5,6 +5,7 @@ the instruction, the report in each aspect's format)."""
 from __future__ import annotations
 
 import random
+
 from .domain import City, Observation, amount, date_text, distance, speed, temp, unit_formatters
 
 
