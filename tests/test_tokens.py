@@ -6,14 +6,7 @@ import random
 
 import pytest
 
-from crosspatch.core.tokens import (
-    CONTENT,
-    FORMAT,
-    FUNCTION_OTHER,
-    find_event_kinds,
-    is_assistant_marker,
-    token_category,
-)
+from crosspatch.core.tokens import CONTENT, FORMAT, FUNCTION_OTHER, find_event_kinds, is_assistant_marker, token_category
 
 
 @pytest.mark.parametrize("text, special, expected", [

@@ -7,16 +7,7 @@ import pytest
 import torch
 
 from crosspatch.core.cells import CELLS, READOUTS
-from crosspatch.execution import (
-    Capture,
-    Edit,
-    Executor,
-    Late,
-    load_models,
-    load_pair,
-    models_from_modules,
-    pair_from_models,
-)
+from crosspatch.execution import Capture, Edit, Executor, Late, load_models, load_pair, models_from_modules, pair_from_models
 from crosspatch.execution import executor as executor_module
 from crosspatch.execution.batching import kv_bytes_per_token, largest_batch_tokens, length_batches
 from crosspatch.models.forward import counting_work

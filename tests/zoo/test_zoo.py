@@ -7,17 +7,7 @@ import json
 import pytest
 
 from crosspatch.analyses.features import load_crosscoder
-from crosspatch.zoo import (
-    ADAPTERS,
-    DESCENDANTS,
-    FAULTY,
-    NULLS,
-    ZooIntegrityError,
-    load_zoo_pair,
-    manifest,
-    verify,
-    zoo_path,
-)
+from crosspatch.zoo import ADAPTERS, DESCENDANTS, FAULTY, NULLS, ZooIntegrityError, load_zoo_pair, manifest, verify, zoo_path
 from crosspatch.zoo.assemble import build_zoo
 from crosspatch.zoo.build import CROSSCODER, ZooSpec, build_data
 from crosspatch.zoo.lineage import LINEAGE

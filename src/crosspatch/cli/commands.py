@@ -11,18 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import CrosspatchError, OptionError
-from .app import (
-    HELP_OPTIONS,
-    _boundary,
-    _fail,
-    _print_section,
-    _stdout,
-    app,
-    console,
-    load_policy,
-    print_summary_table,
-    zoo_app,
-)
+from .app import HELP_OPTIONS, _boundary, _fail, _print_section, _stdout, app, console, load_policy, print_summary_table, zoo_app
 
 
 @app.command("gate")

@@ -10,17 +10,7 @@ import typer
 from rich.text import Text
 
 from ..errors import CrosspatchError, OptionError
-from .app import (
-    DEVICE_HELP,
-    _boundaries,
-    _boundary,
-    _fail,
-    _stdout,
-    app,
-    console,
-    load_policy,
-    print_summary_table,
-)
+from .app import DEVICE_HELP, _boundaries, _boundary, _fail, _stdout, app, console, load_policy, print_summary_table
 
 
 @app.command("run")

@@ -11,12 +11,7 @@ import typer
 from rich.table import Table
 
 from ..errors import CrosspatchError, OptionError
-from .app import (
-    _fail,
-    _stdout,
-    app,
-    console,
-)
+from .app import _fail, _stdout, app, console
 from .run import _prepare, _print_plan, run_cmd
 
 

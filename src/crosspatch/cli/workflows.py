@@ -11,16 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import CrosspatchError, OptionError
-from .app import (
-    DEVICE_HELP,
-    _boundaries,
-    _boundary,
-    _fail,
-    _stdout,
-    app,
-    console,
-    load_policy,
-)
+from .app import DEVICE_HELP, _boundaries, _boundary, _fail, _stdout, app, console, load_policy
 
 
 @app.command("preflight")

@@ -17,14 +17,7 @@ from dataclasses import asdict, dataclass
 from ..execution import Executor, ModelSet, Program, Search
 from ..inputs.prompts import Prompt
 from ..models.forward import EventStates
-from .records import (  # noqa: F401  (re-exported: the data of a run lives in records)
-    KEY_SUFFIX,
-    NO_DIVERGENCE_REASONS,
-    DivergenceEvent,
-    NoDivergence,
-    RecordKey,
-    event_key,
-)
+from .records import KEY_SUFFIX, NO_DIVERGENCE_REASONS, DivergenceEvent, NoDivergence, RecordKey, event_key  # noqa: F401  (re-exported: the data of a run lives in records)
 
 
 @dataclass

@@ -7,12 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import (
-    ModelLoadError,
-    PickleWeightsRefusedError,
-    UnsupportedAdapterError,
-    first_line,
-)
+from ..errors import ModelLoadError, PickleWeightsRefusedError, UnsupportedAdapterError, first_line
 from .loading import is_local
 
 

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import (
-    ArchitectureMismatchError,
-    HiddenSizeMismatchError,
-    LayerCountMismatchError,
-    SpecialTokensMismatchError,
-)
+from ..errors import ArchitectureMismatchError, HiddenSizeMismatchError, LayerCountMismatchError, SpecialTokensMismatchError
 from .paths import POSITION_LIMIT_KEYS
 
 _SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")

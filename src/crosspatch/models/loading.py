@@ -16,13 +16,7 @@ from typing import Iterator
 
 import torch
 
-from ..errors import (
-    DeviceUnavailableError,
-    ModelLoadError,
-    OptionError,
-    PickleWeightsRefusedError,
-    first_line,
-)
+from ..errors import DeviceUnavailableError, ModelLoadError, OptionError, PickleWeightsRefusedError, first_line
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}

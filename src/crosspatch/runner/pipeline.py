@@ -27,13 +27,7 @@ from ..inputs.prompts import Prompt, as_prompts
 from ..models.forward import WorkCounter, counting_work
 from ..models.loading import DTYPES
 from ..store import RunStore, check_complete, completed_prompts
-from .checks import (
-    check_chat_template,
-    check_group_by,
-    check_prompt_lengths,
-    check_prompt_token_ids,
-    validate_run_options,
-)
+from .checks import check_chat_template, check_group_by, check_prompt_lengths, check_prompt_token_ids, validate_run_options
 from .config import RunConfig, normalise_run_config, resolve_boundaries  # noqa: F401
 from .prepare import build_config_record, prompt_token_ids, with_nulls
 

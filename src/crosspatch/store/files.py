@@ -14,11 +14,7 @@ import sys
 from pathlib import Path
 
 from ..core.records import READOUTS
-from ..errors import (
-    CorruptRunFileError,
-    RunSchemaError,
-    RunWriteError,
-)
+from ..errors import CorruptRunFileError, RunSchemaError, RunWriteError
 from .schemas import check_document
 
 CONFIG_SCHEMA = "crosspatch.config/1"

@@ -37,14 +37,7 @@ import torch
 
 from ..core.registry import Section, Table
 from ..errors import OptionError, PromptFileError
-from .preflight_checks import (
-    _changes_check,
-    _domain_check,
-    _first_divergences,
-    _health_check,
-    _merge_check,
-    _precision,
-)
+from .preflight_checks import _changes_check, _domain_check, _first_divergences, _health_check, _merge_check, _precision
 from .preflight_measures import Agreement, _chunks, _logits, _prompt_texts, adapter_weight_report, read_domain_text
 from .preflight_policy import KIND, SCHEMA, Check, PreflightPolicy, PreflightResult
 

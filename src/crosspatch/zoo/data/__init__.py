@@ -38,14 +38,7 @@ from .domain import (
     temp,
     unit_formatters,
 )
-from .prompts import (
-    UNIT_TASKS,
-    raw_prompt,
-    raw_prompt_set,
-    unit_pairs,
-    unit_prompt_set,
-    unit_task,
-)
+from .prompts import UNIT_TASKS, raw_prompt, raw_prompt_set, unit_pairs, unit_prompt_set, unit_task
 from .text import (
     bulletin,
     data_line,
