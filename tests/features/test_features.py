@@ -79,8 +79,10 @@ def test_closure_with_the_full_delta_equals_the_diagonal_cell():
     pair = make_pair("llama", scale=0.5)
     ex = Executor(pair)
     events = [DivergenceEvent(f"p{k}", None, 3, 0, [1, 40 + k, 41 + k], 5, 6) for k in range(8)]
-    train, held = EventSet(events[:4], "base", "tuned"), EventSet(events[4:], "base", "tuned")
-    result = ex.drive(Closure(2, ranks=(1, 32)).program(ex, train, held))
+    evset = EventSet(events, "base", "tuned")
+    train, held = evset.split()
+    assert train.events and held.events  # the program ranks on one part and measures on the other
+    result = ex.drive(Closure(2, ranks=(1, 32)).program(ex, evset))
     full = result["by_rank"]["32"]["pca"]  # rank = hidden size: the whole shift
     assert full["gain"] == pytest.approx(result["y_uit_lit"] - result["y_upt_lit"], abs=1e-4)
     assert set(result["by_rank"]["1"]) == {"pca", "sign_flipped", "random_subspace", "gaussian"}
@@ -189,3 +191,20 @@ def test_a_run_without_events_is_a_named_error_before_any_model_loads(tmp_path):
         with pytest.raises(OptionError, match="0 valid event"):
             run_features(tmp_path / "r", train_only=train_only, log=lambda m: None)
     assert not (tmp_path / "r" / "features").exists()
+
+
+def test_an_event_set_splits_by_prompt_stably_and_keeps_its_states():
+    """The feature study's split: a partition of the events by prompt, the same for a prompt
+    whatever else is in the set, in the set's order, each part keeping the search's states."""
+    from crosspatch.analyses.features.study import split_events
+    from crosspatch.core.divergence import DivergenceEvent
+
+    events = [DivergenceEvent(f"p{k}", None, 3, 0, [1, 40 + k, 41 + k], 5, 6) for k in range(40)]
+    natural = {e.key: {} for e in events}
+    train, held = EventSet(events, "base", "tuned", natural).split()
+    assert sorted(e.prompt_id for e in train.events + held.events) == sorted(e.prompt_id for e in events)
+    assert train.events and held.events and train.natural is natural and held.base == "base"
+    again, _ = EventSet(events[::-1][:20], "base", "tuned").split()
+    assert {e.prompt_id for e in again.events} == {e.prompt_id for e in train.events} & {e.prompt_id for e in events[::-1][:20]}
+    assert [e.prompt_id for e in train.events] == [e.prompt_id for e in split_events(events)[0]]
+

@@ -10,6 +10,7 @@ actors or in a shard (docs/architecture.md has a worked example).
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 from ..execution import Capture, Decode, Executor, Program
@@ -29,6 +30,16 @@ class EventSet:
     tuned: str
     natural: dict[str, dict[str, EventStates]] | None = None
     _histories: dict = field(default_factory=dict, repr=False)
+
+    def split(self, fraction: float = 0.5) -> tuple["EventSet", "EventSet"]:
+        """A train and a held-out part of these events, split by prompt with a stable hash of its
+        id (the same prompt always falls on the same side, whatever the chunk or the run); each
+        part keeps the states the search recorded."""
+        train, held = [], []
+        for e in self.events:
+            (train if (zlib.crc32(e.prompt_id.encode()) % 1000) / 1000 < fraction else held).append(e)
+        return (EventSet(train, self.base, self.tuned, self.natural),
+                EventSet(held, self.base, self.tuned, self.natural))
 
     @property
     def sequences(self) -> list[list[int]]:

@@ -121,9 +121,9 @@ def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_on
     result = {"boundary": boundary, "layers": layers, "n_latents": cc.config.n_latents, "k": cc.config.k,
               "source": cc.config.source, "quality_gate": gate, "train_seconds": round(time.perf_counter() - started, 1)}
     if not train_only:
-        t, h = EventSet(train, pair.base, pair.roles[1], None), EventSet(held, pair.base, pair.roles[1], None)
-        result["study"] = ex.drive(FeatureStudy(cc, boundary).program(ex, t, h))
-        result["closure"] = ex.drive(Closure(boundary).program(ex, t, h))
+        evset = EventSet(events, pair.base, pair.roles[1], None)  # each program splits it as above
+        result["study"] = ex.drive(FeatureStudy(cc, boundary).program(ex, evset))
+        result["closure"] = ex.drive(Closure(boundary).program(ex, evset))
         if gate is not None and not gate["passed"]:
             result["note"] = "the crosscoder failed its quality gate: read the mediation results with caution"
     pair.release()

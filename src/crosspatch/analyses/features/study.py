@@ -20,13 +20,12 @@ under every residency and engine:
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ...core.analysis import EventSet
+from ...core.analysis import Analysis, EventSet
 from ...core.cells import event_y
 from ...core.stats import BootstrapConfig, block_bootstrap, cluster_mean_ci
 from ...execution import Edit, Executor, Late, Program
@@ -36,11 +35,10 @@ KS = (10, 50, 200, 500)
 
 
 def split_events(events, fraction: float = 0.5):
-    """A stable train/held-out split by prompt (hash of the prompt id)."""
-    train, held = [], []
-    for e in events:
-        (train if (zlib.crc32(e.prompt_id.encode()) % 1000) / 1000 < fraction else held).append(e)
-    return train, held
+    """A stable train/held-out split by prompt (hash of the prompt id): :meth:`EventSet.split` on
+    bare events (the crosscoder trains on the train part before the study runs)."""
+    train, held = EventSet(list(events), "", "").split(fraction)
+    return train.events, held.events
 
 
 def _recorder(store: dict, item_lengths: list[int], key):
@@ -88,13 +86,19 @@ def _edits(cc: Crosscoder, layers, deltas: list[torch.Tensor], sign: float):
 
 
 @dataclass
-class FeatureStudy:
+class FeatureStudy(Analysis):
+    """Mediation and rescue by the crosscoder's latents: an ordinary analysis whose program splits
+    its events by prompt (:meth:`EventSet.split`): latents are ranked on the train part, the
+    study is measured on the held-out part. Returns one result dict (``features/mediate.json``)."""
+
     crosscoder: Crosscoder
     boundary: int
     ks: tuple[int, ...] = KS
     seed: int = 0
+    name: str = "feature_study"
 
-    def program(self, ex: Executor, train: EventSet, held: EventSet) -> Program:
+    def program(self, ex: Executor, events: EventSet) -> Program:
+        train, held = events.split()
         cc, b, layers = self.crosscoder, self.boundary, self.crosscoder.config.layers
         tuned, base = held.tuned, held.base
         rng = np.random.default_rng(self.seed)
@@ -215,14 +219,18 @@ class FeatureStudy:
 
 
 @dataclass
-class Closure:
-    """Structured boundary-state closure through ``L_IT`` (no crosscoder needed)."""
+class Closure(Analysis):
+    """Structured boundary-state closure through ``L_IT`` (no crosscoder needed): principal
+    directions of the train part's boundary shifts (:meth:`EventSet.split`), measured on the
+    held-out part."""
 
     boundary: int
     ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     seed: int = 0
+    name: str = "closure"
 
-    def program(self, ex: Executor, train: EventSet, held: EventSet) -> Program:
+    def program(self, ex: Executor, events: EventSet) -> Program:
+        train, held = events.split()
         b, tuned, base = self.boundary, held.tuned, held.base
         if not train.events or not held.events:
             return {"n_train": len(train.events), "n_heldout": len(held.events)}
