@@ -66,6 +66,14 @@ def test_run_on_finished_runs_a_registered_analysis_and_summarises_again(tmp_pat
     assert row["details"]["n_scored"] == len(rows)  # the control that ran later is in the summary
     assert "pre-late-commitment" in (tmp_path / "r" / "report.md").read_text()
     assert later["counts"] == result.summary["counts"] and later["results"] == result.summary["results"]
+    # an analysis that scores more events with the 2x2 belongs to the search: refused, the run untouched
+    from crosspatch.errors import OptionError
+
+    before = (tmp_path / "r" / "events.jsonl").read_text()
+    with pytest.raises(OptionError, match="cannot be added to a finished run.*--event-kinds"):
+        run_on_finished(tmp_path / "r", "event_kinds")
+    assert (tmp_path / "r" / "events.jsonl").read_text() == before
+    assert not (tmp_path / "r" / "event_kinds.jsonl").exists()
 
 
 @pytest.mark.slow

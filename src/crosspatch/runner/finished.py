@@ -125,6 +125,12 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
         store.summary()  # the run must have finished
         if isinstance(analysis, str):
             analysis = build_for_finished(analysis, config)
+        if getattr(analysis, "scores_cells", False):
+            from ..errors import OptionError
+
+            raise OptionError(f"analysis {analysis.name!r} scores more events with the 2x2 while a run searches; it "
+                              "cannot be added to a finished run: run again with the option that enables it "
+                              "(event kinds: --event-kinds) into a new --out")
         if events is None:
             _, _, events = first_events(store, config)
         if events:
