@@ -74,7 +74,7 @@ class CachedDecoder:
             mask[row, width - len(p):] = 1
         self.rows = list(range(len(prompts)))
         self.offsets = [width - len(p) for p in prompts]
-        self.kept = [{"final": [], **{b: [] for b in (self.capture or [])}} for _ in prompts]
+        self.kept = [{"final": [], **{b: [] for b in self.capture}} for _ in prompts]
         self.mask = mask.to(device)
         self.positions = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
         self.next_position: torch.Tensor = self.positions[:, -1:] + 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..core.cells import CellRecord, headline_boundary
 from ..core.divergence import DivergenceEvent
-from ..errors import CorruptRunFileError, ModelLoadError
+from ..errors import CorruptRunFileError, ModelLoadError, OptionError
 
 _SESSION_KEYS = ("cost_this_session", "fp32_verification")  # summary keys a later summary keeps
 
@@ -126,8 +126,6 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
         if isinstance(analysis, str):
             analysis = build_for_finished(analysis, config)
         if getattr(analysis, "scores_cells", False):
-            from ..errors import OptionError
-
             raise OptionError(f"analysis {analysis.name!r} scores more events with the 2x2 while a run searches; it "
                               "cannot be added to a finished run: run again with the option that enables it "
                               "(event kinds: --event-kinds) into a new --out")
@@ -152,7 +150,6 @@ def build_for_finished(name: str, config: dict):
     from types import SimpleNamespace
 
     from ..core.registry import PlanContext, get_analysis
-    from ..errors import OptionError
 
     plugin = get_analysis(name)
     if plugin.build is None:

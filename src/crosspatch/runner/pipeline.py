@@ -12,6 +12,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..core.analysis import EventSet
 from ..core.cells import CellRecord, CellsConfig, CrossPatch
@@ -256,16 +257,15 @@ def run(
         analysis_records: dict[str, list] = {  # earlier sessions' records of prompts already complete
             a.name: [r for r in (store.load_rows(f"{a.name}.jsonl") if store is not None else []) if r.get("prompt_id") in done]
             for a in plan.analyses if not getattr(a, "scores_cells", False)}
-        from rich.progress import TaskID
-
-        search_task = cells_task = TaskID(0)  # the bar's tasks, when a bar is shown
+        search_task: Any = None  # the bar's tasks, when a bar is shown (rich is imported only then)
+        cells_task: Any = None
         with _progress(progress) if progress else contextlib.nullcontext() as bar:
             if bar:
-                search_task = TaskID(bar.add_task("divergence search (prompts)", total=len(prompts),
-                                                  completed=len(prompts) - len(todo)))
-                cells_task = TaskID(bar.add_task(
+                search_task = bar.add_task("divergence search (prompts)", total=len(prompts),
+                                           completed=len(prompts) - len(todo))
+                cells_task = bar.add_task(
                     f"2x2 cells at {len(boundaries)} boundar{'y' if len(boundaries) == 1 else 'ies'} "
-                    "(records of the events found so far)", total=len(records), completed=len(records)))
+                    "(records of the events found so far)", total=len(records), completed=len(records))
             items = [([prompts[k] for k in todo[start : start + chunk]], [token_ids[k] for k in todo[start : start + chunk]])
                      for start in range(0, len(todo), chunk)]
             precision = {"target": config.until_ci_width, "half_width": None, "reached": False} \
