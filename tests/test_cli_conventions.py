@@ -3,9 +3,11 @@ whose public names stay what they are."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
+from typing import Optional
 
 import pytest
 from typer.testing import CliRunner
@@ -13,6 +15,7 @@ from typer.testing import CliRunner
 import crosspatch
 from crosspatch.cli import app
 from crosspatch.errors import OptionError
+from crosspatch.runner.config import parse_boundary
 
 from .test_store import many_prompts
 
@@ -290,26 +293,101 @@ def test_gate_over_a_compare_directory_gates_every_descendant(tmp_path):
     assert again.exit_code == 2 and "b: unusable" in again.stdout and again.stdout.count("\n") == 3
 
 
-def test_command_line_defaults_are_the_dataclasses_defaults():
-    """The options dataclasses are the one source of defaults: every option of `run` (and so of
-    `sweep`, `compare`, `lineage`) that names a RunConfig or LoadOptions field defaults to it."""
-    import dataclasses
-    import inspect
+def _click_params(path: list[str]) -> dict:
+    import typer.main
 
-    from crosspatch.cli import run_cmd
-    from crosspatch.models.loading import LoadOptions
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    return {p.name: p for p in command.params}
+
+
+def test_command_line_options_are_generated_from_the_options_dataclasses():
+    """The options dataclasses are the one source of every option's default and help: each field
+    with help is an option of `run`, `sweep`, `compare` and `lineage` (the loading ones of every
+    command that loads models too), shown with the field's default and help; a field without help
+    is not on the command line."""
+    from crosspatch.cli.options import cli_fields, field_default
+    from crosspatch.models.options import LoadOptions
     from crosspatch.runner.config import RunConfig
 
-    def defaults(cls):
-        return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(cls)}
+    def shown(field):  # the default as the command line shows it (a boundary as text)
+        value = field_default(field)
+        if "cli_type" in field.metadata and value is not None and not isinstance(value, bool):
+            return (",".join(map(str, value)) or None) if isinstance(value, list) else str(value)
+        return value
 
-    known = {**defaults(LoadOptions), **defaults(RunConfig)}
-    as_given = {"boundary": lambda v: float(v), "group_by": lambda v: v or []}  # parsed by the command
-    checked = 0
-    for p in inspect.signature(run_cmd).parameters.values():
-        if p.name in known:
-            value = as_given.get(p.name, lambda v: v)(p.default.default)
-            assert value == known[p.name], f"--{p.name.replace('_', '-')}: {value!r} != {known[p.name]!r}"
-            checked += 1
-    assert checked >= 25
+    for command in ("run", "sweep", "compare", "lineage"):
+        params = _click_params([command])
+        for cls in (RunConfig, LoadOptions):
+            for field in cli_fields(cls):
+                param = params[field.name]
+                expected = "all" if (command, field.name) == ("sweep", "boundaries") else shown(field)
+                assert param.default == expected, (command, field.name, param.default)
+                assert param.help == field.metadata["help"]
+            for field in dataclasses.fields(cls):  # (RunConfig.tuned, a role, is not the command's --tuned)
+                if "help" not in field.metadata and field.name != "tuned":
+                    assert field.name not in params, (command, field.name)
+    for command in ("preflight", "splice", "merge-check", "env", "run"):  # no hand-written loading option left
+        params = _click_params([command])
+        for field in cli_fields(LoadOptions):
+            if field.name in params:
+                assert params[field.name].help == field.metadata["help"] and params[field.name].default == field.default
+    assert "residency" not in _click_params(["splice"]) and "trust_remote_code" not in _click_params(["env"])
+
+
+@dataclasses.dataclass
+class _ToyOptions:
+    name: str = dataclasses.field(metadata={"help": "A name."})
+    depth: int | float = dataclasses.field(default=0.5, metadata={"help": "A depth.", "cli_type": str,
+                                                                  "parse": lambda t: parse_boundary(t)})
+    words: list[str] = dataclasses.field(default_factory=list, metadata={"help": "Words.", "cli_type": Optional[str],
+                                                                         "parse": lambda t: t.split(",")})
+    loud: bool = dataclasses.field(default=True, metadata={"help": "Loud.", "flag": "--loud/--soft"})
+    hidden: int = 7
+
+
+def test_the_option_generator_builds_the_dataclass_and_names_bad_values():
+    """`cli.options.command` turns a dataclass parameter into options (required, flags, parsed
+    text, `only`, changed defaults), hands the command the built dataclass, and reports a value
+    the field's parser refuses as a named error, exit 2, no traceback."""
+    import typer
+
+    from crosspatch.cli.options import command
+
+    seen = []
+    toy_app = typer.Typer(rich_markup_mode=None)
+
+    @toy_app.command("toy")
+    @command(defaults={"loud": False})
+    def toy(toy: _ToyOptions, extra: int = typer.Option(1, "--extra", help="Extra.")) -> None:
+        seen.append((toy, extra))
+
+    @toy_app.command("other")
+    @command(only={"toy": ("name",)})
+    def other(toy: _ToyOptions) -> None:
+        seen.append(toy)
+
+    runner = CliRunner()
+    assert runner.invoke(toy_app, ["toy", "--name", "x", "--depth", "3", "--words", "a,b", "--extra", "2"]).exit_code == 0
+    assert seen[-1] == (_ToyOptions(name="x", depth=3, words=["a", "b"], loud=False, hidden=7), 2)
+    assert runner.invoke(toy_app, ["toy", "--name", "x", "--loud"]).exit_code == 0
+    assert seen[-1][0] == _ToyOptions(name="x", depth=0.5, words=[], loud=True)
+    assert runner.invoke(toy_app, ["toy"]).exit_code == 2  # --name is required
+    bad = runner.invoke(toy_app, ["toy", "--name", "x", "--depth", "deep"])
+    assert bad.exit_code == 2 and "BoundaryError" in bad.output and "Traceback" not in bad.output
+    help_text = runner.invoke(toy_app, ["toy", "--help"]).output
+    assert "--hidden" not in help_text and "--loud / --soft" in help_text and "A depth." in help_text
+    assert runner.invoke(toy_app, ["other", "--name", "y"]).exit_code == 0 and seen[-1] == _ToyOptions(name="y")
+    assert runner.invoke(toy_app, ["other", "--name", "y", "--depth", "2"]).exit_code == 2  # not an option there
+
+    def plain(toy: _ToyOptions) -> None: ...
+
+    def twice(toy: _ToyOptions, name: str = typer.Option("a", "--name", help="again")) -> None: ...
+
+    with pytest.raises(TypeError, match="no option nope"):
+        command(plain, defaults={"nope": 1})
+    with pytest.raises(TypeError, match="declared twice"):
+        command(twice)
+    with pytest.raises(TypeError, match="no command-line option hidden"):
+        command(plain, only={"toy": ("hidden",)})

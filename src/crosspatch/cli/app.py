@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from ..runner.config import load_policy  # noqa: F401  (the commands' policy files)
+from ..runner.config import parse_boundaries as _boundaries  # noqa: F401
+from ..runner.config import parse_boundary as _boundary  # noqa: F401
 
 
 def _plain_argument_help() -> None:
@@ -34,8 +37,6 @@ def _plain_argument_help() -> None:
 
 _plain_argument_help()
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
-DEVICE_HELP = ("auto (CUDA when present, else the CPU) | cpu | cuda | cuda:N | map (accelerate device map over "
-               "every GPU and the CPU).")
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
                   help="First-divergence cross-patching of a base model and its fine-tuned descendant.")
 zoo_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
@@ -58,37 +59,10 @@ app.add_typer(zoo_app, name="zoo")
 console = Console(stderr=True)
 
 
-def _boundary(text: str) -> int | float:
-    """``12`` is layer 12; ``0.6`` is 60% of depth; ``1.0`` or ``abc`` are named errors."""
-    from ..errors import BoundaryError
-
-    text = str(text).strip()
-    try:
-        value = float(text)
-    except ValueError:
-        raise BoundaryError(f"boundary must be an int layer (e.g. 12) or a depth fraction (e.g. 0.6), not {text!r}") from None
-    if value.is_integer() and "." not in text and "e" not in text.lower():
-        return int(value)
-    return value
-
-
 def _stdout() -> Console:
     """Console for result tables: never narrower than the tables when output is not a terminal."""
     probe = Console()
     return probe if probe.is_terminal else Console(width=140)
-
-
-def _boundaries(text: str | None):
-    from ..errors import BoundaryError
-
-    if text is None:
-        return None
-    if text.strip() == "all":
-        return "all"
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    if not items:
-        raise BoundaryError(f"--boundaries must be 'all' or a comma-separated list of layers, not {text!r}")
-    return [_boundary(x) for x in items]
 
 
 def _fail(exc: Exception) -> None:
@@ -120,24 +94,6 @@ def print_summary_table(summary: dict, title: str = "crosspatch") -> None:
     nd = summary["counts"]["no_divergence"]
     out.print(f"prompts {summary['counts']['prompts']}, events {summary['counts']['events']}, "
               f"no divergence {sum(nd.values())}, invalid {summary['counts']['invalid']}")
-
-
-
-def load_policy(path: Path) -> dict:
-    """Verdict thresholds from a YAML or JSON file (a mapping of VerdictPolicy fields)."""
-    import yaml
-
-    from ..errors import PolicyFileError
-
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise PolicyFileError(f"cannot read policy file {path}: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise PolicyFileError(f"policy file {path} must hold a mapping of thresholds, not {type(data).__name__}")
-    return data
 
 
 

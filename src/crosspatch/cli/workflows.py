@@ -11,10 +11,15 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import CrosspatchError, OptionError
-from .app import DEVICE_HELP, _boundaries, _boundary, _fail, _stdout, app, console, load_policy
+from ..models.options import LoadOptions
+from .app import _boundaries, _boundary, _fail, _stdout, app, console, load_policy
+from .options import command
+
+SAFE_LOADING = ("dtype", "device", "trust_remote_code", "allow_pickle", "allow_special_token_mismatch")
 
 
 @app.command("preflight")
+@command(only={"load": SAFE_LOADING})
 def preflight_cmd(
     base: str = typer.Option(..., "--base", help="Base model: hub id or local directory."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="PEFT adapter directory on --base."),
@@ -27,13 +32,9 @@ def preflight_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="New directory for preflight.json/.md/.html, or a "
                                        "crosspatch run directory (adds a Preflight section to its reports)."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Greedy budget per prompt and model."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 (bf16) | float16 (fp16)"),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     policy: Optional[Path] = typer.Option(None, "--policy", help="Tolerances from a YAML/JSON file (PreflightPolicy fields)."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with a checkpoint."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights."),
-    allow_special_token_mismatch: bool = typer.Option(False, "--allow-special-token-mismatch",
-                                                      help="Accept differing BOS/EOS/PAD/UNK (recorded as a warning)."),
+    *,
+    load: LoadOptions,
     as_json: bool = typer.Option(False, "--json", help="Print preflight.json for machines."),
 ) -> None:
     """Before you merge or ship: is the adapter active, does the merge compute what the adapter
@@ -41,15 +42,12 @@ def preflight_cmd(
     when every check passes, 1 when one fails, 2 for unusable input."""
     import json
 
-    from ..models.loading import LoadOptions
     from ..workflows.preflight import preflight
 
     try:
         thresholds = load_policy(policy) if policy else {}
-        options = LoadOptions(dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                              allow_special_token_mismatch=allow_special_token_mismatch)
         result = preflight(base, adapter=adapter, merged=merged, prompts=prompts, domain_text=domain_text, out=out,
-                           policy=thresholds, max_new_tokens=max_new_tokens, options=options,
+                           policy=thresholds, max_new_tokens=max_new_tokens, options=load,
                            merge_in_memory=merge_in_memory,
                            progress=None if as_json else (lambda m: console.print(f"[dim]{m}[/dim]")))
     except CrosspatchError as exc:
@@ -70,6 +68,7 @@ def preflight_cmd(
 
 
 @app.command("splice")
+@command(only={"load": SAFE_LOADING})
 def splice_cmd(
     base: str = typer.Option(..., "--base", help="Base model: hub id or local directory."),
     prompts: Path = typer.Option(..., "--prompts", help="Prompt file (validators, if any, give pass rates)."),
@@ -80,27 +79,20 @@ def splice_cmd(
     out: Path = typer.Option(Path("runs/splice"), "--out", help="New directory for splice.json/.md/.html."),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Greedy budget per prompt and chimera."),
     no_diagnostic: bool = typer.Option(False, "--no-diagnostic", help="Skip the cross-patching run at the same boundaries."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 (bf16) | float16 (fp16)"),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with a checkpoint."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights."),
-    allow_special_token_mismatch: bool = typer.Option(False, "--allow-special-token-mismatch",
-                                                      help="Accept differing BOS/EOS/PAD/UNK (recorded as a warning)."),
+    *,
+    load: LoadOptions,
 ) -> None:
     """What a layer-range merge would write: the four static chimeras (base/tuned early layers x
     base/tuned late layers) generate freely on the prompts, side by side, with validator pass
     rates, where each departs from the tuned model, and the cross-patching numbers there."""
-    from ..models.loading import LoadOptions
     from ..workflows.splice import splice
 
     try:
         if boundary is not None and boundaries is not None:
             raise OptionError("give --boundary or --boundaries, not both")
         chosen = _boundaries(boundaries) if boundaries is not None else [_boundary(boundary or "0.6")]
-        options = LoadOptions(dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                              allow_special_token_mismatch=allow_special_token_mismatch)
         result = splice(base, tuned=tuned, adapter=adapter, prompts=prompts, boundaries=chosen, out=out,
-                        max_new_tokens=max_new_tokens, options=options, run_diagnostic=not no_diagnostic,
+                        max_new_tokens=max_new_tokens, options=load, run_diagnostic=not no_diagnostic,
                         progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     except CrosspatchError as exc:
         _fail(exc)
@@ -121,6 +113,7 @@ def splice_cmd(
 
 
 @app.command("merge-check")
+@command(only={"load": ("dtype", "device")})
 def merge_check_cmd(
     config: Path = typer.Argument(..., metavar="CONFIG", help="A mergekit configuration (YAML)."),
     prompts: Path = typer.Option(..., "--prompts", help="Prompt file."),
@@ -128,19 +121,18 @@ def merge_check_cmd(
                                        "configuration's base_model; a passthrough splice: its first slice's model)."),
     out: Path = typer.Option(Path("runs/merge-check"), "--out", help="New directory for merge-check.json/.md/.html."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Greedy budget per prompt and model."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 (bf16) | float16 (fp16)"),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    *,
+    load: LoadOptions,
 ) -> None:
     """Evaluate a mergekit configuration before you ship the merge: a passthrough layer splice as
     `crosspatch splice` at its boundary; a weight merge (linear, TIES, DARE, SLERP, ...) built with
     mergekit into a temporary directory, preflighted and diagnosed beside its parents. Needs
     `pip install 'crosspatch[merge]'`."""
-    from ..models.loading import LoadOptions
     from ..workflows.mergecheck import merge_check
 
     try:
         document = merge_check(config, prompts, base=base, out=out, max_new_tokens=max_new_tokens,
-                               options=LoadOptions(dtype=dtype, device=device),
+                               options=load,
                                progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     except CrosspatchError as exc:
         _fail(exc)
@@ -161,12 +153,13 @@ def merge_check_cmd(
 
 
 @app.command("env")
+@command(only={"load": ("dtype", "device")})
 def env_cmd(
     base: Optional[str] = typer.Option(None, "--base", help="With --tuned/--adapter: say which residency a run would use."),
     tuned: Optional[list[str]] = typer.Option(None, "--tuned", metavar="DIR", help="A descendant checkpoint (repeatable)."),
     adapter: Optional[list[str]] = typer.Option(None, "--adapter", metavar="DIR", help="A PEFT adapter directory (repeatable)."),
-    dtype: str = typer.Option("auto", "--dtype", help="The dtype a run would load in (auto, float32, bf16, fp16)."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    *,
+    load: LoadOptions,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object for machines."),
 ) -> None:
     """What crosspatch runs on: versions, devices and memory, what --dtype auto resolves to, the
@@ -177,12 +170,13 @@ def env_cmd(
 
     import torch
 
-    from ..models.loading import LoadOptions, validate_load_options
+    from ..models.loading import validate_load_options
     from ..report.browser import find_chromium
     from ..store import environment, package_version
 
     try:
-        options = LoadOptions(dtype=dtype, device=device)
+        options = load
+        dtype, device = load.dtype, load.device  # as given, before they resolve
         validate_load_options(options)
         facts = environment()
         facts["cpu_count"] = os.cpu_count()

@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from ..errors import DeviceUnavailableError, ModelLoadError, OptionError, PickleWeightsRefusedError, first_line
+from .options import LoadOptions
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -45,33 +45,6 @@ def resolve_device(device) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-
-@dataclass
-class LoadOptions:
-    """How to load checkpoints (every field is recorded in the run's config.json)."""
-
-    dtype: str = "auto"  # auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 | float16 (bf16, fp16)
-    device: str = "auto"  # auto (CUDA when present, else the CPU) | cpu | cuda | cuda:N | map (accelerate device map)
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    revision: str | None = None
-    allow_special_token_mismatch: bool = False
-    hash_weights: bool = True
-    residency: str | None = None  # both | sequential | adapter; None chooses (execution.choose_residency)
-    verbose: bool = False  # show transformers' loading bars and advisory warnings
-
-    @classmethod
-    def with_overrides(cls, options: "LoadOptions | None" = None, **overrides) -> "LoadOptions":
-        """``options`` (a fresh default when None) with ``overrides`` set, in place, as the Python
-        API's ``**load_overrides`` give them (``dtype="bf16"``, ``residency="sequential"``); an
-        unknown name is a ``TypeError``. Not validated: call :func:`validate_load_options`."""
-        options = options or cls()
-        for key, value in overrides.items():
-            if key not in cls.__dataclass_fields__:
-                raise TypeError(f"unknown load option {key!r}")
-            setattr(options, key, value)
-        return options
 
 
 def validate_load_options(options) -> None:

@@ -1,54 +1,133 @@
-"""The options of a run (:class:`RunConfig`, every field recorded in config.json), the one
-normalisation a run applies to them before recording, and the boundaries they resolve to."""
+"""The options of a run (:class:`RunConfig`, every field recorded in config.json; torch-free, so
+that the command line builds its options from it), the parsers of their command-line text, the
+one normalisation a run applies to them before recording, and the boundaries they resolve to."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
 
-from ..core.cells import resolve_boundary
-from ..core.tokens import TokenClasses
 from ..errors import BoundaryError
+
+
+def parse_boundary(text: str | int | float) -> int | float:
+    """``12`` is layer 12; ``0.6`` is 60% of depth; ``abc`` is a :class:`BoundaryError` (``1.0``
+    and other out-of-range values are named when the model's depth is known)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return text
+    text = str(text).strip()
+    try:
+        value = float(text)
+    except ValueError:
+        raise BoundaryError(f"boundary must be an int layer (e.g. 12) or a depth fraction (e.g. 0.6), not {text!r}") from None
+    if value.is_integer() and "." not in text and "e" not in text.lower():
+        return int(value)
+    return value
+
+
+def parse_boundaries(text: str | None) -> list[int | float] | str | None:
+    """``all``, or a comma-separated list of boundaries (each as :func:`parse_boundary`)."""
+    if text is None:
+        return None
+    if text.strip() == "all":
+        return "all"
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise BoundaryError(f"--boundaries must be 'all' or a comma-separated list of layers, not {text!r}")
+    return [parse_boundary(x) for x in items]
+
+
+def parse_words(text: str) -> list[str]:
+    """A comma list as its non-empty items."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def load_policy(path: str | Path) -> dict:
+    """Verdict thresholds from a YAML or JSON file (a mapping of VerdictPolicy fields)."""
+    import yaml
+
+    from ..errors import PolicyFileError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PolicyFileError(f"cannot read policy file {path}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PolicyFileError(f"policy file {path} must hold a mapping of thresholds, not {type(data).__name__}")
+    return data
+
+
+def _option(default: Any = MISSING, help: str | None = None, factory: Any = MISSING, **cli: Any) -> Any:
+    """A field with its command-line help (``cli.options``: a field with help is an option)."""
+    metadata = {"help": help, **cli} if help is not None else {}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class RunConfig:
-    """Options of one cross-patching run (all recorded in config.json)."""
+    """Options of one cross-patching run (all recorded in config.json). The fields with help are
+    the options of ``crosspatch run``, ``sweep``, ``compare`` and ``lineage`` (``cli.options``)."""
 
-    boundary: int | float = 0.6  # layer index, or fraction of depth
-    boundaries: list[int | float] | str | None = None  # several at once, or "all" (1..L-1); overrides boundary
-    max_new_tokens: int = 128
+    boundary: int | float = _option(0.6, "Boundary layer: int index or depth fraction.", cli_type=str,
+                                    parse=parse_boundary)
+    boundaries: list[int | float] | str | None = _option(
+        None, "Comma-separated boundaries, or 'all' (1..L-1); overrides --boundary.", cli_type=Optional[str],
+        parse=parse_boundaries)
+    max_new_tokens: int = _option(128, "Greedy budget of the divergence search (tokens).")
     # a batch holds at most batch_size sequences and max_batch_tokens padded tokens (prompt +
     # generation budget while decoding): the token budget sets the rows for the prompts at hand
     # (128 rows of a short prompt, fewer of long ones); batching changes speed, never results
-    batch_size: int = 128
-    max_batch_tokens: int | None = 16384
-    rollout_model: str = "IT"
+    batch_size: int = _option(128, "Sequences per forward pass at most.")
+    max_batch_tokens: int | None = _option(
+        16384, "Padded tokens per forward pass at most (prompt + generation budget while decoding): with "
+        "--batch-size it sets the rows of a batch from the prompts' lengths, and bounds working memory (lower it "
+        "with --residency sequential or a small GPU).")
+    rollout_model: str = _option("IT", "Which model decodes greedily: IT or PT.", parse=str.upper)
     near_tie_threshold: float = 0.05
-    bootstrap: int = 2000
-    seed: int = 0
-    chat_template: bool = False  # apply the descendant's chat template to every prompt
-    group_by: list[str] = field(default_factory=list)  # prompt metadata fields to break down by
+    bootstrap: int = _option(2000, "Bootstrap resamples.")
+    seed: int = _option(0, "Seed of the bootstrap and of the random controls.")
+    chat_template: bool = _option(False, "Apply the descendant's chat template to every prompt.")
+    group_by: list[str] = _option(help="Comma-separated prompt fields to break down by.", factory=list,
+                                  cli_type=Optional[str], parse=parse_words)
     # "minimal": the rollout and the teacher-forced pass also supply both models' states (2 full
     # passes + 2 late-only passes per event); "exact": one more full pass of each model over the
     # prefix, which makes the exactness properties hold bit for bit across different passes.
-    plan: str = "minimal"
-    shard: str | None = None  # "i/n": this job takes prompts i, i+n, i+2n, ... (merge with merge_runs)
-    engine: str = "local"  # "local" or "ray" (prompt chunks on Ray actors that each hold the models)
-    workers: int = 2  # Ray actors
+    plan: str = _option("minimal", "minimal (fewest passes) or exact (bit-exact controls).")
+    shard: str | None = _option(None, "i/n: take prompts i, i+n, ... (then crosspatch merge).")
+    engine: str = _option("local", "local, or ray (chunks on Ray actors; pip install crosspatch[ray]).")
+    workers: int = _option(2, "Ray actors (each holds the models).")
     sequential_chunk: int = 512  # prompts per load cycle with residency "sequential" (4 model loads each)
     title: str | None = None
     back_link: str | None = None  # report.html links back to this page (a combined report)
     tuned: str | None = None  # with several descendants loaded: the role scored against the base (default: the first)
-    event_kinds: list[str] | str = "all"  # first_diff, first_nonformat_diff, first_assistant_marker_diff
-    format_tokens: list[str] | str | None = None  # replaces the structural words counted as FORMAT (tokens.py)
-    marker_words: list[str] | str | None = None  # replaces the assistant-marker words (a marker must be a whole word)
-    controls: list[str] | str | None = "default"  # names, "all", "none" or "default" (controls.DEFAULT_CONTROLS)
-    verify_fp32: bool = False  # re-run near-tie events' search in float32 and count how many move
-    policy: dict | None = None  # verdict thresholds (verdict.VerdictPolicy fields)
-    consequence: bool = False  # forced-token continuations scored by the prompts' validators
-    consequence_budget: int = 32  # tokens generated after the forced token
+    event_kinds: list[str] | str = _option(
+        "all", "all, or a comma list of first_diff, first_nonformat_diff, first_assistant_marker_diff.", cli_type=str)
+    format_tokens: list[str] | str | None = _option(
+        None, "Words counted as FORMAT (structural/discourse words), replacing crosspatch's list: a comma list or "
+        "@FILE (one per line); punctuation, whitespace, markup and special tokens stay FORMAT.",
+        cli_type=Optional[str], metavar="WORDS")
+    marker_words: list[str] | str | None = _option(
+        None, "Assistant-marker words for first_assistant_marker_diff, replacing crosspatch's list: a comma list or "
+        "@FILE; a marker must be a whole word.", cli_type=Optional[str], metavar="WORDS")
+    controls: list[str] | str | None = _option(
+        "default", "Controls: default (the cheap ones), all, none, or a comma list (label_swap, pre_divergence, "
+        "pre_late_commitment, hybrid_state, readout_agreement, position_subsets, near_ties, random_later, "
+        "native_history).", cli_type=str)
+    verify_fp32: bool = _option(False, "Re-run the search of near-tie events in float32 and count how many move.")
+    policy: dict | None = _option(None, "Verdict thresholds (YAML or JSON, see docs/verdict.md).",
+                                  cli_type=Optional[Path], parse=load_policy)
+    consequence: bool = _option(False, "Force t_IT, t_PT and matched alternatives at each event and score the "
+                                "continuation with the prompt's validator.")
+    consequence_budget: int = _option(32, "Tokens continued after the forced token.")
     consequence_with_pt: bool = False  # also continue with the base
-    until_ci_width: float | None = None  # stop once the interaction's 95% half-width is at most this (logits)
+    until_ci_width: float | None = _option(
+        None, "Process prompts chunk by chunk until the interaction's 95% half-width is at most this (logits), or "
+        "the prompts run out; says which (resumable).")
     nulls: list[str] = field(default_factory=list)  # null descendant roles of the model set (null calibration)
     synthetic_nulls: int = 0  # synthetic nulls of the descendant built in memory (docs/verdict.md)
     analyses: list[str] = field(default_factory=list)  # registered analyses to run beyond the default ones
@@ -58,6 +137,8 @@ class RunConfig:
 def normalise_run_config(config: RunConfig) -> RunConfig:
     """``config`` as a run records it, in place: word lists as the sorted words themselves (not a
     file's name)."""
+    from ..core.tokens import TokenClasses
+
     classes = TokenClasses.from_options(config.format_tokens, config.marker_words)  # marker words keep their case
     if config.format_tokens is not None:
         config.format_tokens = sorted(classes.format_words)
@@ -68,6 +149,8 @@ def normalise_run_config(config: RunConfig) -> RunConfig:
 
 def resolve_boundaries(config: RunConfig, num_layers: int) -> list[int]:
     """The sorted layer indices a run scores ("all" = every layer 1..L-1)."""
+    from ..core.cells import resolve_boundary
+
     if config.boundaries in ("all", ["all"]):
         if num_layers < 2:
             raise BoundaryError(f"boundaries 'all' (1..L-1) leave no boundary on a model of {num_layers} layer: "

@@ -1,0 +1,83 @@
+"""What the commands that run the diagnostic read and write: the command line's own options
+(models, prompts, run directory, resume), beside the analysis options (:class:`RunConfig`) and
+the loading options (:class:`LoadOptions`). One dataclass per command shape; their fields' help
+is the option's help (``cli.options``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _option(default: Any = ..., help: str = "", **cli: Any) -> Any:
+    """A command-line field: ``...`` is a required option."""
+    metadata = {"help": help, **cli}
+    return field(metadata=metadata) if default is ... else field(default=default, metadata=metadata)
+
+
+PROMPTS = "Prompt file: .jsonl, .json (an array or JSON lines), .csv (comma, semicolon or tab), .tsv or .parquet."
+BASE = "Base model (PT): hub id or local directory."
+
+
+@dataclass(kw_only=True)
+class Session:
+    """How a command treats the output directory, and what it prints."""
+
+    resume: bool = _option(True, "Finish an interrupted run in --out (default); --no-resume refuses a directory "
+                           "that already holds this run.", flag="--resume/--no-resume")
+    overwrite: bool = _option(False, "Replace the crosspatch run in --out and start afresh (never touches other "
+                              "files).")
+    dry_run: bool = _option(False, "Print the plan (models, residency, boundaries, prompts, estimated work and state "
+                            "cache, output files) and exit before loading any weight.")
+    quiet: bool = _option(False, "No progress bars.")
+
+
+@dataclass(kw_only=True)
+class PairTarget:
+    """``run``: a base and one descendant, with optional null descendants."""
+
+    base: str = _option(help=BASE)
+    prompts: Path = _option(help=PROMPTS)
+    tuned: str | None = _option(None, "Descendant (IT): full or merged checkpoint.")
+    adapter: str | None = _option(None, "PEFT adapter directory on --base.")
+    out: Path = _option(Path("runs/latest"), "Run directory.")
+    null: list[str] | None = _option(None, "A null descendant of the same base (a checkpoint or adapter trained like "
+                                     "the descendant on a null task, or with another seed): the verdict's yardstick "
+                                     "(repeatable).", metavar="DIR")
+    synthetic_null: int = _option(0, "Synthetic nulls of the descendant: the real weight delta's spectrum in random "
+                                  "directions (a weaker yardstick than --null; needs both models in memory).")
+
+
+@dataclass(kw_only=True)
+class SweepTarget(PairTarget):
+    """``sweep``: as ``run``, into its own directory by default."""
+
+    out: Path = _option(Path("runs/sweep"), "Run directory.")
+
+
+@dataclass(kw_only=True)
+class CompareTarget:
+    """``compare``: one base, several descendants, optional cross-descendant patching."""
+
+    base: str = _option(help=BASE)
+    prompts: Path = _option(help=PROMPTS)
+    tuned: list[str] | None = _option(None, "A descendant checkpoint (repeat for several; roles are the directory "
+                                      "names, or give NAME=PATH).", metavar="[NAME=]DIR")
+    adapter: list[str] | None = _option(None, "A PEFT adapter directory on --base (repeatable; NAME=PATH names its "
+                                        "role).", metavar="[NAME=]DIR")
+    cross: str | None = _option(None, "Cross-descendant patching: 'all', or UPSTREAM:LATE pairs (comma-separated "
+                                "roles).")
+    out: Path = _option(Path("runs/compare"), "Directory of the comparison.")
+
+
+@dataclass(kw_only=True)
+class LineageTarget:
+    """``lineage``: a base and its training stages, in order."""
+
+    models: list[str] = _option(help="BASE STAGE1 ... FINAL (directories, training order); with --checkpoints only "
+                                "BASE.", argument=True, metavar="MODEL...")
+    prompts: Path = _option(help=PROMPTS)
+    checkpoints: Path | None = _option(None, "A trainer's output_dir: its checkpoint-<step> directories (full or "
+                                       "adapter) are the stages, in step order.")
+    out: Path = _option(Path("runs/lineage"), "Directory of the lineage.")

@@ -1,0 +1,41 @@
+"""How to load checkpoints: :class:`LoadOptions` (torch-free, so that the command line builds its
+options from it without importing torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LoadOptions:
+    """How to load checkpoints (every field is recorded in the run's config.json). The fields with
+    help are the loading options of every command that loads models (``cli.options``)."""
+
+    dtype: str = field(default="auto", metadata={"help": "auto (bfloat16 on a GPU, float32 on the CPU) | float32 | "
+                                                        "bfloat16 (bf16) | float16 (fp16)"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else the CPU) | cpu | cuda | "
+                                                          "cuda:N | map (accelerate device map over every GPU and the "
+                                                          "CPU)."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Run model code shipped with a checkpoint (off by default)."})
+    allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights."})
+    revision: str | None = field(default=None, metadata={
+        "help": "Hub revision (branch, tag or commit) of the checkpoints."})
+    allow_special_token_mismatch: bool = field(default=False, metadata={
+        "help": "Accept differing BOS/EOS/PAD/UNK (recorded as a warning)."})
+    hash_weights: bool = True
+    residency: str | None = field(default=None, metadata={
+        "help": "both | sequential | adapter (default: chosen, reason printed)."})  # None: execution.choose_residency
+    verbose: bool = False  # show transformers' loading bars and advisory warnings
+
+    @classmethod
+    def with_overrides(cls, options: "LoadOptions | None" = None, **overrides) -> "LoadOptions":
+        """``options`` (a fresh default when None) with ``overrides`` set, in place, as the Python
+        API's ``**load_overrides`` give them (``dtype="bf16"``, ``residency="sequential"``); an
+        unknown name is a ``TypeError``. Not validated: call :func:`validate_load_options`."""
+        options = options or cls()
+        for key, value in overrides.items():
+            if key not in cls.__dataclass_fields__:
+                raise TypeError(f"unknown load option {key!r}")
+            setattr(options, key, value)
+        return options
