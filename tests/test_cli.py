@@ -27,7 +27,8 @@ def test_run_writes_the_run_directory_and_report_rerenders(saved_pair, tmp_path)
     res = CliRunner().invoke(app, [
         "run", "--base", str(saved_pair / "base"), "--tuned", str(saved_pair / "tuned"),
         "--prompts", str(saved_pair / "prompts.jsonl"), "--out", str(out), "--max-new-tokens", "12",
-        "--boundary", "0.5", "--bootstrap", "300", "--quiet",
+        "--boundary", "0.5", "--bootstrap", "300", "--quiet", "--analysis-option", "label_swap.resamples=500",
+        "--analysis-option", "hybrid_state.random_draws=2",
     ])
     assert res.exit_code == 0, res.output
     for name in ("config.json", "events.jsonl", "summary.json", "report.md", "report.html", "events.parquet"):
@@ -37,6 +38,7 @@ def test_run_writes_the_run_directory_and_report_rerenders(saved_pair, tmp_path)
     assert config["environment"]["torch"] and config["environment"]["transformers"]
     assert config["models"]["base"]["weights"]["model.safetensors"]  # sha256 recorded
     assert config["options"]["boundary"] == 0.5 and config["resolved_boundaries"] == [2]
+    assert config["options"]["analysis_options"] == {"label_swap": {"resamples": 500}, "hybrid_state": {"random_draws": 2}}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["schema_version"] == "crosspatch.summary/1"
     counts = summary["counts"]
@@ -206,3 +208,24 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
                  "state cache", "at most 4,096 padded tokens", "KV cache of the largest decoding batch", "sweep.png", "nothing was loaded or written"):
         assert text in res.output, text
     assert not (tmp_path / "out").exists()
+
+
+def test_analyses_and_their_options_on_the_command_line(saved_pair, tmp_path):
+    """`crosspatch analyses` lists every registered analysis with its options; --analysis and
+    --analysis-option name registered ones, typed by their options dataclass; anything else is a
+    named error before any model loads."""
+    listing = json.loads(CliRunner().invoke(app, ["analyses", "--json"]).stdout)
+    by_name = {item["name"]: item for item in listing}
+    assert by_name["label_swap"]["role"] == "control" and by_name["label_swap"]["default"] is True
+    assert {o["name"]: o["default"] for o in by_name["label_swap"]["options"]} == {"level": 0.01, "resamples": 10000}
+    base = ["run", "--base", str(saved_pair / "base"), "--tuned", str(saved_pair / "tuned"), "--prompts",
+            str(saved_pair / "prompts.jsonl"), "--out", str(tmp_path / "r"), "--dry-run"]
+    assert CliRunner().invoke(app, [*base, "--analysis-option", "label_swap.level=0.05"]).exit_code == 0
+    for bad, message in ((["--analysis-option", "label_swap.nope=1"], "unknown option(s) nope"),
+                         (["--analysis-option", "label_swap.level=high"], "takes float, not 'high'"),
+                         (["--analysis-option", "label_swap"], "NAME.OPTION=VALUE"),
+                         (["--analysis-option", "nothing.level=1"], "no analysis named 'nothing'"),
+                         (["--analysis", "nothing"], "no analysis named 'nothing'")):
+        res = CliRunner().invoke(app, [*base, *bad])
+        assert res.exit_code == 2 and "OptionError" in res.output and message in res.output, (bad, res.output)
+    assert not (tmp_path / "r").exists()

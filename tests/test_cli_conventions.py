@@ -311,11 +311,11 @@ def test_command_line_options_are_generated_from_the_options_dataclasses():
     from crosspatch.models.options import LoadOptions
     from crosspatch.runner.config import RunConfig
 
-    def shown(field):  # the default as the command line shows it (a boundary as text)
+    def shown(field):  # the default as the command line shows it (a boundary as text, no empty list)
         value = field_default(field)
-        if "cli_type" in field.metadata and value is not None and not isinstance(value, bool):
-            return (",".join(map(str, value)) or None) if isinstance(value, list) else str(value)
-        return value
+        if value in ([], {}):
+            return None
+        return str(value) if field.metadata.get("cli_type") is str else value
 
     for command in ("run", "sweep", "compare", "lineage"):
         params = _click_params([command])

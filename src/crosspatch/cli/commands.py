@@ -208,6 +208,38 @@ def merge_cmd(
     console.print(f"merged {len(shard_dirs)} shards into {out}")
 
 
+@app.command("analyses")
+def analyses_cmd(as_json: bool = typer.Option(False, "--json", help="Print one JSON object for machines.")) -> None:
+    """The registered analyses and controls (built in, and those third-party packages register
+    through the `crosspatch.analyses` entry point): what each does, whether a run includes it by
+    default, and its options (set with --analysis-option NAME.OPTION=VALUE; add an analysis to a run
+    with --analysis NAME, a control with --controls)."""
+    import dataclasses
+    import json
+
+    from ..core.registry import registered
+    from .options import field_default
+
+    listing = []
+    for plugin in registered().values():
+        options = [{"name": f.name, "default": field_default(f), "help": f.metadata.get("help", "")}
+                   for f in (dataclasses.fields(plugin.options) if plugin.options is not None else ())]
+        listing.append({"name": plugin.name, "role": plugin.role, "default": plugin.default,
+                        "description": plugin.description, "options": options})
+    if as_json:
+        print(json.dumps(listing, indent=2, default=str))
+        return
+    table = Table(title="crosspatch analyses (--analysis NAME, --controls NAME, --analysis-option NAME.OPTION=VALUE)")
+    for column in ("name", "role", "by default", "what it does", "options"):
+        table.add_column(column, overflow="fold")
+    for item in listing:
+        options = "; ".join(f"{o['name']}={o['default']}" + (f" ({o['help']})" if o["help"] else "")
+                            for o in item["options"])
+        table.add_row(item["name"], item["role"], "yes" if item["default"] else "no", item["description"],
+                      options or "—")
+    _stdout().print(table)
+
+
 @app.command("report")
 def report_cmd(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A run directory."),

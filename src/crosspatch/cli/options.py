@@ -61,6 +61,16 @@ def field_default(field: dataclasses.Field) -> Any:
     return ...
 
 
+def shown_default(default: Any, annotation: Any) -> Any:
+    """A field's default as the command line reads it: an empty list or dict is ``None`` (not
+    given), and a value the command line reads as text (a boundary, a word list) is that text."""
+    if isinstance(default, (list, dict)) and not default:
+        return None
+    if annotation in (str, Optional[str]) and default not in (None, ...) and not isinstance(default, str):
+        return ",".join(map(str, default)) if isinstance(default, list) else str(default)
+    return default
+
+
 def _command_line_type(field: dataclasses.Field, hints: dict) -> Any:
     """What typer reads: ``cli_type`` when given, else the field's type with ``X | None`` as
     ``Optional[X]``."""
@@ -78,8 +88,7 @@ def _parameter(field: dataclasses.Field, hints: dict, default_override: Any = MI
     meta = field.metadata
     default = field_default(field) if default_override is MISSING else default_override
     annotation = _command_line_type(field, hints)
-    if "cli_type" in meta and default not in (None, ...) and not isinstance(default, bool):  # as the user types it
-        default = (",".join(map(str, default)) or None) if isinstance(default, list) else str(default)
+    default = shown_default(default, annotation)
     declaration = meta.get("flag", "--" + field.name.replace("_", "-"))
     if meta.get("argument"):
         info = typer.Argument(default, metavar=meta.get("metavar"), help=meta["help"])

@@ -171,6 +171,33 @@ class AnalysisPlugin:
                              f"known: {', '.join(sorted(known)) or 'none'}")
         return self.options(**(given or {}))
 
+    def options_from_text(self, given: dict[str, str]) -> dict:
+        """Option values given as text on the command line (``level=0.05``), each converted to
+        its field's type (bool: true/false/yes/no/1/0; int; float; str; anything else as JSON);
+        an unknown option or a value of the wrong type is a ValueError naming it."""
+        import json
+        import typing
+
+        self.make_options({k: None for k in given} if self.options is not None else given)  # names checked
+        hints = typing.get_type_hints(self.options) if self.options is not None else {}
+        values = {}
+        for key, text in given.items():
+            kind = hints[key]
+            try:
+                if kind is bool:
+                    lowered = text.strip().lower()
+                    if lowered not in ("true", "false", "yes", "no", "1", "0"):
+                        raise ValueError(text)
+                    values[key] = lowered in ("true", "yes", "1")
+                elif kind in (int, float, str):
+                    values[key] = kind(text)
+                else:
+                    values[key] = json.loads(text)
+            except ValueError:
+                raise ValueError(f"option {key!r} of analysis {self.name!r} takes {getattr(kind, '__name__', kind)}, "
+                                 f"not {text!r}") from None
+        return values
+
 
 _REGISTRY: dict[str, AnalysisPlugin] = {}
 _loaded = False

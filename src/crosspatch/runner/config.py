@@ -8,7 +8,7 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import BoundaryError
+from ..errors import BoundaryError, OptionError
 
 
 def parse_boundary(text: str | int | float) -> int | float:
@@ -58,6 +58,24 @@ def load_policy(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise PolicyFileError(f"policy file {path} must hold a mapping of thresholds, not {type(data).__name__}")
     return data
+
+
+def parse_analysis_options(assignments: list[str]) -> dict[str, dict]:
+    """``NAME.OPTION=VALUE`` items as ``{name: {option: value}}``, each value converted to the
+    registered analysis' option type (an unknown analysis or option is a named error)."""
+    from ..core.registry import get_analysis
+
+    given: dict[str, dict[str, str]] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        name, dot, option = key.strip().partition(".")
+        if not sep or not dot or not name or not option:
+            raise OptionError(f"--analysis-option takes NAME.OPTION=VALUE (e.g. label_swap.level=0.05), not {item!r}")
+        given.setdefault(name, {})[option] = value.strip()
+    try:
+        return {name: get_analysis(name).options_from_text(values) for name, values in given.items()}
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
 
 
 def _option(default: Any = MISSING, help: str | None = None, factory: Any = MISSING, **cli: Any) -> Any:
@@ -130,8 +148,13 @@ class RunConfig:
         "the prompts run out; says which (resumable).")
     nulls: list[str] = field(default_factory=list)  # null descendant roles of the model set (null calibration)
     synthetic_nulls: int = 0  # synthetic nulls of the descendant built in memory (docs/verdict.md)
-    analyses: list[str] = field(default_factory=list)  # registered analyses to run beyond the default ones
-    analysis_options: dict = field(default_factory=dict)  # {analysis name: {option: value}} (its options dataclass)
+    analyses: list[str] = _option(
+        help="A registered analysis to run beyond the default ones (repeatable; `crosspatch analyses` lists them and "
+        "their options).", factory=list, cli_type=Optional[list[str]], flag="--analysis", metavar="NAME")
+    analysis_options: dict = _option(  # {analysis name: {option: value}} (its options dataclass)
+        help="An option of a registered analysis or control, NAME.OPTION=VALUE (repeatable; e.g. "
+        "label_swap.level=0.05).", factory=dict, cli_type=Optional[list[str]], flag="--analysis-option",
+        metavar="NAME.OPTION=VALUE", parse=parse_analysis_options)
 
 
 def normalise_run_config(config: RunConfig) -> RunConfig:
