@@ -61,3 +61,49 @@ def test_a_lost_ray_worker_is_a_named_error(saved):
 
     with pytest.raises(EngineWorkerError, match="resume"):
         list(map_chunks(pair, chunk, None, ["a", "dies", "b"], engine="ray", workers=2))
+
+
+def _same(a, b, path=""):
+    """Two result dicts equal, floats to 1e-6 (passes batched in other company round differently)."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for key in a:
+            _same(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for k, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{path}[{k}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-6), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.slow
+def test_the_feature_study_gives_one_result_for_any_chunking_and_engine(saved):
+    """The feature study and the closure rank on all train events at once, however the events
+    are chunked: one chunk, three local chunks and two Ray actors give the same result."""
+    import torch
+
+    from crosspatch.analyses.features.crosscoder import Crosscoder, CrosscoderConfig
+    from crosspatch.analyses.features.study import Closure, FeatureStudy
+    from crosspatch.core.analysis import EventSet
+    from crosspatch.core.divergence import DivergenceEvent
+    from crosspatch.execution import Executor
+    from crosspatch.runner.gathered import drive_gathered
+
+    pair = load_pair(str(saved / "base"), tuned=str(saved / "tuned"))
+    h = pair.hidden_size
+    torch.manual_seed(0)
+    crosscoder = Crosscoder(CrosscoderConfig(d_in=2 * h, n_latents=32, k=4, layers=[2, 3], hidden_size=h))
+    with torch.no_grad():
+        for p in crosscoder.parameters():
+            p.normal_(0, 0.3)
+    events = [DivergenceEvent(f"p{k}", None, 3, 0, [1, 40 + k, 41 + k, 7 + k], 5 + k, 6 + k) for k in range(14)]
+    analyses = [FeatureStudy(crosscoder, 2, ks=(2, 5, 10)), Closure(2, ranks=(1, 2, 8))]
+    ex = Executor(pair, 4)
+    whole = [ex.drive(a.program(ex, EventSet(events, "base", "tuned"))) for a in analyses]
+    assert whole[0]["n_train"] and whole[0]["n_heldout"] and whole[1]["by_rank"]
+    options = {"batch_size": 4}
+    for engine, chunks in (("local", 3), ("ray", None)):
+        _same(drive_gathered(pair, analyses, events, options, engine=engine, workers=2, chunks=chunks), whole)

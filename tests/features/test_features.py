@@ -135,6 +135,9 @@ def test_features_end_to_end_on_a_run(tmp_path):
     frames = features_frames(result)
     assert {"top", "matched_random", "top_active"} <= set(frames["mediation"]["set"])
     assert (tmp_path / "r" / "features" / "crosscoder" / "crosscoder.safetensors").exists()
+    assert result["engine"] == "local"
+    bad = CliRunner().invoke(app, ["features", "mediate", str(tmp_path / "r"), "--engine", "spark"])
+    assert bad.exit_code == 2 and "error OptionError" in bad.output and "engine must be one of local, ray" in bad.output
     assert "Sparse final-MLP features" in (tmp_path / "r" / "report.md").read_text()
 
     # the activation cache is reused only for the same events and layers, and an unreadable shard

@@ -144,7 +144,7 @@ app.add_typer(features_app, name="features")
 
 
 def _features(run_dir: Path, crosscoder: Optional[Path], layers: int, latents: int, k: int, steps: int,
-              train_only: bool) -> None:
+              train_only: bool, engine: Optional[str] = None, workers: Optional[int] = None) -> None:
     from ..runner.on_finished import run_features
 
     try:
@@ -154,7 +154,8 @@ def _features(run_dir: Path, crosscoder: Optional[Path], layers: int, latents: i
         if k > latents:
             raise OptionError(f"--k {k} cannot exceed --latents {latents}")
         result = run_features(run_dir, crosscoder, layers, latents, k, steps, train_only,
-                              log=lambda m: console.print(m, soft_wrap=True, markup=False))
+                              log=lambda m: console.print(m, soft_wrap=True, markup=False), engine=engine,
+                              workers=workers)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     from ..analyses.features.plugin import render_features
@@ -184,9 +185,13 @@ def features_mediate_cmd(
     latents: int = typer.Option(256, "--latents", help="Dictionary size (when training)."),
     k: int = typer.Option(8, "--k", help="Active latents per token (when training)."),
     steps: int = typer.Option(1500, "--steps", help="Training steps (when training)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="local, or ray (the study's passes on Ray actors); "
+                                         "default: the run's own."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Ray actors (default: the run's own)."),
 ) -> None:
-    """Mediation curve, rescue and structured closure on held-out events."""
-    _features(run_dir, crosscoder, layers, latents, k, steps, False)
+    """Mediation curve, rescue and structured closure on held-out events (any chunking or engine
+    gives the same result)."""
+    _features(run_dir, crosscoder, layers, latents, k, steps, False, engine, workers)
 
 
 @app.command("merge")

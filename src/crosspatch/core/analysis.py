@@ -101,3 +101,34 @@ class Analysis:
         """How far past a prompt this analysis decodes (0: no further than the divergence search),
         for the check that prompts + decoding fit the model's positions."""
         return 0
+
+
+class GatheredAnalysis(Analysis):
+    """An analysis whose measurement needs something decided from all its events at once (a
+    ranking of features, principal directions): two passes over chunks of events.
+
+    ``gather(ex, events)`` runs on each chunk and returns its part (per-event rows, never sums, so
+    that the decision does not depend on how the events were chunked); ``decide(parts)`` runs once,
+    on the parts in event order, and returns a plan; ``measure(ex, events, plan)`` runs on each
+    chunk and returns its part; ``combine(plan, parts)`` returns the result. ``program`` composes
+    the four on one chunk, so a gathered analysis is also an ordinary one; the runner
+    (``runner.gathered``) spreads both passes over the run's engine, and the result is the same
+    for any chunking (a test)."""
+
+    def gather(self, ex: Executor, events: EventSet) -> Program:
+        raise NotImplementedError
+
+    def decide(self, parts: list):
+        raise NotImplementedError
+
+    def measure(self, ex: Executor, events: EventSet, plan) -> Program:
+        raise NotImplementedError
+
+    def combine(self, plan, parts: list):
+        raise NotImplementedError
+
+    def program(self, ex: Executor, events: EventSet) -> Program:
+        part = yield from self.gather(ex, events)
+        plan = self.decide([part])
+        measured = yield from self.measure(ex, events, plan)
+        return self.combine(plan, [measured])

@@ -20,7 +20,6 @@ from ..analyses.consequence import (
 from ..analyses.features import cache_activations
 from ..analyses.features.crosscoder import load_crosscoder, quality_gate, save_crosscoder, train_crosscoder
 from ..analyses.features.study import Closure, FeatureStudy, split_events
-from ..core.analysis import EventSet
 from ..errors import OptionError
 from ..execution import Executor
 from ..inputs.prompts import as_prompts
@@ -28,6 +27,7 @@ from ..models.paths import local_max_positions
 from ..store import RunStore
 from .checks import check_continuation_lengths
 from .finished import first_events, reopen_models, resummarize, run_on_finished
+from .gathered import drive_gathered
 
 __all__ = ["consequence_for_run", "run_features"]
 
@@ -77,15 +77,24 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
 
 
 def run_features(run_dir, crosscoder_dir=None, n_layers: int = 3, n_latents: int = 256, k: int = 8,
-                 steps: int = 1500, train_only: bool = False, log=print) -> dict:
+                 steps: int = 1500, train_only: bool = False, log=print, engine: str | None = None,
+                 workers: int | None = None) -> dict:
     """Train (or load) the crosscoder on a run's events, then mediation, rescue and closure
-    (holding the run directory's lock; works on every run directory crosspatch writes)."""
+    (holding the run directory's lock; works on every run directory crosspatch writes, a merged
+    sharded run included). The study and the closure run on ``engine`` (default: the run's own;
+    ``ray``: both their passes spread over ``workers`` actors, the same result)."""
+    from ..execution import ENGINES
+
+    if engine is not None and engine not in ENGINES:
+        raise OptionError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if workers is not None and workers < 1:
+        raise OptionError(f"workers must be >= 1, not {workers}")
     store = RunStore(run_dir)
     with store.lock():  # one writer per run directory
-        return _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_only, log)
+        return _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_only, log, engine, workers)
 
 
-def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_only, log) -> dict:
+def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_only, log, engine, workers) -> dict:
     config = store.config()
     store.summary()  # the run must have finished
     boundary, _, events = first_events(store, config)
@@ -121,9 +130,14 @@ def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_on
     result = {"boundary": boundary, "layers": layers, "n_latents": cc.config.n_latents, "k": cc.config.k,
               "source": cc.config.source, "quality_gate": gate, "train_seconds": round(time.perf_counter() - started, 1)}
     if not train_only:
-        evset = EventSet(events, pair.base, pair.roles[1], None)  # each program splits it as above
-        result["study"] = ex.drive(FeatureStudy(cc, boundary).program(ex, evset))
-        result["closure"] = ex.drive(Closure(boundary).program(ex, evset))
+        options = config["options"]
+        engine = engine or options.get("engine", "local")
+        if engine != "local":
+            pair.release()  # the workers load their own copies
+        result["study"], result["closure"] = drive_gathered(  # each splits the events by prompt as above
+            pair, [FeatureStudy(cc, boundary), Closure(boundary)], events, options, engine=engine,
+            workers=workers or options.get("workers", 2))
+        result["engine"] = engine
         if gate is not None and not gate["passed"]:
             result["note"] = "the crosscoder failed its quality gate: read the mediation results with caution"
     pair.release()

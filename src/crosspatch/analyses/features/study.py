@@ -20,12 +20,14 @@ under every residency and engine:
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from ...core.analysis import Analysis, EventSet
+from ...core.analysis import EventSet, GatheredAnalysis
 from ...core.cells import event_y
 from ...core.stats import BootstrapConfig, block_bootstrap, cluster_mean_ci
 from ...execution import Edit, Executor, Late, Program
@@ -85,11 +87,23 @@ def _edits(cc: Crosscoder, layers, deltas: list[torch.Tensor], sign: float):
     return [Edit(layer, "mlp", make(j)) for j, layer in enumerate(layers)]
 
 
+def _rows(parts: list, key: Any) -> Any:
+    """The per-event rows of ``key`` across chunk parts, in event order."""
+    rows = [p[key] for p in parts if key in p and len(p[key])]
+    if not rows:
+        return parts[0][key] if parts and key in parts[0] else []
+    return torch.cat(rows) if isinstance(rows[0], torch.Tensor) else np.concatenate(rows) \
+        if isinstance(rows[0], np.ndarray) else [x for r in rows for x in r]
+
+
 @dataclass
-class FeatureStudy(Analysis):
-    """Mediation and rescue by the crosscoder's latents: an ordinary analysis whose program splits
-    its events by prompt (:meth:`EventSet.split`): latents are ranked on the train part, the
-    study is measured on the held-out part. Returns one result dict (``features/mediate.json``)."""
+class FeatureStudy(GatheredAnalysis):
+    """Mediation and rescue by the crosscoder's latents, split by prompt
+    (:meth:`EventSet.split`): latents are ranked on the train part (``gather``: each train event's
+    direct-effect scores and firing, each held-out event's latent activity; ``decide``: the ranking
+    and the latent sets), the study is measured on the held-out part (``measure``: per-event
+    interactions with each set removed or rescued; ``combine``: the result dict,
+    ``features/mediate.json``). Any chunking gives the same result."""
 
     crosscoder: Crosscoder
     boundary: int
@@ -97,72 +111,59 @@ class FeatureStudy(Analysis):
     seed: int = 0
     name: str = "feature_study"
 
-    def program(self, ex: Executor, events: EventSet) -> Program:
+    def _z_it(self, x):  # IT-branch latents of raw IT MLP outputs [n, d_in]
+        cc = self.crosscoder
+        with torch.no_grad():
+            return cc.encode(None, cc.normalize(x, "it"))
+
+    def _clean(self, part: EventSet, tags=("pt", "it")) -> Program:
+        """Both L_IT cells of ``part`` (or the tagged ones), recording the crosscoder's MLP layers:
+        ``(u_pt, u_it, finals by tag, {tag: per-event latents})``."""
+        b, layers = self.boundary, self.crosscoder.config.layers
+        lengths = [len(s) for s in part.sequences]
+        u_pt, u_it = yield from part.states([part.base, part.tuned], [b])
+        store: dict = {}
+        ups = {"pt": u_pt, "it": u_it}
+        finals = yield [Late(part.tuned, b, [s.boundary[b] for s in ups[tag]], part.sequences,
+                             [Edit(layer, "mlp", _recorder(store, lengths, (tag, layer))) for layer in layers])
+                        for tag in tags]
+        z = {tag: [self._z_it(torch.cat([store[((tag, la), k)] for la in layers], -1)) for k in range(len(part.events))]
+             for tag in tags}
+        return u_pt, u_it, dict(zip(tags, finals)), z
+
+    def gather(self, ex: Executor, events: EventSet) -> Program:
         train, held = events.split()
-        cc, b, layers = self.crosscoder, self.boundary, self.crosscoder.config.layers
-        tuned, base = held.tuned, held.base
-        rng = np.random.default_rng(self.seed)
-
-        def z_it(x):  # IT-branch latents of raw IT MLP outputs [n, d_in]
-            with torch.no_grad():
-                return cc.encode(None, cc.normalize(x, "it"))
-
-        # ranking on the train split: direct effect of each latent on the interaction
-        head = ex.models.head(tuned).anatomy
-        scores = torch.zeros(cc.config.n_latents)
-        freq = torch.zeros(cc.config.n_latents)
+        cc, n_lat = self.crosscoder, self.crosscoder.config.n_latents
+        part = {"scores": torch.zeros(0, n_lat), "fired": torch.zeros(0, n_lat), "activity": torch.zeros(0, n_lat)}
         if train.events:
-            lengths = [len(s) for s in train.sequences]
-            u_pt, u_it = yield from train.states([base, tuned], [b])
-            store: dict = {}
-            yield [Late(tuned, b, [s.boundary[b] for s in us], train.sequences,
-                        [Edit(layer, "mlp", _recorder(store, lengths, (tag, layer))) for layer in layers])
-                   for tag, us in (("pt", u_pt), ("it", u_it))]
+            _, _, _, z = yield from self._clean(train)
+            head = ex.models.head(train.tuned).anatomy
             w_u = head.lm_head.weight.detach().float().cpu()
             gamma = getattr(head.final_norm, "weight", None)
             gamma = gamma.detach().float().cpu() if gamma is not None else torch.ones(cc.config.hidden_size)
-            d = cc.config.hidden_size
+            d, layers = cc.config.hidden_size, cc.config.layers
             with torch.no_grad():
-                resid_dirs = sum(cc.W_dec[1][:, j * d:(j + 1) * d] for j in range(len(layers))) * cc.config.norm_scale.get("it", 1.0)
-                for k, e in enumerate(train.events):
-                    za = z_it(torch.cat([store[(("it", la), k)] for la in layers], -1))
-                    zb = z_it(torch.cat([store[(("pt", la), k)] for la in layers], -1))
-                    u = (w_u[e.t_it] - w_u[e.t_pt]) * gamma
-                    scores += (za[-1] - zb[-1]) * (resid_dirs @ u)
-                    freq += (za > 0).float().mean(0)
-            scores /= len(train.events)
-            freq /= len(train.events)
-        ranked = torch.argsort(scores, descending=True).tolist()
+                resid_dirs = sum(cc.W_dec[1][:, j * d:(j + 1) * d] for j in range(len(layers))) \
+                    * cc.config.norm_scale.get("it", 1.0)
+                directions = torch.stack([(w_u[e.t_it] - w_u[e.t_pt]) * gamma for e in train.events]) @ resid_dirs.T
+                part["scores"] = torch.stack([(z["it"][k][-1] - z["pt"][k][-1]) for k in range(len(train.events))]) \
+                    * directions
+                part["fired"] = torch.stack([(zz > 0).float().mean(0) for zz in z["it"]])
+        if held.events:
+            _, _, _, z = yield from self._clean(held, tags=("it",))
+            part["activity"] = torch.stack([zz.mean(0) for zz in z["it"]])
+        return part
 
-        # held-out: clean passes of both L_IT cells (recording MLP outputs) and both L_PT cells
-        if not held.events:
-            return {"n_train": len(train.events), "n_heldout": 0}
-        lengths = [len(s) for s in held.sequences]
-        u_pt, u_it = yield from held.states([base, tuned], [b])
-        store = {}
-        clean = yield [Late(tuned, b, [s.boundary[b] for s in us], held.sequences,
-                            [Edit(layer, "mlp", _recorder(store, lengths, (tag, layer))) for layer in layers])
-                       for tag, us in (("pt", u_pt), ("it", u_it))]
-        evs = held.events
-        y_upt_lit, y_uit_lit = _y(ex, tuned, clean[0], evs), _y(ex, tuned, clean[1], evs)
-        y_upt_lpt, y_uit_lpt = _y(ex, tuned, [s.final for s in u_pt], evs), None
-        (late_pt,) = yield [Late(base, b, [s.boundary[b] for s in u_it], held.sequences)]
-        y_uit_lpt = _y(ex, tuned, late_pt, evs)
-        inter = (y_uit_lit - y_uit_lpt) - (y_upt_lit - y_upt_lpt)
-        z = {tag: [z_it(torch.cat([store[((tag, la), k)] for la in layers], -1)) for k in range(len(evs))]
-             for tag in ("pt", "it")}
-
-        def ablate(latents):
-            deltas = {tag: [cc.denormalize_delta(cc.decoder_contribution(zz, "it", latents), "it") for zz in z[tag]]
-                      for tag in ("pt", "it")}
-            return [Late(tuned, b, [s.boundary[b] for s in us], held.sequences, _edits(cc, layers, deltas[tag], -1.0))
-                    for tag, us in (("pt", u_pt), ("it", u_it))]
-
-        n_lat = cc.config.n_latents
+    def decide(self, parts: list) -> dict:
+        scores, fired, activity = (_rows(parts, key) for key in ("scores", "fired", "activity"))
+        n_train, n_lat = len(scores), self.crosscoder.config.n_latents
+        rng = np.random.default_rng(self.seed)
+        mean_score = scores.mean(0) if n_train else torch.zeros(n_lat)
+        ranked = torch.argsort(mean_score, descending=True).tolist()
+        freq = (fired.mean(0) if n_train else torch.zeros(n_lat)).numpy()
+        bins = np.digitize(freq, np.quantile(freq, [0.25, 0.5, 0.75])) if n_train else np.zeros(n_lat, dtype=int)
+        active_order = torch.argsort(activity.mean(0), descending=True).tolist() if len(activity) else list(range(n_lat))
         ks = [k for k in self.ks if k <= n_lat] or [n_lat]
-        bins = np.digitize(freq.numpy(), np.quantile(freq.numpy(), [0.25, 0.5, 0.75])) if len(train.events) else \
-            np.zeros(n_lat, dtype=int)
-        active_order = torch.argsort(torch.stack([zz.mean(0) for zz in z["it"]]).mean(0), descending=True).tolist()
         sets = {}
         for k in ks:
             top = ranked[:k]
@@ -173,110 +174,159 @@ class FeatureStudy(Analysis):
                 matched += list(rng.choice(pool, size=min(need, len(pool)), replace=False)) if pool else []
             active = [i for i in active_order if i not in top][:k]
             sets[k] = {"top": top, "matched_random": [int(i) for i in matched], "top_active": active}
-        requests, keys = [], []
-        for k, group in sets.items():
-            for name, latents in group.items():
-                requests += ablate(latents)
-                keys.append((k, name))
-        results = yield requests
-        curve = {}
-        for n, (k, name) in enumerate(keys):
-            ya_pt, ya_it = _y(ex, tuned, results[2 * n], evs), _y(ex, tuned, results[2 * n + 1], evs)
-            inter_a = (ya_it - y_uit_lpt) - (ya_pt - y_upt_lpt)
-            drop = float(np.mean(inter - inter_a))
-            base_i = float(np.mean(inter))
-            spread = cluster_mean_ci(np.asarray(inter - inter_a, dtype=float), [e.prompt_id for e in evs],
-                                     block_bootstrap(BootstrapConfig(), f"features/{k}/{name}"))
-            curve.setdefault(str(k), {})[name] = {
-                "interaction_drop": drop, "interaction_drop_ci": spread["ci"], "n": spread["n"],
-                "share": drop / base_i if abs(base_i) >= 0.1 else None,
-                "drop_uit_lit": float(np.mean(y_uit_lit - ya_it)), "drop_upt_lit": float(np.mean(y_upt_lit - ya_pt)),
-                "upstream_dependence": float(np.mean(y_uit_lit - ya_it) - np.mean(y_upt_lit - ya_pt))}
+        rescue = {k: {"top": sets[k]["top"], "random": [int(i) for i in rng.choice(n_lat, size=k, replace=False)]}
+                  for k in ks}
+        return {"n_train": n_train, "ranked": ranked, "sets": sets, "rescue": rescue}
 
-        # rescue: the top-k latents of (U_IT, L_IT) patched into (U_PT, L_IT)
-        rescue_requests, rescue_keys = [], []
-        for k in ks:
-            for name, latents in (("top", sets[k]["top"]), ("random", [int(i) for i in rng.choice(n_lat, size=k, replace=False)])):
-                deltas = []
-                for zi, zp in zip(z["it"], z["pt"]):
-                    n = min(zi.shape[0], zp.shape[0])
-                    diff = torch.zeros_like(zp)
-                    diff[:n] = zi[:n] - zp[:n]
-                    deltas.append(cc.denormalize_delta(cc.decoder_contribution(diff, "it", latents), "it"))
-                rescue_requests.append(Late(tuned, b, [s.boundary[b] for s in u_pt], held.sequences,
-                                            _edits(cc, layers, deltas, 1.0)))
-                rescue_keys.append((k, name))
-        rescued = yield rescue_requests
-        missing = float(np.mean(y_uit_lit - y_upt_lit))
+    def measure(self, ex: Executor, events: EventSet, plan: dict) -> Program:
+        held = events.split()[1]
+        if not held.events:
+            return {"prompt_ids": []}
+        cc, b, layers, tuned, evs = self.crosscoder, self.boundary, self.crosscoder.config.layers, held.tuned, held.events
+        u_pt, u_it, clean, z = yield from self._clean(held)
+        y_upt_lit, y_uit_lit = _y(ex, tuned, clean["pt"], evs), _y(ex, tuned, clean["it"], evs)
+        y_upt_lpt = _y(ex, tuned, [s.final for s in u_pt], evs)
+        (late_pt,) = yield [Late(held.base, b, [s.boundary[b] for s in u_it], held.sequences)]
+        y_uit_lpt = _y(ex, tuned, late_pt, evs)
+
+        def ablate(latents):
+            deltas = {tag: [cc.denormalize_delta(cc.decoder_contribution(zz, "it", latents), "it") for zz in z[tag]]
+                      for tag in ("pt", "it")}
+            return [Late(tuned, b, [s.boundary[b] for s in us], held.sequences, _edits(cc, layers, deltas[tag], -1.0))
+                    for tag, us in (("pt", u_pt), ("it", u_it))]
+
+        keys = [(k, name) for k, group in plan["sets"].items() for name in group]
+        results = yield [r for k, name in keys for r in ablate(plan["sets"][k][name])]
+        part: dict[Any, Any] = {"prompt_ids": [e.prompt_id for e in evs], "y_upt_lit": y_upt_lit,
+                                "y_uit_lit": y_uit_lit, "interaction": (y_uit_lit - y_uit_lpt) - (y_upt_lit - y_upt_lpt)}
+        for n, key in enumerate(keys):
+            ya_pt, ya_it = _y(ex, tuned, results[2 * n], evs), _y(ex, tuned, results[2 * n + 1], evs)
+            part[("ablated", *key)] = (ya_it - y_uit_lpt) - (ya_pt - y_upt_lpt)
+            part[("drop_uit", *key)], part[("drop_upt", *key)] = y_uit_lit - ya_it, y_upt_lit - ya_pt
+        rescue_keys = [(k, name) for k, group in plan["rescue"].items() for name in group]
+        requests = []
+        for k, name in rescue_keys:  # the latents of (U_IT, L_IT) patched into (U_PT, L_IT)
+            deltas = []
+            for zi, zp in zip(z["it"], z["pt"]):
+                n = min(zi.shape[0], zp.shape[0])
+                diff = torch.zeros_like(zp)
+                diff[:n] = zi[:n] - zp[:n]
+                deltas.append(cc.denormalize_delta(cc.decoder_contribution(diff, "it", plan["rescue"][k][name]), "it"))
+            requests.append(Late(tuned, b, [s.boundary[b] for s in u_pt], held.sequences, _edits(cc, layers, deltas, 1.0)))
+        rescued = yield requests
+        for n, key in enumerate(rescue_keys):
+            part[("rescued", *key)] = _y(ex, tuned, rescued[n], evs) - y_upt_lit
+        return part
+
+    def combine(self, plan: dict, parts: list) -> dict:
+        ids = _rows(parts, "prompt_ids")
+        if not ids:
+            return {"n_train": plan["n_train"], "n_heldout": 0}
+        inter = _rows(parts, "interaction")
+        curve = {}
+        for k, group in plan["sets"].items():
+            for name in group:
+                inter_a = _rows(parts, ("ablated", k, name))
+                drop, base_i = float(np.mean(inter - inter_a)), float(np.mean(inter))
+                spread = cluster_mean_ci(np.asarray(inter - inter_a, dtype=float), ids,
+                                         block_bootstrap(BootstrapConfig(), f"features/{k}/{name}"))
+                d_uit, d_upt = (float(np.mean(_rows(parts, (which, k, name)))) for which in ("drop_uit", "drop_upt"))
+                curve.setdefault(str(k), {})[name] = {
+                    "interaction_drop": drop, "interaction_drop_ci": spread["ci"], "n": spread["n"],
+                    "share": drop / base_i if abs(base_i) >= 0.1 else None,
+                    "drop_uit_lit": d_uit, "drop_upt_lit": d_upt, "upstream_dependence": d_uit - d_upt}
+        missing = float(np.mean(_rows(parts, "y_uit_lit") - _rows(parts, "y_upt_lit")))
         rescue = {}
-        for n, (k, name) in enumerate(rescue_keys):
-            gain = float(np.mean(_y(ex, tuned, rescued[n], evs) - y_upt_lit))
-            rescue.setdefault(str(k), {})[name] = {"logit_gain": gain,
-                                                   "fraction_of_missing": gain / missing if abs(missing) >= 0.1 else None}
-        return {"n_train": len(train.events), "n_heldout": len(evs), "interaction": float(np.mean(inter)),
-                "missing_margin": missing, "mediation": curve, "rescue": rescue,
-                "top_latents": ranked[:20]}
+        for k, group in plan["rescue"].items():
+            for name in group:
+                gain = float(np.mean(_rows(parts, ("rescued", k, name))))
+                rescue.setdefault(str(k), {})[name] = {
+                    "logit_gain": gain, "fraction_of_missing": gain / missing if abs(missing) >= 0.1 else None}
+        return {"n_train": plan["n_train"], "n_heldout": len(ids), "interaction": float(np.mean(inter)),
+                "missing_margin": missing, "mediation": curve, "rescue": rescue, "top_latents": plan["ranked"][:20]}
 
 
 @dataclass
-class Closure(Analysis):
+class Closure(GatheredAnalysis):
     """Structured boundary-state closure through ``L_IT`` (no crosscoder needed): principal
-    directions of the train part's boundary shifts (:meth:`EventSet.split`), measured on the
-    held-out part."""
+    directions of the train part's boundary shifts (:meth:`EventSet.split`; ``gather``: each
+    train event's last-position shift; ``decide``: the directions and the random subspaces),
+    measured on the held-out part (``measure``: per-event gains; ``combine``: the result). The
+    Gaussian control's noise is drawn per held-out event from a seed of its prompt, so any
+    chunking gives the same result."""
 
     boundary: int
     ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     seed: int = 0
     name: str = "closure"
 
-    def program(self, ex: Executor, events: EventSet) -> Program:
-        train, held = events.split()
-        b, tuned, base = self.boundary, held.tuned, held.base
-        if not train.events or not held.events:
-            return {"n_train": len(train.events), "n_heldout": len(held.events)}
-        t_pt, t_it = yield from train.states([base, tuned], [b])
-        shifts = torch.stack([(y.boundary[b][-1] - x.boundary[b][-1]).float().cpu() for x, y in zip(t_pt, t_it)])
-        centered = shifts - shifts.mean(0)
-        _, _, vh = torch.linalg.svd(centered, full_matrices=True)  # rows: principal directions
+    def gather(self, ex: Executor, events: EventSet) -> Program:
+        train, b = events.split()[0], self.boundary
+        if not train.events:
+            return {"shifts": torch.zeros(0)}
+        t_pt, t_it = yield from train.states([train.base, train.tuned], [b])
+        return {"shifts": torch.stack([(y.boundary[b][-1] - x.boundary[b][-1]).float().cpu()
+                                       for x, y in zip(t_pt, t_it)])}
+
+    def decide(self, parts: list) -> dict:
+        shifts = _rows(parts, "shifts")
+        if len(shifts) == 0:
+            return {"n_train": 0}
+        _, _, vh = torch.linalg.svd(shifts - shifts.mean(0), full_matrices=True)  # rows: principal directions
         d = vh.shape[1]
-        u_pt, u_it = yield from held.states([base, tuned], [b])
-        deltas = [(y.boundary[b] - x.boundary[b]).float().cpu() for x, y in zip(u_pt, u_it)]
         gen = torch.Generator().manual_seed(self.seed)
         ranks = sorted({min(r, d) for r in self.ranks} | {d})
-        requests, keys = [], []
+        return {"n_train": len(shifts), "directions": vh, "ranks": ranks,
+                "random_bases": {r: torch.linalg.qr(torch.randn(d, r, generator=gen))[0] for r in ranks}}
+
+    def measure(self, ex: Executor, events: EventSet, plan: dict) -> Program:
+        held, b = events.split()[1], self.boundary
+        if not held.events or not plan["n_train"]:
+            return {"prompt_ids": [], "unmeasured": len(held.events)}
+        tuned = held.tuned
+        u_pt, u_it = yield from held.states([held.base, tuned], [b])
+        deltas = [(y.boundary[b] - x.boundary[b]).float().cpu() for x, y in zip(u_pt, u_it)]
+        noise = {r: [torch.randn(dl.shape, generator=torch.Generator().manual_seed(
+            zlib.crc32(f"{self.seed}/{e.prompt_id}/{e.position}/{r}".encode()))) for dl, e in zip(deltas, held.events)]
+            for r in plan["ranks"]}
 
         def patched(fn):
-            return [(x.boundary[b].float().cpu() + fn(delta)).to(x.boundary[b].dtype) for x, delta in zip(u_pt, deltas)]
+            return [(x.boundary[b].float().cpu() + fn(delta, k)).to(x.boundary[b].dtype)
+                    for k, (x, delta) in enumerate(zip(u_pt, deltas))]
 
-        for r in ranks:
-            basis = vh[:r].T  # [d, r]
-            rand_basis = torch.linalg.qr(torch.randn(d, r, generator=gen))[0]
-            gauss = [torch.randn(dl.shape, generator=gen) for dl in deltas]
-            variants = {  # bases bound now: each closure keeps this rank's
-                "pca": lambda dl, basis=basis: dl @ basis @ basis.T,
-                "sign_flipped": lambda dl, basis=basis: -(dl @ basis @ basis.T),
-                "random_subspace": lambda dl, rand_basis=rand_basis: dl @ rand_basis @ rand_basis.T,
-            }
-            for name, fn in variants.items():
-                requests.append(Late(tuned, b, patched(fn), held.sequences))
-                keys.append((r, name))
-            g_iter = iter(gauss)
+        def variants(r):
+            basis, rand_basis = plan["directions"][:r].T, plan["random_bases"][r]  # [d, r]
 
-            def gaussian(dl, g_iter=g_iter, basis=basis):
-                g = next(g_iter)
+            def gaussian(dl, k):
                 proj = dl @ basis @ basis.T
+                g = noise[r][k]
                 return g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12) * proj.norm(dim=-1, keepdim=True)
-            requests.append(Late(tuned, b, patched(gaussian), held.sequences))
-            keys.append((r, "gaussian"))
-        requests.append(Late(tuned, b, [x.boundary[b] for x in u_pt], held.sequences))
-        results = yield requests
+            return {"pca": lambda dl, k: dl @ basis @ basis.T, "sign_flipped": lambda dl, k: -(dl @ basis @ basis.T),
+                    "random_subspace": lambda dl, k: dl @ rand_basis @ rand_basis.T, "gaussian": gaussian}
+
+        keys = [(r, name, fn) for r in plan["ranks"] for name, fn in variants(r).items()]
+        results = yield [Late(tuned, b, patched(fn), held.sequences) for _, _, fn in keys] + \
+            [Late(tuned, b, [x.boundary[b] for x in u_pt], held.sequences)]
         evs = held.events
         y0 = _y(ex, tuned, results[-1], evs)
-        y1 = _y(ex, tuned, [y.final for y in u_it], evs)
+        part: dict[Any, Any] = {"prompt_ids": [e.prompt_id for e in evs], "y_upt_lit": y0,
+                                "y_uit_lit": _y(ex, tuned, [y.final for y in u_it], evs)}
+        for n, (r, name, _) in enumerate(keys):
+            part[(r, name)] = _y(ex, tuned, results[n], evs) - y0
+        return part
+
+    def combine(self, plan: dict, parts: list) -> dict:
+        ids = _rows(parts, "prompt_ids")
+        if not ids:
+            return {"n_train": plan["n_train"], "n_heldout": sum(p.get("unmeasured", 0) for p in parts)}
+        y0, y1 = _rows(parts, "y_upt_lit"), _rows(parts, "y_uit_lit")
         missing = float(np.mean(y1 - y0))
         out = {}
-        for n, (r, name) in enumerate(keys):
-            gain = float(np.mean(_y(ex, tuned, results[n], evs) - y0))
-            out.setdefault(str(r), {})[name] = {"gain": gain, "closure": gain / missing if abs(missing) >= 0.1 else None}
-        return {"n_train": len(train.events), "n_heldout": len(evs), "hidden_size": d, "missing_margin": missing,
-                "y_upt_lit": float(np.mean(y0)), "y_uit_lit": float(np.mean(y1)), "by_rank": out}
+        for r in plan["ranks"]:
+            for name in ("pca", "sign_flipped", "random_subspace", "gaussian"):
+                gain = float(np.mean(_rows(parts, (r, name))))
+                out.setdefault(str(r), {})[name] = {"gain": gain,
+                                                    "closure": gain / missing if abs(missing) >= 0.1 else None}
+        return {"n_train": plan["n_train"], "n_heldout": len(ids), "hidden_size": plan["directions"].shape[1],
+                "missing_margin": missing, "y_upt_lit": float(np.mean(y0)), "y_uit_lit": float(np.mean(y1)),
+                "by_rank": out}
