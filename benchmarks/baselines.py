@@ -225,3 +225,95 @@ def late_only(model, state: torch.Tensor, mask: torch.Tensor, b: int) -> torch.T
         return inner(inputs_embeds=state, attention_mask=mask, use_cache=False).last_hidden_state
     finally:
         inner.layers = layers
+
+
+class _RealVocabulary:
+    """A logits processor: only the tokenizer's real tokens can be picked (as crosspatch's search)."""
+
+    def __init__(self, vocab: int) -> None:
+        self.vocab = vocab
+
+    def __call__(self, input_ids, scores):
+        scores[:, self.vocab:] = float("-inf")
+        return scores
+
+
+def fair_floor(pt, it, prompts: dict[str, list[int]], boundaries: list[int], max_new_tokens: int, vocab: int,
+               eos: set[int], device: str, batch_size: int, pad_id: int, compile_step: bool = False):
+    """The fastest plain Hugging Face way a user would find the same events and cells: greedy
+    ``generate`` of the rolling model (IT) with a static KV cache (and ``torch.compile`` of the
+    step where it helps: CUDA), keeping its hidden states and logits; one teacher-forced pass of
+    the other model (PT) over prompt + rollout (its argmax per position gives the first
+    disagreement; its states and logits at the event are PT's natural cells); the two late-only
+    passes per boundary. Batched by ``batch_size`` (left padding for generation)."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    L = pt.config.num_hidden_layers
+    events, cells, work = {}, {}, 0
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, cache_implementation="static",
+                              eos_token_id=sorted(eos), pad_token_id=pad_id, return_dict_in_generate=True,
+                              output_hidden_states=True, output_logits=True)
+    config.disable_compile = not compile_step  # generate compiles its static-cache step itself (on CUDA)
+    order = sorted(prompts, key=lambda k: len(prompts[k]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = max(len(prompts[k]) for k in chunk)
+        x = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(x)
+        for i, k in enumerate(chunk):
+            x[i, width - len(prompts[k]):] = torch.tensor(prompts[k])
+            mask[i, width - len(prompts[k]):] = 1
+        out = it.generate(x.to(device), attention_mask=mask.to(device), generation_config=config,
+                          logits_processor=LogitsProcessorList([_RealVocabulary(vocab)]))
+        steps = len(out.logits)
+        rollouts = []
+        for i in range(len(chunk)):
+            row = out.sequences[i, width:].tolist()
+            end = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))
+            rollouts.append(row[:end])
+        work += (int(mask.sum()) + sum(max(len(r) - 1, 0) for r in rollouts)) * L
+        # the other model, teacher-forced over prompt + rollout: its pick at every position
+        seqs = [prompts[k] + r for k, r in zip(chunk, rollouts)]
+        xs, ms, _ = right_padded(seqs, device)
+        natural_pt = pt.model(xs, attention_mask=ms, use_cache=False, output_hidden_states=True)
+        work += int(ms.sum()) * L
+        picks = pt.lm_head(natural_pt.last_hidden_state)[..., :vocab].argmax(-1)
+        found = []
+        for i, (k, r) in enumerate(zip(chunk, rollouts)):
+            n = len(prompts[k])
+            for j, tok in enumerate(r):
+                t_pt = int(picks[i, n + j - 1])
+                if t_pt != tok:
+                    events[k] = (j, t_pt, tok, prompts[k] + r[:j])
+                    found.append((i, k, j))
+                    break
+                if tok in eos:
+                    break
+        if not found:
+            continue
+        # the rolling model's states at each event prefix, from generate's own hidden states
+        pre = out.hidden_states[0]  # prompt: per layer [B, width, d]; then one [B, 1, d] per step
+        for b in boundaries:
+            u_it, u_pt, lens = [], [], []
+            for i, k, j in found:
+                pad = width - len(prompts[k])
+                parts = [pre[b][i, pad:]] + [out.hidden_states[s][b][i] for s in range(1, min(j, steps - 1) + 1)]
+                u_it.append(torch.cat(parts)[: len(prompts[k]) + j])
+                u_pt.append(natural_pt.hidden_states[b][i, : len(prompts[k]) + j])
+                lens.append(len(prompts[k]) + j)
+            n = max(lens)
+            ms_b = torch.zeros(len(found), n, dtype=torch.long, device=device)
+            s_it = torch.zeros(len(found), n, u_it[0].shape[-1], dtype=u_it[0].dtype, device=device)
+            s_pt = torch.zeros_like(s_it)
+            for q, (a, c, m) in enumerate(zip(u_it, u_pt, lens)):
+                s_it[q, :m], s_pt[q, :m], ms_b[q, :m] = a, c, 1
+            last = torch.tensor([m - 1 for m in lens], device=device)
+            rows = torch.arange(len(found), device=device)
+            crossed = {"it": it.lm_head(late_only(it, s_pt, ms_b, b)[rows, last]),
+                       "pt": pt.lm_head(late_only(pt, s_it, ms_b, b)[rows, last])}
+            work += 2 * int(ms_b.sum()) * (L - b)
+            natural = {"it": torch.stack([out.logits[j][i] for i, _, j in found]),
+                       "pt": pt.lm_head(torch.stack([natural_pt.last_hidden_state[i, len(prompts[k]) + j - 1]
+                                                      for i, k, j in found]))}
+            cell_rows(events, [k for _, k, _ in found], b, natural, crossed, cells)
+    return events, cells, work

@@ -224,6 +224,10 @@ def method_baseline(args) -> dict:
         with torch.inference_mode():
             if args.method == "paper":
                 return baselines.paper_style(pt, it, prompts, boundaries, args.max_new_tokens, vocab, eos, args.device)
+            if args.method == "floor":
+                return baselines.fair_floor(pt, it, prompts, boundaries, args.max_new_tokens, vocab, eos, args.device,
+                                            args.batch_size, tok.pad_token_id if tok.pad_token_id is not None
+                                            else sorted(eos)[0], compile_step=args.device.startswith("cuda"))
             if args.method == "nnsight":
                 return baselines.nnsight_style(pt, it, prompts, boundaries, args.max_new_tokens, vocab, eos,
                                                args.device, args.batch_size)
@@ -293,11 +297,12 @@ def method_profile(args) -> dict:
 SUITES = {
     # name: list of (label, workload, dtype, device, prompts, sweep?, methods, residencies)
     "cpu": [
-        ("zoo, fp32", "zoo", "float32", "cpu", 128, ["crosspatch", "lower", "paper", "nnsight"], ["both", "sequential"]),
+        ("zoo, fp32", "zoo", "float32", "cpu", 128, ["crosspatch", "lower", "floor", "paper", "nnsight"],
+         ["both", "sequential"]),
         # what a user runs: the default command, in-process and as a whole process
         ("zoo, fp32, the default run", "zoo", "float32", "cpu", 128, ["crosspatch", "default", "process", "paper"], [],
          "no-sweep"),
-        ("mid-size pair, fp32", "mid", "float32", "cpu", 32, ["crosspatch", "lower", "paper", "nnsight"],
+        ("mid-size pair, fp32", "mid", "float32", "cpu", 32, ["crosspatch", "lower", "floor", "paper", "nnsight"],
          ["both", "sequential", "sequential@1024", "adapter"], "no-sweep-paper"),
         ("mid-size pair, bf16", "mid", "bfloat16", "cpu", 16, ["crosspatch", "lower", "paper"], [], "no-sweep"),
         # where the weights dominate (the regime of the sequential memory target)
@@ -310,9 +315,14 @@ SUITES = {
          ["sequential", "adapter"], "no-sweep"),
     ],
     "gpu": [  # the baselines decode at batch size 1: their minutes set the prompt counts
-        ("mid-size pair, bf16", "mid", "bfloat16", "cuda", 96, ["crosspatch", "crosspatch-expandable", "lower", "paper", "nnsight"],
+        ("mid-size pair, bf16", "mid", "bfloat16", "cuda", 96, ["crosspatch", "crosspatch-expandable", "lower", "floor",
+                                                                 "paper", "nnsight"],
          ["sequential", "sequential@4096"], "no-sweep-paper"),
-        ("large pair (1.4B), bf16", "large", "bfloat16", "cuda", 32, ["crosspatch", "lower", "paper"], [], "no-sweep"),
+        ("large pair (1.4B), bf16", "large", "bfloat16", "cuda", 32, ["crosspatch", "lower", "floor", "paper"], [],
+         "no-sweep"),
+        # a 7B-class pair (Llama-2-7B's shape, random init, built on the GPU): one model resident vs both
+        ("7B-class pair, bf16", "7b", "bfloat16", "cuda", 32, ["crosspatch", "floor", "lower"], ["sequential", "both"],
+         "no-sweep"),
     ],
 }
 
@@ -346,7 +356,7 @@ def spawn(args, method: str, workload: str, dtype: str, device: str, prompts: in
 def best_of(args, *a, **k) -> dict:
     runs = [spawn(args, *a, **k) for _ in range(args.repeats)]
     best = min(runs, key=lambda r: r["seconds"])
-    best["peak_mb"] = max(r["peak_mb"] for r in runs)
+    best["peak_mb"] = max((r["peak_mb"] for r in runs if r["peak_mb"] is not None), default=None)  # None: another process's
     return best
 
 
@@ -381,7 +391,7 @@ def measure(args, label, workload, dtype, device, prompts, methods, residencies,
         for method in methods:
             if method == "crosspatch":
                 r = cp
-            elif sweep and (method == "nnsight" or method in VARIANTS or (method == "paper" and "no-sweep-paper" in flags)):
+            elif sweep and (method in ("nnsight", "floor") or method in VARIANTS or (method == "paper" and "no-sweep-paper" in flags)):
                 continue  # the sweep's baselines: paper-style and the floor
             else:
                 try:
@@ -401,7 +411,7 @@ def measure(args, label, workload, dtype, device, prompts, methods, residencies,
             rows[method] = {k: v for k, v in r.items() if k not in ("events", "cells")}
             print(f"  {'sweep ' if sweep else ''}{method:10s} {r['n_events']:4d} events {r['seconds']:8.2f} s "
                   f"{r['n_events'] / r['seconds']:8.2f} ev/s  FE/event {r['fe_per_event'] or 0:.2f}  "
-                  f"peak {r['peak_mb']:.0f} MB  same events {r['event_agreement']}", flush=True)
+                  f"peak {'-' if r['peak_mb'] is None else format(r['peak_mb'], '.0f')} MB  same events {r['event_agreement']}", flush=True)
             save()
         if not sweep:
             measure_residencies(args, workload, dtype, device, prompts, residencies, section, save)
@@ -430,7 +440,7 @@ def measure_residencies(args, workload, dtype, device, prompts, residencies, sec
 def build_workload(args, workload: str) -> dict:
     """Build a random-init workload in a child process (keeps this process small)."""
     code = (f"import sys, json; sys.path.insert(0, {str(HERE)!r}); from workloads import *; "
-            f"print(json.dumps(build_mid(workload_root({str(args.root)!r}, {workload!r}), SPECS[{workload!r}])))")
+            f"print(json.dumps(build_mid(workload_root({str(args.root)!r}, {workload!r}), spec_of({workload!r}))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"building {workload} failed:\n{out.stderr[-4000:]}")
@@ -451,8 +461,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", choices=sorted(SUITES))
     ap.add_argument("--render", action="store_true", help="only re-render docs/benchmarks.md from the stored results")
-    ap.add_argument("--method", choices=["crosspatch", "paper", "nnsight", "lower", "profile", "default", "process"])
-    ap.add_argument("--workload", default="zoo", choices=["zoo", "mid", "large"])
+    ap.add_argument("--method", choices=["crosspatch", "paper", "nnsight", "lower", "floor", "profile", "default",
+                                         "process"])
+    ap.add_argument("--workload", default="zoo", choices=["zoo", "mid", "large", "7b"])
     ap.add_argument("--root", default="/tmp/crosspatch-bench", help="where the mid-size pair is written (once)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu")
@@ -465,12 +476,19 @@ def main() -> None:
     ap.add_argument("--events", default=None)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per method; the fastest is reported")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default docs/benchmarks/<suite>.json)")
+    ap.add_argument("--cpu-dry-run", action="store_true",
+                    help="the suite's code paths on this CPU with tiny random-init models, 4 prompts and one repeat, "
+                         "written to /tmp (benchmarks/gpu_check.sh runs the GPU suite so first)")
     ap.add_argument("--only", action="append", default=None, metavar="PART",
                     help="run only the sections whose label contains PART ('profile': the profile), merging them "
                          "into the stored results (for machines that limit a command's time); repeatable")
     args = ap.parse_args()
+    if args.cpu_dry_run:
+        os.environ["CROSSPATCH_BENCH_TINY"] = "1"  # children inherit it: every random-init workload is tiny
+        args.root, args.repeats = f"{args.root}-tiny", 1
+        args.out = args.out or Path("/tmp/crosspatch-bench-dry") / f"{args.suite}.json"
     if args.batch_size is None:
-        device = SUITES[args.suite][0][3] if args.suite else args.device
+        device = SUITES[args.suite][0][3] if args.suite and not args.cpu_dry_run else args.device
         args.batch_size = 128 if device.startswith("cuda") else 32
     if args.method:
         fn = {"crosspatch": method_crosspatch, "profile": method_profile, "default": method_default,
@@ -482,7 +500,7 @@ def main() -> None:
         return
     if not args.suite:
         ap.error("give --suite, --render or --method")
-    device = SUITES[args.suite][0][3]
+    device = "cpu" if args.cpu_dry_run else SUITES[args.suite][0][3]
     out = args.out or RESULTS / f"{args.suite}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "repeats": args.repeats}
@@ -494,6 +512,9 @@ def main() -> None:
                              "(or give --out elsewhere) rather than mix them")
         result.update({k: v for k, v in stored.items() if k in ("sections", "workloads", "profile")})
     chosen = [s for s in SUITES[args.suite] if not args.only or any(part in s[0] for part in args.only)]
+    if args.cpu_dry_run:  # the same sections on the CPU, small
+        chosen = [(label, workload, dtype, "cpu", min(prompts, 4), methods, residencies, *flags)
+                  for label, workload, dtype, _, prompts, methods, residencies, *flags in chosen]
     for label, workload, dtype, dev, prompts, methods, residencies, *flags in chosen:
         if workload != "zoo":
             result.setdefault("workloads", {})[workload] = build_workload(args, workload)
@@ -507,6 +528,7 @@ def main() -> None:
     if not args.only or "profile" in args.only:
         print("== profile", flush=True)  # on the suite's device: on a GPU it shows where the search's time goes
         prof = next(s for s in SUITES[args.suite] if s[1] == "mid")
+        prof = (*prof[:3], "cpu", 4) if args.cpu_dry_run else prof
         result["profile"] = spawn(args, "profile", "mid", prof[2], prof[3], prof[4])
         result["profile"].update({"dtype": prof[2], "device": prof[3], "prompts": prof[4]})
     out.write_text(json.dumps(result, indent=1))

@@ -12,6 +12,7 @@ Both are written once under ``root`` and reused; ``describe`` returns what was b
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,7 +36,17 @@ class MidSpec:
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
 SPECS = {"mid": MidSpec(),  # ~134M parameters per model
-         "large": MidSpec(layers=24, hidden=2048, intermediate=5632, heads=16, prompts=128)}  # ~1.4B (untied embeddings and head)
+         "large": MidSpec(layers=24, hidden=2048, intermediate=5632, heads=16, prompts=128),  # ~1.4B (untied embeddings and head)
+         "7b": MidSpec(layers=32, hidden=4096, intermediate=11008, heads=32, prompts=64, lora_std=0.002)}  # ~6.7B, Llama-2-7B's shape
+# the CPU dry run of the GPU check (CROSSPATCH_BENCH_TINY=1): the same code paths on models small
+# enough to build and run on a laptop in seconds, so that GPU minutes go to measuring
+TINY_SPEC = MidSpec(layers=4, hidden=64, intermediate=128, heads=4, vocab=512, prompts=16, min_len=8, max_len=48,
+                    lora_std=0.05)
+
+
+def spec_of(name: str) -> MidSpec:
+    """The workload's spec (the tiny one for every random-init workload in a dry run)."""
+    return TINY_SPEC if os.environ.get("CROSSPATCH_BENCH_TINY") else SPECS[name]
 
 
 def workload_root(root, name: str) -> Path:
@@ -85,7 +96,13 @@ def build_mid(root: Path, spec: MidSpec | None = None) -> dict:
                       max_position_embeddings=1024, tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(spec.seed)
-    base = LlamaForCausalLM(cfg).eval()
+    if spec.hidden >= 4096 and torch.cuda.is_available():  # a 7B-class model: built in place, in bf16
+        torch.set_default_dtype(torch.bfloat16)
+        with torch.device("cuda"):
+            base = LlamaForCausalLM(cfg).eval()
+        torch.set_default_dtype(torch.float32)
+    else:
+        base = LlamaForCausalLM(cfg).eval()
     if spec.hidden >= 2048:  # keep large checkpoints small on disk; computed in the benchmark's dtype
         base = base.to(torch.bfloat16)
     for name in ("base", "tuned", "adapter"):
@@ -98,7 +115,7 @@ def build_mid(root: Path, spec: MidSpec | None = None) -> dict:
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * spec.lora_std)
+                p.copy_(torch.randn(p.shape, generator=gen).to(p.device, p.dtype) * spec.lora_std)
     peft_model.save_pretrained(root / "adapter")
     peft_model.merge_and_unload().eval().save_pretrained(root / "tuned")
     prompts = mid_prompts(spec)
