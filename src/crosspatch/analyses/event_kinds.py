@@ -55,8 +55,16 @@ class EventKinds(Analysis):
         if not extra or not evset.events:
             return [], []
         roll, check = (evset.tuned, evset.base) if self.rollout_model == "IT" else (evset.base, evset.tuned)
-        histories = yield from evset.history(ex, roll, check, self.budget)
         describe = TokenDescriber(ex.models.tokenizer, self.cells.token_classes)
+        prompt_ends = [ev.prefix_ids[ev.prompt_len - 1] for ev in evset.events]
+
+        def done(k: int, rollout: list[int], picks: list[int]) -> bool:
+            """Every kind found where the next token already settles it (a marker must end a word):
+            the rest of the history cannot change what is found."""
+            found = find_event_kinds(rollout, picks, describe, describe.text, prompt_ends[k])
+            return all(kind in found and found[kind] < len(rollout) - 1 for kind in extra)
+
+        histories = yield from evset.history(ex, roll, check, self.budget, done)
         fresh: list[DivergenceEvent] = []
         twins: list[tuple[str, str]] = []
         for ev, (rollout, picks) in zip(evset.events, histories):

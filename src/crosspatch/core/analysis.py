@@ -13,9 +13,9 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 
-from ..execution import Capture, Decode, Executor, Program
+from ..execution import Capture, Executor, History, Program
 from ..models.forward import EventStates
-from ..models.vocab import NON_FINITE, masked_argmax
+from ..models.vocab import NON_FINITE
 from .divergence import DivergenceEvent
 
 
@@ -50,23 +50,22 @@ class EventSet:
         """Each event's prompt ids."""
         return [e.prefix_ids[: e.prompt_len] for e in self.events]
 
-    def history(self, ex: Executor, roll: str, check: str, budget: int) -> Program:
+    def history(self, ex: Executor, roll: str, check: str, budget: int, done=None) -> Program:
         """Per event, ``(rollout, picks)``: ``roll``'s greedy continuation of the event's prompt
         (at most ``budget`` tokens) and ``check``'s argmax at each of its positions (teacher-forced
         on the same history), both cut before the first position where ``check``'s logits are NaN
-        or infinite (no pick of its own there). ``yield from`` inside a program; computed once per
-        set."""
-        key = (roll, check, budget)
+        or infinite (no pick of its own there). ``done(k, rollout, picks)``: the consumer has what
+        it needs from event ``k``'s partial history, which may then end there (a history the
+        consumer reads to its end needs no ``done``). ``yield from`` inside a program; computed
+        once per set (a whole history serves every consumer)."""
+        whole, partial = (roll, check, budget, None), (roll, check, budget, "partial")
+        key = whole if done is None else partial
+        if whole in self._histories:
+            return self._histories[whole]
         if key not in self._histories:
-            prompts = self.prompts
-            (rollouts,) = yield [Decode(roll, prompts, budget)]
-            (caps,) = yield [Capture(check, [p + r for p, r in zip(prompts, rollouts)], [], all_final=True)]
-            picks = []
-            for p, r, cap in zip(prompts, rollouts, caps):
-                finals = cap.final[len(p) - 1 : len(p) - 1 + len(r)]
-                picks.append(masked_argmax(ex.readout(check, finals), ex.models.real_vocab).tolist() if r else [])
-            cut = [next((j for j, t in enumerate(c) if t == NON_FINITE), len(c)) for c in picks]
-            self._histories[key] = [(r[:j], c[:j]) for r, c, j in zip(rollouts, picks, cut)]
+            (found,) = yield [History(roll, check, self.prompts, budget, done)]
+            cut = [next((j for j, t in enumerate(c) if t == NON_FINITE), len(c)) for _, c in found]
+            self._histories[key] = [(r[:j], c[:j]) for (r, c), j in zip(found, cut)]
         return self._histories[key]
 
     def states(self, roles: list[str], boundaries: list[int]) -> Program:

@@ -23,10 +23,11 @@ import torch
 
 from ..errors import DeviceMemoryError
 from ..models.forward import EventStates, capture_forward, late_forward, readout
+from ..models.vocab import masked_argmax
 from .batching import length_batches
 from .modelset import ModelSet
-from .passes import Capture, Decode, Late, Pass, Search, SearchOutcome
-from .search import first_mismatch, rollout_states, search_interleaved
+from .passes import Capture, Decode, History, Late, Pass, Search, SearchOutcome
+from .search import first_mismatch, history_interleaved, rollout_states, search_interleaved
 
 # yields lists of passes, receives their results (per pass, per item), returns the analysis' value
 Program = Generator[Sequence[Pass], Any, Any]
@@ -165,6 +166,8 @@ class Executor:
             return self._decode(p)
         if isinstance(p, Search):
             return self._search(p)
+        if isinstance(p, History):
+            return self._history(p)
         raise TypeError(f"unknown pass {type(p).__name__}")
 
     def _batches(self, sequences: list[list[int]], generated: int = 0) -> list[list[int]]:
@@ -239,6 +242,30 @@ class Executor:
             self._each_batch(self._batches(p.prompts, p.max_new_tokens), work, f"decoding of {p.role}",
                              [len(x) + p.max_new_tokens for x in p.prompts])
         return filled(out, "decoding")
+
+    def _history(self, p: History) -> list[tuple[list[int], list[int]]]:
+        lengths = [len(x) + p.max_new_tokens for x in p.prompts]
+        batches = self._batches(p.prompts, p.max_new_tokens)
+        if self.models.can_hold(p.roles):  # both models at once: each row stops once its consumer is done
+            out: list[tuple[list[int], list[int]] | None] = [None] * len(p.prompts)
+            with self.models.use(p.roll) as roll, self.models.use(p.check) as check:
+                def work(batch):
+                    done = None if p.done is None else (lambda row, g, c: p.done(batch[row], g, c))  # type: ignore[misc]
+                    found = history_interleaved(self.models, roll, check, [p.prompts[k] for k in batch],
+                                                p.max_new_tokens, p.chunk_size, done)
+                    for k, h in zip(batch, found):
+                        out[k] = h
+
+                self._each_batch(batches, work, f"history of {p.roll} checked by {p.check}", lengths)
+            return filled(out, "history")
+        # one model at a time: the whole rollout, then one teacher-forced pass of the other
+        rollouts = self._decode(Decode(p.roll, p.prompts, p.max_new_tokens))
+        caps = self._capture(Capture(p.check, [q + r for q, r in zip(p.prompts, rollouts)], [], all_final=True))
+        picks = []
+        for q, r, cap in zip(p.prompts, rollouts, caps):
+            finals = cap.final[len(q) - 1 : len(q) - 1 + len(r)]
+            picks.append(masked_argmax(self.readout(p.check, finals), self.models.real_vocab).tolist() if r else [])
+        return list(zip(rollouts, picks))
 
     def _search(self, p: Search) -> list[SearchOutcome]:
         out: list[SearchOutcome | None] = [None] * len(p.prompts)

@@ -80,6 +80,28 @@ class Decode:
 
 
 @dataclass
+class History:
+    """``roll``'s greedy continuation of each prompt (as :class:`Decode`) and ``check``'s argmax at
+    each of its positions, teacher-forced on the same history. Result per item: ``(rollout,
+    picks)``, ``picks[j]`` being ``check``'s choice given the prompt and ``rollout[:j]``
+    (``NON_FINITE`` where its logits are not finite). ``done(item, rollout, picks)``, when given,
+    says that the consumer has what it needs from a partial history: the item may then end
+    there (shorter, never different); the executor stops it early where both models can be used
+    at once, else computes the whole budget."""
+
+    roll: str
+    check: str
+    prompts: list[list[int]]
+    max_new_tokens: int
+    done: Callable[[int, list[int], list[int]], bool] | None = None
+    chunk_size: int = 8
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return (self.roll, self.check)
+
+
+@dataclass
 class Search:
     """First divergence of ``roll``'s greedy decoding and ``check``'s greedy choice on the same
     history (DESIGN 1.2). Result per item: :class:`SearchOutcome`. With ``capture`` boundaries,
@@ -113,4 +135,4 @@ class SearchOutcome:
     non_finite: str | None = None
 
 
-Pass = Capture | Late | Decode | Search
+Pass = Capture | Late | Decode | History | Search
