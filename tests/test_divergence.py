@@ -196,3 +196,51 @@ def test_a_run_counts_reports_and_resumes_prompts_lost_to_nan_logits(tmp_path, p
     assert "NaN or infinite logits before a disagreement: 6" in report and "non_finite_logits (tuned)" in report
     again = run(pair, prompts, out=tmp_path / "run", **kw)
     assert again.summary["no_divergence_prompts"] == summary["no_divergence_prompts"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_continuous_batching_refills_rows_and_finds_the_same_events(arch):
+    """With more prompts than rows, a row that finds its event makes room for the next prompt in
+    the same caches (left-padded to one length): every event is the lockstep reference's, and the
+    states the search keeps for the cells are those of the batch-at-once search (to float
+    rounding: the padding differs)."""
+    from crosspatch.execution import search as search_module
+    from crosspatch.execution.search import CachedDecoder
+
+    pair = make_pair(arch, scale=0.15)
+    prompts = [{"id": f"q{k}", "prompt": text} for k, text in enumerate(
+        ["the quick brown fox", "a", "report the wind for denver today please", "hello there", "x y z",
+         "forecast: sunny", "one two three four five six seven", "ok"])]
+    merged = []
+    real_add = CachedDecoder.add
+
+    def spy(self, new_prompts, rows):
+        merged.append(bool(self.rows))
+        return real_add(self, new_prompts, rows)
+
+    def search(batch_size):
+        ps = as_prompts(prompts)
+        ids = [tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, p.id, p.prompt) for p in ps]
+        natural: dict = {}
+        found = find_divergences(pair, ps, ids, DivergenceConfig(max_new_tokens=12, batch_size=batch_size,
+                                                                 capture_boundaries=[1, 2]), natural=natural)
+        return ps, ids, found, natural
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(search_module.CachedDecoder, "add", spy)
+        ps, ids, (events, none), states = search(2)
+    assert any(merged)  # rows joined live rows in the same caches
+    by_id = {e.prompt_id: e for e in events}
+    for p, p_ids in zip(ps, ids):
+        ref = lockstep(pair, p_ids, 12)
+        assert (None if ref is None else ref[:3]) == (None if p.id not in by_id else
+                                                       (by_id[p.id].position, by_id[p.id].t_pt, by_id[p.id].t_it))
+    _, _, (at_once, _), states_at_once = search(16)
+    assert [e.key for e in at_once] == [e.key for e in events] and events
+    assert set(states) == set(states_at_once)
+    for key, roles in states.items():
+        for role, got in roles.items():
+            want = states_at_once[key][role]
+            assert torch.allclose(got.final, want.final, atol=1e-5)
+            for b in want.boundary:
+                assert torch.allclose(got.boundary[b], want.boundary[b], atol=1e-5)

@@ -208,6 +208,8 @@ def _out_of_memory_above(mp, rows: int) -> list[int]:
                       ("rollout_states", 2), ("first_mismatch", 2)):
         def oom(*a, real=getattr(executor_module, name), arg=arg, **kw):
             n = len(a[arg])
+            if kw.get("fits") is not None:  # a queue batching itself: the rows it decodes at once
+                n = next((m for m in range(1, n + 1) if not kw["fits"]([1] * m)), n + 1) - 1
             if n > rows:
                 failed.append(n)
                 raise torch.OutOfMemoryError(f"simulated: {n} sequences")

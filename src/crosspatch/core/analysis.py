@@ -13,10 +13,16 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 
-from ..execution import Capture, Executor, History, Program
+from ..execution import Capture, Decode, Executor, History, Program
 from ..models.forward import EventStates
-from ..models.vocab import NON_FINITE
+from ..models.vocab import NON_FINITE, masked_argmax
 from .divergence import DivergenceEvent
+
+
+def _cut_at_non_finite(histories: list) -> list[tuple[list[int], list[int]]]:
+    """Each ``(rollout, picks)`` cut before the first pick that is not a token (NaN/inf logits)."""
+    cut = [next((j for j, t in enumerate(c) if t == NON_FINITE), len(c)) for _, c in histories]
+    return [(r[:j], c[:j]) for (r, c), j in zip(histories, cut)]
 
 
 @dataclass
@@ -56,17 +62,27 @@ class EventSet:
         on the same history), both cut before the first position where ``check``'s logits are NaN
         or infinite (no pick of its own there). ``done(k, rollout, picks)``: the consumer has what
         it needs from event ``k``'s partial history, which may then end there (a history the
-        consumer reads to its end needs no ``done``). ``yield from`` inside a program; computed
-        once per set (a whole history serves every consumer)."""
-        whole, partial = (roll, check, budget, None), (roll, check, budget, "partial")
-        key = whole if done is None else partial
+        consumer reads to its end needs no ``done``; where the executor cannot stop rows early,
+        the whole history is computed once and serves every consumer). ``yield from`` inside a
+        program."""
+        whole = (roll, check, budget, None)
         if whole in self._histories:
             return self._histories[whole]
-        if key not in self._histories:
-            (found,) = yield [History(roll, check, self.prompts, budget, done)]
-            cut = [next((j for j, t in enumerate(c) if t == NON_FINITE), len(c)) for _, c in found]
-            self._histories[key] = [(r[:j], c[:j]) for (r, c), j in zip(found, cut)]
-        return self._histories[key]
+        if done is not None and ex.can_stop_early(roll, check):  # decoded in chunks, each row ends once done
+            key = (roll, check, budget, "partial")
+            if key not in self._histories:
+                (found,) = yield [History(roll, check, self.prompts, budget, done)]
+                self._histories[key] = _cut_at_non_finite(found)
+            return self._histories[key]
+        prompts = self.prompts  # the whole budget: the rollout, then one teacher-forced pass of the other
+        (rollouts,) = yield [Decode(roll, prompts, budget)]
+        (caps,) = yield [Capture(check, [p + r for p, r in zip(prompts, rollouts)], [], all_final=True)]
+        picks = []
+        for p, r, cap in zip(prompts, rollouts, caps):
+            finals = cap.final[len(p) - 1 : len(p) - 1 + len(r)]
+            picks.append(masked_argmax(ex.readout(check, finals), ex.models.real_vocab).tolist() if r else [])
+        self._histories[whole] = _cut_at_non_finite(list(zip(rollouts, picks)))
+        return self._histories[whole]
 
     def states(self, roles: list[str], boundaries: list[int]) -> Program:
         """Each role's states over every event prefix (``yield from`` inside a program): taken

@@ -78,6 +78,8 @@ class Executor:
     pass counts each prompt with its whole generation budget, the length its KV cache reaches):
     the bound on a batch's working memory, whatever the prompt lengths."""
 
+    continuous_batching = True  # False: each search batch waits for its slowest row (the benchmark's "before")
+
     def __init__(self, models: ModelSet, batch_size: int = 8, max_batch_tokens: int | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
@@ -127,6 +129,12 @@ class Executor:
                     values[k] = stop.value
                     del requests[k]
         return values
+
+    def can_stop_early(self, roll: str, check: str) -> bool:
+        """Whether a :class:`History` of these roles stops each row once its consumer is done (both
+        models usable at once); otherwise it costs the whole budget, and a consumer may as well
+        share the whole history with others."""
+        return self.models.can_hold((roll, check))
 
     def readout(self, role: str, final_states: torch.Tensor) -> torch.Tensor:
         """fp32 logits of ``role``'s final norm + lm_head on ``final_states`` (``[..., d]``); heads
@@ -198,6 +206,26 @@ class Executor:
                     "shorten the prompts or --max-new-tokens, then run the same command again to resume.")
             self.max_rows = (len(batch) + 1) // 2
             todo.append(batch)
+
+    def _fits_rows(self, lengths: list[int]) -> bool:
+        """Whether rows of these padded lengths may decode together (the batch rules of
+        :meth:`_batches`, with the rows an out-of-memory retry left)."""
+        return len(lengths) <= self.max_rows and (self.max_batch_tokens is None
+                                                  or len(lengths) * max(lengths) <= self.max_batch_tokens)
+
+    def _continuous(self, queue: list[int], work: Callable[[list[int]], None], what: str, lengths: list[int]) -> None:
+        """``work(queue)`` for a queue that batches itself with :meth:`_fits_rows`; when it runs out
+        of memory, again with half the rows at a time (one sequence that does not fit alone is a
+        :class:`DeviceMemoryError`)."""
+        while not _fits(work, queue):
+            if self.max_rows == 1:
+                longest = max(lengths[k] for k in queue)
+                raise DeviceMemoryError(
+                    f"the {what} ran out of memory on one sequence of up to {longest} tokens, alone in its batch. "
+                    "Records already written are kept: free memory (--residency sequential holds one model at a "
+                    "time, --device auto spreads it over devices, --dtype bfloat16 halves it) or shorten the prompts "
+                    "or --max-new-tokens, then run the same command again to resume.")
+            self.max_rows = (self.max_rows + 1) // 2
 
     def _capture(self, p: Capture) -> list[EventStates]:
         out: list[EventStates | None] = [None] * len(p.sequences)
@@ -274,13 +302,18 @@ class Executor:
         lengths = [len(x) + p.max_new_tokens for x in p.prompts]
         if self.models.can_hold(p.roles):  # both models at once: interleaved, stops at the event
             with self.models.use(p.roll) as roll, self.models.use(p.check) as check:
-                def search(batch):
-                    found = search_interleaved(self.models, roll, check, [p.prompts[k] for k in batch],
-                                               p.max_new_tokens, p.chunk_size, p.capture, keep)
-                    for k, o in zip(batch, found):
+                def search(queue):  # continuous batching: a row that ends makes room for the next prompt
+                    found = search_interleaved(self.models, roll, check, [p.prompts[k] for k in queue],
+                                               p.max_new_tokens, p.chunk_size, p.capture, keep,
+                                               fits=self._fits_rows if self.continuous_batching else None)
+                    for k, o in zip(queue, found):
                         out[k] = o
 
-                self._each_batch(batches, search, f"divergence search of {p.roll} and {p.check}", lengths)
+                what = f"divergence search of {p.roll} and {p.check}"
+                if self.continuous_batching:
+                    self._continuous([k for batch in batches for k in batch], search, what, lengths)
+                else:
+                    self._each_batch(batches, search, what, lengths)
             return filled(out, "divergence search")
         # one model at a time: the whole rollout first, then one teacher-forced pass
         rollouts, roll_states, stopped_rollouts = {}, {}, set()
