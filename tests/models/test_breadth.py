@@ -57,3 +57,20 @@ def test_moe_routing_at_the_boundary_is_recorded(arch):
 def test_dense_models_record_no_routing():
     result = run(make_pair("llama"), [dict(p) for p in PROMPTS[:3]], **OPTIONS)
     assert result.analyses["routing"] == [] and "routing" not in result.summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_continuous_batching_finds_the_batch_at_once_events(arch):
+    """Two rows at a time, each finished row's place taken by the next prompt in the same caches
+    (or, where a cache cannot be padded, batch after batch): the same events as all prompts in
+    one batch, and cells to float rounding."""
+    prompts = [dict(p) for p in PROMPTS]
+    pair = make_pair(arch)
+    small = run(pair, prompts, batch_size=2, **OPTIONS)
+    whole = run(pair, prompts, batch_size=16, **OPTIONS)
+    assert [(r.key, r.position, r.t_pt, r.t_it) for r in small.records] == \
+        [(r.key, r.position, r.t_pt, r.t_it) for r in whole.records]
+    assert [x.prompt_id for x in small.no_divergence] == [x.prompt_id for x in whole.no_divergence]
+    for a, b in zip(small.records, whole.records):
+        assert all(abs(a.cells["common_it"][c] - b.cells["common_it"][c]) <= 1e-4 for c in a.cells["common_it"])
