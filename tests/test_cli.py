@@ -225,7 +225,8 @@ def test_analyses_and_their_options_on_the_command_line(saved_pair, tmp_path):
                          (["--analysis-option", "label_swap.level=high"], "takes float, not 'high'"),
                          (["--analysis-option", "label_swap"], "NAME.OPTION=VALUE"),
                          (["--analysis-option", "nothing.level=1"], "no analysis named 'nothing'"),
-                         (["--analysis", "nothing"], "no analysis named 'nothing'")):
+                         (["--analysis", "nothing"], "no analysis named 'nothing'"),
+                         (["--decode", "fast"], "decode must be one of auto, eager, static, compiled")):
         res = CliRunner().invoke(app, [*base, *bad])
         assert res.exit_code == 2 and "OptionError" in res.output and message in res.output, (bad, res.output)
     assert not (tmp_path / "r").exists()

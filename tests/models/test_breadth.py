@@ -74,3 +74,21 @@ def test_continuous_batching_finds_the_batch_at_once_events(arch):
     assert [x.prompt_id for x in small.no_divergence] == [x.prompt_id for x in whole.no_divergence]
     for a, b in zip(small.records, whole.records):
         assert all(abs(a.cells["common_it"][c] - b.cells["common_it"][c]) <= 1e-4 for c in a.cells["common_it"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_static_decoding_finds_the_eager_events_with_bit_identical_exact_cells(arch):
+    """``decode="static"`` (a preallocated KV cache of fixed shape: what compiled steps and CUDA
+    graphs need) finds the eager search's events, every event kind included; under the exact plan
+    the cells come from the same full passes, so they are bit-identical."""
+    prompts = [dict(p) for p in PROMPTS]
+    pair = make_pair(arch)
+    options = {**OPTIONS, "event_kinds": "all", "plan": "exact"}
+    eager = run(pair, prompts, decode="eager", **options)
+    static = run(pair, prompts, decode="static", **options)
+    used = static.summary["cost_this_session"]["decode"]
+    assert used["mode"] == "static" or "no static KV cache" in used["reason"]  # a recorded fallback
+    assert [(r.key, r.position, r.t_pt, r.t_it) for r in static.records] == \
+        [(r.key, r.position, r.t_pt, r.t_it) for r in eager.records]
+    assert [r.cells for r in static.records] == [r.cells for r in eager.records]

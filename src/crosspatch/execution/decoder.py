@@ -4,13 +4,15 @@ divergence search, the rollouts and the histories step with."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import contextvars
+import weakref
+from typing import Any, Iterator
 
 import torch
 
 from ..models.forward import EventStates, ModelHandle, StateRecorder, cache_keyword, step_logits
 
-__all__ = ["CachedDecoder"]
+__all__ = ["DECODE_MODES", "CachedDecoder", "StaticDecoder", "decoding", "new_decoder", "static_length"]
 
 
 def _new_cache(handle: ModelHandle):
@@ -43,14 +45,24 @@ class CachedDecoder:
         self.kept: dict[int, dict] = {}
         self.offsets: dict[int, int] = {}
 
+    def _batch_rows(self) -> list[int]:
+        """The batch index of each live row (in ``self.rows`` order)."""
+        return list(range(len(self.rows)))
+
+    def _fresh_cache(self, batch: int, width: int):
+        return _new_cache(self.handle)
+
+    def _forward(self, keep: int, real_tokens: int, **inputs) -> torch.Tensor:
+        return step_logits(self.handle, keep, real_tokens, **inputs)
+
     def _call(self, ids, keep: int, real_tokens: int) -> torch.Tensor:
         with self.recorder or contextlib.nullcontext():
-            logits = step_logits(self.handle, keep, real_tokens, input_ids=ids, attention_mask=self.mask,
-                                 position_ids=self.positions, use_cache=True, **{self.kw: self.cache})
+            logits = self._forward(keep, real_tokens, input_ids=ids, attention_mask=self.mask,
+                                   position_ids=self.positions, use_cache=True, **{self.kw: self.cache})
         if self.recorder is not None:
             final = self.recorder.final.pop()
             bounds = {b: self.recorder.boundary[b].pop() for b in self.capture}
-            for k, row in enumerate(self.rows):
+            for k, row in zip(self._batch_rows(), self.rows):
                 self.kept[row]["final"].append(final[k])
                 for b in self.capture:
                     self.kept[row][b].append(bounds[b][k])
@@ -67,7 +79,7 @@ class CachedDecoder:
         for row, p in enumerate(prompts):
             ids[row, width - len(p):] = torch.tensor(p)
             mask[row, width - len(p):] = 1
-        self.cache = _new_cache(self.handle)
+        self.cache = self._fresh_cache(len(prompts), width)
         self.rows = rows
         for row, p in zip(rows, prompts):
             self.offsets[row] = width - len(p)
@@ -151,3 +163,134 @@ class CachedDecoder:
         kept, off = self.kept[row], self.offsets[row]
         seq = {key: torch.cat([t.reshape(-1, t.shape[-1]) for t in parts]) for key, parts in kept.items()}
         return EventStates({b: seq[b][off : off + length] for b in self.capture}, seq["final"][off + length - 1])
+
+
+DECODE_MODES = ("auto", "eager", "static", "compiled")
+_MODE: contextvars.ContextVar[tuple[str, int, dict]] = contextvars.ContextVar("crosspatch_decode",
+                                                                              default=("eager", 0, {}))
+
+
+@contextlib.contextmanager
+def decoding(mode: str, budget: int, used: dict | None = None) -> Iterator[None]:
+    """Decoders made inside (:func:`new_decoder`) step ``eager`` (a growing cache), ``static`` (a
+    preallocated one of fixed shape), ``compiled`` (static, the step compiled) or ``auto``
+    (compiled on CUDA, else eager); ``budget``: tokens a row may still grow by (sizes a static
+    cache). ``used`` receives the mode each decoder used and why (``{"mode", "reason"}``)."""
+    if mode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, not {mode!r}")
+    token = _MODE.set((mode, budget, used if used is not None else {}))
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
+
+
+def new_decoder(handle: ModelHandle, models, capture: list[int] | None = None, keep_on=None) -> CachedDecoder:
+    """A decoder of the mode :func:`decoding` set (eager outside it). ``auto`` is compiled on CUDA
+    and eager elsewhere (on the CPU a compiled step gains little and compiling costs seconds); a
+    model whose cache cannot be static falls back to eager, the reason recorded."""
+    mode, budget, used = _MODE.get()
+    reason = "as asked"
+    if mode == "auto":
+        on_cuda = handle.input_device.type == "cuda"
+        mode, reason = ("compiled", "auto: CUDA") if on_cuda else ("eager", "auto: not on CUDA")
+    model = handle.anatomy.model
+    if mode == "compiled" and getattr(model, "_can_compile_fullgraph", True) is False:
+        mode, reason = "static", f"{type(model).__name__} cannot be compiled whole in this transformers"
+    if mode in ("static", "compiled") and getattr(model, "_supports_static_cache", True) is False:
+        mode, reason = "eager", f"{type(model).__name__} has no static KV cache in this transformers"
+    used.update(mode=mode, reason=reason)
+    if mode in ("static", "compiled"):
+        decoder = StaticDecoder(handle, models, capture, keep_on, budget=budget, compiled=mode == "compiled")
+        decoder.used = used
+        return decoder
+    return CachedDecoder(handle, models, capture, keep_on)
+
+
+def static_length(tokens: int, bucket: int = 64) -> int:
+    """A static cache's length: ``tokens`` rounded up to a multiple of ``bucket``, so that a handful
+    of shapes cover a run (each shape is one compilation / CUDA graph)."""
+    return max(bucket, -(-tokens // bucket) * bucket)
+
+
+def _static_cache(handle: ModelHandle, batch: int, length: int):
+    from transformers import StaticCache
+
+    config: Any = handle.anatomy.model.config
+    try:
+        return StaticCache(config=config, max_cache_len=length)
+    except TypeError:  # transformers 4.x: the batch, device and dtype are given up front
+        param = next(handle.anatomy.model.parameters())
+        return StaticCache(config=config, max_batch_size=batch, max_cache_len=length,  # pyright: ignore[reportCallIssue]
+                           device=param.device, dtype=param.dtype)
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class StaticDecoder(CachedDecoder):
+    """A :class:`CachedDecoder` over a preallocated KV cache of fixed shape (Hugging Face's
+    ``StaticCache``): its batch never shrinks (a finished row's slot is fed padding, its output
+    dropped) and its length is the prompt width + the budget rounded up to a bucket, so that every
+    step of a batch has one shape: what ``torch.compile(mode="reduce-overhead")`` and CUDA graphs
+    need (``compiled``). Rows cannot be added (continuous batching falls back to batch after
+    batch). The same events as the eager decoder; logits to float rounding (attention runs over the
+    whole, masked, cache length)."""
+
+    def __init__(self, handle: ModelHandle, models, capture: list[int] | None = None, keep_on=None,
+                 budget: int = 0, compiled: bool = False) -> None:
+        super().__init__(handle, models, capture, keep_on)
+        self.budget, self.compiled = budget, compiled
+        self.slots: list[int] = []
+        self.used: dict = {}  # where a compilation failure is recorded (new_decoder passes the run's)
+
+    @property
+    def can_add(self) -> bool:
+        return False
+
+    def _batch_rows(self) -> list[int]:
+        return self.slots
+
+    def _fresh_cache(self, batch: int, width: int):
+        return _static_cache(self.handle, batch, static_length(width + self.budget + 1))
+
+    def _forward(self, keep: int, real_tokens: int, **inputs) -> torch.Tensor:
+        ids = inputs["input_ids"]
+        inputs["cache_position"] = torch.arange(self.cursor, self.cursor + ids.shape[1], device=ids.device)
+        compiled = self._compiled()
+        if compiled is not None:
+            try:
+                return step_logits(self.handle, keep, real_tokens, forward=compiled, **inputs)
+            except Exception as exc:  # noqa: BLE001 - whatever the compiler raises, the step runs uncompiled
+                _COMPILED[self.handle.anatomy.model] = None
+                self.used.update(mode="static", reason=f"torch.compile failed ({type(exc).__name__}): static, uncompiled")
+        return step_logits(self.handle, keep, real_tokens, **inputs)
+
+    def _compiled(self):
+        """The model's forward compiled once per model (``compiled``; on CUDA with CUDA graphs), else
+        None (uncompiled, or its compilation failed before)."""
+        model = self.handle.anatomy.model
+        if not self.compiled:
+            return None
+        if model not in _COMPILED:
+            _COMPILED[model] = torch.compile(model, mode="reduce-overhead" if torch.cuda.is_available() else "default")
+        return _COMPILED[model]
+
+    def start(self, prompts: list[list[int]], rows: list[int] | None = None) -> torch.Tensor:
+        self.cursor = 0
+        self.slots = list(range(len(prompts)))
+        logits = super().start(prompts, rows)
+        self.cursor = max(len(p) for p in prompts)
+        return logits
+
+    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        full = torch.full((len(self.mask), tokens.shape[1]), self.models.pad_id, dtype=tokens.dtype)
+        full[self.slots] = tokens.cpu()
+        rows = self.slots
+        logits = super().feed(full)
+        self.cursor += tokens.shape[1]
+        return logits[rows]
+
+    def select(self, keep: list[int]) -> None:
+        self.slots = [self.slots[i] for i in keep]
+        self.rows = [self.rows[i] for i in keep]

@@ -25,6 +25,7 @@ from ..errors import DeviceMemoryError
 from ..models.forward import EventStates, capture_forward, late_forward, readout
 from ..models.vocab import masked_argmax
 from .batching import length_batches
+from .decoder import DECODE_MODES, decoding
 from .modelset import ModelSet
 from .passes import Capture, Decode, History, Late, Pass, Search, SearchOutcome
 from .search import first_mismatch, history_interleaved, rollout_states, search_interleaved
@@ -80,7 +81,11 @@ class Executor:
 
     continuous_batching = True  # False: each search batch waits for its slowest row (the benchmark's "before")
 
-    def __init__(self, models: ModelSet, batch_size: int = 8, max_batch_tokens: int | None = None) -> None:
+    def __init__(self, models: ModelSet, batch_size: int = 8, max_batch_tokens: int | None = None,
+                 decode: str = "eager") -> None:
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, not {decode!r}")
+        self.decode, self.decode_used = decode, {}  # the mode asked; the mode the decoders used, and why
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
         if max_batch_tokens is not None and max_batch_tokens < 1:
@@ -91,7 +96,7 @@ class Executor:
     @classmethod
     def for_run(cls, models: ModelSet, options: dict) -> "Executor":
         """An executor batching as the run whose recorded ``options`` (config.json) are given."""
-        return cls(models, options.get("batch_size", 8), options.get("max_batch_tokens"))
+        return cls(models, options.get("batch_size", 8), options.get("max_batch_tokens"), options.get("decode", "eager"))
 
     # -- programs ---------------------------------------------------------------------------
     def drive(self, program: Program):
@@ -170,12 +175,14 @@ class Executor:
             return self._capture(p)
         if isinstance(p, Late):
             return self._late(p)
-        if isinstance(p, Decode):
-            return self._decode(p)
-        if isinstance(p, Search):
-            return self._search(p)
-        if isinstance(p, History):
-            return self._history(p)
+        budget = p.max_new_tokens + getattr(p, "chunk_size", 1)  # a decoding pass: its decoders' mode
+        with decoding(self.decode, budget, self.decode_used):
+            if isinstance(p, Decode):
+                return self._decode(p)
+            if isinstance(p, Search):
+                return self._search(p)
+            if isinstance(p, History):
+                return self._history(p)
         raise TypeError(f"unknown pass {type(p).__name__}")
 
     def _batches(self, sequences: list[list[int]], generated: int = 0) -> list[list[int]]:

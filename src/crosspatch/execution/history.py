@@ -8,7 +8,7 @@ import torch
 
 from ..models.forward import ModelHandle
 from ..models.vocab import NON_FINITE, masked_argmax
-from .decoder import CachedDecoder
+from .decoder import new_decoder
 
 __all__ = ["history_interleaved"]
 
@@ -21,7 +21,7 @@ def _history_batch(models, roll: ModelHandle, check: ModelHandle, prompts: list[
     what it needs. Returns the rollouts, the picks (one per rollout token) and the rows that ended
     at non-finite logits."""
     real, eos, pad = models.real_vocab, models.eos_ids, models.pad_id
-    dec_r, dec_c = CachedDecoder(roll, models), CachedDecoder(check, models)
+    dec_r, dec_c = new_decoder(roll, models), new_decoder(check, models)
     logits_r = dec_r.start(prompts)
     n = len(prompts)
     picks: list[list[int]] = [[int(t)] for t in masked_argmax(dec_c.start(prompts), real).tolist()]

@@ -21,7 +21,7 @@ import torch
 
 from ..models.forward import EventStates, ModelHandle, capture_forward, readout
 from ..models.vocab import NON_FINITE, masked_argmax
-from .decoder import CachedDecoder
+from .decoder import CachedDecoder, new_decoder
 from .history import history_interleaved
 from .passes import SearchOutcome
 
@@ -33,7 +33,7 @@ def greedy_rollout(
     handle: ModelHandle, prompts: list[list[int]], max_new_tokens: int, models
 ) -> list[list[int]]:
     """Greedy continuations over the real vocabulary; each row stops after an EOS."""
-    return _greedy(CachedDecoder(handle, models), prompts, max_new_tokens, models)
+    return _greedy(new_decoder(handle, models), prompts, max_new_tokens, models)
 
 
 def _greedy(decoder: CachedDecoder, prompts: list[list[int]], max_new_tokens: int, models) -> list[list[int]]:
@@ -80,7 +80,7 @@ def _search_batch(
     caches (continuous batching: no row waits for the slowest of its batch). Without it, all
     start at once."""
     real, eos, pad = models.real_vocab, models.eos_ids, models.pad_id
-    dec_r, dec_c = CachedDecoder(roll, models, capture, keep_on), CachedDecoder(check, models, capture, keep_on)
+    dec_r, dec_c = new_decoder(roll, models, capture, keep_on), new_decoder(check, models, capture, keep_on)
     n = len(prompts)
     queue = list(range(n))
     first = _fitting(queue, prompts, budget, fits, [])
@@ -244,7 +244,7 @@ def search_interleaved(models, roll: ModelHandle, check: ModelHandle, prompts: l
 def rollout_states(models, handle: ModelHandle, prompts: list[list[int]], max_new_tokens: int,
                    capture: list[int] | None = None, keep_on=None):
     """Greedy rollouts of ``handle`` (and, with ``capture``, the decoder holding its states)."""
-    decoder = CachedDecoder(handle, models, capture, keep_on)
+    decoder = new_decoder(handle, models, capture, keep_on)
     return _greedy(decoder, prompts, max_new_tokens, models), decoder
 
 
@@ -264,7 +264,7 @@ def first_mismatch(models, check: ModelHandle, prompts: list[list[int]], rollout
         finals = cap.final_states[row, len(p) - 1 : len(p) - 1 + len(r)]
         picks = masked_argmax(readout(check, finals), models.real_vocab).tolist() if r else []
         if NON_FINITE in picks:
-            alone[row] = CachedDecoder(check, models, capture, keep_on)
+            alone[row] = new_decoder(check, models, capture, keep_on)
             picks = _picks_token_by_token(alone[row], models, p, r)
         i = next((j for j, (a, b) in enumerate(zip(r, picks)) if a != b), None)
         if i is not None and picks[i] == NON_FINITE:

@@ -370,15 +370,16 @@ def decoding_attention(device: torch.device) -> Iterator[None]:
         yield
 
 
-def step_logits(handle: ModelHandle, keep: int, real_tokens: int, **inputs) -> torch.Tensor:
+def step_logits(handle: ModelHandle, keep: int, real_tokens: int, forward=None, **inputs) -> torch.Tensor:
     """fp32 logits ``[batch, keep, V]`` of the last ``keep`` positions from the model's own
-    forward (used while decoding with a KV cache); ``real_tokens``: the non-padding tokens fed,
-    counted by the caller (reading them off the device mask would wait for the forward pass)."""
+    forward (used while decoding with a KV cache; ``forward``: a compiled version of it);
+    ``real_tokens``: the non-padding tokens fed, counted by the caller (reading them off the
+    device mask would wait for the forward pass)."""
     model = handle.anatomy.model
     params = inspect.signature(model.forward).parameters
     if "logits_to_keep" in params:
         inputs["logits_to_keep"] = keep
     with torch.inference_mode(), handle.active(), decoding_attention(inputs["input_ids"].device):
-        out = model(**inputs)
+        out = (forward if forward is not None else model)(**inputs)
     record_work(real_tokens, handle.anatomy.num_layers)
     return out.logits[:, -keep:].float()

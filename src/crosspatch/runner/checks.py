@@ -101,6 +101,8 @@ def validate_run_options(config) -> None:
         raise OptionError(f"rollout model must be 'IT' or 'PT', not {config.rollout_model!r}")
     if config.engine not in ("local", "ray"):
         raise OptionError(f"engine must be one of local, ray, not {config.engine!r}")
+    if config.decode not in ("auto", "eager", "static", "compiled"):
+        raise OptionError(f"decode must be one of auto, eager, static, compiled, not {config.decode!r}")
     _int("batch size", config.batch_size, 1)
     if config.max_batch_tokens is not None:
         _int("max batch tokens", config.max_batch_tokens, 1)

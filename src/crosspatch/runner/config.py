@@ -106,6 +106,10 @@ class RunConfig:
         "--batch-size it sets the rows of a batch from the prompts' lengths, and bounds working memory (lower it "
         "with --residency sequential or a small GPU).")
     rollout_model: str = _option("IT", "Which model decodes greedily: IT or PT.", parse=str.upper)
+    decode: str = _option(
+        "auto", "How the search and the histories decode: auto (compiled on CUDA, else eager), eager (a growing KV "
+        "cache), static (a preallocated cache of fixed shape), compiled (static, the step compiled with torch.compile; "
+        "CUDA graphs on CUDA). The same events in every mode; the mode used is recorded.")
     near_tie_threshold: float = 0.05
     bootstrap: int = _option(2000, "Bootstrap resamples.")
     seed: int = _option(0, "Seed of the bootstrap and of the random controls.")

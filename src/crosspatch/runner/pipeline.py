@@ -48,6 +48,7 @@ class ChunkPlan:
     cells: CellsConfig
     analyses: list = field(default_factory=list)  # controls and further analyses, run on the same events
     tuned: str | None = None  # the descendant role scored against the base (default: the first)
+    decode: str = "eager"  # how the search and the histories decode (execution.decoder.DECODE_MODES)
 
 
 @dataclass
@@ -60,13 +61,14 @@ class ChunkResult:
     records: list[CellRecord]
     analyses: dict[str, list]
     token_layers: int
+    decode: dict = field(default_factory=dict)  # the mode the decoders used, and why
 
 
 def process_chunk(models, plan: ChunkPlan, item) -> ChunkResult:
     """Search and score one chunk of prompts (``item`` = (prompts, token ids)): the unit of work
     of every engine. The stages are programs the executor runs, whatever the residency."""
     prompts, token_ids = item
-    ex = Executor(models, plan.cells.batch_size, plan.cells.max_batch_tokens)
+    ex = Executor(models, plan.cells.batch_size, plan.cells.max_batch_tokens, plan.decode)
     tuned = plan.tuned or models.roles[1]
     with counting_work() as work:
         events, none, natural = ex.drive(divergence_program(prompts, token_ids, plan.divergence, models.base, tuned))
@@ -81,7 +83,7 @@ def process_chunk(models, plan: ChunkPlan, item) -> ChunkResult:
             else:
                 others[analysis.name] = value
         scored = added + first  # the first divergence's records last: they mark a prompt complete
-    return ChunkResult(events, none, scored, others, work.token_layers)
+    return ChunkResult(events, none, scored, others, work.token_layers, dict(ex.decode_used))
 
 
 def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analyses=(),
@@ -100,7 +102,7 @@ def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analys
         analysis = plugin.build(plugin.make_options(config.analysis_options.get(plugin.name)), context)
         if analysis is not None:
             built.append(analysis)
-    return ChunkPlan(boundaries, div_cfg, context.cells, built + list(analyses), config.tuned)
+    return ChunkPlan(boundaries, div_cfg, context.cells, built + list(analyses), config.tuned, config.decode)
 
 
 def _float32_models(models: ModelSet) -> ModelSet:
@@ -252,7 +254,7 @@ def run(
                         else "--max-batch-tokens bounds each batch's working memory")
             _say(progress, f"sequential residency: one model at a time; CPU state cache up to {size / 2**20:.1f} MiB; "
                            f"{batching} ({pair.provenance.get('residency_reason', '')})")
-        event_work = 0
+        event_work, decode_used = 0, {}
         work = WorkCounter()  # summed from the chunks (which may run in other processes)
         analysis_records: dict[str, list] = {  # earlier sessions' records of prompts already complete
             a.name: [r for r in (store.load_rows(f"{a.name}.jsonl") if store is not None else []) if r.get("prompt_id") in done]
@@ -276,6 +278,7 @@ def run(
                 for result in map_chunks(pair, process_chunk, plan, items, config.engine, config.workers):
                     # streamed: each chunk is stored as soon as it is done
                     work.add(result.token_layers, 1)
+                    decode_used = result.decode or decode_used
                     event_work += sum(len(e.prefix_ids) for e in result.events) * pair.num_layers
                     for rec in result.records:
                         meta = prompts[by_id[rec.prompt_id]].metadata
@@ -304,6 +307,7 @@ def run(
         boot = BootstrapConfig(config.bootstrap, config.seed)
         cost = {
             "plan": config.plan,
+            "decode": {"asked": config.decode, **decode_used},
             "token_layers_executed": work.token_layers,
             "event_prefix_token_layers": event_work,
             "fe_per_event": round(work.token_layers / event_work, 3) if event_work else None,

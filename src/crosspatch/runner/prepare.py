@@ -74,7 +74,7 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
     models["load_options"] = {k: v for k, v in models.get("load_options", {}).items() if k != "residency"}
     result_parts = {  # what changes results; residency and batching only move float rounding
         "options": {k: v for k, v in options.items()
-                    if k not in ("batch_size", "max_batch_tokens", "title", "back_link", "shard", "engine", "workers", "sequential_chunk",
+                    if k not in ("batch_size", "max_batch_tokens", "decode", "title", "back_link", "shard", "engine", "workers", "sequential_chunk",
                                  "verify_fp32", "policy", "until_ci_width")},
         "boundaries": boundaries,
         "models": models,
