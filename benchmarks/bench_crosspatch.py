@@ -135,7 +135,8 @@ def method_crosspatch(args) -> dict:
         kv_mb = kv_cache_bound_bytes(w["base"], args.dtype, ids, args.max_new_tokens, args.batch_size,
                                      args.max_batch_tokens) / 2**20
     options = dict(boundary=0.6, boundaries="all" if args.sweep else None, max_new_tokens=args.max_new_tokens,
-                   batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+                   batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, bootstrap=0, progress=False,
+                   controls="none", event_kinds="first_diff", decode=os.environ.get("CROSSPATCH_BENCH_DECODE", "auto"))
     seconds, result = _timed_run(args, pair, prompts, options)
     cost = result.summary["cost_this_session"]
     events, cells = _first_divergences(result.records)
@@ -315,8 +316,9 @@ SUITES = {
          ["sequential", "adapter"], "no-sweep"),
     ],
     "gpu": [  # the baselines decode at batch size 1: their minutes set the prompt counts
-        ("mid-size pair, bf16", "mid", "bfloat16", "cuda", 96, ["crosspatch", "crosspatch-expandable", "lower", "floor",
-                                                                 "paper", "nnsight"],
+        ("mid-size pair, bf16", "mid", "bfloat16", "cuda", 96, ["crosspatch", "crosspatch-eager", "crosspatch-static",
+                                                                 "crosspatch-expandable", "lower", "floor", "paper",
+                                                                 "nnsight"],
          ["sequential", "sequential@4096"], "no-sweep-paper"),
         ("large pair (1.4B), bf16", "large", "bfloat16", "cuda", 32, ["crosspatch", "lower", "floor", "paper"], [],
          "no-sweep"),
@@ -332,6 +334,9 @@ VARIANTS = {
     # the search's KV caches grow a token per step; if each step's new, slightly larger blocks cost a
     # cudaMalloc (and cudaFree storms when the pool fills), growable segments remove that cost
     "crosspatch-expandable": ("crosspatch", {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
+    # the decoding modes (--decode; the default, auto, is compiled on CUDA and eager on the CPU)
+    "crosspatch-eager": ("crosspatch", {"CROSSPATCH_BENCH_DECODE": "eager"}),
+    "crosspatch-static": ("crosspatch", {"CROSSPATCH_BENCH_DECODE": "static"}),
 }
 
 

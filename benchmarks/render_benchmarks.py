@@ -9,6 +9,7 @@ from crosspatch.models.loading import DTYPES
 
 NAMES = {"crosspatch": "crosspatch", "paper": "paper-style (lockstep KV bs=1 + 6 full passes)",
          "nnsight": "nnsight (lockstep with cache + batched traces)", "lower": "lower bound (2 full + 2 late passes)",
+         "crosspatch-eager": "crosspatch, --decode eager", "crosspatch-static": "crosspatch, --decode static",
          "floor": "fair floor (HF generate, static cache + 1 teacher-forced pass + 2 late passes)",
          "crosspatch-expandable": "crosspatch, CUDA allocator with expandable segments",
          "default": "crosspatch default run (default controls, every event kind, 2000 resamples), after loading",
