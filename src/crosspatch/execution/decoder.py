@@ -11,8 +11,9 @@ from typing import Any, Iterator
 import torch
 
 from ..models.forward import EventStates, ModelHandle, StateRecorder, cache_keyword, step_logits
+from ..models.vocab import NON_FINITE, masked_argmax
 
-__all__ = ["DECODE_MODES", "CachedDecoder", "StaticDecoder", "decoding", "new_decoder", "static_length"]
+__all__ = ["DECODE_MODES", "CachedDecoder", "StaticDecoder", "decoding", "greedy_chunk", "new_decoder", "static_length"]
 
 
 def _new_cache(handle: ModelHandle):
@@ -163,6 +164,34 @@ class CachedDecoder:
         kept, off = self.kept[row], self.offsets[row]
         seq = {key: torch.cat([t.reshape(-1, t.shape[-1]) for t in parts]) for key, parts in kept.items()}
         return EventStates({b: seq[b][off : off + length] for b in self.capture}, seq["final"][off + length - 1])
+
+
+def greedy_chunk(decoder: CachedDecoder, logits: torch.Tensor, live: list[int], generated: list[list[int]],
+                 budget: int, steps: int, models) -> tuple[dict[int, list[int]], set[int], torch.Tensor]:
+    """Up to ``steps`` greedy tokens of every live row (``logits``: their next-token logits),
+    each row stopping at its EOS, the budget (counting ``generated[row]``) or logits that are NaN
+    or infinite (the row is then in ``stopped``, without a token there). Returns each row's new
+    tokens, the stopped rows and the logits after the last token fed (rows that no longer grow
+    are fed padding, so the batch keeps one shape)."""
+    real, eos, pad = models.real_vocab, models.eos_ids, models.pad_id
+    chunk: dict[int, list[int]] = {r: [] for r in live}
+    stopped: set[int] = set()
+
+    def extending(r: int) -> bool:
+        return r not in stopped and len(generated[r]) + len(chunk[r]) < budget and not (chunk[r] and chunk[r][-1] in eos)
+
+    for _ in range(steps):
+        growing = [extending(r) for r in live]
+        for r, pick, grow in zip(live, masked_argmax(logits, real).tolist(), growing):
+            if grow and pick == NON_FINITE:
+                stopped.add(r)
+            elif grow:
+                chunk[r].append(pick)
+        if not any(extending(r) for r in live):
+            break
+        feed = [[chunk[r][-1] if grow and r not in stopped else pad] for r, grow in zip(live, growing)]
+        logits = decoder.feed(torch.tensor(feed))[:, 0]
+    return chunk, stopped, logits
 
 
 DECODE_MODES = ("auto", "eager", "static", "compiled")

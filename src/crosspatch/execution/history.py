@@ -8,7 +8,7 @@ import torch
 
 from ..models.forward import ModelHandle
 from ..models.vocab import NON_FINITE, masked_argmax
-from .decoder import new_decoder
+from .decoder import greedy_chunk, new_decoder
 
 __all__ = ["history_interleaved"]
 
@@ -30,23 +30,7 @@ def _history_batch(models, roll: ModelHandle, check: ModelHandle, prompts: list[
     live = list(range(n))
     chunk_len = 1
     while live:
-        chunk: dict[int, list[int]] = {r: [] for r in live}
-        stopped: set[int] = set()
-
-        def extending(r: int, stopped=stopped, chunk=chunk) -> bool:
-            return r not in stopped and len(gen[r]) + len(chunk[r]) < budget and not (chunk[r] and chunk[r][-1] in eos)
-
-        for _ in range(chunk_len):
-            growing = [extending(r) for r in live]
-            for r, pick, grow in zip(live, masked_argmax(logits_r, real).tolist(), growing):
-                if grow and pick == NON_FINITE:
-                    stopped.add(r)
-                elif grow:
-                    chunk[r].append(pick)
-            if not any(extending(r) for r in live):
-                break
-            feed = [[chunk[r][-1] if grow and r not in stopped else pad] for r, grow in zip(live, growing)]
-            logits_r = dec_r.feed(torch.tensor(feed))[:, 0]
+        chunk, stopped, logits_r = greedy_chunk(dec_r, logits_r, live, gen, budget, chunk_len, models)
         chunk_len = min(2 * chunk_len, chunk_size)
         width, checked = max(len(chunk[r]) for r in live), []
         if width:

@@ -21,7 +21,7 @@ import torch
 
 from ..models.forward import EventStates, ModelHandle, capture_forward, readout
 from ..models.vocab import NON_FINITE, masked_argmax
-from .decoder import CachedDecoder, new_decoder
+from .decoder import CachedDecoder, greedy_chunk, new_decoder
 from .history import history_interleaved
 from .passes import SearchOutcome
 
@@ -111,24 +111,7 @@ def _search_batch(
 
     chunk_len = 1
     while live:
-        chunk: dict[int, list[int]] = {r: [] for r in live}
-        stopped: set[int] = set()  # rows whose rollout logits were not finite in this chunk
-
-        def extending(r: int, stopped=stopped, chunk=chunk) -> bool:  # this iteration's sets
-            return r not in stopped and len(gen[r]) + len(chunk[r]) < budget and not (chunk[r] and chunk[r][-1] in eos)
-
-        for _ in range(chunk_len):
-            picks = masked_argmax(logits_r, real).tolist()
-            growing = [extending(r) for r in live]
-            for r, pick, grow in zip(live, picks, growing):
-                if grow and pick == NON_FINITE:
-                    stopped.add(r)
-                elif grow:
-                    chunk[r].append(pick)
-            if not any(extending(r) for r in live):
-                break
-            feed = [[chunk[r][-1] if grow and r not in stopped else pad] for r, grow in zip(live, growing)]
-            logits_r = dec_r.feed(torch.tensor(feed))[:, 0]
+        chunk, stopped, logits_r = greedy_chunk(dec_r, logits_r, live, gen, budget, chunk_len, models)
         chunk_len = min(2 * chunk_len, chunk_size)
         for r in live:
             i = len(gen[r])
