@@ -195,8 +195,8 @@ def greedy_chunk(decoder: CachedDecoder, logits: torch.Tensor, live: list[int], 
 
 
 DECODE_MODES = ("auto", "eager", "static", "compiled")
-_MODE: contextvars.ContextVar[tuple[str, int, dict]] = contextvars.ContextVar("crosspatch_decode",
-                                                                              default=("eager", 0, {}))
+_MODE: contextvars.ContextVar[tuple[str, int, dict | None]] = contextvars.ContextVar("crosspatch_decode",
+                                                                                     default=("eager", 0, None))
 
 
 @contextlib.contextmanager
@@ -207,7 +207,7 @@ def decoding(mode: str, budget: int, used: dict | None = None) -> Iterator[None]
     cache). ``used`` receives the mode each decoder used and why (``{"mode", "reason"}``)."""
     if mode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, not {mode!r}")
-    token = _MODE.set((mode, budget, used if used is not None else {}))
+    token = _MODE.set((mode, budget, used))
     try:
         yield
     finally:
@@ -228,10 +228,11 @@ def new_decoder(handle: ModelHandle, models, capture: list[int] | None = None, k
         mode, reason = "static", f"{type(model).__name__} cannot be compiled whole in this transformers"
     if mode in ("static", "compiled") and getattr(model, "_supports_static_cache", True) is False:
         mode, reason = "eager", f"{type(model).__name__} has no static KV cache in this transformers"
-    used.update(mode=mode, reason=reason)
+    if used is not None:
+        used.update(mode=mode, reason=reason)
     if mode in ("static", "compiled"):
         decoder = StaticDecoder(handle, models, capture, keep_on, budget=budget, compiled=mode == "compiled")
-        decoder.used = used
+        decoder.used = used if used is not None else {}
         return decoder
     return CachedDecoder(handle, models, capture, keep_on)
 
