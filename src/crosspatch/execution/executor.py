@@ -135,11 +135,17 @@ class Executor:
                     del requests[k]
         return values
 
+    # Off by default: on the zoo's demo (base + a full null + two adapters on one PEFT model, default
+    # controls with the null yardstick, every event kind), histories stopped early changed the
+    # first divergences of the run's second chunk of prompts; the cause is not yet found (see the
+    # issue note), so histories are computed whole, as before, until it is.
+    stop_histories_early = False
+
     def can_stop_early(self, roll: str, check: str) -> bool:
         """Whether a :class:`History` of these roles stops each row once its consumer is done (both
-        models usable at once); otherwise it costs the whole budget, and a consumer may as well
-        share the whole history with others."""
-        return self.models.can_hold((roll, check))
+        models usable at once, and ``stop_histories_early``); otherwise it costs the whole budget,
+        and a consumer may as well share the whole history with others."""
+        return self.stop_histories_early and self.models.can_hold((roll, check))
 
     def readout(self, role: str, final_states: torch.Tensor) -> torch.Tensor:
         """fp32 logits of ``role``'s final norm + lm_head on ``final_states`` (``[..., d]``); heads
