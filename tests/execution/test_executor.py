@@ -272,6 +272,35 @@ def test_several_adapters_on_one_base_copy(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_role_computes_with_its_own_adapter_even_when_peft_records_another(tmp_path):
+    """PEFT can leave its model's record of the active adapter apart from what its adapter layers
+    run (seen on the zoo demo's two adapters on one model): a role then still computes with its
+    own adapter, because activation checks the layers too."""
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    first = _lora_dirs(tmp_path / "a")
+    second = _lora_dirs(tmp_path / "b", seed=7)
+    adapters = load_models(str(first[0]), adapters={"one": str(first[1]), "two": str(second[1])})
+    one, two = adapters.handle("one"), adapters.handle("two")
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+
+    def logits(handle):
+        with torch.inference_mode(), handle.active():
+            return handle.anatomy.model(input_ids=ids).logits[0, -1].clone()
+
+    want_one, want_two = logits(one), logits(two)
+    assert not torch.equal(want_one, want_two)
+    assert one.module.active_adapter == "two"
+    for layer in one.module.modules():  # the layers run "two" while the model records "one"
+        if isinstance(layer, BaseTunerLayer):
+            layer.set_adapter("two")
+    one.module.active_adapter = "one"
+    assert one.module.active_adapter == "one"
+    assert torch.equal(logits(one), want_one) and torch.equal(logits(two), want_two)
+
+
+@pytest.mark.slow
 def test_an_adapter_under_sequential_residency_matches_adapter_residency(tmp_path):
     base, adapter, _ = _lora_dirs(tmp_path)
     together = run(load_pair(str(base), adapter=str(adapter)), PROMPTS, **OPTIONS)

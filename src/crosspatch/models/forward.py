@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -72,9 +72,24 @@ class ModelHandle:
             with self.module.disable_adapter():  # pyright: ignore[reportCallIssue] - a PeftModel method
                 yield
         else:
-            if self.adapter_name is not None and self.module.active_adapter != self.adapter_name:
+            if self.adapter_name is not None and not self._adapter_is_active():
                 self.module.set_adapter(self.adapter_name)  # pyright: ignore[reportCallIssue] - a PeftModel method
             yield
+
+    def _adapter_is_active(self) -> bool:
+        """Whether this role's adapter computes the module now: the PEFT model's record *and* its
+        adapter layers (PEFT can leave the two apart: on the zoo demo's set of two adapters on one
+        model, the model's record named one adapter while its layers ran the other, and roles
+        computed with the wrong adapter)."""
+        if self.module.active_adapter != self.adapter_name:
+            return False
+        layer: Any = self.__dict__.get("_tuner_layer")
+        if layer is None:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            layer = next((m for m in self.module.modules() if isinstance(m, BaseTunerLayer)), False)
+            self.__dict__["_tuner_layer"] = layer  # the first adapter layer (False: none), found once
+        return layer is False or list(layer.active_adapters) == [self.adapter_name]
 
     @property
     def input_device(self) -> torch.device:
