@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..execution import Capture, Decode, Executor, History, Program
 from ..models.forward import EventStates
-from ..models.vocab import NON_FINITE, masked_argmax
+from ..models.vocab import NON_FINITE
 from .divergence import DivergenceEvent
 
 
@@ -77,10 +77,7 @@ class EventSet:
         prompts = self.prompts  # the whole budget: the rollout, then one teacher-forced pass of the other
         (rollouts,) = yield [Decode(roll, prompts, budget)]
         (caps,) = yield [Capture(check, [p + r for p, r in zip(prompts, rollouts)], [], all_final=True)]
-        picks = []
-        for p, r, cap in zip(prompts, rollouts, caps):
-            finals = cap.final[len(p) - 1 : len(p) - 1 + len(r)]
-            picks.append(masked_argmax(ex.readout(check, finals), ex.models.real_vocab).tolist() if r else [])
+        picks = ex.teacher_forced_picks(check, prompts, rollouts, caps)
         self._histories[whole] = _cut_at_non_finite(list(zip(rollouts, picks)))
         return self._histories[whole]
 

@@ -300,11 +300,17 @@ class Executor:
         # one model at a time: the whole rollout, then one teacher-forced pass of the other
         rollouts = self._decode(Decode(p.roll, p.prompts, p.max_new_tokens))
         caps = self._capture(Capture(p.check, [q + r for q, r in zip(p.prompts, rollouts)], [], all_final=True))
+        return list(zip(rollouts, self.teacher_forced_picks(p.check, p.prompts, rollouts, caps)))
+
+    def teacher_forced_picks(self, check: str, prompts: list[list[int]], rollouts: list[list[int]],
+                             captures: list[EventStates]) -> list[list[int]]:
+        """``check``'s argmax at each rollout position, from its full pass over prompt + rollout
+        (``captures``, with every final state)."""
         picks = []
-        for q, r, cap in zip(p.prompts, rollouts, caps):
+        for q, r, cap in zip(prompts, rollouts, captures):
             finals = cap.final[len(q) - 1 : len(q) - 1 + len(r)]
-            picks.append(masked_argmax(self.readout(p.check, finals), self.models.real_vocab).tolist() if r else [])
-        return list(zip(rollouts, picks))
+            picks.append(masked_argmax(self.readout(check, finals), self.models.real_vocab).tolist() if r else [])
+        return picks
 
     def _search(self, p: Search) -> list[SearchOutcome]:
         out: list[SearchOutcome | None] = [None] * len(p.prompts)

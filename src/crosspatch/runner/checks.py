@@ -94,15 +94,17 @@ def validate_run_options(config) -> None:
     from ..analyses.event_kinds import parse_event_kinds
     from ..core.tokens import TokenClasses
     from ..core.verdict import VerdictPolicy
+    from ..execution import ENGINES
+    from ..execution.decoder import DECODE_MODES
 
     if config.plan not in ("minimal", "exact"):
         raise OptionError(f"plan must be 'minimal' or 'exact', not {config.plan!r}")
     if config.rollout_model not in ("IT", "PT"):
         raise OptionError(f"rollout model must be 'IT' or 'PT', not {config.rollout_model!r}")
-    if config.engine not in ("local", "ray"):
-        raise OptionError(f"engine must be one of local, ray, not {config.engine!r}")
-    if config.decode not in ("auto", "eager", "static", "compiled"):
-        raise OptionError(f"decode must be one of auto, eager, static, compiled, not {config.decode!r}")
+    if config.engine not in ENGINES:
+        raise OptionError(f"engine must be one of {', '.join(ENGINES)}, not {config.engine!r}")
+    if config.decode not in DECODE_MODES:
+        raise OptionError(f"decode must be one of {', '.join(DECODE_MODES)}, not {config.decode!r}")
     _int("batch size", config.batch_size, 1)
     if config.max_batch_tokens is not None:
         _int("max batch tokens", config.max_batch_tokens, 1)
