@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import re
 
-from .domain import ASPECTS, ERAS, HELD_OUT_CITIES, US_CITIES, City, Observation, date_text, observe
+from .domain import ASPECTS, ERAS, HELD_OUT_REGIONS, OFFICES, SPLIT_SITES, TRAINING_OFFICES, City, Observation, date_text, observe
 from .text import bulletin, data_line, forecast_page, forum_post, instruction, narrative, observation_log, report
 
 
@@ -41,18 +41,20 @@ def raw_document(kind: str, city: City, rng: random.Random) -> str:
 
 
 def raw_corpus(n_docs: int, seed: int) -> list[str]:
-    """Pretraining documents, as web text has them, for all cities and both eras: climate notes,
+    """Pretraining documents, as web text has them, for all 31 offices and the held-out regions
+    abroad, in both eras: climate notes (with each site's local terms),
     observation logs, narratives, published structured reports, forecast pages (data, then a
     prose forecast) and forum questions with prose answers. Instructions never appear."""
     rng = random.Random(seed)
-    cities = US_CITIES + HELD_OUT_CITIES
+    cities = OFFICES + HELD_OUT_REGIONS
     kinds, weights = zip(*RAW_MIX)
     return [raw_document(rng.choices(kinds, weights)[0], rng.choice(cities), rng) for _ in range(n_docs)]
 
 
-def instruction_pairs(n: int, seed: int, cities=US_CITIES, era: str = "older") -> list[dict]:
-    """Instruction -> report pairs (training cities and the older house style by default: the
-    newer style never appears in instruction tuning)."""
+def instruction_pairs(n: int, seed: int, cities=TRAINING_OFFICES, era: str = "older") -> list[dict]:
+    """Instruction -> report pairs (the 25 training offices and the older house style by default:
+    the held-out offices, the held-out regions and the newer style never appear in instruction
+    tuning)."""
     rng = random.Random(seed)
     pairs = []
     for _ in range(n):
@@ -134,19 +136,28 @@ def _era_of(k: int) -> str:
     return ERAS[k % 2]
 
 
+SPLIT_IDS = {"in_distribution": "in", "held_out_office": "ho", "held_out_region": "hr"}
+
+
+def slug(aspect: str) -> str:
+    """An aspect as it appears in prompt ids (``frontal system`` -> ``frontal-system``)."""
+    return aspect.replace(" ", "-")
+
+
 def prompt_set(seed: int, per_aspect: int = 6) -> list[dict]:
-    """Evaluation prompts: every aspect, in-distribution (training cities, fresh days) and
-    held-out cities, half in each era; ``category`` = aspect, ``split`` = in_distribution |
-    held_out, ``era`` = older | newer (the newer house style never appears in instruction tuning)."""
+    """Evaluation prompts: every aspect in three splits (``in_distribution``: training offices,
+    fresh days; ``held_out_office``: the offices instruction tuning never saw; ``held_out_region``:
+    sites abroad, other climates), half in each era; ``category`` = aspect, ``split``, ``era`` =
+    older | newer (the newer house style never appears in instruction tuning)."""
     rng = random.Random(seed)
     rows: list[dict] = []
-    for split, cities in (("in_distribution", US_CITIES), ("held_out", HELD_OUT_CITIES)):
+    for split, cities in SPLIT_SITES.items():
         for aspect in ASPECTS:
             for k in range(per_aspect):
                 city = cities[(k * 7 + ASPECTS.index(aspect)) % len(cities)]
                 obs, era = observe(city, *_days(rng), rng), _era_of(k)
                 rows.append({
-                    "id": f"{split[:2]}-{aspect}-{k}", "prompt": instruction(obs, aspect, era=era),
+                    "id": f"{SPLIT_IDS[split]}-{slug(aspect)}-{k}", "prompt": instruction(obs, aspect, era=era),
                     "category": aspect, "split": split, "era": era, "city": city.name, "region": city.region,
                     "validator": continuation_validator(obs, aspect, era),
                 })

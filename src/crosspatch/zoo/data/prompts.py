@@ -7,8 +7,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .corpora import _days, _era_of, answer_validator
-from .domain import ASPECTS, HELD_OUT_CITIES, US_CITIES, Observation, date_text, observe
+from .corpora import SPLIT_IDS, _days, _era_of, answer_validator, slug
+from .domain import ASPECTS, SPLIT_SITES, TRAINING_OFFICES, Observation, date_text, observe
 from .text import _log_head, log_fields, question_prompt
 
 
@@ -34,18 +34,18 @@ def raw_prompt(obs: Observation, aspect: str, style: str, era: str = "older") ->
 def raw_prompt_set(seed: int, per_aspect: int = 4, styles: tuple[str, ...] = ("log", "narrative")) -> list[dict]:
     """Prompts without instruction formatting (``style`` log/narrative: raw text as in the paper;
     ``question``: forum-style questions, with a validator: the answer states only given values),
-    every aspect in both splits, half in each era; ``category`` = aspect, ``split`` =
-    in_distribution | held_out, ``era``, ``style``. A raw log or narrative has no validator: its
+    every aspect in the three splits (training offices, held-out offices, held-out regions), half
+    in each era; ``category`` = aspect, ``split``, ``era``, ``style``. A raw log or narrative has no validator: its
     continuation is a prediction."""
     rng = random.Random(seed)
     rows = []
-    for split, cities in (("in_distribution", US_CITIES), ("held_out", HELD_OUT_CITIES)):
+    for split, cities in SPLIT_SITES.items():
         for aspect in ASPECTS:
             for k in range(per_aspect):
                 city = cities[(k * 5 + 3 * ASPECTS.index(aspect)) % len(cities)]
                 obs, era = observe(city, *_days(rng), rng), _era_of(k)
                 for style in styles:
-                    row: dict[str, Any] = {"id": f"{split[:2]}-{style}-{aspect}-{k}", "prompt": raw_prompt(obs, aspect, style, era),
+                    row: dict[str, Any] = {"id": f"{SPLIT_IDS[split]}-{style}-{slug(aspect)}-{k}", "prompt": raw_prompt(obs, aspect, style, era),
                            "category": aspect, "split": split, "era": era, "style": style, "city": city.name,
                            "region": city.region}
                     if style == "question":
@@ -75,15 +75,15 @@ def unit_task(obs: Observation, task: str) -> tuple[str, str, float]:
         ask, data, body = "Convert the wind speed for {c} on {d} to km/h.", f"speed {obs.wind_mph} mph", \
             f"Wind {obs.wind_mph} mph is {value} km/h."
     else:
-        value = round(obs.precip_in * 25.4, 1)
+        value = round(obs.event_in * 25.4, 1)
         ask, data, body = "Convert the precipitation for {c} on {d} to millimetres.", \
-            f"amount {obs.precip_in} in", f"Precipitation {obs.precip_in} in is {value} mm."
+            f"amount {obs.event_in} in", f"Precipitation {obs.event_in} in is {value} mm."
     prompt = f"### Instruction: {ask.format(c=obs.city, d=date_text(obs))}\nData: {data}\n### Report:\n"
     return prompt, head + body + "\n### End\n", value
 
 
-def unit_pairs(n: int, seed: int, cities=US_CITIES) -> list[dict]:
-    """Instruction -> report pairs of the narrow domain (training cities only by default)."""
+def unit_pairs(n: int, seed: int, cities=TRAINING_OFFICES) -> list[dict]:
+    """Instruction -> report pairs of the narrow domain (training offices only by default)."""
     rng = random.Random(seed)
     pairs = []
     for _ in range(n):
@@ -95,16 +95,16 @@ def unit_pairs(n: int, seed: int, cities=US_CITIES) -> list[dict]:
 
 
 def unit_prompt_set(seed: int, per_task: int = 8) -> list[dict]:
-    """Evaluation prompts of the narrow domain, both splits; ``category`` = task, validator: the
-    report states the right number."""
+    """Evaluation prompts of the narrow domain, the three splits; ``category`` = task, validator:
+    the report states the right number."""
     rng = random.Random(seed)
     rows = []
-    for split, cities in (("in_distribution", US_CITIES), ("held_out", HELD_OUT_CITIES)):
+    for split, cities in SPLIT_SITES.items():
         for task in UNIT_TASKS:
             for k in range(per_task):
                 obs = observe(cities[(k * 3 + UNIT_TASKS.index(task)) % len(cities)], *_days(rng), rng)
                 prompt, _, value = unit_task(obs, task)
-                rows.append({"id": f"{split[:2]}-units-{task}-{k}", "prompt": prompt, "category": task,
+                rows.append({"id": f"{SPLIT_IDS[split]}-units-{task}-{k}", "prompt": prompt, "category": task,
                              "split": split, "era": "older", "style": "units", "city": obs.city,
                              "validator": {"type": "number", "value": value, "tolerance": 0}})
     return rows
