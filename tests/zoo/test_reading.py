@@ -103,3 +103,28 @@ def test_the_cross_descendant_sentence_reports_the_recovered_share_of_the_gap():
     assert "recover 75% (it-units)" in shared and "largely shared" in shared
     specific = "\n".join(demo_reading({**base, "cross": cross(-1.0)}))
     assert "recover 17% (it-units)" in specific and "specific to its own early layers" in specific
+
+
+def test_each_verdict_gets_a_sentence_that_says_whether_the_recipe_meant_it():
+    fragile = _run(_block((0.3, 0.1, 0.5), (2.5, 2.0, 3.0), (2.2, 1.8, 2.6)), verdict="upstream-dependent")
+    late = _run(_block((1.0, 0.8, 1.2), (1.1, 0.9, 1.3), (0.1, -0.1, 0.3)), verdict="partly-upstream-dependent")
+    text = "\n".join(demo_reading(_summary(_run(_block((1, 0, 2), (1, 0, 2), (0, -1, 1))),
+                                           **{"it-lora-fragile": fragile, "it-lora-late": late})))
+    assert "- **it-lora-fragile** came out upstream-dependent — as built: its late LoRA was trained to read" in text
+    assert "+2.50 [+2.00, +3.00] on its own upstream state and +0.30 [+0.10, +0.50] on the base's" in text
+    assert "- **it-lora-late** came out partly-upstream-dependent — not the portable its recipe aims at" in text
+    assert "- **it-full** came out portable: every layer was tuned together" in text  # no intended verdict
+
+
+def test_the_preflight_and_vision_sentences_follow_their_results():
+    caught = {"adapter": "it-lora-noop", "merged": None, "what_is_wrong": "changes nothing", "passed": False,
+              "checks": {"adapter-active": "fail"}, "causes": {"adapter-active": ["every LoRA B matrix is zero"]}}
+    missed = {"adapter": "it-lora-all", "merged": "it-merged-broken", "what_is_wrong": "merged twice", "passed": True,
+              "checks": {"adapter-vs-merged": "pass"}, "causes": {}}
+    vision = {"models": ["vl-base", "vl-it"], "effects": _block((0.5, 0.2, 0.8), (2.0, 1.5, 2.5), (1.5, 1.0, 2.0), n=30)}
+    summary = {**_summary(_run(_block((1, 0, 2), (1, 0, 2), (0, -1, 1)))),
+               "preflight": {"a": caught, "b": missed}, "vision": vision}
+    text = "\n".join(demo_reading(summary))
+    assert "**Preflight caught** it-lora-noop (changes nothing): adapter-active failed — every LoRA B matrix is zero." in text
+    assert "**Preflight MISSED** it-lora-all with it-merged-broken (merged twice): every check passed." in text
+    assert "**Vision-language pair** (vl-base vs vl-it, 30 events" in text and "the interaction is positive" in text

@@ -7,7 +7,20 @@ import json
 import pytest
 
 from crosspatch.analyses.features import load_crosscoder
-from crosspatch.zoo import ADAPTERS, DESCENDANTS, FAULTY, NULLS, ZooIntegrityError, load_zoo_pair, manifest, verify, zoo_path
+from crosspatch.zoo import (
+    ADAPTERS,
+    DESCENDANTS,
+    FAULTY,
+    NULLS,
+    VISION,
+    ZooIntegrityError,
+    load_zoo_pair,
+    load_zoo_vision_pair,
+    manifest,
+    verify,
+    zoo_path,
+    zoo_prompts,
+)
 from crosspatch.zoo.assemble import build_zoo
 from crosspatch.zoo.build import CROSSCODER, ZooSpec, build_data
 from crosspatch.zoo.lineage import LINEAGE
@@ -19,7 +32,23 @@ def test_every_committed_file_matches_the_manifest():
     man = verify()
     assert man["rebuild_command"].startswith("crosspatch zoo build")
     total = sum((zoo_path() / rel).stat().st_size for rel in man["files"])
-    assert total < MAX_ZOO_BYTES
+    assert total < MAX_ZOO_BYTES and man["size_bytes"] == total
+    # the manifest says how long the build took and where it ran
+    assert man["build_seconds"] > 0 and man["build_machine"]["device"] == "cpu"
+
+
+def test_the_vision_language_pair_loads_with_its_processor_and_its_chart_prompts():
+    pair = load_zoo_vision_pair()
+    prompts = list(zoo_prompts("charts"))
+    assert prompts and all(p.metadata["image"].endswith(".png") for p in prompts)
+    assert {p.category for p in prompts} == {"temperature", "frontal system", "pressure system", "synoptic feature",
+                                             "events"}
+    assert pair.num_layers == manifest()["spec"]["num_layers"] and not pair.warnings
+    evals = manifest()["evals"]
+    # the descendant reads the charts: its held-out report accuracy beats the base's on every aspect
+    for key, value in evals[VISION[1]].items():
+        if key.startswith("chart_report_accuracy"):
+            assert value >= 0.5 and value > evals[VISION[0]][key], key
 
 
 def test_a_changed_file_is_detected(tmp_path):
@@ -81,17 +110,19 @@ def test_descendants_learned_their_own_objective():
     base = evals["base"]
     for name in ("it-full", "it-lora-all", "it-lora-late", "it-merged"):
         assert evals[name]["instruction_loss_in_distribution"] < 0.8 * base["instruction_loss_in_distribution"]
-    assert evals["it-full"]["instruction_loss_held_out_cities"] < base["instruction_loss_held_out_cities"]
+    for held_out in ("instruction_loss_held_out_offices", "instruction_loss_held_out_regions"):
+        assert evals["it-full"][held_out] < base[held_out]
     assert evals["cpt"]["raw_text_loss"] <= base["raw_text_loss"] + 0.01
-    # the narrow-domain descendant learned unit conversions (held-out cities), and only that
+    # the narrow-domain descendant learned unit conversions (held-out regions), and only that
     assert evals["it-units"]["unit_conversion_loss"] < 0.3 * base["unit_conversion_loss"]
     assert evals["it-units"]["unit_conversion_loss"] < 0.3 * evals["it-full"]["unit_conversion_loss"]
-    # the lineage: each stage improves what it optimises
-    sft, dpo, final = (evals[name] for name in LINEAGE)
+    # the lineage, SFT -> RFT -> DPO: each stage improves what it optimises
+    assert LINEAGE == ("lineage-sft", "lineage-rft", "lineage-dpo")
+    sft, rft, dpo = (evals[name] for name in LINEAGE)
     assert sft["instruction_loss_in_distribution"] < 0.2 * base["instruction_loss_in_distribution"]
-    assert dpo["preference_margin"] > sft["preference_margin"] > base["preference_margin"]
-    assert final["validator_pass_rate"] > sft["validator_pass_rate"] > base["validator_pass_rate"]
-    assert final["rft_samples_kept"] > 0
+    assert rft["validator_pass_rate"] > base["validator_pass_rate"] and rft["rft_samples_kept"] > 0
+    assert rft["validator_pass_rate"] >= sft["validator_pass_rate"] - 0.02
+    assert dpo["preference_margin"] > rft["preference_margin"] and dpo["preference_margin"] > base["preference_margin"]
     # the additions: the fragile adapter and the seed twin learned the reports; the generic LoRA raw text only
     for name in ("it-lora-fragile", "it-full-seed2"):
         assert evals[name]["instruction_loss_in_distribution"] < 0.2 * base["instruction_loss_in_distribution"]
@@ -112,16 +143,21 @@ def test_smoke_build_trains_every_recipe_and_the_demo_runs_on_it(tmp_path):
     spec = ZooSpec(raw_docs=300, cpt_docs=100, instruction_pairs=120, eval_docs=40, eval_pairs=16,
                    pretrain_steps=3, it_steps=2, lora_steps=2, cpt_steps=2, batch_size=4, seq_len=64,
                    prompts_per_aspect=1, vocab_size=400, lineage_sft_steps=2, dpo_steps=2, rft_steps=2,
-                   rft_prompts=4, rft_samples=2, crosscoder_steps=5, crosscoder_prompts_per_aspect=1, fragile_steps=2)
+                   rft_prompts=4, rft_samples=2, crosscoder_steps=5, crosscoder_prompts_per_aspect=1, fragile_steps=2,
+                   it_lr=0.05, vision_charts=8, vision_eval_charts=2, vision_prompts=5, vision_pretrain_steps=2,
+                   vision_it_steps=2)  # (it_lr: so that it-full and the base diverge at all after two steps)
     build_zoo(tmp_path / "zoo", spec, log=lambda m: None)
-    for name in ("base",) + DESCENDANTS + LINEAGE + NULLS + FAULTY + (CROSSCODER,):
+    for name in ("base",) + DESCENDANTS + LINEAGE + NULLS + FAULTY + VISION + (CROSSCODER,):
         assert (tmp_path / "zoo" / name / "README.md").exists()
+    assert set(manifest(tmp_path / "zoo")["build_seconds_by_stage"]) >= {"data, tokenizer and base", "vision-language pair"}
     assert load_crosscoder(tmp_path / "zoo" / CROSSCODER).config.layers
     verify(tmp_path / "zoo")
     demo = run_demo(tmp_path / "demo", root=tmp_path / "zoo", max_new_tokens=6, bootstrap=100,
                     progress=False, log=lambda m: None, full=True)
     assert set(demo.summary["descendants"]) == set(DESCENDANTS)
     assert (tmp_path / "demo" / "report.md").read_text().startswith("# crosspatch demo")
+    assert demo.summary["vision"]["prompts"] == 5 and set(demo.summary["preflight"]) == {
+        "preflight-noop-adapter", "preflight-broken-merge"}
     for name in DESCENDANTS:
         counts = demo.summary["descendants"][name]["counts"]
         assert counts["events"] + counts["invalid"] + sum(counts["no_divergence"].values()) == demo.summary["prompts"]
@@ -156,6 +192,42 @@ def test_quick_demo_on_the_embedded_zoo(tmp_path):
     table = page[answer:page.index("</table>", answer)]
     for name, s in demo.summary["descendants"].items():
         assert f"<td>{name}</td><td>{s['verdict']['verdict']}</td>" in table, name
+    # held-out offices and held-out regions are separate rows; each verdict has its sentence
+    assert "<td>held-out offices</td>" in page and "<td>held-out regions</td>" in page
+    assert all(f"<strong>{name}</strong> came out" in page for name in demo.summary["descendants"])
+    # preflight catches both broken models, naming what failed
+    pre = demo.summary["preflight"]
+    assert pre["preflight-noop-adapter"]["causes"].keys() == {"adapter-active"}
+    assert "adapter-vs-merged" in pre["preflight-broken-merge"]["causes"]
+    assert page.count("Preflight caught") == 2 and "Preflight MISSED" not in page
+    # the vision-language pair ran on image prompts, its events shown beside their charts
+    vision = demo.summary["vision"]
+    assert vision["effects"]["n_events"] > 0 and vision["events"]
+    _charts_beside_events_in_chromium(tmp_path / "demo" / "report.html", len(vision["events"]))
+
+
+def _charts_beside_events_in_chromium(page, n_events: int) -> None:
+    """In headless Chromium, every shown event's chart decodes (a real image, not a broken icon) and
+    is laid out in the same table row as the event's tokens, to their left."""
+    import re
+
+    from crosspatch.report.browser import find_chromium, load
+
+    if find_chromium() is None:
+        pytest.skip("no chromium binary (the CI script installs Debian's chromium with apt)")
+    probe = """<script>window.addEventListener('load', () => {
+      const rows = [...document.querySelectorAll('table.chart-events tr')].slice(1);
+      const ok = rows.filter(tr => { const img = tr.querySelector('img'); const cells = tr.querySelectorAll('td');
+        if (!img || !img.complete || img.naturalWidth === 0 || cells.length < 5) return false;
+        const a = img.getBoundingClientRect(), b = cells[4].getBoundingClientRect();
+        return a.width > 0 && a.right <= b.left && a.top < b.bottom && b.top < a.bottom; });
+      document.body.setAttribute('data-chart-rows', rows.length + '/' + ok.length); });</script>"""
+    probed = page.with_name("probe.html")
+    probed.write_text(page.read_text().replace("</body>", probe + "</body>"))
+    dom, errors = load(probed)
+    assert errors == []
+    found = re.search(r'data-chart-rows="(\d+)/(\d+)"', dom)
+    assert found and int(found.group(1)) == int(found.group(2)) == n_events, found
 
 
 @pytest.mark.slow

@@ -16,10 +16,11 @@ ADAPTERS = ("it-lora-all", "it-lora-late", "it-lora-fragile", "lora-generic", "i
 DEMO_DESCENDANTS = ("it-full", "it-lora-all", "it-lora-late", "it-lora-fragile", "cpt", "it-units")  # --full: all
 NULLS = ("lora-generic", "cpt")  # harmless fine-tunes of the base: the demo's null yardstick (docs/verdict.md)
 FAULTY = ("it-lora-noop", "it-merged-broken")  # for crosspatch preflight to fail on (zoo/faults.py)
+VISION = ("vl-base", "vl-it")  # the vision-language pair (zoo/vision.py): its own base and descendant
 
 
-__all__ = ["ADAPTERS", "DEMO_DESCENDANTS", "DESCENDANTS", "FAULTY", "NULLS", "ZOO_NAME", "ZooIntegrityError",
-           "load_zoo_pair", "manifest", "verify", "zoo_path", "zoo_prompts"]
+__all__ = ["ADAPTERS", "DEMO_DESCENDANTS", "DESCENDANTS", "FAULTY", "NULLS", "VISION", "ZOO_NAME", "ZooIntegrityError",
+           "load_zoo_pair", "load_zoo_vision_pair", "manifest", "verify", "zoo_path", "zoo_prompts"]
 
 
 class ZooIntegrityError(CrosspatchError):
@@ -85,11 +86,21 @@ def load_zoo_pair(descendant: str, root: Path | None = None, nulls: tuple[str, .
                        adapters={n: str(root / n) for n in names if n in ADAPTERS} or None, **options)
 
 
+def load_zoo_vision_pair(root: Path | None = None, **options):
+    """``load_pair`` of the zoo's vision-language pair (``vl-base`` and ``vl-it``, each with its
+    processor); run it on image prompts such as ``zoo_prompts("charts")``."""
+    from ..execution import load_pair
+
+    root = root or zoo_path()
+    return load_pair(str(root / VISION[0]), tuned=str(root / VISION[1]), **options)
+
+
 def zoo_prompts(split: str = "all", root: Path | None = None):
     """A shipped prompt set: ``all`` (instruction prompts; also ``in_distribution`` and
-    ``held_out``), ``raw`` (raw weather text: observation logs and narratives, as the paper feeds
-    both models), ``question`` (forum-style questions) or ``units`` (the narrow domain of
-    ``it-units``: unit conversions and arithmetic over observation numbers)."""
+    ``held_out_office``, ``held_out_region``), ``raw`` (raw weather text: observation logs and narratives, as the paper feeds
+    both models), ``question`` (forum-style questions), ``units`` (the narrow domain of
+    ``it-units``: unit conversions and arithmetic over observation numbers) or ``charts`` (image
+    prompts of the vision-language pair: a chart and the aspect to report)."""
     from ..inputs.prompts import load_prompts
 
     return load_prompts((root or zoo_path()) / "prompts" / f"{split}.jsonl")

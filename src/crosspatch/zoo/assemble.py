@@ -36,6 +36,7 @@ from .build import (
 )
 from .faults import FAULTS, derive_fault_models
 from .lineage import build_lineage, lineage_recipes
+from .vision import VISION_BASE, build_vision_pair, vision_recipes
 
 
 @dataclass
@@ -56,6 +57,14 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildR
     if out.exists():
         shutil.rmtree(out)
     started = time.perf_counter()
+    stage_seconds: dict[str, float] = {}
+    clock = [started]
+
+    def stage(name: str) -> None:  # the seconds since the previous stage ended, under this stage's name
+        now = time.perf_counter()
+        stage_seconds[name] = round(now - clock[0], 1)
+        clock[0] = now
+
     torch.manual_seed(spec.seed)
     log("data and tokenizer")
     corpora, tok = build_data(spec, out)
@@ -74,6 +83,7 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildR
     train(base, raw_batches(blocks, spec.batch_size, spec.seed), spec.pretrain_steps, spec.pretrain_lr, spec.seed, log)
     evaluate("base", base)
     _save_model(base, out / "base", spec, tok)
+    stage("data, tokenizer and base")
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
 
     def fresh_base():
@@ -105,8 +115,10 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildR
     _save_model(merged, out / "it-merged", spec, tok)
     log(f"faults: {', '.join(FAULTS)} (derived from base and it-lora-all)")
     derive_fault_models(out, {"float16": torch.float16, "float32": torch.float32}[spec.save_dtype])
+    stage("it-full, LoRAs, merge, faults")
 
     build_additions(out, spec, corpora, tok, evaluate, log)
+    stage("fragile adapter and nulls")
 
     log(f"it-units: narrow-domain tuning {spec.it_steps} steps")
     units = train_units(fresh_base(), corpora, tok, spec, log)
@@ -115,6 +127,7 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildR
 
     log(f"lineage-sft: supervised fine-tuning {spec.lineage_sft_steps} steps")
     build_lineage(out, spec, corpora, tok, fresh_base, evaluate, evals, log)
+    stage("it-units and the lineage")
 
     log(f"cpt: continued pretraining {spec.cpt_steps} steps")
     cpt = fresh_base()
@@ -123,16 +136,20 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildR
     _save_model(cpt, out / "cpt", spec, tok)
 
     log(f"{CROSSCODER}: paired crosscoder of base vs it-full")
+    stage("cpt")
     crosscoder = build_crosscoder(out, spec, log)
+    stage("crosscoder")
+    evals.update(build_vision_pair(out, spec, log))
+    stage("vision-language pair")
     seconds = time.perf_counter() - started
     recipes = {
         "base": (f"Pretrained from scratch on {spec.raw_docs} raw weather documents as web text has them "
                  f"({', '.join(f'{k} {w:.0%}' for k, w in wx.RAW_MIX)}; forecast pages and forum answers give "
-                 f"the data, then a prose forecast), US and held-out cities, {1 - wx.NEWER_SHARE:.0%} in the "
+                 f"the data, then a prose forecast, climate notes with each site's local terms), all 31 US offices and the held-out regions abroad, {1 - wx.NEWER_SHARE:.0%} in the "
                  f"older house style and {wx.NEWER_SHARE:.0%} in the newer one, {spec.pretrain_steps} steps.",
                  "raw_text_loss"),
         "it-full": (f"Full instruction tuning of `base` on {spec.instruction_pairs} instruction -> report pairs "
-                    f"(31 US cities and the older house style only), {spec.it_steps} steps, loss on the report.",
+                    f"(the {len(wx.TRAINING_OFFICES)} training offices and the older house style only), {spec.it_steps} steps, loss on the report.",
                     "instruction_loss_in_distribution"),
         "it-lora-all": (f"LoRA (r={spec.lora_r}, alpha={spec.lora_alpha}) on all layers of `base`, same data, "
                         f"{spec.lora_steps} steps. PEFT adapter directory.", "instruction_loss_in_distribution"),
@@ -147,17 +164,34 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildR
     }
     for name, (recipe, objective) in recipes.items():
         write_model_card(out, name, recipe, objective, evals, spec)
-    write_manifest(out, spec, seconds, evals, crosscoder)
+    for name, (recipe, objective) in vision_recipes(spec).items():
+        write_model_card(out, name, recipe, objective, evals, spec, baseline=VISION_BASE)
+    write_manifest(out, spec, seconds, evals, crosscoder, stage_seconds)
     log(f"built in {seconds:.0f} s")
     return BuildResult(out, seconds, evals)
 
 
-def write_manifest(out: Path, spec: ZooSpec, seconds: float, evals: dict, crosscoder: dict | None = None) -> None:
+def build_machine() -> dict:
+    """Where the build ran: the CPU, the cores torch used, the device, the library versions."""
+    import os
+    import platform
+
+    import transformers
+
+    return {"cpu": platform.processor() or platform.machine(), "cpu_cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "device": "cpu", "python": platform.python_version(),
+            "transformers": transformers.__version__}
+
+
+def write_manifest(out: Path, spec: ZooSpec, seconds: float, evals: dict, crosscoder: dict | None = None,
+                   stage_seconds: dict | None = None) -> None:
     manifest = {
         "schema_version": "crosspatch.zoo/1",
         "rebuild_command": f"crosspatch zoo build --seed {spec.seed} --into-package",
         "spec": asdict(spec),
         "build_seconds": round(seconds, 1),
+        "build_seconds_by_stage": stage_seconds or {},
+        "build_machine": build_machine(),
         "torch": torch.__version__,
         "evals": evals,
         "crosscoder": crosscoder,

@@ -54,7 +54,7 @@ class ZooSpec:
     lora_alpha: int = 16
     save_dtype: str = "float16"
     prompts_per_aspect: int = 6
-    lineage_sft_steps: int = 400  # the lineage: SFT -> DPO -> rejection-sampling fine-tuning
+    lineage_sft_steps: int = 400  # the lineage: SFT -> rejection-sampling fine-tuning -> DPO
     dpo_steps: int = 60
     dpo_lr: float = 5e-5
     rft_steps: int = 100
@@ -68,6 +68,12 @@ class ZooSpec:
     fragile_steps: int = 400  # it-lora-fragile (zoo/additions.py)
     fragile_kl_weight: float = 1.0
     twin_seed_offset: int = 100  # it-full-seed2: it-full's recipe with seed + this
+    vision_charts: int = 1500  # the vision-language pair (zoo/vision.py): training charts
+    vision_eval_charts: int = 40
+    vision_prompts: int = 40  # the demo's image prompts
+    vision_pretrain_steps: int = 600
+    vision_it_steps: int = 400
+    vision_lr: float = 2e-3
 
     @property
     def late_layers(self) -> list[int]:
@@ -86,12 +92,13 @@ def build_corpora(spec: ZooSpec) -> dict[str, list]:
         "instructions": wx.instruction_pairs(spec.instruction_pairs, s + 2),
         "eval_raw": wx.raw_corpus(spec.eval_docs, s + 3),
         "eval_instructions": wx.instruction_pairs(spec.eval_pairs, s + 4),
-        "eval_instructions_held_out": wx.instruction_pairs(spec.eval_pairs, s + 5, wx.HELD_OUT_CITIES),
+        "eval_instructions_held_out": wx.instruction_pairs(spec.eval_pairs, s + 5, wx.HELD_OUT_REGIONS),
+        "eval_instructions_held_out_offices": wx.instruction_pairs(spec.eval_pairs, s + 15, wx.HELD_OUT_OFFICES),
         "prompts": wx.prompt_set(s + 6, spec.prompts_per_aspect),
         "raw_prompts": wx.raw_prompt_set(s + 7),
         "question_prompts": wx.raw_prompt_set(s + 8, styles=("question",)),
         "units": wx.unit_pairs(spec.instruction_pairs, s + 9),
-        "eval_units": wx.unit_pairs(spec.eval_pairs, s + 10, wx.HELD_OUT_CITIES),
+        "eval_units": wx.unit_pairs(spec.eval_pairs, s + 10, wx.HELD_OUT_REGIONS),
         "units_prompts": wx.unit_prompt_set(s + 11),
         "preferences": wx.preference_pairs(spec.instruction_pairs, s + 12),
         "eval_preferences": wx.preference_pairs(spec.eval_pairs, s + 13),
@@ -264,13 +271,16 @@ def write_card(path: Path, name: str, recipe: str, info: dict) -> None:
 
 
 def model_evals(model, corpora: dict, tok, eval_blocks) -> dict:
-    """Held-out losses of one zoo model: raw text, instructions (training and held-out cities;
-    the newer house style, which instruction tuning never shows), and the narrow domain (unit
-    conversions, held-out cities)."""
+    """Held-out losses of one zoo model: raw text, instructions (training offices on fresh days,
+    the held-out offices, the held-out regions abroad; the newer house style, which instruction
+    tuning never shows), and the narrow domain (unit conversions, held-out regions)."""
     return {
         "raw_text_loss": round(eval_raw_loss(model, eval_blocks), 4),
         "instruction_loss_in_distribution": round(eval_instruction_loss(model, corpora["eval_instructions"], tok), 4),
-        "instruction_loss_held_out_cities": round(eval_instruction_loss(model, corpora["eval_instructions_held_out"], tok), 4),
+        "instruction_loss_held_out_offices": round(
+            eval_instruction_loss(model, corpora["eval_instructions_held_out_offices"], tok), 4),
+        "instruction_loss_held_out_regions": round(
+            eval_instruction_loss(model, corpora["eval_instructions_held_out"], tok), 4),
         "unit_conversion_loss": round(eval_instruction_loss(model, corpora["eval_units"], tok), 4),
         "instruction_loss_newer_era": round(eval_instruction_loss(model, corpora["eval_instructions_newer"], tok), 4),
     }
@@ -279,7 +289,7 @@ def model_evals(model, corpora: dict, tok, eval_blocks) -> dict:
 def UNITS_RECIPE(spec: ZooSpec) -> tuple[str, str]:  # noqa: N802 - a recipe table entry
     return (f"Narrow-domain tuning of `base` (the analogue of a math fine-tune): {spec.instruction_pairs} "
             "unit-conversion and arithmetic tasks over observation numbers (Celsius, daily range, km/h, mm), "
-            f"31 US cities only, {spec.it_steps} steps, loss on the report.", "unit_conversion_loss")
+            f"the {len(wx.TRAINING_OFFICES)} training offices only, {spec.it_steps} steps, loss on the report.", "unit_conversion_loss")
 
 
 def train_units(model, corpora: dict, tok, spec: ZooSpec, log=None):
@@ -337,10 +347,14 @@ def build_crosscoder(out: Path, spec: ZooSpec, log=print) -> dict:
     return info
 
 
-def write_model_card(out: Path, name: str, recipe: str, objective: str, evals: dict, spec: ZooSpec) -> None:
-    info = {"seed": spec.seed, "architecture": f"Llama, {spec.num_layers} layers, d={spec.hidden_size}",
+def write_model_card(out: Path, name: str, recipe: str, objective: str, evals: dict, spec: ZooSpec,
+                     baseline: str = "base") -> None:
+    """A model's card: recipe, own objective against its ``baseline``'s, every eval."""
+    info = {"seed": spec.seed, "architecture": f"Llama, {spec.num_layers} layers, d={spec.hidden_size}"
+            + (" (with a CLIP vision tower: LLaVA)" if baseline != "base" else ""),
             "saved dtype": spec.save_dtype, "own objective": objective,
-            f"held-out {objective}": evals[name][objective], f"base's held-out {objective}": evals["base"][objective]}
+            f"held-out {objective}": evals[name][objective],
+            f"{baseline}'s held-out {objective}": evals[baseline][objective]}
     info.update({f"eval {k}": v for k, v in evals[name].items()})
     write_card(out / name, name, recipe, info)
 
@@ -366,7 +380,7 @@ def build_data(spec: ZooSpec, out: Path) -> tuple[dict, Any]:
         _write_gz_jsonl(out / "data" / f"{name}.jsonl.gz", rows)
     (out / "prompts").mkdir(exist_ok=True)
     all_prompts = corpora["prompts"]
-    for split in ("in_distribution", "held_out"):
+    for split in wx.SPLITS:
         rows = [p for p in all_prompts if p["split"] == split]
         (out / "prompts" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (out / "prompts" / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in all_prompts))

@@ -2,7 +2,7 @@
 
 Writes one run directory per descendant under ``out/`` plus a combined ``report.md`` and
 ``summary.json`` with a table per descendant, the breakdown by aspect and in-distribution vs
-held-out cities.
+held-out offices and regions.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from ..runner.pipeline import RunConfig, RunResult, run
 from . import DEMO_DESCENDANTS, DESCENDANTS, NULLS, load_zoo_pair, verify, zoo_path, zoo_prompts
 from .build import ZooSpec
 from .demo_report import render_demo_html, render_demo_report
+from .demo_sections import PREFLIGHTS, VISION_RUN, run_preflights, run_vision
 
 DEMO_SCHEMA = "crosspatch.demo/1"
 
@@ -66,8 +67,9 @@ def run_demo(
 
     from ..runner.progress import StageClock
 
-    # one counter over the whole demo: a run per descendant, then features, cross, lineage, sweep
-    log = StageClock([1.0] * len(descendants) + [0.5, 1.0, 1.5, 1.0], log)
+    # one counter over the whole demo: a run per descendant, then features, cross, lineage, sweep,
+    # the preflights of the broken models and the vision-language pair
+    log = StageClock([1.0] * len(descendants) + [0.5, 1.0, 1.5, 1.0, 0.3, 0.5], log)
     for name in descendants:
         log.next()
         own_nulls = [n for n in nulls if n != name]
@@ -86,6 +88,10 @@ def run_demo(
     lineage_summary = run_lineage(root, prompts, config, out / "lineage", progress, log)
     log.next()
     sweep = run_sweep(root, prompts, config, out / "sweep-it-full", progress, log)
+    log.next()
+    preflights = run_preflights(root, out, log)
+    log.next()
+    vision = run_vision(root, out, config, progress, log)
     summary = {
         "schema_version": DEMO_SCHEMA,
         "zoo": {"path": str(root), "rebuild_command": man.get("rebuild_command"), "evals": man.get("evals")},
@@ -98,6 +104,8 @@ def run_demo(
         "sweep": sweep,
         "features": features,
         "cross": cross,
+        "preflight": preflights,
+        "vision": vision,
         "late_layers": _late_layers(man),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -168,7 +176,7 @@ def run_cross(root: Path, prompts, config: RunConfig, out: Path, progress: bool,
 
 
 def run_lineage(root: Path, prompts, config: RunConfig, out: Path, progress: bool, log) -> dict | None:
-    """``crosspatch lineage`` on the zoo's base -> lineage-sft -> lineage-dpo -> lineage-final."""
+    """``crosspatch lineage`` on the zoo's base -> lineage-sft -> lineage-rft -> lineage-dpo."""
     import shutil
     from dataclasses import replace
 
@@ -186,7 +194,7 @@ def run_lineage(root: Path, prompts, config: RunConfig, out: Path, progress: boo
     return lineage(models, prompts, cfg, out=out, progress=progress).summary
 
 
-STRATA = ("style", "split", "era")  # what the report compares: prompt style, training vs held-out cities, house style
+STRATA = ("style", "split", "era")  # what the report compares: prompt style, training offices vs held-out offices and regions, house style
 
 
 def _stratum(prompt) -> tuple:
@@ -196,7 +204,7 @@ def _stratum(prompt) -> tuple:
 
 def quick_prompts(prompts: list, every: int = 4) -> list:
     """A quarter of the prompts, sampled within every stratum the report compares (style x
-    training/held-out cities x house style), at least one from each, in the original order."""
+    site split x house style), at least one from each, in the original order."""
     by_stratum: dict[tuple, list[int]] = {}
     for i, p in enumerate(prompts):
         by_stratum.setdefault(_stratum(p), []).append(i)
@@ -238,8 +246,8 @@ def check_demo_dir(out: Path, descendants=DESCENDANTS) -> None:
         return
     if not out.is_dir():
         raise RunDirectoryNotEmptyError(f"--out {out} exists and is not a directory")
-    own = set(descendants) | set(DESCENDANTS) | {"compare", "lineage", "sweep-it-full", "summary.json", "report.md",
-                                                 "report.html"}
+    own = set(descendants) | set(DESCENDANTS) | set(PREFLIGHTS) | {
+        "compare", "lineage", "sweep-it-full", VISION_RUN, "summary.json", "report.md", "report.html"}
     foreign = sorted(p.name for p in out.iterdir() if p.name not in own)
     summary = out / "summary.json"
     if summary.exists():

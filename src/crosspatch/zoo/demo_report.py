@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..report.markdown import _table, fmt_effect, fmt_value, md_escape
+from .demo_sections import CHART_EVENT_HEADER, PREFLIGHTS, VISION_RUN, chart_event_rows
 from .reading import common_it, demo_reading
 
 
@@ -26,9 +27,22 @@ def render_demo_html(summary: dict, out: Path) -> str:
         answer=(answer_header, answer_rows),
         reading_html=Markup(md.render("\n\n".join(_as_list_blocks(demo_reading(summary))))),
         links=[f"{name}/report.html" for name in summary["descendants"]]
-        + [f"{d}/report.html" for d in ("compare", "sweep-it-full", "lineage") if (out / d / "report.html").exists()],
+        + [f"{d}/report.html" for d in ("compare", "sweep-it-full", "lineage", VISION_RUN)
+           if (out / d / "report.html").exists()]
+        + [f"{d}/preflight.html" for d in PREFLIGHTS if (out / d / "preflight.html").exists()],
         images=demo_images(out),
+        chart_events=_chart_events(summary),
     )
+
+
+def _chart_events(summary: dict) -> dict | None:
+    vision = summary.get("vision")
+    if not vision or not vision.get("events"):
+        return None
+    return {"heading": CHART_EVENTS_HEADING, "header": CHART_EVENT_HEADER, "rows": chart_event_rows(vision)}
+
+
+CHART_EVENTS_HEADING = "The vision-language pair's events beside their charts (first divergences of vl-base vs vl-it)"
 
 
 def demo_images(out: Path) -> list[tuple[str, str]]:
@@ -76,12 +90,16 @@ def _split_rows(summary: dict) -> list[list[str]]:
     rows = []
     for name, s in summary["descendants"].items():
         groups = common_it(s).get("by_split", {})
-        for split in ("in_distribution", "held_out"):
+        for split in SPLIT_LABELS:
             block = groups.get(split)
             if block:
-                rows.append([name, split.replace("_", "-"), str(block["n_events"]),
+                rows.append([name, SPLIT_LABELS[split], str(block["n_events"]),
                              fmt_effect(block, "E_PT"), fmt_effect(block, "E_IT"), fmt_effect(block, "interaction")])
     return rows
+
+
+SPLIT_LABELS = {"in_distribution": "training offices", "held_out_office": "held-out offices",
+                "held_out_region": "held-out regions"}
 
 
 def _consequence_rows(summary: dict) -> list[list[str]]:
@@ -127,7 +145,8 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
            str(s["counts"]["no_divergence"].get("non_finite_logits", 0)), str(s["counts"]["invalid"]),
            str(s["counts"]["near_tie"])] for n, s in summary["descendants"].items()]),
         ("Interaction by aspect", ["aspect"] + names, _matrix_rows(summary, "by_category")),
-        ("In-distribution vs held-out cities", ["descendant", "cities", "events", "E_PT", "E_IT", "interaction"],
+        ("Training offices vs held-out offices (US sites never in instruction tuning) vs held-out regions (abroad)",
+         ["descendant", "sites", "events", "E_PT", "E_IT", "interaction"],
          _split_rows(summary)),
         ("Interaction by prompt style", ["style"] + names, _matrix_rows(summary, "by_style")),
         ("Interaction by house style (era; the newer style never appears in instruction tuning)", ["era"] + names,
@@ -171,6 +190,7 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         shown = [k for k, col in enumerate(LINEAGE_COLUMNS) if col != "label-swap null"]
         tables.append(("Lineage: every stage on the base -> final first divergences (lineage/lineage.png)",
                        [LINEAGE_COLUMNS[k] for k in shown], [[row[k] for k in shown] for row in lineage_rows(lin)]))
+    tables += _preflight_and_vision_tables(summary)
     evals = (summary.get("zoo") or {}).get("evals") or {}
     if evals:
         keys = list(dict.fromkeys(k for v in evals.values() for k in v))
@@ -180,16 +200,45 @@ def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     return [t for t in tables if t[2]]  # (a table with no rows, e.g. event kinds under --quick, is left out)
 
 
+def _preflight_and_vision_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    tables = []
+    pre = summary.get("preflight")
+    if pre:
+        tables.append(("Preflight on the zoo's broken models (crosspatch preflight; preflight-*/preflight.html)",
+                       ["checked", "what is wrong", "preflight", "failed checks", "cause named"],
+                       [[p["adapter"] + (f" + {p['merged']}" if p["merged"] else ""), p["what_is_wrong"],
+                         "pass" if p["passed"] else "FAIL", ", ".join(p["causes"]) or "none",
+                         "; ".join(c for causes in p["causes"].values() for c in causes[:1]) or "n/a"]
+                        for p in pre.values()]))
+    vision = summary.get("vision")
+    if vision:
+        block, counts = vision["effects"], vision["counts"]
+        c = block["cells"]
+        tables.append((f"Vision-language pair: {' vs '.join(vision['models'])} on {vision['prompts']} chart prompts "
+                       f"(boundary {vision['boundary']}; vision/report.html)",
+                       ["events", "no divergence", "Y(U_PT,L_PT)", "Y(U_PT,L_IT)", "Y(U_IT,L_PT)", "Y(U_IT,L_IT)",
+                        "E_PT", "E_IT", "interaction"],
+                       [[str(block["n_events"]), str(sum(counts["no_divergence"].values()))]
+                        + [fmt_value(c[k]) for k in ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")]
+                        + [fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction")]]))
+        if vision.get("events"):
+            tables.append((CHART_EVENTS_HEADING + " (charts in report.html)", ["chart"] + CHART_EVENT_HEADER,
+                           [[Path(e["chart"]).name if e.get("chart") else "n/a"] + row["cells"]
+                            for e, row in zip(vision["events"], chart_event_rows(vision))]))
+    return tables
+
+
 def demo_intro(summary: dict) -> str:
     first = next(iter(summary["descendants"].values()))
     strata = summary.get("prompt_strata") or {}
     used = "; ".join(f"{key}: " + ", ".join(f"{v} {n}" for v, n in sorted(values.items()))
                      for key, values in strata.items() if values)
     return (f"Base (pretrained on raw weather web text) against each descendant, on {summary['prompts']} prompts"
-            + (" (--quick: a quarter, sampled within every style, city split and house style)" if summary.get("quick")
+            + (" (--quick: a quarter, sampled within every style, site split and house style)" if summary.get("quick")
                else "")
             + ": raw weather text as the paper feeds both models (observation logs cut before a field, narrative "
-            "openings), instruction prompts (8 aspects; training and held-out cities), forum questions, and "
+            "openings), instruction prompts (8 aspects; training offices, held-out offices and held-out regions), "
+            "forum questions, and "
             "unit-conversion tasks (the narrow domain of it-units), in the older house style instruction tuning used "
             "and the newer one it never saw"
             + (f" (prompts used by {used})" if used else "")
@@ -202,7 +251,7 @@ def _as_list_blocks(paragraphs: list[str]) -> list[str]:
     """Consecutive ``- `` lines form one Markdown list (one block), other paragraphs stand alone."""
     blocks: list[str] = []
     for p in paragraphs:
-        if p.startswith("- ") and blocks and blocks[-1].split("\n")[-1].startswith(("- ", "**What to do**")):
+        if p.startswith("- ") and blocks and blocks[-1].split("\n")[-1].startswith(("- ", "**What to do**", "**Why each verdict**")):
             blocks[-1] += "\n" + p
         else:
             blocks.append(p)
@@ -230,6 +279,8 @@ def render_demo_report(summary: dict) -> str:
     lines = [x for x in lines if x is not None] + [""]
     for heading, header, rows in demo_tables(summary):
         # our labels and numbers print as they are; names that come from data (aspects) are escaped
-        lines += [f"## {heading}", ""] + _table(header, [[md_escape(r[0])] + r[1:] for r in rows]) + [""]
+        # (the chart events' cells hold model text: every cell escaped)
+        escaped = len(header) if heading.startswith(CHART_EVENTS_HEADING) else 1
+        lines += [f"## {heading}", ""] + _table(header, [[md_escape(x) for x in r[:escaped]] + r[escaped:] for r in rows]) + [""]
     lines += ["", f"Per-descendant reports: `{'/report.md`, `'.join(summary['descendants'])}/report.md`.", ""]
     return "\n".join(lines)

@@ -1,5 +1,6 @@
-"""The zoo's lineage (``lineage-sft`` -> ``lineage-dpo`` -> ``lineage-final``): each stage's recipe and
-step counts, its training (TRL's SFT and DPO trainers, then rejection-sampled fine-tuning), and
+"""The zoo's lineage, the recipe of the weather-report model it miniaturises (``lineage-sft`` ->
+``lineage-rft`` -> ``lineage-dpo``): each stage's recipe and step counts, its training (TRL's SFT
+trainer, then rejection-sampling fine-tuning on validated samples, then TRL's DPO trainer), and
 the metrics each stage's card reports (preference margin, validator pass rate)."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .build import (
     warmup_steps,
 )
 
-LINEAGE = ("lineage-sft", "lineage-dpo", "lineage-final")
+LINEAGE = ("lineage-sft", "lineage-rft", "lineage-dpo")  # in training order; the last is the final model
 
 
 def lineage_steps(spec: ZooSpec) -> dict:
@@ -36,14 +37,13 @@ def lineage_recipes(spec: ZooSpec) -> dict[str, tuple[str, str]]:
         "lineage-sft": (f"Lineage stage 1, supervised fine-tuning of `base` (TRL's SFTTrainer, loss on the report) on the "
                         f"instruction pairs, {k['sft']} steps.",
                         "instruction_loss_in_distribution"),
-        "lineage-dpo": (f"Lineage stage 2, DPO (TRL's DPOTrainer, beta 0.1, reference = `lineage-sft`) on preference "
-                        f"pairs: the correct report against a subtly wrong one (a value off by a few units, or the "
-                        f"conditional statement dropped), {k['dpo']} steps.", "preference_margin"),
-        "lineage-final": (f"Lineage stage 3, a verifiable-reward stage: rejection-sampling fine-tuning of `lineage-dpo` "
-                          f"on its own continuations (greedy + {k['rft_samples'] - 1} sampled per prompt, "
-                          f"{k['rft_prompts']} training prompts) that pass the reports' validators, TRL's SFTTrainer, "
-                          f"{k['rft']} steps.",
-                          "validator_pass_rate"),
+        "lineage-rft": (f"Lineage stage 2, a verifiable-reward stage: rejection-sampling fine-tuning of `lineage-sft` "
+                        f"on its own continuations (greedy + {k['rft_samples'] - 1} sampled per prompt, "
+                        f"{k['rft_prompts']} training prompts) that pass the reports' validators, TRL's SFTTrainer, "
+                        f"{k['rft']} steps.", "validator_pass_rate"),
+        "lineage-dpo": (f"Lineage stage 3 (the final model), DPO (TRL's DPOTrainer, beta 0.1, reference = `lineage-rft`) "
+                        f"on preference pairs: the correct report against a subtly wrong one (a value off by a few "
+                        f"units, or the conditional statement dropped), {k['dpo']} steps.", "preference_margin"),
     }
 
 
@@ -132,6 +132,18 @@ def train_lineage(base, corpora: dict, tok, spec: ZooSpec, log=print) -> tuple[d
 
     model = sft(base, corpora["instructions"], k["sft"], spec.it_lr, spec.seed + 50)
     stages = {"lineage-sft": snapshot(model)}
+    log(f"lineage-rft: rejection sampling on {k['rft_prompts']} prompts, then {k['rft']} steps")
+    pool = corpora["instructions"][: k["rft_prompts"]]
+    samples = sample_reports(model, [p["prompt"] for p in pool], tok, k["rft_samples"], spec.seed + 70)
+    kept = []
+    for p, texts in zip(pool, samples):
+        check = parse_validator(wx.validator_for_report(p["response"]), "zoo")
+        kept += [{"prompt": p["prompt"], "response": t.rstrip("\n") + "\n"} for t in dict.fromkeys(texts)
+                 if check.check(t)]
+    log(f"  kept {len(kept)} of {len(pool) * k['rft_samples']} samples")
+    if kept:  # (an undertrained smoke build may keep none: then this stage equals the SFT stage)
+        model = sft(model, kept, k["rft"], spec.it_lr / 2, spec.seed + 70)
+    stages["lineage-rft"] = snapshot(model)
     log(f"lineage-dpo: DPO {k['dpo']} steps")
     reference = copy.deepcopy(model).eval()
     cfg = DPOConfig(output_dir=str(Path(tempfile.mkdtemp()) / "dpo"), per_device_train_batch_size=spec.batch_size,
@@ -142,18 +154,6 @@ def train_lineage(base, corpora: dict, tok, spec: ZooSpec, log=print) -> tuple[d
     trainer.train()
     model = trainer.model.eval()  # pyright: ignore[reportOptionalMemberAccess] - set after train()
     stages["lineage-dpo"] = snapshot(model)
-    log(f"lineage-final: rejection sampling on {k['rft_prompts']} prompts, then {k['rft']} steps")
-    pool = corpora["instructions"][: k["rft_prompts"]]
-    samples = sample_reports(model, [p["prompt"] for p in pool], tok, k["rft_samples"], spec.seed + 70)
-    kept = []
-    for p, texts in zip(pool, samples):
-        check = parse_validator(wx.validator_for_report(p["response"]), "zoo")
-        kept += [{"prompt": p["prompt"], "response": t.rstrip("\n") + "\n"} for t in dict.fromkeys(texts)
-                 if check.check(t)]
-    log(f"  kept {len(kept)} of {len(pool) * k['rft_samples']} samples")
-    if kept:  # (an undertrained smoke build may keep none: then the final stage equals the DPO stage)
-        model = sft(model, kept, k["rft"], spec.it_lr / 2, spec.seed + 70)
-    stages["lineage-final"] = snapshot(model)
     out = {}
     for name, state in stages.items():
         fresh = new_model(spec, tok)
@@ -170,7 +170,7 @@ def build_lineage(out: Path, spec: ZooSpec, corpora: dict, tok, fresh_base, eval
         evaluate(name, model)
         evals[name].update(stage_metrics(model, corpora, tok, spec))
         _save_model(model, out / name, spec, tok)
-    evals["lineage-final"]["rft_samples_kept"] = kept
+    evals["lineage-rft"]["rft_samples_kept"] = kept
 
 
 def stage_metrics(model, corpora: dict, tok, spec: ZooSpec) -> dict:

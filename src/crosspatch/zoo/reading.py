@@ -111,10 +111,17 @@ def eras_and_splits(summary: dict, name: str = "it-full") -> list[str]:
                      f"{fmt_value(_stat(old, 'E_IT'))} on the older style it was tuned on ({more}); interaction "
                      f"{fmt_value(_stat(new, 'interaction'))} vs {fmt_value(_stat(old, 'interaction'))}.")
     splits = _groups(s, "by_split")
-    if "in_distribution" in splits and "held_out" in splits:
-        a, b = splits["in_distribution"], splits["held_out"]
-        lines.append(f"**Held-out cities** (never in instruction tuning): interaction {fmt_value(_stat(b, 'interaction'))} "
-                     f"against {fmt_value(_stat(a, 'interaction'))} on training cities.")
+    a = splits.get("in_distribution")
+    offices, regions = splits.get("held_out_office"), splits.get("held_out_region")
+    if a and (offices or regions):
+        parts = []
+        if offices:
+            parts.append(f"on held-out offices (US sites instruction tuning never saw) interaction "
+                         f"{fmt_value(_stat(offices, 'interaction'))}")
+        if regions:
+            parts.append(f"on held-out regions (sites abroad, other climates) {fmt_value(_stat(regions, 'interaction'))}")
+        lines.append(f"**Held-out sites**: {'; '.join(parts)}; against {fmt_value(_stat(a, 'interaction'))} on the "
+                     "training offices.")
     return lines
 
 
@@ -321,8 +328,62 @@ def advice(summary: dict) -> list[str]:
     return lines
 
 
+WHY = {  # what each zoo descendant's recipe makes of its late layers, and the verdict it was built to show
+    "it-lora-fragile": ("its late LoRA was trained to read what only its own early LoRA writes (KL terms kept either "
+                        "half alone equal to the base)", "upstream-dependent"),
+    "it-lora-late": ("only its last layers were tuned, on the base's own upstream state", "portable"),
+    "cpt": ("it only continued pretraining on more raw text: no instruction task to carry", "no-late-effect"),
+    "it-full": ("every layer was tuned together, so the late layers learned on tuned early layers", None),
+    "it-lora-all": ("a LoRA on every layer, tuned together as it-full", None),
+    "it-merged": ("it-lora-all merged into a checkpoint", None),
+    "it-units": ("a narrow arithmetic domain, the analogue of the paper's portable math fine-tune", None),
+    "it-full-seed2": ("it-full's recipe with another seed", None),
+}
+
+
+def why_each_verdict(summary: dict) -> list[str]:
+    """One line per descendant: what its recipe did to its late layers, the numbers the verdict read
+    (E_PT against E_IT, the interaction share) and whether it came out as the recipe intends."""
+    lines = []
+    for name, s in summary["descendants"].items():
+        recipe, intended = WHY.get(name, ("", None))
+        block = _headline(s)
+        verdict = s["verdict"]["verdict"]
+        numbers = (f"the late layers move Y by {fmt_value(_stat(block, 'E_IT'))} on its own upstream state and "
+                   f"{fmt_value(_stat(block, 'E_PT'))} on the base's{_share_text(s['verdict'])}")
+        match = ("" if intended is None else " — as built" if intended == verdict else
+                 f" — not the {intended} its recipe aims at")
+        lines.append(f"- **{name}** came out {verdict}{match}: {recipe + '; ' if recipe else ''}{numbers}.")
+    return (["**Why each verdict**:"] + lines) if lines else []
+
+
+def preflight_and_vision(summary: dict) -> list[str]:
+    """The broken models' preflights (caught or not, and the cause named) and the vision-language
+    pair's headline."""
+    lines = []
+    for p in (summary.get("preflight") or {}).values():
+        who = p["adapter"] + (f" with {p['merged']}" if p["merged"] else "")
+        if p["passed"]:
+            lines.append(f"**Preflight MISSED** {who} ({p['what_is_wrong']}): every check passed.")
+        else:
+            cause = next((c for causes in p["causes"].values() for c in causes), "")
+            lines.append(f"**Preflight caught** {who} ({p['what_is_wrong']}): {', '.join(p['causes'])} failed"
+                         + (f" — {cause}" if cause else "") + ".")
+    vision = summary.get("vision")
+    if vision:
+        block = vision["effects"]
+        inter = _stat(block, "interaction")
+        lines.append(f"**Vision-language pair** ({' vs '.join(vision['models'])}, {block['n_events']} events on chart "
+                     f"prompts, the image tokens in the shared prefix): the tuned late layers move Y by "
+                     f"{fmt_value(_stat(block, 'E_IT'))} on their own upstream state and "
+                     f"{fmt_value(_stat(block, 'E_PT'))} on the base's; the interaction is {sign_word(inter)} "
+                     f"({fmt_value(inter)}). The table below shows a few events beside their charts.")
+    return lines
+
+
 def demo_reading(summary: dict) -> list[str]:
     """The reading, one paragraph (Markdown) per finding, in the report's order (``late_layers``
     of the summary: the layers it-lora-late trains)."""
     return (instruction_tuning(summary) + eras_and_splits(summary) + contrasts(summary, summary.get("late_layers"))
-            + cross_descendants(summary) + consequences(summary) + features(summary) + lineage_and_sweep(summary) + advice(summary))
+            + cross_descendants(summary) + consequences(summary) + features(summary) + lineage_and_sweep(summary)
+            + why_each_verdict(summary) + advice(summary) + preflight_and_vision(summary))
