@@ -53,7 +53,10 @@ class ZooSpec:
     lora_r: int = 8
     lora_alpha: int = 16
     save_dtype: str = "float16"
-    prompts_per_aspect: int = 6
+    prompts_per_aspect: int = 4  # the demo's prompt sets (per aspect/task, per split; they train nothing)
+    raw_prompts_per_aspect: int = 3
+    question_prompts_per_aspect: int = 2
+    unit_prompts_per_task: int = 6
     lineage_sft_steps: int = 400  # the lineage: SFT -> rejection-sampling fine-tuning -> DPO
     dpo_steps: int = 60
     dpo_lr: float = 5e-5
@@ -95,11 +98,11 @@ def build_corpora(spec: ZooSpec) -> dict[str, list]:
         "eval_instructions_held_out": wx.instruction_pairs(spec.eval_pairs, s + 5, wx.HELD_OUT_REGIONS),
         "eval_instructions_held_out_offices": wx.instruction_pairs(spec.eval_pairs, s + 15, wx.HELD_OUT_OFFICES),
         "prompts": wx.prompt_set(s + 6, spec.prompts_per_aspect),
-        "raw_prompts": wx.raw_prompt_set(s + 7),
-        "question_prompts": wx.raw_prompt_set(s + 8, styles=("question",)),
+        "raw_prompts": wx.raw_prompt_set(s + 7, per_aspect=spec.raw_prompts_per_aspect),
+        "question_prompts": wx.raw_prompt_set(s + 8, per_aspect=spec.question_prompts_per_aspect, styles=("question",)),
         "units": wx.unit_pairs(spec.instruction_pairs, s + 9),
         "eval_units": wx.unit_pairs(spec.eval_pairs, s + 10, wx.HELD_OUT_REGIONS),
-        "units_prompts": wx.unit_prompt_set(s + 11),
+        "units_prompts": wx.unit_prompt_set(s + 11, per_task=spec.unit_prompts_per_task),
         "preferences": wx.preference_pairs(spec.instruction_pairs, s + 12),
         "eval_preferences": wx.preference_pairs(spec.eval_pairs, s + 13),
         "eval_instructions_newer": wx.instruction_pairs(spec.eval_pairs, s + 14, era="newer"),

@@ -217,18 +217,25 @@ def train_vision(model, rows: list[tuple], processor, steps: int, lr: float, see
 
 
 @torch.no_grad()
-def chart_report_accuracy(model, processor, days: list[wx.Observation], max_new_tokens: int = 16) -> dict[str, float]:
-    """Share of greedy reports whose body matches the chart's reference, per aspect."""
+def _greedy(model, processor, prompt: str, image, max_new_tokens: int) -> str:
     tok = processor.tokenizer
-    out = {}
+    enc = processor(text=[prompt], images=[image], return_tensors="pt")
+    ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    return tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def chart_evals(model, processor, days: list[wx.Observation]) -> dict[str, float]:
+    """On held-out charts: the share of greedy captions that state the chart exactly
+    (``chart_caption_accuracy``, what the base learned) and, per aspect, of greedy reports whose
+    body matches the chart's (``chart_report_accuracy_<aspect>``, what instruction tuning taught)."""
+    model.eval()
+    out = {"chart_caption_accuracy": round(sum(
+        _greedy(model, processor, f"{IMAGE_TOKEN}\n", draw_chart(o), 40).startswith(chart_caption(o))
+        for o in days) / len(days), 3)}
     for aspect in CHART_ASPECTS:
-        hits = 0
-        for obs in days:
-            enc = processor(text=[chart_instruction(aspect)], images=[draw_chart(obs)], return_tensors="pt")
-            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-            text = tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            hits += chart_report(obs, aspect).split("\n")[1] in text
-        out[aspect] = round(hits / len(days), 3)
+        hits = sum(chart_report(o, aspect).split("\n")[1] in _greedy(model, processor, chart_instruction(aspect),
+                                                                     draw_chart(o), 40) for o in days)
+        out[f"chart_report_accuracy_{wx.slug(aspect)}"] = round(hits / len(days), 3)
     return out
 
 
@@ -262,19 +269,19 @@ def build_vision_pair(out: Path, spec, log=print) -> dict:
     log(f"{VISION_BASE}: caption pretraining {spec.vision_pretrain_steps} steps on {len(captions)} charts")
     model = new_vision_model(text_base, tok, s)
     train_vision(model, captions, processor, spec.vision_pretrain_steps, spec.vision_lr, s, spec.batch_size, False, log)
-    evals = {VISION_BASE: chart_report_accuracy(model, processor, eval_days)}
+    evals = {VISION_BASE: chart_evals(model, processor, eval_days)}
     _save_vision(model, processor, out / VISION_BASE, spec)
     rng = random.Random(s + 2)
     pairs = [(draw_chart(o), chart_instruction(a), chart_report(o, a))
              for o in train_days for a in rng.sample(CHART_ASPECTS, 2)]
     log(f"{VISION_TUNED}: instruction tuning {spec.vision_it_steps} steps on {len(pairs)} chart reports")
     train_vision(model, pairs, processor, spec.vision_it_steps, spec.it_lr, s + 3, spec.batch_size, True, log)
-    evals[VISION_TUNED] = chart_report_accuracy(model, processor, eval_days)
+    evals[VISION_TUNED] = chart_evals(model, processor, eval_days)
     _save_vision(model, processor, out / VISION_TUNED, spec)
     rows = chart_prompt_rows(chart_days(spec.vision_prompts, s + 4), out / CHART_PROMPTS)
     (out / "prompts" / f"{CHART_PROMPTS}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    log(f"  report accuracy on held-out charts: {evals}")
-    return {name: {f"chart_report_accuracy_{wx.slug(a)}": v for a, v in acc.items()} for name, acc in evals.items()}
+    log(f"  on held-out charts: {evals}")
+    return evals
 
 
 def _save_vision(model, processor, path: Path, spec) -> None:
@@ -290,8 +297,37 @@ def vision_recipes(spec) -> dict[str, tuple[str, str]]:
                       f"{(CHART_SIZE // CHART_PATCH) ** 2} image tokens) and projector over a copy of `base` as its "
                       f"language model, pretrained {spec.vision_pretrain_steps} steps on {spec.vision_charts} synthetic "
                       "weather charts with captions (what the chart shows: temperature, pressure center, front, "
-                      "upper pattern, events), loss on the caption.", "chart_report_accuracy_frontal-system"),
+                      "upper pattern, events), loss on the caption.", "chart_caption_accuracy"),
         VISION_TUNED: (f"`vl-base` instruction-tuned {spec.vision_it_steps} steps (all parameters) on chart -> report "
                        f"pairs for the five aspects a chart shows ({', '.join(CHART_ASPECTS)}), loss on the report.",
                        "chart_report_accuracy_frontal-system"),
     }
+
+
+def add_vision_pair(root: str | Path, log=print) -> dict:
+    """(Re)build the vision-language pair on a built zoo (its ``base`` and ``tokenizer``) exactly
+    as ``crosspatch zoo build`` makes it: models, charts, image prompts, cards, and the manifest's
+    evals, stage time and hashes. Returns the pair's evals."""
+    import shutil
+    import time
+    from dataclasses import fields
+
+    from .build import ZooSpec, write_model_card
+    from .faults import refresh_manifest_files
+
+    root = Path(root)
+    manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    known = {f.name for f in fields(ZooSpec)}
+    spec = ZooSpec(**{k: v for k, v in manifest["spec"].items() if k in known})
+    for name in (*VISION_MODELS, CHART_PROMPTS):
+        if (root / name).exists():
+            shutil.rmtree(root / name)
+    started = time.perf_counter()
+    evals = build_vision_pair(root, spec, log)
+    manifest["evals"].update(evals)
+    manifest.setdefault("build_seconds_by_stage", {})["vision-language pair"] = round(time.perf_counter() - started, 1)
+    for name, (recipe, objective) in vision_recipes(spec).items():
+        write_model_card(root, name, recipe, objective, manifest["evals"], spec, baseline=VISION_BASE)
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    refresh_manifest_files(root)
+    return evals

@@ -1,5 +1,5 @@
 """Prompts both models get the way the method's authors feed them (raw-text continuations and
-questions, in-distribution and held-out cities), and the narrow-domain fine-tune's unit-conversion
+questions, training offices, held-out offices and held-out regions), and the narrow-domain fine-tune's unit-conversion
 and arithmetic tasks."""
 
 from __future__ import annotations
