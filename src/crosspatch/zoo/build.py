@@ -74,8 +74,8 @@ class ZooSpec:
     vision_charts: int = 1500  # the vision-language pair (zoo/vision.py): training charts
     vision_eval_charts: int = 40
     vision_prompts: int = 40  # the demo's image prompts
-    vision_pretrain_steps: int = 600
-    vision_it_steps: int = 400
+    vision_pretrain_steps: int = 1000
+    vision_it_steps: int = 600
     vision_lr: float = 2e-3
 
     @property

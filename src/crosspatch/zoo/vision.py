@@ -9,8 +9,8 @@ the 500 hPa pattern as a height contour (bulging north for a ridge, south for a 
 for zonal flow) and the day's events as a speckle (green rain, white snow, yellow thunderstorms).
 
 ``vl-base`` is a LLaVA layout (a CLIP vision tower, a projector, and the zoo's text ``base`` as
-its language model, so it knows the weather text) pretrained on chart captions, raw text that
-says what a chart shows; ``vl-it`` is instruction-tuned from it on chart -> report pairs for
+its language model, so it knows the weather text) pretrained on chart captions (raw text that
+says what a chart shows) and chart pages (the report header, then prose); ``vl-it`` is instruction-tuned from it on chart -> report pairs for
 the five aspects a chart shows (:data:`CHART_ASPECTS`). The demo runs the diagnostic on it
 with image prompts and shows the chart beside a few events.
 """
@@ -92,9 +92,26 @@ def chart_caption(obs: wx.Observation) -> str:
             f"{front}, {obs.synoptic} aloft, {event}.")
 
 
+def chart_page(obs: wx.Observation, aspect: str) -> tuple[str, str]:
+    """A chart archive page (raw text the base is pretrained on, beside captions): the site and
+    date, the chart, then the report heading and header, then a prose note on ``aspect`` (the
+    structured report body is what instruction tuning teaches, as for the text base's forecast
+    pages). Returns (text up to the image, the rest)."""
+    prose = {
+        "temperature": f"The shading shows {temperature_band(obs)} air over the site.",
+        "frontal system": "No front on the chart today." if obs.front == "none" else
+        f"The chart shows a {obs.front} sweeping in.",
+        "pressure system": f"The {obs.pressure_system} sits to the {obs.system_dir} on the chart.",
+        "synoptic feature": f"Aloft the chart shows a {obs.synoptic}.",
+        "events": "The chart shows no weather." if obs.event == "none" else f"The chart shows {obs.event} about.",
+    }[aspect]
+    return (f"Chart page: the {aspect} chart for {obs.city} on {wx.date_text(obs)}.\n{IMAGE_TOKEN}\n",
+            f"### Report:\n{wx.report_header(obs, aspect)}\n{prose}\n")
+
+
 def chart_report(obs: wx.Observation, aspect: str) -> str:
-    """The report ``vl-it`` writes for ``aspect`` from a chart (the same sentences as the text
-    reports' categorical parts; a chart shows no numbers)."""
+    """The report ``vl-it`` writes for ``aspect`` from a chart: the text reports' header (aspect,
+    site, date), then what the chart shows (a chart shows no numbers)."""
     if aspect == "temperature":
         body = {"cold": "A cold air mass. Frost possible.", "mild": "A mild air mass.",
                 "warm": "A warm air mass. Hot by afternoon."}[temperature_band(obs)]
@@ -108,12 +125,15 @@ def chart_report(obs: wx.Observation, aspect: str) -> str:
                 "zonal flow": "Zonal flow aloft. Quick changes."}[obs.synoptic]
     else:
         body = "Dry." if obs.event == "none" else f"{obs.event.capitalize()} on the chart."
-    return f"{aspect.upper()} - CHART\n{body}\n### End\n"
+    return f"{wx.report_header(obs, aspect)}\n{body}\n### End\n"
 
 
-def chart_instruction(aspect: str) -> str:
-    """The image prompt of ``aspect`` (the chart's tokens go where ``<image>`` stands)."""
-    return f"### Instruction: Write the {aspect} report from the chart.\n{IMAGE_TOKEN}\n### Report:\n"
+def chart_instruction(aspect: str, obs: wx.Observation) -> str:
+    """The image prompt of ``aspect`` for the chart of ``obs``'s site and day (the chart's tokens go
+    where ``<image>`` stands; the site and date make two charts' prompts differ, as crosspatch
+    identifies an image prompt by its tokens)."""
+    return (f"### Instruction: Write the {aspect} report for {obs.city} on {wx.date_text(obs)} from the chart.\n"
+            f"{IMAGE_TOKEN}\n### Report:\n")
 
 
 def chart_days(n: int, seed: int, cities=wx.TRAINING_OFFICES) -> list[wx.Observation]:
@@ -233,7 +253,7 @@ def chart_evals(model, processor, days: list[wx.Observation]) -> dict[str, float
         _greedy(model, processor, f"{IMAGE_TOKEN}\n", draw_chart(o), 40).startswith(chart_caption(o))
         for o in days) / len(days), 3)}
     for aspect in CHART_ASPECTS:
-        hits = sum(chart_report(o, aspect).split("\n")[1] in _greedy(model, processor, chart_instruction(aspect),
+        hits = sum(chart_report(o, aspect).split("\n")[1] in _greedy(model, processor, chart_instruction(aspect, o),
                                                                      draw_chart(o), 40) for o in days)
         out[f"chart_report_accuracy_{wx.slug(aspect)}"] = round(hits / len(days), 3)
     return out
@@ -243,12 +263,16 @@ def chart_prompt_rows(days: list[wx.Observation], folder: Path) -> list[dict]:
     """Image prompts of the demo (one aspect per chart, cycling), charts written to ``folder``
     (paths relative to the prompt file's folder, ``prompts/``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for k, obs in enumerate(days):
-        aspect = CHART_ASPECTS[k % len(CHART_ASPECTS)]
+    rows, seen = [], set()
+    for obs in days:
+        aspect = CHART_ASPECTS[len(rows) % len(CHART_ASPECTS)]
+        if chart_instruction(aspect, obs) in seen:  # (one chart per prompt text)
+            continue
+        seen.add(chart_instruction(aspect, obs))
+        k = len(rows)
         name = f"chart-{k:03d}.png"
         draw_chart(obs).save(folder / name, optimize=True)
-        rows.append({"id": f"chart-{k:03d}-{wx.slug(aspect)}", "prompt": chart_instruction(aspect),
+        rows.append({"id": f"chart-{k:03d}-{wx.slug(aspect)}", "prompt": chart_instruction(aspect, obs),
                      "image": f"../{folder.name}/{name}", "category": aspect, "split": "in_distribution",
                      "style": "chart", "city": obs.city, "caption": chart_caption(obs)})
     return rows
@@ -265,14 +289,17 @@ def build_vision_pair(out: Path, spec, log=print) -> dict:
     text_base = AutoModelForCausalLM.from_pretrained(str(out / "base"), dtype=torch.float32)
     s = spec.seed + 500
     train_days, eval_days = chart_days(spec.vision_charts, s), chart_days(spec.vision_eval_charts, s + 1)
-    captions = [(draw_chart(o), f"{IMAGE_TOKEN}\n", chart_caption(o)) for o in train_days]
-    log(f"{VISION_BASE}: caption pretraining {spec.vision_pretrain_steps} steps on {len(captions)} charts")
+    page_rng = random.Random(s + 5)
+    raw = [(draw_chart(o), f"{IMAGE_TOKEN}\n", chart_caption(o)) for o in train_days]
+    raw += [(draw_chart(o), *chart_page(o, page_rng.choice(CHART_ASPECTS))) for o in train_days]
+    log(f"{VISION_BASE}: pretraining {spec.vision_pretrain_steps} steps on {len(train_days)} charts (captions and "
+        "chart pages)")
     model = new_vision_model(text_base, tok, s)
-    train_vision(model, captions, processor, spec.vision_pretrain_steps, spec.vision_lr, s, spec.batch_size, False, log)
+    train_vision(model, raw, processor, spec.vision_pretrain_steps, spec.vision_lr, s, spec.batch_size, False, log)
     evals = {VISION_BASE: chart_evals(model, processor, eval_days)}
     _save_vision(model, processor, out / VISION_BASE, spec)
     rng = random.Random(s + 2)
-    pairs = [(draw_chart(o), chart_instruction(a), chart_report(o, a))
+    pairs = [(draw_chart(o), chart_instruction(a, o), chart_report(o, a))
              for o in train_days for a in rng.sample(CHART_ASPECTS, 2)]
     log(f"{VISION_TUNED}: instruction tuning {spec.vision_it_steps} steps on {len(pairs)} chart reports")
     train_vision(model, pairs, processor, spec.vision_it_steps, spec.it_lr, s + 3, spec.batch_size, True, log)
@@ -296,8 +323,9 @@ def vision_recipes(spec) -> dict[str, tuple[str, str]]:
         VISION_BASE: (f"A LLaVA layout: a new CLIP vision tower (2 layers, {CHART_SIZE}x{CHART_SIZE} charts, "
                       f"{(CHART_SIZE // CHART_PATCH) ** 2} image tokens) and projector over a copy of `base` as its "
                       f"language model, pretrained {spec.vision_pretrain_steps} steps on {spec.vision_charts} synthetic "
-                      "weather charts with captions (what the chart shows: temperature, pressure center, front, "
-                      "upper pattern, events), loss on the caption.", "chart_caption_accuracy"),
+                      "weather charts, each with a caption (what the chart shows: temperature, pressure center, front, "
+                      "upper pattern, events) and a chart page (site, date, chart, the report header, a prose note), "
+                      "loss on all text; never instructions.", "chart_caption_accuracy"),
         VISION_TUNED: (f"`vl-base` instruction-tuned {spec.vision_it_steps} steps (all parameters) on chart -> report "
                        f"pairs for the five aspects a chart shows ({', '.join(CHART_ASPECTS)}), loss on the report.",
                        "chart_report_accuracy_frontal-system"),
