@@ -57,10 +57,6 @@ def draw_chart(obs: wx.Observation, size: int = CHART_SIZE):
     img[..., 0] = 60 + 170 * warmth + 25 * (1 - y)  # warmer to the south is drawn as a gentle gradient
     img[..., 1] = 90 + 40 * (1 - abs(warmth - 0.5) * 2)
     img[..., 2] = 230 - 170 * warmth
-    # the 500 hPa height contour: a ridge bulges north, a trough south, zonal flow runs straight
-    bend = {"ridge": -0.28, "trough": 0.28, "zonal flow": 0.0}[obs.synoptic]
-    contour = 0.45 + bend * np.exp(-((x - 0.5) ** 2) / 0.05)
-    img[np.abs(y - contour) < 0.035] = (30, 30, 30)
     # the surface pressure center in its bearing
     angle = _BEARINGS[obs.system_dir]
     cx, cy = 0.5 + 0.3 * math.sin(angle), 0.5 - 0.3 * math.cos(angle)
@@ -76,6 +72,11 @@ def draw_chart(obs: wx.Observation, size: int = CHART_SIZE):
         alternate = (np.floor((x - y) * 8) % 2) == 0
         img[line & alternate] = first
         img[line & ~alternate] = second
+    # the 500 hPa height contour, drawn over the surface features: a ridge bulges north, a trough
+    # south, zonal flow runs straight
+    bend = {"ridge": -0.3, "trough": 0.3, "zonal flow": 0.0}[obs.synoptic]
+    contour = 0.5 + bend * np.exp(-((x - 0.5) ** 2) / 0.06)
+    img[np.abs(y - contour) < 0.045] = (20, 20, 20)
     # the day's events as speckle
     if obs.event != "none":
         density = 0.04 + obs.event_chance / 600
