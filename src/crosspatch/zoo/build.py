@@ -54,9 +54,9 @@ class ZooSpec:
     lora_alpha: int = 16
     save_dtype: str = "float16"
     prompts_per_aspect: int = 4  # the demo's prompt sets (per aspect/task, per split; they train nothing)
-    raw_prompts_per_aspect: int = 3
+    raw_prompts_per_aspect: int = 2
     question_prompts_per_aspect: int = 2
-    unit_prompts_per_task: int = 6
+    unit_prompts_per_task: int = 4
     lineage_sft_steps: int = 400  # the lineage: SFT -> rejection-sampling fine-tuning -> DPO
     dpo_steps: int = 60
     dpo_lr: float = 5e-5

@@ -23,7 +23,9 @@ def render_demo_html(summary: dict, out: Path) -> str:
     md = MarkdownIt("commonmark", {"html": False})
     answer_header, answer_rows = answer_table(summary)
     return env.get_template("tables.html.j2").render(
-        title="crosspatch demo: the weather-report zoo", intro=demo_intro(summary), tables=demo_tables(summary),
+        title="crosspatch demo: the weather-report zoo", intro=demo_intro(summary),
+        # (the chart events are drawn with their charts below, not as the Markdown's file-name table)
+        tables=[t for t in demo_tables(summary) if not t[0].startswith(CHART_EVENTS_HEADING)],
         answer=(answer_header, answer_rows),
         reading_html=Markup(md.render("\n\n".join(_as_list_blocks(demo_reading(summary))))),
         links=[f"{name}/report.html" for name in summary["descendants"]]
@@ -275,8 +277,10 @@ def render_demo_report(summary: dict) -> str:
         "", "Verdicts by the rule of docs/verdict.md (interval of I/E_IT against 25% and 50%).", "",
         demo_intro(summary), "", "## Reading", ""]
     for paragraph in demo_reading(summary):
-        lines += [paragraph, "" if not paragraph.startswith("- ") else None]
-    lines = [x for x in lines if x is not None] + [""]
+        if not paragraph.startswith("- ") and lines[-1].startswith("- "):
+            lines.append("")  # a paragraph after a list is not the list's last item
+        lines += [paragraph] + ([] if paragraph.startswith("- ") else [""])
+    lines.append("")
     for heading, header, rows in demo_tables(summary):
         # our labels and numbers print as they are; names that come from data (aspects) are escaped
         # (the chart events' cells hold model text: every cell escaped)

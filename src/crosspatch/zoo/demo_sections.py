@@ -84,16 +84,14 @@ def chart_event_rows(vision: dict) -> list[dict]:
     (model text: escaped by the template)."""
     import base64
 
-    from ..report.markdown import fmt_value
-
     rows = []
     for e in vision.get("events") or []:
         path = Path(e["chart"]) if e.get("chart") else None
         png = base64.b64encode(path.read_bytes()).decode() if path and path.exists() else None
         c = e["cells"]
-        rows.append({"png": png, "caption": f"{e['prompt_id']} ({e['aspect']})",
+        rows.append({"png": png, "caption": e["prompt_id"],
                      "cells": [e["aspect"], str(e["position"]), e["continuation"], e["t_pt"], e["t_it"]]
-                     + [fmt_value(c[k]) for k in ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")]})
+                     + [f"{c[k]:+.2f}" for k in ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")]})
     return rows
 
 
