@@ -99,10 +99,25 @@ def test_build_code_reproduces_committed_tokenizer_and_data(tmp_path):
     build_data(ZooSpec(**man["spec"]), tmp_path)
     rebuilt = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert {str(p.relative_to(tmp_path)) for p in rebuilt} == {
-        rel for rel in man["files"] if rel.split("/")[0] in ("data", "prompts", "tokenizer")}
+        rel for rel in man["files"] if rel.split("/")[0] in ("data", "prompts", "tokenizer")
+        and rel != "prompts/charts.jsonl"}  # (the vision pair's prompts: below)
     for path in rebuilt:
         rel = path.relative_to(tmp_path)
         assert _content(path) == _content(zoo_path() / rel), f"{rel} differs from the committed file"
+    # the vision pair's image prompts and charts (zoo/vision.py) are drawn again identically
+    import numpy as np
+    from PIL import Image
+
+    from crosspatch.zoo.vision import CHART_PROMPTS, chart_days, chart_prompt_rows
+
+    spec = ZooSpec(**man["spec"])
+    rows = chart_prompt_rows(chart_days(spec.vision_prompts, spec.seed + 504), tmp_path / CHART_PROMPTS)
+    shipped = [json.loads(line) for line in (zoo_path() / "prompts" / "charts.jsonl").read_text().splitlines()]
+    assert rows == shipped
+    for row in rows:
+        name = row["image"].split("/")[-1]
+        drawn, committed = (np.asarray(Image.open(d / CHART_PROMPTS / name)) for d in (tmp_path, zoo_path()))
+        assert (drawn == committed).all(), name
     # the committed files are the ones the manifest hashes (so the comparison above is to them)
     verify()
 
