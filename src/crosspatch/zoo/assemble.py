@@ -22,7 +22,6 @@ from .build import (
     UNITS_RECIPE,
     ZooSpec,
     _save_model,
-    build_crosscoder,
     build_data,
     it_batches,
     manifest_entries,
@@ -34,6 +33,7 @@ from .build import (
     train_units,
     write_model_card,
 )
+from .crosscoder import build_crosscoder
 from .faults import FAULTS, derive_fault_models
 from .lineage import build_lineage, lineage_recipes
 from .vision import VISION_BASE, build_vision_pair, vision_recipes
