@@ -180,8 +180,9 @@ def warmup_steps(steps: int) -> int:
     return max(1, steps // 20)
 
 
-def train(model, batches, steps: int, lr: float, seed: int, log=None) -> list[float]:
-    """AdamW with warmup + cosine decay; ``batches(step)`` returns (ids, mask, labels)."""
+def train(model, batches, steps: int, lr: float, seed: int, log=None, loss_of=None) -> list[float]:
+    """AdamW with warmup + cosine decay; ``batches(step)`` returns (ids, mask, labels), or
+    ``loss_of(step)`` returns the step's loss (a model whose inputs are not token ids alone)."""
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, betas=ADAM_BETAS)
@@ -192,7 +193,7 @@ def train(model, batches, steps: int, lr: float, seed: int, log=None) -> list[fl
     model.train()
     losses = []
     for step in range(steps):
-        loss = _lm_loss(model, *batches(step))
+        loss = loss_of(step) if loss_of is not None else _lm_loss(model, *batches(step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)

@@ -211,30 +211,15 @@ def chart_batch(rows: list[tuple], processor, prompt_only_loss: bool):
 def train_vision(model, rows: list[tuple], processor, steps: int, lr: float, seed: int, batch_size: int,
                  prompt_only_loss: bool, log=print) -> list[float]:
     """AdamW with warmup and cosine decay on random batches of ``rows``."""
-    from .build import ADAM_BETAS, MAX_GRAD_NORM, WEIGHT_DECAY, warmup_steps
+    from .build import train
 
     gen = random.Random(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, betas=ADAM_BETAS)
-    warm = warmup_steps(steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
-    torch.manual_seed(seed)
-    model.train()
-    losses = []
-    for step in range(steps):
+
+    def loss_of(step: int):
         enc, labels = chart_batch(gen.sample(rows, min(batch_size, len(rows))), processor, prompt_only_loss)
-        loss = model(**enc, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if log and (step % 100 == 0 or step == steps - 1):
-            log(f"  step {step + 1}/{steps} loss {loss.item():.3f}")
-    model.eval()
-    return losses
+        return model(**enc, labels=labels).loss
+
+    return train(model, None, steps, lr, seed, log, loss_of=loss_of)
 
 
 @torch.no_grad()
