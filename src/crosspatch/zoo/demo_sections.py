@@ -16,7 +16,8 @@ PREFLIGHTS = {  # directory under the demo's out -> (adapter, merged checkpoint,
     "preflight-noop-adapter": (NOOP_ADAPTER, None, "an adapter that changes nothing (every LoRA B matrix zero)"),
     "preflight-broken-merge": ("it-lora-all", BROKEN_MERGE, "the adapter merged twice (W + 2 dW)"),
 }
-PREFLIGHT_PROMPTS = 12  # every eighth instruction prompt
+PREFLIGHT_PROMPTS = 12  # spread over the instruction prompts
+PREFLIGHT_TOKENS = 48  # room for a whole report (shorter budgets cut reports before their EOS)
 VISION_RUN = "vision"
 SHOWN_CHART_EVENTS = 5  # one per chart aspect where the run has one
 
@@ -40,7 +41,7 @@ def run_preflights(root: Path, out: Path, log) -> dict | None:
             shutil.rmtree(target)  # the demo owns this directory (as its runs)
         result = preflight(str(root / "base"), adapter=str(root / adapter), merged=merged and str(root / merged),
                            prompts=prompts, domain_text=root / "prompts" / "domain.jsonl", out=target,
-                           max_new_tokens=24)
+                           max_new_tokens=PREFLIGHT_TOKENS)
         found[folder] = {"adapter": adapter, "merged": merged, "what_is_wrong": wrong, "passed": result.passed,
                          "checks": {name: c["status"] for name, c in result.checks.items()},
                          "causes": {name: result.checks[name]["causes"] for name in result.failed()}}
