@@ -168,7 +168,7 @@ def extend_built_zoo(root: str | Path, log=print) -> None:
     """Add the three models to an already built zoo (the committed one, say) exactly as ``zoo
     build`` makes them: corpora and tokenizer from the manifest's spec, evals, cards, manifest."""
     import json
-    from dataclasses import asdict, fields
+    from dataclasses import asdict
 
     from transformers import AutoTokenizer
 
@@ -177,8 +177,7 @@ def extend_built_zoo(root: str | Path, log=print) -> None:
 
     root = Path(root)
     manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-    known = {f.name for f in fields(ZooSpec)}
-    spec = ZooSpec(**{k: v for k, v in manifest["spec"].items() if k in known})
+    spec = ZooSpec.from_manifest(manifest)
     corpora = build_corpora(spec)
     tok = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
     eval_blocks = packed_blocks(corpora["eval_raw"], tok, spec.seq_len)

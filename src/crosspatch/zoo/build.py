@@ -12,7 +12,7 @@ import gzip
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,13 @@ class ZooSpec:
     vision_pretrain_steps: int = 1000
     vision_it_steps: int = 600
     vision_lr: float = 2e-3
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> ZooSpec:
+        """The spec a built zoo's ``manifest.json`` records (keys this version does not know are
+        left out; fields the manifest lacks take their defaults)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in manifest["spec"].items() if k in known})
 
     @property
     def late_layers(self) -> list[int]:

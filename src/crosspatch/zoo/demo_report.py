@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..report.markdown import _table, fmt_effect, fmt_value, md_escape
-from .demo_sections import CHART_EVENT_HEADER, PREFLIGHTS, VISION_RUN, chart_event_rows
+from .demo_sections import CHART_EVENT_HEADER, PREFLIGHTS, VISION_RUN, chart_event_cells, chart_event_rows
 from .reading import common_it, demo_reading
 
 
@@ -225,8 +225,8 @@ def _preflight_and_vision_tables(summary: dict) -> list[tuple[str, list[str], li
                         + [fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction")]]))
         if vision.get("events"):
             tables.append((CHART_EVENTS_HEADING + " (charts in report.html)", ["chart"] + CHART_EVENT_HEADER,
-                           [[Path(e["chart"]).name if e.get("chart") else "n/a"] + row["cells"]
-                            for e, row in zip(vision["events"], chart_event_rows(vision))]))
+                           [[Path(e["chart"]).name if e.get("chart") else "n/a"] + chart_event_cells(e)
+                            for e in vision["events"]]))
     return tables
 
 

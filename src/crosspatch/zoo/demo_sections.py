@@ -80,19 +80,23 @@ def run_vision(root: Path, out: Path, config: RunConfig, progress: bool, log) ->
             "events": shown}
 
 
+def chart_event_cells(event: dict) -> list[str]:
+    """One shown event's text cells, in :data:`CHART_EVENT_HEADER`'s order (model text: escaped by
+    whoever renders them)."""
+    c = event["cells"]
+    return ([event["aspect"], str(event["position"]), event["continuation"], event["t_pt"], event["t_it"]]
+            + [f"{c[k]:+.2f}" for k in ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")])
+
+
 def chart_event_rows(vision: dict) -> list[dict]:
-    """The shown events for the HTML report: the chart as base64 PNG and the event's text cells
-    (model text: escaped by the template)."""
+    """The shown events for the HTML report: the chart as base64 PNG beside the event's cells."""
     import base64
 
     rows = []
     for e in vision.get("events") or []:
         path = Path(e["chart"]) if e.get("chart") else None
         png = base64.b64encode(path.read_bytes()).decode() if path and path.exists() else None
-        c = e["cells"]
-        rows.append({"png": png, "caption": e["prompt_id"],
-                     "cells": [e["aspect"], str(e["position"]), e["continuation"], e["t_pt"], e["t_it"]]
-                     + [f"{c[k]:+.2f}" for k in ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")]})
+        rows.append({"png": png, "caption": e["prompt_id"], "cells": chart_event_cells(e)})
     return rows
 
 

@@ -269,6 +269,8 @@ def build_vision_pair(out: Path, spec, log=print) -> dict:
     ``tokenizer`` saved), write the demo's charts and image prompts; returns their evals."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .build import _save_model
+
     out = Path(out)
     tok = vision_tokenizer(AutoTokenizer.from_pretrained(str(out / "tokenizer")))
     processor = chart_processor(tok)
@@ -283,25 +285,18 @@ def build_vision_pair(out: Path, spec, log=print) -> dict:
     model = new_vision_model(text_base, tok, s)
     train_vision(model, raw, processor, spec.vision_pretrain_steps, spec.vision_lr, s, spec.batch_size, False, log)
     evals = {VISION_BASE: chart_evals(model, processor, eval_days)}
-    _save_vision(model, processor, out / VISION_BASE, spec)
+    _save_model(model, out / VISION_BASE, spec, processor)
     rng = random.Random(s + 2)
     pairs = [(draw_chart(o), chart_instruction(a, o), chart_report(o, a))
              for o in train_days for a in rng.sample(CHART_ASPECTS, 2)]
     log(f"{VISION_TUNED}: instruction tuning {spec.vision_it_steps} steps on {len(pairs)} chart reports")
     train_vision(model, pairs, processor, spec.vision_it_steps, spec.it_lr, s + 3, spec.batch_size, True, log)
     evals[VISION_TUNED] = chart_evals(model, processor, eval_days)
-    _save_vision(model, processor, out / VISION_TUNED, spec)
+    _save_model(model, out / VISION_TUNED, spec, processor)
     rows = chart_prompt_rows(chart_days(spec.vision_prompts, s + 4), out / CHART_PROMPTS)
     (out / "prompts" / f"{CHART_PROMPTS}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     log(f"  on held-out charts: {evals}")
     return evals
-
-
-def _save_vision(model, processor, path: Path, spec) -> None:
-    dtype = {"float16": torch.float16, "float32": torch.float32}[spec.save_dtype]
-    model.to(dtype).save_pretrained(path)
-    model.to(torch.float32)
-    processor.save_pretrained(path)
 
 
 def vision_recipes(spec) -> dict[str, tuple[str, str]]:
@@ -324,15 +319,13 @@ def add_vision_pair(root: str | Path, log=print) -> dict:
     evals, stage time and hashes. Returns the pair's evals."""
     import shutil
     import time
-    from dataclasses import fields
 
     from .build import ZooSpec, write_model_card
     from .faults import refresh_manifest_files
 
     root = Path(root)
     manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-    known = {f.name for f in fields(ZooSpec)}
-    spec = ZooSpec(**{k: v for k, v in manifest["spec"].items() if k in known})
+    spec = ZooSpec.from_manifest(manifest)
     for name in (*VISION_MODELS, CHART_PROMPTS):
         if (root / name).exists():
             shutil.rmtree(root / name)
