@@ -136,6 +136,21 @@ def test_bootstrap_draws_in_bounded_chunks_equal_one_draw():
     np.testing.assert_allclose(whole, chunked, rtol=1e-12, atol=1e-15)  # the same draws; BLAS may block differently
 
 
+def test_bootstrap_weights_are_multinomial_resamples_of_the_clusters():
+    from crosspatch.core.stats import resample_weights
+
+    k, n = 40, 20_000
+    w = resample_weights(np.random.default_rng(3), k, n)
+    assert w.shape == (n, k) and np.all(w >= 0) and np.all(w == np.round(w))
+    assert np.all(w.sum(axis=1) == k)  # each resample draws k clusters
+    # Multinomial(k, 1/k) marginals: mean 1, variance 1 - 1/k, covariance -1/k
+    assert w.mean() == pytest.approx(1.0)
+    assert w.var(axis=0).mean() == pytest.approx(1 - 1 / k, rel=0.03)
+    assert np.cov(w[:, 0], w[:, 1])[0, 1] == pytest.approx(-1 / k, abs=0.01)
+    assert not np.array_equal(w[0], w[1])  # resamples differ
+    np.testing.assert_array_equal(resample_weights(np.random.default_rng(3), k, 10), w[:10])  # seeded
+
+
 def test_kinds_on_the_same_event_count_once_in_the_per_prompt_average():
     from crosspatch.core.records import CellRecord
     from crosspatch.core.stats import BootstrapConfig, summarize_records
