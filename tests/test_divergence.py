@@ -280,3 +280,100 @@ def test_static_decoding_on_the_zoo_and_in_bfloat16():
         a, b = eager.get(pid), static.get(pid)
         if a is None or b is None or (a.position, a.t_pt, a.t_it) != (b.position, b.t_pt, b.t_it):
             assert any(r is not None and r.near_tie for r in (a, b)), pid  # moved only at a recorded near tie
+
+
+def _history_search(pair, prompt_ids, budget, batch_size, done=None, phased=False):
+    """The search with ``keep_history`` and a :class:`History` pass of the same roles over its
+    events' prompts, on one executor."""
+    from crosspatch.execution import Executor, History, Search
+
+    if phased:
+        pair.can_hold = lambda roles: len(set(roles)) <= 1  # the phased search (sequential residency)
+    ex = Executor(pair, batch_size)
+    roll, check = pair.roles[1], pair.roles[0]
+    item_done = None if done is None else (lambda k, g, c: done(prompt_ids[k], g, c))
+    (outcomes,) = ex.run([Search(roll, check, prompt_ids, budget, keep_history=True, history_done=item_done)])
+    events = [k for k, o in enumerate(outcomes) if o.position is not None]
+    (apart,) = ex.run([History(roll, check, [prompt_ids[k] for k in events], budget)])
+    return outcomes, events, apart
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("phased", [False, True])
+def test_the_search_keeps_each_events_history_as_a_history_pass_decodes_it(prompts, arch, phased):
+    """With ``keep_history`` an event's row goes on past its event: its outcome carries the
+    history (the rollout from the first generated token, the other model's pick at each
+    position) that a :class:`History` pass of the same roles and budget decodes apart, token for
+    token, whole (to EOS or the budget), with rows refilled two at a time or all at once; the
+    events are those of the search without it."""
+    pair = make_pair(arch, scale=0.15)
+    prompts = prompts + [{"id": f"x{k}", "prompt": t} for k, t in enumerate(["a", "forecast: sunny", "x y z"])]
+    ps = as_prompts(prompts)
+    ids = [tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, p.id, p.prompt) for p in ps]
+    _, _, (plain, _) = _search(pair, prompts, max_new_tokens=12, batch_size=2)
+    for batch_size in (2, 16):
+        outcomes, events, apart = _history_search(pair, ids, 12, batch_size, phased=phased)
+        assert [ps[k].id for k in events] == [e.prompt_id for e in plain] and events
+        for k, (rollout, picks) in zip(events, apart):
+            o = outcomes[k]
+            assert o.history is not None and o.history.whole
+            assert (o.history.rollout, o.history.picks) == (rollout, picks)
+            assert rollout[: o.position] == o.shared and rollout[o.position] == o.t_roll and picks[o.position] == o.t_check
+        assert all(o.history is None for o in outcomes if o.position is None)
+
+
+def test_a_kept_history_ends_once_its_consumers_are_done(prompts):
+    """With ``history_done``, a row ends at the first check after its consumer is done (the
+    history is then a prefix of the whole one, marked not whole, and ``done`` holds on it)."""
+    pair = make_pair("llama", scale=0.15)
+    ps = as_prompts(prompts)
+    ids = [tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, p.id, p.prompt) for p in ps]
+
+    def done(prompt, rollout, picks):
+        return len(rollout) >= 4
+
+    outcomes, events, apart = _history_search(pair, ids, 16, 16, done=done)
+    shorter = 0
+    for k, (rollout, picks) in zip(events, apart):
+        h = outcomes[k].history
+        assert h is not None and h.rollout == rollout[: len(h.rollout)] and h.picks == picks[: len(h.picks)]
+        assert h.whole or done(ids[k], h.rollout, h.picks)
+        shorter += len(h.rollout) < len(rollout)
+    assert shorter  # some rows stopped before the budget
+
+
+@pytest.mark.parametrize("one_model_at_a_time", [False, True])
+def test_event_kinds_read_the_searchs_histories_with_the_same_records(prompts, one_model_at_a_time):
+    """A run whose event kinds read the histories the search kept finds the same events of every
+    kind, with the same cells (to float rounding: rows stay longer in the search's batch), as
+    one that decodes them apart, for less work; a history that met NaN logits past its event is
+    decoded apart (here: the descendant's embedding of a token it writes after an event is NaN)."""
+    import dataclasses
+
+    from crosspatch.runner.pipeline import RunConfig, chunk_plan, process_chunk
+
+    pair = make_pair("llama", scale=0.15)
+    ps = as_prompts(prompts)
+    ids = [tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, p.id, p.prompt) for p in ps]
+    _, _, (clean, _) = _search(pair, prompts, max_new_tokens=16)
+    if one_model_at_a_time:
+        pair.can_hold = lambda roles: len(set(roles)) <= 1
+    else:  # a token written two past an early event (the search kept its history): NaN from there
+        ev = next(e for e in clean if e.position <= 8)
+        whole = greedy_rollout(pair.it, [ev.prefix_ids[: ev.prompt_len]], 16, pair)[0]
+        poison = next(t for t in whole[ev.position + 2:] if t not in ev.prefix_ids)
+        with torch.no_grad():
+            pair.it.anatomy.model.get_input_embeddings().weight[poison] = float("nan")
+        outcomes, events, _ = _history_search(pair, ids, 16, 4)
+        assert any(outcomes[k].history is None for k in events)  # that row's history is decoded apart
+    config = RunConfig(max_new_tokens=16, batch_size=4, controls="none", bootstrap=0)
+    plan = chunk_plan(config, [2], pair.num_layers)
+    shared = process_chunk(pair, plan, (ps, ids))
+    apart = process_chunk(pair, dataclasses.replace(plan, share_histories=False), (ps, ids))
+    assert {r.kind for r in shared.records} >= {"first_diff", "first_nonformat_diff"}
+    assert [(r.key, r.position, r.t_pt, r.t_it) for r in shared.records] == \
+        [(r.key, r.position, r.t_pt, r.t_it) for r in apart.records]
+    for a, b in zip(shared.records, apart.records):
+        for readout, cells in a.cells.items():
+            assert cells == pytest.approx(b.cells[readout], abs=1e-5)
+    assert shared.token_layers < apart.token_layers

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..core.analysis import Analysis, EventSet
+from ..core.analysis import Analysis, EventSet, HistoryWish
 from ..core.cells import CellRecord, CellsConfig, CrossPatch
 from ..core.divergence import DivergenceEvent, event_key
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, register_analysis
@@ -59,10 +59,7 @@ class EventKinds(Analysis):
         prompt_ends = [ev.prefix_ids[ev.prompt_len - 1] for ev in evset.events]
 
         def done(k: int, rollout: list[int], picks: list[int]) -> bool:
-            """Every kind found where the next token already settles it (a marker must end a word):
-            the rest of the history cannot change what is found."""
-            found = find_event_kinds(rollout, picks, describe, describe.text, prompt_ends[k])
-            return all(kind in found and found[kind] < len(rollout) - 1 for kind in extra)
+            return _settled(describe, extra, prompt_ends[k], rollout, picks)
 
         histories = yield from evset.history(ex, roll, check, self.budget, done)
         fresh: list[DivergenceEvent] = []
@@ -85,11 +82,28 @@ class EventKinds(Analysis):
         return scored, twins
 
 
+    def history_wish(self, models) -> HistoryWish | None:
+        """The history :meth:`program` reads, for the search to decode on the way: to where every
+        extra kind is settled."""
+        extra = [k for k in self.kinds if k != "first_diff"]
+        if not extra:
+            return None
+        describe = TokenDescriber(models.tokenizer, self.cells.token_classes)
+        return HistoryWish(self.budget, lambda prompt, rollout, picks: _settled(describe, extra, prompt[-1], rollout,
+                                                                                picks))
+
     def cell_records(self, value, first_records: list[CellRecord]) -> list[CellRecord]:
         """The records of kinds that fall elsewhere, then copies of the first divergence's records
         for kinds that fall on it."""
         kind_records, twins = value
         return kind_records + relabel(first_records, twins)
+
+
+def _settled(describe: TokenDescriber, kinds: list[str], prompt_end: int, rollout: list[int], picks: list[int]) -> bool:
+    """Every one of ``kinds`` found where the next token already settles it (a marker must end a
+    word): the rest of the history cannot change what is found."""
+    found = find_event_kinds(rollout, picks, describe, describe.text, prompt_end)
+    return all(kind in found and found[kind] < len(rollout) - 1 for kind in kinds)
 
 
 def _plain_copy(value):

@@ -11,9 +11,10 @@ actors or in a shard (docs/architecture.md has a worked example).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..execution import Capture, Decode, Executor, History, Program
+from ..execution import Capture, Decode, Executor, History, Program, SearchHistory
 from ..models.forward import EventStates
 from ..models.vocab import NON_FINITE
 from .divergence import DivergenceEvent
@@ -25,27 +26,61 @@ def _cut_at_non_finite(histories: list) -> list[tuple[list[int], list[int]]]:
     return [(r[:j], c[:j]) for (r, c), j in zip(histories, cut)]
 
 
+@dataclass(frozen=True)
+class HistoryWish:
+    """What an analysis will ask of :meth:`EventSet.history` with the divergence search's own
+    roles (the rollout model decoding, the other checking) and budget, said before the search so
+    that the search decodes it on the way (:attr:`Search.keep_history`) instead of a second
+    decoding of every event's prompt. ``done(prompt_ids, rollout, picks)``: the analysis has what
+    it needs from a partial history (the ``done`` it will give :meth:`EventSet.history`, keyed by
+    the prompt's token ids); None: it reads the whole budget. A wish is a saving, never a
+    contract: a history the search did not keep is decoded when asked for."""
+
+    budget: int
+    done: Callable[[list[int], list[int], list[int]], bool] | None = None
+
+
+def combined_wish(wishes: list[HistoryWish], budget: int) -> HistoryWish | None:
+    """One wish for the search that serves every wish of ``budget`` (the search's): each row
+    decodes on until every wish's ``done`` holds (the whole budget when one has none); None when
+    no wish is of that budget."""
+    mine = [w for w in wishes if w.budget == budget]
+    if not mine:
+        return None
+    if any(w.done is None for w in mine):
+        return HistoryWish(budget)
+    dones = [w.done for w in mine if w.done is not None]
+    return HistoryWish(budget, lambda prompt, rollout, picks: all(d(prompt, rollout, picks) for d in dones))
+
+
 @dataclass
 class EventSet:
     """The events of one chunk, scored for the descendant ``tuned`` against ``base``.
     ``natural[event.key][role]``: the states the divergence search recorded (minimal plan), or
-    None (then :meth:`states` asks for full passes)."""
+    None (then :meth:`states` asks for full passes). ``searched[event.key]``: the history the
+    search decoded past the event (:class:`~crosspatch.execution.SearchHistory`), of the roles and
+    budget ``searched_as`` = ``(roll, check, budget)``; :meth:`history` takes it where it serves."""
 
     events: list[DivergenceEvent]
     base: str
     tuned: str
     natural: dict[str, dict[str, EventStates]] | None = None
+    searched: dict[str, SearchHistory] = field(default_factory=dict, repr=False)
+    searched_as: tuple[str, str, int] | None = None
     _histories: dict = field(default_factory=dict, repr=False)
 
     def split(self, fraction: float = 0.5) -> tuple["EventSet", "EventSet"]:
         """A train and a held-out part of these events, split by prompt with a stable hash of its
         id (the same prompt always falls on the same side, whatever the chunk or the run); each
-        part keeps the states the search recorded."""
+        part keeps the states and histories the search recorded."""
         train, held = [], []
         for e in self.events:
             (train if (zlib.crc32(e.prompt_id.encode()) % 1000) / 1000 < fraction else held).append(e)
-        return (EventSet(train, self.base, self.tuned, self.natural),
-                EventSet(held, self.base, self.tuned, self.natural))
+        return (self.subset(train), self.subset(held))
+
+    def subset(self, events: list[DivergenceEvent]) -> "EventSet":
+        """These ``events`` (some of this set's) with what the search recorded for them."""
+        return EventSet(events, self.base, self.tuned, self.natural, self.searched, self.searched_as)
 
     @property
     def sequences(self) -> list[list[int]]:
@@ -68,6 +103,8 @@ class EventSet:
         whole = (roll, check, budget, None)
         if whole in self._histories:
             return self._histories[whole]
+        if self.searched and self.searched_as == (roll, check, budget):
+            return (yield from self._history_from_search(ex, roll, check, budget, done))
         if done is not None and ex.can_stop_early(roll, check):  # decoded in chunks, each row ends once done
             key = (roll, check, budget, "partial")
             if key not in self._histories:
@@ -80,6 +117,26 @@ class EventSet:
         picks = ex.teacher_forced_picks(check, prompts, rollouts, caps)
         self._histories[whole] = _cut_at_non_finite(list(zip(rollouts, picks)))
         return self._histories[whole]
+
+    def _history_from_search(self, ex: Executor, roll: str, check: str, budget: int, done) -> Program:
+        """:meth:`history` from the histories the search kept: each event's serves where it is
+        whole or ``done`` holds on it; the others are decoded (no search history of their own)."""
+        key = (roll, check, budget, "searched", done)  # (a consumer's own done: another's may need more)
+        if key in self._histories:
+            return self._histories[key]
+        found: dict[int, tuple[list[int], list[int]]] = {}
+        for k, e in enumerate(self.events):
+            h = self.searched.get(e.key)
+            if h is not None and (h.whole or (done is not None and done(k, h.rollout, h.picks))):
+                found[k] = (h.rollout, h.picks)
+        missing = [k for k in range(len(self.events)) if k not in found]
+        if missing:
+            rest = EventSet([self.events[k] for k in missing], self.base, self.tuned, self.natural)
+            decoded = yield from rest.history(
+                ex, roll, check, budget, None if done is None else (lambda j, g, c: done(missing[j], g, c)))
+            found.update(zip(missing, decoded))
+        self._histories[key] = [found[k] for k in range(len(self.events))]
+        return self._histories[key]
 
     def states(self, roles: list[str], boundaries: list[int]) -> Program:
         """Each role's states over every event prefix (``yield from`` inside a program): taken
@@ -108,6 +165,12 @@ class Analysis:
         """With ``scores_cells``: the 2x2 records this analysis adds, from its program's ``value``
         and the chunk's first-divergence records."""
         return list(value)
+
+    def history_wish(self, models) -> HistoryWish | None:
+        """The history this analysis will ask of :meth:`EventSet.history` with the search's roles
+        (see :class:`HistoryWish`; ``models``: the run's :class:`ModelSet`, e.g. for its tokenizer),
+        or None."""
+        return None
 
     def tokens_past_prompt(self) -> int:
         """How far past a prompt this analysis decodes (0: no further than the divergence search),

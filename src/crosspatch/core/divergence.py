@@ -13,11 +13,15 @@ outcome that is kept and counted.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from ..execution import Executor, ModelSet, Program, Search
 from ..inputs.prompts import Prompt
 from ..models.forward import EventStates
 from .records import KEY_SUFFIX, NO_DIVERGENCE_REASONS, DivergenceEvent, NoDivergence, RecordKey, event_key  # noqa: F401  (re-exported: the data of a run lives in records)
+
+if TYPE_CHECKING:
+    from .analysis import HistoryWish
 
 
 @dataclass
@@ -30,19 +34,31 @@ class DivergenceConfig:
     max_batch_tokens: int | None = None  # padded tokens per batch, generation budget included (Executor)
 
 
-def divergence_program(prompts: list[Prompt], prompt_ids: list[list[int]], config: DivergenceConfig,
-                       base: str, tuned: str) -> Program:
-    """First divergence of every prompt between ``base`` (PT) and ``tuned`` (IT). Returns
-    ``(events, no_divergence, natural)``; with ``config.capture_boundaries``, ``natural[event.key]
-    = {base: EventStates, tuned: EventStates}`` over each event prefix (else None)."""
+def search_roles(config: DivergenceConfig, base: str, tuned: str) -> tuple[str, str]:
+    """``(roll, check)``: the model that decodes and the one that checks its tokens."""
     if config.rollout_model not in ("IT", "PT"):
         raise ValueError(f"rollout_model must be 'IT' or 'PT', not {config.rollout_model!r}")
-    roll, check = (tuned, base) if config.rollout_model == "IT" else (base, tuned)
+    return (tuned, base) if config.rollout_model == "IT" else (base, tuned)
+
+
+def divergence_program(prompts: list[Prompt], prompt_ids: list[list[int]], config: DivergenceConfig,
+                       base: str, tuned: str, wish: HistoryWish | None = None) -> Program:
+    """First divergence of every prompt between ``base`` (PT) and ``tuned`` (IT). Returns
+    ``(events, no_divergence, natural, searched)``; with ``config.capture_boundaries``,
+    ``natural[event.key] = {base: EventStates, tuned: EventStates}`` over each event prefix (else
+    None); with a ``wish`` of the search's budget (see :class:`~crosspatch.core.analysis.HistoryWish`),
+    ``searched[event.key]``: the history the search decoded past each event whose history stayed
+    finite (an :class:`EventSet` takes both)."""
+    roll, check = search_roles(config, base, tuned)
+    keep = wish is not None and wish.budget == config.max_new_tokens
+    done = wish.done if keep and wish is not None else None
     (outcomes,) = yield [Search(roll, check, prompt_ids, config.max_new_tokens, config.capture_boundaries,
-                                config.chunk_size)]
+                                config.chunk_size, keep_history=keep,
+                                history_done=None if done is None else (lambda k, g, c: done(prompt_ids[k], g, c)))]
     events: list[DivergenceEvent] = []
     none: list[NoDivergence] = []
     natural = {} if config.capture_boundaries is not None else None
+    searched = {}
     for prompt, ids, o in zip(prompts, prompt_ids, outcomes):
         if o.position is None:
             none.append(NoDivergence(prompt.id, prompt.category, o.reason, len(o.shared), o.non_finite))
@@ -52,7 +68,9 @@ def divergence_program(prompts: list[Prompt], prompt_ids: list[list[int]], confi
         events.append(event)
         if natural is not None:
             natural[event.key] = o.states
-    return events, none, natural
+        if o.history is not None:
+            searched[event.key] = o.history
+    return events, none, natural, searched
 
 
 def find_divergences(
@@ -69,7 +87,7 @@ def find_divergences(
     prefix are put there (keyed by event key, then role)."""
     if natural is None:
         config = DivergenceConfig(**{**asdict(config), "capture_boundaries": None})
-    events, none, states = Executor(models, config.batch_size, config.max_batch_tokens).drive(
+    events, none, states, _ = Executor(models, config.batch_size, config.max_batch_tokens).drive(
         divergence_program(prompts, prompt_ids, config, models.base, tuned or models.roles[1]))
     if natural is not None and states:
         natural.update(states)

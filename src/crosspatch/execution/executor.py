@@ -27,7 +27,7 @@ from ..models.vocab import masked_argmax
 from .batching import length_batches
 from .decoder import DECODE_MODES, decoding
 from .modelset import ModelSet
-from .passes import Capture, Decode, History, Late, Pass, Search, SearchOutcome
+from .passes import Capture, Decode, History, Late, Pass, Search, SearchHistory, SearchOutcome
 from .search import first_mismatch, history_interleaved, rollout_states, search_interleaved
 
 # yields lists of passes, receives their results (per pass, per item), returns the analysis' value
@@ -320,9 +320,12 @@ class Executor:
         if self.models.can_hold(p.roles):  # both models at once: interleaved, stops at the event
             with self.models.use(p.roll) as roll, self.models.use(p.check) as check:
                 def search(queue):  # continuous batching: a row that ends makes room for the next prompt
+                    done = None if p.history_done is None else (
+                        lambda row, g, c: p.history_done(queue[row], g, c))  # type: ignore[misc]
                     found = search_interleaved(self.models, roll, check, [p.prompts[k] for k in queue],
                                                p.max_new_tokens, p.chunk_size, p.capture, keep,
-                                               fits=self._fits_rows if self.continuous_batching else None)
+                                               fits=self._fits_rows if self.continuous_batching else None,
+                                               keep_history=p.keep_history, history_done=done)
                     for k, o in zip(queue, found):
                         out[k] = o
 
@@ -352,8 +355,9 @@ class Executor:
             def verify(batch):
                 prompts = [p.prompts[k] for k in batch]
                 stopped = {row: p.roll for row, k in enumerate(batch) if k in stopped_rollouts}
-                found, culprit, check_states = first_mismatch(self.models, check, prompts,
-                                                              [rollouts[k] for k in batch], p.capture, keep, stopped)
+                found, culprit, check_states, picks = first_mismatch(self.models, check, prompts,
+                                                                     [rollouts[k] for k in batch], p.capture, keep,
+                                                                     stopped)
                 for row, (k, (i, a, b)) in enumerate(zip(batch, found)):
                     if i is None:
                         out[k] = SearchOutcome(None, rollouts[k][:b], reason=a, non_finite=culprit.get(row))
@@ -364,7 +368,10 @@ class Executor:
                         full = roll_states[k]
                         states = {p.roll: EventStates({b: t[:n] for b, t in full.boundary.items()}, full.final[n - 1]),
                                   p.check: check_states(row, n)}
-                    out[k] = SearchOutcome(i, rollouts[k][:i], t_roll=a, t_check=b, states=states)
+                    # the whole rollout and the check's picks over it: the history, whole, for free
+                    history = (SearchHistory(rollouts[k], picks[row], whole=True)
+                               if p.keep_history and picks[row] is not None and row not in stopped else None)
+                    out[k] = SearchOutcome(i, rollouts[k][:i], t_roll=a, t_check=b, states=states, history=history)
                 for k in batch:
                     roll_states.pop(k, None)
 

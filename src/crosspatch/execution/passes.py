@@ -113,10 +113,29 @@ class Search:
     max_new_tokens: int
     capture: list[int] | None = None
     chunk_size: int = 8
+    keep_history: bool = False
+    """Each row that diverges goes on as a :class:`History` of the same roles and budget would
+    (``roll``'s greedy continuation, ``check``'s pick at every position) until ``history_done``
+    says its consumers have what they need (None: the whole budget), its EOS or the budget; its
+    outcome then carries the history (:attr:`SearchOutcome.history`), which no later pass has to
+    decode again."""
+    history_done: Callable[[int, list[int], list[int]], bool] | None = None
 
     @property
     def roles(self) -> tuple[str, ...]:
         return (self.roll, self.check)
+
+
+@dataclass
+class SearchHistory:
+    """The history a :class:`Search` with ``keep_history`` decoded past a row's event: ``rollout``
+    (from the first generated token) and ``picks`` (``check``'s choice at each of its positions,
+    all finite). ``whole``: it ended at its EOS or the budget (what any consumer may read), else
+    where ``history_done`` said its consumers were done."""
+
+    rollout: list[int]
+    picks: list[int]
+    whole: bool
 
 
 @dataclass
@@ -133,6 +152,7 @@ class SearchOutcome:
     reason: str | None = None
     states: dict[str, EventStates] | None = None  # role -> states over prompt + shared
     non_finite: str | None = None
+    history: SearchHistory | None = None  # with keep_history, for an event whose history stayed finite
 
 
 Pass = Capture | Late | Decode | History | Search

@@ -23,7 +23,7 @@ from ..models.forward import EventStates, ModelHandle, capture_forward, readout
 from ..models.vocab import NON_FINITE, masked_argmax
 from .decoder import CachedDecoder, greedy_chunk, new_decoder
 from .history import history_interleaved
-from .passes import SearchOutcome
+from .passes import SearchHistory, SearchOutcome
 
 __all__ = ["CachedDecoder", "first_mismatch", "greedy_rollout", "history_interleaved", "rollout_states",
            "search_interleaved"]
@@ -61,9 +61,98 @@ def _greedy(decoder: CachedDecoder, prompts: list[list[int]], max_new_tokens: in
     return outputs
 
 
+class _Rows:
+    """The search's per-row bookkeeping (:func:`_search_batch`): the accepted tokens ``gen``,
+    ``check``'s pick per position ``pred_c`` (one more than ``gen``: its next prediction), each
+    row's outcome, whose logits ended a row at NaN/inf (``culprit``), and with ``keep_history``
+    the rows decoding on past their event (``following``) and their histories."""
+
+    def __init__(self, n: int, pred_c: list[list[int]], budget: int, eos, keep_history: bool, history_done) -> None:
+        self.gen: list[list[int]] = [[] for _ in range(n)]
+        self.pred_c, self.budget, self.eos = pred_c, budget, eos
+        self.keep_history, self.history_done = keep_history, history_done
+        self.outcome: list[tuple | None] = [None] * n
+        self.culprit: dict[int, str] = {}
+        self.following: set[int] = set()
+        self.history: dict[int, SearchHistory | None] = {}
+
+    def live(self, r: int) -> bool:
+        """Whether row ``r`` stays in the caches (no outcome yet, or decoding on for its history)."""
+        return self.outcome[r] is None or r in self.following
+
+    def _diverged(self, r: int, i: int, t_roll: int, t_check: int) -> None:
+        self.outcome[r] = (i, t_roll, t_check)
+        if self.keep_history:
+            self.following.add(r)
+
+    def _non_finite(self, r: int, role: str) -> None:
+        self.outcome[r] = (None, "non_finite_logits", len(self.gen[r]))
+        self.culprit[r] = role
+
+    def precheck(self, r: int, chunk: list[int], stopped: set[int], roll: str, check: str) -> None:
+        """Before ``check`` is fed: the chunk's first token against ``check``'s prediction (a row
+        that diverges there costs ``check`` nothing, unless it decodes on for its history)."""
+        if r in self.following:
+            if not chunk:
+                self._end_history(r, stopped, grew=False)  # nothing more to feed
+            return
+        i = len(self.gen[r])
+        if self.pred_c[r][i] == NON_FINITE:
+            self._non_finite(r, check)
+        elif chunk and self.pred_c[r][i] != chunk[0]:
+            self._diverged(r, i, chunk[0], self.pred_c[r][i])
+            if not self.keep_history:
+                return
+        elif not chunk:  # the rollout's first pick of this chunk was not finite
+            self._non_finite(r, roll)
+
+    def consume(self, r: int, chunk: list[int], checked: list[int], stopped: set[int], roll: str, check: str) -> None:
+        """``check``'s picks after each token of ``chunk`` (``checked``): tokens are accepted up to
+        the first mismatch (the event), an agreed EOS or NaN/inf logits; a row decoding on for its
+        history keeps them all."""
+        gen, pred_c = self.gen[r], self.pred_c[r]
+        for j, tok in enumerate(chunk):
+            i = len(gen)
+            if r not in self.following:
+                if pred_c[i] == NON_FINITE:
+                    self._non_finite(r, check)
+                    break
+                if pred_c[i] != tok:
+                    self._diverged(r, i, tok, pred_c[i])
+                    if not self.keep_history:
+                        break
+            gen.append(tok)
+            pred_c.append(checked[j])
+            if tok in self.eos and r not in self.following:
+                self.outcome[r] = (None, "agreed_eos", len(gen))
+                break
+        if r in self.following:
+            self._end_history(r, stopped, grew=True)
+        elif self.outcome[r] is None and r in stopped:
+            self._non_finite(r, roll)
+        elif self.outcome[r] is None and len(gen) >= self.budget:
+            self.outcome[r] = (None, "budget_exhausted", len(gen))
+
+    def _end_history(self, r: int, stopped: set[int], grew: bool) -> None:
+        """A following row's history ends when it is done, whole (EOS, budget) or met NaN/inf
+        logits (then None: it is decoded apart, token by token)."""
+        gen = self.gen[r]
+        picks = self.pred_c[r][: len(gen)]
+        if r in stopped or NON_FINITE in picks:
+            self.history[r] = None
+        elif not grew or len(gen) >= self.budget or gen[-1] in self.eos:
+            self.history[r] = SearchHistory(list(gen), picks, whole=True)
+        elif self.history_done is not None and self.history_done(r, gen, picks):
+            self.history[r] = SearchHistory(list(gen), picks, whole=False)
+        else:
+            return
+        self.following.discard(r)
+
+
 def _search_batch(
     models, roll: ModelHandle, check: ModelHandle, prompts: list[list[int]],
     budget: int, chunk_size: int, capture: list[int] | None, keep_on=None, fits=None,
+    keep_history: bool = False, history_done=None,
 ):
     """Chunked search: ``roll`` decodes a chunk of tokens greedily (1, 2, 4, ... up to
     ``chunk_size``: most divergences come early), then ``check`` consumes the same tokens in one
@@ -78,7 +167,13 @@ def _search_batch(
     With ``fits(lengths) -> bool`` (each live row's prompt + budget tokens), the prompts are a
     queue: as many start as fit, and a row that ends makes room for the next prompt in the same
     caches (continuous batching: no row waits for the slowest of its batch). Without it, all
-    start at once."""
+    start at once.
+
+    With ``keep_history``, a row that diverges stays in both caches as a history would
+    (:func:`history_interleaved`: every token of ``roll`` kept, ``check``'s pick after each)
+    until ``history_done(row, rollout, picks)``, its EOS or the budget; the last value returned
+    maps each such row to its :class:`SearchHistory`, or None where a pick or the rollout met
+    NaN/inf logits (a history then has to be decoded token by token, apart)."""
     real, eos, pad = models.real_vocab, models.eos_ids, models.pad_id
     dec_r, dec_c = new_decoder(roll, models, capture, keep_on), new_decoder(check, models, capture, keep_on)
     n = len(prompts)
@@ -90,16 +185,10 @@ def _search_batch(
     pred_c: list[list[int]] = [[] for _ in range(n)]  # check's pick per position
     for r, t in zip(live, masked_argmax(dec_c.start([prompts[r] for r in live], live), real).tolist()):
         pred_c[r] = [int(t)]
-    gen: list[list[int]] = [[] for _ in range(n)]
-    outcome: list[tuple | None] = [None] * n
-    culprit: dict[int, str] = {}
-
-    def end_non_finite(r: int, role: str) -> None:
-        outcome[r] = (None, "non_finite_logits", len(gen[r]))
-        culprit[r] = role
+    rows = _Rows(n, pred_c, budget, eos, keep_history, history_done)
 
     def retire(live, logits_r, refill: bool = True):
-        keep = [k for k, r in enumerate(live) if outcome[r] is None]
+        keep = [k for k, r in enumerate(live) if rows.live(r)]
         if len(keep) < len(live):
             live = [live[k] for k in keep]
             dec_r.select(keep)
@@ -111,16 +200,10 @@ def _search_batch(
 
     chunk_len = 1
     while live:
-        chunk, stopped, logits_r = greedy_chunk(dec_r, logits_r, live, gen, budget, chunk_len, models)
+        chunk, stopped, logits_r = greedy_chunk(dec_r, logits_r, live, rows.gen, budget, chunk_len, models)
         chunk_len = min(2 * chunk_len, chunk_size)
         for r in live:
-            i = len(gen[r])
-            if pred_c[r][i] == NON_FINITE:
-                end_non_finite(r, check.role)
-            elif chunk[r] and pred_c[r][i] != chunk[r][0]:
-                outcome[r] = (i, chunk[r][0], pred_c[r][i])
-            elif not chunk[r]:  # the rollout's first pick of this chunk was not finite
-                end_non_finite(r, roll.role)
+            rows.precheck(r, chunk[r], stopped, roll.role, check.role)
         live, logits_r = retire(live, logits_r, refill=False)  # (new rows join after the check)
         if not live:
             live, logits_r = retire(live, logits_r)  # the next prompts of the queue, if any
@@ -129,25 +212,10 @@ def _search_batch(
         tokens = torch.tensor([chunk[r] + [pad] * (width - len(chunk[r])) for r in live])
         checked = masked_argmax(dec_c.feed(tokens), real).tolist()
         for k, r in enumerate(live):
-            for j, tok in enumerate(chunk[r]):
-                i = len(gen[r])
-                if pred_c[r][i] == NON_FINITE:
-                    end_non_finite(r, check.role)
-                    break
-                if pred_c[r][i] != tok:
-                    outcome[r] = (i, tok, pred_c[r][i])
-                    break
-                gen[r].append(tok)
-                pred_c[r].append(checked[k][j])
-                if tok in eos:
-                    outcome[r] = (None, "agreed_eos", len(gen[r]))
-                    break
-            if outcome[r] is None and r in stopped:
-                end_non_finite(r, roll.role)
-            elif outcome[r] is None and len(gen[r]) >= budget:
-                outcome[r] = (None, "budget_exhausted", len(gen[r]))
+            rows.consume(r, chunk[r], checked[k], stopped, roll.role, check.role)
         live, logits_r = retire(live, logits_r)
-    return cast(list[tuple], outcome), gen, culprit, dec_r, dec_c  # every row has its outcome now
+    outcome, gen, culprit, history = rows.outcome, rows.gen, rows.culprit, rows.history
+    return cast(list[tuple], outcome), gen, culprit, dec_r, dec_c, history  # every row has its outcome now
 
 
 def _refill(dec_r: CachedDecoder, dec_c: CachedDecoder, queue: list[int], prompts: list[list[int]], budget: int,
@@ -180,40 +248,49 @@ def _fitting(queue: list[int], prompts: list[list[int]], budget: int, fits, live
     return max(take, 0 if live else 1)
 
 
-def _outcomes(prompts, outcome, gen, states_of, culprit: dict[int, str]) -> list[SearchOutcome]:
+def _outcomes(prompts, outcome, gen, states_of, culprit: dict[int, str],
+              history: dict[int, SearchHistory | None]) -> list[SearchOutcome]:
     """Raw per-row results as :class:`SearchOutcome` (``states_of(row, length)``: both models'
     states over the first ``length`` positions, or None; ``culprit``: per row that ended at
-    non-finite logits, whose)."""
+    non-finite logits, whose; ``history``: per event row, the history decoded past it)."""
     result = []
     for row, (p, (i, a, b)) in enumerate(zip(prompts, outcome)):
         if i is None:
             result.append(SearchOutcome(None, gen[row][:b], reason=a, non_finite=culprit.get(row)))
         else:
-            result.append(SearchOutcome(i, gen[row][:i], t_roll=a, t_check=b, states=states_of(row, len(p) + i)))
+            result.append(SearchOutcome(i, gen[row][:i], t_roll=a, t_check=b, states=states_of(row, len(p) + i),
+                                        history=history.get(row)))
     return result
 
 
 def search_interleaved(models, roll: ModelHandle, check: ModelHandle, prompts: list[list[int]], max_new_tokens: int,
                        chunk_size: int = 8, capture: list[int] | None = None, keep_on=None,
-                       fits=None) -> list[SearchOutcome]:
+                       fits=None, keep_history: bool = False, history_done=None) -> list[SearchOutcome]:
     """First divergence with both models in use at once (chunked decode + cached verification).
 
     A row that ended at NaN/inf logits is searched again one token per call: in a call over
     several tokens, a NaN key at a later position reaches the earlier positions' attention
     through the masked scores (NaN + -inf is NaN), so the position where the logits first stop
-    being finite, or an event before it, is only exact token by token (as lockstep decoding)."""
-    outcome, gen, culprit, dec_r, dec_c = _search_batch(models, roll, check, prompts, max_new_tokens, chunk_size,
-                                                        capture, keep_on, fits)
+    being finite, or an event before it, is only exact token by token (as lockstep decoding).
+    With ``keep_history``, each event row decodes on for its history (see :func:`_search_batch`;
+    ``history_done(row, rollout, picks)``) and its outcome carries it."""
+    outcome, gen, culprit, dec_r, dec_c, history = _search_batch(models, roll, check, prompts, max_new_tokens,
+                                                                 chunk_size, capture, keep_on, fits, keep_history,
+                                                                 history_done)
     source = {row: (dec_r, dec_c, row) for row in range(len(prompts))}
     redo = [row for row, o in enumerate(outcome) if o[0] is None and o[1] == "non_finite_logits"]
     if redo and chunk_size > 1:
-        again, gen2, culprit2, dec_r2, dec_c2 = _search_batch(models, roll, check, [prompts[r] for r in redo],
-                                                              max_new_tokens, 1, capture, keep_on, fits)
+        done = None if history_done is None else (lambda k, g, c: history_done(redo[k], g, c))
+        again, gen2, culprit2, dec_r2, dec_c2, history2 = _search_batch(
+            models, roll, check, [prompts[r] for r in redo], max_new_tokens, 1, capture, keep_on, fits,
+            keep_history, done)
         for k, row in enumerate(redo):
             outcome[row], gen[row], source[row] = again[k], gen2[k], (dec_r2, dec_c2, k)
             culprit.pop(row, None)
             if k in culprit2:
                 culprit[row] = culprit2[k]
+            if k in history2:
+                history[row] = history2[k]
 
     def states_of(row, length):
         if capture is None:
@@ -221,7 +298,7 @@ def search_interleaved(models, roll: ModelHandle, check: ModelHandle, prompts: l
         rolling, checking, at = source[row]
         return {roll.role: rolling.event_states(at, length), check.role: checking.event_states(at, length)}
 
-    return _outcomes(prompts, outcome, gen, states_of, culprit)
+    return _outcomes(prompts, outcome, gen, states_of, culprit, history)
 
 
 def rollout_states(models, handle: ModelHandle, prompts: list[list[int]], max_new_tokens: int,
@@ -237,15 +314,18 @@ def first_mismatch(models, check: ModelHandle, prompts: list[list[int]], rollout
     position where ``check``'s argmax differs from the rollout, or ``(None, reason, n)``, reason
     ``non_finite_logits`` where ``check``'s logits are NaN or infinite first, or where the rollout
     of a row in ``stopped`` (row -> rollout role) ended at its own; whose logits those were, per
-    such row; and ``states(row, length)``: ``check``'s states over a row's first ``length``
-    positions. A row whose logits are not finite somewhere is fed again one token per call (see
-    :func:`search_interleaved`: in one call, a NaN at a later position reaches earlier ones)."""
+    such row; ``states(row, length)``: ``check``'s states over a row's first ``length``
+    positions; and per row ``check``'s picks at every rollout position (the history of
+    :class:`History`), or None where they were not all finite. A row whose logits are not finite
+    somewhere is fed again one token per call (see :func:`search_interleaved`: in one call, a NaN
+    at a later position reaches earlier ones)."""
     seqs = [p + r for p, r in zip(prompts, rollouts)]
     cap = capture_forward(check, seqs, capture or [], models.pad_id, keep_on=keep_on)
-    outcome, culprit, alone = [], {}, {}
+    outcome, culprit, alone, all_picks = [], {}, {}, []
     for row, (p, r) in enumerate(zip(prompts, rollouts)):
         finals = cap.final_states[row, len(p) - 1 : len(p) - 1 + len(r)]
         picks = masked_argmax(readout(check, finals), models.real_vocab).tolist() if r else []
+        all_picks.append(None if NON_FINITE in picks else picks)
         if NON_FINITE in picks:
             alone[row] = new_decoder(check, models, capture, keep_on)
             picks = _picks_token_by_token(alone[row], models, p, r)
@@ -267,7 +347,7 @@ def first_mismatch(models, check: ModelHandle, prompts: list[list[int]], rollout
             return alone[row].event_states(0, length)
         return cap.event_states(row, length, capture or [])
 
-    return outcome, culprit, states
+    return outcome, culprit, states, all_picks
 
 
 def _picks_token_by_token(decoder: CachedDecoder, models, prompt: list[int], rollout: list[int]) -> list[int]:

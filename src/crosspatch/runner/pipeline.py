@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.analysis import EventSet
+from ..core.analysis import EventSet, combined_wish
 from ..core.cells import CellRecord, CellsConfig, CrossPatch
-from ..core.divergence import DivergenceConfig, NoDivergence, divergence_program, find_divergences
+from ..core.divergence import DivergenceConfig, NoDivergence, divergence_program, find_divergences, search_roles
 from ..core.registry import PlanContext, enabled_plugins
 from ..core.stats import BootstrapConfig
 from ..core.verdict import VerdictPolicy
@@ -49,6 +49,7 @@ class ChunkPlan:
     analyses: list = field(default_factory=list)  # controls and further analyses, run on the same events
     tuned: str | None = None  # the descendant role scored against the base (default: the first)
     decode: str = "eager"  # how the search and the histories decode (execution.decoder.DECODE_MODES)
+    share_histories: bool = True  # the search decodes the histories analyses wish for (False: apart, to compare)
 
 
 @dataclass
@@ -70,9 +71,14 @@ def process_chunk(models, plan: ChunkPlan, item) -> ChunkResult:
     prompts, token_ids = item
     ex = Executor(models, plan.cells.batch_size, plan.cells.max_batch_tokens, plan.decode)
     tuned = plan.tuned or models.roles[1]
+    roll, check = search_roles(plan.divergence, models.base, tuned)
+    # histories the analyses will read with the search's roles: decoded by the search on the way
+    wishes = [w for w in (a.history_wish(models) for a in plan.analyses if hasattr(a, "history_wish")) if w is not None]
+    wish = combined_wish(wishes, plan.divergence.max_new_tokens) if plan.share_histories else None
     with counting_work() as work:
-        events, none, natural = ex.drive(divergence_program(prompts, token_ids, plan.divergence, models.base, tuned))
-        evset = EventSet(events, models.base, tuned, natural)
+        events, none, natural, searched = ex.drive(
+            divergence_program(prompts, token_ids, plan.divergence, models.base, tuned, wish))
+        evset = EventSet(events, models.base, tuned, natural, searched, (roll, check, plan.divergence.max_new_tokens))
         programs = [CrossPatch(plan.boundaries, plan.cells).program(ex, evset)]
         programs += [a.program(ex, evset) for a in plan.analyses]
         values = ex.drive_all(programs)  # side by side: passes of one role grouped across analyses
