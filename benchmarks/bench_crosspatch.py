@@ -298,10 +298,10 @@ def method_profile(args) -> dict:
 SUITES = {
     # name: list of (label, workload, dtype, device, prompts, sweep?, methods, residencies)
     "cpu": [
-        ("zoo, fp32", "zoo", "float32", "cpu", 128, ["crosspatch", "lower", "floor", "paper", "nnsight"],
+        ("zoo, fp32", "zoo", "float32", "cpu", 96, ["crosspatch", "lower", "floor", "paper", "nnsight"],
          ["both", "sequential"]),
         # what a user runs: the default command, in-process and as a whole process
-        ("zoo, fp32, the default run", "zoo", "float32", "cpu", 128, ["crosspatch", "default", "process", "paper"], [],
+        ("zoo, fp32, the default run", "zoo", "float32", "cpu", 96, ["crosspatch", "default", "process", "paper"], [],
          "no-sweep"),
         ("mid-size pair, fp32", "mid", "float32", "cpu", 32, ["crosspatch", "lower", "floor", "paper", "nnsight"],
          ["both", "sequential", "sequential@1024", "adapter"], "no-sweep-paper"),
