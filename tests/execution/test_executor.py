@@ -325,3 +325,26 @@ def test_decoding_on_cuda_keeps_to_attention_backends_that_need_no_per_shape_pla
     assert torch.backends.cuda.cudnn_sdp_enabled()  # restored
     with decoding_attention(torch.device("cpu")):
         assert torch.backends.cuda.cudnn_sdp_enabled()  # nothing changes off CUDA
+
+
+def test_late_passes_of_the_same_states_through_the_same_stack_run_once(monkeypatch):
+    """Late passes in one request that feed the same upstream tensors through the same role and
+    boundary without edits (the 2x2's cross cell and the hybrid-state control's end point) run
+    once and both get the result; equal values in other tensors, or an edit, run apart."""
+    pair = make_pair("llama")
+    seqs = [[1, 5, 6, 7], [1, 8, 9]]
+    (states,) = Executor(pair).run([Capture(pair.roles[0], seqs, [2])])
+    upstream = [s.boundary[2] for s in states]
+    calls = []
+    real = executor_module.late_forward
+    monkeypatch.setattr(executor_module, "late_forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    tuned = pair.roles[1]
+    same = [Late(tuned, 2, upstream, seqs), Late(tuned, 2, list(upstream), seqs)]
+    a, b = Executor(pair).run(same)
+    assert len(calls) == 1 and all(torch.equal(x, y) for x, y in zip(a, b))
+    calls.clear()
+    copies = [Late(tuned, 2, upstream, seqs), Late(tuned, 2, [u.clone() for u in upstream], seqs),
+              Late(tuned, 2, upstream, seqs, [Edit(3, "mlp", lambda h, items: h)]), Late(pair.roles[0], 2, upstream, seqs)]
+    results = Executor(pair).run(copies)
+    assert len(calls) == 4
+    assert all(torch.equal(x, y) for x, y in zip(results[0], results[1]))

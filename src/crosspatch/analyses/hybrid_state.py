@@ -52,7 +52,7 @@ class HybridState(Analysis):
                 perm = torch.as_tensor(rng.permutation(d))
                 signs = torch.as_tensor(rng.choice([-1.0, 1.0], size=d), dtype=x.boundary[b].dtype)
                 draw.append(x.boundary[b] + (delta.to(signs.device)[:, perm] * signs).to(x.boundary[b].device))
-        passes = [Late(tuned, b, [(1 - a) * x.boundary[b] + a * y.boundary[b] for x, y in zip(u_pt, u_it)], seqs)
+        passes = [Late(tuned, b, [_mix(x.boundary[b], y.boundary[b], a) for x, y in zip(u_pt, u_it)], seqs)
                   for a in INTERPOLATION]
         passes += [Late(base, b, [x.boundary[b] for x in u_pt], seqs)]
         passes += [Late(tuned, b, draw, seqs) for draw in randoms]
@@ -71,6 +71,16 @@ class HybridState(Analysis):
                  "y_interpolation": [float(v[k]) for v in interp], "y_random_patch": float(rand[0][k]),
                  "y_random_patches": [float(v[k]) for v in rand]}
                 for k, e in enumerate(evset.events)]
+
+
+def _mix(u_pt: torch.Tensor, u_it: torch.Tensor, a: float) -> torch.Tensor:
+    """``(1 - a) u_pt + a u_it``; at the ends the state itself (the same values, and the same
+    tensor, so that the 2x2's pass of ``u_pt`` through ``L_IT`` is shared, not run twice)."""
+    if a == 0:
+        return u_pt
+    if a == 1:
+        return u_it
+    return (1 - a) * u_pt + a * u_it
 
 
 def build(options: HybridStateOptions, plan: PlanContext) -> HybridState:

@@ -65,11 +65,15 @@ def _free_memory() -> None:
 
 
 def _identity(p: Pass):
-    """A hashable identity of passes without tensors (identical ones are computed once)."""
+    """A hashable identity of a pass (identical ones in one request are computed once): a late pass
+    without edits is identified by its upstream tensors' identities, which the request holds
+    alive (two analyses passing the search's states through the same stack share the pass)."""
     if isinstance(p, Capture):
         return ("capture", p.role, tuple(map(tuple, p.sequences)), tuple(p.boundaries), p.all_final)
     if isinstance(p, Decode):
         return ("decode", p.role, tuple(map(tuple, p.prompts)), p.max_new_tokens)
+    if isinstance(p, Late) and not p.edits:  # the same upstream tensors (objects, not values) through one stack
+        return ("late", p.role, p.boundary, tuple(map(id, p.upstream)), tuple(map(tuple, p.sequences)))
     return None
 
 
