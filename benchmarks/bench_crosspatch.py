@@ -186,12 +186,21 @@ def method_process(args) -> dict:
             raise SystemExit(f"crosspatch run failed:\n{done.stderr[-4000:]}")
         lines = [json.loads(x) for x in (Path(tmp) / "run" / "events.jsonl").read_text().splitlines()]
         summary = json.loads((Path(tmp) / "run" / "summary.json").read_text())
+    # what any Hugging Face pipeline pays before its first forward: Python, torch, and transformers
+    # with the model's modelling code (resolved as AutoModelForCausalLM does), in a fresh process
+    floor = ("import torch, transformers; from transformers import AutoConfig; "
+             "from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING; "
+             f"MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained({w['base']!r}))]")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", floor], check=True, capture_output=True)
+    import_seconds = time.perf_counter() - start
     first = [r for r in lines if r["kind"] == "first_diff"]
     return {"seconds": seconds,
             "events": {r["prompt_id"]: (r["position"], r["t_pt"], r["t_it"], r["prefix_ids"]) for r in first},
             "cells": {f"{r['prompt_id']}@{r['boundary']}": r["cells"]["common_it"] for r in first},
             "fe_per_event": summary["cost_this_session"]["fe_per_event"],
-            "compute_seconds": summary["cost_this_session"]["seconds"], "peak_mb": None,  # another process's
+            "compute_seconds": summary["cost_this_session"]["seconds"], "import_floor_seconds": import_seconds,
+            "peak_mb": None,  # another process's
             "no_divergence": sum(summary["counts"]["no_divergence"].values())}
 
 
