@@ -326,8 +326,8 @@ SUITES = {
     ],
     "gpu": [  # the baselines decode at batch size 1: their minutes set the prompt counts
         ("mid-size pair, bf16", "mid", "bfloat16", "cuda", 96, ["crosspatch", "crosspatch-eager", "crosspatch-static",
-                                                                 "crosspatch-expandable", "lower", "floor", "paper",
-                                                                 "nnsight"],
+                                                                 "crosspatch-expandable", "default", "lower", "floor",
+                                                                 "paper", "nnsight"],
          ["sequential", "sequential@4096"], "no-sweep-paper"),
         ("large pair (1.4B), bf16", "large", "bfloat16", "cuda", 32, ["crosspatch", "lower", "floor", "paper"], [],
          "no-sweep"),

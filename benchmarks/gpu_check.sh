@@ -4,7 +4,8 @@
 # debugging. Each part is one command under 10 minutes; run them one by one where a machine limits
 # a command's time:
 #
-#   benchmarks/gpu_check.sh mid        # mid-size pair (134M, bf16): crosspatch, nnsight, paper-style, both floors
+#   benchmarks/gpu_check.sh mid        # mid-size pair (134M, bf16): crosspatch (and its default run), nnsight,
+#                                      # paper-style, both floors
 #   benchmarks/gpu_check.sh large      # the 1.4B pair: crosspatch, paper-style, both floors
 #   benchmarks/gpu_check.sh 7B         # a 7B-class random-init Llama pair built on the GPU: sequential and both
 #   benchmarks/gpu_check.sh profile    # where the search's time goes on the GPU

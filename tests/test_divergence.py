@@ -377,3 +377,24 @@ def test_event_kinds_read_the_searchs_histories_with_the_same_records(prompts, o
         for readout, cells in a.cells.items():
             assert cells == pytest.approx(b.cells[readout], abs=1e-5)
     assert shared.token_layers < apart.token_layers
+
+
+def test_random_later_reads_the_searchs_whole_histories():
+    """The random-later control asks for whole histories of both rollouts: the one of the
+    search's roles comes from the search (less work), with the same later disagreements."""
+    import dataclasses
+
+    from crosspatch.runner.pipeline import RunConfig, chunk_plan, process_chunk
+
+    pair = make_pair("llama", scale=0.15)
+    ps = as_prompts([{"id": f"r{k}", "prompt": t} for k, t in enumerate(
+        ["the quick brown fox", "report the wind for denver today please", "hello there", "forecast: sunny"])])
+    ids = [tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, p.id, p.prompt) for p in ps]
+    config = RunConfig(max_new_tokens=16, batch_size=4, controls="random_later", event_kinds="first_diff", bootstrap=0)
+    plan = chunk_plan(config, [2], pair.num_layers)
+    shared = process_chunk(pair, plan, (ps, ids))
+    apart = process_chunk(pair, dataclasses.replace(plan, share_histories=False), (ps, ids))
+    rows = [shared.analyses["control_random_later"], apart.analyses["control_random_later"]]
+    assert rows[0] and [(r["key"], r["position"], r["t_pt"], r["t_it"]) for r in rows[0]] == \
+        [(r["key"], r["position"], r["t_pt"], r["t_it"]) for r in rows[1]]
+    assert shared.token_layers < apart.token_layers

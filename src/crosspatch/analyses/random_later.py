@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core.analysis import Analysis, EventSet
+from ..core.analysis import Analysis, EventSet, HistoryWish
 from ..core.cells import CellsConfig, CrossPatch
 from ..core.divergence import DivergenceEvent
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
@@ -45,6 +45,12 @@ class RandomLater(Analysis):
         scored = yield from CrossPatch([self.boundary], self.cells).program(
             ex, EventSet(later, evset.base, evset.tuned, None))
         return cell_rows(scored)
+
+
+    def history_wish(self, models) -> HistoryWish:
+        """Both rollouts whole: the one of the search's roles, the search decodes on the way (the
+        other side is decoded apart)."""
+        return HistoryWish(self.budget)
 
 
 def build(options, plan: PlanContext) -> RandomLater:
