@@ -16,6 +16,7 @@ forward-pass equivalents (FE): token-layers executed / sum over events of prefix
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -157,12 +158,53 @@ def method_default(args) -> dict:
         warm_code_paths()
     pair = load_pair(w["base"], tuned=w["tuned"], dtype=args.dtype, device=args.device, hash_weights=False)
     prompts = load_prompt_list(args)
-    seconds, result = _timed_run(args, pair, prompts, dict(boundary=0.6, max_new_tokens=args.max_new_tokens,
-                                                           progress=False))
+    with _stage_timers() as stages:
+        seconds, result = _timed_run(args, pair, prompts, dict(boundary=0.6, max_new_tokens=args.max_new_tokens,
+                                                               progress=False))
     events, cells = _first_divergences(result.records)
+    stages["other"] = max(0.0, seconds - sum(stages.values()))
     return {"seconds": seconds, "events": events, "cells": cells,
             "fe_per_event": result.summary["cost_this_session"]["fe_per_event"], "peak_mb": peak_memory_mb(args.device),
-            "no_divergence": len(result.no_divergence)}
+            "no_divergence": len(result.no_divergence), "stages": dict(stages)}
+
+
+@contextlib.contextmanager
+def _stage_timers():
+    """Seconds of the last ``crosspatch.run`` by stage (what a chunk's executor drives, and the
+    statistics): ``search`` (the divergence search, with the histories it keeps), ``analyses`` (the
+    2x2 and every analysis' passes, side by side), ``statistics`` (the summary: bootstrap,
+    controls' summaries, verdict); the caller adds ``other``. Each run starts from zero."""
+    from crosspatch.execution import executor as executor_module
+    from crosspatch.runner import pipeline
+
+    stages: dict[str, float] = {}
+    real = {"drive": executor_module.Executor.drive, "drive_all": executor_module.Executor.drive_all,
+            "build_summary": pipeline.build_summary}
+
+    def timed(stage, fn):
+        def wrapper(*a, **kw):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - start
+        return wrapper
+
+    real_run = pipeline.run
+
+    def run(*a, **kw):  # each run's stages from zero: the last (timed) run's are what remain
+        stages.clear()
+        return real_run(*a, **kw)
+
+    executor_module.Executor.drive = timed("search", real["drive"])
+    executor_module.Executor.drive_all = timed("analyses", real["drive_all"])
+    pipeline.build_summary = timed("statistics", real["build_summary"])
+    pipeline.run = run
+    try:
+        yield stages
+    finally:
+        executor_module.Executor.drive, executor_module.Executor.drive_all = real["drive"], real["drive_all"]
+        pipeline.build_summary, pipeline.run = real["build_summary"], real_run
 
 
 def method_process(args) -> dict:

@@ -115,6 +115,14 @@ def _targets(rows: dict, sweep: bool, layers: int) -> list[str]:
             if method == "default":
                 lines.append(f"- the default run costs {rows[method]['seconds'] / cp['seconds']:.2f}x the 2x2 alone "
                              "(target <= 1.5x)")
+                stages = rows[method].get("stages")
+                if stages:
+                    names = {"search": "the divergence search with the histories it keeps",
+                             "analyses": "the 2x2 and every analysis' passes", "statistics": "statistics (summary)",
+                             "other": "the rest (validation, tokenising, records)"}
+                    total = rows[method]["seconds"]
+                    lines.append("- the default run by stage: " + "; ".join(
+                        f"{names.get(k, k)} {v:.2f} s ({100 * v / total:.0f}%)" for k, v in stages.items()))
             else:
                 compute = rows[method].get("compute_seconds")
                 lines.append(f"- of its {rows[method]['seconds']:.1f} s, the run itself computed for "

@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..core.analysis import Analysis, EventSet, HistoryWish
+from ..core.analysis import Analysis, EventSet
 from ..core.cells import CellRecord, CellsConfig, CrossPatch
 from ..core.divergence import DivergenceEvent, event_key
 from ..core.records import plain_copy
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, register_analysis
 from ..core.tokens import EVENT_KINDS, TokenDescriber, find_event_kinds
-from ..execution import Executor, Program
+from ..execution import Executor, HistoryWish, Program
 
 
 def parse_event_kinds(text: str | list[str] | None) -> list[str]:

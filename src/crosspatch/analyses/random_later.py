@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core.analysis import Analysis, EventSet, HistoryWish
+from ..core.analysis import Analysis, EventSet
 from ..core.cells import CellsConfig, CrossPatch
 from ..core.divergence import DivergenceEvent
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
-from ..execution import Executor, Program
+from ..execution import Executor, HistoryWish, Program
 from .common import cell_records, cell_rows, interaction_block, mean_interaction, stable_rng
 
 SIDES = {"later_it": "IT rollout", "later_pt": "PT rollout"}

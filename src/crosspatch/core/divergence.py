@@ -13,15 +13,11 @@ outcome that is kept and counted.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
-from ..execution import Executor, ModelSet, Program, Search
+from ..execution import Executor, HistoryWish, ModelSet, Program, Search
 from ..inputs.prompts import Prompt
 from ..models.forward import EventStates
 from .records import KEY_SUFFIX, NO_DIVERGENCE_REASONS, DivergenceEvent, NoDivergence, RecordKey, event_key  # noqa: F401  (re-exported: the data of a run lives in records)
-
-if TYPE_CHECKING:
-    from .analysis import HistoryWish
 
 
 @dataclass

@@ -8,13 +8,13 @@ from .engines import ENGINES, map_chunks
 from .executor import Executor, Program, pad_stack
 from .modelset import RESIDENCIES, ModelPair, ModelSet, ResidentSet, SequentialSet
 from .opening import choose_residency, load_models, load_pair, models_from_modules, pair_from_models, pair_from_peft_model
-from .passes import Capture, Decode, Edit, History, Late, Search, SearchHistory, SearchOutcome
+from .passes import Capture, Decode, Edit, History, HistoryWish, Late, Search, SearchHistory, SearchOutcome, combined_wish
 from .roles import BASE
 from .search import greedy_rollout
 
 __all__ = [
-    "BASE", "ENGINES", "RESIDENCIES", "Capture", "Decode", "Edit", "Executor", "History", "Late", "ModelPair", "ModelSet",
+    "BASE", "ENGINES", "RESIDENCIES", "Capture", "Decode", "Edit", "Executor", "History", "HistoryWish", "Late", "ModelPair", "ModelSet",
     "Program", "ResidentSet", "Search", "SearchHistory", "SearchOutcome", "SequentialSet", "choose_residency", "greedy_rollout",
-    "kv_bytes_per_token", "largest_batch_tokens", "length_batches", "load_models", "load_pair", "map_chunks",
+    "combined_wish", "kv_bytes_per_token", "largest_batch_tokens", "length_batches", "load_models", "load_pair", "map_chunks",
     "models_from_modules", "pad_stack", "pair_from_models", "pair_from_peft_model",
 ]

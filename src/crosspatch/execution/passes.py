@@ -126,6 +126,33 @@ class Search:
         return (self.roll, self.check)
 
 
+@dataclass(frozen=True)
+class HistoryWish:
+    """What an analysis will ask of :meth:`~crosspatch.core.analysis.EventSet.history` with the divergence search's own
+    roles (the rollout model decoding, the other checking) and budget, said before the search so
+    that the search decodes it on the way (:attr:`Search.keep_history`) instead of a second
+    decoding of every event's prompt. ``done(prompt_ids, rollout, picks)``: the analysis has what
+    it needs from a partial history (the ``done`` it will give :meth:`~crosspatch.core.analysis.EventSet.history`, keyed by
+    the prompt's token ids); None: it reads the whole budget. A wish is a saving, never a
+    contract: a history the search did not keep is decoded when asked for."""
+
+    budget: int
+    done: Callable[[list[int], list[int], list[int]], bool] | None = None
+
+
+def combined_wish(wishes: list[HistoryWish], budget: int) -> HistoryWish | None:
+    """One wish for the search that serves every wish of ``budget`` (the search's): each row
+    decodes on until every wish's ``done`` holds (the whole budget when one has none); None when
+    no wish is of that budget."""
+    mine = [w for w in wishes if w.budget == budget]
+    if not mine:
+        return None
+    if any(w.done is None for w in mine):
+        return HistoryWish(budget)
+    dones = [w.done for w in mine if w.done is not None]
+    return HistoryWish(budget, lambda prompt, rollout, picks: all(d(prompt, rollout, picks) for d in dones))
+
+
 @dataclass
 class SearchHistory:
     """The history a :class:`Search` with ``keep_history`` decoded past a row's event: ``rollout``

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.analysis import EventSet, combined_wish
+from ..core.analysis import EventSet
 from ..core.cells import CellRecord, CellsConfig, CrossPatch
 from ..core.divergence import DivergenceConfig, NoDivergence, divergence_program, find_divergences, search_roles
 from ..core.registry import PlanContext, enabled_plugins
 from ..core.stats import BootstrapConfig
 from ..core.verdict import VerdictPolicy
 from ..errors import OptionError
-from ..execution import Executor, ModelSet, map_chunks
+from ..execution import Executor, ModelSet, combined_wish, map_chunks
 from ..execution.batching import chunk_size
 from ..execution.batching import state_cache_bytes as cache_bytes
 from ..inputs.prompts import Prompt, as_prompts
