@@ -42,7 +42,7 @@ def divergence_program(prompts: list[Prompt], prompt_ids: list[list[int]], confi
     """First divergence of every prompt between ``base`` (PT) and ``tuned`` (IT). Returns
     ``(events, no_divergence, natural, searched)``; with ``config.capture_boundaries``,
     ``natural[event.key] = {base: EventStates, tuned: EventStates}`` over each event prefix (else
-    None); with a ``wish`` of the search's budget (see :class:`~crosspatch.core.analysis.HistoryWish`),
+    None); with a ``wish`` of the search's budget (see :class:`~crosspatch.execution.HistoryWish`),
     ``searched[event.key]``: the history the search decoded past each event whose history stayed
     finite (an :class:`EventSet` takes both)."""
     roll, check = search_roles(config, base, tuned)

@@ -128,13 +128,14 @@ class Search:
 
 @dataclass(frozen=True)
 class HistoryWish:
-    """What an analysis will ask of :meth:`~crosspatch.core.analysis.EventSet.history` with the divergence search's own
-    roles (the rollout model decoding, the other checking) and budget, said before the search so
-    that the search decodes it on the way (:attr:`Search.keep_history`) instead of a second
-    decoding of every event's prompt. ``done(prompt_ids, rollout, picks)``: the analysis has what
-    it needs from a partial history (the ``done`` it will give :meth:`~crosspatch.core.analysis.EventSet.history`, keyed by
-    the prompt's token ids); None: it reads the whole budget. A wish is a saving, never a
-    contract: a history the search did not keep is decoded when asked for."""
+    """What an analysis will ask of ``EventSet.history`` (``crosspatch.core.analysis``) with the
+    divergence search's own roles (the rollout model decoding, the other checking) and budget,
+    said before the search so that the search decodes it on the way (:attr:`Search.keep_history`)
+    instead of a second decoding of every event's prompt. ``done(prompt_ids, rollout, picks)``:
+    the analysis has what it needs from a partial history (the ``done`` it will give
+    ``EventSet.history``, keyed by the prompt's token ids); None: it reads the whole budget. A
+    wish is a saving, never a contract: a history the search did not keep is decoded when asked
+    for."""
 
     budget: int
     done: Callable[[list[int], list[int], list[int]], bool] | None = None
