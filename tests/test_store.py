@@ -167,6 +167,23 @@ def test_group_by_never_replaces_a_built_in_breakdown():
     assert any("--group-by category" in w for w in result.summary["warnings"])
 
 
+def test_a_group_by_field_of_numbers_and_text_is_stored_as_text(tmp_path):
+    """A ``--group-by`` field whose values mix numbers and text (``1`` and ``"hard"``) warns before
+    the run and is written to the Parquet table as text, instead of failing to write the table
+    after every event was computed."""
+    import pandas as pd
+
+    pair = make_pair("llama", scale=0.2)
+    prompts = [dict(p, difficulty=(k if k % 2 else "hard")) for k, p in enumerate(many_prompts(6))]
+    result = run(pair, prompts, boundary=2, max_new_tokens=6, bootstrap=0, progress=False, group_by=["difficulty"],
+                 event_kinds="first_diff", controls="none", out=tmp_path / "r")
+    assert any("--group-by difficulty" in w and "as text" in w for w in result.summary["warnings"])
+    table = pd.read_parquet(tmp_path / "r" / "events.parquet")
+    assert len(table) == len(result.records) and table["difficulty"].map(type).eq(str).all()
+    assert set(table["difficulty"]) <= {"hard", "1", "3", "5"}
+    assert set(result.summary["results"]["2"]["common_it"]["by_difficulty"]) <= {"hard", "1", "3", "5"}
+
+
 @pytest.mark.slow
 def test_a_run_whose_config_was_lost_never_adopts_another_models_records(tmp_path):
     from crosspatch.errors import RunSettingsMismatchError

@@ -22,6 +22,7 @@ from ..errors import (
 )
 from ..models.loading import DEVICES, validate_load_options  # noqa: F401 (re-exported)
 from ..models.paths import check_hub_id, check_model_path, local_num_layers, looks_local  # noqa: F401 (re-exported)
+from ..store.tables import mixed_kinds
 
 MIN_BOOTSTRAP = 100  # fewer resamples give degenerate intervals; 0 disables intervals
 MAX_BOOTSTRAP = 100_000  # beyond, percentile intervals no longer change, only the time does
@@ -214,6 +215,9 @@ def check_group_by(fields: list[str], prompts) -> list[str]:
         if have < len(prompts):
             warnings.append(f"--group-by {name}: {len(prompts) - have} of {len(prompts)} prompt(s) lack the field; "
                             "they are left out of that breakdown only")
+        if mixed_kinds(p.metadata.get(name) for p in prompts):
+            warnings.append(f"--group-by {name}: its values are of several kinds (numbers, text, ...); the events "
+                            "table stores them as text")
     return warnings
 
 

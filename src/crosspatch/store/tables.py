@@ -59,16 +59,16 @@ def events_frame(records: Iterable[CellRecord]):
     return wide.reset_index()
 
 
-def records_frame(records: Iterable[CellRecord]):
-    """One row per record, i.e. per (event, event kind, boundary), as ``events.jsonl`` and
-    ``events.parquet`` hold them: identity columns with ``kind``, ``Y`` per readout and cell, and
-    the per-event effects ``<readout>.E_PT``, ``.E_IT``, ``.interaction``."""
-    import pandas as pd
-
-    rows = []
+def record_rows(records: Iterable[CellRecord]) -> list[dict]:
+    """The rows of :func:`records_frame`, as plain dicts. A ``--group-by`` field whose values are
+    of several kinds (numbers and text, say) is written as text, so that a table column holds one
+    type (:func:`mixed_kinds`)."""
+    rows, grouped = [], set()
     for r in records:
         row = {k: v for k, v in r.to_record().items() if k not in ("cells", "extra")}
-        row.update({k: v for k, v in r.extra.items() if k not in row})  # --group-by fields
+        extra = {k: v for k, v in r.extra.items() if k not in row}  # --group-by fields
+        grouped.update(extra)
+        row.update(extra)
         for name in READOUTS:
             y = r.cells[name]
             for c in CELLS:
@@ -76,4 +76,28 @@ def records_frame(records: Iterable[CellRecord]):
             for effect, value in r.effects(name).items():
                 row[f"{name}.{effect}"] = value
         rows.append(row)
-    return pd.DataFrame(rows)
+    for field in grouped:
+        if mixed_kinds(row.get(field) for row in rows):
+            for row in rows:
+                if row.get(field) is not None:
+                    row[field] = str(row[field])
+    return rows
+
+
+def mixed_kinds(values: Iterable) -> bool:
+    """Whether ``values`` (None aside) are of more than one kind: numbers (ints and floats, not
+    booleans), booleans, text, or any other type each a kind of its own."""
+    def kind(v):
+        if isinstance(v, bool):
+            return "bool"
+        return "number" if isinstance(v, (int, float)) else type(v).__name__
+    return len({kind(v) for v in values if v is not None}) > 1
+
+
+def records_frame(records: Iterable[CellRecord]):
+    """One row per record, i.e. per (event, event kind, boundary), as ``events.jsonl`` and
+    ``events.parquet`` hold them: identity columns with ``kind``, ``Y`` per readout and cell, and
+    the per-event effects ``<readout>.E_PT``, ``.E_IT``, ``.interaction``."""
+    import pandas as pd
+
+    return pd.DataFrame(record_rows(records))
