@@ -82,7 +82,6 @@ class EventKinds(Analysis):
             ex, EventSet(fresh, evset.base, evset.tuned, None))
         return scored, twins
 
-
     def history_wish(self, models) -> HistoryWish | None:
         """The history :meth:`program` reads, for the search to decode on the way: to where every
         extra kind is settled."""

@@ -46,7 +46,6 @@ class RandomLater(Analysis):
             ex, EventSet(later, evset.base, evset.tuned, None))
         return cell_rows(scored)
 
-
     def history_wish(self, models) -> HistoryWish:
         """Both rollouts whole: the one of the search's roles, the search decodes on the way (the
         other side is decoded apart)."""
