@@ -447,8 +447,8 @@ def measure(args, label, workload, dtype, device, prompts, methods, residencies,
         for method in methods:
             if method == "crosspatch":
                 r = cp
-            elif sweep and (method in ("nnsight", "floor") or method in VARIANTS or (method == "paper" and "no-sweep-paper" in flags)):
-                continue  # the sweep's baselines: paper-style and the floor
+            elif sweep and (method in ("nnsight", "floor", "default", "process") or method in VARIANTS or (method == "paper" and "no-sweep-paper" in flags)):
+                continue  # the sweep's baselines: paper-style and the lower bound (the default run has no sweep)
             else:
                 try:
                     r = best_of(args, method, workload, dtype, device, prompts, sweep,
