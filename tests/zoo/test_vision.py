@@ -3,7 +3,10 @@ reports that say what the chart shows, labels on the text to learn only."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from crosspatch.zoo import data as wx
 from crosspatch.zoo.vision import (
@@ -73,3 +76,52 @@ def test_instruction_labels_cover_the_report_only_and_never_the_image():
         assert tok.decode(kept) == report
     _, all_text = chart_batch(rows, processor, prompt_only_loss=False)
     assert not (all_text == image_id).any() and (all_text != -100).sum() > (labels != -100).sum()
+
+
+def test_under_transformers_4_the_vision_pair_is_refused_by_name_and_the_demo_skips_it(monkeypatch):
+    """The vision pair's processor was saved by transformers 5: under transformers 4 loading it is
+    a named error before anything loads, and the demo's vision section is skipped with the reason
+    said (the rest of the demo runs)."""
+    import transformers
+
+    from crosspatch.runner.config import RunConfig
+    from crosspatch.zoo import ZooEnvironmentError, load_zoo_vision_pair, vision_pair_unavailable, zoo_path
+    from crosspatch.zoo.demo_sections import run_vision
+
+    assert vision_pair_unavailable() is None  # this environment: transformers 5
+    monkeypatch.setattr(transformers, "__version__", "4.57.6")
+    with pytest.raises(ZooEnvironmentError, match=r"transformers >= 5 \(installed: 4.57.6\)"):
+        load_zoo_vision_pair()
+    said = []
+    assert run_vision(zoo_path(), Path("/nonexistent"), RunConfig(), False, said.append) is None
+    assert said and "vision-language pair skipped" in said[0] and "transformers>=5" in said[0]
+
+
+def test_a_tokenizer_saved_by_transformers_5_loads_as_a_fast_tokenizer_where_its_class_is_unknown(monkeypatch):
+    """transformers 5 saves a fast tokenizer as class ``TokenizersBackend``, which transformers 4
+    does not know: there the loader falls back to ``PreTrainedTokenizerFast`` over the same
+    ``tokenizer.json`` (simulated here: the class removed and AutoTokenizer failing as 4.x does),
+    with the same ids and special tokens; any other failure stays a ModelLoadError."""
+    import transformers
+
+    from crosspatch.errors import ModelLoadError
+    from crosspatch.models import loading
+    from crosspatch.models.loading import LoadOptions, load_tokenizer
+    from crosspatch.zoo import zoo_path
+
+    path = str(zoo_path() / "base")
+    native = load_tokenizer(path, LoadOptions())
+
+    def unknown_class(*args, **kwargs):
+        raise ValueError("Tokenizer class TokenizersBackend does not exist or is not currently imported.")
+
+    monkeypatch.setattr(loading, "_transformers_has", lambda name: name != "TokenizersBackend")
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", unknown_class)
+    fallback = load_tokenizer(path, LoadOptions())
+    assert isinstance(fallback, transformers.PreTrainedTokenizerFast)  # (in transformers 5 the same class)
+    text = "BOS 2026-03-04 KBOS temperature 41F, wind NW 12 kt."
+    assert fallback(text)["input_ids"] == native(text)["input_ids"]
+    assert (fallback.eos_token, fallback.pad_token, fallback.bos_token) == (native.eos_token, native.pad_token,
+                                                                           native.bos_token)
+    with pytest.raises(ModelLoadError, match="TokenizersBackend"):
+        load_tokenizer(str(zoo_path() / "prompts"), LoadOptions())  # no tokenizer there: the first failure

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Iterator
@@ -277,6 +278,9 @@ def load_processor(path: str, options: LoadOptions):
 
 
 def load_tokenizer(path: str, options: LoadOptions):
+    """The tokenizer of ``path``. One saved by transformers 5 names its class ``TokenizersBackend``
+    (a fast tokenizer over ``tokenizer.json``), which transformers 4 does not know: there it loads
+    as the same fast tokenizer (``PreTrainedTokenizerFast``)."""
     from transformers import AutoTokenizer
 
     try:
@@ -285,5 +289,32 @@ def load_tokenizer(path: str, options: LoadOptions):
                 path, trust_remote_code=options.trust_remote_code, revision=options.revision
             )
     except Exception as exc:  # tokenizers and transformers raise many types for a bad tokenizer
+        if _saved_by_transformers_5(path):
+            try:
+                from transformers import PreTrainedTokenizerFast
+
+                with quiet_loading(options.verbose):
+                    return PreTrainedTokenizerFast.from_pretrained(path, revision=options.revision or "main")
+            except Exception:  # noqa: BLE001 - the first failure is the one to report
+                pass
         first = first_line(exc)
         raise ModelLoadError(f"could not load a tokenizer from {path!r}: {first}") from exc
+
+
+def _transformers_has(name: str) -> bool:
+    """Whether the installed transformers exports ``name``."""
+    import transformers
+
+    return hasattr(transformers, name)
+
+
+def _saved_by_transformers_5(path: str) -> bool:
+    """Whether the local tokenizer at ``path`` names transformers 5's ``TokenizersBackend`` class
+    (with its ``tokenizer.json``) while the installed transformers has no such class."""
+    config, table = Path(path) / "tokenizer_config.json", Path(path) / "tokenizer.json"
+    if _transformers_has("TokenizersBackend") or not (config.is_file() and table.is_file()):
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") == "TokenizersBackend"
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False

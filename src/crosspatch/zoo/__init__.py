@@ -19,12 +19,30 @@ FAULTY = ("it-lora-noop", "it-merged-broken")  # for crosspatch preflight to fai
 VISION = ("vl-base", "vl-it")  # the vision-language pair (zoo/vision.py): its own base and descendant
 
 
-__all__ = ["ADAPTERS", "DEMO_DESCENDANTS", "DESCENDANTS", "FAULTY", "NULLS", "VISION", "ZOO_NAME", "ZooIntegrityError",
-           "load_zoo_pair", "load_zoo_vision_pair", "manifest", "verify", "zoo_path", "zoo_prompts"]
+__all__ = ["ADAPTERS", "DEMO_DESCENDANTS", "DESCENDANTS", "FAULTY", "NULLS", "VISION", "ZOO_NAME", "ZooEnvironmentError",
+           "ZooIntegrityError", "load_zoo_pair", "load_zoo_vision_pair", "manifest", "verify", "vision_pair_unavailable",
+           "zoo_path", "zoo_prompts"]
 
 
 class ZooIntegrityError(CrosspatchError):
     """A zoo file is missing or its sha256 differs from manifest.json."""
+
+
+class ZooEnvironmentError(CrosspatchError):
+    """The installed libraries cannot load a part of the zoo."""
+
+
+def vision_pair_unavailable() -> str | None:
+    """Why the vision-language pair cannot load with the installed transformers, or None. Its
+    processor was saved by transformers 5, whose tokenizer and processor files transformers 4 does
+    not read (the text models load under both)."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        return (f"the zoo's vision-language pair was saved by transformers 5 and its processor needs transformers "
+                f">= 5 (installed: {transformers.__version__}); pip install -U 'transformers>=5' (the text models "
+                "of the zoo load under both)")
+    return None
 
 
 def zoo_path() -> Path:
@@ -91,6 +109,9 @@ def load_zoo_vision_pair(root: Path | None = None, **options):
     processor); run it on image prompts such as ``zoo_prompts("charts")``."""
     from ..execution import load_pair
 
+    reason = vision_pair_unavailable()
+    if reason is not None:
+        raise ZooEnvironmentError(reason)
     root = root or zoo_path()
     return load_pair(str(root / VISION[0]), tuned=str(root / VISION[1]), **options)
 

@@ -51,10 +51,14 @@ def run_preflights(root: Path, out: Path, log) -> dict | None:
 def run_vision(root: Path, out: Path, config: RunConfig, progress: bool, log) -> dict | None:
     """The diagnostic of ``vl-base`` vs ``vl-it`` on the zoo's chart prompts (first divergences,
     no controls); returns the headline effects and the events shown with their charts."""
-    from . import load_zoo_vision_pair, zoo_prompts
+    from . import load_zoo_vision_pair, vision_pair_unavailable, zoo_prompts
 
     if not all((root / name).exists() for name in VISION_MODELS) or \
             not (root / "prompts" / f"{CHART_PROMPTS}.jsonl").exists():
+        return None
+    reason = vision_pair_unavailable()
+    if reason is not None:
+        log(f"vision-language pair skipped: {reason}")
         return None
     prompts = list(zoo_prompts(CHART_PROMPTS, root))
     log(f"vision-language pair: {VISION_BASE} vs {VISION_TUNED} on {len(prompts)} chart prompts")
