@@ -81,7 +81,7 @@ def test_instruction_labels_cover_the_report_only_and_never_the_image():
 def test_under_transformers_4_the_vision_pair_is_refused_by_name_and_the_demo_skips_it(monkeypatch):
     """The vision pair's processor was saved by transformers 5: under transformers 4 loading it is
     a named error before anything loads, and the demo's vision section is skipped with the reason
-    said (the rest of the demo runs)."""
+    said, in its log and its report's reading (the rest of the demo runs)."""
     import transformers
 
     from crosspatch.runner.config import RunConfig
@@ -95,6 +95,10 @@ def test_under_transformers_4_the_vision_pair_is_refused_by_name_and_the_demo_sk
     said = []
     assert run_vision(zoo_path(), Path("/nonexistent"), RunConfig(), False, said.append) is None
     assert said and "vision-language pair skipped" in said[0] and "transformers>=5" in said[0]
+    from crosspatch.zoo.reading import preflight_and_vision
+
+    (line,) = preflight_and_vision({"vision": None, "vision_skipped": vision_pair_unavailable()})
+    assert line.startswith("**Vision-language pair**: skipped here") and "4.57.6" in line  # the report says why
 
 
 def test_a_tokenizer_saved_by_transformers_5_loads_as_a_fast_tokenizer_where_its_class_is_unknown(monkeypatch):

@@ -378,6 +378,8 @@ def preflight_and_vision(summary: dict) -> list[str]:
                      f"{fmt_value(_stat(block, 'E_IT'))} on their own upstream state and "
                      f"{fmt_value(_stat(block, 'E_PT'))} on the base's; the interaction is {sign_word(inter)} "
                      f"({fmt_value(inter)}). The table below shows a few events beside their charts.")
+    elif summary.get("vision_skipped"):
+        lines.append(f"**Vision-language pair**: skipped here — {summary['vision_skipped']}.")
     return lines
 
 
