@@ -103,6 +103,7 @@ class EventSet:
                 found[k] = (h.rollout, h.picks)
         missing = [k for k in range(len(self.events)) if k not in found]
         if missing:
+            # (without the search's histories, not :meth:`subset`: these events have none that serve)
             rest = EventSet([self.events[k] for k in missing], self.base, self.tuned, self.natural)
             decoded = yield from rest.history(
                 ex, roll, check, budget, None if done is None else (lambda j, g, c: done(missing[j], g, c)))

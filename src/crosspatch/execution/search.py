@@ -101,8 +101,6 @@ class _Rows:
             self._non_finite(r, check)
         elif chunk and self.pred_c[r][i] != chunk[0]:
             self._diverged(r, i, chunk[0], self.pred_c[r][i])
-            if not self.keep_history:
-                return
         elif not chunk:  # the rollout's first pick of this chunk was not finite
             self._non_finite(r, roll)
 
