@@ -95,6 +95,47 @@ def test_rows_that_end_leave_the_batch_and_the_others_decode_as_alone(prompts):
         assert torch.allclose(mine.final, its.final, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_prompts_of_very_different_lengths_are_consumed_in_groups_as_in_one_pass(arch, monkeypatch):
+    """Where padding the short prompts to the long ones costs more than another pass, a decoder
+    consumes them in groups of similar length and joins them in the order given: the logits, the
+    steps after and the states kept are those of one pass (to float rounding: the padding
+    differs)."""
+    from crosspatch.execution import decoder as decoder_module
+    from crosspatch.execution.decoder import CachedDecoder
+
+    pair = make_pair(arch)
+    texts = ["a", "report the wind for denver today please and the rain", "hi", "the quick brown fox jumps",
+             "x", "forecast for the coast: sunny, then a chance of showers late"]
+    ids = [tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, f"q{k}", t) for k, t in enumerate(texts)]
+    joined = []
+    real_add = CachedDecoder.add
+
+    def spy(self, prompts, rows):
+        joined.append(list(rows))
+        return real_add(self, prompts, rows)
+
+    def decode(grouped: bool):
+        monkeypatch.setattr(CachedDecoder, "prefill_in_groups", grouped)
+        decoder = CachedDecoder(pair.it, pair, capture=[1])
+        logits = [decoder.start(ids, rows=[10 + k for k in range(len(ids))])]
+        for _ in range(3):
+            logits.append(decoder.feed(masked_argmax(logits[-1], pair.real_vocab)[:, None])[:, 0])
+        return decoder, torch.stack(logits)
+
+    monkeypatch.setattr(decoder_module, "pass_overhead_tokens", lambda device: 1)  # padding always dearer
+    monkeypatch.setattr(CachedDecoder, "add", spy)
+    grouped, got = decode(True)
+    assert len(joined) >= 2  # several groups, joined into one cache
+    one_pass, want = decode(False)
+    assert grouped.rows == one_pass.rows == [10 + k for k in range(len(ids))]  # the order given
+    assert torch.allclose(got, want, atol=1e-5)
+    for row in grouped.rows:
+        mine, its = grouped.row_states(row), one_pass.row_states(row)
+        assert torch.allclose(mine.boundary[1], its.boundary[1], atol=1e-5)
+        assert torch.allclose(mine.final, its.final, atol=1e-5)
+
+
 def test_rollout_never_picks_masked_ids(prompts):
     pair = make_pair("llama")
     ids = [tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, p["id"], p["prompt"]) for p in prompts]

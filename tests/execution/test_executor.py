@@ -164,6 +164,53 @@ def test_a_token_budget_bounds_every_batch_and_keeps_every_item():
     assert length_batches(4, [3, 3, 3, 3], 8, None) == [[0, 1, 2, 3]]
 
 
+def _cost(batches, lengths, overhead):
+    return sum(overhead + len(b) * max(lengths[k] for k in b) for b in batches)
+
+
+def _cheapest_by_brute_force(lengths, rows, budget, overhead):
+    """Every way to cut the items, in length order, into runs that respect the bounds."""
+    order = sorted(range(len(lengths)), key=lambda k: (lengths[k], k))
+    best = None
+    for mask in range(2 ** (len(order) - 1)):
+        batches, current = [], [order[0]]
+        for j in range(1, len(order)):
+            if mask >> (j - 1) & 1:
+                batches.append(current)
+                current = []
+            current.append(order[j])
+        batches.append(current)
+        if any(len(b) > rows or (budget is not None and len(b) > 1 and len(b) * lengths[b[-1]] > budget)
+               for b in batches):
+            continue
+        cost = _cost(batches, lengths, overhead)
+        best = cost if best is None else min(best, cost)
+    return best
+
+
+def test_batches_weigh_padding_against_the_cost_of_another_pass():
+    """With what a pass costs (in padded tokens), batches are the cheapest cut: short sequences
+    go without the long ones' padding where a pass of their own costs less, never more passes
+    than padding saves; every bound and every item kept."""
+    rng = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        n = int(torch.randint(1, 11, (1,), generator=rng))
+        lengths = torch.randint(1, 80, (n,), generator=rng).tolist()
+        rows, budget = [(3, None), (8, None), (4, 150), (10, 400)][trial % 4]
+        for overhead in (0, 16, 64, 1000):
+            batches = length_batches(n, lengths, rows, budget, overhead)
+            assert sorted(k for b in batches for k in b) == list(range(n))
+            for batch in batches:
+                widths = [lengths[k] for k in batch]
+                assert len(batch) <= rows and widths == sorted(widths)
+                assert budget is None or len(batch) == 1 or len(batch) * max(widths) <= budget
+            assert _cost(batches, lengths, overhead) == _cheapest_by_brute_force(lengths, rows, budget, overhead)
+    bimodal = [8, 9, 10, 60, 62, 64] * 8
+    assert len(length_batches(len(bimodal), bimodal, 128, None, 256)) == 2  # short ones apart from long ones
+    assert len(length_batches(len(bimodal), bimodal, 128, None, 10**6)) == 1  # a pass too dear to split for
+    assert all(len({bimodal[k] for k in b}) == 1 for b in length_batches(len(bimodal), bimodal, 128, None, 0))
+
+
 def test_the_kv_cache_estimate_is_what_a_model_caches():
     model = tiny_model("llama")
     per_token = kv_bytes_per_token(model.config.to_dict(), 4)

@@ -3,14 +3,29 @@ plan and the benchmarks: batching changes memory and speed, never results)."""
 
 from __future__ import annotations
 
+import functools
+
 from ..models.paths import text_config
 
 
-def length_batches(n_items: int, lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+def length_batches(n_items: int, lengths: list[int], batch_size: int, max_tokens: int | None = None,
+                   overhead_tokens: int | None = None) -> list[list[int]]:
     """Indices grouped into batches of similar length (less padding), in a stable order: at most
     ``batch_size`` items, and with ``max_tokens`` at most that many padded tokens (rows x the
     longest length) per batch, which bounds a batch's activations and KV cache whatever the
-    lengths. An item longer than ``max_tokens`` goes alone (a sequence is never split)."""
+    lengths. An item longer than ``max_tokens`` goes alone (a sequence is never split).
+
+    Without ``overhead_tokens``: the fewest batches (each filled in length order). With it, what
+    one more forward pass costs, in padded tokens: the batches minimise the sum over batches of
+    ``overhead_tokens + rows x longest length`` (an exact dynamic programme over the items in
+    length order), so a batch of short sequences is not padded to the longest ones where a pass
+    of its own is cheaper (see :func:`pass_overhead_tokens`)."""
+    if overhead_tokens is None:
+        return _fewest_batches(n_items, lengths, batch_size, max_tokens)
+    return [list(b) for b in _cheapest_batches(tuple(lengths[:n_items]), batch_size, max_tokens, overhead_tokens)]
+
+
+def _fewest_batches(n_items: int, lengths: list[int], batch_size: int, max_tokens: int | None) -> list[list[int]]:
     order = sorted(range(n_items), key=lambda k: (lengths[k], k))
     batches: list[list[int]] = []
     for k in order:
@@ -22,6 +37,44 @@ def length_batches(n_items: int, lengths: list[int], batch_size: int, max_tokens
         else:
             batch.append(k)
     return batches
+
+
+@functools.lru_cache(maxsize=64)  # the passes of one event set ask for the same lengths again and again
+def _cheapest_batches(lengths: tuple[int, ...], batch_size: int, max_tokens: int | None,
+                      overhead_tokens: int) -> tuple[tuple[int, ...], ...]:
+    order = sorted(range(len(lengths)), key=lambda k: (lengths[k], k))
+    width = [lengths[k] for k in order]
+    n = len(order)
+    # cost[j]: the cheapest batches of the j shortest items; start[j]: where the last of them starts
+    cost = [0] + [0] * n
+    start = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = width[j - 1]  # sorted: the last item sets the batch's padded width
+        rows_allowed = batch_size if max_tokens is None else max(1, min(batch_size, max_tokens // max(longest, 1)))
+        best_i, best = j - 1, cost[j - 1] + overhead_tokens + longest
+        for i in range(j - 2, max(-1, j - 1 - rows_allowed), -1):
+            c = cost[i] + overhead_tokens + (j - i) * longest
+            if c <= best:  # ties: the larger batch (fewer passes)
+                best_i, best = i, c
+        cost[j], start[j] = best, best_i
+    batches: list[tuple[int, ...]] = []
+    j = n
+    while j > 0:
+        i = start[j]
+        batches.append(tuple(order[i:j]))
+        j = i
+    return tuple(reversed(batches))
+
+
+def pass_overhead_tokens(device) -> int:
+    """What one more forward pass costs on ``device``, in padded tokens of work (the price
+    :func:`length_batches` weighs padding against): on the CPU a pass's fixed cost (Python and
+    operator dispatch, a few milliseconds for a small model) is what a few hundred tokens of
+    compute cost, measured on the zoo's models (``docs/architecture.md``, "Batching"); on an
+    accelerator a pass is bound by kernel launches or by reading the weights until it holds
+    thousands of tokens, so batches are split for padding only where it saves that many."""
+    kind = getattr(device, "type", str(device).split(":")[0])
+    return 256 if kind == "cpu" else 8192
 
 
 def largest_batch_tokens(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> int:

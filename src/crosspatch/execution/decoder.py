@@ -12,6 +12,7 @@ import torch
 
 from ..models.forward import EventStates, ModelHandle, StateRecorder, cache_keyword, step_logits
 from ..models.vocab import NON_FINITE, masked_argmax
+from .batching import length_batches, pass_overhead_tokens
 
 __all__ = ["DECODE_MODES", "CachedDecoder", "StaticDecoder", "decoding", "greedy_chunk", "new_decoder", "static_length"]
 
@@ -69,11 +70,35 @@ class CachedDecoder:
                     self.kept[row][b].append(bounds[b][k])
         return logits
 
+    # whether start consumes prompts of very different lengths in several passes (see start)
+    prefill_in_groups = True
+
     def start(self, prompts: list[list[int]], rows: list[int] | None = None) -> torch.Tensor:
         """Consume the prompts (original rows ``rows``, default 0..n-1) in a fresh cache; returns
-        next-token logits ``[batch, V]``. States kept for earlier rows stay."""
-        pad, device = self.models.pad_id, self.handle.input_device
+        next-token logits ``[batch, V]``. States kept for earlier rows stay.
+
+        Prompts of very different lengths are consumed in groups of similar length where padding
+        them to the longest would cost more than another pass (the executor's rule,
+        :func:`~crosspatch.execution.batching.length_batches`), then joined as :meth:`add` joins
+        rows, in the order given: each row computes what it would alone, as in one pass."""
         rows = list(range(len(prompts))) if rows is None else list(rows)
+        groups = length_batches(len(prompts), [len(p) for p in prompts], len(prompts), None,
+                                pass_overhead_tokens(self.handle.input_device)) if self.prefill_in_groups else []
+        if len(groups) < 2:
+            return self._start_all(prompts, rows)
+        logits = [self._start_all([prompts[k] for k in groups[0]], [rows[k] for k in groups[0]])]
+        if not self.can_add:  # a cache that cannot be joined (sliding windows, recurrent states): one pass
+            return self._start_all(prompts, rows)
+        for group in groups[1:]:
+            logits.append(self.add([prompts[k] for k in group], [rows[k] for k in group]))
+        place = {k: i for i, k in enumerate(k for group in groups for k in group)}
+        order = [place[k] for k in range(len(prompts))]
+        self.select(order)  # back to the order given
+        return torch.cat(logits)[torch.tensor(order, dtype=torch.long, device=logits[0].device)]
+
+    def _start_all(self, prompts: list[list[int]], rows: list[int]) -> torch.Tensor:
+        """:meth:`start` in one pass."""
+        pad, device = self.models.pad_id, self.handle.input_device
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -107,7 +132,7 @@ class CachedDecoder:
             return self.start(prompts, rows)
         other = CachedDecoder(self.handle, self.models, self.capture if self.recorder is not None else None,
                               self.keep_on)
-        logits = other.start(prompts, rows)
+        logits = other._start_all(prompts, list(rows))
         width = max(self.mask.shape[1], other.mask.shape[1])
 
         def left_pad(t: torch.Tensor, dim: int, to: int) -> torch.Tensor:
@@ -273,6 +298,8 @@ class StaticDecoder(CachedDecoder):
         self.budget, self.compiled = budget, compiled
         self.slots: list[int] = []
         self.used: dict = {}  # where a compilation failure is recorded (new_decoder passes the run's)
+
+    prefill_in_groups = False  # its rows cannot be joined (see can_add)
 
     @property
     def can_add(self) -> bool:

@@ -24,7 +24,7 @@ import torch
 from ..errors import DeviceMemoryError
 from ..models.forward import EventStates, capture_forward, late_forward, readout
 from ..models.vocab import masked_argmax
-from .batching import length_batches
+from .batching import length_batches, pass_overhead_tokens
 from .decoder import DECODE_MODES, decoding
 from .modelset import ModelSet
 from .passes import Capture, Decode, History, Late, Pass, Search, SearchHistory, SearchOutcome
@@ -193,10 +193,14 @@ class Executor:
                 return self._history(p)
         raise TypeError(f"unknown pass {type(p).__name__}")
 
-    def _batches(self, sequences: list[list[int]], generated: int = 0) -> list[list[int]]:
-        """Batches of item indices; ``generated``: tokens each item may still grow by."""
+    def _batches(self, sequences: list[list[int]], generated: int = 0, device=None) -> list[list[int]]:
+        """Batches of item indices; ``generated``: tokens each item may still grow by. A pass over
+        whole sequences on ``device`` (a full or late-only pass) is cut where padding would cost
+        more than another pass (:func:`~crosspatch.execution.batching.pass_overhead_tokens`); a
+        decoding pass, whose steps cost about the same whatever the padding, fills its batches."""
+        overhead = None if device is None else pass_overhead_tokens(device)
         return length_batches(len(sequences), [len(s) + generated for s in sequences], self.batch_size,
-                              self.max_batch_tokens)
+                              self.max_batch_tokens, overhead)
 
     def _each_batch(self, batches: list[list[int]], work: Callable[[list[int]], None], what: str,
                     lengths: list[int]) -> None:
@@ -254,7 +258,8 @@ class Executor:
                     final = cap.final_states[row, :n] if p.all_final else cap.final_states[row, n - 1]
                     out[k] = EventStates({b: cap.boundary_states[b][row, :n] for b in p.boundaries}, final)
 
-            self._each_batch(self._batches(p.sequences), work, f"full pass of {p.role}", list(map(len, p.sequences)))
+            self._each_batch(self._batches(p.sequences, device=model.input_device), work, f"full pass of {p.role}",
+                             list(map(len, p.sequences)))
         return filled(out, "full passes")
 
     def _late(self, p: Late) -> list[torch.Tensor]:
@@ -271,7 +276,8 @@ class Executor:
                 for row, k in enumerate(batch):
                     out[k] = final[row, len(seqs[row]) - 1]
 
-            self._each_batch(self._batches(p.sequences), work, f"late pass of {p.role}", list(map(len, p.sequences)))
+            self._each_batch(self._batches(p.sequences, device=model.input_device), work, f"late pass of {p.role}",
+                             list(map(len, p.sequences)))
         return filled(out, "late passes")
 
     def _decode(self, p: Decode) -> list[list[int]]:
