@@ -182,3 +182,19 @@ def test_a_requested_event_kind_without_events_is_reported_with_n_zero():
     out = summarize_records([record], "common_it", BootstrapConfig(0), event_kinds=list(EVENT_KINDS))
     assert sorted(out["by_event_kind"]) == sorted(EVENT_KINDS)
     assert out["by_event_kind"]["first_assistant_marker_diff"]["n_events"] == 0
+
+
+def test_percentiles_of_several_columns_at_once_are_those_of_each_column_over_its_finite_values():
+    from crosspatch.core.stats import finite_percentiles
+
+    rng = np.random.default_rng(3)
+    samples = rng.normal(size=(500, 5))
+    samples[::7, 1] = np.inf  # a ratio whose denominator was zero in some resamples
+    samples[:, 3] = np.nan  # never finite
+    got = finite_percentiles(samples, [2.5, 97.5])
+    for k in range(5):
+        finite = samples[np.isfinite(samples[:, k]), k]
+        if len(finite) == 0:
+            assert got[k] is None
+        else:
+            assert np.array_equal(got[k], np.percentile(finite, [2.5, 97.5]))

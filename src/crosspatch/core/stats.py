@@ -125,6 +125,23 @@ def resample_weights(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
     return np.bincount(picks.ravel(), minlength=n * k).reshape(n, k).astype(float)
 
 
+def finite_percentiles(samples: np.ndarray, q: Sequence[float]) -> list[np.ndarray | None]:
+    """Per column of ``samples`` ``[n, k]``, its ``q`` percentiles over the finite values (None
+    where none is finite): what ``np.percentile`` gives column by column, in one call for the
+    columns that are finite throughout (the usual case)."""
+    finite = np.isfinite(samples)
+    whole = finite.all(axis=0)
+    out: list[np.ndarray | None] = [None] * samples.shape[1]
+    if whole.any():
+        together = np.percentile(samples[:, whole], q, axis=0)
+        for j, k in enumerate(np.flatnonzero(whole)):
+            out[k] = together[:, j]
+    for k in np.flatnonzero(~whole):
+        values = samples[finite[:, k], k]
+        out[k] = np.percentile(values, q) if len(values) else None
+    return out
+
+
 def _clean(x) -> float | None:
     """A finite number as a float (numpy scalars and 0-d arrays too), else None (JSON has no NaN)."""
     return float(x) if math.isfinite(float(x)) else None
@@ -152,12 +169,13 @@ def effect_block(
     if n_clusters >= MIN_CLUSTERS_FOR_CI and boot.n_resamples > 0:
         resampled = resampled_cell_means(np.random.default_rng(boot.seed), sums, counts, boot.n_resamples)
         lo, hi = 50 * (1 - boot.confidence), 100 - 50 * (1 - boot.confidence)
-        ci_cells = np.percentile(resampled, [lo, hi], axis=0)
         boot_effects = effects_from_cell_means(resampled)
-        ci_effects = {}
-        for k, v in boot_effects.items():
-            v = v[np.isfinite(v)]
-            ci_effects[k] = np.percentile(v, [lo, hi]) if len(v) else None
+        bounds = finite_percentiles(np.column_stack([resampled, *boot_effects.values()]), [lo, hi])
+        # a cell's interval over every resample (a non-finite one makes it None, as before)
+        nan = np.full(2, np.nan)
+        ci_cells = np.stack([b if b is not None and np.isfinite(resampled[:, k]).all() else nan
+                             for k, b in enumerate(bounds[:len(CELLS)])], axis=1)
+        ci_effects = {k: bounds[len(CELLS) + j] for j, k in enumerate(boot_effects)}
     block["cells"] = {
         c: {"mean": _clean(means[k]),
             "ci": None if ci_cells is None else [_clean(ci_cells[0, k]), _clean(ci_cells[1, k])]}
@@ -165,8 +183,8 @@ def effect_block(
     }
     block["effects"] = {
         e: {"mean": _clean(point[e]),
-            "ci": None if ci_effects is None or ci_effects[e] is None
-            else [_clean(ci_effects[e][0]), _clean(ci_effects[e][1])]}
+            "ci": None if (ci := None if ci_effects is None else ci_effects[e]) is None
+            else [_clean(ci[0]), _clean(ci[1])]}
         for e in EFFECTS
     }
     if ci_effects is None:
