@@ -70,7 +70,7 @@ def pass_overhead_tokens(device) -> int:
     """What one more forward pass costs on ``device``, in padded tokens of work (the price
     :func:`length_batches` weighs padding against): on the CPU a pass's fixed cost (Python and
     operator dispatch, a few milliseconds for a small model) is what a few hundred tokens of
-    compute cost, measured on the zoo's models (``docs/architecture.md``, "Batching"); on an
+    compute cost, measured on the zoo's models (``docs/architecture.md``, the executor); on an
     accelerator a pass is bound by kernel launches or by reading the weights until it holds
     thousands of tokens, so batches are split for padding only where it saves that many."""
     kind = getattr(device, "type", str(device).split(":")[0])
