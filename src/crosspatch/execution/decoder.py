@@ -36,6 +36,8 @@ class CachedDecoder:
     (``event_states``), so no separate full pass is needed later. Rows are named by the caller
     (``rows``: original indices), whatever their place in the batch."""
 
+    prefill_in_groups = True  # start consumes prompts of very different lengths in groups (see start)
+
     def __init__(self, handle: ModelHandle, models, capture: list[int] | None = None, keep_on=None) -> None:
         self.handle, self.models, self.keep_on = handle, models, keep_on
         self.capture: list[int] = capture if capture is not None else []  # boundaries whose states are kept
@@ -69,9 +71,6 @@ class CachedDecoder:
                 for b in self.capture:
                     self.kept[row][b].append(bounds[b][k])
         return logits
-
-    # whether start consumes prompts of very different lengths in several passes (see start)
-    prefill_in_groups = True
 
     def start(self, prompts: list[list[int]], rows: list[int] | None = None) -> torch.Tensor:
         """Consume the prompts (original rows ``rows``, default 0..n-1) in a fresh cache; returns
@@ -292,14 +291,14 @@ class StaticDecoder(CachedDecoder):
     batch). The same events as the eager decoder; logits to float rounding (attention runs over the
     whole, masked, cache length)."""
 
+    prefill_in_groups = False  # its rows cannot be joined (see can_add)
+
     def __init__(self, handle: ModelHandle, models, capture: list[int] | None = None, keep_on=None,
                  budget: int = 0, compiled: bool = False) -> None:
         super().__init__(handle, models, capture, keep_on)
         self.budget, self.compiled = budget, compiled
         self.slots: list[int] = []
         self.used: dict = {}  # where a compilation failure is recorded (new_decoder passes the run's)
-
-    prefill_in_groups = False  # its rows cannot be joined (see can_add)
 
     @property
     def can_add(self) -> bool:
