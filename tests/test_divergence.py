@@ -123,7 +123,7 @@ def test_prompts_of_very_different_lengths_are_consumed_in_groups_as_in_one_pass
             logits.append(decoder.feed(masked_argmax(logits[-1], pair.real_vocab)[:, None])[:, 0])
         return decoder, torch.stack(logits)
 
-    monkeypatch.setattr(decoder_module, "pass_overhead_tokens", lambda device: 1)  # padding always dearer
+    monkeypatch.setattr(decoder_module, "pass_overhead", lambda handle: 1)  # padding always dearer
     monkeypatch.setattr(CachedDecoder, "add", spy)
     grouped, got = decode(True)
     assert len(joined) >= 2  # several groups, joined into one cache

@@ -211,6 +211,20 @@ def test_batches_weigh_padding_against_the_cost_of_another_pass():
     assert all(len({bimodal[k] for k in b}) == 1 for b in length_batches(len(bimodal), bimodal, 128, None, 0))
 
 
+def test_a_pass_costs_fewer_tokens_of_padding_the_larger_the_model_on_the_cpu():
+    """On the CPU a token's compute grows with the layer while a pass's fixed cost grows less: the
+    padding worth another pass shrinks with the model (the zoo's layers ~300 tokens, a 134M
+    model's ~40); an accelerator splits only for thousands of tokens."""
+    from crosspatch.execution.batching import pass_overhead_tokens
+    from crosspatch.execution.decoder import pass_overhead
+
+    assert pass_overhead_tokens("cpu", 53_376) == 302 and pass_overhead_tokens("cpu", 7_079_424) == 42
+    assert pass_overhead_tokens("cpu") == 256 and pass_overhead_tokens(torch.device("cuda", 1), 53_376) == 8192
+    handle = make_pair("llama").it
+    layer = sum(p.numel() for p in handle.anatomy.layers[0].parameters())
+    assert pass_overhead(handle) == pass_overhead_tokens("cpu", layer) > pass_overhead_tokens("cpu", 100 * layer) >= 40
+
+
 def test_the_kv_cache_estimate_is_what_a_model_caches():
     model = tiny_model("llama")
     per_token = kv_bytes_per_token(model.config.to_dict(), 4)

@@ -66,15 +66,21 @@ def _cheapest_batches(lengths: tuple[int, ...], batch_size: int, max_tokens: int
     return tuple(reversed(batches))
 
 
-def pass_overhead_tokens(device) -> int:
+def pass_overhead_tokens(device, params_per_layer: int | None = None) -> int:
     """What one more forward pass costs on ``device``, in padded tokens of work (the price
-    :func:`length_batches` weighs padding against): on the CPU a pass's fixed cost (Python and
-    operator dispatch, a few milliseconds for a small model) is what a few hundred tokens of
-    compute cost, measured on the zoo's models (``docs/architecture.md``, the executor); on an
-    accelerator a pass is bound by kernel launches or by reading the weights until it holds
-    thousands of tokens, so batches are split for padding only where it saves that many."""
+    :func:`length_batches` weighs padding against). On the CPU a pass's fixed cost (operator
+    dispatch, reading the weights once) against a token's compute: measured on this project's
+    2-core machine, about 300 tokens for the zoo's layers (53k parameters each) and 40 for the
+    mid-size pair's (7.1M), fitted as ``40 + 1.4e7 / params_per_layer`` (256 when the layer
+    size is unknown). On an accelerator a pass is bound by kernel launches or by reading the
+    weights until it holds thousands of tokens: batches are split for padding only where it
+    saves that many (8192)."""
     kind = getattr(device, "type", str(device).split(":")[0])
-    return 256 if kind == "cpu" else 8192
+    if kind != "cpu":
+        return 8192
+    if not params_per_layer:
+        return 256
+    return 40 + round(1.4e7 / params_per_layer)
 
 
 def largest_batch_tokens(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> int:

@@ -14,7 +14,8 @@ from ..models.forward import EventStates, ModelHandle, StateRecorder, cache_keyw
 from ..models.vocab import NON_FINITE, masked_argmax
 from .batching import length_batches, pass_overhead_tokens
 
-__all__ = ["DECODE_MODES", "CachedDecoder", "StaticDecoder", "decoding", "greedy_chunk", "new_decoder", "static_length"]
+__all__ = ["DECODE_MODES", "CachedDecoder", "StaticDecoder", "decoding", "greedy_chunk", "new_decoder", "pass_overhead",
+           "static_length"]
 
 
 def _new_cache(handle: ModelHandle):
@@ -24,6 +25,13 @@ def _new_cache(handle: ModelHandle):
         return DynamicCache(config=handle.anatomy.model.config)  # pyright: ignore[reportArgumentType] - a PreTrainedModel's config
     except TypeError:  # transformers 4.x
         return DynamicCache()
+
+
+def pass_overhead(handle: ModelHandle) -> int:
+    """:func:`~crosspatch.execution.batching.pass_overhead_tokens` of ``handle``'s model (its
+    device and the parameters of one layer)."""
+    layer = handle.anatomy.layers[0]
+    return pass_overhead_tokens(handle.input_device, sum(p.numel() for p in layer.parameters()))
 
 
 class CachedDecoder:
@@ -82,7 +90,7 @@ class CachedDecoder:
         rows, in the order given: each row computes what it would alone, as in one pass."""
         rows = list(range(len(prompts))) if rows is None else list(rows)
         groups = length_batches(len(prompts), [len(p) for p in prompts], len(prompts), None,
-                                pass_overhead_tokens(self.handle.input_device)) if self.prefill_in_groups else []
+                                pass_overhead(self.handle)) if self.prefill_in_groups else []
         if len(groups) < 2:
             return self._start_all(prompts, rows)
         logits = [self._start_all([prompts[k] for k in groups[0]], [rows[k] for k in groups[0]])]

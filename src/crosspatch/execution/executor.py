@@ -24,8 +24,8 @@ import torch
 from ..errors import DeviceMemoryError
 from ..models.forward import EventStates, capture_forward, late_forward, readout
 from ..models.vocab import masked_argmax
-from .batching import length_batches, pass_overhead_tokens
-from .decoder import DECODE_MODES, decoding
+from .batching import length_batches
+from .decoder import DECODE_MODES, decoding, pass_overhead
 from .modelset import ModelSet
 from .passes import Capture, Decode, History, Late, Pass, Search, SearchHistory, SearchOutcome
 from .search import first_mismatch, history_interleaved, rollout_states, search_interleaved
@@ -193,12 +193,12 @@ class Executor:
                 return self._history(p)
         raise TypeError(f"unknown pass {type(p).__name__}")
 
-    def _batches(self, sequences: list[list[int]], generated: int = 0, device=None) -> list[list[int]]:
+    def _batches(self, sequences: list[list[int]], generated: int = 0, model=None) -> list[list[int]]:
         """Batches of item indices; ``generated``: tokens each item may still grow by. A pass over
-        whole sequences on ``device`` (a full or late-only pass) is cut where padding would cost
+        whole sequences of ``model`` (a full or late-only pass) is cut where padding would cost
         more than another pass (:func:`~crosspatch.execution.batching.pass_overhead_tokens`); a
         decoding pass, whose steps cost about the same whatever the padding, fills its batches."""
-        overhead = None if device is None else pass_overhead_tokens(device)
+        overhead = None if model is None else pass_overhead(model)
         return length_batches(len(sequences), [len(s) + generated for s in sequences], self.batch_size,
                               self.max_batch_tokens, overhead)
 
@@ -258,7 +258,7 @@ class Executor:
                     final = cap.final_states[row, :n] if p.all_final else cap.final_states[row, n - 1]
                     out[k] = EventStates({b: cap.boundary_states[b][row, :n] for b in p.boundaries}, final)
 
-            self._each_batch(self._batches(p.sequences, device=model.input_device), work, f"full pass of {p.role}",
+            self._each_batch(self._batches(p.sequences, model=model), work, f"full pass of {p.role}",
                              list(map(len, p.sequences)))
         return filled(out, "full passes")
 
@@ -276,7 +276,7 @@ class Executor:
                 for row, k in enumerate(batch):
                     out[k] = final[row, len(seqs[row]) - 1]
 
-            self._each_batch(self._batches(p.sequences, device=model.input_device), work, f"late pass of {p.role}",
+            self._each_batch(self._batches(p.sequences, model=model), work, f"late pass of {p.role}",
                              list(map(len, p.sequences)))
         return filled(out, "late passes")
 
