@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ..core.analysis import Analysis, EventSet
 from ..core.cells import CellRecord, CellsConfig, CrossPatch
 from ..core.divergence import DivergenceEvent, event_key
-from ..core.records import plain_copy
+from ..core.records import copied_fields
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, register_analysis
 from ..core.tokens import EVENT_KINDS, TokenDescriber, find_event_kinds
 from ..execution import Executor, HistoryWish, Program
@@ -114,7 +114,7 @@ def relabel(first_records: list[CellRecord], twins: list[tuple[str, str]]) -> li
     out = []
     for kind, key in twins:
         for r in by_key.get(key, []):
-            twin = dataclasses.replace(r, **{f.name: plain_copy(getattr(r, f.name)) for f in dataclasses.fields(r)})
+            twin = dataclasses.replace(r, **copied_fields(r))
             twin.kind = kind
             twin.key = twin.key.replace(key, event_key(r.prompt_id, kind), 1)
             out.append(twin)
