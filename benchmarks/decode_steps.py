@@ -42,7 +42,7 @@ from workloads import workload_paths  # noqa: E402
 
 def hf_decode(handle, prompts: list[list[int]], steps: int, pad: int, masked: bool, device: str) -> tuple[float, float]:
     """Prefill then ``steps`` greedy tokens with the model's own forward; (prefill s, s per step)."""
-    from crosspatch.execution.search import _new_cache
+    from crosspatch.execution.decoder import _new_cache
     from crosspatch.models.forward import cache_keyword
 
     model = handle.anatomy.model
