@@ -93,11 +93,14 @@ def test_under_transformers_4_the_vision_pair_is_refused_by_name_and_the_demo_sk
     with pytest.raises(ZooEnvironmentError, match=r"transformers >= 5 \(installed: 4.57.6\)"):
         load_zoo_vision_pair()
     said = []
-    assert run_vision(zoo_path(), Path("/nonexistent"), RunConfig(), False, said.append) is None
+    vision, skipped = run_vision(zoo_path(), Path("/nonexistent"), RunConfig(), False, said.append)
+    assert vision is None and skipped == vision_pair_unavailable()
     assert said and "vision-language pair skipped" in said[0] and "transformers>=5" in said[0]
+    assert run_vision(Path("/nonexistent"), Path("/nonexistent"), RunConfig(), False, said.append) == (None, None), \
+        "a zoo without the vision pair is not 'skipped because of transformers'"
     from crosspatch.zoo.reading import preflight_and_vision
 
-    (line,) = preflight_and_vision({"vision": None, "vision_skipped": vision_pair_unavailable()})
+    (line,) = preflight_and_vision({"vision": None, "vision_skipped": skipped})
     assert line.startswith("**Vision-language pair**: skipped here") and "4.57.6" in line  # the report says why
 
 

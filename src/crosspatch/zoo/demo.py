@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..runner.checks import validate_run_options
 from ..runner.pipeline import RunConfig, RunResult, run
-from . import DEMO_DESCENDANTS, DESCENDANTS, NULLS, load_zoo_pair, verify, vision_pair_unavailable, zoo_path, zoo_prompts
+from . import DEMO_DESCENDANTS, DESCENDANTS, NULLS, load_zoo_pair, verify, zoo_path, zoo_prompts
 from .build import ZooSpec
 from .demo_report import render_demo_html, render_demo_report
 from .demo_sections import PREFLIGHTS, VISION_RUN, run_preflights, run_vision
@@ -91,7 +91,7 @@ def run_demo(
     log.next()
     preflights = run_preflights(root, out, log)
     log.next()
-    vision = run_vision(root, out, config, progress, log)
+    vision, vision_skipped = run_vision(root, out, config, progress, log)
     summary = {
         "schema_version": DEMO_SCHEMA,
         "zoo": {"path": str(root), "rebuild_command": man.get("rebuild_command"), "evals": man.get("evals")},
@@ -106,7 +106,7 @@ def run_demo(
         "cross": cross,
         "preflight": preflights,
         "vision": vision,
-        "vision_skipped": vision_pair_unavailable() if vision is None else None,  # why, where it could not load
+        "vision_skipped": vision_skipped,  # why, where the pair could not load here
         "late_layers": _late_layers(man),
     }
     out.mkdir(parents=True, exist_ok=True)

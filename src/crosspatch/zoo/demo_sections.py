@@ -48,18 +48,20 @@ def run_preflights(root: Path, out: Path, log) -> dict | None:
     return found
 
 
-def run_vision(root: Path, out: Path, config: RunConfig, progress: bool, log) -> dict | None:
+def run_vision(root: Path, out: Path, config: RunConfig, progress: bool, log) -> tuple[dict | None, str | None]:
     """The diagnostic of ``vl-base`` vs ``vl-it`` on the zoo's chart prompts (first divergences,
-    no controls); returns the headline effects and the events shown with their charts."""
+    no controls); returns the headline effects and the events shown with their charts, and None;
+    or None and why the pair could not load here (said in the log too); or None, None for a zoo
+    built without the vision pair."""
     from . import load_zoo_vision_pair, vision_pair_unavailable, zoo_prompts
 
     if not all((root / name).exists() for name in VISION_MODELS) or \
             not (root / "prompts" / f"{CHART_PROMPTS}.jsonl").exists():
-        return None
+        return None, None
     reason = vision_pair_unavailable()
     if reason is not None:
         log(f"vision-language pair skipped: {reason}")
-        return None
+        return None, reason
     prompts = list(zoo_prompts(CHART_PROMPTS, root))
     log(f"vision-language pair: {VISION_BASE} vs {VISION_TUNED} on {len(prompts)} chart prompts")
     target = out / VISION_RUN
@@ -81,7 +83,7 @@ def run_vision(root: Path, out: Path, config: RunConfig, progress: bool, log) ->
                           "t_pt": rec.t_pt_text, "t_it": rec.t_it_text, "cells": rec.cells["common_it"]})
     return {"models": [VISION_BASE, VISION_TUNED], "prompts": len(prompts), "boundary": boundary,
             "counts": result.summary["counts"], "effects": result.summary["results"][boundary]["common_it"]["all"],
-            "events": shown}
+            "events": shown}, None
 
 
 def chart_event_cells(event: dict) -> list[str]:
