@@ -323,6 +323,97 @@ def test_static_decoding_on_the_zoo_and_in_bfloat16():
             assert any(r is not None and r.near_tie for r in (a, b)), pid  # moved only at a recorded near tie
 
 
+def test_a_compiled_decoding_step_has_one_shape_per_chunk_width_and_the_prompt_pass_runs_uncompiled(
+        prompts, monkeypatch):
+    """What ``decode="compiled"`` compiles (and on CUDA captures as CUDA graphs) is the decoding
+    step, and every step of a batch gives it inputs of one shape, the mask spanning the whole
+    static cache: a new shape only with another chunk width, never with each token decoded (each
+    new shape is another trace and another graph). The prompt pass, whose width changes with
+    every batch, runs uncompiled. The compiler is replaced by a recorder of what it is called
+    with; the events and the exact plan's cells are the eager search's."""
+    from transformers import Cache
+
+    from crosspatch.execution import decoder as decoder_module
+    from crosspatch.runner.pipeline import run
+
+    seen: dict[int, list[tuple]] = {}  # per KV cache: the shapes of every compiled call
+
+    def recording_compile(model, **options):
+        def step(**inputs):
+            cache = next(v for v in inputs.values() if isinstance(v, Cache))
+            assert int(inputs["cache_position"][0]) > 0, "the prompt pass went through the compiled step"
+            seen.setdefault(id(cache), []).append(
+                (tuple(inputs["input_ids"].shape), tuple(inputs["attention_mask"].shape)))
+            return model(**inputs)
+        return step
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    monkeypatch.setattr(decoder_module, "_COMPILED", decoder_module.weakref.WeakKeyDictionary())
+    pair = make_pair("llama", scale=0.15)
+    options = dict(boundary=0.5, max_new_tokens=16, bootstrap=0, progress=False, controls="none", plan="exact",
+                   event_kinds="all")
+    eager = run(pair, prompts, decode="eager", **options)
+    compiled = run(pair, prompts, decode="compiled", **options)
+    assert compiled.summary["cost_this_session"]["decode"]["mode"] == "compiled"
+    assert [(r.key, r.position, r.t_pt, r.t_it, r.cells) for r in compiled.records] == \
+        [(r.key, r.position, r.t_pt, r.t_it, r.cells) for r in eager.records] and eager.records
+    assert sum(len(calls) for calls in seen.values()) > 2 * len(seen)  # several steps per cache
+    for calls in seen.values():
+        assert len({mask for _, mask in calls}) == 1  # one mask shape for every step of a cache
+        assert len({ids for ids, _ in calls}) <= 4  # chunks of 1, 2, 4, 8 tokens at most (chunk_size 8)
+
+
+def test_a_step_run_as_a_cuda_graph_keeps_none_of_its_outputs_that_the_next_replay_overwrites(prompts, monkeypatch):
+    """A CUDA graph's replay writes its outputs into the memory of the replay before, and the
+    search reads a step's logits after the other model's step and its kept states when events are
+    scored: what outlives a step must be a copy. Simulated on the CPU: the compiled step below,
+    run as if on CUDA graphs, overwrites with NaN at each call every output of the call before
+    (its logits, and the states entering each layer and the final norm, which the state recorder
+    keeps); the events and the exact plan's cells stay the eager search's."""
+    from crosspatch.execution import decoder as decoder_module
+    from crosspatch.models.anatomy import find_anatomy
+    from crosspatch.runner.pipeline import run
+
+    previous: list[torch.Tensor] = []  # one memory pool for every graph of the device, as CUDA graph trees share
+
+    def graph_like_compile(model, **options):
+        anatomy = find_anatomy(model)
+
+        def step(**inputs):
+            with torch.inference_mode():
+                for t in previous:
+                    t.fill_(float("nan"))  # the next replay reuses the memory of the last one's outputs
+            previous.clear()
+            taken = [m.register_forward_pre_hook(lambda m, args, kwargs: previous.append(
+                args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
+                for m in [*anatomy.layers, anatomy.final_norm]]
+            try:
+                out = model(**inputs)
+            finally:
+                for hook in taken:
+                    hook.remove()
+            previous.append(out.logits)
+            return out
+        return step
+
+    monkeypatch.setattr(torch, "compile", graph_like_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)
+    monkeypatch.setattr(decoder_module, "_graphs_on", lambda device: True)
+    monkeypatch.setattr(decoder_module, "_COMPILED", decoder_module.weakref.WeakKeyDictionary())
+    pair = make_pair("llama", scale=0.15)
+    for plan in ("exact", "minimal"):  # the minimal plan scores first divergences on the states the search kept
+        options = dict(boundary=0.5, max_new_tokens=16, bootstrap=0, progress=False, controls="none", plan=plan,
+                       event_kinds="all")
+        eager = run(pair, prompts, decode="eager", **options)
+        graphs = run(pair, prompts, decode="compiled", **options)
+        assert graphs.summary["cost_this_session"]["decode"]["mode"] == "compiled"
+        assert [(r.key, r.position, r.t_pt, r.t_it) for r in graphs.records] == \
+            [(r.key, r.position, r.t_pt, r.t_it) for r in eager.records] and eager.records
+        worst = max(abs(a.cells[n][c] - b.cells[n][c]) for a, b in zip(graphs.records, eager.records)
+                    for n in a.cells for c in a.cells[n])
+        assert worst <= (0.0 if plan == "exact" else 1e-4)
+
+
 def _history_search(pair, prompt_ids, budget, batch_size, done=None, phased=False):
     """The search with ``keep_history`` and a :class:`History` pass of the same roles over its
     events' prompts, on one executor."""

@@ -67,13 +67,21 @@ class CachedDecoder:
     def _forward(self, keep: int, real_tokens: int, **inputs) -> torch.Tensor:
         return step_logits(self.handle, keep, real_tokens, **inputs)
 
+    def _attention_mask(self) -> torch.Tensor:
+        """The 2D padding mask given to the model: over the tokens fed so far."""
+        return self.mask
+
+    def _outlives(self, t: torch.Tensor) -> torch.Tensor:
+        """``t``, an output of the last step, as kept past the next step (here: itself)."""
+        return t
+
     def _call(self, ids, keep: int, real_tokens: int) -> torch.Tensor:
         with self.recorder or contextlib.nullcontext():
-            logits = self._forward(keep, real_tokens, input_ids=ids, attention_mask=self.mask,
+            logits = self._forward(keep, real_tokens, input_ids=ids, attention_mask=self._attention_mask(),
                                    position_ids=self.positions, use_cache=True, **{self.kw: self.cache})
         if self.recorder is not None:
-            final = self.recorder.final.pop()
-            bounds = {b: self.recorder.boundary[b].pop() for b in self.capture}
+            final = self._outlives(self.recorder.final.pop())
+            bounds = {b: self._outlives(self.recorder.boundary[b].pop()) for b in self.capture}
             for k, row in zip(self._batch_rows(), self.rows):
                 self.kept[row]["final"].append(final[k])
                 for b in self.capture:
@@ -290,6 +298,11 @@ def _static_cache(handle: ModelHandle, batch: int, length: int):
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _graphs_on(device: torch.device) -> bool:
+    """Whether a compiled step on ``device`` runs as CUDA graphs (``mode="reduce-overhead"``)."""
+    return device.type == "cuda"
+
+
 class StaticDecoder(CachedDecoder):
     """A :class:`CachedDecoder` over a preallocated KV cache of fixed shape (Hugging Face's
     ``StaticCache``): its batch never shrinks (a finished row's slot is fed padding, its output
@@ -305,6 +318,8 @@ class StaticDecoder(CachedDecoder):
                  budget: int = 0, compiled: bool = False) -> None:
         super().__init__(handle, models, capture, keep_on)
         self.budget, self.compiled = budget, compiled
+        self.length = 0  # the cache's length (set with each fresh cache)
+        self.graph_outputs = False  # whether the last step's outputs are CUDA-graph memory that the next step reuses
         self.slots: list[int] = []
         self.used: dict = {}  # where a compilation failure is recorded (new_decoder passes the run's)
 
@@ -316,19 +331,41 @@ class StaticDecoder(CachedDecoder):
         return self.slots
 
     def _fresh_cache(self, batch: int, width: int):
-        return _static_cache(self.handle, batch, static_length(width + self.budget + 1))
+        self.length = static_length(width + self.budget + 1)
+        return _static_cache(self.handle, batch, self.length)
+
+    def _attention_mask(self) -> torch.Tensor:
+        """The padding mask over the cache's whole length, zeros past the tokens fed so far: one
+        shape for every step of a batch, so that a compiled step is not traced, and a CUDA graph
+        not recorded, again at every step (Hugging Face pads a shorter mask with zeros to the
+        cache's length inside the forward, and builds its causal mask over the whole cache: the
+        model computes exactly what it would with the shorter mask)."""
+        return torch.nn.functional.pad(self.mask, (0, self.length - self.mask.shape[1]))
 
     def _forward(self, keep: int, real_tokens: int, **inputs) -> torch.Tensor:
         ids = inputs["input_ids"]
         inputs["cache_position"] = torch.arange(self.cursor, self.cursor + ids.shape[1], device=ids.device)
-        compiled = self._compiled()
+        # The prompt pass runs uncompiled, as Hugging Face's generate runs it: its width changes
+        # with every batch, and a compiled prefill would be traced (and captured) for each.
+        compiled = self._compiled() if self.cursor > 0 else None
+        self.graph_outputs = compiled is not None and _graphs_on(self.handle.input_device)
         if compiled is not None:
             try:
-                return step_logits(self.handle, keep, real_tokens, forward=compiled, **inputs)
+                if self.graph_outputs:  # a new step: the outputs of the last one may be overwritten
+                    torch.compiler.cudagraph_mark_step_begin()
+                return self._outlives(step_logits(self.handle, keep, real_tokens, forward=compiled, **inputs))
             except Exception as exc:  # noqa: BLE001 - whatever the compiler raises, the step runs uncompiled
                 _COMPILED[self.handle.anatomy.model] = None
+                self.graph_outputs = False
                 self.used.update(mode="static", reason=f"torch.compile failed ({type(exc).__name__}): static, uncompiled")
         return step_logits(self.handle, keep, real_tokens, **inputs)
+
+    def _outlives(self, t: torch.Tensor) -> torch.Tensor:
+        """A copy where the step ran as a CUDA graph: its outputs (the logits, and the states the
+        recorder's hooks took inside the graph) live in the graph's memory, which its next replay
+        overwrites, and they are read long after (logits across the other model's step, states
+        when events are scored)."""
+        return t.clone() if self.graph_outputs else t
 
     def _compiled(self):
         """The model's forward compiled once per model (``compiled``; on CUDA with CUDA graphs), else
@@ -337,7 +374,8 @@ class StaticDecoder(CachedDecoder):
         if not self.compiled:
             return None
         if model not in _COMPILED:
-            _COMPILED[model] = torch.compile(model, mode="reduce-overhead" if torch.cuda.is_available() else "default")
+            graphs = _graphs_on(self.handle.input_device)
+            _COMPILED[model] = torch.compile(model, mode="reduce-overhead" if graphs else "default")
         return _COMPILED[model]
 
     def start(self, prompts: list[list[int]], rows: list[int] | None = None) -> torch.Tensor:
