@@ -150,7 +150,8 @@ def method_crosspatch(args) -> dict:
 def method_default(args) -> dict:
     """A default ``crosspatch.run`` (default controls, every event kind, 2000 bootstrap
     resamples, the default batching), timed after loading like the 2x2 alone; events and cells are
-    its first divergences."""
+    its first divergences. ``default-first-diff``: the same with ``event_kinds="first_diff"`` (no
+    history decoded past the first divergence), to show what the event kinds cost."""
     from crosspatch.execution import load_pair
 
     w = workload_paths(args.workload, args.root)
@@ -159,8 +160,10 @@ def method_default(args) -> dict:
     pair = load_pair(w["base"], tuned=w["tuned"], dtype=args.dtype, device=args.device, hash_weights=False)
     prompts = load_prompt_list(args)
     with _stage_timers() as stages:
-        seconds, result = _timed_run(args, pair, prompts, dict(boundary=0.6, max_new_tokens=args.max_new_tokens,
-                                                               progress=False))
+        options = dict(boundary=0.6, max_new_tokens=args.max_new_tokens, progress=False)
+        if args.method == "default-first-diff":
+            options["event_kinds"] = "first_diff"
+        seconds, result = _timed_run(args, pair, prompts, options)
     events, cells = _first_divergences(result.records)
     stages["other"] = max(0.0, seconds - sum(stages.values()))
     return {"seconds": seconds, "events": events, "cells": cells,
@@ -352,7 +355,8 @@ SUITES = {
         ("zoo, fp32", "zoo", "float32", "cpu", 96, ["crosspatch", "lower", "floor", "paper", "nnsight"],
          ["both", "sequential"]),
         # what a user runs: the default command, in-process and as a whole process
-        ("zoo, fp32, the default run", "zoo", "float32", "cpu", 96, ["crosspatch", "default", "process", "paper"], [],
+        ("zoo, fp32, the default run", "zoo", "float32", "cpu", 96, ["crosspatch", "default", "default-first-diff", "process",
+                                                                      "paper"], [],
          "no-sweep"),
         ("mid-size pair, fp32", "mid", "float32", "cpu", 32, ["crosspatch", "lower", "floor", "paper", "nnsight"],
          ["both", "sequential", "sequential@1024", "adapter"], "no-sweep-paper"),
@@ -450,7 +454,7 @@ def measure(args, label, workload, dtype, device, prompts, methods, residencies,
         for method in methods:
             if method == "crosspatch":
                 r = cp
-            elif sweep and (method in ("nnsight", "floor", "default", "process") or method in VARIANTS or (method == "paper" and "no-sweep-paper" in flags)):
+            elif sweep and (method in ("nnsight", "floor", "default", "default-first-diff", "process") or method in VARIANTS or (method == "paper" and "no-sweep-paper" in flags)):
                 continue  # the sweep's baselines: paper-style and the lower bound (the default run has no sweep)
             else:
                 try:
@@ -521,7 +525,7 @@ def main() -> None:
     ap.add_argument("--suite", choices=sorted(SUITES))
     ap.add_argument("--render", action="store_true", help="only re-render docs/benchmarks.md from the stored results")
     ap.add_argument("--method", choices=["crosspatch", "paper", "nnsight", "lower", "floor", "profile", "default",
-                                         "process"])
+                                         "default-first-diff", "process"])
     ap.add_argument("--workload", default="zoo", choices=["zoo", "mid", "large", "7b"])
     ap.add_argument("--root", default="/tmp/crosspatch-bench", help="where the mid-size pair is written (once)")
     ap.add_argument("--dtype", default="float32")
@@ -551,7 +555,7 @@ def main() -> None:
         args.batch_size = 128 if device.startswith("cuda") else 32
     if args.method:
         fn = {"crosspatch": method_crosspatch, "profile": method_profile, "default": method_default,
-              "process": method_process}.get(args.method, method_baseline)
+              "default-first-diff": method_default, "process": method_process}.get(args.method, method_baseline)
         print(json.dumps(fn(args)))
         return
     if args.render:
