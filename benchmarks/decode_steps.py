@@ -42,7 +42,7 @@ from workloads import workload_paths  # noqa: E402
 
 def hf_decode(handle, prompts: list[list[int]], steps: int, pad: int, masked: bool, device: str) -> tuple[float, float]:
     """Prefill then ``steps`` greedy tokens with the model's own forward; (prefill s, s per step)."""
-    from crosspatch.execution.decoder import _new_cache
+    from crosspatch.execution.caches import new_dynamic_cache
     from crosspatch.models.forward import cache_keyword
 
     model = handle.anatomy.model
@@ -56,7 +56,7 @@ def hf_decode(handle, prompts: list[list[int]], steps: int, pad: int, masked: bo
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     extra = {"attention_mask": mask, "position_ids": positions} if masked else {}
     kw = cache_keyword(handle)
-    cache = _new_cache(handle)
+    cache = new_dynamic_cache(handle, growing=False)  # plain Hugging Face: a cache that concatenates
     sync(device)
     start = time.perf_counter()
     with torch.inference_mode():

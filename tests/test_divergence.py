@@ -136,6 +136,48 @@ def test_prompts_of_very_different_lengths_are_consumed_in_groups_as_in_one_pass
         assert torch.allclose(mine.final, its.final, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_a_decoders_cache_grows_in_place_and_computes_what_a_concatenating_cache_does(arch, monkeypatch):
+    """A decoder's KV cache writes each step's new positions into buffers with room to spare
+    instead of concatenating the whole cache: through steps, rows leaving (a batch selection) and
+    rows joining (continuous batching), its logits are those of Hugging Face's concatenating
+    cache bit for bit, and the keys the model reads are views of the buffer, which grows only
+    now and then."""
+    from crosspatch.execution import caches
+    from crosspatch.execution.caches import growing_layer_class
+    from crosspatch.execution.decoder import CachedDecoder
+
+    pair = make_pair(arch)
+    texts = ["report the wind", "hi", "the quick brown fox jumps over", "x y", "rain later today"]
+    ids = [tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, f"q{k}", t) for k, t in enumerate(texts)]
+    real_new_cache = caches.new_dynamic_cache
+    rooms: set[int] = set()
+
+    def decode(growing: bool):
+        monkeypatch.setattr(caches, "new_dynamic_cache", lambda handle: real_new_cache(handle, growing=growing))
+        decoder = CachedDecoder(pair.it, pair)
+        logits = [decoder.start(ids[:3])]
+        for step in range(80):
+            if step == 3:
+                decoder.select([0, 2])
+                logits.append(logits[-1][[0, 2]])
+            if step == 5:
+                logits.append(torch.cat([logits[-1], decoder.add(ids[3:], [3, 4])]))
+            logits.append(decoder.feed(masked_argmax(logits[-1], pair.real_vocab)[:, None])[:, 0])
+            if growing:
+                layer = decoder.cache.layers[0]
+                rooms.add(layer._key_room.data_ptr())
+                assert layer.keys.data_ptr() == layer._key_room.data_ptr()  # a view of the buffer
+        return decoder, logits
+
+    grown, got = decode(True)
+    assert all(type(layer) is growing_layer_class() for layer in grown.cache.layers)
+    assert grown.can_add
+    _, want = decode(False)
+    assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+    assert 2 <= len(rooms) <= 8  # a new buffer on a selection, a join and now and then as it grows: not per step
+
+
 def test_rollout_never_picks_masked_ids(prompts):
     pair = make_pair("llama")
     ids = [tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, p["id"], p["prompt"]) for p in prompts]

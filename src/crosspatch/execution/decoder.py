@@ -12,19 +12,12 @@ import torch
 
 from ..models.forward import EventStates, ModelHandle, StateRecorder, cache_keyword, step_logits
 from ..models.vocab import NON_FINITE, masked_argmax
+from . import caches
 from .batching import length_batches, pass_overhead_tokens
+from .caches import static_length
 
 __all__ = ["DECODE_MODES", "CachedDecoder", "StaticDecoder", "decoding", "greedy_chunk", "new_decoder", "pass_overhead",
            "static_length"]
-
-
-def _new_cache(handle: ModelHandle):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=handle.anatomy.model.config)  # pyright: ignore[reportArgumentType] - a PreTrainedModel's config
-    except TypeError:  # transformers 4.x
-        return DynamicCache()
 
 
 def pass_overhead(handle: ModelHandle) -> int:
@@ -49,7 +42,7 @@ class CachedDecoder:
     def __init__(self, handle: ModelHandle, models, capture: list[int] | None = None, keep_on=None) -> None:
         self.handle, self.models, self.keep_on = handle, models, keep_on
         self.capture: list[int] = capture if capture is not None else []  # boundaries whose states are kept
-        self.cache = _new_cache(handle)
+        self.cache = caches.new_dynamic_cache(handle)
         self.kw = cache_keyword(handle)
         self.recorder = StateRecorder(handle.anatomy, capture, keep_on) if capture is not None else None
         self.non_finite: set[int] = set()  # original rows whose decoding stopped at NaN/inf logits
@@ -62,7 +55,7 @@ class CachedDecoder:
         return list(range(len(self.rows)))
 
     def _fresh_cache(self, batch: int, width: int):
-        return _new_cache(self.handle)
+        return caches.new_dynamic_cache(self.handle)
 
     def _forward(self, keep: int, real_tokens: int, **inputs) -> torch.Tensor:
         return step_logits(self.handle, keep, real_tokens, **inputs)
@@ -135,7 +128,8 @@ class CachedDecoder:
         """Whether :meth:`add` can join new rows to this cache (plain full-attention layers whose
         keys and values are tensors; sliding windows and recurrent states cannot be padded)."""
         layers = getattr(self.cache, "layers", None)
-        return bool(layers) and all(type(layer).__name__ == "DynamicLayer" and getattr(layer, "keys", None) is not None
+        plain = {"DynamicLayer", caches.growing_layer_class().__name__}
+        return bool(layers) and all(type(layer).__name__ in plain and getattr(layer, "keys", None) is not None
                                     for layer in layers)
 
     def add(self, prompts: list[list[int]], rows: list[int]) -> torch.Tensor:
@@ -277,24 +271,6 @@ def new_decoder(handle: ModelHandle, models, capture: list[int] | None = None, k
     return CachedDecoder(handle, models, capture, keep_on)
 
 
-def static_length(tokens: int, bucket: int = 64) -> int:
-    """A static cache's length: ``tokens`` rounded up to a multiple of ``bucket``, so that a handful
-    of shapes cover a run (each shape is one compilation / CUDA graph)."""
-    return max(bucket, -(-tokens // bucket) * bucket)
-
-
-def _static_cache(handle: ModelHandle, batch: int, length: int):
-    from transformers import StaticCache
-
-    config: Any = handle.anatomy.model.config
-    try:
-        return StaticCache(config=config, max_cache_len=length)
-    except TypeError:  # transformers 4.x: the batch, device and dtype are given up front
-        param = next(handle.anatomy.model.parameters())
-        return StaticCache(config=config, max_batch_size=batch, max_cache_len=length,  # pyright: ignore[reportCallIssue]
-                           device=param.device, dtype=param.dtype)
-
-
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -332,7 +308,7 @@ class StaticDecoder(CachedDecoder):
 
     def _fresh_cache(self, batch: int, width: int):
         self.length = static_length(width + self.budget + 1)
-        return _static_cache(self.handle, batch, self.length)
+        return caches.new_static_cache(self.handle, batch, self.length)
 
     def _attention_mask(self) -> torch.Tensor:
         """The padding mask over the cache's whole length, zeros past the tokens fed so far: one
