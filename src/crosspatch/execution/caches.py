@@ -51,10 +51,10 @@ def growing_layer_class() -> type:
         _view: torch.Tensor | None = None  # the keys as this layer last set them
 
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
+            if not self.is_initialized:  # the first update as Hugging Face's (its initialisation differs by release)
+                return super().update(key_states, value_states, *args, **kwargs)
             held_keys, held_values = cast(torch.Tensor, self.keys), cast(torch.Tensor, self.values)
-            filled = held_keys.shape[-2] if held_keys.dim() >= 2 else 0  # (empty after the lazy initialisation)
+            filled = held_keys.shape[-2] if held_keys.dim() >= 2 else 0
             new = key_states.shape[-2]
             keys, values = self._key_room, self._value_room
             if keys is None or values is None or self.keys is not self._view or filled + new > keys.shape[-2] \
