@@ -379,10 +379,12 @@ def test_a_compiled_decoding_step_has_one_shape_per_chunk_width_and_the_prompt_p
     from crosspatch.runner.pipeline import run
 
     seen: dict[int, list[tuple]] = {}  # per KV cache: the shapes of every compiled call
+    caches_seen: list = []  # kept alive, so that no two caches share an id
 
     def recording_compile(model, **options):
         def step(**inputs):
             cache = next(v for v in inputs.values() if isinstance(v, Cache))
+            caches_seen.append(cache)
             assert int(inputs["cache_position"][0]) > 0, "the prompt pass went through the compiled step"
             seen.setdefault(id(cache), []).append(
                 (tuple(inputs["input_ids"].shape), tuple(inputs["attention_mask"].shape)))
