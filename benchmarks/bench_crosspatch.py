@@ -97,16 +97,19 @@ def kv_cache_bound_bytes(base: str, dtype: str, prompt_ids: list[list[int]], max
 
 
 def _timed_run(args, pair, prompts, options: dict):
-    """``crosspatch.run`` timed after a warm-up on two prompts (CUDA context, kernels), as every
-    method gets; returns (seconds, result)."""
+    """``crosspatch.run`` timed after a warm-up on two prompts (CUDA context, kernels and, with
+    ``--decode compiled``, the compilation of the first shapes), as every method gets; returns
+    (seconds, result, the warm-up's seconds)."""
     from crosspatch.runner.pipeline import run
 
+    start = time.perf_counter()
     run(pair, prompts[:2], **options)
     sync(args.device)
+    warmup = time.perf_counter() - start
     start = time.perf_counter()
     result = run(pair, prompts, **options)
     sync(args.device)
-    return time.perf_counter() - start, result
+    return time.perf_counter() - start, result, warmup
 
 
 def _first_divergences(records) -> tuple[dict, dict]:
@@ -138,13 +141,13 @@ def method_crosspatch(args) -> dict:
     options = dict(boundary=0.6, boundaries="all" if args.sweep else None, max_new_tokens=args.max_new_tokens,
                    batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens, bootstrap=0, progress=False,
                    controls="none", event_kinds="first_diff", decode=os.environ.get("CROSSPATCH_BENCH_DECODE", "auto"))
-    seconds, result = _timed_run(args, pair, prompts, options)
+    seconds, result, warmup = _timed_run(args, pair, prompts, options)
     cost = result.summary["cost_this_session"]
     events, cells = _first_divergences(result.records)
     return {"seconds": seconds, "events": events, "cells": cells, "fe_per_event": cost["fe_per_event"],
             "peak_mb": peak_memory_mb(args.device), "before_mb": before, "cache_mb": cache_mb, "kv_mb": kv_mb,
             "heads_mb": unique_head_bytes(pair) / 2**20, "max_batch_tokens": args.max_batch_tokens, "num_layers": pair.num_layers,
-            "no_divergence": len(result.no_divergence)}
+            "no_divergence": len(result.no_divergence), "warmup_seconds": warmup, "decode": cost.get("decode")}
 
 
 def method_default(args) -> dict:
@@ -163,12 +166,12 @@ def method_default(args) -> dict:
         options = dict(boundary=0.6, max_new_tokens=args.max_new_tokens, progress=False)
         if args.method == "default-first-diff":
             options["event_kinds"] = "first_diff"
-        seconds, result = _timed_run(args, pair, prompts, options)
+        seconds, result, warmup = _timed_run(args, pair, prompts, options)
     events, cells = _first_divergences(result.records)
     stages["other"] = max(0.0, seconds - sum(stages.values()))
     return {"seconds": seconds, "events": events, "cells": cells,
             "fe_per_event": result.summary["cost_this_session"]["fe_per_event"], "peak_mb": peak_memory_mb(args.device),
-            "no_divergence": len(result.no_divergence), "stages": dict(stages)}
+            "no_divergence": len(result.no_divergence), "stages": dict(stages), "warmup_seconds": warmup}
 
 
 @contextlib.contextmanager
