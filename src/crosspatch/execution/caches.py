@@ -59,7 +59,9 @@ def growing_layer_class() -> type:
             keys, values = self._key_room, self._value_room
             if keys is None or values is None or self.keys is not self._view or filled + new > keys.shape[-2] \
                     or keys.shape[:-2] != key_states.shape[:-2]:
-                spare = filled + new + max(64, (filled + new) // 4)  # a copy every quarter of the length at most
+                # room for an eighth of the length more (at least 32 positions): a copy every
+                # eighth of the length at most, and at most an eighth more memory than the filled cache
+                spare = filled + new + max(32, (filled + new) // 8)
                 keys = key_states.new_empty((*key_states.shape[:-2], spare, key_states.shape[-1]))
                 values = value_states.new_empty((*value_states.shape[:-2], spare, value_states.shape[-1]))
                 if filled:
