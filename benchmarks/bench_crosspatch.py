@@ -171,7 +171,8 @@ def method_default(args) -> dict:
     stages["other"] = max(0.0, seconds - sum(stages.values()))
     return {"seconds": seconds, "events": events, "cells": cells,
             "fe_per_event": result.summary["cost_this_session"]["fe_per_event"], "peak_mb": peak_memory_mb(args.device),
-            "no_divergence": len(result.no_divergence), "stages": dict(stages), "warmup_seconds": warmup}
+            "no_divergence": len(result.no_divergence), "stages": dict(stages), "warmup_seconds": warmup,
+            "decode": result.summary["cost_this_session"].get("decode")}
 
 
 @contextlib.contextmanager
