@@ -128,7 +128,9 @@ class RunConfig:
     back_link: str | None = None  # report.html links back to this page (a combined report)
     tuned: str | None = None  # with several descendants loaded: the role scored against the base (default: the first)
     event_kinds: list[str] | str = _option(
-        "all", "all, or a comma list of first_diff, first_nonformat_diff, first_assistant_marker_diff.", cli_type=str)
+        "all", "all, or a comma list of first_diff, first_nonformat_diff, first_assistant_marker_diff. The two "
+               "later kinds are found on each prompt's greedy history, decoded until both are found or the budget "
+               "is spent: often half of a default run's time; first_diff alone skips it.", cli_type=str)
     format_tokens: list[str] | str | None = _option(
         None, "Words counted as FORMAT (structural/discourse words), replacing crosspatch's list: a comma list or "
         "@FILE (one per line); punctuation, whitespace, markup and special tokens stay FORMAT.",
