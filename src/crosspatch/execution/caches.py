@@ -94,6 +94,8 @@ def static_length(tokens: int, bucket: int = 64) -> int:
 
 
 def new_static_cache(handle: ModelHandle, batch: int, length: int):
+    """A ``StaticCache`` of ``length`` positions for ``handle``'s model (``batch`` rows: transformers 4
+    takes the batch, device and dtype up front; 5 sizes itself at the first update)."""
     from transformers import StaticCache
 
     config: Any = handle.anatomy.model.config
