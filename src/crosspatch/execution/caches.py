@@ -11,7 +11,7 @@ import torch
 
 from ..models.forward import ModelHandle
 
-__all__ = ["growing_layer_class", "new_dynamic_cache", "new_static_cache", "static_length"]
+__all__ = ["growing_layer_class", "joinable", "new_dynamic_cache", "new_static_cache", "static_length"]
 
 
 def new_dynamic_cache(handle: ModelHandle, growing: bool = True):
@@ -32,6 +32,19 @@ def new_dynamic_cache(handle: ModelHandle, growing: bool = True):
         if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:  # layers made as the model asks
             cache.layer_class_to_replicate = layer_class  # pyright: ignore[reportAttributeAccessIssue]
     return cache
+
+
+def joinable(cache) -> bool:
+    """Whether new rows can be joined to ``cache`` by left-padding and concatenating its keys and
+    values: every layer a plain full-attention layer holding them (``DynamicLayer`` or
+    :func:`growing_layer_class`'s; not a sliding window or a recurrent state)."""
+    layers = getattr(cache, "layers", None)
+    if not layers:
+        return False
+    from transformers.cache_utils import DynamicLayer
+
+    plain = (DynamicLayer, growing_layer_class())
+    return all(type(layer) in plain and getattr(layer, "keys", None) is not None for layer in layers)
 
 
 @functools.cache

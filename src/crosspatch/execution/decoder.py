@@ -127,10 +127,7 @@ class CachedDecoder:
     def can_add(self) -> bool:
         """Whether :meth:`add` can join new rows to this cache (plain full-attention layers whose
         keys and values are tensors; sliding windows and recurrent states cannot be padded)."""
-        layers = getattr(self.cache, "layers", None)
-        plain = {"DynamicLayer", caches.growing_layer_class().__name__}
-        return bool(layers) and all(type(layer).__name__ in plain and getattr(layer, "keys", None) is not None
-                                    for layer in layers)
+        return caches.joinable(self.cache)
 
     def add(self, prompts: list[list[int]], rows: list[int]) -> torch.Tensor:
         """Start ``prompts`` (original rows ``rows``) beside the live rows: they are consumed in
