@@ -9,6 +9,10 @@ by its own final norm and head) and the token-layers executed.
   then six full ``use_cache=False`` passes per event (two natural with every hidden state, four
   with the residual entering layer b replaced by a forward pre-hook; the two diagonal ones are
   no-op checks), as the method's authors run it. A sweep adds four patched passes per boundary.
+* :func:`paper_style_kinds`: the same pipeline as the authors run it by default, scoring every
+  event kind (DESIGN 1.2): the lockstep goes on past the first divergence along the descendant's
+  greedy history to its EOS or the budget, the kinds are found on that history, and each
+  distinct event gets the six passes (kinds that fall on one event share them).
 * :func:`nnsight_style`: the lockstep with caches through ``nnsight`` traces, then natural and
   patched traces batched over events (right padding, last real position read).
 * :func:`lower_bound`: no search: exactly the tokens the cells need, given the events: one
@@ -52,6 +56,27 @@ def lockstep(step_pt, step_it, prompt_ids: list[int], max_new_tokens: int, vocab
         seq.append(a)
         ids = [a]
     return None
+
+
+def lockstep_history(step_pt, step_it, prompt_ids: list[int], max_new_tokens: int, vocab: int, eos: set[int]):
+    """Lockstep greedy decoding along the descendant's (IT's) history: at every generated
+    position both models pick, IT's token is appended (after the first disagreement too), until
+    IT's EOS (kept) or the budget. Returns ``(history, pt_picks)``, or None for an EOS both agree
+    on before any disagreement (no event)."""
+    history, picks = [], []
+    ids, cache_pt, cache_it = prompt_ids, None, None
+    for _ in range(max_new_tokens):
+        logits_pt, cache_pt = step_pt(ids, cache_pt)
+        logits_it, cache_it = step_it(ids, cache_it)
+        a, c = _argmax(logits_pt, vocab), _argmax(logits_it, vocab)
+        if a == c and c in eos and history == picks:
+            return None
+        history.append(c)
+        picks.append(a)
+        if c in eos:
+            break
+        ids = [c]
+    return history, picks
 
 
 def hf_step(model, device: str):
@@ -105,6 +130,65 @@ def paper_style(pt, it, prompts: dict[str, list[int]], boundaries: list[int], ma
                 work += n * L
             cells[f"{pid}@{b}"] = row
     return events, cells, work
+
+
+def _six_passes(pt, it, prefix: list[int], t_pt: int, t_it: int, boundaries: list[int], device: str):
+    """The authors' cells of one event: two natural passes with every hidden state, then four
+    passes per boundary with the residual entering layer b replaced (each late stack read out by
+    its own head). Returns ``({b: cells}, token-layers)``."""
+    L = pt.config.num_hidden_layers
+    x = torch.tensor([prefix], device=device)
+    n = len(prefix)
+    out_pt = pt(x, use_cache=False, output_hidden_states=True)
+    out_it = it(x, use_cache=False, output_hidden_states=True)
+    work, rows = 2 * n * L, {}
+    for b in boundaries:
+        u_pt, u_it = out_pt.hidden_states[b], out_it.hidden_states[b]
+        row = {}
+        for name, model, state in (("upt_lpt", pt, u_pt), ("uit_lit", it, u_it),
+                                   ("upt_lit", it, u_pt), ("uit_lpt", pt, u_it)):
+            with replace_input(model.model.layers[b], state):
+                logits = model(x, use_cache=False).logits[0, -1]
+            row[name] = _y(logits, t_pt, t_it)
+            work += n * L
+        rows[b] = row
+    return rows, work
+
+
+def paper_style_kinds(pt, it, tokenizer, prompts: dict[str, list[int]], boundaries: list[int], max_new_tokens: int,
+                      vocab: int, eos: set[int], device: str):
+    """The authors' pipeline with its default event kinds. Returns ``(events, cells, work,
+    kind_events, kind_cells)``: the first divergences as :func:`paper_style` returns them, and
+    every kind's event keyed ``"<prompt id>/<kind>"`` (cells ``"<prompt id>/<kind>@<b>"``). The
+    kinds are told apart with crosspatch's own token rule (``find_event_kinds``: a definition,
+    not the cost measured here: it runs on token ids already decoded)."""
+    from crosspatch.core.tokens import TokenDescriber, find_event_kinds
+
+    L = pt.config.num_hidden_layers
+    describe = TokenDescriber(tokenizer)
+    events, cells, kind_events, kind_cells, work = {}, {}, {}, {}, 0
+    step_pt, step_it = hf_step(pt, device), hf_step(it, device)
+    for pid, ids in prompts.items():
+        decoded = lockstep_history(step_pt, step_it, ids, max_new_tokens, vocab, eos)
+        steps = len(decoded[0]) if decoded else max_new_tokens
+        work += 2 * (len(ids) + steps - 1) * L  # prompt prefill + one token per later step, both models
+        if decoded is None:
+            continue
+        history, picks = decoded
+        found = find_event_kinds(history, picks, describe, describe.text, ids[-1])
+        scored: dict[tuple, dict] = {}
+        for kind, j in found.items():
+            event = (j, picks[j], history[j], ids + history[:j])
+            if event[:3] not in scored:  # kinds on one event share its passes, as the authors count it once
+                scored[event[:3]], w = _six_passes(pt, it, event[3], event[1], event[2], boundaries, device)
+                work += w
+            kind_events[f"{pid}/{kind}"] = event
+            for b, row in scored[event[:3]].items():
+                kind_cells[f"{pid}/{kind}@{b}"] = row
+            if kind == "first_diff":
+                events[pid] = event
+                cells.update({f"{pid}@{b}": row for b, row in scored[event[:3]].items()})
+    return events, cells, work, kind_events, kind_cells
 
 
 def nnsight_style(pt, it, prompts: dict[str, list[int]], boundaries: list[int], max_new_tokens: int,

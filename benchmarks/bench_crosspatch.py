@@ -119,6 +119,13 @@ def _first_divergences(records) -> tuple[dict, dict]:
             {f"{r.prompt_id}@{r.boundary}": r.cells["common_it"] for r in first})
 
 
+def _every_kind(records) -> tuple[dict, dict]:
+    """Every event kind's events and common-IT cells, keyed ``"<prompt id>/<kind>"`` (what the
+    paper-style pipeline scoring every kind is compared on)."""
+    return ({f"{r.prompt_id}/{r.kind}": (r.position, r.t_pt, r.t_it, r.prefix_ids) for r in records},
+            {f"{r.prompt_id}/{r.kind}@{r.boundary}": r.cells["common_it"] for r in records})
+
+
 def method_crosspatch(args) -> dict:
     from crosspatch.execution import load_pair
 
@@ -168,8 +175,9 @@ def method_default(args) -> dict:
             options["event_kinds"] = "first_diff"
         seconds, result, warmup = _timed_run(args, pair, prompts, options)
     events, cells = _first_divergences(result.records)
+    kinds = dict(zip(("kind_events", "kind_cells"), _every_kind(result.records))) if args.method == "default" else {}
     stages["other"] = max(0.0, seconds - sum(stages.values()))
-    return {"seconds": seconds, "events": events, "cells": cells,
+    return {"seconds": seconds, "events": events, "cells": cells, **kinds,
             "fe_per_event": result.summary["cost_this_session"]["fe_per_event"], "peak_mb": peak_memory_mb(args.device),
             "no_divergence": len(result.no_divergence), "stages": dict(stages), "warmup_seconds": warmup,
             "decode": result.summary["cost_this_session"].get("decode")}
@@ -283,6 +291,9 @@ def method_baseline(args) -> dict:
         with torch.inference_mode():
             if args.method == "paper":
                 return baselines.paper_style(pt, it, prompts, boundaries, args.max_new_tokens, vocab, eos, args.device)
+            if args.method == "paper-kinds":
+                return baselines.paper_style_kinds(pt, it, tok, prompts, boundaries, args.max_new_tokens, vocab, eos,
+                                                   args.device)
             if args.method == "floor":
                 return baselines.fair_floor(pt, it, prompts, boundaries, args.max_new_tokens, vocab, eos, args.device,
                                             args.batch_size, tok.pad_token_id if tok.pad_token_id is not None
@@ -296,12 +307,15 @@ def method_baseline(args) -> dict:
     compute(dict(list(prompts.items())[:2]))  # warm-up, as every method gets
     sync(args.device)
     start = time.perf_counter()
-    events, cells, work = compute(prompts)
+    events, cells, work, *kinds = compute(prompts)
     sync(args.device)
     seconds = time.perf_counter() - start
     event_work = sum(len(e[3]) for e in events.values()) * L
-    return {"seconds": seconds, "events": events, "cells": cells, "num_layers": L,
-            "fe_per_event": work / event_work if event_work else None, "peak_mb": peak_memory_mb(args.device)}
+    out = {"seconds": seconds, "events": events, "cells": cells, "num_layers": L,
+           "fe_per_event": work / event_work if event_work else None, "peak_mb": peak_memory_mb(args.device)}
+    if kinds:
+        out["kind_events"], out["kind_cells"] = kinds
+    return out
 
 
 def sync(device: str) -> None:
@@ -360,7 +374,7 @@ SUITES = {
          ["both", "sequential"]),
         # what a user runs: the default command, in-process and as a whole process
         ("zoo, fp32, the default run", "zoo", "float32", "cpu", 96, ["crosspatch", "default", "default-first-diff", "process",
-                                                                      "paper"], [],
+                                                                      "paper", "paper-kinds"], [],
          "no-sweep"),
         ("mid-size pair, fp32", "mid", "float32", "cpu", 32, ["crosspatch", "lower", "floor", "paper", "nnsight"],
          ["both", "sequential", "sequential@1024", "adapter"], "no-sweep-paper"),
@@ -445,6 +459,8 @@ def measure(args, label, workload, dtype, device, prompts, methods, residencies,
     section.update({"label": label, "workload": workload, "dtype": dtype, "device": device, "prompts": prompts,
                     "rows": {}, "sweep": {}, "residency": {}})
     events_file = Path(args.root) / f"events-{workload}-{dtype}-{device}.json"
+    events_file.parent.mkdir(parents=True, exist_ok=True)  # a zoo-only part of a suite builds no workload there
+    every_kind: dict[str, dict] = {}  # the default run's events of every kind, once measured
     for sweep in (False,) if "no-sweep" in flags else (False, True):
         rows = section["sweep" if sweep else "rows"]
         try:
@@ -458,7 +474,8 @@ def measure(args, label, workload, dtype, device, prompts, methods, residencies,
         for method in methods:
             if method == "crosspatch":
                 r = cp
-            elif sweep and (method in ("nnsight", "floor", "default", "default-first-diff", "process") or method in VARIANTS or (method == "paper" and "no-sweep-paper" in flags)):
+            elif sweep and (method in ("nnsight", "floor", "default", "default-first-diff", "process", "paper-kinds")
+                            or method in VARIANTS or (method == "paper" and "no-sweep-paper" in flags)):
                 continue  # the sweep's baselines: paper-style and the lower bound (the default run has no sweep)
             else:
                 try:
@@ -472,10 +489,16 @@ def measure(args, label, workload, dtype, device, prompts, methods, residencies,
             r["event_agreement"] = compare_events(cp["events"], r["events"])
             r["max_cell_diff"] = max_cell_diff(cp["cells"], r["cells"])
             r["n_events"] = len(r["events"])
+            if "kind_events" in r:  # every event kind's events: the default run and the pipeline scoring them all
+                kinds = every_kind.setdefault("reference", r) if method == "default" else every_kind.get("reference")
+                r["n_kind_events"] = len(r["kind_events"])
+                if kinds is not None:
+                    r["kind_agreement"] = compare_events(kinds["kind_events"], r["kind_events"])
+                    r["max_kind_cell_diff"] = max_cell_diff(kinds["kind_cells"], r["kind_cells"])
             positions = sorted(e[0] for e in r["events"].values())
             r["positions"] = positions
             r["distinct_t_pt"] = len({e[1] for e in r["events"].values()})
-            rows[method] = {k: v for k, v in r.items() if k not in ("events", "cells")}
+            rows[method] = {k: v for k, v in r.items() if k not in ("events", "cells", "kind_events", "kind_cells")}
             print(f"  {'sweep ' if sweep else ''}{method:10s} {r['n_events']:4d} events {r['seconds']:8.2f} s "
                   f"{r['n_events'] / r['seconds']:8.2f} ev/s  FE/event {r['fe_per_event'] or 0:.2f}  "
                   f"peak {'-' if r['peak_mb'] is None else format(r['peak_mb'], '.0f')} MB  same events {r['event_agreement']}", flush=True)
@@ -528,8 +551,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", choices=sorted(SUITES))
     ap.add_argument("--render", action="store_true", help="only re-render docs/benchmarks.md from the stored results")
-    ap.add_argument("--method", choices=["crosspatch", "paper", "nnsight", "lower", "floor", "profile", "default",
-                                         "default-first-diff", "process"])
+    ap.add_argument("--method", choices=["crosspatch", "paper", "paper-kinds", "nnsight", "lower", "floor", "profile",
+                                         "default", "default-first-diff", "process"])
     ap.add_argument("--workload", default="zoo", choices=["zoo", "mid", "large", "7b"])
     ap.add_argument("--root", default="/tmp/crosspatch-bench", help="where the mid-size pair is written (once)")
     ap.add_argument("--dtype", default="float32")
