@@ -95,6 +95,40 @@ def test_rows_that_end_leave_the_batch_and_the_others_decode_as_alone(prompts):
         assert torch.allclose(mine.final, its.final, atol=1e-5)
 
 
+def test_a_cache_known_not_to_join_consumes_prompts_of_very_different_lengths_in_one_pass(monkeypatch):
+    """Sliding-window layers cannot be joined: where the fresh cache already shows them (its
+    layers made from the config, transformers 5) the prompts go through one prefill, not a first
+    group's prefill that is then thrown away; where only a filled cache can tell (transformers
+    4), that first group is the only waste."""
+    import transformers
+
+    from crosspatch.execution import decoder as decoder_module
+    from crosspatch.execution.caches import known_unjoinable, new_dynamic_cache
+    from crosspatch.execution.decoder import CachedDecoder
+
+    pair = make_pair("gemma2")
+    texts = ["a", "report the wind for denver today please and the rain", "hi", "x",
+             "forecast for the coast: sunny, then a chance of showers late"]
+    ids = [tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, f"q{k}", t) for k, t in enumerate(texts)]
+    prefills = []
+    real_start_all = CachedDecoder._start_all
+
+    def spy(self, prompts, rows):
+        prefills.append(len(prompts))
+        return real_start_all(self, prompts, rows)
+
+    monkeypatch.setattr(decoder_module, "pass_overhead", lambda handle: 1)  # padding always dearer
+    monkeypatch.setattr(CachedDecoder, "_start_all", spy)
+    decoder = CachedDecoder(pair.it, pair)
+    logits = decoder.start(ids)
+    assert logits.shape[0] == len(ids) and not decoder.can_add
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        assert known_unjoinable(new_dynamic_cache(pair.it))
+        assert prefills == [len(ids)]
+    else:
+        assert prefills[-1] == len(ids) and len(prefills) <= 2
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_prompts_of_very_different_lengths_are_consumed_in_groups_as_in_one_pass(arch, monkeypatch):
     """Where padding the short prompts to the long ones costs more than another pass, a decoder

@@ -11,7 +11,8 @@ import torch
 
 from ..models.forward import ModelHandle
 
-__all__ = ["growing_layer_class", "joinable", "new_dynamic_cache", "new_static_cache", "static_length"]
+__all__ = ["growing_layer_class", "joinable", "known_unjoinable", "new_dynamic_cache", "new_static_cache",
+           "static_length"]
 
 
 def new_dynamic_cache(handle: ModelHandle, growing: bool = True):
@@ -45,6 +46,19 @@ def joinable(cache) -> bool:
 
     plain = (DynamicLayer, growing_layer_class())
     return all(type(layer) in plain and getattr(layer, "keys", None) is not None for layer in layers)
+
+
+def known_unjoinable(cache) -> bool:
+    """Whether a fresh, still empty ``cache`` is already known to refuse :func:`joinable`: its
+    layers are made (as transformers 5 makes them from the model's config) and one of them is not
+    a plain full-attention layer (a sliding window, a recurrent state). False where the layers are
+    made at the first forward (transformers 4): only a filled cache can then tell."""
+    layers = getattr(cache, "layers", None)
+    if not layers:
+        return False
+    from transformers.cache_utils import DynamicLayer
+
+    return any(type(layer) not in (DynamicLayer, growing_layer_class()) for layer in layers)
 
 
 @functools.cache

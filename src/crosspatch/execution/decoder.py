@@ -92,10 +92,10 @@ class CachedDecoder:
         rows = list(range(len(prompts))) if rows is None else list(rows)
         groups = length_batches(len(prompts), [len(p) for p in prompts], len(prompts), None,
                                 pass_overhead(self.handle)) if self.prefill_in_groups else []
-        if len(groups) < 2:
+        if len(groups) < 2 or caches.known_unjoinable(self._fresh_cache(len(prompts), 1)):
             return self._start_all(prompts, rows)
         logits = [self._start_all([prompts[k] for k in groups[0]], [rows[k] for k in groups[0]])]
-        if not self.can_add:  # a cache that cannot be joined (sliding windows, recurrent states): one pass
+        if not self.can_add:  # found out only once filled (transformers 4): one pass after all
             return self._start_all(prompts, rows)
         for group in groups[1:]:
             logits.append(self.add([prompts[k] for k in group], [rows[k] for k in group]))
