@@ -61,16 +61,14 @@ def lockstep(step_pt, step_it, prompt_ids: list[int], max_new_tokens: int, vocab
 def lockstep_history(step_pt, step_it, prompt_ids: list[int], max_new_tokens: int, vocab: int, eos: set[int]):
     """Lockstep greedy decoding along the descendant's (IT's) history: at every generated
     position both models pick, IT's token is appended (after the first disagreement too), until
-    IT's EOS (kept) or the budget. Returns ``(history, pt_picks)``, or None for an EOS both agree
-    on before any disagreement (no event)."""
+    IT's EOS (kept) or the budget; an EOS both pick before any disagreement ends it too (no
+    event). Returns ``(history, pt_picks)``: the models disagreed wherever the two differ."""
     history, picks = [], []
     ids, cache_pt, cache_it = prompt_ids, None, None
     for _ in range(max_new_tokens):
         logits_pt, cache_pt = step_pt(ids, cache_pt)
         logits_it, cache_it = step_it(ids, cache_it)
         a, c = _argmax(logits_pt, vocab), _argmax(logits_it, vocab)
-        if a == c and c in eos and history == picks:
-            return None
         history.append(c)
         picks.append(a)
         if c in eos:
@@ -169,13 +167,9 @@ def paper_style_kinds(pt, it, tokenizer, prompts: dict[str, list[int]], boundari
     events, cells, kind_events, kind_cells, work = {}, {}, {}, {}, 0
     step_pt, step_it = hf_step(pt, device), hf_step(it, device)
     for pid, ids in prompts.items():
-        decoded = lockstep_history(step_pt, step_it, ids, max_new_tokens, vocab, eos)
-        steps = len(decoded[0]) if decoded else max_new_tokens
-        work += 2 * (len(ids) + steps - 1) * L  # prompt prefill + one token per later step, both models
-        if decoded is None:
-            continue
-        history, picks = decoded
-        found = find_event_kinds(history, picks, describe, describe.text, ids[-1])
+        history, picks = lockstep_history(step_pt, step_it, ids, max_new_tokens, vocab, eos)
+        work += 2 * (len(ids) + len(history) - 1) * L  # prompt prefill + one token per later step, both models
+        found = find_event_kinds(history, picks, describe, describe.text, ids[-1])  # none: no disagreement
         scored: dict[tuple, dict] = {}
         for kind, j in found.items():
             event = (j, picks[j], history[j], ids + history[:j])

@@ -380,7 +380,8 @@ SUITES = {
          ["both", "sequential", "sequential@1024", "adapter"], "no-sweep-paper"),
         ("mid-size pair, bf16", "mid", "bfloat16", "cpu", 16, ["crosspatch", "lower", "paper"], [], "no-sweep"),
         # the default command where compute, not dispatch, dominates (134M parameters a model)
-        ("mid-size pair, fp32, the default run", "mid", "float32", "cpu", 32, ["crosspatch", "default", "paper"], [],
+        ("mid-size pair, fp32, the default run", "mid", "float32", "cpu", 32, ["crosspatch", "default", "paper",
+                                                                               "paper-kinds"], [],
          "no-sweep"),
         # where the weights dominate (the regime of the sequential memory target)
         ("large pair (1.4B), bf16", "large", "bfloat16", "cpu", 16, ["crosspatch", "lower"],
