@@ -112,21 +112,9 @@ def paper_style(pt, it, prompts: dict[str, list[int]], boundaries: list[int], ma
             continue
         position, t_pt, t_it, prefix = event
         events[pid] = event
-        x = torch.tensor([prefix], device=device)
-        n = len(prefix)
-        out_pt = pt(x, use_cache=False, output_hidden_states=True)
-        out_it = it(x, use_cache=False, output_hidden_states=True)
-        work += 2 * n * L
-        for b in boundaries:
-            u_pt, u_it = out_pt.hidden_states[b], out_it.hidden_states[b]
-            row = {}
-            for name, model, state in (("upt_lpt", pt, u_pt), ("uit_lit", it, u_it),
-                                       ("upt_lit", it, u_pt), ("uit_lpt", pt, u_it)):
-                with replace_input(model.model.layers[b], state):
-                    logits = model(x, use_cache=False).logits[0, -1]
-                row[name] = _y(logits, t_pt, t_it)
-                work += n * L
-            cells[f"{pid}@{b}"] = row
+        rows, passes_work = _six_passes(pt, it, prefix, t_pt, t_it, boundaries, device)
+        work += passes_work
+        cells.update({f"{pid}@{b}": row for b, row in rows.items()})
     return events, cells, work
 
 

@@ -95,6 +95,12 @@ def test_rows_that_end_leave_the_batch_and_the_others_decode_as_alone(prompts):
         assert torch.allclose(mine.final, its.final, atol=1e-5)
 
 
+def _prompts_of_very_different_lengths(pair) -> list[list[int]]:
+    texts = ["a", "report the wind for denver today please and the rain", "hi", "the quick brown fox jumps",
+             "x", "forecast for the coast: sunny, then a chance of showers late"]
+    return [tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, f"q{k}", t) for k, t in enumerate(texts)]
+
+
 def test_a_cache_known_not_to_join_consumes_prompts_of_very_different_lengths_in_one_pass(monkeypatch):
     """Sliding-window layers cannot be joined: where the fresh cache already shows them (its
     layers made from the config, transformers 5) the prompts go through one prefill, not a first
@@ -107,9 +113,7 @@ def test_a_cache_known_not_to_join_consumes_prompts_of_very_different_lengths_in
     from crosspatch.execution.decoder import CachedDecoder
 
     pair = make_pair("gemma2")
-    texts = ["a", "report the wind for denver today please and the rain", "hi", "x",
-             "forecast for the coast: sunny, then a chance of showers late"]
-    ids = [tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, f"q{k}", t) for k, t in enumerate(texts)]
+    ids = _prompts_of_very_different_lengths(pair)
     prefills = []
     real_start_all = CachedDecoder._start_all
 
@@ -139,9 +143,7 @@ def test_prompts_of_very_different_lengths_are_consumed_in_groups_as_in_one_pass
     from crosspatch.execution.decoder import CachedDecoder
 
     pair = make_pair(arch)
-    texts = ["a", "report the wind for denver today please and the rain", "hi", "the quick brown fox jumps",
-             "x", "forecast for the coast: sunny, then a chance of showers late"]
-    ids = [tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, f"q{k}", t) for k, t in enumerate(texts)]
+    ids = _prompts_of_very_different_lengths(pair)
     joined = []
     real_add = CachedDecoder.add
 
