@@ -119,6 +119,21 @@ def test_identical_models_give_no_events_and_pass_the_gate(tmp_path):
     assert (code, out["status"]) == (0, "pass")
 
 
+def test_models_that_agree_on_too_few_prompts_are_not_called_the_same():
+    """Agreement on every prompt is a verdict only on at least ``min_prompts`` prompts (the
+    evidence any other verdict needs): on fewer, the gate must not pass identical-looking models."""
+    from crosspatch.core.verdict import VerdictPolicy, grade
+
+    none = {"mean": None, "ci": None}
+    empty = {"n_prompts": 0, "n_events": 0, "effects": {"E_PT": none, "E_IT": none, "interaction": none}}
+    agreed = {"prompts": 3, "invalid": 0, "no_divergence": {"agreed_eos": 1, "budget_exhausted": 2}}
+    verdict, reason, _ = grade(empty, VerdictPolicy(), agreed)
+    assert verdict == "inconclusive" and "at least 5 prompts" in reason
+    assert grade(empty, VerdictPolicy(min_prompts=3), agreed)[0] == "no-late-effect"
+    many = {**agreed, "prompts": 5, "no_divergence": {"agreed_eos": 2, "budget_exhausted": 3}}
+    assert grade(empty, VerdictPolicy(), many)[0] == "no-late-effect"
+
+
 def test_policy_checks_its_bounds():
     with pytest.raises(ValueError, match="must not exceed"):
         VerdictPolicy.from_dict({"portable_interaction_share": 0.6, "max_interaction_share": 0.5})

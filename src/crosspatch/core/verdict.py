@@ -5,8 +5,8 @@ The rule has two stages, so that a control can never invert a verdict:
 
 1. **Grade the effects** (``grade``), from the headline block alone:
 
-   - ``inconclusive`` — no events (unless the models never disagreed: then ``no-late-effect``),
-     fewer than ``min_prompts`` prompts, or no intervals;
+   - ``inconclusive`` — no events (unless the models never disagreed on at least ``min_prompts``
+     prompts: then ``no-late-effect``), fewer than ``min_prompts`` prompts, or no intervals;
    - ``no-late-effect`` — both ``E_PT``'s and ``E_IT``'s intervals lie within ``±min_late_effect``;
    - ``inconclusive`` — no late effect is established (both intervals contain zero) but they are
      too wide to rule one out, or the late stack pushes in opposite directions on the two
@@ -165,6 +165,11 @@ def grade(block: dict, policy: VerdictPolicy, counts: dict | None = None) -> tup
         no_div = (counts or {}).get("no_divergence") or {}
         if counts and counts.get("prompts") and not counts.get("invalid") and \
                 sum(no_div.get(r, 0) for r in NO_EVENT_AGREEMENT) == counts["prompts"]:
+            if counts["prompts"] < policy.min_prompts:
+                return "inconclusive", (
+                    f"The descendant decodes exactly like the base on all {counts['prompts']} prompt(s) within the "
+                    f"generation budget, but at least {policy.min_prompts} prompts are needed to call the two the same "
+                    "on these decisions: add prompts."), numbers
             return "no-late-effect", (
                 f"On all {counts['prompts']} prompts the descendant decodes exactly like the base within the "
                 "generation budget (no first divergence): nothing it changed reaches these decisions, so there is "
