@@ -291,6 +291,7 @@ def test_gate_over_a_compare_directory_gates_every_descendant(tmp_path):
     (tmp_path / "c" / "b" / "summary.json").unlink()  # one member unusable: the whole gate is
     again = CliRunner().invoke(app, ["gate", str(tmp_path / "c")])
     assert again.exit_code == 2 and "b: unusable" in again.stdout and again.stdout.count("\n") == 3
+    assert "b: unusable — " in again.stdout and ":  —" not in again.stdout  # no verdict: no empty slot for one
 
 
 def _click_params(path: list[str]) -> dict:

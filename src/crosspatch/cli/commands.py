@@ -51,11 +51,15 @@ def gate_cmd(
         print(json.dumps(outcome, indent=2, default=str))
     else:
         styles = {0: "bold green", 1: "bold red", 2: "bold yellow"}
+
+        def line(prefix: str, result: dict) -> Text:  # "status: verdict — reason" (no verdict: "status — reason")
+            verdict = result.get("verdict")
+            return Text.assemble(prefix, (f"{result['status']}{': ' if verdict else ''}", styles[result["exit_code"]]),
+                                 verdict or "", " — ", result["reason"])
+
         for name, member in (outcome.get("members") or {}).items():  # a compare or lineage: one line per run
-            _stdout().print(Text.assemble(f"{name}: ", (f"{member['status']}: ", styles[member["exit_code"]]),
-                                          member.get("verdict") or "", " — ", member["reason"]), soft_wrap=True)
-        _stdout().print(Text.assemble((f"{outcome['status']}: ", styles[outcome["exit_code"]]),
-                                      outcome.get("verdict") or "", " — ", outcome["reason"]), soft_wrap=True)
+            _stdout().print(line(f"{name}: ", member), soft_wrap=True)
+        _stdout().print(line("", outcome), soft_wrap=True)
     raise typer.Exit(code=outcome["exit_code"])
 
 
