@@ -174,6 +174,25 @@ def test_pool_counts_each_run_once(tmp_path):
         pool_runs([tmp_path / "a", tmp_path / "copy"])
 
 
+def test_pool_counts_each_pair_once(tmp_path):
+    """Two runs of one base and descendant (other prompts, other options) are one family: pooling
+    them would weigh that pair twice. Told apart by the weights' hashes in each run's config."""
+    from crosspatch.execution import load_pair
+    from crosspatch.runner.compare import pool_runs
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing.tiny import save_tiny_pair
+
+    save_tiny_pair(tmp_path / "one", scale=0.3)
+    save_tiny_pair(tmp_path / "two", scale=0.6)  # the same base, another descendant
+    options = dict(boundary=2, max_new_tokens=6, bootstrap=0, progress=False, controls="none")
+    for name, pair, prompts in (("a", "one", many_prompts(6)), ("b", "one", many_prompts(7)), ("c", "two", many_prompts(6))):
+        run(load_pair(str(tmp_path / pair / "base"), tuned=str(tmp_path / pair / "tuned")), prompts, out=tmp_path / name,
+            **options)
+    with pytest.raises(OptionError, match="same base and descendant"):
+        pool_runs([tmp_path / "a", tmp_path / "b"])
+    assert pool_runs([tmp_path / "a", tmp_path / "c"], bootstrap=0)["n_pairs"] == 2
+
+
 def test_the_demo_stage_clock_counts_stages_and_estimates_what_is_left():
     from crosspatch.runner.progress import StageClock
 

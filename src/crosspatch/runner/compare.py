@@ -238,18 +238,36 @@ def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str =
 
     if not isinstance(run_dirs, dict):
         run_dirs = {Path(d).name: d for d in run_dirs}
-    groups, seen = {}, {}
+    groups, seen, pairs = {}, {}, {}
     for name, d in run_dirs.items():
         store = RunStore(d)
         summary = store.summary()
-        run_id = store.config().get("run_fingerprint")
+        config = store.config()
+        run_id = config.get("run_fingerprint")
         if run_id is not None and run_id in seen:  # one run (a copy, or two shards of it) must count once
             raise OptionError(f"{d} and {seen[run_id]} hold the same run (or shards of one run): each family must "
                               "count once; merge shards with crosspatch merge first")
         seen[run_id] = d
+        pair = _pair_identity(config)
+        if pair is not None and pair in pairs:  # two runs of one pair (other options, other prompts)
+            raise OptionError(f"{d} and {pairs[pair]} are runs of the same base and descendant (identical weights): "
+                              "each family must count once; pool runs of different pairs")
+        pairs[pair] = d
         b = summary.get("verdict", {}).get("boundary", int(summary["boundaries"][0]))
         groups[name] = [r for r in store.load_records() if r.boundary == b and r.kind == "first_diff"]
     return pool_family_balanced(groups, readout, BootstrapConfig(bootstrap, seed))
+
+
+def _pair_identity(config: dict) -> str | None:
+    """The weights' hashes of every model of a run (base and descendant or adapter), as one key;
+    None where a model's weights were not hashed (``hash_weights=False``): then two runs of one
+    pair cannot be told from their records."""
+    models = config.get("models") or {}
+    hashes = {role: entry.get("weights") for role, entry in models.items()
+              if isinstance(entry, dict) and "weights" in entry}
+    if len(hashes) < 2 or not all(isinstance(w, dict) and w for w in hashes.values()):
+        return None
+    return json.dumps(hashes, sort_keys=True)
 
 
 __all__ = ["CompareResult", "CrossDescendant", "compare", "parse_cross", "pool_runs"]
