@@ -191,6 +191,10 @@ def test_pool_counts_each_pair_once(tmp_path):
     with pytest.raises(OptionError, match="same base and descendant"):
         pool_runs([tmp_path / "a", tmp_path / "b"])
     assert pool_runs([tmp_path / "a", tmp_path / "c"], bootstrap=0)["n_pairs"] == 2
+    for name, pair in (("d", "one"), ("e", "two")):  # weights not hashed: nothing to tell pairs apart by, no refusal
+        run(load_pair(str(tmp_path / pair / "base"), tuned=str(tmp_path / pair / "tuned"), hash_weights=False),
+            many_prompts(6), out=tmp_path / name, **options)
+    assert pool_runs([tmp_path / "d", tmp_path / "e"], bootstrap=0)["n_pairs"] == 2
 
 
 def test_the_demo_stage_clock_counts_stages_and_estimates_what_is_left():

@@ -259,15 +259,15 @@ def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str =
 
 
 def _pair_identity(config: dict) -> str | None:
-    """The weights' hashes of every model of a run (base and descendant or adapter), as one key;
-    None where a model's weights were not hashed (``hash_weights=False``): then two runs of one
-    pair cannot be told from their records."""
-    models = config.get("models") or {}
-    hashes = {role: entry.get("weights") for role, entry in models.items()
-              if isinstance(entry, dict) and "weights" in entry}
-    if len(hashes) < 2 or not all(isinstance(w, dict) and w for w in hashes.values()):
+    """The weights' hashes of every model of a run (the base, then its descendants or adapter), as
+    one key; None where a model's weights were not hashed (``hash_weights=False``: recorded as
+    None per file) or not recorded (a hub id): then two runs of one pair cannot be told apart."""
+    from .resume import recorded_models
+
+    weights = [entry.get("weights") if isinstance(entry, dict) else None for entry in recorded_models(config)]
+    if len(weights) < 2 or not all(isinstance(w, dict) and w and None not in w.values() for w in weights):
         return None
-    return json.dumps(hashes, sort_keys=True)
+    return json.dumps(weights, sort_keys=True)
 
 
 __all__ = ["CompareResult", "CrossDescendant", "compare", "parse_cross", "pool_runs"]

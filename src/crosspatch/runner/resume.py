@@ -45,10 +45,7 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
             return None
         if json.loads(json.dumps(asdict(config), default=str)) != stored.get("options"):
             return None
-        models = stored.get("models") or {}
-        recorded = [models.get("base")] + ([models[k] for k in ("tuned", "adapter") if k in models]
-                                           or list((models.get("descendants") or {}).values()))
-        for entry in recorded:
+        for entry in recorded_models(stored):
             if entry is None or provenance(entry["path"], options).get("weights") != entry.get("weights"):
                 return None  # a weight file changed (or was never hashed)
         all_prompts = as_prompts(prompts)
@@ -67,6 +64,15 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
     from .finished import stored_analyses
 
     return RunResult(summary, records, no_div, stored, path, stored_analyses(store))
+
+
+def recorded_models(stored_config: dict) -> list[dict | None]:
+    """The provenance entries a run's config records for its models (``path``, ``weights``: file
+    name -> sha256, or None where not hashed): the base's (None if missing), then the descendant's
+    or adapter's, or every descendant's of a run that loaded several."""
+    models = stored_config.get("models") or {}
+    return [models.get("base")] + ([models[k] for k in ("tuned", "adapter") if k in models]
+                                   or list((models.get("descendants") or {}).values()))
 
 
 def processed_prompts(precision: dict | None, prompts: list[Prompt], records, no_div, boundaries) -> list[Prompt]:
