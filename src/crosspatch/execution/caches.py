@@ -35,30 +35,28 @@ def new_dynamic_cache(handle: ModelHandle, growing: bool = True):
     return cache
 
 
-def joinable(cache) -> bool:
-    """Whether new rows can be joined to ``cache`` by left-padding and concatenating its keys and
-    values: every layer a plain full-attention layer holding them (``DynamicLayer`` or
-    :func:`growing_layer_class`'s; not a sliding window or a recurrent state)."""
-    layers = getattr(cache, "layers", None)
-    if not layers:
-        return False
+def _plain(layer) -> bool:
+    """A plain full-attention layer: ``DynamicLayer`` or :func:`growing_layer_class`'s (not a
+    sliding window, a recurrent state or an offloaded layer)."""
     from transformers.cache_utils import DynamicLayer
 
-    plain = (DynamicLayer, growing_layer_class())
-    return all(type(layer) in plain and getattr(layer, "keys", None) is not None for layer in layers)
+    return type(layer) in (DynamicLayer, growing_layer_class())
+
+
+def joinable(cache) -> bool:
+    """Whether new rows can be joined to ``cache`` by left-padding and concatenating its keys and
+    values: every layer a plain full-attention layer holding them."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(_plain(layer) and getattr(layer, "keys", None) is not None for layer in layers)
 
 
 def known_unjoinable(cache) -> bool:
-    """Whether a fresh, still empty ``cache`` is already known to refuse :func:`joinable`: its
-    layers are made (as transformers 5 makes them from the model's config) and one of them is not
-    a plain full-attention layer (a sliding window, a recurrent state). False where the layers are
-    made at the first forward (transformers 4): only a filled cache can then tell."""
+    """Whether ``cache``'s layers already show that it can never be :func:`joinable`: one of them is
+    not a plain full-attention layer. Read from the layers' kinds alone, so an empty cache tells as
+    well as a filled one where the layers are made from the model's config (transformers 5); where
+    they are made at the first forward (transformers 4), only a filled cache can tell (False)."""
     layers = getattr(cache, "layers", None)
-    if not layers:
-        return False
-    from transformers.cache_utils import DynamicLayer
-
-    return any(type(layer) not in (DynamicLayer, growing_layer_class()) for layer in layers)
+    return bool(layers) and not all(_plain(layer) for layer in layers)
 
 
 @functools.cache

@@ -92,7 +92,7 @@ class CachedDecoder:
         rows = list(range(len(prompts))) if rows is None else list(rows)
         groups = length_batches(len(prompts), [len(p) for p in prompts], len(prompts), None,
                                 pass_overhead(self.handle)) if self.prefill_in_groups else []
-        if len(groups) < 2 or caches.known_unjoinable(self._fresh_cache(len(prompts), 1)):
+        if len(groups) < 2 or caches.known_unjoinable(self.cache):  # this model's caches: their layers' kinds
             return self._start_all(prompts, rows)
         logits = [self._start_all([prompts[k] for k in groups[0]], [rows[k] for k in groups[0]])]
         if not self.can_add:  # found out only once filled (transformers 4): one pass after all
