@@ -393,10 +393,11 @@ SUITES = {
          ["sequential", "adapter"], "no-sweep"),
     ],
     "gpu": [  # the baselines decode at batch size 1: their minutes set the prompt counts
+        # the decoding modes side by side (auto is compiled on CUDA); the allocator variant, the sweep
+        # and the sequential residency of this pair were measured on an H200 on 2026-11-26 (gpu-h200.json)
         ("mid-size pair, bf16", "mid", "bfloat16", "cuda", 96, ["crosspatch", "crosspatch-eager", "crosspatch-static",
-                                                                 "crosspatch-expandable", "default", "lower", "floor",
-                                                                 "paper", "nnsight"],
-         ["sequential", "sequential@4096"], "no-sweep-paper"),
+                                                                 "default", "lower", "floor", "paper", "nnsight"],
+         [], "no-sweep"),
         ("large pair (1.4B), bf16", "large", "bfloat16", "cuda", 32, ["crosspatch", "lower", "floor", "paper"], [],
          "no-sweep"),
         # a 7B-class pair (Llama-2-7B's shape, random init, built on the GPU): one model resident vs both
@@ -505,17 +506,18 @@ def measure(args, label, workload, dtype, device, prompts, methods, residencies,
                   f"peak {'-' if r['peak_mb'] is None else format(r['peak_mb'], '.0f')} MB  same events {r['event_agreement']}", flush=True)
             save()
         if not sweep:
-            measure_residencies(args, workload, dtype, device, prompts, residencies, section, save)
+            measure_residencies(args, workload, dtype, device, prompts, residencies, section, save, cp)
 
 
-def measure_residencies(args, workload, dtype, device, prompts, residencies, section, save) -> None:
+def measure_residencies(args, workload, dtype, device, prompts, residencies, section, save, both: dict) -> None:
     """``residencies``: names, or ``name@N`` for that residency with a budget of N padded tokens
-    per batch (``--max-batch-tokens``)."""
+    per batch (``--max-batch-tokens``). ``both`` without a budget is the 2x2 row already measured
+    (``both``: that run, the same command), not a second process loading the pair again."""
     for residency in residencies:
         name, _, budget = residency.partition("@")
         try:
-            r = spawn(args, "crosspatch", workload, dtype, device, prompts, residency=name,
-                      max_batch_tokens=int(budget) if budget else None)
+            r = both if residency == "both" else spawn(args, "crosspatch", workload, dtype, device, prompts,
+                                                       residency=name, max_batch_tokens=int(budget) if budget else None)
         except SystemExit as exc:
             section.setdefault("errors", {})[f"residency {residency}"] = str(exc)[-2000:]
             print(exc, flush=True)

@@ -1,41 +1,70 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue #27 in one prepared script: run it first on the CPU with tiny
 # settings (`benchmarks/gpu_check.sh --cpu-dry-run`), so that GPU minutes go to measuring, not
-# debugging. Each part is one command under 10 minutes; run them one by one where a machine limits
-# a command's time:
+# debugging. Each part is one command under 10 minutes:
 #
-#   benchmarks/gpu_check.sh mid        # mid-size pair (134M, bf16): crosspatch (and its default run), nnsight,
-#                                      # paper-style, both floors
+#   benchmarks/gpu_check.sh mid        # mid-size pair (134M, bf16): crosspatch in each decoding mode, its default
+#                                      # run, nnsight, paper-style, both floors
 #   benchmarks/gpu_check.sh large      # the 1.4B pair: crosspatch, paper-style, both floors
 #   benchmarks/gpu_check.sh 7B         # a 7B-class random-init Llama pair built on the GPU: sequential and both
 #   benchmarks/gpu_check.sh profile    # where the search's time goes on the GPU
 #   benchmarks/gpu_check.sh all        # everything, one after the other
 #
-# Results merge into docs/benchmarks/gpu-check-<date>.json (the card is named there; the parts of
-# one day merge) and docs/benchmarks.md is re-rendered with it beside the earlier GPU results. The machine needs the project and its bench extra installed (a GPU machine without
-# a package index: `pip download nnsight psutil -d wheels/` here, then `pip install --no-index
-# --find-links wheels/ nnsight psutil` there).
+# Several parts run one after the other; `PART:SECONDS` stops a part after that many seconds (what
+# it measured so far is kept: the results are saved after every method), so that a lease's minutes
+# are shared out ahead: `benchmarks/gpu_check.sh mid:240 7B:220 large:100`.
+# Options before the parts: `--out FILE` (default docs/benchmarks/gpu-check-<date>.json; the parts
+# of one file merge), `--repeats N` (timed runs per method, default the benchmark's).
+#
+# Results name the card; docs/benchmarks.md is re-rendered from every stored result with
+# `python benchmarks/bench_crosspatch.py --render`. The machine needs the project importable and its
+# bench extra (a GPU machine without a package index: wheels downloaded here, e.g.
+# `pip download nnsight ... -d .whl`, installed there with `pip install --no-index .whl/*.whl`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+python=$(command -v python3 || command -v python)  # a GPU image's python3 holds its torch
 dry=()
-if [[ "${1:-}" == "--cpu-dry-run" ]]; then
-    dry=(--cpu-dry-run)
-    shift
-fi
-part="${1:-all}"
-case "$part" in
-    all) parts=(mid large 7B profile) ;;
-    mid|large|7B|profile) parts=("$part") ;;
-    *) echo "usage: $0 [--cpu-dry-run] [mid|large|7B|profile|all]" >&2; exit 2 ;;
-esac
-python -c "import crosspatch, nnsight" || { echo "install crosspatch with its bench extra first" >&2; exit 2; }
+extra=()
+out="$PWD/docs/benchmarks/gpu-check-$(date +%Y%m%d).json"
+while [[ "${1:-}" == --* ]]; do
+    case "$1" in
+        --cpu-dry-run) dry=(--cpu-dry-run); out=""; shift ;;  # the dry run writes to /tmp
+        --out) out="$2"; shift 2 ;;
+        --repeats) extra+=(--repeats "$2"); shift 2 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+[[ $# -eq 0 ]] && set -- all
+parts=()
+for p in "$@"; do
+    case "${p%%:*}" in
+        all) parts+=(mid large 7B profile) ;;
+        mid|large|7B|profile) parts+=("$p") ;;
+        *) echo "usage: $0 [--cpu-dry-run] [--out FILE] [--repeats N] [mid|large|7B|profile|all][:SECONDS] ..." >&2
+           exit 2 ;;
+    esac
+done
+"$python" -c "import crosspatch, nnsight" || { echo "install crosspatch with its bench extra first" >&2; exit 2; }
 if [[ ${#dry[@]} -eq 0 ]]; then
-    python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: use --cpu-dry-run')"
+    "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: use --cpu-dry-run')"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 fi
-out=(--out "$PWD/docs/benchmarks/gpu-check-$(date +%Y%m%d).json")
-[[ ${#dry[@]} -gt 0 ]] && out=()  # the dry run writes to /tmp
+[[ -n "$out" ]] && extra+=(--out "$out")
+status=0
 for p in "${parts[@]}"; do
-    echo "== $p"
-    python benchmarks/bench_crosspatch.py --suite gpu "${dry[@]}" "${out[@]}" --only "$p"
+    name="${p%%:*}"
+    limit=""
+    [[ "$p" == *:* ]] && limit="${p#*:}"
+    echo "== $name${limit:+ (at most $limit s)}"
+    start=$SECONDS
+    if [[ -n "$limit" ]]; then
+        # timeout signals its whole process group: the methods' child processes stop with it
+        timeout --signal=TERM --kill-after=10 "$limit" "$python" benchmarks/bench_crosspatch.py --suite gpu \
+            "${dry[@]}" "${extra[@]}" --only "$name" || { rc=$?; echo "== $name stopped (exit $rc)"; status=1; }
+        pkill -f "bench_crosspatch.py --method" || true
+    else
+        "$python" benchmarks/bench_crosspatch.py --suite gpu "${dry[@]}" "${extra[@]}" --only "$name" || status=1
+    fi
+    echo "== $name: $((SECONDS - start)) s"
 done
+exit $status
