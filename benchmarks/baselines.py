@@ -311,14 +311,17 @@ def fair_floor(pt, it, prompts: dict[str, list[int]], boundaries: list[int], max
     step where it helps: CUDA), keeping its hidden states and logits; one teacher-forced pass of
     the other model (PT) over prompt + rollout (its argmax per position gives the first
     disagreement; its states and logits at the event are PT's natural cells); the two late-only
-    passes per boundary. Batched by ``batch_size`` (left padding for generation)."""
+    passes per boundary. Batched by ``batch_size`` (left padding for generation). A compiled
+    ``generate`` (``compile_step``) runs its steps as CUDA graphs, whose outputs the next step
+    overwrites: it keeps only its logits (copied out), and the rolling model's states at the event
+    prefixes come from one teacher-forced pass of it over them, the way a user gets them there."""
     from transformers import GenerationConfig, LogitsProcessorList
 
     L = pt.config.num_hidden_layers
     events, cells, work = {}, {}, 0
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, cache_implementation="static",
                               eos_token_id=sorted(eos), pad_token_id=pad_id, return_dict_in_generate=True,
-                              output_hidden_states=True, output_logits=True)
+                              output_hidden_states=not compile_step, output_logits=True)
     config.disable_compile = not compile_step  # generate compiles its static-cache step itself (on CUDA)
     order = sorted(prompts, key=lambda k: len(prompts[k]))
     for start in range(0, len(order), batch_size):
@@ -357,14 +360,22 @@ def fair_floor(pt, it, prompts: dict[str, list[int]], boundaries: list[int], max
                     break
         if not found:
             continue
-        # the rolling model's states at each event prefix, from generate's own hidden states
-        pre = out.hidden_states[0]  # prompt: per layer [B, width, d]; then one [B, 1, d] per step
+        # the rolling model's states at each event prefix: generate's own hidden states, or (compiled)
+        # one teacher-forced pass over the event prefixes
+        if compile_step:
+            x_it, m_it, _ = right_padded([events[k][3] for _, k, _ in found], device)
+            forced_it = it.model(x_it, attention_mask=m_it, use_cache=False, output_hidden_states=True).hidden_states
+            work += int(m_it.sum()) * L
+        pre = None if compile_step else out.hidden_states[0]  # prompt: per layer [B, width, d]; then [B, 1, d] per step
         for b in boundaries:
             u_it, u_pt, lens = [], [], []
-            for i, k, j in found:
-                pad = width - len(prompts[k])
-                parts = [pre[b][i, pad:]] + [out.hidden_states[s][b][i] for s in range(1, min(j, steps - 1) + 1)]
-                u_it.append(torch.cat(parts)[: len(prompts[k]) + j])
+            for q, (i, k, j) in enumerate(found):
+                if compile_step:
+                    u_it.append(forced_it[b][q, : len(prompts[k]) + j])
+                else:
+                    pad = width - len(prompts[k])
+                    parts = [pre[b][i, pad:]] + [out.hidden_states[s][b][i] for s in range(1, min(j, steps - 1) + 1)]
+                    u_it.append(torch.cat(parts)[: len(prompts[k]) + j])
                 u_pt.append(natural_pt.hidden_states[b][i, : len(prompts[k]) + j])
                 lens.append(len(prompts[k]) + j)
             n = max(lens)
