@@ -401,6 +401,25 @@ def test_static_decoding_on_the_zoo_and_in_bfloat16():
             assert any(r is not None and r.near_tie for r in (a, b)), pid  # moved only at a recorded near tie
 
 
+@pytest.mark.parametrize("device, expected", [("cuda", "static"), ("cpu", "eager")])
+def test_auto_decoding_is_static_on_cuda_and_eager_elsewhere_never_compiled(device, expected, monkeypatch):
+    """``decode="auto"`` picks what was measured fastest: static on CUDA (an H200: 0.94 s against
+    1.49 s eager and 46 s compiled, which compiles every new shape of a run), eager on the CPU.
+    Compiling is asked for, never chosen. The handle is made to report the device; no kernel runs."""
+    from crosspatch.execution.decoder import StaticDecoder, decoding, new_decoder
+    from crosspatch.models.forward import ModelHandle
+
+    pair = make_pair("llama")
+    handle = pair.handle(pair.roles[0])
+    monkeypatch.setattr(ModelHandle, "input_device", property(lambda self: torch.device(device)))
+    used: dict = {}
+    with decoding("auto", 8, used):
+        decoder = new_decoder(handle, pair)
+    assert used == {"mode": expected, "reason": f"auto: {'CUDA' if device == 'cuda' else 'not on CUDA'}"}
+    assert isinstance(decoder, StaticDecoder) == (expected == "static")
+    assert not getattr(decoder, "compiled", False)
+
+
 def test_a_compiled_decoding_step_has_one_shape_per_chunk_width_and_the_prompt_pass_runs_uncompiled(
         prompts, monkeypatch):
     """What ``decode="compiled"`` compiles (and on CUDA captures as CUDA graphs) is the decoding

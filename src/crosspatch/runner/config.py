@@ -107,9 +107,10 @@ class RunConfig:
         "with --residency sequential or a small GPU).")
     rollout_model: str = _option("IT", "Which model decodes greedily: IT or PT.", parse=str.upper)
     decode: str = _option(
-        "auto", "How the search and the histories decode: auto (compiled on CUDA, else eager), eager (a growing KV "
+        "auto", "How the search and the histories decode: auto (static on CUDA, else eager), eager (a growing KV "
         "cache), static (a preallocated cache of fixed shape), compiled (static, the step compiled with torch.compile; "
-        "CUDA graphs on CUDA). The same events in every mode; the mode used is recorded.")
+        "CUDA graphs on CUDA; each new shape costs seconds to compile, so it is asked for, never chosen). The same "
+        "events in every mode (in bfloat16 up to near ties); the mode used is recorded.")
     near_tie_threshold: float = 0.05
     bootstrap: int = _option(2000, "Bootstrap resamples.")
     seed: int = _option(0, "Seed of the bootstrap and of the random controls.")
