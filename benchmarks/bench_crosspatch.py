@@ -393,10 +393,10 @@ SUITES = {
          ["sequential", "adapter"], "no-sweep"),
     ],
     "gpu": [  # the baselines decode at batch size 1: their minutes set the prompt counts
-        # the decoding modes side by side (auto is compiled on CUDA); the allocator variant, the sweep
-        # and the sequential residency of this pair were measured on an H200 on 2026-11-26 (gpu-h200.json)
-        ("mid-size pair, bf16", "mid", "bfloat16", "cuda", 96, ["crosspatch", "crosspatch-eager", "crosspatch-static",
-                                                                 "default", "lower", "floor", "paper", "nnsight"],
+        # auto (static on CUDA) beside eager; measured once and left out to spare a lease's minutes: the
+        # compiled mode (2026-12-04, gpu-check-20261204.json: ~85 s of compiling per process), the
+        # allocator variant, the sweep and the sequential residency (2026-11-26, gpu-h200.json)
+        ("mid-size pair, bf16", "mid", "bfloat16", "cuda", 96, ["crosspatch", "crosspatch-eager", "default", "lower", "floor", "paper", "nnsight"],
          [], "no-sweep"),
         ("large pair (1.4B), bf16", "large", "bfloat16", "cuda", 32, ["crosspatch", "lower", "floor", "paper"], [],
          "no-sweep"),
@@ -412,9 +412,10 @@ VARIANTS = {
     # the search's KV caches grow a token per step; if each step's new, slightly larger blocks cost a
     # cudaMalloc (and cudaFree storms when the pool fills), growable segments remove that cost
     "crosspatch-expandable": ("crosspatch", {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
-    # the decoding modes (--decode; the default, auto, is compiled on CUDA and eager on the CPU)
+    # the decoding modes (--decode; the default, auto, is static on CUDA and eager on the CPU)
     "crosspatch-eager": ("crosspatch", {"CROSSPATCH_BENCH_DECODE": "eager"}),
     "crosspatch-static": ("crosspatch", {"CROSSPATCH_BENCH_DECODE": "static"}),
+    "crosspatch-compiled": ("crosspatch", {"CROSSPATCH_BENCH_DECODE": "compiled"}),
 }
 
 
@@ -597,13 +598,14 @@ def main() -> None:
     out = args.out or RESULTS / f"{args.suite}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "repeats": args.repeats}
-    result = {"suite": args.suite, "environment": environment(device), "settings": settings, "sections": []}
+    result = {"suite": args.suite, "environment": environment(device), "settings": settings, "sections": [],
+              "measured": time.strftime("%Y-%m-%d")}
     if args.only and out.exists():  # a part of the suite: the other sections stay as stored
         stored = json.loads(out.read_text())
         if (stored.get("settings"), stored.get("environment")) != (settings, result["environment"]):
             raise SystemExit(f"{out} holds results of other settings or another environment: run the whole suite "
                              "(or give --out elsewhere) rather than mix them")
-        result.update({k: v for k, v in stored.items() if k in ("sections", "workloads", "profile")})
+        result.update({k: v for k, v in stored.items() if k in ("sections", "workloads", "profile", "measured")})
     chosen = [s for s in SUITES[args.suite] if not args.only or any(part in s[0] for part in args.only)]
     if args.cpu_dry_run:  # the same sections on the CPU, small
         chosen = [(label, workload, dtype, "cpu", min(prompts, 4), methods, residencies, *flags)

@@ -10,6 +10,7 @@ from crosspatch.models.loading import DTYPES
 NAMES = {"crosspatch": "crosspatch", "paper": "paper-style (lockstep KV bs=1 + 6 full passes)",
          "nnsight": "nnsight (lockstep with cache + batched traces)", "lower": "lower bound (2 full + 2 late passes)",
          "crosspatch-eager": "crosspatch, --decode eager", "crosspatch-static": "crosspatch, --decode static",
+         "crosspatch-compiled": "crosspatch, --decode compiled",
          "floor": "fair floor (HF generate, static cache + 1 teacher-forced pass + 2 late passes)",
          "crosspatch-expandable": "crosspatch, CUDA allocator with expandable segments",
          "default": "crosspatch default run (default controls, every event kind, 2000 resamples), after loading",
@@ -95,10 +96,13 @@ def _method_table(rows: dict, names: dict, bound_fe: float | None = None) -> lis
     out = ["| method | events | same events | seconds | events/s | crosspatch speed-up | FE per event | "
            "peak memory (MB) | max abs ΔY |", "|---|---|---|---|---|---|---|---|---|"]
     for method, r in rows.items():
+        name = names.get(method, method)
+        if method == "crosspatch" and r.get("decode"):  # what --decode auto was at the time, on that device
+            name += f" (--decode {r['decode']['asked']}: {r['decode']['mode']})"
         rate = r["n_events"] / r["seconds"] if r["seconds"] else None
         speed = cp_rate / rate if rate else None
         agree = r["event_agreement"]
-        out.append(f"| {names.get(method, method)} | {r['n_events']} | {agree['same']}/{agree['of']} | "
+        out.append(f"| {name} | {r['n_events']} | {agree['same']}/{agree['of']} | "
                    f"{r['seconds']:.2f} | {_fmt(rate)} | {_fmt(speed, '.2f')}x | {_fmt(r['fe_per_event'])} | "
                    f"{_fmt(r['peak_mb'], '.0f')} | {_fmt(r['max_cell_diff'], '.1e')} |")
     return out
@@ -240,7 +244,8 @@ def render_markdown(results: list[dict]) -> str:
         env = result["environment"]
         where = env.get("gpu") or f"{env['cpu']} CPU, {env['threads']} torch threads"
         st = result["settings"]
-        lines += ["", f"## Suite `{result['suite']}`: {where}", "",
+        when = f" (measured {result['measured']})" if result.get("measured") else ""
+        lines += ["", f"## Suite `{result['suite']}`: {where}{when}", "",
                   f"torch {env['torch']}, transformers {env['transformers']}, Python {env['python']}; "
                   f"{st['max_new_tokens']} new tokens at most, batch size {st['batch_size']}, best of "
                   f"{st['repeats']} runs."]
@@ -248,7 +253,7 @@ def render_markdown(results: list[dict]) -> str:
             rows = section["rows"]
             layers = rows["crosspatch"]["num_layers"]
             lines += ["", f"### {section['label']} ({section['prompts']} prompts, {section['device']})", "",
-                      _positions(rows) + ".", ""]
+                      _positions(rows) + ".", ""] + ([section["note"], ""] if section.get("note") else [])
             lines += _method_table(rows, NAMES) + [""] + _targets(rows, False, layers)
             if section["sweep"]:
                 lines += ["", f"Layer sweep (every boundary 1..{layers - 1}):", ""]
