@@ -39,6 +39,23 @@ def test_three_residencies_give_the_same_numbers(tmp_path):
 
 
 @pytest.mark.slow
+def test_static_decoding_gives_every_residency_the_eager_numbers(tmp_path):
+    """``decode="static"`` (what ``auto`` picks on CUDA) decodes through every residency's phases
+    (one model resident, or one model with its adapter switched) and finds what eager decoding
+    finds: the same events, no-divergence prompts and cells, every event kind included."""
+    base, adapter, merged = _lora_dirs(tmp_path)
+    pairs = {"adapter": load_pair(str(base), adapter=str(adapter)),
+             "sequential": load_pair(str(base), tuned=str(merged), residency="sequential")}
+    options = dict(boundaries=[1, 3], max_new_tokens=12, bootstrap=0, progress=False, event_kinds="all")
+    for name, pair in pairs.items():
+        eager = run(pair, PROMPTS, decode="eager", **options)
+        static = run(pair, PROMPTS, decode="static", **options)
+        assert static.summary["cost_this_session"]["decode"]["mode"] == "static", name
+        assert eager.records, name
+        _same(eager, static, tol=1e-5)
+
+
+@pytest.mark.slow
 def test_sequential_holds_one_model_at_a_time(tmp_path):
     base, _, merged = _lora_dirs(tmp_path)
     pair = load_pair(str(base), tuned=str(merged), residency="sequential")
