@@ -13,6 +13,11 @@
 # Several parts run one after the other; `PART:SECONDS` stops a part after that many seconds (what
 # it measured so far is kept: the results are saved after every method), so that a lease's minutes
 # are shared out ahead: `benchmarks/gpu_check.sh mid:240 7B:220 large:100`.
+# What a part took on an H200 (2026-12-04; with --repeats 1; each method is a fresh process): the
+# 7B-class pair's build (random init on the GPU, 27 GB written) about 2 minutes, a 7B process loading
+# it 20-40 s; a method that compiles (the fair floor's generate) tens of seconds per shape. A
+# 15-minute lease (a minute to start, at most 10 a call) covers about two parts: e.g. a first call
+# `--repeats 1 7B:330 mid:240` (the memory claim, then the targets' rows), a second with what remains.
 # Options before the parts: `--out FILE` (default docs/benchmarks/gpu-check-<date>.json; the parts
 # of one file merge), `--repeats N` (timed runs per method, default the benchmark's).
 #
