@@ -85,6 +85,8 @@ dtype: float32
      "switch models 2 times"),
     ("merge_method: passthrough\nslices:\n  - sources: [{model: $Z/base, layer_range: [0, 4]}]\n", "layers"),
     ("merge_method: [not, a, method]\n", "mergekit accepts"),
+    ("merge_method: linear\n", "Exactly one of 'models', 'slices'"),  # refused by a validator's RuntimeError
+    ("", "mergekit accepts"),
 ])
 def test_configurations_it_cannot_evaluate_are_named(tmp_path, text, message):
     with pytest.raises(UnsupportedMergeConfigError, match=message):

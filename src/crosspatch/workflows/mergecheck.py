@@ -43,7 +43,8 @@ def _mergekit():
 
 def read_merge_config(path: str | Path):
     """The configuration as mergekit validates it (a :class:`UnsupportedMergeConfigError` for a
-    file mergekit refuses)."""
+    file mergekit refuses, however its validators refuse it: some raise a plain ``RuntimeError``
+    or ``ValueError`` rather than pydantic's ``ValidationError``)."""
     _mergekit()
     import yaml
     from mergekit.config import MergeConfiguration
@@ -55,7 +56,7 @@ def read_merge_config(path: str | Path):
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         return MergeConfiguration.model_validate(data)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValidationError, TypeError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValidationError, TypeError, ValueError, RuntimeError) as exc:
         text = " ".join(str(exc).split())[:400]
         raise UnsupportedMergeConfigError(f"{path} is not a mergekit configuration mergekit accepts: {text}") from None
 
