@@ -88,6 +88,19 @@ def test_unknown_breakdowns_and_readouts_are_named_errors():
         result.effects(readout="native")
     assert not result.effects(readout="native_late").empty
 
+def test_run_leaves_the_callers_config_as_it_was_and_names_a_wrong_model_argument():
+    from crosspatch.runner.pipeline import RunConfig, run
+    from crosspatch.testing import make_pair
+
+    config = RunConfig(boundary=2, max_new_tokens=6, bootstrap=0, controls="none", event_kinds="first_diff")
+    before = repr(config)
+    result = run(make_pair("llama"), many_prompts(3), config, analyses=["near_ties"], progress=False, max_new_tokens=4)
+    assert result.config["options"]["max_new_tokens"] == 4 and "near_ties" in result.config["options"]["analyses"]
+    assert repr(config) == before  # the overrides and named analyses were this run's, not the caller's config
+    with pytest.raises(OptionError, match="needs the models as a ModelSet.*not NoneType"):
+        run(None, many_prompts(3), config, progress=False)
+
+
 
 def test_events_are_one_row_per_event_with_its_kinds_and_the_long_form_one_per_kind():
     from crosspatch.core.tokens import EVENT_KINDS

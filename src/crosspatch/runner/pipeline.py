@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -197,8 +197,12 @@ def run(
 
     With ``out``, records stream into that run directory (resumable) and the summary, Parquet
     table and report.md are written there. ``resume=False`` refuses a directory that already
-    holds this run; ``overwrite=True`` replaces the crosspatch run in ``out`` (never other files)."""
-    config = config or RunConfig()
+    holds this run; ``overwrite=True`` replaces the crosspatch run in ``out`` (never other files).
+    ``config`` is not changed: ``overrides`` and named ``analyses`` apply to this run's copy."""
+    if not isinstance(pair, ModelSet):
+        raise OptionError(f"run needs the models as a ModelSet (crosspatch.load_pair, load_models or "
+                          f"pair_from_models), not {type(pair).__name__}")
+    config = replace(config) if config is not None else RunConfig()
     for key, value in overrides.items():
         if not hasattr(config, key):
             raise TypeError(f"unknown run option {key!r}")
