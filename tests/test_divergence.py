@@ -629,3 +629,34 @@ def test_random_later_reads_the_searchs_whole_histories():
     assert rows[0] and [(r["key"], r["position"], r["t_pt"], r["t_it"]) for r in rows[0]] == \
         [(r["key"], r["position"], r["t_pt"], r["t_it"]) for r in rows[1]]
     assert shared.token_layers < apart.token_layers
+
+
+def test_a_long_continuous_search_keeps_its_cache_to_the_live_rows():
+    """Rows that join a running batch are padded to the cache's length, which grows at every
+    step; positions that no live row uses any more are dropped, so that over many more prompts
+    than rows the cache spans about one row's prompt and budget (what the batch rules count on),
+    not every step since the batch started; the outcomes are the batch-at-once search's."""
+    from crosspatch.execution import search as search_module
+    from crosspatch.execution.search import search_interleaved
+
+    pair = make_pair("llama", scale=0.15)
+    ids = [pair.tokenizer_it(f"report {k} " + "wind " * (k % 5), add_special_tokens=True)["input_ids"] for k in range(24)]
+    budget = 40
+    widths = []
+    real_feed = search_module.CachedDecoder.feed
+
+    def spy(self, tokens):
+        widths.append(self.mask.shape[1] + tokens.shape[1])
+        return real_feed(self, tokens)
+
+    def search(fits):
+        return search_interleaved(pair, pair.it, pair.pt, ids, budget, fits=fits, keep_history=True)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(search_module.CachedDecoder, "feed", spy)
+        two_rows = search(lambda lengths: len(lengths) <= 2)
+    span = max(len(p) for p in ids) + budget
+    assert max(widths) <= span + max(32, span // 7) < len(ids) // 2 * budget  # without the drop: ~ every step of the run
+    at_once = search(None)
+    assert [(o.position, o.t_roll, o.t_check, o.history and o.history.rollout) for o in two_rows] == \
+           [(o.position, o.t_roll, o.t_check, o.history and o.history.rollout) for o in at_once]

@@ -11,8 +11,8 @@ import torch
 
 from ..models.forward import ModelHandle
 
-__all__ = ["growing_layer_class", "joinable", "known_unjoinable", "new_dynamic_cache", "new_static_cache",
-           "static_length"]
+__all__ = ["drop_leading_positions", "growing_layer_class", "joinable", "known_unjoinable", "new_dynamic_cache",
+           "new_static_cache", "static_length"]
 
 
 def new_dynamic_cache(handle: ModelHandle, growing: bool = True):
@@ -48,6 +48,14 @@ def joinable(cache) -> bool:
     values: every layer a plain full-attention layer holding them."""
     layers = getattr(cache, "layers", None)
     return bool(layers) and all(_plain(layer) and getattr(layer, "keys", None) is not None for layer in layers)
+
+
+def drop_leading_positions(cache, count: int) -> None:
+    """Drop the first ``count`` positions of every layer of a :func:`joinable` cache (positions that
+    are padding for every row left in it: their keys and values are never attended to)."""
+    for layer in cache.layers:
+        layer.keys = layer.keys[..., count:, :]
+        layer.values = layer.values[..., count:, :]
 
 
 def known_unjoinable(cache) -> bool:

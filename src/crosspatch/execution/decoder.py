@@ -182,6 +182,21 @@ class CachedDecoder:
         self.cache.batch_select_indices(idx)
         self.mask, self.next_position = self.mask[idx], self.next_position[idx]
         self.rows = [self.rows[i] for i in keep]
+        self._drop_unused_positions()
+
+    def _drop_unused_positions(self) -> None:
+        """Drop the cache's leading positions that are padding for every live row (once they are
+        at least 32 and an eighth of its length: each drop copies the cache at the next step). In
+        a run longer than one batch, rows that :meth:`add` joins are padded to the cache's length,
+        which grows at every step: without this the cache would span every step since the batch
+        started, not the live rows' prompts and budgets (what the batch rules count on)."""
+        width = self.mask.shape[1]
+        used = self.mask.any(0)
+        unused = int(used.int().argmax()) if width else 0  # the first position some live row uses
+        if unused < max(32, width // 8) or not caches.joinable(self.cache):
+            return
+        caches.drop_leading_positions(self.cache, unused)
+        self.mask = self.mask[:, unused:]
 
     def row_states(self, row: int) -> EventStates:
         """This model's states over every position consumed for original row ``row`` (boundary
