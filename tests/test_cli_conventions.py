@@ -89,6 +89,8 @@ def test_unknown_breakdowns_and_readouts_are_named_errors():
     assert not result.effects(readout="native_late").empty
 
 def test_run_leaves_the_callers_config_as_it_was_and_names_a_wrong_model_argument():
+    from crosspatch.runner.compare import compare
+    from crosspatch.runner.lineage import lineage
     from crosspatch.runner.pipeline import RunConfig, run
     from crosspatch.testing import make_pair
 
@@ -97,8 +99,25 @@ def test_run_leaves_the_callers_config_as_it_was_and_names_a_wrong_model_argumen
     result = run(make_pair("llama"), many_prompts(3), config, analyses=["near_ties"], progress=False, max_new_tokens=4)
     assert result.config["options"]["max_new_tokens"] == 4 and "near_ties" in result.config["options"]["analyses"]
     assert repr(config) == before  # the overrides and named analyses were this run's, not the caller's config
-    with pytest.raises(OptionError, match="needs the models as a ModelSet.*not NoneType"):
-        run(None, many_prompts(3), config, progress=False)
+    for entry in (run, compare, lineage):
+        with pytest.raises(OptionError, match=f"{entry.__name__} needs the models as a ModelSet.*not str"):
+            entry("base-dir", many_prompts(3), config, progress=False)  # a path where load_pair's models go
+
+
+def test_models_in_memory_are_checked_before_they_are_used():
+    from crosspatch.errors import ModelLoadError
+    from crosspatch.execution import models_from_modules, pair_from_models
+    from crosspatch.testing import make_pair
+
+    pair = make_pair("llama")
+    model, tokenizer = pair.pt.anatomy.model, pair.tokenizer_pt
+    with pytest.raises(ModelLoadError, match="tuned: a model in memory must be a torch module.*not NoneType"):
+        pair_from_models(model, None, tokenizer)
+    with pytest.raises(ModelLoadError, match="base: needs a Hugging Face tokenizer, not NoneType"):
+        pair_from_models(model, model, None)
+    with pytest.raises(ModelLoadError, match="at least two models"):
+        models_from_modules({"base": model}, tokenizer)
+    assert pair_from_models(model, model, tokenizer).roles == ("base", "tuned")
 
 
 

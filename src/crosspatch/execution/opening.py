@@ -259,11 +259,21 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
     """A set from models already in memory (notebooks, tests); the first entry is the base.
     Models are put in eval mode. ``processors``: vision-language models' processors (one for
     all roles, or a dict by role)."""
+    if not isinstance(models, dict) or len(models) < 2:
+        raise ModelLoadError("models_from_modules needs a dict of at least two models by role, the base first, "
+                             f"not {type(models).__name__}{'' if not isinstance(models, dict) else ' of ' + str(len(models))}")
+    for role, m in models.items():
+        if not isinstance(m, nn.Module):
+            raise ModelLoadError(f"{role}: a model in memory must be a torch module (a transformers model), "
+                                 f"not {type(m).__name__}")
+    toks = {r: (tokenizers or {}).get(r, tokenizer) for r in models}
+    for role, tok in toks.items():
+        if not callable(getattr(tok, "get_vocab", None)):
+            raise ModelLoadError(f"{role}: needs a Hugging Face tokenizer, not {type(tok).__name__}")
     opts = LoadOptions(**options)
     roles = list(models)
     for m in models.values():
         m.eval()
-    toks = {r: (tokenizers or {}).get(r, tokenizer) for r in roles}
     handles = {r: ModelHandle(r, m) for r, m in models.items()}
     first = next(iter(models.values()))
     digests = {r: module_digest(m) for r, m in models.items()}

@@ -89,6 +89,16 @@ def parse_shard(shard: str) -> tuple[int, int]:
     return i, n
 
 
+def check_model_set(models, what: str) -> None:
+    """``models`` must be a :class:`~crosspatch.execution.ModelSet` (``what``: the function given
+    it, for the message), not whatever was passed by mistake (a path, a bare model, None)."""
+    from ..execution import ModelSet
+
+    if not isinstance(models, ModelSet):
+        raise OptionError(f"{what} needs the models as a ModelSet (crosspatch.load_pair, load_models or "
+                          f"pair_from_models), not {type(models).__name__}")
+
+
 def validate_run_options(config) -> None:
     """Every :class:`~crosspatch.runner.pipeline.RunConfig` field that can be checked without a model."""
     from ..analyses.controls import parse_controls

@@ -30,7 +30,7 @@ from ..core.stats import BootstrapConfig, block_bootstrap
 from ..errors import OptionError
 from ..execution import Executor, Late, ModelSet, Program
 from ..store import checked, mark_collection
-from .checks import check_out_dir
+from .checks import check_model_set, check_out_dir
 from .pipeline import RunConfig, RunResult, run
 
 COMPARE_SCHEMA = "crosspatch.compare/1"
@@ -117,6 +117,7 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     from ..core.cells import headline_boundary
     from .pipeline import resolve_boundaries
 
+    check_model_set(models, "compare")
     config = replace(config or RunConfig(), **overrides)
     plan = parse_cross(cross, models.descendants)
     b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers)

@@ -18,7 +18,7 @@ from ..errors import OptionError
 from ..execution import Executor, ModelSet, Program
 from ..models.vocab import masked_argmax
 from ..store import checked, mark_collection
-from .checks import check_out_dir
+from .checks import check_model_set, check_out_dir
 from .pipeline import RunConfig, RunResult, run
 
 LINEAGE_SCHEMA = "crosspatch.lineage/1"
@@ -76,6 +76,7 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     from ..core.cells import headline_boundary
     from .pipeline import resolve_boundaries
 
+    check_model_set(models, "lineage")
     if len(models.descendants) < 1:
         raise OptionError("a lineage needs at least one stage")
     config = replace(config or RunConfig(), **overrides)

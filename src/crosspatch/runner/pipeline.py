@@ -28,7 +28,14 @@ from ..inputs.prompts import Prompt, as_prompts
 from ..models.forward import WorkCounter, counting_work
 from ..models.loading import DTYPES
 from ..store import RunStore, check_complete, completed_prompts
-from .checks import check_chat_template, check_group_by, check_prompt_lengths, check_prompt_token_ids, validate_run_options
+from .checks import (
+    check_chat_template,
+    check_group_by,
+    check_model_set,
+    check_prompt_lengths,
+    check_prompt_token_ids,
+    validate_run_options,
+)
 from .config import RunConfig, normalise_run_config, resolve_boundaries  # noqa: F401
 from .prepare import build_config_record, prompt_token_ids, with_nulls
 
@@ -199,9 +206,7 @@ def run(
     table and report.md are written there. ``resume=False`` refuses a directory that already
     holds this run; ``overwrite=True`` replaces the crosspatch run in ``out`` (never other files).
     ``config`` is not changed: ``overrides`` and named ``analyses`` apply to this run's copy."""
-    if not isinstance(pair, ModelSet):
-        raise OptionError(f"run needs the models as a ModelSet (crosspatch.load_pair, load_models or "
-                          f"pair_from_models), not {type(pair).__name__}")
+    check_model_set(pair, "run")
     config = replace(config) if config is not None else RunConfig()
     for key, value in overrides.items():
         if not hasattr(config, key):
