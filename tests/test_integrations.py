@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from crosspatch.errors import CheckpointDiscoveryError, OptionError
+from crosspatch.errors import CheckpointDiscoveryError, ModelLoadError, ModelPathNotFoundError, OptionError
 from crosspatch.workflows.callback import CrosspatchCallback
 from crosspatch.zoo import zoo_path
 
@@ -103,6 +103,13 @@ def test_callback_options_are_checked_when_made():
     with pytest.raises(OptionError):
         CrosspatchCallback(PROMPTS, policy={"nonsense": 1})
     assert len(CrosspatchCallback(PROMPTS, max_prompts=3).prompts) == 3
+    with pytest.raises(ModelPathNotFoundError, match="CrosspatchCallback base= .*no such directory"):
+        CrosspatchCallback(PROMPTS, base="./no-such-base")  # not at the first diagnostic, hours into training
+    with pytest.raises(ModelLoadError, match="has no config.json"):
+        CrosspatchCallback(PROMPTS, base=str(Z / "tokenizer"))
+    with pytest.raises(OptionError, match="base= must be"):
+        CrosspatchCallback(PROMPTS, base=42)
+    assert CrosspatchCallback(PROMPTS, base=str(Z / "base")).base == str(Z / "base")
 
 
 def test_a_failing_policy_stops_training_and_marks_the_checkpoint(tmp_path):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..errors import OptionError
+from ..errors import ModelLoadError, OptionError
 from ..runner.summary import HEADLINE_EFFECTS as METRICS  # the effects it logs
 
 
@@ -55,6 +55,7 @@ class CrosspatchCallback(TrainerCallback):
             raise OptionError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
         check_boundary_spec(boundary)
         check_bootstrap(bootstrap)
+        _check_base(base)
         try:
             self.policy = VerdictPolicy.from_dict(policy or {})
         except ValueError as exc:
@@ -135,7 +136,11 @@ class CrosspatchCallback(TrainerCallback):
         from transformers import AutoModelForCausalLM
 
         dtype = next(model.parameters()).dtype
-        return AutoModelForCausalLM.from_pretrained(str(self.base), dtype=dtype, use_safetensors=True)
+        try:
+            return AutoModelForCausalLM.from_pretrained(str(self.base), dtype=dtype, use_safetensors=True)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"CrosspatchCallback base= {self.base}: could not load it as a causal LM: "
+                                 f"{' '.join(str(exc).split())[:300]}") from None
 
     def _diagnose(self, state, control, model) -> dict:
         step = int(state.global_step)
@@ -197,6 +202,21 @@ class CrosspatchCallback(TrainerCallback):
         metrics["passed"] = float(passed)
         return {"step": step, "boundary": boundary, "metrics": metrics, "verdict": verdict, "passed": passed,
                 "events": int(block.get("n_events") or 0), "seconds": round(seconds, 3)}
+
+
+def _check_base(base) -> None:
+    """``base`` is None, a torch module, or the path (or hub id) of a checkpoint that is there:
+    checked when the callback is made, not at its first diagnostic, hours into training."""
+    import torch
+
+    if base is None or isinstance(base, torch.nn.Module):
+        return
+    if not isinstance(base, (str, Path)):
+        raise OptionError(f"CrosspatchCallback base= must be a checkpoint's path or hub id, or a model in memory, "
+                          f"not {type(base).__name__}")
+    from ..models.paths import check_model_path
+
+    check_model_path(str(base), "CrosspatchCallback base=")
 
 
 def _is_peft(model) -> bool:
