@@ -260,8 +260,9 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
     Models are put in eval mode. ``processors``: vision-language models' processors (one for
     all roles, or a dict by role)."""
     if not isinstance(models, dict) or len(models) < 2:
-        raise ModelLoadError("models_from_modules needs a dict of at least two models by role, the base first, "
-                             f"not {type(models).__name__}{'' if not isinstance(models, dict) else ' of ' + str(len(models))}")
+        given = f"a dict of {len(models)}" if isinstance(models, dict) else f"a {type(models).__name__}"
+        raise ModelLoadError(f"models_from_modules needs a dict of at least two models by role, the base first; "
+                             f"got {given}")
     for role, m in models.items():
         if not isinstance(m, nn.Module):
             raise ModelLoadError(f"{role}: a model in memory must be a torch module (a transformers model), "
