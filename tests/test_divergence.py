@@ -660,3 +660,35 @@ def test_a_long_continuous_search_keeps_its_cache_to_the_live_rows():
     at_once = search(None)
     assert [(o.position, o.t_roll, o.t_check, o.history and o.history.rollout) for o in two_rows] == \
            [(o.position, o.t_roll, o.t_check, o.history and o.history.rollout) for o in at_once]
+
+
+def test_a_row_decoding_on_for_its_history_keeps_no_more_states():
+    """States are kept for what an event reads (prompt + the tokens before it): a row that decodes
+    on past its event for the event kinds' history adds none (on a GPU they would pile up at every
+    step), and the states its event reads are those of the search without histories (to float
+    rounding: rows stay longer in the batch)."""
+    from crosspatch.execution.search import _search_batch
+
+    pair = make_pair("llama", scale=0.15)
+    ids = [pair.tokenizer_it(text, add_special_tokens=True)["input_ids"]
+           for text in ("the quick brown fox", "report the wind", "hello there", "x y z", "forecast: sunny")]
+    budget, chunk = 24, 8
+
+    def search(keep_history):
+        return _search_batch(pair, pair.it, pair.pt, ids, budget, chunk, [1, 2], keep_history=keep_history)
+
+    outcome, _, _, dec_r, dec_c, history = search(True)
+    plain_outcome, _, _, plain_r, plain_c, _ = search(False)
+    assert outcome == plain_outcome
+    went_on = 0
+    for r, (i, *_) in enumerate(outcome):
+        if i is None:
+            continue
+        went_on += history[r] is not None and len(history[r].rollout) > i + chunk
+        for dec, plain in ((dec_r, plain_r), (dec_c, plain_c)):
+            kept = sum(t.reshape(-1, t.shape[-1]).shape[0] for t in dec.kept[r]["final"]) - dec.offsets[r]
+            assert len(ids[r]) + i <= kept <= len(ids[r]) + i + chunk  # at most the chunk it diverged in
+            got, want = dec.event_states(r, len(ids[r]) + i), plain.event_states(r, len(ids[r]) + i)
+            assert torch.allclose(got.final, want.final, atol=1e-5)  # (other batches: float rounding)
+            assert all(torch.allclose(got.boundary[b], want.boundary[b], atol=1e-5) for b in (1, 2))
+    assert went_on  # some history went well past its event

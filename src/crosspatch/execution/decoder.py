@@ -49,6 +49,10 @@ class CachedDecoder:
         self.rows: list[int] = []
         self.kept: dict[int, dict] = {}
         self.offsets: dict[int, int] = {}
+        # original rows whose further states nobody reads (the search's rows decoding on past
+        # their event for a history): their kept states stop growing, and a call over such rows
+        # alone records nothing
+        self.unrecorded: set[int] = set()
 
     def _batch_rows(self) -> list[int]:
         """The batch index of each live row (in ``self.rows`` order)."""
@@ -69,13 +73,16 @@ class CachedDecoder:
         return t
 
     def _call(self, ids, keep: int, real_tokens: int) -> torch.Tensor:
-        with self.recorder or contextlib.nullcontext():
+        recorder = self.recorder if self.recorder is not None and not self.unrecorded.issuperset(self.rows) else None
+        with recorder or contextlib.nullcontext():
             logits = self._forward(keep, real_tokens, input_ids=ids, attention_mask=self._attention_mask(),
                                    position_ids=self.positions, use_cache=True, **{self.kw: self.cache})
-        if self.recorder is not None:
-            final = self._outlives(self.recorder.final.pop())
-            bounds = {b: self._outlives(self.recorder.boundary[b].pop()) for b in self.capture}
+        if recorder is not None:
+            final = self._outlives(recorder.final.pop())
+            bounds = {b: self._outlives(recorder.boundary[b].pop()) for b in self.capture}
             for k, row in zip(self._batch_rows(), self.rows):
+                if row in self.unrecorded:
+                    continue
                 self.kept[row]["final"].append(final[k])
                 for b in self.capture:
                     self.kept[row][b].append(bounds[b][k])

@@ -184,6 +184,9 @@ def _search_batch(
     for r, t in zip(live, masked_argmax(dec_c.start([prompts[r] for r in live], live), real).tolist()):
         pred_c[r] = [int(t)]
     rows = _Rows(n, pred_c, budget, eos, keep_history, history_done)
+    # a row decoding on for its history has all the states its event reads (prompt + the tokens
+    # before it): the decoders keep no more of its states
+    dec_r.unrecorded = dec_c.unrecorded = rows.following
 
     def retire(live, logits_r, refill: bool = True):
         keep = [k for k, r in enumerate(live) if rows.live(r)]
