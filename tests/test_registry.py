@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from crosspatch.core import registry
-from crosspatch.core.registry import AnalysisPlugin, register_analysis, registered, unregister_analysis
+from crosspatch.core.registry import AnalysisPlugin, get_analysis, register_analysis, registered, unregister_analysis
 from crosspatch.errors import OptionError
 
 PLUGIN_PACKAGE = Path(__file__).parent / "plugin_package"
@@ -96,6 +96,17 @@ def test_unknown_analyses_and_options_are_named_errors_before_any_model_loads():
         validate_run_options(RunConfig(analysis_options={"hybrid_state": {"draws": 3}}))
     with pytest.raises(OptionError, match="takes no options"):
         validate_run_options(RunConfig(analysis_options={"near_ties": {"x": 1}}))
+    for options, message in (({"label_swap": {"level": 2.0}}, "strictly between 0 and 1, not 2.0"),
+                             ({"label_swap": {"level": "0.05"}}, "strictly between 0 and 1"),
+                             ({"label_swap": {"resamples": 50}}, "no p-value can fall below level 0.01"),
+                             ({"hybrid_state": {"random_draws": 0}}, "from 1 to 100, not 0"),
+                             ({"pre_divergence": {"rule": "last"}}, "rule must be one of")):
+        with pytest.raises(OptionError, match=message):  # values the control could not use, not only names
+            validate_run_options(RunConfig(analysis_options=options))
+    plugin = get_analysis("label_swap")
+    assert plugin.options_from_text({"level": "0.05"}) == {"level": 0.05}
+    with pytest.raises(ValueError, match="strictly between 0 and 1, not 2.0"):  # the command line's path
+        plugin.make_options(plugin.options_from_text({"level": "2"}))
 
 
 def test_block_seeds_differ_by_name_and_are_stable():

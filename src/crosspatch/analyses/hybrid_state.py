@@ -24,6 +24,11 @@ INTERPOLATION = (0.0, 0.25, 0.5, 0.75, 1.0)
 class HybridStateOptions:
     random_draws: int = field(default=3, metadata={"help": "signed-permutation patches per event (seeded draws)"})
 
+    def __post_init__(self) -> None:
+        draws = self.random_draws
+        if isinstance(draws, bool) or not isinstance(draws, int) or not 1 <= draws <= 100:
+            raise ValueError(f"hybrid_state random_draws must be a whole number from 1 to 100, not {draws!r}")
+
 
 @dataclass
 class HybridState(Analysis):
@@ -84,7 +89,7 @@ def _mix(u_pt: torch.Tensor, u_it: torch.Tensor, a: float) -> torch.Tensor:
 
 
 def build(options: HybridStateOptions, plan: PlanContext) -> HybridState:
-    return HybridState(plan.headline, plan.config.seed, random_draws=max(1, int(options.random_draws)))
+    return HybridState(plan.headline, plan.config.seed, random_draws=options.random_draws)
 
 
 def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:

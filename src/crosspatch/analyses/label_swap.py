@@ -4,6 +4,7 @@ each prompt cluster's interaction; a calibrated sign-flip test at a stated level
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..core.registry import AnalysisPlugin, SummaryContext, control_row, register_analysis
@@ -16,6 +17,16 @@ class LabelSwapOptions:
     level: float = field(default=0.01, metadata={"help": "two-sided p-value below which the interaction is "
                                                           "beyond the null"})
     resamples: int = field(default=10000, metadata={"help": "sign-flip draws of the null"})
+
+    def __post_init__(self) -> None:
+        level, resamples = self.level, self.resamples
+        if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+            raise ValueError(f"label_swap level must be a p-value strictly between 0 and 1, not {level!r}")
+        if isinstance(resamples, bool) or not isinstance(resamples, int) or not 1 <= resamples <= 1_000_000:
+            raise ValueError(f"label_swap resamples must be a whole number from 1 to 1,000,000, not {resamples!r}")
+        if level * (resamples + 1) <= 1:
+            raise ValueError(f"label_swap: with {resamples} sign-flip draws no p-value can fall below level {level:g} "
+                             f"(the smallest is 1/{resamples + 1}): give at least {math.ceil(1 / level)} resamples")
 
 
 def summarize(rows: list[dict], ctx: SummaryContext, options: LabelSwapOptions) -> dict:

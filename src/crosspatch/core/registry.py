@@ -159,17 +159,21 @@ class AnalysisPlugin:
             self.summary_key = self.name
 
     def make_options(self, given: dict | None = None):
-        """The options dataclass filled from ``given`` (unknown keys are an error)."""
+        """The options dataclass filled from ``given`` (unknown keys are an error, and so is a value
+        the dataclass's own checks refuse)."""
+        self._check_option_names(given or {})
+        return None if self.options is None else self.options(**(given or {}))
+
+    def _check_option_names(self, given) -> None:
         if self.options is None:
             if given:
                 raise ValueError(f"analysis {self.name!r} takes no options, got {', '.join(sorted(given))}")
-            return None
+            return
         known = {f.name for f in dataclasses.fields(self.options)}
-        unknown = sorted(set(given or {}) - known)
+        unknown = sorted(set(given) - known)
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(unknown)} of analysis {self.name!r}; "
                              f"known: {', '.join(sorted(known)) or 'none'}")
-        return self.options(**(given or {}))
 
     def options_from_text(self, given: dict[str, str]) -> dict:
         """Option values given as text on the command line (``level=0.05``), each converted to
@@ -178,7 +182,7 @@ class AnalysisPlugin:
         import json
         import typing
 
-        self.make_options({k: None for k in given} if self.options is not None else given)  # names checked
+        self._check_option_names(given)
         hints = typing.get_type_hints(self.options) if self.options is not None else {}
         values = {}
         for key, text in given.items():
