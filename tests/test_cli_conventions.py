@@ -447,3 +447,22 @@ def test_the_option_generator_builds_the_dataclass_and_names_bad_values():
         command(twice)
     with pytest.raises(TypeError, match="no command-line option hidden"):
         command(plain, only={"toy": ("hidden",)})
+
+
+def test_python_run_options_of_the_wrong_kind_are_named_not_coerced():
+    """The Python API takes options the command line types for the CLI user: a switch given the
+    string "no" would be truthy (on), and a report's back link is an ``href`` that must not carry
+    a script."""
+    from crosspatch.runner.checks import validate_run_options
+    from crosspatch.runner.pipeline import RunConfig
+
+    for options, message in (({"chat_template": "no"}, "chat_template must be True or False, not 'no'"),
+                             ({"verify_fp32": 1}, "verify_fp32 must be True or False"),
+                             ({"title": 123}, "title must be a string"),
+                             ({"back_link": "javascript:alert(1)"}, "not a javascript: link"),
+                             ({"back_link": "java\tscript:alert(1)"}, "not a javascript: link"),
+                             ({"back_link": "data:text/html,x"}, "not a data: link")):
+        with pytest.raises(OptionError, match=message):
+            validate_run_options(RunConfig(**options))
+    for link in ("../report.html", "https://ci.example.org/runs/7/report.html", None):
+        validate_run_options(RunConfig(back_link=link))

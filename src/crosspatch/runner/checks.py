@@ -99,6 +99,20 @@ def check_model_set(models, what: str) -> None:
                           f"pair_from_models), not {type(models).__name__}")
 
 
+def check_back_link(link) -> None:
+    """A report's link back to a combined report: a relative path or an http(s) URL (the link is an
+    ``href`` in report.html; another scheme, ``javascript:`` say, would run in a reader's browser)."""
+    if link is None:
+        return
+    if not isinstance(link, str) or not link.strip():
+        raise OptionError(f"back_link must be a relative path or an http(s) URL, not {link!r}")
+    from urllib.parse import urlsplit
+
+    scheme = urlsplit(link.strip()).scheme.lower()
+    if scheme not in ("", "http", "https"):
+        raise OptionError(f"back_link must be a relative path or an http(s) URL, not a {scheme}: link")
+
+
 def validate_run_options(config) -> None:
     """Every :class:`~crosspatch.runner.pipeline.RunConfig` field that can be checked without a model."""
     from ..analyses.controls import parse_controls
@@ -125,6 +139,12 @@ def validate_run_options(config) -> None:
     _int("sequential chunk", config.sequential_chunk, 1)
     _int("consequence budget", config.consequence_budget, 1)
     _int("synthetic nulls", config.synthetic_nulls, 0)
+    for name in ("chat_template", "verify_fp32", "consequence", "consequence_with_pt"):
+        if not isinstance(getattr(config, name), bool):  # (the string "no" would switch it on)
+            raise OptionError(f"{name} must be True or False, not {getattr(config, name)!r}")
+    if config.title is not None and not isinstance(config.title, str):
+        raise OptionError(f"title must be a string, not {config.title!r}")
+    check_back_link(config.back_link)
     w = config.until_ci_width
     if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0):
         raise OptionError(f"until-ci-width must be a finite number of logits > 0, not {w!r}")
