@@ -419,6 +419,10 @@ CASES = [
     Case("options", "--event-kinds '' (names no kind)", lambda e: e.run_args("--event-kinds", ""), "OptionError"),
     Case("options", "--controls none,all (contradictory)", lambda e: e.run_args("--controls", "none,all"), "OptionError"),
     Case("options", "--controls '' (names no control)", lambda e: e.run_args("--controls", ""), "OptionError"),
+    Case("options", "--analysis-option label_swap.level=2 (not a p-value)",
+         lambda e: e.run_args("--analysis-option", "label_swap.level=2"), "OptionError"),
+    Case("options", "--analysis-option hybrid_state.random_draws=0",
+         lambda e: e.run_args("--analysis-option", "hybrid_state.random_draws=0"), "OptionError"),
     Case("options", "--null that is the descendant itself", lambda e: e.run_args("--null", str(e.tuned)), "OptionError"),
     Case("options", "--null that does not exist", lambda e: e.run_args("--null", str(e.tmp / "nowhere")),
          "ModelPathNotFoundError"),
@@ -575,6 +579,9 @@ CASES = [
     Case("workflows", "merge-check of a file that does not exist",
          lambda e: ["merge-check", str(e.tmp / "none.yml"), "--prompts", str(e.prompts), "--out", str(e.tmp / "mc")],
          "UnsupportedMergeConfigError"),
+    Case("workflows", "merge-check of a configuration with no models, slices or modules",
+         lambda e: ["merge-check", str(e.file("empty-merge.yml", "merge_method: linear\n")), "--prompts",
+                    str(e.prompts), "--out", str(e.tmp / "mc")], "UnsupportedMergeConfigError"),
     Case("workflows", "merge-check of a passthrough that repeats layers",
          lambda e: ["merge-check", str(e.file("frank.yml", f"merge_method: passthrough\nslices:\n"
                                                             f"  - sources: [{{model: {e.base}, layer_range: [0, 3]}}]\n"
