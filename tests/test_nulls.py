@@ -62,6 +62,21 @@ def test_synthetic_nulls_calibrate_the_interaction_and_are_recorded(tmp_path):
         assert result.verdict["verdict"] in ("portable", "no-late-effect", "inconclusive")
 
 
+def test_synthetic_nulls_that_cannot_fit_in_memory_are_refused_before_they_are_built(monkeypatch, tmp_path):
+    from crosspatch.errors import OptionError
+    from crosspatch.execution import nulls
+
+    base = tiny_model("llama")
+    pair = pair_from_models(base, perturb_layers(base, [0, 1, 2, 3], 0.5, seed=4), char_tokenizer())
+    model_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
+    monkeypatch.setattr(nulls, "free_bytes_on", lambda device: 10 * model_bytes)  # room for ~9 copies
+    built = []
+    monkeypatch.setattr(nulls, "synthetic_null", lambda *a: built.append(a))
+    with pytest.raises(OptionError, match=r"50 synthetic null\(s\) need .* \(52 copies .* give fewer"):
+        run(pair, many_prompts(4), out=tmp_path / "r", synthetic_nulls=50, **OPTIONS)
+    assert not built and not (tmp_path / "r").exists()
+
+
 def test_without_a_null_the_row_says_there_is_no_yardstick():
     base = tiny_model("llama")
     pair = pair_from_models(base, perturb_layers(base, [0, 1, 2, 3], 0.5, seed=4), char_tokenizer())

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import OptionError
 from .modelset import ModelSet
-from .opening import models_from_modules
+from .opening import free_bytes_on, models_from_modules
 
 SYNTHETIC_PREFIX = "null-synthetic-"
 
@@ -74,6 +74,23 @@ def synthetic_null(base: torch.nn.Module, tuned: torch.nn.Module, seed: int) -> 
     return null
 
 
+def _check_room_for_nulls(models: ModelSet, count: int) -> None:
+    """The nulls are built beside the models in memory, each a whole model, after a plain copy of
+    the base and of every descendant: refuse, naming the sizes, a count that cannot fit (rather than
+    run out of memory after minutes of building)."""
+    module = models.handle(models.base).module
+    param = next(module.parameters())
+    model_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    copies = 1 + len(models.descendants) + count
+    need = int(copies * model_bytes * 1.1)
+    free = free_bytes_on(param.device)
+    if free is not None and need > free:
+        raise OptionError(f"{count} synthetic null(s) need ~{need / 2**30:.1f} GiB on {param.device} ({copies} copies of "
+                          f"a {model_bytes / 2**30:.2f} GiB model: the nulls, and plain copies of the base and each "
+                          f"descendant they are built from) but {free / 2**30:.1f} GiB is free: give fewer, or trained "
+                          "nulls with --null DIR (loaded like any descendant)")
+
+
 def with_synthetic_nulls(models: ModelSet, tuned: str, count: int, seed: int = 0) -> tuple[ModelSet, list[str]]:
     """``models`` with ``count`` synthetic nulls of ``tuned`` as extra roles
     (``null-synthetic-1``, ...); returns the new set and the null roles. The base and every role
@@ -83,6 +100,7 @@ def with_synthetic_nulls(models: ModelSet, tuned: str, count: int, seed: int = 0
     if models.resident_role is not None or models.residency == "sequential":
         raise OptionError("synthetic nulls are built from the models in memory: use --residency both "
                           "(or give trained nulls with --null DIR, which any residency loads)")
+    _check_room_for_nulls(models, count)
     base = effective_module(models, models.base)
     child = effective_module(models, tuned)
     modules = {models.base: base}

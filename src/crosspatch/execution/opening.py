@@ -45,7 +45,14 @@ def _weights_bytes(path: str) -> int | None:
 
 def _available_bytes(options: LoadOptions) -> int | None:
     if (str(options.device).startswith("cuda") or options.device in ("auto", "map")) and torch.cuda.is_available():
-        free, _ = torch.cuda.mem_get_info()
+        return free_bytes_on(torch.device("cuda"))
+    return free_bytes_on(torch.device("cpu"))
+
+
+def free_bytes_on(device: torch.device) -> int | None:
+    """Free memory of ``device`` (a GPU's, or the machine's available RAM), None where unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
