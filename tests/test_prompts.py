@@ -35,6 +35,8 @@ def test_jsonl_with_metadata(tmp_path):
         ('{"id": "b", "prompt": 3}', r"p.jsonl:2: field 'prompt' must be a non-empty string"),
         ('{"id": "b", "prompt": "x", "category": 4}', r"p.jsonl:2: field 'category' must be a string"),
         ('{"id": "a", "prompt": "y"}', r"p.jsonl:2: field 'id' 'a' repeats .*p.jsonl:1"),
+        ('{"id": "b", "prompt": "x", "id": "c"}', r"p.jsonl:2: field 'id' appears more than once"),  # json keeps the last
+        ('{"id": "b", "prompt": "x", "meta": {"k": 1, "k": 2}}', r"p.jsonl:2: field 'k' appears more than once"),
     ],
 )
 def test_malformed_jsonl_names_line_and_field(tmp_path, line, message):
@@ -62,6 +64,24 @@ def test_spreadsheet_exports_read_as_written(tmp_path):
         (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
         got = load_prompts(tmp_path / name)
         assert [(p.id, p.prompt, p.category) for p in got] == rows, name
+
+
+def test_a_row_with_more_fields_than_the_header_is_named_not_shifted(tmp_path):
+    """pandas takes the first column for an index when every row has one field more than the
+    header: a tab in every prompt of a .tsv made the prompt its id and the text after the tab its
+    prompt. Extra fields with text are refused with their line; empty ones (a trailing delimiter,
+    as spreadsheets write) are dropped."""
+    (tmp_path / "p.tsv").write_text("id\tprompt\na\tRain\tthen sun\n")
+    with pytest.raises(PromptFileError, match=r"p.tsv:2: 3 fields where the header names 2: a tab inside a field"):
+        load_prompts(tmp_path / "p.tsv")
+    (tmp_path / "q.csv").write_text('id,prompt\na,"Rain, then sun"\nb,Sun,later\n')
+    with pytest.raises(PromptFileError, match=r"q.csv:3: 3 fields .* a comma inside a field must be quoted"):
+        load_prompts(tmp_path / "q.csv")
+    (tmp_path / "r.csv").write_text("id,prompt\na,Rain,\nb,Sun,\n")
+    assert [(p.id, p.prompt) for p in load_prompts(tmp_path / "r.csv")] == [("a", "Rain"), ("b", "Sun")]
+    (tmp_path / "j.json").write_text('[{"id": "a", "prompt": "x", "prompt": "y"}]')
+    with pytest.raises(PromptFileError, match=r"j.json: field 'prompt' appears more than once"):
+        load_prompts(tmp_path / "j.json")
 
 
 def test_csv_missing_column_and_empty_prompt(tmp_path):

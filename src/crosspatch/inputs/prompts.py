@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,28 @@ def _check_text(value, where: str, name: str) -> None:
                                   f"character {exc.start}); it is not valid Unicode text") from None
 
 
+class _RepeatedKey(ValueError):
+    """A JSON object names one key twice (``json`` would keep the last value silently)."""
+
+
+def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    repeated = next((k for k in keys if keys.count(k) > 1), None)
+    if repeated is not None:
+        raise _RepeatedKey(repeated)
+    return dict(pairs)
+
+
+def _json(text: str):
+    """``json.loads`` refusing an object that names a key twice (:class:`_RepeatedKey`)."""
+    return json.loads(text, object_pairs_hook=_object_without_repeats)
+
+
+def _repeated(where: str, exc: _RepeatedKey) -> PromptFileError:
+    return PromptFileError(f"{where}: field {exc.args[0]!r} appears more than once in one object (which value is "
+                           "meant cannot be told)")
+
+
 def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
     rows = []
     for lineno, line in enumerate(_text_lines(path), start=1):
@@ -104,7 +127,9 @@ def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
             continue
         where = f"{path}:{lineno}"
         try:
-            row = json.loads(line)
+            row = _json(line)
+        except _RepeatedKey as exc:
+            raise _repeated(where, exc) from None
         except json.JSONDecodeError as exc:
             raise PromptFileError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         except RecursionError:
@@ -120,7 +145,9 @@ def _read_json_array(path: Path) -> list[tuple[str, dict]] | None:
     is not one JSON document (then it is read as JSON lines)."""
     text = "\n".join(_text_lines(path))
     try:
-        data = json.loads(text)
+        data = _json(text)
+    except _RepeatedKey as exc:
+        raise _repeated(str(path), exc) from None
     except (json.JSONDecodeError, RecursionError):
         return None
     if not isinstance(data, list):
@@ -144,6 +171,20 @@ def _delimiter(path: Path, header: str) -> str:
     return ","
 
 
+def _check_field_counts(path: Path, delimiter: str, columns: int) -> None:
+    """Every row of a .csv/.tsv has at most the header's fields, or only empty ones past them (a
+    trailing delimiter): a delimiter left unquoted inside a prompt would otherwise shift or cut
+    its fields without a word."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        next(reader, None)
+        for row in reader:
+            if len(row) > columns and any(field.strip() for field in row[columns:]):
+                name = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "bar"}.get(delimiter, repr(delimiter))
+                raise PromptFileError(f"{path}:{reader.line_num}: {len(row)} fields where the header names {columns}: "
+                                      f"a {name} inside a field must be quoted (\"...\")")
+
+
 def _read_table(path: Path) -> list[tuple[str, dict]]:
     import pandas as pd
 
@@ -155,8 +196,13 @@ def _read_table(path: Path) -> list[tuple[str, dict]]:
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:
                 raise PromptFileError(f"{path}:1: column {repeated[0]!r} appears more than once in the header")
-            frame = pd.read_csv(path, sep=delimiter, dtype={"id": str}, keep_default_na=False, na_values=[""],
-                                encoding="utf-8-sig")
+            _check_field_counts(path, delimiter, len(names))
+            # index_col=False: never take the first column for an index (pandas does when every row
+            # has one field more than the header; only empty trailing fields get here)
+            with warnings.catch_warnings():  # (its warning that trailing empty fields are dropped)
+                warnings.simplefilter("ignore", pd.errors.ParserWarning)
+                frame = pd.read_csv(path, sep=delimiter, dtype={"id": str}, keep_default_na=False, na_values=[""],
+                                    encoding="utf-8-sig", index_col=False)
             first_line = 2  # header is line 1
         else:
             frame = pd.read_parquet(path)
