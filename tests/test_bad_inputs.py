@@ -483,6 +483,13 @@ CASES = [
          lambda e: e.run_args("--policy", str(e.file("policy.yaml", "min_prompts: five\n"))), "OptionError"),
     Case("options", "--policy file that is a list", lambda e: e.run_args("--policy", str(e.file("pol.yaml", "- 1\n"))),
          "PolicyFileError"),
+    Case("options", "--policy file naming one threshold twice (which one is meant?)",
+         lambda e: e.run_args("--policy", str(e.file("pol.yaml", "min_prompts: 5\nmin_prompts: 50\n"))),
+         "PolicyFileError"),
+    Case("options", "gate --policy JSON naming one threshold twice",
+         lambda e: ["gate", str(e.root / "run"), "--policy",
+                    str(e.file("pol.json", '{"max_interaction_share": 0.5, "max_interaction_share": 0.9}'))],
+         "PolicyFileError"),
     # -- run directories ------------------------------------------------------------------------
     Case("run directories", "--out is a file", lambda e: e.run_args(out=e.file("out.txt", "x")),
          "RunDirectoryNotEmptyError"),

@@ -87,6 +87,7 @@ dtype: float32
     ("merge_method: [not, a, method]\n", "mergekit accepts"),
     ("merge_method: linear\n", "Exactly one of 'models', 'slices'"),  # refused by a validator's RuntimeError
     ("", "mergekit accepts"),
+    ("merge_method: linear\nmerge_method: ties\nmodels: []\n", "'merge_method' appears twice"),  # not the last kept
 ])
 def test_configurations_it_cannot_evaluate_are_named(tmp_path, text, message):
     with pytest.raises(UnsupportedMergeConfigError, match=message):

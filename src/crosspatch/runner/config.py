@@ -43,6 +43,29 @@ def parse_words(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def strict_yaml_load(text: str):
+    """``yaml.safe_load`` refusing a mapping that names one key twice (PyYAML keeps the last value
+    without a word: in a threshold or merge file, which one was meant cannot be told); the
+    refusal is a ``yaml.YAMLError`` naming the key and its line."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one mapping",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return loader.construct_mapping(node, deep=deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_policy(path: str | Path) -> dict:
     """Verdict thresholds from a YAML or JSON file (a mapping of VerdictPolicy fields)."""
     import yaml
@@ -50,9 +73,9 @@ def load_policy(path: str | Path) -> dict:
     from ..errors import PolicyFileError
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = strict_yaml_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise PolicyFileError(f"cannot read policy file {path}: {exc}") from None
+        raise PolicyFileError(f"cannot read policy file {path}: {' '.join(str(exc).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

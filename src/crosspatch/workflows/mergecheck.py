@@ -50,11 +50,13 @@ def read_merge_config(path: str | Path):
     from mergekit.config import MergeConfiguration
     from pydantic import ValidationError
 
+    from ..runner.config import strict_yaml_load
+
     path = Path(path)
     if not path.is_file():
         raise UnsupportedMergeConfigError(f"{path}: no such mergekit configuration file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = strict_yaml_load(path.read_text(encoding="utf-8"))
         return MergeConfiguration.model_validate(data)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, ValidationError, TypeError, ValueError, RuntimeError) as exc:
         text = " ".join(str(exc).split())[:400]
