@@ -28,7 +28,7 @@ def run_pair(target: PairTarget, config: RunConfig, load: LoadOptions, session: 
                               "(a PEFT adapter directory)")
         items = _prepare(config, load, session, target.base, target.prompts, target.out,
                          [tuned] if tuned else [], [adapter] if adapter else [])
-        roles_tuned, roles_adapters = _null_roles(tuned, adapter, target.null or [], load)
+        roles_tuned, roles_adapters = _null_roles(target.base, tuned, adapter, target.null or [], load)
         config.nulls = [r for r in [*roles_tuned, *roles_adapters] if r != "tuned"]
         config.synthetic_nulls, config.tuned = target.synthetic_null, "tuned"
         validate_run_options(config)
@@ -70,18 +70,25 @@ def run_pair(target: PairTarget, config: RunConfig, load: LoadOptions, session: 
 run_cmd = app.command("run")(command(run_pair))
 
 
-def _null_roles(tuned, adapter, nulls: list[str], options) -> tuple[dict, dict]:
+def _null_roles(base, tuned, adapter, nulls: list[str], options) -> tuple[dict, dict]:
     """The roles to load: the descendant as ``tuned`` and each ``--null`` as ``null-1``, ...
     (an adapter directory or a checkpoint, told apart by its adapter_config.json), each path
-    checked before any weight loads."""
+    checked before any weight loads: a null is neither the base nor the descendant (however the
+    path is spelt), and each is given once (a null given twice would count twice in the yardstick)."""
     from ..models.adapters import check_adapter_files
-    from ..runner.checks import check_model_path
+    from ..runner.checks import check_model_path, path_key
 
     roles_tuned = {"tuned": tuned} if tuned else {}
     roles_adapters = {"tuned": adapter} if adapter else {}
+    taken = {path_key(base): "the base", path_key(tuned or adapter): "the descendant"}
+    seen: dict[str, str] = {}
     for k, path in enumerate(nulls, 1):
-        if path in (tuned, adapter):
-            raise OptionError(f"--null {path} is the descendant itself: a null must be another fine-tune")
+        key = path_key(path)
+        if key in taken:
+            raise OptionError(f"--null {path} is {taken[key]} itself: a null must be another fine-tune of the base")
+        if key in seen:
+            raise OptionError(f"--null {path} is given twice (also as {seen[key]}): each null counts once")
+        seen[key] = path
         is_adapter = (Path(path) / "adapter_config.json").exists()
         check_model_path(path, "--null", adapter=is_adapter)
         if is_adapter:

@@ -37,12 +37,18 @@ def _int(name: str, value, minimum: int) -> int:
     return value
 
 
+def path_key(path) -> str:
+    """What a model path names, for telling two arguments apart: a local directory resolved
+    (``./a`` and ``a/`` alike), a hub id as given."""
+    return str(Path(str(path)).expanduser().resolve()) if looks_local(str(path)) else str(path)
+
+
 def check_given_once(paths: list, what: str, why: str) -> None:
     """Each of ``paths`` (local directories, or hub ids) names a different thing: the same one
     twice (``./a`` and ``a/`` alike) is an OptionError saying ``why`` that matters."""
     seen: dict[str, str] = {}
     for path in paths:
-        key = str(Path(str(path)).expanduser().resolve()) if looks_local(str(path)) else str(path)
+        key = path_key(path)
         if key in seen:
             raise OptionError(f"{what} {path} is given twice (also as {seen[key]}): {why}")
         seen[key] = str(path)
