@@ -76,19 +76,15 @@ def _null_roles(base, tuned, adapter, nulls: list[str], options) -> tuple[dict, 
     checked before any weight loads: a null is neither the base nor the descendant (however the
     path is spelt), and each is given once (a null given twice would count twice in the yardstick)."""
     from ..models.adapters import check_adapter_files
-    from ..runner.checks import check_model_path, path_key
+    from ..runner.checks import check_given_once, check_model_path, path_key
 
     roles_tuned = {"tuned": tuned} if tuned else {}
     roles_adapters = {"tuned": adapter} if adapter else {}
     taken = {path_key(base): "the base", path_key(tuned or adapter): "the descendant"}
-    seen: dict[str, str] = {}
+    check_given_once(nulls, "--null", "each null counts once")
     for k, path in enumerate(nulls, 1):
-        key = path_key(path)
-        if key in taken:
-            raise OptionError(f"--null {path} is {taken[key]} itself: a null must be another fine-tune of the base")
-        if key in seen:
-            raise OptionError(f"--null {path} is given twice (also as {seen[key]}): each null counts once")
-        seen[key] = path
+        if (what := taken.get(path_key(path))) is not None:
+            raise OptionError(f"--null {path} is {what} itself: a null must be another fine-tune of the base")
         is_adapter = (Path(path) / "adapter_config.json").exists()
         check_model_path(path, "--null", adapter=is_adapter)
         if is_adapter:
