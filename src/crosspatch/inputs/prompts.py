@@ -103,10 +103,11 @@ class _RepeatedKey(ValueError):
 
 
 def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict:
-    keys = [k for k, _ in pairs]
-    repeated = next((k for k in keys if keys.count(k) > 1), None)
-    if repeated is not None:
-        raise _RepeatedKey(repeated)
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen.add(key)
     return dict(pairs)
 
 
