@@ -59,3 +59,25 @@ def test_sweep_command(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["boundaries"] == ["1", "2", "3"]
     assert (tmp_path / "run" / "sweep.png").stat().st_size > 1000
+
+
+def test_sweep_headline_is_the_boundary_nearest_to_the_given_boundary(tmp_path):
+    pair = make_pair("llama", layers=5, scale=0.2)
+    default = run(pair, PROMPTS[:3], boundaries=[1, 2, 3, 4], max_new_tokens=6, bootstrap=0, progress=False)
+    assert default.summary["verdict"]["boundary"] == 3  # round(0.6 * 5)
+    chosen = run(pair, PROMPTS[:3], boundaries=[1, 2, 4], boundary=1, max_new_tokens=6, bootstrap=0,
+                 progress=False, out=tmp_path / "run")
+    assert chosen.summary["verdict"]["boundary"] == 1
+    hybrid = [json.loads(line) for line in (tmp_path / "run" / "control_hybrid_state.jsonl").read_text().splitlines()]
+    assert hybrid and {row["boundary"] for row in hybrid} == {1}
+    # between two boundaries: the lower one
+    assert run(pair, PROMPTS[:3], boundaries=[2, 4], boundary=3, max_new_tokens=6, bootstrap=0,
+               progress=False).summary["verdict"]["boundary"] == 2
+
+
+def test_a_boundary_beside_boundaries_must_be_valid_too():
+    from crosspatch.errors import BoundaryError
+
+    pair = make_pair("llama", layers=5, scale=0.2)
+    with pytest.raises(BoundaryError):
+        run(pair, PROMPTS[:3], boundaries="all", boundary=9, max_new_tokens=6, bootstrap=0, progress=False)

@@ -61,10 +61,11 @@ def resolve_boundary(boundary: int | float | str, num_layers: int) -> int:
     return b
 
 
-def headline_boundary(boundaries: list[int], num_layers: int) -> int:
-    """The boundary a run's verdict and controls use: the one closest to the default depth
-    (``round(0.6 L)``), the lower one on a tie."""
-    target = round(0.6 * num_layers)
+def headline_boundary(boundaries: list[int], num_layers: int, preferred: int | float) -> int:
+    """The boundary a run's verdict and controls use: of the run's boundaries, the one nearest to
+    ``preferred`` (the run's ``boundary`` option, 0.6 of depth unless given, so that a sweep's
+    ``--boundary`` chooses its headline), the lower one on a tie."""
+    target = resolve_boundary(preferred, num_layers)
     return min(boundaries, key=lambda b: (abs(b - target), b))
 
 

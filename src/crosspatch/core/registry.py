@@ -87,7 +87,7 @@ class PlanContext:
                             getattr(config, "max_batch_tokens", default.max_batch_tokens),
                             TokenClasses.from_options(getattr(config, "format_tokens", None),
                                                       getattr(config, "marker_words", None)))
-        return cls(config, list(boundaries), headline_boundary(boundaries, num_layers), num_layers, cells,
+        return cls(config, list(boundaries), headline_boundary(boundaries, num_layers, config.boundary), num_layers, cells,
                    validators or {})
 
 

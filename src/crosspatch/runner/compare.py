@@ -120,7 +120,7 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     check_model_set(models, "compare")
     config = replace(config or RunConfig(), **overrides)
     plan = parse_cross(cross, models.descendants)
-    b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers)
+    b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers, config.boundary)
     runs: dict[str, RunResult] = {}
     if out is not None:
         check_out_dir(out, resume=resume, overwrite=overwrite, collection="compare")

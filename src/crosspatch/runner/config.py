@@ -114,10 +114,12 @@ class RunConfig:
     """Options of one cross-patching run (all recorded in config.json). The fields with help are
     the options of ``crosspatch run``, ``sweep``, ``compare`` and ``lineage`` (``cli.options``)."""
 
-    boundary: int | float = _option(0.6, "Boundary layer: int index or depth fraction.", cli_type=str,
+    boundary: int | float = _option(0.6, "Boundary layer: int index or depth fraction; beside --boundaries, the "
+                                    "headline's (verdict, controls): the nearest of them.", cli_type=str,
                                     parse=parse_boundary)
     boundaries: list[int | float] | str | None = _option(
-        None, "Comma-separated boundaries, or 'all' (1..L-1); overrides --boundary.", cli_type=Optional[str],
+        None, "Comma-separated boundaries, or 'all' (1..L-1), scored instead of --boundary (the "
+        "headline is the one nearest to --boundary).", cli_type=Optional[str],
         parse=parse_boundaries)
     max_new_tokens: int = _option(128, "Greedy budget of the divergence search (tokens).")
     # a batch holds at most batch_size sequences and max_batch_tokens padded tokens (prompt +
@@ -201,13 +203,17 @@ def normalise_run_config(config: RunConfig) -> RunConfig:
 
 
 def resolve_boundaries(config: RunConfig, num_layers: int) -> list[int]:
-    """The sorted layer indices a run scores ("all" = every layer 1..L-1)."""
+    """The sorted layer indices a run scores ("all" = every layer 1..L-1); ``boundary`` is checked
+    too where ``boundaries`` overrides it, since it chooses the headline among them."""
     from ..core.cells import resolve_boundary
 
     if config.boundaries in ("all", ["all"]):
         if num_layers < 2:
             raise BoundaryError(f"boundaries 'all' (1..L-1) leave no boundary on a model of {num_layers} layer: "
                                 "a boundary needs a layer on each side, so at least 2 layers")
+    headline = resolve_boundary(config.boundary, num_layers)  # beside --boundaries it chooses the headline
+    if config.boundaries in ("all", ["all"]):
         return list(range(1, num_layers))
-    requested = config.boundaries if config.boundaries else [config.boundary]
-    return sorted({resolve_boundary(b, num_layers) for b in requested})
+    if not config.boundaries:
+        return [headline]
+    return sorted({resolve_boundary(b, num_layers) for b in config.boundaries})

@@ -68,7 +68,7 @@ def reopen_models(config: dict):
 
 def first_events(store, config: dict) -> tuple[int, list[CellRecord], list[DivergenceEvent]]:
     """The headline boundary, its valid first-divergence records and their events."""
-    b = headline_boundary(config["resolved_boundaries"], config["num_layers"])
+    b = headline_boundary(config["resolved_boundaries"], config["num_layers"], config["options"]["boundary"])
     records = [r for r in store.load_records() if r.boundary == b and r.kind == "first_diff" and r.valid]
     if any(r.prefix_ids is None for r in records):
         raise CorruptRunFileError(f"{store.path}: its records lack prefix ids (made by an older crosspatch); "

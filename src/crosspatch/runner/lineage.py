@@ -81,7 +81,7 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
         raise OptionError("a lineage needs at least one stage")
     config = replace(config or RunConfig(), **overrides)
     final = models.descendants[-1]
-    b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers)
+    b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers, config.boundary)
     cfg = replace(config, tuned=final, title=config.title or f"crosspatch lineage: base -> {final}")
     if out is not None:
         check_out_dir(out, resume=resume, overwrite=overwrite, collection="lineage")

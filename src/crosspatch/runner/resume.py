@@ -92,7 +92,7 @@ def precision_reached(precision: dict, records, boundaries: list[int], num_layer
     divergences, prompt-cluster bootstrap) is at most ``precision["target"]``; updates it."""
     from ..core.stats import cell_matrix, effect_block
 
-    headline = headline_boundary(boundaries, num_layers)
+    headline = headline_boundary(boundaries, num_layers, config.boundary)
     first = [r for r in records if r.boundary == headline and r.kind == "first_diff" and r.valid]
     if not first:
         return False

@@ -125,7 +125,7 @@ def build_summary(
                                    **({"model": x.model} if x.model else {})} for x in no_div],
         "real_vocabulary": config_record.get("real_vocabulary"),
     }
-    headline = headline_boundary(boundaries, config_record["num_layers"])
+    headline = headline_boundary(boundaries, config_record["num_layers"], opts["boundary"])
     ctx = SummaryContext(config_record, records, headline, boot, dict(session_keys or {}),
                          Path(run_dir) if run_dir is not None else None, summary["results"])
     rows, blocks = plugin_blocks(ctx, analyses or {})
