@@ -19,8 +19,10 @@ def read_domain_text(path: str | Path) -> list[str]:
     import json
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise PromptFileError(f"--domain-text {path}: no such file")
+    if not path.is_file():
+        raise PromptFileError(f"--domain-text {path}: not a regular file (give a .jsonl or a text file)")
     try:
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
