@@ -335,3 +335,38 @@ def test_the_demo_writes_only_into_a_new_or_earlier_demo_directory(tmp_path):
     (tmp_path / "other" / "summary.json").write_text(json.dumps({"schema_version": "crosspatch.summary/1"}))
     with pytest.raises(RunDirectoryNotEmptyError, match="summary.json"):
         check_demo_dir(tmp_path / "other")
+
+
+def test_a_zoo_build_never_removes_what_its_target_holds(tmp_path):
+    from crosspatch.errors import OptionError, RunDirectoryNotEmptyError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(RunDirectoryNotEmptyError):
+        build_zoo(mine, ZooSpec(), log=lambda m: None)
+    with pytest.raises(RunDirectoryNotEmptyError):  # replacing is for a zoo only
+        build_zoo(mine, ZooSpec(), log=lambda m: None, replace=True)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    with pytest.raises(RunDirectoryNotEmptyError):
+        build_zoo(mine / "notes.txt", ZooSpec(), log=lambda m: None)
+    for seed in (-1, 2**40, 1.5, True):
+        with pytest.raises(OptionError):
+            build_zoo(tmp_path / "new", ZooSpec(seed=seed), log=lambda m: None)  # type: ignore[arg-type]
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_earlier_demo_run_is_replaced_without_touching_files_it_did_not_write(tmp_path):
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import make_pair
+    from crosspatch.zoo.demo import _clear_stale_demo_run
+
+    from ..conftest import PROMPTS
+
+    earlier = tmp_path / "it-full"
+    run(make_pair("llama", layers=3, scale=0.2), PROMPTS[:2], max_new_tokens=4, bootstrap=0, controls="none",
+        progress=False, out=earlier, title="crosspatch zoo: base vs it-full")
+    (earlier / "notes.txt").write_text("keep me")
+    said = []
+    _clear_stale_demo_run(earlier, "crosspatch zoo: base vs it-full", said.append)
+    assert said and sorted(p.name for p in earlier.iterdir()) == ["notes.txt"]

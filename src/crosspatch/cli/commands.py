@@ -322,16 +322,21 @@ def zoo_build_cmd(
                                       help="Replace the zoo inside the installed crosspatch package (maintainers)."),
 ) -> None:
     """Rebuild the whole zoo from the seed: data, tokenizer, every model, cards, manifest."""
-    from ..errors import OptionError
     from ..zoo import zoo_path
     from ..zoo.assemble import build_zoo
     from ..zoo.build import ZooSpec
 
     target = out or zoo_path()
-    if Path(target).resolve() == zoo_path().resolve() and not into_package:
+    into = Path(target).resolve() == zoo_path().resolve()
+    if into and not into_package:
         _fail(OptionError(f"refusing to overwrite the zoo inside the installed package ({zoo_path()}): give "
                           "--out DIR for a new zoo, or --into-package to replace the embedded one"))
-    result = build_zoo(target, ZooSpec(seed=seed), log=lambda m: console.print(m))
+    if into_package and out is not None and not into:
+        _fail(OptionError("--into-package replaces the embedded zoo: give it without --out"))
+    try:
+        result = build_zoo(target, ZooSpec(seed=seed), log=lambda m: console.print(m), replace=into)
+    except CrosspatchError as exc:
+        _fail(exc)
     console.print(f"zoo built at {result.out} in {result.seconds:.0f} s")
 
 

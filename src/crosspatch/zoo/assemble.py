@@ -39,6 +39,27 @@ from .lineage import build_lineage, lineage_recipes
 from .vision import VISION_BASE, build_vision_pair, vision_recipes
 
 
+def check_zoo_target(out: Path, spec: ZooSpec, replace: bool) -> None:
+    """Refuse a seed torch cannot take and a target that holds anything but a zoo to replace."""
+    from ..errors import OptionError, RunDirectoryNotEmptyError
+
+    seed = spec.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise OptionError(f"zoo seed must be an integer in 0..{2**31 - 1}, not {seed!r} (each stage's seed is "
+                          "derived by adding to it, and every generator must take the result)")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RunDirectoryNotEmptyError(f"--out {out} exists and is not a directory")
+    if not any(out.iterdir()):
+        return
+    if not replace:
+        raise RunDirectoryNotEmptyError(f"--out {out} is not empty: give a new directory for the zoo (nothing there "
+                                        "is removed)")
+    if not (out / "manifest.json").is_file():
+        raise RunDirectoryNotEmptyError(f"{out} holds no zoo (no manifest.json): refusing to replace it")
+
+
 @dataclass
 class BuildResult:
     out: Path
@@ -48,12 +69,17 @@ class BuildResult:
 
 
 
-def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print) -> BuildResult:
-    """Build every file of the zoo into ``out`` and write ``manifest.json`` with hashes."""
+def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print, replace: bool = False) -> BuildResult:
+    """Build every file of the zoo into ``out`` and write ``manifest.json`` with hashes.
+
+    ``out`` must be new or an empty directory; ``replace=True`` replaces a zoo there (a directory
+    with a zoo's ``manifest.json``), never anything else. Refusals (:class:`OptionError`,
+    :class:`RunDirectoryNotEmptyError`) come before any work."""
     from peft import LoraConfig, get_peft_model
 
     spec = spec or ZooSpec()
     out = Path(out)
+    check_zoo_target(out, spec, replace)
     if out.exists():
         shutil.rmtree(out)
     started = time.perf_counter()

@@ -267,8 +267,8 @@ def check_demo_dir(out: Path, descendants=DESCENDANTS) -> None:
 def _clear_stale_demo_run(path: Path, title: str, log) -> None:
     """The demo owns its run directories: one left by an earlier demo with other settings (an
     older crosspatch, other options) is replaced, and said so. Anything else is left alone (the
-    run then refuses the directory with a named error)."""
-    import shutil
+    run then refuses the directory with a named error); files the run did not write stay."""
+    from ..store import RunStore
 
     cfg = path / "config.json"
     if not cfg.exists():
@@ -279,4 +279,4 @@ def _clear_stale_demo_run(path: Path, title: str, log) -> None:
         return
     if old.get("title") == title and (path / "summary.json").exists():
         log(f"replacing the earlier demo run in {path}")
-        shutil.rmtree(path)
+        RunStore(path).clear()
