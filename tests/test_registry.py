@@ -103,6 +103,11 @@ def test_unknown_analyses_and_options_are_named_errors_before_any_model_loads():
                              ({"pre_divergence": {"rule": "last"}}, "rule must be one of")):
         with pytest.raises(OptionError, match=message):  # values the control could not use, not only names
             validate_run_options(RunConfig(analysis_options=options))
+    with pytest.raises(OptionError, match="name label_swap in --controls"):  # it would change nothing
+        validate_run_options(RunConfig(controls="none", analysis_options={"label_swap": {"level": 0.05}}))
+    with pytest.raises(OptionError, match="which this run does not run"):
+        validate_run_options(RunConfig(controls=["near_ties"], analysis_options={"hybrid_state": {"random_draws": 2}}))
+    validate_run_options(RunConfig(controls=["hybrid_state"], analysis_options={"hybrid_state": {"random_draws": 2}}))
     plugin = get_analysis("label_swap")
     assert plugin.options_from_text({"level": "0.05"}) == {"level": 0.05}
     with pytest.raises(ValueError, match="strictly between 0 and 1, not 2.0"):  # the command line's path

@@ -180,6 +180,7 @@ def validate_run_options(config) -> None:
         check_analysis_options(config.analyses, config.analysis_options)
     except (TypeError, ValueError) as exc:
         raise OptionError(str(exc)) from None
+    check_options_reach_an_analysis(config)
     if not isinstance(config.group_by, (list, tuple)) or any(not isinstance(g, str) or not g.strip()
                                                               for g in config.group_by):
         raise OptionError(f"group-by must be a list of field names, not {config.group_by!r}")
@@ -199,6 +200,19 @@ def check_analysis_options(names, options) -> None:
         get_analysis(name)
     for name, given in options.items():
         get_analysis(name).make_options(given)
+
+
+def check_options_reach_an_analysis(config) -> None:
+    """Options of an analysis or control this run does not run would change nothing: refused,
+    naming how to include it (a control missing from ``--controls``, an analysis not added)."""
+    from ..core.registry import enabled_plugins, get_analysis
+
+    running = {p.name for p in enabled_plugins(vars(config))}
+    idle = [name for name in config.analysis_options if name not in running]
+    if idle:
+        how = [f"name {n} in --controls" if get_analysis(n).role == "control" else f"--analysis {n}" for n in idle]
+        raise OptionError(f"--analysis-option for {', '.join(idle)}, which this run does not run, would change "
+                          f"nothing: include it ({'; '.join(how)}) or drop the option")
 
 
 def check_out_dir(out: str | Path, resume: bool = True, overwrite: bool = False, collection: str | None = None) -> None:
