@@ -459,6 +459,8 @@ CASES = [
     Case("options", "--boundary nan", lambda e: e.run_args("--boundary", "nan"), "BoundaryError"),
     Case("options", "--boundaries with no entry", lambda e: e.run_args("--boundaries", ","), "BoundaryError"),
     Case("options", "--boundaries 1,x", lambda e: e.run_args("--boundaries", "1,x"), "BoundaryError"),
+    Case("options", "--analysis-option for a control the run does not run (--controls none)",
+         lambda e: e.run_args("--analysis-option", "label_swap.resamples=500"), "OptionError"),
     Case("options", "--boundary 99 beside --boundaries (it chooses the headline among them)",
          lambda e: e.run_args("--boundaries", "1,2", "--boundary", "99"), "BoundaryError"),
     Case("workflows", "preflight --domain-text that is a directory",

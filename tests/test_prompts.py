@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from crosspatch.errors import PromptFileError
-from crosspatch.inputs.prompts import load_prompts
+from crosspatch.inputs.prompts import Prompt, load_prompts
 
 
 def _jsonl(tmp_path, lines):
@@ -163,6 +163,10 @@ def test_in_python_one_prompt_is_one_prompt_and_a_path_is_a_file(tmp_path):
     (7, "prompts must be a list"),
     ({"a": "Rain"}, "one prompt row"),
     ([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}], "unique"),
+    (["Rain in Boston", ""], "non-empty string"),  # a plain string is checked as a file's row is
+    (["  \n"], "holds only whitespace"),
+    ([Prompt("a", "")], "non-empty string"),
+    ([Prompt("", "Rain")], "id must be a non-empty string"),
 ])
 def test_in_python_no_prompt_or_a_shapeless_value_is_a_named_error(items, message):
     from crosspatch.inputs.prompts import as_prompts

@@ -209,3 +209,15 @@ def test_models_given_in_python_are_paths_or_hub_ids(base, tuned):
 
     with pytest.raises(OptionError, match="must be a model directory or a hub id"):
         load_pair(base, tuned=tuned)
+
+
+def test_load_options_given_in_python_are_never_changed_by_a_load():
+    from crosspatch.errors import OptionError
+    from crosspatch.models.options import LoadOptions
+
+    mine = LoadOptions(dtype="auto")
+    copy = LoadOptions.with_overrides(mine, residency="sequential")
+    assert copy is not mine and copy.residency == "sequential"
+    assert mine.residency is None and mine.dtype == "auto"
+    with pytest.raises(OptionError, match="LoadOptions"):
+        LoadOptions.with_overrides({"dtype": "auto"})  # type: ignore[arg-type]

@@ -109,6 +109,16 @@ def test_inputs_are_refused_before_any_model_loads(tmp_path, monkeypatch):
         run("it-lora-all", policy={"min_top1_agreement": 2})
     with pytest.raises(PromptFileError):
         run("it-lora-all", domain_text=tmp_path / "none.txt")
+    with pytest.raises(PromptFileError, match="not a regular file"):
+        run("it-lora-all", domain_text=tmp_path)
+    with pytest.raises(PromptFileError, match="path of a .jsonl or text file"):
+        run("it-lora-all", domain_text=5)
+    with pytest.raises(OptionError, match="a dict of its fields"):
+        run("it-lora-all", policy=5)
+    with pytest.raises(OptionError, match="merged must be a model directory"):
+        run("it-lora-all", merged="")
+    with pytest.raises(PromptFileError, match="holds only whitespace"):
+        run("it-lora-all", prompts=["Rain in Boston", " \n"])
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(RunDirectoryNotEmptyError):

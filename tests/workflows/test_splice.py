@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from crosspatch.errors import BoundaryError, ModelPathNotFoundError, OptionError
+from crosspatch.errors import BoundaryError, ModelPathNotFoundError, OptionError, PromptFileError
 from crosspatch.execution import load_models
 from crosspatch.execution.search import greedy_rollout
 from crosspatch.models.forward import ModelHandle
@@ -112,3 +112,12 @@ def test_splice_refuses_bad_input_before_loading(tmp_path, monkeypatch):
         splice(str(Z / "base"), tuned=str(Z / "it-full"), prompts=PROMPTS, boundaries=[6])
     with pytest.raises(BoundaryError):
         splice(str(Z / "base"), tuned=str(Z / "it-full"), prompts=PROMPTS, boundaries=[1.5])
+    # the Python API's odd values: named errors, not AttributeError/ValueError from deep inside
+    with pytest.raises(OptionError, match="the base must be a model directory"):
+        splice(None, tuned=str(Z / "it-full"), prompts=PROMPTS)  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match="LoadOptions"):
+        splice(str(Z / "base"), tuned=str(Z / "it-full"), prompts=PROMPTS, options=5)
+    with pytest.raises(OptionError, match="True or False"):
+        splice(str(Z / "base"), tuned=str(Z / "it-full"), prompts=PROMPTS, run_diagnostic="no")  # type: ignore[arg-type]
+    with pytest.raises(PromptFileError):
+        splice(str(Z / "base"), tuned=str(Z / "it-full"), prompts=["Rain in Boston", "  "])

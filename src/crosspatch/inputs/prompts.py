@@ -291,9 +291,14 @@ def as_prompts(items) -> list[Prompt]:
     out = []
     for k, item in enumerate(items):
         if isinstance(item, Prompt):
+            if not isinstance(item.id, str) or not item.id.strip():
+                raise PromptFileError(f"prompt #{k}: a Prompt's id must be a non-empty string, not {item.id!r}")
+            if not isinstance(item.prompt, str) or not item.prompt.strip():
+                raise PromptFileError(f"prompt #{k} ({item.id}): a Prompt's text must be a non-empty string, not "
+                                      f"{item.prompt!r}")
             out.append(item)
-        elif isinstance(item, str):
-            out.append(Prompt(str(k), item))
+        elif isinstance(item, str):  # checked as a row of a file is: no empty or blank prompt
+            out.append(_row_to_prompt({"id": str(k), "prompt": item}, f"prompt #{k}"))
         elif isinstance(item, dict):
             out.append(_with_image_path(_row_to_prompt(item, f"prompt #{k}"), Path.cwd(), f"prompt #{k}"))
         else:

@@ -30,10 +30,18 @@ class LoadOptions:
 
     @classmethod
     def with_overrides(cls, options: "LoadOptions | None" = None, **overrides) -> "LoadOptions":
-        """``options`` (a fresh default when None) with ``overrides`` set, in place, as the Python
-        API's ``**load_overrides`` give them (``dtype="bf16"``, ``residency="sequential"``); an
-        unknown name is a ``TypeError``. Not validated: call :func:`validate_load_options`."""
-        options = options or cls()
+        """A copy of ``options`` (a fresh default when None; the caller's object is never changed,
+        not by these overrides nor by the resolving and the choices a load makes on it) with
+        ``overrides`` set, as the Python API's ``**load_overrides`` give them (``dtype="bf16"``,
+        ``residency="sequential"``); an unknown name is a ``TypeError``, ``options`` that is no
+        LoadOptions an ``OptionError``. Not validated: call :func:`validate_load_options`."""
+        from dataclasses import replace
+
+        if options is not None and not isinstance(options, cls):
+            from ..errors import OptionError
+
+            raise OptionError(f"options must be a LoadOptions (or None), not {type(options).__name__}")
+        options = replace(options) if options is not None else cls()
         for key, value in overrides.items():
             if key not in cls.__dataclass_fields__:
                 raise TypeError(f"unknown load option {key!r}")

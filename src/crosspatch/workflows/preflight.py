@@ -63,6 +63,7 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     (``merge_and_unload`` on a copy) and round the merged weights to that dtype, to see what such
     a merge would compute before writing one (holds a second copy of the model)."""
     from ..execution import load_models
+    from ..execution.roles import model_path_arg
     from ..models.adapters import check_adapter_files
     from ..models.loading import LoadOptions, validate_load_options
     from ..models.paths import check_model_path
@@ -72,6 +73,9 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     validate_load_options(options)
     if adapter is None and merged is None:
         raise OptionError("preflight needs --adapter and/or --merged (a descendant to check against --base)")
+    base = model_path_arg(base, "the base")
+    adapter = model_path_arg(adapter, "adapter") if adapter is not None else None
+    merged = model_path_arg(merged, "merged") if merged is not None else None
     if merge_in_memory is not None:
         from ..models.loading import DTYPE_ALIASES, DTYPES
 

@@ -18,6 +18,8 @@ def read_domain_text(path: str | Path) -> list[str]:
     (documents separated by blank lines). Empty or unreadable input is a :class:`PromptFileError`."""
     import json
 
+    if not isinstance(path, (str, Path)) or not str(path).strip():
+        raise PromptFileError(f"--domain-text must be the path of a .jsonl or text file, not {path!r}")
     path = Path(path)
     if not path.exists():
         raise PromptFileError(f"--domain-text {path}: no such file")

@@ -52,6 +52,8 @@ class PreflightPolicy:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> PreflightPolicy:
+        if values is not None and not isinstance(values, dict):
+            raise OptionError(f"a preflight policy is a PreflightPolicy or a dict of its fields, not {values!r}")
         values = dict(values or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)

@@ -176,6 +176,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     checked before any model loads; ``out`` (new, or this splice's own directory: read back)
     receives ``splice.json``, ``splice.md``, ``splice.html`` and the diagnostic's run directory."""
     from ..execution import load_models
+    from ..execution.roles import model_path_arg
     from ..inputs.prompts import as_prompts, load_prompts
     from ..models.adapters import check_adapter_files
     from ..models.loading import LoadOptions, validate_load_options
@@ -185,6 +186,11 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     options = LoadOptions.with_overrides(options, **load_overrides)
     if (tuned is None) == (adapter is None):
         raise OptionError("splice needs exactly one descendant: --tuned (a checkpoint) or --adapter (a PEFT adapter)")
+    base = model_path_arg(base, "the base")
+    tuned = model_path_arg(tuned, "tuned") if tuned is not None else None
+    adapter = model_path_arg(adapter, "adapter") if adapter is not None else None
+    if not isinstance(run_diagnostic, bool):
+        raise OptionError(f"run_diagnostic must be True or False, not {run_diagnostic!r}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise OptionError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
     if prompts is None:
