@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from crosspatch.errors import CheckpointDiscoveryError, ModelLoadError, ModelPathNotFoundError, OptionError
+from crosspatch.errors import BoundaryError, CheckpointDiscoveryError, ModelLoadError, ModelPathNotFoundError, OptionError
 from crosspatch.workflows.callback import CrosspatchCallback
 from crosspatch.zoo import zoo_path
 
@@ -110,6 +110,10 @@ def test_callback_options_are_checked_when_made():
     with pytest.raises(OptionError, match="base= must be"):
         CrosspatchCallback(PROMPTS, base=42)
     assert CrosspatchCallback(PROMPTS, base=str(Z / "base")).base == str(Z / "base")
+    for odd in ({"boundary": 0}, {"on_save": "no"}, {"stop_on_fail": "yes"}, {"verbose": "x"}, {"seed": -1},
+                {"out": 5}, {"prefix": 5}, {"tokenizer": 5}):
+        with pytest.raises((OptionError, BoundaryError)):  # each would fail or mislead only during training
+            CrosspatchCallback(PROMPTS, **odd)
 
 
 def test_a_failing_policy_stops_training_and_marks_the_checkpoint(tmp_path):

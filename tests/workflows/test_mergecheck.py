@@ -93,3 +93,19 @@ def test_configurations_it_cannot_evaluate_are_named(tmp_path, text, message):
     with pytest.raises(UnsupportedMergeConfigError, match=message):
         merge_check(_config(tmp_path, text), PROMPTS, out=tmp_path / "mc")
     assert not (tmp_path / "mc").exists()
+
+
+def test_odd_python_arguments_are_named_before_any_work(tmp_path):
+    from crosspatch.errors import OptionError
+    from crosspatch.models.options import LoadOptions
+
+    config = _config(tmp_path, PASSTHROUGH)
+    for odd in ({"config_path": None}, {"config_path": 5}, {"base": 5}, {"max_new_tokens": 0}, {"options": 5},
+                {"progress": 5}):
+        with pytest.raises(OptionError):
+            merge_check(**{"config_path": config, "prompts": PROMPTS, "out": tmp_path / "mc", **odd})
+    assert not (tmp_path / "mc").exists()
+    mine = LoadOptions()
+    with pytest.raises(OptionError):
+        merge_check(config, PROMPTS, options=mine, max_new_tokens=0)
+    assert mine == LoadOptions()  # not resolved in place

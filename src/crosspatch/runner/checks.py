@@ -73,7 +73,9 @@ def check_bootstrap(value) -> int:
 
 
 def check_boundary_spec(value) -> None:
-    """A boundary is an int layer index >= 0 or a depth fraction strictly inside (0, 1)."""
+    """A boundary is an int layer index >= 1 (at 0 the upstream state would be the embeddings
+    alone, on any model) or a depth fraction strictly inside (0, 1); the model's depth bounds it
+    further when it is read."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BoundaryError(f"boundary must be an int layer or a fraction of depth, not {value!r}")
     if isinstance(value, float):
@@ -81,8 +83,9 @@ def check_boundary_spec(value) -> None:
             raise BoundaryError(
                 f"fractional boundary {value} must be strictly between 0 and 1 (write an integer such as "
                 f"{int(value) if math.isfinite(value) and value >= 1 else 1} for a layer index)")
-    elif value < 0:
-        raise BoundaryError(f"boundary layer {value} must be >= 0")
+    elif value < 1:
+        raise BoundaryError(f"boundary layer {value} leaves no early layers (at 0 the upstream state would be the "
+                            "embeddings alone): a boundary layer is 1..L-1")
 
 
 def parse_shard(shard: str) -> tuple[int, int]:

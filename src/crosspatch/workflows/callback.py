@@ -56,6 +56,17 @@ class CrosspatchCallback(TrainerCallback):
         check_boundary_spec(boundary)
         check_bootstrap(bootstrap)
         _check_base(base)
+        for name, value in (("on_save", on_save), ("stop_on_fail", stop_on_fail), ("verbose", verbose)):
+            if not isinstance(value, bool):  # (the string "no" would switch it on)
+                raise OptionError(f"{name} must be True or False, not {value!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise OptionError(f"seed must be an integer >= 0, not {seed!r}")
+        if out is not None and (not isinstance(out, (str, Path)) or not str(out).strip()):
+            raise OptionError(f"out must be a directory path or None, not {out!r}")
+        if not isinstance(prefix, str):
+            raise OptionError(f"prefix must be a string (the logged metrics' prefix), not {prefix!r}")
+        if tokenizer is not None and not callable(tokenizer):
+            raise OptionError(f"tokenizer must be the model's tokenizer (or None: the trainer's), not {tokenizer!r}")
         try:
             self.policy = VerdictPolicy.from_dict(policy or {})
         except ValueError as exc:

@@ -127,14 +127,21 @@ def merge_check(config_path: str | Path, prompts, base: str | None = None, out: 
                 max_new_tokens: int = 32, options=None, progress=None) -> dict:
     """Evaluate a mergekit configuration (see the module docstring); returns the document
     written as ``merge-check.json`` (with ``.md``/``.html``) into ``out``."""
+    from ..execution.roles import model_path_arg
     from ..models.loading import LoadOptions, validate_load_options
     from ..models.paths import check_model_path
-    from .output import fingerprint_of, finished_document
+    from .output import fingerprint_of, finished_document, progress_function
 
-    options = options or LoadOptions()
+    options = LoadOptions.with_overrides(options)  # a copy: the caller's object is never changed
     validate_load_options(options)
+    if not isinstance(config_path, (str, Path)) or not str(config_path).strip():
+        raise OptionError(f"the mergekit configuration must be a file path, not {config_path!r}")
+    if base is not None:
+        base = model_path_arg(base, "--base")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise OptionError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
     config = read_merge_config(config_path)
-    say = progress or (lambda message: None)
+    say = progress_function(progress)
     method = config.merge_method
     if prompts is None:
         raise OptionError("merge-check needs --prompts")

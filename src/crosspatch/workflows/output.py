@@ -64,6 +64,16 @@ def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run
     return None
 
 
+def progress_function(progress):
+    """A workflow's ``progress``: None (silent) or a function of one message; anything else is an
+    :class:`OptionError` before any work (not a TypeError at the first stage, after loading)."""
+    from ..errors import OptionError
+
+    if progress is not None and not callable(progress):
+        raise OptionError(f"progress must be a function of one message, or None, not {progress!r}")
+    return progress or (lambda message: None)
+
+
 def stages(total: int, say):
     """Progress of a workflow as numbered stages with their total and the time left
     (``[3/7] generating: base (0:12 elapsed, about 0:16 left)``): a function of the message."""

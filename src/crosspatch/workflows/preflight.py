@@ -67,10 +67,12 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     from ..models.adapters import check_adapter_files
     from ..models.loading import LoadOptions, validate_load_options
     from ..models.paths import check_model_path
+    from .output import progress_function
 
     policy = policy if isinstance(policy, PreflightPolicy) else PreflightPolicy.from_dict(policy)
     options = LoadOptions.with_overrides(options, **load_overrides)
     validate_load_options(options)
+    progress = progress_function(progress)
     if adapter is None and merged is None:
         raise OptionError("preflight needs --adapter and/or --merged (a descendant to check against --base)")
     base = model_path_arg(base, "the base")

@@ -181,9 +181,10 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     from ..models.adapters import check_adapter_files
     from ..models.loading import LoadOptions, validate_load_options
     from ..models.paths import check_model_path
-    from .output import fingerprint_of, finished_document
+    from .output import fingerprint_of, finished_document, progress_function
 
     options = LoadOptions.with_overrides(options, **load_overrides)
+    progress = progress_function(progress)
     if (tuned is None) == (adapter is None):
         raise OptionError("splice needs exactly one descendant: --tuned (a checkpoint) or --adapter (a PEFT adapter)")
     base = model_path_arg(base, "the base")
@@ -228,7 +229,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
 
     from .output import stages
 
-    (progress or (lambda message: None))("loading models")
+    progress("loading models")
     models = load_models(str(base), tuned={"tuned": str(tuned)} if tuned else None,
                          adapters={"tuned": str(adapter)} if adapter else None, options=options)
     layers = models.num_layers
