@@ -135,3 +135,14 @@ def test_a_failing_policy_stops_training_and_marks_the_checkpoint(tmp_path):
     assert mark["passed"] is False and mark["verdict"] != "no-late-effect"
     assert control.should_training_stop and peft_model.training  # training mode restored
     assert state.log_history[-1]["step"] == 7 and "crosspatch/interaction" in state.log_history[-1]
+
+
+def test_an_out_holding_another_trainings_later_steps_is_refused_when_training_begins(tmp_path):
+    from types import SimpleNamespace
+
+    (tmp_path / "diag" / "step-12").mkdir(parents=True)
+    callback = CrosspatchCallback(PROMPTS, out=tmp_path / "diag", tokenizer=lambda text: text, verbose=False)
+    with pytest.raises(OptionError, match="step-12, another training's"):  # a fresh training would meet it at step 12
+        callback.on_train_begin(None, SimpleNamespace(global_step=0), None)
+    for resumed_at in (12, 24):  # a training resumed from a checkpoint adds later steps to its own diagnostics
+        callback.on_train_begin(None, SimpleNamespace(global_step=resumed_at), None)

@@ -105,6 +105,7 @@ class CrosspatchCallback(TrainerCallback):
         if model is not None and not _is_peft(model) and self.base is None:
             raise OptionError("CrosspatchCallback on a full fine-tune needs base= (the base checkpoint's path or "
                               "module); for a PEFT model the base is the adapter switched off")
+        self._check_out_is_this_training(int(getattr(state, "global_step", 0) or 0))
         extra = f" (first {len(self.prompts)} of {len(self.prompts) + self.skipped_prompts} prompts)" \
             if self.skipped_prompts else ""
         when = ", ".join(([f"every {self.every_n_steps} steps"] if self.every_n_steps else [])
@@ -112,6 +113,20 @@ class CrosspatchCallback(TrainerCallback):
         self._say(f"diagnostic {when} on {len(self.prompts)} prompts{extra}, {self.max_new_tokens} new tokens, "
                   f"boundary {self.boundary}")
         return control
+
+    def _check_out_is_this_training(self, start_step: int) -> None:
+        """``out`` may hold this training's earlier diagnostics (a training resumed from a
+        checkpoint adds later steps); diagnostics of steps beyond where this training starts are
+        another training's: refused now, not at the first diagnostic that meets one (its run
+        directory would hold other weights), hours into training."""
+        if self.out is None or not Path(self.out).is_dir():
+            return
+        later = sorted(int(p.name[5:]) for p in Path(self.out).glob("step-*")
+                       if p.is_dir() and p.name[5:].isdigit() and int(p.name[5:]) > start_step)
+        if later:
+            shown = ", ".join(f"step-{k}" for k in later[:5]) + (", ..." if len(later) > 5 else "")
+            raise OptionError(f"CrosspatchCallback out={self.out} holds diagnostics of steps after this training's "
+                              f"start (step {start_step}): {shown}, another training's; give a new out directory")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every_n_steps and state.global_step % self.every_n_steps == 0:
