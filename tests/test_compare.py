@@ -6,6 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from crosspatch.errors import OptionError
 from crosspatch.execution import load_models, models_from_modules
 from crosspatch.runner.compare import compare, parse_cross, pool_runs
 from crosspatch.runner.lineage import lineage
@@ -204,6 +205,21 @@ def test_pooling_runs_weights_families_equally(compared):
     _, out = compared
     pooled = pool_runs({"late": out / "late", "early": out / "early"}, bootstrap=200)
     assert pooled["n_pairs"] == 2
+
+
+def test_pooling_families_in_directories_of_one_name_keeps_both(compared, tmp_path):
+    import shutil
+
+    _, out = compared
+    for family in ("late", "early"):  # fam-late/run and fam-early/run: named by path, neither dropped
+        shutil.copytree(out / family, tmp_path / f"fam-{family}" / "run")
+    pooled = pool_runs([tmp_path / "fam-late" / "run", tmp_path / "fam-early" / "run"], bootstrap=200)
+    assert pooled["n_pairs"] == 2 and len(pooled["families"]) == 2
+    for odd in (None, str(out / "late"), [out / "late"], {"": out / "late", "b": out / "early"}):
+        with pytest.raises(OptionError):
+            pool_runs(odd, bootstrap=200)  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match="readout"):
+        pool_runs([out / "late", out / "early"], readout="common-it")
 
 
 @pytest.mark.slow

@@ -38,6 +38,10 @@ def test_merge_refuses_incomplete_or_foreign_shards(tmp_path):
         merge_runs([tmp_path / "s0"], tmp_path / "m")
     with pytest.raises(RunDirectoryError, match="not shards of one run"):
         merge_runs([tmp_path / "s0", tmp_path / "other"], tmp_path / "m")
+    with pytest.raises(RunDirectoryError, match="a list of the shards"):
+        merge_runs(str(tmp_path / "s0"), tmp_path / "m")  # type: ignore[arg-type] - (one string, not its letters)
+    with pytest.raises(RunDirectoryError, match="a new directory"):
+        merge_runs([tmp_path / "s0", tmp_path / "s1"], None)  # type: ignore[arg-type]
 
 
 def test_bad_shard_spec_is_refused():

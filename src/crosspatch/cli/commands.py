@@ -102,18 +102,10 @@ def pool_cmd(
     import json
 
     from ..report.markdown import fmt_effect
-    from ..runner.checks import check_bootstrap, check_given_once
     from ..runner.compare import pool_runs
 
     try:
-        if len(run_dirs) < 2:
-            raise OptionError("give at least two run directories (one per family) to pool")
-        check_bootstrap(bootstrap)
-        check_given_once(run_dirs, "run directory", "each family must count once")
-        names = [p.name for p in run_dirs]
-        if len(set(names)) != len(names):
-            names = [str(p) for p in run_dirs]
-        pooled = pool_runs(dict(zip(names, run_dirs)), bootstrap=bootstrap, seed=seed)
+        pooled = pool_runs(list(run_dirs), bootstrap=bootstrap, seed=seed)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     if as_json:

@@ -234,11 +234,30 @@ def render_compare_html(summary: dict) -> str:
 def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str = "common_it",
               bootstrap: int = 2000, seed: int = 0) -> dict:
     """Family-balanced pooling of finished runs (one per base/descendant family): the mean of
-    per-family means, prompts resampled within each family; at each run's headline boundary."""
+    per-family means, prompts resampled within each family; at each run's headline boundary.
+    ``run_dirs``: at least two, as ``{family name: directory}`` or a list (each family named after
+    its directory, or its path where two directories share a name); each directory once."""
+    from ..core.cells import READOUTS
     from ..store import RunStore
+    from .checks import _int, check_bootstrap, check_given_once
 
-    if not isinstance(run_dirs, dict):
-        run_dirs = {Path(d).name: d for d in run_dirs}
+    if isinstance(run_dirs, dict):
+        if any(not isinstance(name, str) or not name.strip() for name in run_dirs):
+            raise OptionError(f"family names must be non-empty strings, not {list(run_dirs)!r}")
+    elif isinstance(run_dirs, (list, tuple)):
+        names = [Path(d).name if isinstance(d, (str, Path)) else d for d in run_dirs]
+        if len(set(map(str, names))) != len(names):  # two families in directories of one name: named by path
+            names = [str(d) for d in run_dirs]
+        run_dirs = dict(zip(map(str, names), run_dirs))
+    else:
+        raise OptionError(f"run_dirs must be a list of run directories or a {{family: directory}} dict, not {run_dirs!r}")
+    if len(run_dirs) < 2:
+        raise OptionError("give at least two run directories (one per family) to pool")
+    check_given_once([str(d) for d in run_dirs.values()], "run directory", "each family must count once")
+    if readout not in READOUTS:
+        raise OptionError(f"readout must be one of {', '.join(READOUTS)}, not {readout!r}")
+    check_bootstrap(bootstrap)
+    _int("seed", seed, 0)
     groups, seen, pairs = {}, {}, {}
     for name, d in run_dirs.items():
         store = RunStore(d)

@@ -29,8 +29,12 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override
     empty directory; ``overwrite`` replaces a crosspatch run there): events and no-divergence
     outcomes concatenated, statistics and report computed on the union. Every shard must be
     finished and complete (every prompt accounted for)."""
+    if isinstance(shard_dirs, (str, Path)) or not isinstance(shard_dirs, (list, tuple)):
+        raise RunDirectoryError(f"shard_dirs must be a list of the shards' run directories, not {shard_dirs!r}")
     if not shard_dirs:
         raise RunDirectoryError("give the run directories of the shards to merge")
+    if not isinstance(out, (str, Path)) or not str(out).strip():
+        raise RunDirectoryError(f"out must be the path of a new directory for the merged run, not {out!r}")
     out_path = Path(out).resolve()
     if any(Path(d).resolve() == out_path for d in shard_dirs):
         raise RunDirectoryError(f"--out {out} is one of the shards; merge into a new directory")
