@@ -102,6 +102,16 @@ def test_run_leaves_the_callers_config_as_it_was_and_names_a_wrong_model_argumen
     for entry in (run, compare, lineage):
         with pytest.raises(OptionError, match=f"{entry.__name__} needs the models as a ModelSet.*not str"):
             entry("base-dir", many_prompts(3), config, progress=False)  # a path where load_pair's models go
+    pair = make_pair("llama")
+    for entry in (run, compare, lineage):  # odd Python values: named, not TypeError/AttributeError from inside
+        with pytest.raises(OptionError, match="config must be a RunConfig"):
+            entry(pair, many_prompts(3), {"bootstrap": 0}, progress=False)
+        with pytest.raises(OptionError, match="resume must be True or False"):
+            entry(pair, many_prompts(3), config, resume="no", progress=False)
+    with pytest.raises(OptionError, match="analyses must be a list"):
+        run(pair, many_prompts(3), config, analyses=[5], progress=False)
+    with pytest.raises(OptionError, match="--cross takes"):
+        compare(pair, many_prompts(3), config, cross=5, progress=False)  # type: ignore[arg-type]
 
 
 def test_models_in_memory_are_checked_before_they_are_used():

@@ -31,6 +31,7 @@ from ..errors import OptionError
 from ..execution import Executor, Late, ModelSet, Program
 from ..store import checked, mark_collection
 from .checks import check_model_set, check_out_dir
+from .config import check_switches
 from .pipeline import RunConfig, RunResult, run
 
 COMPARE_SCHEMA = "crosspatch.compare/1"
@@ -79,6 +80,8 @@ def parse_cross(spec: str | None, descendants: tuple[str, ...]) -> dict[str, lis
     :class:`OptionError` (checked before any model loads, from the role names alone)."""
     if not spec:
         return {}
+    if not isinstance(spec, str):
+        raise OptionError(f"--cross takes 'all' or UPSTREAM:LATE pairs (a string), not {spec!r}")
     if spec.strip() == "all":
         return {d: [x for x in descendants if x != d] for d in descendants}
     out: dict[str, list[str]] = {}
@@ -118,7 +121,8 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     from .pipeline import resolve_boundaries
 
     check_model_set(models, "compare")
-    config = replace(config or RunConfig(), **overrides)
+    config = RunConfig.with_overrides(config, **overrides)
+    check_switches(resume=resume, progress=progress, overwrite=overwrite)
     plan = parse_cross(cross, models.descendants)
     b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers, config.boundary)
     runs: dict[str, RunResult] = {}

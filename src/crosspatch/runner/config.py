@@ -188,6 +188,31 @@ class RunConfig:
         "label_swap.level=0.05).", factory=dict, cli_type=Optional[list[str]], flag="--analysis-option",
         metavar="NAME.OPTION=VALUE", parse=parse_analysis_options)
 
+    @classmethod
+    def with_overrides(cls, config: "RunConfig | None" = None, **overrides) -> "RunConfig":
+        """A copy of ``config`` (a default when None; the caller's object is never changed) with
+        ``overrides`` set, as ``run``/``compare``/``lineage`` take them as keyword arguments; an
+        unknown name is a ``TypeError``, a ``config`` that is no RunConfig an ``OptionError``."""
+        from dataclasses import replace
+
+        if config is not None and not isinstance(config, cls):
+            raise OptionError(f"config must be a RunConfig (or None; options may also be given as keyword "
+                              f"arguments), not {type(config).__name__}")
+        config = replace(config) if config is not None else cls()
+        for key, value in overrides.items():
+            if key not in cls.__dataclass_fields__:
+                raise TypeError(f"unknown run option {key!r}")
+            setattr(config, key, value)
+        return config
+
+
+def check_switches(**switches) -> None:
+    """Python switches (``resume=``, ``progress=``, ...) are booleans: a string such as "no" would
+    switch them on."""
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            raise OptionError(f"{name} must be True or False, not {value!r}")
+
 
 def normalise_run_config(config: RunConfig) -> RunConfig:
     """``config`` as a run records it, in place: word lists as the sorted words themselves (not a

@@ -19,6 +19,7 @@ from ..execution import Executor, ModelSet, Program
 from ..models.vocab import masked_argmax
 from ..store import checked, mark_collection
 from .checks import check_model_set, check_out_dir
+from .config import check_switches
 from .pipeline import RunConfig, RunResult, run
 
 LINEAGE_SCHEMA = "crosspatch.lineage/1"
@@ -79,7 +80,8 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     check_model_set(models, "lineage")
     if len(models.descendants) < 1:
         raise OptionError("a lineage needs at least one stage")
-    config = replace(config or RunConfig(), **overrides)
+    config = RunConfig.with_overrides(config, **overrides)
+    check_switches(resume=resume, progress=progress, overwrite=overwrite)
     final = models.descendants[-1]
     b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers, config.boundary)
     cfg = replace(config, tuned=final, title=config.title or f"crosspatch lineage: base -> {final}")

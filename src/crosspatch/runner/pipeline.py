@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from .checks import (
     check_prompt_token_ids,
     validate_run_options,
 )
-from .config import RunConfig, normalise_run_config, resolve_boundaries  # noqa: F401
+from .config import RunConfig, check_switches, normalise_run_config, resolve_boundaries  # noqa: F401
 from .prepare import build_config_record, prompt_token_ids, with_nulls
 
 # the run's pieces, each in its own module, importable from here as before (and RunConfig above)
@@ -207,11 +207,12 @@ def run(
     holds this run; ``overwrite=True`` replaces the crosspatch run in ``out`` (never other files).
     ``config`` is not changed: ``overrides`` and named ``analyses`` apply to this run's copy."""
     check_model_set(pair, "run")
-    config = replace(config) if config is not None else RunConfig()
-    for key, value in overrides.items():
-        if not hasattr(config, key):
-            raise TypeError(f"unknown run option {key!r}")
-        setattr(config, key, value)
+    config = RunConfig.with_overrides(config, **overrides)
+    check_switches(resume=resume, progress=progress, overwrite=overwrite)
+    if isinstance(analyses, (str, bytes)) or not isinstance(analyses, (list, tuple)) or \
+            any(not isinstance(a, str) and not (hasattr(a, "name") and callable(getattr(a, "program", None)))
+                for a in analyses):  # (an Analysis, or an object of its shape)
+        raise OptionError(f"analyses must be a list of registered analysis names or Analysis objects, not {analyses!r}")
     named = [a for a in analyses if isinstance(a, str)]  # registered analyses given by name
     if named:
         config.analyses = list(dict.fromkeys([*config.analyses, *named]))
