@@ -179,9 +179,13 @@ def test_preflight_into_a_run_directory_adds_a_section_to_its_reports(tmp_path):
 
     pair = crosspatch.load_pair(str(Z / "base"), adapter=str(Z / "it-lora-all"))
     crosspatch.run(pair, PROMPTS[:4], max_new_tokens=8, bootstrap=200, out=tmp_path / "run")
+    shutil.copytree(tmp_path / "run", tmp_path / "same-run")
     result = run("it-lora-all", prompts=PROMPTS[:3], max_new_tokens=6, out=tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["preflight"]["passed"] is result.passed is True
     assert [c["name"] for c in summary["preflight"]["checks"]] == list(result.checks)
     assert "## Preflight" in (tmp_path / "run" / "report.md").read_text()
     assert "Preflight" in (tmp_path / "run" / "report.html").read_text()
+    with pytest.raises(RunSettingsMismatchError, match="that run's own models"):  # another pair's checks: refused
+        run("it-lora-late", prompts=PROMPTS[:3], max_new_tokens=6, out=tmp_path / "same-run")
+    assert "preflight" not in json.loads((tmp_path / "same-run" / "summary.json").read_text())

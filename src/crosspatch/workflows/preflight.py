@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ..core.registry import Section, Table
-from ..errors import OptionError, PromptFileError
+from ..errors import OptionError, PromptFileError, RunSettingsMismatchError
 from .preflight_checks import _changes_check, _domain_check, _first_divergences, _health_check, _merge_check, _precision
 from .preflight_measures import Agreement, _chunks, _logits, _prompt_texts, adapter_weight_report, read_domain_text
 from .preflight_policy import KIND, SCHEMA, Check, PreflightPolicy, PreflightResult
@@ -48,6 +48,29 @@ def preflight_inputs(base: str, adapter: str | None, merged: str | None, prompts
             "prompts": str(prompts) if isinstance(prompts, (str, Path)) else (None if prompts is None else "given"),
             "domain_text": str(domain_text) if domain_text else None, "max_new_tokens": max_new_tokens,
             "policy": dataclasses.asdict(policy), "dtype": options.dtype}
+
+
+def check_run_dir_models(out: str | Path | None, base: str, descendants: list[str]) -> None:
+    """A preflight written into a crosspatch run directory becomes a section of that run's
+    reports: it must check the run's own models (its base, and one of its descendants), or the
+    run's report would carry another pair's checks. Runs of models given in memory record no
+    paths; nothing can be compared there."""
+    from ..runner.checks import path_key
+    from ..store import RunStore
+
+    if out is None or not Path(out).is_dir() or not RunStore(out).is_run():
+        return
+    store = RunStore(out)
+    spec = store.config().get("load_spec")
+    if not isinstance(spec, dict) or not spec.get("base"):
+        return
+    run_descendants = [*(spec.get("tuned") or {}).values(), *(spec.get("adapters") or {}).values()]
+    if path_key(base) != path_key(spec["base"]) or \
+            not {path_key(d) for d in descendants} & {path_key(d) for d in run_descendants}:
+        raise RunSettingsMismatchError(
+            f"{out} holds a run of {spec['base']} vs {', '.join(map(str, run_descendants))}: a preflight of "
+            f"{', '.join(descendants)} on {base} would be a section of that run's reports; preflight that run's "
+            "own models there, or choose another --out")
 
 
 def preflight(base: str, adapter: str | None = None, merged: str | None = None, prompts=None,
@@ -104,6 +127,7 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     stored = finished_document(out, KIND, inputs, allow_run_dir=True)
     if stored is not None and out is not None:
         return PreflightResult(stored, Path(out))
+    check_run_dir_models(out, base, [p for p in (adapter, merged) if p is not None])
 
     from .output import stages
 
