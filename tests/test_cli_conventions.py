@@ -310,6 +310,9 @@ def test_env_says_what_crosspatch_runs_on_and_which_residency_a_run_would_choose
     assert facts["residency"]["choice"] == "adapter" and facts["residency"]["reason"]
     lonely = CliRunner().invoke(app, ["env", "--base", str(zoo_path() / "base")])
     assert lonely.exit_code == 2 and "OptionError" in lonely.output
+    for wrong in (["--adapter", str(zoo_path() / "it-full")], ["--tuned", str(zoo_path() / "no-such-dir")]):
+        res = CliRunner().invoke(app, ["env", "--base", str(zoo_path() / "base"), *wrong])  # as a run would refuse
+        assert res.exit_code == 2 and ("ModelLoadError" in res.output or "ModelPathNotFoundError" in res.output)
 
 
 def test_descendants_can_be_named_on_the_command_line():

@@ -196,6 +196,12 @@ def env_cmd(
 
             if not tuned and not adapter:
                 raise OptionError("with --base give --tuned and/or --adapter: the residency depends on the descendants")
+            from ..models.paths import check_model_path, looks_local
+
+            for path, role, is_adapter in ([(base, "base", False)] + [(p, "tuned", False) for p in tuned or []]
+                                           + [(p, "tuned", True) for p in adapter or []]):
+                if looks_local(str(path)):  # as a run would refuse them (hub ids are not looked up here)
+                    check_model_path(str(path), role, adapter=is_adapter)
             residency, reason = choose_residency(base, list(tuned or []), list(adapter or []), options)
             facts["residency"] = {"choice": residency, "reason": reason}
     except CrosspatchError as exc:
