@@ -126,6 +126,32 @@ def test_a_run_directory_refuses_other_settings(tmp_path):
     assert all(json.loads(line)["boundary"] == 1 for line in (tmp_path / "r" / "events.jsonl").read_text().splitlines())
 
 
+def test_overwrite_removes_what_later_commands_added_and_nothing_it_did_not_write(tmp_path):
+    """A preflight or a feature study added to a run is read back into its summary and reports: an
+    overwritten run must not show the old run's (a preflight of another pair passed, say)."""
+    from crosspatch.store import RunStore
+
+    pair = make_pair("llama", scale=0.2)
+    run(pair, many_prompts(3), boundary=2, max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "r")
+    added = ["preflight.json", "preflight.md", "preflight.html", "consequence_partial.json", "features/mediate.json",
+             "features/crosscoder/config.json", "features/activations_heldout/x.safetensors"]
+    for name in added:
+        (tmp_path / "r" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "r" / name).write_text("{}")
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    (tmp_path / "r" / "features" / "mine.txt").write_text("mine too")
+    RunStore(tmp_path / "r").clear()
+    left = sorted(str(p.relative_to(tmp_path / "r")) for p in (tmp_path / "r").rglob("*"))
+    assert left == ["features", "features/mine.txt", "notes.txt"]
+    run(pair, many_prompts(3), boundary=2, max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "s")
+    (tmp_path / "s" / "features").mkdir()
+    for name in ("preflight.json", "features/mediate.json"):  # what a preflight and a feature study left there
+        (tmp_path / "s" / name).write_text("{}")
+    fresh = run(pair, many_prompts(3), boundary=1, max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "s",
+                overwrite=True)
+    assert "preflight" not in fresh.summary and not (tmp_path / "s" / "features").exists()
+
+
 @pytest.mark.slow
 def test_disk_full_while_writing_is_named_and_the_run_stays_resumable(tmp_path, monkeypatch):
     import errno

@@ -232,12 +232,12 @@ def resolve_boundaries(config: RunConfig, num_layers: int) -> list[int]:
     too where ``boundaries`` overrides it, since it chooses the headline among them."""
     from ..core.cells import resolve_boundary
 
-    if config.boundaries in ("all", ["all"]):
-        if num_layers < 2:
-            raise BoundaryError(f"boundaries 'all' (1..L-1) leave no boundary on a model of {num_layers} layer: "
-                                "a boundary needs a layer on each side, so at least 2 layers")
+    every = config.boundaries in ("all", ["all"])
+    if every and num_layers < 2:
+        raise BoundaryError(f"boundaries 'all' (1..L-1) leave no boundary on a model of {num_layers} layer: "
+                            "a boundary needs a layer on each side, so at least 2 layers")
     headline = resolve_boundary(config.boundary, num_layers)  # beside --boundaries it chooses the headline
-    if config.boundaries in ("all", ["all"]):
+    if every:
         return list(range(1, num_layers))
     if not config.boundaries:
         return [headline]

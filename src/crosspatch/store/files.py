@@ -86,6 +86,11 @@ def collection_kind(path: str | Path) -> str | None:
         return None
     return kind if isinstance(kind, str) else None
 _OUTPUTS = ("config.json", "summary.json", "events.parquet", "report.md", "report.html", "sweep.png", "sweep.svg")
+# what later commands add to a finished run directory, read back into its summary and reports:
+# preflight --out RUN_DIR, consequence --allow-partial, and features train|mediate (under features/)
+_ADDED_OUTPUTS = ("preflight.json", "preflight.md", "preflight.html", "consequence_partial.json")
+_FEATURES_DIR, _FEATURES_OUTPUTS = "features", ("activations", "activations_heldout", "crosscoder", "mediate.json",
+                                                "train.json", "features.json")
 
 
 def _guard_write(path: Path):

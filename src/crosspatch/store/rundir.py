@@ -32,6 +32,9 @@ from ..errors import (
     RunSettingsMismatchError,
 )
 from .files import (
+    _ADDED_OUTPUTS,
+    _FEATURES_DIR,
+    _FEATURES_OUTPUTS,
     _OUTPUTS,
     CONFIG_SCHEMA,
     EVENTS_FILE,
@@ -115,14 +118,27 @@ class RunStore:
             return {}
 
     def clear(self) -> None:
-        """Remove the files of the run held here (``--overwrite``); files crosspatch did not
-        write are never touched."""
+        """Remove the files of the run held here (``--overwrite``), with what later commands added
+        to it (a preflight, a feature study: they would be read back into the next run's summary
+        and reports as if they were about it); files crosspatch did not write are never touched."""
+        import shutil
+
         if not self.is_run():
             raise RunDirectoryNotEmptyError(f"{self.path} is not a crosspatch run directory; not clearing it")
-        names = set(_OUTPUTS) | {p.name for p in self.path.glob("*.jsonl")} | {p.name for p in self.path.glob("*.tmp")}
+        names = set(_OUTPUTS) | set(_ADDED_OUTPUTS) | {p.name for p in self.path.glob("*.jsonl")} | \
+            {p.name for p in self.path.glob("*.tmp")}
+        features = self.path / _FEATURES_DIR
         with _guard_write(self.path):
             for name in names:
                 (self.path / name).unlink(missing_ok=True)
+            for name in _FEATURES_OUTPUTS if features.is_dir() else ():
+                target = features / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink(missing_ok=True)
+            if features.is_dir() and not any(features.iterdir()):
+                features.rmdir()
             (self.path / MARKER).unlink(missing_ok=True)
 
     def prepare(self, fingerprint: str | None, overwrite: bool = False) -> None:
