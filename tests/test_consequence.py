@@ -161,6 +161,13 @@ def test_consequence_command_on_a_finished_run(tmp_path):
         res = CliRunner().invoke(app, ["consequence", str(tmp_path / "r"), *extra])
         assert res.exit_code == 2 and "error RunSettingsMismatchError" in res.output and what in res.output, res.output
     assert (tmp_path / "r" / "consequence.jsonl").read_text().splitlines() == lines
+    from crosspatch.errors import OptionError
+    from crosspatch.runner.on_finished import consequence_for_run
+
+    for odd in ({"budget": 2.5}, {"budget": 0}, {"with_pt": "no"}, {"allow_partial": "yes"}, {"progress": 5}):
+        with pytest.raises(OptionError):  # in Python as on the command line
+            consequence_for_run(tmp_path / "r", str(prompts), **odd)
+    assert (tmp_path / "r" / "consequence.jsonl").read_text().splitlines() == lines
 
 
 @pytest.mark.slow

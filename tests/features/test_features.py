@@ -194,6 +194,13 @@ def test_a_run_without_events_is_a_named_error_before_any_model_loads(tmp_path):
         with pytest.raises(OptionError, match="0 valid event"):
             run_features(tmp_path / "r", train_only=train_only, log=lambda m: None)
     assert not (tmp_path / "r" / "features").exists()
+    # the Python API refuses what the command line refuses, before it reads the run (n_layers=0 was a torch
+    # error after loading the models; k=0 trained a crosscoder that activates nothing)
+    for odd in ({"n_layers": 0}, {"n_latents": 0}, {"k": 0}, {"k": 9, "n_latents": 8}, {"steps": 0},
+                {"train_only": "yes"}, {"log": 5}, {"crosscoder_dir": 5}):
+        with pytest.raises(OptionError):
+            run_features(tmp_path / "r", **{"log": lambda m: None, **odd})
+    assert not (tmp_path / "r" / "features").exists()
 
 
 def test_an_event_set_splits_by_prompt_stably_and_keeps_its_states():

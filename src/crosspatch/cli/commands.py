@@ -80,8 +80,6 @@ def consequence_cmd(
     from ..runner.on_finished import consequence_for_run
 
     try:
-        if budget < 1:
-            raise OptionError(f"--budget must be >= 1, not {budget}")
         cons = consequence_for_run(run_dir, load_prompts(prompts), budget, with_pt, allow_partial=allow_partial)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
@@ -144,11 +142,6 @@ def _features(run_dir: Path, crosscoder: Optional[Path], layers: int, latents: i
     from ..runner.on_finished import run_features
 
     try:
-        for value, name in ((layers, "--layers"), (latents, "--latents"), (k, "--k"), (steps, "--steps")):
-            if value < 1:
-                raise OptionError(f"{name} must be >= 1, not {value}")
-        if k > latents:
-            raise OptionError(f"--k {k} cannot exceed --latents {latents}")
         result = run_features(run_dir, crosscoder, layers, latents, k, steps, train_only,
                               log=lambda m: console.print(m, soft_wrap=True, markup=False), engine=engine,
                               workers=workers)

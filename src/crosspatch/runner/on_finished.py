@@ -38,7 +38,11 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     first-divergence events (prompts give the validators); resumable (events already scored in
     consequence.jsonl are skipped). Works on every run directory crosspatch writes (a pair, a
     compare member, a lineage run). Updates summary.json and the reports; returns the block."""
+    from .checks import _int
+    from .config import check_switches
 
+    _int("budget (--budget)", budget, 1)
+    check_switches(with_pt=with_pt, progress=progress, allow_partial=allow_partial)
     store = RunStore(run_dir)
     config = store.config()
     store.summary()  # the run must have finished
@@ -84,11 +88,23 @@ def run_features(run_dir, crosscoder_dir=None, n_layers: int = 3, n_latents: int
     sharded run included). The study and the closure run on ``engine`` (default: the run's own;
     ``ray``: both their passes spread over ``workers`` actors, the same result)."""
     from ..execution import ENGINES
+    from .checks import _int
 
+    for value, name in ((n_layers, "n_layers (--layers)"), (n_latents, "n_latents (--latents)"), (k, "k (--k)"),
+                        (steps, "steps (--steps)")):
+        _int(name, value, 1)
+    if k > n_latents:
+        raise OptionError(f"--k {k} cannot exceed --latents {n_latents}")
+    if not isinstance(train_only, bool):
+        raise OptionError(f"train_only must be True or False, not {train_only!r}")
+    if not callable(log):
+        raise OptionError(f"log must be a function of one message, not {log!r}")
+    if crosscoder_dir is not None and (not isinstance(crosscoder_dir, (str, Path)) or not str(crosscoder_dir).strip()):
+        raise OptionError(f"--crosscoder must be a crosscoder's directory, not {crosscoder_dir!r}")
     if engine is not None and engine not in ENGINES:
         raise OptionError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
-    if workers is not None and workers < 1:
-        raise OptionError(f"workers must be >= 1, not {workers}")
+    if workers is not None:
+        _int("workers", workers, 1)
     store = RunStore(run_dir)
     with store.lock():  # one writer per run directory
         return _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_only, log, engine, workers)
