@@ -221,3 +221,26 @@ def test_load_options_given_in_python_are_never_changed_by_a_load():
     assert mine.residency is None and mine.dtype == "auto"
     with pytest.raises(OptionError, match="LoadOptions"):
         LoadOptions.with_overrides({"dtype": "auto"})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field, value", [("trust_remote_code", "no"), ("allow_pickle", "no"), ("hash_weights", 1),
+                                          ("verbose", "x"), ("allow_special_token_mismatch", "no"), ("revision", 5),
+                                          ("revision", ""), ("device", None)])
+def test_load_switches_are_booleans_so_no_string_asks_for_remote_code(field, value):
+    from crosspatch.errors import OptionError
+    from crosspatch.models.loading import validate_load_options
+    from crosspatch.models.options import LoadOptions
+
+    with pytest.raises(OptionError, match=field if field != "device" else "device and dtype"):
+        validate_load_options(LoadOptions.with_overrides(None, **{field: value}))
+
+
+def test_a_torch_dtype_reads_as_its_name():
+    import torch
+
+    from crosspatch.models.loading import validate_load_options
+    from crosspatch.models.options import LoadOptions
+
+    options = LoadOptions.with_overrides(None, dtype=torch.float32, device="cpu")
+    validate_load_options(options)
+    assert options.dtype == "float32"

@@ -51,7 +51,18 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 def validate_load_options(options) -> None:
     """dtype, device and residency of :class:`~crosspatch.models.loading.LoadOptions`; the device
     and the dtype are resolved in place (:func:`resolve_device`, :func:`resolve_dtype`), so the
-    record holds the device and dtype actually used."""
+    record holds the device and dtype actually used. The switches must be booleans: the string
+    "no" would have switched ``trust_remote_code`` on."""
+    for name in ("trust_remote_code", "allow_pickle", "allow_special_token_mismatch", "hash_weights", "verbose"):
+        if not isinstance(getattr(options, name), bool):
+            raise OptionError(f"{name} must be True or False, not {getattr(options, name)!r}")
+    if options.revision is not None and (not isinstance(options.revision, str) or not options.revision.strip()):
+        raise OptionError(f"revision must be a branch, tag or commit (a non-empty string) or None, not "
+                          f"{options.revision!r}")
+    if isinstance(options.dtype, torch.dtype):  # dtype=torch.bfloat16 reads as "bfloat16"
+        options.dtype = str(options.dtype).removeprefix("torch.")
+    if not isinstance(options.device, str) or not isinstance(options.dtype, str):
+        raise OptionError(f"device and dtype must be strings, not {options.device!r} and {options.dtype!r}")
     device = resolve_device(options.device)
     if device not in DEVICES and not re.match(r"^cuda:\d+$", device):
         raise OptionError(f"device must be auto, cpu, cuda, cuda:N or map, not {options.device!r}")
