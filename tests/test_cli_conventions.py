@@ -63,9 +63,14 @@ def test_progress_lines_go_to_a_log_when_stderr_is_not_a_terminal(tmp_path):
 def test_role_names_are_safe_names(tmp_path):
     from crosspatch.execution.roles import check_role_name, descendant_roles
 
-    (tmp_path / "sft" / "sub").mkdir(parents=True)
-    tuned, _ = descendant_roles([str(tmp_path / "sft" / "sub" / ".."), str(tmp_path / "sft")])
+    (tmp_path / "a" / "sft" / "sub").mkdir(parents=True)
+    (tmp_path / "b" / "sft").mkdir(parents=True)
+    tuned, _ = descendant_roles([str(tmp_path / "a" / "sft" / "sub" / ".."), str(tmp_path / "b" / "sft")])
     assert list(tuned) == ["sft", "sft-2"]  # the resolved directory's name, never '..'
+    with pytest.raises(OptionError, match="given twice"):  # one directory however spelt: loaded and counted twice
+        descendant_roles([str(tmp_path / "a" / "sft" / "sub" / ".."), str(tmp_path / "a" / "sft")])
+    with pytest.raises(OptionError, match="the base's"):
+        descendant_roles({"base": str(tmp_path / "b" / "sft")})
     for bad in ("..", ".", "", "a/b", "-x", "x" * 101):
         with pytest.raises(OptionError, match="not a safe name"):
             check_role_name(bad)
@@ -127,6 +132,8 @@ def test_models_in_memory_are_checked_before_they_are_used():
         pair_from_models(model, model, None)
     with pytest.raises(ModelLoadError, match="at least two models"):
         models_from_modules({"base": model}, tokenizer)
+    with pytest.raises(OptionError, match="not a safe name"):  # a role names a run directory
+        models_from_modules({"base": model, "../up": model}, tokenizer)
     assert pair_from_models(model, model, tokenizer).roles == ("base", "tuned")
 
 

@@ -33,7 +33,7 @@ from ..models.paths import check_model_path
 from ..models.vocab import RealVocabulary, build_real_vocabulary
 from .adapters import _load_adapters, descendant_tokenizer
 from .modelset import RESIDENCIES, ModelSet, ReadoutHead, ResidentSet, SequentialSet
-from .roles import BASE, descendant_roles, model_path_arg
+from .roles import BASE, check_role_name, descendant_roles, model_path_arg
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -271,6 +271,7 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
         raise ModelLoadError(f"models_from_modules needs a dict of at least two models by role, the base first; "
                              f"got {given}")
     for role, m in models.items():
+        check_role_name(role)  # a role names a run directory (compare, nulls)
         if not isinstance(m, nn.Module):
             raise ModelLoadError(f"{role}: a model in memory must be a torch module (a transformers model), "
                                  f"not {type(m).__name__}")

@@ -65,6 +65,8 @@ def _role_names(descendants: dict[str, str] | list[str] | str | None, what: str 
     if isinstance(descendants, (str, os.PathLike)):
         return {"tuned": model_path_arg(descendants, "a descendant")}
     if isinstance(descendants, dict):
+        if BASE in descendants:
+            raise OptionError(f"{what} name {BASE!r} is the base's: give each {each} a name of its own")
         return {check_role_name(str(k)): model_path_arg(v, f"descendant {k!r}") for k, v in descendants.items()}
     if not isinstance(descendants, (list, tuple)):
         raise OptionError(f"descendants are a path, a list of paths or a {{role: path}} dict, not {descendants!r}")
@@ -87,9 +89,14 @@ def _role_names(descendants: dict[str, str] | list[str] | str | None, what: str 
 
 def descendant_roles(tuned=None, adapters=None) -> tuple[dict[str, str], dict[str, str]]:
     """The role names :func:`load_models` gives descendant checkpoints and adapters (their
-    directory names, made unique), each -> its path: known before any model loads."""
+    directory names, made unique), each -> its path: known before any model loads. A directory
+    given twice (however spelt) is an :class:`OptionError`."""
+    from ..models.paths import check_given_once
+
     tuned_roles = _role_names(tuned)
     adapter_roles = dict(_role_names(adapters))
+    check_given_once([*tuned_roles.values(), *adapter_roles.values()], "descendant",
+                     "it would be loaded, scored and counted twice; give each once")
     for role in list(adapter_roles):
         if role in tuned_roles:  # two descendants in directories of the same name
             adapter_roles[f"{role}-adapter"] = adapter_roles.pop(role)

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import AdapterGivenAsCheckpointError, ModelLoadError, ModelPathNotFoundError
+from ..errors import AdapterGivenAsCheckpointError, ModelLoadError, ModelPathNotFoundError, OptionError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
@@ -16,6 +16,23 @@ def looks_local(path: str) -> bool:
     p = str(path)
     return (p.startswith((".", "/", "~")) or os.sep in p.strip("/").replace("/", "", 1) or "\\" in p
             or p.endswith("/") or Path(p).expanduser().exists() or not _HUB_ID.match(p))
+
+
+def path_key(path) -> str:
+    """What a model path names, for telling two arguments apart: a local directory resolved
+    (``./a`` and ``a/`` alike), a hub id as given."""
+    return str(Path(str(path)).expanduser().resolve()) if looks_local(str(path)) else str(path)
+
+
+def check_given_once(paths: list, what: str, why: str) -> None:
+    """Each of ``paths`` (local directories, or hub ids) names a different thing: the same one
+    twice (``./a`` and ``a/`` alike) is an OptionError saying ``why`` that matters."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        key = path_key(path)
+        if key in seen:
+            raise OptionError(f"{what} {path} is given twice (also as {seen[key]}): {why}")
+        seen[key] = str(path)
 
 
 def check_model_path(path: str, role: str, adapter: bool = False) -> None:

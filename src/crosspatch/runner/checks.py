@@ -21,7 +21,7 @@ from ..errors import (
     VocabularyMismatchError,
 )
 from ..models.loading import DEVICES, validate_load_options  # noqa: F401 (re-exported)
-from ..models.paths import check_hub_id, check_model_path, local_num_layers, looks_local  # noqa: F401 (re-exported)
+from ..models.paths import check_given_once, check_hub_id, check_model_path, local_num_layers, looks_local, path_key  # noqa: F401 (re-exported)
 from ..store.tables import mixed_kinds
 
 MIN_BOOTSTRAP = 100  # fewer resamples give degenerate intervals; 0 disables intervals
@@ -35,23 +35,6 @@ def _int(name: str, value, minimum: int) -> int:
     if value < minimum:
         raise OptionError(f"{name} must be >= {minimum}, not {value}")
     return value
-
-
-def path_key(path) -> str:
-    """What a model path names, for telling two arguments apart: a local directory resolved
-    (``./a`` and ``a/`` alike), a hub id as given."""
-    return str(Path(str(path)).expanduser().resolve()) if looks_local(str(path)) else str(path)
-
-
-def check_given_once(paths: list, what: str, why: str) -> None:
-    """Each of ``paths`` (local directories, or hub ids) names a different thing: the same one
-    twice (``./a`` and ``a/`` alike) is an OptionError saying ``why`` that matters."""
-    seen: dict[str, str] = {}
-    for path in paths:
-        key = path_key(path)
-        if key in seen:
-            raise OptionError(f"{what} {path} is given twice (also as {seen[key]}): {why}")
-        seen[key] = str(path)
 
 
 def check_distinct_descendants(paths: list[str]) -> None:
