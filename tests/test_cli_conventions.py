@@ -117,6 +117,9 @@ def test_run_leaves_the_callers_config_as_it_was_and_names_a_wrong_model_argumen
         run(pair, many_prompts(3), config, analyses=[5], progress=False)
     with pytest.raises(OptionError, match="--cross takes"):
         compare(pair, many_prompts(3), config, cross=5, progress=False)  # type: ignore[arg-type]
+    for steps in ({"nope": 5}, {"tuned": "500"}, {"tuned": -1}, [500]):  # checked before the run, not after it
+        with pytest.raises(OptionError, match="steps must map stage names"):
+            lineage(pair, many_prompts(3), config, steps=steps, progress=False)  # type: ignore[arg-type]
 
 
 def test_models_in_memory_are_checked_before_they_are_used():

@@ -82,6 +82,11 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
         raise OptionError("a lineage needs at least one stage")
     config = RunConfig.with_overrides(config, **overrides)
     check_switches(resume=resume, progress=progress, overwrite=overwrite)
+    if steps is not None and (not isinstance(steps, dict) or any(
+            s not in models.descendants or isinstance(n, bool) or not isinstance(n, int) or n < 0
+            for s, n in steps.items())):
+        raise OptionError(f"steps must map stage names ({', '.join(models.descendants)}) to training steps "
+                          f"(integers >= 0), not {steps!r}")
     final = models.descendants[-1]
     b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers, config.boundary)
     cfg = replace(config, tuned=final, title=config.title or f"crosspatch lineage: base -> {final}")
@@ -92,7 +97,7 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
                  analyses=[StageScores(b, list(models.descendants))], resume=resume, overwrite=overwrite)
     summary = lineage_summary(result, list(models.descendants), b, BootstrapConfig(config.bootstrap, config.seed))
     if steps:
-        summary["training_steps"] = {s: int(steps[s]) for s in models.descendants if s in steps}
+        summary["training_steps"] = {s: steps[s] for s in models.descendants if s in steps}
     report = render_lineage_markdown(summary)
     if out is not None:
         out = Path(out)
