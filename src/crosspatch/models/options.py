@@ -35,15 +35,25 @@ class LoadOptions:
         ``overrides`` set, as the Python API's ``**load_overrides`` give them (``dtype="bf16"``,
         ``residency="sequential"``); an unknown name is a ``TypeError``, ``options`` that is no
         LoadOptions an ``OptionError``. Not validated: call :func:`validate_load_options`."""
-        from dataclasses import replace
+        return copy_with_overrides(cls, options, overrides, "options", "load option")
 
-        if options is not None and not isinstance(options, cls):
-            from ..errors import OptionError
 
-            raise OptionError(f"options must be a LoadOptions (or None), not {type(options).__name__}")
-        options = replace(options) if options is not None else cls()
-        for key, value in overrides.items():
-            if key not in cls.__dataclass_fields__:
-                raise TypeError(f"unknown load option {key!r}")
-            setattr(options, key, value)
-        return options
+def copy_with_overrides(cls, given, overrides: dict, argument: str, option: str):
+    """A copy of ``given`` (an instance of the options dataclass ``cls``, or None for its defaults)
+    with ``overrides`` set: what the Python API does with an options object and keyword
+    arguments, never changing the caller's object. ``given`` of another type is an
+    ``OptionError`` naming ``argument``; an override ``cls`` has no field for, a ``TypeError``
+    naming it an unknown ``option``."""
+    from dataclasses import replace
+
+    if given is not None and not isinstance(given, cls):
+        from ..errors import OptionError
+
+        raise OptionError(f"{argument} must be a {cls.__name__} (or None; options may also be given as keyword "
+                          f"arguments), not {type(given).__name__}")
+    copy = replace(given) if given is not None else cls()
+    for key, value in overrides.items():
+        if key not in cls.__dataclass_fields__:
+            raise TypeError(f"unknown {option} {key!r}")
+        setattr(copy, key, value)
+    return copy

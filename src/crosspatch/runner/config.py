@@ -193,17 +193,9 @@ class RunConfig:
         """A copy of ``config`` (a default when None; the caller's object is never changed) with
         ``overrides`` set, as ``run``/``compare``/``lineage`` take them as keyword arguments; an
         unknown name is a ``TypeError``, a ``config`` that is no RunConfig an ``OptionError``."""
-        from dataclasses import replace
+        from ..models.options import copy_with_overrides
 
-        if config is not None and not isinstance(config, cls):
-            raise OptionError(f"config must be a RunConfig (or None; options may also be given as keyword "
-                              f"arguments), not {type(config).__name__}")
-        config = replace(config) if config is not None else cls()
-        for key, value in overrides.items():
-            if key not in cls.__dataclass_fields__:
-                raise TypeError(f"unknown run option {key!r}")
-            setattr(config, key, value)
-        return config
+        return copy_with_overrides(cls, config, overrides, "config", "run option")
 
 
 def check_switches(**switches) -> None:
