@@ -93,6 +93,8 @@ def test_checkpoint_discovery_names_what_is_wrong(tmp_path):
     (tmp_path / "checkpoint-5" / "config.json").write_text("{}")
     with pytest.raises(CheckpointDiscoveryError, match="no model weights"):
         discover_checkpoints(tmp_path)
+    with pytest.raises(CheckpointDiscoveryError, match="a trainer's output directory"):
+        discover_checkpoints(None)  # type: ignore[arg-type]
 
 
 def test_callback_options_are_checked_when_made():

@@ -176,6 +176,10 @@ def test_gate_exit_codes(portable_run, tmp_path):
     policy.write_text("pass_verdicts: [upstream-dependent]\n")
     assert _gate(portable_run, "--policy", policy)[0] == 1
     assert _gate(tmp_path / "missing")[0] == 2
+    from crosspatch.workflows.gate import gate
+
+    for no_path in (None, 5, ""):  # in Python: unusable, not a TypeError
+        assert gate(no_path)["exit_code"] == 2  # type: ignore[arg-type]
     unfinished = tmp_path / "unfinished"
     shutil.copytree(portable_run, unfinished)
     (unfinished / "summary.json").unlink()

@@ -29,6 +29,8 @@ def discover_checkpoints(output_dir: str | Path) -> list[TrainerCheckpoint]:
     (adapter_config.json and adapter weights); anything else among them is a
     :class:`CheckpointDiscoveryError` naming it (a checkpoint still being written, say), and so is
     a directory without any."""
+    if not isinstance(output_dir, (str, Path)) or not str(output_dir).strip():
+        raise CheckpointDiscoveryError(f"--checkpoints must be a trainer's output directory, not {output_dir!r}")
     root = Path(output_dir).expanduser()
     if not root.is_dir():
         raise CheckpointDiscoveryError(f"--checkpoints {root}: no such directory")

@@ -23,7 +23,10 @@ def _unusable(reason: str, **extra) -> dict:
 def gate(run_dir: str | Path, policy: dict | None = None) -> dict:
     """Decide pass / fail / unusable for ``run_dir`` under ``policy`` (VerdictPolicy fields). A
     ``compare`` directory gates every member run (one outcome each under ``members``, the exit
-    code of the worst); a ``lineage`` directory gates its run (base vs the final stage)."""
+    code of the worst); a ``lineage`` directory gates its run (base vs the final stage). Anything
+    that is no run, a ``run_dir`` that is no path included, is ``unusable`` (exit code 2)."""
+    if not isinstance(run_dir, (str, Path)) or not str(run_dir).strip():
+        return _unusable(f"run_dir must be the path of a run directory, not {run_dir!r}")
     kind = collection_kind(run_dir)
     if kind is not None:
         return gate_collection(Path(run_dir), kind, policy)
