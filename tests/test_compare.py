@@ -73,6 +73,9 @@ def test_parse_cross():
     assert parse_cross("a:b", ("a", "b")) == {"b": ["a"]}
     with pytest.raises(ValueError, match="not a descendant"):
         parse_cross("a:z", ("a", "b"))
+    with pytest.raises(ValueError, match="at least two descendants"):  # with one there is nothing to cross
+        parse_cross("all", ("a",))
+    assert parse_cross(None, ("a",)) == {}
 
 
 def _interpolated_stages(n=3):

@@ -82,6 +82,9 @@ def parse_cross(spec: str | None, descendants: tuple[str, ...]) -> dict[str, lis
         return {}
     if not isinstance(spec, str):
         raise OptionError(f"--cross takes 'all' or UPSTREAM:LATE pairs (a string), not {spec!r}")
+    if len(descendants) < 2:
+        raise OptionError(f"--cross patches one descendant's late stack onto another's upstream state: it needs at "
+                          f"least two descendants, not {len(descendants)} ({', '.join(descendants)})")
     if spec.strip() == "all":
         return {d: [x for x in descendants if x != d] for d in descendants}
     out: dict[str, list[str]] = {}
