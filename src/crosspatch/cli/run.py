@@ -93,6 +93,19 @@ def _null_roles(base, tuned, adapter, nulls: list[str], options) -> tuple[dict, 
     return roles_tuned, roles_adapters
 
 
+def check_options_take_effect(config: RunConfig) -> None:
+    """An option given on the command line that the other options leave without effect is refused
+    (in Python these fields may be carried along unused, as the demo's sections do): a budget
+    for consequences that are not scored, Ray actors for the local engine."""
+    default = {name: f.default for name, f in RunConfig.__dataclass_fields__.items()}
+    if config.consequence_budget != default["consequence_budget"] and not config.consequence:
+        raise OptionError(f"--consequence-budget {config.consequence_budget} sets how far --consequence continues "
+                          "each forced token: add --consequence, or drop it")
+    if config.workers != default["workers"] and config.engine == "local":
+        raise OptionError(f"--workers {config.workers} sets the Ray actors of --engine ray: add --engine ray, or "
+                          "drop it")
+
+
 def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: str, prompts: Path, out: Path,
              tuned: list[str], adapters: list[str], collection: str | None = None):
     """Validate every option, the prompt file, the model paths and --out before any weight is
@@ -113,6 +126,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
 
     validate_load_options(options)
     validate_run_options(config)
+    check_options_take_effect(config)
     items = load_prompts(prompts)
     check_model_path(base, "base")
     role = "lineage stage" if collection == "lineage" else "tuned"  # named as the user gave them
