@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 
 from ..errors import DeviceUnavailableError, ModelLoadError, OptionError, PickleWeightsRefusedError, first_line
-from .options import LoadOptions
+from .options import LoadOptions, check_switches
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -53,9 +53,8 @@ def validate_load_options(options) -> None:
     and the dtype are resolved in place (:func:`resolve_device`, :func:`resolve_dtype`), so the
     record holds the device and dtype actually used. The switches must be booleans: the string
     "no" would have switched ``trust_remote_code`` on."""
-    for name in ("trust_remote_code", "allow_pickle", "allow_special_token_mismatch", "hash_weights", "verbose"):
-        if not isinstance(getattr(options, name), bool):
-            raise OptionError(f"{name} must be True or False, not {getattr(options, name)!r}")
+    check_switches(**{name: getattr(options, name) for name in ("trust_remote_code", "allow_pickle",
+                                                                "allow_special_token_mismatch", "hash_weights", "verbose")})
     if options.revision is not None and (not isinstance(options.revision, str) or not options.revision.strip()):
         raise OptionError(f"revision must be a branch, tag or commit (a non-empty string) or None, not "
                           f"{options.revision!r}")

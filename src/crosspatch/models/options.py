@@ -57,3 +57,13 @@ def copy_with_overrides(cls, given, overrides: dict, argument: str, option: str)
             raise TypeError(f"unknown {option} {key!r}")
         setattr(copy, key, value)
     return copy
+
+
+def check_switches(**switches) -> None:
+    """Switches given in Python (``resume=``, ``trust_remote_code=``, ...) are booleans: a string
+    such as "no" would switch them on. An ``OptionError`` names the first that is not."""
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            from ..errors import OptionError
+
+            raise OptionError(f"{name} must be True or False, not {value!r}")

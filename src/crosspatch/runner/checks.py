@@ -21,6 +21,7 @@ from ..errors import (
     VocabularyMismatchError,
 )
 from ..models.loading import DEVICES, validate_load_options  # noqa: F401 (re-exported)
+from ..models.options import check_switches
 from ..models.paths import check_given_once, check_hub_id, check_model_path, local_num_layers, looks_local, path_key  # noqa: F401 (re-exported)
 from ..store.tables import mixed_kinds
 
@@ -131,9 +132,8 @@ def validate_run_options(config) -> None:
     _int("sequential chunk", config.sequential_chunk, 1)
     _int("consequence budget", config.consequence_budget, 1)
     _int("synthetic nulls", config.synthetic_nulls, 0)
-    for name in ("chat_template", "verify_fp32", "consequence", "consequence_with_pt"):
-        if not isinstance(getattr(config, name), bool):  # (the string "no" would switch it on)
-            raise OptionError(f"{name} must be True or False, not {getattr(config, name)!r}")
+    check_switches(**{name: getattr(config, name) for name in ("chat_template", "verify_fp32", "consequence",
+                                                               "consequence_with_pt")})
     if config.title is not None and not isinstance(config.title, str):
         raise OptionError(f"title must be a string, not {config.title!r}")
     check_back_link(config.back_link)

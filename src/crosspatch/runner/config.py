@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import BoundaryError, OptionError
+from ..models.options import check_switches  # noqa: F401 (re-exported: run, compare, lineage)
 
 
 def parse_boundary(text: str | int | float) -> int | float:
@@ -196,14 +197,6 @@ class RunConfig:
         from ..models.options import copy_with_overrides
 
         return copy_with_overrides(cls, config, overrides, "config", "run option")
-
-
-def check_switches(**switches) -> None:
-    """Python switches (``resume=``, ``progress=``, ...) are booleans: a string such as "no" would
-    switch them on."""
-    for name, value in switches.items():
-        if not isinstance(value, bool):
-            raise OptionError(f"{name} must be True or False, not {value!r}")
 
 
 def normalise_run_config(config: RunConfig) -> RunConfig:

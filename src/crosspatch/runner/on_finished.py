@@ -89,14 +89,14 @@ def run_features(run_dir, crosscoder_dir=None, n_layers: int = 3, n_latents: int
     ``ray``: both their passes spread over ``workers`` actors, the same result)."""
     from ..execution import ENGINES
     from .checks import _int
+    from .config import check_switches
 
     for value, name in ((n_layers, "n_layers (--layers)"), (n_latents, "n_latents (--latents)"), (k, "k (--k)"),
                         (steps, "steps (--steps)")):
         _int(name, value, 1)
     if k > n_latents:
         raise OptionError(f"--k {k} cannot exceed --latents {n_latents}")
-    if not isinstance(train_only, bool):
-        raise OptionError(f"train_only must be True or False, not {train_only!r}")
+    check_switches(train_only=train_only)
     if not callable(log):
         raise OptionError(f"log must be a function of one message, not {log!r}")
     if crosscoder_dir is not None and (not isinstance(crosscoder_dir, (str, Path)) or not str(crosscoder_dir).strip()):

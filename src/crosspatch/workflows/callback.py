@@ -42,7 +42,8 @@ class CrosspatchCallback(TrainerCallback):
                  tokenizer=None, prefix: str = "crosspatch/", verbose: bool = True) -> None:
         from ..core.verdict import VerdictPolicy
         from ..inputs.prompts import as_prompts, load_prompts
-        from ..runner.checks import check_bootstrap, check_boundary_spec
+        from ..models.options import check_switches
+        from ..runner.checks import _int, check_bootstrap, check_boundary_spec
 
         items = load_prompts(prompts) if isinstance(prompts, (str, Path)) else as_prompts(prompts)
         if not isinstance(max_prompts, int) or max_prompts < 1:
@@ -56,11 +57,8 @@ class CrosspatchCallback(TrainerCallback):
         check_boundary_spec(boundary)
         check_bootstrap(bootstrap)
         _check_base(base)
-        for name, value in (("on_save", on_save), ("stop_on_fail", stop_on_fail), ("verbose", verbose)):
-            if not isinstance(value, bool):  # (the string "no" would switch it on)
-                raise OptionError(f"{name} must be True or False, not {value!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise OptionError(f"seed must be an integer >= 0, not {seed!r}")
+        check_switches(on_save=on_save, stop_on_fail=stop_on_fail, verbose=verbose)
+        _int("seed", seed, 0)
         if out is not None and (not isinstance(out, (str, Path)) or not str(out).strip()):
             raise OptionError(f"out must be a directory path or None, not {out!r}")
         if not isinstance(prefix, str):

@@ -180,6 +180,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     from ..inputs.prompts import as_prompts, load_prompts
     from ..models.adapters import check_adapter_files
     from ..models.loading import LoadOptions, validate_load_options
+    from ..models.options import check_switches
     from ..models.paths import check_model_path
     from .output import fingerprint_of, finished_document, progress_function
 
@@ -190,8 +191,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     base = model_path_arg(base, "the base")
     tuned = model_path_arg(tuned, "tuned") if tuned is not None else None
     adapter = model_path_arg(adapter, "adapter") if adapter is not None else None
-    if not isinstance(run_diagnostic, bool):
-        raise OptionError(f"run_diagnostic must be True or False, not {run_diagnostic!r}")
+    check_switches(run_diagnostic=run_diagnostic)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise OptionError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
     if prompts is None:
