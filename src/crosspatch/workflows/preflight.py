@@ -58,9 +58,9 @@ def check_run_dir_models(out: str | Path | None, base: str, descendants: list[st
     from ..runner.checks import path_key
     from ..store import RunStore
 
-    if out is None or not Path(out).is_dir() or not RunStore(out).is_run():
+    store = RunStore(out) if out is not None and Path(out).is_dir() else None
+    if store is None or not store.is_run():
         return
-    store = RunStore(out)
     spec = store.config().get("load_spec")
     if not isinstance(spec, dict) or not spec.get("base"):
         return
