@@ -66,3 +66,41 @@ def test_a_shard_without_prompts_finishes_and_says_so(tmp_path):
                  progress=False)
     assert result.summary["counts"]["prompts"] == 0 and not result.records
     assert "holds no prompt" in result.summary["verdict"]["reason"]
+
+
+@pytest.mark.slow
+def test_one_run_is_one_run_however_its_model_directories_are_spelt_or_placed(tmp_path, monkeypatch):
+    """A run names a local model by its weight and defining files, not by the path's spelling:
+    shards run on machines where the models lie elsewhere merge, and a run resumed with
+    ``./base/`` for ``base`` is the same run; a changed config.json is another run, named."""
+    import json
+    import shutil
+
+    from crosspatch import load_pair
+    from crosspatch.errors import RunSettingsMismatchError
+    from crosspatch.testing import save_tiny_pair
+
+    def run_on(base: str, tuned: str, **more):
+        return run(load_pair(base, tuned=tuned), prompts, **options, **more)
+
+    root = save_tiny_pair(tmp_path / "machine_a", scale=0.3)
+    shutil.copytree(root, tmp_path / "machine_b")
+    prompts = many_prompts(4)
+    options = dict(boundary=2, max_new_tokens=6, bootstrap=0, progress=False, event_kinds="first_diff", controls="none")
+    monkeypatch.chdir(tmp_path)
+    run_on(str(root / "base"), str(root / "tuned"), shard="0/2", out=tmp_path / "s0")
+    run_on("machine_b/base/", "./machine_b/tuned", shard="1/2", out=tmp_path / "s1")
+    merged = merge_runs([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
+    assert merged.summary["counts"]["prompts"] == 4
+    whole = run_on("machine_a/base", "machine_a/tuned", out=tmp_path / "whole")
+    again = run_on(str(root / "base") + "/", str(root / "tuned"), out=tmp_path / "whole")
+    assert again.summary["cost_this_session"]["prompts_processed"] == 0  # resumed, nothing redone
+    assert sorted(r.key for r in again.records) == sorted(r.key for r in whole.records)
+
+    config = json.loads((tmp_path / "machine_b" / "base" / "config.json").read_text())
+    (tmp_path / "machine_b" / "base" / "config.json").write_text(json.dumps(config | {"rms_norm_eps": 1e-3}))
+    with pytest.raises(RunSettingsMismatchError, match=r"models\.base\.files\.config\.json"):
+        run_on("machine_b/base", "machine_b/tuned", out=tmp_path / "whole")
+    run_on("machine_b/base", "machine_b/tuned", shard="1/2", out=tmp_path / "s1b")
+    with pytest.raises(RunDirectoryError, match=r"not shards of one run: .*s0 and .*s1b differ in models\.base\.files"):
+        merge_runs([tmp_path / "s0", tmp_path / "s1b"], tmp_path / "merged2")

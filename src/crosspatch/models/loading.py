@@ -135,13 +135,32 @@ def _check_weight_format(path: str, allow_pickle: bool) -> None:
         )
 
 
+# the small files of a checkpoint or adapter directory that change what a model computes or how
+# text becomes tokens (anything else there, a README or a trainer's state, changes neither)
+DEFINING_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer.json",
+                  "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+                  "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
+                  "preprocessor_config.json", "processor_config.json")
+
+
+def defining_files(path: str) -> dict[str, str]:
+    """sha256 of each of :data:`DEFINING_FILES` a local model directory has (name -> digest):
+    with its weights, what makes two directories the same model wherever they are."""
+    root = Path(path).expanduser()
+    return {name: sha256_file(root / name) for name in DEFINING_FILES if (root / name).is_file()}
+
+
 def provenance(path: str, options: LoadOptions) -> dict:
+    """What a run records of one model: ``path`` as given, ``local``, ``revision``; for a local
+    directory ``weights`` (file name -> sha256, None where ``hash_weights`` is off) and ``files``
+    (its small defining files' sha256, :func:`defining_files`)."""
     record = {"path": str(path), "local": is_local(path), "revision": options.revision}
     if record["local"]:
         files = weight_files(path)
         record["weights"] = {
             f.name: (sha256_file(f) if options.hash_weights else None) for f in files
         }
+        record["files"] = defining_files(path)
     return record
 
 

@@ -66,12 +66,34 @@ def prompt_token_ids(pair: ModelSet, prompts: list[Prompt], tuned: str, config: 
     return out
 
 
+def model_identity(entry):
+    """What names a model in the run's fingerprint (its ``provenance`` entry, or a role -> entry
+    map): a hub id as given, with its revision; a local directory by its weight files' sha256,
+    so that the same model given as ``./base``, ``base/`` or an absolute path, or found at
+    another place on another machine's disk (the shards of one run), is the same run; by its
+    resolved path where its weights were not hashed."""
+    from ..models.paths import path_key
+
+    if not isinstance(entry, dict):
+        return entry
+    if "path" not in entry:
+        return {k: model_identity(v) for k, v in entry.items()}
+    weights = entry.get("weights") or {}
+    if not entry.get("local"):
+        return entry
+    if weights and all(isinstance(v, str) for v in weights.values()):
+        return {k: v for k, v in entry.items() if k != "path"}
+    return entry | {"path": path_key(entry["path"])}
+
+
 def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig, boundaries: list[int],
                         shard_ids: list[str] | None = None) -> dict:
     options = asdict(config)
     digest = prompts_digest(prompts)
-    models = {k: v for k, v in pair.provenance.items() if k not in ("residency_reason", "load_spec", "reopen_spec")}
-    models["load_options"] = {k: v for k, v in models.get("load_options", {}).items() if k != "residency"}
+    models = {k: model_identity(v) if k != "load_options" else v for k, v in pair.provenance.items()
+              if k not in ("residency_reason", "load_spec", "reopen_spec")}
+    models["load_options"] = {k: v for k, v in models.get("load_options", {}).items()
+                              if k not in ("residency", "verbose", "hash_weights")}
     result_parts = {  # what changes results; residency and batching only move float rounding
         "options": {k: v for k, v in options.items()
                     if k not in ("batch_size", "max_batch_tokens", "decode", "title", "back_link", "shard", "engine", "workers", "sequential_chunk",

@@ -19,7 +19,7 @@ from .shards import select_shard
 def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters: dict[str, str], options,
                     prompts, config: RunConfig) -> RunResult | None:
     """The stored result of ``out`` when it already holds this very run, finished: the same load
-    request (paths and load options), unchanged weight files (their sha256 recomputed), the same
+    request (paths and load options), unchanged weight and defining files (their sha256 recomputed), the same
     options, boundaries and prompts, every prompt done and a summary written. None otherwise (the
     caller loads the models and ``run`` resumes, refuses or replaces as usual). Nothing is loaded
     or written: the command that finished the run says so instantly."""
@@ -46,8 +46,9 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
         if json.loads(json.dumps(asdict(config), default=str)) != stored.get("options"):
             return None
         for entry in recorded_models(stored):
-            if entry is None or provenance(entry["path"], options).get("weights") != entry.get("weights"):
-                return None  # a weight file changed (or was never hashed)
+            now = provenance(entry["path"], options) if entry is not None else {}
+            if entry is None or any(now.get(key) != entry.get(key) for key in ("weights", "files")):
+                return None  # a weight or defining file changed (or was never hashed)
         all_prompts = as_prompts(prompts)
         if stored.get("fingerprint_inputs", {}).get("prompts") != prompts_digest(all_prompts):
             return None

@@ -9,7 +9,7 @@ from typing import Any
 from ..core.stats import BootstrapConfig
 from ..errors import RunDirectoryError
 from ..inputs.prompts import Prompt
-from ..store import EVENTS_FILE, NO_DIV_FILE, RunStore, check_complete, fingerprint
+from ..store import EVENTS_FILE, NO_DIV_FILE, RunStore, check_complete, fingerprint, settings_diff
 from .checks import parse_shard
 from .result import RunResult, write_outputs
 from .summary import build_summary
@@ -42,7 +42,11 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override
     configs = [st.config() for st in stores]
     fps = {c.get("run_fingerprint") for c in configs}
     if len(fps) != 1:
-        raise RunDirectoryError("these run directories are not shards of one run (settings differ)")
+        other = next(i for i, c in enumerate(configs) if c.get("run_fingerprint") != configs[0].get("run_fingerprint"))
+        changes = settings_diff(configs[0].get("fingerprint_inputs", {}), configs[other].get("fingerprint_inputs", {}))
+        raise RunDirectoryError(f"these run directories are not shards of one run: {shard_dirs[0]} and "
+                                f"{shard_dirs[other]} differ in "
+                                + ("; ".join(changes[:8]) if changes else "their settings"))
     shards = sorted(parse_shard(c["options"]["shard"]) if c["options"].get("shard") else (0, 1) for c in configs)
     n = shards[0][1]
     if shards != [(i, n) for i in range(n)]:
