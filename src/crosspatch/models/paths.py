@@ -55,8 +55,54 @@ def check_model_path(path: str, role: str, adapter: bool = False) -> None:
                 f"give it as --adapter {path} with its base as --base")
         if not adapter and not has_config:
             raise ModelLoadError(f"{flag} {path} has no config.json: not a Hugging Face checkpoint directory")
+        check_checkpoint_files(p, f"{flag} {path}")
         return
     check_hub_id(str(path), flag, "adapter_config.json" if adapter else "config.json")
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+WEIGHT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
+# the JSON files of a checkpoint or adapter directory that loading reads; transformers skips a
+# generation config it cannot parse without a word (its EOS ids with it)
+CHECKPOINT_JSON_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer_config.json",
+                         "special_tokens_map.json", "preprocessor_config.json", "processor_config.json")
+
+
+def check_checkpoint_files(root: Path, named: str) -> None:
+    """The files loading reads from the local directory ``root`` are sound: each of
+    :data:`CHECKPOINT_JSON_FILES` present is a JSON object, each weight file a readable regular
+    file (not a folder, a dangling or looping link). Else a ModelLoadError naming the file."""
+    import json
+
+    for name in CHECKPOINT_JSON_FILES:
+        if not (root / name).exists():
+            continue
+        try:
+            data = json.loads((root / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"{named}: {name} cannot be read ({exc.__class__.__name__}: {exc})") from exc
+        except ValueError as exc:
+            raise ModelLoadError(f"{named}: {name} is not valid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ModelLoadError(f"{named}: {name} holds a JSON {type(data).__name__}, not an object")
+    try:
+        entries = list(root.iterdir())
+    except OSError as exc:
+        raise ModelLoadError(f"{named} cannot be listed ({exc.__class__.__name__}: {exc})") from exc
+    for entry in entries:
+        if entry.suffix not in WEIGHT_SUFFIXES:
+            continue
+        try:
+            regular = entry.is_file()
+            if regular:
+                with open(entry, "rb"):
+                    pass
+        except OSError as exc:
+            raise ModelLoadError(f"{named}: weight file {entry.name} cannot be read ({exc.__class__.__name__}: "
+                                 f"{exc.strerror or exc})") from exc
+        if not regular:
+            what = "a folder" if entry.is_dir() else "a link to nothing" if entry.is_symlink() else "not a regular file"
+            raise ModelLoadError(f"{named}: weight file {entry.name} is {what}")
 
 
 def check_hub_id(repo: str, flag: str, marker: str = "config.json") -> None:
