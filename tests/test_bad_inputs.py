@@ -265,6 +265,12 @@ CASES = [
          "PromptFileError"),
     Case("prompts", "a .json array with an item that is not an object",
          lambda e: e.run_args(prompts=e.file("p.json", json.dumps([GOOD[0], "Fog"]))), "PromptFileError"),
+    Case("prompts", "a chat row (messages) without --chat-template (never fed as its last turn)",
+         lambda e: e.run_args(prompts=e.file("p.jsonl", _jsonl([{"id": "c", "messages": [
+             {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Rain?"}]}]))), "PromptFileError"),
+    Case("prompts", "a chat row whose last turn is the assistant's",
+         lambda e: e.run_args("--chat-template", prompts=e.file("p.jsonl", _jsonl([{"id": "c", "messages": [
+             {"role": "user", "content": "Rain?"}, {"role": "assistant", "content": "Yes"}]}]))), "PromptFileError"),
     Case("prompts", "a row without id", lambda e: e.run_args(prompts=e.file("p.jsonl", _jsonl([{"prompt": "x"}]))),
          "PromptFileError"),
     Case("prompts", "an empty id", lambda e: e.run_args(prompts=e.file("p.jsonl", _jsonl([{"id": " ", "prompt": "x"}]))),

@@ -138,6 +138,69 @@ def test_chat_template_is_an_explicit_recorded_option():
     assert ids(True) == rendered() and ids(True).count(bos) == 1  # not doubled
 
 
+def test_a_chat_row_is_rendered_whole_by_the_chat_template_and_never_fed_as_raw_text(tmp_path):
+    """A row may give its prompt as a chat (``messages``, as Hugging Face chat datasets hold it):
+    the descendant's template renders every turn; without --chat-template it is refused, not
+    cut down to its last turn; the chat is part of what identifies the prompt set."""
+    from crosspatch.inputs.prompts import prompts_digest
+    from crosspatch.runner.pipeline import RunConfig, run
+    from crosspatch.runner.prepare import _prompt_text
+    from crosspatch.testing import make_pair
+
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Rain?"}]
+    path = tmp_path / "chats.jsonl"
+    path.write_text(json.dumps({"id": "a", "messages": chat, "category": "c"}) + "\n"
+                    + json.dumps({"id": "b", "prompt": "Snow?"}) + "\n")
+    a, b = load_prompts(path)
+    assert (a.prompt, list(a.messages), a.metadata) == ("Rain?", chat, {}) and b.messages is None
+    csv_path = tmp_path / "chats.csv"
+    csv_path.write_text('id,messages\na,"' + json.dumps(chat).replace('"', '""') + '"\n')
+    assert load_prompts(csv_path)[0].messages == a.messages
+    assert prompts_digest([a]) != prompts_digest([Prompt("a", "Rain?", "c")])  # the system turn counts
+
+    pair = make_pair("llama")
+    pair.tokenizer_it.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}A:"
+    assert _prompt_text(pair, a, RunConfig(chat_template=True)) == "system: Be brief.\nuser: Rain?\nA:"
+    assert _prompt_text(pair, b, RunConfig(chat_template=True)) == "user: Snow?\nA:"
+    with pytest.raises(PromptFileError, match=r"prompt\(s\) a are chats .*add --chat-template"):
+        run(pair, path, max_new_tokens=4, bootstrap=0, progress=False)
+    result = run(pair, path, max_new_tokens=4, bootstrap=0, progress=False, chat_template=True)
+    assert {r.prompt_id for r in result.records} | {n.prompt_id for n in result.no_divergence} == {"a", "b"}
+    pair.tokenizer_it.chat_template = "{{ raise_exception('no system role') if messages[0]['role'] == 'system' }}x"
+    with pytest.raises(PromptFileError, match="prompt 'a': the chat template of 'tuned' refuses its chat"):
+        _prompt_text(pair, a, RunConfig(chat_template=True))
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"id": "a", "messages": []}, "non-empty list"),
+    ({"id": "a", "messages": [{"role": "user"}]}, r"messages\[0\] must be an object with 'role' and 'content'"),
+    ({"id": "a", "messages": [{"role": "narrator", "content": "x"}]}, "role 'narrator'"),
+    ({"id": "a", "messages": [{"role": "user", "content": 5}]}, "content must be text"),
+    ({"id": "a", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},
+     "last turn is the assistant's"),
+    ({"id": "a", "messages": [{"role": "system", "content": "x"}]}, "no user turn"),
+    ({"id": "a", "messages": [{"role": "user", "content": "x"}], "prompt": "x"}, "not both"),
+    ({"id": "a", "messages": "[oops"}, "'messages' is not valid JSON"),
+])
+def test_a_malformed_chat_row_is_named(tmp_path, row, message):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(PromptFileError, match=message):
+        load_prompts(path)
+
+
+def test_workflows_that_feed_raw_text_refuse_chats_and_images(tmp_path):
+    from crosspatch.inputs.prompts import as_prompts
+    from crosspatch.workflows.preflight_measures import _prompt_texts
+
+    chat = as_prompts([{"id": "a", "messages": [{"role": "user", "content": "Rain?"}]}])
+    with pytest.raises(PromptFileError, match="preflight feeds raw text"):
+        _prompt_texts(chat)
+    with pytest.raises(PromptFileError, match="images"):
+        (tmp_path / "sky.png").write_bytes(b"\x89PNG")
+        _prompt_texts(as_prompts([{"id": "a", "prompt": "<image> Rain?", "image": str(tmp_path / "sky.png")}]))
+
+
 def templated_config(result):
     from crosspatch.runner.pipeline import RunConfig
 

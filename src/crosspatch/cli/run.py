@@ -112,6 +112,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     loaded; returns the prompts."""
     from .. import load_prompts
     from ..errors import PromptImageError
+    from ..inputs.prompts import check_chat_rows
     from ..models.anatomy import check_supported
     from ..models.paths import local_config, local_is_multimodal
     from ..runner.checks import (
@@ -128,6 +129,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     validate_run_options(config)
     check_options_take_effect(config)
     items = load_prompts(prompts)
+    check_chat_rows(items, config.chat_template)
     check_model_path(base, "base")
     role = "lineage stage" if collection == "lineage" else "tuned"  # named as the user gave them
     from ..execution.roles import named_path

@@ -20,11 +20,66 @@ _JSON_SUFFIXES, _TABLE_SUFFIXES = (".jsonl", ".json"), (".csv", ".tsv", ".parque
 
 @dataclass(frozen=True)
 class Prompt:
+    """One prompt: ``prompt`` is its text; a row given as a chat (``messages``, a list of
+    ``{"role", "content"}`` as Hugging Face chat datasets hold it) keeps the conversation in
+    ``messages``, rendered by the descendant's chat template (``--chat-template``), and its last
+    user turn in ``prompt``."""
+
     id: str
     prompt: str
     category: str | None = None
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
     validator: object = field(default=None, compare=False, hash=False)  # validators.Validator or None
+    messages: tuple | None = field(default=None, hash=False)  # ({"role", "content"}, ...) or None
+
+
+# the roles a chat row may hold (what chat templates know); the model answers the last turn
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def _chat_messages(value, where: str) -> tuple:
+    """A row's ``messages``: a non-empty list of ``{"role", "content"}`` objects (JSON text in a
+    CSV or Parquet cell) whose roles are chat roles and whose last turn is not the assistant's
+    (the models answer it), each content a string; else a PromptFileError naming the turn."""
+    if isinstance(value, str):  # CSV/Parquet cells hold JSON text
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise PromptFileError(f"{where}: field 'messages' is not valid JSON ({exc.msg})") from None
+    if hasattr(value, "tolist") and not isinstance(value, (list, dict)):  # a Parquet list cell (numpy array)
+        value = value.tolist()
+    if not isinstance(value, list) or not value:
+        raise PromptFileError(f"{where}: field 'messages' must be a non-empty list of {{\"role\", \"content\"}} "
+                              "objects (a chat)")
+    turns = []
+    for k, turn in enumerate(value):
+        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or "content" not in turn:
+            raise PromptFileError(f"{where}: messages[{k}] must be an object with 'role' and 'content'")
+        if turn["role"] not in CHAT_ROLES:
+            raise PromptFileError(f"{where}: messages[{k}] has role {turn['role']!r}; a chat's roles are "
+                                  f"{', '.join(CHAT_ROLES)}")
+        if not isinstance(turn["content"], str):
+            raise PromptFileError(f"{where}: messages[{k}]'s content must be text, not {type(turn['content']).__name__}")
+        _check_text(turn["content"], where, f"messages[{k}].content")
+        turns.append({"role": turn["role"], "content": turn["content"]})
+    if turns[-1]["role"] == "assistant":
+        raise PromptFileError(f"{where}: the chat's last turn is the assistant's; it must end with the turn the models "
+                              "answer (a user turn)")
+    users = [t["content"] for t in turns if t["role"] == "user"]
+    if not users or not users[-1].strip():
+        raise PromptFileError(f"{where}: the chat has no user turn with text")
+    return tuple(turns)
+
+
+def check_chat_rows(prompts: list[Prompt], chat_template: bool, what: str = "the run") -> None:
+    """Rows given as a chat (``messages``) are rendered by a chat template: without one
+    (``chat_template`` False: raw text) they are a PromptFileError, never fed as their last turn."""
+    chats = [p.id for p in prompts if p.messages]
+    if chats and not chat_template:
+        raise PromptFileError(
+            f"prompt(s) {', '.join(chats[:5])} are chats ('messages'): {what} feeds raw text"
+            + (", so add --chat-template to render them with the descendant's chat template" if what == "the run"
+               else "; give them as 'prompt' text"))
 
 
 def _is_missing(value) -> bool:
@@ -36,8 +91,14 @@ def _row_to_prompt(row: dict, where: str) -> Prompt:
         raise PromptFileError(f"{where}: field 'id' is missing or empty")
     if isinstance(row["id"], (dict, list, bool)):
         raise PromptFileError(f"{where}: field 'id' must be a string or number, not {row['id']!r}")
+    messages = None
+    if not _is_missing(row.get("messages")):
+        if not _is_missing(row.get("prompt")) and not (isinstance(row["prompt"], str) and not row["prompt"].strip()):
+            raise PromptFileError(f"{where}: give the prompt as 'prompt' (text) or 'messages' (a chat), not both")
+        messages = _chat_messages(row["messages"], where)
+        row = dict(row, prompt=[t["content"] for t in messages if t["role"] == "user"][-1])
     if "prompt" not in row:
-        raise PromptFileError(f"{where}: field 'prompt' is missing")
+        raise PromptFileError(f"{where}: field 'prompt' is missing (or give 'messages', a chat)")
     if _is_missing(row["prompt"]):
         raise PromptFileError(f"{where}: field 'prompt' is {'null' if row['prompt'] is None else 'empty'}: "
                               "give the prompt's text")
@@ -63,10 +124,11 @@ def _row_to_prompt(row: dict, where: str) -> Prompt:
             except json.JSONDecodeError as exc:
                 raise PromptFileError(f"{where}: field 'validator' is not valid JSON ({exc.msg})") from None
         validator = parse_validator(spec, where)
-    meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "category", "validator") and not _is_missing(v)}
+    meta = {k: v for k, v in row.items()
+            if k not in ("id", "prompt", "category", "validator", "messages") and not _is_missing(v)}
     if "image" in meta and (not isinstance(meta["image"], str) or not meta["image"].strip()):
         raise PromptFileError(f"{where}: field 'image' must be a path to an image file")
-    return Prompt(str(row["id"]), row["prompt"], None if _is_missing(category) else category, meta, validator)
+    return Prompt(str(row["id"]), row["prompt"], None if _is_missing(category) else category, meta, validator, messages)
 
 
 def _text_lines(path: Path) -> list[str]:
@@ -161,13 +223,22 @@ def _read_json_array(path: Path) -> list[tuple[str, dict]] | None:
     return rows
 
 
+def _check_columns(columns, where: str) -> None:
+    """A table names its prompts' ``id`` and their ``prompt`` (text) or ``messages`` (a chat)."""
+    if "id" not in columns:
+        raise PromptFileError(f"{where}: required column 'id' is missing")
+    if "prompt" not in columns and "messages" not in columns:
+        raise PromptFileError(f"{where}: required column 'prompt' is missing (or give 'messages', a chat)")
+
+
 def _delimiter(path: Path, header: str) -> str:
     """A .tsv's tab; a .csv's comma, or the semicolon, tab or bar its header is written with
-    (spreadsheets export those) when that header names both required columns."""
+    (spreadsheets export those) when that header names the required columns."""
     if path.suffix == ".tsv":
         return "\t"
     for delimiter in (",", ";", "\t", "|"):
-        if {"id", "prompt"} <= set(next(csv.reader([header], delimiter=delimiter), [])):
+        names = set(next(csv.reader([header], delimiter=delimiter), []))
+        if "id" in names and names & {"prompt", "messages"}:
             return delimiter
     return ","
 
@@ -212,9 +283,7 @@ def _read_table(path: Path) -> list[tuple[str, dict]]:
         raise
     except Exception as exc:  # pandas raises many parser types
         raise PromptFileError(f"{path}: cannot be read as {path.suffix[1:]} ({exc})") from exc
-    for column in ("id", "prompt"):
-        if column not in frame.columns:
-            raise PromptFileError(f"{path}: required column {column!r} is missing")
+    _check_columns(frame.columns, str(path))
     return [(f"{path}:{i + first_line}", rec) for i, rec in enumerate(frame.to_dict(orient="records"))]
 
 
@@ -271,19 +340,15 @@ def as_prompts(items) -> list[Prompt]:
     if isinstance(items, (str, Prompt)):  # one prompt
         items = [items]
     elif isinstance(items, dict):
-        if "prompt" not in items:
-            raise PromptFileError("a dict is one prompt row with 'id' and 'prompt' fields; give a list of such rows "
-                                  "for several prompts")
+        if "prompt" not in items and "messages" not in items:
+            raise PromptFileError("a dict is one prompt row with 'id' and 'prompt' (or 'messages') fields; give a list "
+                                  "of such rows for several prompts")
         items = [items]
     elif hasattr(items, "to_dict") and hasattr(items, "columns"):  # pandas DataFrame
-        for column in ("id", "prompt"):
-            if column not in items.columns:
-                raise PromptFileError(f"DataFrame: required column {column!r} is missing")
+        _check_columns(items.columns, "DataFrame")
         items = items.to_dict(orient="records")
     elif hasattr(items, "column_names") and hasattr(items, "to_list"):  # datasets.Dataset
-        for column in ("id", "prompt"):
-            if column not in items.column_names:
-                raise PromptFileError(f"Dataset: required column {column!r} is missing")
+        _check_columns(items.column_names, "Dataset")
         items = items.to_list()
     elif items is None or not hasattr(items, "__iter__"):
         raise PromptFileError(f"prompts must be a list of strings, dicts or Prompt objects, a DataFrame, a Dataset or "
@@ -323,12 +388,14 @@ def _names_a_file(text: str) -> bool:
 
 
 def prompts_digest(prompts: list[Prompt]) -> str:
-    """sha256 of the prompts' ids, texts, categories and images' bytes: what identifies a prompt set."""
+    """sha256 of the prompts' ids, texts, categories, chats and images' bytes: what identifies a prompt set."""
     import hashlib
 
     h = hashlib.sha256()
     for p in prompts:
         h.update(f"{p.id}\x00{p.prompt}\x00{p.category}\x01".encode())
+        if p.messages:  # a chat: every turn is part of the prompt
+            h.update(json.dumps(list(p.messages), sort_keys=True).encode() + b"\x02")
         if p.metadata.get("image"):  # an image prompt: the image's bytes are part of the prompt
             h.update(hashlib.sha256(Path(p.metadata["image"]).read_bytes()).digest())
     return h.hexdigest()

@@ -24,7 +24,7 @@ from ..errors import OptionError
 from ..execution import Executor, ModelSet, combined_wish, map_chunks
 from ..execution.batching import chunk_size
 from ..execution.batching import state_cache_bytes as cache_bytes
-from ..inputs.prompts import Prompt, as_prompts
+from ..inputs.prompts import Prompt, as_prompts, check_chat_rows
 from ..models.forward import WorkCounter, counting_work
 from ..models.loading import DTYPES
 from ..store import RunStore, check_complete, completed_prompts
@@ -224,6 +224,7 @@ def run(
         raise OptionError(f"tuned must name a descendant role ({', '.join(pair.descendants)}), not {tuned!r}")
     pair, config = with_nulls(pair, config, tuned)
     all_prompts = as_prompts(prompts)
+    check_chat_rows(all_prompts, config.chat_template)
     run_warnings = check_group_by(list(config.group_by), all_prompts)
     if config.chat_template:
         check_chat_template(pair.tokenizers[tuned])

@@ -19,11 +19,23 @@ from .shards import merge_runs, select_shard  # noqa: F401
 
 
 def _prompt_text(pair: ModelSet, prompt: Prompt, config: RunConfig) -> str:
+    """The text both models read: the prompt as given, or (``chat_template``) its chat (a row's
+    ``messages``, else one user turn) rendered by the descendant's chat template with the
+    assistant's opening; a template that refuses the chat is a PromptFileError naming the prompt."""
     if not config.chat_template:
         return prompt.prompt
-    return pair.tokenizers[config.tuned or pair.roles[1]].apply_chat_template(
-        [{"role": "user", "content": prompt.prompt}], tokenize=False, add_generation_prompt=True
-    )
+    from ..errors import PromptFileError
+
+    tuned = config.tuned or pair.roles[1]
+    chat = list(prompt.messages) if prompt.messages else [{"role": "user", "content": prompt.prompt}]
+    try:
+        text = pair.tokenizers[tuned].apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # a template raises what it likes (jinja2's TemplateError, ValueError, ...)
+        raise PromptFileError(f"prompt {prompt.id!r}: the chat template of {tuned!r} refuses its chat "
+                              f"({exc.__class__.__name__}: {exc})") from exc
+    if not isinstance(text, str):
+        raise PromptFileError(f"prompt {prompt.id!r}: the chat template of {tuned!r} rendered no text")
+    return text
 
 
 def prompt_token_ids(pair: ModelSet, prompts: list[Prompt], tuned: str, config: RunConfig) -> list[list[int]]:

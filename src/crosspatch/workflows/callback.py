@@ -41,11 +41,12 @@ class CrosspatchCallback(TrainerCallback):
                  seed: int = 0, policy: dict | None = None, stop_on_fail: bool = False, out: str | Path | None = None,
                  tokenizer=None, prefix: str = "crosspatch/", verbose: bool = True) -> None:
         from ..core.verdict import VerdictPolicy
-        from ..inputs.prompts import as_prompts, load_prompts
+        from ..inputs.prompts import as_prompts, check_chat_rows, load_prompts
         from ..models.options import check_switches
         from ..runner.checks import _int, check_bootstrap, check_boundary_spec
 
         items = load_prompts(prompts) if isinstance(prompts, (str, Path)) else as_prompts(prompts)
+        check_chat_rows(items, False, "the training callback")
         if not isinstance(max_prompts, int) or max_prompts < 1:
             raise OptionError(f"max_prompts must be a positive integer, not {max_prompts!r}")
         if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):

@@ -177,7 +177,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     receives ``splice.json``, ``splice.md``, ``splice.html`` and the diagnostic's run directory."""
     from ..execution import load_models
     from ..execution.roles import model_path_arg
-    from ..inputs.prompts import as_prompts, load_prompts
+    from ..inputs.prompts import as_prompts, check_chat_rows, load_prompts
     from ..models.adapters import check_adapter_files
     from ..models.loading import LoadOptions, validate_load_options
     from ..models.options import check_switches
@@ -217,7 +217,8 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     else:
         check_model_path(str(tuned), "tuned")
     items = load_prompts(prompts) if isinstance(prompts, (str, Path)) else as_prompts(prompts)
-    if any(getattr(p, "image", None) for p in items):
+    check_chat_rows(items, False, "splice")
+    if any(p.metadata.get("image") for p in items):
         raise PromptFileError("splice generates from text prompts; image prompts are not supported here")
     inputs = {"base": str(base), "tuned": str(tuned) if tuned else None, "adapter": str(adapter) if adapter else None,
               "prompts": str(prompts) if isinstance(prompts, (str, Path)) else [p.prompt for p in items],
