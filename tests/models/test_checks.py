@@ -244,3 +244,19 @@ def test_a_torch_dtype_reads_as_its_name():
     options = LoadOptions.with_overrides(None, dtype=torch.float32, device="cpu")
     validate_load_options(options)
     assert options.dtype == "float32"
+
+
+def test_text_holding_tokens_only_the_descendant_has_is_refused_with_the_reason():
+    """A chat fine-tune's tokenizer often adds its markup (``<|im_start|>``) as special tokens the
+    base's lacks: text holding them (what its chat template writes) splits apart under the two
+    tokenizers, which the message names, with the tokens and what to do."""
+    from crosspatch.errors import PromptTokenizationMismatchError
+    from crosspatch.models.vocab import tokenize_once
+
+    tok_pt, tok_it = char_tokenizer(), char_tokenizer()
+    tok_it.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    assert tokenize_once(tok_pt, tok_it, "a", "rain") == tok_pt("rain")["input_ids"]  # raw text: alike
+    with pytest.raises(PromptTokenizationMismatchError,
+                       match=r"'<\|im_start\|>'.*tokens the descendant's tokenizer has and the base's lacks "
+                             r"\(<\|im_start\|>\).*without --chat-template"):
+        tokenize_once(tok_pt, tok_it, "a", "<|im_start|>rain", add_special_tokens=False)

@@ -118,6 +118,29 @@ def top2_margin(logits: torch.Tensor, real: RealVocabulary) -> torch.Tensor:
     return top[..., 0] - top[..., 1]
 
 
+def _pieces(tokenizer, ids) -> str:
+    """The tokens ``ids`` stand for, as a list's text (empty where the tokenizer cannot say)."""
+    try:
+        return repr(tokenizer.convert_ids_to_tokens(list(ids)))
+    except Exception:  # a tokenizer without the method, or ids it does not know
+        return ""
+
+
+def _added_tokens_hint(tok_pt, tok_it, text: str) -> str:
+    """Why two tokenizers split ``text`` apart when the descendant's has tokens the base's lacks
+    (a chat template's markup, tokens added in fine-tuning) and ``text`` holds them; else ''."""
+    try:
+        known = set(tok_pt.get_vocab())
+        added = [t for t in (tok_it.get_added_vocab() or {}) if t not in known and t in text]
+    except Exception:  # a tokenizer without these methods: no hint
+        return ""
+    if not added:
+        return ""
+    return (f": the text holds tokens the descendant's tokenizer has and the base's lacks ({', '.join(added[:4])}), "
+            "which the two models cannot read alike; with --chat-template, the descendant's chat template writes them: "
+            "run on raw text (without --chat-template, the method's default) or with prompts that do not hold them")
+
+
 def tokenize_once(tok_pt, tok_it, prompt_id: str, text: str, add_special_tokens: bool = True) -> list[int]:
     """Token ids of ``text``, checked to be identical under both tokenizers (``add_special_tokens``
     False for text a chat template rendered: it holds its special tokens, BOS included, already)."""
@@ -129,7 +152,9 @@ def tokenize_once(tok_pt, tok_it, prompt_id: str, text: str, add_special_tokens:
         )
         raise PromptTokenizationMismatchError(
             f"prompt {prompt_id!r} tokenizes differently: PT {len(ids_pt)} ids, IT {len(ids_it)} ids, "
-            f"first difference at index {first} (PT {ids_pt[first:first + 3]} vs IT {ids_it[first:first + 3]})"
+            f"first difference at index {first} (PT {ids_pt[first:first + 3]} {_pieces(tok_pt, ids_pt[first:first + 3])} "
+            f"vs IT {ids_it[first:first + 3]} {_pieces(tok_it, ids_it[first:first + 3])})"
+            + _added_tokens_hint(tok_pt, tok_it, text)
         )
     if not ids_pt:
         raise PromptTokenizationMismatchError(f"prompt {prompt_id!r} tokenizes to no ids")
