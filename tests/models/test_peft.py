@@ -60,6 +60,24 @@ def test_adapter_settings_that_change_the_base_are_warned(tmp_path):
     assert any("modules_to_save" in w for w in warnings)
 
 
+def test_an_adapter_whose_config_names_another_base_is_warned(tmp_path):
+    """An adapter trained on the instruct model and applied to the pretrained one loads without a
+    word (same shapes): its adapter_config.json's base_model_name_or_path is compared with the
+    base given, by name (a local copy under the hub name's folder matches) or by path."""
+    from crosspatch.models.adapters import base_name_warning
+
+    base, adapter, _ = _lora_dirs(tmp_path)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg | {"base_model_name_or_path": "org/weather-1b-instruct"}))
+    pair = load_pair(str(base), adapter=str(adapter))
+    assert any("names its base as 'org/weather-1b-instruct'" in w and str(base) in w for w in pair.warnings)
+    assert base_name_warning("org/Weather-1B", "/models/weather-1b/") is None  # a local copy of the hub model
+    assert base_name_warning(str(base), f"{base}/") is None and base_name_warning(None, str(base)) is None
+    assert base_name_warning("org/weather-1b-instruct", "org/weather-1b") is not None
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg | {"base_model_name_or_path": str(base)}))
+    assert not any("names its base" in w for w in load_pair(str(base), adapter=str(adapter)).warnings)
+
+
 @pytest.mark.slow
 def test_a_hub_adapter_in_the_cache_loads_offline(tmp_path):
     """An adapter given as a hub id is read from the Hugging Face cache like a checkpoint (its

@@ -74,7 +74,7 @@ def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options
 
     model = None
     for role, path in adapter_roles.items():
-        settings, adapter_warnings = adapter_settings(path)
+        settings, adapter_warnings = adapter_settings(path, base)
         warnings += [w if len(adapter_roles) == 1 else f"{role}: {w}" for w in adapter_warnings]
         try:
             with quiet_loading(options.verbose), warnings_module.catch_warnings(record=True) as caught:

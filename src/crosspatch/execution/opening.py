@@ -184,7 +184,7 @@ def load_models(
             if role in adapter_roles:
                 tokenizers[role] = descendant_tokenizer(adapter_roles[role], options, tokenizers[BASE], adapter=True)
                 record_target = record["adapter"] if "adapter" in record else record["descendants"][role]
-                record_target["settings"], adapter_warnings = adapter_settings(adapter_roles[role])
+                record_target["settings"], adapter_warnings = adapter_settings(adapter_roles[role], base)
                 warnings += adapter_warnings
             handle = sequential.load_handle(role)
             heads[role], facts[role] = ReadoutHead(handle, heads.values()), model_facts(handle)

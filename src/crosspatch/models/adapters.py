@@ -81,13 +81,40 @@ def check_adapter_files(path: str, allow_pickle: bool) -> None:
             "arbitrary code when loaded. Convert to safetensors, or pass --allow-pickle if you trust it.")
 
 
-def adapter_settings(adapter_dir: str) -> tuple[dict, list[str]]:
+def _model_name(path: str) -> str:
+    """What a model path or hub id is called, for telling two names of a base apart: its last
+    part, lower case (``meta-llama/Llama-3.1-8B`` and ``/models/llama-3.1-8b/`` alike)."""
+    return Path(str(path).rstrip("/\\")).name.lower()
+
+
+def base_name_warning(recorded, base: str) -> str | None:
+    """A warning when an adapter's ``base_model_name_or_path`` (``recorded``) names another model
+    than the ``base`` it is applied to: the commonest slip is an adapter trained on the
+    instruct model applied to the pretrained one, which loads without a word (same shapes) and
+    measures nothing meaningful. Names are compared by their last part (a local copy of a hub
+    model under the hub name's folder matches), a local path also by where it leads; None where
+    they agree or nothing is recorded."""
+    from .paths import path_key
+
+    if not isinstance(recorded, str) or not recorded.strip():
+        return None
+    if _model_name(recorded) == _model_name(base) or path_key(recorded) == path_key(base):
+        return None
+    return (f"the adapter's adapter_config.json names its base as {recorded!r}, and it is applied to {base!r}: "
+            "if these are not the same model (an adapter trained on an instruct model and applied to the "
+            "pretrained one is the common slip), the descendant is not what was trained and the effects mean nothing")
+
+
+def adapter_settings(adapter_dir: str, base: str | None = None) -> tuple[dict, list[str]]:
     """The recorded settings of a PEFT adapter directory, and warnings about settings that make
-    "adapter disabled" differ from the original base."""
+    "adapter disabled" differ from the original base, and (``base`` given) about an adapter whose
+    config names another base (:func:`base_name_warning`)."""
     cfg = read_adapter_config(adapter_dir)
     settings = {k: cfg.get(k) for k in ("peft_type", "r", "lora_alpha", "target_modules", "bias",
                                          "modules_to_save", "layers_to_transform", "base_model_name_or_path")}
     warnings = []
+    if base is not None and (other := base_name_warning(cfg.get("base_model_name_or_path"), base)):
+        warnings.append(other)
     if cfg.get("bias", "none") not in (None, "none"):
         warnings.append(
             f"adapter bias={cfg['bias']!r}: biases are trained in place, so 'adapter disabled' is not "
