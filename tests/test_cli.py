@@ -210,6 +210,34 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_dry_run_counts_the_text_the_chat_template_writes(tmp_path):
+    """With --chat-template the plan's token count is that of the chats as the descendant's
+    template renders them (every turn of a 'messages' row), not of their raw text."""
+    import re
+
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "m")
+    config_path = root / "tuned" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+    config_path.write_text(json.dumps(config))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "messages": [{"role": "system", "content": "Be brief."},
+                                                           {"role": "user", "content": "Rain?"}]}) + "\n")
+
+    def tokens(*extra) -> int:
+        res = CliRunner().invoke(app, ["run", "--base", str(root / "base"), "--tuned", str(root / "tuned"), "--prompts",
+                                       str(prompts), "--out", str(tmp_path / "out"), "--dry-run",
+                                       "--max-new-tokens", "10", *extra])
+        assert res.exit_code == 0, res.output
+        return int(re.search(r"over ([\d,]+) prompt\+budget tokens", res.output).group(1).replace(",", ""))
+
+    assert tokens("--chat-template") == len("system: Be brief.\nuser: Rain?\nassistant:") + 10  # characters
+    assert "are chats" in CliRunner().invoke(app, ["run", "--base", str(root / "base"), "--tuned", str(root / "tuned"),
+                                                   "--prompts", str(prompts), "--dry-run"]).output
+
+
 def test_analyses_and_their_options_on_the_command_line(saved_pair, tmp_path):
     """`crosspatch analyses` lists every registered analysis with its options; --analysis and
     --analysis-option name registered ones, typed by their options dataclass; anything else is a

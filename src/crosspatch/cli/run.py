@@ -184,7 +184,17 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
     lines.append(f"event kinds: {', '.join(kinds)}; controls: {', '.join(controls) or 'none'}")
     try:
         tok = load_tokenizer(base, options)
-        lengths = [len(tok(p.prompt)["input_ids"]) + config.max_new_tokens for p in prompts]
+        if config.chat_template and (tuned or adapters):  # what the run reads: the descendant's template's text
+            from ..execution.roles import named_path
+            from ..runner.prepare import render_chat
+
+            given = (tuned or adapters)[0]
+            path = (named_path(given) or (None, given))[1]  # NAME=PATH: the path
+            template = load_tokenizer(path, options)
+            texts = [render_chat(template, p, repr(path)) for p in prompts]
+            lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) + config.max_new_tokens for t in texts]
+        else:
+            lengths = [len(tok(p.prompt)["input_ids"]) + config.max_new_tokens for p in prompts]
         tokens = sum(lengths)
     except CrosspatchError:
         lengths, tokens = [], None

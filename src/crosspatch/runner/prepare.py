@@ -24,17 +24,24 @@ def _prompt_text(pair: ModelSet, prompt: Prompt, config: RunConfig) -> str:
     assistant's opening; a template that refuses the chat is a PromptFileError naming the prompt."""
     if not config.chat_template:
         return prompt.prompt
+    tuned = config.tuned or pair.roles[1]
+    return render_chat(pair.tokenizers[tuned], prompt, repr(tuned))
+
+
+def render_chat(tokenizer, prompt: Prompt, whose: str) -> str:
+    """``prompt``'s chat (its ``messages``, else one user turn) rendered by ``tokenizer``'s chat
+    template with the assistant's opening; a template that refuses it is a PromptFileError
+    naming the prompt and ``whose`` template it is."""
     from ..errors import PromptFileError
 
-    tuned = config.tuned or pair.roles[1]
     chat = list(prompt.messages) if prompt.messages else [{"role": "user", "content": prompt.prompt}]
     try:
-        text = pair.tokenizers[tuned].apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     except Exception as exc:  # a template raises what it likes (jinja2's TemplateError, ValueError, ...)
-        raise PromptFileError(f"prompt {prompt.id!r}: the chat template of {tuned!r} refuses its chat "
+        raise PromptFileError(f"prompt {prompt.id!r}: the chat template of {whose} refuses its chat "
                               f"({exc.__class__.__name__}: {exc})") from exc
     if not isinstance(text, str):
-        raise PromptFileError(f"prompt {prompt.id!r}: the chat template of {tuned!r} rendered no text")
+        raise PromptFileError(f"prompt {prompt.id!r}: the chat template of {whose} rendered no text")
     return text
 
 
