@@ -112,7 +112,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     loaded; returns the prompts."""
     from .. import load_prompts
     from ..errors import PromptImageError
-    from ..inputs.prompts import check_chat_rows
+    from ..inputs.chats import check_chat_rows
     from ..models.anatomy import check_supported
     from ..models.paths import local_config, local_is_multimodal
     from ..runner.checks import (

@@ -24,7 +24,8 @@ from ..errors import OptionError
 from ..execution import Executor, ModelSet, combined_wish, map_chunks
 from ..execution.batching import chunk_size
 from ..execution.batching import state_cache_bytes as cache_bytes
-from ..inputs.prompts import Prompt, as_prompts, check_chat_rows
+from ..inputs.chats import check_chat_rows
+from ..inputs.prompts import Prompt, as_prompts
 from ..models.forward import WorkCounter, counting_work
 from ..models.loading import DTYPES
 from ..store import RunStore, check_complete, completed_prompts

@@ -41,7 +41,8 @@ class CrosspatchCallback(TrainerCallback):
                  seed: int = 0, policy: dict | None = None, stop_on_fail: bool = False, out: str | Path | None = None,
                  tokenizer=None, prefix: str = "crosspatch/", verbose: bool = True) -> None:
         from ..core.verdict import VerdictPolicy
-        from ..inputs.prompts import as_prompts, check_chat_rows, load_prompts
+        from ..inputs.chats import check_chat_rows
+        from ..inputs.prompts import as_prompts, load_prompts
         from ..models.options import check_switches
         from ..runner.checks import _int, check_bootstrap, check_boundary_spec
 

@@ -53,7 +53,8 @@ def _prompt_texts(prompts) -> tuple[list[str], list[str], str]:
     """(ids, texts, source) of the probe prompts: the given prompts (file, list) or the defaults."""
     if prompts is None:
         return [f"probe-{i}" for i in range(len(DEFAULT_PROBE_PROMPTS))], list(DEFAULT_PROBE_PROMPTS), "built-in probes"
-    from ..inputs.prompts import as_prompts, check_chat_rows, load_prompts
+    from ..inputs.chats import check_chat_rows
+    from ..inputs.prompts import as_prompts, load_prompts
 
     items = load_prompts(prompts) if isinstance(prompts, (str, Path)) else as_prompts(prompts)
     check_chat_rows(items, False, "preflight")

@@ -177,7 +177,8 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     receives ``splice.json``, ``splice.md``, ``splice.html`` and the diagnostic's run directory."""
     from ..execution import load_models
     from ..execution.roles import model_path_arg
-    from ..inputs.prompts import as_prompts, check_chat_rows, load_prompts
+    from ..inputs.chats import check_chat_rows
+    from ..inputs.prompts import as_prompts, load_prompts
     from ..models.adapters import check_adapter_files
     from ..models.loading import LoadOptions, validate_load_options
     from ..models.options import check_switches

@@ -1,0 +1,59 @@
+"""Prompt rows given as chats: ``messages``, a list of ``{"role", "content"}`` turns as Hugging
+Face chat datasets hold them, read and checked here (:func:`chat_messages`), rendered by the
+descendant's chat template in a run (``runner.prepare.render_chat``), refused where raw text is
+fed (:func:`check_chat_rows`)."""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import PromptFileError
+
+# the roles a chat row may hold (what chat templates know); the model answers the last turn
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def chat_messages(value, where: str) -> tuple:
+    """A row's ``messages``: a non-empty list of ``{"role", "content"}`` objects (JSON text in a
+    CSV or Parquet cell) whose roles are chat roles and whose last turn is not the assistant's
+    (the models answer it), each content a string; else a PromptFileError naming the turn. (The
+text itself is checked with the row's other fields.)"""
+    if isinstance(value, str):  # CSV/Parquet cells hold JSON text
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise PromptFileError(f"{where}: field 'messages' is not valid JSON ({exc.msg})") from None
+    if hasattr(value, "tolist") and not isinstance(value, (list, dict)):  # a Parquet list cell (numpy array)
+        value = value.tolist()
+    if not isinstance(value, list) or not value:
+        raise PromptFileError(f"{where}: field 'messages' must be a non-empty list of {{\"role\", \"content\"}} "
+                              "objects (a chat)")
+    turns = []
+    for k, turn in enumerate(value):
+        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or "content" not in turn:
+            raise PromptFileError(f"{where}: messages[{k}] must be an object with 'role' and 'content'")
+        if turn["role"] not in CHAT_ROLES:
+            raise PromptFileError(f"{where}: messages[{k}] has role {turn['role']!r}; a chat's roles are "
+                                  f"{', '.join(CHAT_ROLES)}")
+        if not isinstance(turn["content"], str):
+            raise PromptFileError(f"{where}: messages[{k}]'s content must be text, not {type(turn['content']).__name__}")
+        turns.append({"role": turn["role"], "content": turn["content"]})
+    if turns[-1]["role"] == "assistant":
+        raise PromptFileError(f"{where}: the chat's last turn is the assistant's; it must end with the turn the models "
+                              "answer (a user turn)")
+    users = [t["content"] for t in turns if t["role"] == "user"]
+    if not users or not users[-1].strip():
+        raise PromptFileError(f"{where}: the chat has no user turn with text")
+    return tuple(turns)
+
+
+def check_chat_rows(prompts: list, chat_template: bool, what: str = "the run") -> None:
+    """``prompts`` (:class:`~crosspatch.inputs.prompts.Prompt`) given as a chat (``messages``) are rendered by a chat template: without one
+    (``chat_template`` False: raw text) they are a PromptFileError, never fed as their last turn."""
+    chats = [p.id for p in prompts if p.messages]
+    if chats and not chat_template:
+        raise PromptFileError(
+            f"prompt(s) {', '.join(chats[:5])} are chats ('messages'): {what} feeds raw text"
+            + (", so add --chat-template to render them with the descendant's chat template" if what == "the run"
+               else "; give them as 'prompt' text"))
+
