@@ -148,3 +148,27 @@ def test_an_out_holding_another_trainings_later_steps_is_refused_when_training_b
         callback.on_train_begin(None, SimpleNamespace(global_step=0), None)
     for resumed_at in (12, 24):  # a training resumed from a checkpoint adds later steps to its own diagnostics
         callback.on_train_begin(None, SimpleNamespace(global_step=resumed_at), None)
+
+
+def test_chat_prompts_need_the_callbacks_chat_template_and_a_tokenizer_that_has_one(tmp_path):
+    """Eval prompts given as chats are rendered by the tokenizer's chat template when asked
+    (chat_template=True, as ``run --chat-template``), refused when it is not; a tokenizer without a
+    template is refused when training begins, not at the first diagnostic."""
+    from types import SimpleNamespace
+
+    from crosspatch.errors import ChatTemplateMissingError, PromptFileError
+
+    chats = [{"id": f"c{k}", "messages": [{"role": "user", "content": p["prompt"]}]} for k, p in enumerate(PROMPTS)]
+    with pytest.raises(PromptFileError, match="are chats .*pass chat_template=True"):
+        CrosspatchCallback(chats)
+    with pytest.raises(OptionError, match="chat_template must be True or False"):
+        CrosspatchCallback(chats, chat_template="yes")
+    class NoTemplate:  # a tokenizer (callable) without a chat template
+        chat_template = None
+
+        def __call__(self, text):
+            return text
+
+    callback = CrosspatchCallback(chats, chat_template=True, tokenizer=NoTemplate(), verbose=False)
+    with pytest.raises(ChatTemplateMissingError):
+        callback.on_train_begin(None, SimpleNamespace(global_step=0), None)

@@ -47,13 +47,11 @@ text itself is checked with the row's other fields.)"""
     return tuple(turns)
 
 
-def check_chat_rows(prompts: list, chat_template: bool, what: str = "the run") -> None:
-    """``prompts`` (:class:`~crosspatch.inputs.prompts.Prompt`) given as a chat (``messages``) are rendered by a chat template: without one
-    (``chat_template`` False: raw text) they are a PromptFileError, never fed as their last turn."""
+def check_chat_rows(prompts: list, chat_template: bool, what: str = "the run",
+                    fix: str = "add --chat-template to render them with the descendant's chat template") -> None:
+    """``prompts`` (:class:`~crosspatch.inputs.prompts.Prompt`) given as a chat (``messages``)
+    are rendered by a chat template: where ``what`` feeds raw text (``chat_template`` False)
+    they are a PromptFileError saying how to ``fix`` it, never fed as their last turn."""
     chats = [p.id for p in prompts if p.messages]
     if chats and not chat_template:
-        raise PromptFileError(
-            f"prompt(s) {', '.join(chats[:5])} are chats ('messages'): {what} feeds raw text"
-            + (", so add --chat-template to render them with the descendant's chat template" if what == "the run"
-               else "; give them as 'prompt' text"))
-
+        raise PromptFileError(f"prompt(s) {', '.join(chats[:5])} are chats ('messages'): {what} feeds raw text; {fix}")

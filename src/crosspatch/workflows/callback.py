@@ -15,7 +15,9 @@ place it). It logs ``crosspatch/E_PT``, ``crosspatch/E_IT``, ``crosspatch/intera
 with ``_ci_low``/``_ci_high``), ``crosspatch/events`` and ``crosspatch/passed``; appends a row per
 step to ``history`` (and ``<out>/steps.jsonl``); writes ``crosspatch.json`` into each saved
 checkpoint directory; and with ``stop_on_fail`` stops training when the verdict is not one the
-policy passes. Its cost is bounded by ``max_prompts`` and ``max_new_tokens`` and printed.
+policy passes. Its cost is bounded by ``max_prompts`` and ``max_new_tokens`` and printed. With
+``chat_template=True`` the prompts (rows given as chats included) are rendered by the tokenizer's
+chat template, as ``crosspatch run --chat-template`` does.
 
 Numbers equal a separate ``crosspatch run`` on the saved checkpoint with the same settings (the
 test trains a zoo LoRA with TRL and checks this to 1e-4).
@@ -39,7 +41,7 @@ class CrosspatchCallback(TrainerCallback):
     def __init__(self, prompts, base=None, boundary: int | float = 0.6, every_n_steps: int | None = None,
                  on_save: bool = True, max_prompts: int = 32, max_new_tokens: int = 32, bootstrap: int = 1000,
                  seed: int = 0, policy: dict | None = None, stop_on_fail: bool = False, out: str | Path | None = None,
-                 tokenizer=None, prefix: str = "crosspatch/", verbose: bool = True) -> None:
+                 tokenizer=None, prefix: str = "crosspatch/", verbose: bool = True, chat_template: bool = False) -> None:
         from ..core.verdict import VerdictPolicy
         from ..inputs.chats import check_chat_rows
         from ..inputs.prompts import as_prompts, load_prompts
@@ -47,7 +49,6 @@ class CrosspatchCallback(TrainerCallback):
         from ..runner.checks import _int, check_bootstrap, check_boundary_spec
 
         items = load_prompts(prompts) if isinstance(prompts, (str, Path)) else as_prompts(prompts)
-        check_chat_rows(items, False, "the training callback")
         if not isinstance(max_prompts, int) or max_prompts < 1:
             raise OptionError(f"max_prompts must be a positive integer, not {max_prompts!r}")
         if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
@@ -59,7 +60,9 @@ class CrosspatchCallback(TrainerCallback):
         check_boundary_spec(boundary)
         check_bootstrap(bootstrap)
         _check_base(base)
-        check_switches(on_save=on_save, stop_on_fail=stop_on_fail, verbose=verbose)
+        check_switches(on_save=on_save, stop_on_fail=stop_on_fail, verbose=verbose, chat_template=chat_template)
+        check_chat_rows(items, chat_template, "the training callback",
+                        "pass chat_template=True to render them with the tokenizer's chat template")
         _int("seed", seed, 0)
         if out is not None and (not isinstance(out, (str, Path)) or not str(out).strip()):
             raise OptionError(f"out must be a directory path or None, not {out!r}")
@@ -76,6 +79,7 @@ class CrosspatchCallback(TrainerCallback):
         self.base, self.boundary, self.every_n_steps, self.on_save_enabled = base, boundary, every_n_steps, on_save
         self.max_new_tokens, self.bootstrap, self.seed = max_new_tokens, bootstrap, seed
         self.stop_on_fail, self.out, self.tokenizer, self.prefix, self.verbose = stop_on_fail, out, tokenizer, prefix, verbose
+        self.chat_template = chat_template
         self.history: list[dict] = []
         self.trainer = None
         self._base_model = None
@@ -102,6 +106,10 @@ class CrosspatchCallback(TrainerCallback):
         if self.tokenizer is None:
             raise OptionError("CrosspatchCallback needs the tokenizer: give tokenizer=, or pass processing_class to "
                               "the trainer")
+        if self.chat_template:  # refused now, not at the first diagnostic, hours in
+            from ..runner.checks import check_chat_template
+
+            check_chat_template(self.tokenizer)
         if model is not None and not _is_peft(model) and self.base is None:
             raise OptionError("CrosspatchCallback on a full fine-tune needs base= (the base checkpoint's path or "
                               "module); for a PEFT model the base is the adapter switched off")
@@ -183,7 +191,7 @@ class CrosspatchCallback(TrainerCallback):
             out = Path(self.out) / f"step-{step}" if self.out is not None else None
             result = crosspatch.run(pair, self.prompts, boundary=self.boundary, max_new_tokens=self.max_new_tokens,
                                     bootstrap=self.bootstrap, seed=self.seed, out=out, progress=False,
-                                    policy=self.policy.as_dict())
+                                    policy=self.policy.as_dict(), chat_template=self.chat_template)
         finally:
             if was_training:
                 model.train()

@@ -57,7 +57,7 @@ def _prompt_texts(prompts) -> tuple[list[str], list[str], str]:
     from ..inputs.prompts import as_prompts, load_prompts
 
     items = load_prompts(prompts) if isinstance(prompts, (str, Path)) else as_prompts(prompts)
-    check_chat_rows(items, False, "preflight")
+    check_chat_rows(items, False, "preflight", "give them as 'prompt' text")
     with_images = [p.id for p in items if p.metadata.get("image")]
     if with_images:
         raise PromptFileError(f"preflight compares text generations; prompts with images ({', '.join(with_images[:3])}) "

@@ -218,7 +218,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     else:
         check_model_path(str(tuned), "tuned")
     items = load_prompts(prompts) if isinstance(prompts, (str, Path)) else as_prompts(prompts)
-    check_chat_rows(items, False, "splice")
+    check_chat_rows(items, False, "splice", "give them as 'prompt' text")
     if any(p.metadata.get("image") for p in items):
         raise PromptFileError("splice generates from text prompts; image prompts are not supported here")
     inputs = {"base": str(base), "tuned": str(tuned) if tuned else None, "adapter": str(adapter) if adapter else None,
