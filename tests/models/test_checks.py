@@ -260,3 +260,22 @@ def test_text_holding_tokens_only_the_descendant_has_is_refused_with_the_reason(
                        match=r"'<\|im_start\|>'.*tokens the descendant's tokenizer has and the base's lacks "
                              r"\(<\|im_start\|>\).*without --chat-template"):
         tokenize_once(tok_pt, tok_it, "a", "<|im_start|>rain", add_special_tokens=False)
+
+
+def test_a_trainers_state_beside_the_weights_is_neither_hashed_nor_sized_as_weights(tmp_path):
+    """A Trainer's checkpoint-N directory holds optimizer.pt (twice the weights under Adam),
+    scheduler.pt, rng_state.pth and training_args.bin beside the weights: a run records and hashes
+    the weight files only, and sizes the model (for the residency it chooses) by them."""
+    from crosspatch.execution.opening import _weights_bytes
+    from crosspatch.models.loading import provenance, weight_files
+    from crosspatch.models.options import LoadOptions
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path)
+    checkpoint = root / "tuned"
+    weights = (checkpoint / "model.safetensors").stat().st_size
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "scaler.pt"):
+        (checkpoint / name).write_bytes(b"\0" * (2 * weights))
+    assert [f.name for f in weight_files(str(checkpoint))] == ["model.safetensors"]
+    assert list(provenance(str(checkpoint), LoadOptions())["weights"]) == ["model.safetensors"]
+    assert _weights_bytes(str(checkpoint)) == weights

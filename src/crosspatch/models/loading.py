@@ -18,7 +18,7 @@ import torch
 
 from ..errors import DeviceUnavailableError, ModelLoadError, OptionError, PickleWeightsRefusedError, first_line
 from .options import LoadOptions, check_switches
-from .paths import WEIGHT_SUFFIXES
+from .paths import is_weight_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -113,7 +113,7 @@ def is_local(path: str) -> bool:
 
 def weight_files(path: str) -> list[Path]:
     root = Path(path).expanduser()
-    return sorted(p for p in root.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    return sorted(p for p in root.iterdir() if is_weight_file(p) and p.is_file())
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

@@ -62,6 +62,14 @@ def check_model_path(path: str, role: str, adapter: bool = False) -> None:
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
+# what a Trainer saves beside the weights of a checkpoint-N directory (optimizer state: twice the
+# weights' size under Adam); never weights, so never hashed or checked as such
+TRAINER_STATE_PREFIXES = ("optimizer", "scheduler", "scaler", "rng_state", "training_args", "trainer_state")
+
+
+def is_weight_file(path: Path) -> bool:
+    """Whether a directory entry's name is that of a weight file (a Trainer's state is not)."""
+    return path.suffix in WEIGHT_SUFFIXES and not path.name.startswith(TRAINER_STATE_PREFIXES)
 # the JSON files of a checkpoint or adapter directory that loading reads; transformers skips a
 # generation config it cannot parse without a word (its EOS ids with it)
 CHECKPOINT_JSON_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer_config.json",
@@ -90,7 +98,7 @@ def check_checkpoint_files(root: Path, named: str) -> None:
     except OSError as exc:
         raise ModelLoadError(f"{named} cannot be listed ({exc.__class__.__name__}: {exc})") from exc
     for entry in entries:
-        if entry.suffix not in WEIGHT_SUFFIXES:
+        if not is_weight_file(entry):
             continue
         try:
             regular = entry.is_file()
