@@ -16,8 +16,8 @@ CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 def chat_messages(value, where: str) -> tuple:
     """A row's ``messages``: a non-empty list of ``{"role", "content"}`` objects (JSON text in a
     CSV or Parquet cell) whose roles are chat roles and whose last turn is not the assistant's
-    (the models answer it), each content a string; else a PromptFileError naming the turn. (The
-text itself is checked with the row's other fields.)"""
+    (the models answer it), each content a string; else a PromptFileError naming the turn (the
+    text itself is checked with the row's other fields)."""
     if isinstance(value, str):  # CSV/Parquet cells hold JSON text
         try:
             value = json.loads(value)

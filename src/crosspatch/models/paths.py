@@ -70,6 +70,8 @@ TRAINER_STATE_PREFIXES = ("optimizer", "scheduler", "scaler", "rng_state", "trai
 def is_weight_file(path: Path) -> bool:
     """Whether a directory entry's name is that of a weight file (a Trainer's state is not)."""
     return path.suffix in WEIGHT_SUFFIXES and not path.name.startswith(TRAINER_STATE_PREFIXES)
+
+
 # the JSON files of a checkpoint or adapter directory that loading reads; transformers skips a
 # generation config it cannot parse without a word (its EOS ids with it)
 CHECKPOINT_JSON_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer_config.json",

@@ -97,9 +97,9 @@ def model_identity(entry):
         return entry
     if "path" not in entry:
         return {k: model_identity(v) for k, v in entry.items()}
-    weights = entry.get("weights") or {}
     if not entry.get("local"):
         return entry
+    weights = entry.get("weights") or {}
     if weights and all(isinstance(v, str) for v in weights.values()):
         return {k: v for k, v in entry.items() if k != "path"}
     return entry | {"path": path_key(entry["path"])}
