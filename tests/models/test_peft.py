@@ -109,3 +109,17 @@ def test_a_hub_adapter_in_the_cache_loads_offline(tmp_path):
         outs[name] = json.loads((tmp_path / name / "summary.json").read_text())
     assert outs["hub"]["counts"] == outs["local"]["counts"] and outs["hub"]["counts"]["events"] > 0
     assert outs["hub"]["results"] == outs["local"]["results"]
+    # the run records the snapshot (commit) each hub id was read from: the same id updated on the
+    # Hub between two sessions of one run is another run, refused, not mixed into it
+    models = json.loads((tmp_path / "hub" / "config.json").read_text())["models"]
+    assert models["base"]["snapshot"] == models["adapter"]["snapshot"] == "0" * 40
+    entry = tmp_path / "hf" / "hub" / "models--org--tiny-base"
+    shutil.copytree(entry / "snapshots" / ("0" * 40), entry / "snapshots" / ("1" * 40))
+    (entry / "refs" / "main").write_text("1" * 40)
+    (tmp_path / "hub" / "summary.json").unlink()  # an unfinished run, resumed
+    done = subprocess.run([sys.executable, "-m", "crosspatch", "run", "--base", "org/tiny-base", "--adapter",
+                           "org/tiny-adapter", "--prompts", str(prompts), "--out", str(tmp_path / "hub"),
+                           "--max-new-tokens", "8", "--bootstrap", "0", "--controls", "none", "--event-kinds",
+                           "first_diff"], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "RunSettingsMismatchError" in done.stdout + done.stderr, done.stderr[-2000:]
+    assert "models.base.snapshot" in done.stdout + done.stderr

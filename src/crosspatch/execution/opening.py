@@ -192,6 +192,7 @@ def load_models(
             del handle
             gc.collect()
         real, checks = _check_set(roles, tokenizers, facts, options)
+        record_snapshots(record, options.revision)
         sequential.real_vocab, sequential.eos_ids, sequential.facts = real, eos, facts
         sequential.warnings = warnings + checks
         return sequential
@@ -213,7 +214,21 @@ def load_models(
                                    record, warnings)
             for role in adapter_roles:
                 handles[role] = ModelHandle(role, model, adapter_enabled=True, adapter_name=role)
+    record_snapshots(record, options.revision)
     return assemble_set(handles, tokenizers, residency, options, warnings, record)
+
+
+def record_snapshots(record: dict, revision: str | None) -> None:
+    """Each hub model of a load ``record`` (its provenance entries that are not local) gets the
+    ``snapshot`` (commit) it was read from, once loaded (a first run downloads it while loading)."""
+    from ..models.paths import hub_snapshot
+
+    entries = [(key, record[key]) for key in ("base", "tuned", "adapter") if isinstance(record.get(key), dict)]
+    entries += [(entry.get("kind", "tuned"), entry) for entry in (record.get("descendants") or {}).values()]
+    for kind, entry in entries:
+        if not entry.get("local"):
+            marker = "adapter_config.json" if kind == "adapter" else "config.json"
+            entry["snapshot"] = hub_snapshot(entry["path"], revision, marker)
 
 
 def load_pair(base: str, tuned: str | None = None, adapter: str | None = None,

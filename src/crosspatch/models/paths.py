@@ -137,6 +137,22 @@ def check_hub_id(repo: str, flag: str, marker: str = "config.json") -> None:
             "(no network); give a local path, or download the model where there is network")
 
 
+def hub_snapshot(repo: str, revision: str | None = None, marker: str = "config.json", cache_dir=None) -> str | None:
+    """The commit a hub id (at ``revision``, else its main branch) resolves to in the local Hugging
+    Face cache: the snapshot its files are read from, told by its ``marker`` file's folder; None
+    where it is not cached. What a run records of a hub model, so that a model updated on the Hub
+    between two sessions of one run is another run, not mixed into it."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        cached = try_to_load_from_cache(repo, marker, cache_dir=cache_dir, revision=revision)
+    except Exception:  # an id the hub library refuses to parse: nothing to record
+        return None
+    return Path(cached).parent.name if isinstance(cached, str) else None
+
+
 def hub_offline() -> bool:
     """Whether offline mode is set (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
     return any(os.environ.get(name, "").lower() in ("1", "true", "yes")
