@@ -51,6 +51,21 @@ def test_adapter_and_its_merge_pass_every_check(tmp_path):
         assert (tmp_path / "pf" / name).stat().st_size > 0
 
 
+def test_what_loading_found_is_on_the_preflight_page(tmp_path):
+    """Warnings of loading (here an adapter whose config names another base: trained on the
+    instruct model, applied to the pretrained one) are in preflight.json and on its pages."""
+    adapter = tmp_path / "other-base"
+    shutil.copytree(Z / "it-lora-all", adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "org/weather-it"}))
+    result = preflight(str(Z / "base"), adapter=str(adapter), prompts=PROMPTS[:2], max_new_tokens=4,
+                       out=tmp_path / "pf")
+    assert any("names its base as 'org/weather-it'" in w for w in result.document["warnings"])
+    for page in ("preflight.md", "preflight.html"):
+        text = (tmp_path / "pf" / page).read_text()
+        assert "Warnings" in text and "weather-it" in text, page
+
+
 def test_do_nothing_adapter_fails_naming_zero_b_matrices():
     result = run(NOOP_ADAPTER)
     check = result.checks["adapter-active"]

@@ -121,3 +121,11 @@ def test_splice_refuses_bad_input_before_loading(tmp_path, monkeypatch):
         splice(str(Z / "base"), tuned=str(Z / "it-full"), prompts=PROMPTS, run_diagnostic="no")  # type: ignore[arg-type]
     with pytest.raises(PromptFileError):
         splice(str(Z / "base"), tuned=str(Z / "it-full"), prompts=["Rain in Boston", "  "])
+
+
+def test_what_loading_found_heads_the_splice_page():
+    from crosspatch.workflows.splice import splice_sections
+
+    sections = splice_sections({"boundaries": {}, "warnings": ["the adapter's adapter_config.json names its base as 'x'"]})
+    assert [s.title for s in sections] == ["Warnings"] and "names its base" in sections[0].paragraphs[0]
+    assert splice_sections({"boundaries": {}, "warnings": []}) == []

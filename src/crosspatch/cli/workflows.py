@@ -62,6 +62,7 @@ def preflight_cmd(
         for check in result.document["checks"]:
             table.add_row(check["name"], Text(check["status"], style=colours[check["status"]]), check["summary"])
         _stdout().print(table)
+        _print_warnings(result.document)
         if out is not None:
             console.print(f"written: {out}/preflight.md, preflight.html, preflight.json")
     raise typer.Exit(code=result.exit_code)
@@ -109,7 +110,14 @@ def splice_cmd(
             cells.append(f"{'—' if rate is None else f'{rate:.0%}'} / {chimera['same_as_tuned']:.0%}")
         table.add_row(b, *cells)
     _stdout().print(table)
+    _print_warnings(result.document)
     console.print(f"written: {out}/splice.html (continuations side by side), splice.md, splice.json")
+
+
+def _print_warnings(document: dict) -> None:
+    """What loading a workflow's models found, as ``run`` prints its warnings."""
+    for warning in document.get("warnings") or []:
+        console.print(Text.assemble(("warning ", "yellow"), str(warning)), soft_wrap=True)
 
 
 @app.command("merge-check")

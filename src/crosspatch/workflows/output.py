@@ -82,6 +82,13 @@ def stages(total: int, say):
     return StageClock([1.0] * total, say or (lambda message: None)).stage
 
 
+def warnings_sections(document: dict) -> list[Section]:
+    """A workflow page's "Warnings" section: what loading its models found (an adapter on another
+    base, a tokenizer difference, ...), recorded in its document's ``warnings``; none without."""
+    warnings = document.get("warnings") or []
+    return [Section("Warnings", [str(w) for w in warnings], [])] if warnings else []
+
+
 def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -258,7 +258,9 @@ def preflight_sections(document: dict, generations: int = 20) -> list[Section]:
     checks = document["checks"]
     overview = Section("Checks", [], [Table(["check", "status", "finding"],
                                             [[c["name"], c["status"], c["summary"]] for c in checks])])
-    sections = [overview]
+    from .output import warnings_sections
+
+    sections = [overview] + warnings_sections(document)
     for c in checks:
         if c.get("table") and c["table"]["rows"]:
             sections.append(Section(c["name"], [c["summary"]] + [f"cause: {x}" for x in c.get("causes") or []],

@@ -324,7 +324,9 @@ def _ci(value: dict | None) -> str:
 
 
 def splice_sections(document: dict) -> list[Section]:
-    sections = []
+    from .output import warnings_sections
+
+    sections = warnings_sections(document)
     diagnostic = document.get("diagnostic") or {}
     for b, block in document["boundaries"].items():
         rows = []
