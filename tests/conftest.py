@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
 
 from crosspatch.testing import char_tokenizer, make_pair
+
+# the suite (and the commands it runs) keeps weight digests in a directory of its own, not in ~/.cache
+os.environ.setdefault("CROSSPATCH_CACHE_DIR", tempfile.mkdtemp(prefix="crosspatch-test-cache-"))
 
 PROMPTS = [
     {"id": "p0", "prompt": "Rain in Boston", "category": "precipitation"},

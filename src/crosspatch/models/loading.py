@@ -8,7 +8,6 @@ local weight files, adapter settings) goes into the pair's provenance for the ru
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Iterator
 import torch
 
 from ..errors import DeviceUnavailableError, ModelLoadError, OptionError, PickleWeightsRefusedError, first_line
+from .digests import sha256_file
 from .options import LoadOptions, check_switches
 from .paths import is_weight_file
 
@@ -114,14 +114,6 @@ def is_local(path: str) -> bool:
 def weight_files(path: str) -> list[Path]:
     root = Path(path).expanduser()
     return sorted(p for p in root.iterdir() if is_weight_file(p) and p.is_file())
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_weight_format(path: str, allow_pickle: bool) -> None:
