@@ -279,3 +279,27 @@ def test_a_trainers_state_beside_the_weights_is_neither_hashed_nor_sized_as_weig
     assert [f.name for f in weight_files(str(checkpoint))] == ["model.safetensors"]
     assert list(provenance(str(checkpoint), LoadOptions())["weights"]) == ["model.safetensors"]
     assert _weights_bytes(str(checkpoint)) == weights
+
+
+def test_a_hub_id_is_checked_at_the_revision_asked_for_and_its_snapshot_recorded(tmp_path, monkeypatch):
+    """Offline, a hub id cached only at main is refused at once when another revision is asked
+    for (not after a tokenizer's retries); the snapshot (commit) a cached id resolves to is what
+    a run records of it."""
+    import huggingface_hub.constants
+
+    from crosspatch.errors import HubUnavailableError
+    from crosspatch.models.paths import check_model_path, hub_snapshot
+
+    entry = tmp_path / "hub" / "models--org--tiny"
+    (entry / "snapshots" / ("a" * 40)).mkdir(parents=True)
+    (entry / "snapshots" / ("a" * 40) / "config.json").write_text("{}")
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    check_model_path("org/tiny", "base")
+    check_model_path("org/tiny", "base", revision="main")
+    with pytest.raises(HubUnavailableError, match="at revision 'v2' while HF_HUB_OFFLINE=1"):
+        check_model_path("org/tiny", "base", revision="v2")
+    assert hub_snapshot("org/tiny") == hub_snapshot("org/tiny", "main") == "a" * 40
+    assert hub_snapshot("org/tiny", "v2") is None and hub_snapshot("org/other") is None

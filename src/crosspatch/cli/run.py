@@ -130,16 +130,16 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     check_options_take_effect(config)
     items = load_prompts(prompts)
     check_chat_rows(items, config.chat_template)
-    check_model_path(base, "base")
+    check_model_path(base, "base", revision=options.revision)
     role = "lineage stage" if collection == "lineage" else "tuned"  # named as the user gave them
     from ..execution.roles import named_path
 
     tuned = [(named_path(p) or (None, p))[1] for p in tuned]  # NAME=PATH: the path is checked
     adapters = [(named_path(p) or (None, p))[1] for p in adapters]
     for path in tuned:
-        check_model_path(path, role)
+        check_model_path(path, role, revision=options.revision)
     for path in adapters:
-        check_model_path(path, role, adapter=True)
+        check_model_path(path, role, adapter=True, revision=options.revision)
     check_distinct_descendants(list(tuned) + list(adapters))
     for path in [base, *tuned]:
         check_supported(local_config(path))  # a hub id: checked once loaded

@@ -149,13 +149,13 @@ def load_models(
     validate_load_options(options)  # the Python API gets the CLI's named errors, before any load
     base = model_path_arg(base, "the base")
     tuned_roles, adapter_roles = descendant_roles(tuned, adapters)
-    check_model_path(base, "base")
+    check_model_path(base, "base", revision=options.revision)
     for path in tuned_roles.values():
-        check_model_path(path, "tuned")
+        check_model_path(path, "tuned", revision=options.revision)
     for path in [base, *tuned_roles.values()]:
         check_custom_code(path, options.trust_remote_code)
     for path in adapter_roles.values():
-        check_model_path(path, "tuned", adapter=True)
+        check_model_path(path, "tuned", adapter=True, revision=options.revision)
         check_adapter_files(path, options.allow_pickle)
     if not tuned_roles and not adapter_roles:
         raise ModelLoadError("give at least one descendant: tuned= (a checkpoint) or adapter= (a PEFT adapter dir)")

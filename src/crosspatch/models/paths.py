@@ -35,8 +35,9 @@ def check_given_once(paths: list, what: str, why: str) -> None:
         seen[key] = str(path)
 
 
-def check_model_path(path: str, role: str, adapter: bool = False) -> None:
-    """A local path exists and is what it is given as; a hub id is reachable or cached."""
+def check_model_path(path: str, role: str, adapter: bool = False, revision: str | None = None) -> None:
+    """A local path exists and is what it is given as; a hub id is reachable or cached (at
+    ``revision``, the loading option, when given)."""
     p = Path(str(path)).expanduser()
     # how the user gave it: --base, --tuned, --adapter, or another name ("lineage stage", "--null")
     flag = "--adapter" if adapter and role in ("tuned", "base") else {"base": "--base", "tuned": "--tuned"}.get(role, role)
@@ -57,7 +58,7 @@ def check_model_path(path: str, role: str, adapter: bool = False) -> None:
             raise ModelLoadError(f"{flag} {path} has no config.json: not a Hugging Face checkpoint directory")
         check_checkpoint_files(p, f"{flag} {path}")
         return
-    check_hub_id(str(path), flag, "adapter_config.json" if adapter else "config.json")
+    check_hub_id(str(path), flag, "adapter_config.json" if adapter else "config.json", revision)
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -115,25 +116,30 @@ def check_checkpoint_files(root: Path, named: str) -> None:
             raise ModelLoadError(f"{named}: weight file {entry.name} is {what}")
 
 
-def check_hub_id(repo: str, flag: str, marker: str = "config.json") -> None:
+def check_hub_id(repo: str, flag: str, marker: str = "config.json", revision: str | None = None) -> None:
     """Fail at once (not after retries) when a hub id cannot be resolved: offline and its
-    ``marker`` file (a checkpoint's config.json, an adapter's adapter_config.json) not cached."""
+    ``marker`` file (a checkpoint's config.json, an adapter's adapter_config.json) not cached
+    (at ``revision`` when given)."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover
         return
-    cached = try_to_load_from_cache(repo, marker)
+    try:
+        cached = try_to_load_from_cache(repo, marker, revision=revision)
+    except Exception:  # an id or revision the hub library refuses to parse: loading names it
+        return
     if isinstance(cached, str):
         return
     from ..errors import HubUnavailableError
 
+    where = "in the local Hugging Face cache" + (f" at revision {revision!r}" if revision else "")
     if hub_offline():
         raise HubUnavailableError(
-            f"{flag} {repo}: not a local directory, and not in the local Hugging Face cache while HF_HUB_OFFLINE=1; "
+            f"{flag} {repo}: not a local directory, and not {where} while HF_HUB_OFFLINE=1; "
             "download it first or give a local path")
     if not hub_reachable():
         raise HubUnavailableError(
-            f"{flag} {repo}: not a local directory, not in the local Hugging Face cache, and the Hub cannot be reached "
+            f"{flag} {repo}: not a local directory, not {where}, and the Hub cannot be reached "
             "(no network); give a local path, or download the model where there is network")
 
 
