@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from typing import Optional
@@ -318,6 +319,7 @@ def test_env_says_what_crosspatch_runs_on_and_which_residency_a_run_would_choose
     assert facts["crosspatch"] == crosspatch.__version__ and facts["torch"] and facts["cpu_count"] >= 1
     assert facts["dtype"] in ("float32", "bfloat16", "float16") and "mergekit" in facts["extras"]
     assert facts["residency"]["choice"] == "adapter" and facts["residency"]["reason"]
+    assert facts["digest_cache"] == os.environ["CROSSPATCH_CACHE_DIR"]  # the suite's own (tests/conftest.py)
     lonely = CliRunner().invoke(app, ["env", "--base", str(zoo_path() / "base")])
     assert lonely.exit_code == 2 and "OptionError" in lonely.output
     for wrong in (["--adapter", str(zoo_path() / "it-full")], ["--tuned", str(zoo_path() / "no-such-dir")]):

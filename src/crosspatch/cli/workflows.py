@@ -199,6 +199,10 @@ def env_cmd(
         facts["dtype"] = options.dtype
         facts["extras"] = {name: package_version(name) for name in ("trl", "datasets", "mergekit", "ray")}
         facts["chromium"] = find_chromium()
+        from ..models.digests import cache_dir
+
+        digests = cache_dir()  # where large weight files' sha256 are remembered
+        facts["digest_cache"] = str(digests) if digests is not None else "off (CROSSPATCH_CACHE_DIR is empty)"
         if base is not None:
             from ..execution import choose_residency
 
