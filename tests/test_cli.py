@@ -236,6 +236,13 @@ def test_dry_run_counts_the_text_the_chat_template_writes(tmp_path):
     assert tokens("--chat-template") == len("system: Be brief.\nuser: Rain?\nassistant:") + 10  # characters
     assert "are chats" in CliRunner().invoke(app, ["run", "--base", str(root / "base"), "--tuned", str(root / "tuned"),
                                                    "--prompts", str(prompts), "--dry-run"]).output
+    # a template that refuses a chat is named before any weight loads, nothing written
+    config["chat_template"] = "{{ raise_exception('System role not supported') if messages[0]['role'] == 'system' }}"
+    config_path.write_text(json.dumps(config))
+    res = CliRunner().invoke(app, ["run", "--base", str(root / "base"), "--tuned", str(root / "tuned"), "--prompts",
+                                   str(prompts), "--out", str(tmp_path / "out"), "--chat-template"])
+    assert res.exit_code == 2 and "PromptFileError" in res.output and "System role not supported" in res.output
+    assert "residency" not in res.output and not (tmp_path / "out").exists()
 
 
 def test_analyses_and_their_options_on_the_command_line(saved_pair, tmp_path):

@@ -146,6 +146,10 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     layers = local_num_layers(base)
     if layers is not None:
         resolve_boundaries(config, layers)
+    if config.chat_template:  # the template's refusals, named before the weights load
+        from ..runner.prepare import check_chat_templates
+
+        check_chat_templates(base, [(p, False) for p in tuned] + [(p, True) for p in adapters], items, options)
     images = [p.id for p in items if p.metadata.get("image")]
     if images and local_is_multimodal(base) is False:
         raise PromptImageError(f"prompt(s) {', '.join(images[:5])} have an image, but the base is a text-only model")

@@ -45,6 +45,22 @@ def render_chat(tokenizer, prompt: Prompt, whose: str) -> str:
     return text
 
 
+def check_chat_templates(base: str, descendants: list[tuple[str, bool]], prompts: list[Prompt], options) -> None:
+    """Before any model loads (``--chat-template``): each descendant (``(path, is_adapter)``) reads
+    with a tokenizer (its own, else the base's) that has a chat template rendering every prompt;
+    else the ChatTemplateMissingError or PromptFileError the run would meet after loading."""
+    from ..execution.adapters import descendant_tokenizer
+    from ..models.loading import load_tokenizer
+    from .checks import check_chat_template
+
+    base_tokenizer = load_tokenizer(base, options)
+    for path, is_adapter in descendants:
+        tokenizer = descendant_tokenizer(path, options, base_tokenizer, adapter=is_adapter)
+        check_chat_template(tokenizer)
+        for prompt in prompts:
+            render_chat(tokenizer, prompt, repr(path))
+
+
 def prompt_token_ids(pair: ModelSet, prompts: list[Prompt], tuned: str, config: RunConfig) -> list[list[int]]:
     """Token ids of every prompt, identical under the base's and ``tuned``'s tokenizers; an image
     prompt goes through both models' processors (which must agree) and its image is registered
