@@ -269,3 +269,24 @@ def test_a_missing_lineage_stage_is_named_as_a_stage(tmp_path):
     res = CliRunner().invoke(app, ["lineage", str(root / "base"), str(tmp_path / "nowhere"), "--prompts", str(prompts),
                                    "--out", str(tmp_path / "lin")])
     assert res.exit_code == 2 and "lineage stage" in res.output and "--tuned" not in res.output
+
+
+def test_a_dataset_saved_to_disk_is_a_prompt_set(tmp_path):
+    """A directory written by ``datasets``' ``save_to_disk`` (a split, or a dataset dict of one)
+    is read as a prompt file is; several splits are refused, naming them; another directory is
+    still no prompt file."""
+    datasets = pytest.importorskip("datasets")
+    rows = {"id": ["a", "b"], "messages": [[{"role": "user", "content": "Rain?"}], [{"role": "user", "content": "Fog?"}]],
+            "category": ["rain", "fog"]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "split"))
+    prompts = load_prompts(tmp_path / "split")
+    assert [(p.id, p.prompt, p.category) for p in prompts] == [("a", "Rain?", "rain"), ("b", "Fog?", "fog")]
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "one"))
+    assert [p.id for p in load_prompts(tmp_path / "one")] == ["a", "b"]
+    two = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows), "test": datasets.Dataset.from_dict(rows)})
+    two.save_to_disk(str(tmp_path / "two"))
+    with pytest.raises(PromptFileError, match="holds the splits train, test: give one split's directory"):
+        load_prompts(tmp_path / "two")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(PromptFileError, match="is a directory"):
+        load_prompts(tmp_path / "plain")

@@ -242,15 +242,19 @@ def _read_table(path: Path) -> list[tuple[str, dict]]:
 
 
 def load_prompts(path) -> list[Prompt]:
-    """Read and validate a prompt file (JSONL, a .json array, CSV, Parquet), or take a pandas DataFrame, a
-    ``datasets.Dataset`` or a list of dicts/strings; ids must be unique."""
+    """Read and validate a prompt file (JSONL, a .json array, CSV, Parquet) or a dataset saved with
+    ``datasets``' ``save_to_disk`` (a directory), or take a pandas DataFrame, a ``datasets.Dataset``
+    or a list of dicts/strings; ids must be unique."""
     if not isinstance(path, (str, Path)):
         return as_prompts(path)
     path = Path(path)
     if not path.exists():
         raise PromptFileError(f"{path}: no such prompt file")
     if path.is_dir():
-        raise PromptFileError(f"{path}: is a directory; give a .jsonl, .json, .csv, .tsv or .parquet file")
+        if any((path / name).is_file() for name in ("dataset_info.json", "dataset_dict.json", "state.json")):
+            return _saved_dataset(path)
+        raise PromptFileError(f"{path}: is a directory; give a .jsonl, .json, .csv, .tsv or .parquet file (or a "
+                              "dataset saved with datasets' save_to_disk)")
     if path.suffix == ".json" and (array := _read_json_array(path)) is not None:
         rows = array
     elif path.suffix in _JSON_SUFFIXES:
@@ -269,6 +273,25 @@ def load_prompts(path) -> list[Prompt]:
     if not prompts:
         raise PromptFileError(f"{path}: contains no prompts")
     return prompts
+
+
+def _saved_dataset(path: Path) -> list[Prompt]:
+    """The prompts of a dataset saved with ``datasets``' ``save_to_disk`` (one split, or a
+    dataset dict of one split): its rows, checked as a file's are."""
+    try:
+        from datasets import DatasetDict, load_from_disk
+    except ImportError:
+        raise PromptFileError(f"{path} is a saved Hugging Face dataset; reading it needs `pip install datasets`") from None
+    try:
+        data = load_from_disk(str(path))
+    except Exception as exc:  # datasets raises many types for a damaged directory
+        raise PromptFileError(f"{path}: cannot be read as a saved dataset ({exc.__class__.__name__}: {exc})") from None
+    if isinstance(data, DatasetDict):
+        if len(data) != 1:
+            raise PromptFileError(f"{path} holds the splits {', '.join(data)}: give one split's directory "
+                                  f"({path / next(iter(data))})")
+        data = next(iter(data.values()))
+    return as_prompts(data)
 
 
 def _with_image_path(prompt: Prompt, base: Path, where: str) -> Prompt:
