@@ -288,8 +288,9 @@ def _saved_dataset(path: Path) -> list[Prompt]:
         raise PromptFileError(f"{path}: cannot be read as a saved dataset ({exc.__class__.__name__}: {exc})") from None
     if isinstance(data, DatasetDict):
         if len(data) != 1:
-            raise PromptFileError(f"{path} holds the splits {', '.join(data)}: give one split's directory "
-                                  f"({path / next(iter(data))})")
+            splits = [str(name) for name in data]
+            raise PromptFileError(f"{path} holds the splits {', '.join(splits)}: give one split's directory "
+                                  f"({path / splits[0]})")
         data = next(iter(data.values()))
     return as_prompts(data)
 
