@@ -202,7 +202,7 @@ def env_cmd(
         from ..models.digests import cache_dir
 
         digests = cache_dir()  # where large weight files' sha256 are remembered
-        facts["digest_cache"] = str(digests) if digests is not None else "off (CROSSPATCH_CACHE_DIR is empty)"
+        facts["digest_cache"] = str(digests) if digests is not None else "off"
         if base is not None:
             from ..execution import choose_residency
 

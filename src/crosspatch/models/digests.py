@@ -28,7 +28,12 @@ def cache_dir() -> Path | None:
     given = os.environ.get("CROSSPATCH_CACHE_DIR")
     if given is not None:
         return Path(given).expanduser() if given.strip() else None
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    root = os.environ.get("XDG_CACHE_HOME")
+    if not root:
+        try:
+            root = str(Path.home() / ".cache")
+        except (RuntimeError, KeyError):  # no home directory to be found: no cache
+            return None
     return Path(root) / "crosspatch"
 
 
