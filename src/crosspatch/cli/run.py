@@ -139,7 +139,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     for path in tuned:
         check_model_path(path, role, revision=options.revision)
     for path in adapters:
-        check_model_path(path, role, adapter=True, revision=options.revision)
+        check_model_path(path, role, adapter=True)  # adapters load at their main revision
     check_distinct_descendants(list(tuned) + list(adapters))
     for path in [base, *tuned]:
         check_supported(local_config(path))  # a hub id: checked once loaded

@@ -155,7 +155,7 @@ def load_models(
     for path in [base, *tuned_roles.values()]:
         check_custom_code(path, options.trust_remote_code)
     for path in adapter_roles.values():
-        check_model_path(path, "tuned", adapter=True, revision=options.revision)
+        check_model_path(path, "tuned", adapter=True)  # adapters load at their main revision
         check_adapter_files(path, options.allow_pickle)
     if not tuned_roles and not adapter_roles:
         raise ModelLoadError("give at least one descendant: tuned= (a checkpoint) or adapter= (a PEFT adapter dir)")
@@ -227,8 +227,10 @@ def record_snapshots(record: dict, revision: str | None) -> None:
     entries += [(entry.get("kind", "tuned"), entry) for entry in (record.get("descendants") or {}).values()]
     for kind, entry in entries:
         if not entry.get("local"):
-            marker = "adapter_config.json" if kind == "adapter" else "config.json"
-            entry["snapshot"] = hub_snapshot(entry["path"], revision, marker)
+            if kind == "adapter":  # PEFT loads an adapter at its main revision (--revision is the checkpoints')
+                entry["snapshot"] = hub_snapshot(entry["path"], None, "adapter_config.json")
+            else:
+                entry["snapshot"] = hub_snapshot(entry["path"], revision, "config.json")
 
 
 def load_pair(base: str, tuned: str | None = None, adapter: str | None = None,
