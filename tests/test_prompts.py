@@ -290,3 +290,8 @@ def test_a_dataset_saved_to_disk_is_a_prompt_set(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(PromptFileError, match="is a directory"):
         load_prompts(tmp_path / "plain")
+    from crosspatch.inputs.prompts import as_prompts  # in Python: a DatasetDict of one split, not its split names
+
+    assert [p.id for p in as_prompts(datasets.load_from_disk(str(tmp_path / "one")))] == ["a", "b"]
+    with pytest.raises(PromptFileError, match=r"the DatasetDict holds the splits train, test: give one of them"):
+        as_prompts(two)

@@ -287,12 +287,15 @@ def _saved_dataset(path: Path) -> list[Prompt]:
     except Exception as exc:  # datasets raises many types for a damaged directory
         raise PromptFileError(f"{path}: cannot be read as a saved dataset ({exc.__class__.__name__}: {exc})") from None
     if isinstance(data, DatasetDict):
-        if len(data) != 1:
-            splits = [str(name) for name in data]
-            raise PromptFileError(f"{path} holds the splits {', '.join(splits)}: give one split's directory "
-                                  f"({path / splits[0]})")
-        data = next(iter(data.values()))
+        data = _one_split(data, str(path), f"one split's directory ({path / str(next(iter(data)))})")
     return as_prompts(data)
+
+
+def _one_split(splits: dict, where: str, give: str):
+    """The one split of a ``datasets.DatasetDict``; several are a PromptFileError naming them."""
+    if len(splits) != 1:
+        raise PromptFileError(f"{where} holds the splits {', '.join(str(name) for name in splits)}: give {give}")
+    return next(iter(splits.values()))
 
 
 def _with_image_path(prompt: Prompt, base: Path, where: str) -> Prompt:
@@ -317,6 +320,9 @@ def as_prompts(items) -> list[Prompt]:
         return load_prompts(items)
     if isinstance(items, (str, Prompt)):  # one prompt
         items = [items]
+    elif isinstance(items, dict) and isinstance(getattr(items, "column_names", None), dict):  # a DatasetDict
+        splits = list(items)
+        return as_prompts(_one_split(items, "the DatasetDict", f"one of them (prompts['{splits[0]}'])"))
     elif isinstance(items, dict):
         if "prompt" not in items and "messages" not in items:
             raise PromptFileError("a dict is one prompt row with 'id' and 'prompt' (or 'messages') fields; give a list "
