@@ -292,3 +292,5 @@ def test_a_damaged_line_inside_events_jsonl_is_not_blamed_on_an_interruption(tmp
         RunStore(tmp_path / "r").load_records()
     assert "events.jsonl:2" in str(info.value)
     assert settings_diff({"boundaries": None}, {"boundaries": [2, 4]}) == ["boundaries: not given -> [2, 4]"]
+    assert settings_diff({"files": {"config.json": "a" * 64}}, {"files": {"config.json": "b" * 64}}) == [
+        "files.config.json: sha256 aaaaaaaaaaaa… -> sha256 bbbbbbbbbbbb…"]  # a digest shortened, not cut at 80

@@ -189,6 +189,8 @@ def settings_diff(old, new, prefix: str = "") -> list[str]:
         return out
     if old != new:
         def show(value) -> str:
+            if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+                return f"sha256 {value[:12]}…"  # a file's digest: enough to tell the two apart
             return "not given" if value is None else json.dumps(value, default=str)[:80]
         return [f"{prefix or 'settings'}: {show(old)} -> {show(new)}"]
     return []
