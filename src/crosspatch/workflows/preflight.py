@@ -111,12 +111,12 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
             raise OptionError(f"--merge-in-memory must be one of {', '.join(DTYPES)}, not {merge_in_memory!r}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise OptionError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
-    check_model_path(str(base), "base")
+    check_model_path(str(base), "base", revision=options.revision)
     if adapter is not None:
         check_model_path(str(adapter), "tuned", adapter=True)
         check_adapter_files(str(adapter), options.allow_pickle)
     if merged is not None:
-        check_model_path(str(merged), "--merged")
+        check_model_path(str(merged), "--merged", revision=options.revision)
     prompt_ids, texts, source = _prompt_texts(prompts)
     domain = read_domain_text(domain_text) if domain_text is not None else None
     inputs = preflight_inputs(base, adapter, merged, prompts, domain_text, max_new_tokens, policy, options)

@@ -211,12 +211,12 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     _precheck_layers(str(base), boundaries)
     options.residency = "adapter" if adapter else "both"  # a chimera needs both sides at once
     validate_load_options(options)
-    check_model_path(str(base), "base")
+    check_model_path(str(base), "base", revision=options.revision)
     if adapter is not None:
         check_model_path(str(adapter), "tuned", adapter=True)
         check_adapter_files(str(adapter), options.allow_pickle)
     else:
-        check_model_path(str(tuned), "tuned")
+        check_model_path(str(tuned), "tuned", revision=options.revision)
     items = load_prompts(prompts) if isinstance(prompts, (str, Path)) else as_prompts(prompts)
     check_chat_rows(items, False, "splice", "give them as 'prompt' text")
     if any(p.metadata.get("image") for p in items):
