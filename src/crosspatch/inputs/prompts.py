@@ -275,6 +275,20 @@ def load_prompts(path) -> list[Prompt]:
     return prompts
 
 
+def raw_text_prompts(prompts, what: str) -> list[Prompt]:
+    """``prompts`` (what :func:`load_prompts` takes) for a command that feeds their raw text,
+    ``what``: a chat or an image prompt is a PromptFileError naming it, never fed as text alone."""
+    from .chats import check_chat_rows
+
+    items = load_prompts(prompts)
+    check_chat_rows(items, False, what, "give them as 'prompt' text")
+    images = [p.id for p in items if p.metadata.get("image")]
+    if images:
+        raise PromptFileError(f"{what} feeds raw text: prompts with images ({', '.join(images[:3])}) are not "
+                              "supported here")
+    return items
+
+
 def _saved_dataset(path: Path) -> list[Prompt]:
     """The prompts of a dataset saved with ``datasets``' ``save_to_disk`` (one split, or a
     dataset dict of one split): its rows, checked as a file's are."""

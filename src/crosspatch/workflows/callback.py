@@ -44,11 +44,11 @@ class CrosspatchCallback(TrainerCallback):
                  tokenizer=None, prefix: str = "crosspatch/", verbose: bool = True, chat_template: bool = False) -> None:
         from ..core.verdict import VerdictPolicy
         from ..inputs.chats import check_chat_rows
-        from ..inputs.prompts import as_prompts, load_prompts
+        from ..inputs.prompts import load_prompts
         from ..models.options import check_switches
         from ..runner.checks import _int, check_bootstrap, check_boundary_spec
 
-        items = load_prompts(prompts) if isinstance(prompts, (str, Path)) else as_prompts(prompts)
+        items = load_prompts(prompts)  # a file's path, or prompts given in Python (as_prompts)
         if not isinstance(max_prompts, int) or max_prompts < 1:
             raise OptionError(f"max_prompts must be a positive integer, not {max_prompts!r}")
         if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):

@@ -53,15 +53,9 @@ def _prompt_texts(prompts) -> tuple[list[str], list[str], str]:
     """(ids, texts, source) of the probe prompts: the given prompts (file, list) or the defaults."""
     if prompts is None:
         return [f"probe-{i}" for i in range(len(DEFAULT_PROBE_PROMPTS))], list(DEFAULT_PROBE_PROMPTS), "built-in probes"
-    from ..inputs.chats import check_chat_rows
-    from ..inputs.prompts import as_prompts, load_prompts
+    from ..inputs.prompts import raw_text_prompts
 
-    items = load_prompts(prompts) if isinstance(prompts, (str, Path)) else as_prompts(prompts)
-    check_chat_rows(items, False, "preflight", "give them as 'prompt' text")
-    with_images = [p.id for p in items if p.metadata.get("image")]
-    if with_images:
-        raise PromptFileError(f"preflight compares text generations; prompts with images ({', '.join(with_images[:3])}) "
-                              "are not supported here")
+    items = raw_text_prompts(prompts, "preflight")
     return [p.id for p in items], [p.prompt for p in items], str(prompts) if isinstance(prompts, (str, Path)) else "given"
 
 

@@ -177,8 +177,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     receives ``splice.json``, ``splice.md``, ``splice.html`` and the diagnostic's run directory."""
     from ..execution import load_models
     from ..execution.roles import model_path_arg
-    from ..inputs.chats import check_chat_rows
-    from ..inputs.prompts import as_prompts, load_prompts
+    from ..inputs.prompts import raw_text_prompts
     from ..models.adapters import check_adapter_files
     from ..models.loading import LoadOptions, validate_load_options
     from ..models.options import check_switches
@@ -217,10 +216,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
         check_adapter_files(str(adapter), options.allow_pickle)
     else:
         check_model_path(str(tuned), "tuned", revision=options.revision)
-    items = load_prompts(prompts) if isinstance(prompts, (str, Path)) else as_prompts(prompts)
-    check_chat_rows(items, False, "splice", "give them as 'prompt' text")
-    if any(p.metadata.get("image") for p in items):
-        raise PromptFileError("splice generates from text prompts; image prompts are not supported here")
+    items = raw_text_prompts(prompts, "splice")
     inputs = {"base": str(base), "tuned": str(tuned) if tuned else None, "adapter": str(adapter) if adapter else None,
               "prompts": str(prompts) if isinstance(prompts, (str, Path)) else [p.prompt for p in items],
               "boundaries": boundaries, "max_new_tokens": max_new_tokens, "dtype": options.dtype,
