@@ -18,7 +18,7 @@ import torch
 from ..errors import DeviceUnavailableError, ModelLoadError, OptionError, PickleWeightsRefusedError, first_line
 from .digests import sha256_file
 from .options import LoadOptions, check_switches
-from .paths import is_weight_file
+from .paths import DEFINING_FILES, is_weight_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -125,14 +125,6 @@ def _check_weight_format(path: str, allow_pickle: bool) -> None:
             f"{path} has only pickle weights ({', '.join(f.name for f in files[:3])}); pickle can run "
             "arbitrary code when loaded. Convert to safetensors, or pass --allow-pickle if you trust it."
         )
-
-
-# the small files of a checkpoint or adapter directory that change what a model computes or how
-# text becomes tokens (anything else there, a README or a trainer's state, changes neither)
-DEFINING_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer.json",
-                  "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-                  "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
-                  "preprocessor_config.json", "processor_config.json")
 
 
 def defining_files(path: str) -> dict[str, str]:

@@ -77,6 +77,11 @@ def is_weight_file(path: Path) -> bool:
 # generation config it cannot parse without a word (its EOS ids with it)
 CHECKPOINT_JSON_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer_config.json",
                          "special_tokens_map.json", "preprocessor_config.json", "processor_config.json")
+# the small files of a checkpoint or adapter directory that change what a model computes or how
+# text becomes tokens: those, and the tokenizer's and chat template's own (anything else there, a
+# README or a trainer's state, changes neither)
+DEFINING_FILES = CHECKPOINT_JSON_FILES + ("tokenizer.json", "added_tokens.json", "vocab.json", "merges.txt",
+                                          "tokenizer.model", "chat_template.jinja", "chat_template.json")
 
 
 def check_checkpoint_files(root: Path, named: str) -> None:
@@ -121,14 +126,10 @@ def check_hub_id(repo: str, flag: str, marker: str = "config.json", revision: st
     ``marker`` file (a checkpoint's config.json, an adapter's adapter_config.json) not cached
     (at ``revision`` when given)."""
     try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover
+        cached = _cached_file(repo, marker, revision)
+    except Exception:  # no hub library, or an id or revision it refuses to parse: loading names it
         return
-    try:
-        cached = try_to_load_from_cache(repo, marker, revision=revision)
-    except Exception:  # an id or revision the hub library refuses to parse: loading names it
-        return
-    if isinstance(cached, str):
+    if cached is not None:
         return
     from ..errors import HubUnavailableError
 
@@ -149,14 +150,19 @@ def hub_snapshot(repo: str, revision: str | None = None, marker: str = "config.j
     where it is not cached. What a run records of a hub model, so that a model updated on the Hub
     between two sessions of one run is another run, not mixed into it."""
     try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover
+        cached = _cached_file(repo, marker, revision, cache_dir)
+    except Exception:  # no hub library, or an id it refuses to parse: nothing to record
         return None
-    try:
-        cached = try_to_load_from_cache(repo, marker, cache_dir=cache_dir, revision=revision)
-    except Exception:  # an id the hub library refuses to parse: nothing to record
-        return None
-    return Path(cached).parent.name if isinstance(cached, str) else None
+    return Path(cached).parent.name if cached is not None else None
+
+
+def _cached_file(repo: str, marker: str, revision: str | None, cache_dir=None) -> str | None:
+    """The local Hugging Face cache's copy of ``repo``'s ``marker`` file at ``revision`` (its main
+    branch when None), or None where it is not cached; the hub library's errors pass through."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo, marker, cache_dir=cache_dir, revision=revision)
+    return cached if isinstance(cached, str) else None
 
 
 def hub_offline() -> bool:

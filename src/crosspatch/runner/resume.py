@@ -46,8 +46,10 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
         if json.loads(json.dumps(asdict(config), default=str)) != stored.get("options"):
             return None
         for entry in recorded_models(stored):
-            now = provenance(entry["path"], options) if entry is not None else {}
-            if entry is None or any(now.get(key) != entry.get(key) for key in ("weights", "files")):
+            if entry is None:
+                return None
+            now = provenance(entry["path"], options)
+            if any(now.get(key) != entry.get(key) for key in ("weights", "files")):
                 return None  # a weight or defining file changed (or was never hashed)
         all_prompts = as_prompts(prompts)
         if stored.get("fingerprint_inputs", {}).get("prompts") != prompts_digest(all_prompts):
