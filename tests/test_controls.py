@@ -103,6 +103,20 @@ def test_control_selection():
     assert parse_controls("near_ties, label_swap") == ["label_swap", "near_ties"]
     with pytest.raises(ValueError, match="unknown control"):
         parse_controls("label_swap,bogus")
+    assert parse_controls(("near_ties",)) == ["near_ties"]
+
+
+@pytest.mark.parametrize("option", ["controls", "event_kinds"])
+@pytest.mark.parametrize("value", [5, [1], [None], {"label_swap": True}])
+def test_a_selection_that_is_no_list_of_names_is_an_option_error(option, value):
+    """Given in Python, controls and event kinds are a comma list or a list of names; anything
+    else is named (an entry that is no string was an AttributeError from inside the parser)."""
+    from crosspatch.errors import OptionError
+    from crosspatch.runner.checks import validate_run_options
+    from crosspatch.runner.config import RunConfig
+
+    with pytest.raises(OptionError, match="comma list or a list of names"):
+        validate_run_options(RunConfig(**{option: value}))
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from ..core.analysis import Analysis, EventSet
 from ..core.cells import CellRecord, CellsConfig, CrossPatch
 from ..core.divergence import DivergenceEvent, event_key
 from ..core.records import copied_fields
-from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, register_analysis
+from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, name_items, register_analysis
 from ..core.tokens import EVENT_KINDS, TokenDescriber, find_event_kinds
 from ..execution import Executor, HistoryWish, Program
 
@@ -25,7 +25,7 @@ def parse_event_kinds(text: str | list[str] | None) -> list[str]:
     """``all`` / None -> every kind; else a comma list (``first_diff`` is always included)."""
     if text is None or text == "all" or text == ["all"]:
         return list(EVENT_KINDS)
-    items = [x.strip() for x in (text.split(",") if isinstance(text, str) else text) if x.strip()]
+    items = name_items(text, "event kinds")
     if not items:
         raise ValueError(f"event kinds {text!r} name no kind: give 'all' or a comma list of {', '.join(EVENT_KINDS)} "
                          "(first_diff is always scored)")

@@ -270,13 +270,25 @@ def analyses() -> list[AnalysisPlugin]:
     return [p for p in registered().values() if p.role == "analysis"]
 
 
+def name_items(value: str | list[str] | tuple[str, ...], what: str) -> list[str]:
+    """The names of a comma list (``"a, b"``) or of a list/tuple of names, stripped, blanks left
+    out (ValueError naming ``what`` for any other value, or an entry that is not a string)."""
+    if isinstance(value, str):
+        entries = value.split(",")
+    elif isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value):
+        entries = list(value)
+    else:
+        raise ValueError(f"{what} must be a comma list or a list of names, not {value!r}")
+    return [x.strip() for x in entries if x.strip()]
+
+
 def select_controls(text: str | list[str] | None) -> list[str]:
     """``all``, ``none``, ``default`` (None) or a comma list of registered control names, in the
     Controls table's order (ValueError for an unknown name)."""
     known = [p.name for p in controls()]
     if text is None or text == "default":
         return [p.name for p in controls() if p.default]
-    items = [x.strip() for x in (text.split(",") if isinstance(text, str) else text) if x.strip()]
+    items = name_items(text, "controls")
     if not items:
         raise ValueError(f"controls {text!r} name no control: give default, all, none or a comma list of control names")
     if len(items) > 1 and {"all", "none", "default"} & set(items):
