@@ -340,3 +340,12 @@ def test_compare_pages_link_back_to_the_combined_page(compared):
     _, out = compared
     for role in ("late", "early"):
         assert '<a href="../report.html">' in (out / role / "report.html").read_text()
+
+
+@pytest.mark.parametrize("tuned", ["", 0, []])
+def test_a_tuned_role_that_is_empty_is_refused_not_taken_for_the_first_descendant(tuned):
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import make_pair
+
+    with pytest.raises(OptionError, match="tuned must name a descendant role"):
+        run(make_pair("llama"), ["a b c"], tuned=tuned, boundary=2, max_new_tokens=4, bootstrap=0, progress=False)

@@ -81,3 +81,14 @@ def test_a_boundary_beside_boundaries_must_be_valid_too():
     pair = make_pair("llama", layers=5, scale=0.2)
     with pytest.raises(BoundaryError):
         run(pair, PROMPTS[:3], boundaries="all", boundary=9, max_new_tokens=6, bootstrap=0, progress=False)
+
+
+@pytest.mark.parametrize("boundaries", [3, 0.5, True])
+def test_boundaries_given_as_one_number_are_a_boundary_error_saying_how_to_give_one(boundaries):
+    """``boundaries=3`` (a number, not a list) was a TypeError from inside the check."""
+    from crosspatch.errors import BoundaryError
+    from crosspatch.runner.checks import validate_run_options
+    from crosspatch.runner.config import RunConfig
+
+    with pytest.raises(BoundaryError, match=r"for one boundary, give boundary="):
+        validate_run_options(RunConfig(boundaries=boundaries))

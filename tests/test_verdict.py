@@ -270,3 +270,14 @@ def test_until_ci_width_stops_once_the_interval_is_narrow_enough_and_says_so(tmp
     info = narrow.summary["until_ci_width"]
     assert not info["reached"] and info["prompts_processed"] == 24 and "the prompts ran out" in info["message"]
     assert narrow.verdict["numbers"]["interaction_half_width"] is not None
+
+
+@pytest.mark.parametrize("policy", [[], "", 0])
+def test_a_run_policy_that_is_no_mapping_is_refused_even_when_empty(policy):
+    """An empty list or string was taken for "no policy" (``policy or {}``)."""
+    from crosspatch.errors import OptionError
+    from crosspatch.runner.checks import validate_run_options
+    from crosspatch.runner.config import RunConfig
+
+    with pytest.raises(OptionError, match="a policy is a mapping"):
+        validate_run_options(RunConfig(policy=policy))

@@ -150,8 +150,10 @@ def validate_run_options(config) -> None:
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
         raise OptionError(f"near-tie threshold must be a finite number >= 0, not {t!r}")
     if config.boundaries not in (None, "all", ["all"]):
-        if isinstance(config.boundaries, (str, bytes)) or not list(config.boundaries):
-            raise BoundaryError(f"boundaries must be 'all' or a non-empty list, not {config.boundaries!r}")
+        if not isinstance(config.boundaries, (list, tuple)) or not config.boundaries:
+            single = "" if isinstance(config.boundaries, (str, bytes, list, tuple)) else \
+                f" (for one boundary, give boundary={config.boundaries!r} or boundaries=[{config.boundaries!r}])"
+            raise BoundaryError(f"boundaries must be 'all' or a non-empty list, not {config.boundaries!r}{single}")
         for b in config.boundaries:
             check_boundary_spec(b)
     else:
@@ -162,7 +164,7 @@ def validate_run_options(config) -> None:
         parse_event_kinds(config.event_kinds)
         TokenClasses.from_options(getattr(config, "format_tokens", None), getattr(config, "marker_words", None))
         parse_controls(config.controls)
-        VerdictPolicy.from_dict(config.policy or {})
+        VerdictPolicy.from_dict({} if config.policy is None else config.policy)
         check_analysis_options(config.analyses, config.analysis_options)
     except (TypeError, ValueError) as exc:
         raise OptionError(str(exc)) from None

@@ -220,8 +220,8 @@ def run(
     analyses = [a for a in analyses if not isinstance(a, str)]
     validate_run_options(config)
     normalise_run_config(config)
-    tuned = config.tuned or pair.roles[1]
-    if tuned not in pair.descendants:
+    tuned = pair.roles[1] if config.tuned is None else config.tuned
+    if not isinstance(tuned, str) or tuned not in pair.descendants:
         raise OptionError(f"tuned must name a descendant role ({', '.join(pair.descendants)}), not {tuned!r}")
     pair, config = with_nulls(pair, config, tuned)
     all_prompts = as_prompts(prompts)
@@ -236,7 +236,7 @@ def run(
     if config.consequence and not validators:
         run_warnings.append("--consequence: no prompt carries a 'validator' field, so nothing is scored")
     plan = chunk_plan(config, boundaries, pair.num_layers, analyses, validators)  # validates kinds and controls
-    VerdictPolicy.from_dict(config.policy or {})
+    VerdictPolicy.from_dict({} if config.policy is None else config.policy)
     names = [a.name for a in plan.analyses]
     if len(set(names)) != len(names):
         raise OptionError(f"analysis names must be unique in a run: {names}")
