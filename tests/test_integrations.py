@@ -113,7 +113,7 @@ def test_callback_options_are_checked_when_made():
         CrosspatchCallback(PROMPTS, base=42)
     assert CrosspatchCallback(PROMPTS, base=str(Z / "base")).base == str(Z / "base")
     for odd in ({"boundary": 0}, {"on_save": "no"}, {"stop_on_fail": "yes"}, {"verbose": "x"}, {"seed": -1},
-                {"out": 5}, {"prefix": 5}, {"tokenizer": 5}):
+                {"out": 5}, {"prefix": 5}, {"tokenizer": 5}, {"policy": []}, {"policy": {"pass_verdicts": []}}):
         with pytest.raises((OptionError, BoundaryError)):  # each would fail or mislead only during training
             CrosspatchCallback(PROMPTS, **odd)
 

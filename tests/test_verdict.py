@@ -180,6 +180,9 @@ def test_gate_exit_codes(portable_run, tmp_path):
 
     for no_path in (None, 5, ""):  # in Python: unusable, not a TypeError
         assert gate(no_path)["exit_code"] == 2  # type: ignore[arg-type]
+    for no_policy in ([], "", {"pass_verdicts": []}):  # were read as no policy (pass), or as failing every run
+        assert gate(portable_run, no_policy)["exit_code"] == 2  # type: ignore[arg-type]
+    assert _gate(portable_run, "--allow", "")[0] == 2
     unfinished = tmp_path / "unfinished"
     shutil.copytree(portable_run, unfinished)
     (unfinished / "summary.json").unlink()

@@ -105,6 +105,10 @@ def test_odd_python_arguments_are_named_before_any_work(tmp_path):
         with pytest.raises(OptionError):
             merge_check(**{"config_path": config, "prompts": PROMPTS, "out": tmp_path / "mc", **odd})
     assert not (tmp_path / "mc").exists()
+    from crosspatch.errors import RunDirectoryError
+
+    with pytest.raises(RunDirectoryError, match="a run directory is a path"):
+        merge_check(config, PROMPTS, out=5)  # type: ignore[arg-type]
     mine = LoadOptions()
     with pytest.raises(OptionError):
         merge_check(config, PROMPTS, options=mine, max_new_tokens=0)

@@ -14,6 +14,7 @@ from crosspatch.errors import (
     ModelPathNotFoundError,
     OptionError,
     PromptFileError,
+    RunDirectoryError,
     RunDirectoryNotEmptyError,
     RunSettingsMismatchError,
 )
@@ -134,6 +135,11 @@ def test_inputs_are_refused_before_any_model_loads(tmp_path, monkeypatch):
         run("it-lora-all", merged="")
     with pytest.raises(PromptFileError, match="holds only whitespace"):
         run("it-lora-all", prompts=["Rain in Boston", " \n"])
+    for out in (5, "", " "):  # a TypeError from Path(5); "" was the current directory
+        with pytest.raises(RunDirectoryError, match="a run directory is a path"):
+            run("it-lora-all", out=out)
+    with pytest.raises(OptionError, match="positive integer"):
+        run("it-lora-all", max_new_tokens=True)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(RunDirectoryNotEmptyError):

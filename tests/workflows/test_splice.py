@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from crosspatch.errors import BoundaryError, ModelPathNotFoundError, OptionError, PromptFileError
+from crosspatch.errors import BoundaryError, ModelPathNotFoundError, OptionError, PromptFileError, RunDirectoryError
 from crosspatch.execution import load_models
 from crosspatch.execution.search import greedy_rollout
 from crosspatch.models.forward import ModelHandle
@@ -121,6 +121,10 @@ def test_splice_refuses_bad_input_before_loading(tmp_path, monkeypatch):
         splice(str(Z / "base"), tuned=str(Z / "it-full"), prompts=PROMPTS, run_diagnostic="no")  # type: ignore[arg-type]
     with pytest.raises(PromptFileError):
         splice(str(Z / "base"), tuned=str(Z / "it-full"), prompts=["Rain in Boston", "  "])
+    with pytest.raises(RunDirectoryError, match="a run directory is a path"):
+        splice(str(Z / "base"), tuned=str(Z / "it-full"), prompts=PROMPTS, out=5)  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match="positive integer"):
+        splice(str(Z / "base"), tuned=str(Z / "it-full"), prompts=PROMPTS, max_new_tokens=True)
 
 
 def test_what_loading_found_heads_the_splice_page():

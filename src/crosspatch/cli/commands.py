@@ -40,7 +40,7 @@ def gate_cmd(
     overrides: dict[str, Any] = {k: v for k, v in dict(max_interaction_share=max_interaction_share,
                                         portable_interaction_share=portable_interaction_share,
                                         min_late_effect=min_late_effect, min_prompts=min_prompts).items() if v is not None}
-    if allow:
+    if allow is not None:  # "--allow ''" names no verdict: refused, not read as the default
         overrides["pass_verdicts"] = [x.strip() for x in allow.split(",") if x.strip()]
     try:
         base_policy = load_policy(policy) if policy else {}

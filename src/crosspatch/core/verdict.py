@@ -66,6 +66,9 @@ class VerdictPolicy:
             if not isinstance(pv, (str, list, tuple)) or not all(isinstance(v, str) for v in ([pv] if isinstance(pv, str) else pv)):
                 raise ValueError(f"policy pass_verdicts must be verdict names, not {pv!r}")
             data["pass_verdicts"] = tuple([pv] if isinstance(pv, str) else pv)
+            if not data["pass_verdicts"]:
+                raise ValueError("policy pass_verdicts names no verdict: every run would fail; name the verdicts that "
+                                 f"pass ({', '.join(VERDICTS)})")
             bad = [v for v in data["pass_verdicts"] if v not in VERDICTS]
             if bad:
                 raise ValueError(f"unknown verdict(s) {', '.join(bad)} in pass_verdicts; choose from {', '.join(VERDICTS)}")

@@ -20,11 +20,11 @@ from .files import (
     package_version,
     settings_diff,
 )
-from .rundir import RunStore
+from .rundir import RunStore, check_out_path
 from .tables import check_complete, completed_prompts, events_frame, missing_prompts, records_frame
 
 __all__ = [
-    "COLLECTION_MARKER", "CONFIG_SCHEMA", "EVENTS_FILE", "MARKER", "NO_DIV_FILE", "SUMMARY_SCHEMA", "RunStore", "check_complete", "check_schema",
+    "COLLECTION_MARKER", "CONFIG_SCHEMA", "EVENTS_FILE", "MARKER", "NO_DIV_FILE", "SUMMARY_SCHEMA", "RunStore", "check_complete", "check_out_path", "check_schema",
     "check_summary_shape", "checked", "collection_kind", "completed_prompts", "environment", "events_frame",
     "fingerprint", "mark_collection", "missing_prompts", "not_a_run_message", "package_version", "records_frame",
     "settings_diff",

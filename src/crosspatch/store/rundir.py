@@ -55,14 +55,20 @@ from .schemas import check_document
 from .tables import completed_prompts, records_frame
 
 
+def check_out_path(path) -> Path:
+    """``path`` as a :class:`~pathlib.Path` where it is one (a non-blank string or path-like);
+    :class:`RunDirectoryError` otherwise (``""`` is not the current directory)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise RunDirectoryError(f"a run directory is a path (a non-empty string), not {path!r}")
+    return Path(path)
+
+
 class RunStore:
     """Reads and writes one run directory. Every line it writes carries the run's fingerprint
     (``run``), so records of another run can never be adopted silently."""
 
     def __init__(self, path: str | Path) -> None:
-        if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
-            raise RunDirectoryError(f"a run directory is a path (a non-empty string), not {path!r}")
-        self.path = Path(path)
+        self.path = check_out_path(path)
         self.fingerprint: str | None = None
 
     # -- identity ---------------------------------------------------------------------------

@@ -71,7 +71,7 @@ class CrosspatchCallback(TrainerCallback):
         if tokenizer is not None and not callable(tokenizer):
             raise OptionError(f"tokenizer must be the model's tokenizer (or None: the trainer's), not {tokenizer!r}")
         try:
-            self.policy = VerdictPolicy.from_dict(policy or {})
+            self.policy = VerdictPolicy.from_dict({} if policy is None else policy)
         except ValueError as exc:
             raise OptionError(f"CrosspatchCallback policy: {exc}") from None
         self.prompts = items[:max_prompts]

@@ -64,7 +64,7 @@ def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
     """Decide pass / fail / unusable for one run directory (see :func:`gate`)."""
     path = Path(run_dir)
     try:
-        rules = VerdictPolicy.from_dict(policy or {})
+        rules = VerdictPolicy.from_dict({} if policy is None else policy)
     except (TypeError, ValueError) as exc:
         return _unusable(f"bad policy: {exc}")
     if not path.is_dir():

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OptionError, UnsupportedMergeConfigError
+from ..store import check_out_path
 
 KIND = "merge-check"
 SCHEMA = "crosspatch.merge-check/1"
@@ -134,6 +135,8 @@ def merge_check(config_path: str | Path, prompts, base: str | None = None, out: 
 
     options = LoadOptions.with_overrides(options)  # a copy: the caller's object is never changed
     validate_load_options(options)
+    if out is not None:
+        check_out_path(out)
     if not isinstance(config_path, (str, Path)) or not str(config_path).strip():
         raise OptionError(f"the mergekit configuration must be a file path, not {config_path!r}")
     if base is not None:

@@ -37,6 +37,7 @@ import torch
 
 from ..core.registry import Section, Table
 from ..errors import OptionError, PromptFileError, RunSettingsMismatchError
+from ..store import check_out_path
 from .preflight_checks import _changes_check, _domain_check, _first_divergences, _health_check, _merge_check, _precision
 from .preflight_measures import Agreement, _chunks, _logits, _prompt_texts, adapter_weight_report, read_domain_text
 from .preflight_policy import KIND, SCHEMA, Check, PreflightPolicy, PreflightResult
@@ -48,6 +49,21 @@ def preflight_inputs(base: str, adapter: str | None, merged: str | None, prompts
             "prompts": str(prompts) if isinstance(prompts, (str, Path)) else (None if prompts is None else "given"),
             "domain_text": str(domain_text) if domain_text else None, "max_new_tokens": max_new_tokens,
             "policy": dataclasses.asdict(policy), "dtype": options.dtype}
+
+
+def _merge_dtype(merge_in_memory: str | None, adapter, merged) -> str | None:
+    """``--merge-in-memory``'s dtype by its canonical name (None: not asked); it needs an adapter
+    and no merged checkpoint."""
+    if merge_in_memory is None:
+        return None
+    from ..models.loading import DTYPE_ALIASES, DTYPES
+
+    dtype = DTYPE_ALIASES.get(str(merge_in_memory).lower(), str(merge_in_memory).lower())
+    if adapter is None or merged is not None:
+        raise OptionError("--merge-in-memory merges --adapter in memory: give --adapter and no --merged")
+    if dtype not in DTYPES:
+        raise OptionError(f"--merge-in-memory must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    return dtype
 
 
 def check_run_dir_models(out: str | Path | None, base: str, descendants: list[str]) -> None:
@@ -96,20 +112,15 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     options = LoadOptions.with_overrides(options, **load_overrides)
     validate_load_options(options)
     progress = progress_function(progress)
+    if out is not None:
+        check_out_path(out)
     if adapter is None and merged is None:
         raise OptionError("preflight needs --adapter and/or --merged (a descendant to check against --base)")
     base = model_path_arg(base, "the base")
     adapter = model_path_arg(adapter, "adapter") if adapter is not None else None
     merged = model_path_arg(merged, "merged") if merged is not None else None
-    if merge_in_memory is not None:
-        from ..models.loading import DTYPE_ALIASES, DTYPES
-
-        merge_in_memory = DTYPE_ALIASES.get(str(merge_in_memory).lower(), str(merge_in_memory).lower())
-        if adapter is None or merged is not None:
-            raise OptionError("--merge-in-memory merges --adapter in memory: give --adapter and no --merged")
-        if merge_in_memory not in DTYPES:
-            raise OptionError(f"--merge-in-memory must be one of {', '.join(DTYPES)}, not {merge_in_memory!r}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    merge_in_memory = _merge_dtype(merge_in_memory, adapter, merged)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise OptionError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
     check_model_path(str(base), "base", revision=options.revision)
     if adapter is not None:

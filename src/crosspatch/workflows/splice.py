@@ -37,6 +37,7 @@ from torch import nn
 
 from ..core.registry import Section, Table
 from ..errors import OptionError, PromptFileError
+from ..store import check_out_path
 
 KIND = "splice"
 SCHEMA = "crosspatch.splice/1"
@@ -186,13 +187,15 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
 
     options = LoadOptions.with_overrides(options, **load_overrides)
     progress = progress_function(progress)
+    if out is not None:
+        check_out_path(out)
     if (tuned is None) == (adapter is None):
         raise OptionError("splice needs exactly one descendant: --tuned (a checkpoint) or --adapter (a PEFT adapter)")
     base = model_path_arg(base, "the base")
     tuned = model_path_arg(tuned, "tuned") if tuned is not None else None
     adapter = model_path_arg(adapter, "adapter") if adapter is not None else None
     check_switches(run_diagnostic=run_diagnostic)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise OptionError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
     if prompts is None:
         raise PromptFileError("splice needs --prompts")
