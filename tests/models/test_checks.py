@@ -57,6 +57,24 @@ def test_hidden_size_mismatch():
         pair_from_models(tiny_model("llama"), wide, char_tokenizer())
 
 
+def test_models_in_memory_of_different_dtypes_are_named():
+    """A float32 base and a float16 descendant failed inside the first patched pass (a matmul of
+    two dtypes)."""
+    with pytest.raises(ModelLoadError, match="differ in dtype .base float32, tuned float16."):
+        pair_from_models(tiny_model(), tiny_model().to(torch.float16), char_tokenizer())
+
+
+@pytest.mark.parametrize("option", [{"device": "cuda"}, {"dtype": "bf16"}, {"residency": "sequential"},
+                                    {"revision": "main"}])
+def test_loading_options_given_with_models_in_memory_are_refused_not_ignored(option):
+    """They were recorded in the run's config as if they had acted, on models left as given."""
+    from crosspatch.errors import OptionError
+
+    with pytest.raises(OptionError, match="models given in memory are used as they are"):
+        pair_from_models(tiny_model(), tiny_model(), char_tokenizer(), **option)
+    assert pair_from_models(tiny_model(), tiny_model(), char_tokenizer(), residency="both").residency == "both"
+
+
 def test_vocabulary_id_conflict():
     with pytest.raises(VocabularyMismatchError, match="different ids"):
         pair_from_models(tiny_model(), tiny_model(), char_tokenizer(), _tokenizer(swap=("a", "b")))

@@ -278,6 +278,34 @@ def module_digest(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+# Loading options that only loading a checkpoint can honour, with their defaults: models given in
+# memory are used where and as they are.
+LOADING_ONLY_OPTIONS = {"dtype": "auto", "device": "auto", "residency": None, "revision": None}
+
+
+def in_memory_options(options: dict, models: dict[str, nn.Module], residency: str) -> LoadOptions:
+    """The :class:`LoadOptions` of a set made of models in memory, whose residency is
+    ``residency``. An option only loading acts on (a dtype, a device, another residency, a hub
+    revision) is an ``OptionError`` rather than recorded and ignored; models of different dtypes
+    are a ``ModelLoadError`` (one model's states cannot enter the other's layers)."""
+    from ..errors import OptionError
+
+    opts = LoadOptions(**options)
+    acted = {name: getattr(opts, name) for name, default in LOADING_ONLY_OPTIONS.items()
+             if getattr(opts, name) not in (default, residency if name == "residency" else default)}
+    if acted:
+        given = ", ".join(f"{name}={value!r}" for name, value in acted.items())
+        raise OptionError(f"{given}: models given in memory are used as they are; these options act only when "
+                          "crosspatch loads checkpoints (move or cast the models yourself, e.g. "
+                          "model.to('cuda', torch.bfloat16))")
+    dtypes = {role: p.dtype for role, m in models.items() for p in [next(m.parameters(), None)] if p is not None}
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{role} {str(d).replace('torch.', '')}" for role, d in dtypes.items())
+        raise ModelLoadError(f"the models in memory differ in dtype ({listed}): one model's states must enter the "
+                             "other's layers; cast them to one dtype (model.to(torch.float32))")
+    return opts
+
+
 def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dict[str, Any] | None = None,
                         processors: dict[str, object] | object | None = None, **options) -> ResidentSet:
     """A set from models already in memory (notebooks, tests); the first entry is the base.
@@ -296,7 +324,7 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
     for role, tok in toks.items():
         if not callable(getattr(tok, "get_vocab", None)):
             raise ModelLoadError(f"{role}: needs a Hugging Face tokenizer, not {type(tok).__name__}")
-    opts = LoadOptions(**options)
+    opts = in_memory_options(options, models, "both")
     roles = list(models)
     for m in models.values():
         m.eval()
@@ -324,7 +352,7 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
     if not type(peft_model).__module__.startswith("peft"):
         raise ModelLoadError(f"pair_from_peft_model needs a PEFT model, not {type(peft_model).__name__}")
     name = adapter_name or peft_model.active_adapter
-    opts = LoadOptions(**options)
+    opts = in_memory_options(options, {BASE: peft_model}, "adapter")
     peft_model.eval()
     handles = {BASE: ModelHandle(BASE, peft_model, adapter_enabled=False),
                "tuned": ModelHandle("tuned", peft_model, adapter_enabled=True, adapter_name=name)}
