@@ -76,6 +76,9 @@ def test_parse_cross():
     with pytest.raises(ValueError, match="at least two descendants"):  # with one there is nothing to cross
         parse_cross("all", ("a",))
     assert parse_cross(None, ("a",)) == {}
+    for empty in ("", " ", []):  # were read as "no crossing"
+        with pytest.raises(ValueError, match="a non-empty string"):
+            parse_cross(empty, ("a", "b"))  # type: ignore[arg-type]
 
 
 def _interpolated_stages(n=3):

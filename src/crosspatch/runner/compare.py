@@ -78,10 +78,10 @@ class CompareResult:
 def parse_cross(spec: str | None, descendants: tuple[str, ...]) -> dict[str, list[str]]:
     """``all`` or ``A:D,B:D`` -> {late-stack role: [upstream roles]}; anything else is an
     :class:`OptionError` (checked before any model loads, from the role names alone)."""
-    if not spec:
+    if spec is None:
         return {}
-    if not isinstance(spec, str):
-        raise OptionError(f"--cross takes 'all' or UPSTREAM:LATE pairs (a string), not {spec!r}")
+    if not isinstance(spec, str) or not spec.strip():
+        raise OptionError(f"--cross takes 'all' or UPSTREAM:LATE pairs (a non-empty string), not {spec!r}")
     if len(descendants) < 2:
         raise OptionError(f"--cross patches one descendant's late stack onto another's upstream state: it needs at "
                           f"least two descendants, not {len(descendants)} ({', '.join(descendants)})")
