@@ -37,6 +37,8 @@ def test_late_only_descendant_is_portable_and_within_the_label_swap_null(late_on
     assert late_only.summary["counts"]["events"] >= 5
     swap = _row(late_only, "label_swap")
     assert swap["value"] == 0.0 and swap["status"] == "warn" and swap["details"]["p_value"] == 1.0
+    # the row says at what level (stricter than the 95% intervals beside it) and with what p
+    assert "(p = 1, level 0.01)" in swap["summary"] and "stricter bar than the 95% intervals" in swap["summary"]
     assert late_only.summary["verdict"]["verdict"] == "portable"
     reason = late_only.summary["verdict"]["reason"]
     assert "The interaction is 0% [0%, 0%] of E_IT" in reason and "self-contained" in reason

@@ -37,8 +37,10 @@ def summarize(rows: list[dict], ctx: SummaryContext, options: LabelSwapOptions) 
     sig = null["rejects_null"]
     return control_row(
         "label_swap", "pass" if sig else "warn", null["observed"],
-        ("the interaction is beyond the label-swap null" if sig else
-         "the interaction is within the label-swap null: not distinguishable from zero"),
+        (f"the interaction is beyond the label-swap null (p = {null['p_value']:.3g} < {options.level:g})" if sig else
+         f"the interaction is within the label-swap null (p = {null['p_value']:.3g}, level {options.level:g}): not "
+         "distinguishable from zero at that level" + (" (a stricter bar than the 95% intervals)"
+                                                      if options.level < 0.05 else "")),
         f"two-sided p < {options.level:g} (prompt-cluster sign flips)", n=null["n_events"],
         p_value=null["p_value"], level=options.level, null_threshold=null["threshold"], n_prompts=null["n_prompts"],
         exact=null["exact"], on_failure="inconclusive", weakens=list(INTERACTION_CLAIMS))
