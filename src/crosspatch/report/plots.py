@@ -26,8 +26,12 @@ def sweep_series(summary: dict, readout: str = "common_it") -> dict[str, list]:
     return series
 
 
-def _draw_sweep(ax, s: dict) -> None:
-    """The three curves with their 95% CI bands on ``ax``."""
+def _draw_sweep(ax, summary: dict, readout: str) -> None:
+    """The three curves with their 95% CI bands on ``ax``, over whole boundary layers, with the
+    zero line, the axis labels and the legend (the same for the PNG/SVG files and the HTML)."""
+    from matplotlib.ticker import MaxNLocator
+
+    s = sweep_series(summary, readout)
     for key, label, color in CURVES:
         xs = [b for b, m in zip(s["boundary"], s[key]) if m is not None]
         ys = [m for m in s[key] if m is not None]
@@ -36,6 +40,11 @@ def _draw_sweep(ax, s: dict) -> None:
         if band:
             ax.fill_between([b for b, _ in band], [ci[0] for _, ci in band], [ci[1] for _, ci in band],
                             color=color, alpha=0.18, linewidth=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # boundaries are layers: no 1.5
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel(f"boundary layer b (of {summary.get('num_layers')})")
+    ax.set_ylabel("logit(t_IT) - logit(t_PT)")
+    legend(ax, fontsize=8)
 
 
 def plot_sweep(summary: dict, out_dir: str | Path, readout: str = "common_it") -> list[Path]:
@@ -46,15 +55,8 @@ def plot_sweep(summary: dict, out_dir: str | Path, readout: str = "common_it") -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    _draw_sweep(ax, sweep_series(summary, readout))
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xlabel(f"boundary layer b (of {summary.get('num_layers')})")
-    ax.set_ylabel("logit(t_IT) - logit(t_PT)")
+    _draw_sweep(ax, summary, readout)
     ax.set_title(f"Layer sweep ({readout.replace('_', '-')} readout, 95% bootstrap CI)")
-    legend(ax, fontsize=8)
     fig.tight_layout()
     out_dir = Path(out_dir)
     paths = [out_dir / "sweep.png", out_dir / "sweep.svg"]
@@ -270,11 +272,7 @@ def sweep_svg(summary: dict, readout: str = "common_it") -> str:
     """The layer sweep (several boundaries) as inline SVG."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    _draw_sweep(ax, sweep_series(summary, readout))
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xlabel(f"boundary layer b (of {summary.get('num_layers')})")
-    ax.set_ylabel("logit(t_IT) - logit(t_PT)")
-    legend(ax, fontsize=8)
+    _draw_sweep(ax, summary, readout)
     fig.tight_layout()
     return _svg(fig)
 
