@@ -93,6 +93,13 @@ def test_unknown_breakdowns_and_readouts_are_named_errors():
     with pytest.raises(OptionError, match="no readout 'native'"):
         result.effects(readout="native")
     assert not result.effects(readout="native_late").empty
+    with pytest.raises(OptionError, match="by names one breakdown"):  # was a TypeError (unhashable list)
+        result.effects(by=["category", "position"])  # type: ignore[arg-type]
+    from crosspatch.errors import BoundaryError
+
+    for table in (result.effects, result.cells):  # was a KeyError, its message shown in quotes
+        with pytest.raises(BoundaryError, match=r"boundary 3 was not scored in this run \(scored: 2\)"):
+            table(boundary=3)
 
 def test_run_leaves_the_callers_config_as_it_was_and_names_a_wrong_model_argument():
     from crosspatch.runner.compare import compare

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.records import CellRecord, NoDivergence
-from ..errors import OptionError
+from ..errors import BoundaryError, OptionError
 from ..report.markdown import render_markdown
 from ..report.render import render_reports
 from ..store import RunStore, events_frame, missing_prompts, records_frame
@@ -55,7 +55,8 @@ class RunResult:
         bs = [str(boundary)] if boundary is not None else self.summary["boundaries"]
         for b in bs:
             if b not in self.summary["results"]:
-                raise KeyError(f"boundary {b} was not scored in this run (scored: {', '.join(self.summary['boundaries'])})")
+                raise BoundaryError(f"boundary {b} was not scored in this run (scored: "
+                                    f"{', '.join(self.summary['boundaries'])})")
             blocks = self.summary["results"][b]
             if readout not in blocks or readout == "readout_agreement":
                 known = [k for k in blocks if k != "readout_agreement"]
@@ -68,6 +69,8 @@ class RunResult:
         ``--group-by`` field); default the headline (all first-divergence events)."""
         import pandas as pd
 
+        if by is not None and not isinstance(by, str):
+            raise OptionError(f"by names one breakdown (a string such as 'category'), not {by!r}")
         by = {"kind": "event_kind", "kinds": "event_kind"}.get(by, by) if by is not None else None  # the records' and frames' names for it
         rows = []
         for b, res in self._blocks(boundary, readout):
