@@ -59,6 +59,29 @@ def test_cross_matrix_diagonal_equals_each_descendants_own_cells(compared):
     assert m["early"]["late"]["mean"] is not None and m["early"]["late"]["n"] == result.summary["rows"]["late"]["events"]
 
 
+@pytest.mark.slow
+def test_compare_results_as_dataframes_hold_the_summarys_numbers(compared):
+    """``effects()`` is the compare table and ``cross()`` the cross-descendant matrix, as numbers:
+    each row the stored statistic of its descendant (or upstream, late pair)."""
+    result, _ = compared
+    effects = result.effects()
+    assert set(effects["descendant"]) == {"same", "late", "early"}
+    for _, row in effects.iterrows():
+        stored = result.summary["rows"][row["descendant"]]
+        assert row["verdict"] == stored["verdict"] and row["n_events"] == stored["events"]
+        stat = stored["effects"][row["effect"]]
+        got, want = [row["mean"], row["ci_low"], row["ci_high"]], [stat["mean"], *(stat.get("ci") or [None, None])]
+        assert all((w is None and g != g) or g == w for g, w in zip(got, want))  # None: NaN in a float column
+    cross = result.cross()
+    pairs = {(r.upstream, r.late): r for r in cross.itertuples()}
+    assert pairs[("base", "late")].mean == result.summary["cross"]["base"]["late"]["mean"]
+    assert ("base", "base") not in pairs  # the base's own cell has no number
+    from crosspatch.runner.compare import CompareResult
+
+    uncrossed = CompareResult(runs={}, summary={"rows": {}, "cross": None}, report="").cross()
+    assert uncrossed.empty and list(uncrossed.columns) == ["upstream", "late", "mean", "ci_low", "ci_high", "n_events"]
+
+
 def test_cross_descendant_equals_a_pair_run_when_the_upstream_is_the_base(family):
     # U_base through L_late on late's events is the cell Y(U_PT, L_IT) of the plain pair run
     models = models_from_modules({"base": family["base"], "late": family["late"], "alias": family["base"]},
@@ -180,6 +203,11 @@ def test_lineage_reports_each_stage_share_of_final_two_ways(tmp_path):
     import html
 
     assert "share of final (interaction, authors')" in html.unescape((tmp_path / "report.html").read_text())
+    table = result.effects()  # the same numbers as a DataFrame, stages in training order
+    assert list(dict.fromkeys(table["stage"])) == result.summary["stages"]
+    row = table[(table["stage"] == "s1") & (table["quantity"] == "share_of_final_shift")].iloc[0]
+    assert row["mean"] == by["s1"]["share_of_final_shift"]["mean"] and row["n_events"] == by["s1"]["events"]
+    assert "label_swap" not in set(table["quantity"])  # a test's record, not a statistic with an interval
 
 
 def test_a_share_of_the_final_has_a_joint_interval_and_is_na_without_a_final_effect():

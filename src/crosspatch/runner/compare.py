@@ -33,6 +33,7 @@ from ..store import checked, mark_collection
 from .checks import check_model_set, check_out_dir
 from .config import check_switches
 from .pipeline import RunConfig, RunResult, run
+from .result import interval_columns
 
 COMPARE_SCHEMA = "crosspatch.compare/1"
 
@@ -68,6 +69,27 @@ class CompareResult:
     summary: dict
     report: str
     out: Path | None = None
+
+    def effects(self):
+        """A DataFrame of every descendant's effects at its headline boundary (common-IT readout),
+        one row per (descendant, effect) with its 95% interval, the descendant's verdict and counts
+        (the compare table, as numbers)."""
+        import pandas as pd
+
+        return pd.DataFrame([{"descendant": role, "verdict": row["verdict"], "effect": name, **interval_columns(stat),
+                              "n_events": row["events"], "n_prompts": row["prompts"]}
+                             for role, row in self.summary["rows"].items() for name, stat in row["effects"].items()])
+
+    def cross(self):
+        """The cross-descendant table (``cross=``) as a DataFrame: one row per (upstream, late)
+        with the mean Y and its 95% interval (``summary["cross_note"]`` says how to read it);
+        empty when nothing was crossed."""
+        import pandas as pd
+
+        return pd.DataFrame([{"upstream": up, "late": late, **interval_columns(stat), "n_events": stat.get("n")}
+                             for up, row in (self.summary.get("cross") or {}).items()
+                             for late, stat in row.items() if stat is not None],
+                            columns=["upstream", "late", "mean", "ci_low", "ci_high", "n_events"])
 
     def __repr__(self) -> str:
         verdicts = ", ".join(f"{role}: {row['verdict']}" for role, row in self.summary.get("rows", {}).items())

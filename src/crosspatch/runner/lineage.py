@@ -21,6 +21,7 @@ from ..store import checked, mark_collection
 from .checks import check_model_set, check_out_dir
 from .config import check_switches
 from .pipeline import RunConfig, RunResult, run
+from .result import interval_columns
 
 LINEAGE_SCHEMA = "crosspatch.lineage/1"
 
@@ -59,6 +60,20 @@ class LineageResult:
     summary: dict
     report: str
     out: Path | None = None
+
+    def effects(self):
+        """A DataFrame of every stage's numbers on the Base -> Final events, in training order: one
+        row per (stage, quantity) with its 95% interval (``E_PT``, ``E_IT``, ``interaction``,
+        ``native_shift``, ``share_of_final_shift``, ...) and the stage's training step where
+        known."""
+        import pandas as pd
+
+        steps = self.summary.get("training_steps") or {}
+        return pd.DataFrame([{"stage": stage, "step": steps.get(stage), "quantity": name, **interval_columns(stat),
+                              "n_events": self.summary["by_stage"][stage].get("events"), "note": stat.get("na_reason")}
+                             for stage in self.summary["stages"]
+                             for name, stat in self.summary["by_stage"][stage].items()
+                             if isinstance(stat, dict) and "mean" in stat])
 
     def __repr__(self) -> str:
         where = f", out={str(self.out)!r}" if self.out else ""

@@ -13,6 +13,13 @@ from ..report.render import render_reports
 from ..store import RunStore, events_frame, missing_prompts, records_frame
 
 
+def interval_columns(stat: dict) -> dict:
+    """``mean``, ``ci_low`` and ``ci_high`` of a stored statistic (``{"mean", "ci"}``; None where
+    the summary has no interval): the columns every results table shares."""
+    ci = stat.get("ci") or [None, None]
+    return {"mean": stat.get("mean"), "ci_low": ci[0], "ci_high": ci[1]}
+
+
 @dataclass
 class RunResult:
     """What a run produced; ``events`` is a pandas DataFrame, one row per (event, boundary)."""
@@ -81,10 +88,9 @@ class RunResult:
             groups = {"all": res["all"]} if by is None else res[f"by_{by}"]
             for group, block in groups.items():
                 for name, stat in block["effects"].items():
-                    ci = stat.get("ci") or [None, None]
-                    rows.append({"boundary": int(b), "group": group, "effect": name, "mean": stat["mean"],
-                                 "ci_low": ci[0], "ci_high": ci[1], "n_events": block["n_events"],
-                                 "n_prompts": block["n_prompts"], "note": stat.get("na_reason")})
+                    rows.append({"boundary": int(b), "group": group, "effect": name, **interval_columns(stat),
+                                 "n_events": block["n_events"], "n_prompts": block["n_prompts"],
+                                 "note": stat.get("na_reason")})
         return pd.DataFrame(rows)
 
     def cells(self, boundary: int | None = None, readout: str = "common_it"):
@@ -94,9 +100,7 @@ class RunResult:
         rows = []
         for b, res in self._blocks(boundary, readout):
             for cell, stat in res["all"]["cells"].items():
-                ci = stat.get("ci") or [None, None]
-                rows.append({"boundary": int(b), "cell": cell, "mean": stat["mean"], "ci_low": ci[0], "ci_high": ci[1],
-                             "n_events": res["all"]["n_events"]})
+                rows.append({"boundary": int(b), "cell": cell, **interval_columns(stat), "n_events": res["all"]["n_events"]})
         return pd.DataFrame(rows)
 
     def controls(self):
