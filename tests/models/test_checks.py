@@ -253,15 +253,15 @@ def test_load_switches_are_booleans_so_no_string_asks_for_remote_code(field, val
         validate_load_options(LoadOptions.with_overrides(None, **{field: value}))
 
 
-def test_a_torch_dtype_reads_as_its_name():
+def test_a_torch_dtype_and_a_torch_device_read_as_their_names():
     import torch
 
     from crosspatch.models.loading import validate_load_options
     from crosspatch.models.options import LoadOptions
 
-    options = LoadOptions.with_overrides(None, dtype=torch.float32, device="cpu")
-    validate_load_options(options)
-    assert options.dtype == "float32"
+    options = LoadOptions.with_overrides(None, dtype=torch.float32, device=torch.device("cpu"))
+    validate_load_options(options)  # a torch.device was "device and dtype must be strings"
+    assert (options.dtype, options.device) == ("float32", "cpu")
 
 
 def test_text_holding_tokens_only_the_descendant_has_is_refused_with_the_reason():

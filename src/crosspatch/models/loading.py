@@ -60,6 +60,8 @@ def validate_load_options(options) -> None:
                           f"{options.revision!r}")
     if isinstance(options.dtype, torch.dtype):  # dtype=torch.bfloat16 reads as "bfloat16"
         options.dtype = str(options.dtype).removeprefix("torch.")
+    if isinstance(options.device, torch.device):  # device=torch.device("cuda", 1) reads as "cuda:1"
+        options.device = str(options.device)
     if not isinstance(options.device, str) or not isinstance(options.dtype, str):
         raise OptionError(f"device and dtype must be strings, not {options.device!r} and {options.dtype!r}")
     device = resolve_device(options.device)
