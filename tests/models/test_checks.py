@@ -66,13 +66,18 @@ def test_models_in_memory_of_different_dtypes_are_named():
 
 @pytest.mark.parametrize("option", [{"device": "cuda"}, {"dtype": "bf16"}, {"residency": "sequential"},
                                     {"revision": "main"}])
-def test_loading_options_given_with_models_in_memory_are_refused_not_ignored(option):
+def test_loading_options_that_disagree_with_models_in_memory_are_refused_not_ignored(option):
     """They were recorded in the run's config as if they had acted, on models left as given."""
     from crosspatch.errors import OptionError
 
-    with pytest.raises(OptionError, match="models given in memory are used as they are"):
+    with pytest.raises(OptionError, match="models given in memory are used where and as they are .float32 on cpu"):
         pair_from_models(tiny_model(), tiny_model(), char_tokenizer(), **option)
-    assert pair_from_models(tiny_model(), tiny_model(), char_tokenizer(), residency="both").residency == "both"
+
+
+def test_loading_options_that_say_what_models_in_memory_are_are_accepted():
+    for option in ({"residency": "both"}, {"device": "cpu"}, {"dtype": "fp32"}, {"dtype": torch.float32},
+                   {"device": "auto", "dtype": "auto"}):
+        assert pair_from_models(tiny_model(), tiny_model(), char_tokenizer(), **option).residency == "both"
 
 
 def test_vocabulary_id_conflict():

@@ -278,32 +278,49 @@ def module_digest(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-# Loading options that only loading a checkpoint can honour, with their defaults: models given in
-# memory are used where and as they are.
-LOADING_ONLY_OPTIONS = {"dtype": "auto", "device": "auto", "residency": None, "revision": None}
-
-
 def in_memory_options(options: dict, models: dict[str, nn.Module], residency: str) -> LoadOptions:
-    """The :class:`LoadOptions` of a set made of models in memory, whose residency is
-    ``residency``. An option only loading acts on (a dtype, a device, another residency, a hub
-    revision) is an ``OptionError`` rather than recorded and ignored; models of different dtypes
-    are a ``ModelLoadError`` (one model's states cannot enter the other's layers)."""
+    """The :class:`LoadOptions` of a set made of models in memory, used where and as they are,
+    whose residency is ``residency``. A dtype, device or residency that disagrees with the models
+    (they would be recorded as if they had acted), or a hub revision, is an ``OptionError``; one
+    that says what the models are is accepted. Models of different dtypes are a
+    ``ModelLoadError`` (one model's states cannot enter the other's layers)."""
     from ..errors import OptionError
+    from ..models.loading import DTYPE_ALIASES
 
     opts = LoadOptions(**options)
-    acted = {name: getattr(opts, name) for name, default in LOADING_ONLY_OPTIONS.items()
-             if getattr(opts, name) not in (default, residency if name == "residency" else default)}
-    if acted:
-        given = ", ".join(f"{name}={value!r}" for name, value in acted.items())
-        raise OptionError(f"{given}: models given in memory are used as they are; these options act only when "
-                          "crosspatch loads checkpoints (move or cast the models yourself, e.g. "
-                          "model.to('cuda', torch.bfloat16))")
-    dtypes = {role: p.dtype for role, m in models.items() for p in [next(m.parameters(), None)] if p is not None}
+    first = {role: p for role, m in models.items() for p in [next(m.parameters(), None)] if p is not None}
+    dtypes = {role: str(p.dtype).removeprefix("torch.") for role, p in first.items()}
     if len(set(dtypes.values())) > 1:
-        listed = ", ".join(f"{role} {str(d).replace('torch.', '')}" for role, d in dtypes.items())
+        listed = ", ".join(f"{role} {d}" for role, d in dtypes.items())
         raise ModelLoadError(f"the models in memory differ in dtype ({listed}): one model's states must enter the "
                              "other's layers; cast them to one dtype (model.to(torch.float32))")
+    dtype = str(opts.dtype).removeprefix("torch.") if isinstance(opts.dtype, torch.dtype) else str(opts.dtype).lower()
+    device = str(opts.device).lower()
+    disagree = {
+        "dtype": dtype != "auto" and DTYPE_ALIASES.get(dtype, dtype) not in set(dtypes.values()),
+        "device": device != "auto" and not all(_on_device(p, device) for p in first.values()),
+        "residency": opts.residency not in (None, residency),
+        "revision": opts.revision is not None,
+    }
+    acted = [name for name, differs in disagree.items() if differs]
+    if acted:
+        given = ", ".join(f"{name}={getattr(opts, name)!r}" for name in acted)
+        found = ", ".join(sorted(set(dtypes.values()))) + " on " + ", ".join(sorted({str(p.device) for p in first.values()}))
+        raise OptionError(f"{given}: models given in memory are used where and as they are ({found}, residency "
+                          f"{residency}); these options act only when crosspatch loads checkpoints (move or cast "
+                          "the models yourself, e.g. model.to('cuda', torch.bfloat16))")
     return opts
+
+
+def _on_device(parameter: torch.Tensor, device: str) -> bool:
+    """Whether ``parameter`` lies on ``device`` (``cuda`` meaning any GPU, ``map`` a dispatched model)."""
+    if device == "map":
+        return True  # a device map spreads a model over devices: nothing single to compare
+    try:
+        wanted = torch.device(device)
+    except (RuntimeError, TypeError):
+        return False
+    return parameter.device.type == wanted.type and (wanted.index is None or parameter.device.index == wanted.index)
 
 
 def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dict[str, Any] | None = None,
