@@ -106,6 +106,13 @@ class BoundaryError(CrosspatchError, ValueError):
     """The boundary layer is outside the model's layers, or a fraction is not in (0, 1)."""
 
 
+class BoundaryNotScoredError(BoundaryError, KeyError):
+    """A result was asked for a boundary its run did not score; also a ``KeyError``, as a lookup
+    of a missing key is (its message prints unquoted)."""
+
+    __str__ = BaseException.__str__
+
+
 class OptionError(CrosspatchError, ValueError):
     """An option has a value crosspatch cannot use (named, with the accepted values)."""
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.records import CellRecord, NoDivergence
-from ..errors import BoundaryError, OptionError
+from ..errors import BoundaryNotScoredError, OptionError
 from ..report.markdown import render_markdown
 from ..report.render import render_reports
 from ..store import RunStore, events_frame, missing_prompts, records_frame
@@ -62,7 +62,7 @@ class RunResult:
         bs = [str(boundary)] if boundary is not None else self.summary["boundaries"]
         for b in bs:
             if b not in self.summary["results"]:
-                raise BoundaryError(f"boundary {b} was not scored in this run (scored: "
+                raise BoundaryNotScoredError(f"boundary {b} was not scored in this run (scored: "
                                     f"{', '.join(self.summary['boundaries'])})")
             blocks = self.summary["results"][b]
             if readout not in blocks or readout == "readout_agreement":
