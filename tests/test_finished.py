@@ -47,6 +47,49 @@ def test_consequence_and_features_run_on_a_compare_member_and_a_lineage_run(tmp_
     assert res.exit_code == 0, res.output
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["features"]["layers"] == [3] and "Sparse final-MLP features" in (run_dir / "report.md").read_text()
+    from crosspatch import open_run
+    from crosspatch.runner.compare import CompareResult
+    from crosspatch.runner.lineage import LineageResult
+
+    compared, lineaged = open_run(tmp_path / "cmp"), open_run(tmp_path / "lin")  # read back as what made them
+    assert isinstance(compared, CompareResult) and set(compared.runs) == {"merged", "adapter"}
+    assert compared.summary == json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert set(compared.effects()["descendant"]) == {"merged", "adapter"}
+    assert isinstance(lineaged, LineageResult) and lineaged.run.summary["features"]["layers"] == [3]
+    assert list(dict.fromkeys(lineaged.effects()["stage"])) == lineaged.summary["stages"] == ["merged"]
+
+
+def test_a_finished_run_opens_from_its_directory_alone(tmp_path, monkeypatch):
+    """``crosspatch.open_run``: what ``run`` returned, from the stored files, with no model loaded;
+    anything else is a named error."""
+    from crosspatch import open_run
+    from crosspatch.errors import IncompleteRunError, NotARunDirectoryError, RunDirectoryError
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import make_pair
+
+    made = run(make_pair("llama"), PROMPTS, boundaries=[1, 2], max_new_tokens=8, bootstrap=200, progress=False,
+               out=tmp_path / "run")
+    import crosspatch.execution as execution
+
+    monkeypatch.setattr(execution, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
+    opened = open_run(tmp_path / "run")
+    assert opened.summary == json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert opened.config == made.config and opened.run_dir == tmp_path / "run"
+    assert sorted(r.key for r in opened.records) == sorted(r.key for r in made.records)
+    def rows(frame):  # the stored lines' order, not the run's in-memory one
+        return frame.sort_values(["prompt_id", "boundary"]).reset_index(drop=True)
+
+    assert rows(opened.events).equals(rows(made.events))
+    assert opened.effects(by="category").equals(made.effects(by="category"))
+    assert set(opened.analyses) == {name for name, rows in made.analyses.items() if rows}
+    assert opened.verdict.verdict == made.verdict.verdict and opened.report == made.report
+    (tmp_path / "run" / "summary.json").unlink()
+    with pytest.raises(IncompleteRunError, match="did not finish"):
+        open_run(tmp_path / "run")
+    with pytest.raises(NotARunDirectoryError):
+        open_run(tmp_path)
+    with pytest.raises(RunDirectoryError, match="a run directory is a path"):
+        open_run(5)  # type: ignore[arg-type]
 
 
 @pytest.mark.slow

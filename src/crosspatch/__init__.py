@@ -24,7 +24,8 @@ _EXPORTS = {
     "ModelPair": "execution", "ModelSet": "execution", "load_models": "execution", "load_pair": "execution",
     "models_from_modules": "execution", "pair_from_models": "execution",
     "LoadOptions": "models",
-    "RunConfig": "runner.config", "RunResult": "runner.result", "rerender": "runner.result", "run": "runner.pipeline",
+    "RunConfig": "runner.config", "RunResult": "runner.result", "rerender": "runner.result", "open_run": "runner.directories",
+    "run": "runner.pipeline",
     "compare": "runner.compare", "lineage": "runner.lineage",
     "Prompt": "inputs.prompts", "load_prompts": "inputs.prompts",
 }
@@ -47,7 +48,7 @@ MOVED_MODULES = {
 __all__ = [  # literal, for readers and static tools; a test keeps it equal to _EXPORTS
     "Analysis", "CELLS", "CellRecord", "CrosspatchError", "DivergenceEvent", "EventSet", "LoadOptions", "ModelPair",
     "ModelSet", "NoDivergence", "Prompt", "READOUTS", "RunConfig", "RunResult", "compare", "lineage", "load_models",
-    "load_pair", "load_prompts", "models_from_modules", "pair_from_models", "rerender", "run",
+    "load_pair", "load_prompts", "models_from_modules", "open_run", "pair_from_models", "rerender", "run",
 ]
 
 

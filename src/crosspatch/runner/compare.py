@@ -97,6 +97,17 @@ class CompareResult:
         return f"CompareResult(base={self.summary.get('base')!r}, {verdicts or 'no descendants'}{where})"
 
 
+def open_compare(path: Path) -> CompareResult:
+    """A finished compare's output directory read back (``crosspatch.open_run``): its table and
+    each descendant's run, from the stored files alone."""
+    from ..store import read_collection_summary
+    from .result import read_run
+
+    summary = read_collection_summary(path, "compare")
+    runs = {role: read_run(path / role) for role in summary["descendants"]}
+    return CompareResult(runs, summary, render_compare_markdown(summary), path)
+
+
 def parse_cross(spec: str | None, descendants: tuple[str, ...]) -> dict[str, list[str]]:
     """``all`` or ``A:D,B:D`` -> {late-stack role: [upstream roles]}; anything else is an
     :class:`OptionError` (checked before any model loads, from the role names alone)."""

@@ -81,6 +81,16 @@ class LineageResult:
                 f"events={self.summary.get('events')}{where})")
 
 
+def open_lineage(path: Path) -> LineageResult:
+    """A finished lineage's output directory read back (``crosspatch.open_run``): its per-stage
+    summary and the run of the final stage, from the stored files alone."""
+    from ..store import read_collection_summary
+    from .result import read_run
+
+    summary = read_collection_summary(path, "lineage")
+    return LineageResult(read_run(path / "run"), summary, render_lineage_markdown(summary), path)
+
+
 def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str | Path | None = None,
             progress: bool = True, resume: bool = True, overwrite: bool = False, steps: dict[str, int] | None = None,
             **overrides) -> LineageResult:

@@ -123,6 +123,19 @@ class RunResult:
         return self._report
 
 
+def read_run(run_dir: str | Path) -> RunResult:
+    """One finished run directory as a :class:`RunResult` (summary, records, prompts without an
+    event, config, every analysis' records), from its files alone (see
+    :func:`crosspatch.runner.directories.open_run`)."""
+    from .finished import stored_analyses
+
+    store = RunStore(run_dir)
+    config = store.config()  # first: it names the run whose lines the records must carry
+    summary = store.summary()
+    return RunResult(summary, store.load_records(), store.load_no_divergence(), config, store.path,
+                     stored_analyses(store))
+
+
 def write_outputs(store: RunStore, summary: dict, records: list[CellRecord], config: dict) -> str:
     """summary.json, events.parquet, then the reports; returns the Markdown report."""
     store.write_summary(summary)

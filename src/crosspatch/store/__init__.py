@@ -18,6 +18,7 @@ from .files import (
     mark_collection,
     not_a_run_message,
     package_version,
+    read_collection_summary,
     settings_diff,
 )
 from .rundir import RunStore, check_out_path
@@ -26,6 +27,6 @@ from .tables import check_complete, completed_prompts, events_frame, missing_pro
 __all__ = [
     "COLLECTION_MARKER", "CONFIG_SCHEMA", "EVENTS_FILE", "MARKER", "NO_DIV_FILE", "SUMMARY_SCHEMA", "RunStore", "check_complete", "check_out_path", "check_schema",
     "check_summary_shape", "checked", "collection_kind", "completed_prompts", "environment", "events_frame",
-    "fingerprint", "mark_collection", "missing_prompts", "not_a_run_message", "package_version", "records_frame",
-    "settings_diff",
+    "fingerprint", "mark_collection", "missing_prompts", "not_a_run_message", "package_version", "read_collection_summary",
+    "records_frame", "settings_diff",
 ]

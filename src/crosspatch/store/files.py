@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ..core.records import READOUTS
-from ..errors import CorruptRunFileError, RunSchemaError, RunWriteError
+from ..errors import CorruptRunFileError, IncompleteRunError, RunSchemaError, RunWriteError
 from .schemas import check_document
 
 CONFIG_SCHEMA = "crosspatch.config/1"
@@ -148,6 +148,21 @@ def _repair_tail(path: Path) -> None:
         if data.endswith(b"\n"):
             return
         fh.truncate(data.rfind(b"\n") + 1)
+
+
+def read_collection_summary(path: Path, kind: str) -> dict:
+    """``<kind>.json`` of a compare's or lineage's output directory ``path``, checked against its
+    schema: :class:`IncompleteRunError` when it was never written (the command did not finish),
+    :class:`CorruptRunFileError` when it is not what crosspatch writes."""
+    name = f"{kind}.json"
+    if not (path / name).is_file():
+        raise IncompleteRunError(f"{path} has no {name}: the {kind} did not finish (run the same command again "
+                                 "to resume it)")
+    data = _read_json(path / name, name)
+    problems = check_document(name, data)
+    if problems:
+        raise CorruptRunFileError(f"{path / name}: does not match its schema (docs/schemas.md): {'; '.join(problems[:3])}")
+    return data
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
