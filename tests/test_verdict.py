@@ -58,6 +58,19 @@ def test_verdict_rule(block, verdict):
     assert decide(block)["verdict"] == verdict
 
 
+def test_the_middle_grade_never_claims_a_dependent_part_its_interval_does_not_show():
+    """A share interval from below zero across the portable bound is the middle grade (it straddles
+    a bound), but its sentence said "part needs the descendant's own upstream state" beside an
+    interaction whose interval contains zero: it now says that part is possible, not shown."""
+    reaching_zero = decide(_block((3.67, (2.8, 4.45)), (4.46, (3.42, 5.42)), (0.79, (-0.15, 1.77)),
+                                  (0.18, (-0.04, 0.34))))
+    assert reaching_zero["verdict"] == "partly-upstream-dependent"
+    assert "not established" in reaching_zero["reason"] and "as large as 34%" in reaching_zero["reason"]
+    assert "and part needs" not in reaching_zero["reason"]
+    shown = decide(_block((1.0, (0.7, 1.3)), (1.6, (1.3, 1.9)), (0.6, (0.4, 0.8)), (0.37, (0.3, 0.45))))
+    assert "and part needs the descendant's own upstream state" in shown["reason"]
+
+
 def test_every_verdict_sentence_quotes_the_share_that_decided_it():
     for block in (PAPER_IT, DEMO_IT_FULL):
         out = decide(block)

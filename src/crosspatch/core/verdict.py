@@ -222,6 +222,11 @@ def grade(block: dict, policy: VerdictPolicy, counts: dict | None = None) -> tup
     if lo < low and hi > high:
         return "inconclusive", head + (f" {quoted} {bounds}: the interval spans both bounds, too wide to grade. Add "
                                        "prompts (or see min_detectable_interaction)."), numbers
+    if lo <= 0:  # straddles the portable bound from zero: a dependent part is possible, not shown
+        return "partly-upstream-dependent", head + (
+            f" {quoted} {bounds}: most of the late gain carries over to base early layers; a part that needs the "
+            f"descendant's own upstream state is not established (the interval reaches zero) but could be as large "
+            f"as {100 * hi:.0f}%. Check the breakdowns before grafting these late layers elsewhere."), numbers
     return "partly-upstream-dependent", head + (
         f" {quoted} {bounds}: part of the late gain carries over to base early layers and part needs the "
         "descendant's own upstream state. Check the breakdowns before grafting these late layers elsewhere."), numbers
