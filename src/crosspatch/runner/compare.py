@@ -29,11 +29,11 @@ from ..core.pooling import pool_family_balanced
 from ..core.stats import BootstrapConfig, block_bootstrap
 from ..errors import OptionError
 from ..execution import Executor, Late, ModelSet, Program
-from ..store import checked, mark_collection
+from ..store import checked, mark_collection, read_collection_summary
 from .checks import check_model_set, check_out_dir
 from .config import check_switches
 from .pipeline import RunConfig, RunResult, run
-from .result import interval_columns
+from .result import interval_columns, read_run
 
 COMPARE_SCHEMA = "crosspatch.compare/1"
 
@@ -100,9 +100,6 @@ class CompareResult:
 def open_compare(path: Path) -> CompareResult:
     """A finished compare's output directory read back (``crosspatch.open_run``): its table and
     each descendant's run, from the stored files alone."""
-    from ..store import read_collection_summary
-    from .result import read_run
-
     summary = read_collection_summary(path, "compare")
     runs = {role: read_run(path / role) for role in summary["descendants"]}
     return CompareResult(runs, summary, render_compare_markdown(summary), path)

@@ -17,11 +17,11 @@ from ..core.stats import BootstrapConfig, block_bootstrap, effect_block, label_s
 from ..errors import OptionError
 from ..execution import Executor, ModelSet, Program
 from ..models.vocab import masked_argmax
-from ..store import checked, mark_collection
+from ..store import checked, mark_collection, read_collection_summary
 from .checks import check_model_set, check_out_dir
 from .config import check_switches
 from .pipeline import RunConfig, RunResult, run
-from .result import interval_columns
+from .result import interval_columns, read_run
 
 LINEAGE_SCHEMA = "crosspatch.lineage/1"
 
@@ -84,9 +84,6 @@ class LineageResult:
 def open_lineage(path: Path) -> LineageResult:
     """A finished lineage's output directory read back (``crosspatch.open_run``): its per-stage
     summary and the run of the final stage, from the stored files alone."""
-    from ..store import read_collection_summary
-    from .result import read_run
-
     summary = read_collection_summary(path, "lineage")
     return LineageResult(read_run(path / "run"), summary, render_lineage_markdown(summary), path)
 
