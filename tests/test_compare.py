@@ -308,9 +308,10 @@ def test_compare_and_lineage_commands(tmp_path):
                   *common]):
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 2 and "holds the output of a crosspatch" in res.output, res.output
-    # a compare's output is no run: report names the runs inside it
+    # a compare's output is no run, but report renders it again: its pages and each of its runs' reports
     res = CliRunner().invoke(app, ["report", str(tmp_path / "c")])
-    assert res.exit_code == 2 and "output of a crosspatch compare" in res.output and str(tmp_path / "c" / "tuned") in res.output
+    assert res.exit_code == 0 and str(tmp_path / "c" / "tuned" / "report.md") in res.output, res.output
+    assert str(tmp_path / "c" / "report.html") in res.output
     res = CliRunner().invoke(app, ["gate", str(tmp_path / "l")])  # a lineage: its run (base vs the final stage)
     assert res.exit_code in (0, 1) and "run: " in res.output and "lineage of 1 run(s)" in res.output, res.output
     from crosspatch.errors import RunDirectoryNotEmptyError

@@ -57,6 +57,14 @@ def test_consequence_and_features_run_on_a_compare_member_and_a_lineage_run(tmp_
     assert set(compared.effects()["descendant"]) == {"merged", "adapter"}
     assert isinstance(lineaged, LineageResult) and lineaged.run.summary["features"]["layers"] == [3]
     assert list(dict.fromkeys(lineaged.effects()["stage"])) == lineaged.summary["stages"] == ["merged"]
+    for out, pages in ((tmp_path / "cmp", ("report.md", "report.html", "merged/report.md")),
+                       (tmp_path / "lin", ("report.md", "report.html", "run/report.md"))):
+        before = {page: (out / page).read_text() for page in pages}
+        for page in pages:
+            (out / page).unlink()
+        res = CliRunner().invoke(app, ["report", str(out), "--check"])  # was: "not one run, give one of its runs"
+        assert res.exit_code == 0 and "every printed number comes from the stored data" in res.output, res.output
+        assert {page: (out / page).read_text() for page in pages} == before  # the same pages, from the stored files
 
 
 def test_a_finished_run_opens_from_its_directory_alone(tmp_path, monkeypatch):

@@ -240,15 +240,21 @@ def report_cmd(
     check: bool = typer.Option(False, "--check", help="Check that every number report.md and report.html print "
                                                       "comes from the stored data (exit 1 if one does not)."),
 ) -> None:
-    """Re-render report.md and report.html from a run directory's stored files alone."""
+    """Re-render report.md and report.html from a run directory's stored files alone (a compare's or
+    lineage's output directory: its pages and each of its runs' reports)."""
     from ..runner.result import rerender_run  # reads the stored files: no model code, no torch
 
     try:
         written = rerender_run(run_dir)
         if check:
             from ..report.check import check_report
+            from ..runner.result import collection_runs
+            from ..store import collection_kind, read_collection_summary
 
-            problems = check_report(run_dir)
+            kind = collection_kind(run_dir)  # a compare's or lineage's output: each of its runs' reports
+            members = [run_dir] if kind is None else collection_runs(run_dir, kind, read_collection_summary(run_dir, kind))
+            problems = [f"{'' if kind is None else member.name + '/'}{problem}"
+                        for member in members for problem in check_report(member)]
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     for w in written.warnings:

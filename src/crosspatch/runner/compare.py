@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from ..core.analysis import Analysis, EventSet
-from ..core.cells import CELLS, event_y
+from ..core.cells import event_y
 from ..core.divergence import RecordKey
 from ..core.pooling import pool_family_balanced
 from ..core.stats import BootstrapConfig, block_bootstrap
 from ..errors import OptionError
 from ..execution import Executor, Late, ModelSet, Program
+from ..report.collections import cross_cell, render_compare_markdown, write_compare_pages  # noqa: F401 (cross_cell re-exported)
 from ..store import checked, mark_collection, read_collection_summary
 from .checks import check_model_set, check_out_dir
 from .config import check_switches
@@ -173,8 +174,7 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     if out is not None:
         out = Path(out)
         (out / "compare.json").write_text(json.dumps(checked("compare.json", summary), indent=2, default=str) + "\n")
-        (out / "report.md").write_text(report)
-        (out / "report.html").write_text(render_compare_html(summary))
+        write_compare_pages(out, summary)
     return CompareResult(runs, summary, report, Path(out) if out is not None else None)
 
 
@@ -206,65 +206,6 @@ def compare_summary(models: ModelSet, runs: dict[str, RunResult], plan: dict[str
             "rows": rows, "cross": matrix,
             "cross_note": ("Y(U_X, L_Y): upstream X (rows) through late stack Y (columns), on Y's events (t_base vs t_Y) "
                            "with Y's head; the base column uses the upstream descendant's events")}
-
-
-def _fmt(stat) -> str:
-    from ..report.markdown import fmt_value
-
-    return fmt_value(stat)
-
-
-def cross_cell(stat: dict | None) -> str:
-    """One cell of the cross-descendant matrix: mean [95% CI] (n=...), or n/a."""
-    if stat is None or stat.get("mean") is None:
-        return "n/a" if stat is None else f"n/a (n={stat.get('n', 0)})"
-    return f"{_fmt(stat)} (n={stat['n']})"
-
-
-def render_compare_markdown(summary: dict) -> str:
-    from ..report.markdown import _table, fmt_effect, md_escape
-
-    lines = ["# crosspatch compare", "", f"Base against {len(summary['rows'])} descendant(s); headline boundary, "
-             "common-IT readout, 95% prompt-cluster intervals.", ""]
-    rows = []
-    for role, r in summary["rows"].items():
-        block = {"effects": r["effects"]}
-        rows.append([md_escape(role), r["verdict"], str(r["events"])]
-                    + [_fmt(r["cells"][c]) for c in CELLS]
-                    + [fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction", "direct_share")])
-    lines += _table(["descendant", "verdict", "events", "Y(U_PT,L_PT)", "Y(U_PT,L_IT)", "Y(U_IT,L_PT)", "Y(U_IT,L_IT)",
-                     "E_PT", "E_IT", "interaction", "direct share"], rows) + [""]
-    for role, r in summary["rows"].items():
-        lines += [f"- **{md_escape(role)}**: {md_escape(r['reason'])}"]
-    lines.append("")
-    if summary.get("cross"):
-        roles = list(summary["cross"])
-        lines += ["## Cross-descendant patching", "", summary["cross_note"] + ".", ""]
-        body = []
-        for x in roles:
-            body.append([f"U_{md_escape(x)}"] + [cross_cell(summary["cross"][x][y]) for y in roles])
-        lines += _table(["upstream \\ late"] + [f"L_{md_escape(y)}" for y in roles], body) + [""]
-    return "\n".join(lines)
-
-
-def render_compare_html(summary: dict) -> str:
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    from ..report.markdown import fmt_effect
-
-    env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
-    tables = [("Descendants (95% prompt-cluster intervals)",
-               ["descendant", "verdict", "events", "E_PT", "E_IT", "interaction", "direct share"],
-               [[role, r["verdict"], str(r["events"])] + [fmt_effect({"effects": r["effects"]}, k)
-                                                          for k in ("E_PT", "E_IT", "interaction", "direct_share")]
-                for role, r in summary["rows"].items()])]
-    if summary.get("cross"):
-        roles = list(summary["cross"])
-        tables.append(("Cross-descendant patching: Y(U_X, L_Y)", ["upstream \\ late"] + [f"L_{y}" for y in roles],
-                       [[f"U_{x}"] + [cross_cell(summary["cross"][x][y]) for y in roles] for x in roles]))
-    return env.get_template("tables.html.j2").render(
-        title="crosspatch compare", intro=" ".join(f"{k}: {r['reason']}" for k, r in summary["rows"].items()),
-        tables=tables, links=[f"{role}/report.html" for role in summary["rows"]])
 
 
 # -- pooling ------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from ..core.stats import BootstrapConfig, block_bootstrap, effect_block, label_s
 from ..errors import OptionError
 from ..execution import Executor, ModelSet, Program
 from ..models.vocab import masked_argmax
+from ..report.collections import LINEAGE_COLUMNS, lineage_rows, render_lineage_markdown, write_lineage_pages  # noqa: F401 (re-exported)
 from ..store import checked, mark_collection, read_collection_summary
 from .checks import check_model_set, check_out_dir
 from .config import check_switches
@@ -124,9 +125,7 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     if out is not None:
         out = Path(out)
         (out / "lineage.json").write_text(json.dumps(checked("lineage.json", summary), indent=2, default=str) + "\n")
-        plot_lineage(summary, out)
-        (out / "report.md").write_text(report)
-        (out / "report.html").write_text(render_lineage_html(summary, out))
+        write_lineage_pages(out, summary)
     return LineageResult(result, summary, report, Path(out) if out is not None else None)
 
 
@@ -191,84 +190,3 @@ def lineage_summary(result: RunResult, stages: list[str], boundary: int, boot: B
                      "its own head, over the final stage's; share of final (interaction, the method's authors' "
                      "measure) = the stage's interaction over the final's, every cell read with the final model's "
                      "head; both with 95% prompt-cluster intervals")}
-
-
-def plot_lineage(summary: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..report.plots import legend
-
-    stages = summary["stages"]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    steps = summary.get("training_steps") or {}
-    by_step = all(s in steps for s in stages)
-    x = np.array([steps[s] for s in stages]) if by_step else np.arange(len(stages))
-    for key, label in (("native_shift", "native shift D"), ("E_IT", "E_IT"), ("E_PT", "E_PT"),
-                       ("interaction", "interaction")):
-        stats = [summary["by_stage"][s][key] for s in stages]
-        means = [np.nan if st["mean"] is None else st["mean"] for st in stats]
-        ax.plot(x, means, marker="o", label=label)
-        lo = [np.nan if not st.get("ci") else st["ci"][0] for st in stats]
-        hi = [np.nan if not st.get("ci") else st["ci"][1] for st in stats]
-        ax.fill_between(x, lo, hi, alpha=0.15)
-    if by_step:
-        ax.set_xlabel("training step")
-    else:
-        ax.set_xticks(x, stages)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_ylabel("logits (t_Final vs t_Base)")
-    ax.set_title("lineage: every stage on the Base -> Final contrast")
-    legend(ax, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "lineage.png", dpi=120)
-    fig.savefig(out / "lineage.svg")
-    plt.close(fig)
-
-
-LINEAGE_COLUMNS = ("stage", "n", "native shift D", "share of final (shift)", "interaction (final's head)",
-                   "share of final (interaction, authors')", "top-1 = t_Final", "E_PT", "E_IT", "interaction",
-                   "label-swap null")
-
-
-def lineage_rows(summary: dict) -> list[list[str]]:
-    """One row per stage under :data:`LINEAGE_COLUMNS` (text, unescaped), for both reports."""
-    from ..report.markdown import fmt_percent, fmt_value
-
-    rows = []
-    for s in summary["stages"]:
-        r = summary["by_stage"][s]
-        agree = "n/a" if r["top1_agreement_with_final"] is None else f"{100 * r['top1_agreement_with_final']:.0f}%"
-        swap = r["label_swap"]
-        null = "n/a" if swap["p_value"] is None else f"p={swap['p_value']:.3f}"
-        share_shift = r.get("share_of_final_shift") or {"mean": r.get("percent_of_final"), "ci": None}
-        rows.append([s, str(r["events"]), fmt_value(r["native_shift"]), fmt_percent(share_shift),
-                     fmt_value(r.get("interaction_final_readout")), fmt_percent(r.get("share_of_final_interaction")),
-                     agree, fmt_value(r["E_PT"]), fmt_value(r["E_IT"]), fmt_value(r["interaction"]), null])
-    return rows
-
-
-def render_lineage_markdown(summary: dict) -> str:
-    from ..report.markdown import _table, md_escape
-
-    lines = ["# crosspatch lineage", "", md_escape(summary["note"]) + ".", "",
-             f"{summary['events']} Base -> Final events at boundary {summary['boundary']}.", "",
-             "![lineage](lineage.png)", ""]
-    rows = [[md_escape(row[0]), *row[1:]] for row in lineage_rows(summary)]
-    lines += _table(list(LINEAGE_COLUMNS), rows)
-    return "\n".join(lines + [""])
-
-
-def render_lineage_html(summary: dict, out: Path) -> str:
-    import base64
-
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
-    png = out / "lineage.png"
-    return env.get_template("tables.html.j2").render(
-        title="crosspatch lineage", intro=summary["note"],
-        tables=[("Stages", list(LINEAGE_COLUMNS), lineage_rows(summary))], links=[],
-        image=base64.b64encode(png.read_bytes()).decode() if png.exists() else None)

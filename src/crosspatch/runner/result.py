@@ -10,7 +10,15 @@ from ..core.records import CellRecord, NoDivergence
 from ..errors import BoundaryNotScoredError, OptionError
 from ..report.markdown import render_markdown
 from ..report.render import render_reports
-from ..store import RunStore, events_frame, missing_prompts, records_frame
+from ..store import (
+    RunStore,
+    check_out_path,
+    collection_kind,
+    events_frame,
+    missing_prompts,
+    read_collection_summary,
+    records_frame,
+)
 
 
 def interval_columns(stat: dict) -> dict:
@@ -154,10 +162,35 @@ class Rendered:
 
 def rerender_run(run_dir: str | Path) -> Rendered:
     """Re-render the reports from a run directory's stored files alone, after checking that
-    every prompt of the run is accounted for (a warning names the missing ones)."""
-    store = RunStore(run_dir)
+    every prompt of the run is accounted for (a warning names the missing ones). The output
+    directory of a compare or a lineage: its pages, and each of its runs' reports."""
+    path = check_out_path(run_dir)
+    kind = collection_kind(path)
+    if kind in ("compare", "lineage"):
+        return _rerender_collection(path, kind)
+    store = RunStore(path)
     with store.lock():  # one writer per run directory
         return _rerender(store)
+
+
+def collection_runs(path: Path, kind: str, summary: dict) -> list[Path]:
+    """The run directories inside a compare's (one per descendant) or a lineage's output."""
+    return [path / role for role in summary["descendants"]] if kind == "compare" else [path / "run"]
+
+
+def _rerender_collection(path: Path, kind: str) -> Rendered:
+    from ..report.collections import write_compare_pages, write_lineage_pages
+
+    summary = read_collection_summary(path, kind)
+    files: list[Path] = []
+    warnings: list[str] = []
+    for member in collection_runs(path, kind, summary):
+        done = rerender_run(member)
+        files += done.files
+        warnings += [f"{member.name}: {w}" for w in done.warnings]
+    text = (write_compare_pages if kind == "compare" else write_lineage_pages)(path, summary)
+    files += [path / n for n in ("report.md", "report.html", "lineage.png", "lineage.svg") if (path / n).exists()]
+    return Rendered(text, files, warnings)
 
 
 def _rerender(store: RunStore) -> Rendered:

@@ -1,0 +1,158 @@
+"""The pages of a compare's and a lineage's output directory, rendered from their stored
+``compare.json`` / ``lineage.json`` alone (no model code, no torch): what the commands write, and
+what ``crosspatch report`` renders again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.records import CELLS
+from .markdown import _table, fmt_effect, fmt_percent, fmt_value, md_escape
+from .plots import legend
+
+__all__ = ["LINEAGE_COLUMNS", "cross_cell", "lineage_rows", "plot_lineage", "render_compare_html",
+           "render_compare_markdown", "render_lineage_html", "render_lineage_markdown", "write_compare_pages",
+           "write_lineage_pages"]
+
+
+def cross_cell(stat: dict | None) -> str:
+    """One cell of the cross-descendant matrix: mean [95% CI] (n=...), or n/a."""
+    if stat is None or stat.get("mean") is None:
+        return "n/a" if stat is None else f"n/a (n={stat.get('n', 0)})"
+    return f"{fmt_value(stat)} (n={stat['n']})"
+
+
+def render_compare_markdown(summary: dict) -> str:
+    lines = ["# crosspatch compare", "", f"Base against {len(summary['rows'])} descendant(s); headline boundary, "
+             "common-IT readout, 95% prompt-cluster intervals.", ""]
+    rows = []
+    for role, r in summary["rows"].items():
+        block = {"effects": r["effects"]}
+        rows.append([md_escape(role), r["verdict"], str(r["events"])]
+                    + [fmt_value(r["cells"][c]) for c in CELLS]
+                    + [fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction", "direct_share")])
+    lines += _table(["descendant", "verdict", "events", "Y(U_PT,L_PT)", "Y(U_PT,L_IT)", "Y(U_IT,L_PT)", "Y(U_IT,L_IT)",
+                     "E_PT", "E_IT", "interaction", "direct share"], rows) + [""]
+    for role, r in summary["rows"].items():
+        lines += [f"- **{md_escape(role)}**: {md_escape(r['reason'])}"]
+    lines.append("")
+    if summary.get("cross"):
+        roles = list(summary["cross"])
+        lines += ["## Cross-descendant patching", "", summary["cross_note"] + ".", ""]
+        body = []
+        for x in roles:
+            body.append([f"U_{md_escape(x)}"] + [cross_cell(summary["cross"][x][y]) for y in roles])
+        lines += _table(["upstream \\ late"] + [f"L_{md_escape(y)}" for y in roles], body) + [""]
+    return "\n".join(lines)
+
+
+def render_compare_html(summary: dict) -> str:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
+    tables = [("Descendants (95% prompt-cluster intervals)",
+               ["descendant", "verdict", "events", "E_PT", "E_IT", "interaction", "direct share"],
+               [[role, r["verdict"], str(r["events"])] + [fmt_effect({"effects": r["effects"]}, k)
+                                                          for k in ("E_PT", "E_IT", "interaction", "direct_share")]
+                for role, r in summary["rows"].items()])]
+    if summary.get("cross"):
+        roles = list(summary["cross"])
+        tables.append(("Cross-descendant patching: Y(U_X, L_Y)", ["upstream \\ late"] + [f"L_{y}" for y in roles],
+                       [[f"U_{x}"] + [cross_cell(summary["cross"][x][y]) for y in roles] for x in roles]))
+    return env.get_template("tables.html.j2").render(
+        title="crosspatch compare", intro=" ".join(f"{k}: {r['reason']}" for k, r in summary["rows"].items()),
+        tables=tables, links=[f"{role}/report.html" for role in summary["rows"]])
+
+
+def plot_lineage(summary: dict, out: Path) -> None:
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = summary["stages"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    steps = summary.get("training_steps") or {}
+    by_step = all(s in steps for s in stages)
+    x = np.array([steps[s] for s in stages]) if by_step else np.arange(len(stages))
+    for key, label in (("native_shift", "native shift D"), ("E_IT", "E_IT"), ("E_PT", "E_PT"),
+                       ("interaction", "interaction")):
+        stats = [summary["by_stage"][s][key] for s in stages]
+        means = [np.nan if st["mean"] is None else st["mean"] for st in stats]
+        ax.plot(x, means, marker="o", label=label)
+        lo = [np.nan if not st.get("ci") else st["ci"][0] for st in stats]
+        hi = [np.nan if not st.get("ci") else st["ci"][1] for st in stats]
+        ax.fill_between(x, lo, hi, alpha=0.15)
+    if by_step:
+        ax.set_xlabel("training step")
+    else:
+        ax.set_xticks(x, stages)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel("logits (t_Final vs t_Base)")
+    ax.set_title("lineage: every stage on the Base -> Final contrast")
+    legend(ax, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "lineage.png", dpi=120)
+    fig.savefig(out / "lineage.svg")
+    plt.close(fig)
+
+
+LINEAGE_COLUMNS = ("stage", "n", "native shift D", "share of final (shift)", "interaction (final's head)",
+                   "share of final (interaction, authors')", "top-1 = t_Final", "E_PT", "E_IT", "interaction",
+                   "label-swap null")
+
+
+def lineage_rows(summary: dict) -> list[list[str]]:
+    """One row per stage under :data:`LINEAGE_COLUMNS` (text, unescaped), for both reports."""
+    rows = []
+    for s in summary["stages"]:
+        r = summary["by_stage"][s]
+        agree = "n/a" if r["top1_agreement_with_final"] is None else f"{100 * r['top1_agreement_with_final']:.0f}%"
+        swap = r["label_swap"]
+        null = "n/a" if swap["p_value"] is None else f"p={swap['p_value']:.3f}"
+        share_shift = r.get("share_of_final_shift") or {"mean": r.get("percent_of_final"), "ci": None}
+        rows.append([s, str(r["events"]), fmt_value(r["native_shift"]), fmt_percent(share_shift),
+                     fmt_value(r.get("interaction_final_readout")), fmt_percent(r.get("share_of_final_interaction")),
+                     agree, fmt_value(r["E_PT"]), fmt_value(r["E_IT"]), fmt_value(r["interaction"]), null])
+    return rows
+
+
+def render_lineage_markdown(summary: dict) -> str:
+    lines = ["# crosspatch lineage", "", md_escape(summary["note"]) + ".", "",
+             f"{summary['events']} Base -> Final events at boundary {summary['boundary']}.", "",
+             "![lineage](lineage.png)", ""]
+    rows = [[md_escape(row[0]), *row[1:]] for row in lineage_rows(summary)]
+    lines += _table(list(LINEAGE_COLUMNS), rows)
+    return "\n".join(lines + [""])
+
+
+def render_lineage_html(summary: dict, out: Path) -> str:
+    import base64
+
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
+    png = out / "lineage.png"
+    return env.get_template("tables.html.j2").render(
+        title="crosspatch lineage", intro=summary["note"],
+        tables=[("Stages", list(LINEAGE_COLUMNS), lineage_rows(summary))], links=[],
+        image=base64.b64encode(png.read_bytes()).decode() if png.exists() else None)
+
+
+def write_compare_pages(out: Path, summary: dict) -> str:
+    """``report.md`` and ``report.html`` of a compare's output directory; returns the Markdown."""
+    report = render_compare_markdown(summary)
+    (out / "report.md").write_text(report)
+    (out / "report.html").write_text(render_compare_html(summary))
+    return report
+
+
+def write_lineage_pages(out: Path, summary: dict) -> str:
+    """``lineage.png``/``.svg``, ``report.md`` and ``report.html`` of a lineage's output
+    directory; returns the Markdown."""
+    plot_lineage(summary, out)
+    report = render_lineage_markdown(summary)
+    (out / "report.md").write_text(report)
+    (out / "report.html").write_text(render_lineage_html(summary, out))
+    return report
