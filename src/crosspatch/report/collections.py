@@ -59,9 +59,13 @@ def render_compare_html(summary: dict) -> str:
         roles = list(summary["cross"])
         tables.append(("Cross-descendant patching: Y(U_X, L_Y)", ["upstream \\ late"] + [f"L_{y}" for y in roles],
                        [[f"U_{x}"] + [cross_cell(summary["cross"][x][y]) for y in roles] for x in roles]))
+    reading = [f"{role}: {r['reason']}" for role, r in summary["rows"].items()]  # one paragraph each
+    if summary.get("cross"):
+        reading.append(f"Cross-descendant patching: {summary['cross_note']}.")
     return env.get_template("tables.html.j2").render(
-        title="crosspatch compare", intro=" ".join(f"{k}: {r['reason']}" for k, r in summary["rows"].items()),
-        tables=tables, links=[f"{role}/report.html" for role in summary["rows"]])
+        title="crosspatch compare", intro=f"Base against {len(summary['rows'])} descendant(s); headline boundary, "
+                                          "common-IT readout, 95% prompt-cluster intervals.",
+        reading=reading, tables=tables, links=[f"{role}/report.html" for role in summary["rows"]])
 
 
 def plot_lineage(summary: dict, out: Path) -> None:
