@@ -248,11 +248,10 @@ def report_cmd(
         written = rerender_run(run_dir)
         if check:
             from ..report.check import check_report
-            from ..runner.result import collection_runs
-            from ..store import collection_kind, read_collection_summary
+            from ..store import collection_kind, collection_runs
 
             kind = collection_kind(run_dir)  # a compare's or lineage's output: each of its runs' reports
-            members = [run_dir] if kind is None else collection_runs(run_dir, kind, read_collection_summary(run_dir, kind))
+            members = [run_dir] if kind is None else collection_runs(run_dir, kind)
             problems = [f"{'' if kind is None else member.name + '/'}{problem}"
                         for member in members for problem in check_report(member)]
     except (CrosspatchError, ValueError) as exc:

@@ -14,6 +14,7 @@ from ..store import (
     RunStore,
     check_out_path,
     collection_kind,
+    collection_runs,
     events_frame,
     missing_prompts,
     read_collection_summary,
@@ -71,7 +72,7 @@ class RunResult:
         for b in bs:
             if b not in self.summary["results"]:
                 raise BoundaryNotScoredError(f"boundary {b} was not scored in this run (scored: "
-                                    f"{', '.join(self.summary['boundaries'])})")
+                                             f"{', '.join(self.summary['boundaries'])})")
             blocks = self.summary["results"][b]
             if readout not in blocks or readout == "readout_agreement":
                 known = [k for k in blocks if k != "readout_agreement"]
@@ -173,18 +174,13 @@ def rerender_run(run_dir: str | Path) -> Rendered:
         return _rerender(store)
 
 
-def collection_runs(path: Path, kind: str, summary: dict) -> list[Path]:
-    """The run directories inside a compare's (one per descendant) or a lineage's output."""
-    return [path / role for role in summary["descendants"]] if kind == "compare" else [path / "run"]
-
-
 def _rerender_collection(path: Path, kind: str) -> Rendered:
     from ..report.collections import write_compare_pages, write_lineage_pages
 
     summary = read_collection_summary(path, kind)
     files: list[Path] = []
     warnings: list[str] = []
-    for member in collection_runs(path, kind, summary):
+    for member in collection_runs(path, kind):
         done = rerender_run(member)
         files += done.files
         warnings += [f"{member.name}: {w}" for w in done.warnings]

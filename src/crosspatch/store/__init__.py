@@ -13,6 +13,7 @@ from .files import (
     check_summary_shape,
     checked,
     collection_kind,
+    collection_runs,
     environment,
     fingerprint,
     mark_collection,
@@ -26,7 +27,7 @@ from .tables import check_complete, completed_prompts, events_frame, missing_pro
 
 __all__ = [
     "COLLECTION_MARKER", "CONFIG_SCHEMA", "EVENTS_FILE", "MARKER", "NO_DIV_FILE", "SUMMARY_SCHEMA", "RunStore", "check_complete", "check_out_path", "check_schema",
-    "check_summary_shape", "checked", "collection_kind", "completed_prompts", "environment", "events_frame",
+    "check_summary_shape", "checked", "collection_kind", "collection_runs", "completed_prompts", "environment", "events_frame",
     "fingerprint", "mark_collection", "missing_prompts", "not_a_run_message", "package_version", "read_collection_summary",
     "records_frame", "settings_diff",
 ]

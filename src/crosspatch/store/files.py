@@ -78,6 +78,20 @@ def not_a_run_message(path: Path) -> str:
             f"({', '.join(str(path / r) for r in runs[:5]) or 'none finished'})")
 
 
+def collection_runs(path: Path, kind: str) -> list[Path]:
+    """The run directories of a compare's output (every descendant's, in the order compare.json
+    lists them, then any other run found there) or of a lineage's (its one run)."""
+    if kind == "lineage":
+        return [path / "run"]
+    listed = []
+    try:
+        listed = list(json.loads((path / "compare.json").read_text(encoding="utf-8")).get("descendants") or [])
+    except (OSError, ValueError, AttributeError):
+        pass
+    found = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / "config.json").exists())
+    return [path / name for name in [*[n for n in listed if n in found], *[n for n in found if n not in listed]]]
+
+
 def collection_kind(path: str | Path) -> str | None:
     """The kind :func:`mark_collection` wrote into ``path``, or None."""
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..core.verdict import VerdictPolicy, decide
 from ..errors import CorruptRunFileError, RunSchemaError
-from ..store import check_summary_shape, collection_kind, not_a_run_message
+from ..store import check_summary_shape, collection_kind, collection_runs, not_a_run_message
 
 
 def _unusable(reason: str, **extra) -> dict:
@@ -33,22 +33,8 @@ def gate(run_dir: str | Path, policy: dict | None = None) -> dict:
     return gate_run(run_dir, policy)
 
 
-def collection_members(path: Path, kind: str) -> list[Path]:
-    """The run directories of a compare (every descendant's, in the order compare.json lists them)
-    or of a lineage (its one run)."""
-    if kind == "lineage":
-        return [path / "run"]
-    listed = []
-    try:
-        listed = list(json.loads((path / "compare.json").read_text(encoding="utf-8")).get("descendants") or [])
-    except (OSError, ValueError, AttributeError):
-        pass
-    found = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / "config.json").exists())
-    return [path / name for name in [*[n for n in listed if n in found], *[n for n in found if n not in listed]]]
-
-
 def gate_collection(path: Path, kind: str, policy: dict | None = None) -> dict:
-    members = collection_members(path, kind)
+    members = collection_runs(path, kind)
     if not members:
         return _unusable(f"{path} is a {kind} directory without any finished run")
     outcomes = {member.name: gate_run(member, policy) for member in members}
