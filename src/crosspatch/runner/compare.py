@@ -170,11 +170,12 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
         runs[role] = run(models, prompts, cfg, out=Path(out) / role if out is not None else None, progress=progress,
                          analyses=extra, resume=resume, overwrite=overwrite)
     summary = compare_summary(models, runs, plan, BootstrapConfig(config.bootstrap, config.seed))
-    report = render_compare_markdown(summary)
     if out is not None:
         out = Path(out)
         (out / "compare.json").write_text(json.dumps(checked("compare.json", summary), indent=2, default=str) + "\n")
-        write_compare_pages(out, summary)
+        report = write_compare_pages(out, summary)  # the Markdown it wrote
+    else:
+        report = render_compare_markdown(summary)
     return CompareResult(runs, summary, report, Path(out) if out is not None else None)
 
 

@@ -121,11 +121,12 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     summary = lineage_summary(result, list(models.descendants), b, BootstrapConfig(config.bootstrap, config.seed))
     if steps:
         summary["training_steps"] = {s: steps[s] for s in models.descendants if s in steps}
-    report = render_lineage_markdown(summary)
     if out is not None:
         out = Path(out)
         (out / "lineage.json").write_text(json.dumps(checked("lineage.json", summary), indent=2, default=str) + "\n")
-        write_lineage_pages(out, summary)
+        report = write_lineage_pages(out, summary)  # the Markdown it wrote
+    else:
+        report = render_lineage_markdown(summary)
     return LineageResult(result, summary, report, Path(out) if out is not None else None)
 
 

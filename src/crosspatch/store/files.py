@@ -73,9 +73,9 @@ def not_a_run_message(path: Path) -> str:
     kind = collection_kind(path)
     if kind is None:
         return f"{path} is not a crosspatch run directory (no config.json)"
-    runs = sorted(p.name for p in path.iterdir() if (p / "config.json").exists())
+    runs = [r for r in collection_runs(path, kind) if (r / "config.json").exists()]
     return (f"{path} is the output of a crosspatch {kind}, not one run: give one of its run directories "
-            f"({', '.join(str(path / r) for r in runs[:5]) or 'none finished'})")
+            f"({', '.join(str(r) for r in runs[:5]) or 'none finished'})")
 
 
 def collection_runs(path: Path, kind: str) -> list[Path]:
