@@ -23,7 +23,10 @@ def test_three_shards_merge_to_the_unsharded_result(tmp_path):
         dirs.append(tmp_path / f"s{i}")
     merged = merge_runs(dirs, tmp_path / "merged")
     assert_same_summary(_strip(merged.summary), _strip(whole.summary))
-    assert sorted(r.key for r in merged.records) == sorted(r.key for r in whole.records)
+    assert [r.key for r in merged.records] == [r.key for r in whole.records]  # the unsharded run's order
+    assert merged.config["prompt_ids"] == whole.config["prompt_ids"]
+    identity = ["prompt_id", "boundary", "kinds", "position", "t_pt", "t_it"]  # (cells: batched apart, to 1e-6)
+    assert merged.events[identity].equals(whole.events[identity])
     assert (tmp_path / "merged" / "report.md").exists()
 
 

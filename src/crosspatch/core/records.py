@@ -119,6 +119,17 @@ READOUTS = ("common_it", "common_pt")
 CELLS = ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")  # U_<upstream>_L_<late stack>
 
 
+def in_run_order(records: list, prompt_ids: list[str]) -> list:
+    """``records`` (cell records or no-divergence outcomes) in a run's one order, whether it was
+    just computed, read back from its directory or merged from shards: by the prompt's place in
+    ``prompt_ids`` (prompts not listed after, as they came), then boundary, then event kind in
+    the order of :data:`KEY_SUFFIX` (the first divergence first; controls' kinds after)."""
+    place = {p: k for k, p in enumerate(prompt_ids)}
+    kinds = {k: n for n, k in enumerate(KEY_SUFFIX)}
+    return sorted(records, key=lambda r: (place.get(r.prompt_id, len(place)), getattr(r, "boundary", 0),
+                                          kinds.get(getattr(r, "kind", ""), len(kinds))))
+
+
 def copied_fields(record) -> dict:
     """Every field of a record (a dataclass instance), its dicts and lists copied: what ``asdict``
     gives for these JSON-like fields, without its deep-copying bookkeeping (ten times faster)."""

@@ -17,6 +17,7 @@ from typing import Any
 from ..core.analysis import EventSet
 from ..core.cells import CellRecord, CellsConfig, CrossPatch
 from ..core.divergence import DivergenceConfig, NoDivergence, divergence_program, find_divergences, search_roles
+from ..core.records import in_run_order
 from ..core.registry import PlanContext, enabled_plugins
 from ..core.stats import BootstrapConfig
 from ..core.verdict import VerdictPolicy
@@ -320,8 +321,7 @@ def run(
                 pair.release()
         processed = processed_prompts(precision, prompts, records, no_div, boundaries)
         check_complete([p.id for p in processed], records, no_div, boundaries, str(out) if out is not None else "run")
-        records.sort(key=lambda r: (by_id.get(r.prompt_id, len(by_id)), r.boundary))
-        no_div.sort(key=lambda x: by_id.get(x.prompt_id, len(by_id)))
+        records, no_div = in_run_order(records, list(by_id)), in_run_order(no_div, list(by_id))
         boot = BootstrapConfig(config.bootstrap, config.seed)
         cost = {
             "plan": config.plan,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.records import CellRecord, NoDivergence
+from ..core.records import CellRecord, NoDivergence, in_run_order
 from ..errors import BoundaryNotScoredError, OptionError
 from ..report.markdown import render_markdown
 from ..report.render import render_reports
@@ -141,8 +141,9 @@ def read_run(run_dir: str | Path) -> RunResult:
     store = RunStore(run_dir)
     config = store.config()  # first: it names the run whose lines the records must carry
     summary = store.summary()
-    return RunResult(summary, store.load_records(), store.load_no_divergence(), config, store.path,
-                     stored_analyses(store))
+    ids = config.get("prompt_ids") or []  # the order the run itself gives its records (in_run_order)
+    return RunResult(summary, in_run_order(store.load_records(), ids), in_run_order(store.load_no_divergence(), ids),
+                     config, store.path, stored_analyses(store))
 
 
 def write_outputs(store: RunStore, summary: dict, records: list[CellRecord], config: dict) -> str:

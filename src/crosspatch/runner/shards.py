@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..core.records import in_run_order
 from ..core.stats import BootstrapConfig
 from ..errors import RunDirectoryError
 from ..inputs.prompts import Prompt
@@ -21,6 +22,15 @@ def select_shard(prompts: list[Prompt], shard: str | None) -> list[Prompt]:
         return prompts
     i, n = parse_shard(shard)
     return prompts[i::n]
+
+
+def unsharded_order(shard_ids: list[list[str]]) -> list[str]:
+    """The prompt ids of shards ``0/n .. n-1/n`` (each in its own order) in the order of the
+    prompt list they were cut from (:func:`select_shard`: shard ``i`` holds positions i, i+n, ...)."""
+    n, total = len(shard_ids), sum(map(len, shard_ids))
+    if [len(ids) for ids in shard_ids] != [len(range(i, total, n)) for i in range(n)]:  # not cut that way
+        return [p for ids in shard_ids for p in ids]
+    return [shard_ids[k % n][k // n] for k in range(total)]
 
 
 def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override: int | None = None,
@@ -62,10 +72,12 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override
         record["options"]["bootstrap"] = bootstrap_override
     record["fingerprint"] = fingerprint({"run": record["run_fingerprint"], "shard": None})
     record["merged_from"] = [str(d) for d in shard_dirs]
+    by_shard = {parse_shard(c["options"]["shard"]) if c["options"].get("shard") else (0, 1): c for c in configs}
     if all("prompt_ids" in c for c in configs):
-        record["prompt_ids"] = [p for c in configs for p in c["prompt_ids"]]
-    records = sorted((r for st in stores for r in st.load_records()), key=lambda r: (r.prompt_id, r.boundary))
-    no_div = sorted((x for st in stores for x in st.load_no_divergence()), key=lambda x: x.prompt_id)
+        record["prompt_ids"] = unsharded_order([by_shard[(i, n)]["prompt_ids"] for i in range(n)])
+    ids = record.get("prompt_ids") or []
+    records = in_run_order([r for st in stores for r in st.load_records()], ids)
+    no_div = in_run_order([x for st in stores for x in st.load_no_divergence()], ids)
     prompts_count = sum(st.summary()["counts"]["prompts"] for st in stores)
     names = sorted({p.name for st in stores for p in st.path.glob("*.jsonl")} - {EVENTS_FILE, NO_DIV_FILE})
     analyses = {n[: -len(".jsonl")]: [row for st in stores for row in st.load_rows(n)] for n in names}
