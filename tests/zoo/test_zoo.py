@@ -37,6 +37,33 @@ def test_every_committed_file_matches_the_manifest():
     assert man["build_seconds"] > 0 and man["build_machine"]["device"] == "cpu"
 
 
+def _recorded_model_paths(root) -> list[str]:
+    """Every ``*name_or_path`` value in the zoo's model and adapter configs, with its file."""
+    import json
+
+    found = []
+
+    def walk(value, where):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key.endswith("name_or_path") and item:
+                    found.append(f"{where}: {key}={item}")
+                walk(item, where)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, where)
+
+    for path in sorted(root.rglob("*config.json")):
+        walk(json.loads(path.read_text()), path.relative_to(root))
+    return found
+
+
+def test_no_checkpoint_names_a_model_by_the_build_machines_path():
+    """A model or adapter config records no path of the machine that built the zoo (a
+    ``base_model_name_or_path`` of ``/tmp/...`` names a model no user has)."""
+    assert _recorded_model_paths(zoo_path()) == []
+
+
 def test_the_vision_language_pair_loads_with_its_processor_and_its_chart_prompts():
     pair = load_zoo_vision_pair()
     prompts = list(zoo_prompts("charts"))
@@ -169,6 +196,7 @@ def test_smoke_build_trains_every_recipe_and_the_demo_runs_on_it(tmp_path):
     assert set(manifest(tmp_path / "zoo")["build_seconds_by_stage"]) >= {"data, tokenizer and base", "vision-language pair"}
     assert load_crosscoder(tmp_path / "zoo" / CROSSCODER).config.layers
     verify(tmp_path / "zoo")
+    assert _recorded_model_paths(tmp_path / "zoo") == []
     demo = run_demo(tmp_path / "demo", root=tmp_path / "zoo", max_new_tokens=6, bootstrap=100,
                     progress=False, log=lambda m: None, full=True)
     assert set(demo.summary["descendants"]) == set(DESCENDANTS)

@@ -142,6 +142,14 @@ def train_generic_lora(out: Path, spec, blocks: torch.Tensor, log=print):
     return model
 
 
+def _forget_build_path(adapter) -> None:
+    """An adapter records no base (as the zoo's other adapters): the build's own path to it (a
+    temporary directory) would name a model no user has."""
+    for config in adapter.peft_config.values():
+        config.base_model_name_or_path = None
+    adapter.base_model.model.__dict__.pop("name_or_path", None)  # (what PEFT's save fills an unnamed base from)
+
+
 def build_additions(out: str | Path, spec, corpora: dict, tok, evaluate, log=print) -> None:
     """Train and save the three additions into the zoo at ``out`` (which has ``base`` saved);
     ``evaluate(name, model)`` records their evals. Cards are written by the caller."""
@@ -151,6 +159,7 @@ def build_additions(out: str | Path, spec, corpora: dict, tok, evaluate, log=pri
     log(f"{FRAGILE_ADAPTER}: the fragile adapter, {spec.fragile_steps} steps")
     fragile = train_fragile_adapter(out, spec, corpora["instructions"], tok, log)
     evaluate(FRAGILE_ADAPTER, fragile)
+    _forget_build_path(fragile)
     fragile.save_pretrained(str(out / FRAGILE_ADAPTER))
     tok.save_pretrained(str(out / FRAGILE_ADAPTER))
     log(f"{SEED_TWIN}: it-full's recipe, seed {spec.seed + spec.twin_seed_offset}")
@@ -160,6 +169,7 @@ def build_additions(out: str | Path, spec, corpora: dict, tok, evaluate, log=pri
     log(f"{GENERIC_LORA}: LoRA on generic raw text, {spec.lora_steps} steps")
     generic = train_generic_lora(out, spec, packed_blocks(corpora["cpt"], tok, spec.seq_len), log)
     evaluate(GENERIC_LORA, generic)
+    _forget_build_path(generic)
     generic.save_pretrained(str(out / GENERIC_LORA))
     tok.save_pretrained(str(out / GENERIC_LORA))
 

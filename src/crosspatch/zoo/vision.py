@@ -166,7 +166,8 @@ def new_vision_model(text_base, tok, seed: int):
     image token) and whose vision tower and projector are new."""
     import transformers as t
 
-    text_config = t.LlamaConfig(**{**text_base.config.to_dict(), "vocab_size": len(tok)})
+    own = {k: v for k, v in text_base.config.to_dict().items() if k != "_name_or_path"}  # (the build's path)
+    text_config = t.LlamaConfig(**{**own, "vocab_size": len(tok)})
     vision_config = t.CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                                        image_size=CHART_SIZE, patch_size=CHART_PATCH, projection_dim=64)
     config = t.LlavaConfig(vision_config=vision_config, text_config=text_config,
