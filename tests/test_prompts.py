@@ -33,7 +33,8 @@ def test_jsonl_with_metadata(tmp_path):
         ('{"id": "b"}', r"p.jsonl:2: field 'prompt' is missing"),
         ('{"id": "b", "prompt": ""}', r"p.jsonl:2: field 'prompt' must be a non-empty string"),
         ('{"id": "b", "prompt": 3}', r"p.jsonl:2: field 'prompt' must be a non-empty string"),
-        ('{"id": "b", "prompt": "x", "category": 4}', r"p.jsonl:2: field 'category' must be a string"),
+        ('{"id": "b", "prompt": "x", "category": [4]}', r"p.jsonl:2: field 'category' must be a string or a number"),
+        ('{"id": "b", "prompt": "x", "category": true}', r"p.jsonl:2: field 'category' must be a string or a number"),
         ('{"id": "a", "prompt": "y"}', r"p.jsonl:2: field 'id' 'a' repeats .*p.jsonl:1"),
         ('{"id": "b", "prompt": "x", "id": "c"}', r"p.jsonl:2: field 'id' appears more than once"),  # json keeps the last
         ('{"id": "b", "prompt": "x", "meta": {"k": 1, "k": 2}}', r"p.jsonl:2: field 'k' appears more than once"),
@@ -52,6 +53,19 @@ def test_csv_and_parquet(tmp_path):
     for name in ("p.csv", "p.parquet"):
         got = load_prompts(tmp_path / name)
         assert [(p.id, p.prompt, p.category) for p in got] == [("001", "Rain?", "a"), ("2", "Sun?", None)]
+
+
+def test_numbers_as_categories_are_labels_kept_as_written(tmp_path):
+    """A category column of numbers (a difficulty level, a year) groups as text: a CSV keeps the
+    cell as written (``01`` stays ``01``); JSON and Parquet numbers read as their text, a whole
+    number without its ``.0`` (a Parquet integer column with a gap is stored as floats)."""
+    (tmp_path / "p.csv").write_text("id,prompt,category\n1,Rain?,01\n2,Sun?,2\n3,Fog?,\n")
+    assert [(p.id, p.category) for p in load_prompts(tmp_path / "p.csv")] == [("1", "01"), ("2", "2"), ("3", None)]
+    pd.DataFrame({"id": [1, 2, 3], "prompt": ["Rain?", "Sun?", "Fog?"], "category": [1, None, 2.5]}).to_parquet(
+        tmp_path / "p.parquet")
+    assert [(p.id, p.category) for p in load_prompts(tmp_path / "p.parquet")] == [("1", "1"), ("2", None), ("3", "2.5")]
+    path = _jsonl(tmp_path, ['{"id": "a", "prompt": "x", "category": 2024}'])
+    assert load_prompts(path)[0].category == "2024"
 
 
 def test_spreadsheet_exports_read_as_written(tmp_path):

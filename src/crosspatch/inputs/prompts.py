@@ -6,15 +6,14 @@ the line (1-based, as an editor shows it) and the field.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PromptFileError
 from .chats import chat_messages
+from .prompt_files import check_columns, read_json_array, read_jsonl, read_table
 
 _JSON_SUFFIXES, _TABLE_SUFFIXES = (".jsonl", ".json"), (".csv", ".tsv", ".parquet", ".pq")  # the prompt file types
 
@@ -36,6 +35,11 @@ class Prompt:
 
 def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _label(value) -> str:
+    """An id or category as text; a whole number as a table column holds it (``3``, ``3.0``) is ``"3"``."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _row_to_prompt(row: dict, where: str) -> Prompt:
@@ -61,8 +65,8 @@ def _row_to_prompt(row: dict, where: str) -> Prompt:
     if not row["prompt"].strip():
         raise PromptFileError(f"{where}: field 'prompt' holds only whitespace")
     category = row.get("category")
-    if not _is_missing(category) and not isinstance(category, str):
-        raise PromptFileError(f"{where}: field 'category' must be a string")
+    if not _is_missing(category) and (not isinstance(category, (str, int, float)) or isinstance(category, bool)):
+        raise PromptFileError(f"{where}: field 'category' must be a string or a number (a label), not {category!r}")
     for name in ("id", "prompt", "category"):
         _check_text(row.get(name), where, name)
     if isinstance(row["id"], float) and not row["id"].is_integer():
@@ -82,26 +86,8 @@ def _row_to_prompt(row: dict, where: str) -> Prompt:
             if k not in ("id", "prompt", "category", "validator", "messages") and not _is_missing(v)}
     if "image" in meta and (not isinstance(meta["image"], str) or not meta["image"].strip()):
         raise PromptFileError(f"{where}: field 'image' must be a path to an image file")
-    return Prompt(str(row["id"]), row["prompt"], None if _is_missing(category) else category, meta, validator, messages)
-
-
-def _text_lines(path: Path) -> list[str]:
-    """The file's lines as text: a UTF-8 byte-order mark is accepted (and dropped); bytes that
-    are not UTF-8 are a named error with their line."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PromptFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    lines = []
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            lines.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise PromptFileError(f"{path}:{lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
-                                  f"{exc.start + 1}); save the file as UTF-8") from None
-    return lines
+    return Prompt(_label(row["id"]), row["prompt"], None if _is_missing(category) else _label(category), meta, validator,
+                  messages)
 
 
 def _check_text(value, where: str, name: str) -> None:
@@ -112,133 +98,6 @@ def _check_text(value, where: str, name: str) -> None:
         except UnicodeEncodeError as exc:
             raise PromptFileError(f"{where}: field {name!r} contains a lone surrogate ({value[exc.start]!a} at "
                                   f"character {exc.start}); it is not valid Unicode text") from None
-
-
-class _RepeatedKey(ValueError):
-    """A JSON object names one key twice (``json`` would keep the last value silently)."""
-
-
-def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict:
-    seen = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise _RepeatedKey(key)
-        seen.add(key)
-    return dict(pairs)
-
-
-def _json(text: str):
-    """``json.loads`` refusing an object that names a key twice (:class:`_RepeatedKey`)."""
-    return json.loads(text, object_pairs_hook=_object_without_repeats)
-
-
-def _repeated(where: str, exc: _RepeatedKey) -> PromptFileError:
-    return PromptFileError(f"{where}: field {exc.args[0]!r} appears more than once in one object (which value is "
-                           "meant cannot be told)")
-
-
-def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
-    rows = []
-    for lineno, line in enumerate(_text_lines(path), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = _json(line)
-        except _RepeatedKey as exc:
-            raise _repeated(where, exc) from None
-        except json.JSONDecodeError as exc:
-            raise PromptFileError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        except RecursionError:
-            raise PromptFileError(f"{where}: JSON nested too deeply") from None
-        if not isinstance(row, dict):
-            raise PromptFileError(f"{where}: each line must be a JSON object")
-        rows.append((where, row))
-    return rows
-
-
-def _read_json_array(path: Path) -> list[tuple[str, dict]] | None:
-    """The rows of a .json file holding one JSON array of prompt objects, or None when the file
-    is not one JSON document (then it is read as JSON lines)."""
-    text = "\n".join(_text_lines(path))
-    try:
-        data = _json(text)
-    except _RepeatedKey as exc:
-        raise _repeated(str(path), exc) from None
-    except (json.JSONDecodeError, RecursionError):
-        return None
-    if not isinstance(data, list):
-        return None  # one object: read as a JSON-lines file of one line
-    rows = []
-    for k, row in enumerate(data):
-        if not isinstance(row, dict):
-            raise PromptFileError(f"{path}: item {k} of the array must be a JSON object")
-        rows.append((f"{path}: item {k}", row))
-    return rows
-
-
-def _check_columns(columns, where: str) -> None:
-    """A table names its prompts' ``id`` and their ``prompt`` (text) or ``messages`` (a chat)."""
-    if "id" not in columns:
-        raise PromptFileError(f"{where}: required column 'id' is missing")
-    if "prompt" not in columns and "messages" not in columns:
-        raise PromptFileError(f"{where}: required column 'prompt' is missing (or give 'messages', a chat)")
-
-
-def _delimiter(path: Path, header: str) -> str:
-    """A .tsv's tab; a .csv's comma, or the semicolon, tab or bar its header is written with
-    (spreadsheets export those) when that header names the required columns."""
-    if path.suffix == ".tsv":
-        return "\t"
-    for delimiter in (",", ";", "\t", "|"):
-        names = set(next(csv.reader([header], delimiter=delimiter), []))
-        if "id" in names and names & {"prompt", "messages"}:
-            return delimiter
-    return ","
-
-
-def _check_field_counts(path: Path, delimiter: str, columns: int) -> None:
-    """Every row of a .csv/.tsv has at most the header's fields, or only empty ones past them (a
-    trailing delimiter): a delimiter left unquoted inside a prompt would otherwise shift or cut
-    its fields without a word."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        next(reader, None)
-        for row in reader:
-            if len(row) > columns and any(field.strip() for field in row[columns:]):
-                name = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "bar"}.get(delimiter, repr(delimiter))
-                raise PromptFileError(f"{path}:{reader.line_num}: {len(row)} fields where the header names {columns}: "
-                                      f"a {name} inside a field must be quoted (\"...\")")
-
-
-def _read_table(path: Path) -> list[tuple[str, dict]]:
-    import pandas as pd
-
-    try:
-        if path.suffix in (".csv", ".tsv"):
-            header = _text_lines(path)[0].lstrip("\ufeff")  # names a line that is not UTF-8
-            delimiter = _delimiter(path, header)
-            names = next(csv.reader([header], delimiter=delimiter), [])
-            repeated = sorted({n for n in names if names.count(n) > 1})
-            if repeated:
-                raise PromptFileError(f"{path}:1: column {repeated[0]!r} appears more than once in the header")
-            _check_field_counts(path, delimiter, len(names))
-            # index_col=False: never take the first column for an index (pandas does when every row
-            # has one field more than the header; only empty trailing fields get here)
-            with warnings.catch_warnings():  # (its warning that trailing empty fields are dropped)
-                warnings.simplefilter("ignore", pd.errors.ParserWarning)
-                frame = pd.read_csv(path, sep=delimiter, dtype={"id": str}, keep_default_na=False, na_values=[""],
-                                    encoding="utf-8-sig", index_col=False)
-            first_line = 2  # header is line 1
-        else:
-            frame = pd.read_parquet(path)
-            first_line = 1
-    except PromptFileError:
-        raise
-    except Exception as exc:  # pandas raises many parser types
-        raise PromptFileError(f"{path}: cannot be read as {path.suffix[1:]} ({exc})") from exc
-    _check_columns(frame.columns, str(path))
-    return [(f"{path}:{i + first_line}", rec) for i, rec in enumerate(frame.to_dict(orient="records"))]
 
 
 def load_prompts(path) -> list[Prompt]:
@@ -255,12 +114,12 @@ def load_prompts(path) -> list[Prompt]:
             return _saved_dataset(path)
         raise PromptFileError(f"{path}: is a directory; give a .jsonl, .json, .csv, .tsv or .parquet file (or a "
                               "dataset saved with datasets' save_to_disk)")
-    if path.suffix == ".json" and (array := _read_json_array(path)) is not None:
+    if path.suffix == ".json" and (array := read_json_array(path)) is not None:
         rows = array
     elif path.suffix in _JSON_SUFFIXES:
-        rows = _read_jsonl(path)
+        rows = read_jsonl(path)
     elif path.suffix in _TABLE_SUFFIXES:
-        rows = _read_table(path)
+        rows = read_table(path)
     else:
         raise PromptFileError(f"{path}: unknown prompt file type {path.suffix!r} (use .jsonl, .json, .csv, .tsv, .parquet)")
     prompts, seen = [], {}
@@ -343,10 +202,10 @@ def as_prompts(items) -> list[Prompt]:
                                   "of such rows for several prompts")
         items = [items]
     elif hasattr(items, "to_dict") and hasattr(items, "columns"):  # pandas DataFrame
-        _check_columns(items.columns, "DataFrame")
+        check_columns(items.columns, "DataFrame")
         items = items.to_dict(orient="records")
     elif hasattr(items, "column_names") and hasattr(items, "to_list"):  # datasets.Dataset
-        _check_columns(items.column_names, "Dataset")
+        check_columns(items.column_names, "Dataset")
         items = items.to_list()
     elif items is None or not hasattr(items, "__iter__"):
         raise PromptFileError(f"prompts must be a list of strings, dicts or Prompt objects, a DataFrame, a Dataset or "

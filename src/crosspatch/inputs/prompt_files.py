@@ -1,0 +1,161 @@
+"""Reading prompt files into ``(where, row)`` pairs, before any row is checked as a prompt
+(:mod:`crosspatch.inputs.prompts`): JSON lines or one .json array (a key named twice in an object
+is refused, not kept as its last value), CSV/TSV (the delimiter sniffed, a row with more fields than
+the header named) and Parquet. ``where`` names the file and line (1-based, as an editor shows it)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+from ..errors import PromptFileError
+
+__all__ = ["check_columns", "read_json_array", "read_jsonl", "read_table"]
+
+
+def _text_lines(path: Path) -> list[str]:
+    """The file's lines as text: a UTF-8 byte-order mark is accepted (and dropped); bytes that
+    are not UTF-8 are a named error with their line."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PromptFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = []
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise PromptFileError(f"{path}:{lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                                  f"{exc.start + 1}); save the file as UTF-8") from None
+    return lines
+
+
+class _RepeatedKey(ValueError):
+    """A JSON object names one key twice (``json`` would keep the last value silently)."""
+
+
+def _object_without_repeats(pairs: list[tuple[str, object]]) -> dict:
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen.add(key)
+    return dict(pairs)
+
+
+def _json(text: str):
+    """``json.loads`` refusing an object that names a key twice (:class:`_RepeatedKey`)."""
+    return json.loads(text, object_pairs_hook=_object_without_repeats)
+
+
+def _repeated(where: str, exc: _RepeatedKey) -> PromptFileError:
+    return PromptFileError(f"{where}: field {exc.args[0]!r} appears more than once in one object (which value is "
+                           "meant cannot be told)")
+
+
+def read_jsonl(path: Path) -> list[tuple[str, dict]]:
+    rows = []
+    for lineno, line in enumerate(_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = _json(line)
+        except _RepeatedKey as exc:
+            raise _repeated(where, exc) from None
+        except json.JSONDecodeError as exc:
+            raise PromptFileError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise PromptFileError(f"{where}: JSON nested too deeply") from None
+        if not isinstance(row, dict):
+            raise PromptFileError(f"{where}: each line must be a JSON object")
+        rows.append((where, row))
+    return rows
+
+
+def read_json_array(path: Path) -> list[tuple[str, dict]] | None:
+    """The rows of a .json file holding one JSON array of prompt objects, or None when the file
+    is not one JSON document (then it is read as JSON lines)."""
+    text = "\n".join(_text_lines(path))
+    try:
+        data = _json(text)
+    except _RepeatedKey as exc:
+        raise _repeated(str(path), exc) from None
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(data, list):
+        return None  # one object: read as a JSON-lines file of one line
+    rows = []
+    for k, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise PromptFileError(f"{path}: item {k} of the array must be a JSON object")
+        rows.append((f"{path}: item {k}", row))
+    return rows
+
+
+def check_columns(columns, where: str) -> None:
+    """A table names its prompts' ``id`` and their ``prompt`` (text) or ``messages`` (a chat)."""
+    if "id" not in columns:
+        raise PromptFileError(f"{where}: required column 'id' is missing")
+    if "prompt" not in columns and "messages" not in columns:
+        raise PromptFileError(f"{where}: required column 'prompt' is missing (or give 'messages', a chat)")
+
+
+def _delimiter(path: Path, header: str) -> str:
+    """A .tsv's tab; a .csv's comma, or the semicolon, tab or bar its header is written with
+    (spreadsheets export those) when that header names the required columns."""
+    if path.suffix == ".tsv":
+        return "\t"
+    for delimiter in (",", ";", "\t", "|"):
+        names = set(next(csv.reader([header], delimiter=delimiter), []))
+        if "id" in names and names & {"prompt", "messages"}:
+            return delimiter
+    return ","
+
+
+def _check_field_counts(path: Path, delimiter: str, columns: int) -> None:
+    """Every row of a .csv/.tsv has at most the header's fields, or only empty ones past them (a
+    trailing delimiter): a delimiter left unquoted inside a prompt would otherwise shift or cut
+    its fields without a word."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        next(reader, None)
+        for row in reader:
+            if len(row) > columns and any(field.strip() for field in row[columns:]):
+                name = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "bar"}.get(delimiter, repr(delimiter))
+                raise PromptFileError(f"{path}:{reader.line_num}: {len(row)} fields where the header names {columns}: "
+                                      f"a {name} inside a field must be quoted (\"...\")")
+
+
+def read_table(path: Path) -> list[tuple[str, dict]]:
+    import pandas as pd
+
+    try:
+        if path.suffix in (".csv", ".tsv"):
+            header = _text_lines(path)[0].lstrip("\ufeff")  # names a line that is not UTF-8
+            delimiter = _delimiter(path, header)
+            names = next(csv.reader([header], delimiter=delimiter), [])
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise PromptFileError(f"{path}:1: column {repeated[0]!r} appears more than once in the header")
+            _check_field_counts(path, delimiter, len(names))
+            # index_col=False: never take the first column for an index (pandas does when every row
+            # has one field more than the header; only empty trailing fields get here)
+            with warnings.catch_warnings():  # (its warning that trailing empty fields are dropped)
+                warnings.simplefilter("ignore", pd.errors.ParserWarning)
+                frame = pd.read_csv(path, sep=delimiter, dtype={"id": str, "category": str}, keep_default_na=False, na_values=[""],
+                                    encoding="utf-8-sig", index_col=False)
+            first_line = 2  # header is line 1
+        else:
+            frame = pd.read_parquet(path)
+            first_line = 1
+    except PromptFileError:
+        raise
+    except Exception as exc:  # pandas raises many parser types
+        raise PromptFileError(f"{path}: cannot be read as {path.suffix[1:]} ({exc})") from exc
+    check_columns(frame.columns, str(path))
+    return [(f"{path}:{i + first_line}", rec) for i, rec in enumerate(frame.to_dict(orient="records"))]
