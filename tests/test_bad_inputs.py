@@ -265,6 +265,8 @@ CASES = [
          "PromptFileError"),
     Case("prompts", "a .json array with an item that is not an object",
          lambda e: e.run_args(prompts=e.file("p.json", json.dumps([GOOD[0], "Fog"]))), "PromptFileError"),
+    Case("prompts", "a .json file holding one object that wraps the prompts ({\"data\": [...]})",
+         lambda e: e.run_args(prompts=e.file("p.json", json.dumps({"data": GOOD}))), "PromptFileError"),
     Case("prompts", "a chat row (messages) without --chat-template (never fed as its last turn)",
          lambda e: e.run_args(prompts=e.file("p.jsonl", _jsonl([{"id": "c", "messages": [
              {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Rain?"}]}]))), "PromptFileError"),

@@ -55,6 +55,16 @@ def test_csv_and_parquet(tmp_path):
         assert [(p.id, p.prompt, p.category) for p in got] == [("001", "Rain?", "a"), ("2", "Sun?", None)]
 
 
+def test_a_json_object_wrapping_the_prompts_is_named_as_such(tmp_path):
+    """``{"data": [...]}`` is no prompt (it was read as one row, then refused for its missing
+    ``id``); one prompt object alone is still one prompt."""
+    (tmp_path / "wrapped.json").write_text(json.dumps({"data": [{"id": "a", "prompt": "Rain?"}]}))
+    with pytest.raises(PromptFileError, match=r"holds one JSON object \(keys 'data'\), not prompts"):
+        load_prompts(tmp_path / "wrapped.json")
+    (tmp_path / "one.json").write_text(json.dumps({"id": "a", "prompt": "Rain?"}))
+    assert [p.id for p in load_prompts(tmp_path / "one.json")] == ["a"]
+
+
 def test_numbers_as_categories_are_labels_kept_as_written(tmp_path):
     """A category column of numbers (a difficulty level, a year) groups as text: a CSV keeps the
     cell as written (``01`` stays ``01``); JSON and Parquet numbers read as their text, a whole

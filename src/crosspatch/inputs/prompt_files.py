@@ -87,8 +87,12 @@ def read_json_array(path: Path) -> list[tuple[str, dict]] | None:
         raise _repeated(str(path), exc) from None
     except (json.JSONDecodeError, RecursionError):
         return None
+    if isinstance(data, dict) and not {"id", "prompt", "messages"} & set(data):  # e.g. {"data": [...]}
+        keys = ", ".join(repr(k) for k in list(data)[:5]) or "none"
+        raise PromptFileError(f"{path}: holds one JSON object (keys {keys}), not prompts: give a .json array of "
+                              "prompt objects, or one prompt object per line (.jsonl)")
     if not isinstance(data, list):
-        return None  # one object: read as a JSON-lines file of one line
+        return None  # one prompt object: read as a JSON-lines file of one line
     rows = []
     for k, row in enumerate(data):
         if not isinstance(row, dict):
