@@ -195,11 +195,30 @@ def test_a_chat_row_is_rendered_whole_by_the_chat_template_and_never_fed_as_raw_
         _prompt_text(pair, a, RunConfig(chat_template=True))
 
 
+def test_chat_turns_as_text_parts_and_llama_tool_roles_are_read(tmp_path):
+    """A turn's content may be a list of text parts (``[{"type": "text", "text": ...}]``), read as
+    their text joined; Llama 3's ``ipython`` (tool output) and the older ``function`` are roles."""
+    chat = [{"role": "system", "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}]},
+            {"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "Calling the tool."},
+            {"role": "ipython", "content": "{\"rain\": 3}"}, {"role": "function", "content": "ok"},
+            {"role": "user", "content": [{"type": "text", "text": "Rain?"}]}]
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "a", "messages": chat}) + "\n")
+    (got,) = load_prompts(path)
+    assert got.prompt == "Rain?" and [t["content"] for t in got.messages] == [
+        "Be brief.", "Weather?", "Calling the tool.", '{"rain": 3}', "ok", "Rain?"]
+    assert [t["role"] for t in got.messages] == [t["role"] for t in chat]
+
+
 @pytest.mark.parametrize("row, message", [
     ({"id": "a", "messages": []}, "non-empty list"),
     ({"id": "a", "messages": [{"role": "user"}]}, r"messages\[0\] must be an object with 'role' and 'content'"),
     ({"id": "a", "messages": [{"role": "narrator", "content": "x"}]}, "role 'narrator'"),
     ({"id": "a", "messages": [{"role": "user", "content": 5}]}, "content must be text"),
+    ({"id": "a", "messages": [{"role": "user", "content": []}]}, "content must be text"),
+    ({"id": "a", "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}]},
+     r"messages\[0\] holds a 'image' part"),
+    ({"id": "a", "messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]}, "holds a 'text' part"),
     ({"id": "a", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},
      "last turn is the assistant's"),
     ({"id": "a", "messages": [{"role": "system", "content": "x"}]}, "no user turn"),

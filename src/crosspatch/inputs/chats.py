@@ -9,8 +9,29 @@ import json
 
 from ..errors import PromptFileError
 
-# the roles a chat row may hold (what chat templates know); the model answers the last turn
-CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+# the roles a chat row may hold (what chat templates know: ``ipython`` is Llama 3's tool-output
+# role, ``function`` the older name of ``tool``); the model answers the last turn
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "ipython", "function")
+
+
+def _content_text(content, where: str, k: int) -> str:
+    """A turn's content as text: a string, or a list of text parts (``[{"type": "text", "text":
+    ...}]``, the form multimodal processors and newer datasets use) joined as templates join them,
+    with nothing between. A part that is not text (an image) is refused: images are given with
+    the row's ``image`` field."""
+    if isinstance(content, str):
+        return content
+    if hasattr(content, "tolist") and not isinstance(content, (list, dict)):  # a Parquet list cell
+        content = content.tolist()
+    if isinstance(content, list) and content and all(isinstance(part, dict) for part in content):
+        kinds = [part.get("type", "text" if "text" in part else None) for part in content]
+        if all(kind == "text" and isinstance(part.get("text"), str) for kind, part in zip(kinds, content)):
+            return "".join(part["text"] for part in content)
+        other = next(kind for kind, part in zip(kinds, content) if kind != "text" or not isinstance(part.get("text"), str))
+        raise PromptFileError(f"{where}: messages[{k}] holds a {other!r} part; a chat's parts must be text "
+                              "(give an image prompt's image with the row's 'image' field)")
+    raise PromptFileError(f"{where}: messages[{k}]'s content must be text (or a list of text parts), not "
+                          f"{type(content).__name__}")
 
 
 def chat_messages(value, where: str) -> tuple:
@@ -35,9 +56,7 @@ def chat_messages(value, where: str) -> tuple:
         if turn["role"] not in CHAT_ROLES:
             raise PromptFileError(f"{where}: messages[{k}] has role {turn['role']!r}; a chat's roles are "
                                   f"{', '.join(CHAT_ROLES)}")
-        if not isinstance(turn["content"], str):
-            raise PromptFileError(f"{where}: messages[{k}]'s content must be text, not {type(turn['content']).__name__}")
-        turns.append({"role": turn["role"], "content": turn["content"]})
+        turns.append({"role": turn["role"], "content": _content_text(turn["content"], where, k)})
     if turns[-1]["role"] == "assistant":
         raise PromptFileError(f"{where}: the chat's last turn is the assistant's; it must end with the turn the models "
                               "answer (a user turn)")
