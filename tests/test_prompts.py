@@ -210,6 +210,33 @@ def test_chat_turns_as_text_parts_and_llama_tool_roles_are_read(tmp_path):
     assert [t["role"] for t in got.messages] == [t["role"] for t in chat]
 
 
+def test_a_sharegpt_chat_reads_as_the_same_messages(tmp_path):
+    """``conversations`` of ``{"from", "value"}`` turns (ShareGPT, as Axolotl and LLaMA-Factory
+    datasets hold chats) is the chat its ``messages`` would be, in JSON lines, a CSV cell or a
+    DataFrame; an unknown speaker, or both forms in one row, is named."""
+    from crosspatch.inputs.prompts import as_prompts
+
+    shared = [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Weather?"},
+              {"from": "gpt", "value": "Where?"}, {"from": "human", "value": "Oslo"}]
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "Where?"}, {"role": "user", "content": "Oslo"}]
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "a", "conversations": shared, "split": "eval"}) + "\n")
+    csv_path = tmp_path / "p.csv"
+    csv_path.write_text('id,conversations\na,"' + json.dumps(shared).replace('"', '""') + '"\n')
+    frame = pd.DataFrame({"id": ["a"], "conversations": [shared]})
+    for got in (load_prompts(path), load_prompts(csv_path), as_prompts(frame),
+                as_prompts({"id": "a", "conversations": shared})):
+        assert [(p.id, p.prompt, list(p.messages)) for p in got] == [("a", "Oslo", chat)]
+    assert load_prompts(path)[0].metadata == {"split": "eval"}
+    for row, message in (({"id": "a", "conversations": [{"from": "bot", "value": "x"}]}, r"conversations\[0\] is from 'bot'"),
+                         ({"id": "a", "conversations": shared, "messages": chat}, "not both"),
+                         ({"id": "a", "conversations": shared[:3]}, "last turn is the assistant's")):
+        path.write_text(json.dumps(row) + "\n")
+        with pytest.raises(PromptFileError, match=message):
+            load_prompts(path)
+
+
 @pytest.mark.parametrize("row, message", [
     ({"id": "a", "messages": []}, "non-empty list"),
     ({"id": "a", "messages": [{"role": "user"}]}, r"messages\[0\] must be an object with 'role' and 'content'"),

@@ -34,6 +34,41 @@ def _content_text(content, where: str, k: int) -> str:
                           f"{type(content).__name__}")
 
 
+# ShareGPT's speaker names (``conversations``: ``[{"from", "value"}]``, as Axolotl and LLaMA-Factory
+# datasets hold chats) -> chat roles
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "tool": "tool", "observation": "tool", "function": "function"}
+
+
+def with_messages(row: dict, where: str) -> dict:
+    """``row`` with a ShareGPT chat (``conversations``, turns ``{"from", "value"}`` or ``{"role",
+    "content"}``) given as ``messages``, the form :func:`chat_messages` reads; other rows as they
+    are. A row giving both is refused (which one is the chat?)."""
+    if "conversations" not in row:
+        return row
+    if "messages" in row:
+        raise PromptFileError(f"{where}: give the chat as 'messages' or 'conversations', not both")
+    turns = row["conversations"]
+    if isinstance(turns, str):  # CSV/Parquet cells hold JSON text
+        try:
+            turns = json.loads(turns)
+        except json.JSONDecodeError as exc:
+            raise PromptFileError(f"{where}: field 'conversations' is not valid JSON ({exc.msg})") from None
+    if hasattr(turns, "tolist") and not isinstance(turns, (list, dict)):  # a Parquet list cell
+        turns = turns.tolist()
+    if isinstance(turns, list):
+        converted = []
+        for k, turn in enumerate(turns):
+            if isinstance(turn, dict) and "from" in turn and "role" not in turn:
+                if turn["from"] not in SHAREGPT_ROLES:
+                    raise PromptFileError(f"{where}: conversations[{k}] is from {turn['from']!r}; ShareGPT speakers "
+                                          f"are {', '.join(SHAREGPT_ROLES)}")
+                turn = {"role": SHAREGPT_ROLES[turn["from"]], "content": turn.get("value")}
+            converted.append(turn)
+        turns = converted
+    return {k: v for k, v in row.items() if k != "conversations"} | {"messages": turns}
+
+
 def chat_messages(value, where: str) -> tuple:
     """A row's ``messages``: a non-empty list of ``{"role", "content"}`` objects (JSON text in a
     CSV or Parquet cell) whose roles are chat roles and whose last turn is not the assistant's

@@ -87,7 +87,7 @@ def read_json_array(path: Path) -> list[tuple[str, dict]] | None:
         raise _repeated(str(path), exc) from None
     except (json.JSONDecodeError, RecursionError):
         return None
-    if isinstance(data, dict) and not {"id", "prompt", "messages"} & set(data):  # e.g. {"data": [...]}
+    if isinstance(data, dict) and not {"id", "prompt", "messages", "conversations"} & set(data):  # e.g. {"data": [...]}
         keys = ", ".join(repr(k) for k in list(data)[:5]) or "none"
         raise PromptFileError(f"{path}: holds one JSON object (keys {keys}), not prompts: give a .json array of "
                               "prompt objects, or one prompt object per line (.jsonl)")
@@ -102,10 +102,11 @@ def read_json_array(path: Path) -> list[tuple[str, dict]] | None:
 
 
 def check_columns(columns, where: str) -> None:
-    """A table names its prompts' ``id`` and their ``prompt`` (text) or ``messages`` (a chat)."""
+    """A table names its prompts' ``id`` and their ``prompt`` (text) or ``messages`` (a chat; or
+    ShareGPT's ``conversations``)."""
     if "id" not in columns:
         raise PromptFileError(f"{where}: required column 'id' is missing")
-    if "prompt" not in columns and "messages" not in columns:
+    if not {"prompt", "messages", "conversations"} & set(columns):
         raise PromptFileError(f"{where}: required column 'prompt' is missing (or give 'messages', a chat)")
 
 
@@ -116,7 +117,7 @@ def _delimiter(path: Path, header: str) -> str:
         return "\t"
     for delimiter in (",", ";", "\t", "|"):
         names = set(next(csv.reader([header], delimiter=delimiter), []))
-        if "id" in names and names & {"prompt", "messages"}:
+        if "id" in names and names & {"prompt", "messages", "conversations"}:
             return delimiter
     return ","
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PromptFileError
-from .chats import chat_messages
+from .chats import chat_messages, with_messages
 from .prompt_files import check_columns, read_json_array, read_jsonl, read_table
 
 _JSON_SUFFIXES, _TABLE_SUFFIXES = (".jsonl", ".json"), (".csv", ".tsv", ".parquet", ".pq")  # the prompt file types
@@ -47,7 +47,7 @@ def _row_to_prompt(row: dict, where: str) -> Prompt:
         raise PromptFileError(f"{where}: field 'id' is missing or empty")
     if isinstance(row["id"], (dict, list, bool)):
         raise PromptFileError(f"{where}: field 'id' must be a string or number, not {row['id']!r}")
-    messages = None
+    messages, row = None, with_messages(row, where)
     if not _is_missing(row.get("messages")):
         if not _is_missing(row.get("prompt")) and not (isinstance(row["prompt"], str) and not row["prompt"].strip()):
             raise PromptFileError(f"{where}: give the prompt as 'prompt' (text) or 'messages' (a chat), not both")
@@ -197,7 +197,7 @@ def as_prompts(items) -> list[Prompt]:
         splits = list(items)
         return as_prompts(_one_split(items, "the DatasetDict", f"one of them (prompts['{splits[0]}'])"))
     elif isinstance(items, dict):
-        if "prompt" not in items and "messages" not in items:
+        if not {"prompt", "messages", "conversations"} & set(items):
             raise PromptFileError("a dict is one prompt row with 'id' and 'prompt' (or 'messages') fields; give a list "
                                   "of such rows for several prompts")
         items = [items]
