@@ -229,9 +229,12 @@ def test_a_sharegpt_chat_reads_as_the_same_messages(tmp_path):
                 as_prompts({"id": "a", "conversations": shared})):
         assert [(p.id, p.prompt, list(p.messages)) for p in got] == [("a", "Oslo", chat)]
     assert load_prompts(path)[0].metadata == {"split": "eval"}
+    mixed = pd.DataFrame({"id": ["a", "b"], "prompt": [None, "Snow?"], "conversations": [shared, None]})
+    assert [(p.prompt, p.messages is None) for p in as_prompts(mixed)] == [("Oslo", False), ("Snow?", True)]
     for row, message in (({"id": "a", "conversations": [{"from": "bot", "value": "x"}]}, r"conversations\[0\] is from 'bot'"),
                          ({"id": "a", "conversations": shared, "messages": chat}, "not both"),
-                         ({"id": "a", "conversations": shared[:3]}, "last turn is the assistant's")):
+                         ({"id": "a", "conversations": shared[:3]}, "last turn is the assistant's"),
+                         ({"id": "a", "conversations": []}, "'conversations' must be a non-empty list")):
         path.write_text(json.dumps(row) + "\n")
         with pytest.raises(PromptFileError, match=message):
             load_prompts(path)

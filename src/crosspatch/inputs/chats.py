@@ -44,11 +44,16 @@ def with_messages(row: dict, where: str) -> dict:
     """``row`` with a ShareGPT chat (``conversations``, turns ``{"from", "value"}`` or ``{"role",
     "content"}``) given as ``messages``, the form :func:`chat_messages` reads; other rows as they
     are. A row giving both is refused (which one is the chat?)."""
+    def given(value) -> bool:  # (a table's empty cell is None or NaN: that row gives no chat there)
+        return value is not None and not (isinstance(value, float) and value != value)
+
     if "conversations" not in row:
         return row
-    if "messages" in row:
+    turns, rest = row["conversations"], {k: v for k, v in row.items() if k != "conversations"}
+    if not given(turns):
+        return rest
+    if given(row.get("messages")):
         raise PromptFileError(f"{where}: give the chat as 'messages' or 'conversations', not both")
-    turns = row["conversations"]
     if isinstance(turns, str):  # CSV/Parquet cells hold JSON text
         try:
             turns = json.loads(turns)
@@ -56,17 +61,19 @@ def with_messages(row: dict, where: str) -> dict:
             raise PromptFileError(f"{where}: field 'conversations' is not valid JSON ({exc.msg})") from None
     if hasattr(turns, "tolist") and not isinstance(turns, (list, dict)):  # a Parquet list cell
         turns = turns.tolist()
-    if isinstance(turns, list):
-        converted = []
-        for k, turn in enumerate(turns):
-            if isinstance(turn, dict) and "from" in turn and "role" not in turn:
-                if turn["from"] not in SHAREGPT_ROLES:
-                    raise PromptFileError(f"{where}: conversations[{k}] is from {turn['from']!r}; ShareGPT speakers "
-                                          f"are {', '.join(SHAREGPT_ROLES)}")
-                turn = {"role": SHAREGPT_ROLES[turn["from"]], "content": turn.get("value")}
-            converted.append(turn)
-        turns = converted
-    return {k: v for k, v in row.items() if k != "conversations"} | {"messages": turns}
+    if not isinstance(turns, list) or not turns:
+        raise PromptFileError(f"{where}: field 'conversations' must be a non-empty list of {{\"from\", \"value\"}} "
+                              "turns (a ShareGPT chat)")
+    converted = []
+    for k, turn in enumerate(turns):
+        if isinstance(turn, dict) and "from" in turn and "role" not in turn:
+            if turn["from"] not in SHAREGPT_ROLES:
+                raise PromptFileError(f"{where}: conversations[{k}] is from {turn['from']!r}; ShareGPT speakers "
+                                      f"are {', '.join(SHAREGPT_ROLES)}")
+            turn = {"role": SHAREGPT_ROLES[turn["from"]], "content": turn.get("value")}
+        converted.append(turn)
+    turns = converted
+    return rest | {"messages": turns}
 
 
 def chat_messages(value, where: str) -> tuple:
