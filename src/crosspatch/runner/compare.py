@@ -92,6 +92,12 @@ class CompareResult:
                              for late, stat in row.items() if stat is not None],
                             columns=["upstream", "late", "mean", "ci_low", "ci_high", "n_events"])
 
+    def _repr_html_(self) -> str:
+        """What a notebook shows: one row per descendant (verdict and headline numbers)."""
+        from ..report.notebook import compare_card
+
+        return compare_card(self.summary, self.out)
+
     def __repr__(self) -> str:
         verdicts = ", ".join(f"{role}: {row['verdict']}" for role, row in self.summary.get("rows", {}).items())
         where = f", out={str(self.out)!r}" if self.out else ""

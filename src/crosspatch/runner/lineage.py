@@ -76,6 +76,12 @@ class LineageResult:
                              for name, stat in self.summary["by_stage"][stage].items()
                              if isinstance(stat, dict) and "mean" in stat])
 
+    def _repr_html_(self) -> str:
+        """What a notebook shows: one row per training stage, as the lineage report's table."""
+        from ..report.notebook import lineage_card
+
+        return lineage_card(self.summary, self.out)
+
     def __repr__(self) -> str:
         where = f", out={str(self.out)!r}" if self.out else ""
         return (f"LineageResult(stages={self.summary.get('stages')}, boundary={self.summary.get('boundary')}, "

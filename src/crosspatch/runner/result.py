@@ -118,6 +118,12 @@ class RunResult:
 
         return pd.DataFrame([{k: v for k, v in row.items() if k != "details"} for row in self.summary.get("controls", [])])
 
+    def _repr_html_(self) -> str:
+        """What a notebook shows: the verdict, its sentence and the headline numbers."""
+        from ..report.notebook import run_card
+
+        return run_card(self.summary, self.run_dir)
+
     def __repr__(self) -> str:
         counts = self.summary.get("counts", {})
         v = (self.verdict or {}).get("verdict", "n/a")

@@ -1,0 +1,66 @@
+"""What a run, a compare or a lineage shows when a notebook displays it (``_repr_html_``): the
+verdict and its sentence, the headline numbers with their 95% intervals and where the full
+report is — from the stored summary alone, every text escaped, formatted as the reports format
+it (torch-free, like the rest of :mod:`crosspatch.report`)."""
+
+from __future__ import annotations
+
+from html import escape
+
+from .collections import LINEAGE_COLUMNS, lineage_rows
+from .markdown import fmt_effect
+
+__all__ = ["compare_card", "lineage_card", "run_card"]
+
+_STYLE = "font-family:system-ui,sans-serif;font-size:13px;line-height:1.4"
+_CELL = "text-align:left;white-space:nowrap;padding:1px 12px 1px 0"
+_HEADLINE = (("E_PT", "E_PT (late effect on the base's upstream state)"),
+             ("E_IT", "E_IT (late effect on the descendant's own)"),
+             ("interaction", "interaction E_IT − E_PT"),
+             ("late_interaction_share", "I/E_IT (the verdict's number)"),
+             ("direct_share", "direct share E_PT/E_IT"))
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th style='{_CELL}'>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td style='{_CELL}'>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _where(path, page: str) -> str:
+    return "" if path is None else f"<p>Full report: <code>{escape(str(path))}/{page}</code></p>"
+
+
+def run_card(summary: dict, run_dir=None) -> str:
+    """A run's verdict, reason, headline effects and counts as a block of HTML."""
+    verdict, counts = summary.get("verdict") or {}, summary.get("counts") or {}
+    boundary, readout = verdict.get("boundary"), verdict.get("readout", "common_it")
+    head = (f"<b>crosspatch run</b>: <b>{escape(str(verdict.get('verdict', 'no verdict yet')))}</b>"
+            + (f" at boundary {escape(str(boundary))} ({escape(readout.replace('_', '-'))} readout)" if boundary else "")
+            + f"; {counts.get('prompts', 0)} prompts, {counts.get('events', 0)} events")
+    block = (summary.get("results", {}).get(str(boundary), {}).get(readout) or {}).get("all")
+    table = "" if not block else _table(["quantity", "mean [95% CI]"], [
+        [label, fmt_effect(block, name)] for name, label in _HEADLINE if name in block["effects"]])
+    reason = escape(verdict.get("reason", ""))
+    return f"<div style='{_STYLE}'><p>{head}</p>{table}<p style='max-width:60em'>{reason}</p>{_where(run_dir, 'report.html')}</div>"
+
+
+def compare_card(summary: dict, out=None) -> str:
+    """A compare's descendants, one row each: verdict, headline effects and events."""
+    rows = [[role, r["verdict"], fmt_effect({"effects": r["effects"]}, "late_interaction_share")
+             if "late_interaction_share" in r["effects"] else "n/a",
+             fmt_effect({"effects": r["effects"]}, "interaction"), fmt_effect({"effects": r["effects"]}, "E_PT"),
+             fmt_effect({"effects": r["effects"]}, "E_IT"), str(r["events"])]
+            for role, r in summary.get("rows", {}).items()]
+    head = (f"<b>crosspatch compare</b>: {escape(str(summary.get('base')))} against {len(rows)} descendant(s); "
+            "headline boundary, common-IT readout, 95% prompt-cluster intervals")
+    table = _table(["descendant", "verdict", "I/E_IT", "interaction", "E_PT", "E_IT", "events"], rows)
+    return f"<div style='{_STYLE}'><p>{head}</p>{table}{_where(out, 'report.html')}</div>"
+
+
+def lineage_card(summary: dict, out=None) -> str:
+    """A lineage's stages, one row each, as its report's table."""
+    head = (f"<b>crosspatch lineage</b>: {len(summary.get('stages', []))} stage(s) on "
+            f"{summary.get('events', 0)} Base -&gt; Final events at boundary {escape(str(summary.get('boundary')))}")
+    table = _table(list(LINEAGE_COLUMNS), lineage_rows(summary)) if summary.get("stages") else ""
+    return f"<div style='{_STYLE}'><p>{head}</p>{table}{_where(out, 'report.html')}</div>"

@@ -1,0 +1,45 @@
+"""What a notebook shows for a run, a compare and a lineage (``_repr_html_``): the verdict, its
+sentence and the headline numbers as the reports print them, every text escaped."""
+
+from __future__ import annotations
+
+import re
+from html import unescape
+
+from crosspatch.report.markdown import fmt_effect
+from crosspatch.report.notebook import compare_card, lineage_card
+from crosspatch.runner.pipeline import run
+from crosspatch.testing import make_pair
+
+from ..test_store import many_prompts
+
+
+def _text(html: str) -> str:
+    return unescape(re.sub(r"<[^>]+>", " ", html))
+
+
+def test_a_run_shows_its_verdict_sentence_and_headline_numbers(tmp_path):
+    result = run(make_pair("llama"), many_prompts(8), boundary=2, max_new_tokens=6, bootstrap=200, progress=False,
+                 out=tmp_path / "run")
+    card = result._repr_html_()
+    verdict = result.summary["verdict"]
+    block = result.summary["results"][str(verdict["boundary"])]["common_it"]["all"]
+    text = _text(card)
+    assert verdict["verdict"] in text and unescape(_text(verdict["reason"])) in text
+    for name in ("E_PT", "E_IT", "interaction", "late_interaction_share"):
+        assert fmt_effect(block, name) in text
+    assert str(tmp_path / "run" / "report.html") in text
+    assert "run_dir" not in card and "<script" not in card
+
+
+def test_compare_and_lineage_cards_escape_every_name():
+    stat = {"mean": 0.5, "ci": [0.25, 0.75]}
+    effects = {"E_PT": stat, "E_IT": stat, "interaction": {"mean": -1e-9, "ci": [-2e-9, 1e-9]},
+               "late_interaction_share": {"mean": 0.3, "ci": [0.1, 0.5]}}
+    card = compare_card({"base": "<b>base</b>", "rows": {"<script>x</script>": {
+        "verdict": "portable", "effects": effects, "events": 12}}})
+    assert "<script>x" not in card and "<b>base" not in card
+    assert "&lt;script&gt;x&lt;/script&gt;" in card and "+0.00 [+0.00, +0.00]" in _text(card)
+    assert "30% [10%, 50%]" in _text(card)
+    empty = lineage_card({"stages": [], "events": 0, "boundary": 3})
+    assert "0 stage(s)" in _text(empty) and "Base -> Final" in _text(empty)
