@@ -115,7 +115,7 @@ def lineage_rows(summary: dict) -> list[list[str]]:
         r = summary["by_stage"][s]
         agree = "n/a" if r["top1_agreement_with_final"] is None else as_percent(r['top1_agreement_with_final'])
         swap = r["label_swap"]
-        null = "n/a" if swap["p_value"] is None else f"p={swap['p_value']:.3f}"
+        null = "n/a" if swap["p_value"] is None else f"p={swap['p_value']:.3g}"
         share_shift = r.get("share_of_final_shift") or {"mean": r.get("percent_of_final"), "ci": None}
         rows.append([s, str(r["events"]), fmt_value(r["native_shift"]), fmt_percent(share_shift),
                      fmt_value(r.get("interaction_final_readout")), fmt_percent(r.get("share_of_final_interaction")),
