@@ -297,16 +297,3 @@ def test_a_run_policy_that_is_no_mapping_is_refused_even_when_empty(policy):
 
     with pytest.raises(OptionError, match="a policy is a mapping"):
         validate_run_options(RunConfig(policy=policy))
-
-
-def test_a_number_that_rounds_to_zero_prints_without_a_minus():
-    """-1e-7 is not negative at the precision a report shows: ``+0.00`` and ``0%``, never
-    ``-0.00`` or ``-0%`` (a late-only adapter's interval read ``0% [-0%, 0%]``)."""
-    from crosspatch.core.verdict import as_percent, fmt_stat, signed
-    from crosspatch.report.markdown import fmt_value
-
-    assert (signed(-1e-9), signed(-0.004), signed(-0.006), signed(0.0)) == ("+0.00", "+0.00", "-0.01", "+0.00")
-    assert (as_percent(-1e-9), as_percent(-0.004), as_percent(-0.006)) == ("0%", "0%", "-1%")
-    assert fmt_stat({"mean": 1e-9, "ci": [-1e-9, 2e-9]}) == "+0.00 [+0.00, +0.00]"
-    assert fmt_value({"mean": 0.0, "ci": [-1e-9, 1e-9]}, percent=True) == "0% [0%, 0%]"
-    assert fmt_value({"mean": -1e-9, "ci": [-2e-9, 1e-9]}, signed=False) == "0.00 [0.00, 0.00]"

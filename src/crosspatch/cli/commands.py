@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..core.verdict import as_percent, signed
 from ..errors import CrosspatchError, OptionError
 from .app import HELP_OPTIONS, _boundary, _fail, _print_section, _stdout, app, console, load_policy, print_summary_table, zoo_app
 
@@ -118,8 +117,8 @@ def pool_cmd(
     table.add_column("leave-one-out range of the mean", justify="right")
     for name in quantities:
         means = [b["effects"][name]["mean"] for b in loo.values() if b["effects"][name]["mean"] is not None]
-        spread = "n/a" if not means else (f"{as_percent(min(means))} .. {as_percent(max(means))}" if name.endswith("share")
-                                          else f"{signed(min(means))} .. {signed(max(means))}")
+        spread = "n/a" if not means else (f"{100 * min(means):.0f}% .. {100 * max(means):.0f}%" if name.endswith("share")
+                                          else f"{min(means):+.2f} .. {max(means):+.2f}")
         table.add_row(name, fmt_effect(pooled, name), spread)
     _stdout().print(table)
     families = Table(title="each family, and the pool without it (leave one out)")

@@ -118,30 +118,11 @@ def _has_ci(stat: dict) -> bool:
     return ci is not None and None not in ci
 
 
-def no_negative_zero(text: str, plus: bool = False) -> str:
-    """A formatted number that rounds to zero printed without its minus (``-0.00`` -> ``0.00``,
-    or ``+0.00`` with ``plus``, as signed numbers print): a value of -1e-7 is not negative at the
-    precision shown."""
-    if text[:1] in "-−" and not any(ch in "123456789" for ch in text):
-        return ("+" if plus else "") + text[1:]
-    return text
-
-
-def signed(value: float, digits: int = 2) -> str:
-    """``+1.02``: a signed number at ``digits`` decimals, never ``-0.00``."""
-    return no_negative_zero(f"{value:+.{digits}f}", plus=True)
-
-
-def as_percent(value: float) -> str:
-    """``48%``: a fraction as a whole percent, never ``-0%``."""
-    return no_negative_zero(f"{100 * value:.0f}%")
-
-
 def fmt_stat(stat: dict, percent: bool = False) -> str:
     """``+1.02 [+0.67, +1.37]`` (or ``48% [30%, 66%]``), the way both reports print a number."""
     if stat.get("mean") is None:
         return "n/a"
-    f = as_percent if percent else signed
+    f = (lambda v: f"{100 * v:.0f}%") if percent else (lambda v: f"{v:+.2f}")
     text = f(stat["mean"])
     if _has_ci(stat):
         text += f" [{f(stat['ci'][0])}, {f(stat['ci'][1])}]"

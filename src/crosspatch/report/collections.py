@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.records import CELLS
-from ..core.verdict import as_percent
 from .markdown import _table, fmt_effect, fmt_percent, fmt_value, md_escape
 from .plots import legend
 
@@ -113,7 +112,7 @@ def lineage_rows(summary: dict) -> list[list[str]]:
     rows = []
     for s in summary["stages"]:
         r = summary["by_stage"][s]
-        agree = "n/a" if r["top1_agreement_with_final"] is None else as_percent(r['top1_agreement_with_final'])
+        agree = "n/a" if r["top1_agreement_with_final"] is None else f"{100 * r['top1_agreement_with_final']:.0f}%"
         swap = r["label_swap"]
         null = "n/a" if swap["p_value"] is None else f"p={swap['p_value']:.3g}"
         share_shift = r.get("share_of_final_shift") or {"mean": r.get("percent_of_final"), "ci": None}

@@ -36,7 +36,6 @@ from typing import Iterator
 from torch import nn
 
 from ..core.registry import Section, Table
-from ..core.verdict import signed
 from ..errors import OptionError, PromptFileError
 from ..store import check_out_path
 
@@ -320,7 +319,7 @@ def _ci(value: dict | None) -> str:
     if not value:
         return "—"
     ci = value.get("ci")
-    return signed(value['mean']) + (f" [{signed(ci[0])}, {signed(ci[1])}]" if ci else "")
+    return f"{value['mean']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
 
 
 def splice_sections(document: dict) -> list[Section]:
