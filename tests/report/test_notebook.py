@@ -34,12 +34,12 @@ def test_a_run_shows_its_verdict_sentence_and_headline_numbers(tmp_path):
 
 def test_compare_and_lineage_cards_escape_every_name():
     stat = {"mean": 0.5, "ci": [0.25, 0.75]}
-    effects = {"E_PT": stat, "E_IT": stat, "interaction": {"mean": -1e-9, "ci": [-2e-9, 1e-9]},
+    effects = {"E_PT": stat, "E_IT": stat, "interaction": {"mean": -0.3, "ci": [-0.5, -0.1]},
                "late_interaction_share": {"mean": 0.3, "ci": [0.1, 0.5]}}
     card = compare_card({"base": "<b>base</b>", "rows": {"<script>x</script>": {
         "verdict": "portable", "effects": effects, "events": 12}}})
     assert "<script>x" not in card and "<b>base" not in card
-    assert "&lt;script&gt;x&lt;/script&gt;" in card and "+0.00 [+0.00, +0.00]" in _text(card)
+    assert "&lt;script&gt;x&lt;/script&gt;" in card and "-0.30 [-0.50, -0.10]" in _text(card)
     assert "30% [10%, 50%]" in _text(card)
     empty = lineage_card({"stages": [], "events": 0, "boundary": 3})
     assert "0 stage(s)" in _text(empty) and "Base -> Final" in _text(empty)
