@@ -101,7 +101,8 @@ def chat_messages(value, where: str) -> tuple:
         turns.append({"role": turn["role"], "content": _content_text(turn["content"], where, k)})
     if turns[-1]["role"] == "assistant":
         raise PromptFileError(f"{where}: the chat's last turn is the assistant's; it must end with the turn the models "
-                              "answer (a user turn)")
+                              "answer (a user turn): for an SFT set's rows, drop the reference answer (messages[:-1]) "
+                              "before giving them as prompts")
     users = [t["content"] for t in turns if t["role"] == "user"]
     if not users or not users[-1].strip():
         raise PromptFileError(f"{where}: the chat has no user turn with text")
