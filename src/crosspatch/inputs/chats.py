@@ -35,9 +35,10 @@ def _content_text(content, where: str, k: int) -> str:
 
 
 # ShareGPT's speaker names (``conversations``: ``[{"from", "value"}]``, as Axolotl and LLaMA-Factory
-# datasets hold chats) -> chat roles
+# datasets hold chats) -> chat roles (a function_call turn is the assistant calling a tool, an observation
+# the tool's answer)
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "tool": "tool", "observation": "tool", "function": "function"}
+                  "tool": "tool", "observation": "tool", "function": "function", "function_call": "assistant"}
 
 
 def with_messages(row: dict, where: str) -> dict:
