@@ -368,3 +368,26 @@ def test_a_dataset_saved_to_disk_is_a_prompt_set(tmp_path):
     assert [p.id for p in as_prompts(datasets.load_from_disk(str(tmp_path / "one")))] == ["a", "b"]
     with pytest.raises(PromptFileError, match=r"the DatasetDict holds the splits train, test: give one of them"):
         as_prompts(two)
+
+
+def test_prompts_piped_on_standard_input(monkeypatch):
+    """``--prompts -`` reads JSON lines (or one JSON array) from standard input, once per stream
+    (a command that reads its prompts twice gets them twice); nothing piped in is named."""
+    import io
+    import sys
+
+    for data in (b'{"id": "a", "prompt": "Rain?"}\n{"id": "b", "prompt": "Sun?"}\n',
+                 b'[{"id": "a", "prompt": "Rain?"}, {"id": "b", "prompt": "Sun?"}]'):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        assert [p.id for p in load_prompts("-")] == ["a", "b"] == [p.id for p in load_prompts("-")]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"id": "a"}\n')))
+    with pytest.raises(PromptFileError, match=r"^standard input:1: field 'prompt' is missing"):
+        load_prompts("-")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    with pytest.raises(PromptFileError, match="nothing is piped in"):
+        load_prompts("-")

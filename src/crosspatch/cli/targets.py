@@ -16,8 +16,8 @@ def _option(default: Any = ..., help: str = "", **cli: Any) -> Any:
     return field(metadata=metadata) if default is ... else field(default=default, metadata=metadata)
 
 
-PROMPTS = ("Prompt file: .jsonl, .json (an array or JSON lines), .csv (comma, semicolon or tab), .tsv or .parquet; or "
-           "a dataset directory saved with datasets' save_to_disk.")
+PROMPTS = ("Prompt file: .jsonl, .json (an array or JSON lines), .csv (comma, semicolon or tab), .tsv or .parquet; "
+           "a dataset directory saved with datasets' save_to_disk; or - for JSON lines on standard input.")
 BASE = "Base model (PT): hub id or local directory."
 
 

@@ -7,21 +7,46 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import warnings
 from pathlib import Path
 
 from ..errors import PromptFileError
 
-__all__ = ["check_columns", "read_json_array", "read_jsonl", "read_table"]
+__all__ = ["STDIN", "check_columns", "is_stdin", "read_json_array", "read_jsonl", "read_table"]
+
+
+STDIN = "-"  # ``--prompts -``: JSON lines (or one JSON array) piped in on standard input
+_piped: dict[int, bytes] = {}  # standard input's bytes, read once per stream (a command may read its prompts twice)
+
+
+def is_stdin(path) -> bool:
+    return str(path) == STDIN
+
+
+def _name(path: Path) -> str:
+    """How a message names the prompt source."""
+    return "standard input" if is_stdin(path) else str(path)
+
+
+def _stdin_bytes() -> bytes:
+    stream = sys.stdin
+    if stream is None or stream.isatty():
+        raise PromptFileError("--prompts -: reads JSON lines from standard input, but nothing is piped in "
+                              "(cat prompts.jsonl | crosspatch run ... --prompts -)")
+    if id(stream) not in _piped:
+        _piped.clear()
+        _piped[id(stream)] = stream.buffer.read()
+    return _piped[id(stream)]
 
 
 def _text_lines(path: Path) -> list[str]:
-    """The file's lines as text: a UTF-8 byte-order mark is accepted (and dropped); bytes that
-    are not UTF-8 are a named error with their line."""
+    """The file's lines as text (standard input for ``-``): a UTF-8 byte-order mark is accepted
+    (and dropped); bytes that are not UTF-8 are a named error with their line."""
     try:
-        data = path.read_bytes()
+        data = _stdin_bytes() if is_stdin(path) else path.read_bytes()
     except OSError as exc:
-        raise PromptFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        raise PromptFileError(f"{_name(path)}: cannot be read ({exc.strerror or exc})") from None
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     lines = []
@@ -29,7 +54,7 @@ def _text_lines(path: Path) -> list[str]:
         try:
             lines.append(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            raise PromptFileError(f"{path}:{lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+            raise PromptFileError(f"{_name(path)}:{lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
                                   f"{exc.start + 1}); save the file as UTF-8") from None
     return lines
 
@@ -62,7 +87,7 @@ def read_jsonl(path: Path) -> list[tuple[str, dict]]:
     for lineno, line in enumerate(_text_lines(path), start=1):
         if not line.strip():
             continue
-        where = f"{path}:{lineno}"
+        where = f"{_name(path)}:{lineno}"
         try:
             row = _json(line)
         except _RepeatedKey as exc:
@@ -84,20 +109,20 @@ def read_json_array(path: Path) -> list[tuple[str, dict]] | None:
     try:
         data = _json(text)
     except _RepeatedKey as exc:
-        raise _repeated(str(path), exc) from None
+        raise _repeated(_name(path), exc) from None
     except (json.JSONDecodeError, RecursionError):
         return None
     if isinstance(data, dict) and not {"id", "prompt", "messages", "conversations"} & set(data):  # e.g. {"data": [...]}
         keys = ", ".join(repr(k) for k in list(data)[:5]) or "none"
-        raise PromptFileError(f"{path}: holds one JSON object (keys {keys}), not prompts: give a .json array of "
+        raise PromptFileError(f"{_name(path)}: holds one JSON object (keys {keys}), not prompts: give a .json array of "
                               "prompt objects, or one prompt object per line (.jsonl)")
     if not isinstance(data, list):
         return None  # one prompt object: read as a JSON-lines file of one line
     rows = []
     for k, row in enumerate(data):
         if not isinstance(row, dict):
-            raise PromptFileError(f"{path}: item {k} of the array must be a JSON object")
-        rows.append((f"{path}: item {k}", row))
+            raise PromptFileError(f"{_name(path)}: item {k} of the array must be a JSON object")
+        rows.append((f"{_name(path)}: item {k}", row))
     return rows
 
 

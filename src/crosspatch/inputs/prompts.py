@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import PromptFileError
 from .chats import chat_messages, with_messages
-from .prompt_files import check_columns, read_json_array, read_jsonl, read_table
+from .prompt_files import check_columns, is_stdin, read_json_array, read_jsonl, read_table
 
 _JSON_SUFFIXES, _TABLE_SUFFIXES = (".jsonl", ".json"), (".csv", ".tsv", ".parquet", ".pq")  # the prompt file types
 
@@ -107,6 +107,9 @@ def load_prompts(path) -> list[Prompt]:
     if not isinstance(path, (str, Path)):
         return as_prompts(path)
     path = Path(path)
+    if is_stdin(path):  # piped JSON lines, or one JSON array; image paths relative to the working directory
+        rows = read_json_array(path)
+        return _checked_rows(read_jsonl(path) if rows is None else rows, Path("standard input"), Path("."))
     if not path.exists():
         raise PromptFileError(f"{path}: no such prompt file")
     if path.is_dir():
@@ -121,16 +124,22 @@ def load_prompts(path) -> list[Prompt]:
     elif path.suffix in _TABLE_SUFFIXES:
         rows = read_table(path)
     else:
-        raise PromptFileError(f"{path}: unknown prompt file type {path.suffix!r} (use .jsonl, .json, .csv, .tsv, .parquet)")
+        raise PromptFileError(f"{path}: unknown prompt file type {path.suffix!r} (use .jsonl, .json, .csv, .tsv, .parquet, "
+                              "or - for JSON lines on standard input)")
+    return _checked_rows(rows, path, path.parent)
+
+
+def _checked_rows(rows: list[tuple[str, dict]], source: Path, images: Path) -> list[Prompt]:
+    """The prompts of a file's ``(where, row)`` pairs: each row checked, ids unique, none empty."""
     prompts, seen = [], {}
     for where, row in rows:
-        prompt = _with_image_path(_row_to_prompt(row, where), path.parent, where)
+        prompt = _with_image_path(_row_to_prompt(row, where), images, where)
         if prompt.id in seen:
             raise PromptFileError(f"{where}: field 'id' {prompt.id!r} repeats {seen[prompt.id]}")
         seen[prompt.id] = where
         prompts.append(prompt)
     if not prompts:
-        raise PromptFileError(f"{path}: contains no prompts")
+        raise PromptFileError(f"{source}: contains no prompts")
     return prompts
 
 
