@@ -34,6 +34,21 @@ def _content_text(content, where: str, k: int) -> str:
                           f"{type(content).__name__}")
 
 
+def _turn_list(value, name: str, where: str, what: str) -> list:
+    """A chat field's turns: a list (JSON text in a CSV or Parquet cell, or a Parquet list cell,
+    read as one), non-empty; else a PromptFileError saying it must be a non-empty list of ``what``."""
+    if isinstance(value, str):  # CSV/Parquet cells hold JSON text
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise PromptFileError(f"{where}: field '{name}' is not valid JSON ({exc.msg})") from None
+    if hasattr(value, "tolist") and not isinstance(value, (list, dict)):  # a Parquet list cell (numpy array)
+        value = value.tolist()
+    if not isinstance(value, list) or not value:
+        raise PromptFileError(f"{where}: field '{name}' must be a non-empty list of {what}")
+    return value
+
+
 # ShareGPT's speaker names (``conversations``: ``[{"from", "value"}]``, as Axolotl and LLaMA-Factory
 # datasets hold chats) -> chat roles (a function_call turn is the assistant calling a tool, an observation
 # the tool's answer)
@@ -55,16 +70,7 @@ def with_messages(row: dict, where: str) -> dict:
         return rest
     if given(row.get("messages")):
         raise PromptFileError(f"{where}: give the chat as 'messages' or 'conversations', not both")
-    if isinstance(turns, str):  # CSV/Parquet cells hold JSON text
-        try:
-            turns = json.loads(turns)
-        except json.JSONDecodeError as exc:
-            raise PromptFileError(f"{where}: field 'conversations' is not valid JSON ({exc.msg})") from None
-    if hasattr(turns, "tolist") and not isinstance(turns, (list, dict)):  # a Parquet list cell
-        turns = turns.tolist()
-    if not isinstance(turns, list) or not turns:
-        raise PromptFileError(f"{where}: field 'conversations' must be a non-empty list of {{\"from\", \"value\"}} "
-                              "turns (a ShareGPT chat)")
+    turns = _turn_list(turns, "conversations", where, '{"from", "value"} turns (a ShareGPT chat)')
     converted = []
     for k, turn in enumerate(turns):
         if isinstance(turn, dict) and "from" in turn and "role" not in turn:
@@ -82,16 +88,7 @@ def chat_messages(value, where: str) -> tuple:
     CSV or Parquet cell) whose roles are chat roles and whose last turn is not the assistant's
     (the models answer it), each content a string; else a PromptFileError naming the turn (the
     text itself is checked with the row's other fields)."""
-    if isinstance(value, str):  # CSV/Parquet cells hold JSON text
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise PromptFileError(f"{where}: field 'messages' is not valid JSON ({exc.msg})") from None
-    if hasattr(value, "tolist") and not isinstance(value, (list, dict)):  # a Parquet list cell (numpy array)
-        value = value.tolist()
-    if not isinstance(value, list) or not value:
-        raise PromptFileError(f"{where}: field 'messages' must be a non-empty list of {{\"role\", \"content\"}} "
-                              "objects (a chat)")
+    value = _turn_list(value, "messages", where, '{"role", "content"} objects (a chat)')
     turns = []
     for k, turn in enumerate(value):
         if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or "content" not in turn:
