@@ -265,3 +265,26 @@ def test_analyses_and_their_options_on_the_command_line(saved_pair, tmp_path):
         res = CliRunner().invoke(app, [*base, *bad])
         assert res.exit_code == 2 and "OptionError" in res.output and message in res.output, (bad, res.output)
     assert not (tmp_path / "r").exists()
+
+
+def test_run_reads_a_prompt_set_by_its_own_column_names(saved_pair, tmp_path):
+    """``--fields`` names the columns that stand for the prompt fields: the same run as with the
+    fields' own names (the prompt set is the same, so is the run's fingerprint)."""
+    import json
+
+    rows = [json.loads(line) for line in (saved_pair / "prompts.jsonl").read_text().splitlines() if line.strip()]
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text("".join(json.dumps({"uid": r["id"], "question": r["prompt"]}) + "\n" for r in rows))
+    common = ["--base", str(saved_pair / "base"), "--tuned", str(saved_pair / "tuned"), "--max-new-tokens", "6",
+              "--boundary", "2", "--bootstrap", "0", "--quiet", "--controls", "none", "--event-kinds", "first_diff"]
+    plain = [{k: r[k] for k in ("id", "prompt")} for r in rows]
+    (tmp_path / "plain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in plain))
+    runs = []
+    for name, extra in (("plain", ["--prompts", str(tmp_path / "plain.jsonl")]),
+                        ("renamed", ["--prompts", str(renamed), "--fields", "id=uid,prompt=question"])):
+        res = CliRunner().invoke(app, ["run", *common, *extra, "--out", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+        runs.append(json.loads((tmp_path / name / "config.json").read_text()))
+    assert runs[0]["run_fingerprint"] == runs[1]["run_fingerprint"]
+    res = CliRunner().invoke(app, ["run", *common, "--prompts", str(renamed), "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "field 'id' is missing" in res.output

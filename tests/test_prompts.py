@@ -391,3 +391,35 @@ def test_prompts_piped_on_standard_input(monkeypatch):
     monkeypatch.setattr(sys, "stdin", Terminal())
     with pytest.raises(PromptFileError, match="nothing is piped in"):
         load_prompts("-")
+
+
+def test_a_prompt_sets_own_columns_stand_for_the_fields(tmp_path):
+    """``fields`` (``--fields prompt=instruction,id=uid``) reads a set whose columns are named
+    otherwise, in every form a prompt set comes in, as the same prompts; ``id=@row`` numbers the
+    rows; the renamed columns do not linger as metadata; a missing column, a clash with the
+    field's own column, or a malformed map is named."""
+    from crosspatch.inputs.prompts import as_prompts
+
+    rows = [{"uid": "001", "instruction": "Rain?", "task": "precip", "output": "Yes."},
+            {"uid": "2", "instruction": "Sun?", "task": "sky", "output": "No."}]
+    want = [("001", "Rain?", "precip", {"output": "Yes."}), ("2", "Sun?", "sky", {"output": "No."})]
+    fields = "prompt=instruction,id=uid,category=task"
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pd.DataFrame(rows).to_csv(tmp_path / "p.csv", index=False)
+    pd.DataFrame(rows).to_parquet(tmp_path / "p.parquet")
+    for got in (load_prompts(tmp_path / "p.jsonl", fields), load_prompts(tmp_path / "p.csv", fields),
+                load_prompts(tmp_path / "p.parquet", fields), as_prompts(pd.DataFrame(rows), fields),
+                as_prompts(rows, {"prompt": "instruction", "id": "uid", "category": "task"})):
+        assert [(p.id, p.prompt, p.category, p.metadata) for p in got] == want
+    assert [p.id for p in load_prompts(tmp_path / "p.jsonl", "prompt=instruction,id=@row")] == ["0", "1"]
+    for bad, message in (("prompt=instr,id=uid", r"p.jsonl:1: --fields prompt=instr: the row has no field 'instr'"),
+                         ("prompt=instruction,id=uid,category=@row", "can only be the id"),
+                         ("prompt=instruction,id=instruction", "column 'instruction' for two fields"),
+                         ("prompt=instruction,prompt=uid", "names 'prompt' twice"),
+                         ("text=instruction", "'text' is no prompt field"),
+                         ("prompt", "is not FIELD=COLUMN")):
+        with pytest.raises(PromptFileError, match=message):
+            load_prompts(tmp_path / "p.jsonl", bad)
+    (tmp_path / "both.jsonl").write_text(json.dumps({"id": "a", "prompt": "x", "instruction": "y"}) + "\n")
+    with pytest.raises(PromptFileError, match="has its own 'prompt' too"):
+        load_prompts(tmp_path / "both.jsonl", "prompt=instruction")

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from ..errors import CrosspatchError, OptionError
 from .app import HELP_OPTIONS, _boundary, _fail, _print_section, _stdout, app, console, load_policy, print_summary_table, zoo_app
+from .targets import FIELDS
 
 
 @app.command("gate")
@@ -68,6 +69,7 @@ def gate_cmd(
 def consequence_cmd(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A finished run directory."),
     prompts: Path = typer.Option(..., "--prompts", help="The run's prompt file, whose rows carry 'validator' fields."),
+    fields: Optional[str] = typer.Option(None, "--fields", help=FIELDS, metavar="FIELD=COLUMN,..."),
     budget: int = typer.Option(32, "--budget", help="Tokens continued after the forced token."),
     with_pt: bool = typer.Option(False, "--with-pt", help="Also continue with the base model."),
     allow_partial: bool = typer.Option(False, "--allow-partial",
@@ -80,7 +82,7 @@ def consequence_cmd(
     from ..runner.on_finished import consequence_for_run
 
     try:
-        cons = consequence_for_run(run_dir, load_prompts(prompts), budget, with_pt, allow_partial=allow_partial)
+        cons = consequence_for_run(run_dir, load_prompts(prompts, fields), budget, with_pt, allow_partial=allow_partial)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     from ..analyses.consequence import render_consequences

@@ -27,7 +27,7 @@ def run_pair(target: PairTarget, config: RunConfig, load: LoadOptions, session: 
             raise OptionError("give exactly one descendant: --tuned (a full or merged checkpoint) or --adapter "
                               "(a PEFT adapter directory)")
         items = _prepare(config, load, session, target.base, target.prompts, target.out,
-                         [tuned] if tuned else [], [adapter] if adapter else [])
+                         [tuned] if tuned else [], [adapter] if adapter else [], fields=target.fields)
         roles_tuned, roles_adapters = _null_roles(target.base, tuned, adapter, target.null or [], load)
         config.nulls = [r for r in [*roles_tuned, *roles_adapters] if r != "tuned"]
         config.synthetic_nulls, config.tuned = target.synthetic_null, "tuned"
@@ -107,9 +107,9 @@ def check_options_take_effect(config: RunConfig) -> None:
 
 
 def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: str, prompts: Path, out: Path,
-             tuned: list[str], adapters: list[str], collection: str | None = None):
-    """Validate every option, the prompt file, the model paths and --out before any weight is
-    loaded; returns the prompts."""
+             tuned: list[str], adapters: list[str], collection: str | None = None, fields: str | None = None):
+    """Validate every option, the prompt file (its columns named by ``fields``, ``--fields``), the
+    model paths and --out before any weight is loaded; returns the prompts."""
     from .. import load_prompts
     from ..errors import PromptImageError
     from ..inputs.chats import check_chat_rows
@@ -128,7 +128,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     validate_load_options(options)
     validate_run_options(config)
     check_options_take_effect(config)
-    items = load_prompts(prompts)
+    items = load_prompts(prompts, fields)
     check_chat_rows(items, config.chat_template)
     check_model_path(base, "base", revision=options.revision)
     role = "lineage stage" if collection == "lineage" else "tuned"  # named as the user gave them

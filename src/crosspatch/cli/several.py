@@ -37,7 +37,7 @@ def compare_cmd(target: CompareTarget, config: RunConfig, load: LoadOptions, ses
         if not tuned and not adapters:
             raise OptionError("give the descendants to compare: --tuned DIR (repeatable) and/or --adapter DIR")
         items = _prepare(config, load, session, target.base, target.prompts, out, tuned, adapters,
-                         collection="compare")
+                         collection="compare", fields=target.fields)
         parse_cross(cross, tuple(r for roles in descendant_roles(tuned or None, adapters or None) for r in roles))
         if session.dry_run:
             return _print_plan(target.base, out, tuned, adapters, items, config, load)
@@ -91,7 +91,8 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
         stages = list(names.values())
         adapters = [p for p in stages if (_Path(p) / "adapter_config.json").exists()]
         tuned = [p for p in stages if p not in adapters]
-        items = _prepare(config, load, session, paths[0], target.prompts, out, tuned, adapters, collection="lineage")
+        items = _prepare(config, load, session, paths[0], target.prompts, out, tuned, adapters, collection="lineage",
+                         fields=target.fields)
         if session.dry_run:
             return _print_plan(paths[0], out, tuned, adapters, items, config, load)
         with console.status("loading models"):

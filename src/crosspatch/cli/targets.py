@@ -19,6 +19,8 @@ def _option(default: Any = ..., help: str = "", **cli: Any) -> Any:
 PROMPTS = ("Prompt file: .jsonl, .json (an array or JSON lines), .csv (comma, semicolon or tab), .tsv or .parquet; "
            "a dataset directory saved with datasets' save_to_disk; or - for JSON lines on standard input.")
 BASE = "Base model (PT): hub id or local directory."
+FIELDS = ("The prompt set's own columns for crosspatch's fields, FIELD=COLUMN,... (e.g. prompt=instruction,id=uid; "
+          "id=@row: each row's position as its id).")
 
 
 @dataclass(kw_only=True)
@@ -40,6 +42,7 @@ class PairTarget:
 
     base: str = _option(help=BASE)
     prompts: Path = _option(help=PROMPTS)
+    fields: str | None = _option(None, FIELDS, metavar="FIELD=COLUMN,...")
     tuned: str | None = _option(None, "Descendant (IT): full or merged checkpoint.")
     adapter: str | None = _option(None, "PEFT adapter directory on --base.")
     out: Path = _option(Path("runs/latest"), "Run directory.")
@@ -63,6 +66,7 @@ class CompareTarget:
 
     base: str = _option(help=BASE)
     prompts: Path = _option(help=PROMPTS)
+    fields: str | None = _option(None, FIELDS, metavar="FIELD=COLUMN,...")
     tuned: list[str] | None = _option(None, "A descendant checkpoint (repeat for several; roles are the directory "
                                       "names, or give NAME=PATH).", metavar="[NAME=]DIR")
     adapter: list[str] | None = _option(None, "A PEFT adapter directory on --base (repeatable; NAME=PATH names its "
@@ -79,6 +83,7 @@ class LineageTarget:
     models: list[str] = _option(help="BASE STAGE1 ... FINAL (directories, training order); with --checkpoints only "
                                 "BASE.", argument=True, metavar="MODEL...")
     prompts: Path = _option(help=PROMPTS)
+    fields: str | None = _option(None, FIELDS, metavar="FIELD=COLUMN,...")
     checkpoints: Path | None = _option(None, "A trainer's output_dir: its checkpoint-<step> directories (full or "
                                        "adapter) are the stages, in step order.")
     out: Path = _option(Path("runs/lineage"), "Directory of the lineage.")

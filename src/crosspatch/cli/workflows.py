@@ -14,8 +14,20 @@ from ..errors import CrosspatchError, OptionError
 from ..models.options import LoadOptions
 from .app import _boundaries, _boundary, _fail, _stdout, app, console, load_policy
 from .options import command
+from .targets import FIELDS
 
 SAFE_LOADING = ("dtype", "device", "trust_remote_code", "allow_pickle", "allow_special_token_mismatch")
+
+
+def _with_fields(prompts: Path | None, fields: str | None):
+    """The prompt file as given, or, with ``--fields``, its prompts read with those columns."""
+    if fields is not None and prompts is None:
+        raise OptionError("--fields names the columns of --prompts: give --prompts too")
+    if prompts is None or fields is None:
+        return prompts
+    from ..inputs.prompts import load_prompts
+
+    return load_prompts(prompts, fields)
 
 
 @app.command("preflight")
@@ -27,6 +39,7 @@ def preflight_cmd(
     merge_in_memory: Optional[str] = typer.Option(None, "--merge-in-memory", help="Merge --adapter with PEFT in memory, "
                                                   "weights rounded to float32|bfloat16|float16, and check that merge."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompt file (default: 8 built-in generic probes)."),
+    fields: Optional[str] = typer.Option(None, "--fields", help=FIELDS, metavar="FIELD=COLUMN,..."),
     domain_text: Optional[Path] = typer.Option(None, "--domain-text", help="Held-out domain text: .txt (blank-line "
                                                "separated) or .jsonl with a 'text' field."),
     out: Optional[Path] = typer.Option(None, "--out", help="New directory for preflight.json/.md/.html, or a "
@@ -46,7 +59,7 @@ def preflight_cmd(
 
     try:
         thresholds = load_policy(policy) if policy else {}
-        result = preflight(base, adapter=adapter, merged=merged, prompts=prompts, domain_text=domain_text, out=out,
+        result = preflight(base, adapter=adapter, merged=merged, prompts=_with_fields(prompts, fields), domain_text=domain_text, out=out,
                            policy=thresholds, max_new_tokens=max_new_tokens, options=load,
                            merge_in_memory=merge_in_memory,
                            progress=None if as_json else (lambda m: console.print(f"[dim]{m}[/dim]")))
@@ -73,6 +86,7 @@ def preflight_cmd(
 def splice_cmd(
     base: str = typer.Option(..., "--base", help="Base model: hub id or local directory."),
     prompts: Path = typer.Option(..., "--prompts", help="Prompt file (validators, if any, give pass rates)."),
+    fields: Optional[str] = typer.Option(None, "--fields", help=FIELDS, metavar="FIELD=COLUMN,..."),
     tuned: Optional[str] = typer.Option(None, "--tuned", help="Descendant: full or merged checkpoint."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Descendant: PEFT adapter directory on --base."),
     boundary: Optional[str] = typer.Option(None, "--boundary", help="Boundary layer (int) or depth fraction (default 0.6)."),
@@ -92,7 +106,7 @@ def splice_cmd(
         if boundary is not None and boundaries is not None:
             raise OptionError("give --boundary or --boundaries, not both")
         chosen = _boundaries(boundaries) if boundaries is not None else [_boundary(boundary or "0.6")]
-        result = splice(base, tuned=tuned, adapter=adapter, prompts=prompts, boundaries=chosen, out=out,
+        result = splice(base, tuned=tuned, adapter=adapter, prompts=_with_fields(prompts, fields), boundaries=chosen, out=out,
                         max_new_tokens=max_new_tokens, options=load, run_diagnostic=not no_diagnostic,
                         progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     except CrosspatchError as exc:
@@ -125,6 +139,7 @@ def _print_warnings(document: dict) -> None:
 def merge_check_cmd(
     config: Path = typer.Argument(..., metavar="CONFIG", help="A mergekit configuration (YAML)."),
     prompts: Path = typer.Option(..., "--prompts", help="Prompt file."),
+    fields: Optional[str] = typer.Option(None, "--fields", help=FIELDS, metavar="FIELD=COLUMN,..."),
     base: Optional[str] = typer.Option(None, "--base", help="The base the merged models descend from (default: the "
                                        "configuration's base_model; a passthrough splice: its first slice's model)."),
     out: Path = typer.Option(Path("runs/merge-check"), "--out", help="New directory for merge-check.json/.md/.html."),
@@ -139,7 +154,7 @@ def merge_check_cmd(
     from ..workflows.mergecheck import merge_check
 
     try:
-        document = merge_check(config, prompts, base=base, out=out, max_new_tokens=max_new_tokens,
+        document = merge_check(config, _with_fields(prompts, fields), base=base, out=out, max_new_tokens=max_new_tokens,
                                options=load,
                                progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     except CrosspatchError as exc:

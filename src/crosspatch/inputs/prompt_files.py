@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import PromptFileError
+from .fields import source_columns
 
 __all__ = ["STDIN", "check_columns", "is_stdin", "read_json_array", "read_jsonl", "read_table"]
 
@@ -135,13 +136,14 @@ def check_columns(columns, where: str) -> None:
         raise PromptFileError(f"{where}: required column 'prompt' is missing (or give 'messages', a chat)")
 
 
-def _delimiter(path: Path, header: str) -> str:
+def _delimiter(path: Path, header: str, fields: dict[str, str]) -> str:
     """A .tsv's tab; a .csv's comma, or the semicolon, tab or bar its header is written with
-    (spreadsheets export those) when that header names the required columns."""
+    (spreadsheets export those) when that header names the required columns (``fields``: as
+    :func:`read_table`)."""
     if path.suffix == ".tsv":
         return "\t"
     for delimiter in (",", ";", "\t", "|"):
-        names = set(next(csv.reader([header], delimiter=delimiter), []))
+        names = set(source_columns(next(csv.reader([header], delimiter=delimiter), []), fields))
         if "id" in names and names & {"prompt", "messages", "conversations"}:
             return delimiter
     return ","
@@ -161,13 +163,18 @@ def _check_field_counts(path: Path, delimiter: str, columns: int) -> None:
                                       f"a {name} inside a field must be quoted (\"...\")")
 
 
-def read_table(path: Path) -> list[tuple[str, dict]]:
+def read_table(path: Path, fields: dict[str, str] | None = None) -> list[tuple[str, dict]]:
+    """The rows of a CSV/TSV/Parquet file; ``fields`` (:mod:`crosspatch.inputs.fields`) names the
+    columns that stand for ``id``, ``prompt``, ... (a CSV keeps those of the id and category as
+    written)."""
     import pandas as pd
+
+    fields = fields or {}
 
     try:
         if path.suffix in (".csv", ".tsv"):
             header = _text_lines(path)[0].lstrip("\ufeff")  # names a line that is not UTF-8
-            delimiter = _delimiter(path, header)
+            delimiter = _delimiter(path, header, fields)
             names = next(csv.reader([header], delimiter=delimiter), [])
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:
@@ -177,7 +184,7 @@ def read_table(path: Path) -> list[tuple[str, dict]]:
             # has one field more than the header; only empty trailing fields get here)
             with warnings.catch_warnings():  # (its warning that trailing empty fields are dropped)
                 warnings.simplefilter("ignore", pd.errors.ParserWarning)
-                frame = pd.read_csv(path, sep=delimiter, dtype={"id": str, "category": str}, keep_default_na=False, na_values=[""],
+                frame = pd.read_csv(path, sep=delimiter, dtype={fields.get("id", "id"): str, fields.get("category", "category"): str}, keep_default_na=False, na_values=[""],
                                     encoding="utf-8-sig", index_col=False)
             first_line = 2  # header is line 1
         else:
@@ -187,5 +194,5 @@ def read_table(path: Path) -> list[tuple[str, dict]]:
         raise
     except Exception as exc:  # pandas raises many parser types
         raise PromptFileError(f"{path}: cannot be read as {path.suffix[1:]} ({exc})") from exc
-    check_columns(frame.columns, str(path))
+    check_columns(source_columns(frame.columns, fields), str(path))
     return [(f"{path}:{i + first_line}", rec) for i, rec in enumerate(frame.to_dict(orient="records"))]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import PromptFileError
 from .chats import chat_messages, with_messages
+from .fields import mapped_row, parse_fields, source_columns
 from .prompt_files import check_columns, is_stdin, read_json_array, read_jsonl, read_table
 
 _JSON_SUFFIXES, _TABLE_SUFFIXES = (".jsonl", ".json"), (".csv", ".tsv", ".parquet", ".pq")  # the prompt file types
@@ -100,21 +101,23 @@ def _check_text(value, where: str, name: str) -> None:
                                   f"character {exc.start}); it is not valid Unicode text") from None
 
 
-def load_prompts(path) -> list[Prompt]:
+def load_prompts(path, fields: str | dict[str, str] | None = None) -> list[Prompt]:
     """Read and validate a prompt file (JSONL, a .json array, CSV, Parquet) or a dataset saved with
     ``datasets``' ``save_to_disk`` (a directory), or take a pandas DataFrame, a ``datasets.Dataset``
-    or a list of dicts/strings; ids must be unique."""
+    or a list of dicts/strings; ids must be unique. ``fields`` (``"prompt=instruction,id=uid"``,
+    or a dict): the columns that stand for the prompt fields (:mod:`crosspatch.inputs.fields`)."""
+    mapping = parse_fields(fields)
     if not isinstance(path, (str, Path)):
-        return as_prompts(path)
+        return as_prompts(path, mapping)
     path = Path(path)
     if is_stdin(path):  # piped JSON lines, or one JSON array; image paths relative to the working directory
         rows = read_json_array(path)
-        return _checked_rows(read_jsonl(path) if rows is None else rows, Path("standard input"), Path("."))
+        return _checked_rows(read_jsonl(path) if rows is None else rows, Path("standard input"), Path("."), mapping)
     if not path.exists():
         raise PromptFileError(f"{path}: no such prompt file")
     if path.is_dir():
         if any((path / name).is_file() for name in ("dataset_info.json", "dataset_dict.json", "state.json")):
-            return _saved_dataset(path)
+            return _saved_dataset(path, mapping)
         raise PromptFileError(f"{path}: is a directory; give a .jsonl, .json, .csv, .tsv or .parquet file (or a "
                               "dataset saved with datasets' save_to_disk)")
     if path.suffix == ".json" and (array := read_json_array(path)) is not None:
@@ -122,18 +125,19 @@ def load_prompts(path) -> list[Prompt]:
     elif path.suffix in _JSON_SUFFIXES:
         rows = read_jsonl(path)
     elif path.suffix in _TABLE_SUFFIXES:
-        rows = read_table(path)
+        rows = read_table(path, mapping)
     else:
         raise PromptFileError(f"{path}: unknown prompt file type {path.suffix!r} (use .jsonl, .json, .csv, .tsv, .parquet, "
                               "or - for JSON lines on standard input)")
-    return _checked_rows(rows, path, path.parent)
+    return _checked_rows(rows, path, path.parent, mapping)
 
 
-def _checked_rows(rows: list[tuple[str, dict]], source: Path, images: Path) -> list[Prompt]:
-    """The prompts of a file's ``(where, row)`` pairs: each row checked, ids unique, none empty."""
+def _checked_rows(rows: list[tuple[str, dict]], source: Path, images: Path, fields: dict[str, str]) -> list[Prompt]:
+    """The prompts of a file's ``(where, row)`` pairs (their columns renamed by ``fields``): each
+    row checked, ids unique, none empty."""
     prompts, seen = [], {}
-    for where, row in rows:
-        prompt = _with_image_path(_row_to_prompt(row, where), images, where)
+    for index, (where, row) in enumerate(rows):
+        prompt = _with_image_path(_row_to_prompt(mapped_row(row, fields, index, where), where), images, where)
         if prompt.id in seen:
             raise PromptFileError(f"{where}: field 'id' {prompt.id!r} repeats {seen[prompt.id]}")
         seen[prompt.id] = where
@@ -157,7 +161,7 @@ def raw_text_prompts(prompts, what: str) -> list[Prompt]:
     return items
 
 
-def _saved_dataset(path: Path) -> list[Prompt]:
+def _saved_dataset(path: Path, fields: dict[str, str]) -> list[Prompt]:
     """The prompts of a dataset saved with ``datasets``' ``save_to_disk`` (one split, or a
     dataset dict of one split): its rows, checked as a file's are."""
     try:
@@ -170,7 +174,7 @@ def _saved_dataset(path: Path) -> list[Prompt]:
         raise PromptFileError(f"{path}: cannot be read as a saved dataset ({exc.__class__.__name__}: {exc})") from None
     if isinstance(data, DatasetDict):
         data = _one_split(data, str(path), f"one split's directory ({path / str(next(iter(data)))})")
-    return as_prompts(data)
+    return as_prompts(data, fields)
 
 
 def _one_split(splits: dict, where: str, give: str):
@@ -192,29 +196,31 @@ def _with_image_path(prompt: Prompt, base: Path, where: str) -> Prompt:
     return prompt
 
 
-def as_prompts(items) -> list[Prompt]:
+def as_prompts(items, fields: str | dict[str, str] | None = None) -> list[Prompt]:
     """Accept a list of Prompt objects, dicts or plain strings (ids become their index), a pandas
     DataFrame or a ``datasets.Dataset`` (columns ``id``, ``prompt``, optional ``category``,
     others kept as metadata), a path to a prompt file (a ``Path``, or a string ending in .jsonl,
     .json, .csv, .tsv, .parquet or naming an existing file), or one prompt (a string, dict or Prompt).
-    No prompt at all is a :class:`PromptFileError`, as for an empty file."""
+    No prompt at all is a :class:`PromptFileError`, as for an empty file. ``fields``: as for
+    :func:`load_prompts` (rows, DataFrames and datasets)."""
+    fields = parse_fields(fields)
     if isinstance(items, Path) or (isinstance(items, str) and _names_a_file(items)):
-        return load_prompts(items)
+        return load_prompts(items, fields)
     if isinstance(items, (str, Prompt)):  # one prompt
         items = [items]
     elif isinstance(items, dict) and isinstance(getattr(items, "column_names", None), dict):  # a DatasetDict
         splits = list(items)
-        return as_prompts(_one_split(items, "the DatasetDict", f"one of them (prompts['{splits[0]}'])"))
+        return as_prompts(_one_split(items, "the DatasetDict", f"one of them (prompts['{splits[0]}'])"), fields)
     elif isinstance(items, dict):
-        if not {"prompt", "messages", "conversations"} & set(items):
+        if not {"prompt", "messages", "conversations"} & set(source_columns(items, fields)):
             raise PromptFileError("a dict is one prompt row with 'id' and 'prompt' (or 'messages') fields; give a list "
                                   "of such rows for several prompts")
         items = [items]
     elif hasattr(items, "to_dict") and hasattr(items, "columns"):  # pandas DataFrame
-        check_columns(items.columns, "DataFrame")
+        check_columns(source_columns(items.columns, fields), "DataFrame")
         items = items.to_dict(orient="records")
     elif hasattr(items, "column_names") and hasattr(items, "to_list"):  # datasets.Dataset
-        check_columns(items.column_names, "Dataset")
+        check_columns(source_columns(items.column_names, fields), "Dataset")
         items = items.to_list()
     elif items is None or not hasattr(items, "__iter__"):
         raise PromptFileError(f"prompts must be a list of strings, dicts or Prompt objects, a DataFrame, a Dataset or "
@@ -231,7 +237,8 @@ def as_prompts(items) -> list[Prompt]:
         elif isinstance(item, str):  # checked as a row of a file is: no empty or blank prompt
             out.append(_row_to_prompt({"id": str(k), "prompt": item}, f"prompt #{k}"))
         elif isinstance(item, dict):
-            out.append(_with_image_path(_row_to_prompt(item, f"prompt #{k}"), Path.cwd(), f"prompt #{k}"))
+            row = mapped_row(item, fields, k, f"prompt #{k}")
+            out.append(_with_image_path(_row_to_prompt(row, f"prompt #{k}"), Path.cwd(), f"prompt #{k}"))
         else:
             raise PromptFileError(f"prompt #{k}: expected a str, dict or Prompt, got {type(item).__name__}")
     if not out:
