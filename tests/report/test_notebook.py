@@ -43,3 +43,15 @@ def test_compare_and_lineage_cards_escape_every_name():
     assert "30% [10%, 50%]" in _text(card)
     empty = lineage_card({"stages": [], "events": 0, "boundary": 3})
     assert "0 stage(s)" in _text(empty) and "Base -> Final" in _text(empty)
+
+
+def test_a_preflight_shows_pass_or_fail_and_each_check():
+    from crosspatch.workflows.preflight_policy import PreflightResult
+
+    document = {"passed": False, "checks": [
+        {"name": "adapter-active", "status": "fail", "summary": "every LoRA B matrix is zero <b>"},
+        {"name": "domain-learning", "status": "skip", "summary": "no --domain-text given"}]}
+    card = PreflightResult(document)._repr_html_()
+    text = _text(card)
+    assert "FAIL" in text and "adapter-active" in text and "every LoRA B matrix is zero <b>" in text
+    assert "zero <b>" not in card and "Full report" not in text

@@ -1,4 +1,4 @@
-"""What a run, a compare or a lineage shows when a notebook displays it (``_repr_html_``): the
+"""What a run, a compare, a lineage or a preflight shows when a notebook displays it (``_repr_html_``): the
 verdict and its sentence, the headline numbers with their 95% intervals and where the full
 report is — from the stored summary alone, every text escaped, formatted as the reports format
 it (torch-free, like the rest of :mod:`crosspatch.report`)."""
@@ -10,7 +10,7 @@ from html import escape
 from .collections import LINEAGE_COLUMNS, lineage_rows
 from .markdown import fmt_effect
 
-__all__ = ["compare_card", "lineage_card", "run_card"]
+__all__ = ["compare_card", "lineage_card", "preflight_card", "run_card"]
 
 _STYLE = "font-family:system-ui,sans-serif;font-size:13px;line-height:1.4"
 _CELL = "text-align:left;white-space:nowrap;padding:1px 12px 1px 0"
@@ -21,9 +21,16 @@ _HEADLINE = (("E_PT", "E_PT (late effect on the base's upstream state)"),
              ("direct_share", "direct share E_PT/E_IT"))
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th style='{_CELL}'>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td style='{_CELL}'>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+def _table(header: list[str], rows: list[list[str]], prose_last: bool = False) -> str:
+    """An HTML table of escaped text; numbers never wrap (``prose_last``: the last column is
+    sentences, which do)."""
+    def style(k: int) -> str:
+        return _CELL.replace("white-space:nowrap", "white-space:normal;max-width:50em") if prose_last and k == len(
+            header) - 1 else _CELL
+
+    head = "".join(f"<th style='{style(k)}'>{escape(h)}</th>" for k, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td style='{style(k)}'>{escape(str(c))}</td>" for k, c in enumerate(row))
+                   + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -64,3 +71,11 @@ def lineage_card(summary: dict, out=None) -> str:
             f"{summary.get('events', 0)} Base -&gt; Final events at boundary {escape(str(summary.get('boundary')))}")
     table = _table(list(LINEAGE_COLUMNS), lineage_rows(summary)) if summary.get("stages") else ""
     return f"<div style='{_STYLE}'><p>{head}</p>{table}{_where(out, 'report.html')}</div>"
+
+
+def preflight_card(document: dict, out=None) -> str:
+    """A preflight's pass or fail and one row per check (status and finding)."""
+    rows = [[c["name"], c["status"], c.get("summary", "")] for c in document.get("checks", [])]
+    head = f"<b>crosspatch preflight</b>: <b>{'PASS' if document.get('passed') else 'FAIL'}</b>"
+    table = _table(["check", "status", "finding"], rows, prose_last=True)
+    return f"<div style='{_STYLE}'><p>{head}</p>{table}{_where(out, 'preflight.html')}</div>"

@@ -113,6 +113,12 @@ class PreflightResult:
     def failed(self) -> list[str]:
         return [c["name"] for c in self.document["checks"] if c["status"] == "fail"]
 
+    def _repr_html_(self) -> str:
+        """What a notebook shows: pass or fail, and each check's status and finding."""
+        from ..report.notebook import preflight_card
+
+        return preflight_card(self.document, self.out)
+
     def __repr__(self) -> str:
         states = ", ".join(f"{c['name']}={c['status']}" for c in self.document["checks"])
         return f"PreflightResult({'pass' if self.passed else 'fail'}: {states})"
