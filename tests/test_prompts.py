@@ -417,7 +417,7 @@ def test_a_prompt_sets_own_columns_stand_for_the_fields(tmp_path):
                          ("prompt=instruction,id=instruction", "column 'instruction' for two fields"),
                          ("prompt=instruction,prompt=uid", "names 'prompt' twice"),
                          ("text=instruction", "'text' is no prompt field"),
-                         ("prompt", "is not FIELD=COLUMN")):
+                         ("prompt", "is not FIELD=COLUMN"), (" , ", "names no column")):
         with pytest.raises(PromptFileError, match=message):
             load_prompts(tmp_path / "p.jsonl", bad)
     (tmp_path / "both.jsonl").write_text(json.dumps({"id": "a", "prompt": "x", "instruction": "y"}) + "\n")

@@ -15,8 +15,9 @@ ROW_NUMBER = "@row"  # the row's position as its id
 
 def parse_fields(spec: str | dict[str, str] | None) -> dict[str, str]:
     """``prompt=instruction,id=uid`` (or a dict field -> column) as ``{field: column}``; an unknown
-    field, an empty column, a field named twice, two fields from one column or ``@row`` for a
-    field other than ``id`` is a PromptFileError naming it. None or empty: no renaming."""
+    field, an empty column, a field named twice, two fields from one column, ``@row`` for a
+    field other than ``id`` or text naming no pair is a PromptFileError naming it. None or an
+    empty dict: no renaming."""
     if spec is None:
         return {}
     if isinstance(spec, dict):
@@ -30,6 +31,9 @@ def parse_fields(spec: str | dict[str, str] | None) -> dict[str, str]:
             if not sep:
                 raise PromptFileError(f"--fields {spec!r}: {item!r} is not FIELD=COLUMN (e.g. prompt=instruction,id=uid)")
             pairs.append((field.strip(), column.strip()))
+        if not pairs:
+            raise PromptFileError(f"--fields {spec!r} names no column: give FIELD=COLUMN pairs (e.g. prompt=instruction), "
+                                  "or leave it out")
     else:
         raise PromptFileError(f"fields must be FIELD=COLUMN text or a dict, not {type(spec).__name__}")
     fields: dict[str, str] = {}
