@@ -55,3 +55,13 @@ def test_a_preflight_shows_pass_or_fail_and_each_check():
     text = _text(card)
     assert "FAIL" in text and "adapter-active" in text and "every LoRA B matrix is zero <b>" in text
     assert "zero <b>" not in card and "Full report" not in text
+
+
+def test_a_splice_shows_each_chimeras_pass_rate_and_agreement_with_the_tuned_model():
+    from crosspatch.workflows.splice import SpliceResult
+
+    chimeras = {"base-early+tuned-late": {"validator_pass_rate": 0.5, "same_as_tuned": 0.25},
+                "tuned-early+base-late": {"validator_pass_rate": None, "same_as_tuned": 1.0}}
+    card = SpliceResult({"prompts": {"count": 4}, "boundaries": {"3": {"chimeras": chimeras}}})._repr_html_()
+    text = _text(card)
+    assert "4 prompts" in text and "50% / 25%" in text and "— / 100%" in text and "base-early+tuned-late" in text

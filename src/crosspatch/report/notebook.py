@@ -1,4 +1,4 @@
-"""What a run, a compare, a lineage or a preflight shows when a notebook displays it (``_repr_html_``): the
+"""What a run, a compare, a lineage, a preflight or a splice shows when a notebook displays it (``_repr_html_``): the
 verdict and its sentence, the headline numbers with their 95% intervals and where the full
 report is — from the stored summary alone, every text escaped, formatted as the reports format
 it (torch-free, like the rest of :mod:`crosspatch.report`)."""
@@ -10,7 +10,7 @@ from html import escape
 from .collections import LINEAGE_COLUMNS, lineage_rows
 from .markdown import fmt_effect
 
-__all__ = ["compare_card", "lineage_card", "preflight_card", "run_card"]
+__all__ = ["compare_card", "lineage_card", "preflight_card", "run_card", "splice_card"]
 
 _STYLE = "font-family:system-ui,sans-serif;font-size:13px;line-height:1.4"
 _CELL = "text-align:left;white-space:nowrap;padding:1px 12px 1px 0"
@@ -79,3 +79,21 @@ def preflight_card(document: dict, out=None) -> str:
     head = f"<b>crosspatch preflight</b>: <b>{'PASS' if document.get('passed') else 'FAIL'}</b>"
     table = _table(["check", "status", "finding"], rows, prose_last=True)
     return f"<div style='{_STYLE}'><p>{head}</p>{table}{_where(out, 'preflight.html')}</div>"
+
+
+def splice_card(document: dict, out=None) -> str:
+    """A splice's chimeras per boundary: validator pass rate / share of continuations the same as
+    the tuned model's, as ``crosspatch splice`` prints them."""
+    boundaries = document.get("boundaries", {})
+    names = list(next(iter(boundaries.values()))["chimeras"]) if boundaries else []
+    rows = []
+    for b, block in boundaries.items():
+        cells = []
+        for name in names:
+            chimera = block["chimeras"][name]
+            rate = chimera.get("validator_pass_rate")
+            cells.append(f"{'—' if rate is None else f'{rate:.0%}'} / {chimera['same_as_tuned']:.0%}")
+        rows.append([str(b), *cells])
+    head = (f"<b>crosspatch splice</b>: {document.get('prompts', {}).get('count', 0)} prompts; per chimera the "
+            "validator pass rate / continuations the same as the tuned model's")
+    return f"<div style='{_STYLE}'><p>{head}</p>{_table(['boundary', *names], rows)}{_where(out, 'splice.html')}</div>"

@@ -157,6 +157,12 @@ class SpliceResult:
         block = self.document["boundaries"][str(boundary)]
         return [row["text"] for row in block["chimeras"][chimera_name(early, late)]["outputs"]]
 
+    def _repr_html_(self) -> str:
+        """What a notebook shows: per boundary and chimera, pass rate / same as the tuned model."""
+        from ..report.notebook import splice_card
+
+        return splice_card(self.document, self.out)
+
     def __repr__(self) -> str:
         return f"SpliceResult(boundaries={list(self.document['boundaries'])}, prompts={self.document['prompts']['count']})"
 
