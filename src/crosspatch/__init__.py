@@ -24,7 +24,7 @@ _EXPORTS = {
     "ModelPair": "execution", "ModelSet": "execution", "load_models": "execution", "load_pair": "execution",
     "models_from_modules": "execution", "pair_from_models": "execution",
     "LoadOptions": "models",
-    "RunConfig": "runner.config", "RunResult": "runner.result", "rerender": "runner.result", "open_run": "runner.directories",
+    "RunConfig": "runner.config", "RunResult": "runner.result", "rerender": "runner.result", "open_run": "workflows.opening",
     "run": "runner.pipeline",
     "compare": "runner.compare", "lineage": "runner.lineage",
     "Prompt": "inputs.prompts", "load_prompts": "inputs.prompts",

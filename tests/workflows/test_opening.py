@@ -1,0 +1,45 @@
+"""``crosspatch.open_run`` on the practitioner workflows' directories: a preflight's and a
+splice's output open as the results the commands returned, from their JSON alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import crosspatch
+from crosspatch.errors import CorruptRunFileError, NotARunDirectoryError
+from crosspatch.runner.result import RunResult
+from crosspatch.workflows.preflight_policy import PreflightResult
+from crosspatch.workflows.splice import SpliceResult
+
+PREFLIGHT = {"passed": False, "checks": [{"name": "adapter-active", "status": "fail", "summary": "B = 0"}]}
+SPLICE = {"prompts": {"count": 2}, "boundaries": {"3": {"chimeras": {
+    "tuned early + tuned late": {"validator_pass_rate": None, "same_as_tuned": 1.0}}}}}
+
+
+def test_a_preflight_or_splice_directory_opens_as_its_result(tmp_path):
+    for name, document, kind in (("preflight", PREFLIGHT, PreflightResult), ("splice", SPLICE, SpliceResult)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.json").write_text(json.dumps(document))
+        opened = crosspatch.open_run(tmp_path / name)
+        assert isinstance(opened, kind) and opened.document == document and opened.out == tmp_path / name
+    assert crosspatch.open_run(tmp_path / "preflight").failed() == ["adapter-active"]
+    (tmp_path / "preflight" / "preflight.json").write_text('{"passed": true}')
+    with pytest.raises(CorruptRunFileError, match="no checks"):
+        crosspatch.open_run(tmp_path / "preflight")
+    (tmp_path / "splice" / "splice.json").write_text("{oops")
+    with pytest.raises(CorruptRunFileError, match="not readable JSON"):
+        crosspatch.open_run(tmp_path / "splice")
+    with pytest.raises(NotARunDirectoryError):
+        crosspatch.open_run(tmp_path)
+
+
+def test_a_preflight_written_into_a_run_directory_opens_as_the_run(tmp_path):
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import make_pair
+
+    run(make_pair("llama"), [{"id": f"p{k}", "prompt": f"Rain in city {k}"} for k in range(3)], boundary=2,
+        max_new_tokens=4, bootstrap=0, progress=False, out=tmp_path / "run")
+    (tmp_path / "run" / "preflight.json").write_text(json.dumps(PREFLIGHT))
+    assert isinstance(crosspatch.open_run(tmp_path / "run"), RunResult)
