@@ -420,6 +420,10 @@ def test_a_prompt_sets_own_columns_stand_for_the_fields(tmp_path):
                          ("prompt", "is not FIELD=COLUMN"), (" , ", "names no column")):
         with pytest.raises(PromptFileError, match=message):
             load_prompts(tmp_path / "p.jsonl", bad)
+    with pytest.raises(PromptFileError, match="--fields id=@row numbers the rows"):  # a set without ids: said how
+        load_prompts(tmp_path / "p.jsonl", "prompt=instruction")
+    with pytest.raises(PromptFileError, match="--fields id=@row numbers the rows"):
+        load_prompts(tmp_path / "p.csv", "prompt=instruction")
     (tmp_path / "both.jsonl").write_text(json.dumps({"id": "a", "prompt": "x", "instruction": "y"}) + "\n")
     with pytest.raises(PromptFileError, match="has its own 'prompt' too"):
         load_prompts(tmp_path / "both.jsonl", "prompt=instruction")

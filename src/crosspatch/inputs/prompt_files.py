@@ -131,9 +131,11 @@ def check_columns(columns, where: str) -> None:
     """A table names its prompts' ``id`` and their ``prompt`` (text) or ``messages`` (a chat; or
     ShareGPT's ``conversations``)."""
     if "id" not in columns:
-        raise PromptFileError(f"{where}: required column 'id' is missing")
+        raise PromptFileError(f"{where}: required column 'id' is missing (another column is named with --fields "
+                              "id=COLUMN; --fields id=@row numbers the rows)")
     if not {"prompt", "messages", "conversations"} & set(columns):
-        raise PromptFileError(f"{where}: required column 'prompt' is missing (or give 'messages', a chat)")
+        raise PromptFileError(f"{where}: required column 'prompt' is missing (or give 'messages', a chat; another "
+                              "column is named with --fields prompt=COLUMN)")
 
 
 def _delimiter(path: Path, header: str, fields: dict[str, str]) -> str:

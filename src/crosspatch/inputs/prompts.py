@@ -44,7 +44,10 @@ def _label(value) -> str:
 
 
 def _row_to_prompt(row: dict, where: str) -> Prompt:
-    if "id" not in row or _is_missing(row["id"]) or str(row["id"]).strip() == "":
+    if "id" not in row:
+        raise PromptFileError(f"{where}: field 'id' is missing or empty (a set without ids: --fields id=@row numbers "
+                              "the rows; another field is named with --fields id=FIELD)")
+    if _is_missing(row["id"]) or str(row["id"]).strip() == "":
         raise PromptFileError(f"{where}: field 'id' is missing or empty")
     if isinstance(row["id"], (dict, list, bool)):
         raise PromptFileError(f"{where}: field 'id' must be a string or number, not {row['id']!r}")
