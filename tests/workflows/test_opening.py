@@ -29,7 +29,7 @@ def test_a_preflight_or_splice_directory_opens_as_its_result(tmp_path):
     with pytest.raises(CorruptRunFileError, match="no checks"):
         crosspatch.open_run(tmp_path / "preflight")
     (tmp_path / "splice" / "splice.json").write_text("{oops")
-    with pytest.raises(CorruptRunFileError, match="not readable JSON"):
+    with pytest.raises(CorruptRunFileError, match=r"splice.json is not valid JSON"):
         crosspatch.open_run(tmp_path / "splice")
     with pytest.raises(NotARunDirectoryError):
         crosspatch.open_run(tmp_path)

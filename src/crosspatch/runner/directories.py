@@ -1,5 +1,6 @@
-"""Finished output directories read back as results (:func:`open_run`): a run, a compare or a
-lineage, whichever command wrote the directory."""
+"""Finished output directories read back as results (:func:`open_run_directory`): a run, a
+compare or a lineage, whichever command wrote the directory (``crosspatch.open_run``,
+:mod:`crosspatch.workflows.opening`, adds the workflows' directories)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from .compare import CompareResult, open_compare
 from .lineage import LineageResult, open_lineage
 from .result import RunResult, read_run
 
-__all__ = ["open_run"]
+__all__ = ["open_run_directory"]
 
 
-def open_run(run_dir: str | Path) -> RunResult | CompareResult | LineageResult:
+def open_run_directory(run_dir: str | Path) -> RunResult | CompareResult | LineageResult:
     """A finished run directory as a :class:`RunResult` (summary, records, prompts without an
     event, config, every analysis' records), read from its files alone, wherever it was made
     (a cluster's ``crosspatch run``, a shard merge): no model loads, nothing is written. The

@@ -141,7 +141,7 @@ class RunResult:
 def read_run(run_dir: str | Path) -> RunResult:
     """One finished run directory as a :class:`RunResult` (summary, records, prompts without an
     event, config, every analysis' records), from its files alone (see
-    :func:`crosspatch.runner.directories.open_run`)."""
+    :func:`crosspatch.runner.directories.open_run_directory`)."""
     from .finished import stored_analyses
 
     store = RunStore(run_dir)

@@ -20,6 +20,7 @@ from .files import (
     not_a_run_message,
     package_version,
     read_collection_summary,
+    read_json_object,
     settings_diff,
 )
 from .rundir import RunStore, check_out_path
@@ -29,5 +30,5 @@ __all__ = [
     "COLLECTION_MARKER", "CONFIG_SCHEMA", "EVENTS_FILE", "MARKER", "NO_DIV_FILE", "SUMMARY_SCHEMA", "RunStore", "check_complete", "check_out_path", "check_schema",
     "check_summary_shape", "checked", "collection_kind", "collection_runs", "completed_prompts", "environment", "events_frame",
     "fingerprint", "mark_collection", "missing_prompts", "not_a_run_message", "package_version", "read_collection_summary",
-    "records_frame", "settings_diff",
+    "read_json_object", "records_frame", "settings_diff",
 ]

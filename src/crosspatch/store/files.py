@@ -140,7 +140,9 @@ def _write_json(path: Path, obj) -> None:
         os.replace(tmp, path)
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_json_object(path: Path, what: str) -> dict:
+    """``path`` as a JSON object; unreadable text, invalid JSON or another JSON value is a
+    :class:`CorruptRunFileError` naming the file (and line)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -172,7 +174,7 @@ def read_collection_summary(path: Path, kind: str) -> dict:
     if not (path / name).is_file():
         raise IncompleteRunError(f"{path} has no {name}: the {kind} did not finish (run the same command again "
                                  "to resume it)")
-    data = _read_json(path / name, name)
+    data = read_json_object(path / name, name)
     problems = check_document(name, data)
     if problems:
         raise CorruptRunFileError(f"{path / name}: does not match its schema (docs/schemas.md): {'; '.join(problems[:3])}")

@@ -41,7 +41,6 @@ from .files import (
     MARKER,
     NO_DIV_FILE,
     _guard_write,
-    _read_json,
     _read_jsonl,
     _repair_tail,
     _write_json,
@@ -49,6 +48,7 @@ from .files import (
     check_summary_shape,
     checked,
     not_a_run_message,
+    read_json_object,
     settings_diff,
 )
 from .schemas import check_document
@@ -181,7 +181,7 @@ class RunStore:
         else:
             old_fp = self._marker().get("fingerprint")
             cfg_path = self.path / "config.json"
-            old = _read_json(cfg_path, "config.json") if cfg_path.exists() else None
+            old = read_json_object(cfg_path, "config.json") if cfg_path.exists() else None
             if isinstance(old, dict):  # a run of another file format is neither resumed nor mixed
                 check_schema(old, CONFIG_SCHEMA, cfg_path)
             old_fp = (old or {}).get("fingerprint", old_fp)
@@ -215,7 +215,7 @@ class RunStore:
             raise NotARunDirectoryError(f"{self.path} is not a directory")
         if not path.exists():
             raise NotARunDirectoryError(not_a_run_message(self.path))
-        cfg = _read_json(path, "config.json")
+        cfg = read_json_object(path, "config.json")
         if isinstance(cfg, dict):
             check_schema(cfg, CONFIG_SCHEMA, path)
         for key in ("options", "resolved_boundaries", "num_layers"):
@@ -330,7 +330,7 @@ class RunStore:
                 raise NotARunDirectoryError(f"{self.path} is not a crosspatch run directory (no config.json)")
             raise IncompleteRunError(f"{self.path} has no summary.json: the run did not finish (run the same "
                                      "command again to resume it)")
-        summary = _read_json(path, "summary.json")
+        summary = read_json_object(path, "summary.json")
         check_summary_shape(summary, path)
         return summary
 

@@ -1,19 +1,18 @@
 """Any finished output directory read back as its result (:func:`open_run`, ``crosspatch.open_run``):
-a run, a compare or a lineage (:func:`crosspatch.runner.directories.open_run`), and the
+a run, a compare or a lineage (:func:`crosspatch.runner.directories.open_run_directory`), and the
 practitioner workflows' own directories — a ``preflight`` (a :class:`PreflightResult`) and a
 ``splice`` (a :class:`SpliceResult`) — from their stored JSON alone, no model loaded."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import CorruptRunFileError
 from ..runner.compare import CompareResult
-from ..runner.directories import open_run as open_run_directory
+from ..runner.directories import open_run_directory
 from ..runner.lineage import LineageResult
 from ..runner.result import RunResult
-from ..store import check_out_path
+from ..store import check_out_path, read_json_object
 from .preflight_policy import PreflightResult
 from .splice import SpliceResult
 
@@ -41,11 +40,8 @@ def open_run(run_dir: str | Path) -> RunResult | CompareResult | LineageResult |
 
 
 def _document(path: Path, keys: tuple[str, ...]) -> dict:
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CorruptRunFileError(f"{path} is not readable JSON ({exc})") from None
-    missing = [k for k in keys if not isinstance(document, dict) or k not in document]
+    document = read_json_object(path, path.name)
+    missing = [k for k in keys if k not in document]
     if missing:
         raise CorruptRunFileError(f"{path} is not a crosspatch {path.stem} document (no {', '.join(missing)})")
     return document
