@@ -111,18 +111,15 @@ def splice_cmd(
                         progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     except CrosspatchError as exc:
         _fail(exc)
+    from ..report.notebook import splice_table
+
     table = Table(title="crosspatch splice: validator pass rate / same as tuned")
-    table.add_column("boundary")
-    names = list(next(iter(result.document["boundaries"].values()))["chimeras"])
-    for name in names:
-        table.add_column(name, overflow="fold")
-    for b, block in result.document["boundaries"].items():
-        cells = []
-        for name in names:
-            chimera = block["chimeras"][name]
-            rate = chimera["validator_pass_rate"]
-            cells.append(f"{'—' if rate is None else f'{rate:.0%}'} / {chimera['same_as_tuned']:.0%}")
-        table.add_row(b, *cells)
+    header, rows = splice_table(result.document)
+    table.add_column(header[0])
+    for column in header[1:]:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
     _stdout().print(table)
     _print_warnings(result.document)
     console.print(f"written: {out}/splice.html (continuations side by side), splice.md, splice.json")

@@ -10,7 +10,7 @@ from html import escape
 from .collections import LINEAGE_COLUMNS, lineage_rows
 from .markdown import fmt_effect
 
-__all__ = ["compare_card", "lineage_card", "preflight_card", "run_card", "splice_card"]
+__all__ = ["compare_card", "lineage_card", "preflight_card", "run_card", "splice_card", "splice_table"]
 
 _STYLE = "font-family:system-ui,sans-serif;font-size:13px;line-height:1.4"
 _CELL = "text-align:left;white-space:nowrap;padding:1px 12px 1px 0"
@@ -54,11 +54,9 @@ def run_card(summary: dict, run_dir=None) -> str:
 
 def compare_card(summary: dict, out=None) -> str:
     """A compare's descendants, one row each: verdict, headline effects and events."""
-    rows = [[role, r["verdict"], fmt_effect({"effects": r["effects"]}, "late_interaction_share")
-             if "late_interaction_share" in r["effects"] else "n/a",
-             fmt_effect({"effects": r["effects"]}, "interaction"), fmt_effect({"effects": r["effects"]}, "E_PT"),
-             fmt_effect({"effects": r["effects"]}, "E_IT"), str(r["events"])]
-            for role, r in summary.get("rows", {}).items()]
+    rows = [[role, r["verdict"]] + [fmt_effect(r, name) if name in r["effects"] else "n/a"
+                                    for name in ("late_interaction_share", "interaction", "E_PT", "E_IT")]
+            + [str(r["events"])] for role, r in summary.get("rows", {}).items()]
     head = (f"<b>crosspatch compare</b>: {escape(str(summary.get('base')))} against {len(rows)} descendant(s); "
             "headline boundary, common-IT readout, 95% prompt-cluster intervals")
     table = _table(["descendant", "verdict", "I/E_IT", "interaction", "E_PT", "E_IT", "events"], rows)
@@ -81,9 +79,10 @@ def preflight_card(document: dict, out=None) -> str:
     return f"<div style='{_STYLE}'><p>{head}</p>{table}{_where(out, 'preflight.html')}</div>"
 
 
-def splice_card(document: dict, out=None) -> str:
-    """A splice's chimeras per boundary: validator pass rate / share of continuations the same as
-    the tuned model's, as ``crosspatch splice`` prints them."""
+def splice_table(document: dict) -> tuple[list[str], list[list[str]]]:
+    """A splice's header and rows: per boundary, each chimera's validator pass rate / share of
+    continuations the same as the tuned model's (what ``crosspatch splice`` prints and a notebook
+    shows)."""
     boundaries = document.get("boundaries", {})
     names = list(next(iter(boundaries.values()))["chimeras"]) if boundaries else []
     rows = []
@@ -94,6 +93,11 @@ def splice_card(document: dict, out=None) -> str:
             rate = chimera.get("validator_pass_rate")
             cells.append(f"{'—' if rate is None else f'{rate:.0%}'} / {chimera['same_as_tuned']:.0%}")
         rows.append([str(b), *cells])
+    return ["boundary", *names], rows
+
+
+def splice_card(document: dict, out=None) -> str:
+    """A splice's :func:`splice_table` as a block of HTML."""
     head = (f"<b>crosspatch splice</b>: {document.get('prompts', {}).get('count', 0)} prompts; per chimera the "
             "validator pass rate / continuations the same as the tuned model's")
-    return f"<div style='{_STYLE}'><p>{head}</p>{_table(['boundary', *names], rows)}{_where(out, 'splice.html')}</div>"
+    return f"<div style='{_STYLE}'><p>{head}</p>{_table(*splice_table(document))}{_where(out, 'splice.html')}</div>"
