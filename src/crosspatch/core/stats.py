@@ -365,21 +365,30 @@ def readout_agreement(records: Sequence[CellRecord]) -> dict:
     }
 
 
+# Every readout of a boundary resamples the same prompt clusters (a paired bootstrap), so two
+# readouts that give every event the same numbers (a descendant whose final norm and head are the
+# base's: most adapters) get the same intervals and the same grade. The seed keeps the name the
+# common-IT blocks always had, so the headline's stored intervals are unchanged.
+PAIRED_READOUT_SEED = "common_it"
+
+
 def summarize_boundaries(
     records: Iterable[CellRecord], boot: BootstrapConfig, group_by: Sequence[str] = (),
     boundaries: Sequence[int] | None = None, event_kinds: Sequence[str] = (),
 ) -> dict:
     """``{boundary: {readout: blocks, "readout_agreement": ...}}`` for ``boundaries`` (default:
-    those present); a boundary without events gets empty blocks, not a missing key."""
+    those present); a boundary without events gets empty blocks, not a missing key. The readouts'
+    blocks share their bootstrap resamples (:data:`PAIRED_READOUT_SEED`)."""
     records = list(records)
     out = {}
     for b in sorted(set(boundaries) if boundaries is not None else {r.boundary for r in records}):
         sub = [r for r in records if r.boundary == b]
-        out[str(b)] = {name: summarize_records(sub, name, boot, group_by, f"{b}/{name}", event_kinds)
+        paired = f"{b}/{PAIRED_READOUT_SEED}"
+        out[str(b)] = {name: summarize_records(sub, name, boot, group_by, paired, event_kinds)
                        for name in READOUTS}
         valid = [r for r in sub if r.valid and r.kind == "first_diff"]
         for name in NATIVE_READOUTS:  # the headline under the two native readouts
             out[str(b)][name] = {"all": effect_block(cell_matrix(valid, name), [r.prompt_id for r in valid],
-                                                     block_bootstrap(boot, f"{b}/{name}/all"))}
+                                                     block_bootstrap(boot, f"{paired}/all"))}
         out[str(b)]["readout_agreement"] = readout_agreement(sub)
     return out
