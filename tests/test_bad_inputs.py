@@ -402,6 +402,16 @@ CASES = [
                                                                             "num_hidden_layers": 4})).parent),
          "UnsupportedArchitectureError"),
     Case("models", "a checkpoint that lacks a weight", lambda e: e.run_args(tuned=_lacking_weight(e)), "ModelLoadError"),
+    Case("models", "a checkpoint directory without weight files",
+         lambda e: e.run_args(tuned=_model_dir(e, "no_weights", lambda d: (d / "model.safetensors").unlink())),
+         "ModelLoadError"),
+    Case("models", "a truncated safetensors download",
+         lambda e: e.run_args(tuned=_model_dir(e, "truncated_st", lambda d: (d / "model.safetensors").write_bytes(
+             (d / "model.safetensors").read_bytes()[:4096]))), "ModelLoadError"),
+    Case("models", "a shard index naming a shard the directory lacks",
+         lambda e: e.run_args(tuned=_model_dir(e, "missing_shard", lambda d: (d / "model.safetensors.index.json").write_text(
+             json.dumps({"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}})))),
+         "ModelLoadError"),
     Case("models", "a checkpoint that ships its own model code, without --trust-remote-code",
          lambda e: e.run_args(tuned=_custom_code(e)), "ModelLoadError"),
     Case("models", "a config.json whose shapes are not its weights", lambda e: e.run_args(tuned=_other_shapes(e)),

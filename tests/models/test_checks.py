@@ -326,3 +326,35 @@ def test_a_hub_id_is_checked_at_the_revision_asked_for_and_its_snapshot_recorded
         check_model_path("org/tiny", "base", revision="v2")
     assert hub_snapshot("org/tiny") == hub_snapshot("org/tiny", "main") == "a" * 40
     assert hub_snapshot("org/tiny", "v2") is None and hub_snapshot("org/other") is None
+
+
+def _saved(tmp_path, name, shard_size=None):
+    target = tmp_path / name
+    tiny_model("llama", 2).save_pretrained(target, **({"max_shard_size": shard_size} if shard_size else {}))
+    return target
+
+
+@pytest.mark.parametrize("damage, named", [
+    ("no weights", "has no weight files"),
+    ("truncated", "is not a whole safetensors file"),
+    ("missing shard", "names 1 shard(s) the directory lacks: model-00002-of-"),
+])
+def test_missing_or_truncated_weight_files_are_named_before_any_model_loads(tmp_path, monkeypatch, damage, named):
+    # a 32B base is not loaded to learn that its descendant's download is incomplete
+    import transformers
+
+    from crosspatch.models.paths import check_model_path
+
+    target = _saved(tmp_path, "tuned", shard_size="20KB" if damage == "missing shard" else None)
+    if damage == "no weights":
+        (target / "model.safetensors").unlink()
+    elif damage == "truncated":
+        weights = target / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        next(target.glob("model-00002-of-*.safetensors")).unlink()
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(ModelLoadError, match=named.replace("(", r"\(").replace(")", r"\)")):
+        check_model_path(str(target), "tuned")
+    check_model_path(str(_saved(tmp_path, "whole", shard_size="20KB")), "tuned")  # a whole sharded checkpoint

@@ -57,6 +57,11 @@ def check_model_path(path: str, role: str, adapter: bool = False, revision: str 
         if not adapter and not has_config:
             raise ModelLoadError(f"{flag} {path} has no config.json: not a Hugging Face checkpoint directory")
         check_checkpoint_files(p, f"{flag} {path}")
+        if not adapter:  # a model the method cannot run is named as such, whatever else it lacks
+            from .anatomy import check_supported
+
+            check_supported(local_config(str(p)))
+        check_weight_files(p, f"{flag} {path}", adapter)
         return
     check_hub_id(str(path), flag, "adapter_config.json" if adapter else "config.json", revision)
 
@@ -119,6 +124,43 @@ def check_checkpoint_files(root: Path, named: str) -> None:
         if not regular:
             what = "a folder" if entry.is_dir() else "a link to nothing" if entry.is_symlink() else "not a regular file"
             raise ModelLoadError(f"{named}: weight file {entry.name} is {what}")
+
+
+def check_weight_files(root: Path, named: str, adapter: bool = False) -> None:
+    """The weights of the local directory ``root`` are all there and whole, read before any model
+    loads (a 32B base is not loaded to learn that its descendant's shard is missing): at least one
+    weight file; every shard a ``*.index.json`` names present; each safetensors file's header
+    readable and covering the file (a truncated download fails here). Else a ModelLoadError
+    naming the file. Pickle files are not opened (loading one runs its code)."""
+    import json
+
+    entries = sorted(entry for entry in root.iterdir() if is_weight_file(entry))
+    if not entries:
+        wanted = "adapter_model.safetensors" if adapter else "model.safetensors, its shards or pytorch_model.bin"
+        raise ModelLoadError(f"{named} has no weight files (no {wanted}): an incomplete download or copy?")
+    for index in sorted(root.glob("*.index.json")):
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+            raise ModelLoadError(f"{named}: {index.name} is not a readable shard index ({exc})") from exc
+        if not isinstance(weight_map, dict):
+            raise ModelLoadError(f"{named}: {index.name} has no weight_map object")
+        missing = sorted({str(shard) for shard in weight_map.values() if not (root / str(shard)).is_file()})
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise ModelLoadError(f"{named}: {index.name} names {len(missing)} shard(s) the directory lacks: {shown} "
+                                 "(an incomplete download or copy?)")
+    from safetensors import SafetensorError, safe_open
+
+    for entry in entries:
+        if entry.suffix != ".safetensors":
+            continue
+        try:
+            with safe_open(str(entry), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise ModelLoadError(f"{named}: weight file {entry.name} is not a whole safetensors file ({exc}): "
+                                 "truncated or damaged; download or copy it again") from exc
 
 
 def check_hub_id(repo: str, flag: str, marker: str = "config.json", revision: str | None = None) -> None:
