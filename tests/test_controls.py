@@ -198,3 +198,35 @@ def test_the_pre_divergence_rule_of_the_method_s_authors_cuts_late_events_at_a_r
     assert cuts <= set(range(1, 8)) and len(cuts) > 3  # 1..position generated tokens removed, seeded
     assert rule._cut(late) == PreDivergence(2, rule="random_cut", seed=0)._cut(late)
     assert PreDivergence(2, rule="half")._cut(early) == 1 and PreDivergence(2, rule="half")._cut(late) == 4
+
+
+def _event(pid, position, t_pt, t_it, categories):
+    from dataclasses import replace
+
+    from .test_stats import rec
+
+    return replace(rec(pid, [0.0, 0.5, 0.2, 1.0], position=position), t_pt_text=t_pt, t_it_text=t_it,
+                   t_pt_category=categories[0], t_it_category=categories[1])
+
+
+@pytest.mark.parametrize("event_kinds, pointer", [("all", "event kind's block skips them"),
+                                                  ("first_diff", "--event-kinds first_nonformat_diff")])
+def test_events_that_are_mostly_formatting_decisions_are_a_caveat_naming_the_pair(event_kinds, pointer):
+    # DESIGN 4: an instruction-formatted prompt makes a base end the document at once; the
+    # events then measure the prompts' format
+    from crosspatch.analyses.prompt_format import summarize
+    from crosspatch.core.registry import SummaryContext
+    from crosspatch.core.stats import BootstrapConfig
+
+    records = ([_event(f"f{i}", 0, "</s>", "###", ("FORMAT", "FORMAT")) for i in range(5)]
+               + [_event("g", 4, " warm", ",", ("CONTENT", "FORMAT"))]
+               + [_event(f"c{i}", 2, " warm", " mild", ("CONTENT", "CONTENT")) for i in range(4)])
+    ctx = SummaryContext({"options": {"event_kinds": event_kinds}}, records, 2, BootstrapConfig())
+    row = summarize([], ctx, None)
+    assert row["status"] == "warn" and row["value"] == pytest.approx(0.6)
+    assert row["details"]["at_first_token"] == 5
+    assert row["details"]["most_common_pair"] == {"t_pt": "</s>", "t_it": "###", "count": 5}
+    assert "6 of 10 event(s)" in row["summary"] and "'</s>' vs '###'" in row["summary"] and pointer in row["summary"]
+    content = SummaryContext({"options": {}}, records[5:] + records[:1], 2, BootstrapConfig())
+    assert summarize([], content, None)["status"] == "pass"  # 2 of 6: content decisions
+    assert summarize([], SummaryContext({"options": {}}, records[:4], 2, BootstrapConfig()), None)["status"] == "info"

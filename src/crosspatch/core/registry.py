@@ -36,7 +36,7 @@ _BUILTIN_MODULES = (
     "crosspatch.analyses.label_swap", "crosspatch.analyses.pre_divergence",
     "crosspatch.analyses.pre_late_commitment", "crosspatch.analyses.hybrid_state",
     "crosspatch.analyses.readout_agreement", "crosspatch.analyses.position_subsets",
-    "crosspatch.analyses.near_ties", "crosspatch.analyses.random_later", "crosspatch.analyses.native_history",
+    "crosspatch.analyses.near_ties", "crosspatch.analyses.prompt_format", "crosspatch.analyses.random_later", "crosspatch.analyses.native_history",
     "crosspatch.analyses.null_calibration",
     "crosspatch.analyses.routing", "crosspatch.analyses.consequence", "crosspatch.analyses.features.plugin",
     "crosspatch.analyses.event_kinds", "crosspatch.workflows.section",

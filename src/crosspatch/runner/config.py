@@ -167,8 +167,8 @@ class RunConfig:
         "@FILE; a marker must be a whole word.", cli_type=Optional[str], metavar="WORDS")
     controls: list[str] | str | None = _option(
         "default", "Controls: default (the cheap ones), all, none, or a comma list (label_swap, pre_divergence, "
-        "pre_late_commitment, hybrid_state, readout_agreement, position_subsets, near_ties, random_later, "
-        "native_history).", cli_type=str)
+        "pre_late_commitment, hybrid_state, readout_agreement, position_subsets, near_ties, prompt_format, "
+        "random_later, native_history, null_calibration).", cli_type=str)
     verify_fp32: bool = _option(False, "Re-run the search of near-tie events in float32 and count how many move.")
     policy: dict | None = _option(None, "Verdict thresholds (YAML or JSON, see docs/verdict.md).",
                                   cli_type=Optional[Path], parse=load_policy)

@@ -1,0 +1,65 @@
+"""Prompt format (DESIGN 4, "prompt choice decides the events"): are the first-divergence events
+mostly decisions about formatting? An instruction-formatted prompt fed to a base that never saw
+the format makes the base end the document or open a header at once, and every event is then
+``</s>`` against a header at the first generated token: the cells measure how each model treats
+the prompt's format, not what the fine-tune learned. The paper feeds raw prompts.
+
+The row's value is the share of events with a formatting token (``FORMAT``: whitespace,
+punctuation, markup, special and end-of-text tokens, ``--format-tokens``) on either side; it
+warns above :data:`MAX_SHARE`, naming the share at the first generated token and the most
+common token pair, and points at the ``first_nonformat_diff`` event kind. A caveat, never a
+change of grade: formatting can be what a fine-tune is about."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from ..core.registry import AnalysisPlugin, SummaryContext, control_row, register_analysis
+from ..core.tokens import FORMAT
+
+MAX_SHARE = 0.5
+MIN_EVENTS = 5  # fewer events say nothing about a distribution
+
+
+def _is_format(record) -> bool:
+    return FORMAT in (record.t_pt_category, record.t_it_category)
+
+
+def _scores_nonformat(ctx: SummaryContext) -> bool:
+    from .event_kinds import parse_event_kinds
+
+    try:
+        return "first_nonformat_diff" in parse_event_kinds(ctx.options.get("event_kinds"))
+    except ValueError:
+        return False
+
+
+def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
+    first = ctx.first
+    n = len(first)
+    threshold = f"share <= {MAX_SHARE}"
+    if n < MIN_EVENTS:
+        return control_row("prompt_format", "info", None, f"fewer than {MIN_EVENTS} events", threshold, n=n)
+    if all(r.t_pt_category is None and r.t_it_category is None for r in first):
+        return control_row("prompt_format", "info", None, "the run recorded no token categories", threshold, n=n)
+    formatting = [r for r in first if _is_format(r)]
+    at_start = sum(r.position == 0 for r in formatting)
+    share = len(formatting) / n
+    text = (f"{len(formatting)} of {n} event(s) have a formatting token on one side, {at_start} of them at the "
+            f"first generated token")
+    details: dict = {"formatting": len(formatting), "at_first_token": at_start}
+    if share > MAX_SHARE:
+        (t_pt, t_it), count = Counter((r.t_pt_text, r.t_it_text) for r in formatting).most_common(1)[0]
+        details["most_common_pair"] = {"t_pt": t_pt, "t_it": t_it, "count": count}
+        text += (f" (most often {t_pt!r} vs {t_it!r}, {count}): the prompts' format may decide the events "
+                 "rather than what the fine-tune learned (a base given an instruction format ends the document "
+                 "or opens a header at once; the paper feeds raw prompts); "
+                 + ("the first_nonformat_diff event kind's block skips them" if _scores_nonformat(ctx)
+                    else "--event-kinds first_nonformat_diff scores the first disagreement that skips them"))
+    return control_row("prompt_format", "warn" if share > MAX_SHARE else "pass", share, text, threshold, n=n,
+                       **details)
+
+
+PLUGIN = register_analysis(AnalysisPlugin(
+    "prompt_format", summarize, role="control", default=True,
+    description="first-divergence events that are mostly formatting decisions (the prompts' format)"))
