@@ -67,7 +67,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(saved, tmp_path, sig):
     subprocess.run(_command(saved, reference), check=True, capture_output=True)
     out = tmp_path / "killed"
     # a shell may start background jobs with SIGINT ignored; the child gets default handling back
-    proc = subprocess.Popen(_command(saved, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(_command(saved, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     events = out / "events.jsonl"
     deadline = time.time() + 120
@@ -77,7 +77,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(saved, tmp_path, sig):
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be interrupted"
     os.kill(proc.pid, sig)
-    proc.wait(timeout=60)
+    _, stderr = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:  # Ctrl-C says what to do next
+        assert proc.returncode == 130 and "run the same command again to resume" in stderr, stderr
     assert not (out / "summary.json").exists()
     partial = len(events.read_text().splitlines())
     finished = subprocess.run(_command(saved, out), capture_output=True, text=True)

@@ -121,11 +121,25 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
 
 
+def _interrupted(exc: BaseException | None) -> bool:
+    """Whether ``exc`` came of Ctrl-C: typer turns a KeyboardInterrupt into a silent exit 130
+    (older click into "Aborted!" and exit 1); the interrupt stays in the exception's chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main() -> None:
     _quiet_libraries()
     try:
         app()
-    except KeyboardInterrupt:  # records already appended stay; rerun the same command to resume
+    except (KeyboardInterrupt, SystemExit) as exc:  # records already appended stay: the same command resumes
+        if not _interrupted(exc):
+            raise
         console.print("interrupted; run the same command again to resume")
         sys.exit(130)
 
