@@ -234,6 +234,8 @@ def test_pool_counts_each_run_once(tmp_path):
     shutil.copytree(tmp_path / "a", tmp_path / "copy")
     with pytest.raises(OptionError, match="hold the same run"):
         pool_runs([tmp_path / "a", tmp_path / "copy"])
+    with pytest.raises(OptionError, match="given twice"):  # not "give at least two": two were given
+        pool_runs([tmp_path / "a", f"{tmp_path / 'a'}/"])
 
 
 def test_pool_counts_each_pair_once(tmp_path):

@@ -230,6 +230,7 @@ def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str =
         if any(not isinstance(name, str) or not name.strip() for name in run_dirs):
             raise OptionError(f"family names must be non-empty strings, not {list(run_dirs)!r}")
     elif isinstance(run_dirs, (list, tuple)):
+        check_given_once([str(d) for d in run_dirs], "run directory", "each family must count once")
         names = [Path(d).name if isinstance(d, (str, Path)) else d for d in run_dirs]
         if len(set(map(str, names))) != len(names):  # two families in directories of one name: named by path
             names = [str(d) for d in run_dirs]
