@@ -37,8 +37,10 @@ def test_merge_refuses_incomplete_or_foreign_shards(tmp_path):
     for i in range(2):
         run(pair, prompts, boundary=2, max_new_tokens=8, bootstrap=0, progress=False, shard=f"{i}/2", out=tmp_path / f"s{i}")
     run(pair, prompts, boundary=1, max_new_tokens=8, bootstrap=0, progress=False, shard="1/2", out=tmp_path / "other")
-    with pytest.raises(RunDirectoryError, match="do not cover"):
+    with pytest.raises(RunDirectoryError, match="do not cover 0/2 .. 1/2 exactly once: missing: 1/2$"):
         merge_runs([tmp_path / "s0"], tmp_path / "m")
+    with pytest.raises(RunDirectoryError, match=r"given twice: 0/2 \(.*s0 and .*s0\); missing: 1/2$"):
+        merge_runs([tmp_path / "s0", tmp_path / "s0"], tmp_path / "m")
     with pytest.raises(RunDirectoryError, match="not shards of one run"):
         merge_runs([tmp_path / "s0", tmp_path / "other"], tmp_path / "m")
     with pytest.raises(RunDirectoryError, match="a list of the shards"):

@@ -57,10 +57,21 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override
         raise RunDirectoryError(f"these run directories are not shards of one run: {shard_dirs[0]} and "
                                 f"{shard_dirs[other]} differ in "
                                 + ("; ".join(changes[:8]) if changes else "their settings"))
-    shards = sorted(parse_shard(c["options"]["shard"]) if c["options"].get("shard") else (0, 1) for c in configs)
+    given = [parse_shard(c["options"]["shard"]) if c["options"].get("shard") else (0, 1) for c in configs]
+    shards = sorted(given)
     n = shards[0][1]
     if shards != [(i, n) for i in range(n)]:
-        raise RunDirectoryError(f"shards {shards} do not cover 0/{n} .. {n - 1}/{n} exactly once")
+        held = {}
+        for d, (i, m) in zip(shard_dirs, given):
+            held.setdefault(f"{i}/{m}", []).append(str(d))
+        twice = [f"{s} ({' and '.join(ds)})" for s, ds in held.items() if len(ds) > 1]
+        missing = [f"{i}/{n}" for i in range(n) if f"{i}/{n}" not in held]
+        raise RunDirectoryError(
+            f"the shards do not cover 0/{n} .. {n - 1}/{n} exactly once: "
+            + "; ".join(([f"given twice: {', '.join(twice)}"] if twice else [])
+                        + ([f"missing: {', '.join(missing)}"] if missing else [])
+                        + ([f"not of {n} shards: {', '.join(s for s in held if not s.endswith(f'/{n}'))}"]
+                           if any(not s.endswith(f"/{n}") for s in held) else [])))
     for st, cfg in zip(stores, configs):
         st.summary()  # every shard must have finished
         if "prompt_ids" in cfg:
