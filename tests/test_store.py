@@ -296,3 +296,8 @@ def test_a_damaged_line_inside_events_jsonl_is_not_blamed_on_an_interruption(tmp
     assert settings_diff({"boundaries": None}, {"boundaries": [2, 4]}) == ["boundaries: not given -> [2, 4]"]
     assert settings_diff({"files": {"config.json": "a" * 64}}, {"files": {"config.json": "b" * 64}}) == [
         "files.config.json: sha256 aaaaaaaaaaaa… -> sha256 bbbbbbbbbbbb…"]  # a digest shortened, not cut at 80
+    # a model given on one side only is "given", not its record cut mid-JSON; a long value ends in "…"
+    assert settings_diff({"adapter": None}, {"adapter": {"weights": {"a.safetensors": "c" * 64}}}) == [
+        "adapter: not given -> given"]
+    assert settings_diff({"words": ["x"] * 40}, {"words": ["y"]}) == [f"words: {str(['x'] * 40)[:79]}… -> [\"y\"]"
+                                                                      .replace("'", '"')]

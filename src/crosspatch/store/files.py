@@ -222,7 +222,12 @@ def settings_diff(old, new, prefix: str = "") -> list[str]:
         def show(value) -> str:
             if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
                 return f"sha256 {value[:12]}…"  # a file's digest: enough to tell the two apart
-            return "not given" if value is None else json.dumps(value, default=str)[:80]
+            if value is None:
+                return "not given"
+            if isinstance(value, dict) and (old is None or new is None):
+                return "given"  # a model or option present on one side only: its contents say nothing more
+            text = json.dumps(value, default=str)
+            return text if len(text) <= 80 else text[:79] + "…"
         return [f"{prefix or 'settings'}: {show(old)} -> {show(new)}"]
     return []
 
