@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from crosspatch.errors import PromptFileError
-from crosspatch.inputs.prompts import Prompt, load_prompts
+from crosspatch.inputs.prompts import Prompt, as_prompts, load_prompts
 
 
 def _jsonl(tmp_path, lines):
@@ -53,6 +53,36 @@ def test_csv_and_parquet(tmp_path):
     for name in ("p.csv", "p.parquet"):
         got = load_prompts(tmp_path / name)
         assert [(p.id, p.prompt, p.category) for p in got] == [("001", "Rain?", "a"), ("2", "Sun?", None)]
+
+
+@pytest.mark.parametrize("codec, suffix", [("gzip", ".gz"), ("bz2", ".bz2"), ("lzma", ".xz")])
+def test_a_prompt_file_compressed_whole_reads_as_the_file_itself(tmp_path, codec, suffix):
+    # as datasets and pandas read prompts.jsonl.gz; lines are still named in the file given
+    import importlib
+
+    compress = importlib.import_module(codec).compress
+    frame = pd.DataFrame({"id": ["001", "2"], "prompt": ["Rain, then sun", "Sun?"], "category": ["a", None]})
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    frame.to_csv(tmp_path / "p.tsv", index=False, sep="\t")
+    frame.to_parquet(tmp_path / "p.parquet")
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in frame.to_dict(orient="records")) + "\n")
+    (tmp_path / "p.json").write_text(json.dumps(frame.to_dict(orient="records")))
+    for name in ("p.csv", "p.tsv", "p.parquet", "p.jsonl", "p.json"):
+        packed = tmp_path / f"{name}{suffix}"
+        packed.write_bytes(compress((tmp_path / name).read_bytes()))
+        assert load_prompts(packed) == load_prompts(tmp_path / name), name
+    assert as_prompts(str(tmp_path / f"p.jsonl{suffix}")) == load_prompts(tmp_path / "p.jsonl")  # a path, not a prompt
+    bad = tmp_path / f"bad.jsonl{suffix}"
+    bad.write_bytes(compress(b'{"id": "a", "prompt": "ok"}\n{"id": "a", "prompt": "again"}\n'))
+    with pytest.raises(PromptFileError, match=rf"bad.jsonl{suffix}:2: field 'id' 'a' repeats"):
+        load_prompts(bad)
+    truncated = tmp_path / f"cut.jsonl{suffix}"
+    truncated.write_bytes((tmp_path / f"p.jsonl{suffix}").read_bytes()[:20])
+    with pytest.raises(PromptFileError, match=rf"cut.jsonl{suffix}: cannot be decompressed as {codec}"):
+        load_prompts(truncated)
+    (tmp_path / f"p.txt{suffix}").write_bytes(compress(b"x"))
+    with pytest.raises(PromptFileError, match=rf"unknown prompt file type '.txt{suffix}'"):
+        load_prompts(tmp_path / f"p.txt{suffix}")
 
 
 def test_a_json_object_wrapping_the_prompts_is_named_as_such(tmp_path):

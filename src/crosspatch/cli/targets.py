@@ -16,7 +16,8 @@ def _option(default: Any = ..., help: str = "", **cli: Any) -> Any:
     return field(metadata=metadata) if default is ... else field(default=default, metadata=metadata)
 
 
-PROMPTS = ("Prompt file: .jsonl, .json (an array or JSON lines), .csv (comma, semicolon or tab), .tsv or .parquet; "
+PROMPTS = ("Prompt file: .jsonl, .json (an array or JSON lines), .csv (comma, semicolon or tab), .tsv or .parquet, "
+           "each also as .gz, .bz2 or .xz; "
            "a dataset directory saved with datasets' save_to_disk; or - for JSON lines on standard input.")
 BASE = "Base model (PT): hub id or local directory."
 FIELDS = ("The prompt set's own columns for crosspatch's fields, FIELD=COLUMN,... (e.g. prompt=instruction,id=uid; "

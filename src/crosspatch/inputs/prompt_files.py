@@ -14,7 +14,12 @@ from pathlib import Path
 from ..errors import PromptFileError
 from .fields import source_columns
 
-__all__ = ["STDIN", "check_columns", "is_stdin", "read_json_array", "read_jsonl", "read_table"]
+__all__ = ["COMPRESSIONS", "STDIN", "check_columns", "file_type", "is_stdin", "read_json_array", "read_jsonl",
+           "read_table"]
+
+# a prompt file compressed whole (``prompts.jsonl.gz``), as datasets and pandas read them: the
+# standard library's codecs, the file type named by the suffix before the compression's
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
 
 
 STDIN = "-"  # ``--prompts -``: JSON lines (or one JSON array) piped in on standard input
@@ -28,6 +33,34 @@ def is_stdin(path) -> bool:
 def _name(path: Path) -> str:
     """How a message names the prompt source."""
     return "standard input" if is_stdin(path) else str(path)
+
+
+def file_type(path: Path) -> str:
+    """A prompt file's type by its suffix, the one before a compression's (``.jsonl`` for
+    ``prompts.jsonl.gz``)."""
+    suffixes = path.suffixes
+    return suffixes[-2] if len(suffixes) >= 2 and suffixes[-1] in COMPRESSIONS else path.suffix
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes (standard input's for ``-``), decompressed when its suffix names a
+    compression; a file that cannot be read or decompressed is a named error."""
+    import importlib
+
+    try:
+        if is_stdin(path):
+            return _stdin_bytes()
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PromptFileError(f"{_name(path)}: cannot be read ({exc.strerror or exc})") from None
+    codec = COMPRESSIONS.get(path.suffix)
+    if codec is None:
+        return data
+    try:
+        return importlib.import_module(codec).decompress(data)
+    except Exception as exc:  # each codec raises its own error types (OSError, EOFError, LZMAError, ...)
+        raise PromptFileError(f"{path}: cannot be decompressed as {codec} ({exc}): a damaged or truncated "
+                              "file, or not compressed as its name says") from None
 
 
 def _stdin_bytes() -> bytes:
@@ -44,10 +77,7 @@ def _stdin_bytes() -> bytes:
 def _text_lines(path: Path) -> list[str]:
     """The file's lines as text (standard input for ``-``): a UTF-8 byte-order mark is accepted
     (and dropped); bytes that are not UTF-8 are a named error with their line."""
-    try:
-        data = _stdin_bytes() if is_stdin(path) else path.read_bytes()
-    except OSError as exc:
-        raise PromptFileError(f"{_name(path)}: cannot be read ({exc.strerror or exc})") from None
+    data = _read_bytes(path)
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     lines = []
@@ -142,7 +172,7 @@ def _delimiter(path: Path, header: str, fields: dict[str, str]) -> str:
     """A .tsv's tab; a .csv's comma, or the semicolon, tab or bar its header is written with
     (spreadsheets export those) when that header names the required columns (``fields``: as
     :func:`read_table`)."""
-    if path.suffix == ".tsv":
+    if file_type(path) == ".tsv":
         return "\t"
     for delimiter in (",", ";", "\t", "|"):
         names = set(source_columns(next(csv.reader([header], delimiter=delimiter), []), fields))
@@ -151,11 +181,13 @@ def _delimiter(path: Path, header: str, fields: dict[str, str]) -> str:
     return ","
 
 
-def _check_field_counts(path: Path, delimiter: str, columns: int) -> None:
-    """Every row of a .csv/.tsv has at most the header's fields, or only empty ones past them (a
-    trailing delimiter): a delimiter left unquoted inside a prompt would otherwise shift or cut
-    its fields without a word."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+def _check_field_counts(path: Path, text: str, delimiter: str, columns: int) -> None:
+    """Every row of a .csv/.tsv (its ``text``) has at most the header's fields, or only empty ones
+    past them (a trailing delimiter): a delimiter left unquoted inside a prompt would otherwise
+    shift or cut its fields without a word."""
+    import io
+
+    with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         next(reader, None)
         for row in reader:
@@ -169,32 +201,36 @@ def read_table(path: Path, fields: dict[str, str] | None = None) -> list[tuple[s
     """The rows of a CSV/TSV/Parquet file; ``fields`` (:mod:`crosspatch.inputs.fields`) names the
     columns that stand for ``id``, ``prompt``, ... (a CSV keeps those of the id and category as
     written)."""
+    import io
+
     import pandas as pd
 
     fields = fields or {}
-
+    kind = file_type(path)
     try:
-        if path.suffix in (".csv", ".tsv"):
-            header = _text_lines(path)[0].lstrip("\ufeff")  # names a line that is not UTF-8
+        if kind in (".csv", ".tsv"):
+            lines = _text_lines(path)  # names a line that is not UTF-8
+            header = lines[0].lstrip("\ufeff")
             delimiter = _delimiter(path, header, fields)
             names = next(csv.reader([header], delimiter=delimiter), [])
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:
                 raise PromptFileError(f"{path}:1: column {repeated[0]!r} appears more than once in the header")
-            _check_field_counts(path, delimiter, len(names))
+            text = "\n".join(lines)
+            _check_field_counts(path, text, delimiter, len(names))
             # index_col=False: never take the first column for an index (pandas does when every row
             # has one field more than the header; only empty trailing fields get here)
             with warnings.catch_warnings():  # (its warning that trailing empty fields are dropped)
                 warnings.simplefilter("ignore", pd.errors.ParserWarning)
-                frame = pd.read_csv(path, sep=delimiter, dtype={fields.get("id", "id"): str, fields.get("category", "category"): str}, keep_default_na=False, na_values=[""],
-                                    encoding="utf-8-sig", index_col=False)
+                frame = pd.read_csv(io.StringIO(text.lstrip("\ufeff")), sep=delimiter, dtype={fields.get("id", "id"): str, fields.get("category", "category"): str}, keep_default_na=False, na_values=[""],
+                                    index_col=False)
             first_line = 2  # header is line 1
         else:
-            frame = pd.read_parquet(path)
+            frame = pd.read_parquet(io.BytesIO(_read_bytes(path)) if path.suffix in COMPRESSIONS else path)
             first_line = 1
     except PromptFileError:
         raise
     except Exception as exc:  # pandas raises many parser types
-        raise PromptFileError(f"{path}: cannot be read as {path.suffix[1:]} ({exc})") from exc
+        raise PromptFileError(f"{path}: cannot be read as {kind[1:]} ({exc})") from exc
     check_columns(source_columns(frame.columns, fields), str(path))
     return [(f"{path}:{i + first_line}", rec) for i, rec in enumerate(frame.to_dict(orient="records"))]

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import PromptFileError
 from .chats import chat_messages, with_messages
 from .fields import mapped_row, parse_fields, source_columns
-from .prompt_files import check_columns, is_stdin, read_json_array, read_jsonl, read_table
+from .prompt_files import check_columns, file_type, is_stdin, read_json_array, read_jsonl, read_table
 
 _JSON_SUFFIXES, _TABLE_SUFFIXES = (".jsonl", ".json"), (".csv", ".tsv", ".parquet", ".pq")  # the prompt file types
 
@@ -123,14 +123,16 @@ def load_prompts(path, fields: str | dict[str, str] | None = None) -> list[Promp
             return _saved_dataset(path, mapping)
         raise PromptFileError(f"{path}: is a directory; give a .jsonl, .json, .csv, .tsv or .parquet file (or a "
                               "dataset saved with datasets' save_to_disk)")
-    if path.suffix == ".json" and (array := read_json_array(path)) is not None:
+    kind = file_type(path)  # the suffix before a compression's (prompts.jsonl.gz)
+    if kind == ".json" and (array := read_json_array(path)) is not None:
         rows = array
-    elif path.suffix in _JSON_SUFFIXES:
+    elif kind in _JSON_SUFFIXES:
         rows = read_jsonl(path)
-    elif path.suffix in _TABLE_SUFFIXES:
+    elif kind in _TABLE_SUFFIXES:
         rows = read_table(path, mapping)
     else:
-        raise PromptFileError(f"{path}: unknown prompt file type {path.suffix!r} (use .jsonl, .json, .csv, .tsv, .parquet, "
+        raise PromptFileError(f"{path}: unknown prompt file type {''.join(path.suffixes[-2:]) or 'without a suffix'!r} "
+                              "(use .jsonl, .json, .csv, .tsv, .parquet, each optionally compressed as .gz, .bz2 or .xz, "
                               "or - for JSON lines on standard input)")
     return _checked_rows(rows, path, path.parent, mapping)
 
@@ -258,7 +260,7 @@ def _names_a_file(text: str) -> bool:
     if "\n" in text:
         return False
     try:
-        return Path(text).suffix in _JSON_SUFFIXES + _TABLE_SUFFIXES or Path(text).is_file()
+        return file_type(Path(text)) in _JSON_SUFFIXES + _TABLE_SUFFIXES or Path(text).is_file()
     except (OSError, ValueError):  # a long or NUL-bearing text is no path
         return False
 
