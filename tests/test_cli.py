@@ -92,6 +92,30 @@ def test_bad_prompt_file_is_a_clear_error(saved_pair, tmp_path):
     assert "PromptFileError" in res.output and "bad.jsonl:1: field 'prompt' is missing" in res.output
 
 
+def test_a_run_records_and_reports_where_its_prompts_were_read_from(tmp_path):
+    """The prompt file's path is the run's provenance (config.json and both reports), never its
+    identity: the same prompts read from another file, or given in Python, are the same run."""
+    from crosspatch.inputs.prompts import as_prompts, load_prompts
+    from crosspatch.report.mdtext import md_escape
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import make_pair
+
+    path = tmp_path / "probe set.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS[:3]))
+    prompts = load_prompts(path)
+    assert as_prompts(prompts) is prompts and prompts.source == str(path)
+    pair = make_pair("llama")
+    options = dict(boundary=2, max_new_tokens=4, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+    from_file = run(pair, prompts, out=tmp_path / "a", **options)
+    in_python = run(pair, [dict(p) for p in PROMPTS[:3]], out=tmp_path / "b", **options)
+    assert from_file.config["prompts"]["source"] == str(path) and "source" not in in_python.config["prompts"]
+    assert from_file.config["run_fingerprint"] == in_python.config["run_fingerprint"]
+    digest = from_file.config["prompts"]["sha256"][:12]
+    assert f"- prompt set: {md_escape(str(path))} (sha256 {digest}…)" in (tmp_path / "a" / "report.md").read_text()
+    assert f"prompt set: <code>{path}</code> (sha256 {digest}…)" in (tmp_path / "a" / "report.html").read_text()
+    assert "prompt set" not in (tmp_path / "b" / "report.md").read_text()
+
+
 def test_report_on_a_non_run_directory(tmp_path):
     res = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 2 and "RunDirectoryError" in res.output
@@ -116,6 +140,7 @@ def test_html_report_is_self_contained_and_escapes_model_text(tmp_path):
     (tmp_path / "r" / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     config["models"]["base"]["path"] = f"/models/{script}"
+    config["prompts"]["source"] = f"/data/{img}.jsonl"
     (tmp_path / "r" / "config.json").write_text(json.dumps(config))
     rerender(tmp_path / "r")
     html = (tmp_path / "r" / "report.html").read_text()

@@ -34,6 +34,22 @@ class Prompt:
     messages: tuple | None = field(default=None, hash=False)  # ({"role", "content"}, ...) or None
 
 
+class PromptSet(list):
+    """The prompts :func:`load_prompts` read from a file, a saved dataset or standard input: a
+    list of :class:`Prompt` that remembers its ``source`` (the path as given, or ``standard
+    input``), which a run records in config.json and prints in its report (not in its
+    fingerprint: the same prompts under another name are the same run)."""
+
+    def __init__(self, prompts=(), source: str | None = None) -> None:
+        super().__init__(prompts)
+        self.source = source
+
+
+def _read_and_checked(items) -> bool:
+    """Whether ``items`` is a :class:`PromptSet` (read from a source and checked)."""
+    return isinstance(items, PromptSet)
+
+
 def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -115,12 +131,13 @@ def load_prompts(path, fields: str | dict[str, str] | None = None) -> list[Promp
     path = Path(path)
     if is_stdin(path):  # piped JSON lines, or one JSON array; image paths relative to the working directory
         rows = read_json_array(path)
-        return _checked_rows(read_jsonl(path) if rows is None else rows, Path("standard input"), Path("."), mapping)
+        return PromptSet(_checked_rows(read_jsonl(path) if rows is None else rows, Path("standard input"), Path("."),
+                                       mapping), "standard input")
     if not path.exists():
         raise PromptFileError(f"{path}: no such prompt file")
     if path.is_dir():
         if any((path / name).is_file() for name in ("dataset_info.json", "dataset_dict.json", "state.json")):
-            return _saved_dataset(path, mapping)
+            return PromptSet(_saved_dataset(path, mapping), str(path))
         raise PromptFileError(f"{path}: is a directory; give a .jsonl, .json, .csv, .tsv or .parquet file (or a "
                               "dataset saved with datasets' save_to_disk)")
     kind = file_type(path)  # the suffix before a compression's (prompts.jsonl.gz)
@@ -134,7 +151,7 @@ def load_prompts(path, fields: str | dict[str, str] | None = None) -> list[Promp
         raise PromptFileError(f"{path}: unknown prompt file type {''.join(path.suffixes[-2:]) or 'without a suffix'!r} "
                               "(use .jsonl, .json, .csv, .tsv, .parquet, each optionally compressed as .gz, .bz2 or .xz, "
                               "or - for JSON lines on standard input)")
-    return _checked_rows(rows, path, path.parent, mapping)
+    return PromptSet(_checked_rows(rows, path, path.parent, mapping), str(path))
 
 
 def _checked_rows(rows: list[tuple[str, dict]], source: Path, images: Path, fields: dict[str, str]) -> list[Prompt]:
@@ -209,6 +226,8 @@ def as_prompts(items, fields: str | dict[str, str] | None = None) -> list[Prompt
     No prompt at all is a :class:`PromptFileError`, as for an empty file. ``fields``: as for
     :func:`load_prompts` (rows, DataFrames and datasets)."""
     fields = parse_fields(fields)
+    if not fields and _read_and_checked(items):  # keeps its source
+        return items
     if isinstance(items, Path) or (isinstance(items, str) and _names_a_file(items)):
         return load_prompts(items, fields)
     if isinstance(items, (str, Prompt)):  # one prompt

@@ -9,7 +9,16 @@ import json
 from pathlib import Path
 
 from ..core.records import READOUTS, cell_effects
-from .markdown import _EFFECT_LABELS, _fmt_number, counts_lines, fmt_effect, fmt_value, reading_lines, scored_descendant
+from .markdown import (
+    _EFFECT_LABELS,
+    _fmt_number,
+    counts_lines,
+    fmt_effect,
+    fmt_value,
+    prompt_source,
+    reading_lines,
+    scored_descendant,
+)
 
 
 def _plain(text: str) -> str:
@@ -98,7 +107,7 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
         title=config.get("title") or "crosspatch run",
         back_link=back_link or config.get("back_link"),
         base=models.get("base", {}).get("path", "?"),
-        tuned=tuned, kind=kind,
+        tuned=tuned, kind=kind, prompt_source=prompt_source(config),
         boundaries=summary["boundaries"], num_layers=summary.get("num_layers"),
         setup=[("dtype", load.get("dtype", "float32")), ("device", load.get("device", "cpu")),
                ("residency", config.get("residency", "?")), ("plan", opts.get("plan")),

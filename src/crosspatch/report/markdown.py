@@ -219,6 +219,16 @@ def scored_descendant(config: dict) -> tuple[str, str]:
     return models.get("tuned", {}).get("path", "?"), "descendant"
 
 
+def prompt_source(config: dict) -> tuple[str, str] | None:
+    """Where a run's prompts were read from and their digest (``("prompts.jsonl", "sha256
+    143b8f1298de…")``), when the run recorded a source (prompts given in Python have none)."""
+    prompts = config.get("prompts") or {}
+    source, digest = prompts.get("source"), prompts.get("sha256")
+    if not isinstance(source, str) or not source:
+        return None
+    return source, f"sha256 {str(digest)[:12]}…" if digest else "no digest"
+
+
 def render_markdown(config: dict, summary: dict) -> str:
     """The full report. Deterministic: the same stored files give the same text."""
     models = config.get("models", {})
@@ -228,7 +238,12 @@ def render_markdown(config: dict, summary: dict) -> str:
     lines += verdict_lines(summary)
     base = models.get("base", {}).get("path", "?")
     tuned, kind = scored_descendant(config)
-    lines += [f"- base (PT): `{md_escape(base)}`", f"- {kind} (IT): `{md_escape(tuned)}`"]
+    # escaped text, not a code span: inside one a backslash escape prints (my\\_model) and
+    # model text would stand there raw
+    lines += [f"- base (PT): {md_escape(base)}", f"- {kind} (IT): {md_escape(tuned)}"]
+    source = prompt_source(config)
+    if source:
+        lines.append(f"- prompt set: {md_escape(source[0])} ({source[1]})")
     opts = config.get("options", {})
     lines.append(
         f"- boundary: {', '.join(summary['boundaries'])} of {num_layers} layers; max new tokens "
@@ -263,7 +278,7 @@ def render_markdown(config: dict, summary: dict) -> str:
         lines.append("## Prompts without a divergence")
         lines.append("")
         shown = nd[:50]
-        lines += [f"- `{md_escape(x['prompt_id'])}`: {no_event_reason(x)}" for x in shown]
+        lines += [f"- {md_escape(x['prompt_id'])}: {no_event_reason(x)}" for x in shown]
         if len(nd) > len(shown):
             lines.append(f"- ... and {len(nd) - len(shown)} more (see no_divergence.jsonl)")
         lines.append("")
