@@ -148,9 +148,10 @@ def load_prompts(path, fields: str | dict[str, str] | None = None) -> list[Promp
     elif kind in _TABLE_SUFFIXES:
         rows = read_table(path, mapping)
     else:
-        raise PromptFileError(f"{path}: unknown prompt file type {''.join(path.suffixes[-2:]) or 'without a suffix'!r} "
-                              "(use .jsonl, .json, .csv, .tsv, .parquet, each optionally compressed as .gz, .bz2 or .xz, "
-                              "or - for JSON lines on standard input)")
+        shown = "".join(path.suffixes[-2:]) if kind != path.suffix else path.suffix  # a compressed file: both
+        raise PromptFileError(f"{path}: " + (f"unknown prompt file type {shown!r}" if shown else "a file without a suffix")
+                              + " (use .jsonl, .json, .csv, .tsv, .parquet, each optionally compressed as .gz, .bz2 or "
+                              ".xz, or - for JSON lines on standard input)")
     return PromptSet(_checked_rows(rows, path, path.parent, mapping), str(path))
 
 
