@@ -219,14 +219,17 @@ def test_events_that_are_mostly_formatting_decisions_are_a_caveat_naming_the_pai
     from crosspatch.core.stats import BootstrapConfig
 
     records = ([_event(f"f{i}", 0, "</s>", "###", ("FORMAT", "FORMAT")) for i in range(5)]
+               + [_event("h", 0, "\n", " Sun", ("FORMAT", "CONTENT"))]
                + [_event("g", 4, " warm", ",", ("CONTENT", "FORMAT"))]
-               + [_event(f"c{i}", 2, " warm", " mild", ("CONTENT", "CONTENT")) for i in range(4)])
+               + [_event(f"c{i}", 2, " warm", " mild", ("CONTENT", "CONTENT")) for i in range(3)])
     ctx = SummaryContext({"options": {"event_kinds": event_kinds}}, records, 2, BootstrapConfig())
     row = summarize([], ctx, None)
     assert row["status"] == "warn" and row["value"] == pytest.approx(0.6)
-    assert row["details"]["at_first_token"] == 5
-    assert row["details"]["most_common_pair"] == {"t_pt": "</s>", "t_it": "###", "count": 5}
-    assert "6 of 10 event(s)" in row["summary"] and "'</s>' vs '###'" in row["summary"] and pointer in row["summary"]
-    content = SummaryContext({"options": {}}, records[5:] + records[:1], 2, BootstrapConfig())
-    assert summarize([], content, None)["status"] == "pass"  # 2 of 6: content decisions
+    assert row["details"] == {"formatting": 7, "at_first_token": 6,
+                              "most_common_pair": {"t_pt": "</s>", "t_it": "###", "count": 5}}
+    assert "6 of 10 event(s) are formatting decisions at the first generated token (7 have" in row["summary"]
+    assert "'</s>' vs '###'" in row["summary"] and pointer in row["summary"]
+    # formatting disagreements later in the continuation are no sign of the trap
+    later = [_event(f"l{i}", 3, "\n", " The", ("FORMAT", "CONTENT")) for i in range(8)] + records[7:]
+    assert summarize([], SummaryContext({"options": {}}, later, 2, BootstrapConfig()), None)["status"] == "pass"
     assert summarize([], SummaryContext({"options": {}}, records[:4], 2, BootstrapConfig()), None)["status"] == "info"

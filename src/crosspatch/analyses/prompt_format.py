@@ -4,11 +4,13 @@ the format makes the base end the document or open a header at once, and every e
 ``</s>`` against a header at the first generated token: the cells measure how each model treats
 the prompt's format, not what the fine-tune learned. The paper feeds raw prompts.
 
-The row's value is the share of events with a formatting token (``FORMAT``: whitespace,
-punctuation, markup, special and end-of-text tokens, ``--format-tokens``) on either side; it
-warns above :data:`MAX_SHARE`, naming the share at the first generated token and the most
-common token pair, and points at the ``first_nonformat_diff`` event kind. A caveat, never a
-change of grade: formatting can be what a fine-tune is about."""
+The row's value is the share of events that are that signature: a formatting token
+(``FORMAT``: whitespace, punctuation, markup, special and end-of-text tokens, ``--format-tokens``)
+on either side at the first generated token. Formatting disagreements later in a continuation
+are common between a base and an instruct model on raw prompts (the reason for the
+``first_nonformat_diff`` kind) and are not the trap. It warns above :data:`MAX_SHARE`, naming
+the most common token pair, and points at the ``first_nonformat_diff`` event kind. A caveat,
+never a change of grade: formatting can be what a fine-tune is about."""
 
 from __future__ import annotations
 
@@ -43,13 +45,13 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
     if all(r.t_pt_category is None and r.t_it_category is None for r in first):
         return control_row("prompt_format", "info", None, "the run recorded no token categories", threshold, n=n)
     formatting = [r for r in first if _is_format(r)]
-    at_start = sum(r.position == 0 for r in formatting)
-    share = len(formatting) / n
-    text = (f"{len(formatting)} of {n} event(s) have a formatting token on one side, {at_start} of them at the "
-            f"first generated token")
-    details: dict = {"formatting": len(formatting), "at_first_token": at_start}
+    at_start = [r for r in formatting if r.position == 0]
+    share = len(at_start) / n
+    text = (f"{len(at_start)} of {n} event(s) are formatting decisions at the first generated token "
+            f"({len(formatting)} have a formatting token on one side)")
+    details: dict = {"formatting": len(formatting), "at_first_token": len(at_start)}
     if share > MAX_SHARE:
-        (t_pt, t_it), count = Counter((r.t_pt_text, r.t_it_text) for r in formatting).most_common(1)[0]
+        (t_pt, t_it), count = Counter((r.t_pt_text, r.t_it_text) for r in at_start).most_common(1)[0]
         details["most_common_pair"] = {"t_pt": t_pt, "t_it": t_it, "count": count}
         text += (f" (most often {t_pt!r} vs {t_it!r}, {count}): the prompts' format may decide the events "
                  "rather than what the fine-tune learned (a base given an instruction format ends the document "
