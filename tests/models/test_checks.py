@@ -358,3 +358,30 @@ def test_missing_or_truncated_weight_files_are_named_before_any_model_loads(tmp_
     with pytest.raises(ModelLoadError, match=named.replace("(", r"\(").replace(")", r"\)")):
         check_model_path(str(target), "tuned")
     check_model_path(str(_saved(tmp_path, "whole", shard_size="20KB")), "tuned")  # a whole sharded checkpoint
+
+
+def test_a_quantized_checkpoint_whose_package_is_missing_is_named_before_any_model_loads(tmp_path, monkeypatch):
+    # transformers' own environment check of the method, asked up front: a QLoRA user's 4-bit base
+    # is not refused after minutes of loading the other model
+    import importlib.util
+    import json
+
+    import transformers
+
+    from crosspatch.models.paths import check_model_path
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here: nothing is missing")
+    target = _saved(tmp_path, "tuned")
+    config = json.loads((target / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+    (target / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: pytest.fail("a model was loaded"))
+    # (transformers' own words for the missing package differ between versions; each names it)
+    with pytest.raises(ModelLoadError, match=r"--tuned .* is a bitsandbytes checkpoint, and loading it needs a "
+                                             r"package this environment lacks: .*bitsandbytes"):
+        check_model_path(str(target), "tuned")
+    config["quantization_config"] = {"quant_method": "no-such-method"}  # the loader names what it does not know
+    (target / "config.json").write_text(json.dumps(config))
+    check_model_path(str(target), "tuned")

@@ -60,7 +60,9 @@ def check_model_path(path: str, role: str, adapter: bool = False, revision: str 
         if not adapter:  # a model the method cannot run is named as such, whatever else it lacks
             from .anatomy import check_supported
 
-            check_supported(local_config(str(p)))
+            config = local_config(str(p))
+            check_supported(config)
+            check_quantization_packages(config, f"{flag} {path}")
         check_weight_files(p, f"{flag} {path}", adapter)
         return
     check_hub_id(str(path), flag, "adapter_config.json" if adapter else "config.json", revision)
@@ -161,6 +163,28 @@ def check_weight_files(root: Path, named: str, adapter: bool = False) -> None:
         except (SafetensorError, OSError) as exc:
             raise ModelLoadError(f"{named}: weight file {entry.name} is not a whole safetensors file ({exc}): "
                                  "truncated or damaged; download or copy it again") from exc
+
+
+def check_quantization_packages(config: dict, named: str) -> None:
+    """A quantized checkpoint (a ``quantization_config``: bitsandbytes, GPTQ, AWQ, ...) whose
+    method needs a package this environment lacks is a ModelLoadError saying which, before any
+    model loads: transformers' own check of the method's environment, asked up front (whatever
+    else it refuses, a device map or a backend, is left to the loader, which sees the options)."""
+    quantization = text_config(config).get("quantization_config") or config.get("quantization_config")
+    if not isinstance(quantization, dict):
+        return
+    try:
+        from transformers.quantizers.auto import AutoHfQuantizer
+
+        # (some methods' quantizers check their packages when made, others when validated)
+        AutoHfQuantizer.from_config(quantization, pre_quantized=True).validate_environment(device_map=None,
+                                                                                            weights_only=True)
+    except ImportError as exc:
+        method = quantization.get("quant_method", "quantized")
+        raise ModelLoadError(f"{named} is a {method} checkpoint, and loading it needs a package this environment "
+                             f"lacks: {exc}") from None
+    except Exception:  # an unknown method, a malformed config, a backend or a device: the loader decides with
+        return         # the run's options, and names it
 
 
 def check_hub_id(repo: str, flag: str, marker: str = "config.json", revision: str | None = None) -> None:
