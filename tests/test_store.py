@@ -299,5 +299,5 @@ def test_a_damaged_line_inside_events_jsonl_is_not_blamed_on_an_interruption(tmp
     # a model given on one side only is "given", not its record cut mid-JSON; a long value ends in "…"
     assert settings_diff({"adapter": None}, {"adapter": {"weights": {"a.safetensors": "c" * 64}}}) == [
         "adapter: not given -> given"]
-    assert settings_diff({"words": ["x"] * 40}, {"words": ["y"]}) == [f"words: {str(['x'] * 40)[:79]}… -> [\"y\"]"
-                                                                      .replace("'", '"')]
+    long = json.dumps(["x"] * 40)  # 200 characters
+    assert settings_diff({"words": ["x"] * 40}, {"words": ["y"]}) == [f'words: {long[:79]}… -> ["y"]']
