@@ -209,8 +209,8 @@ def read_table(path: Path, fields: dict[str, str] | None = None) -> list[tuple[s
     kind = file_type(path)
     try:
         if kind in (".csv", ".tsv"):
-            lines = _text_lines(path)  # names a line that is not UTF-8
-            header = lines[0].lstrip("\ufeff")
+            lines = _text_lines(path)  # names a line that is not UTF-8; a byte-order mark dropped
+            header = lines[0]
             delimiter = _delimiter(path, header, fields)
             names = next(csv.reader([header], delimiter=delimiter), [])
             repeated = sorted({n for n in names if names.count(n) > 1})
@@ -222,7 +222,7 @@ def read_table(path: Path, fields: dict[str, str] | None = None) -> list[tuple[s
             # has one field more than the header; only empty trailing fields get here)
             with warnings.catch_warnings():  # (its warning that trailing empty fields are dropped)
                 warnings.simplefilter("ignore", pd.errors.ParserWarning)
-                frame = pd.read_csv(io.StringIO(text.lstrip("\ufeff")), sep=delimiter, dtype={fields.get("id", "id"): str, fields.get("category", "category"): str}, keep_default_na=False, na_values=[""],
+                frame = pd.read_csv(io.StringIO(text), sep=delimiter, dtype={fields.get("id", "id"): str, fields.get("category", "category"): str}, keep_default_na=False, na_values=[""],
                                     index_col=False)
             first_line = 2  # header is line 1
         else:
