@@ -229,17 +229,20 @@ def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str =
     if isinstance(run_dirs, dict):
         if any(not isinstance(name, str) or not name.strip() for name in run_dirs):
             raise OptionError(f"family names must be non-empty strings, not {list(run_dirs)!r}")
+        given = list(run_dirs.values())
     elif isinstance(run_dirs, (list, tuple)):
-        check_given_once([str(d) for d in run_dirs], "run directory", "each family must count once")
-        names = [Path(d).name if isinstance(d, (str, Path)) else d for d in run_dirs]
-        if len(set(map(str, names))) != len(names):  # two families in directories of one name: named by path
-            names = [str(d) for d in run_dirs]
-        run_dirs = dict(zip(map(str, names), run_dirs))
+        given = list(run_dirs)
     else:
         raise OptionError(f"run_dirs must be a list of run directories or a {{family: directory}} dict, not {run_dirs!r}")
-    if len(run_dirs) < 2:
+    if len(given) < 2:
         raise OptionError("give at least two run directories (one per family) to pool")
-    check_given_once([str(d) for d in run_dirs.values()], "run directory", "each family must count once")
+    # checked as given: a list naming one directory twice would collapse into one family below
+    check_given_once([str(d) for d in given], "run directory", "each family must count once")
+    if not isinstance(run_dirs, dict):
+        names = [Path(d).name if isinstance(d, (str, Path)) else d for d in given]
+        if len(set(map(str, names))) != len(names):  # two families in directories of one name: named by path
+            names = [str(d) for d in given]
+        run_dirs = dict(zip(map(str, names), given))
     if readout not in READOUTS:
         raise OptionError(f"readout must be one of {', '.join(READOUTS)}, not {readout!r}")
     check_bootstrap(bootstrap)

@@ -61,17 +61,16 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override
     shards = sorted(given)
     n = shards[0][1]
     if shards != [(i, n) for i in range(n)]:
-        held = {}
+        held: dict[str, list[str]] = {}
         for d, (i, m) in zip(shard_dirs, given):
             held.setdefault(f"{i}/{m}", []).append(str(d))
-        twice = [f"{s} ({' and '.join(ds)})" for s, ds in held.items() if len(ds) > 1]
-        missing = [f"{i}/{n}" for i in range(n) if f"{i}/{n}" not in held]
-        raise RunDirectoryError(
-            f"the shards do not cover 0/{n} .. {n - 1}/{n} exactly once: "
-            + "; ".join(([f"given twice: {', '.join(twice)}"] if twice else [])
-                        + ([f"missing: {', '.join(missing)}"] if missing else [])
-                        + ([f"not of {n} shards: {', '.join(s for s in held if not s.endswith(f'/{n}'))}"]
-                           if any(not s.endswith(f"/{n}") for s in held) else [])))
+        problems = {
+            "given twice": [f"{s} ({' and '.join(ds)})" for s, ds in held.items() if len(ds) > 1],
+            "missing": [f"{i}/{n}" for i in range(n) if f"{i}/{n}" not in held],
+            f"not of {n} shards": [s for s in held if not s.endswith(f"/{n}")],
+        }
+        raise RunDirectoryError(f"the shards do not cover 0/{n} .. {n - 1}/{n} exactly once: "
+                                + "; ".join(f"{what}: {', '.join(items)}" for what, items in problems.items() if items))
     for st, cfg in zip(stores, configs):
         st.summary()  # every shard must have finished
         if "prompt_ids" in cfg:
