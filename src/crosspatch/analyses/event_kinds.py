@@ -35,6 +35,15 @@ def parse_event_kinds(text: str | list[str] | None) -> list[str]:
     return ["first_diff"] + [k for k in EVENT_KINDS[1:] if k in items]
 
 
+def requested_event_kinds(text: str | list[str] | None) -> list[str]:
+    """The event kinds a finished run asked for (its recorded ``options["event_kinds"]``); none
+    for a value recorded before the kinds were checked that no longer parses."""
+    try:
+        return parse_event_kinds(text)
+    except ValueError:
+        return []
+
+
 @dataclass
 class EventKinds(Analysis):
     """Scores the extra ``kinds`` of each first-divergence event at ``boundaries``; its records are

@@ -27,15 +27,6 @@ def _is_format(record) -> bool:
     return FORMAT in (record.t_pt_category, record.t_it_category)
 
 
-def _scores_nonformat(ctx: SummaryContext) -> bool:
-    from .event_kinds import parse_event_kinds
-
-    try:
-        return "first_nonformat_diff" in parse_event_kinds(ctx.options.get("event_kinds"))
-    except ValueError:
-        return False
-
-
 def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
     first = ctx.first
     n = len(first)
@@ -51,12 +42,15 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
             f"({len(formatting)} have a formatting token on one side)")
     details: dict = {"formatting": len(formatting), "at_first_token": len(at_start)}
     if share > MAX_SHARE:
+        from .event_kinds import requested_event_kinds  # (imports the execution layer: only when it is read)
+
         (t_pt, t_it), count = Counter((r.t_pt_text, r.t_it_text) for r in at_start).most_common(1)[0]
         details["most_common_pair"] = {"t_pt": t_pt, "t_it": t_it, "count": count}
         text += (f" (most often {t_pt!r} vs {t_it!r}, {count}): the prompts' format may decide the events "
                  "rather than what the fine-tune learned (a base given an instruction format ends the document "
                  "or opens a header at once; the paper feeds raw prompts); "
-                 + ("the first_nonformat_diff event kind's block skips them" if _scores_nonformat(ctx)
+                 + ("the first_nonformat_diff event kind's block skips them"
+                    if "first_nonformat_diff" in requested_event_kinds(ctx.options.get("event_kinds"))
                     else "--event-kinds first_nonformat_diff scores the first disagreement that skips them"))
     return control_row("prompt_format", "warn" if share > MAX_SHARE else "pass", share, text, threshold, n=n,
                        **details)

@@ -32,15 +32,6 @@ def as_row(record) -> dict:
     return record.to_record() if hasattr(record, "to_record") else record
 
 
-def _requested_kinds(text) -> list[str]:
-    from ..analyses.event_kinds import parse_event_kinds
-
-    try:
-        return parse_event_kinds(text)
-    except ValueError:  # a summary of a run recorded before the kinds were checked
-        return []
-
-
 def _counts(first: list[CellRecord], no_div: list[NoDivergence], prompts_count: int) -> dict:
     reasons: dict[str, int] = dict.fromkeys(NO_DIVERGENCE_REASONS, 0)
     for x in no_div:
@@ -108,6 +99,8 @@ def build_summary(
 ) -> dict:
     """Counts, warnings, statistics, controls, analysis blocks and the verdict of a run (a pure
     function of the stored records; ``analyses``: each plug-in's records by records-file stem)."""
+    from ..analyses.event_kinds import requested_event_kinds
+
     boundaries = config_record["resolved_boundaries"]
     first = [r for r in records if r.boundary == boundaries[0] and r.kind == "first_diff"]
     counts = _counts(first, no_div, prompts_count)
@@ -119,7 +112,7 @@ def build_summary(
         "boundaries": [str(b) for b in boundaries],
         "counts": counts,
         "results": summarize_boundaries(records, boot, opts.get("group_by") or (), boundaries,
-                                        _requested_kinds(opts.get("event_kinds", "all"))),
+                                        requested_event_kinds(opts.get("event_kinds", "all"))),
         "warnings": warnings,
         "no_divergence_prompts": [{"prompt_id": x.prompt_id, "reason": x.reason,
                                    **({"model": x.model} if x.model else {})} for x in no_div],
