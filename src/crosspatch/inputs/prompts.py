@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import PromptFileError
 from .chats import chat_messages, with_messages
@@ -43,11 +44,6 @@ class PromptSet(list):
     def __init__(self, prompts=(), source: str | None = None) -> None:
         super().__init__(prompts)
         self.source = source
-
-
-def _read_and_checked(items) -> bool:
-    """Whether ``items`` is a :class:`PromptSet` (read from a source and checked)."""
-    return isinstance(items, PromptSet)
 
 
 def _is_missing(value) -> bool:
@@ -219,7 +215,7 @@ def _with_image_path(prompt: Prompt, base: Path, where: str) -> Prompt:
     return prompt
 
 
-def as_prompts(items, fields: str | dict[str, str] | None = None) -> list[Prompt]:
+def as_prompts(items: Any, fields: str | dict[str, str] | None = None) -> list[Prompt]:
     """Accept a list of Prompt objects, dicts or plain strings (ids become their index), a pandas
     DataFrame or a ``datasets.Dataset`` (columns ``id``, ``prompt``, optional ``category``,
     others kept as metadata), a path to a prompt file (a ``Path``, or a string ending in .jsonl,
@@ -227,7 +223,7 @@ def as_prompts(items, fields: str | dict[str, str] | None = None) -> list[Prompt
     No prompt at all is a :class:`PromptFileError`, as for an empty file. ``fields``: as for
     :func:`load_prompts` (rows, DataFrames and datasets)."""
     fields = parse_fields(fields)
-    if not fields and _read_and_checked(items):  # keeps its source
+    if not fields and isinstance(items, PromptSet):  # read and checked: keeps its source
         return items
     if isinstance(items, Path) or (isinstance(items, str) and _names_a_file(items)):
         return load_prompts(items, fields)
