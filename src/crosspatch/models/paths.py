@@ -56,14 +56,16 @@ def check_model_path(path: str, role: str, adapter: bool = False, revision: str 
                 f"give it as --adapter {path} with its base as --base")
         if not adapter and not has_config:
             raise ModelLoadError(f"{flag} {path} has no config.json: not a Hugging Face checkpoint directory")
-        check_checkpoint_files(p, f"{flag} {path}")
+        weights = check_checkpoint_files(p, f"{flag} {path}")
         if not adapter:  # a model the method cannot run is named as such, whatever else it lacks
             from .anatomy import check_supported
 
             config = local_config(str(p))
             check_supported(config)
             check_quantization_packages(config, f"{flag} {path}")
-        check_weight_files(p, f"{flag} {path}", adapter)
+        if not weights:
+            wanted = "adapter_model.safetensors" if adapter else "model.safetensors, its shards or pytorch_model.bin"
+            raise ModelLoadError(f"{flag} {path} has no weight files (no {wanted}): an incomplete download or copy?")
         return
     check_hub_id(str(path), flag, "adapter_config.json" if adapter else "config.json", revision)
 
@@ -91,11 +93,17 @@ DEFINING_FILES = CHECKPOINT_JSON_FILES + ("tokenizer.json", "added_tokens.json",
                                           "tokenizer.model", "chat_template.jinja", "chat_template.json")
 
 
-def check_checkpoint_files(root: Path, named: str) -> None:
-    """The files loading reads from the local directory ``root`` are sound: each of
-    :data:`CHECKPOINT_JSON_FILES` present is a JSON object, each weight file a readable regular
-    file (not a folder, a dangling or looping link). Else a ModelLoadError naming the file."""
+def check_checkpoint_files(root: Path, named: str) -> list[Path]:
+    """The files loading reads from the local directory ``root`` are sound, read before any model
+    loads (a 32B base is not loaded to learn that its descendant's download is incomplete): each of
+    :data:`CHECKPOINT_JSON_FILES` present is a JSON object; each weight file a readable regular
+    file (not a folder, a dangling or looping link) and, for safetensors, a header that reads and
+    covers the file (a truncated download fails here; the tensors are not read, and pickle files
+    are not opened: loading one runs its code); every shard a ``*.index.json`` names present.
+    Else a ModelLoadError naming the file. Returns the weight files."""
     import json
+
+    from safetensors import SafetensorError, safe_open
 
     for name in CHECKPOINT_JSON_FILES:
         if not (root / name).exists():
@@ -109,12 +117,10 @@ def check_checkpoint_files(root: Path, named: str) -> None:
         if not isinstance(data, dict):
             raise ModelLoadError(f"{named}: {name} holds a JSON {type(data).__name__}, not an object")
     try:
-        entries = list(root.iterdir())
+        weights = sorted(entry for entry in root.iterdir() if is_weight_file(entry))
     except OSError as exc:
         raise ModelLoadError(f"{named} cannot be listed ({exc.__class__.__name__}: {exc})") from exc
-    for entry in entries:
-        if not is_weight_file(entry):
-            continue
+    for entry in weights:
         try:
             regular = entry.is_file()
             if regular:
@@ -126,20 +132,13 @@ def check_checkpoint_files(root: Path, named: str) -> None:
         if not regular:
             what = "a folder" if entry.is_dir() else "a link to nothing" if entry.is_symlink() else "not a regular file"
             raise ModelLoadError(f"{named}: weight file {entry.name} is {what}")
-
-
-def check_weight_files(root: Path, named: str, adapter: bool = False) -> None:
-    """The weights of the local directory ``root`` are all there and whole, read before any model
-    loads (a 32B base is not loaded to learn that its descendant's shard is missing): at least one
-    weight file; every shard a ``*.index.json`` names present; each safetensors file's header
-    readable and covering the file (a truncated download fails here). Else a ModelLoadError
-    naming the file. Pickle files are not opened (loading one runs its code)."""
-    import json
-
-    entries = sorted(entry for entry in root.iterdir() if is_weight_file(entry))
-    if not entries:
-        wanted = "adapter_model.safetensors" if adapter else "model.safetensors, its shards or pytorch_model.bin"
-        raise ModelLoadError(f"{named} has no weight files (no {wanted}): an incomplete download or copy?")
+        if entry.suffix == ".safetensors":
+            try:
+                with safe_open(str(entry), framework="pt"):
+                    pass
+            except (SafetensorError, OSError) as exc:
+                raise ModelLoadError(f"{named}: weight file {entry.name} is not a whole safetensors file ({exc}): "
+                                     "truncated or damaged; download or copy it again") from exc
     for index in sorted(root.glob("*.index.json")):
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
@@ -152,17 +151,7 @@ def check_weight_files(root: Path, named: str, adapter: bool = False) -> None:
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise ModelLoadError(f"{named}: {index.name} names {len(missing)} shard(s) the directory lacks: {shown} "
                                  "(an incomplete download or copy?)")
-    from safetensors import SafetensorError, safe_open
-
-    for entry in entries:
-        if entry.suffix != ".safetensors":
-            continue
-        try:
-            with safe_open(str(entry), framework="pt"):
-                pass
-        except (SafetensorError, OSError) as exc:
-            raise ModelLoadError(f"{named}: weight file {entry.name} is not a whole safetensors file ({exc}): "
-                                 "truncated or damaged; download or copy it again") from exc
+    return weights
 
 
 def check_quantization_packages(config: dict, named: str) -> None:
