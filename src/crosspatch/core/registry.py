@@ -284,10 +284,14 @@ def name_items(value: str | list[str] | tuple[str, ...], what: str) -> list[str]
 
 def select_controls(text: str | list[str] | None) -> list[str]:
     """``all``, ``none``, ``default`` (None) or a comma list of registered control names, in the
-    Controls table's order (ValueError for an unknown name)."""
+    Controls table's order (ValueError for an unknown name). An empty list or tuple (a Python
+    caller's ``controls=[]``) is ``none``; a blank string is refused (on a command line it is
+    more often an unset variable than a choice)."""
     known = [p.name for p in controls()]
     if text is None or text == "default":
         return [p.name for p in controls() if p.default]
+    if isinstance(text, (list, tuple)) and not text:
+        return []
     items = name_items(text, "controls")
     if not items:
         raise ValueError(f"controls {text!r} name no control: give default, all, none or a comma list of control names")

@@ -21,6 +21,8 @@ from ..store import (
     records_frame,
 )
 
+CONTROL_COLUMNS = ("control", "status", "value", "ci", "n", "threshold", "summary")  # a Controls row, less details
+
 
 def interval_columns(stat: dict) -> dict:
     """``mean``, ``ci_low`` and ``ci_high`` of a stored statistic (``{"mean", "ci"}``; None where
@@ -113,10 +115,12 @@ class RunResult:
         return pd.DataFrame(rows)
 
     def controls(self):
-        """The Controls table as a DataFrame."""
+        """The Controls table as a DataFrame, one row per control (its columns also when the run
+        enabled none, so that ``frame[frame.status == "fail"]`` works on any run)."""
         import pandas as pd
 
-        return pd.DataFrame([{k: v for k, v in row.items() if k != "details"} for row in self.summary.get("controls", [])])
+        rows = [{k: v for k, v in row.items() if k != "details"} for row in self.summary.get("controls", [])]
+        return pd.DataFrame(rows, columns=list(CONTROL_COLUMNS) if not rows else None)
 
     def _repr_html_(self) -> str:
         """What a notebook shows: the verdict, its sentence and the headline numbers."""
