@@ -106,6 +106,9 @@ def test_control_selection():
     with pytest.raises(ValueError, match="unknown control"):
         parse_controls("label_swap,bogus")
     assert parse_controls(("near_ties",)) == ["near_ties"]
+    assert parse_controls([]) == [] and parse_controls(()) == []  # controls=[] from Python: none
+    with pytest.raises(ValueError, match="name no control"):
+        parse_controls(" , ")  # a blank comma list (an unset shell variable) is refused
 
 
 @pytest.mark.parametrize("option", ["controls", "event_kinds"])
@@ -166,6 +169,35 @@ def test_users_word_lists_are_recorded_and_markers_are_whole_words(tmp_path):
             assert any(t.strip().lower() in letters and starts_a_word(previous, t) for t in (r.t_pt_text, r.t_it_text))
     with pytest.raises(RunSettingsMismatchError, match="marker_words"):  # other words: another run
         run(pair, many_prompts(12), out=tmp_path, marker_words="a,b", format_tokens=["e", "T"], **options)
+    # the same selections spelled otherwise are the same run: it resumes (here: is already finished)
+    respelled = {**options, "event_kinds": ["first_assistant_marker_diff", "first_diff"],
+                 "controls": list(reversed(DEFAULT_CONTROLS))}
+    again = run(pair, many_prompts(12), out=tmp_path, marker_words=",".join(reversed(letters)), format_tokens="t,E",
+                **respelled)
+    assert [r.key for r in again.records] == [r.key for r in result.records]
+
+
+def test_a_selection_is_recorded_by_what_it_selects():
+    """Controls and event kinds spelled two ways record one way (so a run resumes under either)."""
+    from crosspatch.runner.config import RunConfig, normalise_run_config
+
+    def recorded(**options):
+        config = normalise_run_config(RunConfig(**options))
+        return config.controls, config.event_kinds
+
+    default = recorded()
+    assert default == ("default", "all")
+    assert recorded(controls=None) == recorded(controls=list(DEFAULT_CONTROLS)) == default
+    assert recorded(controls="none") == recorded(controls=[]) == ("none", "all")
+    assert recorded(controls="near_ties, label_swap")[0] == recorded(controls=("label_swap", "near_ties"))[0] \
+        == ["label_swap", "near_ties"]
+    assert recorded(controls="all")[0] == list(CONTROLS)
+    every_kind = "first_assistant_marker_diff,first_nonformat_diff,first_diff"
+    assert recorded(event_kinds=every_kind)[1] == recorded(event_kinds=["all"])[1] == "all"
+    assert recorded(event_kinds="first_nonformat_diff")[1] == recorded(event_kinds=["first_nonformat_diff",
+                                                                                    "first_diff"])[1] \
+        == ["first_diff", "first_nonformat_diff"]
+    assert recorded(event_kinds="first_diff")[1] == ["first_diff"]
 
 
 def test_verify_fp32_reruns_near_tie_events_in_float32():
@@ -233,3 +265,16 @@ def test_events_that_are_mostly_formatting_decisions_are_a_caveat_naming_the_pai
     later = [_event(f"l{i}", 3, "\n", " The", ("FORMAT", "CONTENT")) for i in range(8)] + records[7:]
     assert summarize([], SummaryContext({"options": {}}, later, 2, BootstrapConfig()), None)["status"] == "pass"
     assert summarize([], SummaryContext({"options": {}}, records[:4], 2, BootstrapConfig()), None)["status"] == "info"
+
+
+def test_the_controls_frame_has_its_columns_with_or_without_controls():
+    """``result.controls()``: one row per control, less its details; a run without controls gives
+    an empty frame with the same columns, so filters such as ``frame[frame.status == "fail"]`` work."""
+    from crosspatch.core.registry import control_row
+    from crosspatch.runner.result import CONTROL_COLUMNS, RunResult
+
+    row = control_row("near_ties", "warn", 0.2, "2 of 10 near-ties", threshold="<= 0.5", n=10, margin=0.05)
+    with_one = RunResult(summary={"controls": [row]}, records=[], no_divergence=[], config={}).controls()
+    assert list(with_one.columns) == list(CONTROL_COLUMNS) and with_one.iloc[0]["status"] == "warn"
+    none = RunResult(summary={"controls": []}, records=[], no_divergence=[], config={}).controls()
+    assert list(none.columns) == list(CONTROL_COLUMNS) and none[none.status == "fail"].empty

@@ -21,6 +21,11 @@ from .markdown import (
 )
 
 
+def _names(value):
+    """A recorded selection as the report prints it: a list of names comma-joined, a word as is."""
+    return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+
+
 def _plain(text: str) -> str:
     """Markdown-only niceties (backticks, bold) removed for HTML."""
     return str(text).replace("`", "").replace("**", "")
@@ -113,7 +118,7 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
                ("residency", config.get("residency", "?")), ("plan", opts.get("plan")),
                ("max new tokens", opts.get("max_new_tokens")), ("rollout model", opts.get("rollout_model")),
                ("bootstrap", f"{opts.get('bootstrap')} resamples, seed {opts.get('seed')}"),
-               ("event kinds", opts.get("event_kinds")), ("controls", opts.get("controls"))],
+               ("event kinds", _names(opts.get("event_kinds"))), ("controls", _names(opts.get("controls")))],
         counts=[_plain(line[2:]) for line in counts_lines(summary["counts"])]
         + ([f"--until-ci-width {summary['until_ci_width']['target']}: {summary['until_ci_width']['message']}"]
            if summary.get("until_ci_width") else []),

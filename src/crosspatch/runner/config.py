@@ -201,14 +201,25 @@ class RunConfig:
 
 def normalise_run_config(config: RunConfig) -> RunConfig:
     """``config`` as a run records it, in place: word lists as the sorted words themselves (not a
-    file's name)."""
-    from ..core.tokens import TokenClasses
+    file's name); the controls and event kinds by what they select, so that one selection spelled
+    two ways (``near_ties,label_swap`` and ``label_swap, near_ties``, ``none`` and ``[]``, every
+    kind listed and ``all``) is one run that resumes, not a settings mismatch. Controls are
+    recorded as ``default``, ``none`` or their names in the Controls table's order; event kinds as
+    ``all`` or the kinds in their order."""
+    from ..analyses.event_kinds import parse_event_kinds
+    from ..core.registry import select_controls
+    from ..core.tokens import EVENT_KINDS, TokenClasses
 
     classes = TokenClasses.from_options(config.format_tokens, config.marker_words)  # marker words keep their case
     if config.format_tokens is not None:
         config.format_tokens = sorted(classes.format_words)
     if config.marker_words is not None:
         config.marker_words = sorted(classes.marker_words)
+    selected = select_controls(config.controls)
+    config.controls = ("default" if selected == select_controls("default") else "none" if not selected
+                       else selected)
+    kinds = parse_event_kinds(config.event_kinds)
+    config.event_kinds = "all" if kinds == list(EVENT_KINDS) else kinds
     return config
 
 
