@@ -116,7 +116,7 @@ def test_torn_line_and_incomplete_prompt_are_redone(tmp_path):
 def test_a_run_directory_refuses_other_settings(tmp_path):
     pair = make_pair("llama", scale=0.2)
     run(pair, many_prompts(3), boundary=2, max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "r")
-    with pytest.raises(RunDirectoryError, match=r"other settings \(.*options.boundary: 2 -> 1"):
+    with pytest.raises(RunDirectoryError, match=r"other settings \(boundaries: \[2\] -> \[1\]; headline_boundary: 2 -> 1"):
         run(pair, many_prompts(3), boundary=1, max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "r")
     with pytest.raises(RunDirectoryError, match="--no-resume.*--overwrite"):
         run(pair, many_prompts(3), boundary=2, max_new_tokens=6, bootstrap=0, progress=False,
@@ -126,6 +126,24 @@ def test_a_run_directory_refuses_other_settings(tmp_path):
                 out=tmp_path / "r", overwrite=True)
     assert {r.boundary for r in fresh.records} == {1}
     assert all(json.loads(line)["boundary"] == 1 for line in (tmp_path / "r" / "events.jsonl").read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_one_run_spelled_two_ways_resumes(tmp_path):
+    """Boundaries, controls, event kinds and analyses enter a run by what they select: the same
+    run given with its boundaries in another order or as a fraction, its controls in another
+    order, its kinds listed or as ``all``, resumes; another headline boundary is another run."""
+    from crosspatch.errors import RunSettingsMismatchError
+
+    pair = make_pair("llama", scale=0.2)  # 4 layers
+    common = dict(max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "r")
+    first = run(pair, many_prompts(3), boundaries=[3, 1], boundary=2, controls="near_ties,label_swap",
+                event_kinds="all", **common)
+    again = run(pair, many_prompts(3), boundaries=[0.25, 3, 1], boundary=0.5, controls=["label_swap", "near_ties"],
+                event_kinds="first_assistant_marker_diff,first_nonformat_diff,first_diff", **common)
+    assert [r.key for r in again.records] == [r.key for r in first.records]
+    with pytest.raises(RunSettingsMismatchError, match="headline_boundary: 1 -> 3"):
+        run(pair, many_prompts(3), boundaries=[1, 3], boundary=3, controls="label_swap,near_ties", **common)
 
 
 def test_overwrite_removes_what_later_commands_added_and_nothing_it_did_not_write(tmp_path):

@@ -129,11 +129,16 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
               if k not in ("residency_reason", "load_spec", "reopen_spec")}
     models["load_options"] = {k: v for k, v in models.get("load_options", {}).items()
                               if k not in ("residency", "verbose", "hash_weights")}
+    from ..core.cells import headline_boundary
+
     result_parts = {  # what changes results; residency and batching only move float rounding
         "options": {k: v for k, v in options.items()
                     if k not in ("batch_size", "max_batch_tokens", "decode", "title", "back_link", "shard", "engine", "workers", "sequential_chunk",
-                                 "verify_fp32", "policy", "until_ci_width")},
+                                 "verify_fp32", "policy", "until_ci_width",
+                                 "boundary", "boundaries")},  # as the layers they resolve to, below
+        # the boundaries as layers, not as spelled (4,2 and 2,4; 0.6 and 4 on six layers are one run)
         "boundaries": boundaries,
+        "headline_boundary": headline_boundary(boundaries, pair.num_layers, config.boundary),
         "models": models,
         "prompts": digest,
     }
