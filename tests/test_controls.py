@@ -198,6 +198,8 @@ def test_a_selection_is_recorded_by_what_it_selects():
                                                                                     "first_diff"])[1] \
         == ["first_diff", "first_nonformat_diff"]
     assert recorded(event_kinds="first_diff")[1] == ["first_diff"]
+    config = normalise_run_config(RunConfig(analyses=["x", "consequence", "x"], group_by=["city", "era", "city"]))
+    assert config.analyses == ["consequence", "x"] and config.group_by == ["city", "era"]
 
 
 def test_verify_fp32_reruns_near_tie_events_in_float32():

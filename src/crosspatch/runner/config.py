@@ -205,7 +205,7 @@ def normalise_run_config(config: RunConfig) -> RunConfig:
     two ways (``near_ties,label_swap`` and ``label_swap, near_ties``, ``none`` and ``[]``, every
     kind listed and ``all``) is one run that resumes, not a settings mismatch. Controls are
     recorded as ``default``, ``none`` or their names in the Controls table's order; event kinds as
-    ``all`` or the kinds in their order; further analyses sorted, each once. (The boundaries enter
+    ``all`` or the kinds in their order; further analyses sorted, each once; breakdowns each once. (The boundaries enter
     a run's fingerprint as the layers they resolve to: ``build_config_record``.)"""
     from ..analyses.event_kinds import parse_event_kinds
     from ..core.registry import select_controls
@@ -223,6 +223,8 @@ def normalise_run_config(config: RunConfig) -> RunConfig:
     config.event_kinds = "all" if kinds == list(EVENT_KINDS) else kinds
     if all(isinstance(a, str) for a in config.analyses):  # they run in the registry's order, each once
         config.analyses = sorted(set(config.analyses))
+    if isinstance(config.group_by, (list, tuple)):  # each breakdown once, in the order given (the report's)
+        config.group_by = list(dict.fromkeys(config.group_by))
     return config
 
 
