@@ -14,6 +14,11 @@ from ..errors import PromptFileError
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "ipython", "function")
 
 
+def _plain_list(value):
+    """A Parquet list cell (a numpy array) as the list it holds; anything else as it is."""
+    return value.tolist() if hasattr(value, "tolist") and not isinstance(value, (list, dict)) else value
+
+
 def _content_text(content, where: str, k: int) -> str:
     """A turn's content as text: a string, or a list of text parts (``[{"type": "text", "text":
     ...}]``, the form multimodal processors and newer datasets use) joined as templates join them,
@@ -21,8 +26,7 @@ def _content_text(content, where: str, k: int) -> str:
     the row's ``image`` field."""
     if isinstance(content, str):
         return content
-    if hasattr(content, "tolist") and not isinstance(content, (list, dict)):  # a Parquet list cell
-        content = content.tolist()
+    content = _plain_list(content)
     if isinstance(content, list) and content and all(isinstance(part, dict) for part in content):
         kinds = [part.get("type", "text" if "text" in part else None) for part in content]
         if all(kind == "text" and isinstance(part.get("text"), str) for kind, part in zip(kinds, content)):
@@ -42,8 +46,7 @@ def _turn_list(value, name: str, where: str, what: str) -> list:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
             raise PromptFileError(f"{where}: field '{name}' is not valid JSON ({exc.msg})") from None
-    if hasattr(value, "tolist") and not isinstance(value, (list, dict)):  # a Parquet list cell (numpy array)
-        value = value.tolist()
+    value = _plain_list(value)
     if not isinstance(value, list) or not value:
         raise PromptFileError(f"{where}: field '{name}' must be a non-empty list of {what}")
     return value
@@ -79,8 +82,7 @@ def with_messages(row: dict, where: str) -> dict:
                                       f"are {', '.join(SHAREGPT_ROLES)}")
             turn = {"role": SHAREGPT_ROLES[turn["from"]], "content": turn.get("value")}
         converted.append(turn)
-    turns = converted
-    return rest | {"messages": turns}
+    return rest | {"messages": converted}
 
 
 def chat_messages(value, where: str) -> tuple:
