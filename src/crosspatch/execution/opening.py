@@ -285,7 +285,7 @@ def in_memory_options(options: dict, models: dict[str, nn.Module], residency: st
     that says what the models are is accepted. Models of different dtypes are a
     ``ModelLoadError`` (one model's states cannot enter the other's layers)."""
     from ..errors import OptionError
-    from ..models.loading import DTYPE_ALIASES
+    from ..models.loading import dtype_name
 
     opts = LoadOptions(**options)
     first = {role: p for role, m in models.items() for p in [next(m.parameters(), None)] if p is not None}
@@ -294,10 +294,10 @@ def in_memory_options(options: dict, models: dict[str, nn.Module], residency: st
         listed = ", ".join(f"{role} {d}" for role, d in dtypes.items())
         raise ModelLoadError(f"the models in memory differ in dtype ({listed}): one model's states must enter the "
                              "other's layers; cast them to one dtype (model.to(torch.float32))")
-    dtype = str(opts.dtype).removeprefix("torch.") if isinstance(opts.dtype, torch.dtype) else str(opts.dtype).lower()
+    dtype = dtype_name(opts.dtype if isinstance(opts.dtype, torch.dtype) else str(opts.dtype))
     device = str(opts.device).lower()
     disagree = {
-        "dtype": dtype != "auto" and DTYPE_ALIASES.get(dtype, dtype) not in set(dtypes.values()),
+        "dtype": dtype != "auto" and dtype not in set(dtypes.values()),
         "device": device != "auto" and not all(_on_device(p, device) for p in first.values()),
         "residency": opts.residency not in (None, residency),
         "revision": opts.revision is not None,

@@ -24,12 +24,21 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 
+def dtype_name(dtype):
+    """A dtype by its canonical name: a torch dtype or a name in any case, aliases (``bf16``,
+    ``fp16``, ``fp32``) spelled out; ``auto`` stays ``auto``; any other value as given
+    (validated by the caller)."""
+    if isinstance(dtype, torch.dtype):
+        return str(dtype).removeprefix("torch.")
+    name = dtype.strip().lower() if isinstance(dtype, str) else dtype
+    return DTYPE_ALIASES.get(name, name) if isinstance(name, str) else name
+
+
 def resolve_dtype(dtype, device) -> str:
-    """A dtype name as loading uses it: aliases (``bf16``, ``fp16``, ``fp32``) spelled out, and
-    ``auto`` resolved: bfloat16 (float16 where the GPU has no bfloat16) when a CUDA device will
-    be used, float32 on the CPU. Other values are returned as given (validated by the caller)."""
-    name = str(dtype).strip().lower() if isinstance(dtype, str) else dtype
-    name = DTYPE_ALIASES.get(name, name)
+    """A dtype name as loading uses it (:func:`dtype_name`), ``auto`` resolved: bfloat16 (float16
+    where the GPU has no bfloat16) when a CUDA device will be used, float32 on the CPU. Other
+    values are returned as given (validated by the caller)."""
+    name = dtype_name(dtype)
     if name == "auto":
         if str(device).strip().lower() != "cpu" and torch.cuda.is_available():
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"

@@ -56,9 +56,9 @@ def _merge_dtype(merge_in_memory: str | None, adapter, merged) -> str | None:
     and no merged checkpoint."""
     if merge_in_memory is None:
         return None
-    from ..models.loading import DTYPE_ALIASES, DTYPES
+    from ..models.loading import DTYPES, dtype_name
 
-    dtype = DTYPE_ALIASES.get(str(merge_in_memory).lower(), str(merge_in_memory).lower())
+    dtype = dtype_name(str(merge_in_memory))
     if adapter is None or merged is not None:
         raise OptionError("--merge-in-memory merges --adapter in memory: give --adapter and no --merged")
     if dtype not in DTYPES:
