@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,16 @@ class PromptSet(list):
     def __init__(self, prompts=(), source: str | None = None) -> None:
         super().__init__(prompts)
         self.source = source
+
+
+def prompts_label(prompts) -> str | None:
+    """How a command records the prompts it was given: a path as given, a loaded set's
+    ``source`` (:class:`PromptSet`), ``given`` for prompts made in Python, None for none."""
+    if prompts is None:
+        return None
+    if isinstance(prompts, (str, os.PathLike)):
+        return str(prompts)
+    return getattr(prompts, "source", None) or "given"
 
 
 def _is_missing(value) -> bool:

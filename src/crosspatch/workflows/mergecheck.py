@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OptionError, UnsupportedMergeConfigError
+from ..inputs.prompts import prompts_label
 from ..store import check_out_path
 
 KIND = "merge-check"
@@ -148,7 +149,7 @@ def merge_check(config_path: str | Path, prompts, base: str | None = None, out: 
     method = config.merge_method
     if prompts is None:
         raise OptionError("merge-check needs --prompts")
-    inputs = {"config": Path(config_path).read_text(encoding="utf-8"), "prompts": str(prompts) if isinstance(prompts, (str, Path)) else "given", "base": base,
+    inputs = {"config": Path(config_path).read_text(encoding="utf-8"), "prompts": prompts_label(prompts), "base": base,
               "max_new_tokens": max_new_tokens, "dtype": options.dtype}
     if method == "passthrough":
         if not config.slices:

@@ -37,6 +37,7 @@ import torch
 
 from ..core.registry import Section, Table
 from ..errors import OptionError, PromptFileError, RunSettingsMismatchError
+from ..inputs.prompts import prompts_label
 from ..store import check_out_path
 from .preflight_checks import _changes_check, _domain_check, _first_divergences, _health_check, _merge_check, _precision
 from .preflight_measures import Agreement, _chunks, _logits, _prompt_texts, adapter_weight_report, read_domain_text
@@ -46,7 +47,7 @@ from .preflight_policy import KIND, SCHEMA, Check, PreflightPolicy, PreflightRes
 def preflight_inputs(base: str, adapter: str | None, merged: str | None, prompts, domain_text, max_new_tokens: int,
                      policy: PreflightPolicy, options) -> dict:
     return {"base": str(base), "adapter": str(adapter) if adapter else None, "merged": str(merged) if merged else None,
-            "prompts": str(prompts) if isinstance(prompts, (str, Path)) else (None if prompts is None else "given"),
+            "prompts": prompts_label(prompts),
             "domain_text": str(domain_text) if domain_text else None, "max_new_tokens": max_new_tokens,
             "policy": dataclasses.asdict(policy), "dtype": options.dtype}
 

@@ -53,10 +53,10 @@ def _prompt_texts(prompts) -> tuple[list[str], list[str], str]:
     """(ids, texts, source) of the probe prompts: the given prompts (file, list) or the defaults."""
     if prompts is None:
         return [f"probe-{i}" for i in range(len(DEFAULT_PROBE_PROMPTS))], list(DEFAULT_PROBE_PROMPTS), "built-in probes"
-    from ..inputs.prompts import raw_text_prompts
+    from ..inputs.prompts import prompts_label, raw_text_prompts
 
     items = raw_text_prompts(prompts, "preflight")
-    return [p.id for p in items], [p.prompt for p in items], str(prompts) if isinstance(prompts, (str, Path)) else "given"
+    return [p.id for p in items], [p.prompt for p in items], prompts_label(prompts) or "given"
 
 
 # -- measurements ------------------------------------------------------------------------------
