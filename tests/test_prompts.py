@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 
 import pandas as pd
@@ -118,6 +119,28 @@ def test_spreadsheet_exports_read_as_written(tmp_path):
         (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
         got = load_prompts(tmp_path / name)
         assert [(p.id, p.prompt, p.category) for p in got] == rows, name
+
+
+def test_files_marked_as_utf16_or_utf32_read_as_their_writer_meant(tmp_path):
+    """Windows PowerShell 5's ``>`` writes UTF-16 LE with a byte-order mark, as Excel's "Unicode
+    Text" export does: a mark names the encoding, so the file reads exactly (JSON lines, a JSON
+    array, CSV and TSV, compressed too); bytes the marked encoding cannot hold are named with
+    their line."""
+    import gzip
+
+    rows = [("a", "Rain in Zürich – later", None), ("b", "Sun, then wind", "x")]
+    jsonl = "".join(json.dumps({"id": i, "prompt": p, **({"category": c} if c else {})}) + "\r\n" for i, p, c in rows)
+    table = "id\tprompt\tcategory\r\n" + "".join(f"{i}\t{p}\t{c or ''}\r\n" for i, p, c in rows)
+    files = {"p.jsonl": jsonl.encode("utf-16"), "be.jsonl": codecs.BOM_UTF16_BE + jsonl.encode("utf-16-be"),
+             "p32.jsonl": jsonl.encode("utf-32"), "p.tsv": table.encode("utf-16"),
+             "a.json": json.dumps([{"id": i, "prompt": p, "category": c} for i, p, c in rows]).encode("utf-16"),
+             "p.jsonl.gz": gzip.compress(jsonl.encode("utf-16"))}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        assert [(p.id, p.prompt, p.category) for p in load_prompts(tmp_path / name)] == rows, name
+    (tmp_path / "bad.jsonl").write_bytes(jsonl.encode("utf-16") + b"\x00\xd8\x41\x00")  # a lone surrogate
+    with pytest.raises(PromptFileError, match=r"bad.jsonl:3: not UTF-16 text, though the file begins with its byte-order"):
+        load_prompts(tmp_path / "bad.jsonl")
 
 
 def test_a_row_with_more_fields_than_the_header_is_named_not_shifted(tmp_path):

@@ -5,6 +5,7 @@ the header named) and Parquet. ``where`` names the file and line (1-based, as an
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import sys
@@ -74,12 +75,29 @@ def _stdin_bytes() -> bytes:
     return _piped[id(stream)]
 
 
+# byte-order marks of the Unicode encodings other than UTF-8 a text file may come in (Windows
+# PowerShell 5's ``>`` writes UTF-16 LE with a mark, as does Excel's "Unicode Text" export): the
+# mark names the encoding, so such a file is read exactly; UTF-32's marks first (they begin with UTF-16's)
+_UNICODE_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                  (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
 def _text_lines(path: Path) -> list[str]:
     """The file's lines as text (standard input for ``-``): a UTF-8 byte-order mark is accepted
-    (and dropped); bytes that are not UTF-8 are a named error with their line."""
+    (and dropped), and a UTF-16 or UTF-32 one reads the file in that encoding; bytes that are
+    not UTF-8 (or not the marked encoding) are a named error with their line."""
     data = _read_bytes(path)
-    if data.startswith(b"\xef\xbb\xbf"):
+    if data.startswith(codecs.BOM_UTF8):
         data = data[3:]
+    marked = next((encoding for mark, encoding in _UNICODE_MARKS if data.startswith(mark)), None)
+    if marked is not None:
+        try:
+            text = data.decode(marked)
+        except UnicodeDecodeError as exc:
+            line = data[:exc.start].decode(marked, errors="replace").count("\n") + 1
+            raise PromptFileError(f"{_name(path)}:{line}: not {marked.upper()} text, though the file begins with "
+                                  f"its byte-order mark ({exc.reason}); save the file as UTF-8") from None
+        return text.split("\n")  # (the codec drops the mark)
     lines = []
     for lineno, raw in enumerate(data.split(b"\n"), start=1):
         try:
