@@ -112,6 +112,10 @@ def test_users_word_lists_replace_the_defaults(tmp_path):
     words = tmp_path / "markers.txt"
     words.write_text("# one per line\nSure\n  Of course \n\n")
     assert TokenClasses.from_options(marker_words=f"@{words}").marker_words == {"Sure", "Of course"}
+    # Notepad's UTF-8 with a byte-order mark, PowerShell's UTF-16: the mark is no part of the first word
+    for encoding in ("utf-8-sig", "utf-16"):
+        words.write_bytes("Sure\nOf course\n".encode(encoding))
+        assert TokenClasses.from_options(marker_words=f"@{words}").marker_words == {"Sure", "Of course"}, encoding
     for bad in ("", " , ", "**", ["ok", 3]):
         with pytest.raises(OptionError):
             TokenClasses.from_options(marker_words=bad)

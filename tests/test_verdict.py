@@ -297,3 +297,14 @@ def test_a_run_policy_that_is_no_mapping_is_refused_even_when_empty(policy):
 
     with pytest.raises(OptionError, match="a policy is a mapping"):
         validate_run_options(RunConfig(policy=policy))
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-32"])
+def test_a_policy_file_reads_in_the_encoding_its_mark_names(tmp_path, encoding):
+    """A policy saved by Windows tools (a byte-order mark; PowerShell 5 writes UTF-16) reads as
+    written, not as 'cannot read policy file'."""
+    from crosspatch.runner.config import load_policy
+
+    path = tmp_path / "policy.yaml"
+    path.write_bytes("# thresholds\nmax_interaction_share: 0.4\n".encode(encoding))
+    assert load_policy(path) == {"max_interaction_share": 0.4}

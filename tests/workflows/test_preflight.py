@@ -210,3 +210,13 @@ def test_preflight_into_a_run_directory_adds_a_section_to_its_reports(tmp_path):
     with pytest.raises(RunSettingsMismatchError, match="that run's own models"):  # another pair's checks: refused
         run("it-lora-late", prompts=PROMPTS[:3], max_new_tokens=6, out=tmp_path / "same-run")
     assert "preflight" not in json.loads((tmp_path / "same-run" / "summary.json").read_text())
+
+
+def test_domain_text_reads_in_the_encoding_its_mark_names(tmp_path):
+    """Plain text saved with a byte-order mark (UTF-8 or UTF-16: Windows tools) reads as written."""
+    from crosspatch.workflows.preflight_measures import read_domain_text
+
+    for encoding in ("utf-8", "utf-8-sig", "utf-16"):
+        path = tmp_path / f"domain-{encoding}.txt"
+        path.write_bytes("Rain in Boston.\n\nWind later.\n".encode(encoding))
+        assert read_domain_text(path) == ["Rain in Boston.", "Wind later."], encoding

@@ -95,12 +95,13 @@ def word_list(value: Iterable[str] | str, option: str, keep_case: bool = False) 
     punctuation; lower-case unless ``keep_case``). An empty list or an entry that is only
     punctuation (it could never match a word) is an :class:`OptionError`."""
     from ..errors import OptionError
+    from ..inputs.text import read_text
 
     if isinstance(value, str):
         if value.startswith("@"):
             path = Path(value[1:]).expanduser()
             try:
-                lines = path.read_text(encoding="utf-8").splitlines()
+                lines = read_text(path).splitlines()
             except (OSError, UnicodeDecodeError) as exc:
                 raise OptionError(f"{option} {value}: cannot read {path} ({exc.__class__.__name__})") from None
             items = [ln for ln in lines if not ln.strip().startswith("#")]  # '#' lines are comments

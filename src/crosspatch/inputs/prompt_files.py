@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import PromptFileError
 from .fields import source_columns
+from .text import marked_encoding
 
 __all__ = ["COMPRESSIONS", "STDIN", "check_columns", "file_type", "is_stdin", "read_json_array", "read_jsonl",
            "read_table"]
@@ -75,22 +76,15 @@ def _stdin_bytes() -> bytes:
     return _piped[id(stream)]
 
 
-# byte-order marks of the Unicode encodings other than UTF-8 a text file may come in (Windows
-# PowerShell 5's ``>`` writes UTF-16 LE with a mark, as does Excel's "Unicode Text" export): the
-# mark names the encoding, so such a file is read exactly; UTF-32's marks first (they begin with UTF-16's)
-_UNICODE_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
-                  (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
-
-
 def _text_lines(path: Path) -> list[str]:
     """The file's lines as text (standard input for ``-``): a UTF-8 byte-order mark is accepted
     (and dropped), and a UTF-16 or UTF-32 one reads the file in that encoding; bytes that are
     not UTF-8 (or not the marked encoding) are a named error with their line."""
     data = _read_bytes(path)
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[3:]
-    marked = next((encoding for mark, encoding in _UNICODE_MARKS if data.startswith(mark)), None)
-    if marked is not None:
+    marked = marked_encoding(data)
+    if marked == "utf-8-sig":  # read line by line below, so that a line that is not UTF-8 is named
+        data = data[len(codecs.BOM_UTF8):]
+    elif marked != "utf-8":
         try:
             text = data.decode(marked)
         except UnicodeDecodeError as exc:

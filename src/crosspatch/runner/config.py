@@ -72,9 +72,10 @@ def load_policy(path: str | Path) -> dict:
     import yaml
 
     from ..errors import PolicyFileError
+    from ..inputs.text import read_text
 
     try:
-        data = strict_yaml_load(Path(path).read_text(encoding="utf-8"))
+        data = strict_yaml_load(read_text(path))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise PolicyFileError(f"cannot read policy file {path}: {' '.join(str(exc).split())}") from None
     if data is None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..errors import OptionError, UnsupportedMergeConfigError
 from ..inputs.prompts import prompts_label
+from ..inputs.text import read_text
 from ..store import check_out_path
 
 KIND = "merge-check"
@@ -58,7 +59,7 @@ def read_merge_config(path: str | Path):
     if not path.is_file():
         raise UnsupportedMergeConfigError(f"{path}: no such mergekit configuration file")
     try:
-        data = strict_yaml_load(path.read_text(encoding="utf-8"))
+        data = strict_yaml_load(read_text(path))
         return MergeConfiguration.model_validate(data)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, ValidationError, TypeError, ValueError, RuntimeError) as exc:
         text = " ".join(str(exc).split())[:400]
@@ -149,7 +150,7 @@ def merge_check(config_path: str | Path, prompts, base: str | None = None, out: 
     method = config.merge_method
     if prompts is None:
         raise OptionError("merge-check needs --prompts")
-    inputs = {"config": Path(config_path).read_text(encoding="utf-8"), "prompts": prompts_label(prompts), "base": base,
+    inputs = {"config": read_text(config_path), "prompts": prompts_label(prompts), "base": base,
               "max_new_tokens": max_new_tokens, "dtype": options.dtype}
     if method == "passthrough":
         if not config.slices:

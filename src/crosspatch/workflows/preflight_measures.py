@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PromptFileError
+from ..inputs.text import read_text
 from .preflight_policy import DEFAULT_PROBE_PROMPTS, PreflightPolicy
 
 
@@ -26,7 +27,7 @@ def read_domain_text(path: str | Path) -> list[str]:
     if not path.is_file():
         raise PromptFileError(f"--domain-text {path}: not a regular file (give a .jsonl or a text file)")
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = read_text(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise PromptFileError(f"--domain-text {path}: not readable UTF-8 text ({exc})") from None
     if path.suffix == ".jsonl":
