@@ -83,6 +83,42 @@ def test_the_same_command_on_a_finished_run_loads_no_model(saved_pair, tmp_path,
     assert isinstance(res.exception, AssertionError)
 
 
+def test_without_out_each_pair_writes_its_own_directory(saved_pair, tmp_path, monkeypatch):
+    """The default --out is named after the models (runs/BASE__DESCENDANT, a sweep's with
+    -sweep): a second pair runs beside the first instead of being refused as 'other settings',
+    and the same command again finds its own run."""
+    import shutil
+
+    shutil.copytree(saved_pair / "tuned", tmp_path / "other tune")
+    monkeypatch.chdir(tmp_path)
+    common = ["--prompts", str(saved_pair / "prompts.jsonl"), "--max-new-tokens", "6", "--boundary", "2",
+              "--bootstrap", "0", "--controls", "none", "--event-kinds", "first_diff", "--quiet"]
+    base = ["--base", str(saved_pair / "base")]
+    for command, tuned, expected in (("run", saved_pair / "tuned", "base__tuned"),
+                                     ("run", tmp_path / "other tune", "base__other-tune"),
+                                     ("sweep", saved_pair / "tuned", "base__tuned-sweep"),
+                                     ("run", saved_pair / "tuned", "base__tuned")):  # again: the same run
+        res = CliRunner().invoke(app, [command, *base, "--tuned", str(tuned), *common])
+        assert res.exit_code == 0, res.output
+        assert f"run directory: runs/{expected} " in " ".join(res.output.split()), res.output
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["base__other-tune", "base__tuned",
+                                                                      "base__tuned-sweep"]
+
+
+def test_default_output_directories_are_named_after_the_models():
+    from pathlib import Path
+
+    from crosspatch.cli.targets import default_out
+
+    assert default_out("meta-llama/Llama-3.1-8B", ["meta-llama/Llama-3.1-8B-Instruct"]) \
+        == Path("runs/Llama-3.1-8B__Llama-3.1-8B-Instruct")
+    assert default_out("./models/base/", ["out/checkpoint-500"], "sweep") == Path("runs/base__checkpoint-500-sweep")
+    assert default_out("base", ["sft", "my lora (v2)"], "compare") == Path("runs/base__sft+my-lora-v2-compare")
+    long = default_out("base", [f"adapter-{k}" for k in range(40)], "compare")
+    assert len(long.name) <= 113 and long.name.startswith("base__adapter-0+adapter-1")
+    assert long != default_out("base", [f"adapter-{k}" for k in range(41)], "compare")  # the digest tells them apart
+
+
 def test_bad_prompt_file_is_a_clear_error(saved_pair, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a"}\n')

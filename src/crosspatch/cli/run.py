@@ -12,7 +12,7 @@ from ..models.options import LoadOptions
 from ..runner.config import RunConfig
 from .app import _fail, _stdout, app, console, print_summary_table
 from .options import command
-from .targets import PairTarget, Session
+from .targets import PairTarget, Session, default_out
 
 
 def run_pair(target: PairTarget, config: RunConfig, load: LoadOptions, session: Session) -> None:
@@ -26,6 +26,8 @@ def run_pair(target: PairTarget, config: RunConfig, load: LoadOptions, session: 
         if (tuned is None) == (adapter is None):
             raise OptionError("give exactly one descendant: --tuned (a full or merged checkpoint) or --adapter "
                               "(a PEFT adapter directory)")
+        if target.out is None:
+            target.out = default_out(target.base, [tuned or adapter or ""], target.out_kind)
         items = _prepare(config, load, session, target.base, target.prompts, target.out,
                          [tuned] if tuned else [], [adapter] if adapter else [], fields=target.fields)
         roles_tuned, roles_adapters = _null_roles(target.base, tuned, adapter, target.null or [], load)

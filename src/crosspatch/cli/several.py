@@ -12,7 +12,7 @@ from ..runner.config import RunConfig
 from .app import _fail, _stdout, app, console
 from .options import command
 from .run import _prepare, _print_plan, run_pair
-from .targets import CompareTarget, LineageTarget, Session, SweepTarget
+from .targets import CompareTarget, LineageTarget, Session, SweepTarget, default_out
 
 
 @app.command("sweep")
@@ -36,9 +36,11 @@ def compare_cmd(target: CompareTarget, config: RunConfig, load: LoadOptions, ses
     try:
         if not tuned and not adapters:
             raise OptionError("give the descendants to compare: --tuned DIR (repeatable) and/or --adapter DIR")
+        roles = tuple(r for group in descendant_roles(tuned or None, adapters or None) for r in group)
+        out = out if out is not None else default_out(target.base, list(roles), "compare")
         items = _prepare(config, load, session, target.base, target.prompts, out, tuned, adapters,
                          collection="compare", fields=target.fields)
-        parse_cross(cross, tuple(r for roles in descendant_roles(tuned or None, adapters or None) for r in roles))
+        parse_cross(cross, roles)
         if session.dry_run:
             return _print_plan(target.base, out, tuned, adapters, items, config, load)
         with console.status("loading models"):
@@ -85,6 +87,8 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
             steps = {c.name: c.step for c in found}
         if len(paths) < 2:
             raise OptionError("lineage needs BASE and at least one stage (the last one is the final model)")
+        if out is None:
+            out = default_out(paths[0], [str(checkpoints) if checkpoints is not None else paths[-1]], "lineage")
         from ..execution.roles import _role_names
 
         names = {c.name: str(c.path) for c in found} or _role_names(list(paths[1:]), what="stage", each="stage")

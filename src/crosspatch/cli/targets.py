@@ -5,9 +5,11 @@ is the option's help (``cli.options``)."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 def _option(default: Any = ..., help: str = "", **cli: Any) -> Any:
@@ -22,6 +24,32 @@ PROMPTS = ("Prompt file: .jsonl, .json (an array or JSON lines), .csv (comma, se
 BASE = "Base model (PT): hub id or local directory."
 FIELDS = ("The prompt set's own columns for crosspatch's fields, FIELD=COLUMN,... (e.g. prompt=instruction,id=uid; "
           "id=@row: each row's position as its id).")
+
+
+def model_label(model: str) -> str:
+    """A model's name as a directory name: a local directory's own name, a hub id's name
+    (``meta-llama/Llama-3.1-8B`` -> ``Llama-3.1-8B``), characters other than letters, digits,
+    ``.``, ``_`` and ``-`` replaced by ``-``."""
+    text = str(model).strip().rstrip("/\\") or "."
+    name = Path(text).name if Path(text).expanduser().exists() else text.rsplit("/", 1)[-1]
+    if name in ("", ".", ".."):
+        name = Path(text).expanduser().resolve().name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+
+
+def default_out(base: str, descendants: list[str], kind: str = "") -> Path:
+    """Where a command writes when ``--out`` is not given: ``runs/BASE__DESCENDANT`` (several
+    descendants joined by ``+``; ``-KIND`` after them for a sweep, compare or lineage), named
+    after the models so that a run of another pair never meets this one, while the same command
+    again resumes it. A name too long for a directory keeps its start and a digest of the whole."""
+    name = f"{model_label(base)}__{'+'.join(model_label(d) for d in descendants)}" + (f"-{kind}" if kind else "")
+    if len(name) > 120:
+        name = name[:100] + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
+    return Path("runs") / name
+
+
+OUT_DEFAULT = ("Run directory (default: runs/BASE__DESCENDANT, named after the models: a run of another pair never "
+               "meets this one, and the same command again resumes it).")
 
 
 @dataclass(kw_only=True)
@@ -41,12 +69,14 @@ class Session:
 class PairTarget:
     """``run``: a base and one descendant, with optional null descendants."""
 
+    out_kind: ClassVar[str] = ""  # what the default --out adds after the models' names (default_out)
+
     base: str = _option(help=BASE)
     prompts: Path = _option(help=PROMPTS)
     fields: str | None = _option(None, FIELDS, metavar="FIELD=COLUMN,...")
     tuned: str | None = _option(None, "Descendant (IT): full or merged checkpoint.")
     adapter: str | None = _option(None, "PEFT adapter directory on --base.")
-    out: Path = _option(Path("runs/latest"), "Run directory.")
+    out: Path | None = _option(None, OUT_DEFAULT)
     null: list[str] | None = _option(None, "A null descendant of the same base (a checkpoint or adapter trained like "
                                      "the descendant on a null task, or with another seed): the verdict's yardstick "
                                      "(repeatable).", metavar="DIR")
@@ -58,7 +88,9 @@ class PairTarget:
 class SweepTarget(PairTarget):
     """``sweep``: as ``run``, into its own directory by default."""
 
-    out: Path = _option(Path("runs/sweep"), "Run directory.")
+    out_kind: ClassVar[str] = "sweep"
+
+    out: Path | None = _option(None, OUT_DEFAULT.replace("DESCENDANT,", "DESCENDANT-sweep,"))
 
 
 @dataclass(kw_only=True)
@@ -74,7 +106,8 @@ class CompareTarget:
                                         "role).", metavar="[NAME=]DIR")
     cross: str | None = _option(None, "Cross-descendant patching: 'all', or UPSTREAM:LATE pairs (comma-separated "
                                 "roles).")
-    out: Path = _option(Path("runs/compare"), "Directory of the comparison.")
+    out: Path | None = _option(None, "Directory of the comparison (default: runs/BASE__D1+D2...-compare, named "
+                               "after the models).")
 
 
 @dataclass(kw_only=True)
@@ -87,4 +120,5 @@ class LineageTarget:
     fields: str | None = _option(None, FIELDS, metavar="FIELD=COLUMN,...")
     checkpoints: Path | None = _option(None, "A trainer's output_dir: its checkpoint-<step> directories (full or "
                                        "adapter) are the stages, in step order.")
-    out: Path = _option(Path("runs/lineage"), "Directory of the lineage.")
+    out: Path | None = _option(None, "Directory of the lineage (default: runs/BASE__FINAL-lineage, the final stage "
+                               "or the --checkpoints directory, named after the models).")
