@@ -117,6 +117,10 @@ def test_default_output_directories_are_named_after_the_models():
     long = default_out("base", [f"adapter-{k}" for k in range(40)], "compare")
     assert len(long.name) <= 113 and long.name.startswith("base__adapter-0+adapter-1")
     assert long != default_out("base", [f"adapter-{k}" for k in range(41)], "compare")  # the digest tells them apart
+    for command, default in (("splice", "runs/BASE__DESCENDANT-splice"), ("merge-check", "runs/CONFIG-merge-check"),
+                             ("compare", "runs/BASE__D1+D2...-compare"), ("lineage", "runs/BASE__FINAL-lineage")):
+        shown = " ".join(CliRunner().invoke(app, [command, "--help"], terminal_width=200).output.split())
+        assert f"(default: {default}" in shown, command
 
 
 def test_bad_prompt_file_is_a_clear_error(saved_pair, tmp_path):

@@ -14,7 +14,7 @@ from ..errors import CrosspatchError, OptionError
 from ..models.options import LoadOptions
 from .app import _boundaries, _boundary, _fail, _stdout, app, console, load_policy
 from .options import command
-from .targets import FIELDS
+from .targets import FIELDS, default_out, model_label
 
 SAFE_LOADING = ("dtype", "device", "trust_remote_code", "allow_pickle", "allow_special_token_mismatch")
 
@@ -91,7 +91,8 @@ def splice_cmd(
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Descendant: PEFT adapter directory on --base."),
     boundary: Optional[str] = typer.Option(None, "--boundary", help="Boundary layer (int) or depth fraction (default 0.6)."),
     boundaries: Optional[str] = typer.Option(None, "--boundaries", help="Comma-separated boundaries, or 'all'."),
-    out: Path = typer.Option(Path("runs/splice"), "--out", help="New directory for splice.json/.md/.html."),
+    out: Optional[Path] = typer.Option(None, "--out", help="New directory for splice.json/.md/.html (default: "
+                                       "runs/BASE__DESCENDANT-splice, named after the models)."),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Greedy budget per prompt and chimera."),
     no_diagnostic: bool = typer.Option(False, "--no-diagnostic", help="Skip the cross-patching run at the same boundaries."),
     *,
@@ -106,6 +107,7 @@ def splice_cmd(
         if boundary is not None and boundaries is not None:
             raise OptionError("give --boundary or --boundaries, not both")
         chosen = _boundaries(boundaries) if boundaries is not None else [_boundary(boundary or "0.6")]
+        out = out if out is not None else default_out(base, [tuned or adapter or "descendant"], "splice")
         result = splice(base, tuned=tuned, adapter=adapter, prompts=_with_fields(prompts, fields), boundaries=chosen, out=out,
                         max_new_tokens=max_new_tokens, options=load, run_diagnostic=not no_diagnostic,
                         progress=lambda m: console.print(f"[dim]{m}[/dim]"))
@@ -139,7 +141,8 @@ def merge_check_cmd(
     fields: Optional[str] = typer.Option(None, "--fields", help=FIELDS, metavar="FIELD=COLUMN,..."),
     base: Optional[str] = typer.Option(None, "--base", help="The base the merged models descend from (default: the "
                                        "configuration's base_model; a passthrough splice: its first slice's model)."),
-    out: Path = typer.Option(Path("runs/merge-check"), "--out", help="New directory for merge-check.json/.md/.html."),
+    out: Optional[Path] = typer.Option(None, "--out", help="New directory for merge-check.json/.md/.html (default: "
+                                       "runs/CONFIG-merge-check, named after the configuration file)."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Greedy budget per prompt and model."),
     *,
     load: LoadOptions,
@@ -150,6 +153,7 @@ def merge_check_cmd(
     `pip install 'crosspatch[merge]'`."""
     from ..workflows.mergecheck import merge_check
 
+    out = out if out is not None else Path("runs") / f"{model_label(Path(str(config)).stem)}-merge-check"
     try:
         document = merge_check(config, _with_fields(prompts, fields), base=base, out=out, max_new_tokens=max_new_tokens,
                                options=load,
