@@ -480,3 +480,14 @@ def test_a_prompt_sets_own_columns_stand_for_the_fields(tmp_path):
     (tmp_path / "both.jsonl").write_text(json.dumps({"id": "a", "prompt": "x", "instruction": "y"}) + "\n")
     with pytest.raises(PromptFileError, match="has its own 'prompt' too"):
         load_prompts(tmp_path / "both.jsonl", "prompt=instruction")
+
+
+def test_a_hub_dataset_id_given_as_prompts_is_told_how_to_save_it(tmp_path, monkeypatch):
+    """``--prompts tatsu-lab/alpaca`` (how models are given) is no file: the message says how to
+    save a split where there is network and give that, with --fields for its columns."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PromptFileError, match=r"tatsu-lab/alpaca: no such prompt file\. If it names a dataset on the "
+                       r"Hugging Face Hub.*save_to_disk\('alpaca'\).*--prompts alpaca \(with --fields"):
+        load_prompts("tatsu-lab/alpaca")
+    with pytest.raises(PromptFileError, match=r"^data/p\.jsonl: no such prompt file$"):
+        load_prompts("data/p.jsonl")  # a file's path: no such hint
