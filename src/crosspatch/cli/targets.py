@@ -30,10 +30,8 @@ def model_label(model: str) -> str:
     """A model's name as a directory name: a local directory's own name, a hub id's name
     (``meta-llama/Llama-3.1-8B`` -> ``Llama-3.1-8B``), characters other than letters, digits,
     ``.``, ``_`` and ``-`` replaced by ``-``."""
-    text = str(model).strip().rstrip("/\\") or "."
-    name = Path(text).name if Path(text).expanduser().exists() else text.rsplit("/", 1)[-1]
-    if name in ("", ".", ".."):
-        name = Path(text).expanduser().resolve().name
+    path = Path(str(model).strip() or ".").expanduser()  # a hub id's name is its last part too
+    name = path.name if path.name not in ("", "..") else path.resolve().name
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
 
 

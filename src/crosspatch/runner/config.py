@@ -206,8 +206,9 @@ def normalise_run_config(config: RunConfig) -> RunConfig:
     two ways (``near_ties,label_swap`` and ``label_swap, near_ties``, ``none`` and ``[]``, every
     kind listed and ``all``) is one run that resumes, not a settings mismatch. Controls are
     recorded as ``default``, ``none`` or their names in the Controls table's order; event kinds as
-    ``all`` or the kinds in their order; further analyses sorted, each once; breakdowns each once. (The boundaries enter
-    a run's fingerprint as the layers they resolve to: ``build_config_record``.)"""
+    ``all`` or the kinds in their order; further analyses sorted, each once; breakdowns each once.
+    (The boundaries enter a run's fingerprint as the layers they resolve to:
+    ``build_config_record``.)"""
     from ..analyses.event_kinds import parse_event_kinds
     from ..core.registry import select_controls
     from ..core.tokens import EVENT_KINDS, TokenClasses

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
+from ..core.cells import headline_boundary
 from ..errors import OptionError
 from ..execution import ModelSet
 from ..inputs.prompts import Prompt, prompts_digest
@@ -129,8 +130,6 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
               if k not in ("residency_reason", "load_spec", "reopen_spec")}
     models["load_options"] = {k: v for k, v in models.get("load_options", {}).items()
                               if k not in ("residency", "verbose", "hash_weights")}
-    from ..core.cells import headline_boundary
-
     result_parts = {  # what changes results; residency and batching only move float rounding
         "options": {k: v for k, v in options.items()
                     if k not in ("batch_size", "max_batch_tokens", "decode", "title", "back_link", "shard", "engine", "workers", "sequential_chunk",
