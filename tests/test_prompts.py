@@ -491,3 +491,16 @@ def test_a_hub_dataset_id_given_as_prompts_is_told_how_to_save_it(tmp_path, monk
         load_prompts("tatsu-lab/alpaca")
     with pytest.raises(PromptFileError, match=r"^data/p\.jsonl: no such prompt file$"):
         load_prompts("data/p.jsonl")  # a file's path: no such hint
+
+
+def test_a_leading_tilde_is_the_home_directory_as_for_model_paths(tmp_path, monkeypatch):
+    """``--prompts=~/p.jsonl`` and ``--out=~/runs/x`` reach crosspatch unexpanded (the shell expands
+    ``~`` only at the start of a word); model paths always took it as the home directory, and
+    prompt files and run directories now do too."""
+    from crosspatch.store import check_out_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "p.jsonl").write_text('{"id": "a", "prompt": "Rain in"}\n')
+    loaded = load_prompts("~/p.jsonl")
+    assert [p.id for p in loaded] == ["a"] and loaded.source == str(tmp_path / "p.jsonl")
+    assert check_out_path("~/runs/x") == tmp_path / "runs" / "x"

@@ -136,7 +136,7 @@ def load_prompts(path, fields: str | dict[str, str] | None = None) -> list[Promp
     mapping = parse_fields(fields)
     if not isinstance(path, (str, Path)):
         return as_prompts(path, mapping)
-    path = Path(path)
+    path = Path(path) if is_stdin(path) else Path(path).expanduser()  # ~ as model paths take it
     if is_stdin(path):  # piped JSON lines, or one JSON array; image paths relative to the working directory
         rows = read_json_array(path)
         return PromptSet(_checked_rows(read_jsonl(path) if rows is None else rows, Path("standard input"), Path("."),

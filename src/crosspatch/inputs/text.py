@@ -23,8 +23,8 @@ def marked_encoding(data: bytes) -> str:
 
 
 def read_text(path: str | Path) -> str:
-    """The text of the file at ``path`` (:func:`marked_encoding`). ``OSError`` when it cannot be
+    """The text of the file at ``path`` (``~`` expanded; :func:`marked_encoding`). ``OSError`` when it cannot be
     read, ``UnicodeDecodeError`` when its bytes are not text in that encoding: the caller names
     the option the file was given with."""
-    data = Path(path).read_bytes()
+    data = Path(path).expanduser().read_bytes()
     return data.decode(marked_encoding(data))

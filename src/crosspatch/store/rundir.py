@@ -56,11 +56,12 @@ from .tables import completed_prompts, records_frame
 
 
 def check_out_path(path) -> Path:
-    """``path`` as a :class:`~pathlib.Path` where it is one (a non-blank string or path-like);
+    """``path`` as a :class:`~pathlib.Path` where it is one (a non-blank string or path-like), a
+    leading ``~`` expanded as model paths are (``--out=~/runs/x`` reaches crosspatch unexpanded);
     :class:`RunDirectoryError` otherwise (``""`` is not the current directory)."""
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise RunDirectoryError(f"a run directory is a path (a non-empty string), not {path!r}")
-    return Path(path)
+    return Path(path).expanduser()
 
 
 class RunStore:

@@ -55,7 +55,7 @@ def read_merge_config(path: str | Path):
 
     from ..runner.config import strict_yaml_load
 
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise UnsupportedMergeConfigError(f"{path}: no such mergekit configuration file")
     try:

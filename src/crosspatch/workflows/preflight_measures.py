@@ -21,7 +21,7 @@ def read_domain_text(path: str | Path) -> list[str]:
 
     if not isinstance(path, (str, Path)) or not str(path).strip():
         raise PromptFileError(f"--domain-text must be the path of a .jsonl or text file, not {path!r}")
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise PromptFileError(f"--domain-text {path}: no such file")
     if not path.is_file():
