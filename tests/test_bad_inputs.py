@@ -423,6 +423,10 @@ CASES = [
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_prompt_tuning", lambda d: (d / "adapter_config.json").write_text(
              json.dumps({"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 4})))),
          "UnsupportedAdapterError"),
+    Case("models", "an adapter of a kind the installed PEFT does not know (peft_type BOGUS)",
+         lambda e: _adapter_args(e, _adapter_dir(e, "adapter_unknown_kind", lambda d: (d / "adapter_config.json").write_text(
+             json.dumps({**json.loads((d / "adapter_config.json").read_text()), "peft_type": "BOGUS"})))),
+         "UnsupportedAdapterError"),
     Case("models", "an adapter directory without adapter weights",
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_no_weights",
                                                  lambda d: (d / "adapter_model.safetensors").unlink())), "ModelLoadError"),

@@ -26,6 +26,14 @@ def read_adapter_config(adapter: str) -> dict:
         raise ModelLoadError(f"{adapter}: adapter_config.json is not readable JSON ({exc})") from None
     if not isinstance(cfg, dict) or not cfg.get("peft_type"):
         raise ModelLoadError(f"{adapter}: adapter_config.json names no peft_type; is it a PEFT adapter?")
+    known = known_peft_types()
+    if known and (not isinstance(cfg["peft_type"], str) or cfg["peft_type"].upper() not in known):
+        import peft
+
+        raise UnsupportedAdapterError(
+            f"{adapter}: adapter_config.json names peft_type {cfg['peft_type']!r}, which the installed PEFT "
+            f"({peft.__version__}) does not know: an adapter saved by a newer PEFT (upgrade peft), or not a PEFT "
+            "adapter")
     if is_prompt_learning(str(cfg["peft_type"])):
         raise UnsupportedAdapterError(
             f"{adapter} is a {cfg['peft_type']} adapter: prompt-learning methods add virtual tokens (or key/value "
@@ -45,6 +53,15 @@ def _hub_adapter_config(repo: str) -> Path:
         first = first_line(exc, 300)
         raise ModelLoadError(f"--adapter {repo}: could not fetch its adapter_config.json from the Hub or the local "
                              f"cache ({first})") from None
+
+
+def known_peft_types() -> set[str]:
+    """The ``peft_type`` names the installed PEFT can load (none where its layout is unknown)."""
+    try:
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+    except ImportError:  # pragma: no cover - an older PEFT layout
+        return set()
+    return {str(getattr(kind, "value", kind)).upper() for kind in PEFT_TYPE_TO_CONFIG_MAPPING}
 
 
 def is_prompt_learning(peft_type: str) -> bool:
