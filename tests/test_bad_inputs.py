@@ -151,6 +151,16 @@ def _other_shapes(env: Env) -> Path:
     return _model_dir(env, "other_shapes", edit)
 
 
+def _no_bos(env: Env) -> Path:
+    """A descendant whose tokenizer adds no BOS: every prompt tokenizes otherwise than under the
+    base's (named before the weights load)."""
+    def edit(d):
+        tokenizer = json.loads((d / "tokenizer.json").read_text())
+        tokenizer["post_processor"] = None
+        (d / "tokenizer.json").write_text(json.dumps(tokenizer))
+    return _model_dir(env, "no_bos", edit)
+
+
 def _custom_code(env: Env) -> Path:
     """A checkpoint of a model type transformers does not know, mapped to code it ships."""
     def edit(d):
@@ -414,6 +424,8 @@ CASES = [
          "ModelLoadError"),
     Case("models", "a checkpoint that ships its own model code, without --trust-remote-code",
          lambda e: e.run_args(tuned=_custom_code(e)), "ModelLoadError"),
+    Case("models", "a descendant whose tokenizer splits the prompts otherwise (it adds no BOS)",
+         lambda e: e.run_args(tuned=_no_bos(e)), "PromptTokenizationMismatchError"),
     Case("models", "a config.json whose shapes are not its weights", lambda e: e.run_args(tuned=_other_shapes(e)),
          "ModelLoadError"),
     Case("models", "an adapter_config.json that is not JSON",

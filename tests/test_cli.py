@@ -353,3 +353,27 @@ def test_run_reads_a_prompt_set_by_its_own_column_names(saved_pair, tmp_path):
     assert runs[0]["run_fingerprint"] == runs[1]["run_fingerprint"]
     res = CliRunner().invoke(app, ["run", *common, "--prompts", str(renamed), "--out", str(tmp_path / "bad")])
     assert res.exit_code == 2 and "field 'id' is missing" in res.output
+
+
+def test_prompts_the_tokenizers_split_apart_are_named_before_any_weight_loads(saved_pair, tmp_path, monkeypatch):
+    """A descendant whose tokenizer reads the prompts otherwise (here: it adds no BOS) was named only
+    once both models had loaded (minutes, for a large pair); it is named from the tokenizers alone."""
+    import shutil
+
+    import crosspatch
+
+    tuned = tmp_path / "no-bos"
+    shutil.copytree(saved_pair / "tuned", tuned)
+    tokenizer = json.loads((tuned / "tokenizer.json").read_text())
+    tokenizer["post_processor"] = None
+    (tuned / "tokenizer.json").write_text(json.dumps(tokenizer))
+    monkeypatch.setattr(crosspatch, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
+    for command in (["run", "--tuned", str(tuned)], ["compare", "--tuned", str(saved_pair / "tuned"), "--tuned", str(tuned)],
+                    ["lineage", str(tuned)]):
+        head, rest = command[:1], command[1:]
+        base = ["--base", str(saved_pair / "base")] if head != ["lineage"] else [str(saved_pair / "base")]
+        args = [*head, *base, *rest, "--prompts", str(saved_pair / "prompts.jsonl"), "--out", str(tmp_path / head[0]),
+                "--quiet"]
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and "error PromptTokenizationMismatchError" in res.output, res.output
+        assert "first difference at index 0" in res.output

@@ -109,9 +109,11 @@ def check_options_take_effect(config: RunConfig) -> None:
 
 
 def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: str, prompts: Path, out: Path,
-             tuned: list[str], adapters: list[str], collection: str | None = None, fields: str | None = None):
+             tuned: list[str], adapters: list[str], collection: str | None = None, fields: str | None = None,
+             final_stage: str | None = None):
     """Validate every option, the prompt file (its columns named by ``fields``, ``--fields``), the
-    model paths and --out before any weight is loaded; returns the prompts."""
+    model paths, the prompts as the descendants' tokenizers read them (a lineage's: its
+    ``final_stage``'s) and --out before any weight is loaded; returns the prompts."""
     from .. import load_prompts
     from ..errors import PromptImageError
     from ..inputs.chats import check_chat_rows
@@ -126,6 +128,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
         validate_run_options,
     )
     from ..runner.pipeline import resolve_boundaries
+    from ..runner.prepare import check_prompt_texts
 
     validate_load_options(options)
     validate_run_options(config)
@@ -148,10 +151,10 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     layers = local_num_layers(base)
     if layers is not None:
         resolve_boundaries(config, layers)
-    if config.chat_template:  # the template's refusals, named before the weights load
-        from ..runner.prepare import check_chat_templates
-
-        check_chat_templates(base, [(p, False) for p in tuned] + [(p, True) for p in adapters], items, options)
+    # the chat template's refusals and prompts the two tokenizers split apart, named before the weights load;
+    # a lineage scores its stages on the base -> final events, read with the final stage's tokenizer
+    read_by = [(p, False) for p in tuned] + [(p, True) for p in adapters]
+    check_prompt_texts(base, [d for d in read_by if final_stage in (None, d[0])], items, options, config.chat_template)
     images = [p.id for p in items if p.metadata.get("image")]
     if images and local_is_multimodal(base) is False:
         raise PromptImageError(f"prompt(s) {', '.join(images[:5])} have an image, but the base is a text-only model")

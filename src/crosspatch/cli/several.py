@@ -96,7 +96,7 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
         adapters = [p for p in stages if (_Path(p) / "adapter_config.json").exists()]
         tuned = [p for p in stages if p not in adapters]
         items = _prepare(config, load, session, paths[0], target.prompts, out, tuned, adapters, collection="lineage",
-                         fields=target.fields)
+                         fields=target.fields, final_stage=stages[-1])
         if session.dry_run:
             return _print_plan(paths[0], out, tuned, adapters, items, config, load)
         with console.status("loading models"):

@@ -46,10 +46,14 @@ def render_chat(tokenizer, prompt: Prompt, whose: str) -> str:
     return text
 
 
-def check_chat_templates(base: str, descendants: list[tuple[str, bool]], prompts: list[Prompt], options) -> None:
-    """Before any model loads (``--chat-template``): each descendant (``(path, is_adapter)``) reads
-    with a tokenizer (its own, else the base's) that has a chat template rendering every prompt;
-    else the ChatTemplateMissingError or PromptFileError the run would meet after loading."""
+def check_prompt_texts(base: str, descendants: list[tuple[str, bool]], prompts: list[Prompt], options,
+                       chat_template: bool) -> None:
+    """Before any model loads: every text prompt reads as the run will read it against each
+    descendant (``(path, is_adapter)``, with its tokenizer: its own, else the base's) — with
+    ``chat_template``, rendered by a chat template the tokenizer has — and tokenizes to the same
+    ids under the base's tokenizer; else the ChatTemplateMissingError, PromptFileError or
+    PromptTokenizationMismatchError the run would meet once its weights had loaded (minutes, for
+    a large pair). Image prompts are left to the run (they go through the models' processors)."""
     from ..execution.adapters import descendant_tokenizer
     from ..models.loading import load_tokenizer
     from .checks import check_chat_template
@@ -57,9 +61,14 @@ def check_chat_templates(base: str, descendants: list[tuple[str, bool]], prompts
     base_tokenizer = load_tokenizer(base, options)
     for path, is_adapter in descendants:
         tokenizer = descendant_tokenizer(path, options, base_tokenizer, adapter=is_adapter)
-        check_chat_template(tokenizer)
+        if chat_template:
+            check_chat_template(tokenizer)
         for prompt in prompts:
-            render_chat(tokenizer, prompt, repr(path))
+            if prompt.metadata.get("image"):
+                continue
+            text = render_chat(tokenizer, prompt, repr(path)) if chat_template else prompt.prompt
+            # as prompt_token_ids reads it: a rendered chat holds its special tokens (BOS too) already
+            tokenize_once(base_tokenizer, tokenizer, prompt.id, text, add_special_tokens=not chat_template)
 
 
 def prompt_token_ids(pair: ModelSet, prompts: list[Prompt], tuned: str, config: RunConfig) -> list[list[int]]:
