@@ -93,6 +93,38 @@ def test_special_tokens_mismatch_is_an_error_unless_allowed():
     assert any("eos_token" in w for w in pair.warnings)
 
 
+@pytest.mark.parametrize("residency", ["both", "sequential"])
+def test_special_tokens_that_differ_are_named_before_any_weight_loads(tmp_path, monkeypatch, residency):
+    """A base and its instruct model whose EOS differs (Llama 3.1 and its Instruct) loaded both
+    models (minutes at 8B) before being refused; the tokenizers alone now decide it."""
+    import crosspatch.execution.opening as opening
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path)
+    _tokenizer(eos="<unk>").save_pretrained(root / "tuned")
+    monkeypatch.setattr(opening, "load_causal_lm", lambda *a, **k: pytest.fail("a model's weights were loaded"))
+    monkeypatch.setattr(opening.SequentialSet, "load_handle", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(SpecialTokensMismatchError, match="eos_token"):
+        load_pair(str(root / "base"), tuned=str(root / "tuned"), residency=residency)
+
+
+@pytest.mark.parametrize("arch, layers, error", [("qwen2", 4, "ArchitectureMismatchError"),
+                                                  ("llama", 6, "LayerCountMismatchError")])
+def test_a_descendant_of_another_shape_is_named_from_its_config(tmp_path, monkeypatch, arch, layers, error):
+    """Another architecture or layer count is told from the two config.json files, before any
+    weight loads (it was told once both models had loaded)."""
+    import crosspatch.errors as errors
+    import crosspatch.execution.opening as opening
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path)
+    tiny_model(arch, layers).save_pretrained(tmp_path / "other")
+    char_tokenizer().save_pretrained(tmp_path / "other")
+    monkeypatch.setattr(opening, "load_causal_lm", lambda *a, **k: pytest.fail("a model's weights were loaded"))
+    with pytest.raises(getattr(errors, error)):
+        load_pair(str(root / "base"), tuned=str(tmp_path / "other"))
+
+
 def test_prompt_tokenization_mismatch_names_the_prompt():
     with pytest.raises(PromptTokenizationMismatchError, match="'q7'.*first difference at index 0"):
         tokenize_once(char_tokenizer(), _tokenizer(bos_template=False), "q7", "Rain")

@@ -118,6 +118,8 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     from ..errors import PromptImageError
     from ..inputs.chats import check_chat_rows
     from ..models.anatomy import check_supported
+    from ..models.checks import compare_configs
+    from ..models.loading import check_custom_code
     from ..models.paths import local_config, local_is_multimodal
     from ..runner.checks import (
         check_distinct_descendants,
@@ -148,6 +150,10 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     check_distinct_descendants(list(tuned) + list(adapters))
     for path in [base, *tuned]:
         check_supported(local_config(path))  # a hub id: checked once loaded
+    for path in [base, *tuned]:  # model code a checkpoint ships is named before its model type is compared
+        check_custom_code(path, options.trust_remote_code)
+    for path in tuned:  # another architecture, depth or width, from the config files (--dry-run too)
+        compare_configs(base, path, ("PT", "IT") if len(tuned) + len(adapters) == 1 else ("base", path))
     layers = local_num_layers(base)
     if layers is not None:
         resolve_boundaries(config, layers)

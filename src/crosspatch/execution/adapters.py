@@ -90,7 +90,7 @@ def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options
         if missing:  # PEFT leaves them at their initial values (LoRA B: zero) and only warns
             raise ModelLoadError(f"adapter {path} lacks weights its adapter_config.json declares: "
                                  f"{'; '.join(missing)[:400]}")
-        if tokenizers is not None:
+        if tokenizers is not None and role not in tokenizers:  # (load_models reads every tokenizer first)
             tokenizers[role] = descendant_tokenizer(path, options, tokenizers[BASE], adapter=True)
         if record is not None:
             target = record["adapter"] if "adapter" in record else record["descendants"][role]

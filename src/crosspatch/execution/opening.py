@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import ModelLoadError
 from ..models.adapters import adapter_settings, check_adapter_files
-from ..models.checks import check_special_tokens, compare_facts, model_facts
+from ..models.checks import check_special_tokens, compare_configs, compare_facts, model_facts
 from ..models.forward import ModelHandle
 from ..models.loading import (
     DTYPES,
@@ -154,6 +154,8 @@ def load_models(
         check_model_path(path, "tuned", revision=options.revision)
     for path in [base, *tuned_roles.values()]:
         check_custom_code(path, options.trust_remote_code)
+    for role, path in tuned_roles.items():  # from their config.json files, before any weight loads
+        compare_configs(base, path, ("PT", "IT") if len(tuned_roles) + len(adapter_roles) == 1 else (BASE, role))
     for path in adapter_roles.values():
         check_model_path(path, "tuned", adapter=True)  # adapters load at their main revision
         check_adapter_files(path, options.allow_pickle)
@@ -172,6 +174,14 @@ def load_models(
                                  for r, p in {**tuned_roles, **adapter_roles}.items()}
     tokenizers = {BASE: load_tokenizer(base, options)}
     warnings: list[str] = []
+    # every tokenizer first, so that special tokens that differ are named before any weight loads
+    # (_check_set compares them again, with the models' facts, once they have loaded)
+    for role, path in tuned_roles.items():
+        tokenizers[role] = descendant_tokenizer(path, options, tokenizers[BASE], warnings)
+    for role, path in adapter_roles.items():
+        tokenizers[role] = descendant_tokenizer(path, options, tokenizers[BASE], adapter=True)
+    for role in roles[1:]:
+        check_special_tokens(tokenizers[BASE], tokenizers[role], allow_mismatch=options.allow_special_token_mismatch)
 
     if residency == "sequential":
         heads, facts, eos = {}, {}, set()
@@ -179,10 +189,7 @@ def load_models(
                                    paths={BASE: base, **tuned_roles}, options=options, heads=heads,
                                    adapter_paths=adapter_roles)
         for role in roles:
-            if role in tuned_roles:
-                tokenizers[role] = descendant_tokenizer(tuned_roles[role], options, tokenizers[BASE], warnings)
             if role in adapter_roles:
-                tokenizers[role] = descendant_tokenizer(adapter_roles[role], options, tokenizers[BASE], adapter=True)
                 record_target = record["adapter"] if "adapter" in record else record["descendants"][role]
                 record_target["settings"], adapter_warnings = adapter_settings(adapter_roles[role], base)
                 warnings += adapter_warnings
@@ -208,7 +215,6 @@ def load_models(
         handles[BASE] = ModelHandle(BASE, load_causal_lm(base, options, warnings))
         for role, path in tuned_roles.items():
             handles[role] = ModelHandle(role, load_causal_lm(path, options, warnings))
-            tokenizers[role] = descendant_tokenizer(path, options, tokenizers[BASE], warnings)
         if adapter_roles:  # checkpoints and adapters together: the adapters share one more copy of the base
             model = _load_adapters(load_causal_lm(base, options, warnings), base, adapter_roles, options, tokenizers,
                                    record, warnings)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ArchitectureMismatchError, HiddenSizeMismatchError, LayerCountMismatchError, SpecialTokensMismatchError
-from .paths import POSITION_LIMIT_KEYS
+from .paths import POSITION_LIMIT_KEYS, local_config, local_num_layers, text_config
 
 _SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")
 
@@ -41,6 +41,34 @@ def compare_facts(a: dict, b: dict, names: tuple[str, str] = ("PT", "IT")) -> No
             f"layer count differs: {x} has {a['num_layers']} decoder layers, {y} has {b['num_layers']}"
         )
     if a["hidden_size"] != b["hidden_size"]:
+        raise HiddenSizeMismatchError(f"hidden size differs: {x} {a['hidden_size']}, {y} {b['hidden_size']}")
+
+
+def config_facts(path: str) -> dict:
+    """What a local checkpoint's config.json says of the facts :func:`compare_facts` checks
+    (``model_type`` for the architecture, ``num_layers``, ``hidden_size``), each None where it
+    does not say (a hub id, an unusual config): read before any weight loads."""
+    config = local_config(path)
+    text = text_config(config)
+    size = next((text[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(text.get(k), int)), None)
+    kind = config.get("model_type")
+    return {"model_type": kind if isinstance(kind, str) else None, "num_layers": local_num_layers(path),
+            "hidden_size": size}
+
+
+def compare_configs(base: str, descendant: str, names: tuple[str, str] = ("PT", "IT")) -> None:
+    """:func:`compare_facts` from two local checkpoints' config.json files, before their weights
+    load (the same named errors; a fact either config leaves unsaid is left to the check made
+    once the models have loaded)."""
+    a, b = config_facts(base), config_facts(descendant)
+    x, y = names
+    if a["model_type"] and b["model_type"] and a["model_type"] != b["model_type"]:
+        raise ArchitectureMismatchError(f"architecture differs: {x} is a {a['model_type']} model, {y} a "
+                                        f"{b['model_type']} model (their config.json model_type)")
+    if a["num_layers"] and b["num_layers"] and a["num_layers"] != b["num_layers"]:
+        raise LayerCountMismatchError(
+            f"layer count differs: {x} has {a['num_layers']} decoder layers, {y} has {b['num_layers']}")
+    if a["hidden_size"] and b["hidden_size"] and a["hidden_size"] != b["hidden_size"]:
         raise HiddenSizeMismatchError(f"hidden size differs: {x} {a['hidden_size']}, {y} {b['hidden_size']}")
 
 
