@@ -120,11 +120,12 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     from ..models.anatomy import check_supported
     from ..models.checks import compare_configs
     from ..models.loading import check_custom_code
-    from ..models.paths import local_config, local_is_multimodal
+    from ..models.paths import local_config, local_is_multimodal, local_max_positions
     from ..runner.checks import (
         check_distinct_descendants,
         check_model_path,
         check_out_dir,
+        check_prompt_lengths,
         local_num_layers,
         validate_load_options,
         validate_run_options,
@@ -160,7 +161,11 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     # the chat template's refusals and prompts the two tokenizers split apart, named before the weights load;
     # a lineage scores its stages on the base -> final events, read with the final stage's tokenizer
     read_by = [(p, False) for p in tuned] + [(p, True) for p in adapters]
-    check_prompt_texts(base, [d for d in read_by if final_stage in (None, d[0])], items, options, config.chat_template)
+    token_ids = check_prompt_texts(base, [d for d in read_by if final_stage in (None, d[0])], items, options,
+                                   config.chat_template)
+    # prompts the generation budget would carry past the base's positions (the run adds what its controls
+    # and consequences decode further, once it knows them)
+    check_prompt_lengths(list(token_ids), list(token_ids.values()), config.max_new_tokens, local_max_positions(base))
     images = [p.id for p in items if p.metadata.get("image")]
     if images and local_is_multimodal(base) is False:
         raise PromptImageError(f"prompt(s) {', '.join(images[:5])} have an image, but the base is a text-only model")

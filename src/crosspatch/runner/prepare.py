@@ -47,18 +47,20 @@ def render_chat(tokenizer, prompt: Prompt, whose: str) -> str:
 
 
 def check_prompt_texts(base: str, descendants: list[tuple[str, bool]], prompts: list[Prompt], options,
-                       chat_template: bool) -> None:
+                       chat_template: bool) -> dict[str, list[int]]:
     """Before any model loads: every text prompt reads as the run will read it against each
     descendant (``(path, is_adapter)``, with its tokenizer: its own, else the base's) — with
     ``chat_template``, rendered by a chat template the tokenizer has — and tokenizes to the same
     ids under the base's tokenizer; else the ChatTemplateMissingError, PromptFileError or
     PromptTokenizationMismatchError the run would meet once its weights had loaded (minutes, for
-    a large pair). Image prompts are left to the run (they go through the models' processors)."""
+    a large pair). Image prompts are left to the run (they go through the models' processors).
+    Returns the text prompts' token ids by prompt id (what the run will feed both models)."""
     from ..execution.adapters import descendant_tokenizer
     from ..models.loading import load_tokenizer
     from .checks import check_chat_template
 
     base_tokenizer = load_tokenizer(base, options)
+    token_ids: dict[str, list[int]] = {}
     for path, is_adapter in descendants:
         tokenizer = descendant_tokenizer(path, options, base_tokenizer, adapter=is_adapter)
         if chat_template:
@@ -68,7 +70,9 @@ def check_prompt_texts(base: str, descendants: list[tuple[str, bool]], prompts: 
                 continue
             text = render_chat(tokenizer, prompt, repr(path)) if chat_template else prompt.prompt
             # as prompt_token_ids reads it: a rendered chat holds its special tokens (BOS too) already
-            tokenize_once(base_tokenizer, tokenizer, prompt.id, text, add_special_tokens=not chat_template)
+            ids = tokenize_once(base_tokenizer, tokenizer, prompt.id, text, add_special_tokens=not chat_template)
+            token_ids[prompt.id] = max(token_ids.get(prompt.id, []), ids, key=len)  # (templates may differ)
+    return token_ids
 
 
 def prompt_token_ids(pair: ModelSet, prompts: list[Prompt], tuned: str, config: RunConfig) -> list[list[int]]:
