@@ -379,17 +379,22 @@ def test_prompts_the_tokenizers_split_apart_are_named_before_any_weight_loads(sa
         assert "first difference at index 0" in res.output
 
 
-def test_prompts_too_long_for_the_base_are_named_before_any_weight_loads(saved_pair, tmp_path, monkeypatch):
-    """Prompt + --max-new-tokens past the base's positions (its config.json says how many) is a
-    named error from the tokenizers and the config alone: on a dry run too, and before a run
-    loads its models (the run then checks again with what its controls decode further)."""
+@pytest.mark.parametrize("options, error, says", [
+    (["--max-new-tokens", "250"], "PromptTooLongError", "exceed the model's 256 positions"),
+    (["--group-by", "region"], "GroupByFieldError", "no prompt has a field 'region'")])
+def test_what_the_prompts_make_impossible_is_named_before_any_weight_loads(saved_pair, tmp_path, monkeypatch,
+                                                                            options, error, says):
+    """Prompt + --max-new-tokens past the base's positions (its config.json says how many), or a
+    --group-by field no prompt has: named from the prompts, tokenizers and config alone, on a dry
+    run too, and before a run loads its models (the run checks the lengths again with what its
+    controls decode further)."""
     import crosspatch
 
     monkeypatch.setattr(crosspatch, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
     args = ["run", "--base", str(saved_pair / "base"), "--tuned", str(saved_pair / "tuned"), "--prompts",
-            str(saved_pair / "prompts.jsonl"), "--out", str(tmp_path / "run"), "--max-new-tokens", "250", "--quiet"]
+            str(saved_pair / "prompts.jsonl"), "--out", str(tmp_path / "run"), "--quiet", *options]
     for extra in ([], ["--dry-run"]):
         res = CliRunner().invoke(app, args + extra)
-        assert res.exit_code == 2 and "error PromptTooLongError" in res.output, res.output
-        assert "exceed the model's 256 positions" in res.output
+        assert res.exit_code == 2 and f"error {error}" in res.output, res.output
+        assert says in res.output
     assert not (tmp_path / "run").exists()

@@ -123,6 +123,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     from ..models.paths import local_config, local_is_multimodal, local_max_positions
     from ..runner.checks import (
         check_distinct_descendants,
+        check_group_by,
         check_model_path,
         check_out_dir,
         check_prompt_lengths,
@@ -138,6 +139,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     check_options_take_effect(config)
     items = load_prompts(prompts, fields)
     check_chat_rows(items, config.chat_template)
+    check_group_by(list(config.group_by), items)  # a field no prompt has (its warnings: the run's)
     check_model_path(base, "base", revision=options.revision)
     role = "lineage stage" if collection == "lineage" else "tuned"  # named as the user gave them
     from ..execution.roles import named_path
