@@ -240,6 +240,6 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
     lines.append(f"output: {out_dir}/ config.json, events.jsonl, no_divergence.jsonl, summary.json, events.parquet, "
                  "report.md, report.html" + (", control_*.jsonl" if controls else "")
                  + (", sweep.png, sweep.svg" if bounds and len(bounds) > 1 else ""))
-    lines.append("dry run: nothing was loaded or written")
+    lines.append("dry run: no weight was loaded and nothing was written (the tokenizers read the prompts)")
     for line in lines:
         out.print(line, soft_wrap=True, markup=False)
