@@ -143,12 +143,13 @@ def load_prompts(path, fields: str | dict[str, str] | None = None) -> list[Promp
                                        mapping), "standard input")
     if not path.exists():
         text = str(path)
-        if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not Path(text).suffix:  # a Hub dataset's id, as given elsewhere
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not path.suffix:  # a Hub dataset's id, as given elsewhere
+            saved = path.name
             raise PromptFileError(
                 f"{text}: no such prompt file. If it names a dataset on the Hugging Face Hub, save a split of it "
                 f"where there is network and give that: python -c \"import datasets; datasets.load_dataset("
-                f"'{text}', split='train').save_to_disk('{text.rsplit('/', 1)[-1]}')\", then --prompts "
-                f"{text.rsplit('/', 1)[-1]} (with --fields naming its columns, e.g. prompt=instruction,id=@row)")
+                f"'{text}', split='train').save_to_disk('{saved}')\", then --prompts "
+                f"{saved} (with --fields naming its columns, e.g. prompt=instruction,id=@row)")
         raise PromptFileError(f"{path}: no such prompt file")
     if path.is_dir():
         if any((path / name).is_file() for name in ("dataset_info.json", "dataset_dict.json", "state.json")):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ArchitectureMismatchError, HiddenSizeMismatchError, LayerCountMismatchError, SpecialTokensMismatchError
-from .paths import POSITION_LIMIT_KEYS, local_config, local_num_layers, text_config
+from .paths import POSITION_LIMIT_KEYS, config_num_layers, local_config, text_config
 
 _SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")
 
@@ -52,7 +52,7 @@ def config_facts(path: str) -> dict:
     text = text_config(config)
     size = next((text[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(text.get(k), int)), None)
     kind = config.get("model_type")
-    return {"model_type": kind if isinstance(kind, str) else None, "num_layers": local_num_layers(path),
+    return {"model_type": kind if isinstance(kind, str) else None, "num_layers": config_num_layers(config),
             "hidden_size": size}
 
 

@@ -268,7 +268,11 @@ def text_config(config: dict) -> dict:
 
 def local_num_layers(path: str) -> int | None:
     """The decoder layer count from a local checkpoint's config.json (None when unknown)."""
-    data = local_config(path)
+    return config_num_layers(local_config(path))
+
+
+def config_num_layers(data: dict) -> int | None:
+    """The decoder layer count a config dict states (None when it does not)."""
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if isinstance(data.get(key), int):
             return data[key]
