@@ -177,3 +177,36 @@ def test_no_module_is_above_400_lines():
     long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if "assets" not in p.parts
             and (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
     assert long == {}
+
+
+def _text_io_without_encoding(tree: ast.AST) -> list[int]:
+    """Lines of ``tree`` that read or write text in the locale's encoding: ``Path.read_text`` /
+    ``write_text``, or ``open`` / ``os.fdopen`` / ``gzip.open`` ... in a text mode, without ``encoding=``."""
+    lines = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or any(k.arg == "encoding" for k in node.keywords):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if name in ("read_text", "write_text") and isinstance(func, ast.Attribute):  # (not inputs.text.read_text)
+            lines.append(node.lineno)
+        elif name in ("open", "fdopen"):
+            mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"),
+                                                                None)
+            text_mode = mode is None or (isinstance(mode, ast.Constant) and "b" not in str(mode.value))
+            if text_mode and not (isinstance(func, ast.Attribute) and getattr(func.value, "id", "") in
+                                  ("safe_open", "Image", "tarfile", "zipfile")):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_every_text_file_is_read_and_written_as_utf8():
+    """Reports, records and configurations are UTF-8 on every machine: no text is read or written
+    in the locale's encoding (Windows' cp1252 cannot hold the report's Δ or a model's CJK text; a
+    report written in it breaks, a record read in it is garbled)."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        lines = _text_io_without_encoding(ast.parse(path.read_text(encoding="utf-8")))
+        if lines:
+            found[str(path.relative_to(PACKAGE))] = lines
+    assert found == {}

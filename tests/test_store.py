@@ -201,6 +201,40 @@ def test_disk_full_while_writing_is_named_and_the_run_stays_resumable(tmp_path, 
     assert_same_summary(_strip(resumed.summary), _strip(whole.summary))
 
 
+def test_a_report_cut_short_by_a_full_disk_is_never_left_torn_and_the_same_command_writes_it(saved, tmp_path,
+                                                                                                  monkeypatch):
+    """Every file of a run is written whole or not at all: a disk that fills while report.html is
+    written leaves no half page (which a browser would show as the report) and no temporary
+    file; the run is not taken as finished, so the same command again writes its reports."""
+    import errno
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from crosspatch.cli import app
+
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(p) + "\n" for p in many_prompts(6)), encoding="utf-8")
+    out = tmp_path / "run"
+    args = ["run", "--base", str(saved / "base"), "--tuned", str(saved / "tuned"), "--prompts",
+            str(tmp_path / "p.jsonl"), "--out", str(out), "--max-new-tokens", "6", "--bootstrap", "100", "--quiet"]
+    real_write_text = Path.write_text
+
+    def disk_fills_halfway(self, data, *a, **k):
+        if self.name.startswith("report.html"):
+            real_write_text(self, data[: len(data) // 2], *a, **k)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, data, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", disk_fills_halfway)
+    failed = CliRunner().invoke(app, args)
+    assert failed.exit_code == 2 and "RunWriteError" in failed.output and "report.html" in failed.output
+    assert not (out / "report.html").exists() and not list(out.glob("*.tmp"))
+    monkeypatch.undo()
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert (out / "report.html").read_text(encoding="utf-8").rstrip().endswith("</html>")
+
+
 def test_group_by_never_replaces_a_built_in_breakdown():
     pair = make_pair("llama", scale=0.2)
     prompts = [dict(p, split="a" if k % 2 else "b") for k, p in enumerate(many_prompts(8))]

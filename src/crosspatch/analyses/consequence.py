@@ -30,6 +30,7 @@ from ..core.analysis import Analysis, EventSet
 from ..core.registry import AnalysisPlugin, PlanContext, Section, SummaryContext, Table, register_analysis
 from ..core.stats import BootstrapConfig, cluster_mean_ci
 from ..execution import Decode, Executor, Program
+from ..store import write_whole
 
 FORCED = ("t_it", "t_pt", "matched", "random")
 CONSEQUENCE_FILE = "consequence.jsonl"
@@ -186,7 +187,7 @@ def _record_partial(run_dir: Path, partial: list[str]) -> None:
     prompts the file and the run did not share); removed when a later call scores a full file."""
     path = Path(run_dir) / PARTIAL_FILE
     if partial:
-        path.write_text(json.dumps({"partial": partial}, indent=2) + "\n", encoding="utf-8")
+        write_whole(path, json.dumps({"partial": partial}, indent=2) + "\n")
     elif path.exists():
         path.unlink()
 

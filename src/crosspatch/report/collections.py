@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.records import CELLS
+from ..store import write_whole
 from .markdown import _table, fmt_effect, fmt_percent, fmt_value, md_escape
-from .plots import legend
+from .plots import legend, save_figure
 
 __all__ = ["LINEAGE_COLUMNS", "cross_cell", "lineage_rows", "plot_lineage", "render_compare_html",
            "render_compare_markdown", "render_lineage_html", "render_lineage_markdown", "write_compare_pages",
@@ -97,8 +98,8 @@ def plot_lineage(summary: dict, out: Path) -> None:
     ax.set_title("lineage: every stage on the Base -> Final contrast")
     legend(ax, fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "lineage.png", dpi=120)
-    fig.savefig(out / "lineage.svg")
+    save_figure(fig, out / "lineage.png", dpi=120)
+    save_figure(fig, out / "lineage.svg")
     plt.close(fig)
 
 
@@ -147,8 +148,8 @@ def render_lineage_html(summary: dict, out: Path) -> str:
 def write_compare_pages(out: Path, summary: dict) -> str:
     """``report.md`` and ``report.html`` of a compare's output directory; returns the Markdown."""
     report = render_compare_markdown(summary)
-    (out / "report.md").write_text(report)
-    (out / "report.html").write_text(render_compare_html(summary))
+    write_whole(out / "report.md", report)
+    write_whole(out / "report.html", render_compare_html(summary))
     return report
 
 
@@ -157,6 +158,6 @@ def write_lineage_pages(out: Path, summary: dict) -> str:
     directory; returns the Markdown."""
     plot_lineage(summary, out)
     report = render_lineage_markdown(summary)
-    (out / "report.md").write_text(report)
-    (out / "report.html").write_text(render_lineage_html(summary, out))
+    write_whole(out / "report.md", report)
+    write_whole(out / "report.html", render_lineage_html(summary, out))
     return report

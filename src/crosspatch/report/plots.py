@@ -15,6 +15,17 @@ def legend(ax, **kwargs) -> None:
     if ax.get_legend_handles_labels()[1]:
         ax.legend(**kwargs)
 
+
+def save_figure(fig, path: Path, **kwargs) -> Path:
+    """``fig`` saved whole to ``path`` (its format from the suffix; an SVG without a date, so that
+    the same data draws the same file) or not at all (:func:`crosspatch.store.write_whole`)."""
+    from ..store import write_whole
+
+    fmt = path.suffix.lstrip(".")
+    metadata = {"Date": None} if fmt == "svg" else None
+    return write_whole(path, lambda tmp: fig.savefig(tmp, format=fmt, metadata=metadata, **kwargs))
+
+
 def sweep_series(summary: dict, readout: str = "common_it") -> dict[str, list]:
     """Per-boundary means and CIs of E_PT, E_IT and the interaction (boundaries ascending)."""
     bounds = sorted(int(b) for b in summary["boundaries"])
@@ -61,7 +72,7 @@ def plot_sweep(summary: dict, out_dir: str | Path, readout: str = "common_it") -
     out_dir = Path(out_dir)
     paths = [out_dir / "sweep.png", out_dir / "sweep.svg"]
     for path in paths:
-        fig.savefig(path, metadata={"Date": None} if path.suffix == ".svg" else None)
+        save_figure(fig, path)
     plt.close(fig)
     return paths
 

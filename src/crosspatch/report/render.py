@@ -14,6 +14,6 @@ def render_reports(store, summary: dict, config: dict) -> str:
 
         plot_sweep(summary, store.path)
     text = render_markdown(config, summary)
-    store.write_text("report.md", text)
-    store.write_text("report.html", render_html(store.path))
+    store.write_page("report.md", text)
+    store.write_page("report.html", render_html(store.path))
     return text

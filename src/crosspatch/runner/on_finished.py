@@ -24,7 +24,7 @@ from ..errors import OptionError
 from ..execution import Executor
 from ..inputs.prompts import as_prompts
 from ..models.paths import local_max_positions
-from ..store import RunStore
+from ..store import RunStore, write_whole
 from .checks import check_continuation_lengths
 from .finished import first_events, reopen_models, resummarize, run_on_finished
 from .gathered import drive_gathered
@@ -160,6 +160,6 @@ def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_on
     out.mkdir(parents=True, exist_ok=True)
     name = "train" if train_only else "mediate"  # each command's result kept beside the other's
     result["result"] = name
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_whole(out / f"{name}.json", json.dumps(result, indent=2, default=str) + "\n")
     resummarize(store, config)  # the features plug-in reads the results into summary.json and the reports
     return result

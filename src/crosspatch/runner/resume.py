@@ -22,7 +22,8 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
     request (paths and load options), unchanged weight and defining files (their sha256 recomputed), the same
     options, boundaries and prompts, every prompt done and a summary written. None otherwise (the
     caller loads the models and ``run`` resumes, refuses or replaces as usual). Nothing is loaded
-    or written: the command that finished the run says so instantly."""
+    or written: the command that finished the run says so instantly. A run whose reports were not all
+    written (it stopped on a full disk) is not finished here: the normal path writes them."""
     import json
     from dataclasses import asdict, replace
 
@@ -62,11 +63,19 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
         if not wanted <= completed_prompts(records, no_div, boundaries):
             return None
         summary = store.summary()
+        if not all((path / name).is_file() for name in finished_outputs(boundaries)):
+            return None  # a run stopped while writing its reports (disk full): the normal path writes them
     except (CrosspatchError, OSError, KeyError, TypeError, ValueError):
         return None  # anything unusual: the normal path decides, with its named errors
     from .finished import stored_analyses
 
     return RunResult(summary, records, no_div, stored, path, stored_analyses(store))
+
+
+def finished_outputs(boundaries: list) -> list[str]:
+    """The files a finished run directory holds besides its records: the table, the reports and,
+    for several boundaries, the sweep's plots (each written whole or not at all)."""
+    return ["events.parquet", "report.md", "report.html"] + (["sweep.png", "sweep.svg"] if len(boundaries) > 1 else [])
 
 
 def recorded_models(stored_config: dict) -> list[dict | None]:

@@ -12,6 +12,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Callable
 
 from ..core.records import READOUTS
 from ..errors import CorruptRunFileError, IncompleteRunError, RunSchemaError, RunWriteError
@@ -64,7 +65,7 @@ def mark_collection(path: str | Path, kind: str) -> None:
     path = Path(path)
     with _guard_write(path):
         path.mkdir(parents=True, exist_ok=True)
-        (path / COLLECTION_MARKER).write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
+    write_whole(path / COLLECTION_MARKER, json.dumps({"kind": kind}) + "\n")
 
 
 def not_a_run_message(path: Path) -> str:
@@ -133,11 +134,31 @@ def checked(name: str, document: dict) -> dict:
     return document
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+def write_whole(path: str | Path, content: str | bytes | Callable[[Path], object]) -> Path:
+    """Write ``path`` whole or not at all: ``content`` (text, always UTF-8 whatever the locale;
+    bytes; or a function that writes a file at the path it is given) goes into ``NAME.tmp`` beside
+    it, which then replaces ``path`` in one rename. A write cut short (disk full, a kill) leaves the
+    file as it was, never a torn one that a later command would take as finished, and no temporary
+    file; an OS failure is a :class:`RunWriteError` naming ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
     with _guard_write(path):
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            if isinstance(content, str):
+                tmp.write_text(content, encoding="utf-8")
+            elif isinstance(content, bytes):
+                tmp.write_bytes(content)
+            else:
+                content(tmp)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write_json(path: Path, obj) -> None:
+    write_whole(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_json_object(path: Path, what: str) -> dict:

@@ -50,6 +50,7 @@ from .files import (
     not_a_run_message,
     read_json_object,
     settings_diff,
+    write_whole,
 )
 from .schemas import check_document
 from .tables import completed_prompts, records_frame
@@ -164,7 +165,7 @@ class RunStore:
             self.clear()
         with _guard_write(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / MARKER).write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
+        write_whole(self.path / MARKER, json.dumps({"fingerprint": fingerprint}) + "\n")
         self.fingerprint = fingerprint
 
     # -- config -----------------------------------------------------------------------------
@@ -198,8 +199,7 @@ class RunStore:
                     "to start it afresh")
             self.fingerprint = fp
             if not (self.path / MARKER).exists():
-                with _guard_write(self.path):
-                    (self.path / MARKER).write_text(json.dumps({"fingerprint": fp}) + "\n", encoding="utf-8")
+                write_whole(self.path / MARKER, json.dumps({"fingerprint": fp}) + "\n")
         _write_json(self.path / "config.json", checked("config.json", config))
         for name in [EVENTS_FILE, NO_DIV_FILE] + [p.name for p in self.path.glob("*.jsonl")]:
             _repair_tail(self.path / name)
@@ -270,11 +270,7 @@ class RunStore:
 
     def write_rows(self, name: str, rows: Iterable[dict]) -> None:
         """Replace ``name`` with ``rows`` (tagged with this run's fingerprint)."""
-        path = self.path / name
-        tmp = path.with_suffix(".tmp")
-        with _guard_write(path):
-            tmp.write_text(self._tagged(rows), encoding="utf-8")
-            os.replace(tmp, path)
+        write_whole(self.path / name, self._tagged(rows))
 
     def load_rows(self, name: str) -> list[dict]:
         """An analysis's records, de-duplicated by ``key`` where they have one (a resumed chunk
@@ -335,14 +331,11 @@ class RunStore:
         check_summary_shape(summary, path)
         return summary
 
-    def write_text(self, name: str, text: str) -> Path:
-        target = self.path / name
-        with _guard_write(target):
-            target.write_text(text, encoding="utf-8")
-        return target
+    def write_page(self, name: str, text: str) -> Path:
+        """Write ``name`` whole (UTF-8) or leave it as it was (:func:`write_whole`)."""
+        return write_whole(self.path / name, text)
 
     def write_parquet(self, records: list[CellRecord]) -> Path:
-        target = self.path / "events.parquet"
-        with _guard_write(target):
-            records_frame(records).to_parquet(target, index=False)
-        return target
+        """``events.parquet``, written whole or not at all."""
+        frame = records_frame(records)
+        return write_whole(self.path / "events.parquet", lambda tmp: frame.to_parquet(tmp, index=False))

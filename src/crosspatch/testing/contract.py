@@ -138,8 +138,8 @@ def check_analyses(names, workdir, ray: bool = False, tolerance: float = 1e-5,
     interrupted = workdir / "run-interrupted"
     run(load_pair(str(base), tuned=str(merged)), PROMPTS, out=interrupted, **opts)
     last = PROMPTS[-1]["id"]
-    lines = (interrupted / EVENTS_FILE).read_text().splitlines(keepends=True)
-    (interrupted / EVENTS_FILE).write_text("".join(x for x in lines if json.loads(x)["prompt_id"] != last))
+    lines = (interrupted / EVENTS_FILE).read_text(encoding="utf-8").splitlines(keepends=True)
+    (interrupted / EVENTS_FILE).write_text("".join(x for x in lines if json.loads(x)["prompt_id"] != last), encoding="utf-8")
     (interrupted / "summary.json").unlink()
     resumed = run(load_pair(str(base), tuned=str(merged)), PROMPTS, out=interrupted, **opts)
 
@@ -154,8 +154,8 @@ def check_analyses(names, workdir, ray: bool = False, tolerance: float = 1e-5,
         json.dumps(block, allow_nan=False)  # a summary block is plain JSON
         _close(_block(merged_run.summary, plugin), block, 1e-4, f"{where}: merged shards vs one run")
         _close(_block(resumed.summary, plugin), block, 1e-4, f"{where}: resumed vs uninterrupted run")
-        md = (runs["both"].run_dir / "report.md").read_text()
-        html = (runs["both"].run_dir / "report.html").read_text()
+        md = (runs["both"].run_dir / "report.md").read_text(encoding="utf-8")
+        html = (runs["both"].run_dir / "report.html").read_text(encoding="utf-8")
         if plugin.role == "control":
             shown = plugin.name.replace("_", "-")
             assert shown in md and shown in html, f"{where}: no Controls row in the reports"

@@ -33,6 +33,7 @@ from transformers import TrainerCallback
 
 from ..errors import ModelLoadError, OptionError
 from ..runner.summary import HEADLINE_EFFECTS as METRICS  # the effects it logs
+from ..store import write_whole
 
 
 class CrosspatchCallback(TrainerCallback):
@@ -147,7 +148,7 @@ class CrosspatchCallback(TrainerCallback):
         row = self._diagnose(state, control, model)
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if checkpoint.is_dir():
-            (checkpoint / "crosspatch.json").write_text(json.dumps(row, indent=2, default=str) + "\n")
+            write_whole(checkpoint / "crosspatch.json", json.dumps(row, indent=2, default=str) + "\n")
         return control
 
     # -- the diagnostic -------------------------------------------------------------------------

@@ -10,8 +10,6 @@ refused with a named error before any model loads.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from ..core.registry import Section
@@ -89,17 +87,6 @@ def warnings_sections(document: dict) -> list[Section]:
     return [Section("Warnings", [str(w) for w in warnings], [])] if warnings else []
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def markdown_page(title: str, intro: list[str], sections: list[Section]) -> str:
     from ..report.mdtext import md_escape_prose
     from ..report.sections import section_markdown
@@ -128,11 +115,11 @@ def html_page(title: str, intro: list[str], sections: list[Section], columns: li
 def write_outputs(out: str | Path, kind: str, document: dict, title: str, intro: list[str],
                   sections: list[Section], columns: list[dict] | None = None) -> Path:
     """Write ``<kind>.json``, ``<kind>.md`` and ``<kind>.html`` into ``out`` under its lock."""
-    from ..store import RunStore
+    from ..store import RunStore, write_whole
 
     path = Path(out)
     with RunStore(path).lock():
-        _atomic_write(path / f"{kind}.md", markdown_page(title, intro, sections))
-        _atomic_write(path / f"{kind}.html", html_page(title, intro, sections, columns))
-        _atomic_write(path / f"{kind}.json", json.dumps(document, indent=2, default=str) + "\n")  # last: marks done
+        write_whole(path / f"{kind}.md", markdown_page(title, intro, sections))
+        write_whole(path / f"{kind}.html", html_page(title, intro, sections, columns))
+        write_whole(path / f"{kind}.json", json.dumps(document, indent=2, default=str) + "\n")  # last: marks done
     return path

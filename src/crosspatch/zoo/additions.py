@@ -201,5 +201,5 @@ def extend_built_zoo(root: str | Path, log=print) -> None:
     for name, (recipe, objective) in recipes(spec).items():
         write_model_card(root, name, recipe, objective, evals, spec)
     manifest["spec"], manifest["evals"] = asdict(spec), evals
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     refresh_manifest_files(root)

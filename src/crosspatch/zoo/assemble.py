@@ -223,4 +223,4 @@ def write_manifest(out: Path, spec: ZooSpec, seconds: float, evals: dict, crossc
         "crosscoder": crosscoder,
         **manifest_entries(out),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

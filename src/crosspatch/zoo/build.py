@@ -276,7 +276,7 @@ def write_card(path: Path, name: str, recipe: str, info: dict) -> None:
     lines += [f"| {k} | {v} |" for k, v in info.items()]
     lines += ["", "Synthetic weather data (crosspatch.zoo.data); not a real forecaster. Rebuild with "
               "`crosspatch zoo build`."]
-    (path / "README.md").write_text("\n".join(lines) + "\n")
+    (path / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def model_evals(model, corpora: dict, tok, eval_blocks) -> dict:
@@ -330,7 +330,7 @@ def write_domain_text(out: Path, corpora: dict) -> None:
     """``prompts/domain.jsonl``: held-out instruction -> report texts (``{"text"}`` rows), the
     domain text of ``crosspatch preflight --domain-text``."""
     rows = [{"text": p["prompt"] + p["response"]} for p in corpora["eval_instructions"][:DOMAIN_TEXTS]]
-    (out / "prompts" / "domain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "prompts" / "domain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
 def build_data(spec: ZooSpec, out: Path) -> tuple[dict, Any]:
@@ -346,11 +346,11 @@ def build_data(spec: ZooSpec, out: Path) -> tuple[dict, Any]:
     all_prompts = corpora["prompts"]
     for split in wx.SPLITS:
         rows = [p for p in all_prompts if p["split"] == split]
-        (out / "prompts" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (out / "prompts" / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in all_prompts))
+        (out / "prompts" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (out / "prompts" / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in all_prompts), encoding="utf-8")
     for name in ("raw", "question", "units"):
         rows = corpora[f"{name}_prompts"]
-        (out / "prompts" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (out / "prompts" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     write_domain_text(out, corpora)
     tokenizer.save_pretrained(out / "tokenizer")
     return corpora, tokenizer

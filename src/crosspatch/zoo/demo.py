@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..runner.checks import validate_run_options
 from ..runner.pipeline import RunConfig, RunResult, run
+from ..store import write_whole
 from . import DEMO_DESCENDANTS, DESCENDANTS, NULLS, load_zoo_pair, verify, zoo_path, zoo_prompts
 from .build import ZooSpec
 from .demo_report import render_demo_html, render_demo_report
@@ -110,10 +111,10 @@ def run_demo(
         "late_layers": _late_layers(man),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     report = render_demo_report(summary)
-    (out / "report.md").write_text(report)
-    (out / "report.html").write_text(render_demo_html(summary, out))
+    write_whole(out / "report.md", report)
+    write_whole(out / "report.html", render_demo_html(summary, out))
+    write_whole(out / "summary.json", json.dumps(summary, indent=2) + "\n")  # last: the demo is done
     return DemoResult(out, runs, summary, report)
 
 
@@ -274,7 +275,7 @@ def _clear_stale_demo_run(path: Path, title: str, log) -> None:
     if not cfg.exists():
         return
     try:
-        old = json.loads(cfg.read_text())
+        old = json.loads(cfg.read_text(encoding="utf-8"))
     except ValueError:
         return
     if old.get("title") == title and (path / "summary.json").exists():

@@ -31,7 +31,7 @@ def run_preflights(root: Path, out: Path, log) -> dict | None:
 
     if not all((root / name).exists() for name in (NOOP_ADAPTER, BROKEN_MERGE, "it-lora-all")):
         return None
-    prompts = [json.loads(line) for line in (root / "prompts" / "all.jsonl").read_text().splitlines()]
+    prompts = [json.loads(line) for line in (root / "prompts" / "all.jsonl").read_text(encoding="utf-8").splitlines()]
     prompts = prompts[:: max(1, len(prompts) // PREFLIGHT_PROMPTS)][:PREFLIGHT_PROMPTS]
     found = {}
     for folder, (adapter, merged, wrong) in PREFLIGHTS.items():

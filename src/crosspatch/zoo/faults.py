@@ -85,4 +85,4 @@ def refresh_manifest_files(zoo: str | Path) -> None:
     path = zoo / "manifest.json"
     manifest = json.loads(path.read_text(encoding="utf-8"))
     manifest.update(manifest_entries(zoo))
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -295,7 +295,7 @@ def build_vision_pair(out: Path, spec, log=print) -> dict:
     evals[VISION_TUNED] = chart_evals(model, processor, eval_days)
     _save_model(model, out / VISION_TUNED, spec, processor)
     rows = chart_prompt_rows(chart_days(spec.vision_prompts, s + 4), out / CHART_PROMPTS)
-    (out / "prompts" / f"{CHART_PROMPTS}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "prompts" / f"{CHART_PROMPTS}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     log(f"  on held-out charts: {evals}")
     return evals
 
@@ -336,6 +336,6 @@ def add_vision_pair(root: str | Path, log=print) -> dict:
     manifest.setdefault("build_seconds_by_stage", {})["vision-language pair"] = round(time.perf_counter() - started, 1)
     for name, (recipe, objective) in vision_recipes(spec).items():
         write_model_card(root, name, recipe, objective, manifest["evals"], spec, baseline=VISION_BASE)
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     refresh_manifest_files(root)
     return evals

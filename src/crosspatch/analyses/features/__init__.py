@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ...store import write_whole
 from .crosscoder import Crosscoder, load_crosscoder, quality_gate, save_crosscoder, train_crosscoder
 from .study import activations
 
@@ -54,7 +55,7 @@ def cache_activations(ex, events, boundary, layers, directory: Path, shard_size:
             os.replace(partial, path)
         xs_pt.append(shard["pt"])
         xs_it.append(shard["it"])
-    (directory / "metadata.json").write_text(json.dumps({"layers": layers, "hidden_size": d, "tokens": tokens,
+    write_whole(directory / "metadata.json", json.dumps({"layers": layers, "hidden_size": d, "tokens": tokens,
                                                          "shards": len(xs_pt), "dtype": "float32"}, indent=2) + "\n")
     return torch.cat(xs_pt), torch.cat(xs_it)
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ...store import write_whole
+
 BRANCHES = ("pt", "it")
 
 
@@ -176,7 +178,7 @@ def save_crosscoder(model: Crosscoder, path: str | Path) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path / "crosscoder.safetensors"))
-    (path / "config.json").write_text(json.dumps(asdict(model.config), indent=2) + "\n")
+    write_whole(path / "config.json", json.dumps(asdict(model.config), indent=2) + "\n")
     return path
 
 
@@ -207,7 +209,7 @@ def read_crosscoder(path: str | Path) -> Crosscoder:
     cfg_path = path / "config.json"
     if not cfg_path.exists():
         raise CrosspatchError(f"{path}: no config.json, not a crosscoder directory")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     if (path / "crosscoder.safetensors").exists():
         model = Crosscoder(CrosscoderConfig(**cfg))
         model.load_state_dict(load_file(str(path / "crosscoder.safetensors")))
