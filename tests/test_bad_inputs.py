@@ -115,6 +115,16 @@ def _wide_adapter(env: Env) -> Path:
     return env.tmp / "wide_adapter"
 
 
+def _rank_differs_from_config(env: Env) -> Path:
+    """The test adapter with its adapter_config.json's ``r`` doubled (weights untouched)."""
+    target = env.tmp / "rank_mismatch"
+    shutil.copytree(env.adapter, target)
+    config = json.loads((target / "adapter_config.json").read_text(encoding="utf-8"))
+    config["r"] = 2 * config["r"]
+    (target / "adapter_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return target
+
+
 def _pickle_only(env: Env) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
@@ -470,6 +480,9 @@ CASES = [
          "SpecialTokensMismatchError"),
     Case("models", "an adapter trained on a wider base",
          lambda e: e.run_args("--adapter", str(_wide_adapter(e)), base=e.lora_base, tuned=False),
+         "AdapterShapeMismatchError"),
+    Case("models", "an adapter whose weights have another rank than its adapter_config.json's r",
+         lambda e: e.run_args("--adapter", str(_rank_differs_from_config(e)), base=e.lora_base, tuned=False),
          "AdapterShapeMismatchError"),
     Case("models", "--chat-template with a tokenizer that has none", lambda e: e.run_args("--chat-template"),
          "ChatTemplateMissingError"),

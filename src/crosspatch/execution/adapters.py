@@ -24,10 +24,22 @@ def adapter_load_error(path: str, base: str, exc: Exception) -> ModelLoadError:
     m = re.search(r"size mismatch for ([\w.]+): copying a param with shape (torch\.Size\(\[[^\]]*\]\)) from "
                   r"checkpoint, the shape in current model is (torch\.Size\(\[[^\]]*\]\))", text)
     if m:
+        name, saved, built = m.group(1), _dims(m.group(2)), _dims(m.group(3))
+        rank_dim = 0 if ".lora_A." in name else 1 if ".lora_B." in name else None
+        if rank_dim is not None and len(saved) == len(built) == 2 and saved[1 - rank_dim] == built[1 - rank_dim]:
+            return AdapterShapeMismatchError(
+                f"adapter {path} does not match its own adapter_config.json: {name} has rank {saved[rank_dim]} in "
+                f"its weights but the configuration (r, rank_pattern) gives rank {built[rank_dim]}; save the adapter "
+                "again with PEFT's save_pretrained, or correct r")
         return AdapterShapeMismatchError(
-            f"adapter {path} does not fit base {base}: {m.group(1)} has shape {m.group(2)} in the adapter but "
+            f"adapter {path} does not fit base {base}: {name} has shape {m.group(2)} in the adapter but "
             f"{m.group(3)} in the base model; was it trained on another base?")
     return ModelLoadError(f"could not load adapter {path} onto {base}: {text.splitlines()[0][:300]}")
+
+
+def _dims(shape: str) -> list[int]:
+    """The sizes of a printed ``torch.Size([a, b])``."""
+    return [int(x) for x in re.findall(r"\d+", shape)]
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
