@@ -154,3 +154,27 @@ def test_every_writer_takes_the_run_directory_lock(tmp_path):
             merge_runs([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
     for write in writers:  # released: each goes through
         write()
+
+
+def test_a_command_on_a_run_named_by_a_mistyped_path_creates_nothing(tmp_path):
+    """report, consequence, features and an analysis added afterwards read a run that exists: a
+    path that is not one is named (it does not exist, or it is a file) and no directory is left
+    behind (the lock used to create the mistyped path, parents included)."""
+    from crosspatch.errors import NotARunDirectoryError
+    from crosspatch.runner.finished import run_on_finished
+    from crosspatch.runner.on_finished import consequence_for_run, run_features
+    from crosspatch.runner.pipeline import rerender_run
+
+    prompts = _prompt_file(tmp_path)
+    missing = tmp_path / "typo" / "run"
+    commands = [lambda p: rerender_run(p), lambda p: run_on_finished(p, "pre_late_commitment"),
+                lambda p: run_features(p, train_only=True, log=lambda m: None),
+                lambda p: consequence_for_run(p, prompts)]
+    for command in commands:
+        with pytest.raises(NotARunDirectoryError, match="does not exist"):
+            command(missing)
+        with pytest.raises(NotARunDirectoryError, match="is a file, not a run directory"):
+            command(prompts)
+    assert not (tmp_path / "typo").exists()
+    assert CliRunner().invoke(app, ["gate", str(missing)]).exit_code == 2
+    assert "does not exist" in CliRunner().invoke(app, ["gate", str(missing)]).output

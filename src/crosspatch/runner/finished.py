@@ -120,7 +120,7 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
     from ..store import RunStore
 
     store = RunStore(run_dir)
-    with store.lock():
+    with store.lock(create=False):
         config = store.config()
         store.summary()  # the run must have finished
         if isinstance(analysis, str):

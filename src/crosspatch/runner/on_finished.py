@@ -67,14 +67,14 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     lengths = {e.key: len(e.prefix_ids) for e in events}
     base_path = (config.get("models", {}).get("base") or {}).get("path")
     check_continuation_lengths(lengths, budget, local_max_positions(base_path) if base_path else None)
-    with store.lock():  # what this call left out, kept beside the records so every later summary reports it
+    with store.lock(create=False):  # what this call left out, kept beside the records so every later summary reports it
         _record_partial(store.path, partial)
     if events:
         summary = run_on_finished(run_dir, Consequence(validators, budget, with_pt, seed), events,
                                   check_models=lambda models: check_continuation_lengths(
                                       lengths, budget, models.facts[models.base].get("max_positions")))
     else:
-        with store.lock():
+        with store.lock(create=False):
             summary = resummarize(store, config)
     return summary.get("consequences") or {}
 
@@ -106,7 +106,7 @@ def run_features(run_dir, crosscoder_dir=None, n_layers: int = 3, n_latents: int
     if workers is not None:
         _int("workers", workers, 1)
     store = RunStore(run_dir)
-    with store.lock():  # one writer per run directory
+    with store.lock(create=False):  # one writer per run directory
         return _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_only, log, engine, workers)
 
 

@@ -181,7 +181,7 @@ def rerender_run(run_dir: str | Path) -> Rendered:
     if kind in ("compare", "lineage"):
         return _rerender_collection(path, kind)
     store = RunStore(path)
-    with store.lock():  # one writer per run directory
+    with store.lock(create=False):  # one writer per run directory
         return _rerender(store)
 
 

@@ -71,6 +71,10 @@ def mark_collection(path: str | Path, kind: str) -> None:
 def not_a_run_message(path: Path) -> str:
     """Why ``path`` (a directory without config.json) is no run, naming the runs inside a
     compare's or lineage's output."""
+    if not path.exists():
+        return f"{path} does not exist: no run directory is there"
+    if not path.is_dir():
+        return f"{path} is a file, not a run directory"
     kind = collection_kind(path)
     if kind is None:
         return f"{path} is not a crosspatch run directory (no config.json)"

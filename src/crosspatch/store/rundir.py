@@ -75,13 +75,17 @@ class RunStore:
 
     # -- identity ---------------------------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, create: bool = True) -> Iterator[None]:
         """Hold this run directory for the calling process while it writes: a second crosspatch
         process on the same directory gets a :class:`RunDirectoryError` instead of interleaving
         its records. An advisory lock on the directory itself (created here when new), released
         when the process ends however it ends, so a crashed run leaves nothing stale. Where the
         platform or file system has no ``flock`` (Windows, some network mounts), runs are not
-        guarded."""
+        guarded. ``create=False`` (a command on a run that exists: report, consequence, features):
+        a path that is no directory is a :class:`NotARunDirectoryError`, and nothing is created (a
+        mistyped path used to be left behind as an empty directory)."""
+        if not create and not self.path.is_dir():
+            raise NotARunDirectoryError(not_a_run_message(self.path))
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
@@ -212,9 +216,7 @@ class RunStore:
 
     def config(self) -> dict:
         path = self.path / "config.json"
-        if not self.path.is_dir():
-            raise NotARunDirectoryError(f"{self.path} is not a directory")
-        if not path.exists():
+        if not self.path.is_dir() or not path.exists():
             raise NotARunDirectoryError(not_a_run_message(self.path))
         cfg = read_json_object(path, "config.json")
         if isinstance(cfg, dict):

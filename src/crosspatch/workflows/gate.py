@@ -53,9 +53,7 @@ def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
         rules = VerdictPolicy.from_dict({} if policy is None else policy)
     except (TypeError, ValueError) as exc:
         return _unusable(f"bad policy: {exc}")
-    if not path.is_dir():
-        return _unusable(f"{path} is not a directory")
-    if not (path / "config.json").exists():
+    if not path.is_dir() or not (path / "config.json").exists():
         return _unusable(not_a_run_message(path))
     if not (path / "summary.json").exists():
         return _unusable(f"{path} has no summary.json: the run did not finish (run the same command again to resume)")

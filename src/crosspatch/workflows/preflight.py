@@ -302,5 +302,5 @@ def write_preflight(out: str | Path, document: dict) -> None:
     if store.is_run() and (Path(out) / "summary.json").exists():
         from ..runner.finished import resummarize
 
-        with store.lock():
+        with store.lock(create=False):
             resummarize(store)
