@@ -682,6 +682,11 @@ CASES = [
                                                             f"  - sources: [{{model: {e.base}, layer_range: [0, 3]}}]\n"
                                                             f"  - sources: [{{model: {e.tuned}, layer_range: [1, 4]}}]\n")),
                     "--prompts", str(e.prompts), "--out", str(e.tmp / "mc")], "UnsupportedMergeConfigError"),
+    Case("workflows", "merge-check of a configuration naming a PEFT adapter directory as a model",
+         lambda e: ["merge-check", str(e.file("adapter-merge.yml", f"merge_method: ties\nbase_model: {e.lora_base}\n"
+                                                                   f"models:\n  - model: {e.adapter}\n"
+                                                                   "    parameters: {density: 0.5, weight: 1.0}\n")),
+                    "--prompts", str(e.prompts), "--out", str(e.tmp / "mc")], "AdapterGivenAsCheckpointError"),
     Case("workflows", "lineage --checkpoints on a directory without checkpoints",
          lambda e: ["lineage", str(e.base), "--checkpoints", str(e.tmp), "--prompts", str(e.prompts), "--out",
                     str(e.tmp / "lin")], "CheckpointDiscoveryError"),

@@ -73,6 +73,22 @@ def _path(reference) -> str:
     return str(reference.model.path)
 
 
+def _check_named_model(path: str) -> None:
+    """A model the configuration names is a checkpoint mergekit can read (``check_model_path``);
+    a PEFT adapter directory is named with what to do instead (merge-check has no --adapter)."""
+    from ..errors import AdapterGivenAsCheckpointError
+    from ..models.paths import check_model_path
+
+    try:
+        check_model_path(path, "the configuration's model")
+    except AdapterGivenAsCheckpointError:
+        raise AdapterGivenAsCheckpointError(
+            f"the configuration's model {path} is a PEFT adapter directory (adapter_config.json, no config.json): "
+            "mergekit merges whole checkpoints. Merge the adapter into its base first (PEFT's merge_and_unload, then "
+            "save_pretrained) and name that directory, or check the adapter itself with crosspatch preflight "
+            "--adapter") from None
+
+
 @dataclass
 class SplicePlan:
     """A passthrough configuration read as one switch at ``boundary``: early layers from
@@ -132,7 +148,6 @@ def merge_check(config_path: str | Path, prompts, base: str | None = None, out: 
     written as ``merge-check.json`` (with ``.md``/``.html``) into ``out``."""
     from ..execution.roles import model_path_arg
     from ..models.loading import LoadOptions, validate_load_options
-    from ..models.paths import check_model_path
     from .output import fingerprint_of, finished_document, progress_function
 
     options = LoadOptions.with_overrides(options)  # a copy: the caller's object is never changed
@@ -162,7 +177,7 @@ def merge_check(config_path: str | Path, prompts, base: str | None = None, out: 
             raise UnsupportedMergeConfigError(f"--base {base} is neither model of the splice ({plan.early}, {plan.late})")
         tuned = plan.late if base == plan.early else plan.early
         for path in (plan.early, plan.late):
-            check_model_path(path, "--config model")
+            _check_named_model(path)
         stored = finished_document(out, KIND, inputs, own_entries=("splice",))
         if stored is not None:
             return stored
@@ -190,7 +205,6 @@ def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, optio
     import crosspatch
 
     from ..execution import load_models
-    from ..models.paths import check_model_path
     from ..runner.summary import effects_at
     from .output import fingerprint_of, finished_document
     from .preflight import preflight
@@ -204,7 +218,7 @@ def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, optio
         raise OptionError(f"a {config.merge_method} merge names no base_model: give --base (the model the parents were "
                           "fine-tuned from)")
     for path in [base, *parents]:
-        check_model_path(path, "--config model")
+        _check_named_model(path)
     stored = finished_document(out, KIND, inputs, own_entries=("runs",))
     if stored is not None:
         return stored
