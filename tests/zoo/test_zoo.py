@@ -230,6 +230,10 @@ def test_quick_demo_on_the_embedded_zoo(tmp_path):
         assert check_report(tmp_path / "demo" / name) == [], name
     html = (tmp_path / "demo" / "it-full" / "report.html").read_text()
     assert '<a href="../report.html">' in html
+    # each member run says which prompts it read: the zoo's files, a quarter of each stratum
+    source = json.loads((tmp_path / "demo" / "it-full" / "config.json").read_text())["prompts"]["source"]
+    assert "raw.jsonl" in source and "units.jsonl" in source and "--quick" in source
+    assert "prompt set: the zoo's prompts" in (tmp_path / "demo" / "it-full" / "report.md").read_text()
     # the combined page opens with the one-table answer: every descendant's verdict before any prose
     page = (tmp_path / "demo" / "report.html").read_text()
     answer = page.index("<h2>The answer</h2>")

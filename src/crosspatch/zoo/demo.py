@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..inputs.prompts import PromptSet
 from ..runner.checks import validate_run_options
 from ..runner.pipeline import RunConfig, RunResult, run
 from ..store import write_whole
@@ -56,7 +57,7 @@ def run_demo(
     man = verify(root)
     prompts = demo_prompts(root)
     if quick:
-        prompts = quick_prompts(prompts)
+        prompts = PromptSet(quick_prompts(prompts), f"{prompts.source}, a quarter of each stratum (--quick)")
     started = time.perf_counter()
     config = RunConfig(boundary=boundary, max_new_tokens=max_new_tokens, bootstrap=bootstrap, back_link="../report.html",
                        group_by=["split", "style", "era"], batch_size=128, consequence=True, consequence_budget=48,
@@ -224,19 +225,21 @@ def prompt_strata(prompts: list) -> dict[str, dict[str, int]]:
     return counts
 
 
-def demo_prompts(root: Path | None = None) -> list:
+def demo_prompts(root: Path | None = None) -> PromptSet:
     """The demo's prompts: the raw-text set (observation logs cut before a field, narrative
     openings), the instruction set, the forum questions and the narrow domain's unit tasks, each
     prompt's ``style`` (log, narrative, instruction, question, units) and ``era`` recorded so the
-    report breaks the effects down by them."""
-    prompts = list(zoo_prompts("raw", root))
-    for p in zoo_prompts("all", root):
-        p.metadata.setdefault("style", "instruction")
-        prompts.append(p)
+    report breaks the effects down by them. Its ``source`` names the zoo's files (each run's
+    config.json and report print it)."""
     root = root or zoo_path()
-    if (root / "prompts" / "question.jsonl").exists():
-        prompts += list(zoo_prompts("question", root))
-    return prompts + list(zoo_prompts("units", root))
+    splits = ["raw", "all"] + (["question"] if (root / "prompts" / "question.jsonl").exists() else []) + ["units"]
+    prompts = []
+    for split in splits:
+        for p in zoo_prompts(split, root):
+            if split == "all":
+                p.metadata.setdefault("style", "instruction")
+            prompts.append(p)
+    return PromptSet(prompts, f"the zoo's prompts ({', '.join(f'{s}.jsonl' for s in splits)})")
 
 
 def check_demo_dir(out: Path, descendants=DESCENDANTS) -> None:
