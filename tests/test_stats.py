@@ -134,6 +134,25 @@ def test_pooling_reports_each_family_and_the_pool_without_it():
     assert "leave_one_out" not in one  # nothing to leave out of a single family
 
 
+def test_a_pool_gives_no_interval_where_a_family_has_too_few_prompts_for_one():
+    """Each family is resampled within itself: a family of 2 prompts has no interval alone (as a
+    run of 2 prompts has none), and neither has any pool that includes it; the note names it."""
+    many = [rec(f"m{i}", [0, 1, 0, 1 + (i % 3)]) for i in range(12)]
+    few = [rec(f"f{i}", [0, 1, 0, 3 + i]) for i in range(2)]
+    more = [rec(f"o{i}", [0, 2, 0, 4 + (i % 2)]) for i in range(7)]
+    pooled = pool_family_balanced({"many": many, "few": few, "more": more}, "common_it", BootstrapConfig(300))
+    assert pooled["effects"]["interaction"]["ci"] is None and "few (2)" in pooled["ci_note"]
+    assert pooled["effects"]["interaction"]["mean"] == pytest.approx((1 + 2.5 + (2 + 3 / 7)) / 3)
+    assert pooled["families"]["few"]["effects"]["interaction"]["ci"] is None
+    assert pooled["families"]["few"]["n_prompts"] == 2
+    assert pooled["families"]["many"]["effects"]["interaction"]["ci"] is not None
+    assert pooled["leave_one_out"]["few"]["effects"]["interaction"]["ci"] is not None  # the pool without it
+    assert "ci_note" not in pooled["leave_one_out"]["few"]
+    assert pooled["leave_one_out"]["many"]["effects"]["interaction"]["ci"] is None
+    assert pool_family_balanced({"many": many}, "common_it", BootstrapConfig(0))["ci_note"] == \
+        "no interval: bootstrap disabled"
+
+
 def test_bootstrap_draws_in_bounded_chunks_equal_one_draw():
     rng_values = np.random.default_rng(1)
     sums, counts = rng_values.normal(size=(37, 4)), rng_values.integers(1, 4, size=37).astype(float)

@@ -123,6 +123,8 @@ def pool_cmd(
                                           else f"{min(means):+.2f} .. {max(means):+.2f}")
         table.add_row(name, fmt_effect(pooled, name), spread)
     _stdout().print(table)
+    if pooled.get("ci_note"):
+        _stdout().print(pooled["ci_note"], soft_wrap=True, markup=False)
     families = Table(title="each family, and the pool without it (leave one out)")
     for col in ("family", "events", "its interaction", "pooled interaction without it", "pooled I/E_IT without it"):
         families.add_column(col)

@@ -10,6 +10,7 @@ import numpy as np
 from .records import CellRecord
 from .stats import (
     EFFECTS,
+    MIN_CLUSTERS_FOR_CI,
     BootstrapConfig,
     _clean,
     cell_matrix,
@@ -21,19 +22,29 @@ from .stats import (
 )
 
 
-def _pooled_effects(point_means: Sequence[np.ndarray], boot_means: Sequence[np.ndarray], boot: BootstrapConfig) -> dict:
-    """Effects (mean and percentile CI, unreliable ratios n/a) of the equal-weight mean of the
-    given families' cell means and of their bootstrap cell means."""
-    point = effects_from_cell_means(np.mean(point_means, axis=0))
-    boot_effects = effects_from_cell_means(np.mean(boot_means, axis=0))
+def _pooled(names: Sequence[str], point_means: dict, boot_means: dict, clusters: dict[str, int],
+            boot: BootstrapConfig) -> dict:
+    """``effects`` (mean and percentile CI, unreliable ratios n/a) of the equal-weight mean of the
+    named families' cell means and of their bootstrap cell means. Each family is resampled within
+    itself, so each needs the prompt clusters a single run needs for an interval
+    (``MIN_CLUSTERS_FOR_CI``): with fewer in any, no interval, and ``ci_note`` names them."""
+    point = effects_from_cell_means(np.mean([point_means[n] for n in names], axis=0))
+    boot_effects = effects_from_cell_means(np.mean([boot_means[n] for n in names], axis=0))
     lo, hi = 50 * (1 - boot.confidence), 100 - 50 * (1 - boot.confidence)
+    few = [f"{n} ({clusters[n]})" for n in names if clusters[n] < MIN_CLUSTERS_FOR_CI]
     effects = {}
     for e in EFFECTS:
         v = boot_effects[e][np.isfinite(boot_effects[e])]
-        ci = np.percentile(v, [lo, hi]) if len(v) and boot.n_resamples > 0 else None
+        ci = np.percentile(v, [lo, hi]) if len(v) and boot.n_resamples > 0 and not few else None
         effects[e] = {"mean": _clean(point[e]), "ci": None if ci is None else [_clean(ci[0]), _clean(ci[1])]}
     guard_ratios(effects)
-    return effects
+    block: dict = {"effects": effects}
+    if boot.n_resamples <= 0:
+        block["ci_note"] = "no interval: bootstrap disabled"
+    elif few:
+        block["ci_note"] = (f"no interval: fewer than {MIN_CLUSTERS_FOR_CI} prompt clusters in "
+                            f"{', '.join(few)}, each family being resampled within itself")
+    return block
 
 
 def pool_family_balanced(
@@ -48,24 +59,25 @@ def pool_family_balanced(
     if not groups:
         return effect_block(np.zeros((0, 4)), [], boot)
     rng = np.random.default_rng(boot.seed)
-    point_means, boot_means = {}, {}
+    point_means, boot_means, clusters = {}, {}, {}
     for name, recs in groups.items():
         values = cell_matrix(recs, readout)
         point_means[name] = values.mean(axis=0)
         sums, counts = cluster_sums(values, [r.prompt_id for r in recs])
         boot_means[name] = resampled_cell_means(rng, sums, counts, max(boot.n_resamples, 1))
+        clusters[name] = len(counts)
+    names = list(groups)
     block = {
         "n_pairs": len(groups),
         "n_events": int(sum(len(v) for v in groups.values())),
-        "effects": _pooled_effects(list(point_means.values()), list(boot_means.values()), boot),
-        "families": {name: {"n_events": len(groups[name]),
-                            "effects": _pooled_effects([point_means[name]], [boot_means[name]], boot)}
+        **_pooled(names, point_means, boot_means, clusters, boot),
+        "families": {name: {"n_events": len(groups[name]), "n_prompts": clusters[name],
+                            **_pooled([name], point_means, boot_means, clusters, boot)}
                      for name in groups},
     }
     if len(groups) >= 2:
         block["leave_one_out"] = {
             name: {"n_pairs": len(groups) - 1, "n_events": block["n_events"] - len(groups[name]),
-                   "effects": _pooled_effects([m for k, m in point_means.items() if k != name],
-                                              [m for k, m in boot_means.items() if k != name], boot)}
+                   **_pooled([n for n in names if n != name], point_means, boot_means, clusters, boot)}
             for name in groups}
     return block
