@@ -28,7 +28,7 @@ import torch
 
 from ..core.analysis import Analysis, EventSet
 from ..core.registry import AnalysisPlugin, PlanContext, Section, SummaryContext, Table, register_analysis
-from ..core.stats import BootstrapConfig, cluster_mean_ci
+from ..core.stats import MIN_CLUSTERS_FOR_CI, BootstrapConfig, cluster_mean_ci
 from ..execution import Decode, Executor, Program
 from ..store import write_whole
 
@@ -93,7 +93,7 @@ def _correlation(x: np.ndarray, y: np.ndarray, clusters: list[str], boot: Bootst
         return {"r": None, "ci": None, "n": int(len(x)), "note": "too few events or no variation"}
     r = float(np.corrcoef(x, y)[0, 1])
     names, index = np.unique(np.asarray(clusters), return_inverse=True)
-    if len(names) < 5 or boot.n_resamples <= 0:
+    if len(names) < MIN_CLUSTERS_FOR_CI or boot.n_resamples <= 0:
         return {"r": r, "ci": None, "n": int(len(x))}
     rng = np.random.default_rng(boot.seed)
     members = [np.flatnonzero(index == k) for k in range(len(names))]
@@ -102,7 +102,8 @@ def _correlation(x: np.ndarray, y: np.ndarray, clusters: list[str], boot: Bootst
         pick = np.concatenate([members[k] for k in rng.integers(len(names), size=len(names))])
         if x[pick].std() > 0 and y[pick].std() > 0:
             stats.append(np.corrcoef(x[pick], y[pick])[0, 1])
-    ci = [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))] if stats else None
+    lo, hi = 50 * (1 - boot.confidence), 100 - 50 * (1 - boot.confidence)
+    ci = [float(np.percentile(stats, lo)), float(np.percentile(stats, hi))] if stats else None
     return {"r": r, "ci": ci, "n": int(len(x))}
 
 
