@@ -183,7 +183,7 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
     from ..execution import choose_residency, kv_bytes_per_token, largest_batch_tokens
     from ..execution.batching import state_cache_bytes
     from ..models.loading import DTYPES, load_tokenizer
-    from ..models.paths import local_config, text_config
+    from ..models.paths import config_hidden_size, local_config
     from ..runner.checks import local_num_layers
     from ..runner.pipeline import resolve_boundaries, select_shard
 
@@ -225,7 +225,7 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
         fe = tokens * (2 + late + (2 if len(kinds) > 1 else 0))
         lines.append(f"estimated work: at most {fe:,.0f} token forward-pass equivalents over {tokens:,} prompt+budget "
                      "tokens (search, cells" + (", event kinds" if len(kinds) > 1 else "") + "; controls add a little)")
-        hidden = text_config(model_config).get("hidden_size") or model_config.get("n_embd")
+        hidden = config_hidden_size(model_config)
         size = state_cache_bytes(residency, tokens, hidden, itemsize, len(bounds)) if isinstance(hidden, int) else None
         if size is not None:
             lines.append(f"state cache (sequential, CPU): up to {size / 2**20:.1f} MiB")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 
-from ..models.paths import text_config
+from ..models.paths import config_hidden_size, text_config
 
 
 def length_batches(n_items: int, lengths: list[int], batch_size: int, max_tokens: int | None = None,
@@ -96,7 +96,7 @@ def kv_bytes_per_token(config: dict, itemsize: int) -> int | None:
     cfg = text_config(config)
     layers = cfg.get("num_hidden_layers") or cfg.get("n_layer")
     heads = cfg.get("num_attention_heads") or cfg.get("n_head")
-    hidden = cfg.get("hidden_size") or cfg.get("n_embd")
+    hidden = config_hidden_size(config)
     if not all(isinstance(x, int) and x > 0 for x in (layers, heads, hidden)):
         return None
     assert isinstance(hidden, int) and isinstance(heads, int) and isinstance(layers, int)  # checked just above

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ArchitectureMismatchError, HiddenSizeMismatchError, LayerCountMismatchError, SpecialTokensMismatchError
-from .paths import POSITION_LIMIT_KEYS, config_num_layers, local_config, text_config
+from .paths import POSITION_LIMIT_KEYS, config_hidden_size, config_num_layers, local_config
 
 _SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")
 
@@ -49,11 +49,9 @@ def config_facts(path: str) -> dict:
     (``model_type`` for the architecture, ``num_layers``, ``hidden_size``), each None where it
     does not say (a hub id, an unusual config): read before any weight loads."""
     config = local_config(path)
-    text = text_config(config)
-    size = next((text[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(text.get(k), int)), None)
     kind = config.get("model_type")
     return {"model_type": kind if isinstance(kind, str) else None, "num_layers": config_num_layers(config),
-            "hidden_size": size}
+            "hidden_size": config_hidden_size(config)}
 
 
 def compare_configs(base: str, descendant: str, names: tuple[str, str] = ("PT", "IT")) -> None:

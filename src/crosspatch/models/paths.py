@@ -280,6 +280,13 @@ def config_num_layers(data: dict) -> int | None:
     return layers if isinstance(layers, int) else None
 
 
+def config_hidden_size(data: dict) -> int | None:
+    """The residual width a config dict states (a multimodal model's ``text_config``; ``n_embd``
+    for GPT-2-style configs, ``d_model`` for MPT's); None when it does not."""
+    text = text_config(data)
+    return next((text[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(text.get(k), int)), None)
+
+
 POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")  # where configs say it
 
 
