@@ -26,7 +26,8 @@ def missing_prompts(prompt_ids: list[str], records: list[CellRecord], no_div: li
     """Prompts not accounted for: each prompt must have a first-divergence record at every
     boundary (valid or invalid) or a no-divergence outcome (events + no-divergence + invalid ==
     prompts)."""
-    return [p for p in prompt_ids if p not in completed_prompts(records, no_div, boundaries)]
+    done = completed_prompts(records, no_div, boundaries)  # once: not once per prompt (quadratic in the run)
+    return [p for p in prompt_ids if p not in done]
 
 
 def check_complete(prompt_ids: list[str], records, no_div, boundaries, where: str) -> None:
