@@ -95,6 +95,12 @@ def test_checkpoint_discovery_names_what_is_wrong(tmp_path):
         discover_checkpoints(tmp_path)
     with pytest.raises(CheckpointDiscoveryError, match="a trainer's output directory"):
         discover_checkpoints(None)  # type: ignore[arg-type]
+    for name in ("checkpoint-5", "checkpoint-05"):  # one step, two directories: which is stage step-5?
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "config.json").write_text("{}", encoding="utf-8")
+        (tmp_path / name / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointDiscoveryError, match="are both step 5"):
+        discover_checkpoints(tmp_path)
 
 
 def test_callback_options_are_checked_when_made():

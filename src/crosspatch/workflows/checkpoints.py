@@ -56,4 +56,10 @@ def discover_checkpoints(output_dir: str | Path) -> list[TrainerCheckpoint]:
     if not found:
         raise CheckpointDiscoveryError(f"--checkpoints {root} holds no checkpoint-<step> directories (a trainer's "
                                        "output_dir with save_strategy set writes them)")
+    steps: dict[int, Path] = {}
+    for checkpoint in sorted(found, key=lambda c: c.path.name):
+        if checkpoint.step in steps:  # checkpoint-100 and checkpoint-0100: one stage name, two models
+            raise CheckpointDiscoveryError(f"{steps[checkpoint.step]} and {checkpoint.path} are both step "
+                                           f"{checkpoint.step}: move one away")
+        steps[checkpoint.step] = checkpoint.path
     return sorted(found, key=lambda c: c.step)
