@@ -188,6 +188,14 @@ def _cheapest_by_brute_force(lengths, rows, budget, overhead):
     return best
 
 
+def test_sequences_longer_than_the_token_bound_alone_are_named():
+    from crosspatch.execution.batching import over_batch_tokens
+
+    assert over_batch_tokens([10, 20], None) is None and over_batch_tokens([10, 20], 20) is None
+    said = over_batch_tokens([10, 25, 40], 20)
+    assert said is not None and said.startswith("2 prompt(s)") and "up to 40 tokens" in said
+
+
 def test_batches_weigh_padding_against_the_cost_of_another_pass():
     """With what a pass costs (in padded tokens), batches are the cheapest cut: short sequences
     go without the long ones' padding where a pass of their own costs less, never more passes
@@ -254,7 +262,10 @@ def test_a_token_budget_changes_batches_not_results(tmp_path, residency):
     searched = [b for lengths, bs in batches if min(lengths) > OPTIONS["max_new_tokens"] for b in bs]
     assert searched and all(len(b) == 1 for b in searched)  # prompt + budget > the budget: alone
     assert all(len(b) * max(lengths[k] for k in b) <= budget for lengths, bs in batches for b in bs if len(b) > 1)
+    # the bound could not be kept: the run says so (each prompt ran alone, over it)
+    assert any("longer than --max-batch-tokens" in w for w in small.summary["warnings"])
     whole = run(pair, PROMPTS, batch_size=8, **OPTIONS)
+    assert not any("--max-batch-tokens" in w for w in whole.summary["warnings"])
     assert [r.key for r in small.records] == [r.key for r in whole.records] and whole.records
     worst = max(abs(x.cells[n][c] - y.cells[n][c]) for x, y in zip(small.records, whole.records)
                 for n in READOUTS for c in CELLS)

@@ -181,7 +181,7 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
     from ..analyses.controls import parse_controls
     from ..analyses.event_kinds import parse_event_kinds
     from ..execution import choose_residency, kv_bytes_per_token, largest_batch_tokens
-    from ..execution.batching import state_cache_bytes
+    from ..execution.batching import over_batch_tokens, state_cache_bytes
     from ..models.loading import DTYPES, load_tokenizer
     from ..models.paths import config_hidden_size, local_config
     from ..runner.checks import local_num_layers
@@ -232,6 +232,8 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
     lines.append(f"batching: up to {config.batch_size} sequences per forward pass"
                  + (f", at most {config.max_batch_tokens:,} padded tokens (prompt + generation budget while decoding)"
                     if config.max_batch_tokens else ""))
+    if (over := over_batch_tokens(lengths, config.max_batch_tokens)) is not None:
+        lines.append(f"warning: {over}")
     per_token = kv_bytes_per_token(model_config, itemsize)
     if per_token and lengths:
         largest = largest_batch_tokens(lengths, config.batch_size, config.max_batch_tokens)

@@ -83,6 +83,20 @@ def pass_overhead_tokens(device, params_per_layer: int | None = None) -> int:
     return 40 + round(1.4e7 / params_per_layer)
 
 
+def over_batch_tokens(lengths: list[int], max_tokens: int | None) -> str | None:
+    """What to say when some sequences (``lengths``: prompt + generation budget) are longer than
+    ``max_tokens`` alone: a sequence is never split, so each of them runs in a batch of its own,
+    over the bound its user set; None when every one fits."""
+    if not max_tokens:
+        return None
+    long = [n for n in lengths if n > max_tokens]
+    if not long:
+        return None
+    return (f"{len(long)} prompt(s) with the generation budget are longer than --max-batch-tokens {max_tokens:,} "
+            f"(up to {max(long):,} tokens): each runs in a batch of its own, over that bound (a sequence is never "
+            "split); raise --max-batch-tokens or lower --max-new-tokens to keep within it")
+
+
 def largest_batch_tokens(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> int:
     """Padded tokens (rows x the longest length) of the largest batch :func:`length_batches` makes."""
     batches = length_batches(len(lengths), lengths, batch_size, max_tokens)

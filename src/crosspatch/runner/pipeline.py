@@ -23,7 +23,7 @@ from ..core.stats import BootstrapConfig
 from ..core.verdict import VerdictPolicy
 from ..errors import OptionError
 from ..execution import Executor, ModelSet, combined_wish, map_chunks
-from ..execution.batching import chunk_size
+from ..execution.batching import chunk_size, over_batch_tokens
 from ..execution.batching import state_cache_bytes as cache_bytes
 from ..inputs.chats import check_chat_rows
 from ..inputs.prompts import Prompt, as_prompts
@@ -251,6 +251,9 @@ def run(
                          max([0] + [a.tokens_past_prompt() for a in plan.analyses]))
     check_prompt_token_ids([p.id for p in prompts], token_ids,
                            {role: pair.facts[role].get("input_embeddings") for role in pair.roles})
+    if (over := over_batch_tokens([len(ids) + config.max_new_tokens for ids in token_ids],
+                                  config.max_batch_tokens)) is not None:
+        run_warnings.append(over)
     store = RunStore(out) if out is not None else None
     with store.lock() if store is not None else contextlib.nullcontext():  # one process per run directory
         records: list[CellRecord] = []
