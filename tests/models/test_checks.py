@@ -223,6 +223,21 @@ def test_chat_turn_terminators_end_decoding_like_eos():
     assert im_end in pair.eos_ids and start not in pair.eos_ids and eot not in pair.eos_ids
 
 
+def test_a_pair_that_names_no_end_of_sequence_token_is_warned_about():
+    """Without any EOS id (tokenizer, generation config, terminators) every continuation runs to
+    the budget, past where the models would stop: the pair's warnings say so; with one, nothing."""
+    tok = char_tokenizer()
+    assert not any("end-of-sequence" in w for w in pair_from_models(tiny_model("llama"), tiny_model("llama", seed=1),
+                                                                     tok).warnings)
+    tok.eos_token = None
+    models = [tiny_model("llama"), tiny_model("llama", seed=1)]
+    for m in models:
+        m.generation_config.eos_token_id = None
+    pair = pair_from_models(*models, tok)
+    assert not pair.eos_ids
+    assert any("no end-of-sequence token is known" in w for w in pair.warnings)
+
+
 def test_weights_of_other_shapes_than_the_config_are_named(tmp_path):
     """A config.json that does not describe its weights (edited, or copied from another size) is a
     ModelLoadError naming the shapes (and, under transformers 5, the weights), not transformers' "see the report above"."""

@@ -24,6 +24,7 @@ from ..models.loading import (
     is_local,
     load_causal_lm,
     load_tokenizer,
+    no_eos_warning,
     provenance,
     resolve_dtype,
     validate_load_options,
@@ -201,7 +202,7 @@ def load_models(
         real, checks = _check_set(roles, tokenizers, facts, options)
         record_snapshots(record, options.revision)
         sequential.real_vocab, sequential.eos_ids, sequential.facts = real, eos, facts
-        sequential.warnings = warnings + checks
+        sequential.warnings = warnings + checks + no_eos_warning(eos)
         return sequential
 
     handles: dict[str, ModelHandle] = {}
@@ -258,8 +259,8 @@ def assemble_set(handles: dict[str, ModelHandle], tokenizers: dict[str, Any], re
     eos: set[int] = set()
     for role, h in handles.items():
         eos |= eos_token_ids(tokenizers[role], h.anatomy.model)
-    models = ResidentSet(roles, tokenizers, real, eos, facts, residency, list(warnings) + checks, record,
-                         handles=handles)
+    models = ResidentSet(roles, tokenizers, real, eos, facts, residency, list(warnings) + checks + no_eos_warning(eos),
+                         record, handles=handles)
     for handle in handles.values():
         models.attach_media(handle)
     return models

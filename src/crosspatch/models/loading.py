@@ -118,6 +118,17 @@ def eos_token_ids(tokenizer, model) -> set[int]:
     return ids
 
 
+def no_eos_warning(eos: set[int]) -> list[str]:
+    """A warning where neither model names an end-of-sequence token (tokenizer, generation config,
+    chat-turn terminators): every continuation then runs to the generation budget, so a pair that
+    would have ended together (no event) is searched past that end."""
+    if eos:
+        return []
+    return ["no end-of-sequence token is known for either model (tokenizer, generation_config.json, chat-turn "
+            "terminators): every continuation runs to --max-new-tokens, past where the models would have stopped; "
+            "set eos_token in tokenizer_config.json (or eos_token_id in generation_config.json)"]
+
+
 def is_local(path: str) -> bool:
     return Path(path).expanduser().exists()
 
