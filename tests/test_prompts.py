@@ -181,6 +181,21 @@ def test_unknown_suffix_missing_and_empty_files(tmp_path):
         load_prompts(tmp_path / "e.jsonl")
 
 
+def test_prompts_that_repeat_another_are_warned_about_not_dropped():
+    """Two ids with the same text are two prompts (none is dropped), but greedy decoding gives
+    them the same events, which the bootstrap would count as independent: the run warns."""
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import make_pair
+
+    prompts = [{"id": "a", "prompt": "Rain in Boston"}, {"id": "b", "prompt": "Rain in Boston"},
+               {"id": "c", "prompt": "Snow in Denver"}]
+    result = run(make_pair("llama"), prompts, max_new_tokens=4, bootstrap=0, progress=False)
+    assert result.summary["counts"]["prompts"] == 3
+    assert any(w.startswith("1 prompt(s) repeat another prompt's tokens (b = a)") for w in result.summary["warnings"])
+    unique = run(make_pair("llama"), prompts[1:], max_new_tokens=4, bootstrap=0, progress=False)
+    assert not any("repeat another prompt" in w for w in unique.summary["warnings"])
+
+
 def test_chat_template_is_an_explicit_recorded_option():
     from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair
