@@ -269,6 +269,34 @@ def test_events_that_are_mostly_formatting_decisions_are_a_caveat_naming_the_pai
     assert summarize([], SummaryContext({"options": {}}, records[:4], 2, BootstrapConfig()), None)["status"] == "info"
 
 
+def test_prompts_that_repeat_another_are_a_caveat_naming_them():
+    """Events of prompts whose tokens repeat another prompt's: counted and named, a caveat of the
+    verdict's sentence (the grade kept); none: pass; a run that stored no prompt tokens: info."""
+    from dataclasses import replace
+
+    from crosspatch.analyses.repeated_prompts import summarize
+    from crosspatch.core.registry import SummaryContext
+    from crosspatch.core.stats import BootstrapConfig
+    from crosspatch.core.verdict import apply_controls
+
+    def event(pid, tokens):
+        return replace(_event(pid, 1, " warm", " mild", ("CONTENT", "CONTENT")), prompt_len=len(tokens),
+                       prefix_ids=[*tokens, 9])  # the prompt, then one shared generated token
+
+    records = [event("a", [1, 2, 3]), event("b", [1, 2, 3]), event("c", [1, 2]), event("d", [1, 2, 3]),
+               event("e", [4])]
+    row = summarize([], SummaryContext({"options": {}}, records, 2, BootstrapConfig()), None)
+    assert row["status"] == "warn" and row["value"] == pytest.approx(2 / 5) and row["details"]["repeats"] == 2
+    assert "2 of 5 event(s)" in row["summary"] and "(b = a, d = a)" in row["summary"]
+    verdict, reason, weakened = apply_controls("portable", "The late gain carries over.", [row])
+    assert verdict == "portable" and not weakened and "Caveats: repeated-prompts: 2 of 5 event(s)" in reason
+    distinct = summarize([], SummaryContext({"options": {}}, [records[0], records[2], records[4]], 2,
+                                            BootstrapConfig()), None)
+    assert distinct["status"] == "pass" and distinct["details"]["repeats"] == 0
+    unrecorded = [replace(r, prefix_ids=None) for r in records]
+    assert summarize([], SummaryContext({"options": {}}, unrecorded, 2, BootstrapConfig()), None)["status"] == "info"
+
+
 def test_the_controls_frame_has_its_columns_with_or_without_controls():
     """``result.controls()``: one row per control, less its details; a run without controls gives
     an empty frame with the same columns, so filters such as ``frame[frame.status == "fail"]`` work."""

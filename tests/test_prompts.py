@@ -183,7 +183,8 @@ def test_unknown_suffix_missing_and_empty_files(tmp_path):
 
 def test_prompts_that_repeat_another_are_warned_about_not_dropped():
     """Two ids with the same text are two prompts (none is dropped), but greedy decoding gives
-    them the same events, which the bootstrap would count as independent: the run warns."""
+    them the same events, which the bootstrap counts as independent: the repeated_prompts control
+    warns, and the verdict's sentence carries it as a caveat."""
     from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair
 
@@ -191,9 +192,14 @@ def test_prompts_that_repeat_another_are_warned_about_not_dropped():
                {"id": "c", "prompt": "Snow in Denver"}]
     result = run(make_pair("llama"), prompts, max_new_tokens=4, bootstrap=0, progress=False)
     assert result.summary["counts"]["prompts"] == 3
-    assert any(w.startswith("1 prompt(s) repeat another prompt's tokens (b = a)") for w in result.summary["warnings"])
+    row = next(c for c in result.summary["controls"] if c["control"] == "repeated_prompts")
+    assert row["status"] == "warn" and row["details"]["repeats"] == 1 and "(b = a)" in row["summary"]
+    assert row["value"] == pytest.approx(1 / 3)
+    if result.verdict["verdict"] != "inconclusive":  # a caveat of the sentence, never a change of grade
+        assert "repeated-prompts: 1 of 3 event(s)" in result.verdict["reason"]
     unique = run(make_pair("llama"), prompts[1:], max_new_tokens=4, bootstrap=0, progress=False)
-    assert not any("repeat another prompt" in w for w in unique.summary["warnings"])
+    row = next(c for c in unique.summary["controls"] if c["control"] == "repeated_prompts")
+    assert row["status"] == "pass" and row["details"]["repeats"] == 0
 
 
 def test_chat_template_is_an_explicit_recorded_option():

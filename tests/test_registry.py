@@ -16,7 +16,7 @@ from crosspatch.errors import OptionError
 
 PLUGIN_PACKAGE = Path(__file__).parent / "plugin_package"
 BUILTIN = ["label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
-           "position_subsets", "near_ties", "prompt_format", "random_later", "native_history", "null_calibration", "routing", "consequence",
+           "position_subsets", "near_ties", "prompt_format", "repeated_prompts", "random_later", "native_history", "null_calibration", "routing", "consequence",
            "features", "event_kinds"]
 
 

@@ -24,9 +24,11 @@ from .pre_late_commitment import PreLateCommitment
 from .random_later import RandomLater
 
 CONTROLS = ("label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
-            "position_subsets", "near_ties", "prompt_format", "random_later", "native_history", "null_calibration")
+            "position_subsets", "near_ties", "prompt_format", "repeated_prompts", "random_later", "native_history",
+            "null_calibration")
 DEFAULT_CONTROLS = ("label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
-                    "position_subsets", "near_ties", "prompt_format", "null_calibration")  # the cheap ones: no extra decoding
+                    "position_subsets", "near_ties", "prompt_format", "repeated_prompts",
+                    "null_calibration")  # the cheap ones: no extra decoding
 
 __all__ = ["CONTROLS", "DEFAULT_CONTROLS", "HORIZONS", "INTERPOLATION", "NEAR_TIE_MAX_SHARE",
            "PRE_DIVERGENCE_MAX_SHARE", "RECONSTRUCTION_TOLERANCE", "HybridState",

@@ -259,27 +259,6 @@ def check_group_by(fields: list[str], prompts) -> list[str]:
     return warnings
 
 
-def repeated_prompts_warning(prompt_ids: list[str], token_ids: list[list[int]]) -> str | None:
-    """A warning where prompts repeat another's tokens (the same text under another id, a dataset
-    with duplicates): greedy decoding gives every repeat the same events, and the prompt-cluster
-    bootstrap counts them as independent prompts, so the intervals are narrower than the data
-    supports. None without repeats."""
-    first: dict[tuple[int, ...], str] = {}
-    repeats = []
-    for pid, ids in zip(prompt_ids, token_ids):
-        key = tuple(ids)
-        if key in first:
-            repeats.append((pid, first[key]))
-        else:
-            first[key] = pid
-    if not repeats:
-        return None
-    shown = ", ".join(f"{pid} = {orig}" for pid, orig in repeats[:3])
-    return (f"{len(repeats)} prompt(s) repeat another prompt's tokens ({shown}{', ...' if len(repeats) > 3 else ''}): "
-            "each repeat gets the same events, and the intervals count it as an independent prompt, so they are "
-            "narrower than the data supports; drop the repeats")
-
-
 def check_prompt_token_ids(prompt_ids: list[str], token_ids: list[list[int]], embeddings: dict[str, int | None]
                            ) -> None:
     """Every prompt token id must have an input embedding in every model (``embeddings``: role

@@ -36,7 +36,6 @@ from .checks import (
     check_model_set,
     check_prompt_lengths,
     check_prompt_token_ids,
-    repeated_prompts_warning,
     validate_run_options,
 )
 from .config import RunConfig, check_switches, normalise_run_config, resolve_boundaries  # noqa: F401
@@ -252,10 +251,9 @@ def run(
                          max([0] + [a.tokens_past_prompt() for a in plan.analyses]))
     check_prompt_token_ids([p.id for p in prompts], token_ids,
                            {role: pair.facts[role].get("input_embeddings") for role in pair.roles})
-    for said in (repeated_prompts_warning([p.id for p in prompts], token_ids),
-                 over_batch_tokens([len(ids) + config.max_new_tokens for ids in token_ids], config.max_batch_tokens)):
-        if said is not None:
-            run_warnings.append(said)
+    if (over := over_batch_tokens([len(ids) + config.max_new_tokens for ids in token_ids],
+                                  config.max_batch_tokens)) is not None:
+        run_warnings.append(over)
     store = RunStore(out) if out is not None else None
     with store.lock() if store is not None else contextlib.nullcontext():  # one process per run directory
         records: list[CellRecord] = []
