@@ -153,6 +153,15 @@ def test_overwrite_removes_what_later_commands_added_and_nothing_it_did_not_writ
 
     pair = make_pair("llama", scale=0.2)
     run(pair, many_prompts(3), boundary=2, max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "r")
+    # JSON lines of the user's own beside the run (no final line end): never read as records,
+    # "repaired" (cut at its last line end) by a resume, or removed by --overwrite
+    mine = '{"id": "a", "prompt": "Rain"}\n{"id": "b", "prompt": "Snow"}'
+    (tmp_path / "r" / "my_prompts.jsonl").write_text(mine, encoding="utf-8")
+    resumed = run(pair, many_prompts(3), boundary=2, max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "r")
+    assert (tmp_path / "r" / "my_prompts.jsonl").read_text(encoding="utf-8") == mine
+    assert "my_prompts" not in resumed.analyses and "events.jsonl" in RunStore(tmp_path / "r").records_files()
+    assert set(RunStore(tmp_path / "r").records_files()) == {
+        p.name for p in (tmp_path / "r").glob("*.jsonl")} - {"my_prompts.jsonl"}
     added = ["preflight.json", "preflight.md", "preflight.html", "consequence_partial.json", "features/mediate.json",
              "features/crosscoder/config.json", "features/activations_heldout/x.safetensors"]
     for name in added:
@@ -162,7 +171,7 @@ def test_overwrite_removes_what_later_commands_added_and_nothing_it_did_not_writ
     (tmp_path / "r" / "features" / "mine.txt").write_text("mine too")
     RunStore(tmp_path / "r").clear()
     left = sorted(str(p.relative_to(tmp_path / "r")) for p in (tmp_path / "r").rglob("*"))
-    assert left == ["features", "features/mine.txt", "notes.txt"]
+    assert left == ["features", "features/mine.txt", "my_prompts.jsonl", "notes.txt"]
     run(pair, many_prompts(3), boundary=2, max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "s")
     (tmp_path / "s" / "features").mkdir()
     for name in ("preflight.json", "features/mediate.json"):  # what a preflight and a feature study left there

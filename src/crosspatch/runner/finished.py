@@ -82,7 +82,7 @@ def stored_analyses(store) -> dict[str, list[dict]]:
     """Every analysis' stored records, by records-file stem."""
     from ..store import EVENTS_FILE, NO_DIV_FILE
 
-    names = sorted({p.name for p in store.path.glob("*.jsonl")} - {EVENTS_FILE, NO_DIV_FILE})
+    names = [n for n in store.records_files() if n not in (EVENTS_FILE, NO_DIV_FILE)]
     return {n[: -len(".jsonl")]: store.load_rows(n) for n in names}
 
 

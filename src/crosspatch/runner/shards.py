@@ -89,7 +89,7 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override
     records = in_run_order([r for st in stores for r in st.load_records()], ids)
     no_div = in_run_order([x for st in stores for x in st.load_no_divergence()], ids)
     prompts_count = sum(st.summary()["counts"]["prompts"] for st in stores)
-    names = sorted({p.name for st in stores for p in st.path.glob("*.jsonl")} - {EVENTS_FILE, NO_DIV_FILE})
+    names = sorted({n for st in stores for n in st.records_files()} - {EVENTS_FILE, NO_DIV_FILE})
     analyses = {n[: -len(".jsonl")]: [row for st in stores for row in st.load_rows(n)] for n in names}
     opts = record["options"]
     summary = build_summary(record, records, no_div, prompts_count, BootstrapConfig(opts["bootstrap"], opts["seed"]),

@@ -65,6 +65,30 @@ def check_out_path(path) -> Path:
     return Path(path).expanduser()
 
 
+def _records_file(path: Path) -> bool:
+    """Whether ``path`` (a ``*.jsonl`` in a run directory) holds crosspatch's records: the events
+    or no-divergence file, an empty file, one whose first line is an object tagged with a run
+    (``run``: :class:`RunStore` tags every line it writes), or one whose only line a kill cut
+    short (``{"`` and no line end). A JSON lines file of the user's own kept beside the run (its
+    prompts, say) is none of these: it is never read as records, repaired or removed."""
+    if path.name in (EVENTS_FILE, NO_DIV_FILE):
+        return True
+    try:
+        with open(path, encoding="utf-8") as fh:
+            line = fh.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not line.strip():
+        return True
+    if not line.endswith("\n"):  # the only line, torn by a kill during the first append
+        return line.startswith('{"')
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and "run" in row
+
+
 class RunStore:
     """Reads and writes one run directory. Every line it writes carries the run's fingerprint
     (``run``), so records of another run can never be adopted silently."""
@@ -110,6 +134,11 @@ class RunStore:
         finally:
             os.close(fd)  # closing releases the lock
 
+    def records_files(self) -> list[str]:
+        """The ``*.jsonl`` files here that hold crosspatch's records (events, no-divergence
+        outcomes, each analysis'), by name; a JSON lines file of the user's own is not one."""
+        return sorted(p.name for p in self.path.glob("*.jsonl") if _records_file(p))
+
     def is_run(self) -> bool:
         """A directory crosspatch wrote: the marker, or a config.json of a crosspatch run."""
         if (self.path / MARKER).exists():
@@ -137,8 +166,8 @@ class RunStore:
 
         if not self.is_run():
             raise RunDirectoryNotEmptyError(f"{self.path} is not a crosspatch run directory; not clearing it")
-        names = set(_OUTPUTS) | set(_ADDED_OUTPUTS) | {p.name for p in self.path.glob("*.jsonl")} | \
-            {p.name for p in self.path.glob("*.tmp")}
+        names = set(_OUTPUTS) | set(_ADDED_OUTPUTS) | set(self.records_files())
+        names |= {f"{name}.tmp" for name in names | {MARKER}}  # what a write cut short by a kill left (write_whole)
         features = self.path / _FEATURES_DIR
         with _guard_write(self.path):
             for name in names:
@@ -205,7 +234,7 @@ class RunStore:
             if not (self.path / MARKER).exists():
                 write_whole(self.path / MARKER, json.dumps({"fingerprint": fp}) + "\n")
         _write_json(self.path / "config.json", checked("config.json", config))
-        for name in [EVENTS_FILE, NO_DIV_FILE] + [p.name for p in self.path.glob("*.jsonl")]:
+        for name in [EVENTS_FILE, NO_DIV_FILE] + self.records_files():
             _repair_tail(self.path / name)
         records, no_div = self.load_records(), self.load_no_divergence()
         done = completed_prompts(records, no_div, config.get("resolved_boundaries") or [])
