@@ -381,3 +381,24 @@ def test_a_tuned_role_that_is_empty_is_refused_not_taken_for_the_first_descendan
 
     with pytest.raises(OptionError, match="tuned must name a descendant role"):
         run(make_pair("llama"), ["a b c"], tuned=tuned, boundary=2, max_new_tokens=4, bootstrap=0, progress=False)
+
+
+def test_a_compare_overwritten_with_other_descendants_reports_and_gates_only_its_own(family, tmp_path):
+    """compare A,B into a directory, then A,C with --overwrite: the gate and the report cover A
+    and C; B's run (an earlier compare's, which made the gate fail) is removed, files of the
+    user's own in it stay."""
+    from crosspatch.runner.result import rerender_run
+    from crosspatch.store import collection_runs
+    from crosspatch.workflows.gate import gate
+
+    tok = char_tokenizer()
+    first = models_from_modules({k: family[k] for k in ("base", "same", "late")}, tok)
+    second = models_from_modules({k: family[k] for k in ("base", "same", "early")}, tok)
+    options = {**OPTIONS, "bootstrap": 0, "controls": "none"}
+    compare(first, many_prompts(6), out=tmp_path / "c", **options)
+    (tmp_path / "c" / "late" / "notes.txt").write_text("mine", encoding="utf-8")
+    compare(second, many_prompts(6), out=tmp_path / "c", overwrite=True, **options)
+    assert [p.name for p in collection_runs(tmp_path / "c", "compare")] == ["same", "early"]
+    assert set(gate(tmp_path / "c")["members"]) == {"same", "early"}
+    assert [p.name for p in (tmp_path / "c" / "late").iterdir()] == ["notes.txt"]
+    assert {p.parent.name for p in rerender_run(tmp_path / "c").files if p.name == "report.md"} == {"same", "early", "c"}

@@ -168,6 +168,8 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     runs: dict[str, RunResult] = {}
     if out is not None:
         check_out_dir(out, resume=resume, overwrite=overwrite, collection="compare")
+        if overwrite:
+            _clear_other_members(Path(out), models.descendants)
         mark_collection(out, "compare")
     for role in models.descendants:
         extra = [CrossDescendant(b, plan[role])] if role in plan else []
@@ -183,6 +185,23 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     else:
         report = render_compare_markdown(summary)
     return CompareResult(runs, summary, report, Path(out) if out is not None else None)
+
+
+def _clear_other_members(out: Path, keep) -> None:
+    """``--overwrite`` of a compare's output: its pages and JSON, and the runs of descendants this
+    compare does not have (an earlier compare's), go; the runs it has are replaced by their own
+    runs; files crosspatch did not write stay (a member directory emptied is removed)."""
+    from ..store import RunStore
+
+    if not out.is_dir():
+        return
+    for name in ("compare.json", "report.md", "report.html"):
+        (out / name).unlink(missing_ok=True)
+    for member in out.iterdir():
+        if member.is_dir() and member.name not in keep and RunStore(member).is_run():
+            RunStore(member).clear()
+            if not any(member.iterdir()):
+                member.rmdir()
 
 
 def compare_summary(models: ModelSet, runs: dict[str, RunResult], plan: dict[str, list[str]],

@@ -84,17 +84,20 @@ def not_a_run_message(path: Path) -> str:
 
 
 def collection_runs(path: Path, kind: str) -> list[Path]:
-    """The run directories of a compare's output (every descendant's, in the order compare.json
-    lists them, then any other run found there) or of a lineage's (its one run)."""
+    """The run directories of a compare's output (the descendants compare.json lists, in its
+    order; before compare.json is written, as when a compare was interrupted, every run found
+    there) or of a lineage's (its one run). A run left there by an earlier compare of other
+    descendants is not one of the compare's: its report and gate leave it out."""
     if kind == "lineage":
         return [path / "run"]
-    listed = []
-    try:
-        listed = list(json.loads((path / "compare.json").read_text(encoding="utf-8")).get("descendants") or [])
-    except (OSError, ValueError, AttributeError):
-        pass
     found = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / "config.json").exists())
-    return [path / name for name in [*[n for n in listed if n in found], *[n for n in found if n not in listed]]]
+    try:
+        listed = json.loads((path / "compare.json").read_text(encoding="utf-8")).get("descendants")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if not isinstance(listed, list):
+        return [path / name for name in found]
+    return [path / name for name in listed if name in found]
 
 
 def collection_kind(path: str | Path) -> str | None:
