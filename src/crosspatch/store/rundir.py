@@ -167,7 +167,7 @@ class RunStore:
         if not self.is_run():
             raise RunDirectoryNotEmptyError(f"{self.path} is not a crosspatch run directory; not clearing it")
         names = set(_OUTPUTS) | set(_ADDED_OUTPUTS) | set(self.records_files())
-        names |= {f"{name}.tmp" for name in names | {MARKER}}  # what a write cut short by a kill left (write_whole)
+        names |= {f"{name}.tmp" for name in names | {MARKER, EVENTS_FILE, NO_DIV_FILE}}  # a write a kill cut short
         features = self.path / _FEATURES_DIR
         with _guard_write(self.path):
             for name in names:
