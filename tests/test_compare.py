@@ -402,3 +402,13 @@ def test_a_compare_overwritten_with_other_descendants_reports_and_gates_only_its
     assert set(gate(tmp_path / "c")["members"]) == {"same", "early"}
     assert [p.name for p in (tmp_path / "c" / "late").iterdir()] == ["notes.txt"]
     assert {p.parent.name for p in rerender_run(tmp_path / "c").files if p.name == "report.md"} == {"same", "early", "c"}
+    # a member removed afterwards is named, never skipped: the gate is unusable, the report refuses
+    import shutil
+
+    from crosspatch.errors import NotARunDirectoryError
+
+    shutil.rmtree(tmp_path / "c" / "early")
+    outcome = gate(tmp_path / "c")
+    assert outcome["exit_code"] == 2 and "does not exist" in outcome["members"]["early"]["reason"]
+    with pytest.raises(NotARunDirectoryError, match="early does not exist"):
+        rerender_run(tmp_path / "c")

@@ -85,9 +85,11 @@ def not_a_run_message(path: Path) -> str:
 
 def collection_runs(path: Path, kind: str) -> list[Path]:
     """The run directories of a compare's output (the descendants compare.json lists, in its
-    order; before compare.json is written, as when a compare was interrupted, every run found
-    there) or of a lineage's (its one run). A run left there by an earlier compare of other
-    descendants is not one of the compare's: its report and gate leave it out."""
+    order, whether or not their directories are still there: a member removed is named by the
+    gate and the report, never skipped; before compare.json is written, as when a compare was
+    interrupted, every run found there) or of a lineage's (its one run). A run left there by an
+    earlier compare of other descendants is not one of the compare's: its report and gate leave
+    it out."""
     if kind == "lineage":
         return [path / "run"]
     found = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / "config.json").exists())
@@ -97,7 +99,7 @@ def collection_runs(path: Path, kind: str) -> list[Path]:
         listed = None
     if not isinstance(listed, list):
         return [path / name for name in found]
-    return [path / name for name in listed if name in found]
+    return [path / str(name) for name in listed]
 
 
 def collection_kind(path: str | Path) -> str | None:
