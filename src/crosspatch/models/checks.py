@@ -32,15 +32,16 @@ def check_pair_compatible(pt, it) -> None:
 
 def compare_facts(a: dict, b: dict, names: tuple[str, str] = ("PT", "IT")) -> None:
     """The checks on recorded facts (``class``, ``num_layers``, ``hidden_size``) of two models
-    (``names``: how the messages call them)."""
+    (``names``: how the messages call them). A fact either side leaves unsaid (None: a config.json
+    that does not state it, :func:`compare_configs`) is not compared; loaded models state all."""
     x, y = names
-    if a["class"] != b["class"]:
+    if a["class"] and b["class"] and a["class"] != b["class"]:
         raise ArchitectureMismatchError(f"architecture differs: {x} is {a['class']}, {y} is {b['class']}")
-    if a["num_layers"] != b["num_layers"]:
+    if a["num_layers"] and b["num_layers"] and a["num_layers"] != b["num_layers"]:
         raise LayerCountMismatchError(
             f"layer count differs: {x} has {a['num_layers']} decoder layers, {y} has {b['num_layers']}"
         )
-    if a["hidden_size"] != b["hidden_size"]:
+    if a["hidden_size"] and b["hidden_size"] and a["hidden_size"] != b["hidden_size"]:
         raise HiddenSizeMismatchError(f"hidden size differs: {x} {a['hidden_size']}, {y} {b['hidden_size']}")
 
 
@@ -63,11 +64,7 @@ def compare_configs(base: str, descendant: str, names: tuple[str, str] = ("PT", 
     if a["model_type"] and b["model_type"] and a["model_type"] != b["model_type"]:
         raise ArchitectureMismatchError(f"architecture differs: {x} is a {a['model_type']} model, {y} a "
                                         f"{b['model_type']} model (their config.json model_type)")
-    if a["num_layers"] and b["num_layers"] and a["num_layers"] != b["num_layers"]:
-        raise LayerCountMismatchError(
-            f"layer count differs: {x} has {a['num_layers']} decoder layers, {y} has {b['num_layers']}")
-    if a["hidden_size"] and b["hidden_size"] and a["hidden_size"] != b["hidden_size"]:
-        raise HiddenSizeMismatchError(f"hidden size differs: {x} {a['hidden_size']}, {y} {b['hidden_size']}")
+    compare_facts({**a, "class": None}, {**b, "class": None}, names)  # depth and width, where both say them
 
 
 def check_special_tokens(tok_pt, tok_it, allow_mismatch: bool = False) -> list[str]:
