@@ -140,14 +140,14 @@ def test_only_the_execution_layer_compares_residencies():
 
 
 def test_plugins_register_from_one_module_each():
-    """Every built-in analysis is one module that registers itself; the registry imports them by
-    name only (no import edge back from the registry to an analysis)."""
-    from crosspatch.core.registry import _BUILTIN_MODULES, registered
+    """Every built-in analysis is one module that registers itself; the registry finds and imports
+    them by name only (no import edge back from the registry to an analysis)."""
+    from crosspatch.core.registry import builtin_modules, registered
 
     graph = import_graph()
     assert not any(dep.startswith("crosspatch.analyses") for dep in graph["crosspatch.core.registry"])
     modules = {p.summarize.__module__ for p in registered().values()}
-    assert modules <= set(_BUILTIN_MODULES) | {m for m in modules if not m.startswith("crosspatch")}
+    assert modules <= set(builtin_modules()) | {m for m in modules if not m.startswith("crosspatch")}
 
 
 def test_every_package_declares_a_literal_all_whose_names_exist():

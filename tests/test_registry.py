@@ -17,7 +17,7 @@ from crosspatch.errors import OptionError
 PLUGIN_PACKAGE = Path(__file__).parent / "plugin_package"
 BUILTIN = ["label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
            "position_subsets", "near_ties", "prompt_format", "repeated_prompts", "random_later", "native_history", "null_calibration", "routing", "consequence",
-           "features", "event_kinds"]
+           "features", "event_kinds", "preflight"]
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,52 @@ def contract(with_entry_point, tmp_path_factory):
 
 
 def test_an_entry_point_registers_an_analysis_from_another_package(with_entry_point):
-    assert list(with_entry_point)[: len(BUILTIN)] == BUILTIN
+    assert list(with_entry_point)[: len(BUILTIN)] == BUILTIN  # a plug-in that states no order goes after the built-ins
     assert "token_rank" in with_entry_point
     assert with_entry_point["token_rank"].options.__name__ == "TokenRankOptions"
+
+
+def test_the_built_in_analyses_are_found_in_their_package_in_their_order():
+    """Every built-in plug-in is a module of crosspatch.analyses (a subpackage's is its ``plugin``
+    module) that the registry finds by itself; their order is the Controls table's and the report's."""
+    import crosspatch.analyses
+    from crosspatch.analyses.controls import CONTROLS, DEFAULT_CONTROLS
+
+    modules = registry.builtin_modules()
+    files = sorted(p.stem for p in Path(crosspatch.analyses.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
+    assert modules == sorted([f"crosspatch.analyses.{stem}" for stem in files] + ["crosspatch.analyses.features.plugin"])
+    assert "crosspatch.analyses.features.crosscoder" not in modules  # a subpackage's other modules stay unimported
+    assert [name for name in registered() if name in BUILTIN] == BUILTIN
+    assert CONTROLS == ("label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
+                        "position_subsets", "near_ties", "prompt_format", "repeated_prompts", "random_later",
+                        "native_history", "null_calibration")
+    assert DEFAULT_CONTROLS == tuple(c for c in CONTROLS if c not in ("random_later", "native_history"))
+
+
+def test_a_new_built_in_control_is_one_new_module(tmp_path, monkeypatch):
+    """A module dropped into crosspatch.analyses registers a control with no other edit: it is in
+    the registry, in --controls default and all, and its order places it in the Controls table."""
+    import crosspatch.analyses
+    from crosspatch.analyses import controls
+
+    (tmp_path / "probe_new_control.py").write_text(
+        "from crosspatch.core.registry import AnalysisPlugin, control_row, register_analysis\n"
+        "PLUGIN = register_analysis(AnalysisPlugin(\n"
+        "    'probe_new_control', lambda rows, ctx, options: control_row('probe_new_control', 'info', None, 'probe'),\n"
+        "    role='control', default=True, order=65))\n", encoding="utf-8")
+    monkeypatch.setattr(crosspatch.analyses, "__path__", [*crosspatch.analyses.__path__, str(tmp_path)])
+    monkeypatch.setattr(registry, "_loaded", False)
+    try:
+        assert "crosspatch.analyses.probe_new_control" in registry.builtin_modules()
+        names = list(registered())
+        assert names.index("position_subsets") < names.index("probe_new_control") < names.index("near_ties")
+        assert "probe_new_control" in controls.parse_controls(None) and "probe_new_control" in controls.parse_controls("all")
+        assert "probe_new_control" in controls.CONTROLS and "probe_new_control" in controls.DEFAULT_CONTROLS
+    finally:
+        unregister_analysis("probe_new_control")
+        sys.modules.pop("crosspatch.analyses.probe_new_control", None)
+    with pytest.raises(TypeError, match="order must be an int"):
+        AnalysisPlugin("x", lambda rows, ctx, options: None, order="first")  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
@@ -56,8 +99,9 @@ def test_every_registered_analysis_passes_the_contract(contract, name):
     if name in ("pre_divergence", "pre_late_commitment", "hybrid_state", "random_later", "native_history",
                 "consequence", "token_rank", "event_kinds"):
         assert contract[name]["rows"] > 0  # the contract compared real records, not two empty lists
-    if name not in ("routing", "features", "event_kinds"):  # dense models route nothing; no feature study ran;
-        # event kinds have no block of their own (their records are 2x2 records, in every effect block)
+    if name not in ("routing", "features", "event_kinds", "preflight"):  # dense models route nothing; no feature
+        # study ran; event kinds have no block of their own (their records are 2x2 records, in every effect block);
+        # no preflight was written into the run
         assert contract[name]["block"]
 
 

@@ -243,4 +243,5 @@ def render_consequences(block: dict) -> Section | None:
 
 PLUGIN = register_analysis(AnalysisPlugin(
     "consequence", _summarize, build=_build, render=render_consequences, default=True, summary_key="consequences",
+    order=210,
     description="forced-token continuations scored by the prompts' validators (--consequence)"))

@@ -8,13 +8,15 @@ verdict is ``inconclusive`` and ``crosspatch gate`` exits 2); ``info`` — descr
 expectation. Thresholds are written into every row (docs/controls.md). All run at the run's
 headline boundary (``cells.headline_boundary``).
 
-This module keeps the names of the control vocabulary; the controls themselves live in their
-plug-in modules (re-exported here).
+This module re-exports the controls' constants; the controls themselves live in their plug-in
+modules, and ``CONTROLS`` (every registered control, in the table's order) and ``DEFAULT_CONTROLS``
+(those ``--controls default`` selects) are read from the registry, so that a new control is one
+new module.
 """
 
 from __future__ import annotations
 
-from ..core.registry import select_controls
+from ..core.registry import controls, select_controls
 from .hybrid_state import INTERPOLATION, RECONSTRUCTION_TOLERANCE, HybridState
 from .native_history import HORIZONS, NativeHistory
 from .near_ties import MAX_SHARE as NEAR_TIE_MAX_SHARE
@@ -23,14 +25,7 @@ from .pre_divergence import PreDivergence
 from .pre_late_commitment import PreLateCommitment
 from .random_later import RandomLater
 
-CONTROLS = ("label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
-            "position_subsets", "near_ties", "prompt_format", "repeated_prompts", "random_later", "native_history",
-            "null_calibration")
-DEFAULT_CONTROLS = ("label_swap", "pre_divergence", "pre_late_commitment", "hybrid_state", "readout_agreement",
-                    "position_subsets", "near_ties", "prompt_format", "repeated_prompts",
-                    "null_calibration")  # the cheap ones: no extra decoding
-
-__all__ = ["CONTROLS", "DEFAULT_CONTROLS", "HORIZONS", "INTERPOLATION", "NEAR_TIE_MAX_SHARE",
+__all__ = ["HORIZONS", "INTERPOLATION", "NEAR_TIE_MAX_SHARE",
            "PRE_DIVERGENCE_MAX_SHARE", "RECONSTRUCTION_TOLERANCE", "HybridState",
            "NativeHistory", "PreDivergence", "PreLateCommitment", "RandomLater", "parse_controls"]
 
@@ -38,3 +33,11 @@ __all__ = ["CONTROLS", "DEFAULT_CONTROLS", "HORIZONS", "INTERPOLATION", "NEAR_TI
 def parse_controls(text: str | list[str] | None) -> list[str]:
     """``all``, ``none``, ``default`` (None) or a comma list of registered control names."""
     return select_controls(text)
+
+
+def __getattr__(name: str):
+    if name == "CONTROLS":
+        return tuple(p.name for p in controls())
+    if name == "DEFAULT_CONTROLS":
+        return tuple(select_controls(None))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

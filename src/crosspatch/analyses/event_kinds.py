@@ -146,5 +146,6 @@ def _summarize(rows: list[dict], ctx: SummaryContext, options) -> None:
 
 PLUGIN = register_analysis(AnalysisPlugin(
     name="event_kinds", summarize=_summarize, build=_build, default=True, records=None,
+    order=230,
     description="the first non-format and the first assistant-marker divergence of each event's history, "
                 "scored with the 2x2 (--event-kinds)"))

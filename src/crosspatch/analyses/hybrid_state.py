@@ -120,4 +120,5 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
 
 PLUGIN = register_analysis(AnalysisPlugin(
     "hybrid_state", summarize, build=build, options=HybridStateOptions, role="control", default=True,
+    order=40,
     description="diagonal reconstruction, interpolation and matched random patches"))

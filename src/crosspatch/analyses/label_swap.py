@@ -48,4 +48,5 @@ def summarize(rows: list[dict], ctx: SummaryContext, options: LabelSwapOptions) 
 
 PLUGIN = register_analysis(AnalysisPlugin(
     "label_swap", summarize, options=LabelSwapOptions, role="control", default=True,
+    order=10,
     description="sign-flip null of the interaction over prompt clusters"))

@@ -94,4 +94,5 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
 
 PLUGIN = register_analysis(AnalysisPlugin(
     "native_history", summarize, build=build, role="control",
+    order=110,
     description="native PT and IT histories to horizons 4, 8, 16"))

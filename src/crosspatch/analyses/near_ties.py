@@ -30,4 +30,5 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
 
 PLUGIN = register_analysis(AnalysisPlugin(
     "near_ties", summarize, role="control", default=True,
+    order=70,
     description="events decided by a small top-1/top-2 margin"))

@@ -109,4 +109,5 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
 
 PLUGIN = register_analysis(AnalysisPlugin(
     "null_calibration", summarize, build=build, role="control", default=True,
+    order=120,
     description="the interaction against null descendants of the same base (--null, --synthetic-null)"))

@@ -26,4 +26,5 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
 
 PLUGIN = register_analysis(AnalysisPlugin(
     "position_subsets", summarize, role="control", default=True,
+    order=60,
     description="the interaction on events at later generated positions"))

@@ -86,4 +86,5 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
 
 PLUGIN = register_analysis(AnalysisPlugin(
     "pre_divergence", summarize, build=build, options=PreDivergenceOptions, role="control", default=True,
+    order=20,
     description="the event's token pair scored at an earlier shared prefix"))

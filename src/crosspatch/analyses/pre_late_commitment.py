@@ -59,4 +59,5 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
 
 PLUGIN = register_analysis(AnalysisPlugin(
     "pre_late_commitment", summarize, build=build, role="control", default=True,
+    order=30,
     description="events whose boundary state does not yet favour t_IT (logit lens)"))

@@ -58,4 +58,5 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
 
 PLUGIN = register_analysis(AnalysisPlugin(
     "prompt_format", summarize, role="control", default=True,
+    order=80,
     description="first-divergence events that are mostly formatting decisions (the prompts' format)"))

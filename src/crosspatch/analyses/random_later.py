@@ -79,4 +79,5 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
 
 PLUGIN = register_analysis(AnalysisPlugin(
     "random_later", summarize, build=build, role="control",
+    order=100,
     description="random later disagreements in the PT and IT rollouts"))

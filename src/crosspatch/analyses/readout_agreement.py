@@ -45,4 +45,5 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
 
 PLUGIN = register_analysis(AnalysisPlugin(
     "readout_agreement", summarize, role="control", default=True,
+    order=50,
     description="the grade and the interaction under the common-IT and common-PT readouts"))

@@ -44,4 +44,5 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
 
 PLUGIN = register_analysis(AnalysisPlugin(
     "repeated_prompts", summarize, role="control", default=True,
+    order=90,
     description="events from prompts that repeat another prompt's tokens (duplicates counted as independent)"))

@@ -93,4 +93,5 @@ def _build(options, plan):
 
 PLUGIN = register_analysis(AnalysisPlugin(
     "routing", _summarize, build=_build, render=render_routing, default=True,
+    order=200,
     description="router shift of mixture-of-experts models at the boundary"))

@@ -31,17 +31,10 @@ ENTRY_POINT_GROUP = "crosspatch.analyses"
 ROLES = ("control", "analysis")
 STATUSES = ("pass", "warn", "fail", "info")
 
-# built-in plug-ins, imported on first use of the registry (their modules register themselves)
-_BUILTIN_MODULES = (
-    "crosspatch.analyses.label_swap", "crosspatch.analyses.pre_divergence",
-    "crosspatch.analyses.pre_late_commitment", "crosspatch.analyses.hybrid_state",
-    "crosspatch.analyses.readout_agreement", "crosspatch.analyses.position_subsets",
-    "crosspatch.analyses.near_ties", "crosspatch.analyses.prompt_format",
-    "crosspatch.analyses.repeated_prompts", "crosspatch.analyses.random_later", "crosspatch.analyses.native_history",
-    "crosspatch.analyses.null_calibration",
-    "crosspatch.analyses.routing", "crosspatch.analyses.consequence", "crosspatch.analyses.features.plugin",
-    "crosspatch.analyses.event_kinds", "crosspatch.workflows.section",
-)
+# built-in plug-ins: every module of this package (and every subpackage's ``plugin`` module), found and
+# imported on first use of the registry (each registers itself), so that adding one adds one file
+BUILTIN_PACKAGE = "crosspatch.analyses"
+THIRD_PARTY_ORDER = 1000  # where a plug-in that states no order goes: after the built-ins
 
 
 @dataclass
@@ -146,12 +139,17 @@ class AnalysisPlugin:
     records: str | None = ""  # records file stem ("": the name; controls: control_<name>; None: no records)
     summary_key: str | None = None  # the analysis' key in summary.json (default: its name)
     description: str = ""
+    # where its row of the Controls table or its report section goes: lower first, equal ones in the
+    # order they were registered (built-ins state theirs; others go after them)
+    order: int = THIRD_PARTY_ORDER
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"analysis plug-in {self.name!r}: role must be one of {ROLES}, not {self.role!r}")
         if not self.name or not self.name.replace("_", "").isalnum() or not self.name[0].isalpha():
             raise ValueError(f"analysis plug-in name {self.name!r}: letters, digits and '_', starting with a letter")
+        if not isinstance(self.order, int) or isinstance(self.order, bool):
+            raise TypeError(f"analysis plug-in {self.name!r}: order must be an int, not {self.order!r}")
         if self.options is not None and not dataclasses.is_dataclass(self.options):
             raise TypeError(f"analysis plug-in {self.name!r}: options must be a dataclass")
         if self.records == "":
@@ -225,6 +223,27 @@ def unregister_analysis(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+def builtin_modules() -> list[str]:
+    """The modules that hold the built-in plug-ins: every module of :data:`BUILTIN_PACKAGE` whose
+    name does not start with ``_``, and the ``plugin`` module of each of its subpackages, by name.
+    Found on disk, not listed: a built-in analysis is one new file there."""
+    import importlib
+    import pkgutil
+
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    names = []
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("_"):
+            continue
+        if not info.ispkg:
+            names.append(f"{BUILTIN_PACKAGE}.{info.name}")
+            continue
+        subpackage = [str(Path(p) / info.name) for p in package.__path__]
+        if any(sub.name == "plugin" for sub in pkgutil.iter_modules(subpackage)):
+            names.append(f"{BUILTIN_PACKAGE}.{info.name}.plugin")
+    return sorted(names)
+
+
 def _load() -> None:
     global _loaded
     if _loaded:
@@ -232,7 +251,7 @@ def _load() -> None:
     _loaded = True
     import importlib
 
-    for module in _BUILTIN_MODULES:
+    for module in builtin_modules():
         importlib.import_module(module)
     from importlib.metadata import entry_points
 
@@ -243,12 +262,10 @@ def _load() -> None:
 
 
 def registered() -> dict[str, AnalysisPlugin]:
-    """Every registered plug-in by name: the built-in ones in their fixed order, then the others
-    in the order they were registered."""
+    """Every registered plug-in by name, by ``order`` (the built-ins' fixed order, then the others),
+    equal orders in the order they were registered."""
     _load()
-    order = {m: k for k, m in enumerate(_BUILTIN_MODULES)}
-    ranked = sorted(enumerate(_REGISTRY.values()),
-                    key=lambda kv: (order.get(kv[1].summarize.__module__, len(order)), kv[0]))
+    ranked = sorted(enumerate(_REGISTRY.values()), key=lambda kv: (kv[1].order, kv[0]))
     return {p.name: p for _, p in ranked}
 
 
@@ -262,7 +279,7 @@ def get_analysis(name: str) -> AnalysisPlugin:
 
 
 def controls() -> list[AnalysisPlugin]:
-    """The registered controls, in registration order (the Controls table's order)."""
+    """The registered controls, by their order (the Controls table's order)."""
     return [p for p in registered().values() if p.role == "control"]
 
 

@@ -5,4 +5,4 @@ document with Markdown and HTML renderings into its own output directory. ``gate
 ``callback`` runs the diagnostic from a transformers ``Trainer``."""
 
 __all__ = ["callback", "checkpoints", "gate", "mergecheck", "output", "preflight", "preflight_checks", "preflight_measures",
-           "preflight_policy", "section", "splice"]  # the modules
+           "preflight_policy", "splice"]  # the modules

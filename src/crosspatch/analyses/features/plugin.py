@@ -81,4 +81,5 @@ def render_features(feat: dict) -> Section | None:
 
 PLUGIN = register_analysis(AnalysisPlugin(
     "features", _summarize, render=render_features, default=True, records=None,
+    order=220,
     description="crosscoder mediation of the interaction (crosspatch features)"))

@@ -32,4 +32,5 @@ def render_preflight(block: dict) -> Section | None:
 
 PLUGIN = register_analysis(AnalysisPlugin(
     "preflight", _summarize, render=render_preflight, default=True, records=None,
+    order=240,
     description="adapter, merge and generation checks (crosspatch preflight --out RUN_DIR)"))
