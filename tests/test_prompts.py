@@ -31,7 +31,9 @@ def test_jsonl_with_metadata(tmp_path):
         ('{"id": "a", "prompt": "x"', r"p.jsonl:2: not valid JSON"),
         ('["a", "x"]', r"p.jsonl:2: each line must be a JSON object"),
         ('{"prompt": "x"}', r"p.jsonl:2: field 'id' is missing"),
-        ('{"id": "b"}', r"p.jsonl:2: field 'prompt' is missing"),
+        ('{"id": "b"}', r"p.jsonl:2: field 'prompt' is missing \(or give 'messages', a chat\)$"),
+        ('{"id": "b", "text": "x", "n": 2}', r"p.jsonl:2: field 'prompt' is missing .*this row's fields: 'text', 'n': "
+                                             r"name the prompt's field with --fields prompt=FIELD .*prompt=text$"),
         ('{"id": "b", "prompt": ""}', r"p.jsonl:2: field 'prompt' must be a non-empty string"),
         ('{"id": "b", "prompt": 3}', r"p.jsonl:2: field 'prompt' must be a non-empty string"),
         ('{"id": "b", "prompt": "x", "category": [4]}', r"p.jsonl:2: field 'category' must be a string or a number"),

@@ -67,6 +67,20 @@ def _label(value) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
+_TEXT_FIELDS = ("text", "instruction", "question", "input", "query", "content", "prompt_text", "sentence")
+
+
+def _field_hint(row: dict) -> str:
+    """What a row without a ``prompt`` holds, and how to name its text field (``--fields``)."""
+    names = [str(k) for k in row if k != "id"]
+    if not names:
+        return ""
+    likely = next((k for k in _TEXT_FIELDS if isinstance(row.get(k), str)), None)
+    shown = ", ".join(repr(k) for k in names[:8]) + (", ..." if len(names) > 8 else "")
+    return (f"; this row's fields: {shown}: name the prompt's field with --fields prompt=FIELD (fields= in Python)"
+            + (f", e.g. --fields prompt={likely}" if likely else ""))
+
+
 def _row_to_prompt(row: dict, where: str) -> Prompt:
     if "id" not in row:
         raise PromptFileError(f"{where}: field 'id' is missing or empty (a set without ids: --fields id=@row numbers "
@@ -84,7 +98,7 @@ def _row_to_prompt(row: dict, where: str) -> Prompt:
             _check_text(turn["content"], where, f"messages[{k}].content")
         row = dict(row, prompt=[t["content"] for t in messages if t["role"] == "user"][-1])
     if "prompt" not in row:
-        raise PromptFileError(f"{where}: field 'prompt' is missing (or give 'messages', a chat)")
+        raise PromptFileError(f"{where}: field 'prompt' is missing (or give 'messages', a chat){_field_hint(row)}")
     if _is_missing(row["prompt"]):
         raise PromptFileError(f"{where}: field 'prompt' is {'null' if row['prompt'] is None else 'empty'}: "
                               "give the prompt's text")
