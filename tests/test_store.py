@@ -340,6 +340,27 @@ def test_a_run_directory_is_a_non_empty_path(out):
         RunStore(out)
 
 
+def test_a_damaged_summary_says_the_runs_command_recomputes_it_and_the_command_does(tmp_path):
+    """summary.json is derived from the records: a damaged one is named with the way back (the run's
+    command again; `crosspatch report` only renders it), and that command recomputes it from the
+    stored records without redoing a prompt."""
+    from crosspatch.errors import CorruptRunFileError
+    from crosspatch.runner.result import rerender_run
+
+    options = dict(boundary=2, max_new_tokens=4, bootstrap=0, progress=False, controls="none", event_kinds="first_diff",
+                   out=tmp_path / "r")
+    first = run(make_pair("llama"), many_prompts(3), **options)
+    summary = tmp_path / "r" / "summary.json"
+    for damage in ('{"counts', '{"schema_version": "%s"}' % first.summary["schema_version"]):
+        summary.write_text(damage)
+        with pytest.raises(CorruptRunFileError, match=r"the run's command again recomputes it .*`crosspatch report` "
+                                                      r"only renders it"):
+            rerender_run(tmp_path / "r")
+        again = run(make_pair("llama"), many_prompts(3), **options)
+        assert again.summary["cost_this_session"]["prompts_processed"] == 0
+        assert again.summary["results"] == first.summary["results"]
+
+
 def test_a_damaged_line_inside_events_jsonl_is_not_blamed_on_an_interruption(tmp_path):
     from crosspatch.errors import CorruptRunFileError
     from crosspatch.runner.pipeline import run

@@ -272,12 +272,15 @@ def check_schema(data: dict, expected: str, path) -> None:
                              "it), or run again")
 
 
+SUMMARY_ADVICE = ("summary.json is computed from the run's records: the run's command again recomputes it and the "
+                  "reports (`crosspatch report` only renders it)")
+
+
 def check_summary_shape(summary, path) -> None:
     """The parts of a summary.json that reports and ``gate`` read have their types, else a
     :class:`CorruptRunFileError` (a damaged file must not surface as a Python error)."""
     def bad(what: str):
-        return CorruptRunFileError(f"{path}: summary.json {what}; re-render it with `crosspatch report` from the "
-                                   "run's records, or run again")
+        return CorruptRunFileError(f"{path}: summary.json {what}; {SUMMARY_ADVICE}")
     if not isinstance(summary, dict):
         raise bad("is not a JSON object")
     check_schema(summary, SUMMARY_SCHEMA, path)

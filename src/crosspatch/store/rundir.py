@@ -40,6 +40,7 @@ from .files import (
     EVENTS_FILE,
     MARKER,
     NO_DIV_FILE,
+    SUMMARY_ADVICE,
     _guard_write,
     _read_jsonl,
     _repair_tail,
@@ -358,7 +359,10 @@ class RunStore:
                 raise NotARunDirectoryError(f"{self.path} is not a crosspatch run directory (no config.json)")
             raise IncompleteRunError(f"{self.path} has no summary.json: the run did not finish (run the same "
                                      "command again to resume it)")
-        summary = read_json_object(path, "summary.json")
+        try:
+            summary = read_json_object(path, "summary.json")
+        except CorruptRunFileError as exc:
+            raise CorruptRunFileError(f"{exc}; {SUMMARY_ADVICE}") from None
         check_summary_shape(summary, path)
         return summary
 
