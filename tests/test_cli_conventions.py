@@ -29,6 +29,35 @@ def test_version_and_short_help():
         assert res.exit_code == 0 and "Usage:" in res.output, args
 
 
+def test_bare_words_to_a_command_that_takes_options_only_are_named_before_a_missing_option():
+    """`crosspatch run BASE TUNED` (models as positional arguments) says that run takes options only
+    and how to give the models, not that --base is missing; every command without positional
+    arguments does the same, exit 2, and commands that take them (gate, report) are unchanged."""
+    import typer.main
+
+    res = CliRunner().invoke(app, ["run", "base-dir", "tuned-dir", "--prompts", "p.jsonl"])
+    assert res.exit_code == 2 and "Missing option" not in res.output
+    assert ("crosspatch run takes no positional arguments, got 'base-dir' 'tuned-dir'" in res.output
+            and "--base BASE --tuned DESCENDANT" in res.output)
+    checked = []
+
+    def walk(group, path):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                walk(command, path + [name])
+            elif not any(p.param_type_name == "argument" for p in command.params):
+                res = CliRunner().invoke(app, path + [name, "stray"])
+                assert res.exit_code == 2 and f"crosspatch {name} takes no positional arguments, got 'stray'" in res.output, name
+                checked.append(name)
+
+    walk(typer.main.get_command(app), [])
+    assert set(checked) == {"run", "sweep", "compare", "preflight", "splice", "env", "analyses", "demo", "build"}
+    res = CliRunner().invoke(app, ["gate", "no-such-run", "stray"])
+    assert res.exit_code == 2 and "unexpected extra argument" in res.output and "positional" not in res.output
+    res = CliRunner().invoke(app, ["run", "--bogus"])  # an unknown option is click's message, as before
+    assert res.exit_code == 2 and "No such option: --bogus" in res.output
+
+
 def test_every_public_callable_stays_callable_after_use():
     import importlib
     import sys

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -35,11 +36,33 @@ def _plain_argument_help() -> None:
     cls.display_type_rich = lambda self, ctx: None
 
 
+class CommandGroup(typer.core.TyperGroup):
+    """crosspatch's command groups: a command that takes options only, given bare words
+    (``crosspatch run BASE TUNED``), says so and names the options, where click would first report
+    the first required option as missing."""
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is None or hasattr(command, "commands") or any(getattr(p, "param_type_name", "") == "argument"
+                                                                   for p in command.params):
+            return name, command, rest  # a group, or a command that takes positional arguments
+        try:  # typer carries its own click: the classes are those of the context and command at hand
+            _, bare, _ = command.make_parser(type(ctx)(command, parent=ctx, info_name=name)).parse_args(list(rest))
+        except Exception:  # an unknown option or a missing value: click says so as usual
+            return name, command, rest
+        if bare:
+            options = {o for p in command.params for o in getattr(p, "opts", ())}
+            example = " (e.g. --base BASE --tuned DESCENDANT)" if {"--base", "--tuned"} <= options else ""
+            ctx.fail(f"crosspatch {name} takes no positional arguments, got {' '.join(map(repr, bare))}: give each "
+                     f"value after its option{example}; crosspatch {name} -h lists them")
+        return name, command, rest
+
+
 _plain_argument_help()
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
-                  help="First-divergence cross-patching of a base model and its fine-tuned descendant.")
-zoo_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
+                  cls=CommandGroup, help="First-divergence cross-patching of a base model and its fine-tuned descendant.")
+zoo_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS, cls=CommandGroup,
                       help="The embedded weather-report model zoo.")
 
 

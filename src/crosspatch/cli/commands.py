@@ -11,7 +11,19 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import CrosspatchError, OptionError
-from .app import HELP_OPTIONS, _boundary, _fail, _print_section, _stdout, app, console, load_policy, print_summary_table, zoo_app
+from .app import (
+    HELP_OPTIONS,
+    CommandGroup,
+    _boundary,
+    _fail,
+    _print_section,
+    _stdout,
+    app,
+    console,
+    load_policy,
+    print_summary_table,
+    zoo_app,
+)
 from .targets import FIELDS
 
 
@@ -136,7 +148,7 @@ def pool_cmd(
     _stdout().print(families)
 
 
-features_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
+features_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS, cls=CommandGroup,
                             help="Sparse final-MLP feature mediation with a paired crosscoder.")
 app.add_typer(features_app, name="features")
 
