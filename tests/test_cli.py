@@ -274,6 +274,15 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
                  "no weight was loaded and nothing was written"):
         assert text in res.output, text
     assert not (tmp_path / "out").exists()
+    assert "repeat another prompt's tokens" not in res.output
+    # prompts that repeat another's tokens are named before a long run spends time on them again
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS + [dict(PROMPTS[0], id="again")]))
+    for controls, after in (("default", "(the repeated_prompts control warns after the run)"), ("none", "")):
+        res = CliRunner().invoke(app, ["run", "--base", str(root / "base"), "--tuned", str(root / "tuned"), "--prompts",
+                                       str(prompts), "--out", str(tmp_path / "out"), "--dry-run", "--controls", controls])
+        assert res.exit_code == 0 and (f"warning: 1 prompt(s) repeat another prompt's tokens (again = {PROMPTS[0]['id']})"
+                                       in res.output), res.output
+        assert ("repeated_prompts control" in res.output) == bool(after)
 
 
 def test_dry_run_counts_the_text_the_chat_template_writes(tmp_path):

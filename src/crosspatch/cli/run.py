@@ -214,12 +214,13 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
             path = (named_path(given) or (None, given))[1]  # NAME=PATH: the path
             template = load_tokenizer(path, options)
             texts = [render_chat(template, p, repr(path)) for p in prompts]
-            lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) + config.max_new_tokens for t in texts]
+            ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
         else:
-            lengths = [len(tok(p.prompt)["input_ids"]) + config.max_new_tokens for p in prompts]
+            ids = [tok(p.prompt)["input_ids"] for p in prompts]
+        lengths = [len(i) + config.max_new_tokens for i in ids]
         tokens = sum(lengths)
     except CrosspatchError:
-        lengths, tokens = [], None
+        ids, lengths, tokens = [], [], None
     if tokens is not None and bounds and layers:
         late = sum(2 * (layers - b) / layers for b in bounds)
         fe = tokens * (2 + late + (2 if len(kinds) > 1 else 0))
@@ -234,6 +235,11 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
                     if config.max_batch_tokens else ""))
     if (over := over_batch_tokens(lengths, config.max_batch_tokens)) is not None:
         lines.append(f"warning: {over}")
+    if repeats := _repeats(prompts, ids):
+        shown = ", ".join(f"{a} = {b}" for a, b in repeats[:3]) + (", ..." if len(repeats) > 3 else "")
+        after = " (the repeated_prompts control warns after the run)" if "repeated_prompts" in controls else ""
+        lines.append(f"warning: {len(repeats)} prompt(s) repeat another prompt's tokens ({shown}): each would be scored "
+                     f"again and counted as an independent prompt, narrowing the intervals{after}; drop them first")
     per_token = kv_bytes_per_token(model_config, itemsize)
     if per_token and lengths:
         largest = largest_batch_tokens(lengths, config.batch_size, config.max_batch_tokens)
@@ -245,3 +251,17 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
     lines.append("dry run: no weight was loaded and nothing was written (the tokenizers read the prompts)")
     for line in lines:
         out.print(line, soft_wrap=True, markup=False)
+
+
+def _repeats(prompts, ids: list[list[int]]) -> list[tuple[str, str]]:
+    """``(prompt id, the earlier prompt id it repeats)`` for every prompt whose tokens (and image)
+    are another's, as the repeated_prompts control finds them after a run."""
+    seen: dict[tuple, str] = {}
+    repeats = []
+    for prompt, tokens in zip(prompts, ids):
+        key = (tuple(tokens), prompt.metadata.get("image"))
+        if key in seen:
+            repeats.append((prompt.id, seen[key]))
+        else:
+            seen[key] = prompt.id
+    return repeats
