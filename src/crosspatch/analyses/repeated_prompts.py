@@ -12,7 +12,22 @@ recorded them."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable
+
 from ..core.registry import AnalysisPlugin, SummaryContext, control_row, register_analysis
+
+
+def find_repeats(keyed: Iterable[tuple[str, Hashable]]) -> list[tuple[str, str]]:
+    """``(prompt id, the earlier prompt id it repeats)`` for each ``(prompt id, key)`` whose key
+    (the prompt's tokens, say) an earlier one had; also what ``--dry-run`` reports before a run."""
+    seen: dict[Hashable, str] = {}
+    repeats: list[tuple[str, str]] = []
+    for prompt_id, key in keyed:
+        if key in seen:
+            repeats.append((prompt_id, seen[key]))
+        else:
+            seen[key] = prompt_id
+    return repeats
 
 
 def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
@@ -23,14 +38,7 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
         return control_row("repeated_prompts", "info", None, "no events", threshold, n=0)
     if any(r.prefix_ids is None for r in first):
         return control_row("repeated_prompts", "info", None, "the run recorded no prompt tokens", threshold, n=n)
-    seen: dict[tuple[int, ...], str] = {}
-    repeats: list[tuple[str, str]] = []
-    for r in first:
-        prompt = tuple(r.prefix_ids[: r.prompt_len])
-        if prompt in seen:
-            repeats.append((r.prompt_id, seen[prompt]))
-        else:
-            seen[prompt] = r.prompt_id
+    repeats = find_repeats((r.prompt_id, tuple(r.prefix_ids[: r.prompt_len])) for r in first)
     if not repeats:
         return control_row("repeated_prompts", "pass", 0.0, f"the {n} event(s) come from {n} distinct prompts",
                            threshold, n=n, repeats=0)

@@ -180,6 +180,7 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
     """The --dry-run plan: everything decided before a weight is loaded."""
     from ..analyses.controls import parse_controls
     from ..analyses.event_kinds import parse_event_kinds
+    from ..analyses.repeated_prompts import find_repeats
     from ..execution import choose_residency, kv_bytes_per_token, largest_batch_tokens
     from ..execution.batching import over_batch_tokens, state_cache_bytes
     from ..models.loading import DTYPES, load_tokenizer
@@ -235,7 +236,7 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
                     if config.max_batch_tokens else ""))
     if (over := over_batch_tokens(lengths, config.max_batch_tokens)) is not None:
         lines.append(f"warning: {over}")
-    if repeats := _repeats(prompts, ids):
+    if repeats := find_repeats((p.id, (tuple(i), p.metadata.get("image"))) for p, i in zip(prompts, ids)):
         shown = ", ".join(f"{a} = {b}" for a, b in repeats[:3]) + (", ..." if len(repeats) > 3 else "")
         after = " (the repeated_prompts control warns after the run)" if "repeated_prompts" in controls else ""
         lines.append(f"warning: {len(repeats)} prompt(s) repeat another prompt's tokens ({shown}): each would be scored "
@@ -251,17 +252,3 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
     lines.append("dry run: no weight was loaded and nothing was written (the tokenizers read the prompts)")
     for line in lines:
         out.print(line, soft_wrap=True, markup=False)
-
-
-def _repeats(prompts, ids: list[list[int]]) -> list[tuple[str, str]]:
-    """``(prompt id, the earlier prompt id it repeats)`` for every prompt whose tokens (and image)
-    are another's, as the repeated_prompts control finds them after a run."""
-    seen: dict[tuple, str] = {}
-    repeats = []
-    for prompt, tokens in zip(prompts, ids):
-        key = (tuple(tokens), prompt.metadata.get("image"))
-        if key in seen:
-            repeats.append((prompt.id, seen[key]))
-        else:
-            seen[key] = prompt.id
-    return repeats
