@@ -73,14 +73,27 @@ def test_the_same_command_on_a_finished_run_loads_no_model(saved_pair, tmp_path,
     assert res.exit_code == 0, res.output
     assert "nothing to do (no model loaded)" in res.output and "interaction" in res.output
     assert (out / "summary.json").read_text() == summary  # nothing rewritten
-    # another setting, or a prompt file with more prompts: the models load (and run decides)
-    for changed in (args + ["--seed", "1"], [a if a != "8" else "9" for a in args]):
-        res = CliRunner().invoke(app, changed)
-        assert isinstance(res.exception, AssertionError) and "a model was loaded" in str(res.exception)
+    # another setting, or a prompt file with more prompts: the run in --out is another run, refused with the
+    # changes listed before any model loads (as the run would refuse it once they had loaded); nothing written
     more = tmp_path / "more.jsonl"
     more.write_text((saved_pair / "prompts.jsonl").read_text() + json.dumps({"id": "extra", "prompt": "Rain in"}) + "\n")
-    res = CliRunner().invoke(app, [more.as_posix() if a == str(saved_pair / "prompts.jsonl") else a for a in args])
-    assert isinstance(res.exception, AssertionError)
+    for changed, change in ((args + ["--seed", "1"], "options.seed: 0 -> 1"),
+                            ([a if a != "8" else "9" for a in args], "options.max_new_tokens: 8 -> 9"),
+                            ([a if a != "2" else "3" for a in args], "boundaries: [2] -> [3]"),
+                            (args + ["--shard", "0/2"], 'shard: not given -> "0/2"'),
+                            ([more.as_posix() if a == str(saved_pair / "prompts.jsonl") else a for a in args],
+                             "prompts: sha256")):
+        res = CliRunner().invoke(app, changed)
+        assert res.exit_code == 2 and "RunSettingsMismatchError" in res.output and change in res.output, res.output
+        assert "(no model was loaded)" in res.output
+        assert (out / "summary.json").read_text() == summary
+    # an interrupted run of the same settings is not refused: its models load and it resumes
+    (out / "summary.json").unlink()
+    res = CliRunner().invoke(app, args)
+    assert isinstance(res.exception, AssertionError) and "a model was loaded" in str(res.exception)
+    # --overwrite replaces the other run without asking (its models load)
+    res = CliRunner().invoke(app, args + ["--seed", "1", "--overwrite"])
+    assert isinstance(res.exception, AssertionError) and "a model was loaded" in str(res.exception)
 
 
 def test_without_out_each_pair_writes_its_own_directory(saved_pair, tmp_path, monkeypatch):

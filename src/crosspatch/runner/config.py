@@ -4,7 +4,7 @@ one normalisation a run applies to them before recording, and the boundaries the
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -245,3 +245,12 @@ def resolve_boundaries(config: RunConfig, num_layers: int) -> list[int]:
     if not config.boundaries:
         return [headline]
     return sorted({resolve_boundary(b, num_layers) for b in config.boundaries})
+
+
+def result_options(config: RunConfig) -> dict:
+    """The options of ``config`` that change a run's results, as its fingerprint holds them:
+    residency, batching and decoding only move float rounding; titles, shards, engines, the verdict
+    policy and the precision target change no record; boundaries enter as the layers they resolve to."""
+    return {k: v for k, v in asdict(config).items()
+            if k not in ("batch_size", "max_batch_tokens", "decode", "title", "back_link", "shard", "engine", "workers",
+                         "sequential_chunk", "verify_fp32", "policy", "until_ci_width", "boundary", "boundaries")}

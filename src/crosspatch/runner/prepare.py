@@ -11,7 +11,7 @@ from ..execution import ModelSet
 from ..inputs.prompts import Prompt, prompts_digest
 from ..models.vocab import tokenize_once
 from ..store import CONFIG_SCHEMA, environment, fingerprint
-from .config import RunConfig, normalise_run_config, resolve_boundaries  # noqa: F401
+from .config import RunConfig, normalise_run_config, resolve_boundaries, result_options  # noqa: F401
 
 # the run's pieces, each in its own module; importable from here as before
 from .result import Rendered, RunResult, rerender, rerender_run, write_outputs  # noqa: F401
@@ -143,11 +143,8 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
               if k not in ("residency_reason", "load_spec", "reopen_spec")}
     models["load_options"] = {k: v for k, v in models.get("load_options", {}).items()
                               if k not in ("residency", "verbose", "hash_weights")}
-    result_parts = {  # what changes results; residency and batching only move float rounding
-        "options": {k: v for k, v in options.items()
-                    if k not in ("batch_size", "max_batch_tokens", "decode", "title", "back_link", "shard", "engine", "workers", "sequential_chunk",
-                                 "verify_fp32", "policy", "until_ci_width",
-                                 "boundary", "boundaries")},  # as the layers they resolve to, below
+    result_parts = {
+        "options": result_options(config),
         # the boundaries as layers, not as spelled (4,2 and 2,4; 0.6 and 4 on six layers are one run)
         "boundaries": boundaries,
         "headline_boundary": headline_boundary(boundaries, pair.num_layers, config.boundary),

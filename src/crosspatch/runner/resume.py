@@ -4,6 +4,7 @@ processed, what the summary says of it)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..core.cells import headline_boundary
@@ -24,7 +25,6 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
     caller loads the models and ``run`` resumes, refuses or replaces as usual). Nothing is loaded
     or written: the command that finished the run says so instantly. A run whose reports were not all
     written (it stopped on a full disk) is not finished here: the normal path writes them."""
-    import json
     from dataclasses import asdict, replace
 
     from ..execution.opening import choose_residency, load_spec
@@ -70,6 +70,41 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
     from .finished import stored_analyses
 
     return RunResult(summary, records, no_div, stored, path, stored_analyses(store))
+
+
+def refuse_other_settings(out: str | Path, prompts, config: RunConfig) -> None:
+    """Before any model loads: a run directory that holds a run of other options, boundaries or
+    prompts is refused with the :class:`~crosspatch.errors.RunSettingsMismatchError` (and the list
+    of changes) that the run would raise once both models had loaded (minutes for a large pair).
+    The models are compared then (their record needs the loaded set); a directory without a run,
+    a run with synthetic nulls (whose roles are made in the run) and anything unusual are left to
+    the run, which decides with its named errors."""
+    from dataclasses import replace
+
+    from ..errors import RunSettingsMismatchError
+    from ..store import settings_diff
+    from .config import result_options
+
+    path = Path(out)
+    if config.synthetic_nulls or not (path / "config.json").is_file():
+        return
+    try:
+        stored = RunStore(path).config()
+        parts = stored["fingerprint_inputs"]
+        config = normalise_run_config(replace(config))
+        boundaries = resolve_boundaries(config, stored["num_layers"])
+        now = {"options": result_options(config), "boundaries": boundaries,
+               "headline_boundary": headline_boundary(boundaries, stored["num_layers"], config.boundary),
+               "prompts": prompts_digest(as_prompts(prompts))}
+        if not all(key in parts for key in now):
+            return
+    except (CrosspatchError, OSError, KeyError, TypeError, ValueError):
+        return
+    stored_parts = {key: parts[key] for key in now} | {"shard": stored.get("options", {}).get("shard")}
+    changes = settings_diff(stored_parts, json.loads(json.dumps(now | {"shard": config.shard}, default=str)))
+    if changes:
+        raise RunSettingsMismatchError(f"{path} holds a run with other settings ({'; '.join(changes[:8])}). Use another "
+                                       "--out, or --overwrite to replace that run (no model was loaded)")
 
 
 def finished_outputs(boundaries: list) -> list[str]:
