@@ -388,6 +388,18 @@ def test_compare_takes_named_descendants(tmp_path):
                                    "--bootstrap", "0", "--quiet", "--controls", "none"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "c" / "sft" / "summary.json").exists()
+    # the same compare with another option: its member holds another run, named before any model loads
+    import crosspatch.execution
+
+    def no_loading(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(crosspatch.execution, "load_models", no_loading)
+        res = CliRunner().invoke(app, ["compare", "--base", str(root / "base"), "--tuned", f"sft={root / 'tuned'}",
+                                       "--prompts", str(prompts), "--out", str(tmp_path / "c"), "--max-new-tokens", "5",
+                                       "--bootstrap", "0", "--quiet", "--controls", "none"])
+    assert res.exit_code == 2 and "c/sft holds a run with other settings (options.max_new_tokens: 4 -> 5)" in res.output
 
 
 @pytest.mark.slow

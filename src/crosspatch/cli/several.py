@@ -4,6 +4,8 @@ Each takes ``run``'s options, generated from the same dataclasses (``cli.options
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.table import Table
 
 from ..errors import CrosspatchError, OptionError
@@ -43,6 +45,13 @@ def compare_cmd(target: CompareTarget, config: RunConfig, load: LoadOptions, ses
         parse_cross(cross, roles)
         if session.dry_run:
             return _print_plan(target.base, out, tuned, adapters, items, config, load)
+        if session.resume and not session.overwrite:  # a member holding another run: said before the weights load
+            from dataclasses import replace
+
+            from ..runner.resume import refuse_other_settings
+
+            for role in roles:
+                refuse_other_settings(Path(out) / role, items, replace(config, tuned=role))
         with console.status("loading models"):
             models = load_models(target.base, tuned=tuned or None, adapters=adapters or None, options=load)
         console.print(f"residency: {models.residency} ({models.provenance.get('residency_reason')})",
