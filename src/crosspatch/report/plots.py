@@ -133,9 +133,10 @@ def cells_heatmap_svg(block: dict, title: str) -> str:
     finite = [abs(v) for row in grid for v in row if v is not None and math.isfinite(v)]
     vmax = max(finite) if finite else 1.0
     left, top, cell = 60.0, 30.0, 90.0
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + 2 * cell + 20:.0f}" height="{top + 2 * cell + 36:.0f}" '
-           f'viewBox="0 0 {left + 2 * cell + 20:.0f} {top + 2 * cell + 36:.0f}" role="img">',
-           _text(left + cell, 16, title, size=11, anchor="middle", weight="bold")]
+    width = max(left + 2 * cell + 20, 7.0 * len(title) + 20)  # room for the whole title (bold 11 px, ~7 px a character)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{top + 2 * cell + 36:.0f}" '
+           f'viewBox="0 0 {width:.0f} {top + 2 * cell + 36:.0f}" role="img">',
+           _text(width / 2, 16, title, size=11, anchor="middle", weight="bold")]
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
             ok = v is not None and math.isfinite(v)
