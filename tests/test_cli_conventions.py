@@ -400,6 +400,14 @@ def test_compare_takes_named_descendants(tmp_path):
                                        "--prompts", str(prompts), "--out", str(tmp_path / "c"), "--max-new-tokens", "5",
                                        "--bootstrap", "0", "--quiet", "--controls", "none"])
     assert res.exit_code == 2 and "c/sft holds a run with other settings (options.max_new_tokens: 4 -> 5)" in res.output
+    # and a lineage's run
+    lineage = ["lineage", str(root / "base"), str(root / "tuned"), "--prompts", str(prompts), "--out",
+               str(tmp_path / "l"), "--max-new-tokens", "4", "--bootstrap", "0", "--quiet", "--controls", "none"]
+    assert CliRunner().invoke(app, lineage).exit_code == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(crosspatch.execution, "load_models", no_loading)
+        res = CliRunner().invoke(app, lineage + ["--seed", "2"])
+    assert res.exit_code == 2 and "l/run holds a run with other settings (options.seed: 0 -> 2)" in res.output
 
 
 @pytest.mark.slow

@@ -108,6 +108,12 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
                          fields=target.fields, final_stage=stages[-1])
         if session.dry_run:
             return _print_plan(paths[0], out, tuned, adapters, items, config, load)
+        if session.resume and not session.overwrite:  # its run holding another run: said before the weights load
+            from dataclasses import replace
+
+            from ..runner.resume import refuse_other_settings
+
+            refuse_other_settings(Path(out) / "run", items, replace(config, tuned=list(names)[-1]))
         with console.status("loading models"):
             models = load_models(paths[0], tuned={n: p for n, p in names.items() if p in tuned} or None,
                                  adapters={n: p for n, p in names.items() if p in adapters} or None, options=load)
