@@ -87,10 +87,20 @@ def test_the_same_command_on_a_finished_run_loads_no_model(saved_pair, tmp_path,
         assert res.exit_code == 2 and "RunSettingsMismatchError" in res.output and change in res.output, res.output
         assert "(no model was loaded)" in res.output
         assert (out / "summary.json").read_text() == summary
-    # an interrupted run of the same settings is not refused: its models load and it resumes
+    res = CliRunner().invoke(app, args + ["--no-resume"])  # refused as the run would refuse it, before loading
+    assert res.exit_code == 2 and "RunDirectoryError" in res.output and "without --no-resume" in res.output
+    # an interrupted run of the same settings is not refused: its models load and it resumes (a last line cut
+    # off by the interruption included: the resume cuts it)
     (out / "summary.json").unlink()
+    with open(out / "events.jsonl", "a") as torn:
+        torn.write('{"prompt_id": "cut')
     res = CliRunner().invoke(app, args)
     assert isinstance(res.exception, AssertionError) and "a model was loaded" in str(res.exception)
+    # a damaged line inside a records file is named before the models load, not after the run's work
+    lines = (out / "events.jsonl").read_text().splitlines(keepends=True)
+    (out / "events.jsonl").write_text(lines[0] + "{damaged\n" + "".join(lines[1:]))
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "CorruptRunFileError" in res.output and "events.jsonl:2" in res.output, res.output
     # --overwrite replaces the other run without asking (its models load)
     res = CliRunner().invoke(app, args + ["--seed", "1", "--overwrite"])
     assert isinstance(res.exception, AssertionError) and "a model was loaded" in str(res.exception)

@@ -361,6 +361,38 @@ def test_a_damaged_summary_says_the_runs_command_recomputes_it_and_the_command_d
         assert again.summary["results"] == first.summary["results"]
 
 
+def test_a_damaged_analysis_records_file_is_named_before_the_run_redoes_a_prompt(tmp_path):
+    """A damaged line in an analysis' records is named before a resume redoes any prompt (the run
+    reads them at its start), and the command line's check before the models load finds it too; a
+    last line cut off by an interruption is no damage to that check (the resume cuts it)."""
+    from crosspatch.errors import CorruptRunFileError
+    from crosspatch.runner.config import RunConfig
+    from crosspatch.runner.resume import refuse_before_loading
+    from crosspatch.store import RunStore
+
+    options = dict(boundary=2, max_new_tokens=4, bootstrap=0, progress=False, controls=["hybrid_state"],
+                   event_kinds="first_diff", out=tmp_path / "r")
+    run(make_pair("llama"), many_prompts(4), **options)
+    (tmp_path / "r" / "summary.json").unlink()
+    control = tmp_path / "r" / "control_hybrid_state.jsonl"
+    lines = control.read_text().splitlines(keepends=True)
+    control.write_text(lines[0] + "{damaged\n" + "".join(lines[1:]))
+    (tmp_path / "r" / "no_divergence.jsonl").unlink(missing_ok=True)  # prompts left to redo
+    events = "".join((tmp_path / "r" / "events.jsonl").read_text().splitlines(keepends=True)[:1])
+    (tmp_path / "r" / "events.jsonl").write_text(events)
+    with pytest.raises(CorruptRunFileError, match="control_hybrid_state.jsonl:2: .*a line inside the file is damaged"):
+        run(make_pair("llama"), many_prompts(4), **options)
+    assert (tmp_path / "r" / "events.jsonl").read_text() == events
+    config = RunConfig(boundary=2, max_new_tokens=4, bootstrap=0, controls=["hybrid_state"], event_kinds="first_diff")
+    with pytest.raises(CorruptRunFileError, match="control_hybrid_state.jsonl:2: .*a line inside the file is damaged"):
+        refuse_before_loading(tmp_path / "r", many_prompts(4), config)
+    control.write_text(lines[0] + '{"key": "cu')
+    refuse_before_loading(tmp_path / "r", many_prompts(4), config)
+    RunStore(tmp_path / "r").check_records(torn_tails=True)
+    with pytest.raises(CorruptRunFileError, match="the last line was cut off"):
+        RunStore(tmp_path / "r").check_records()
+
+
 def test_a_damaged_line_inside_events_jsonl_is_not_blamed_on_an_interruption(tmp_path):
     from crosspatch.errors import CorruptRunFileError
     from crosspatch.runner.pipeline import run

@@ -161,7 +161,11 @@ class ForeignRecordsError(RunDirectoryError):
 
 
 class CorruptRunFileError(RunDirectoryError):
-    """A run file (config.json, summary.json, a .jsonl file) is not valid; file and line named."""
+    """A run file (config.json, summary.json, a .jsonl file) is not valid; file and line named.
+    ``torn_tail``: the damage is a records file's last line cut off by an interrupted write, which
+    resuming the run cuts away."""
+
+    torn_tail: bool = False
 
 
 class RunSchemaError(RunDirectoryError):

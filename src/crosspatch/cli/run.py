@@ -38,7 +38,7 @@ def run_pair(target: PairTarget, config: RunConfig, load: LoadOptions, session: 
             return _print_plan(target.base, target.out, [tuned] if tuned else [], [adapter] if adapter else [],
                                items, config, load)
         from ..runner.pipeline import finished_result
-        from ..runner.resume import refuse_other_settings
+        from ..runner.resume import refuse_before_loading
 
         result = finished_result(target.out, target.base, roles_tuned, roles_adapters, load, items, config) \
             if session.resume and not session.overwrite else None
@@ -46,8 +46,8 @@ def run_pair(target: PairTarget, config: RunConfig, load: LoadOptions, session: 
             console.print(f"{target.out} already holds this run, finished: nothing to do (no model loaded)",
                           soft_wrap=True)
         else:
-            if session.resume and not session.overwrite:  # another run's directory: said before the weights load
-                refuse_other_settings(target.out, items, config)
+            if not session.overwrite:  # another run's directory, or this one's damaged: said before the weights load
+                refuse_before_loading(target.out, items, config, resume=session.resume)
             with console.status("loading models"):
                 pair = load_models(target.base, tuned=roles_tuned or None, adapters=roles_adapters or None,
                                    options=load)

@@ -45,13 +45,13 @@ def compare_cmd(target: CompareTarget, config: RunConfig, load: LoadOptions, ses
         parse_cross(cross, roles)
         if session.dry_run:
             return _print_plan(target.base, out, tuned, adapters, items, config, load)
-        if session.resume and not session.overwrite:  # a member holding another run: said before the weights load
+        if not session.overwrite:  # a member holding another run: said before the weights load
             from dataclasses import replace
 
-            from ..runner.resume import refuse_other_settings
+            from ..runner.resume import refuse_before_loading
 
             for role in roles:
-                refuse_other_settings(Path(out) / role, items, replace(config, tuned=role))
+                refuse_before_loading(Path(out) / role, items, replace(config, tuned=role), resume=session.resume)
         with console.status("loading models"):
             models = load_models(target.base, tuned=tuned or None, adapters=adapters or None, options=load)
         console.print(f"residency: {models.residency} ({models.provenance.get('residency_reason')})",
@@ -108,12 +108,12 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
                          fields=target.fields, final_stage=stages[-1])
         if session.dry_run:
             return _print_plan(paths[0], out, tuned, adapters, items, config, load)
-        if session.resume and not session.overwrite:  # its run holding another run: said before the weights load
+        if not session.overwrite:  # its run holding another run: said before the weights load
             from dataclasses import replace
 
-            from ..runner.resume import refuse_other_settings
+            from ..runner.resume import refuse_before_loading
 
-            refuse_other_settings(Path(out) / "run", items, replace(config, tuned=list(names)[-1]))
+            refuse_before_loading(Path(out) / "run", items, replace(config, tuned=list(names)[-1]), resume=session.resume)
         with console.status("loading models"):
             models = load_models(paths[0], tuned={n: p for n, p in names.items() if p in tuned} or None,
                                  adapters={n: p for n, p in names.items() if p in adapters} or None, options=load)

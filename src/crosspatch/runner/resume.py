@@ -72,13 +72,15 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
     return RunResult(summary, records, no_div, stored, path, stored_analyses(store))
 
 
-def refuse_other_settings(out: str | Path, prompts, config: RunConfig) -> None:
-    """Before any model loads: a run directory that holds a run of other options, boundaries or
-    prompts is refused with the :class:`~crosspatch.errors.RunSettingsMismatchError` (and the list
-    of changes) that the run would raise once both models had loaded (minutes for a large pair).
-    The models are compared then (their record needs the loaded set); a directory without a run,
-    a run with synthetic nulls (whose roles are made in the run) and anything unusual are left to
-    the run, which decides with its named errors."""
+def refuse_before_loading(out: str | Path, prompts, config: RunConfig, resume: bool = True) -> None:
+    """Before any model loads, what the run would refuse in ``out`` once both models had loaded
+    (minutes for a large pair), with the same named error: a run of other options, boundaries,
+    prompts or shard (:class:`~crosspatch.errors.RunSettingsMismatchError`, the changes listed); a
+    config.json that is damaged or of another format; records that are damaged or of another run
+    (a last line cut off by an interruption is let pass: the resume cuts it); with ``resume=False``
+    (``--no-resume``), a run of these settings (:class:`~crosspatch.errors.RunDirectoryError`). The models are
+    compared once loaded (their record needs the loaded set); a directory without a run and a run
+    with synthetic nulls (whose roles are made in the run) are left to the run."""
     from dataclasses import replace
 
     from ..errors import RunSettingsMismatchError
@@ -86,10 +88,11 @@ def refuse_other_settings(out: str | Path, prompts, config: RunConfig) -> None:
     from .config import result_options
 
     path = Path(out)
-    if config.synthetic_nulls or not (path / "config.json").is_file():
+    store = RunStore(path)
+    if config.synthetic_nulls or not (path / "config.json").is_file() or not store.is_run():
         return
+    stored = store.config()  # damaged, or of another format: the run's own error, now
     try:
-        stored = RunStore(path).config()
         parts = stored["fingerprint_inputs"]
         config = normalise_run_config(replace(config))
         boundaries = resolve_boundaries(config, stored["num_layers"])
@@ -98,13 +101,19 @@ def refuse_other_settings(out: str | Path, prompts, config: RunConfig) -> None:
                "prompts": prompts_digest(as_prompts(prompts))}
         if not all(key in parts for key in now):
             return
-    except (CrosspatchError, OSError, KeyError, TypeError, ValueError):
-        return
+    except (CrosspatchError, KeyError, TypeError, ValueError):
+        return  # anything unusual: the run decides, with its named errors
     stored_parts = {key: parts[key] for key in now} | {"shard": stored.get("options", {}).get("shard")}
     changes = settings_diff(stored_parts, json.loads(json.dumps(now | {"shard": config.shard}, default=str)))
     if changes:
         raise RunSettingsMismatchError(f"{path} holds a run with other settings ({'; '.join(changes[:8])}). Use another "
                                        "--out, or --overwrite to replace that run (no model was loaded)")
+    if not resume:
+        from ..errors import RunDirectoryError
+
+        raise RunDirectoryError(f"{path} already holds a run of these options and prompts; run without --no-resume to "
+                                "finish it, or pass --overwrite to start it afresh (no model was loaded)")
+    store.check_records(torn_tails=True)
 
 
 def finished_outputs(boundaries: list) -> list[str]:

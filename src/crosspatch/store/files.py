@@ -234,7 +234,9 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
                       "a line inside the file is damaged (not an interrupted write, which only cuts the last line): "
                       "restore the file from a copy, or delete that line and run the same command again to redo "
                       "its prompt, or start afresh with --overwrite")
-            raise CorruptRunFileError(f"{path}:{lineno}: not valid JSON ({exc.msg}); {advice}") from None
+            error = CorruptRunFileError(f"{path}:{lineno}: not valid JSON ({exc.msg}); {advice}")
+            error.torn_tail = lineno == last and not text.endswith("\n")  # what a resume cuts off (_repair_tail)
+            raise error from None
         if not isinstance(row, dict):
             raise CorruptRunFileError(f"{path}:{lineno}: each line must be a JSON object")
         rows.append((lineno, row))

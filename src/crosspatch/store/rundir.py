@@ -327,6 +327,19 @@ class RunStore:
                 out.append(record)
         return out
 
+    def check_records(self, torn_tails: bool = False) -> None:
+        """Read every records file as a resume and the summary read them: a damaged line, a record
+        that is not one, or a record of another run is its named error. With ``torn_tails``, a
+        last line cut off by an interrupted write is let pass (a resume cuts it): for a check before
+        the run starts (and before its models load)."""
+        readers = {EVENTS_FILE: self.load_records, NO_DIV_FILE: self.load_no_divergence}
+        for name in [EVENTS_FILE, NO_DIV_FILE] + [n for n in self.records_files() if n not in readers]:
+            try:
+                readers.get(name, lambda name=name: self.load_rows(name))()
+            except CorruptRunFileError as exc:
+                if not (torn_tails and getattr(exc, "torn_tail", False)):
+                    raise
+
     def load_no_divergence(self) -> list[NoDivergence]:
         seen, out = set(), []
         for where, row in self._rows(NO_DIV_FILE):
