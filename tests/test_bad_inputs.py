@@ -27,6 +27,7 @@ class Case:
     args: Callable[["Env"], list[str]]  # CLI arguments; may prepare files in env.tmp
     error: str
     env: dict | None = None
+    loads: bool = False  # the error needs a model's weights loaded (every other one is named before any loads)
 
 
 class Env:
@@ -412,7 +413,7 @@ CASES = [
          lambda e: ["compare", "--base", str(e.base), "--tuned", str(e.tuned), "--cross", "tuned", "--prompts",
                     str(e.prompts), "--out", str(e.tmp / "cmp_cross2")], "OptionError"),
     Case("models", "a tokenizer whose ids go beyond the model's embeddings", _small_vocabulary_pair,
-         "VocabularyMismatchError"),
+         "VocabularyMismatchError", loads=True),
     Case("models", "an encoder-decoder checkpoint (T5)",
          lambda e: e.run_args(tuned=e.file("t5/config.json", json.dumps({"model_type": "t5", "is_encoder_decoder": True,
                                                                          "num_layers": 2})).parent),
@@ -421,7 +422,7 @@ CASES = [
          lambda e: e.run_args(tuned=e.file("mamba/config.json", json.dumps({"model_type": "mamba",
                                                                             "num_hidden_layers": 4})).parent),
          "UnsupportedArchitectureError"),
-    Case("models", "a checkpoint that lacks a weight", lambda e: e.run_args(tuned=_lacking_weight(e)), "ModelLoadError"),
+    Case("models", "a checkpoint that lacks a weight", lambda e: e.run_args(tuned=_lacking_weight(e)), "ModelLoadError", loads=True),
     Case("models", "a checkpoint directory without weight files",
          lambda e: e.run_args(tuned=_model_dir(e, "no_weights", lambda d: (d / "model.safetensors").unlink())),
          "ModelLoadError"),
@@ -437,7 +438,7 @@ CASES = [
     Case("models", "a descendant whose tokenizer splits the prompts otherwise (it adds no BOS)",
          lambda e: e.run_args(tuned=_no_bos(e)), "PromptTokenizationMismatchError"),
     Case("models", "a config.json whose shapes are not its weights", lambda e: e.run_args(tuned=_other_shapes(e)),
-         "ModelLoadError"),
+         "ModelLoadError", loads=True),
     Case("models", "an adapter_config.json that is not JSON",
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_bad_cfg", lambda d: (d / "adapter_config.json").write_text("{x"))),
          "ModelLoadError"),
@@ -748,8 +749,16 @@ def test_bad_input_gets_a_named_error_and_no_traceback(case, env_root, tmp_path)
 
     env = Env(env_root, tmp_path)
     args = case.args(env)
-    res = CliRunner().invoke(app, args, env=case.env)
+    loaded = []
+    with pytest.MonkeyPatch.context() as patch:  # which model classes load weights while the command runs
+        from transformers.modeling_utils import PreTrainedModel
+
+        load = PreTrainedModel.from_pretrained.__func__  # pyright: ignore[reportFunctionMemberAccess]
+        patch.setattr(PreTrainedModel, "from_pretrained",
+                      classmethod(lambda cls, *a, **k: loaded.append(cls.__name__) or load(cls, *a, **k)))
+        res = CliRunner().invoke(app, args, env=case.env)
     output = res.output
+    assert case.loads or not loaded, f"named only after loading {loaded}: name it before any model loads"
     assert res.exception is None or isinstance(res.exception, SystemExit), \
         f"unhandled {type(res.exception).__name__}: {res.exception}"
     assert "Traceback" not in output
@@ -791,10 +800,13 @@ def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
 
 def render_table() -> str:
     """The docs/errors.md table of the catalogue."""
-    lines = [TABLE_START, "", f"{len(CASES)} bad inputs, each checked by `tests/test_bad_inputs.py` through the CLI:", "",
-             "| group | bad input | error |", "|---|---|---|"]
+    after = sum(c.loads for c in CASES)
+    lines = [TABLE_START, "", f"{len(CASES)} bad inputs, each checked by `tests/test_bad_inputs.py` through the CLI; all "
+             f"but the {after} marked *after loading* are named before any model's weights load (the test checks it):",
+             "", "| group | bad input | error |", "|---|---|---|"]
     for c in CASES:
-        lines.append(f"| {c.group} | {c.description.replace('|', '/')} | [`{c.error}`](#{c.error.lower()}) |")
+        what = c.description.replace('|', '/') + (" (*after loading*)" if c.loads else "")
+        lines.append(f"| {c.group} | {what} | [`{c.error}`](#{c.error.lower()}) |")
     return "\n".join(lines + ["", TABLE_END])
 
 

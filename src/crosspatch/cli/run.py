@@ -93,7 +93,7 @@ def _null_roles(base, tuned, adapter, nulls: list[str], options) -> tuple[dict, 
         is_adapter = (Path(path) / "adapter_config.json").exists()
         check_model_path(path, "--null", adapter=is_adapter)
         if is_adapter:
-            check_adapter_files(path, options.allow_pickle)
+            check_adapter_files(path, options.allow_pickle, base)
         (roles_adapters if is_adapter else roles_tuned)[f"null-{k}"] = path
     return roles_tuned, roles_adapters
 
@@ -120,9 +120,10 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     from .. import load_prompts
     from ..errors import PromptImageError
     from ..inputs.chats import check_chat_rows
+    from ..models.adapters import check_adapter_files
     from ..models.anatomy import check_supported
     from ..models.checks import compare_configs
-    from ..models.loading import check_custom_code
+    from ..models.loading import check_custom_code, check_weight_format
     from ..models.paths import local_config, local_is_multimodal, local_max_positions
     from ..runner.checks import (
         check_distinct_descendants,
@@ -153,11 +154,13 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
         check_model_path(path, role, revision=options.revision)
     for path in adapters:
         check_model_path(path, role, adapter=True)  # adapters load at their main revision
+        check_adapter_files(path, options.allow_pickle, base)  # and that a LoRA's weights fit the base's
     check_distinct_descendants(list(tuned) + list(adapters))
     for path in [base, *tuned]:
         check_supported(local_config(path))  # a hub id: checked once loaded
     for path in [base, *tuned]:  # model code a checkpoint ships is named before its model type is compared
         check_custom_code(path, options.trust_remote_code)
+        check_weight_format(path, options.allow_pickle)
     for path in tuned:  # another architecture, depth or width, from the config files (--dry-run too)
         compare_configs(base, path, ("PT", "IT") if len(tuned) + len(adapters) == 1 else ("base", path))
     layers = local_num_layers(base)
@@ -168,14 +171,30 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     read_by = [(p, False) for p in tuned] + [(p, True) for p in adapters]
     token_ids = check_prompt_texts(base, [d for d in read_by if final_stage in (None, d[0])], items, options,
                                    config.chat_template)
-    # prompts the generation budget would carry past the base's positions (the run adds what its controls
-    # and consequences decode further, once it knows them)
-    check_prompt_lengths(list(token_ids), list(token_ids.values()), config.max_new_tokens, local_max_positions(base))
+    # prompts the generation budget, the consequences' continuations or a control's decoding would carry past
+    # the base's positions
+    check_prompt_lengths(list(token_ids), list(token_ids.values()), config.max_new_tokens, local_max_positions(base),
+                         *_decoding_reach(config, layers, items))
     images = [p.id for p in items if p.metadata.get("image")]
     if images and local_is_multimodal(base) is False:
         raise PromptImageError(f"prompt(s) {', '.join(images[:5])} have an image, but the base is a text-only model")
     check_out_dir(out, resume=session.resume, overwrite=session.overwrite, collection=collection)
     return items
+
+
+def _decoding_reach(config: RunConfig, layers: int | None, items) -> tuple[int | None, int]:
+    """What the run decodes past a prompt besides ``--max-new-tokens``, as the run's own length check
+    counts it: the consequences' budget (None when no prompt has a validator or consequences are
+    off) and the furthest a planned analysis decodes (0 where the model's depth is not known yet)."""
+    from ..analyses.consequence import validators_of
+    from ..runner.pipeline import chunk_plan, resolve_boundaries
+
+    validators = validators_of(items)
+    reach = 0
+    if layers is not None:
+        plan = chunk_plan(config, resolve_boundaries(config, layers), layers, (), validators)
+        reach = max([0] + [a.tokens_past_prompt() for a in plan.analyses])
+    return (config.consequence_budget if config.consequence and validators else None), reach
 
 
 def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str], items, config: RunConfig,

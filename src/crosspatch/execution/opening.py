@@ -20,6 +20,7 @@ from ..models.loading import (
     DTYPES,
     LoadOptions,
     check_custom_code,
+    check_weight_format,
     eos_token_ids,
     is_local,
     load_causal_lm,
@@ -155,11 +156,12 @@ def load_models(
         check_model_path(path, "tuned", revision=options.revision)
     for path in [base, *tuned_roles.values()]:
         check_custom_code(path, options.trust_remote_code)
+        check_weight_format(path, options.allow_pickle)  # every checkpoint's, before the base's weights load
     for role, path in tuned_roles.items():  # from their config.json files, before any weight loads
         compare_configs(base, path, ("PT", "IT") if len(tuned_roles) + len(adapter_roles) == 1 else (BASE, role))
     for path in adapter_roles.values():
         check_model_path(path, "tuned", adapter=True)  # adapters load at their main revision
-        check_adapter_files(path, options.allow_pickle)
+        check_adapter_files(path, options.allow_pickle, base)  # and that its LoRA weights fit the base's
     if not tuned_roles and not adapter_roles:
         raise ModelLoadError("give at least one descendant: tuned= (a checkpoint) or adapter= (a PEFT adapter dir)")
     residency, reason = choose_residency(base, list(tuned_roles.values()), list(adapter_roles.values()), options)

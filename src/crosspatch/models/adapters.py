@@ -81,11 +81,11 @@ def is_prompt_learning(peft_type: str) -> bool:
 _PROMPT_LEARNING = {"PROMPT_TUNING", "MULTITASK_PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "CPT", "CARTRIDGE"}
 
 
-def check_adapter_files(path: str, allow_pickle: bool) -> None:
+def check_adapter_files(path: str, allow_pickle: bool, base: str | None = None) -> None:
     """A PEFT adapter has a readable adapter_config.json of a kind crosspatch can patch, and a
-    local adapter directory has adapter weights (safetensors unless ``allow_pickle``), checked
-    before any model loads."""
-    read_adapter_config(path)
+    local adapter directory has adapter weights (safetensors unless ``allow_pickle``) that fit a
+    local ``base`` (:func:`check_lora_fits`), checked before any model loads."""
+    config = read_adapter_config(path)
     root = Path(path).expanduser()
     if not root.is_dir():
         return  # a hub id: PEFT resolves its weights
@@ -96,6 +96,62 @@ def check_adapter_files(path: str, allow_pickle: bool) -> None:
         raise PickleWeightsRefusedError(
             f"{path} has only pickle adapter weights ({', '.join(f.name for f in files[:3])}); pickle can run "
             "arbitrary code when loaded. Convert to safetensors, or pass --allow-pickle if you trust it.")
+    if base is not None and (root / "adapter_model.safetensors").is_file() and Path(base).expanduser().is_dir():
+        check_lora_fits(path, config, _shapes([root / "adapter_model.safetensors"]),
+                        _shapes(sorted(Path(base).expanduser().glob("*.safetensors"))), base)
+
+
+def _shapes(files) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape, read from the safetensors files' headers (no weight is read); a file
+    that cannot be read is left to the loader, which names it."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    shapes[key] = tuple(handle.get_slice(key).get_shape())
+        except Exception:  # damaged or truncated: the loader's named error, later
+            continue
+    return shapes
+
+
+def check_lora_fits(path: str, config: dict, lora: dict[str, tuple[int, ...]], base_shapes: dict[str, tuple[int, ...]],
+                    base: str) -> None:
+    """A LoRA adapter's weights (``lora``: key -> shape, as saved) against its configuration and
+    its base's weights (``base_shapes``), the errors loading would give once the base had loaded:
+    a module with only one of its two LoRA matrices (:class:`ModelLoadError`); a rank other than
+    the configuration's ``r`` (without a ``rank_pattern``), or input and output sizes that are not
+    the base weight's, either way round (:class:`AdapterShapeMismatchError`). A module whose base
+    weight is not found under its name (another checkpoint layout) is left to the loader."""
+    from ..errors import AdapterShapeMismatchError
+
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        return
+    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, shape in lora.items():
+        parts = key.rsplit(".", 2)  # MODULE.lora_A.weight
+        if len(parts) == 3 and parts[1] in ("lora_A", "lora_B") and parts[2] == "weight" and len(shape) == 2:
+            pairs.setdefault(parts[0], {})[parts[1]] = shape
+    rank = config.get("r") if not config.get("rank_pattern") else None
+    for module, matrices in sorted(pairs.items()):
+        if len(matrices) < 2:
+            have, lack = ("lora_A", "lora_B") if "lora_A" in matrices else ("lora_B", "lora_A")
+            raise ModelLoadError(f"adapter {path}: {module} has its {have} weight but no {lack}: the adapter file is "
+                                 "incomplete; save it again with PEFT's save_pretrained")
+        (r_a, fan_in), (fan_out, r_b) = matrices["lora_A"], matrices["lora_B"]
+        for saved, name in ((r_a, "lora_A"), (r_b, "lora_B")):
+            if isinstance(rank, int) and saved != rank:
+                raise AdapterShapeMismatchError(
+                    f"adapter {path} does not match its own adapter_config.json: {module}.{name}.weight has rank "
+                    f"{saved} in its weights but the configuration (r, rank_pattern) gives rank {rank}; save the "
+                    "adapter again with PEFT's save_pretrained, or correct r")
+        target = base_shapes.get(module.removeprefix("base_model.model.") + ".weight")
+        if target is not None and len(target) == 2 and (fan_out, fan_in) not in (target, target[::-1]):
+            raise AdapterShapeMismatchError(
+                f"adapter {path} does not fit base {base}: {module} maps {fan_in} inputs to {fan_out} outputs in the "
+                f"adapter but its base weight has shape {list(target)}; was it trained on another base?")
 
 
 def _model_name(path: str) -> str:

@@ -138,7 +138,9 @@ def weight_files(path: str) -> list[Path]:
     return sorted(p for p in root.iterdir() if is_weight_file(p) and p.is_file())
 
 
-def _check_weight_format(path: str, allow_pickle: bool) -> None:
+def check_weight_format(path: str, allow_pickle: bool) -> None:
+    """A local checkpoint with pickle weights only loads only with ``allow_pickle``: a named error
+    before any weight loads (pickle can run code when loaded)."""
     if not is_local(path):
         return
     files = weight_files(path)
@@ -230,7 +232,7 @@ def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None =
     ``warnings``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-    _check_weight_format(path, options.allow_pickle)
+    check_weight_format(path, options.allow_pickle)
     kwargs = dict(
         dtype=DTYPES[resolve_dtype(options.dtype, options.device)],
         trust_remote_code=options.trust_remote_code,

@@ -126,7 +126,7 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     check_model_path(str(base), "base", revision=options.revision)
     if adapter is not None:
         check_model_path(str(adapter), "tuned", adapter=True)
-        check_adapter_files(str(adapter), options.allow_pickle)
+        check_adapter_files(str(adapter), options.allow_pickle, str(base))
     if merged is not None:
         check_model_path(str(merged), "--merged", revision=options.revision)
     prompt_ids, texts, source = _prompt_texts(prompts)

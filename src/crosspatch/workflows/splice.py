@@ -222,7 +222,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     check_model_path(str(base), "base", revision=options.revision)
     if adapter is not None:
         check_model_path(str(adapter), "tuned", adapter=True)
-        check_adapter_files(str(adapter), options.allow_pickle)
+        check_adapter_files(str(adapter), options.allow_pickle, str(base))
     else:
         check_model_path(str(tuned), "tuned", revision=options.revision)
     items = raw_text_prompts(prompts, "splice")
