@@ -68,3 +68,21 @@ def test_an_adapter_that_does_not_fit_is_named_before_any_weight_loads(tmp_path)
     _edit(adapter, lambda t: t.pop(f"{key}.lora_B.weight"))
     with pytest.raises(ModelLoadError, match=r"q_proj has its lora_A weight but no lora_B: the adapter file is incomplete"):
         check_adapter_files(adapter, False, base)
+
+
+def test_a_quantized_base_is_left_to_the_loader(tmp_path):
+    """A pre-quantized base stores packed integer weights of other shapes: no fit is told from them."""
+    import torch
+    from safetensors.torch import save_file
+
+    adapter, base = _save(tmp_path, r=4, target_modules=["q_proj"])
+    packed = {"model.layers.0.self_attn.q_proj.weight": torch.zeros(512, 1, dtype=torch.uint8)}
+    save_file(packed, f"{base}/model.safetensors", metadata={"format": "pt"})
+    check_adapter_files(adapter, False, base)  # packed integers are no shape to compare
+    config = json.loads((tmp_path / "base" / "config.json").read_text())
+    save_file({"model.layers.0.self_attn.q_proj.weight": torch.zeros(16, 16)}, f"{base}/model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(AdapterShapeMismatchError):
+        check_adapter_files(adapter, False, base)
+    (tmp_path / "base" / "config.json").write_text(json.dumps(config | {"quantization_config": {"quant_method": "bnb"}}))
+    check_adapter_files(adapter, False, base)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import ModelLoadError, PickleWeightsRefusedError, UnsupportedAdapterError, first_line
 from .loading import is_local
+from .paths import local_config
 
 
 def read_adapter_config(adapter: str) -> dict:
@@ -96,14 +97,16 @@ def check_adapter_files(path: str, allow_pickle: bool, base: str | None = None) 
         raise PickleWeightsRefusedError(
             f"{path} has only pickle adapter weights ({', '.join(f.name for f in files[:3])}); pickle can run "
             "arbitrary code when loaded. Convert to safetensors, or pass --allow-pickle if you trust it.")
-    if base is not None and (root / "adapter_model.safetensors").is_file() and Path(base).expanduser().is_dir():
+    if base is not None and (root / "adapter_model.safetensors").is_file() and Path(base).expanduser().is_dir() \
+            and "quantization_config" not in local_config(base):  # a quantized base's weights are packed
         check_lora_fits(path, config, _shapes([root / "adapter_model.safetensors"]),
                         _shapes(sorted(Path(base).expanduser().glob("*.safetensors"))), base)
 
 
 def _shapes(files) -> dict[str, tuple[int, ...]]:
-    """Each tensor's shape, read from the safetensors files' headers (no weight is read); a file
-    that cannot be read is left to the loader, which names it."""
+    """Each floating-point tensor's shape, read from the safetensors files' headers (no weight is
+    read); packed integer tensors (a quantized checkpoint's) are left out, and a file that cannot be
+    read is left to the loader, which names it."""
     from safetensors import safe_open
 
     shapes: dict[str, tuple[int, ...]] = {}
@@ -111,7 +114,9 @@ def _shapes(files) -> dict[str, tuple[int, ...]]:
         try:
             with safe_open(str(file), framework="pt") as handle:
                 for key in handle.keys():
-                    shapes[key] = tuple(handle.get_slice(key).get_shape())
+                    tensor = handle.get_slice(key)
+                    if tensor.get_dtype().startswith(("F", "BF")):
+                        shapes[key] = tuple(tensor.get_shape())
         except Exception:  # damaged or truncated: the loader's named error, later
             continue
     return shapes
