@@ -43,6 +43,7 @@ MOVED_MODULES = {
     "progress": "runner.progress", "compare": "runner.compare", "validation": "runner.checks",
     "schemas": "store.schemas", "prompts": "inputs.prompts", "validators": "inputs.validators",
     "gate": "workflows.gate", "integrations": "workflows.callback", "models.execution": "models.forward",
+    "workflows.section": "analyses.preflight_section",
 }
 
 __all__ = [  # literal, for readers and static tools; a test keeps it equal to _EXPORTS
