@@ -394,12 +394,16 @@ def test_compare_takes_named_descendants(tmp_path):
     def no_loading(*a, **k):
         raise AssertionError("a model was loaded")
 
+    command = ["compare", "--base", str(root / "base"), "--tuned", f"sft={root / 'tuned'}", "--prompts", str(prompts),
+               "--out", str(tmp_path / "c"), "--max-new-tokens", "4", "--bootstrap", "0", "--quiet", "--controls", "none"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(crosspatch.execution, "load_models", no_loading)
-        res = CliRunner().invoke(app, ["compare", "--base", str(root / "base"), "--tuned", f"sft={root / 'tuned'}",
-                                       "--prompts", str(prompts), "--out", str(tmp_path / "c"), "--max-new-tokens", "5",
-                                       "--bootstrap", "0", "--quiet", "--controls", "none"])
-    assert res.exit_code == 2 and "c/sft holds a run with other settings (options.max_new_tokens: 4 -> 5)" in res.output
+        res = CliRunner().invoke(app, [a if a != "4" else "5" for a in command])
+        assert res.exit_code == 2 and "c/sft holds a run with other settings (options.max_new_tokens: 4 -> 5)" in res.output
+        # the same command again: the finished compare is read back, its table printed, no model loaded
+        res = CliRunner().invoke(app, command)
+        assert res.exit_code == 0 and "already holds this compare, finished: nothing to do (no model loaded)" in res.output
+        assert "sft" in res.output and "interaction" in res.output  # the table
     # and a lineage's run
     lineage = ["lineage", str(root / "base"), str(root / "tuned"), "--prompts", str(prompts), "--out",
                str(tmp_path / "l"), "--max-new-tokens", "4", "--bootstrap", "0", "--quiet", "--controls", "none"]

@@ -32,7 +32,7 @@ def compare_cmd(target: CompareTarget, config: RunConfig, load: LoadOptions, ses
     cross-descendant patching (--cross A:D or all)."""
     from ..execution import load_models
     from ..execution.roles import descendant_roles
-    from ..runner.compare import compare, parse_cross
+    from ..runner.compare import compare, finished_compare, member_config, parse_cross
 
     tuned, adapters, cross, out = target.tuned or [], target.adapter or [], target.cross, target.out
     try:
@@ -45,21 +45,26 @@ def compare_cmd(target: CompareTarget, config: RunConfig, load: LoadOptions, ses
         parse_cross(cross, roles)
         if session.dry_run:
             return _print_plan(target.base, out, tuned, adapters, items, config, load)
-        if not session.overwrite:  # a member holding another run: said before the weights load
-            from dataclasses import replace
+        tuned_roles, adapter_roles = descendant_roles(tuned or None, adapters or None)
+        result = finished_compare(out, target.base, tuned_roles, adapter_roles, load, items, config, cross) \
+            if session.resume and not session.overwrite else None
+        if result is not None:  # the same command again on a finished compare: nothing to load or compute
+            console.print(f"{out} already holds this compare, finished: nothing to do (no model loaded)", soft_wrap=True)
+        else:
+            if not session.overwrite:  # a member holding another run: said before the weights load
+                from ..runner.resume import refuse_before_loading
 
-            from ..runner.resume import refuse_before_loading
-
-            for role in roles:
-                refuse_before_loading(Path(out) / role, items, replace(config, tuned=role), resume=session.resume)
-        with console.status("loading models"):
-            models = load_models(target.base, tuned=tuned or None, adapters=adapters or None, options=load)
-        console.print(f"residency: {models.residency} ({models.provenance.get('residency_reason')})",
-                      soft_wrap=True, markup=False)
-        result = compare(models, items, config, out=out, cross=cross, progress=not session.quiet,
-                         resume=session.resume, overwrite=session.overwrite)
+                for role in roles:
+                    refuse_before_loading(Path(out) / role, items, member_config(config, role), resume=session.resume)
+            with console.status("loading models"):
+                models = load_models(target.base, tuned=tuned or None, adapters=adapters or None, options=load)
+            console.print(f"residency: {models.residency} ({models.provenance.get('residency_reason')})",
+                          soft_wrap=True, markup=False)
+            result = compare(models, items, config, out=out, cross=cross, progress=not session.quiet,
+                             resume=session.resume, overwrite=session.overwrite)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
+        return  # _fail exits
     table = Table(title="crosspatch compare: common-IT readout, headline boundary")
     for col in ("descendant", "verdict", "events", "E_PT", "E_IT", "interaction", "direct share"):
         table.add_column(col)

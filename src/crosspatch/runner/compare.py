@@ -155,7 +155,6 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     """Every descendant of ``models`` against its base (one run directory each under ``out``,
     resumed or replaced as ``run`` does with ``resume`` / ``overwrite``), one table, and the
     cross-descendant matrix when ``cross`` is ``all`` or ``A:D,...``."""
-    from dataclasses import replace
 
     from ..core.cells import headline_boundary
     from .pipeline import resolve_boundaries
@@ -173,8 +172,7 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
         mark_collection(out, "compare")
     for role in models.descendants:
         extra = [CrossDescendant(b, plan[role])] if role in plan else []
-        cfg = replace(config, tuned=role, title=config.title or f"crosspatch compare: base vs {role}",
-                      back_link=config.back_link or ("../report.html" if out is not None else None))
+        cfg = member_config(config, role, out is not None)
         runs[role] = run(models, prompts, cfg, out=Path(out) / role if out is not None else None, progress=progress,
                          analyses=extra, resume=resume, overwrite=overwrite)
     summary = compare_summary(models, runs, plan, BootstrapConfig(config.bootstrap, config.seed))
@@ -185,6 +183,42 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     else:
         report = render_compare_markdown(summary)
     return CompareResult(runs, summary, report, Path(out) if out is not None else None)
+
+
+def member_config(config: RunConfig, role: str, written: bool = True) -> RunConfig:
+    """The run configuration of a compare's member ``role`` (its report titled and linked back to
+    the compare's page when ``written``)."""
+    from dataclasses import replace
+
+    return replace(config, tuned=role, title=config.title or f"crosspatch compare: base vs {role}",
+                   back_link=config.back_link or ("../report.html" if written else None))
+
+
+def finished_compare(out: str | Path, base: str, tuned: dict[str, str], adapters: dict[str, str], options, prompts,
+                     config: RunConfig, cross: str | None) -> CompareResult | None:
+    """The stored compare in ``out`` when it already holds this very compare, finished: every
+    member the finished run of its descendant (:func:`~crosspatch.runner.resume.finished_result`:
+    the same models, weights, options and prompts), compare.json naming these descendants and
+    holding every cross-descendant cell ``cross`` asks for. None otherwise (the caller loads the
+    models and ``compare`` resumes, refuses or replaces as usual). Nothing is loaded or written."""
+    from ..errors import CrosspatchError
+    from .resume import finished_result
+
+    roles = (*tuned, *adapters)
+    try:
+        for role in roles:
+            if finished_result(Path(out) / role, base, tuned, adapters, options, prompts,
+                               member_config(config, role)) is None:
+                return None
+        summary = read_collection_summary(Path(out), "compare")
+        stored = {(x, y) for x, row in (summary.get("cross") or {}).items() for y, cell in (row or {}).items()
+                  if cell is not None and x != y and summary.get("base") not in (x, y)}
+        asked = {(x, y) for y, xs in parse_cross(cross, roles).items() for x in xs}
+        if summary.get("descendants") != list(roles) or stored != asked:  # the cross cells asked for, no others
+            return None
+        return open_compare(Path(out))
+    except (CrosspatchError, OSError, KeyError, TypeError, ValueError):
+        return None  # anything unusual: the normal path decides, with its named errors
 
 
 def _clear_other_members(out: Path, keep) -> None:
