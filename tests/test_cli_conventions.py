@@ -411,7 +411,10 @@ def test_compare_takes_named_descendants(tmp_path):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(crosspatch.execution, "load_models", no_loading)
         res = CliRunner().invoke(app, lineage + ["--seed", "2"])
-    assert res.exit_code == 2 and "l/run holds a run with other settings (options.seed: 0 -> 2)" in res.output
+        assert res.exit_code == 2 and "l/run holds a run with other settings (options.seed: 0 -> 2)" in res.output
+        res = CliRunner().invoke(app, lineage)  # the same command again: read back, no model loaded
+        assert res.exit_code == 0 and "already holds this lineage, finished: nothing to do (no model loaded)" in res.output
+        assert "crosspatch lineage: base -> tuned" in res.output  # its table
 
 
 @pytest.mark.slow

@@ -85,7 +85,7 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
     from pathlib import Path as _Path
 
     from ..execution import load_models
-    from ..runner.lineage import lineage
+    from ..runner.lineage import final_config, finished_lineage, lineage
 
     paths, checkpoints, out = list(target.models), target.checkpoints, target.out
     steps, found = None, []
@@ -113,22 +113,28 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
                          fields=target.fields, final_stage=stages[-1])
         if session.dry_run:
             return _print_plan(paths[0], out, tuned, adapters, items, config, load)
-        if not session.overwrite:  # its run holding another run: said before the weights load
-            from dataclasses import replace
+        tuned_roles = {n: p for n, p in names.items() if p in tuned}
+        adapter_roles = {n: p for n, p in names.items() if p in adapters}
+        result = finished_lineage(out, paths[0], tuned_roles, adapter_roles, load, items, config, list(names), steps) \
+            if session.resume and not session.overwrite else None
+        if result is not None:  # the same command again on a finished lineage: nothing to load or compute
+            console.print(f"{out} already holds this lineage, finished: nothing to do (no model loaded)", soft_wrap=True)
+        else:
+            if not session.overwrite:  # its run holding another run: said before the weights load
+                from ..runner.resume import refuse_before_loading
 
-            from ..runner.resume import refuse_before_loading
-
-            refuse_before_loading(Path(out) / "run", items, replace(config, tuned=list(names)[-1]), resume=session.resume)
-        with console.status("loading models"):
-            models = load_models(paths[0], tuned={n: p for n, p in names.items() if p in tuned} or None,
-                                 adapters={n: p for n, p in names.items() if p in adapters} or None, options=load)
-            order = ("base",) + tuple(names)
-            if models.roles != order:  # checkpoints and adapters mixed: keep the training order
-                models.roles = order
-        result = lineage(models, items, config, out=out, progress=not session.quiet, resume=session.resume,
-                         overwrite=session.overwrite, steps=steps)
+                refuse_before_loading(Path(out) / "run", items, final_config(config, list(names)[-1]),
+                                      resume=session.resume)
+            with console.status("loading models"):
+                models = load_models(paths[0], tuned=tuned_roles or None, adapters=adapter_roles or None, options=load)
+                order = ("base",) + tuple(names)
+                if models.roles != order:  # checkpoints and adapters mixed: keep the training order
+                    models.roles = order
+            result = lineage(models, items, config, out=out, progress=not session.quiet, resume=session.resume,
+                             overwrite=session.overwrite, steps=steps)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
+        return  # _fail exits
     from ..runner.lineage import LINEAGE_COLUMNS, lineage_rows
 
     table = Table(title=f"crosspatch lineage: base -> {result.summary['final']}")

@@ -101,7 +101,6 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     """Score every stage of ``models`` (descendant roles in training order, the last one the
     final model) on the Base -> Final first divergences. ``steps``: the training step of each
     stage (trainer checkpoints), recorded and used as the plot's x axis."""
-    from dataclasses import replace
 
     from ..core.cells import headline_boundary
     from .pipeline import resolve_boundaries
@@ -118,7 +117,7 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
                           f"(integers >= 0), not {steps!r}")
     final = models.descendants[-1]
     b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers, config.boundary)
-    cfg = replace(config, tuned=final, title=config.title or f"crosspatch lineage: base -> {final}")
+    cfg = final_config(config, final)
     if out is not None:
         check_out_dir(out, resume=resume, overwrite=overwrite, collection="lineage")
         mark_collection(out, "lineage")
@@ -134,6 +133,36 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     else:
         report = render_lineage_markdown(summary)
     return LineageResult(result, summary, report, Path(out) if out is not None else None)
+
+
+def final_config(config: RunConfig, final: str) -> RunConfig:
+    """The configuration of a lineage's run: the Base -> ``final`` pair, titled after it."""
+    from dataclasses import replace
+
+    return replace(config, tuned=final, title=config.title or f"crosspatch lineage: base -> {final}")
+
+
+def finished_lineage(out: str | Path, base: str, tuned: dict[str, str], adapters: dict[str, str], options, prompts,
+                     config: RunConfig, stages: list[str], steps: dict[str, int] | None = None) -> LineageResult | None:
+    """The stored lineage in ``out`` when it already holds this very lineage, finished: its run the
+    finished Base -> Final run (:func:`~crosspatch.runner.resume.finished_result`: the same models,
+    weights, options and prompts) and lineage.json naming these stages (and training steps). None
+    otherwise (the caller loads the models and ``lineage`` resumes as usual). Nothing is loaded or
+    written."""
+    from ..errors import CrosspatchError
+    from .resume import finished_result
+
+    try:
+        if finished_result(Path(out) / "run", base, tuned, adapters, options, prompts,
+                           final_config(config, stages[-1])) is None:
+            return None
+        summary = read_collection_summary(Path(out), "lineage")
+        wanted_steps = {s: steps[s] for s in stages if s in steps} if steps else None
+        if summary.get("stages") != list(stages) or summary.get("training_steps") != wanted_steps:
+            return None
+        return open_lineage(Path(out))
+    except (CrosspatchError, OSError, KeyError, TypeError, ValueError):
+        return None  # anything unusual: the normal path decides, with its named errors
 
 
 def lineage_summary(result: RunResult, stages: list[str], boundary: int, boot: BootstrapConfig) -> dict:
