@@ -412,3 +412,29 @@ def test_a_compare_overwritten_with_other_descendants_reports_and_gates_only_its
     assert outcome["exit_code"] == 2 and "does not exist" in outcome["members"]["early"]["reason"]
     with pytest.raises(NotARunDirectoryError, match="early does not exist"):
         rerender_run(tmp_path / "c")
+
+
+@pytest.mark.slow
+def test_a_compare_given_one_more_descendant_resumes_the_others_and_a_cross_plan_is_another_run(tmp_path):
+    """A compare member's run is its base and descendant (and the descendants its analyses read):
+    the same compare with a further descendant finishes only the new one; asking for the cross
+    matrix afterwards is another run of the members (their finished prompts have no cross cells),
+    refused rather than resumed with an empty matrix."""
+    from crosspatch.errors import RunSettingsMismatchError
+    from crosspatch.testing import save_tiny_pair
+
+    for k in (0, 1, 2):  # one base (seed 0), three descendants of it
+        save_tiny_pair(tmp_path / f"m{k}", scale=0.3 + 0.1 * k)
+    base = str(tmp_path / "m0" / "base")
+    stages = {f"d{k}": str(tmp_path / f"m{k}" / "tuned") for k in (0, 1, 2)}
+    options = dict(max_new_tokens=4, bootstrap=0, progress=False, controls="none", event_kinds="first_diff", boundary=2)
+    first = compare(load_models(base, tuned={k: stages[k] for k in ("d0", "d1")}), many_prompts(4),
+                    out=tmp_path / "c", **options)
+    more = compare(load_models(base, tuned=stages), many_prompts(4), out=tmp_path / "c", **options)
+    for role in ("d0", "d1"):
+        assert more.runs[role].summary["cost_this_session"]["prompts_processed"] == 0
+        assert more.runs[role].summary["results"] == first.runs[role].summary["results"]
+    assert more.runs["d2"].summary["cost_this_session"]["prompts_processed"] == 4
+    with pytest.raises(RunSettingsMismatchError, match=r"c/d0 holds a run with other settings \(models.descendants.d1: "
+                                                       r"not given -> given"):
+        compare(load_models(base, tuned=stages), many_prompts(4), out=tmp_path / "c", cross="all", **options)

@@ -150,6 +150,13 @@ class Analysis:
         for the check that prompts + decoding fit the model's positions."""
         return 0
 
+    def model_roles(self) -> list[str]:
+        """The other descendant roles of the model set this analysis reads besides the run's base
+        and descendant (and its nulls, which the run's configuration names): the run's fingerprint
+        holds their models, so that another model in one of them is another run, while a model set
+        that merely holds more descendants (a compare given one more) is the same run."""
+        return []
+
 
 class GatheredAnalysis(Analysis):
     """An analysis whose measurement needs something decided from all its events at once (a

@@ -48,6 +48,9 @@ class CrossDescendant(Analysis):
     upstream: list[str]
     name: str = "cross_descendant"
 
+    def model_roles(self) -> list[str]:
+        return list(self.upstream)
+
     def program(self, ex: Executor, events: EventSet) -> Program:
         others = [r for r in self.upstream if r not in (events.base, events.tuned)]
         if not events.events or not others:

@@ -38,6 +38,9 @@ class StageScores(Analysis):
     stages: list[str]
     name: str = "lineage"
 
+    def model_roles(self) -> list[str]:
+        return list(self.stages)
+
     def program(self, ex: Executor, events: EventSet) -> Program:
         if not events.events:
             return []

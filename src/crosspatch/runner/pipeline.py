@@ -242,7 +242,8 @@ def run(
     if len(set(names)) != len(names):
         raise OptionError(f"analysis names must be unique in a run: {names}")
     prompts = select_shard(all_prompts, config.shard)
-    record = build_config_record(pair, all_prompts, config, boundaries, [p.id for p in prompts])
+    record = build_config_record(pair, all_prompts, config, boundaries, [p.id for p in prompts],
+                                 sorted({r for a in plan.analyses for r in a.model_roles()}))
     record["run_warnings"] = run_warnings
     token_ids = prompt_token_ids(pair, prompts, tuned, config)
     check_prompt_lengths([p.id for p in prompts], token_ids, config.max_new_tokens,

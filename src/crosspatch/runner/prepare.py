@@ -136,11 +136,18 @@ def model_identity(entry):
 
 
 def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig, boundaries: list[int],
-                        shard_ids: list[str] | None = None) -> dict:
+                        shard_ids: list[str] | None = None, read_roles=()) -> dict:
+    """config.json of a run of ``pair`` (every model it loaded recorded), with its fingerprint:
+    the options and prompts that change results, and the models the run reads, which are the base,
+    the descendant, its nulls and ``read_roles`` (other descendants its analyses read): a model set
+    that holds more descendants, as a compare given one more does, leaves the run the same."""
     options = asdict(config)
     digest = prompts_digest(prompts)
     models = {k: model_identity(v) if k != "load_options" else v for k, v in pair.provenance.items()
               if k not in ("residency_reason", "load_spec", "reopen_spec")}
+    if isinstance(models.get("descendants"), dict):
+        read = {config.tuned or pair.roles[1], *config.nulls, *read_roles}
+        models["descendants"] = {r: e for r, e in models["descendants"].items() if r in read}
     models["load_options"] = {k: v for k, v in models.get("load_options", {}).items()
                               if k not in ("residency", "verbose", "hash_weights")}
     result_parts = {
