@@ -215,7 +215,7 @@ def finished_compare(out: str | Path, base: str, tuned: dict[str, str], adapters
                 return None
         summary = read_collection_summary(Path(out), "compare")
         stored = {(x, y) for x, row in (summary.get("cross") or {}).items() for y, cell in (row or {}).items()
-                  if cell is not None and x != y and summary.get("base") not in (x, y)}
+                  if isinstance(cell, dict) and (cell.get("n") or 0) > 0 and x != y and summary.get("base") not in (x, y)}
         asked = {(x, y) for y, xs in parse_cross(cross, roles).items() for x in xs}
         if summary.get("descendants") != list(roles) or stored != asked:  # the cross cells asked for, no others
             return None
