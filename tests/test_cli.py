@@ -77,7 +77,17 @@ def test_the_same_command_on_a_finished_run_loads_no_model(saved_pair, tmp_path,
     # changes listed before any model loads (as the run would refuse it once they had loaded); nothing written
     more = tmp_path / "more.jsonl"
     more.write_text((saved_pair / "prompts.jsonl").read_text() + json.dumps({"id": "extra", "prompt": "Rain in"}) + "\n")
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    other = shutil.copytree(saved_pair / "tuned", tmp_path / "other-tune")  # another fine-tune of the base
+    weights = load_file(other / "model.safetensors")
+    weights = {k: v * 1.01 if k.endswith("q_proj.weight") else v for k, v in weights.items()}
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
     for changed, change in ((args + ["--seed", "1"], "options.seed: 0 -> 1"),
+                            ([str(other) if a == str(saved_pair / "tuned") else a for a in args],
+                             f"models.tuned.weights: another model's ({other})"),
                             ([a if a != "8" else "9" for a in args], "options.max_new_tokens: 8 -> 9"),
                             ([a if a != "2" else "3" for a in args], "boundaries: [2] -> [3]"),
                             (args + ["--shard", "0/2"], 'shard: not given -> "0/2"'),

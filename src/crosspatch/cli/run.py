@@ -47,7 +47,8 @@ def run_pair(target: PairTarget, config: RunConfig, load: LoadOptions, session: 
                           soft_wrap=True)
         else:
             if not session.overwrite:  # another run's directory, or this one's damaged: said before the weights load
-                refuse_before_loading(target.out, items, config, resume=session.resume)
+                refuse_before_loading(target.out, items, config, resume=session.resume,
+                                      models=(target.base, {**roles_tuned, **roles_adapters}, load))
             with console.status("loading models"):
                 pair = load_models(target.base, tuned=roles_tuned or None, adapters=roles_adapters or None,
                                    options=load)

@@ -55,7 +55,8 @@ def compare_cmd(target: CompareTarget, config: RunConfig, load: LoadOptions, ses
                 from ..runner.resume import refuse_before_loading
 
                 for role in roles:
-                    refuse_before_loading(Path(out) / role, items, member_config(config, role), resume=session.resume)
+                    refuse_before_loading(Path(out) / role, items, member_config(config, role), resume=session.resume,
+                                          models=(target.base, {**tuned_roles, **adapter_roles}, load))
             with console.status("loading models"):
                 models = load_models(target.base, tuned=tuned or None, adapters=adapters or None, options=load)
             console.print(f"residency: {models.residency} ({models.provenance.get('residency_reason')})",
@@ -124,7 +125,7 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
                 from ..runner.resume import refuse_before_loading
 
                 refuse_before_loading(Path(out) / "run", items, final_config(config, list(names)[-1]),
-                                      resume=session.resume)
+                                      resume=session.resume, models=(paths[0], {**tuned_roles, **adapter_roles}, load))
             with console.status("loading models"):
                 models = load_models(paths[0], tuned=tuned_roles or None, adapters=adapter_roles or None, options=load)
                 order = ("base",) + tuple(names)

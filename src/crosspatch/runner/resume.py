@@ -72,14 +72,17 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
     return RunResult(summary, records, no_div, stored, path, stored_analyses(store))
 
 
-def refuse_before_loading(out: str | Path, prompts, config: RunConfig, resume: bool = True) -> None:
+def refuse_before_loading(out: str | Path, prompts, config: RunConfig, resume: bool = True,
+                          models: tuple[str, dict[str, str], object] | None = None) -> None:
     """Before any model loads, what the run would refuse in ``out`` once both models had loaded
     (minutes for a large pair), with the same named error: a run of other options, boundaries,
     prompts or shard (:class:`~crosspatch.errors.RunSettingsMismatchError`, the changes listed); a
     config.json that is damaged or of another format; records that are damaged or of another run
     (a last line cut off by an interruption is let pass: the resume cuts it); with ``resume=False``
-    (``--no-resume``), a run of these settings (:class:`~crosspatch.errors.RunDirectoryError`). The models are
-    compared once loaded (their record needs the loaded set); a directory without a run and a run
+    (``--no-resume``), a run of these settings (:class:`~crosspatch.errors.RunDirectoryError`). With
+    ``models`` (the base's path, each descendant role's path, the load options), a local model of
+    another weight or defining file than the run's in the same role is named too (the rest of the
+    models' record needs the loaded set: compared once loaded); a directory without a run and a run
     with synthetic nulls (whose roles are made in the run) are left to the run."""
     from dataclasses import replace
 
@@ -105,6 +108,8 @@ def refuse_before_loading(out: str | Path, prompts, config: RunConfig, resume: b
         return  # anything unusual: the run decides, with its named errors
     stored_parts = {key: parts[key] for key in now} | {"shard": stored.get("options", {}).get("shard")}
     changes = settings_diff(stored_parts, json.loads(json.dumps(now | {"shard": config.shard}, default=str)))
+    if models is not None and isinstance(parts.get("models"), dict):
+        changes += _model_changes(parts["models"], *models)
     if changes:
         raise RunSettingsMismatchError(f"{path} holds a run with other settings ({'; '.join(changes[:8])}). Use another "
                                        "--out, or --overwrite to replace that run (no model was loaded)")
@@ -114,6 +119,34 @@ def refuse_before_loading(out: str | Path, prompts, config: RunConfig, resume: b
         raise RunDirectoryError(f"{path} already holds a run of these options and prompts; run without --no-resume to "
                                 "finish it, or pass --overwrite to start it afresh (no model was loaded)")
     store.check_records(torn_tails=True)
+
+
+def _model_changes(recorded: dict, base: str, descendants: dict[str, str], options) -> list[str]:
+    """``models.ROLE.weights`` / ``.files`` for each role the run recorded (its fingerprint's
+    models) and is given again whose local model has other weight or defining files now (their
+    sha256, remembered between runs); roles not in both, hub models and unhashed weights are left
+    to the check after loading."""
+    from ..models.loading import provenance
+
+    single = [k for k in ("tuned", "adapter") if k in recorded]
+    if single:
+        if len(descendants) != 1:
+            return []
+        by_role = {"base": recorded.get("base"), next(iter(descendants)): recorded[single[0]]}
+    else:
+        by_role = {"base": recorded.get("base"), **(recorded.get("descendants") or {})}
+    changes = []
+    for role, path in {"base": base, **descendants}.items():
+        entry = by_role.get(role)
+        if not isinstance(entry, dict) or not entry.get("local"):
+            continue
+        weights = entry.get("weights")
+        if not isinstance(weights, dict) or not weights or not all(isinstance(v, str) for v in weights.values()):
+            continue
+        now = provenance(path, options)
+        changes += [f"models.{role}.{part}: another model's ({path})" for part in ("weights", "files")
+                    if now.get(part) is not None and now.get(part) != entry.get(part)]
+    return changes
 
 
 def finished_outputs(boundaries: list) -> list[str]:
