@@ -144,6 +144,8 @@ def _model_changes(recorded: dict, base: str, descendants: dict[str, str], optio
         if not isinstance(weights, dict) or not weights or not all(isinstance(v, str) for v in weights.values()):
             continue
         now = provenance(path, options)
+        if not all(isinstance(v, str) for v in (now.get("weights") or {}).values()):
+            continue  # not hashed this time (hash_weights off): nothing to compare
         changes += [f"models.{role}.{part}: another model's ({path})" for part in ("weights", "files")
                     if now.get(part) is not None and now.get(part) != entry.get(part)]
     return changes
