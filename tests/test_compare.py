@@ -436,5 +436,6 @@ def test_a_compare_given_one_more_descendant_resumes_the_others_and_a_cross_plan
         assert more.runs[role].summary["results"] == first.runs[role].summary["results"]
     assert more.runs["d2"].summary["cost_this_session"]["prompts_processed"] == 4
     with pytest.raises(RunSettingsMismatchError, match=r"c/d0 holds a run with other settings \(models.descendants.d1: "
-                                                       r"not given -> given"):
+                                                       r"not given -> given.*the run now reads more descendants: a "
+                                                       r"compare's --cross"):
         compare(load_models(base, tuned=stages), many_prompts(4), out=tmp_path / "c", cross="all", **options)

@@ -158,7 +158,6 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     """Every descendant of ``models`` against its base (one run directory each under ``out``,
     resumed or replaced as ``run`` does with ``resume`` / ``overwrite``), one table, and the
     cross-descendant matrix when ``cross`` is ``all`` or ``A:D,...``."""
-
     from ..core.cells import headline_boundary
     from .pipeline import resolve_boundaries
 

@@ -104,7 +104,6 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     """Score every stage of ``models`` (descendant roles in training order, the last one the
     final model) on the Base -> Final first divergences. ``steps``: the training step of each
     stage (trainer checkpoints), recorded and used as the plot's x axis."""
-
     from ..core.cells import headline_boundary
     from .pipeline import resolve_boundaries
 

@@ -223,9 +223,12 @@ class RunStore:
             old_fp = (old or {}).get("fingerprint", old_fp)
             if old_fp is not None and old_fp != fp:
                 changes = settings_diff((old or {}).get("fingerprint_inputs", {}), config.get("fingerprint_inputs", {}))
+                read = any(c.startswith("models.descendants.") and c.endswith(": not given -> given") for c in changes)
                 raise RunSettingsMismatchError(
                     f"{self.path} holds a run with other settings ("
                     + ("; ".join(changes[:8]) if changes else f"fingerprint {old_fp} vs {fp}")
+                    + ("; the run now reads more descendants: a compare's --cross, a lineage's stages or --null"
+                       if read else "")
                     + "). Use another --out, or --overwrite to replace that run")
             if not resume:
                 raise RunDirectoryError(
