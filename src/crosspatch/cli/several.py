@@ -38,14 +38,14 @@ def compare_cmd(target: CompareTarget, config: RunConfig, load: LoadOptions, ses
     try:
         if not tuned and not adapters:
             raise OptionError("give the descendants to compare: --tuned DIR (repeatable) and/or --adapter DIR")
-        roles = tuple(r for group in descendant_roles(tuned or None, adapters or None) for r in group)
+        tuned_roles, adapter_roles = descendant_roles(tuned or None, adapters or None)
+        roles = (*tuned_roles, *adapter_roles)
         out = out if out is not None else default_out(target.base, list(roles), "compare")
         items = _prepare(config, load, session, target.base, target.prompts, out, tuned, adapters,
                          collection="compare", fields=target.fields)
         parse_cross(cross, roles)
         if session.dry_run:
             return _print_plan(target.base, out, tuned, adapters, items, config, load)
-        tuned_roles, adapter_roles = descendant_roles(tuned or None, adapters or None)
         result = finished_compare(out, target.base, tuned_roles, adapter_roles, load, items, config, cross) \
             if session.resume and not session.overwrite else None
         if result is not None:  # the same command again on a finished compare: nothing to load or compute
@@ -83,8 +83,6 @@ def compare_cmd(target: CompareTarget, config: RunConfig, load: LoadOptions, ses
 def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, session: Session) -> None:
     """Score every training stage on the Base -> Final first divergences: MODELS is BASE STAGE1
     ... FINAL (checkpoint or adapter directories, in training order)."""
-    from pathlib import Path as _Path
-
     from ..execution import load_models
     from ..runner.lineage import final_config, finished_lineage, lineage
 
@@ -108,7 +106,7 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
 
         names = {c.name: str(c.path) for c in found} or _role_names(list(paths[1:]), what="stage", each="stage")
         stages = list(names.values())
-        adapters = [p for p in stages if (_Path(p) / "adapter_config.json").exists()]
+        adapters = [p for p in stages if (Path(p) / "adapter_config.json").exists()]
         tuned = [p for p in stages if p not in adapters]
         items = _prepare(config, load, session, paths[0], target.prompts, out, tuned, adapters, collection="lineage",
                          fields=target.fields, final_stage=stages[-1])
