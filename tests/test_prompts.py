@@ -369,12 +369,32 @@ def test_in_python_one_prompt_is_one_prompt_and_a_path_is_a_file(tmp_path):
         as_prompts(str(tmp_path / "missing.jsonl"))
 
 
+def test_in_python_a_dict_of_columns_is_one_prompt_per_position():
+    """What slicing a ``datasets.Dataset`` (``ds[:2]``), ``Dataset.to_dict()`` and
+    ``DataFrame.to_dict("list")`` give; a chat row's ``messages`` (one list of turns) stays one row."""
+    import datasets
+
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "prompt": ["Rain?", "Sun?", "Fog?"], "category": ["x", "y", "x"],
+                          "split": ["s", "t", "s"]})
+    rows = [(p.id, p.prompt, p.category, p.metadata) for p in as_prompts(frame)]
+    assert [(p.id, p.prompt, p.category, p.metadata) for p in as_prompts(frame.to_dict("list"))] == rows
+    assert [p.id for p in as_prompts(datasets.Dataset.from_pandas(frame)[:2])] == ["a", "b"]
+    renamed = {"instruction": ["Rain?", "Sun?"], "uid": [1, 2]}
+    assert [(p.id, p.prompt) for p in as_prompts(renamed, "prompt=instruction,id=uid")] == [("1", "Rain?"), ("2", "Sun?")]
+    turn = {"role": "user", "content": "Rain?"}
+    assert [p.messages for p in as_prompts({"id": "a", "messages": [turn]})] == [(turn,)]
+    assert [p.id for p in as_prompts({"id": ["a", "b"], "messages": [[turn], [turn]]})] == ["a", "b"]
+
+
 @pytest.mark.parametrize("items, message", [
     ([], "no prompts given"),
     (None, "prompts must be a list"),
     (7, "prompts must be a list"),
     ({"a": "Rain"}, "one prompt row"),
-    ([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}], "unique"),
+    ([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}], r"prompt #1: id 'a' repeats prompt #0's"),
+    ({"id": ["a", "b"], "prompt": ["x", "y", "z"]}, "lists of one length, not id: 2, prompt: 3"),
+    ({"id": "a", "prompt": ["x", "y"]}, "not id: not a list, prompt: 2"),
+    ({"id": [], "prompt": []}, "no prompts given"),
     (["Rain in Boston", ""], "non-empty string"),  # a plain string is checked as a file's row is
     (["  \n"], "holds only whitespace"),
     ([Prompt("a", "")], "non-empty string"),

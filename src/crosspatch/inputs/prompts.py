@@ -251,8 +251,8 @@ def _with_image_path(prompt: Prompt, base: Path, where: str) -> Prompt:
 
 def as_prompts(items: Any, fields: str | dict[str, str] | None = None) -> list[Prompt]:
     """Accept a list of Prompt objects, dicts or plain strings (ids become their index), a pandas
-    DataFrame or a ``datasets.Dataset`` (columns ``id``, ``prompt``, optional ``category``,
-    others kept as metadata), a path to a prompt file (a ``Path``, or a string ending in .jsonl,
+    DataFrame, a ``datasets.Dataset`` (columns ``id``, ``prompt``, optional ``category``,
+    others kept as metadata) or a dict of such columns (``Dataset[:10]``), a path to a prompt file (a ``Path``, or a string ending in .jsonl,
     .json, .csv, .tsv, .parquet or naming an existing file), or one prompt (a string, dict or Prompt).
     No prompt at all is a :class:`PromptFileError`, as for an empty file. ``fields``: as for
     :func:`load_prompts` (rows, DataFrames and datasets)."""
@@ -268,9 +268,9 @@ def as_prompts(items: Any, fields: str | dict[str, str] | None = None) -> list[P
         return as_prompts(_one_split(items, "the DatasetDict", f"one of them (prompts['{splits[0]}'])"), fields)
     elif isinstance(items, dict):
         if not {"prompt", "messages", "conversations"} & set(source_columns(items, fields)):
-            raise PromptFileError("a dict is one prompt row with 'id' and 'prompt' (or 'messages') fields; give a list "
-                                  "of such rows for several prompts")
-        items = [items]
+            raise PromptFileError("a dict is one prompt row with 'id' and 'prompt' (or 'messages') fields, or columns "
+                                  "of such fields (lists of one length); give a list of rows for several prompts")
+        items = _column_rows(items, fields)
     elif hasattr(items, "to_dict") and hasattr(items, "columns"):  # pandas DataFrame
         check_columns(source_columns(items.columns, fields), "DataFrame")
         items = items.to_dict(orient="records")
@@ -298,10 +298,30 @@ def as_prompts(items: Any, fields: str | dict[str, str] | None = None) -> list[P
             raise PromptFileError(f"prompt #{k}: expected a str, dict or Prompt, got {type(item).__name__}")
     if not out:
         raise PromptFileError("no prompts given")
-    ids = [p.id for p in out]
-    if len(set(ids)) != len(ids):
-        raise PromptFileError("prompt ids must be unique")
+    seen: dict[str, int] = {}
+    for k, p in enumerate(out):
+        if p.id in seen:
+            raise PromptFileError(f"prompt #{k}: id {p.id!r} repeats prompt #{seen[p.id]}'s (ids must be unique)")
+        seen[p.id] = k
     return out
+
+
+def _column_rows(table: dict, fields: dict[str, str]) -> list[dict]:
+    """The rows of ``table``: one row, or, where its text column holds one text (or chat) per
+    prompt, columns of equal length (what ``Dataset[:10]``, ``Dataset.to_dict()`` and
+    ``DataFrame.to_dict("list")`` give), one row per position. Columns of unequal length are a
+    PromptFileError naming them."""
+    text = next(fields.get(name, name) for name in ("prompt", "messages", "conversations")
+                if fields.get(name, name) in table)
+    values = table[text]
+    if not isinstance(values, (list, tuple)) or (text != fields.get("prompt", "prompt") and not all(
+            isinstance(chat, (list, tuple)) for chat in values)):
+        return [table]  # one row (a chat row's text column is one list of turns)
+    lengths = {str(name): len(column) if isinstance(column, (list, tuple)) else None for name, column in table.items()}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{name}: {'not a list' if n is None else n}" for name, n in lengths.items())
+        raise PromptFileError(f"a dict of columns (one list per field) needs lists of one length, not {shown}")
+    return [{name: column[k] for name, column in table.items()} for k in range(len(values))]
 
 
 def _names_a_file(text: str) -> bool:
