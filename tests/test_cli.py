@@ -303,6 +303,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
                                    "--residency", "sequential", "--max-batch-tokens", "4096"])
     assert res.exit_code == 0, res.output
     for text in ("residency: sequential", "boundaries: 1, 3 of 4 layers", "prompts: 6", "estimated work",
+                 "(per token: search 2.0, cells 2.0, pre_divergence", "hybrid_state",
                  "state cache", "at most 4,096 padded tokens", "KV cache of the largest decoding batch", "sweep.png",
                  "no weight was loaded and nothing was written"):
         assert text in res.output, text

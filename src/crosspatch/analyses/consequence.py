@@ -46,6 +46,12 @@ class Consequence(Analysis):
     seed: int = 0
     name: str = "consequence"
 
+    def work_per_event(self, num_layers: int, budget: int, model_config: dict | None = None) -> float:
+        """Each forced token's continuation (by the descendant, and the base with ``with_pt``) over
+        the event's prefix, the token and the budget; the descendant's state where none is kept."""
+        models = 2 if self.with_pt else 1
+        return 1 + len(FORCED) * models * (1 + (1 + self.budget) / max(budget, 1))
+
     def program(self, ex: Executor, events: EventSet) -> Program:
         evs = [e for e in events.events if e.prompt_id in self.validators]
         if not evs:

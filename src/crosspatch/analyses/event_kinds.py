@@ -57,6 +57,12 @@ class EventKinds(Analysis):
     name: str = "event_kinds"
     scores_cells = True
 
+    def work_per_event(self, num_layers: int, budget: int, model_config: dict | None = None) -> float:
+        """Each extra kind's event scored as the 2x2 scores one (its history is the search's, decoded to
+        the budget at most)."""
+        extra = [k for k in self.kinds if k != "first_diff"]
+        return len(extra) * CrossPatch(self.boundaries, self.cells).work_per_event(num_layers, budget)
+
     def program(self, ex: Executor, evset: EventSet) -> Program:
         """Returns ``(records, twins)``: records of the kinds that fall elsewhere, and
         ``(kind, first-divergence event key)`` for kinds that fall on the first divergence

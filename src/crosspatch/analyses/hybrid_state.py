@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core.analysis import Analysis, EventSet
+from ..core.analysis import Analysis, EventSet, late_passes
 from ..core.cells import event_y
 from ..core.divergence import RecordKey
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
@@ -42,6 +42,11 @@ class HybridState(Analysis):
     seed: int = 0
     name: str = "control_hybrid_state"
     random_draws: int = 1
+
+    def work_per_event(self, num_layers: int, budget: int, model_config: dict | None = None) -> float:
+        """Late passes: three inner interpolation points, both diagonals, and the random draws (the
+        interpolation's U_PT end is the 2x2's own pass)."""
+        return late_passes(5 + self.random_draws, self.boundary, num_layers)
 
     def program(self, ex: Executor, evset: EventSet) -> Program:
         if not evset.events:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core.analysis import Analysis, EventSet
+from ..core.analysis import Analysis, EventSet, decoded_past, late_passes
 from ..core.cells import CellsConfig, CrossPatch
 from ..core.divergence import DivergenceEvent
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
@@ -31,6 +31,13 @@ class NativeHistory(Analysis):
 
     def tokens_past_prompt(self) -> int:
         return max(self.horizons)
+
+    def work_per_event(self, num_layers: int, budget: int, model_config: dict | None = None) -> float:
+        """Both models decoded to the longest horizon, then at each horizon of each history both
+        models' states and two late passes, over prompts + up to that horizon."""
+        candidates = 2 * len(self.horizons)
+        per_sequence = 2 + candidates * (2 + late_passes(2, self.boundary, num_layers))
+        return per_sequence * decoded_past(max(self.horizons), budget)
 
     def program(self, ex: Executor, evset: EventSet) -> Program:
         if not evset.events:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.analysis import Analysis, EventSet
+from ..core.analysis import Analysis, EventSet, late_passes
 from ..core.cells import CELLS, cell_effects, cells_against_base
 from ..core.divergence import RecordKey
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
@@ -44,6 +44,10 @@ class NullScores(Analysis):
     boundary: int
     nulls: list[str]
     name: str = "control_null_calibration"
+
+    def work_per_event(self, num_layers: int, budget: int, model_config: dict | None = None) -> float:
+        """Per null: its states (one pass) and two late passes."""
+        return len(self.nulls) * (1 + late_passes(2, self.boundary, num_layers))
 
     def program(self, ex: Executor, events: EventSet) -> Program:
         if not events.events or not self.nulls:

@@ -43,6 +43,10 @@ class PreDivergence(Analysis):
     rule: str = "half"
     seed: int = 0
 
+    def work_per_event(self, num_layers: int, budget: int, model_config: dict | None = None) -> float:
+        """The 2x2 of the earlier prefix (every event at most)."""
+        return CrossPatch([self.boundary], self.cells).work_per_event(num_layers, budget)
+
     def _cut(self, e: DivergenceEvent) -> int | None:
         """How many tokens to remove from the event's prefix (None: the event is not used)."""
         if self.rule == "random_cut":

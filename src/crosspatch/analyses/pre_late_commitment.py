@@ -23,6 +23,10 @@ class PreLateCommitment(Analysis):
     boundary: int
     name: str = "control_pre_late_commitment"
 
+    def work_per_event(self, num_layers: int, budget: int, model_config: dict | None = None) -> float:
+        """None: it reads the descendant's boundary state that the 2x2 has."""
+        return 0.0
+
     def program(self, ex: Executor, evset: EventSet) -> Program:
         if not evset.events:
             return []

@@ -26,6 +26,11 @@ class RandomLater(Analysis):
     cells: CellsConfig = field(default_factory=CellsConfig)
     name: str = "control_random_later"
 
+    def work_per_event(self, num_layers: int, budget: int, model_config: dict | None = None) -> float:
+        """The other rollout's whole history (decoded and checked), then up to one later event per
+        rollout scored as the 2x2 scores one."""
+        return 2 + 2 * CrossPatch([self.boundary], self.cells).work_per_event(num_layers, budget)
+
     def program(self, ex: Executor, evset: EventSet) -> Program:
         if not evset.events:
             return []

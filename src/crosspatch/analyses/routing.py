@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.analysis import Analysis, EventSet
+from ..core.analysis import Analysis, EventSet, late_passes
 from ..core.divergence import RecordKey
 from ..core.registry import AnalysisPlugin, Section, Table, register_analysis
 from ..execution import Edit, Executor, Late, Program
@@ -22,6 +22,9 @@ def _js(p: torch.Tensor, q: torch.Tensor) -> float:
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
 
 
+# config.json keys that name a mixture-of-experts model's experts (Mixtral, Qwen-MoE, OLMoE, DeepSeek, GPT-OSS)
+MOE_CONFIG_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+
 @dataclass
 class RouterShift(Analysis):
     """Router logits of layer ``boundary`` in both models at each event (MoE models only)."""
@@ -29,6 +32,11 @@ class RouterShift(Analysis):
     boundary: int
     top_k: int = 2
     name: str = "routing"
+
+    def work_per_event(self, num_layers: int, budget: int, model_config: dict | None = None) -> float:
+        """Two late passes on mixture-of-experts models (none where the config names no experts)."""
+        moe = model_config is None or any(model_config.get(key) for key in MOE_CONFIG_KEYS)
+        return late_passes(2, self.boundary, num_layers) if moe else 0.0
 
     def program(self, ex: Executor, events: EventSet) -> Program:
         b = self.boundary

@@ -246,10 +246,12 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
     except CrosspatchError:
         ids, lengths, tokens = [], [], None
     if tokens is not None and bounds and layers:
-        late = sum(2 * (layers - b) / layers for b in bounds)
-        fe = tokens * (2 + late + (2 if len(kinds) > 1 else 0))
-        lines.append(f"estimated work: at most {fe:,.0f} token forward-pass equivalents over {tokens:,} prompt+budget "
-                     "tokens (search, cells" + (", event kinds" if len(kinds) > 1 else "") + "; controls add a little)")
+        from ..analyses.consequence import validators_of
+        from ..runner.estimate import estimate_work
+
+        work = estimate_work(config, lengths, bounds, layers, validators_of(prompts), model_config)
+        lines.append(f"estimated work: at most {work.total:,.0f} token forward-pass equivalents over {tokens:,} "
+                     f"prompt+budget tokens (per token: {work.parts_text()})")
         hidden = config_hidden_size(model_config)
         size = state_cache_bytes(residency, tokens, hidden, itemsize, len(bounds)) if isinstance(hidden, int) else None
         if size is not None:

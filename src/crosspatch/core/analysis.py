@@ -150,12 +150,34 @@ class Analysis:
         for the check that prompts + decoding fit the model's positions."""
         return 0
 
+    def work_per_event(self, num_layers: int, budget: int, model_config: dict | None = None) -> float | None:
+        """At most how many forward-pass equivalents (FE) per event this analysis adds to the
+        divergence search's and the 2x2's, for the dry run's estimate of a run's work: one FE is
+        one forward of one model over a prompt and the run's generation ``budget`` (a sequence
+        running further counts more: :func:`decoded_past`), a late-only pass from boundary ``b``
+        ``(num_layers - b) / num_layers`` (:func:`late_passes`); ``model_config``: the base's
+        config.json where known. None: not stated (the dry run names the analysis)."""
+        return None
+
     def model_roles(self) -> list[str]:
         """The other descendant roles of the model set this analysis reads besides the run's base
         and descendant (and its nulls, which the run's configuration names): the run's fingerprint
         holds their models, so that another model in one of them is another run, while a model set
         that merely holds more descendants (a compare given one more) is the same run."""
         return []
+
+
+def late_passes(count: float, boundaries, num_layers: int) -> float:
+    """The forward-pass equivalents of ``count`` late-only passes from each of ``boundaries`` (an
+    int: one boundary) of a model of ``num_layers`` layers: ``count * sum((L - b) / L)``."""
+    bounds = [boundaries] if isinstance(boundaries, int) else list(boundaries)
+    return count * sum((num_layers - b) / num_layers for b in bounds)
+
+
+def decoded_past(tokens: int, budget: int) -> float:
+    """The forward-pass equivalents of one sequence running ``tokens`` past its prompt, counted in
+    prompts + ``budget`` (what one FE spans): ``(p + tokens) / (p + budget) <= max(1, tokens / budget)``."""
+    return max(1.0, tokens / max(budget, 1))
 
 
 class GatheredAnalysis(Analysis):

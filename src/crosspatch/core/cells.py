@@ -18,7 +18,7 @@ import torch
 from ..execution import Executor, Late, ModelSet, Program
 from ..models.forward import EventStates, readout
 from ..models.vocab import masked_argmax, top2_margin
-from .analysis import Analysis, EventSet
+from .analysis import Analysis, EventSet, late_passes
 from .divergence import DivergenceEvent, RecordKey
 from .records import CELLS, READOUTS, CellRecord, cell_effects  # noqa: F401  (re-exported)
 from .tokens import DEFAULT_TOKEN_CLASSES, TokenClasses, TokenDescriber
@@ -127,6 +127,10 @@ class CrossPatch(Analysis):
     boundaries: list[int]
     config: CellsConfig = field(default_factory=CellsConfig)
     name: str = "cells"
+
+    def work_per_event(self, num_layers: int, budget: int, model_config: dict | None = None) -> float:
+        """Its events' states (both models, where no pass recorded them) and two late passes per boundary."""
+        return 2 + late_passes(2, self.boundaries, num_layers)
 
     def program(self, ex: Executor, evset: EventSet) -> Program:
         base, tuned, evs = evset.base, evset.tuned, evset.events

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.analysis import Analysis, EventSet
+from ..core.analysis import Analysis, EventSet, late_passes
 from ..core.cells import event_y
 from ..core.divergence import RecordKey
 from ..core.pooling import pool_family_balanced
@@ -47,6 +47,10 @@ class CrossDescendant(Analysis):
     boundary: int
     upstream: list[str]
     name: str = "cross_descendant"
+
+    def work_per_event(self, num_layers: int, budget: int, model_config: dict | None = None) -> float:
+        """Per other descendant: its states (one pass) and one late pass."""
+        return len(self.upstream) * (1 + late_passes(1, self.boundary, num_layers))
 
     def model_roles(self) -> list[str]:
         return list(self.upstream)

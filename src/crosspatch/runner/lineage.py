@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.analysis import Analysis, EventSet
+from ..core.analysis import Analysis, EventSet, late_passes
 from ..core.cells import CELLS, CellRecord, cells_against_base
 from ..core.divergence import RecordKey
 from ..core.stats import BootstrapConfig, block_bootstrap, effect_block, label_swap_null, share_of_reference
@@ -37,6 +37,10 @@ class StageScores(Analysis):
     boundary: int
     stages: list[str]
     name: str = "lineage"
+
+    def work_per_event(self, num_layers: int, budget: int, model_config: dict | None = None) -> float:
+        """Per stage: its states (one pass) and two late passes."""
+        return len(self.stages) * (1 + late_passes(2, self.boundary, num_layers))
 
     def model_roles(self) -> list[str]:
         return list(self.stages)
