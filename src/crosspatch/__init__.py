@@ -22,7 +22,7 @@ _EXPORTS = {
     "CrosspatchError": "errors",
     "Analysis": "core.analysis", "EventSet": "core.analysis",
     "ModelPair": "execution", "ModelSet": "execution", "load_models": "execution", "load_pair": "execution",
-    "models_from_modules": "execution", "pair_from_models": "execution",
+    "models_from_modules": "execution", "pair_from_models": "execution", "pair_from_peft_model": "execution",
     "LoadOptions": "models",
     "RunConfig": "runner.config", "RunResult": "runner.result", "rerender": "runner.result", "open_run": "workflows.opening",
     "run": "runner.pipeline",
@@ -49,7 +49,8 @@ MOVED_MODULES = {
 __all__ = [  # literal, for readers and static tools; a test keeps it equal to _EXPORTS
     "Analysis", "CELLS", "CellRecord", "CrosspatchError", "DivergenceEvent", "EventSet", "LoadOptions", "ModelPair",
     "ModelSet", "NoDivergence", "Prompt", "READOUTS", "RunConfig", "RunResult", "compare", "lineage", "load_models",
-    "load_pair", "load_prompts", "models_from_modules", "open_run", "pair_from_models", "rerender", "run",
+    "load_pair", "load_prompts", "models_from_modules", "open_run", "pair_from_models",
+    "pair_from_peft_model", "rerender", "run",
 ]
 
 

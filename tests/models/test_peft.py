@@ -38,6 +38,39 @@ def test_adapter_cells_equal_merged_cells(tmp_path, prompts):
     assert via_adapter.provenance["adapter"]["settings"]["r"] == 4
 
 
+def test_a_peft_model_in_memory_over_its_own_base_is_scored_against_the_base_it_was(tmp_path, prompts):
+    """The notebook flow ``peft = get_peft_model(base, config)`` then ``pair_from_models(base, peft)``:
+    PEFT injects its layers into ``base`` in place, so the "base" carried the adapter and the run
+    found no divergence at all ("the descendant decodes like the base"). The pair is now the PEFT
+    model with its adapter off and on, as the adapter loaded from disk gives; a base that holds
+    adapter layers, alone, is a named error."""
+    from peft import PeftModel
+
+    from crosspatch.errors import ModelLoadError
+    from crosspatch.execution import models_from_modules, pair_from_models
+    from crosspatch.testing import char_tokenizer
+
+    base, adapter, _ = _lora_dirs(tmp_path)
+    tok = char_tokenizer()
+
+    def scored(pair):
+        result = run(pair, prompts, max_new_tokens=12, bootstrap=0, progress=False)
+        return [(r.prompt_id, r.kind, r.position, r.t_pt, r.t_it, round(r.cells["common_it"]["upt_lit"], 4))
+                for r in result.records]
+
+    expected = scored(load_pair(str(base), adapter=str(adapter)))
+    assert expected, "the adapter must change the model"
+    model = tiny_model("llama")  # the same weights as the saved base
+    peft_model = PeftModel.from_pretrained(model, str(adapter))
+    assert scored(pair_from_models(model, peft_model, tok)) == expected
+    assert scored(pair_from_models(peft_model, peft_model, tok)) == expected
+    assert scored(pair_from_models(tiny_model("llama"), peft_model, tok)) == expected  # a base of its own: two models
+    with pytest.raises(ModelLoadError, match="base: the base model holds PEFT adapter layers"):
+        pair_from_models(model, tiny_model("llama"), tok)
+    with pytest.raises(ModelLoadError, match="tuned and other share their weights"):
+        models_from_modules({"base": tiny_model("llama"), "tuned": peft_model, "other": model}, tok)
+
+
 def test_adapter_disabled_is_the_base(tmp_path):
     base, adapter, _ = _lora_dirs(tmp_path)
     pair = load_pair(str(base), adapter=str(adapter))

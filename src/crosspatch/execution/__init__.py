@@ -6,8 +6,9 @@ Analyses import from here; this package imports only ``models`` and ``errors``."
 from .batching import kv_bytes_per_token, largest_batch_tokens, length_batches
 from .engines import ENGINES, map_chunks
 from .executor import Executor, Program, pad_stack
+from .in_memory import models_from_modules, pair_from_models, pair_from_peft_model
 from .modelset import RESIDENCIES, ModelPair, ModelSet, ResidentSet, SequentialSet
-from .opening import choose_residency, load_models, load_pair, models_from_modules, pair_from_models, pair_from_peft_model
+from .opening import choose_residency, load_models, load_pair
 from .passes import Capture, Decode, Edit, History, HistoryWish, Late, Search, SearchHistory, SearchOutcome, combined_wish
 from .roles import BASE
 from .search import greedy_rollout

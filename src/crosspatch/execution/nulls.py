@@ -18,8 +18,9 @@ import copy
 import torch
 
 from ..errors import OptionError
+from .in_memory import models_from_modules
 from .modelset import ModelSet
-from .opening import free_bytes_on, models_from_modules
+from .opening import free_bytes_on
 
 SYNTHETIC_PREFIX = "null-synthetic-"
 

@@ -10,7 +10,6 @@ import os
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..errors import ModelLoadError
 from ..models.adapters import adapter_settings, check_adapter_files
@@ -35,7 +34,7 @@ from ..models.paths import check_model_path
 from ..models.vocab import RealVocabulary, build_real_vocabulary
 from .adapters import _load_adapters, descendant_tokenizer
 from .modelset import RESIDENCIES, ModelSet, ReadoutHead, ResidentSet, SequentialSet
-from .roles import BASE, check_role_name, descendant_roles, model_path_arg
+from .roles import BASE, descendant_roles, model_path_arg
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -267,132 +266,3 @@ def assemble_set(handles: dict[str, ModelHandle], tokenizers: dict[str, Any], re
         models.attach_media(handle)
     return models
 
-
-def module_digest(module: nn.Module) -> str:
-    """A cheap fingerprint of in-memory weights (names, shapes, sums and a few values of every
-    tensor), so that runs of different in-memory models never share a run directory."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, p in module.state_dict().items():
-            if p.is_meta:  # offloaded by a device map: its shape is all that is at hand
-                h.update(f"{name}{tuple(p.shape)}".encode())
-                continue
-            flat = p.detach().reshape(-1)
-            if flat.is_floating_point():
-                flat = flat.float()
-            h.update(f"{name}{tuple(p.shape)}{float(flat.sum()) if flat.numel() else 0.0:.6e}".encode())
-            h.update(flat[:16].cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def in_memory_options(options: dict, models: dict[str, nn.Module], residency: str) -> LoadOptions:
-    """The :class:`LoadOptions` of a set made of models in memory, used where and as they are,
-    whose residency is ``residency``. A dtype, device or residency that disagrees with the models
-    (they would be recorded as if they had acted), or a hub revision, is an ``OptionError``; one
-    that says what the models are is accepted. Models of different dtypes are a
-    ``ModelLoadError`` (one model's states cannot enter the other's layers)."""
-    from ..errors import OptionError
-    from ..models.loading import dtype_name
-
-    opts = LoadOptions(**options)
-    first = {role: p for role, m in models.items() for p in [next(m.parameters(), None)] if p is not None}
-    dtypes = {role: str(p.dtype).removeprefix("torch.") for role, p in first.items()}
-    if len(set(dtypes.values())) > 1:
-        listed = ", ".join(f"{role} {d}" for role, d in dtypes.items())
-        raise ModelLoadError(f"the models in memory differ in dtype ({listed}): one model's states must enter the "
-                             "other's layers; cast them to one dtype (model.to(torch.float32))")
-    dtype = dtype_name(opts.dtype if isinstance(opts.dtype, torch.dtype) else str(opts.dtype))
-    device = str(opts.device).lower()
-    disagree = {
-        "dtype": dtype != "auto" and dtype not in set(dtypes.values()),
-        "device": device != "auto" and not all(_on_device(p, device) for p in first.values()),
-        "residency": opts.residency not in (None, residency),
-        "revision": opts.revision is not None,
-    }
-    acted = [name for name, differs in disagree.items() if differs]
-    if acted:
-        given = ", ".join(f"{name}={getattr(opts, name)!r}" for name in acted)
-        found = ", ".join(sorted(set(dtypes.values()))) + " on " + ", ".join(sorted({str(p.device) for p in first.values()}))
-        raise OptionError(f"{given}: models given in memory are used where and as they are ({found}, residency "
-                          f"{residency}); these options act only when crosspatch loads checkpoints (move or cast "
-                          "the models yourself, e.g. model.to('cuda', torch.bfloat16))")
-    return opts
-
-
-def _on_device(parameter: torch.Tensor, device: str) -> bool:
-    """Whether ``parameter`` lies on ``device`` (``cuda`` meaning any GPU, ``map`` a dispatched model)."""
-    if device == "map":
-        return True  # a device map spreads a model over devices: nothing single to compare
-    try:
-        wanted = torch.device(device)
-    except (RuntimeError, TypeError):
-        return False
-    return parameter.device.type == wanted.type and (wanted.index is None or parameter.device.index == wanted.index)
-
-
-def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dict[str, Any] | None = None,
-                        processors: dict[str, object] | object | None = None, **options) -> ResidentSet:
-    """A set from models already in memory (notebooks, tests); the first entry is the base.
-    Models are put in eval mode. ``processors``: vision-language models' processors (one for
-    all roles, or a dict by role)."""
-    if not isinstance(models, dict) or len(models) < 2:
-        given = f"a dict of {len(models)}" if isinstance(models, dict) else f"a {type(models).__name__}"
-        raise ModelLoadError(f"models_from_modules needs a dict of at least two models by role, the base first; "
-                             f"got {given}")
-    for role, m in models.items():
-        check_role_name(role)  # a role names a run directory (compare, nulls)
-        if not isinstance(m, nn.Module):
-            raise ModelLoadError(f"{role}: a model in memory must be a torch module (a transformers model), "
-                                 f"not {type(m).__name__}")
-    toks = {r: (tokenizers or {}).get(r, tokenizer) for r in models}
-    for role, tok in toks.items():
-        if not callable(getattr(tok, "get_vocab", None)):
-            raise ModelLoadError(f"{role}: needs a Hugging Face tokenizer, not {type(tok).__name__}")
-    opts = in_memory_options(options, models, "both")
-    roles = list(models)
-    for m in models.values():
-        m.eval()
-    handles = {r: ModelHandle(r, m) for r, m in models.items()}
-    first = next(iter(models.values()))
-    digests = {r: module_digest(m) for r, m in models.items()}
-    record = {"base": {"path": "<in-memory>", "weights_digest": digests[roles[0]]}, "load_options": vars(opts) | {
-        "dtype": str(next(first.parameters()).dtype).replace("torch.", "")}}
-    if len(roles) == 2:
-        record["tuned"] = {"path": "<in-memory>", "weights_digest": digests[roles[1]]}
-    else:
-        record["descendants"] = {r: {"path": "<in-memory>", "weights_digest": digests[r]} for r in roles[1:]}
-    models_set = assemble_set(handles, toks, "both", opts, [], record)
-    if processors is not None:
-        models_set.processors = dict(processors) if isinstance(processors, dict) else {r: processors for r in roles}
-    return models_set
-
-
-def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None, **options) -> ResidentSet:
-    """A pair from one PEFT model in memory: ``base`` is the model with its adapters switched off,
-    ``tuned`` with ``adapter_name`` (default: the active adapter) on; no second copy of the
-    weights (residency "adapter"). The model is put in eval mode (the caller restores training)."""
-    from ..models.anatomy import unwrap_peft
-
-    if not type(peft_model).__module__.startswith("peft"):
-        raise ModelLoadError(f"pair_from_peft_model needs a PEFT model, not {type(peft_model).__name__}")
-    name = adapter_name or peft_model.active_adapter
-    opts = in_memory_options(options, {BASE: peft_model}, "adapter")
-    peft_model.eval()
-    handles = {BASE: ModelHandle(BASE, peft_model, adapter_enabled=False),
-               "tuned": ModelHandle("tuned", peft_model, adapter_enabled=True, adapter_name=name)}
-    dtype = str(next(unwrap_peft(peft_model).parameters()).dtype).replace("torch.", "")
-    record = {"base": {"path": "<in-memory>", "weights_digest": module_digest(unwrap_peft(peft_model))},
-              "adapter": {"path": "<in-memory>", "adapter_name": name, "weights_digest": module_digest(peft_model)},
-              "load_options": vars(opts) | {"dtype": dtype}}
-    return assemble_set(handles, {BASE: tokenizer, "tuned": tokenizer}, "adapter", opts, [], record)
-
-
-def pair_from_models(pt_model, it_model, tokenizer, tokenizer_it=None, **options) -> ResidentSet:
-    """A pair (roles ``base``, ``tuned``) from models already in memory."""
-    return models_from_modules({BASE: pt_model, "tuned": it_model}, tokenizer,
-                               {"tuned": tokenizer_it} if tokenizer_it is not None else None, **options)
-
-
-# The method's name for a two-role set.
