@@ -80,13 +80,14 @@ def _hub_has_tokenizer(repo: str) -> bool:
 
 
 def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options: LoadOptions,
-                   tokenizers: dict | None, record: dict | None, warnings: list[str]):
-    """A PEFT model holding every adapter of ``adapter_roles`` on ``base_model``."""
+                   tokenizers: dict | None, record: dict | None, warnings: list[str], shares_base: bool = False):
+    """A PEFT model holding every adapter of ``adapter_roles`` on ``base_model`` (``shares_base``:
+    the base role reads this same copy, adapter switched off)."""
     from peft import PeftModel
 
     model = None
     for role, path in adapter_roles.items():
-        settings, adapter_warnings = adapter_settings(path, base)
+        settings, adapter_warnings = adapter_settings(path, base, shares_base or len(adapter_roles) > 1)
         warnings += [w if len(adapter_roles) == 1 else f"{role}: {w}" for w in adapter_warnings]
         try:
             with quiet_loading(options.verbose), warnings_module.catch_warnings(record=True) as caught:

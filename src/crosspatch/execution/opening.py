@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
-from ..models.adapters import adapter_settings, check_adapter_files
+from ..models.adapters import adapter_settings, changes_base_in_place, check_adapter_files
 from ..models.checks import check_special_tokens, compare_configs, compare_facts, model_facts
 from ..models.forward import ModelHandle
 from ..models.loading import (
@@ -77,6 +77,9 @@ def choose_residency(base: str, tuned: str | list[str] | None, adapter: str | li
         if options.residency == "adapter" and (not adapter or tuned):
             raise ModelLoadError("residency 'adapter' needs --adapter (and no --tuned checkpoints)")
         return options.residency, "asked for"
+    trained = next((why for why in map(changes_base_in_place, adapter) if why), None)
+    if trained and (not tuned or len(adapter) > 1):  # one copy would serve the base or other adapters with them
+        return "sequential", f"{trained}, so each model loads on its own"
     if adapter and not tuned:
         return "adapter", "PEFT adapter: one copy of the base weights serves every model"
     if adapter:
@@ -193,7 +196,8 @@ def load_models(
         for role in roles:
             if role in adapter_roles:
                 record_target = record["adapter"] if "adapter" in record else record["descendants"][role]
-                record_target["settings"], adapter_warnings = adapter_settings(adapter_roles[role], base)
+                record_target["settings"], adapter_warnings = adapter_settings(adapter_roles[role], base,
+                                                                               shares_base=False)
                 warnings += adapter_warnings
             handle = sequential.load_handle(role)
             heads[role], facts[role] = ReadoutHead(handle, heads.values()), model_facts(handle)
@@ -209,7 +213,7 @@ def load_models(
     handles: dict[str, ModelHandle] = {}
     if adapter_roles and not tuned_roles:  # residency "adapter": every role on one copy of the base weights
         model = _load_adapters(load_causal_lm(base, options, warnings), base, adapter_roles, options, tokenizers,
-                               record, warnings)
+                               record, warnings, shares_base=True)
         handles[BASE] = ModelHandle(BASE, model, adapter_enabled=False)
         for role in adapter_roles:
             handles[role] = ModelHandle(role, model, adapter_enabled=True, adapter_name=role)

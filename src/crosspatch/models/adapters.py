@@ -183,21 +183,37 @@ def base_name_warning(recorded, base: str) -> str | None:
             "pretrained one is the common slip), the descendant is not what was trained and the effects mean nothing")
 
 
-def adapter_settings(adapter_dir: str, base: str | None = None) -> tuple[dict, list[str]]:
+def changes_base_in_place(adapter: str) -> str | None:
+    """Why the model with ``adapter`` switched off would not be the base, or None: an adapter whose
+    ``bias`` setting trained the base's own biases (they load into the base's layers, and switching
+    the adapter off leaves them there), where its weights hold such biases (a base without biases,
+    as Llama's, has none to train; an adapter on the Hub, whose weights are not at hand, is taken to
+    hold them)."""
+    bias = read_adapter_config(adapter).get("bias", "none")
+    if bias in (None, "none"):
+        return None
+    weights = Path(adapter).expanduser() / "adapter_model.safetensors"
+    if weights.is_file() and not any(name.endswith(".bias") and "lora_" not in name for name in _shapes([weights])):
+        return None
+    return (f"adapter bias={bias!r} trained the base's own biases, which load into the base's layers: with the "
+            "adapter switched off the model is not the base")
+
+
+def adapter_settings(adapter_dir: str, base: str | None = None, shares_base: bool = True) -> tuple[dict, list[str]]:
     """The recorded settings of a PEFT adapter directory, and warnings about settings that make
-    "adapter disabled" differ from the original base, and (``base`` given) about an adapter whose
-    config names another base (:func:`base_name_warning`)."""
+    "adapter disabled" differ from the original base where the adapter ``shares_base`` (one copy of
+    the base weights serves the base, or other adapters, too), and (``base`` given) about an adapter
+    whose config names another base (:func:`base_name_warning`)."""
     cfg = read_adapter_config(adapter_dir)
     settings = {k: cfg.get(k) for k in ("peft_type", "r", "lora_alpha", "target_modules", "bias",
                                          "modules_to_save", "layers_to_transform", "base_model_name_or_path")}
     warnings = []
     if base is not None and (other := base_name_warning(cfg.get("base_model_name_or_path"), base)):
         warnings.append(other)
-    if cfg.get("bias", "none") not in (None, "none"):
-        warnings.append(
-            f"adapter bias={cfg['bias']!r}: biases are trained in place, so 'adapter disabled' is not "
-            "exactly the original base model"
-        )
+    if shares_base and (why := changes_base_in_place(adapter_dir)):
+        warnings.append(f"{why}: one copy of the base weights serves the base (or other adapters) here, so what is "
+                        "read as the base carries these biases; with no residency asked for, crosspatch loads the "
+                        "base on its own (sequential)")
     if cfg.get("modules_to_save"):
         warnings.append(
             f"adapter modules_to_save={cfg['modules_to_save']}: these modules are replaced wholesale; "
