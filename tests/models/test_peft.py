@@ -202,3 +202,50 @@ def test_a_hub_adapter_in_the_cache_loads_offline(tmp_path):
                            "first_diff"], env=env, capture_output=True, text=True)
     assert done.returncode == 2 and "RunSettingsMismatchError" in done.stdout + done.stderr, done.stderr[-2000:]
     assert "models.base.snapshot" in done.stdout + done.stderr
+
+
+def _lora_with_added_tokens(root, **lora):
+    """A base, and a LoRA adapter trained after two chat tokens were added and the embeddings
+    resized (TRL's ``setup_chat_format``), saved with its tokenizer; and the merged model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    from crosspatch.testing import char_tokenizer
+
+    char_tokenizer().save_pretrained(root / "base")
+    tiny_model("llama").save_pretrained(root / "base")
+    tok = AutoTokenizer.from_pretrained(root / "base")
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    model = tiny_model("llama")
+    model.resize_token_embeddings(model.config.vocab_size + 2, mean_resizing=False)
+    torch.manual_seed(3)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, **lora))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.mul_(3.0)
+    peft_model.save_pretrained(root / "adapter")
+    tok.save_pretrained(root / "adapter")
+    peft_model.merge_and_unload().save_pretrained(root / "merged")  # pyright: ignore[reportCallIssue]
+    tok.save_pretrained(root / "merged")
+    return root / "base", root / "adapter", root / "merged"
+
+
+@pytest.mark.parametrize("lora", [
+    dict(target_modules=["q_proj", "v_proj"], modules_to_save=["embed_tokens", "lm_head"]),  # the usual SFT recipe
+    dict(target_modules=["q_proj", "embed_tokens", "lm_head"]),  # the embeddings adapted by LoRA
+])
+def test_an_adapter_trained_with_added_tokens_loads_onto_its_base_resized(tmp_path, prompts, lora):
+    """An adapter saved after tokens were added for fine-tuning (its embeddings hold more rows than
+    the base's) was refused as "trained on another base?": the base is now grown to the adapter's
+    rows, as PEFT asks of its users, and the run is the merged model's."""
+    base, adapter, merged = _lora_with_added_tokens(tmp_path, **lora)
+    expected = run(load_pair(str(base), tuned=str(merged)), prompts, max_new_tokens=12, bootstrap=0, progress=False)
+    assert expected.records
+    for residency in ("adapter", "sequential"):
+        got = run(load_pair(str(base), adapter=str(adapter), residency=residency), prompts, max_new_tokens=12,
+                  bootstrap=0, progress=False)
+        assert [(r.prompt_id, r.kind, r.position, r.t_pt, r.t_it) for r in got.records] == [
+            (r.prompt_id, r.kind, r.position, r.t_pt, r.t_it) for r in expected.records], residency
+        assert max(abs(x.cells[n][c] - y.cells[n][c]) for x, y in zip(got.records, expected.records)
+                   for n in x.cells for c in x.cells[n]) <= MERGE_TOLERANCE

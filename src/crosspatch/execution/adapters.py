@@ -88,6 +88,8 @@ def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options
     model = None
     for role, path in adapter_roles.items():
         settings, adapter_warnings = adapter_settings(path, base, shares_base or len(adapter_roles) > 1)
+        if model is None:  # (adapters loaded beside it on the same copy were trained with the same tokens, or are named)
+            _fit_vocabulary(base_model, path)
         warnings += [w if len(adapter_roles) == 1 else f"{role}: {w}" for w in adapter_warnings]
         try:
             with quiet_loading(options.verbose), warnings_module.catch_warnings(record=True) as caught:
@@ -112,3 +114,29 @@ def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options
         raise ValueError("no adapter to load")  # callers pass at least one
     model.eval()
     return model
+
+
+def _fit_vocabulary(model, adapter: str) -> None:
+    """Grow ``model``'s embedding and output rows to the vocabulary ``adapter`` was trained with,
+    where it holds more rows than the model: tokens added for fine-tuning (a chat format's
+    ``<|im_start|>``, TRL's ``setup_chat_format``) with the embeddings saved in the adapter
+    (``modules_to_save``) or adapted by LoRA, which load only onto a base resized as it was, as PEFT
+    asks of its users. The new rows are zeros; no id the base's tokenizer gives reaches them, and
+    the descendant's ids that the base does not share are masked from every pick (the real vocabulary)."""
+    import torch
+
+    from ..models.adapters import adapter_vocabulary_rows
+
+    embeddings = model.get_input_embeddings()
+    names = {module: name for name, module in model.named_modules()}
+    modules = [names.get(embeddings), names.get(model.get_output_embeddings())]
+    rows = adapter_vocabulary_rows(adapter, [m for m in modules if m])
+    old = embeddings.weight.shape[0]
+    if rows is None or rows <= old:
+        return
+    model.resize_token_embeddings(rows, mean_resizing=False)
+    with torch.no_grad():
+        for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if module is not None:
+                module.weight[old:].zero_()
+

@@ -103,6 +103,25 @@ def check_adapter_files(path: str, allow_pickle: bool, base: str | None = None) 
                         _shapes(sorted(Path(base).expanduser().glob("*.safetensors"))), base)
 
 
+def adapter_vocabulary_rows(adapter: str, modules: list[str]) -> int | None:
+    """The vocabulary rows a local adapter's weights give the embedding and output ``modules`` (their
+    names in the base model): a full copy (``modules_to_save``: ``MODULE.weight``), an embedding LoRA
+    (``lora_embedding_A``: ``[r, rows]``) or an output LoRA (``lora_B``: ``[rows, r]``); None where it
+    holds none of them (or is not a local safetensors file)."""
+    weights = Path(adapter).expanduser() / "adapter_model.safetensors"
+    if not weights.is_file():
+        return None
+    shapes = _shapes([weights])
+    rows = []
+    for module in modules:
+        prefix = f"base_model.model.{module}."
+        for key, dim in (("weight", 0), ("lora_embedding_A", 1), ("lora_B.weight", 0)):
+            shape = shapes.get(prefix + key)
+            if shape is not None and len(shape) == 2:
+                rows.append(shape[dim])
+    return max(rows) if rows else None
+
+
 def _shapes(files) -> dict[str, tuple[int, ...]]:
     """Each floating-point tensor's shape, read from the safetensors files' headers (no weight is
     read); packed integer tensors (a quantized checkpoint's) are left out, and a file that cannot be
@@ -140,6 +159,7 @@ def check_lora_fits(path: str, config: dict, lora: dict[str, tuple[int, ...]], b
         if len(parts) == 3 and parts[1] in ("lora_A", "lora_B") and parts[2] == "weight" and len(shape) == 2:
             pairs.setdefault(parts[0], {})[parts[1]] = shape
     rank = config.get("r") if not config.get("rank_pattern") else None
+    vocab_rows = local_config(base).get("vocab_size") if Path(base).expanduser().is_dir() else None
     for module, matrices in sorted(pairs.items()):
         if len(matrices) < 2:
             have, lack = ("lora_A", "lora_B") if "lora_A" in matrices else ("lora_B", "lora_A")
@@ -153,7 +173,9 @@ def check_lora_fits(path: str, config: dict, lora: dict[str, tuple[int, ...]], b
                     f"{saved} in its weights but the configuration (r, rank_pattern) gives rank {rank}; save the "
                     "adapter again with PEFT's save_pretrained, or correct r")
         target = base_shapes.get(module.removeprefix("base_model.model.") + ".weight")
-        if target is not None and len(target) == 2 and (fan_out, fan_in) not in (target, target[::-1]):
+        grown = vocab_rows is not None and target is not None and len(target) == 2 and target[0] == vocab_rows \
+            and fan_in == target[1] and fan_out > vocab_rows  # an output LoRA over tokens added for fine-tuning
+        if target is not None and len(target) == 2 and (fan_out, fan_in) not in (target, target[::-1]) and not grown:
             raise AdapterShapeMismatchError(
                 f"adapter {path} does not fit base {base}: {module} maps {fan_in} inputs to {fan_out} outputs in the "
                 f"adapter but its base weight has shape {list(target)}; was it trained on another base?")
