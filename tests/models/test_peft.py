@@ -204,33 +204,6 @@ def test_a_hub_adapter_in_the_cache_loads_offline(tmp_path):
     assert "models.base.snapshot" in done.stdout + done.stderr
 
 
-def _lora_with_added_tokens(root, **lora):
-    """A base, and a LoRA adapter trained after two chat tokens were added and the embeddings
-    resized (TRL's ``setup_chat_format``), saved with its tokenizer; and the merged model."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer
-
-    from crosspatch.testing import char_tokenizer
-
-    char_tokenizer().save_pretrained(root / "base")
-    tiny_model("llama").save_pretrained(root / "base")
-    tok = AutoTokenizer.from_pretrained(root / "base")
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    model = tiny_model("llama")
-    model.resize_token_embeddings(model.config.vocab_size + 2, mean_resizing=False)
-    torch.manual_seed(3)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, **lora))
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                p.mul_(3.0)
-    peft_model.save_pretrained(root / "adapter")
-    tok.save_pretrained(root / "adapter")
-    peft_model.merge_and_unload().save_pretrained(root / "merged")  # pyright: ignore[reportCallIssue]
-    tok.save_pretrained(root / "merged")
-    return root / "base", root / "adapter", root / "merged"
-
-
 @pytest.mark.parametrize("lora", [
     dict(target_modules=["q_proj", "v_proj"], modules_to_save=["embed_tokens", "lm_head"]),  # the usual SFT recipe
     dict(target_modules=["q_proj", "embed_tokens", "lm_head"]),  # the embeddings adapted by LoRA
@@ -239,7 +212,9 @@ def test_an_adapter_trained_with_added_tokens_loads_onto_its_base_resized(tmp_pa
     """An adapter saved after tokens were added for fine-tuning (its embeddings hold more rows than
     the base's) was refused as "trained on another base?": the base is now grown to the adapter's
     rows, as PEFT asks of its users, and the run is the merged model's."""
-    base, adapter, merged = _lora_with_added_tokens(tmp_path, **lora)
+    from crosspatch.testing.contract import save_tiny_lora
+
+    base, adapter, merged = save_tiny_lora(tmp_path, added_tokens=("<|im_start|>", "<|im_end|>"), **lora)
     expected = run(load_pair(str(base), tuned=str(merged)), prompts, max_new_tokens=12, bootstrap=0, progress=False)
     assert expected.records
     for residency in ("adapter", "sequential"):

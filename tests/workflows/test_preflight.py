@@ -52,6 +52,23 @@ def test_adapter_and_its_merge_pass_every_check(tmp_path):
         assert (tmp_path / "pf" / name).stat().st_size > 0
 
 
+def test_an_adapter_trained_with_added_tokens_is_compared_over_the_shared_vocabulary(tmp_path):
+    """An adapter (and its merge) whose vocabulary grew by tokens added for fine-tuning has more
+    logit rows than the base: comparing them indexed the wider logits with the base's mask and
+    stopped with an IndexError. Rows a model lacks are tokens the base's tokenizer never gives."""
+    from crosspatch.testing.contract import save_tiny_lora
+
+    base, adapter, merged = save_tiny_lora(tmp_path, added_tokens=("<|im_start|>", "<|im_end|>"),
+                                           modules_to_save=["embed_tokens", "lm_head"])
+    result = preflight(str(base), adapter=str(adapter), merged=str(merged),
+                       prompts=[{"id": f"p{k}", "prompt": f"the weather in city {k} is"} for k in range(4)],
+                       max_new_tokens=8)
+    checks = result.checks
+    assert checks["adapter-vs-merged"]["status"] == "pass"
+    assert checks["adapter-vs-merged"]["numbers"]["max_abs_logit_diff"] < 1e-4
+    assert checks["adapter-active"]["status"] == "pass"
+
+
 def test_what_loading_found_is_on_the_preflight_page(tmp_path):
     """Warnings of loading (here an adapter whose config names another base: trained on the
     instruct model, applied to the pretrained one) are in preflight.json and on its pages."""

@@ -34,10 +34,14 @@ MERGE_TOLERANCE = 1e-4  # float32: merged W + BA against x@W + x@A@B differ by r
 SETTINGS = dict(boundary=2, max_new_tokens=8, bootstrap=200, progress=False)
 
 
-def save_tiny_lora(root, seed: int = 3, bias: Literal["none", "all", "lora_only"] = "none", modules_to_save=None) -> tuple[Path, Path, Path]:
+def save_tiny_lora(root, seed: int = 3, bias: Literal["none", "all", "lora_only"] = "none", modules_to_save=None,
+                   target_modules=None, added_tokens: tuple[str, ...] = ()) -> tuple[Path, Path, Path]:
     """A tiny base, a LoRA adapter on it (non-zero, scaled up so it changes decisions) and the
-    merged LoRA, saved as ``root/base``, ``root/adapter``, ``root/merged`` (``bias`` and
-    ``modules_to_save`` as PEFT's ``LoraConfig`` takes them)."""
+    merged LoRA, saved as ``root/base``, ``root/adapter``, ``root/merged`` (``bias``,
+    ``modules_to_save`` and ``target_modules`` as PEFT's ``LoraConfig`` takes them). With
+    ``added_tokens``, the adapter was trained after those special tokens were added and the
+    embeddings grown (a chat format's tokens, TRL's ``setup_chat_format``): the adapter and the
+    merged model keep that tokenizer."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -49,15 +53,24 @@ def save_tiny_lora(root, seed: int = 3, bias: Literal["none", "all", "lora_only"
     base.save_pretrained(str(root / "base"))
     tok.save_pretrained(str(root / "base"))
     model = tiny_model("llama")
+    if added_tokens:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(root / "base"))
+        tok.add_special_tokens({"additional_special_tokens": list(added_tokens)})
+        model.resize_token_embeddings(model.config.vocab_size + len(added_tokens), mean_resizing=False)
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, bias=bias,
                                                   modules_to_save=modules_to_save,
-                                                  target_modules=["q_proj", "v_proj", "up_proj", "down_proj"]))
+                                                  target_modules=target_modules or ["q_proj", "v_proj", "up_proj",
+                                                                                    "down_proj"]))
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_" in name:
                 p.mul_(3.0)
     peft_model.save_pretrained(str(root / "adapter"))
+    if added_tokens:
+        tok.save_pretrained(str(root / "adapter"))
     merged = peft_model.merge_and_unload()  # pyright: ignore[reportCallIssue] - a PeftModel method
     merged.save_pretrained(str(root / "merged"))  # pyright: ignore[reportCallIssue] - a PreTrainedModel
     tok.save_pretrained(str(root / "merged"))

@@ -185,9 +185,9 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
         logits = {role: _logits(models, role, seqs) for role in roles}
         for k, i in enumerate(chunk):
             start = len(encoded[i]) - 1  # the position predicting the first generated token
-            mask = real.for_rows(logits["base"][k].shape[-1])
             for (a, b), agreement in agreements.items():
-                agreement.add(logits[a][k][start:], logits[b][k][start:], mask)
+                width = min(logits[a][k].shape[-1], logits[b][k].shape[-1])  # rows one lacks (added tokens): not real
+                agreement.add(logits[a][k][start:, :width], logits[b][k][start:, :width], real.for_rows(width))
             pos = divergence_at[i] if divergence_at else None
             if pos is not None:
                 ad_row, m_row = logits["adapter"][k][start + pos], logits["merged"][k][start + pos]
