@@ -57,3 +57,28 @@ def test_every_analysis_a_run_can_plan_states_its_work():
     names = {a.name for a in plan.analyses}
     assert {"event_kinds", "consequence", "control_native_history", "control_null_calibration"} <= names
     assert [a.name for a in plan.analyses if a.work_per_event(4, 24) is None] == []
+
+
+def test_a_compares_estimate_counts_every_member_and_its_cross_cells():
+    """A compare runs once per descendant (its cross-descendant cells inside each member's run): its
+    dry run sums the members' runs; measured against the forward passes the members execute."""
+    from crosspatch.execution import models_from_modules
+    from crosspatch.runner.compare import CrossDescendant, compare
+    from crosspatch.testing import char_tokenizer, tiny_pair
+
+    base, first, _ = tiny_pair("llama", 4, None, 0, 0.3)
+    _, second, _ = tiny_pair("llama", 4, None, 1, 0.3)
+    models = models_from_modules({"base": base, "a": first, "b": second}, char_tokenizer())
+    config = RunConfig(max_new_tokens=16, bootstrap=0)
+    result = compare(models, PROMPTS, config, cross="all", progress=False)
+    actual = sum(r.summary["cost_this_session"]["token_layers_executed"] for r in result.runs.values()) / 4
+    tok = models.tokenizers["base"]
+    lengths = [len(tok(p.prompt)["input_ids"]) + 16 for p in PROMPTS]
+    headline = resolve_boundaries(config, 4)
+    estimate = estimate_work(config, lengths, headline, 4,
+                             runs=[[CrossDescendant(headline[0], ["b"])], [CrossDescendant(headline[0], ["a"])]])
+    one = estimate_work(config, lengths, headline, 4)
+    assert estimate.runs == 2 and estimate.per_token["search"] == 2 * one.per_token["search"]
+    assert estimate.per_token["cross_descendant"] == pytest.approx(2 * (1 + 2 / 4))
+    assert "2 runs together" in estimate.parts_text()
+    assert 0 < actual <= estimate.total

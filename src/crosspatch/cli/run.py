@@ -199,8 +199,9 @@ def _decoding_reach(config: RunConfig, layers: int | None, items) -> tuple[int |
 
 
 def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str], items, config: RunConfig,
-                options: LoadOptions) -> None:
-    """The --dry-run plan: everything decided before a weight is loaded."""
+                options: LoadOptions, collection_runs=None) -> None:
+    """The --dry-run plan: everything decided before a weight is loaded. ``collection_runs(headline)``:
+    a compare's or lineage's runs, each the analyses it adds (for the work estimate)."""
     from ..analyses.controls import parse_controls
     from ..analyses.event_kinds import parse_event_kinds
     from ..analyses.repeated_prompts import find_repeats
@@ -247,11 +248,13 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
         ids, lengths, tokens = [], [], None
     if tokens is not None and bounds and layers:
         from ..analyses.consequence import validators_of
+        from ..core.cells import headline_boundary
         from ..runner.estimate import estimate_work
 
-        work = estimate_work(config, lengths, bounds, layers, validators_of(prompts), model_config)
+        runs = collection_runs(headline_boundary(bounds, layers, config.boundary)) if collection_runs else None
+        work = estimate_work(config, lengths, bounds, layers, validators_of(prompts), model_config, runs)
         lines.append(f"estimated work: at most {work.total:,.0f} token forward-pass equivalents over {tokens:,} "
-                     f"prompt+budget tokens (per token: {work.parts_text()})")
+                     f"prompt+budget tokens ({work.parts_text()})")
         hidden = config_hidden_size(model_config)
         size = state_cache_bytes(residency, tokens, hidden, itemsize, len(bounds)) if isinstance(hidden, int) else None
         if size is not None:

@@ -43,9 +43,12 @@ def compare_cmd(target: CompareTarget, config: RunConfig, load: LoadOptions, ses
         out = out if out is not None else default_out(target.base, list(roles), "compare")
         items = _prepare(config, load, session, target.base, target.prompts, out, tuned, adapters,
                          collection="compare", fields=target.fields)
-        parse_cross(cross, roles)
+        plan = parse_cross(cross, roles)
         if session.dry_run:
-            return _print_plan(target.base, out, tuned, adapters, items, config, load)
+            from ..runner.compare import CrossDescendant
+
+            return _print_plan(target.base, out, tuned, adapters, items, config, load, lambda b: [
+                [CrossDescendant(b, plan[role])] if role in plan else [] for role in roles])
         result = finished_compare(out, target.base, tuned_roles, adapter_roles, load, items, config, cross) \
             if session.resume and not session.overwrite else None
         if result is not None:  # the same command again on a finished compare: nothing to load or compute
@@ -111,7 +114,10 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
         items = _prepare(config, load, session, paths[0], target.prompts, out, tuned, adapters, collection="lineage",
                          fields=target.fields, final_stage=stages[-1])
         if session.dry_run:
-            return _print_plan(paths[0], out, tuned, adapters, items, config, load)
+            from ..runner.lineage import StageScores
+
+            return _print_plan(paths[0], out, tuned, adapters, items, config, load,
+                               lambda b: [[StageScores(b, list(names))]])
         tuned_roles = {n: p for n, p in names.items() if p in tuned}
         adapter_roles = {n: p for n, p in names.items() if p in adapters}
         result = finished_lineage(out, paths[0], tuned_roles, adapter_roles, load, items, config, list(names), steps) \
