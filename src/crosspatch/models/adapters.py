@@ -105,9 +105,10 @@ def check_adapter_files(path: str, allow_pickle: bool, base: str | None = None) 
 
 def adapter_vocabulary_rows(adapter: str, modules: list[str]) -> int | None:
     """The vocabulary rows a local adapter's weights give the embedding and output ``modules`` (their
-    names in the base model): a full copy (``modules_to_save``: ``MODULE.weight``), an embedding LoRA
-    (``lora_embedding_A``: ``[r, rows]``) or an output LoRA (``lora_B``: ``[rows, r]``); None where it
-    holds none of them (or is not a local safetensors file)."""
+    names in the base model): a full copy (``modules_to_save``: ``MODULE.weight``; PEFT's saved
+    embedding layers: ``MODULE.base_layer.weight``), an embedding LoRA (``lora_embedding_A``:
+    ``[r, rows]``) or an output LoRA (``lora_B``: ``[rows, r]``); None where it holds none of them
+    (or is not a local safetensors file)."""
     weights = Path(adapter).expanduser() / "adapter_model.safetensors"
     if not weights.is_file():
         return None
@@ -115,7 +116,7 @@ def adapter_vocabulary_rows(adapter: str, modules: list[str]) -> int | None:
     rows = []
     for module in modules:
         prefix = f"base_model.model.{module}."
-        for key, dim in (("weight", 0), ("lora_embedding_A", 1), ("lora_B.weight", 0)):
+        for key, dim in (("weight", 0), ("base_layer.weight", 0), ("lora_embedding_A", 1), ("lora_B.weight", 0)):
             shape = shapes.get(prefix + key)
             if shape is not None and len(shape) == 2:
                 rows.append(shape[dim])
