@@ -157,7 +157,7 @@ def paper_style_kinds(pt, it, tokenizer, prompts: dict[str, list[int]], boundari
     for pid, ids in prompts.items():
         history, picks = lockstep_history(step_pt, step_it, ids, max_new_tokens, vocab, eos)
         work += 2 * (len(ids) + len(history) - 1) * L  # prompt prefill + one token per later step, both models
-        found = find_event_kinds(history, picks, describe, describe.text, ids[-1])  # none: no disagreement
+        found = find_event_kinds(history, picks, describe, describe.text, ids[-1], describe.continues)  # none: no disagreement
         scored: dict[tuple, dict] = {}
         for kind, j in found.items():
             event = (j, picks[j], history[j], ids + history[:j])

@@ -99,6 +99,36 @@ def test_a_marker_counts_only_as_a_whole_word(history, other, before, expected):
     assert "first_assistant_marker_diff" in loose or expected is None
 
 
+def _sentencepiece_tokenizer():
+    """A tokenizer of the SentencePiece kind (Llama 2, Mistral): words carry ``▁``, and a token
+    decoded alone loses the space it stands for (``▁I`` decodes as ``I``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<unk>", "<s>", "</s>", "▁I", "▁weather", "▁Sure", "I", "CHICA", "GO", "▁the", ",", "▁think"]
+    core = Tokenizer(models.BPE({p: k for k, p in enumerate(pieces)}, [], unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    core.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.mark.parametrize("history, other, expected", [
+    ([4, 3, 11], [4, 5, 11], 1),  # "the weather I think" against "... Sure": both are words of their own
+    ([4, 11, 3], [4, 11, 5], 2),  # the last generated token: a word
+    ([7, 6, 8], [7, 10, 8], None),  # the "I" inside "CHICAGO"
+])
+def test_word_boundaries_are_read_from_the_tokens_decoded_together(history, other, expected):
+    """Decoded alone, a SentencePiece token loses its space (``▁I`` is ``I``), which made every marker
+    after a word look like a piece of that word: Llama 2 and Mistral pairs found no
+    first_assistant_marker_diff there. The boundary is read from the pair decoded together."""
+    from crosspatch.core.tokens import TokenDescriber
+
+    describe = TokenDescriber(_sentencepiece_tokenizer())
+    assert describe.text(3) == "I"  # the space is gone: the text alone cannot tell
+    found = find_event_kinds(history, other, describe, describe.text, 9, describe.continues)
+    assert found.get("first_assistant_marker_diff") == expected
+
+
 def test_users_word_lists_replace_the_defaults(tmp_path):
     from crosspatch.core.tokens import TokenClasses
     from crosspatch.errors import OptionError

@@ -81,7 +81,8 @@ class EventKinds(Analysis):
         fresh: list[DivergenceEvent] = []
         twins: list[tuple[str, str]] = []
         for ev, (rollout, picks) in zip(evset.events, histories):
-            found = find_event_kinds(rollout, picks, describe, describe.text, ev.prefix_ids[ev.prompt_len - 1])
+            found = find_event_kinds(rollout, picks, describe, describe.text, ev.prefix_ids[ev.prompt_len - 1],
+                                     describe.continues)
             for kind in extra:
                 j = found.get(kind)
                 if j is None:
@@ -117,7 +118,7 @@ class EventKinds(Analysis):
 def _settled(describe: TokenDescriber, kinds: list[str], prompt_end: int, rollout: list[int], picks: list[int]) -> bool:
     """Every one of ``kinds`` found where the next token already settles it (a marker must end a
     word): the rest of the history cannot change what is found."""
-    found = find_event_kinds(rollout, picks, describe, describe.text, prompt_end)
+    found = find_event_kinds(rollout, picks, describe, describe.text, prompt_end, describe.continues)
     return all(kind in found and found[kind] < len(rollout) - 1 for kind in kinds)
 
 

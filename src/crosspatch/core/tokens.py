@@ -170,7 +170,7 @@ def ends_a_word(text: str, next_text: str | None) -> bool:
 
 
 def find_event_kinds(history: list[int], other: list[int], describe, text: Callable[[int], str] | None = None,
-                     before: int | None = None) -> dict[str, int]:
+                     before: int | None = None, continues: Callable[[int, int], bool] | None = None) -> dict[str, int]:
     """Index of each event kind on a shared history: ``history[j]`` is the rollout model's
     token at generated position ``j``, ``other[j]`` the other model's argmax there;
     ``describe(token_id) -> (category, is_assistant_marker)``. Kinds with no qualifying
@@ -180,7 +180,9 @@ def find_event_kinds(history: list[int], other: list[int], describe, text: Calla
     counts only as a whole word: it must start a word (:func:`starts_a_word`, after the shared
     history's previous token), and the rollout model's token must also end one (its own next
     token does not continue it, :func:`ends_a_word`). The other model's continuation is not
-    generated, so its marker is held to the start of a word only."""
+    generated, so its marker is held to the start of a word only. ``continues(previous_id, token_id)``
+    (:meth:`TokenDescriber.continues`) tells word boundaries from the tokens decoded together
+    instead of from each one's text alone, which a SentencePiece tokenizer strips of its space."""
     found: dict[str, int] = {}
     for j, (a, b) in enumerate(zip(history, other)):
         if a == b:
@@ -189,10 +191,15 @@ def find_event_kinds(history: list[int], other: list[int], describe, text: Calla
         (cat_a, marker_a), (cat_b, marker_b) = describe(a), describe(b)
         if cat_a != FORMAT and cat_b != FORMAT:
             found.setdefault("first_nonformat_diff", j)
-        if text is not None and (marker_a or marker_b):
-            prev_id = history[j - 1] if j > 0 else before
+        prev_id = history[j - 1] if j > 0 else before
+        next_id = history[j + 1] if j + 1 < len(history) else None
+        if continues is not None and (marker_a or marker_b):
+            marker_a = marker_a and (prev_id is None or not continues(prev_id, a)) and (
+                next_id is None or not continues(a, next_id))
+            marker_b = marker_b and (prev_id is None or not continues(prev_id, b))
+        elif text is not None and (marker_a or marker_b):
             prev = None if prev_id is None else text(prev_id)
-            nxt = text(history[j + 1]) if j + 1 < len(history) else None
+            nxt = None if next_id is None else text(next_id)
             marker_a = marker_a and starts_a_word(prev, text(a)) and ends_a_word(text(a), nxt)
             marker_b = marker_b and starts_a_word(prev, text(b))
         if marker_a or marker_b:
@@ -212,6 +219,7 @@ class TokenDescriber:
         self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
         self._cache: dict[int, tuple[str, bool]] = {}
         self._texts: dict[int, str] = {}
+        self._pairs: dict[tuple[int, int], bool] = {}
 
     def __call__(self, token_id: int) -> tuple[str, bool]:
         if token_id not in self._cache:
@@ -228,3 +236,18 @@ class TokenDescriber:
 
     def category(self, token_id: int) -> str:
         return self(token_id)[0]
+
+    def continues(self, previous_id: int, token_id: int) -> bool:
+        """Whether ``token_id`` continues the word that ``previous_id`` ends: the two decoded
+        together join a letter or digit to a letter or digit. Read off the pair's joint decoding,
+        not each token's alone: a SentencePiece tokenizer (Llama 2, Mistral) decodes ``▁I`` alone as
+        ``I``, without the space that makes it a word of its own."""
+        previous, text = self.text(previous_id), self.text(token_id)
+        if not previous[-1:].isalnum() or text[:1].isspace() or not text:
+            return False
+        key = (previous_id, token_id)
+        if key not in self._pairs:
+            joined = self.tokenizer.decode([previous_id, token_id])
+            rest = joined[len(previous):] if joined.startswith(previous) else text
+            self._pairs[key] = rest[:1].isalnum()
+        return self._pairs[key]
