@@ -141,6 +141,20 @@ def test_ids_not_shared_are_masked_and_recorded():
     assert r"^<unused\d+>$" in real.patterns_matched
 
 
+@pytest.mark.parametrize("token, pattern", [
+    ("<unused7>", "gemma_unused"), ("<|reserved_special_token_3|>", "llama3_reserved"),
+    ("[control_12]", "mistral_control"), ("<SPECIAL_40>", "tekken_special"), ("<|placeholder2|>", "phi3_placeholder"),
+    ("<｜place▁holder▁no▁5｜>", "deepseek_placeholder"), ("<|reserved_200012|>", "generic_reserved"),
+])
+def test_never_trained_placeholders_of_each_family_are_masked(token, pattern):
+    """Reserved tokens a family's tokenizer ships but never trained are no argmax candidates."""
+    tok, without = _tokenizer(extra=token), _tokenizer()
+    real = build_real_vocabulary(tok, tok, len(tok))
+    assert not real.mask[tok.convert_tokens_to_ids(token)]
+    key = f"placeholder:{pattern}"
+    assert real.masked_counts.get(key) == build_real_vocabulary(without, without, len(without)).masked_counts.get(key, 0) + 1
+
+
 def test_pickle_weights_are_refused_unless_allowed(tmp_path):
     model, tok = tiny_model(), char_tokenizer()
     for name in ("base", "tuned"):  # transformers 5 only writes safetensors: make a pickle checkpoint

@@ -21,6 +21,10 @@ PLACEHOLDER_PATTERNS: dict[str, str] = {
     "generic_reserved": r"^<\|?reserved_?\d+\|?>$",
     "qwen_extra": r"^<\|extra_\d+\|>$",
     "madeup_word": r"^<\|?madeupword\d+\|?>$",
+    "mistral_control": r"^\[control_\d+\]$",  # Mistral v0.3's unused control tokens
+    "tekken_special": r"^<SPECIAL_\d+>$",  # Mistral Nemo's Tekken tokenizer
+    "phi3_placeholder": r"^<\|placeholder\d+\|>$",
+    "deepseek_placeholder": r"^<｜place▁holder▁no▁\d+｜>$",
 }
 
 
