@@ -237,6 +237,17 @@ def test_chat_turn_terminators_end_decoding_like_eos():
     assert im_end in pair.eos_ids and start not in pair.eos_ids and eot not in pair.eos_ids
 
 
+@pytest.mark.parametrize("terminator", ["<|eot|>", "<|return|>", "<|END_OF_TURN_TOKEN|>", "<end_of_turn>", "<|end|>"])
+def test_each_familys_chat_turn_terminator_ends_decoding(terminator):
+    """Llama 4, GPT-OSS, Command-R, Gemma, Phi-3: a fine-tune saved without a generation config
+    still stops at the end of its turn."""
+    from crosspatch.models.loading import eos_token_ids
+
+    tok = char_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": [terminator]})
+    assert tok.convert_tokens_to_ids(terminator) in eos_token_ids(tok, None)
+
+
 def test_a_pair_that_names_no_end_of_sequence_token_is_warned_about():
     """Without any EOS id (tokenizer, generation config, terminators) every continuation runs to
     the budget, past where the models would stop: the pair's warnings say so; with one, nothing."""

@@ -99,8 +99,10 @@ def pad_token_id(tokenizer) -> int:
 
 
 # chat-turn terminators of instruct models: an instruct model ends its answer with one of these
-# even where its generation config does not list it (a fine-tune saved without one)
-CHAT_TURN_TERMINATORS = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
+# even where its generation config does not list it (a fine-tune saved without one): Llama 3 and 4,
+# ChatML (Qwen, Phi-4, SmolLM), Gemma, Phi-3 and GPT-OSS, Command-R
+CHAT_TURN_TERMINATORS = ("<|eot_id|>", "<|eom_id|>", "<|eot|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|return|>",
+                         "<|END_OF_TURN_TOKEN|>")
 
 
 def eos_token_ids(tokenizer, model) -> set[int]:
