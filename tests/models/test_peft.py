@@ -137,6 +137,17 @@ def test_an_adapter_that_trained_the_bases_biases_loads_the_base_on_its_own(tmp_
     shared = load_pair(str(base), adapter=str(adapter), residency="adapter")  # asked for: warned
     assert any("trained the base's own biases" in w and "no residency asked for" in w for w in shared.warnings)
     assert not any("biases" in w for w in chosen.warnings)  # the base loads on its own: nothing to warn of
+    # in memory: the PEFT model alone is warned about; with a base of its own it is the merged model's run
+    from peft import PeftModel
+
+    from crosspatch.execution import pair_from_models, pair_from_peft_model
+    from crosspatch.testing import char_tokenizer
+
+    peft_model = PeftModel.from_pretrained(tiny_model("qwen2"), str(adapter))
+    assert any("trains the base's own biases in place" in w for w in pair_from_peft_model(peft_model, char_tokenizer()).warnings)
+    in_memory = scored(pair_from_models(tiny_model("qwen2"), peft_model, char_tokenizer()))
+    assert [(r.prompt_id, r.kind, r.position, r.t_pt, r.t_it) for r in in_memory] == [
+        (r.prompt_id, r.kind, r.position, r.t_pt, r.t_it) for r in expected]
 
 
 def test_an_adapter_whose_config_names_another_base_is_warned(tmp_path):
