@@ -426,6 +426,10 @@ CASES = [
     Case("models", "a checkpoint directory without weight files",
          lambda e: e.run_args(tuned=_model_dir(e, "no_weights", lambda d: (d / "model.safetensors").unlink())),
          "ModelLoadError"),
+    Case("models", "a checkpoint directory holding GGUF weights (llama.cpp's format) only",
+         lambda e: e.run_args(tuned=_model_dir(e, "gguf_only", lambda d: ((d / "model.safetensors").unlink(),
+                                                                          (d / "model-Q4_K_M.gguf").write_bytes(b"GGUF")))),
+         "ModelLoadError"),
     Case("models", "a truncated safetensors download",
          lambda e: e.run_args(tuned=_model_dir(e, "truncated_st", lambda d: (d / "model.safetensors").write_bytes(
              (d / "model.safetensors").read_bytes()[:4096]))), "ModelLoadError"),

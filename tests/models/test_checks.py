@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -153,6 +155,15 @@ def test_never_trained_placeholders_of_each_family_are_masked(token, pattern):
     assert not real.mask[tok.convert_tokens_to_ids(token)]
     key = f"placeholder:{pattern}"
     assert real.masked_counts.get(key) == build_real_vocabulary(without, without, len(without)).masked_counts.get(key, 0) + 1
+
+
+def test_a_checkpoint_of_gguf_weights_says_what_they_are_and_how_to_convert_them(tmp_path):
+    from crosspatch.models.paths import check_model_path
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 4}))
+    (tmp_path / "model-Q4_K_M.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ModelLoadError, match=r"holds GGUF weights \(model-Q4_K_M.gguf\).*gguf_file='model-Q4_K_M.gguf'"):
+        check_model_path(str(tmp_path), "tuned")
 
 
 def test_pickle_weights_are_refused_unless_allowed(tmp_path):

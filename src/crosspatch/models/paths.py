@@ -65,6 +65,13 @@ def check_model_path(path: str, role: str, adapter: bool = False, revision: str 
             check_quantization_packages(config, f"{flag} {path}")
         if not weights:
             wanted = "adapter_model.safetensors" if adapter else "model.safetensors, its shards or pytorch_model.bin"
+            gguf = sorted(f.name for f in p.glob("*.gguf"))
+            if gguf and not adapter:  # llama.cpp's format: quantized for inference, not layers to patch
+                raise ModelLoadError(
+                    f"{flag} {path} holds GGUF weights ({', '.join(gguf[:2])}), llama.cpp's format, and no {wanted}: "
+                    "give the Hugging Face checkpoint it was converted from, or convert it back with transformers "
+                    f"(AutoModelForCausalLM.from_pretrained({str(path)!r}, gguf_file={gguf[0]!r}).save_pretrained(DIR), "
+                    "which needs the gguf package)")
             raise ModelLoadError(f"{flag} {path} has no weight files (no {wanted}): an incomplete download or copy?")
         return
     check_hub_id(str(path), flag, "adapter_config.json" if adapter else "config.json", revision)
