@@ -235,3 +235,40 @@ def test_an_adapter_trained_with_added_tokens_loads_onto_its_base_resized(tmp_pa
             (r.prompt_id, r.kind, r.position, r.t_pt, r.t_it) for r in expected.records], residency
         assert max(abs(x.cells[n][c] - y.cells[n][c]) for x, y in zip(got.records, expected.records)
                    for n in x.cells for c in x.cells[n]) <= MERGE_TOLERANCE
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_an_adapter_whose_initialisation_rewrites_the_base_loads_the_base_on_its_own(tmp_path, prompts, init):
+    """PiSSA and OLoRA adapters saved as trained (not converted to plain LoRA) make PEFT rewrite the
+    base's weights in place as it loads them: with one shared copy, the "base" (adapter off) was
+    the residual model. Such an adapter runs sequentially unless a residency is asked for."""
+    from peft import LoraConfig, get_peft_model
+
+    from crosspatch.testing import char_tokenizer
+
+    tok = char_tokenizer()
+    tiny_model("llama").save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    torch.manual_seed(0)
+    peft_model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, lora_alpha=4, init_lora_weights=init,
+                                                                target_modules=["q_proj", "v_proj", "up_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn_like(p) * 0.5)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    from crosspatch.execution import pair_from_peft_model  # in memory, the base already rewritten: warned
+
+    assert any("rewrote the base's weights in place" in w for w in pair_from_peft_model(peft_model, tok).warnings)
+    peft_model.merge_and_unload().save_pretrained(tmp_path / "merged")  # pyright: ignore[reportCallIssue]
+    tok.save_pretrained(tmp_path / "merged")
+
+    def events(pair):
+        return [(r.prompt_id, r.kind, r.position, r.t_pt, r.t_it)
+                for r in run(pair, prompts, max_new_tokens=12, bootstrap=0, progress=False).records]
+
+    chosen = load_pair(str(tmp_path / "base"), adapter=str(tmp_path / "adapter"))
+    assert chosen.residency == "sequential" and f"init_lora_weights='{init}'" in chosen.provenance["residency_reason"]
+    assert events(chosen) == events(load_pair(str(tmp_path / "base"), tuned=str(tmp_path / "merged")))
+    shared = load_pair(str(tmp_path / "base"), adapter=str(tmp_path / "adapter"), residency="adapter")
+    assert any("rewrites the base's weights in place" in w for w in shared.warnings)

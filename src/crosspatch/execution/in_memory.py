@@ -138,12 +138,26 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
     record = {"base": {"path": "<in-memory>", "weights_digest": module_digest(unwrap_peft(peft_model))},
               "adapter": {"path": "<in-memory>", "adapter_name": name, "weights_digest": module_digest(peft_model)},
               "load_options": vars(opts) | {"dtype": dtype}}
+    return assemble_set(handles, {BASE: tokenizer, "tuned": tokenizer}, "adapter", opts,
+                        _rewritten_base(peft_model, name), record)
+
+
+def _rewritten_base(peft_model, name: str) -> list[str]:
+    """A warning where the PEFT model's base weights are not the base's any more: an initialisation
+    that rewrites them (PiSSA, OLoRA, ...), or a ``bias`` setting that trains them in place."""
+    from ..models.adapters import BASE_REWRITING_INITS
+    from ..models.anatomy import unwrap_peft
+
     config = (getattr(peft_model, "peft_config", None) or {}).get(name)
-    bias = getattr(config, "bias", "none")
-    warnings = [] if bias in (None, "none") or not any(n.endswith(".bias") for n, _ in unwrap_peft(peft_model).named_parameters()) \
-        else [f"adapter bias={bias!r} trains the base's own biases in place: with the adapter switched off, this model in "
-              "memory is not the base it was (load the base afresh and pass it with this model to pair_from_models)"]
-    return assemble_set(handles, {BASE: tokenizer, "tuned": tokenizer}, "adapter", opts, warnings, record)
+    init, bias = getattr(config, "init_lora_weights", True), getattr(config, "bias", "none")
+    if isinstance(init, str) and init.lower().startswith(BASE_REWRITING_INITS):
+        why = f"adapter init_lora_weights={init!r} rewrote the base's weights in place"
+    elif bias not in (None, "none") and any(n.endswith(".bias") for n, _ in unwrap_peft(peft_model).named_parameters()):
+        why = f"adapter bias={bias!r} trains the base's own biases in place"
+    else:
+        return []
+    return [f"{why}: with the adapter switched off, this model in memory is not the base it was (load the base afresh "
+            "and pass it with this model to pair_from_models)"]
 
 
 def pair_from_models(pt_model, it_model, tokenizer, tokenizer_it=None, **options) -> ResidentSet:

@@ -206,13 +206,25 @@ def base_name_warning(recorded, base: str) -> str | None:
             "pretrained one is the common slip), the descendant is not what was trained and the effects mean nothing")
 
 
+# LoRA initialisations that rewrite the base's weights as PEFT loads the adapter (the residual of
+# the principal components, an orthonormal or quantisation-aware split): PiSSA, OLoRA, CorDA, LoftQ
+BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq")
+
+
 def changes_base_in_place(adapter: str) -> str | None:
-    """Why the model with ``adapter`` switched off would not be the base, or None: an adapter whose
-    ``bias`` setting trained the base's own biases (they load into the base's layers, and switching
-    the adapter off leaves them there), where its weights hold such biases (a base without biases,
-    as Llama's, has none to train; an adapter on the Hub, whose weights are not at hand, is taken to
-    hold them)."""
-    bias = read_adapter_config(adapter).get("bias", "none")
+    """Why the model with ``adapter`` switched off would not be the base, or None: a LoRA adapter
+    saved with an initialisation that rewrites the base's weights when PEFT loads it
+    (:data:`BASE_REWRITING_INITS`; one converted to plain LoRA on saving is not), or an adapter
+    whose ``bias`` setting trained the base's own biases (they load into the base's layers, and
+    switching the adapter off leaves them there), where its weights hold such biases (a base
+    without biases, as Llama's, has none to train; an adapter on the Hub, whose weights are not at
+    hand, is taken to hold them)."""
+    config = read_adapter_config(adapter)
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(BASE_REWRITING_INITS):
+        return (f"adapter init_lora_weights={init!r}: PEFT rewrites the base's weights in place as it loads the "
+                "adapter, so with the adapter switched off the model is not the base")
+    bias = config.get("bias", "none")
     if bias in (None, "none"):
         return None
     weights = Path(adapter).expanduser() / "adapter_model.safetensors"
