@@ -73,6 +73,14 @@ def _model_dir(env: Env, name: str, mutate) -> Path:
     return target
 
 
+def _adapter_with_config(env: Env) -> Path:
+    """An adapter saved beside its base's config.json (as some trainers write it): no model weights."""
+    target = env.tmp / "adapter_with_config"
+    shutil.copytree(env.adapter, target)
+    shutil.copy(env.lora_base / "config.json", target / "config.json")
+    return target
+
+
 def _arch_dir(env: Env, arch: str, layers: int = 4) -> Path:
     from crosspatch.testing import char_tokenizer, tiny_model
 
@@ -388,6 +396,8 @@ CASES = [
     Case("models", "--base is a file", lambda e: e.run_args(base=e.file("weights.bin", b"x")), "ModelPathNotFoundError"),
     Case("models", "an adapter directory given as --tuned", lambda e: e.run_args(base=e.lora_base, tuned=e.adapter),
          "AdapterGivenAsCheckpointError"),
+    Case("models", "an adapter directory that also holds its base's config.json, given as --tuned",
+         lambda e: e.run_args(base=e.lora_base, tuned=_adapter_with_config(e)), "AdapterGivenAsCheckpointError"),
     Case("models", "a full checkpoint given as --adapter", lambda e: e.run_args("--adapter", str(e.tuned), tuned=False),
          "ModelLoadError"),
     Case("models", "both --tuned and --adapter", lambda e: e.run_args("--adapter", str(e.adapter)), "OptionError"),

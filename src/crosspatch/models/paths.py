@@ -50,9 +50,11 @@ def check_model_path(path: str, role: str, adapter: bool = False, revision: str 
         if adapter and not has_adapter:
             raise ModelLoadError(f"{flag} {path} is not a PEFT adapter directory (no adapter_config.json)"
                                  + ("; it looks like a full checkpoint: give it as --tuned" if has_config else ""))
-        if not adapter and has_adapter and not has_config:
+        model_weights = [f for f in p.iterdir() if is_weight_file(f) and not f.name.startswith("adapter_model")]
+        if not adapter and has_adapter and (not has_config or not model_weights):
+            found = "no config.json" if not has_config else "a config.json but no model weights beside its adapter's"
             raise AdapterGivenAsCheckpointError(
-                f"{flag} {path} is a PEFT adapter directory (adapter_config.json, no config.json); "
+                f"{flag} {path} is a PEFT adapter directory (adapter_config.json, {found}); "
                 f"give it as --adapter {path} with its base as --base")
         if not adapter and not has_config:
             raise ModelLoadError(f"{flag} {path} has no config.json: not a Hugging Face checkpoint directory")
