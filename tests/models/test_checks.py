@@ -166,6 +166,26 @@ def test_a_checkpoint_of_gguf_weights_says_what_they_are_and_how_to_convert_them
         check_model_path(str(tmp_path), "tuned")
 
 
+def test_a_checkpoint_asking_for_an_attention_kernel_this_machine_lacks_loads_with_sdpa(tmp_path):
+    """A config.json saved from a GPU run with ``"attn_implementation": "flash_attention_2"`` made
+    loading fail without the flash-attn package; the kernel changes speed and rounding only."""
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "m")
+    config = json.loads((root / "tuned" / "config.json").read_text())
+    (root / "tuned" / "config.json").write_text(json.dumps({**config, "attn_implementation": "flash_attention_2"}))
+    pair = load_pair(str(root / "base"), tuned=str(root / "tuned"))
+    assert any("attention kernel that is not installed" in w and "sdpa" in w for w in pair.warnings)
+    prompts = [{"id": f"p{k}", "prompt": f"the weather in city {k} is"} for k in range(4)]
+    got = run(pair, prompts, max_new_tokens=8, bootstrap=0, progress=False).records
+    (root / "tuned" / "config.json").write_text(json.dumps(config))
+    expected = run(load_pair(str(root / "base"), tuned=str(root / "tuned")), prompts, max_new_tokens=8, bootstrap=0,
+                   progress=False).records
+    assert [(r.prompt_id, r.position, r.t_pt, r.t_it) for r in got] == [(r.prompt_id, r.position, r.t_pt, r.t_it)
+                                                                         for r in expected]
+
+
 def test_pickle_weights_are_refused_unless_allowed(tmp_path):
     model, tok = tiny_model(), char_tokenizer()
     for name in ("base", "tuned"):  # transformers 5 only writes safetensors: make a pickle checkpoint

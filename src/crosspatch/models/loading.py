@@ -11,7 +11,7 @@ import contextlib
 import json
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -252,7 +252,7 @@ def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None =
                                                 revision=options.revision)
             auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None \
                 else AutoModelForCausalLM
-            model, info = auto.from_pretrained(path, output_loading_info=True, **kwargs)  # pyright: ignore[reportGeneralTypeIssues] - a pair with output_loading_info
+            model, info = _from_pretrained(auto, path, kwargs, warnings)
     except Exception as exc:  # transformers, safetensors and torch raise many types for a bad checkpoint
         first = first_line(exc)
         mismatched = [" ".join(line.replace("Reinit due to size mismatch - ", "").split()) for line in report
@@ -277,6 +277,30 @@ def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None =
         model.to(device)
     model.eval()
     return model
+
+
+def _from_pretrained(auto, path: str, kwargs: dict, warnings: list[str] | None) -> tuple[Any, dict]:
+    """``auto.from_pretrained`` with its loading info. A checkpoint whose config.json asks for an
+    attention kernel this machine lacks (FlashAttention, saved from a GPU training run) loads with
+    torch's SDPA attention, else the eager one, and says so: the kernel changes speed and float
+    rounding, not what the model computes."""
+    try:
+        return auto.from_pretrained(path, output_loading_info=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - re-raised below unless it is the missing kernel
+        if "flashattention" not in str(exc).lower().replace(" ", "").replace("_", ""):
+            raise
+        missing = exc
+    for implementation in ("sdpa", "eager"):
+        try:
+            loaded = auto.from_pretrained(path, output_loading_info=True, attn_implementation=implementation, **kwargs)
+        except (ValueError, ImportError):  # this architecture has no SDPA path
+            continue
+        if warnings is not None:
+            warnings.append(f"{path}: its config.json asks for an attention kernel that is not installed "
+                            f"({first_line(missing)[:120]}); loaded with {implementation} attention instead (the same "
+                            "model, other float rounding)")
+        return loaded
+    raise missing
 
 
 def _some(names: list[str], k: int = 3) -> str:
