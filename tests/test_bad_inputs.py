@@ -432,6 +432,10 @@ CASES = [
          lambda e: e.run_args(tuned=e.file("mamba/config.json", json.dumps({"model_type": "mamba",
                                                                             "num_hidden_layers": 4})).parent),
          "UnsupportedArchitectureError"),
+    Case("models", "a reward model (a sequence classifier's checkpoint) given as the descendant",
+         lambda e: e.run_args(tuned=_model_dir(e, "reward_model", lambda d: (d / "config.json").write_text(json.dumps(
+             {**json.loads((d / "config.json").read_text()), "architectures": ["LlamaForSequenceClassification"]})))),
+         "UnsupportedArchitectureError"),
     Case("models", "a checkpoint that lacks a weight", lambda e: e.run_args(tuned=_lacking_weight(e)), "ModelLoadError", loads=True),
     Case("models", "a checkpoint directory without weight files",
          lambda e: e.run_args(tuned=_model_dir(e, "no_weights", lambda d: (d / "model.safetensors").unlink())),

@@ -99,8 +99,14 @@ _RECURRENT_MODEL_TYPES = frozenset({
 })
 
 
+# the heads of checkpoints that classify rather than generate (a reward model is a sequence classifier)
+NON_GENERATIVE_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
+                        "ForMultipleChoice", "RewardModel")
+
+
 def check_supported(config) -> None:
     """Refuse by name the models the method or crosspatch's batching cannot run exactly:
+    classifiers' checkpoints (reward models: no language-model head; from a config.json),
     encoder-decoder models (the method compares decoder-only causal LMs), and state-space,
     recurrent or hybrid models (their cache is not a key-value cache over positions, so batched
     decoding with left padding would be silently wrong). ``config``: a transformers config or
@@ -109,6 +115,13 @@ def check_supported(config) -> None:
         return obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
 
     model_type = str(get(config, "model_type") or "")
+    # a checkpoint saved as a classifier (a loaded model is what it is, whatever it was saved as)
+    heads = [str(a) for a in get(config, "architectures") or []] if isinstance(config, dict) else []
+    if heads and all(a.endswith(NON_GENERATIVE_HEADS) for a in heads):
+        raise UnsupportedArchitectureError(
+            f"{heads[0]}: a classifier's checkpoint (a reward model, a sequence or token classifier), with no "
+            "language-model head to decode with; crosspatch compares causal language models: give the generative "
+            "model (…ForCausalLM)")
     text = get(config, "text_config")
     text_type = str(get(text, "model_type") or "")
     if get(config, "is_encoder_decoder", False):
