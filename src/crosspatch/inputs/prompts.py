@@ -84,7 +84,8 @@ def _field_hint(row: dict) -> str:
 def _row_to_prompt(row: dict, where: str) -> Prompt:
     if "id" not in row:
         raise PromptFileError(f"{where}: field 'id' is missing or empty (a set without ids: --fields id=@row numbers "
-                              "the rows; another field is named with --fields id=FIELD)")
+                              "the rows; another field is named with --fields id=FIELD; in Python, "
+                              "load_prompts(prompts, fields='id=@row'))")
     if _is_missing(row["id"]) or str(row["id"]).strip() == "":
         raise PromptFileError(f"{where}: field 'id' is missing or empty")
     if isinstance(row["id"], (dict, list, bool)):
