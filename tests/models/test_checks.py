@@ -167,16 +167,25 @@ def test_a_checkpoint_of_gguf_weights_says_what_they_are_and_how_to_convert_them
 
 
 def test_a_checkpoint_asking_for_an_attention_kernel_this_machine_lacks_loads_with_sdpa(tmp_path):
-    """A config.json saved from a GPU run with ``"attn_implementation": "flash_attention_2"`` made
+    """A config.json saved from a GPU run asking for ``flash_attention_2`` (the key transformers 4
+    reads, ``_attn_implementation``, or the one transformers 5 reads, ``attn_implementation``) made
     loading fail without the flash-attn package; the kernel changes speed and rounding only."""
+    from transformers import AutoModelForCausalLM
+
     from crosspatch.runner.pipeline import run
     from crosspatch.testing import save_tiny_pair
 
     root = save_tiny_pair(tmp_path / "m")
     config = json.loads((root / "tuned" / "config.json").read_text())
-    (root / "tuned" / "config.json").write_text(json.dumps({**config, "attn_implementation": "flash_attention_2"}))
+    (root / "tuned" / "config.json").write_text(json.dumps(
+        {**config, "attn_implementation": "flash_attention_2", "_attn_implementation": "flash_attention_2"}))
+    try:  # does this transformers refuse it? (each release reads one of the two keys)
+        AutoModelForCausalLM.from_pretrained(str(root / "tuned"))
+        refused = False
+    except ImportError:
+        refused = True
     pair = load_pair(str(root / "base"), tuned=str(root / "tuned"))
-    assert any("attention kernel that is not installed" in w and "sdpa" in w for w in pair.warnings)
+    assert any("attention kernel that is not installed" in w and "sdpa" in w for w in pair.warnings) == refused
     prompts = [{"id": f"p{k}", "prompt": f"the weather in city {k} is"} for k in range(4)]
     got = run(pair, prompts, max_new_tokens=8, bootstrap=0, progress=False).records
     (root / "tuned" / "config.json").write_text(json.dumps(config))

@@ -290,9 +290,17 @@ def _from_pretrained(auto, path: str, kwargs: dict, warnings: list[str] | None) 
         if "flashattention" not in str(exc).lower().replace(" ", "").replace("_", ""):
             raise
         missing = exc
+    from transformers import AutoConfig
+
     for implementation in ("sdpa", "eager"):
+        config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False),
+                                            revision=kwargs.get("revision"))
+        if hasattr(config, "attn_implementation"):  # the key transformers 5 reads from config.json
+            delattr(config, "attn_implementation")
+        config._attn_implementation = implementation  # the one transformers 4 reads  # pyright: ignore[reportAttributeAccessIssue]
         try:
-            loaded = auto.from_pretrained(path, output_loading_info=True, attn_implementation=implementation, **kwargs)
+            loaded = auto.from_pretrained(path, config=config, output_loading_info=True,
+                                          attn_implementation=implementation, **kwargs)
         except (ValueError, ImportError):  # this architecture has no SDPA path
             continue
         if warnings is not None:
