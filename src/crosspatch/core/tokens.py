@@ -220,6 +220,8 @@ class TokenDescriber:
         self._cache: dict[int, tuple[str, bool]] = {}
         self._texts: dict[int, str] = {}
         self._pairs: dict[tuple[int, int], bool] = {}
+        backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer without a decoder joins with spaces
+        self.decodes_jointly = backend is None or getattr(backend, "decoder", None) is not None
 
     def __call__(self, token_id: int) -> tuple[str, bool]:
         if token_id not in self._cache:
@@ -245,6 +247,8 @@ class TokenDescriber:
         previous, text = self.text(previous_id), self.text(token_id)
         if not previous[-1:].isalnum() or text[:1].isspace() or not text:
             return False
+        if not self.decodes_jointly:  # no decoder: every pair decodes joined by a space, so the texts alone tell
+            return text[:1].isalnum()
         key = (previous_id, token_id)
         if key not in self._pairs:
             joined = self.tokenizer.decode([previous_id, token_id])
