@@ -64,26 +64,32 @@ def free_bytes_on(device: torch.device) -> int | None:
 def choose_residency(base: str, tuned: str | list[str] | None, adapter: str | list[str] | None,
                      options: LoadOptions) -> tuple[str, str]:
     """The residency to use and why: ``adapter`` for PEFT adapters (one copy of the base weights
-    serves every role); otherwise ``both`` when all models fit in the free memory of the target
-    device with 20% headroom, else ``sequential`` (one model at a time)."""
+    serves every role), unless an adapter changes the base's weights as it loads
+    (:func:`~crosspatch.models.adapters.changes_base_in_place`: then the base needs a copy of its
+    own); otherwise ``both`` when all models fit in the free memory of the target device with 20%
+    headroom, else ``sequential`` (one model at a time). ``both`` with adapters only holds two
+    copies: the base's, and one that the adapters share."""
     tuned = [tuned] if isinstance(tuned, str) else list(tuned or [])
     adapter = [adapter] if isinstance(adapter, str) else list(adapter or [])
     if options.residency is not None:
         if options.residency not in RESIDENCIES:
             raise ModelLoadError(f"residency must be one of {', '.join(RESIDENCIES)}, not {options.residency!r}")
-        if adapter and not tuned and options.residency == "both":
-            raise ModelLoadError("with adapters only, the residency is 'adapter' (one copy of the base weights) "
-                                 "or 'sequential'")
         if options.residency == "adapter" and (not adapter or tuned):
             raise ModelLoadError("residency 'adapter' needs --adapter (and no --tuned checkpoints)")
         return options.residency, "asked for"
     trained = next((why for why in map(changes_base_in_place, adapter) if why), None)
-    if trained and (not tuned or len(adapter) > 1):  # one copy would serve the base or other adapters with them
-        return "sequential", f"{trained}, so each model loads on its own"
-    if adapter and not tuned:
+    if adapter and not tuned and not trained:
         return "adapter", "PEFT adapter: one copy of the base weights serves every model"
+    if trained and len(adapter) > 1:  # one shared copy would give each adapter the others' changes
+        return "sequential", f"{trained}, so each model loads on its own"
     if adapter:
         tuned = tuned + [base]  # the adapters share one more copy of the base weights
+    residency, why = _fitting_residency(base, tuned, options)
+    return residency, f"{trained}, so the base loads on its own: {why}" if trained else why
+
+
+def _fitting_residency(base: str, tuned: list[str], options: LoadOptions) -> tuple[str, str]:
+    """``both`` where the base and ``tuned`` fit in the target device's free memory, else ``sequential``."""
     sizes = [_weights_bytes(p) for p in [base] + tuned]
     free = _available_bytes(options)
     known = [s for s in sizes if s is not None]
@@ -211,7 +217,7 @@ def load_models(
         return sequential
 
     handles: dict[str, ModelHandle] = {}
-    if adapter_roles and not tuned_roles:  # residency "adapter": every role on one copy of the base weights
+    if residency == "adapter":  # every role on one copy of the base weights
         model = _load_adapters(load_causal_lm(base, options, warnings), base, adapter_roles, options, tokenizers,
                                record, warnings, shares_base=True)
         handles[BASE] = ModelHandle(BASE, model, adapter_enabled=False)

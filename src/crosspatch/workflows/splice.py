@@ -185,7 +185,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     from ..execution import load_models
     from ..execution.roles import model_path_arg
     from ..inputs.prompts import raw_text_prompts
-    from ..models.adapters import check_adapter_files
+    from ..models.adapters import changes_base_in_place, check_adapter_files
     from ..models.loading import LoadOptions, validate_load_options
     from ..models.options import check_switches
     from ..models.paths import check_model_path
@@ -223,6 +223,8 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     if adapter is not None:
         check_model_path(str(adapter), "tuned", adapter=True)
         check_adapter_files(str(adapter), options.allow_pickle, str(base))
+        if changes_base_in_place(str(adapter)):  # one copy's "base" would not be the base: a copy each
+            options.residency = "both"
     else:
         check_model_path(str(tuned), "tuned", revision=options.revision)
     items = raw_text_prompts(prompts, "splice")
