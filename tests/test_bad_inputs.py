@@ -460,6 +460,10 @@ CASES = [
     Case("models", "an adapter_config.json that is not JSON",
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_bad_cfg", lambda d: (d / "adapter_config.json").write_text("{x"))),
          "ModelLoadError"),
+    Case("models", "a reward model's adapter (task_type SEQ_CLS: its score head is no language-model head)",
+         lambda e: _adapter_args(e, _adapter_dir(e, "adapter_seq_cls", lambda d: (d / "adapter_config.json").write_text(
+             json.dumps({**json.loads((d / "adapter_config.json").read_text()), "task_type": "SEQ_CLS"})))),
+         "UnsupportedAdapterError"),
     Case("models", "a prompt-tuning adapter (virtual tokens, no layer changes)",
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_prompt_tuning", lambda d: (d / "adapter_config.json").write_text(
              json.dumps({"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 4})))),

@@ -41,7 +41,19 @@ def read_adapter_config(adapter: str) -> dict:
             "prefixes) to the input instead of changing the model's layers, so the descendant has no late stack of "
             "its own to cross-patch and its sequence is not the base's. Use an adapter that changes weights (LoRA, "
             "IA3, ...), or compare a checkpoint fine-tuned in full.")
+    task = str(cfg.get("task_type") or "").upper()
+    if task in NON_GENERATIVE_TASKS:
+        raise UnsupportedAdapterError(
+            f"{adapter} is a {task} adapter, trained for {NON_GENERATIVE_TASKS[task]}: with a head or a model a causal "
+            "language model does not have, which loading it onto one drops; crosspatch compares causal language "
+            "models (a CAUSAL_LM adapter)")
     return cfg
+
+
+# PEFT task types of adapters trained for something other than generating text
+NON_GENERATIVE_TASKS = {"SEQ_CLS": "a reward model or sequence classifier", "TOKEN_CLS": "token classification",
+                        "QUESTION_ANS": "extractive question answering", "FEATURE_EXTRACTION": "an embedding model",
+                        "SEQ_2_SEQ_LM": "an encoder-decoder model"}
 
 
 def _hub_adapter_config(repo: str) -> Path:
