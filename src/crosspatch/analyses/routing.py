@@ -25,6 +25,7 @@ def _js(p: torch.Tensor, q: torch.Tensor) -> float:
 # config.json keys that name a mixture-of-experts model's experts (Mixtral, Qwen-MoE, OLMoE, DeepSeek, GPT-OSS)
 MOE_CONFIG_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
 
+
 @dataclass
 class RouterShift(Analysis):
     """Router logits of layer ``boundary`` in both models at each event (MoE models only)."""

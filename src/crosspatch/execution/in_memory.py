@@ -145,14 +145,15 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
 def _rewritten_base(peft_model, name: str) -> list[str]:
     """A warning where the PEFT model's base weights are not the base's any more: an initialisation
     that rewrites them (PiSSA, OLoRA, ...), or a ``bias`` setting that trains them in place."""
-    from ..models.adapters import BASE_REWRITING_INITS
+    from ..models.adapters import base_change
     from ..models.anatomy import unwrap_peft
 
     config = (getattr(peft_model, "peft_config", None) or {}).get(name)
     init, bias = getattr(config, "init_lora_weights", True), getattr(config, "bias", "none")
-    if isinstance(init, str) and init.lower().startswith(BASE_REWRITING_INITS):
+    changed = base_change(init, bias, lambda: any(n.endswith(".bias") for n, _ in unwrap_peft(peft_model).named_parameters()))
+    if changed == "init":
         why = f"adapter init_lora_weights={init!r} rewrote the base's weights in place"
-    elif bias not in (None, "none") and any(n.endswith(".bias") for n, _ in unwrap_peft(peft_model).named_parameters()):
+    elif changed == "bias":
         why = f"adapter bias={bias!r} trains the base's own biases in place"
     else:
         return []

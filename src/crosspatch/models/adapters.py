@@ -232,18 +232,29 @@ def changes_base_in_place(adapter: str) -> str | None:
     without biases, as Llama's, has none to train; an adapter on the Hub, whose weights are not at
     hand, is taken to hold them)."""
     config = read_adapter_config(adapter)
-    init = config.get("init_lora_weights")
-    if isinstance(init, str) and init.lower().startswith(BASE_REWRITING_INITS):
+    init, bias = config.get("init_lora_weights"), config.get("bias", "none")
+    weights = Path(adapter).expanduser() / "adapter_model.safetensors"
+    changed = base_change(init, bias, lambda: not weights.is_file() or any(
+        name.endswith(".bias") and "lora_" not in name for name in _shapes([weights])))
+    if changed == "init":
         return (f"adapter init_lora_weights={init!r}: PEFT rewrites the base's weights in place as it loads the "
                 "adapter, so with the adapter switched off the model is not the base")
-    bias = config.get("bias", "none")
-    if bias in (None, "none"):
-        return None
-    weights = Path(adapter).expanduser() / "adapter_model.safetensors"
-    if weights.is_file() and not any(name.endswith(".bias") and "lora_" not in name for name in _shapes([weights])):
-        return None
-    return (f"adapter bias={bias!r} trained the base's own biases, which load into the base's layers: with the "
-            "adapter switched off the model is not the base")
+    if changed == "bias":
+        return (f"adapter bias={bias!r} trained the base's own biases, which load into the base's layers: with the "
+                "adapter switched off the model is not the base")
+    return None
+
+
+def base_change(init, bias, holds_biases) -> str | None:
+    """What an adapter's settings change in its base's own weights: ``"init"`` (an initialisation
+    of :data:`BASE_REWRITING_INITS`), ``"bias"`` (a ``bias`` setting other than "none", where
+    ``holds_biases()`` says there are biases to train), else None. The one rule for an adapter on
+    disk (:func:`changes_base_in_place`) and a PEFT model in memory."""
+    if isinstance(init, str) and init.lower().startswith(BASE_REWRITING_INITS):
+        return "init"
+    if bias not in (None, "none") and holds_biases():
+        return "bias"
+    return None
 
 
 def adapter_settings(adapter_dir: str, base: str | None = None, shares_base: bool = True) -> tuple[dict, list[str]]:
@@ -259,8 +270,8 @@ def adapter_settings(adapter_dir: str, base: str | None = None, shares_base: boo
         warnings.append(other)
     if shares_base and (why := changes_base_in_place(adapter_dir)):
         warnings.append(f"{why}: one copy of the base weights serves the base (or other adapters) here, so what is "
-                        "read as the base carries these biases; with no residency asked for, crosspatch loads the "
-                        "base on its own (sequential)")
+                        "read as the base carries these changes; with no residency asked for, crosspatch gives the "
+                        "base a copy of its own")
     if cfg.get("modules_to_save"):
         warnings.append(
             f"adapter modules_to_save={cfg['modules_to_save']}: these modules are replaced wholesale; "
