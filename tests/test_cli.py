@@ -97,6 +97,17 @@ def test_the_same_command_on_a_finished_run_loads_no_model(saved_pair, tmp_path,
         assert res.exit_code == 2 and "RunSettingsMismatchError" in res.output and change in res.output, res.output
         assert "(no model was loaded)" in res.output
         assert (out / "summary.json").read_text() == summary
+    # the same command on a finished run of an older crosspatch (other result rules): its result is not
+    # returned as this version's, nor resumed into; named before loading
+    config_path = out / "config.json"
+    stored = config_path.read_text()
+    older = json.loads(stored)
+    older["fingerprint_inputs"]["result_rules"] = "2000-01-01"
+    config_path.write_text(json.dumps(older))
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "written by an older crosspatch" in res.output, res.output
+    assert "(no model was loaded)" in res.output and "--overwrite" in res.output
+    config_path.write_text(stored)
     res = CliRunner().invoke(app, args + ["--no-resume"])  # refused as the run would refuse it, before loading
     assert res.exit_code == 2 and "RunDirectoryError" in res.output and "without --no-resume" in res.output
     # an interrupted run of the same settings is not refused: its models load and it resumes (a last line cut

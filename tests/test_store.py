@@ -146,6 +146,51 @@ def test_one_run_spelled_two_ways_resumes(tmp_path):
         run(pair, many_prompts(3), boundaries=[1, 3], boundary=3, controls="label_swap,near_ties", **common)
 
 
+def test_a_run_written_by_an_older_crosspatch_is_neither_resumed_into_nor_returned_as_finished(tmp_path, monkeypatch):
+    """A change to what records hold (RESULT_RULES) makes an older crosspatch's run directory
+    another run: resuming it would mix records of two rules. Named before any model loads (and
+    once loaded); nothing is mixed in; --overwrite recomputes (the CLI's finished-run path:
+    tests/test_cli.py)."""
+    from crosspatch.errors import RunSettingsMismatchError
+    from crosspatch.runner.config import RunConfig
+    from crosspatch.runner.resume import refuse_before_loading
+    from crosspatch.store import RESULT_RULES
+
+    pair, prompts, out = make_pair("llama", scale=0.2), many_prompts(3), tmp_path / "r"
+    options = dict(boundary=2, max_new_tokens=6, bootstrap=0, progress=False, event_kinds="first_diff")
+    monkeypatch.setattr("crosspatch.runner.prepare.RESULT_RULES", "2000-01-01")
+    old = run(pair, prompts, out=out, **options)
+    monkeypatch.undo()
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["fingerprint_inputs"]["result_rules"] == \
+        "2000-01-01"
+    before = (out / "events.jsonl").read_text(encoding="utf-8")
+    config = RunConfig(boundary=2, max_new_tokens=6, bootstrap=0, event_kinds="first_diff")
+    with pytest.raises(RunSettingsMismatchError, match=f"older crosspatch.*2000-01-01 -> {RESULT_RULES}"):
+        refuse_before_loading(out, prompts, config)
+    with pytest.raises(RunSettingsMismatchError, match="older crosspatch"):
+        run(pair, prompts, out=out, **options)
+    assert (out / "events.jsonl").read_text(encoding="utf-8") == before, "nothing was mixed in"
+    again = run(pair, prompts, out=out, overwrite=True, **options)
+    assert [r.key for r in again.records] == [r.key for r in old.records]
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["fingerprint_inputs"]["result_rules"] == \
+        RESULT_RULES
+    run(pair, prompts, out=out, **options)  # this version's run resumes as before
+
+
+def test_a_workflow_document_of_an_older_crosspatch_is_not_read_back_as_this_versions(tmp_path, monkeypatch):
+    from crosspatch.errors import RunSettingsMismatchError
+    from crosspatch.workflows.output import fingerprint_of, finished_document
+
+    inputs = {"base": "b", "adapter": "a"}
+    monkeypatch.setattr("crosspatch.store.RESULT_RULES", "2000-01-01")
+    (tmp_path / "preflight.json").write_text(json.dumps({"fingerprint": fingerprint_of(inputs), "inputs": inputs}),
+                                             encoding="utf-8")
+    assert finished_document(tmp_path, "preflight", inputs) is not None
+    monkeypatch.undo()
+    with pytest.raises(RunSettingsMismatchError, match="another crosspatch"):
+        finished_document(tmp_path, "preflight", inputs)
+
+
 def test_overwrite_removes_what_later_commands_added_and_nothing_it_did_not_write(tmp_path):
     """A preflight or a feature study added to a run is read back into its summary and reports: an
     overwritten run must not show the old run's (a preflight of another pair passed, say)."""

@@ -10,7 +10,7 @@ from ..errors import OptionError
 from ..execution import ModelSet
 from ..inputs.prompts import Prompt, prompts_digest
 from ..models.vocab import tokenize_once
-from ..store import CONFIG_SCHEMA, environment, fingerprint
+from ..store import CONFIG_SCHEMA, RESULT_RULES, environment, fingerprint
 from .config import RunConfig, normalise_run_config, resolve_boundaries, result_options  # noqa: F401
 
 # the run's pieces, each in its own module; importable from here as before
@@ -157,6 +157,7 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
         "headline_boundary": headline_boundary(boundaries, pair.num_layers, config.boundary),
         "models": models,
         "prompts": digest,
+        "result_rules": RESULT_RULES,  # records of an older crosspatch are never resumed into
     }
     run_fingerprint = fingerprint(result_parts)
     return {

@@ -11,7 +11,7 @@ from ..core.cells import headline_boundary
 from ..core.stats import BootstrapConfig
 from ..errors import CrosspatchError
 from ..inputs.prompts import Prompt, as_prompts, prompts_digest
-from ..store import RunStore, completed_prompts
+from ..store import RESULT_RULES, RunStore, completed_prompts
 from .config import RunConfig, normalise_run_config, resolve_boundaries
 from .result import RunResult
 from .shards import select_shard
@@ -53,8 +53,9 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
             if any(now.get(key) != entry.get(key) for key in ("weights", "files")):
                 return None  # a weight or defining file changed (or was never hashed)
         all_prompts = as_prompts(prompts)
-        if stored.get("fingerprint_inputs", {}).get("prompts") != prompts_digest(all_prompts):
-            return None
+        parts = stored.get("fingerprint_inputs", {})
+        if parts.get("prompts") != prompts_digest(all_prompts) or parts.get("result_rules") != RESULT_RULES:
+            return None  # other prompts, or a result of an older crosspatch: the normal path says so
         boundaries = stored["resolved_boundaries"]
         if resolve_boundaries(config, stored["num_layers"]) != boundaries:
             return None
@@ -104,9 +105,10 @@ def refuse_before_loading(out: str | Path, prompts, config: RunConfig, resume: b
                "prompts": prompts_digest(as_prompts(prompts))}
         if not all(key in parts for key in now):
             return
+        now["result_rules"] = RESULT_RULES  # absent from a run of a crosspatch older than the key
     except (CrosspatchError, KeyError, TypeError, ValueError):
         return  # anything unusual: the run decides, with its named errors
-    stored_parts = {key: parts[key] for key in now} | {"shard": stored.get("options", {}).get("shard")}
+    stored_parts = {key: parts.get(key) for key in now} | {"shard": stored.get("options", {}).get("shard")}
     changes = settings_diff(stored_parts, json.loads(json.dumps(now | {"shard": config.shard}, default=str)))
     if models is not None and isinstance(parts.get("models"), dict):
         changes += _model_changes(parts["models"], *models)

@@ -8,6 +8,7 @@ from .files import (
     EVENTS_FILE,
     MARKER,
     NO_DIV_FILE,
+    RESULT_RULES,
     SUMMARY_SCHEMA,
     check_schema,
     check_summary_shape,
@@ -28,7 +29,7 @@ from .rundir import RunStore, check_out_path
 from .tables import check_complete, completed_prompts, events_frame, missing_prompts, records_frame
 
 __all__ = [
-    "COLLECTION_MARKER", "CONFIG_SCHEMA", "EVENTS_FILE", "MARKER", "NO_DIV_FILE", "SUMMARY_SCHEMA", "RunStore", "check_complete", "check_out_path", "check_schema",
+    "COLLECTION_MARKER", "CONFIG_SCHEMA", "EVENTS_FILE", "MARKER", "NO_DIV_FILE", "RESULT_RULES", "SUMMARY_SCHEMA", "RunStore", "check_complete", "check_out_path", "check_schema",
     "check_summary_shape", "checked", "collection_kind", "collection_runs", "completed_prompts", "environment", "events_frame",
     "fingerprint", "mark_collection", "missing_prompts", "not_a_run_message", "package_version", "read_collection_summary",
     "read_json_object", "records_frame", "settings_diff", "write_whole",

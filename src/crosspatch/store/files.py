@@ -21,6 +21,12 @@ from .schemas import check_document
 CONFIG_SCHEMA = "crosspatch.config/1"
 SUMMARY_SCHEMA = "crosspatch.summary/1"
 EVENTS_FILE, NO_DIV_FILE = "events.jsonl", "no_divergence.jsonl"
+# The rules by which this crosspatch turns the same models, prompts and options into records
+# (which events are found, against which base, how cells are computed). Part of every run's
+# fingerprint: bump it with any change that alters a record of the same inputs, so that a run
+# directory written by an older crosspatch is neither resumed into nor mixed with this one's
+# records (the run then says so and asks for --overwrite or another --out).
+RESULT_RULES = "2026-12-05"
 
 
 def environment() -> dict:
@@ -250,6 +256,10 @@ def settings_diff(old, new, prefix: str = "") -> list[str]:
         for key in sorted(set(old) | set(new), key=str):
             out += settings_diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
         return out
+    if prefix == "result_rules" and old != new:
+        return [f"written by {'an older' if old is None or str(old) < str(new) else 'another'} crosspatch, whose "
+                f"records this version would not reproduce (result rules {old or 'before 2026-12-05'} -> {new}): "
+                "its records cannot be mixed with this version's"]
     if old != new:
         def show(value) -> str:
             if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):

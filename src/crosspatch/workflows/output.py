@@ -17,9 +17,12 @@ from ..errors import CorruptRunFileError, RunDirectoryNotEmptyError, RunSettings
 
 
 def fingerprint_of(inputs: dict) -> str:
-    from ..store import fingerprint
+    """The fingerprint of a workflow's ``inputs`` under this crosspatch's result rules
+    (:data:`~crosspatch.store.RESULT_RULES`: a document an older crosspatch wrote is not read
+    back as this version's result)."""
+    from ..store import RESULT_RULES, fingerprint
 
-    return fingerprint(inputs)
+    return fingerprint({"inputs": inputs, "result_rules": RESULT_RULES})
 
 
 def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run_dir: bool = False,
@@ -48,6 +51,8 @@ def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run
             from ..store import settings_diff
 
             diff = settings_diff(old, inputs) if isinstance(old, dict) else ["not a crosspatch document"]
+            diff = diff or ["written by another crosspatch, whose results this version would not reproduce (its "
+                            "result rules changed)"]
             raise RunSettingsMismatchError(
                 f"{path} holds a {kind} of other inputs ({'; '.join(diff[:4])}); choose another --out, nothing "
                 "was overwritten")
