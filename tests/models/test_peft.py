@@ -247,6 +247,45 @@ def test_an_adapter_trained_with_added_tokens_loads_onto_its_base_resized(tmp_pa
                    for n in x.cells for c in x.cells[n]) <= MERGE_TOLERANCE
 
 
+def test_adapters_trained_with_vocabularies_of_different_sizes_load_each_on_its_own(tmp_path, prompts):
+    """One adapter trained after tokens were added (its embeddings and head hold more rows) and one
+    whose head holds the base's rows fit no one size of a shared base copy (their compare failed as
+    a shape mismatch): unless a residency is asked for, each loads on its own and scores as its
+    merged model; asked to share one copy, a named error says what to run. An adapter holding no
+    embedding weights shares a copy grown to the other's rows, in either order."""
+    from crosspatch.errors import ModelLoadError
+    from crosspatch.execution import load_models
+    from crosspatch.testing.contract import save_tiny_lora
+
+    base, grown, grown_merged = save_tiny_lora(tmp_path / "grown", added_tokens=("<|im_start|>", "<|im_end|>"),
+                                               target_modules=["q_proj", "v_proj"],
+                                               modules_to_save=["embed_tokens", "lm_head"])
+    _, plain, plain_merged = save_tiny_lora(tmp_path / "plain", seed=4, target_modules=["q_proj", "v_proj"],
+                                            modules_to_save=["lm_head"])
+    _, lora_only, _ = save_tiny_lora(tmp_path / "lora-only", seed=5)
+    models = load_models(str(base), adapters={"grown": str(grown), "plain": str(plain)})
+    assert models.residency == "sequential" and "vocabularies of different sizes" in models.provenance[
+        "residency_reason"]
+    for role, merged in (("grown", grown_merged), ("plain", plain_merged)):
+        expected = run(load_pair(str(base), tuned=str(merged)), prompts, max_new_tokens=12, bootstrap=0,
+                       progress=False, event_kinds="first_diff")
+        got = run(models, prompts, tuned=role, max_new_tokens=12, bootstrap=0, progress=False, event_kinds="first_diff")
+        assert expected.records and [(r.prompt_id, r.position, r.t_pt, r.t_it) for r in got.records] == [
+            (r.prompt_id, r.position, r.t_pt, r.t_it) for r in expected.records], role
+    with pytest.raises(ModelLoadError, match="vocabularies of different sizes.*--residency sequential"):
+        load_models(str(base), adapters={"grown": str(grown), "plain": str(plain)}, residency="adapter")
+    for order in (("lora-only", "grown"), ("grown", "lora-only")):
+        paths = {"lora-only": str(lora_only), "grown": str(grown)}
+        shared = load_models(str(base), adapters={role: paths[role] for role in order})
+        assert shared.residency == "adapter", order
+        got = run(shared, prompts, tuned="grown", max_new_tokens=12, bootstrap=0, progress=False,
+                  event_kinds="first_diff")
+        expected = run(load_pair(str(base), tuned=str(grown_merged)), prompts, max_new_tokens=12, bootstrap=0,
+                       progress=False, event_kinds="first_diff")
+        assert [(r.prompt_id, r.position, r.t_pt, r.t_it) for r in got.records] == [
+            (r.prompt_id, r.position, r.t_pt, r.t_it) for r in expected.records], order
+
+
 @pytest.mark.parametrize("init", ["pissa", "olora"])
 def test_an_adapter_whose_initialisation_rewrites_the_base_loads_the_base_on_its_own(tmp_path, prompts, init):
     """PiSSA and OLoRA adapters saved as trained (not converted to plain LoRA) make PEFT rewrite the

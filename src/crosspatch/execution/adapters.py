@@ -85,11 +85,15 @@ def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options
     the base role reads this same copy, adapter switched off)."""
     from peft import PeftModel
 
+    rows = {role: _fit_vocabulary(base_model, path) for role, path in adapter_roles.items()}  # the largest
+    if len(set(r for r in rows.values() if r is not None)) > 1:  # (residency chosen: sequential)
+        raise ModelLoadError(
+            "adapters trained with vocabularies of different sizes (" + ", ".join(
+                f"{role}: {n} rows" for role, n in rows.items() if n is not None) + ") cannot share one copy of the "
+            f"base {base}: run them with --residency sequential (each model loads on its own)")
     model = None
     for role, path in adapter_roles.items():
         settings, adapter_warnings = adapter_settings(path, base, shares_base or len(adapter_roles) > 1)
-        if model is None:  # (adapters loaded beside it on the same copy were trained with the same tokens, or are named)
-            _fit_vocabulary(base_model, path)
         warnings += [w if len(adapter_roles) == 1 else f"{role}: {w}" for w in adapter_warnings]
         try:
             with quiet_loading(options.verbose), warnings_module.catch_warnings(record=True) as caught:
@@ -116,13 +120,14 @@ def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options
     return model
 
 
-def _fit_vocabulary(model, adapter: str) -> None:
+def _fit_vocabulary(model, adapter: str) -> int | None:
     """Grow ``model``'s embedding and output rows to the vocabulary ``adapter`` was trained with,
     where it holds more rows than the model: tokens added for fine-tuning (a chat format's
     ``<|im_start|>``, TRL's ``setup_chat_format``) with the embeddings saved in the adapter
     (``modules_to_save``) or adapted by LoRA, which load only onto a base resized as it was, as PEFT
     asks of its users. The new rows are zeros; no id the base's tokenizer gives reaches them, and
-    the descendant's ids that the base does not share are masked from every pick (the real vocabulary)."""
+    the descendant's ids that the base does not share are masked from every pick (the real vocabulary).
+    Returns the adapter's vocabulary rows (None where it holds no embedding or output weights)."""
     import torch
 
     from ..models.adapters import adapter_vocabulary_rows
@@ -133,10 +138,11 @@ def _fit_vocabulary(model, adapter: str) -> None:
     rows = adapter_vocabulary_rows(adapter, [m for m in modules if m])
     old = embeddings.weight.shape[0]
     if rows is None or rows <= old:
-        return
+        return rows
     model.resize_token_embeddings(rows, mean_resizing=False)
     with torch.no_grad():
         for module in (model.get_input_embeddings(), model.get_output_embeddings()):
             if module is not None:
                 module.weight[old:].zero_()
+    return rows
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
-from ..models.adapters import adapter_settings, changes_base_in_place, check_adapter_files
+from ..models.adapters import adapter_settings, changes_base_in_place, check_adapter_files, vocabulary_conflict
 from ..models.checks import check_special_tokens, compare_configs, compare_facts, model_facts
 from ..models.forward import ModelHandle
 from ..models.loading import (
@@ -66,7 +66,8 @@ def choose_residency(base: str, tuned: str | list[str] | None, adapter: str | li
     """The residency to use and why: ``adapter`` for PEFT adapters (one copy of the base weights
     serves every role), unless an adapter changes the base's weights as it loads
     (:func:`~crosspatch.models.adapters.changes_base_in_place`: then the base needs a copy of its
-    own); otherwise ``both`` when all models fit in the free memory of the target device with 20%
+    own) or several adapters were trained with vocabularies of different sizes
+    (:func:`~crosspatch.models.adapters.vocabulary_conflict`: each then loads on its own); otherwise ``both`` when all models fit in the free memory of the target device with 20%
     headroom, else ``sequential`` (one model at a time). ``both`` with adapters only holds two
     copies: the base's, and one that the adapters share."""
     tuned = [tuned] if isinstance(tuned, str) else list(tuned or [])
@@ -78,10 +79,12 @@ def choose_residency(base: str, tuned: str | list[str] | None, adapter: str | li
             raise ModelLoadError("residency 'adapter' needs --adapter (and no --tuned checkpoints)")
         return options.residency, "asked for"
     trained = next((why for why in map(changes_base_in_place, adapter) if why), None)
-    if adapter and not tuned and not trained:
+    # one shared copy would give each adapter the others' changes, or fit one vocabulary only
+    apart = trained or vocabulary_conflict(base, adapter)
+    if adapter and not tuned and not apart:
         return "adapter", "PEFT adapter: one copy of the base weights serves every model"
-    if trained and len(adapter) > 1:  # one shared copy would give each adapter the others' changes
-        return "sequential", f"{trained}, so each model loads on its own"
+    if apart and len(adapter) > 1:
+        return "sequential", f"{apart}, so each model loads on its own"
     if adapter:
         tuned = tuned + [base]  # the adapters share one more copy of the base weights
     residency, why = _fitting_residency(base, tuned, options)

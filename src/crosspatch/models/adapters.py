@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ModelLoadError, PickleWeightsRefusedError, UnsupportedAdapterError, first_line
 from .loading import is_local
-from .paths import local_config
+from .paths import local_config, text_config
 
 
 def read_adapter_config(adapter: str) -> dict:
@@ -133,6 +133,28 @@ def adapter_vocabulary_rows(adapter: str, modules: list[str]) -> int | None:
             if shape is not None and len(shape) == 2:
                 rows.append(shape[dim])
     return max(rows) if rows else None
+
+
+def vocabulary_conflict(base: str, adapters: list[str]) -> str | None:
+    """What keeps local ``adapters`` from sharing one copy of a local ``base``: some were trained
+    with more vocabulary rows than others (tokens added before one was trained, not before
+    another, :func:`adapter_vocabulary_rows`), so no one size of the base's embeddings fits them
+    all; None where they fit one copy or where it cannot be told without loading (hub models). The
+    base's embedding and output modules are its weights of the vocabulary's rows (and
+    ``lm_head``, which a checkpoint with tied weights leaves out)."""
+    root = Path(base).expanduser()
+    if len(adapters) < 2 or not root.is_dir():
+        return None
+    rows = text_config(local_config(base)).get("vocab_size")
+    shapes = _shapes(sorted(root.glob("*.safetensors")))
+    modules = {key.removesuffix(".weight") for key, shape in shapes.items()
+               if key.endswith(".weight") and len(shape) == 2 and shape[0] == rows} | {"lm_head"}
+    found = {path: adapter_vocabulary_rows(path, sorted(modules)) for path in adapters}
+    sizes = {path: n for path, n in found.items() if n is not None}
+    if len(set(sizes.values())) < 2:
+        return None
+    return "adapters trained with vocabularies of different sizes (" + ", ".join(
+        f"{Path(path).name}: {n} rows" for path, n in sizes.items()) + ")"
 
 
 def _shapes(files) -> dict[str, tuple[int, ...]]:
