@@ -86,6 +86,8 @@ def test_the_features_finding_follows_the_shares_of_small_sets_and_the_random_co
     base = _summary(_run(_block((1, 0, 2), (2, 1, 3), (1, 0.5, 1.5))))
     strong = "\n".join(demo_reading({**base, "features": _features(0.6, 0.6, 0.01)}))
     assert "passes its quality gate" in strong and "at most 10 of 256 latents carry half or more" in strong
+    # the change in Y, signed as Y moves (a drop of 0.6 lowers it; it never "lowers Y by -x")
+    assert "changes Y by -0.60 on the descendant's upstream state and by +0.00 on the base's" in strong
     # 200 latents are not a small set: a 95% share there does not make the finding
     weak = "\n".join(demo_reading({**base, "features": _features(0.05, 0.6, 0.01, passed=False)}))
     assert "FAILS" in weak and "no small feature set" in weak

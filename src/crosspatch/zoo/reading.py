@@ -253,9 +253,9 @@ def features(summary: dict) -> list[str]:
         finding = "the top-ranked features do no better than random ones"
     return [f"**Features**: the shipped crosscoder {'passes' if gate['passed'] else 'FAILS'} its quality gate on the "
             f"demo's held-out events (mean L0 {gate['mean_l0']:.1f} for k = {gate['target_k']}). Removing the IT "
-            f"decoder contribution of the {ks[0]} top-ranked latents lowers Y by {top['drop_uit_lit']:+.2f} on the "
-            f"descendant's upstream state and by {top['drop_upt_lit']:+.2f} on the base's ({ks[0]} frequency-matched "
-            f"random latents: {rnd['drop_uit_lit']:+.2f} and {rnd['drop_upt_lit']:+.2f}); share of the held-out "
+            f"decoder contribution of the {ks[0]} top-ranked latents changes Y by {0.0 - top['drop_uit_lit']:+.2f} on the "
+            f"descendant's upstream state and by {0.0 - top['drop_upt_lit']:+.2f} on the base's ({ks[0]} frequency-matched "
+            f"random latents: {0.0 - rnd['drop_uit_lit']:+.2f} and {0.0 - rnd['drop_upt_lit']:+.2f}); share of the held-out "
             f"interaction removed: {shares or 'n/a'}: {finding}."]
 
 
