@@ -191,6 +191,23 @@ def test_a_workflow_document_of_an_older_crosspatch_is_not_read_back_as_this_ver
         finished_document(tmp_path, "preflight", inputs)
 
 
+def test_a_workflow_directory_whose_writes_were_cut_short_is_written_again(tmp_path):
+    """A workflow writes its pages, then its document (which marks the result done): stopped between
+    them (a full disk, a kill), the directory holds its own pages or NAME.tmp files and no result. The
+    same command writes it again; a file of anyone else's still makes it refuse the directory."""
+    from crosspatch.errors import RunDirectoryNotEmptyError
+    from crosspatch.workflows.output import finished_document
+
+    out = tmp_path / "preflight-out"
+    out.mkdir()
+    for name in ("preflight.md", "preflight.html", "preflight.json.tmp"):
+        (out / name).write_text("partial", encoding="utf-8")
+    assert finished_document(out, "preflight", {"base": "b"}) is None
+    (out / "splice.json.tmp").write_text("partial", encoding="utf-8")  # another workflow's: not this one's
+    with pytest.raises(RunDirectoryNotEmptyError, match="holds no preflight result"):
+        finished_document(out, "preflight", {"base": "b"})
+
+
 def test_overwrite_removes_what_later_commands_added_and_nothing_it_did_not_write(tmp_path):
     """A preflight or a feature study added to a run is read back into its summary and reports: an
     overwritten run must not show the old run's (a preflight of another pair passed, say)."""

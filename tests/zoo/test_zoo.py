@@ -357,6 +357,7 @@ def test_the_demo_writes_only_into_a_new_or_earlier_demo_directory(tmp_path):
     earlier = tmp_path / "earlier"
     (earlier / "it-full").mkdir(parents=True)
     (earlier / "summary.json").write_text(json.dumps({"schema_version": DEMO_SCHEMA}))
+    (earlier / "report.html.tmp").write_text("<html")  # an earlier demo killed while writing its report
     check_demo_dir(earlier)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")

@@ -33,7 +33,8 @@ def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run
     workflow adds its file and a section to the run's reports) and a
     :class:`RunSettingsMismatchError` for the same workflow on other inputs. ``own_entries``: names
     the workflow itself writes before its document (an interrupted run's, resumed by their own
-    logic), accepted in the directory."""
+    logic), accepted in the directory, as are its pages without their document and its files that a
+    kill cut short (``NAME.tmp``): a write of its outputs that was interrupted."""
     if out is None:
         return None
     path = Path(out)
@@ -57,7 +58,10 @@ def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run
                 f"{path} holds a {kind} of other inputs ({'; '.join(diff[:4])}); choose another --out, nothing "
                 "was overwritten")
         return document
-    if path.is_dir() and any(p.name not in own_entries for p in path.iterdir()):
+    # this workflow's pages written before its document, or any of its files a kill cut short: an
+    # interrupted write (the document, written last, marks a result done), rewritten now
+    partial = {f"{kind}.md", f"{kind}.html"} | {f"{kind}.{ext}.tmp" for ext in ("json", "md", "html")}
+    if path.is_dir() and any(p.name not in own_entries and p.name not in partial for p in path.iterdir()):
         from ..store import RunStore
 
         if not (allow_run_dir and RunStore(path).is_run()):

@@ -253,6 +253,7 @@ def check_demo_dir(out: Path, descendants=DESCENDANTS) -> None:
         raise RunDirectoryNotEmptyError(f"--out {out} exists and is not a directory")
     own = set(descendants) | set(DESCENDANTS) | set(PREFLIGHTS) | {
         "compare", "lineage", "sweep-it-full", VISION_RUN, "summary.json", "report.md", "report.html"}
+    own |= {f"{name}.tmp" for name in own}  # a write of its own that a kill cut short (write_whole's)
     foreign = sorted(p.name for p in out.iterdir() if p.name not in own)
     summary = out / "summary.json"
     if summary.exists():
