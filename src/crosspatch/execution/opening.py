@@ -67,7 +67,8 @@ def choose_residency(base: str, tuned: str | list[str] | None, adapter: str | li
     serves every role), unless an adapter changes the base's weights as it loads
     (:func:`~crosspatch.models.adapters.changes_base_in_place`: then the base needs a copy of its
     own) or several adapters were trained with vocabularies of different sizes
-    (:func:`~crosspatch.models.adapters.vocabulary_conflict`: each then loads on its own); otherwise ``both`` when all models fit in the free memory of the target device with 20%
+    (:func:`~crosspatch.models.adapters.vocabulary_conflict`: each then loads on its own);
+    otherwise ``both`` when all models fit in the free memory of the target device with 20%
     headroom, else ``sequential`` (one model at a time). ``both`` with adapters only holds two
     copies: the base's, and one that the adapters share."""
     tuned = [tuned] if isinstance(tuned, str) else list(tuned or [])

@@ -52,11 +52,11 @@ def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run
             from ..store import settings_diff
 
             diff = settings_diff(old, inputs) if isinstance(old, dict) else ["not a crosspatch document"]
-            diff = diff or ["written by another crosspatch, whose results this version would not reproduce (its "
-                            "result rules changed)"]
-            raise RunSettingsMismatchError(
-                f"{path} holds a {kind} of other inputs ({'; '.join(diff[:4])}); choose another --out, nothing "
-                "was overwritten")
+            what = f"of other inputs ({'; '.join(diff[:4])})" if diff else (
+                "of these inputs written by another crosspatch, whose results this version would not reproduce "
+                "(its result rules changed)")
+            raise RunSettingsMismatchError(f"{path} holds a {kind} {what}; choose another --out, nothing was "
+                                           "overwritten")
         return document
     # this workflow's pages written before its document, or any of its files a kill cut short: an
     # interrupted write (the document, written last, marks a result done), rewritten now
