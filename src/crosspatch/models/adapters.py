@@ -153,8 +153,11 @@ def vocabulary_conflict(base: str, adapters: list[str]) -> str | None:
     sizes = {path: n for path, n in found.items() if n is not None}
     if len(set(sizes.values())) < 2:
         return None
+    names = {path: Path(path).name for path in sizes}
+    if len(set(names.values())) < len(names):  # (adapters saved in folders of one name: their paths)
+        names = {path: str(path) for path in sizes}
     return "adapters trained with vocabularies of different sizes (" + ", ".join(
-        f"{Path(path).name}: {n} rows" for path, n in sizes.items()) + ")"
+        f"{names[path]}: {n} rows" for path, n in sizes.items()) + ")"
 
 
 def _shapes(files) -> dict[str, tuple[int, ...]]:
