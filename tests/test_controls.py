@@ -308,3 +308,35 @@ def test_the_controls_frame_has_its_columns_with_or_without_controls():
     assert list(with_one.columns) == list(CONTROL_COLUMNS) and with_one.iloc[0]["status"] == "warn"
     none = RunResult(summary={"controls": []}, records=[], no_divergence=[], config={}).controls()
     assert list(none.columns) == list(CONTROL_COLUMNS) and none[none.status == "fail"].empty
+
+
+def test_the_pre_divergence_control_shares_the_searchs_states_and_scores_as_full_passes_would(monkeypatch):
+    """Under the minimal plan the earlier prefix's states are the first positions of the event's,
+    which the search recorded: no full pass runs for them (its diagonal cells are each model's own
+    late stack on them), and its cells are those of full passes over the earlier prefixes."""
+    from crosspatch.core.cells import score_events
+    from crosspatch.core.divergence import DivergenceEvent
+    from crosspatch.execution import executor as executor_module
+
+    pair = make_pair("llama", scale=0.3)
+    captured: list[int] = []
+    real_capture = executor_module.Executor._capture
+
+    def counting(self, p):
+        captured.append(len(p.sequences))
+        return real_capture(self, p)
+
+    monkeypatch.setattr(executor_module.Executor, "_capture", counting)
+    result = run(pair, many_prompts(10), boundary=2, max_new_tokens=10, bootstrap=0, progress=False,
+                 controls="pre_divergence", event_kinds="first_diff", analysis_options={"pre_divergence": {"rule": "half"}})
+    rows = result.analyses["control_pre_divergence"]
+    assert len(rows) == len(result.records) >= 5 and not captured, "no full pass: the search's states serve"
+    monkeypatch.undo()
+    early = [DivergenceEvent(r["prompt_id"], r["category"], r["prompt_len"], r["position"], r["prefix_ids"],
+                             r["t_pt"], r["t_it"], "pre_divergence") for r in rows]
+    full = score_events(pair, early, [2])  # both models' full passes over the earlier prefixes
+    for row, want in zip(rows, full):
+        assert (row["t_pt"], row["t_it"], row["position"]) == (want.t_pt, want.t_it, want.position)
+        for readout, cells in want.cells.items():
+            for cell, value in cells.items():
+                assert abs(row["cells"][readout][cell] - value) <= 1e-4, (row["key"], readout, cell)

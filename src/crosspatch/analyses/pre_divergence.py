@@ -14,7 +14,8 @@ from ..core.analysis import Analysis, EventSet
 from ..core.cells import CellsConfig, CrossPatch
 from ..core.divergence import DivergenceEvent
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
-from ..execution import Executor, Program
+from ..execution import Executor, Late, Program
+from ..models.forward import EventStates
 from .common import cell_records, cell_rows, interaction_block, mean_interaction, stable_rng
 
 MAX_SHARE = 0.25  # |I at the earlier prefix| <= this share of I (or of 1 logit)
@@ -44,7 +45,8 @@ class PreDivergence(Analysis):
     seed: int = 0
 
     def work_per_event(self, num_layers: int, budget: int, model_config: dict | None = None) -> float:
-        """The 2x2 of the earlier prefix (every event at most)."""
+        """The 2x2 of the earlier prefix (every event at most; its full passes are two late passes
+        where the search recorded the event's states, fewer than this bound)."""
         return CrossPatch([self.boundary], self.cells).work_per_event(num_layers, budget)
 
     def _cut(self, e: DivergenceEvent) -> int | None:
@@ -57,17 +59,37 @@ class PreDivergence(Analysis):
         return max(1, (e.position + 1) // 2)
 
     def program(self, ex: Executor, evset: EventSet) -> Program:
-        early = []
+        early, sources = [], []
         for e in evset.events:
             cut = self._cut(e)
             if cut is not None and len(e.prefix_ids) - cut >= 1:
                 early.append(DivergenceEvent(e.prompt_id, e.category, e.prompt_len, e.position - cut,
                                              e.prefix_ids[:-cut], e.t_pt, e.t_it, "pre_divergence"))
+                sources.append(e)
         if not early:
             return []
+        natural = yield from self._earlier_states(evset, sources, early)
         scored = yield from CrossPatch([self.boundary], self.cells).program(
-            ex, EventSet(early, evset.base, evset.tuned, None))
+            ex, EventSet(early, evset.base, evset.tuned, natural))
         return cell_rows(scored)
+
+    def _earlier_states(self, evset: EventSet, sources: list[DivergenceEvent],
+                        early: list[DivergenceEvent]) -> Program:
+        """Both models' states over each earlier prefix, shared with the 2x2 where the search
+        recorded its event's: the boundary states are the first positions of the event's (attention
+        is causal), the final states at the earlier prefix's end each model's late stack run on its
+        own (one late pass each, the diagonal cells, instead of a full pass of each model). None
+        where the search recorded no states (the 2x2 of the earlier prefix then runs its full passes)."""
+        b, roles, natural = self.boundary, (evset.base, evset.tuned), evset.natural or {}
+        if not all(e.key in natural and all(r in natural[e.key] and b in natural[e.key][r].boundary for r in roles)
+                   for e in sources):
+            return None
+        seqs = [x.prefix_ids for x in early]
+        upstream = {r: [natural[e.key][r].boundary[b][: len(x.prefix_ids)] for e, x in zip(sources, early)]
+                    for r in roles}
+        finals = yield [Late(r, b, upstream[r], seqs) for r in roles]
+        return {x.key: {r: EventStates({b: upstream[r][k]}, finals[n][k]) for n, r in enumerate(roles)}
+                for k, x in enumerate(early)}
 
 
 def build(options: PreDivergenceOptions, plan: PlanContext) -> PreDivergence:
