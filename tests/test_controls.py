@@ -340,3 +340,17 @@ def test_the_pre_divergence_control_shares_the_searchs_states_and_scores_as_full
         for readout, cells in want.cells.items():
             for cell, value in cells.items():
                 assert abs(row["cells"][readout][cell] - value) <= 1e-4, (row["key"], readout, cell)
+
+
+def test_the_pre_divergence_control_of_identical_late_stacks_scores_exact_zero_late_effects():
+    """A descendant that differs only below the boundary: under the minimal plan too, the control's
+    four cells come from late passes of identical stacks on the same states, so both late effects are
+    exactly zero (the 2x2's own diagonal cells, natural passes of the search, are zero up to rounding)."""
+    pair = make_pair("llama", perturb=[0, 1], scale=0.4)
+    result = run(pair, many_prompts(12), boundary=2, max_new_tokens=10, bootstrap=0, progress=False,
+                 controls="pre_divergence", event_kinds="first_diff", analysis_options={"pre_divergence": {"rule": "half"}})
+    rows = result.analyses["control_pre_divergence"]
+    assert len(rows) >= 5
+    for row in rows:
+        for cells in row["cells"].values():
+            assert cells["uit_lit"] == cells["uit_lpt"] and cells["upt_lit"] == cells["upt_lpt"], row["key"]
