@@ -344,8 +344,7 @@ def test_the_pre_divergence_control_shares_the_searchs_states_and_scores_as_full
 
 def test_the_pre_divergence_control_of_identical_late_stacks_scores_exact_zero_late_effects():
     """A descendant that differs only below the boundary: under the minimal plan too, the control's
-    four cells come from late passes of identical stacks on the same states, so both late effects are
-    exactly zero (the 2x2's own diagonal cells, natural passes of the search, are zero up to rounding)."""
+    late effects are exactly zero (its four cells: identical stacks on the same states)."""
     pair = make_pair("llama", perturb=[0, 1], scale=0.4)
     result = run(pair, many_prompts(12), boundary=2, max_new_tokens=10, bootstrap=0, progress=False,
                  controls="pre_divergence", event_kinds="first_diff", analysis_options={"pre_divergence": {"rule": "half"}})
