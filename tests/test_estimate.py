@@ -40,10 +40,12 @@ def test_the_estimate_counts_each_planned_analysis_as_it_states_its_passes():
     parts = estimate_work(config, [30], [2], 4).per_token
     assert parts["search"] == 2 and parts["cells"] == pytest.approx(2 * 2 / 4)
     assert parts["hybrid_state"] == pytest.approx((5 + 3) * 2 / 4)  # interpolation, diagonals, random draws
-    assert parts["pre_divergence"] == pytest.approx(2 + 2 * 2 / 4)  # the 2x2 of the earlier prefix
+    assert parts["pre_divergence"] == pytest.approx(4 * 2 / 4)  # the 2x2 of the earlier prefix on the search's states
     assert parts["event_kinds"] == pytest.approx(2 * (2 + 2 * 2 / 4))  # two more kinds, each scored as the 2x2
     assert "routing" in parts and estimate_work(config, [30], [2], 4, model_config={"hidden_size": 8}).per_token.get(
         "routing", 0) == 0  # two late passes on mixture-of-experts models only
+    exact = estimate_work(RunConfig(max_new_tokens=24, boundary=2, plan="exact"), [30], [2], 4).per_token
+    assert exact["pre_divergence"] == pytest.approx(2 + 2 * 2 / 4)  # the exact plan: both models' full passes too
     fewer = estimate_work(RunConfig(max_new_tokens=24, boundary=2, controls="none", event_kinds="first_diff"), [30], [2], 4)
     assert set(fewer.per_token) == {"search", "cells", "routing"} and fewer.total < estimate_work(config, [30], [2], 4).total
     nulls = estimate_work(RunConfig(max_new_tokens=24, boundary=2, synthetic_nulls=2), [30], [2], 4).per_token

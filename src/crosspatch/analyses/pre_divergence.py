@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core.analysis import Analysis, EventSet
+from ..core.analysis import Analysis, EventSet, late_passes
 from ..core.cells import CellsConfig, CrossPatch
 from ..core.divergence import DivergenceEvent
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
@@ -43,10 +43,13 @@ class PreDivergence(Analysis):
     name: str = "control_pre_divergence"
     rule: str = "half"
     seed: int = 0
+    states_recorded: bool = False  # the search records the events' states (the minimal plan)
 
     def work_per_event(self, num_layers: int, budget: int, model_config: dict | None = None) -> float:
-        """The 2x2 of the earlier prefix (every event at most; its full passes are two late passes
-        where the search recorded the event's states, fewer than this bound)."""
+        """The 2x2 of the earlier prefix (every event at most): four late passes where the search
+        records the events' states, else both models' full passes and two late passes."""
+        if self.states_recorded:
+            return late_passes(4, self.boundary, num_layers)
         return CrossPatch([self.boundary], self.cells).work_per_event(num_layers, budget)
 
     def _cut(self, e: DivergenceEvent) -> int | None:
@@ -93,7 +96,8 @@ class PreDivergence(Analysis):
 
 
 def build(options: PreDivergenceOptions, plan: PlanContext) -> PreDivergence:
-    return PreDivergence(plan.headline, plan.cells, rule=options.rule, seed=plan.config.seed)
+    return PreDivergence(plan.headline, plan.cells, rule=options.rule, seed=plan.config.seed,
+                         states_recorded=plan.config.plan == "minimal")
 
 
 def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
