@@ -423,7 +423,7 @@ CASES = [
          lambda e: ["compare", "--base", str(e.base), "--tuned", str(e.tuned), "--cross", "tuned", "--prompts",
                     str(e.prompts), "--out", str(e.tmp / "cmp_cross2")], "OptionError"),
     Case("models", "a tokenizer whose ids go beyond the model's embeddings", _small_vocabulary_pair,
-         "VocabularyMismatchError", loads=True),
+         "VocabularyMismatchError"),
     Case("models", "an encoder-decoder checkpoint (T5)",
          lambda e: e.run_args(tuned=e.file("t5/config.json", json.dumps({"model_type": "t5", "is_encoder_decoder": True,
                                                                          "num_layers": 2})).parent),

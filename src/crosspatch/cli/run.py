@@ -123,7 +123,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     from ..inputs.chats import check_chat_rows
     from ..models.adapters import check_adapter_files
     from ..models.anatomy import check_supported
-    from ..models.checks import compare_configs
+    from ..models.checks import compare_configs, local_input_embeddings
     from ..models.loading import check_custom_code, check_weight_format
     from ..models.paths import local_config, local_is_multimodal, local_max_positions
     from ..runner.checks import (
@@ -132,6 +132,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
         check_model_path,
         check_out_dir,
         check_prompt_lengths,
+        check_prompt_token_ids,
         local_num_layers,
         validate_load_options,
         validate_run_options,
@@ -176,6 +177,10 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     # the base's positions
     check_prompt_lengths(list(token_ids), list(token_ids.values()), config.max_new_tokens, local_max_positions(base),
                          *_decoding_reach(config, layers, items))
+    # ids a tokenizer that is not its model's gives beyond a checkpoint's embeddings (an adapter's model: the base's)
+    check_prompt_token_ids(list(token_ids), list(token_ids.values()),
+                           {"base": local_input_embeddings(base),
+                            **{f"descendant {path}": local_input_embeddings(path) for path in tuned}})
     images = [p.id for p in items if p.metadata.get("image")]
     if images and local_is_multimodal(base) is False:
         raise PromptImageError(f"prompt(s) {', '.join(images[:5])} have an image, but the base is a text-only model")

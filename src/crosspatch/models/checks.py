@@ -55,6 +55,25 @@ def config_facts(path: str) -> dict:
             "hidden_size": config_hidden_size(config)}
 
 
+def local_input_embeddings(path: str) -> int | None:
+    """A local checkpoint's input-embedding rows, read before any weight loads: its config's
+    vocabulary size (a multimodal model's ``text_config``) where a weight of that many rows in its
+    safetensors files confirms it; None otherwise (a hub id, a config that does not say, or one
+    its weights do not bear out: left to the check made once the model has loaded)."""
+    from pathlib import Path
+
+    from .paths import text_config
+
+    rows = text_config(local_config(path)).get("vocab_size")
+    root = Path(path).expanduser()
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows <= 0 or not root.is_dir():
+        return None
+    from .adapters import _shapes
+
+    shapes = _shapes(sorted(root.glob("*.safetensors")))
+    return rows if any(len(shape) == 2 and shape[0] == rows for shape in shapes.values()) else None
+
+
 def compare_configs(base: str, descendant: str, names: tuple[str, str] = ("PT", "IT")) -> None:
     """:func:`compare_facts` from two local checkpoints' config.json files, before their weights
     load (the same named errors; a fact either config leaves unsaid is left to the check made
