@@ -111,8 +111,8 @@ def check_adapter_files(path: str, allow_pickle: bool, base: str | None = None) 
             "arbitrary code when loaded. Convert to safetensors, or pass --allow-pickle if you trust it.")
     if base is not None and (root / "adapter_model.safetensors").is_file() and Path(base).expanduser().is_dir() \
             and "quantization_config" not in local_config(base):  # a quantized base's weights are packed
-        check_lora_fits(path, config, _shapes([root / "adapter_model.safetensors"]),
-                        _shapes(sorted(Path(base).expanduser().glob("*.safetensors"))), base)
+        check_lora_fits(path, config, weight_shapes([root / "adapter_model.safetensors"]),
+                        weight_shapes(sorted(Path(base).expanduser().glob("*.safetensors"))), base)
 
 
 def adapter_vocabulary_rows(adapter: str, modules: list[str]) -> int | None:
@@ -124,7 +124,7 @@ def adapter_vocabulary_rows(adapter: str, modules: list[str]) -> int | None:
     weights = Path(adapter).expanduser() / "adapter_model.safetensors"
     if not weights.is_file():
         return None
-    shapes = _shapes([weights])
+    shapes = weight_shapes([weights])
     rows = []
     for module in modules:
         prefix = f"base_model.model.{module}."
@@ -146,7 +146,7 @@ def vocabulary_conflict(base: str, adapters: list[str]) -> str | None:
     if len(adapters) < 2 or not root.is_dir():
         return None
     rows = text_config(local_config(base)).get("vocab_size")
-    shapes = _shapes(sorted(root.glob("*.safetensors")))
+    shapes = weight_shapes(sorted(root.glob("*.safetensors")))
     modules = {key.removesuffix(".weight") for key, shape in shapes.items()
                if key.endswith(".weight") and len(shape) == 2 and shape[0] == rows} | {"lm_head"}
     found = {path: adapter_vocabulary_rows(path, sorted(modules)) for path in adapters}
@@ -160,7 +160,7 @@ def vocabulary_conflict(base: str, adapters: list[str]) -> str | None:
         f"{names[path]}: {n} rows" for path, n in sizes.items()) + ")"
 
 
-def _shapes(files) -> dict[str, tuple[int, ...]]:
+def weight_shapes(files) -> dict[str, tuple[int, ...]]:
     """Each floating-point tensor's shape, read from the safetensors files' headers (no weight is
     read); packed integer tensors (a quantized checkpoint's) are left out, and a file that cannot be
     read is left to the loader, which names it."""
@@ -260,7 +260,7 @@ def changes_base_in_place(adapter: str) -> str | None:
     init, bias = config.get("init_lora_weights"), config.get("bias", "none")
     weights = Path(adapter).expanduser() / "adapter_model.safetensors"
     changed = base_change(init, bias, lambda: not weights.is_file() or any(
-        name.endswith(".bias") and "lora_" not in name for name in _shapes([weights])))
+        name.endswith(".bias") and "lora_" not in name for name in weight_shapes([weights])))
     if changed == "init":
         return (f"adapter init_lora_weights={init!r}: PEFT rewrites the base's weights in place as it loads the "
                 "adapter, so with the adapter switched off the model is not the base")

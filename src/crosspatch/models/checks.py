@@ -68,9 +68,9 @@ def local_input_embeddings(path: str) -> int | None:
     root = Path(path).expanduser()
     if not isinstance(rows, int) or isinstance(rows, bool) or rows <= 0 or not root.is_dir():
         return None
-    from .adapters import _shapes
+    from .adapters import weight_shapes
 
-    shapes = _shapes(sorted(root.glob("*.safetensors")))
+    shapes = weight_shapes(sorted(root.glob("*.safetensors")))
     return rows if any(len(shape) == 2 and shape[0] == rows for shape in shapes.values()) else None
 
 
