@@ -436,7 +436,7 @@ CASES = [
          lambda e: e.run_args(tuned=_model_dir(e, "reward_model", lambda d: (d / "config.json").write_text(json.dumps(
              {**json.loads((d / "config.json").read_text()), "architectures": ["LlamaForSequenceClassification"]})))),
          "UnsupportedArchitectureError"),
-    Case("models", "a checkpoint that lacks a weight", lambda e: e.run_args(tuned=_lacking_weight(e)), "ModelLoadError", loads=True),
+    Case("models", "a checkpoint that lacks a weight", lambda e: e.run_args(tuned=_lacking_weight(e)), "ModelLoadError"),
     Case("models", "a checkpoint directory without weight files",
          lambda e: e.run_args(tuned=_model_dir(e, "no_weights", lambda d: (d / "model.safetensors").unlink())),
          "ModelLoadError"),
@@ -456,7 +456,7 @@ CASES = [
     Case("models", "a descendant whose tokenizer splits the prompts otherwise (it adds no BOS)",
          lambda e: e.run_args(tuned=_no_bos(e)), "PromptTokenizationMismatchError"),
     Case("models", "a config.json whose shapes are not its weights", lambda e: e.run_args(tuned=_other_shapes(e)),
-         "ModelLoadError", loads=True),
+         "ModelLoadError"),
     Case("models", "an adapter_config.json that is not JSON",
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_bad_cfg", lambda d: (d / "adapter_config.json").write_text("{x"))),
          "ModelLoadError"),
@@ -823,8 +823,9 @@ def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
 def render_table() -> str:
     """The docs/errors.md table of the catalogue."""
     after = sum(c.loads for c in CASES)
-    lines = [TABLE_START, "", f"{len(CASES)} bad inputs, each checked by `tests/test_bad_inputs.py` through the CLI; all "
-             f"but the {after} marked *after loading* are named before any model's weights load (the test checks it):",
+    which = f"all but the {after} marked *after loading*" if after else "every one"
+    lines = [TABLE_START, "", f"{len(CASES)} bad inputs, each checked by `tests/test_bad_inputs.py` through the CLI; "
+             f"{which} {'are' if after else 'is'} named before any model's weights load (the test checks it):",
              "", "| group | bad input | error |", "|---|---|---|"]
     for c in CASES:
         what = c.description.replace('|', '/') + (" (*after loading*)" if c.loads else "")

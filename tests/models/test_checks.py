@@ -237,10 +237,38 @@ def _saved_pair_with_tuned_weights(tmp_path, edit):
 
 
 @pytest.mark.parametrize("residency", ["both", "sequential"])
-def test_a_checkpoint_lacking_a_weight_is_refused_not_initialised_at_random(tmp_path, residency):
+def test_a_checkpoint_lacking_a_weight_is_refused_not_initialised_at_random(tmp_path, monkeypatch, residency):
+    """Told from the two checkpoints' safetensors headers before any weight loads; a checkpoint
+    with no reference of its layout (loaded alone) is refused by the loader."""
+    import crosspatch.execution.opening as opening
+    from crosspatch.models.loading import LoadOptions, load_causal_lm
+
     base, tuned = _saved_pair_with_tuned_weights(tmp_path, lambda t: t.pop("model.layers.2.mlp.up_proj.weight"))
+    with monkeypatch.context() as spy:
+        spy.setattr(opening, "load_causal_lm", lambda *a, **k: pytest.fail("a model's weights were loaded"))
+        with pytest.raises(ModelLoadError, match=r"lacks 1 weight.*model\.layers\.2\.mlp\.up_proj\.weight"):
+            load_pair(base, tuned=tuned, residency=residency)
     with pytest.raises(ModelLoadError, match=r"lacks 1 weight.*model\.layers\.2\.mlp\.up_proj\.weight"):
-        load_pair(base, tuned=tuned, residency=residency)
+        load_causal_lm(tuned, LoadOptions())
+
+
+def test_weight_layout_checks_leave_alone_what_is_not_a_missing_weight(tmp_path):
+    """The header comparison names only a descendant of its base's layout that lacks a matrix: a
+    head tied to the embeddings and left out of the file, and a descendant whose weights are named
+    otherwise (saved by another library version), are left to the loader."""
+    from crosspatch.models.checks import compare_weight_layouts
+
+    base, tuned = _saved_pair_with_tuned_weights(tmp_path / "tied", lambda t: t.pop("lm_head.weight"))
+    config = json.loads((tmp_path / "tied" / "tuned" / "config.json").read_text())
+    with pytest.raises(ModelLoadError, match="lm_head.weight"):  # its config unties the head: it is missing
+        compare_weight_layouts(base, tuned)
+    for tie in (True, None):  # tied to the embeddings, or not said: the head is left out of the file
+        (tmp_path / "tied" / "tuned" / "config.json").write_text(json.dumps(
+            {k: v for k, v in config.items() if k != "tie_word_embeddings"} | ({"tie_word_embeddings": tie} if tie else {})))
+        compare_weight_layouts(base, tuned)
+    base, tuned = _saved_pair_with_tuned_weights(
+        tmp_path / "renamed", lambda t: t.update({"model.layers.0.mlp.fused.weight": t.pop("model.layers.0.mlp.up_proj.weight")}))
+    compare_weight_layouts(base, tuned)
 
 
 @pytest.mark.parametrize("residency", ["both", "sequential"])
@@ -310,6 +338,7 @@ def test_weights_of_other_shapes_than_the_config_are_named(tmp_path):
 
     from crosspatch.errors import ModelLoadError
     from crosspatch.execution import load_pair
+    from crosspatch.models.loading import LoadOptions, load_causal_lm
     from crosspatch.testing import save_tiny_pair
 
     root = save_tiny_pair(tmp_path)
@@ -317,6 +346,10 @@ def test_weights_of_other_shapes_than_the_config_are_named(tmp_path):
     config["intermediate_size"] = 48
     (root / "tuned" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=r"shapes its config.json gives.*64.*48"):
+        load_causal_lm(str(root / "tuned"), LoadOptions())
+    # beside its base, whose config and weights agree, it is told from the config files and the weights'
+    # headers before any weight loads
+    with pytest.raises(ModelLoadError, match=r"differ in intermediate_size 64 vs 48, while every weight has the same"):
         load_pair(str(root / "base"), tuned=str(root / "tuned"))
 
 

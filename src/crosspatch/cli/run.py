@@ -123,7 +123,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     from ..inputs.chats import check_chat_rows
     from ..models.adapters import check_adapter_files
     from ..models.anatomy import check_supported
-    from ..models.checks import compare_configs, local_input_embeddings
+    from ..models.checks import compare_configs, compare_weight_layouts, local_input_embeddings
     from ..models.loading import check_custom_code, check_weight_format
     from ..models.paths import local_config, local_is_multimodal, local_max_positions
     from ..runner.checks import (
@@ -164,7 +164,9 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
         check_custom_code(path, options.trust_remote_code)
         check_weight_format(path, options.allow_pickle)
     for path in tuned:  # another architecture, depth or width, from the config files (--dry-run too)
-        compare_configs(base, path, ("PT", "IT") if len(tuned) + len(adapters) == 1 else ("base", path))
+        names = ("PT", "IT") if len(tuned) + len(adapters) == 1 else ("base", path)
+        compare_configs(base, path, names)
+        compare_weight_layouts(base, path, names)  # a descendant lacking weights, a config not its weights
     layers = local_num_layers(base)
     if layers is not None:
         resolve_boundaries(config, layers)

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ..models.adapters import adapter_settings, changes_base_in_place, check_adapter_files, vocabulary_conflict
-from ..models.checks import check_special_tokens, compare_configs, compare_facts, model_facts
+from ..models.checks import check_special_tokens, compare_configs, compare_facts, compare_weight_layouts, model_facts
 from ..models.forward import ModelHandle
 from ..models.loading import (
     DTYPES,
@@ -170,7 +170,9 @@ def load_models(
         check_custom_code(path, options.trust_remote_code)
         check_weight_format(path, options.allow_pickle)  # every checkpoint's, before the base's weights load
     for role, path in tuned_roles.items():  # from their config.json files, before any weight loads
-        compare_configs(base, path, ("PT", "IT") if len(tuned_roles) + len(adapter_roles) == 1 else (BASE, role))
+        names = ("PT", "IT") if len(tuned_roles) + len(adapter_roles) == 1 else (BASE, role)
+        compare_configs(base, path, names)
+        compare_weight_layouts(base, path, names)
     for path in adapter_roles.values():
         check_model_path(path, "tuned", adapter=True)  # adapters load at their main revision
         check_adapter_files(path, options.allow_pickle, base)  # and that its LoRA weights fit the base's

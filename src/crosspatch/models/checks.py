@@ -86,6 +86,52 @@ def compare_configs(base: str, descendant: str, names: tuple[str, str] = ("PT", 
     compare_facts({**a, "class": None}, {**b, "class": None}, names)  # depth and width, where both say them
 
 
+# config fields that set weights' shapes: two configs that differ in one, over weights of the same shapes,
+# cannot both describe their weights
+SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                "vocab_size", "n_embd", "n_inner", "n_head", "ffn_dim", "moe_intermediate_size", "num_local_experts",
+                "num_experts")
+OUTPUT_HEADS = ("lm_head.", "embed_out.", "output.")  # a head tied to the embeddings is not saved
+
+
+def compare_weight_layouts(base: str, descendant: str, names: tuple[str, str] = ("PT", "IT")) -> None:
+    """Before any weight loads, from two local checkpoints' safetensors headers (the same layout:
+    every weight the descendant holds is the base's, by name), the errors loading would give once
+    the models had loaded: a descendant lacking matrices its base has (transformers would
+    initialise them at random), or two config.json files that differ in a field that sets
+    weights' shapes while every weight has the same shape in both (one config does not describe
+    its weights). A descendant of another layout (saved by another library version, a hub id) or
+    a quantized checkpoint is left to the loader."""
+    from pathlib import Path
+
+    from ..errors import ModelLoadError
+    from .adapters import weight_shapes
+    from .paths import text_config
+
+    roots = [Path(p).expanduser() for p in (base, descendant)]
+    if not all(r.is_dir() for r in roots) or any("quantization_config" in local_config(p) for p in (base, descendant)):
+        return  # (a quantized checkpoint's packed weights are not read from its headers)
+    ours, theirs = (weight_shapes(sorted(r.glob("*.safetensors"))) for r in roots)
+    if not ours or not theirs or not set(theirs) <= set(ours):
+        return
+    cb, cd = text_config(local_config(base)), text_config(local_config(descendant))
+    unties = cd.get("tie_word_embeddings") is False  # (else a tied head is left out of its file)
+    missing = sorted(k for k in set(ours) - set(theirs)
+                     if len(ours[k]) == 2 and (unties or not any(k.startswith(h) or f".{h}" in k for h in OUTPUT_HEADS)))
+    x, y = names
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise ModelLoadError(f"{descendant} ({y}) lacks {len(missing)} weight(s) that {base} ({x}) has ({shown}); "
+                             "transformers would initialise them at random. Is the checkpoint complete (every shard "
+                             "of its index present)?")
+    if set(theirs) == set(ours) and all(theirs[k] == ours[k] for k in ours):
+        differ = [f"{f} {cb[f]} vs {cd[f]}" for f in SHAPE_FIELDS if f in cb and f in cd and cb[f] != cd[f]]
+        if differ:
+            raise ModelLoadError(f"the config.json files of {base} ({x}) and {descendant} ({y}) differ in "
+                                 f"{', '.join(differ)}, while every weight has the same shape in both: one config "
+                                 "does not describe its weights. Is each config.json the checkpoint's own?")
+
+
 def check_special_tokens(tok_pt, tok_it, allow_mismatch: bool = False) -> list[str]:
     """Compare BOS/EOS/PAD/UNK. Raises unless ``allow_mismatch``; then returns warnings."""
     diffs = []
