@@ -266,6 +266,14 @@ def test_weight_layout_checks_leave_alone_what_is_not_a_missing_weight(tmp_path)
         (tmp_path / "tied" / "tuned" / "config.json").write_text(json.dumps(
             {k: v for k, v in config.items() if k != "tie_word_embeddings"} | ({"tie_word_embeddings": tie} if tie else {})))
         compare_weight_layouts(base, tuned)
+    base, tuned = _saved_pair_with_tuned_weights(tmp_path / "null", lambda t: None)
+    config = json.loads((tmp_path / "null" / "base" / "config.json").read_text())
+    assert isinstance(config.get("head_dim"), int)
+    (tmp_path / "null" / "base" / "config.json").write_text(json.dumps(config | {"head_dim": None}))
+    compare_weight_layouts(base, tuned)  # a field one config leaves null (its default) is not a difference
+    (tmp_path / "null" / "base" / "config.json").write_text(json.dumps(config | {"head_dim": 2 * config["head_dim"]}))
+    with pytest.raises(ModelLoadError, match="head_dim"):
+        compare_weight_layouts(base, tuned)
     base, tuned = _saved_pair_with_tuned_weights(
         tmp_path / "renamed", lambda t: t.update({"model.layers.0.mlp.fused.weight": t.pop("model.layers.0.mlp.up_proj.weight")}))
     compare_weight_layouts(base, tuned)
