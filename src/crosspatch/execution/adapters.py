@@ -9,7 +9,7 @@ import warnings as warnings_module
 from pathlib import Path
 
 from ..errors import ModelLoadError
-from ..models.adapters import adapter_settings
+from ..models.adapters import adapter_settings, vocabulary_sizes_text
 from ..models.loading import LoadOptions, load_tokenizer, quiet_loading
 from .roles import BASE
 
@@ -85,12 +85,10 @@ def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options
     the base role reads this same copy, adapter switched off)."""
     from peft import PeftModel
 
-    rows = {role: _fit_vocabulary(base_model, path) for role, path in adapter_roles.items()}  # the largest
-    if len(set(r for r in rows.values() if r is not None)) > 1:  # (residency chosen: sequential)
-        raise ModelLoadError(
-            "adapters trained with vocabularies of different sizes (" + ", ".join(
-                f"{role}: {n} rows" for role, n in rows.items() if n is not None) + ") cannot share one copy of the "
-            f"base {base}: run them with --residency sequential (each model loads on its own)")
+    rows = {role: n for role, path in adapter_roles.items() if (n := _fit_vocabulary(base_model, path)) is not None}
+    if len(set(rows.values())) > 1:  # (the base grown to the largest; with no residency asked for: sequential)
+        raise ModelLoadError(f"{vocabulary_sizes_text(rows)} cannot share one copy of the base {base}: run them with "
+                             "--residency sequential (each model loads on its own)")
     model = None
     for role, path in adapter_roles.items():
         settings, adapter_warnings = adapter_settings(path, base, shares_base or len(adapter_roles) > 1)

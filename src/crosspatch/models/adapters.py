@@ -111,8 +111,7 @@ def check_adapter_files(path: str, allow_pickle: bool, base: str | None = None) 
             "arbitrary code when loaded. Convert to safetensors, or pass --allow-pickle if you trust it.")
     if base is not None and (root / "adapter_model.safetensors").is_file() and Path(base).expanduser().is_dir() \
             and "quantization_config" not in local_config(base):  # a quantized base's weights are packed
-        check_lora_fits(path, config, weight_shapes([root / "adapter_model.safetensors"]),
-                        weight_shapes(sorted(Path(base).expanduser().glob("*.safetensors"))), base)
+        check_lora_fits(path, config, weight_shapes([root / "adapter_model.safetensors"]), checkpoint_shapes(base), base)
 
 
 def adapter_vocabulary_rows(adapter: str, modules: list[str]) -> int | None:
@@ -142,13 +141,9 @@ def vocabulary_conflict(base: str, adapters: list[str]) -> str | None:
     all; None where they fit one copy or where it cannot be told without loading (hub models). The
     base's embedding and output modules are its weights of the vocabulary's rows (and
     ``lm_head``, which a checkpoint with tied weights leaves out)."""
-    root = Path(base).expanduser()
-    if len(adapters) < 2 or not root.is_dir():
+    if len(adapters) < 2 or not Path(base).expanduser().is_dir():
         return None
-    rows = text_config(local_config(base)).get("vocab_size")
-    shapes = weight_shapes(sorted(root.glob("*.safetensors")))
-    modules = {key.removesuffix(".weight") for key, shape in shapes.items()
-               if key.endswith(".weight") and len(shape) == 2 and shape[0] == rows} | {"lm_head"}
+    modules = vocabulary_weights(base)[1] | {"lm_head"}
     found = {path: adapter_vocabulary_rows(path, sorted(modules)) for path in adapters}
     sizes = {path: n for path, n in found.items() if n is not None}
     if len(set(sizes.values())) < 2:
@@ -156,8 +151,30 @@ def vocabulary_conflict(base: str, adapters: list[str]) -> str | None:
     names = {path: Path(path).name for path in sizes}
     if len(set(names.values())) < len(names):  # (adapters saved in folders of one name: their paths)
         names = {path: str(path) for path in sizes}
-    return "adapters trained with vocabularies of different sizes (" + ", ".join(
-        f"{names[path]}: {n} rows" for path, n in sizes.items()) + ")"
+    return vocabulary_sizes_text({names[path]: n for path, n in sizes.items()})
+
+
+def vocabulary_sizes_text(rows: dict[str, int]) -> str:
+    """How adapters of different vocabularies are named (``rows``: each one's name -> its rows)."""
+    return ("adapters trained with vocabularies of different sizes ("
+            + ", ".join(f"{name}: {n} rows" for name, n in rows.items()) + ")")
+
+
+def checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """:func:`weight_shapes` of a local checkpoint directory's safetensors files (none for a hub id)."""
+    root = Path(path).expanduser()
+    return weight_shapes(sorted(root.glob("*.safetensors"))) if root.is_dir() else {}
+
+
+def vocabulary_weights(path: str) -> tuple[int | None, set[str]]:
+    """A local checkpoint's vocabulary size by its config (a multimodal model's ``text_config``) and
+    the names, less ``.weight``, of its weights of that many rows (its embedding and output
+    matrices); None and none where the config does not say."""
+    rows = text_config(local_config(path)).get("vocab_size")
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows <= 0:
+        return None, set()
+    return rows, {key.removesuffix(".weight") for key, shape in checkpoint_shapes(path).items()
+                  if key.endswith(".weight") and len(shape) == 2 and shape[0] == rows}
 
 
 def weight_shapes(files) -> dict[str, tuple[int, ...]]:

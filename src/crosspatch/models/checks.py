@@ -60,18 +60,10 @@ def local_input_embeddings(path: str) -> int | None:
     vocabulary size (a multimodal model's ``text_config``) where a weight of that many rows in its
     safetensors files confirms it; None otherwise (a hub id, a config that does not say, or one
     its weights do not bear out: left to the check made once the model has loaded)."""
-    from pathlib import Path
+    from .adapters import vocabulary_weights
 
-    from .paths import text_config
-
-    rows = text_config(local_config(path)).get("vocab_size")
-    root = Path(path).expanduser()
-    if not isinstance(rows, int) or isinstance(rows, bool) or rows <= 0 or not root.is_dir():
-        return None
-    from .adapters import weight_shapes
-
-    shapes = weight_shapes(sorted(root.glob("*.safetensors")))
-    return rows if any(len(shape) == 2 and shape[0] == rows for shape in shapes.values()) else None
+    rows, weights = vocabulary_weights(path)
+    return rows if weights else None
 
 
 def compare_configs(base: str, descendant: str, names: tuple[str, str] = ("PT", "IT")) -> None:
@@ -105,13 +97,13 @@ def compare_weight_layouts(base: str, descendant: str, names: tuple[str, str] = 
     from pathlib import Path
 
     from ..errors import ModelLoadError
-    from .adapters import weight_shapes
+    from .adapters import checkpoint_shapes
     from .paths import text_config
 
-    roots = [Path(p).expanduser() for p in (base, descendant)]
-    if not all(r.is_dir() for r in roots) or any("quantization_config" in local_config(p) for p in (base, descendant)):
+    if not all(Path(p).expanduser().is_dir() for p in (base, descendant)) or any(
+            "quantization_config" in local_config(p) for p in (base, descendant)):
         return  # (a quantized checkpoint's packed weights are not read from its headers)
-    ours, theirs = (weight_shapes(sorted(r.glob("*.safetensors"))) for r in roots)
+    ours, theirs = checkpoint_shapes(base), checkpoint_shapes(descendant)
     if not ours or not theirs or not set(theirs) <= set(ours):
         return
     cb, cd = text_config(local_config(base)), text_config(local_config(descendant))
