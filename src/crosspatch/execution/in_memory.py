@@ -125,9 +125,9 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
     """A pair from one PEFT model in memory: ``base`` is the model with its adapters switched off,
     ``tuned`` with ``adapter_name`` (default: the active adapter) on; no second copy of the
     weights (residency "adapter"). The model is put in eval mode (the caller restores training)."""
-    from ..models.anatomy import unwrap_peft
+    from ..models.anatomy import is_peft_model, unwrap_peft
 
-    if not type(peft_model).__module__.startswith("peft"):
+    if not is_peft_model(peft_model):
         raise ModelLoadError(f"pair_from_peft_model needs a PEFT model, not {type(peft_model).__name__}")
     name = adapter_name or peft_model.active_adapter
     opts = in_memory_options(options, {BASE: peft_model}, "adapter")
@@ -173,7 +173,9 @@ def pair_from_models(pt_model, it_model, tokenizer, tokenizer_it=None, **options
 
 
 def _is_peft_wrapper(model) -> bool:
-    return type(model).__module__.startswith("peft") and callable(getattr(model, "disable_adapter", None))
+    from ..models.anatomy import is_peft_model
+
+    return is_peft_model(model) and callable(getattr(model, "disable_adapter", None))
 
 
 def _injected_adapters(model: nn.Module) -> bool:

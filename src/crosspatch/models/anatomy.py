@@ -26,10 +26,15 @@ _REGISTRY: dict[str, tuple[str, str]] = {
 _NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "norm_f", "final_norm", "final_layernorm")
 
 
+def is_peft_model(model) -> bool:
+    """Whether ``model`` is a PEFT wrapper (``PeftModel`` and its task classes), not a transformers model."""
+    return type(model).__module__.startswith("peft")
+
+
 def unwrap_peft(model: nn.Module) -> nn.Module:
     """Return the transformers model under a PEFT wrapper (LoRA layers stay injected)."""
     get_base = getattr(model, "get_base_model", None)
-    if get_base is not None and type(model).__module__.startswith("peft"):
+    if get_base is not None and is_peft_model(model):
         return get_base()
     return model
 

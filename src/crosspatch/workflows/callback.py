@@ -32,6 +32,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from ..errors import ModelLoadError, OptionError
+from ..models.anatomy import is_peft_model
 from ..runner.summary import HEADLINE_EFFECTS as METRICS  # the effects it logs
 from ..store import write_whole
 
@@ -111,7 +112,7 @@ class CrosspatchCallback(TrainerCallback):
             from ..runner.checks import check_chat_template
 
             check_chat_template(self.tokenizer)
-        if model is not None and not _is_peft(model) and self.base is None:
+        if model is not None and not is_peft_model(model) and self.base is None:
             raise OptionError("CrosspatchCallback on a full fine-tune needs base= (the base checkpoint's path or "
                               "module); for a PEFT model the base is the adapter switched off")
         self._check_out_is_this_training(int(getattr(state, "global_step", 0) or 0))
@@ -155,7 +156,7 @@ class CrosspatchCallback(TrainerCallback):
     def _pair(self, model):
         from ..execution import pair_from_models, pair_from_peft_model
 
-        if _is_peft(model):
+        if is_peft_model(model):
             return pair_from_peft_model(model, self.tokenizer)
         if self._base_model is None:
             self._base_model = self._load_base(model)
@@ -252,8 +253,3 @@ def _check_base(base) -> None:
     from ..models.paths import check_model_path
 
     check_model_path(str(base), "CrosspatchCallback base=")
-
-
-def _is_peft(model) -> bool:
-    return type(model).__module__.startswith("peft")
-
