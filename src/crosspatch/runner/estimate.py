@@ -78,9 +78,9 @@ def _one_run(config, boundaries: list[int], num_layers: int, validators: dict | 
     unstated = []
     for analysis in chunk_plan(config, boundaries, num_layers, extra, validators).analyses:
         work = analysis.work_per_event(num_layers, config.max_new_tokens, model_config)
+        name = analysis.name.removeprefix("control_")  # a control's records stem: its name
         if work is None:
-            unstated.append(analysis.name.removeprefix("control_"))
+            unstated.append(name)
         else:
-            name = analysis.name.removeprefix("control_")  # a control's records stem: its name
             per_token[name] = per_token.get(name, 0.0) + work
     return per_token, unstated
