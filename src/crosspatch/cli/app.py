@@ -157,7 +157,10 @@ def _interrupted(exc: BaseException | None) -> bool:
 
 
 def main() -> None:
+    from ..models.collector import pause_full_collections
+
     _quiet_libraries()
+    pause_full_collections()  # until the first weight loads (models.collector.settle)
     try:
         app()
     except (KeyboardInterrupt, SystemExit) as exc:  # records already appended stay: the same command resumes

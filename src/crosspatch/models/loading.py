@@ -234,7 +234,10 @@ def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None =
     ``warnings``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
+    from .collector import settle
+
     check_weight_format(path, options.allow_pickle)
+    settle()  # the command line's start is over: no weight is frozen (see collector)
     kwargs = dict(
         dtype=DTYPES[resolve_dtype(options.dtype, options.device)],
         trust_remote_code=options.trust_remote_code,

@@ -77,6 +77,9 @@ def build_zoo(out: str | Path, spec: ZooSpec | None = None, log=print, replace: 
     :class:`RunDirectoryNotEmptyError`) come before any work."""
     from peft import LoraConfig, get_peft_model
 
+    from ..models.collector import settle
+
+    settle()  # before any model is built (see models.collector)
     spec = spec or ZooSpec()
     out = Path(out)
     check_zoo_target(out, spec, replace)
