@@ -86,3 +86,32 @@ def test_a_quantized_base_is_left_to_the_loader(tmp_path):
         check_adapter_files(adapter, False, base)
     (tmp_path / "base" / "config.json").write_text(json.dumps(config | {"quantization_config": {"quant_method": "bnb"}}))
     check_adapter_files(adapter, False, base)
+
+
+def test_an_output_lora_over_added_tokens_fits_a_vision_language_base(tmp_path):
+    """A vision-language config keeps its vocabulary size in ``text_config``: an adapter trained
+    after tokens were added (its output LoRA has more rows than the base's vocabulary) fits there
+    as it fits a text-only base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+
+    from crosspatch.testing.vision import tiny_vlm
+
+    tiny_vlm().save_pretrained(str(tmp_path / "base"))
+    assert "vocab_size" not in json.loads((tmp_path / "base" / "config.json").read_text())
+    weights = load_file(str(tmp_path / "base" / "model.safetensors"))  # named as the modules are (Qwen2-VL's layout)
+    weights["lm_head.weight"] = weights.pop("language_model.lm_head.weight")
+    save_file(weights, str(tmp_path / "base" / "model.safetensors"), metadata={"format": "pt"})
+    model = get_peft_model(tiny_vlm(), LoraConfig(r=4, target_modules=["lm_head", "q_proj"], init_lora_weights=False))
+    model.save_pretrained(str(tmp_path / "adapter"))
+    adapter, key = str(tmp_path / "adapter"), "base_model.model.lm_head.lora_B.weight"
+
+    def add_two_tokens(t):
+        t[key] = torch.cat([t[key], torch.zeros(2, t[key].shape[1])])
+
+    _edit(adapter, add_two_tokens)
+    check_adapter_files(adapter, False, str(tmp_path / "base"))
+    _edit(adapter, lambda t: t.__setitem__(key, t[key][:-4]))  # fewer rows than the base's vocabulary
+    with pytest.raises(AdapterShapeMismatchError, match="lm_head maps"):
+        check_adapter_files(adapter, False, str(tmp_path / "base"))

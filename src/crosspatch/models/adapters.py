@@ -214,7 +214,8 @@ def check_lora_fits(path: str, config: dict, lora: dict[str, tuple[int, ...]], b
         if len(parts) == 3 and parts[1] in ("lora_A", "lora_B") and parts[2] == "weight" and len(shape) == 2:
             pairs.setdefault(parts[0], {})[parts[1]] = shape
     rank = config.get("r") if not config.get("rank_pattern") else None
-    vocab_rows = local_config(base).get("vocab_size") if Path(base).expanduser().is_dir() else None
+    vocab_rows = text_config(local_config(base)).get("vocab_size") if Path(base).expanduser().is_dir() else None
+    vocab_rows = vocab_rows if isinstance(vocab_rows, int) and not isinstance(vocab_rows, bool) else None
     for module, matrices in sorted(pairs.items()):
         if len(matrices) < 2:
             have, lack = ("lora_A", "lora_B") if "lora_A" in matrices else ("lora_B", "lora_A")
