@@ -112,6 +112,30 @@ def test_torn_line_and_incomplete_prompt_are_redone(tmp_path):
     assert again.summary["cost_this_session"]["prompts_processed"] == 1
 
 
+def test_a_directory_killed_while_its_marker_was_written_is_a_new_run(tmp_path):
+    """The marker is the first file of a run directory: a kill while it was written leaves its
+    ``.tmp`` alone, which the next run takes for its own; beside anything else it is refused."""
+    from crosspatch.errors import RunDirectoryNotEmptyError
+    from crosspatch.runner.checks import check_out_dir
+    from crosspatch.store import MARKER, RunStore
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f"{MARKER}.tmp").write_text('{"finger', encoding="utf-8")
+    check_out_dir(out)  # the command line's check before loading
+    RunStore(out).prepare("abc")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / f"{MARKER}.tmp").write_text("", encoding="utf-8")
+    (other / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(RunDirectoryNotEmptyError, match="did not write"):
+        check_out_dir(other)
+    with pytest.raises(RunDirectoryNotEmptyError, match="did not write"):
+        RunStore(other).prepare("abc")
+    assert (other / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
 @pytest.mark.slow
 def test_a_run_directory_refuses_other_settings(tmp_path):
     pair = make_pair("llama", scale=0.2)

@@ -212,7 +212,7 @@ def check_out_dir(out: str | Path, resume: bool = True, overwrite: bool = False,
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise RunDirectoryNotEmptyError(f"--out {out} exists and is not a directory")
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and any(path.iterdir()) and not RunStore(path).holds_only_a_cut_short_marker():
         kind = collection_kind(path)
         if kind is not None and kind != collection:
             raise RunDirectoryNotEmptyError(

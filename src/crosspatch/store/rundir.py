@@ -153,6 +153,13 @@ class RunStore:
                 return False
         return False
 
+    def holds_only_a_cut_short_marker(self) -> bool:
+        """Whether the directory holds nothing but the marker's temporary file: a run killed while
+        it wrote its first file (the marker), which the next run here starts afresh."""
+        cut_short = self.path / f"{MARKER}.tmp"
+        return (cut_short.is_file() and not cut_short.is_symlink()
+                and [p.name for p in self.path.iterdir()] == [cut_short.name])
+
     def _marker(self) -> dict:
         try:
             return json.loads((self.path / MARKER).read_text(encoding="utf-8"))
@@ -188,6 +195,9 @@ class RunStore:
         crosspatch run directory cleared. Anything else non-empty is refused."""
         if self.path.exists() and not self.path.is_dir():
             raise RunDirectoryNotEmptyError(f"{self.path} exists and is not a directory")
+        if self.holds_only_a_cut_short_marker():
+            with _guard_write(self.path):
+                (self.path / f"{MARKER}.tmp").unlink()
         if self.path.exists() and any(self.path.iterdir()):
             if not self.is_run():
                 raise RunDirectoryNotEmptyError(
