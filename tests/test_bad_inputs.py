@@ -66,9 +66,9 @@ def _jsonl(rows) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
 
 
-def _model_dir(env: Env, name: str, mutate) -> Path:
+def _model_dir(env: Env, name: str, mutate, source: Path | None = None) -> Path:
     target = env.tmp / name
-    shutil.copytree(env.tuned, target)
+    shutil.copytree(source or env.tuned, target)
     mutate(target)
     return target
 
@@ -159,6 +159,14 @@ def _lacking_weight(env: Env) -> Path:
     def drop(d):
         _edit_safetensors(d / "model.safetensors", lambda t: t.pop(next(k for k in sorted(t) if "layers.1.mlp" in k)))
     return _model_dir(env, "lacking_weight", drop)
+
+
+def _base_lacking_weight(env: Env, source: Path | None = None) -> Path:
+    """A base whose file lost one layer's attention weight: no descendant holds fewer, so only its
+    own config.json tells (an adapter's base likewise)."""
+    def drop(d):
+        _edit_safetensors(d / "model.safetensors", lambda t: t.pop(next(k for k in sorted(t) if "layers.0.self_attn" in k)))
+    return _model_dir(env, "base_lacking_weight", drop, source or env.base)
 
 
 def _other_shapes(env: Env) -> Path:
@@ -456,6 +464,16 @@ CASES = [
     Case("models", "a descendant whose tokenizer splits the prompts otherwise (it adds no BOS)",
          lambda e: e.run_args(tuned=_no_bos(e)), "PromptTokenizationMismatchError"),
     Case("models", "a config.json whose shapes are not its weights", lambda e: e.run_args(tuned=_other_shapes(e)),
+         "ModelLoadError"),
+    Case("models", "a base checkpoint that lacks a weight", lambda e: e.run_args(base=_base_lacking_weight(e)),
+         "ModelLoadError"),
+    Case("models", "an adapter's base checkpoint that lacks a weight",
+         lambda e: e.run_args("--adapter", str(e.adapter), base=_base_lacking_weight(e, e.lora_base), tuned=False),
+         "ModelLoadError"),
+    Case("models", "a base whose config.json gives other shapes than its weights",
+         lambda e: e.run_args(base=_model_dir(e, "base_other_shapes", lambda d: (d / "config.json").write_text(json.dumps(
+             {**json.loads((d / "config.json").read_text()), "num_attention_heads": 1, "num_key_value_heads": 1,
+              "head_dim": None})), e.base)),
          "ModelLoadError"),
     Case("models", "an adapter_config.json that is not JSON",
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_bad_cfg", lambda d: (d / "adapter_config.json").write_text("{x"))),

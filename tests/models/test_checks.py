@@ -355,10 +355,15 @@ def test_weights_of_other_shapes_than_the_config_are_named(tmp_path):
     (root / "tuned" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=r"shapes its config.json gives.*64.*48"):
         load_causal_lm(str(root / "tuned"), LoadOptions())
-    # beside its base, whose config and weights agree, it is told from the config files and the weights'
-    # headers before any weight loads
-    with pytest.raises(ModelLoadError, match=r"differ in intermediate_size 64 vs 48, while every weight has the same"):
-        load_pair(str(root / "base"), tuned=str(root / "tuned"))
+    # in a pair it is told from its own config and its weights' headers before any weight loads
+    import crosspatch.execution.opening as opening
+
+    with pytest.MonkeyPatch.context() as spy:
+        spy.setattr(opening, "load_causal_lm", lambda *a, **k: pytest.fail("a model's weights were loaded"))
+        with pytest.raises(ModelLoadError, match=r"tuned: weights do not have the shapes its config.json gives "
+                                                 r"\(model\.layers\.0\.mlp\.down_proj\.weight \[32, 64\] in the file, "
+                                                 r"\[32, 48\] by the config"):
+            load_pair(str(root / "base"), tuned=str(root / "tuned"))
 
 
 @pytest.mark.parametrize("residency", ["both", "sequential"])
@@ -538,3 +543,51 @@ def test_a_quantized_checkpoint_whose_package_is_missing_is_named_before_any_mod
     config["quantization_config"] = {"quant_method": "no-such-method"}  # the loader names what it does not know
     (target / "config.json").write_text(json.dumps(config))
     check_model_path(str(target), "tuned")
+
+
+@pytest.mark.parametrize("arch", sorted(__import__("crosspatch.testing", fromlist=["ARCHITECTURES"]).ARCHITECTURES))
+def test_every_architectures_own_save_fits_its_config(tmp_path, arch):
+    """The check of a checkpoint against its own config.json names nothing in what transformers
+    saves, whatever the architecture (tied heads, fused or renamed layouts left to the loader)."""
+    from crosspatch.models.checks import check_weights_fit_config
+
+    tiny_model(arch).save_pretrained(tmp_path)
+    check_weights_fit_config(str(tmp_path))
+
+
+def test_a_base_lacking_a_weight_or_not_described_by_its_config_is_named_before_any_weight_loads(tmp_path, monkeypatch):
+    """A base has no other checkpoint to be compared with: its safetensors headers are checked
+    against the model its own config.json describes (built on the meta device)."""
+    import crosspatch.execution.opening as opening
+    from crosspatch.models.checks import check_weights_fit_config
+
+    base, tuned = _saved_pair_with_tuned_weights(tmp_path, lambda t: None)
+    monkeypatch.setattr(opening, "load_causal_lm", lambda *a, **k: pytest.fail("a model's weights were loaded"))
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(f"{base}/model.safetensors")
+    save_file({k: v for k, v in weights.items() if k != "model.layers.1.self_attn.v_proj.weight"},
+              f"{base}/model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=r"base lacks 1 weight\(s\) that its LlamaForCausalLM needs "
+                                             r"\(model\.layers\.1\.self_attn\.v_proj\.weight\)"):
+        load_pair(base, tuned=tuned)
+    save_file(weights, f"{base}/model.safetensors", metadata={"format": "pt"})
+    check_weights_fit_config(base)
+    config = json.loads((tmp_path / "base" / "config.json").read_text())
+    (tmp_path / "base" / "config.json").write_text(json.dumps(config | {"hidden_size": 2 * config["hidden_size"]}))
+    with pytest.raises(ModelLoadError, match=r"base: weights do not have the shapes its config.json gives"):
+        load_pair(base, tuned=tuned)
+
+
+def test_a_checkpoint_named_otherwise_than_its_model_is_left_to_the_loader(tmp_path):
+    """Tensor names that are not the model's (another library version's layout, a conversion
+    mapping) say nothing about missing weights: nothing is named before loading."""
+    from safetensors.torch import load_file, save_file
+
+    from crosspatch.models.checks import check_weights_fit_config
+
+    tiny_model().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights = {k.replace("model.", "transformer.", 1): v for k, v in weights.items() if "layers.1.mlp" not in k}
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    check_weights_fit_config(str(tmp_path))

@@ -123,7 +123,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     from ..inputs.chats import check_chat_rows
     from ..models.adapters import check_adapter_files
     from ..models.anatomy import check_supported
-    from ..models.checks import compare_configs, compare_weight_layouts, local_input_embeddings
+    from ..models.checks import check_weights_fit_config, compare_configs, compare_weight_layouts, local_input_embeddings
     from ..models.loading import check_custom_code, check_weight_format
     from ..models.paths import local_config, local_is_multimodal, local_max_positions
     from ..runner.checks import (
@@ -163,6 +163,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     for path in [base, *tuned]:  # model code a checkpoint ships is named before its model type is compared
         check_custom_code(path, options.trust_remote_code)
         check_weight_format(path, options.allow_pickle)
+        check_weights_fit_config(path)  # a weight missing, or a config.json not its weights
     for path in tuned:  # another architecture, depth or width, from the config files (--dry-run too)
         names = ("PT", "IT") if len(tuned) + len(adapters) == 1 else ("base", path)
         compare_configs(base, path, names)

@@ -13,7 +13,14 @@ import torch
 
 from ..errors import ModelLoadError
 from ..models.adapters import adapter_settings, changes_base_in_place, check_adapter_files, vocabulary_conflict
-from ..models.checks import check_special_tokens, compare_configs, compare_facts, compare_weight_layouts, model_facts
+from ..models.checks import (
+    check_special_tokens,
+    check_weights_fit_config,
+    compare_configs,
+    compare_facts,
+    compare_weight_layouts,
+    model_facts,
+)
 from ..models.forward import ModelHandle
 from ..models.loading import (
     DTYPES,
@@ -169,6 +176,7 @@ def load_models(
     for path in [base, *tuned_roles.values()]:
         check_custom_code(path, options.trust_remote_code)
         check_weight_format(path, options.allow_pickle)  # every checkpoint's, before the base's weights load
+        check_weights_fit_config(path)  # a weight missing, or a config.json not its weights
     for role, path in tuned_roles.items():  # from their config.json files, before any weight loads
         names = ("PT", "IT") if len(tuned_roles) + len(adapter_roles) == 1 else (BASE, role)
         compare_configs(base, path, names)

@@ -142,3 +142,92 @@ def check_special_tokens(tok_pt, tok_it, allow_mismatch: bool = False) -> list[s
             "(allow_special_token_mismatch=True) to run anyway, with the difference recorded"
         )
     return [f"special token mismatch accepted: {d}" for d in diffs]
+
+
+def check_weights_fit_config(path: str) -> None:
+    """Before any weight loads, a local checkpoint's safetensors headers against the model its
+    config.json describes (built on the meta device: no memory, a fraction of a second), the
+    errors loading would give: a weight the model needs that no file holds (transformers would
+    initialise it at random; a head tied to the embeddings is not needed), or a weight whose shape
+    is not the config's (the config.json is not the checkpoint's own). A checkpoint whose tensor
+    names are not the model's (another library version's layout, a conversion mapping, a fused
+    mixture of experts), a quantized one, one that ships its own code, one the installed
+    transformers cannot build, or a hub id is left to the loader, which names the same errors."""
+    from ..errors import ModelLoadError
+    from .adapters import checkpoint_shapes
+    from .paths import text_config
+
+    config = local_config(path)
+    if not config or "auto_map" in config or any("quantization_config" in c for c in (config, text_config(config))):
+        return
+    saved = checkpoint_shapes(path)
+    skeleton = _skeleton(path, _signature(path)) if saved else None
+    if skeleton is None or not set(saved) <= set(skeleton.shapes):
+        return
+    needed = [names for names in skeleton.tied_groups if not any(n in saved for n in names)]
+    missing = sorted(names[0] for names in needed if not any(skeleton.ignored(n) for n in names))
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ModelLoadError(f"{path} lacks {len(missing)} weight(s) that its {skeleton.name} needs ({shown}); "
+                             "transformers would initialise them at random. Is the checkpoint complete (every shard "
+                             "of its index present)?")
+    other = [f"{k} {list(saved[k])} in the file, {list(skeleton.shapes[k])} by the config" for k in sorted(saved)
+             if tuple(saved[k]) != skeleton.shapes[k]]
+    if other:
+        raise ModelLoadError(f"{path}: weights do not have the shapes its config.json gives ({'; '.join(other[:3])}"
+                             f"{'; ...' if len(other) > 3 else ''}). Is the config.json the checkpoint's own?")
+
+
+class _Skeleton:
+    """What a model built from a config holds: each parameter's shape by name, the names that
+    share one tensor (a tied head), and the names transformers expects to be missing."""
+
+    def __init__(self, model) -> None:
+        import re
+
+        self.name = type(model).__name__
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        groups: dict[int, list[str]] = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            self.shapes[name] = tuple(param.shape)
+            groups.setdefault(id(param), []).append(name)
+        self.tied_groups = list(groups.values())
+        self._ignore = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_missing", None) or [])]
+
+    def ignored(self, name: str) -> bool:
+        return any(p.search(name) for p in self._ignore)
+
+
+def _signature(path: str) -> tuple:
+    """What the skeleton of ``path`` depends on: where its config.json is and what it says."""
+    import hashlib
+    from pathlib import Path
+
+    config = Path(path).expanduser() / "config.json"
+    try:
+        return (str(config.resolve()), hashlib.sha256(config.read_bytes()).hexdigest())
+    except OSError:
+        return (str(config),)
+
+
+_SKELETONS: dict[tuple, _Skeleton | None] = {}
+
+
+def _skeleton(path: str, signature: tuple) -> _Skeleton | None:
+    """The model ``path``'s config.json describes, built on the meta device once per config file
+    (the command line and the loader both check); None where transformers cannot build it."""
+    if signature not in _SKELETONS:
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+        from .loading import quiet_loading
+
+        try:
+            with quiet_loading(), init_empty_weights():
+                config = AutoConfig.from_pretrained(path)
+                auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None \
+                    else AutoModelForCausalLM
+                _SKELETONS[signature] = _Skeleton(auto.from_config(config))
+        except Exception:  # an unknown or unusual model: the loader's own errors, later
+            _SKELETONS[signature] = None
+    return _SKELETONS[signature]
