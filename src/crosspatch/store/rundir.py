@@ -154,11 +154,9 @@ class RunStore:
         return False
 
     def holds_only_a_cut_short_marker(self) -> bool:
-        """Whether the directory holds nothing but the marker's temporary file: a run killed while
-        it wrote its first file (the marker), which the next run here starts afresh."""
-        cut_short = self.path / f"{MARKER}.tmp"
-        return (cut_short.is_file() and not cut_short.is_symlink()
-                and [p.name for p in self.path.iterdir()] == [cut_short.name])
+        """Whether it holds only the marker's ``.tmp``: a run killed writing its first file, started afresh."""
+        tmp = self.path / f"{MARKER}.tmp"
+        return tmp.is_file() and not tmp.is_symlink() and [p.name for p in self.path.iterdir()] == [tmp.name]
 
     def _marker(self) -> dict:
         try:
