@@ -591,3 +591,21 @@ def test_a_checkpoint_named_otherwise_than_its_model_is_left_to_the_loader(tmp_p
     weights = {k.replace("model.", "transformer.", 1): v for k, v in weights.items() if "layers.1.mlp" not in k}
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     check_weights_fit_config(str(tmp_path))
+
+
+def test_a_buffer_an_older_version_saved_does_not_hide_a_missing_weight(tmp_path):
+    """Older Llama checkpoints hold each layer's rotary ``inv_freq`` beside the weights (transformers
+    drops it as it loads): the layout is still the model's, and a missing weight is still named."""
+    from safetensors.torch import load_file, save_file
+
+    from crosspatch.models.checks import check_weights_fit_config
+
+    tiny_model().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    check_weights_fit_config(str(tmp_path))
+    weights.pop("model.layers.0.mlp.up_proj.weight")
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=r"lacks 1 weight\(s\).*model\.layers\.0\.mlp\.up_proj\.weight"):
+        check_weights_fit_config(str(tmp_path))

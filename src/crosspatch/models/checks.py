@@ -162,7 +162,7 @@ def check_weights_fit_config(path: str) -> None:
         return
     saved = checkpoint_shapes(path)
     skeleton = _skeleton(path, _signature(path)) if saved else None
-    if skeleton is None or not set(saved) <= set(skeleton.shapes):
+    if skeleton is None or not skeleton.holds(saved):
         return
     needed = [names for names in skeleton.tied_groups if not any(n in saved for n in names)]
     missing = sorted(names[0] for names in needed if not any(skeleton.ignored(n) for n in names))
@@ -172,15 +172,16 @@ def check_weights_fit_config(path: str) -> None:
                              "transformers would initialise them at random. Is the checkpoint complete (every shard "
                              "of its index present)?")
     other = [f"{k} {list(saved[k])} in the file, {list(skeleton.shapes[k])} by the config" for k in sorted(saved)
-             if tuple(saved[k]) != skeleton.shapes[k]]
+             if k in skeleton.shapes and tuple(saved[k]) != skeleton.shapes[k]]
     if other:
         raise ModelLoadError(f"{path}: weights do not have the shapes its config.json gives ({'; '.join(other[:3])}"
                              f"{'; ...' if len(other) > 3 else ''}). Is the config.json the checkpoint's own?")
 
 
 class _Skeleton:
-    """What a model built from a config holds: each parameter's shape by name, the names that
-    share one tensor (a tied head), and the names transformers expects to be missing."""
+    """What a model built from a config holds: each parameter's shape by name, the names that share
+    one tensor (a tied head), its buffers' names, and the names transformers expects to be missing
+    (``ignored``) or drops as it loads (a buffer older versions saved)."""
 
     def __init__(self, model) -> None:
         import re
@@ -192,10 +193,17 @@ class _Skeleton:
             self.shapes[name] = tuple(param.shape)
             groups.setdefault(id(param), []).append(name)
         self.tied_groups = list(groups.values())
-        self._ignore = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_missing", None) or [])]
+        self.buffers = {name for name, _ in model.named_buffers(remove_duplicate=False)}  # (shapes not compared)
+        self._missing = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_missing", None) or [])]
+        self._extra = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])
+                       + [r"rotary_emb\.inv_freq$"]]
 
     def ignored(self, name: str) -> bool:
-        return any(p.search(name) for p in self._ignore)
+        return any(p.search(name) for p in self._missing)
+
+    def holds(self, names) -> bool:
+        """Whether every one of ``names`` is the model's, or one transformers drops as it loads."""
+        return all(n in self.shapes or n in self.buffers or any(p.search(n) for p in self._extra) for n in names)
 
 
 def _signature(path: str) -> tuple:
