@@ -27,6 +27,7 @@ from ..execution.batching import chunk_size, over_batch_tokens
 from ..execution.batching import state_cache_bytes as cache_bytes
 from ..inputs.chats import check_chat_rows
 from ..inputs.prompts import Prompt, as_prompts
+from ..models.collector import settle
 from ..models.forward import WorkCounter, counting_work
 from ..models.loading import DTYPES
 from ..store import RunStore, check_complete, completed_prompts
@@ -211,6 +212,7 @@ def run(
     check_model_set(pair, "run")
     config = RunConfig.with_overrides(config, **overrides)
     check_switches(resume=resume, progress=progress, overwrite=overwrite)
+    settle()  # a command whose weights load elsewhere (Ray workers) still collects its garbage (models.collector)
     if isinstance(analyses, (str, bytes)) or not isinstance(analyses, (list, tuple)) or \
             any(not isinstance(a, str) and not (hasattr(a, "name") and callable(getattr(a, "program", None)))
                 for a in analyses):  # (an Analysis, or an object of its shape)
