@@ -115,3 +115,35 @@ def test_an_output_lora_over_added_tokens_fits_a_vision_language_base(tmp_path):
     _edit(adapter, lambda t: t.__setitem__(key, t[key][:-4]))  # fewer rows than the base's vocabulary
     with pytest.raises(AdapterShapeMismatchError, match="lm_head maps"):
         check_adapter_files(adapter, False, str(tmp_path / "base"))
+
+
+def test_an_adapter_is_checked_against_a_base_saved_under_other_names_than_its_modules(tmp_path):
+    """A LLaVA checkpoint keeps its older tensor names (``language_model.model.layers...``) while
+    PEFT names the modules of the model transformers builds (``model.language_model.layers...``):
+    the fit is told from the model the base's config describes."""
+    from peft import LoraConfig, get_peft_model
+
+    from crosspatch.models.adapters import checkpoint_shapes
+    from crosspatch.testing.vision import tiny_vlm
+
+    tiny_vlm().save_pretrained(str(tmp_path / "base"))
+    base = str(tmp_path / "base")
+    model = get_peft_model(tiny_vlm(), LoraConfig(r=4, target_modules=["q_proj", "lm_head"], init_lora_weights=False))
+    model.save_pretrained(str(tmp_path / "adapter"))
+    adapter = str(tmp_path / "adapter")
+    key = next(k for k in weight_shapes_of(adapter) if "layers.0.self_attn.q_proj.lora_A" in k)
+    assert key.removeprefix("base_model.model.").replace(".lora_A", "") not in checkpoint_shapes(base)
+    check_adapter_files(adapter, False, base)
+
+    def widen(t):
+        t[key] = t[key].repeat(1, 2)
+
+    _edit(adapter, widen)
+    with pytest.raises(AdapterShapeMismatchError, match=r"q_proj maps 64 inputs to 32 outputs"):
+        check_adapter_files(adapter, False, base)
+
+
+def weight_shapes_of(adapter: str) -> dict:
+    from crosspatch.models.adapters import weight_shapes
+
+    return weight_shapes([f"{adapter}/adapter_model.safetensors"])

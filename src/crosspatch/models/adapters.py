@@ -111,7 +111,12 @@ def check_adapter_files(path: str, allow_pickle: bool, base: str | None = None) 
             "arbitrary code when loaded. Convert to safetensors, or pass --allow-pickle if you trust it.")
     if base is not None and (root / "adapter_model.safetensors").is_file() and Path(base).expanduser().is_dir() \
             and "quantization_config" not in local_config(base):  # a quantized base's weights are packed
-        check_lora_fits(path, config, weight_shapes([root / "adapter_model.safetensors"]), checkpoint_shapes(base), base)
+        from .skeleton import model_weight_shapes
+
+        # the base's modules by the names PEFT gives them (the model its config describes), its weights' own shapes
+        # first (a checkpoint laid out under other names is still checked)
+        base_shapes = model_weight_shapes(base) | checkpoint_shapes(base)
+        check_lora_fits(path, config, weight_shapes([root / "adapter_model.safetensors"]), base_shapes, base)
 
 
 def adapter_vocabulary_rows(adapter: str, modules: list[str]) -> int | None:

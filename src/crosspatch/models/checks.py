@@ -155,13 +155,10 @@ def check_weights_fit_config(path: str) -> None:
     transformers cannot build, or a hub id is left to the loader, which names the same errors."""
     from ..errors import ModelLoadError
     from .adapters import checkpoint_shapes
-    from .paths import text_config
+    from .skeleton import local_skeleton
 
-    config = local_config(path)
-    if not config or "auto_map" in config or any("quantization_config" in c for c in (config, text_config(config))):
-        return
     saved = checkpoint_shapes(path)
-    skeleton = _skeleton(path, _signature(path)) if saved else None
+    skeleton = local_skeleton(path) if saved else None
     if skeleton is None or not skeleton.holds(saved):
         return
     needed = [names for names in skeleton.tied_groups if not any(n in saved for n in names)]
@@ -176,66 +173,3 @@ def check_weights_fit_config(path: str) -> None:
     if other:
         raise ModelLoadError(f"{path}: weights do not have the shapes its config.json gives ({'; '.join(other[:3])}"
                              f"{'; ...' if len(other) > 3 else ''}). Is the config.json the checkpoint's own?")
-
-
-class _Skeleton:
-    """What a model built from a config holds: each parameter's shape by name, the names that share
-    one tensor (a tied head), its buffers' names, and the names transformers expects to be missing
-    (``ignored``) or drops as it loads (a buffer older versions saved)."""
-
-    def __init__(self, model) -> None:
-        import re
-
-        self.name = type(model).__name__
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        groups: dict[int, list[str]] = {}
-        for name, param in model.named_parameters(remove_duplicate=False):
-            self.shapes[name] = tuple(param.shape)
-            groups.setdefault(id(param), []).append(name)
-        self.tied_groups = list(groups.values())
-        self.buffers = {name for name, _ in model.named_buffers(remove_duplicate=False)}  # (shapes not compared)
-        self._missing = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_missing", None) or [])]
-        self._extra = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])
-                       + [r"rotary_emb\.inv_freq$"]]
-
-    def ignored(self, name: str) -> bool:
-        return any(p.search(name) for p in self._missing)
-
-    def holds(self, names) -> bool:
-        """Whether every one of ``names`` is the model's, or one transformers drops as it loads."""
-        return all(n in self.shapes or n in self.buffers or any(p.search(n) for p in self._extra) for n in names)
-
-
-def _signature(path: str) -> tuple:
-    """What the skeleton of ``path`` depends on: where its config.json is and what it says."""
-    import hashlib
-    from pathlib import Path
-
-    config = Path(path).expanduser() / "config.json"
-    try:
-        return (str(config.resolve()), hashlib.sha256(config.read_bytes()).hexdigest())
-    except OSError:
-        return (str(config),)
-
-
-_SKELETONS: dict[tuple, _Skeleton | None] = {}
-
-
-def _skeleton(path: str, signature: tuple) -> _Skeleton | None:
-    """The model ``path``'s config.json describes, built on the meta device once per config file
-    (the command line and the loader both check); None where transformers cannot build it."""
-    if signature not in _SKELETONS:
-        from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-
-        from .loading import quiet_loading
-
-        try:
-            with quiet_loading(), init_empty_weights():
-                config = AutoConfig.from_pretrained(path)
-                auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None \
-                    else AutoModelForCausalLM
-                _SKELETONS[signature] = _Skeleton(auto.from_config(config))
-        except Exception:  # an unknown or unusual model: the loader's own errors, later
-            _SKELETONS[signature] = None
-    return _SKELETONS[signature]
