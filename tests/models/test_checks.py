@@ -551,8 +551,13 @@ def test_every_architectures_own_save_fits_its_config(tmp_path, arch):
     saves, whatever the architecture (tied heads, fused or renamed layouts left to the loader)."""
     from crosspatch.models.checks import check_weights_fit_config
 
-    tiny_model(arch).save_pretrained(tmp_path)
-    check_weights_fit_config(str(tmp_path))
+    tiny_model(arch).save_pretrained(tmp_path / "own")
+    check_weights_fit_config(str(tmp_path / "own"))
+    tied = tiny_model(arch)  # its head tied to the embeddings (then left out of the file)
+    tied.config.tie_word_embeddings = True
+    tied.tie_weights()
+    tied.save_pretrained(tmp_path / "tied")
+    check_weights_fit_config(str(tmp_path / "tied"))
 
 
 def test_a_base_lacking_a_weight_or_not_described_by_its_config_is_named_before_any_weight_loads(tmp_path, monkeypatch):
@@ -608,4 +613,26 @@ def test_a_buffer_an_older_version_saved_does_not_hide_a_missing_weight(tmp_path
     weights.pop("model.layers.0.mlp.up_proj.weight")
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ModelLoadError, match=r"lacks 1 weight\(s\).*model\.layers\.0\.mlp\.up_proj\.weight"):
+        check_weights_fit_config(str(tmp_path))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_head_tied_to_the_embeddings_is_not_needed_in_the_file(tmp_path, tied):
+    """A config that ties the output head to the embeddings saves no ``lm_head.weight``: that is
+    complete; the same file under a config that unties the head lacks it."""
+    from safetensors.torch import load_file
+
+    from crosspatch.models.checks import check_weights_fit_config
+
+    model = tiny_model()
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    model.save_pretrained(tmp_path)
+    assert "lm_head.weight" not in load_file(tmp_path / "model.safetensors")
+    if tied:
+        check_weights_fit_config(str(tmp_path))
+        return
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | {"tie_word_embeddings": False}))
+    with pytest.raises(ModelLoadError, match=r"lacks 1 weight\(s\).*\(lm_head\.weight\)"):
         check_weights_fit_config(str(tmp_path))

@@ -79,13 +79,13 @@ def _skeleton(path: str, signature: tuple) -> Skeleton | None:
     """The model ``path``'s config.json describes, built on the meta device once per config file
     (the command line and the loader both check); None where transformers cannot build it."""
     if signature not in _SKELETONS:
-        from accelerate import init_empty_weights
+        import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
         from .loading import quiet_loading
 
-        try:
-            with quiet_loading(), init_empty_weights():
+        try:  # (the meta device, not accelerate's empty weights: those leave a tied head untied under transformers 5)
+            with quiet_loading(), torch.device("meta"):
                 config = AutoConfig.from_pretrained(path)
                 auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None \
                     else AutoModelForCausalLM
