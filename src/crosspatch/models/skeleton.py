@@ -84,12 +84,14 @@ def _skeleton(path: str, signature: tuple) -> Skeleton | None:
 
         from .loading import quiet_loading
 
-        try:  # (the meta device, not accelerate's empty weights: those leave a tied head untied under transformers 5)
+        try:  # (the meta device: accelerate's empty weights leave a tied head untied under transformers 5)
             with quiet_loading(), torch.device("meta"):
                 config = AutoConfig.from_pretrained(path)
                 auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None \
                     else AutoModelForCausalLM
-                _SKELETONS[signature] = Skeleton(auto.from_config(config))
+                model = auto.from_config(config)
+                model.tie_weights()  # (transformers 5.0 leaves tying on the meta device to this call)
+                _SKELETONS[signature] = Skeleton(model)
         except Exception:  # an unknown or unusual model: the loader's own errors, later
             _SKELETONS[signature] = None
     return _SKELETONS[signature]
