@@ -19,7 +19,7 @@ from crosspatch.errors import (
 )
 from crosspatch.execution import load_pair, pair_from_models
 from crosspatch.models import build_real_vocabulary, tokenize_once
-from crosspatch.testing import char_tokenizer, tiny_model
+from crosspatch.testing import ARCHITECTURES, char_tokenizer, tiny_model
 
 
 def _tokenizer(bos_template=True, eos="</s>", swap=None, extra=None):
@@ -545,7 +545,7 @@ def test_a_quantized_checkpoint_whose_package_is_missing_is_named_before_any_mod
     check_model_path(str(target), "tuned")
 
 
-@pytest.mark.parametrize("arch", sorted(__import__("crosspatch.testing", fromlist=["ARCHITECTURES"]).ARCHITECTURES))
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_every_architectures_own_save_fits_its_config(tmp_path, arch):
     """The check of a checkpoint against its own config.json names nothing in what transformers
     saves, whatever the architecture (tied heads, fused or renamed layouts left to the loader)."""
@@ -563,13 +563,13 @@ def test_every_architectures_own_save_fits_its_config(tmp_path, arch):
 def test_a_base_lacking_a_weight_or_not_described_by_its_config_is_named_before_any_weight_loads(tmp_path, monkeypatch):
     """A base has no other checkpoint to be compared with: its safetensors headers are checked
     against the model its own config.json describes (built on the meta device)."""
+    from safetensors.torch import load_file, save_file
+
     import crosspatch.execution.opening as opening
     from crosspatch.models.checks import check_weights_fit_config
 
     base, tuned = _saved_pair_with_tuned_weights(tmp_path, lambda t: None)
     monkeypatch.setattr(opening, "load_causal_lm", lambda *a, **k: pytest.fail("a model's weights were loaded"))
-    from safetensors.torch import load_file, save_file
-
     weights = load_file(f"{base}/model.safetensors")
     save_file({k: v for k, v in weights.items() if k != "model.layers.1.self_attn.v_proj.weight"},
               f"{base}/model.safetensors", metadata={"format": "pt"})
