@@ -35,6 +35,7 @@ from typing import Iterator
 
 from torch import nn
 
+from ..core.numbers import signed_text
 from ..core.registry import Section, Table
 from ..errors import OptionError, PromptFileError
 from ..store import check_out_path
@@ -327,7 +328,7 @@ def _ci(value: dict | None) -> str:
     if not value:
         return "—"
     ci = value.get("ci")
-    return f"{value['mean']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+    return signed_text(value['mean']) + (f" [{signed_text(ci[0])}, {signed_text(ci[1])}]" if ci else "")
 
 
 def splice_sections(document: dict) -> list[Section]:
