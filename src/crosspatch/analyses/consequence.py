@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from ..core.analysis import Analysis, EventSet
-from ..core.numbers import signed_text
 from ..core.registry import AnalysisPlugin, PlanContext, Section, SummaryContext, Table, register_analysis
 from ..core.stats import MIN_CLUSTERS_FOR_CI, BootstrapConfig, cluster_mean_ci
 from ..execution import Decode, Executor, Program
@@ -221,10 +220,10 @@ def _summarize(rows: list[dict], ctx: SummaryContext, options) -> dict | None:
 def _rate(stat: dict, signed: bool = False) -> str:
     if stat.get("mean") is None:
         return "n/a"
-    text = signed_text(stat['mean']) if signed else f"{stat['mean']:.2f}"
+    text = f"{stat['mean']:+.2f}" if signed else f"{stat['mean']:.2f}"
     ci = stat.get("ci")
     if ci and None not in ci:
-        text += f" [{signed_text(ci[0])}, {signed_text(ci[1])}]" if signed else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+        text += f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if signed else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
     return text + f" (n={stat.get('n', 0)})"
 
 
@@ -235,8 +234,8 @@ def render_consequences(block: dict) -> Section | None:
     rows = []
     for label, b in block["by_model"].items():
         corr = b["interaction_vs_delta"]
-        corr_text = "n/a" if corr.get("r") is None else signed_text(corr['r']) + (
-            f" [{signed_text(corr['ci'][0])}, {signed_text(corr['ci'][1])}]" if corr.get("ci") else "") + f" (n={corr.get('n', 0)})"
+        corr_text = "n/a" if corr.get("r") is None else f"{corr['r']:+.2f}" + (
+            f" [{corr['ci'][0]:+.2f}, {corr['ci'][1]:+.2f}]" if corr.get("ci") else "") + f" (n={corr.get('n', 0)})"
         rows.append([f"continued by {label}"] + [_rate(b["pass_rate"][n]) for n in FORCED]
                     + [_rate(b["delta_t_it_minus_t_pt"], True), _rate(b["delta_t_it_minus_matched"], True), corr_text])
     return Section(

@@ -19,7 +19,6 @@ import numpy as np
 from ..core.analysis import Analysis, EventSet, late_passes
 from ..core.cells import CELLS, cell_effects, cells_against_base
 from ..core.divergence import RecordKey
-from ..core.numbers import signed_text
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
 from ..core.stats import cluster_mean_ci
 from ..core.verdict import INTERACTION_CLAIMS
@@ -99,10 +98,10 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
     largest = max(nulls, key=lambda n: abs(by_null[n]["interaction"] or 0.0))
     worst = by_null[largest]
     ci = worst["difference"]["ci"]
-    text = (f"the interaction {signed_text(i_obs)} against {len(nulls)} null(s) (largest {largest}: "
-            f"{signed_text(worst['interaction'])}; difference {signed_text(worst['difference']['mean'])}"
-            + (f" [{signed_text(ci[0])}, {signed_text(ci[1])}]" if ci else "") + ")"
-            + ("" if bound is None else f"; prediction bound of a further null {signed_text(sign * bound)}")
+    text = (f"the interaction {i_obs:+.2f} against {len(nulls)} null(s) (largest {largest}: "
+            f"{worst['interaction']:+.2f}; difference {worst['difference']['mean']:+.2f}"
+            + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "") + ")"
+            + ("" if bound is None else f"; prediction bound of a further null {sign * bound:+.2f}")
             + (": beyond every null" if all(beyond) else ": not beyond the null yardstick")
             + ("" if len(nulls) > 1 else " (one null: no spread between nulls measured, a weaker yardstick)"))
     return control_row("null_calibration", "pass" if all(beyond) else "warn", worst["difference"]["mean"], text,

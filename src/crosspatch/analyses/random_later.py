@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from ..core.analysis import Analysis, EventSet
 from ..core.cells import CellsConfig, CrossPatch
 from ..core.divergence import DivergenceEvent
-from ..core.numbers import percent_text, signed_text
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
 from ..execution import Executor, HistoryWish, Program
 from .common import cell_records, cell_rows, interaction_block, mean_interaction, stable_rng
@@ -74,10 +73,10 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
         by_side[kind] = {"n": side["n"], "interaction": side["mean"], "ci": side["ci"],
                          "share_of_first": (side["mean"] / i_first) if side["mean"] is not None and i_first is not None
                          and abs(i_first) >= 0.1 else None}
-    sides = "; ".join(f"{SIDES[k]} {signed_text(v['interaction'])} (n={v['n']})" for k, v in by_side.items()
+    sides = "; ".join(f"{SIDES[k]} {v['interaction']:+.2f} (n={v['n']})" for k, v in by_side.items()
                       if v["interaction"] is not None)
     return control_row("random_later", "info", value, "interaction at a random later disagreement"
-                       + (f": {percent_text(share)} of the first-divergence interaction" if share is not None else "")
+                       + (f": {100 * share:.0f}% of the first-divergence interaction" if share is not None else "")
                        + (f"; by rollout: {sides}" if sides else ""),
                        None, block["ci"], block["n"], share_of_first=share,
                        by_rollout={k: v["interaction"] for k, v in by_side.items()}, by_side=by_side)

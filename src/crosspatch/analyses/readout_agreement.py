@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.numbers import signed_text
 from ..core.registry import AnalysisPlugin, SummaryContext, control_row, register_analysis
 from ..core.stats import cluster_mean_ci
 from ..core.verdict import GRADED, grade
@@ -33,10 +32,10 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
               if name in blocks}
     ci = diff["ci"]
     text = (f"{main.replace('_', '-')} and {other.replace('_', '-')} give the same grade ({grades.get(main)}); "
-            f"interaction difference {signed_text(diff['mean'])}" if agree else
+            f"interaction difference {diff['mean']:+.2f}" if agree else
             f"the grade depends on the head: {main.replace('_', '-')} says {grades.get(main)}, "
-            f"{other.replace('_', '-')} says {grades.get(other)} (interaction difference {signed_text(diff['mean'])}"
-            + (f" [{signed_text(ci[0])}, {signed_text(ci[1])}]" if ci else "") + ")")
+            f"{other.replace('_', '-')} says {grades.get(other)} (interaction difference {diff['mean']:+.2f}"
+            + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "") + ")")
     return control_row("readout_agreement", "pass" if agree else "warn", diff["mean"], text,
                        "the same grade under both common readouts", ci, len(first),
                        grades=grades, same_sign_share=float(np.mean(np.sign(a) == np.sign(b))),

@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..core.numbers import percent_text, signed_text
 from ..errors import CrosspatchError, OptionError
 from .app import (
     HELP_OPTIONS,
@@ -132,8 +131,8 @@ def pool_cmd(
     table.add_column("leave-one-out range of the mean", justify="right")
     for name in quantities:
         means = [b["effects"][name]["mean"] for b in loo.values() if b["effects"][name]["mean"] is not None]
-        spread = "n/a" if not means else (f"{percent_text(min(means))} .. {percent_text(max(means))}" if name.endswith("share")
-                                          else f"{signed_text(min(means))} .. {signed_text(max(means))}")
+        spread = "n/a" if not means else (f"{100 * min(means):.0f}% .. {100 * max(means):.0f}%" if name.endswith("share")
+                                          else f"{min(means):+.2f} .. {max(means):+.2f}")
         table.add_row(name, fmt_effect(pooled, name), spread)
     _stdout().print(table)
     if pooled.get("ci_note"):

@@ -14,7 +14,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .numbers import signed_text
 from .records import CELLS, READOUTS, CellRecord, cell_effects
 
 EFFECTS = (
@@ -233,10 +232,10 @@ def ratio_unreliable(num: dict, den: dict, signed: bool = False) -> str | None:
     if d is None or n is None:
         return "no events"
     if abs(d) < RATIO_MIN_DENOMINATOR:
-        return f"denominator {signed_text(d, 3)} is within {RATIO_MIN_DENOMINATOR} of zero"
+        return f"denominator {d:+.3f} is within {RATIO_MIN_DENOMINATOR} of zero"
     ci = den.get("ci")
     if ci is not None and None not in ci and ci[0] <= 0 <= ci[1]:
-        return f"the denominator's interval [{signed_text(ci[0])}, {signed_text(ci[1])}] contains zero"
+        return f"the denominator's interval [{ci[0]:+.2f}, {ci[1]:+.2f}] contains zero"
     if n * d < 0 and not signed:
         return "numerator and denominator have opposite signs"
     return None

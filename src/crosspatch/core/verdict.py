@@ -31,8 +31,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from .numbers import percent_text, signed_text
-
 VERDICTS = ("portable", "partly-upstream-dependent", "upstream-dependent", "no-late-effect", "inconclusive")
 GRADED = ("portable", "partly-upstream-dependent", "upstream-dependent")
 INTERACTION_CLAIMS = ("partly-upstream-dependent", "upstream-dependent")  # verdicts that say the interaction exists
@@ -124,7 +122,7 @@ def fmt_stat(stat: dict, percent: bool = False) -> str:
     """``+1.02 [+0.67, +1.37]`` (or ``48% [30%, 66%]``), the way both reports print a number."""
     if stat.get("mean") is None:
         return "n/a"
-    f = percent_text if percent else signed_text
+    f = (lambda v: f"{100 * v:.0f}%") if percent else (lambda v: f"{v:+.2f}")
     text = f(stat["mean"])
     if _has_ci(stat):
         text += f" [{f(stat['ci'][0])}, {f(stat['ci'][1])}]"
@@ -206,7 +204,7 @@ def grade(block: dict, policy: VerdictPolicy, counts: dict | None = None) -> tup
     lo, hi = share["ci"]
     low, high = policy.portable_interaction_share, policy.max_interaction_share
     quoted = f"The interaction is {fmt_stat(share, percent=True)} of E_IT"
-    bounds = f"(portable below {percent_text(low)}, upstream-dependent above {percent_text(high)}, on the whole interval)"
+    bounds = f"(portable below {100 * low:.0f}%, upstream-dependent above {100 * high:.0f}%, on the whole interval)"
     sign = 1.0 if e_it["mean"] >= 0 else -1.0
     pt_reliable = _excludes_zero(e_pt["ci"]) and e_pt["mean"] * sign > 0
     if lo > high:
@@ -228,7 +226,7 @@ def grade(block: dict, policy: VerdictPolicy, counts: dict | None = None) -> tup
         return "partly-upstream-dependent", head + (
             f" {quoted} {bounds}: most of the late gain carries over to base early layers; a part that needs the "
             f"descendant's own upstream state is not established (the interval reaches zero) but could be as large "
-            f"as {percent_text(hi)}. Check the breakdowns before grafting these late layers elsewhere."), numbers
+            f"as {100 * hi:.0f}%. Check the breakdowns before grafting these late layers elsewhere."), numbers
     return "partly-upstream-dependent", head + (
         f" {quoted} {bounds}: part of the late gain carries over to base early layers and part needs the "
         "descendant's own upstream state. Check the breakdowns before grafting these late layers elsewhere."), numbers

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.numbers import percent_text
 from ..core.records import CELLS
 from ..store import write_whole
 from .markdown import _table, fmt_effect, fmt_percent, fmt_value, md_escape
@@ -114,7 +113,7 @@ def lineage_rows(summary: dict) -> list[list[str]]:
     rows = []
     for s in summary["stages"]:
         r = summary["by_stage"][s]
-        agree = "n/a" if r["top1_agreement_with_final"] is None else percent_text(r['top1_agreement_with_final'])
+        agree = "n/a" if r["top1_agreement_with_final"] is None else f"{100 * r['top1_agreement_with_final']:.0f}%"
         swap = r["label_swap"]
         null = "n/a" if swap["p_value"] is None else f"p={swap['p_value']:.3g}"
         share_shift = r.get("share_of_final_shift") or {"mean": r.get("percent_of_final"), "ci": None}

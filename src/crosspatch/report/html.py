@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..core.numbers import signed_text
 from ..core.records import READOUTS, cell_effects
 from .markdown import (
     _EFFECT_LABELS,
@@ -126,7 +125,7 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
         reading=_plain(" ".join(reading_lines(summary["results"][summary["boundaries"][0]]))),
         verdict=summary.get("verdict"),
         controls=[{**c, "value_text": _fmt_number(c.get("value")),
-                   "ci_text": f"[{signed_text(c['ci'][0])}, {signed_text(c['ci'][1])}]" if c.get("ci") and None not in c["ci"] else ""}
+                   "ci_text": f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]" if c.get("ci") and None not in c["ci"] else ""}
                   for c in summary.get("controls", [])],
         sweep_svg=sweep_svg(summary) if len(summary["boundaries"]) > 1 else None,
         histogram=histogram_svg(firsts, f"per-event interaction at boundary {head_b} (first divergence, common-IT)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..core.numbers import percent_text, signed_text
 from ..core.records import READOUTS
 from .mdtext import _table, md_escape, md_escape_prose  # noqa: F401  (md_escape* are part of this module's API)
 from .sections import sections_markdown
@@ -27,7 +26,7 @@ def fmt_value(stat: dict | None, signed: bool = True, percent: bool = False, fmt
     if not stat or stat.get("mean") is None:
         return f"n/a ({stat['na_reason']})" if stat and stat.get("na_reason") else "n/a"
     if fmt is None:
-        fmt = percent_text if percent else (signed_text if signed else (lambda v: f"{v:.2f}"))
+        fmt = (lambda v: f"{100 * v:.0f}%") if percent else ((lambda v: f"{v:+.2f}") if signed else (lambda v: f"{v:.2f}"))
     text = fmt(stat["mean"])
     ci = stat.get("ci")
     if ci and ci[0] is not None and ci[1] is not None:
@@ -38,7 +37,7 @@ def fmt_value(stat: dict | None, signed: bool = True, percent: bool = False, fmt
 def fmt_percent(stat: dict | None) -> str:
     """A statistic already in percent (``{"mean", "ci"}``, e.g. a lineage stage's share of the
     final model) as ``29% [21%, 38%]``, or n/a with its reason."""
-    return fmt_value(stat, fmt=lambda v: percent_text(v, scale=1))
+    return fmt_value(stat, fmt=lambda v: f"{v:.0f}%")
 
 
 def fmt_effect(block: dict, name: str) -> str:
@@ -133,7 +132,7 @@ def boundary_section(result: dict, boundary: str, num_layers: int | None, level:
         corr = agree["interaction_correlation"]
         lines.append(
             f"Readout agreement: per-event interactions have the same sign under both readouts in "
-            f"{percent_text(agree['same_sign_fraction'])} of events"
+            f"{100 * agree['same_sign_fraction']:.0f}% of events"
             + (f" (correlation {corr:.2f})." if corr is not None else ".")
         )
         lines.append("")
@@ -170,7 +169,7 @@ def reading_lines(result: dict) -> list[str]:
                    "depends on which upstream state it reads; the late effect looks portable.")
     share = eff["direct_share"]["mean"]
     extra = f" The portable part `E_PT` is {fmt_value(e_pt)}"
-    extra += f", {percent_text(share)} of `E_IT`." if share is not None else "."
+    extra += f", {100 * share:.0f}% of `E_IT`." if share is not None else "."
     return [verdict + extra]
 
 
@@ -187,7 +186,7 @@ def _fmt_number(value) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        return f"{value:+.3g}" if abs(value) < 1e-2 and value != 0 else signed_text(value)
+        return f"{value:+.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:+.2f}"
     return str(value)
 
 
@@ -198,7 +197,7 @@ def controls_table(rows: list[dict]) -> list[str]:
     body = []
     for r in rows:
         ci = r.get("ci")
-        ci_text = f"[{signed_text(ci[0])}, {signed_text(ci[1])}]" if ci and None not in ci else ""
+        ci_text = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci and None not in ci else ""
         body.append([r["control"].replace("_", "-"), r["status"], _fmt_number(r.get("value")), ci_text,
                      str(r.get("n") if r.get("n") is not None else ""), md_escape_prose(r.get("threshold") or ""),
                      md_escape_prose(r["summary"])])

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.numbers import signed_text
-
 CURVES = (("E_PT", "PT-upstream late effect E_PT", "#1f77b4"),
           ("E_IT", "IT-upstream late effect E_IT", "#d62728"),
           ("interaction", "interaction I = E_IT - E_PT", "#2ca02c"))
@@ -146,7 +144,7 @@ def cells_heatmap_svg(block: dict, title: str) -> str:
             out.append(f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{cell:.1f}" height="{cell:.1f}" '
                        f'fill="{_diverging(v, vmax) if ok and v is not None else "#eeeeee"}" stroke="#444" stroke-width="0.5"/>')
             dark = ok and v is not None and abs(v) > 0.55 * vmax
-            out.append(_text(x0 + cell / 2, y0 + cell / 2 + 5, signed_text(v) if ok and v is not None else "n/a", size=14, anchor="middle",
+            out.append(_text(x0 + cell / 2, y0 + cell / 2 + 5, f"{v:+.2f}" if ok else "n/a", size=14, anchor="middle",
                              color="white" if dark else "black"))
     out += [_text(left + cell / 2, top + 2 * cell + 18, "L_PT", anchor="middle"),
             _text(left + 1.5 * cell, top + 2 * cell + 18, "L_IT", anchor="middle"),

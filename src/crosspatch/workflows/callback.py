@@ -31,7 +31,6 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..core.numbers import signed_text
 from ..errors import ModelLoadError, OptionError
 from ..models.anatomy import is_peft_model
 from ..runner.summary import HEADLINE_EFFECTS as METRICS  # the effects it logs
@@ -213,7 +212,7 @@ class CrosspatchCallback(TrainerCallback):
             self.trainer.log(logs)
         else:
             state.log_history.append({**logs, "step": step})
-        self._say(f"step {step}: " + ", ".join(f"{k} {signed_text(row['metrics'][k], 3)}" for k in METRICS
+        self._say(f"step {step}: " + ", ".join(f"{k} {row['metrics'][k]:+.3f}" for k in METRICS
                                                if row["metrics"].get(k) is not None)
                   + f"; {row['verdict']} ({row['events']} events, {seconds:.1f} s)")
         if self.stop_on_fail and not row["passed"]:

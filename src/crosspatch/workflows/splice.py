@@ -35,7 +35,6 @@ from typing import Iterator
 
 from torch import nn
 
-from ..core.numbers import signed_text
 from ..core.registry import Section, Table
 from ..errors import OptionError, PromptFileError
 from ..store import check_out_path
@@ -328,7 +327,7 @@ def _ci(value: dict | None) -> str:
     if not value:
         return "—"
     ci = value.get("ci")
-    return signed_text(value['mean']) + (f" [{signed_text(ci[0])}, {signed_text(ci[1])}]" if ci else "")
+    return f"{value['mean']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
 
 
 def splice_sections(document: dict) -> list[Section]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.numbers import percent_text, signed_text
 from ..report.markdown import _table, fmt_effect, fmt_value, md_escape
 from .demo_sections import CHART_EVENT_HEADER, PREFLIGHTS, VISION_RUN, chart_event_cells, chart_event_rows
 from .reading import common_it, demo_reading
@@ -116,7 +115,7 @@ def _consequence_rows(summary: dict) -> list[list[str]]:
         ci = delta.get("ci")
         rows.append([name, str(s["consequences"]["n_events"])]
                     + [fmt_value(rate[k], percent=True) for k in ("t_it", "t_pt", "matched", "random")]
-                    + [signed_text(delta['mean']) + (f" [{signed_text(ci[0])}, {signed_text(ci[1])}]" if ci else "")])
+                    + [f"{delta['mean']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")])
     return rows
 
 
@@ -124,15 +123,15 @@ def _drop(v: dict | None) -> str:
     if not v:
         return "n/a"
     ci = v.get("interaction_drop_ci")
-    return (signed_text(v['interaction_drop']) + (f" [{signed_text(ci[0])}, {signed_text(ci[1])}]" if ci else "")
-            + ("" if v.get("share") is None else f" ({percent_text(v['share'])})"))
+    return (f"{v['interaction_drop']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+            + ("" if v.get("share") is None else f" ({100 * v['share']:.0f}%)"))
 
 
 def _rescue(g: dict | None) -> str:
     top = (g or {}).get("top")
     if not top or top.get("fraction_of_missing") is None:
         return "n/a"
-    return f"{percent_text(top['fraction_of_missing'])} of the missing margin"
+    return f"{100 * top['fraction_of_missing']:.0f}% of the missing margin"
 
 
 def demo_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:

@@ -8,7 +8,6 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from ..core.numbers import signed_text
 from ..runner.pipeline import RunConfig, run
 from .faults import BROKEN_MERGE, NOOP_ADAPTER
 from .vision import CHART_PROMPTS, VISION_BASE, VISION_MODELS, VISION_TUNED
@@ -92,7 +91,7 @@ def chart_event_cells(event: dict) -> list[str]:
     whoever renders them)."""
     c = event["cells"]
     return ([event["aspect"], str(event["position"]), event["continuation"], event["t_pt"], event["t_it"]]
-            + [signed_text(c[k]) for k in ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")])
+            + [f"{c[k]:+.2f}" for k in ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")])
 
 
 def chart_event_rows(vision: dict) -> list[dict]:

@@ -7,7 +7,6 @@ nothing here is a fixed claim about the zoo.
 
 from __future__ import annotations
 
-from ..core.numbers import percent_text, signed_text
 from ..report.markdown import fmt_value
 
 
@@ -155,8 +154,8 @@ def contrasts(summary: dict, late_layers: list[int] | None) -> list[str]:
     if merged and adapter:
         a, m = _mean(_stat(_headline(adapter), "interaction")), _mean(_stat(_headline(merged), "interaction"))
         if a is not None and m is not None:
-            lines.append(f"**Adapter vs merged**: the LoRA adapter gives interaction {signed_text(a)} and its merged checkpoint "
-                         f"{signed_text(m)} ({'the same diagnosis' if abs(a - m) < 0.1 else 'they differ: check the merge'}; "
+            lines.append(f"**Adapter vs merged**: the LoRA adapter gives interaction {a:+.2f} and its merged checkpoint "
+                         f"{m:+.2f} ({'the same diagnosis' if abs(a - m) < 0.1 else 'they differ: check the merge'}; "
                          "the merged weights are rounded to float16).")
     fragile = d.get("it-lora-fragile")
     if fragile:
@@ -213,8 +212,8 @@ def cross_descendants(summary: dict, name: str = "it-full") -> list[str]:
         return []
     shared = all(share >= 0.5 for _, share in parts)
     return [f"**Cross-descendant patching**: through {name}'s late stack, the upstream states of other fine-tunes of "
-            f"the same base recover " + ", ".join(f"{percent_text(share)} ({other})" for other, share in parts)
-            + f" of the gap between the base's upstream state (Y {signed_text(from_base)}) and {name}'s own ({signed_text(own)}): "
+            f"the same base recover " + ", ".join(f"{100 * share:.0f}% ({other})" for other, share in parts)
+            + f" of the gap between the base's upstream state (Y {from_base:+.2f}) and {name}'s own ({own:+.2f}): "
             + ("what the late stack needs from upstream is largely shared by these fine-tunes, not specific to its "
                "own early layers." if shared else
                "part of what the late stack needs is specific to its own early layers.")]
@@ -242,7 +241,7 @@ def features(summary: dict) -> list[str]:
         return []
     ks = sorted(med, key=int)
     top, rnd = med[ks[0]]["top"], med[ks[0]]["matched_random"]
-    shares = ", ".join(f"{k} latents {percent_text(med[k]['top']['share'])}" for k in ks
+    shares = ", ".join(f"{k} latents {100 * med[k]['top']['share']:.0f}%" for k in ks
                        if med[k]["top"].get("share") is not None)
     small = [k for k in ks if int(k) <= feat.get("n_latents", 256) // 5] or ks[:1]  # at most a fifth of the latents
     best = max((med[k]["top"].get("share") or 0.0) for k in small)
@@ -254,9 +253,9 @@ def features(summary: dict) -> list[str]:
         finding = "the top-ranked features do no better than random ones"
     return [f"**Features**: the shipped crosscoder {'passes' if gate['passed'] else 'FAILS'} its quality gate on the "
             f"demo's held-out events (mean L0 {gate['mean_l0']:.1f} for k = {gate['target_k']}). Removing the IT "
-            f"decoder contribution of the {ks[0]} top-ranked latents changes Y by {signed_text(-top['drop_uit_lit'])} on the "
-            f"descendant's upstream state and by {signed_text(-top['drop_upt_lit'])} on the base's ({ks[0]} frequency-matched "
-            f"random latents: {signed_text(-rnd['drop_uit_lit'])} and {signed_text(-rnd['drop_upt_lit'])}); share of the held-out "
+            f"decoder contribution of the {ks[0]} top-ranked latents changes Y by {0.0 - top['drop_uit_lit']:+.2f} on the "
+            f"descendant's upstream state and by {0.0 - top['drop_upt_lit']:+.2f} on the base's ({ks[0]} frequency-matched "
+            f"random latents: {0.0 - rnd['drop_uit_lit']:+.2f} and {0.0 - rnd['drop_upt_lit']:+.2f}); share of the held-out "
             f"interaction removed: {shares or 'n/a'}: {finding}."]
 
 
@@ -288,8 +287,8 @@ def lineage_and_sweep(summary: dict) -> list[str]:
                 if m is not None]
         if rows:
             b, v = max(rows, key=lambda r: abs(r[1]))
-            lines.append(f"**Layer sweep**: the interaction is largest in size at boundary {b} ({signed_text(v)}); across "
-                         f"boundaries it spans {signed_text(min(r[1] for r in rows))} to {signed_text(max(r[1] for r in rows))}, so "
+            lines.append(f"**Layer sweep**: the interaction is largest in size at boundary {b} ({v:+.2f}); across "
+                         f"boundaries it spans {min(r[1] for r in rows):+.2f} to {max(r[1] for r in rows):+.2f}, so "
                          "state the boundary with any number you quote.")
     return lines
 
@@ -299,7 +298,7 @@ def _share_text(verdict: dict) -> str:
     if share.get("mean") is None:
         return ""
     ci = share.get("ci")
-    return f" (I/E_IT {percent_text(share['mean'])}" + (f" [{percent_text(ci[0])}, {percent_text(ci[1])}]" if ci else "") + ")"
+    return f" (I/E_IT {100 * share['mean']:.0f}%" + (f" [{100 * ci[0]:.0f}%, {100 * ci[1]:.0f}%]" if ci else "") + ")"
 
 
 def advice(summary: dict) -> list[str]:

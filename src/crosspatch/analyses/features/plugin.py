@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-from ...core.numbers import percent_text, signed_text
 from ...core.registry import AnalysisPlugin, Section, SummaryContext, Table, register_analysis
 
 RESULT_FILES = ("features/mediate.json", "features/train.json", "features/features.json")  # first found is shown
@@ -29,7 +28,7 @@ def _summarize(rows: list[dict], ctx: SummaryContext, options) -> dict | None:
 
 
 def _drop(v) -> str:
-    return "n/a" if v is None else signed_text(v['interaction_drop'], 3) + ("" if v["share"] is None else f" ({percent_text(v['share'])})")
+    return "n/a" if v is None else f"{v['interaction_drop']:+.3f}" + ("" if v["share"] is None else f" ({100 * v['share']:.0f}%)")
 
 
 def render_features(feat: dict) -> Section | None:
@@ -46,7 +45,7 @@ def render_features(feat: dict) -> Section | None:
             f"Crosscoder ({feat['source']}, {feat['n_latents']} latents, k = {feat['k']}, MLP layers "
             f"{', '.join(map(str, feat['layers']))}): quality gate {'passed' if gate['passed'] else 'FAILED'}: "
             f"held-out variance explained {ve}; mean L0 {gate['mean_l0']:.1f} (target {gate['target_k']}); "
-            f"{percent_text(gate['alive_in_range_share'])} of latents fire on 1-20% of tokens.")
+            f"{100 * gate['alive_in_range_share']:.0f}% of latents fire on 1-20% of tokens.")
     if feat.get("note"):
         section.paragraphs.append(feat["note"])
     if feat.get("other_results"):
@@ -55,21 +54,21 @@ def render_features(feat: dict) -> Section | None:
     study = feat.get("study") or {}
     if study.get("mediation"):
         rows = [[k, _drop(g.get("top")), _drop(g.get("matched_random")), _drop(g.get("top_active")),
-                 signed_text(g['top']['upstream_dependence'], 3)] for k, g in study["mediation"].items()]
+                 f"{g['top']['upstream_dependence']:+.3f}"] for k, g in study["mediation"].items()]
         section.paragraphs.append(
             f"Mediation on {study['n_heldout']} held-out events (ranked on {study['n_train']}): interaction drop when "
             "the IT-branch decoder contribution of k latents is removed from both L_IT cells.")
         section.tables.append(Table(["k", "top-ranked", "matched random", "top active", "upstream dependence (top)"],
                                     rows))
     if study.get("rescue"):
-        rows = [[k, *[("n/a" if g[n]["fraction_of_missing"] is None else percent_text(g[n]['fraction_of_missing']))
-                      + f" ({signed_text(g[n]['logit_gain'], 3)})" for n in ("top", "random")]] for k, g in study["rescue"].items()]
+        rows = [[k, *[("n/a" if g[n]["fraction_of_missing"] is None else f"{100 * g[n]['fraction_of_missing']:.0f}%")
+                      + f" ({g[n]['logit_gain']:+.3f})" for n in ("top", "random")]] for k, g in study["rescue"].items()]
         section.paragraphs.append("Rescue: top-k latents of (U_IT, L_IT) patched into (U_PT, L_IT), as a share of "
                                   "the missing margin.")
         section.tables.append(Table(["k", "top-ranked", "random"], rows))
     closure = feat.get("closure") or {}
     if closure.get("by_rank"):
-        rows = [[r] + [("n/a" if g[n]["closure"] is None else percent_text(g[n]['closure']))
+        rows = [[r] + [("n/a" if g[n]["closure"] is None else f"{100 * g[n]['closure']:.0f}%")
                        for n in ("pca", "gaussian", "random_subspace", "sign_flipped")]
                 for r, g in closure["by_rank"].items()]
         section.paragraphs.append("Structured closure: held-out boundary shifts projected on the top-r principal "
