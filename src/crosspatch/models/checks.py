@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ArchitectureMismatchError, HiddenSizeMismatchError, LayerCountMismatchError, SpecialTokensMismatchError
-from .paths import POSITION_LIMIT_KEYS, config_hidden_size, config_num_layers, local_config
+from .paths import POSITION_LIMIT_KEYS, config_hidden_size, config_num_layers, local_config, some_of
 
 _SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")
 
@@ -164,8 +164,7 @@ def check_weights_fit_config(path: str) -> None:
     needed = [names for names in skeleton.tied_groups if not any(n in saved for n in names)]
     missing = sorted(names[0] for names in needed if not any(skeleton.ignored(n) for n in names))
     if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise ModelLoadError(f"{path} lacks {len(missing)} weight(s) that its {skeleton.name} needs ({shown}); "
+        raise ModelLoadError(f"{path} lacks {len(missing)} weight(s) that its {skeleton.name} needs ({some_of(missing)}); "
                              "transformers would initialise them at random. Is the checkpoint complete (every shard "
                              "of its index present)?")
     other = [f"{k} {list(saved[k])} in the file, {list(skeleton.shapes[k])} by the config" for k in sorted(saved)

@@ -18,7 +18,7 @@ import torch
 from ..errors import DeviceUnavailableError, ModelLoadError, OptionError, PickleWeightsRefusedError, first_line
 from .digests import sha256_file
 from .options import LoadOptions, check_switches
-from .paths import DEFINING_FILES, is_weight_file
+from .paths import DEFINING_FILES, is_weight_file, some_of
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -270,10 +270,10 @@ def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None =
     if missing:
         raise ModelLoadError(
             f"{path} lacks {len(missing)} weight(s) that its {type(model).__name__} needs "
-            f"({_some(missing)}); transformers would initialise them at random. Is the checkpoint complete "
+            f"({some_of(missing)}); transformers would initialise them at random. Is the checkpoint complete "
             "(every shard of its index present)?")
     if unused and warnings is not None:
-        note = f"{path}: {len(unused)} weight(s) in the checkpoint are not used by {type(model).__name__} ({_some(unused)})"
+        note = f"{path}: {len(unused)} weight(s) in the checkpoint are not used by {type(model).__name__} ({some_of(unused)})"
         if note not in warnings:
             warnings.append(note)
     if device not in ("map", "cpu"):
@@ -312,10 +312,6 @@ def _from_pretrained(auto, path: str, kwargs: dict, warnings: list[str] | None) 
                             "model, other float rounding)")
         return loaded
     raise missing
-
-
-def _some(names: list[str], k: int = 3) -> str:
-    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
 
 
 def check_custom_code(path: str, trust_remote_code: bool) -> None:

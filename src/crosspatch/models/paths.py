@@ -157,8 +157,7 @@ def check_checkpoint_files(root: Path, named: str) -> list[Path]:
             raise ModelLoadError(f"{named}: {index.name} has no weight_map object")
         missing = sorted({str(shard) for shard in weight_map.values() if not (root / str(shard)).is_file()})
         if missing:
-            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-            raise ModelLoadError(f"{named}: {index.name} names {len(missing)} shard(s) the directory lacks: {shown} "
+            raise ModelLoadError(f"{named}: {index.name} names {len(missing)} shard(s) the directory lacks: {some_of(missing)} "
                                  "(an incomplete download or copy?)")
     return weights
 
@@ -259,6 +258,11 @@ def _read_config(path: str):
         return json.loads((Path(str(path)).expanduser() / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def some_of(names: list[str], k: int = 3) -> str:
+    """The first ``k`` of ``names`` and how many more, as the load errors name weights and shards."""
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
 
 
 def local_config(path: str) -> dict:
