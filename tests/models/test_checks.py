@@ -279,6 +279,31 @@ def test_weight_layout_checks_leave_alone_what_is_not_a_missing_weight(tmp_path)
     compare_weight_layouts(base, tuned)
 
 
+def test_a_descendant_quantized_in_its_text_config_is_left_to_the_loader(tmp_path):
+    """A multimodal checkpoint may keep its ``quantization_config`` in ``text_config``: its packed
+    integer weights are no shapes to read, so a quantized descendant does not lack the matrices its
+    base has (it was refused as lacking them where only a top-level ``quantization_config`` was read)."""
+    from safetensors.torch import load_file, save_file
+
+    from crosspatch.models.checks import compare_weight_layouts
+    from crosspatch.testing.vision import tiny_vlm
+
+    base, tuned = str(tmp_path / "base"), str(tmp_path / "tuned")
+    tiny_vlm().save_pretrained(base)
+    tiny_vlm().save_pretrained(tuned)
+    weights = load_file(f"{tuned}/model.safetensors")
+    packed = [k for k in weights if ".self_attn." in k and k.endswith("proj.weight")]
+    for key in packed:  # 4-bit packing: two values a byte
+        weights[key] = torch.zeros(weights[key].numel() // 2, 1, dtype=torch.uint8)
+    save_file(weights, f"{tuned}/model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="lacks"):  # read as a checkpoint of plain weights
+        compare_weight_layouts(base, tuned)
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    config["text_config"]["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (tmp_path / "tuned" / "config.json").write_text(json.dumps(config))
+    compare_weight_layouts(base, tuned)
+
+
 @pytest.mark.parametrize("residency", ["both", "sequential"])
 def test_weights_the_model_does_not_use_are_a_pair_warning(tmp_path, residency):
     base, tuned = _saved_pair_with_tuned_weights(tmp_path, lambda t: t.update({"model.extra.weight": torch.ones(2)}))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ModelLoadError, PickleWeightsRefusedError, UnsupportedAdapterError, first_line
 from .loading import is_local
-from .paths import local_config, text_config
+from .paths import is_quantized, local_config, text_config
 
 
 def read_adapter_config(adapter: str) -> dict:
@@ -110,7 +110,7 @@ def check_adapter_files(path: str, allow_pickle: bool, base: str | None = None) 
             f"{path} has only pickle adapter weights ({', '.join(f.name for f in files[:3])}); pickle can run "
             "arbitrary code when loaded. Convert to safetensors, or pass --allow-pickle if you trust it.")
     if base is not None and (root / "adapter_model.safetensors").is_file() and Path(base).expanduser().is_dir() \
-            and "quantization_config" not in local_config(base):  # a quantized base's weights are packed
+            and not is_quantized(local_config(base)):  # a quantized base's weights are packed
         from .skeleton import model_weight_shapes
 
         # the base's modules by the names PEFT gives them (the model its config describes), its weights' own shapes

@@ -98,10 +98,10 @@ def compare_weight_layouts(base: str, descendant: str, names: tuple[str, str] = 
 
     from ..errors import ModelLoadError
     from .adapters import checkpoint_shapes
-    from .paths import text_config
+    from .paths import is_quantized, text_config
 
     if not all(Path(p).expanduser().is_dir() for p in (base, descendant)) or any(
-            "quantization_config" in local_config(p) for p in (base, descendant)):
+            is_quantized(local_config(p)) for p in (base, descendant)):
         return  # (a quantized checkpoint's packed weights are not read from its headers)
     ours, theirs = checkpoint_shapes(base), checkpoint_shapes(descendant)
     if not ours or not theirs or not set(theirs) <= set(ours):

@@ -167,8 +167,8 @@ def check_quantization_packages(config: dict, named: str) -> None:
     method needs a package this environment lacks is a ModelLoadError saying which, before any
     model loads: transformers' own check of the method's environment, asked up front (whatever
     else it refuses, a device map or a backend, is left to the loader, which sees the options)."""
-    quantization = text_config(config).get("quantization_config") or config.get("quantization_config")
-    if not isinstance(quantization, dict):
+    quantization = quantization_settings(config)
+    if quantization is None:
         return
     try:
         from transformers.quantizers.auto import AutoHfQuantizer
@@ -270,6 +270,23 @@ def local_config(path: str) -> dict:
     is not an object)."""
     data = _read_config(path)
     return data if isinstance(data, dict) else {}
+
+
+def is_quantized(config: dict) -> bool:
+    """Whether a config dict says its checkpoint is quantized (bitsandbytes, GPTQ, AWQ, ...): a
+    ``quantization_config`` at its top or in a multimodal model's ``text_config``, whatever its
+    settings. Such a checkpoint's weights are packed: their shapes in the files are not the model's."""
+    return any("quantization_config" in part for part in (config, text_config(config)))
+
+
+def quantization_settings(config: dict) -> dict | None:
+    """A quantized checkpoint's ``quantization_config`` settings (where :func:`is_quantized` finds
+    them), or None where it has none that are settings."""
+    for part in (config, text_config(config)):
+        found = part.get("quantization_config")
+        if isinstance(found, dict):
+            return found
+    return None
 
 
 def text_config(config: dict) -> dict:

@@ -22,10 +22,10 @@ def model_weight_shapes(path: str) -> dict[str, tuple[int, ...]]:
 def local_skeleton(path: str) -> Skeleton | None:
     """The :class:`Skeleton` of a local checkpoint's config.json (cached per config's contents); None
     for a hub id, a quantized checkpoint, one that ships its own code or one transformers cannot build."""
-    from .paths import text_config
+    from .paths import is_quantized
 
     config = local_config(path)
-    if not config or "auto_map" in config or any("quantization_config" in c for c in (config, text_config(config))):
+    if not config or "auto_map" in config or is_quantized(config):
         return None
     return _skeleton(path, _signature(path))
 
