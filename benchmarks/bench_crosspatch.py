@@ -402,6 +402,10 @@ SUITES = {
         # compiled mode (2026-12-04, gpu-check-20261204.json: ~85 s of compiling per process), the
         # allocator variant, the sweep and the sequential residency (2026-11-26, gpu-h200.json)
         # (methods in the order a part stopped by its time limit should keep them: the targets' rows first)
+        # the default command against the paper-style pipeline where the 5x target is set (the zoo), on the
+        # GPU: fp32 as on the CPU, so that the events and cells are those of the CPU table
+        ("zoo, fp32, the default run", "zoo", "float32", "cuda", 96, ["crosspatch", "default", "default-first-diff",
+                                                                       "paper", "paper-kinds"], [], "no-sweep"),
         ("mid-size pair, bf16", "mid", "bfloat16", "cuda", 96, ["crosspatch", "lower", "floor", "paper", "nnsight",
                                                                  "crosspatch-eager", "default"], [], "no-sweep"),
         ("large pair (1.4B), bf16", "large", "bfloat16", "cuda", 32, ["crosspatch", "lower", "floor", "paper"], [],

@@ -3,6 +3,8 @@
 # settings (`benchmarks/gpu_check.sh --cpu-dry-run`), so that GPU minutes go to measuring, not
 # debugging. Each part is one command under 10 minutes:
 #
+#   benchmarks/gpu_check.sh zoo        # the default command on the zoo against the paper-style pipeline (the 5x
+#                                      # target's table, fp32; a minute or two)
 #   benchmarks/gpu_check.sh mid        # mid-size pair (134M, bf16): crosspatch in each decoding mode, its default
 #                                      # run, nnsight, paper-style, both floors
 #   benchmarks/gpu_check.sh large      # the 1.4B pair: crosspatch, paper-style, both floors
@@ -16,8 +18,9 @@
 # What a part took on an H200 (2026-12-04; with --repeats 1; each method is a fresh process): the
 # 7B-class pair's build (random init on the GPU, 27 GB written) about 2 minutes, a 7B process loading
 # it 20-40 s; a method that compiles (the fair floor's generate) tens of seconds per shape. A
-# 15-minute lease (a minute to start, at most 10 a call) covers about two parts: e.g. a first call
-# `--repeats 1 7B:330 mid:240` (the memory claim, then the targets' rows), a second with what remains.
+# 15-minute lease (a minute to start, at most 10 a call) covers about three parts: e.g. a first call
+# `--repeats 1 zoo:90 7B:300 mid:180` (the 5x target's table, the memory claim, the fair floor's
+# rows), a second with what remains (`mid:300 large:150`: a part run again replaces its tables).
 # Options before the parts: `--out FILE` (default docs/benchmarks/gpu-check-<date>.json; the parts
 # of one file merge), `--repeats N` (timed runs per method, default the benchmark's).
 #
@@ -43,9 +46,9 @@ done
 parts=()
 for p in "$@"; do
     case "${p%%:*}" in
-        all) parts+=(mid large 7B profile) ;;
-        mid|large|7B|profile) parts+=("$p") ;;
-        *) echo "usage: $0 [--cpu-dry-run] [--out FILE] [--repeats N] [mid|large|7B|profile|all][:SECONDS] ..." >&2
+        all) parts+=(zoo mid large 7B profile) ;;
+        zoo|mid|large|7B|profile) parts+=("$p") ;;
+        *) echo "usage: $0 [--cpu-dry-run] [--out FILE] [--repeats N] [zoo|mid|large|7B|profile|all][:SECONDS] ..." >&2
            exit 2 ;;
     esac
 done
