@@ -59,13 +59,16 @@ def test_static_decoding_gives_every_residency_the_eager_numbers(tmp_path):
 def test_sequential_holds_one_model_at_a_time(tmp_path):
     base, _, merged = _lora_dirs(tmp_path)
     pair = load_pair(str(base), tuned=str(merged), residency="sequential")
+    # opening reads each model once (its readout head and facts) and leaves the descendant resident
+    assert pair.loads == 2 and pair.resident_role == "tuned"
     result = run(pair, PROMPTS, boundary=2, max_new_tokens=10, bootstrap=0, progress=False,
                  controls="none", event_kinds="first_diff")
     assert result.records
     # weak references to every model loaded: never two alive at once (measured, not assumed)
     assert pair.peak_live_models == 1
-    # minimal plan: rollout (IT), check (PT), then the late passes starting with PT: 3 loads
-    assert pair.loads == 3
+    # minimal plan: rollout (IT, already resident), check (PT), then the late passes starting with PT: 2 loads
+    assert pair.loads - 2 == 2
+    assert pair.resident_role is None  # a finished run frees the model it last used
     # with every control and event kind: their passes are grouped by role across analyses
     loads = pair.loads
     everything = run(pair, PROMPTS, boundary=2, max_new_tokens=10, bootstrap=0, progress=False, controls="all")

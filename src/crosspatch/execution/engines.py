@@ -57,6 +57,7 @@ def _ray_map(models: ModelSet, fn: ChunkFn, payload, items: list, workers: int) 
     spec = models.load_spec()
     if not items:
         return
+    models.release()  # the workers load their own copies: none stays resident here beside them
     started_here = not ray.is_initialized()
     if started_here:
         if os.environ.get("RAY_ADDRESS"):  # an existing cluster: its resources are its own

@@ -224,7 +224,9 @@ class ResidentSet(ModelSet):
 @dataclass(repr=False)
 class SequentialSet(ModelSet):
     """At most one model in memory: ``use(role)`` loads it (freeing the previous one) and keeps
-    it until another role is asked for, so consecutive passes of one role load it once."""
+    it until another role is asked for, so consecutive passes of one role load it once. Opening
+    the set reads every model once (its readout head and facts) and leaves the last one resident
+    (the descendant a run rolls out first), so the run does not load it again at once."""
 
     paths: dict[str, str] = field(default_factory=dict)
     options: LoadOptions = field(default_factory=LoadOptions)
@@ -240,13 +242,20 @@ class SequentialSet(ModelSet):
     @contextlib.contextmanager
     def use(self, role: str) -> Iterator[ModelHandle]:
         if self._current is None or self._current.role != role:
-            self.release()
-            handle = self.load_handle(role)
-            self._live.add(handle.module)
-            self.loads += 1
-            self.peak_live_models = max(self.peak_live_models, len(self._live))
-            self._current = handle
-        yield self._current
+            yield self.load(role)  # (no reference to the model it replaces may outlive the release)
+        else:
+            yield self._current
+
+    def load(self, role: str) -> ModelHandle:
+        """Load ``role``'s model as the resident one, the previous one freed first (counted in
+        ``loads``; ``peak_live_models`` measures how many were alive at once)."""
+        self.release()
+        handle = self.load_handle(role)
+        self._live.add(handle.module)
+        self.loads += 1
+        self.peak_live_models = max(self.peak_live_models, len(self._live))
+        self._current = handle
+        return handle
 
     def load_handle(self, role: str) -> ModelHandle:
         """Load ``role``'s model (an adapter role: the base with that adapter)."""

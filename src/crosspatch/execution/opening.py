@@ -5,7 +5,6 @@ real vocabulary built), or from modules already in memory (:func:`models_from_mo
 
 from __future__ import annotations
 
-import gc
 import os
 from typing import Any
 
@@ -219,11 +218,10 @@ def load_models(
                 record_target["settings"], adapter_warnings = adapter_settings(adapter_roles[role], base,
                                                                                shares_base=False)
                 warnings += adapter_warnings
-            handle = sequential.load_handle(role)
+            handle = sequential.load(role)  # (the next one frees it; the last one stays resident)
             heads[role], facts[role] = ReadoutHead(handle, heads.values()), model_facts(handle)
             eos |= eos_token_ids(tokenizers[role], handle.anatomy.model)
             del handle
-            gc.collect()
         real, checks = _check_set(roles, tokenizers, facts, options)
         record_snapshots(record, options.revision)
         sequential.real_vocab, sequential.eos_ids, sequential.facts = real, eos, facts
