@@ -76,6 +76,35 @@ def test_sequential_holds_one_model_at_a_time(tmp_path):
     assert pair.peak_live_models == 1 and pair.loads - loads <= 10
 
 
+def test_a_sequential_set_that_fails_to_open_keeps_no_model(tmp_path, monkeypatch):
+    """Opening leaves the last model it read resident for the run; a set that is not returned
+    (a check after loading refuses the pair) keeps none of them alive."""
+    import gc
+    import weakref
+
+    from crosspatch.execution import opening
+
+    base, _, merged = _lora_dirs(tmp_path)
+    loaded = []
+    read = opening.SequentialSet.load_handle
+
+    def load_handle(self, role):
+        handle = read(self, role)
+        loaded.append(weakref.ref(handle.module))
+        return handle
+
+    def refuse(*args, **kwargs):
+        raise ModelLoadError("refused after loading")
+
+    monkeypatch.setattr(opening.SequentialSet, "load_handle", load_handle)
+    monkeypatch.setattr(opening, "_check_set", refuse)
+    with pytest.raises(ModelLoadError, match="refused after loading") as refused:
+        load_pair(str(base), tuned=str(merged), residency="sequential")
+    assert refused.traceback  # (the frames it holds keep the set itself alive)
+    gc.collect()
+    assert len(loaded) == 2 and all(model() is None for model in loaded)
+
+
 @pytest.mark.slow
 def test_sequential_keeps_one_copy_of_a_readout_head_the_fine_tune_left_alone(tmp_path):
     import torch

@@ -212,18 +212,22 @@ def load_models(
         sequential = SequentialSet(roles, tokenizers, None, set(), {}, "sequential", warnings, record,  # pyright: ignore[reportArgumentType] - the vocabulary is built below
                                    paths={BASE: base, **tuned_roles}, options=options, heads=heads,
                                    adapter_paths=adapter_roles)
-        for role in roles:
-            if role in adapter_roles:
-                record_target = record["adapter"] if "adapter" in record else record["descendants"][role]
-                record_target["settings"], adapter_warnings = adapter_settings(adapter_roles[role], base,
-                                                                               shares_base=False)
-                warnings += adapter_warnings
-            handle = sequential.load(role)  # (the next one frees it; the last one stays resident)
-            heads[role], facts[role] = ReadoutHead(handle, heads.values()), model_facts(handle)
-            eos |= eos_token_ids(tokenizers[role], handle.anatomy.model)
-            del handle
-        real, checks = _check_set(roles, tokenizers, facts, options)
-        record_snapshots(record, options.revision)
+        try:
+            for role in roles:
+                if role in adapter_roles:
+                    record_target = record["adapter"] if "adapter" in record else record["descendants"][role]
+                    record_target["settings"], adapter_warnings = adapter_settings(adapter_roles[role], base,
+                                                                                   shares_base=False)
+                    warnings += adapter_warnings
+                handle = sequential.load(role)  # (the next one frees it; the last one stays resident)
+                heads[role], facts[role] = ReadoutHead(handle, heads.values()), model_facts(handle)
+                eos |= eos_token_ids(tokenizers[role], handle.anatomy.model)
+                del handle
+            real, checks = _check_set(roles, tokenizers, facts, options)
+            record_snapshots(record, options.revision)
+        except BaseException:
+            sequential.release()  # a set that is not returned keeps no model
+            raise
         sequential.real_vocab, sequential.eos_ids, sequential.facts = real, eos, facts
         sequential.warnings = warnings + checks + no_eos_warning(eos)
         return sequential
