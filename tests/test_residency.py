@@ -76,6 +76,22 @@ def test_sequential_holds_one_model_at_a_time(tmp_path):
     assert pair.peak_live_models == 1 and pair.loads - loads <= 10
 
 
+def test_opening_a_sequential_set_leaves_its_first_descendant_resident(tmp_path):
+    """Opening reads every model once (its readout head and facts); the first descendant is read
+    last and stays resident, as the model a run (a compare's first run) rolls out first."""
+    import shutil
+
+    from crosspatch.execution import load_models
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path)
+    shutil.copytree(root / "tuned", root / "other")
+    models = load_models(str(root / "base"), tuned={"first": str(root / "tuned"), "second": str(root / "other")},
+                         residency="sequential")
+    assert models.resident_role == "first" and models.loads == 3 and models.peak_live_models == 1
+    assert list(models.heads) == list(models.facts) == ["base", "first", "second"]  # in the set's order of roles
+
+
 def test_a_sequential_set_that_fails_to_open_keeps_no_model(tmp_path, monkeypatch):
     """Opening leaves the last model it read resident for the run; a set that is not returned
     (a check after loading refuses the pair) keeps none of them alive."""

@@ -212,8 +212,11 @@ def load_models(
         sequential = SequentialSet(roles, tokenizers, None, set(), {}, "sequential", warnings, record,  # pyright: ignore[reportArgumentType] - the vocabulary is built below
                                    paths={BASE: base, **tuned_roles}, options=options, heads=heads,
                                    adapter_paths=adapter_roles)
+        # the first descendant read last: it stays resident, and a run (a compare's first) rolls it out first
+        first = roles[1]  # (a set has a descendant: checked above)
+        reading_order = [r for r in roles if r != first] + [first]
         try:
-            for role in roles:
+            for role in reading_order:
                 if role in adapter_roles:
                     record_target = record["adapter"] if "adapter" in record else record["descendants"][role]
                     record_target["settings"], adapter_warnings = adapter_settings(adapter_roles[role], base,
@@ -223,6 +226,10 @@ def load_models(
                 heads[role], facts[role] = ReadoutHead(handle, heads.values()), model_facts(handle)
                 eos |= eos_token_ids(tokenizers[role], handle.anatomy.model)
                 del handle
+            for table in (heads, facts):  # in the set's order of roles again
+                ordered = {r: table[r] for r in roles}
+                table.clear()
+                table.update(ordered)
             real, checks = _check_set(roles, tokenizers, facts, options)
             record_snapshots(record, options.revision)
         except BaseException:
