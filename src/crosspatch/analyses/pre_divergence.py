@@ -15,7 +15,6 @@ from ..core.cells import CellsConfig, CrossPatch
 from ..core.divergence import DivergenceEvent
 from ..core.registry import AnalysisPlugin, PlanContext, SummaryContext, control_row, register_analysis
 from ..execution import Executor, Late, Program
-from ..models.forward import EventStates
 from .common import cell_records, cell_rows, interaction_block, mean_interaction, stable_rng
 
 MAX_SHARE = 0.25  # |I at the earlier prefix| <= this share of I (or of 1 logit)
@@ -71,28 +70,27 @@ class PreDivergence(Analysis):
                 sources.append(e)
         if not early:
             return []
-        natural = yield from self._earlier_states(evset, sources, early)
-        scored = yield from CrossPatch([self.boundary], self.cells).program(
-            ex, EventSet(early, evset.base, evset.tuned, natural))
-        return cell_rows(scored)
+        early_set = EventSet(early, evset.base, evset.tuned, None)
+        cross = CrossPatch([self.boundary], self.cells)
+        upstream = self._earlier_upstream(evset, sources, early)
+        if upstream is None:  # no states recorded (the exact plan): both models' full passes, then the 2x2
+            return cell_rows((yield from cross.program(ex, early_set)))
+        # the boundary states are the first positions of the event's, recorded by the search (attention
+        # is causal); the diagonal cells are each model's late stack on its own, asked with the cross cells
+        b, base, tuned = self.boundary, evset.base, evset.tuned
+        results = yield ([Late(r, b, upstream[r], early_set.sequences) for r in (base, tuned)]
+                         + cross.cross_passes(early_set, {b: upstream[base]}, {b: upstream[tuned]}))
+        return cell_rows(cross.score(ex, early_set, results[0], results[1], results[2:]))
 
-    def _earlier_states(self, evset: EventSet, sources: list[DivergenceEvent],
-                        early: list[DivergenceEvent]) -> Program:
-        """Both models' states over each earlier prefix, shared with the 2x2 where the search
-        recorded its event's: the boundary states are the first positions of the event's (attention
-        is causal), the final states at the earlier prefix's end each model's late stack run on its
-        own (one late pass each, the diagonal cells, instead of a full pass of each model). None
-        where the search recorded no states (the 2x2 of the earlier prefix then runs its full passes)."""
+    def _earlier_upstream(self, evset: EventSet, sources: list[DivergenceEvent],
+                          early: list[DivergenceEvent]) -> dict[str, list] | None:
+        """Both models' boundary states over each earlier prefix, the first positions of its event's
+        as the search recorded them; None where it recorded none (the exact plan)."""
         b, roles, natural = self.boundary, (evset.base, evset.tuned), evset.natural or {}
         if not all(e.key in natural and all(r in natural[e.key] and b in natural[e.key][r].boundary for r in roles)
                    for e in sources):
             return None
-        seqs = [x.prefix_ids for x in early]
-        upstream = {r: [natural[e.key][r].boundary[b][: len(x.prefix_ids)] for e, x in zip(sources, early)]
-                    for r in roles}
-        finals = yield [Late(r, b, upstream[r], seqs) for r in roles]
-        return {x.key: {r: EventStates({b: upstream[r][k]}, finals[n][k]) for n, r in enumerate(roles)}
-                for k, x in enumerate(early)}
+        return {r: [natural[e.key][r].boundary[b][: len(x.prefix_ids)] for e, x in zip(sources, early)] for r in roles}
 
 
 def build(options: PreDivergenceOptions, plan: PlanContext) -> PreDivergence:

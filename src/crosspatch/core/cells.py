@@ -137,17 +137,33 @@ class CrossPatch(Analysis):
         if not evs:
             return []
         u_pt, u_it = yield from evset.states([base, tuned], self.boundaries)
+        late = yield self.cross_passes(evset, {b: [s.boundary[b] for s in u_pt] for b in self.boundaries},
+                                       {b: [s.boundary[b] for s in u_it] for b in self.boundaries})
+        return self.score(ex, evset, [s.final for s in u_pt], [s.final for s in u_it], late)
+
+    def cross_passes(self, evset: EventSet, upstream_pt: dict[int, list[torch.Tensor]],
+                     upstream_it: dict[int, list[torch.Tensor]]) -> list[Late]:
+        """The cross cells' late-only passes: the descendant's late stack on the base's boundary
+        states (``upstream_pt[b]``, one per event) at each boundary, then the base's on the
+        descendant's."""
         seqs = evset.sequences
-        late = yield ([Late(tuned, b, [s.boundary[b] for s in u_pt], seqs) for b in self.boundaries]
-                      + [Late(base, b, [s.boundary[b] for s in u_it], seqs) for b in self.boundaries])
+        return ([Late(evset.tuned, b, upstream_pt[b], seqs) for b in self.boundaries]
+                + [Late(evset.base, b, upstream_it[b], seqs) for b in self.boundaries])
+
+    def score(self, ex: Executor, evset: EventSet, final_pt: list[torch.Tensor], final_it: list[torch.Tensor],
+              late: list) -> list[CellRecord]:
+        """The records of every (event, boundary) from each model's natural final state at the
+        event (``final_pt``, ``final_it``: the diagonal cells) and the results of
+        :meth:`cross_passes` (``late``)."""
+        base, tuned, evs = evset.base, evset.tuned, evset.events
         n_b = len(self.boundaries)
         heads = (ex.models.head(base), ex.models.head(tuned))
         by_event: list[list[CellRecord]] = [[] for _ in evs]
         step = self.config.batch_size
         for start in range(0, len(evs), step):
             part = slice(start, start + step)
-            nat_pt = torch.stack([s.final for s in u_pt[part]])
-            nat_it = torch.stack([s.final for s in u_it[part]])
+            nat_pt = torch.stack(final_pt[part])
+            nat_it = torch.stack(final_it[part])
             t_pt = torch.tensor([e.t_pt for e in evs[part]])
             t_it = torch.tensor([e.t_it for e in evs[part]])
             diagnostics = natural_diagnostics(heads, ex.models.real_vocab, nat_pt, nat_it, t_pt, t_it)
