@@ -122,6 +122,33 @@ def test_a_sequential_set_that_fails_to_open_keeps_no_model(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
+def test_sequential_scores_the_events_found_on_the_searched_history_without_a_full_pass(monkeypatch):
+    """One model at a time, the search decodes each event's history whole and then teacher-forces
+    the other model over it, recording both models' states at every position: the event kinds'
+    events found there take their states from it (no full pass of either model, as the first
+    divergence), so a default run asks for one late pass of each model after the search and loads
+    each model once more; its records are those of both models resident."""
+    import json
+
+    from crosspatch.execution import executor
+    from crosspatch.zoo import zoo_path
+
+    zoo = zoo_path()
+    prompts = [json.loads(line)["prompt"] for line in (zoo / "prompts" / "raw.jsonl").read_text().splitlines()[:16]]
+    both = run(load_pair(str(zoo / "base"), tuned=str(zoo / "it-full")), prompts, max_new_tokens=48, bootstrap=0,
+               progress=False, controls="none")
+    full_passes = []
+    capture = executor.Executor._capture
+    monkeypatch.setattr(executor.Executor, "_capture", lambda self, p: (full_passes.append(p.role), capture(self, p))[1])
+    pair = load_pair(str(zoo / "base"), tuned=str(zoo / "it-full"), residency="sequential")
+    opened = pair.loads
+    sequential = run(pair, prompts, max_new_tokens=48, bootstrap=0, progress=False, controls="none")
+    assert {r.kind for r in sequential.records} > {"first_diff"}  # events of the later kinds, found on the history
+    assert full_passes == [] and pair.loads - opened == 2  # the checking model, then the rollout model's late passes
+    _same(both, sequential, tol=1e-4)
+
+
+@pytest.mark.slow
 def test_sequential_keeps_one_copy_of_a_readout_head_the_fine_tune_left_alone(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

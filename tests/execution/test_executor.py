@@ -420,3 +420,26 @@ def test_late_passes_of_the_same_states_through_the_same_stack_run_once(monkeypa
     results = Executor(pair).run(copies)
     assert len(calls) == 4
     assert all(torch.equal(x, y) for x, y in zip(results[0], results[1]))
+
+
+def test_a_searched_history_gives_the_states_of_an_event_found_on_it():
+    """The states a search recorded over a whole history (each model's, at every position) give
+    an event at generated position ``j`` its prefix's boundary states and the final state at its
+    last position; none where they were not recorded, a boundary is missing or ``j`` is past the
+    history (the rollout model never consumed the history's last token)."""
+    from crosspatch.execution.passes import SearchHistory
+    from crosspatch.models.forward import EventStates
+
+    d, prompt_len, rollout = 3, 2, [5, 6, 7]
+    roll = EventStates({1: torch.randn(4, d)}, torch.randn(4, d))  # prompt + rollout less its last token
+    check = EventStates({1: torch.randn(5, d)}, torch.randn(5, d))  # teacher-forced over prompt + rollout
+    history = SearchHistory(rollout, [5, 6, 8], whole=True, states={"tuned": roll, "base": check})
+    got = history.prefix_states(prompt_len, 2, [1])
+    assert got is not None and set(got) == {"tuned", "base"}
+    assert torch.equal(got["tuned"].boundary[1], roll.boundary[1][:4]) and torch.equal(got["tuned"].final, roll.final[3])
+    assert torch.equal(got["base"].boundary[1], check.boundary[1][:4]) and torch.equal(got["base"].final, check.final[3])
+    first = history.prefix_states(prompt_len, 0, [1])
+    assert first is not None and torch.equal(first["base"].final, check.final[1])  # the prompt's last position
+    assert history.prefix_states(prompt_len, 3, [1]) is None
+    assert history.prefix_states(prompt_len, 1, [2]) is None
+    assert SearchHistory(rollout, [5, 6, 8], whole=True).prefix_states(prompt_len, 1, [1]) is None

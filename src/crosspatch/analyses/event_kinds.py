@@ -80,6 +80,7 @@ class EventKinds(Analysis):
         histories = yield from evset.history(ex, roll, check, self.budget, done)
         fresh: list[DivergenceEvent] = []
         twins: list[tuple[str, str]] = []
+        recorded: dict[str, dict] = {}  # fresh event key -> both models' states, where the search's history holds them
         for ev, (rollout, picks) in zip(evset.events, histories):
             found = find_event_kinds(rollout, picks, describe, describe.text, ev.prefix_ids[ev.prompt_len - 1],
                                      describe.continues)
@@ -94,8 +95,16 @@ class EventKinds(Analysis):
                     continue
                 fresh.append(DivergenceEvent(ev.prompt_id, ev.category, ev.prompt_len, j,
                                              ev.prefix_ids[: ev.prompt_len] + rollout[:j], t_pt, t_it, kind))
+                searched = evset.searched.get(ev.key)
+                if searched is not None and searched.rollout[:j] == rollout[:j]:
+                    states = searched.prefix_states(ev.prompt_len, j, self.boundaries)
+                    if states is not None:
+                        recorded[fresh[-1].key] = states
+        # the states of the events found on a history the search recorded whole (one model at a time): no
+        # full pass of either model, as for the first divergence itself (else both models' full passes)
+        natural = recorded if len(recorded) == len(fresh) else None
         scored = yield from CrossPatch(self.boundaries, self.cells).program(
-            ex, EventSet(fresh, evset.base, evset.tuned, None))
+            ex, EventSet(fresh, evset.base, evset.tuned, natural))
         return scored, twins
 
     def history_wish(self, models) -> HistoryWish | None:

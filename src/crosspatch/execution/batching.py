@@ -4,8 +4,11 @@ plan and the benchmarks: batching changes memory and speed, never results)."""
 from __future__ import annotations
 
 import functools
+from typing import TypeVar, cast
 
 from ..models.paths import config_hidden_size, text_config
+
+T = TypeVar("T")
 
 
 def length_batches(n_items: int, lengths: list[int], batch_size: int, max_tokens: int | None = None,
@@ -139,3 +142,12 @@ def state_cache_bytes(residency: str, tokens: int, hidden_size: int, itemsize: i
     if residency != "sequential":
         return None
     return 2 * tokens * hidden_size * itemsize * (n_boundaries + 1)
+
+
+def filled(out: list[T | None], what: str) -> list[T]:
+    """``out`` once every item's batch has written its slot (a slot left empty is a defect of the
+    batching, never a result: it is an error rather than a silent None)."""
+    missing = [k for k, x in enumerate(out) if x is None]
+    if missing:
+        raise RuntimeError(f"{what}: item(s) {missing[:5]} got no result")
+    return cast(list[T], out)

@@ -17,14 +17,14 @@ the primitives in ``models.execution`` (one place).
 from __future__ import annotations
 
 import gc
-from typing import Any, Callable, Generator, Sequence, TypeVar, cast
+from typing import Any, Callable, Generator, Sequence
 
 import torch
 
 from ..errors import DeviceMemoryError
 from ..models.forward import EventStates, capture_forward, late_forward, readout
 from ..models.vocab import masked_argmax
-from .batching import length_batches
+from .batching import filled, length_batches
 from .decoder import DECODE_MODES, decoding, pass_overhead
 from .modelset import ModelSet
 from .passes import Capture, Decode, History, Late, Pass, Search, SearchHistory, SearchOutcome
@@ -32,16 +32,6 @@ from .search import first_mismatch, history_interleaved, rollout_states, search_
 
 # yields lists of passes, receives their results (per pass, per item), returns the analysis' value
 Program = Generator[Sequence[Pass], Any, Any]
-T = TypeVar("T")
-
-
-def filled(out: list[T | None], what: str) -> list[T]:
-    """``out`` once every item's batch has written its slot (a slot left empty is a defect of the
-    batching, never a result: it is an error rather than a silent None)."""
-    missing = [k for k, x in enumerate(out) if x is None]
-    if missing:
-        raise RuntimeError(f"{what}: item(s) {missing[:5]} got no result")
-    return cast(list[T], out)
 
 
 def pad_stack(rows: list[torch.Tensor]) -> torch.Tensor:
@@ -378,8 +368,11 @@ class Executor:
                         full = roll_states[k]
                         states = {p.roll: EventStates({b: t[:n] for b, t in full.boundary.items()}, full.final[n - 1]),
                                   p.check: check_states(row, n)}
-                    # the whole rollout and the check's picks over it: the history, whole, for free
-                    history = (SearchHistory(rollouts[k], picks[row], whole=True)
+                    # the whole rollout and the check's picks over it: the history, whole, for free, with both
+                    # models' states over it (events found on the history need no pass of their own for them)
+                    whole = None if p.capture is None else {p.roll: roll_states[k], p.check: check_states(
+                        row, len(prompts[row]) + len(rollouts[k]), every_final=True)}
+                    history = (SearchHistory(rollouts[k], picks[row], whole=True, states=whole)
                                if p.keep_history and picks[row] is not None and row not in stopped else None)
                     out[k] = SearchOutcome(i, rollouts[k][:i], t_roll=a, t_check=b, states=states, history=history)
                 for k in batch:

@@ -159,11 +159,28 @@ class SearchHistory:
     """The history a :class:`Search` with ``keep_history`` decoded past a row's event: ``rollout``
     (from the first generated token) and ``picks`` (``check``'s choice at each of its positions,
     all finite). ``whole``: it ended at its EOS or the budget (what any consumer may read), else
-    where ``history_done`` said its consumers were done."""
+    where ``history_done`` said its consumers were done. ``states``: where the search recorded
+    them over the whole history (one model at a time: the rollout decoded whole, then one
+    teacher-forced pass), each role's states over prompt + history, boundary and final states
+    ``[n, d]`` at every position, so that events found on the history need no pass of their own
+    for them (:meth:`prefix_states`); else None."""
 
     rollout: list[int]
     picks: list[int]
     whole: bool
+    states: dict[str, EventStates] | None = None
+
+    def prefix_states(self, prompt_len: int, generated: int, boundaries: list[int]) -> dict[str, EventStates] | None:
+        """Each role's states over the prompt and the first ``generated`` tokens of this history
+        (an event there), as the 2x2 takes them; None where they were not recorded whole."""
+        if self.states is None or not 0 <= generated < len(self.rollout):
+            return None
+        n = prompt_len + generated
+        if any(b not in st.boundary or st.final.dim() != 2 or st.final.shape[0] < n or st.boundary[b].shape[0] < n
+               for st in self.states.values() for b in boundaries):
+            return None
+        return {role: EventStates({b: st.boundary[b][:n] for b in boundaries}, st.final[n - 1])
+                for role, st in self.states.items()}
 
 
 @dataclass

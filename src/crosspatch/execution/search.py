@@ -343,7 +343,11 @@ def first_mismatch(models, check: ModelHandle, prompts: list[list[int]], rollout
             reason = "agreed_eos" if r and r[-1] in models.eos_ids else "budget_exhausted"
             outcome.append((None, reason, len(r)))
 
-    def states(row: int, length: int) -> EventStates:
+    def states(row: int, length: int, every_final: bool = False) -> EventStates:
+        if every_final:  # the final state at every position, [length, d] (a history's states)
+            whole = alone[row].row_states(0) if row in alone else cap.event_states(row, length, capture or [],
+                                                                                   every_final=True)
+            return EventStates({b: t[:length] for b, t in whole.boundary.items()}, whole.final[:length])
         if row in alone:
             return alone[row].event_states(0, length)
         return cap.event_states(row, length, capture or [])

@@ -155,12 +155,11 @@ class ForwardStates:
     final_states: torch.Tensor  # [batch, seq, d], input of the final norm
     offsets: list[int] | None = None
 
-    def event_states(self, row: int, length: int, boundaries: list[int]) -> "EventStates":
+    def event_states(self, row: int, length: int, boundaries: list[int], every_final: bool = False) -> "EventStates":
+        """Row ``row``'s states over its first ``length`` positions (every final state: ``every_final``)."""
         off = self.offsets[row] if self.offsets else 0
-        return EventStates(
-            {b: self.boundary_states[b][row, off : off + length] for b in boundaries},
-            self.final_states[row, off + length - 1],
-        )
+        final = self.final_states[row, off : off + length] if every_final else self.final_states[row, off + length - 1]
+        return EventStates({b: self.boundary_states[b][row, off : off + length] for b in boundaries}, final)
 
 
 @dataclass

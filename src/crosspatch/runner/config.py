@@ -151,7 +151,7 @@ class RunConfig:
     shard: str | None = _option(None, "i/n: take prompts i, i+n, ... (then crosspatch merge).")
     engine: str = _option("local", "local, or ray (chunks on Ray actors; pip install crosspatch[ray]).")
     workers: int = _option(2, "Ray actors (each holds the models).")
-    sequential_chunk: int = 512  # prompts per load cycle with residency "sequential" (4 model loads each)
+    sequential_chunk: int = 512  # prompts per load cycle with residency "sequential" (2 model loads each by default)
     title: str | None = None
     back_link: str | None = None  # report.html links back to this page (a combined report)
     tuned: str | None = None  # with several descendants loaded: the role scored against the base (default: the first)
