@@ -370,10 +370,11 @@ class Executor:
                                   p.check: check_states(row, n)}
                     # the whole rollout and the check's picks over it: the history, whole, for free, with both
                     # models' states over it (events found on the history need no pass of their own for them)
-                    whole = None if p.capture is None else {p.roll: roll_states[k], p.check: check_states(
-                        row, len(prompts[row]) + len(rollouts[k]), every_final=True)}
-                    history = (SearchHistory(rollouts[k], picks[row], whole=True, states=whole)
-                               if p.keep_history and picks[row] is not None and row not in stopped else None)
+                    history = None
+                    if p.keep_history and picks[row] is not None and row not in stopped:
+                        whole = None if p.capture is None else {p.roll: roll_states[k], p.check: check_states(
+                            row, len(prompts[row]) + len(rollouts[k]), every_final=True)}
+                        history = SearchHistory(rollouts[k], picks[row], whole=True, states=whole)
                     out[k] = SearchOutcome(i, rollouts[k][:i], t_roll=a, t_check=b, states=states, history=history)
                 for k in batch:
                     roll_states.pop(k, None)
