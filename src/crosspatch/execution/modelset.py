@@ -225,8 +225,8 @@ class ResidentSet(ModelSet):
 class SequentialSet(ModelSet):
     """At most one model in memory: ``use(role)`` loads it (freeing the previous one) and keeps
     it until another role is asked for, so consecutive passes of one role load it once. Opening
-    the set reads every model once (its readout head and facts) and leaves the last one resident
-    (the descendant a run rolls out first), so the run does not load it again at once."""
+    the set reads every model once (its readout head and facts), the first descendant last, and
+    leaves that one resident: the model a run rolls out first does not load again at once."""
 
     paths: dict[str, str] = field(default_factory=dict)
     options: LoadOptions = field(default_factory=LoadOptions)
