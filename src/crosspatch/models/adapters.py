@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ModelLoadError, PickleWeightsRefusedError, UnsupportedAdapterError, first_line
 from .loading import is_local
-from .paths import is_quantized, local_config, text_config
+from .paths import config_vocab_size, is_quantized, local_config
 
 
 def read_adapter_config(adapter: str) -> dict:
@@ -175,8 +175,8 @@ def vocabulary_weights(path: str) -> tuple[int | None, set[str]]:
     """A local checkpoint's vocabulary size by its config (a multimodal model's ``text_config``) and
     the names, less ``.weight``, of its weights of that many rows (its embedding and output
     matrices); None and none where the config does not say."""
-    rows = text_config(local_config(path)).get("vocab_size")
-    if not isinstance(rows, int) or isinstance(rows, bool) or rows <= 0:
+    rows = config_vocab_size(local_config(path))
+    if rows is None:
         return None, set()
     return rows, {key.removesuffix(".weight") for key, shape in checkpoint_shapes(path).items()
                   if key.endswith(".weight") and len(shape) == 2 and shape[0] == rows}
@@ -219,8 +219,7 @@ def check_lora_fits(path: str, config: dict, lora: dict[str, tuple[int, ...]], b
         if len(parts) == 3 and parts[1] in ("lora_A", "lora_B") and parts[2] == "weight" and len(shape) == 2:
             pairs.setdefault(parts[0], {})[parts[1]] = shape
     rank = config.get("r") if not config.get("rank_pattern") else None
-    vocab_rows = text_config(local_config(base)).get("vocab_size") if Path(base).expanduser().is_dir() else None
-    vocab_rows = vocab_rows if isinstance(vocab_rows, int) and not isinstance(vocab_rows, bool) else None
+    vocab_rows = config_vocab_size(local_config(base)) if Path(base).expanduser().is_dir() else None
     for module, matrices in sorted(pairs.items()):
         if len(matrices) < 2:
             have, lack = ("lora_A", "lora_B") if "lora_A" in matrices else ("lora_B", "lora_A")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ArchitectureMismatchError, HiddenSizeMismatchError, LayerCountMismatchError, SpecialTokensMismatchError
-from .paths import POSITION_LIMIT_KEYS, config_hidden_size, config_num_layers, local_config, some_of
+from .paths import POSITION_LIMIT_KEYS, config_count, config_hidden_size, config_num_layers, local_config, some_of
 
 _SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")
 
@@ -117,16 +117,12 @@ def compare_weight_layouts(base: str, descendant: str, names: tuple[str, str] = 
                              "transformers would initialise them at random. Is the checkpoint complete (every shard "
                              "of its index present)?")
     if set(theirs) == set(ours) and all(theirs[k] == ours[k] for k in ours):
-        differ = [f"{f} {cb[f]} vs {cd[f]}" for f in SHAPE_FIELDS if _count(cb.get(f)) and _count(cd.get(f))
+        differ = [f"{f} {cb[f]} vs {cd[f]}" for f in SHAPE_FIELDS if config_count(cb.get(f)) and config_count(cd.get(f))
                   and cb[f] != cd[f]]  # (a field one config leaves null or unsaid is its default: not compared)
         if differ:
             raise ModelLoadError(f"the config.json files of {base} ({x}) and {descendant} ({y}) differ in "
                                  f"{', '.join(differ)}, while every weight has the same shape in both: one config "
                                  "does not describe its weights. Is each config.json the checkpoint's own?")
-
-
-def _count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def check_special_tokens(tok_pt, tok_it, allow_mismatch: bool = False) -> list[str]:

@@ -310,6 +310,16 @@ def config_num_layers(data: dict) -> int | None:
     return layers if isinstance(layers, int) else None
 
 
+def config_count(value) -> int | None:
+    """``value`` where it is a count a config can state (a positive whole number, not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def config_vocab_size(data: dict) -> int | None:
+    """The vocabulary size a config dict states (a multimodal model's ``text_config``); None when it does not."""
+    return config_count(text_config(data).get("vocab_size"))
+
+
 def config_hidden_size(data: dict) -> int | None:
     """The residual width a config dict states (a multimodal model's ``text_config``; ``n_embd``
     for GPT-2-style configs, ``d_model`` for MPT's); None when it does not."""
