@@ -308,3 +308,9 @@ def test_a_policy_file_reads_in_the_encoding_its_mark_names(tmp_path, encoding):
     path = tmp_path / "policy.yaml"
     path.write_bytes("# thresholds\nmax_interaction_share: 0.4\n".encode(encoding))
     assert load_policy(path) == {"max_interaction_share": 0.4}
+
+
+def test_the_verdict_sentence_counts_one_event_and_one_prompt_in_the_singular():
+    one = decide(_block((0.14, (0.14, 0.14)), (0.09, (0.09, 0.09)), (-0.05, (-0.05, -0.05)), n_prompts=1))
+    assert "On 1 first-divergence event from 1 prompt, " in one["reason"]
+    assert "On 20 first-divergence events from 20 prompts, " in decide(PAPER_IT)["reason"]

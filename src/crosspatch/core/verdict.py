@@ -155,7 +155,9 @@ def _numbers(block: dict) -> dict:
 
 
 def _head(numbers: dict) -> str:
-    return (f"On {numbers['n_events']} first-divergence events from {numbers['n_prompts']} prompts, the descendant's "
+    events, prompts = numbers["n_events"], numbers["n_prompts"]
+    return (f"On {events} first-divergence event{'' if events == 1 else 's'} from {prompts} "
+            f"prompt{'' if prompts == 1 else 's'}, the descendant's "
             f"late layers move logit(t_IT) - logit(t_PT) by {fmt_stat(numbers['E_IT'])} on its own upstream state "
             f"(E_IT) and {fmt_stat(numbers['E_PT'])} on the base's (E_PT); interaction {fmt_stat(numbers['interaction'])}.")
 
