@@ -127,6 +127,19 @@ def test_the_same_command_on_a_finished_run_loads_no_model(saved_pair, tmp_path,
     assert isinstance(res.exception, AssertionError) and "a model was loaded" in str(res.exception)
 
 
+def test_a_resumed_run_says_once_how_many_prompts_were_already_done(saved_pair, tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "--base", str(saved_pair / "base"), "--tuned", str(saved_pair / "tuned"), "--prompts",
+            str(saved_pair / "prompts.jsonl"), "--out", str(out), "--max-new-tokens", "8", "--boundary", "2",
+            "--bootstrap", "0", "--controls", "none", "--event-kinds", "first_diff"]
+    assert CliRunner().invoke(app, args + ["--quiet"]).exit_code == 0
+    for quiet in ([], ["--quiet"]):
+        (out / "summary.json").unlink()  # as if interrupted before the end: every prompt is done
+        res = CliRunner().invoke(app, args + quiet)
+        assert res.exit_code == 0, res.output
+        assert res.output.count("resumed:") == 1 and "already done" in res.output, res.output
+
+
 def test_without_out_each_pair_writes_its_own_directory(saved_pair, tmp_path, monkeypatch):
     """The default --out is named after the models (runs/BASE__DESCENDANT, a sweep's with
     -sweep): a second pair runs beside the first instead of being refused as 'other settings',

@@ -60,7 +60,7 @@ def run_pair(target: PairTarget, config: RunConfig, load: LoadOptions, session: 
         _fail(exc)
         return  # _fail exits
     resumed = result.summary.get("cost_this_session", {}).get("prompts_resumed")
-    if resumed:
+    if resumed and session.quiet:  # otherwise the run said so as it resumed
         console.print(f"resumed: {resumed} prompts already done", soft_wrap=True)
     for w in result.summary["warnings"]:
         console.print(Text.assemble(("warning ", "yellow"), w), soft_wrap=True)
