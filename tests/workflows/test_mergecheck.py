@@ -88,6 +88,9 @@ dtype: float32
     ("merge_method: linear\n", "Exactly one of 'models', 'slices'"),  # refused by a validator's RuntimeError
     ("", "mergekit accepts"),
     ("merge_method: linear\nmerge_method: ties\nmodels: []\n", "'merge_method' appears twice"),  # not the last kept
+    # a method mergekit does not implement, named before the missing base_model (its build would fail late)
+    ("merge_method: frobnicate\nmodels: [{model: $Z/it-full}, {model: $Z/it-merged}]\n",
+     "'frobnicate' is not one mergekit implements .*linear.*ties"),
 ])
 def test_configurations_it_cannot_evaluate_are_named(tmp_path, text, message):
     with pytest.raises(UnsupportedMergeConfigError, match=message):

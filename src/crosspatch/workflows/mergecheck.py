@@ -60,10 +60,36 @@ def read_merge_config(path: str | Path):
         raise UnsupportedMergeConfigError(f"{path}: no such mergekit configuration file")
     try:
         data = strict_yaml_load(read_text(path))
-        return MergeConfiguration.model_validate(data)
+        config = MergeConfiguration.model_validate(data)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, ValidationError, TypeError, ValueError, RuntimeError) as exc:
         text = " ".join(str(exc).split())[:400]
         raise UnsupportedMergeConfigError(f"{path} is not a mergekit configuration mergekit accepts: {text}") from None
+    _check_merge_method(path, config.merge_method)
+    return config
+
+
+def _check_merge_method(path: Path, method: str) -> None:
+    """A merge method mergekit does not implement is named with the configuration, before any other
+    check (its validation accepts any string there; the build would refuse it only after loading)."""
+    import mergekit.merge_methods as methods
+
+    try:
+        methods.get(method)
+    except RuntimeError:
+        known = ", ".join(sorted(filter(None, map(_method_name, methods.registered_methods()))))
+        raise UnsupportedMergeConfigError(f"{path}: merge_method {method!r} is not one mergekit implements "
+                                          f"(it knows {known})") from None
+
+
+def _method_name(method) -> str | None:
+    """A registered mergekit method's name, however its class spells it (a spec, a method or a field)."""
+    spec = getattr(method, "spec", None)
+    name = getattr(spec, "name", None) if spec is not None else None
+    if name is None:
+        name = getattr(method, "name", None) or getattr(method, "method_name", None)
+    if callable(name):
+        name = name()
+    return name if isinstance(name, str) else None
 
 
 def _path(reference) -> str:
