@@ -178,3 +178,72 @@ def test_chat_prompts_need_the_callbacks_chat_template_and_a_tokenizer_that_has_
     callback = CrosspatchCallback(chats, chat_template=True, tokenizer=NoTemplate(), verbose=False)
     with pytest.raises(ChatTemplateMissingError):
         callback.on_train_begin(None, SimpleNamespace(global_step=0), None)
+
+
+def test_a_model_sharded_across_processes_is_refused_when_training_begins():
+    """ZeRO-3 and FSDP leave each process a part of every weight: no process can run the diagnostic
+    alone, so training is refused at its start, not at the first diagnostic."""
+    from types import SimpleNamespace
+
+    import torch
+
+    callback = CrosspatchCallback(PROMPTS, tokenizer=lambda text: text, verbose=False)
+    state = SimpleNamespace(global_step=0)
+    zero3 = torch.nn.Linear(2, 2)
+    zero3.weight.ds_id = 0  # what DeepSpeed ZeRO-3 marks its partitioned parameters with
+    with pytest.raises(OptionError, match="sharded by DeepSpeed ZeRO-3.*--checkpoints"):
+        callback.on_train_begin(None, state, None, model=zero3)
+
+    class FullyShardedDataParallel(torch.nn.Module):  # torch's FSDP wrapper, by its name
+        pass
+
+    wrapped = torch.nn.Sequential(FullyShardedDataParallel())
+    with pytest.raises(OptionError, match="sharded by FSDP"):
+        callback.on_train_begin(None, state, None, model=wrapped)
+    with pytest.raises(OptionError, match="sharded by FSDP"):
+        callback.on_train_begin(SimpleNamespace(fsdp=["full_shard", "auto_wrap"]), state, None)
+    whole = CrosspatchCallback(PROMPTS, base=str(Z / "base"), tokenizer=lambda text: text, verbose=False)
+    whole.on_train_begin(SimpleNamespace(fsdp=None), state, None, model=torch.nn.Linear(2, 2))  # DDP: whole weights
+
+
+def test_under_distributed_training_only_the_main_process_diagnoses(tmp_path):
+    """Another process of a distributed training neither runs the diagnostic nor writes anything:
+    it follows the main process (whose stop decision reaches it through torch.distributed)."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainingArguments
+
+    (tmp_path / "diag" / "step-12").mkdir(parents=True)  # the main process checks out=, not every process
+    callback = CrosspatchCallback(PROMPTS, out=tmp_path / "diag", tokenizer=lambda text: text, every_n_steps=2,
+                                  stop_on_fail=True, verbose=False)
+    callback.on_train_begin(None, SimpleNamespace(global_step=0, is_world_process_zero=False), None)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    (tmp_path / "checkpoint-2").mkdir()
+    state, control = SimpleNamespace(global_step=2, is_world_process_zero=False), TrainerControl()
+    callback.on_step_end(args, state, control, model=None)  # would be refused (no model) if it ran
+    callback.on_save(args, state, control, model=None)
+    assert callback.history == [] and not control.should_training_stop
+    assert not (tmp_path / "checkpoint-2" / "crosspatch.json").exists()
+    assert not (tmp_path / "diag" / "steps.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_distributed_training_stops_on_every_process_at_the_main_processs_failing_verdict(tmp_path):
+    """Two processes (torchrun, gloo on the CPU) train a zoo LoRA with DDP: the main process alone
+    runs the diagnostic and writes one row per step, and its failing verdict stops both processes at
+    the same step (a process stopping alone would leave the other waiting for it forever)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "distributed_training.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=400, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    finished = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert finished == ["rank 0: stopped at step 2, 1 diagnostic(s)", "rank 1: stopped at step 2, 0 diagnostic(s)"], \
+        done.stdout[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "diag" / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2] and rows[0]["passed"] is False

@@ -19,6 +19,13 @@ policy passes. Its cost is bounded by ``max_prompts`` and ``max_new_tokens`` and
 ``chat_template=True`` the prompts (rows given as chats included) are rendered by the tokenizer's
 chat template, as ``crosspatch run --chat-template`` does.
 
+In a distributed training (DDP, ``torchrun``/``accelerate launch``, DeepSpeed ZeRO-1/2) each
+process holds the whole model: the main process alone runs the diagnostic, logs and writes, and
+with ``stop_on_fail`` its decision is broadcast so that every process stops at the same step (the
+others wait for it at each diagnostic step). A model whose weights are split across processes
+(DeepSpeed ZeRO-3, FSDP) is refused when training begins: no process can run it alone; diagnose
+the saved checkpoints instead (``crosspatch lineage BASE --checkpoints OUTPUT_DIR``).
+
 Numbers equal a separate ``crosspatch run`` on the saved checkpoint with the same settings (the
 test trains a zoo LoRA with TRL and checks this to 1e-4).
 """
@@ -85,7 +92,8 @@ class CrosspatchCallback(TrainerCallback):
         self.history: list[dict] = []
         self.trainer = None
         self._base_model = None
-        self._done: dict[int, dict] = {}
+        self._done: dict[int, dict | None] = {}  # None: a step another process diagnosed
+        self._main_process = True
 
     # -- wiring ---------------------------------------------------------------------------------
     def attach(self, trainer) -> CrosspatchCallback:
@@ -103,6 +111,7 @@ class CrosspatchCallback(TrainerCallback):
 
     # -- events ---------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        _refuse_sharded_training(args, model)
         if self.tokenizer is None:
             self.tokenizer = processing_class or kwargs.get("tokenizer")
         if self.tokenizer is None:
@@ -115,6 +124,10 @@ class CrosspatchCallback(TrainerCallback):
         if model is not None and not is_peft_model(model) and self.base is None:
             raise OptionError("CrosspatchCallback on a full fine-tune needs base= (the base checkpoint's path or "
                               "module); for a PEFT model the base is the adapter switched off")
+        # the trainer's flag; outside a trainer (a call by hand) this process is the only one
+        self._main_process = bool(getattr(state, "is_world_process_zero", True))
+        if not self._main_process:
+            return control  # the main process checks out= and says what it will do
         self._check_out_is_this_training(int(getattr(state, "global_step", 0) or 0))
         extra = f" (first {len(self.prompts)} of {len(self.prompts) + self.skipped_prompts} prompts)" \
             if self.skipped_prompts else ""
@@ -148,7 +161,7 @@ class CrosspatchCallback(TrainerCallback):
             return control
         row = self._diagnose(state, control, model)
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if checkpoint.is_dir():
+        if row is not None and checkpoint.is_dir():
             write_whole(checkpoint / "crosspatch.json", json.dumps(row, indent=2, default=str) + "\n")
         return control
 
@@ -178,10 +191,16 @@ class CrosspatchCallback(TrainerCallback):
             raise ModelLoadError(f"CrosspatchCallback base= {self.base}: could not load it as a causal LM: "
                                  f"{' '.join(str(exc).split())[:300]}") from None
 
-    def _diagnose(self, state, control, model) -> dict:
+    def _diagnose(self, state, control, model) -> dict | None:
+        """The diagnostic at this step (once a step), on the main process; None on the others,
+        which follow its stop decision."""
         step = int(state.global_step)
         if step in self._done:
             return self._done[step]
+        if not self._main_process:
+            self._done[step] = None
+            self._follow_stop(control, None)
+            return None
         if model is None:
             raise OptionError("the trainer passed no model to CrosspatchCallback")
         import crosspatch
@@ -217,8 +236,24 @@ class CrosspatchCallback(TrainerCallback):
                   + f"; {row['verdict']} ({row['events']} events, {seconds:.1f} s)")
         if self.stop_on_fail and not row["passed"]:
             self._say(f"stopping training: verdict {row['verdict']} is not one the policy passes")
-            control.should_training_stop = True
+        self._follow_stop(control, row)
         return row
+
+    def _follow_stop(self, control, row: dict | None) -> None:
+        """With ``stop_on_fail``, stop when the main process's verdict fails the policy: in a
+        distributed training the decision goes from the main process to every other, so that all
+        stop at the same step (one stopping alone would leave the others waiting for it)."""
+        if not self.stop_on_fail:
+            return
+        stop = row is not None and not row["passed"]
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            decision = [stop]
+            dist.broadcast_object_list(decision, src=0)  # the trainer's main process is global rank 0
+            stop = bool(decision[0])
+        if stop:
+            control.should_training_stop = True
 
     def _row(self, step: int, result, seconds: float) -> dict:
         from ..runner.summary import effects_at
@@ -238,6 +273,32 @@ class CrosspatchCallback(TrainerCallback):
         metrics["passed"] = float(passed)
         return {"step": step, "boundary": boundary, "metrics": metrics, "verdict": verdict, "passed": passed,
                 "events": int(block.get("n_events") or 0), "seconds": round(seconds, 3)}
+
+
+def _refuse_sharded_training(args, model) -> None:
+    """A model whose weights are split across processes (DeepSpeed ZeRO-3, FSDP, FSDP2's
+    DTensors) cannot be run by one process alone: named when training begins."""
+    way = None
+    if model is not None:
+        if any(hasattr(p, "ds_id") for p in model.parameters()):
+            way = "DeepSpeed ZeRO-3"
+        elif any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules()):
+            way = "FSDP"
+        elif any(type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor"
+                 for p in model.parameters()):
+            way = "FSDP2 (DTensor weights)"
+    if way is None and args is not None and getattr(args, "fsdp", None):
+        way = "FSDP"
+    if way is None:
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+        if is_deepspeed_zero3_enabled():
+            way = "DeepSpeed ZeRO-3"
+    if way is not None:
+        raise OptionError(f"CrosspatchCallback cannot run on a model sharded by {way}: each process holds only a "
+                          "part of every weight, so no process can run the diagnostic alone. Diagnose the saved "
+                          "checkpoints instead (`crosspatch lineage BASE --checkpoints OUTPUT_DIR`), or train with "
+                          "DDP or DeepSpeed ZeRO-1/2")
 
 
 def _check_base(base) -> None:
