@@ -375,6 +375,14 @@ def test_descendants_can_be_named_on_the_command_line():
     for bad in (["../up=/m"], ["a=/m", "a=/n"], ["base=/m"], ["x="]):
         with pytest.raises(OptionError):
             descendant_roles(bad)
+    # a checkpoint and an adapter in directories of the same name: the adapter's role is made unique,
+    # never onto a name the user gave another adapter (which would drop that descendant); a name the
+    # user gave is never changed, so a checkpoint and an adapter given one name clash
+    tuned, adapters = descendant_roles(["/m/sft"], ["/x/sft", "sft-adapter=/x/other"])
+    assert tuned == {"sft": "/m/sft"} and adapters == {"sft-adapter": "/x/other", "sft-adapter-2": "/x/sft"}
+    for clash in ((["a=/m/sft"], ["a=/x/dpo"]), (["/m/a"], ["a=/x/dpo"]), ({"a": "/m/sft"}, ["/x/a"])):
+        with pytest.raises(OptionError, match="given to a checkpoint and to an adapter"):
+            descendant_roles(*clash)
 
 
 def test_compare_takes_named_descendants(tmp_path):

@@ -97,7 +97,27 @@ def descendant_roles(tuned=None, adapters=None) -> tuple[dict[str, str], dict[st
     adapter_roles = dict(_role_names(adapters))
     check_given_once([*tuned_roles.values(), *adapter_roles.values()], "descendant",
                      "it would be loaded, scored and counted twice; give each once")
+    named = _given_names(tuned) | _given_names(adapters)
+    taken = {*tuned_roles, *adapter_roles}
     for role in list(adapter_roles):
-        if role in tuned_roles:  # two descendants in directories of the same name
-            adapter_roles[f"{role}-adapter"] = adapter_roles.pop(role)
+        if role not in tuned_roles:
+            continue
+        if role in named:  # a name the user gave is never changed: a role of that name is a clash
+            raise OptionError(f"role name {role!r} is given to a checkpoint and to an adapter: each descendant needs "
+                              "its own")
+        # two descendants in directories of the same name: the adapter's role is made unique
+        unique, k = f"{role}-adapter", 2
+        while unique in taken:
+            unique, k = f"{role}-adapter-{k}", k + 1
+        adapter_roles[unique] = adapter_roles.pop(role)
+        taken.add(unique)
     return tuned_roles, adapter_roles
+
+
+def _given_names(descendants) -> set[str]:
+    """The role names the user gave (``NAME=PATH``, a dict's keys), not made from directory names."""
+    if isinstance(descendants, dict):
+        return {str(k) for k in descendants}
+    if isinstance(descendants, (list, tuple)):
+        return {named[0] for value in descendants if isinstance(value, str) and (named := named_path(value))}
+    return set()
