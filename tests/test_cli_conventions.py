@@ -378,6 +378,8 @@ def test_descendants_can_be_named_on_the_command_line():
     # a checkpoint and an adapter in directories of the same name: the adapter's role is made unique,
     # never onto a name the user gave another adapter (which would drop that descendant); a name the
     # user gave is never changed, so a checkpoint and an adapter given one name clash
+    tuned, _ = descendant_roles(["/m/sft", "/n/sft", "sft-2=/o/x"])  # a name given is kept, wherever it is
+    assert tuned == {"sft": "/m/sft", "sft-3": "/n/sft", "sft-2": "/o/x"}
     tuned, adapters = descendant_roles(["/m/sft"], ["/x/sft", "sft-adapter=/x/other"])
     assert tuned == {"sft": "/m/sft"} and adapters == {"sft-adapter": "/x/other", "sft-adapter-2": "/x/sft"}
     for clash in ((["a=/m/sft"], ["a=/x/dpo"]), (["/m/a"], ["a=/x/dpo"]), ({"a": "/m/sft"}, ["/x/a"])):

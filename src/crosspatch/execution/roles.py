@@ -71,6 +71,7 @@ def _role_names(descendants: dict[str, str] | list[str] | str | None, what: str 
     if not isinstance(descendants, (list, tuple)):
         raise OptionError(f"descendants are a path, a list of paths or a {{role: path}} dict, not {descendants!r}")
     names: dict[str, str] = {}
+    given = _given_names(descendants)  # names made from directories keep clear of the names given
     for path in map(lambda x: model_path_arg(x, "a descendant"), descendants):
         named = named_path(path)
         if named is not None:  # NAME=PATH: the role is named by the user
@@ -81,7 +82,7 @@ def _role_names(descendants: dict[str, str] | list[str] | str | None, what: str 
             continue
         name = role_name_of(path)
         k, unique = 2, name
-        while unique in names or unique == BASE:
+        while unique in names or unique in given or unique == BASE:
             unique, k = f"{name}-{k}", k + 1
         names[unique] = str(path)
     return names
