@@ -1,6 +1,7 @@
 """A two-process DDP training with CrosspatchCallback (run by torchrun from
 ``test_integrations.py``, gloo on the CPU): a zoo LoRA, a diagnostic every 2 steps, a policy that
-fails, ``stop_on_fail``. Prints each process's last step and how many diagnostics it ran."""
+fails, ``stop_on_fail``. Each process writes its last step and how many diagnostics it ran to
+``rank-<RANK>.txt``."""
 
 import json
 import os
@@ -28,5 +29,5 @@ callback = CrosspatchCallback(prompts, out=f"{out}/diag", every_n_steps=2, on_sa
 trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                   data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
 callback.attach(trainer).trainer.train()  # pyright: ignore[reportOptionalMemberAccess]
-print(f"rank {os.environ['RANK']}: stopped at step {trainer.state.global_step}, {len(callback.history)} diagnostic(s)",
-      flush=True)
+with open(f"{out}/rank-{os.environ['RANK']}.txt", "w", encoding="utf-8") as fh:  # the processes' prints interleave
+    fh.write(f"stopped at step {trainer.state.global_step}, {len(callback.history)} diagnostic(s)")

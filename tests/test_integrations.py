@@ -242,8 +242,7 @@ def test_a_distributed_training_stops_on_every_process_at_the_main_processs_fail
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script), str(tmp_path)], capture_output=True, text=True, timeout=400, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    finished = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
-    assert finished == ["rank 0: stopped at step 2, 1 diagnostic(s)", "rank 1: stopped at step 2, 0 diagnostic(s)"], \
-        done.stdout[-3000:]
+    finished = [(tmp_path / f"rank-{rank}.txt").read_text() for rank in (0, 1)]
+    assert finished == ["stopped at step 2, 1 diagnostic(s)", "stopped at step 2, 0 diagnostic(s)"], done.stdout[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "diag" / "steps.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2] and rows[0]["passed"] is False
