@@ -73,12 +73,15 @@ def _check_merge_method(path: Path, method: str) -> None:
     check (its validation accepts any string there; the build would refuse it only after loading)."""
     import mergekit.merge_methods as methods
 
+    get, registered = getattr(methods, "get", None), getattr(methods, "registered_methods", None)
+    if get is None:  # a mergekit without this registry: its build names the method
+        return
     try:
-        methods.get(method)
-    except RuntimeError:
-        known = ", ".join(sorted(filter(None, map(_method_name, methods.registered_methods()))))
-        raise UnsupportedMergeConfigError(f"{path}: merge_method {method!r} is not one mergekit implements "
-                                          f"(it knows {known})") from None
+        get(method)
+    except Exception:  # mergekit 0.1.5 raises RuntimeError ("Unimplemented merge method")
+        known = sorted(filter(None, map(_method_name, list(registered())))) if callable(registered) else []  # pyright: ignore[reportArgumentType] - mergekit's tuple of methods
+        raise UnsupportedMergeConfigError(f"{path}: merge_method {method!r} is not one mergekit implements"
+                                          + (f" (it knows {', '.join(known)})" if known else "")) from None
 
 
 def _method_name(method) -> str | None:
