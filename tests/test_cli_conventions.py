@@ -284,6 +284,16 @@ def test_pool_counts_each_pair_once(tmp_path):
     with pytest.raises(OptionError, match="same base and descendant"):
         pool_runs([tmp_path / "a", tmp_path / "b"])
     assert pool_runs([tmp_path / "a", tmp_path / "c"], bootstrap=0)["n_pairs"] == 2
+    # a compare's run directory of one descendant is that pair too, though the compare loaded both descendants
+    from crosspatch.execution import load_models
+    from crosspatch.runner.compare import compare
+
+    both = load_models(str(tmp_path / "one" / "base"), tuned={"one": str(tmp_path / "one" / "tuned"),
+                                                               "two": str(tmp_path / "two" / "tuned")})
+    compare(both, many_prompts(5), out=tmp_path / "cmp", **options)
+    with pytest.raises(OptionError, match="same base and descendant"):
+        pool_runs([tmp_path / "a", tmp_path / "cmp" / "one"])
+    assert pool_runs([tmp_path / "a", tmp_path / "cmp" / "two"], bootstrap=0)["n_pairs"] == 2
     for name, pair in (("d", "one"), ("e", "two")):  # weights not hashed: nothing to tell pairs apart by, no refusal
         run(load_pair(str(tmp_path / pair / "base"), tuned=str(tmp_path / pair / "tuned"), hash_weights=False),
             many_prompts(6), out=tmp_path / name, **options)

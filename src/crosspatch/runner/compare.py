@@ -327,12 +327,20 @@ def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str =
 
 
 def _pair_identity(config: dict) -> str | None:
-    """The weights' hashes of every model of a run (the base, then its descendants or adapter), as
+    """The weights' hashes of the models a run scores (the base, then its descendant or adapter: in a
+    compare's run directory the one descendant it scores, not every one the compare loaded), as
     one key; None where a model's weights were not hashed (``hash_weights=False``: recorded as
     None per file) or not recorded (a hub id): then two runs of one pair cannot be told apart."""
     from .resume import recorded_models
 
-    weights = [entry.get("weights") if isinstance(entry, dict) else None for entry in recorded_models(config)]
+    models = config.get("models") or {}
+    descendants = models.get("descendants") or {}
+    scored = (config.get("options") or {}).get("tuned")
+    if isinstance(scored, str) and scored in descendants:  # a compare's run of one of the descendants it loaded
+        entries = [models.get("base"), descendants[scored]]
+    else:
+        entries = recorded_models(config)
+    weights = [entry.get("weights") if isinstance(entry, dict) else None for entry in entries]
     if len(weights) < 2 or not all(isinstance(w, dict) and w and None not in w.values() for w in weights):
         return None
     return json.dumps(weights, sort_keys=True)
