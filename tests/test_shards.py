@@ -28,6 +28,14 @@ def test_three_shards_merge_to_the_unsharded_result(tmp_path):
     identity = ["prompt_id", "boundary", "kinds", "position", "t_pt", "t_it"]  # (cells: batched apart, to 1e-6)
     assert merged.events[identity].equals(whole.events[identity])
     assert (tmp_path / "merged" / "report.md").exists()
+    # a shard is a part of a run: its report says so, and the gate does not pass or fail it as the run
+    from crosspatch.workflows.gate import gate
+
+    shard = gate(dirs[0])
+    assert shard["exit_code"] == 2 and "shard 0/3 of a sharded run" in shard["reason"], shard
+    assert any("shard 1/3 of a sharded run" in w for w in (tmp_path / "s1" / "report.md").read_text().splitlines())
+    assert not any("sharded run" in w for w in merged.summary["warnings"])
+    assert gate(tmp_path / "merged")["status"] == gate(tmp_path / "whole")["status"] != "unusable"
 
 
 @pytest.mark.slow

@@ -48,6 +48,10 @@ def _counts(first: list[CellRecord], no_div: list[NoDivergence], prompts_count: 
 
 def _warnings(config_record: dict, first: list[CellRecord], no_div: list[NoDivergence], counts: dict) -> list[str]:
     warnings = list(config_record.get("pair_warnings", [])) + list(config_record.get("run_warnings", []))
+    shard = (config_record.get("options") or {}).get("shard")
+    if shard:  # a merged run records none
+        warnings.append(f"this run is shard {shard} of a sharded run: its numbers and verdict cover this shard's "
+                        "prompts only; merge the shards (crosspatch merge) for the run's result")
     non_finite = [x for x in no_div if x.reason == "non_finite_logits"]
     if non_finite:
         whose = Counter(x.model or "a model" for x in non_finite)

@@ -1,8 +1,8 @@
 """``crosspatch gate``: a run's verdict as an exit code for CI pipelines (docs/ci.md).
 
 Exit codes: ``0`` pass (the verdict is one the policy lets through), ``1`` fail (another
-verdict), ``2`` unusable (no such directory, not a run, unfinished, counts that do not add up,
-or a sanity control failed). The verdict is recomputed from ``summary.json`` under the given
+verdict), ``2`` unusable (no such directory, not a run, unfinished, one shard of a sharded run,
+counts that do not add up, or a sanity control failed). The verdict is recomputed from ``summary.json`` under the given
 thresholds, so a stricter policy needs no re-run.
 """
 
@@ -46,6 +46,19 @@ def gate_collection(path: Path, kind: str, policy: dict | None = None) -> dict:
             "collection": kind, "members": outcomes, "run_dir": str(path)}
 
 
+def _shard_of(path: Path) -> str | None:
+    """``i/n`` where the run in ``path`` is one shard of several (``--shard``), else None (a merged
+    run records none; an unreadable config is left to the checks that name it)."""
+    try:
+        shard = (json.loads((path / "config.json").read_text(encoding="utf-8")).get("options") or {}).get("shard")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(shard, str) or "/" not in shard:
+        return None
+    count = shard.partition("/")[2].strip()
+    return shard if count.isdigit() and int(count) > 1 else None
+
+
 def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
     """Decide pass / fail / unusable for one run directory (see :func:`gate`)."""
     path = Path(run_dir)
@@ -57,6 +70,10 @@ def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
         return _unusable(not_a_run_message(path))
     if not (path / "summary.json").exists():
         return _unusable(f"{path} has no summary.json: the run did not finish (run the same command again to resume)")
+    shard = _shard_of(path)
+    if shard is not None:
+        return _unusable(f"{path} is shard {shard} of a sharded run: its verdict covers that shard's prompts only; "
+                         "merge the shards (crosspatch merge) and gate the merged run")
     try:
         summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
         check_summary_shape(summary, path / "summary.json")
