@@ -80,12 +80,16 @@ def _role_names(descendants: dict[str, str] | list[str] | str | None, what: str 
                 raise OptionError(f"{what} name {name!r} is given twice (or is the base's): each {each} needs its own")
             names[name] = path
             continue
-        name = role_name_of(path)
-        k, unique = 2, name
-        while unique in names or unique in given or unique == BASE:
-            unique, k = f"{name}-{k}", k + 1
-        names[unique] = str(path)
+        names[_unique_name(role_name_of(path), {*names, *given, BASE})] = str(path)
     return names
+
+
+def _unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name-2``, ``name-3``, ... : the first that is not ``taken``."""
+    unique, k = name, 2
+    while unique in taken:
+        unique, k = f"{name}-{k}", k + 1
+    return unique
 
 
 def descendant_roles(tuned=None, adapters=None) -> tuple[dict[str, str], dict[str, str]]:
@@ -107,9 +111,7 @@ def descendant_roles(tuned=None, adapters=None) -> tuple[dict[str, str], dict[st
             raise OptionError(f"role name {role!r} is given to a checkpoint and to an adapter: each descendant needs "
                               "its own")
         # two descendants in directories of the same name: the adapter's role is made unique
-        unique, k = f"{role}-adapter", 2
-        while unique in taken:
-            unique, k = f"{role}-adapter-{k}", k + 1
+        unique = _unique_name(f"{role}-adapter", taken)
         adapter_roles[unique] = adapter_roles.pop(role)
         taken.add(unique)
     return tuned_roles, adapter_roles

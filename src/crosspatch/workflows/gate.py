@@ -53,6 +53,7 @@ def _shard_of(path: Path) -> str | None:
         shard = (json.loads((path / "config.json").read_text(encoding="utf-8")).get("options") or {}).get("shard")
     except (OSError, ValueError, AttributeError):
         return None
+    # (read here, not with runner.checks.parse_shard: that module imports torch, which the gate does without)
     if not isinstance(shard, str) or "/" not in shard:
         return None
     count = shard.partition("/")[2].strip()
