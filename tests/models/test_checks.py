@@ -661,3 +661,27 @@ def test_a_head_tied_to_the_embeddings_is_not_needed_in_the_file(tmp_path, tied)
     (tmp_path / "config.json").write_text(json.dumps(config | {"tie_word_embeddings": False}))
     with pytest.raises(ModelLoadError, match=r"lacks 1 weight\(s\).*\(lm_head\.weight\)"):
         check_weights_fit_config(str(tmp_path))
+
+
+def test_a_descendants_added_tokens_are_recorded_as_masked(tmp_path):
+    """A descendant with tokens added in fine-tuning (embeddings resized) has ids the base lacks:
+    no argmax picks them, and the record says so (it read "1024 of 1024 ids eligible; masked:
+    none", counting only the rows both heads have)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path)
+    tuned = AutoModelForCausalLM.from_pretrained(root / "tuned")
+    tokenizer = AutoTokenizer.from_pretrained(root / "tuned")
+    rows = tuned.get_output_embeddings().weight.shape[0]
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|forecast|>", "<|end_forecast|>"]})
+    tuned.resize_token_embeddings(rows + 2)
+    tuned.save_pretrained(root / "tuned")
+    tokenizer.save_pretrained(root / "tuned")
+    pair = load_pair(str(root / "base"), tuned=str(root / "tuned"))
+    record = pair.real_vocab.as_record()
+    added = [tokenizer.convert_tokens_to_ids(t) for t in ("<|forecast|>", "<|end_forecast|>")]
+    assert record["total_ids"] == rows + 2
+    assert record["masked_counts"]["not_shared"] == 2
+    assert not any(pair.real_vocab.for_rows(rows + 2)[i] for i in added)

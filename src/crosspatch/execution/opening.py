@@ -138,7 +138,9 @@ def _check_set(roles, tokenizers, facts, options) -> tuple[RealVocabulary, list[
         for w in check_special_tokens(tokenizers[base], tokenizers[role],
                                       allow_mismatch=options.allow_special_token_mismatch):
             warnings.append(w if len(roles) == 2 else f"{role}: {w}")
-    rows = min(f["lm_head_rows"] for f in facts.values())
+    # every row of every head: a descendant's added tokens (resized embeddings) are ids the base
+    # lacks, masked and counted as not shared (one head shorter than the other reads them as absent)
+    rows = max(f["lm_head_rows"] for f in facts.values())
     real = _real_vocabulary(tokenizers, rows)
     image = facts[base].get("image_token_id")
     if image is not None and image < real.mask.numel() and bool(real.mask[image]):
