@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VERSIONS = ("4.57.6", "5.0.0", "current")
-MODEL_TESTS = ("tests/models",)
+MODEL_TESTS = ("tests/models", "tests/execution/test_static.py")
 
 
 def python_for(version: str) -> str:

@@ -406,7 +406,8 @@ def test_auto_decoding_is_static_on_cuda_and_eager_elsewhere_never_compiled(devi
     """``decode="auto"`` picks what was measured fastest: static on CUDA (an H200: 0.94 s against
     1.49 s eager and 46 s compiled, which compiles every new shape of a run), eager on the CPU.
     Compiling is asked for, never chosen. The handle is made to report the device; no kernel runs."""
-    from crosspatch.execution.decoder import StaticDecoder, decoding, new_decoder
+    from crosspatch.execution.modes import decoding, new_decoder
+    from crosspatch.execution.static import StaticDecoder
     from crosspatch.models.forward import ModelHandle
 
     pair = make_pair("llama")
@@ -430,7 +431,7 @@ def test_a_compiled_decoding_step_has_one_shape_per_chunk_width_and_the_prompt_p
     with; the events and the exact plan's cells are the eager search's."""
     from transformers import Cache
 
-    from crosspatch.execution import decoder as decoder_module
+    from crosspatch.execution import static as static_module
     from crosspatch.runner.pipeline import run
 
     seen: dict[int, list[tuple]] = {}  # per KV cache: the shapes of every compiled call
@@ -447,7 +448,7 @@ def test_a_compiled_decoding_step_has_one_shape_per_chunk_width_and_the_prompt_p
         return step
 
     monkeypatch.setattr(torch, "compile", recording_compile)
-    monkeypatch.setattr(decoder_module, "_COMPILED", decoder_module.weakref.WeakKeyDictionary())
+    monkeypatch.setattr(static_module, "_COMPILED", static_module.weakref.WeakKeyDictionary())
     pair = make_pair("llama", scale=0.15)
     options = dict(boundary=0.5, max_new_tokens=16, bootstrap=0, progress=False, controls="none", plan="exact",
                    event_kinds="all")
@@ -469,7 +470,7 @@ def test_a_step_run_as_a_cuda_graph_keeps_none_of_its_outputs_that_the_next_repl
     run as if on CUDA graphs, overwrites with NaN at each call every output of the call before
     (its logits, and the states entering each layer and the final norm, which the state recorder
     keeps); the events and the exact plan's cells stay the eager search's."""
-    from crosspatch.execution import decoder as decoder_module
+    from crosspatch.execution import static as static_module
     from crosspatch.models.anatomy import find_anatomy
     from crosspatch.runner.pipeline import run
 
@@ -497,8 +498,8 @@ def test_a_step_run_as_a_cuda_graph_keeps_none_of_its_outputs_that_the_next_repl
 
     monkeypatch.setattr(torch, "compile", graph_like_compile)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: None)
-    monkeypatch.setattr(decoder_module, "_graphs_on", lambda device: True)
-    monkeypatch.setattr(decoder_module, "_COMPILED", decoder_module.weakref.WeakKeyDictionary())
+    monkeypatch.setattr(static_module, "_graphs_on", lambda device: True)
+    monkeypatch.setattr(static_module, "_COMPILED", static_module.weakref.WeakKeyDictionary())
     pair = make_pair("llama", scale=0.15)
     for plan in ("exact", "minimal"):  # the minimal plan scores first divergences on the states the search kept
         options = dict(boundary=0.5, max_new_tokens=16, bootstrap=0, progress=False, controls="none", plan=plan,

@@ -4,9 +4,7 @@ divergence search, the rollouts and the histories step with."""
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import weakref
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -14,10 +12,8 @@ from ..models.forward import EventStates, ModelHandle, StateRecorder, cache_keyw
 from ..models.vocab import NON_FINITE, masked_argmax
 from . import caches
 from .batching import length_batches, pass_overhead_tokens
-from .caches import static_length
 
-__all__ = ["DECODE_MODES", "CachedDecoder", "StaticDecoder", "decoding", "greedy_chunk", "new_decoder", "pass_overhead",
-           "static_length"]
+__all__ = ["CachedDecoder", "greedy_chunk", "pass_overhead"]
 
 
 def pass_overhead(handle: ModelHandle) -> int:
@@ -136,6 +132,14 @@ class CachedDecoder:
         keys and values are tensors; sliding windows and recurrent states cannot be padded)."""
         return caches.joinable(self.cache)
 
+    def expect(self, longest: int, fits=None) -> None:
+        """Prompts up to ``longest`` tokens may join later (a growing cache makes room as they come:
+        nothing to do; a static one sizes itself for them)."""
+
+    def joinable(self, prompts: list[list[int]]) -> int:
+        """How many of ``prompts``, from the front, :meth:`add` can join now (a growing cache: all)."""
+        return len(prompts)
+
     def add(self, prompts: list[list[int]], rows: list[int]) -> torch.Tensor:
         """Start ``prompts`` (original rows ``rows``) beside the live rows: they are consumed in
         a cache of their own, then both caches are left-padded to one length and joined (padding
@@ -245,152 +249,3 @@ def greedy_chunk(decoder: CachedDecoder, logits: torch.Tensor, live: list[int], 
         feed = [[chunk[r][-1] if grow and r not in stopped else pad] for r, grow in zip(live, growing)]
         logits = decoder.feed(torch.tensor(feed))[:, 0]
     return chunk, stopped, logits
-
-
-DECODE_MODES = ("auto", "eager", "static", "compiled")
-_MODE: contextvars.ContextVar[tuple[str, int, dict | None]] = contextvars.ContextVar("crosspatch_decode",
-                                                                                     default=("eager", 0, None))
-
-
-@contextlib.contextmanager
-def decoding(mode: str, budget: int, used: dict | None = None) -> Iterator[None]:
-    """Decoders made inside (:func:`new_decoder`) step ``eager`` (a growing cache), ``static`` (a
-    preallocated one of fixed shape), ``compiled`` (static, the step compiled) or ``auto``
-    (static on CUDA, else eager); ``budget``: tokens a row may still grow by (sizes a static
-    cache). ``used`` receives the mode each decoder used and why (``{"mode", "reason"}``)."""
-    if mode not in DECODE_MODES:
-        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, not {mode!r}")
-    token = _MODE.set((mode, budget, used))
-    try:
-        yield
-    finally:
-        _MODE.reset(token)
-
-
-def new_decoder(handle: ModelHandle, models, capture: list[int] | None = None, keep_on=None) -> CachedDecoder:
-    """A decoder of the mode :func:`decoding` set (eager outside it). ``auto`` is static on CUDA
-    and eager elsewhere. Measured on an H200 (docs/benchmarks.md): a static cache's fixed-shape
-    steps beat the growing cache's (0.94 s against 1.49 s for 96 prompts of a 134M pair), while
-    ``compiled`` spent 46 s compiling and capturing each new shape of the run, so compiling is
-    asked for, never chosen; on the CPU neither pays. A model whose cache cannot be static falls
-    back to eager, the reason recorded."""
-    mode, budget, used = _MODE.get()
-    reason = "as asked"
-    if mode == "auto":
-        on_cuda = handle.input_device.type == "cuda"
-        mode, reason = ("static", "auto: CUDA") if on_cuda else ("eager", "auto: not on CUDA")
-    model = handle.anatomy.model
-    if mode == "compiled" and getattr(model, "_can_compile_fullgraph", True) is False:
-        mode, reason = "static", f"{type(model).__name__} cannot be compiled whole in this transformers"
-    if mode in ("static", "compiled") and getattr(model, "_supports_static_cache", True) is False:
-        mode, reason = "eager", f"{type(model).__name__} has no static KV cache in this transformers"
-    if used is not None:
-        used.update(mode=mode, reason=reason)
-    if mode in ("static", "compiled"):
-        decoder = StaticDecoder(handle, models, capture, keep_on, budget=budget, compiled=mode == "compiled")
-        decoder.used = used if used is not None else {}
-        return decoder
-    return CachedDecoder(handle, models, capture, keep_on)
-
-
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _graphs_on(device: torch.device) -> bool:
-    """Whether a compiled step on ``device`` runs as CUDA graphs (``mode="reduce-overhead"``)."""
-    return device.type == "cuda"
-
-
-class StaticDecoder(CachedDecoder):
-    """A :class:`CachedDecoder` over a preallocated KV cache of fixed shape (Hugging Face's
-    ``StaticCache``): its batch never shrinks (a finished row's slot is fed padding, its output
-    dropped) and its length is the prompt width + the budget rounded up to a bucket, so that every
-    step of a batch has one shape: what ``torch.compile(mode="reduce-overhead")`` and CUDA graphs
-    need (``compiled``). Rows cannot be added (continuous batching falls back to batch after
-    batch). The same events as the eager decoder; logits to float rounding (attention runs over the
-    whole, masked, cache length)."""
-
-    prefill_in_groups = False  # its rows cannot be joined (see can_add)
-
-    def __init__(self, handle: ModelHandle, models, capture: list[int] | None = None, keep_on=None,
-                 budget: int = 0, compiled: bool = False) -> None:
-        super().__init__(handle, models, capture, keep_on)
-        self.budget, self.compiled = budget, compiled
-        self.length = 0  # the cache's length (set with each fresh cache)
-        self.graph_outputs = False  # whether the last step's outputs are CUDA-graph memory that the next step reuses
-        self.slots: list[int] = []
-        self.used: dict = {}  # where a compilation failure is recorded (new_decoder passes the run's)
-
-    @property
-    def can_add(self) -> bool:
-        return False
-
-    def _batch_rows(self) -> list[int]:
-        return self.slots
-
-    def _fresh_cache(self, batch: int, width: int):
-        self.length = static_length(width + self.budget + 1)
-        return caches.new_static_cache(self.handle, batch, self.length)
-
-    def _attention_mask(self) -> torch.Tensor:
-        """The padding mask over the cache's whole length, zeros past the tokens fed so far: one
-        shape for every step of a batch, so that a compiled step is not traced, and a CUDA graph
-        not recorded, again at every step (Hugging Face pads a shorter mask with zeros to the
-        cache's length inside the forward, and builds its causal mask over the whole cache: the
-        model computes exactly what it would with the shorter mask)."""
-        return torch.nn.functional.pad(self.mask, (0, self.length - self.mask.shape[1]))
-
-    def _forward(self, keep: int, real_tokens: int, **inputs) -> torch.Tensor:
-        ids = inputs["input_ids"]
-        inputs["cache_position"] = torch.arange(self.cursor, self.cursor + ids.shape[1], device=ids.device)
-        # The prompt pass runs uncompiled, as Hugging Face's generate runs it: its width changes
-        # with every batch, and a compiled prefill would be traced (and captured) for each.
-        compiled = self._compiled() if self.cursor > 0 else None
-        self.graph_outputs = compiled is not None and _graphs_on(self.handle.input_device)
-        if compiled is not None:
-            try:
-                if self.graph_outputs:  # a new step: the outputs of the last one may be overwritten
-                    torch.compiler.cudagraph_mark_step_begin()
-                return self._outlives(step_logits(self.handle, keep, real_tokens, forward=compiled, **inputs))
-            except Exception as exc:  # noqa: BLE001 - whatever the compiler raises, the step runs uncompiled
-                _COMPILED[self.handle.anatomy.model] = None
-                self.graph_outputs = False
-                self.used.update(mode="static", reason=f"torch.compile failed ({type(exc).__name__}): static, uncompiled")
-        return step_logits(self.handle, keep, real_tokens, **inputs)
-
-    def _outlives(self, t: torch.Tensor) -> torch.Tensor:
-        """A copy where the step ran as a CUDA graph: its outputs (the logits, and the states the
-        recorder's hooks took inside the graph) live in the graph's memory, which its next replay
-        overwrites, and they are read long after (logits across the other model's step, states
-        when events are scored)."""
-        return t.clone() if self.graph_outputs else t
-
-    def _compiled(self):
-        """The model's forward compiled once per model (``compiled``; on CUDA with CUDA graphs), else
-        None (uncompiled, or its compilation failed before)."""
-        model = self.handle.anatomy.model
-        if not self.compiled:
-            return None
-        if model not in _COMPILED:
-            graphs = _graphs_on(self.handle.input_device)
-            _COMPILED[model] = torch.compile(model, mode="reduce-overhead" if graphs else "default")
-        return _COMPILED[model]
-
-    def start(self, prompts: list[list[int]], rows: list[int] | None = None) -> torch.Tensor:
-        self.cursor = 0
-        self.slots = list(range(len(prompts)))
-        logits = super().start(prompts, rows)
-        self.cursor = max(len(p) for p in prompts)
-        return logits
-
-    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
-        full = torch.full((len(self.mask), tokens.shape[1]), self.models.pad_id, dtype=tokens.dtype)
-        full[self.slots] = tokens.cpu()
-        rows = self.slots
-        logits = super().feed(full)
-        self.cursor += tokens.shape[1]
-        return logits[rows]
-
-    def select(self, keep: list[int]) -> None:
-        self.slots = [self.slots[i] for i in keep]
-        self.rows = [self.rows[i] for i in keep]

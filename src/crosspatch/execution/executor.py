@@ -25,8 +25,9 @@ from ..errors import DeviceMemoryError
 from ..models.forward import EventStates, capture_forward, late_forward, readout
 from ..models.vocab import masked_argmax
 from .batching import filled, length_batches
-from .decoder import DECODE_MODES, decoding, pass_overhead
+from .decoder import pass_overhead
 from .modelset import ModelSet
+from .modes import DECODE_MODES, decoding
 from .passes import Capture, Decode, History, Late, Pass, Search, SearchHistory, SearchOutcome
 from .search import first_mismatch, history_interleaved, rollout_states, search_interleaved
 

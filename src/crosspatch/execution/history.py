@@ -8,7 +8,8 @@ import torch
 
 from ..models.forward import ModelHandle
 from ..models.vocab import NON_FINITE, masked_argmax
-from .decoder import greedy_chunk, new_decoder
+from .decoder import greedy_chunk
+from .modes import new_decoder
 
 __all__ = ["history_interleaved"]
 

@@ -21,8 +21,9 @@ import torch
 
 from ..models.forward import EventStates, ModelHandle, capture_forward, readout
 from ..models.vocab import NON_FINITE, masked_argmax
-from .decoder import CachedDecoder, greedy_chunk, new_decoder
+from .decoder import CachedDecoder, greedy_chunk
 from .history import history_interleaved
+from .modes import new_decoder
 from .passes import SearchHistory, SearchOutcome
 
 __all__ = ["CachedDecoder", "first_mismatch", "greedy_rollout", "history_interleaved", "rollout_states",
@@ -177,6 +178,9 @@ def _search_batch(
     n = len(prompts)
     queue = list(range(n))
     first = _fitting(queue, prompts, budget, fits, [])
+    if first < n:  # more prompts than one batch: a static cache makes room for the longest that may join
+        for decoder in (dec_r, dec_c):
+            decoder.expect(max(len(p) for p in prompts), fits)
     live = queue[:first]  # original rows in both caches, in batch order
     del queue[:first]
     logits_r = dec_r.start([prompts[r] for r in live], live)
@@ -226,6 +230,9 @@ def _refill(dec_r: CachedDecoder, dec_c: CachedDecoder, queue: list[int], prompt
     if not (dec_r.can_add and dec_c.can_add or not live):
         return live, logits_r
     take = _fitting(queue, prompts, budget, fits, live)
+    if live:  # a static cache has its slots and its length: as many as it has room for
+        waiting = [prompts[r] for r in queue[:take]]
+        take = min(take, dec_r.joinable(waiting), dec_c.joinable(waiting))
     if not take:
         return live, logits_r
     new, queue[:take] = queue[:take], []

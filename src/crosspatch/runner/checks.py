@@ -113,7 +113,7 @@ def validate_run_options(config) -> None:
     from ..core.tokens import TokenClasses
     from ..core.verdict import VerdictPolicy
     from ..execution import ENGINES
-    from ..execution.decoder import DECODE_MODES
+    from ..execution.modes import DECODE_MODES
 
     if config.plan not in ("minimal", "exact"):
         raise OptionError(f"plan must be 'minimal' or 'exact', not {config.plan!r}")

@@ -58,7 +58,7 @@ class ChunkPlan:
     cells: CellsConfig
     analyses: list = field(default_factory=list)  # controls and further analyses, run on the same events
     tuned: str | None = None  # the descendant role scored against the base (default: the first)
-    decode: str = "eager"  # how the search and the histories decode (execution.decoder.DECODE_MODES)
+    decode: str = "eager"  # how the search and the histories decode (execution.modes.DECODE_MODES)
     share_histories: bool = True  # the search decodes the histories analyses wish for (False: apart, to compare)
 
 

@@ -1,0 +1,125 @@
+"""Static decoding with continuous batching (``execution.static``): a row taken into the slot of
+a row that ended computes what it would alone, and the search takes the next prompts into free
+slots of a static cache, as it does into a growing one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from crosspatch.execution import Executor
+from crosspatch.execution.decoder import CachedDecoder
+from crosspatch.execution.modes import decoding, new_decoder
+from crosspatch.execution.static import SlotDecoder
+from crosspatch.runner.pipeline import run
+from crosspatch.testing import ARCHITECTURES, make_pair
+
+from ..conftest import PROMPTS
+
+QUICK = ("llama", "gpt2")
+
+
+def _alone(handle, pair, prompt: list[int], chunks: list[list[int]]) -> list[torch.Tensor]:
+    """The eager decoder's logits for one row alone: after its prompt, then after each chunk."""
+    decoder = CachedDecoder(handle, pair)
+    out = [decoder.start([prompt])[0]]
+    for chunk in chunks:
+        out.append(decoder.feed(torch.tensor([chunk]))[0])
+    return out
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> None:
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), float((got - want).abs().max())
+
+
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=[] if a in QUICK else [pytest.mark.slow])
+                                  for a in sorted(ARCHITECTURES)])
+def test_a_row_taken_into_a_free_slot_computes_what_it_would_alone(arch):
+    """Two rows start together; one ends and a third prompt is prefilled apart and copied into its
+    slot; then both live rows are fed chunks of 1, 2 and 3 tokens, each at its own cache
+    position. Every logit of both rows is the row's own, decoded alone (to float rounding: the
+    static cache attends over its whole, masked, length). A cache that cannot take rows
+    (sliding windows) says so."""
+    pair = make_pair(arch)
+    handle = pair.it
+    tokenizer = pair.tokenizer
+    first, second, third = (tokenizer(p["prompt"])["input_ids"] for p in PROMPTS[1:4])
+    with decoding("static", budget=12):
+        decoder = new_decoder(handle, pair)
+    assert isinstance(decoder, SlotDecoder)
+    decoder.start([first, second], [0, 1])
+    decoder.feed(torch.tensor([[5], [6]]))
+    decoder.select([1])  # the first row ended
+    if not decoder.can_add:
+        assert decoder.cache.layers and any(getattr(layer, "is_sliding", False) for layer in decoder.cache.layers)
+        return
+    assert decoder.joinable([third]) == 1
+    joined = decoder.add([third], [2])
+    chunks_second, chunks_third = [[7], [8, 9], [10, 11, 12]], [[13], [14, 15], [16, 17, 18]]
+    steps = [joined[0]]
+    for a, b in zip(chunks_second, chunks_third):
+        logits = decoder.feed(torch.tensor([a, b]))
+        steps.append((logits[0], logits[1]))
+    alone_third = _alone(handle, pair, third, chunks_third)
+    alone_second = _alone(handle, pair, second, [[6]] + chunks_second)
+    _close(steps[0], alone_third[0])
+    for k, (got_second, got_third) in enumerate(steps[1:]):
+        _close(got_third, alone_third[k + 1])
+        _close(got_second, alone_second[k + 2])
+    assert decoder.rows == [1, 2]
+
+
+def test_a_static_cache_has_no_slot_or_room_for_more_than_it_holds():
+    """A row joins only into a free slot and where the cache has room for its prompt and its whole
+    budget; a prompt expected later (``expect``) gets that room in a fresh cache."""
+    pair = make_pair("llama")
+    with decoding("static", budget=40):
+        decoder = new_decoder(pair.it, pair)
+        roomy = new_decoder(pair.it, pair)
+    short, long = [1, 5, 6], list(range(1, 30))
+    decoder.start([short, short], [0, 1])
+    assert decoder.joinable([short]) == 0  # no free slot
+    decoder.select([0])
+    assert decoder.joinable([short, short]) == 1  # one free slot
+    assert decoder.length < len(long) + 40 + 1 and decoder.joinable([long]) == 0  # no room for its budget
+    roomy.expect(len(long))
+    roomy.start([short, short], [0, 1])
+    roomy.select([0])
+    assert roomy.joinable([long]) == 1
+    with pytest.raises(ValueError, match="cannot join"):
+        decoder.add([long], [2])
+
+
+def test_the_search_takes_the_next_prompts_into_free_slots_with_the_eager_events_and_exact_cells(monkeypatch):
+    """With more prompts than a batch holds, a static search no longer runs batch after batch: rows
+    join the slots of rows that ended, in fewer decoding steps, with the eager search's events and,
+    under the exact plan, bit-identical cells."""
+    pair = make_pair("llama")
+    prompts = [dict(p) for p in PROMPTS]
+    options = dict(boundary=2, max_new_tokens=8, bootstrap=0, progress=False, controls="none", plan="exact",
+                   event_kinds="first_diff", batch_size=2, max_batch_tokens=None)
+    joins, steps = [], {"n": 0}
+    real_add, real_feed = SlotDecoder.add, SlotDecoder.feed
+
+    def add(self, new, rows):
+        if self.rows:
+            joins.append(len(new))
+        return real_add(self, new, rows)
+
+    def feed(self, tokens):
+        steps["n"] += 1
+        return real_feed(self, tokens)
+
+    monkeypatch.setattr(SlotDecoder, "add", add)
+    monkeypatch.setattr(SlotDecoder, "feed", feed)
+    eager = run(pair, prompts, decode="eager", **options)
+    static = run(pair, prompts, decode="static", **options)
+    joined_steps = steps["n"]
+    assert joins and static.summary["cost_this_session"]["decode"]["mode"] == "static"
+    assert [(r.key, r.position, r.t_pt, r.t_it, r.cells) for r in static.records] == \
+        [(r.key, r.position, r.t_pt, r.t_it, r.cells) for r in eager.records] and eager.records
+    steps["n"] = 0
+    monkeypatch.setattr(Executor, "continuous_batching", False)  # batch after batch
+    apart = run(pair, prompts, decode="static", **options)
+    assert [r.cells for r in apart.records] == [r.cells for r in static.records]
+    assert joined_steps < steps["n"]
