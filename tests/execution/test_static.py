@@ -123,3 +123,30 @@ def test_the_search_takes_the_next_prompts_into_free_slots_with_the_eager_events
     apart = run(pair, prompts, decode="static", **options)
     assert [r.cells for r in apart.records] == [r.cells for r in static.records]
     assert joined_steps < steps["n"]
+
+
+def test_a_row_at_the_end_of_the_cache_keeps_its_tokens_when_padding_runs_past_it():
+    """A row fed its last tokens beside a longer chunk of another row is padded to that chunk's
+    width, and the padding can run past the cache's end: it goes to the last position, which none
+    of the row's real tokens reads, and the real tokens keep their own positions."""
+    from crosspatch.execution.caches import static_length
+
+    pair = make_pair("llama")
+    prompt = pair.tokenizer(PROMPTS[1]["prompt"])["input_ids"]
+    budget = static_length(len(prompt) + 1) - len(prompt) - 1  # prompt + budget + 1 fill the cache exactly
+    with decoding("static", budget=budget):
+        decoder = new_decoder(pair.it, pair)
+    decoder.start([prompt, prompt], [0, 1])
+    decoder.feed(torch.tensor([[5], [5]]))
+    decoder.select([1])
+    decoder.add([prompt], [2])
+    assert decoder.length == len(prompt) + budget + 1
+    tokens = [5 + k % 20 for k in range(budget)]
+    for k in range(0, budget - 1, 3):  # both rows: chunks of up to three tokens, budget - 1 in all
+        chunk = tokens[k:min(k + 3, budget - 1)]
+        decoder.feed(torch.tensor([chunk, chunk]))
+    # the joined row's last real token (at the cache's last position but one), padded to the other
+    # row's chunk of four: the padding runs two positions past the end
+    last = decoder.feed(torch.tensor([[0] * 4, [tokens[-1]] + [0] * 3]))
+    alone = _alone(pair.it, pair, prompt, [tokens[:-1], tokens[-1:]])
+    _close(last[1, 0], alone[-1][0])

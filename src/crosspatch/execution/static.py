@@ -39,8 +39,8 @@ class StaticDecoder(CachedDecoder):
     dropped) and its length is the prompt width + the budget rounded up to a bucket, so that every
     step of a batch has one shape: what ``torch.compile(mode="reduce-overhead")`` and CUDA graphs
     need (``compiled``). Rows cannot be added (continuous batching falls back to batch after
-    batch). The same events as the eager decoder; logits to float rounding (attention runs over the
-    whole, masked, cache length)."""
+    batch; :class:`SlotDecoder` takes them). The same events as the eager decoder; logits to
+    float rounding (attention runs over the whole, masked, cache length)."""
 
     prefill_in_groups = False  # its rows cannot be joined (see can_add)
 
@@ -171,8 +171,8 @@ def _plain_static_layers(cache) -> list | None:
 
 
 class SlotDecoder(StaticDecoder):
-    """A :class:`~crosspatch.execution.decoder.StaticDecoder` whose free slots take new rows
-    (:meth:`add`). Until a row joins it steps exactly as a static decoder (one shared position);
+    """A :class:`StaticDecoder` whose free slots take new rows (:meth:`add`): ``--decode static``.
+    Until a row joins it steps exactly as a static decoder (one shared position);
     from the first join on, each slot keeps its own write position (``write_at``) and the
     positions its row filled (``filled``), and every step is given the 4D mask built from them.
 
@@ -274,11 +274,12 @@ class SlotDecoder(StaticDecoder):
         full[self.slots] = tokens.cpu()
         live = torch.zeros(slots, dtype=torch.bool, device=device)
         live[self.slots] = True
-        # a free slot, and a live row fed padding past its budget (it has ended; its outputs are
-        # dropped), write at the end of the cache, where no live row's tokens are read
-        at = torch.where(live & (self.write_at + k <= self.length), self.write_at,
-                         torch.full_like(self.write_at, self.length - k))
-        write = at[:, None] + torch.arange(k, device=device)[None, :]
+        # A free slot writes at the end of the cache. A live row's real tokens always fit before the
+        # last position (its prompt + budget + 1 fit the cache, and it is fed a generated token only
+        # up to its budget); only padding, fed to a row that has ended while others go on, can run
+        # past the end: it is written at the last position, which no real token of the row reads.
+        at = torch.where(live, self.write_at, torch.full_like(self.write_at, self.length - k))
+        write = (at[:, None] + torch.arange(k, device=device)[None, :]).clamp(max=self.length - 1)
         filled = self.filled.clone()
         filled[torch.arange(slots, device=device)[:, None], write] = True
         span = torch.arange(self.length, device=device)
@@ -297,7 +298,7 @@ class SlotDecoder(StaticDecoder):
             for layer in layers:
                 layer.write_positions = None
         # a free slot's position stays put (a model with learned positions has only so many)
-        self.filled, self.write_at = filled, torch.where(live, at + k, self.write_at)
+        self.filled, self.write_at = filled, torch.where(live, (at + k).clamp(max=self.length), self.write_at)
         self.next_position = torch.where(live[:, None], self.next_position + k, self.next_position)
         return logits[self.slots]
 
