@@ -1,10 +1,13 @@
-"""Continuous batching in the divergence search, before and after, on the CPU.
+"""Continuous batching in the divergence search, before and after (on the CPU; ``--device cuda
+--dtype bfloat16`` is the GPU check's ``batching`` part).
 
-    python benchmarks/continuous_batching.py            # the zoo (128 prompts) and the mid-size pair (32)
+    python benchmarks/continuous_batching.py            # the zoo (96 prompts) and the mid-size pair (32)
 
-Runs the 2x2 alone (no controls, first divergences only) twice per workload in one process:
+Runs the 2x2 alone (no controls, first divergences only) per workload and decoding mode (``eager``:
+a growing KV cache, ``static``: a preallocated one, what ``auto`` picks on CUDA) in one process:
 batch at a time (each search batch waits for its slowest row: ``Executor.continuous_batching =
-False``) and continuous (a row that finds its event makes room for the next prompt). Reports
+False``) and continuous (a row that finds its event makes room for the next prompt: joined to a
+growing cache, or taken into the free slot of a static one). Reports
 the search's sequential decoding calls per event, the wall time, and whether the events and the
 cells are the same. Writes ``docs/benchmarks/continuous-batching.json``; nothing here is part of
 the test suite.
@@ -24,28 +27,36 @@ sys.path.insert(0, str(HERE))
 from workloads import SPECS, build_mid, workload_paths, workload_root  # noqa: E402
 
 
-def measure(workload: str, prompts: int, batch_size: int, root: str) -> dict:
+def measure(workload: str, prompts: int, batch_size: int, root: str, decode: str = "eager", device: str = "cpu",
+            dtype: str = "float32") -> dict:
     from crosspatch.execution import Executor, load_pair
     from crosspatch.execution import decoder as decoder_module
+    from crosspatch.execution import static as static_module
     from crosspatch.inputs.prompts import load_prompts
     from crosspatch.runner.pipeline import run
 
     if workload != "zoo":
         build_mid(workload_root(root, workload), SPECS[workload])
     w = workload_paths(workload, Path(root))
-    pair = load_pair(w["base"], tuned=w["tuned"], dtype="float32", device="cpu", hash_weights=False)
+    pair = load_pair(w["base"], tuned=w["tuned"], dtype=dtype, device=device, hash_weights=False)
     items = load_prompts(w["prompts"])
     items = items[:: max(1, len(items) // prompts)][:prompts]
-    calls = {"n": 0}
-    feed = decoder_module.CachedDecoder.feed
+    calls, depth = {"n": 0}, {"d": 0}
 
-    def counted(self, tokens):
-        calls["n"] += 1
-        return feed(self, tokens)
+    def counting(feed):
+        def counted(self, tokens):  # one decoding call, however many classes its feed passes through
+            calls["n"] += depth["d"] == 0
+            depth["d"] += 1
+            try:
+                return feed(self, tokens)
+            finally:
+                depth["d"] -= 1
+        return counted
 
-    decoder_module.CachedDecoder.feed = counted  # type: ignore[method-assign]
+    for cls in (decoder_module.CachedDecoder, static_module.SlotDecoder):
+        cls.feed = counting(cls.feed)  # type: ignore[method-assign]
     options = dict(boundary=0.6, max_new_tokens=64, batch_size=batch_size, bootstrap=0, progress=False,
-                   controls="none", event_kinds="first_diff")
+                   controls="none", event_kinds="first_diff", decode=decode)
     run(pair, items[:2], **options)  # warm-up
     out = {}
     for name, continuous in (("batch at a time", False), ("continuous", True)):
@@ -67,7 +78,8 @@ def measure(workload: str, prompts: int, batch_size: int, root: str) -> dict:
     before, after = out["batch at a time"], out["continuous"]
     diff = max((abs(before["_cells"][k][c] - after["_cells"][k][c]) for k in before["_cells"]
                 for c in before["_cells"][k]), default=0.0)
-    summary = {"workload": workload, "prompts": len(items), "batch_size": batch_size,
+    summary = {"workload": workload, "decode": decode, "device": device, "dtype": dtype, "prompts": len(items),
+               "batch_size": batch_size,
                "same_events": before["_events"] == after["_events"], "max_cell_diff": diff,
                **{name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in out.items()}}
     print(json.dumps(summary), flush=True)
@@ -78,8 +90,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default="/tmp/crosspatch-bench")
     ap.add_argument("--out", type=Path, default=HERE.parent / "docs" / "benchmarks" / "continuous-batching.json")
+    ap.add_argument("--decode", nargs="+", default=["eager", "static"], choices=["eager", "static"])
+    ap.add_argument("--device", default="cpu", help="cuda: the GPU check's `batching` part (benchmarks/gpu_check.sh)")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--workloads", nargs="+", default=["zoo", "mid"], choices=["zoo", "mid"])
     args = ap.parse_args()
-    results = [measure("zoo", 128, 32, args.root), measure("mid", 32, 8, args.root)]
+    sizes = {"zoo": (128, 32), "mid": (32, 8)}
+    results = [measure(workload, *sizes[workload], args.root, decode, args.device, args.dtype)
+               for decode in args.decode for workload in args.workloads]
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out}")
 

@@ -10,6 +10,8 @@
 #   benchmarks/gpu_check.sh large      # the 1.4B pair: crosspatch, paper-style, both floors
 #   benchmarks/gpu_check.sh 7B         # a 7B-class random-init Llama pair built on the GPU: sequential and both
 #   benchmarks/gpu_check.sh profile    # where the search's time goes on the GPU
+#   benchmarks/gpu_check.sh batching   # continuous batching in the search, eager and static (the zoo, the mid-size
+#                                      # pair in bf16; benchmarks/continuous_batching.py, its own JSON file)
 #   benchmarks/gpu_check.sh all        # everything, one after the other
 #
 # Several parts run one after the other; `PART:SECONDS` stops a part after that many seconds (what
@@ -46,9 +48,9 @@ done
 parts=()
 for p in "$@"; do
     case "${p%%:*}" in
-        all) parts+=(zoo mid large 7B profile) ;;
-        zoo|mid|large|7B|profile) parts+=("$p") ;;
-        *) echo "usage: $0 [--cpu-dry-run] [--out FILE] [--repeats N] [zoo|mid|large|7B|profile|all][:SECONDS] ..." >&2
+        all) parts+=(zoo mid large 7B profile batching) ;;
+        zoo|mid|large|7B|profile|batching) parts+=("$p") ;;
+        *) echo "usage: $0 [--cpu-dry-run] [--out FILE] [--repeats N] [zoo|mid|large|7B|profile|batching|all][:SECONDS] ..." >&2
            exit 2 ;;
     esac
 done
@@ -65,13 +67,21 @@ for p in "${parts[@]}"; do
     [[ "$p" == *:* ]] && limit="${p#*:}"
     echo "== $name${limit:+ (at most $limit s)}"
     start=$SECONDS
+    command=("$python" benchmarks/bench_crosspatch.py --suite gpu "${dry[@]}" "${extra[@]}" --only "$name")
+    if [[ "$name" == batching ]]; then  # its own script and file (the dry run: the zoo on the CPU, to /tmp)
+        if [[ ${#dry[@]} -eq 0 ]]; then
+            command=("$python" benchmarks/continuous_batching.py --device cuda --dtype bfloat16
+                     --out "$PWD/docs/benchmarks/continuous-batching-gpu.json")
+        else
+            command=("$python" benchmarks/continuous_batching.py --workloads zoo --out /tmp/continuous-batching-dry.json)
+        fi
+    fi
     if [[ -n "$limit" ]]; then
         # timeout signals its whole process group: the methods' child processes stop with it
-        timeout --signal=TERM --kill-after=10 "$limit" "$python" benchmarks/bench_crosspatch.py --suite gpu \
-            "${dry[@]}" "${extra[@]}" --only "$name" || { rc=$?; echo "== $name stopped (exit $rc)"; status=1; }
+        timeout --signal=TERM --kill-after=10 "$limit" "${command[@]}" || { rc=$?; echo "== $name stopped (exit $rc)"; status=1; }
         pkill -f "bench_crosspatch.py --method" || true
     else
-        "$python" benchmarks/bench_crosspatch.py --suite gpu "${dry[@]}" "${extra[@]}" --only "$name" || status=1
+        "${command[@]}" || status=1
     fi
     echo "== $name: $((SECONDS - start)) s"
 done
