@@ -663,10 +663,13 @@ def test_a_head_tied_to_the_embeddings_is_not_needed_in_the_file(tmp_path, tied)
         check_weights_fit_config(str(tmp_path))
 
 
-def test_a_descendants_added_tokens_are_recorded_as_masked(tmp_path):
+@pytest.mark.parametrize("base_has_them", [False, True])
+def test_a_descendants_added_tokens_are_recorded_as_masked(tmp_path, base_has_them):
     """A descendant with tokens added in fine-tuning (embeddings resized) has ids the base lacks:
     no argmax picks them, and the record says so (it read "1024 of 1024 ids eligible; masked:
-    none", counting only the rows both heads have)."""
+    none", counting only the rows both heads have). Where the base was saved with the
+    descendant's tokenizer but never resized, both tokenizers list the ids, but the base's head
+    has no row for them: they are masked all the same."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from crosspatch.testing import save_tiny_pair
@@ -675,13 +678,15 @@ def test_a_descendants_added_tokens_are_recorded_as_masked(tmp_path):
     tuned = AutoModelForCausalLM.from_pretrained(root / "tuned")
     tokenizer = AutoTokenizer.from_pretrained(root / "tuned")
     rows = tuned.get_output_embeddings().weight.shape[0]
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|forecast|>", "<|end_forecast|>"]})
+    count = rows + 2 - len(tokenizer)  # through the head's padding rows, and two beyond them
+    tokenizer.add_special_tokens({"additional_special_tokens": [f"<|forecast_{k}|>" for k in range(count)]})
     tuned.resize_token_embeddings(rows + 2)
     tuned.save_pretrained(root / "tuned")
     tokenizer.save_pretrained(root / "tuned")
+    if base_has_them:
+        tokenizer.save_pretrained(root / "base")
     pair = load_pair(str(root / "base"), tuned=str(root / "tuned"))
     record = pair.real_vocab.as_record()
-    added = [tokenizer.convert_tokens_to_ids(t) for t in ("<|forecast|>", "<|end_forecast|>")]
     assert record["total_ids"] == rows + 2
-    assert record["masked_counts"]["not_shared"] == 2
-    assert not any(pair.real_vocab.for_rows(rows + 2)[i] for i in added)
+    assert not pair.real_vocab.for_rows(rows + 2)[rows:].any()  # beyond the base's head: never real
+    assert record["masked_counts"]["not_shared"] == (2 if base_has_them else count)

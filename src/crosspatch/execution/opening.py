@@ -112,17 +112,20 @@ def _fitting_residency(base: str, tuned: list[str], options: LoadOptions) -> tup
     return "sequential", f"{len(sizes)} models need ~{need / 2**30:.1f} GiB but {free / 2**30:.1f} GiB is free"
 
 
-def _real_vocabulary(tokenizers: dict[str, Any], rows: int) -> RealVocabulary:
-    """The ids every tokenizer shares with the base (and that are not placeholders)."""
+def _real_vocabulary(tokenizers: dict[str, Any], rows: int, every_head: int | None = None) -> RealVocabulary:
+    """The ids every tokenizer shares with the base (and that are not placeholders), over ``rows``
+    ids; ids at ``every_head`` and beyond, which some model's head lacks, are not shared either."""
     roles = list(tokenizers)
     base = tokenizers[roles[0]]
     parts = [build_real_vocabulary(base, tokenizers[r], rows) for r in roles[1:]] or \
         [build_real_vocabulary(base, base, rows)]
-    if len(parts) == 1:
+    if len(parts) == 1 and (every_head is None or not bool(parts[0].mask[every_head:].any())):
         return parts[0]
     mask = parts[0].mask.clone()
     for p in parts[1:]:
         mask &= p.mask
+    if every_head is not None:
+        mask[every_head:] = False
     counts = {k: v for k, v in parts[0].masked_counts.items() if k != "not_shared"}
     counts["not_shared"] = int(mask.numel() - mask.sum()) - sum(counts.values())
     patterns = sorted({x for p in parts for x in p.patterns_matched})
@@ -139,9 +142,11 @@ def _check_set(roles, tokenizers, facts, options) -> tuple[RealVocabulary, list[
                                       allow_mismatch=options.allow_special_token_mismatch):
             warnings.append(w if len(roles) == 2 else f"{role}: {w}")
     # every row of every head: a descendant's added tokens (resized embeddings) are ids the base
-    # lacks, masked and counted as not shared (one head shorter than the other reads them as absent)
-    rows = max(f["lm_head_rows"] for f in facts.values())
-    real = _real_vocabulary(tokenizers, rows)
+    # lacks, masked and counted as not shared (one head shorter than the other reads them as
+    # absent); an id beyond some head is never real, even where every tokenizer lists it (a base
+    # saved with the descendant's tokenizer but not resized)
+    heads = [f["lm_head_rows"] for f in facts.values()]
+    real = _real_vocabulary(tokenizers, max(heads), min(heads))
     image = facts[base].get("image_token_id")
     if image is not None and image < real.mask.numel() and bool(real.mask[image]):
         real.mask[image] = False  # an image placeholder is never generated text
