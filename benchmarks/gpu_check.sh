@@ -22,7 +22,8 @@
 # it 20-40 s; a method that compiles (the fair floor's generate) tens of seconds per shape. A
 # 15-minute lease (a minute to start, at most 10 a call) covers about three parts: e.g. a first call
 # `--repeats 1 zoo:90 7B:300 mid:180` (the 5x target's table, the memory claim, the fair floor's
-# rows), a second with what remains (`mid:300 large:150`: a part run again replaces its tables).
+# rows), a second with what remains (`mid:300 large:150 batching:120`: a part run again replaces its
+# tables).
 # Options before the parts: `--out FILE` (default docs/benchmarks/gpu-check-<date>.json; the parts
 # of one file merge), `--repeats N` (timed runs per method, default the benchmark's).
 #
