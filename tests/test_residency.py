@@ -178,3 +178,43 @@ def test_residency_choice_and_its_reason(tmp_path):
     assert kind == "both" and "fit" in reason
     with pytest.raises(ModelLoadError, match="needs --adapter"):
         choose_residency(str(base), str(merged), None, LoadOptions(residency="adapter"))
+
+
+@pytest.mark.parametrize("decode", ["eager", "static"])
+def test_one_model_at_a_time_the_rollout_batches_continuously(decode, monkeypatch):
+    """Under ``sequential`` the rollout is decoded whole before the other model is loaded; a row that
+    ends (its EOS, the budget) now makes room for the next prompt in the same cache, as in the
+    interleaved search (a static cache takes it into the free slot), instead of every batch
+    waiting for its longest rollout: fewer decoding calls, the same events and cells."""
+    from crosspatch.execution import Executor
+    from crosspatch.execution.decoder import CachedDecoder
+    from crosspatch.execution.static import SlotDecoder
+    from crosspatch.inputs.prompts import load_prompts
+    from crosspatch.zoo import zoo_path
+
+    zoo = zoo_path()
+    items = load_prompts(zoo / "prompts" / "raw.jsonl")[:24]
+    pair = load_pair(str(zoo / "base"), tuned=str(zoo / "it-full"), residency="sequential", hash_weights=False)
+    calls, depth = {"n": 0}, {"d": 0}
+
+    def counting(feed):
+        def counted(self, tokens):
+            calls["n"] += depth["d"] == 0
+            depth["d"] += 1
+            try:
+                return feed(self, tokens)
+            finally:
+                depth["d"] -= 1
+        return counted
+
+    for cls in (CachedDecoder, SlotDecoder):
+        monkeypatch.setattr(cls, "feed", counting(cls.feed))
+    options = dict(boundary=0.6, max_new_tokens=32, batch_size=4, max_batch_tokens=None, bootstrap=0, progress=False,
+                   controls="none", decode=decode)
+    continuous = run(pair, items, **options)
+    joined = calls["n"]
+    calls["n"] = 0
+    monkeypatch.setattr(Executor, "continuous_batching", False)
+    apart = run(pair, items, **options)
+    assert continuous.records and joined < calls["n"]
+    _same(continuous, apart, tol=1e-4)

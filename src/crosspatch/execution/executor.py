@@ -74,7 +74,7 @@ class Executor:
     pass counts each prompt with its whole generation budget, the length its KV cache reaches):
     the bound on a batch's working memory, whatever the prompt lengths."""
 
-    continuous_batching = True  # False: each search batch waits for its slowest row (the benchmark's "before")
+    continuous_batching = True  # False: each decoding batch waits for its slowest row (the benchmark's "before")
 
     def __init__(self, models: ModelSet, batch_size: int = 8, max_batch_tokens: int | None = None,
                  decode: str = "eager") -> None:
@@ -223,6 +223,12 @@ class Executor:
         return len(lengths) <= self.max_rows and (self.max_batch_tokens is None
                                                   or len(lengths) * max(lengths) <= self.max_batch_tokens)
 
+    def _decoding(self, batches: list[list[int]], work: Callable[[list[int]], None], what: str, lengths: list[int]):
+        """``work`` over a decoding pass's items: one queue batching itself, or batch after batch."""
+        if self.continuous_batching:
+            return self._continuous([k for batch in batches for k in batch], work, what, lengths)
+        self._each_batch(batches, work, what, lengths)
+
     def _continuous(self, queue: list[int], work: Callable[[list[int]], None], what: str, lengths: list[int]) -> None:
         """``work(queue)`` for a queue that batches itself with :meth:`_fits_rows`; when it runs out
         of memory, again with half the rows at a time (one sequence that does not fit alone is a
@@ -275,12 +281,13 @@ class Executor:
         out: list[list[int] | None] = [None] * len(p.prompts)
         with self.models.use(p.role) as model:
             def work(batch):
-                generated, _ = rollout_states(self.models, model, [p.prompts[k] for k in batch], p.max_new_tokens)
+                generated, _ = rollout_states(self.models, model, [p.prompts[k] for k in batch], p.max_new_tokens,
+                                              fits=self._fits_rows if self.continuous_batching else None)
                 for k, g in zip(batch, generated):
                     out[k] = g
 
-            self._each_batch(self._batches(p.prompts, p.max_new_tokens), work, f"decoding of {p.role}",
-                             [len(x) + p.max_new_tokens for x in p.prompts])
+            self._decoding(self._batches(p.prompts, p.max_new_tokens), work, f"decoding of {p.role}",
+                           [len(x) + p.max_new_tokens for x in p.prompts])
         return filled(out, "decoding")
 
     def _history(self, p: History) -> list[tuple[list[int], list[int]]]:
@@ -330,18 +337,15 @@ class Executor:
                     for k, o in zip(queue, found):
                         out[k] = o
 
-                what = f"divergence search of {p.roll} and {p.check}"
-                if self.continuous_batching:
-                    self._continuous([k for batch in batches for k in batch], search, what, lengths)
-                else:
-                    self._each_batch(batches, search, what, lengths)
+                self._decoding(batches, search, f"divergence search of {p.roll} and {p.check}", lengths)
             return filled(out, "divergence search")
         # one model at a time: the whole rollout first, then one teacher-forced pass
         rollouts, roll_states, stopped_rollouts = {}, {}, set()
         with self.models.use(p.roll) as rolling:
             def rollout(batch, model=rolling):
                 generated, decoder = rollout_states(self.models, model, [p.prompts[k] for k in batch],
-                                                    p.max_new_tokens, p.capture, keep)
+                                                    p.max_new_tokens, p.capture, keep,
+                                                    fits=self._fits_rows if self.continuous_batching else None)
                 stopped_rollouts.update(batch[row] for row in decoder.non_finite)
                 for row, (k, g) in enumerate(zip(batch, generated)):
                     rollouts[k] = g
@@ -350,7 +354,7 @@ class Executor:
 
             # nothing may refer to the model once it is released (the next load needs its memory):
             # the decoder lives only inside ``rollout``, and the handle goes with it
-            self._each_batch(batches, rollout, f"rollout of {p.roll}", lengths)
+            self._decoding(batches, rollout, f"rollout of {p.roll}", lengths)
             del rolling, rollout
         with self.models.use(p.check) as check:
             def verify(batch):

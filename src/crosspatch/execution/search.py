@@ -37,28 +37,44 @@ def greedy_rollout(
     return _greedy(new_decoder(handle, models), prompts, max_new_tokens, models)
 
 
-def _greedy(decoder: CachedDecoder, prompts: list[list[int]], max_new_tokens: int, models) -> list[list[int]]:
+def _greedy(decoder: CachedDecoder, prompts: list[list[int]], max_new_tokens: int, models,
+            fits=None) -> list[list[int]]:
     """Greedy decoding of every row until its EOS or the budget; a row that has ended leaves the
     batch (and the cache), so it costs nothing more while the others go on. A row whose logits
-    are NaN or infinite ends there, without a token, and is listed in ``decoder.non_finite``."""
-    logits = decoder.start(prompts)
-    eos = models.eos_ids
+    are NaN or infinite ends there, without a token, and is listed in ``decoder.non_finite``.
+
+    With ``fits(lengths) -> bool`` (each live row's prompt + budget tokens), the prompts are a queue
+    batched continuously, as in :func:`_search_batch`. Without it, all start at once."""
+    eos, real = models.eos_ids, models.real_vocab
     outputs: list[list[int]] = [[] for _ in prompts]
-    live = list(range(len(prompts)))  # original rows still decoding, in batch order
-    for step in range(max_new_tokens):
-        tokens = masked_argmax(logits, models.real_vocab).tolist()
+    if max_new_tokens < 1 or not prompts:
+        return outputs
+    queue = list(range(len(prompts)))
+    first = _fitting(queue, prompts, max_new_tokens, fits, [])
+    if first < len(prompts):
+        decoder.expect(max(len(p) for p in prompts), fits)
+    live, queue[:first] = queue[:first], []  # original rows still decoding, in batch order
+    logits = decoder.start([prompts[r] for r in live], live)
+    while live:
+        tokens = masked_argmax(logits, real).tolist()
         for row, tok in zip(live, tokens):
             if tok == NON_FINITE:
                 decoder.non_finite.add(row)
             else:
                 outputs[row].append(tok)
-        keep = [k for k, tok in enumerate(tokens) if tok not in eos and tok != NON_FINITE]
-        if not keep or step == max_new_tokens - 1:
-            break
+        keep = [k for k, (row, tok) in enumerate(zip(live, tokens))
+                if tok not in eos and tok != NON_FINITE and len(outputs[row]) < max_new_tokens]
         if len(keep) < len(live):
             decoder.select(keep)
             live, tokens = [live[k] for k in keep], [tokens[k] for k in keep]
-        logits = decoder.feed(torch.tensor([[t] for t in tokens]))[:, 0]
+        take = _joining(queue, prompts, max_new_tokens, fits, live, (decoder,))
+        new, queue[:take] = queue[:take], []
+        if live:
+            logits = decoder.feed(torch.tensor([[t] for t in tokens]))[:, 0]
+        if new:
+            joined = decoder.add([prompts[r] for r in new], new)
+            logits = torch.cat([logits, joined.to(logits.device)]) if live else joined
+            live = live + new
     return outputs
 
 
@@ -227,12 +243,7 @@ def _refill(dec_r: CachedDecoder, dec_c: CachedDecoder, queue: list[int], prompt
             fits, live: list[int], logits_r: torch.Tensor, pred_c: list[list[int]], real):
     """The next prompts of ``queue`` that fit join ``live`` in both decoders (when the caches can
     be joined, or none is live); returns the live rows and the rollout's next-token logits."""
-    if not (dec_r.can_add and dec_c.can_add or not live):
-        return live, logits_r
-    take = _fitting(queue, prompts, budget, fits, live)
-    if live:  # a static cache has its slots and its length: as many as it has room for
-        waiting = [prompts[r] for r in queue[:take]]
-        take = min(take, dec_r.joinable(waiting), dec_c.joinable(waiting))
+    take = _joining(queue, prompts, budget, fits, live, (dec_r, dec_c))
     if not take:
         return live, logits_r
     new, queue[:take] = queue[:take], []
@@ -240,6 +251,21 @@ def _refill(dec_r: CachedDecoder, dec_c: CachedDecoder, queue: list[int], prompt
     for r, t in zip(new, masked_argmax(dec_c.add([prompts[r] for r in new], new), real).tolist()):
         pred_c[r] = [int(t)]
     return live + new, torch.cat([logits_r, new_logits.to(logits_r.device)]) if live else new_logits
+
+
+def _joining(queue: list[int], prompts: list[list[int]], budget: int, fits, live: list[int], decoders) -> int:
+    """How many prompts from the front of ``queue`` join ``live`` now: as many as the batch rules and
+    every decoder's room allow, in groups of at least a quarter of the batch they make, or the rest of
+    the queue (a join is a prompt pass, and a copy of a growing cache: one by one, they cost more)."""
+    if not queue or (live and not all(d.can_add for d in decoders)):
+        return 0
+    take = _fitting(queue, prompts, budget, fits, live)
+    if live and take:
+        waiting = [prompts[r] for r in queue[:take]]
+        take = min([take] + [d.joinable(waiting) for d in decoders])
+        if take < len(queue) and 4 * take < len(live) + take:
+            return 0
+    return take
 
 
 def _fitting(queue: list[int], prompts: list[list[int]], budget: int, fits, live: list[int]) -> int:
@@ -310,10 +336,11 @@ def search_interleaved(models, roll: ModelHandle, check: ModelHandle, prompts: l
 
 
 def rollout_states(models, handle: ModelHandle, prompts: list[list[int]], max_new_tokens: int,
-                   capture: list[int] | None = None, keep_on=None):
-    """Greedy rollouts of ``handle`` (and, with ``capture``, the decoder holding its states)."""
+                   capture: list[int] | None = None, keep_on=None, fits=None):
+    """Greedy rollouts of ``handle`` (and, with ``capture``, the decoder holding its states);
+    ``fits``: the prompts are a queue, batched continuously (:func:`_greedy`)."""
     decoder = new_decoder(handle, models, capture, keep_on)
-    return _greedy(decoder, prompts, max_new_tokens, models), decoder
+    return _greedy(decoder, prompts, max_new_tokens, models, fits), decoder
 
 
 def first_mismatch(models, check: ModelHandle, prompts: list[list[int]], rollouts: list[list[int]],
