@@ -443,3 +443,44 @@ def test_a_searched_history_gives_the_states_of_an_event_found_on_it():
     assert history.prefix_states(prompt_len, 3, [1]) is None
     assert history.prefix_states(prompt_len, 1, [2]) is None
     assert SearchHistory(rollout, [5, 6, 8], whole=True).prefix_states(prompt_len, 1, [1]) is None
+
+
+@pytest.mark.parametrize("decode", ["eager", "static"])
+def test_a_history_pass_batches_continuously_with_the_histories_of_batch_after_batch(decode, monkeypatch):
+    """A :class:`History` pass (both models in use) takes the next prompts into the caches as rows
+    end (their EOS, the budget, or their consumer's ``done``), as the search does: the same
+    rollouts and picks as batch after batch up to where each consumer is done (a row may decode on
+    to the end of its chunk, whose length depends on the batching), in fewer decoding calls."""
+    from crosspatch.execution import History
+    from crosspatch.execution.decoder import CachedDecoder
+    from crosspatch.execution.modes import decoding
+    from crosspatch.execution.static import SlotDecoder
+    from crosspatch.inputs.prompts import load_prompts
+    from crosspatch.zoo import zoo_path
+
+    zoo = zoo_path()
+    pair = load_pair(str(zoo / "base"), tuned=str(zoo / "it-full"), hash_weights=False)
+    prompts = [pair.tokenizer(x.prompt)["input_ids"] for x in load_prompts(zoo / "prompts" / "raw.jsonl")[:24]]
+    calls = {"n": 0}
+
+    def counting(feed, outermost):  # one count per decoding call (a slot decoder's may pass through both)
+        def counted(self, tokens):
+            calls["n"] += outermost(self)
+            return feed(self, tokens)
+        return counted
+
+    monkeypatch.setattr(CachedDecoder, "feed", counting(CachedDecoder.feed, lambda d: not isinstance(d, SlotDecoder)))
+    monkeypatch.setattr(SlotDecoder, "feed", counting(SlotDecoder.feed, lambda d: True))
+    done = lambda k, rollout, picks: len(rollout) >= 4 + k % 7  # noqa: E731 - rows end at different lengths
+    found = {}
+    for continuous in (True, False):
+        monkeypatch.setattr(Executor, "continuous_batching", continuous)
+        calls["n"] = 0
+        ex = Executor(pair, batch_size=4)
+        with decoding(decode, 32):
+            (found[continuous],) = ex.run([History(pair.roles[1], pair.roles[0], prompts, 32, done)])
+        found[continuous, "calls"] = calls["n"]
+    for k, ((roll_a, picks_a), (roll_b, picks_b)) in enumerate(zip(found[True], found[False])):
+        need = next((n for n in range(1, len(roll_a) + 1) if done(k, roll_a[:n], picks_a[:n])), len(roll_a))
+        assert (roll_a[:need], picks_a[:need]) == (roll_b[:need], picks_b[:need]) and len(roll_b) >= need
+    assert found[True, "calls"] < found[False, "calls"]

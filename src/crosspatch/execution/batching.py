@@ -151,3 +151,32 @@ def filled(out: list[T | None], what: str) -> list[T]:
     if missing:
         raise RuntimeError(f"{what}: item(s) {missing[:5]} got no result")
     return cast(list[T], out)
+
+
+def fitting_rows(queue: list[int], prompts: list[list[int]], budget: int, fits, live: list[int]) -> int:
+    """How many rows from the front of ``queue`` can join ``live`` (at least one when none is
+    live: a prompt is never left out, alone it goes as the executor would send it; all of them
+    without ``fits``)."""
+    if fits is None:
+        return len(queue)
+    lengths = [len(prompts[r]) + budget for r in live]
+    take = 0
+    while take < len(queue) and fits(lengths + [len(prompts[queue[take]]) + budget]):
+        lengths.append(len(prompts[queue[take]]) + budget)
+        take += 1
+    return max(take, 0 if live else 1)
+
+
+def joining_rows(queue: list[int], prompts: list[list[int]], budget: int, fits, live: list[int], decoders) -> int:
+    """How many prompts from the front of ``queue`` join ``live`` now: as many as the batch rules and
+    every decoder's room allow, in groups of at least a quarter of the batch they make, or the rest of
+    the queue (a join is a prompt pass, and a copy of a growing cache: one by one, they cost more)."""
+    if not queue or (live and not all(d.can_add for d in decoders)):
+        return 0
+    take = fitting_rows(queue, prompts, budget, fits, live)
+    if live and take:
+        waiting = [prompts[r] for r in queue[:take]]
+        take = min([take] + [d.joinable(waiting) for d in decoders])
+        if take < len(queue) and 4 * take < len(live) + take:
+            return 0
+    return take

@@ -299,11 +299,12 @@ class Executor:
                 def work(batch):
                     done = None if p.done is None else (lambda row, g, c: p.done(batch[row], g, c))  # type: ignore[misc]
                     found = history_interleaved(self.models, roll, check, [p.prompts[k] for k in batch],
-                                                p.max_new_tokens, p.chunk_size, done)
+                                                p.max_new_tokens, p.chunk_size, done,
+                                                fits=self._fits_rows if self.continuous_batching else None)
                     for k, h in zip(batch, found):
                         out[k] = h
 
-                self._each_batch(batches, work, f"history of {p.roll} checked by {p.check}", lengths)
+                self._decoding(batches, work, f"history of {p.roll} checked by {p.check}", lengths)
             return filled(out, "history")
         # one model at a time: the whole rollout, then one teacher-forced pass of the other
         rollouts = self._decode(Decode(p.roll, p.prompts, p.max_new_tokens))

@@ -8,6 +8,7 @@ import torch
 
 from ..models.forward import ModelHandle
 from ..models.vocab import NON_FINITE, masked_argmax
+from .batching import fitting_rows, joining_rows
 from .decoder import greedy_chunk
 from .modes import new_decoder
 
@@ -15,20 +16,28 @@ __all__ = ["history_interleaved"]
 
 
 def _history_batch(models, roll: ModelHandle, check: ModelHandle, prompts: list[list[int]], budget: int,
-                   chunk_size: int, done) -> tuple[list[list[int]], list[list[int]], set[int]]:
+                   chunk_size: int, done, fits=None) -> tuple[list[list[int]], list[list[int]], set[int]]:
     """Chunked history: ``roll`` decodes a chunk greedily (1, 2, 4, ... up to ``chunk_size``
     tokens), ``check`` consumes it in one cached call (its pick after every token); a row ends at
     its EOS, the budget, a non-finite pick of either model, or when ``done`` says its consumer has
     what it needs. Returns the rollouts, the picks (one per rollout token) and the rows that ended
-    at non-finite logits."""
+    at non-finite logits. With ``fits`` (the batch rules), the prompts are a queue batched
+    continuously, as in the divergence search."""
     real, eos, pad = models.real_vocab, models.eos_ids, models.pad_id
     dec_r, dec_c = new_decoder(roll, models), new_decoder(check, models)
-    logits_r = dec_r.start(prompts)
     n = len(prompts)
-    picks: list[list[int]] = [[int(t)] for t in masked_argmax(dec_c.start(prompts), real).tolist()]
+    picks: list[list[int]] = [[] for _ in range(n)]
     gen: list[list[int]] = [[] for _ in range(n)]
     ended, non_finite = [False] * n, set()
-    live = list(range(n))
+    queue = list(range(n))
+    first = fitting_rows(queue, prompts, budget, fits, [])
+    if first < n:
+        for decoder in (dec_r, dec_c):
+            decoder.expect(max(len(p) for p in prompts), fits)
+    live, queue[:first] = queue[:first], []
+    logits_r = dec_r.start([prompts[r] for r in live], live)
+    for r, t in zip(live, masked_argmax(dec_c.start([prompts[r] for r in live], live), real).tolist()):
+        picks[r] = [int(t)]
     chunk_len = 1
     while live:
         chunk, stopped, logits_r = greedy_chunk(dec_r, logits_r, live, gen, budget, chunk_len, models)
@@ -49,26 +58,32 @@ def _history_batch(models, roll: ModelHandle, check: ModelHandle, prompts: list[
         keep = [k for k, r in enumerate(live) if not ended[r]]
         if len(keep) < len(live):
             live = [live[k] for k in keep]
-            if live:
-                index = torch.tensor(keep, device=logits_r.device)
-                dec_r.select(keep)
-                dec_c.select(keep)
-                logits_r = logits_r[index]
+            dec_r.select(keep)
+            dec_c.select(keep)
+            logits_r = logits_r[torch.tensor(keep, dtype=torch.long, device=logits_r.device)]
+        take = joining_rows(queue, prompts, budget, fits, live, (dec_r, dec_c))
+        new, queue[:take] = queue[:take], []
+        if new:  # the next prompts join the live rows (a fresh cache when none is left)
+            joined = dec_r.add([prompts[r] for r in new], new)
+            for r, t in zip(new, masked_argmax(dec_c.add([prompts[r] for r in new], new), real).tolist()):
+                picks[r] = [int(t)]
+            logits_r = torch.cat([logits_r, joined.to(logits_r.device)]) if live else joined
+            live = live + new
     return gen, [p[: len(g)] for p, g in zip(picks, gen)], non_finite
 
 
 def history_interleaved(models, roll: ModelHandle, check: ModelHandle, prompts: list[list[int]], max_new_tokens: int,
-                        chunk_size: int = 8, done=None) -> list[tuple[list[int], list[int]]]:
+                        chunk_size: int = 8, done=None, fits=None) -> list[tuple[list[int], list[int]]]:
     """Per prompt ``(rollout, picks)`` with both models in use at once (:class:`History`): the
     rollout is ``roll``'s greedy decoding (as :func:`greedy_rollout`), ``picks[j]`` ``check``'s
     argmax given the prompt and ``rollout[:j]``; a row ends early when ``done(row, rollout,
     picks)``. A row that met non-finite logits is decoded again one token per call (a NaN key at a
     later position of a multi-token call reaches the earlier positions' attention)."""
-    gen, picks, bad = _history_batch(models, roll, check, prompts, max_new_tokens, chunk_size, done)
+    gen, picks, bad = _history_batch(models, roll, check, prompts, max_new_tokens, chunk_size, done, fits)
     redo = sorted(bad)
     if redo and chunk_size > 1:
         again, again_picks, _ = _history_batch(models, roll, check, [prompts[r] for r in redo], max_new_tokens, 1,
-                                               None if done is None else (lambda k, g, p: done(redo[k], g, p)))
+                                               None if done is None else (lambda k, g, p: done(redo[k], g, p)), fits)
         for k, row in enumerate(redo):
             gen[row], picks[row] = again[k], again_picks[k]
     return list(zip(gen, picks))

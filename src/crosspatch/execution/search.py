@@ -21,6 +21,7 @@ import torch
 
 from ..models.forward import EventStates, ModelHandle, capture_forward, readout
 from ..models.vocab import NON_FINITE, masked_argmax
+from .batching import fitting_rows, joining_rows
 from .decoder import CachedDecoder, greedy_chunk
 from .history import history_interleaved
 from .modes import new_decoder
@@ -50,7 +51,7 @@ def _greedy(decoder: CachedDecoder, prompts: list[list[int]], max_new_tokens: in
     if max_new_tokens < 1 or not prompts:
         return outputs
     queue = list(range(len(prompts)))
-    first = _fitting(queue, prompts, max_new_tokens, fits, [])
+    first = fitting_rows(queue, prompts, max_new_tokens, fits, [])
     if first < len(prompts):
         decoder.expect(max(len(p) for p in prompts), fits)
     live, queue[:first] = queue[:first], []  # original rows still decoding, in batch order
@@ -67,7 +68,7 @@ def _greedy(decoder: CachedDecoder, prompts: list[list[int]], max_new_tokens: in
         if len(keep) < len(live):
             decoder.select(keep)
             live, tokens = [live[k] for k in keep], [tokens[k] for k in keep]
-        take = _joining(queue, prompts, max_new_tokens, fits, live, (decoder,))
+        take = joining_rows(queue, prompts, max_new_tokens, fits, live, (decoder,))
         new, queue[:take] = queue[:take], []
         if live:
             logits = decoder.feed(torch.tensor([[t] for t in tokens]))[:, 0]
@@ -193,7 +194,7 @@ def _search_batch(
     dec_r, dec_c = new_decoder(roll, models, capture, keep_on), new_decoder(check, models, capture, keep_on)
     n = len(prompts)
     queue = list(range(n))
-    first = _fitting(queue, prompts, budget, fits, [])
+    first = fitting_rows(queue, prompts, budget, fits, [])
     if first < n:  # more prompts than one batch: a static cache makes room for the longest that may join
         for decoder in (dec_r, dec_c):
             decoder.expect(max(len(p) for p in prompts), fits)
@@ -243,7 +244,7 @@ def _refill(dec_r: CachedDecoder, dec_c: CachedDecoder, queue: list[int], prompt
             fits, live: list[int], logits_r: torch.Tensor, pred_c: list[list[int]], real):
     """The next prompts of ``queue`` that fit join ``live`` in both decoders (when the caches can
     be joined, or none is live); returns the live rows and the rollout's next-token logits."""
-    take = _joining(queue, prompts, budget, fits, live, (dec_r, dec_c))
+    take = joining_rows(queue, prompts, budget, fits, live, (dec_r, dec_c))
     if not take:
         return live, logits_r
     new, queue[:take] = queue[:take], []
@@ -251,35 +252,6 @@ def _refill(dec_r: CachedDecoder, dec_c: CachedDecoder, queue: list[int], prompt
     for r, t in zip(new, masked_argmax(dec_c.add([prompts[r] for r in new], new), real).tolist()):
         pred_c[r] = [int(t)]
     return live + new, torch.cat([logits_r, new_logits.to(logits_r.device)]) if live else new_logits
-
-
-def _joining(queue: list[int], prompts: list[list[int]], budget: int, fits, live: list[int], decoders) -> int:
-    """How many prompts from the front of ``queue`` join ``live`` now: as many as the batch rules and
-    every decoder's room allow, in groups of at least a quarter of the batch they make, or the rest of
-    the queue (a join is a prompt pass, and a copy of a growing cache: one by one, they cost more)."""
-    if not queue or (live and not all(d.can_add for d in decoders)):
-        return 0
-    take = _fitting(queue, prompts, budget, fits, live)
-    if live and take:
-        waiting = [prompts[r] for r in queue[:take]]
-        take = min([take] + [d.joinable(waiting) for d in decoders])
-        if take < len(queue) and 4 * take < len(live) + take:
-            return 0
-    return take
-
-
-def _fitting(queue: list[int], prompts: list[list[int]], budget: int, fits, live: list[int]) -> int:
-    """How many rows from the front of ``queue`` can join ``live`` (at least one when none is
-    live: a prompt is never left out, alone it goes as the executor would send it; all of them
-    without ``fits``)."""
-    if fits is None:
-        return len(queue)
-    lengths = [len(prompts[r]) + budget for r in live]
-    take = 0
-    while take < len(queue) and fits(lengths + [len(prompts[queue[take]]) + budget]):
-        lengths.append(len(prompts[queue[take]]) + budget)
-        take += 1
-    return max(take, 0 if live else 1)
 
 
 def _outcomes(prompts, outcome, gen, states_of, culprit: dict[int, str],
