@@ -150,3 +150,28 @@ def test_a_row_at_the_end_of_the_cache_keeps_its_tokens_when_padding_runs_past_i
     last = decoder.feed(torch.tensor([[0] * 4, [tokens[-1]] + [0] * 3]))
     alone = _alone(pair.it, pair, prompt, [tokens[:-1], tokens[-1:]])
     _close(last[1, 0], alone[-1][0])
+
+
+@pytest.mark.parametrize("decode", ["eager", "static"])
+def test_padding_past_the_models_last_position_takes_that_position(decode):
+    """A row whose prompt and budget fill a model's positions (GPT-2's are learned: there is no
+    embedding past them) ends at its budget while a row that joined later goes on; the padding
+    it is then fed would run past the last position (an ``IndexError`` inside the model): it takes
+    the last position instead, and the other row's logits are its own."""
+    pair = make_pair("gpt2")
+    prompt = pair.tokenizer(PROMPTS[1]["prompt"])["input_ids"]
+    budget = pair.it.anatomy.model.config.n_positions - len(prompt)
+    with decoding(decode, budget=budget):
+        decoder = new_decoder(pair.it, pair)
+    decoder.start([prompt, prompt], [0, 1])
+    decoder.feed(torch.tensor([[5], [5]]))
+    decoder.select([1])
+    decoder.add([prompt], [2])
+    tokens = [5 + k % 20 for k in range(budget)]
+    for k in range(0, budget - 1, 3):
+        chunk = tokens[k:min(k + 3, budget - 1)]
+        decoder.feed(torch.tensor([chunk, chunk]))
+    # row 1 is at its budget (fed padding past the last position); row 2 takes its last token
+    last = decoder.feed(torch.tensor([[0] * 4, [tokens[-1]] + [0] * 3]))
+    alone = _alone(pair.it, pair, prompt, [tokens[:-1], tokens[-1:]])
+    _close(last[1, 0], alone[-1][0])

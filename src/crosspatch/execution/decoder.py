@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..models.checks import position_limit
 from ..models.forward import EventStates, ModelHandle, StateRecorder, cache_keyword, step_logits
 from ..models.vocab import NON_FINITE, masked_argmax
 from . import caches
@@ -40,6 +41,9 @@ class CachedDecoder:
         self.capture: list[int] = capture if capture is not None else []  # boundaries whose states are kept
         self.cache = caches.new_dynamic_cache(handle)
         self.kw = cache_keyword(handle)
+        # the last position a token may take: padding fed to a row that has ended while others go on
+        # can run past the model's positions (a model with learned ones has no embedding there)
+        self.last_position = (position_limit(handle.anatomy.model) or 0) - 1
         self.recorder = StateRecorder(handle.anatomy, capture, keep_on) if capture is not None else None
         self.non_finite: set[int] = set()  # original rows whose decoding stopped at NaN/inf logits
         self.rows: list[int] = []
@@ -177,9 +181,14 @@ class CachedDecoder:
         k = tokens.shape[1]
         device = self.mask.device
         self.mask = torch.cat([self.mask, torch.ones((tokens.shape[0], k), dtype=torch.long, device=device)], 1)
-        self.positions = self.next_position + torch.arange(k, device=device)[None, :]
+        self.positions = self._within(self.next_position + torch.arange(k, device=device)[None, :])
         self.next_position = self.next_position + k
         return self._call(tokens.to(device), k, tokens.numel())
+
+    def _within(self, positions: torch.Tensor) -> torch.Tensor:
+        """``positions`` with any past the model's last one (only padding gets there: a row's prompt
+        and budget fit) moved to it."""
+        return positions.clamp(max=self.last_position) if self.last_position >= 0 else positions
 
     def clear(self) -> None:
         """No row is live any more: the next :meth:`add` starts a fresh cache (kept states stay)."""

@@ -288,7 +288,7 @@ class SlotDecoder(StaticDecoder):
         dtype = dtype if dtype.is_floating_point else torch.float32
         self._step_mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
             ~allowed, torch.finfo(dtype).min)[:, None]
-        self.positions = self.next_position + torch.arange(k, device=device)[None, :]
+        self.positions = self._within(self.next_position + torch.arange(k, device=device)[None, :])
         layers = _plain_static_layers(self.cache) or []
         for layer in layers:
             layer.write_positions = write

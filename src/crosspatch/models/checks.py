@@ -8,13 +8,18 @@ from .paths import POSITION_LIMIT_KEYS, config_count, config_hidden_size, config
 _SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")
 
 
-def model_facts(handle) -> dict:
-    """What the pair checks compare (kept after a model is freed); ``handle``: ModelHandle."""
+def position_limit(model) -> int | None:
+    """How many positions a loaded model's (text) config says it has (None when it names none)."""
     from .anatomy import text_config
 
+    cfg = text_config(model.config)
+    return next((getattr(cfg, k) for k in POSITION_LIMIT_KEYS if isinstance(getattr(cfg, k, None), int)), None)
+
+
+def model_facts(handle) -> dict:
+    """What the pair checks compare (kept after a model is freed); ``handle``: ModelHandle."""
     a = handle.anatomy
-    cfg = text_config(a.model.config)
-    limit = next((getattr(cfg, k) for k in POSITION_LIMIT_KEYS if isinstance(getattr(cfg, k, None), int)), None)
+    limit = position_limit(a.model)
     from .anatomy import router_name
 
     routers = {i: name for i, layer in enumerate(a.layers) if (name := router_name(layer)) is not None}
