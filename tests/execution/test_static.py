@@ -1,6 +1,7 @@
 """Static decoding with continuous batching (``execution.static``): a row taken into the slot of
 a row that ended computes what it would alone, and the search takes the next prompts into free
-slots of a static cache, as it does into a growing one."""
+slots of a static cache, as it does into a growing one; padding that runs past the cache's end
+or the model's last position (a row that ended while a later one goes on) harms no real token."""
 
 from __future__ import annotations
 
