@@ -12,9 +12,9 @@ from ..models.checks import position_limit
 from ..models.forward import EventStates, ModelHandle, StateRecorder, cache_keyword, step_logits
 from ..models.vocab import NON_FINITE, masked_argmax
 from . import caches
-from .batching import length_batches, pass_overhead_tokens
+from .batching import fitting_rows, joining_rows, length_batches, pass_overhead_tokens
 
-__all__ = ["CachedDecoder", "greedy_chunk", "pass_overhead"]
+__all__ = ["CachedDecoder", "first_rows", "greedy_chunk", "join_pair", "pass_overhead"]
 
 
 def pass_overhead(handle: ModelHandle) -> int:
@@ -151,9 +151,7 @@ class CachedDecoder:
         logits ``[len(prompts), V]``."""
         if not self.rows:
             return self.start(prompts, rows)
-        other = CachedDecoder(self.handle, self.models, self.capture if self.recorder is not None else None,
-                              self.keep_on)
-        logits = other._start_all(prompts, list(rows))
+        other, logits = self._prefill_apart(prompts, rows)
         width = max(self.mask.shape[1], other.mask.shape[1])
 
         def left_pad(t: torch.Tensor, dim: int, to: int) -> torch.Tensor:
@@ -171,10 +169,22 @@ class CachedDecoder:
                                      left_pad(theirs.values.to(mine.values.device), 2, width)])
         self.mask = torch.cat([left_pad(self.mask, 1, width), left_pad(other.mask.to(self.mask.device), 1, width)])
         self.next_position = torch.cat([self.next_position, other.next_position.to(self.next_position.device)])
-        self.rows = self.rows + rows
+        self._adopt(other, rows)
+        return logits
+
+    def _prefill_apart(self, prompts: list[list[int]], rows: list[int]) -> tuple["CachedDecoder", torch.Tensor]:
+        """``prompts`` (original rows ``rows``) consumed by an eager decoder of their own (recording
+        what this one records), and their next-token logits: what :meth:`add` then joins."""
+        other = CachedDecoder(self.handle, self.models, self.capture if self.recorder is not None else None,
+                              self.keep_on)
+        return other, other._start_all(prompts, list(rows))
+
+    def _adopt(self, other: "CachedDecoder", rows: list[int]) -> None:
+        """Take ``rows``, joined from ``other`` (see :meth:`_prefill_apart`), as live rows, with the
+        states ``other`` kept of their prompts."""
+        self.rows = self.rows + list(rows)
         self.kept.update(other.kept)
         self.offsets.update(other.offsets)
-        return logits
 
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append ``tokens`` ``[live rows, k]``; returns logits ``[live rows, k, V]``."""
@@ -258,3 +268,31 @@ def greedy_chunk(decoder: CachedDecoder, logits: torch.Tensor, live: list[int], 
         feed = [[chunk[r][-1] if grow and r not in stopped else pad] for r, grow in zip(live, growing)]
         logits = decoder.feed(torch.tensor(feed))[:, 0]
     return chunk, stopped, logits
+
+
+def first_rows(queue: list[int], prompts: list[list[int]], budget: int, fits, decoders) -> list[int]:
+    """The rows that start a queue of ``prompts`` (taken off the front of ``queue``): as many as
+    ``fits``, the batch rules, allows (all without it); where more wait, each decoder is told
+    the longest prompt that may join later (:meth:`CachedDecoder.expect`)."""
+    first = fitting_rows(queue, prompts, budget, fits, [])
+    if first < len(queue):
+        for decoder in decoders:
+            decoder.expect(max(len(prompts[r]) for r in queue), fits)
+    live, queue[:first] = queue[:first], []
+    return live
+
+
+def join_pair(dec_r: CachedDecoder, dec_c: CachedDecoder, queue: list[int], prompts: list[list[int]], budget: int,
+              fits, live: list[int], logits_r: torch.Tensor, picks: list[list[int]], real):
+    """The next prompts of ``queue`` that may join (:func:`~crosspatch.execution.batching.joining_rows`)
+    join ``live`` in the rolling decoder ``dec_r`` and the checking decoder ``dec_c`` (a fresh
+    cache where none is live); each new row's ``picks`` start with the checking model's first
+    pick. Returns the live rows and the rolling model's next-token logits."""
+    take = joining_rows(queue, prompts, budget, fits, live, (dec_r, dec_c))
+    if not take:
+        return live, logits_r
+    new, queue[:take] = queue[:take], []
+    new_logits = dec_r.add([prompts[r] for r in new], new)
+    for r, t in zip(new, masked_argmax(dec_c.add([prompts[r] for r in new], new), real).tolist()):
+        picks[r] = [int(t)]
+    return live + new, torch.cat([logits_r, new_logits.to(logits_r.device)]) if live else new_logits

@@ -8,8 +8,7 @@ import torch
 
 from ..models.forward import ModelHandle
 from ..models.vocab import NON_FINITE, masked_argmax
-from .batching import fitting_rows, joining_rows
-from .decoder import greedy_chunk
+from .decoder import first_rows, greedy_chunk, join_pair
 from .modes import new_decoder
 
 __all__ = ["history_interleaved"]
@@ -30,11 +29,7 @@ def _history_batch(models, roll: ModelHandle, check: ModelHandle, prompts: list[
     gen: list[list[int]] = [[] for _ in range(n)]
     ended, non_finite = [False] * n, set()
     queue = list(range(n))
-    first = fitting_rows(queue, prompts, budget, fits, [])
-    if first < n:
-        for decoder in (dec_r, dec_c):
-            decoder.expect(max(len(p) for p in prompts), fits)
-    live, queue[:first] = queue[:first], []
+    live = first_rows(queue, prompts, budget, fits, (dec_r, dec_c))
     logits_r = dec_r.start([prompts[r] for r in live], live)
     for r, t in zip(live, masked_argmax(dec_c.start([prompts[r] for r in live], live), real).tolist()):
         picks[r] = [int(t)]
@@ -61,14 +56,7 @@ def _history_batch(models, roll: ModelHandle, check: ModelHandle, prompts: list[
             dec_r.select(keep)
             dec_c.select(keep)
             logits_r = logits_r[torch.tensor(keep, dtype=torch.long, device=logits_r.device)]
-        take = joining_rows(queue, prompts, budget, fits, live, (dec_r, dec_c))
-        new, queue[:take] = queue[:take], []
-        if new:  # the next prompts join the live rows (a fresh cache when none is left)
-            joined = dec_r.add([prompts[r] for r in new], new)
-            for r, t in zip(new, masked_argmax(dec_c.add([prompts[r] for r in new], new), real).tolist()):
-                picks[r] = [int(t)]
-            logits_r = torch.cat([logits_r, joined.to(logits_r.device)]) if live else joined
-            live = live + new
+        live, logits_r = join_pair(dec_r, dec_c, queue, prompts, budget, fits, live, logits_r, picks, real)
     return gen, [p[: len(g)] for p, g in zip(picks, gen)], non_finite
 
 

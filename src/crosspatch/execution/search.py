@@ -21,8 +21,8 @@ import torch
 
 from ..models.forward import EventStates, ModelHandle, capture_forward, readout
 from ..models.vocab import NON_FINITE, masked_argmax
-from .batching import fitting_rows, joining_rows
-from .decoder import CachedDecoder, greedy_chunk
+from .batching import joining_rows
+from .decoder import CachedDecoder, first_rows, greedy_chunk, join_pair
 from .history import history_interleaved
 from .modes import new_decoder
 from .passes import SearchHistory, SearchOutcome
@@ -51,10 +51,7 @@ def _greedy(decoder: CachedDecoder, prompts: list[list[int]], max_new_tokens: in
     if max_new_tokens < 1 or not prompts:
         return outputs
     queue = list(range(len(prompts)))
-    first = fitting_rows(queue, prompts, max_new_tokens, fits, [])
-    if first < len(prompts):
-        decoder.expect(max(len(p) for p in prompts), fits)
-    live, queue[:first] = queue[:first], []  # original rows still decoding, in batch order
+    live = first_rows(queue, prompts, max_new_tokens, fits, (decoder,))  # original rows still decoding, in batch order
     logits = decoder.start([prompts[r] for r in live], live)
     while live:
         tokens = masked_argmax(logits, real).tolist()
@@ -194,12 +191,7 @@ def _search_batch(
     dec_r, dec_c = new_decoder(roll, models, capture, keep_on), new_decoder(check, models, capture, keep_on)
     n = len(prompts)
     queue = list(range(n))
-    first = fitting_rows(queue, prompts, budget, fits, [])
-    if first < n:  # more prompts than one batch: a static cache makes room for the longest that may join
-        for decoder in (dec_r, dec_c):
-            decoder.expect(max(len(p) for p in prompts), fits)
-    live = queue[:first]  # original rows in both caches, in batch order
-    del queue[:first]
+    live = first_rows(queue, prompts, budget, fits, (dec_r, dec_c))  # original rows in both caches, in batch order
     logits_r = dec_r.start([prompts[r] for r in live], live)
     pred_c: list[list[int]] = [[] for _ in range(n)]  # check's pick per position
     for r, t in zip(live, masked_argmax(dec_c.start([prompts[r] for r in live], live), real).tolist()):
@@ -217,7 +209,7 @@ def _search_batch(
             dec_c.select(keep)
             logits_r = logits_r[torch.tensor(keep, dtype=torch.long, device=logits_r.device)]
         if refill and queue:  # continuous batching
-            return _refill(dec_r, dec_c, queue, prompts, budget, fits, live, logits_r, pred_c, real)
+            return join_pair(dec_r, dec_c, queue, prompts, budget, fits, live, logits_r, pred_c, real)
         return live, logits_r
 
     chunk_len = 1
@@ -238,20 +230,6 @@ def _search_batch(
         live, logits_r = retire(live, logits_r)
     outcome, gen, culprit, history = rows.outcome, rows.gen, rows.culprit, rows.history
     return cast(list[tuple], outcome), gen, culprit, dec_r, dec_c, history  # every row has its outcome now
-
-
-def _refill(dec_r: CachedDecoder, dec_c: CachedDecoder, queue: list[int], prompts: list[list[int]], budget: int,
-            fits, live: list[int], logits_r: torch.Tensor, pred_c: list[list[int]], real):
-    """The next prompts of ``queue`` that fit join ``live`` in both decoders (when the caches can
-    be joined, or none is live); returns the live rows and the rollout's next-token logits."""
-    take = joining_rows(queue, prompts, budget, fits, live, (dec_r, dec_c))
-    if not take:
-        return live, logits_r
-    new, queue[:take] = queue[:take], []
-    new_logits = dec_r.add([prompts[r] for r in new], new)
-    for r, t in zip(new, masked_argmax(dec_c.add([prompts[r] for r in new], new), real).tolist()):
-        pred_c[r] = [int(t)]
-    return live + new, torch.cat([logits_r, new_logits.to(logits_r.device)]) if live else new_logits
 
 
 def _outcomes(prompts, outcome, gen, states_of, culprit: dict[int, str],

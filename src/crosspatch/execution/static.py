@@ -188,6 +188,7 @@ class SlotDecoder(StaticDecoder):
         self.write_at: torch.Tensor | None = None  # [slots] the next cache position of each slot (per-row mode)
         self.filled: torch.Tensor | None = None  # [slots, length] the positions each slot's row has filled
         self._step_mask: torch.Tensor | None = None
+        self.slot_layers: list = []  # the cache's layers, once they write per row (see _per_row)
         self.longest, self.fits = 0, None  # see expect
 
     def start(self, prompts: list[list[int]], rows: list[int] | None = None) -> torch.Tensor:
@@ -229,7 +230,8 @@ class SlotDecoder(StaticDecoder):
         slots = len(self.mask)
         self.write_at = torch.full((slots,), self.cursor, dtype=torch.long, device=device)
         self.filled = torch.nn.functional.pad(self.mask.bool(), (0, self.length - self.mask.shape[1]))
-        for layer in _plain_static_layers(self.cache) or []:
+        self.slot_layers = _plain_static_layers(self.cache) or []
+        for layer in self.slot_layers:
             layer.__class__ = slot_layer_class()
 
     def add(self, prompts: list[list[int]], rows: list[int]) -> torch.Tensor:
@@ -242,14 +244,12 @@ class SlotDecoder(StaticDecoder):
             raise ValueError(f"{len(prompts)} rows cannot join this static cache (see joinable)")
         self._per_row()
         assert self.write_at is not None and self.filled is not None
-        other = CachedDecoder(self.handle, self.models, self.capture if self.recorder is not None else None,
-                              self.keep_on)
-        logits = other._start_all(prompts, list(rows))
+        other, logits = self._prefill_apart(prompts, rows)
         width = other.mask.shape[1]
         free = sorted(set(range(len(self.mask))) - set(self.slots))[: len(prompts)]
         theirs: Any = other.cache.layers
         with torch.inference_mode():  # the cache's tensors are inference tensors (made in the forward)
-            for mine, layer in zip(_plain_static_layers(self.cache) or [], theirs):
+            for mine, layer in zip(self.slot_layers, theirs):
                 for i, (slot, prompt) in enumerate(zip(free, prompts)):
                     start = width - len(prompt)
                     for held, new in ((mine.keys, layer.keys), (mine.values, layer.values)):
@@ -260,9 +260,7 @@ class SlotDecoder(StaticDecoder):
             self.write_at[slot] = len(prompt)
             self.next_position[slot] = len(prompt)
         self.slots = self.slots + free
-        self.rows = self.rows + list(rows)
-        self.kept.update(other.kept)
-        self.offsets.update(other.offsets)
+        self._adopt(other, rows)
         return logits
 
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -289,13 +287,12 @@ class SlotDecoder(StaticDecoder):
         self._step_mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
             ~allowed, torch.finfo(dtype).min)[:, None]
         self.positions = self._within(self.next_position + torch.arange(k, device=device)[None, :])
-        layers = _plain_static_layers(self.cache) or []
-        for layer in layers:
+        for layer in self.slot_layers:
             layer.write_positions = write
         try:
             logits = self._call(full.to(device), k, tokens.numel())
         finally:
-            for layer in layers:
+            for layer in self.slot_layers:
                 layer.write_positions = None
         # a free slot's position stays put (a model with learned positions has only so many)
         self.filled, self.write_at = filled, torch.where(live, (at + k).clamp(max=self.length), self.write_at)
