@@ -23,6 +23,25 @@ PROMPTS = [
 ]
 
 
+def count_decoding_calls(monkeypatch) -> dict:
+    """Counts every decoder's decoding calls (``feed``) in ``["n"]``: once each, though a static
+    decoder's call passes through the eager decoder's ``feed`` too."""
+    from crosspatch.execution.decoder import CachedDecoder
+    from crosspatch.execution.static import SlotDecoder
+
+    calls = {"n": 0}
+
+    def counting(feed, outermost):
+        def counted(self, tokens):
+            calls["n"] += outermost(self)
+            return feed(self, tokens)
+        return counted
+
+    monkeypatch.setattr(CachedDecoder, "feed", counting(CachedDecoder.feed, lambda d: not isinstance(d, SlotDecoder)))
+    monkeypatch.setattr(SlotDecoder, "feed", counting(SlotDecoder.feed, lambda d: True))
+    return calls
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

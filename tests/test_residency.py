@@ -10,7 +10,7 @@ from crosspatch.execution import choose_residency, load_pair
 from crosspatch.models.loading import LoadOptions
 from crosspatch.runner.pipeline import run
 
-from .conftest import PROMPTS
+from .conftest import PROMPTS, count_decoding_calls
 from .models.test_peft import _lora_dirs
 
 
@@ -187,28 +187,13 @@ def test_one_model_at_a_time_the_rollout_batches_continuously(decode, monkeypatc
     interleaved search (a static cache takes it into the free slot), instead of every batch
     waiting for its longest rollout: fewer decoding calls, the same events and cells."""
     from crosspatch.execution import Executor
-    from crosspatch.execution.decoder import CachedDecoder
-    from crosspatch.execution.static import SlotDecoder
     from crosspatch.inputs.prompts import load_prompts
     from crosspatch.zoo import zoo_path
 
     zoo = zoo_path()
     items = load_prompts(zoo / "prompts" / "raw.jsonl")[:24]
     pair = load_pair(str(zoo / "base"), tuned=str(zoo / "it-full"), residency="sequential", hash_weights=False)
-    calls, depth = {"n": 0}, {"d": 0}
-
-    def counting(feed):
-        def counted(self, tokens):
-            calls["n"] += depth["d"] == 0
-            depth["d"] += 1
-            try:
-                return feed(self, tokens)
-            finally:
-                depth["d"] -= 1
-        return counted
-
-    for cls in (CachedDecoder, SlotDecoder):
-        monkeypatch.setattr(cls, "feed", counting(cls.feed))
+    calls = count_decoding_calls(monkeypatch)
     options = dict(boundary=0.6, max_new_tokens=32, batch_size=4, max_batch_tokens=None, bootstrap=0, progress=False,
                    controls="none", decode=decode)
     continuous = run(pair, items, **options)

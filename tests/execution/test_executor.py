@@ -14,7 +14,7 @@ from crosspatch.models.forward import counting_work
 from crosspatch.runner.pipeline import run
 from crosspatch.testing import BlendProbe, char_tokenizer, make_pair, perturb_layers, tiny_model
 
-from ..conftest import PROMPTS
+from ..conftest import PROMPTS, count_decoding_calls
 from ..models.test_peft import MERGE_TOLERANCE, _lora_dirs
 
 OPTIONS = dict(boundary=2, max_new_tokens=12, bootstrap=0, progress=False)
@@ -452,25 +452,14 @@ def test_a_history_pass_batches_continuously_with_the_histories_of_batch_after_b
     rollouts and picks as batch after batch up to where each consumer is done (a row may decode on
     to the end of its chunk, whose length depends on the batching), in fewer decoding calls."""
     from crosspatch.execution import History
-    from crosspatch.execution.decoder import CachedDecoder
     from crosspatch.execution.modes import decoding
-    from crosspatch.execution.static import SlotDecoder
     from crosspatch.inputs.prompts import load_prompts
     from crosspatch.zoo import zoo_path
 
     zoo = zoo_path()
     pair = load_pair(str(zoo / "base"), tuned=str(zoo / "it-full"), hash_weights=False)
     prompts = [pair.tokenizer(x.prompt)["input_ids"] for x in load_prompts(zoo / "prompts" / "raw.jsonl")[:24]]
-    calls = {"n": 0}
-
-    def counting(feed, outermost):  # one count per decoding call (a slot decoder's may pass through both)
-        def counted(self, tokens):
-            calls["n"] += outermost(self)
-            return feed(self, tokens)
-        return counted
-
-    monkeypatch.setattr(CachedDecoder, "feed", counting(CachedDecoder.feed, lambda d: not isinstance(d, SlotDecoder)))
-    monkeypatch.setattr(SlotDecoder, "feed", counting(SlotDecoder.feed, lambda d: True))
+    calls = count_decoding_calls(monkeypatch)
     done = lambda k, rollout, picks: len(rollout) >= 4 + k % 7  # noqa: E731 - rows end at different lengths
     found = {}
     for continuous in (True, False):

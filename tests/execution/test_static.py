@@ -15,7 +15,7 @@ from crosspatch.execution.static import SlotDecoder
 from crosspatch.runner.pipeline import run
 from crosspatch.testing import ARCHITECTURES, make_pair
 
-from ..conftest import PROMPTS
+from ..conftest import PROMPTS, count_decoding_calls
 
 QUICK = ("llama", "gpt2")
 
@@ -99,21 +99,16 @@ def test_the_search_takes_the_next_prompts_into_free_slots_with_the_eager_events
     prompts = [dict(p) for p in PROMPTS]
     options = dict(boundary=2, max_new_tokens=8, bootstrap=0, progress=False, controls="none", plan="exact",
                    event_kinds="first_diff", batch_size=2, max_batch_tokens=None)
-    joins, steps = [], {"n": 0}
-    real_add, real_feed = SlotDecoder.add, SlotDecoder.feed
+    joins, real_add = [], SlotDecoder.add
 
     def add(self, new, rows):
         if self.rows:
             joins.append(len(new))
         return real_add(self, new, rows)
 
-    def feed(self, tokens):
-        steps["n"] += 1
-        return real_feed(self, tokens)
-
     monkeypatch.setattr(SlotDecoder, "add", add)
-    monkeypatch.setattr(SlotDecoder, "feed", feed)
     eager = run(pair, prompts, decode="eager", **options)
+    steps = count_decoding_calls(monkeypatch)
     static = run(pair, prompts, decode="static", **options)
     joined_steps = steps["n"]
     assert joins and static.summary["cost_this_session"]["decode"]["mode"] == "static"
