@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import BoundaryError
 from .anatomy import Anatomy, find_anatomy, unwrap_peft
+from .layer_hooks import edit_hook, hidden_arg, replace_hidden, zeroed_padding
 
 
 class WorkCounter:
@@ -100,18 +101,6 @@ class ModelHandle:
         return self.anatomy.model.config
 
 
-def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _replace_hidden(args: tuple, kwargs: dict, new: torch.Tensor) -> tuple[tuple, dict]:
-    if args:
-        return (new,) + tuple(args[1:]), kwargs
-    kwargs = dict(kwargs)
-    kwargs["hidden_states"] = new
-    return args, kwargs
-
-
 class _SkippedLayer(nn.Module):
     """Stands in for an early layer during a late-only pass: returns its input untouched."""
 
@@ -123,7 +112,7 @@ class _SkippedLayer(nn.Module):
                 setattr(self, attr, getattr(original, attr))
 
     def forward(self, *args, **kwargs):
-        hidden = _hidden_arg(args, kwargs)
+        hidden = hidden_arg(args, kwargs)
         return (hidden,) if self.returns_tuple else hidden
 
 
@@ -191,11 +180,11 @@ class StateRecorder:
             _check_boundary(anatomy, b)
 
             def pre(module, args, kwargs, b=b):
-                self.boundary[b].append(self._keep(_hidden_arg(args, kwargs)))
+                self.boundary[b].append(self._keep(hidden_arg(args, kwargs)))
 
             self._hooks.append(anatomy.layers[b].register_forward_pre_hook(pre, with_kwargs=True))
         self._hooks.append(anatomy.final_norm.register_forward_pre_hook(
-            lambda m, a, k: self.final.append(self._keep(_hidden_arg(a, k))), with_kwargs=True))
+            lambda m, a, k: self.final.append(self._keep(hidden_arg(a, k))), with_kwargs=True))
 
         def learn_output_type(module, args, kwargs, output):
             anatomy.layer_returns_tuple = isinstance(output, (tuple, list))
@@ -223,7 +212,7 @@ def _run_backbone(handle: ModelHandle, ids, mask, positions, late: bool = False)
     """The model's own forward up to the final norm (``late``: the language tower alone, for
     passes whose boundary input is replaced anyway: no vision encoder)."""
     backbone = (handle.anatomy.late_backbone or handle.anatomy.backbone) if late else handle.anatomy.backbone
-    with torch.inference_mode(), handle.active():
+    with torch.inference_mode(), handle.active(), zeroed_padding(handle.anatomy.layers, mask):
         backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
 
 
@@ -246,40 +235,6 @@ def capture_forward(
 def _ensure_output_type_known(handle: ModelHandle, pad_id: int) -> None:
     if handle.anatomy.layer_returns_tuple is None:
         capture_forward(handle, [[pad_id]], [0], pad_id)
-
-
-def _edit_hook(layer: nn.Module, site: str, fn):
-    """Register a forward hook replacing the output of ``site`` (``mlp`` or ``residual``)."""
-    if site == "mlp":
-        mlp = getattr(layer, "mlp", None)
-        if not isinstance(mlp, nn.Module):
-            raise ValueError(f"{type(layer).__name__} has no 'mlp' submodule to edit")
-
-        def edit_mlp(module, args, output):
-            if isinstance(output, (tuple, list)):  # some MLPs (MoE) also return router logits
-                return (fn(output[0]),) + tuple(output[1:])
-            return fn(output)
-
-        return mlp.register_forward_hook(edit_mlp)
-    if site == "residual":
-        def edit_residual(module, args, output):
-            if isinstance(output, (tuple, list)):
-                return (fn(output[0]),) + tuple(output[1:])
-            return fn(output)
-
-        return layer.register_forward_hook(edit_residual)
-    try:
-        module = layer.get_submodule(site)
-    except AttributeError:
-        raise ValueError(f"edit site must be 'mlp', 'residual' or a submodule of the layer, not {site!r}") from None
-
-    def edit_module(mod, args, output):
-        if isinstance(output, (tuple, list)):  # edit the first matrix-like output (e.g. router logits)
-            k = next((i for i, o in enumerate(output) if isinstance(o, torch.Tensor) and o.ndim >= 2), 0)
-            return tuple(output[:k]) + (fn(output[k]),) + tuple(output[k + 1:])
-        return fn(output)
-
-    return module.register_forward_hook(edit_module)
 
 
 def late_forward(
@@ -310,10 +265,10 @@ def late_forward(
     final: list[torch.Tensor] = []
 
     def inject(module, args, kwargs):
-        incoming = _hidden_arg(args, kwargs)
+        incoming = hidden_arg(args, kwargs)
         if upstream.shape != incoming.shape:
             raise ValueError(f"upstream shape {tuple(upstream.shape)} != {tuple(incoming.shape)}")
-        return _replace_hidden(args, kwargs, upstream.to(device=incoming.device, dtype=incoming.dtype))
+        return replace_hidden(args, kwargs, upstream.to(device=incoming.device, dtype=incoming.dtype))
 
     hooks = []
     try:
@@ -321,10 +276,10 @@ def late_forward(
             layers[i] = _SkippedLayer(layer, bool(anatomy.layer_returns_tuple))
         hooks.append(layers[boundary].register_forward_pre_hook(inject, with_kwargs=True))
         for layer, site, fn in edits or ():
-            hooks.append(_edit_hook(layers[layer], site, fn))
+            hooks.append(edit_hook(layers[layer], site, fn))
         hooks.append(
             anatomy.final_norm.register_forward_pre_hook(
-                lambda m, a, k: final.append(_hidden_arg(a, k).detach()), with_kwargs=True
+                lambda m, a, k: final.append(hidden_arg(a, k).detach()), with_kwargs=True
             )
         )
         ids, mask, positions, lengths = padded_batch(sequences, pad_id, handle.input_device)

@@ -95,12 +95,14 @@ def _more_configs(common: dict, vocab: int, layers: int) -> dict:
         "gpt_oss": ("GptOssConfig", dict(common, head_dim=8, num_local_experts=4, num_experts_per_tok=2,
                                          sliding_window=8, layer_types=["sliding_attention", "full_attention"] * (layers // 2))),
         "granitemoe": ("GraniteMoeConfig", dict(common, **moe, logits_scaling=2.0)),
+        "phimoe": ("PhimoeConfig", dict(common, **moe)),
+        "flex_olmo": ("FlexOlmoConfig", dict(common, num_experts=4, num_experts_per_tok=2)),
     }
     return {name: (lambda cls=cls, kw=kw: getattr(t, cls)(**kw)) for name, (cls, kw) in table.items()
             if hasattr(t, cls)}
 
 
-MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "granitemoe")
+MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "granitemoe", "phimoe", "flex_olmo")
 ARCHITECTURES = tuple(_configs(8, 2))
 
 
