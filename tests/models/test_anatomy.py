@@ -141,3 +141,20 @@ def test_models_the_method_cannot_run_exactly_are_refused_by_name():
         check_supported({"model_type": "qwen2_vl", "vision_config": {"depth": 1}, "text_config": {}})
     check_supported({"model_type": "llama"})
     check_supported({"model_type": "llava", "vision_config": {}, "text_config": {"model_type": "llama"}})
+
+
+def test_hybrids_are_refused_from_their_layer_kinds_whatever_their_model_type():
+    """A hybrid family crosspatch has never heard of (Qwen3.5, OLMo hybrid, ...) is told by its
+    config's ``layer_types``: any layer keeping a recurrent state instead of keys and values over
+    positions (linear attention, Mamba, convolution) refuses the model before it loads."""
+    from crosspatch.errors import UnsupportedArchitectureError
+    from crosspatch.models.anatomy import check_supported
+
+    hybrid = {"model_type": "a_future_hybrid", "layer_types": ["linear_attention", "linear_attention", "full_attention"]}
+    with pytest.raises(UnsupportedArchitectureError, match="linear_attention layers keep a recurrent state"):
+        check_supported(hybrid)
+    with pytest.raises(UnsupportedArchitectureError, match="conv layers"):
+        check_supported({"model_type": "a_future_vlm", "vision_config": {},
+                         "text_config": {"model_type": "a_future_text", "layer_types": ["conv", "full_attention"]}})
+    check_supported({"model_type": "a_future_dense", "layer_types": ["sliding_attention", "full_attention",
+                                                                     "chunked_attention"]})

@@ -690,3 +690,40 @@ def test_a_descendants_added_tokens_are_recorded_as_masked(tmp_path, base_has_th
     assert record["total_ids"] == rows + 2
     assert not pair.real_vocab.for_rows(rows + 2)[rows:].any()  # beyond the base's head: never real
     assert record["masked_counts"]["not_shared"] == (2 if base_has_them else count)
+
+
+def test_a_model_whose_logits_the_readout_would_not_reproduce_is_refused_by_name(tmp_path):
+    """The cells are read out with the final norm and the output embeddings (and the known final
+    scalings): a model computing its logits with something more (here a multiplier no config key
+    names; ModernBERT-decoder's prediction head below) is refused by name, in Python and on disk,
+    rather than scored with logits it never computes."""
+    from crosspatch.errors import UnsupportedArchitectureError
+
+    base, tuned = tiny_model("llama"), tiny_model("llama", seed=1)
+    tuned.register_forward_hook(lambda module, args, output: output.__class__(logits=output.logits * 1.5))
+    with pytest.raises(UnsupportedArchitectureError, match="does not reproduce the model's own logits"):
+        pair_from_models(base, tuned, char_tokenizer())
+    twice = tiny_model("llama", seed=1)  # the final norm's module also normalises the embeddings (NanoChat)
+    twice.model.embed_tokens.register_forward_hook(lambda module, args, output: twice.model.norm(output))
+    with pytest.raises(UnsupportedArchitectureError, match="final norm LlamaRMSNorm runs more than once"):
+        pair_from_models(base, twice, char_tokenizer())
+    pair_from_models(base, tiny_model("llama", seed=1), char_tokenizer())  # the same model, untouched: accepted
+
+
+def test_a_prediction_head_between_the_final_norm_and_the_output_layer_is_refused_before_a_run(tmp_path):
+    import transformers
+
+    from crosspatch.errors import UnsupportedArchitectureError
+
+    if not hasattr(transformers, "ModernBertDecoderConfig"):
+        pytest.skip("this transformers has no ModernBERT-decoder")
+    config = transformers.ModernBertDecoderConfig(
+        vocab_size=len(char_tokenizer()) + 6, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    for name in ("base", "tuned"):
+        model.save_pretrained(tmp_path / name)
+        char_tokenizer().save_pretrained(tmp_path / name)
+    with pytest.raises(UnsupportedArchitectureError, match="ModernBertDecoderForCausalLM.*prediction head"):
+        load_pair(str(tmp_path / "base"), str(tmp_path / "tuned"))

@@ -13,6 +13,7 @@ import torch
 from ..errors import ModelLoadError
 from ..models.adapters import adapter_settings, changes_base_in_place, check_adapter_files, vocabulary_conflict
 from ..models.checks import (
+    check_readout,
     check_special_tokens,
     check_weights_fit_config,
     compare_configs,
@@ -230,6 +231,7 @@ def load_models(
                                                                                    shares_base=False)
                     warnings += adapter_warnings
                 handle = sequential.load(role)  # (the next one frees it; the last one stays resident)
+                check_readout(handle)
                 heads[role], facts[role] = ReadoutHead(handle, heads.values()), model_facts(handle)
                 eos |= eos_token_ids(tokenizers[role], handle.anatomy.model)
                 del handle
@@ -295,6 +297,8 @@ def assemble_set(handles: dict[str, ModelHandle], tokenizers: dict[str, Any], re
                  options: LoadOptions, warnings: list[str], record: dict) -> ResidentSet:
     """Check compatibility and build the real vocabulary of already-loaded handles."""
     roles = tuple(handles)
+    for handle in handles.values():
+        check_readout(handle)
     facts = {r: model_facts(h) for r, h in handles.items()}
     real, checks = _check_set(roles, tokenizers, facts, options)
     eos: set[int] = set()

@@ -173,3 +173,40 @@ def check_weights_fit_config(path: str) -> None:
     if other:
         raise ModelLoadError(f"{path}: weights do not have the shapes its config.json gives ({'; '.join(other[:3])}"
                              f"{'; ...' if len(other) > 3 else ''}). Is the config.json the checkpoint's own?")
+
+
+def check_readout(handle) -> None:
+    """Refuse by name a model whose logits crosspatch's readout would not reproduce: the cells are
+    read out with the final norm, the output embeddings and the known final scalings (softcap,
+    logit scale, Granite's divisor) applied to the residual stream's final state, so a model that
+    puts more between them (ModernBERT-decoder's prediction head) would be scored with logits it
+    never computes. One full pass over a few tokens, compared with the model's own forward
+    (``handle``: ModelHandle, resident)."""
+    import torch
+
+    from ..errors import UnsupportedArchitectureError
+    from .forward import capture_forward, readout
+
+    anatomy = handle.anatomy
+    rows = int(anatomy.lm_head.weight.shape[0])
+    skip = {anatomy.image_token_id}
+    tokens = [i for i in range(1, min(rows, 16)) if i not in skip][:6] or [0]
+    states = capture_forward(handle, [tokens], [], pad_id=tokens[0])
+    ours = readout(handle, states.final_states[0])
+    with torch.inference_mode(), handle.active():
+        ids = torch.tensor([tokens], device=handle.input_device)
+        theirs = anatomy.model(input_ids=ids, use_cache=False).logits[0].float().to(ours.device)
+    half = states.final_states.dtype in (torch.float16, torch.bfloat16)
+    rtol, atol = (2e-2, 5e-2) if half else (1e-4, 1e-4)
+    name, norm = type(anatomy.model).__name__, type(anatomy.final_norm).__name__
+    if ours.shape != theirs.shape:  # the final norm's module also runs elsewhere in a pass (NanoChat's embedding norm)
+        raise UnsupportedArchitectureError(
+            f"{name}: its final norm {norm} runs more than once in a forward pass ({ours.shape[0]} positions recorded "
+            f"for {len(tokens)} tokens), so crosspatch cannot tell the residual stream's final state from the "
+            "other calls; not supported")
+    if not torch.allclose(ours, theirs, rtol=rtol, atol=atol, equal_nan=True):
+        raise UnsupportedArchitectureError(
+            f"{name}: crosspatch's readout (the final norm {norm}, then the output embeddings) does not reproduce "
+            f"the model's own logits (largest difference {float((ours - theirs).abs().nan_to_num().max()):.3g}): the "
+            "model computes its logits with more than a final norm and an output layer (a prediction head between "
+            "them, a scaling crosspatch does not know), so its cells could not be read out as the model reads them")
