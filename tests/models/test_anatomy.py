@@ -146,13 +146,17 @@ def test_models_the_method_cannot_run_exactly_are_refused_by_name():
 def test_hybrids_are_refused_from_their_layer_kinds_whatever_their_model_type():
     """A hybrid family crosspatch has never heard of (Qwen3.5, OLMo hybrid, ...) is told by its
     config's ``layer_types``: any layer keeping a recurrent state instead of keys and values over
-    positions (linear attention, Mamba, convolution) refuses the model before it loads."""
+    positions (linear attention, Mamba, convolution), or attending over compressed blocks of
+    positions that left padding would shift (DeepSeek-V4), refuses the model before it loads."""
     from crosspatch.errors import UnsupportedArchitectureError
     from crosspatch.models.anatomy import check_supported
 
     hybrid = {"model_type": "a_future_hybrid", "layer_types": ["linear_attention", "linear_attention", "full_attention"]}
-    with pytest.raises(UnsupportedArchitectureError, match="linear_attention layers keep a recurrent state"):
+    with pytest.raises(UnsupportedArchitectureError, match="linear_attention layers keep a recurrent or compressed state"):
         check_supported(hybrid)
+    with pytest.raises(UnsupportedArchitectureError, match="compressed_sparse_attention, heavily_compressed_attention"):
+        check_supported({"model_type": "deepseek_v4", "layer_types": ["heavily_compressed_attention",
+                                                                      "compressed_sparse_attention"]})
     with pytest.raises(UnsupportedArchitectureError, match="conv layers"):
         check_supported({"model_type": "a_future_vlm", "vision_config": {},
                          "text_config": {"model_type": "a_future_text", "layer_types": ["conv", "full_attention"]}})

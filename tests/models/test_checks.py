@@ -727,3 +727,61 @@ def test_a_prediction_head_between_the_final_norm_and_the_output_layer_is_refuse
         char_tokenizer().save_pretrained(tmp_path / name)
     with pytest.raises(UnsupportedArchitectureError, match="ModernBertDecoderForCausalLM.*prediction head"):
         load_pair(str(tmp_path / "base"), str(tmp_path / "tuned"))
+
+
+def _indexed_sparse_pair(index_topk: int):
+    import transformers
+
+    if not hasattr(transformers, "DeepseekV32Config"):
+        pytest.skip("this transformers has no DeepSeek-V3.2")
+    from crosspatch.testing import perturb_layers
+
+    config = transformers.DeepseekV32Config(
+        vocab_size=len(char_tokenizer()) + 6, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0, tie_word_embeddings=False, layer_types=["indexed_attention"] * 4,
+        mlp_layer_types=["dense", "sparse", "sparse", "sparse"], n_routed_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=16,
+        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, n_group=1, topk_group=1, index_n_heads=2,
+        index_head_dim=16, index_topk=index_topk)
+    torch.manual_seed(0)
+    base = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        base.get_output_embeddings().weight.mul_(4)
+    return base, perturb_layers(base, range(4), scale=0.3)
+
+
+def test_indexed_sparse_attention_is_exact_within_its_top_k_and_refused_past_it():
+    """An indexer (DeepSeek-V3.2) lets each token attend to its top-k keys: while a sequence has at
+    most k tokens every key is picked and the model runs exactly like dense attention; past k the
+    model's own cached decoding picks other keys than its full pass (measured: 7e-2 logits), so
+    prompts that would reach past k are refused by name, naming index_topk."""
+    from crosspatch.errors import PromptTooLongError
+    from crosspatch.runner.pipeline import run
+
+    from ..conftest import PROMPTS
+    from .test_anatomy import result_prefix
+
+    prompts = [dict(p) for p in PROMPTS[:4]]
+    options = dict(boundary=2, max_new_tokens=8, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+    pair = pair_from_models(*_indexed_sparse_pair(256), char_tokenizer())
+    result = run(pair, prompts, **options)
+    assert result.records
+    for rec in result.records:
+        with torch.inference_mode():
+            ref = pair.it.anatomy.model(input_ids=torch.tensor([result_prefix(pair, rec, prompts)])).logits[0, -1]
+        assert abs(rec.cells["common_it"]["uit_lit"] - float(ref[rec.t_it] - ref[rec.t_pt])) <= 1e-5
+    with pytest.raises(PromptTooLongError, match="indexed sparse attention picks .* index_topk"):
+        run(pair_from_models(*_indexed_sparse_pair(12), char_tokenizer()), prompts, **options)
+
+
+def test_the_keys_an_indexer_picks_are_read_from_config_json_before_any_model_loads(tmp_path):
+    from crosspatch.models.paths import local_sparse_topk
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "deepseek_v32", "index_topk": 2048}))
+    assert local_sparse_topk(str(tmp_path)) == 2048
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "a_vlm", "vision_config": {},
+                                                      "text_config": {"index_topk": 512}}))
+    assert local_sparse_topk(str(tmp_path)) == 512
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert local_sparse_topk(str(tmp_path)) is None

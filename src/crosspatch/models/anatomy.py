@@ -105,9 +105,11 @@ _RECURRENT_MODEL_TYPES = frozenset({
 
 
 def _attends_over_positions(layer_type: str) -> bool:
-    """Whether a config's ``layer_types`` entry is attention with a key-value cache over positions
-    (full, sliding, chunked, ...), not a recurrent state (linear attention, Mamba, convolution)."""
-    return layer_type.endswith("attention") and layer_type != "linear_attention"
+    """Whether a config's ``layer_types`` entry is attention with a key and a value per position
+    (full, sliding, chunked, indexed, ...), not a recurrent state (linear attention, Mamba,
+    convolution) or a compressed one (DeepSeek-V4's attention over compressed blocks of positions,
+    which left padding shifts)."""
+    return layer_type.endswith("attention") and layer_type != "linear_attention" and "compressed" not in layer_type
 
 
 # the heads of checkpoints that classify rather than generate (a reward model is a sequence classifier)
@@ -139,14 +141,18 @@ def check_supported(config) -> None:
         raise UnsupportedArchitectureError(
             f"{model_type or 'this model'} is an encoder-decoder model; crosspatch compares decoder-only causal "
             "language models (a base and its fine-tuned descendant)")
-    recurrent_layers = sorted({str(kind) for cfg in (config, text) for kind in get(cfg, "layer_types") or []
-                               if not _attends_over_positions(str(kind))})
-    if model_type in _RECURRENT_MODEL_TYPES or text_type in _RECURRENT_MODEL_TYPES or recurrent_layers:
-        whose = f"its {', '.join(recurrent_layers)} layers keep" if recurrent_layers else "their layers keep"
+    if model_type in _RECURRENT_MODEL_TYPES or text_type in _RECURRENT_MODEL_TYPES:
         raise UnsupportedArchitectureError(
-            f"{model_type}: state-space, recurrent and hybrid models are not supported ({whose} a recurrent state, "
-            "not a key-value cache over positions, so batched decoding would not be exact); attention-only "
+            f"{model_type}: state-space, recurrent and hybrid models are not supported (their cache is not a "
+            "key-value cache over positions, so batched decoding would not be exact); attention-only "
             "decoders are")
+    stateful = sorted({str(kind) for cfg in (config, text) for kind in get(cfg, "layer_types") or []
+                       if not _attends_over_positions(str(kind))})
+    if stateful:
+        raise UnsupportedArchitectureError(
+            f"{model_type}: its {', '.join(stateful)} layers keep a recurrent or compressed state instead of a key "
+            "and a value per position, so batched decoding with padding would not be exact; state-space, "
+            "recurrent, hybrid and compressed-attention models are not supported, attention-only decoders are")
     if get(config, "vision_config") is not None:
         # multimodal rotary positions (Qwen2-VL's M-RoPE) depend on the image grid, while the
         # batched passes give every token a 1-D position: refused rather than run inexactly

@@ -339,6 +339,18 @@ def local_max_positions(path: str) -> int | None:
     return None
 
 
+def config_sparse_topk(text: dict) -> int | None:
+    """How many keys an indexed sparse attention (DeepSeek-V3.2's indexer, GLM-5's) picks per token,
+    from a (text) config dict's ``index_topk``; None for dense attention."""
+    topk = text.get("index_topk")
+    return topk if isinstance(topk, int) and not isinstance(topk, bool) and topk > 0 else None
+
+
+def local_sparse_topk(path: str) -> int | None:
+    """:func:`config_sparse_topk` of a local checkpoint's config.json (None when unknown)."""
+    return config_sparse_topk(text_config(local_config(path)))
+
+
 def local_is_multimodal(path: str) -> bool | None:
     """Whether a local checkpoint's config.json describes a vision-language model (None when
     unknown: a hub id or no readable config)."""

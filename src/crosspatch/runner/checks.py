@@ -279,37 +279,48 @@ def check_prompt_token_ids(prompt_ids: list[str], token_ids: list[list[int]], em
 
 
 def check_prompt_lengths(prompt_ids: list[str], token_ids: list[list[int]], max_new_tokens: int,
-                         limit: int | None, consequence_budget: int | None = None, controls_reach: int = 0) -> None:
+                         limit: int | None, consequence_budget: int | None = None, controls_reach: int = 0,
+                         sparse_topk: int | None = None) -> None:
     """Prompt + generation budget (+ a forced token and ``consequence_budget`` continued tokens
     after the event, when consequences are scored; at least ``controls_reach``, the tokens a
-    control decodes past the prompt) must fit the model's position limit (policy: a named error
-    listing the prompts, before any compute; nothing is truncated silently)."""
-    if not limit:
-        return
+    control decodes past the prompt) must fit the model's position limit, and the keys an indexed
+    sparse attention picks per token (``sparse_topk``, see :func:`_sparse_reach`) (policy: a named
+    error listing the prompts, before any compute; nothing is truncated silently)."""
     extra = 1 + consequence_budget if consequence_budget else 0
     reach = max(max_new_tokens + extra, controls_reach)
-    long = [(pid, len(ids)) for pid, ids in zip(prompt_ids, token_ids) if len(ids) + reach > limit]
-    if long:
+    for bound, what in ((limit, f"the model's {limit} positions"), (sparse_topk, _sparse_reach(sparse_topk))):
+        long = [(pid, len(ids)) for pid, ids in zip(prompt_ids, token_ids) if bound and len(ids) + reach > bound]
+        if not long:
+            continue
         shown = ", ".join(f"{pid} ({n} tokens)" for pid, n in long[:10])
         budget = f"--max-new-tokens {max_new_tokens}" + (f" and a forced token + --consequence-budget "
                                                          f"{consequence_budget}" if extra else "")
         if controls_reach > max_new_tokens + extra:
             budget = f"the {controls_reach} tokens a control decodes past them ({budget})"
         raise PromptTooLongError(
-            f"{len(long)} prompt(s) plus {budget} exceed the model's {limit} positions: "
+            f"{len(long)} prompt(s) plus {budget} exceed {what}: "
             f"{shown}{', ...' if len(long) > 10 else ''}. Shorten or drop them, or lower the budget")
 
 
-def check_continuation_lengths(prefix_lengths: dict[str, int], budget: int, limit: int | None) -> None:
+def _sparse_reach(topk: int | None) -> str:
+    return (f"the {topk} keys the model's indexed sparse attention picks for each token (its index_topk): "
+            "past them the model's own cached decoding and its full pass pick different keys, so neither the "
+            "events nor the cells would be exact")
+
+
+def check_continuation_lengths(prefix_lengths: dict[str, int], budget: int, limit: int | None,
+                               sparse_topk: int | None = None) -> None:
     """An event prefix + the forced token + ``budget`` continued tokens must fit the model's
-    position limit (``crosspatch consequence``): a named error listing the events, before any
-    model loads where the limit is known from a local config.json."""
-    if not limit:
-        return
-    long = [(key, n) for key, n in prefix_lengths.items() if n + 1 + budget > limit]
-    if long:
-        shown = ", ".join(f"{key} ({n} tokens)" for key, n in long[:10])
-        raise PromptTooLongError(
-            f"{len(long)} event prefix(es) plus the forced token and --budget {budget} exceed the model's {limit} "
-            f"positions: {shown}{', ...' if len(long) > 10 else ''}. Lower --budget to at most "
-            f"{limit - 1 - max(n for _, n in long)}")
+    position limit and an indexed sparse attention's ``sparse_topk`` (``crosspatch consequence``):
+    a named error listing the events, before any model loads where the limits are known from a
+    local config.json."""
+    for bound, what in ((limit, f"the model's {limit} positions"), (sparse_topk, _sparse_reach(sparse_topk))):
+        if not bound:
+            continue
+        long = [(key, n) for key, n in prefix_lengths.items() if n + 1 + budget > bound]
+        if long:
+            shown = ", ".join(f"{key} ({n} tokens)" for key, n in long[:10])
+            raise PromptTooLongError(
+                f"{len(long)} event prefix(es) plus the forced token and --budget {budget} exceed {what}: "
+                f"{shown}{', ...' if len(long) > 10 else ''}. Lower --budget to at most "
+                f"{max(0, bound - 1 - max(n for _, n in long))}")

@@ -23,7 +23,7 @@ from ..analyses.features.study import Closure, FeatureStudy, split_events
 from ..errors import OptionError
 from ..execution import Executor
 from ..inputs.prompts import as_prompts
-from ..models.paths import local_max_positions
+from ..models.paths import local_max_positions, local_sparse_topk
 from ..store import RunStore, write_whole
 from .checks import check_continuation_lengths
 from .finished import first_events, reopen_models, resummarize, run_on_finished
@@ -66,13 +66,15 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     events = [e for e in events if e.prompt_id in validators and e.key not in done]
     lengths = {e.key: len(e.prefix_ids) for e in events}
     base_path = (config.get("models", {}).get("base") or {}).get("path")
-    check_continuation_lengths(lengths, budget, local_max_positions(base_path) if base_path else None)
+    check_continuation_lengths(lengths, budget, local_max_positions(base_path) if base_path else None,
+                               local_sparse_topk(base_path) if base_path else None)
     with store.lock(create=False):  # what this call left out, kept beside the records so every later summary reports it
         _record_partial(store.path, partial)
     if events:
         summary = run_on_finished(run_dir, Consequence(validators, budget, with_pt, seed), events,
                                   check_models=lambda models: check_continuation_lengths(
-                                      lengths, budget, models.facts[models.base].get("max_positions")))
+                                      lengths, budget, models.facts[models.base].get("max_positions"),
+                                      models.facts[models.base].get("sparse_topk")))
     else:
         with store.lock(create=False):
             summary = resummarize(store, config)

@@ -251,7 +251,8 @@ def run(
     check_prompt_lengths([p.id for p in prompts], token_ids, config.max_new_tokens,
                          pair.facts[pair.base].get("max_positions"),
                          config.consequence_budget if config.consequence and validators else None,
-                         max([0] + [a.tokens_past_prompt() for a in plan.analyses]))
+                         max([0] + [a.tokens_past_prompt() for a in plan.analyses]),
+                         sparse_topk=pair.facts[pair.base].get("sparse_topk"))
     check_prompt_token_ids([p.id for p in prompts], token_ids,
                            {role: pair.facts[role].get("input_embeddings") for role in pair.roles})
     if (over := over_batch_tokens([len(ids) + config.max_new_tokens for ids in token_ids],
