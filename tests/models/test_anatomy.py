@@ -143,11 +143,13 @@ def test_models_the_method_cannot_run_exactly_are_refused_by_name():
     check_supported({"model_type": "llava", "vision_config": {}, "text_config": {"model_type": "llama"}})
 
 
-def test_hybrids_are_refused_from_their_layer_kinds_whatever_their_model_type():
+def test_models_batching_or_a_late_stack_cannot_run_exactly_are_refused_from_their_config_whatever_their_type():
     """A hybrid family crosspatch has never heard of (Qwen3.5, OLMo hybrid, ...) is told by its
     config's ``layer_types``: any layer keeping a recurrent state instead of keys and values over
     positions (linear attention, Mamba, convolution), or attending over compressed blocks of
-    positions that left padding would shift (DeepSeek-V4), refuses the model before it loads."""
+    positions that left padding would shift (DeepSeek-V4), refuses the model before it loads; so
+    does a residual stream of several streams (Gemma 3n's AltUp) or layers reading earlier layers'
+    keys and values (its shared KV cache): a late stack cannot run on another model's state."""
     from crosspatch.errors import UnsupportedArchitectureError
     from crosspatch.models.anatomy import check_supported
 
@@ -160,5 +162,11 @@ def test_hybrids_are_refused_from_their_layer_kinds_whatever_their_model_type():
     with pytest.raises(UnsupportedArchitectureError, match="conv layers"):
         check_supported({"model_type": "a_future_vlm", "vision_config": {},
                          "text_config": {"model_type": "a_future_text", "layer_types": ["conv", "full_attention"]}})
+    with pytest.raises(UnsupportedArchitectureError, match=r"several streams \(altup_num_inputs = 4\)"):
+        check_supported({"model_type": "gemma3n", "vision_config": {}, "audio_config": {},
+                         "text_config": {"model_type": "gemma3n_text", "altup_num_inputs": 4}})
+    with pytest.raises(UnsupportedArchitectureError, match="last 2 layers attend with the keys and values of earlier"):
+        check_supported({"model_type": "a_kv_sharing_model", "num_kv_shared_layers": 2})
+    check_supported({"model_type": "llama", "num_kv_shared_layers": 0, "altup_num_inputs": 1})
     check_supported({"model_type": "a_future_dense", "layer_types": ["sliding_attention", "full_attention",
                                                                      "chunked_attention"]})

@@ -153,6 +153,17 @@ def check_supported(config) -> None:
             f"{model_type}: its {', '.join(stateful)} layers keep a recurrent or compressed state instead of a key "
             "and a value per position, so batched decoding with padding would not be exact; state-space, "
             "recurrent, hybrid and compressed-attention models are not supported, attention-only decoders are")
+    streams = next((f"{key} = {value}" for cfg in (config, text) for key in ("altup_num_inputs", "hc_mult")
+                    if isinstance(value := get(cfg, key), int) and value > 1), None)
+    shared = next((value for cfg in (config, text) if isinstance(value := get(cfg, "num_kv_shared_layers"), int)
+                   and value > 0), None)
+    if streams or shared:
+        why = (f"its residual stream is several streams ({streams}), not one state per position"
+               if streams else f"its last {shared} layers attend with the keys and values of earlier layers")
+        raise UnsupportedArchitectureError(
+            f"{model_type}: {why}, so a late stack cannot run on another model's upstream state (Gemma 3n's AltUp "
+            "and shared KV cache, DeepSeek-V4's hyper-connections); models with one residual stream and "
+            "per-layer caches are supported")
     if get(config, "vision_config") is not None:
         # multimodal rotary positions (Qwen2-VL's M-RoPE) depend on the image grid, while the
         # batched passes give every token a 1-D position: refused rather than run inexactly
