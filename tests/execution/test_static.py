@@ -171,3 +171,44 @@ def test_padding_past_the_models_last_position_takes_that_position(decode):
     last = decoder.feed(torch.tensor([[0] * 4, [tokens[-1]] + [0] * 3]))
     alone = _alone(pair.it, pair, prompt, [tokens[:-1], tokens[-1:]])
     _close(last[1, 0], alone[-1][0])
+
+
+def _gpt_neo_pair():
+    """A tiny GPT-Neo pair (local attention over a window of 8 in every other layer), whose
+    attention slices its local mask by the cache's length: under a static cache longer than the
+    window it attends to the wrong keys (transformers 5.25: other greedy tokens than its own)."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    from crosspatch.execution import pair_from_models
+    from crosspatch.testing import char_tokenizer, perturb_layers
+
+    config = GPTNeoConfig(vocab_size=len(char_tokenizer()) + 6, hidden_size=32, num_layers=4, num_heads=4,
+                          attention_types=[[["global", "local"], 2]], window_size=8, max_position_embeddings=256,
+                          bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    base = GPTNeoForCausalLM(config).eval()
+    with torch.no_grad():
+        base.get_output_embeddings().weight.mul_(4)
+    return pair_from_models(base, perturb_layers(base, range(4), scale=0.6), char_tokenizer())
+
+
+def test_a_model_whose_static_cache_would_not_reproduce_its_logits_decodes_eagerly_and_says_why():
+    """A static cache is checked against the model's own full pass (once per model and cache
+    length, longer than its attention window) before a run decodes with it; where it would not
+    reproduce the model's logits the run decodes eagerly, the reason recorded, and finds the eager
+    events and cells."""
+    from crosspatch.execution.modes import static_mismatch
+
+    pair = _gpt_neo_pair()
+    options = dict(boundary=2, max_new_tokens=12, bootstrap=0, progress=False, controls="none",
+                   event_kinds="first_diff", plan="exact")
+    eager = run(pair, PROMPTS[:6], decode="eager", **options)
+    static = run(pair, PROMPTS[:6], decode="static", **options)
+    assert [(r.prompt_id, r.position, r.t_pt, r.t_it) for r in static.records] == \
+        [(r.prompt_id, r.position, r.t_pt, r.t_it) for r in eager.records]
+    assert [r.cells for r in static.records] == [r.cells for r in eager.records]
+    why = static_mismatch(pair.handle(pair.base), pair, 12)
+    if why is not None:  # this transformers' GPT-Neo slices its masks by the cache's length
+        assert static.summary["cost_this_session"]["decode"] == {"asked": "static", "mode": "eager", "reason": why}
+    llama = make_pair("llama")
+    assert static_mismatch(llama.handle(llama.base), llama, 12) is None  # a model whose static cache is exact

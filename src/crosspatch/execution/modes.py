@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 from typing import Iterator
 
+import torch
+
+from ..models.anatomy import text_config
+from ..models.checks import position_limit
 from ..models.forward import ModelHandle
 from .decoder import CachedDecoder
 from .static import SlotDecoder, StaticDecoder
@@ -52,6 +57,8 @@ def new_decoder(handle: ModelHandle, models, capture: list[int] | None = None, k
         mode, reason = "static", f"{type(model).__name__} cannot be compiled whole in this transformers"
     if mode in ("static", "compiled") and getattr(model, "_supports_static_cache", True) is False:
         mode, reason = "eager", f"{type(model).__name__} has no static KV cache in this transformers"
+    if mode in ("static", "compiled") and (wrong := static_mismatch(handle, models, budget)) is not None:
+        mode, reason = "eager", wrong
     if used is not None:
         used.update(mode=mode, reason=reason)
     if mode in ("static", "compiled"):
@@ -62,3 +69,40 @@ def new_decoder(handle: ModelHandle, models, capture: list[int] | None = None, k
         decoder.used = used if used is not None else {}
         return decoder
     return CachedDecoder(handle, models, capture, keep_on)
+
+
+# the attention spans a config may name (sliding windows, GPT-Neo's local window, Llama 4's chunks)
+_WINDOW_KEYS = ("sliding_window", "window_size", "attention_chunk_size", "local_attention")
+_STATIC_CHECKED: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, str | None]]" = weakref.WeakKeyDictionary()
+
+
+def static_mismatch(handle: ModelHandle, models, budget: int) -> str | None:
+    """Why a static cache would not reproduce this model's own logits, or None where it does.
+    Checked once per model and cache length: a prompt of four tokens and four more fed through a
+    static cache at least as long as the run's (and longer than the model's attention window, where
+    a model that slices its masks by the cache's length goes wrong: GPT-Neo's local attention),
+    against one full forward pass without a cache."""
+    model = handle.anatomy.model
+    config = text_config(model.config)
+    windows = [w for k in _WINDOW_KEYS if isinstance(w := getattr(config, k, None), int) and not isinstance(w, bool)]
+    limit = position_limit(model) or 1 << 30
+    span = max([budget] + [w + 8 for w in windows])
+    span = max(8, min(span, limit - 9))
+    checked = _STATIC_CHECKED.setdefault(model, {})
+    if span not in checked:
+        from .static import StaticDecoder
+
+        skip = {handle.anatomy.image_token_id, models.pad_id}
+        tokens = [i for i in range(1, 64) if i not in skip][:8]
+        decoder = StaticDecoder(handle, models, budget=span)
+        stepped = torch.cat([decoder.start([tokens[:4]])[:, None], decoder.feed(torch.tensor([tokens[4:]]))], 1)[0]
+        with torch.inference_mode(), handle.active():
+            ids = torch.tensor([tokens], device=handle.input_device)
+            full = model(input_ids=ids, use_cache=False).logits[0, 3:].float().to(stepped.device)
+        half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
+        tol = 5e-2 if half else 1e-3
+        gap = float((stepped - full).abs().nan_to_num().max())
+        checked[span] = None if torch.allclose(stepped, full, rtol=tol, atol=tol, equal_nan=True) else (
+            f"a static cache of {decoder.length} positions does not reproduce {type(model).__name__}'s own logits in "
+            f"this transformers (largest difference {gap:.3g}): eager")
+    return checked[span]
