@@ -218,3 +218,25 @@ def test_an_event_set_splits_by_prompt_stably_and_keeps_its_states():
     assert {e.prompt_id for e in again.events} == {e.prompt_id for e in train.events} & {e.prompt_id for e in events[::-1][:20]}
     assert [e.prompt_id for e in train.events] == [e.prompt_id for e in split_events(events)[0]]
 
+
+
+@pytest.mark.parametrize("arch", ["granitemoe", "llama"])
+def test_an_mlp_edit_reaches_the_mlp_whatever_the_family_calls_it(arch):
+    """The features' edits and recordings act on each layer's MLP output: Granite-MoE calls it
+    ``block_sparse_moe`` (Llama 4 ``feed_forward``, MPT ``ffn``); zeroing it at the last layer
+    changes the late pass, and a layer with no MLP crosspatch knows is a named error listing its
+    parts."""
+    from torch import nn
+
+    from crosspatch.errors import UnsupportedArchitectureError
+    from crosspatch.models.layer_hooks import layer_mlp
+
+    pair = make_pair(arch)
+    ex = Executor(pair)
+    seqs = [[1, 40, 41, 42], [1, 50]]
+    upstream = [torch.randn(len(s), 32, generator=torch.Generator().manual_seed(len(s))) for s in seqs]
+    (plain,) = ex.run([Late("tuned", 2, upstream, seqs)])
+    (edited,) = ex.run([Late("tuned", 2, upstream, seqs, [Edit(3, "mlp", lambda h, items: torch.zeros_like(h))])])
+    assert all(not torch.equal(a, b) for a, b in zip(plain, edited))
+    with pytest.raises(UnsupportedArchitectureError, match="no MLP crosspatch knows by name .* its parts: attention"):
+        layer_mlp(nn.ModuleDict({"attention": nn.Linear(2, 2)}))

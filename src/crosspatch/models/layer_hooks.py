@@ -25,12 +25,32 @@ def replace_hidden(args: tuple, kwargs: dict, new: torch.Tensor) -> tuple[tuple,
     return args, kwargs
 
 
+# what decoder layers call their MLP (or mixture of experts), whose output is added to the residual
+MLP_NAMES = ("mlp", "block_sparse_moe", "feed_forward", "ffn")
+
+
+def layer_mlp(layer: nn.Module) -> nn.Module:
+    """The MLP (or mixture-of-experts block) of a decoder layer, by the names the families give it
+    (:data:`MLP_NAMES`: Granite-MoE's ``block_sparse_moe``, Llama 4's ``feed_forward``, MPT's
+    ``ffn``); an :class:`~crosspatch.errors.UnsupportedArchitectureError` naming the layer's
+    parts where it has none of them."""
+    from ..errors import UnsupportedArchitectureError
+
+    mlp = next((m for name in MLP_NAMES if isinstance(m := getattr(layer, name, None), nn.Module)), None)
+    if mlp is None:
+        parts = ", ".join(name for name, _ in layer.named_children())
+        raise UnsupportedArchitectureError(
+            f"{type(layer).__name__} has no MLP crosspatch knows by name ({', '.join(MLP_NAMES)}; its parts: {parts}): "
+            "the analyses that read or edit a layer's MLP output cannot run on it")
+    return mlp
+
+
 def edit_hook(layer: nn.Module, site: str, fn):
-    """Register a forward hook replacing the output of ``site`` (``mlp`` or ``residual``)."""
+    """Register a forward hook replacing the output of ``site`` (``mlp``: the layer's MLP or
+    mixture of experts, see :func:`layer_mlp`; ``residual``: the layer's output; or a submodule's
+    name)."""
     if site == "mlp":
-        mlp = getattr(layer, "mlp", None)
-        if not isinstance(mlp, nn.Module):
-            raise ValueError(f"{type(layer).__name__} has no 'mlp' submodule to edit")
+        mlp = layer_mlp(layer)
 
         def edit_mlp(module, args, output):
             if isinstance(output, (tuple, list)):  # some MLPs (MoE) also return router logits
