@@ -785,3 +785,18 @@ def test_the_keys_an_indexer_picks_are_read_from_config_json_before_any_model_lo
     assert local_sparse_topk(str(tmp_path)) == 512
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     assert local_sparse_topk(str(tmp_path)) is None
+
+
+def test_an_index_topk_that_a_dense_model_merely_carries_is_not_read(tmp_path):
+    """Only a model with indexed layers picks keys: a config whose layer kinds are dense, or whose
+    model type's config class has no indexer, is not held to the key it happens to carry."""
+    from crosspatch.models.paths import local_sparse_topk
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "index_topk": 4}))
+    assert local_sparse_topk(str(tmp_path)) is None
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "a_future_model", "index_topk": 4,
+                                                      "layer_types": ["full_attention", "sliding_attention"]}))
+    assert local_sparse_topk(str(tmp_path)) is None
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "a_future_model", "index_topk": 4,
+                                                      "layer_types": ["indexed_attention", "full_attention"]}))
+    assert local_sparse_topk(str(tmp_path)) == 4

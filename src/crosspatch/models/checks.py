@@ -29,7 +29,7 @@ def model_facts(handle) -> dict:
 
     return {"class": type(a.model).__name__, "num_layers": a.num_layers, "hidden_size": a.hidden_size,
             "lm_head_rows": a.lm_head.weight.shape[0], "max_positions": limit, "routers": routers,
-            "sparse_topk": config_sparse_topk(vars(text_config(a.model.config))),
+            "sparse_topk": config_sparse_topk(text_config(a.model.config).to_dict()),
             "input_embeddings": getattr(embeddings, "num_embeddings", None),
             "image_token_id": a.image_token_id}
 

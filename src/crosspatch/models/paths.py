@@ -341,9 +341,23 @@ def local_max_positions(path: str) -> int | None:
 
 def config_sparse_topk(text: dict) -> int | None:
     """How many keys an indexed sparse attention (DeepSeek-V3.2's indexer, GLM-5's) picks per token,
-    from a (text) config dict's ``index_topk``; None for dense attention."""
+    from a (text) config dict's ``index_topk``; None for dense attention. The key counts where the
+    model has such layers: its ``layer_types`` name an indexed kind, or, without them, its model
+    type's config class declares ``index_topk`` (or transformers does not know the type); a key
+    some other config merely carries along is not read."""
     topk = text.get("index_topk")
-    return topk if isinstance(topk, int) and not isinstance(topk, bool) and topk > 0 else None
+    if not isinstance(topk, int) or isinstance(topk, bool) or topk <= 0:
+        return None
+    kinds = text.get("layer_types")
+    if isinstance(kinds, list) and kinds:
+        return topk if any("indexed" in str(kind) for kind in kinds) else None
+    try:
+        from transformers import CONFIG_MAPPING
+
+        declares = hasattr(CONFIG_MAPPING[str(text.get("model_type"))], "index_topk")
+    except (ImportError, KeyError, ValueError):
+        declares = True  # a type transformers does not know: take the key at its word
+    return topk if declares else None
 
 
 def local_sparse_topk(path: str) -> int | None:
