@@ -800,3 +800,20 @@ def test_an_index_topk_that_a_dense_model_merely_carries_is_not_read(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "a_future_model", "index_topk": 4,
                                                       "layer_types": ["indexed_attention", "full_attention"]}))
     assert local_sparse_topk(str(tmp_path)) == 4
+
+
+def test_two_computations_of_logits_differ_only_beyond_their_precision():
+    """``logits_gap``: rounding spread over a whole vocabulary (bfloat16: a few hundredths on
+    logits of size 20, some of them near zero) is no difference; a shift of a sizeable part of
+    the logits' scale is, and so is one computation being finite where the other is not."""
+    from crosspatch.models.checks import logits_gap
+
+    want = torch.linspace(-20, 20, 4001)
+    assert logits_gap(want + 0.08 * torch.sin(want * 7), want, torch.bfloat16) is None
+    assert logits_gap(want + 1e-4, want, torch.float32) is None
+    assert logits_gap(want * 1.1, want, torch.bfloat16) == pytest.approx(2.0, rel=1e-3)
+    assert logits_gap(want + 0.05, want, torch.float32) == pytest.approx(0.05, rel=1e-3)
+    shifted = want.clone()
+    shifted[7] = float("nan")
+    assert logits_gap(shifted, want, torch.float32) == float("inf")
+    assert logits_gap(torch.full((3,), float("nan")), torch.full((3,), float("nan")), torch.float32) is None

@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 
 from ..models.anatomy import text_config
-from ..models.checks import position_limit
+from ..models.checks import logits_gap, position_limit
 from ..models.forward import ModelHandle
 from .decoder import CachedDecoder
 from .static import SlotDecoder, StaticDecoder
@@ -99,10 +99,8 @@ def static_mismatch(handle: ModelHandle, models, budget: int) -> str | None:
         with torch.inference_mode(), handle.active():
             ids = torch.tensor([tokens], device=handle.input_device)
             full = model(input_ids=ids, use_cache=False).logits[0, 3:].float().to(stepped.device)
-        half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
-        tol = 5e-2 if half else 1e-3
-        gap = float((stepped - full).abs().nan_to_num().max())
-        checked[span] = None if torch.allclose(stepped, full, rtol=tol, atol=tol, equal_nan=True) else (
+        gap = logits_gap(stepped, full, next(model.parameters()).dtype)
+        checked[span] = None if gap is None else (
             f"a static cache of {decoder.length} positions does not reproduce {type(model).__name__}'s own logits in "
             f"this transformers (largest difference {gap:.3g}): eager")
     return checked[span]
