@@ -692,11 +692,11 @@ def test_a_descendants_added_tokens_are_recorded_as_masked(tmp_path, base_has_th
     assert record["masked_counts"]["not_shared"] == (2 if base_has_them else count)
 
 
-def test_a_model_whose_logits_the_readout_would_not_reproduce_is_refused_by_name(tmp_path):
+def test_a_model_whose_logits_the_readout_would_not_reproduce_is_refused_by_name():
     """The cells are read out with the final norm and the output embeddings (and the known final
     scalings): a model computing its logits with something more (here a multiplier no config key
-    names; ModernBERT-decoder's prediction head below) is refused by name, in Python and on disk,
-    rather than scored with logits it never computes."""
+    names; ModernBERT-decoder's prediction head below), or whose final norm also runs elsewhere in
+    the pass, is refused by name rather than scored with logits it never computes."""
     from crosspatch.errors import UnsupportedArchitectureError
 
     base, tuned = tiny_model("llama"), tiny_model("llama", seed=1)
@@ -711,6 +711,8 @@ def test_a_model_whose_logits_the_readout_would_not_reproduce_is_refused_by_name
 
 
 def test_a_prediction_head_between_the_final_norm_and_the_output_layer_is_refused_before_a_run(tmp_path):
+    """ModernBERT-decoder, loaded from disk: its logits pass a dense layer and a norm after the final
+    norm, which the readout would skip."""
     import transformers
 
     from crosspatch.errors import UnsupportedArchitectureError
