@@ -405,7 +405,10 @@ def test_static_decoding_on_the_zoo_and_in_bfloat16():
 def test_auto_decoding_is_static_on_cuda_and_eager_elsewhere_never_compiled(device, expected, monkeypatch):
     """``decode="auto"`` picks what was measured fastest: static on CUDA (an H200: 0.94 s against
     1.49 s eager and 46 s compiled, which compiles every new shape of a run), eager on the CPU.
-    Compiling is asked for, never chosen. The handle is made to report the device; no kernel runs."""
+    Compiling is asked for, never chosen. The handle is made to report the device, and the static
+    cache's check against the model's own pass (``static_mismatch``, its own test) to pass; no
+    kernel runs."""
+    from crosspatch.execution import modes
     from crosspatch.execution.modes import decoding, new_decoder
     from crosspatch.execution.static import StaticDecoder
     from crosspatch.models.forward import ModelHandle
@@ -413,6 +416,7 @@ def test_auto_decoding_is_static_on_cuda_and_eager_elsewhere_never_compiled(devi
     pair = make_pair("llama")
     handle = pair.handle(pair.roles[0])
     monkeypatch.setattr(ModelHandle, "input_device", property(lambda self: torch.device(device)))
+    monkeypatch.setattr(modes, "static_mismatch", lambda *args: None)
     used: dict = {}
     with decoding("auto", 8, used):
         decoder = new_decoder(handle, pair)
