@@ -14,7 +14,7 @@ import torch
 
 from ..models.anatomy import text_config
 from ..models.checks import logits_gap, position_limit
-from ..models.forward import ModelHandle
+from ..models.forward import ModelHandle, step_logits
 from .decoder import CachedDecoder
 from .static import SlotDecoder, StaticDecoder
 
@@ -96,9 +96,8 @@ def static_mismatch(handle: ModelHandle, models, budget: int) -> str | None:
         tokens = [i for i in range(1, 64) if i not in skip][:8]
         decoder = StaticDecoder(handle, models, budget=span)
         stepped = torch.cat([decoder.start([tokens[:4]])[:, None], decoder.feed(torch.tensor([tokens[4:]]))], 1)[0]
-        with torch.inference_mode(), handle.active():
-            ids = torch.tensor([tokens], device=handle.input_device)
-            full = model(input_ids=ids, use_cache=False).logits[0, 3:].float().to(stepped.device)
+        ids = torch.tensor([tokens], device=handle.input_device)
+        full = step_logits(handle, len(tokens) - 3, len(tokens), input_ids=ids, use_cache=False)[0].to(stepped.device)
         gap = logits_gap(stepped, full, next(model.parameters()).dtype)
         checked[span] = None if gap is None else (
             f"a static cache of {decoder.length} positions does not reproduce {type(model).__name__}'s own logits in "

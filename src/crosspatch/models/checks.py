@@ -189,7 +189,7 @@ def check_readout(handle) -> None:
     import torch
 
     from ..errors import UnsupportedArchitectureError
-    from .forward import capture_forward, readout
+    from .forward import capture_forward, readout, step_logits
 
     anatomy = handle.anatomy
     rows = int(anatomy.lm_head.weight.shape[0])
@@ -197,9 +197,8 @@ def check_readout(handle) -> None:
     tokens = [i for i in range(1, min(rows, 16)) if i not in skip][:6] or [0]
     states = capture_forward(handle, [tokens], [], pad_id=tokens[0])
     ours = readout(handle, states.final_states[0])
-    with torch.inference_mode(), handle.active():
-        ids = torch.tensor([tokens], device=handle.input_device)
-        theirs = anatomy.model(input_ids=ids, use_cache=False).logits[0].float().to(ours.device)
+    ids = torch.tensor([tokens], device=handle.input_device)
+    theirs = step_logits(handle, len(tokens), len(tokens), input_ids=ids, use_cache=False)[0].to(ours.device)
     name, norm = type(anatomy.model).__name__, type(anatomy.final_norm).__name__
     if ours.shape != theirs.shape:  # the final norm's module also runs elsewhere in a pass (NanoChat's embedding norm)
         raise UnsupportedArchitectureError(
