@@ -90,8 +90,6 @@ def static_mismatch(handle: ModelHandle, models, budget: int) -> str | None:
     span = max(8, min(span, limit - 9))
     checked = _STATIC_CHECKED.setdefault(model, {})
     if span not in checked:
-        from .static import StaticDecoder
-
         skip = {handle.anatomy.image_token_id, models.pad_id}
         tokens = [i for i in range(1, 64) if i not in skip][:8]
         decoder = StaticDecoder(handle, models, budget=span)
