@@ -204,6 +204,28 @@ def test_prompts_that_repeat_another_are_warned_about_not_dropped():
     assert row["status"] == "pass" and row["details"]["repeats"] == 0
 
 
+def test_prompts_the_tokenizer_cannot_spell_are_warned_about_by_name():
+    """Text a tokenizer has no piece for becomes its unknown token: both models read that token,
+    not the text, so the run says which prompts hold it (and how often) instead of scoring them
+    silently; a tokenizer whose ``unk_token`` is its end-of-text token (GPT-2's) is not held to it."""
+    from crosspatch.models.vocab import unknown_token_warning
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import make_pair
+
+    prompts = [{"id": "tokyo", "prompt": "Rain in 東京"}, {"id": "plain", "prompt": "Snow in Denver"}]
+    result = run(make_pair("llama"), prompts, max_new_tokens=4, bootstrap=0, progress=False)
+    assert result.summary["counts"]["prompts"] == 2
+    said = [w for w in result.summary["warnings"] if "unknown token" in w]
+    assert len(said) == 1 and "1 prompt(s)" in said[0] and "'tokyo' (2)" in said[0] and "plain" not in said[0]
+    clean = run(make_pair("llama"), prompts[1:], max_new_tokens=4, bootstrap=0, progress=False)
+    assert not any("unknown token" in w for w in clean.summary["warnings"])
+
+    class EndOfTextAsUnknown:
+        unk_token, unk_token_id, eos_token_id, bos_token_id, pad_token_id = "<|endoftext|>", 7, 7, 7, None
+
+    assert unknown_token_warning(EndOfTextAsUnknown(), ["a"], [[3, 7, 7]]) is None
+
+
 def test_chat_template_is_an_explicit_recorded_option():
     from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair

@@ -81,6 +81,17 @@ def test_a_shard_without_prompts_finishes_and_says_so(tmp_path):
     assert "holds no prompt" in result.summary["verdict"]["reason"]
 
 
+def test_a_merged_run_carries_every_shards_warnings(tmp_path):
+    """Each shard warns about its own prompts; the merged run is all of them, so it says what
+    every shard said (once each), not only the first shard's."""
+    prompts = [{"id": "tokyo", "prompt": "Rain in 東京"}, {"id": "plain", "prompt": "Snow in Denver"}]
+    for i in range(2):
+        run(make_pair("llama"), prompts, shard=f"{i}/2", out=tmp_path / f"s{i}", max_new_tokens=4, bootstrap=0,
+            progress=False)
+    merged = merge_runs([tmp_path / "s1", tmp_path / "s0"], tmp_path / "merged")
+    assert sum("'tokyo' (2)" in w for w in merged.summary["warnings"]) == 1
+
+
 @pytest.mark.slow
 def test_one_run_is_one_run_however_its_model_directories_are_spelt_or_placed(tmp_path, monkeypatch):
     """A run names a local model by its weight and defining files, not by the path's spelling:

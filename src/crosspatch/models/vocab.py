@@ -163,3 +163,21 @@ def tokenize_once(tok_pt, tok_it, prompt_id: str, text: str, add_special_tokens:
     if not ids_pt:
         raise PromptTokenizationMismatchError(f"prompt {prompt_id!r} tokenizes to no ids")
     return list(ids_pt)
+
+
+def unknown_token_warning(tokenizer, prompt_ids: list[str], token_ids: list[list[int]]) -> str | None:
+    """What to say when prompts hold the tokenizer's unknown token (``unk_token``): text it has no
+    piece for (a character outside a vocabulary without byte fallback), which both models read as
+    that one token, not as the text; None when none does, or when the tokenizer has no unknown
+    token of its own (GPT-2's ``unk_token`` is its end-of-text token, which a prompt may hold)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    others = {getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad")}
+    if not isinstance(unk, int) or unk in others:
+        return None
+    hit = [(pid, ids.count(unk)) for pid, ids in zip(prompt_ids, token_ids) if unk in ids]
+    if not hit:
+        return None
+    named = ", ".join(f"{pid!r} ({n})" for pid, n in hit[:5]) + (f" and {len(hit) - 5} more" if len(hit) > 5 else "")
+    return (f"{len(hit)} prompt(s) hold the tokenizer's unknown token {tokenizer.unk_token!r} (text it has no "
+            f"piece for, read by both models as that one token): {named}; their events are about that token, "
+            "not the text")

@@ -30,6 +30,7 @@ from ..inputs.prompts import Prompt, as_prompts
 from ..models.collector import settle
 from ..models.forward import WorkCounter, counting_work
 from ..models.loading import DTYPES
+from ..models.vocab import unknown_token_warning
 from ..store import RunStore, check_complete, completed_prompts
 from .checks import (
     check_chat_template,
@@ -255,6 +256,8 @@ def run(
                          sparse_topk=pair.facts[pair.base].get("sparse_topk"))
     check_prompt_token_ids([p.id for p in prompts], token_ids,
                            {role: pair.facts[role].get("input_embeddings") for role in pair.roles})
+    if (unknown := unknown_token_warning(pair.tokenizers[pair.base], [p.id for p in prompts], token_ids)):
+        run_warnings.append(unknown)
     if (over := over_batch_tokens([len(ids) + config.max_new_tokens for ids in token_ids],
                                   config.max_batch_tokens)) is not None:
         run_warnings.append(over)

@@ -82,6 +82,8 @@ def merge_runs(shard_dirs: list[str | Path], out: str | Path, bootstrap_override
         record["options"]["bootstrap"] = bootstrap_override
     record["fingerprint"] = fingerprint({"run": record["run_fingerprint"], "shard": None})
     record["merged_from"] = [str(d) for d in shard_dirs]
+    # each shard warns of its own prompts (unknown tokens, over-long sequences): the merged run of all of them
+    record["run_warnings"] = list(dict.fromkeys(w for c in configs for w in c.get("run_warnings") or []))
     by_shard = {parse_shard(c["options"]["shard"]) if c["options"].get("shard") else (0, 1): c for c in configs}
     if all("prompt_ids" in c for c in configs):
         record["prompt_ids"] = unsharded_order([by_shard[(i, n)]["prompt_ids"] for i in range(n)])
