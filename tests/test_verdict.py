@@ -224,6 +224,14 @@ def test_gate_exit_codes(portable_run, tmp_path):
         (damaged / "summary.json").write_text(json.dumps(summary))
         code, out = _gate(damaged)
         assert code == 2 and out["status"] == "unusable" and "summary.json" in out["reason"], name
+    # a damaged config.json (what the run was asked, a shard's part included) is no run to gate either,
+    # as a missing one is not: it was gated on its summary alone
+    for name, text in (("config_cut", '{"options": {"shard": "0/'), ("config_list", "[1]")):
+        damaged = tmp_path / name
+        shutil.copytree(portable_run, damaged)
+        (damaged / "config.json").write_text(text)
+        code, out = _gate(damaged)
+        assert code == 2 and out["status"] == "unusable" and "config.json" in out["reason"], name
 
 
 def test_gate_prints_the_verdict_for_people(portable_run):

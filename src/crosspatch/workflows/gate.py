@@ -46,13 +46,10 @@ def gate_collection(path: Path, kind: str, policy: dict | None = None) -> dict:
             "collection": kind, "members": outcomes, "run_dir": str(path)}
 
 
-def _shard_of(path: Path) -> str | None:
-    """``i/n`` where the run in ``path`` is one shard of several (``--shard``), else None (a merged
-    run records none; an unreadable config is left to the checks that name it)."""
-    try:
-        shard = (json.loads((path / "config.json").read_text(encoding="utf-8")).get("options") or {}).get("shard")
-    except (OSError, ValueError, AttributeError):
-        return None
+def _shard_of(config: dict) -> str | None:
+    """``i/n`` where the run whose ``config`` (config.json) this is is one shard of several
+    (``--shard``), else None (a merged run records none)."""
+    shard = (config.get("options") or {}).get("shard") if isinstance(config.get("options"), dict) else None
     # (read here, not with runner.checks.parse_shard: that module imports torch, which the gate does without)
     if not isinstance(shard, str) or "/" not in shard:
         return None
@@ -71,7 +68,13 @@ def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
         return _unusable(not_a_run_message(path))
     if not (path / "summary.json").exists():
         return _unusable(f"{path} has no summary.json: the run did not finish (run the same command again to resume)")
-    shard = _shard_of(path)
+    try:  # what the run was asked (a shard's part of a run is no run to gate): a damaged file is no run either
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError(f"it holds a JSON {type(config).__name__}, not an object")
+    except (OSError, ValueError) as exc:
+        return _unusable(f"{path / 'config.json'} is unreadable or malformed: {exc}")
+    shard = _shard_of(config)
     if shard is not None:
         return _unusable(f"{path} is shard {shard} of a sharded run: its verdict covers that shard's prompts only; "
                          "merge the shards (crosspatch merge) and gate the merged run")
