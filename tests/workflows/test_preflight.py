@@ -102,6 +102,40 @@ def test_zero_scaling_is_named(tmp_path):
     assert any("scaling 0" in cause for cause in result.checks["adapter-active"]["causes"])
 
 
+def test_an_adapter_or_merge_with_non_finite_logits_fails_as_broken(tmp_path):
+    """A NaN in one adapter weight makes every logit NaN; the check said the adapter "moves the logits
+    by up to 0 (mean KL nan)" and passed it (a NaN compares false with every tolerance, and Python's
+    max skips it). Non-finite positions are counted per model, left out of the differences, and fail."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from crosspatch.workflows.preflight_checks import _merge_check
+    from crosspatch.workflows.preflight_measures import Agreement
+
+    adapter = tmp_path / "nan"
+    shutil.copytree(Z / "it-lora-all", adapter)
+    weights = load_file(adapter / "adapter_model.safetensors")
+    name = next(k for k in weights if "lora_B" in k)
+    weights[name][0, 0] = float("nan")
+    save_file(weights, adapter / "adapter_model.safetensors")
+    result = preflight(str(Z / "base"), adapter=str(adapter), prompts=PROMPTS[:4], max_new_tokens=8)
+    check = result.checks["adapter-active"]
+    assert check["status"] == "fail" and "not finite" in check["causes"][0], check
+    assert check["numbers"]["non_finite_positions"] == [0, check["numbers"]["positions"]]
+
+    agreement, real = Agreement(), torch.ones(5, dtype=torch.bool)
+    same = torch.randn(3, 5)
+    merged = same.clone()
+    merged[1, 2] = float("nan")  # one position of the merge broken, the others exact
+    agreement.add(same, merged, real)
+    numbers = agreement.numbers()
+    assert numbers["non_finite_positions"] == [0, 1] and numbers["compared_positions"] == 2
+    assert numbers["max_abs_logit_diff"] == 0 and numbers["top1_agreement"] == 1
+    tolerances = PreflightPolicy().tolerances("float32")
+    check = _merge_check(numbers, [], tolerances, "float32", PreflightPolicy())
+    assert check.status == "fail" and any("not finite" in cause for cause in check.causes), check
+
+
 def test_broken_merge_fails_with_confident_divergences():
     result = run("it-lora-all", BROKEN_MERGE)
     check = result.checks["adapter-vs-merged"]

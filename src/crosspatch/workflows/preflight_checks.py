@@ -72,6 +72,16 @@ def _changes_check(name: str, who: str, agreement: dict, changed: int, prompts: 
                 causes.append("every ΔW is zero")
         if weights.get("unmatched_targets"):
             causes.append(f"target_modules {weights['unmatched_targets']} match no module of this architecture")
+    base_broken, broken = agreement.get("non_finite_positions", [0, 0])
+    if broken:  # logits a run can do nothing with: the descendant is broken, whatever else it changes
+        causes = [f"its logits are not finite (NaN or infinite) at {broken} of {agreement['positions']} positions "
+                  f"(the base's at {base_broken}): NaN or infinite weights, or an overflow in float16 (try --dtype "
+                  "bfloat16 or float32)"] + causes
+        summary = f"the {who} is broken: " + "; ".join(causes)
+        return Check(name, "fail", summary, causes, numbers, table)
+    if base_broken:
+        causes.append(f"the base's logits are not finite at {base_broken} of {agreement['positions']} positions "
+                      f"(left out of the comparison)")
     if not moved and not causes:
         causes.append(f"ΔW is not zero but no logit moves by more than {policy.min_logit_change} and no greedy output "
                       "changes: the adapter may be disabled, or adapt modules the prompts do not reach (e.g. a vision "
@@ -107,8 +117,12 @@ def _merge_check(agreement: dict, divergences: list[dict], tolerances: dict, pre
         failures.append(f"mean |Δlogit| {agreement['mean_abs_logit_diff']:.3g} > {tolerances['mean_abs_logit_diff']:g}")
     if agreement["mean_kl"] > tolerances["mean_kl"]:
         failures.append(f"mean KL {agreement['mean_kl']:.3g} > {tolerances['mean_kl']:g}")
-    if agreement["top1_agreement"] < tolerances["min_top1_agreement"]:
+    if agreement.get("compared_positions", 1) and agreement["top1_agreement"] < tolerances["min_top1_agreement"]:
         failures.append(f"top-1 agreement {agreement['top1_agreement']:.4f} < {tolerances['min_top1_agreement']:g}")
+    adapter_broken, merged_broken = agreement.get("non_finite_positions", [0, 0])
+    if adapter_broken or merged_broken:
+        failures.append(f"logits not finite (NaN or infinite) at {merged_broken} position(s) of the merged checkpoint "
+                        f"and {adapter_broken} of the adapter, of {agreement['positions']}")
     if numbers["confident_divergences"] > policy.max_confident_divergences:
         failures.append(f"{numbers['confident_divergences']} confident greedy disagreement(s) (margins beyond rounding)")
     table = {"header": ["prompt", "first divergence", "adapter token", "merged token", "adapter margin",

@@ -90,26 +90,39 @@ def _logits(models, role: str, sequences: list[list[int]]) -> list[torch.Tensor]
 
 
 class Agreement:
-    """Running logit agreement of model ``b`` with model ``a`` over the real vocabulary."""
+    """Running logit agreement of model ``b`` with model ``a`` over the real vocabulary. Positions
+    where either model's logits are not finite (NaN or infinite: broken weights, a float16
+    overflow) are counted per model and left out of the differences, which they would otherwise
+    hide (a NaN compares false with every tolerance, and Python's ``max`` skips it)."""
 
     def __init__(self) -> None:
         self.max_abs, self.sum_abs, self.values, self.sum_kl, self.positions, self.top1 = 0.0, 0.0, 0, 0.0, 0, 0
+        self.compared, self.non_finite_a, self.non_finite_b = 0, 0, 0
 
     def add(self, a: torch.Tensor, b: torch.Tensor, real: torch.Tensor) -> None:
         a, b = a[:, real], b[:, real]
+        finite_a, finite_b = torch.isfinite(a).all(-1), torch.isfinite(b).all(-1)
+        self.positions += a.shape[0]
+        self.non_finite_a += int((~finite_a).sum())
+        self.non_finite_b += int((~finite_b).sum())
+        both = finite_a & finite_b
+        a, b = a[both], b[both]
         diff = (a - b).abs()
         self.max_abs = max(self.max_abs, float(diff.max()) if diff.numel() else 0.0)
         self.sum_abs += float(diff.sum())
         self.values += diff.numel()
         log_a, log_b = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
         self.sum_kl += float((log_a.exp() * (log_a - log_b)).sum(-1).clamp(min=0).sum())
-        self.positions += a.shape[0]
+        self.compared += a.shape[0]
         self.top1 += int((a.argmax(-1) == b.argmax(-1)).sum())
 
     def numbers(self) -> dict:
-        n = max(self.positions, 1)
+        """The differences over the positions both models computed finite logits for (``compared``
+        of ``positions``), and how many positions each model's logits were not finite at."""
+        n = max(self.compared, 1)
         return {"max_abs_logit_diff": self.max_abs, "mean_abs_logit_diff": self.sum_abs / max(self.values, 1),
-                "mean_kl": self.sum_kl / n, "top1_agreement": self.top1 / n, "positions": self.positions}
+                "mean_kl": self.sum_kl / n, "top1_agreement": self.top1 / n, "positions": self.positions,
+                "compared_positions": self.compared, "non_finite_positions": [self.non_finite_a, self.non_finite_b]}
 
 
 def adapter_weight_report(peft_model, adapter_name: str) -> dict:
