@@ -133,3 +133,29 @@ def test_what_loading_found_heads_the_splice_page():
     sections = splice_sections({"boundaries": {}, "warnings": ["the adapter's adapter_config.json names its base as 'x'"]})
     assert [s.title for s in sections] == ["Warnings"] and "names its base" in sections[0].paragraphs[0]
     assert splice_sections({"boundaries": {}, "warnings": []}) == []
+
+
+def test_a_descendant_with_no_scorable_event_is_reported_not_a_crash(tmp_path):
+    """A broken descendant (NaN weights: every logit NaN) leaves the diagnostic without an event;
+    its page crashed formatting the missing means. It now says why there is no effect, and a
+    chimera departing at the first generated token reads 0, not the "—" of no departure."""
+    from safetensors.torch import load_file, save_file
+
+    from crosspatch.testing import save_tiny_pair
+    from crosspatch.workflows.splice import splice_sections
+
+    root = save_tiny_pair(tmp_path / "pair")
+    weights = load_file(root / "tuned" / "model.safetensors")
+    name = next(k for k in weights if k.endswith("layers.3.mlp.down_proj.weight"))
+    weights[name][0, 0] = float("nan")
+    save_file(weights, root / "tuned" / "model.safetensors", metadata={"format": "pt"})
+    prompts = [{"id": f"p{k}", "prompt": f"Rain in town {k}"} for k in range(3)]
+    result = splice(str(root / "base"), tuned=str(root / "tuned"), prompts=prompts, out=tmp_path / "sp", max_new_tokens=4)
+    diagnostic = result.document["diagnostic"]
+    assert diagnostic["verdict"] == "inconclusive" and "NaN" in diagnostic["reason"]
+    text = (tmp_path / "sp" / "splice.md").read_text()
+    assert "found no scorable first-divergence event: inconclusive — No prompt produced" in text
+    block = next(iter(result.document["boundaries"].values()))["chimeras"]
+    assert block["base early + base late"]["median_departure"] == 0  # the NaN model says nothing at all
+    rows = splice_sections(result.document)[-1].tables[0].rows
+    assert rows[0][3] == "0" and rows[1][3] == "—"

@@ -269,6 +269,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
 
         diagnostic = {str(b): effects_at(result.summary, b) for b in chosen}
         diagnostic["verdict"] = (result.summary.get("verdict") or {}).get("verdict")
+        diagnostic["reason"] = (result.summary.get("verdict") or {}).get("reason")
     models.release()
 
     eos = models.eos_ids
@@ -324,7 +325,8 @@ def _precheck_layers(base: str, boundaries) -> None:
 
 
 def _ci(value: dict | None) -> str:
-    if not value:
+    """``+m.mm [+l.ll, +h.hh]`` of an effect ``{"mean", "ci"}``; "—" where it has no mean (no event)."""
+    if not value or value.get("mean") is None:
         return "—"
     ci = value.get("ci")
     return f"{value['mean']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
@@ -340,11 +342,15 @@ def splice_sections(document: dict) -> list[Section]:
         for name, chimera in block["chimeras"].items():
             rate = chimera["validator_pass_rate"]
             rows.append([name, "—" if rate is None else f"{rate:.0%} of {chimera['validated']}",
-                         f"{chimera['same_as_tuned']:.0%}", str(chimera["median_departure"] or "—")])
+                         f"{chimera['same_as_tuned']:.0%}",  # (a departure at the first generated token is 0)
+                         "—" if chimera["median_departure"] is None else str(chimera["median_departure"])])
         paragraphs = [f"Static chimeras at boundary layer {b} of {document['num_layers']}: early = embeddings and "
                       f"layers 0..{int(b) - 1}, late = layers {b}..{document['num_layers'] - 1}, final norm and head."]
         effects = diagnostic.get(str(b))
-        if effects:
+        if effects and not effects["n_events"]:
+            paragraphs.append("Cross-patching at this boundary found no scorable first-divergence event: "
+                              f"{diagnostic.get('verdict') or 'no verdict'} — {diagnostic.get('reason') or ''}".rstrip(" —"))
+        elif effects:
             paragraphs.append(f"Cross-patching at this boundary ({effects['n_events']} first-divergence events, "
                               f"common-IT readout): E_PT {_ci(effects.get('E_PT'))}, E_IT {_ci(effects.get('E_IT'))}, "
                               f"interaction {_ci(effects.get('interaction'))}.")
