@@ -85,6 +85,34 @@ def test_without_a_null_the_row_says_there_is_no_yardstick():
     assert row["status"] == "info" and "no null descendant" in row["summary"]
 
 
+def test_a_null_whose_cells_are_not_finite_is_no_yardstick_and_is_named():
+    """A broken null (a NaN weight: every cell NaN) made the row read "largest null-1: +nan;
+    difference +nan [+nan, +nan]" and wrote NaN into summary.json. Its non-finite events are left
+    out and counted; a null with none left gives no yardstick, named, and the other nulls still
+    give theirs; with no usable null at all the row says so and claims of an interaction stay
+    unconfirmed (inconclusive), as with a null they are not beyond."""
+    from crosspatch.execution.in_memory import models_from_modules
+
+    base = tiny_model("llama")
+    tuned = perturb_layers(base, [2, 3], 0.5, seed=4)
+    twin = perturb_layers(base, [0, 1, 2, 3], 0.05, seed=9)
+    broken = perturb_layers(base, [3], 0.05, seed=5)
+    with torch.no_grad():
+        broken.model.layers[3].mlp.down_proj.weight[0, 0] = float("nan")
+    models = models_from_modules({"base": base, "tuned": tuned, "null-1": twin, "null-2": broken}, char_tokenizer())
+    both = run(models, many_prompts(8), tuned="tuned", nulls=["null-1", "null-2"], **OPTIONS)
+    row = next(r for r in both.summary["controls"] if r["control"] == "null_calibration")
+    by_null = row["details"]["by_null"]
+    assert by_null["null-2"]["interaction"] is None and by_null["null-2"]["non_finite_events"] == row["n"] > 0
+    assert by_null["null-1"]["interaction"] is not None and "largest null-1" in row["summary"]
+    assert "null-2: cells not finite on" in row["summary"] and "no yardstick from null-2" in row["summary"]
+    assert "nan" not in json.dumps(both.summary).lower().replace("nan or infinite", "")
+    alone = run(models, many_prompts(8), tuned="tuned", nulls=["null-2"], **OPTIONS)
+    row = next(r for r in alone.summary["controls"] if r["control"] == "null_calibration")
+    assert row["status"] == "warn" and row["summary"].startswith("no null gives a yardstick")
+    assert alone.verdict["verdict"] not in ("partly-upstream-dependent", "upstream-dependent")
+
+
 @pytest.mark.slow
 def test_a_trained_null_is_given_on_the_command_line(tmp_path):
     from crosspatch.testing import save_tiny_pair

@@ -77,17 +77,38 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
     observed = {r.event_key: r.effects()["interaction"] for r in ctx.first}
     i_obs = float(np.mean(list(observed.values()))) if observed else 0.0
     sign = 1.0 if i_obs >= 0 else -1.0
-    by_null, beyond = {}, []
+    by_null, beyond, unusable, dropped = {}, [], [], {}
     for null in nulls:
-        paired = [(observed[r["event_key"]], cell_effects(r["cells"])["interaction"], r["prompt_id"])
-                  for r in rows if r["null"] == null and r["event_key"] in observed]
+        mine = [r for r in rows if r["null"] == null and r["event_key"] in observed]
+        # a null's cells that are not finite (NaN or infinite logits: broken weights, a float16 overflow) measure
+        # nothing: left out, counted, and a null with no finite event is no yardstick at all
+        finite = [r for r in mine if all(np.isfinite(r["cells"][c]) for c in CELLS)]
+        if len(finite) < len(mine):
+            dropped[null] = len(mine) - len(finite)
+        if not finite:
+            unusable.append(null)
+            by_null[null] = {"interaction": None, "difference": {"mean": None, "ci": None, "n": 0}, "ratio": None,
+                             "beyond": False, "non_finite_events": len(mine)}
+            beyond.append(False)
+            continue
+        paired = [(observed[r["event_key"]], cell_effects(r["cells"])["interaction"], r["prompt_id"]) for r in finite]
         diff = cluster_mean_ci(np.array([o - n for o, n, _ in paired]), [p for _, _, p in paired],
                                ctx.bootstrap(f"control_null_calibration/{null}"))
-        i_null = float(np.mean([n for _, n, _ in paired])) if paired else None
+        i_null = float(np.mean([n for _, n, _ in paired]))
         ok = diff["ci"] is not None and (diff["ci"][0] > 0 if sign > 0 else diff["ci"][1] < 0)
         by_null[null] = {"interaction": i_null, "difference": diff,
-                         "ratio": (i_obs / i_null) if i_null not in (None, 0.0) else None, "beyond": ok}
+                         "ratio": (i_obs / i_null) if i_null != 0.0 else None, "beyond": ok,
+                         "non_finite_events": dropped.get(null, 0)}
         beyond.append(ok)
+    broken = "; ".join(f"{n}: cells not finite on {dropped[n]} of {len(observed)} event(s)" for n in dropped)
+    broken = (f" ({broken}: NaN or infinite logits, its weights broken or float16 overflowing; left out"
+              + (", no yardstick from " + ", ".join(unusable) if unusable else "") + ")") if broken else ""
+    if len(unusable) == len(nulls):
+        return control_row("null_calibration", "warn", None,
+                           f"no null gives a yardstick for the interaction {i_obs:+.2f}{broken}: fix or replace the "
+                           "null(s)", "I − I_null interval beyond zero for every null", None, len(observed),
+                           by_null=by_null, p_value=None, prediction_bound=None, on_failure="inconclusive",
+                           weakens=list(INTERACTION_CLAIMS))
     null_values = [abs(v["interaction"]) for v in by_null.values() if v["interaction"] is not None]
     p_value = (1 + sum(v >= abs(i_obs) for v in null_values)) / (len(null_values) + 1)
     signed = np.array([sign * v["interaction"] for v in by_null.values() if v["interaction"] is not None])
@@ -95,7 +116,7 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
     if len(signed) >= 2:  # a further harmless fine-tune's interaction stays below this (one-sided 95%)
         bound = float(signed.mean() + t_95(len(signed) - 1) * signed.std(ddof=1) * np.sqrt(1 + 1 / len(signed)))
         beyond.append(sign * i_obs > bound)
-    largest = max(nulls, key=lambda n: abs(by_null[n]["interaction"] or 0.0))
+    largest = max((n for n in nulls if n not in unusable), key=lambda n: abs(by_null[n]["interaction"]))
     worst = by_null[largest]
     ci = worst["difference"]["ci"]
     text = (f"the interaction {i_obs:+.2f} against {len(nulls)} null(s) (largest {largest}: "
@@ -103,7 +124,8 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
             + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "") + ")"
             + ("" if bound is None else f"; prediction bound of a further null {sign * bound:+.2f}")
             + (": beyond every null" if all(beyond) else ": not beyond the null yardstick")
-            + ("" if len(nulls) > 1 else " (one null: no spread between nulls measured, a weaker yardstick)"))
+            + ("" if len(nulls) > 1 else " (one null: no spread between nulls measured, a weaker yardstick)")
+            + broken)
     return control_row("null_calibration", "pass" if all(beyond) else "warn", worst["difference"]["mean"], text,
                        "I − I_null interval beyond zero for every null", ci, len(observed),
                        by_null=by_null, p_value=p_value, prediction_bound=None if bound is None else sign * bound,
