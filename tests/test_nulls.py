@@ -45,6 +45,19 @@ def test_a_synthetic_null_keeps_the_spectrum_of_each_weight_delta_and_nothing_el
     assert changed > 0
 
 
+def test_a_synthetic_null_of_broken_weights_is_refused_by_name():
+    """A descendant with a NaN weight stopped the run with torch's bare LinAlgError (the SVD of a
+    NaN change does not converge); it is named, with the weight."""
+    from crosspatch.errors import OptionError
+
+    base = tiny_model("llama")
+    tuned = perturb_layers(base, [3], 0.5, seed=4)
+    with torch.no_grad():
+        tuned.model.layers[3].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(OptionError, match=r"descendant's model\.layers\.3\.mlp\.down_proj\.weight holds NaN"):
+        synthetic_null(base, tuned, seed=0)
+
+
 def test_synthetic_nulls_calibrate_the_interaction_and_are_recorded(tmp_path):
     base = tiny_model("llama")
     pair = pair_from_models(base, perturb_layers(base, [0, 1, 2, 3], 0.5, seed=4), char_tokenizer())

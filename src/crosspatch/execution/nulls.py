@@ -59,6 +59,11 @@ def synthetic_null(base: torch.nn.Module, tuned: torch.nn.Module, seed: int) -> 
         delta = other.detach().to(torch.float64).cpu() - param.detach().to(torch.float64).cpu()
         if not torch.any(delta != 0):
             continue
+        if not bool(torch.isfinite(delta).all()):  # (the spectrum of a NaN matrix does not converge)
+            whose = "descendant's" if not bool(torch.isfinite(other).all()) else "base's"
+            raise OptionError(f"a synthetic null copies the spectrum of each weight's change, and the {whose} {name} "
+                              "holds NaN or infinite values: its weights are broken; fix them, or give a trained null "
+                              "(--null DIR)")
         if delta.ndim == 2:
             _, s, _ = torch.linalg.svd(delta, full_matrices=False)
             keep = s > s.max() * 1e-10
