@@ -142,7 +142,7 @@ def test_a_descendant_with_no_scorable_event_is_reported_not_a_crash(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from crosspatch.testing import save_tiny_pair
-    from crosspatch.workflows.splice import splice_sections
+    from crosspatch.workflows.splice import _ci, splice_sections
 
     root = save_tiny_pair(tmp_path / "pair")
     weights = load_file(root / "tuned" / "model.safetensors")
@@ -158,4 +158,5 @@ def test_a_descendant_with_no_scorable_event_is_reported_not_a_crash(tmp_path):
     block = next(iter(result.document["boundaries"].values()))["chimeras"]
     assert block["base early + base late"]["median_departure"] == 0  # the NaN model says nothing at all
     rows = splice_sections(result.document)[-1].tables[0].rows
+    assert _ci({"mean": None, "ci": None}) == "—"  # (merge-check's table of a merge without events too)
     assert rows[0][3] == "0" and rows[1][3] == "—"
