@@ -134,6 +134,19 @@ def test_pooling_reports_each_family_and_the_pool_without_it():
     assert "leave_one_out" not in one  # nothing to leave out of a single family
 
 
+def test_a_family_without_a_valid_event_is_left_out_of_the_pool_by_name():
+    """A family whose run found no scorable event (broken weights: every event invalid, or none at
+    all) has no mean to weigh; it was dropped without a word ("pool of 1 families" for two given)."""
+    a = [rec(f"a{i}", [0, 1, 0, 2]) for i in range(6)]
+    broken = [rec(f"n{i}", [0, 1, 0, 2], valid=False) for i in range(6)]
+    pooled = pool_family_balanced({"a": a, "broken": broken, "empty": []}, "common_it", BootstrapConfig(200))
+    assert pooled["n_pairs"] == 1 and pooled["families_without_events"] == ["broken", "empty"]
+    assert list(pooled["families"]) == ["a"]
+    none = pool_family_balanced({"broken": broken}, "common_it", BootstrapConfig(200))
+    assert none["families_without_events"] == ["broken"] and none["effects"]["interaction"]["mean"] is None
+    assert "families_without_events" not in pool_family_balanced({"a": a}, "common_it", BootstrapConfig(0))
+
+
 def test_a_pool_gives_no_interval_where_a_family_has_too_few_prompts_for_one():
     """Each family is resampled within itself: a family of 2 prompts has no interval alone (as a
     run of 2 prompts has none), and neither has any pool that includes it; the note names it."""

@@ -123,6 +123,9 @@ def pool_cmd(
     if as_json:
         print(json.dumps(pooled, indent=2, default=str))
         return
+    for name in pooled.get("families_without_events") or []:
+        console.print(Text.assemble(("warning ", "yellow"), f"{name}: no scorable first-divergence event at its headline "
+                                    "boundary: left out of the pool (its report says why)"), soft_wrap=True)
     quantities = ("E_PT", "E_IT", "interaction", "late_interaction_share", "direct_share", "native_shift")
     loo = pooled.get("leave_one_out") or {}
     table = Table(title=f"family-balanced pool of {pooled['n_pairs']} families, {pooled['n_events']} events")

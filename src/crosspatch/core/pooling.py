@@ -53,11 +53,14 @@ def pool_family_balanced(
     """Pool several model pairs as the mean of per-pair means (each pair weighs the same,
     whatever its event count); each pair's prompts are resampled within that pair. With it, per
     family: ``families`` (its own effects) and ``leave_one_out`` (the pool of all the others, on
-    the same resamples: how much the pooled answer rests on that one family)."""
+    the same resamples: how much the pooled answer rests on that one family). A family without a
+    valid event has no mean to weigh: it is left out and named in ``families_without_events``."""
     groups = {k: [r for r in v if r.valid] for k, v in groups.items()}
+    # a family without a scorable event has no mean to weigh: left out, and named (never silently)
+    without = [k for k, v in groups.items() if not v]
     groups = {k: v for k, v in groups.items() if v}
     if not groups:
-        return effect_block(np.zeros((0, 4)), [], boot)
+        return {**effect_block(np.zeros((0, 4)), [], boot), "families_without_events": without}
     rng = np.random.default_rng(boot.seed)
     point_means, boot_means, clusters = {}, {}, {}
     for name, recs in groups.items():
@@ -75,6 +78,8 @@ def pool_family_balanced(
                             **_pooled([name], point_means, boot_means, clusters, boot)}
                      for name in groups},
     }
+    if without:
+        block["families_without_events"] = without
     if len(groups) >= 2:
         block["leave_one_out"] = {
             name: {"n_pairs": len(groups) - 1, "n_events": block["n_events"] - len(groups[name]),
