@@ -58,6 +58,23 @@ def test_verdict_rule(block, verdict):
     assert decide(block)["verdict"] == verdict
 
 
+@pytest.mark.parametrize("shift, where", [
+    ((2.3, (1.9, 2.7)), "lives upstream of the boundary"),  # the upstream state moves Y, the late layers do not
+    ((0.02, (-0.05, 0.08)), "lies in their readouts"),  # one head: the stacks agree; the heads decide apart
+    ((0.55, (0.39, 0.73)), "upstream of the boundary or in the readout"),  # across the bound: both said
+])
+def test_no_late_effect_says_where_the_change_lies_from_the_native_shift(shift, where):
+    """With no late effect the sentence said the change "lives upstream of the boundary" whatever
+    the numbers; for a fine-tune of the head alone (all four cells read with one head: D = 0) that
+    was false. The native shift D under the one readout decides what it says."""
+    block = _block((0.01, (-0.1, 0.1)), (0.02, (-0.1, 0.15)), (0.01, (-0.1, 0.1)), (0.0, (0.0, 0.0)))
+    block["effects"]["native_shift"] = {"mean": shift[0], "ci": list(shift[1])}
+    decision = decide(block)
+    phrases = ("lives upstream of the boundary", "lies in their readouts", "upstream of the boundary or in the readout")
+    assert decision["verdict"] == "no-late-effect", decision
+    assert [p for p in phrases if p in decision["reason"]] == [where], decision["reason"]
+
+
 def test_the_middle_grade_never_claims_a_dependent_part_its_interval_does_not_show():
     """A share interval from below zero across the portable bound is the middle grade (it straddles
     a bound), but its sentence said "part needs the descendant's own upstream state" beside an
