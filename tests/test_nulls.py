@@ -118,7 +118,7 @@ def test_a_null_whose_cells_are_not_finite_is_no_yardstick_and_is_named():
     by_null = row["details"]["by_null"]
     assert by_null["null-2"]["interaction"] is None and by_null["null-2"]["non_finite_events"] == row["n"] > 0
     assert by_null["null-1"]["interaction"] is not None and "largest null-1" in row["summary"]
-    assert "null-2: cells not finite on" in row["summary"] and "no yardstick from null-2" in row["summary"]
+    assert "null-2: cells not finite on" in row["summary"] and "null-2 give(s) no yardstick" in row["summary"]
     assert "nan" not in json.dumps(both.summary).lower().replace("nan or infinite", "")
     alone = run(models, many_prompts(8), tuned="tuned", nulls=["null-2"], **OPTIONS)
     row = next(r for r in alone.summary["controls"] if r["control"] == "null_calibration")

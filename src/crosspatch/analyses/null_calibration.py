@@ -68,6 +68,16 @@ def build(options, plan: PlanContext) -> NullScores | None:
     return NullScores(plan.headline, nulls) if nulls else None
 
 
+def _non_finite_note(dropped: dict[str, int], unusable: list[str], events: int) -> str:
+    """`` (null-2: cells not finite on 6 of 6 event(s); ...)``: the nulls whose events were left out
+    for cells that are not finite, and those left with none (no yardstick); '' when none was."""
+    if not dropped:
+        return ""
+    counts = "; ".join(f"{n}: cells not finite on {k} of {events} event(s)" for n, k in dropped.items())
+    return (f" ({counts}: NaN or infinite logits, from broken weights or a float16 overflow; those events are left "
+            "out" + (f", and {', '.join(unusable)} give(s) no yardstick" if unusable else "") + ")")
+
+
 def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
     nulls = sorted({r["null"] for r in rows})
     if not nulls:
@@ -100,9 +110,7 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
                          "ratio": (i_obs / i_null) if i_null != 0.0 else None, "beyond": ok,
                          "non_finite_events": dropped.get(null, 0)}
         beyond.append(ok)
-    broken = "; ".join(f"{n}: cells not finite on {dropped[n]} of {len(observed)} event(s)" for n in dropped)
-    broken = (f" ({broken}: NaN or infinite logits, its weights broken or float16 overflowing; left out"
-              + (", no yardstick from " + ", ".join(unusable) if unusable else "") + ")") if broken else ""
+    broken = _non_finite_note(dropped, unusable, len(observed))
     if len(unusable) == len(nulls):
         return control_row("null_calibration", "warn", None,
                            f"no null gives a yardstick for the interaction {i_obs:+.2f}{broken}: fix or replace the "

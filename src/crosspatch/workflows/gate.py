@@ -49,7 +49,8 @@ def gate_collection(path: Path, kind: str, policy: dict | None = None) -> dict:
 def _shard_of(config: dict) -> str | None:
     """``i/n`` where the run whose ``config`` (config.json) this is is one shard of several
     (``--shard``), else None (a merged run records none)."""
-    shard = (config.get("options") or {}).get("shard") if isinstance(config.get("options"), dict) else None
+    options = config.get("options")
+    shard = options.get("shard") if isinstance(options, dict) else None
     # (read here, not with runner.checks.parse_shard: that module imports torch, which the gate does without)
     if not isinstance(shard, str) or "/" not in shard:
         return None

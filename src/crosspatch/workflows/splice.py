@@ -348,8 +348,9 @@ def splice_sections(document: dict) -> list[Section]:
                       f"layers 0..{int(b) - 1}, late = layers {b}..{document['num_layers'] - 1}, final norm and head."]
         effects = diagnostic.get(str(b))
         if effects and not effects["n_events"]:
-            paragraphs.append("Cross-patching at this boundary found no scorable first-divergence event: "
-                              f"{diagnostic.get('verdict') or 'no verdict'} — {diagnostic.get('reason') or ''}".rstrip(" —"))
+            why = diagnostic.get("verdict") or "no verdict"
+            why += f" — {diagnostic['reason']}" if diagnostic.get("reason") else "."
+            paragraphs.append(f"Cross-patching at this boundary found no scorable first-divergence event: {why}")
         elif effects:
             paragraphs.append(f"Cross-patching at this boundary ({effects['n_events']} first-divergence events, "
                               f"common-IT readout): E_PT {_ci(effects.get('E_PT'))}, E_IT {_ci(effects.get('E_IT'))}, "
