@@ -144,6 +144,10 @@ def test_bad_image_prompts_are_named_errors(tmp_path, charts):
     missing.write_text(json.dumps({"id": "a", "prompt": "x", "image": "nope.png"}) + "\n")
     with pytest.raises(PromptFileError, match="image"):
         load_prompts(missing)
+    for url in ("https://example.com/chart.png", "data:image/png;base64,iVBOR"):  # named, not looked for on disk
+        missing.write_text(json.dumps({"id": "a", "prompt": "x", "image": url}) + "\n")
+        with pytest.raises(PromptFileError, match="is a URL .* local files only"):
+            load_prompts(missing)
     base, child, processor = tiny_vlm_pair("llava", layers=4)
     pair = pair_from_models(base, child, processor.tokenizer, processors=processor)
     twins = [{"id": "a", "prompt": "Same text", "image": str(charts[0])},

@@ -129,6 +129,10 @@ def _row_to_prompt(row: dict, where: str) -> Prompt:
             if k not in ("id", "prompt", "category", "validator", "messages") and not _is_missing(v)}
     if "image" in meta and (not isinstance(meta["image"], str) or not meta["image"].strip()):
         raise PromptFileError(f"{where}: field 'image' must be a path to an image file")
+    if "image" in meta and meta["image"].strip().lower().startswith(("http://", "https://", "data:")):
+        raise PromptFileError(f"{where}: field 'image' is a URL ({meta['image'][:60]!r}): crosspatch reads images from "
+                              "local files only and downloads nothing; save the image and give its path (relative "
+                              "to the prompt file, or absolute)")
     return Prompt(_label(row["id"]), row["prompt"], None if _is_missing(category) else _label(category), meta, validator,
                   messages)
 
