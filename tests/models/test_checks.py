@@ -819,3 +819,26 @@ def test_two_computations_of_logits_differ_only_beyond_their_precision():
     shifted[7] = float("nan")
     assert logits_gap(shifted, want, torch.float32) == float("inf")
     assert logits_gap(torch.full((3,), float("nan")), torch.full((3,), float("nan")), torch.float32) is None
+
+
+@pytest.mark.parametrize("residency", ["both", "sequential"])
+def test_a_descendant_as_far_from_the_base_as_an_unrelated_model_is_warned_about(tmp_path, residency):
+    """A checkpoint of the same shape from another pretraining run (another model version, the
+    instruct model of another base) loaded without a word and was scored as a descendant. Its
+    weights differ from the base's by about 141% of their norm, a fine-tune's by a few percent:
+    the set's warnings say so, and a true descendant gets no such warning."""
+    from crosspatch.models.checks import weight_change
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "pair", scale=0.3)
+    stranger = tmp_path / "stranger"
+    tiny_model("llama", seed=7).save_pretrained(stranger)
+    char_tokenizer().save_pretrained(stranger)
+    related = load_pair(str(root / "base"), tuned=str(root / "tuned"), residency=residency)
+    assert not any("descendant of this base" in w for w in related.warnings)
+    unrelated = load_pair(str(root / "base"), tuned=str(stranger), residency=residency)
+    said = [w for w in unrelated.warnings if "descendant of this base" in w]
+    assert len(said) == 1 and "median 14" in said[0], unrelated.warnings
+    median, k = weight_change(str(root / "base"), str(root / "tuned"))  # type: ignore[misc]
+    assert 0.2 < median < 0.4 and k == 8
+    assert weight_change(str(root / "base"), "no-such/model-anywhere") is None  # nothing on this disk to read

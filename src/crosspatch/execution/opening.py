@@ -20,6 +20,7 @@ from ..models.checks import (
     compare_facts,
     compare_weight_layouts,
     model_facts,
+    unrelated_weights_warning,
 )
 from ..models.forward import ModelHandle
 from ..models.loading import (
@@ -206,6 +207,10 @@ def load_models(
                                  for r, p in {**tuned_roles, **adapter_roles}.items()}
     tokenizers = {BASE: load_tokenizer(base, options)}
     warnings: list[str] = []
+    for role, path in tuned_roles.items():  # a checkpoint as far from the base as an unrelated model's
+        name = "the descendant" if len(roles) == 2 else repr(role)
+        if (unrelated := unrelated_weights_warning(base, path, name, options.revision)) is not None:
+            warnings.append(unrelated)
     # every tokenizer first, so that special tokens that differ are named before any weight loads
     # (_check_set compares them again, with the models' facts, once they have loaded)
     for role, path in tuned_roles.items():

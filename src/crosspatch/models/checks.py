@@ -231,3 +231,87 @@ def logits_gap(got, want, dtype) -> float | None:
     gap = float((got[both] - want[both]).abs().max())
     scale = max(1.0, float(want[both].abs().max()))
     return gap if gap > tol * scale else None
+
+
+# a fine-tune moves its weights by a few percent of their norm; two independently trained models of one
+# shape differ by about sqrt(2) (141%): a median change past this is no descendant of the base
+UNRELATED_WEIGHT_CHANGE = 1.0
+
+
+def _checkpoint_dir(path: str, revision: str | None = None):
+    """The local directory a checkpoint's files are read from: the path itself, or a hub id's
+    snapshot in the local Hugging Face cache; None where neither holds it."""
+    from pathlib import Path
+
+    from .paths import _cached_file
+
+    root = Path(path).expanduser()
+    if root.is_dir():
+        return root
+    try:
+        cached = _cached_file(path, "config.json", revision)
+    except Exception:  # not a hub id the hub library parses, or no hub library: nothing to read
+        return None
+    return Path(cached).parent if cached else None
+
+
+def weight_change(base: str, descendant: str, revision: str | None = None, samples: int = 8,
+                  max_elements: int = 1 << 26) -> tuple[float, int] | None:
+    """``(median, k)``: the median relative change ``‖W_d − W_b‖ / ‖W_b‖`` over ``k`` (at most
+    ``samples``) matrices that both checkpoints' safetensors files hold under one name and shape,
+    spread evenly over the sorted names and read one at a time (none past ``max_elements``: no
+    vocabulary-sized matrix is read whole); None where none can be compared (a checkpoint not on
+    this disk, a quantized one, or another layout)."""
+    import torch
+    from safetensors import safe_open
+
+    from .paths import is_quantized
+
+    roots = [_checkpoint_dir(p, revision) for p in (base, descendant)]
+    if any(r is None for r in roots) or any(is_quantized(local_config(str(r))) for r in roots if r is not None):
+        return None
+    where: list[dict[str, tuple[str, tuple[int, ...]]]] = []
+    for root in roots:
+        found = {}
+        for file in sorted(root.glob("*.safetensors")):  # pyright: ignore[reportOptionalMemberAccess]
+            try:
+                with safe_open(str(file), framework="pt") as handle:
+                    for key in handle.keys():
+                        part = handle.get_slice(key)
+                        shape = tuple(part.get_shape())
+                        if len(shape) == 2 and part.get_dtype().startswith(("F", "BF")):
+                            found[key] = (str(file), shape)
+            except Exception:  # damaged: the loader names it
+                continue
+        where.append(found)
+    common = sorted(k for k, (_, shape) in where[0].items()
+                    if k in where[1] and where[1][k][1] == shape and shape[0] * shape[1] <= max_elements)
+    if not common:
+        return None
+    chosen = [common[round(i * (len(common) - 1) / max(samples - 1, 1))] for i in range(min(samples, len(common)))]
+    changes = []
+    for key in dict.fromkeys(chosen):
+        with safe_open(where[0][key][0], framework="pt") as a, safe_open(where[1][key][0], framework="pt") as b:
+            w_base, w_desc = a.get_tensor(key).float(), b.get_tensor(key).float()
+        norm = float(w_base.norm())
+        if norm > 0 and bool(torch.isfinite(w_desc).all()) and bool(torch.isfinite(w_base).all()):
+            changes.append(float((w_desc - w_base).norm()) / norm)
+    if not changes:
+        return None
+    changes.sort()
+    return changes[len(changes) // 2], len(changes)
+
+
+def unrelated_weights_warning(base: str, descendant: str, name: str, revision: str | None = None) -> str | None:
+    """A warning where ``descendant``'s weights are as far from ``base``'s as an unrelated model's
+    (:func:`weight_change` at least :data:`UNRELATED_WEIGHT_CHANGE`): a checkpoint of another
+    pretraining run of the same shape (another model version, the instruct model of another base)
+    is scored as if it descended from this base, and its effects mean nothing; None otherwise."""
+    change = weight_change(base, descendant, revision)
+    if change is None or change[0] < UNRELATED_WEIGHT_CHANGE:
+        return None
+    median, k = change
+    return (f"{name}'s weights differ from the base's by a median {median:.0%} of their norm over {k} matrices (a "
+            "fine-tune moves them by a few percent, two independently trained models differ by about 141%): is it a "
+            "descendant of this base? Another version of the model, or the instruct model of another base, is the "
+            "common slip; the effects of an unrelated pair mean nothing")
