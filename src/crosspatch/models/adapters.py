@@ -186,19 +186,25 @@ def weight_shapes(files) -> dict[str, tuple[int, ...]]:
     """Each floating-point tensor's shape, read from the safetensors files' headers (no weight is
     read); packed integer tensors (a quantized checkpoint's) are left out, and a file that cannot be
     read is left to the loader, which names it."""
+    return {key: shape for key, (_, shape) in weight_locations(files).items()}
+
+
+def weight_locations(files) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Each floating-point tensor's file and shape, from the safetensors files' headers (as
+    :func:`weight_shapes`): where to read one weight alone."""
     from safetensors import safe_open
 
-    shapes: dict[str, tuple[int, ...]] = {}
+    found: dict[str, tuple[str, tuple[int, ...]]] = {}
     for file in files:
         try:
             with safe_open(str(file), framework="pt") as handle:
                 for key in handle.keys():
                     tensor = handle.get_slice(key)
                     if tensor.get_dtype().startswith(("F", "BF")):
-                        shapes[key] = tuple(tensor.get_shape())
+                        found[key] = (str(file), tuple(tensor.get_shape()))
         except Exception:  # damaged or truncated: the loader's named error, later
             continue
-    return shapes
+    return found
 
 
 def check_lora_fits(path: str, config: dict, lora: dict[str, tuple[int, ...]], base_shapes: dict[str, tuple[int, ...]],

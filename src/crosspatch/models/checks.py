@@ -265,33 +265,21 @@ def weight_change(base: str, descendant: str, revision: str | None = None, sampl
     import torch
     from safetensors import safe_open
 
+    from .adapters import weight_locations
     from .paths import is_quantized
 
-    roots = [_checkpoint_dir(p, revision) for p in (base, descendant)]
-    if any(r is None for r in roots) or any(is_quantized(local_config(str(r))) for r in roots if r is not None):
+    roots = [r for r in (_checkpoint_dir(p, revision) for p in (base, descendant)) if r is not None]
+    if len(roots) < 2 or any(is_quantized(local_config(str(r))) for r in roots):
         return None
-    where: list[dict[str, tuple[str, tuple[int, ...]]]] = []
-    for root in roots:
-        found = {}
-        for file in sorted(root.glob("*.safetensors")):  # pyright: ignore[reportOptionalMemberAccess]
-            try:
-                with safe_open(str(file), framework="pt") as handle:
-                    for key in handle.keys():
-                        part = handle.get_slice(key)
-                        shape = tuple(part.get_shape())
-                        if len(shape) == 2 and part.get_dtype().startswith(("F", "BF")):
-                            found[key] = (str(file), shape)
-            except Exception:  # damaged: the loader names it
-                continue
-        where.append(found)
-    common = sorted(k for k, (_, shape) in where[0].items()
-                    if k in where[1] and where[1][k][1] == shape and shape[0] * shape[1] <= max_elements)
+    ours, theirs = (weight_locations(sorted(r.glob("*.safetensors"))) for r in roots)
+    common = sorted(k for k, (_, shape) in ours.items()
+                    if len(shape) == 2 and k in theirs and theirs[k][1] == shape and shape[0] * shape[1] <= max_elements)
     if not common:
         return None
     chosen = [common[round(i * (len(common) - 1) / max(samples - 1, 1))] for i in range(min(samples, len(common)))]
     changes = []
     for key in dict.fromkeys(chosen):
-        with safe_open(where[0][key][0], framework="pt") as a, safe_open(where[1][key][0], framework="pt") as b:
+        with safe_open(ours[key][0], framework="pt") as a, safe_open(theirs[key][0], framework="pt") as b:
             w_base, w_desc = a.get_tensor(key).float(), b.get_tensor(key).float()
         norm = float(w_base.norm())
         if norm > 0 and bool(torch.isfinite(w_desc).all()) and bool(torch.isfinite(w_base).all()):
