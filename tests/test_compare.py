@@ -138,6 +138,22 @@ def test_lineage_on_an_interpolation_is_monotone_and_its_final_stage_equals_a_pl
         assert (tmp_path / name).exists(), name
 
 
+def test_a_lineage_whose_final_stage_is_broken_says_why_no_stage_is_scored(tmp_path):
+    """A final checkpoint with NaN weights (a training run that diverged) gives no Base -> Final
+    event; the lineage said only "0 Base -> Final events" over a table of n/a. It now gives the
+    Base -> Final run's own reason, in lineage.json and both pages."""
+    modules = _interpolated_stages(2)
+    with torch.no_grad():
+        modules["s2"].model.layers[3].mlp.down_proj.weight[0, 0] = float("nan")
+    result = lineage(models_from_modules(modules, char_tokenizer()), many_prompts(4), out=tmp_path, **OPTIONS)
+    reason = result.summary["no_events_reason"]
+    assert result.summary["events"] == 0 and "NaN or infinite logits" in reason
+    assert "no stage can be scored. No prompt produced" in (tmp_path / "report.md").read_text()
+    assert "no stage can be scored" in (tmp_path / "report.html").read_text()
+    healthy = lineage(models_from_modules(_interpolated_stages(2), char_tokenizer()), many_prompts(4), **OPTIONS)
+    assert "no_events_reason" not in healthy.summary
+
+
 def _stages_with_their_own_heads():
     """Interpolated stages whose final also changes its head (lm_head): the final model's readout
     of a stage differs from the stage's own."""

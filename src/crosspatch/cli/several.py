@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import CrosspatchError, OptionError
 from ..models.options import LoadOptions
@@ -149,4 +150,7 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
     for row in lineage_rows(result.summary):
         table.add_row(*[row[k] for k in shown])
     _stdout().print(table)
+    if result.summary.get("no_events_reason"):  # an empty table says why it is empty
+        console.print(Text.assemble(("warning ", "yellow"), "no Base -> Final event: no stage can be scored. ",
+                                    result.summary["no_events_reason"]), soft_wrap=True)
     console.print(f"report: {out}/report.md, report.html, lineage.png", soft_wrap=True)

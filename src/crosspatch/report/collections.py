@@ -125,7 +125,9 @@ def lineage_rows(summary: dict) -> list[list[str]]:
 
 def render_lineage_markdown(summary: dict) -> str:
     lines = ["# crosspatch lineage", "", md_escape(summary["note"]) + ".", "",
-             f"{summary['events']} Base -> Final events at boundary {summary['boundary']}.", "",
+             f"{summary['events']} Base -> Final events at boundary {summary['boundary']}"
+             + (f": no stage can be scored. {md_escape(summary['no_events_reason'])}" if summary.get("no_events_reason")
+                else "."), "",
              "![lineage](lineage.png)", ""]
     rows = [[md_escape(row[0]), *row[1:]] for row in lineage_rows(summary)]
     lines += _table(list(LINEAGE_COLUMNS), rows)
@@ -140,7 +142,9 @@ def render_lineage_html(summary: dict, out: Path) -> str:
     env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
     png = out / "lineage.png"
     return env.get_template("tables.html.j2").render(
-        title="crosspatch lineage", intro=summary["note"],
+        title="crosspatch lineage", intro=summary["note"] + (
+            f". No Base -> Final event: no stage can be scored. {summary['no_events_reason']}"
+            if summary.get("no_events_reason") else ""),
         tables=[("Stages", list(LINEAGE_COLUMNS), lineage_rows(summary))], links=[],
         image=base64.b64encode(png.read_bytes()).decode() if png.exists() else None)
 

@@ -225,7 +225,11 @@ def lineage_summary(result: RunResult, stages: list[str], boundary: int, boot: B
             "top1_agreement_with_final": float(np.mean([r["top1_is_t_final"] for r in recs])) if recs else None,
             "label_swap": label_swap_null(fake, seed=boot.seed),
         }
-    return {"schema_version": LINEAGE_SCHEMA, "stages": stages, "final": final, "boundary": boundary,
+    # no Base -> Final event, no stage to score: why, in the Base -> Final run's own words (a broken final
+    # checkpoint's NaN logits, a final model that never departs from the base)
+    why = {} if result.summary["counts"]["events"] else {
+        "no_events_reason": (result.summary.get("verdict") or {}).get("reason") or "no prompt produced an event"}
+    return {"schema_version": LINEAGE_SCHEMA, "stages": stages, "final": final, "boundary": boundary, **why,
             "events": result.summary["counts"]["events"], "by_stage": {s: out_stages[s] for s in stages},
             "note": ("support fixed on the Base -> Final first divergences; each stage scored on (t_Base, t_Final). "
                      "Share of final (shift) = the stage's native shift Y(U_S,L_S) - Y(U_B,L_B), each model read with "

@@ -136,6 +136,7 @@ class LineageDocument(TypedDict, total=False):
     final: str
     boundary: int
     events: int
+    no_events_reason: str
     by_stage: dict[str, dict[str, Any]]
     note: str
     training_steps: dict[str, int]
