@@ -49,6 +49,27 @@ def test_an_entry_point_registers_an_analysis_from_another_package(with_entry_po
     assert with_entry_point["token_rank"].options.__name__ == "TokenRankOptions"
 
 
+def test_an_installed_plug_in_that_fails_to_import_is_named_every_time(tmp_path):
+    """A broken package's entry point stopped every command with its bare traceback, and in one
+    Python session the next call went on without the plug-ins after it, silently. It is named
+    (entry point and error), on every call, until it is fixed or removed."""
+    (tmp_path / "broken_plugin.py").write_text("raise ImportError('needs a package that is not installed')\n")
+    info = tmp_path / "broken_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[crosspatch.analyses]\nbroken = broken_plugin\n")
+    sys.path.insert(0, str(tmp_path))
+    registry._loaded = False
+    try:
+        for _ in range(2):
+            with pytest.raises(OptionError, match=r"plug-in 'broken' \(broken_plugin.*ImportError: needs a package"):
+                registered()
+    finally:
+        sys.path.remove(str(tmp_path))
+        registry._loaded = False
+    assert "label_swap" in registered()
+
+
 def test_the_built_in_analyses_are_found_in_their_package_in_their_order():
     """Every built-in plug-in is a module of crosspatch.analyses (a subpackage's is its ``plugin``
     module) that the registry finds by itself; their order is the Controls table's and the report's."""

@@ -256,7 +256,15 @@ def _load() -> None:
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()  # importing the module registers it; an AnalysisPlugin object is registered here
+        try:
+            obj = ep.load()  # importing the module registers it; an AnalysisPlugin object is registered here
+        except Exception as exc:  # a broken installed package: named, and named again on the next call
+            from ..errors import OptionError
+
+            _loaded = False
+            raise OptionError(f"the analysis plug-in {ep.name!r} ({ep.value}, entry point group {ENTRY_POINT_GROUP!r}) "
+                              f"could not be loaded: {type(exc).__name__}: {exc}; fix or uninstall the package that "
+                              "provides it") from exc
         if isinstance(obj, AnalysisPlugin):
             register_analysis(obj)
 
