@@ -150,6 +150,7 @@ def test_a_lineage_whose_final_stage_is_broken_says_why_no_stage_is_scored(tmp_p
     assert result.summary["events"] == 0 and "NaN or infinite logits" in reason
     assert "no stage can be scored. No prompt produced" in (tmp_path / "report.md").read_text()
     assert "no stage can be scored" in (tmp_path / "report.html").read_text()
+    assert "no stage can be scored. No prompt produced" in result._repr_html_()  # the notebook's card too
     healthy = lineage(models_from_modules(_interpolated_stages(2), char_tokenizer()), many_prompts(4), **OPTIONS)
     assert "no_events_reason" not in healthy.summary
 

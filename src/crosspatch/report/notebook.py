@@ -66,7 +66,9 @@ def compare_card(summary: dict, out=None) -> str:
 def lineage_card(summary: dict, out=None) -> str:
     """A lineage's stages, one row each, as its report's table."""
     head = (f"<b>crosspatch lineage</b>: {len(summary.get('stages', []))} stage(s) on "
-            f"{summary.get('events', 0)} Base -&gt; Final events at boundary {escape(str(summary.get('boundary')))}")
+            f"{summary.get('events', 0)} Base -&gt; Final events at boundary {escape(str(summary.get('boundary')))}"
+            + (f": no stage can be scored. {escape(summary['no_events_reason'])}" if summary.get("no_events_reason")
+               else ""))
     table = _table(list(LINEAGE_COLUMNS), lineage_rows(summary)) if summary.get("stages") else ""
     return f"<div style='{_STYLE}'><p>{head}</p>{table}{_where(out, 'report.html')}</div>"
 
