@@ -325,11 +325,11 @@ def _precheck_layers(base: str, boundaries) -> None:
 
 
 def _ci(value: dict | None) -> str:
-    """``+m.mm [+l.ll, +h.hh]`` of an effect ``{"mean", "ci"}``; "—" where it has no mean (no event)."""
-    if not value or value.get("mean") is None:
-        return "—"
-    ci = value.get("ci")
-    return f"{value['mean']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+    """``+m.mm [+l.ll, +h.hh]`` of an effect ``{"mean", "ci"}`` as the reports print it; "—" where it
+    has no mean (no event)."""
+    from ..report.markdown import fmt_value
+
+    return "—" if not value or value.get("mean") is None else fmt_value(value)
 
 
 def splice_sections(document: dict) -> list[Section]:
