@@ -141,6 +141,7 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
         return  # _fail exits
+    from ..report.collections import lineage_no_events
     from ..runner.lineage import LINEAGE_COLUMNS, lineage_rows
 
     table = Table(title=f"crosspatch lineage: base -> {result.summary['final']}")
@@ -150,7 +151,6 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
     for row in lineage_rows(result.summary):
         table.add_row(*[row[k] for k in shown])
     _stdout().print(table)
-    if result.summary.get("no_events_reason"):  # an empty table says why it is empty
-        console.print(Text.assemble(("warning ", "yellow"), "no Base -> Final event: no stage can be scored. ",
-                                    result.summary["no_events_reason"]), soft_wrap=True)
+    if why := lineage_no_events(result.summary):  # an empty table says why it is empty
+        console.print(Text.assemble(("warning ", "yellow"), "no Base -> Final event: ", why), soft_wrap=True)
     console.print(f"report: {out}/report.md, report.html, lineage.png", soft_wrap=True)

@@ -11,7 +11,7 @@ from ..store import write_whole
 from .markdown import _table, fmt_effect, fmt_percent, fmt_value, md_escape
 from .plots import legend, save_figure
 
-__all__ = ["LINEAGE_COLUMNS", "cross_cell", "lineage_rows", "plot_lineage", "render_compare_html",
+__all__ = ["LINEAGE_COLUMNS", "cross_cell", "lineage_no_events", "lineage_rows", "plot_lineage", "render_compare_html",
            "render_compare_markdown", "render_lineage_html", "render_lineage_markdown", "write_compare_pages",
            "write_lineage_pages"]
 
@@ -123,11 +123,17 @@ def lineage_rows(summary: dict) -> list[list[str]]:
     return rows
 
 
+def lineage_no_events(summary: dict) -> str:
+    """Plain text for a lineage without Base -> Final events: why no stage is scored (the Base -> Final
+    run's reason, ``no_events_reason``); '' where it has events. Each page escapes it its own way."""
+    reason = summary.get("no_events_reason")
+    return f"no stage can be scored. {reason}" if reason else ""
+
+
 def render_lineage_markdown(summary: dict) -> str:
     lines = ["# crosspatch lineage", "", md_escape(summary["note"]) + ".", "",
              f"{summary['events']} Base -> Final events at boundary {summary['boundary']}"
-             + (f": no stage can be scored. {md_escape(summary['no_events_reason'])}" if summary.get("no_events_reason")
-                else "."), "",
+             + (f": {md_escape(why)}" if (why := lineage_no_events(summary)) else "."), "",
              "![lineage](lineage.png)", ""]
     rows = [[md_escape(row[0]), *row[1:]] for row in lineage_rows(summary)]
     lines += _table(list(LINEAGE_COLUMNS), rows)
@@ -143,8 +149,7 @@ def render_lineage_html(summary: dict, out: Path) -> str:
     png = out / "lineage.png"
     return env.get_template("tables.html.j2").render(
         title="crosspatch lineage", intro=summary["note"] + (
-            f". No Base -> Final event: no stage can be scored. {summary['no_events_reason']}"
-            if summary.get("no_events_reason") else ""),
+            f". No Base -> Final event: {why}" if (why := lineage_no_events(summary)) else ""),
         tables=[("Stages", list(LINEAGE_COLUMNS), lineage_rows(summary))], links=[],
         image=base64.b64encode(png.read_bytes()).decode() if png.exists() else None)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from html import escape
 
-from .collections import LINEAGE_COLUMNS, lineage_rows
+from .collections import LINEAGE_COLUMNS, lineage_no_events, lineage_rows
 from .markdown import fmt_effect
 
 __all__ = ["compare_card", "lineage_card", "preflight_card", "run_card", "splice_card", "splice_table"]
@@ -67,8 +67,7 @@ def lineage_card(summary: dict, out=None) -> str:
     """A lineage's stages, one row each, as its report's table."""
     head = (f"<b>crosspatch lineage</b>: {len(summary.get('stages', []))} stage(s) on "
             f"{summary.get('events', 0)} Base -&gt; Final events at boundary {escape(str(summary.get('boundary')))}"
-            + (f": no stage can be scored. {escape(summary['no_events_reason'])}" if summary.get("no_events_reason")
-               else ""))
+            + (f": {escape(why)}" if (why := lineage_no_events(summary)) else ""))
     table = _table(list(LINEAGE_COLUMNS), lineage_rows(summary)) if summary.get("stages") else ""
     return f"<div style='{_STYLE}'><p>{head}</p>{table}{_where(out, 'report.html')}</div>"
 
