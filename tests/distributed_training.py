@@ -31,3 +31,10 @@ trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=t
 callback.attach(trainer).trainer.train()  # pyright: ignore[reportOptionalMemberAccess]
 with open(f"{out}/rank-{os.environ['RANK']}.txt", "w", encoding="utf-8") as fh:  # the processes' prints interleave
     fh.write(f"stopped at step {trainer.state.global_step}, {len(callback.history)} diagnostic(s)")
+# Trainer leaves the process group up; torch's gloo aborts now and then at interpreter exit
+# ("terminate called without an active exception", with or without the callback) unless it is
+# destroyed, as torch's documentation asks of every script that initialised one.
+import torch.distributed as dist  # noqa: E402
+
+if dist.is_initialized():
+    dist.destroy_process_group()
