@@ -127,6 +127,16 @@ def test_boundary_resolution():
             resolve_boundary(text, 8)
 
 
+def test_a_negative_boundary_is_named_as_negative_not_as_python_counting_from_the_end():
+    from crosspatch.runner.checks import check_boundary_spec
+
+    for negative in (-1, -5):
+        with pytest.raises(BoundaryError, match=rf"^boundary layer {negative} is negative: .*1..L-1"):
+            check_boundary_spec(negative)
+    with pytest.raises(BoundaryError, match="leaves no early layers"):
+        check_boundary_spec(0)
+
+
 def test_readout_uses_final_logit_softcapping():
     pair = make_pair("gemma2")
     assert pair.it.anatomy.logit_softcap == 5.0

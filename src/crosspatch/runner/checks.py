@@ -67,6 +67,9 @@ def check_boundary_spec(value) -> None:
             raise BoundaryError(
                 f"fractional boundary {value} must be strictly between 0 and 1 (write an integer such as "
                 f"{int(value) if math.isfinite(value) and value >= 1 else 1} for a layer index)")
+    elif value < 0:  # not Python's count from the end: a layer is named from the embeddings up
+        raise BoundaryError(f"boundary layer {value} is negative: a boundary layer counts from the embeddings, "
+                            "1..L-1 (or a depth fraction such as 0.6)")
     elif value < 1:
         raise BoundaryError(f"boundary layer {value} leaves no early layers (at 0 the upstream state would be the "
                             "embeddings alone): a boundary layer is 1..L-1")
