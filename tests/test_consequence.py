@@ -130,6 +130,31 @@ def test_forcing_the_natural_token_reproduces_the_natural_continuation():
         assert row["results"]["IT"]["t_it"]["suffix"] == forced_then
 
 
+def test_a_prompt_file_under_the_runs_ids_but_with_other_texts_is_refused_before_scoring():
+    from crosspatch.analyses.consequence import check_prompt_texts
+    from crosspatch.errors import PromptSetMismatchError
+    from crosspatch.inputs.prompts import as_prompts, prompts_digest
+
+    rows = many_prompts(4)
+    scored = as_prompts(rows)
+    config = {"prompts": {"count": 4, "sha256": prompts_digest(scored)}, "prompt_ids": [p.id for p in scored]}
+    with_validators = as_prompts([dict(r, validator={"type": "regex", "pattern": "x"}) for r in rows])
+    assert check_prompt_texts(config, with_validators, "r") == []  # validators added: the same prompts
+    assert check_prompt_texts(config, as_prompts(rows[::-1]), "r") == []  # rows reordered: the same prompts
+    edited = as_prompts([dict(rows[0], prompt=rows[0]["prompt"] + " (edited)")] + rows[1:])
+    with pytest.raises(PromptSetMismatchError, match="holds the ids of the run in r but not its prompts"):
+        check_prompt_texts(config, edited, "r")
+    recategorised = as_prompts([dict(rows[0], category="other")] + rows[1:])
+    with pytest.raises(PromptSetMismatchError):
+        check_prompt_texts(config, recategorised, "r")
+    (note,) = check_prompt_texts(config, as_prompts(rows[1:]), "r")  # a subset cannot be compared: said
+    assert "could not be checked" in note
+    # a shard's directory lists its own ids; the whole prompt file is what its digest covers
+    shard = dict(config, prompt_ids=[p.id for p in scored[::2]])
+    assert check_prompt_texts(shard, scored, "r") == []
+    assert check_prompt_texts({"prompts": {"count": 4}}, edited, "r") == []  # no digest recorded: nothing to compare
+
+
 @pytest.mark.slow
 def test_consequence_command_on_a_finished_run(tmp_path):
     from crosspatch.cli import app
@@ -202,3 +227,10 @@ def test_allow_partial_scores_the_shared_prompts_and_records_what_was_left_out(t
     full = CliRunner().invoke(app, ["consequence", str(tmp_path / "r"), "--prompts", str(prompts), "--budget", "3"])
     assert full.exit_code == 0, full.output
     assert "partial" not in json.loads((tmp_path / "r" / "summary.json").read_text())["consequences"]
+    # the run's ids over other texts: refused, --allow-partial or not (it cannot tell which are the run's)
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("".join(json.dumps(dict(r, prompt=r["prompt"] + " today")) + "\n" for r in rows))
+    for extra in ([], ["--allow-partial"]):
+        res = CliRunner().invoke(app, ["consequence", str(tmp_path / "r"), "--prompts", str(edited), "--budget", "3",
+                                       *extra])
+        assert res.exit_code == 2 and "PromptSetMismatchError" in res.output and "not its prompts" in res.output

@@ -186,6 +186,30 @@ def check_prompt_set(run_ids: set[str], file_ids: list[str], event_ids: set[str]
     return problems
 
 
+def check_prompt_texts(config: dict, given: list, path) -> list[str]:
+    """The prompts given to a finished run under its ids are the prompts it scored: the file's
+    digest (ids, texts, categories, chats, images; not the validators) is compared with the run's,
+    in the file's order and in the run's. A file holding every prompt of the run under the same
+    ids but another text is a :class:`PromptSetMismatchError` (its validators would judge
+    continuations of other prompts); a partial file cannot be compared and says so (returned)."""
+    from ..errors import PromptSetMismatchError
+    from ..inputs.prompts import prompts_digest
+
+    recorded = (config.get("prompts") or {}).get("sha256")
+    if not recorded or prompts_digest(given) == recorded:
+        return []
+    order, by_id = list(config.get("prompt_ids") or []), {p.id: p for p in given}
+    if len(order) == (config.get("prompts") or {}).get("count") == len(given) and set(order) == set(by_id):
+        if prompts_digest([by_id[i] for i in order]) == recorded:  # the same prompts, rows reordered
+            return []
+        raise PromptSetMismatchError(
+            f"the prompt file holds the ids of the run in {path} but not its prompts: their texts, categories, "
+            "chats or images differ from what the run scored (its sha256 of them differs), so their validators "
+            "would judge continuations of other prompts. Give the run's own prompt file with 'validator' fields added")
+    return ["the file is not the run's whole prompt set, so its prompts' texts could not be checked against the "
+            "run's: the shared ids are taken to be the same prompts"]
+
+
 PARTIAL_FILE = "consequence_partial.json"
 
 

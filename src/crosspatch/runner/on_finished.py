@@ -14,6 +14,7 @@ from ..analyses.consequence import (
     Consequence,
     _record_partial,
     check_prompt_set,
+    check_prompt_texts,
     check_stored_consequences,
     validators_of,
 )
@@ -59,6 +60,8 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     _, _, events = first_events(store, config)
     partial = check_prompt_set(run_ids, [p.id for p in given], {e.prompt_id for e in events}, store.path,
                                allow_partial)
+    unchecked = check_prompt_texts(config, given, store.path)
+    partial += unchecked if partial else []  # a file lacking only prompts without events is no partial scoring
     seed = config["options"].get("seed", 0)
     stored = store.load_rows(CONSEQUENCE_FILE)
     check_stored_consequences(stored, validators, budget, with_pt, seed, store.path / CONSEQUENCE_FILE)
