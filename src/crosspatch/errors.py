@@ -36,7 +36,8 @@ class VocabularyMismatchError(PairMismatchError):
 
 
 class SpecialTokensMismatchError(PairMismatchError):
-    """BOS/EOS/PAD/UNK differ between the tokenizers (pass allow_special_token_mismatch to accept)."""
+    """BOS/EOS/UNK differ between the tokenizers (pass allow_special_token_mismatch to accept; a PAD
+    difference alone is only recorded)."""
 
 
 class PromptTokenizationMismatchError(PairMismatchError):

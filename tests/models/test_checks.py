@@ -22,7 +22,7 @@ from crosspatch.models import build_real_vocabulary, tokenize_once
 from crosspatch.testing import ARCHITECTURES, char_tokenizer, tiny_model
 
 
-def _tokenizer(bos_template=True, eos="</s>", swap=None, extra=None):
+def _tokenizer(bos_template=True, eos="</s>", swap=None, extra=None, pad="<pad>"):
     from tokenizers import Tokenizer, models, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -37,7 +37,7 @@ def _tokenizer(bos_template=True, eos="</s>", swap=None, extra=None):
     if bos_template:
         core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token=eos,
-                                   pad_token="<pad>", unk_token="<unk>")
+                                   pad_token=pad, unk_token="<unk>")
 
 
 def test_architecture_mismatch():
@@ -93,6 +93,18 @@ def test_special_tokens_mismatch_is_an_error_unless_allowed():
         pair_from_models(tiny_model(), tiny_model(), char_tokenizer(), tok_it)
     pair = pair_from_models(tiny_model(), tiny_model(), char_tokenizer(), tok_it, allow_special_token_mismatch=True)
     assert any("eos_token" in w for w in pair.warnings)
+
+
+def test_a_pad_token_alone_that_differs_is_recorded_not_refused():
+    """Fine-tunes often set ``pad_token = eos_token`` over a base without one: padding is masked
+    and zeroed, the method never reads the pad id, so the pair runs (without the flag) and the
+    difference is in its warnings. With another EOS as well, the EOS is still refused."""
+    for pad in ("</s>", None):
+        pair = pair_from_models(tiny_model(), tiny_model(), char_tokenizer(), _tokenizer(pad=pad))
+        (warning,) = [w for w in pair.warnings if "pad_token" in w]
+        assert "of no consequence" in warning and "never reads it" in warning
+    with pytest.raises(SpecialTokensMismatchError, match="eos_token.*pad_token"):
+        pair_from_models(tiny_model(), tiny_model(), char_tokenizer(), _tokenizer(eos="<unk>", pad="</s>"))
 
 
 @pytest.mark.parametrize("residency", ["both", "sequential"])

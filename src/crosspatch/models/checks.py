@@ -135,18 +135,23 @@ def compare_weight_layouts(base: str, descendant: str, names: tuple[str, str] = 
 
 
 def check_special_tokens(tok_pt, tok_it, allow_mismatch: bool = False) -> list[str]:
-    """Compare BOS/EOS/PAD/UNK. Raises unless ``allow_mismatch``; then returns warnings."""
-    diffs = []
+    """Compare BOS/EOS/PAD/UNK. A BOS, EOS or UNK difference raises unless ``allow_mismatch``;
+    then it is returned as a warning. A PAD difference alone is always a warning: padded
+    positions are masked and zeroed, so the method never reads the pad id (fine-tunes often set
+    ``pad_token = eos_token`` over a base that has none)."""
+    diffs, pad = [], []
     for name in _SPECIAL:
         x, y = getattr(tok_pt, name, None), getattr(tok_it, name, None)
         if x != y:
-            diffs.append(f"{name}: PT {x!r} vs IT {y!r}")
+            (pad if name == "pad_token" else diffs).append(f"{name}: PT {x!r} vs IT {y!r}")
     if diffs and not allow_mismatch:
         raise SpecialTokensMismatchError(
-            "special tokens differ (" + "; ".join(diffs) + "); pass --allow-special-token-mismatch "
+            "special tokens differ (" + "; ".join(diffs + pad) + "); pass --allow-special-token-mismatch "
             "(allow_special_token_mismatch=True) to run anyway, with the difference recorded"
         )
-    return [f"special token mismatch accepted: {d}" for d in diffs]
+    return ([f"special token mismatch accepted: {d}" for d in diffs]
+            + [f"special token differs, of no consequence: {d} (padding is masked, the method never reads it)"
+               for d in pad])
 
 
 def check_weights_fit_config(path: str) -> None:

@@ -22,7 +22,7 @@ class LoadOptions:
     revision: str | None = field(default=None, metadata={
         "help": "Hub revision (branch, tag or commit) of the checkpoints."})
     allow_special_token_mismatch: bool = field(default=False, metadata={
-        "help": "Accept differing BOS/EOS/PAD/UNK (recorded as a warning)."})
+        "help": "Accept differing BOS/EOS/UNK (recorded as a warning; a PAD that alone differs is always accepted and recorded)."})
     hash_weights: bool = True
     residency: str | None = field(default=None, metadata={
         "help": "both | sequential | adapter (default: chosen, reason printed)."})  # None: execution.choose_residency
