@@ -606,6 +606,8 @@ CASES = [
          lambda e: e.run_args("--policy", str(e.file("policy.yaml", "min_prompts: five\n"))), "OptionError"),
     Case("options", "--policy file that is a list", lambda e: e.run_args("--policy", str(e.file("pol.yaml", "- 1\n"))),
          "PolicyFileError"),
+    Case("options", "--policy file that is empty (comments only): no threshold set, not silently the defaults",
+         lambda e: e.run_args("--policy", str(e.file("pol.yaml", "# thresholds\n"))), "PolicyFileError"),
     Case("options", "--policy file naming one threshold twice (which one is meant?)",
          lambda e: e.run_args("--policy", str(e.file("pol.yaml", "min_prompts: 5\nmin_prompts: 50\n"))),
          "PolicyFileError"),

@@ -335,6 +335,18 @@ def test_a_policy_file_reads_in_the_encoding_its_mark_names(tmp_path, encoding):
     assert load_policy(path) == {"max_interaction_share": 0.4}
 
 
+def test_an_empty_policy_file_is_named_and_an_explicit_empty_mapping_means_the_defaults(tmp_path):
+    from crosspatch.errors import PolicyFileError
+    from crosspatch.runner.config import load_policy
+
+    for text in ("", "\n", "# thresholds to come\n"):
+        (tmp_path / "policy.yaml").write_text(text)
+        with pytest.raises(PolicyFileError, match="is empty: it sets no threshold"):
+            load_policy(tmp_path / "policy.yaml")
+    (tmp_path / "policy.yaml").write_text("{}\n")
+    assert load_policy(tmp_path / "policy.yaml") == {}
+
+
 def test_the_verdict_sentence_counts_one_event_and_one_prompt_in_the_singular():
     one = decide(_block((0.14, (0.14, 0.14)), (0.09, (0.09, 0.09)), (-0.05, (-0.05, -0.05)), n_prompts=1))
     assert "On 1 first-divergence event from 1 prompt, " in one["reason"]

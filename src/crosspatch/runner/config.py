@@ -78,8 +78,9 @@ def load_policy(path: str | Path) -> dict:
         data = strict_yaml_load(read_text(path))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise PolicyFileError(f"cannot read policy file {path}: {' '.join(str(exc).split())}") from None
-    if data is None:
-        return {}
+    if data is None:  # an empty file (or comments only) is more likely a templating slip than "the defaults"
+        raise PolicyFileError(f"policy file {path} is empty: it sets no threshold (write {{}} in it to mean the "
+                              "defaults, or drop --policy)")
     if not isinstance(data, dict):
         raise PolicyFileError(f"policy file {path} must hold a mapping of thresholds, not {type(data).__name__}")
     return data
