@@ -321,3 +321,56 @@ def test_an_adapter_whose_initialisation_rewrites_the_base_loads_the_base_on_its
     assert events(chosen) == events(load_pair(str(tmp_path / "base"), tuned=str(tmp_path / "merged")))
     shared = load_pair(str(tmp_path / "base"), adapter=str(tmp_path / "adapter"), residency="adapter")
     assert any("rewrites the base's weights in place" in w for w in shared.warnings)
+
+
+def _tuner(kind: str):
+    """A non-LoRA PEFT method's config (weights initialised away from the identity)."""
+    import peft
+
+    targets = ["q_proj", "v_proj", "up_proj", "down_proj"]
+    return {
+        "ia3": lambda: peft.IA3Config(target_modules=["q_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"],
+                                      init_ia3_weights=False),
+        "loha": lambda: peft.LoHaConfig(r=4, alpha=8, target_modules=targets, init_weights=False),
+        "lokr": lambda: peft.LoKrConfig(r=4, alpha=8, target_modules=targets, init_weights=False),
+        "adalora": lambda: peft.AdaLoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False,
+                                              total_step=10),
+        "oft": lambda: peft.OFTConfig(r=0, oft_block_size=4, target_modules=targets, init_weights=False),
+        "vera": lambda: peft.VeraConfig(r=4, target_modules=["q_proj", "v_proj"], init_weights=False),
+        "dora": lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, use_dora=True,
+                                        init_lora_weights=False),
+    }[kind]()
+
+
+@pytest.mark.parametrize("kind", ["ia3", "loha", "lokr", "adalora", "oft", "vera", "dora"])
+def test_every_weight_changing_peft_method_scores_as_its_merge_and_passes_the_adapter_inventory(tmp_path, prompts, kind):
+    """Not only LoRA: each PEFT method that changes the model's layers, loaded as an adapter, gives
+    the events and cells of its merge saved as a full checkpoint; preflight's inventory of the
+    adapted modules reads it (AdaLoRA keeps its B as a bare parameter: it crashed there)."""
+    from peft import get_peft_model
+
+    from crosspatch.testing import char_tokenizer
+    from crosspatch.workflows.preflight_measures import adapter_weight_report
+
+    tiny_model("llama").save_pretrained(str(tmp_path / "base"))
+    char_tokenizer().save_pretrained(str(tmp_path / "base"))
+    torch.manual_seed(7)
+    peft_model = get_peft_model(tiny_model("llama"), _tuner(kind))
+    with torch.no_grad():  # far enough from the base to change its decisions
+        for _, p in peft_model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * (0.5 if kind == "ia3" else 0.3))
+    report = adapter_weight_report(peft_model, "default")
+    assert report["modules"], "the adapted modules are listed"
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    peft_model.merge_and_unload().save_pretrained(str(tmp_path / "merged"))  # pyright: ignore[reportCallIssue]
+    char_tokenizer().save_pretrained(str(tmp_path / "merged"))
+    via_adapter = load_pair(str(tmp_path / "base"), adapter=str(tmp_path / "adapter"), hash_weights=False)
+    via_merged = load_pair(str(tmp_path / "base"), tuned=str(tmp_path / "merged"), hash_weights=False)
+    options = dict(max_new_tokens=10, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+    a, m = run(via_adapter, prompts, **options), run(via_merged, prompts, **options)
+    assert a.records, "the adapter must change the model"
+    assert [(r.prompt_id, r.position, r.t_pt, r.t_it) for r in a.records] == [
+        (r.prompt_id, r.position, r.t_pt, r.t_it) for r in m.records]
+    assert max(abs(x.cells[n][c] - y.cells[n][c]) for x, y in zip(a.records, m.records)
+               for n in x.cells for c in x.cells[n]) <= MERGE_TOLERANCE

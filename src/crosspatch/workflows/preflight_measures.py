@@ -152,9 +152,10 @@ def adapter_weight_report(peft_model, adapter_name: str) -> dict:
                 row["delta_norm"] = None
             row["relative"] = (row["delta_norm"] / row["weight_norm"]) if row["delta_norm"] is not None \
                 and row["weight_norm"] else None
-            lora_b = getattr(module, "lora_B", None)  # a LoRA layer's B matrices by adapter
+            lora_b = getattr(module, "lora_B", None)  # a LoRA layer's B by adapter: a Linear (LoRA), a Parameter (AdaLoRA)
             if lora_b is not None and adapter_name in lora_b:
-                row["b_zero"] = bool(torch.count_nonzero(lora_b[adapter_name].weight) == 0)
+                b = lora_b[adapter_name]
+                row["b_zero"] = bool(torch.count_nonzero(getattr(b, "weight", b)) == 0)
             rows.append(row)
     return {"modules": rows, "modules_to_save": saved}
 
