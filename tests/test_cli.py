@@ -73,6 +73,12 @@ def test_the_same_command_on_a_finished_run_loads_no_model(saved_pair, tmp_path,
     assert res.exit_code == 0, res.output
     assert "nothing to do (no model loaded)" in res.output and "interaction" in res.output
     assert (out / "summary.json").read_text() == summary  # nothing rewritten
+    # options of speed alone (batch, decoding, residency, engine) change how a run computes, not what it stores
+    for faster in (["--batch-size", "3"], ["--max-batch-tokens", "999"], ["--decode", "static"],
+                   ["--residency", "sequential"], ["--engine", "local"]):
+        res = CliRunner().invoke(app, args + faster)
+        assert res.exit_code == 0 and "nothing to do (no model loaded)" in res.output, (faster, res.output)
+    assert (out / "summary.json").read_text() == summary
     # another setting, or a prompt file with more prompts: the run in --out is another run, refused with the
     # changes listed before any model loads (as the run would refuse it once they had loaded); nothing written
     more = tmp_path / "more.jsonl"

@@ -16,12 +16,24 @@ from .config import RunConfig, normalise_run_config, resolve_boundaries
 from .result import RunResult
 from .shards import select_shard
 
+# what decides how a run computes, never what it stores (resuming with other values is allowed): a
+# finished run asked for again with other values of these is the same run, nothing to load
+SPEED_ONLY = ("batch_size", "max_batch_tokens", "decode", "engine", "workers", "sequential_chunk")
+SPEED_ONLY_LOADING = ("residency", "verbose")
+
+
+def _results_part(record, key: str, speed_only: tuple[str, ...]):
+    """``record`` with the speed-only entries of its ``key`` mapping left out (None stays None)."""
+    if not isinstance(record, dict) or not isinstance(record.get(key), dict):
+        return record
+    return {**record, key: {k: v for k, v in record[key].items() if k not in speed_only}}
+
 
 def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters: dict[str, str], options,
                     prompts, config: RunConfig) -> RunResult | None:
     """The stored result of ``out`` when it already holds this very run, finished: the same load
     request (paths and load options), unchanged weight and defining files (their sha256 recomputed), the same
-    options, boundaries and prompts, every prompt done and a summary written. None otherwise (the
+    options, boundaries and prompts (options of speed alone, :data:`SPEED_ONLY`, and the residency aside), every prompt done and a summary written. None otherwise (the
     caller loads the models and ``run`` resumes, refuses or replaces as usual). Nothing is loaded
     or written: the command that finished the run says so instantly. A run whose reports were not all
     written (it stopped on a full disk) is not finished here: the normal path writes them."""
@@ -41,10 +53,13 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
         options = replace(options)
         options.residency = options.residency or choose_residency(base, list(tuned.values()), list(adapters.values()),
                                                                   options)[0]
-        spec = load_spec(base, tuned, adapters, options)
-        if json.loads(json.dumps(spec, default=str)) != stored.get("load_spec"):
+        spec = json.loads(json.dumps(load_spec(base, tuned, adapters, options), default=str))
+        if _results_part(spec, "options", SPEED_ONLY_LOADING) != _results_part(stored.get("load_spec"), "options",
+                                                                                SPEED_ONLY_LOADING):
             return None
-        if json.loads(json.dumps(asdict(config), default=str)) != stored.get("options"):
+        asked = {"options": json.loads(json.dumps(asdict(config), default=str))}
+        if _results_part(asked, "options", SPEED_ONLY) != _results_part({"options": stored.get("options")}, "options",
+                                                                        SPEED_ONLY):
             return None
         for entry in recorded_models(stored):
             if entry is None:
