@@ -374,3 +374,38 @@ def test_every_weight_changing_peft_method_scores_as_its_merge_and_passes_the_ad
         (r.prompt_id, r.position, r.t_pt, r.t_it) for r in m.records]
     assert max(abs(x.cells[n][c] - y.cells[n][c]) for x, y in zip(a.records, m.records)
                for n in x.cells for c in x.cells[n]) <= MERGE_TOLERANCE
+
+
+def test_adapters_of_different_peft_methods_load_each_on_its_own_and_score_as_their_merges(tmp_path, prompts):
+    """PEFT holds one method per model: a compare of a LoRA and an IA3 adapter stopped after the
+    base loaded ("Cannot combine adapters with different peft types"). With no residency asked for
+    they now load one at a time, each scored as its own merge; asked to share one copy, the
+    adapters are refused by name before any weight loads."""
+    from peft import get_peft_model
+
+    from crosspatch.errors import ModelLoadError
+    from crosspatch.execution import load_models
+    from crosspatch.testing.contract import save_tiny_lora
+
+    base, lora, lora_merged = save_tiny_lora(tmp_path / "lora")
+    torch.manual_seed(7)
+    ia3 = get_peft_model(tiny_model("llama"), _tuner("ia3"))
+    with torch.no_grad():
+        for _, p in ia3.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.5)
+    ia3.save_pretrained(str(tmp_path / "ia3"))
+    ia3.merge_and_unload().save_pretrained(str(tmp_path / "ia3-merged"))  # pyright: ignore[reportCallIssue]
+    adapters = {"lora": str(lora), "ia3": str(tmp_path / "ia3")}
+    models = load_models(str(base), adapters=adapters, hash_weights=False)
+    assert models.residency == "sequential"
+    assert "adapters of different PEFT methods (adapter: LORA, ia3: IA3)" in models.provenance["residency_reason"]
+    options = dict(max_new_tokens=10, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+    for role, merged in (("lora", lora_merged), ("ia3", tmp_path / "ia3-merged")):
+        expected = run(load_pair(str(base), tuned=str(merged), hash_weights=False), prompts, **options)
+        got = run(models, prompts, tuned=role, **options)
+        assert expected.records and [(r.prompt_id, r.position, r.t_pt, r.t_it) for r in got.records] == [
+            (r.prompt_id, r.position, r.t_pt, r.t_it) for r in expected.records], role
+    for residency in ("adapter", "both"):
+        with pytest.raises(ModelLoadError, match=rf"different PEFT methods.*--residency {residency}\).*sequential"):
+            load_models(str(base), adapters=adapters, residency=residency)

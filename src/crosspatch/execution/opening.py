@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
-from ..models.adapters import adapter_settings, changes_base_in_place, check_adapter_files, vocabulary_conflict
+from ..models.adapters import adapter_settings, changes_base_in_place, check_adapter_files, method_conflict, vocabulary_conflict
 from ..models.checks import (
     check_readout,
     check_special_tokens,
@@ -75,7 +75,8 @@ def choose_residency(base: str, tuned: str | list[str] | None, adapter: str | li
     serves every role), unless an adapter changes the base's weights as it loads
     (:func:`~crosspatch.models.adapters.changes_base_in_place`: then the base needs a copy of its
     own) or several adapters were trained with vocabularies of different sizes
-    (:func:`~crosspatch.models.adapters.vocabulary_conflict`: each then loads on its own);
+    (:func:`~crosspatch.models.adapters.vocabulary_conflict`) or with different PEFT methods
+    (:func:`~crosspatch.models.adapters.method_conflict`): each then loads on its own;
     otherwise ``both`` when all models fit in the free memory of the target device with 20%
     headroom, else ``sequential`` (one model at a time). ``both`` with adapters only holds two
     copies: the base's, and one that the adapters share."""
@@ -86,10 +87,15 @@ def choose_residency(base: str, tuned: str | list[str] | None, adapter: str | li
             raise ModelLoadError(f"residency must be one of {', '.join(RESIDENCIES)}, not {options.residency!r}")
         if options.residency == "adapter" and (not adapter or tuned):
             raise ModelLoadError("residency 'adapter' needs --adapter (and no --tuned checkpoints)")
+        if options.residency != "sequential" and (methods := method_conflict(adapter)):
+            raise ModelLoadError(f"{methods} cannot share one copy of the base {base} (--residency "
+                                 f"{options.residency}): run them with --residency sequential (each model loads on its "
+                                 "own), or leave the residency to crosspatch")
         return options.residency, "asked for"
     trained = next((why for why in map(changes_base_in_place, adapter) if why), None)
-    # one shared copy would give each adapter the others' changes, or fit one vocabulary only
-    apart = trained or vocabulary_conflict(base, adapter)
+    # one shared copy would give each adapter the others' changes, fit one vocabulary only, or need
+    # one PEFT model to hold two methods
+    apart = trained or vocabulary_conflict(base, adapter) or method_conflict(adapter)
     if adapter and not tuned and not apart:
         return "adapter", "PEFT adapter: one copy of the base weights serves every model"
     if apart and len(adapter) > 1:

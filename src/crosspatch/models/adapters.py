@@ -159,6 +159,25 @@ def vocabulary_conflict(base: str, adapters: list[str]) -> str | None:
     return vocabulary_sizes_text({names[path]: n for path, n in sizes.items()})
 
 
+def method_conflict(adapters: list[str]) -> str | None:
+    """What keeps ``adapters`` from being one PEFT model (one copy of the base): they are of
+    different PEFT methods (``peft_type``: LoRA and IA3, ...), which PEFT cannot hold together;
+    None where they are of one method (or one cannot be read: loading names it)."""
+    if len(adapters) < 2:
+        return None
+    try:
+        methods = {path: str(read_adapter_config(path)["peft_type"]).upper() for path in adapters}
+    except ModelLoadError:
+        return None
+    if len(set(methods.values())) < 2:
+        return None
+    names = {path: Path(path).name for path in methods}
+    if len(set(names.values())) < len(names):
+        names = {path: str(path) for path in methods}
+    return ("adapters of different PEFT methods ("
+            + ", ".join(f"{names[path]}: {method}" for path, method in methods.items()) + ")")
+
+
 def vocabulary_sizes_text(rows: dict[str, int]) -> str:
     """How adapters of different vocabularies are named (``rows``: each one's name -> its rows)."""
     return ("adapters trained with vocabularies of different sizes ("
