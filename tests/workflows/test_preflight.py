@@ -92,6 +92,33 @@ def test_do_nothing_adapter_fails_naming_zero_b_matrices():
     assert any("LoRA B matrix is zero" in cause for cause in check["causes"])
 
 
+@pytest.mark.parametrize("method", ["ia3", "oft", "loha"])
+def test_an_untrained_adapter_of_another_method_fails_and_its_causes_claim_nothing_unmeasured(tmp_path, method):
+    """An adapter saved before training is an identity whatever its method. Rotations (OFT) and
+    scalings (IA3) have no additive ΔW: their ΔW is not measured (PEFT's "delta" of a rotation is
+    the rotation itself, whose norm is no change), and the check neither says "ΔW is not zero" nor
+    blames LoRA B matrices a LoHa does not have."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    config = {"ia3": lambda: peft.IA3Config(target_modules=["q_proj", "v_proj", "down_proj"],
+                                            feedforward_modules=["down_proj"]),
+              "oft": lambda: peft.OFTConfig(r=0, oft_block_size=4, target_modules=["q_proj", "v_proj"]),
+              "loha": lambda: peft.LoHaConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"])}[method]()
+    peft.get_peft_model(AutoModelForCausalLM.from_pretrained(str(Z / "base")), config).save_pretrained(
+        str(tmp_path / method))
+    result = preflight(str(Z / "base"), adapter=str(tmp_path / method), prompts=PROMPTS[:4], max_new_tokens=8)
+    check = result.checks["adapter-active"]
+    assert result.failed() == ["adapter-active"] and check["numbers"]["greedy_changed"] == 0
+    causes = " ".join(check["causes"])
+    assert "LoRA B" not in causes
+    if method == "loha":  # additive: measured, and zero
+        assert "every ΔW is zero" in causes
+    else:
+        assert "ΔW is not zero" not in causes and f"not measured here ({method.upper()} has no additive ΔW)" in causes
+        assert all(row[3] == "—" for row in check["table"]["rows"]), check["table"]["rows"][:2]  # ‖ΔW‖ not measured
+
+
 def test_zero_scaling_is_named(tmp_path):
     adapter = tmp_path / "alpha0"
     shutil.copytree(Z / "it-lora-all", adapter)

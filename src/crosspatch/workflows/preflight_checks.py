@@ -65,7 +65,7 @@ def _changes_check(name: str, who: str, agreement: dict, changed: int, prompts: 
         elif measurable and all(r["delta_norm"] == 0 for r in measurable):
             if all(r.get("scaling") == 0 for r in measurable):
                 causes.append("every adapted module has scaling 0 (lora_alpha = 0): ΔW = 0")
-            elif all(r.get("b_zero") for r in measurable if "b_zero" in r):
+            elif any("b_zero" in r for r in measurable) and all(r.get("b_zero") for r in measurable if "b_zero" in r):
                 causes.append("every LoRA B matrix is zero, so ΔW = B·A = 0: the adapter was saved before training "
                               "(or trained with learning rate 0, or with its LoRA layers frozen)")
             else:
@@ -83,9 +83,13 @@ def _changes_check(name: str, who: str, agreement: dict, changed: int, prompts: 
         causes.append(f"the base's logits are not finite at {base_broken} of {agreement['positions']} positions "
                       f"(left out of the comparison)")
     if not moved and not causes:
-        causes.append(f"ΔW is not zero but no logit moves by more than {policy.min_logit_change} and no greedy output "
-                      "changes: the adapter may be disabled, or adapt modules the prompts do not reach (e.g. a vision "
-                      "tower for text prompts)")
+        measured = weights is not None and any(r["delta_norm"] is not None for r in weights["modules"])
+        what = "ΔW is not zero but" if measured else (
+            f"its weight change is not measured here ({(weights or {}).get('method') or 'this PEFT method'} has no additive "
+            "ΔW) and")
+        causes.append(f"{what} no logit moves by more than {policy.min_logit_change} and no greedy output "
+                      "changes: the adapter may be an identity (saved before training), be disabled, or adapt modules "
+                      "the prompts do not reach (e.g. a vision tower for text prompts)")
     inactive = not moved or (weights is not None and causes and not numbers.get("nonzero_delta_modules"))
     status = "fail" if inactive else "pass"
     summary = (f"the {who} changes nothing: " + "; ".join(causes)) if inactive else (

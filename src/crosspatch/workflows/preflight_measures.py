@@ -125,11 +125,21 @@ class Agreement:
                 "compared_positions": self.compared, "non_finite_positions": [self.non_finite_a, self.non_finite_b]}
 
 
+# PEFT methods whose ``get_delta_weight`` is the additive update W' - W (LoRA and its variants;
+# DoRA's magnitude rescaling aside). Rotations (OFT, BOFT, HRA) return the rotation, IA3 and LN
+# tuning have none: their ΔW is not measured (None), never a norm of something else.
+ADDITIVE_METHODS = frozenset({"LORA", "ADALORA", "LOHA", "LOKR", "VERA", "FOURIERFT"})
+
+
 def adapter_weight_report(peft_model, adapter_name: str) -> dict:
-    """Per adapted module: the effective ``ΔW`` norm (PEFT's ``get_delta_weight``), the base
-    weight's norm, rank and scaling; plus the wrapped ``modules_to_save``."""
+    """Per adapted module: the effective ``ΔW`` norm (PEFT's ``get_delta_weight``, for the
+    :data:`ADDITIVE_METHODS`; None for the others), the base weight's norm, rank and scaling; plus
+    the wrapped ``modules_to_save`` and the adapter's PEFT ``method``."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    config = (getattr(peft_model, "peft_config", None) or {}).get(adapter_name)
+    method = str(getattr(getattr(config, "peft_type", None), "value", getattr(config, "peft_type", "")) or "").upper()
+    additive = method in ADDITIVE_METHODS
     rows, saved = [], []
     with torch.no_grad():
         for name, module in peft_model.named_modules():
@@ -146,9 +156,9 @@ def adapter_weight_report(peft_model, adapter_name: str) -> dict:
                    "scaling": (getattr(module, "scaling", {}) or {}).get(adapter_name),
                    "weight_norm": float(weight.float().norm()) if weight is not None else None}
             try:
-                delta = module.get_delta_weight(adapter_name).float()  # pyright: ignore[reportAttributeAccessIssue]
-                row["delta_norm"] = float(delta.norm())
-            except (AttributeError, NotImplementedError, RuntimeError):  # a tuner without ΔW (e.g. IA3 scaling)
+                delta = module.get_delta_weight(adapter_name).float() if additive else None  # pyright: ignore[reportAttributeAccessIssue]
+                row["delta_norm"] = float(delta.norm()) if delta is not None else None
+            except (AttributeError, NotImplementedError, RuntimeError):  # a tuner without ΔW
                 row["delta_norm"] = None
             row["relative"] = (row["delta_norm"] / row["weight_norm"]) if row["delta_norm"] is not None \
                 and row["weight_norm"] else None
@@ -157,7 +167,7 @@ def adapter_weight_report(peft_model, adapter_name: str) -> dict:
                 b = lora_b[adapter_name]
                 row["b_zero"] = bool(torch.count_nonzero(getattr(b, "weight", b)) == 0)
             rows.append(row)
-    return {"modules": rows, "modules_to_save": saved}
+    return {"modules": rows, "modules_to_save": saved, "method": method or None}
 
 
 def _repeated_ngram_rate(tokens: list[int], n: int) -> float:
