@@ -182,6 +182,25 @@ def test_a_merge_in_memory_is_checked_at_its_precision():
         run("it-lora-all", "it-merged", merge_in_memory="bfloat16")
 
 
+def test_an_adapter_peft_cannot_merge_is_named_under_merge_in_memory(tmp_path):
+    """A LoRA that trained biases the base does not have (``lora_bias=True``) runs, but PEFT cannot
+    merge it: the in-memory merge stopped with PEFT's bare RuntimeError; now a named error that
+    says the adapter itself runs unmerged."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from crosspatch.errors import UnsupportedAdapterError
+
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(str(Z / "base")), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_bias=True, init_lora_weights=False))
+    model.save_pretrained(str(tmp_path / "lora-bias"))
+    with pytest.raises(UnsupportedAdapterError, match="PEFT cannot merge the adapter.*lora_bias.*runs unmerged"):
+        preflight(str(Z / "base"), adapter=str(tmp_path / "lora-bias"), prompts=PROMPTS[:2], max_new_tokens=4,
+                  merge_in_memory="float32")
+    assert preflight(str(Z / "base"), adapter=str(tmp_path / "lora-bias"), prompts=PROMPTS[:2],
+                     max_new_tokens=4).checks["adapter-active"]["status"] == "pass"
+
+
 @pytest.mark.slow
 def test_policy_tolerances_decide_the_merge_check():
     strict = run("it-lora-all", "it-merged", policy={"max_abs_logit_diff": 1e-6})

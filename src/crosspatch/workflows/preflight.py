@@ -152,7 +152,11 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
                          adapters={"adapter": str(adapter)} if adapter else None, options=options)
     if merge_in_memory is not None:
         say(f"merging the adapter in memory ({merge_in_memory})")
-        _add_in_memory_merge(models, merge_in_memory)
+        try:
+            _add_in_memory_merge(models, merge_in_memory)
+        except BaseException:
+            models.release()  # a set that is not used keeps no model
+            raise
         merged = f"<in memory: {merge_in_memory}>"
     roles = ["base"] + (["adapter"] if adapter else []) + (["merged"] if merged else [])
     tokenizer = models.tokenizer
@@ -255,7 +259,15 @@ def _add_in_memory_merge(models, dtype: str) -> None:
     with models.use("adapter") as handle:
         peft_model = copy.deepcopy(handle.module)
         peft_model.set_adapter(handle.adapter_name)
-    merged = peft_model.merge_and_unload()
+    try:
+        merged = peft_model.merge_and_unload()
+    except (RuntimeError, ValueError, NotImplementedError, AttributeError) as exc:  # PEFT's refusal, named
+        from ..errors import UnsupportedAdapterError
+
+        reason = " ".join(str(exc).split())[:300]
+        raise UnsupportedAdapterError(f"PEFT cannot merge the adapter into its base ({reason}): no merged checkpoint of "
+                                      "it exists to check; the adapter itself runs unmerged (drop --merge-in-memory)") \
+            from None
     with torch.no_grad():
         for parameter in merged.parameters():
             parameter.copy_(parameter.to(DTYPES[dtype]).to(parameter.dtype))
