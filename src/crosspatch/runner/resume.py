@@ -22,18 +22,17 @@ SPEED_ONLY = ("batch_size", "max_batch_tokens", "decode", "engine", "workers", "
 SPEED_ONLY_LOADING = ("residency", "verbose")
 
 
-def _results_part(record, key: str, speed_only: tuple[str, ...]):
-    """``record`` with the speed-only entries of its ``key`` mapping left out (None stays None)."""
-    if not isinstance(record, dict) or not isinstance(record.get(key), dict):
-        return record
-    return {**record, key: {k: v for k, v in record[key].items() if k not in speed_only}}
+def _without(mapping, keys: tuple[str, ...]):
+    """``mapping`` without ``keys`` (anything that is no mapping, as it is)."""
+    return {k: v for k, v in mapping.items() if k not in keys} if isinstance(mapping, dict) else mapping
 
 
 def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters: dict[str, str], options,
                     prompts, config: RunConfig) -> RunResult | None:
     """The stored result of ``out`` when it already holds this very run, finished: the same load
     request (paths and load options), unchanged weight and defining files (their sha256 recomputed), the same
-    options, boundaries and prompts (options of speed alone, :data:`SPEED_ONLY`, and the residency aside), every prompt done and a summary written. None otherwise (the
+    options, boundaries and prompts (options of speed alone, :data:`SPEED_ONLY`, and the residency
+    aside), every prompt done and a summary written. None otherwise (the
     caller loads the models and ``run`` resumes, refuses or replaces as usual). Nothing is loaded
     or written: the command that finished the run says so instantly. A run whose reports were not all
     written (it stopped on a full disk) is not finished here: the normal path writes them."""
@@ -53,13 +52,14 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
         options = replace(options)
         options.residency = options.residency or choose_residency(base, list(tuned.values()), list(adapters.values()),
                                                                   options)[0]
-        spec = json.loads(json.dumps(load_spec(base, tuned, adapters, options), default=str))
-        if _results_part(spec, "options", SPEED_ONLY_LOADING) != _results_part(stored.get("load_spec"), "options",
-                                                                                SPEED_ONLY_LOADING):
+        spec, stored_spec = json.loads(json.dumps(load_spec(base, tuned, adapters, options), default=str)), \
+            stored.get("load_spec")
+        if not isinstance(stored_spec, dict) or _without(spec, ("options",)) != _without(stored_spec, ("options",)) \
+                or _without(spec["options"], SPEED_ONLY_LOADING) != _without(stored_spec.get("options"),
+                                                                             SPEED_ONLY_LOADING):
             return None
-        asked = {"options": json.loads(json.dumps(asdict(config), default=str))}
-        if _results_part(asked, "options", SPEED_ONLY) != _results_part({"options": stored.get("options")}, "options",
-                                                                        SPEED_ONLY):
+        asked = json.loads(json.dumps(asdict(config), default=str))
+        if _without(asked, SPEED_ONLY) != _without(stored.get("options"), SPEED_ONLY):
             return None
         for entry in recorded_models(stored):
             if entry is None:
