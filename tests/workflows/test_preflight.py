@@ -182,6 +182,22 @@ def test_a_merge_in_memory_is_checked_at_its_precision():
         run("it-lora-all", "it-merged", merge_in_memory="bfloat16")
 
 
+def test_an_adapter_without_an_additive_delta_that_moves_the_logits_is_active_whatever_else_is_noted():
+    """An IA3 or OFT adapter has no ΔW to read: one that moves the logits and changes greedy
+    outputs is active even when something else is noted (a target that matches no module, the
+    base's non-finite logits); only a measured ΔW of zero makes a moving adapter inactive."""
+    from crosspatch.workflows.preflight_checks import _changes_check
+
+    agreement = {"max_abs_logit_diff": 2.0, "mean_kl": 0.1, "non_finite_positions": [0, 0], "positions": 8}
+    rows = [{"module": "model.layers.0.self_attn.q_proj", "rank": None, "scaling": None, "delta_norm": None,
+             "relative": None}]
+    weights = {"modules": rows, "modules_to_save": [], "method": "IA3", "unmatched_targets": ["k_proj"]}
+    check = _changes_check("adapter-active", "adapter", agreement, 3, 8, PreflightPolicy(), weights)
+    assert check.status == "warn" and "match no module" in check.summary, check.summary
+    zero = {**weights, "modules": [dict(rows[0], delta_norm=0.0, relative=0.0)], "method": "LORA"}
+    assert _changes_check("adapter-active", "adapter", agreement, 3, 8, PreflightPolicy(), zero).status == "fail"
+
+
 def test_an_adapter_peft_cannot_merge_is_named_under_merge_in_memory(tmp_path):
     """A LoRA that trained biases the base does not have (``lora_bias=True``) runs, but PEFT cannot
     merge it: the in-memory merge stopped with PEFT's bare RuntimeError; now a named error that

@@ -83,14 +83,18 @@ def _changes_check(name: str, who: str, agreement: dict, changed: int, prompts: 
         causes.append(f"the base's logits are not finite at {base_broken} of {agreement['positions']} positions "
                       f"(left out of the comparison)")
     if not moved and not causes:
-        measured = weights is not None and any(r["delta_norm"] is not None for r in weights["modules"])
-        what = "ΔW is not zero but" if measured else (
-            f"its weight change is not measured here ({(weights or {}).get('method') or 'this PEFT method'} has no additive "
-            "ΔW) and")
-        causes.append(f"{what} no logit moves by more than {policy.min_logit_change} and no greedy output "
-                      "changes: the adapter may be an identity (saved before training), be disabled, or adapt modules "
+        what = ""  # a merged checkpoint: no ΔW read
+        if weights is not None and any(r["delta_norm"] is not None for r in weights["modules"]):
+            what = "ΔW is not zero but "  # (measured: every module's zero was named above)
+        elif weights is not None:
+            what = (f"its weight change is not measured here ({weights.get('method') or 'this PEFT method'} has no "
+                    "additive ΔW) and ")
+        causes.append(f"{what}no logit moves by more than {policy.min_logit_change} and no greedy output "
+                      f"changes: the {who} may be an identity (saved before training), be disabled, or adapt modules "
                       "the prompts do not reach (e.g. a vision tower for text prompts)")
-    inactive = not moved or (weights is not None and causes and not numbers.get("nonzero_delta_modules"))
+    unmeasured = weights is not None and weights["modules"] and all(r["delta_norm"] is None for r in weights["modules"])
+    # moving logits with no ΔW found non-zero is inactive where ΔW was read, not where it cannot be (IA3, OFT)
+    inactive = not moved or (weights is not None and causes and not unmeasured and not numbers.get("nonzero_delta_modules"))
     status = "fail" if inactive else "pass"
     summary = (f"the {who} changes nothing: " + "; ".join(causes)) if inactive else (
         f"the {who} moves the logits by up to {agreement['max_abs_logit_diff']:.3g} (mean KL from the base "
