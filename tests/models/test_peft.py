@@ -376,7 +376,8 @@ def test_every_weight_changing_peft_method_scores_as_its_merge_and_passes_the_ad
                for n in x.cells for c in x.cells[n]) <= MERGE_TOLERANCE
 
 
-def test_adapters_of_different_peft_methods_load_each_on_its_own_and_score_as_their_merges(tmp_path, prompts):
+def test_adapters_of_different_peft_methods_load_each_on_its_own_and_score_as_their_merges(tmp_path, prompts,
+                                                                                          monkeypatch):
     """PEFT holds one method per model: a compare of a LoRA and an IA3 adapter stopped after the
     base loaded ("Cannot combine adapters with different peft types"). With no residency asked for
     they now load one at a time, each scored as its own merge; asked to share one copy, the
@@ -406,6 +407,9 @@ def test_adapters_of_different_peft_methods_load_each_on_its_own_and_score_as_th
         got = run(models, prompts, tuned=role, **options)
         assert expected.records and [(r.prompt_id, r.position, r.t_pt, r.t_it) for r in got.records] == [
             (r.prompt_id, r.position, r.t_pt, r.t_it) for r in expected.records], role
+    import crosspatch.execution.opening as opening
+
+    monkeypatch.setattr(opening, "load_causal_lm", lambda *a, **k: pytest.fail("a model's weights were loaded"))
     for residency in ("adapter", "both"):
         with pytest.raises(ModelLoadError, match=rf"different PEFT methods.*--residency {residency}\).*sequential"):
             load_models(str(base), adapters=adapters, residency=residency)
