@@ -27,6 +27,11 @@ def _without(mapping, keys: tuple[str, ...]):
     return {k: v for k, v in mapping.items() if k not in keys} if isinstance(mapping, dict) else mapping
 
 
+def _results_spec(spec):
+    """A ``load_spec`` without its load options of speed alone (:data:`SPEED_ONLY_LOADING`)."""
+    return {**spec, "options": _without(spec.get("options"), SPEED_ONLY_LOADING)} if isinstance(spec, dict) else spec
+
+
 def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters: dict[str, str], options,
                     prompts, config: RunConfig) -> RunResult | None:
     """The stored result of ``out`` when it already holds this very run, finished: the same load
@@ -38,7 +43,7 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
     written (it stopped on a full disk) is not finished here: the normal path writes them."""
     from dataclasses import asdict, replace
 
-    from ..execution.opening import choose_residency, load_spec
+    from ..execution.opening import load_spec
     from ..models.loading import provenance
     path = Path(out)
     if not (path / "config.json").is_file() or not (path / "summary.json").is_file():
@@ -49,14 +54,9 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
     store = RunStore(path)
     try:
         stored = store.config()
-        options = replace(options)
-        options.residency = options.residency or choose_residency(base, list(tuned.values()), list(adapters.values()),
-                                                                  options)[0]
-        spec, stored_spec = json.loads(json.dumps(load_spec(base, tuned, adapters, options), default=str)), \
-            stored.get("load_spec")
-        if not isinstance(stored_spec, dict) or _without(spec, ("options",)) != _without(stored_spec, ("options",)) \
-                or _without(spec["options"], SPEED_ONLY_LOADING) != _without(stored_spec.get("options"),
-                                                                             SPEED_ONLY_LOADING):
+        # (the residency is left aside, so it is not resolved: that reads every adapter's files)
+        spec = json.loads(json.dumps(load_spec(base, tuned, adapters, options), default=str))
+        if _results_spec(spec) != _results_spec(stored.get("load_spec")):
             return None
         asked = json.loads(json.dumps(asdict(config), default=str))
         if _without(asked, SPEED_ONLY) != _without(stored.get("options"), SPEED_ONLY):
