@@ -9,7 +9,7 @@ import warnings as warnings_module
 from pathlib import Path
 
 from ..errors import ModelLoadError
-from ..models.adapters import adapter_settings, method_conflict, vocabulary_sizes_text
+from ..models.adapters import adapter_settings, vocabulary_sizes_text
 from ..models.loading import LoadOptions, load_tokenizer, quiet_loading
 from .roles import BASE
 
@@ -85,9 +85,6 @@ def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options
     the base role reads this same copy, adapter switched off)."""
     from peft import PeftModel
 
-    if methods := method_conflict(list(adapter_roles.values())):  # one PEFT model holds one method
-        raise ModelLoadError(f"{methods} cannot share one copy of the base {base}: run them with --residency "
-                             "sequential (each model loads on its own)")
     rows = {role: n for role, path in adapter_roles.items() if (n := _fit_vocabulary(base_model, path)) is not None}
     if len(set(rows.values())) > 1:  # (the base grown to the largest; with no residency asked for: sequential)
         raise ModelLoadError(f"{vocabulary_sizes_text(rows)} cannot share one copy of the base {base}: run them with "

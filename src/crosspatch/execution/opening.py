@@ -87,10 +87,11 @@ def choose_residency(base: str, tuned: str | list[str] | None, adapter: str | li
             raise ModelLoadError(f"residency must be one of {', '.join(RESIDENCIES)}, not {options.residency!r}")
         if options.residency == "adapter" and (not adapter or tuned):
             raise ModelLoadError("residency 'adapter' needs --adapter (and no --tuned checkpoints)")
-        if options.residency != "sequential" and (methods := method_conflict(adapter)):
-            raise ModelLoadError(f"{methods} cannot share one copy of the base {base} (--residency "
-                                 f"{options.residency}): run them with --residency sequential (each model loads on its "
-                                 "own), or leave the residency to crosspatch")
+        # adapters that cannot share one copy, asked to: named before the base loads
+        if options.residency != "sequential" and (why := vocabulary_conflict(base, adapter) or method_conflict(adapter)):
+            raise ModelLoadError(f"{why} cannot share one copy of the base {base} (--residency {options.residency}): "
+                                 "run them with --residency sequential (each model loads on its own), or leave the "
+                                 "residency to crosspatch")
         return options.residency, "asked for"
     trained = next((why for why in map(changes_base_in_place, adapter) if why), None)
     # one shared copy would give each adapter the others' changes, fit one vocabulary only, or need
