@@ -195,11 +195,12 @@ def check_prompt_texts(config: dict, given: list, path) -> list[str]:
     from ..errors import PromptSetMismatchError
     from ..inputs.prompts import prompts_digest
 
-    recorded = (config.get("prompts") or {}).get("sha256")
+    scored = config.get("prompts") or {}
+    recorded = scored.get("sha256")
     if not recorded or prompts_digest(given) == recorded:
         return []
     order, by_id = list(config.get("prompt_ids") or []), {p.id: p for p in given}
-    if len(order) == (config.get("prompts") or {}).get("count") == len(given) and set(order) == set(by_id):
+    if len(order) == scored.get("count") == len(given) and set(order) == set(by_id):
         if prompts_digest([by_id[i] for i in order]) == recorded:  # the same prompts, rows reordered
             return []
         raise PromptSetMismatchError(

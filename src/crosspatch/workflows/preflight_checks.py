@@ -50,9 +50,9 @@ def _changes_check(name: str, who: str, agreement: dict, changed: int, prompts: 
     causes: list[str] = []
     moved = agreement["max_abs_logit_diff"] > policy.min_logit_change or changed > 0
     table = None
+    rows = weights["modules"] if weights is not None else []
+    measurable = [r for r in rows if r["delta_norm"] is not None]  # ΔW read (the additive methods)
     if weights is not None:
-        rows = weights["modules"]
-        measurable = [r for r in rows if r["delta_norm"] is not None]
         numbers.update(adapted_modules=len(rows), nonzero_delta_modules=sum(r["delta_norm"] > 0 for r in measurable),
                        max_relative_delta=max((r["relative"] or 0.0 for r in measurable), default=0.0),
                        modules_to_save=weights["modules_to_save"], bias=weights.get("bias"))
@@ -84,7 +84,7 @@ def _changes_check(name: str, who: str, agreement: dict, changed: int, prompts: 
                       f"(left out of the comparison)")
     if not moved and not causes:
         what = ""  # a merged checkpoint: no ΔW read
-        if weights is not None and any(r["delta_norm"] is not None for r in weights["modules"]):
+        if measurable:
             what = "ΔW is not zero but "  # (measured: every module's zero was named above)
         elif weights is not None:
             what = (f"its weight change is not measured here ({weights.get('method') or 'this PEFT method'} has no "
@@ -92,8 +92,8 @@ def _changes_check(name: str, who: str, agreement: dict, changed: int, prompts: 
         causes.append(f"{what}no logit moves by more than {policy.min_logit_change} and no greedy output "
                       f"changes: the {who} may be an identity (saved before training), be disabled, or adapt modules "
                       "the prompts do not reach (e.g. a vision tower for text prompts)")
-    unmeasured = weights is not None and weights["modules"] and all(r["delta_norm"] is None for r in weights["modules"])
     # moving logits with no ΔW found non-zero is inactive where ΔW was read, not where it cannot be (IA3, OFT)
+    unmeasured = bool(rows) and not measurable
     inactive = not moved or (weights is not None and causes and not unmeasured and not numbers.get("nonzero_delta_modules"))
     status = "fail" if inactive else "pass"
     summary = (f"the {who} changes nothing: " + "; ".join(causes)) if inactive else (

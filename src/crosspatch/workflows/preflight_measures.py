@@ -137,8 +137,8 @@ def adapter_weight_report(peft_model, adapter_name: str) -> dict:
     the wrapped ``modules_to_save`` and the adapter's PEFT ``method``."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    config = (getattr(peft_model, "peft_config", None) or {}).get(adapter_name)
-    method = str(getattr(getattr(config, "peft_type", None), "value", getattr(config, "peft_type", "")) or "").upper()
+    peft_type = getattr((getattr(peft_model, "peft_config", None) or {}).get(adapter_name), "peft_type", None)
+    method = str(getattr(peft_type, "value", peft_type) or "").upper()  # PeftType is a str enum
     additive = method in ADDITIVE_METHODS
     rows, saved = [], []
     with torch.no_grad():
