@@ -252,3 +252,37 @@ def test_readouts_that_agree_event_by_event_get_the_same_intervals():
     for name in ("common_pt", "native_late", "native_upstream"):
         assert headline[name] == headline["common_it"], name
     assert blocks["common_pt"]["by_category"] == blocks["common_it"]["by_category"]
+
+
+@pytest.mark.parametrize("clusters", [6, 7, 8, 9])
+def test_the_label_swap_null_states_the_smallest_p_value_its_clusters_allow(clusters):
+    from crosspatch.core.stats import label_swap_null
+
+    # every prompt's interaction +1 (the strongest evidence k clusters can give): only the pattern and its mirror
+    # reach it, so the exact p-value is the smallest any data could give, 2 / 2**k
+    records = [rec(f"p{i}", (0.0, 0.0, 0.0, 1.0)) for i in range(clusters)]
+    null = label_swap_null(records, level=0.01)
+    assert null["exact"] and null["smallest_p"] == null["p_value"] == 2 / 2**clusters
+    assert null["rejects_null"] == (clusters >= 8)  # 2/128 = 0.016 >= 0.01 > 2/256
+
+
+def test_the_label_swap_row_says_when_too_few_prompts_can_never_pass_its_level():
+    from crosspatch.analyses.label_swap import LabelSwapOptions, prompts_to_reach, summarize
+    from crosspatch.core.registry import SummaryContext
+
+    assert [prompts_to_reach(level) for level in (0.5, 0.1, 0.05, 0.01, 0.001)] == [3, 5, 6, 8, 11]
+    row = {}
+    for clusters in (7, 8):
+        records = [rec(f"p{i}", (0.0, 0.0, 0.0, 1.0 + i)) for i in range(clusters)]
+        ctx = SummaryContext(config={}, records=records, headline=2, boot=BootstrapConfig(0))
+        row[clusters] = summarize([], ctx, LabelSwapOptions())
+    # seven prompts: failed whatever the effects, and the row says so, and how many prompts would do
+    assert row[7]["status"] == "warn" and row[7]["details"]["smallest_p"] == 2 / 2**7
+    assert "with 7 prompts no sign-flip p-value can fall below 0.0156" in row[7]["summary"]
+    assert "needs at least 8 prompts with events" in row[7]["summary"]
+    # eight prompts can pass, and do on this evidence
+    assert row[8]["status"] == "pass" and "no sign-flip p-value" not in row[8]["summary"]
+    # a test that could have passed and did not says nothing of reach
+    weak = [rec(f"p{i}", (0.0, 0.0, 0.0, (-1.0) ** i)) for i in range(10)]
+    row = summarize([], SummaryContext(config={}, records=weak, headline=2, boot=BootstrapConfig(0)), LabelSwapOptions())
+    assert row["status"] == "warn" and "no sign-flip p-value" not in row["summary"]

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..core.registry import AnalysisPlugin, SummaryContext, control_row, register_analysis
-from ..core.stats import label_swap_null
+from ..core.stats import EXACT_SIGN_FLIP_MAX_CLUSTERS, label_swap_null
 from ..core.verdict import INTERACTION_CLAIMS
 
 
@@ -29,6 +29,23 @@ class LabelSwapOptions:
                              f"(the smallest is 1/{resamples + 1}): give at least {math.ceil(1 / level)} resamples")
 
 
+def prompts_to_reach(level: float) -> int:
+    """The fewest prompt clusters whose exact sign-flip test can give a p-value below ``level``
+    (2 / 2**k < level); past the enumerated sizes the drawn test can, as its options ensure."""
+    return next((k for k in range(1, EXACT_SIGN_FLIP_MAX_CLUSTERS + 1) if 2.0 / 2**k < level),
+                EXACT_SIGN_FLIP_MAX_CLUSTERS + 1)
+
+
+def _out_of_reach(null: dict, level: float) -> str:
+    """Why a test with too few prompt clusters failed, whatever the data: '' when it could pass."""
+    if null["smallest_p"] < level:
+        return ""
+    k = null["n_prompts"]
+    return (f"; with {k} prompt{'s' if k != 1 else ''} no sign-flip p-value can fall below {null['smallest_p']:.3g}, "
+            f"so this test cannot pass at level {level:g} whatever the effects: it needs at least "
+            f"{prompts_to_reach(level)} prompts with events")
+
+
 def summarize(rows: list[dict], ctx: SummaryContext, options: LabelSwapOptions) -> dict:
     null = label_swap_null(ctx.first, resamples=options.resamples, seed=ctx.bootstrap("label_swap").seed,
                            level=options.level)
@@ -40,10 +57,11 @@ def summarize(rows: list[dict], ctx: SummaryContext, options: LabelSwapOptions) 
         (f"the interaction is beyond the label-swap null (p = {null['p_value']:.3g} < {options.level:g})" if sig else
          f"the interaction is within the label-swap null (p = {null['p_value']:.3g}, level {options.level:g}): not "
          "distinguishable from zero at that level" + (" (a stricter bar than the 95% intervals)"
-                                                      if options.level < 0.05 else "")),
+                                                      if options.level < 0.05 else "")
+         + _out_of_reach(null, options.level)),
         f"two-sided p < {options.level:g} (prompt-cluster sign flips)", n=null["n_events"],
         p_value=null["p_value"], level=options.level, null_threshold=null["threshold"], n_prompts=null["n_prompts"],
-        exact=null["exact"], on_failure="inconclusive", weakens=list(INTERACTION_CLAIMS))
+        exact=null["exact"], smallest_p=null["smallest_p"], on_failure="inconclusive", weakens=list(INTERACTION_CLAIMS))
 
 
 PLUGIN = register_analysis(AnalysisPlugin(

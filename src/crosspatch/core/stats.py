@@ -322,12 +322,13 @@ def label_swap_null(records: Sequence[CellRecord], readout: str = "common_it", r
     under the null of no interaction each prompt cluster's summed interaction is equally likely to
     carry either sign. Every sign pattern is enumerated for up to EXACT_SIGN_FLIP_MAX_CLUSTERS
     clusters (an exact p-value), else ``resamples`` patterns are drawn (p = (1 + hits) / (1 + draws)).
-    Returns the observed mean, the p-value, the null's ``1 - level`` quantile of ``|mean|`` and
-    whether the test rejects the null (p < level)."""
+    Returns the observed mean, the p-value, the null's ``1 - level`` quantile of ``|mean|``, whether
+    the test rejects the null (p < level) and ``smallest_p``, the least p-value any data could give
+    with these clusters (2 / 2**k exact: a pattern and its mirror; 1 / (draws + 1) drawn)."""
     recs = [r for r in records if r.valid and r.kind == "first_diff"]
     if not recs:
         return {"n_events": 0, "n_prompts": 0, "observed": None, "threshold": None, "p_value": None,
-                "rejects_null": None, "level": level, "exact": None}
+                "rejects_null": None, "level": level, "exact": None, "smallest_p": None}
     inter = effects_from_cell_means(cell_matrix(recs, readout))["interaction"]
     names, index = np.unique([r.prompt_id for r in recs], return_inverse=True)
     sums = np.zeros(len(names))
@@ -345,7 +346,8 @@ def label_swap_null(records: Sequence[CellRecord], readout: str = "common_it", r
     p_value = hits / len(null) if exact else (1 + hits) / (len(null) + 1)
     threshold = float(np.quantile(null, 1 - level))
     return {"n_events": len(recs), "n_prompts": int(k), "observed": observed, "threshold": threshold,
-            "level": level, "p_value": float(p_value), "rejects_null": bool(p_value < level), "exact": exact}
+            "level": level, "p_value": float(p_value), "rejects_null": bool(p_value < level), "exact": exact,
+            "smallest_p": min(1.0, 2.0 / 2**k) if exact else 1.0 / (len(null) + 1)}
 
 
 def readout_agreement(records: Sequence[CellRecord]) -> dict:
