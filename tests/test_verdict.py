@@ -351,3 +351,21 @@ def test_the_verdict_sentence_counts_one_event_and_one_prompt_in_the_singular():
     one = decide(_block((0.14, (0.14, 0.14)), (0.09, (0.09, 0.09)), (-0.05, (-0.05, -0.05)), n_prompts=1))
     assert "On 1 first-divergence event from 1 prompt, " in one["reason"]
     assert "On 20 first-divergence events from 20 prompts, " in decide(PAPER_IT)["reason"]
+
+
+@pytest.mark.parametrize("share, says, never", [
+    # the late layers add far more on the base's upstream state (E_PT +13.95, E_IT +4.95: a share of -182%): portable,
+    # but not "self-contained": the gain depends on the upstream state, the other way round
+    ((-1.82, (-2.37, -1.30)), "larger there than on the descendant's own upstream state", "self-contained"),
+    # the interval reaches far below zero: a larger gain on base early layers is possible, not shown
+    ((-0.20, (-0.60, 0.15)), "by up to 60% of E_IT", "is self-contained"),
+    # within the portable bound on both sides: the same gain on both states
+    ((-0.05, (-0.15, 0.06)), "self-contained and carries over", "larger"),
+])
+def test_a_portable_sentence_says_self_contained_only_within_the_bound_on_both_sides(share, says, never):
+    e_it = (4.95, (4.09, 6.13))
+    inter = (share[0] * e_it[0], (share[1][0] * e_it[0], share[1][1] * e_it[0]))
+    e_pt = (e_it[0] - inter[0], (e_it[1][0] - inter[1][1], e_it[1][1] - inter[1][0]))
+    decision = decide(_block(e_pt, e_it, inter, share))
+    assert decision["verdict"] == "portable", decision
+    assert says in decision["reason"] and never not in decision["reason"], decision["reason"]

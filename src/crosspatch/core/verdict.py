@@ -183,6 +183,22 @@ def _where_it_changed(block: dict, bound: float) -> str:
             f"which the four cells share; the native shift D is {fmt_stat(shift) if shift else 'not measured'}).")
 
 
+def _carries_over(lo: float, hi: float, low: float) -> str:
+    """What a portable grade's share interval ``[lo, hi]`` says: the same gain on both upstream
+    states (self-contained) only where the interval stays within the portable bound on both sides;
+    wholly below zero, the late layers add more on the base's upstream state than on their own."""
+    if hi < 0:
+        return ("the late layers' gain carries over to base early layers and is larger there than on the "
+                "descendant's own upstream state (the interaction is of the opposite sign to E_IT: the descendant's "
+                "early layers already do part of what its late layers do, or work against it). Grafted onto base "
+                "early layers these late layers would add more than they do in the descendant.")
+    if lo < -low:
+        return ("the late layers' gain carries over to base early layers; on them it may be larger than on the "
+                f"descendant's own upstream state (by up to {-100 * lo:.0f}% of E_IT), so it is not shown to be "
+                "self-contained.")
+    return "the late layers' gain is self-contained and carries over to base early layers."
+
+
 def grade(block: dict, policy: VerdictPolicy, counts: dict | None = None) -> tuple[str, str, dict]:
     """Stage 1: ``(verdict, reason, numbers)`` from the effect block alone (module docstring)."""
     numbers = _numbers(block)
@@ -236,9 +252,8 @@ def grade(block: dict, policy: VerdictPolicy, counts: dict | None = None) -> tup
             "Grafting these late layers (or this adapter) onto base early layers would lose most of their effect: "
             "a fragile fine-tune."), numbers
     if hi < low and pt_reliable:
-        return "portable", head + (
-            f" {quoted} {bounds}, and E_PT is reliably of E_IT's sign: the late layers' gain is self-contained "
-            "and carries over to base early layers."), numbers
+        return "portable", head + f" {quoted} {bounds}, and E_PT is reliably of E_IT's sign: " + _carries_over(lo, hi, low), \
+            numbers
     if hi < low:
         return "inconclusive", head + (f" {quoted} {bounds}, but E_PT's interval does not exclude zero: the portable "
                                        "part is not established."), numbers
