@@ -122,7 +122,7 @@ def fmt_stat(stat: dict, percent: bool = False) -> str:
     """``+1.02 [+0.67, +1.37]`` (or ``48% [30%, 66%]``), the way both reports print a number."""
     if stat.get("mean") is None:
         return "n/a"
-    f = (lambda v: f"{100 * v:.0f}%") if percent else (lambda v: f"{v:+.2f}")
+    f = (lambda v: f"{round(100 * v) + 0:.0f}%") if percent else (lambda v: f"{round(v, 2) + 0.0:+.2f}")  # no -0%, -0.00
     text = f(stat["mean"])
     if _has_ci(stat):
         text += f" [{f(stat['ci'][0])}, {f(stat['ci'][1])}]"

@@ -26,7 +26,9 @@ def fmt_value(stat: dict | None, signed: bool = True, percent: bool = False, fmt
     if not stat or stat.get("mean") is None:
         return f"n/a ({stat['na_reason']})" if stat and stat.get("na_reason") else "n/a"
     if fmt is None:
-        fmt = (lambda v: f"{100 * v:.0f}%") if percent else ((lambda v: f"{v:+.2f}") if signed else (lambda v: f"{v:.2f}"))
+        # a value that rounds to zero prints unsigned (0%, +0.00), never as -0% or -0.00
+        fmt = ((lambda v: f"{round(100 * v) + 0:.0f}%") if percent else
+               (lambda v: f"{round(v, 2) + 0.0:+.2f}") if signed else (lambda v: f"{round(v, 2) + 0.0:.2f}"))
     text = fmt(stat["mean"])
     ci = stat.get("ci")
     if ci and ci[0] is not None and ci[1] is not None:
@@ -37,7 +39,7 @@ def fmt_value(stat: dict | None, signed: bool = True, percent: bool = False, fmt
 def fmt_percent(stat: dict | None) -> str:
     """A statistic already in percent (``{"mean", "ci"}``, e.g. a lineage stage's share of the
     final model) as ``29% [21%, 38%]``, or n/a with its reason."""
-    return fmt_value(stat, fmt=lambda v: f"{v:.0f}%")
+    return fmt_value(stat, fmt=lambda v: f"{round(v) + 0:.0f}%")
 
 
 def fmt_effect(block: dict, name: str) -> str:
