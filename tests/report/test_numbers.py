@@ -23,3 +23,10 @@ def test_numbers_print_alike_in_the_verdict_and_the_tables_without_a_negative_ze
 def test_a_statistic_in_percent_prints_without_a_negative_zero():
     assert fmt_percent({"mean": -0.2, "ci": [-0.4, 3.5]}) == "0% [0%, 4%]"
     assert fmt_value({"mean": -0.004, "ci": None}, signed=False) == "0.00"
+
+
+def test_the_demo_reading_quotes_a_share_as_the_tables_do():
+    from crosspatch.zoo.reading import _share_text
+
+    share = {"mean": 1e-12, "ci": [-3e-9, 2e-9]}  # it-lora-late: the same late stack on both upstream states
+    assert _share_text({"numbers": {"late_interaction_share": share}}) == " (I/E_IT 0% [0%, 0%])"

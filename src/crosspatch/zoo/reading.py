@@ -297,8 +297,7 @@ def _share_text(verdict: dict) -> str:
     share = (verdict.get("numbers") or {}).get("late_interaction_share") or {}
     if share.get("mean") is None:
         return ""
-    ci = share.get("ci")
-    return f" (I/E_IT {100 * share['mean']:.0f}%" + (f" [{100 * ci[0]:.0f}%, {100 * ci[1]:.0f}%]" if ci else "") + ")"
+    return f" (I/E_IT {fmt_value(share, percent=True)})"
 
 
 def advice(summary: dict) -> list[str]:
