@@ -369,3 +369,11 @@ def test_a_portable_sentence_says_self_contained_only_within_the_bound_on_both_s
     decision = decide(_block(e_pt, e_it, inter, share))
     assert decision["verdict"] == "portable", decision
     assert says in decision["reason"] and never not in decision["reason"], decision["reason"]
+
+
+def test_an_upstream_dependent_sentence_says_all_is_lost_where_the_share_exceeds_one_throughout():
+    # E_PT leans the other way (its interval just reaching zero), so I exceeds E_IT on the whole share interval
+    beyond = decide(_block((-0.4, (-0.9, 0.05)), (2.0, (1.6, 2.4)), (2.4, (1.9, 2.9)), (1.2, (1.05, 1.45))))
+    assert beyond["verdict"] == "upstream-dependent"
+    assert "lose all of their effect and may reverse it" in beyond["reason"] and "lose most" not in beyond["reason"]
+    assert "lose most of their effect" in decide(PAPER_IT)["reason"]  # 69% [56%, 80%]: most, not all

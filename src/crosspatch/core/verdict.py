@@ -247,10 +247,13 @@ def grade(block: dict, policy: VerdictPolicy, counts: dict | None = None) -> tup
     sign = 1.0 if e_it["mean"] >= 0 else -1.0
     pt_reliable = _excludes_zero(e_pt["ci"]) and e_pt["mean"] * sign > 0
     if lo > high:
-        return "upstream-dependent", head + (
-            f" {quoted} {bounds}: most of what the late layers add needs the descendant's own upstream state. "
-            "Grafting these late layers (or this adapter) onto base early layers would lose most of their effect: "
-            "a fragile fine-tune."), numbers
+        lost = ("all of what the late layers add needs the descendant's own upstream state (the share exceeds 100% "
+                "on its whole interval: on the base's upstream state they push the other way). Grafting these late "
+                "layers (or this adapter) onto base early layers would lose all of their effect and may reverse it"
+                if lo > 1 else
+                "most of what the late layers add needs the descendant's own upstream state. Grafting these late "
+                "layers (or this adapter) onto base early layers would lose most of their effect")
+        return "upstream-dependent", head + f" {quoted} {bounds}: {lost}: a fragile fine-tune.", numbers
     if hi < low and pt_reliable:
         return "portable", head + f" {quoted} {bounds}, and E_PT is reliably of E_IT's sign: " + _carries_over(lo, hi, low), \
             numbers
