@@ -216,6 +216,7 @@ def test_allow_partial_scores_the_shared_prompts_and_records_what_was_left_out(t
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert any("elsewhere" in p for p in summary["consequences"]["partial"])
+    assert any("checked token by token against the run's" in p for p in summary["consequences"]["partial"])
     assert all(r["prompt_id"] != rows[0]["id"] for r in map(json.loads, (tmp_path / "r" / "consequence.jsonl")
                                                             .read_text().splitlines()))
     # a later summary (report re-rendered from the stored files) still says what was left out
@@ -234,3 +235,13 @@ def test_allow_partial_scores_the_shared_prompts_and_records_what_was_left_out(t
         res = CliRunner().invoke(app, ["consequence", str(tmp_path / "r"), "--prompts", str(edited), "--budget", "3",
                                        *extra])
         assert res.exit_code == 2 and "PromptSetMismatchError" in res.output and "not its prompts" in res.output
+    # a partial file holding another text under one of the run's ids with an event: its validator would judge another
+    # prompt's continuation, so it is refused by name, --allow-partial or not (each such prompt read as the run read it)
+    with_events = {json.loads(line)["prompt_id"] for line in (tmp_path / "r" / "events.jsonl").read_text().splitlines()}
+    target = next(r["id"] for r in rows[1:] if r["id"] in with_events)
+    partial_edited = tmp_path / "partial_edited.jsonl"
+    partial_edited.write_text("".join(json.dumps(dict(r, prompt=r["prompt"] + " today") if r["id"] == target else r)
+                                      + "\n" for r in rows[1:]))
+    res = CliRunner().invoke(app, ["consequence", str(tmp_path / "r"), "--prompts", str(partial_edited), "--budget", "3",
+                                   "--allow-partial"])
+    assert res.exit_code == 2 and "PromptSetMismatchError" in res.output and repr(target) in res.output, res.output

@@ -193,3 +193,46 @@ def test_the_cli_runs_an_image_prompt_file_end_to_end(tmp_path, charts):
     assert "t o d a y" in html and "<b>" not in html  # the prompt is shown (char tokenizer: spaced), escaped
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert events and all(e["prefix_ids"].count(events[0]["prefix_ids"][1]) >= 16 for e in events)
+
+
+def test_after_the_fact_commands_find_a_finished_runs_images_again(tmp_path, charts):
+    """A run directory keeps its images' paths, not their pixels: `consequence` and `features`
+    stopped with "starts with no image prompt of this run" on every image run. They now take the
+    images from the given prompt file, or the run's own (checked by its sha256), before loading."""
+    from typer.testing import CliRunner
+
+    from crosspatch.cli import app
+    from crosspatch.runner.on_finished import run_features
+
+    base_dir, tuned_dir = save_vlm_pair(tmp_path / "pair", "llava")
+    rows = [{"id": f"c{i}", "prompt": f"City {i}:", "image": str(c), "validator": {"type": "regex", "pattern": "."}}
+            for i, c in enumerate(charts[:3])]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", "--base", str(base_dir), "--tuned", str(tuned_dir), "--prompts", str(prompts),
+                                   "--out", str(out), "--boundary", "2", "--max-new-tokens", "8", "--bootstrap", "0",
+                                   "--controls", "none", "--quiet"])
+    assert res.exit_code == 0, res.output
+    events = len((out / "events.jsonl").read_text().splitlines())
+    # another text under a run's id, with its image: its validator would judge another prompt's continuation
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text(json.dumps(dict(rows[0], prompt="Town 0:")) + "\n")
+    res = CliRunner().invoke(app, ["consequence", str(out), "--prompts", str(edited), "--budget", "2", "--allow-partial"])
+    assert res.exit_code == 2 and "PromptSetMismatchError" in res.output, res.output
+    res = CliRunner().invoke(app, ["consequence", str(out), "--prompts", str(prompts), "--budget", "2"])
+    assert res.exit_code == 0, res.output
+    assert len((out / "consequence.jsonl").read_text().splitlines()) == events
+    # the run's own prompt file gone: named, before any model loads
+    prompts.rename(tmp_path / "elsewhere.jsonl")
+    import crosspatch.runner.on_finished as on_finished
+
+    def no_loading(config):
+        raise AssertionError("a model was loaded")
+
+    original, on_finished.reopen_models = on_finished.reopen_models, no_loading
+    try:
+        with pytest.raises(PromptImageError, match="gone or no longer the run's"):
+            run_features(out, steps=2, train_only=True, log=lambda message: None)
+    finally:
+        on_finished.reopen_models = original

@@ -58,12 +58,17 @@ def reopen_models(config: dict):
     """The run's base and scored descendant, loaded as the run recorded them (residency chosen
     afresh: the run may have had more models in memory)."""
     from ..execution import load_models
-    from ..models.loading import LoadOptions
 
     base, tuned, adapters, options = load_request(config)
+    return load_models(base, tuned=tuned, adapters=adapters, options=recorded_load_options(options))
+
+
+def recorded_load_options(options: dict):
+    """The :class:`LoadOptions` a run recorded (the residency aside: it is chosen afresh)."""
+    from ..models.loading import LoadOptions
+
     known = set(LoadOptions.__dataclass_fields__)
-    opts = LoadOptions(**{k: v for k, v in options.items() if k in known and k != "residency"})
-    return load_models(base, tuned=tuned, adapters=adapters, options=opts)
+    return LoadOptions(**{k: v for k, v in options.items() if k in known and k != "residency"})
 
 
 def first_events(store, config: dict) -> tuple[int, list[CellRecord], list[DivergenceEvent]]:
@@ -113,8 +118,8 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
     """Run ``analysis`` (an :class:`~crosspatch.core.analysis.Analysis`, or the name of a registered
     plug-in, built with its default options) on a finished run's first-divergence events (or on
     ``events``, a subset of them), append its records to ``<name>.jsonl``, and summarise and
-    render the run again. ``check_models(models)`` may refuse the loaded models before any pass.
-    Holds the run directory's lock. Returns the new summary."""
+    render the run again. ``check_models(models)`` may refuse (or prepare: an image run's images)
+    the loaded models before any pass. Holds the run directory's lock. Returns the new summary."""
     from ..core.analysis import EventSet
     from ..execution import Executor
     from ..store import RunStore

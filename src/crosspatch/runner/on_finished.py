@@ -29,6 +29,7 @@ from ..store import RunStore, write_whole
 from .checks import check_continuation_lengths
 from .finished import first_events, reopen_models, resummarize, run_on_finished
 from .gathered import drive_gathered
+from .reread import image_prompts_of_run, prompt_ids_as_run, register_run_images
 
 __all__ = ["consequence_for_run", "run_features"]
 
@@ -61,12 +62,15 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     partial = check_prompt_set(run_ids, [p.id for p in given], {e.prompt_id for e in events}, store.path,
                                allow_partial)
     unchecked = check_prompt_texts(config, given, store.path)
+    if unchecked:  # a partial file: each of its prompts with a validator and an event, token by token
+        unchecked = check_prompt_tokens(config, given, validators, events, store.path)
     partial += unchecked if partial else []  # a file lacking only prompts without events is no partial scoring
     seed = config["options"].get("seed", 0)
     stored = store.load_rows(CONSEQUENCE_FILE)
     check_stored_consequences(stored, validators, budget, with_pt, seed, store.path / CONSEQUENCE_FILE)
     done = {row["event_key"] for row in stored}
     events = [e for e in events if e.prompt_id in validators and e.key not in done]
+    image_prompts_of_run(config, events, given)  # before loading: the file has the images of the events it scores
     lengths = {e.key: len(e.prefix_ids) for e in events}
     base_path = (config.get("models", {}).get("base") or {}).get("path")
     check_continuation_lengths(lengths, budget, local_max_positions(base_path) if base_path else None,
@@ -74,10 +78,13 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     with store.lock(create=False):  # what this call left out, kept beside the records so every later summary reports it
         _record_partial(store.path, partial)
     if events:
+        def check_models(models) -> None:
+            check_continuation_lengths(lengths, budget, models.facts[models.base].get("max_positions"),
+                                       models.facts[models.base].get("sparse_topk"))
+            register_run_images(models, config, events, given)
+
         summary = run_on_finished(run_dir, Consequence(validators, budget, with_pt, seed), events,
-                                  check_models=lambda models: check_continuation_lengths(
-                                      lengths, budget, models.facts[models.base].get("max_positions"),
-                                      models.facts[models.base].get("sparse_topk")))
+                                  check_models=check_models)
     else:
         with store.lock(create=False):
             summary = resummarize(store, config)
@@ -126,7 +133,9 @@ def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_on
             f"{store.path}: the feature study needs first-divergence events for {needs} (split by prompt); this run has "
             f"{len(events)} valid event(s) at boundary {boundary} ({len(train)} training, {len(held)} held out). Run "
             "more prompts")
+    images, _ = image_prompts_of_run(config, events)  # before loading: the run's images can still be found
     pair = reopen_models(config)
+    register_run_images(pair, config, events, images)
     ex = Executor.for_run(pair, config["options"])
     out = store.path / "features"
     started = time.perf_counter()
@@ -168,3 +177,26 @@ def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_on
     write_whole(out / f"{name}.json", json.dumps(result, indent=2, default=str) + "\n")
     resummarize(store, config)  # the features plug-in reads the results into summary.json and the reports
     return result
+
+
+def check_prompt_tokens(config: dict, given: list, validators: dict, events: list, path) -> list[str]:
+    """A partial prompt file (:func:`check_prompt_texts` cannot compare it as a whole): each of its
+    text prompts that carries a validator and has an event is read as the run read it (chat
+    template, tokenizers) and must give the tokens the run's event starts with; else a
+    :class:`PromptSetMismatchError` naming them. Returns what could not be compared (image prompts)."""
+    from ..errors import PromptSetMismatchError
+
+    prompt_tokens = {e.prompt_id: list(e.prefix_ids[: e.prompt_len]) for e in events}
+    scored = [p for p in given if p.id in validators and p.id in prompt_tokens]
+    read = prompt_ids_as_run(config, scored)
+    differ = [p.id for p in scored if p.id in read and read[p.id] != prompt_tokens[p.id]]
+    if differ:
+        shown = ", ".join(map(repr, differ[:5])) + (", ..." if len(differ) > 5 else "")
+        raise PromptSetMismatchError(
+            f"prompt(s) {shown} of the file are not the prompts the run in {path} scored under those ids (their "
+            "tokens differ from the run's), so their validators would judge continuations of other prompts. Give the "
+            "run's own prompts with 'validator' fields added")
+    images = [p.id for p in scored if p.id not in read]
+    return [f"the file is not the run's whole prompt set: its {len(read)} text prompt(s) with a validator and an event "
+            "were checked token by token against the run's"
+            + (f"; {len(images)} image prompt(s) could not be, and are taken to be the same prompts" if images else "")]
