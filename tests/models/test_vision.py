@@ -223,6 +223,11 @@ def test_after_the_fact_commands_find_a_finished_runs_images_again(tmp_path, cha
     res = CliRunner().invoke(app, ["consequence", str(out), "--prompts", str(prompts), "--budget", "2"])
     assert res.exit_code == 0, res.output
     assert len((out / "consequence.jsonl").read_text().splitlines()) == events
+    # any analysis added to the finished run (the one after-the-fact path) reads the run's own prompt file's images
+    from crosspatch.runner.finished import run_on_finished
+
+    assert len(run_on_finished(out, "hybrid_state")["controls"]) == 1
+    assert len((out / "control_hybrid_state.jsonl").read_text().splitlines()) == events
     # the run's own prompt file gone: named, before any model loads
     prompts.rename(tmp_path / "elsewhere.jsonl")
     import crosspatch.runner.on_finished as on_finished

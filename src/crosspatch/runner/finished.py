@@ -16,6 +16,7 @@ from pathlib import Path
 from ..core.cells import CellRecord, headline_boundary
 from ..core.divergence import DivergenceEvent
 from ..errors import CorruptRunFileError, ModelLoadError, OptionError
+from .reading import image_prompts_of_run, register_run_images
 
 _SESSION_KEYS = ("cost_this_session", "fp32_verification")  # summary keys a later summary keeps
 
@@ -114,12 +115,14 @@ def resummarize(store, config: dict | None = None) -> dict:
 
 
 def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent] | None = None,
-                    check_models=None) -> dict:
+                    check_models=None, prompts: list | None = None) -> dict:
     """Run ``analysis`` (an :class:`~crosspatch.core.analysis.Analysis`, or the name of a registered
     plug-in, built with its default options) on a finished run's first-divergence events (or on
     ``events``, a subset of them), append its records to ``<name>.jsonl``, and summarise and
-    render the run again. ``check_models(models)`` may refuse (or prepare: an image run's images)
-    the loaded models before any pass. Holds the run directory's lock. Returns the new summary."""
+    render the run again. ``check_models(models)`` may refuse the loaded models before any pass. An
+    image run's images come from ``prompts`` (a prompt file a command was given), else from the
+    run's own prompt file (:func:`~crosspatch.runner.reading.register_run_images`). Holds the run
+    directory's lock. Returns the new summary."""
     from ..core.analysis import EventSet
     from ..execution import Executor
     from ..store import RunStore
@@ -137,10 +140,12 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
         if events is None:
             _, _, events = first_events(store, config)
         if events:
+            images, _ = image_prompts_of_run(config, events, prompts, base=load_request(config)[0])  # before loading
             models = reopen_models(config)
             try:
                 if check_models is not None:
                     check_models(models)
+                register_run_images(models, config, events, images)
                 ex = Executor.for_run(models, config["options"])
                 rows = ex.drive(analysis.program(ex, EventSet(events, models.base, models.roles[1], None)))
             finally:

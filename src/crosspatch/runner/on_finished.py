@@ -27,9 +27,10 @@ from ..inputs.prompts import as_prompts
 from ..models.paths import local_max_positions, local_sparse_topk
 from ..store import RunStore, write_whole
 from .checks import check_continuation_lengths
-from .finished import first_events, reopen_models, resummarize, run_on_finished
+from .finished import first_events, load_request, recorded_load_options, reopen_models, resummarize, run_on_finished
 from .gathered import drive_gathered
-from .reread import image_prompts_of_run, prompt_ids_as_run, register_run_images
+from .reading import check_prompt_texts as read_prompt_texts
+from .reading import image_prompts_of_run, register_run_images
 
 __all__ = ["consequence_for_run", "run_features"]
 
@@ -70,7 +71,8 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     check_stored_consequences(stored, validators, budget, with_pt, seed, store.path / CONSEQUENCE_FILE)
     done = {row["event_key"] for row in stored}
     events = [e for e in events if e.prompt_id in validators and e.key not in done]
-    image_prompts_of_run(config, events, given)  # before loading: the file has the images of the events it scores
+    image_prompts_of_run(config, events, given, base=load_request(config)[0])  # before loading: the file has the
+    # images of the events it scores
     lengths = {e.key: len(e.prefix_ids) for e in events}
     base_path = (config.get("models", {}).get("base") or {}).get("path")
     check_continuation_lengths(lengths, budget, local_max_positions(base_path) if base_path else None,
@@ -78,13 +80,10 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     with store.lock(create=False):  # what this call left out, kept beside the records so every later summary reports it
         _record_partial(store.path, partial)
     if events:
-        def check_models(models) -> None:
-            check_continuation_lengths(lengths, budget, models.facts[models.base].get("max_positions"),
-                                       models.facts[models.base].get("sparse_topk"))
-            register_run_images(models, config, events, given)
-
         summary = run_on_finished(run_dir, Consequence(validators, budget, with_pt, seed), events,
-                                  check_models=check_models)
+                                  check_models=lambda models: check_continuation_lengths(
+                                      lengths, budget, models.facts[models.base].get("max_positions"),
+                                      models.facts[models.base].get("sparse_topk")), prompts=given)
     else:
         with store.lock(create=False):
             summary = resummarize(store, config)
@@ -133,7 +132,8 @@ def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_on
             f"{store.path}: the feature study needs first-divergence events for {needs} (split by prompt); this run has "
             f"{len(events)} valid event(s) at boundary {boundary} ({len(train)} training, {len(held)} held out). Run "
             "more prompts")
-    images, _ = image_prompts_of_run(config, events)  # before loading: the run's images can still be found
+    images, _ = image_prompts_of_run(config, events, base=load_request(config)[0])  # before loading: the run's
+    # images can still be found
     pair = reopen_models(config)
     register_run_images(pair, config, events, images)
     ex = Executor.for_run(pair, config["options"])
@@ -200,3 +200,12 @@ def check_prompt_tokens(config: dict, given: list, validators: dict, events: lis
     return [f"the file is not the run's whole prompt set: its {len(read)} text prompt(s) with a validator and an event "
             "were checked token by token against the run's"
             + (f"; {len(images)} image prompt(s) could not be, and are taken to be the same prompts" if images else "")]
+
+
+def prompt_ids_as_run(config: dict, prompts: list) -> dict[str, list[int]]:
+    """The token ids the run fed both models for each text prompt of ``prompts`` (its chat template
+    and tokenizers as recorded; image prompts are left out), read from the tokenizers alone."""
+    base, tuned, adapters, options = load_request(config)
+    descendant = [(path, False) for path in (tuned or {}).values()] + [(path, True) for path in (adapters or {}).values()]
+    return read_prompt_texts(base, descendant, prompts, recorded_load_options(options),
+                             bool(config["options"].get("chat_template")))

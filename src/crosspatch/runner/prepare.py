@@ -9,110 +9,16 @@ from ..core.cells import headline_boundary
 from ..errors import OptionError
 from ..execution import ModelSet
 from ..inputs.prompts import Prompt, prompts_digest
-from ..models.vocab import tokenize_once
 from ..store import CONFIG_SCHEMA, RESULT_RULES, environment, fingerprint
 from .config import RunConfig, normalise_run_config, resolve_boundaries, result_options  # noqa: F401
+
+# how a run reads its prompts (chat template, tokenizers, images): in runner/reading.py, importable from here
+from .reading import _prompt_text, check_prompt_texts, prompt_token_ids, render_chat  # noqa: F401
 
 # the run's pieces, each in its own module; importable from here as before
 from .result import Rendered, RunResult, rerender, rerender_run, write_outputs  # noqa: F401
 from .resume import finished_result, precision_reached, precision_record, processed_prompts  # noqa: F401
 from .shards import merge_runs, select_shard  # noqa: F401
-
-
-def _prompt_text(pair: ModelSet, prompt: Prompt, config: RunConfig) -> str:
-    """The text both models read: the prompt as given, or (``chat_template``) its chat (a row's
-    ``messages``, else one user turn) rendered by the descendant's chat template with the
-    assistant's opening; a template that refuses the chat is a PromptFileError naming the prompt."""
-    if not config.chat_template:
-        return prompt.prompt
-    tuned = config.tuned or pair.roles[1]
-    return render_chat(pair.tokenizers[tuned], prompt, repr(tuned))
-
-
-def render_chat(tokenizer, prompt: Prompt, whose: str) -> str:
-    """``prompt``'s chat (its ``messages``, else one user turn) rendered by ``tokenizer``'s chat
-    template with the assistant's opening; a template that refuses it is a PromptFileError
-    naming the prompt and ``whose`` template it is."""
-    from ..errors import PromptFileError
-
-    chat = list(prompt.messages) if prompt.messages else [{"role": "user", "content": prompt.prompt}]
-    try:
-        text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-    except Exception as exc:  # a template raises what it likes (jinja2's TemplateError, ValueError, ...)
-        raise PromptFileError(f"prompt {prompt.id!r}: the chat template of {whose} refuses its chat "
-                              f"({exc.__class__.__name__}: {exc})") from exc
-    if not isinstance(text, str):
-        raise PromptFileError(f"prompt {prompt.id!r}: the chat template of {whose} rendered no text")
-    return text
-
-
-def check_prompt_texts(base: str, descendants: list[tuple[str, bool]], prompts: list[Prompt], options,
-                       chat_template: bool) -> dict[str, list[int]]:
-    """Before any model loads: every text prompt reads as the run will read it against each
-    descendant (``(path, is_adapter)``, with its tokenizer: its own, else the base's) — with
-    ``chat_template``, rendered by a chat template the tokenizer has — and tokenizes to the same
-    ids under the base's tokenizer; else the ChatTemplateMissingError, PromptFileError or
-    PromptTokenizationMismatchError the run would meet once its weights had loaded (minutes, for
-    a large pair). Image prompts are left to the run (they go through the models' processors).
-    Returns the text prompts' token ids by prompt id (what the run will feed both models)."""
-    from ..execution.adapters import descendant_tokenizer
-    from ..models.loading import load_tokenizer
-    from .checks import check_chat_template
-
-    base_tokenizer = load_tokenizer(base, options)
-    token_ids: dict[str, list[int]] = {}
-    for path, is_adapter in descendants:
-        tokenizer = descendant_tokenizer(path, options, base_tokenizer, adapter=is_adapter)
-        if chat_template:
-            check_chat_template(tokenizer)
-        for prompt in prompts:
-            if prompt.metadata.get("image"):
-                continue
-            text = render_chat(tokenizer, prompt, repr(path)) if chat_template else prompt.prompt
-            # as prompt_token_ids reads it: a rendered chat holds its special tokens (BOS too) already
-            ids = tokenize_once(base_tokenizer, tokenizer, prompt.id, text, add_special_tokens=not chat_template)
-            token_ids[prompt.id] = max(token_ids.get(prompt.id, []), ids, key=len)  # (templates may differ)
-    return token_ids
-
-
-def prompt_token_ids(pair: ModelSet, prompts: list[Prompt], tuned: str, config: RunConfig) -> list[list[int]]:
-    """Token ids of every prompt, identical under the base's and ``tuned``'s tokenizers; an image
-    prompt goes through both models' processors (which must agree) and its image is registered
-    for the passes (:mod:`crosspatch.models.media`)."""
-    import torch
-
-    from ..errors import PromptImageError
-    from ..models.media import encode_image_prompt
-
-    token = pair.image_token_id
-    images = [p.id for p in prompts if p.metadata.get("image")]
-    if images and token is None:
-        raise PromptImageError(f"prompt(s) {', '.join(images[:5])} have an image, but the base is a text-only model")
-    if images and config.engine != "local":
-        raise OptionError("image prompts run with the local engine (--engine local)")
-    out = []
-    for p in prompts:
-        text = _prompt_text(pair, p, config)
-        if not p.metadata.get("image"):
-            # a chat template renders its special tokens (BOS too): adding them again doubles BOS
-            ids = tokenize_once(pair.tokenizers[pair.base], pair.tokenizers[tuned], p.id, text,
-                                add_special_tokens=not config.chat_template)
-            if token is not None and token in ids:
-                raise PromptImageError(f"prompt {p.id!r} holds the image placeholder but has no 'image' field")
-            out.append(ids)
-            continue
-        processor_pt, processor_it = pair.processor(pair.base), pair.processor(tuned)
-        ids, inputs = encode_image_prompt(processor_pt, p.id, text, p.metadata["image"])
-        ids_it, inputs_it = (ids, inputs) if processor_it is processor_pt else \
-            encode_image_prompt(processor_it, p.id, text, p.metadata["image"])
-        same = ids == ids_it and inputs.keys() == inputs_it.keys() and all(
-            inputs[k].shape == inputs_it[k].shape and torch.equal(inputs[k], inputs_it[k]) for k in inputs)
-        if not same:
-            raise PromptImageError(f"prompt {p.id!r}: the base's and {tuned!r}'s processors turn the image into "
-                                   "different tokens or pixels; cross-patching needs one shared prefix")
-        pair.media.register(p.id, ids, inputs)
-        out.append(ids)
-    return out
 
 
 def model_identity(entry):
