@@ -220,6 +220,7 @@ def test_after_the_fact_commands_find_a_finished_runs_images_again(tmp_path, cha
     edited.write_text(json.dumps(dict(rows[0], prompt="Town 0:")) + "\n")
     res = CliRunner().invoke(app, ["consequence", str(out), "--prompts", str(edited), "--budget", "2", "--allow-partial"])
     assert res.exit_code == 2 and "PromptSetMismatchError" in res.output, res.output
+    assert not (out / "consequence_partial.json").exists()  # a refused call leaves no record of what it left out
     res = CliRunner().invoke(app, ["consequence", str(out), "--prompts", str(prompts), "--budget", "2"])
     assert res.exit_code == 0, res.output
     assert len((out / "consequence.jsonl").read_text().splitlines()) == events

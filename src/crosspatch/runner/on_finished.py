@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..analyses.consequence import (
     CONSEQUENCE_FILE,
+    PARTIAL_FILE,
     Consequence,
     _record_partial,
     check_prompt_set,
@@ -71,22 +72,32 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     check_stored_consequences(stored, validators, budget, with_pt, seed, store.path / CONSEQUENCE_FILE)
     done = {row["event_key"] for row in stored}
     events = [e for e in events if e.prompt_id in validators and e.key not in done]
-    image_prompts_of_run(config, events, given, base=load_request(config)[0])  # before loading: the file has the
-    # images of the events it scores
+    # before loading: the file holds the images of the events it scores
+    image_prompts_of_run(config, events, given, base=load_request(config)[0])
     lengths = {e.key: len(e.prefix_ids) for e in events}
     base_path = (config.get("models", {}).get("base") or {}).get("path")
     check_continuation_lengths(lengths, budget, local_max_positions(base_path) if base_path else None,
                                local_sparse_topk(base_path) if base_path else None)
+    record = store.path / PARTIAL_FILE
+    before = record.read_text(encoding="utf-8") if record.is_file() else None
     with store.lock(create=False):  # what this call left out, kept beside the records so every later summary reports it
         _record_partial(store.path, partial)
-    if events:
-        summary = run_on_finished(run_dir, Consequence(validators, budget, with_pt, seed), events,
-                                  check_models=lambda models: check_continuation_lengths(
-                                      lengths, budget, models.facts[models.base].get("max_positions"),
-                                      models.facts[models.base].get("sparse_topk")), prompts=given)
-    else:
+    try:
+        if events:
+            summary = run_on_finished(run_dir, Consequence(validators, budget, with_pt, seed), events,
+                                      check_models=lambda models: check_continuation_lengths(
+                                          lengths, budget, models.facts[models.base].get("max_positions"),
+                                          models.facts[models.base].get("sparse_topk")), prompts=given)
+        else:
+            with store.lock(create=False):
+                summary = resummarize(store, config)
+    except BaseException:  # a call that scored nothing leaves the record of the last call that did
         with store.lock(create=False):
-            summary = resummarize(store, config)
+            if before is None:
+                record.unlink(missing_ok=True)
+            else:
+                write_whole(record, before)
+        raise
     return summary.get("consequences") or {}
 
 
@@ -132,8 +143,8 @@ def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_on
             f"{store.path}: the feature study needs first-divergence events for {needs} (split by prompt); this run has "
             f"{len(events)} valid event(s) at boundary {boundary} ({len(train)} training, {len(held)} held out). Run "
             "more prompts")
-    images, _ = image_prompts_of_run(config, events, base=load_request(config)[0])  # before loading: the run's
-    # images can still be found
+    # before loading: the run's images can still be found
+    images, _ = image_prompts_of_run(config, events, base=load_request(config)[0])
     pair = reopen_models(config)
     register_run_images(pair, config, events, images)
     ex = Executor.for_run(pair, config["options"])
@@ -183,7 +194,8 @@ def check_prompt_tokens(config: dict, given: list, validators: dict, events: lis
     """A partial prompt file (:func:`check_prompt_texts` cannot compare it as a whole): each of its
     text prompts that carries a validator and has an event is read as the run read it (chat
     template, tokenizers) and must give the tokens the run's event starts with; else a
-    :class:`PromptSetMismatchError` naming them. Returns what could not be compared (image prompts)."""
+    :class:`PromptSetMismatchError` naming them (image prompts: once loaded, by
+    :func:`~crosspatch.runner.reading.register_run_images`). Returns what the summary says of it."""
     from ..errors import PromptSetMismatchError
 
     prompt_tokens = {e.prompt_id: list(e.prefix_ids[: e.prompt_len]) for e in events}
@@ -199,7 +211,8 @@ def check_prompt_tokens(config: dict, given: list, validators: dict, events: lis
     images = [p.id for p in scored if p.id not in read]
     return [f"the file is not the run's whole prompt set: its {len(read)} text prompt(s) with a validator and an event "
             "were checked token by token against the run's"
-            + (f"; {len(images)} image prompt(s) could not be, and are taken to be the same prompts" if images else "")]
+            + (f"; its {len(images)} image prompt(s) are checked token by token once the models' processors load, "
+               "but their images cannot be compared with the run's and are taken to be the same" if images else "")]
 
 
 def prompt_ids_as_run(config: dict, prompts: list) -> dict[str, list[int]]:
