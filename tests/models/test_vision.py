@@ -106,6 +106,25 @@ def test_the_image_matters_and_batching_does_not(arch, charts):
 
 
 @pytest.mark.parametrize("arch", VLM_ARCHITECTURES)
+def test_static_decoding_reads_the_images_and_finds_the_eager_events(arch, charts):
+    """A static cache's prompt pass carries a padding mask over the cache's whole length; the image
+    hook took it for a decoding step and left the images out, so `--decode static` (the default on
+    CUDA) searched on placeholder tokens alone: other events, cells off by many logits. The same
+    events and, under the exact plan, bit-identical cells as eager decoding, with rows joining the
+    slots of rows that ended (two rows a batch, four prompts) and without."""
+    base, child, processor = tiny_vlm_pair(arch, layers=4)
+    pair = pair_from_models(base, child, processor.tokenizer, processors=processor)
+    prompts = image_prompts(charts)
+    options = {**OPTIONS, "plan": "exact", "max_batch_tokens": None}
+    for batch_size in (2, 4):  # (the same batches of events for the cells: no padding differs)
+        eager = run(pair, prompts, decode="eager", batch_size=batch_size, **options)
+        static = run(pair, prompts, decode="static", batch_size=batch_size, **options)
+        assert eager.records and static.summary["cost_this_session"]["decode"]["mode"] == "static"
+        assert [(r.key, r.position, r.t_pt, r.t_it, r.cells) for r in static.records] == \
+            [(r.key, r.position, r.t_pt, r.t_it, r.cells) for r in eager.records]
+
+
+@pytest.mark.parametrize("arch", VLM_ARCHITECTURES)
 def test_identical_models_give_zero_effects_and_late_only_gives_zero_interaction(arch, charts):
     base, _, processor = tiny_vlm_pair(arch, layers=4)
     _, late, _ = tiny_vlm_pair(arch, layers=4, perturb=[2, 3])

@@ -100,7 +100,8 @@ def takes_token_types(backbone: nn.Module) -> bool:
 
 def install_media_hook(backbone: nn.Module, token_id: int, registry: MediaRegistry) -> object:
     """A forward pre-hook on the multimodal ``backbone``: a call with image tokens and no pixels
-    gets the registered images of its rows (rows read through the attention mask), and models
+    gets the registered images of its rows (rows read through the attention mask; the prompt pass
+    of a static cache too, its mask cut to the prompt's width), and models
     whose attention among image tokens follows ``token_type_ids`` (Gemma 3) get them from the
     placeholder positions, as their processor makes them."""
     wants_types = takes_token_types(backbone)
@@ -111,7 +112,12 @@ def install_media_hook(backbone: nn.Module, token_id: int, registry: MediaRegist
             return None
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.shape[-1] != ids.shape[-1]:
-            return None  # a decoding step after the prompt (placeholders are never generated)
+            # a call into a cache: a decoding step after the prompt (placeholders are never generated), or
+            # the prompt pass of a static cache, whose padding mask runs over the cache's whole length
+            position = kwargs.get("cache_position")
+            if mask.dim() != 2 or position is None or int(position[0]) != 0:
+                return None
+            mask = mask[:, : ids.shape[-1]]
         has_image = (ids == token_id).any(dim=-1)
         if not bool(has_image.any()):
             return None
