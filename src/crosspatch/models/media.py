@@ -114,8 +114,9 @@ def install_media_hook(backbone: nn.Module, token_id: int, registry: MediaRegist
         if mask is not None and mask.shape[-1] != ids.shape[-1]:
             # a call into a cache: a decoding step after the prompt (placeholders are never generated), or
             # the prompt pass of a static cache, whose padding mask runs over the cache's whole length
+            # (a compiled call is always a step: the prompt pass runs uncompiled, and a step reads no value here)
             position = kwargs.get("cache_position")
-            if mask.dim() != 2 or position is None or int(position[0]) != 0:
+            if torch.compiler.is_compiling() or mask.dim() != 2 or position is None or int(position[0]) != 0:
                 return None
             mask = mask[:, : ids.shape[-1]]
         has_image = (ids == token_id).any(dim=-1)
