@@ -248,15 +248,19 @@ def test_after_the_fact_commands_find_a_finished_runs_images_again(tmp_path, cha
 
     assert len(run_on_finished(out, "hybrid_state")["controls"]) == 1
     assert len((out / "control_hybrid_state.jsonl").read_text().splitlines()) == events
-    # the run's own prompt file gone: named, before any model loads
-    prompts.rename(tmp_path / "elsewhere.jsonl")
     import crosspatch.runner.on_finished as on_finished
+    from crosspatch.errors import OptionError
 
     def no_loading(config):
         raise AssertionError("a model was loaded")
 
     original, on_finished.reopen_models = on_finished.reopen_models, no_loading
     try:
+        # Ray workers load their own copies, without the images: named before loading (they crashed in the workers)
+        with pytest.raises(OptionError, match="local engine"):
+            run_features(out, steps=2, engine="ray", log=lambda message: None)
+        # the run's own prompt file gone: named, before any model loads
+        prompts.rename(tmp_path / "elsewhere.jsonl")
         with pytest.raises(PromptImageError, match="gone or no longer the run's"):
             run_features(out, steps=2, train_only=True, log=lambda message: None)
     finally:

@@ -136,6 +136,10 @@ def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_on
     config = store.config()
     store.summary()  # the run must have finished
     boundary, _, events = first_events(store, config)
+    # before loading: the run's images can still be found, and the study's engine can pass them
+    images, needed = image_prompts_of_run(config, events, base=load_request(config)[0])
+    if needed and not train_only and (engine or config["options"].get("engine", "local")) != "local":
+        raise OptionError("this run's events hold images: its feature study runs with the local engine (--engine local)")
     train, held = split_events(events)
     needs = "a training half" if train_only else "a training and a held-out half"
     if (crosscoder_dir is None and not train) or (not train_only and not (train and held)):
@@ -143,8 +147,6 @@ def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_on
             f"{store.path}: the feature study needs first-divergence events for {needs} (split by prompt); this run has "
             f"{len(events)} valid event(s) at boundary {boundary} ({len(train)} training, {len(held)} held out). Run "
             "more prompts")
-    # before loading: the run's images can still be found
-    images, _ = image_prompts_of_run(config, events, base=load_request(config)[0])
     pair = reopen_models(config)
     register_run_images(pair, config, events, images)
     ex = Executor.for_run(pair, config["options"])
