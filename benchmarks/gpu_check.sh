@@ -12,6 +12,8 @@
 #   benchmarks/gpu_check.sh profile    # where the search's time goes on the GPU
 #   benchmarks/gpu_check.sh batching   # continuous batching in the search, eager and static (the zoo, the mid-size
 #                                      # pair in bf16; benchmarks/continuous_batching.py, its own JSON file)
+#   benchmarks/gpu_check.sh exact      # the CUDA default decoding (static) and compiled against eager on the zoo's
+#                                      # text and vision-language pairs: same events, the cells (decode_exactness.py)
 #   benchmarks/gpu_check.sh all        # everything, one after the other
 #
 # Several parts run one after the other; `PART:SECONDS` stops a part after that many seconds (what
@@ -21,9 +23,9 @@
 # 7B-class pair's build (random init on the GPU, 27 GB written) about 2 minutes, a 7B process loading
 # it 20-40 s; a method that compiles (the fair floor's generate) tens of seconds per shape. A
 # 15-minute lease (a minute to start, at most 10 a call) covers about three parts: e.g. a first call
-# `--repeats 1 zoo:90 7B:300 mid:180` (the 5x target's table, the memory claim, the fair floor's
-# rows), a second with what remains (`mid:300 large:150 batching:120`: a part run again replaces its
-# tables).
+# `--repeats 1 exact:90 zoo:90 7B:240 mid:150` (the default decoding's exactness on the device, the 5x
+# target's table, the memory claim, the fair floor's rows), a second with what remains
+# (`mid:300 large:150 batching:120`: a part run again replaces its tables).
 # Options before the parts: `--out FILE` (default docs/benchmarks/gpu-check-<date>.json; the parts
 # of one file merge), `--repeats N` (timed runs per method, default the benchmark's).
 #
@@ -49,9 +51,9 @@ done
 parts=()
 for p in "$@"; do
     case "${p%%:*}" in
-        all) parts+=(zoo mid large 7B profile batching) ;;
-        zoo|mid|large|7B|profile|batching) parts+=("$p") ;;
-        *) echo "usage: $0 [--cpu-dry-run] [--out FILE] [--repeats N] [zoo|mid|large|7B|profile|batching|all][:SECONDS] ..." >&2
+        all) parts+=(exact zoo mid large 7B profile batching) ;;
+        exact|zoo|mid|large|7B|profile|batching) parts+=("$p") ;;
+        *) echo "usage: $0 [--cpu-dry-run] [--out FILE] [--repeats N] [exact|zoo|mid|large|7B|profile|batching|all][:SECONDS] ..." >&2
            exit 2 ;;
     esac
 done
@@ -75,6 +77,14 @@ for p in "${parts[@]}"; do
                      --out "$PWD/docs/benchmarks/continuous-batching-gpu.json")
         else
             command=("$python" benchmarks/continuous_batching.py --workloads zoo --out /tmp/continuous-batching-dry.json)
+        fi
+    fi
+    if [[ "$name" == exact ]]; then  # its own script and file (the dry run: a few prompts on the CPU, to /tmp)
+        if [[ ${#dry[@]} -eq 0 ]]; then
+            command=("$python" benchmarks/decode_exactness.py --device cuda --compiled
+                     --out "$PWD/docs/benchmarks/decode-exactness-gpu.json")
+        else
+            command=("$python" benchmarks/decode_exactness.py --prompts 4 --out /tmp/decode-exactness-dry.json)
         fi
     fi
     if [[ -n "$limit" ]]; then
