@@ -233,7 +233,8 @@ def test_after_the_fact_commands_find_a_finished_runs_images_again(tmp_path, cha
                                    "--out", str(out), "--boundary", "2", "--max-new-tokens", "8", "--bootstrap", "0",
                                    "--controls", "none", "--quiet"])
     assert res.exit_code == 0, res.output
-    events = len((out / "events.jsonl").read_text().splitlines())
+    records = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    events = sum(r["kind"] == "first_diff" for r in records)  # what the after-the-fact analyses score
     # another text under a run's id, with its image: its validator would judge another prompt's continuation
     edited = tmp_path / "edited.jsonl"
     edited.write_text(json.dumps(dict(rows[0], prompt="Town 0:")) + "\n")
