@@ -224,24 +224,27 @@ def test_after_the_fact_commands_find_a_finished_runs_images_again(tmp_path, cha
     from crosspatch.runner.on_finished import run_features
 
     base_dir, tuned_dir = save_vlm_pair(tmp_path / "pair", "llava")
-    rows = [{"id": f"c{i}", "prompt": f"City {i}:", "image": str(c), "validator": {"type": "regex", "pattern": "."}}
+    # the prompt set's own column names (--fields): read again with them after the run
+    rows = [{"id": f"c{i}", "text": f"City {i}:", "image": str(c), "validator": {"type": "regex", "pattern": "."}}
             for i, c in enumerate(charts[:3])]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["run", "--base", str(base_dir), "--tuned", str(tuned_dir), "--prompts", str(prompts),
-                                   "--out", str(out), "--boundary", "2", "--max-new-tokens", "8", "--bootstrap", "0",
-                                   "--controls", "none", "--quiet"])
+                                   "--fields", "prompt=text", "--out", str(out), "--boundary", "2", "--max-new-tokens",
+                                   "8", "--bootstrap", "0", "--controls", "none", "--quiet"])
     assert res.exit_code == 0, res.output
     records = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     events = sum(r["kind"] == "first_diff" for r in records)  # what the after-the-fact analyses score
     # another text under a run's id, with its image: its validator would judge another prompt's continuation
     edited = tmp_path / "edited.jsonl"
-    edited.write_text(json.dumps(dict(rows[0], prompt="Town 0:")) + "\n")
-    res = CliRunner().invoke(app, ["consequence", str(out), "--prompts", str(edited), "--budget", "2", "--allow-partial"])
+    edited.write_text(json.dumps(dict(rows[0], text="Town 0:")) + "\n")
+    res = CliRunner().invoke(app, ["consequence", str(out), "--prompts", str(edited), "--fields", "prompt=text",
+                                   "--budget", "2", "--allow-partial"])
     assert res.exit_code == 2 and "PromptSetMismatchError" in res.output, res.output
     assert not (out / "consequence_partial.json").exists()  # a refused call leaves no record of what it left out
-    res = CliRunner().invoke(app, ["consequence", str(out), "--prompts", str(prompts), "--budget", "2"])
+    res = CliRunner().invoke(app, ["consequence", str(out), "--prompts", str(prompts), "--fields", "prompt=text",
+                                   "--budget", "2"])
     assert res.exit_code == 0, res.output
     assert len((out / "consequence.jsonl").read_text().splitlines()) == events
     # any analysis added to the finished run (the one after-the-fact path) reads the run's own prompt file's images

@@ -40,12 +40,14 @@ class Prompt:
 class PromptSet(list):
     """The prompts :func:`load_prompts` read from a file, a saved dataset or standard input: a
     list of :class:`Prompt` that remembers its ``source`` (the path as given, or ``standard
-    input``), which a run records in config.json and prints in its report (not in its
-    fingerprint: the same prompts under another name are the same run)."""
+    input``) and the ``fields`` it was read with (``--fields``), which a run records in config.json
+    and prints in its report (not in its fingerprint: the same prompts under another name are the
+    same run), so that its prompts can be read again (an image run's images, after the run)."""
 
-    def __init__(self, prompts=(), source: str | None = None) -> None:
+    def __init__(self, prompts=(), source: str | None = None, fields: dict[str, str] | None = None) -> None:
         super().__init__(prompts)
         self.source = source
+        self.fields = dict(fields) if fields else None
 
 
 def prompts_label(prompts) -> str | None:
@@ -159,7 +161,7 @@ def load_prompts(path, fields: str | dict[str, str] | None = None) -> list[Promp
     if is_stdin(path):  # piped JSON lines, or one JSON array; image paths relative to the working directory
         rows = read_json_array(path)
         return PromptSet(_checked_rows(read_jsonl(path) if rows is None else rows, Path("standard input"), Path("."),
-                                       mapping), "standard input")
+                                       mapping), "standard input", mapping)
     if not path.exists():
         text = str(path)
         if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not path.suffix:  # a Hub dataset's id, as given elsewhere
@@ -172,7 +174,7 @@ def load_prompts(path, fields: str | dict[str, str] | None = None) -> list[Promp
         raise PromptFileError(f"{path}: no such prompt file")
     if path.is_dir():
         if any((path / name).is_file() for name in ("dataset_info.json", "dataset_dict.json", "state.json")):
-            return PromptSet(_saved_dataset(path, mapping), str(path))
+            return PromptSet(_saved_dataset(path, mapping), str(path), mapping)
         raise PromptFileError(f"{path}: is a directory; give a .jsonl, .json, .csv, .tsv or .parquet file (or a "
                               "dataset saved with datasets' save_to_disk)")
     kind = file_type(path)  # the suffix before a compression's (prompts.jsonl.gz)
@@ -187,7 +189,7 @@ def load_prompts(path, fields: str | dict[str, str] | None = None) -> list[Promp
         raise PromptFileError(f"{path}: " + (f"unknown prompt file type {shown!r}" if shown else "a file without a suffix")
                               + " (use .jsonl, .json, .csv, .tsv, .parquet, each optionally compressed as .gz, .bz2 or "
                               ".xz, or - for JSON lines on standard input)")
-    return PromptSet(_checked_rows(rows, path, path.parent, mapping), str(path))
+    return PromptSet(_checked_rows(rows, path, path.parent, mapping), str(path), mapping)
 
 
 def _checked_rows(rows: list[tuple[str, dict]], source: Path, images: Path, fields: dict[str, str]) -> list[Prompt]:

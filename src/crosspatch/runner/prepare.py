@@ -80,7 +80,8 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
         "roles": list(pair.roles),
         "load_options": pair.provenance.get("load_options", {}),
         "prompts": {"count": len(prompts), "sha256": digest,  # and where they were read from (inputs.PromptSet)
-                    **({"source": source} if (source := getattr(prompts, "source", None)) else {})},
+                    **({"source": source} if (source := getattr(prompts, "source", None)) else {}),
+                    **({"fields": fields} if (fields := getattr(prompts, "fields", None)) else {})},
         "prompt_ids": shard_ids if shard_ids is not None else [p.id for p in prompts],  # this run's (shard's)
         "fingerprint_inputs": result_parts,
         "pair_warnings": pair.warnings,

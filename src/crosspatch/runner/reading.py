@@ -114,10 +114,11 @@ def image_prompts_of_run(config: dict, events: list, prompts: list | None = None
                          base: str | None = None) -> tuple[list | None, dict[str, list[int]]]:
     """``(prompts, needed)``: the prompts to take a finished run's images from, and the prompt ids
     whose events hold image tokens (``token``; by default read from the config.json of ``base``, a
-    local directory, before any model loads) with the tokens the run read for each. A run directory keeps only
-    the paths of its images: they come from ``prompts`` (the file a command was given), else from
-    the run's own prompt file, read again and checked against the run's sha256 of its prompts. A
-    prompt file or image that cannot be found is a named error."""
+    local directory, before any model loads) with the tokens the run read for each. A run
+    directory keeps only the paths of its images: they come from ``prompts`` (the file a command
+    was given), else from the run's own prompt file, read again with its recorded ``--fields``
+    and checked against the run's sha256 of its prompts. A prompt file or image that cannot be
+    found is a named error."""
     from ..errors import PromptImageError
     from ..inputs.prompts import load_prompts, prompts_digest
     from ..models.paths import local_config
@@ -133,16 +134,18 @@ def image_prompts_of_run(config: dict, events: list, prompts: list | None = None
     if prompts is None:
         recorded = config.get("prompts") or {}
         source = recorded.get("source")
+        piped = source in (None, "-", "standard input")
         try:
-            prompts = load_prompts(source) if source and source != "-" else None
+            prompts = None if piped else load_prompts(source, recorded.get("fields"))
         except (OSError, CrosspatchError):
             prompts = None
         if prompts is None or prompts_digest(prompts) != recorded.get("sha256"):
+            where = ("its prompts were piped in, so there is no file to read them from again" if piped else
+                     f"{source} (a relative path is read from the current directory) is gone or no longer the "
+                     "run's (its sha256 differs)")
             raise PromptImageError(
                 f"this run's events hold images, which a run directory keeps only as paths in its prompt file: "
-                f"{source or 'the prompt file'} (a relative path is read from the current directory) is gone or no "
-                "longer the run's (its sha256 differs). Put the run's prompt file and images back where they were, "
-                "or run again")
+                f"{where}. Put the run's prompt file and images back where they were, or run again")
     by_id = {p.id: p for p in prompts}
     lacking = [i for i in needed if not (i in by_id and by_id[i].metadata.get("image"))]
     if lacking:
