@@ -124,6 +124,23 @@ def test_static_decoding_reads_the_images_and_finds_the_eager_events(arch, chart
             [(r.key, r.position, r.t_pt, r.t_it, r.cells) for r in eager.records]
 
 
+def test_models_taken_into_a_second_set_find_that_sets_images(charts):
+    """A model's image hook read the registry of the first set it joined: a pair made again from
+    the same models (a notebook) stopped with "starts with no image prompt of this run", and a run
+    with synthetic nulls (the set rebuilt around the models, without their processors) with "no
+    processor". Each set that takes a model now points its hook at its own images."""
+    base, child, processor = tiny_vlm_pair("llava", layers=4)
+    first = run(pair_from_models(base, child, processor.tokenizer, processors=processor), image_prompts(charts)[:2],
+                **OPTIONS)
+    others = [dict(p, id=f"other-{p['id']}", prompt=f"Another city {i}:") for i, p in enumerate(image_prompts(charts))]
+    again = run(pair_from_models(base, child, processor.tokenizer, processors=processor), others, **OPTIONS)
+    assert first.records and again.records
+    with_nulls = run(pair_from_models(base, child, processor.tokenizer, processors=processor), image_prompts(charts),
+                     synthetic_nulls=1, **{**OPTIONS, "controls": "null_calibration"})
+    row = next(r for r in with_nulls.summary["controls"] if r["control"] == "null_calibration")
+    assert row["details"]["by_null"]["null-synthetic-1"]["interaction"] is not None, row
+
+
 @pytest.mark.parametrize("arch", VLM_ARCHITECTURES)
 def test_identical_models_give_zero_effects_and_late_only_gives_zero_interaction(arch, charts):
     base, _, processor = tiny_vlm_pair(arch, layers=4)

@@ -113,9 +113,13 @@ class ModelSet:
     def attach_media(self, handle: ModelHandle) -> None:
         """Let full passes of a vision-language ``handle`` find their prompts' images."""
         token = handle.anatomy.image_token_id
-        if token is not None and not getattr(handle.anatomy.backbone, "_crosspatch_media", False):
+        if token is None:
+            return
+        if not getattr(handle.anatomy.backbone, "_crosspatch_media", False):
             install_media_hook(handle.anatomy.backbone, token, self.media)
             setattr(handle.anatomy.backbone, "_crosspatch_media", True)  # noqa: B010 - a flag on a torch module
+        # a model this set shares with another (or took over from one): its hook reads this set's images
+        setattr(handle.anatomy.backbone, "_crosspatch_media_registry", self.media)  # noqa: B010
 
     # -- the residency contract ----------------------------------------------------------
     @contextlib.contextmanager

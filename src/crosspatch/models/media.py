@@ -103,8 +103,12 @@ def install_media_hook(backbone: nn.Module, token_id: int, registry: MediaRegist
     gets the registered images of its rows (rows read through the attention mask; the prompt pass
     of a static cache too, its mask cut to the prompt's width), and models
     whose attention among image tokens follows ``token_type_ids`` (Gemma 3) get them from the
-    placeholder positions, as their processor makes them."""
+    placeholder positions, as their processor makes them. The registry is read from the backbone
+    at each call (``_crosspatch_media_registry``, set here and by every set that takes the model
+    again: :meth:`~crosspatch.execution.modelset.ModelSet.attach_media`), so a model in a second
+    set (a set rebuilt with synthetic nulls, a pair made again in a notebook) finds that set's images."""
     wants_types = takes_token_types(backbone)
+    setattr(backbone, "_crosspatch_media_registry", registry)  # noqa: B010 - a plain attribute on a torch module
 
     def hook(module, args, kwargs):
         ids = kwargs.get("input_ids")
@@ -126,7 +130,7 @@ def install_media_hook(backbone: nn.Module, token_id: int, registry: MediaRegist
         for r in torch.nonzero(has_image).flatten().tolist():
             row = ids[r] if mask is None else ids[r][mask[r].bool()]
             rows.append(row.tolist())
-        kwargs.update(registry.batch_inputs(rows, ids.device))
+        kwargs.update(getattr(module, "_crosspatch_media_registry", registry).batch_inputs(rows, ids.device))
         if wants_types and kwargs.get("token_type_ids") is None:
             kwargs["token_type_ids"] = (ids == token_id).long()
         return args, kwargs
