@@ -141,6 +141,17 @@ def test_models_taken_into_a_second_set_find_that_sets_images(charts):
     assert row["details"]["by_null"]["null-synthetic-1"]["interaction"] is not None, row
 
 
+def test_the_float32_check_of_near_ties_reads_the_images(charts):
+    """--verify-fp32 searches the near-tie prompts again with float32 copies of the models, a set
+    of their own: their image prompts must be read again there (each event a near tie here)."""
+    base, child, processor = tiny_vlm_pair("llava", layers=4)
+    pair = pair_from_models(base.to(torch.bfloat16), child.to(torch.bfloat16), processor.tokenizer,
+                            processors=processor)
+    result = run(pair, image_prompts(charts), verify_fp32=True, near_tie_threshold=1e9, **OPTIONS)
+    checked = result.summary["fp32_verification"]
+    assert checked["checked"] == len([r for r in result.records if r.kind == "first_diff"]) > 0, checked
+
+
 @pytest.mark.parametrize("arch", VLM_ARCHITECTURES)
 def test_identical_models_give_zero_effects_and_late_only_gives_zero_interaction(arch, charts):
     base, _, processor = tiny_vlm_pair(arch, layers=4)

@@ -134,7 +134,8 @@ def _float32_models(models: ModelSet) -> ModelSet:
         opts = LoadOptions(**{**spec["options"], "dtype": "float32"})
         return load_models(spec["base"], tuned=spec["tuned"], adapters=spec["adapters"], options=opts)
     modules = {role: copy.deepcopy(models.handle(role).module).float() for role in models.roles}
-    return models_from_modules(modules, models.tokenizer, models.tokenizers)
+    processors = None if models.image_token_id is None else {role: models.processor(role) for role in models.roles}
+    return models_from_modules(modules, models.tokenizer, models.tokenizers, processors=processors)
 
 
 def verify_near_ties_fp32(models: ModelSet, prompts: list[Prompt], token_ids: list[list[int]],
@@ -148,10 +149,13 @@ def verify_near_ties_fp32(models: ModelSet, prompts: list[Prompt], token_ids: li
                 "note": "the run is already float32" if dtype == "float32" else "no near-tie events"}
     idx = [k for k, p in enumerate(prompts) if p.id in ties]
     models32 = _float32_models(models)
+    tuned = config.tuned or models.roles[1]
+    if models.image_token_id is not None:  # a set of its own: its image prompts read again, as the run read them
+        prompt_token_ids(models32, [prompts[k] for k in idx], tuned, config)
     div = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model,
                            max_batch_tokens=config.max_batch_tokens)
     events, none = find_divergences(models32, [prompts[k] for k in idx], [token_ids[k] for k in idx], div,
-                                    tuned=config.tuned or models.roles[1])
+                                    tuned=tuned)
     found = {e.prompt_id: (e.position, e.t_pt, e.t_it) for e in events}
     moved = sorted(pid for pid, r in ties.items() if found.get(pid) != (r.position, r.t_pt, r.t_it))
     models32.release()
