@@ -141,6 +141,30 @@ def test_models_taken_into_a_second_set_find_that_sets_images(charts):
     assert row["details"]["by_null"]["null-synthetic-1"]["interaction"] is not None, row
 
 
+def test_a_peft_vision_language_model_in_memory_takes_its_processor(charts):
+    """pair_from_peft_model took no processors (a TypeError from the load options), so a LoRA on a
+    vision-language model in memory could not read image prompts. It scores as its merge does."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from crosspatch.execution import pair_from_peft_model
+
+    base, _, processor = tiny_vlm_pair("llava", layers=4)
+    plain = copy.deepcopy(base)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    options = {**OPTIONS, "plan": "exact"}
+    adapter = run(pair_from_peft_model(peft_model, processor.tokenizer, processors=processor), image_prompts(charts),
+                  **options)
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    whole = run(pair_from_models(plain, merged, processor.tokenizer, processors=processor), image_prompts(charts),
+                **options)
+    assert adapter.records and [(r.key, r.t_pt, r.t_it) for r in adapter.records] == \
+        [(r.key, r.t_pt, r.t_it) for r in whole.records]
+    for a, b in zip(adapter.records, whole.records):
+        assert all(abs(y - b.cells["common_it"][c]) <= 1e-4 for c, y in a.cells["common_it"].items())
+
+
 def test_the_float32_check_of_near_ties_reads_the_images(charts):
     """--verify-fp32 searches the near-tie prompts again with float32 copies of the models, a set
     of their own: their image prompts must be read again there (each event a near tie here)."""

@@ -116,15 +116,16 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
     else:
         record["descendants"] = {r: {"path": "<in-memory>", "weights_digest": digests[r]} for r in roles[1:]}
     models_set = assemble_set(handles, toks, "both", opts, [], record)
-    if processors is not None:
-        models_set.processors = dict(processors) if isinstance(processors, dict) else {r: processors for r in roles}
+    _give_processors(models_set, processors)
     return models_set
 
 
-def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None, **options) -> ResidentSet:
+def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None, processors=None,
+                         **options) -> ResidentSet:
     """A pair from one PEFT model in memory: ``base`` is the model with its adapters switched off,
     ``tuned`` with ``adapter_name`` (default: the active adapter) on; no second copy of the
-    weights (residency "adapter"). The model is put in eval mode (the caller restores training)."""
+    weights (residency "adapter"). The model is put in eval mode (the caller restores training).
+    ``processors``: a vision-language model's processor (one for both roles, or a dict by role)."""
     from ..models.anatomy import is_peft_model, unwrap_peft
 
     if not is_peft_model(peft_model):
@@ -138,8 +139,17 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
     record = {"base": {"path": "<in-memory>", "weights_digest": module_digest(unwrap_peft(peft_model))},
               "adapter": {"path": "<in-memory>", "adapter_name": name, "weights_digest": module_digest(peft_model)},
               "load_options": vars(opts) | {"dtype": dtype}}
-    return assemble_set(handles, {BASE: tokenizer, "tuned": tokenizer}, "adapter", opts,
-                        _rewritten_base(peft_model, name), record)
+    models_set = assemble_set(handles, {BASE: tokenizer, "tuned": tokenizer}, "adapter", opts,
+                              _rewritten_base(peft_model, name), record)
+    _give_processors(models_set, processors)
+    return models_set
+
+
+def _give_processors(models_set: ResidentSet, processors) -> None:
+    """A set's vision-language processors: one for every role, or a dict by role."""
+    if processors is not None:
+        roles = models_set.roles
+        models_set.processors = dict(processors) if isinstance(processors, dict) else {r: processors for r in roles}
 
 
 def _rewritten_base(peft_model, name: str) -> list[str]:
@@ -161,15 +171,17 @@ def _rewritten_base(peft_model, name: str) -> list[str]:
             "and pass it with this model to pair_from_models)"]
 
 
-def pair_from_models(pt_model, it_model, tokenizer, tokenizer_it=None, **options) -> ResidentSet:
+def pair_from_models(pt_model, it_model, tokenizer, tokenizer_it=None, processors=None, **options) -> ResidentSet:
     """A pair (roles ``base``, ``tuned``) from models already in memory. A PEFT model built on
     ``pt_model`` itself (``get_peft_model(base, config)``, ``PeftModel.from_pretrained(base, ...)``:
     PEFT injects its layers into the base in place) is :func:`pair_from_peft_model`'s pair: the base
-    is the model with its adapters switched off (as it was before), not the model as it now is."""
+    is the model with its adapters switched off (as it was before), not the model as it now is.
+    ``processors``: vision-language models' processors (one for both, or a dict by role)."""
     if tokenizer_it is None and _is_peft_wrapper(it_model) and _shares_weights(pt_model, it_model):
-        return pair_from_peft_model(it_model, tokenizer, **options)
+        return pair_from_peft_model(it_model, tokenizer, processors=processors, **options)
     return models_from_modules({BASE: pt_model, "tuned": it_model}, tokenizer,
-                               {"tuned": tokenizer_it} if tokenizer_it is not None else None, **options)
+                               {"tuned": tokenizer_it} if tokenizer_it is not None else None, processors=processors,
+                               **options)
 
 
 def _is_peft_wrapper(model) -> bool:
