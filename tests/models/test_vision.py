@@ -165,6 +165,42 @@ def test_a_peft_vision_language_model_in_memory_takes_its_processor(charts):
         assert all(abs(y - b.cells["common_it"][c]) <= 1e-4 for c, y in a.cells["common_it"].items())
 
 
+def test_the_training_callback_diagnoses_a_vision_language_adapter_on_image_prompts(tmp_path, charts):
+    """The callback took the trainer's processor for a tokenizer and had no way to pass images'
+    processors: a VLM's training stopped at the first diagnostic. It reads the tokenizer inside the
+    processor and gives the processor to the pair; without a processor, or on a text-only model,
+    image prompts are refused when training begins."""
+    from types import SimpleNamespace
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from crosspatch.execution import pair_from_peft_model
+    from crosspatch.testing import make_pair
+    from crosspatch.workflows.callback import CrosspatchCallback
+
+    base, _, processor = tiny_vlm_pair("llava", layers=4)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    settings = dict(boundary=2, max_new_tokens=12, bootstrap=0, verbose=False)
+    callback = CrosspatchCallback(image_prompts(charts), **settings)
+    state, control = TrainerState(global_step=3), TrainerControl()
+    callback.on_train_begin(None, state, control, model=peft_model, processing_class=processor)
+    callback.on_save(TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True), state, control,
+                     model=peft_model)
+    row = callback.history[-1]
+    alone = run(pair_from_peft_model(peft_model, processor.tokenizer, processors=processor), image_prompts(charts),
+                **{**OPTIONS, "controls": "default", "event_kinds": "all", "max_new_tokens": 12})
+    assert row["events"] == alone.summary["counts"]["events"] > 0
+    assert row["metrics"]["interaction"] == pytest.approx(alone.verdict.numbers["interaction"]["mean"], abs=1e-5)
+    with pytest.raises(PromptImageError, match="processor"):
+        CrosspatchCallback(image_prompts(charts), **settings).on_train_begin(
+            None, SimpleNamespace(global_step=0), None, model=peft_model, processing_class=processor.tokenizer)
+    with pytest.raises(PromptImageError, match="text-only"):
+        text_model = make_pair("llama").handle("tuned").module
+        CrosspatchCallback(image_prompts(charts), base=text_model, **settings).on_train_begin(
+            None, SimpleNamespace(global_step=0), None, model=text_model, processing_class=processor)
+
+
 def test_the_float32_check_of_near_ties_reads_the_images(charts):
     """--verify-fp32 searches the near-tie prompts again with float32 copies of the models, a set
     of their own: their image prompts must be read again there (each event a near tie here)."""

@@ -117,6 +117,7 @@ class CrosspatchCallback(TrainerCallback):
         if self.tokenizer is None:
             raise OptionError("CrosspatchCallback needs the tokenizer: give tokenizer=, or pass processing_class to "
                               "the trainer")
+        self._check_image_prompts(model)
         if self.chat_template:  # refused now, not at the first diagnostic, hours in
             from ..runner.checks import check_chat_template
 
@@ -166,27 +167,48 @@ class CrosspatchCallback(TrainerCallback):
         return control
 
     # -- the diagnostic -------------------------------------------------------------------------
+    def _check_image_prompts(self, model) -> None:
+        """Image prompts need a vision-language model and its processor (the trainer's
+        ``processing_class``, or ``tokenizer=``): refused when training begins, not at the first
+        diagnostic, hours in."""
+        from ..errors import PromptImageError
+
+        images = [p.id for p in self.prompts if p.metadata.get("image")]
+        if not images:
+            return
+        shown = ", ".join(images[:3])
+        if model is not None and getattr(getattr(model, "config", None), "vision_config", None) is None:
+            raise PromptImageError(f"prompt(s) {shown} have an image, but the model trained is a text-only model")
+        if getattr(self.tokenizer, "image_processor", None) is None:
+            raise PromptImageError(f"prompt(s) {shown} have an image: give the model's processor (the trainer's "
+                                   "processing_class, or tokenizer=processor), not its tokenizer alone")
+
     def _pair(self, model):
         from ..execution import pair_from_models, pair_from_peft_model
 
+        # a vision-language model's trainer holds its processor: the tokenizer inside it reads the text
+        processor = self.tokenizer if getattr(self.tokenizer, "image_processor", None) is not None else None
+        tokenizer = getattr(processor, "tokenizer", None) or self.tokenizer
         if is_peft_model(model):
-            return pair_from_peft_model(model, self.tokenizer)
+            return pair_from_peft_model(model, tokenizer, processors=processor)
         if self._base_model is None:
             self._base_model = self._load_base(model)
         device = next(model.parameters()).device
         self._base_model.to(device)
-        return pair_from_models(self._base_model, model, self.tokenizer)
+        return pair_from_models(self._base_model, model, tokenizer, processors=processor)
 
     def _load_base(self, model):
         import torch
 
         if isinstance(self.base, torch.nn.Module):
             return self.base
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
         dtype = next(model.parameters()).dtype
-        try:
-            return AutoModelForCausalLM.from_pretrained(str(self.base), dtype=dtype, use_safetensors=True)
+        try:  # a vision-language base loads as its image-text-to-text model, as crosspatch loads one
+            vision = getattr(AutoConfig.from_pretrained(str(self.base)), "vision_config", None) is not None
+            auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+            return auto.from_pretrained(str(self.base), dtype=dtype, use_safetensors=True)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"CrosspatchCallback base= {self.base}: could not load it as a causal LM: "
                                  f"{' '.join(str(exc).split())[:300]}") from None
