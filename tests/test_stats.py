@@ -279,7 +279,7 @@ def test_the_label_swap_row_says_when_too_few_prompts_can_never_pass_its_level()
     # seven prompts: failed whatever the effects, and the row says so, and how many prompts would do
     assert row[7]["status"] == "warn" and row[7]["details"]["smallest_p"] == 2 / 2**7
     assert "with 7 prompts no sign-flip p-value can fall below 0.0156" in row[7]["summary"]
-    assert "needs at least 8 prompts with events" in row[7]["summary"]
+    assert "needs at least 8 prompts with events" in row[7]["summary"] and row[7]["details"]["prompts_needed"] == 8
     # eight prompts can pass, and do on this evidence
     assert row[8]["status"] == "pass" and "no sign-flip p-value" not in row[8]["summary"]
     # a test that could have passed and did not says nothing of reach

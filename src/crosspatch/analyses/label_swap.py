@@ -37,7 +37,8 @@ def prompts_to_reach(level: float) -> int:
 
 
 def _out_of_reach(null: dict, level: float) -> str:
-    """Why a test with too few prompt clusters failed, whatever the data: '' when it could pass."""
+    """Why a test with too few prompt clusters failed, whatever the data: '' when it could pass
+    (the row stores both numbers it quotes: ``smallest_p`` and ``prompts_needed``)."""
     if null["smallest_p"] < level:
         return ""
     k = null["n_prompts"]
@@ -61,7 +62,8 @@ def summarize(rows: list[dict], ctx: SummaryContext, options: LabelSwapOptions) 
          + _out_of_reach(null, options.level)),
         f"two-sided p < {options.level:g} (prompt-cluster sign flips)", n=null["n_events"],
         p_value=null["p_value"], level=options.level, null_threshold=null["threshold"], n_prompts=null["n_prompts"],
-        exact=null["exact"], smallest_p=null["smallest_p"], on_failure="inconclusive", weakens=list(INTERACTION_CLAIMS))
+        exact=null["exact"], smallest_p=null["smallest_p"], prompts_needed=prompts_to_reach(options.level),
+        on_failure="inconclusive", weakens=list(INTERACTION_CLAIMS))
 
 
 PLUGIN = register_analysis(AnalysisPlugin(
