@@ -25,12 +25,14 @@ _PER_TOKEN = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_id
 
 
 def image_token_id(config) -> int | None:
-    """The placeholder token id of a vision-language config (None for a text-only model)."""
-    if getattr(config, "vision_config", None) is None:
+    """The placeholder token id of a vision-language config, a transformers config or a
+    config.json read as a dict (None for a text-only model)."""
+    get = config.get if isinstance(config, dict) else (lambda name: getattr(config, name, None))
+    if get("vision_config") is None:
         return None
     for name in ("image_token_id", "image_token_index"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
+        value = get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
 

@@ -121,12 +121,11 @@ def image_prompts_of_run(config: dict, events: list, prompts: list | None = None
     found is a named error."""
     from ..errors import PromptImageError
     from ..inputs.prompts import load_prompts, prompts_digest
+    from ..models.media import image_token_id
     from ..models.paths import local_config
 
     if token is None:
-        known = local_config(base) if base else {}
-        found = known.get("image_token_id", known.get("image_token_index")) if known.get("vision_config") else None
-        token = found if isinstance(found, int) and not isinstance(found, bool) else None
+        token = image_token_id(local_config(base) if base else {})
     needed = {} if token is None else {e.prompt_id: list(e.prefix_ids[: e.prompt_len]) for e in events
                                        if token in e.prefix_ids[: e.prompt_len]}
     if not needed:

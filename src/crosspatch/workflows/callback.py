@@ -179,15 +179,19 @@ class CrosspatchCallback(TrainerCallback):
         shown = ", ".join(images[:3])
         if model is not None and getattr(getattr(model, "config", None), "vision_config", None) is None:
             raise PromptImageError(f"prompt(s) {shown} have an image, but the model trained is a text-only model")
-        if getattr(self.tokenizer, "image_processor", None) is None:
+        if self._processor() is None:
             raise PromptImageError(f"prompt(s) {shown} have an image: give the model's processor (the trainer's "
                                    "processing_class, or tokenizer=processor), not its tokenizer alone")
+
+    def _processor(self):
+        """The vision-language processor the trainer holds in place of a tokenizer, else None."""
+        return self.tokenizer if getattr(self.tokenizer, "image_processor", None) is not None else None
 
     def _pair(self, model):
         from ..execution import pair_from_models, pair_from_peft_model
 
         # a vision-language model's trainer holds its processor: the tokenizer inside it reads the text
-        processor = self.tokenizer if getattr(self.tokenizer, "image_processor", None) is not None else None
+        processor = self._processor()
         tokenizer = getattr(processor, "tokenizer", None) or self.tokenizer
         if is_peft_model(model):
             return pair_from_peft_model(model, tokenizer, processors=processor)
