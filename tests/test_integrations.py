@@ -145,6 +145,35 @@ def test_a_failing_policy_stops_training_and_marks_the_checkpoint(tmp_path):
     assert state.log_history[-1]["step"] == 7 and "crosspatch/interaction" in state.log_history[-1]
 
 
+def test_a_full_fine_tune_under_mixed_precision_logs_what_a_separate_run_finds(tmp_path):
+    """Trainer and TRL (whose default is bf16) leave a full fine-tune's forward in accelerate's
+    autocast: the diagnostic runs the model's own forward, as a run on its checkpoint does."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState, TrainingArguments
+
+    import crosspatch
+
+    try:
+        model = Accelerator(mixed_precision="bf16", cpu=True).prepare_model(
+            AutoModelForCausalLM.from_pretrained(str(Z / "it-full"), dtype="float32"))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert "_original_forward" in model.__dict__  # the trainer's mixed-precision forward
+    callback = CrosspatchCallback(PROMPTS, base=str(Z / "base"), tokenizer=AutoTokenizer.from_pretrained(str(Z / "it-full")),
+                                  verbose=False, **SETTINGS)
+    state = TrainerState(global_step=3)
+    model.train()
+    callback.on_save(TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True), state, TrainerControl(),
+                     model=model)
+    separate = crosspatch.run(crosspatch.load_pair(str(Z / "base"), tuned=str(Z / "it-full"), dtype="float32"), PROMPTS,
+                              progress=False, **SETTINGS)
+    block = separate.summary["results"][str(SETTINGS["boundary"])]["common_it"]["all"]["effects"]
+    for name in ("E_PT", "E_IT", "interaction"):
+        assert callback.history[0]["metrics"][name] == pytest.approx(block[name]["mean"], abs=1e-5)
+    assert model.training and "_original_forward" in model.__dict__  # training goes on as it was
+
+
 def test_an_out_holding_another_trainings_later_steps_is_refused_when_training_begins(tmp_path):
     from types import SimpleNamespace
 

@@ -51,6 +51,26 @@ def record_work(tokens: int, layers: int) -> None:
         counter.add(tokens, layers)
 
 
+@contextlib.contextmanager
+def own_forward(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` by its own forward, not the mixed-precision one a trainer gave it: accelerate
+    (under Trainer, TRL, ``accelerate launch``) wraps a prepared model's forward in ``torch.autocast``
+    and keeps the forward it had as ``_original_forward``. Every other pass runs the model's layers
+    in its weights' dtype, so decoding under the autocast would find events on half-precision logits
+    that its cells do not reproduce. The wrapped forward is back in place on leaving (training goes
+    on with it); any other forward (an accelerate device-map hook) is kept as it is."""
+    original = model.__dict__.get("_original_forward")
+    wrapped = model.__dict__.get("forward")
+    if original is None or wrapped is None or wrapped is original:
+        yield
+        return
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = wrapped
+
+
 @dataclass
 class ModelHandle:
     """One named model (a role: ``base``, a descendant, a stage): a module, its anatomy, and
@@ -68,14 +88,15 @@ class ModelHandle:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """Context in which ``module`` computes this role (adapters off for a PEFT base, the
-        role's own adapter on for a descendant)."""
-        if self.adapter_enabled is False:
-            with self.module.disable_adapter():  # pyright: ignore[reportCallIssue] - a PeftModel method
+        role's own adapter on for a descendant), by its own forward (:func:`own_forward`)."""
+        with own_forward(self.anatomy.model):
+            if self.adapter_enabled is False:
+                with self.module.disable_adapter():  # pyright: ignore[reportCallIssue] - a PeftModel method
+                    yield
+            else:
+                if self.adapter_name is not None and not self._adapter_is_active():
+                    self.module.set_adapter(self.adapter_name)  # pyright: ignore[reportCallIssue] - a PeftModel method
                 yield
-        else:
-            if self.adapter_name is not None and not self._adapter_is_active():
-                self.module.set_adapter(self.adapter_name)  # pyright: ignore[reportCallIssue] - a PeftModel method
-            yield
 
     def _adapter_is_active(self) -> bool:
         """Whether this role's adapter computes the module now: the PEFT model's record *and* its

@@ -1,0 +1,40 @@
+"""Running a model's own forward: a model that a trainer prepared for mixed precision (accelerate
+wraps its forward in an autocast) is scored as the same model unprepared, and keeps its
+trainer's forward afterwards."""
+
+from __future__ import annotations
+
+import copy
+
+from crosspatch.core.cells import CELLS, READOUTS
+from crosspatch.execution import pair_from_models
+from crosspatch.runner.pipeline import run
+from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
+
+from ..conftest import PROMPTS
+
+
+def _prepared_for_bf16(model):
+    """``model`` as Trainer/TRL leave it with ``bf16=True``: accelerate's mixed-precision forward."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    try:
+        return Accelerator(mixed_precision="bf16", cpu=True).prepare_model(model)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)  # no accelerator state leaks into other tests
+
+
+def test_a_model_prepared_for_mixed_precision_is_scored_by_its_own_forward():
+    base = tiny_model("llama")
+    child = perturb_layers(base, range(4), scale=0.2)
+    settings = dict(boundaries=[2], max_new_tokens=10, bootstrap=0, progress=False)
+    plain = run(pair_from_models(copy.deepcopy(base), copy.deepcopy(child), char_tokenizer()), PROMPTS, **settings)
+    prepared = _prepared_for_bf16(copy.deepcopy(child))
+    trainers_forward = prepared.forward
+    assert "_original_forward" in prepared.__dict__  # really wrapped in the autocast
+    scored = run(pair_from_models(copy.deepcopy(base), prepared, char_tokenizer()), PROMPTS, **settings)
+    assert [r.key for r in scored.records] == [r.key for r in plain.records] and plain.records
+    assert all(a.cells[n][c] == b.cells[n][c] for a, b in zip(scored.records, plain.records)
+               for n in READOUTS for c in CELLS)
+    assert prepared.forward == trainers_forward  # the training goes on under its autocast
