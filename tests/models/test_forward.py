@@ -1,13 +1,13 @@
 """Running a model's own forward: a model that a trainer prepared for mixed precision (accelerate
 wraps its forward in an autocast) is scored as the same model unprepared, and keeps its
-trainer's forward afterwards."""
+trainer's forward afterwards; a compiled model (or PEFT model) is scored as the model inside."""
 
 from __future__ import annotations
 
 import copy
 
 from crosspatch.core.cells import CELLS, READOUTS
-from crosspatch.execution import pair_from_models
+from crosspatch.execution import pair_from_models, pair_from_peft_model
 from crosspatch.runner.pipeline import run
 from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
 
@@ -38,3 +38,22 @@ def test_a_model_prepared_for_mixed_precision_is_scored_by_its_own_forward():
     assert all(a.cells[n][c] == b.cells[n][c] for a, b in zip(scored.records, plain.records)
                for n in READOUTS for c in CELLS)
     assert prepared.forward == trainers_forward  # the training goes on under its autocast
+
+
+def test_a_compiled_model_or_a_compiled_peft_model_is_scored_as_the_model_inside():
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_model("llama")
+    child = perturb_layers(base, range(4), scale=0.2)
+    settings = dict(boundaries=[2], max_new_tokens=10, bootstrap=0, progress=False)
+    plain = run(pair_from_models(copy.deepcopy(base), copy.deepcopy(child), char_tokenizer()), PROMPTS, **settings)
+    compiled = run(pair_from_models(torch.compile(copy.deepcopy(base)), torch.compile(copy.deepcopy(child)),
+                                    char_tokenizer()), PROMPTS, **settings)
+    assert [r.cells for r in compiled.records] == [r.cells for r in plain.records] and plain.records
+    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    as_peft = pair_from_peft_model(peft_model, char_tokenizer())
+    compiled_peft = pair_from_peft_model(torch.compile(peft_model), char_tokenizer())
+    assert compiled_peft.residency == as_peft.residency == "adapter"
+    a, b = (run(p, PROMPTS, **settings).records for p in (as_peft, compiled_peft))
+    assert [r.cells for r in a] == [r.cells for r in b] and a

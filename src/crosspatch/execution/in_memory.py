@@ -16,7 +16,7 @@ from .modelset import ResidentSet
 from .opening import assemble_set
 from .roles import BASE, check_role_name
 
-__all__ = ["check_injected_adapters", "in_memory_options", "models_from_modules", "module_digest", "pair_from_models", "pair_from_peft_model"]
+__all__ = ["check_injected_adapters", "in_memory_options", "models_from_modules", "module_digest", "pair_from_models", "pair_from_peft_model", "unwrapped_module"]
 
 
 def module_digest(module: nn.Module) -> str:
@@ -36,6 +36,23 @@ def module_digest(module: nn.Module) -> str:
             h.update(f"{name}{tuple(p.shape)}{float(flat.sum()) if flat.numel() else 0.0:.6e}".encode())
             h.update(flat[:16].cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def unwrapped_module(model: Any) -> Any:
+    """The model inside the wrappers a training loop puts around it, which run it and hold no
+    weights of their own: ``torch.compile``'s module and DistributedDataParallel/DataParallel.
+    crosspatch runs its own passes through the model's layers (a compiled forward would not run
+    them, and a parallel wrapper is one process's handle on the same weights)."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    for _ in range(8):  # a compiled model inside a parallel wrapper, or the other way round
+        if isinstance(model, (DataParallel, DistributedDataParallel)):
+            model = model.module
+        elif isinstance(model, nn.Module) and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # torch.compile's OptimizedModule
+        else:
+            break
+    return model
 
 
 def in_memory_options(options: dict, models: dict[str, nn.Module], residency: str) -> LoadOptions:
@@ -92,6 +109,7 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
         given = f"a dict of {len(models)}" if isinstance(models, dict) else f"a {type(models).__name__}"
         raise ModelLoadError(f"models_from_modules needs a dict of at least two models by role, the base first; "
                              f"got {given}")
+    models = {role: unwrapped_module(m) for role, m in models.items()}
     for role, m in models.items():
         check_role_name(role)  # a role names a run directory (compare, nulls)
         if not isinstance(m, nn.Module):
@@ -128,6 +146,7 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
     ``processors``: a vision-language model's processor (one for both roles, or a dict by role)."""
     from ..models.anatomy import is_peft_model, unwrap_peft
 
+    peft_model = unwrapped_module(peft_model)
     if not is_peft_model(peft_model):
         raise ModelLoadError(f"pair_from_peft_model needs a PEFT model, not {type(peft_model).__name__}")
     name = adapter_name or peft_model.active_adapter
@@ -177,6 +196,7 @@ def pair_from_models(pt_model, it_model, tokenizer, tokenizer_it=None, processor
     PEFT injects its layers into the base in place) is :func:`pair_from_peft_model`'s pair: the base
     is the model with its adapters switched off (as it was before), not the model as it now is.
     ``processors``: vision-language models' processors (one for both, or a dict by role)."""
+    pt_model, it_model = unwrapped_module(pt_model), unwrapped_module(it_model)
     if tokenizer_it is None and _is_peft_wrapper(it_model) and _shares_weights(pt_model, it_model):
         return pair_from_peft_model(it_model, tokenizer, processors=processors, **options)
     return models_from_modules({BASE: pt_model, "tuned": it_model}, tokenizer,

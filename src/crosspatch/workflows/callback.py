@@ -112,6 +112,7 @@ class CrosspatchCallback(TrainerCallback):
     # -- events ---------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         _refuse_sharded_training(args, model)
+        model = _inner(model)
         if self.tokenizer is None:
             self.tokenizer = processing_class or kwargs.get("tokenizer")
         if self.tokenizer is None:
@@ -229,6 +230,7 @@ class CrosspatchCallback(TrainerCallback):
             return None
         if model is None:
             raise OptionError("the trainer passed no model to CrosspatchCallback")
+        model = _inner(model)
         import crosspatch
 
         was_training = model.training
@@ -299,6 +301,13 @@ class CrosspatchCallback(TrainerCallback):
         metrics["passed"] = float(passed)
         return {"step": step, "boundary": boundary, "metrics": metrics, "verdict": verdict, "passed": passed,
                 "events": int(block.get("n_events") or 0), "seconds": round(seconds, 3)}
+
+
+def _inner(model):
+    """The model inside a compiled or parallel wrapper (``trainer.model`` may be compiled)."""
+    from ..execution.in_memory import unwrapped_module
+
+    return unwrapped_module(model) if model is not None else None
 
 
 def _refuse_sharded_training(args, model) -> None:
