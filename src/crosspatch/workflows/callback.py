@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -303,7 +304,7 @@ class CrosspatchCallback(TrainerCallback):
                 "events": int(block.get("n_events") or 0), "seconds": round(seconds, 3)}
 
 
-def _inner(model):
+def _inner(model: Any) -> Any:
     """The model inside a compiled or parallel wrapper (``trainer.model`` may be compiled)."""
     from ..execution.in_memory import unwrapped_module
 
