@@ -4,6 +4,7 @@ the diagnostic through the trainer at each save, and the logged numbers equal a 
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -15,6 +16,13 @@ from crosspatch.zoo import zoo_path
 Z = zoo_path()
 PROMPTS = [json.loads(line) for line in (Z / "prompts" / "all.jsonl").read_text().splitlines()[::12]]  # 8 prompts
 SETTINGS = dict(boundary=4, max_new_tokens=16, bootstrap=200, seed=0)
+
+
+@functools.cache
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(Z / "tokenizer"))
 
 
 @pytest.fixture(scope="module")
@@ -174,11 +182,40 @@ def test_a_full_fine_tune_under_mixed_precision_logs_what_a_separate_run_finds(t
     assert model.training and "_original_forward" in model.__dict__  # training goes on as it was
 
 
+def test_a_processor_of_another_kind_lends_its_tokenizer_and_no_tokenizer_is_refused_when_training_begins(tmp_path):
+    """A trainer may hold a processor that reads no images (an audio model's): the tokenizer inside
+    it reads the prompts; something that is no tokenizer is named when training begins."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    import crosspatch
+
+    pair = crosspatch.load_pair(str(Z / "base"), adapter=str(Z / "it-lora-all"))
+    with pair.use("tuned") as handle:
+        peft_model = handle.module
+    args, state = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True), TrainerState(global_step=2)
+    class AudioProcessor:  # a processor that reads no images: a feature extractor and a tokenizer
+        tokenizer, feature_extractor = pair.tokenizer, object()
+
+        def __call__(self, text=None, audio=None):
+            return self.tokenizer(text)
+
+    rows = []
+    for tokenizer in (pair.tokenizer, AudioProcessor()):
+        callback = CrosspatchCallback(PROMPTS, tokenizer=tokenizer, verbose=False, **SETTINGS)
+        callback.on_train_begin(args, state, TrainerControl(), model=peft_model)
+        callback.on_save(args, state, TrainerControl(), model=peft_model)
+        rows.append(callback.history[0]["metrics"])
+    assert rows[0] == rows[1]
+    with pytest.raises(OptionError, match="needs a Hugging Face tokenizer"):
+        CrosspatchCallback(PROMPTS, tokenizer=lambda text: text, verbose=False).on_train_begin(
+            args, state, TrainerControl(), model=peft_model)
+
+
 def test_an_out_holding_another_trainings_later_steps_is_refused_when_training_begins(tmp_path):
     from types import SimpleNamespace
 
     (tmp_path / "diag" / "step-12").mkdir(parents=True)
-    callback = CrosspatchCallback(PROMPTS, out=tmp_path / "diag", tokenizer=lambda text: text, verbose=False)
+    callback = CrosspatchCallback(PROMPTS, out=tmp_path / "diag", tokenizer=_tokenizer(), verbose=False)
     with pytest.raises(OptionError, match="step-12, another training's"):  # a fresh training would meet it at step 12
         callback.on_train_begin(None, SimpleNamespace(global_step=0), None)
     for resumed_at in (12, 24):  # a training resumed from a checkpoint adds later steps to its own diagnostics
@@ -216,7 +253,7 @@ def test_a_model_sharded_across_processes_is_refused_when_training_begins():
 
     import torch
 
-    callback = CrosspatchCallback(PROMPTS, tokenizer=lambda text: text, verbose=False)
+    callback = CrosspatchCallback(PROMPTS, tokenizer=_tokenizer(), verbose=False)
     state = SimpleNamespace(global_step=0)
     zero3 = torch.nn.Linear(2, 2)
     zero3.weight.ds_id = 0  # what DeepSpeed ZeRO-3 marks its partitioned parameters with
@@ -231,7 +268,7 @@ def test_a_model_sharded_across_processes_is_refused_when_training_begins():
         callback.on_train_begin(None, state, None, model=wrapped)
     with pytest.raises(OptionError, match="sharded by FSDP"):
         callback.on_train_begin(SimpleNamespace(fsdp=["full_shard", "auto_wrap"]), state, None)
-    whole = CrosspatchCallback(PROMPTS, base=str(Z / "base"), tokenizer=lambda text: text, verbose=False)
+    whole = CrosspatchCallback(PROMPTS, base=str(Z / "base"), tokenizer=_tokenizer(), verbose=False)
     whole.on_train_begin(SimpleNamespace(fsdp=None), state, None, model=torch.nn.Linear(2, 2))  # DDP: whole weights
 
 
@@ -243,7 +280,7 @@ def test_under_distributed_training_only_the_main_process_diagnoses(tmp_path):
     from transformers import TrainerControl, TrainingArguments
 
     (tmp_path / "diag" / "step-12").mkdir(parents=True)  # the main process checks out=, not every process
-    callback = CrosspatchCallback(PROMPTS, out=tmp_path / "diag", tokenizer=lambda text: text, every_n_steps=2,
+    callback = CrosspatchCallback(PROMPTS, out=tmp_path / "diag", tokenizer=_tokenizer(), every_n_steps=2,
                                   stop_on_fail=True, verbose=False)
     callback.on_train_begin(None, SimpleNamespace(global_step=0, is_world_process_zero=False), None)
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)

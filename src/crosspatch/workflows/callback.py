@@ -123,7 +123,7 @@ class CrosspatchCallback(TrainerCallback):
         if self.chat_template:  # refused now, not at the first diagnostic, hours in
             from ..runner.checks import check_chat_template
 
-            check_chat_template(self.tokenizer)
+            check_chat_template(self._text_tokenizer())
         if model is not None and not is_peft_model(model) and self.base is None:
             raise OptionError("CrosspatchCallback on a full fine-tune needs base= (the base checkpoint's path or "
                               "module); for a PEFT model the base is the adapter switched off")
@@ -132,6 +132,9 @@ class CrosspatchCallback(TrainerCallback):
         if not self._main_process:
             return control  # the main process checks out= and says what it will do
         self._check_out_is_this_training(int(getattr(state, "global_step", 0) or 0))
+        if not callable(getattr(self._text_tokenizer(), "get_vocab", None)):
+            raise OptionError(f"CrosspatchCallback needs a Hugging Face tokenizer (or a processor holding one), not "
+                              f"{type(self.tokenizer).__name__}: give tokenizer=")
         extra = f" (first {len(self.prompts)} of {len(self.prompts) + self.skipped_prompts} prompts)" \
             if self.skipped_prompts else ""
         when = ", ".join(([f"every {self.every_n_steps} steps"] if self.every_n_steps else [])
@@ -189,12 +192,17 @@ class CrosspatchCallback(TrainerCallback):
         """The vision-language processor the trainer holds in place of a tokenizer, else None."""
         return self.tokenizer if getattr(self.tokenizer, "image_processor", None) is not None else None
 
+    def _text_tokenizer(self):
+        """The tokenizer that reads the prompts' text: the one inside a processor the trainer holds
+        (a vision-language model's, or any other kind's), else the tokenizer given."""
+        inner = getattr(self.tokenizer, "tokenizer", None)
+        return inner if callable(getattr(inner, "get_vocab", None)) else self.tokenizer
+
     def _pair(self, model):
         from ..execution import pair_from_models, pair_from_peft_model
 
-        # a vision-language model's trainer holds its processor: the tokenizer inside it reads the text
         processor = self._processor()
-        tokenizer = getattr(processor, "tokenizer", None) or self.tokenizer
+        tokenizer = self._text_tokenizer()
         if is_peft_model(model):
             return pair_from_peft_model(model, tokenizer, processors=processor)
         if self._base_model is None:
