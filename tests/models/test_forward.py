@@ -5,6 +5,7 @@ trainer's forward afterwards; a compiled model (or PEFT model) is scored as the 
 from __future__ import annotations
 
 import copy
+import json
 
 from crosspatch.core.cells import CELLS, READOUTS
 from crosspatch.execution import pair_from_models, pair_from_peft_model
@@ -57,3 +58,29 @@ def test_a_compiled_model_or_a_compiled_peft_model_is_scored_as_the_model_inside
     assert compiled_peft.residency == as_peft.residency == "adapter"
     a, b = (run(p, PROMPTS, **settings).records for p in (as_peft, compiled_peft))
     assert [r.cells for r in a] == [r.cells for r in b] and a
+
+
+def test_a_config_that_turns_return_dict_off_is_scored_as_it_would_be_otherwise(tmp_path):
+    """``"return_dict": false`` in a config makes transformers' models fail inside their own forward;
+    crosspatch runs them with it on, from disk and in memory, and leaves a model's config as it was."""
+    import crosspatch
+    from crosspatch.testing import save_tiny_pair
+
+    base = tiny_model("llama")
+    child = perturb_layers(base, range(4), scale=0.2)
+    settings = dict(boundaries=[2], max_new_tokens=10, bootstrap=0, progress=False)
+    plain = run(pair_from_models(copy.deepcopy(base), copy.deepcopy(child), char_tokenizer()), PROMPTS, **settings)
+    off = [copy.deepcopy(base), copy.deepcopy(child)]
+    for model in off:
+        model.config.return_dict = False
+    scored = run(pair_from_models(*off, char_tokenizer()), PROMPTS, **settings)
+    assert [r.cells for r in scored.records] == [r.cells for r in plain.records] and plain.records
+    assert all(model.config.return_dict is False for model in off)  # the user's config as it was
+
+    root = save_tiny_pair(tmp_path)
+    before = crosspatch.run(crosspatch.load_pair(str(root / "base"), tuned=str(root / "tuned")), PROMPTS, **settings)
+    for folder in (root / "base", root / "tuned"):
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "return_dict": False}))
+    after = crosspatch.run(crosspatch.load_pair(str(root / "base"), tuned=str(root / "tuned")), PROMPTS, **settings)
+    assert [r.cells for r in after.records] == [r.cells for r in before.records] and before.records

@@ -53,22 +53,39 @@ def record_work(tokens: int, layers: int) -> None:
 
 @contextlib.contextmanager
 def own_forward(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` by its own forward, not the mixed-precision one a trainer gave it: accelerate
-    (under Trainer, TRL, ``accelerate launch``) wraps a prepared model's forward in ``torch.autocast``
-    and keeps the forward it had as ``_original_forward``. Every other pass runs the model's layers
-    in its weights' dtype, so decoding under the autocast would find events on half-precision logits
-    that its cells do not reproduce. The wrapped forward is back in place on leaving (training goes
-    on with it); any other forward (an accelerate device-map hook) is kept as it is."""
+    """Run ``model`` by its own forward, returning output objects:
+
+    - not the mixed-precision forward a trainer gave it: accelerate (under Trainer, TRL,
+      ``accelerate launch``) wraps a prepared model's forward in ``torch.autocast`` and keeps the
+      forward it had as ``_original_forward``. Every other pass runs the model's layers in its
+      weights' dtype, so decoding under the autocast would find events on half-precision logits
+      that its cells do not reproduce. Any other forward (an accelerate device-map hook) is kept.
+    - with ``return_dict`` on where a config turns it off (``"return_dict": false`` in a
+      checkpoint's config.json): transformers 5's models then fail inside their forward, whose
+      inner model reads it from the config and returns a tuple (callers also pass
+      ``return_dict=True``, which transformers 4 hands down).
+
+    Both are put back on leaving (a training goes on with its forward)."""
+    configs = [c for c in (getattr(model, "config", None), *(getattr(getattr(model, "config", None), k, None)
+                                                              for k in ("text_config", "vision_config")))
+               if c is not None and getattr(c, "return_dict", True) is False]
     original = model.__dict__.get("_original_forward")
     wrapped = model.__dict__.get("forward")
-    if original is None or wrapped is None or wrapped is original:
+    swap = callable(original) and callable(wrapped) and wrapped is not original
+    if not swap and not configs:
         yield
         return
-    model.forward = original
+    if swap:
+        model.forward = original  # pyright: ignore[reportAttributeAccessIssue] - callable, checked above
+    for c in configs:
+        c.return_dict = True
     try:
         yield
     finally:
-        model.forward = wrapped
+        if swap:
+            model.forward = wrapped  # pyright: ignore[reportAttributeAccessIssue] - callable, checked above
+        for c in configs:
+            c.return_dict = False
 
 
 @dataclass
@@ -369,6 +386,7 @@ def step_logits(handle: ModelHandle, keep: int, real_tokens: int, forward=None, 
     params = inspect.signature(model.forward).parameters
     if "logits_to_keep" in params:
         inputs["logits_to_keep"] = keep
+    inputs["return_dict"] = True  # an output object whatever the config says (own_forward)
     with torch.inference_mode(), handle.active(), decoding_attention(inputs["input_ids"].device):
         out = (forward if forward is not None else model)(**inputs)
     record_work(real_tokens, handle.anatomy.num_layers)

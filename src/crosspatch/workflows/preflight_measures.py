@@ -83,7 +83,8 @@ def _logits(models, role: str, sequences: list[list[int]]) -> list[torch.Tensor]
     out = []
     with models.use(role) as handle, torch.inference_mode(), handle.active():
         ids, mask, positions, lengths = padded_batch(sequences, models.pad_id, handle.input_device)
-        logits = handle.anatomy.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float().cpu()
+        logits = handle.anatomy.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                      return_dict=True).logits.float().cpu()
     for row, length in enumerate(lengths.tolist()):
         out.append(logits[row, :length])
     return out
