@@ -482,6 +482,10 @@ CASES = [
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_seq_cls", lambda d: (d / "adapter_config.json").write_text(
              json.dumps({**json.loads((d / "adapter_config.json").read_text()), "task_type": "SEQ_CLS"})))),
          "UnsupportedAdapterError"),
+    Case("models", "a LoRA that replicates the base's layers (layer_replication: a deeper model, not the base)",
+         lambda e: _adapter_args(e, _adapter_dir(e, "adapter_layer_replication", lambda d: (d / "adapter_config.json").write_text(
+             json.dumps({**json.loads((d / "adapter_config.json").read_text()), "layer_replication": [[0, 2], [1, 3]]})))),
+         "UnsupportedAdapterError"),
     Case("models", "a prompt-tuning adapter (virtual tokens, no layer changes)",
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_prompt_tuning", lambda d: (d / "adapter_config.json").write_text(
              json.dumps({"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 4})))),

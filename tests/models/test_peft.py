@@ -413,3 +413,26 @@ def test_adapters_of_different_peft_methods_load_each_on_its_own_and_score_as_th
     for residency in ("adapter", "both"):
         with pytest.raises(ModelLoadError, match=rf"different PEFT methods.*--residency {residency}\).*sequential"):
             load_models(str(base), adapters=adapters, residency=residency)
+
+
+def test_an_adapter_that_replicates_the_bases_layers_is_refused_from_disk_and_in_memory(tmp_path):
+    """PEFT's layer_replication stacks copies of the base's layers into a deeper model, which stays
+    deeper with the adapter switched off: no base to cross-patch layer for layer (it was scored
+    against the expanded model as its base)."""
+    from peft import LoraConfig, get_peft_model
+
+    from crosspatch.errors import UnsupportedAdapterError
+    from crosspatch.execution import pair_from_peft_model
+    from crosspatch.testing import char_tokenizer
+
+    base = tiny_model("llama")
+    base.save_pretrained(tmp_path / "base")
+    char_tokenizer().save_pretrained(tmp_path / "base")
+    expanded = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"],
+                                                              layer_replication=[[0, 3], [1, 4]]))
+    assert len(expanded.base_model.model.model.layers) == 6
+    expanded.save_pretrained(tmp_path / "lora")
+    with pytest.raises(UnsupportedAdapterError, match=r"layer_replication \[\[0, 3\], \[1, 4\]\]: a model of 6 layers"):
+        load_pair(str(tmp_path / "base"), adapter=str(tmp_path / "lora"))
+    with pytest.raises(UnsupportedAdapterError, match="layer_replication"):
+        pair_from_peft_model(expanded, char_tokenizer())

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, UnsupportedAdapterError
 from ..models.forward import ModelHandle
 from ..models.loading import LoadOptions
 from .modelset import ResidentSet
@@ -144,12 +144,16 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
     ``tuned`` with ``adapter_name`` (default: the active adapter) on; no second copy of the
     weights (residency "adapter"). The model is put in eval mode (the caller restores training).
     ``processors``: a vision-language model's processor (one for both roles, or a dict by role)."""
+    from ..models.adapters import layer_replication_text
     from ..models.anatomy import is_peft_model, unwrap_peft
 
     peft_model = unwrapped_module(peft_model)
     if not is_peft_model(peft_model):
         raise ModelLoadError(f"pair_from_peft_model needs a PEFT model, not {type(peft_model).__name__}")
     name = adapter_name or peft_model.active_adapter
+    config = (getattr(peft_model, "peft_config", None) or {}).get(name)
+    if (replicated := layer_replication_text(getattr(config, "layer_replication", None))) is not None:
+        raise UnsupportedAdapterError(f"adapter {name!r} {replicated}")
     opts = in_memory_options(options, {BASE: peft_model}, "adapter")
     peft_model.eval()
     handles = {BASE: ModelHandle(BASE, peft_model, adapter_enabled=False),

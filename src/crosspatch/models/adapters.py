@@ -41,6 +41,8 @@ def read_adapter_config(adapter: str) -> dict:
             "prefixes) to the input instead of changing the model's layers, so the descendant has no late stack of "
             "its own to cross-patch and its sequence is not the base's. Use an adapter that changes weights (LoRA, "
             "IA3, ...), or compare a checkpoint fine-tuned in full.")
+    if (replicated := layer_replication_text(cfg.get("layer_replication"))) is not None:
+        raise UnsupportedAdapterError(f"{adapter} {replicated}")
     task = str(cfg.get("task_type") or "").upper()
     if task in NON_GENERATIVE_TASKS:
         raise UnsupportedAdapterError(
@@ -48,6 +50,23 @@ def read_adapter_config(adapter: str) -> dict:
             "language model does not have, which loading it onto one drops; crosspatch compares causal language "
             "models (a CAUSAL_LM adapter)")
     return cfg
+
+
+def layer_replication_text(ranges) -> str | None:
+    """Why an adapter with PEFT's ``layer_replication`` (a model expanded by stacking copies of the
+    base's layers) cannot be cross-patched with its base, or None where it has none: the descendant
+    is deeper than the base, so there is no layer-for-layer late stack to swap, and with the adapter
+    switched off the model is still the expanded one, not the base (PEFT rebuilds it in place)."""
+    if not ranges:
+        return None
+    try:
+        shown = f"{ranges}: a model of {sum(int(end) - int(start) for start, end in ranges)} layers"
+    except (TypeError, ValueError):
+        shown = repr(ranges)
+    return (f"replicates its base's layers (layer_replication {shown}): the descendant is a model of another depth "
+            "than its base, and switching the adapter off leaves the expanded model, not the base; crosspatch "
+            "cross-patches a base and a descendant of the same depth, layer for layer. Merge the adapter, save the "
+            "expanded model, and compare it with a base of its depth")
 
 
 # PEFT task types of adapters trained for something other than generating text
