@@ -436,3 +436,22 @@ def test_an_adapter_that_replicates_the_bases_layers_is_refused_from_disk_and_in
         load_pair(str(tmp_path / "base"), adapter=str(tmp_path / "lora"))
     with pytest.raises(UnsupportedAdapterError, match="layer_replication"):
         pair_from_peft_model(expanded, char_tokenizer())
+
+
+def test_a_peft_model_in_memory_scores_the_adapter_named_or_its_one_active_adapter():
+    from peft import LoraConfig, get_peft_model
+
+    from crosspatch.errors import OptionError
+    from crosspatch.execution import pair_from_peft_model
+    from crosspatch.testing import char_tokenizer
+
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False),
+                           adapter_name="a")
+    model.add_adapter("b", LoraConfig(r=2, target_modules=["v_proj"], init_lora_weights=False))
+    assert pair_from_peft_model(model, char_tokenizer()).provenance["adapter"]["adapter_name"] == "a"  # the active one
+    assert pair_from_peft_model(model, char_tokenizer(), adapter_name="b").provenance["adapter"]["adapter_name"] == "b"
+    with pytest.raises(OptionError, match="'zzz' is not an adapter of this PEFT model \\(it holds 'a', 'b'\\)"):
+        pair_from_peft_model(model, char_tokenizer(), adapter_name="zzz")
+    model.base_model.set_adapter(["a", "b"])  # a combination no one adapter's switch reproduces
+    with pytest.raises(OptionError, match="several active adapters \\('a', 'b'\\)"):
+        pair_from_peft_model(model, char_tokenizer())

@@ -142,7 +142,9 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
                          **options) -> ResidentSet:
     """A pair from one PEFT model in memory: ``base`` is the model with its adapters switched off,
     ``tuned`` with ``adapter_name`` (default: the active adapter) on; no second copy of the
-    weights (residency "adapter"). The model is put in eval mode (the caller restores training).
+    weights (residency "adapter"). The model is put in eval mode (the caller restores training) and
+    is left with the scored adapter active; an ``adapter_name`` it does not hold, or several active
+    adapters and none named, is an ``OptionError``.
     ``processors``: a vision-language model's processor (one for both roles, or a dict by role)."""
     from ..models.adapters import layer_replication_text
     from ..models.anatomy import is_peft_model, unwrap_peft
@@ -150,7 +152,7 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
     peft_model = unwrapped_module(peft_model)
     if not is_peft_model(peft_model):
         raise ModelLoadError(f"pair_from_peft_model needs a PEFT model, not {type(peft_model).__name__}")
-    name = adapter_name or peft_model.active_adapter
+    name = _adapter_to_score(peft_model, adapter_name)
     config = (getattr(peft_model, "peft_config", None) or {}).get(name)
     if (replicated := layer_replication_text(getattr(config, "layer_replication", None))) is not None:
         raise UnsupportedAdapterError(f"adapter {name!r} {replicated}")
@@ -166,6 +168,27 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
                               _rewritten_base(peft_model, name), record)
     _give_processors(models_set, processors)
     return models_set
+
+
+def _adapter_to_score(peft_model, adapter_name: str | None) -> str:
+    """The adapter a PEFT model in memory is scored with: ``adapter_name``, one of its adapters, or
+    else its one active adapter. Several active adapters (``set_adapter([...])``) compute a
+    combination that no one adapter's switch reproduces: the caller names one (an OptionError)."""
+    from ..errors import OptionError
+
+    names = list(getattr(peft_model, "peft_config", None) or {})
+    if adapter_name is not None:
+        if adapter_name not in names:
+            raise OptionError(f"adapter_name {adapter_name!r} is not an adapter of this PEFT model (it holds "
+                              f"{', '.join(map(repr, names)) or 'none'})")
+        return adapter_name
+    active = getattr(peft_model, "active_adapters", None)
+    active = [active] if isinstance(active, str) else list(active or [peft_model.active_adapter])
+    if len(active) > 1:
+        raise OptionError(f"this PEFT model has several active adapters ({', '.join(map(repr, active))}): name the "
+                          "one to score against the base (adapter_name=), or combine them into one adapter first "
+                          "(add_weighted_adapter)")
+    return active[0]
 
 
 def _give_processors(models_set: ResidentSet, processors) -> None:
