@@ -41,7 +41,7 @@ def test_a_model_prepared_for_mixed_precision_is_scored_by_its_own_forward():
     assert prepared.forward == trainers_forward  # the training goes on under its autocast
 
 
-def test_a_compiled_model_or_a_compiled_peft_model_is_scored_as_the_model_inside():
+def test_a_compiled_or_parallel_wrapped_model_or_peft_model_is_scored_as_the_model_inside():
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -52,6 +52,16 @@ def test_a_compiled_model_or_a_compiled_peft_model_is_scored_as_the_model_inside
     compiled = run(pair_from_models(torch.compile(copy.deepcopy(base)), torch.compile(copy.deepcopy(child)),
                                     char_tokenizer()), PROMPTS, **settings)
     assert [r.cells for r in compiled.records] == [r.cells for r in plain.records] and plain.records
+
+    class DeepSpeedEngine(torch.nn.Module):  # DeepSpeed's engine, by its name: the model as `module`
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    wrapped = run(pair_from_models(DeepSpeedEngine(copy.deepcopy(base)),
+                                   torch.nn.DataParallel(torch.compile(copy.deepcopy(child))), char_tokenizer()),
+                  PROMPTS, **settings)
+    assert [r.cells for r in wrapped.records] == [r.cells for r in plain.records]
     peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
     as_peft = pair_from_peft_model(peft_model, char_tokenizer())
     compiled_peft = pair_from_peft_model(torch.compile(peft_model), char_tokenizer())

@@ -40,13 +40,15 @@ def module_digest(module: nn.Module) -> str:
 
 def unwrapped_module(model: Any) -> Any:
     """The model inside the wrappers a training loop puts around it, which run it and hold no
-    weights of their own: ``torch.compile``'s module and DistributedDataParallel/DataParallel.
+    weights of their own: ``torch.compile``'s module, DistributedDataParallel/DataParallel and
+    DeepSpeed's engine (a trainer's prepared reference model, given as the callback's base).
     crosspatch runs its own passes through the model's layers (a compiled forward would not run
     them, and a parallel wrapper is one process's handle on the same weights)."""
     from torch.nn.parallel import DataParallel, DistributedDataParallel
 
     for _ in range(8):  # a compiled model inside a parallel wrapper, or the other way round
-        if isinstance(model, (DataParallel, DistributedDataParallel)):
+        if isinstance(model, (DataParallel, DistributedDataParallel)) or (
+                type(model).__name__ == "DeepSpeedEngine" and isinstance(getattr(model, "module", None), nn.Module)):
             model = model.module
         elif isinstance(model, nn.Module) and isinstance(getattr(model, "_orig_mod", None), nn.Module):
             model = model._orig_mod  # torch.compile's OptimizedModule
