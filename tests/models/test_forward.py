@@ -1,6 +1,7 @@
 """Running a model's own forward: a model that a trainer prepared for mixed precision (accelerate
 wraps its forward in an autocast) is scored as the same model unprepared, and keeps its
-trainer's forward afterwards; a compiled model (or PEFT model) is scored as the model inside."""
+trainer's forward afterwards; so is a run inside a caller's autocast; a compiled model (or PEFT model)
+is scored as the model inside."""
 
 from __future__ import annotations
 
@@ -39,6 +40,21 @@ def test_a_model_prepared_for_mixed_precision_is_scored_by_its_own_forward():
     assert all(a.cells[n][c] == b.cells[n][c] for a, b in zip(scored.records, plain.records)
                for n in READOUTS for c in CELLS)
     assert prepared.forward == trainers_forward  # the training goes on under its autocast
+
+
+def test_a_run_inside_a_callers_autocast_computes_in_the_weights_dtype_it_records():
+    """A training loop may call crosspatch inside its ``with torch.autocast(...)``: the run computes
+    as outside it (the dtype it records), and the autocast is on again afterwards."""
+    import torch
+
+    base = tiny_model("llama")
+    child = perturb_layers(base, range(4), scale=0.2)
+    settings = dict(boundaries=[2], max_new_tokens=10, bootstrap=0, progress=False)
+    plain = run(pair_from_models(copy.deepcopy(base), copy.deepcopy(child), char_tokenizer()), PROMPTS, **settings)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = run(pair_from_models(copy.deepcopy(base), copy.deepcopy(child), char_tokenizer()), PROMPTS, **settings)
+        assert torch.is_autocast_enabled("cpu")
+    assert [r.cells for r in inside.records] == [r.cells for r in plain.records] and plain.records
 
 
 def test_a_compiled_or_parallel_wrapped_model_or_peft_model_is_scored_as_the_model_inside():

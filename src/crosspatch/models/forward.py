@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import BoundaryError
 from .anatomy import Anatomy, find_anatomy, unwrap_peft
 from .layer_hooks import edit_hook, hidden_arg, replace_hidden, zeroed_padding
+from .own_forward import own_forward
 
 
 class WorkCounter:
@@ -49,43 +50,6 @@ def counting_work() -> Iterator[WorkCounter]:
 def record_work(tokens: int, layers: int) -> None:
     for counter in _COUNTERS:
         counter.add(tokens, layers)
-
-
-@contextlib.contextmanager
-def own_forward(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` by its own forward, returning output objects:
-
-    - not the mixed-precision forward a trainer gave it: accelerate (under Trainer, TRL,
-      ``accelerate launch``) wraps a prepared model's forward in ``torch.autocast`` and keeps the
-      forward it had as ``_original_forward``. Every other pass runs the model's layers in its
-      weights' dtype, so decoding under the autocast would find events on half-precision logits
-      that its cells do not reproduce. Any other forward (an accelerate device-map hook) is kept.
-    - with ``return_dict`` on where a config turns it off (``"return_dict": false`` in a
-      checkpoint's config.json): transformers 5's models then fail inside their forward, whose
-      inner model reads it from the config and returns a tuple (callers also pass
-      ``return_dict=True``, which transformers 4 hands down).
-
-    Both are put back on leaving (a training goes on with its forward)."""
-    configs = [c for c in (getattr(model, "config", None), *(getattr(getattr(model, "config", None), k, None)
-                                                              for k in ("text_config", "vision_config")))
-               if c is not None and getattr(c, "return_dict", True) is False]
-    original = model.__dict__.get("_original_forward")
-    wrapped = model.__dict__.get("forward")
-    swap = callable(original) and callable(wrapped) and wrapped is not original
-    if not swap and not configs:
-        yield
-        return
-    if swap:
-        model.forward = original  # pyright: ignore[reportAttributeAccessIssue] - callable, checked above
-    for c in configs:
-        c.return_dict = True
-    try:
-        yield
-    finally:
-        if swap:
-            model.forward = wrapped  # pyright: ignore[reportAttributeAccessIssue] - callable, checked above
-        for c in configs:
-            c.return_dict = False
 
 
 @dataclass

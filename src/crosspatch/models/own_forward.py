@@ -1,0 +1,66 @@
+"""A model computing as itself while crosspatch runs it: by its own forward, in its weights'
+dtype, returning output objects, whatever a trainer, an enclosing autocast or its config set
+(:func:`own_forward`, entered by every pass through ``ModelHandle.active``)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["own_forward"]
+
+
+@contextlib.contextmanager
+def own_forward(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` by its own forward, in its weights' dtype, returning output objects:
+
+    - not the mixed-precision forward a trainer gave it: accelerate (under Trainer, TRL,
+      ``accelerate launch``) wraps a prepared model's forward in ``torch.autocast`` and keeps the
+      forward it had as ``_original_forward``. Every other pass runs the model's layers in its
+      weights' dtype, so decoding under the autocast would find events on half-precision logits
+      that its cells do not reproduce. Any other forward (an accelerate device-map hook) is kept.
+    - outside an autocast the caller entered (a training loop's ``with torch.autocast(...)``
+      around a call of crosspatch): its passes would compute in half precision while the run
+      records the weights' dtype.
+    - with ``return_dict`` on where a config turns it off (``"return_dict": false`` in a
+      checkpoint's config.json): transformers 5's models then fail inside their forward, whose
+      inner model reads it from the config and returns a tuple (callers also pass
+      ``return_dict=True``, which transformers 4 hands down).
+
+    All is put back on leaving (a training goes on with its forward and its autocast)."""
+    configs = [c for c in (getattr(model, "config", None), *(getattr(getattr(model, "config", None), k, None)
+                                                              for k in ("text_config", "vision_config")))
+               if c is not None and getattr(c, "return_dict", True) is False]
+    original = model.__dict__.get("_original_forward")
+    wrapped = model.__dict__.get("forward")
+    swap = callable(original) and callable(wrapped) and wrapped is not original
+    autocast = _autocast_devices()
+    if not swap and not configs and not autocast:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        for device_type in autocast:
+            stack.enter_context(torch.autocast(device_type, enabled=False))
+        if swap:
+            model.forward = original  # pyright: ignore[reportAttributeAccessIssue] - callable, checked above
+        for c in configs:
+            c.return_dict = True
+        try:
+            yield
+        finally:
+            if swap:
+                model.forward = wrapped  # pyright: ignore[reportAttributeAccessIssue] - callable, checked above
+            for c in configs:
+                c.return_dict = False
+
+
+def _autocast_devices() -> list[str]:
+    """The device types on which an autocast is on in this thread (torch 2.4+ takes the device
+    type; older versions have a function for each)."""
+    try:
+        return [d for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
+    except TypeError:  # torch < 2.4
+        return [d for d, on in (("cpu", torch.is_autocast_cpu_enabled()), ("cuda", torch.is_autocast_enabled())) if on]
