@@ -8,12 +8,25 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
+
 from crosspatch.core.cells import CELLS, READOUTS
 from crosspatch.execution import pair_from_models, pair_from_peft_model
 from crosspatch.runner.pipeline import run
 from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
 
 from ..conftest import PROMPTS
+
+SETTINGS = dict(boundaries=[2], max_new_tokens=10, bootstrap=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """A tiny base, a descendant changed in every layer, and the run of the two as they are."""
+    base = tiny_model("llama")
+    child = perturb_layers(base, range(4), scale=0.2)
+    return base, child, run(pair_from_models(copy.deepcopy(base), copy.deepcopy(child), char_tokenizer()), PROMPTS,
+                            **SETTINGS)
 
 
 def _prepared_for_bf16(model):
@@ -27,46 +40,37 @@ def _prepared_for_bf16(model):
         AcceleratorState._reset_state(reset_partial_state=True)  # no accelerator state leaks into other tests
 
 
-def test_a_model_prepared_for_mixed_precision_is_scored_by_its_own_forward():
-    base = tiny_model("llama")
-    child = perturb_layers(base, range(4), scale=0.2)
-    settings = dict(boundaries=[2], max_new_tokens=10, bootstrap=0, progress=False)
-    plain = run(pair_from_models(copy.deepcopy(base), copy.deepcopy(child), char_tokenizer()), PROMPTS, **settings)
+def test_a_model_prepared_for_mixed_precision_is_scored_by_its_own_forward(reference):
+    base, child, plain = reference
     prepared = _prepared_for_bf16(copy.deepcopy(child))
     trainers_forward = prepared.forward
     assert "_original_forward" in prepared.__dict__  # really wrapped in the autocast
-    scored = run(pair_from_models(copy.deepcopy(base), prepared, char_tokenizer()), PROMPTS, **settings)
+    scored = run(pair_from_models(copy.deepcopy(base), prepared, char_tokenizer()), PROMPTS, **SETTINGS)
     assert [r.key for r in scored.records] == [r.key for r in plain.records] and plain.records
     assert all(a.cells[n][c] == b.cells[n][c] for a, b in zip(scored.records, plain.records)
                for n in READOUTS for c in CELLS)
     assert prepared.forward == trainers_forward  # the training goes on under its autocast
 
 
-def test_a_run_inside_a_callers_autocast_computes_in_the_weights_dtype_it_records():
+def test_a_run_inside_a_callers_autocast_computes_in_the_weights_dtype_it_records(reference):
     """A training loop may call crosspatch inside its ``with torch.autocast(...)``: the run computes
     as outside it (the dtype it records), and the autocast is on again afterwards."""
     import torch
 
-    base = tiny_model("llama")
-    child = perturb_layers(base, range(4), scale=0.2)
-    settings = dict(boundaries=[2], max_new_tokens=10, bootstrap=0, progress=False)
-    plain = run(pair_from_models(copy.deepcopy(base), copy.deepcopy(child), char_tokenizer()), PROMPTS, **settings)
+    base, child, plain = reference
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        inside = run(pair_from_models(copy.deepcopy(base), copy.deepcopy(child), char_tokenizer()), PROMPTS, **settings)
+        inside = run(pair_from_models(copy.deepcopy(base), copy.deepcopy(child), char_tokenizer()), PROMPTS, **SETTINGS)
         assert torch.is_autocast_enabled("cpu")
     assert [r.cells for r in inside.records] == [r.cells for r in plain.records] and plain.records
 
 
-def test_a_compiled_or_parallel_wrapped_model_or_peft_model_is_scored_as_the_model_inside():
+def test_a_compiled_or_parallel_wrapped_model_or_peft_model_is_scored_as_the_model_inside(reference):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    base = tiny_model("llama")
-    child = perturb_layers(base, range(4), scale=0.2)
-    settings = dict(boundaries=[2], max_new_tokens=10, bootstrap=0, progress=False)
-    plain = run(pair_from_models(copy.deepcopy(base), copy.deepcopy(child), char_tokenizer()), PROMPTS, **settings)
+    base, child, plain = reference
     compiled = run(pair_from_models(torch.compile(copy.deepcopy(base)), torch.compile(copy.deepcopy(child)),
-                                    char_tokenizer()), PROMPTS, **settings)
+                                    char_tokenizer()), PROMPTS, **SETTINGS)
     assert [r.cells for r in compiled.records] == [r.cells for r in plain.records] and plain.records
 
     class DeepSpeedEngine(torch.nn.Module):  # DeepSpeed's engine, by its name: the model as `module`
@@ -76,37 +80,34 @@ def test_a_compiled_or_parallel_wrapped_model_or_peft_model_is_scored_as_the_mod
 
     wrapped = run(pair_from_models(DeepSpeedEngine(copy.deepcopy(base)),
                                    torch.nn.DataParallel(torch.compile(copy.deepcopy(child))), char_tokenizer()),
-                  PROMPTS, **settings)
+                  PROMPTS, **SETTINGS)
     assert [r.cells for r in wrapped.records] == [r.cells for r in plain.records]
     peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
     as_peft = pair_from_peft_model(peft_model, char_tokenizer())
     compiled_peft = pair_from_peft_model(torch.compile(peft_model), char_tokenizer())
     assert compiled_peft.residency == as_peft.residency == "adapter"
-    a, b = (run(p, PROMPTS, **settings).records for p in (as_peft, compiled_peft))
+    a, b = (run(p, PROMPTS, **SETTINGS).records for p in (as_peft, compiled_peft))
     assert [r.cells for r in a] == [r.cells for r in b] and a
 
 
-def test_a_config_that_turns_return_dict_off_is_scored_as_it_would_be_otherwise(tmp_path):
+def test_a_config_that_turns_return_dict_off_is_scored_as_it_would_be_otherwise(reference, tmp_path):
     """``"return_dict": false`` in a config makes transformers' models fail inside their own forward;
     crosspatch runs them with it on, from disk and in memory, and leaves a model's config as it was."""
     import crosspatch
     from crosspatch.testing import save_tiny_pair
 
-    base = tiny_model("llama")
-    child = perturb_layers(base, range(4), scale=0.2)
-    settings = dict(boundaries=[2], max_new_tokens=10, bootstrap=0, progress=False)
-    plain = run(pair_from_models(copy.deepcopy(base), copy.deepcopy(child), char_tokenizer()), PROMPTS, **settings)
+    base, child, plain = reference
     off = [copy.deepcopy(base), copy.deepcopy(child)]
     for model in off:
         model.config.return_dict = False
-    scored = run(pair_from_models(*off, char_tokenizer()), PROMPTS, **settings)
+    scored = run(pair_from_models(*off, char_tokenizer()), PROMPTS, **SETTINGS)
     assert [r.cells for r in scored.records] == [r.cells for r in plain.records] and plain.records
     assert all(model.config.return_dict is False for model in off)  # the user's config as it was
 
     root = save_tiny_pair(tmp_path)
-    before = crosspatch.run(crosspatch.load_pair(str(root / "base"), tuned=str(root / "tuned")), PROMPTS, **settings)
+    before = crosspatch.run(crosspatch.load_pair(str(root / "base"), tuned=str(root / "tuned")), PROMPTS, **SETTINGS)
     for folder in (root / "base", root / "tuned"):
         config = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**config, "return_dict": False}))
-    after = crosspatch.run(crosspatch.load_pair(str(root / "base"), tuned=str(root / "tuned")), PROMPTS, **settings)
+    after = crosspatch.run(crosspatch.load_pair(str(root / "base"), tuned=str(root / "tuned")), PROMPTS, **SETTINGS)
     assert [r.cells for r in after.records] == [r.cells for r in before.records] and before.records
