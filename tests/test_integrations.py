@@ -182,6 +182,22 @@ def test_a_full_fine_tune_under_mixed_precision_logs_what_a_separate_run_finds(t
     assert model.training and "_original_forward" in model.__dict__  # training goes on as it was
 
 
+def test_a_base_in_memory_of_another_dtype_is_refused_when_training_begins():
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(Z / "it-full"), dtype="float32")
+    base = AutoModelForCausalLM.from_pretrained(str(Z / "base"), dtype="bfloat16")
+    state = SimpleNamespace(global_step=0)
+    with pytest.raises(OptionError, match="base bfloat16, the model trained float32"):  # not at the first diagnostic
+        CrosspatchCallback(PROMPTS, base=base, tokenizer=_tokenizer(), verbose=False).on_train_begin(
+            None, state, None, model=model)
+    CrosspatchCallback(PROMPTS, base=base.to(torch.float32), tokenizer=_tokenizer(), verbose=False).on_train_begin(
+        None, state, None, model=model)
+
+
 def test_a_processor_of_another_kind_lends_its_tokenizer_and_no_tokenizer_is_refused_when_training_begins(tmp_path):
     """A trainer may hold a processor that reads no images (an audio model's): the tokenizer inside
     it reads the prompts; something that is no tokenizer is named when training begins."""

@@ -127,6 +127,7 @@ class CrosspatchCallback(TrainerCallback):
         if model is not None and not is_peft_model(model) and self.base is None:
             raise OptionError("CrosspatchCallback on a full fine-tune needs base= (the base checkpoint's path or "
                               "module); for a PEFT model the base is the adapter switched off")
+        _check_base_dtype(_inner(self.base), model)
         # the trainer's flag; outside a trainer (a call by hand) this process is the only one
         self._main_process = bool(getattr(state, "is_world_process_zero", True))
         if not self._main_process:
@@ -343,6 +344,22 @@ def _refuse_sharded_training(args, model) -> None:
                           "part of every weight, so no process can run the diagnostic alone. Diagnose the saved "
                           "checkpoints instead (`crosspatch lineage BASE --checkpoints OUTPUT_DIR`), or train with "
                           "DDP or DeepSpeed ZeRO-1/2")
+
+
+def _check_base_dtype(base, model) -> None:
+    """A base given in memory computes in the dtype of the model trained (one model's states enter
+    the other's layers): refused when training begins, not at the first diagnostic, hours in (a
+    base given as a path is loaded in the model's dtype)."""
+    import torch
+
+    if not isinstance(base, torch.nn.Module) or model is None or is_peft_model(model):
+        return
+    first = {name: next(m.parameters(), None) for name, m in (("base", base), ("the model trained", model))}
+    dtypes = {name: p.dtype for name, p in first.items() if p is not None}
+    if len(set(dtypes.values())) > 1:
+        shown = ", ".join(f"{name} {str(d).removeprefix('torch.')}" for name, d in dtypes.items())
+        raise OptionError(f"CrosspatchCallback base= is a model of another dtype than the model trained ({shown}): "
+                          "cast it to the model's dtype, or give the base's path (loaded in the model's dtype)")
 
 
 def _check_base(base) -> None:
