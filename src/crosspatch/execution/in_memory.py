@@ -16,7 +16,7 @@ from .modelset import ResidentSet
 from .opening import assemble_set
 from .roles import BASE, check_role_name
 
-__all__ = ["check_injected_adapters", "in_memory_options", "models_from_modules", "module_digest", "pair_from_models", "pair_from_peft_model", "unwrapped_module"]
+__all__ = ["check_injected_adapters", "differing_dtypes", "in_memory_options", "models_from_modules", "module_digest", "pair_from_models", "pair_from_peft_model", "unwrapped_module"]
 
 
 def module_digest(module: nn.Module) -> str:
@@ -57,6 +57,14 @@ def unwrapped_module(model: Any) -> Any:
     return model
 
 
+def differing_dtypes(models: dict[str, nn.Module]) -> str | None:
+    """"NAME dtype, ..." for models in memory of different dtypes (their first parameter's: one
+    model's states must enter the other's layers), else None."""
+    dtypes = {name: str(p.dtype).removeprefix("torch.") for name, m in models.items()
+              for p in [next(m.parameters(), None)] if p is not None}
+    return ", ".join(f"{name} {d}" for name, d in dtypes.items()) if len(set(dtypes.values())) > 1 else None
+
+
 def in_memory_options(options: dict, models: dict[str, nn.Module], residency: str) -> LoadOptions:
     """The :class:`LoadOptions` of a set made of models in memory, used where and as they are,
     whose residency is ``residency``. A dtype, device or residency that disagrees with the models
@@ -69,8 +77,7 @@ def in_memory_options(options: dict, models: dict[str, nn.Module], residency: st
     opts = LoadOptions(**options)
     first = {role: p for role, m in models.items() for p in [next(m.parameters(), None)] if p is not None}
     dtypes = {role: str(p.dtype).removeprefix("torch.") for role, p in first.items()}
-    if len(set(dtypes.values())) > 1:
-        listed = ", ".join(f"{role} {d}" for role, d in dtypes.items())
+    if (listed := differing_dtypes(models)) is not None:
         raise ModelLoadError(f"the models in memory differ in dtype ({listed}): one model's states must enter the "
                              "other's layers; cast them to one dtype (model.to(torch.float32))")
     dtype = dtype_name(opts.dtype if isinstance(opts.dtype, torch.dtype) else str(opts.dtype))

@@ -317,7 +317,7 @@ def _inner(model: Any) -> Any:
     """The model inside a compiled or parallel wrapper (``trainer.model`` may be compiled)."""
     from ..execution.in_memory import unwrapped_module
 
-    return unwrapped_module(model) if model is not None else None
+    return unwrapped_module(model)  # None stays None
 
 
 def _refuse_sharded_training(args, model) -> None:
@@ -352,12 +352,11 @@ def _check_base_dtype(base, model) -> None:
     base given as a path is loaded in the model's dtype)."""
     import torch
 
+    from ..execution.in_memory import differing_dtypes
+
     if not isinstance(base, torch.nn.Module) or model is None or is_peft_model(model):
         return
-    first = {name: next(m.parameters(), None) for name, m in (("base", base), ("the model trained", model))}
-    dtypes = {name: p.dtype for name, p in first.items() if p is not None}
-    if len(set(dtypes.values())) > 1:
-        shown = ", ".join(f"{name} {str(d).removeprefix('torch.')}" for name, d in dtypes.items())
+    if (shown := differing_dtypes({"base": base, "the model trained": model})) is not None:
         raise OptionError(f"CrosspatchCallback base= is a model of another dtype than the model trained ({shown}): "
                           "cast it to the model's dtype, or give the base's path (loaded in the model's dtype)")
 
