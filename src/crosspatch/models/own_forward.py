@@ -31,8 +31,8 @@ def own_forward(model: nn.Module) -> Iterator[None]:
       ``return_dict=True``, which transformers 4 hands down).
 
     All is put back on leaving (a training goes on with its forward and its autocast)."""
-    configs = [c for c in (getattr(model, "config", None), *(getattr(getattr(model, "config", None), k, None)
-                                                              for k in ("text_config", "vision_config")))
+    config = getattr(model, "config", None)
+    configs = [c for c in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None))
                if c is not None and getattr(c, "return_dict", True) is False]
     original = model.__dict__.get("_original_forward")
     wrapped = model.__dict__.get("forward")
