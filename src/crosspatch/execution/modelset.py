@@ -110,6 +110,13 @@ class ModelSet:
                 k: v for k, v in (spec.get("options") or {}).items() if k in LoadOptions.__dataclass_fields__}))
         return self.processors[role]
 
+    def processors_for(self, roles) -> dict | None:
+        """The processors of a set rebuilt from this one's models under ``roles`` (a role this set
+        does not have, a synthetic null, reads images as the base does); None for a text-only set."""
+        if self.image_token_id is None:
+            return None
+        return {role: self.processor(role if role in self.roles else self.base) for role in roles}
+
     def attach_media(self, handle: ModelHandle) -> None:
         """Let full passes of a vision-language ``handle`` find their prompts' images."""
         token = handle.anatomy.image_token_id

@@ -116,9 +116,8 @@ def with_synthetic_nulls(models: ModelSet, tuned: str, count: int, seed: int = 0
     for k, role in enumerate(roles):
         modules[role] = synthetic_null(base, child, seed * 1000 + k + 1)
     # a vision-language set's processors go with it (the nulls read images as the base does)
-    processors = None if models.image_token_id is None else {
-        role: models.processor(role if role in (models.base, *models.descendants) else models.base) for role in modules}
-    rebuilt = models_from_modules(modules, models.tokenizer, dict(models.tokenizers), processors=processors)
+    rebuilt = models_from_modules(modules, models.tokenizer, dict(models.tokenizers),
+                                  processors=models.processors_for(modules))
     old = models.provenance  # the real models keep their recorded paths and load spec (reopening a run)
     record = rebuilt.provenance
     record["base"] = old.get("base", record["base"])

@@ -134,8 +134,7 @@ def _float32_models(models: ModelSet) -> ModelSet:
         opts = LoadOptions(**{**spec["options"], "dtype": "float32"})
         return load_models(spec["base"], tuned=spec["tuned"], adapters=spec["adapters"], options=opts)
     modules = {role: copy.deepcopy(models.handle(role).module).float() for role in models.roles}
-    processors = None if models.image_token_id is None else {role: models.processor(role) for role in models.roles}
-    return models_from_modules(modules, models.tokenizer, models.tokenizers, processors=processors)
+    return models_from_modules(modules, models.tokenizer, models.tokenizers, processors=models.processors_for(models.roles))
 
 
 def verify_near_ties_fp32(models: ModelSet, prompts: list[Prompt], token_ids: list[list[int]],
