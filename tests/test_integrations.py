@@ -227,15 +227,54 @@ def test_a_processor_of_another_kind_lends_its_tokenizer_and_no_tokenizer_is_ref
             args, state, TrainerControl(), model=peft_model)
 
 
-def test_an_out_holding_another_trainings_later_steps_is_refused_when_training_begins(tmp_path):
+def _diagnosed(out, steps):
+    """``out`` as a callback leaves it after diagnosing ``steps``: a run directory and a row each."""
+    for step in steps:
+        (out / f"step-{step}").mkdir(parents=True)
+        (out / f"step-{step}" / "summary.json").write_text(json.dumps({"step": step}))
+    (out / "steps.jsonl").write_text("".join(json.dumps({"step": step}) + "\n" for step in steps))
+
+
+def test_an_out_holding_another_trainings_diagnostics_is_refused_when_training_begins(tmp_path):
     from types import SimpleNamespace
 
-    (tmp_path / "diag" / "step-12").mkdir(parents=True)
+    _diagnosed(tmp_path / "diag", [6, 12])
     callback = CrosspatchCallback(PROMPTS, out=tmp_path / "diag", tokenizer=_tokenizer(), verbose=False)
-    with pytest.raises(OptionError, match="step-12, another training's"):  # a fresh training would meet it at step 12
-        callback.on_train_begin(None, SimpleNamespace(global_step=0), None)
-    for resumed_at in (12, 24):  # a training resumed from a checkpoint adds later steps to its own diagnostics
-        callback.on_train_begin(None, SimpleNamespace(global_step=resumed_at), None)
+    args = SimpleNamespace(output_dir=str(tmp_path / "trainer"))
+    for way in (None, args):  # a fresh training would meet step 6 (unowned out, or its own output directory)
+        with pytest.raises(OptionError, match="step-6, step-12, another training's"):
+            callback.on_train_begin(way, SimpleNamespace(global_step=0), None)
+    callback.on_train_begin(args, SimpleNamespace(global_step=12), None)  # resumed at its last step: it adds later ones
+    assert json.loads((tmp_path / "diag" / "training.json").read_text())["output_dir"] == str((tmp_path / "trainer").resolve())
+    other = SimpleNamespace(output_dir=str(tmp_path / "other-trainer"))
+    for start in (0, 12, 24):  # now owned: another training's output directory is refused wherever it starts
+        with pytest.raises(OptionError, match="diagnostics of another training"):
+            callback.on_train_begin(other, SimpleNamespace(global_step=start), None)
+    assert sorted(p.name for p in (tmp_path / "diag").iterdir()) == ["step-12", "step-6", "steps.jsonl", "training.json"]
+
+
+def test_a_training_resumed_from_an_earlier_checkpoint_sets_aside_the_later_steps_it_left(tmp_path):
+    """After a crash a training resumes from its last checkpoint, often before its last diagnostic:
+    the diagnostics of the steps after it came from the abandoned continuation; they are set aside
+    whole (never overwritten, never mixed into the steps the resumed training diagnoses again)."""
+    from types import SimpleNamespace
+
+    out, args = tmp_path / "diag", SimpleNamespace(output_dir=str(tmp_path / "trainer"))
+    callback = CrosspatchCallback(PROMPTS, out=out, tokenizer=_tokenizer(), verbose=False)
+    callback.on_train_begin(args, SimpleNamespace(global_step=0), None)  # the first attempt claims out
+    _diagnosed(out, [6, 12, 18])
+    callback.history = [{"step": step} for step in (6, 12, 18)]  # the same callback trains again (a notebook)
+    callback._done = {step: {"step": step} for step in (6, 12, 18)}
+    callback.on_train_begin(args, SimpleNamespace(global_step=12), None)  # resumed from checkpoint-12
+    aside = out / "superseded" / "after-step-12"
+    assert sorted(p.name for p in out.glob("step-*")) == ["step-12", "step-6"]
+    assert json.loads((aside / "step-18" / "summary.json").read_text()) == {"step": 18}
+    assert [json.loads(line)["step"] for line in (out / "steps.jsonl").read_text().splitlines()] == [6, 12]
+    assert [json.loads(line)["step"] for line in (aside / "steps.jsonl").read_text().splitlines()] == [18]
+    assert [row["step"] for row in callback.history] == [6, 12] and 18 not in callback._done  # diagnosed again
+    (out / "step-18").mkdir()  # the resumed training diagnosed step 18 again, then crashed once more
+    callback.on_train_begin(args, SimpleNamespace(global_step=12), None)  # rewound to 12 a second time
+    assert (out / "superseded" / "after-step-12-2" / "step-18").is_dir() and (aside / "step-18").is_dir()
 
 
 def test_chat_prompts_need_the_callbacks_chat_template_and_a_tokenizer_that_has_one(tmp_path):

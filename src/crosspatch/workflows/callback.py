@@ -43,6 +43,7 @@ from ..errors import ModelLoadError, OptionError
 from ..models.anatomy import is_peft_model
 from ..runner.summary import HEADLINE_EFFECTS as METRICS  # the effects it logs
 from ..store import write_whole
+from .training_out import STEPS_FILE, claim_out
 
 
 class CrosspatchCallback(TrainerCallback):
@@ -130,9 +131,11 @@ class CrosspatchCallback(TrainerCallback):
         _check_base_dtype(_inner(self.base), model)
         # the trainer's flag; outside a trainer (a call by hand) this process is the only one
         self._main_process = bool(getattr(state, "is_world_process_zero", True))
+        start = int(getattr(state, "global_step", 0) or 0)  # a checkpoint's step where training resumes from one
+        self._resume_at(start)
         if not self._main_process:
             return control  # the main process checks out= and says what it will do
-        self._check_out_is_this_training(int(getattr(state, "global_step", 0) or 0))
+        claim_out(self.out, getattr(args, "output_dir", None), start, self._say)
         if not callable(getattr(self._text_tokenizer(), "get_vocab", None)):
             raise OptionError(f"CrosspatchCallback needs a Hugging Face tokenizer (or a processor holding one), not "
                               f"{type(self.tokenizer).__name__}: give tokenizer=")
@@ -144,19 +147,12 @@ class CrosspatchCallback(TrainerCallback):
                   f"boundary {self.boundary}")
         return control
 
-    def _check_out_is_this_training(self, start_step: int) -> None:
-        """``out`` may hold this training's earlier diagnostics (a training resumed from a
-        checkpoint adds later steps); diagnostics of steps beyond where this training starts are
-        another training's: refused now, not at the first diagnostic that meets one (its run
-        directory would hold other weights), hours into training."""
-        if self.out is None or not Path(self.out).is_dir():
-            return
-        later = sorted(int(p.name[5:]) for p in Path(self.out).glob("step-*")
-                       if p.is_dir() and p.name[5:].isdigit() and int(p.name[5:]) > start_step)
-        if later:
-            shown = ", ".join(f"step-{k}" for k in later[:5]) + (", ..." if len(later) > 5 else "")
-            raise OptionError(f"CrosspatchCallback out={self.out} holds diagnostics of steps after this training's "
-                              f"start (step {start_step}): {shown}, another training's; give a new out directory")
+    def _resume_at(self, start_step: int) -> None:
+        """A training (re)started at ``start_step`` diagnoses its later steps again, on its own
+        weights: what this callback holds of them came from a continuation it abandoned (the same
+        callback trains again from an earlier checkpoint)."""
+        self._done = {step: row for step, row in self._done.items() if step <= start_step}
+        self.history = [row for row in self.history if row["step"] <= start_step]
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every_n_steps and state.global_step % self.every_n_steps == 0:
@@ -262,7 +258,7 @@ class CrosspatchCallback(TrainerCallback):
         self.history.append(row)
         if self.out is not None:
             Path(self.out).mkdir(parents=True, exist_ok=True)
-            with open(Path(self.out) / "steps.jsonl", "a", encoding="utf-8") as fh:
+            with open(Path(self.out) / STEPS_FILE, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row, default=str) + "\n")
         logs = {f"{self.prefix}{k}": v for k, v in row["metrics"].items() if v is not None}
         if self.trainer is not None:

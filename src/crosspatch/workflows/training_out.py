@@ -1,0 +1,98 @@
+"""The training callback's ``out`` directory: one training's diagnostics, a run directory
+``step-<N>`` per diagnosed step and a row per step in ``steps.jsonl``, owned by the training
+whose output directory ``training.json`` names.
+
+A training resumed from one of its checkpoints (``trainer.train(resume_from_checkpoint=...)``
+after a crash, or rewound on purpose) starts again at that checkpoint's step, so the diagnostics
+of its later steps belong to the continuation it abandoned: they are set aside, whole, into
+``superseded/after-step-<N>/`` (run directories and their ``steps.jsonl`` rows), and the resumed
+training diagnoses those steps again on its own weights. Diagnostics of another training (another
+output directory, or a fresh training meeting steps it has not reached) are refused when training
+begins, never mixed with this one's or overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import OptionError
+from ..store import write_whole
+
+OWNER_FILE = "training.json"  # {"output_dir": the owning training's output directory, resolved}
+SUPERSEDED_DIR = "superseded"
+STEPS_FILE = "steps.jsonl"
+
+
+def step_dirs(out: Path) -> dict[int, Path]:
+    """The run directories ``step-<N>`` in ``out``, by step."""
+    if not out.is_dir():
+        return {}
+    return {int(p.name[5:]): p for p in out.glob("step-*") if p.is_dir() and p.name[5:].isdigit()}
+
+
+def recorded_owner(out: Path) -> str | None:
+    """The output directory of the training that owns ``out``, or None where none is recorded (an
+    ``out`` of a callback run by hand, or of an earlier version)."""
+    try:
+        return json.loads((out / OWNER_FILE).read_text(encoding="utf-8")).get("output_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def claim_out(out: str | Path | None, output_dir: str | None, start_step: int, say: Callable[[str], None]) -> None:
+    """Make ``out`` this training's before its first diagnostic (when training begins, not hours
+    in): a training that starts at ``start_step`` and writes checkpoints to ``output_dir`` (None:
+    not known, a callback run by hand) may add to its own diagnostics; those of its steps after
+    ``start_step`` (it was resumed from an earlier checkpoint) are set aside; another training's
+    are refused by name."""
+    if out is None:
+        return
+    out = Path(out)
+    here = str(Path(output_dir).resolve()) if output_dir else None
+    owner = recorded_owner(out)
+    later = sorted(k for k in step_dirs(out) if k > start_step)
+    if owner is not None and here is not None and owner != here:
+        raise OptionError(f"CrosspatchCallback out={out} holds the diagnostics of another training (output "
+                          f"directory {owner}, this one's is {here}); give a new out directory")
+    if later and not (start_step > 0 and here is not None and owner == here):
+        shown = ", ".join(f"step-{k}" for k in later[:5]) + (", ..." if len(later) > 5 else "")
+        raise OptionError(f"CrosspatchCallback out={out} holds diagnostics of steps after this training's start "
+                          f"(step {start_step}): {shown}, another training's; give a new out directory (or, where "
+                          "they are this training's from before it was resumed, move them out of it)")
+    if later:
+        aside = set_aside(out, later, start_step)
+        say(f"resumed at step {start_step}: the diagnostics of the later steps it left ({len(later)}) are set aside "
+            f"in {aside}")
+    if here is not None and owner is None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_whole(out / OWNER_FILE, json.dumps({"output_dir": here}, indent=2) + "\n")
+
+
+def set_aside(out: Path, steps: list[int], start_step: int) -> Path:
+    """Move the run directories of ``steps`` and their ``steps.jsonl`` rows into a new folder
+    ``superseded/after-step-<start_step>[-k]``; returns it."""
+    base = out / SUPERSEDED_DIR / f"after-step-{start_step}"
+    aside, k = base, 1
+    while aside.exists():
+        k += 1
+        aside = base.with_name(f"{base.name}-{k}")
+    aside.mkdir(parents=True)
+    moved = set(steps)
+    lines = (out / STEPS_FILE).read_text(encoding="utf-8").splitlines() if (out / STEPS_FILE).is_file() else []
+    kept, left = [], []
+    for line in lines:
+        try:
+            step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            step = None  # a torn last line (a kill while writing): kept where it was
+        (left if step in moved else kept).append(line)
+    if left:
+        write_whole(aside / STEPS_FILE, "\n".join(left) + "\n")
+    dirs = step_dirs(out)
+    for step in steps:
+        dirs[step].rename(aside / dirs[step].name)
+    if left:
+        write_whole(out / STEPS_FILE, "".join(line + "\n" for line in kept))
+    return aside
