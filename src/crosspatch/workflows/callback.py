@@ -265,9 +265,9 @@ class CrosspatchCallback(TrainerCallback):
             self.trainer.log(logs)
         else:
             state.log_history.append({**logs, "step": step})
-        self._say(f"step {step}: " + ", ".join(f"{k} {row['metrics'][k]:+.3f}" for k in METRICS
-                                               if row["metrics"].get(k) is not None)
-                  + f"; {row['verdict']} ({row['events']} events, {seconds:.1f} s)")
+        effects = ", ".join(f"{k} {row['metrics'][k]:+.3f}" for k in METRICS if row["metrics"].get(k) is not None)
+        self._say(f"step {step}: {effects + '; ' if effects else ''}{row['verdict']} ({row['events']} events, "
+                  f"{seconds:.1f} s)")  # no effects where no event was found (an adapter not yet trained)
         if self.stop_on_fail and not row["passed"]:
             self._say(f"stopping training: verdict {row['verdict']} is not one the policy passes")
         self._follow_stop(control, row)
