@@ -112,6 +112,33 @@ def test_scoring_is_suffix_only():
     assert row["results"]["IT"]["t_it"]["suffix"].replace(" ", "") == "bbb"  # 3 generated tokens, none forced
 
 
+def test_continuations_cut_at_the_budget_are_counted_and_named_in_the_report():
+    """A validator that reads the whole answer fails a continuation cut at the budget whatever the
+    forced token: each continuation records whether it ended (an end-of-sequence token), and the
+    report says how many did not."""
+    from crosspatch.analyses.consequence import render_consequences
+    from crosspatch.core.stats import BootstrapConfig
+
+    tok = char_tokenizer()
+    model = _copy_model()
+    pair = pair_from_models(model, model, tok)
+    a, eos = tok.convert_tokens_to_ids("a"), tok.eos_token_id
+    prefix = tok("x")["input_ids"]
+    events = [DivergenceEvent(f"p{k}", "c", len(prefix), 0, prefix, t_pt=a, t_it=eos) for k in range(3)]
+    validators = {f"p{k}": parse_validator({"type": "regex", "pattern": "."}, "x") for k in range(3)}
+    ex = Executor(pair)
+    rows = ex.drive(Consequence(validators, budget=4).program(ex, EventSet(events, "base", "tuned", None)))
+    for r in rows:  # the copy model repeats the forced token: the forced end-of-sequence ends at once
+        assert r["results"]["IT"]["t_it"]["ended"] and not r["results"]["IT"]["t_pt"]["ended"]
+    block = consequence_summary(rows, {}, BootstrapConfig(0))
+    assert block["by_model"]["IT"]["unended"] == {"n": 9, "of": 12}
+    assert "9 of 12 continuations stopped at the budget" in " ".join(render_consequences(block).paragraphs)
+    for r in rows:  # every continuation ended: no note
+        for res in r["results"]["IT"].values():
+            res["ended"] = True
+    assert "stopped at the budget" not in " ".join(render_consequences(consequence_summary(rows, {}, BootstrapConfig(0))).paragraphs)
+
+
 def test_forcing_the_natural_token_reproduces_the_natural_continuation():
     pair = make_pair("llama", scale=0.5)
     result = __import__("crosspatch.runner.pipeline").runner.pipeline.run(

@@ -76,7 +76,7 @@ class Consequence(Analysis):
         roles = [("IT", events.tuned)] + ([("PT", events.base)] if self.with_pt else [])
         prompts = [e.prefix_ids + [f[name]] for e, f in zip(evs, forced) for name in FORCED]
         continuations = yield [Decode(role, prompts, self.budget) for _, role in roles]
-        tok = ex.models.tokenizer
+        tok, eos = ex.models.tokenizer, ex.models.eos_ids
         rows = []
         for k, (e, f) in enumerate(zip(evs, forced)):
             validator = self.validators[e.prompt_id]
@@ -87,8 +87,11 @@ class Consequence(Analysis):
             for (label, _), conts in zip(roles, continuations):
                 res = {}
                 for j, name in enumerate(FORCED):
-                    suffix = tok.decode(conts[k * len(FORCED) + j], skip_special_tokens=True)
-                    res[name] = {"pass": bool(validator.check(suffix)), "suffix": suffix[:400]}
+                    ids = conts[k * len(FORCED) + j]
+                    suffix = tok.decode(ids, skip_special_tokens=True)
+                    # ended: by an end-of-sequence token, not cut at the budget (or at non-finite logits)
+                    res[name] = {"pass": bool(validator.check(suffix)), "suffix": suffix[:400],
+                                 "ended": bool(ids) and ids[-1] in eos}
                 row["results"][label] = res
             rows.append(row)
         return rows
@@ -136,6 +139,8 @@ def consequence_summary(rows: list[dict], interactions: dict[str, float], boot: 
             block["interaction_vs_delta"] = _correlation(x, y, c, boot)
         else:
             block["interaction_vs_delta"] = {"r": None, "ci": None, "n": 0}
+        known = [r["results"][label][n]["ended"] for r in rs for n in FORCED if "ended" in r["results"][label][n]]
+        block["unended"] = {"n": sum(not e for e in known), "of": len(known)}  # (records before it: not counted)
         out["by_model"][label] = block
     return out
 
@@ -256,8 +261,14 @@ def render_consequences(block: dict) -> Section | None:
     """Pass rates per forced token, the deltas and the interaction correlation, with intervals."""
     if not block or not block.get("by_model"):
         return None
-    rows = []
+    rows, notes = [], []
     for label, b in block["by_model"].items():
+        unended = b.get("unended") or {}
+        if unended.get("n"):
+            notes.append(f"Continued by {label}: {unended['n']} of {unended['of']} continuations stopped at the budget "
+                         "without an end-of-sequence token: a validator that reads the whole answer (a required "
+                         "section, a closing line) fails them whatever token was forced; a larger budget "
+                         "(--consequence-budget, consequence --budget) lets them end.")
         corr = b["interaction_vs_delta"]
         corr_text = "n/a" if corr.get("r") is None else f"{corr['r']:+.2f}" + (
             f" [{corr['ci'][0]:+.2f}, {corr['ci'][1]:+.2f}]" if corr.get("ci") else "") + f" (n={corr.get('n', 0)})"
@@ -267,7 +278,7 @@ def render_consequences(block: dict) -> Section | None:
         "Consequences: does the divergent token matter?",
         [f"{block['n_events']} event(s) with a validator; each first token forced, the continuation (suffix only, "
          "the forced token excluded) scored by the prompt's validator. Rates and deltas with 95% prompt-cluster "
-         "intervals."],
+         "intervals.", *notes],
         [Table(["", "pass t_IT", "pass t_PT", "pass matched", "pass random", "t_IT - t_PT", "t_IT - matched",
                 "corr(interaction, delta)"], rows)])
 
