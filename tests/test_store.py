@@ -342,6 +342,18 @@ def test_group_by_never_replaces_a_built_in_breakdown():
     assert any("--group-by category" in w for w in result.summary["warnings"])
 
 
+def test_a_group_by_field_whose_groups_are_too_small_for_intervals_warns_before_the_run():
+    """A field with about a value per prompt (an id, a city) breaks the run down into groups of one
+    or two prompts: a table of points without intervals, named before any model runs."""
+    from crosspatch.inputs.prompts import as_prompts
+    from crosspatch.runner.checks import check_group_by
+
+    prompts = as_prompts([dict(p, city=f"c{k // 2}", split="ab"[k % 2]) for k, p in enumerate(many_prompts(20))])
+    warned = check_group_by(["city", "split"], prompts)
+    assert len(warned) == 1 and "--group-by city: 10 value(s) among 20 prompt(s); 20 of them" in warned[0]
+    assert check_group_by(["city"], as_prompts([dict(p, city="c0") for p in many_prompts(20)])) == []
+
+
 def test_a_group_by_field_of_numbers_and_text_is_stored_as_text(tmp_path):
     """A ``--group-by`` field whose values mix numbers and text (``1`` and ``"hard"``) warns before
     the run and is written to the Parquet table as text, instead of failing to write the table

@@ -259,7 +259,25 @@ def check_group_by(fields: list[str], prompts) -> list[str]:
         if mixed_kinds(p.metadata.get(name) for p in prompts):
             warnings.append(f"--group-by {name}: its values are of several kinds (numbers, text, ...); the events "
                             "table stores them as text")
+        if (small := _small_groups(name, prompts)) is not None:
+            warnings.append(small)
     return warnings
+
+
+def _small_groups(name: str, prompts) -> str | None:
+    """A warning where most prompts that carry ``name`` are in groups too small for an interval
+    (a field with a value per prompt, an id or a city, gives a table of points, one row each)."""
+    from collections import Counter
+
+    from ..core.stats import MIN_CLUSTERS_FOR_CI
+
+    sizes = Counter(str(p.metadata[name]) for p in prompts if name in p.metadata)
+    small = sum(n for n in sizes.values() if n < MIN_CLUSTERS_FOR_CI)
+    if small * 2 <= sum(sizes.values()):
+        return None
+    return (f"--group-by {name}: {len(sizes)} value(s) among {sum(sizes.values())} prompt(s); {small} of them are in "
+            f"groups of fewer than {MIN_CLUSTERS_FOR_CI} prompts, too few for an interval (those rows show points "
+            "only): group by a coarser field")
 
 
 def check_prompt_token_ids(prompt_ids: list[str], token_ids: list[list[int]], embeddings: dict[str, int | None]
