@@ -111,3 +111,38 @@ def test_a_config_that_turns_return_dict_off_is_scored_as_it_would_be_otherwise(
         (folder / "config.json").write_text(json.dumps({**config, "return_dict": False}))
     after = crosspatch.run(crosspatch.load_pair(str(root / "base"), tuned=str(root / "tuned")), PROMPTS, **SETTINGS)
     assert [r.cells for r in after.records] == [r.cells for r in before.records] and before.records
+
+
+def test_a_model_in_training_mode_is_scored_in_eval_mode_and_left_training(reference):
+    """A training loop calls crosspatch on the model it trains (dropout on): every pass computes in
+    eval mode, and each module is left in the mode it was in (training goes on with its dropout; a
+    module its owner kept in eval mode stays there)."""
+    base, child, plain = reference
+    training = copy.deepcopy(child)
+    for layer in training.model.layers:
+        layer.self_attn.attention_dropout = 0.5  # (what config.attention_dropout sets)
+    training.train()
+    training.model.layers[0].mlp.eval()
+    modes = {name: m.training for name, m in training.named_modules()}
+    scored = run(pair_from_models(copy.deepcopy(base), training, char_tokenizer()), PROMPTS, **SETTINGS)
+    assert [r.cells for r in scored.records] == [r.cells for r in plain.records] and plain.records
+    assert {name: m.training for name, m in training.named_modules()} == modes
+
+
+def test_a_peft_model_in_training_mode_is_scored_in_eval_mode_and_left_training(reference):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base, _, _ = reference
+    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                lora_dropout=0.5))
+    with torch.no_grad():
+        for name, weight in peft_model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    peft_model.eval()
+    evaluated = run(pair_from_peft_model(peft_model, char_tokenizer()), PROMPTS, **SETTINGS)
+    peft_model.train()
+    scored = run(pair_from_peft_model(peft_model, char_tokenizer()), PROMPTS, **SETTINGS)
+    assert [r.cells for r in scored.records] == [r.cells for r in evaluated.records] and evaluated.records
+    assert all(m.training for m in peft_model.modules())

@@ -112,7 +112,8 @@ def _on_device(parameter: torch.Tensor, device: str) -> bool:
 def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dict[str, Any] | None = None,
                         processors: dict[str, object] | object | None = None, **options) -> ResidentSet:
     """A set from models already in memory (notebooks, tests); the first entry is the base.
-    Models are put in eval mode. ``processors``: vision-language models' processors (one for
+    Every pass computes them in eval mode, and leaves each in the mode it was in (a training loop's
+    model goes on training). ``processors``: vision-language models' processors (one for
     all roles, or a dict by role)."""
     if not isinstance(models, dict) or len(models) < 2:
         given = f"a dict of {len(models)}" if isinstance(models, dict) else f"a {type(models).__name__}"
@@ -131,8 +132,6 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
             raise ModelLoadError(f"{role}: needs a Hugging Face tokenizer, not {type(tok).__name__}")
     opts = in_memory_options(options, models, "both")
     roles = list(models)
-    for m in models.values():
-        m.eval()
     handles = {r: ModelHandle(r, m) for r, m in models.items()}
     first = next(iter(models.values()))
     digests = {r: module_digest(m) for r, m in models.items()}
@@ -151,8 +150,8 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
                          **options) -> ResidentSet:
     """A pair from one PEFT model in memory: ``base`` is the model with its adapters switched off,
     ``tuned`` with ``adapter_name`` (default: the active adapter) on; no second copy of the
-    weights (residency "adapter"). The model is put in eval mode (the caller restores training) and
-    is left with the scored adapter active; an ``adapter_name`` it does not hold, or several active
+    weights (residency "adapter"). Every pass computes it in eval mode and leaves it in the mode it
+    was in (a training loop's model goes on training); it is left with the scored adapter active; an ``adapter_name`` it does not hold, or several active
     adapters and none named, is an ``OptionError``.
     ``processors``: a vision-language model's processor (one for both roles, or a dict by role)."""
     from ..models.adapters import layer_replication_text
@@ -166,7 +165,6 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
     if (replicated := layer_replication_text(getattr(config, "layer_replication", None))) is not None:
         raise UnsupportedAdapterError(f"adapter {name!r} {replicated}")
     opts = in_memory_options(options, {BASE: peft_model}, "adapter")
-    peft_model.eval()
     handles = {BASE: ModelHandle(BASE, peft_model, adapter_enabled=False),
                "tuned": ModelHandle("tuned", peft_model, adapter_enabled=True, adapter_name=name)}
     dtype = str(next(unwrap_peft(peft_model).parameters()).dtype).replace("torch.", "")

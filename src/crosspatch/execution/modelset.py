@@ -31,6 +31,7 @@ from ..models.anatomy import Anatomy
 from ..models.forward import ModelHandle
 from ..models.loading import LoadOptions, load_causal_lm, load_processor, pad_token_id
 from ..models.media import MediaRegistry, install_media_hook
+from ..models.own_forward import evaluating
 from ..models.vocab import RealVocabulary
 from .adapters import _load_adapters
 from .roles import BASE
@@ -138,6 +139,12 @@ class ModelSet:
         """Whether the models of all ``roles`` can be in use at the same time."""
         return True
 
+    def evaluating(self) -> contextlib.AbstractContextManager:
+        """The set's models in eval mode for the duration (a run), each module's mode put back
+        afterwards: a model given in memory by a training loop goes on training. Models the set
+        loads itself are in eval mode already."""
+        return contextlib.nullcontext()
+
     def head(self, role: str):
         """Something :func:`~crosspatch.models.forward.readout` accepts for ``role``'s head."""
         raise NotImplementedError
@@ -230,6 +237,10 @@ class ResidentSet(ModelSet):
 
     def head(self, role: str) -> ModelHandle:
         return self.handles[role]
+
+    def evaluating(self) -> contextlib.AbstractContextManager:
+        models = list({id(h.anatomy.model): h.anatomy.model for h in self.handles.values()}.values())
+        return evaluating(*models)
 
 
 @dataclass(repr=False)

@@ -1,6 +1,7 @@
-"""A model computing as itself while crosspatch runs it: by its own forward, in its weights'
-dtype, returning output objects, whatever a trainer, an enclosing autocast or its config set
-(:func:`own_forward`, entered by every pass through ``ModelHandle.active``)."""
+"""A model computing as itself while crosspatch runs it: by its own forward, in eval mode, in
+its weights' dtype, returning output objects, whatever a trainer, an enclosing autocast or its
+config set (:func:`own_forward`, entered by every pass through ``ModelHandle.active``), and left
+as it was found (:func:`evaluating`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["own_forward"]
+__all__ = ["evaluating", "own_forward"]
 
 
 @contextlib.contextmanager
@@ -25,6 +26,9 @@ def own_forward(model: nn.Module) -> Iterator[None]:
     - outside an autocast the caller entered (a training loop's ``with torch.autocast(...)``
       around a call of crosspatch): its passes would compute in half precision while the run
       records the weights' dtype.
+    - in eval mode (no dropout, no router noise) where a training loop left it in training mode:
+      the mode of each module is put back on leaving (:func:`evaluating`; a model already in eval
+      mode costs one attribute read).
     - with ``return_dict`` on where a config turns it off (``"return_dict": false`` in a
       checkpoint's config.json): transformers 5's models then fail inside their forward, whose
       inner model reads it from the config and returns a tuple (callers also pass
@@ -38,10 +42,12 @@ def own_forward(model: nn.Module) -> Iterator[None]:
     wrapped = model.__dict__.get("forward")
     swap = callable(original) and callable(wrapped) and wrapped is not original
     autocast = _autocast_devices()
-    if not swap and not configs and not autocast:
+    if not swap and not configs and not autocast and not model.training:
         yield
         return
     with contextlib.ExitStack() as stack:
+        if model.training:
+            stack.enter_context(evaluating(model))
         for device_type in autocast:
             stack.enter_context(torch.autocast(device_type, enabled=False))
         if swap:
@@ -55,6 +61,28 @@ def own_forward(model: nn.Module) -> Iterator[None]:
                 model.forward = wrapped  # pyright: ignore[reportAttributeAccessIssue] - callable, checked above
             for c in configs:
                 c.return_dict = False
+
+
+@contextlib.contextmanager
+def evaluating(*models: nn.Module) -> Iterator[None]:
+    """``models`` in eval mode for the duration, each of their modules put back in the mode it had
+    (a training loop's model goes on training; a module its owner kept in eval mode stays there).
+    Entered once around a run by the model sets, and by :func:`own_forward` around a pass that
+    finds a model in training mode."""
+    modules = [list(model.modules()) for model in models]
+    training = [{id(m) for m in mods if m.training} for mods in modules]
+    for model, on in zip(models, training):
+        if on:
+            model.eval()
+    try:
+        yield
+    finally:
+        for model, mods, on in zip(models, modules, training):
+            if len(on) == len(mods):
+                model.train()  # the whole model trained: its own train(), which some modules extend (DoRA's cache)
+            elif on:
+                for module in mods:
+                    module.training = id(module) in on
 
 
 def _autocast_devices() -> list[str]:

@@ -265,7 +265,8 @@ def run(
                                   config.max_batch_tokens)) is not None:
         run_warnings.append(over)
     store = RunStore(out) if out is not None else None
-    with store.lock() if store is not None else contextlib.nullcontext():  # one process per run directory
+    # one process per run directory; models a training loop gave in memory compute in eval mode and go on training
+    with store.lock() if store is not None else contextlib.nullcontext(), pair.evaluating():
         records: list[CellRecord] = []
         no_div: list[NoDivergence] = []
         if store is not None:

@@ -239,7 +239,6 @@ class CrosspatchCallback(TrainerCallback):
         model = _inner(model)
         import crosspatch
 
-        was_training = model.training
         started = time.perf_counter()
         try:
             pair = self._pair(model)
@@ -247,9 +246,7 @@ class CrosspatchCallback(TrainerCallback):
             result = crosspatch.run(pair, self.prompts, boundary=self.boundary, max_new_tokens=self.max_new_tokens,
                                     bootstrap=self.bootstrap, seed=self.seed, out=out, progress=False,
                                     policy=self.policy.as_dict(), chat_template=self.chat_template)
-        finally:
-            if was_training:
-                model.train()
+        finally:  # (the run computes the model in eval mode and leaves it training)
             if self._base_model is not None and self.base is not self._base_model:
                 self._base_model.to("cpu")  # pyright: ignore[reportCallIssue, reportArgumentType] - a torch module
         seconds = time.perf_counter() - started
