@@ -178,6 +178,18 @@ def _other_shapes(env: Env) -> Path:
     return _model_dir(env, "other_shapes", edit)
 
 
+def _longrope_base(env: Env) -> Path:
+    """A base whose config.json gives a long-context RoPE (longrope, as Phi-3's 128k models) with an
+    original context of 8 positions."""
+    def edit(d):
+        config = json.loads((d / "config.json").read_text())
+        half = config["hidden_size"] // config["num_attention_heads"] // 2
+        config["rope_parameters"] = {"rope_type": "longrope", "short_factor": [1.0] * half, "long_factor": [4.0] * half,
+                                     "rope_theta": 10000.0, "original_max_position_embeddings": 8}
+        (d / "config.json").write_text(json.dumps(config))
+    return _model_dir(env, "longrope_base", edit, env.base)
+
+
 def _no_bos(env: Env) -> Path:
     """A descendant whose tokenizer adds no BOS: every prompt tokenizes otherwise than under the
     base's (named before the weights load)."""
@@ -393,6 +405,8 @@ CASES = [
     Case("prompts", "a prompt longer than the model's positions",
          lambda e: e.run_args(prompts=e.file("p.jsonl", _jsonl([{"id": "long", "prompt": "rain " * 60}]))),
          "PromptTooLongError"),
+    Case("prompts", "prompts that would reach past a long-context RoPE's original context (longrope)",
+         lambda e: e.run_args(base=_longrope_base(e)), "PromptTooLongError"),
     Case("prompts", "a prompt that fits --max-new-tokens but not the native-history control's 16 tokens",
          lambda e: e.run_args("--controls", "native_history", prompts=e.file("p.jsonl", _jsonl(
              [{"id": "long", "prompt": "r" * (_positions(e) - 1 - 10)}]))), "PromptTooLongError"),

@@ -816,6 +816,65 @@ def test_an_index_topk_that_a_dense_model_merely_carries_is_not_read(tmp_path):
     assert local_sparse_topk(str(tmp_path)) == 4
 
 
+def _longrope_pair(original: int):
+    """A tiny Phi-3 pair with a long-context RoPE (longrope) whose original context is ``original``."""
+    import transformers
+
+    from crosspatch.testing import perturb_layers
+
+    config = transformers.Phi3Config(
+        vocab_size=len(char_tokenizer()), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, pad_token_id=0, eos_token_id=2,
+        original_max_position_embeddings=original,
+        rope_scaling={"rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [4.0] * 4})
+    torch.manual_seed(0)
+    base = transformers.Phi3ForCausalLM(config).eval()
+    with torch.no_grad():
+        base.get_output_embeddings().weight.mul_(4)
+    return base, perturb_layers(base, range(4), scale=0.3)
+
+
+def test_a_long_context_rope_is_exact_within_its_original_context_and_refused_past_it():
+    """longrope (Phi-3/3.5 128k, Phi-4-mini) computes every position of a pass longer than its
+    original context with its long-context frequencies, while generating computed the earlier ones
+    with the short ones: sequences that would reach past it are refused by name; within it the
+    cells reproduce the model's own logits."""
+    from crosspatch.errors import PromptTooLongError
+    from crosspatch.runner.pipeline import run
+
+    from ..conftest import PROMPTS
+    from .test_anatomy import result_prefix
+
+    prompts = [dict(p) for p in PROMPTS[:4]]
+    options = dict(boundary=2, max_new_tokens=8, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+    pair = pair_from_models(*_longrope_pair(256), char_tokenizer())
+    result = run(pair, prompts, **options)
+    assert result.records
+    for rec in result.records:
+        with torch.inference_mode():
+            ref = pair.it.anatomy.model(input_ids=torch.tensor([result_prefix(pair, rec, prompts)])).logits[0, -1]
+        assert abs(rec.cells["common_it"]["uit_lit"] - float(ref[rec.t_it] - ref[rec.t_pt])) <= 1e-5
+    with pytest.raises(PromptTooLongError, match="original_max_position_embeddings.*longrope"):
+        run(pair_from_models(*_longrope_pair(12), char_tokenizer()), prompts, **options)
+
+
+def test_a_long_context_ropes_original_context_is_read_from_config_json_before_any_model_loads(tmp_path):
+    from crosspatch.models.paths import local_rope_switch
+
+    longrope = {"rope_type": "longrope", "short_factor": [1.0], "long_factor": [4.0]}
+    for config in ({"model_type": "phi3", "rope_parameters": dict(longrope, original_max_position_embeddings=4096)},
+                   {"model_type": "phi3", "rope_scaling": dict(longrope, rope_type=None, type="longrope"),
+                    "original_max_position_embeddings": 4096},  # as transformers 4 writes Phi-3's
+                   {"model_type": "a_vlm", "vision_config": {}, "text_config": {
+                       "rope_parameters": {"full_attention": dict(longrope, original_max_position_embeddings=4096)}}}):
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        assert local_rope_switch(str(tmp_path)) == 4096
+    for config in ({"model_type": "llama"}, {"model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                                                                                    "original_max_position_embeddings": 4096}}):
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        assert local_rope_switch(str(tmp_path)) is None
+
+
 def test_two_computations_of_logits_differ_only_beyond_their_precision():
     """``logits_gap``: rounding spread over a whole vocabulary (bfloat16: a few hundredths on
     logits of size 20, some of them near zero) is no difference; a shift of a sizeable part of

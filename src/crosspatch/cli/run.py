@@ -125,7 +125,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     from ..models.anatomy import check_supported
     from ..models.checks import check_weights_fit_config, compare_configs, compare_weight_layouts, local_input_embeddings
     from ..models.loading import check_custom_code, check_weight_format
-    from ..models.paths import local_config, local_is_multimodal, local_max_positions, local_sparse_topk
+    from ..models.paths import local_config, local_is_multimodal, local_max_positions, local_rope_switch, local_sparse_topk
     from ..runner.checks import (
         check_distinct_descendants,
         check_group_by,
@@ -179,7 +179,8 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     # prompts the generation budget, the consequences' continuations or a control's decoding would carry past
     # the base's positions
     check_prompt_lengths(list(token_ids), list(token_ids.values()), config.max_new_tokens, local_max_positions(base),
-                         *_decoding_reach(config, layers, items), sparse_topk=local_sparse_topk(base))
+                         *_decoding_reach(config, layers, items), sparse_topk=local_sparse_topk(base),
+                         rope_switch=local_rope_switch(base))
     # ids a tokenizer that is not its model's gives beyond a checkpoint's embeddings (an adapter's model: the base's)
     check_prompt_token_ids(list(token_ids), list(token_ids.values()),
                            {"base": local_input_embeddings(base),

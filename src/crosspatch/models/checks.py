@@ -25,11 +25,12 @@ def model_facts(handle) -> dict:
     routers = {i: name for i, layer in enumerate(a.layers) if (name := router_name(layer)) is not None}
     embeddings = a.model.get_input_embeddings()
     from .anatomy import text_config
-    from .paths import config_sparse_topk
+    from .paths import config_rope_switch, config_sparse_topk
 
     return {"class": type(a.model).__name__, "num_layers": a.num_layers, "hidden_size": a.hidden_size,
             "lm_head_rows": a.lm_head.weight.shape[0], "max_positions": limit, "routers": routers,
             "sparse_topk": config_sparse_topk(text_config(a.model.config).to_dict()),
+            "rope_switch": config_rope_switch(text_config(a.model.config).to_dict()),
             "input_embeddings": getattr(embeddings, "num_embeddings", None),
             "image_token_id": a.image_token_id}
 

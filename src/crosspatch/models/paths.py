@@ -365,6 +365,29 @@ def local_sparse_topk(path: str) -> int | None:
     return config_sparse_topk(text_config(local_config(path)))
 
 
+def config_rope_switch(text: dict) -> int | None:
+    """The sequence length past which a long-context RoPE that depends on a pass's length (``longrope``:
+    Phi-3/3.5's 128k models, Phi-4-mini) computes every position of one pass with its long-context
+    frequencies, while generating computes the earlier positions with the short ones: its
+    ``original_max_position_embeddings``, from a (text) config dict; None for any other RoPE.
+    (Dynamic NTK scaling switches past ``max_position_embeddings``, the position limit itself.)"""
+    params = text.get("rope_parameters") or text.get("rope_scaling")
+    if not isinstance(params, dict):
+        return None
+    kinds = [params] if ("rope_type" in params or "type" in params) else [v for v in params.values() if isinstance(v, dict)]
+    for kind in kinds:  # (a dict per layer type where layers differ)
+        if (kind.get("rope_type") or kind.get("type")) == "longrope":
+            original = kind.get("original_max_position_embeddings") or text.get("original_max_position_embeddings")
+            if isinstance(original, int) and not isinstance(original, bool) and original > 0:
+                return original
+    return None
+
+
+def local_rope_switch(path: str) -> int | None:
+    """:func:`config_rope_switch` of a local checkpoint's config.json (None when unknown)."""
+    return config_rope_switch(text_config(local_config(path)))
+
+
 def local_is_multimodal(path: str) -> bool | None:
     """Whether a local checkpoint's config.json describes a vision-language model (None when
     unknown: a hub id or no readable config)."""

@@ -301,15 +301,16 @@ def check_prompt_token_ids(prompt_ids: list[str], token_ids: list[list[int]], em
 
 def check_prompt_lengths(prompt_ids: list[str], token_ids: list[list[int]], max_new_tokens: int,
                          limit: int | None, consequence_budget: int | None = None, controls_reach: int = 0,
-                         sparse_topk: int | None = None) -> None:
+                         sparse_topk: int | None = None, rope_switch: int | None = None) -> None:
     """Prompt + generation budget (+ a forced token and ``consequence_budget`` continued tokens
     after the event, when consequences are scored; at least ``controls_reach``, the tokens a
     control decodes past the prompt) must fit the model's position limit, and the keys an indexed
-    sparse attention picks per token (``sparse_topk``, see :func:`_length_bounds`) (policy: a named
+    sparse attention picks per token (``sparse_topk``) and the length where a long-context RoPE
+    switches (``rope_switch``; see :func:`_length_bounds`) (policy: a named
     error listing the prompts, before any compute; nothing is truncated silently)."""
     extra = 1 + consequence_budget if consequence_budget else 0
     reach = max(max_new_tokens + extra, controls_reach)
-    for bound, what in _length_bounds(limit, sparse_topk):
+    for bound, what in _length_bounds(limit, sparse_topk, rope_switch):
         long = [(pid, len(ids)) for pid, ids in zip(prompt_ids, token_ids) if len(ids) + reach > bound]
         if not long:
             continue
@@ -323,24 +324,30 @@ def check_prompt_lengths(prompt_ids: list[str], token_ids: list[list[int]], max_
             f"{shown}{', ...' if len(long) > 10 else ''}. Shorten or drop them, or lower the budget")
 
 
-def _length_bounds(limit: int | None, sparse_topk: int | None) -> list[tuple[int, str]]:
-    """The lengths a sequence must stay within, each with what sets it: the model's positions, and
-    the keys an indexed sparse attention picks for each token (past them the model's own cached
-    decoding and its full pass pick different keys); the ones the model has."""
+def _length_bounds(limit: int | None, sparse_topk: int | None, rope_switch: int | None = None
+                   ) -> list[tuple[int, str]]:
+    """The lengths a sequence must stay within, each with what sets it: the model's positions, the
+    keys an indexed sparse attention picks for each token, and the length past which a long-context
+    RoPE (longrope) computes a pass otherwise (past either, the model's own cached decoding and its
+    full pass compute differently); the ones the model has."""
     bounds = [(limit, f"the model's {limit} positions"),
               (sparse_topk, f"the {sparse_topk} keys the model's indexed sparse attention picks for each token (its "
                             "index_topk): past them the model's own cached decoding and its full pass pick different "
-                            "keys, so neither the events nor the cells would be exact")]
+                            "keys, so neither the events nor the cells would be exact"),
+              (rope_switch, f"the {rope_switch} positions of the model's original context (its "
+                            "original_max_position_embeddings): past them its long-context RoPE (longrope) computes "
+                            "every position of a pass with its long-context frequencies while generating computed the "
+                            "earlier ones with the short ones, so neither the events nor the cells would be exact")]
     return [(bound, what) for bound, what in bounds if bound]
 
 
 def check_continuation_lengths(prefix_lengths: dict[str, int], budget: int, limit: int | None,
-                               sparse_topk: int | None = None) -> None:
+                               sparse_topk: int | None = None, rope_switch: int | None = None) -> None:
     """An event prefix + the forced token + ``budget`` continued tokens must fit the model's
     position limit and an indexed sparse attention's ``sparse_topk`` (``crosspatch consequence``):
     a named error listing the events, before any model loads where the limits are known from a
     local config.json."""
-    for bound, what in _length_bounds(limit, sparse_topk):
+    for bound, what in _length_bounds(limit, sparse_topk, rope_switch):
         long = [(key, n) for key, n in prefix_lengths.items() if n + 1 + budget > bound]
         if long:
             shown = ", ".join(f"{key} ({n} tokens)" for key, n in long[:10])

@@ -25,7 +25,7 @@ from ..analyses.features.study import Closure, FeatureStudy, split_events
 from ..errors import OptionError
 from ..execution import Executor
 from ..inputs.prompts import as_prompts
-from ..models.paths import local_max_positions, local_sparse_topk
+from ..models.paths import local_max_positions, local_rope_switch, local_sparse_topk
 from ..store import RunStore, write_whole
 from .checks import check_continuation_lengths
 from .finished import first_events, load_request, recorded_load_options, reopen_models, resummarize, run_on_finished
@@ -77,7 +77,8 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     lengths = {e.key: len(e.prefix_ids) for e in events}
     base_path = (config.get("models", {}).get("base") or {}).get("path")
     check_continuation_lengths(lengths, budget, local_max_positions(base_path) if base_path else None,
-                               local_sparse_topk(base_path) if base_path else None)
+                               local_sparse_topk(base_path) if base_path else None,
+                               local_rope_switch(base_path) if base_path else None)
     record = store.path / PARTIAL_FILE
     before = record.read_text(encoding="utf-8") if record.is_file() else None
     with store.lock(create=False):  # what this call left out, kept beside the records so every later summary reports it
@@ -87,7 +88,8 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
             summary = run_on_finished(run_dir, Consequence(validators, budget, with_pt, seed), events,
                                       check_models=lambda models: check_continuation_lengths(
                                           lengths, budget, models.facts[models.base].get("max_positions"),
-                                          models.facts[models.base].get("sparse_topk")), prompts=given)
+                                          models.facts[models.base].get("sparse_topk"),
+                                          models.facts[models.base].get("rope_switch")), prompts=given)
         else:
             with store.lock(create=False):
                 summary = resummarize(store, config)

@@ -256,7 +256,7 @@ def run(
                          pair.facts[pair.base].get("max_positions"),
                          config.consequence_budget if config.consequence and validators else None,
                          max([0] + [a.tokens_past_prompt() for a in plan.analyses]),
-                         sparse_topk=pair.facts[pair.base].get("sparse_topk"))
+                         sparse_topk=pair.facts[pair.base].get("sparse_topk"), rope_switch=pair.facts[pair.base].get("rope_switch"))
     check_prompt_token_ids([p.id for p in prompts], token_ids,
                            {role: pair.facts[role].get("input_embeddings") for role in pair.roles})
     if (unknown := unknown_token_warning(pair.tokenizers[pair.base], [p.id for p in prompts], token_ids)):
