@@ -119,6 +119,10 @@ def test_callback_options_are_checked_when_made():
     with pytest.raises(OptionError):
         CrosspatchCallback(PROMPTS, policy={"nonsense": 1})
     assert len(CrosspatchCallback(PROMPTS, max_prompts=3).prompts) == 3
+    ordered = [json.loads(line) for line in (Z / "prompts" / "all.jsonl").read_text().splitlines()]  # sorted by split
+    sampled = CrosspatchCallback(ordered, max_prompts=6).prompts  # evenly spaced through the set, in its order
+    assert [p.id for p in sampled] == [ordered[k * len(ordered) // 6]["id"] for k in range(6)]
+    assert {p.metadata["split"] for p in sampled} == {r["split"] for r in ordered}
     with pytest.raises(ModelPathNotFoundError, match="CrosspatchCallback base= .*no such directory"):
         CrosspatchCallback(PROMPTS, base="./no-such-base")  # not at the first diagnostic, hours into training
     with pytest.raises(ModelLoadError, match="has no config.json"):

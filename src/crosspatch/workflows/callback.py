@@ -15,7 +15,8 @@ place it). It logs ``crosspatch/E_PT``, ``crosspatch/E_IT``, ``crosspatch/intera
 with ``_ci_low``/``_ci_high``), ``crosspatch/events`` and ``crosspatch/passed``; appends a row per
 step to ``history`` (and ``<out>/steps.jsonl``); writes ``crosspatch.json`` into each saved
 checkpoint directory; and with ``stop_on_fail`` stops training when the verdict is not one the
-policy passes. Its cost is bounded by ``max_prompts`` and ``max_new_tokens`` and printed. With
+policy passes. Its cost is bounded by ``max_prompts`` (that many prompts, evenly spaced through the
+set, so that a file sorted by category is covered whole) and ``max_new_tokens``, and printed. With
 ``chat_template=True`` the prompts (rows given as chats included) are rendered by the tokenizer's
 chat template, as ``crosspatch run --chat-template`` does.
 
@@ -85,7 +86,8 @@ class CrosspatchCallback(TrainerCallback):
             self.policy = VerdictPolicy.from_dict({} if policy is None else policy)
         except ValueError as exc:
             raise OptionError(f"CrosspatchCallback policy: {exc}") from None
-        self.prompts = items[:max_prompts]
+        # evenly spaced through the set, in its order: a file sorted by category or split is covered whole
+        self.prompts = [items[k * len(items) // max_prompts] for k in range(min(max_prompts, len(items)))]
         self.skipped_prompts = len(items) - len(self.prompts)
         self.base, self.boundary, self.every_n_steps, self.on_save_enabled = base, boundary, every_n_steps, on_save
         self.max_new_tokens, self.bootstrap, self.seed = max_new_tokens, bootstrap, seed
@@ -139,7 +141,7 @@ class CrosspatchCallback(TrainerCallback):
         if not callable(getattr(self._text_tokenizer(), "get_vocab", None)):
             raise OptionError(f"CrosspatchCallback needs a Hugging Face tokenizer (or a processor holding one), not "
                               f"{type(self.tokenizer).__name__}: give tokenizer=")
-        extra = f" (first {len(self.prompts)} of {len(self.prompts) + self.skipped_prompts} prompts)" \
+        extra = f" ({len(self.prompts)} of {len(self.prompts) + self.skipped_prompts}, evenly spaced through the set)" \
             if self.skipped_prompts else ""
         when = ", ".join(([f"every {self.every_n_steps} steps"] if self.every_n_steps else [])
                          + (["at each save"] if self.on_save_enabled else []))
