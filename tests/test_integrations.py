@@ -119,6 +119,7 @@ def test_callback_options_are_checked_when_made():
     with pytest.raises(OptionError):
         CrosspatchCallback(PROMPTS, policy={"nonsense": 1})
     assert len(CrosspatchCallback(PROMPTS, max_prompts=3).prompts) == 3
+    assert [p.id for p in CrosspatchCallback(PROMPTS, max_prompts=32).prompts] == [p["id"] for p in PROMPTS]  # all
     ordered = [json.loads(line) for line in (Z / "prompts" / "all.jsonl").read_text().splitlines()]  # sorted by split
     sampled = CrosspatchCallback(ordered, max_prompts=6).prompts  # evenly spaced through the set, in its order
     assert [p.id for p in sampled] == [ordered[k * len(ordered) // 6]["id"] for k in range(6)]

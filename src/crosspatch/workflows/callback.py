@@ -87,7 +87,8 @@ class CrosspatchCallback(TrainerCallback):
         except ValueError as exc:
             raise OptionError(f"CrosspatchCallback policy: {exc}") from None
         # evenly spaced through the set, in its order: a file sorted by category or split is covered whole
-        self.prompts = [items[k * len(items) // max_prompts] for k in range(min(max_prompts, len(items)))]
+        count = min(max_prompts, len(items))
+        self.prompts = [items[k * len(items) // count] for k in range(count)]
         self.skipped_prompts = len(items) - len(self.prompts)
         self.base, self.boundary, self.every_n_steps, self.on_save_enabled = base, boundary, every_n_steps, on_save
         self.max_new_tokens, self.bootstrap, self.seed = max_new_tokens, bootstrap, seed
