@@ -282,6 +282,35 @@ def test_a_training_resumed_from_an_earlier_checkpoint_sets_aside_the_later_step
     assert (out / "superseded" / "after-step-12-2" / "step-18").is_dir() and (aside / "step-18").is_dir()
 
 
+def test_each_trial_of_a_hyperparameter_search_diagnoses_apart_and_marks_its_own_checkpoints(tmp_path):
+    """Trainer.hyperparameter_search trains one model per trial from step 0, each trial's checkpoints
+    in its run directory (output_dir/run-<n>): each trial's diagnostics go to out/run-<n> (the
+    second trial is not refused as another training, nor handed the first's rows), each marks its
+    own checkpoints, and the history keeps both, by trial."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainingArguments
+
+    import crosspatch
+
+    pair = crosspatch.load_pair(str(Z / "base"), adapter=str(Z / "it-lora-all"))
+    with pair.use("tuned") as handle:
+        peft_model = handle.module
+    args = TrainingArguments(output_dir=str(tmp_path / "trainer"), report_to=[], use_cpu=True)
+    callback = CrosspatchCallback(PROMPTS, tokenizer=pair.tokenizer, out=tmp_path / "diag", verbose=False, **SETTINGS)
+    callback.trainer = SimpleNamespace(_get_output_dir=lambda trial: f"{args.output_dir}/run-{trial}", log=lambda logs: None)
+    for trial in (0, 1):
+        callback.trainer._trial = trial
+        state = SimpleNamespace(global_step=0, is_hyper_param_search=True, is_world_process_zero=True, log_history=[])
+        callback.on_train_begin(args, state, TrainerControl(), model=peft_model)
+        (tmp_path / "trainer" / f"run-{trial}" / "checkpoint-4").mkdir(parents=True)
+        state.global_step = 4
+        callback.on_save(args, state, TrainerControl(), model=peft_model)
+        assert (tmp_path / "trainer" / f"run-{trial}" / "checkpoint-4" / "crosspatch.json").is_file()
+        assert (tmp_path / "diag" / f"run-{trial}" / "step-4" / "summary.json").is_file()
+    assert [(row["trial"], row["step"]) for row in callback.history] == [("run-0", 4), ("run-1", 4)]
+
+
 def test_chat_prompts_need_the_callbacks_chat_template_and_a_tokenizer_that_has_one(tmp_path):
     """Eval prompts given as chats are rendered by the tokenizer's chat template when asked
     (chat_template=True, as ``run --chat-template``), refused when it is not; a tokenizer without a

@@ -44,7 +44,7 @@ from ..errors import ModelLoadError, OptionError
 from ..models.anatomy import is_peft_model
 from ..runner.summary import HEADLINE_EFFECTS as METRICS  # the effects it logs
 from ..store import write_whole
-from .training_out import STEPS_FILE, claim_out
+from .training_out import STEPS_FILE, TrainingPlace, claim_out, place_of_training
 
 
 class CrosspatchCallback(TrainerCallback):
@@ -98,6 +98,8 @@ class CrosspatchCallback(TrainerCallback):
         self.trainer = None
         self._base_model = None
         self._done: dict[int, dict | None] = {}  # None: a step another process diagnosed
+        self._place = TrainingPlace(Path(out) if out is not None else None)  # set when training begins
+        self._trainings = 0  # trainings begun (hyperparameter-search trials are trainings of their own)
         self._main_process = True
 
     # -- wiring ---------------------------------------------------------------------------------
@@ -135,10 +137,12 @@ class CrosspatchCallback(TrainerCallback):
         # the trainer's flag; outside a trainer (a call by hand) this process is the only one
         self._main_process = bool(getattr(state, "is_world_process_zero", True))
         start = int(getattr(state, "global_step", 0) or 0)  # a checkpoint's step where training resumes from one
+        self._trainings += 1
+        self._place = place_of_training(self.out, self.trainer, args, state, self._trainings)
         self._resume_at(start)
         if not self._main_process:
             return control  # the main process checks out= and says what it will do
-        claim_out(self.out, getattr(args, "output_dir", None), start, self._say)
+        claim_out(self._place.out, str(self._place.checkpoints) if self._place.checkpoints else None, start, self._say)
         if not callable(getattr(self._text_tokenizer(), "get_vocab", None)):
             raise OptionError(f"CrosspatchCallback needs a Hugging Face tokenizer (or a processor holding one), not "
                               f"{type(self.tokenizer).__name__}: give tokenizer=")
@@ -155,7 +159,7 @@ class CrosspatchCallback(TrainerCallback):
         weights: what this callback holds of them came from a continuation it abandoned (the same
         callback trains again from an earlier checkpoint)."""
         self._done = {step: row for step, row in self._done.items() if step <= start_step}
-        self.history = [row for row in self.history if row["step"] <= start_step]
+        self.history = [row for row in self.history if row["step"] <= start_step or row.get("trial") != self._place.trial]
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every_n_steps and state.global_step % self.every_n_steps == 0:
@@ -166,8 +170,9 @@ class CrosspatchCallback(TrainerCallback):
         if not self.on_save_enabled:
             return control
         row = self._diagnose(state, control, model)
-        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if row is not None and checkpoint.is_dir():
+        place = self._place if self._place.checkpoints is not None else TrainingPlace(None, Path(args.output_dir))
+        checkpoint = place.checkpoint(state.global_step)
+        if row is not None and checkpoint is not None:
             write_whole(checkpoint / "crosspatch.json", json.dumps(row, indent=2, default=str) + "\n")
         return control
 
@@ -245,7 +250,7 @@ class CrosspatchCallback(TrainerCallback):
         started = time.perf_counter()
         try:
             pair = self._pair(model)
-            out = Path(self.out) / f"step-{step}" if self.out is not None else None
+            out = self._place.out / f"step-{step}" if self._place.out is not None else None
             result = crosspatch.run(pair, self.prompts, boundary=self.boundary, max_new_tokens=self.max_new_tokens,
                                     bootstrap=self.bootstrap, seed=self.seed, out=out, progress=False,
                                     policy=self.policy.as_dict(), chat_template=self.chat_template)
@@ -256,9 +261,9 @@ class CrosspatchCallback(TrainerCallback):
         row = self._row(step, result, seconds)
         self._done[step] = row
         self.history.append(row)
-        if self.out is not None:
-            Path(self.out).mkdir(parents=True, exist_ok=True)
-            with open(Path(self.out) / STEPS_FILE, "a", encoding="utf-8") as fh:
+        if self._place.out is not None:
+            self._place.out.mkdir(parents=True, exist_ok=True)
+            with open(self._place.out / STEPS_FILE, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row, default=str) + "\n")
         logs = {f"{self.prefix}{k}": v for k, v in row["metrics"].items() if v is not None}
         if self.trainer is not None:
@@ -305,8 +310,9 @@ class CrosspatchCallback(TrainerCallback):
         passed = verdict in self.policy.pass_verdicts
         metrics["events"] = float(block.get("n_events") or 0)
         metrics["passed"] = float(passed)
-        return {"step": step, "boundary": boundary, "metrics": metrics, "verdict": verdict, "passed": passed,
-                "events": int(block.get("n_events") or 0), "seconds": round(seconds, 3)}
+        return {"step": step, **({"trial": self._place.trial} if self._place.trial else {}), "boundary": boundary,
+                "metrics": metrics, "verdict": verdict, "passed": passed, "events": int(block.get("n_events") or 0),
+                "seconds": round(seconds, 3)}
 
 
 def _inner(model: Any) -> Any:

@@ -8,14 +8,18 @@ of its later steps belong to the continuation it abandoned: they are set aside, 
 ``superseded/after-step-<N>/`` (run directories and their ``steps.jsonl`` rows), and the resumed
 training diagnoses those steps again on its own weights. Diagnostics of another training (another
 output directory, or a fresh training meeting steps it has not reached) are refused when training
-begins, never mixed with this one's or overwritten.
+begins, never mixed with this one's or overwritten. Under a hyperparameter search
+(``Trainer.hyperparameter_search``) each trial is a training of its own: its diagnostics go to a
+folder of ``out`` named as the trial's run directory (``run-<n>``), whose checkpoints they mark.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import OptionError
 from ..store import write_whole
@@ -23,6 +27,52 @@ from ..store import write_whole
 OWNER_FILE = "training.json"  # {"output_dir": the owning training's output directory, resolved}
 SUPERSEDED_DIR = "superseded"
 STEPS_FILE = "steps.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainingPlace:
+    """Where one training's diagnostics go (``out``; None: not written) and where its
+    ``checkpoint-<N>`` folders are (``checkpoints``; None: not known); ``trial``: under a
+    hyperparameter search, the trial's name, which names its folder in the callback's ``out``."""
+
+    out: Path | None
+    checkpoints: Path | None = None
+    trial: str | None = None
+
+    def checkpoint(self, step: int) -> Path | None:
+        """The folder of the checkpoint saved at ``step``, where it is there."""
+        if self.checkpoints is None:
+            return None
+        folder = self.checkpoints / f"checkpoint-{step}"
+        return folder if folder.is_dir() else None
+
+
+def place_of_training(out: str | Path | None, trainer: Any, args: Any, state: Any, trials_begun: int) -> TrainingPlace:
+    """Where the training that begins now writes: the callback's ``out`` and the trainer's
+    ``output_dir``; under a hyperparameter search, the trial's run directory (``output_dir/run-<n>``,
+    as the trainer attached to the callback names it) and a folder of that name in ``out``
+    (``trial-<k>``, counting the trials this callback saw, where no trainer is attached)."""
+    output_dir = getattr(args, "output_dir", None)
+    root = Path(output_dir) if output_dir else None
+    if not getattr(state, "is_hyper_param_search", False):
+        return TrainingPlace(Path(out) if out is not None else None, root)
+    run_dir = _trial_run_dir(trainer, state, root)
+    trial = run_dir.name if run_dir is not None else f"trial-{trials_begun}"
+    return TrainingPlace(Path(out) / trial if out is not None else None, run_dir, trial)
+
+
+def _trial_run_dir(trainer: Any, state: Any, root: Path | None) -> Path | None:
+    """The run directory a hyperparameter-search trial's checkpoints go to, or None where it cannot be told."""
+    get_dir, trial = getattr(trainer, "_get_output_dir", None), getattr(trainer, "_trial", None)
+    if callable(get_dir) and trial is not None:
+        try:  # transformers' Trainer names it so (run-<n>, or its hp_name)
+            named = get_dir(trial)
+        except Exception:  # noqa: BLE001 - a private method of the trainer, which may change
+            named = None
+        if isinstance(named, (str, Path)) and str(named):
+            return Path(named)
+    name = getattr(state, "trial_name", None)
+    return root / name if root is not None and isinstance(name, str) and name else None
 
 
 def step_dirs(out: Path) -> dict[int, Path]:
