@@ -826,7 +826,7 @@ def _longrope_pair(original: int):
         vocab_size=len(char_tokenizer()), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, pad_token_id=0, eos_token_id=2,
         original_max_position_embeddings=original,
-        rope_scaling={"rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [4.0] * 4})
+        rope_scaling={"type": "longrope", "short_factor": [1.0] * 4, "long_factor": [4.0] * 4})
     torch.manual_seed(0)
     base = transformers.Phi3ForCausalLM(config).eval()
     with torch.no_grad():
