@@ -770,6 +770,12 @@ def test_indexed_sparse_attention_is_exact_within_its_top_k_and_refused_past_it(
     most k tokens every key is picked and the model runs exactly like dense attention; past k the
     model's own cached decoding picks other keys than its full pass (measured: 7e-2 logits), so
     prompts that would reach past k are refused by name, naming index_topk."""
+    _exact_within_and_refused_past(_indexed_sparse_pair, "indexed sparse attention picks .* index_topk")
+
+
+def _exact_within_and_refused_past(make_pair, refusal: str) -> None:
+    """``make_pair(bound)``: a pair exact up to ``bound`` tokens. Within 256 the cells reproduce the
+    model's own logits; prompts that would reach past 12 are refused, the error matching ``refusal``."""
     from crosspatch.errors import PromptTooLongError
     from crosspatch.runner.pipeline import run
 
@@ -778,15 +784,15 @@ def test_indexed_sparse_attention_is_exact_within_its_top_k_and_refused_past_it(
 
     prompts = [dict(p) for p in PROMPTS[:4]]
     options = dict(boundary=2, max_new_tokens=8, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
-    pair = pair_from_models(*_indexed_sparse_pair(256), char_tokenizer())
+    pair = pair_from_models(*make_pair(256), char_tokenizer())
     result = run(pair, prompts, **options)
     assert result.records
     for rec in result.records:
         with torch.inference_mode():
             ref = pair.it.anatomy.model(input_ids=torch.tensor([result_prefix(pair, rec, prompts)])).logits[0, -1]
         assert abs(rec.cells["common_it"]["uit_lit"] - float(ref[rec.t_it] - ref[rec.t_pt])) <= 1e-5
-    with pytest.raises(PromptTooLongError, match="indexed sparse attention picks .* index_topk"):
-        run(pair_from_models(*_indexed_sparse_pair(12), char_tokenizer()), prompts, **options)
+    with pytest.raises(PromptTooLongError, match=refusal):
+        run(pair_from_models(*make_pair(12), char_tokenizer()), prompts, **options)
 
 
 def test_the_keys_an_indexer_picks_are_read_from_config_json_before_any_model_loads(tmp_path):
@@ -839,23 +845,7 @@ def test_a_long_context_rope_is_exact_within_its_original_context_and_refused_pa
     original context with its long-context frequencies, while generating computed the earlier ones
     with the short ones: sequences that would reach past it are refused by name; within it the
     cells reproduce the model's own logits."""
-    from crosspatch.errors import PromptTooLongError
-    from crosspatch.runner.pipeline import run
-
-    from ..conftest import PROMPTS
-    from .test_anatomy import result_prefix
-
-    prompts = [dict(p) for p in PROMPTS[:4]]
-    options = dict(boundary=2, max_new_tokens=8, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
-    pair = pair_from_models(*_longrope_pair(256), char_tokenizer())
-    result = run(pair, prompts, **options)
-    assert result.records
-    for rec in result.records:
-        with torch.inference_mode():
-            ref = pair.it.anatomy.model(input_ids=torch.tensor([result_prefix(pair, rec, prompts)])).logits[0, -1]
-        assert abs(rec.cells["common_it"]["uit_lit"] - float(ref[rec.t_it] - ref[rec.t_pt])) <= 1e-5
-    with pytest.raises(PromptTooLongError, match="original_max_position_embeddings.*longrope"):
-        run(pair_from_models(*_longrope_pair(12), char_tokenizer()), prompts, **options)
+    _exact_within_and_refused_past(_longrope_pair, "original_max_position_embeddings.*longrope")
 
 
 def test_a_long_context_ropes_original_context_is_read_from_config_json_before_any_model_loads(tmp_path):
