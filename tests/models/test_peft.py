@@ -455,3 +455,27 @@ def test_a_peft_model_in_memory_scores_the_adapter_named_or_its_one_active_adapt
     model.base_model.set_adapter(["a", "b"])  # a combination no one adapter's switch reproduces
     with pytest.raises(OptionError, match="several active adapters \\('a', 'b'\\)"):
         pair_from_peft_model(model, char_tokenizer())
+
+
+def test_a_run_on_another_adapter_of_a_peft_model_in_memory_leaves_its_active_adapters_as_they_were():
+    """A training loop scores one adapter of a model while it trains another (or several at once):
+    the run scores the adapter named, and the model computes with its own active adapters after."""
+    from peft import LoraConfig, get_peft_model
+
+    from crosspatch.execution import pair_from_peft_model
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import char_tokenizer
+
+    from ..conftest import PROMPTS
+
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False),
+                           adapter_name="a")
+    model.add_adapter("b", LoraConfig(r=2, target_modules=["v_proj"], init_lora_weights=False))
+    settings = dict(boundary=2, max_new_tokens=8, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+    model.set_adapter("b")
+    alone = run(pair_from_peft_model(model, char_tokenizer()), PROMPTS, **settings)  # b, the model's active one
+    for active in (["a"], ["a", "b"]):
+        model.base_model.set_adapter(active)
+        scored = run(pair_from_peft_model(model, char_tokenizer(), adapter_name="b"), PROMPTS, **settings)
+        assert [r.cells for r in scored.records] == [r.cells for r in alone.records] and alone.records
+        assert list(model.active_adapters) == active

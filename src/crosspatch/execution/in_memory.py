@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import ModelLoadError, UnsupportedAdapterError
 from ..models.forward import ModelHandle
 from ..models.loading import LoadOptions
-from .modelset import ResidentSet
+from .modelset import ResidentSet, adapters_kept
 from .opening import assemble_set
 from .roles import BASE, check_role_name
 
@@ -150,8 +150,9 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
                          **options) -> ResidentSet:
     """A pair from one PEFT model in memory: ``base`` is the model with its adapters switched off,
     ``tuned`` with ``adapter_name`` (default: the active adapter) on; no second copy of the
-    weights (residency "adapter"). Every pass computes it in eval mode and leaves it in the mode it
-    was in (a training loop's model goes on training); it is left with the scored adapter active; an ``adapter_name`` it does not hold, or several active
+    weights (residency "adapter"). A run computes it in eval mode with the adapter scored, and
+    leaves it as it was found: each module's mode (a training loop's model goes on training) and
+    the adapters it had active; an ``adapter_name`` it does not hold, or several active
     adapters and none named, is an ``OptionError``.
     ``processors``: a vision-language model's processor (one for both roles, or a dict by role)."""
     from ..models.adapters import layer_replication_text
@@ -171,8 +172,9 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
     record = {"base": {"path": "<in-memory>", "weights_digest": module_digest(unwrap_peft(peft_model))},
               "adapter": {"path": "<in-memory>", "adapter_name": name, "weights_digest": module_digest(peft_model)},
               "load_options": vars(opts) | {"dtype": dtype}}
-    models_set = assemble_set(handles, {BASE: tokenizer, "tuned": tokenizer}, "adapter", opts,
-                              _rewritten_base(peft_model, name), record)
+    with adapters_kept(peft_model):  # (the set's checks run the adapter scored)
+        models_set = assemble_set(handles, {BASE: tokenizer, "tuned": tokenizer}, "adapter", opts,
+                                  _rewritten_base(peft_model, name), record)
     _give_processors(models_set, processors)
     return models_set
 

@@ -139,10 +139,11 @@ class ModelSet:
         """Whether the models of all ``roles`` can be in use at the same time."""
         return True
 
-    def evaluating(self) -> contextlib.AbstractContextManager:
-        """The set's models in eval mode for the duration (a run), each module's mode put back
-        afterwards: a model given in memory by a training loop goes on training. Models the set
-        loads itself are in eval mode already."""
+    def borrowed(self) -> contextlib.AbstractContextManager:
+        """The set's models borrowed for a run: in eval mode for its duration, and afterwards as
+        they were found (each module's mode, a PEFT model's active adapters), so that a model a
+        training loop gave in memory goes on training as it was. Models the set loads itself are
+        its own."""
         return contextlib.nullcontext()
 
     def head(self, role: str):
@@ -238,9 +239,12 @@ class ResidentSet(ModelSet):
     def head(self, role: str) -> ModelHandle:
         return self.handles[role]
 
-    def evaluating(self) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def borrowed(self) -> Iterator[None]:
         models = list({id(h.anatomy.model): h.anatomy.model for h in self.handles.values()}.values())
-        return evaluating(*models)
+        peft = list({id(h.module): h.module for h in self.handles.values() if h.adapter_name is not None}.values())
+        with evaluating(*models), adapters_kept(*peft):
+            yield
 
 
 @dataclass(repr=False)
@@ -312,3 +316,31 @@ class SequentialSet(ModelSet):
 
 
 ModelPair = ModelSet  # the name of a two-role set in earlier releases
+
+
+@contextlib.contextmanager
+def adapters_kept(*peft_models: Any) -> Iterator[None]:
+    """PEFT models computing, after the context, with the adapters they had active before it (a
+    role that scores another adapter activates it for its passes)."""
+    active = [_active_adapters(m) for m in peft_models]
+    try:
+        yield
+    finally:
+        for model, adapters in zip(peft_models, active):
+            if adapters and _active_adapters(model) != adapters:
+                _activate(model, adapters)
+
+
+def _active_adapters(peft_model) -> list[str]:
+    """The adapters a PEFT model computes with now."""
+    active = getattr(peft_model, "active_adapters", None)
+    return [active] if isinstance(active, str) else list(active or [])
+
+
+def _activate(peft_model: Any, adapters: list[str]) -> None:
+    """Make ``adapters`` the ones a PEFT model computes with (several at once are set on its tuner:
+    ``PeftModel.set_adapter`` takes one)."""
+    if len(adapters) == 1:
+        peft_model.set_adapter(adapters[0])
+    else:
+        peft_model.base_model.set_adapter(adapters)

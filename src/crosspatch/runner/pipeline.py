@@ -266,7 +266,7 @@ def run(
         run_warnings.append(over)
     store = RunStore(out) if out is not None else None
     # one process per run directory; models a training loop gave in memory compute in eval mode and go on training
-    with store.lock() if store is not None else contextlib.nullcontext(), pair.evaluating():
+    with store.lock() if store is not None else contextlib.nullcontext(), pair.borrowed():
         records: list[CellRecord] = []
         no_div: list[NoDivergence] = []
         if store is not None:
