@@ -441,6 +441,18 @@ def test_load_options_given_in_python_are_never_changed_by_a_load():
         LoadOptions.with_overrides({"dtype": "auto"})  # type: ignore[arg-type]
 
 
+def test_a_misspelt_option_is_named_with_the_options_it_is_close_to():
+    from crosspatch.models.options import LoadOptions
+    from crosspatch.runner.config import RunConfig
+
+    with pytest.raises(TypeError, match="unknown load option 'dtyp' \\(did you mean 'dtype'\\?\\)"):
+        LoadOptions.with_overrides(None, dtyp="bf16")
+    with pytest.raises(TypeError, match="'boundries' \\(did you mean 'boundaries' or 'boundary'\\?\\)"):
+        RunConfig.with_overrides(None, boundries=2)
+    with pytest.raises(TypeError, match="unknown run option 'zzz'$"):
+        RunConfig.with_overrides(None, zzz=2)
+
+
 @pytest.mark.parametrize("field, value", [("trust_remote_code", "no"), ("allow_pickle", "no"), ("hash_weights", 1),
                                           ("verbose", "x"), ("allow_special_token_mismatch", "no"), ("revision", 5),
                                           ("revision", ""), ("device", None)])

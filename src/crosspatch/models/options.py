@@ -54,7 +54,11 @@ def copy_with_overrides(cls, given, overrides: dict, argument: str, option: str)
     copy = replace(given) if given is not None else cls()
     for key, value in overrides.items():
         if key not in cls.__dataclass_fields__:
-            raise TypeError(f"unknown {option} {key!r}")
+            import difflib
+
+            close = difflib.get_close_matches(key, list(cls.__dataclass_fields__), n=3, cutoff=0.7)
+            raise TypeError(f"unknown {option} {key!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)"
+                                                           if close else ""))
         setattr(copy, key, value)
     return copy
 
