@@ -203,6 +203,26 @@ def test_a_base_in_memory_of_another_dtype_is_refused_when_training_begins():
         None, state, None, model=model)
 
 
+def test_a_base_checkpoint_lacking_a_weight_is_refused_when_training_begins(tmp_path):
+    """transformers initialises a missing weight at random and says so only in its log: the
+    callback loads base= as crosspatch run does, so a broken base is named when training begins,
+    not compared with at every diagnostic."""
+    import shutil
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(Z / "base", tmp_path / "base")
+    weights = load_file(tmp_path / "base" / "model.safetensors")
+    weights.pop("model.layers.1.mlp.down_proj.weight")
+    save_file(weights, tmp_path / "base" / "model.safetensors", metadata={"format": "pt"})
+    model = AutoModelForCausalLM.from_pretrained(str(Z / "it-full"), dtype="float32")
+    callback = CrosspatchCallback(PROMPTS, base=tmp_path / "base", tokenizer=_tokenizer(), verbose=False)
+    with pytest.raises(ModelLoadError, match="base= .*lacks 1 weight.*layers.1.mlp.down_proj"):
+        callback.on_train_begin(None, SimpleNamespace(global_step=0), None, model=model)
+
+
 def test_a_processor_of_another_kind_lends_its_tokenizer_and_no_tokenizer_is_refused_when_training_begins(tmp_path):
     """A trainer may hold a processor that reads no images (an audio model's): the tokenizer inside
     it reads the prompts; something that is no tokenizer is named when training begins."""

@@ -134,6 +134,9 @@ class CrosspatchCallback(TrainerCallback):
             raise OptionError("CrosspatchCallback on a full fine-tune needs base= (the base checkpoint's path or "
                               "module); for a PEFT model the base is the adapter switched off")
         _check_base_dtype(_inner(self.base), model)
+        if model is not None and not is_peft_model(model) and self._base_model is None and \
+                bool(getattr(state, "is_world_process_zero", True)):  # loaded now: a broken base named before training
+            self._base_model = self._load_base(model)
         # the trainer's flag; outside a trainer (a call by hand) this process is the only one
         self._main_process = bool(getattr(state, "is_world_process_zero", True))
         start = int(getattr(state, "global_step", 0) or 0)  # a checkpoint's step where training resumes from one
@@ -217,20 +220,24 @@ class CrosspatchCallback(TrainerCallback):
         return pair_from_models(self._base_model, model, tokenizer, processors=processor)
 
     def _load_base(self, model):
+        """The base of a full fine-tune: the module given, or the checkpoint at ``base=`` loaded as
+        ``crosspatch run`` loads one (safetensors, no remote code, a vision-language base as its
+        image-text-to-text model; a checkpoint lacking weights is a ModelLoadError, where
+        transformers would initialise them at random), on the CPU in the dtype of the model trained."""
         import torch
 
         if isinstance(self.base, torch.nn.Module):
             return self.base
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+        from ..models.loading import DTYPES, dtype_name, load_causal_lm
+        from ..models.options import LoadOptions
 
         dtype = next(model.parameters()).dtype
-        try:  # a vision-language base loads as its image-text-to-text model, as crosspatch loads one
-            vision = getattr(AutoConfig.from_pretrained(str(self.base)), "vision_config", None) is not None
-            auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
-            return auto.from_pretrained(str(self.base), dtype=dtype, use_safetensors=True)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"CrosspatchCallback base= {self.base}: could not load it as a causal LM: "
-                                 f"{' '.join(str(exc).split())[:300]}") from None
+        name = dtype_name(dtype)
+        try:
+            base = load_causal_lm(str(self.base), LoadOptions(dtype=name if name in DTYPES else "float32", device="cpu"))
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"CrosspatchCallback base= {self.base}: {exc}") from None
+        return base if name in DTYPES else base.to(dtype)  # (a float64 model)
 
     def _diagnose(self, state, control, model) -> dict | None:
         """The diagnostic at this step (once a step), on the main process; None on the others,
