@@ -109,6 +109,10 @@ def test_checkpoint_discovery_names_what_is_wrong(tmp_path):
         (tmp_path / name / "model.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointDiscoveryError, match="are both step 5"):
         discover_checkpoints(tmp_path)
+    for trial in ("run-0", "run-1"):  # a hyperparameter search: each trial's checkpoints in a folder of its own
+        (tmp_path / "search" / trial / "checkpoint-4").mkdir(parents=True)
+    with pytest.raises(CheckpointDiscoveryError, match="its folders run-0, run-1 hold some .* give one of them"):
+        discover_checkpoints(tmp_path / "search")
 
 
 def test_callback_options_are_checked_when_made():

@@ -54,8 +54,12 @@ def discover_checkpoints(output_dir: str | Path) -> list[TrainerCheckpoint]:
             raise CheckpointDiscoveryError(f"{child} is neither a model checkpoint (config.json) nor a PEFT adapter "
                                            "(adapter_config.json)")
     if not found:
+        runs = sorted(child.name for child in root.iterdir() if child.is_dir() and any(
+            _CHECKPOINT.match(grandchild.name) for grandchild in child.iterdir()))
+        within = (f"; its folders {', '.join(runs[:5])}{', ...' if len(runs) > 5 else ''} hold some (the trials of a "
+                  "hyperparameter search, or trainings apart): give one of them") if runs else ""
         raise CheckpointDiscoveryError(f"--checkpoints {root} holds no checkpoint-<step> directories (a trainer's "
-                                       "output_dir with save_strategy set writes them)")
+                                       f"output_dir with save_strategy set writes them){within}")
     steps: dict[int, Path] = {}
     for checkpoint in sorted(found, key=lambda c: c.path.name):
         if checkpoint.step in steps:  # checkpoint-100 and checkpoint-0100: one stage name, two models
