@@ -280,6 +280,10 @@ def test_an_out_holding_another_trainings_diagnostics_is_refused_when_training_b
         with pytest.raises(OptionError, match="diagnostics of another training"):
             callback.on_train_begin(other, SimpleNamespace(global_step=start), None)
     assert sorted(p.name for p in (tmp_path / "diag").iterdir()) == ["step-12", "step-6", "steps.jsonl", "training.json"]
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(OptionError, match="is a file, not a directory"):
+        CrosspatchCallback(PROMPTS, out=tmp_path / "a-file", tokenizer=_tokenizer(), verbose=False).on_train_begin(
+            args, SimpleNamespace(global_step=0), None)
 
 
 def test_a_training_resumed_from_an_earlier_checkpoint_sets_aside_the_later_steps_it_left(tmp_path):

@@ -100,6 +100,8 @@ def claim_out(out: str | Path | None, output_dir: str | None, start_step: int, s
     if out is None:
         return
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"CrosspatchCallback out={out} is a file, not a directory: give a directory for the diagnostics")
     here = str(Path(output_dir).resolve()) if output_dir else None
     owner = recorded_owner(out)
     later = sorted(k for k in step_dirs(out) if k > start_step)
