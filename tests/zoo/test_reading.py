@@ -130,3 +130,14 @@ def test_the_preflight_and_vision_sentences_follow_their_results():
     assert "**Preflight caught** it-lora-noop (changes nothing): adapter-active failed — every LoRA B matrix is zero." in text
     assert "**Preflight MISSED** it-lora-all with it-merged-broken (merged twice): every check passed." in text
     assert "**Vision-language pair** (vl-base vs vl-it, 30 events" in text and "the interaction is positive" in text
+
+
+def test_the_consequences_sentence_says_how_many_continuations_the_budget_cut():
+    from crosspatch.zoo.reading import consequences
+
+    block = {"pass_rate": {"t_it": _stat(0.5), "t_pt": _stat(0.25)}, "delta_t_it_minus_t_pt": _stat(0.25, 0.1, 0.4)}
+    whole = consequences({"descendants": {"it-full": {"consequences": {"by_model": {"IT": block}}}}})[0]
+    cut = consequences({"descendants": {"it-full": {"consequences": {"by_model": {
+        "IT": dict(block, unended={"n": 7, "of": 40})}}}}})[0]
+    assert "matters for the answer's correctness." in whole and "budget" not in whole
+    assert cut.startswith(whole[:-1]) and "7 of 40 continuations stopped at the budget" in cut
