@@ -451,6 +451,8 @@ def test_a_misspelt_option_is_named_with_the_options_it_is_close_to():
         RunConfig.with_overrides(None, boundries=2)
     with pytest.raises(TypeError, match="unknown run option 'zzz'$"):
         RunConfig.with_overrides(None, zzz=2)
+    with pytest.raises(TypeError, match="'dtype': it is a load option, given where the models are loaded"):
+        RunConfig.with_overrides(None, dtype="bf16")
 
 
 @pytest.mark.parametrize("field, value", [("trust_remote_code", "no"), ("allow_pickle", "no"), ("hash_weights", 1),

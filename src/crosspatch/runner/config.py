@@ -196,8 +196,12 @@ class RunConfig:
         """A copy of ``config`` (a default when None; the caller's object is never changed) with
         ``overrides`` set, as ``run``/``compare``/``lineage`` take them as keyword arguments; an
         unknown name is a ``TypeError``, a ``config`` that is no RunConfig an ``OptionError``."""
-        from ..models.options import copy_with_overrides
+        from ..models.options import LoadOptions, copy_with_overrides
 
+        loading = sorted(set(overrides) & set(LoadOptions.__dataclass_fields__) - set(cls.__dataclass_fields__))
+        if loading:  # the models are loaded already: say where such an option goes
+            raise TypeError(f"unknown run option {loading[0]!r}: it is a load option, given where the models are "
+                            f"loaded (crosspatch.load_pair(..., {loading[0]}=...), load_models)")
         return copy_with_overrides(cls, config, overrides, "config", "run option")
 
 
