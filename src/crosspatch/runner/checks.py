@@ -328,8 +328,8 @@ def _length_bounds(limit: int | None, sparse_topk: int | None, rope_switch: int 
                    ) -> list[tuple[int, str]]:
     """The lengths a sequence must stay within, each with what sets it: the model's positions, the
     keys an indexed sparse attention picks for each token, and the length past which a long-context
-    RoPE (longrope) computes a pass otherwise (past either, the model's own cached decoding and its
-    full pass compute differently); the ones the model has."""
+    RoPE (longrope) computes a pass otherwise (past any of them, the model's own cached decoding and
+    its full pass compute differently); the ones the model has."""
     bounds = [(limit, f"the model's {limit} positions"),
               (sparse_topk, f"the {sparse_topk} keys the model's indexed sparse attention picks for each token (its "
                             "index_topk): past them the model's own cached decoding and its full pass pick different "
@@ -344,7 +344,8 @@ def _length_bounds(limit: int | None, sparse_topk: int | None, rope_switch: int 
 def check_continuation_lengths(prefix_lengths: dict[str, int], budget: int, limit: int | None,
                                sparse_topk: int | None = None, rope_switch: int | None = None) -> None:
     """An event prefix + the forced token + ``budget`` continued tokens must fit the model's
-    position limit and an indexed sparse attention's ``sparse_topk`` (``crosspatch consequence``):
+    position limit, an indexed sparse attention's ``sparse_topk`` and a long-context RoPE's
+    ``rope_switch`` (``crosspatch consequence``):
     a named error listing the events, before any model loads where the limits are known from a
     local config.json."""
     for bound, what in _length_bounds(limit, sparse_topk, rope_switch):
