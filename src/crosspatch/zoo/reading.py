@@ -232,8 +232,8 @@ def consequences(summary: dict, name: str = "it-full") -> list[str]:
     return [f"**Consequences**: when {name} continues after its own token the validator passes "
             f"{block['pass_rate']['t_it']['mean']:.0%} of the time, after the base's token "
             f"{block['pass_rate']['t_pt']['mean']:.0%} (difference {fmt_value(delta)}): the divergent token "
-            + ("matters for the answer's correctness." if word == "positive" else
-               "does not measurably help the answer." if word != "negative" else "hurts the answer.") + cut]
+            + ("matters for the answer's correctness" if word == "positive" else
+               "does not measurably help the answer" if word != "negative" else "hurts the answer") + cut + "."]
 
 
 def features(summary: dict) -> list[str]:
