@@ -178,3 +178,19 @@ def test_a_command_on_a_run_named_by_a_mistyped_path_creates_nothing(tmp_path):
     assert not (tmp_path / "typo").exists()
     assert CliRunner().invoke(app, ["gate", str(missing)]).exit_code == 2
     assert "does not exist" in CliRunner().invoke(app, ["gate", str(missing)]).output
+
+
+def test_an_analysis_after_a_run_of_models_given_in_memory_says_why_it_cannot_load_them(tmp_path):
+    from crosspatch.errors import ModelLoadError
+    from crosspatch.execution import pair_from_models
+    from crosspatch.runner.finished import run_on_finished
+    from crosspatch.runner.on_finished import run_features
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
+
+    base = tiny_model("llama")
+    run(pair_from_models(base, perturb_layers(base, range(4), scale=0.2), char_tokenizer()), PROMPTS, boundary=2,
+        max_new_tokens=6, bootstrap=0, controls="none", event_kinds="first_diff", progress=False, out=tmp_path / "r")
+    for later in (lambda: run_on_finished(tmp_path / "r", "pre_late_commitment"), lambda: run_features(tmp_path / "r")):
+        with pytest.raises(ModelLoadError, match="given in memory .* cannot load them again: ask for it in the run"):
+            later()

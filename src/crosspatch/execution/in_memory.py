@@ -16,7 +16,9 @@ from .modelset import ResidentSet, adapters_kept
 from .opening import assemble_set
 from .roles import BASE, check_role_name
 
-__all__ = ["check_injected_adapters", "differing_dtypes", "in_memory_options", "models_from_modules", "module_digest", "pair_from_models", "pair_from_peft_model", "unwrapped_module"]
+IN_MEMORY = "<in-memory>"  # the path a run records for a model given in memory
+
+__all__ = ["IN_MEMORY", "check_injected_adapters", "differing_dtypes", "in_memory_options", "models_from_modules", "module_digest", "pair_from_models", "pair_from_peft_model", "unwrapped_module"]
 
 
 def module_digest(module: nn.Module) -> str:
@@ -135,12 +137,12 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
     handles = {r: ModelHandle(r, m) for r, m in models.items()}
     first = next(iter(models.values()))
     digests = {r: module_digest(m) for r, m in models.items()}
-    record = {"base": {"path": "<in-memory>", "weights_digest": digests[roles[0]]}, "load_options": vars(opts) | {
+    record = {"base": {"path": IN_MEMORY, "weights_digest": digests[roles[0]]}, "load_options": vars(opts) | {
         "dtype": str(next(first.parameters()).dtype).replace("torch.", "")}}
     if len(roles) == 2:
-        record["tuned"] = {"path": "<in-memory>", "weights_digest": digests[roles[1]]}
+        record["tuned"] = {"path": IN_MEMORY, "weights_digest": digests[roles[1]]}
     else:
-        record["descendants"] = {r: {"path": "<in-memory>", "weights_digest": digests[r]} for r in roles[1:]}
+        record["descendants"] = {r: {"path": IN_MEMORY, "weights_digest": digests[r]} for r in roles[1:]}
     models_set = assemble_set(handles, toks, "both", opts, [], record)
     _give_processors(models_set, processors)
     return models_set
@@ -169,8 +171,8 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
     handles = {BASE: ModelHandle(BASE, peft_model, adapter_enabled=False),
                "tuned": ModelHandle("tuned", peft_model, adapter_enabled=True, adapter_name=name)}
     dtype = str(next(unwrap_peft(peft_model).parameters()).dtype).replace("torch.", "")
-    record = {"base": {"path": "<in-memory>", "weights_digest": module_digest(unwrap_peft(peft_model))},
-              "adapter": {"path": "<in-memory>", "adapter_name": name, "weights_digest": module_digest(peft_model)},
+    record = {"base": {"path": IN_MEMORY, "weights_digest": module_digest(unwrap_peft(peft_model))},
+              "adapter": {"path": IN_MEMORY, "adapter_name": name, "weights_digest": module_digest(peft_model)},
               "load_options": vars(opts) | {"dtype": dtype}}
     with adapters_kept(peft_model):  # (the set's checks run the adapter scored)
         models_set = assemble_set(handles, {BASE: tokenizer, "tuned": tokenizer}, "adapter", opts,

@@ -30,7 +30,20 @@ def scored_role(config: dict) -> str:
 def load_request(config: dict) -> tuple[str, dict | None, dict | None, dict]:
     """``(base, tuned, adapters, load options)`` that reload a run's base and scored descendant
     (one role, under its recorded name) from its ``config.json``: the recorded load spec, or for
-    runs written before it was recorded, the model paths (pair or ``descendants`` layout)."""
+    runs written before it was recorded, the model paths (pair or ``descendants`` layout). A run of
+    models given in memory is a :class:`ModelLoadError`: nothing records where to load them from."""
+    from ..execution.in_memory import IN_MEMORY
+
+    base, tuned, adapters, options = _load_request(config)
+    if IN_MEMORY in (base, *(tuned or {}).values(), *(adapters or {}).values()):
+        raise ModelLoadError(
+            "this run's models were given in memory (pair_from_models, pair_from_peft_model, models_from_modules, or "
+            "the training callback), so an analysis after the run cannot load them again: ask for it in the run "
+            "itself (crosspatch.run(..., consequence=True) or analyses=[...]), or run the saved checkpoints")
+    return base, tuned, adapters, options
+
+
+def _load_request(config: dict) -> tuple[str, dict | None, dict | None, dict]:
     role = scored_role(config)
     spec = config.get("load_spec")
     if spec is not None:
