@@ -308,6 +308,11 @@ def test_a_training_resumed_from_an_earlier_checkpoint_sets_aside_the_later_step
     (out / "step-18").mkdir()  # the resumed training diagnosed step 18 again, then crashed once more
     callback.on_train_begin(args, SimpleNamespace(global_step=12), None)  # rewound to 12 a second time
     assert (out / "superseded" / "after-step-12-2" / "step-18").is_dir() and (aside / "step-18").is_dir()
+    import crosspatch
+    from crosspatch.errors import NotARunDirectoryError
+
+    with pytest.raises(NotARunDirectoryError, match="training callback's diagnostics.*the last: .*step-12"):
+        crosspatch.open_run(out)  # out is no run: its step directories are
 
 
 def test_each_trial_of_a_hyperparameter_search_diagnoses_apart_and_marks_its_own_checkpoints(tmp_path):

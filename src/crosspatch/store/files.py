@@ -83,6 +83,10 @@ def not_a_run_message(path: Path) -> str:
         return f"{path} is a file, not a run directory"
     kind = collection_kind(path)
     if kind is None:
+        steps = sorted((int(d.name[5:]), d) for d in path.glob("step-*") if d.is_dir() and d.name[5:].isdigit())
+        if steps and (path / "steps.jsonl").is_file():  # the training callback's out (workflows.training_out)
+            return (f"{path} holds a training callback's diagnostics, not one run: give one of its step "
+                    f"directories (the last: {steps[-1][1]})")
         return f"{path} is not a crosspatch run directory (no config.json)"
     runs = [r for r in collection_runs(path, kind) if (r / "config.json").exists()]
     return (f"{path} is the output of a crosspatch {kind}, not one run: give one of its run directories "

@@ -380,7 +380,7 @@ class RunStore:
         path = self.path / "summary.json"
         if not path.exists():
             if not (self.path / "config.json").exists():
-                raise NotARunDirectoryError(f"{self.path} is not a crosspatch run directory (no config.json)")
+                raise NotARunDirectoryError(not_a_run_message(self.path))
             raise IncompleteRunError(f"{self.path} has no summary.json: the run did not finish (run the same "
                                      "command again to resume it)")
         try:
