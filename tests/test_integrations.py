@@ -308,6 +308,10 @@ def test_a_training_resumed_from_an_earlier_checkpoint_sets_aside_the_later_step
     (out / "step-18").mkdir()  # the resumed training diagnosed step 18 again, then crashed once more
     callback.on_train_begin(args, SimpleNamespace(global_step=12), None)  # rewound to 12 a second time
     assert (out / "superseded" / "after-step-12-2" / "step-18").is_dir() and (aside / "step-18").is_dir()
+    (out / "step-24").mkdir()  # a crash during the diagnostic at the save of checkpoint-24: no row logged
+    callback.on_train_begin(args, SimpleNamespace(global_step=24), None)  # resumed from checkpoint-24
+    assert (out / "superseded" / "after-step-24" / "step-24").is_dir()  # never diagnosed again: set aside too
+    assert sorted(p.name for p in out.glob("step-*")) == ["step-12", "step-6"]
     import crosspatch
     from crosspatch.errors import NotARunDirectoryError
 
@@ -342,6 +346,16 @@ def test_each_trial_of_a_hyperparameter_search_diagnoses_apart_and_marks_its_own
         assert (tmp_path / "trainer" / f"run-{trial}" / "checkpoint-4" / "crosspatch.json").is_file()
         assert (tmp_path / "diag" / f"run-{trial}" / "step-4" / "summary.json").is_file()
     assert [(row["trial"], row["step"]) for row in callback.history] == [("run-0", 4), ("run-1", 4)]
+    # not attached (callbacks=[...]): the trial's run directory is unknown; its folder in out counts the
+    # trials, and the checkpoint just saved is the newest of its step under output_dir
+    loose = CrosspatchCallback(PROMPTS, tokenizer=pair.tokenizer, out=tmp_path / "loose", verbose=False, **SETTINGS)
+    state = SimpleNamespace(global_step=0, is_hyper_param_search=True, is_world_process_zero=True, log_history=[])
+    loose.on_train_begin(args, state, TrainerControl(), model=peft_model)
+    (tmp_path / "trainer" / "run-2" / "checkpoint-4").mkdir(parents=True)
+    state.global_step = 4
+    loose.on_save(args, state, TrainerControl(), model=peft_model)
+    assert (tmp_path / "trainer" / "run-2" / "checkpoint-4" / "crosspatch.json").is_file()
+    assert (tmp_path / "loose" / "trial-1" / "step-4" / "summary.json").is_file()
 
 
 def test_chat_prompts_need_the_callbacks_chat_template_and_a_tokenizer_that_has_one(tmp_path):

@@ -173,7 +173,8 @@ class CrosspatchCallback(TrainerCallback):
         if not self.on_save_enabled:
             return control
         row = self._diagnose(state, control, model)
-        place = self._place if self._place.checkpoints is not None else TrainingPlace(None, Path(args.output_dir))
+        known = self._place.checkpoints is not None or self._place.search_root is not None
+        place = self._place if known else TrainingPlace(None, Path(args.output_dir))  # (training begun by hand)
         checkpoint = place.checkpoint(state.global_step)
         if row is not None and checkpoint is not None:
             write_whole(checkpoint / "crosspatch.json", json.dumps(row, indent=2, default=str) + "\n")

@@ -38,11 +38,14 @@ class TrainingPlace:
     out: Path | None
     checkpoints: Path | None = None
     trial: str | None = None
+    search_root: Path | None = None  # a search's output_dir, where the trial's run directory is not known
 
     def checkpoint(self, step: int) -> Path | None:
-        """The folder of the checkpoint saved at ``step``, where it is there."""
+        """The folder of the checkpoint saved at ``step``, where it is there (a trial's whose run
+        directory is not known: the newest ``<search_root>/*/checkpoint-<step>``, saved just now)."""
         if self.checkpoints is None:
-            return None
+            found = list(self.search_root.glob(f"*/checkpoint-{step}")) if self.search_root is not None else []
+            return max(found, key=lambda f: f.stat().st_mtime) if found else None
         folder = self.checkpoints / f"checkpoint-{step}"
         return folder if folder.is_dir() else None
 
@@ -51,14 +54,16 @@ def place_of_training(out: str | Path | None, trainer: Any, args: Any, state: An
     """Where the training that begins now writes: the callback's ``out`` and the trainer's
     ``output_dir``; under a hyperparameter search, the trial's run directory (``output_dir/run-<n>``,
     as the trainer attached to the callback names it) and a folder of that name in ``out``
-    (``trial-<k>``, counting the trials this callback saw, where no trainer is attached)."""
+    (``trial-<k>``, counting the trials this callback saw, where no trainer is attached: its
+    checkpoints are then found as the newest of their step under ``output_dir``)."""
     output_dir = getattr(args, "output_dir", None)
     root = Path(output_dir) if output_dir else None
     if not getattr(state, "is_hyper_param_search", False):
         return TrainingPlace(Path(out) if out is not None else None, root)
     run_dir = _trial_run_dir(trainer, state, root)
     trial = run_dir.name if run_dir is not None else f"trial-{trials_begun}"
-    return TrainingPlace(Path(out) / trial if out is not None else None, run_dir, trial)
+    return TrainingPlace(Path(out) / trial if out is not None else None, run_dir, trial,
+                         root if run_dir is None else None)
 
 
 def _trial_run_dir(trainer: Any, state: Any, root: Path | None) -> Path | None:
@@ -113,13 +118,30 @@ def claim_out(out: str | Path | None, output_dir: str | None, start_step: int, s
         raise OptionError(f"CrosspatchCallback out={out} holds diagnostics of steps after this training's start "
                           f"(step {start_step}): {shown}, another training's; give a new out directory (or, where "
                           "they are this training's from before it was resumed, move them out of it)")
-    if later:
-        aside = set_aside(out, later, start_step)
-        say(f"resumed at step {start_step}: the diagnostics of the later steps it left ({len(later)}) are set aside "
-            f"in {aside}")
+    # a diagnostic cut short with its training (no row logged) at the step it resumes from: never diagnosed again
+    unlogged = sorted(k for k in step_dirs(out) if k <= start_step and k not in logged_steps(out)) \
+        if start_step > 0 and here is not None and owner == here else []
+    if later or unlogged:
+        aside = set_aside(out, later + unlogged, start_step)
+        say(f"resumed at step {start_step}: the diagnostics of the later steps it left ({len(later)})"
+            + (f" and {len(unlogged)} cut short" if unlogged else "") + f" are set aside in {aside}")
     if here is not None and owner is None:
         out.mkdir(parents=True, exist_ok=True)
         write_whole(out / OWNER_FILE, json.dumps({"output_dir": here}, indent=2) + "\n")
+
+
+def logged_steps(out: Path) -> set[int]:
+    """The steps ``steps.jsonl`` holds a row of (a diagnostic logs its row once its run is done)."""
+    steps = set()
+    if (out / STEPS_FILE).is_file():
+        for line in (out / STEPS_FILE).read_text(encoding="utf-8").splitlines():
+            try:
+                step = json.loads(line).get("step")
+            except (ValueError, AttributeError):
+                continue  # a torn last line (a kill while writing)
+            if isinstance(step, int):
+                steps.add(step)
+    return steps
 
 
 def set_aside(out: Path, steps: list[int], start_step: int) -> Path:
