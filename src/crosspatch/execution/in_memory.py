@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import ModelLoadError, UnsupportedAdapterError
 from ..models.forward import ModelHandle
 from ..models.loading import LoadOptions
-from .modelset import ResidentSet, adapters_kept
+from .modelset import ResidentSet, active_adapters, adapters_kept
 from .opening import assemble_set
 from .roles import BASE, check_role_name
 
@@ -193,8 +193,7 @@ def _adapter_to_score(peft_model, adapter_name: str | None) -> str:
             raise OptionError(f"adapter_name {adapter_name!r} is not an adapter of this PEFT model (it holds "
                               f"{', '.join(map(repr, names)) or 'none'})")
         return adapter_name
-    active = getattr(peft_model, "active_adapters", None)
-    active = [active] if isinstance(active, str) else list(active or [peft_model.active_adapter])
+    active = active_adapters(peft_model)
     if len(active) > 1:
         raise OptionError(f"this PEFT model has several active adapters ({', '.join(map(repr, active))}): name the "
                           "one to score against the base (adapter_name=), or combine them into one adapter first "

@@ -322,19 +322,22 @@ ModelPair = ModelSet  # the name of a two-role set in earlier releases
 def adapters_kept(*peft_models: Any) -> Iterator[None]:
     """PEFT models computing, after the context, with the adapters they had active before it (a
     role that scores another adapter activates it for its passes)."""
-    active = [_active_adapters(m) for m in peft_models]
+    active = [active_adapters(m) for m in peft_models]
     try:
         yield
     finally:
         for model, adapters in zip(peft_models, active):
-            if adapters and _active_adapters(model) != adapters:
+            if adapters and active_adapters(model) != adapters:
                 _activate(model, adapters)
 
 
-def _active_adapters(peft_model) -> list[str]:
-    """The adapters a PEFT model computes with now."""
+def active_adapters(peft_model) -> list[str]:
+    """The adapters a PEFT model computes with now (its ``active_adapters``, else its one
+    ``active_adapter``)."""
     active = getattr(peft_model, "active_adapters", None)
-    return [active] if isinstance(active, str) else list(active or [])
+    if isinstance(active, str):
+        return [active]
+    return list(active or [a for a in [getattr(peft_model, "active_adapter", None)] if a is not None])
 
 
 def _activate(peft_model: Any, adapters: list[str]) -> None:
