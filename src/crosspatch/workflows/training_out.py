@@ -109,7 +109,8 @@ def claim_out(out: str | Path | None, output_dir: str | None, start_step: int, s
         raise OptionError(f"CrosspatchCallback out={out} is a file, not a directory: give a directory for the diagnostics")
     here = str(Path(output_dir).resolve()) if output_dir else None
     owner = recorded_owner(out)
-    later = sorted(k for k in step_dirs(out) if k > start_step)
+    dirs = step_dirs(out)
+    later = sorted(k for k in dirs if k > start_step)
     if owner is not None and here is not None and owner != here:
         raise OptionError(f"CrosspatchCallback out={out} holds the diagnostics of another training (output "
                           f"directory {owner}, this one's is {here}); give a new out directory")
@@ -119,10 +120,10 @@ def claim_out(out: str | Path | None, output_dir: str | None, start_step: int, s
                           f"(step {start_step}): {shown}, another training's; give a new out directory (or, where "
                           "they are this training's from before it was resumed, move them out of it)")
     # a diagnostic cut short with its training (no row logged) at the step it resumes from: never diagnosed again
-    unlogged = sorted(k for k in step_dirs(out) if k <= start_step and k not in logged_steps(out)) \
+    unlogged = sorted(k for k in dirs if k <= start_step and k not in logged_steps(out)) \
         if start_step > 0 and here is not None and owner == here else []
     if later or unlogged:
-        aside = set_aside(out, later + unlogged, start_step)
+        aside = set_aside(out, dirs, later + unlogged, start_step)
         say(f"resumed at step {start_step}: the diagnostics of the later steps it left ({len(later)})"
             + (f" and {len(unlogged)} cut short" if unlogged else "") + f" are set aside in {aside}")
     if here is not None and owner is None:
@@ -130,23 +131,29 @@ def claim_out(out: str | Path | None, output_dir: str | None, start_step: int, s
         write_whole(out / OWNER_FILE, json.dumps({"output_dir": here}, indent=2) + "\n")
 
 
+def _step_lines(out: Path) -> list[tuple[str, Any]]:
+    """Each line of ``steps.jsonl`` with the step its row names (None for a torn last line, a kill
+    while writing)."""
+    if not (out / STEPS_FILE).is_file():
+        return []
+    lines = []
+    for line in (out / STEPS_FILE).read_text(encoding="utf-8").splitlines():
+        try:
+            step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            step = None
+        lines.append((line, step))
+    return lines
+
+
 def logged_steps(out: Path) -> set[int]:
     """The steps ``steps.jsonl`` holds a row of (a diagnostic logs its row once its run is done)."""
-    steps = set()
-    if (out / STEPS_FILE).is_file():
-        for line in (out / STEPS_FILE).read_text(encoding="utf-8").splitlines():
-            try:
-                step = json.loads(line).get("step")
-            except (ValueError, AttributeError):
-                continue  # a torn last line (a kill while writing)
-            if isinstance(step, int):
-                steps.add(step)
-    return steps
+    return {step for _, step in _step_lines(out) if isinstance(step, int)}
 
 
-def set_aside(out: Path, steps: list[int], start_step: int) -> Path:
-    """Move the run directories of ``steps`` and their ``steps.jsonl`` rows into a new folder
-    ``superseded/after-step-<start_step>[-k]``; returns it."""
+def set_aside(out: Path, dirs: dict[int, Path], steps: list[int], start_step: int) -> Path:
+    """Move the run directories of ``steps`` (``dirs``: :func:`step_dirs`) and their ``steps.jsonl``
+    rows into a new folder ``superseded/after-step-<start_step>[-k]``; returns it."""
     base = out / SUPERSEDED_DIR / f"after-step-{start_step}"
     aside, k = base, 1
     while aside.exists():
@@ -154,17 +161,11 @@ def set_aside(out: Path, steps: list[int], start_step: int) -> Path:
         aside = base.with_name(f"{base.name}-{k}")
     aside.mkdir(parents=True)
     moved = set(steps)
-    lines = (out / STEPS_FILE).read_text(encoding="utf-8").splitlines() if (out / STEPS_FILE).is_file() else []
     kept, left = [], []
-    for line in lines:
-        try:
-            step = json.loads(line).get("step")
-        except (ValueError, AttributeError):
-            step = None  # a torn last line (a kill while writing): kept where it was
+    for line, step in _step_lines(out):  # (a torn last line is kept where it was)
         (left if step in moved else kept).append(line)
     if left:
         write_whole(aside / STEPS_FILE, "\n".join(left) + "\n")
-    dirs = step_dirs(out)
     for step in steps:
         dirs[step].rename(aside / dirs[step].name)
     if left:
