@@ -134,11 +134,10 @@ class CrosspatchCallback(TrainerCallback):
             raise OptionError("CrosspatchCallback on a full fine-tune needs base= (the base checkpoint's path or "
                               "module); for a PEFT model the base is the adapter switched off")
         _check_base_dtype(_inner(self.base), model)
-        if model is not None and not is_peft_model(model) and self._base_model is None and \
-                bool(getattr(state, "is_world_process_zero", True)):  # loaded now: a broken base named before training
-            self._base_model = self._load_base(model)
         # the trainer's flag; outside a trainer (a call by hand) this process is the only one
         self._main_process = bool(getattr(state, "is_world_process_zero", True))
+        if model is not None and not is_peft_model(model) and self._base_model is None and self._main_process:
+            self._base_model = self._load_base(model)  # loaded now: a broken base named before training
         start = int(getattr(state, "global_step", 0) or 0)  # a checkpoint's step where training resumes from one
         self._trainings += 1
         self._place = place_of_training(self.out, self.trainer, args, state, self._trainings)
