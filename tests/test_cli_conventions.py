@@ -578,3 +578,13 @@ def test_python_run_options_of_the_wrong_kind_are_named_not_coerced():
             validate_run_options(RunConfig(**options))
     for link in ("../report.html", "https://ci.example.org/runs/7/report.html", None):
         validate_run_options(RunConfig(back_link=link))
+
+
+def test_a_descendant_given_twice_under_two_names_is_named_by_both(tmp_path):
+    from crosspatch.execution.roles import descendant_roles
+
+    (tmp_path / "it").mkdir()
+    with pytest.raises(OptionError, match=r"descendants 'a' and 'b' name the same model \(.*it/\): it would be loaded"):
+        descendant_roles([f"a={tmp_path / 'it'}", f"b={tmp_path / 'it'}/"])
+    with pytest.raises(OptionError, match=r"descendant \S+it is given twice: it would"):  # one spelling: said once
+        descendant_roles([str(tmp_path / "it"), str(tmp_path / "it")])

@@ -100,9 +100,10 @@ def descendant_roles(tuned=None, adapters=None) -> tuple[dict[str, str], dict[st
 
     tuned_roles = _role_names(tuned)
     adapter_roles = dict(_role_names(adapters))
-    check_given_once([*tuned_roles.values(), *adapter_roles.values()], "descendant",
-                     "it would be loaded, scored and counted twice; give each once")
     named = _given_names(tuned) | _given_names(adapters)
+    check_given_once([*tuned_roles.values(), *adapter_roles.values()], "descendant",
+                     "it would be loaded, scored and counted twice; give each once",
+                     names=[role if role in named else None for role in [*tuned_roles, *adapter_roles]])
     taken = {*tuned_roles, *adapter_roles}
     for role in list(adapter_roles):
         if role not in tuned_roles:

@@ -24,15 +24,20 @@ def path_key(path) -> str:
     return str(Path(str(path)).expanduser().resolve()) if looks_local(str(path)) else str(path)
 
 
-def check_given_once(paths: list, what: str, why: str) -> None:
+def check_given_once(paths: list, what: str, why: str, names: list[str | None] | None = None) -> None:
     """Each of ``paths`` (local directories, or hub ids) names a different thing: the same one
-    twice (``./a`` and ``a/`` alike) is an OptionError saying ``why`` that matters."""
-    seen: dict[str, str] = {}
-    for path in paths:
-        key = path_key(path)
+    twice (``./a`` and ``a/`` alike) is an OptionError saying ``why`` that matters, naming both
+    arguments (by ``names``, the roles given with them, where there are any)."""
+    seen: dict[str, tuple[str, str | None]] = {}
+    for k, path in enumerate(paths):
+        key, name = path_key(path), names[k] if names else None
         if key in seen:
-            raise OptionError(f"{what} {path} is given twice (also as {seen[key]}): {why}")
-        seen[key] = str(path)
+            first, first_name = seen[key]
+            if name is not None and first_name is not None and name != first_name:
+                raise OptionError(f"{what}s {first_name!r} and {name!r} name the same model ({path}): {why}")
+            spelt = f" (also as {first})" if first != str(path) else ""
+            raise OptionError(f"{what} {path} is given twice{spelt}: {why}")
+        seen[key] = (str(path), name)
 
 
 def check_model_path(path: str, role: str, adapter: bool = False, revision: str | None = None) -> None:
