@@ -99,8 +99,7 @@ class PromptSetMismatchError(PromptFileError):
 
 class PromptImageError(PromptFileError):
     """An image prompt that cannot be run: a text-only model, an unreadable image, processors of
-    the pair that disagree, image placeholder tokens without an image, or two prompts with the
-    same tokens and different images."""
+    the pair that disagree, or image placeholder tokens without an image."""
 
 
 class BoundaryError(CrosspatchError, ValueError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -257,10 +258,6 @@ def test_bad_image_prompts_are_named_errors(tmp_path, charts):
             load_prompts(missing)
     base, child, processor = tiny_vlm_pair("llava", layers=4)
     pair = pair_from_models(base, child, processor.tokenizer, processors=processor)
-    twins = [{"id": "a", "prompt": "Same text", "image": str(charts[0])},
-             {"id": "b", "prompt": "Same text", "image": str(charts[1])}]
-    with pytest.raises(PromptImageError, match="same tokens and different images"):
-        run(pair, twins, **OPTIONS)
     with pytest.raises(PromptImageError, match="no 'image' field"):
         run(pair, [{"id": "a", "prompt": "<image> but no image"}], **OPTIONS)
     not_an_image = tmp_path / "chart.png"
@@ -357,3 +354,76 @@ def test_after_the_fact_commands_find_a_finished_runs_images_again(tmp_path, cha
             run_features(out, steps=2, train_only=True, log=lambda message: None)
     finally:
         on_finished.reopen_models = original
+
+
+def _by_prompt(records) -> dict:
+    return {r.prompt_id: (r.position, r.t_pt, r.t_it, r.cells) for r in records}
+
+
+@pytest.mark.parametrize("arch", VLM_ARCHITECTURES)
+def test_one_question_asked_of_many_images_reads_each_image(arch, charts):
+    """Prompts with the same text and different images (a VLM evaluation asking one question of
+    many charts) were refused ("same tokens and different images"): a pass found a row's image from
+    the prompt tokens it starts with. Such twins now go to different chunks, each reading its own
+    images: every prompt gets the event and cells it gets alone, and twins are no repeats."""
+    base, child, processor = tiny_vlm_pair(arch, layers=4)
+    pair = pair_from_models(base, child, processor.tokenizer, processors=processor)
+    twins = [{"id": f"t{i}", "prompt": "Forecast:", "image": str(c)} for i, c in enumerate(charts)]
+    twins.insert(2, {"id": "t0-again", "prompt": "Forecast:", "image": str(charts[0])})  # a true repeat
+    other = [{"id": "city", "prompt": "Forecast for the city:", "image": str(charts[1])}]
+    options = {**OPTIONS, "plan": "exact", "controls": "repeated_prompts"}
+    together = run(pair, twins + other, batch_size=8, **options)
+    alone = {}
+    for p in twins + other:
+        alone.update(_by_prompt(run(pair, [p], **options).records))
+    got = _by_prompt(together.records)
+    assert got.keys() == alone.keys()
+    for prompt_id, (position, t_pt, t_it, cells) in got.items():  # (batched with others: padding moves the last bits)
+        assert (position, t_pt, t_it) == alone[prompt_id][:3]
+        assert all(abs(y - alone[prompt_id][3]["common_it"][c]) <= 1e-5 for c, y in cells["common_it"].items())
+    assert len({alone[p["id"]][:3] + (round(alone[p["id"]][3]["common_it"]["uit_lit"], 4),) for p in twins}) > 1
+    row = next(r for r in together.summary["controls"] if r["control"] == "repeated_prompts")
+    assert row["details"]["repeats"] == 1 and row["details"]["examples"] == [{"prompt_id": "t0-again", "repeats": "t0"}]
+
+
+def test_after_the_fact_analyses_read_each_twins_image(tmp_path, charts):
+    """A finished run of twins: an analysis added afterwards and the feature study's activations
+    compute each event with its own image, as in the run or alone."""
+    from crosspatch.analyses.features import cache_activations
+    from crosspatch.execution import Executor
+    from crosspatch.runner.finished import first_events, reopen_models, run_on_finished
+    from crosspatch.runner.reading import register_run_images
+    from crosspatch.store import RunStore
+
+    base_dir, tuned_dir = save_vlm_pair(tmp_path / "pair", "llava")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"t{i}", "prompt": "Forecast:", "image": str(c)}) + "\n"
+                               for i, c in enumerate(charts)))
+    options = {**OPTIONS, "plan": "exact", "batch_size": 8}
+    in_run = run(load_pair(str(base_dir), tuned=str(tuned_dir)), load_prompts(prompts), out=tmp_path / "a",
+                 **{**options, "controls": "hybrid_state"})
+    run(load_pair(str(base_dir), tuned=str(tuned_dir)), load_prompts(prompts), out=tmp_path / "b", **options)
+    run_on_finished(tmp_path / "b", "hybrid_state")
+
+    def rows(run_dir):  # each event's row, without the run's id
+        lines = (run_dir / "control_hybrid_state.jsonl").read_text().splitlines()
+        return {r["key"]: {k: v for k, v in r.items() if k != "run"} for r in map(json.loads, lines)}
+
+    after, during = rows(tmp_path / "b"), rows(tmp_path / "a")
+    assert in_run.records and after.keys() == during.keys() == {f"t{i}#first@2" for i in range(4)}
+    for key, row in after.items():  # (batched otherwise: the last bits move)
+        assert row.keys() == during[key].keys()
+        assert all(np.allclose(v, during[key][k], atol=1e-5) if k not in ("key", "prompt_id") else v == during[key][k]
+                   for k, v in row.items())
+    store = RunStore(tmp_path / "b")
+    config = store.config()
+    boundary, _, events = first_events(store, config)
+    models = reopen_models(config)
+    register_run_images(models, config, events)
+    ex = Executor.for_run(models, config["options"])
+    layers = [boundary, boundary + 1]
+    x_pt, x_it = cache_activations(ex, events, boundary, layers, tmp_path / "together", log=lambda m: None)
+    singles = [cache_activations(ex, [e], boundary, layers, tmp_path / f"alone-{e.prompt_id}", log=lambda m: None)
+               for e in events]
+    assert torch.allclose(x_pt, torch.cat([p for p, _ in singles]), atol=1e-5)
+    assert torch.allclose(x_it, torch.cat([i for _, i in singles]), atol=1e-5)

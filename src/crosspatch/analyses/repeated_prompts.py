@@ -7,8 +7,8 @@ carries the caveat. A caveat, never a change of grade: a few repeats among many 
 interval little, and the row says how many there are.
 
 The prompt's tokens are read from each record's ``prefix_ids`` (the prompt and the shared
-generated tokens before the event), so the row needs no pass and works on any stored run that
-recorded them."""
+generated tokens before the event), and an image prompt's image from the record's ``image`` field,
+so the row needs no pass and works on any stored run that recorded them."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
         return control_row("repeated_prompts", "info", None, "no events", threshold, n=0)
     if any(r.prefix_ids is None for r in first):
         return control_row("repeated_prompts", "info", None, "the run recorded no prompt tokens", threshold, n=n)
-    repeats = find_repeats((r.prompt_id, tuple(r.prefix_ids[: r.prompt_len])) for r in first)
+    # an image prompt repeats another only with its image too (one question asked of many images is no repeat)
+    repeats = find_repeats((r.prompt_id, (tuple(r.prefix_ids[: r.prompt_len]), r.extra.get("image"))) for r in first)
     if not repeats:
         return control_row("repeated_prompts", "pass", 0.0, f"the {n} event(s) come from {n} distinct prompts",
                            threshold, n=n, repeats=0)

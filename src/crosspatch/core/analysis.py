@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..execution import Capture, Decode, Executor, History, HistoryWish, Program, SearchHistory
 from ..models.forward import EventStates
@@ -120,6 +121,25 @@ class EventSet:
         if have or not self.events:  # (no events: every role's list is empty)
             return [[natural[e.key][r] for e in self.events] for r in roles]
         return (yield [Capture(r, self.sequences, boundaries) for r in roles])
+
+
+def drive_apart(ex: Executor, evset: EventSet, program_of, contiguous: bool = True) -> list[tuple[list[int], Any]]:
+    """``program_of(part)`` (a program on an :class:`EventSet` ``part`` of ``evset``) driven once
+    per part whose image prompts the passes can tell apart: prompts with the same tokens and
+    different images go to different parts, each run looking up its own images alone
+    (:func:`~crosspatch.models.media.media_chunks`; one part, ``evset`` itself, without such
+    prompts). Returns ``(positions of the part's events in evset, value)`` per part, in order
+    (``contiguous``: parts of consecutive events, so values concatenate in event order)."""
+    from ..models.media import media_chunks
+
+    events, media = evset.events, ex.models.media
+    parts = media_chunks([e.prompt_id for e in events], max(len(events), 1), media, contiguous)
+    out: list[tuple[list[int], Any]] = []
+    for positions in parts:
+        with media.only(events[k].prompt_id for k in positions):
+            part = evset if len(parts) == 1 else evset.subset([events[k] for k in positions])
+            out.append((positions, ex.drive(program_of(part))))
+    return out
 
 
 class Analysis:

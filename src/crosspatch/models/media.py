@@ -6,13 +6,17 @@ the boundary state, the divergence search and the cells cover the image position
 work on token ids only: a :class:`MediaRegistry` maps each image prompt's token ids to its
 processed image, and a forward pre-hook on the multimodal backbone hands the image to every
 full pass whose rows start with a registered prompt (decoding steps after the prompt and
-late-only passes carry no image tokens and need none). A prompt is identified by its tokens,
-so two prompts with the same tokens and different images are refused by name.
+late-only passes carry no image tokens and need none). A row's image is found from the prompt
+it starts with: prompts with the same tokens and different images (one question asked of many
+images) go to different pieces of work (:func:`media_chunks`), each of which looks up its own
+prompts' images alone (:meth:`MediaRegistry.only`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -48,33 +52,70 @@ def _digest(inputs: dict[str, torch.Tensor]) -> str:
 
 
 class MediaRegistry:
-    """Processed images of the image prompts, found again from a row's leading tokens."""
+    """Processed images of the image prompts, found again from a row's leading tokens.
+
+    Prompts with the same tokens and different images (one question asked of many charts) are
+    told apart by the prompts a piece of work holds: :meth:`only` limits the lookups to them, and
+    :func:`media_chunks` cuts work so that no piece holds two such prompts."""
 
     def __init__(self) -> None:
-        self._by_len: dict[int, dict[tuple[int, ...], tuple[str, str, dict]]] = {}
+        # prompt length -> prompt tokens -> prompt id -> (image digest, per-image inputs)
+        self._by_len: dict[int, dict[tuple[int, ...], dict[str, tuple[str, dict]]]] = {}
+        self._keys: dict[str, tuple[int, ...]] = {}  # prompt id -> its tokens
+        self._active: frozenset[str] | None = None
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._by_len.values())
+        return len(self._keys)
 
     def register(self, prompt_id: str, ids: list[int], inputs: dict[str, torch.Tensor]) -> None:
-        """Remember ``inputs`` (per-image processor outputs, batch dimension 1) for ``ids``."""
+        """Remember ``inputs`` (per-image processor outputs, batch dimension 1) for prompt
+        ``prompt_id`` of tokens ``ids`` (registered again: the last image counts)."""
         inputs = {k: v.detach().cpu() for k, v in inputs.items() if k not in _PER_TOKEN and torch.is_tensor(v)}
-        digest = _digest(inputs)
-        table = self._by_len.setdefault(len(ids), {})
         key = tuple(int(t) for t in ids)
-        if key in table and table[key][1] != digest:
-            raise PromptImageError(
-                f"prompts {table[key][0]!r} and {prompt_id!r} have the same tokens and different images; an image "
-                "prompt is identified by its tokens, so make their texts differ (e.g. name the chart or the city)")
-        table[key] = (prompt_id, digest, inputs)
+        if (earlier := self._keys.get(prompt_id)) is not None:
+            self._by_len[len(earlier)][earlier].pop(prompt_id, None)
+        self._by_len.setdefault(len(key), {}).setdefault(key, {})[prompt_id] = (_digest(inputs), inputs)
+        self._keys[prompt_id] = key
+
+    def conflict_key(self, prompt_id: str) -> tuple[tuple[int, ...], str] | None:
+        """(tokens, image digest) of an image prompt whose tokens another registered prompt has
+        with another image (work holding both must be cut apart); None for any other prompt."""
+        key = self._keys.get(prompt_id)
+        if key is None:
+            return None
+        same = self._by_len[len(key)][key]
+        if len({digest for digest, _ in same.values()}) < 2:
+            return None
+        return key, same[prompt_id][0]
+
+    @contextlib.contextmanager
+    def only(self, prompt_ids: Iterable[str]) -> Iterator[None]:
+        """Lookups see the images of ``prompt_ids`` alone for the duration (the prompts of one
+        piece of work: a chunk of a run, a group of a finished run's events)."""
+        before, self._active = self._active, frozenset(prompt_ids)
+        try:
+            yield
+        finally:
+            self._active = before
 
     def match(self, row: list[int]) -> dict | None:
-        """The inputs of the longest registered prompt that ``row`` starts with."""
+        """The inputs of the longest registered prompt that ``row`` starts with (among the prompts
+        :meth:`only` allows); a :class:`PromptImageError` where two of them have those tokens and
+        different images (work that was not cut apart by :func:`media_chunks`)."""
         for n in sorted(self._by_len, reverse=True):
-            if n <= len(row):
-                hit = self._by_len[n].get(tuple(row[:n]))
-                if hit is not None:
-                    return hit[2]
+            if n > len(row):
+                continue
+            same = self._by_len[n].get(tuple(row[:n]))
+            if not same:
+                continue
+            hits = {pid: hit for pid, hit in same.items() if self._active is None or pid in self._active}
+            if len({digest for digest, _ in hits.values()}) > 1:
+                a, b = sorted(hits)[:2]
+                raise PromptImageError(
+                    f"prompts {a!r} and {b!r} have the same tokens and different images in one pass: it cannot tell "
+                    "their images apart (crosspatch cuts a run's work apart for such prompts; this path does not)")
+            if hits:
+                return next(iter(hits.values()))[1]
         return None
 
     def batch_inputs(self, rows: list[list[int]], device) -> dict[str, torch.Tensor]:
@@ -165,3 +206,33 @@ def encode_image_prompt(processor, prompt_id: str, text: str, image_path: str) -
         raise PromptImageError(f"prompt {prompt_id!r}: the processor refused the image: {exc}") from None
     ids = enc["input_ids"][0].tolist()
     return ids, {k: v for k, v in enc.items() if k not in _PER_TOKEN and torch.is_tensor(v)}
+
+
+def media_chunks(prompt_ids: list[str], size: int, registry: MediaRegistry, contiguous: bool = False) -> list[list[int]]:
+    """Positions of ``prompt_ids`` in pieces of at most ``size`` (>= 1), in order, such that no
+    piece holds two prompts with the same tokens and different images (twins): each goes to the
+    first piece with room and no twin of it, or with ``contiguous`` to the last piece or a new one
+    (pieces of consecutive positions). Without twins: consecutive pieces of ``size`` either way.
+    Twins are never batched together, so a prompt set of many twins runs in smaller batches."""
+    pieces: list[list[int]] = []
+    images: list[dict[tuple[int, ...], str]] = []  # per piece: the image of each twin's tokens in it
+    start = 0  # the pieces before it are full (contiguous: closed)
+    for k, prompt_id in enumerate(prompt_ids):
+        conflict = registry.conflict_key(prompt_id)
+        j = start
+        while True:
+            if j == len(pieces):
+                pieces.append([])
+                images.append({})
+            fits = len(pieces[j]) < size and (conflict is None or images[j].get(conflict[0], conflict[1]) == conflict[1])
+            if fits:
+                break
+            j += 1
+        pieces[j].append(k)
+        if conflict is not None:
+            images[j][conflict[0]] = conflict[1]
+        if contiguous:
+            start = j
+        while start < len(pieces) and len(pieces[start]) >= size:
+            start += 1
+    return pieces

@@ -136,7 +136,7 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
     image run's images come from ``prompts`` (a prompt file a command was given), else from the
     run's own prompt file (:func:`~crosspatch.runner.reading.register_run_images`). Holds the run
     directory's lock. Returns the new summary."""
-    from ..core.analysis import EventSet
+    from ..core.analysis import EventSet, drive_apart
     from ..execution import Executor
     from ..store import RunStore
 
@@ -160,7 +160,8 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
                     check_models(models)
                 register_run_images(models, config, events, images)
                 ex = Executor.for_run(models, config["options"])
-                rows = ex.drive(analysis.program(ex, EventSet(events, models.base, models.roles[1], None)))
+                evset = EventSet(events, models.base, models.roles[1], None)
+                rows = [row for _, part in drive_apart(ex, evset, lambda part: analysis.program(ex, part)) for row in part]
             finally:
                 models.release()
             store.append_rows(f"{analysis.name}.jsonl", [r.to_record() if hasattr(r, "to_record") else r

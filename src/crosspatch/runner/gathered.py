@@ -19,13 +19,14 @@ def _chunk_phase(models: ModelSet, payload: tuple, item: tuple) -> tuple[int, li
     """One chunk of one phase (a module-level function, so that Ray can ship it)."""
     phase, analyses, plans, options, base, tuned = payload
     index, events = item
-    ex = Executor.for_run(models, options)
-    evset = EventSet(list(events), base, tuned, None)  # analyses run side by side on the chunk
-    if phase == "gather":
-        programs = [analysis.gather(ex, evset) for analysis in analyses]
-    else:
-        programs = [analysis.measure(ex, evset, plan) for analysis, plan in zip(analyses, plans)]
-    return index, ex.drive_all(programs)
+    with models.media.only(e.prompt_id for e in events):  # this piece's images
+        ex = Executor.for_run(models, options)
+        evset = EventSet(list(events), base, tuned, None)  # analyses run side by side on the chunk
+        if phase == "gather":
+            programs = [analysis.gather(ex, evset) for analysis in analyses]
+        else:
+            programs = [analysis.measure(ex, evset, plan) for analysis, plan in zip(analyses, plans)]
+        return index, ex.drive_all(programs)
 
 
 def drive_gathered(models: ModelSet, analyses: list[GatheredAnalysis], events: list[DivergenceEvent],
@@ -35,7 +36,9 @@ def drive_gathered(models: ModelSet, analyses: list[GatheredAnalysis], events: l
     Ray worker), each phase spread over ``engine``."""
     pieces = max(1, chunks if chunks is not None else (1 if engine == "local" else workers))
     size = max(1, math.ceil(len(events) / pieces))
-    items = [(i, events[start:start + size]) for i, start in enumerate(range(0, len(events), size))] or [(0, [])]
+    # pieces of consecutive events; prompts with the same tokens and different images in different pieces
+    pieces = [piece for start in range(0, len(events), size) for piece in _apart(models, events[start:start + size])]
+    items = list(enumerate(pieces)) or [(0, [])]
     base, tuned = models.base, models.roles[1]
 
     def phase(name: str, plans) -> list[list]:
@@ -48,3 +51,12 @@ def drive_gathered(models: ModelSet, analyses: list[GatheredAnalysis], events: l
     measured = phase("measure", plans)
     return [analysis.combine(plan, [parts[j] for parts in measured])
             for j, (analysis, plan) in enumerate(zip(analyses, plans))]
+
+
+def _apart(models: ModelSet, events: list[DivergenceEvent]) -> list[list[DivergenceEvent]]:
+    """``events`` cut into consecutive pieces that hold no two prompts with the same tokens and
+    different images (:func:`~crosspatch.models.media.media_chunks`)."""
+    from ..models.media import media_chunks
+
+    return [[events[k] for k in piece]
+            for piece in media_chunks([e.prompt_id for e in events], max(len(events), 1), models.media, contiguous=True)]

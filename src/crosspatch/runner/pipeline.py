@@ -30,6 +30,7 @@ from ..inputs.prompts import Prompt, as_prompts
 from ..models.collector import settle
 from ..models.forward import WorkCounter, counting_work
 from ..models.loading import DTYPES
+from ..models.media import media_chunks
 from ..models.vocab import unknown_token_warning
 from ..store import RunStore, check_complete, completed_prompts
 from .checks import (
@@ -80,6 +81,11 @@ def process_chunk(models, plan: ChunkPlan, item) -> ChunkResult:
     """Search and score one chunk of prompts (``item`` = (prompts, token ids)): the unit of work
     of every engine. The stages are programs the executor runs, whatever the residency."""
     prompts, token_ids = item
+    with models.media.only(p.id for p in prompts):  # this chunk's images (twins of other chunks apart)
+        return _process_chunk(models, plan, prompts, token_ids)
+
+
+def _process_chunk(models, plan: ChunkPlan, prompts, token_ids) -> ChunkResult:
     ex = Executor(models, plan.cells.batch_size, plan.cells.max_batch_tokens, plan.decode)
     tuned = plan.tuned or models.roles[1]
     roll, check = search_roles(plan.divergence, models.base, tuned)
@@ -120,6 +126,18 @@ def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analys
         if analysis is not None:
             built.append(analysis)
     return ChunkPlan(boundaries, div_cfg, context.cells, built + list(analyses), config.tuned, config.decode)
+
+
+def _chunk_items(pair: ModelSet, prompts: list[Prompt], token_ids: list[list[int]], todo: list[int], chunk: int,
+                 progress: bool) -> list[tuple[list[Prompt], list[list[int]]]]:
+    """The chunks of the prompts ``todo`` (positions), at most ``chunk`` each, in order: prompts with
+    the same tokens and different images go to different chunks, each reading its own images
+    (:func:`~crosspatch.models.media.media_chunks`)."""
+    pieces = media_chunks([prompts[k].id for k in todo], chunk, pair.media)
+    if len(pieces) > -(-len(todo) // chunk):
+        _say(progress, f"{len(pieces)} chunks where {-(-len(todo) // chunk)} would do: image prompts with the same text "
+                       "and different images never share a batch (give them distinct texts to batch them)")
+    return [([prompts[todo[j]] for j in piece], [token_ids[todo[j]] for j in piece]) for piece in pieces]
 
 
 def _float32_models(models: ModelSet) -> ModelSet:
@@ -301,8 +319,7 @@ def run(
                 cells_task = bar.add_task(
                     f"2x2 cells at {len(boundaries)} boundar{'y' if len(boundaries) == 1 else 'ies'} "
                     "(records of the events found so far)", total=len(records), completed=len(records))
-            items = [([prompts[k] for k in todo[start : start + chunk]], [token_ids[k] for k in todo[start : start + chunk]])
-                     for start in range(0, len(todo), chunk)]
+            items = _chunk_items(pair, prompts, token_ids, todo, chunk, progress)
             precision = {"target": config.until_ci_width, "half_width": None, "reached": False} \
                 if config.until_ci_width else None
             if precision is not None and precision_reached(precision, records, boundaries, pair.num_layers, config):
@@ -316,6 +333,8 @@ def run(
                     for rec in result.records:
                         meta = prompts[by_id[rec.prompt_id]].metadata
                         rec.extra.update({f: meta.get(f) for f in config.group_by})
+                        if meta.get("image"):  # which image the event read (prompts of one text tell apart by it)
+                            rec.extra["image"] = meta["image"]
                     if store is not None:
                         for name, rows in result.analyses.items():
                             store.append_rows(f"{name}.jsonl", rows)

@@ -31,7 +31,7 @@ def cache_activations(ex, events, boundary, layers, directory: Path, shard_size:
     """Paired activations of ``events`` in safetensors shards (resumable); returns (x_pt, x_it)."""
     from safetensors.torch import save_file
 
-    from ...core.analysis import EventSet
+    from ...core.analysis import EventSet, drive_apart
 
     directory.mkdir(parents=True, exist_ok=True)
     d = ex.models.hidden_size
@@ -48,7 +48,11 @@ def cache_activations(ex, events, boundary, layers, directory: Path, shard_size:
         if shard is None:
             if path.exists():
                 log(f"{path.name}: cached for other events or layers, or unreadable: computed again")
-            pairs = ex.drive(activations(ex, EventSet(chunk, ex.models.base, ex.models.roles[1], None), boundary, layers))
+            pairs: list = [None] * len(chunk)
+            evset = EventSet(chunk, ex.models.base, ex.models.roles[1], None)
+            for positions, part in drive_apart(ex, evset, lambda p: activations(ex, p, boundary, layers), contiguous=False):
+                for k, pair in zip(positions, part):
+                    pairs[k] = pair
             shard = {"pt": torch.cat([p for p, _ in pairs]).contiguous(), "it": torch.cat([i for _, i in pairs]).contiguous()}
             partial = path.with_suffix(".partial")  # a shard is complete or absent, never half written
             save_file(shard, str(partial), metadata=meta)
