@@ -427,3 +427,23 @@ def test_after_the_fact_analyses_read_each_twins_image(tmp_path, charts):
                for e in events]
     assert torch.allclose(x_pt, torch.cat([p for p, _ in singles]), atol=1e-5)
     assert torch.allclose(x_it, torch.cat([i for _, i in singles]), atol=1e-5)
+
+
+def test_twins_are_cut_apart_and_other_prompts_keep_their_chunks():
+    """media_chunks: without twins, consecutive chunks of the size asked; a twin goes to the first
+    chunk with room and no twin of it (or, contiguous, to the last chunk or a new one); a prompt of
+    the same image as its twin (a true repeat) may share a chunk with it."""
+    from crosspatch.models.media import MediaRegistry, media_chunks
+
+    registry = MediaRegistry()
+    for prompt_id, tokens, pixel in (("a", [1, 2], 0.0), ("b", [1, 2], 1.0), ("c", [1, 2], 2.0), ("d", [1, 2], 0.0),
+                                     ("e", [3], 0.0), ("f", [4], 5.0)):
+        registry.register(prompt_id, tokens, {"pixel_values": torch.full((1, 2), pixel)})
+    ids = list("abcdefg")  # g: a text prompt, never registered
+    assert media_chunks(list("efg"), 2, registry) == [[0, 1], [2]]
+    assert media_chunks(ids, 3, registry) == [[0, 3, 4], [1, 5, 6], [2]]
+    assert media_chunks(ids, 3, registry, contiguous=True) == [[0], [1], [2], [3, 4, 5], [6]]
+    with registry.only(["b", "e"]):
+        assert torch.equal(registry.match([1, 2, 9])["pixel_values"], torch.full((1, 2), 1.0))
+    with pytest.raises(PromptImageError, match="'a' and 'b' have the same tokens and different images in one pass"):
+        registry.match([1, 2, 9])
