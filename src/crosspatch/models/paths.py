@@ -26,18 +26,15 @@ def path_key(path) -> str:
 
 def check_given_once(paths: list, what: str, why: str, names: list[str | None] | None = None) -> None:
     """Each of ``paths`` (local directories, or hub ids) names a different thing: the same one
-    twice (``./a`` and ``a/`` alike) is an OptionError saying ``why`` that matters, naming both
-    arguments (by ``names``, the roles given with them, where there are any)."""
+    twice (``./a`` and ``a/`` alike) is an OptionError saying ``why``, naming both arguments (by
+    ``names``, the roles given with them, where there are any)."""
     seen: dict[str, tuple[str, str | None]] = {}
-    for k, path in enumerate(paths):
-        key, name = path_key(path), names[k] if names else None
-        if key in seen:
-            first, first_name = seen[key]
-            if name is not None and first_name is not None and name != first_name:
-                raise OptionError(f"{what}s {first_name!r} and {name!r} name the same model ({path}): {why}")
-            spelt = f" (also as {first})" if first != str(path) else ""
-            raise OptionError(f"{what} {path} is given twice{spelt}: {why}")
-        seen[key] = (str(path), name)
+    for path, name in zip(paths, names or [None] * len(paths)):
+        if (first := seen.get(path_key(path))) is not None:
+            if name is not None and first[1] is not None and name != first[1]:
+                raise OptionError(f"{what}s {first[1]!r} and {name!r} name the same model ({path}): {why}")
+            raise OptionError(f"{what} {path} is given twice{f' (also as {first[0]})' if first[0] != str(path) else ''}: {why}")
+        seen[path_key(path)] = (str(path), name)
 
 
 def check_model_path(path: str, role: str, adapter: bool = False, revision: str | None = None) -> None:
