@@ -211,6 +211,10 @@ def test_the_float32_check_of_near_ties_reads_the_images(charts):
     result = run(pair, image_prompts(charts), verify_fp32=True, near_tie_threshold=1e9, **OPTIONS)
     checked = result.summary["fp32_verification"]
     assert checked["checked"] == len([r for r in result.records if r.kind == "first_diff"]) > 0, checked
+    # one question asked of every chart: the check searches the twins apart too (it stopped at "in one pass")
+    twins = run(pair, [dict(p, prompt="Forecast:") for p in image_prompts(charts)], verify_fp32=True,
+                near_tie_threshold=1e9, **OPTIONS)
+    assert twins.summary["fp32_verification"]["checked"] == len(twins.records) == len(charts)
 
 
 @pytest.mark.parametrize("arch", VLM_ARCHITECTURES)

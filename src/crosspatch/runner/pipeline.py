@@ -171,9 +171,13 @@ def verify_near_ties_fp32(models: ModelSet, prompts: list[Prompt], token_ids: li
         prompt_token_ids(models32, [prompts[k] for k in idx], tuned, config)
     div = DivergenceConfig(config.max_new_tokens, config.batch_size, config.rollout_model,
                            max_batch_tokens=config.max_batch_tokens)
-    events, none = find_divergences(models32, [prompts[k] for k in idx], [token_ids[k] for k in idx], div,
-                                    tuned=tuned)
-    found = {e.prompt_id: (e.position, e.t_pt, e.t_it) for e in events}
+    found = {}
+    for piece in media_chunks([prompts[k].id for k in idx], max(len(idx), 1), models32.media):  # twins apart
+        group = [idx[j] for j in piece]
+        with models32.media.only(prompts[k].id for k in group):
+            events, _ = find_divergences(models32, [prompts[k] for k in group], [token_ids[k] for k in group], div,
+                                         tuned=tuned)
+        found.update({e.prompt_id: (e.position, e.t_pt, e.t_it) for e in events})
     moved = sorted(pid for pid, r in ties.items() if found.get(pid) != (r.position, r.t_pt, r.t_it))
     models32.release()
     return {"checked": len(ties), "moved": len(moved), "moved_prompts": moved[:200]}
