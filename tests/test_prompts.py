@@ -569,3 +569,39 @@ def test_a_leading_tilde_is_the_home_directory_as_for_model_paths(tmp_path, monk
     loaded = load_prompts("~/p.jsonl")
     assert [p.id for p in loaded] == ["a"] and loaded.source == str(tmp_path / "p.jsonl")
     assert check_out_path("~/runs/x") == tmp_path / "runs" / "x"
+
+
+def test_images_held_in_rows_as_hugging_face_data_holds_them(tmp_path):
+    """A datasets Image column (PIL images; ``{"bytes", "path"}`` in a saved dataset or a Parquet
+    file) was refused ("must be a path"): such an image is written once to the image cache, named by
+    its bytes' sha256, and the prompt names that file (the same image, the same file); a path-only
+    value is a path; an empty image is no image; bytes that are no image are named."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    from crosspatch.inputs.images import image_cache_dir
+
+    images = [Image.new("RGB", (8, 8), colour) for colour in ("red", "blue")]  # made in memory: no file behind them
+    charts = [tmp_path / "chart0.png", tmp_path / "chart1.png"]
+    for image, chart in zip(images, charts):
+        image.save(chart)
+    data = datasets.Dataset.from_dict({"id": ["a", "b"], "prompt": ["Forecast:", "Forecast:"],
+                                       "image": images}).cast_column("image", datasets.Image())
+    data.save_to_disk(str(tmp_path / "saved"))
+    in_memory, saved = as_prompts(data), load_prompts(tmp_path / "saved")
+    for prompts in (in_memory, saved):
+        paths = [p.metadata["image"] for p in prompts]
+        assert all(p.startswith(str(image_cache_dir())) for p in paths) and len(set(paths)) == 2
+        for path, chart in zip(paths, charts):  # the same pixels as the image given
+            assert list(Image.open(path).convert("RGB").getdata()) == list(Image.open(chart).convert("RGB").getdata())
+    assert [p.metadata for p in in_memory] == [p.metadata for p in saved]  # one image, one file
+    pd.DataFrame({"id": ["a"], "prompt": ["x"], "image": [{"bytes": None, "path": "chart0.png"}]}).to_parquet(
+        tmp_path / "paths.parquet")
+    assert load_prompts(tmp_path / "paths.parquet")[0].metadata["image"] == str(charts[0])  # relative to the file
+    assert as_prompts([{"id": "a", "prompt": "x", "image": {"bytes": None, "path": None}}])[0].metadata == {}
+    assert as_prompts([{"id": "a", "prompt": "x", "image": charts[1].read_bytes()}])[0].metadata["image"] == \
+        in_memory[1].metadata["image"]  # encoded bytes kept as they are: PNG in, the same PNG
+    with pytest.raises(PromptFileError, match=r"prompt #0: field 'image' holds 5 bytes that are not an image"):
+        as_prompts([{"id": "a", "prompt": "x", "image": b"hello"}])
+    with pytest.raises(PromptFileError, match="must be the path of an image file, an image .PIL., .* not int"):
+        as_prompts([{"id": "a", "prompt": "x", "image": 3}])

@@ -451,3 +451,19 @@ def test_twins_are_cut_apart_and_other_prompts_keep_their_chunks():
         assert torch.equal(registry.match([1, 2, 9])["pixel_values"], torch.full((1, 2), 1.0))
     with pytest.raises(PromptImageError, match="'a' and 'b' have the same tokens and different images in one pass"):
         registry.match([1, 2, 9])
+
+
+def test_a_dataset_holding_its_images_runs_as_the_same_prompts_with_image_files(charts):
+    """A datasets.Dataset with an Image column (what a VLM evaluation set loads as) runs: each image
+    goes to the image cache, and the events and cells are those of the same prompts naming the files."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    base, child, processor = tiny_vlm_pair("llava", layers=4)
+    pair = pair_from_models(base, child, processor.tokenizer, processors=processor)
+    rows = image_prompts(charts)
+    pixels = [Image.open(c).copy() for c in charts]  # in memory, no file behind them
+    data = datasets.Dataset.from_dict({"id": [r["id"] for r in rows], "prompt": [r["prompt"] for r in rows],
+                                       "image": pixels}).cast_column("image", datasets.Image())
+    from_files, from_data = run(pair, rows, **OPTIONS), run(pair, data, **OPTIONS)
+    assert from_files.records and _by_prompt(from_data.records) == _by_prompt(from_files.records)

@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import PromptFileError
 from .chats import chat_messages, with_messages
 from .fields import mapped_row, parse_fields, source_columns
+from .images import image_field_path
 from .prompt_files import check_columns, file_type, is_stdin, read_json_array, read_jsonl, read_table
 
 _JSON_SUFFIXES, _TABLE_SUFFIXES = (".jsonl", ".json"), (".csv", ".tsv", ".parquet", ".pq")  # the prompt file types
@@ -129,6 +130,8 @@ def _row_to_prompt(row: dict, where: str) -> Prompt:
         validator = parse_validator(spec, where)
     meta = {k: v for k, v in row.items()
             if k not in ("id", "prompt", "category", "validator", "messages") and not _is_missing(v)}
+    if "image" in meta and (path := image_field_path(meta.pop("image"), where)) is not None:
+        meta["image"] = path  # an image held in the row (datasets' Image column): written to the image cache
     if "image" in meta and (not isinstance(meta["image"], str) or not meta["image"].strip()):
         raise PromptFileError(f"{where}: field 'image' must be a path to an image file")
     if "image" in meta and meta["image"].strip().lower().startswith(("http://", "https://", "data:")):
