@@ -603,5 +603,9 @@ def test_images_held_in_rows_as_hugging_face_data_holds_them(tmp_path):
         in_memory[1].metadata["image"]  # encoded bytes kept as they are: PNG in, the same PNG
     with pytest.raises(PromptFileError, match=r"prompt #0: field 'image' holds 5 bytes that are not an image"):
         as_prompts([{"id": "a", "prompt": "x", "image": b"hello"}])
+    one = as_prompts([{"id": "a", "prompt": "x", "images": [images[0]]}], fields="image=images")  # TRL's column
+    assert one[0].metadata["image"] == in_memory[0].metadata["image"]
+    with pytest.raises(PromptFileError, match="holds 2 images; crosspatch runs one image per prompt"):
+        as_prompts([{"id": "a", "prompt": "x", "image": images}])
     with pytest.raises(PromptFileError, match="must be the path of an image file, an image .PIL., .* not int"):
         as_prompts([{"id": "a", "prompt": "x", "image": 3}])

@@ -38,7 +38,8 @@ def image_cache_dir() -> Path:
 def image_field_path(value, where: str):
     """``value`` of an ``image`` field as a path (a string): a path as given (``str`` or
     ``os.PathLike``), a datasets ``{"bytes", "path"}`` value (its path where it holds no bytes),
-    or an image held in the row (a PIL image, encoded bytes) written to the image cache. None for
+    or an image held in the row (a PIL image, encoded bytes) written to the image cache; a list of
+    one such image (an ``images`` column) is that image. None for
     datasets' empty image (``{"bytes": None, "path": None}``). Anything else, or bytes that are no
     image, is a :class:`PromptFileError` naming the row."""
     if isinstance(value, str):
@@ -54,6 +55,12 @@ def image_field_path(value, where: str):
         return path if isinstance(path, str) else image_field_path(path, where)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return _cached(bytes(value), where)
+    if isinstance(value, (list, tuple)):  # an ``images`` column (TRL's and many VLM sets'): one image per prompt
+        if len(value) == 1:
+            return image_field_path(value[0], where)
+        raise PromptFileError(f"{where}: field 'image' holds {len(value)} images; crosspatch runs one image per "
+                              "prompt (split such a row into one prompt per image)" if value else
+                              f"{where}: field 'image' is an empty list: give the prompt's image, or no 'image' field")
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - transformers' image processors need Pillow
