@@ -467,3 +467,36 @@ def test_a_dataset_holding_its_images_runs_as_the_same_prompts_with_image_files(
                                        "image": pixels}).cast_column("image", datasets.Image())
     from_files, from_data = run(pair, rows, **OPTIONS), run(pair, data, **OPTIONS)
     assert from_files.records and _by_prompt(from_data.records) == _by_prompt(from_files.records)
+
+
+TEXT_TEMPLATE = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
+PARTS_TEMPLATE = ("{% for m in messages %}<u>{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+                  "{% for p in m['content'] %}{% if p['type'] == 'image' %}<image>\n{% else %}{{ p['text'] }}{% endif %}"
+                  "{% endfor %}{% endif %}</u>{% endfor %}<a>")
+
+
+@pytest.mark.parametrize("template", ["text turns", "image parts"])
+def test_a_chat_template_puts_the_image_inside_the_user_turn(template, charts):
+    """With --chat-template an image prompt's image went before the whole rendered chat
+    ("<image><u>Forecast:</u><a>"), a prompt no chat model reads. It now stands where the chat puts
+    it: a TRL-style {"type": "image"} part, else first in the last user turn; a template that
+    renders image parts writes it its own way, a template of text turns gets the placeholder."""
+    from PIL import Image
+
+    from crosspatch.runner.config import RunConfig
+    from crosspatch.runner.reading import prompt_token_ids
+
+    base, child, processor = tiny_vlm_pair("llava", layers=4)
+    processor.tokenizer.chat_template = TEXT_TEMPLATE if template == "text turns" else PARTS_TEMPLATE
+    pair = pair_from_models(base, child, processor.tokenizer, processors=processor)
+    image = "<image>" if template == "text turns" else "<image>\n"
+    rows = [({"id": "plain", "prompt": "Forecast:", "image": str(charts[0])}, f"<u>{image}Forecast:</u><a>"),
+            ({"id": "parts", "image": str(charts[1]), "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "See "}, {"type": "image"},
+                                             {"type": "text", "text": " then forecast:"}]}]},
+             f"<u>Be brief.</u><u>See {image} then forecast:</u><a>")]
+    ids = prompt_token_ids(pair, load_prompts([row for row, _ in rows]), pair.roles[1], RunConfig(chat_template=True))
+    for got, (row, text) in zip(ids, rows):
+        want = processor(text=text, images=Image.open(row["image"]).convert("RGB"), return_tensors="pt")["input_ids"][0]
+        assert got == want.tolist(), processor.tokenizer.decode(got)

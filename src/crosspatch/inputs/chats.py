@@ -19,23 +19,59 @@ def _plain_list(value):
     return value.tolist() if hasattr(value, "tolist") and not isinstance(value, (list, dict)) else value
 
 
+# where a chat turn's image part stood (TRL's and the processors' ``{"type": "image"}``): the model's own
+# placeholder is put there when the chat is rendered (:func:`image_chat`); U+FFFC, "object replacement"
+IMAGE_PART = "\ufffc"
+
+
 def _content_text(content, where: str, k: int) -> str:
-    """A turn's content as text: a string, or a list of text parts (``[{"type": "text", "text":
-    ...}]``, the form multimodal processors and newer datasets use) joined as templates join them,
-    with nothing between. A part that is not text (an image) is refused: images are given with
-    the row's ``image`` field."""
+    """A turn's content as text: a string, or a list of parts (``[{"type": "text", "text": ...},
+    {"type": "image"}]``, the form multimodal processors, TRL and newer datasets use) joined as
+    templates join them, with nothing between, an image part kept as :data:`IMAGE_PART` (the
+    image itself is the row's ``image`` field). Any other part is refused."""
     if isinstance(content, str):
         return content
     content = _plain_list(content)
     if isinstance(content, list) and content and all(isinstance(part, dict) for part in content):
         kinds = [part.get("type", "text" if "text" in part else None) for part in content]
-        if all(kind == "text" and isinstance(part.get("text"), str) for kind, part in zip(kinds, content)):
-            return "".join(part["text"] for part in content)
-        other = next(kind for kind, part in zip(kinds, content) if kind != "text" or not isinstance(part.get("text"), str))
-        raise PromptFileError(f"{where}: messages[{k}] holds a {other!r} part; a chat's parts must be text "
-                              "(give an image prompt's image with the row's 'image' field)")
-    raise PromptFileError(f"{where}: messages[{k}]'s content must be text (or a list of text parts), not "
+        texts = []
+        for kind, part in zip(kinds, content):
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif kind == "image" and not any(part.get(key) for key in ("url", "image", "path", "image_url")):
+                texts.append(IMAGE_PART)
+            else:
+                raise PromptFileError(f"{where}: messages[{k}] holds a {kind!r} part" + (
+                    " naming its image: give the image with the row's 'image' field and leave the part as "
+                    "{\"type\": \"image\"}" if kind == "image" else
+                    "; a chat's parts must be text or {\"type\": \"image\"} (the image in the row's 'image' field)"))
+        return "".join(texts)
+    raise PromptFileError(f"{where}: messages[{k}]'s content must be text (or a list of text and image parts), not "
                           f"{type(content).__name__}")
+
+
+def image_chat(messages: list[dict], placeholder: str) -> tuple[list[dict], list[dict]]:
+    """A chat of an image prompt, ready for a chat template, in two forms: with the image as a
+    ``{"type": "image"}`` part where it stood (the form multimodal templates render their own way),
+    and as text with ``placeholder`` (the processor's image text) there. An image the chat does not
+    place (no image part, no placeholder written in its text) goes first in the last user turn,
+    as processors place an image given beside the text."""
+    turns = [dict(t) for t in messages]
+    if not any(IMAGE_PART in t["content"] or placeholder in t["content"] for t in turns):
+        last = max(k for k, t in enumerate(turns) if t["role"] == "user")
+        turns[last]["content"] = IMAGE_PART + turns[last]["content"]
+    with_parts = []
+    for t in turns:
+        pieces = t["content"].split(IMAGE_PART)
+        if len(pieces) == 1:
+            with_parts.append(t)
+            continue
+        parts = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
+        for piece in pieces[1:]:
+            parts += [{"type": "image"}] + ([{"type": "text", "text": piece}] if piece else [])
+        with_parts.append({**t, "content": parts})
+    as_text = [{**t, "content": t["content"].replace(IMAGE_PART, placeholder)} for t in turns]
+    return with_parts, as_text
 
 
 def _turn_list(value, name: str, where: str, what: str) -> list:
@@ -103,6 +139,8 @@ def chat_messages(value, where: str) -> tuple:
         raise PromptFileError(f"{where}: the chat's last turn is the assistant's; it must end with the turn the models "
                               "answer (a user turn): for an SFT set's rows, drop the reference answer (messages[:-1]) "
                               "before giving them as prompts")
+    if (images := sum(t["content"].count(IMAGE_PART) for t in turns)) > 1:
+        raise PromptFileError(f"{where}: the chat holds {images} image parts; crosspatch runs one image per prompt")
     users = [t["content"] for t in turns if t["role"] == "user"]
     if not users or not users[-1].strip():
         raise PromptFileError(f"{where}: the chat has no user turn with text")

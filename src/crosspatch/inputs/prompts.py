@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PromptFileError
-from .chats import chat_messages, with_messages
+from .chats import IMAGE_PART, chat_messages, with_messages
 from .fields import mapped_row, parse_fields, source_columns
 from .images import image_field_path
 from .prompt_files import check_columns, file_type, is_stdin, read_json_array, read_jsonl, read_table
@@ -132,6 +132,8 @@ def _row_to_prompt(row: dict, where: str) -> Prompt:
             if k not in ("id", "prompt", "category", "validator", "messages") and not _is_missing(v)}
     if "image" in meta and (path := image_field_path(meta.pop("image"), where)) is not None:
         meta["image"] = path  # an image held in the row (datasets' Image column): written to the image cache
+    if messages and not meta.get("image") and any(IMAGE_PART in t["content"] for t in messages):
+        raise PromptFileError(f"{where}: the chat holds an image part but the row gives no image (its 'image' field)")
     if "image" in meta and (not isinstance(meta["image"], str) or not meta["image"].strip()):
         raise PromptFileError(f"{where}: field 'image' must be a path to an image file")
     if "image" in meta and meta["image"].strip().lower().startswith(("http://", "https://", "data:")):

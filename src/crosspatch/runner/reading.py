@@ -21,7 +21,33 @@ def _prompt_text(pair: ModelSet, prompt: Prompt, config: RunConfig) -> str:
     if not config.chat_template:
         return prompt.prompt
     tuned = config.tuned or pair.roles[1]
+    if prompt.metadata.get("image"):
+        from ..models.media import image_placeholder
+
+        return render_image_chat(pair.tokenizers[tuned], prompt, repr(tuned), image_placeholder(pair.processor(tuned)))
     return render_chat(pair.tokenizers[tuned], prompt, repr(tuned))
+
+
+def render_image_chat(tokenizer, prompt: Prompt, whose: str, placeholder: str) -> str:
+    """An image prompt's chat rendered with its image where the chat puts it (an image part, the
+    placeholder written in its text, else first in the last user turn: :func:`image_chat`): by the
+    template with a ``{"type": "image"}`` part there, the way a multimodal template writes its
+    image, where it writes ``placeholder`` (the processor's image text) once; else (a template of
+    text turns) with ``placeholder`` written there."""
+    from dataclasses import replace
+
+    from ..errors import PromptFileError
+    from ..inputs.chats import image_chat
+
+    chat = list(prompt.messages) if prompt.messages else [{"role": "user", "content": prompt.prompt}]
+    with_parts, as_text = image_chat(chat, placeholder)
+    try:
+        text = render_chat(tokenizer, replace(prompt, messages=tuple(with_parts)), whose)
+    except PromptFileError:  # a template of text turns may fail on a list of parts: it gets text
+        text = None
+    if text is not None and text.count(placeholder) == 1:
+        return text
+    return render_chat(tokenizer, replace(prompt, messages=tuple(as_text)), whose)
 
 
 def render_chat(tokenizer, prompt: Prompt, whose: str) -> str:
