@@ -35,13 +35,13 @@ def image_cache_dir() -> Path:
     return root / "images"
 
 
-def image_field_path(value, where: str):
+def image_field_path(value, where: str) -> str | None:
     """``value`` of an ``image`` field as a path (a string): a path as given (``str`` or
     ``os.PathLike``), a datasets ``{"bytes", "path"}`` value (its path where it holds no bytes),
     or an image held in the row (a PIL image, encoded bytes) written to the image cache; a list of
-    one such image (an ``images`` column) is that image. None for
-    datasets' empty image (``{"bytes": None, "path": None}``). Anything else, or bytes that are no
-    image, is a :class:`PromptFileError` naming the row."""
+    one such image (an ``images`` column) is that image. None for datasets' empty image
+    (``{"bytes": None, "path": None}``). Anything else, or bytes that are no image, is a
+    :class:`PromptFileError` naming the row (``where``)."""
     if isinstance(value, str):
         return value
     if isinstance(value, os.PathLike):
