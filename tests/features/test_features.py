@@ -240,3 +240,30 @@ def test_an_mlp_edit_reaches_the_mlp_whatever_the_family_calls_it(arch):
     assert all(not torch.equal(a, b) for a, b in zip(plain, edited))
     with pytest.raises(UnsupportedArchitectureError, match="no MLP crosspatch knows by name .* its parts: attention"):
         layer_mlp(nn.ModuleDict({"attention": nn.Linear(2, 2)}))
+
+
+def test_the_study_is_the_same_inside_a_callers_no_grad_inference_mode_or_autocast(tmp_path):
+    """A notebook calling run_features inside `torch.no_grad()` or `torch.inference_mode()` (the
+    habit around model code) stopped in the crosscoder's training with torch's "element 0 of tensors
+    does not require grad"; inside an autocast it trained another crosscoder (bfloat16 matmuls). The
+    crosscoder trains as itself, and the whole result is the one computed outside."""
+    from crosspatch.execution import load_pair
+    from crosspatch.runner.on_finished import run_features
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import save_tiny_pair
+
+    from ..test_store import many_prompts
+
+    root = save_tiny_pair(tmp_path / "m", scale=0.5)
+    run(load_pair(str(root / "base"), tuned=str(root / "tuned")), many_prompts(12), boundary=2, max_new_tokens=8,
+        bootstrap=0, progress=False, out=tmp_path / "r", controls="none", event_kinds="first_diff")
+    options = dict(n_layers=2, n_latents=32, k=4, steps=30, log=lambda m: None)
+
+    def study():  # (each call trains afresh: the activations are cached, the crosscoder is not reused)
+        result = run_features(tmp_path / "r", **options)
+        return {k: v for k, v in result.items() if k != "train_seconds"}
+
+    outside = study()
+    for enter in (torch.no_grad, torch.inference_mode, lambda: torch.autocast("cpu", dtype=torch.bfloat16)):
+        with enter():
+            assert study() == outside

@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["evaluating", "own_forward"]
+__all__ = ["evaluating", "own_forward", "without_autocast"]
 
 
 @contextlib.contextmanager
@@ -48,8 +48,8 @@ def own_forward(model: nn.Module) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         if model.training:
             stack.enter_context(evaluating(model))
-        for device_type in autocast:
-            stack.enter_context(torch.autocast(device_type, enabled=False))
+        if autocast:
+            stack.enter_context(without_autocast())
         if swap:
             model.forward = original  # pyright: ignore[reportAttributeAccessIssue] - callable, checked above
         for c in configs:
@@ -83,6 +83,16 @@ def evaluating(*models: nn.Module) -> Iterator[None]:
             elif on:
                 for module in mods:
                     module.training = id(module) in on
+
+
+@contextlib.contextmanager
+def without_autocast() -> Iterator[None]:
+    """Every autocast the caller entered turned off for the duration (work crosspatch does in its
+    weights' dtype whatever the calling loop computes in: passes, a crosscoder's training)."""
+    with contextlib.ExitStack() as stack:
+        for device_type in _autocast_devices():
+            stack.enter_context(torch.autocast(device_type, enabled=False))
+        yield
 
 
 def _autocast_devices() -> list[str]:

@@ -25,6 +25,7 @@ from ..analyses.features.study import Closure, FeatureStudy, split_events
 from ..errors import OptionError
 from ..execution import Executor
 from ..inputs.prompts import as_prompts
+from ..models.own_forward import without_autocast
 from ..models.paths import local_max_positions, local_rope_switch, local_sparse_topk
 from ..store import RunStore, write_whole
 from .checks import check_continuation_lengths
@@ -130,7 +131,8 @@ def run_features(run_dir, crosscoder_dir=None, n_layers: int = 3, n_latents: int
     if workers is not None:
         _int("workers", workers, 1)
     store = RunStore(run_dir)
-    with store.lock(create=False):  # one writer per run directory
+    # outside a caller's autocast: the crosscoder's sums (the gate, the study's edits) in float32 as the passes
+    with store.lock(create=False), without_autocast():  # one writer per run directory
         return _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_only, log, engine, workers)
 
 

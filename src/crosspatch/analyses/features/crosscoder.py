@@ -116,7 +116,16 @@ def running_norm(batches) -> tuple[list[float], float]:
 def train_crosscoder(x_pt: torch.Tensor, x_it: torch.Tensor, layers: list[int], hidden_size: int,
                      n_latents: int = 256, k: int = 8, steps: int = 2000, batch_size: int = 256, lr: float = 3e-3,
                      seed: int = 0, log=None) -> Crosscoder:
-    """Train on paired rows ``[n, d_in]`` (raw MLP outputs); normalisation estimated here."""
+    """Train on paired rows ``[n, d_in]`` (raw MLP outputs); normalisation estimated here. Trains
+    in float32 with gradients whatever the caller entered (``torch.no_grad()``, inference mode, an
+    autocast around a notebook's or a training loop's call): the same crosscoder either way."""
+    from ...models.own_forward import without_autocast
+
+    with torch.inference_mode(False), torch.enable_grad(), without_autocast():
+        return _train(x_pt.clone(), x_it.clone(), layers, hidden_size, n_latents, k, steps, batch_size, lr, seed, log)
+
+
+def _train(x_pt, x_it, layers, hidden_size, n_latents, k, steps, batch_size, lr, seed, log) -> Crosscoder:
     mean_pt, scale_pt = running_norm(x_pt.split(4096))
     mean_it, scale_it = running_norm(x_it.split(4096))
     config = CrosscoderConfig(x_pt.shape[1], n_latents, k, list(layers), hidden_size,
