@@ -27,6 +27,7 @@ from pathlib import Path
 from ..errors import OptionError, UnsupportedMergeConfigError
 from ..inputs.prompts import prompts_label
 from ..inputs.text import read_text
+from ..models.own_forward import without_autocast
 from ..store import check_out_path
 
 KIND = "merge-check"
@@ -171,6 +172,7 @@ def splice_plan(config) -> SplicePlan:
     return SplicePlan(early, late, boundary, position)
 
 
+@without_autocast()  # whatever a caller computes in: its autocast would move the weights' sums
 def merge_check(config_path: str | Path, prompts, base: str | None = None, out: str | Path | None = None,
                 max_new_tokens: int = 32, options=None, progress=None) -> dict:
     """Evaluate a mergekit configuration (see the module docstring); returns the document

@@ -38,6 +38,7 @@ import torch
 from ..core.registry import Section, Table
 from ..errors import OptionError, PromptFileError, RunSettingsMismatchError
 from ..inputs.prompts import prompts_label
+from ..models.own_forward import without_autocast
 from ..store import check_out_path
 from .preflight_checks import _changes_check, _domain_check, _first_divergences, _health_check, _merge_check, _precision
 from .preflight_measures import Agreement, _chunks, _logits, _prompt_texts, adapter_weight_report, read_domain_text
@@ -90,6 +91,7 @@ def check_run_dir_models(out: str | Path | None, base: str, descendants: list[st
             "own models there, or choose another --out")
 
 
+@without_autocast()  # whatever a caller computes in: its autocast would move the weights' sums
 def preflight(base: str, adapter: str | None = None, merged: str | None = None, prompts=None,
               domain_text: str | Path | None = None, out: str | Path | None = None, policy: PreflightPolicy | dict | None = None,
               max_new_tokens: int = 32, options=None, progress=None, merge_in_memory: str | None = None,

@@ -37,6 +37,7 @@ from torch import nn
 
 from ..core.registry import Section, Table
 from ..errors import OptionError, PromptFileError
+from ..models.own_forward import without_autocast
 from ..store import check_out_path
 
 KIND = "splice"
@@ -174,6 +175,7 @@ def _first_departure(output: list[int], reference: list[int]) -> int | None:
     return position
 
 
+@without_autocast()  # whatever a caller computes in: its autocast would move the weights' sums
 def splice(base: str, tuned: str | None = None, adapter: str | None = None, prompts=None,
            boundaries: int | float | str | list | tuple | None = (0.6,),
            out: str | Path | None = None, max_new_tokens: int = 48, options=None, run_diagnostic: bool = True,
