@@ -135,9 +135,9 @@ def _chunk_items(pair: ModelSet, prompts: list[Prompt], token_ids: list[list[int
     (:func:`~crosspatch.models.media.media_chunks`)."""
     pieces = media_chunks([prompts[k].id for k in todo], chunk, pair.media)
     if len(pieces) > -(-len(todo) // chunk):
-        cycles = "; each chunk loads every model once under sequential residency" if pair.residency == "sequential" else ""
         _say(progress, f"{len(pieces)} chunks where {-(-len(todo) // chunk)} would do: image prompts with the same text "
-                       f"and different images never share a batch (give them distinct texts to batch them){cycles}")
+                       "and different images never share a batch, and with one model resident at a time each chunk "
+                       "loads every model once (give them distinct texts to batch them)")
     return [([prompts[todo[j]] for j in piece], [token_ids[todo[j]] for j in piece]) for piece in pieces]
 
 
