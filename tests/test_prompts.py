@@ -614,3 +614,19 @@ def test_images_held_in_rows_as_hugging_face_data_holds_them(tmp_path):
         as_prompts([{"id": "a", "prompt": "x", "image": images}])
     with pytest.raises(PromptFileError, match="must be the path of an image file, an image .PIL., .* not int"):
         as_prompts([{"id": "a", "prompt": "x", "image": 3}])
+
+
+def test_class_label_columns_read_as_their_label_names(tmp_path):
+    """A datasets ClassLabel column (a subject, a label) gave categories and --group-by fields
+    "0", "1": they read as the label names, datasets' missing label (-1) as no value, from a
+    Dataset, a streamed IterableDataset and a saved dataset alike."""
+    datasets = pytest.importorskip("datasets")
+
+    data = datasets.Dataset.from_dict({"id": ["a", "b", "c"], "prompt": ["x", "y", "z"], "category": [0, 1, -1],
+                                       "topic": [1, 0, 1]})
+    data = data.cast_column("category", datasets.ClassLabel(names=["weather", "sports"]))
+    data = data.cast_column("topic", datasets.ClassLabel(names=["rain", "snow"]))
+    want = [("a", "weather", {"topic": "snow"}), ("b", "sports", {"topic": "rain"}), ("c", None, {"topic": "snow"})]
+    data.save_to_disk(str(tmp_path / "saved"))
+    for given in (data, data.to_iterable_dataset(), tmp_path / "saved"):
+        assert [(p.id, p.category, p.metadata) for p in as_prompts(given)] == want

@@ -288,7 +288,9 @@ def as_prompts(items: Any, fields: str | dict[str, str] | None = None) -> list[P
         items = items.to_dict(orient="records")
     elif hasattr(items, "column_names") and hasattr(items, "to_list"):  # datasets.Dataset
         check_columns(source_columns(items.column_names, fields), "Dataset")
-        items = items.to_list()
+        items = _label_names(items.to_list(), getattr(items, "features", None))
+    elif hasattr(items, "features") and hasattr(items, "__iter__"):  # a datasets.IterableDataset (streamed)
+        items = _label_names([dict(row) for row in items], items.features)
     elif items is None or not hasattr(items, "__iter__"):
         raise PromptFileError(f"prompts must be a list of strings, dicts or Prompt objects, a DataFrame, a Dataset or "
                               f"the path of a prompt file, not {type(items).__name__}")
@@ -316,6 +318,20 @@ def as_prompts(items: Any, fields: str | dict[str, str] | None = None) -> list[P
             raise PromptFileError(f"prompt #{k}: id {p.id!r} repeats prompt #{seen[p.id]}'s (ids must be unique)")
         seen[p.id] = k
     return out
+
+
+def _label_names(rows: list[dict], features) -> list[dict]:
+    """``rows`` of a datasets table with each ``ClassLabel`` column's integers as their label names
+    (a category or a ``--group-by`` field reads "sports", not "1"; -1, datasets' missing label,
+    is no value)."""
+    labels = {name: f for name, f in dict(features or {}).items()
+              if type(f).__name__ == "ClassLabel" and callable(getattr(f, "int2str", None))}
+    for row in rows if labels else []:
+        for name, feature in labels.items():
+            value = row.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and -1 <= value < feature.num_classes:
+                row[name] = feature.int2str(value) if value >= 0 else None
+    return rows
 
 
 def _column_rows(table: dict, fields: dict[str, str]) -> list[dict]:
