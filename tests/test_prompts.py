@@ -630,3 +630,27 @@ def test_class_label_columns_read_as_their_label_names(tmp_path):
     data.save_to_disk(str(tmp_path / "saved"))
     for given in (data, data.to_iterable_dataset(), tmp_path / "saved"):
         assert [(p.id, p.category, p.metadata) for p in as_prompts(given)] == want
+
+
+def test_a_pyarrow_table_and_a_polars_dataframe_are_prompt_tables():
+    """A pyarrow Table was refused ("not Table") and a polars DataFrame failed inside pandas'
+    to_dict(orient=...): both are read as tables of rows, their columns checked as a DataFrame's."""
+    import pyarrow as pa
+
+    table = pa.table({"id": ["a", "b"], "prompt": ["Rain?", "Snow?"], "category": ["w", "w"]})
+    assert [(p.id, p.prompt, p.category) for p in as_prompts(table)] == [("a", "Rain?", "w"), ("b", "Snow?", "w")]
+    assert [p.prompt for p in as_prompts(table.rename_columns(["uid", "text", "category"]),
+                                         fields="id=uid,prompt=text")] == ["Rain?", "Snow?"]
+    with pytest.raises(PromptFileError, match="Table: required column 'prompt' is missing"):
+        as_prompts(table.select(["id"]))
+
+    class PolarsLike:  # polars' DataFrame API: columns, to_dicts(), and a to_dict without pandas' orient
+        columns = ["id", "prompt"]
+
+        def to_dicts(self):
+            return [{"id": "a", "prompt": "Fog?"}]
+
+        def to_dict(self, as_series=True):
+            raise AssertionError("read as a pandas DataFrame")
+
+    assert [(p.id, p.prompt) for p in as_prompts(PolarsLike())] == [("a", "Fog?")]

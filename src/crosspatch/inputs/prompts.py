@@ -263,7 +263,7 @@ def _with_image_path(prompt: Prompt, base: Path, where: str) -> Prompt:
 
 def as_prompts(items: Any, fields: str | dict[str, str] | None = None) -> list[Prompt]:
     """Accept a list of Prompt objects, dicts or plain strings (ids become their index), a pandas
-    DataFrame, a ``datasets.Dataset`` (columns ``id``, ``prompt``, optional ``category``,
+    or polars DataFrame, a pyarrow Table, a ``datasets.Dataset`` (columns ``id``, ``prompt``, optional ``category``,
     others kept as metadata) or a dict of such columns (``Dataset[:10]``), a path to a prompt file (a ``Path``, or a string ending in .jsonl,
     .json, .csv, .tsv, .parquet or naming an existing file), or one prompt (a string, dict or Prompt).
     No prompt at all is a :class:`PromptFileError`, as for an empty file. ``fields``: as for
@@ -283,6 +283,12 @@ def as_prompts(items: Any, fields: str | dict[str, str] | None = None) -> list[P
             raise PromptFileError("a dict is one prompt row with 'id' and 'prompt' (or 'messages') fields, or columns "
                                   "of such fields (lists of one length); give a list of rows for several prompts")
         items = _column_rows(items, fields)
+    elif hasattr(items, "to_dicts") and hasattr(items, "columns"):  # a polars DataFrame
+        check_columns(source_columns(list(items.columns), fields), "DataFrame")
+        items = items.to_dicts()
+    elif hasattr(items, "to_pylist") and hasattr(items, "column_names"):  # a pyarrow Table
+        check_columns(source_columns(list(items.column_names), fields), "Table")
+        items = items.to_pylist()
     elif hasattr(items, "to_dict") and hasattr(items, "columns"):  # pandas DataFrame
         check_columns(source_columns(items.columns, fields), "DataFrame")
         items = items.to_dict(orient="records")
@@ -292,8 +298,9 @@ def as_prompts(items: Any, fields: str | dict[str, str] | None = None) -> list[P
     elif hasattr(items, "features") and hasattr(items, "__iter__"):  # a datasets.IterableDataset (streamed)
         items = _label_names([dict(row) for row in items], items.features)
     elif items is None or not hasattr(items, "__iter__"):
-        raise PromptFileError(f"prompts must be a list of strings, dicts or Prompt objects, a DataFrame, a Dataset or "
-                              f"the path of a prompt file, not {type(items).__name__}")
+        raise PromptFileError(f"prompts must be a list of strings, dicts or Prompt objects, a DataFrame (pandas or "
+                              f"polars), a pyarrow Table, a Dataset or the path of a prompt file, not "
+                              f"{type(items).__name__}")
     out = []
     for k, item in enumerate(items):
         if isinstance(item, Prompt):
