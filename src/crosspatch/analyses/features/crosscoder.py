@@ -122,7 +122,9 @@ def train_crosscoder(x_pt: torch.Tensor, x_it: torch.Tensor, layers: list[int], 
     from ...models.own_forward import without_autocast
 
     with torch.inference_mode(False), torch.enable_grad(), without_autocast():
-        return _train(x_pt.clone(), x_it.clone(), layers, hidden_size, n_latents, k, steps, batch_size, lr, seed, log)
+        # (activations made in inference mode cannot be saved for backward: such tensors are copied, no others)
+        x_pt, x_it = (x.clone() if x.is_inference() else x for x in (x_pt, x_it))
+        return _train(x_pt, x_it, layers, hidden_size, n_latents, k, steps, batch_size, lr, seed, log)
 
 
 def _train(x_pt, x_it, layers, hidden_size, n_latents, k, steps, batch_size, lr, seed, log) -> Crosscoder:
