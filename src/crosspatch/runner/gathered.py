@@ -34,8 +34,8 @@ def drive_gathered(models: ModelSet, analyses: list[GatheredAnalysis], events: l
     """Each analysis' result over ``events`` (descendant ``models.roles[1]`` against the base),
     batching as the run's recorded ``options``; ``chunks`` pieces (default: one locally, one per
     Ray worker), each phase spread over ``engine``."""
-    pieces = max(1, chunks if chunks is not None else (1 if engine == "local" else workers))
-    size = max(1, math.ceil(len(events) / pieces))
+    count = max(1, chunks if chunks is not None else (1 if engine == "local" else workers))
+    size = max(1, math.ceil(len(events) / count))
     # pieces of consecutive events; prompts with the same tokens and different images in different pieces
     pieces = [piece for start in range(0, len(events), size) for piece in _apart(models, events[start:start + size])]
     items = list(enumerate(pieces)) or [(0, [])]
