@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ...models.own_forward import without_autocast
 from ...store import write_whole
 
 BRANCHES = ("pt", "it")
@@ -113,21 +114,17 @@ def running_norm(batches) -> tuple[list[float], float]:
     return mean.float().tolist(), math.sqrt(max(m2 / max(n - 1, 1), 1e-12))
 
 
+@torch.inference_mode(False)
+@torch.enable_grad()
+@without_autocast()
 def train_crosscoder(x_pt: torch.Tensor, x_it: torch.Tensor, layers: list[int], hidden_size: int,
                      n_latents: int = 256, k: int = 8, steps: int = 2000, batch_size: int = 256, lr: float = 3e-3,
                      seed: int = 0, log=None) -> Crosscoder:
     """Train on paired rows ``[n, d_in]`` (raw MLP outputs); normalisation estimated here. Trains
     in float32 with gradients whatever the caller entered (``torch.no_grad()``, inference mode, an
     autocast around a notebook's or a training loop's call): the same crosscoder either way."""
-    from ...models.own_forward import without_autocast
-
-    with torch.inference_mode(False), torch.enable_grad(), without_autocast():
-        # (activations made in inference mode cannot be saved for backward: such tensors are copied, no others)
-        x_pt, x_it = (x.clone() if x.is_inference() else x for x in (x_pt, x_it))
-        return _train(x_pt, x_it, layers, hidden_size, n_latents, k, steps, batch_size, lr, seed, log)
-
-
-def _train(x_pt, x_it, layers, hidden_size, n_latents, k, steps, batch_size, lr, seed, log) -> Crosscoder:
+    # (activations made in inference mode cannot be saved for backward: such tensors are copied, no others)
+    x_pt, x_it = (x.clone() if x.is_inference() else x for x in (x_pt, x_it))
     mean_pt, scale_pt = running_norm(x_pt.split(4096))
     mean_it, scale_it = running_norm(x_it.split(4096))
     config = CrosscoderConfig(x_pt.shape[1], n_latents, k, list(layers), hidden_size,
