@@ -123,6 +123,15 @@ class EventSet:
         return (yield [Capture(r, self.sequences, boundaries) for r in roles])
 
 
+def image_parts(events: list[DivergenceEvent], media, contiguous: bool = True) -> list[list[int]]:
+    """Positions of ``events`` in parts that hold no two prompts with the same tokens and
+    different images (``media``: the set's registry; :func:`~crosspatch.models.media.media_chunks`,
+    parts of any size; ``contiguous``: of consecutive events)."""
+    from ..models.media import media_chunks
+
+    return media_chunks([e.prompt_id for e in events], max(len(events), 1), media, contiguous)
+
+
 def drive_apart(ex: Executor, evset: EventSet, program_of, contiguous: bool = True) -> list[tuple[list[int], Any]]:
     """``program_of(part)`` (a program on an :class:`EventSet` ``part`` of ``evset``) driven once
     per part whose image prompts the passes can tell apart: prompts with the same tokens and
@@ -130,10 +139,8 @@ def drive_apart(ex: Executor, evset: EventSet, program_of, contiguous: bool = Tr
     (:func:`~crosspatch.models.media.media_chunks`; one part, ``evset`` itself, without such
     prompts). Returns ``(positions of the part's events in evset, value)`` per part, in order
     (``contiguous``: parts of consecutive events, so values concatenate in event order)."""
-    from ..models.media import media_chunks
-
     events, media = evset.events, ex.models.media
-    parts = media_chunks([e.prompt_id for e in events], max(len(events), 1), media, contiguous)
+    parts = image_parts(events, media, contiguous)
     out: list[tuple[list[int], Any]] = []
     for positions in parts:
         with media.only(events[k].prompt_id for k in positions):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from ..core.analysis import EventSet, GatheredAnalysis
+from ..core.analysis import EventSet, GatheredAnalysis, image_parts
 from ..core.divergence import DivergenceEvent
 from ..execution import Executor, ModelSet, map_chunks
 
@@ -37,7 +37,8 @@ def drive_gathered(models: ModelSet, analyses: list[GatheredAnalysis], events: l
     count = max(1, chunks if chunks is not None else (1 if engine == "local" else workers))
     size = max(1, math.ceil(len(events) / count))
     # pieces of consecutive events; prompts with the same tokens and different images in different pieces
-    pieces = [piece for start in range(0, len(events), size) for piece in _apart(models, events[start:start + size])]
+    pieces = [[events[start + k] for k in part] for start in range(0, len(events), size)
+              for part in image_parts(events[start:start + size], models.media)]
     items = list(enumerate(pieces)) or [(0, [])]
     base, tuned = models.base, models.roles[1]
 
@@ -51,12 +52,3 @@ def drive_gathered(models: ModelSet, analyses: list[GatheredAnalysis], events: l
     measured = phase("measure", plans)
     return [analysis.combine(plan, [parts[j] for parts in measured])
             for j, (analysis, plan) in enumerate(zip(analyses, plans))]
-
-
-def _apart(models: ModelSet, events: list[DivergenceEvent]) -> list[list[DivergenceEvent]]:
-    """``events`` cut into consecutive pieces that hold no two prompts with the same tokens and
-    different images (:func:`~crosspatch.models.media.media_chunks`)."""
-    from ..models.media import media_chunks
-
-    return [[events[k] for k in piece]
-            for piece in media_chunks([e.prompt_id for e in events], max(len(events), 1), models.media, contiguous=True)]
