@@ -6,12 +6,16 @@ report section) with no edit to crosspatch."""
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from crosspatch.core import registry
-from crosspatch.core.registry import AnalysisPlugin, get_analysis, register_analysis, registered, unregister_analysis
+from crosspatch.core.analysis import Analysis
+from crosspatch.core.registry import AnalysisPlugin, Section, get_analysis, register_analysis, registered, unregister_analysis
 from crosspatch.errors import OptionError
 
 PLUGIN_PACKAGE = Path(__file__).parent / "plugin_package"
@@ -204,3 +208,98 @@ def test_event_kinds_are_an_ordinary_plugin_whose_records_join_the_2x2s():
     source = inspect.getsource(process_chunk)
     assert "kinds" not in source.replace("event kinds", "") and "EventKinds" not in source
 
+
+
+# --- a plug-in's own code: its values stored as numbers, its failures named ---------------------
+@dataclass
+class _Faulty(Analysis):
+    """Records carrying numpy and torch values; ``fault`` makes one step fail as a buggy plug-in would."""
+
+    fault: str = ""
+    name: str = "faulty"
+
+    def program(self, ex, events):
+        if not events.events:
+            return []
+        yield from events.states([events.base], [])
+        if self.fault == "program":
+            raise RuntimeError("broken program")
+        if self.fault == "returns_text":
+            return "not records"
+        return [{"key": e.key, "prompt_id": e.prompt_id, "score": np.float32(0.5), "count": np.int64(3),
+                 "flag": np.bool_(True), "tensor": torch.tensor(2.0), "vector": np.arange(2)} for e in events.events]
+
+
+_FAULT = {"step": ""}
+
+
+def _faulty_summarize(rows, ctx, options):
+    if _FAULT["step"] == "summarize":
+        return {"n": rows[0]["missing"]}
+    if _FAULT["step"] == "summarize_list":
+        return [len(rows)]
+    return {"n_rows": np.int64(len(rows)), "mean_score": np.float64(np.mean([r["score"] for r in rows])),
+            "scores": np.array([r["score"] for r in rows])}
+
+
+def _faulty_render(block):
+    if _FAULT["step"] == "render":
+        return "a string, not a Section"
+    return Section("Faulty", [f"{block['n_rows']} rows"])
+
+
+@pytest.fixture
+def faulty():
+    register_analysis(AnalysisPlugin("faulty", _faulty_summarize, build=lambda options, plan: _Faulty(_FAULT["step"]),
+                                     render=_faulty_render))
+    try:
+        yield _FAULT
+    finally:
+        unregister_analysis("faulty")
+        _FAULT["step"] = ""
+
+
+def _run_faulty(out):
+    import crosspatch
+    from crosspatch.testing.tiny import make_pair
+
+    prompts = [{"id": f"p{k}", "prompt": text} for k, text in enumerate(["Rain in Boston", "Wind", "Sky", "Snow"])]
+    return crosspatch.run(make_pair("llama"), prompts, out=out, boundary=2, max_new_tokens=6, controls="none",
+                          analyses=["faulty"], bootstrap=0, progress=False)
+
+
+def test_a_plug_ins_numpy_and_torch_values_are_stored_as_numbers(faulty, tmp_path):
+    """numpy and torch scalars in an analysis' records and block were written as their text
+    ("0.5", "tensor(2.)"): read back, a resumed or merged run's summarize got strings, and
+    summary.json held "4" for a count. They are numbers (arrays and tensors: lists)."""
+    import json
+
+    _run_faulty(tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "faulty.jsonl").read_text().splitlines()]
+    assert rows and all(r["score"] == 0.5 and r["count"] == 3 and r["flag"] is True and r["tensor"] == 2.0
+                        and r["vector"] == [0, 1] for r in rows)
+    block = json.loads((tmp_path / "run" / "summary.json").read_text())["faulty"]
+    assert block == {"n_rows": len(rows), "mean_score": 0.5, "scores": [0.5] * len(rows)}
+
+
+@pytest.mark.parametrize("step, message", [
+    ("program", r"failed in its program: RuntimeError: broken program at .*test_registry.py:\d+ in program"),
+    ("returns_text", "failed in its program: it returned str, not a list of records"),
+    ("summarize", r"failed in its summarize: KeyError: 'missing' at .*test_registry.py:\d+ in _faulty_summarize"),
+    ("summarize_list", "failed in its summarize: it returned list, not a dict"),
+    ("render", "failed in its render: it returned str, not a Section"),
+])
+def test_a_plug_ins_failure_is_named_and_the_run_finishes_once_it_is_fixed(faulty, tmp_path, step, message):
+    """A plug-in whose program, summarize or render failed stopped the run with its bare
+    exception (a command line printed a traceback through crosspatch's code; a render that
+    returned text failed inside dataclasses' asdict). It is an AnalysisPluginError naming the
+    analysis, the step and the plug-in's line; the records stored are kept, and the same call
+    finishes the run once the plug-in is fixed."""
+    from crosspatch.errors import AnalysisPluginError
+
+    faulty["step"] = step
+    with pytest.raises(AnalysisPluginError, match=f"the analysis 'faulty' \\(tests.test_registry\\) {message}"):
+        _run_faulty(tmp_path / "run")
+    faulty["step"] = ""
+    result = _run_faulty(tmp_path / "run")
+    assert result.summary["faulty"]["n_rows"] == len(result.analyses["faulty"]) > 0

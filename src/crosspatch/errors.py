@@ -135,6 +135,13 @@ class EngineWorkerError(CrosspatchError):
     processed a chunk; the chunks finished before are stored, so rerunning resumes."""
 
 
+class AnalysisPluginError(CrosspatchError):
+    """A registered analysis (a plug-in, or a built-in) failed in its own code (its program,
+    ``summarize`` or ``render``: the analysis, the step, the exception and the line are named) or
+    returned what crosspatch cannot store or render. The records written before are kept: once the
+    analysis is fixed or left out, the same command finishes the run from them."""
+
+
 class PromptTooLongError(CrosspatchError):
     """Prompts plus the generation budget exceed the model's position limit (ids listed)."""
 

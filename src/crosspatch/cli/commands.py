@@ -48,6 +48,7 @@ def gate_cmd(
     directory: every descendant's run, one line each, and the exit code of the worst."""
     import json
 
+    from ..store.files import json_value
     from ..workflows.gate import gate
 
     overrides: dict[str, Any] = {k: v for k, v in dict(max_interaction_share=max_interaction_share,
@@ -61,7 +62,7 @@ def gate_cmd(
         _fail(exc)
     outcome = gate(run_dir, {**base_policy, **overrides})
     if as_json:
-        print(json.dumps(outcome, indent=2, default=str))
+        print(json.dumps(outcome, indent=2, default=json_value))
     else:
         styles = {0: "bold green", 1: "bold red", 2: "bold yellow"}
 
@@ -115,13 +116,14 @@ def pool_cmd(
 
     from ..report.markdown import fmt_effect
     from ..runner.compare import pool_runs
+    from ..store.files import json_value
 
     try:
         pooled = pool_runs(list(run_dirs), bootstrap=bootstrap, seed=seed)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     if as_json:
-        print(json.dumps(pooled, indent=2, default=str))
+        print(json.dumps(pooled, indent=2, default=json_value))
         return
     for name in pooled.get("families_without_events") or []:
         console.print(Text.assemble(("warning ", "yellow"), f"{name}: no scorable first-divergence event at its headline "
@@ -231,6 +233,7 @@ def analyses_cmd(as_json: bool = typer.Option(False, "--json", help="Print one J
     import json
 
     from ..core.registry import registered
+    from ..store.files import json_value
     from .options import field_default
 
     listing = []
@@ -240,7 +243,7 @@ def analyses_cmd(as_json: bool = typer.Option(False, "--json", help="Print one J
         listing.append({"name": plugin.name, "role": plugin.role, "default": plugin.default,
                         "description": plugin.description, "options": options})
     if as_json:
-        print(json.dumps(listing, indent=2, default=str))
+        print(json.dumps(listing, indent=2, default=json_value))
         return
     table = Table(title="crosspatch analyses (--analysis NAME, --controls NAME, --analysis-option NAME.OPTION=VALUE)")
     for column in ("name", "role", "by default", "what it does", "options"):

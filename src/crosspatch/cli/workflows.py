@@ -55,6 +55,7 @@ def preflight_cmd(
     when every check passes, 1 when one fails, 2 for unusable input."""
     import json
 
+    from ..store.files import json_value
     from ..workflows.preflight import preflight
 
     try:
@@ -66,7 +67,7 @@ def preflight_cmd(
     except CrosspatchError as exc:
         _fail(exc)
     if as_json:
-        print(json.dumps(result.document, indent=2, default=str))
+        print(json.dumps(result.document, indent=2, default=json_value))
     else:
         table = Table(title=f"crosspatch preflight: {'PASS' if result.passed else 'FAIL'}")
         for column in ("check", "status", "finding"):
@@ -197,6 +198,7 @@ def env_cmd(
     from ..models.loading import validate_load_options
     from ..report.browser import find_chromium
     from ..store import environment, package_version
+    from ..store.files import json_value
 
     try:
         options = load
@@ -235,7 +237,7 @@ def env_cmd(
     except CrosspatchError as exc:
         _fail(exc)
     if as_json:
-        print(json.dumps(facts, indent=2, default=str))
+        print(json.dumps(facts, indent=2, default=json_value))
         return
     table = Table(title="crosspatch env")
     table.add_column("what")

@@ -137,6 +137,7 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
     run's own prompt file (:func:`~crosspatch.runner.reading.register_run_images`). Holds the run
     directory's lock. Returns the new summary."""
     from ..core.analysis import EventSet, drive_apart
+    from ..core.plugin_calls import guarded_program
     from ..execution import Executor
     from ..store import RunStore
 
@@ -161,7 +162,7 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
                 register_run_images(models, config, events, images)
                 ex = Executor.for_run(models, config["options"])
                 evset = EventSet(events, models.base, models.roles[1], None)
-                rows = [row for _, part in drive_apart(ex, evset, lambda part: analysis.program(ex, part)) for row in part]
+                rows = [row for _, part in drive_apart(ex, evset, lambda part: guarded_program(analysis, ex, part)) for row in part]
             finally:
                 models.release()
             store.append_rows(f"{analysis.name}.jsonl", [r.to_record() if hasattr(r, "to_record") else r

@@ -17,6 +17,7 @@ from typing import Any
 from ..core.analysis import EventSet
 from ..core.cells import CellRecord, CellsConfig, CrossPatch
 from ..core.divergence import DivergenceConfig, NoDivergence, divergence_program, find_divergences, search_roles
+from ..core.plugin_calls import guarded_program
 from ..core.records import in_run_order
 from ..core.registry import PlanContext, enabled_plugins
 from ..core.stats import BootstrapConfig
@@ -97,7 +98,7 @@ def _process_chunk(models, plan: ChunkPlan, prompts, token_ids) -> ChunkResult:
             divergence_program(prompts, token_ids, plan.divergence, models.base, tuned, wish))
         evset = EventSet(events, models.base, tuned, natural, searched, (roll, check, plan.divergence.max_new_tokens))
         programs = [CrossPatch(plan.boundaries, plan.cells).program(ex, evset)]
-        programs += [a.program(ex, evset) for a in plan.analyses]
+        programs += [guarded_program(a, ex, evset) for a in plan.analyses]
         values = ex.drive_all(programs)  # side by side: passes of one role grouped across analyses
         first, added, others = values[0], [], {}
         for analysis, value in zip(plan.analyses, values[1:]):

@@ -11,7 +11,7 @@ from ..core.cells import headline_boundary
 from ..core.stats import BootstrapConfig
 from ..errors import CrosspatchError
 from ..inputs.prompts import Prompt, as_prompts, prompts_digest
-from ..store import RESULT_RULES, RunStore, completed_prompts
+from ..store import RESULT_RULES, RunStore, completed_prompts, json_value
 from .config import RunConfig, normalise_run_config, resolve_boundaries
 from .result import RunResult
 from .shards import select_shard
@@ -55,10 +55,10 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
     try:
         stored = store.config()
         # (the residency is left aside, so it is not resolved: that reads every adapter's files)
-        spec = json.loads(json.dumps(load_spec(base, tuned, adapters, options), default=str))
+        spec = json.loads(json.dumps(load_spec(base, tuned, adapters, options), default=json_value))
         if _results_spec(spec) != _results_spec(stored.get("load_spec")):
             return None
-        asked = json.loads(json.dumps(asdict(config), default=str))
+        asked = json.loads(json.dumps(asdict(config), default=json_value))
         if _without(asked, SPEED_ONLY) != _without(stored.get("options"), SPEED_ONLY):
             return None
         for entry in recorded_models(stored):
@@ -124,7 +124,7 @@ def refuse_before_loading(out: str | Path, prompts, config: RunConfig, resume: b
     except (CrosspatchError, KeyError, TypeError, ValueError):
         return  # anything unusual: the run decides, with its named errors
     stored_parts = {key: parts.get(key) for key in now} | {"shard": stored.get("options", {}).get("shard")}
-    changes = settings_diff(stored_parts, json.loads(json.dumps(now | {"shard": config.shard}, default=str)))
+    changes = settings_diff(stored_parts, json.loads(json.dumps(now | {"shard": config.shard}, default=json_value)))
     if models is not None and isinstance(parts.get("models"), dict):
         changes += _model_changes(parts["models"], *models)
     if changes:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..core.cells import CellRecord, headline_boundary
 from ..core.divergence import NO_DIVERGENCE_REASONS, NoDivergence
+from ..core.plugin_calls import call_plugin, checked_control_row, plugin_failure
 from ..core.registry import SummaryContext, control_row, enabled_plugins, registered
 from ..core.stats import BootstrapConfig, summarize_boundaries
 from ..core.verdict import VerdictPolicy, decide
@@ -87,11 +88,15 @@ def plugin_blocks(ctx: SummaryContext, analyses: dict[str, list]) -> tuple[list[
         data = [as_row(r) for r in analyses.get(plugin.records, [])] if plugin.records else []
         options = plugin.make_options((ctx.options.get("analysis_options") or {}).get(plugin.name))
         if plugin.role == "control":
-            rows.append(plugin.summarize(data, ctx, options) if ctx.first
+            rows.append(checked_control_row(plugin, call_plugin(plugin.name, "summarize", plugin.summarize, data, ctx,
+                                                                options)) if ctx.first
                         else control_row(plugin.name, "info", None, "no events", n=0))
             continue
-        block = plugin.summarize(data, ctx, options)
+        block = call_plugin(plugin.name, "summarize", plugin.summarize, data, ctx, options)
         if block is not None:
+            if not isinstance(block, dict):
+                raise plugin_failure(plugin.name, "summarize", getattr(plugin.summarize, "__module__", "?"),
+                                     f"it returned {type(block).__name__}, not a dict (its block of summary.json) or None")
             blocks[plugin.summary_key] = block
     return rows, blocks
 

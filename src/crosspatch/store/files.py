@@ -58,7 +58,7 @@ def package_version(name: str) -> str | None:
 
 def fingerprint(parts: dict) -> str:
     """Stable hash of the options that change results (used to refuse mixing runs)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=json_value).encode()).hexdigest()[:16]
 
 
 MARKER = ".crosspatch-run"  # written first into every run directory: what makes it one
@@ -176,8 +176,25 @@ def write_whole(path: str | Path, content: str | bytes | Callable[[Path], object
     return path
 
 
+def json_value(obj):
+    """What a JSON file holds for a value JSON has no type for (``json.dumps(..., default=json_value)``):
+    a number or a list for a numpy or torch scalar, array or tensor (an analysis' ``np.int64`` count
+    is written as 3, not "3", and read back as a number), a sorted list for a set, else its text (a
+    path, a dtype)."""
+    if type(obj).__module__.split(".")[0] in ("numpy", "torch") and callable(getattr(obj, "tolist", None)):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    return str(obj)
+
+
+def json_line(row: dict) -> str:
+    """``row`` as one line of a JSON-lines file (numpy and torch values as numbers, :func:`json_value`)."""
+    return json.dumps(row, default=json_value) + "\n"
+
+
 def _write_json(path: Path, obj) -> None:
-    write_whole(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    write_whole(path, json.dumps(obj, indent=2, sort_keys=False, default=json_value) + "\n")
 
 
 def read_json_object(path: Path, what: str) -> dict:
@@ -272,7 +289,7 @@ def settings_diff(old, new, prefix: str = "") -> list[str]:
                 return "not given"
             if isinstance(value, dict) and (old is None or new is None):
                 return "given"  # a model or option present on one side only: its contents say nothing more
-            text = json.dumps(value, default=str)
+            text = json.dumps(value, default=json_value)
             return text if len(text) <= 80 else text[:79] + "…"
         return [f"{prefix or 'settings'}: {show(old)} -> {show(new)}"]
     return []

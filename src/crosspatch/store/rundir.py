@@ -48,6 +48,7 @@ from .files import (
     check_schema,
     check_summary_shape,
     checked,
+    json_line,
     not_a_run_message,
     read_json_object,
     settings_diff,
@@ -274,8 +275,7 @@ class RunStore:
 
     # -- records ----------------------------------------------------------------------------
     def _tagged(self, rows: Iterable[dict]) -> str:
-        return "".join(json.dumps({**r, "run": self.fingerprint} if self.fingerprint else r, default=str) + "\n"
-                       for r in rows)
+        return "".join(json_line({**r, "run": self.fingerprint} if self.fingerprint else r) for r in rows)
 
     def _append(self, name: str, rows: Iterable[dict]) -> None:
         text = self._tagged(rows)

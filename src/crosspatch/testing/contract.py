@@ -22,6 +22,8 @@ import pickle
 from pathlib import Path
 from typing import Any, Literal
 
+from ..store.files import json_value
+
 PROMPTS = [
     {"id": f"c{k}", "prompt": text, "category": cat, "validator": {"type": "regex", "pattern": "[a-z]"}}
     for k, (text, cat) in enumerate([
@@ -101,7 +103,7 @@ def _rows(result, plugin) -> list[dict]:
     analysis that scores more events with the 2x2, as event kinds do, puts its records)."""
     found = result.analyses.get(plugin.records, []) if plugin.records is not None else result.records
     rows = [r.to_record() if hasattr(r, "to_record") else r for r in found]
-    return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str)[:400] if "key" not in r else r["key"])
+    return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=json_value)[:400] if "key" not in r else r["key"])
 
 
 def _block(summary: dict, plugin):

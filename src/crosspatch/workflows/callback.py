@@ -43,7 +43,7 @@ from transformers import TrainerCallback
 from ..errors import ModelLoadError, OptionError
 from ..models.anatomy import is_peft_model
 from ..runner.summary import HEADLINE_EFFECTS as METRICS  # the effects it logs
-from ..store import write_whole
+from ..store import json_line, json_value, write_whole
 from .training_out import STEPS_FILE, TrainingPlace, claim_out, place_of_training
 
 
@@ -176,7 +176,7 @@ class CrosspatchCallback(TrainerCallback):
         place = self._place if known else TrainingPlace(None, Path(args.output_dir))  # (training begun by hand)
         checkpoint = place.checkpoint(state.global_step)
         if row is not None and checkpoint is not None:
-            write_whole(checkpoint / "crosspatch.json", json.dumps(row, indent=2, default=str) + "\n")
+            write_whole(checkpoint / "crosspatch.json", json.dumps(row, indent=2, default=json_value) + "\n")
         return control
 
     # -- the diagnostic -------------------------------------------------------------------------
@@ -271,7 +271,7 @@ class CrosspatchCallback(TrainerCallback):
         if self._place.out is not None:
             self._place.out.mkdir(parents=True, exist_ok=True)
             with open(self._place.out / STEPS_FILE, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row, default=str) + "\n")
+                fh.write(json_line(row))
         logs = {f"{self.prefix}{k}": v for k, v in row["metrics"].items() if v is not None}
         if self.trainer is not None:
             self.trainer.log(logs)
