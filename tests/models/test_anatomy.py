@@ -59,6 +59,28 @@ def test_gemma_softcap_and_gpt2_names_are_found():
     assert neox.final_norm is neox.backbone.final_layer_norm
 
 
+def test_opt_layers_in_its_decoder_are_found_and_its_350m_layout_is_refused_by_name():
+    """OPT keeps its layers and final norm in ``model.decoder``: it was refused ("no decoder
+    layer list found in OPTModel; add the architecture to ..._REGISTRY", which a user cannot
+    do). Its sizes with a final norm are found (and run in every architecture test); OPT-350m's
+    layout (no final norm, ``project_out`` after the last layer) is refused from its config.json,
+    before any weight loads, and from a loaded model."""
+    from transformers import AutoModelForCausalLM, OPTConfig
+
+    from crosspatch.errors import UnsupportedArchitectureError
+    from crosspatch.models.anatomy import check_supported
+
+    opt = find_anatomy(tiny_model("opt"))
+    assert opt.layers is opt.backbone.decoder.layers and opt.final_norm is opt.backbone.decoder.final_layer_norm
+    post_norm = dict(model_type="opt", hidden_size=1024, word_embed_proj_dim=512, do_layer_norm_before=False)
+    with pytest.raises(UnsupportedArchitectureError, match="OPT-350m"):
+        check_supported(post_norm)
+    small = {k: v for k, v in post_norm.items() if k != "model_type"} | dict(
+        hidden_size=32, word_embed_proj_dim=16, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=64)
+    with pytest.raises(UnsupportedArchitectureError, match="OPT-350m"):
+        find_anatomy(AutoModelForCausalLM.from_config(OPTConfig(**small)))
+
+
 class _TupleLayer(nn.Module):
     """A transformers-4.x-style decoder layer: returns ``(hidden_states,)``."""
 

@@ -90,6 +90,20 @@ def _find_layers(backbone: nn.Module, n_layers: int | None, preferred: str | Non
     return max(lists, key=len)
 
 
+def _decoder_stack(tower: nn.Module) -> nn.Module:
+    """The module holding the decoder layers: ``tower`` itself, or its ``decoder`` (OPT's
+    ``model.decoder``). A stack that projects its states after the final norm (``project_out``,
+    OPT-350m) or has no final norm at all is refused by name: the readout is final norm + lm_head."""
+    decoder = getattr(tower, "decoder", None)
+    if any(isinstance(m, nn.ModuleList) for m in tower.children()) or not isinstance(decoder, nn.Module):
+        return tower
+    if getattr(decoder, "project_out", None) is not None or getattr(decoder, "final_layer_norm", False) is None:
+        raise UnsupportedArchitectureError(
+            f"{type(tower).__name__}: its decoder has no final norm or projects its states after it (project_out: "
+            "OPT-350m's layout); crosspatch reads a model out as final norm + lm_head, which the other OPT sizes are")
+    return decoder
+
+
 def text_config(config):
     """The language model's config (a vision-language config's ``text_config``; else itself)."""
     inner = getattr(config, "text_config", None)
@@ -164,6 +178,11 @@ def check_supported(config) -> None:
             f"{model_type}: {why}, so a late stack cannot run on another model's upstream state (Gemma 3n's AltUp "
             "and shared KV cache, DeepSeek-V4's hyper-connections); models with one residual stream and "
             "per-layer caches are supported")
+    projected = get(config, "word_embed_proj_dim") not in (None, get(config, "hidden_size"))
+    if model_type == "opt" and (projected or get(config, "do_layer_norm_before") is False):
+        raise UnsupportedArchitectureError(
+            "opt: this OPT layout (OPT-350m's: no final norm, states projected after the last layer) is not "
+            "supported; crosspatch reads a model out as final norm + lm_head, which the other OPT sizes are")
     if get(config, "vision_config") is not None:
         # multimodal rotary positions (Qwen2-VL's M-RoPE) depend on the image grid, while the
         # batched passes give every token a 1-D position: refused rather than run inexactly
@@ -201,6 +220,7 @@ def find_anatomy(model: nn.Module) -> Anatomy:
         # late-only passes skip the vision encoder, unless the multimodal model builds the
         # attention mask itself (image tokens attending to each other, e.g. Gemma 3)
         late = backbone if takes_token_types(backbone) else tower
+    tower = _decoder_stack(tower)
     layers_name, norm_name = _REGISTRY.get(model_type, (None, None))
     n_layers = getattr(cfg, "num_hidden_layers", None)
     layers = _find_layers(tower, n_layers, layers_name)
