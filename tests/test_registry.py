@@ -242,6 +242,12 @@ def _faulty_summarize(rows, ctx, options):
             "scores": np.array([r["score"] for r in rows])}
 
 
+def _faulty_build(options, plan):
+    if _FAULT["step"] == "build":
+        raise TypeError("a plan attribute this plug-in expected")
+    return _Faulty(_FAULT["step"])
+
+
 def _faulty_render(block):
     if _FAULT["step"] == "render":
         return "a string, not a Section"
@@ -250,8 +256,7 @@ def _faulty_render(block):
 
 @pytest.fixture
 def faulty():
-    register_analysis(AnalysisPlugin("faulty", _faulty_summarize, build=lambda options, plan: _Faulty(_FAULT["step"]),
-                                     render=_faulty_render))
+    register_analysis(AnalysisPlugin("faulty", _faulty_summarize, build=_faulty_build, render=_faulty_render))
     try:
         yield _FAULT
     finally:
@@ -283,6 +288,7 @@ def test_a_plug_ins_numpy_and_torch_values_are_stored_as_numbers(faulty, tmp_pat
 
 
 @pytest.mark.parametrize("step, message", [
+    ("build", r"failed in its build: TypeError: a plan attribute .* at .*test_registry.py:\d+ in _faulty_build"),
     ("program", r"failed in its program: RuntimeError: broken program at .*test_registry.py:\d+ in program"),
     ("returns_text", "failed in its program: it returned str, not a list of records"),
     ("summarize", r"failed in its summarize: KeyError: 'missing' at .*test_registry.py:\d+ in _faulty_summarize"),
@@ -290,7 +296,7 @@ def test_a_plug_ins_numpy_and_torch_values_are_stored_as_numbers(faulty, tmp_pat
     ("render", "failed in its render: it returned str, not a Section"),
 ])
 def test_a_plug_ins_failure_is_named_and_the_run_finishes_once_it_is_fixed(faulty, tmp_path, step, message):
-    """A plug-in whose program, summarize or render failed stopped the run with its bare
+    """A plug-in whose build, program, summarize or render failed stopped the run with its bare
     exception (a command line printed a traceback through crosspatch's code; a render that
     returned text failed inside dataclasses' asdict). It is an AnalysisPluginError naming the
     analysis, the step and the plug-in's line; the records stored are kept, and the same call

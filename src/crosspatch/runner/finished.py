@@ -174,6 +174,7 @@ def build_for_finished(name: str, config: dict):
     """A registered plug-in's analysis, built for a finished run from its recorded options."""
     from types import SimpleNamespace
 
+    from ..core.plugin_calls import call_plugin
     from ..core.registry import PlanContext, get_analysis
 
     plugin = get_analysis(name)
@@ -183,7 +184,8 @@ def build_for_finished(name: str, config: dict):
     opts = config["options"]
     boundaries = config["resolved_boundaries"]
     context = PlanContext.for_run(SimpleNamespace(**opts), boundaries, config["num_layers"])
-    analysis = plugin.build(plugin.make_options((opts.get("analysis_options") or {}).get(name)), context)
+    analysis = call_plugin(name, "build", plugin.build, plugin.make_options((opts.get("analysis_options") or {}).get(name)),
+                           context)
     if analysis is None:
         raise OptionError(f"analysis {name!r} has nothing to run on this run's settings")
     return analysis

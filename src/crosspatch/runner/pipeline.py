@@ -17,7 +17,7 @@ from typing import Any
 from ..core.analysis import EventSet
 from ..core.cells import CellRecord, CellsConfig, CrossPatch
 from ..core.divergence import DivergenceConfig, NoDivergence, divergence_program, find_divergences, search_roles
-from ..core.plugin_calls import guarded_program
+from ..core.plugin_calls import call_plugin, guarded_program
 from ..core.records import in_run_order
 from ..core.registry import PlanContext, enabled_plugins
 from ..core.stats import BootstrapConfig
@@ -123,7 +123,8 @@ def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analys
     for plugin in enabled_plugins(vars(config)):
         if plugin.build is None:
             continue
-        analysis = plugin.build(plugin.make_options(config.analysis_options.get(plugin.name)), context)
+        analysis = call_plugin(plugin.name, "build", plugin.build, plugin.make_options(config.analysis_options.get(plugin.name)),
+                               context)
         if analysis is not None:
             built.append(analysis)
     return ChunkPlan(boundaries, div_cfg, context.cells, built + list(analyses), config.tuned, config.decode)
