@@ -309,3 +309,33 @@ def test_a_plug_ins_failure_is_named_and_the_run_finishes_once_it_is_fixed(fault
     faulty["step"] = ""
     result = _run_faulty(tmp_path / "run")
     assert result.summary["faulty"]["n_rows"] == len(result.analyses["faulty"]) > 0
+
+
+def test_a_plug_in_cannot_write_into_crosspatch_s_files_or_another_plug_ins():
+    """A plug-in named ``events`` appended its rows to the run's own events.jsonl (the 2x2
+    records), one named ``verdict`` or ``counts`` replaced that part of summary.json, and one whose
+    records or summary key was another plug-in's mixed their rows or replaced its block; a records
+    name with a path in it wrote outside the run directory. Each is refused when it is made or
+    registered."""
+    from typing import get_type_hints
+
+    from crosspatch.core.registry import RESERVED_SUMMARY_KEYS
+    from crosspatch.store.schemas import Summary
+
+    def summarize(rows, ctx, options):
+        return None
+
+    for kwargs, message in (({"name": "events"}, "crosspatch's"), ({"name": "x", "records": "no_divergence"}, "crosspatch's"),
+                            ({"name": "x", "records": "../outside"}, "letters, digits"),
+                            ({"name": "verdict"}, "summary_key 'verdict' is a key crosspatch writes"),
+                            ({"name": "x", "summary_key": "counts"}, "summary_key 'counts' is a key crosspatch writes")):
+        with pytest.raises(ValueError, match=message):
+            AnalysisPlugin(summarize=summarize, **kwargs)
+    for kwargs, message in (({"records": "consequence"}, "consequence.jsonl is already the records file of 'consequence'"),
+                            ({"summary_key": "routing"}, "summary_key 'routing' is already the block of 'routing'")):
+        with pytest.raises(ValueError, match=message):
+            register_analysis(AnalysisPlugin("newcomer", summarize, **kwargs))
+        assert "newcomer" not in registered()
+    # the reserved keys are the summary schema's keys that no plug-in writes
+    own = set(get_type_hints(Summary)) - {p.summary_key for p in registered().values()}
+    assert own <= RESERVED_SUMMARY_KEYS

@@ -29,6 +29,14 @@ from typing import Any, Callable
 
 ENTRY_POINT_GROUP = "crosspatch.analyses"
 ROLES = ("control", "analysis")
+# what a plug-in's records file and summary block may not be called: crosspatch's own records files
+# (``events.jsonl``, ``no_divergence.jsonl``) and the keys of summary.json it writes itself
+# (tests/test_registry.py keeps these equal to the summary schema's keys)
+RESERVED_RECORDS = frozenset({"events", "no_divergence"})
+RESERVED_SUMMARY_KEYS = frozenset({
+    "schema_version", "num_layers", "boundaries", "counts", "results", "warnings", "no_divergence_prompts",
+    "real_vocabulary", "controls", "verdict", "verdicts_by_category", "sections", "cost_this_session",
+    "until_ci_width", "fp32_verification"})
 STATUSES = ("pass", "warn", "fail", "info")
 
 # built-in plug-ins: every module of this package (and every subpackage's ``plugin`` module), found and
@@ -125,6 +133,11 @@ class SummaryContext:
         return block_bootstrap(self.boot, block)
 
 
+def _is_name(text) -> bool:
+    return isinstance(text, str) and bool(text) and text.replace("_", "").isalnum() \
+        and text[0].isalpha()
+
+
 @dataclass
 class AnalysisPlugin:
     """One registered analysis (see the module docstring)."""
@@ -146,7 +159,7 @@ class AnalysisPlugin:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"analysis plug-in {self.name!r}: role must be one of {ROLES}, not {self.role!r}")
-        if not self.name or not self.name.replace("_", "").isalnum() or not self.name[0].isalpha():
+        if not _is_name(self.name):
             raise ValueError(f"analysis plug-in name {self.name!r}: letters, digits and '_', starting with a letter")
         if not isinstance(self.order, int) or isinstance(self.order, bool):
             raise TypeError(f"analysis plug-in {self.name!r}: order must be an int, not {self.order!r}")
@@ -156,6 +169,12 @@ class AnalysisPlugin:
             self.records = f"control_{self.name}" if self.role == "control" else self.name
         if self.summary_key is None:
             self.summary_key = self.name
+        if self.records is not None and (self.records in RESERVED_RECORDS or not _is_name(self.records)):
+            raise ValueError(f"analysis plug-in {self.name!r}: records {self.records!r} is no records file of its own "
+                             f"({', '.join(sorted(RESERVED_RECORDS))} are crosspatch's; letters, digits and '_')")
+        if self.summary_key in RESERVED_SUMMARY_KEYS:
+            raise ValueError(f"analysis plug-in {self.name!r}: summary_key {self.summary_key!r} is a key crosspatch "
+                             "writes in summary.json itself; give it another")
 
     def make_options(self, given: dict | None = None):
         """The options dataclass filled from ``given`` (unknown keys are an error, and so is a value
@@ -211,9 +230,19 @@ def register_analysis(plugin: AnalysisPlugin, replace: bool = False) -> Analysis
     ``replace``). Returns the plug-in, so a module can write ``PLUGIN = register_analysis(...)``."""
     if not isinstance(plugin, AnalysisPlugin):
         raise TypeError(f"register_analysis takes an AnalysisPlugin, not {type(plugin).__name__}")
+    _load()  # the built-in and installed plug-ins first: a name, file or block they hold is taken
     old = _REGISTRY.get(plugin.name)
     if old is not None and old is not plugin and not replace:
         raise ValueError(f"an analysis named {plugin.name!r} is already registered")
+    for other in _REGISTRY.values():  # two plug-ins never share a records file or a summary block
+        if other.name == plugin.name:
+            continue
+        if plugin.records is not None and plugin.records == other.records:
+            raise ValueError(f"analysis plug-in {plugin.name!r}: {plugin.records}.jsonl is already the records file "
+                             f"of {other.name!r}; give it records=... of its own")
+        if plugin.summary_key == other.summary_key:
+            raise ValueError(f"analysis plug-in {plugin.name!r}: summary_key {plugin.summary_key!r} is already the "
+                             f"block of {other.name!r}; give it summary_key=... of its own")
     _REGISTRY[plugin.name] = plugin
     return plugin
 
