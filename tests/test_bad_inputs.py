@@ -600,6 +600,8 @@ CASES = [
                                          tuned=_arch_dir(e, "llama", 1))[1:]],
          "BoundaryError"),
     Case("options", "--shard 3/2", lambda e: e.run_args("--shard", "3/2"), "OptionError"),
+    Case("options", "--shard with --until-ci-width (shards stopped early could never be merged)",
+         lambda e: e.run_args("--shard", "0/2", "--until-ci-width", "0.5"), "OptionError"),
     Case("options", "--shard abc", lambda e: e.run_args("--shard", "abc"), "OptionError"),
     Case("options", "--plan fast", lambda e: e.run_args("--plan", "fast"), "OptionError"),
     Case("options", "--engine spark", lambda e: e.run_args("--engine", "spark"), "OptionError"),

@@ -163,6 +163,11 @@ def validate_run_options(config) -> None:
         check_boundary_spec(config.boundary)
     if config.shard is not None:
         parse_shard(config.shard)
+        if w is not None:  # each shard would stop at its own precision, on a part of its prompts
+            raise OptionError(
+                "--until-ci-width with --shard: each shard would stop at the width on its own prompts, leaving the "
+                "rest unprocessed, and shards with unprocessed prompts cannot be merged into one run; give one of "
+                "them (one run with --until-ci-width can use several workers: --engine ray --workers N)")
     try:
         parse_event_kinds(config.event_kinds)
         TokenClasses.from_options(getattr(config, "format_tokens", None), getattr(config, "marker_words", None))
