@@ -563,6 +563,8 @@ CASES = [
     Case("options", "--null that does not exist", lambda e: e.run_args("--null", str(e.tmp / "nowhere")),
          "ModelPathNotFoundError"),
     Case("options", "--synthetic-null -1", lambda e: e.run_args("--synthetic-null", "-1"), "OptionError"),
+    Case("options", "--synthetic-null with --residency sequential (nulls are built from the models in memory)",
+         lambda e: e.run_args("--synthetic-null", "1", "--residency", "sequential"), "OptionError"),
     Case("options", "--policy with the retired key min_portable_share",
          lambda e: e.run_args("--policy", str(e.file("old.yaml", "min_portable_share: 0.3\n"))), "OptionError"),
     Case("options", "--batch-size 0", lambda e: e.run_args("--batch-size", "0"), "OptionError"),

@@ -34,6 +34,13 @@ def run_pair(target: PairTarget, config: RunConfig, load: LoadOptions, session: 
         config.nulls = [r for r in [*roles_tuned, *roles_adapters] if r != "tuned"]
         config.synthetic_nulls, config.tuned = target.synthetic_null, "tuned"
         validate_run_options(config)
+        if config.synthetic_nulls:  # refused before any weight loads (and in the dry run's plan)
+            from ..execution import choose_residency
+            from ..execution.nulls import check_synthetic_null_residency
+
+            check_synthetic_null_residency(choose_residency(target.base, [tuned] if tuned else [],
+                                                            [adapter] if adapter else [], load)[0],
+                                           config.synthetic_nulls)
         if session.dry_run:
             return _print_plan(target.base, target.out, [tuned] if tuned else [], [adapter] if adapter else [],
                                items, config, load)

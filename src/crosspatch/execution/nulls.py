@@ -97,15 +97,22 @@ def _check_room_for_nulls(models: ModelSet, count: int) -> None:
                           "nulls with --null DIR (loaded like any descendant)")
 
 
+def check_synthetic_null_residency(residency: str, count: int) -> None:
+    """Synthetic nulls are built from the models in memory: with one model resident at a time
+    (``sequential``) they cannot be, an :class:`OptionError` (said before any weight loads when the
+    residency is known from the configs)."""
+    if count and residency == "sequential":
+        raise OptionError("synthetic nulls are built from the models in memory: use --residency both "
+                          "(or give trained nulls with --null DIR, which any residency loads)")
+
+
 def with_synthetic_nulls(models: ModelSet, tuned: str, count: int, seed: int = 0) -> tuple[ModelSet, list[str]]:
     """``models`` with ``count`` synthetic nulls of ``tuned`` as extra roles
     (``null-synthetic-1``, ...); returns the new set and the null roles. The base and every role
     must be in memory (a set loaded from paths is rebuilt from its modules)."""
     if count < 1:
         return models, []
-    if models.resident_role is not None or models.residency == "sequential":
-        raise OptionError("synthetic nulls are built from the models in memory: use --residency both "
-                          "(or give trained nulls with --null DIR, which any residency loads)")
+    check_synthetic_null_residency("sequential" if models.resident_role is not None else models.residency, count)
     _check_room_for_nulls(models, count)
     base = effective_module(models, models.base)
     child = effective_module(models, tuned)
