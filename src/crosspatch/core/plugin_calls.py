@@ -1,4 +1,4 @@
-"""Calls into an analysis' own code (its ``program``, ``summarize`` and ``render``), with a failure
+"""Calls into an analysis' own code (its ``build``, ``program``, ``summarize`` and ``render``), with a failure
 there named as that analysis' failure: :class:`~crosspatch.errors.AnalysisPluginError` names the
 analysis, the step, the exception and the line of the analysis' code it came from (a command line
 prints the message, not a traceback), and says that the records written so far are kept. What an
@@ -26,7 +26,7 @@ def _where(exc: BaseException) -> str:
 
 
 def plugin_failure(name: str, step: str, owner: str, problem: str) -> AnalysisPluginError:
-    """The named error for analysis ``name`` whose ``step`` (program, summarize, render) failed
+    """The named error for analysis ``name`` whose ``step`` (build, program, summarize, render) failed
     with ``problem``; ``owner``: the module of the code that failed (crosspatch's own: a bug to report)."""
     ours = owner.split(".")[0] == "crosspatch"
     advice = ("(a crosspatch bug: please report it)" if ours else
@@ -41,14 +41,18 @@ def _owner(func: Any) -> str:
     return getattr(func, "__module__", None) or type(func).__module__
 
 
-def call_plugin(name: str, step: str, func, *args):
-    """``func(*args)``, an analysis' ``summarize`` or ``render``, with its failure named."""
+def call_plugin(name: str, step: str, func, *args, returns: tuple[type, ...] | None = None, what: str = ""):
+    """``func(*args)``, an analysis' ``build``, ``summarize`` or ``render``, with its failure named;
+    with ``returns``, a value of another type (or None) is named too (``what``: what it should be)."""
     try:
-        return func(*args)
+        value = func(*args)
     except Exception as exc:
         if _passes_through(exc):
             raise
         raise plugin_failure(name, step, _owner(func), f"{type(exc).__name__}: {exc}{_where(exc)}") from exc
+    if returns is not None and value is not None and not isinstance(value, returns):
+        raise plugin_failure(name, step, _owner(func), f"it returned {type(value).__name__}, not {what} (or None)")
+    return value
 
 
 def guarded_program(analysis, ex, events) -> Generator[Any, Any, Any]:

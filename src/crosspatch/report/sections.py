@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from ..core.plugin_calls import call_plugin, plugin_failure
+from ..core.plugin_calls import call_plugin
 from ..core.registry import Section, Table, registered
 from .mdtext import _table, md_escape_prose
 
@@ -32,10 +32,7 @@ def analysis_sections(summary: dict) -> list[Section]:
             continue
         block = summary.get(plugin.summary_key)
         if block:
-            section = call_plugin(plugin.name, "render", plugin.render, block)
-            if section is not None and not isinstance(section, Section):
-                raise plugin_failure(plugin.name, "render", getattr(plugin.render, "__module__", "?"),
-                                     f"it returned {type(section).__name__}, not a Section (or None)")
+            section = call_plugin(plugin.name, "render", plugin.render, block, returns=(Section,), what="a Section")
             if section is not None:
                 out.append(section)
     return out

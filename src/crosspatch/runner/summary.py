@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..core.cells import CellRecord, headline_boundary
 from ..core.divergence import NO_DIVERGENCE_REASONS, NoDivergence
-from ..core.plugin_calls import call_plugin, checked_control_row, plugin_failure
+from ..core.plugin_calls import call_plugin, checked_control_row
 from ..core.registry import SummaryContext, control_row, enabled_plugins, registered
 from ..core.stats import BootstrapConfig, summarize_boundaries
 from ..core.verdict import VerdictPolicy, decide
@@ -92,11 +92,9 @@ def plugin_blocks(ctx: SummaryContext, analyses: dict[str, list]) -> tuple[list[
                                                                 options)) if ctx.first
                         else control_row(plugin.name, "info", None, "no events", n=0))
             continue
-        block = call_plugin(plugin.name, "summarize", plugin.summarize, data, ctx, options)
+        block = call_plugin(plugin.name, "summarize", plugin.summarize, data, ctx, options, returns=(dict,),
+                            what="a dict (its block of summary.json)")
         if block is not None:
-            if not isinstance(block, dict):
-                raise plugin_failure(plugin.name, "summarize", getattr(plugin.summarize, "__module__", "?"),
-                                     f"it returned {type(block).__name__}, not a dict (its block of summary.json) or None")
             blocks[plugin.summary_key] = block
     return rows, blocks
 
