@@ -472,3 +472,29 @@ def test_what_the_prompts_make_impossible_is_named_before_any_weight_loads(saved
         assert res.exit_code == 2 and f"error {error}" in res.output, res.output
         assert says in res.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_terminal_that_cannot_encode_the_text_gets_question_marks_not_a_crash(tmp_path):
+    """Under an ASCII or Latin-1 locale (or PYTHONIOENCODING=ascii in a CI job), the verdict's dash
+    made a finished `crosspatch run` end in a UnicodeEncodeError traceback, and `gate` exit 1 (a
+    'fail' to CI) whatever the verdict. Such text is written as '?': the same exit code as on a
+    UTF-8 terminal, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    import crosspatch
+    from crosspatch.testing import make_pair
+
+    crosspatch.run(make_pair("llama"), [dict(p) for p in PROMPTS], out=tmp_path / "run", boundary=2, max_new_tokens=8,
+                   bootstrap=200, progress=False)
+    codes = {}
+    for encoding in ("utf-8", "ascii"):
+        res = subprocess.run([sys.executable, "-m", "crosspatch", "gate", str(tmp_path / "run")], capture_output=True,
+                             env=dict(os.environ, PYTHONIOENCODING=encoding))
+        assert b"Traceback" not in res.stderr and b"UnicodeEncodeError" not in res.stderr, res.stderr.decode()[-400:]
+        codes[encoding] = res.returncode
+        if encoding == "ascii":
+            assert b" ? " in res.stdout  # the verdict's dash
+    assert codes["ascii"] == codes["utf-8"] in (0, 1)

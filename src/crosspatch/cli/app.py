@@ -156,9 +156,20 @@ def _interrupted(exc: BaseException | None) -> bool:
     return False
 
 
+def _tolerant_streams() -> None:
+    """Standard output and error that cannot encode some text (an ASCII or Latin-1 locale, a legacy
+    Windows console, a pipe under ``PYTHONIOENCODING=ascii``) write '?' for it: the verdict's dash or a
+    token's text once crashed a finished run's last line, and ``gate``, with exit code 1 (a 'fail')."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if callable(reconfigure) and getattr(stream, "errors", None) == "strict":
+            reconfigure(errors="replace")
+
+
 def main() -> None:
     from ..models.collector import pause_full_collections
 
+    _tolerant_streams()
     _quiet_libraries()
     pause_full_collections()  # until the first weight loads (models.collector.settle)
     try:
