@@ -61,7 +61,7 @@ def _command(saved, out):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_killed_run_resumes_to_the_uninterrupted_result(saved, tmp_path, sig):
     reference = tmp_path / "reference"
     subprocess.run(_command(saved, reference), check=True, capture_output=True)
@@ -80,6 +80,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(saved, tmp_path, sig):
     _, stderr = proc.communicate(timeout=60)
     if sig == signal.SIGINT:  # Ctrl-C says what to do next
         assert proc.returncode == 130 and "run the same command again to resume" in stderr, stderr
+    if sig == signal.SIGTERM:  # a scheduler's preemption too (it died silently, exit -15)
+        assert proc.returncode == 143 and "terminated (SIGTERM); run the same command again" in stderr, stderr
     assert not (out / "summary.json").exists()
     partial = len(events.read_text().splitlines())
     finished = subprocess.run(_command(saved, out), capture_output=True, text=True)

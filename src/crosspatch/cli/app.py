@@ -166,10 +166,40 @@ def _tolerant_streams() -> None:
             reconfigure(errors="replace")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so that it unwinds as Ctrl-C does."""
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (a scheduler preempting the job, ``kill``, a container stopping) ends a command as
+    Ctrl-C does: what is being written is finished or left as it was, the lock is released, and the
+    command says to run it again (exit 143) instead of dying silently."""
+    import signal
+
+    def terminate(signum, frame):
+        raise _Terminated()
+
+    try:
+        signal.signal(signal.SIGTERM, terminate)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGTERM on this platform
+        pass
+
+
+def _terminated(exc: BaseException | None) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, _Terminated):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main() -> None:
     from ..models.collector import pause_full_collections
 
     _tolerant_streams()
+    _terminate_as_interrupt()
     _quiet_libraries()
     pause_full_collections()  # until the first weight loads (models.collector.settle)
     try:
@@ -177,8 +207,9 @@ def main() -> None:
     except (KeyboardInterrupt, SystemExit) as exc:  # records already appended stay: the same command resumes
         if not _interrupted(exc):
             raise
-        console.print("interrupted; run the same command again to resume")
-        sys.exit(130)
+        terminated = _terminated(exc)
+        console.print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; run the same command again to resume")
+        sys.exit(143 if terminated else 130)
 
 
 if __name__ == "__main__":
