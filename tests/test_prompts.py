@@ -226,6 +226,36 @@ def test_prompts_the_tokenizer_cannot_spell_are_warned_about_by_name():
     assert unknown_token_warning(EndOfTextAsUnknown(), ["a"], [[3, 7, 7]]) is None
 
 
+def test_prompts_that_end_with_the_end_of_sequence_token_are_warned_about_by_name():
+    """A tokenizer saved to append its EOS (``add_eos_token``, a training setting) made every prompt
+    end with it: both models decoded past the end of a text, and the run scored those events without
+    a word. The run says which prompts end with it (and what to change); a prompt that merely
+    holds the token elsewhere, or GPT-2's one special token (which opens texts too), is not flagged."""
+    from tokenizers import processors
+
+    from crosspatch.execution import pair_from_models
+    from crosspatch.models.vocab import trailing_eos_warning
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import char_tokenizer, tiny_pair
+
+    base, child, _ = tiny_pair("llama")
+    appends = char_tokenizer()
+    appends._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    prompts = [{"id": "rain", "prompt": "Rain in Boston"}, {"id": "snow", "prompt": "Snow in Denver"}]
+    result = run(pair_from_models(base, child, appends), prompts, max_new_tokens=4, bootstrap=0, progress=False)
+    said = [w for w in result.summary["warnings"] if "end-of-sequence" in w]
+    assert len(said) == 1 and "2 of 2 prompt(s)" in said[0] and "'rain', 'snow'" in said[0] and "add_eos_token" in said[0]
+    plain = run(pair_from_models(base, child, char_tokenizer()), prompts, max_new_tokens=4, bootstrap=0, progress=False)
+    assert not any("end-of-sequence" in w for w in plain.summary["warnings"])
+    assert trailing_eos_warning(char_tokenizer(), ["a"], [[1, 2, 5]]) is None  # EOS inside a prompt: its text
+
+    class OneSpecialToken:  # GPT-2's <|endoftext|> is its BOS and EOS
+        eos_token, eos_token_id, bos_token_id = "<|endoftext|>", 7, 7
+
+    assert trailing_eos_warning(OneSpecialToken(), ["a"], [[3, 7]]) is None
+
+
 def test_chat_template_is_an_explicit_recorded_option():
     from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair

@@ -181,3 +181,25 @@ def unknown_token_warning(tokenizer, prompt_ids: list[str], token_ids: list[list
     return (f"{len(hit)} prompt(s) hold the tokenizer's unknown token {tokenizer.unk_token!r} (text it has no "
             f"piece for, read by both models as that one token): {named}; their events are about that token, "
             "not the text")
+
+
+def trailing_eos_warning(tokenizer, prompt_ids: list[str], token_ids: list[list[int]]) -> str | None:
+    """What to say when prompts end with the tokenizer's end-of-sequence token: a tokenizer saved
+    to append it (``add_eos_token``, or a post-processor that adds it: a training setting) makes both
+    models decode past the end of a text, so every event follows an end of text; None when none does."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if not isinstance(eos, int) or eos == getattr(tokenizer, "bos_token_id", None):
+        return None  # (GPT-2's one special token opens texts too)
+    hit = [pid for pid, ids in zip(prompt_ids, token_ids) if ids and ids[-1] == eos]
+    if not hit:
+        return None
+    named = ", ".join(repr(pid) for pid in hit[:5]) + (f" and {len(hit) - 5} more" if len(hit) > 5 else "")
+    return (f"{len(hit)} of {len(token_ids)} prompt(s) end with the end-of-sequence token {tokenizer.eos_token!r}: "
+            f"{named}; the models decode past the end of a text there. If the tokenizer appends it (add_eos_token, "
+            "a training setting), save it without (tokenizer.add_eos_token = False) and run again")
+
+
+def prompt_token_warnings(tokenizer, prompt_ids: list[str], token_ids: list[list[int]]) -> list[str]:
+    """What a run says of its prompts' tokens: unknown tokens, a trailing end-of-sequence token."""
+    said = (unknown_token_warning(tokenizer, prompt_ids, token_ids), trailing_eos_warning(tokenizer, prompt_ids, token_ids))
+    return [text for text in said if text]

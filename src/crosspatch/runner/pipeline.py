@@ -32,7 +32,7 @@ from ..models.collector import settle
 from ..models.forward import WorkCounter, counting_work
 from ..models.loading import DTYPES
 from ..models.media import media_chunks
-from ..models.vocab import unknown_token_warning
+from ..models.vocab import prompt_token_warnings
 from ..store import RunStore, check_complete, completed_prompts
 from .checks import (
     check_chat_template,
@@ -284,8 +284,7 @@ def run(
                          sparse_topk=pair.facts[pair.base].get("sparse_topk"), rope_switch=pair.facts[pair.base].get("rope_switch"))
     check_prompt_token_ids([p.id for p in prompts], token_ids,
                            {role: pair.facts[role].get("input_embeddings") for role in pair.roles})
-    if (unknown := unknown_token_warning(pair.tokenizers[pair.base], [p.id for p in prompts], token_ids)):
-        run_warnings.append(unknown)
+    run_warnings += prompt_token_warnings(pair.tokenizers[pair.base], [p.id for p in prompts], token_ids)
     if (over := over_batch_tokens([len(ids) + config.max_new_tokens for ids in token_ids],
                                   config.max_batch_tokens)) is not None:
         run_warnings.append(over)
