@@ -339,3 +339,26 @@ def test_a_plug_in_cannot_write_into_crosspatch_s_files_or_another_plug_ins():
     # the reserved keys are the summary schema's keys that no plug-in writes
     own = set(get_type_hints(Summary)) - {p.summary_key for p in registered().values()}
     assert own <= RESERVED_SUMMARY_KEYS
+
+
+@dataclass
+class _NoPasses(Analysis):
+    """A program that asks for no pass, written as a plain function (no ``yield``)."""
+
+    name: str = "no_passes"
+
+    def program(self, ex, events):
+        return [{"key": e.key, "prompt_id": e.prompt_id, "position": e.position} for e in events.events]
+
+
+def test_a_program_that_asks_for_no_pass_may_be_a_plain_function(tmp_path):
+    """A program without ``yield`` (it reads the events alone) failed with a bare "'list' object
+    is not an iterator"; its value is its records."""
+    import crosspatch
+    from crosspatch.testing.tiny import make_pair
+
+    prompts = [{"id": f"p{k}", "prompt": text} for k, text in enumerate(["Rain in Boston", "Wind", "Sky"])]
+    result = crosspatch.run(make_pair("llama"), prompts, out=tmp_path / "run", boundary=2, max_new_tokens=6,
+                            controls="none", analyses=[_NoPasses()], bootstrap=0, progress=False)
+    rows = result.analyses["no_passes"]
+    assert rows and {r["key"] for r in rows} == {r.key.split("@")[0] for r in result.records if r.kind == "first_diff"}

@@ -56,13 +56,16 @@ def call_plugin(name: str, step: str, func, *args, returns: tuple[type, ...] | N
 
 
 def guarded_program(analysis, ex, events) -> Generator[Any, Any, Any]:
-    """``analysis.program(ex, events)``, with a failure inside it named; its value is checked to be
+    """``analysis.program(ex, events)`` (a generator of passes, or a plain function when it asks for
+    none), with a failure inside it named; its value is checked to be
     records crosspatch can store (a list of dicts, or of objects with ``to_record``) unless the
     analysis scores events with the 2x2 (its value is its own, read by ``cell_records``)."""
     name = getattr(analysis, "name", type(analysis).__name__)
     owner = type(analysis).__module__
     try:
-        value = yield from analysis.program(ex, events)
+        program = analysis.program(ex, events)
+        # a program that asks for no pass may be a plain function: its value is its records
+        value = (yield from program) if hasattr(program, "send") else program
     except Exception as exc:
         if _passes_through(exc):
             raise
