@@ -362,3 +362,18 @@ def test_a_program_that_asks_for_no_pass_may_be_a_plain_function(tmp_path):
                             controls="none", analyses=[_NoPasses()], bootstrap=0, progress=False)
     rows = result.analyses["no_passes"]
     assert rows and {r["key"] for r in rows} == {r.key.split("@")[0] for r in result.records if r.kind == "first_diff"}
+
+
+@pytest.mark.parametrize("name", ["events", "no_divergence", "../outside"])
+def test_an_analysis_object_cannot_write_into_crosspatch_s_records_or_outside_the_run(tmp_path, name):
+    """An analysis object given in Python named ``events`` appended its rows to the run's own
+    events.jsonl; one named with a path wrote beside the run directory. Refused before anything
+    is computed or written."""
+    import crosspatch
+    from crosspatch.errors import OptionError
+    from crosspatch.testing.tiny import make_pair
+
+    with pytest.raises(OptionError, match="crosspatch's own or no file name"):
+        crosspatch.run(make_pair("llama"), [{"id": "a", "prompt": "Rain in Boston"}], out=tmp_path / "run", boundary=2,
+                       max_new_tokens=6, analyses=[_NoPasses(name=name)], bootstrap=0, progress=False)
+    assert not (tmp_path / "outside.jsonl").exists() and not (tmp_path / "run").exists()

@@ -133,7 +133,8 @@ class SummaryContext:
         return block_bootstrap(self.boot, block)
 
 
-def _is_name(text) -> bool:
+def is_plugin_name(text) -> bool:
+    """Whether ``text`` may name an analysis or its records file: letters, digits and '_', starting with a letter."""
     return isinstance(text, str) and bool(text) and text.replace("_", "").isalnum() \
         and text[0].isalpha()
 
@@ -159,7 +160,7 @@ class AnalysisPlugin:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"analysis plug-in {self.name!r}: role must be one of {ROLES}, not {self.role!r}")
-        if not _is_name(self.name):
+        if not is_plugin_name(self.name):
             raise ValueError(f"analysis plug-in name {self.name!r}: letters, digits and '_', starting with a letter")
         if not isinstance(self.order, int) or isinstance(self.order, bool):
             raise TypeError(f"analysis plug-in {self.name!r}: order must be an int, not {self.order!r}")
@@ -169,7 +170,7 @@ class AnalysisPlugin:
             self.records = f"control_{self.name}" if self.role == "control" else self.name
         if self.summary_key is None:
             self.summary_key = self.name
-        if self.records is not None and (self.records in RESERVED_RECORDS or not _is_name(self.records)):
+        if self.records is not None and (self.records in RESERVED_RECORDS or not is_plugin_name(self.records)):
             raise ValueError(f"analysis plug-in {self.name!r}: records {self.records!r} is no records file of its own "
                              f"({', '.join(sorted(RESERVED_RECORDS))} are crosspatch's; letters, digits and '_')")
         if self.summary_key in RESERVED_SUMMARY_KEYS:

@@ -182,6 +182,21 @@ def validate_run_options(config) -> None:
         raise OptionError(f"group-by must be a list of field names, not {config.group_by!r}")
 
 
+def check_analysis_names(names: list[str]) -> None:
+    """The analyses of one run, each named for its records file (``<name>.jsonl``): unique, and none
+    crosspatch's own records (``events``, ``no_divergence``) or a path (an analysis object given in
+    Python is not checked when it is made, as a registered plug-in is)."""
+    from ..core.registry import RESERVED_RECORDS, is_plugin_name
+
+    if len(set(names)) != len(names):
+        raise OptionError(f"analysis names must be unique in a run: {names}")
+    bad = [n for n in names if n in RESERVED_RECORDS or not is_plugin_name(n)]
+    if bad:
+        raise OptionError(f"analysis name {bad[0]!r}: its records would go to {bad[0]}.jsonl, which is crosspatch's own "
+                          "or no file name of the run directory; give it a name of letters, digits and '_' (not "
+                          f"{' or '.join(sorted(RESERVED_RECORDS))})")
+
+
 def check_analysis_options(names, options) -> None:
     """``analyses`` names registered plug-ins; ``analysis_options`` maps registered names to option
     dicts their options dataclass accepts (ValueError otherwise)."""

@@ -35,6 +35,7 @@ from ..models.media import media_chunks
 from ..models.vocab import prompt_token_warnings
 from ..store import RunStore, check_complete, completed_prompts
 from .checks import (
+    check_analysis_names,
     check_chat_template,
     check_group_by,
     check_model_set,
@@ -269,9 +270,7 @@ def run(
         run_warnings.append("--consequence: no prompt carries a 'validator' field, so nothing is scored")
     plan = chunk_plan(config, boundaries, pair.num_layers, analyses, validators)  # validates kinds and controls
     VerdictPolicy.from_dict({} if config.policy is None else config.policy)
-    names = [a.name for a in plan.analyses]
-    if len(set(names)) != len(names):
-        raise OptionError(f"analysis names must be unique in a run: {names}")
+    check_analysis_names([a.name for a in plan.analyses])
     prompts = select_shard(all_prompts, config.shard)
     record = build_config_record(pair, all_prompts, config, boundaries, [p.id for p in prompts],
                                  sorted({r for a in plan.analyses for r in a.model_roles()}))
