@@ -303,6 +303,49 @@ def test_the_cli_runs_an_image_prompt_file_end_to_end(tmp_path, charts):
     assert events and all(e["prefix_ids"].count(events[0]["prefix_ids"][1]) >= 16 for e in events)
 
 
+def test_an_image_prompt_too_long_with_its_image_tokens_is_named_before_any_weight_loads(tmp_path, charts):
+    """The checks before loading counted an image prompt by its text alone: a prompt whose image
+    tokens carried it past the model's positions was named only once every model had loaded
+    (minutes, for a large pair), an image the processor refuses likewise, and the dry run
+    estimated an image prompt's work by its text. The base's processor now reads image prompts
+    before any weight loads."""
+    from transformers.modeling_utils import PreTrainedModel
+    from typer.testing import CliRunner
+
+    from crosspatch.cli import app
+    from crosspatch.models.paths import local_max_positions
+
+    base_dir, tuned_dir = save_vlm_pair(tmp_path / "pair", "llava")
+    text = "City 0 today:"
+    rows = [{"id": "c0", "prompt": text, "image": str(charts[0])}]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps(rows[0]) + "\n")
+    positions = local_max_positions(str(base_dir))
+    budget = positions - len(text) - 4  # the text (one token a character, and BOS) fits; with its image, not
+    loaded = []
+    load = PreTrainedModel.from_pretrained.__func__  # pyright: ignore[reportFunctionMemberAccess]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PreTrainedModel, "from_pretrained",
+                      classmethod(lambda cls, *a, **k: loaded.append(cls.__name__) or load(cls, *a, **k)))
+        res = CliRunner().invoke(app, ["run", "--base", str(base_dir), "--tuned", str(tuned_dir), "--prompts",
+                                       str(prompts), "--out", str(tmp_path / "run"), "--max-new-tokens", str(budget),
+                                       "--bootstrap", "0", "--controls", "none", "--event-kinds", "first_diff"])
+        assert res.exit_code == 2 and "PromptTooLongError" in res.output and "c0" in res.output, res.output
+        broken = tmp_path / "broken.png"
+        broken.write_bytes(b"not an image")
+        prompts.write_text(json.dumps(dict(rows[0], image=str(broken))) + "\n")
+        res = CliRunner().invoke(app, ["run", "--base", str(base_dir), "--tuned", str(tuned_dir), "--prompts",
+                                       str(prompts), "--out", str(tmp_path / "run"), "--bootstrap", "0"])
+        assert res.exit_code == 2 and "PromptImageError" in res.output, res.output
+        prompts.write_text(json.dumps(rows[0]) + "\n")  # the dry run's estimate counts the image's tokens too
+        res = CliRunner().invoke(app, ["run", "--base", str(base_dir), "--tuned", str(tuned_dir), "--prompts",
+                                       str(prompts), "--out", str(tmp_path / "run"), "--max-new-tokens", "8", "--dry-run"])
+        assert res.exit_code == 0, res.output
+        counted = int(res.output.split(" prompt+budget tokens")[0].split()[-1].replace(",", ""))
+        assert counted >= len(text) + 1 + 8 + 16  # BOS, the text, the budget and LLaVA's (at least) 16 image tokens
+    assert not loaded, f"named only after loading {loaded}"
+
+
 def test_after_the_fact_commands_find_a_finished_runs_images_again(tmp_path, charts):
     """A run directory keeps its images' paths, not their pixels: `consequence` and `features`
     stopped with "starts with no image prompt of this run" on every image run. They now take the

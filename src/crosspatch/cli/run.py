@@ -245,19 +245,15 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
     lines.append(f"prompts: {len(prompts)}" + (f" (shard {config.shard} of {len(items)})" if config.shard else ""))
     kinds, controls = parse_event_kinds(config.event_kinds), parse_controls(config.controls)
     lines.append(f"event kinds: {', '.join(kinds)}; controls: {', '.join(controls) or 'none'}")
-    try:
-        tok = load_tokenizer(base, options)
-        if config.chat_template and (tuned or adapters):  # what the run reads: the descendant's template's text
-            from ..execution.roles import named_path
-            from ..runner.prepare import render_chat
+    try:  # what the run reads (the first descendant's chat template; an image prompt with its image's tokens)
+        from ..execution.roles import named_path
+        from ..runner.prepare import check_prompt_texts
 
-            given = (tuned or adapters)[0]
-            path = (named_path(given) or (None, given))[1]  # NAME=PATH: the path
-            template = load_tokenizer(path, options)
-            texts = [render_chat(template, p, repr(path)) for p in prompts]
-            ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-        else:
-            ids = [tok(p.prompt)["input_ids"] for p in prompts]
+        read_by = [((named_path(p) or (None, p))[1], False) for p in tuned] + \
+            [((named_path(p) or (None, p))[1], True) for p in adapters]
+        by_id = check_prompt_texts(base, read_by[:1] or [(base, False)], prompts, options, config.chat_template)
+        tok = load_tokenizer(base, options)  # (an image prompt of a hub base: by its text)
+        ids = [by_id[p.id] if p.id in by_id else tok(p.prompt)["input_ids"] for p in prompts]
         lengths = [len(i) + config.max_new_tokens for i in ids]
         tokens = sum(lengths)
     except CrosspatchError:

@@ -74,13 +74,16 @@ def check_prompt_texts(base: str, descendants: list[tuple[str, bool]], prompts: 
     ``chat_template``, rendered by a chat template the tokenizer has — and tokenizes to the same
     ids under the base's tokenizer; else the ChatTemplateMissingError, PromptFileError or
     PromptTokenizationMismatchError the run would meet once its weights had loaded (minutes, for
-    a large pair). Image prompts are left to the run (they go through the models' processors).
-    Returns the text prompts' token ids by prompt id (what the run will feed both models)."""
+    a large pair). Image prompts go through the base's processor (a local directory's), which
+    expands their image into its tokens, so that their lengths are checked before the weights load
+    too (and an image it refuses is named); the run checks that the descendant's agrees. Returns
+    the prompts' token ids by prompt id (what the run will feed both models)."""
     from ..execution.adapters import descendant_tokenizer
     from ..models.loading import load_tokenizer
     from .checks import check_chat_template
 
     base_tokenizer = load_tokenizer(base, options)
+    processor = _local_processor(base, options) if any(p.metadata.get("image") for p in prompts) else None
     token_ids: dict[str, list[int]] = {}
     for path, is_adapter in descendants:
         tokenizer = descendant_tokenizer(path, options, base_tokenizer, adapter=is_adapter)
@@ -88,12 +91,31 @@ def check_prompt_texts(base: str, descendants: list[tuple[str, bool]], prompts: 
             check_chat_template(tokenizer)
         for prompt in prompts:
             if prompt.metadata.get("image"):
+                if processor is not None:
+                    token_ids[prompt.id] = _image_prompt_ids(processor, tokenizer, prompt, repr(path), chat_template)
                 continue
             text = render_chat(tokenizer, prompt, repr(path)) if chat_template else prompt.prompt
             # as prompt_token_ids reads it: a rendered chat holds its special tokens (BOS too) already
             ids = tokenize_once(base_tokenizer, tokenizer, prompt.id, text, add_special_tokens=not chat_template)
             token_ids[prompt.id] = max(token_ids.get(prompt.id, []), ids, key=len)  # (templates may differ)
     return token_ids
+
+
+def _local_processor(base: str, options):
+    """The base's multimodal processor when the base is a local vision-language checkpoint (read
+    before any weight loads: configs, tokenizer and image settings), else None."""
+    from ..models.loading import load_processor
+    from ..models.paths import local_is_multimodal
+
+    return load_processor(base, options) if local_is_multimodal(base) else None
+
+
+def _image_prompt_ids(processor, tokenizer, prompt: Prompt, whose: str, chat_template: bool) -> list[int]:
+    """An image prompt's token ids as the run will read them (its image expanded by ``processor``)."""
+    from ..models.media import encode_image_prompt, image_placeholder
+
+    text = render_image_chat(tokenizer, prompt, whose, image_placeholder(processor)) if chat_template else prompt.prompt
+    return encode_image_prompt(processor, prompt.id, text, prompt.metadata["image"])[0]
 
 
 def prompt_token_ids(pair: ModelSet, prompts: list[Prompt], tuned: str, config: RunConfig) -> list[list[int]]:
