@@ -144,12 +144,13 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
 
 
-def _interrupted(exc: BaseException | None) -> bool:
-    """Whether ``exc`` came of Ctrl-C: typer turns a KeyboardInterrupt into a silent exit 130
-    (older click into "Aborted!" and exit 1); the interrupt stays in the exception's chain."""
+def _interrupted(exc: BaseException | None, kind: type[BaseException] = KeyboardInterrupt) -> bool:
+    """Whether ``exc`` came of Ctrl-C (``kind``: or of SIGTERM, :class:`_Terminated`): typer turns a
+    KeyboardInterrupt into a silent exit 130 (older click into "Aborted!" and exit 1); the interrupt
+    stays in the exception's chain."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, kind):
             return True
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
@@ -185,16 +186,6 @@ def _terminate_as_interrupt() -> None:
         pass
 
 
-def _terminated(exc: BaseException | None) -> bool:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, _Terminated):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 def main() -> None:
     from ..models.collector import pause_full_collections
 
@@ -207,7 +198,7 @@ def main() -> None:
     except (KeyboardInterrupt, SystemExit) as exc:  # records already appended stay: the same command resumes
         if not _interrupted(exc):
             raise
-        terminated = _terminated(exc)
+        terminated = _interrupted(exc, _Terminated)
         console.print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; run the same command again to resume")
         sys.exit(143 if terminated else 130)
 
