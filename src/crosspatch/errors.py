@@ -136,8 +136,8 @@ class EngineWorkerError(CrosspatchError):
 
 
 class AnalysisPluginError(CrosspatchError):
-    """A registered analysis (a plug-in, or a built-in) failed in its own code (its program,
-    ``summarize`` or ``render``: the analysis, the step, the exception and the line are named) or
+    """A registered analysis (a plug-in, or a built-in) failed in its own code (its ``build``,
+    program, ``summarize`` or ``render``: the analysis, the step, the exception and the line are named) or
     returned what crosspatch cannot store or render. The records written before are kept: once the
     analysis is fixed or left out, the same command finishes the run from them."""
 

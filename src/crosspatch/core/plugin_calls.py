@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Generator
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import AnalysisPluginError, CrosspatchError
 
@@ -37,6 +37,14 @@ def plugin_failure(name: str, step: str, owner: str, problem: str) -> AnalysisPl
         f"{advice}")
 
 
+def _reraise(name: str, step: str, owner: str, exc: Exception) -> NoReturn:
+    """Raise ``exc``, raised in analysis ``name``'s ``step``, again: itself when it is not the
+    analysis' fault (:func:`_passes_through`), else as its named failure."""
+    if _passes_through(exc):
+        raise exc
+    raise plugin_failure(name, step, owner, f"{type(exc).__name__}: {exc}{_where(exc)}") from exc
+
+
 def _owner(func: Any) -> str:
     return getattr(func, "__module__", None) or type(func).__module__
 
@@ -47,9 +55,7 @@ def call_plugin(name: str, step: str, func, *args, returns: tuple[type, ...] | N
     try:
         value = func(*args)
     except Exception as exc:
-        if _passes_through(exc):
-            raise
-        raise plugin_failure(name, step, _owner(func), f"{type(exc).__name__}: {exc}{_where(exc)}") from exc
+        _reraise(name, step, _owner(func), exc)
     if returns is not None and value is not None and not isinstance(value, returns):
         raise plugin_failure(name, step, _owner(func), f"it returned {type(value).__name__}, not {what} (or None)")
     return value
@@ -67,9 +73,7 @@ def guarded_program(analysis, ex, events) -> Generator[Any, Any, Any]:
         # a program that asks for no pass may be a plain function: its value is its records
         value = (yield from program) if hasattr(program, "send") else program
     except Exception as exc:
-        if _passes_through(exc):
-            raise
-        raise plugin_failure(name, "program", owner, f"{type(exc).__name__}: {exc}{_where(exc)}") from exc
+        _reraise(name, "program", owner, exc)
     if getattr(analysis, "scores_cells", False):
         return value
     if value is None:
