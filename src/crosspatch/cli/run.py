@@ -252,8 +252,11 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
         read_by = [((named_path(p) or (None, p))[1], False) for p in tuned] + \
             [((named_path(p) or (None, p))[1], True) for p in adapters]
         by_id = check_prompt_texts(base, read_by[:1] or [(base, False)], prompts, options, config.chat_template)
-        tok = load_tokenizer(base, options)  # (an image prompt of a hub base: by its text)
-        ids = [by_id[p.id] if p.id in by_id else tok(p.prompt)["input_ids"] for p in prompts]
+        unread = [p for p in prompts if p.id not in by_id]  # an image prompt of a hub base: by its text
+        if unread:
+            tok = load_tokenizer(base, options)
+            by_id.update({p.id: tok(p.prompt)["input_ids"] for p in unread})
+        ids = [by_id[p.id] for p in prompts]
         lengths = [len(i) + config.max_new_tokens for i in ids]
         tokens = sum(lengths)
     except CrosspatchError:
