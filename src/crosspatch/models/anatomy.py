@@ -90,6 +90,10 @@ def _find_layers(backbone: nn.Module, n_layers: int | None, preferred: str | Non
     return max(lists, key=len)
 
 
+_POST_NORM_LAYOUT = ("its decoder has no final norm, or projects its states after it (OPT-350m's layout: project_out); "
+                     "crosspatch reads a model out as final norm + lm_head, which the other OPT sizes are")
+
+
 def _decoder_stack(tower: nn.Module) -> nn.Module:
     """The module holding the decoder layers: ``tower`` itself, or its ``decoder`` (OPT's
     ``model.decoder``). A stack that projects its states after the final norm (``project_out``,
@@ -98,9 +102,7 @@ def _decoder_stack(tower: nn.Module) -> nn.Module:
     if any(isinstance(m, nn.ModuleList) for m in tower.children()) or not isinstance(decoder, nn.Module):
         return tower
     if getattr(decoder, "project_out", None) is not None or getattr(decoder, "final_layer_norm", False) is None:
-        raise UnsupportedArchitectureError(
-            f"{type(tower).__name__}: its decoder has no final norm or projects its states after it (project_out: "
-            "OPT-350m's layout); crosspatch reads a model out as final norm + lm_head, which the other OPT sizes are")
+        raise UnsupportedArchitectureError(f"{type(tower).__name__}: {_POST_NORM_LAYOUT}")
     return decoder
 
 
@@ -180,9 +182,7 @@ def check_supported(config) -> None:
             "per-layer caches are supported")
     projected = get(config, "word_embed_proj_dim") not in (None, get(config, "hidden_size"))
     if model_type == "opt" and (projected or get(config, "do_layer_norm_before") is False):
-        raise UnsupportedArchitectureError(
-            "opt: this OPT layout (OPT-350m's: no final norm, states projected after the last layer) is not "
-            "supported; crosspatch reads a model out as final norm + lm_head, which the other OPT sizes are")
+        raise UnsupportedArchitectureError(f"opt: {_POST_NORM_LAYOUT}")
     if get(config, "vision_config") is not None:
         # multimodal rotary positions (Qwen2-VL's M-RoPE) depend on the image grid, while the
         # batched passes give every token a 1-D position: refused rather than run inexactly
