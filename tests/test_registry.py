@@ -238,6 +238,9 @@ def _faulty_summarize(rows, ctx, options):
         return {"n": rows[0]["missing"]}
     if _FAULT["step"] == "summarize_list":
         return [len(rows)]
+    if _FAULT["step"] == "summarize_nan":  # a mean over nothing, a ratio over zero
+        return {"n_rows": len(rows), "mean": float("nan"), "ratio": np.float64(np.inf), "low": np.float32("-inf"),
+                "per_row": [float("nan")] + [1.0] * (len(rows) - 1), "table": np.array([np.nan, 2.0])}
     return {"n_rows": np.int64(len(rows)), "mean_score": np.float64(np.mean([r["score"] for r in rows])),
             "scores": np.array([r["score"] for r in rows])}
 
@@ -285,6 +288,24 @@ def test_a_plug_ins_numpy_and_torch_values_are_stored_as_numbers(faulty, tmp_pat
                         and r["vector"] == [0, 1] for r in rows)
     block = json.loads((tmp_path / "run" / "summary.json").read_text())["faulty"]
     assert block == {"n_rows": len(rows), "mean_score": 0.5, "scores": [0.5] * len(rows)}
+
+
+def test_a_plug_ins_nan_and_infinity_are_stored_as_null(faulty, tmp_path):
+    """A plug-in block's NaN or infinity was written as ``NaN``/``Infinity`` (Python's extension of
+    JSON): summary.json was then unreadable by jq, JavaScript and most languages' JSON parsers.
+    Every JSON document crosspatch writes is strict JSON: such a number is null."""
+    import json
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in a JSON document"))
+
+    faulty["step"] = "summarize_nan"
+    _run_faulty(tmp_path / "run")
+    block = strict((tmp_path / "run" / "summary.json").read_text())["faulty"]
+    assert block["mean"] is None and block["ratio"] is None and block["low"] is None
+    assert block["per_row"][0] is None and block["per_row"][1:] == [1.0] * (block["n_rows"] - 1)
+    assert block["table"] == [None, 2.0]
+    strict((tmp_path / "run" / "config.json").read_text())
 
 
 @pytest.mark.parametrize("step, message", [

@@ -344,3 +344,17 @@ def test_a_callers_autocast_changes_no_number():
     outside = run("it-lora-all", max_new_tokens=8).document["checks"]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert run("it-lora-all", max_new_tokens=8).document["checks"] == outside
+
+
+def test_domain_text_of_one_token_texts_measures_nothing_and_says_so(tmp_path):
+    """Texts of one token each under a tokenizer that adds no BOS leave no token to predict: the
+    check compared NaN with NaN, failed every descendant ("did the fine-tune learn its domain?")
+    and wrote NaN into preflight.json. It says nothing was measured."""
+    from types import SimpleNamespace
+
+    from crosspatch.workflows.preflight_checks import _domain_check
+
+    one_token = SimpleNamespace(tokenizer=lambda text, add_special_tokens: {"input_ids": [7]})
+    check = _domain_check(one_token, ["base", "adapter"], ["Rain", "Wind"], PreflightPolicy())
+    assert check.status == "warn" and "nothing measured" in check.summary and "2 domain text" in check.summary
+    assert check.numbers == {"nll": {"base": None, "adapter": None}, "tokens": 0, "texts": 0}

@@ -46,9 +46,8 @@ def gate_cmd(
     """Pass or fail a run for CI: exit 0 pass, 1 fail, 2 unusable run (missing, unfinished,
     inconsistent, or a sanity control failed). Prints the verdict and its reason. On a compare
     directory: every descendant's run, one line each, and the exit code of the worst."""
-    import json
 
-    from ..store.files import json_value
+    from ..store.files import json_document
     from ..workflows.gate import gate
 
     overrides: dict[str, Any] = {k: v for k, v in dict(max_interaction_share=max_interaction_share,
@@ -62,7 +61,7 @@ def gate_cmd(
         _fail(exc)
     outcome = gate(run_dir, {**base_policy, **overrides})
     if as_json:
-        print(json.dumps(outcome, indent=2, default=json_value))
+        print(json_document(outcome), end="")
     else:
         styles = {0: "bold green", 1: "bold red", 2: "bold yellow"}
 
@@ -112,18 +111,17 @@ def pool_cmd(
 ) -> None:
     """Pool several families family-balanced: the mean of per-family means, prompts resampled
     within each family (each run at its headline boundary, common-IT readout)."""
-    import json
 
     from ..report.markdown import fmt_effect
     from ..runner.compare import pool_runs
-    from ..store.files import json_value
+    from ..store.files import json_document
 
     try:
         pooled = pool_runs(list(run_dirs), bootstrap=bootstrap, seed=seed)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     if as_json:
-        print(json.dumps(pooled, indent=2, default=json_value))
+        print(json_document(pooled), end="")
         return
     for name in pooled.get("families_without_events") or []:
         console.print(Text.assemble(("warning ", "yellow"), f"{name}: no scorable first-divergence event at its headline "
@@ -230,10 +228,9 @@ def analyses_cmd(as_json: bool = typer.Option(False, "--json", help="Print one J
     default, and its options (set with --analysis-option NAME.OPTION=VALUE; add an analysis to a run
     with --analysis NAME, a control with --controls)."""
     import dataclasses
-    import json
 
     from ..core.registry import registered
-    from ..store.files import json_value
+    from ..store.files import json_document
     from .options import field_default
 
     listing = []
@@ -243,7 +240,7 @@ def analyses_cmd(as_json: bool = typer.Option(False, "--json", help="Print one J
         listing.append({"name": plugin.name, "role": plugin.role, "default": plugin.default,
                         "description": plugin.description, "options": options})
     if as_json:
-        print(json.dumps(listing, indent=2, default=json_value))
+        print(json_document(listing), end="")
         return
     table = Table(title="crosspatch analyses (--analysis NAME, --controls NAME, --analysis-option NAME.OPTION=VALUE)")
     for column in ("name", "role", "by default", "what it does", "options"):

@@ -53,9 +53,8 @@ def preflight_cmd(
     """Before you merge or ship: is the adapter active, does the merge compute what the adapter
     computes, do the models still generate sensibly, did the fine-tune learn its domain. Exit 0
     when every check passes, 1 when one fails, 2 for unusable input."""
-    import json
 
-    from ..store.files import json_value
+    from ..store.files import json_document
     from ..workflows.preflight import preflight
 
     try:
@@ -67,7 +66,7 @@ def preflight_cmd(
     except CrosspatchError as exc:
         _fail(exc)
     if as_json:
-        print(json.dumps(result.document, indent=2, default=json_value))
+        print(json_document(result.document), end="")
     else:
         table = Table(title=f"crosspatch preflight: {'PASS' if result.passed else 'FAIL'}")
         for column in ("check", "status", "finding"):
@@ -190,7 +189,6 @@ def env_cmd(
     """What crosspatch runs on: versions, devices and memory, what --dtype auto resolves to, the
     optional extras, headless Chromium for the report tests; with --base and a descendant, the
     residency a run would choose and why (nothing is loaded)."""
-    import json
     import os
 
     import torch
@@ -198,7 +196,7 @@ def env_cmd(
     from ..models.loading import validate_load_options
     from ..report.browser import find_chromium
     from ..store import environment, package_version
-    from ..store.files import json_value
+    from ..store.files import json_document
 
     try:
         options = load
@@ -237,7 +235,7 @@ def env_cmd(
     except CrosspatchError as exc:
         _fail(exc)
     if as_json:
-        print(json.dumps(facts, indent=2, default=json_value))
+        print(json_document(facts), end="")
         return
     table = Table(title="crosspatch env")
     table.add_column("what")

@@ -30,7 +30,7 @@ from ..core.stats import BootstrapConfig, block_bootstrap
 from ..errors import OptionError
 from ..execution import Executor, Late, ModelSet, Program
 from ..report.collections import cross_cell, render_compare_markdown, write_compare_pages  # noqa: F401 (cross_cell re-exported)
-from ..store import checked, json_value, mark_collection, read_collection_summary, write_whole
+from ..store import checked, json_document, mark_collection, read_collection_summary, write_whole
 from .checks import check_model_set, check_out_dir
 from .config import check_switches
 from .pipeline import RunConfig, RunResult, run
@@ -184,7 +184,7 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     summary = compare_summary(models, runs, plan, BootstrapConfig(config.bootstrap, config.seed))
     if out is not None:
         out = Path(out)
-        write_whole(out / "compare.json", json.dumps(checked("compare.json", summary), indent=2, default=json_value) + "\n")
+        write_whole(out / "compare.json", json_document(checked("compare.json", summary)))
         report = write_compare_pages(out, summary)  # the Markdown it wrote
     else:
         report = render_compare_markdown(summary)

@@ -4,7 +4,6 @@ interaction (every cell read with the final's head), the table and plot of the r
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from ..errors import OptionError
 from ..execution import Executor, ModelSet, Program
 from ..models.vocab import masked_argmax
 from ..report.collections import LINEAGE_COLUMNS, lineage_rows, render_lineage_markdown, write_lineage_pages  # noqa: F401 (re-exported)
-from ..store import checked, json_value, mark_collection, read_collection_summary, write_whole
+from ..store import checked, json_document, mark_collection, read_collection_summary, write_whole
 from .checks import check_model_set, check_out_dir
 from .config import check_switches
 from .pipeline import RunConfig, RunResult, run
@@ -134,7 +133,7 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
         summary["training_steps"] = {s: steps[s] for s in models.descendants if s in steps}
     if out is not None:
         out = Path(out)
-        write_whole(out / "lineage.json", json.dumps(checked("lineage.json", summary), indent=2, default=json_value) + "\n")
+        write_whole(out / "lineage.json", json_document(checked("lineage.json", summary)))
         report = write_lineage_pages(out, summary)  # the Markdown it wrote
     else:
         report = render_lineage_markdown(summary)

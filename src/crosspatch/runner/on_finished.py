@@ -5,7 +5,6 @@ crosspatch writes (a pair, a compare member, a lineage run) and hold its lock wh
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from ..execution import Executor
 from ..inputs.prompts import as_prompts
 from ..models.own_forward import without_autocast
 from ..models.paths import local_max_positions, local_rope_switch, local_sparse_topk
-from ..store import RunStore, json_value, write_whole
+from ..store import RunStore, json_document, write_whole
 from .checks import check_continuation_lengths
 from .finished import first_events, load_request, recorded_load_options, reopen_models, resummarize, run_on_finished
 from .gathered import drive_gathered
@@ -191,7 +190,7 @@ def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_on
     out.mkdir(parents=True, exist_ok=True)
     name = "train" if train_only else "mediate"  # each command's result kept beside the other's
     result["result"] = name
-    write_whole(out / f"{name}.json", json.dumps(result, indent=2, default=json_value) + "\n")
+    write_whole(out / f"{name}.json", json_document(result))
     resummarize(store, config)  # the features plug-in reads the results into summary.json and the reports
     return result
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
@@ -193,8 +194,32 @@ def json_line(row: dict) -> str:
     return json.dumps(row, default=json_value) + "\n"
 
 
+def finite_values(obj):
+    """``obj`` with every NaN or infinite number as ``None`` (numpy and torch values first made
+    numbers and lists, :func:`json_value`): what a JSON document crosspatch writes holds, so that
+    any JSON parser reads it (``NaN`` is Python's extension, which jq, JavaScript and most
+    languages' parsers refuse)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: finite_values(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_values(value) for value in obj]
+    if isinstance(obj, (bool, int, str)) or obj is None:
+        return obj
+    if type(obj).__module__.split(".")[0] in ("numpy", "torch") or isinstance(obj, (set, frozenset)):
+        return finite_values(json_value(obj))
+    return obj
+
+
+def json_document(obj, indent: int | None = 2) -> str:
+    """``obj`` as the text of a JSON document (strict JSON: a non-finite number is ``null``,
+    :func:`finite_values`; numpy and torch values as numbers), with a final newline."""
+    return json.dumps(finite_values(obj), indent=indent, default=json_value, allow_nan=False) + "\n"
+
+
 def _write_json(path: Path, obj) -> None:
-    write_whole(path, json.dumps(obj, indent=2, sort_keys=False, default=json_value) + "\n")
+    write_whole(path, json_document(obj))
 
 
 def read_json_object(path: Path, what: str) -> dict:

@@ -169,8 +169,11 @@ def render_schema_docs() -> str:
     lines = ["# File schemas", "",
              "The JSON files crosspatch writes, as the TypedDicts of `crosspatch.store.schemas` describe them. Each is "
              "checked when written and when read; keys not listed are allowed (a registered analysis adds its "
-             "block to `summary.json` under its `summary_key`). Generated from the code; a test keeps this page in "
-             "sync.", ""]
+             "block to `summary.json` under its `summary_key`). The JSON documents (`config.json`, "
+             "`summary.json`, `compare.json`, `lineage.json`, an analysis' or a workflow's `.json`, and `--json` "
+             "output) are strict JSON: a number that is not finite (NaN, infinity) is `null`. The JSON-lines "
+             "records keep Python's `NaN` for a non-finite cell of an invalid event (`valid: false`); "
+             "`events.parquet` holds it as a float. Generated from the code; a test keeps this page in sync.", ""]
     documents = {**{f"`{name}`": tp for name, tp in DOCUMENTS.items()},
                  **{f"`{tp.__name__}`": tp for tp in (Counts, EffectBlock, Stat, ControlRow, VerdictRecord)}}
     for title, tp in documents.items():

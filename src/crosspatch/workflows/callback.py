@@ -33,7 +33,6 @@ test trains a zoo LoRA with TRL and checks this to 1e-4).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from transformers import TrainerCallback
 from ..errors import ModelLoadError, OptionError
 from ..models.anatomy import is_peft_model
 from ..runner.summary import HEADLINE_EFFECTS as METRICS  # the effects it logs
-from ..store import json_line, json_value, write_whole
+from ..store import json_document, json_line, write_whole
 from .training_out import STEPS_FILE, TrainingPlace, claim_out, place_of_training
 
 
@@ -176,7 +175,7 @@ class CrosspatchCallback(TrainerCallback):
         place = self._place if known else TrainingPlace(None, Path(args.output_dir))  # (training begun by hand)
         checkpoint = place.checkpoint(state.global_step)
         if row is not None and checkpoint is not None:
-            write_whole(checkpoint / "crosspatch.json", json.dumps(row, indent=2, default=json_value) + "\n")
+            write_whole(checkpoint / "crosspatch.json", json_document(row))
         return control
 
     # -- the diagnostic -------------------------------------------------------------------------

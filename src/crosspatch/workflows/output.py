@@ -124,11 +124,11 @@ def html_page(title: str, intro: list[str], sections: list[Section], columns: li
 def write_outputs(out: str | Path, kind: str, document: dict, title: str, intro: list[str],
                   sections: list[Section], columns: list[dict] | None = None) -> Path:
     """Write ``<kind>.json``, ``<kind>.md`` and ``<kind>.html`` into ``out`` under its lock."""
-    from ..store import RunStore, json_value, write_whole
+    from ..store import RunStore, json_document, write_whole
 
     path = Path(out)
     with RunStore(path).lock():
         write_whole(path / f"{kind}.md", markdown_page(title, intro, sections))
         write_whole(path / f"{kind}.html", html_page(title, intro, sections, columns))
-        write_whole(path / f"{kind}.json", json.dumps(document, indent=2, default=json_value) + "\n")  # last: marks done
+        write_whole(path / f"{kind}.json", json_document(document))  # last: marks done
     return path

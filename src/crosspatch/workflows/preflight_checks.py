@@ -173,6 +173,10 @@ def _domain_check(models, roles: list[str], texts: list[str], policy: PreflightP
     tokenizer = models.tokenizer
     sequences = [tokenizer(t, add_special_tokens=True)["input_ids"][:1024] for t in texts]
     sequences = [s for s in sequences if len(s) > 1]
+    if not sequences:  # (a tokenizer without BOS and texts of one token each: no next token to predict)
+        return Check("domain-learning", "warn", f"nothing measured: none of the {len(texts)} domain text(s) is two "
+                     "tokens or longer, so no model predicts a token of it; give longer held-out text",
+                     [], {"nll": dict.fromkeys(roles), "tokens": 0, "texts": 0}, None)
     nll = {role: domain_nll(models, role, sequences)[0] for role in roles}
     tokens = sum(len(s) - 1 for s in sequences)
     worse = [role for role in roles[1:] if not nll[role] < nll["base"]]

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..inputs.prompts import PromptSet
 from ..runner.checks import validate_run_options
 from ..runner.pipeline import RunConfig, RunResult, run
-from ..store import write_whole
+from ..store import json_document, write_whole
 from . import DEMO_DESCENDANTS, DESCENDANTS, NULLS, load_zoo_pair, verify, zoo_path, zoo_prompts
 from .build import ZooSpec
 from .demo_report import render_demo_html, render_demo_report
@@ -115,7 +115,7 @@ def run_demo(
     report = render_demo_report(summary)
     write_whole(out / "report.md", report)
     write_whole(out / "report.html", render_demo_html(summary, out))
-    write_whole(out / "summary.json", json.dumps(summary, indent=2) + "\n")  # last: the demo is done
+    write_whole(out / "summary.json", json_document(summary))  # last: the demo is done
     return DemoResult(out, runs, summary, report)
 
 
