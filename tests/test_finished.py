@@ -194,3 +194,31 @@ def test_an_analysis_after_a_run_of_models_given_in_memory_says_why_it_cannot_lo
     for later in (lambda: run_on_finished(tmp_path / "r", "pre_late_commitment"), lambda: run_features(tmp_path / "r")):
         with pytest.raises(ModelLoadError, match="given in memory .* cannot load them again: ask for it in the run"):
             later()
+
+
+def test_a_run_of_relative_model_paths_reopens_from_any_directory(tmp_path, monkeypatch):
+    """A run given relative model paths recorded them as given: `consequence`, `features` or an
+    added analysis run from another directory (or a Ray worker with its own) looked for them
+    there, found nothing and asked the hub ("--base m/base: not a local directory"). Local paths
+    are recorded absolute; a run written before says which relative path and from where."""
+    from crosspatch.errors import ModelPathNotFoundError
+    from crosspatch.runner.finished import run_on_finished
+
+    save_tiny_lora(tmp_path / "m")
+    _prompt_file(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["run", "--base", "m/base", "--tuned", "m/merged", "--prompts", "p.jsonl",
+                                   "--out", "r", *SETTINGS])
+    assert res.exit_code == 0, res.output
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["load_spec"]["base"] == str(tmp_path / "m" / "base")
+    assert config["prompts"]["path"] == str(tmp_path / "p.jsonl")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert run_on_finished(tmp_path / "r", "pre_late_commitment") is not None
+
+    config["load_spec"]["base"] = "m/base"  # as a run written before recorded it
+    (tmp_path / "r" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelPathNotFoundError, match=r"recorded a model as m/base, a path relative .*"
+                                                      r"/elsewhere/m/base is no directory"):
+        run_on_finished(tmp_path / "r", "pre_late_commitment")

@@ -38,7 +38,7 @@ from ..models.loading import (
     validate_load_options,
     weight_files,
 )
-from ..models.paths import check_model_path
+from ..models.paths import check_model_path, looks_local
 from ..models.vocab import RealVocabulary, build_real_vocabulary
 from .adapters import _load_adapters, descendant_tokenizer
 from .modelset import RESIDENCIES, ModelSet, ReadoutHead, ResidentSet, SequentialSet
@@ -166,8 +166,17 @@ def _check_set(roles, tokenizers, facts, options) -> tuple[RealVocabulary, list[
 def load_spec(base: str, tuned_roles: dict[str, str], adapter_roles: dict[str, str], options: LoadOptions) -> dict:
     """What reloads a model set, as config.json records it (``load_spec``): the paths by role and
     the load options (residency resolved; weights not hashed again on a reload)."""
-    return {"base": base, "tuned": tuned_roles or None, "adapters": adapter_roles or None,
+    return {"base": reload_path(base), "tuned": {role: reload_path(p) for role, p in tuned_roles.items()} or None,
+            "adapters": {role: reload_path(p) for role, p in adapter_roles.items()} or None,
             "options": {**vars(options), "hash_weights": False}}
+
+
+def reload_path(path: str) -> str:
+    """How a load spec names a model: a local directory as an absolute path (a relative one named
+    nothing once the analyses after the run, a Ray worker or a resume ran from another directory),
+    a hub id (or a model given in memory) as given."""
+    local = os.path.expanduser(str(path))
+    return os.path.abspath(local) if looks_local(str(path)) and os.path.isdir(local) else path
 
 
 def load_models(

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from ..core.cells import CellRecord, headline_boundary
 from ..core.divergence import DivergenceEvent
-from ..errors import CorruptRunFileError, ModelLoadError, OptionError
+from ..errors import CorruptRunFileError, ModelLoadError, ModelPathNotFoundError, OptionError
 from .reading import image_prompts_of_run, register_run_images
+from .resume import recorded_models
 
 _SESSION_KEYS = ("cost_this_session", "fp32_verification")  # summary keys a later summary keeps
 
@@ -40,6 +41,13 @@ def load_request(config: dict) -> tuple[str, dict | None, dict | None, dict]:
             "this run's models were given in memory (pair_from_models, pair_from_peft_model, models_from_modules, or "
             "the training callback), so an analysis after the run cannot load them again: ask for it in the run "
             "itself (crosspatch.run(..., consequence=True) or analyses=[...]), or run the saved checkpoints")
+    local = {str(entry.get("path")) for entry in recorded_models(config) if entry and entry.get("local")}
+    for path in (base, *(tuned or {}).values(), *(adapters or {}).values()):
+        if path in local and not Path(path).is_absolute() and not Path(path).expanduser().is_dir():
+            raise ModelPathNotFoundError(
+                f"the run recorded a model as {path}, a path relative to the directory it ran in (runs "
+                f"written before crosspatch recorded absolute paths), and {Path(path).absolute()} is no directory: "
+                "run this command from the directory the run ran in")
     return base, tuned, adapters, options
 
 

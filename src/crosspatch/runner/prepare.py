@@ -3,6 +3,7 @@ null descendants it adds, and the record of everything it was asked that goes in
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, replace
 
 from ..core.cells import headline_boundary
@@ -81,6 +82,8 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
         "load_options": pair.provenance.get("load_options", {}),
         "prompts": {"count": len(prompts), "sha256": digest,  # and where they were read from (inputs.PromptSet)
                     **({"source": source} if (source := getattr(prompts, "source", None)) else {}),
+                    # (absolute: what the analyses after the run read again for images, from any directory)
+                    **({"path": os.path.abspath(source)} if source and os.path.isfile(source) else {}),
                     **({"fields": fields} if (fields := getattr(prompts, "fields", None)) else {})},
         "prompt_ids": shard_ids if shard_ids is not None else [p.id for p in prompts],  # this run's (shard's)
         "fingerprint_inputs": result_parts,

@@ -183,13 +183,13 @@ def image_prompts_of_run(config: dict, events: list, prompts: list | None = None
         source = recorded.get("source")
         piped = source in (None, "-", "standard input")
         try:
-            prompts = None if piped else load_prompts(source, recorded.get("fields"))
+            prompts = None if piped else load_prompts(recorded.get("path") or source, recorded.get("fields"))
         except (OSError, CrosspatchError):
             prompts = None
         if prompts is None or prompts_digest(prompts) != recorded.get("sha256"):
+            named = recorded.get("path") or f"{source} (a relative path is read from the current directory)"
             where = ("its prompts were piped in, so there is no file to read them from again" if piped else
-                     f"{source} (a relative path is read from the current directory) is gone or no longer the "
-                     "run's (its sha256 differs)")
+                     f"{named} is gone or no longer the run's (its sha256 differs)")
             raise PromptImageError(
                 f"this run's events hold images, which a run directory keeps only as paths in its prompt file: "
                 f"{where}. Put the run's prompt file and images back where they were, or run again")
