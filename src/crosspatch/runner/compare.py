@@ -331,7 +331,7 @@ def _pair_identity(config: dict) -> str | None:
     compare's run directory the one descendant it scores, not every one the compare loaded), as
     one key; None where a model's weights were not hashed (``hash_weights=False``: recorded as
     None per file) or not recorded (a hub id): then two runs of one pair cannot be told apart."""
-    from .resume import recorded_models
+    from .finished import recorded_models
 
     models = config.get("models") or {}
     descendants = models.get("descendants") or {}

@@ -17,7 +17,6 @@ from ..core.cells import CellRecord, headline_boundary
 from ..core.divergence import DivergenceEvent
 from ..errors import CorruptRunFileError, ModelLoadError, ModelPathNotFoundError, OptionError
 from .reading import image_prompts_of_run, register_run_images
-from .resume import recorded_models
 
 _SESSION_KEYS = ("cost_this_session", "fp32_verification")  # summary keys a later summary keeps
 
@@ -49,6 +48,15 @@ def load_request(config: dict) -> tuple[str, dict | None, dict | None, dict]:
                 f"written before crosspatch recorded absolute paths), and {Path(path).absolute()} is no directory: "
                 "run this command from the directory the run ran in")
     return base, tuned, adapters, options
+
+
+def recorded_models(stored_config: dict) -> list[dict | None]:
+    """The provenance entries a run's config records for its models (``path``, ``weights``: file
+    name -> sha256, or None where not hashed): the base's (None if missing), then the descendant's
+    or adapter's, or every descendant's of a run that loaded several."""
+    models = stored_config.get("models") or {}
+    return [models.get("base")] + ([models[k] for k in ("tuned", "adapter") if k in models]
+                                   or list((models.get("descendants") or {}).values()))
 
 
 def _load_request(config: dict) -> tuple[str, dict | None, dict | None, dict]:

@@ -13,6 +13,7 @@ from ..errors import CrosspatchError
 from ..inputs.prompts import Prompt, as_prompts, prompts_digest
 from ..store import RESULT_RULES, RunStore, completed_prompts, json_value
 from .config import RunConfig, normalise_run_config, resolve_boundaries
+from .finished import recorded_models
 from .result import RunResult
 from .shards import select_shard
 
@@ -172,15 +173,6 @@ def finished_outputs(boundaries: list) -> list[str]:
     """The files a finished run directory holds besides its records: the table, the reports and,
     for several boundaries, the sweep's plots (each written whole or not at all)."""
     return ["events.parquet", "report.md", "report.html"] + (["sweep.png", "sweep.svg"] if len(boundaries) > 1 else [])
-
-
-def recorded_models(stored_config: dict) -> list[dict | None]:
-    """The provenance entries a run's config records for its models (``path``, ``weights``: file
-    name -> sha256, or None where not hashed): the base's (None if missing), then the descendant's
-    or adapter's, or every descendant's of a run that loaded several."""
-    models = stored_config.get("models") or {}
-    return [models.get("base")] + ([models[k] for k in ("tuned", "adapter") if k in models]
-                                   or list((models.get("descendants") or {}).values()))
 
 
 def processed_prompts(precision: dict | None, prompts: list[Prompt], records, no_div, boundaries) -> list[Prompt]:
