@@ -81,6 +81,21 @@ def test_opt_layers_in_its_decoder_are_found_and_its_350m_layout_is_refused_by_n
         find_anatomy(AutoModelForCausalLM.from_config(OPTConfig(**small)))
 
 
+def test_xglm_and_biogpt_final_norms_are_found_and_ctrl_is_refused_by_name():
+    """XGLM and BioGPT keep their final norm as ``layer_norm``: both were refused ("no final norm
+    found"); they run exactly (every architecture test). CTRL's final ``layernorm`` is found too,
+    but crosspatch's decoding of a tiny CTRL does not reproduce transformers' greedy continuations,
+    so it is refused by name from its config.json rather than run inexactly."""
+    from crosspatch.errors import UnsupportedArchitectureError
+    from crosspatch.models.anatomy import check_supported
+
+    for arch in ("xglm", "biogpt"):
+        found = find_anatomy(tiny_model(arch))
+        assert found.final_norm is found.backbone.layer_norm, arch
+    with pytest.raises(UnsupportedArchitectureError, match="ctrl: .*refused rather than run inexactly"):
+        check_supported({"model_type": "ctrl", "n_layer": 2})
+
+
 class _TupleLayer(nn.Module):
     """A transformers-4.x-style decoder layer: returns ``(hidden_states,)``."""
 

@@ -81,6 +81,10 @@ def _more_configs(common: dict, vocab: int, layers: int) -> dict:
         "opt": ("OPTConfig", dict(vocab_size=vocab, hidden_size=32, ffn_dim=64, num_hidden_layers=layers,
                                   num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=32,
                                   bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)),
+        "xglm": ("XGLMConfig", dict(vocab_size=vocab, d_model=32, ffn_dim=64, num_layers=layers, attention_heads=4,
+                                    max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                                    tie_word_embeddings=False)),
+        "biogpt": ("BioGptConfig", dict(common)),
         "granite": ("GraniteConfig", dict(common, logits_scaling=2.0, residual_multiplier=0.5,
                                           embedding_multiplier=2.0, attention_multiplier=0.2)),
         "smollm3": ("SmolLM3Config", dict(common, no_rope_layer_interval=2)),
@@ -116,7 +120,7 @@ def tiny_model(arch: str = "llama", layers: int = 4, seed: int = 0, vocab_size: 
 
     vocab = vocab_size or (len(char_tokenizer()) + VOCAB_PADDING)
     config = _configs(vocab, layers)[arch]()
-    config._attn_implementation = "eager" if arch in ("gemma2", "gpt_oss") else "sdpa"
+    config._attn_implementation = "eager" if arch in ("gemma2", "gpt_oss", "xglm") else "sdpa"  # (XGLM: no SDPA path)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
