@@ -88,7 +88,9 @@ def test_static_decoding_finds_the_eager_events_with_bit_identical_exact_cells(a
     eager = run(pair, prompts, decode="eager", **options)
     static = run(pair, prompts, decode="static", **options)
     used = static.summary["cost_this_session"]["decode"]
-    assert used["mode"] == "static" or "no static KV cache" in used["reason"]  # a recorded fallback
+    # or a recorded fallback: no static cache, or a forward that fails with one (XGLM on transformers 4.x)
+    assert used["mode"] == "static" or "no static KV cache" in used["reason"] or \
+        "fails with a static cache" in used["reason"]
     assert [(r.key, r.position, r.t_pt, r.t_it) for r in static.records] == \
         [(r.key, r.position, r.t_pt, r.t_it) for r in eager.records]
     assert [r.cells for r in static.records] == [r.cells for r in eager.records]
