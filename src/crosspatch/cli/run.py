@@ -130,6 +130,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     from ..inputs.chats import check_chat_rows
     from ..models.adapters import check_adapter_files
     from ..models.anatomy import check_supported
+    from ..models.cached import checkable
     from ..models.checks import check_weights_fit_config, compare_configs, compare_weight_layouts, local_input_embeddings
     from ..models.loading import check_custom_code, check_weight_format
     from ..models.paths import local_config, local_is_multimodal, local_max_positions, local_rope_switch, local_sparse_topk
@@ -161,21 +162,23 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     adapters = [(named_path(p) or (None, p))[1] for p in adapters]
     for path in tuned:
         check_model_path(path, role, revision=options.revision)
+    # a hub id's files are read from its snapshot in the local cache, when that holds the whole checkpoint
+    files = {path: checkable(path, options.revision) for path in [base, *tuned]}
     for path in adapters:
         check_model_path(path, role, adapter=True)  # adapters load at their main revision
-        check_adapter_files(path, options.allow_pickle, base)  # and that a LoRA's weights fit the base's
+        check_adapter_files(path, options.allow_pickle, files[base])  # and that a LoRA's weights fit the base's
     check_distinct_descendants(list(tuned) + list(adapters))
     for path in [base, *tuned]:
-        check_supported(local_config(path))  # a hub id: checked once loaded
+        check_supported(local_config(files[path]))  # a hub id not in the cache: checked once loaded
     for path in [base, *tuned]:  # model code a checkpoint ships is named before its model type is compared
-        check_custom_code(path, options.trust_remote_code)
-        check_weight_format(path, options.allow_pickle)
-        check_weights_fit_config(path)  # a weight missing, or a config.json not its weights
+        check_custom_code(files[path], options.trust_remote_code)
+        check_weight_format(files[path], options.allow_pickle)
+        check_weights_fit_config(files[path])  # a weight missing, or a config.json not its weights
     for path in tuned:  # another architecture, depth or width, from the config files (--dry-run too)
         names = ("PT", "IT") if len(tuned) + len(adapters) == 1 else ("base", path)
-        compare_configs(base, path, names)
-        compare_weight_layouts(base, path, names)  # a descendant lacking weights, a config not its weights
-    layers = local_num_layers(base)
+        compare_configs(files[base], files[path], names)
+        compare_weight_layouts(files[base], files[path], names)  # a descendant lacking weights, a config not its weights
+    layers = local_num_layers(files[base])
     if layers is not None:
         resolve_boundaries(config, layers)
     # the chat template's refusals and prompts the two tokenizers split apart, named before the weights load;
@@ -185,15 +188,15 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
                                    config.chat_template)
     # prompts the generation budget, the consequences' continuations or a control's decoding would carry past
     # the base's positions
-    check_prompt_lengths(list(token_ids), list(token_ids.values()), config.max_new_tokens, local_max_positions(base),
-                         *_decoding_reach(config, layers, items), sparse_topk=local_sparse_topk(base),
-                         rope_switch=local_rope_switch(base))
+    check_prompt_lengths(list(token_ids), list(token_ids.values()), config.max_new_tokens,
+                         local_max_positions(files[base]), *_decoding_reach(config, layers, items),
+                         sparse_topk=local_sparse_topk(files[base]), rope_switch=local_rope_switch(files[base]))
     # ids a tokenizer that is not its model's gives beyond a checkpoint's embeddings (an adapter's model: the base's)
     check_prompt_token_ids(list(token_ids), list(token_ids.values()),
-                           {"base": local_input_embeddings(base),
-                            **{f"descendant {path}": local_input_embeddings(path) for path in tuned}})
+                           {"base": local_input_embeddings(files[base]),
+                            **{f"descendant {path}": local_input_embeddings(files[path]) for path in tuned}})
     images = [p.id for p in items if p.metadata.get("image")]
-    if images and local_is_multimodal(base) is False:
+    if images and local_is_multimodal(files[base]) is False:
         raise PromptImageError(f"prompt(s) {', '.join(images[:5])} have an image, but the base is a text-only model")
     check_out_dir(out, resume=session.resume, overwrite=session.overwrite, collection=collection)
     return items
@@ -223,6 +226,7 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
     from ..analyses.repeated_prompts import find_repeats
     from ..execution import choose_residency, kv_bytes_per_token, largest_batch_tokens
     from ..execution.batching import over_batch_tokens, state_cache_bytes
+    from ..models.cached import checkable
     from ..models.loading import DTYPES, load_tokenizer
     from ..models.paths import config_hidden_size, local_config
     from ..runner.checks import local_num_layers
@@ -230,7 +234,8 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
 
     out = _stdout()
     residency, reason = choose_residency(base, tuned, adapters, options)
-    layers = local_num_layers(base)
+    read = checkable(base, options.revision)  # (a hub id's whole snapshot in the local cache)
+    layers = local_num_layers(read)
     prompts = select_shard(items, config.shard)
     lines = [f"base: {base}"] + [f"descendant: {p}" for p in tuned] + [f"adapter: {p}" for p in adapters]
     lines.append(f"residency: {residency} ({reason})")
@@ -239,8 +244,8 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
         lines.append(f"boundaries: {', '.join(map(str, bounds))} of {layers} layers")
     else:
         bounds = None
-        lines.append("boundaries: resolved when the model config is read (hub id)")
-    model_config = local_config(base)
+        lines.append("boundaries: resolved when the model config is read (a hub id not in the local cache)")
+    model_config = local_config(read)
     itemsize = DTYPES[options.dtype].itemsize
     lines.append(f"prompts: {len(prompts)}" + (f" (shard {config.shard} of {len(items)})" if config.shard else ""))
     kinds, controls = parse_event_kinds(config.event_kinds), parse_controls(config.controls)

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ..models.adapters import adapter_settings, changes_base_in_place, check_adapter_files, method_conflict, vocabulary_conflict
+from ..models.cached import checkable
 from ..models.checks import (
     check_readout,
     check_special_tokens,
@@ -46,7 +47,10 @@ from .roles import BASE, descendant_roles, model_path_arg
 
 
 # -- loading ----------------------------------------------------------------------------------
-def _weights_bytes(path: str) -> int | None:
+def _weights_bytes(path: str, revision: str | None = None) -> int | None:
+    """The bytes of a checkpoint's weight files: a local directory's, or a hub id's whole snapshot
+    in the local cache (:func:`~crosspatch.models.cached.checkable`); None where unknown."""
+    path = checkable(path, revision)
     if not is_local(path):
         return None
     return sum(f.stat().st_size for f in weight_files(path)) or None
@@ -109,11 +113,11 @@ def choose_residency(base: str, tuned: str | list[str] | None, adapter: str | li
 
 def _fitting_residency(base: str, tuned: list[str], options: LoadOptions) -> tuple[str, str]:
     """``both`` where the base and ``tuned`` fit in the target device's free memory, else ``sequential``."""
-    sizes = [_weights_bytes(p) for p in [base] + tuned]
+    sizes = [_weights_bytes(p, options.revision) for p in [base] + tuned]
     free = _available_bytes(options)
     known = [s for s in sizes if s is not None]
     if len(known) < len(sizes) or free is None:
-        return "both", "model sizes or free memory unknown (hub ids); loading all"
+        return "both", "model sizes or free memory unknown (hub ids not in the local cache); loading all"
     scale = DTYPES[resolve_dtype(options.dtype, options.device)].itemsize / 2  # files are mostly 16-bit
     need = int(sum(known) * max(scale, 1.0) * 1.2)
     if need <= free:
@@ -197,17 +201,18 @@ def load_models(
     check_model_path(base, "base", revision=options.revision)
     for path in tuned_roles.values():
         check_model_path(path, "tuned", revision=options.revision)
+    files = {path: checkable(path, options.revision) for path in [base, *tuned_roles.values()]}  # (cached hub ids)
     for path in [base, *tuned_roles.values()]:
-        check_custom_code(path, options.trust_remote_code)
-        check_weight_format(path, options.allow_pickle)  # every checkpoint's, before the base's weights load
-        check_weights_fit_config(path)  # a weight missing, or a config.json not its weights
+        check_custom_code(files[path], options.trust_remote_code)
+        check_weight_format(files[path], options.allow_pickle)  # every checkpoint's, before the base's weights load
+        check_weights_fit_config(files[path])  # a weight missing, or a config.json not its weights
     for role, path in tuned_roles.items():  # from their config.json files, before any weight loads
         names = ("PT", "IT") if len(tuned_roles) + len(adapter_roles) == 1 else (BASE, role)
-        compare_configs(base, path, names)
-        compare_weight_layouts(base, path, names)
+        compare_configs(files[base], files[path], names)
+        compare_weight_layouts(files[base], files[path], names)
     for path in adapter_roles.values():
         check_model_path(path, "tuned", adapter=True)  # adapters load at their main revision
-        check_adapter_files(path, options.allow_pickle, base)  # and that its LoRA weights fit the base's
+        check_adapter_files(path, options.allow_pickle, files[base])  # and that its LoRA weights fit the base's
     if not tuned_roles and not adapter_roles:
         raise ModelLoadError("give at least one descendant: tuned= (a checkpoint) or adapter= (a PEFT adapter dir)")
     residency, reason = choose_residency(base, list(tuned_roles.values()), list(adapter_roles.values()), options)

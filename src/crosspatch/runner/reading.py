@@ -102,12 +102,14 @@ def check_prompt_texts(base: str, descendants: list[tuple[str, bool]], prompts: 
 
 
 def _local_processor(base: str, options):
-    """The base's multimodal processor when the base is a local vision-language checkpoint (read
-    before any weight loads: configs, tokenizer and image settings), else None."""
+    """The base's multimodal processor when the base is a vision-language checkpoint in a local
+    directory or whole in the local hub cache (read before any weight loads: configs, tokenizer and
+    image settings), else None."""
+    from ..models.cached import checkable
     from ..models.loading import load_processor
     from ..models.paths import local_is_multimodal
 
-    return load_processor(base, options) if local_is_multimodal(base) else None
+    return load_processor(base, options) if local_is_multimodal(checkable(base, options.revision)) else None
 
 
 def _image_prompt_ids(processor, tokenizer, prompt: Prompt, whose: str, chat_template: bool) -> list[int]:

@@ -1,0 +1,106 @@
+"""A hub id whose whole checkpoint is in the local Hugging Face cache is checked before any model
+loads as a local directory is (crosspatch.models.cached): the boundary, the configs and the
+residency are read from its snapshot; a snapshot that lacks a shard or holds only pickle weights
+is left to the loaded model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from crosspatch.cli import app
+from crosspatch.models.cached import cached_checkpoint, checkable
+from crosspatch.testing import char_tokenizer, tiny_model
+
+COMMIT = "0" * 40
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An offline local hub cache; ``add(repo, source)`` puts a checkpoint directory in it."""
+    import huggingface_hub.constants
+
+    root = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # (read once, at import)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def add(repo, source, commit=COMMIT, branch="main"):
+        entry = root / f"models--{repo.replace('/', '--')}"
+        shutil.copytree(source, entry / "snapshots" / commit)
+        (entry / "refs").mkdir(exist_ok=True)
+        (entry / "refs" / branch).write_text(commit)
+        return entry / "snapshots" / commit
+
+    return add
+
+
+def _saved(tmp_path, name, layers=4, seed=0, **save):
+    target = tmp_path / "saved" / name
+    tiny_model("llama", layers, seed=seed).save_pretrained(target, **save)
+    char_tokenizer().save_pretrained(target)
+    return target
+
+
+def test_a_whole_cached_snapshot_is_read_and_a_partial_one_is_not(tmp_path, hub):
+    whole = hub("org/whole", _saved(tmp_path, "whole"))
+    assert cached_checkpoint("org/whole") == str(whole) == checkable("org/whole")
+    assert cached_checkpoint("org/whole", "main") == str(whole) and cached_checkpoint("org/whole", "v2") is None
+    tagged = hub("org/tagged", _saved(tmp_path, "tagged"), commit="1" * 40, branch="v2")
+    assert cached_checkpoint("org/tagged", "v2") == str(tagged) and cached_checkpoint("org/tagged") is None
+
+    sharded = hub("org/sharded", _saved(tmp_path, "sharded", max_shard_size="20KB"))
+    assert cached_checkpoint("org/sharded") == str(sharded)
+    next(sharded.glob("model-00002-of-*.safetensors")).unlink()  # a download stopped part way
+    assert cached_checkpoint("org/sharded") is None and checkable("org/sharded") == "org/sharded"
+
+    pickled = hub("org/pickled", _saved(tmp_path, "pickled"))
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")  # the Hub may hold safetensors too
+    assert cached_checkpoint("org/pickled") is None
+    assert cached_checkpoint("org/absent") is None and checkable("org/absent") == "org/absent"
+    local = _saved(tmp_path, "local")
+    assert checkable(str(local)) == str(local)  # a local directory is read as given
+
+
+def _run(*args):
+    return CliRunner().invoke(app, ["run", "--max-new-tokens", "4", "--quiet", *args])
+
+
+def test_a_cached_hub_pair_is_checked_before_any_model_loads(tmp_path, hub, monkeypatch):
+    """A hub id's boundary, depth and configs were checked only once its weights had loaded (for
+    a 32B pair: minutes, then "boundary 40 ... outside 1..3"), and `--dry-run` passed them; the
+    residency of a pair too large for memory was "both" ("model sizes unknown (hub ids)"), which
+    loads both and runs out of memory. From the cached snapshot, all are decided before loading."""
+    from crosspatch import execution
+    from crosspatch.execution import choose_residency, opening
+    from crosspatch.models.options import LoadOptions
+
+    hub("org/base", _saved(tmp_path, "base"))
+    hub("org/tuned", _saved(tmp_path, "tuned", seed=1))
+    hub("org/deeper", _saved(tmp_path, "deeper", layers=6, seed=1))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "prompt": "Rain in Boston"}) + "\n")
+    monkeypatch.setattr(execution, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
+    common = ["--prompts", str(prompts), "--out", str(tmp_path / "r")]
+    for extra, named in ((["--tuned", "org/tuned", "--boundary", "40"], "BoundaryError"),
+                         (["--tuned", "org/deeper"], "LayerCountMismatchError")):
+        for dry in ([], ["--dry-run"]):
+            res = _run("--base", "org/base", *extra, *common, *dry)
+            assert res.exit_code == 2 and named in res.output, res.output
+    res = _run("--base", "org/base", "--tuned", "org/tuned", *common, "--dry-run")
+    assert res.exit_code == 0 and "boundaries: 2 of 4 layers" in res.output, res.output
+    assert not (tmp_path / "r").exists()
+
+    from crosspatch.errors import LayerCountMismatchError
+
+    monkeypatch.setattr(opening, "load_tokenizer", lambda *a, **k: pytest.fail("loading began"))
+    with pytest.raises(LayerCountMismatchError):  # the Python API: the same checks before loading
+        opening.load_models("org/base", tuned="org/deeper", device="cpu")
+
+    options = LoadOptions(device="cpu", dtype="float32")
+    monkeypatch.setattr(opening, "_available_bytes", lambda options: 1 << 10)  # less than the two models
+    residency, reason = choose_residency("org/base", "org/tuned", None, options)
+    assert residency == "sequential" and "2 models need" in reason, reason
