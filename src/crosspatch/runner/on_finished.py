@@ -24,6 +24,7 @@ from ..analyses.features.study import Closure, FeatureStudy, split_events
 from ..errors import OptionError
 from ..execution import Executor
 from ..inputs.prompts import as_prompts
+from ..models.cached import checkable
 from ..models.own_forward import without_autocast
 from ..models.paths import local_max_positions, local_rope_switch, local_sparse_topk
 from ..store import RunStore, json_document, write_whole
@@ -73,12 +74,12 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     done = {row["event_key"] for row in stored}
     events = [e for e in events if e.prompt_id in validators and e.key not in done]
     # before loading: the file holds the images of the events it scores
-    image_prompts_of_run(config, events, given, base=load_request(config)[0])
+    base, _, _, load = load_request(config)
+    base = checkable(base, load.get("revision"))  # (a hub id: its whole snapshot in the local cache)
+    image_prompts_of_run(config, events, given, base=base)
     lengths = {e.key: len(e.prefix_ids) for e in events}
-    base_path = (config.get("models", {}).get("base") or {}).get("path")
-    check_continuation_lengths(lengths, budget, local_max_positions(base_path) if base_path else None,
-                               local_sparse_topk(base_path) if base_path else None,
-                               local_rope_switch(base_path) if base_path else None)
+    check_continuation_lengths(lengths, budget, local_max_positions(base), local_sparse_topk(base),
+                               local_rope_switch(base))
     record = store.path / PARTIAL_FILE
     before = record.read_text(encoding="utf-8") if record.is_file() else None
     with store.lock(create=False):  # what this call left out, kept beside the records so every later summary reports it
@@ -140,7 +141,8 @@ def _run_features(store, crosscoder_dir, n_layers, n_latents, k, steps, train_on
     store.summary()  # the run must have finished
     boundary, _, events = first_events(store, config)
     # before loading: the run's images can still be found, and the study's engine can pass them
-    images, needed = image_prompts_of_run(config, events, base=load_request(config)[0])
+    base, _, _, load = load_request(config)
+    images, needed = image_prompts_of_run(config, events, base=checkable(base, load.get("revision")))
     if needed and not train_only and (engine or config["options"].get("engine", "local")) != "local":
         raise OptionError("this run's events hold images: its feature study runs with the local engine (--engine local)")
     train, held = split_events(events)

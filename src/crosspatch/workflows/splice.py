@@ -318,10 +318,12 @@ def _resolve(boundaries, num_layers: int) -> list[int]:
 
 
 def _precheck_layers(base: str, boundaries) -> None:
-    """Boundaries against the layer count a local config.json gives, before any model loads."""
+    """Boundaries against the layer count a local (or whole cached) config.json gives, before any
+    model loads."""
+    from ..models.cached import checkable
     from ..models.paths import local_config, text_config
 
-    layers = text_config(local_config(base)).get("num_hidden_layers")  # {} for a hub id: checked after loading
+    layers = text_config(local_config(checkable(base))).get("num_hidden_layers")  # {}: a hub id not cached
     if isinstance(layers, int):
         _resolve(boundaries, layers)
 
