@@ -216,10 +216,18 @@ def test_consequence_command_on_a_finished_run(tmp_path):
     from crosspatch.errors import OptionError
     from crosspatch.runner.on_finished import consequence_for_run
 
-    for odd in ({"budget": 2.5}, {"budget": 0}, {"with_pt": "no"}, {"allow_partial": "yes"}, {"progress": 5}):
+    for odd in ({"budget": 2.5}, {"budget": 0}, {"with_pt": "no"}, {"allow_partial": "yes"}, {"progress": 5},
+                {"overwrite": "yes"}):
         with pytest.raises(OptionError):  # in Python as on the command line
             consequence_for_run(tmp_path / "r", str(prompts), **odd)
     assert (tmp_path / "r" / "consequence.jsonl").read_text().splitlines() == lines
+    # --overwrite scores every event afresh with the new settings (changing the budget needed the file moved away)
+    res = CliRunner().invoke(app, ["consequence", str(tmp_path / "r"), "--prompts", str(prompts), "--budget", "3",
+                                   "--overwrite"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (tmp_path / "r" / "consequence.jsonl").read_text().splitlines()]
+    assert len(rows) == len(lines) and {row["budget"] for row in rows} == {3}
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["consequences"]["n_events"] == len(lines)
 
 
 @pytest.mark.slow

@@ -162,7 +162,7 @@ def check_stored_consequences(rows: list[dict], validators: dict, budget: int, w
         if changed:
             raise RunSettingsMismatchError(
                 f"{path} holds continuations scored with other settings ({'; '.join(changed)}): run with the same "
-                "--budget, --with-pt and validators to add to them, or move that file away to score afresh")
+                "--budget, --with-pt and validators to add to them, or give --overwrite to score afresh")
 
 
 def validators_of(prompts) -> dict:

@@ -87,6 +87,9 @@ def consequence_cmd(
     allow_partial: bool = typer.Option(False, "--allow-partial",
                                        help="Score the prompts the file and the run share when they differ "
                                             "(recorded; by default a differing prompt file is an error)."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Score every event afresh, replacing the run's consequence.jsonl (by "
+                                        "default, continuations scored with other settings are an error)."),
 ) -> None:
     """Does the divergent token matter? Force t_IT, t_PT, a rank-matched and a random token at
     each event, continue greedily, score the suffix with the prompt's validator (resumable)."""
@@ -94,7 +97,8 @@ def consequence_cmd(
     from ..runner.on_finished import consequence_for_run
 
     try:
-        cons = consequence_for_run(run_dir, load_prompts(prompts, fields), budget, with_pt, allow_partial=allow_partial)
+        cons = consequence_for_run(run_dir, load_prompts(prompts, fields), budget, with_pt, allow_partial=allow_partial,
+                                   overwrite=overwrite)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     from ..analyses.consequence import render_consequences

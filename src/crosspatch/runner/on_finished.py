@@ -38,16 +38,18 @@ __all__ = ["consequence_for_run", "run_features"]
 
 
 def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt: bool = False,
-                        progress: bool = False, allow_partial: bool = False) -> dict:
+                        progress: bool = False, allow_partial: bool = False, overwrite: bool = False) -> dict:
     """``crosspatch consequence RUN_DIR``: forced-token continuations of a finished run's
     first-divergence events (prompts give the validators); resumable (events already scored in
-    consequence.jsonl are skipped). Works on every run directory crosspatch writes (a pair, a
-    compare member, a lineage run). Updates summary.json and the reports; returns the block."""
+    consequence.jsonl are skipped; scored with other settings, a named error unless ``overwrite``,
+    which scores every event afresh in place of them, once the inputs are checked). Works on every
+    run directory crosspatch writes (a pair, a compare member, a lineage run). Updates
+    summary.json and the reports; returns the block."""
     from .checks import _int
     from .config import check_switches
 
     _int("budget (--budget)", budget, 1)
-    check_switches(with_pt=with_pt, progress=progress, allow_partial=allow_partial)
+    check_switches(with_pt=with_pt, progress=progress, allow_partial=allow_partial, overwrite=overwrite)
     store = RunStore(run_dir)
     config = store.config()
     store.summary()  # the run must have finished
@@ -69,7 +71,7 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
         unchecked = check_prompt_tokens(config, given, validators, events, store.path)
     partial += unchecked if partial else []  # a file lacking only prompts without events is no partial scoring
     seed = config["options"].get("seed", 0)
-    stored = store.load_rows(CONSEQUENCE_FILE)
+    stored = [] if overwrite else store.load_rows(CONSEQUENCE_FILE)
     check_stored_consequences(stored, validators, budget, with_pt, seed, store.path / CONSEQUENCE_FILE)
     done = {row["event_key"] for row in stored}
     events = [e for e in events if e.prompt_id in validators and e.key not in done]
@@ -83,6 +85,8 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     record = store.path / PARTIAL_FILE
     before = record.read_text(encoding="utf-8") if record.is_file() else None
     with store.lock(create=False):  # what this call left out, kept beside the records so every later summary reports it
+        if overwrite:  # (asked for, and every input checked: the continuations of other settings go)
+            (store.path / CONSEQUENCE_FILE).unlink(missing_ok=True)
         _record_partial(store.path, partial)
     try:
         if events:
