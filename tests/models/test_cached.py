@@ -83,7 +83,14 @@ def test_a_cached_hub_pair_is_checked_before_any_model_loads(tmp_path, hub, monk
     hub("org/deeper", _saved(tmp_path, "deeper", layers=6, seed=1))
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"id": "p0", "prompt": "Rain in Boston"}) + "\n")
-    monkeypatch.setattr(execution, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
+    import crosspatch
+
+    def loaded(*args, **kwargs):
+        pytest.fail("a model was loaded")
+
+    # (the package's export first: read while execution's is patched, it would keep the stand-in for good)
+    monkeypatch.setattr(crosspatch, "load_models", loaded)
+    monkeypatch.setattr(execution, "load_models", loaded)
     common = ["--prompts", str(prompts), "--out", str(tmp_path / "r")]
     for extra, named in ((["--tuned", "org/tuned", "--boundary", "40"], "BoundaryError"),
                          (["--tuned", "org/deeper"], "LayerCountMismatchError")):
