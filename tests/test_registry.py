@@ -240,7 +240,8 @@ def _faulty_summarize(rows, ctx, options):
         return [len(rows)]
     if _FAULT["step"] == "summarize_nan":  # a mean over nothing, a ratio over zero
         return {"n_rows": len(rows), "mean": float("nan"), "ratio": np.float64(np.inf), "low": np.float32("-inf"),
-                "per_row": [float("nan")] + [1.0] * (len(rows) - 1), "table": np.array([np.nan, 2.0])}
+                "per_row": [float("nan")] + [1.0] * (len(rows) - 1), "table": np.array([np.nan, 2.0]),
+                "by_count": {np.int64(3): np.float32(0.25)}}
     return {"n_rows": np.int64(len(rows)), "mean_score": np.float64(np.mean([r["score"] for r in rows])),
             "scores": np.array([r["score"] for r in rows])}
 
@@ -304,7 +305,7 @@ def test_a_plug_ins_nan_and_infinity_are_stored_as_null(faulty, tmp_path):
     block = strict((tmp_path / "run" / "summary.json").read_text())["faulty"]
     assert block["mean"] is None and block["ratio"] is None and block["low"] is None
     assert block["per_row"][0] is None and block["per_row"][1:] == [1.0] * (block["n_rows"] - 1)
-    assert block["table"] == [None, 2.0]
+    assert block["table"] == [None, 2.0] and block["by_count"] == {"3": 0.25}
     strict((tmp_path / "run" / "config.json").read_text())
 
 

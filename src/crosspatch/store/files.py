@@ -201,8 +201,9 @@ def finite_values(obj):
     languages' parsers refuse)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {key: finite_values(value) for key, value in obj.items()}
+    if isinstance(obj, dict):  # (a numpy key, as a plug-in's counts by value have, as the number it is)
+        return {key.item() if type(key).__module__ == "numpy" and hasattr(key, "item") else key: finite_values(value)
+                for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [finite_values(value) for value in obj]
     if isinstance(obj, (bool, int, str)) or obj is None:
