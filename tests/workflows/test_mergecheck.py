@@ -116,3 +116,22 @@ def test_odd_python_arguments_are_named_before_any_work(tmp_path):
     with pytest.raises(OptionError):
         merge_check(config, PROMPTS, options=mine, max_new_tokens=0)
     assert mine == LoadOptions()  # not resolved in place
+
+
+def test_a_splice_of_cached_hub_models_that_changes_the_depth_is_named_before_loading(tmp_path, monkeypatch):
+    """mergekit configurations name hub ids: a passthrough whose slices give fewer layers than the
+    models have was named only for local paths; a hub id whose checkpoint is whole in the local
+    cache is read from its snapshot."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    entry = tmp_path / "hub" / "models--zoo--base"
+    shutil.copytree(Z / "base", entry / "snapshots" / ("0" * 40))
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    text = ("merge_method: passthrough\nslices:\n  - sources: [{model: zoo/base, layer_range: [0, 2]}]\n"
+            "  - sources: [{model: $Z/it-full, layer_range: [2, 4]}]\n")
+    with pytest.raises(UnsupportedMergeConfigError, match="the slices give 4 layers, the models have 6"):
+        splice_plan(read_merge_config(_config(tmp_path, text)))

@@ -132,6 +132,7 @@ class SplicePlan:
 
 def splice_plan(config) -> SplicePlan:
     """The single-switch layer splice a passthrough ``slices`` configuration describes."""
+    from ..models.cached import checkable
     from ..models.paths import local_config, text_config
 
     if config.modules:
@@ -158,7 +159,7 @@ def splice_plan(config) -> SplicePlan:
             merged[-1][2] = stop
         else:
             merged.append([model, start, stop])
-    layers = text_config(local_config(merged[0][0])).get("num_hidden_layers")
+    layers = text_config(local_config(checkable(merged[0][0]))).get("num_hidden_layers")  # (a cached hub id too)
     if isinstance(layers, int) and position != layers:
         raise UnsupportedMergeConfigError(f"the slices give {position} layers, the models have {layers}: crosspatch "
                                           "evaluates splices that keep the depth")
