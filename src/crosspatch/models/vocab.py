@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import PromptTokenizationMismatchError, VocabularyMismatchError
+from .paths import some_of
 
 PLACEHOLDER_PATTERNS: dict[str, str] = {
     "gemma_unused": r"^<unused\d+>$",
@@ -177,7 +178,7 @@ def unknown_token_warning(tokenizer, prompt_ids: list[str], token_ids: list[list
     hit = [(pid, ids.count(unk)) for pid, ids in zip(prompt_ids, token_ids) if unk in ids]
     if not hit:
         return None
-    named = ", ".join(f"{pid!r} ({n})" for pid, n in hit[:5]) + (f" and {len(hit) - 5} more" if len(hit) > 5 else "")
+    named = some_of([f"{pid!r} ({n})" for pid, n in hit], 5)
     return (f"{len(hit)} prompt(s) hold the tokenizer's unknown token {tokenizer.unk_token!r} (text it has no "
             f"piece for, read by both models as that one token): {named}; their events are about that token, "
             "not the text")
@@ -193,7 +194,7 @@ def trailing_eos_warning(tokenizer, prompt_ids: list[str], token_ids: list[list[
     hit = [pid for pid, ids in zip(prompt_ids, token_ids) if ids and ids[-1] == eos]
     if not hit:
         return None
-    named = ", ".join(repr(pid) for pid in hit[:5]) + (f" and {len(hit) - 5} more" if len(hit) > 5 else "")
+    named = some_of([repr(pid) for pid in hit], 5)
     return (f"{len(hit)} of {len(token_ids)} prompt(s) end with the end-of-sequence token {tokenizer.eos_token!r}: "
             f"{named}; the models decode past the end of a text there. If the tokenizer appends it (add_eos_token, "
             "a training setting), save it without (tokenizer.add_eos_token = False) and run again")
