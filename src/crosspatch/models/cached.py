@@ -11,18 +11,18 @@ load would fetch), the checks are left to the loaded model, as for a hub id not 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .paths import _cached_file, looks_local
+from ..errors import ModelLoadError
+from .paths import _cached_file, check_checkpoint_files, looks_local
 
 __all__ = ["cached_checkpoint", "checkable"]
 
 
 def cached_checkpoint(repo: str, revision: str | None = None) -> str | None:
     """The local cache's snapshot directory of hub id ``repo`` (at ``revision``, else its main
-    branch) when it holds config.json and every safetensors weight file (a shard index and each
-    shard it names, or ``model.safetensors``); None otherwise."""
+    branch) when it holds config.json and sound safetensors weights, every shard an index names
+    among them (:func:`~crosspatch.models.paths.check_checkpoint_files`); None otherwise."""
     try:
         config = _cached_file(repo, "config.json", revision)
     except Exception:  # noqa: BLE001 - no hub library, or an id it refuses to parse: nothing cached
@@ -30,15 +30,12 @@ def cached_checkpoint(repo: str, revision: str | None = None) -> str | None:
     if config is None:
         return None
     root = Path(config).parent
-    index = root / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-            return None
-        shards = set(weight_map.values()) if isinstance(weight_map, dict) else set()
-        return str(root) if shards and all((root / str(shard)).is_file() for shard in shards) else None
-    return str(root) if (root / "model.safetensors").is_file() else None
+    try:  # (the checks a local directory gets: every shard an index names present, whole safetensors files)
+        check_checkpoint_files(root, repo)
+    except ModelLoadError:
+        return None
+    whole = (root / "model.safetensors.index.json").is_file() or (root / "model.safetensors").is_file()
+    return str(root) if whole else None
 
 
 def checkable(path: str, revision: str | None = None) -> str:
