@@ -27,6 +27,11 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # (read once, at import)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import transformers.utils.hub as transformers_hub  # transformers 4.x keeps its own copies, read at import
+
+    for name, value in (("TRANSFORMERS_CACHE", str(root)), ("_is_offline_mode", True)):
+        if hasattr(transformers_hub, name):
+            monkeypatch.setattr(transformers_hub, name, value)
 
     def add(repo, source, commit=COMMIT, branch="main"):
         entry = root / f"models--{repo.replace('/', '--')}"
