@@ -607,6 +607,8 @@ CASES = [
     Case("options", "--shard abc", lambda e: e.run_args("--shard", "abc"), "OptionError"),
     Case("options", "--plan fast", lambda e: e.run_args("--plan", "fast"), "OptionError"),
     Case("options", "--engine spark", lambda e: e.run_args("--engine", "spark"), "OptionError"),
+    Case("options", "--device map with --engine ray (a worker holds one copy on one GPU)",
+         lambda e: e.run_args("--device", "map", "--engine", "ray", "--workers", "2"), "OptionError"),
     Case("options", "--rollout-model XX", lambda e: e.run_args("--rollout-model", "XX"), "OptionError"),
     Case("options", "--dtype float64", lambda e: e.run_args("--dtype", "float64"), "OptionError"),
     Case("options", "--device cuda on a CPU-only torch", lambda e: e.run_args("--device", "cuda"),

@@ -107,3 +107,47 @@ def test_the_feature_study_gives_one_result_for_any_chunking_and_engine(saved):
     options = {"batch_size": 4}
     for engine, chunks in (("local", 3), ("ray", None)):
         _same(drive_gathered(pair, analyses, events, options, engine=engine, workers=2, chunks=chunks), whole)
+
+
+def test_each_ray_worker_asks_for_a_gpu_of_its_own_when_the_models_load_on_cuda():
+    """Every worker asked Ray for one CPU only: on a GPU machine every copy went to the same GPU
+    (or none, where Ray hides the GPUs from a worker that asked for none), whatever --workers
+    said. A worker on CUDA asks for a GPU of its own and loads on the one GPU Ray shows it."""
+    from crosspatch.errors import OptionError
+    from crosspatch.execution.engines import check_cluster_fits, check_engine_device, worker_load_options, worker_resources
+
+    assert worker_resources("cuda") == worker_resources("cuda:3") == {"num_cpus": 1, "num_gpus": 1}
+    assert worker_resources("cpu") == {"num_cpus": 1, "num_gpus": 0}
+    assert worker_load_options({"device": "cuda:3", "dtype": "bfloat16"}) == {"device": "cuda", "dtype": "bfloat16"}
+    assert worker_load_options({"device": "cpu"}) == {"device": "cpu"}
+    check_cluster_fits(2, worker_resources("cuda"), {"CPU": 16.0, "GPU": 2.0})
+    with pytest.raises(OptionError, match="needs 4 GPUs .* has 2: give --workers 2"):
+        check_cluster_fits(4, worker_resources("cuda:1"), {"CPU": 16.0, "GPU": 2.0})
+    with pytest.raises(OptionError, match="needs 1 GPUs .* has 0: give --device cpu"):
+        check_cluster_fits(1, worker_resources("cuda"), {"CPU": 16.0})
+    with pytest.raises(OptionError, match="needs 3 CPUs .* has 2: give --workers 2"):
+        check_cluster_fits(3, worker_resources("cpu"), {"CPU": 2.0})
+    check_engine_device("local", "map")
+    with pytest.raises(OptionError, match="--device map with --engine ray"):
+        check_engine_device("ray", "map")
+
+
+@pytest.mark.slow
+def test_a_ray_cluster_without_a_gpu_for_each_worker_is_named_before_any_worker_starts(saved):
+    """Workers that cannot all be placed wait for ever (the chunks given to one that never starts
+    never return): a cluster with one GPU and two workers on CUDA is a named error instead."""
+    import copy
+
+    from crosspatch.errors import OptionError
+    from crosspatch.execution import map_chunks
+
+    pair = load_pair(str(saved / "base"), tuned=str(saved / "tuned"))
+    spec = copy.deepcopy(pair.provenance["load_spec"])
+    spec["options"]["device"] = "cuda:1"  # as a GPU machine records it
+    pair.provenance["load_spec"] = spec
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)  # (a GPU Ray is told of)
+    try:
+        with pytest.raises(OptionError, match="needs 2 GPUs .* has 1: give --workers 1"):
+            list(map_chunks(pair, lambda models, payload, item: item, None, ["a", "b", "c"], engine="ray", workers=2))
+    finally:
+        ray.shutdown()

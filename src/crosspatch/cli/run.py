@@ -150,6 +150,9 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
 
     validate_load_options(options)
     validate_run_options(config)
+    from ..execution.engines import check_engine_device
+
+    check_engine_device(config.engine, options.device)  # (before loading: the workers' layout)
     check_options_take_effect(config)
     items = load_prompts(prompts, fields)
     check_chat_rows(items, config.chat_template)

@@ -26,6 +26,7 @@ from ..errors import OptionError
 from ..execution import Executor, ModelSet, combined_wish, map_chunks
 from ..execution.batching import chunk_size, over_batch_tokens
 from ..execution.batching import state_cache_bytes as cache_bytes
+from ..execution.engines import check_engine_device
 from ..inputs.chats import check_chat_rows
 from ..inputs.prompts import Prompt, as_prompts
 from ..models.collector import settle
@@ -252,6 +253,8 @@ def run(
         config.analyses = list(dict.fromkeys([*config.analyses, *named]))
     analyses = [a for a in analyses if not isinstance(a, str)]
     validate_run_options(config)
+    if config.engine == "ray" and (spec := pair.provenance.get("load_spec")):
+        check_engine_device("ray", spec["options"].get("device", "cpu"))
     normalise_run_config(config)
     tuned = pair.roles[1] if config.tuned is None else config.tuned
     if not isinstance(tuned, str) or tuned not in pair.descendants:
