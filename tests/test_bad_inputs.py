@@ -607,6 +607,8 @@ CASES = [
     Case("options", "--shard abc", lambda e: e.run_args("--shard", "abc"), "OptionError"),
     Case("options", "--plan fast", lambda e: e.run_args("--plan", "fast"), "OptionError"),
     Case("options", "--engine spark", lambda e: e.run_args("--engine", "spark"), "OptionError"),
+    Case("options", "--synthetic-null with --engine ray (the nulls are in memory, a worker loads paths)",
+         lambda e: e.run_args("--synthetic-null", "2", "--engine", "ray", "--workers", "2"), "OptionError"),
     Case("options", "--device map with --engine ray (a worker holds one copy on one GPU)",
          lambda e: e.run_args("--device", "map", "--engine", "ray", "--workers", "2"), "OptionError"),
     Case("options", "--rollout-model XX", lambda e: e.run_args("--rollout-model", "XX"), "OptionError"),

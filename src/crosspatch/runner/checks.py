@@ -135,6 +135,10 @@ def validate_run_options(config) -> None:
     _int("sequential chunk", config.sequential_chunk, 1)
     _int("consequence budget", config.consequence_budget, 1)
     _int("synthetic nulls", config.synthetic_nulls, 0)
+    if config.synthetic_nulls and config.engine == "ray":  # (a worker loads its models from their paths)
+        raise OptionError("--synthetic-null with --engine ray: the synthetic nulls are built in this process's memory, "
+                          "where no Ray worker can load them; give --engine local, or a null fine-tune from a path "
+                          "(--null DIR)")
     check_switches(**{name: getattr(config, name) for name in ("chat_template", "verify_fp32", "consequence",
                                                                "consequence_with_pt")})
     if config.title is not None and not isinstance(config.title, str):
