@@ -77,6 +77,45 @@ dtype: float32
     assert "The merge and its parents" in (tmp_path / "mc" / "merge-check.md").read_text()
 
 
+@pytest.mark.slow
+def test_a_slerp_written_as_slices_and_parents_in_directories_of_one_name_are_all_evaluated(tmp_path):
+    """SLERP configurations are written as slices (mergekit's own examples), which merge-check
+    refused ("slerp over slices or modules is not evaluated"); and of two parents in directories
+    of the same name, the diagnostic kept one (a dict keyed by the directory's name)."""
+    import shutil
+
+    config = _config(tmp_path, """merge_method: slerp
+base_model: $Z/base
+slices:
+  - sources: [{model: $Z/base, layer_range: [0, 3]}, {model: $Z/it-full, layer_range: [0, 3]}]
+  - sources: [{model: $Z/base, layer_range: [3, 6]}, {model: $Z/it-full, layer_range: [3, 6]}]
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 0.5, 0.3, 0.7, 1]
+    - value: 0.5
+dtype: float32
+""")
+    document = merge_check(config, PROMPTS, out=tmp_path / "mc", max_new_tokens=16)
+    assert document["kind"] == "weights" and document["parents"] == [str(Z / "base"), str(Z / "it-full")]
+    assert set(document["diagnostic"]) == {"merge", "it-full"}
+    for name, model in (("one", "it-full"), ("two", "cpt")):
+        shutil.copytree(Z / model, tmp_path / name / "tuned")
+    config = _config(tmp_path, f"""merge_method: ties
+base_model: $Z/base
+models:
+  - model: {tmp_path / "one" / "tuned"}
+    parameters: {{weight: 1.0, density: 0.5}}
+  - model: {tmp_path / "two" / "tuned"}
+    parameters: {{weight: 1.0, density: 0.5}}
+dtype: float32
+""")
+    document = merge_check(config, PROMPTS, out=tmp_path / "ties", max_new_tokens=16)
+    assert set(document["diagnostic"]) == {"merge", "tuned", "tuned-2"}
+    assert [document["diagnostic"][role]["model"] for role in ("tuned", "tuned-2")] == \
+        [str(tmp_path / "one" / "tuned"), str(tmp_path / "two" / "tuned")]
+
+
 @pytest.mark.parametrize("text, message", [
     ("merge_method: passthrough\nslices:\n  - sources: [{model: $Z/base, layer_range: [0, 4]}]\n"
      "  - sources: [{model: $Z/it-full, layer_range: [2, 6]}]\n", "frankenmerge"),
@@ -84,6 +123,10 @@ dtype: float32
      "  - sources: [{model: $Z/it-full, layer_range: [2, 4]}]\n  - sources: [{model: $Z/base, layer_range: [4, 6]}]\n",
      "switch models 2 times"),
     ("merge_method: passthrough\nslices:\n  - sources: [{model: $Z/base, layer_range: [0, 4]}]\n", "layers"),
+    ("merge_method: slerp\nbase_model: $Z/base\nslices:\n  - sources: [{model: $Z/base, layer_range: [0, 6]}, "
+     "{model: $Z/it-full, layer_range: [0, 4]}]\nparameters: {t: 0.5}\n", "slice 1 merges layers 0..3 with 0..5"),
+    ("merge_method: slerp\nbase_model: $Z/base\nslices:\n  - sources: [{model: $Z/base, layer_range: [0, 4]}, "
+     "{model: $Z/it-full, layer_range: [0, 4]}]\nparameters: {t: 0.5}\n", "the slices give 4 layers, the models have 6"),
     ("merge_method: [not, a, method]\n", "mergekit accepts"),
     ("merge_method: linear\n", "Exactly one of 'models', 'slices'"),  # refused by a validator's RuntimeError
     ("", "mergekit accepts"),

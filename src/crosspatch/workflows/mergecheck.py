@@ -8,7 +8,9 @@ building it. Needs the ``[merge]`` extra (mergekit, the library its users merge 
   at ``b`` — the four chimeras, of which one is this configuration, with the cross-patching
   numbers there — and the report says which boundary state the fine-tuned layers would receive.
 - A weight merge (``linear``, ``ties``, ``dare_ties``, ``slerp``, ``task_arithmetic``, ... any
-  method mergekit runs over whole models) is built with mergekit into a temporary directory,
+  method mergekit runs over whole models, given as ``models`` or as ``slices`` that merge each
+  layer with the same layer of every model, as SLERP configurations usually are) is built with
+  mergekit into a temporary directory,
   then preflighted against the base (does the merge change the model, does it still generate
   sensibly) and diagnosed: the 2x2 of base vs the merge beside base vs each parent.
 
@@ -237,14 +239,14 @@ def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, optio
     import crosspatch
 
     from ..execution import load_models
+    from ..execution.roles import BASE, _unique_name, role_name_of
     from ..runner.summary import effects_at
     from .output import fingerprint_of, finished_document
     from .preflight import preflight
 
-    if config.slices or config.modules:
-        raise UnsupportedMergeConfigError(f"{config.merge_method} over slices or modules is not evaluated: give whole "
-                                          "models (models: [...])")
-    parents = [_path(m.model) for m in (config.models or [])]
+    if config.modules:
+        raise UnsupportedMergeConfigError("configurations with 'modules' (multi-module models) are not evaluated")
+    parents = _slice_models(config) if config.slices else [_path(m.model) for m in (config.models or [])]
     base = base or (_path(config.base_model) if config.base_model else None)
     if base is None:
         raise OptionError(f"a {config.merge_method} merge names no base_model: give --base (the model the parents were "
@@ -270,7 +272,10 @@ def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, optio
         say("preflight of the merge against the base")
         checks = preflight(base, merged=str(merged), prompts=prompts, max_new_tokens=max_new_tokens, options=options)
         say("the diagnostic of the merge and of each parent against the base")
-        roles = {"merge": str(merged), **{Path(p).name or f"parent-{i}": p for i, p in enumerate(parents) if p != base}}
+        roles = {"merge": str(merged)}
+        for parent in parents:  # (two parents in directories of one name, or one called "merge", each keep a role)
+            if parent != base:
+                roles[_unique_name(role_name_of(parent), {*roles, BASE})] = parent
         models = load_models(base, tuned=roles, options=options)
         diagnostic = {}
         for role in roles:
@@ -278,7 +283,8 @@ def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, optio
                                     out=Path(out) / "runs" / role if out is not None else None)
             headline = (result.summary.get("verdict") or {}).get("boundary")
             diagnostic[role] = {**(effects_at(result.summary, headline) or {}), "boundary": headline,
-                                "verdict": (result.summary.get("verdict") or {}).get("verdict")}
+                                "verdict": (result.summary.get("verdict") or {}).get("verdict"),
+                                "model": None if role == "merge" else roles[role]}
         models.release()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -289,6 +295,38 @@ def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, optio
                 "diagnostic": diagnostic}
     _write(out, document)
     return document
+
+
+def _slice_models(config) -> list[str]:
+    """The models of a weight merge written as ``slices`` (mergekit's usual form for SLERP: each
+    slice merges one layer range of every source), in the order named, when the slices merge
+    each layer with the same layer of every model and keep the models' depth, as a merge of
+    whole models does; anything else is an :class:`UnsupportedMergeConfigError`, before loading."""
+    from ..models.cached import checkable
+    from ..models.paths import local_config, text_config
+
+    models: list[str] = []
+    position = 0
+    for number, out_slice in enumerate(config.slices, 1):
+        ranges = sorted({(int(s.layer_range[0]), int(s.layer_range[1])) for s in out_slice.sources})
+        if len(ranges) != 1:
+            raise UnsupportedMergeConfigError(
+                f"slice {number} merges layers {' with '.join(f'{a}..{b - 1}' for a, b in ranges)}: crosspatch evaluates "
+                "weight merges that merge each layer with the same layer of every model")
+        (start, stop), = ranges
+        if start != position or stop <= start:
+            raise UnsupportedMergeConfigError(
+                f"slice {number} puts layers {start}..{stop - 1} at output position {position}: repeated or reordered "
+                "layers are not a weight merge of whole models, which is what crosspatch evaluates")
+        position = stop
+        for source in out_slice.sources:
+            if (path := _path(source.model)) not in models:
+                models.append(path)
+    layers = text_config(local_config(checkable(models[0]))).get("num_hidden_layers") if models else None
+    if isinstance(layers, int) and position != layers:
+        raise UnsupportedMergeConfigError(f"the slices give {position} layers, the models have {layers}: crosspatch "
+                                          "evaluates merges that keep the depth")
+    return models
 
 
 def _sections(document: dict):
@@ -305,7 +343,7 @@ def _sections(document: dict):
             f"model's on {document['same_as_tuned']:.0%} of prompts (all four chimeras: splice/splice.html).",
             f"Cross-patching there: E_PT {_ci(d.get('E_PT'))}, E_IT {_ci(d.get('E_IT'))}, interaction "
             f"{_ci(d.get('interaction'))}; verdict {document.get('verdict')}."])]
-    rows = [[role, str(v.get("boundary")), _ci(v.get("E_PT")), _ci(v.get("E_IT")), _ci(v.get("interaction")),
+    rows = [[role if not v.get("model") else f"{role} ({v['model']})", str(v.get("boundary")), _ci(v.get("E_PT")), _ci(v.get("E_IT")), _ci(v.get("interaction")),
              str(v.get("verdict"))] for role, v in document["diagnostic"].items()]
     checks = document["preflight"]["checks"]
     return [Section("Preflight of the merge", [f"against base {document['base']}"],
