@@ -180,6 +180,30 @@ def test_residency_choice_and_its_reason(tmp_path):
         choose_residency(str(base), str(merged), None, LoadOptions(residency="adapter"))
 
 
+def test_the_free_memory_read_is_the_gpu_the_models_load_on(monkeypatch):
+    """`--device cuda:3` read GPU 0's free memory (torch.device("cuda")), and `map` one GPU's of
+    the several it spreads the models over: on a shared machine whose GPU 0 is busy the choice
+    was `sequential` for a pair that fits, or `both` for one that does not fit the GPU it loads on.
+    The machine's GPUs are stood in for: four, GPU i with i + 1 GiB free, the current one GPU 1."""
+    import torch
+
+    from crosspatch.execution import opening
+    from crosspatch.store.files import environment
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info",
+                        lambda device: (((1 if device.index is None else device.index) + 1) * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"GPU-{index}")
+    free = {device: opening._available_bytes(LoadOptions(device=device)) for device in ("cuda:3", "cuda", "auto", "map")}
+    assert free == {"cuda:3": 4 * gib, "cuda": 2 * gib, "auto": 2 * gib, "map": 10 * gib}
+    assert opening._available_bytes(LoadOptions(device="cpu")) != 4 * gib  # the machine's RAM
+    assert environment("cuda:3")["cuda_device"] == "GPU-3" and environment("cuda")["cuda_device"] == "GPU-1"
+    assert environment("map")["cuda_device"] == "GPU-0, GPU-1, GPU-2, GPU-3" and "cuda_device" not in environment("cpu")
+
+
 @pytest.mark.parametrize("decode", ["eager", "static"])
 def test_one_model_at_a_time_the_rollout_batches_continuously(decode, monkeypatch):
     """Under ``sequential`` the rollout is decoded whole before the other model is loaded; a row that

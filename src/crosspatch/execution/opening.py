@@ -57,8 +57,15 @@ def _weights_bytes(path: str, revision: str | None = None) -> int | None:
 
 
 def _available_bytes(options: LoadOptions) -> int | None:
-    if (str(options.device).startswith("cuda") or options.device in ("auto", "map")) and torch.cuda.is_available():
-        return free_bytes_on(torch.device("cuda"))
+    """Free memory where the models will load: the GPU ``cuda:N`` names (``cuda`` and ``auto``: the
+    current one), every GPU together under ``map`` (accelerate's device map spreads the models over
+    them), else the machine's available RAM."""
+    device = str(options.device).strip().lower()
+    if torch.cuda.is_available() and device == "map":
+        free = [free_bytes_on(torch.device("cuda", index)) for index in range(torch.cuda.device_count())]
+        return sum(f for f in free if f is not None) or None
+    if torch.cuda.is_available() and (device.startswith("cuda") or device == "auto"):
+        return free_bytes_on(torch.device(device if device.startswith("cuda:") else "cuda"))  # (not GPU 0's for cuda:3)
     return free_bytes_on(torch.device("cpu"))
 
 

@@ -89,7 +89,7 @@ def build_config_record(pair: ModelSet, prompts: list[Prompt], config: RunConfig
         "fingerprint_inputs": result_parts,
         "pair_warnings": pair.warnings,
         "real_vocabulary": pair.real_vocab.as_record(),
-        "environment": environment(),
+        "environment": environment(pair.provenance.get("load_options", {}).get("device")),
         "run_fingerprint": run_fingerprint,  # the same for every shard of one run
         "fingerprint": fingerprint({"run": run_fingerprint, "shard": config.shard}),
     }

@@ -30,8 +30,9 @@ EVENTS_FILE, NO_DIV_FILE = "events.jsonl", "no_divergence.jsonl"
 RESULT_RULES = "2026-12-05"
 
 
-def environment() -> dict:
-    """Versions and machine facts recorded with every run."""
+def environment(device: str | None = None) -> dict:
+    """Versions and machine facts recorded with every run; ``cuda_device`` names the GPU the models
+    load on (``device``: ``cuda:N``, else the current GPU; under ``map`` every GPU; none on the CPU)."""
     import torch
 
     env = {
@@ -42,8 +43,11 @@ def environment() -> dict:
     }
     for name in ("transformers", "peft", "accelerate", "safetensors", "crosspatch"):
         env[name] = package_version(name)
-    if torch.cuda.is_available():
-        env["cuda_device"] = torch.cuda.get_device_name(0)
+    name = str(device or "cuda").strip().lower()
+    if torch.cuda.is_available() and name != "cpu":
+        indices = range(torch.cuda.device_count()) if name == "map" else \
+            [torch.device(name).index if name.startswith("cuda:") else torch.cuda.current_device()]
+        env["cuda_device"] = ", ".join(torch.cuda.get_device_name(i) for i in indices)
     return env
 
 
