@@ -479,3 +479,29 @@ def test_a_run_on_another_adapter_of_a_peft_model_in_memory_leaves_its_active_ad
         scored = run(pair_from_peft_model(model, char_tokenizer(), adapter_name="b"), PROMPTS, **settings)
         assert [r.cells for r in scored.records] == [r.cells for r in alone.records] and alone.records
         assert list(model.active_adapters) == active
+
+
+def test_a_descendant_that_is_the_base_is_named_in_the_run_warnings(tmp_path):
+    """An adapter saved before its first training step (every lora_B zero, as PEFT initialises
+    them) or a checkpoint that is a copy of the base computes exactly the base: the run found no
+    divergence and said "no-late-effect: nothing it changed reaches these decisions", as if a
+    fine-tune had been measured. Both are named in the run's warnings; trained ones are not."""
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+
+    from crosspatch.testing import tiny_model
+
+    base, trained, merged = _lora_dirs(tmp_path)
+    fresh = tmp_path / "fresh"
+    get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(fresh)
+    shutil.copytree(base, tmp_path / "copy")
+    warned = {name: [w for w in load_pair(str(base), **{kind: str(path)}).warnings
+                     if "changes nothing" in w or "byte for byte" in w]
+              for name, kind, path in (("fresh", "adapter", fresh), ("trained", "adapter", trained),
+                                       ("copy", "tuned", tmp_path / "copy"), ("merged", "tuned", merged))}
+    assert [len(w) for w in warned.values()] == [1, 0, 1, 0], warned
+    assert "all 8 of its lora_B matrices are zero" in warned["fresh"][0]
+    assert "weight files are the base's, byte for byte" in warned["copy"][0]
+    assert not [w for w in load_pair(str(base), tuned=str(tmp_path / "copy"), hash_weights=False).warnings
+                if "byte for byte" in w]  # (unhashed weights: nothing to compare)

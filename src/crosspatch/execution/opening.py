@@ -20,6 +20,7 @@ from ..models.checks import (
     compare_configs,
     compare_facts,
     compare_weight_layouts,
+    identical_weights_warning,
     model_facts,
     unrelated_weights_warning,
 )
@@ -239,6 +240,9 @@ def load_models(
         name = "the descendant" if len(roles) == 2 else repr(role)
         if (unrelated := unrelated_weights_warning(base, path, name, options.revision)) is not None:
             warnings.append(unrelated)
+        entry = record["tuned"] if len(roles) == 2 else record["descendants"][role]
+        if (same := identical_weights_warning(record["base"], entry, name)) is not None:
+            warnings.append(same)
     # every tokenizer first, so that special tokens that differ are named before any weight loads
     # (_check_set compares them again, with the models' facts, once they have loaded)
     for role, path in tuned_roles.items():

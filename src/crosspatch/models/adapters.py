@@ -348,6 +348,33 @@ def base_change(init, bias, holds_biases) -> str | None:
     return None
 
 
+def inert_adapter(adapter_dir: str, config: dict | None = None) -> str | None:
+    """Why a local LoRA adapter changes nothing, where its weights say so: every ``lora_B`` (and
+    ``lora_embedding_B``) is zero, as PEFT initialises them, and it trains no bias, magnitude or
+    whole module; the adapter then computes exactly its base (saved before its first training
+    step, or trained with a learning rate of zero), and a run of it finds no divergence, which is
+    no finding about a fine-tune. None otherwise (another method, a hub id, pickle weights)."""
+    config = read_adapter_config(adapter_dir) if config is None else config
+    weights = Path(adapter_dir).expanduser() / "adapter_model.safetensors"
+    if str(config.get("peft_type", "")).upper() != "LORA" or not weights.is_file() or \
+            config.get("modules_to_save") or config.get("bias", "none") != "none":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            keys = list(handle.keys())
+            factors = [k for k in keys if "lora_B" in k or "lora_embedding_B" in k]
+            others = [k for k in keys if k not in factors and "lora_A" not in k and "lora_embedding_A" not in k]
+            if not factors or others or any(bool(handle.get_tensor(k).any()) for k in factors):
+                return None
+    except Exception:  # noqa: BLE001 - a file the loader will name
+        return None
+    return (f"the adapter {adapter_dir} changes nothing: all {len(factors)} of its lora_B matrices are zero, as PEFT "
+            "initialises them (saved before its first training step?), so the descendant computes exactly the base "
+            "and no divergence is a finding about the adapter, not about a fine-tune")
+
+
 def adapter_settings(adapter_dir: str, base: str | None = None, shares_base: bool = True) -> tuple[dict, list[str]]:
     """The recorded settings of a PEFT adapter directory, and warnings about settings that make
     "adapter disabled" differ from the original base where the adapter ``shares_base`` (one copy of
@@ -363,6 +390,8 @@ def adapter_settings(adapter_dir: str, base: str | None = None, shares_base: boo
         warnings.append(f"{why}: one copy of the base weights serves the base (or other adapters) here, so what is "
                         "read as the base carries these changes; with no residency asked for, crosspatch gives the "
                         "base a copy of its own")
+    if (inert := inert_adapter(adapter_dir, cfg)) is not None:
+        warnings.append(inert)
     if cfg.get("modules_to_save"):
         warnings.append(
             f"adapter modules_to_save={cfg['modules_to_save']}: these modules are replaced wholesale; "

@@ -309,3 +309,16 @@ def unrelated_weights_warning(base: str, descendant: str, name: str, revision: s
             "fine-tune moves them by a few percent, two independently trained models differ by about 141%): is it a "
             "descendant of this base? Another version of the model, or the instruct model of another base, is the "
             "common slip; the effects of an unrelated pair mean nothing")
+
+
+def identical_weights_warning(base: dict, descendant: dict, name: str) -> str | None:
+    """A warning where ``descendant``'s weight files are byte for byte ``base``'s (their
+    provenance records' sha256, file by file): the descendant is the base itself (a copy, or the
+    wrong directory), and a run of it finds no divergence, which is no finding about a fine-tune.
+    None otherwise, and where the weights were not hashed."""
+    ours, theirs = base.get("weights") or {}, descendant.get("weights") or {}
+    if not ours or None in ours.values() or None in theirs.values() or \
+            sorted(ours.values()) != sorted(theirs.values()):
+        return None
+    return (f"{name}'s weight files are the base's, byte for byte (the same sha256): it computes exactly the base, "
+            "so no divergence is a finding about a fine-tune; is this the checkpoint you meant?")
