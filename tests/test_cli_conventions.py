@@ -580,6 +580,54 @@ def test_python_run_options_of_the_wrong_kind_are_named_not_coerced():
         validate_run_options(RunConfig(back_link=link))
 
 
+def test_python_run_options_given_as_numpy_numbers_are_the_numbers_they_hold():
+    """A notebook's loop ``for b in np.arange(1, L)`` gives numpy integers: ``boundary=np.int64(2)``
+    was "boundary must be an int layer or a fraction of depth, not np.int64(2)" (and so were
+    max_new_tokens, seed, bootstrap, batch_size). They are read as the Python numbers they hold
+    (and recorded so); what those numbers may be is checked as before."""
+    import numpy as np
+
+    from crosspatch.errors import BoundaryError
+    from crosspatch.runner.checks import validate_run_options
+    from crosspatch.runner.pipeline import RunConfig
+
+    config = RunConfig(boundary=np.int64(2), max_new_tokens=np.int32(8), seed=np.int64(3), bootstrap=np.int64(200),
+                       batch_size=np.uint8(4), near_tie_threshold=np.float32(0.5), verify_fp32=np.bool_(True))
+    validate_run_options(config)
+    assert (config.boundary, config.max_new_tokens, config.seed, config.bootstrap, config.batch_size) == (2, 8, 3, 200, 4)
+    assert [type(v) for v in (config.boundary, config.max_new_tokens, config.near_tie_threshold, config.verify_fp32)] \
+        == [int, int, float, bool]
+    config = RunConfig(boundaries=[np.int64(1), np.float64(0.5)])
+    validate_run_options(config)
+    assert config.boundaries == [1, 0.5] and type(config.boundaries[0]) is int
+    with pytest.raises(BoundaryError, match="leaves no early layers"):
+        validate_run_options(RunConfig(boundary=np.int64(0)))
+    with pytest.raises(OptionError, match="verify_fp32 must be True or False"):
+        validate_run_options(RunConfig(verify_fp32=np.int64(1)))  # (a number is not a switch, whatever its type)
+
+
+def test_the_workflows_take_numpy_numbers_and_progress_as_run_does(capsys):
+    """splice, preflight and merge-check refused ``max_new_tokens=np.int64(32)`` and
+    ``progress=False`` (``run``'s way to say "silent"); they read numpy numbers as the numbers they
+    hold, and progress as None/False (silent), True (messages on standard error) or a function."""
+    import numpy as np
+
+    from crosspatch.workflows.output import progress_function
+    from crosspatch.workflows.preflight import preflight
+    from crosspatch.workflows.splice import splice
+
+    for call in (lambda: splice("b", tuned="t", prompts="p", max_new_tokens=np.int64(0)),
+                 lambda: preflight("b", adapter="a", prompts="p", max_new_tokens=np.int64(0))):
+        with pytest.raises(OptionError, match=r"max_new_tokens must be a positive integer, not 0$"):
+            call()  # (the number read, then checked)
+    progress_function(False)("silent")
+    progress_function(None)("silent")
+    progress_function(True)("a stage")
+    assert capsys.readouterr() == ("", "a stage\n")
+    with pytest.raises(OptionError, match="progress must be a function of one message, True, False or None"):
+        progress_function(5)
+
+
 def test_a_descendant_given_twice_under_two_names_is_named_by_both(tmp_path):
     from crosspatch.execution.roles import descendant_roles
 

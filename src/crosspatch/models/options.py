@@ -4,6 +4,7 @@ options from it without importing torch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -71,3 +72,13 @@ def check_switches(**switches) -> None:
             from ..errors import OptionError
 
             raise OptionError(f"{name} must be True or False, not {value!r}")
+
+
+def plain_scalar(value: Any) -> Any:
+    """``value`` with numpy scalars as the Python numbers they hold (``np.int64(2)`` is ``2``, as a
+    notebook's ``for b in np.arange(...)`` gives them), in lists and tuples too; other values as given."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain_scalar(v) for v in value)
+    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == () and hasattr(value, "item"):
+        return value.item()
+    return value

@@ -21,7 +21,7 @@ from ..errors import (
     VocabularyMismatchError,
 )
 from ..models.loading import DEVICES, validate_load_options  # noqa: F401 (re-exported)
-from ..models.options import check_switches
+from ..models.options import check_switches, plain_scalar
 from ..models.paths import check_given_once, check_hub_id, check_model_path, local_num_layers, looks_local, path_key  # noqa: F401 (re-exported)
 from ..store.tables import mixed_kinds
 
@@ -110,7 +110,11 @@ def check_back_link(link) -> None:
 
 
 def validate_run_options(config) -> None:
-    """Every :class:`~crosspatch.runner.pipeline.RunConfig` field that can be checked without a model."""
+    """Every :class:`~crosspatch.runner.pipeline.RunConfig` field that can be checked without a model
+    (numpy scalars are made Python numbers in place first: :func:`plain_scalar`)."""
+    for name, value in vars(config).items():
+        if (plain := plain_scalar(value)) is not value:
+            setattr(config, name, plain)
     from ..analyses.controls import parse_controls
     from ..analyses.event_kinds import parse_event_kinds
     from ..core.tokens import TokenClasses

@@ -56,17 +56,20 @@ class CrosspatchCallback(TrainerCallback):
         from ..core.verdict import VerdictPolicy
         from ..inputs.chats import check_chat_rows
         from ..inputs.prompts import load_prompts
-        from ..models.options import check_switches
+        from ..models.options import check_switches, plain_scalar
         from ..runner.checks import _int, check_bootstrap, check_boundary_spec
 
         items = load_prompts(prompts)  # a file's path, or prompts given in Python (as_prompts)
-        if not isinstance(max_prompts, int) or max_prompts < 1:
+        max_prompts, every_n_steps, max_new_tokens, boundary, bootstrap = map(  # (numpy numbers too)
+            plain_scalar, (max_prompts, every_n_steps, max_new_tokens, boundary, bootstrap))
+        if isinstance(max_prompts, bool) or not isinstance(max_prompts, int) or max_prompts < 1:
             raise OptionError(f"max_prompts must be a positive integer, not {max_prompts!r}")
-        if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
+        if every_n_steps is not None and (isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int)
+                                          or every_n_steps < 1):
             raise OptionError(f"every_n_steps must be a positive integer or None, not {every_n_steps!r}")
         if every_n_steps is None and not on_save:
             raise OptionError("the callback would never run: give every_n_steps, or keep on_save=True")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise OptionError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
         check_boundary_spec(boundary)
         check_bootstrap(bootstrap)

@@ -29,6 +29,7 @@ from pathlib import Path
 from ..errors import OptionError, UnsupportedMergeConfigError
 from ..inputs.prompts import prompts_label
 from ..inputs.text import read_text
+from ..models.options import plain_scalar
 from ..models.own_forward import without_autocast
 from ..store import check_out_path
 
@@ -192,6 +193,7 @@ def merge_check(config_path: str | Path, prompts, base: str | None = None, out: 
         raise OptionError(f"the mergekit configuration must be a file path, not {config_path!r}")
     if base is not None:
         base = model_path_arg(base, "--base")
+    max_new_tokens = plain_scalar(max_new_tokens)  # (a numpy integer too)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise OptionError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
     config = read_merge_config(config_path)

@@ -72,12 +72,17 @@ def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run
 
 
 def progress_function(progress):
-    """A workflow's ``progress``: None (silent) or a function of one message; anything else is an
-    :class:`OptionError` before any work (not a TypeError at the first stage, after loading)."""
+    """A workflow's ``progress``: None or False (silent), True (each message printed to standard
+    error, as ``run(progress=True)`` shows its progress) or a function of one message; anything
+    else is an :class:`OptionError` before any work (not a TypeError at the first stage, after loading)."""
+    import sys
+
     from ..errors import OptionError
 
-    if progress is not None and not callable(progress):
-        raise OptionError(f"progress must be a function of one message, or None, not {progress!r}")
+    if progress is True:
+        return lambda message: print(message, file=sys.stderr, flush=True)
+    if progress is not None and progress is not False and not callable(progress):
+        raise OptionError(f"progress must be a function of one message, True, False or None, not {progress!r}")
     return progress or (lambda message: None)
 
 

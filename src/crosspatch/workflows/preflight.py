@@ -38,6 +38,7 @@ import torch
 from ..core.registry import Section, Table
 from ..errors import OptionError, PromptFileError, RunSettingsMismatchError
 from ..inputs.prompts import prompts_label
+from ..models.options import plain_scalar
 from ..models.own_forward import without_autocast
 from ..store import check_out_path
 from .preflight_checks import _changes_check, _domain_check, _first_divergences, _health_check, _merge_check, _precision
@@ -123,6 +124,7 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     adapter = model_path_arg(adapter, "adapter") if adapter is not None else None
     merged = model_path_arg(merged, "merged") if merged is not None else None
     merge_in_memory = _merge_dtype(merge_in_memory, adapter, merged)
+    max_new_tokens = plain_scalar(max_new_tokens)  # (a numpy integer too)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise OptionError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
     check_model_path(str(base), "base", revision=options.revision)

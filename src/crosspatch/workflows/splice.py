@@ -189,7 +189,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     from ..inputs.prompts import raw_text_prompts
     from ..models.adapters import changes_base_in_place, check_adapter_files
     from ..models.loading import LoadOptions, validate_load_options
-    from ..models.options import check_switches
+    from ..models.options import check_switches, plain_scalar
     from ..models.paths import check_model_path
     from .output import fingerprint_of, finished_document, progress_function
 
@@ -203,6 +203,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     tuned = model_path_arg(tuned, "tuned") if tuned is not None else None
     adapter = model_path_arg(adapter, "adapter") if adapter is not None else None
     check_switches(run_diagnostic=run_diagnostic)
+    max_new_tokens, boundaries = plain_scalar(max_new_tokens), plain_scalar(boundaries)  # (numpy numbers too)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise OptionError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
     if prompts is None:
