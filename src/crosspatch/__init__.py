@@ -28,6 +28,8 @@ _EXPORTS = {
     "run": "runner.pipeline",
     "compare": "runner.compare", "lineage": "runner.lineage",
     "Prompt": "inputs.prompts", "load_prompts": "inputs.prompts",
+    "preflight": "workflows.preflight", "splice": "workflows.splice", "merge_check": "workflows.mergecheck",
+    "CrosspatchCallback": "workflows.callback",
 }
 
 # Modules that moved when the package was grouped by layer (docs/architecture.md). Their old import
@@ -47,10 +49,10 @@ MOVED_MODULES = {
 }
 
 __all__ = [  # literal, for readers and static tools; a test keeps it equal to _EXPORTS
-    "Analysis", "CELLS", "CellRecord", "CrosspatchError", "DivergenceEvent", "EventSet", "LoadOptions", "ModelPair",
-    "ModelSet", "NoDivergence", "Prompt", "READOUTS", "RunConfig", "RunResult", "compare", "lineage", "load_models",
-    "load_pair", "load_prompts", "models_from_modules", "open_run", "pair_from_models",
-    "pair_from_peft_model", "rerender", "run",
+    "Analysis", "CELLS", "CellRecord", "CrosspatchCallback", "CrosspatchError", "DivergenceEvent", "EventSet",
+    "LoadOptions", "ModelPair", "ModelSet", "NoDivergence", "Prompt", "READOUTS", "RunConfig", "RunResult", "compare",
+    "lineage", "load_models", "load_pair", "load_prompts", "merge_check", "models_from_modules", "open_run",
+    "pair_from_models", "pair_from_peft_model", "preflight", "rerender", "run", "splice",
 ]
 
 
