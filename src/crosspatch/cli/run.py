@@ -242,6 +242,13 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
     prompts = select_shard(items, config.shard)
     lines = [f"base: {base}"] + [f"descendant: {p}" for p in tuned] + [f"adapter: {p}" for p in adapters]
     lines.append(f"residency: {residency} ({reason})")
+    if config.engine == "ray":
+        from ..execution.engines import worker_resources
+
+        gpus = worker_resources(options.device)["num_gpus"]
+        lines.append(f"engine: ray, {config.workers} workers, each loading its own copy of the models ({residency}) "
+                     + (f"on a GPU of its own: the Ray cluster needs {config.workers * gpus} GPUs" if gpus else
+                        f"on the CPU: the Ray cluster needs {config.workers} CPUs"))
     if layers:
         bounds = resolve_boundaries(config, layers)
         lines.append(f"boundaries: {', '.join(map(str, bounds))} of {layers} layers")
