@@ -481,11 +481,12 @@ def test_a_run_on_another_adapter_of_a_peft_model_in_memory_leaves_its_active_ad
         assert list(model.active_adapters) == active
 
 
-def test_a_descendant_that_is_the_base_is_named_in_the_run_warnings(tmp_path):
+def test_a_descendant_that_is_the_base_is_named_in_the_run_warnings(tmp_path, prompts):
     """An adapter saved before its first training step (every lora_B zero, as PEFT initialises
     them) or a checkpoint that is a copy of the base computes exactly the base: the run found no
     divergence and said "no-late-effect: nothing it changed reaches these decisions", as if a
-    fine-tune had been measured. Both are named in the run's warnings; trained ones are not."""
+    fine-tune had been measured, and `gate` passed it. Both are named in the run's warnings and
+    recorded with the model, and gate calls such a run unusable; trained ones are neither."""
     import shutil
 
     from peft import LoraConfig, get_peft_model
@@ -505,3 +506,12 @@ def test_a_descendant_that_is_the_base_is_named_in_the_run_warnings(tmp_path):
     assert "weight files are the base's, byte for byte" in warned["copy"][0]
     assert not [w for w in load_pair(str(base), tuned=str(tmp_path / "copy"), hash_weights=False).warnings
                 if "byte for byte" in w]  # (unhashed weights: nothing to compare)
+    from crosspatch.workflows.gate import gate_run
+
+    for name, kind, path in (("fresh", "adapter", fresh), ("trained", "adapter", trained)):
+        pair = load_pair(str(base), **{kind: str(path)})
+        assert pair.provenance["adapter"].get("computes_the_base") == (warned[name] or [None])[0]
+        run(pair, prompts, max_new_tokens=4, bootstrap=0, progress=False, out=tmp_path / f"run-{name}")
+        outcome = gate_run(tmp_path / f"run-{name}")
+        assert (outcome["status"] == "unusable") == (name == "fresh"), outcome
+    assert "the run measured no fine-tune: the descendant (" in gate_run(tmp_path / "run-fresh")["reason"]

@@ -11,7 +11,14 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
-from ..models.adapters import adapter_settings, changes_base_in_place, check_adapter_files, method_conflict, vocabulary_conflict
+from ..models.adapters import (
+    adapter_settings,
+    changes_base_in_place,
+    check_adapter_files,
+    inert_adapter,
+    method_conflict,
+    vocabulary_conflict,
+)
 from ..models.cached import checkable
 from ..models.checks import (
     check_readout,
@@ -240,8 +247,14 @@ def load_models(
         name = "the descendant" if len(roles) == 2 else repr(role)
         if (unrelated := unrelated_weights_warning(base, path, name, options.revision)) is not None:
             warnings.append(unrelated)
-        entry = record["tuned"] if len(roles) == 2 else record["descendants"][role]
-        if (same := identical_weights_warning(record["base"], entry, name)) is not None:
+    several = "descendants" in record
+    for role, path in {**tuned_roles, **adapter_roles}.items():  # a descendant that computes exactly the base
+        entry = record["descendants"][role] if several else record["adapter" if adapter_roles else "tuned"]
+        name = repr(role) if several else "the descendant"
+        same = inert_adapter(path, name) if role in adapter_roles else \
+            identical_weights_warning(record["base"], entry, name)
+        if same is not None:  # (recorded for gate, which calls such a run unusable)
+            entry["computes_the_base"] = same
             warnings.append(same)
     # every tokenizer first, so that special tokens that differ are named before any weight loads
     # (_check_set compares them again, with the models' facts, once they have loaded)

@@ -348,7 +348,7 @@ def base_change(init, bias, holds_biases) -> str | None:
     return None
 
 
-def inert_adapter(adapter_dir: str, config: dict | None = None) -> str | None:
+def inert_adapter(adapter_dir: str, name: str = "the adapter", config: dict | None = None) -> str | None:
     """Why a local LoRA adapter changes nothing, where its weights say so: every ``lora_B`` (and
     ``lora_embedding_B``) is zero, as PEFT initialises them, and it trains no bias, magnitude or
     whole module; the adapter then computes exactly its base (saved before its first training
@@ -370,7 +370,7 @@ def inert_adapter(adapter_dir: str, config: dict | None = None) -> str | None:
                 return None
     except Exception:  # noqa: BLE001 - a file the loader will name
         return None
-    return (f"the adapter {adapter_dir} changes nothing: all {len(factors)} of its lora_B matrices are zero, as PEFT "
+    return (f"{name} ({adapter_dir}) changes nothing: all {len(factors)} of its lora_B matrices are zero, as PEFT "
             "initialises them (saved before its first training step?), so the descendant computes exactly the base "
             "and no divergence is a finding about the adapter, not about a fine-tune")
 
@@ -390,8 +390,6 @@ def adapter_settings(adapter_dir: str, base: str | None = None, shares_base: boo
         warnings.append(f"{why}: one copy of the base weights serves the base (or other adapters) here, so what is "
                         "read as the base carries these changes; with no residency asked for, crosspatch gives the "
                         "base a copy of its own")
-    if (inert := inert_adapter(adapter_dir, cfg)) is not None:
-        warnings.append(inert)
     if cfg.get("modules_to_save"):
         warnings.append(
             f"adapter modules_to_save={cfg['modules_to_save']}: these modules are replaced wholesale; "

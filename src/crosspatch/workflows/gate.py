@@ -79,6 +79,8 @@ def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
     if shard is not None:
         return _unusable(f"{path} is shard {shard} of a sharded run: its verdict covers that shard's prompts only; "
                          "merge the shards (crosspatch merge) and gate the merged run")
+    if (same := _computes_the_base(config)) is not None:
+        return _unusable(f"the run measured no fine-tune: {same}")
     try:
         summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
         check_summary_shape(summary, path / "summary.json")
@@ -107,3 +109,18 @@ def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
             "verdict": decision["verdict"], "reason": decision["reason"], "boundary": int(boundary),
             "readout": rules.readout, "policy": rules.as_dict(), "numbers": decision["numbers"],
             "run_dir": str(path)}
+
+
+def _computes_the_base(config: dict) -> str | None:
+    """Why the run's scored descendant computes exactly the base (config.json's model record:
+    ``computes_the_base``, an adapter that changes nothing or a copy of the base), else None."""
+    def part(holder, key, kind):  # (a damaged record is no reason to stop here: other checks name it)
+        value = holder.get(key) if isinstance(holder, dict) else None
+        return value if isinstance(value, kind) else kind()
+
+    models, roles = part(config, "models", dict), part(config, "roles", list)
+    role = part(config, "options", dict).get("tuned") or (roles[1] if len(roles) > 1 else None)
+    entry = part(models, "descendants", dict).get(role) if "descendants" in models else \
+        models.get("tuned") or models.get("adapter")
+    why = entry.get("computes_the_base") if isinstance(entry, dict) else None
+    return why if isinstance(why, str) else None
