@@ -204,6 +204,23 @@ def test_the_free_memory_read_is_the_gpu_the_models_load_on(monkeypatch):
     assert environment("map")["cuda_device"] == "GPU-0, GPU-1, GPU-2, GPU-3" and "cuda_device" not in environment("cpu")
 
 
+def test_a_checkpoint_saved_in_both_formats_counts_once_toward_the_residency(tmp_path):
+    """A directory with safetensors and a pickle copy of the same weights (as many hub repos
+    hold) counted both toward the models' size: twice the memory, `sequential` sooner. It counts
+    the safetensors, which transformers loads."""
+    import shutil
+
+    from crosspatch.execution import opening
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path)
+    one = opening._weights_bytes(str(root / "base"))
+    shutil.copy(root / "base" / "model.safetensors", root / "base" / "pytorch_model.bin")  # (the size is what counts)
+    assert one and opening._weights_bytes(str(root / "base")) == one
+    (root / "base" / "model.safetensors").unlink()
+    assert opening._weights_bytes(str(root / "base")) == one  # pickle only: that is what would load
+
+
 @pytest.mark.parametrize("decode", ["eager", "static"])
 def test_one_model_at_a_time_the_rollout_batches_continuously(decode, monkeypatch):
     """Under ``sequential`` the rollout is decoded whole before the other model is loaded; a row that

@@ -57,11 +57,14 @@ from .roles import BASE, descendant_roles, model_path_arg
 # -- loading ----------------------------------------------------------------------------------
 def _weights_bytes(path: str, revision: str | None = None) -> int | None:
     """The bytes of a checkpoint's weight files: a local directory's, or a hub id's whole snapshot
-    in the local cache (:func:`~crosspatch.models.cached.checkable`); None where unknown."""
+    in the local cache (:func:`~crosspatch.models.cached.checkable`); None where unknown. Where a
+    directory holds safetensors and pickle copies both, the safetensors (what transformers loads)."""
     path = checkable(path, revision)
     if not is_local(path):
         return None
-    return sum(f.stat().st_size for f in weight_files(path)) or None
+    files = weight_files(path)
+    loaded = [f for f in files if f.suffix == ".safetensors"] or files
+    return sum(f.stat().st_size for f in loaded) or None
 
 
 def _available_bytes(options: LoadOptions) -> int | None:
