@@ -12,7 +12,8 @@ class LoadOptions:
     """How to load checkpoints (every field is recorded in the run's config.json). The fields with
     help are the loading options of every command that loads models (``cli.options``)."""
 
-    dtype: str = field(default="auto", metadata={"help": "auto (bfloat16 on a GPU, float32 on the CPU) | float32 | "
+    dtype: str = field(default="auto", metadata={"help": "auto (bfloat16 on a GPU, float16 on one without "
+                                                        "bfloat16, float32 on the CPU) | float32 | "
                                                         "bfloat16 (bf16) | float16 (fp16)"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else the CPU) | cpu | cuda | "
                                                           "cuda:N | map (accelerate device map over every GPU and the "
