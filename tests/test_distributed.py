@@ -145,6 +145,8 @@ def test_a_ray_cluster_without_a_gpu_for_each_worker_is_named_before_any_worker_
     spec = copy.deepcopy(pair.provenance["load_spec"])
     spec["options"]["device"] = "cuda:1"  # as a GPU machine records it
     pair.provenance["load_spec"] = spec
+    if ray.is_initialized():  # (a cluster another test left: this one is told of a GPU)
+        ray.shutdown()
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)  # (a GPU Ray is told of)
     try:
         with pytest.raises(OptionError, match="needs 2 GPUs .* has 1: give --workers 1"):
