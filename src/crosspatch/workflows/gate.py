@@ -120,7 +120,7 @@ def _computes_the_base(config: dict) -> str | None:
 
     models, roles = part(config, "models", dict), part(config, "roles", list)
     role = part(config, "options", dict).get("tuned") or (roles[1] if len(roles) > 1 else None)
-    entry = part(models, "descendants", dict).get(role) if "descendants" in models else \
+    entry = part(models, "descendants", dict).get(role if isinstance(role, str) else None) if "descendants" in models else \
         models.get("tuned") or models.get("adapter")
     why = entry.get("computes_the_base") if isinstance(entry, dict) else None
     return why if isinstance(why, str) else None
