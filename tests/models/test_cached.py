@@ -116,3 +116,19 @@ def test_a_cached_hub_pair_is_checked_before_any_model_loads(tmp_path, hub, monk
     monkeypatch.setattr(opening, "_available_bytes", lambda options: 1 << 10)  # less than the two models
     residency, reason = choose_residency("org/base", "org/tuned", None, options)
     assert residency == "sequential" and "2 models need" in reason, reason
+
+
+def test_an_untrained_adapter_in_the_hub_cache_is_named_too(tmp_path, hub):
+    """An adapter given by hub id (a training job's push_to_hub) is read from its cached snapshot
+    for the check that it changes nothing (every lora_B zero), as a local adapter directory is."""
+    from peft import LoraConfig, get_peft_model
+
+    from crosspatch.models.adapters import inert_adapter
+    from crosspatch.testing.contract import save_tiny_lora
+
+    fresh = tmp_path / "fresh"
+    get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(fresh)
+    hub("org/fresh", fresh)
+    hub("org/trained", save_tiny_lora(tmp_path / "t")[1])
+    assert "the descendant (org/fresh) changes nothing: all 4 of its lora_B" in inert_adapter("org/fresh", "the descendant")
+    assert inert_adapter("org/trained") is None and inert_adapter("org/absent-adapter") is None

@@ -354,8 +354,18 @@ def inert_adapter(adapter_dir: str, name: str = "the adapter", config: dict | No
     whole module; the adapter then computes exactly its base (saved before its first training
     step, or trained with a learning rate of zero), and a run of it finds no divergence, which is
     no finding about a fine-tune. None otherwise (another method, a hub id, pickle weights)."""
-    config = read_adapter_config(adapter_dir) if config is None else config
+    try:
+        config = read_adapter_config(adapter_dir) if config is None else config
+    except ModelLoadError:  # (no adapter to read: the loading names it)
+        return None
     weights = Path(adapter_dir).expanduser() / "adapter_model.safetensors"
+    if not is_local(adapter_dir):  # a hub id: its weights in the local cache (PEFT loads the main revision)
+        from .paths import _cached_file
+
+        try:
+            weights = Path(_cached_file(adapter_dir, "adapter_model.safetensors", None) or weights)
+        except Exception:  # noqa: BLE001 - an id the hub library refuses: nothing cached
+            return None
     if str(config.get("peft_type", "")).upper() != "LORA" or not weights.is_file() or \
             config.get("modules_to_save") or config.get("bias", "none") != "none":
         return None
