@@ -123,7 +123,7 @@ def test_an_untrained_adapter_in_the_hub_cache_is_named_too(tmp_path, hub):
     for the check that it changes nothing (every lora_B zero), as a local adapter directory is."""
     from peft import LoraConfig, get_peft_model
 
-    from crosspatch.models.adapters import inert_adapter
+    from crosspatch.models.checks import inert_adapter
     from crosspatch.testing.contract import save_tiny_lora
 
     fresh = tmp_path / "fresh"

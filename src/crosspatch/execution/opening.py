@@ -11,14 +11,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
-from ..models.adapters import (
-    adapter_settings,
-    changes_base_in_place,
-    check_adapter_files,
-    inert_adapter,
-    method_conflict,
-    vocabulary_conflict,
-)
+from ..models.adapters import adapter_settings, changes_base_in_place, check_adapter_files, method_conflict, vocabulary_conflict
 from ..models.cached import checkable
 from ..models.checks import (
     check_readout,
@@ -28,6 +21,7 @@ from ..models.checks import (
     compare_facts,
     compare_weight_layouts,
     identical_weights_warning,
+    inert_adapter,
     model_facts,
     unrelated_weights_warning,
 )

@@ -322,3 +322,46 @@ def identical_weights_warning(base: dict, descendant: dict, name: str) -> str | 
         return None
     return (f"{name}'s weight files are the base's, byte for byte (the same sha256): it computes exactly the base, "
             "so no divergence is a finding about a fine-tune; is this the checkpoint you meant?")
+
+
+def inert_adapter(adapter_dir: str, name: str = "the adapter", config: dict | None = None) -> str | None:
+    """Why a local LoRA adapter changes nothing, where its weights say so: every ``lora_B`` (and
+    ``lora_embedding_B``) is zero, as PEFT initialises them, and it trains no bias, magnitude or
+    whole module; the adapter then computes exactly its base (saved before its first training
+    step, or trained with a learning rate of zero), and a run of it finds no divergence, which is
+    no finding about a fine-tune. None otherwise (another method, a hub id, pickle weights)."""
+    from pathlib import Path
+
+    from ..errors import ModelLoadError
+    from .adapters import read_adapter_config
+    from .loading import is_local
+
+    try:
+        config = read_adapter_config(adapter_dir) if config is None else config
+    except ModelLoadError:  # (no adapter to read: the loading names it)
+        return None
+    weights = Path(adapter_dir).expanduser() / "adapter_model.safetensors"
+    if not is_local(adapter_dir):  # a hub id: its weights in the local cache (PEFT loads the main revision)
+        from .paths import _cached_file
+
+        try:
+            weights = Path(_cached_file(adapter_dir, "adapter_model.safetensors", None) or weights)
+        except Exception:  # noqa: BLE001 - an id the hub library refuses: nothing cached
+            return None
+    if str(config.get("peft_type", "")).upper() != "LORA" or not weights.is_file() or \
+            config.get("modules_to_save") or config.get("bias", "none") != "none":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            keys = list(handle.keys())
+            factors = [k for k in keys if "lora_B" in k or "lora_embedding_B" in k]
+            others = [k for k in keys if k not in factors and "lora_A" not in k and "lora_embedding_A" not in k]
+            if not factors or others or any(bool(handle.get_tensor(k).any()) for k in factors):
+                return None
+    except Exception:  # noqa: BLE001 - a file the loader will name
+        return None
+    return (f"{name} ({adapter_dir}) changes nothing: all {len(factors)} of its lora_B matrices are zero, as PEFT "
+            "initialises them (saved before its first training step?), so the descendant computes exactly the base "
+            "and no divergence is a finding about the adapter, not about a fine-tune")
