@@ -135,9 +135,6 @@ class SplicePlan:
 
 def splice_plan(config) -> SplicePlan:
     """The single-switch layer splice a passthrough ``slices`` configuration describes."""
-    from ..models.cached import checkable
-    from ..models.paths import local_config, text_config
-
     if config.modules:
         raise UnsupportedMergeConfigError("configurations with 'modules' (multi-module models) are not evaluated")
     segments: list[tuple[str, int, int]] = []
@@ -162,10 +159,7 @@ def splice_plan(config) -> SplicePlan:
             merged[-1][2] = stop
         else:
             merged.append([model, start, stop])
-    layers = text_config(local_config(checkable(merged[0][0]))).get("num_hidden_layers")  # (a cached hub id too)
-    if isinstance(layers, int) and position != layers:
-        raise UnsupportedMergeConfigError(f"the slices give {position} layers, the models have {layers}: crosspatch "
-                                          "evaluates splices that keep the depth")
+    _check_depth(merged[0][0], position, "splices")
     if len(merged) == 1:
         raise UnsupportedMergeConfigError(f"every layer comes from {merged[0][0]}: there is no splice to evaluate")
     if len(merged) > 2:
@@ -304,9 +298,6 @@ def _slice_models(config) -> list[str]:
     slice merges one layer range of every source), in the order named, when the slices merge
     each layer with the same layer of every model and keep the models' depth, as a merge of
     whole models does; anything else is an :class:`UnsupportedMergeConfigError`, before loading."""
-    from ..models.cached import checkable
-    from ..models.paths import local_config, text_config
-
     models: list[str] = []
     position = 0
     for number, out_slice in enumerate(config.slices, 1):
@@ -324,11 +315,21 @@ def _slice_models(config) -> list[str]:
         for source in out_slice.sources:
             if (path := _path(source.model)) not in models:
                 models.append(path)
-    layers = text_config(local_config(checkable(models[0]))).get("num_hidden_layers") if models else None
+    if models:
+        _check_depth(models[0], position, "merges")
+    return models
+
+
+def _check_depth(model: str, position: int, what: str) -> None:
+    """Slices that give ``position`` layers keep the depth of ``model`` (its config read before
+    loading: a local directory or a cached hub id's snapshot), else an :class:`UnsupportedMergeConfigError`."""
+    from ..models.cached import checkable
+    from ..models.paths import local_config, text_config
+
+    layers = text_config(local_config(checkable(model))).get("num_hidden_layers")
     if isinstance(layers, int) and position != layers:
         raise UnsupportedMergeConfigError(f"the slices give {position} layers, the models have {layers}: crosspatch "
-                                          "evaluates merges that keep the depth")
-    return models
+                                          f"evaluates {what} that keep the depth")
 
 
 def _sections(document: dict):
