@@ -58,6 +58,16 @@ def test_csv_and_parquet(tmp_path):
         assert [(p.id, p.prompt, p.category) for p in got] == [("001", "Rain?", "a"), ("2", "Sun?", None)]
 
 
+def test_a_data_frame_without_ids_is_told_the_python_spelling_of_numbering_its_rows():
+    # a notebook user holds a DataFrame, not a command line: the error names fields= beside --fields
+    frame = pd.DataFrame({"prompt": ["Rain?", "Sun?"]})
+    with pytest.raises(PromptFileError, match=r"required column 'id' is missing.*in Python, fields='id=@row'"):
+        as_prompts(frame)
+    assert [p.id for p in as_prompts(frame, fields="id=@row")] == ["0", "1"]
+    with pytest.raises(PromptFileError, match=r"required column 'prompt' is missing.*fields='prompt=COLUMN' in Python"):
+        as_prompts(pd.DataFrame({"id": ["a"], "text": ["Rain?"]}))
+
+
 @pytest.mark.parametrize("codec, suffix", [("gzip", ".gz"), ("bz2", ".bz2"), ("lzma", ".xz")])
 def test_a_prompt_file_compressed_whole_reads_as_the_file_itself(tmp_path, codec, suffix):
     # as datasets and pandas read prompts.jsonl.gz; lines are still named in the file given

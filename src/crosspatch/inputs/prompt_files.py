@@ -174,10 +174,10 @@ def check_columns(columns, where: str) -> None:
     ShareGPT's ``conversations``)."""
     if "id" not in columns:
         raise PromptFileError(f"{where}: required column 'id' is missing (another column is named with --fields "
-                              "id=COLUMN; --fields id=@row numbers the rows)")
+                              "id=COLUMN; --fields id=@row numbers the rows; in Python, fields='id=@row')")
     if not {"prompt", "messages", "conversations"} & set(columns):
         raise PromptFileError(f"{where}: required column 'prompt' is missing (or give 'messages', a chat; another "
-                              "column is named with --fields prompt=COLUMN)")
+                              "column is named with --fields prompt=COLUMN, fields='prompt=COLUMN' in Python)")
 
 
 def _delimiter(path: Path, header: str, fields: dict[str, str]) -> str:
