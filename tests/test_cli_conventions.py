@@ -132,6 +132,19 @@ def test_unknown_breakdowns_and_readouts_are_named_errors():
         with pytest.raises(KeyError):  # still, for code that caught the lookup as one
             table(boundary=3)
 
+def test_a_breakdown_with_no_group_is_an_empty_table_with_its_columns():
+    # prompts without a category: by_category holds no group; frame[frame.effect == ...] must still work
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import make_pair
+
+    result = run(make_pair("llama"), ["Rain over the hills", "Snow in the valley"], boundary=2, max_new_tokens=6,
+                 bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+    by_category = result.effects(by="category")
+    assert by_category.empty and list(by_category.columns) == list(result.effects().columns)
+    assert by_category[by_category.effect == "interaction"].empty
+    assert list(result.cells().columns) == ["boundary", "cell", "mean", "ci_low", "ci_high", "n_events"]
+
+
 def test_run_leaves_the_callers_config_as_it_was_and_names_a_wrong_model_argument():
     from crosspatch.runner.compare import compare
     from crosspatch.runner.lineage import lineage

@@ -145,6 +145,14 @@ def test_identical_models_give_no_events_and_pass_the_gate(tmp_path):
     result = run(pair, many_prompts(6), boundary=2, max_new_tokens=6, bootstrap=200, progress=False,
                  out=tmp_path / "same")
     assert result.summary["counts"]["events"] == 0 and result.verdict["verdict"] == "no-late-effect"
+    import pandas as pd
+
+    # no event, yet every table keeps its columns: result.events[result.events.valid] works on any run
+    assert result.events.empty and result.events[result.events.valid].empty
+    assert list(result.events.columns[:6]) == ["prompt_id", "position", "t_pt", "t_it", "boundary", "kinds"]
+    stored = pd.read_parquet(tmp_path / "same" / "events.parquet")
+    assert stored.empty and list(stored.columns) == list(result.events_long.columns)
+    assert {"key", "kind", "valid", "common_it.interaction", "common_pt.uit_lit"} <= set(stored.columns)
     code, out = _gate(tmp_path / "same")
     assert (code, out["status"]) == (0, "pass")
 

@@ -21,6 +21,8 @@ from ..store import (
     records_frame,
 )
 
+EFFECT_COLUMNS = ["boundary", "group", "effect", "mean", "ci_low", "ci_high", "n_events", "n_prompts", "note"]
+CELL_COLUMNS = ["boundary", "cell", "mean", "ci_low", "ci_high", "n_events"]
 CONTROL_COLUMNS = ("control", "status", "value", "ci", "n", "threshold", "summary")  # a Controls row, less details
 
 
@@ -102,7 +104,7 @@ class RunResult:
                     rows.append({"boundary": int(b), "group": group, "effect": name, **interval_columns(stat),
                                  "n_events": block["n_events"], "n_prompts": block["n_prompts"],
                                  "note": stat.get("na_reason")})
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows, columns=EFFECT_COLUMNS)  # its columns also with no group (no prompt has the field)
 
     def cells(self, boundary: int | None = None, readout: str = "common_it"):
         """A DataFrame of the four cell means with 95% intervals, per boundary."""
@@ -112,7 +114,7 @@ class RunResult:
         for b, res in self._blocks(boundary, readout):
             for cell, stat in res["all"]["cells"].items():
                 rows.append({"boundary": int(b), "cell": cell, **interval_columns(stat), "n_events": res["all"]["n_events"]})
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
     def controls(self):
         """The Controls table as a DataFrame, one row per control (its columns also when the run

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ..core.records import CELLS, READOUTS, CellRecord, NoDivergence
+from ..core.records import CELLS, READOUTS, CellRecord, NoDivergence, cell_effects
 from ..errors import IncompleteRunError
 
 
@@ -48,9 +48,10 @@ def events_frame(records: Iterable[CellRecord]):
     from ..core.tokens import EVENT_KINDS, ordered_kinds
 
     long = records_frame(records)
-    if long.empty:
-        return long
     identity = ["prompt_id", "position", "t_pt", "t_it", "boundary"]
+    if long.empty:  # no event: the same columns, so that filtering and selecting work on any run
+        rest = [c for c in long.columns if c not in identity and c not in ("key", "kind")]
+        return long.reindex(columns=identity + ["kinds"] + [f"is_{k}" for k in EVENT_KINDS] + rest)
     kinds = long.groupby(identity, sort=False)["kind"].agg(lambda ks: ",".join(ordered_kinds(ks)))
     wide = long.drop_duplicates(identity).drop(columns=["key", "kind"]).set_index(identity)
     wide.insert(0, "kinds", kinds)
@@ -101,4 +102,15 @@ def records_frame(records: Iterable[CellRecord]):
     the per-event effects ``<readout>.E_PT``, ``.E_IT``, ``.interaction``."""
     import pandas as pd
 
-    return pd.DataFrame(record_rows(records))
+    rows = record_rows(records)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=record_columns())
+
+
+def record_columns() -> list[str]:
+    """The columns of :func:`records_frame` (a ``--group-by`` field aside): what a table of no
+    record still has."""
+    from dataclasses import fields
+
+    zero = dict.fromkeys(CELLS, 0.0)
+    return ([f.name for f in fields(CellRecord) if f.name not in ("cells", "extra")]
+            + [f"{name}.{c}" for name in READOUTS for c in [*CELLS, *cell_effects(zero)]])
