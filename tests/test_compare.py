@@ -338,6 +338,38 @@ def test_compare_and_lineage_commands(tmp_path):
     assert not (tmp_path / "l" / "run" / ".crosspatch-collection").exists()
 
 
+def test_a_compare_names_a_descendant_that_is_a_copy_of_the_base_in_its_table_pages_and_output(tmp_path):
+    # a member's run warns; the compare's own output must too, or its "no-late-effect, 0 events" row reads as a finding
+    import json
+    import shutil
+
+    from crosspatch.cli import app
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "m")
+    shutil.copytree(root / "base", root / "copy")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in many_prompts(4)))
+    res = CliRunner().invoke(app, ["compare", "--base", str(root / "base"), "--tuned", str(root / "tuned"), "--tuned",
+                                   str(root / "copy"), "--prompts", str(prompts), "--max-new-tokens", "4", "--bootstrap",
+                                   "0", "--quiet", "--boundary", "2", "--event-kinds", "first_diff", "--controls", "none",
+                                   "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    said = "'copy': its weight files are the base's, byte for byte"
+    assert said in " ".join(res.output.split()), res.output
+    stored = json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert [w for w in stored["warnings"] if said in w] and not [w for w in stored["warnings"] if "'tuned'" in w]
+    assert "## Warnings" in (tmp_path / "c" / "report.md").read_text()
+    assert "<h2>Warnings</h2>" in (page := (tmp_path / "c" / "report.html").read_text()) and "&#39;copy&#39;" in page
+    res = CliRunner().invoke(app, ["lineage", str(root / "base"), str(root / "copy"), str(root / "tuned"), "--prompts",
+                                   str(prompts), "--max-new-tokens", "4", "--bootstrap", "0", "--quiet", "--boundary",
+                                   "2", "--event-kinds", "first_diff", "--controls", "none", "--out", str(tmp_path / "l")])
+    assert res.exit_code == 0 and said in " ".join(res.output.split()), res.output
+    assert [w for w in json.loads((tmp_path / "l" / "lineage.json").read_text())["warnings"] if said in w]
+    assert "## Warnings" in (tmp_path / "l" / "report.md").read_text()
+    assert "<h2>Warnings</h2>" in (tmp_path / "l" / "report.html").read_text()
+
+
 @pytest.mark.slow
 def test_compare_under_sequential_residency_holds_one_model_at_a_time(family, tmp_path):
     tok = char_tokenizer()

@@ -320,8 +320,8 @@ def identical_weights_warning(base: dict, descendant: dict, name: str) -> str | 
     if not ours or None in ours.values() or None in theirs.values() or \
             sorted(ours.values()) != sorted(theirs.values()):
         return None
-    return (f"{name}'s weight files are the base's, byte for byte (the same sha256): it computes exactly the base, "
-            "so no divergence is a finding about a fine-tune; is this the checkpoint you meant?")
+    return (f"{name}: its weight files are the base's, byte for byte (the same sha256), so it computes exactly the "
+            "base and finding no divergence says nothing about a fine-tune; is this the checkpoint you meant?")
 
 
 def inert_adapter(adapter_dir: str, name: str = "the adapter", config: dict | None = None) -> str | None:
@@ -364,4 +364,4 @@ def inert_adapter(adapter_dir: str, name: str = "the adapter", config: dict | No
         return None
     return (f"{name} ({adapter_dir}) changes nothing: all {len(factors)} of its lora_B matrices are zero, as PEFT "
             "initialises them (saved before its first training step?), so the descendant computes exactly the base "
-            "and no divergence is a finding about the adapter, not about a fine-tune")
+            "and finding no divergence says nothing about a fine-tune")

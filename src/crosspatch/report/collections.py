@@ -37,6 +37,8 @@ def render_compare_markdown(summary: dict) -> str:
     for role, r in summary["rows"].items():
         lines += [f"- **{md_escape(role)}**: {md_escape(r['reason'])}"]
     lines.append("")
+    if summary.get("warnings"):  # the model set's (a descendant that computes the base, tokenizers, ...)
+        lines += ["## Warnings", ""] + [f"- {md_escape(w)}" for w in summary["warnings"]] + [""]
     if summary.get("cross"):
         roles = list(summary["cross"])
         lines += ["## Cross-descendant patching", "", summary["cross_note"] + ".", ""]
@@ -66,7 +68,8 @@ def render_compare_html(summary: dict) -> str:
     return env.get_template("tables.html.j2").render(
         title="crosspatch compare", intro=f"Base against {len(summary['rows'])} descendant(s); headline boundary, "
                                           "common-IT readout, 95% prompt-cluster intervals.",
-        reading=reading, tables=tables, links=[f"{role}/report.html" for role in summary["rows"]])
+        reading=reading, warnings=summary.get("warnings") or [], tables=tables,
+        links=[f"{role}/report.html" for role in summary["rows"]])
 
 
 def plot_lineage(summary: dict, out: Path) -> None:
@@ -137,6 +140,8 @@ def render_lineage_markdown(summary: dict) -> str:
              "![lineage](lineage.png)", ""]
     rows = [[md_escape(row[0]), *row[1:]] for row in lineage_rows(summary)]
     lines += _table(list(LINEAGE_COLUMNS), rows)
+    if summary.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {md_escape(w)}" for w in summary["warnings"]]
     return "\n".join(lines + [""])
 
 
@@ -151,6 +156,7 @@ def render_lineage_html(summary: dict, out: Path) -> str:
         title="crosspatch lineage", intro=summary["note"] + (
             f". No Base -> Final event: {why}" if (why := lineage_no_events(summary)) else ""),
         tables=[("Stages", list(LINEAGE_COLUMNS), lineage_rows(summary))], links=[],
+        warnings=summary.get("warnings") or [],
         image=base64.b64encode(png.read_bytes()).decode() if png.exists() else None)
 
 

@@ -229,6 +229,7 @@ def lineage_summary(result: RunResult, stages: list[str], boundary: int, boot: B
     why = {} if result.summary["counts"]["events"] else {
         "no_events_reason": (result.summary.get("verdict") or {}).get("reason") or "no prompt produced an event"}
     return {"schema_version": LINEAGE_SCHEMA, "stages": stages, "final": final, "boundary": boundary, **why,
+            "warnings": list(result.config.get("pair_warnings") or []),  # the model set's (a stage that is the base)
             "events": result.summary["counts"]["events"], "by_stage": {s: out_stages[s] for s in stages},
             "note": ("support fixed on the Base -> Final first divergences; each stage scored on (t_Base, t_Final). "
                      "Share of final (shift) = the stage's native shift Y(U_S,L_S) - Y(U_B,L_B), each model read with "

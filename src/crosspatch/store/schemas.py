@@ -125,6 +125,7 @@ class CompareDocument(TypedDict, total=False):
     boundary: int
     rows: dict[str, dict[str, Any]]
     cross: Optional[dict[str, Any]]
+    warnings: list[str]  # the model set's warnings (each member run's summary.json repeats them)
 
 
 @with_config(ConfigDict(extra="allow"))
@@ -140,6 +141,7 @@ class LineageDocument(TypedDict, total=False):
     by_stage: dict[str, dict[str, Any]]
     note: str
     training_steps: dict[str, int]
+    warnings: list[str]  # the model set's warnings (the lineage's run repeats them in its summary.json)
 
 
 DOCUMENTS = {"config.json": RunConfigRecord, "summary.json": Summary, "compare.json": CompareDocument,
