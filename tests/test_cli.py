@@ -195,6 +195,22 @@ def test_bad_prompt_file_is_a_clear_error(saved_pair, tmp_path):
     assert "PromptFileError" in res.output and "bad.jsonl:1: field 'prompt' is missing" in res.output
 
 
+def test_square_brackets_in_paths_and_ids_are_printed_as_given_not_read_as_console_markup(saved_pair, tmp_path):
+    # rich read '[exp1]' as a style (the line said "run directory: .../runs/") and '[/]' as a tag (MarkupError)
+    bad = tmp_path / "[bold]" / "p.jsonl"
+    bad.parent.mkdir()
+    bad.write_text('{"id": "[/]", "prompt": "Rain"}\n{"id": "[/]", "prompt": "Snow"}\n')
+    res = CliRunner().invoke(app, ["run", "--base", str(saved_pair / "base"), "--tuned", str(saved_pair / "tuned"),
+                                   "--prompts", str(bad), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "[bold]/p.jsonl:2: field 'id' '[/]' repeats" in res.output, res.output
+    out = tmp_path / "runs" / "[exp1]"
+    res = CliRunner().invoke(app, ["run", "--base", str(saved_pair / "base"), "--tuned", str(saved_pair / "tuned"),
+                                   "--prompts", str(saved_pair / "prompts.jsonl"), "--out", str(out), "--max-new-tokens",
+                                   "4", "--bootstrap", "0", "--controls", "none", "--event-kinds", "first_diff"])
+    assert res.exit_code == 0, res.output
+    assert f"run directory: {out} (report.md" in " ".join(res.output.split()), res.output
+
+
 def test_a_run_records_and_reports_where_its_prompts_were_read_from(tmp_path):
     """The prompt file's path is the run's provenance (config.json and both reports), never its
     identity: the same prompts read from another file, or given in Python, are the same run."""

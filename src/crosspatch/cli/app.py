@@ -79,13 +79,16 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
                                        help="Print crosspatch's version and exit.")) -> None:
     """First-divergence cross-patching of a base model and its fine-tuned descendant."""
 app.add_typer(zoo_app, name="zoo")
-console = Console(stderr=True)
+# No console markup: what crosspatch prints holds paths, model and role names, prompt ids and error
+# messages quoting them, and rich would read '[exp1]' in runs/[exp1] as a style (dropped from the
+# line) and '[/]' as a tag (MarkupError). Styles are given as Text spans instead.
+console = Console(stderr=True, markup=False)
 
 
 def _stdout() -> Console:
     """Console for result tables: never narrower than the tables when output is not a terminal."""
-    probe = Console()
-    return probe if probe.is_terminal else Console(width=140)
+    probe = Console(markup=False)
+    return probe if probe.is_terminal else Console(width=140, markup=False)
 
 
 def _fail(exc: Exception) -> None:

@@ -62,7 +62,7 @@ def preflight_cmd(
         result = preflight(base, adapter=adapter, merged=merged, prompts=_with_fields(prompts, fields), domain_text=domain_text, out=out,
                            policy=thresholds, max_new_tokens=max_new_tokens, options=load,
                            merge_in_memory=merge_in_memory,
-                           progress=None if as_json else (lambda m: console.print(f"[dim]{m}[/dim]")))
+                           progress=None if as_json else (lambda m: console.print(Text(m, style="dim"), soft_wrap=True)))
     except CrosspatchError as exc:
         _fail(exc)
     if as_json:
@@ -110,7 +110,7 @@ def splice_cmd(
         out = out if out is not None else default_out(base, [tuned or adapter or "descendant"], "splice")
         result = splice(base, tuned=tuned, adapter=adapter, prompts=_with_fields(prompts, fields), boundaries=chosen, out=out,
                         max_new_tokens=max_new_tokens, options=load, run_diagnostic=not no_diagnostic,
-                        progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+                        progress=lambda m: console.print(Text(m, style="dim"), soft_wrap=True))
     except CrosspatchError as exc:
         _fail(exc)
     from ..report.notebook import splice_table
@@ -157,7 +157,7 @@ def merge_check_cmd(
     try:
         document = merge_check(config, _with_fields(prompts, fields), base=base, out=out, max_new_tokens=max_new_tokens,
                                options=load,
-                               progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+                               progress=lambda m: console.print(Text(m, style="dim"), soft_wrap=True))
     except CrosspatchError as exc:
         _fail(exc)
     if document["kind"] == "splice":
