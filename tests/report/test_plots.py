@@ -45,3 +45,24 @@ def test_the_heatmap_title_fits_its_drawing():
     x = float(re.search(r'<text x="([\d.]+)"[^>]*font-weight="bold"', svg).group(1))
     half = face.getlength(title) / 2
     assert x - half >= 0 and x + half <= width
+
+
+def test_model_text_is_drawn_as_written_in_the_svg_and_never_as_a_formula_by_matplotlib(tmp_path):
+    """A category 'cost $5 \\ day' was labelled 'cost \\$5 \\\\ day' in the report's forest plot
+    (matplotlib's mathtext escaping applied to a hand-written SVG); a lineage stage named with
+    '$...$' was drawn as a formula, and '$\\q$' stopped the plot at saving."""
+    import html
+
+    from crosspatch.report.collections import plot_lineage
+    from crosspatch.report.plots import forest_svg
+
+    effect = {"mean": 1.0, "ci": [0.5, 1.5]}
+    block = {"effects": {"E_PT": effect, "E_IT": effect, "interaction": effect}}
+    svg = forest_svg([("cost $5 \\ day", block)], "by category")
+    assert html.escape("cost $5 \\ day: E_PT") in svg and "\\$" not in svg
+    stat = {"mean": 0.5, "ci": [0.1, 0.9]}
+    stages = ["sft $\\q$", "dpo $x$"]
+    summary = {"stages": stages, "by_stage": {s: {k: stat for k in ("native_shift", "E_IT", "E_PT", "interaction")}
+                                              for s in stages}}
+    plot_lineage(summary, tmp_path)
+    assert (tmp_path / "lineage.png").stat().st_size > 0

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..core.records import CELLS
 from ..store import write_whole
 from .markdown import _table, fmt_effect, fmt_percent, fmt_value, md_escape
-from .plots import legend, save_figure
+from .plots import legend, matplotlib_label, save_figure
 
 __all__ = ["LINEAGE_COLUMNS", "cross_cell", "lineage_no_events", "lineage_rows", "plot_lineage", "render_compare_html",
            "render_compare_markdown", "render_lineage_html", "render_lineage_markdown", "write_compare_pages",
@@ -95,7 +95,7 @@ def plot_lineage(summary: dict, out: Path) -> None:
     if by_step:
         ax.set_xlabel("training step")
     else:
-        ax.set_xticks(x, stages)
+        ax.set_xticks(x, [matplotlib_label(s) for s in stages])
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_ylabel("logits (t_Final vs t_Base)")
     ax.set_title("lineage: every stage on the Base -> Final contrast")

@@ -101,9 +101,15 @@ def _svg(fig) -> str:
 
 
 def _label(text) -> str:
-    """Model or prompt text as a plot label: no mathtext, bounded length."""
-    text = str(text).replace("\\", "\\\\").replace("$", "\\$")
+    """Model or prompt text as an SVG label, of bounded length (``_text`` escapes it)."""
+    text = str(text)
     return text if len(text) <= 40 else text[:39] + "…"
+
+
+def matplotlib_label(text) -> str:
+    """Model or prompt text as a matplotlib label: no mathtext (a '$' pair is no formula, a '$\\'
+    no parse error at saving), bounded length."""
+    return _label(text).replace("\\", "\\\\").replace("$", "\\$")
 
 
 def _pyplot():
