@@ -53,8 +53,11 @@ def test_a_row_taken_into_a_free_slot_computes_what_it_would_alone(arch):
     decoder.start([first, second], [0, 1])
     decoder.feed(torch.tensor([[5], [6]]))
     decoder.select([1])  # the first row ended
-    if not decoder.can_add:
-        assert decoder.cache.layers and any(getattr(layer, "is_sliding", False) for layer in decoder.cache.layers)
+    if not decoder.can_add:  # sliding windows, or layers that are no plain keys and values (GLM-5's indexed cache)
+        from transformers.cache_utils import StaticLayer
+
+        assert decoder.cache.layers and any(getattr(layer, "is_sliding", False) or type(layer) is not StaticLayer
+                                            for layer in decoder.cache.layers)
         return
     assert decoder.joinable([third]) == 1
     joined = decoder.add([third], [2])

@@ -94,3 +94,45 @@ def test_static_decoding_finds_the_eager_events_with_bit_identical_exact_cells(a
     assert [(r.key, r.position, r.t_pt, r.t_it) for r in static.records] == \
         [(r.key, r.position, r.t_pt, r.t_it) for r in eager.records]
     assert [r.cells for r in static.records] == [r.cells for r in eager.records]
+
+
+def test_a_boundary_at_a_layer_that_reuses_an_earlier_layers_sparse_selection_is_refused_by_name(tmp_path):
+    """GLM-5's shared-indexer layers attend over the top-k positions an earlier layer of the same
+    model selected: a late stack starting at one would run on the other model's selection too (HF
+    raised a bare ValueError mid-run). Refused before the search (Python and the command line, before
+    any weight loads) and by the late pass itself; a boundary at a layer with its own indexer runs."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from crosspatch.cli import app
+    from crosspatch.errors import BoundaryError
+    from crosspatch.execution import pair_from_models
+    from crosspatch.models import late_forward
+    from crosspatch.testing import char_tokenizer, perturb_layers
+    from crosspatch.testing.tiny import VOCAB_PADDING, _configs
+
+    tokenizer = char_tokenizer()
+    if "glm_moe_dsa" not in _configs(8, 4):
+        pytest.skip("this transformers has no GLM-MoE-DSA")
+    config = _configs(len(tokenizer) + VOCAB_PADDING, 4)["glm_moe_dsa"]()
+    config.indexer_types = ["full", "full", "shared", "full"]
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(config).eval()
+    tuned = perturb_layers(base, [0, 1, 2, 3], 0.5)
+    pair = pair_from_models(base, tuned, tokenizer)
+    prompts = [dict(p) for p in PROMPTS[:3]]
+    with pytest.raises(BoundaryError, match=r"boundary 2: layer 2 reuses the sparse-attention selection.*: 1, 3$"):
+        run(pair, prompts, **{**OPTIONS, "boundary": 2})
+    with pytest.raises(BoundaryError, match="indexer_types\\[2\\] = 'shared'"):
+        late_forward(pair.it, 2, torch.zeros(1, 3, 32), [[1, 40, 41]], 0)
+    assert run(pair, prompts, **{**OPTIONS, "boundary": 3}).records
+    base.save_pretrained(tmp_path / "base")
+    tuned.save_pretrained(tmp_path / "tuned")
+    for name in ("base", "tuned"):
+        tokenizer.save_pretrained(tmp_path / name)
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    res = CliRunner().invoke(app, ["run", "--base", str(tmp_path / "base"), "--tuned", str(tmp_path / "tuned"),
+                                   "--prompts", str(tmp_path / "p.jsonl"), "--boundary", "2", "--dry-run"])
+    assert res.exit_code == 2 and "BoundaryError: boundary 2: layer 2 reuses" in res.output, res.output

@@ -129,7 +129,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     from ..errors import PromptImageError
     from ..inputs.chats import check_chat_rows
     from ..models.adapters import check_adapter_files
-    from ..models.anatomy import check_supported
+    from ..models.anatomy import check_boundaries_supported, check_supported
     from ..models.cached import checkable
     from ..models.checks import check_weights_fit_config, compare_configs, compare_weight_layouts, local_input_embeddings
     from ..models.loading import check_custom_code, check_weight_format
@@ -183,7 +183,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
         compare_weight_layouts(files[base], files[path], names)  # a descendant lacking weights, a config not its weights
     layers = local_num_layers(files[base])
     if layers is not None:
-        resolve_boundaries(config, layers)
+        check_boundaries_supported(local_config(files[base]), resolve_boundaries(config, layers))
     # the chat template's refusals and prompts the two tokenizers split apart, named before the weights load;
     # a lineage scores its stages on the base -> final events, read with the final stage's tokenizer
     read_by = [(p, False) for p in tuned] + [(p, True) for p in adapters]

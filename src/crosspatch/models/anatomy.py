@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UnsupportedArchitectureError
+from ..errors import BoundaryError, UnsupportedArchitectureError
 
 # model_type -> (layers attribute, final norm attribute) where generic discovery is not enough
 _REGISTRY: dict[str, tuple[str, str]] = {
@@ -52,6 +52,7 @@ class Anatomy:
     logit_scale: float | None = None  # logits are multiplied by this (Cohere)
     logit_divisor: float | None = None  # logits are divided by this (Granite)
     layer_returns_tuple: bool | None = None  # learned from the first forward pass
+    layer_tuple_length: int = 1  # and how many items that tuple holds (GLM-DSA: hidden states, top-k indices)
     late_backbone: nn.Module | None = None  # the language tower late-only passes run (default: backbone)
     image_token_id: int | None = None  # a vision-language model's image placeholder token
 
@@ -198,6 +199,29 @@ def check_supported(config) -> None:
             raise UnsupportedArchitectureError(
                 f"{model_type}: vision-language models with multimodal rotary positions (Qwen2-VL, Qwen2.5-VL, "
                 "Qwen3-VL) are not supported; LLaVA-style and Gemma 3 pairs are")
+
+
+def check_boundaries_supported(config, boundaries) -> None:
+    """Each boundary must start a late stack that reads nothing of the upstream model but its
+    residual state. A layer that reuses the top-k positions an earlier layer of its model selected
+    (GLM-5's indexed sparse attention: ``indexer_types[b] == "shared"``) cannot start one: it would
+    need the other model's selection too. Refused by name (:class:`BoundaryError`), naming the layers
+    that can be boundaries. ``config``: a transformers config or a parsed config.json."""
+    def get(obj, key: str):
+        return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+    text = get(config, "text_config") if get(config, "vision_config") is not None else None
+    kinds = get(text if text is not None else config, "indexer_types")
+    if not isinstance(kinds, (list, tuple)):
+        return
+    for b in boundaries:
+        if 0 <= b < len(kinds) and kinds[b] == "shared":
+            own = [i for i, kind in enumerate(kinds) if 0 < i and kind != "shared"]
+            raise BoundaryError(
+                f"boundary {b}: layer {b} reuses the sparse-attention selection (top-k positions) of an earlier "
+                f"layer (indexer_types[{b}] = 'shared'), so a late stack starting there would run on the other "
+                "model's selection as well as its residual state; give a boundary at a layer with its own indexer"
+                + (f": {', '.join(map(str, own[:12]))}{', ...' if len(own) > 12 else ''}" if own else ""))
 
 
 def find_anatomy(model: nn.Module) -> Anatomy:

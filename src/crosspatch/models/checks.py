@@ -32,7 +32,8 @@ def model_facts(handle) -> dict:
             "sparse_topk": config_sparse_topk(text_config(a.model.config).to_dict()),
             "rope_switch": config_rope_switch(text_config(a.model.config).to_dict()),
             "input_embeddings": getattr(embeddings, "num_embeddings", None),
-            "image_token_id": a.image_token_id}
+            "image_token_id": a.image_token_id,  # and which layers cannot start a late stack (GLM-5's shared indexers)
+            "indexer_types": getattr(text_config(a.model.config), "indexer_types", None)}
 
 
 def check_pair_compatible(pt, it) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import BoundaryError
-from .anatomy import Anatomy, find_anatomy, unwrap_peft
+from .anatomy import Anatomy, check_boundaries_supported, find_anatomy, unwrap_peft
 from .layer_hooks import edit_hook, hidden_arg, replace_hidden, zeroed_padding
 from .own_forward import own_forward
 
@@ -106,16 +106,16 @@ class ModelHandle:
 class _SkippedLayer(nn.Module):
     """Stands in for an early layer during a late-only pass: returns its input untouched."""
 
-    def __init__(self, original: nn.Module, returns_tuple: bool) -> None:
+    def __init__(self, original: nn.Module, returns_tuple: bool, tuple_length: int = 1) -> None:
         super().__init__()
-        self.returns_tuple = returns_tuple
+        self.returns_tuple, self.tuple_length = returns_tuple, max(1, tuple_length)
         for attr in ("attention_type", "layer_idx", "is_sliding", "sliding_window"):
             if hasattr(original, attr):
                 setattr(self, attr, getattr(original, attr))
 
     def forward(self, *args, **kwargs):
-        hidden = hidden_arg(args, kwargs)
-        return (hidden,) if self.returns_tuple else hidden
+        hidden = hidden_arg(args, kwargs)  # a tuple as long as the real layers' (the rest None: nothing computed)
+        return (hidden,) + (None,) * (self.tuple_length - 1) if self.returns_tuple else hidden
 
 
 def layer_output_hidden(output) -> torch.Tensor:
@@ -190,6 +190,7 @@ class StateRecorder:
 
         def learn_output_type(module, args, kwargs, output):
             anatomy.layer_returns_tuple = isinstance(output, (tuple, list))
+            anatomy.layer_tuple_length = len(output) if isinstance(output, (tuple, list)) else 1
 
         self._hooks.append(anatomy.layers[0].register_forward_hook(learn_output_type, with_kwargs=True))
         return self
@@ -258,6 +259,7 @@ def late_forward(
     per-layer attention types, which keeps the late stack exact for every architecture."""
     anatomy = handle.anatomy
     _check_boundary(anatomy, boundary)
+    check_boundaries_supported(anatomy.model.config, [boundary])
     for layer, _, _ in edits or ():
         if not boundary <= layer < anatomy.num_layers:
             raise BoundaryError(f"an edit of layer {layer} is outside the late stack {boundary}..{anatomy.num_layers - 1}")
@@ -275,7 +277,7 @@ def late_forward(
     hooks = []
     try:
         for i, layer in enumerate(originals):
-            layers[i] = _SkippedLayer(layer, bool(anatomy.layer_returns_tuple))
+            layers[i] = _SkippedLayer(layer, bool(anatomy.layer_returns_tuple), anatomy.layer_tuple_length)
         hooks.append(layers[boundary].register_forward_pre_hook(inject, with_kwargs=True))
         for layer, site, fn in edits or ():
             hooks.append(edit_hook(layers[layer], site, fn))

@@ -29,6 +29,7 @@ from ..execution.batching import state_cache_bytes as cache_bytes
 from ..execution.engines import check_engine_device
 from ..inputs.chats import check_chat_rows
 from ..inputs.prompts import Prompt, as_prompts
+from ..models.anatomy import check_boundaries_supported
 from ..models.collector import settle
 from ..models.forward import WorkCounter, counting_work
 from ..models.loading import DTYPES
@@ -266,6 +267,8 @@ def run(
     if config.chat_template:
         check_chat_template(pair.tokenizers[tuned])
     boundaries = resolve_boundaries(config, pair.num_layers)
+    for facts in pair.facts.values():  # before any search: a layer that cannot start a late stack
+        check_boundaries_supported(facts, boundaries)
     from ..analyses.consequence import validators_of
 
     validators = validators_of(all_prompts)

@@ -104,12 +104,18 @@ def _more_configs(common: dict, vocab: int, layers: int) -> dict:
         "granitemoe": ("GraniteMoeConfig", dict(common, **moe, logits_scaling=2.0)),
         "phimoe": ("PhimoeConfig", dict(common, **moe)),
         "flex_olmo": ("FlexOlmoConfig", dict(common, num_experts=4, num_experts_per_tok=2)),
+        # GLM-5: multi-head latent attention with an indexed sparse selection, MoE; its layers return a pair
+        "glm_moe_dsa": ("GlmMoeDsaConfig", dict(common, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=16,
+                                                qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8,
+                                                n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                                first_k_dense_replace=1, n_group=1, topk_group=1)),
     }
     return {name: (lambda cls=cls, kw=kw: getattr(t, cls)(**kw)) for name, (cls, kw) in table.items()
             if hasattr(t, cls)}
 
 
-MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "granitemoe", "phimoe", "flex_olmo")
+MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "granitemoe", "phimoe", "flex_olmo",
+                     "glm_moe_dsa")
 ARCHITECTURES = tuple(_configs(8, 2))
 
 
