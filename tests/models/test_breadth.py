@@ -136,3 +136,64 @@ def test_a_boundary_at_a_layer_that_reuses_an_earlier_layers_sparse_selection_is
     res = CliRunner().invoke(app, ["run", "--base", str(tmp_path / "base"), "--tuned", str(tmp_path / "tuned"),
                                    "--prompts", str(tmp_path / "p.jsonl"), "--boundary", "2", "--dry-run"])
     assert res.exit_code == 2 and "BoundaryError: boundary 2: layer 2 reuses" in res.output, res.output
+
+
+def _from_config(model_type: str, **extra):
+    """A tiny random-init model of ``model_type`` (skipped where the installed transformers lacks
+    it), every weight drawn anew so that its logits are decisive (NanoChat zero-initialises its
+    output projections)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from crosspatch.testing import char_tokenizer
+    from crosspatch.testing.tiny import VOCAB_PADDING
+
+    try:
+        config = AutoConfig.for_model(model_type, vocab_size=len(char_tokenizer()) + VOCAB_PADDING, hidden_size=32,
+                                      intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                                      num_key_value_heads=2, head_dim=8, max_position_embeddings=256, bos_token_id=1,
+                                      eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, **extra)
+    except ValueError:
+        pytest.skip(f"this transformers has no {model_type}")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model
+
+
+@pytest.mark.slow
+def test_nanochat_whose_final_norm_also_normalises_the_embeddings_is_exact():
+    """NanoChat calls its one norm module on the embeddings and after the last layer: the final
+    state is the input of the call after the last layer (it was refused as a norm that runs twice)."""
+    from crosspatch.execution import pair_from_models
+    from crosspatch.testing import char_tokenizer, perturb_layers
+
+    base = _from_config("nanochat")
+    prompts = [dict(p) for p in PROMPTS[:4]]
+    pair = pair_from_models(base, perturb_layers(base, [0, 1, 2, 3], 0.5), char_tokenizer())
+    result = run(pair, prompts, **OPTIONS)
+    assert result.records
+    for rec in result.records:
+        with torch.inference_mode():
+            ids = torch.tensor([result_prefix(pair, rec, prompts)])
+            ref = pair.it.anatomy.model(input_ids=ids).logits[0, -1].float()
+        assert abs(rec.cells["common_it"]["uit_lit"] - float(ref[rec.t_it] - ref[rec.t_pt])) <= 1e-5
+    late = run(pair_from_models(base, perturb_layers(base, [2, 3], 0.5), char_tokenizer()), prompts, plan="exact",
+               **OPTIONS)
+    assert late.records and all((r.cells["common_it"]["uit_lit"] - r.cells["common_it"]["uit_lpt"])
+                                == (r.cells["common_it"]["upt_lit"] - r.cells["common_it"]["upt_lpt"]) for r in late.records)
+
+
+def test_a_looped_model_whose_layers_run_several_times_per_pass_is_refused_by_name():
+    """A recurrent-depth model (Dory) runs a block of layers several times per pass: the residual
+    entering such a layer is no single state, and a late stack run from a boundary was inexact
+    (interaction 1e-2 for a late-only descendant) once its final norm was read correctly."""
+    from crosspatch.errors import UnsupportedArchitectureError
+    from crosspatch.execution import pair_from_models
+    from crosspatch.testing import char_tokenizer, perturb_layers
+
+    base = _from_config("dory", n_input_layers=1, n_output_layers=1)
+    with pytest.raises(UnsupportedArchitectureError, match=r"its layers \[1, 2\] run several times in one forward pass"):
+        run(pair_from_models(base, perturb_layers(base, [2, 3], 0.5), char_tokenizer()), [dict(p) for p in PROMPTS[:2]],
+            **OPTIONS)

@@ -18,7 +18,7 @@ from crosspatch.errors import (
     VocabularyMismatchError,
 )
 from crosspatch.execution import load_pair, pair_from_models
-from crosspatch.models import build_real_vocabulary, tokenize_once
+from crosspatch.models import build_real_vocabulary, capture_forward, readout, tokenize_once
 from crosspatch.testing import ARCHITECTURES, char_tokenizer, tiny_model
 
 
@@ -721,8 +721,9 @@ def test_a_descendants_added_tokens_are_recorded_as_masked(tmp_path, base_has_th
 def test_a_model_whose_logits_the_readout_would_not_reproduce_is_refused_by_name():
     """The cells are read out with the final norm and the output embeddings (and the known final
     scalings): a model computing its logits with something more (here a multiplier no config key
-    names; ModernBERT-decoder's prediction head below), or whose final norm also runs elsewhere in
-    the pass, is refused by name rather than scored with logits it never computes."""
+    names; ModernBERT-decoder's prediction head below) is refused by name rather than scored with
+    logits it never computes. A final norm that also runs elsewhere in the pass (NanoChat normalises
+    its embeddings with it) is read where it follows the last layer, and accepted."""
     from crosspatch.errors import UnsupportedArchitectureError
 
     base, tuned = tiny_model("llama"), tiny_model("llama", seed=1)
@@ -731,8 +732,12 @@ def test_a_model_whose_logits_the_readout_would_not_reproduce_is_refused_by_name
         pair_from_models(base, tuned, char_tokenizer())
     twice = tiny_model("llama", seed=1)  # the final norm's module also normalises the embeddings (NanoChat)
     twice.model.embed_tokens.register_forward_hook(lambda module, args, output: twice.model.norm(output))
-    with pytest.raises(UnsupportedArchitectureError, match="final norm LlamaRMSNorm runs more than once"):
-        pair_from_models(base, twice, char_tokenizer())
+    pair = pair_from_models(base, twice, char_tokenizer())
+    states = capture_forward(pair.it, [[1, 40, 41, 42]], [2], pad_id=0)
+    assert states.final_states.shape[:2] == (1, 4)  # one final state per token, not the embeddings' call too
+    with torch.inference_mode():
+        want = twice(input_ids=torch.tensor([[1, 40, 41, 42]])).logits[0].float()
+    assert torch.allclose(readout(pair.it, states.final_states[0]), want, atol=1e-5)
     pair_from_models(base, tiny_model("llama", seed=1), char_tokenizer())  # the same model, untouched: accepted
 
 

@@ -202,16 +202,27 @@ def check_readout(handle) -> None:
     rows = int(anatomy.lm_head.weight.shape[0])
     skip = {anatomy.image_token_id}
     tokens = [i for i in range(1, min(rows, 16)) if i not in skip][:6] or [0]
-    states = capture_forward(handle, [tokens], [], pad_id=tokens[0])
+    calls = [0] * anatomy.num_layers
+    counters = [layer.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
+                for i, layer in enumerate(anatomy.layers)]
+    try:
+        states = capture_forward(handle, [tokens], [], pad_id=tokens[0])
+    finally:
+        for counter in counters:
+            counter.remove()
+    if any(n > 1 for n in calls):  # a looped (recurrent-depth) model: a layer is no single place in the stack
+        raise UnsupportedArchitectureError(
+            f"{type(anatomy.model).__name__}: its layers {[i for i, n in enumerate(calls) if n > 1][:8]} run several "
+            f"times in one forward pass (a looped, recurrent-depth stack), so the residual entering a layer is not "
+            "one state and no boundary splits the model into an early and a late stack; not supported")
     ours = readout(handle, states.final_states[0])
     ids = torch.tensor([tokens], device=handle.input_device)
     theirs = step_logits(handle, len(tokens), len(tokens), input_ids=ids, use_cache=False)[0].to(ours.device)
     name, norm = type(anatomy.model).__name__, type(anatomy.final_norm).__name__
-    if ours.shape != theirs.shape:  # the final norm's module also runs elsewhere in a pass (NanoChat's embedding norm)
+    if ours.shape != theirs.shape:  # (a final norm that also runs elsewhere is read after the last layer)
         raise UnsupportedArchitectureError(
-            f"{name}: its final norm {norm} runs more than once in a forward pass ({ours.shape[0]} positions recorded "
-            f"for {len(tokens)} tokens), so crosspatch cannot tell the residual stream's final state from the "
-            "other calls; not supported")
+            f"{name}: its final norm {norm} does not run once after the last layer ({ours.shape[0]} positions recorded "
+            f"for {len(tokens)} tokens), so crosspatch cannot tell the residual stream's final state; not supported")
     gap = logits_gap(ours, theirs, states.final_states.dtype)
     if gap is not None:
         raise UnsupportedArchitectureError(

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from ..errors import BoundaryError
+from ..errors import BoundaryError, UnsupportedArchitectureError
 from .anatomy import Anatomy, check_boundaries_supported, find_anatomy, unwrap_peft
 from .layer_hooks import edit_hook, hidden_arg, replace_hidden, zeroed_padding
 from .own_forward import own_forward
@@ -185,8 +185,20 @@ class StateRecorder:
                 self.boundary[b].append(self._keep(hidden_arg(args, kwargs)))
 
             self._hooks.append(anatomy.layers[b].register_forward_pre_hook(pre, with_kwargs=True))
-        self._hooks.append(anatomy.final_norm.register_forward_pre_hook(
-            lambda m, a, k: self.final.append(self._keep(hidden_arg(a, k))), with_kwargs=True))
+        # the final norm's input once the last layer has run: a model may call the same norm module
+        # elsewhere in a pass too (NanoChat normalises its embeddings with it), which is no final state
+        after_last_layer = [False]
+
+        def last_layer_ran(module, args, output):
+            after_last_layer[0] = True
+
+        def final_norm_input(module, args, kwargs):
+            if after_last_layer[0]:
+                after_last_layer[0] = False
+                self.final.append(self._keep(hidden_arg(args, kwargs)))
+
+        self._hooks.append(anatomy.layers[-1].register_forward_hook(last_layer_ran))
+        self._hooks.append(anatomy.final_norm.register_forward_pre_hook(final_norm_input, with_kwargs=True))
 
         def learn_output_type(module, args, kwargs, output):
             anatomy.layer_returns_tuple = isinstance(output, (tuple, list))
@@ -202,6 +214,10 @@ class StateRecorder:
 
     def concatenated(self, offsets: list[int] | None = None) -> ForwardStates:
         """All recorded calls joined along the sequence axis."""
+        if not self.final:  # the final norm never ran after the last layer: no final state to read
+            raise UnsupportedArchitectureError(
+                f"{type(self.anatomy.model).__name__}: its final norm {type(self.anatomy.final_norm).__name__} does not "
+                "run after the last decoder layer, so crosspatch cannot read the residual stream's final state")
         return ForwardStates({b: torch.cat(v, dim=1) for b, v in self.boundary.items()},
                        torch.cat(self.final, dim=1), offsets)
 
