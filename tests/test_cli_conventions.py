@@ -165,6 +165,11 @@ def test_run_leaves_the_callers_config_as_it_was_and_names_a_wrong_model_argumen
             entry(pair, many_prompts(3), {"bootstrap": 0}, progress=False)
         with pytest.raises(OptionError, match="resume must be True or False"):
             entry(pair, many_prompts(3), config, resume="no", progress=False)
+        with pytest.raises(OptionError, match="progress must be True, False or a function of one line"):
+            entry(pair, many_prompts(3), config, progress="yes")
+    lines: list[str] = []  # a notebook's or a job's own logger takes the progress lines, as the workflows' do
+    run(pair, many_prompts(3), config, progress=lines.append)
+    assert lines and all(isinstance(line, str) for line in lines) and any("divergence search" in x for x in lines)
     with pytest.raises(OptionError, match="analyses must be a list"):
         run(pair, many_prompts(3), config, analyses=[5], progress=False)
     with pytest.raises(OptionError, match="--cross takes"):

@@ -75,6 +75,16 @@ def check_switches(**switches) -> None:
             raise OptionError(f"{name} must be True or False, not {value!r}")
 
 
+def check_progress(progress) -> None:
+    """``progress=`` of a run (and of compare and lineage): True (bars on a terminal, lines
+    otherwise, on standard error), False (silent) or a function of one line of text (a notebook's
+    or a job's own logger: each progress line and message is given to it)."""
+    if not isinstance(progress, bool) and not callable(progress):
+        from ..errors import OptionError
+
+        raise OptionError(f"progress must be True, False or a function of one line of text, not {progress!r}")
+
+
 def plain_scalar(value: Any) -> Any:
     """``value`` with numpy scalars as the Python numbers they hold (``np.int64(2)`` is ``2``, as a
     notebook's ``for b in np.arange(...)`` gives them), in lists and tuples too; other values as given."""

@@ -29,6 +29,7 @@ from ..core.pooling import pool_family_balanced
 from ..core.stats import BootstrapConfig, block_bootstrap
 from ..errors import OptionError
 from ..execution import Executor, Late, ModelSet, Program
+from ..models.options import check_progress
 from ..report.collections import cross_cell, render_compare_markdown, write_compare_pages  # noqa: F401 (cross_cell re-exported)
 from ..store import checked, json_document, mark_collection, read_collection_summary, write_whole
 from .checks import check_model_set, check_out_dir
@@ -157,7 +158,7 @@ def _mean(pairs, boot: BootstrapConfig, name: str) -> dict:
 
 
 def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str | Path | None = None,
-            cross: str | None = None, progress: bool = True, resume: bool = True, overwrite: bool = False,
+            cross: str | None = None, progress=True, resume: bool = True, overwrite: bool = False,
             **overrides) -> CompareResult:
     """Every descendant of ``models`` against its base (one run directory each under ``out``,
     resumed or replaced as ``run`` does with ``resume`` / ``overwrite``), one table, and the
@@ -167,7 +168,8 @@ def compare(models: ModelSet, prompts, config: RunConfig | None = None, out: str
 
     check_model_set(models, "compare")
     config = RunConfig.with_overrides(config, **overrides)
-    check_switches(resume=resume, progress=progress, overwrite=overwrite)
+    check_switches(resume=resume, overwrite=overwrite)
+    check_progress(progress)
     plan = parse_cross(cross, models.descendants)
     b = headline_boundary(resolve_boundaries(config, models.num_layers), models.num_layers, config.boundary)
     runs: dict[str, RunResult] = {}

@@ -15,6 +15,7 @@ from ..core.divergence import RecordKey
 from ..core.stats import BootstrapConfig, block_bootstrap, effect_block, label_swap_null, share_of_reference
 from ..errors import OptionError
 from ..execution import Executor, ModelSet, Program
+from ..models.options import check_progress
 from ..models.vocab import masked_argmax
 from ..report.collections import LINEAGE_COLUMNS, lineage_rows, render_lineage_markdown, write_lineage_pages  # noqa: F401 (re-exported)
 from ..store import checked, json_document, mark_collection, read_collection_summary, write_whole
@@ -102,7 +103,7 @@ def open_lineage(path: Path) -> LineageResult:
 
 
 def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str | Path | None = None,
-            progress: bool = True, resume: bool = True, overwrite: bool = False, steps: dict[str, int] | None = None,
+            progress=True, resume: bool = True, overwrite: bool = False, steps: dict[str, int] | None = None,
             **overrides) -> LineageResult:
     """Score every stage of ``models`` (descendant roles in training order, the last one the
     final model) on the Base -> Final first divergences. ``steps``: the training step of each
@@ -114,7 +115,8 @@ def lineage(models: ModelSet, prompts, config: RunConfig | None = None, out: str
     if len(models.descendants) < 1:
         raise OptionError("a lineage needs at least one stage")
     config = RunConfig.with_overrides(config, **overrides)
-    check_switches(resume=resume, progress=progress, overwrite=overwrite)
+    check_switches(resume=resume, overwrite=overwrite)
+    check_progress(progress)
     if steps is not None and (not isinstance(steps, dict) or any(
             s not in models.descendants or isinstance(n, bool) or not isinstance(n, int) or n < 0
             for s, n in steps.items())):

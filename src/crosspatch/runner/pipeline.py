@@ -12,7 +12,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..core.analysis import EventSet
 from ..core.cells import CellRecord, CellsConfig, CrossPatch
@@ -34,6 +34,7 @@ from ..models.collector import settle
 from ..models.forward import WorkCounter, counting_work
 from ..models.loading import DTYPES
 from ..models.media import media_chunks
+from ..models.options import check_progress
 from ..models.vocab import prompt_token_warnings
 from ..store import RunStore, check_complete, completed_prompts
 from .checks import (
@@ -134,7 +135,7 @@ def chunk_plan(config: RunConfig, boundaries: list[int], num_layers: int, analys
 
 
 def _chunk_items(pair: ModelSet, prompts: list[Prompt], token_ids: list[list[int]], todo: list[int], chunk: int,
-                 progress: bool) -> list[tuple[list[Prompt], list[list[int]]]]:
+                 progress) -> list[tuple[list[Prompt], list[list[int]]]]:
     """The chunks of the prompts ``todo`` (positions), at most ``chunk`` each, in order: prompts with
     the same tokens and different images go to different chunks, each reading its own images
     (:func:`~crosspatch.models.media.media_chunks`)."""
@@ -199,22 +200,28 @@ def state_cache_bytes(models: ModelSet, prompt_ids: list[list[int]], max_new_tok
     return cache_bytes("sequential", tokens, models.hidden_size, itemsize, n_boundaries)
 
 
-def _say(enabled: bool, message: str) -> None:
-    if enabled:
+def _say(enabled, message: str) -> None:
+    """``message`` to ``progress``: a function of one line, or standard error where it is True."""
+    if callable(enabled):
+        enabled(message)
+    elif enabled:
         from rich.console import Console
 
         Console(stderr=True).print(message, soft_wrap=True, markup=False)
 
 
-def _progress(enabled: bool):
-    """Progress bars on a terminal; plain progress lines when standard error is not one."""
+def _progress(enabled):
+    """Progress bars on a terminal; plain progress lines when standard error is not one, or given to
+    ``enabled`` where it is a function of one line."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .progress import LineProgress
+
+    if callable(enabled):
+        return LineProgress(emit=enabled)
     console = Console(stderr=True)
     if enabled and not console.is_terminal:
-        from .progress import LineProgress
-
         return LineProgress()
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -228,7 +235,7 @@ def run(
     config: RunConfig | None = None,
     out: str | Path | None = None,
     resume: bool = True,
-    progress: bool = True,
+    progress: bool | Callable[[str], Any] = True,
     analyses=(),
     overwrite: bool = False,
     **overrides,
@@ -240,10 +247,13 @@ def run(
     With ``out``, records stream into that run directory (resumable) and the summary, Parquet
     table and report.md are written there. ``resume=False`` refuses a directory that already
     holds this run; ``overwrite=True`` replaces the crosspatch run in ``out`` (never other files).
-    ``config`` is not changed: ``overrides`` and named ``analyses`` apply to this run's copy."""
+    ``progress``: True (bars on a terminal, lines otherwise), False, or a function of one line
+    (e.g. ``logging.info``). ``config`` is not changed: ``overrides`` and named ``analyses`` apply
+    to this run's copy."""
     check_model_set(pair, "run")
     config = RunConfig.with_overrides(config, **overrides)
-    check_switches(resume=resume, progress=progress, overwrite=overwrite)
+    check_switches(resume=resume, overwrite=overwrite)
+    check_progress(progress)
     settle()  # a command whose weights load elsewhere (Ray workers) still collects its garbage (models.collector)
     if isinstance(analyses, (str, bytes)) or not isinstance(analyses, (list, tuple)) or \
             any(not isinstance(a, str) and not (hasattr(a, "name") and callable(getattr(a, "program", None)))

@@ -10,11 +10,12 @@ import time
 
 
 class LineProgress:
-    """``add_task`` / ``update`` / context manager, printing lines to ``stream``."""
+    """``add_task`` / ``update`` / context manager, printing lines to ``stream`` (or giving each
+    to ``emit``, a function of one line)."""
 
-    def __init__(self, stream=None, every: float = 5.0) -> None:
+    def __init__(self, stream=None, every: float = 5.0, emit=None) -> None:
         self.stream = stream if stream is not None else sys.stderr
-        self.every = every
+        self.every, self.emit = every, emit
         self.tasks: dict[int, dict] = {}
 
     def __enter__(self) -> "LineProgress":
@@ -58,7 +59,10 @@ class LineProgress:
             if total is not None and rate > 0 and done < total:
                 text += f", ETA {(total - done) / rate:.0f} s"
             text += ")"
-        print(text, file=self.stream, flush=True)
+        if self.emit is not None:
+            self.emit(text)
+        else:
+            print(text, file=self.stream, flush=True)
         task["last"] = now
         task["printed_done"] = final or (total is not None and done >= total)
 
