@@ -131,6 +131,10 @@ def test_unknown_breakdowns_and_readouts_are_named_errors():
             table(boundary=3)
         with pytest.raises(KeyError):  # still, for code that caught the lookup as one
             table(boundary=3)
+        # a depth fraction names a layer as run(boundary=0.5) did; a whole float is that layer
+        assert table(boundary=0.5).equals(table(boundary=2)) and table(boundary=2.0).equals(table(boundary=2))
+        with pytest.raises(BoundaryError, match=r"boundary 0.75 was not scored|boundary 3 was not scored"):
+            table(boundary=0.75)
 
 def test_a_breakdown_with_no_group_is_an_empty_table_with_its_columns():
     # prompts without a category: by_category holds no group; frame[frame.effect == ...] must still work

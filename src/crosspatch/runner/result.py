@@ -72,6 +72,11 @@ class RunResult:
         return VerdictView(stored) if stored is not None else None
 
     def _blocks(self, boundary, readout: str):
+        layers = self.summary.get("num_layers")
+        if isinstance(boundary, float) and isinstance(layers, int):  # a depth fraction, as run(boundary=0.6) took it
+            from ..core.cells import resolve_boundary
+
+            boundary = resolve_boundary(boundary, layers)
         bs = [str(boundary)] if boundary is not None else self.summary["boundaries"]
         for b in bs:
             if b not in self.summary["results"]:
@@ -83,8 +88,9 @@ class RunResult:
                 raise OptionError(f"no readout {readout!r}; readouts: {', '.join(known)}")
             yield b, blocks[readout]
 
-    def effects(self, boundary: int | None = None, readout: str = "common_it", by: str | None = None):
+    def effects(self, boundary: int | float | None = None, readout: str = "common_it", by: str | None = None):
         """A DataFrame of the effects with 95% intervals: one row per (boundary, group, effect).
+        ``boundary``: a scored layer, or a depth fraction as ``run`` takes it (default: every one).
         ``by``: a breakdown (``category``, ``position``, ``event_kind``, ``token_category`` or a
         ``--group-by`` field); default the headline (all first-divergence events)."""
         import pandas as pd
@@ -106,7 +112,7 @@ class RunResult:
                                  "note": stat.get("na_reason")})
         return pd.DataFrame(rows, columns=EFFECT_COLUMNS)  # its columns also with no group (no prompt has the field)
 
-    def cells(self, boundary: int | None = None, readout: str = "common_it"):
+    def cells(self, boundary: int | float | None = None, readout: str = "common_it"):
         """A DataFrame of the four cell means with 95% intervals, per boundary."""
         import pandas as pd
 
