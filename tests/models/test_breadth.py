@@ -136,6 +136,14 @@ def test_a_boundary_at_a_layer_that_reuses_an_earlier_layers_sparse_selection_is
     res = CliRunner().invoke(app, ["run", "--base", str(tmp_path / "base"), "--tuned", str(tmp_path / "tuned"),
                                    "--prompts", str(tmp_path / "p.jsonl"), "--boundary", "2", "--dry-run"])
     assert res.exit_code == 2 and "BoundaryError: boundary 2: layer 2 reuses" in res.output, res.output
+    # splice: its chimeras run at such a layer (as a merge would); its diagnostic (a run there) cannot
+    from crosspatch.workflows.splice import splice
+
+    with pytest.raises(BoundaryError, match="or give --no-diagnostic"):
+        splice(str(tmp_path / "base"), tuned=str(tmp_path / "tuned"), prompts=prompts, boundaries=[2], max_new_tokens=3)
+    alone = splice(str(tmp_path / "base"), tuned=str(tmp_path / "tuned"), prompts=prompts, boundaries=[2],
+                   max_new_tokens=3, run_diagnostic=False)
+    assert list(alone.document["boundaries"]) == ["2"]
 
 
 def _from_config(model_type: str, **extra):

@@ -201,12 +201,12 @@ def check_supported(config) -> None:
                 "Qwen3-VL) are not supported; LLaVA-style and Gemma 3 pairs are")
 
 
-def check_boundaries_supported(config, boundaries) -> None:
+def check_boundaries_supported(config, boundaries, hint: str = "") -> None:
     """Each boundary must start a late stack that reads nothing of the upstream model but its
     residual state. A layer that reuses the top-k positions an earlier layer of its model selected
     (GLM-5's indexed sparse attention: ``indexer_types[b] == "shared"``) cannot start one: it would
     need the other model's selection too. Refused by name (:class:`BoundaryError`), naming the layers
-    that can be boundaries. ``config``: a transformers config or a parsed config.json."""
+    that can be boundaries (then ``hint``). ``config``: a transformers config or a parsed config.json."""
     def get(obj, key: str):
         return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
 
@@ -221,7 +221,7 @@ def check_boundaries_supported(config, boundaries) -> None:
                 f"boundary {b}: layer {b} reuses the sparse-attention selection (top-k positions) of an earlier "
                 f"layer (indexer_types[{b}] = 'shared'), so a late stack starting there would run on the other "
                 "model's selection as well as its residual state; give a boundary at a layer with its own indexer"
-                + (f": {', '.join(map(str, own[:12]))}{', ...' if len(own) > 12 else ''}" if own else ""))
+                + (f": {', '.join(map(str, own[:12]))}{', ...' if len(own) > 12 else ''}" if own else "") + hint)
 
 
 def find_anatomy(model: nn.Module) -> Anatomy:

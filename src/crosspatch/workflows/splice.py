@@ -15,15 +15,14 @@ would have them). Each chimera is built in memory without copying a weight, and 
 - a base + PEFT adapter on one copy of the weights: the adapter is switched on only in the
   layers of the tuned side (the embeddings, when adapted, count as early; the head as late).
 
-A chimera is a *static* splice: every position of its generation runs the same combination, so
-unlike the cross-patching cells (which patch the upstream state of one fixed prefix) it shows
-what the merge would say over a whole continuation. At its first generated token the chimera
-(base early, tuned late) computes exactly the cell ``(U_PT, L_IT)`` of the diagnostic.
+A chimera is a *static* splice: every position of its generation runs the same combination, so unlike
+the cross-patching cells (which patch the upstream state of one fixed prefix) it shows what the merge
+would say over a whole continuation. At its first generated token the chimera (base early, tuned
+late) computes exactly the cell ``(U_PT, L_IT)`` of the diagnostic.
 
-The result: per boundary and chimera, the continuations, validator pass rates (prompts that
-carry a validator), where each continuation first departs from the tuned model's own (marked in
-the HTML), and the cross-patching numbers at that boundary (a ``crosspatch run`` on the same
-models, in ``<out>/crosspatch``).
+The result: per boundary and chimera, the continuations, validator pass rates (prompts that carry a
+validator), where each continuation first departs from the tuned model's own (marked in the HTML),
+and the cross-patching numbers there (a ``crosspatch run`` on the same models, ``<out>/crosspatch``).
 """
 
 from __future__ import annotations
@@ -81,10 +80,7 @@ def swapped_late_stack(early_handle, late_handle, boundary: int) -> Iterator[Non
 
 
 def _layer_of(name: str, layer_names: dict[str, int]) -> int | None:
-    for prefix, index in layer_names.items():
-        if name == prefix or name.startswith(prefix + "."):
-            return index
-    return None
+    return next((index for prefix, index in layer_names.items() if name == prefix or name.startswith(prefix + ".")), None)
 
 
 @contextlib.contextmanager
@@ -245,7 +241,7 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     models = load_models(str(base), tuned={"tuned": str(tuned)} if tuned else None,
                          adapters={"tuned": str(adapter)} if adapter else None, options=options)
     layers = models.num_layers
-    chosen = _resolve(boundaries, layers)
+    chosen = _resolve(boundaries, layers, models.facts.values() if run_diagnostic else ())
     tokenizer = models.tokenizer
     encoded = [tokenizer(p.prompt, add_special_tokens=True)["input_ids"] for p in items]
     roles = {"base": "base", "tuned": "tuned"}
@@ -312,10 +308,14 @@ def splice(base: str, tuned: str | None = None, adapter: str | None = None, prom
     return SpliceResult(document, Path(out) if out is not None else None)
 
 
-def _resolve(boundaries, num_layers: int) -> list[int]:
+def _resolve(boundaries, num_layers: int, checked_against=()) -> list[int]:
+    from ..models.anatomy import check_boundaries_supported
     from ..runner.pipeline import RunConfig, resolve_boundaries
 
-    return resolve_boundaries(RunConfig(boundaries=boundaries if boundaries == "all" else list(boundaries)), num_layers)
+    chosen = resolve_boundaries(RunConfig(boundaries=boundaries if boundaries == "all" else list(boundaries)), num_layers)
+    for config in checked_against:  # the diagnostic's late stacks (a chimera runs at any layer, as a merge would)
+        check_boundaries_supported(config, chosen, "; or give --no-diagnostic (run_diagnostic=False): chimeras run there")
+    return chosen
 
 
 def _precheck_layers(base: str, boundaries) -> None:
