@@ -91,6 +91,13 @@ def _stdout() -> Console:
     return probe if probe.is_terminal else Console(width=140, markup=False)
 
 
+def print_warnings(warnings) -> None:
+    """Each warning (of a run's summary, a workflow's document, a compare or a lineage) on standard
+    error, as every command prints them."""
+    for warning in warnings or []:
+        console.print(Text.assemble(("warning ", "yellow"), str(warning)), soft_wrap=True)
+
+
 def _fail(exc: Exception) -> None:
     console.print(Text.assemble(("error ", "bold red"), f"{type(exc).__name__}: {exc}"), soft_wrap=True)
     raise typer.Exit(code=2)

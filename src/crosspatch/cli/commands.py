@@ -22,6 +22,7 @@ from .app import (
     console,
     load_policy,
     print_summary_table,
+    print_warnings,
     zoo_app,
 )
 from .targets import FIELDS
@@ -279,8 +280,7 @@ def report_cmd(
                         for member in members for problem in check_report(member)]
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
-    for w in written.warnings:
-        console.print(Text.assemble(("warning ", "yellow"), w), soft_wrap=True)
+    print_warnings(written.warnings)
     for path in written.files:
         console.print(f"wrote {path}", soft_wrap=True)
     if check:

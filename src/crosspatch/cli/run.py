@@ -10,7 +10,7 @@ from rich.text import Text
 from ..errors import CrosspatchError, OptionError
 from ..models.options import LoadOptions
 from ..runner.config import RunConfig
-from .app import _fail, _stdout, app, console, print_summary_table
+from .app import _fail, _stdout, app, console, print_summary_table, print_warnings
 from .options import command
 from .targets import PairTarget, Session, default_out
 
@@ -69,8 +69,7 @@ def run_pair(target: PairTarget, config: RunConfig, load: LoadOptions, session: 
     resumed = result.summary.get("cost_this_session", {}).get("prompts_resumed")
     if resumed and session.quiet:  # otherwise the run said so as it resumed
         console.print(f"resumed: {resumed} prompts already done", soft_wrap=True)
-    for w in result.summary["warnings"]:
-        console.print(Text.assemble(("warning ", "yellow"), w), soft_wrap=True)
+    print_warnings(result.summary["warnings"])
     print_summary_table(result.summary)
     verdict = result.summary.get("verdict")
     if verdict:

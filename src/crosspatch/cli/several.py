@@ -12,7 +12,7 @@ from rich.text import Text
 from ..errors import CrosspatchError, OptionError
 from ..models.options import LoadOptions
 from ..runner.config import RunConfig
-from .app import _fail, _stdout, app, console
+from .app import _fail, _stdout, app, console, print_warnings
 from .options import command
 from .run import _prepare, _print_plan, run_pair
 from .targets import CompareTarget, LineageTarget, Session, SweepTarget, default_out
@@ -79,8 +79,7 @@ def compare_cmd(target: CompareTarget, config: RunConfig, load: LoadOptions, ses
         table.add_row(role, r["verdict"], str(r["events"]),
                       *[fmt_effect({"effects": r["effects"]}, k) for k in ("E_PT", "E_IT", "interaction", "direct_share")])
     _stdout().print(table)
-    for warning in result.summary.get("warnings") or []:
-        console.print(Text.assemble(("warning ", "yellow"), warning), soft_wrap=True)
+    print_warnings(result.summary.get("warnings"))
     console.print(f"report: {out}/report.md and report.html; one run directory per descendant", soft_wrap=True)
 
 
@@ -153,8 +152,7 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
     for row in lineage_rows(result.summary):
         table.add_row(*[row[k] for k in shown])
     _stdout().print(table)
-    for warning in result.summary.get("warnings") or []:
-        console.print(Text.assemble(("warning ", "yellow"), warning), soft_wrap=True)
+    print_warnings(result.summary.get("warnings"))
     if why := lineage_no_events(result.summary):  # an empty table says why it is empty
         console.print(Text.assemble(("warning ", "yellow"), "no Base -> Final event: ", why), soft_wrap=True)
     console.print(f"report: {out}/report.md, report.html, lineage.png", soft_wrap=True)

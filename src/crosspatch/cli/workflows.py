@@ -12,7 +12,7 @@ from rich.text import Text
 
 from ..errors import CrosspatchError, OptionError
 from ..models.options import LoadOptions
-from .app import _boundaries, _boundary, _fail, _stdout, app, console, load_policy
+from .app import _boundaries, _boundary, _fail, _stdout, app, console, load_policy, print_warnings
 from .options import command
 from .targets import FIELDS, default_out, model_label
 
@@ -75,7 +75,7 @@ def preflight_cmd(
         for check in result.document["checks"]:
             table.add_row(check["name"], Text(check["status"], style=colours[check["status"]]), check["summary"])
         _stdout().print(table)
-        _print_warnings(result.document)
+        print_warnings(result.document.get("warnings"))
         if out is not None:
             console.print(f"written: {out}/preflight.md, preflight.html, preflight.json")
     raise typer.Exit(code=result.exit_code)
@@ -123,14 +123,8 @@ def splice_cmd(
     for row in rows:
         table.add_row(*row)
     _stdout().print(table)
-    _print_warnings(result.document)
+    print_warnings(result.document.get("warnings"))
     console.print(f"written: {out}/splice.html (continuations side by side), splice.md, splice.json")
-
-
-def _print_warnings(document: dict) -> None:
-    """What loading a workflow's models found, as ``run`` prints its warnings."""
-    for warning in document.get("warnings") or []:
-        console.print(Text.assemble(("warning ", "yellow"), str(warning)), soft_wrap=True)
 
 
 @app.command("merge-check")

@@ -139,6 +139,11 @@ NON_GENERATIVE_HEADS = ("ForSequenceClassification", "ForTokenClassification", "
                         "ForMultipleChoice", "RewardModel")
 
 
+def config_value(obj, key: str, default=None):
+    """``key`` of a transformers config object or a parsed config.json alike."""
+    return obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
+
+
 def check_supported(config) -> None:
     """Refuse by name the models the method or crosspatch's batching cannot run exactly:
     classifiers' checkpoints (reward models: no language-model head; from a config.json),
@@ -146,20 +151,17 @@ def check_supported(config) -> None:
     recurrent or hybrid models (their cache is not a key-value cache over positions, so batched
     decoding with left padding would be silently wrong). ``config``: a transformers config or
     a parsed config.json (checked before any model loads)."""
-    def get(obj, key: str, default=None):  # a config object and a parsed config.json alike
-        return obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
-
-    model_type = str(get(config, "model_type") or "")
+    model_type = str(config_value(config, "model_type") or "")
     # a checkpoint saved as a classifier (a loaded model is what it is, whatever it was saved as)
-    heads = [str(a) for a in get(config, "architectures") or []] if isinstance(config, dict) else []
+    heads = [str(a) for a in config_value(config, "architectures") or []] if isinstance(config, dict) else []
     if heads and all(a.endswith(NON_GENERATIVE_HEADS) for a in heads):
         raise UnsupportedArchitectureError(
             f"{heads[0]}: a classifier's checkpoint (a reward model, a sequence or token classifier), with no "
             "language-model head to decode with; crosspatch compares causal language models: give the generative "
             "model (…ForCausalLM)")
-    text = get(config, "text_config")
-    text_type = str(get(text, "model_type") or "")
-    if get(config, "is_encoder_decoder", False):
+    text = config_value(config, "text_config")
+    text_type = str(config_value(text, "model_type") or "")
+    if config_value(config, "is_encoder_decoder", False):
         raise UnsupportedArchitectureError(
             f"{model_type or 'this model'} is an encoder-decoder model; crosspatch compares decoder-only causal "
             "language models (a base and its fine-tuned descendant)")
@@ -168,7 +170,7 @@ def check_supported(config) -> None:
             f"{model_type}: state-space, recurrent and hybrid models are not supported (their cache is not a "
             "key-value cache over positions, so batched decoding would not be exact); attention-only "
             "decoders are")
-    stateful = sorted({str(kind) for cfg in (config, text) for kind in get(cfg, "layer_types") or []
+    stateful = sorted({str(kind) for cfg in (config, text) for kind in config_value(cfg, "layer_types") or []
                        if not _attends_over_positions(str(kind))})
     if stateful:
         raise UnsupportedArchitectureError(
@@ -176,8 +178,8 @@ def check_supported(config) -> None:
             "and a value per position, so batched decoding with padding would not be exact; state-space, "
             "recurrent, hybrid and compressed-attention models are not supported, attention-only decoders are")
     streams = next((f"{key} = {value}" for cfg in (config, text) for key in ("altup_num_inputs", "hc_mult")
-                    if isinstance(value := get(cfg, key), int) and value > 1), None)
-    shared = next((value for cfg in (config, text) if isinstance(value := get(cfg, "num_kv_shared_layers"), int)
+                    if isinstance(value := config_value(cfg, key), int) and value > 1), None)
+    shared = next((value for cfg in (config, text) if isinstance(value := config_value(cfg, "num_kv_shared_layers"), int)
                    and value > 0), None)
     if streams or shared:
         why = (f"its residual stream is several streams ({streams}), not one state per position"
@@ -186,15 +188,15 @@ def check_supported(config) -> None:
             f"{model_type}: {why}, so a late stack cannot run on another model's upstream state (Gemma 3n's AltUp "
             "and shared KV cache, DeepSeek-V4's hyper-connections); models with one residual stream and "
             "per-layer caches are supported")
-    projected = get(config, "word_embed_proj_dim") not in (None, get(config, "hidden_size"))
-    if model_type == "opt" and (projected or get(config, "do_layer_norm_before") is False):
+    projected = config_value(config, "word_embed_proj_dim") not in (None, config_value(config, "hidden_size"))
+    if model_type == "opt" and (projected or config_value(config, "do_layer_norm_before") is False):
         raise UnsupportedArchitectureError(f"opt: {_POST_NORM_LAYOUT}")
     if model_type in _INEXACT:
         raise UnsupportedArchitectureError(f"{model_type}: {_INEXACT[model_type]}; refused rather than run inexactly")
-    if get(config, "vision_config") is not None:
+    if config_value(config, "vision_config") is not None:
         # multimodal rotary positions (Qwen2-VL's M-RoPE) depend on the image grid, while the
         # batched passes give every token a 1-D position: refused rather than run inexactly
-        rope = get(text, "rope_scaling") or get(text, "rope_parameters") or {}
+        rope = config_value(text, "rope_scaling") or config_value(text, "rope_parameters") or {}
         if (isinstance(rope, dict) and "mrope_section" in rope) or "vl" in model_type.split("_"):
             raise UnsupportedArchitectureError(
                 f"{model_type}: vision-language models with multimodal rotary positions (Qwen2-VL, Qwen2.5-VL, "
@@ -207,11 +209,8 @@ def check_boundaries_supported(config, boundaries, hint: str = "") -> None:
     (GLM-5's indexed sparse attention: ``indexer_types[b] == "shared"``) cannot start one: it would
     need the other model's selection too. Refused by name (:class:`BoundaryError`), naming the layers
     that can be boundaries (then ``hint``). ``config``: a transformers config or a parsed config.json."""
-    def get(obj, key: str):
-        return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
-
-    text = get(config, "text_config") if get(config, "vision_config") is not None else None
-    kinds = get(text if text is not None else config, "indexer_types")
+    text = config_value(config, "text_config") if config_value(config, "vision_config") is not None else None
+    kinds = config_value(text if text is not None else config, "indexer_types")
     if not isinstance(kinds, (list, tuple)):
         return
     for b in boundaries:
