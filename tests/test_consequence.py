@@ -280,3 +280,47 @@ def test_allow_partial_scores_the_shared_prompts_and_records_what_was_left_out(t
     res = CliRunner().invoke(app, ["consequence", str(tmp_path / "r"), "--prompts", str(partial_edited), "--budget", "3",
                                    "--allow-partial"])
     assert res.exit_code == 2 and "PromptSetMismatchError" in res.output and repr(target) in res.output, res.output
+
+
+@pytest.mark.slow
+def test_an_interrupted_consequence_call_keeps_the_chunks_it_scored_and_the_next_call_scores_the_rest(tmp_path,
+                                                                                                     monkeypatch):
+    import shutil
+
+    import crosspatch.core.analysis as analysis_module
+    from crosspatch.execution import load_pair
+    from crosspatch.runner.on_finished import consequence_for_run
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "m")
+    prompts = [dict(p, validator={"type": "regex", "pattern": "[a-z]"}) for p in many_prompts(12)]
+    result = run(load_pair(str(root / "base"), tuned=str(root / "tuned")), prompts, boundary=2, max_new_tokens=6,
+                 bootstrap=0, controls="none", progress=False, batch_size=1, out=tmp_path / "r")  # chunks of 4 events
+    n_events = result.summary["counts"]["events"]
+    assert n_events > 4
+    shutil.copytree(tmp_path / "r", tmp_path / "whole")
+    consequence_for_run(tmp_path / "whole", prompts, budget=3)  # scored in one call, never interrupted
+    drive_apart, calls = analysis_module.drive_apart, []
+
+    def interrupted_after_one_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return drive_apart(*args, **kwargs)
+
+    monkeypatch.setattr(analysis_module, "drive_apart", interrupted_after_one_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        consequence_for_run(tmp_path / "r", prompts, budget=3)
+    kept = (tmp_path / "r" / "consequence.jsonl").read_text().splitlines()
+    assert len(kept) == 4  # the first chunk's events, appended when it was done
+    monkeypatch.setattr(analysis_module, "drive_apart", drive_apart)
+    lines: list[str] = []
+    block = consequence_for_run(tmp_path / "r", prompts, budget=3, progress=lines.append)
+    assert lines[-1].startswith(f"consequence (events): {n_events - 4}/{n_events - 4}")  # only the rest was scored
+    rows = (tmp_path / "r" / "consequence.jsonl").read_text().splitlines()
+    assert rows[:4] == kept and len(rows) == n_events
+    whole = (tmp_path / "whole" / "consequence.jsonl").read_text().splitlines()
+    assert sorted(map(json.loads, rows), key=lambda r: r["event_key"]) == sorted(map(json.loads, whole),
+                                                                                 key=lambda r: r["event_key"])
+    assert block == json.loads((tmp_path / "whole" / "summary.json").read_text())["consequences"]

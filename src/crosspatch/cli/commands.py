@@ -91,6 +91,7 @@ def consequence_cmd(
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Score every event afresh, replacing the run's consequence.jsonl (by "
                                         "default, continuations scored with other settings are an error)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Does the divergent token matter? Force t_IT, t_PT, a rank-matched and a random token at
     each event, continue greedily, score the suffix with the prompt's validator (resumable)."""
@@ -99,7 +100,7 @@ def consequence_cmd(
 
     try:
         cons = consequence_for_run(run_dir, load_prompts(prompts, fields), budget, with_pt, allow_partial=allow_partial,
-                                   overwrite=overwrite)
+                                   overwrite=overwrite, progress=not quiet)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     from ..analyses.consequence import render_consequences

@@ -144,18 +144,27 @@ def resummarize(store, config: dict | None = None) -> dict:
 
 
 def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent] | None = None,
-                    check_models=None, prompts: list | None = None) -> dict:
+                    check_models=None, prompts: list | None = None, progress=False) -> dict:
     """Run ``analysis`` (an :class:`~crosspatch.core.analysis.Analysis`, or the name of a registered
     plug-in, built with its default options) on a finished run's first-divergence events (or on
     ``events``, a subset of them), append its records to ``<name>.jsonl``, and summarise and
     render the run again. ``check_models(models)`` may refuse the loaded models before any pass. An
     image run's images come from ``prompts`` (a prompt file a command was given), else from the
-    run's own prompt file (:func:`~crosspatch.runner.reading.register_run_images`). Holds the run
-    directory's lock. Returns the new summary."""
+    run's own prompt file (:func:`~crosspatch.runner.reading.register_run_images`). The events go
+    in chunks of the run's own size (:func:`~crosspatch.execution.batching.chunk_size`), each
+    chunk's records appended as soon as it is scored: an interrupted call keeps the chunks it
+    finished (``consequence`` skips them when called again). ``progress``: as :func:`run`'s (True:
+    bars on a terminal, lines otherwise; a function of one line; False). Holds the run directory's
+    lock. Returns the new summary."""
     from ..core.analysis import EventSet, drive_apart
     from ..core.plugin_calls import guarded_program
     from ..execution import Executor
+    from ..execution.batching import chunk_size
+    from ..models.options import check_progress
     from ..store import RunStore
+    from .progress import progress_display
+
+    check_progress(progress)
 
     store = RunStore(run_dir)
     with store.lock(create=False):
@@ -177,12 +186,19 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
                     check_models(models)
                 register_run_images(models, config, events, images)
                 ex = Executor.for_run(models, config["options"])
-                evset = EventSet(events, models.base, models.roles[1], None)
-                rows = [row for _, part in drive_apart(ex, evset, lambda part: guarded_program(analysis, ex, part)) for row in part]
+                opts = config["options"]
+                chunk = chunk_size(models.residency, opts.get("batch_size", 1), opts.get("sequential_chunk", 1))
+                with progress_display(progress) as bar:
+                    task = bar.add_task(f"{analysis.name} (events)", total=len(events))
+                    for start in range(0, len(events), chunk):
+                        evset = EventSet(events[start:start + chunk], models.base, models.roles[1], None)
+                        rows = [row for _, part in drive_apart(ex, evset, lambda p: guarded_program(analysis, ex, p))
+                                for row in part]
+                        store.append_rows(f"{analysis.name}.jsonl", [r.to_record() if hasattr(r, "to_record") else r
+                                                                     for r in rows])
+                        bar.update(task, advance=len(evset.events))
             finally:
                 models.release()
-            store.append_rows(f"{analysis.name}.jsonl", [r.to_record() if hasattr(r, "to_record") else r
-                                                         for r in rows])
         return resummarize(store, config)
 
 

@@ -25,6 +25,7 @@ from ..errors import OptionError
 from ..execution import Executor
 from ..inputs.prompts import as_prompts
 from ..models.cached import checkable
+from ..models.options import check_progress
 from ..models.own_forward import without_autocast
 from ..models.paths import local_max_positions, local_rope_switch, local_sparse_topk
 from ..store import RunStore, json_document, write_whole
@@ -38,18 +39,21 @@ __all__ = ["consequence_for_run", "run_features"]
 
 
 def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt: bool = False,
-                        progress: bool = False, allow_partial: bool = False, overwrite: bool = False) -> dict:
+                        progress=False, allow_partial: bool = False, overwrite: bool = False) -> dict:
     """``crosspatch consequence RUN_DIR``: forced-token continuations of a finished run's
     first-divergence events (prompts give the validators); resumable (events already scored in
     consequence.jsonl are skipped; scored with other settings, a named error unless ``overwrite``,
-    which scores every event afresh in place of them, once the inputs are checked). Works on every
-    run directory crosspatch writes (a pair, a compare member, a lineage run). Updates
-    summary.json and the reports; returns the block."""
+    which scores every event afresh in place of them, once the inputs are checked); the events are
+    scored chunk by chunk, each chunk's rows appended when done, so an interrupted call keeps what
+    it scored. ``progress``: as :func:`~crosspatch.runner.pipeline.run`'s. Works on every run
+    directory crosspatch writes (a pair, a compare member, a lineage run). Updates summary.json and
+    the reports; returns the block."""
     from .checks import _int
     from .config import check_switches
 
     _int("budget (--budget)", budget, 1)
-    check_switches(with_pt=with_pt, progress=progress, allow_partial=allow_partial, overwrite=overwrite)
+    check_switches(with_pt=with_pt, allow_partial=allow_partial, overwrite=overwrite)
+    check_progress(progress)
     store = RunStore(run_dir)
     config = store.config()
     store.summary()  # the run must have finished
@@ -82,11 +86,12 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     lengths = {e.key: len(e.prefix_ids) for e in events}
     check_continuation_lengths(lengths, budget, local_max_positions(base), local_sparse_topk(base),
                                local_rope_switch(base))
-    record = store.path / PARTIAL_FILE
+    record, scored = store.path / PARTIAL_FILE, store.path / CONSEQUENCE_FILE
     before = record.read_text(encoding="utf-8") if record.is_file() else None
+    rows_before = scored.stat().st_size if scored.is_file() else None
     with store.lock(create=False):  # what this call left out, kept beside the records so every later summary reports it
         if overwrite:  # (asked for, and every input checked: the continuations of other settings go)
-            (store.path / CONSEQUENCE_FILE).unlink(missing_ok=True)
+            scored.unlink(missing_ok=True)
         _record_partial(store.path, partial)
     try:
         if events:
@@ -94,12 +99,16 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
                                       check_models=lambda models: check_continuation_lengths(
                                           lengths, budget, models.facts[models.base].get("max_positions"),
                                           models.facts[models.base].get("sparse_topk"),
-                                          models.facts[models.base].get("rope_switch")), prompts=given)
+                                          models.facts[models.base].get("rope_switch")), prompts=given,
+                                      progress=progress)
         else:
             with store.lock(create=False):
                 summary = resummarize(store, config)
     except BaseException:  # a call that scored nothing leaves the record of the last call that did
         with store.lock(create=False):
+            # (one that appended rows keeps them, to resume from, with the record of what it left out)
+            if (scored.stat().st_size if scored.is_file() else None) != rows_before:
+                raise
             if before is None:
                 record.unlink(missing_ok=True)
             else:

@@ -48,6 +48,7 @@ from .checks import (
 )
 from .config import RunConfig, check_switches, normalise_run_config, resolve_boundaries  # noqa: F401
 from .prepare import build_config_record, prompt_token_ids, with_nulls
+from .progress import progress_display, say
 
 # the run's pieces, each in its own module, importable from here as before (and RunConfig above)
 from .result import Rendered, RunResult, rerender, rerender_run, write_outputs  # noqa: F401
@@ -141,7 +142,7 @@ def _chunk_items(pair: ModelSet, prompts: list[Prompt], token_ids: list[list[int
     (:func:`~crosspatch.models.media.media_chunks`)."""
     pieces = media_chunks([prompts[k].id for k in todo], chunk, pair.media)
     if len(pieces) > -(-len(todo) // chunk):
-        _say(progress, f"{len(pieces)} chunks where {-(-len(todo) // chunk)} would do: image prompts with the same text "
+        say(progress, f"{len(pieces)} chunks where {-(-len(todo) // chunk)} would do: image prompts with the same text "
                        "and different images never share a batch, and with one model resident at a time each chunk "
                        "loads every model once (give them distinct texts to batch them)")
     return [([prompts[todo[j]] for j in piece], [token_ids[todo[j]] for j in piece]) for piece in pieces]
@@ -198,35 +199,6 @@ def state_cache_bytes(models: ModelSet, prompt_ids: list[list[int]], max_new_tok
     itemsize = DTYPES[dtype].itemsize if dtype in DTYPES else 4
     tokens = sum(len(p) + max_new_tokens for p in prompt_ids)
     return cache_bytes("sequential", tokens, models.hidden_size, itemsize, n_boundaries)
-
-
-def _say(enabled, message: str) -> None:
-    """``message`` to ``progress``: a function of one line, or standard error where it is True."""
-    if callable(enabled):
-        enabled(message)
-    elif enabled:
-        from rich.console import Console
-
-        Console(stderr=True).print(message, soft_wrap=True, markup=False)
-
-
-def _progress(enabled):
-    """Progress bars on a terminal; plain progress lines when standard error is not one, or given to
-    ``enabled`` where it is a function of one line."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .progress import LineProgress
-
-    if callable(enabled):
-        return LineProgress(emit=enabled)
-    console = Console(stderr=True)
-    if enabled and not console.is_terminal:
-        return LineProgress()
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, disable=not (enabled and console.is_terminal), transient=False,
-    )
 
 
 def run(
@@ -314,7 +286,7 @@ def run(
         todo = [k for k, p in enumerate(prompts) if p.id not in done]
         resumed = len(prompts) - len(todo)
         if resumed:
-            _say(progress, f"resumed: {resumed} prompt(s) already done in {out}, {len(todo)} to go")
+            say(progress, f"resumed: {resumed} prompt(s) already done in {out}, {len(todo)} to go")
         by_id = {p.id: k for k, p in enumerate(prompts)}
         started = time.perf_counter()
         chunk = chunk_size(pair.residency, config.batch_size, config.sequential_chunk)
@@ -324,7 +296,7 @@ def run(
         if size is not None and todo:
             batching = (f"batches of at most {config.max_batch_tokens:,} padded tokens" if config.max_batch_tokens
                         else "--max-batch-tokens bounds each batch's working memory")
-            _say(progress, f"sequential residency: one model at a time; CPU state cache up to {size / 2**20:.1f} MiB; "
+            say(progress, f"sequential residency: one model at a time; CPU state cache up to {size / 2**20:.1f} MiB; "
                            f"{batching} ({pair.provenance.get('residency_reason', '')})")
         event_work, decode_used = 0, {}
         work = WorkCounter()  # summed from the chunks (which may run in other processes)
@@ -333,7 +305,7 @@ def run(
             for a in plan.analyses if not getattr(a, "scores_cells", False)}
         search_task: Any = None  # the bar's tasks, when a bar is shown (rich is imported only then)
         cells_task: Any = None
-        with _progress(progress) if progress else contextlib.nullcontext() as bar:
+        with progress_display(progress) if progress else contextlib.nullcontext() as bar:
             if bar:
                 search_task = bar.add_task("divergence search (prompts)", total=len(prompts),
                                            completed=len(prompts) - len(todo))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any, Callable
 
 
 class LineProgress:
@@ -103,3 +104,31 @@ class StageClock:
         left = sum(self.weights[self.index - 1:])
         eta = f", about {_clock(elapsed / done * left)} left" if done > 0 else ""
         self.log(f"[{self.index}/{len(self.weights)}] {message} ({_clock(elapsed)} elapsed{eta})")
+
+
+def say(enabled: bool | Callable[[str], Any], message: str) -> None:
+    """``message`` to ``progress``: a function of one line, or standard error where it is True."""
+    if callable(enabled):
+        enabled(message)
+    elif enabled:
+        from rich.console import Console
+
+        Console(stderr=True).print(message, soft_wrap=True, markup=False)
+
+
+def progress_display(enabled: bool | Callable[[str], Any]) -> Any:
+    """Progress bars on a terminal; plain progress lines (:class:`LineProgress`) when standard
+    error is not one, or given to ``enabled`` where it is a function of one line. Silent (a
+    disabled display of the same interface) where ``enabled`` is False."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if callable(enabled):
+        return LineProgress(emit=enabled)
+    console = Console(stderr=True)
+    if enabled and not console.is_terminal:
+        return LineProgress()
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=not (enabled and console.is_terminal), transient=False,
+    )
