@@ -89,8 +89,8 @@ def kv_cache_bound_bytes(base: str, dtype: str, prompt_ids: list[list[int]], max
     """One model's largest KV cache over the run's decoding batches (the executor's own batching
     of prompt + budget tokens)."""
     from crosspatch.execution import kv_bytes_per_token, largest_batch_tokens
+    from crosspatch.models.config_dicts import local_config
     from crosspatch.models.loading import DTYPES
-    from crosspatch.models.paths import local_config
 
     tokens = largest_batch_tokens([len(p) + max_new_tokens for p in prompt_ids], batch_size, max_batch_tokens)
     return tokens * kv_bytes_per_token(local_config(base), DTYPES[dtype].itemsize)

@@ -466,6 +466,11 @@ CASES = [
          lambda e: e.run_args(tuned=_model_dir(e, "gguf_only", lambda d: ((d / "model.safetensors").unlink(),
                                                                           (d / "model-Q4_K_M.gguf").write_bytes(b"GGUF")))),
          "ModelLoadError"),
+    Case("models", "a GGUF file given as the model (llama.cpp's format, no checkpoint directory)",
+         lambda e: e.run_args(tuned=str(_model_dir(e, "gguf_file", lambda d: ((d / "config.json").unlink(),
+                                                                            (d / "model-Q4_K_M.gguf").write_bytes(b"GGUF")))
+                                        / "model-Q4_K_M.gguf")),
+         "ModelLoadError"),
     Case("models", "a truncated safetensors download",
          lambda e: e.run_args(tuned=_model_dir(e, "truncated_st", lambda d: (d / "model.safetensors").write_bytes(
              (d / "model.safetensors").read_bytes()[:4096]))), "ModelLoadError"),

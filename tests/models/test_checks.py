@@ -176,6 +176,12 @@ def test_a_checkpoint_of_gguf_weights_says_what_they_are_and_how_to_convert_them
     (tmp_path / "model-Q4_K_M.gguf").write_bytes(b"GGUF")
     with pytest.raises(ModelLoadError, match=r"holds GGUF weights \(model-Q4_K_M.gguf\).*gguf_file='model-Q4_K_M.gguf'"):
         check_model_path(str(tmp_path), "tuned")
+    # as llama.cpp users keep them: a folder of GGUF files alone, or the file itself given as the model
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"no config.json.*GGUF weights.*gguf_file='model-Q4_K_M.gguf'"):
+        check_model_path(str(tmp_path), "tuned")
+    with pytest.raises(ModelLoadError, match=r"is a GGUF file.*from_pretrained\(.*gguf_file='model-Q4_K_M.gguf'"):
+        check_model_path(str(tmp_path / "model-Q4_K_M.gguf"), "base")
 
 
 def test_a_checkpoint_asking_for_an_attention_kernel_this_machine_lacks_loads_with_sdpa(tmp_path):
@@ -815,7 +821,7 @@ def _exact_within_and_refused_past(make_pair, refusal: str) -> None:
 
 
 def test_the_keys_an_indexer_picks_are_read_from_config_json_before_any_model_loads(tmp_path):
-    from crosspatch.models.paths import local_sparse_topk
+    from crosspatch.models.config_dicts import local_sparse_topk
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "deepseek_v32", "index_topk": 2048}))
     assert local_sparse_topk(str(tmp_path)) == 2048
@@ -829,7 +835,7 @@ def test_the_keys_an_indexer_picks_are_read_from_config_json_before_any_model_lo
 def test_an_index_topk_that_a_dense_model_merely_carries_is_not_read(tmp_path):
     """Only a model with indexed layers picks keys: a config whose layer kinds are dense, or whose
     model type's config class has no indexer, is not held to the key it happens to carry."""
-    from crosspatch.models.paths import local_sparse_topk
+    from crosspatch.models.config_dicts import local_sparse_topk
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "index_topk": 4}))
     assert local_sparse_topk(str(tmp_path)) is None
@@ -868,7 +874,7 @@ def test_a_long_context_rope_is_exact_within_its_original_context_and_refused_pa
 
 
 def test_a_long_context_ropes_original_context_is_read_from_config_json_before_any_model_loads(tmp_path):
-    from crosspatch.models.paths import local_rope_switch
+    from crosspatch.models.config_dicts import local_rope_switch
 
     longrope = {"rope_type": "longrope", "short_factor": [1.0], "long_factor": [4.0]}
     for config in ({"model_type": "phi3", "rope_parameters": dict(longrope, original_max_position_embeddings=4096)},

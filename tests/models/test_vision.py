@@ -313,7 +313,7 @@ def test_an_image_prompt_too_long_with_its_image_tokens_is_named_before_any_weig
     from typer.testing import CliRunner
 
     from crosspatch.cli import app
-    from crosspatch.models.paths import local_max_positions
+    from crosspatch.models.config_dicts import local_max_positions
 
     base_dir, tuned_dir = save_vlm_pair(tmp_path / "pair", "llava")
     text = "City 0 today:"

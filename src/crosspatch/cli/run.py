@@ -131,8 +131,15 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     from ..models.anatomy import check_boundaries_supported, check_supported
     from ..models.cached import checkable
     from ..models.checks import check_weights_fit_config, compare_configs, compare_weight_layouts, local_input_embeddings
+    from ..models.config_dicts import (
+        local_config,
+        local_is_multimodal,
+        local_max_positions,
+        local_num_layers,
+        local_rope_switch,
+        local_sparse_topk,
+    )
     from ..models.loading import check_custom_code, check_weight_format
-    from ..models.paths import local_config, local_is_multimodal, local_max_positions, local_rope_switch, local_sparse_topk
     from ..runner.checks import (
         check_distinct_descendants,
         check_group_by,
@@ -140,7 +147,6 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
         check_out_dir,
         check_prompt_lengths,
         check_prompt_token_ids,
-        local_num_layers,
         validate_load_options,
         validate_run_options,
     )
@@ -229,9 +235,8 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
     from ..execution import choose_residency, kv_bytes_per_token, largest_batch_tokens
     from ..execution.batching import over_batch_tokens, state_cache_bytes
     from ..models.cached import checkable
+    from ..models.config_dicts import config_hidden_size, local_config, local_num_layers
     from ..models.loading import DTYPES, load_tokenizer
-    from ..models.paths import config_hidden_size, local_config
-    from ..runner.checks import local_num_layers
     from ..runner.pipeline import resolve_boundaries, select_shard
 
     out = _stdout()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from typing import TypeVar, cast
 
-from ..models.paths import config_hidden_size, text_config
+from ..models.config_dicts import config_hidden_size, text_config
 
 T = TypeVar("T")
 

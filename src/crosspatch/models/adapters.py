@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from ..errors import ModelLoadError, PickleWeightsRefusedError, UnsupportedAdapterError, first_line
+from .config_dicts import config_vocab_size, is_quantized, local_config
 from .loading import is_local
-from .paths import config_vocab_size, is_quantized, local_config
 
 
 def read_adapter_config(adapter: str) -> dict:

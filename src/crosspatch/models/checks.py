@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..errors import ArchitectureMismatchError, HiddenSizeMismatchError, LayerCountMismatchError, SpecialTokensMismatchError
-from .paths import POSITION_LIMIT_KEYS, config_count, config_hidden_size, config_num_layers, local_config, some_of
+from .config_dicts import POSITION_LIMIT_KEYS, config_count, config_hidden_size, config_num_layers, local_config
+from .paths import some_of
 
 _SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")
 
@@ -25,7 +26,7 @@ def model_facts(handle) -> dict:
     routers = {i: name for i, layer in enumerate(a.layers) if (name := router_name(layer)) is not None}
     embeddings = a.model.get_input_embeddings()
     from .anatomy import text_config
-    from .paths import config_rope_switch, config_sparse_topk
+    from .config_dicts import config_rope_switch, config_sparse_topk
 
     return {"class": type(a.model).__name__, "num_layers": a.num_layers, "hidden_size": a.hidden_size,
             "lm_head_rows": a.lm_head.weight.shape[0], "max_positions": limit, "routers": routers,
@@ -109,7 +110,7 @@ def compare_weight_layouts(base: str, descendant: str, names: tuple[str, str] = 
 
     from ..errors import ModelLoadError
     from .adapters import checkpoint_shapes
-    from .paths import is_quantized, text_config
+    from .config_dicts import is_quantized, text_config
 
     if not all(Path(p).expanduser().is_dir() for p in (base, descendant)) or any(
             is_quantized(local_config(p)) for p in (base, descendant)):
@@ -284,7 +285,7 @@ def weight_change(base: str, descendant: str, revision: str | None = None, sampl
     from safetensors import safe_open
 
     from .adapters import weight_locations
-    from .paths import is_quantized
+    from .config_dicts import is_quantized
 
     roots = [r for r in (_checkpoint_dir(p, revision) for p in (base, descendant)) if r is not None]
     if len(roots) < 2 or any(is_quantized(local_config(str(r))) for r in roots):

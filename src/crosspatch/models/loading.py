@@ -321,7 +321,7 @@ def check_custom_code(path: str, trust_remote_code: bool) -> None:
     checkpoints keep from before transformers supported them, loads with transformers' code.)"""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    from .paths import local_config
+    from .config_dicts import local_config
 
     config = local_config(path)
     auto_map = config.get("auto_map")

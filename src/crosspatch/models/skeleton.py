@@ -6,7 +6,7 @@ and adapters with it (:func:`~crosspatch.models.checks.check_weights_fit_config`
 
 from __future__ import annotations
 
-from .paths import local_config
+from .config_dicts import local_config
 
 __all__ = ["Skeleton", "local_skeleton", "model_weight_shapes"]
 
@@ -22,7 +22,7 @@ def model_weight_shapes(path: str) -> dict[str, tuple[int, ...]]:
 def local_skeleton(path: str) -> Skeleton | None:
     """The :class:`Skeleton` of a local checkpoint's config.json (cached per config's contents); None
     for a hub id, a quantized checkpoint, one that ships its own code or one transformers cannot build."""
-    from .paths import is_quantized
+    from .config_dicts import is_quantized
 
     config = local_config(path)
     if not config or "auto_map" in config or is_quantized(config):

@@ -22,7 +22,7 @@ from ..errors import (
 )
 from ..models.loading import DEVICES, validate_load_options  # noqa: F401 (re-exported)
 from ..models.options import check_switches, plain_scalar
-from ..models.paths import check_given_once, check_hub_id, check_model_path, local_num_layers, looks_local, path_key  # noqa: F401 (re-exported)
+from ..models.paths import check_given_once, check_hub_id, check_model_path, looks_local, path_key  # noqa: F401 (re-exported)
 from ..store.tables import mixed_kinds
 
 MIN_BOOTSTRAP = 100  # fewer resamples give degenerate intervals; 0 disables intervals

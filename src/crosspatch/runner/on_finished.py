@@ -25,9 +25,9 @@ from ..errors import OptionError
 from ..execution import Executor
 from ..inputs.prompts import as_prompts
 from ..models.cached import checkable
+from ..models.config_dicts import local_max_positions, local_rope_switch, local_sparse_topk
 from ..models.options import check_progress
 from ..models.own_forward import without_autocast
-from ..models.paths import local_max_positions, local_rope_switch, local_sparse_topk
 from ..store import RunStore, json_document, write_whole
 from .checks import check_continuation_lengths
 from .finished import first_events, load_request, recorded_load_options, reopen_models, resummarize, run_on_finished

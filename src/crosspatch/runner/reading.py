@@ -106,8 +106,8 @@ def _local_processor(base: str, options):
     directory or whole in the local hub cache (read before any weight loads: configs, tokenizer and
     image settings), else None."""
     from ..models.cached import checkable
+    from ..models.config_dicts import local_is_multimodal
     from ..models.loading import load_processor
-    from ..models.paths import local_is_multimodal
 
     return load_processor(base, options) if local_is_multimodal(checkable(base, options.revision)) else None
 
@@ -171,8 +171,8 @@ def image_prompts_of_run(config: dict, events: list, prompts: list | None = None
     found is a named error."""
     from ..errors import PromptImageError
     from ..inputs.prompts import load_prompts, prompts_digest
+    from ..models.config_dicts import local_config
     from ..models.media import image_token_id
-    from ..models.paths import local_config
 
     if token is None:
         token = image_token_id(local_config(base) if base else {})

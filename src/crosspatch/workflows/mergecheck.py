@@ -324,7 +324,7 @@ def _check_depth(model: str, position: int, what: str) -> None:
     """Slices that give ``position`` layers keep the depth of ``model`` (its config read before
     loading: a local directory or a cached hub id's snapshot), else an :class:`UnsupportedMergeConfigError`."""
     from ..models.cached import checkable
-    from ..models.paths import local_config, text_config
+    from ..models.config_dicts import local_config, text_config
 
     layers = text_config(local_config(checkable(model))).get("num_hidden_layers")
     if isinstance(layers, int) and position != layers:

@@ -322,7 +322,7 @@ def _precheck_layers(base: str, boundaries) -> None:
     """Boundaries against the layer count a local (or whole cached) config.json gives, before any
     model loads."""
     from ..models.cached import checkable
-    from ..models.paths import local_config, text_config
+    from ..models.config_dicts import local_config, text_config
 
     layers = text_config(local_config(checkable(base))).get("num_hidden_layers")  # {}: a hub id not cached
     if isinstance(layers, int):
