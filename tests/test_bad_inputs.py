@@ -466,6 +466,11 @@ CASES = [
          lambda e: e.run_args(tuned=_model_dir(e, "gguf_only", lambda d: ((d / "model.safetensors").unlink(),
                                                                           (d / "model-Q4_K_M.gguf").write_bytes(b"GGUF")))),
          "ModelLoadError"),
+    Case("models", "a DeepSpeed ZeRO-3 checkpoint saved without its weights gathered (each rank's partition only)",
+         lambda e: e.run_args(tuned=_model_dir(e, "zero3_ranks", lambda d: ((d / "model.safetensors").unlink(),
+                                                                           (d / "global_step8").mkdir(),
+                                                                           (d / "zero_to_fp32.py").write_text("")))),
+         "ModelLoadError"),
     Case("models", "a GGUF file given as the model (llama.cpp's format, no checkpoint directory)",
          lambda e: e.run_args(tuned=str(_model_dir(e, "gguf_file", lambda d: ((d / "config.json").unlink(),
                                                                             (d / "model-Q4_K_M.gguf").write_bytes(b"GGUF")))

@@ -184,6 +184,28 @@ def test_a_checkpoint_of_gguf_weights_says_what_they_are_and_how_to_convert_them
         check_model_path(str(tmp_path / "model-Q4_K_M.gguf"), "base")
 
 
+def test_a_distributed_trainers_sharded_checkpoint_says_how_to_consolidate_its_weights(tmp_path):
+    """A Trainer checkpoint saved under DeepSpeed ZeRO-3 (without gathering) or FSDP's sharded
+    state dict has a config.json and each rank's state, but no model weights: named as such, with
+    the consolidation command, not as an incomplete download."""
+    from crosspatch.models.paths import check_model_path
+
+    zero, fsdp, empty = tmp_path / "zero", tmp_path / "fsdp", tmp_path / "empty"
+    for folder in (zero, fsdp, empty):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 4}))
+    (zero / "global_step100").mkdir()
+    (zero / "global_step100" / "mp_rank_00_model_states.pt").write_bytes(b"")
+    (zero / "zero_to_fp32.py").write_text("")
+    (fsdp / "pytorch_model_fsdp_0").mkdir()
+    with pytest.raises(ModelLoadError, match=r"DeepSpeed ZeRO checkpoint \(global_step100/\).*zero_to_fp32.py"):
+        check_model_path(str(zero), "tuned")
+    with pytest.raises(ModelLoadError, match=r"FSDP sharded checkpoint.*accelerate merge-weights .*pytorch_model_fsdp_0"):
+        check_model_path(str(fsdp), "tuned")
+    with pytest.raises(ModelLoadError, match="an incomplete download or copy"):
+        check_model_path(str(empty), "tuned")
+
+
 def test_a_checkpoint_asking_for_an_attention_kernel_this_machine_lacks_loads_with_sdpa(tmp_path):
     """A config.json saved from a GPU run asking for ``flash_attention_2`` (the key transformers 4
     reads, ``_attn_implementation``, or the one transformers 5 reads, ``attn_implementation``) made
