@@ -184,6 +184,23 @@ def test_a_checkpoint_of_gguf_weights_says_what_they_are_and_how_to_convert_them
         check_model_path(str(tmp_path / "model-Q4_K_M.gguf"), "base")
 
 
+@pytest.mark.parametrize("copy_as_quantization_config", [False, True])  # newer mlx_lm writes both keys
+def test_a_checkpoint_quantized_by_mlx_is_named_before_loading(tmp_path, copy_as_quantization_config):
+    """mlx_lm's quantized checkpoints (packed uint32 weights beside scales and biases) read as a
+    config.json that is not the checkpoint's own when transformers tried them."""
+    from crosspatch.models.paths import check_model_path
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "m")
+    config = json.loads((root / "tuned" / "config.json").read_text())
+    config["quantization"] = {"group_size": 64, "bits": 4}
+    if copy_as_quantization_config:
+        config["quantization_config"] = dict(config["quantization"])
+    (root / "tuned" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"quantized by MLX \(.*4 bits, groups of 64\)"):
+        check_model_path(str(root / "tuned"), "tuned")
+
+
 def test_a_distributed_trainers_sharded_checkpoint_says_how_to_consolidate_its_weights(tmp_path):
     """A Trainer checkpoint saved under DeepSpeed ZeRO-3 (without gathering) or FSDP's sharded
     state dict has a config.json and each rank's state, but no model weights: named as such, with

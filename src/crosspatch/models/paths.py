@@ -198,8 +198,16 @@ def check_quantization_packages(config: dict, named: str) -> None:
     """A quantized checkpoint (a ``quantization_config``: bitsandbytes, GPTQ, AWQ, ...) whose
     method needs a package this environment lacks is a ModelLoadError saying which, before any
     model loads: transformers' own check of the method's environment, asked up front (whatever
-    else it refuses, a device map or a backend, is left to the loader, which sees the options)."""
+    else it refuses, a device map or a backend, is left to the loader, which sees the options).
+    So is a checkpoint MLX quantized (a ``quantization`` of bits and group size, and no
+    ``quantization_config`` naming a method: packed weights no transformers quantizer reads)."""
     quantization = quantization_settings(config)
+    mlx = config.get("quantization")
+    if isinstance(mlx, dict) and ("bits" in mlx or "group_size" in mlx) and "quant_method" not in (quantization or {}):
+        raise ModelLoadError(
+            f"{named} holds weights quantized by MLX (its config.json's 'quantization': {mlx.get('bits')} bits, groups "
+            f"of {mlx.get('group_size')}), which transformers cannot load: give the unquantized checkpoint (MLX's "
+            "mlx_lm can write it dequantized) or the Hugging Face model it was converted from")
     if quantization is None:
         return
     try:
