@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -199,6 +200,23 @@ def test_a_checkpoint_quantized_by_mlx_is_named_before_loading(tmp_path, copy_as
     (root / "tuned" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=r"quantized by MLX \(.*4 bits, groups of 64\)"):
         check_model_path(str(root / "tuned"), "tuned")
+
+
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "module."])
+def test_a_state_dict_saved_from_a_wrapped_model_names_the_prefix(tmp_path, prefix):
+    """Weights saved with ``save_file(model.state_dict())`` of a torch.compile'd or DDP-wrapped
+    model carry the wrapper's prefix: every weight reads as missing, which is not an incomplete
+    checkpoint."""
+    from safetensors.torch import load_file, save_file
+
+    from crosspatch.execution import load_pair
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "m")
+    weights = load_file(root / "tuned" / "model.safetensors")
+    save_file({prefix + k: v for k, v in weights.items()}, root / "tuned" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=rf"under the prefix '{re.escape(prefix)}'.*save_pretrained"):
+        load_pair(str(root / "base"), tuned=str(root / "tuned"))
 
 
 def test_a_distributed_trainers_sharded_checkpoint_says_how_to_consolidate_its_weights(tmp_path):

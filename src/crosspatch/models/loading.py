@@ -268,10 +268,13 @@ def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None =
         raise ModelLoadError(f"could not load {path!r} as a causal LM: {first}") from exc
     missing, unused = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
     if missing:
+        prefix = _wrapper_prefix(unused, missing)
         raise ModelLoadError(
             f"{path} lacks {len(missing)} weight(s) that its {type(model).__name__} needs "
-            f"({some_of(missing)}); transformers would initialise them at random. Is the checkpoint complete "
-            "(every shard of its index present)?")
+            f"({some_of(missing)}); transformers would initialise them at random. " + (
+                f"Its tensors are these weights under the prefix {prefix!r} (a state dict saved from a wrapped model: "
+                "torch.compile's '_orig_mod.', DDP's 'module.'): save the unwrapped model with save_pretrained"
+                if prefix else "Is the checkpoint complete (every shard of its index present)?"))
     if unused and warnings is not None:
         note = f"{path}: {len(unused)} weight(s) in the checkpoint are not used by {type(model).__name__} ({some_of(unused)})"
         if note not in warnings:
@@ -345,6 +348,13 @@ def load_processor(path: str, options: LoadOptions):
     except Exception as exc:  # transformers raises many types for a missing or bad processor
         first = first_line(exc)
         raise PromptImageError(f"could not load an image processor from {path!r}: {first}") from exc
+
+
+def _wrapper_prefix(unused: list[str], missing: list[str]) -> str | None:
+    """The prefix (``_orig_mod.``, ``module.``, ...) under which the unused tensors are the missing weights, or None."""
+    cuts = [i + 1 for i, ch in enumerate(unused[0] if unused else "") if ch == "."]
+    return next((unused[0][:c] for c in cuts if all(n.startswith(unused[0][:c]) for n in unused)
+                 and set(missing) <= {n[c:] for n in unused}), None)
 
 
 def load_tokenizer(path: str, options: LoadOptions):
