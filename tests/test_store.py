@@ -515,3 +515,48 @@ def test_a_damaged_line_inside_events_jsonl_is_not_blamed_on_an_interruption(tmp
         "adapter: not given -> given"]
     long = json.dumps(["x"] * 40)  # 200 characters
     assert settings_diff({"words": ["x"] * 40}, {"words": ["y"]}) == [f'words: {long[:79]}… -> ["y"]']
+
+
+@pytest.mark.slow
+def test_a_run_begun_in_python_resumes_on_the_command_line_and_one_begun_there_in_python(tmp_path):
+    """The command line names the descendant it scores (``tuned``); Python left it unsaid for a
+    set's only descendant: one run either way, whichever began it (runs recorded before both
+    were named the same resume too)."""
+    from typer.testing import CliRunner
+
+    from crosspatch.cli import app
+    from crosspatch.execution import load_pair
+    from crosspatch.store.identity import fingerprint
+
+    root = save_tiny_pair(tmp_path / "m")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in many_prompts(6)))
+    settings = dict(boundary=2, max_new_tokens=6, bootstrap=0, controls="none", progress=False)
+    cli = ["run", "--base", str(root / "base"), "--tuned", str(root / "tuned"), "--prompts", str(prompts),
+           "--boundary", "2", "--max-new-tokens", "6", "--bootstrap", "0", "--controls", "none", "--quiet", "--out"]
+    python_run = run(load_pair(str(root / "base"), tuned=str(root / "tuned")), str(prompts), out=tmp_path / "py",
+                     **settings)
+    (tmp_path / "py" / "summary.json").unlink()  # as if stopped before its summary: the command resumes it
+    resumed = CliRunner().invoke(app, [*cli, str(tmp_path / "py")])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((tmp_path / "py" / "summary.json").read_text())["counts"] == python_run.summary["counts"]
+    assert CliRunner().invoke(app, [*cli, str(tmp_path / "cli")]).exit_code == 0
+    (tmp_path / "cli" / "summary.json").unlink()
+    again = run(load_pair(str(root / "base"), tuned=str(root / "tuned")), str(prompts), out=tmp_path / "cli", **settings)
+    assert again.summary["counts"] == python_run.summary["counts"]
+    # a run begun in Python by an earlier crosspatch recorded the descendant as unsaid (None)
+    config = json.loads((tmp_path / "py" / "config.json").read_text())
+    config["options"]["tuned"] = config["fingerprint_inputs"]["options"]["tuned"] = None
+    config["run_fingerprint"] = fingerprint(config["fingerprint_inputs"])
+    config["fingerprint"] = fingerprint({"run": config["run_fingerprint"], "shard": None})
+    (tmp_path / "py" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "py" / ".crosspatch-run").write_text(json.dumps({"fingerprint": config["fingerprint"]}) + "\n")
+    for records in (tmp_path / "py").glob("*.jsonl"):  # its records carry that name
+        records.write_text("".join(json.dumps({**json.loads(line), "run": config["fingerprint"]}) + "\n"
+                                   for line in records.read_text().splitlines()))
+    (tmp_path / "py" / "summary.json").unlink()
+    resumed = CliRunner().invoke(app, [*cli, str(tmp_path / "py")])
+    assert resumed.exit_code == 0, resumed.output
+    now = json.loads((tmp_path / "py" / "config.json").read_text())["fingerprint"]
+    assert {json.loads(line)["run"] for line in (tmp_path / "py" / "events.jsonl").read_text().splitlines()} == {now}
+    assert json.loads((tmp_path / "py" / "summary.json").read_text())["counts"] == python_run.summary["counts"]

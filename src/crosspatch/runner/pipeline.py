@@ -242,6 +242,7 @@ def run(
     tuned = pair.roles[1] if config.tuned is None else config.tuned
     if not isinstance(tuned, str) or tuned not in pair.descendants:
         raise OptionError(f"tuned must name a descendant role ({', '.join(pair.descendants)}), not {tuned!r}")
+    config.tuned = tuned  # recorded as named: the command line names it, and the two are one run
     pair, config = with_nulls(pair, config, tuned)
     all_prompts = as_prompts(prompts)
     check_chat_rows(all_prompts, config.chat_template)

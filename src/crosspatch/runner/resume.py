@@ -46,6 +46,8 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
 
     from ..execution.opening import load_spec
     from ..models.loading import provenance
+    from ..store.identity import scored_role_named
+
     path = Path(out)
     if not (path / "config.json").is_file() or not (path / "summary.json").is_file():
         return None
@@ -60,7 +62,8 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
         if _results_spec(spec) != _results_spec(stored.get("load_spec")):
             return None
         asked = json.loads(json.dumps(asdict(config), default=json_value))
-        if _without(asked, SPEED_ONLY) != _without(stored.get("options"), SPEED_ONLY):
+        asked, recorded = (scored_role_named(o, stored.get("roles")) for o in (asked, stored.get("options")))
+        if _without(asked, SPEED_ONLY) != _without(recorded, SPEED_ONLY):
             return None
         for entry in recorded_models(stored):
             if entry is None:
@@ -105,6 +108,7 @@ def refuse_before_loading(out: str | Path, prompts, config: RunConfig, resume: b
 
     from ..errors import RunSettingsMismatchError
     from ..store import settings_diff
+    from ..store.identity import named_inputs, scored_role_named
     from .config import result_options
 
     path = Path(out)
@@ -113,10 +117,10 @@ def refuse_before_loading(out: str | Path, prompts, config: RunConfig, resume: b
         return
     stored = store.config()  # damaged, or of another format: the run's own error, now
     try:
-        parts = stored["fingerprint_inputs"]
+        parts = named_inputs(stored)  # ({} for a config without them: left to the run)
         config = normalise_run_config(replace(config))
         boundaries = resolve_boundaries(config, stored["num_layers"])
-        now = {"options": result_options(config), "boundaries": boundaries,
+        now = {"options": scored_role_named(result_options(config), stored.get("roles")), "boundaries": boundaries,
                "headline_boundary": headline_boundary(boundaries, stored["num_layers"], config.boundary),
                "prompts": prompts_digest(as_prompts(prompts))}
         if not all(key in parts for key in now):

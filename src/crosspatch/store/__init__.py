@@ -1,5 +1,6 @@
 """The run directory: :class:`RunStore` (``rundir``: written as the run goes, resumable, locked),
-the files below it (``files``: markers, guarded JSON/JSONL, schema checks), the records as tables
+the files below it (``files``: markers, guarded JSON/JSONL, schema checks), which run a directory
+holds (``identity``: fingerprints, settings' differences), the records as tables
 and completeness (``tables``), and the schemas of the files crosspatch writes (``schemas``)."""
 
 from .files import (
@@ -16,7 +17,6 @@ from .files import (
     collection_kind,
     collection_runs,
     environment,
-    fingerprint,
     json_document,
     json_line,
     json_value,
@@ -25,9 +25,9 @@ from .files import (
     package_version,
     read_collection_summary,
     read_json_object,
-    settings_diff,
     write_whole,
 )
+from .identity import fingerprint, settings_diff
 from .rundir import RunStore, check_out_path
 from .tables import check_complete, completed_prompts, events_frame, missing_prompts, records_frame
 

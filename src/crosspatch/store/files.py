@@ -6,7 +6,6 @@ a named error), and the schema checks of ``config.json`` and ``summary.json``.""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -59,11 +58,6 @@ def package_version(name: str) -> str | None:
         return version(name)
     except PackageNotFoundError:
         return None
-
-
-def fingerprint(parts: dict) -> str:
-    """Stable hash of the options that change results (used to refuse mixing runs)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=json_value).encode()).hexdigest()[:16]
 
 
 MARKER = ".crosspatch-run"  # written first into every run directory: what makes it one
@@ -298,31 +292,6 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
             raise CorruptRunFileError(f"{path}:{lineno}: each line must be a JSON object")
         rows.append((lineno, row))
     return rows
-
-
-def settings_diff(old, new, prefix: str = "") -> list[str]:
-    """Human-readable differences between two fingerprint inputs (``key: old -> new``)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new), key=str):
-            out += settings_diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
-        return out
-    if prefix == "result_rules" and old != new:
-        return [f"written by {'an older' if old is None or str(old) < str(new) else 'another'} crosspatch, whose "
-                f"records this version would not reproduce (result rules {old or 'before 2026-12-05'} -> {new}): "
-                "its records cannot be mixed with this version's"]
-    if old != new:
-        def show(value) -> str:
-            if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
-                return f"sha256 {value[:12]}…"  # a file's digest: enough to tell the two apart
-            if value is None:
-                return "not given"
-            if isinstance(value, dict) and (old is None or new is None):
-                return "given"  # a model or option present on one side only: its contents say nothing more
-            text = json.dumps(value, default=json_value)
-            return text if len(text) <= 80 else text[:79] + "…"
-        return [f"{prefix or 'settings'}: {show(old)} -> {show(new)}"]
-    return []
 
 
 def check_schema(data: dict, expected: str, path) -> None:

@@ -51,9 +51,9 @@ from .files import (
     json_line,
     not_a_run_message,
     read_json_object,
-    settings_diff,
     write_whole,
 )
+from .identity import other_settings, record_fingerprint, retag_records
 from .schemas import check_document
 from .tables import completed_prompts, records_frame
 
@@ -220,35 +220,31 @@ class RunStore:
 
         ``resume=False`` refuses a directory that already holds the run; ``overwrite=True``
         replaces a crosspatch run directory's files (never files it did not write)."""
-        fp = config.get("fingerprint")
+        fp, written = config.get("fingerprint"), None
         if overwrite or not (self.path.exists() and self.is_run()):
             self.prepare(fp, overwrite=overwrite)
         else:
-            old_fp = self._marker().get("fingerprint")
             cfg_path = self.path / "config.json"
             old = read_json_object(cfg_path, "config.json") if cfg_path.exists() else None
             if isinstance(old, dict):  # a run of another file format is neither resumed nor mixed
                 check_schema(old, CONFIG_SCHEMA, cfg_path)
-            old_fp = (old or {}).get("fingerprint", old_fp)
+            written = old_fp = self._marker().get("fingerprint")
+            if old is not None and "fingerprint" in old:  # (under this crosspatch's naming of the same settings)
+                written, old_fp = old["fingerprint"], record_fingerprint(old)
             if old_fp is not None and old_fp != fp:
-                changes = settings_diff((old or {}).get("fingerprint_inputs", {}), config.get("fingerprint_inputs", {}))
-                read = any(c.startswith("models.descendants.") and c.endswith(": not given -> given") for c in changes)
-                raise RunSettingsMismatchError(
-                    f"{self.path} holds a run with other settings ("
-                    + ("; ".join(changes[:8]) if changes else f"fingerprint {old_fp} vs {fp}")
-                    + ("; the run now reads more descendants: a compare's --cross, a lineage's stages or --null"
-                       if read else "")
-                    + "). Use another --out, or --overwrite to replace that run")
+                raise RunSettingsMismatchError(other_settings(self.path, old, config, old_fp, fp))
             if not resume:
                 raise RunDirectoryError(
                     f"{self.path} already holds this run; run without --no-resume to finish it, or pass --overwrite "
                     "to start it afresh")
             self.fingerprint = fp
-            if not (self.path / MARKER).exists():
+            if not (self.path / MARKER).exists() or written != fp:
                 write_whole(self.path / MARKER, json.dumps({"fingerprint": fp}) + "\n")
         _write_json(self.path / "config.json", checked("config.json", config))
         for name in [EVENTS_FILE, NO_DIV_FILE] + self.records_files():
             _repair_tail(self.path / name)
+            if written not in (None, fp):  # an earlier crosspatch's name of these very settings
+                retag_records(self.path / name, written, fp)
         records, no_div = self.load_records(), self.load_no_divergence()
         done = completed_prompts(records, no_div, config.get("resolved_boundaries") or [])
         kept = [r for r in records if r.prompt_id in done]
