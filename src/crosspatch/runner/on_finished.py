@@ -88,7 +88,7 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
                                local_rope_switch(base))
     record, scored = store.path / PARTIAL_FILE, store.path / CONSEQUENCE_FILE
     before = record.read_text(encoding="utf-8") if record.is_file() else None
-    rows_before = scored.stat().st_size if scored.is_file() else None
+    size_before = scored.stat().st_size if scored.is_file() else None
     with store.lock(create=False):  # what this call left out, kept beside the records so every later summary reports it
         if overwrite:  # (asked for, and every input checked: the continuations of other settings go)
             scored.unlink(missing_ok=True)
@@ -107,7 +107,7 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
     except BaseException:  # a call that scored nothing leaves the record of the last call that did
         with store.lock(create=False):
             # (one that appended rows keeps them, to resume from, with the record of what it left out)
-            if (scored.stat().st_size if scored.is_file() else None) != rows_before:
+            if (scored.stat().st_size if scored.is_file() else None) != size_before:
                 raise
             if before is None:
                 record.unlink(missing_ok=True)
