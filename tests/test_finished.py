@@ -222,3 +222,25 @@ def test_a_run_of_relative_model_paths_reopens_from_any_directory(tmp_path, monk
     with pytest.raises(ModelPathNotFoundError, match=r"recorded a model as m/base, a path relative .*"
                                                       r"/elsewhere/m/base is no directory"):
         run_on_finished(tmp_path / "r", "pre_late_commitment")
+
+
+@pytest.mark.slow
+def test_a_command_on_a_run_whose_models_moved_says_where_the_run_recorded_them(tmp_path):
+    """consequence (and every analysis added afterwards) loads the run's models from the paths its
+    config.json records: a model moved or deleted since is named as the run's, not as a flag this
+    command was never given."""
+    import shutil
+
+    from crosspatch.errors import ModelPathNotFoundError
+    from crosspatch.execution import load_pair
+    from crosspatch.runner.finished import run_on_finished
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "m")
+    run(load_pair(str(root / "base"), tuned=str(root / "tuned")), PROMPTS, boundary=2, max_new_tokens=4, bootstrap=0,
+        controls="none", progress=False, out=tmp_path / "r")
+    shutil.rmtree(root / "base")
+    with pytest.raises(ModelPathNotFoundError, match=r"base: no such directory: this command loads the run's models "
+                                                     r"again from where its config.json records them"):
+        run_on_finished(tmp_path / "r", "pre_late_commitment")

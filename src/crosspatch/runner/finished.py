@@ -90,7 +90,12 @@ def reopen_models(config: dict):
     from ..execution import load_models
 
     base, tuned, adapters, options = load_request(config)
-    return load_models(base, tuned=tuned, adapters=adapters, options=recorded_load_options(options))
+    try:
+        return load_models(base, tuned=tuned, adapters=adapters, options=recorded_load_options(options))
+    except ModelPathNotFoundError as exc:  # (the flag it names is the run's, not this command's)
+        raise ModelPathNotFoundError(
+            f"{exc}: this command loads the run's models again from where its config.json records them; put them "
+            "back at those paths (a run directory read on another machine needs them there too)") from None
 
 
 def recorded_load_options(options: dict):
