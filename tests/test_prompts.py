@@ -300,6 +300,39 @@ def test_chat_template_is_an_explicit_recorded_option():
     assert ids(True) == rendered() and ids(True).count(bos) == 1  # not doubled
 
 
+@pytest.mark.parametrize("template", [
+    # Llama 3.x: today's date where the renderer offers a clock, else its own fixed one
+    '{% if strftime_now is defined %}{% set d = strftime_now("%d %b %Y") %}{% else %}{% set d = "26 Jul 2024" %}'
+    '{% endif %}Today Date: {{ d }}\n{% for m in messages %}U: {{ m["content"] }}\n{% endfor %}A:',
+    # Granite, Mistral: the clock called directly
+    'Today is {{ strftime_now("%B %d, %Y") }}.\n{% for m in messages %}U: {{ m["content"] }}\n{% endfor %}A:',
+])
+def test_a_chat_template_that_writes_todays_date_renders_one_fixed_date(template, monkeypatch):
+    """A template that writes the date (Llama 3.x, Granite, Mistral) made the prompts depend on the
+    day a run was made: a run resumed or a shard run the next day fed other tokens than its
+    records'. Templates see one fixed date (CHAT_TEMPLATE_DATE), whatever the clock says."""
+    import datetime
+
+    from crosspatch.inputs.prompts import Prompt
+    from crosspatch.runner.reading import CHAT_TEMPLATE_DATE, render_chat
+    from crosspatch.testing import make_pair
+
+    tokenizer = make_pair("llama").tokenizer_it
+    tokenizer.chat_template = template
+    today = render_chat(tokenizer, Prompt("a", "Rain?"), "it")
+
+    class Tomorrow(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2031, 2, 3, 4, 5, tzinfo=tz)
+
+    import transformers.utils.chat_template_utils as chat_template_utils
+
+    monkeypatch.setattr(chat_template_utils, "datetime", Tomorrow)
+    assert render_chat(tokenizer, Prompt("a", "Rain?"), "it") == today
+    assert CHAT_TEMPLATE_DATE.strftime("%Y") in today and "2031" not in today
+
+
 def test_a_chat_row_is_rendered_whole_by_the_chat_template_and_never_fed_as_raw_text(tmp_path):
     """A row may give its prompt as a chat (``messages``, as Hugging Face chat datasets hold it):
     the descendant's template renders every turn; without --chat-template it is refused, not

@@ -5,13 +5,35 @@ processors, their images registered for the passes (a run directory keeps only t
 
 from __future__ import annotations
 
+import datetime
+
 from ..errors import CrosspatchError, OptionError
 from ..execution import ModelSet
 from ..inputs.prompts import Prompt
 from ..models.vocab import tokenize_once
 from .config import RunConfig
 
-__all__ = ["check_prompt_texts", "image_prompts_of_run", "prompt_token_ids", "register_run_images", "render_chat"]
+__all__ = ["CHAT_TEMPLATE_DATE", "check_prompt_texts", "image_prompts_of_run", "prompt_token_ids", "register_run_images",
+           "render_chat"]
+
+CHAT_TEMPLATE_DATE = datetime.datetime(2025, 1, 1)
+"""The date a chat template that writes today's date (Llama 3.x's system turn, Granite's, Mistral's:
+transformers' ``strftime_now``) writes in a run: one fixed date, so that a prompt reads the same on
+every day a run is made, resumed or sharded."""
+
+
+def _with_fixed_clock(template: str) -> str:
+    """``template`` with its clock (transformers' ``strftime_now``) shadowed by a macro writing
+    :data:`CHAT_TEMPLATE_DATE` in the format asked (the strftime directives templates use; a
+    template's arguments reach it as plain data, so the clock is replaced in the template itself)."""
+    def written(directive: str) -> str:  # (``%-d``: glibc's day without its leading zero)
+        text = CHAT_TEMPLATE_DATE.strftime(directive.replace("-", ""))
+        return str(int(text)) if "-" in directive else text
+
+    steps = "".join(f' | replace("{d}", "{written(d)}")' for d in (
+        "%-d", "%-m", "%-H", "%-I", "%-M", "%d", "%m", "%Y", "%y", "%B", "%b", "%A", "%a", "%H", "%I", "%M", "%S", "%p",
+        "%j", "%Z", "%z"))
+    return "{%- macro strftime_now(fmt) -%}{{ fmt" + steps + " }}{%- endmacro -%}" + template
 
 
 def _prompt_text(pair: ModelSet, prompt: Prompt, config: RunConfig) -> str:
@@ -52,13 +74,16 @@ def render_image_chat(tokenizer, prompt: Prompt, whose: str, placeholder: str) -
 
 def render_chat(tokenizer, prompt: Prompt, whose: str) -> str:
     """``prompt``'s chat (its ``messages``, else one user turn) rendered by ``tokenizer``'s chat
-    template with the assistant's opening; a template that refuses it is a PromptFileError
-    naming the prompt and ``whose`` template it is."""
+    template with the assistant's opening, its clock at :data:`CHAT_TEMPLATE_DATE`; a template
+    that refuses it is a PromptFileError naming the prompt and ``whose`` template it is."""
     from ..errors import PromptFileError
 
     chat = list(prompt.messages) if prompt.messages else [{"role": "user", "content": prompt.prompt}]
     try:
-        text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        template = tokenizer.get_chat_template()
+        text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True,
+                                             chat_template=_with_fixed_clock(template) if "strftime_now" in template
+                                             else template)
     except Exception as exc:  # a template raises what it likes (jinja2's TemplateError, ValueError, ...)
         raise PromptFileError(f"prompt {prompt.id!r}: the chat template of {whose} refuses its chat "
                               f"({exc.__class__.__name__}: {exc})") from exc
