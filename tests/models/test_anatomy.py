@@ -144,7 +144,7 @@ def test_tuple_returning_layers_are_handled():
     pair = pair_from_models(model, reference, char_tokenizer())
     ids = tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, "a", "Rain in Boston")
     cap = capture_forward(pair.pt, [ids], [2], pair.pad_id)
-    assert pair.pt.anatomy.layer_returns_tuple is True
+    assert pair.pt.anatomy.layer_output_items == 1  # (hidden states,), learned from the first pass
     late = late_forward(pair.pt, 2, cap.boundary_states[2], [ids], pair.pad_id)
     assert torch.equal(late, cap.final_states)
     # same weights, different layer contract: the cells agree with the tensor-returning model
@@ -155,9 +155,11 @@ def test_tuple_returning_layers_are_handled():
 
 def test_skipped_layer_mirrors_the_layer_contract():
     x = torch.randn(1, 3, 4)
-    assert _SkippedLayer(nn.Identity(), returns_tuple=False)(x) is x
-    out = _SkippedLayer(nn.Identity(), returns_tuple=True)(x, attention_mask=None)
-    assert isinstance(out, tuple) and layer_output_hidden(out) is x
+    assert _SkippedLayer(nn.Identity(), output_items=0)(x) is x
+    out = _SkippedLayer(nn.Identity(), output_items=1)(x, attention_mask=None)
+    assert isinstance(out, tuple) and len(out) == 1 and layer_output_hidden(out) is x
+    out = _SkippedLayer(nn.Identity(), output_items=2)(x)  # as long as the real layers' (GLM-DSA's top-k indices)
+    assert len(out) == 2 and out[0] is x and out[1] is None
     assert layer_output_hidden(x) is x
 
 

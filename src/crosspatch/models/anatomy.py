@@ -51,8 +51,9 @@ class Anatomy:
     logit_softcap: float | None = None
     logit_scale: float | None = None  # logits are multiplied by this (Cohere)
     logit_divisor: float | None = None  # logits are divided by this (Granite)
-    layer_returns_tuple: bool | None = None  # learned from the first forward pass
-    layer_tuple_length: int = 1  # and how many items that tuple holds (GLM-DSA: hidden states, top-k indices)
+    # what a decoder layer returns, learned from the first forward pass: None unknown yet, 0 a tensor,
+    # n a tuple of n items (the hidden states first; GLM-DSA's also its top-k indices)
+    layer_output_items: int | None = None
     late_backbone: nn.Module | None = None  # the language tower late-only passes run (default: backbone)
     image_token_id: int | None = None  # a vision-language model's image placeholder token
 

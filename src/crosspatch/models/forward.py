@@ -106,16 +106,16 @@ class ModelHandle:
 class _SkippedLayer(nn.Module):
     """Stands in for an early layer during a late-only pass: returns its input untouched."""
 
-    def __init__(self, original: nn.Module, returns_tuple: bool, tuple_length: int = 1) -> None:
+    def __init__(self, original: nn.Module, output_items: int) -> None:
         super().__init__()
-        self.returns_tuple, self.tuple_length = returns_tuple, max(1, tuple_length)
+        self.output_items = output_items  # as the real layers return: 0 a tensor, n a tuple of n items
         for attr in ("attention_type", "layer_idx", "is_sliding", "sliding_window"):
             if hasattr(original, attr):
                 setattr(self, attr, getattr(original, attr))
 
     def forward(self, *args, **kwargs):
         hidden = hidden_arg(args, kwargs)  # a tuple as long as the real layers' (the rest None: nothing computed)
-        return (hidden,) + (None,) * (self.tuple_length - 1) if self.returns_tuple else hidden
+        return (hidden,) + (None,) * (self.output_items - 1) if self.output_items else hidden
 
 
 def layer_output_hidden(output) -> torch.Tensor:
@@ -201,8 +201,7 @@ class StateRecorder:
         self._hooks.append(anatomy.final_norm.register_forward_pre_hook(final_norm_input, with_kwargs=True))
 
         def learn_output_type(module, args, kwargs, output):
-            anatomy.layer_returns_tuple = isinstance(output, (tuple, list))
-            anatomy.layer_tuple_length = len(output) if isinstance(output, (tuple, list)) else 1
+            anatomy.layer_output_items = len(output) if isinstance(output, (tuple, list)) else 0
 
         self._hooks.append(anatomy.layers[0].register_forward_hook(learn_output_type, with_kwargs=True))
         return self
@@ -252,7 +251,7 @@ def capture_forward(
 
 
 def _ensure_output_type_known(handle: ModelHandle, pad_id: int) -> None:
-    if handle.anatomy.layer_returns_tuple is None:
+    if handle.anatomy.layer_output_items is None:
         capture_forward(handle, [[pad_id]], [0], pad_id)
 
 
@@ -293,7 +292,7 @@ def late_forward(
     hooks = []
     try:
         for i, layer in enumerate(originals):
-            layers[i] = _SkippedLayer(layer, bool(anatomy.layer_returns_tuple), anatomy.layer_tuple_length)
+            layers[i] = _SkippedLayer(layer, anatomy.layer_output_items or 0)
         hooks.append(layers[boundary].register_forward_pre_hook(inject, with_kwargs=True))
         for layer, site, fn in edits or ():
             hooks.append(edit_hook(layers[layer], site, fn))
