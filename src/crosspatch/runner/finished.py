@@ -166,7 +166,7 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
     from ..execution import Executor
     from ..execution.batching import chunk_size
     from ..models.options import check_progress
-    from ..store import RunStore
+    from ..store import RunStore, cut_torn_tail
     from .progress import progress_display
 
     check_progress(progress)
@@ -193,6 +193,7 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
                 ex = Executor.for_run(models, config["options"])
                 opts = config["options"]
                 chunk = chunk_size(models.residency, opts.get("batch_size", 1), opts.get("sequential_chunk", 1))
+                cut_torn_tail(store.path / f"{analysis.name}.jsonl")  # (a call killed as it appended: redone)
                 with progress_display(progress) as bar:
                     task = bar.add_task(f"{analysis.name} (events)", total=len(events))
                     for start in range(0, len(events), chunk):

@@ -236,7 +236,7 @@ def read_json_object(path: Path, what: str) -> dict:
     return data
 
 
-def _repair_tail(path: Path) -> None:
+def cut_torn_tail(path: Path) -> None:
     """Cut a torn final line (a write interrupted by a kill) so appends start on a fresh line."""
     if not path.exists() or path.stat().st_size == 0:
         return
@@ -264,7 +264,7 @@ def read_collection_summary(path: Path, kind: str) -> dict:
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """``(line number, object)`` per non-empty line; a line that is not a JSON object is a
-    named error (a torn last line is cut by ``_repair_tail`` before a run resumes)."""
+    named error (a torn last line is cut by ``cut_torn_tail`` before a run resumes)."""
     if not path.exists():
         return []
     rows = []
@@ -286,7 +286,7 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
                       "restore the file from a copy, or delete that line and run the same command again to redo "
                       "its prompt, or start afresh with --overwrite")
             error = CorruptRunFileError(f"{path}:{lineno}: not valid JSON ({exc.msg}); {advice}")
-            error.torn_tail = lineno == last and not text.endswith("\n")  # what a resume cuts off (_repair_tail)
+            error.torn_tail = lineno == last and not text.endswith("\n")  # what a resume cuts off (cut_torn_tail)
             raise error from None
         if not isinstance(row, dict):
             raise CorruptRunFileError(f"{path}:{lineno}: each line must be a JSON object")

@@ -43,11 +43,11 @@ from .files import (
     SUMMARY_ADVICE,
     _guard_write,
     _read_jsonl,
-    _repair_tail,
     _write_json,
     check_schema,
     check_summary_shape,
     checked,
+    cut_torn_tail,
     json_line,
     not_a_run_message,
     read_json_object,
@@ -242,7 +242,7 @@ class RunStore:
                 write_whole(self.path / MARKER, json.dumps({"fingerprint": fp}) + "\n")
         _write_json(self.path / "config.json", checked("config.json", config))
         for name in [EVENTS_FILE, NO_DIV_FILE] + self.records_files():
-            _repair_tail(self.path / name)
+            cut_torn_tail(self.path / name)
             if written not in (None, fp):  # an earlier crosspatch's name of these very settings
                 retag_records(self.path / name, written, fp)
         records, no_div = self.load_records(), self.load_no_divergence()
