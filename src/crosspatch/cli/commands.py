@@ -134,7 +134,8 @@ def pool_cmd(
                                     "boundary: left out of the pool (its report says why)"), soft_wrap=True)
     quantities = ("E_PT", "E_IT", "interaction", "late_interaction_share", "direct_share", "native_shift")
     loo = pooled.get("leave_one_out") or {}
-    table = Table(title=f"family-balanced pool of {pooled['n_pairs']} families, {pooled['n_events']} events")
+    n = pooled["n_pairs"]
+    table = Table(title=f"family-balanced pool of {n} {'family' if n == 1 else 'families'}, {pooled['n_events']} events")
     table.add_column("quantity")
     table.add_column("mean [95% CI]", justify="right")
     table.add_column("leave-one-out range of the mean", justify="right")
