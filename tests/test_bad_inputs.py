@@ -306,6 +306,8 @@ CASES = [
     # -- prompts --------------------------------------------------------------------------------
     Case("prompts", "prompt file does not exist", lambda e: e.run_args(prompts=e.tmp / "none.jsonl"), "PromptFileError"),
     Case("prompts", "prompt file is a directory", lambda e: e.run_args(prompts=e.tmp), "PromptFileError"),
+    Case("prompts", "a URL given as the prompt file (nothing is fetched)",
+         lambda e: e.run_args(prompts="https://example.org/prompts.jsonl"), "PromptFileError"),
     Case("prompts", "unknown prompt file type (.txt)", lambda e: e.run_args(prompts=e.file("p.txt", "x")), "PromptFileError"),
     Case("prompts", "empty prompt file", lambda e: e.run_args(prompts=e.file("p.jsonl", "")), "PromptFileError"),
     Case("prompts", "a line that is not JSON", lambda e: e.run_args(prompts=e.file("p.jsonl", '{"id": 1,\n')),

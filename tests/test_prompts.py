@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -634,6 +635,24 @@ def test_a_hub_dataset_id_given_as_prompts_is_told_how_to_save_it(tmp_path, monk
         load_prompts("tatsu-lab/alpaca")
     with pytest.raises(PromptFileError, match=r"^data/p\.jsonl: no such prompt file$"):
         load_prompts("data/p.jsonl")  # a file's path: no such hint
+
+
+@pytest.mark.parametrize("given", ["https://example.org/prompts.jsonl", "file:///data/prompts.csv",
+                                   "hf://datasets/tatsu-lab/alpaca"])
+def test_a_url_given_as_prompts_is_named_as_one(given):
+    """A URL is fetched by nothing (no network while a run runs): named as a URL, as typed (a Path,
+    as the command line gives it, keeps one slash of '//'), with what to do instead."""
+    from pathlib import Path
+
+    what = "save a split of that Hub dataset" if given.startswith("hf") else "download the file"
+    for value in (given, Path(given)):
+        with pytest.raises(PromptFileError, match=rf"^{re.escape(given)}: a URL; .*{what}"):
+            load_prompts(value)
+
+
+def test_prompts_given_as_bytes_are_refused_by_name():
+    with pytest.raises(PromptFileError, match="prompts given as bytes"):
+        as_prompts(b"p.jsonl")  # (it read as prompts of single numbers: 'expected a str, got int')
 
 
 def test_a_leading_tilde_is_the_home_directory_as_for_model_paths(tmp_path, monkeypatch):

@@ -162,6 +162,7 @@ def load_prompts(path, fields: str | dict[str, str] | None = None) -> list[Promp
     mapping = parse_fields(fields)
     if not isinstance(path, (str, Path)):
         return as_prompts(path, mapping)
+    as_given = str(path)
     path = Path(path) if is_stdin(path) else Path(path).expanduser()  # ~ as model paths take it
     if is_stdin(path):  # piped JSON lines, or one JSON array; image paths relative to the working directory
         rows = read_json_array(path)
@@ -169,6 +170,14 @@ def load_prompts(path, fields: str | dict[str, str] | None = None) -> list[Promp
                                        mapping), "standard input", mapping)
     if not path.exists():
         text = str(path)
+        if url := re.match(r"([A-Za-z][A-Za-z0-9+.-]*):/", text):  # (a Path keeps one slash of "https://")
+            hub = url.group(1).lower() == "hf" and "datasets/" in text
+            slashes = "///" if url.group(1).lower() == "file" else "//"  # (as typed: file:///path, https://host)
+            given = as_given if "://" in as_given else re.sub(r"^([^:]+):/+", lambda m: m.group(1) + ":" + slashes, text)
+            raise PromptFileError(
+                f"{given}: a URL; crosspatch reads prompt files from disk (nothing is fetched while it runs): "
+                + ("save a split of that Hub dataset with datasets' save_to_disk where there is network and give "
+                   "its directory" if hub else "download the file and give its path"))
         if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not path.suffix:  # a Hub dataset's id, as given elsewhere
             saved = path.name
             raise PromptFileError(
@@ -273,6 +282,9 @@ def as_prompts(items: Any, fields: str | dict[str, str] | None = None) -> list[P
         return items
     if isinstance(items, Path) or (isinstance(items, str) and _names_a_file(items)):
         return load_prompts(items, fields)
+    if isinstance(items, (bytes, bytearray, memoryview)):
+        raise PromptFileError("prompts given as bytes: give a prompt file's path as a str or Path, or the prompts as "
+                              "text (a list of strings or rows)")
     if isinstance(items, (str, Prompt)):  # one prompt
         items = [items]
     elif isinstance(items, dict) and isinstance(getattr(items, "column_names", None), dict):  # a DatasetDict
