@@ -167,6 +167,7 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
     from ..execution.batching import chunk_size
     from ..models.options import check_progress
     from ..store import RunStore, cut_torn_tail
+    from .config import RunConfig
     from .progress import progress_display
 
     check_progress(progress)
@@ -191,8 +192,9 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
                     check_models(models)
                 register_run_images(models, config, events, images)
                 ex = Executor.for_run(models, config["options"])
-                opts = config["options"]
-                chunk = chunk_size(models.residency, opts.get("batch_size", 1), opts.get("sequential_chunk", 1))
+                opts, defaults = config["options"], RunConfig()
+                chunk = chunk_size(models.residency, opts.get("batch_size") or defaults.batch_size,
+                                   opts.get("sequential_chunk") or defaults.sequential_chunk)
                 cut_torn_tail(store.path / f"{analysis.name}.jsonl")  # (a call killed as it appended: redone)
                 with progress_display(progress) as bar:
                     task = bar.add_task(f"{analysis.name} (events)", total=len(events))
