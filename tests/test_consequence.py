@@ -316,6 +316,9 @@ def test_an_interrupted_consequence_call_keeps_the_chunks_it_scored_and_the_next
     assert len(kept) == 4  # the first chunk's events, appended when it was done
     with open(tmp_path / "r" / "consequence.jsonl", "a") as fh:  # and a kill while the next chunk was appended
         fh.write('{"key": "q00')
+    from crosspatch import open_run
+
+    assert len(open_run(tmp_path / "r").analyses["consequence"]) == 4  # a reader reads what was whole
     monkeypatch.setattr(analysis_module, "drive_apart", drive_apart)
     lines: list[str] = []
     block = consequence_for_run(tmp_path / "r", prompts, budget=3, progress=lines.append)

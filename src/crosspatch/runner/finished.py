@@ -118,12 +118,13 @@ def first_events(store, config: dict) -> tuple[int, list[CellRecord], list[Diver
     return b, records, events
 
 
-def stored_analyses(store) -> dict[str, list[dict]]:
-    """Every analysis' stored records, by records-file stem."""
+def stored_analyses(store, skip_torn_tail: bool = False) -> dict[str, list[dict]]:
+    """Every analysis' stored records, by records-file stem (``skip_torn_tail``: a reader that
+    writes nothing reads the lines before a last line a killed command left torn)."""
     from ..store import EVENTS_FILE, NO_DIV_FILE
 
     names = [n for n in store.records_files() if n not in (EVENTS_FILE, NO_DIV_FILE)]
-    return {n[: -len(".jsonl")]: store.load_rows(n) for n in names}
+    return {n[: -len(".jsonl")]: store.load_rows(n, skip_torn_tail) for n in names}
 
 
 def resummarize(store, config: dict | None = None) -> dict:

@@ -161,7 +161,7 @@ def read_run(run_dir: str | Path) -> RunResult:
     summary = store.summary()
     ids = config.get("prompt_ids") or []  # the order the run itself gives its records (in_run_order)
     return RunResult(summary, in_run_order(store.load_records(), ids), in_run_order(store.load_no_divergence(), ids),
-                     config, store.path, stored_analyses(store))
+                     config, store.path, stored_analyses(store, skip_torn_tail=True))
 
 
 def write_outputs(store: RunStore, summary: dict, records: list[CellRecord], config: dict) -> str:

@@ -89,7 +89,7 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
         return None  # anything unusual: the normal path decides, with its named errors
     from .finished import stored_analyses
 
-    return RunResult(summary, records, no_div, stored, path, stored_analyses(store))
+    return RunResult(summary, records, no_div, stored, path, stored_analyses(store, skip_torn_tail=True))
 
 
 def refuse_before_loading(out: str | Path, prompts, config: RunConfig, resume: bool = True,

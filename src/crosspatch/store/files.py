@@ -262,9 +262,10 @@ def read_collection_summary(path: Path, kind: str) -> dict:
     return data
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def _read_jsonl(path: Path, skip_torn_tail: bool = False) -> list[tuple[int, dict]]:
     """``(line number, object)`` per non-empty line; a line that is not a JSON object is a
-    named error (a torn last line is cut by ``cut_torn_tail`` before a run resumes)."""
+    named error (a torn last line is cut by ``cut_torn_tail`` before a run resumes; a reader that
+    writes nothing passes ``skip_torn_tail`` to read the lines before it)."""
     if not path.exists():
         return []
     rows = []
@@ -280,6 +281,8 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
+            if skip_torn_tail and lineno == last and not text.endswith("\n"):
+                break
             advice = ("the last line was cut off: if the run was interrupted, run the same command again to resume it"
                       if lineno == last and not text.endswith("\n") else
                       "a line inside the file is damaged (not an interrupted write, which only cuts the last line): "

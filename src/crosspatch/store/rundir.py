@@ -283,12 +283,13 @@ class RunStore:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def _rows(self, name: str) -> list[tuple[str, dict]]:
-        """Rows of ``name`` without their run tag; rows of another run are a named error."""
+    def _rows(self, name: str, skip_torn_tail: bool = False) -> list[tuple[str, dict]]:
+        """Rows of ``name`` without their run tag (a torn last line left out with ``skip_torn_tail``,
+        for readers that write nothing); rows of another run are a named error."""
         if self.fingerprint is None and (self.path / "config.json").exists():
             self.config()
         out = []
-        for lineno, row in _read_jsonl(self.path / name):
+        for lineno, row in _read_jsonl(self.path / name, skip_torn_tail):
             tag = row.pop("run", None)
             if tag is not None and self.fingerprint is not None and tag != self.fingerprint:
                 raise ForeignRecordsError(
@@ -311,11 +312,11 @@ class RunStore:
         """Replace ``name`` with ``rows`` (tagged with this run's fingerprint)."""
         write_whole(self.path / name, self._tagged(rows))
 
-    def load_rows(self, name: str) -> list[dict]:
+    def load_rows(self, name: str, skip_torn_tail: bool = False) -> list[dict]:
         """An analysis's records, de-duplicated by ``key`` where they have one (a resumed chunk
         may have written some twice)."""
         seen, out = set(), []
-        for _, row in self._rows(name):
+        for _, row in self._rows(name, skip_torn_tail):
             key = row.get("key")
             if key is None or key not in seen:
                 seen.add(key)
