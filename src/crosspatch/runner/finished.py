@@ -219,14 +219,15 @@ def build_for_finished(name: str, config: dict):
     from ..core.registry import PlanContext, get_analysis
 
     plugin = get_analysis(name)
+    what = f" ({plugin.description})" if plugin.description else ""  # (names the command of one that has its own)
     if plugin.build is None:
-        raise OptionError(f"analysis {name!r} runs no passes: it is summarised from the stored records alone "
-                          "(crosspatch report)")
+        raise OptionError(f"analysis {name!r}{what} runs no passes here: it is summarised from the stored records "
+                          "alone (crosspatch report), or they come from its own command")
     opts = config["options"]
     boundaries = config["resolved_boundaries"]
     context = PlanContext.for_run(SimpleNamespace(**opts), boundaries, config["num_layers"])
     analysis = call_plugin(name, "build", plugin.build, plugin.make_options((opts.get("analysis_options") or {}).get(name)),
                            context)
     if analysis is None:
-        raise OptionError(f"analysis {name!r} has nothing to run on this run's settings")
+        raise OptionError(f"analysis {name!r}{what} has nothing to run on this run's settings")
     return analysis
