@@ -99,8 +99,12 @@ def test_checkpoint_discovery_names_what_is_wrong(tmp_path):
         discover_checkpoints(tmp_path)
     (tmp_path / "checkpoint-5").mkdir()
     (tmp_path / "checkpoint-5" / "config.json").write_text("{}")
-    with pytest.raises(CheckpointDiscoveryError, match="no model weights"):
+    with pytest.raises(CheckpointDiscoveryError, match="no model weights; is it still being written"):
         discover_checkpoints(tmp_path)
+    (tmp_path / "checkpoint-5" / "global_step5").mkdir()  # DeepSpeed ZeRO-3's ranks' state, weights not gathered
+    with pytest.raises(CheckpointDiscoveryError, match="no model weights; it is a DeepSpeed ZeRO checkpoint"):
+        discover_checkpoints(tmp_path)
+    (tmp_path / "checkpoint-5" / "global_step5").rmdir()
     with pytest.raises(CheckpointDiscoveryError, match="a trainer's output directory"):
         discover_checkpoints(None)  # type: ignore[arg-type]
     for name in ("checkpoint-5", "checkpoint-05"):  # one step, two directories: which is stage step-5?

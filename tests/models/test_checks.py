@@ -237,6 +237,9 @@ def test_a_distributed_trainers_sharded_checkpoint_says_how_to_consolidate_its_w
         check_model_path(str(zero), "tuned")
     with pytest.raises(ModelLoadError, match=r"FSDP sharded checkpoint.*accelerate merge-weights .*pytorch_model_fsdp_0"):
         check_model_path(str(fsdp), "tuned")
+    (zero / "zero_to_fp32.py").unlink()  # (a checkpoint saved without DeepSpeed's script beside it)
+    with pytest.raises(ModelLoadError, match=r"python -m deepspeed.utils.zero_to_fp32 "):
+        check_model_path(str(zero), "tuned")
     with pytest.raises(ModelLoadError, match="an incomplete download or copy"):
         check_model_path(str(empty), "tuned")
 

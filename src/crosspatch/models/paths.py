@@ -45,15 +45,16 @@ def _gguf_refusal(named: str, folder: Path, gguf: list[str]) -> str:
             "AutoTokenizer the same way; it needs the gguf package)")
 
 
-def _sharded_training_state(folder: Path) -> str | None:
+def sharded_training_state(folder: Path) -> str | None:
     """How to consolidate a checkpoint a distributed trainer saved as per-rank training state
     (DeepSpeed ZeRO's ``global_step*/``, FSDP's sharded ``pytorch_model_fsdp_*/``) into the
     weights it lacks, or None where ``folder`` holds no such state."""
     steps = sorted(d.name for d in folder.glob("global_step*") if d.is_dir())
     if steps or (folder / "zero_to_fp32.py").is_file():
         where = f" ({steps[-1]}/)" if steps else ""
+        script = folder / "zero_to_fp32.py" if (folder / "zero_to_fp32.py").is_file() else "-m deepspeed.utils.zero_to_fp32"
         return (f"it is a DeepSpeed ZeRO checkpoint{where}, each rank's partition of the weights: consolidate them "
-                f"beside its config.json (python {folder / 'zero_to_fp32.py'} {folder} {folder} --safe_serialization, "
+                f"beside its config.json (python {script} {folder} {folder} --safe_serialization, "
                 "which needs deepspeed), or save with stage3_gather_16bit_weights_on_model_save")
     fsdp = sorted(d.name for d in folder.glob("pytorch_model_fsdp*") if d.is_dir())
     if fsdp:
@@ -104,7 +105,7 @@ def check_model_path(path: str, role: str, adapter: bool = False, revision: str 
             if gguf and not adapter:
                 raise ModelLoadError(_gguf_refusal(f"{flag} {path} holds GGUF weights ({', '.join(gguf[:2])}), "
                                                    f"llama.cpp's format, and no {wanted}", p, gguf))
-            sharded = None if adapter else _sharded_training_state(p)
+            sharded = None if adapter else sharded_training_state(p)
             raise ModelLoadError(f"{flag} {path} has no weight files (no {wanted}): "
                                  + (sharded or "an incomplete download or copy?"))
         return

@@ -47,8 +47,11 @@ def discover_checkpoints(output_dir: str | Path) -> list[TrainerCheckpoint]:
         elif (child / "config.json").exists():
             if not any(f.name.startswith("model") and f.suffix in (".safetensors", ".bin") or f.name.endswith(
                     ".safetensors.index.json") for f in child.iterdir()):
-                raise CheckpointDiscoveryError(f"{child} has config.json but no model weights; is it still being "
-                                               "written?")
+                from ..models.paths import sharded_training_state
+
+                sharded = sharded_training_state(child)
+                raise CheckpointDiscoveryError(f"{child} has config.json but no model weights; "
+                                               + (sharded or "is it still being written?"))
             found.append(TrainerCheckpoint(int(match.group(1)), child, False))
         else:
             raise CheckpointDiscoveryError(f"{child} is neither a model checkpoint (config.json) nor a PEFT adapter "
