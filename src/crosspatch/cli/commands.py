@@ -129,9 +129,8 @@ def pool_cmd(
     if as_json:
         print(json_document(pooled), end="")
         return
-    for name in pooled.get("families_without_events") or []:
-        console.print(Text.assemble(("warning ", "yellow"), f"{name}: no scorable first-divergence event at its headline "
-                                    "boundary: left out of the pool (its report says why)"), soft_wrap=True)
+    print_warnings(f"{name}: no scorable first-divergence event at its headline boundary: left out of the pool (its "
+                   "report says why)" for name in pooled.get("families_without_events") or [])
     quantities = ("E_PT", "E_IT", "interaction", "late_interaction_share", "direct_share", "native_shift")
     loo = pooled.get("leave_one_out") or {}
     n = pooled["n_pairs"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.table import Table
-from rich.text import Text
 
 from ..errors import CrosspatchError, OptionError
 from ..models.options import LoadOptions
@@ -154,5 +153,5 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
     _stdout().print(table)
     print_warnings(result.summary.get("warnings"))
     if why := lineage_no_events(result.summary):  # an empty table says why it is empty
-        console.print(Text.assemble(("warning ", "yellow"), "no Base -> Final event: ", why), soft_wrap=True)
+        print_warnings([f"no Base -> Final event: {why}"])
     console.print(f"report: {out}/report.md, report.html, lineage.png", soft_wrap=True)

@@ -167,7 +167,7 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
     from ..execution import Executor
     from ..execution.batching import chunk_size
     from ..models.options import check_progress
-    from ..store import RunStore, cut_torn_tail
+    from ..store import RunStore
     from .config import RunConfig
     from .progress import progress_display
 
@@ -196,7 +196,6 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
                 opts, defaults = config["options"], RunConfig()
                 chunk = chunk_size(models.residency, opts.get("batch_size") or defaults.batch_size,
                                    opts.get("sequential_chunk") or defaults.sequential_chunk)
-                cut_torn_tail(store.path / f"{analysis.name}.jsonl")  # (a call killed as it appended: redone)
                 with progress_display(progress) as bar:
                     task = bar.add_task(f"{analysis.name} (events)", total=len(events))
                     for start in range(0, len(events), chunk):

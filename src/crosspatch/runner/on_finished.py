@@ -28,7 +28,7 @@ from ..models.cached import checkable
 from ..models.config_dicts import local_max_positions, local_rope_switch, local_sparse_topk
 from ..models.options import check_progress
 from ..models.own_forward import without_autocast
-from ..store import RunStore, cut_torn_tail, json_document, write_whole
+from ..store import RunStore, json_document, write_whole
 from .checks import check_continuation_lengths
 from .finished import first_events, load_request, recorded_load_options, reopen_models, resummarize, run_on_finished
 from .gathered import drive_gathered
@@ -75,9 +75,8 @@ def consequence_for_run(run_dir: str | Path, prompts, budget: int = 32, with_pt:
         unchecked = check_prompt_tokens(config, given, validators, events, store.path)
     partial += unchecked if partial else []  # a file lacking only prompts without events is no partial scoring
     seed = config["options"].get("seed", 0)
-    with store.lock(create=False):  # a call killed while it appended left its last line torn: cut, it is redone
-        cut_torn_tail(store.path / CONSEQUENCE_FILE)
-    stored = [] if overwrite else store.load_rows(CONSEQUENCE_FILE)
+    # (a call killed while it appended left a torn last line: its event is scored again, the line cut as rows append)
+    stored = [] if overwrite else store.load_rows(CONSEQUENCE_FILE, skip_torn_tail=True)
     check_stored_consequences(stored, validators, budget, with_pt, seed, store.path / CONSEQUENCE_FILE)
     done = {row["event_key"] for row in stored}
     events = [e for e in events if e.prompt_id in validators and e.key not in done]

@@ -120,11 +120,11 @@ def progress_display(enabled: bool | Callable[[str], Any]) -> Any:
     """Progress bars on a terminal; plain progress lines (:class:`LineProgress`) when standard
     error is not one, or given to ``enabled`` where it is a function of one line. Silent (a
     disabled display of the same interface) where ``enabled`` is False."""
+    if callable(enabled):
+        return LineProgress(emit=enabled)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    if callable(enabled):
-        return LineProgress(emit=enabled)
     console = Console(stderr=True)
     if enabled and not console.is_terminal:
         return LineProgress()

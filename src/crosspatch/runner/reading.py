@@ -6,6 +6,7 @@ processors, their images registered for the passes (a run directory keeps only t
 from __future__ import annotations
 
 import datetime
+import functools
 
 from ..errors import CrosspatchError, OptionError
 from ..execution import ModelSet
@@ -22,9 +23,10 @@ transformers' ``strftime_now``) writes in a run: one fixed date, so that a promp
 every day a run is made, resumed or sharded."""
 
 
-def _with_fixed_clock(template: str) -> str:
-    """``template`` with its clock (transformers' ``strftime_now``) shadowed by a macro writing
-    :data:`CHAT_TEMPLATE_DATE` in the format asked (the strftime directives templates use; a
+@functools.cache
+def _fixed_clock_macro() -> str:
+    """A Jinja macro ``strftime_now`` writing :data:`CHAT_TEMPLATE_DATE` in the format asked (the
+    strftime directives templates use): put before a template, it shadows transformers' clock (a
     template's arguments reach it as plain data, so the clock is replaced in the template itself)."""
     def written(directive: str) -> str:  # (``%-d``: glibc's day without its leading zero)
         text = CHAT_TEMPLATE_DATE.strftime(directive.replace("-", ""))
@@ -33,7 +35,7 @@ def _with_fixed_clock(template: str) -> str:
     steps = "".join(f' | replace("{d}", "{written(d)}")' for d in (
         "%-d", "%-m", "%-H", "%-I", "%-M", "%d", "%m", "%Y", "%y", "%B", "%b", "%A", "%a", "%H", "%I", "%M", "%S", "%p",
         "%j", "%Z", "%z"))
-    return "{%- macro strftime_now(fmt) -%}{{ fmt" + steps + " }}{%- endmacro -%}" + template
+    return "{%- macro strftime_now(fmt) -%}{{ fmt" + steps + " }}{%- endmacro -%}"
 
 
 def _prompt_text(pair: ModelSet, prompt: Prompt, config: RunConfig) -> str:
@@ -82,7 +84,7 @@ def render_chat(tokenizer, prompt: Prompt, whose: str) -> str:
     try:
         template = tokenizer.get_chat_template()
         text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True,
-                                             chat_template=_with_fixed_clock(template) if "strftime_now" in template
+                                             chat_template=_fixed_clock_macro() + template if "strftime_now" in template
                                              else template)
     except Exception as exc:  # a template raises what it likes (jinja2's TemplateError, ValueError, ...)
         raise PromptFileError(f"prompt {prompt.id!r}: the chat template of {whose} refuses its chat "

@@ -16,7 +16,6 @@ from .files import (
     checked,
     collection_kind,
     collection_runs,
-    cut_torn_tail,
     environment,
     json_document,
     json_line,
@@ -34,7 +33,7 @@ from .tables import check_complete, completed_prompts, events_frame, missing_pro
 
 __all__ = [
     "COLLECTION_MARKER", "CONFIG_SCHEMA", "EVENTS_FILE", "MARKER", "NO_DIV_FILE", "RESULT_RULES", "SUMMARY_SCHEMA", "RunStore", "check_complete", "check_out_path", "check_schema",
-    "check_summary_shape", "checked", "collection_kind", "collection_runs", "completed_prompts", "cut_torn_tail", "environment", "events_frame",
+    "check_summary_shape", "checked", "collection_kind", "collection_runs", "completed_prompts", "environment", "events_frame",
     "fingerprint", "json_document", "json_line", "json_value", "mark_collection", "missing_prompts", "not_a_run_message", "package_version", "read_collection_summary",
     "read_json_object", "records_frame", "settings_diff", "write_whole",
 ]

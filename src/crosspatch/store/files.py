@@ -237,13 +237,16 @@ def read_json_object(path: Path, what: str) -> dict:
 
 
 def cut_torn_tail(path: Path) -> None:
-    """Cut a torn final line (a write interrupted by a kill) so appends start on a fresh line."""
+    """Cut a torn final line (a write interrupted by a kill) so appends start on a fresh line (one
+    byte read where the file ends whole, as it almost always does)."""
     if not path.exists() or path.stat().st_size == 0:
         return
     with _guard_write(path), open(path, "rb+") as fh:
-        data = fh.read()
-        if data.endswith(b"\n"):
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
             return
+        fh.seek(0)
+        data = fh.read()
         fh.truncate(data.rfind(b"\n") + 1)
 
 

@@ -278,6 +278,7 @@ class RunStore:
         if not text:
             return
         path = self.path / name
+        cut_torn_tail(path)  # (a command killed while it appended: its torn line is cut, its rows are redone)
         with _guard_write(path), open(path, "a", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
