@@ -115,9 +115,29 @@ def test_run_on_finished_runs_a_registered_analysis_and_summarises_again(tmp_pat
     assert row["details"]["n_scored"] == len(rows)  # the control that ran later is in the summary
     assert "pre-late-commitment" in (tmp_path / "r" / "report.md").read_text()
     assert later["counts"] == result.summary["counts"] and later["results"] == result.summary["results"]
-    # an analysis that scores more events with the 2x2 belongs to the search: refused, the run untouched
+    # called again, it scores only the events its file lacks (a call interrupted after its first chunk, here)
+    path = tmp_path / "r" / "control_pre_late_commitment.jsonl"
+    path.write_text(rows[0] + "\n")
+    again = run_on_finished(tmp_path / "r", "pre_late_commitment")
+    margins = {json.loads(r)["key"]: json.loads(r)["lens_margin"] for r in rows}
+
+    def stored_margins():
+        stored = [json.loads(r) for r in path.read_text().splitlines()]
+        assert len(stored) == len(rows)  # each event once
+        return {r["key"]: r["lens_margin"] for r in stored}
+
+    assert stored_margins() == pytest.approx(margins, abs=1e-5)  # (another batch composition: float noise)
+    assert [r["control"] for r in again["controls"]] == [r["control"] for r in later["controls"]]
+    scored = path.read_text()
+    run_on_finished(tmp_path / "r", "pre_late_commitment")  # everything scored: nothing appended twice
+    assert path.read_text() == scored
+    # an analysis that records nothing on these models (routing on dense ones) says so, the run untouched
     from crosspatch.errors import OptionError
 
+    with pytest.raises(OptionError, match="routing.*mixture-of-experts.*recorded nothing on this run's"):
+        run_on_finished(tmp_path / "r", "routing")
+    assert not (tmp_path / "r" / "routing.jsonl").exists()
+    # an analysis that scores more events with the 2x2 belongs to the search: refused, the run untouched
     before = (tmp_path / "r" / "events.jsonl").read_text()
     with pytest.raises(OptionError, match="cannot be added to a finished run.*--event-kinds"):
         run_on_finished(tmp_path / "r", "event_kinds")

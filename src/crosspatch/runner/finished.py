@@ -159,7 +159,9 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
     run's own prompt file (:func:`~crosspatch.runner.reading.register_run_images`). The events go
     in chunks of the run's own size (:func:`~crosspatch.execution.batching.chunk_size`), each
     chunk's records appended as soon as it is scored: an interrupted call keeps the chunks it
-    finished (``consequence`` skips them when called again). ``progress``: as :func:`run`'s (True:
+    finished, and a call again skips the events ``<name>.jsonl`` already scores
+    (:func:`scored_event_keys`). An analysis that records nothing on any event (``routing`` on
+    dense models) is an :class:`OptionError`, the run unchanged. ``progress``: as :func:`run`'s (True:
     bars on a terminal, lines otherwise; a function of one line; False). Holds the run directory's
     lock. Returns the new summary."""
     from ..core.analysis import EventSet, drive_apart
@@ -185,6 +187,10 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
                               "(event kinds: --event-kinds) into a new --out")
         if events is None:
             _, _, events = first_events(store, config)
+        # (an interrupted or repeated call: the events it recorded rows for are done; a torn last line is cut on append)
+        done = scored_event_keys(store.load_rows(f"{analysis.name}.jsonl", skip_torn_tail=True))
+        events, skipped = [e for e in events if e.key not in done], len(events)
+        recorded = 0
         if events:
             images, _ = image_prompts_of_run(config, events, prompts, base=load_request(config)[0])  # before loading
             models = reopen_models(config)
@@ -204,10 +210,35 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
                                 for row in part]
                         store.append_rows(f"{analysis.name}.jsonl", [r.to_record() if hasattr(r, "to_record") else r
                                                                      for r in rows])
+                        recorded += len(rows)
                         bar.update(task, advance=len(evset.events))
             finally:
                 models.release()
+            if not recorded and len(events) == skipped:  # (none before either: the analysis says nothing here)
+                from ..core.registry import registered
+
+                plugin = registered().get(analysis.name)
+                what = f" ({plugin.description})" if plugin is not None and plugin.description else ""
+                raise OptionError(f"analysis {analysis.name!r}{what} recorded nothing on this run's {len(events)} "
+                                  "event(s): it does not apply to these models; the run is unchanged")
         return resummarize(store, config)
+
+
+def scored_event_keys(rows: list[dict]) -> set[str]:
+    """The keys of the events an analysis' stored rows score: a row's ``event_key``, else the event
+    of its :class:`~crosspatch.core.records.RecordKey` ``key``."""
+    from ..core.records import RecordKey
+
+    keys = set()
+    for row in rows:
+        if isinstance(row.get("event_key"), str):
+            keys.add(row["event_key"])
+        elif isinstance(row.get("key"), str):
+            try:
+                keys.add(RecordKey.parse(row["key"]).event)
+            except ValueError:
+                pass
+    return keys
 
 
 def build_for_finished(name: str, config: dict):
