@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -79,6 +80,18 @@ def test_the_same_command_on_a_finished_run_loads_no_model(saved_pair, tmp_path,
         res = CliRunner().invoke(app, args + faster)
         assert res.exit_code == 0 and "nothing to do (no model loaded)" in res.output, (faster, res.output)
     assert (out / "summary.json").read_text() == summary
+    # a finished run in a directory this process cannot write (a read-only share) is returned as it stands; a
+    # command that would write there (another setting) is refused for that, before any model loads
+    import os
+
+    writable = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **k: not (Path(path) == out and mode & os.W_OK)
+                        and writable(path, mode, **k))
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and "nothing to do (no model loaded)" in res.output, res.output
+    res = CliRunner().invoke(app, args + ["--seed", "1"])
+    assert res.exit_code == 2 and "RunWriteError" in res.output and "cannot write in" in res.output, res.output
+    monkeypatch.setattr(os, "access", writable)
     # another setting, or a prompt file with more prompts: the run in --out is another run, refused with the
     # changes listed before any model loads (as the run would refuse it once they had loaded); nothing written
     more = tmp_path / "more.jsonl"

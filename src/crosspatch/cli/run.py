@@ -53,6 +53,9 @@ def run_pair(target: PairTarget, config: RunConfig, load: LoadOptions, session: 
             console.print(f"{target.out} already holds this run, finished: nothing to do (no model loaded)",
                           soft_wrap=True)
         else:
+            from ..runner.checks import check_writable
+
+            check_writable(target.out)  # (a finished run, returned as it stands, may be read-only)
             if not session.overwrite:  # another run's directory, or this one's damaged: said before the weights load
                 refuse_before_loading(target.out, items, config, resume=session.resume,
                                       models=(target.base, {**roles_tuned, **roles_adapters}, load))
@@ -206,7 +209,8 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     images = [p.id for p in items if p.metadata.get("image")]
     if images and local_is_multimodal(files[base]) is False:
         raise PromptImageError(f"prompt(s) {', '.join(images[:5])} have an image, but the base is a text-only model")
-    check_out_dir(out, resume=session.resume, overwrite=session.overwrite, collection=collection)
+    check_out_dir(out, resume=session.resume, overwrite=session.overwrite, collection=collection,
+                  finished_may_be_read_only=collection is None)  # (run: checked again when not finished)
     return items
 
 

@@ -234,10 +234,12 @@ def check_options_reach_an_analysis(config) -> None:
                           f"nothing: include it ({'; '.join(how)}) or drop the option")
 
 
-def check_out_dir(out: str | Path, resume: bool = True, overwrite: bool = False, collection: str | None = None) -> None:
+def check_out_dir(out: str | Path, resume: bool = True, overwrite: bool = False, collection: str | None = None,
+                  finished_may_be_read_only: bool = False) -> None:
     """``--out`` is a new, empty or crosspatch run directory (``collection``: or that command's
     earlier output, "compare" or "lineage", whose runs then resume or refuse on their own), and
-    can be written."""
+    can be written (:func:`check_writable`; with ``finished_may_be_read_only``, a finished run
+    to resume may be read-only: the caller checks it once the run is not returned as it stands)."""
     from ..store import RunStore, collection_kind
 
     path = Path(out)
@@ -255,7 +257,13 @@ def check_out_dir(out: str | Path, resume: bool = True, overwrite: bool = False,
         if kind is None and collection is not None:
             raise RunDirectoryNotEmptyError(f"--out {out} holds a crosspatch run, not a {collection}; choose another "
                                             "directory")
-    probe = path
+    if not (finished_may_be_read_only and resume and not overwrite and (path / "summary.json").is_file()):
+        check_writable(out)
+
+
+def check_writable(out: str | Path) -> None:
+    """``--out``, or the directory it would be made in, can be written by this process."""
+    probe = Path(out)
     while not probe.exists():
         probe = probe.parent
     if not os.access(probe, os.W_OK | os.X_OK):
