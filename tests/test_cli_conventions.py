@@ -446,6 +446,12 @@ def test_compare_takes_named_descendants(tmp_path):
         res = CliRunner().invoke(app, command)
         assert res.exit_code == 0 and "already holds this compare, finished: nothing to do (no model loaded)" in res.output
         assert "sft" in res.output and "interaction" in res.output  # the table
+        # in a directory this process cannot write (a read-only share): read back the same; other settings refused
+        read_only(patch, tmp_path / "c")
+        res = CliRunner().invoke(app, command)
+        assert res.exit_code == 0 and "already holds this compare, finished" in res.output, res.output
+        res = CliRunner().invoke(app, [a if a != "4" else "5" for a in command])
+        assert res.exit_code == 2 and "RunWriteError" in res.output and "cannot write in" in res.output, res.output
     # and a lineage's run
     lineage = ["lineage", str(root / "base"), str(root / "tuned"), "--prompts", str(prompts), "--out",
                str(tmp_path / "l"), "--max-new-tokens", "4", "--bootstrap", "0", "--quiet", "--controls", "none"]
@@ -457,6 +463,21 @@ def test_compare_takes_named_descendants(tmp_path):
         res = CliRunner().invoke(app, lineage)  # the same command again: read back, no model loaded
         assert res.exit_code == 0 and "already holds this lineage, finished: nothing to do (no model loaded)" in res.output
         assert "crosspatch lineage: base -> tuned" in res.output  # its table
+        read_only(patch, tmp_path / "l")
+        res = CliRunner().invoke(app, lineage)
+        assert res.exit_code == 0 and "already holds this lineage, finished" in res.output, res.output
+        res = CliRunner().invoke(app, lineage + ["--seed", "2"])
+        assert res.exit_code == 2 and "RunWriteError" in res.output and "cannot write in" in res.output, res.output
+
+
+def read_only(patch, directory) -> None:
+    """``directory`` reads as not writable by this process (tests run as root, which writes anywhere)."""
+    import os
+    from pathlib import Path
+
+    writable = os.access
+    patch.setattr(os, "access", lambda path, mode, **k: not (Path(path) == directory and mode & os.W_OK)
+                  and writable(path, mode, **k))
 
 
 @pytest.mark.slow

@@ -210,7 +210,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     if images and local_is_multimodal(files[base]) is False:
         raise PromptImageError(f"prompt(s) {', '.join(images[:5])} have an image, but the base is a text-only model")
     check_out_dir(out, resume=session.resume, overwrite=session.overwrite, collection=collection,
-                  finished_may_be_read_only=collection is None)  # (run: checked again when not finished)
+                  finished_may_be_read_only=True)  # (writing checked again once not returned as finished)
     return items
 
 

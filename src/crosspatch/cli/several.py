@@ -32,6 +32,7 @@ def compare_cmd(target: CompareTarget, config: RunConfig, load: LoadOptions, ses
     cross-descendant patching (--cross A:D or all)."""
     from ..execution import load_models
     from ..execution.roles import descendant_roles
+    from ..runner.checks import check_writable
     from ..runner.compare import compare, finished_compare, member_config, parse_cross
 
     tuned, adapters, cross, out = target.tuned or [], target.adapter or [], target.cross, target.out
@@ -54,6 +55,7 @@ def compare_cmd(target: CompareTarget, config: RunConfig, load: LoadOptions, ses
         if result is not None:  # the same command again on a finished compare: nothing to load or compute
             console.print(f"{out} already holds this compare, finished: nothing to do (no model loaded)", soft_wrap=True)
         else:
+            check_writable(out)  # (a finished one, returned as it stands, may be read-only)
             if not session.overwrite:  # a member holding another run: said before the weights load
                 from ..runner.resume import refuse_before_loading
 
@@ -88,6 +90,7 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
     """Score every training stage on the Base -> Final first divergences: MODELS is BASE STAGE1
     ... FINAL (checkpoint or adapter directories, in training order)."""
     from ..execution import load_models
+    from ..runner.checks import check_writable
     from ..runner.lineage import final_config, finished_lineage, lineage
 
     paths, checkpoints, out = list(target.models), target.checkpoints, target.out
@@ -126,6 +129,7 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
         if result is not None:  # the same command again on a finished lineage: nothing to load or compute
             console.print(f"{out} already holds this lineage, finished: nothing to do (no model loaded)", soft_wrap=True)
         else:
+            check_writable(out)  # (a finished one, returned as it stands, may be read-only)
             if not session.overwrite:  # its run holding another run: said before the weights load
                 from ..runner.resume import refuse_before_loading
 

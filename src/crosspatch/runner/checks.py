@@ -257,7 +257,8 @@ def check_out_dir(out: str | Path, resume: bool = True, overwrite: bool = False,
         if kind is None and collection is not None:
             raise RunDirectoryNotEmptyError(f"--out {out} holds a crosspatch run, not a {collection}; choose another "
                                             "directory")
-    if not (finished_may_be_read_only and resume and not overwrite and (path / "summary.json").is_file()):
+    done = (path / "summary.json").is_file() if collection is None else collection_kind(path) == collection
+    if not (finished_may_be_read_only and resume and not overwrite and done):
         check_writable(out)
 
 
