@@ -38,3 +38,46 @@ def test_a_document_of_the_wrong_shape_is_refused_on_write_and_on_read(tmp_path)
     (tmp_path / "r" / "config.json").write_text(json.dumps({**config, "resolved_boundaries": "two"}))
     with pytest.raises(CorruptRunFileError, match="does not match its schema"):
         RunStore(tmp_path / "r").config()
+    # damaged inside, where the reports and the gate read: a named error, never a Python one
+    (tmp_path / "r" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "r" / "summary.json").write_text(json.dumps(summary))
+    from typer.testing import CliRunner
+
+    from crosspatch.cli import app
+
+    b = summary["boundaries"][0]
+
+    def damaged(edit) -> dict:
+        document = json.loads(json.dumps(summary))
+        edit(document)
+        return document
+
+    damages = {
+        "a boundary without results": lambda s: s["boundaries"].append("x"),
+        "counts without prompts": lambda s: s.update(counts={}),
+        "a boundary without the common-IT readout": lambda s: s["results"].update({b: {}}),
+        "groups that are not an object": lambda s: s["results"][b]["common_it"].update(by_category="x"),
+        "groups without effects": lambda s: s["results"][b]["common_it"].update(by_difficulty={"hard": "x"}),
+        "kinds averaged that are text": lambda s: s["results"][b]["common_it"].update(kinds_averaged="x"),
+        "no readout agreement": lambda s: s["results"][b].update(readout_agreement=None),
+        "an agreement of a list": lambda s: s["results"][b]["readout_agreement"].update(same_sign_fraction=[]),
+        "a vocabulary of text": lambda s: s.update(real_vocabulary="x"),
+        "masked counts of nothing": lambda s: s.update(real_vocabulary={"masked_counts": None}),
+        "patterns of a number": lambda s: s.update(real_vocabulary={"placeholder_patterns_matched": -1}),
+        "a control row without its name": lambda s: s.update(controls=[{"status": "warn"}]),
+        "a control that weakens nothing": lambda s: s.update(controls=[{"control": "c", "status": "warn",
+                                                                         "details": {"weakens": None}}]),
+        "a no-divergence prompt without its reason": lambda s: s.update(no_divergence_prompts=[{"prompt_id": "p"}]),
+    }
+    for what, edit in damages.items():
+        (tmp_path / "r" / "summary.json").write_text(json.dumps(damaged(edit)))
+        for command, named in ((["report", str(tmp_path / "r")], "CorruptRunFileError"),
+                               (["gate", str(tmp_path / "r")], "unusable")):  # (the gate's own word for it)
+            res = CliRunner().invoke(app, command)
+            assert res.exit_code == 2 and named in res.output and "summary.json" in res.output, (what, res.output)
+    (tmp_path / "r" / "summary.json").write_text(json.dumps(summary))
+    for what, models in (("a base of nothing", {**config["models"], "base": None}),
+                         ("a descendant path of a number", {**config["models"], "base": {"path": 3}})):
+        (tmp_path / "r" / "config.json").write_text(json.dumps({**config, "models": models}))
+        res = CliRunner().invoke(app, ["report", str(tmp_path / "r")])
+        assert res.exit_code == 2 and "CorruptRunFileError" in res.output, (what, res.output)

@@ -343,3 +343,11 @@ def check_summary_shape(summary, path) -> None:
             if readout in READOUTS and not (isinstance(block, dict) and isinstance(block.get("all"), dict)
                                             and isinstance(block["all"].get("effects"), dict)):
                 raise bad(f"has no effects under results[{b!r}][{readout!r}]['all']")
+            groups = {k: v for k, v in block.items() if k.startswith("by_")} if isinstance(block, dict) else {}
+            for name, group in groups.items():  # (a --group-by field's groups, not named in the schema)
+                if not isinstance(group, dict) or not all(isinstance(g, dict) and isinstance(g.get("effects"), dict)
+                                                          for g in group.values()):
+                    raise bad(f"has groups without effects under results[{b!r}][{readout!r}][{name!r}]")
+    absent = [b for b in boundaries if b not in results]
+    if absent:
+        raise bad(f"lists boundaries without results: {', '.join(map(str, absent[:5]))}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
-from typing_extensions import TypedDict  # pydantic validates these on Python < 3.12
+from typing_extensions import Required, TypedDict  # pydantic validates these on Python < 3.12
 
 
 class Stat(TypedDict, total=False):
@@ -34,17 +34,57 @@ class EffectBlock(TypedDict, total=False):
     ci_note: str
 
 
+@with_config(ConfigDict(extra="allow"))
+class ReadoutResults(TypedDict, total=False):
+    """One readout's effects at one boundary: every event, and the groups the report breaks them
+    into (``by_<field>`` for each ``--group-by`` field too)."""
+
+    all: Required[EffectBlock]
+    by_category: dict[str, EffectBlock]
+    by_position: dict[str, EffectBlock]
+    by_token_category: dict[str, EffectBlock]
+    by_event_kind: dict[str, EffectBlock]
+    kinds_averaged: EffectBlock
+
+
+class ReadoutAgreement(TypedDict, total=False):
+    """How far the two readouts agree on the events' interactions."""
+
+    n_events: int
+    interaction_correlation: Optional[float]
+    same_sign_fraction: Optional[float]
+
+
+@with_config(ConfigDict(extra="allow"))
+class BoundaryResults(TypedDict, total=False):
+    """``results[boundary]``: each readout's effects (the common-IT one always) and their agreement."""
+
+    common_it: Required[ReadoutResults]
+    common_pt: ReadoutResults
+    native_late: ReadoutResults
+    native_upstream: ReadoutResults
+    readout_agreement: ReadoutAgreement
+
+
+@with_config(ConfigDict(extra="allow"))
+class ControlDetails(TypedDict, total=False):
+    """What a control's failure means for the verdict (docs/verdict.md), beside its own details."""
+
+    on_failure: Optional[str]
+    weakens: list[str]
+
+
 class ControlRow(TypedDict, total=False):
     """A row of the Controls table (``details.on_failure`` says what its failure means)."""
 
-    control: str
-    status: str
+    control: Required[str]
+    status: Required[str]
     value: Any
     ci: Optional[list[Optional[float]]]
     n: Optional[int]
     threshold: Optional[str]
     summary: str
-    details: dict[str, Any]
+    details: ControlDetails
 
 
 class VerdictRecord(TypedDict, total=False):
@@ -61,12 +101,30 @@ class VerdictRecord(TypedDict, total=False):
 
 
 class Counts(TypedDict, total=False):
-    prompts: int
-    events: int
-    invalid: int
+    prompts: Required[int]
+    events: Required[int]
+    invalid: Required[int]
     near_tie: int
     natural_disagree: int
     no_divergence: dict[str, int]
+
+
+@with_config(ConfigDict(extra="allow"))
+class NoDivergencePrompt(TypedDict, total=False):
+    """A prompt that produced no event, and why."""
+
+    prompt_id: Required[str]
+    reason: Required[str]
+    model: Optional[str]
+
+
+class RealVocabulary(TypedDict, total=False):
+    """The ids eligible for argmax (docs/architecture.md): the rest masked, by why."""
+
+    real_ids: int
+    total_ids: int
+    masked_counts: dict[str, int]
+    placeholder_patterns_matched: list[str]
 
 
 @with_config(ConfigDict(extra="allow"))
@@ -77,9 +135,9 @@ class Summary(TypedDict, total=False):
     num_layers: int
     boundaries: list[str]
     counts: Counts
-    results: dict[str, dict[str, Any]]  # boundary -> readout -> {"all": EffectBlock, "by_...": {...}}
+    results: dict[str, BoundaryResults]
     warnings: list[str]
-    no_divergence_prompts: list[dict[str, Any]]
+    no_divergence_prompts: list[NoDivergencePrompt]
     controls: list[ControlRow]
     verdict: VerdictRecord
     verdicts_by_category: dict[str, str]
@@ -89,6 +147,29 @@ class Summary(TypedDict, total=False):
     routing: dict[str, Any]
     features: dict[str, Any]
     sections: list[dict[str, Any]]  # the analyses' report sections, rendered when the summary was built
+    real_vocabulary: RealVocabulary
+
+
+@with_config(ConfigDict(extra="allow"))
+class ModelEntry(TypedDict, total=False):
+    """One model of a run: where it was loaded from, and the digests of its files."""
+
+    path: str
+    kind: str
+    revision: Optional[str]
+
+
+@with_config(ConfigDict(extra="allow"))
+class ModelsRecord(TypedDict, total=False):
+    """``config.json`` → ``models``: the base and the descendants (``tuned``/``adapter`` for a pair
+    recorded by an earlier crosspatch), with how they were loaded."""
+
+    base: ModelEntry
+    tuned: ModelEntry
+    adapter: ModelEntry
+    descendants: dict[str, ModelEntry]
+    load_options: dict[str, Any]
+    residency_reason: str
 
 
 @with_config(ConfigDict(extra="allow"))
@@ -102,7 +183,7 @@ class RunConfigRecord(TypedDict, total=False):
     resolved_boundaries: list[int]
     num_layers: int
     residency: str
-    models: dict[str, Any]
+    models: ModelsRecord
     load_spec: Optional[dict[str, Any]]
     roles: list[str]
     load_options: dict[str, Any]
@@ -170,17 +251,22 @@ def render_schema_docs() -> str:
 
     lines = ["# File schemas", "",
              "The JSON files crosspatch writes, as the TypedDicts of `crosspatch.store.schemas` describe them. Each is "
-             "checked when written and when read; keys not listed are allowed (a registered analysis adds its "
+             "checked when written and when read (a key marked required must be there; the others may be absent); keys "
+             "not listed are allowed (a registered analysis adds its "
              "block to `summary.json` under its `summary_key`). The JSON documents (`config.json`, "
              "`summary.json`, `compare.json`, `lineage.json`, an analysis' or a workflow's `.json`, and `--json` "
              "output) are strict JSON: a number that is not finite (NaN, infinity) is `null`. The JSON-lines "
              "records keep Python's `NaN` for a non-finite cell of an invalid event (`valid: false`); "
              "`events.parquet` holds it as a float. Generated from the code; a test keeps this page in sync.", ""]
     documents = {**{f"`{name}`": tp for name, tp in DOCUMENTS.items()},
-                 **{f"`{tp.__name__}`": tp for tp in (Counts, EffectBlock, Stat, ControlRow, VerdictRecord)}}
+                 **{f"`{tp.__name__}`": tp for tp in (Counts, BoundaryResults, ReadoutResults, EffectBlock, Stat,
+                                                       ReadoutAgreement, ControlRow, ControlDetails, VerdictRecord,
+                                                       NoDivergencePrompt, RealVocabulary, ModelsRecord, ModelEntry)}}
     for title, tp in documents.items():
         lines += [f"## {title}", "", " ".join((tp.__doc__ or "").split()), "", "| key | type |", "|---|---|"]
         for key, hint in get_type_hints(tp).items():
-            lines.append(f"| `{key}` | `{_type_name(hint)}` |")
+            written = tp.__annotations__.get(key, "")  # (postponed: kept as text, a ForwardRef here)
+            required = str(getattr(written, "__forward_arg__", written)).startswith("Required[")
+            lines.append(f"| `{key}`{' (required)' if required else ''} | `{_type_name(hint)}` |")
         lines.append("")
     return "\n".join(lines)
