@@ -239,6 +239,7 @@ def test_a_run_of_relative_model_paths_reopens_from_any_directory(tmp_path, monk
 
     config["load_spec"]["base"] = "m/base"  # as a run written before recorded it
     (tmp_path / "r" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "r" / "control_pre_late_commitment.jsonl").unlink()  # (its events scored: nothing would load)
     with pytest.raises(ModelPathNotFoundError, match=r"recorded a model as m/base, a path relative .*"
                                                       r"/elsewhere/m/base is no directory"):
         run_on_finished(tmp_path / "r", "pre_late_commitment")

@@ -13,7 +13,8 @@ from crosspatch.runner.result import RunResult
 from crosspatch.workflows.preflight_policy import PreflightResult
 from crosspatch.workflows.splice import SpliceResult
 
-PREFLIGHT = {"passed": False, "checks": [{"name": "adapter-active", "status": "fail", "summary": "B = 0"}]}
+PREFLIGHT = {"passed": False, "inputs": {"base": "b", "adapter": "a"},
+             "checks": [{"name": "adapter-active", "status": "fail", "summary": "B = 0", "causes": []}]}
 SPLICE = {"prompts": {"count": 2}, "boundaries": {"3": {"chimeras": {
     "tuned early + tuned late": {"validator_pass_rate": None, "same_as_tuned": 1.0}}}}}
 
@@ -26,8 +27,13 @@ def test_a_preflight_or_splice_directory_opens_as_its_result(tmp_path):
         assert isinstance(opened, kind) and opened.document == document and opened.out == tmp_path / name
     assert crosspatch.open_run(tmp_path / "preflight").failed() == ["adapter-active"]
     (tmp_path / "preflight" / "preflight.json").write_text('{"passed": true}')
-    with pytest.raises(CorruptRunFileError, match="no checks"):
+    with pytest.raises(CorruptRunFileError, match="not a crosspatch preflight document.*checks: Field required"):
         crosspatch.open_run(tmp_path / "preflight")
+    for damaged in ({**SPLICE, "prompts": None}, {**SPLICE, "boundaries": {"3": {"chimeras": {"x": {}}}}},
+                    {**SPLICE, "boundaries": {**SPLICE["boundaries"], "4": {"chimeras": {}}}}):
+        (tmp_path / "splice" / "splice.json").write_text(json.dumps(damaged))
+        with pytest.raises(CorruptRunFileError, match="not a crosspatch splice document"):
+            crosspatch.open_run(tmp_path / "splice")
     (tmp_path / "splice" / "splice.json").write_text("{oops")
     with pytest.raises(CorruptRunFileError, match=r"splice.json is not valid JSON"):
         crosspatch.open_run(tmp_path / "splice")

@@ -4,8 +4,6 @@ reports a Preflight section. Light: imports no model code."""
 
 from __future__ import annotations
 
-import json
-
 from ..core.registry import AnalysisPlugin, Section, SummaryContext, Table, register_analysis
 
 PREFLIGHT_FILE = "preflight.json"
@@ -14,7 +12,9 @@ PREFLIGHT_FILE = "preflight.json"
 def _summarize(rows: list[dict], ctx: SummaryContext, options) -> dict | None:
     if ctx.run_dir is None or not (ctx.run_dir / PREFLIGHT_FILE).exists():
         return None
-    document = json.loads((ctx.run_dir / PREFLIGHT_FILE).read_text(encoding="utf-8"))
+    from ..store.files import read_checked_document
+
+    document = read_checked_document(ctx.run_dir / PREFLIGHT_FILE)
     return {"passed": document["passed"], "inputs": document["inputs"],
             "checks": [{k: c[k] for k in ("name", "status", "summary", "causes")} for c in document["checks"]]}
 

@@ -15,12 +15,37 @@ from typing_extensions import Required, TypedDict  # pydantic validates these on
 
 
 class Stat(TypedDict, total=False):
-    """A number with its 95% prompt-cluster interval (None without one) and, for a ratio that
-    cannot be formed, the reason."""
+    """A number (None where it cannot be formed) with its 95% prompt-cluster interval (None without
+    one) and, for a ratio that cannot be formed, the reason."""
 
-    mean: Optional[float]
-    ci: Optional[list[Optional[float]]]
+    mean: Required[Optional[float]]
+    ci: Optional[tuple[Optional[float], Optional[float]]]
     na_reason: str
+
+
+class Cells(TypedDict):
+    """The four cells' mean ``Y``: ``U_<upstream>_L_<late stack>``."""
+
+    upt_lpt: Stat
+    upt_lit: Stat
+    uit_lpt: Stat
+    uit_lit: Stat
+
+
+@with_config(ConfigDict(extra="allow"))
+class Effects(TypedDict, total=False):
+    """The effects of the four cells (docs/verdict.md); the last ones may be absent from a summary an
+    earlier crosspatch wrote."""
+
+    E_PT: Required[Stat]
+    E_IT: Required[Stat]
+    interaction: Required[Stat]
+    native_shift: Stat
+    direct_share: Stat
+    matched_portable_ratio: Stat
+    interaction_share: Stat
+    late_interaction_share: Stat
+    odds_interaction: Stat
 
 
 class EffectBlock(TypedDict, total=False):
@@ -29,8 +54,8 @@ class EffectBlock(TypedDict, total=False):
     n_events: int
     n_prompts: int
     sign_count: dict[str, int]
-    cells: dict[str, Stat]
-    effects: dict[str, Stat]
+    cells: Required[Cells]
+    effects: Required[Effects]
     ci_note: str
 
 
@@ -199,14 +224,55 @@ class RunConfigRecord(TypedDict, total=False):
 
 
 @with_config(ConfigDict(extra="allow"))
+class CompareRow(TypedDict, total=False):
+    """A descendant's row of ``compare.json``: its run's headline block and verdict."""
+
+    events: int
+    prompts: int
+    cells: Required[Cells]
+    effects: Required[Effects]
+    verdict: Required[str]
+    reason: str
+    boundary: int
+
+
+@with_config(ConfigDict(extra="allow"))
 class CompareDocument(TypedDict, total=False):
     """``compare.json``: one row per descendant, and the cross-descendant matrix."""
 
     base: str
+    descendants: list[str]
     boundary: int
-    rows: dict[str, dict[str, Any]]
+    rows: dict[str, CompareRow]
     cross: Optional[dict[str, Any]]
     warnings: list[str]  # the model set's warnings (each member run's summary.json repeats them)
+
+
+@with_config(ConfigDict(extra="allow"))
+class LabelSwapTest(TypedDict, total=False):
+    """The label-swap null of a block's interaction (docs/controls.md)."""
+
+    p_value: Required[Optional[float]]
+    n_events: int
+    n_prompts: int
+
+
+@with_config(ConfigDict(extra="allow"))
+class LineageStage(TypedDict, total=False):
+    """A stage of ``lineage.json`` scored on the Base -> Final events."""
+
+    events: Required[int]
+    native_y: Stat
+    native_shift: Required[Stat]
+    E_PT: Required[Stat]
+    E_IT: Required[Stat]
+    interaction: Required[Stat]
+    interaction_final_readout: Stat
+    share_of_final_shift: Stat
+    share_of_final_interaction: Stat
+    percent_of_final: Optional[float]
+    top1_agreement_with_final: Required[Optional[float]]
+    label_swap: Required[LabelSwapTest]
 
 
 @with_config(ConfigDict(extra="allow"))
@@ -219,14 +285,76 @@ class LineageDocument(TypedDict, total=False):
     boundary: int
     events: int
     no_events_reason: str
-    by_stage: dict[str, dict[str, Any]]
+    by_stage: dict[str, LineageStage]
     note: str
     training_steps: dict[str, int]
     warnings: list[str]  # the model set's warnings (the lineage's run repeats them in its summary.json)
 
 
+@with_config(ConfigDict(extra="allow"))
+class PreflightCheck(TypedDict, total=False):
+    """One check of ``preflight.json``: pass, warn or fail, what it found, and its numbers."""
+
+    name: Required[str]
+    status: Required[str]
+    summary: Required[str]
+    causes: Required[list[str]]
+    numbers: dict[str, Any]
+
+
+@with_config(ConfigDict(extra="allow"))
+class PreflightDocument(TypedDict, total=False):
+    """``preflight.json``: is the adapter (or merge) active and sound, before it ships."""
+
+    schema_version: str
+    fingerprint: str
+    inputs: Required[dict[str, Any]]
+    passed: Required[bool]
+    checks: Required[list[PreflightCheck]]
+    prompts: dict[str, Any]
+    generations: list[dict[str, Any]]
+    warnings: list[str]
+
+
+@with_config(ConfigDict(extra="allow"))
+class SpliceChimera(TypedDict, total=False):
+    """One chimera of ``splice.json`` (an early stack under a late one) and what its continuations did."""
+
+    early: str
+    late: str
+    outputs: list[dict[str, Any]]
+    validator_pass_rate: Optional[float]
+    validated: int
+    same_as_tuned: Required[float]
+    median_departure: Optional[float]
+
+
+class SpliceBoundary(TypedDict):
+    chimeras: dict[str, SpliceChimera]
+
+
+@with_config(ConfigDict(extra="allow"))
+class SplicePrompts(TypedDict, total=False):
+    count: Required[int]
+    ids: list[str]
+
+
+@with_config(ConfigDict(extra="allow"))
+class SpliceDocument(TypedDict, total=False):
+    """``splice.json``: what a layer-range merge would write, per boundary and chimera."""
+
+    schema_version: str
+    fingerprint: str
+    inputs: dict[str, Any]
+    num_layers: int
+    prompts: Required[SplicePrompts]
+    boundaries: Required[dict[str, SpliceBoundary]]
+    diagnostic: dict[str, Any]
+    warnings: list[str]
+
+
 DOCUMENTS = {"config.json": RunConfigRecord, "summary.json": Summary, "compare.json": CompareDocument,
-             "lineage.json": LineageDocument}
+             "lineage.json": LineageDocument, "preflight.json": PreflightDocument, "splice.json": SpliceDocument}
 _ADAPTERS: dict[str, TypeAdapter] = {}
 
 
@@ -259,9 +387,10 @@ def render_schema_docs() -> str:
              "records keep Python's `NaN` for a non-finite cell of an invalid event (`valid: false`); "
              "`events.parquet` holds it as a float. Generated from the code; a test keeps this page in sync.", ""]
     documents = {**{f"`{name}`": tp for name, tp in DOCUMENTS.items()},
-                 **{f"`{tp.__name__}`": tp for tp in (Counts, BoundaryResults, ReadoutResults, EffectBlock, Stat,
-                                                       ReadoutAgreement, ControlRow, ControlDetails, VerdictRecord,
-                                                       NoDivergencePrompt, RealVocabulary, ModelsRecord, ModelEntry)}}
+                 **{f"`{tp.__name__}`": tp for tp in (
+                     Counts, BoundaryResults, ReadoutResults, EffectBlock, Cells, Effects, Stat, ReadoutAgreement,
+                     CompareRow, LineageStage, LabelSwapTest, ControlRow, ControlDetails, VerdictRecord, NoDivergencePrompt, RealVocabulary,
+                     ModelsRecord, ModelEntry, PreflightCheck, SplicePrompts, SpliceBoundary, SpliceChimera)}}
     for title, tp in documents.items():
         lines += [f"## {title}", "", " ".join((tp.__doc__ or "").split()), "", "| key | type |", "|---|---|"]
         for key, hint in get_type_hints(tp).items():

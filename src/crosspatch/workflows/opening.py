@@ -7,20 +7,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import CorruptRunFileError
 from ..runner.compare import CompareResult
 from ..runner.directories import open_run_directory
 from ..runner.lineage import LineageResult
 from ..runner.result import RunResult
-from ..store import check_out_path, read_json_object
+from ..store import check_out_path
+from ..store.files import read_checked_document
 from .preflight_policy import PreflightResult
 from .splice import SpliceResult
 
 __all__ = ["open_run"]
 
-# a workflow's document -> the keys it must hold, and its result class
-_DOCUMENTS = {"preflight.json": (("passed", "checks"), PreflightResult),
-              "splice.json": (("boundaries", "prompts"), SpliceResult)}
+# a workflow's document -> its result class
+_DOCUMENTS = {"preflight.json": PreflightResult, "splice.json": SpliceResult}
 
 
 def open_run(run_dir: str | Path) -> RunResult | CompareResult | LineageResult | PreflightResult | SpliceResult:
@@ -33,15 +32,7 @@ def open_run(run_dir: str | Path) -> RunResult | CompareResult | LineageResult |
     ``IncompleteRunError``, ``CorruptRunFileError``)."""
     path = check_out_path(run_dir)
     if not (path / "config.json").exists():
-        for name, (keys, result) in _DOCUMENTS.items():
+        for name, result in _DOCUMENTS.items():
             if (path / name).is_file():
-                return result(_document(path / name, keys), path)
+                return result(read_checked_document(path / name), path)
     return open_run_directory(path)
-
-
-def _document(path: Path, keys: tuple[str, ...]) -> dict:
-    document = read_json_object(path, path.name)
-    missing = [k for k in keys if k not in document]
-    if missing:
-        raise CorruptRunFileError(f"{path} is not a crosspatch {path.stem} document (no {', '.join(missing)})")
-    return document

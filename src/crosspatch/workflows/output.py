@@ -129,9 +129,12 @@ def html_page(title: str, intro: list[str], sections: list[Section], columns: li
 def write_outputs(out: str | Path, kind: str, document: dict, title: str, intro: list[str],
                   sections: list[Section], columns: list[dict] | None = None) -> Path:
     """Write ``<kind>.json``, ``<kind>.md`` and ``<kind>.html`` into ``out`` under its lock."""
-    from ..store import RunStore, json_document, write_whole
+    from ..store import RunStore, checked, json_document, write_whole
+    from ..store.schemas import DOCUMENTS
 
     path = Path(out)
+    if f"{kind}.json" in DOCUMENTS:  # (never a document its own reader would refuse)
+        checked(f"{kind}.json", document)
     with RunStore(path).lock():
         write_whole(path / f"{kind}.md", markdown_page(title, intro, sections))
         write_whole(path / f"{kind}.html", html_page(title, intro, sections, columns))
