@@ -267,6 +267,14 @@ def _edit_summary(d: Path, **fields) -> None:
     (d / "summary.json").write_text(json.dumps(summary))
 
 
+def _headless_summary(d: Path) -> None:
+    """summary.json's every boundary keeps its common-IT block without the four cells."""
+    summary = json.loads((d / "summary.json").read_text())
+    for by_readout in summary["results"].values():
+        by_readout["common_it"]["all"]["cells"] = {}
+    (d / "summary.json").write_text(json.dumps(summary))
+
+
 def _broken_run(env: Env, name: str, mutate) -> Path:
     target = env.copy_run(name)
     mutate(target)
@@ -691,6 +699,14 @@ CASES = [
          "CorruptRunFileError"),
     Case("run directories", "report with summary counts that are not numbers",
          lambda e: ["report", str(_broken_run(e, "counts_text", lambda d: _edit_summary(d, counts="many")))],
+         "CorruptRunFileError"),
+    Case("run directories", "report with a summary.json listing a boundary without results",
+         lambda e: ["report", str(_broken_run(e, "lost_boundary", lambda d: _edit_summary(d, boundaries=["2", "9"])))],
+         "CorruptRunFileError"),
+    Case("run directories", "report with a summary.json whose headline block lost its cells",
+         lambda e: ["report", str(_broken_run(e, "lost_cells", _headless_summary))], "CorruptRunFileError"),
+    Case("run directories", "report with an event whose category is a number",
+         lambda e: ["report", str(_broken_run(e, "number_category", _edit_first_event("category", 3)))],
          "CorruptRunFileError"),
     Case("run directories", "report with a summary.json of a newer format",
          lambda e: ["report", str(_broken_run(e, "newsum", lambda d: _edit_summary(d, schema_version="crosspatch.summary/9")))],

@@ -195,6 +195,8 @@ class CellRecord:
         rec = cls(**record)
         for name in ("key", "prompt_id", "t_pt_text", "t_it_text", "kind"):
             _expect(name, getattr(rec, name), str)
+        if rec.category is not None:  # (a prompt's category is read as text)
+            _expect("category", rec.category, str)
         _expect("position", rec.position, int)  # negative: a control's point inside the prompt
         for name in ("boundary", "prompt_len", "prefix_len", "t_pt", "t_it"):
             value = getattr(rec, name)
