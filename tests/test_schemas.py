@@ -10,13 +10,14 @@ import pytest
 
 from crosspatch.errors import CorruptRunFileError, RunWriteError
 from crosspatch.store import RunStore, checked
-from crosspatch.store.schemas import check_document, render_schema_docs
+from crosspatch.store.schema_docs import render_schema_docs
+from crosspatch.store.schemas import check_document
 
 
 def test_the_reference_page_is_rendered_from_the_schemas():
     docs = (Path(__file__).parents[1] / "docs" / "schemas.md").read_text()
     assert docs.strip() == render_schema_docs().strip(), \
-        'run: python -c "from crosspatch.store.schemas import render_schema_docs as r; print(r())" > docs/schemas.md'
+        'run: python -c "from crosspatch.store.schema_docs import render_schema_docs as r; print(r())" > docs/schemas.md'
 
 
 def test_a_document_of_the_wrong_shape_is_refused_on_write_and_on_read(tmp_path):

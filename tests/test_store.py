@@ -491,6 +491,11 @@ def test_a_damaged_analysis_records_file_is_named_before_the_run_redoes_a_prompt
     RunStore(tmp_path / "r").check_records(torn_tails=True)
     with pytest.raises(CorruptRunFileError, match="the last line was cut off"):
         RunStore(tmp_path / "r").check_records()
+    # a whole line of the wrong shape: a key that is a list (readers de-duplicate by key)
+    tagged = json.loads(lines[0])
+    control.write_text(json.dumps({**tagged, "key": ["p0"]}) + "\n" + "".join(lines[1:]))
+    with pytest.raises(CorruptRunFileError, match=r"control_hybrid_state.jsonl:1: a record whose key is not a value"):
+        RunStore(tmp_path / "r").load_rows("control_hybrid_state.jsonl")
 
 
 def test_a_damaged_line_inside_events_jsonl_is_not_blamed_on_an_interruption(tmp_path):

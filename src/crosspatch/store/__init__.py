@@ -1,7 +1,8 @@
 """The run directory: :class:`RunStore` (``rundir``: written as the run goes, resumable, locked),
 the files below it (``files``: markers, guarded JSON/JSONL, schema checks), which run a directory
 holds (``identity``: fingerprints, settings' differences), the records as tables
-and completeness (``tables``), and the schemas of the files crosspatch writes (``schemas``)."""
+and completeness (``tables``), and the schemas of the files crosspatch writes (``schemas``;
+docs/schemas.md rendered from them: ``schema_docs``)."""
 
 from .files import (
     COLLECTION_MARKER,
@@ -11,6 +12,7 @@ from .files import (
     NO_DIV_FILE,
     RESULT_RULES,
     SUMMARY_SCHEMA,
+    check_out_path,
     check_schema,
     check_summary_shape,
     checked,
@@ -28,7 +30,7 @@ from .files import (
     write_whole,
 )
 from .identity import fingerprint, settings_diff
-from .rundir import RunStore, check_out_path
+from .rundir import RunStore
 from .tables import check_complete, completed_prompts, events_frame, missing_prompts, records_frame
 
 __all__ = [

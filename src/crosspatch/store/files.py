@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.records import READOUTS
-from ..errors import CorruptRunFileError, IncompleteRunError, RunSchemaError, RunWriteError
+from ..errors import CorruptRunFileError, IncompleteRunError, RunDirectoryError, RunSchemaError, RunWriteError
 from .schemas import check_document
 
 CONFIG_SCHEMA = "crosspatch.config/1"
@@ -248,6 +248,15 @@ def cut_torn_tail(path: Path) -> None:
         fh.seek(0)
         data = fh.read()
         fh.truncate(data.rfind(b"\n") + 1)
+
+
+def check_out_path(path) -> Path:
+    """``path`` as a :class:`~pathlib.Path` where it is one (a non-blank string or path-like), a
+    leading ``~`` expanded as model paths are (``--out=~/runs/x`` reaches crosspatch unexpanded);
+    :class:`RunDirectoryError` otherwise (``""`` is not the current directory)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise RunDirectoryError(f"a run directory is a path (a non-empty string), not {path!r}")
+    return Path(path).expanduser()
 
 
 def read_collection_summary(path: Path, kind: str) -> dict:

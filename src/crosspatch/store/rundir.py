@@ -44,6 +44,7 @@ from .files import (
     _guard_write,
     _read_jsonl,
     _write_json,
+    check_out_path,
     check_schema,
     check_summary_shape,
     checked,
@@ -56,15 +57,6 @@ from .files import (
 from .identity import other_settings, record_fingerprint, retag_records
 from .schemas import check_document
 from .tables import completed_prompts, records_frame
-
-
-def check_out_path(path) -> Path:
-    """``path`` as a :class:`~pathlib.Path` where it is one (a non-blank string or path-like), a
-    leading ``~`` expanded as model paths are (``--out=~/runs/x`` reaches crosspatch unexpanded);
-    :class:`RunDirectoryError` otherwise (``""`` is not the current directory)."""
-    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
-        raise RunDirectoryError(f"a run directory is a path (a non-empty string), not {path!r}")
-    return Path(path).expanduser()
 
 
 def _records_file(path: Path) -> bool:
@@ -317,8 +309,10 @@ class RunStore:
         """An analysis's records, de-duplicated by ``key`` where they have one (a resumed chunk
         may have written some twice)."""
         seen, out = set(), []
-        for _, row in self._rows(name, skip_torn_tail):
+        for where, row in self._rows(name, skip_torn_tail):
             key = row.get("key")
+            if isinstance(key, (list, dict)):
+                raise CorruptRunFileError(f"{where}: a record whose key is not a value ({key!r})"[:300])
             if key is None or key not in seen:
                 seen.add(key)
                 out.append(row)

@@ -1,8 +1,8 @@
 """The files crosspatch writes, described as TypedDicts (in the manner of lm-evaluation-harness's
 ``result_schema.py``): ``config.json`` and ``summary.json`` of a run directory, ``compare.json`` and
-``lineage.json`` of a collection. They are checked when written and when read
-(:func:`check_document`, with pydantic), and docs/schemas.md is rendered from them
-(:func:`render_schema_docs`; a test keeps it in sync). Keys not listed are allowed: plug-ins add
+``lineage.json`` of a collection, ``preflight.json`` and ``splice.json`` of the workflows. They are
+checked when written and when read (:func:`check_document`, with pydantic), and docs/schemas.md is
+rendered from them (:mod:`crosspatch.store.schema_docs`; a test keeps it in sync). Keys not listed are allowed: plug-ins add
 their own blocks to ``summary.json`` under their registered name.
 """
 
@@ -366,36 +366,3 @@ def check_document(name: str, document) -> list[str]:
     except ValidationError as exc:
         return [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:10]]
     return []
-
-
-def _type_name(tp) -> str:
-    text = getattr(tp, "__name__", None) if not getattr(tp, "__args__", None) else None
-    return text or str(tp).replace("typing.", "").replace("crosspatch.store.schemas.", "")
-
-
-def render_schema_docs() -> str:
-    """docs/schemas.md: every documented file and record type, its keys and their types."""
-    from typing import get_type_hints
-
-    lines = ["# File schemas", "",
-             "The JSON files crosspatch writes, as the TypedDicts of `crosspatch.store.schemas` describe them. Each is "
-             "checked when written and when read (a key marked required must be there; the others may be absent); keys "
-             "not listed are allowed (a registered analysis adds its "
-             "block to `summary.json` under its `summary_key`). The JSON documents (`config.json`, "
-             "`summary.json`, `compare.json`, `lineage.json`, an analysis' or a workflow's `.json`, and `--json` "
-             "output) are strict JSON: a number that is not finite (NaN, infinity) is `null`. The JSON-lines "
-             "records keep Python's `NaN` for a non-finite cell of an invalid event (`valid: false`); "
-             "`events.parquet` holds it as a float. Generated from the code; a test keeps this page in sync.", ""]
-    documents = {**{f"`{name}`": tp for name, tp in DOCUMENTS.items()},
-                 **{f"`{tp.__name__}`": tp for tp in (
-                     Counts, BoundaryResults, ReadoutResults, EffectBlock, Cells, Effects, Stat, ReadoutAgreement,
-                     CompareRow, LineageStage, LabelSwapTest, ControlRow, ControlDetails, VerdictRecord, NoDivergencePrompt, RealVocabulary,
-                     ModelsRecord, ModelEntry, PreflightCheck, SplicePrompts, SpliceBoundary, SpliceChimera)}}
-    for title, tp in documents.items():
-        lines += [f"## {title}", "", " ".join((tp.__doc__ or "").split()), "", "| key | type |", "|---|---|"]
-        for key, hint in get_type_hints(tp).items():
-            written = tp.__annotations__.get(key, "")  # (postponed: kept as text, a ForwardRef here)
-            required = str(getattr(written, "__forward_arg__", written)).startswith("Required[")
-            lines.append(f"| `{key}`{' (required)' if required else ''} | `{_type_name(hint)}` |")
-        lines.append("")
-    return "\n".join(lines)
