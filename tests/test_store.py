@@ -496,6 +496,12 @@ def test_a_damaged_analysis_records_file_is_named_before_the_run_redoes_a_prompt
     control.write_text(json.dumps({**tagged, "key": ["p0"]}) + "\n" + "".join(lines[1:]))
     with pytest.raises(CorruptRunFileError, match=r"control_hybrid_state.jsonl:1: a record whose key is not a value"):
         RunStore(tmp_path / "r").load_rows("control_hybrid_state.jsonl")
+    # a value of the wrong type that only the analysis' summary reads: named, pointing at the stored records
+    from crosspatch.errors import AnalysisPluginError
+
+    control.write_text(json.dumps({**tagged, "reconstruction_error": "small"}) + "\n" + "".join(lines[1:]))
+    with pytest.raises(AnalysisPluginError, match="hybrid_state.*summarize.*stored records may be damaged"):
+        run(make_pair("llama"), many_prompts(4), **options)
 
 
 def test_a_damaged_line_inside_events_jsonl_is_not_blamed_on_an_interruption(tmp_path):

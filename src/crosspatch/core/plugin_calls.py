@@ -29,7 +29,9 @@ def plugin_failure(name: str, step: str, owner: str, problem: str) -> AnalysisPl
     """The named error for analysis ``name`` whose ``step`` (build, program, summarize, render) failed
     with ``problem``; ``owner``: the module of the code that failed (crosspatch's own: a bug to report)."""
     ours = owner.split(".")[0] == "crosspatch"
-    advice = ("(a crosspatch bug: please report it)" if ours else
+    advice = ("its stored records may be damaged (its .jsonl file in the run directory: compare it with the "
+              "others' lines), else a crosspatch bug: please report it" if ours and step == "summarize" else
+              "(a crosspatch bug: please report it)" if ours else
               "once the plug-in is fixed, the same command finishes the run from them (a run without the analysis "
               "is another run: another --out)")
     return AnalysisPluginError(
