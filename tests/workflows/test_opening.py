@@ -26,6 +26,19 @@ def test_a_preflight_or_splice_directory_opens_as_its_result(tmp_path):
         opened = crosspatch.open_run(tmp_path / name)
         assert isinstance(opened, kind) and opened.document == document and opened.out == tmp_path / name
     assert crosspatch.open_run(tmp_path / "preflight").failed() == ["adapter-active"]
+    # commands that read a run (gate, report) name such a directory for what it is
+    from typer.testing import CliRunner
+
+    from crosspatch.cli import app
+
+    (tmp_path / "splice" / "crosspatch").mkdir()
+    (tmp_path / "splice" / "crosspatch" / "config.json").write_text("{}")  # (the diagnostic's run directory)
+    for name, says in (("preflight", "`crosspatch preflight` itself exits 1 when a check fails"),
+                       ("splice", f"the run directories inside: {tmp_path / 'splice' / 'crosspatch'}")):
+        for command in ("gate", "report"):
+            res = CliRunner().invoke(app, [command, str(tmp_path / name)])
+            assert res.exit_code == 2 and f"holds the output of crosspatch {name} ({name}.json), not a run" in res.output
+            assert says in " ".join(res.output.split()), res.output
     (tmp_path / "preflight" / "preflight.json").write_text('{"passed": true}')
     with pytest.raises(CorruptRunFileError, match="not a crosspatch preflight document.*checks: Field required"):
         crosspatch.open_run(tmp_path / "preflight")

@@ -73,6 +73,9 @@ def mark_collection(path: str | Path, kind: str) -> None:
     write_whole(path / COLLECTION_MARKER, json.dumps({"kind": kind}) + "\n")
 
 
+_WORKFLOW_OUTPUTS = ("preflight", "splice", "merge-check")  # the practitioner commands' own directories
+
+
 def not_a_run_message(path: Path) -> str:
     """Why ``path`` (a directory without config.json) is no run, naming the runs inside a
     compare's or lineage's output."""
@@ -86,6 +89,13 @@ def not_a_run_message(path: Path) -> str:
         if steps and (path / "steps.jsonl").is_file():  # the training callback's out (workflows.training_out)
             return (f"{path} holds a training callback's diagnostics, not one run: give one of its step "
                     f"directories (the last: {steps[-1][1]})")
+        workflow = next((k for k in _WORKFLOW_OUTPUTS if (path / f"{k}.json").is_file()), None)
+        if workflow is not None:  # (its command's exit code is its gate; open_run reads it)
+            inside = sorted(str(c.parent) for c in [*path.glob("*/config.json"), *path.glob("*/*/config.json")])
+            return (f"{path} holds the output of crosspatch {workflow} ({workflow}.json), not a run: its result is "
+                    "that file" + (" (crosspatch.open_run reads it)" if workflow != "merge-check" else "")
+                    + ("; `crosspatch preflight` itself exits 1 when a check fails" if workflow == "preflight" else "")
+                    + (f"; the run directories inside: {', '.join(inside[:5])}" if inside else ""))
         return f"{path} is not a crosspatch run directory (no config.json)"
     runs = [r for r in collection_runs(path, kind) if (r / "config.json").exists()]
     return (f"{path} is the output of a crosspatch {kind}, not one run: give one of its run directories "
