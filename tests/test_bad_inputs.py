@@ -512,6 +512,10 @@ CASES = [
     Case("models", "an adapter_config.json that is not JSON",
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_bad_cfg", lambda d: (d / "adapter_config.json").write_text("{x"))),
          "ModelLoadError"),
+    Case("models", "an adapter_config.json whose target_parameters is text (PEFT cannot build the configuration)",
+         lambda e: _adapter_args(e, _adapter_dir(e, "adapter_text_targets", lambda d: (d / "adapter_config.json").write_text(
+             json.dumps({**json.loads((d / "adapter_config.json").read_text()), "target_parameters": "x"})))),
+         "ModelLoadError"),
     Case("models", "a reward model's adapter (task_type SEQ_CLS: its score head is no language-model head)",
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_seq_cls", lambda d: (d / "adapter_config.json").write_text(
              json.dumps({**json.loads((d / "adapter_config.json").read_text()), "task_type": "SEQ_CLS"})))),

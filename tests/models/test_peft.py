@@ -515,3 +515,63 @@ def test_a_descendant_that_is_the_base_is_named_in_the_run_warnings(tmp_path, pr
         outcome = gate_run(tmp_path / f"run-{name}")
         assert (outcome["status"] == "unusable") == (name == "fresh"), outcome
     assert "the run measured no fine-tune: the descendant (" in gate_run(tmp_path / "run-fresh")["reason"]
+
+
+def _confined_lora(root, layers: list[int]):
+    """A tiny base and a LoRA adapter on it that changes only ``layers`` (PEFT's layers_to_transform)."""
+    from peft import LoraConfig, get_peft_model
+
+    from crosspatch.testing.tiny import char_tokenizer
+
+    tiny_model("llama").save_pretrained(str(root / "base"))
+    char_tokenizer().save_pretrained(str(root / "base"))
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                                           target_modules=["q_proj", "v_proj", "down_proj"],
+                                                           layers_to_transform=layers))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(50)  # (changes decisions)
+    model.save_pretrained(str(root / "adapter"))
+    return load_pair(str(root / "base"), adapter=str(root / "adapter"))
+
+
+@pytest.mark.parametrize("layers, boundary", [([0, 1], 2), ([2, 3], 2)])
+def test_an_adapter_confined_to_one_side_of_the_boundary_scores_as_the_factorial_says(tmp_path, prompts, layers,
+                                                                                      boundary):
+    """An adapter on the early layers alone leaves the two late stacks the same: no late effect
+    (a late-only pass stood in for those layers and PEFT, switching the adapter off, found none of
+    its layers: ValueError). One on the late layers alone gives the same late effect on either
+    upstream state: no interaction."""
+    pair = _confined_lora(tmp_path, layers)
+    result = run(pair, prompts, boundary=boundary, max_new_tokens=12, bootstrap=0, controls="none", progress=False,
+                 event_kinds="first_diff")
+    assert result.records, "the adapter must change the model"
+    for record in result.records:
+        cells = record.cells["common_it"]
+        late_pt, late_it = cells["upt_lit"] - cells["upt_lpt"], cells["uit_lit"] - cells["uit_lpt"]
+        if layers[0] >= boundary:
+            assert late_it == pytest.approx(late_pt, abs=1e-5)  # interaction 0
+        else:
+            assert late_pt == pytest.approx(0, abs=1e-5) and late_it == pytest.approx(0, abs=1e-5)
+
+
+def test_an_adapter_config_peft_cannot_build_from_is_named_with_its_file(tmp_path):
+    """A damaged adapter_config.json raised PEFT's own errors (TypeError as PEFT builds the
+    configuration from a target_parameters of text; AttributeError and TypeError as it builds the
+    layers from a null bias or rank), tracebacks instead of a named error: the first before any
+    model loads, the others as the adapter loads."""
+    from crosspatch.errors import ModelLoadError
+    from crosspatch.models.adapters import check_adapter_files
+
+    base, adapter, _ = _lora_dirs(tmp_path)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "target_parameters": "x"}))
+    with pytest.raises(ModelLoadError, match=r"adapter_config.json is not a LORA configuration PEFT can build "
+                                             r"\(TypeError"):
+        check_adapter_files(str(adapter), allow_pickle=False, base=str(base))
+    for field, error in (("bias", "AttributeError"), ("r", "TypeError")):
+        (adapter / "adapter_config.json").write_text(json.dumps({**config, field: None}))
+        with pytest.raises(ModelLoadError, match=rf"could not load adapter .* as PEFT builds them\): {error}"):
+            load_pair(str(base), adapter=str(adapter))

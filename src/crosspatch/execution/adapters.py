@@ -8,7 +8,7 @@ import re
 import warnings as warnings_module
 from pathlib import Path
 
-from ..errors import ModelLoadError
+from ..errors import CrosspatchError, ModelLoadError, first_line
 from ..models.adapters import adapter_settings, vocabulary_sizes_text
 from ..models.loading import LoadOptions, load_tokenizer, quiet_loading
 from .roles import BASE
@@ -34,7 +34,8 @@ def adapter_load_error(path: str, base: str, exc: Exception) -> ModelLoadError:
         return AdapterShapeMismatchError(
             f"adapter {path} does not fit base {base}: {name} has shape {m.group(2)} in the adapter but "
             f"{m.group(3)} in the base model; was it trained on another base?")
-    return ModelLoadError(f"could not load adapter {path} onto {base}: {text.splitlines()[0][:300]}")
+    return ModelLoadError(f"could not load adapter {path} onto {base} (its adapter_config.json and weights as PEFT "
+                          f"builds them): {type(exc).__name__}: {first_line(exc, 300)}")
 
 
 def _dims(shape: str) -> list[int]:
@@ -102,7 +103,9 @@ def _load_adapters(base_model, base: str, adapter_roles: dict[str, str], options
                 else:
                     result = model.load_adapter(path, adapter_name=role, is_trainable=False)
                     missing = list(getattr(result, "missing_keys", None) or [])
-        except (RuntimeError, ValueError, KeyError) as exc:
+        except (CrosspatchError, MemoryError):
+            raise
+        except Exception as exc:  # (PEFT builds the layers from the config's values: any of its errors is the adapter's)
             raise adapter_load_error(path, base, exc) from None
         if missing:  # PEFT leaves them at their initial values (LoRA B: zero) and only warns
             raise ModelLoadError(f"adapter {path} lacks weights its adapter_config.json declares: "

@@ -49,7 +49,24 @@ def read_adapter_config(adapter: str) -> dict:
             f"{adapter} is a {task} adapter, trained for {NON_GENERATIVE_TASKS[task]}: with a head or a model a causal "
             "language model does not have, which loading it onto one drops; crosspatch compares causal language "
             "models (a CAUSAL_LM adapter)")
+    check_peft_config(adapter, cfg)
     return cfg
+
+
+def check_peft_config(adapter: str, cfg: dict) -> None:
+    """PEFT builds its configuration from ``cfg`` (its own checks of each field's value), else a
+    :class:`ModelLoadError` naming the adapter's adapter_config.json, before any model loads."""
+    import warnings
+
+    from peft import PeftConfig
+
+    try:
+        with warnings.catch_warnings():  # (keys of a newer PEFT: it drops them and says so as it loads)
+            warnings.simplefilter("ignore")
+            PeftConfig.from_peft_type(**cfg)
+    except Exception as exc:  # PEFT's __post_init__ checks raise ValueError, TypeError, AttributeError, ...
+        raise ModelLoadError(f"{adapter}: adapter_config.json is not a {cfg['peft_type']} configuration PEFT can "
+                             f"build ({type(exc).__name__}: {first_line(exc, 300)})") from None
 
 
 def layer_replication_text(ranges) -> str | None:

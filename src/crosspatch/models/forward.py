@@ -104,10 +104,14 @@ class ModelHandle:
 
 
 class _SkippedLayer(nn.Module):
-    """Stands in for an early layer during a late-only pass: returns its input untouched."""
+    """Stands in for an early layer during a late-only pass: returns its input untouched. It holds
+    the layer it stands for (never called), so that the model's modules are still all there: PEFT
+    switching an adapter off or on looks for its layers, and an adapter confined to the early
+    layers has none elsewhere."""
 
     def __init__(self, original: nn.Module, output_items: int) -> None:
         super().__init__()
+        self.stood_for = original
         self.output_items = output_items  # as the real layers return: 0 a tensor, n a tuple of n items
         for attr in ("attention_type", "layer_idx", "is_sliding", "sliding_window"):
             if hasattr(original, attr):
