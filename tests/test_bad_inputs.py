@@ -504,6 +504,10 @@ CASES = [
     Case("models", "an adapter's base checkpoint that lacks a weight",
          lambda e: e.run_args("--adapter", str(e.adapter), base=_base_lacking_weight(e, e.lora_base), tuned=False),
          "ModelLoadError"),
+    Case("models", "a descendant whose tokenizer_config.json gives model_max_length as text",
+         lambda e: e.run_args(tuned=_model_dir(e, "tuned_text_max_length", lambda d: (d / "tokenizer_config.json").write_text(
+             json.dumps({**json.loads((d / "tokenizer_config.json").read_text()), "model_max_length": "long"})))),
+         "ModelLoadError"),
     Case("models", "a base whose config.json gives other shapes than its weights",
          lambda e: e.run_args(base=_model_dir(e, "base_other_shapes", lambda d: (d / "config.json").write_text(json.dumps(
              {**json.loads((d / "config.json").read_text()), "num_attention_heads": 1, "num_key_value_heads": 1,

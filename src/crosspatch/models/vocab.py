@@ -146,11 +146,26 @@ def _added_tokens_hint(tok_pt, tok_it, text: str) -> str:
             "run on raw text (without --chat-template, the method's default) or with prompts that do not hold them")
 
 
+def _token_ids(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
+    """``tokenizer``'s ids of ``text``; a tokenizer that loads but cannot tokenize (a damaged
+    tokenizer_config.json: a ``model_max_length`` of text, say) is a :class:`ModelLoadError`."""
+    from ..errors import CrosspatchError, ModelLoadError, first_line
+
+    try:
+        return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+    except CrosspatchError:
+        raise
+    except Exception as exc:  # (transformers and tokenizers raise many types)
+        raise ModelLoadError(f"the tokenizer of {getattr(tokenizer, 'name_or_path', '?')!r} loads but cannot tokenize "
+                             f"text ({type(exc).__name__}: {first_line(exc, 200)}): is its tokenizer_config.json "
+                             "damaged?") from None
+
+
 def tokenize_once(tok_pt, tok_it, prompt_id: str, text: str, add_special_tokens: bool = True) -> list[int]:
     """Token ids of ``text``, checked to be identical under both tokenizers (``add_special_tokens``
     False for text a chat template rendered: it holds its special tokens, BOS included, already)."""
-    ids_pt = tok_pt(text, add_special_tokens=add_special_tokens)["input_ids"]
-    ids_it = tok_it(text, add_special_tokens=add_special_tokens)["input_ids"] if tok_it is not tok_pt else ids_pt
+    ids_pt = _token_ids(tok_pt, text, add_special_tokens)
+    ids_it = _token_ids(tok_it, text, add_special_tokens) if tok_it is not tok_pt else ids_pt
     if list(ids_pt) != list(ids_it):
         first = next(
             (k for k, (a, b) in enumerate(zip(ids_pt, ids_it)) if a != b), min(len(ids_pt), len(ids_it))
