@@ -96,6 +96,19 @@ def test_xglm_and_biogpt_final_norms_are_found_and_ctrl_is_refused_by_name():
         check_supported({"model_type": "ctrl", "n_layer": 2})
 
 
+def test_a_config_json_naming_its_architectures_oddly_is_read_as_transformers_reads_it():
+    """``architectures`` is a list of class names; a config.json holding one name as text is still
+    read (a classifier's is refused), and one holding a number raised TypeError before any model
+    loaded: transformers loads by model_type, and so does crosspatch."""
+    from crosspatch.errors import UnsupportedArchitectureError
+    from crosspatch.models.anatomy import check_supported
+
+    with pytest.raises(UnsupportedArchitectureError, match="a classifier's checkpoint"):
+        check_supported({"model_type": "llama", "architectures": "LlamaForSequenceClassification"})
+    for odd in (-1, 1.5, True, {}, "LlamaForCausalLM"):
+        check_supported({"model_type": "llama", "architectures": odd})
+
+
 class _TupleLayer(nn.Module):
     """A transformers-4.x-style decoder layer: returns ``(hidden_states,)``."""
 

@@ -154,7 +154,8 @@ def check_supported(config) -> None:
     a parsed config.json (checked before any model loads)."""
     model_type = str(config_value(config, "model_type") or "")
     # a checkpoint saved as a classifier (a loaded model is what it is, whatever it was saved as)
-    heads = [str(a) for a in config_value(config, "architectures") or []] if isinstance(config, dict) else []
+    named = config_value(config, "architectures") if isinstance(config, dict) else None
+    heads = [str(a) for a in named] if isinstance(named, list) else [named] if isinstance(named, str) else []
     if heads and all(a.endswith(NON_GENERATIVE_HEADS) for a in heads):
         raise UnsupportedArchitectureError(
             f"{heads[0]}: a classifier's checkpoint (a reward model, a sequence or token classifier), with no "
