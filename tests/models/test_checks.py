@@ -988,3 +988,19 @@ def test_a_descendant_as_far_from_the_base_as_an_unrelated_model_is_warned_about
     median, k = weight_change(str(root / "base"), str(root / "tuned"))  # type: ignore[misc]
     assert 0.2 < median < 0.4 and k == 8
     assert weight_change(str(root / "base"), "no-such/model-anywhere") is None  # nothing on this disk to read
+
+
+def test_a_position_limit_that_is_no_positive_number_is_read_as_none_before_and_after_loading(tmp_path):
+    """A config.json with max_position_embeddings -1 (or 0) read as no limit before any model
+    loaded, and as a limit of -1 once it had: the run then refused every prompt as too long for
+    "the model's -1 positions", after loading. Both read the first positive number, or none."""
+    from crosspatch.models.checks import position_limit
+    from crosspatch.models.config_dicts import local_max_positions
+
+    model = tiny_model("llama")
+    for odd in (-1, 0):
+        model.config.max_position_embeddings = odd
+        model.save_pretrained(str(tmp_path))
+        assert position_limit(model) is None and local_max_positions(str(tmp_path)) is None, odd
+    model.config.max_position_embeddings = 64
+    assert position_limit(model) == 64

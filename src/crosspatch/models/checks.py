@@ -10,11 +10,13 @@ _SPECIAL = ("bos_token", "eos_token", "pad_token", "unk_token")
 
 
 def position_limit(model) -> int | None:
-    """How many positions a loaded model's (text) config says it has (None when it names none)."""
+    """How many positions a loaded model's (text) config says it has (None when it names none, or
+    no positive number: as :func:`~crosspatch.models.config_dicts.local_max_positions` reads it)."""
     from .anatomy import text_config
 
     cfg = text_config(model.config)
-    return next((getattr(cfg, k) for k in POSITION_LIMIT_KEYS if isinstance(getattr(cfg, k, None), int)), None)
+    limits = (getattr(cfg, k, None) for k in POSITION_LIMIT_KEYS)
+    return next((v for v in limits if isinstance(v, int) and not isinstance(v, bool) and v > 0), None)
 
 
 def model_facts(handle) -> dict:

@@ -87,7 +87,7 @@ def local_max_positions(path: str) -> int | None:
     """The position limit from a local checkpoint's config.json (None when unknown)."""
     cfg = text_config(local_config(path))
     for key in POSITION_LIMIT_KEYS:
-        if isinstance(cfg.get(key), int) and cfg[key] > 0:
+        if isinstance(cfg.get(key), int) and not isinstance(cfg[key], bool) and cfg[key] > 0:
             return cfg[key]
     return None
 
