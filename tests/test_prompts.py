@@ -746,3 +746,15 @@ def test_a_pyarrow_table_and_a_polars_dataframe_are_prompt_tables():
             raise AssertionError("read as a pandas DataFrame")
 
     assert [(p.id, p.prompt) for p in as_prompts(PolarsLike())] == [("a", "Fog?")]
+
+
+def test_an_image_field_that_is_no_usable_path_is_named(tmp_path):
+    """An image path with a NUL byte (ValueError) or longer than the file system allows (OSError:
+    File name too long) surfaced as Python errors while the prompt file was read; a missing file
+    was already named."""
+    for image, says in (("chart\x00.png", "not a usable path"), ("a" * 5000, "not a usable path"),
+                        ("absent.png", "no such file")):
+        path = tmp_path / "p.jsonl"
+        path.write_text(json.dumps({"id": "p0", "prompt": "Rain in", "image": image}) + "\n")
+        with pytest.raises(PromptFileError, match=rf"field 'image' .*{says}"):
+            load_prompts(path)

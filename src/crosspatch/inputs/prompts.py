@@ -263,8 +263,12 @@ def _with_image_path(prompt: Prompt, base: Path, where: str) -> Prompt:
     image = prompt.metadata.get("image")
     if image is None:
         return prompt
-    resolved = (base / Path(image).expanduser()).resolve()
-    if not resolved.is_file():
+    try:  # (a path with a NUL byte, or too long for the file system, is no path)
+        resolved = (base / Path(image).expanduser()).resolve()
+        found = resolved.is_file()
+    except (OSError, ValueError) as exc:
+        raise PromptFileError(f"{where}: field 'image' {str(image)[:80]!r}: not a usable path ({exc})"[:300]) from None
+    if not found:
         raise PromptFileError(f"{where}: field 'image' {image!r}: no such file ({resolved})")
     prompt.metadata["image"] = str(resolved)
     return prompt
