@@ -189,7 +189,7 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
             _, _, events = first_events(store, config)
         # (an interrupted or repeated call: the events it recorded rows for are done; a torn last line is cut on append)
         done = scored_event_keys(store.load_rows(f"{analysis.name}.jsonl", skip_torn_tail=True))
-        events, skipped = [e for e in events if e.key not in done], len(events)
+        asked, events = len(events), [e for e in events if e.key not in done]
         recorded = 0
         if events:
             images, _ = image_prompts_of_run(config, events, prompts, base=load_request(config)[0])  # before loading
@@ -208,17 +208,15 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
                         evset = EventSet(events[start:start + chunk], models.base, models.roles[1], None)
                         rows = [row for _, part in drive_apart(ex, evset, lambda p: guarded_program(analysis, ex, p))
                                 for row in part]
-                        store.append_rows(f"{analysis.name}.jsonl", [r.to_record() if hasattr(r, "to_record") else r
-                                                                     for r in rows])
+                        store.append_rows(f"{analysis.name}.jsonl", rows)  # (as records: to_record where it has one)
                         recorded += len(rows)
                         bar.update(task, advance=len(evset.events))
             finally:
                 models.release()
-            if not recorded and len(events) == skipped:  # (none before either: the analysis says nothing here)
+            if not recorded and len(events) == asked:  # (none before either: the analysis says nothing here)
                 from ..core.registry import registered
 
-                plugin = registered().get(analysis.name)
-                what = f" ({plugin.description})" if plugin is not None and plugin.description else ""
+                what = _described(registered().get(analysis.name))
                 raise OptionError(f"analysis {analysis.name!r}{what} recorded nothing on this run's {len(events)} "
                                   "event(s): it does not apply to these models; the run is unchanged")
         return resummarize(store, config)
@@ -241,6 +239,11 @@ def scored_event_keys(rows: list[dict]) -> set[str]:
     return keys
 
 
+def _described(plugin) -> str:
+    """`` (its description)`` of a registered analysis, to follow its name in a message ('' without one)."""
+    return f" ({plugin.description})" if plugin is not None and plugin.description else ""
+
+
 def build_for_finished(name: str, config: dict):
     """A registered plug-in's analysis, built for a finished run from its recorded options."""
     from types import SimpleNamespace
@@ -249,7 +252,7 @@ def build_for_finished(name: str, config: dict):
     from ..core.registry import PlanContext, get_analysis
 
     plugin = get_analysis(name)
-    what = f" ({plugin.description})" if plugin.description else ""  # (names the command of one that has its own)
+    what = _described(plugin)  # (names the command of one that has its own)
     if plugin.build is None:
         raise OptionError(f"analysis {name!r}{what} runs no passes here: it is summarised from the stored records "
                           "alone (crosspatch report), or they come from its own command")

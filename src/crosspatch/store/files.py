@@ -277,31 +277,31 @@ def read_collection_summary(path: Path, kind: str) -> dict:
     if not (path / name).is_file():
         raise IncompleteRunError(f"{path} has no {name}: the {kind} did not finish (run the same command again "
                                  "to resume it)")
-    data = read_json_object(path / name, name)
-    problems = check_document(name, data)
-    listed, scored = (data.get("stages"), data.get("by_stage")) if kind == "lineage" else \
-        (data.get("descendants"), data.get("rows"))
-    absent = [] if problems else [x for x in listed or [] if x not in (scored or {})]  # (what a page lists, it reads)
-    if absent:
-        problems.append(f"{'stages' if kind == 'lineage' else 'descendants'} without their scores: "
-                        f"{', '.join(map(str, absent[:5]))}")
-    if problems:
-        raise CorruptRunFileError(f"{path / name}: does not match its schema (docs/schemas.md): {'; '.join(problems[:3])}")
-    return data
+    return read_checked_document(path / name)
+
+
+_LISTED = {"lineage.json": ("stages", "by_stage"), "compare.json": ("descendants", "rows")}  # a list, what it indexes
 
 
 def read_checked_document(path: Path) -> dict:
-    """A workflow's JSON document (``preflight.json``, ``splice.json``) checked against its schema:
-    a damaged one is a :class:`CorruptRunFileError`, never a Python error where it is read."""
+    """A collection's or workflow's JSON document (``compare.json``, ``lineage.json``,
+    ``preflight.json``, ``splice.json``) checked against its schema, and what its pages walk
+    against what they index: a damaged one is a :class:`CorruptRunFileError`, never a Python
+    error where it is read."""
     data = read_json_object(path, path.name)
     problems = check_document(path.name, data)
+    if not problems and path.name in _LISTED:
+        listed, scored = _LISTED[path.name]
+        absent = [x for x in data.get(listed) or [] if x not in (data.get(scored) or {})]
+        if absent:
+            problems.append(f"{listed} without their scores: {', '.join(map(str, absent[:5]))}")
     if not problems and path.name == "splice.json":  # (every boundary's table has the first one's columns)
         names = [sorted(block["chimeras"]) for block in data["boundaries"].values()]
         if any(n != names[0] for n in names):
             problems.append("boundaries with other chimeras than the first one's")
     if problems:
-        raise CorruptRunFileError(f"{path}: is not a crosspatch {path.stem} document (docs/schemas.md): "
-                                  f"{'; '.join(problems[:3])}")
+        raise CorruptRunFileError(f"{path}: not a crosspatch {path.stem} document: it does not match its schema "
+                                  f"(docs/schemas.md): {'; '.join(problems[:3])}")
     return data
 
 
