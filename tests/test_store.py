@@ -154,6 +154,29 @@ def test_a_run_directory_refuses_other_settings(tmp_path):
     assert all(json.loads(line)["boundary"] == 1 for line in (tmp_path / "r" / "events.jsonl").read_text().splitlines())
 
 
+def test_a_finished_run_this_process_cannot_write_is_returned_as_it_stands_to_models_in_memory(tmp_path, monkeypatch):
+    """``run(pair, ..., out=)`` on a finished run in a directory this process cannot write (a
+    read-only share) returns the stored result, as the command line does; an unfinished run or
+    another run there is not."""
+    from crosspatch.errors import RunSettingsMismatchError
+    from tests.test_cli_conventions import read_only
+
+    pair = make_pair("llama", scale=0.2)
+    common = dict(boundary=2, max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "r")
+    first = run(pair, many_prompts(3), **common)
+    files = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").iterdir()}
+    read_only(monkeypatch, tmp_path / "r")
+    again = run(pair, many_prompts(3), **common)
+    assert sorted(r.key for r in again.records) == sorted(r.key for r in first.records)
+    assert again.summary == json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").iterdir()} == files  # nothing written
+    with pytest.raises(RunSettingsMismatchError):  # another run there: still refused for that
+        run(pair, many_prompts(3), **{**common, "boundary": 1})
+    (tmp_path / "r" / "report.html").unlink()  # a run stopped before its reports: the normal path writes them
+    run(pair, many_prompts(3), **common)  # (tests run as root, who writes anyway)
+    assert (tmp_path / "r" / "report.html").is_file()
+
+
 @pytest.mark.slow
 def test_one_run_spelled_two_ways_resumes(tmp_path):
     """Boundaries, controls, event kinds and analyses enter a run by what they select: the same

@@ -52,7 +52,7 @@ from .progress import progress_display, say
 
 # the run's pieces, each in its own module, importable from here as before (and RunConfig above)
 from .result import Rendered, RunResult, rerender, rerender_run, write_outputs  # noqa: F401
-from .resume import finished_result, precision_reached, precision_record, processed_prompts  # noqa: F401
+from .resume import finished_read_only, finished_result, precision_reached, precision_record, processed_prompts  # noqa: F401
 from .shards import merge_runs, select_shard  # noqa: F401
 from .summary import build_summary
 
@@ -201,6 +201,19 @@ def state_cache_bytes(models: ModelSet, prompt_ids: list[list[int]], max_new_tok
     return cache_bytes("sequential", tokens, models.hidden_size, itemsize, n_boundaries)
 
 
+def _given_analyses(analyses, config: RunConfig) -> list:
+    """:func:`run`'s ``analyses``: the registered names among them join ``config.analyses``; the
+    :class:`~crosspatch.core.analysis.Analysis` objects (or objects of its shape) are returned."""
+    if isinstance(analyses, (str, bytes)) or not isinstance(analyses, (list, tuple)) or \
+            any(not isinstance(a, str) and not (hasattr(a, "name") and callable(getattr(a, "program", None)))
+                for a in analyses):  # (an Analysis, or an object of its shape)
+        raise OptionError(f"analyses must be a list of registered analysis names or Analysis objects, not {analyses!r}")
+    named = [a for a in analyses if isinstance(a, str)]  # registered analyses given by name
+    if named:
+        config.analyses = list(dict.fromkeys([*config.analyses, *named]))
+    return [a for a in analyses if not isinstance(a, str)]
+
+
 def run(
     pair: ModelSet,
     prompts,
@@ -227,14 +240,7 @@ def run(
     check_switches(resume=resume, overwrite=overwrite)
     check_progress(progress)
     settle()  # a command whose weights load elsewhere (Ray workers) still collects its garbage (models.collector)
-    if isinstance(analyses, (str, bytes)) or not isinstance(analyses, (list, tuple)) or \
-            any(not isinstance(a, str) and not (hasattr(a, "name") and callable(getattr(a, "program", None)))
-                for a in analyses):  # (an Analysis, or an object of its shape)
-        raise OptionError(f"analyses must be a list of registered analysis names or Analysis objects, not {analyses!r}")
-    named = [a for a in analyses if isinstance(a, str)]  # registered analyses given by name
-    if named:
-        config.analyses = list(dict.fromkeys([*config.analyses, *named]))
-    analyses = [a for a in analyses if not isinstance(a, str)]
+    analyses = _given_analyses(analyses, config)
     validate_run_options(config)
     if config.engine == "ray" and (spec := pair.provenance.get("load_spec")):
         check_engine_device("ray", spec["options"].get("device", "cpu"))
@@ -277,6 +283,8 @@ def run(
                                   config.max_batch_tokens)) is not None:
         run_warnings.append(over)
     store = RunStore(out) if out is not None else None
+    if (stored := finished_read_only(out, record, prompts, config, resume, overwrite)) is not None:
+        return stored  # (a finished run on a share this process cannot write: as it stands)
     # one process per run directory; models a training loop gave in memory compute in eval mode and go on training
     with store.lock() if store is not None else contextlib.nullcontext(), pair.borrowed():
         records: list[CellRecord] = []

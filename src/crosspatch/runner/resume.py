@@ -92,6 +92,43 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
     return RunResult(summary, records, no_div, stored, path, stored_analyses(store, skip_torn_tail=True))
 
 
+def finished_read_only(out: str | Path | None, record: dict, prompts: list[Prompt], config: RunConfig,
+                       resume: bool = True, overwrite: bool = False) -> RunResult | None:
+    """The stored result of ``out`` when this process cannot write there and it already holds the
+    very run ``record`` describes (its fingerprint: the same models, options, boundaries and
+    prompts), finished with its reports written: :func:`~crosspatch.runner.pipeline.run` given
+    models in memory returns it as it stands, as the command line does (:func:`finished_result`),
+    where recomputing it would only fail to write what is there. None otherwise (a writable
+    directory, another or an unfinished run: the normal path resumes, refuses or names the write
+    error; no ``out``, ``resume=False`` or ``overwrite``: the same). Nothing is written."""
+    import os
+
+    if out is None or not resume or overwrite:
+        return None
+    path = Path(out)
+    if not path.is_dir() or os.access(path, os.W_OK | os.X_OK):
+        return None
+    if config.until_ci_width is not None or config.synthetic_nulls or config.verify_fp32:
+        return None  # these decide or measure in the session itself
+    store = RunStore(path)
+    try:
+        stored = store.config()
+        if stored.get("fingerprint") != record.get("fingerprint"):
+            return None
+        boundaries = stored["resolved_boundaries"]
+        records, no_div = store.load_records(), store.load_no_divergence()
+        if not {p.id for p in prompts} <= completed_prompts(records, no_div, boundaries):
+            return None
+        summary = store.summary()
+        if not all((path / name).is_file() for name in finished_outputs(boundaries)):
+            return None
+    except (CrosspatchError, OSError, KeyError, TypeError, ValueError):
+        return None  # anything unusual: the normal path decides, with its named errors
+    from .finished import stored_analyses
+
+    return RunResult(summary, records, no_div, stored, path, stored_analyses(store, skip_torn_tail=True))
+
+
 def refuse_before_loading(out: str | Path, prompts, config: RunConfig, resume: bool = True,
                           models: tuple[str, dict[str, str], object] | None = None) -> None:
     """Before any model loads, what the run would refuse in ``out`` once both models had loaded
