@@ -748,6 +748,37 @@ def test_a_pyarrow_table_and_a_polars_dataframe_are_prompt_tables():
     assert [(p.id, p.prompt) for p in as_prompts(PolarsLike())] == [("a", "Fog?")]
 
 
+def test_prompts_with_validators_and_chats_read_through_arrow_are_the_jsonl_rows(tmp_path):
+    """Arrow gives every struct of a column the fields of all of them: a regex rule beside a
+    sections rule came back with ``required: null`` (a pyarrow Table, a Dataset, a Parquet file),
+    refused as an unknown field; pandas' Parquet reader gave nested lists as numpy arrays ("validator
+    must be an object, not ndarray"). Each is the same prompts as the JSONL rows; a DataFrame's
+    unnamed index is no field, a named one is."""
+    import datasets
+    import pandas as pd
+    import pyarrow as pa
+
+    rows = [{"id": "a", "prompt": "Rain in", "validator": [{"type": "regex", "pattern": "mm", "flags": "i"},
+                                                           {"type": "sections", "required": ["### End"]}]},
+            {"id": "b", "prompt": "Snow in", "validator": [{"type": "json", "required": ["x"], "types": {"x": "number"}}]},
+            {"id": "c", "prompt": "Fog in", "validator": [{"type": "json", "types": {"y": "string"}}]}]
+    want = as_prompts(rows)
+    frame = pd.DataFrame(rows)
+    frame.to_parquet(tmp_path / "p.parquet")
+    frame.iloc[1:].to_parquet(tmp_path / "sliced.parquet")  # an index from 1: stored as a column of its own
+    frame.set_index("id").to_parquet(tmp_path / "indexed.parquet")  # the ids as the index: a field still
+    for given in (pa.Table.from_pylist(rows), datasets.Dataset.from_list(rows), tmp_path / "p.parquet",
+                  tmp_path / "indexed.parquet"):
+        assert as_prompts(given) == want, given
+    assert as_prompts(tmp_path / "sliced.parquet") == want[1:]
+    chats = [{"id": "s", "messages": [{"role": "system", "content": "Brief."}, {"role": "user", "content": "Rain?"}]},
+             {"id": "t", "messages": [{"role": "user", "content": "Snow?", "name": "ana"}]}]
+    pd.DataFrame(chats).to_parquet(tmp_path / "chats.parquet")
+    assert as_prompts(tmp_path / "chats.parquet") == as_prompts(pa.Table.from_pylist(chats)) == as_prompts(chats)
+    with pytest.raises(PromptFileError, match="field 'pattern' is missing"):  # a required field given as null
+        as_prompts([{"id": "a", "prompt": "Rain in", "validator": {"type": "regex", "pattern": None}}])
+
+
 def test_an_image_field_that_is_no_usable_path_is_named(tmp_path):
     """An image path with a NUL byte (ValueError) or longer than the file system allows (OSError:
     File name too long) surfaced as Python errors while the prompt file was read; a missing file

@@ -15,7 +15,7 @@ from crosspatch.inputs.validators import parse_validator, render_validator_docs
 
 @pytest.mark.parametrize("spec, message", [
     ({"type": "regex", "pattern": "x", "flags": 5}, "field 'flags': Input should be a valid string"),
-    ({"type": "regex", "pattern": "x", "flags": None}, "field 'flags': Input should be a valid string"),
+    ({"type": "regex", "pattern": "x", "flags": 1}, "field 'flags': Input should be a valid string"),
     ({"type": "regex", "pattern": "x", "flags": "iq"}, "field 'flags': String should match"),
     ({"type": "number", "value": 10**400}, "field 'value': the number is too large"),
     ({"type": "number", "value": True}, "field 'value' must be a number"),

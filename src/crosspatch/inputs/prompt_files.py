@@ -8,6 +8,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -237,12 +238,19 @@ def read_table(path: Path, fields: dict[str, str] | None = None) -> list[tuple[s
                 frame = pd.read_csv(io.StringIO(text), sep=delimiter, dtype={fields.get("id", "id"): str, fields.get("category", "category"): str}, keep_default_na=False, na_values=[""],
                                     index_col=False)
             first_line = 2  # header is line 1
-        else:
-            frame = pd.read_parquet(io.BytesIO(_read_bytes(path)) if path.suffix in COMPRESSIONS else path)
-            first_line = 1
+        else:  # through pyarrow itself: nested cells (a validator's rules, a chat's turns) as Python lists and dicts
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(io.BytesIO(_read_bytes(path)) if path.suffix in COMPRESSIONS else path)
+            # a DataFrame's unnamed index is no field (a named one, e.g. set_index("id"), is one)
+            index = (table.schema.pandas_metadata or {}).get("index_columns") or []
+            table = table.drop_columns([c for c in index if isinstance(c, str) and c in table.column_names
+                                        and re.fullmatch(r"__index_level_\d+__", c)])
+            check_columns(source_columns(table.column_names, fields), str(path))
+            return [(f"{path}:{i + 1}", rec) for i, rec in enumerate(table.to_pylist())]
     except PromptFileError:
         raise
-    except Exception as exc:  # pandas raises many parser types
+    except Exception as exc:  # pandas and pyarrow raise many parser types
         raise PromptFileError(f"{path}: cannot be read as {kind[1:]} ({exc})") from exc
     check_columns(source_columns(frame.columns, fields), str(path))
     return [(f"{path}:{i + first_line}", rec) for i, rec in enumerate(frame.to_dict(orient="records"))]

@@ -197,12 +197,24 @@ def _explain_all(errors: list) -> str:
     return "; ".join(seen.values())
 
 
+def _without_nulls(value):
+    """``value`` with every null-valued key of its objects left out, at any depth: a field given as
+    null is a field not given. (Rows read through Arrow, a pyarrow Table, a Parquet file or a
+    ``datasets.Dataset``, give each rule every field any rule of the column has, the others null.)"""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def parse_validator(spec, where: str) -> Validator:
     """A validator from a prompt row's ``validator`` field (one rule or a list of rules), checked
     against the schema of its rule type with strict types (no coercion: ``"no"`` is not a
     boolean): every malformed rule is a :class:`PromptFileError` naming ``where`` (file and
-    line), the field and what it must be."""
-    rules = spec if isinstance(spec, list) else [spec]
+    line), the field and what it must be. A field given as null is not given (its default, or
+    named as missing where it is required)."""
+    rules = [_without_nulls(rule) for rule in (spec if isinstance(spec, list) else [spec])]
     if not rules:
         raise PromptFileError(f"{where}: field 'validator' is an empty list")
     out = []
@@ -228,7 +240,9 @@ def render_validator_docs() -> str:
     lines = ["# Validator specs", "",
              "A prompt's `validator` field holds one rule or a list of rules (all must pass). Each rule is an "
              "object whose `type` selects one of the schemas below; types are strict (`\"no\"` is not a boolean, "
-             "`5` is not a string), unknown fields are refused, and every malformed rule is a `PromptFileError` "
+             "`5` is not a string), unknown fields are refused, a field given as `null` is one not given (so rules "
+             "read back from Arrow, Parquet or a `datasets.Dataset`, which give each rule every field of its "
+             "column, are the rules written), and every malformed rule is a `PromptFileError` "
              "naming the file, line, field and what it must be. Generated from `crosspatch.inputs.validators` "
              "(`validator_schema()` gives the JSON Schema); a test keeps this page in sync.", ""]
     for name in ("ExactRule", "RegexRule", "SectionsRule", "NumberRule", "JsonRule"):
