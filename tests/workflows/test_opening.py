@@ -1,5 +1,5 @@
-"""``crosspatch.open_run`` on the practitioner workflows' directories: a preflight's and a
-splice's output open as the results the commands returned, from their JSON alone."""
+"""``crosspatch.open_run`` on the practitioner workflows' directories: a preflight's, a splice's
+and a merge-check's output open as the results the commands returned, from their JSON alone."""
 
 from __future__ import annotations
 
@@ -52,6 +52,54 @@ def test_a_preflight_or_splice_directory_opens_as_its_result(tmp_path):
         crosspatch.open_run(tmp_path / "splice")
     with pytest.raises(NotARunDirectoryError):
         crosspatch.open_run(tmp_path)
+
+
+MERGE_SPLICE = {"inputs": {"config": "..."}, "method": "passthrough", "kind": "splice", "base": "b",
+                "plan": {"early": "b", "late": "t", "boundary": 4, "num_layers": 6},
+                "this_chimera": "base early + tuned late", "receives": "the tuned model's layers 4..5 would receive <b>",
+                "validator_pass_rate": 0.25, "same_as_tuned": 0.0, "diagnostic": None, "verdict": "portable"}
+MERGE_WEIGHTS = {"inputs": {"config": "..."}, "method": "ties", "kind": "weights", "base": "b", "parents": ["t", "u"],
+                 "preflight": {"passed": True, "checks": [{"name": "merged-changes", "status": "pass", "summary": "ok"}]},
+                 "diagnostic": {"merge": {"verdict": "portable", "boundary": 2, "model": None}}}
+
+
+def test_a_merge_check_directory_opens_as_the_dict_the_command_returned(tmp_path):
+    """merge_check returned a plain dict and open_run named its directory "not a run": both are a
+    MergeCheckResult now, the document itself (a dict) with a notebook card of its page's
+    sections, every text escaped; a damaged document, or one lacking its kind's keys, is named."""
+    from crosspatch.workflows.merge_result import MergeCheckResult
+
+    for name, document, says in (("mc1", MERGE_SPLICE, "passthrough: base early + tuned late at layer 4"),
+                                 ("mc2", MERGE_WEIGHTS, "ties: preflight pass, the merge's verdict portable")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "merge-check.json").write_text(json.dumps(document))
+        opened = crosspatch.open_run(tmp_path / name)
+        assert isinstance(opened, MergeCheckResult) and opened == document and opened.out == tmp_path / name
+        assert says in repr(opened) and opened.kind == document["kind"]
+        card = opened._repr_html_()
+        assert f"{tmp_path / name}/merge-check.html" in card and "<b>crosspatch merge-check" in card
+    assert "would receive &lt;b&gt;" in crosspatch.open_run(tmp_path / "mc1")._repr_html_()
+    for damaged in ({k: v for k, v in MERGE_SPLICE.items() if k != "plan"}, {**MERGE_WEIGHTS, "kind": "other"},
+                    {**MERGE_WEIGHTS, "preflight": {"passed": True}}):
+        (tmp_path / "mc1" / "merge-check.json").write_text(json.dumps(damaged))
+        with pytest.raises(CorruptRunFileError, match="not a crosspatch merge-check document"):
+            crosspatch.open_run(tmp_path / "mc1")
+
+
+def test_a_damaged_finished_document_is_named_when_the_same_command_reads_it_back(tmp_path):
+    """The same command again reads its finished document back: one damaged with its fingerprint
+    intact (checks of null) surfaced a TypeError as the result was printed."""
+    from crosspatch.workflows.output import fingerprint_of, finished_document
+
+    inputs = {"base": "b", "adapter": "a"}
+    (tmp_path / "pf").mkdir()
+    (tmp_path / "pf" / "preflight.json").write_text(json.dumps({**PREFLIGHT, "inputs": inputs,
+                                                                "fingerprint": fingerprint_of(inputs)}))
+    assert finished_document(tmp_path / "pf", "preflight", inputs)["checks"] == PREFLIGHT["checks"]
+    (tmp_path / "pf" / "preflight.json").write_text(json.dumps({**PREFLIGHT, "inputs": inputs, "checks": None,
+                                                                "fingerprint": fingerprint_of(inputs)}))
+    with pytest.raises(CorruptRunFileError, match="not a crosspatch preflight document.*checks"):
+        finished_document(tmp_path / "pf", "preflight", inputs)
 
 
 def test_a_preflight_written_into_a_run_directory_opens_as_the_run(tmp_path):

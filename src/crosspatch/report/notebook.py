@@ -1,4 +1,4 @@
-"""What a run, a compare, a lineage, a preflight or a splice shows when a notebook displays it (``_repr_html_``): the
+"""What a run, a compare, a lineage, a preflight, a splice or a merge-check shows when a notebook displays it (``_repr_html_``): the
 verdict and its sentence, the headline numbers with their 95% intervals and where the full
 report is — from the stored summary alone, every text escaped, formatted as the reports format
 it (torch-free, like the rest of :mod:`crosspatch.report`)."""
@@ -10,7 +10,7 @@ from html import escape
 from .collections import LINEAGE_COLUMNS, lineage_no_events, lineage_rows
 from .markdown import fmt_effect
 
-__all__ = ["compare_card", "lineage_card", "preflight_card", "run_card", "splice_card", "splice_table"]
+__all__ = ["compare_card", "lineage_card", "preflight_card", "run_card", "sections_card", "splice_card", "splice_table"]
 
 _STYLE = "font-family:system-ui,sans-serif;font-size:13px;line-height:1.4"
 _CELL = "text-align:left;white-space:nowrap;padding:1px 12px 1px 0"
@@ -102,3 +102,15 @@ def splice_card(document: dict, out=None) -> str:
     head = (f"<b>crosspatch splice</b>: {document.get('prompts', {}).get('count', 0)} prompts; per chimera the "
             "validator pass rate / continuations the same as the tuned model's")
     return f"<div style='{_STYLE}'><p>{head}</p>{_table(*splice_table(document))}{_where(out, 'splice.html')}</div>"
+
+
+def sections_card(head: str, sections, out=None, page: str = "report.html") -> str:
+    """A page's sections (:class:`~crosspatch.core.registry.Section`: title, paragraphs, tables)
+    under ``head`` as a block of HTML, every text escaped."""
+    parts = [f"<p><b>{escape(head)}</b></p>"]
+    for section in sections:
+        parts.append(f"<p><b>{escape(section.title)}</b></p>")
+        parts += [f"<p style='max-width:60em'>{escape(text)}</p>" for text in section.paragraphs]
+        parts += [_table(table.header, table.rows, prose_last=table.header[-1:] == ["finding"])
+                  for table in section.tables]
+    return f"<div style='{_STYLE}'>{''.join(parts)}{_where(out, page)}</div>"

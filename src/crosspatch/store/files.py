@@ -93,7 +93,7 @@ def not_a_run_message(path: Path) -> str:
         if workflow is not None:  # (its command's exit code is its gate; open_run reads it)
             inside = sorted(str(c.parent) for c in [*path.glob("*/config.json"), *path.glob("*/*/config.json")])
             return (f"{path} holds the output of crosspatch {workflow} ({workflow}.json), not a run: its result is "
-                    "that file" + (" (crosspatch.open_run reads it)" if workflow != "merge-check" else "")
+                    "that file (crosspatch.open_run reads it)"
                     + ("; `crosspatch preflight` itself exits 1 when a check fails" if workflow == "preflight" else "")
                     + (f"; the run directories inside: {', '.join(inside[:5])}" if inside else ""))
         return f"{path} is not a crosspatch run directory (no config.json)"
@@ -285,7 +285,7 @@ _LISTED = {"lineage.json": ("stages", "by_stage"), "compare.json": ("descendants
 
 def read_checked_document(path: Path) -> dict:
     """A collection's or workflow's JSON document (``compare.json``, ``lineage.json``,
-    ``preflight.json``, ``splice.json``) checked against its schema, and what its pages walk
+    ``preflight.json``, ``splice.json``, ``merge-check.json``) checked against its schema, and what its pages walk
     against what they index: a damaged one is a :class:`CorruptRunFileError`, never a Python
     error where it is read."""
     data = read_json_object(path, path.name)
@@ -295,10 +295,10 @@ def read_checked_document(path: Path) -> dict:
         absent = [x for x in data.get(listed) or [] if x not in (data.get(scored) or {})]
         if absent:
             problems.append(f"{listed} without their scores: {', '.join(map(str, absent[:5]))}")
-    if not problems and path.name == "splice.json":  # (every boundary's table has the first one's columns)
-        names = [sorted(block["chimeras"]) for block in data["boundaries"].values()]
-        if any(n != names[0] for n in names):
-            problems.append("boundaries with other chimeras than the first one's")
+    if not problems:  # (a merge-check's keys of its kind; a splice's every boundary with the first one's columns)
+        from .workflow_schemas import kind_problems
+
+        problems += kind_problems(path.name, data)
     if problems:
         raise CorruptRunFileError(f"{path}: not a crosspatch {path.stem} document: it does not match its schema "
                                   f"(docs/schemas.md): {'; '.join(problems[:3])}")

@@ -1,6 +1,7 @@
 """The files crosspatch writes, described as TypedDicts (in the manner of lm-evaluation-harness's
 ``result_schema.py``): ``config.json`` and ``summary.json`` of a run directory, ``compare.json`` and
-``lineage.json`` of a collection, ``preflight.json`` and ``splice.json`` of the workflows. They are
+``lineage.json`` of a collection, and (:mod:`crosspatch.store.workflow_schemas`) ``preflight.json``,
+``splice.json`` and ``merge-check.json`` of the workflows. They are
 checked when written and when read (:func:`check_document`, with pydantic), and docs/schemas.md is
 rendered from them (:mod:`crosspatch.store.schema_docs`; a test keeps it in sync). Keys not listed are allowed: plug-ins add
 their own blocks to ``summary.json`` under their registered name.
@@ -291,70 +292,21 @@ class LineageDocument(TypedDict, total=False):
     warnings: list[str]  # the model set's warnings (the lineage's run repeats them in its summary.json)
 
 
-@with_config(ConfigDict(extra="allow"))
-class PreflightCheck(TypedDict, total=False):
-    """One check of ``preflight.json``: pass, warn or fail, what it found, and its numbers."""
-
-    name: Required[str]
-    status: Required[str]
-    summary: Required[str]
-    causes: Required[list[str]]
-    numbers: dict[str, Any]
-
-
-@with_config(ConfigDict(extra="allow"))
-class PreflightDocument(TypedDict, total=False):
-    """``preflight.json``: is the adapter (or merge) active and sound, before it ships."""
-
-    schema_version: str
-    fingerprint: str
-    inputs: Required[dict[str, Any]]
-    passed: Required[bool]
-    checks: Required[list[PreflightCheck]]
-    prompts: dict[str, Any]
-    generations: list[dict[str, Any]]
-    warnings: list[str]
-
-
-@with_config(ConfigDict(extra="allow"))
-class SpliceChimera(TypedDict, total=False):
-    """One chimera of ``splice.json`` (an early stack under a late one) and what its continuations did."""
-
-    early: str
-    late: str
-    outputs: list[dict[str, Any]]
-    validator_pass_rate: Optional[float]
-    validated: int
-    same_as_tuned: Required[float]
-    median_departure: Optional[float]
-
-
-class SpliceBoundary(TypedDict):
-    chimeras: dict[str, SpliceChimera]
-
-
-@with_config(ConfigDict(extra="allow"))
-class SplicePrompts(TypedDict, total=False):
-    count: Required[int]
-    ids: list[str]
-
-
-@with_config(ConfigDict(extra="allow"))
-class SpliceDocument(TypedDict, total=False):
-    """``splice.json``: what a layer-range merge would write, per boundary and chimera."""
-
-    schema_version: str
-    fingerprint: str
-    inputs: dict[str, Any]
-    num_layers: int
-    prompts: Required[SplicePrompts]
-    boundaries: Required[dict[str, SpliceBoundary]]
-    diagnostic: dict[str, Any]
-    warnings: list[str]
-
+# (the workflows' documents: preflight, splice, merge-check, in a module of their own)
+from .workflow_schemas import (  # noqa: E402
+    MergeCheckDocument,
+    PreflightCheck,
+    PreflightDocument,
+    SpliceBoundary,
+    SpliceChimera,
+    SpliceDocument,
+    SplicePrompts,
+)
 
 DOCUMENTS = {"config.json": RunConfigRecord, "summary.json": Summary, "compare.json": CompareDocument,
-             "lineage.json": LineageDocument, "preflight.json": PreflightDocument, "splice.json": SpliceDocument}
+             "lineage.json": LineageDocument, "preflight.json": PreflightDocument, "splice.json": SpliceDocument,
+             "merge-check.json": MergeCheckDocument}
+__all__ = ["DOCUMENTS", "PreflightCheck", "SpliceBoundary", "SpliceChimera", "SplicePrompts", "check_document"]
 _ADAPTERS: dict[str, TypeAdapter] = {}
 
 

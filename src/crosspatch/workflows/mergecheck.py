@@ -32,12 +32,13 @@ from ..inputs.text import read_text
 from ..models.options import plain_scalar
 from ..models.own_forward import without_autocast
 from ..store import check_out_path
+from .merge_result import MergeCheckResult, merge_check_sections
 
 KIND = "merge-check"
 SCHEMA = "crosspatch.merge-check/1"
 
 
-__all__ = ["UnsupportedMergeConfigError", "merge_check", "read_merge_config", "splice_plan"]
+__all__ = ["MergeCheckResult", "UnsupportedMergeConfigError", "merge_check", "read_merge_config", "splice_plan"]
 
 
 def _mergekit():
@@ -172,9 +173,11 @@ def splice_plan(config) -> SplicePlan:
 
 @without_autocast()  # whatever a caller computes in: its autocast would move the weights' sums
 def merge_check(config_path: str | Path, prompts, base: str | None = None, out: str | Path | None = None,
-                max_new_tokens: int = 32, options=None, progress=None) -> dict:
+                max_new_tokens: int = 32, options=None, progress=None) -> MergeCheckResult:
     """Evaluate a mergekit configuration (see the module docstring); returns the document
-    written as ``merge-check.json`` (with ``.md``/``.html``) into ``out``."""
+    written as ``merge-check.json`` (with ``.md``/``.html``) into ``out``, as a
+    :class:`~crosspatch.workflows.merge_result.MergeCheckResult` (a dict, shown in a notebook as
+    its page)."""
     from ..execution.roles import model_path_arg
     from ..models.loading import LoadOptions, validate_load_options
     from .output import fingerprint_of, finished_document, progress_function
@@ -210,7 +213,7 @@ def merge_check(config_path: str | Path, prompts, base: str | None = None, out: 
             _check_named_model(path)
         stored = finished_document(out, KIND, inputs, own_entries=("splice",))
         if stored is not None:
-            return stored
+            return MergeCheckResult(stored, out)
         from .splice import chimera_name, splice
 
         say(f"passthrough splice at layer {plan.boundary}: {plan.early} below, {plan.late} above")
@@ -227,11 +230,11 @@ def merge_check(config_path: str | Path, prompts, base: str | None = None, out: 
                     "diagnostic": (result.document.get("diagnostic") or {}).get(str(plan.boundary)),
                     "verdict": (result.document.get("diagnostic") or {}).get("verdict")}
         _write(out, document)
-        return document
+        return MergeCheckResult(document, out)
     return _weight_merge(config, config_path, prompts, base, out, max_new_tokens, options, inputs, say)
 
 
-def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, options, inputs, say) -> dict:
+def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, options, inputs, say) -> MergeCheckResult:
     import crosspatch
 
     from ..execution import load_models
@@ -251,7 +254,7 @@ def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, optio
         _check_named_model(path)
     stored = finished_document(out, KIND, inputs, own_entries=("runs",))
     if stored is not None:
-        return stored
+        return MergeCheckResult(stored, out)
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
@@ -290,7 +293,7 @@ def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, optio
                                                                   for c in checks.document["checks"]]},
                 "diagnostic": diagnostic}
     _write(out, document)
-    return document
+    return MergeCheckResult(document, out)
 
 
 def _slice_models(config) -> list[str]:
@@ -332,33 +335,10 @@ def _check_depth(model: str, position: int, what: str) -> None:
                                           f"evaluates {what} that keep the depth")
 
 
-def _sections(document: dict):
-    from ..core.registry import Section, Table
-    from .splice import _ci
-
-    if document["kind"] == "splice":
-        d = document.get("diagnostic") or {}
-        rate = document["validator_pass_rate"]
-        return [Section("Layer splice", [
-            f"{document['method']} configuration: {document['this_chimera']} at layer {document['plan']['boundary']} "
-            f"of {document['plan']['num_layers']}; {document['receives']}.",
-            f"Its continuations: validator pass rate {'n/a' if rate is None else f'{rate:.0%}'}, identical to the tuned "
-            f"model's on {document['same_as_tuned']:.0%} of prompts (all four chimeras: splice/splice.html).",
-            f"Cross-patching there: E_PT {_ci(d.get('E_PT'))}, E_IT {_ci(d.get('E_IT'))}, interaction "
-            f"{_ci(d.get('interaction'))}; verdict {document.get('verdict')}."])]
-    rows = [[role if not v.get("model") else f"{role} ({v['model']})", str(v.get("boundary")), _ci(v.get("E_PT")), _ci(v.get("E_IT")), _ci(v.get("interaction")),
-             str(v.get("verdict"))] for role, v in document["diagnostic"].items()]
-    checks = document["preflight"]["checks"]
-    return [Section("Preflight of the merge", [f"against base {document['base']}"],
-                    [Table(["check", "status", "finding"], [[c["name"], c["status"], c["summary"]] for c in checks])]),
-            Section("The merge and its parents against the base", [],
-                    [Table(["model", "boundary", "E_PT", "E_IT", "interaction", "verdict"], rows)])]
-
-
 def _write(out, document: dict) -> None:
     if out is None:
         return
     from .output import write_outputs
 
     write_outputs(out, KIND, document, "crosspatch merge-check", [f"mergekit merge_method: {document['method']}"],
-                  _sections(document))
+                  merge_check_sections(document))

@@ -27,8 +27,8 @@ def fingerprint_of(inputs: dict) -> str:
 
 def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run_dir: bool = False,
                       own_entries: tuple[str, ...] = ()) -> dict | None:
-    """The stored ``<kind>.json`` of ``out`` when it was written for these ``inputs`` (resume),
-    None for a new or empty directory; a :class:`RunDirectoryNotEmptyError` for a directory that
+    """The stored ``<kind>.json`` of ``out`` when it was written for these ``inputs`` (resume;
+    one that does not match its schema is a :class:`CorruptRunFileError`), None for a new or empty directory; a :class:`RunDirectoryNotEmptyError` for a directory that
     holds anything else (a crosspatch run directory is accepted with ``allow_run_dir``: the
     workflow adds its file and a section to the run's reports) and a
     :class:`RunSettingsMismatchError` for the same workflow on other inputs. ``own_entries``: names
@@ -57,7 +57,9 @@ def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run
                 "(its result rules changed)")
             raise RunSettingsMismatchError(f"{path} holds a {kind} {what}; choose another --out, nothing was "
                                            "overwritten")
-        return document
+        from ..store.files import read_checked_document
+
+        return read_checked_document(document_path)  # (a damaged one: named, never shown as the result)
     # this workflow's pages written before its document, or any of its files a kill cut short: an
     # interrupted write (the document, written last, marks a result done), rewritten now
     partial = {f"{kind}.md", f"{kind}.html"} | {f"{kind}.{ext}.tmp" for ext in ("json", "md", "html")}
