@@ -130,6 +130,14 @@ class DeviceMemoryError(CrosspatchError):
     out of memory are split and retried automatically)."""
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is running out of memory: torch's device OOM (CUDA, MPS, XPU:
+    ``OutOfMemoryError``), Python's ``MemoryError``, or torch's CPU allocator failing (a
+    ``RuntimeError`` naming ``DefaultCPUAllocator``: a container's memory limit, no overcommit)."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and "DefaultCPUAllocator" in str(exc))
+
+
 class EngineWorkerError(CrosspatchError):
     """A worker of the Ray engine died (killed, out of host memory, its node lost) while it
     processed a chunk; the chunks finished before are stored, so rerunning resumes."""

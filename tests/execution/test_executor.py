@@ -272,9 +272,9 @@ def test_a_token_budget_changes_batches_not_results(tmp_path, residency):
     assert worst <= 1e-5
 
 
-def _out_of_memory_above(mp, rows: int) -> list[int]:
-    """Every batched primitive the executor calls runs out of memory on more than ``rows``
-    sequences; returns the sizes that did (appended as they fail)."""
+def _out_of_memory_above(mp, rows: int, error=lambda n: torch.OutOfMemoryError(f"simulated: {n} sequences")) -> list[int]:
+    """Every batched primitive the executor calls runs out of memory (raises ``error(n)``) on more
+    than ``rows`` sequences; returns the sizes that did (appended as they fail)."""
     failed = []
     for name, arg in (("capture_forward", 1), ("late_forward", 3), ("search_interleaved", 3),
                       ("rollout_states", 2), ("first_mismatch", 2)):
@@ -284,7 +284,7 @@ def _out_of_memory_above(mp, rows: int) -> list[int]:
                 n = next((m for m in range(1, n + 1) if not kw["fits"]([1] * m)), n + 1) - 1
             if n > rows:
                 failed.append(n)
-                raise torch.OutOfMemoryError(f"simulated: {n} sequences")
+                raise error(n)
             return real(*a, **kw)
         mp.setattr(executor_module, name, oom)
     return failed
@@ -307,6 +307,34 @@ def test_a_batch_that_runs_out_of_memory_is_split_and_the_results_stay(tmp_path,
     worst = max(abs(x.cells[n][c] - y.cells[n][c]) for x, y in zip(split.records, whole.records)
                 for n in READOUTS for c in CELLS)
     assert worst <= 1e-5
+
+
+def test_the_cpu_allocator_running_out_of_memory_splits_batches_as_a_device_does():
+    """torch's CPU allocator fails with a RuntimeError ("DefaultCPUAllocator: can't allocate
+    memory", under a container's memory limit), not MemoryError: it surfaced as a traceback where
+    a device's OOM halves the batch. Same events and cells; alone in its batch, the named error."""
+    from crosspatch.errors import DeviceMemoryError
+
+    def cpu_oom(n):
+        return RuntimeError(f"[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                            f"memory: you tried to allocate {n * 10**12} bytes. Error code 12 (Cannot allocate memory)")
+
+    pair = make_pair("llama", scale=0.2)
+    whole = run(pair, PROMPTS, batch_size=8, **OPTIONS)
+    with pytest.MonkeyPatch.context() as mp:
+        failed = _out_of_memory_above(mp, 2, cpu_oom)
+        split = run(pair, PROMPTS, batch_size=8, **OPTIONS)
+    assert failed and [r.key for r in split.records] == [r.key for r in whole.records] and whole.records
+    assert max(abs(x.cells[n][c] - y.cells[n][c]) for x, y in zip(split.records, whole.records)
+               for n in READOUTS for c in CELLS) <= 1e-5
+    with pytest.MonkeyPatch.context() as mp:
+        _out_of_memory_above(mp, 0, cpu_oom)
+        with pytest.raises(DeviceMemoryError, match="alone in its batch"):
+            run(pair, PROMPTS, batch_size=8, **OPTIONS)
+    with pytest.MonkeyPatch.context() as mp:  # any other RuntimeError is no memory to free: raised as it is
+        _out_of_memory_above(mp, 0, lambda n: RuntimeError("shape mismatch"))
+        with pytest.raises(RuntimeError, match="shape mismatch"):
+            run(pair, PROMPTS, batch_size=8, **OPTIONS)
 
 
 @pytest.mark.slow

@@ -11,13 +11,13 @@ import traceback
 from collections.abc import Generator
 from typing import Any, NoReturn
 
-from ..errors import AnalysisPluginError, CrosspatchError
+from ..errors import AnalysisPluginError, CrosspatchError, is_out_of_memory
 
 
 def _passes_through(exc: BaseException) -> bool:
     """Errors that are not the analysis' fault: crosspatch's own named errors (a device out of
     memory, a write that failed) and memory exhaustion, raised inside its program by a pass."""
-    return isinstance(exc, (CrosspatchError, MemoryError)) or type(exc).__name__ == "OutOfMemoryError"
+    return isinstance(exc, CrosspatchError) or is_out_of_memory(exc)
 
 
 def _where(exc: BaseException) -> str:

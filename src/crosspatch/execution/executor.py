@@ -21,7 +21,7 @@ from typing import Any, Callable, Generator, Sequence
 
 import torch
 
-from ..errors import DeviceMemoryError
+from ..errors import DeviceMemoryError, is_out_of_memory
 from ..models.forward import EventStates, capture_forward, late_forward, readout
 from ..models.vocab import masked_argmax
 from .batching import filled, length_batches
@@ -42,11 +42,6 @@ def pad_stack(rows: list[torch.Tensor]) -> torch.Tensor:
     for k, r in enumerate(rows):
         out[k, : r.shape[0]] = r
     return out
-
-
-# what running out of memory raises: torch's device OOM (CUDA, MPS, XPU), Python's MemoryError
-OUT_OF_MEMORY = tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError,
-                       MemoryError})
 
 
 def _free_memory() -> None:
@@ -390,11 +385,12 @@ class Executor:
 
 
 def _fits(work: Callable[[list[int]], None], batch: list[int]) -> bool:
-    """``work(batch)``; False (memory freed) when it ran out of memory."""
+    """``work(batch)``; False (memory freed) when it ran out of memory (:func:`is_out_of_memory`)."""
     try:
         work(batch)
         return True
-    except OUT_OF_MEMORY:
-        pass
+    except Exception as exc:  # noqa: BLE001 - anything else is raised again
+        if not is_out_of_memory(exc):
+            raise
     _free_memory()  # outside the handler: the traceback and the tensors it holds are gone
     return False
