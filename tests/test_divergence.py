@@ -75,6 +75,35 @@ def test_greedy_rollout_batched_equals_single_on_absolute_positions(prompts):
     assert batched == single
 
 
+def test_greedy_rollout_in_bounded_batches_halves_a_batch_that_runs_out_of_memory(prompts, monkeypatch):
+    """preflight and splice decoded every prompt in one batch (hundreds at once) with no way out of
+    memory but a traceback: ``max_rows`` bounds the batch, a batch that runs out of memory is
+    halved, and one prompt that does not fit alone is the named DeviceMemoryError."""
+    from crosspatch.errors import DeviceMemoryError
+    from crosspatch.execution import search
+
+    pair = make_pair("gpt2")
+    ids = [tokenize_once(pair.tokenizer_pt, pair.tokenizer_it, p["id"], p["prompt"]) for p in prompts]
+    whole = greedy_rollout(pair.it, ids, 12, pair)
+    assert greedy_rollout(pair.it, ids, 12, pair, max_rows=2) == whole
+    sizes, greedy = [], search._greedy
+
+    def out_of_memory_above(rows):
+        def decode(decoder, part, *a, **k):
+            sizes.append(len(part))
+            if len(part) > rows:
+                raise torch.OutOfMemoryError(f"simulated: {len(part)} rows")
+            return greedy(decoder, part, *a, **k)
+        return decode
+
+    monkeypatch.setattr(search, "_greedy", out_of_memory_above(1))
+    assert greedy_rollout(pair.it, ids, 12, pair, max_rows=4) == whole
+    assert sizes[:3] == [min(4, len(ids)), 2, 1] and max(sizes[3:]) == 1  # halved, then kept under what failed
+    monkeypatch.setattr(search, "_greedy", out_of_memory_above(0))
+    with pytest.raises(DeviceMemoryError, match="one prompt of .* tokens alone"):
+        greedy_rollout(pair.it, ids, 12, pair)
+
+
 def test_rows_that_end_leave_the_batch_and_the_others_decode_as_alone(prompts):
     """A row that emits EOS stops costing anything; the rows still decoding, and the states kept
     for every row (sequential residency's rollouts), are those of each row decoded alone."""

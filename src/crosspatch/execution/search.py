@@ -32,10 +32,35 @@ __all__ = ["CachedDecoder", "first_mismatch", "greedy_rollout", "history_interle
 
 
 def greedy_rollout(
-    handle: ModelHandle, prompts: list[list[int]], max_new_tokens: int, models
+    handle: ModelHandle, prompts: list[list[int]], max_new_tokens: int, models, max_rows: int | None = None
 ) -> list[list[int]]:
-    """Greedy continuations over the real vocabulary; each row stops after an EOS."""
-    return _greedy(new_decoder(handle, models), prompts, max_new_tokens, models)
+    """Greedy continuations over the real vocabulary; each row stops after an EOS. The prompts go
+    in batches of at most ``max_rows`` (all at once without); a batch that runs out of memory
+    (:func:`~crosspatch.errors.is_out_of_memory`) is halved and decoded again, later batches staying
+    under the size that failed, and one prompt that does not fit alone is a
+    :class:`~crosspatch.errors.DeviceMemoryError`."""
+    import gc
+
+    from ..errors import DeviceMemoryError, is_out_of_memory
+
+    rows, outputs = max(1, max_rows or len(prompts)), []
+    while len(outputs) < len(prompts):
+        part = prompts[len(outputs):len(outputs) + rows]
+        try:
+            outputs += _greedy(new_decoder(handle, models), part, max_new_tokens, models)
+            continue
+        except Exception as exc:  # noqa: BLE001 - anything but running out of memory is raised again
+            if not is_out_of_memory(exc):
+                raise
+        gc.collect()  # (outside the handler: its traceback and the tensors it held are gone)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(part) == 1:
+            raise DeviceMemoryError(
+                f"greedy decoding ran out of memory on one prompt of {len(part[0])} tokens alone in its batch: free "
+                "memory (--dtype bfloat16 halves it), or shorten the prompts or --max-new-tokens")
+        rows = (len(part) + 1) // 2
+    return outputs
 
 
 def _greedy(decoder: CachedDecoder, prompts: list[list[int]], max_new_tokens: int, models,

@@ -15,6 +15,9 @@ from pathlib import Path
 from ..core.registry import Section
 from ..errors import CorruptRunFileError, RunDirectoryNotEmptyError, RunSettingsMismatchError
 
+# prompts preflight and splice decode at once (a run's default --batch-size); halved where a batch runs out of memory
+WORKFLOW_ROWS = 128
+
 
 def fingerprint_of(inputs: dict) -> str:
     """The fingerprint of a workflow's ``inputs`` under this crosspatch's result rules

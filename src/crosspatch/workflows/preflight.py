@@ -41,6 +41,7 @@ from ..inputs.prompts import prompts_label
 from ..models.options import plain_scalar
 from ..models.own_forward import without_autocast
 from ..store import check_out_path
+from .output import WORKFLOW_ROWS
 from .preflight_checks import _changes_check, _domain_check, _first_divergences, _health_check, _merge_check, _precision
 from .preflight_measures import Agreement, _chunks, _logits, _prompt_texts, adapter_weight_report, read_domain_text
 from .preflight_policy import KIND, SCHEMA, Check, PreflightPolicy, PreflightResult
@@ -175,7 +176,7 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     for role in roles:
         say(f"generating: {role}")
         with models.use(role) as handle:
-            outputs[role] = greedy_rollout(handle, encoded, max_new_tokens, models)
+            outputs[role] = greedy_rollout(handle, encoded, max_new_tokens, models, WORKFLOW_ROWS)
     reference = "adapter" if adapter else "merged"
     sequences = [p + o for p, o in zip(encoded, outputs[reference])]
     real = models.real_vocab

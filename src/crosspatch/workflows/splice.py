@@ -38,6 +38,7 @@ from ..core.registry import Section, Table
 from ..errors import OptionError, PromptFileError
 from ..models.own_forward import without_autocast
 from ..store import check_out_path
+from .output import WORKFLOW_ROWS
 
 KIND = "splice"
 SCHEMA = "crosspatch.splice/1"
@@ -120,15 +121,15 @@ def generate_chimera(models, early: str, late: str, boundary: int, prompts: list
 
     if early == late:
         with models.use(roles[early]) as handle:
-            return greedy_rollout(handle, prompts, max_new_tokens, models)
+            return greedy_rollout(handle, prompts, max_new_tokens, models, WORKFLOW_ROWS)
     with models.use(roles["base"]) as base, models.use(roles["tuned"]) as tuned:
         if tuned.adapter_enabled and tuned.module is base.module:  # one copy of the weights + a PEFT adapter
             with tuned.active(), adapter_only_on(tuned, boundary, "late" if late == "tuned" else "early"):
                 plain = _AdapterAsIs(tuned)
-                return greedy_rollout(plain, prompts, max_new_tokens, models)  # pyright: ignore[reportArgumentType] - a handle view
+                return greedy_rollout(plain, prompts, max_new_tokens, models, WORKFLOW_ROWS)  # pyright: ignore[reportArgumentType] - a handle view
         early_handle, late_handle = (base, tuned) if early == "base" else (tuned, base)
         with swapped_late_stack(early_handle, late_handle, boundary):
-            return greedy_rollout(early_handle, prompts, max_new_tokens, models)
+            return greedy_rollout(early_handle, prompts, max_new_tokens, models, WORKFLOW_ROWS)
 
 
 class _AdapterAsIs:
