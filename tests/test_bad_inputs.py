@@ -469,6 +469,9 @@ CASES = [
              {**json.loads((d / "config.json").read_text()), "architectures": ["LlamaForSequenceClassification"]})))),
          "UnsupportedArchitectureError"),
     Case("models", "a checkpoint that lacks a weight", lambda e: e.run_args(tuned=_lacking_weight(e)), "ModelLoadError"),
+    Case("models", "a checkpoint whose weights are saved as a variant only (model.fp16.safetensors)",
+         lambda e: e.run_args(tuned=_model_dir(e, "variant_weights", lambda d: (d / "model.safetensors").rename(
+             d / "model.fp16.safetensors"))), "ModelLoadError"),
     Case("models", "a checkpoint directory without weight files",
          lambda e: e.run_args(tuned=_model_dir(e, "no_weights", lambda d: (d / "model.safetensors").unlink())),
          "ModelLoadError"),

@@ -185,6 +185,35 @@ def test_a_checkpoint_of_gguf_weights_says_what_they_are_and_how_to_convert_them
         check_model_path(str(tmp_path / "model-Q4_K_M.gguf"), "base")
 
 
+def test_weights_saved_as_a_variant_or_under_other_names_are_named_before_loading(tmp_path):
+    """save_pretrained(variant="fp16") writes model.fp16.safetensors (sharded: model.fp16-0000k-of-0000n
+    and model.safetensors.index.fp16.json), which loading without the variant does not read: it
+    failed with transformers' "no file named model.safetensors" after the other models had loaded.
+    A directory with the default weights beside a variant loads as before."""
+    import torch
+    from safetensors.torch import save_file
+
+    from crosspatch.models.paths import check_model_path
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 4}))
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.fp16.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"variant 'fp16' only \(model.fp16.safetensors.*from_pretrained\(DIR, "
+                                             r"variant='fp16'\).save_pretrained\(NEW_DIR\)"):
+        check_model_path(str(tmp_path), "tuned")
+    (tmp_path / "model.fp16.safetensors").rename(tmp_path / "model.fp16-00001-of-00001.safetensors")
+    (tmp_path / "model.safetensors.index.fp16.json").write_text(json.dumps(
+        {"weight_map": {"w": "model.fp16-00001-of-00001.safetensors"}}))
+    with pytest.raises(ModelLoadError, match=r"variant 'fp16' only"):
+        check_model_path(str(tmp_path), "tuned")
+    for other in tmp_path.glob("model.*"):
+        other.unlink()
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "weights.safetensors"))  # a name of one's own
+    with pytest.raises(ModelLoadError, match=r"names loading does not read \(weights.safetensors\).*model.safetensors"):
+        check_model_path(str(tmp_path), "tuned")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    check_model_path(str(tmp_path), "tuned")  # the default weights are there: loaded as ever
+
+
 @pytest.mark.parametrize("copy_as_quantization_config", [False, True])  # newer mlx_lm writes both keys
 def test_a_checkpoint_quantized_by_mlx_is_named_before_loading(tmp_path, copy_as_quantization_config):
     """mlx_lm's quantized checkpoints (packed uint32 weights beside scales and biases) read as a

@@ -108,8 +108,39 @@ def check_model_path(path: str, role: str, adapter: bool = False, revision: str 
             sharded = None if adapter else sharded_training_state(p)
             raise ModelLoadError(f"{flag} {path} has no weight files (no {wanted}): "
                                  + (sharded or "an incomplete download or copy?"))
+        if not adapter:
+            check_default_weight_names(p, weights, f"{flag} {path}")
         return
     check_hub_id(str(path), flag, "adapter_config.json" if adapter else "config.json", revision)
+
+
+# the weight files transformers loads from a checkpoint directory when no variant is asked for
+DEFAULT_WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                        "pytorch_model.bin.index.json")
+# a variant's files, as save_pretrained(variant=V) names them: model.V.safetensors, its shards and index
+_VARIANT = re.compile(r"(?:model|pytorch_model)\.([\w-]+?)(?:-\d+-of-\d+)?\.(?:safetensors|bin)"
+                      r"|(?:model\.safetensors|pytorch_model\.bin)\.index\.([\w-]+)\.json")
+
+
+def check_default_weight_names(root: Path, weights: list[Path], named: str) -> None:
+    """A checkpoint directory whose weight files are none that transformers loads by default
+    (:data:`DEFAULT_WEIGHT_NAMES`) is a ModelLoadError before any model loads (loading it failed
+    with "no file named model.safetensors" after the other models had loaded): a variant's files
+    (``model.fp16.safetensors``, as ``save_pretrained(variant="fp16")`` writes them) are named
+    with how to write the default ones; other names, with the names loading looks for."""
+    if any((root / name).is_file() for name in DEFAULT_WEIGHT_NAMES):
+        return
+    names = sorted({w.name for w in weights} | {f.name for f in root.glob("*.index.*.json")})
+    variants = sorted({v for n in names if (m := _VARIANT.fullmatch(n)) for v in m.groups() if v})
+    if variants:
+        raise ModelLoadError(
+            f"{named} holds its weights as the variant {variants[0]!r} only ({some_of(names)}, as "
+            f"save_pretrained(variant={variants[0]!r}) writes them), and crosspatch loads a checkpoint's default "
+            f"weights: write them once with AutoModelForCausalLM.from_pretrained(DIR, variant={variants[0]!r})"
+            ".save_pretrained(NEW_DIR) and give NEW_DIR")
+    raise ModelLoadError(f"{named} holds weight files under names loading does not read ({some_of(names)}): a "
+                         "checkpoint's weights are model.safetensors (or its shards with model.safetensors.index.json) "
+                         "or pytorch_model.bin, as save_pretrained writes them")
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
