@@ -75,21 +75,27 @@ def finished_result(out: str | Path, base: str, tuned: dict[str, str], adapters:
         parts = stored.get("fingerprint_inputs", {})
         if parts.get("prompts") != prompts_digest(all_prompts) or parts.get("result_rules") != RESULT_RULES:
             return None  # other prompts, or a result of an older crosspatch: the normal path says so
-        boundaries = stored["resolved_boundaries"]
-        if resolve_boundaries(config, stored["num_layers"]) != boundaries:
+        if resolve_boundaries(config, stored["num_layers"]) != stored["resolved_boundaries"]:
             return None
-        records, no_div = store.load_records(), store.load_no_divergence()
-        wanted = {p.id for p in select_shard(all_prompts, config.shard)}
-        if not wanted <= completed_prompts(records, no_div, boundaries):
-            return None
-        summary = store.summary()
-        if not all((path / name).is_file() for name in finished_outputs(boundaries)):
-            return None  # a run stopped while writing its reports (disk full): the normal path writes them
+        return _stored_if_finished(store, stored, {p.id for p in select_shard(all_prompts, config.shard)})
     except (CrosspatchError, OSError, KeyError, TypeError, ValueError):
         return None  # anything unusual: the normal path decides, with its named errors
+
+
+def _stored_if_finished(store: RunStore, stored: dict, wanted: set[str]) -> RunResult | None:
+    """The stored result of the run ``store`` holds (its config ``stored``) when every prompt of
+    ``wanted`` is done and its summary and reports are written, else None (a run stopped while
+    writing its reports, on a full disk: the normal path writes them)."""
     from .finished import stored_analyses
 
-    return RunResult(summary, records, no_div, stored, path, stored_analyses(store, skip_torn_tail=True))
+    boundaries = stored["resolved_boundaries"]
+    records, no_div = store.load_records(), store.load_no_divergence()
+    if not wanted <= completed_prompts(records, no_div, boundaries):
+        return None
+    summary = store.summary()
+    if not all((store.path / name).is_file() for name in finished_outputs(boundaries)):
+        return None
+    return RunResult(summary, records, no_div, stored, store.path, stored_analyses(store, skip_torn_tail=True))
 
 
 def finished_read_only(out: str | Path | None, record: dict, prompts: list[Prompt], config: RunConfig,
@@ -115,18 +121,9 @@ def finished_read_only(out: str | Path | None, record: dict, prompts: list[Promp
         stored = store.config()
         if stored.get("fingerprint") != record.get("fingerprint"):
             return None
-        boundaries = stored["resolved_boundaries"]
-        records, no_div = store.load_records(), store.load_no_divergence()
-        if not {p.id for p in prompts} <= completed_prompts(records, no_div, boundaries):
-            return None
-        summary = store.summary()
-        if not all((path / name).is_file() for name in finished_outputs(boundaries)):
-            return None
+        return _stored_if_finished(store, stored, {p.id for p in prompts})
     except (CrosspatchError, OSError, KeyError, TypeError, ValueError):
         return None  # anything unusual: the normal path decides, with its named errors
-    from .finished import stored_analyses
-
-    return RunResult(summary, records, no_div, stored, path, stored_analyses(store, skip_torn_tail=True))
 
 
 def refuse_before_loading(out: str | Path, prompts, config: RunConfig, resume: bool = True,
