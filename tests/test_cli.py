@@ -224,6 +224,34 @@ def test_square_brackets_in_paths_and_ids_are_printed_as_given_not_read_as_conso
     assert f"run directory: {out} (report.md" in " ".join(res.output.split()), res.output
 
 
+def test_control_characters_of_ids_and_paths_print_as_symbols_never_as_terminal_commands(saved_pair, tmp_path):
+    """A prompt id holding an ANSI escape ("\\x1b[2J" clears the screen) or a carriage return
+    reached the terminal raw in errors, warnings and tables: they print as symbols (␛, ␍)."""
+    from io import StringIO
+
+    from rich.table import Table
+    from rich.text import Text
+
+    from crosspatch.runner.progress import safe_console
+
+    bad = tmp_path / "p.jsonl"
+    bad.write_text(2 * (json.dumps({"id": "\x1b[2Ja\r", "prompt": "Rain"}) + "\n"))
+    res = CliRunner().invoke(app, ["run", "--base", str(saved_pair / "base"), "--tuned", str(saved_pair / "tuned"),
+                                   "--prompts", str(bad), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "field 'id'" in res.output and "\x1b" not in res.output, res.output
+    assert "\\x1b[2Ja\\r" in res.output or "␛[2Ja␍" in res.output  # (repr'd in the message, or shown as symbols)
+    table = Table("id")
+    table.add_row("\x1b[31mred\x07")
+    for console_options in ({}, {"force_terminal": True, "color_system": "standard"}):  # rich's own styles kept
+        out = StringIO()
+        console = safe_console(file=out, width=80, **console_options)
+        console.print(Text.assemble(("warning ", "yellow"), "id \x1b[31mx\x9b"), soft_wrap=True)
+        console.print(table)
+        text = out.getvalue()
+        assert "\x1b[31m" not in text and "id ␛[31mx�" in text and "␛[31m" in text.split("│")[1], repr(text)
+        assert ("\x1b[33m" in text) == bool(console_options)  # the warning's own colour
+
+
 def test_a_run_records_and_reports_where_its_prompts_were_read_from(tmp_path):
     """The prompt file's path is the run's provenance (config.json and both reports), never its
     identity: the same prompts read from another file, or given in Python, are the same run."""

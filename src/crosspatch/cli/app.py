@@ -13,6 +13,7 @@ from rich.text import Text
 from ..runner.config import load_policy  # noqa: F401  (the commands' policy files)
 from ..runner.config import parse_boundaries as _boundaries  # noqa: F401
 from ..runner.config import parse_boundary as _boundary  # noqa: F401
+from ..runner.progress import safe_console
 
 
 def _plain_argument_help() -> None:
@@ -82,13 +83,14 @@ app.add_typer(zoo_app, name="zoo")
 # No console markup: what crosspatch prints holds paths, model and role names, prompt ids and error
 # messages quoting them, and rich would read '[exp1]' in runs/[exp1] as a style (dropped from the
 # line) and '[/]' as a tag (MarkupError). Styles are given as Text spans instead.
-console = Console(stderr=True, markup=False)
+# Control characters (an ANSI escape in a prompt id or a token) print as symbols: runner.progress.safe_console.
+console = safe_console(stderr=True, markup=False)
 
 
 def _stdout() -> Console:
     """Console for result tables: never narrower than the tables when output is not a terminal."""
-    probe = Console(markup=False)
-    return probe if probe.is_terminal else Console(width=140, markup=False)
+    probe = safe_console(markup=False)
+    return probe if probe.is_terminal else safe_console(width=140, markup=False)
 
 
 def print_warnings(warnings) -> None:

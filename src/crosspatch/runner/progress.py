@@ -5,6 +5,8 @@ finishes, so that a slow machine can be told from a hang. Same interface as the 
 
 from __future__ import annotations
 
+import functools
+import re
 import sys
 import time
 from typing import Any, Callable
@@ -106,14 +108,66 @@ class StageClock:
         self.log(f"[{self.index}/{len(self.weights)}] {message} ({_clock(elapsed)} elapsed{eta})")
 
 
+# the control characters of text crosspatch prints (tab and newline aside): in a prompt id, a token,
+# a path, an ANSI escape would recolour or clear the terminal, a carriage return overwrite the line
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible_controls(text: str) -> str:
+    """``text`` with each control character shown as a symbol of one cell (Unicode's control
+    pictures, ``\x1b`` as ␛; DEL as ␡; the C1 controls as �), never sent to the terminal."""
+    return _CONTROL.sub(lambda m: chr(0x2400 + ord(m.group())) if m.group() < " " else "\u2421" if m.group() == "\x7f"
+                        else "\ufffd", text)
+
+
+@functools.lru_cache(maxsize=1)
+def _safe_console_class():
+    from rich.console import Console
+    from rich.segment import Segment
+
+    class SafeConsole(Console):
+        """A rich Console that shows the control characters of what it prints as symbols
+        (:func:`visible_controls`); rich's own styles and cursor movements are untouched. Text is
+        shown so before it is laid out; inside other renderables (a table's cells), as rendered."""
+
+        def print(self, *objects, **options):
+            return super().print(*(_visible(o) for o in objects), **options)
+
+        def render(self, renderable, options=None):
+            for segment in super().render(renderable, options):
+                if segment.control is None and _CONTROL.search(segment.text):
+                    segment = Segment(visible_controls(segment.text), segment.style)
+                yield segment
+
+    return SafeConsole
+
+
+def _visible(renderable):
+    """A string or rich ``Text`` with its control characters as symbols (the same length: a
+    Text's styles stay on their characters); anything else as it is."""
+    from rich.text import Text
+
+    if isinstance(renderable, str):
+        return visible_controls(renderable)
+    if isinstance(renderable, Text) and _CONTROL.search(renderable.plain):
+        shown = renderable.copy()
+        shown.plain = visible_controls(renderable.plain)
+        return shown
+    return renderable
+
+
+def safe_console(**options):
+    """A rich ``Console(**options)`` that never sends the control characters of user or model text
+    (an ANSI escape in a prompt id or a token) to the terminal: they print as symbols."""
+    return _safe_console_class()(**options)
+
+
 def say(enabled: bool | Callable[[str], Any], message: str) -> None:
     """``message`` to ``progress``: a function of one line, or standard error where it is True."""
     if callable(enabled):
         enabled(message)
     elif enabled:
-        from rich.console import Console
-
-        Console(stderr=True).print(message, soft_wrap=True, markup=False)
+        safe_console(stderr=True).print(message, soft_wrap=True, markup=False)
 
 
 def progress_display(enabled: bool | Callable[[str], Any]) -> Any:
@@ -122,10 +176,9 @@ def progress_display(enabled: bool | Callable[[str], Any]) -> Any:
     disabled display of the same interface) where ``enabled`` is False."""
     if callable(enabled):
         return LineProgress(emit=enabled)
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    console = Console(stderr=True)
+    console = safe_console(stderr=True)
     if enabled and not console.is_terminal:
         return LineProgress()
     return Progress(
