@@ -411,6 +411,28 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
         assert ("repeated_prompts control" in res.output) == bool(after)
 
 
+def test_dry_run_of_a_compare_or_lineage_sizes_named_descendants_and_lists_its_own_files(tmp_path):
+    """A compare's descendants given as NAME=PATH were sized as hub ids ("model sizes or free memory
+    unknown (hub ids not in the local cache)"), and its plan listed one run's files in --out."""
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "m")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    common = ["--prompts", str(prompts), "--max-new-tokens", "4", "--dry-run"]
+    res = CliRunner().invoke(app, ["compare", "--base", str(root / "base"), "--tuned", f"sft={root / 'tuned'}",
+                                   "--tuned", f"twin={root / 'base'}", "--out", str(tmp_path / "c"), *common])
+    output = " ".join(res.output.split())
+    assert res.exit_code == 0 and "residency: both (all 3 models" in output and "hub ids" not in output, output
+    assert (f"output: {tmp_path / 'c'}/ compare.json, report.md, report.html, a run directory per descendant (sft/, "
+            "twin/); each run directory: config.json,") in output, output
+    res = CliRunner().invoke(app, ["lineage", str(root / "base"), f"sft={root / 'tuned'}", "--out",
+                                   str(tmp_path / "l"), *common])
+    output = " ".join(res.output.split())
+    assert res.exit_code == 0 and f"output: {tmp_path / 'l'}/ lineage.json" in output and "(run/)" in output, output
+    assert not (tmp_path / "c").exists() and not (tmp_path / "l").exists()
+
+
 def test_dry_run_counts_the_text_the_chat_template_writes(tmp_path):
     """With --chat-template the plan's token count is that of the chats as the descendant's
     template renders them (every turn of a 'messages' row), not of their raw text."""

@@ -230,21 +230,25 @@ def _decoding_reach(config: RunConfig, layers: int | None, items) -> tuple[int |
 
 
 def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str], items, config: RunConfig,
-                options: LoadOptions, collection_runs=None) -> None:
-    """The --dry-run plan: everything decided before a weight is loaded. ``collection_runs(headline)``:
-    a compare's or lineage's runs, each the analyses it adds (for the work estimate)."""
+                options: LoadOptions, collection_runs=None, collection_files: str | None = None) -> None:
+    """The --dry-run plan: everything decided before a weight is loaded. ``tuned`` and ``adapters``
+    as given (``NAME=PATH`` or a path); ``collection_runs(headline)``: a compare's or lineage's
+    runs, each the analyses it adds (for the work estimate); ``collection_files``: what such a
+    command writes into ``out_dir`` besides its runs' directories (which hold a run's files)."""
     from ..analyses.controls import parse_controls
     from ..analyses.event_kinds import parse_event_kinds
     from ..analyses.repeated_prompts import find_repeats
     from ..execution import choose_residency, kv_bytes_per_token, largest_batch_tokens
     from ..execution.batching import over_batch_tokens, state_cache_bytes
+    from ..execution.roles import named_path
     from ..models.cached import checkable
     from ..models.config_dicts import config_hidden_size, local_config, local_num_layers
     from ..models.loading import DTYPES, load_tokenizer
     from ..runner.pipeline import resolve_boundaries, select_shard
 
     out = _stdout()
-    residency, reason = choose_residency(base, tuned, adapters, options)
+    residency, reason = choose_residency(base, [(named_path(p) or (None, p))[1] for p in tuned],
+                                         [(named_path(p) or (None, p))[1] for p in adapters], options)
     read = checkable(base, options.revision)  # (a hub id's whole snapshot in the local cache)
     layers = local_num_layers(read)
     prompts = select_shard(items, config.shard)
@@ -269,7 +273,6 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
     kinds, controls = parse_event_kinds(config.event_kinds), parse_controls(config.controls)
     lines.append(f"event kinds: {', '.join(kinds)}; controls: {', '.join(controls) or 'none'}")
     try:  # what the run reads (the first descendant's chat template; an image prompt with its image's tokens)
-        from ..execution.roles import named_path
         from ..runner.prepare import check_prompt_texts
 
         read_by = [((named_path(p) or (None, p))[1], False) for p in tuned] + \
@@ -312,9 +315,10 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
         largest = largest_batch_tokens(lengths, config.batch_size, config.max_batch_tokens)
         lines.append(f"KV cache of the largest decoding batch: up to {largest * per_token / 2**20:,.1f} MiB per model "
                      f"({largest:,} padded tokens; --max-batch-tokens lowers it)")
-    lines.append(f"output: {out_dir}/ config.json, events.jsonl, no_divergence.jsonl, summary.json, events.parquet, "
-                 "report.md, report.html" + (", control_*.jsonl" if controls else "")
-                 + (", sweep.png, sweep.svg" if bounds and len(bounds) > 1 else ""))
+    run_files = ("config.json, events.jsonl, no_divergence.jsonl, summary.json, events.parquet, report.md, report.html"
+                 + (", control_*.jsonl" if controls else "") + (", sweep.png, sweep.svg" if bounds and len(bounds) > 1 else ""))
+    lines.append(f"output: {out_dir}/ {collection_files}; each run directory: {run_files}" if collection_files
+                 else f"output: {out_dir}/ {run_files}")
     lines.append("dry run: no weight was loaded and nothing was written (the tokenizers read the prompts)")
     for line in lines:
         out.print(line, soft_wrap=True, markup=False)

@@ -49,7 +49,9 @@ def compare_cmd(target: CompareTarget, config: RunConfig, load: LoadOptions, ses
             from ..runner.compare import CrossDescendant
 
             return _print_plan(target.base, out, tuned, adapters, items, config, load, lambda b: [
-                [CrossDescendant(b, plan[role])] if role in plan else [] for role in roles])
+                [CrossDescendant(b, plan[role])] if role in plan else [] for role in roles],
+                "compare.json, report.md, report.html, a run directory per descendant ("
+                + ", ".join(f"{role}/" for role in roles) + ")")
         result = finished_compare(out, target.base, tuned_roles, adapter_roles, load, items, config, cross) \
             if session.resume and not session.overwrite else None
         if result is not None:  # the same command again on a finished compare: nothing to load or compute
@@ -121,7 +123,8 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
             from ..runner.lineage import StageScores
 
             return _print_plan(paths[0], out, tuned, adapters, items, config, load,
-                               lambda b: [[StageScores(b, list(names))]])
+                               lambda b: [[StageScores(b, list(names))]],
+                               "lineage.json, lineage.png, lineage.svg, report.md, report.html, the Base -> Final run (run/)")
         tuned_roles = {n: p for n, p in names.items() if p in tuned}
         adapter_roles = {n: p for n, p in names.items() if p in adapters}
         result = finished_lineage(out, paths[0], tuned_roles, adapter_roles, load, items, config, list(names), steps) \
