@@ -232,8 +232,8 @@ def test_a_workflow_document_of_an_older_crosspatch_is_not_read_back_as_this_ver
 
     inputs = {"base": "b", "adapter": "a"}
     monkeypatch.setattr("crosspatch.store.RESULT_RULES", "2000-01-01")
-    (tmp_path / "preflight.json").write_text(json.dumps({"fingerprint": fingerprint_of(inputs), "inputs": inputs}),
-                                             encoding="utf-8")
+    (tmp_path / "preflight.json").write_text(json.dumps({"fingerprint": fingerprint_of(inputs), "inputs": inputs,
+                                                         "passed": True, "checks": []}), encoding="utf-8")
     assert finished_document(tmp_path, "preflight", inputs) is not None
     monkeypatch.undo()
     with pytest.raises(RunSettingsMismatchError, match="another crosspatch"):
