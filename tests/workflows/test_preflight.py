@@ -230,6 +230,8 @@ def test_inputs_are_refused_before_any_model_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(execution, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(OptionError):
         preflight(str(Z / "base"))
+    with pytest.raises(OptionError, match="give a full fine-tuned checkpoint as merged="):  # (splice's name for it)
+        preflight(str(Z / "base"), tuned=str(Z / "it-full"))
     with pytest.raises(ModelPathNotFoundError):
         preflight(str(Z / "base"), adapter=str(tmp_path / "missing"))
     with pytest.raises(OptionError, match="unknown preflight policy"):

@@ -113,6 +113,9 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     from ..models.paths import check_model_path
     from .output import progress_function
 
+    if "tuned" in load_overrides:  # (splice's and run's name for a full fine-tune)
+        raise OptionError("preflight checks adapter= and/or merged=: give a full fine-tuned checkpoint as merged=, "
+                          "not tuned=")
     policy = policy if isinstance(policy, PreflightPolicy) else PreflightPolicy.from_dict(policy)
     options = LoadOptions.with_overrides(options, **load_overrides)
     validate_load_options(options)
