@@ -132,3 +132,35 @@ def test_an_untrained_adapter_in_the_hub_cache_is_named_too(tmp_path, hub):
     hub("org/trained", save_tiny_lora(tmp_path / "t")[1])
     assert "the descendant (org/fresh) changes nothing: all 4 of its lora_B" in inert_adapter("org/fresh", "the descendant")
     assert inert_adapter("org/trained") is None and inert_adapter("org/absent-adapter") is None
+
+
+def test_a_hub_id_cached_only_in_part_is_named_before_any_model_loads_while_offline(tmp_path, hub, monkeypatch):
+    """A snapshot with config.json but no weights (only the config fetched, or a download stopped
+    part way), or a shard its index names missing, failed offline only as it loaded (after the
+    base, for a 32B pair minutes); it is named before any model loads. Online, loading fetches what
+    is missing, so nothing is refused then."""
+    from crosspatch import execution
+    from crosspatch.errors import HubUnavailableError
+    from crosspatch.models import paths
+    from crosspatch.models.paths import check_model_path
+
+    monkeypatch.setattr(execution, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
+    hub("org/base", _saved(tmp_path, "base"))
+    config_only = hub("org/config-only", _saved(tmp_path, "config-only", seed=1))
+    (config_only / "model.safetensors").unlink()
+    sharded = hub("org/sharded", _saved(tmp_path, "sharded", seed=1, max_shard_size="20KB"))
+    next(sharded.glob("model-00002-of-*.safetensors")).unlink()
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "prompt": "Rain in Boston"}) + "\n")
+    for repo, lacks in (("org/config-only", "but no weights (model.safetensors or pytorch_model.bin)"),
+                        ("org/sharded", "but not every shard its index names")):
+        res = _run("--base", "org/base", "--tuned", repo, "--prompts", str(prompts), "--out", str(tmp_path / "r"))
+        output = " ".join(res.output.split())
+        assert res.exit_code == 2 and f"HubUnavailableError: --tuned {repo} is cached only in part" in output, output
+        assert lacks in output and f"huggingface-cli download {repo}" in output, output
+    with pytest.raises(HubUnavailableError, match="cached only in part.*no weights"):
+        check_model_path("org/config-only", "tuned")
+    check_model_path("org/base", "base")  # a whole snapshot passes
+    monkeypatch.setattr(paths, "hub_offline", lambda: False)  # online: loading fetches what is missing
+    monkeypatch.setattr(paths, "hub_reachable", lambda timeout=2.0: True)
+    check_model_path("org/config-only", "tuned")

@@ -264,9 +264,17 @@ def check_hub_id(repo: str, flag: str, marker: str = "config.json", revision: st
         cached = _cached_file(repo, marker, revision)
     except Exception:  # no hub library, or an id or revision it refuses to parse: loading names it
         return
-    if cached is not None:
-        return
     from ..errors import HubUnavailableError
+
+    if cached is not None:
+        lacking = _snapshot_lacks_weights(Path(cached).parent, marker, f"{flag} {repo}")
+        if lacking and (hub_offline() or not hub_reachable()):
+            raise HubUnavailableError(
+                f"{flag} {repo} is cached only in part: its snapshot in the local Hugging Face cache holds {marker} but "
+                f"{lacking}, and the Hub cannot be reached to fetch {'them' if 'shard' in lacking else 'it'} "
+                f"({'HF_HUB_OFFLINE=1' if hub_offline() else 'no network'}): download it whole first "
+                f"(huggingface-cli download {repo}) or give a local path")
+        return
 
     where = "in the local Hugging Face cache" + (f" at revision {revision!r}" if revision else "")
     if hub_offline():
@@ -277,6 +285,25 @@ def check_hub_id(repo: str, flag: str, marker: str = "config.json", revision: st
         raise HubUnavailableError(
             f"{flag} {repo}: not a local directory, not {where}, and the Hub cannot be reached "
             "(no network); give a local path, or download the model where there is network")
+
+
+def _snapshot_lacks_weights(root: Path, marker: str, named: str) -> str | None:
+    """What a cached snapshot ``root`` lacks to load without the Hub (a download stopped part way,
+    or only config.json fetched): no weight file loading reads, or shards its index names (None:
+    it has them). A weight file that is there but truncated is a ModelLoadError naming it."""
+    if marker == "adapter_config.json":
+        names = ("adapter_model.safetensors", "adapter_model.bin")
+    else:
+        names = DEFAULT_WEIGHT_NAMES
+    if not any((root / name).exists() for name in names):
+        return f"no weights ({' or '.join(n for n in names if 'index' not in n)})"
+    try:
+        check_checkpoint_files(root, named)
+    except ModelLoadError as exc:
+        if "shard(s) the directory lacks" in str(exc):
+            return "not every shard its index names"
+        raise
+    return None
 
 
 def hub_snapshot(repo: str, revision: str | None = None, marker: str = "config.json", cache_dir=None) -> str | None:
