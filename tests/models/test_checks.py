@@ -620,6 +620,10 @@ def test_a_hub_id_is_checked_at_the_revision_asked_for_and_its_snapshot_recorded
     entry = tmp_path / "hub" / "models--org--tiny"
     (entry / "snapshots" / ("a" * 40)).mkdir(parents=True)
     (entry / "snapshots" / ("a" * 40) / "config.json").write_text("{}")
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(entry / "snapshots" / ("a" * 40) / "model.safetensors"))  # (cached whole)
     (entry / "refs").mkdir()
     (entry / "refs" / "main").write_text("a" * 40)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -1033,3 +1037,17 @@ def test_a_position_limit_that_is_no_positive_number_is_read_as_none_before_and_
         assert position_limit(model) is None and local_max_positions(str(tmp_path)) is None, odd
     model.config.max_position_embeddings = 64
     assert position_limit(model) == 64
+
+
+def test_a_revision_given_for_local_checkpoints_is_said_to_select_nothing(tmp_path):
+    """--revision names a Hub revision; with every checkpoint a local directory it was silently
+    ignored (a user pinning v2 of a model they hold locally gets whatever the folder holds)."""
+    from crosspatch.execution import load_models
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "m")
+    said = [w for w in load_models(str(root / "base"), tuned=str(root / "tuned"), revision="v2").warnings
+            if "revision" in w]
+    assert said == ["revision 'v2' (--revision) names a Hub revision, and every checkpoint here is a local "
+                    "directory, read as it is: the revision selects nothing"]
+    assert not [w for w in load_models(str(root / "base"), tuned=str(root / "tuned")).warnings if "revision" in w]

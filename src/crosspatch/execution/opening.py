@@ -240,6 +240,9 @@ def load_models(
                                  for r, p in {**tuned_roles, **adapter_roles}.items()}
     tokenizers = {BASE: load_tokenizer(base, options)}
     warnings: list[str] = []
+    if options.revision and all(looks_local(p) for p in (base, *tuned_roles.values())):
+        warnings.append(f"revision {options.revision!r} (--revision) names a Hub revision, and every checkpoint here "
+                        "is a local directory, read as it is: the revision selects nothing")
     for role, path in tuned_roles.items():  # a checkpoint as far from the base as an unrelated model's
         name = "the descendant" if len(roles) == 2 else repr(role)
         if (unrelated := unrelated_weights_warning(base, path, name, options.revision)) is not None:
