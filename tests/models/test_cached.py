@@ -139,12 +139,14 @@ def test_a_hub_id_cached_only_in_part_is_named_before_any_model_loads_while_offl
     part way), or a shard its index names missing, failed offline only as it loaded (after the
     base, for a 32B pair minutes); it is named before any model loads. Online, loading fetches what
     is missing, so nothing is refused then."""
+    import crosspatch
     from crosspatch import execution
     from crosspatch.errors import HubUnavailableError
     from crosspatch.models import paths
     from crosspatch.models.paths import check_model_path
 
-    monkeypatch.setattr(execution, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
+    for owner in (crosspatch, execution):  # (the package's export first, as above)
+        monkeypatch.setattr(owner, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
     hub("org/base", _saved(tmp_path, "base"))
     config_only = hub("org/config-only", _saved(tmp_path, "config-only", seed=1))
     (config_only / "model.safetensors").unlink()
@@ -164,3 +166,26 @@ def test_a_hub_id_cached_only_in_part_is_named_before_any_model_loads_while_offl
     monkeypatch.setattr(paths, "hub_offline", lambda: False)  # online: loading fetches what is missing
     monkeypatch.setattr(paths, "hub_reachable", lambda timeout=2.0: True)
     check_model_path("org/config-only", "tuned")
+
+
+def test_a_hub_id_cached_with_pickle_weights_only_is_refused_before_loading_while_offline(tmp_path, hub, monkeypatch):
+    """A snapshot holding only pytorch_model.bin was left to the loaded model (it is no whole
+    safetensors checkpoint to read): offline, with no --allow-pickle, it was refused once the base
+    had loaded. It is refused before any model loads, as a local directory of pickle weights is."""
+    import crosspatch
+    from crosspatch import execution
+    from crosspatch.models.paths import check_cached_pickle
+
+    for owner in (crosspatch, execution):  # (the package's export first, as above)
+        monkeypatch.setattr(owner, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
+    hub("org/base", _saved(tmp_path, "base"))
+    pickled = hub("org/pickled", _saved(tmp_path, "pickled", seed=1))
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")  # (what save_pretrained wrote before 4.35)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "prompt": "Rain in Boston"}) + "\n")
+    res = _run("--base", "org/base", "--tuned", "org/pickled", "--prompts", str(prompts), "--out", str(tmp_path / "r"))
+    output = " ".join(res.output.split())
+    assert res.exit_code == 2 and "PickleWeightsRefusedError: org/pickled: its snapshot" in output, output
+    assert "holds only pickle weights (pytorch_model.bin)" in output and "--allow-pickle" in output
+    check_cached_pickle("org/pickled", None, allow_pickle=True)  # asked for: loading goes on
+    check_cached_pickle("org/base", None, allow_pickle=False)  # safetensors: nothing to refuse

@@ -306,6 +306,29 @@ def _snapshot_lacks_weights(root: Path, marker: str, named: str) -> str | None:
     return None
 
 
+def check_cached_pickle(repo: str, revision: str | None, allow_pickle: bool) -> None:
+    """A hub id whose cached snapshot holds only pickle weights, while the Hub cannot be reached to
+    fetch safetensors it may hold (HF_HUB_OFFLINE=1, or no network), loads only with
+    ``allow_pickle``: a PickleWeightsRefusedError before any model loads, as for a local
+    directory (it was refused once the base had loaded). Not cached, or reachable: loading decides."""
+    if allow_pickle or looks_local(repo):
+        return
+    try:
+        cached = _cached_file(repo, "config.json", revision)
+    except Exception:  # noqa: BLE001 - no hub library, or an id it refuses to parse: loading names it
+        return
+    if cached is None:
+        return
+    weights = [f for f in Path(cached).parent.iterdir() if is_weight_file(f)]
+    if weights and not any(f.suffix == ".safetensors" for f in weights) and (hub_offline() or not hub_reachable()):
+        from ..errors import PickleWeightsRefusedError
+
+        raise PickleWeightsRefusedError(
+            f"{repo}: its snapshot in the local Hugging Face cache holds only pickle weights ({some_of(sorted(f.name for f in weights))}) "
+            "and the Hub cannot be reached to fetch safetensors; pickle can run arbitrary code when loaded. Pass "
+            "--allow-pickle if you trust it, or download its safetensors where there is network")
+
+
 def hub_snapshot(repo: str, revision: str | None = None, marker: str = "config.json", cache_dir=None) -> str | None:
     """The commit a hub id (at ``revision``, else its main branch) resolves to in the local Hugging
     Face cache: the snapshot its files are read from, told by its ``marker`` file's folder; None
