@@ -5,10 +5,9 @@ At a boundary ``b`` the four static chimeras of a base and a descendant are
     (base early, base late)    (base early, tuned late)
     (tuned early, base late)   (tuned early, tuned late)
 
-where "early" is the embeddings and layers ``0..b-1`` and "late" the layers ``b..L-1``, the final
-norm and the LM head (as a passthrough/slices merge that takes the top layers from one model
-would have them). Each chimera is built in memory without copying a weight, and decodes greedily
-(KV cache, the real vocabulary, EOS) on every prompt:
+where "early" is the embeddings and layers ``0..b-1`` and "late" the layers ``b..L-1``, the final norm
+and the LM head (as a passthrough/slices merge taking the top layers from one model would have them).
+Each chimera is built in memory without copying a weight, and decodes greedily on every prompt:
 
 - two full checkpoints held at once: the early model's decoder-layer list, final norm and head
   are swapped for the late model's modules for the duration of the generation (then restored);
