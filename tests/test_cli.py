@@ -313,6 +313,34 @@ def test_html_report_is_self_contained_and_escapes_model_text(tmp_path):
 
 
 
+def test_control_characters_in_ids_tokens_and_paths_show_as_symbols_in_both_reports(tmp_path):
+    """An ANSI escape in a prompt id, a token or a path reached report.md (``cat report.md``
+    recoloured or cleared the terminal) and report.html raw (its plots' labels too): both show it
+    as a symbol (␛), as do a notebook's card and the console."""
+    from crosspatch.runner.pipeline import rerender, run
+    from crosspatch.testing import make_pair
+
+    prompts = [dict(p, id=f"{p['id']}\x1b[2J", category=f"\x1b[31m{p['category']}") for p in PROMPTS[:3]]
+    run(make_pair("llama"), prompts, boundary=2, max_new_tokens=6, bootstrap=0, progress=False, out=tmp_path / "r")
+    rows = [json.loads(line) for line in (tmp_path / "r" / "events.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["t_it_text"], r["t_pt_text"] = "\x1b]0;title\x07", "\x9b1m"
+    (tmp_path / "r" / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    config["models"]["base"]["path"] = "/models/\x1b[5mbase"
+    (tmp_path / "r" / "config.json").write_text(json.dumps(config))
+    rerender(tmp_path / "r")
+    for page in ("report.md", "report.html"):
+        text = (tmp_path / "r" / page).read_text(encoding="utf-8")
+        assert not any(ch in text for ch in "\x1b\x07\x9b"), page
+        shown = text.replace("\\[", "[")  # (Markdown escapes the bracket)
+        assert "␛[2J" in shown and "␛[5mbase" in shown and "␛[31m" in shown, page
+    from crosspatch.report.notebook import escape  # what a notebook's card shows of any text
+
+    assert escape("\x1b[2J<b>\x9b") == "␛[2J&lt;b&gt;\ufffd"
+
+
+
 def test_help_is_fast_plain_and_complete():
     import os
     import subprocess

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..core.records import CELLS
 from ..store import write_whole
 from .markdown import _table, fmt_effect, fmt_percent, fmt_value, md_escape
+from .mdtext import page_environment
 from .plots import legend, matplotlib_label, save_figure
 
 __all__ = ["LINEAGE_COLUMNS", "cross_cell", "lineage_no_events", "lineage_rows", "plot_lineage", "render_compare_html",
@@ -50,9 +51,7 @@ def render_compare_markdown(summary: dict) -> str:
 
 
 def render_compare_html(summary: dict) -> str:
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
+    env = page_environment()
     tables = [("Descendants (95% prompt-cluster intervals)",
                ["descendant", "verdict", "events", "E_PT", "E_IT", "interaction", "direct share"],
                [[role, r["verdict"], str(r["events"])] + [fmt_effect({"effects": r["effects"]}, k)
@@ -148,9 +147,7 @@ def render_lineage_markdown(summary: dict) -> str:
 def render_lineage_html(summary: dict, out: Path) -> str:
     import base64
 
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
+    env = page_environment()
     png = out / "lineage.png"
     return env.get_template("tables.html.j2").render(
         title="crosspatch lineage", intro=summary["note"] + (

@@ -19,6 +19,7 @@ from .markdown import (
     reading_lines,
     scored_descendant,
 )
+from .mdtext import page_environment
 
 
 def _names(value):
@@ -90,8 +91,6 @@ def explorer_events(records) -> list[dict]:
 
 def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | None = None) -> str:
     """The HTML text of a run directory's report."""
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
     from ..store import RunStore
     from .plots import histogram_svg, sweep_svg
     from .sections import sections_html
@@ -107,7 +106,7 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
     firsts = [_event(r)["interaction"] for r in records if r.kind == "first_diff" and r.valid]
     opts, load = config.get("options", {}), config.get("load_options", {})
     vocab = summary.get("real_vocabulary") or config.get("real_vocabulary")
-    env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2", "html"]))
+    env = page_environment()
     return env.get_template("report.html.j2").render(
         title=config.get("title") or "crosspatch run",
         back_link=back_link or config.get("back_link"),

@@ -1,16 +1,23 @@
-"""What a run, a compare, a lineage, a preflight, a splice or a merge-check shows when a notebook displays it (``_repr_html_``): the
-verdict and its sentence, the headline numbers with their 95% intervals and where the full
+"""What a run, a compare, a lineage, a preflight, a splice or a merge-check shows when a notebook
+displays it (``_repr_html_``): the verdict and its sentence, the headline numbers with their 95% intervals and where the full
 report is — from the stored summary alone, every text escaped, formatted as the reports format
 it (torch-free, like the rest of :mod:`crosspatch.report`)."""
 
 from __future__ import annotations
 
-from html import escape
+import html
 
 from .collections import LINEAGE_COLUMNS, lineage_no_events, lineage_rows
 from .markdown import fmt_effect
+from .mdtext import visible_controls
 
 __all__ = ["compare_card", "lineage_card", "preflight_card", "run_card", "sections_card", "splice_card", "splice_table"]
+
+
+def escape(text) -> str:
+    """``text`` HTML-escaped, its control characters shown as symbols (:func:`visible_controls`)."""
+    return html.escape(visible_controls(str(text)))
+
 
 _STYLE = "font-family:system-ui,sans-serif;font-size:13px;line-height:1.4"
 _CELL = "text-align:left;white-space:nowrap;padding:1px 12px 1px 0"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .mdtext import visible_controls
+
 CURVES = (("E_PT", "PT-upstream late effect E_PT", "#1f77b4"),
           ("E_IT", "IT-upstream late effect E_IT", "#d62728"),
           ("interaction", "interaction I = E_IT - E_PT", "#2ca02c"))
@@ -101,8 +103,9 @@ def _svg(fig) -> str:
 
 
 def _label(text) -> str:
-    """Model or prompt text as an SVG label, of bounded length (``_text`` escapes it)."""
-    text = str(text)
+    """Model or prompt text as an SVG label, of bounded length, its control characters shown as
+    symbols (``_text`` escapes it)."""
+    text = visible_controls(str(text))
     return text if len(text) <= 40 else text[:39] + "…"
 
 
@@ -181,7 +184,7 @@ def _text(x: float, y: float, text: str, size: int = 11, anchor: str = "start", 
     from html import escape
 
     return (f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" fill="{color}" '
-            f'font-weight="{weight}" font-family="sans-serif">{escape(str(text))}</text>')
+            f'font-weight="{weight}" font-family="sans-serif">{escape(visible_controls(str(text)))}</text>')
 
 
 def _tick(v: float) -> str:

@@ -6,10 +6,11 @@ finishes, so that a slow machine can be told from a hang. Same interface as the 
 from __future__ import annotations
 
 import functools
-import re
 import sys
 import time
 from typing import Any, Callable
+
+from ..report.mdtext import CONTROL, visible_controls
 
 
 class LineProgress:
@@ -108,18 +109,6 @@ class StageClock:
         self.log(f"[{self.index}/{len(self.weights)}] {message} ({_clock(elapsed)} elapsed{eta})")
 
 
-# the control characters of text crosspatch prints (tab and newline aside): in a prompt id, a token,
-# a path, an ANSI escape would recolour or clear the terminal, a carriage return overwrite the line
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def visible_controls(text: str) -> str:
-    """``text`` with each control character shown as a symbol of one cell (Unicode's control
-    pictures, ``\x1b`` as ␛; DEL as ␡; the C1 controls as �), never sent to the terminal."""
-    return _CONTROL.sub(lambda m: chr(0x2400 + ord(m.group())) if m.group() < " " else "\u2421" if m.group() == "\x7f"
-                        else "\ufffd", text)
-
-
 @functools.lru_cache(maxsize=1)
 def _safe_console_class():
     from rich.console import Console
@@ -135,7 +124,7 @@ def _safe_console_class():
 
         def render(self, renderable, options=None):
             for segment in super().render(renderable, options):
-                if segment.control is None and _CONTROL.search(segment.text):
+                if segment.control is None and CONTROL.search(segment.text):
                     segment = Segment(visible_controls(segment.text), segment.style)
                 yield segment
 
@@ -149,7 +138,7 @@ def _visible(renderable):
 
     if isinstance(renderable, str):
         return visible_controls(renderable)
-    if isinstance(renderable, Text) and _CONTROL.search(renderable.plain):
+    if isinstance(renderable, Text) and CONTROL.search(renderable.plain):
         shown = renderable.copy()
         shown.plain = visible_controls(renderable.plain)
         return shown

@@ -122,9 +122,9 @@ def html_page(title: str, intro: list[str], sections: list[Section], columns: li
     """A self-contained page; every text is escaped by the template. ``columns``: side-by-side
     text blocks (``{"title", "header", "rows"}``, each cell ``{"before", "mark", "after"}``, the
     marked part highlighted)."""
-    from jinja2 import Environment, PackageLoader, select_autoescape
+    from ..report.mdtext import page_environment
 
-    env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2", "html"]))
+    env = page_environment()
     return env.get_template("workflow.html.j2").render(
         title=title, intro=intro, columns=columns or [],
         sections=[{"title": s.title, "paragraphs": s.paragraphs, "figures": s.figures,

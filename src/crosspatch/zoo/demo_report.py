@@ -13,9 +13,9 @@ from .reading import common_it, demo_reading
 
 def render_demo_html(summary: dict, out: Path) -> str:
     """The combined report as one self-contained, autoescaped HTML page."""
-    from jinja2 import Environment, PackageLoader, select_autoescape
+    from ..report.mdtext import page_environment
 
-    env = Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]))
+    env = page_environment()
     from markdown_it import MarkdownIt
     from markupsafe import Markup
 
