@@ -623,6 +623,29 @@ def test_python_run_options_of_the_wrong_kind_are_named_not_coerced():
         validate_run_options(RunConfig(back_link=link))
 
 
+def test_python_run_options_spelled_as_on_the_command_line_are_read_as_it_reads_them(tmp_path):
+    """``run(..., group_by="split")`` was "group-by must be a list of field names", boundaries
+    "1,3" and boundary "0.5" BoundaryErrors, rollout_model "it" refused and ``policy="p.yml"``
+    "a policy is a mapping": the command line's text is read as the command line reads it (a path
+    as a file's thresholds); what it then holds is checked as before."""
+    from pathlib import Path
+
+    from crosspatch.errors import BoundaryError, PolicyFileError
+    from crosspatch.runner.config import RunConfig
+
+    (tmp_path / "p.yml").write_text("max_interaction_share: 0.6\n")
+    config = RunConfig.with_overrides(None, group_by="split, era", boundaries="1,3", boundary="0.5",
+                                      rollout_model="it", policy=str(tmp_path / "p.yml"))
+    assert (config.group_by, config.boundaries, config.boundary, config.rollout_model, config.policy) == (
+        ["split", "era"], [1, 3], 0.5, "IT", {"max_interaction_share": 0.6})
+    assert RunConfig.with_overrides(None, policy=Path(tmp_path / "p.yml")).policy == {"max_interaction_share": 0.6}
+    assert RunConfig.with_overrides(None, boundaries="all", group_by=["split"]).group_by == ["split"]
+    with pytest.raises(PolicyFileError, match="cannot read policy file"):
+        RunConfig.with_overrides(None, policy=str(tmp_path / "absent.yml"))
+    with pytest.raises(BoundaryError):
+        RunConfig.with_overrides(None, boundary="half")
+
+
 def test_python_run_options_given_as_numpy_numbers_are_the_numbers_they_hold():
     """A notebook's loop ``for b in np.arange(1, L)`` gives numpy integers: ``boundary=np.int64(2)``
     was "boundary must be an int layer or a fraction of depth, not np.int64(2)" (and so were

@@ -112,6 +112,10 @@ def _option(default: Any = MISSING, help: str | None = None, factory: Any = MISS
     return field(default=default, metadata=metadata)
 
 
+# the options whose command-line text RunConfig.with_overrides reads as the command line does
+_SPELLED_AS_TEXT = ("boundary", "boundaries", "group_by", "rollout_model", "policy")
+
+
 @dataclass
 class RunConfig:
     """Options of one cross-patching run (all recorded in config.json). The fields with help are
@@ -195,14 +199,23 @@ class RunConfig:
     def with_overrides(cls, config: "RunConfig | None" = None, **overrides) -> "RunConfig":
         """A copy of ``config`` (a default when None; the caller's object is never changed) with
         ``overrides`` set, as ``run``/``compare``/``lineage`` take them as keyword arguments; an
-        unknown name is a ``TypeError``, a ``config`` that is no RunConfig an ``OptionError``."""
+        unknown name is a ``TypeError``, a ``config`` that is no RunConfig an ``OptionError``. An
+        option given as the command line spells it is read as the command line reads it: a string
+        for ``boundary`` ("0.5"), ``boundaries`` ("1,3"), ``group_by`` ("split,era") or
+        ``rollout_model`` ("it"), a file's path (str or Path) for ``policy``."""
+        import os
+
         from ..models.options import LoadOptions, copy_with_overrides
 
         loading = sorted(set(overrides) & set(LoadOptions.__dataclass_fields__) - set(cls.__dataclass_fields__))
         if loading:  # the models are loaded already: say where such an option goes
             raise TypeError(f"unknown run option {loading[0]!r}: it is a load option, given where the models are "
                             f"loaded (crosspatch.load_pair(..., {loading[0]}=...), load_models)")
-        return copy_with_overrides(cls, config, overrides, "config", "run option")
+        fields = cls.__dataclass_fields__
+        spelled = {key: fields[key].metadata["parse"](os.fspath(value) if key == "policy" else value)
+                   for key, value in overrides.items() if key in _SPELLED_AS_TEXT
+                   and (isinstance(value, str) or (key == "policy" and isinstance(value, os.PathLike)))}
+        return copy_with_overrides(cls, config, {**overrides, **spelled}, "config", "run option")
 
 
 def normalise_run_config(config: RunConfig) -> RunConfig:
