@@ -119,9 +119,11 @@ def test_checkpoint_discovery_names_what_is_wrong(tmp_path):
         discover_checkpoints(tmp_path / "search")
 
 
-def test_callback_options_are_checked_when_made():
+def test_callback_options_are_checked_when_made(tmp_path):
     with pytest.raises(OptionError):
         CrosspatchCallback(PROMPTS, every_n_steps=0)
+    (tmp_path / "policy.yml").write_text("pass_verdicts: [portable]\n")  # a file, as gate's --policy takes it
+    assert CrosspatchCallback(PROMPTS, policy=tmp_path / "policy.yml").policy.pass_verdicts == ("portable",)
     with pytest.raises(OptionError):
         CrosspatchCallback(PROMPTS, on_save=False)
     with pytest.raises(OptionError):

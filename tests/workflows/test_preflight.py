@@ -218,10 +218,12 @@ def test_an_adapter_peft_cannot_merge_is_named_under_merge_in_memory(tmp_path):
 
 
 @pytest.mark.slow
-def test_policy_tolerances_decide_the_merge_check():
+def test_policy_tolerances_decide_the_merge_check(tmp_path):
     strict = run("it-lora-all", "it-merged", policy={"max_abs_logit_diff": 1e-6})
     assert strict.failed() == ["adapter-vs-merged"]
     assert strict.checks["adapter-vs-merged"]["numbers"]["tolerances"]["max_abs_logit_diff"] == 1e-6
+    (tmp_path / "strict.yml").write_text("max_abs_logit_diff: 1.0e-6\n")  # a file, as --policy takes it
+    assert run("it-lora-all", "it-merged", policy=str(tmp_path / "strict.yml")).failed() == ["adapter-vs-merged"]
 
 
 def test_inputs_are_refused_before_any_model_loads(tmp_path, monkeypatch):

@@ -33,6 +33,7 @@ test trains a zoo LoRA with TRL and checks this to 1e-4).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ class CrosspatchCallback(TrainerCallback):
 
     def __init__(self, prompts, base=None, boundary: int | float = 0.6, every_n_steps: int | None = None,
                  on_save: bool = True, max_prompts: int = 32, max_new_tokens: int = 32, bootstrap: int = 1000,
-                 seed: int = 0, policy: dict | None = None, stop_on_fail: bool = False, out: str | Path | None = None,
+                 seed: int = 0, policy: dict | str | Path | None = None, stop_on_fail: bool = False, out: str | Path | None = None,
                  tokenizer=None, prefix: str = "crosspatch/", verbose: bool = True, chat_template: bool = False) -> None:
         from ..core.verdict import VerdictPolicy
         from ..inputs.chats import check_chat_rows
@@ -85,6 +86,10 @@ class CrosspatchCallback(TrainerCallback):
         if tokenizer is not None and not callable(tokenizer):
             raise OptionError(f"tokenizer must be the model's tokenizer (or None: the trainer's), not {tokenizer!r}")
         try:
+            if isinstance(policy, (str, os.PathLike)):  # a file's path, as gate's --policy gives it
+                from ..runner.config import load_policy
+
+                policy = load_policy(os.fspath(policy))
             self.policy = VerdictPolicy.from_dict({} if policy is None else policy)
         except ValueError as exc:
             raise OptionError(f"CrosspatchCallback policy: {exc}") from None

@@ -95,14 +95,16 @@ def check_run_dir_models(out: str | Path | None, base: str, descendants: list[st
 
 @without_autocast()  # whatever a caller computes in: its autocast would move the weights' sums
 def preflight(base: str, adapter: str | None = None, merged: str | None = None, prompts=None,
-              domain_text: str | Path | None = None, out: str | Path | None = None, policy: PreflightPolicy | dict | None = None,
+              domain_text: str | Path | None = None, out: str | Path | None = None,
+              policy: PreflightPolicy | dict | str | Path | None = None,
               max_new_tokens: int = 32, options=None, progress=None, merge_in_memory: str | None = None,
               **load_overrides) -> PreflightResult:
     """Preflight an adapter and/or a merged checkpoint against its base (see the module
     docstring). Inputs are validated before any model loads; ``out`` (a new directory, or a
     crosspatch run directory to add a section to its reports) receives ``preflight.json``,
     ``preflight.md`` and ``preflight.html``; an ``out`` that already holds this preflight of the
-    same inputs is read back without loading anything. ``merge_in_memory`` ("float32",
+    same inputs is read back without loading anything. ``policy``: a PreflightPolicy, a dict of its
+    fields, or a YAML/JSON file of them (as ``--policy``). ``merge_in_memory`` ("float32",
     "bfloat16", "float16"; with ``adapter`` and no ``merged``): merge the adapter with PEFT
     (``merge_and_unload`` on a copy) and round the merged weights to that dtype, to see what such
     a merge would compute before writing one (holds a second copy of the model)."""
@@ -116,7 +118,7 @@ def preflight(base: str, adapter: str | None = None, merged: str | None = None, 
     if "tuned" in load_overrides:  # (splice's and run's name for a full fine-tune)
         raise OptionError("preflight checks adapter= and/or merged=: give a full fine-tuned checkpoint as merged=, "
                           "not tuned=")
-    policy = policy if isinstance(policy, PreflightPolicy) else PreflightPolicy.from_dict(policy)
+    policy = PreflightPolicy.given(policy)
     options = LoadOptions.with_overrides(options, **load_overrides)
     validate_load_options(options)
     progress = progress_function(progress)

@@ -51,6 +51,20 @@ class PreflightPolicy:
     require_domain_gain: bool = False
 
     @classmethod
+    def given(cls, policy) -> PreflightPolicy:
+        """``preflight``'s ``policy``: a PreflightPolicy as it is, a dict of its fields, a YAML or
+        JSON file of them (a str or Path, as ``--policy`` gives it), or None (the defaults)."""
+        import os
+
+        if isinstance(policy, cls):
+            return policy
+        if isinstance(policy, (str, os.PathLike)):
+            from ..runner.config import load_policy
+
+            policy = load_policy(os.fspath(policy))
+        return cls.from_dict(policy)
+
+    @classmethod
     def from_dict(cls, values: dict | None) -> PreflightPolicy:
         if values is not None and not isinstance(values, dict):
             raise OptionError(f"a preflight policy is a PreflightPolicy or a dict of its fields, not {values!r}")
