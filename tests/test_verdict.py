@@ -220,6 +220,8 @@ def test_gate_exit_codes(portable_run, tmp_path):
         assert gate(no_path)["exit_code"] == 2  # type: ignore[arg-type]
     for no_policy in ([], "", {"pass_verdicts": []}):  # were read as no policy (pass), or as failing every run
         assert gate(portable_run, no_policy)["exit_code"] == 2  # type: ignore[arg-type]
+    assert gate(portable_run, policy)["exit_code"] == gate(portable_run, str(policy))["exit_code"] == 1  # a file
+    assert "bad policy: cannot read policy file" in gate(portable_run, tmp_path / "absent.yaml")["reason"]
     assert _gate(portable_run, "--allow", "")[0] == 2
     unfinished = tmp_path / "unfinished"
     shutil.copytree(portable_run, unfinished)

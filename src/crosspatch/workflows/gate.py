@@ -9,6 +9,7 @@ thresholds, so a stricter policy needs no re-run.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..core.verdict import VerdictPolicy, decide
@@ -20,13 +21,22 @@ def _unusable(reason: str, **extra) -> dict:
     return {"status": "unusable", "exit_code": 2, "verdict": None, "reason": reason, **extra}
 
 
-def gate(run_dir: str | Path, policy: dict | None = None) -> dict:
-    """Decide pass / fail / unusable for ``run_dir`` under ``policy`` (VerdictPolicy fields). A
+def gate(run_dir: str | Path, policy: dict | str | Path | None = None) -> dict:
+    """Decide pass / fail / unusable for ``run_dir`` under ``policy`` (VerdictPolicy fields, or a
+    YAML/JSON file of them, as ``--policy``). A
     ``compare`` directory gates every member run (one outcome each under ``members``, the exit
     code of the worst); a ``lineage`` directory gates its run (base vs the final stage). Anything
     that is no run, a ``run_dir`` that is no path included, is ``unusable`` (exit code 2)."""
     if not isinstance(run_dir, (str, Path)) or not str(run_dir).strip():
         return _unusable(f"run_dir must be the path of a run directory, not {run_dir!r}")
+    if isinstance(policy, (str, os.PathLike)):  # a file's path, as --policy gives it
+        from ..errors import PolicyFileError
+        from ..runner.config import load_policy
+
+        try:
+            policy = load_policy(os.fspath(policy))
+        except PolicyFileError as exc:
+            return _unusable(f"bad policy: {exc}")
     kind = collection_kind(run_dir)
     if kind is not None:
         return gate_collection(Path(run_dir), kind, policy)
