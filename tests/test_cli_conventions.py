@@ -626,8 +626,9 @@ def test_python_run_options_of_the_wrong_kind_are_named_not_coerced():
 def test_python_run_options_spelled_as_on_the_command_line_are_read_as_it_reads_them(tmp_path):
     """``run(..., group_by="split")`` was "group-by must be a list of field names", boundaries
     "1,3" and boundary "0.5" BoundaryErrors, rollout_model "it" refused and ``policy="p.yml"``
-    "a policy is a mapping": the command line's text is read as the command line reads it (a path
-    as a file's thresholds); what it then holds is checked as before."""
+    "a policy is a mapping", analysis_options ["label_swap.level=0.05"] "must be a dict": the
+    command line's text is read as the command line reads it (a path as a file's thresholds); what
+    it then holds is checked as before."""
     from pathlib import Path
 
     from crosspatch.errors import BoundaryError, PolicyFileError
@@ -644,6 +645,9 @@ def test_python_run_options_spelled_as_on_the_command_line_are_read_as_it_reads_
         RunConfig.with_overrides(None, policy=str(tmp_path / "absent.yml"))
     with pytest.raises(BoundaryError):
         RunConfig.with_overrides(None, boundary="half")
+    for assignments in ("label_swap.level=0.05", ["label_swap.level=0.05"]):  # --analysis-option's text
+        assert RunConfig.with_overrides(None, analysis_options=assignments).analysis_options == {
+            "label_swap": {"level": 0.05}}
 
 
 def test_python_run_options_given_as_numpy_numbers_are_the_numbers_they_hold():

@@ -116,6 +116,19 @@ def _option(default: Any = MISSING, help: str | None = None, factory: Any = MISS
 _SPELLED_AS_TEXT = ("boundary", "boundaries", "group_by", "rollout_model", "policy")
 
 
+def _as_the_command_line_reads(key: str, value):
+    """A run option given in Python as the command line spells it (see
+    :meth:`RunConfig.with_overrides`), read as the command line reads it; any other value as given."""
+    import os
+
+    if key in _SPELLED_AS_TEXT and (isinstance(value, str) or (key == "policy" and isinstance(value, os.PathLike))):
+        return RunConfig.__dataclass_fields__[key].metadata["parse"](os.fspath(value) if key == "policy" else value)
+    if key == "analysis_options" and (isinstance(value, str) or (
+            isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value))):
+        return parse_analysis_options([value] if isinstance(value, str) else list(value))
+    return value
+
+
 @dataclass
 class RunConfig:
     """Options of one cross-patching run (all recorded in config.json). The fields with help are
@@ -202,20 +215,16 @@ class RunConfig:
         unknown name is a ``TypeError``, a ``config`` that is no RunConfig an ``OptionError``. An
         option given as the command line spells it is read as the command line reads it: a string
         for ``boundary`` ("0.5"), ``boundaries`` ("1,3"), ``group_by`` ("split,era") or
-        ``rollout_model`` ("it"), a file's path (str or Path) for ``policy``."""
-        import os
-
+        ``rollout_model`` ("it"), a file's path (str or Path) for ``policy``, ``NAME.OPTION=VALUE``
+        assignments (one, or a list) for ``analysis_options``."""
         from ..models.options import LoadOptions, copy_with_overrides
 
         loading = sorted(set(overrides) & set(LoadOptions.__dataclass_fields__) - set(cls.__dataclass_fields__))
         if loading:  # the models are loaded already: say where such an option goes
             raise TypeError(f"unknown run option {loading[0]!r}: it is a load option, given where the models are "
                             f"loaded (crosspatch.load_pair(..., {loading[0]}=...), load_models)")
-        fields = cls.__dataclass_fields__
-        spelled = {key: fields[key].metadata["parse"](os.fspath(value) if key == "policy" else value)
-                   for key, value in overrides.items() if key in _SPELLED_AS_TEXT
-                   and (isinstance(value, str) or (key == "policy" and isinstance(value, os.PathLike)))}
-        return copy_with_overrides(cls, config, {**overrides, **spelled}, "config", "run option")
+        return copy_with_overrides(cls, config, {key: _as_the_command_line_reads(key, value)
+                                                 for key, value in overrides.items()}, "config", "run option")
 
 
 def normalise_run_config(config: RunConfig) -> RunConfig:
