@@ -11,6 +11,18 @@ from ..models.config_dicts import config_hidden_size, text_config
 T = TypeVar("T")
 
 
+def free_memory() -> None:
+    """What a pass that ran out of memory held, given back: Python's garbage, and torch's cached
+    device blocks (called outside the exception's handler, whose traceback holds the tensors)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def length_batches(n_items: int, lengths: list[int], batch_size: int, max_tokens: int | None = None,
                    overhead_tokens: int | None = None) -> list[list[int]]:
     """Indices grouped into batches of similar length (less padding), in a stable order: at most

@@ -16,7 +16,6 @@ the primitives in ``models.execution`` (one place).
 
 from __future__ import annotations
 
-import gc
 from typing import Any, Callable, Generator, Sequence
 
 import torch
@@ -24,7 +23,7 @@ import torch
 from ..errors import DeviceMemoryError, is_out_of_memory
 from ..models.forward import EventStates, capture_forward, late_forward, readout
 from ..models.vocab import masked_argmax
-from .batching import filled, length_batches
+from .batching import filled, free_memory, length_batches
 from .decoder import pass_overhead
 from .modelset import ModelSet
 from .modes import DECODE_MODES, decoding
@@ -42,12 +41,6 @@ def pad_stack(rows: list[torch.Tensor]) -> torch.Tensor:
     for k, r in enumerate(rows):
         out[k, : r.shape[0]] = r
     return out
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _identity(p: Pass):
@@ -392,5 +385,5 @@ def _fits(work: Callable[[list[int]], None], batch: list[int]) -> bool:
     except Exception as exc:  # noqa: BLE001 - anything else is raised again
         if not is_out_of_memory(exc):
             raise
-    _free_memory()  # outside the handler: the traceback and the tensors it holds are gone
+    free_memory()  # outside the handler: the traceback and the tensors it holds are gone
     return False

@@ -21,7 +21,7 @@ import torch
 
 from ..models.forward import EventStates, ModelHandle, capture_forward, readout
 from ..models.vocab import NON_FINITE, masked_argmax
-from .batching import joining_rows
+from .batching import free_memory, joining_rows
 from .decoder import CachedDecoder, first_rows, greedy_chunk, join_pair
 from .history import history_interleaved
 from .modes import new_decoder
@@ -39,8 +39,6 @@ def greedy_rollout(
     (:func:`~crosspatch.errors.is_out_of_memory`) is halved and decoded again, later batches staying
     under the size that failed, and one prompt that does not fit alone is a
     :class:`~crosspatch.errors.DeviceMemoryError`."""
-    import gc
-
     from ..errors import DeviceMemoryError, is_out_of_memory
 
     rows, outputs = max(1, max_rows or len(prompts)), []
@@ -52,9 +50,7 @@ def greedy_rollout(
         except Exception as exc:  # noqa: BLE001 - anything but running out of memory is raised again
             if not is_out_of_memory(exc):
                 raise
-        gc.collect()  # (outside the handler: its traceback and the tensors it held are gone)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory()
         if len(part) == 1:
             raise DeviceMemoryError(
                 f"greedy decoding ran out of memory on one prompt of {len(part[0])} tokens alone in its batch: free "
