@@ -427,8 +427,12 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     res = CliRunner().invoke(app, ["run", "--base", str(root / "base"), "--tuned", str(root / "tuned"), "--prompts",
                                    str(prompts), "--out", str(tmp_path / "out"), "--dry-run", "--engine", "ray",
                                    "--workers", "3"])  # what the Ray cluster must hold (each worker loads a copy)
-    assert "engine: ray, 3 workers, each loading its own copy of the models (both) on the CPU: the Ray cluster " \
-        "needs 3 CPUs" in res.output, res.output
+    assert "engine: ray, 1 worker(s), each loading its own copy of the models (both) on the CPU: the Ray cluster " \
+        "needs 1 CPUs (--workers 3, but these prompts make 1 chunk(s) of work)" in res.output, res.output
+    res = CliRunner().invoke(app, ["run", "--base", str(root / "base"), "--tuned", str(root / "tuned"), "--prompts",
+                                   str(prompts), "--out", str(tmp_path / "out"), "--dry-run", "--engine", "ray",
+                                   "--workers", "3", "--batch-size", "1"])  # chunks of 4 prompts: 2 chunks
+    assert "engine: ray, 2 worker(s)" in res.output and "the Ray cluster needs 2 CPUs (--workers 3" in res.output
     # prompts that repeat another's tokens are named before a long run spends time on them again
     prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS + [dict(PROMPTS[0], id="again")]))
     for controls, after in (("default", "(the repeated_prompts control warns after the run)"), ("none", "")):

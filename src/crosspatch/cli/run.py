@@ -257,12 +257,17 @@ def _print_plan(base: str, out_dir: Path, tuned: list[str], adapters: list[str],
     lines = [f"base: {base}"] + [f"descendant: {p}" for p in tuned] + [f"adapter: {p}" for p in adapters]
     lines.append(f"residency: {residency} ({reason})")
     if config.engine == "ray":
+        from ..execution.batching import chunk_size
         from ..execution.engines import worker_resources
 
         gpus = worker_resources(options.device)["num_gpus"]
-        lines.append(f"engine: ray, {config.workers} workers, each loading its own copy of the models ({residency}) "
-                     + (f"on a GPU of its own: the Ray cluster needs {config.workers * gpus} GPUs" if gpus else
-                        f"on the CPU: the Ray cluster needs {config.workers} CPUs"))
+        chunks = -(-len(prompts) // chunk_size(residency, config.batch_size, config.sequential_chunk))
+        workers = max(1, min(config.workers, chunks))  # (the engine starts no worker it has no chunk for)
+        lines.append(f"engine: ray, {workers} worker(s), each loading its own copy of the models ({residency}) "
+                     + (f"on a GPU of its own: the Ray cluster needs {workers * gpus} GPUs" if gpus else
+                        f"on the CPU: the Ray cluster needs {workers} CPUs")
+                     + (f" (--workers {config.workers}, but these prompts make {chunks} chunk(s) of work)"
+                        if workers < config.workers else ""))
     if layers:
         bounds = resolve_boundaries(config, layers)
         lines.append(f"boundaries: {', '.join(map(str, bounds))} of {layers} layers")
