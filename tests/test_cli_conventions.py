@@ -192,6 +192,17 @@ def test_models_in_memory_are_checked_before_they_are_used():
     model, tokenizer = pair.pt.anatomy.model, pair.tokenizer_pt
     with pytest.raises(ModelLoadError, match="tuned: a model in memory must be a torch module.*not NoneType"):
         pair_from_models(model, None, tokenizer)
+    # the commonest slips say what to give instead: a pipeline's model, a path's loader, the causal LM of a backbone
+    from types import SimpleNamespace
+
+    from crosspatch.errors import UnsupportedArchitectureError
+
+    with pytest.raises(ModelLoadError, match=r"not SimpleNamespace: give its .model \(and its .tokenizer"):
+        pair_from_models(SimpleNamespace(model=model, tokenizer=tokenizer), model, tokenizer)
+    with pytest.raises(ModelLoadError, match="not str: a checkpoint's path loads with crosspatch.load_pair"):
+        pair_from_models("./base", model, tokenizer)
+    with pytest.raises(UnsupportedArchitectureError, match="is a bare backbone without an LM head.*AutoModelForCausalLM"):
+        pair_from_models(model.model, model.model, tokenizer)
     with pytest.raises(ModelLoadError, match="base: needs a Hugging Face tokenizer, not NoneType"):
         pair_from_models(model, model, None)
     with pytest.raises(ModelLoadError, match="at least two models"):

@@ -136,12 +136,18 @@ def test_adding_controls_only_keeps_a_verdict_or_makes_it_inconclusive():
                         assert after in (before, "inconclusive"), (subset, extra, before, after)
 
 
-def test_identical_models_give_no_events_and_pass_the_gate(tmp_path):
+def test_models_that_agree_everywhere_give_no_events_and_pass_the_gate_unless_they_are_one(tmp_path):
+    """A descendant that decodes as the base on every prompt is 'no-late-effect' and passes; one
+    that is the base itself (the same module, as a copy of its weights from disk is) measured no
+    fine-tune: the gate calls the run unusable."""
     from crosspatch.execution import pair_from_models
-    from crosspatch.testing import char_tokenizer, tiny_model
+    from crosspatch.testing import char_tokenizer, perturb_layers, tiny_model
 
     model = tiny_model("llama")
-    pair = pair_from_models(model, model, char_tokenizer())
+    itself = run(pair_from_models(model, model, char_tokenizer()), many_prompts(6), boundary=2, max_new_tokens=6,
+                 bootstrap=200, progress=False, out=tmp_path / "itself")
+    assert itself.verdict["verdict"] == "no-late-effect" and _gate(tmp_path / "itself")[0] == 2
+    pair = pair_from_models(model, perturb_layers(model, [3], scale=1e-6), char_tokenizer())  # agrees everywhere
     result = run(pair, many_prompts(6), boundary=2, max_new_tokens=6, bootstrap=200, progress=False,
                  out=tmp_path / "same")
     assert result.summary["counts"]["events"] == 0 and result.verdict["verdict"] == "no-late-effect"

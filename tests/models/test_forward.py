@@ -146,3 +146,28 @@ def test_a_peft_model_in_training_mode_is_scored_in_eval_mode_and_left_training(
     scored = run(pair_from_peft_model(peft_model, char_tokenizer()), PROMPTS, **SETTINGS)
     assert [r.cells for r in scored.records] == [r.cells for r in evaluated.records] and evaluated.records
     assert all(m.training for m in peft_model.modules())
+
+
+def test_a_descendant_in_memory_that_computes_the_base_is_said_and_gated_unusable(tmp_path):
+    """From disk, a copy of the base's weights or a LoRA adapter whose lora_B are all zero is
+    named, and gate calls the run unusable; given in memory (the base passed twice, an exact
+    copy, a PEFT model straight from get_peft_model) the run passed the gate as 'no-late-effect'."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from crosspatch.workflows.gate import gate
+
+    base = tiny_model("llama")
+    for name, pair in (("twice", pair_from_models(base, base, char_tokenizer())),
+                       ("copy", pair_from_models(base, copy.deepcopy(base), char_tokenizer()))):
+        assert any("its weights are the base's" in w for w in pair.warnings), name
+        run(pair, PROMPTS[:3], **{**SETTINGS, "out": tmp_path / name})
+        outcome = gate(tmp_path / name)
+        assert outcome["exit_code"] == 2 and "measured no fine-tune" in outcome["reason"], outcome
+    fresh = get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert any("changes nothing: all 8 of its lora_B matrices are zero" in w
+               for w in pair_from_peft_model(fresh, char_tokenizer()).warnings)
+    with torch.no_grad():  # one training step's worth: the adapter now changes the model
+        next(p for n, p in fresh.named_parameters() if "lora_B" in n).add_(0.01)
+    assert not any("changes nothing" in w for w in pair_from_peft_model(fresh, char_tokenizer()).warnings)
+    assert not any("the base's" in w for w in pair_from_models(base, perturb_layers(base, [3]), char_tokenizer()).warnings)

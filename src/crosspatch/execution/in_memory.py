@@ -4,6 +4,7 @@ they are, never moved or cast (:func:`pair_from_models`, :func:`pair_from_peft_m
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -19,6 +20,18 @@ from .roles import BASE, check_role_name
 IN_MEMORY = "<in-memory>"  # the path a run records for a model given in memory
 
 __all__ = ["IN_MEMORY", "check_injected_adapters", "differing_dtypes", "in_memory_options", "models_from_modules", "module_digest", "pair_from_models", "pair_from_peft_model", "unwrapped_module"]
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two modules hold the very same weights: one module, or every tensor of one state
+    dict equal to the other's (exactly: :func:`module_digest` is only a fingerprint)."""
+    if a is b:
+        return True
+    ours, theirs = a.state_dict(), b.state_dict()
+    with torch.no_grad():
+        return list(ours) == list(theirs) and all(
+            x.shape == y.shape and not x.is_meta and not y.is_meta and torch.equal(x, y.to(x.device))
+            for x, y in zip(ours.values(), theirs.values()))
 
 
 def module_digest(module: nn.Module) -> str:
@@ -125,8 +138,12 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
     for role, m in models.items():
         check_role_name(role)  # a role names a run directory (compare, nulls)
         if not isinstance(m, nn.Module):
+            hint = (": give its .model (and its .tokenizer as the tokenizer)" if isinstance(getattr(m, "model", None),
+                                                                                    nn.Module)  # a transformers pipeline
+                    else ": a checkpoint's path loads with crosspatch.load_pair or load_models"
+                    if isinstance(m, (str, os.PathLike)) else "")
             raise ModelLoadError(f"{role}: a model in memory must be a torch module (a transformers model), "
-                                 f"not {type(m).__name__}")
+                                 f"not {type(m).__name__}{hint}")
     check_injected_adapters(models)
     toks = {r: (tokenizers or {}).get(r, tokenizer) for r in models}
     for role, tok in toks.items():
@@ -143,7 +160,15 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
         record["tuned"] = {"path": IN_MEMORY, "weights_digest": digests[roles[1]]}
     else:
         record["descendants"] = {r: {"path": IN_MEMORY, "weights_digest": digests[r]} for r in roles[1:]}
-    models_set = assemble_set(handles, toks, "both", opts, [], record)
+    warnings = []
+    for role in roles[1:]:  # a descendant that is the base (the same module, or a copy of its weights)
+        if digests[role] == digests[roles[0]] and same_weights(models[roles[0]], models[role]):
+            why = (f"{'the descendant' if len(roles) == 2 else repr(role)}: its weights are the base's (the same "
+                   "module, or an exact copy), so it computes exactly the base and finding no divergence says nothing "
+                   "about a fine-tune; is this the model you meant?")
+            (record["tuned"] if len(roles) == 2 else record["descendants"][role])["computes_the_base"] = why
+            warnings.append(why)  # (recorded for gate, which calls such a run unusable)
+    models_set = assemble_set(handles, toks, "both", opts, warnings, record)
     _give_processors(models_set, processors)
     return models_set
 
@@ -174,11 +199,33 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
     record = {"base": {"path": IN_MEMORY, "weights_digest": module_digest(unwrap_peft(peft_model))},
               "adapter": {"path": IN_MEMORY, "adapter_name": name, "weights_digest": module_digest(peft_model)},
               "load_options": vars(opts) | {"dtype": dtype}}
+    warnings = _rewritten_base(peft_model, name)
+    if (inert := _inert_in_memory(peft_model, name, config)) is not None:  # (recorded for gate: unusable)
+        record["adapter"]["computes_the_base"] = inert
+        warnings.append(inert)
     with adapters_kept(peft_model):  # (the set's checks run the adapter scored)
-        models_set = assemble_set(handles, {BASE: tokenizer, "tuned": tokenizer}, "adapter", opts,
-                                  _rewritten_base(peft_model, name), record)
+        models_set = assemble_set(handles, {BASE: tokenizer, "tuned": tokenizer}, "adapter", opts, warnings, record)
     _give_processors(models_set, processors)
     return models_set
+
+
+def _inert_in_memory(peft_model, name: str, config) -> str | None:
+    """Why the PEFT model's adapter ``name`` changes nothing, as :func:`~crosspatch.models.checks.inert_adapter`
+    tells of a saved one: a LoRA adapter with every ``lora_B`` zero (as ``get_peft_model`` makes it,
+    before the first training step) and nothing else trained; else None."""
+    from peft import get_peft_model_state_dict
+
+    from ..models.checks import inert_lora_text, zero_lora_factors
+
+    if str(getattr(config, "peft_type", "")).upper().removeprefix("PEFTTYPE.") != "LORA" or \
+            getattr(config, "modules_to_save", None) or getattr(config, "bias", "none") != "none":
+        return None
+    try:
+        tensors = get_peft_model_state_dict(peft_model, adapter_name=name)
+    except Exception:  # noqa: BLE001 - a state PEFT cannot gather here: nothing said
+        return None
+    zero = zero_lora_factors(list(tensors), tensors.__getitem__)
+    return None if zero is None else inert_lora_text(f"the adapter {name!r} in memory", zero)
 
 
 def _adapter_to_score(peft_model, adapter_name: str | None) -> str:

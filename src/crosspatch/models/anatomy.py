@@ -242,6 +242,11 @@ def find_anatomy(model: nn.Module) -> Anatomy:
             break
         prefix, backbone = fallback, getattr(lm, fallback, None)
     if not isinstance(backbone, nn.Module):
+        head = getattr(lm, "get_output_embeddings", None)
+        if callable(head) and head() is None and any(isinstance(m, nn.ModuleList) for m in lm.children()):
+            raise UnsupportedArchitectureError(  # (its layers are its own: AutoModel's class, not the causal LM)
+                f"{type(lm).__name__} is a bare backbone without an LM head (AutoModel's class): give the causal LM "
+                "that wraps it (AutoModelForCausalLM's), whose head reads out the tokens")
         raise UnsupportedArchitectureError(
             f"{type(lm).__name__} has no '{prefix}' backbone module (base_model_prefix)"
         )

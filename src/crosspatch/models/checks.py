@@ -370,13 +370,24 @@ def inert_adapter(adapter_dir: str, name: str = "the adapter", config: dict | No
 
     try:
         with safe_open(str(weights), framework="pt") as handle:
-            keys = list(handle.keys())
-            factors = [k for k in keys if "lora_B" in k or "lora_embedding_B" in k]
-            others = [k for k in keys if k not in factors and "lora_A" not in k and "lora_embedding_A" not in k]
-            if not factors or others or any(bool(handle.get_tensor(k).any()) for k in factors):
-                return None
+            zero = zero_lora_factors(list(handle.keys()), handle.get_tensor)
     except Exception:  # noqa: BLE001 - a file the loader will name
         return None
-    return (f"{name} ({adapter_dir}) changes nothing: all {len(factors)} of its lora_B matrices are zero, as PEFT "
-            "initialises them (saved before its first training step?), so the descendant computes exactly the base "
-            "and finding no divergence says nothing about a fine-tune")
+    return None if zero is None else inert_lora_text(f"{name} ({adapter_dir})", zero)
+
+
+def zero_lora_factors(keys: list[str], tensor) -> int | None:
+    """The number of a LoRA adapter's ``lora_B`` (and ``lora_embedding_B``) factors when every one
+    is zero and it holds nothing else but the ``A`` factors (``tensor(key)`` reads one); else None."""
+    factors = [k for k in keys if "lora_B" in k or "lora_embedding_B" in k]
+    others = [k for k in keys if k not in factors and "lora_A" not in k and "lora_embedding_A" not in k]
+    if not factors or others or any(bool(tensor(k).any()) for k in factors):
+        return None
+    return len(factors)
+
+
+def inert_lora_text(name: str, factors: int) -> str:
+    """The warning of a LoRA adapter whose ``factors`` B matrices are all zero."""
+    return (f"{name} changes nothing: all {factors} of its lora_B matrices are zero, as PEFT initialises them (saved "
+            "before its first training step?), so the descendant computes exactly the base and finding no "
+            "divergence says nothing about a fine-tune")
