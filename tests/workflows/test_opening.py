@@ -80,7 +80,8 @@ def test_a_merge_check_directory_opens_as_the_dict_the_command_returned(tmp_path
         assert f"{tmp_path / name}/merge-check.html" in card and "<b>crosspatch merge-check" in card
     assert "would receive &lt;b&gt;" in crosspatch.open_run(tmp_path / "mc1")._repr_html_()
     for damaged in ({k: v for k, v in MERGE_SPLICE.items() if k != "plan"}, {**MERGE_WEIGHTS, "kind": "other"},
-                    {**MERGE_WEIGHTS, "preflight": {"passed": True}}):
+                    {**MERGE_WEIGHTS, "preflight": {"passed": True}}, {**MERGE_WEIGHTS, "diagnostic": {"merge": 5}},
+                    {**MERGE_WEIGHTS, "diagnostic": None}):
         (tmp_path / "mc1" / "merge-check.json").write_text(json.dumps(damaged))
         with pytest.raises(CorruptRunFileError, match="not a crosspatch merge-check document"):
             crosspatch.open_run(tmp_path / "mc1")

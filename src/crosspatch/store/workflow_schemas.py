@@ -130,8 +130,13 @@ def kind_problems(name: str, document: dict) -> list[str]:
     splice, or of a weight merge), or where its parts disagree (a splice's boundaries with other
     chimeras than the first one's)."""
     if name == "merge-check.json":
-        return [f"{key}: required for a merge-check of kind {document['kind']!r}"
-                for key in MERGE_CHECK_KEYS[document["kind"]] if key not in document][:3]
+        problems = [f"{key}: required for a merge-check of kind {document['kind']!r}"
+                    for key in MERGE_CHECK_KEYS[document["kind"]] if key not in document]
+        if document["kind"] == "weights" and not problems:  # (each model's numbers against the base)
+            diagnostic = document["diagnostic"]
+            problems += ["diagnostic: not an object"] if not isinstance(diagnostic, dict) else [
+                f"diagnostic.{role}: not an object" for role, numbers in diagnostic.items() if not isinstance(numbers, dict)]
+        return problems[:3]
     if name == "splice.json":
         names = [sorted(block["chimeras"]) for block in document["boundaries"].values()]
         return ["boundaries with other chimeras than the first one's"] if any(n != names[0] for n in names) else []
