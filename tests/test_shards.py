@@ -67,7 +67,7 @@ def test_bad_shard_spec_is_refused():
 
 def test_bad_run_options_are_refused_before_anything_is_written(tmp_path):
     pair = make_pair("llama")
-    for bad in ({"plan": "fast"}, {"engine": "spark"}, {"rollout_model": "it"}):
+    for bad in ({"plan": "fast"}, {"engine": "spark"}, {"rollout_model": "both"}):  # ("it" reads as "IT", as --rollout-model it)
         with pytest.raises(ValueError):
             run(pair, many_prompts(2), out=tmp_path / "r", progress=False, bootstrap=0, **bad)
     assert not (tmp_path / "r").exists()
