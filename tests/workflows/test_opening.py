@@ -26,7 +26,7 @@ def test_a_preflight_or_splice_directory_opens_as_its_result(tmp_path):
         opened = crosspatch.open_run(tmp_path / name)
         assert isinstance(opened, kind) and opened.document == document and opened.out == tmp_path / name
     assert crosspatch.open_run(tmp_path / "preflight").failed() == ["adapter-active"]
-    # commands that read a run (gate, report) name such a directory for what it is
+    # gate, which reads a run, names such a directory for what it is (report renders its pages: below)
     from typer.testing import CliRunner
 
     from crosspatch.cli import app
@@ -35,7 +35,7 @@ def test_a_preflight_or_splice_directory_opens_as_its_result(tmp_path):
     (tmp_path / "splice" / "crosspatch" / "config.json").write_text("{}")  # (the diagnostic's run directory)
     for name, says in (("preflight", "`crosspatch preflight` itself exits 1 when a check fails"),
                        ("splice", f"the run directories inside: {tmp_path / 'splice' / 'crosspatch'}")):
-        for command in ("gate", "report"):
+        for command in ("gate",):
             res = CliRunner().invoke(app, [command, str(tmp_path / name)])
             assert res.exit_code == 2 and f"holds the output of crosspatch {name} ({name}.json), not a run" in res.output
             assert says in " ".join(res.output.split()), res.output
@@ -111,3 +111,36 @@ def test_a_preflight_written_into_a_run_directory_opens_as_the_run(tmp_path):
         max_new_tokens=4, bootstrap=0, progress=False, out=tmp_path / "run")
     (tmp_path / "run" / "preflight.json").write_text(json.dumps(PREFLIGHT))
     assert isinstance(crosspatch.open_run(tmp_path / "run"), RunResult)
+
+
+def test_report_renders_a_workflow_directory_again_with_the_runs_inside_it(tmp_path):
+    """`crosspatch report` on a preflight's, splice's or merge-check's directory said "not a run":
+    their pages are rendered again from the stored document, and so are the runs inside (a
+    merge-check's runs/, a splice's diagnostic), `--check` checking those runs' reports; a document
+    its pages cannot be rendered from is named."""
+    from typer.testing import CliRunner
+
+    from crosspatch.cli import app
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import make_pair
+
+    (tmp_path / "pf").mkdir()
+    (tmp_path / "pf" / "preflight.json").write_text(json.dumps(
+        {**PREFLIGHT, "inputs": {**PREFLIGHT["inputs"], "merged": None, "max_new_tokens": 8, "dtype": "float32"},
+         "prompts": {"count": 2, "source": "p.jsonl"}}))
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "pf")])
+    assert res.exit_code == 0 and "FAIL: base b, adapter a" in (tmp_path / "pf" / "preflight.md").read_text()
+    assert "B = 0" in (tmp_path / "pf" / "preflight.html").read_text()
+    (tmp_path / "mc" / "runs").mkdir(parents=True)
+    (tmp_path / "mc" / "merge-check.json").write_text(json.dumps(MERGE_WEIGHTS))
+    run(make_pair("llama"), [{"id": f"p{k}", "prompt": f"Rain in city {k}"} for k in range(3)], boundary=2,
+        max_new_tokens=4, bootstrap=0, progress=False, out=tmp_path / "mc" / "runs" / "merge")
+    (tmp_path / "mc" / "runs" / "merge" / "report.md").unlink()
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "mc"), "--check"])
+    output = " ".join(res.output.split())
+    assert res.exit_code == 0 and "every printed number comes from the stored data" in output, output
+    assert (tmp_path / "mc" / "runs" / "merge" / "report.md").is_file()
+    assert "The merge and its parents" in (tmp_path / "mc" / "merge-check.md").read_text()
+    (tmp_path / "pf" / "preflight.json").write_text(json.dumps(PREFLIGHT))  # (no prompts: its page reads them)
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "pf")])
+    assert res.exit_code == 2 and "CorruptRunFileError" in res.output and "cannot be rendered" in res.output

@@ -266,23 +266,29 @@ def report_cmd(
                                                       "comes from the stored data (exit 1 if one does not)."),
 ) -> None:
     """Re-render report.md and report.html from a run directory's stored files alone (a compare's or
-    lineage's output directory: its pages and each of its runs' reports)."""
+    lineage's output directory: its pages and each of its runs' reports; a preflight's, splice's or
+    merge-check's: its pages and the runs inside it)."""
     from ..runner.result import rerender_run  # reads the stored files: no model code, no torch
+    from ..workflows.opening import rerender_workflow
 
     try:
-        written = rerender_run(run_dir)
+        pages = rerender_workflow(run_dir)
+        written = rerender_run(run_dir) if pages is None else None
         if check:
             from ..report.check import check_report
             from ..store import collection_kind, collection_runs
 
-            kind = collection_kind(run_dir)  # a compare's or lineage's output: each of its runs' reports
-            members = [run_dir] if kind is None else collection_runs(run_dir, kind)
-            problems = [f"{'' if kind is None else member.name + '/'}{problem}"
+            if pages is not None:  # a workflow's directory: the runs inside it
+                members = sorted({p.parent for p in pages if p.name == "report.md"})
+            else:  # a compare's or lineage's output: each of its runs' reports
+                kind = collection_kind(run_dir)
+                members = [run_dir] if kind is None else collection_runs(run_dir, kind)
+            problems = [f"{'' if member == run_dir else str(member.relative_to(run_dir)) + '/'}{problem}"
                         for member in members for problem in check_report(member)]
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
-    print_warnings(written.warnings)
-    for path in written.files:
+    print_warnings(written.warnings if written is not None else [])
+    for path in written.files if written is not None else pages or []:
         console.print(f"wrote {path}", soft_wrap=True)
     if check:
         for problem in problems:

@@ -229,7 +229,7 @@ def merge_check(config_path: str | Path, prompts, base: str | None = None, out: 
                     "validator_pass_rate": chimera["validator_pass_rate"], "same_as_tuned": chimera["same_as_tuned"],
                     "diagnostic": (result.document.get("diagnostic") or {}).get(str(plan.boundary)),
                     "verdict": (result.document.get("diagnostic") or {}).get("verdict")}
-        _write(out, document)
+        write_merge_check(out, document)
         return MergeCheckResult(document, out)
     return _weight_merge(config, config_path, prompts, base, out, max_new_tokens, options, inputs, say)
 
@@ -292,7 +292,7 @@ def _weight_merge(config, config_path, prompts, base, out, max_new_tokens, optio
                 "preflight": {"passed": checks.passed, "checks": [{k: c[k] for k in ("name", "status", "summary")}
                                                                   for c in checks.document["checks"]]},
                 "diagnostic": diagnostic}
-    _write(out, document)
+    write_merge_check(out, document)
     return MergeCheckResult(document, out)
 
 
@@ -335,7 +335,8 @@ def _check_depth(model: str, position: int, what: str) -> None:
                                           f"evaluates {what} that keep the depth")
 
 
-def _write(out, document: dict) -> None:
+def write_merge_check(out, document: dict) -> None:
+    """merge-check.json, .md and .html into ``out`` (nothing without one)."""
     if out is None:
         return
     from .output import write_outputs
