@@ -269,7 +269,7 @@ def report_cmd(
     lineage's output directory: its pages and each of its runs' reports; a preflight's, splice's or
     merge-check's: its pages and the runs inside it)."""
     from ..runner.result import rerender_run  # reads the stored files: no model code, no torch
-    from ..workflows.opening import rerender_workflow
+    from ..workflows.rerender import rerender_workflow
 
     try:
         pages = rerender_workflow(run_dir)

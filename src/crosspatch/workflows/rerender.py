@@ -1,0 +1,56 @@
+"""``crosspatch report`` on a practitioner workflow's directory (:func:`rerender_workflow`): its
+pages rendered again from its stored document alone, torch-free like the rest of ``report`` (the
+workflow's own module, which renders the pages, is imported only for such a directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import CorruptRunFileError
+from ..store import check_out_path
+from ..store.files import read_checked_document
+
+__all__ = ["rerender_workflow"]
+
+
+# a workflow's document -> the writer of its pages (module of this package, function), to render them again
+_WRITERS = {"preflight.json": ("preflight", "write_preflight"), "splice.json": ("splice", "write_splice"),
+            "merge-check.json": ("mergecheck", "write_merge_check")}
+
+
+def rerender_workflow(path: str | Path) -> list[Path] | None:
+    """``crosspatch report`` on a workflow's directory (a preflight's, splice's or merge-check's):
+    its pages rendered again from its stored document alone (checked: a damaged one is a
+    ``CorruptRunFileError``), and so are the workflows' and runs' directories inside it (a
+    splice's diagnostic run, a merge-check's splice or runs). Returns the files written; None for
+    a directory that is no workflow's (a run, whose own preflight section its report holds)."""
+    import importlib
+
+    path = check_out_path(path)
+    name = next((n for n in _WRITERS if (path / n).is_file()), None)
+    if name is None or (path / "config.json").exists():
+        return None
+    module, writer = _WRITERS[name]
+    document = read_checked_document(path / name)
+    try:
+        getattr(importlib.import_module(f"{__package__}.{module}"), writer)(path, document)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # (a part its pages show, lacking or damaged)
+        raise CorruptRunFileError(f"{path / name}: its pages cannot be rendered from it ({type(exc).__name__}: "
+                                  f"{exc}): not the document crosspatch wrote; run the command again into a new "
+                                  "directory") from None
+    return [path / f"{name.removesuffix('.json')}.{ext}" for ext in ("md", "html")] + _inner_pages(path, 2)
+
+
+def _inner_pages(path: Path, depth: int) -> list[Path]:
+    """The pages of the workflows and finished runs inside ``path`` (to ``depth`` folders down), rendered again."""
+    from ..runner.result import rerender_run
+
+    files: list[Path] = []
+    for child in sorted(p for p in path.iterdir() if p.is_dir()):
+        if (done := rerender_workflow(child)) is not None:
+            files += done
+        elif (child / "summary.json").is_file():
+            files += rerender_run(child).files
+        elif depth > 1:  # (a merge-check's runs/)
+            files += _inner_pages(child, depth - 1)
+    return files
