@@ -17,6 +17,7 @@ from typing import Callable
 from ..core.records import READOUTS
 from ..errors import CorruptRunFileError, IncompleteRunError, RunDirectoryError, RunSchemaError, RunWriteError
 from .schemas import check_document
+from .workflow_schemas import kind_problems, workflow_output_kind
 
 CONFIG_SCHEMA = "crosspatch.config/1"
 SUMMARY_SCHEMA = "crosspatch.summary/1"
@@ -73,9 +74,6 @@ def mark_collection(path: str | Path, kind: str) -> None:
     write_whole(path / COLLECTION_MARKER, json.dumps({"kind": kind}) + "\n")
 
 
-_WORKFLOW_OUTPUTS = ("preflight", "splice", "merge-check")  # the practitioner commands' own directories
-
-
 def not_a_run_message(path: Path) -> str:
     """Why ``path`` (a directory without config.json) is no run, naming the runs inside a
     compare's or lineage's output."""
@@ -89,7 +87,7 @@ def not_a_run_message(path: Path) -> str:
         if steps and (path / "steps.jsonl").is_file():  # the training callback's out (workflows.training_out)
             return (f"{path} holds a training callback's diagnostics, not one run: give one of its step "
                     f"directories (the last: {steps[-1][1]})")
-        workflow = next((k for k in _WORKFLOW_OUTPUTS if (path / f"{k}.json").is_file()), None)
+        workflow = workflow_output_kind(path)
         if workflow is not None:  # (its command's exit code is its gate; open_run reads it)
             inside = sorted(str(c.parent) for c in [*path.glob("*/config.json"), *path.glob("*/*/config.json")])
             return (f"{path} holds the output of crosspatch {workflow} ({workflow}.json), not a run: its result is "
@@ -296,8 +294,6 @@ def read_checked_document(path: Path) -> dict:
         if absent:
             problems.append(f"{listed} without their scores: {', '.join(map(str, absent[:5]))}")
     if not problems:  # (a merge-check's keys of its kind; a splice's every boundary with the first one's columns)
-        from .workflow_schemas import kind_problems
-
         problems += kind_problems(path.name, data)
     if problems:
         raise CorruptRunFileError(f"{path}: not a crosspatch {path.stem} document: it does not match its schema "

@@ -4,10 +4,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import ConfigDict, with_config
 from typing_extensions import Required, TypedDict  # pydantic validates these on Python < 3.12
+
+# the practitioner commands' own directories, by command: the module of crosspatch.workflows that
+# writes them, its result class and its page writer (``{command}.json`` is the directory's document)
+WORKFLOW_OUTPUTS = {"preflight": ("preflight_policy", "PreflightResult", "preflight", "write_preflight"),
+                    "splice": ("splice", "SpliceResult", "splice", "write_splice"),
+                    "merge-check": ("merge_result", "MergeCheckResult", "mergecheck", "write_merge_check")}
+
+
+def workflow_output_kind(path: Path) -> str | None:
+    """The practitioner command whose output ``path`` is (its document there, no run's
+    config.json beside it), or None."""
+    if (path / "config.json").exists():
+        return None
+    return next((k for k in WORKFLOW_OUTPUTS if (path / f"{k}.json").is_file()), None)
 
 
 @with_config(ConfigDict(extra="allow"))

@@ -6,6 +6,7 @@ their stored JSON alone, no model loaded."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from ..runner.compare import CompareResult
@@ -14,14 +15,12 @@ from ..runner.lineage import LineageResult
 from ..runner.result import RunResult
 from ..store import check_out_path
 from ..store.files import read_checked_document
+from ..store.workflow_schemas import WORKFLOW_OUTPUTS, workflow_output_kind
 from .merge_result import MergeCheckResult
 from .preflight_policy import PreflightResult
 from .splice import SpliceResult
 
 __all__ = ["open_run"]
-
-# a workflow's document -> its result class
-_DOCUMENTS = {"preflight.json": PreflightResult, "splice.json": SpliceResult, "merge-check.json": MergeCheckResult}
 
 
 def open_run(run_dir: str | Path) -> RunResult | CompareResult | LineageResult | PreflightResult | SpliceResult | \
@@ -34,8 +33,9 @@ def open_run(run_dir: str | Path) -> RunResult | CompareResult | LineageResult |
     not finish, or a damaged file is a named error (``NotARunDirectoryError``,
     ``IncompleteRunError``, ``CorruptRunFileError``)."""
     path = check_out_path(run_dir)
-    if not (path / "config.json").exists():
-        for name, result in _DOCUMENTS.items():
-            if (path / name).is_file():
-                return result(read_checked_document(path / name), path)
-    return open_run_directory(path)
+    kind = workflow_output_kind(path)
+    if kind is None:
+        return open_run_directory(path)
+    module, result, _, _ = WORKFLOW_OUTPUTS[kind]
+    document = read_checked_document(path / f"{kind}.json")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), result)(document, path)

@@ -9,13 +9,9 @@ from pathlib import Path
 from ..errors import CorruptRunFileError
 from ..store import check_out_path
 from ..store.files import read_checked_document
+from ..store.workflow_schemas import WORKFLOW_OUTPUTS, workflow_output_kind
 
 __all__ = ["rerender_workflow"]
-
-
-# a workflow's document -> the writer of its pages (module of this package, function), to render them again
-_WRITERS = {"preflight.json": ("preflight", "write_preflight"), "splice.json": ("splice", "write_splice"),
-            "merge-check.json": ("mergecheck", "write_merge_check")}
 
 
 def rerender_workflow(path: str | Path) -> list[Path] | None:
@@ -27,10 +23,11 @@ def rerender_workflow(path: str | Path) -> list[Path] | None:
     import importlib
 
     path = check_out_path(path)
-    name = next((n for n in _WRITERS if (path / n).is_file()), None)
-    if name is None or (path / "config.json").exists():
+    kind = workflow_output_kind(path)
+    if kind is None:
         return None
-    module, writer = _WRITERS[name]
+    _, _, module, writer = WORKFLOW_OUTPUTS[kind]
+    name = f"{kind}.json"
     document = read_checked_document(path / name)
     try:
         getattr(importlib.import_module(f"{__package__}.{module}"), writer)(path, document)
