@@ -174,7 +174,7 @@ def test_a_hub_id_cached_with_pickle_weights_only_is_refused_before_loading_whil
     had loaded. It is refused before any model loads, as a local directory of pickle weights is."""
     import crosspatch
     from crosspatch import execution
-    from crosspatch.models.paths import check_cached_pickle
+    from crosspatch.models.paths import check_weight_format
 
     for owner in (crosspatch, execution):  # (the package's export first, as above)
         monkeypatch.setattr(owner, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
@@ -187,5 +187,5 @@ def test_a_hub_id_cached_with_pickle_weights_only_is_refused_before_loading_whil
     output = " ".join(res.output.split())
     assert res.exit_code == 2 and "PickleWeightsRefusedError: org/pickled: its snapshot" in output, output
     assert "holds only pickle weights (pytorch_model.bin)" in output and "--allow-pickle" in output
-    check_cached_pickle("org/pickled", None, allow_pickle=True)  # asked for: loading goes on
-    check_cached_pickle("org/base", None, allow_pickle=False)  # safetensors: nothing to refuse
+    check_weight_format("org/pickled", allow_pickle=True)  # asked for: loading goes on
+    check_weight_format("org/base", allow_pickle=False)  # safetensors: nothing to refuse

@@ -142,8 +142,8 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
         local_rope_switch,
         local_sparse_topk,
     )
-    from ..models.loading import check_custom_code, check_weight_format
-    from ..models.paths import check_cached_pickle
+    from ..models.loading import check_custom_code
+    from ..models.paths import check_weight_format
     from ..runner.checks import (
         check_distinct_descendants,
         check_group_by,
@@ -184,8 +184,7 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
         check_supported(local_config(files[path]))  # a hub id not in the cache: checked once loaded
     for path in [base, *tuned]:  # model code a checkpoint ships is named before its model type is compared
         check_custom_code(files[path], options.trust_remote_code)
-        check_weight_format(files[path], options.allow_pickle)
-        check_cached_pickle(path, options.revision, options.allow_pickle)  # (a hub id's, cached with pickle only)
+        check_weight_format(files[path], options.allow_pickle, options.revision)  # (a hub id's: its cached snapshot)
         check_weights_fit_config(files[path])  # a weight missing, or a config.json not its weights
     for path in tuned:  # another architecture, depth or width, from the config files (--dry-run too)
         names = ("PT", "IT") if len(tuned) + len(adapters) == 1 else ("base", path)

@@ -30,7 +30,6 @@ from ..models.loading import (
     DTYPES,
     LoadOptions,
     check_custom_code,
-    check_weight_format,
     eos_token_ids,
     is_local,
     load_causal_lm,
@@ -41,7 +40,7 @@ from ..models.loading import (
     validate_load_options,
     weight_files,
 )
-from ..models.paths import check_cached_pickle, check_model_path, looks_local
+from ..models.paths import check_model_path, check_weight_format, looks_local
 from ..models.vocab import RealVocabulary, build_real_vocabulary
 from .adapters import _load_adapters, descendant_tokenizer
 from .modelset import RESIDENCIES, ModelSet, ReadoutHead, ResidentSet, SequentialSet
@@ -216,8 +215,7 @@ def load_models(
     files = {path: checkable(path, options.revision) for path in [base, *tuned_roles.values()]}  # (cached hub ids)
     for path in [base, *tuned_roles.values()]:
         check_custom_code(files[path], options.trust_remote_code)
-        check_weight_format(files[path], options.allow_pickle)  # every checkpoint's, before the base's weights load
-        check_cached_pickle(path, options.revision, options.allow_pickle)  # (a hub id's, cached with pickle only)
+        check_weight_format(files[path], options.allow_pickle, options.revision)  # every checkpoint's, before the base's weights load
         check_weights_fit_config(files[path])  # a weight missing, or a config.json not its weights
     for role, path in tuned_roles.items():  # from their config.json files, before any weight loads
         names = ("PT", "IT") if len(tuned_roles) + len(adapter_roles) == 1 else (BASE, role)

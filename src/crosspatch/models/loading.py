@@ -15,10 +15,10 @@ from typing import Any, Iterator
 
 import torch
 
-from ..errors import DeviceUnavailableError, ModelLoadError, OptionError, PickleWeightsRefusedError, first_line
+from ..errors import DeviceUnavailableError, ModelLoadError, OptionError, first_line
 from .digests import sha256_file
 from .options import LoadOptions, check_switches
-from .paths import DEFINING_FILES, is_weight_file, some_of
+from .paths import DEFINING_FILES, check_weight_format, is_weight_file, some_of
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -140,19 +140,6 @@ def weight_files(path: str) -> list[Path]:
     return sorted(p for p in root.iterdir() if is_weight_file(p) and p.is_file())
 
 
-def check_weight_format(path: str, allow_pickle: bool) -> None:
-    """A local checkpoint with pickle weights only loads only with ``allow_pickle``: a named error
-    before any weight loads (pickle can run code when loaded)."""
-    if not is_local(path):
-        return
-    files = weight_files(path)
-    if files and not any(f.suffix == ".safetensors" for f in files) and not allow_pickle:
-        raise PickleWeightsRefusedError(
-            f"{path} has only pickle weights ({', '.join(f.name for f in files[:3])}); pickle can run "
-            "arbitrary code when loaded. Convert to safetensors, or pass --allow-pickle if you trust it."
-        )
-
-
 def defining_files(path: str) -> dict[str, str]:
     """sha256 of each of :data:`DEFINING_FILES` a local model directory has (name -> digest):
     with its weights, what makes two directories the same model wherever they are."""
@@ -236,7 +223,7 @@ def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None =
 
     from .collector import settle
 
-    check_weight_format(path, options.allow_pickle)
+    check_weight_format(path, options.allow_pickle, options.revision)
     settle()  # the command line's start is over: no weight is frozen (see collector)
     kwargs = dict(
         dtype=DTYPES[resolve_dtype(options.dtype, options.device)],

@@ -306,27 +306,40 @@ def _snapshot_lacks_weights(root: Path, marker: str, named: str) -> str | None:
     return None
 
 
-def check_cached_pickle(repo: str, revision: str | None, allow_pickle: bool) -> None:
-    """A hub id whose cached snapshot holds only pickle weights, while the Hub cannot be reached to
-    fetch safetensors it may hold (HF_HUB_OFFLINE=1, or no network), loads only with
-    ``allow_pickle``: a PickleWeightsRefusedError before any model loads, as for a local
-    directory (it was refused once the base had loaded). Not cached, or reachable: loading decides."""
-    if allow_pickle or looks_local(repo):
+def check_weight_format(path: str, allow_pickle: bool, revision: str | None = None) -> None:
+    """A checkpoint with pickle weights only loads only with ``allow_pickle`` (pickle can run code
+    when loaded): a PickleWeightsRefusedError before any weight loads. Read for a local directory,
+    and for a hub id whose cached snapshot holds only pickle weights while the Hub cannot be reached
+    to fetch safetensors it may hold (HF_HUB_OFFLINE=1, or no network). A hub id not cached, or
+    reachable: loading decides."""
+    if allow_pickle:
         return
-    try:
-        cached = _cached_file(repo, "config.json", revision)
-    except Exception:  # noqa: BLE001 - no hub library, or an id it refuses to parse: loading names it
+    root = Path(str(path)).expanduser()
+    local = root.exists()
+    if local:
+        where = f"{path} has only pickle weights"
+        remedy = "Convert to safetensors, or pass --allow-pickle if you trust it."
+    elif looks_local(str(path)):
         return
-    if cached is None:
+    else:
+        try:
+            cached = _cached_file(str(path), "config.json", revision)
+        except Exception:  # noqa: BLE001 - no hub library, or an id it refuses to parse: loading names it
+            return
+        if cached is None:
+            return
+        root = Path(cached).parent
+        where = f"{path}: its snapshot in the local Hugging Face cache holds only pickle weights"
+        remedy = ("The Hub cannot be reached to fetch safetensors. Pass --allow-pickle if you trust it, or download "
+                  "its safetensors where there is network.")
+    weights = sorted(f.name for f in root.iterdir() if is_weight_file(f) and f.is_file())
+    if not weights or any(name.endswith(".safetensors") for name in weights):
         return
-    weights = [f for f in Path(cached).parent.iterdir() if is_weight_file(f)]
-    if weights and not any(f.suffix == ".safetensors" for f in weights) and (hub_offline() or not hub_reachable()):
-        from ..errors import PickleWeightsRefusedError
+    if not local and not hub_offline() and hub_reachable():  # (the Hub may hold safetensors a load fetches)
+        return
+    from ..errors import PickleWeightsRefusedError
 
-        raise PickleWeightsRefusedError(
-            f"{repo}: its snapshot in the local Hugging Face cache holds only pickle weights ({some_of(sorted(f.name for f in weights))}) "
-            "and the Hub cannot be reached to fetch safetensors; pickle can run arbitrary code when loaded. Pass "
-            "--allow-pickle if you trust it, or download its safetensors where there is network")
+    raise PickleWeightsRefusedError(f"{where} ({some_of(weights)}); pickle can run arbitrary code when loaded. {remedy}")
 
 
 def hub_snapshot(repo: str, revision: str | None = None, marker: str = "config.json", cache_dir=None) -> str | None:
