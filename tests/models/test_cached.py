@@ -189,3 +189,19 @@ def test_a_hub_id_cached_with_pickle_weights_only_is_refused_before_loading_whil
     assert "holds only pickle weights (pytorch_model.bin)" in output and "--allow-pickle" in output
     check_weight_format("org/pickled", allow_pickle=True)  # asked for: loading goes on
     check_weight_format("org/base", allow_pickle=False)  # safetensors: nothing to refuse
+
+
+def test_the_python_api_names_a_cached_hub_id_the_method_cannot_run_before_loading(tmp_path, hub, monkeypatch):
+    """``crosspatch run`` named a cached hub id saved as a classifier (a reward model) before any
+    model loaded; ``load_models`` loaded the base's tokenizer and weights first. Both now run one
+    list of checks before loading (:func:`crosspatch.models.preload.check_checkpoints`)."""
+    from crosspatch.errors import UnsupportedArchitectureError
+    from crosspatch.execution import opening
+
+    hub("org/base", _saved(tmp_path, "base"))
+    reward = hub("org/reward", _saved(tmp_path, "reward", seed=1))
+    config = json.loads((reward / "config.json").read_text())
+    (reward / "config.json").write_text(json.dumps(config | {"architectures": ["LlamaForSequenceClassification"]}))
+    monkeypatch.setattr(opening, "load_tokenizer", lambda *a, **k: pytest.fail("loading began"))
+    with pytest.raises(UnsupportedArchitectureError, match="a classifier's checkpoint"):
+        opening.load_models("org/base", tuned="org/reward", device="cpu")

@@ -130,10 +130,8 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     from .. import load_prompts
     from ..errors import PromptImageError
     from ..inputs.chats import check_chat_rows
-    from ..models.adapters import check_adapter_files
-    from ..models.anatomy import check_boundaries_supported, check_supported
-    from ..models.cached import checkable
-    from ..models.checks import check_weights_fit_config, compare_configs, compare_weight_layouts, local_input_embeddings
+    from ..models.anatomy import check_boundaries_supported
+    from ..models.checks import local_input_embeddings
     from ..models.config_dicts import (
         local_config,
         local_is_multimodal,
@@ -142,12 +140,10 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
         local_rope_switch,
         local_sparse_topk,
     )
-    from ..models.loading import check_custom_code
-    from ..models.paths import check_weight_format
+    from ..models.preload import check_checkpoints
     from ..runner.checks import (
         check_distinct_descendants,
         check_group_by,
-        check_model_path,
         check_out_dir,
         check_prompt_lengths,
         check_prompt_token_ids,
@@ -166,30 +162,13 @@ def _prepare(config: RunConfig, options: LoadOptions, session: Session, base: st
     items = load_prompts(prompts, fields)
     check_chat_rows(items, config.chat_template)
     check_group_by(list(config.group_by), items)  # a field no prompt has (its warnings: the run's)
-    check_model_path(base, "base", revision=options.revision)
     role = "lineage stage" if collection == "lineage" else "tuned"  # named as the user gave them
     from ..execution.roles import named_path
 
     tuned = [(named_path(p) or (None, p))[1] for p in tuned]  # NAME=PATH: the path is checked
     adapters = [(named_path(p) or (None, p))[1] for p in adapters]
-    for path in tuned:
-        check_model_path(path, role, revision=options.revision)
-    # a hub id's files are read from its snapshot in the local cache, when that holds the whole checkpoint
-    files = {path: checkable(path, options.revision) for path in [base, *tuned]}
-    for path in adapters:
-        check_model_path(path, role, adapter=True)  # adapters load at their main revision
-        check_adapter_files(path, options.allow_pickle, files[base])  # and that a LoRA's weights fit the base's
     check_distinct_descendants(list(tuned) + list(adapters))
-    for path in [base, *tuned]:
-        check_supported(local_config(files[path]))  # a hub id not in the cache: checked once loaded
-    for path in [base, *tuned]:  # model code a checkpoint ships is named before its model type is compared
-        check_custom_code(files[path], options.trust_remote_code)
-        check_weight_format(files[path], options.allow_pickle, options.revision)  # (a hub id's: its cached snapshot)
-        check_weights_fit_config(files[path])  # a weight missing, or a config.json not its weights
-    for path in tuned:  # another architecture, depth or width, from the config files (--dry-run too)
-        names = ("PT", "IT") if len(tuned) + len(adapters) == 1 else ("base", path)
-        compare_configs(files[base], files[path], names)
-        compare_weight_layouts(files[base], files[path], names)  # a descendant lacking weights, a config not its weights
+    files = check_checkpoints(base, {path: path for path in tuned}, adapters, options, role)
     layers = local_num_layers(files[base])
     if layers is not None:
         check_boundaries_supported(local_config(files[base]), resolve_boundaries(config, layers))

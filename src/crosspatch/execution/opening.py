@@ -11,15 +11,12 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
-from ..models.adapters import adapter_settings, changes_base_in_place, check_adapter_files, method_conflict, vocabulary_conflict
+from ..models.adapters import adapter_settings, changes_base_in_place, method_conflict, vocabulary_conflict
 from ..models.cached import checkable
 from ..models.checks import (
     check_readout,
     check_special_tokens,
-    check_weights_fit_config,
-    compare_configs,
     compare_facts,
-    compare_weight_layouts,
     identical_weights_warning,
     inert_adapter,
     model_facts,
@@ -29,7 +26,6 @@ from ..models.forward import ModelHandle
 from ..models.loading import (
     DTYPES,
     LoadOptions,
-    check_custom_code,
     eos_token_ids,
     is_local,
     load_causal_lm,
@@ -40,7 +36,8 @@ from ..models.loading import (
     validate_load_options,
     weight_files,
 )
-from ..models.paths import check_model_path, check_weight_format, looks_local
+from ..models.paths import looks_local
+from ..models.preload import check_checkpoints
 from ..models.vocab import RealVocabulary, build_real_vocabulary
 from .adapters import _load_adapters, descendant_tokenizer
 from .modelset import RESIDENCIES, ModelSet, ReadoutHead, ResidentSet, SequentialSet
@@ -209,21 +206,7 @@ def load_models(
     validate_load_options(options)  # the Python API gets the CLI's named errors, before any load
     base = model_path_arg(base, "the base")
     tuned_roles, adapter_roles = descendant_roles(tuned, adapters)
-    check_model_path(base, "base", revision=options.revision)
-    for path in tuned_roles.values():
-        check_model_path(path, "tuned", revision=options.revision)
-    files = {path: checkable(path, options.revision) for path in [base, *tuned_roles.values()]}  # (cached hub ids)
-    for path in [base, *tuned_roles.values()]:
-        check_custom_code(files[path], options.trust_remote_code)
-        check_weight_format(files[path], options.allow_pickle, options.revision)  # every checkpoint's, before the base's weights load
-        check_weights_fit_config(files[path])  # a weight missing, or a config.json not its weights
-    for role, path in tuned_roles.items():  # from their config.json files, before any weight loads
-        names = ("PT", "IT") if len(tuned_roles) + len(adapter_roles) == 1 else (BASE, role)
-        compare_configs(files[base], files[path], names)
-        compare_weight_layouts(files[base], files[path], names)
-    for path in adapter_roles.values():
-        check_model_path(path, "tuned", adapter=True)  # adapters load at their main revision
-        check_adapter_files(path, options.allow_pickle, files[base])  # and that its LoRA weights fit the base's
+    check_checkpoints(base, tuned_roles, list(adapter_roles.values()), options)
     if not tuned_roles and not adapter_roles:
         raise ModelLoadError("give at least one descendant: tuned= (a checkpoint) or adapter= (a PEFT adapter dir)")
     residency, reason = choose_residency(base, list(tuned_roles.values()), list(adapter_roles.values()), options)

@@ -1,0 +1,47 @@
+"""The checks every checkpoint and adapter gets before any weight loads (:func:`check_checkpoints`),
+one list that ``crosspatch run``'s (and ``compare``'s, ``lineage``'s) checks and the Python API's
+:func:`~crosspatch.execution.load_models` both run: each path there and of a known kind, the model
+code a checkpoint ships, pickle weights, weights that fit their config.json, an adapter whose
+weights fit the base's, and each descendant's architecture, depth, width and weight layout set
+against the base's."""
+
+from __future__ import annotations
+
+from .adapters import check_adapter_files
+from .anatomy import check_supported
+from .cached import checkable
+from .checks import check_weights_fit_config, compare_configs, compare_weight_layouts
+from .config_dicts import local_config
+from .loading import LoadOptions, check_custom_code
+from .paths import check_model_path, check_weight_format
+
+__all__ = ["check_checkpoints"]
+
+
+def check_checkpoints(base: str, tuned: dict[str, str], adapters: list[str], options: LoadOptions,
+                      role: str = "tuned") -> dict[str, str]:
+    """Check ``base``, the checkpoints ``tuned`` (name -> path, the name used in a mismatch's
+    message) and the adapter directories ``adapters``, reading only their files: named errors
+    (``ModelLoadError`` and its kinds) before any weight loads. ``role`` is what the descendants are
+    called in a path's message ("tuned", "lineage stage"). Returns where each checkpoint's files
+    are read (path -> a local path, or a hub id's whole snapshot in the local cache, else the id:
+    checked once loaded)."""
+    check_model_path(base, "base", revision=options.revision)
+    for path in tuned.values():
+        check_model_path(path, role, revision=options.revision)
+    # a hub id's files are read from its snapshot in the local cache, when that holds the whole checkpoint
+    files = {path: checkable(path, options.revision) for path in [base, *tuned.values()]}
+    for path in adapters:
+        check_model_path(path, role, adapter=True)  # adapters load at their main revision
+        check_adapter_files(path, options.allow_pickle, files[base])  # and that a LoRA's weights fit the base's
+    for path in [base, *tuned.values()]:
+        check_supported(local_config(files[path]))  # (a cached hub id's; one not cached: checked once loaded)
+    for path in [base, *tuned.values()]:  # model code a checkpoint ships is named before its model type is compared
+        check_custom_code(files[path], options.trust_remote_code)
+        check_weight_format(files[path], options.allow_pickle, options.revision)  # (a hub id's: its cached snapshot)
+        check_weights_fit_config(files[path])  # a weight missing, or a config.json not its weights
+    for name, path in tuned.items():  # another architecture, depth or width, from the config files
+        names = ("PT", "IT") if len(tuned) + len(adapters) == 1 else ("base", name)
+        compare_configs(files[base], files[path], names)
+        compare_weight_layouts(files[base], files[path], names)  # a descendant lacking weights, a config not its weights
+    return files
