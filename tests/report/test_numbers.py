@@ -30,3 +30,37 @@ def test_the_demo_reading_quotes_a_share_as_the_tables_do():
 
     share = {"mean": 1e-12, "ci": [-3e-9, 2e-9]}  # it-lora-late: the same late stack on both upstream states
     assert _share_text({"numbers": {"late_interaction_share": share}}) == " (I/E_IT 0% [0%, 0%])"
+
+
+def test_a_run_without_bootstrap_resamples_claims_no_intervals_on_any_page(tmp_path):
+    """With ``--bootstrap 0`` every number is a bare mean, yet the console's column read "mean
+    [95% CI]", report.md's cells "with 95% prompt-cluster bootstrap intervals", the HTML's
+    forest plots "effects with 95% CIs" and the sweep "95% bootstrap CI". Each now says there are
+    none; a run with resamples still says 95%."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from crosspatch.cli import app
+    from crosspatch.testing import save_tiny_pair
+
+    root = save_tiny_pair(tmp_path / "pair")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": text}) + "\n"
+                               for i, text in enumerate(["Rain in Boston", "Snow over Denver", "Fog at dawn"])))
+    res = CliRunner().invoke(app, ["run", "--base", str(root / "base"), "--tuned", str(root / "tuned"), "--prompts",
+                                   str(prompts), "--out", str(tmp_path / "r"), "--max-new-tokens", "6",
+                                   "--boundaries", "1,2", "--bootstrap", "0", "--controls", "none"])
+    assert res.exit_code == 0, res.output
+    assert "95%" not in res.output and "mean (no intervals)" in res.output
+    pages = {name: (tmp_path / "r" / name).read_text() for name in ("report.md", "report.html")}
+    assert "bootstrap intervals" not in pages["report.md"] and "without intervals" in pages["report.md"]
+    assert "effects with 95% CIs" not in pages["report.html"] and "effects (no intervals" in pages["report.html"]
+    assert "95% bootstrap CI" not in (tmp_path / "r" / "sweep.svg").read_text()
+
+    from crosspatch.report.collections import compare_intervals
+
+    with_ci = {"effects": {"E_PT": {"mean": 0.1, "ci": [0.0, 0.2]}}, "cells": {}}
+    bare = {"effects": {"E_PT": {"mean": 0.1, "ci": None}}, "cells": {}}
+    assert compare_intervals({"rows": {"a": with_ci, "b": bare}}) == "95% prompt-cluster intervals"
+    assert compare_intervals({"rows": {"b": bare}}) == "no intervals (no bootstrap resamples)"

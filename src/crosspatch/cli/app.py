@@ -107,7 +107,7 @@ def _fail(exc: Exception) -> None:
 
 def print_summary_table(summary: dict, title: str = "crosspatch") -> None:
     """A short rich table of the headline effects (common-IT readout, first boundary)."""
-    from ..report.markdown import fmt_effect
+    from ..report.markdown import fmt_effect, has_intervals
 
     out = _stdout()
     if len(summary["boundaries"]) > 1:  # a sweep: one row per boundary
@@ -122,7 +122,7 @@ def print_summary_table(summary: dict, title: str = "crosspatch") -> None:
     block = summary["results"][b]["common_it"]["all"]
     table = Table(title=f"{title}: boundary {b}, common-IT readout, {block['n_events']} events")
     table.add_column("quantity")
-    table.add_column("mean [95% CI]", justify="right")
+    table.add_column("mean [95% CI]" if has_intervals(block) else "mean (no intervals)", justify="right")
     for name in ("E_PT", "E_IT", "interaction", "direct_share", "native_shift"):
         table.add_row(name, fmt_effect(block, name))
     out.print(table)

@@ -118,7 +118,7 @@ def pool_cmd(
     """Pool several families family-balanced: the mean of per-family means, prompts resampled
     within each family (each run at its headline boundary, common-IT readout)."""
 
-    from ..report.markdown import fmt_effect
+    from ..report.markdown import fmt_effect, has_intervals
     from ..runner.compare import pool_runs
     from ..store.files import json_document
 
@@ -136,7 +136,7 @@ def pool_cmd(
     n = pooled["n_pairs"]
     table = Table(title=f"family-balanced pool of {n} {'family' if n == 1 else 'families'}, {pooled['n_events']} events")
     table.add_column("quantity")
-    table.add_column("mean [95% CI]", justify="right")
+    table.add_column("mean [95% CI]" if has_intervals(pooled) else "mean (no intervals)", justify="right")
     table.add_column("leave-one-out range of the mean", justify="right")
     for name in quantities:
         means = [b["effects"][name]["mean"] for b in loo.values() if b["effects"][name]["mean"] is not None]

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from ..core.records import CELLS
 from ..store import write_whole
-from .markdown import _table, fmt_effect, fmt_percent, fmt_value, md_escape
+from .markdown import _table, fmt_effect, fmt_percent, fmt_value, has_intervals, md_escape
 from .mdtext import page_environment
 from .plots import legend, matplotlib_label, save_figure
 
-__all__ = ["LINEAGE_COLUMNS", "cross_cell", "lineage_no_events", "lineage_rows", "plot_lineage", "render_compare_html",
+__all__ = ["LINEAGE_COLUMNS", "compare_intervals", "cross_cell", "lineage_no_events", "lineage_rows", "plot_lineage", "render_compare_html",
            "render_compare_markdown", "render_lineage_html", "render_lineage_markdown", "write_compare_pages",
            "write_lineage_pages"]
 
@@ -24,9 +24,16 @@ def cross_cell(stat: dict | None) -> str:
     return f"{fmt_value(stat)} (n={stat['n']})"
 
 
+def compare_intervals(summary: dict) -> str:
+    """What a compare's rows are printed with: 95% prompt-cluster intervals, or none (no bootstrap
+    resamples), said so that no page claims intervals it does not show."""
+    blocks = [{"effects": r.get("effects") or {}, "cells": r.get("cells") or {}} for r in summary["rows"].values()]
+    return "95% prompt-cluster intervals" if has_intervals(*blocks) else "no intervals (no bootstrap resamples)"
+
+
 def render_compare_markdown(summary: dict) -> str:
     lines = ["# crosspatch compare", "", f"Base against {len(summary['rows'])} descendant(s); headline boundary, "
-             "common-IT readout, 95% prompt-cluster intervals.", ""]
+             f"common-IT readout, {compare_intervals(summary)}.", ""]
     rows = []
     for role, r in summary["rows"].items():
         block = {"effects": r["effects"]}
@@ -52,7 +59,7 @@ def render_compare_markdown(summary: dict) -> str:
 
 def render_compare_html(summary: dict) -> str:
     env = page_environment()
-    tables = [("Descendants (95% prompt-cluster intervals)",
+    tables = [(f"Descendants ({compare_intervals(summary)})",
                ["descendant", "verdict", "events", "E_PT", "E_IT", "interaction", "direct share"],
                [[role, r["verdict"], str(r["events"])] + [fmt_effect({"effects": r["effects"]}, k)
                                                           for k in ("E_PT", "E_IT", "interaction", "direct_share")]
@@ -66,7 +73,7 @@ def render_compare_html(summary: dict) -> str:
         reading.append(f"Cross-descendant patching: {summary['cross_note']}.")
     return env.get_template("tables.html.j2").render(
         title="crosspatch compare", intro=f"Base against {len(summary['rows'])} descendant(s); headline boundary, "
-                                          "common-IT readout, 95% prompt-cluster intervals.",
+                                          f"common-IT readout, {compare_intervals(summary)}.",
         reading=reading, warnings=summary.get("warnings") or [], tables=tables,
         links=[f"{role}/report.html" for role in summary["rows"]])
 

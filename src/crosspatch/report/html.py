@@ -15,6 +15,7 @@ from .markdown import (
     counts_lines,
     fmt_effect,
     fmt_value,
+    has_intervals,
     prompt_source,
     reading_lines,
     scored_descendant,
@@ -39,6 +40,7 @@ def _section(result: dict, boundary: str, breakdown_plots: bool = True) -> dict:
 
     head = result["common_it"]["all"]
     groups, forests = [], []
+    effects = "effects with 95% CIs" if has_intervals(head) else "effects (no intervals: no bootstrap resamples)"
     for key, block in result["common_it"].items():
         if key.startswith("by_") and block:
             label = key[3:]
@@ -48,7 +50,7 @@ def _section(result: dict, boundary: str, breakdown_plots: bool = True) -> dict:
             if key != "by_position" and breakdown_plots:
                 rows = [(name, b) for name, b in block.items() if b["n_events"]][:30]
                 if rows:
-                    forests.append(forest_svg(rows, f"by {label.replace('_', ' ')}: effects with 95% CIs"))
+                    forests.append(forest_svg(rows, f"by {label.replace('_', ' ')}: {effects}"))
     return {
         "boundary": boundary,
         "cells": {c: fmt_value(v) for c, v in head["cells"].items()},
@@ -57,7 +59,7 @@ def _section(result: dict, boundary: str, breakdown_plots: bool = True) -> dict:
                     for key, label in _EFFECT_LABELS.items()],
         "groups": groups,
         "heatmap": cells_heatmap_svg(head, f"mean Y per cell, boundary {boundary} (common-IT)"),
-        "forest_all": forest_svg([("all events", head)], f"boundary {boundary}: effects with 95% CIs"),
+        "forest_all": forest_svg([("all events", head)], f"boundary {boundary}: {effects}"),
         "forests": forests,
     }
 

@@ -36,6 +36,20 @@ def fmt_value(stat: dict | None, signed: bool = True, percent: bool = False, fmt
     return text
 
 
+def has_intervals(*blocks: dict) -> bool:
+    """Whether any cell or effect of these result blocks has its interval (none without bootstrap
+    resamples: ``--bootstrap 0``, or too few prompts)."""
+    return any((ci := (stat or {}).get("ci")) and ci[0] is not None and ci[1] is not None
+               for block in blocks for part in ("cells", "effects") for stat in (block.get(part) or {}).values())
+
+
+def interval_words(*blocks: dict) -> str:
+    """What the numbers of these blocks are printed with: their 95% prompt-cluster bootstrap
+    intervals, or none (said, so that no page claims intervals it does not show)."""
+    return ("with 95% prompt-cluster bootstrap intervals" if has_intervals(*blocks) else
+            "without intervals (no bootstrap resamples: --bootstrap 0, or too few prompts)")
+
+
 def fmt_percent(stat: dict | None) -> str:
     """A statistic already in percent (``{"mean", "ci"}``, e.g. a lineage stage's share of the
     final model) as ``29% [21%, 38%]``, or n/a with its reason."""
@@ -100,7 +114,7 @@ def boundary_section(result: dict, boundary: str, num_layers: int | None, level:
     lines.append("")
     head = result["common_it"]["all"]
     lines.append("Mean `Y = logit(t_IT) - logit(t_PT)` per cell, common-IT readout (headline), "
-                 "with 95% prompt-cluster bootstrap intervals:")
+                 f"{interval_words(head)}:")
     lines.append("")
     lines += cell_table(head)
     lines.append("")

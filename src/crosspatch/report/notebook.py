@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import html
 
-from .collections import LINEAGE_COLUMNS, lineage_no_events, lineage_rows
-from .markdown import fmt_effect
+from .collections import LINEAGE_COLUMNS, compare_intervals, lineage_no_events, lineage_rows
+from .markdown import fmt_effect, has_intervals
 from .mdtext import visible_controls
 
 __all__ = ["compare_card", "lineage_card", "preflight_card", "run_card", "sections_card", "splice_card", "splice_table"]
@@ -53,7 +53,7 @@ def run_card(summary: dict, run_dir=None) -> str:
             + (f" at boundary {escape(str(boundary))} ({escape(readout.replace('_', '-'))} readout)" if boundary else "")
             + f"; {counts.get('prompts', 0)} prompts, {counts.get('events', 0)} events")
     block = (summary.get("results", {}).get(str(boundary), {}).get(readout) or {}).get("all")
-    table = "" if not block else _table(["quantity", "mean [95% CI]"], [
+    table = "" if not block else _table(["quantity", "mean [95% CI]" if has_intervals(block) else "mean (no intervals)"], [
         [label, fmt_effect(block, name)] for name, label in _HEADLINE if name in block["effects"]])
     reason = escape(verdict.get("reason", ""))
     return f"<div style='{_STYLE}'><p>{head}</p>{table}<p style='max-width:60em'>{reason}</p>{_where(run_dir, 'report.html')}</div>"
@@ -65,7 +65,7 @@ def compare_card(summary: dict, out=None) -> str:
                                     for name in ("late_interaction_share", "interaction", "E_PT", "E_IT")]
             + [str(r["events"])] for role, r in summary.get("rows", {}).items()]
     head = (f"<b>crosspatch compare</b>: {escape(str(summary.get('base')))} against {len(rows)} descendant(s); "
-            "headline boundary, common-IT readout, 95% prompt-cluster intervals")
+            f"headline boundary, common-IT readout, {compare_intervals(summary)}")
     table = _table(["descendant", "verdict", "I/E_IT", "interaction", "E_PT", "E_IT", "events"], rows)
     return f"<div style='{_STYLE}'><p>{head}</p>{table}{_where(out, 'report.html')}</div>"
 

@@ -39,18 +39,21 @@ def sweep_series(summary: dict, readout: str = "common_it") -> dict[str, list]:
     return series
 
 
-def _draw_sweep(ax, summary: dict, readout: str) -> None:
+def _draw_sweep(ax, summary: dict, readout: str) -> bool:
     """The three curves with their 95% CI bands on ``ax``, over whole boundary layers, with the
-    zero line, the axis labels and the legend (the same for the PNG/SVG files and the HTML)."""
+    zero line, the axis labels and the legend (the same for the PNG/SVG files and the HTML).
+    Returns whether any band was drawn (none without bootstrap resamples)."""
     from matplotlib.ticker import MaxNLocator
 
     s = sweep_series(summary, readout)
+    banded = False
     for key, label, color in CURVES:
         xs = [b for b, m in zip(s["boundary"], s[key]) if m is not None]
         ys = [m for m in s[key] if m is not None]
         ax.plot(xs, ys, marker="o", label=label, color=color)
         band = [(b, ci) for b, ci in zip(s["boundary"], s[key + "_ci"]) if ci and None not in ci]
         if band:
+            banded = True
             ax.fill_between([b for b, _ in band], [ci[0] for _, ci in band], [ci[1] for _, ci in band],
                             color=color, alpha=0.18, linewidth=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # boundaries are layers: no 1.5
@@ -58,18 +61,21 @@ def _draw_sweep(ax, summary: dict, readout: str) -> None:
     ax.set_xlabel(f"boundary layer b (of {summary.get('num_layers')})")
     ax.set_ylabel("logit(t_IT) - logit(t_PT)")
     legend(ax, fontsize=8)
+    return banded
 
 
 def plot_sweep(summary: dict, out_dir: str | Path, readout: str = "common_it") -> list[Path]:
-    """Write ``sweep.png`` and ``sweep.svg``: the three curves with 95% CI bands."""
+    """Write ``sweep.png`` and ``sweep.svg``: the three curves with 95% CI bands (the title says
+    when there are none)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    _draw_sweep(ax, summary, readout)
-    ax.set_title(f"Layer sweep ({readout.replace('_', '-')} readout, 95% bootstrap CI)")
+    banded = _draw_sweep(ax, summary, readout)
+    ax.set_title(f"Layer sweep ({readout.replace('_', '-')} readout, "
+                 f"{'95% bootstrap CI' if banded else 'no intervals: no bootstrap resamples'})")
     fig.tight_layout()
     out_dir = Path(out_dir)
     paths = [out_dir / "sweep.png", out_dir / "sweep.svg"]

@@ -230,6 +230,9 @@ def lineage_summary(result: RunResult, stages: list[str], boundary: int, boot: B
     # checkpoint's NaN logits, a final model that never departs from the base)
     why = {} if result.summary["counts"]["events"] else {
         "no_events_reason": (result.summary.get("verdict") or {}).get("reason") or "no prompt produced an event"}
+    intervals = ("both with 95% prompt-cluster intervals" if any(
+        (stage["interaction"].get("ci") or [None])[0] is not None for stage in out_stages.values())
+        else "no intervals (no bootstrap resamples)")
     return {"schema_version": LINEAGE_SCHEMA, "stages": stages, "final": final, "boundary": boundary, **why,
             "warnings": list(result.config.get("pair_warnings") or []),  # the model set's (a stage that is the base)
             "events": result.summary["counts"]["events"], "by_stage": {s: out_stages[s] for s in stages},
@@ -237,4 +240,4 @@ def lineage_summary(result: RunResult, stages: list[str], boundary: int, boot: B
                      "Share of final (shift) = the stage's native shift Y(U_S,L_S) - Y(U_B,L_B), each model read with "
                      "its own head, over the final stage's; share of final (interaction, the method's authors' "
                      "measure) = the stage's interaction over the final's, every cell read with the final model's "
-                     "head; both with 95% prompt-cluster intervals")}
+                     f"head; {intervals}")}
