@@ -329,3 +329,21 @@ def test_an_interrupted_consequence_call_keeps_the_chunks_it_scored_and_the_next
     assert sorted(map(json.loads, rows), key=lambda r: r["event_key"]) == sorted(map(json.loads, whole),
                                                                                  key=lambda r: r["event_key"])
     assert block == json.loads((tmp_path / "whole" / "summary.json").read_text())["consequences"]
+
+
+def test_the_consequence_section_says_95_percent_intervals_only_where_it_shows_them():
+    """With one event (or ``--bootstrap 0``) the rates have no interval, yet the section said
+    "Rates and deltas with 95% prompt-cluster intervals"."""
+    from crosspatch.analyses.consequence import FORCED, render_consequences
+
+    def block(ci):
+        stat = {"mean": 0.5, "ci": ci, "n": 1}
+        return {"n_events": 1, "by_model": {"IT": {
+            "pass_rate": {name: stat for name in FORCED}, "delta_t_it_minus_t_pt": stat,
+            "delta_t_it_minus_matched": stat, "interaction_vs_delta": {"r": None, "ci": None, "n": 1}}}}
+
+    without = render_consequences(block(None))
+    with_ci = render_consequences(block([0.25, 0.75]))
+    assert without is not None and with_ci is not None
+    assert "95%" not in without.paragraphs[0] and "without intervals" in without.paragraphs[0]
+    assert "with 95% prompt-cluster intervals" in with_ci.paragraphs[0]

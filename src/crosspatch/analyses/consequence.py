@@ -261,8 +261,9 @@ def render_consequences(block: dict) -> Section | None:
     """Pass rates per forced token, the deltas and the interaction correlation, with intervals."""
     if not block or not block.get("by_model"):
         return None
-    rows, notes = [], []
+    rows, notes, stats = [], [], []
     for label, b in block["by_model"].items():
+        stats += [b["pass_rate"][n] for n in FORCED] + [b["delta_t_it_minus_t_pt"], b["delta_t_it_minus_matched"]]
         unended = b.get("unended") or {}
         if unended.get("n"):
             notes.append(f"Continued by {label}: {unended['n']} of {unended['of']} continuations stopped at the budget "
@@ -277,8 +278,9 @@ def render_consequences(block: dict) -> Section | None:
     return Section(
         "Consequences: does the divergent token matter?",
         [f"{block['n_events']} event(s) with a validator; each first token forced, the continuation (suffix only, "
-         "the forced token excluded) scored by the prompt's validator. Rates and deltas with 95% prompt-cluster "
-         "intervals.", *notes],
+         "the forced token excluded) scored by the prompt's validator. Rates and deltas "
+         + ("with 95% prompt-cluster intervals." if any((s.get("ci") or [None])[0] is not None for s in stats) else
+            "without intervals (no bootstrap resamples: --bootstrap 0, or too few prompts)."), *notes],
         [Table(["", "pass t_IT", "pass t_PT", "pass matched", "pass random", "t_IT - t_PT", "t_IT - matched",
                 "corr(interaction, delta)"], rows)])
 
