@@ -197,6 +197,21 @@ def test_a_full_fine_tune_under_mixed_precision_logs_what_a_separate_run_finds(t
     assert model.training and "_original_forward" in model.__dict__  # training goes on as it was
 
 
+def test_a_callback_that_runs_only_at_saves_is_refused_when_the_training_saves_nothing(tmp_path):
+    """With its default (at each save) and the trainer's ``save_strategy="no"`` the callback ran
+    no diagnostic the whole training, and said it would: "diagnostic at each save"."""
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments
+
+    state = SimpleNamespace(global_step=0)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no")
+    with pytest.raises(OptionError, match="would never run.*save_strategy='no'"):
+        CrosspatchCallback(PROMPTS, tokenizer=_tokenizer(), verbose=False).on_train_begin(args, state, None)
+    CrosspatchCallback(PROMPTS, tokenizer=_tokenizer(), verbose=False, every_n_steps=10).on_train_begin(
+        args, state, None)  # (every ten steps: it runs)
+
+
 def test_a_base_in_memory_of_another_dtype_is_refused_when_training_begins():
     from types import SimpleNamespace
 

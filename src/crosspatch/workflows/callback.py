@@ -126,6 +126,10 @@ class CrosspatchCallback(TrainerCallback):
     # -- events ---------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         _refuse_sharded_training(args, model)
+        save_strategy = getattr(args, "save_strategy", None)
+        if not self.every_n_steps and str(getattr(save_strategy, "value", save_strategy)) == "no":
+            raise OptionError("CrosspatchCallback would never run: it diagnoses at each save and this training saves "
+                              "no checkpoint (save_strategy='no'); give every_n_steps=, or let the trainer save")
         model = _inner(model)
         if self.tokenizer is None:
             self.tokenizer = processing_class or kwargs.get("tokenizer")
