@@ -199,7 +199,8 @@ def test_a_full_fine_tune_under_mixed_precision_logs_what_a_separate_run_finds(t
 
 def test_a_callback_that_runs_only_at_saves_is_refused_when_the_training_saves_nothing(tmp_path):
     """With its default (at each save) and the trainer's ``save_strategy="no"`` the callback ran
-    no diagnostic the whole training, and said it would: "diagnostic at each save"."""
+    no diagnostic the whole training, and said it would: "diagnostic at each save". So did one
+    every N steps of a training shorter than N steps, with no save to diagnose at."""
     from types import SimpleNamespace
 
     from transformers import TrainingArguments
@@ -210,6 +211,14 @@ def test_a_callback_that_runs_only_at_saves_is_refused_when_the_training_saves_n
         CrosspatchCallback(PROMPTS, tokenizer=_tokenizer(), verbose=False).on_train_begin(args, state, None)
     CrosspatchCallback(PROMPTS, tokenizer=_tokenizer(), verbose=False, every_n_steps=10).on_train_begin(
         args, state, None)  # (every ten steps: it runs)
+    short = SimpleNamespace(global_step=0, max_steps=50)  # every 200 steps of a 50-step training: never either
+    with pytest.raises(OptionError, match="every_n_steps=200 is beyond this training's last step"):
+        CrosspatchCallback(PROMPTS, tokenizer=_tokenizer(), verbose=False, every_n_steps=200).on_train_begin(
+            args, short, None)
+    with pytest.raises(OptionError, match="does not diagnose at saves"):
+        CrosspatchCallback(PROMPTS, tokenizer=_tokenizer(), verbose=False, every_n_steps=200, on_save=False
+                           ).on_train_begin(TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True),
+                                            short, None)
 
 
 def test_a_base_in_memory_of_another_dtype_is_refused_when_training_begins():

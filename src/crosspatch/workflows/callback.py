@@ -44,6 +44,7 @@ from ..errors import ModelLoadError, OptionError
 from ..models.anatomy import is_peft_model
 from ..runner.summary import HEADLINE_EFFECTS as METRICS  # the effects it logs
 from ..store import json_document, json_line, write_whole
+from .callback_checks import check_base, check_base_dtype, check_it_runs, refuse_sharded_training
 from .training_out import STEPS_FILE, TrainingPlace, claim_out, place_of_training
 
 
@@ -74,7 +75,7 @@ class CrosspatchCallback(TrainerCallback):
             raise OptionError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
         check_boundary_spec(boundary)
         check_bootstrap(bootstrap)
-        _check_base(base)
+        check_base(base)
         check_switches(on_save=on_save, stop_on_fail=stop_on_fail, verbose=verbose, chat_template=chat_template)
         check_chat_rows(items, chat_template, "the training callback",
                         "pass chat_template=True to render them with the tokenizer's chat template")
@@ -125,11 +126,8 @@ class CrosspatchCallback(TrainerCallback):
 
     # -- events ---------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-        _refuse_sharded_training(args, model)
-        save_strategy = getattr(args, "save_strategy", None)
-        if not self.every_n_steps and str(getattr(save_strategy, "value", save_strategy)) == "no":
-            raise OptionError("CrosspatchCallback would never run: it diagnoses at each save and this training saves "
-                              "no checkpoint (save_strategy='no'); give every_n_steps=, or let the trainer save")
+        refuse_sharded_training(args, model)
+        check_it_runs(self.every_n_steps, self.on_save_enabled, args, state)
         model = _inner(model)
         if self.tokenizer is None:
             self.tokenizer = processing_class or kwargs.get("tokenizer")
@@ -144,7 +142,7 @@ class CrosspatchCallback(TrainerCallback):
         if model is not None and not is_peft_model(model) and self.base is None:
             raise OptionError("CrosspatchCallback on a full fine-tune needs base= (the base checkpoint's path or "
                               "module); for a PEFT model the base is the adapter switched off")
-        _check_base_dtype(_inner(self.base), model)
+        check_base_dtype(_inner(self.base), model)
         # the trainer's flag; outside a trainer (a call by hand) this process is the only one
         self._main_process = bool(getattr(state, "is_world_process_zero", True))
         if model is not None and not is_peft_model(model) and self._base_model is None and self._main_process:
@@ -338,59 +336,3 @@ def _inner(model: Any) -> Any:
     from ..execution.in_memory import unwrapped_module
 
     return unwrapped_module(model)  # None stays None
-
-
-def _refuse_sharded_training(args, model) -> None:
-    """A model whose weights are split across processes (DeepSpeed ZeRO-3, FSDP, FSDP2's
-    DTensors) cannot be run by one process alone: named when training begins."""
-    way = None
-    if model is not None:
-        if any(hasattr(p, "ds_id") for p in model.parameters()):
-            way = "DeepSpeed ZeRO-3"
-        elif any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules()):
-            way = "FSDP"
-        elif any(type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor"
-                 for p in model.parameters()):
-            way = "FSDP2 (DTensor weights)"
-    if way is None and args is not None and getattr(args, "fsdp", None):
-        way = "FSDP"
-    if way is None:
-        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-
-        if is_deepspeed_zero3_enabled():
-            way = "DeepSpeed ZeRO-3"
-    if way is not None:
-        raise OptionError(f"CrosspatchCallback cannot run on a model sharded by {way}: each process holds only a "
-                          "part of every weight, so no process can run the diagnostic alone. Diagnose the saved "
-                          "checkpoints instead (`crosspatch lineage BASE --checkpoints OUTPUT_DIR`), or train with "
-                          "DDP or DeepSpeed ZeRO-1/2")
-
-
-def _check_base_dtype(base, model) -> None:
-    """A base given in memory computes in the dtype of the model trained (one model's states enter
-    the other's layers): refused when training begins, not at the first diagnostic, hours in (a
-    base given as a path is loaded in the model's dtype)."""
-    import torch
-
-    from ..execution.in_memory import differing_dtypes
-
-    if not isinstance(base, torch.nn.Module) or model is None or is_peft_model(model):
-        return
-    if (shown := differing_dtypes({"base": base, "the model trained": model})) is not None:
-        raise OptionError(f"CrosspatchCallback base= is a model of another dtype than the model trained ({shown}): "
-                          "cast it to the model's dtype, or give the base's path (loaded in the model's dtype)")
-
-
-def _check_base(base) -> None:
-    """``base`` is None, a torch module, or the path (or hub id) of a checkpoint that is there:
-    checked when the callback is made, not at its first diagnostic, hours into training."""
-    import torch
-
-    if base is None or isinstance(base, torch.nn.Module):
-        return
-    if not isinstance(base, (str, Path)):
-        raise OptionError(f"CrosspatchCallback base= must be a checkpoint's path or hub id, or a model in memory, "
-                          f"not {type(base).__name__}")
-    from ..models.paths import check_model_path
-
-    check_model_path(str(base), "CrosspatchCallback base=")
