@@ -412,6 +412,8 @@ CASES = [
               {"id": "elsewhere", "prompt": "x", "validator": {"type": "regex", "pattern": "a"}}])))],
          "PromptSetMismatchError"),
     Case("prompts", "--group-by a field no prompt has", lambda e: e.run_args("--group-by", "region"), "GroupByFieldError"),
+    Case("prompts", "--group-by id (every prompt a group of its own)", lambda e: e.run_args("--group-by", "id"),
+         "GroupByFieldError"),
     Case("prompts", "a prompt longer than the model's positions",
          lambda e: e.run_args(prompts=e.file("p.jsonl", _jsonl([{"id": "long", "prompt": "rain " * 60}]))),
          "PromptTooLongError"),

@@ -379,6 +379,19 @@ def test_a_group_by_field_whose_groups_are_too_small_for_intervals_warns_before_
     assert check_group_by(["city"], as_prompts([dict(p, city="c0") for p in many_prompts(20)])) == []
 
 
+def test_group_by_id_or_prompt_is_refused_as_one_prompt_per_group_not_as_a_field_no_prompt_has():
+    """``--group-by id`` said "no prompt has a field 'id' (fields present: none besides id, ...)",
+    contradicting itself: a prompt's id and text are its own, so each group would be one prompt."""
+    from crosspatch.errors import GroupByFieldError
+    from crosspatch.inputs.prompts import as_prompts
+    from crosspatch.runner.checks import check_group_by
+
+    prompts = as_prompts(many_prompts(6))
+    for name in ("id", "prompt"):
+        with pytest.raises(GroupByFieldError, match=f"--group-by {name}: every prompt's .* is its own"):
+            check_group_by([name], prompts)
+
+
 def test_a_group_by_field_of_numbers_and_text_is_stored_as_text(tmp_path):
     """A ``--group-by`` field whose values mix numbers and text (``1`` and ``"hard"``) warns before
     the run and is written to the Parquet table as text, instead of failing to write the table

@@ -285,6 +285,10 @@ def check_group_by(fields: list[str], prompts) -> list[str]:
         if name in BUILTIN_BREAKDOWNS:
             warnings.append(f"--group-by {name}: the by-{name} breakdown is built in; the option is ignored")
             continue
+        if name in ("id", "prompt") and not any(name in p.metadata for p in prompts):
+            raise GroupByFieldError(f"--group-by {name}: every prompt's {'id' if name == 'id' else 'text'} is its own, so "
+                                    "each group would be one prompt, with no interval; group by a field that prompts share (a split, a source, "
+                                    "a task)")
         have = sum(name in p.metadata for p in prompts)
         if have == 0:
             fields_seen = sorted({k for p in prompts for k in p.metadata})[:10]
