@@ -75,6 +75,29 @@ def test_no_late_effect_says_where_the_change_lies_from_the_native_shift(shift, 
     assert [p for p in phrases if p in decision["reason"]] == [where], decision["reason"]
 
 
+def test_a_verdict_on_the_common_pt_readout_points_to_the_other_readout_and_the_console_shows_its_numbers(capsys):
+    """A policy's ``readout: common_pt`` grades the common-PT block, yet the sentence said "compare
+    the common-PT readout" (the one it read) and the console's table beside it showed the common-IT
+    numbers, not those the sentence quotes."""
+    from crosspatch.cli.app import print_summary_table
+
+    quiet = _block((0.01, (-0.1, 0.1)), (0.02, (-0.1, 0.15)), (0.01, (-0.1, 0.1)), (0.0, (0.0, 0.0)))
+    quiet["effects"]["native_shift"] = {"mean": 0.02, "ci": [-0.05, 0.08]}
+    assert "(compare the common-PT readout)" in decide(quiet)["reason"]
+    decision = decide(quiet, policy=VerdictPolicy(readout="common_pt"))
+    assert "(compare the common-IT readout)" in decision["reason"], decision["reason"]
+
+    moved = _block((1.5, (1.2, 1.8)), (1.6, (1.3, 1.9)), (0.1, (-0.1, 0.3)))
+    for block in (quiet, moved):
+        block["effects"] |= {"direct_share": {"mean": 0.9, "ci": [0.8, 1.0]}, "native_shift": {"mean": 0.0, "ci": None}}
+    summary = {"boundaries": ["2"], "verdict": {"boundary": 2, "readout": "common_pt"},
+               "counts": {"prompts": 20, "events": 20, "no_divergence": {}, "invalid": 0},
+               "results": {"2": {"common_it": {"all": quiet}, "common_pt": {"all": moved}}}}
+    print_summary_table(summary)
+    shown = capsys.readouterr().out
+    assert "common-PT" in shown and "+1.50 [+1.20, +1.80]" in shown and "+0.01 [-0.10, +0.10]" not in shown, shown
+
+
 def test_the_middle_grade_never_claims_a_dependent_part_its_interval_does_not_show():
     """A share interval from below zero across the portable bound is the middle grade (it straddles
     a bound), but its sentence said "part needs the descendant's own upstream state" beside an

@@ -106,7 +106,9 @@ def _fail(exc: Exception) -> None:
 
 
 def print_summary_table(summary: dict, title: str = "crosspatch") -> None:
-    """A short rich table of the headline effects (common-IT readout, first boundary)."""
+    """A short rich table of the headline effects: at the verdict's boundary, in the readout the
+    verdict reads (common-IT unless the policy says common-PT), so that it shows the numbers the
+    verdict's sentence quotes."""
     from ..report.markdown import fmt_effect, has_intervals
 
     out = _stdout()
@@ -118,9 +120,12 @@ def print_summary_table(summary: dict, title: str = "crosspatch") -> None:
             block = summary["results"][b]["common_it"]["all"]
             table.add_row(b, str(block["n_events"]), *[fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction")])
         out.print(table)
-    b = str((summary.get("verdict") or {}).get("boundary", summary["boundaries"][0]))
-    block = summary["results"][b]["common_it"]["all"]
-    table = Table(title=f"{title}: boundary {b}, common-IT readout, {block['n_events']} events")
+    verdict = summary.get("verdict") or {}
+    b = str(verdict.get("boundary", summary["boundaries"][0]))
+    readout = "common_pt" if verdict.get("readout") == "common_pt" else "common_it"
+    block = summary["results"][b][readout]["all"]
+    label = {"common_it": "common-IT", "common_pt": "common-PT"}[readout]
+    table = Table(title=f"{title}: boundary {b}, {label} readout, {block['n_events']} events")
     table.add_column("quantity")
     table.add_column("mean [95% CI]" if has_intervals(block) else "mean (no intervals)", justify="right")
     for name in ("E_PT", "E_IT", "interaction", "direct_share", "native_shift"):

@@ -162,7 +162,7 @@ def _head(numbers: dict) -> str:
             f"(E_IT) and {fmt_stat(numbers['E_PT'])} on the base's (E_PT); interaction {fmt_stat(numbers['interaction'])}.")
 
 
-def _where_it_changed(block: dict, bound: float) -> str:
+def _where_it_changed(block: dict, bound: float, readout: str = "common_it") -> str:
     """Where a decision the late layers do not change was changed, from the native diagonal shift
     ``D = Y(U_IT,L_IT) - Y(U_PT,L_PT)`` read with the one common readout: with no late effect, D is
     the upstream state's own effect. Beyond ±``bound`` (its whole interval): upstream of the
@@ -178,7 +178,8 @@ def _where_it_changed(block: dict, bound: float) -> str:
         return (f"nor does its upstream state under this one readout (the native shift D = Y(U_IT,L_IT) - "
                 f"Y(U_PT,L_PT) is {fmt_stat(shift)}, within ±{bound}): read through one head the two models barely "
                 "differ here, so what makes them decide apart is small, or lies in their readouts (final norm and "
-                "output head), which the four cells share (compare the common-PT readout).")
+                f"output head), which the four cells share (compare the "
+                f"{'common-IT' if readout == 'common_pt' else 'common-PT'} readout).")
     return (f"whatever changed it lies upstream of the boundary or in the readout (final norm and output head, "
             f"which the four cells share; the native shift D is {fmt_stat(shift) if shift else 'not measured'}).")
 
@@ -229,7 +230,7 @@ def grade(block: dict, policy: VerdictPolicy, counts: dict | None = None) -> tup
     if all(-bound <= v <= bound for s in (e_pt, e_it) for v in s["ci"]):
         return "no-late-effect", head + (f" Both late effects lie within ±{bound} logits (their whole intervals): the "
                                          "fine-tune's late layers barely change this decision; "
-                                         + _where_it_changed(block, bound)), numbers
+                                         + _where_it_changed(block, bound, policy.readout)), numbers
     if not (_excludes_zero(e_it["ci"]) or _excludes_zero(e_pt["ci"])):
         return "inconclusive", head + (" Neither late effect differs from zero, but the intervals are too wide to "
                                        f"rule out an effect of {bound} logits: add prompts."), numbers

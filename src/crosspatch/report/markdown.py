@@ -107,13 +107,15 @@ def counts_lines(counts: dict) -> list[str]:
     ]
 
 
-def boundary_section(result: dict, boundary: str, num_layers: int | None, level: str = "##") -> list[str]:
+def boundary_section(result: dict, boundary: str, num_layers: int | None, level: str = "##",
+                     verdict_readout: str = "common_it") -> list[str]:
     lines = []
     depth = f" of {num_layers}" if num_layers else ""
     lines.append(f"{level} Boundary layer {boundary}{depth}")
     lines.append("")
     head = result["common_it"]["all"]
-    lines.append("Mean `Y = logit(t_IT) - logit(t_PT)` per cell, common-IT readout (headline), "
+    headline = "headline" if verdict_readout != "common_pt" else "the verdict reads the common-PT readout's effects below"
+    lines.append(f"Mean `Y = logit(t_IT) - logit(t_PT)` per cell, common-IT readout ({headline}), "
                  f"{interval_words(head)}:")
     lines.append("")
     lines += cell_table(head)
@@ -283,7 +285,8 @@ def render_markdown(config: dict, summary: dict) -> str:
     if len(summary["boundaries"]) > 1:
         lines += sweep_section(summary)
     for b in summary["boundaries"]:
-        lines += boundary_section(summary["results"][b], b, num_layers)
+        lines += boundary_section(summary["results"][b], b, num_layers,
+                                  verdict_readout=(summary.get("verdict") or {}).get("readout") or "common_it")
     warnings = summary.get("warnings", [])
     lines.append("## Warnings")
     lines.append("")
