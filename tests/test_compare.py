@@ -488,3 +488,31 @@ def test_a_compare_given_one_more_descendant_resumes_the_others_and_a_cross_plan
                                                        r"not given -> given.*the run now reads more descendants: a "
                                                        r"compare's --cross"):
         compare(load_models(base, tuned=stages), many_prompts(4), out=tmp_path / "c", cross="all", **options)
+
+
+def test_a_compare_under_a_common_pt_policy_reads_each_row_in_its_verdicts_readout():
+    """With a policy's ``readout: common_pt`` each descendant's verdict grades its common-PT block,
+    yet its row in compare.json (and the table, the pages) held the common-IT numbers under
+    "common-IT readout": a verdict beside numbers it was not decided on."""
+    from types import SimpleNamespace
+
+    from crosspatch.report.collections import compare_readout, render_compare_markdown
+    from crosspatch.runner.compare import compare_summary
+    from crosspatch.store.schemas import check_document
+
+    def block(e):
+        stat = {"mean": e, "ci": [e - 0.1, e + 0.1]}
+        return {"n_events": 8, "n_prompts": 8, "cells": {c: stat for c in ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")},
+                "effects": {k: stat for k in ("E_PT", "E_IT", "interaction", "direct_share", "late_interaction_share")}}
+
+    summary = {"verdict": {"verdict": "portable", "reason": "...", "boundary": 2, "readout": "common_pt"},
+               "results": {"2": {"common_it": {"all": block(0.25)}, "common_pt": {"all": block(1.75)}}}}
+    models = SimpleNamespace(base="base", descendants=["a"], warnings=[])
+    document = compare_summary(models, {"a": SimpleNamespace(summary=summary)}, {})  # pyright: ignore[reportArgumentType]
+    row = document["rows"]["a"]
+    assert row["readout"] == "common_pt" and row["effects"]["E_PT"]["mean"] == 1.75
+    assert check_document("compare.json", document) == []
+    assert compare_readout(document) == "common-PT readout" and "common-PT readout" in render_compare_markdown(document)
+    summary["verdict"]["readout"] = "common_it"
+    document = compare_summary(models, {"a": SimpleNamespace(summary=summary)}, {})  # pyright: ignore[reportArgumentType]
+    assert document["rows"]["a"]["effects"]["E_PT"]["mean"] == 0.25 and compare_readout(document) == "common-IT readout"

@@ -73,10 +73,13 @@ def compare_cmd(target: CompareTarget, config: RunConfig, load: LoadOptions, ses
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
         return  # _fail exits
-    table = Table(title="crosspatch compare: common-IT readout, headline boundary")
+    from ..report.collections import compare_intervals, compare_readout
+    from ..report.markdown import fmt_effect
+
+    table = Table(title=f"crosspatch compare: {compare_readout(result.summary)}, headline boundary, "
+                        f"{compare_intervals(result.summary)}")
     for col in ("descendant", "verdict", "events", "E_PT", "E_IT", "interaction", "direct share"):
         table.add_column(col)
-    from ..report.markdown import fmt_effect
 
     for role, r in result.summary["rows"].items():
         table.add_row(role, r["verdict"], str(r["events"]),

@@ -12,7 +12,7 @@ from .markdown import _table, fmt_effect, fmt_percent, fmt_value, has_intervals,
 from .mdtext import page_environment
 from .plots import legend, matplotlib_label, save_figure
 
-__all__ = ["LINEAGE_COLUMNS", "compare_intervals", "cross_cell", "lineage_no_events", "lineage_rows", "plot_lineage", "render_compare_html",
+__all__ = ["LINEAGE_COLUMNS", "compare_intervals", "compare_readout", "cross_cell", "lineage_no_events", "lineage_rows", "plot_lineage", "render_compare_html",
            "render_compare_markdown", "render_lineage_html", "render_lineage_markdown", "write_compare_pages",
            "write_lineage_pages"]
 
@@ -31,9 +31,18 @@ def compare_intervals(summary: dict) -> str:
     return "95% prompt-cluster intervals" if has_intervals(*blocks) else "no intervals (no bootstrap resamples)"
 
 
+def compare_readout(summary: dict) -> str:
+    """The readout a compare's rows are read in: each its verdict's (common-IT unless a policy
+    says common-PT)."""
+    readouts = {r.get("readout") or "common_it" for r in summary["rows"].values()}
+    if len(readouts) > 1:
+        return "each descendant in its verdict's readout"
+    return "common-PT readout" if readouts == {"common_pt"} else "common-IT readout"
+
+
 def render_compare_markdown(summary: dict) -> str:
     lines = ["# crosspatch compare", "", f"Base against {len(summary['rows'])} descendant(s); headline boundary, "
-             f"common-IT readout, {compare_intervals(summary)}.", ""]
+             f"{compare_readout(summary)}, {compare_intervals(summary)}.", ""]
     rows = []
     for role, r in summary["rows"].items():
         block = {"effects": r["effects"]}
@@ -73,7 +82,7 @@ def render_compare_html(summary: dict) -> str:
         reading.append(f"Cross-descendant patching: {summary['cross_note']}.")
     return env.get_template("tables.html.j2").render(
         title="crosspatch compare", intro=f"Base against {len(summary['rows'])} descendant(s); headline boundary, "
-                                          f"common-IT readout, {compare_intervals(summary)}.",
+                                          f"{compare_readout(summary)}, {compare_intervals(summary)}.",
         reading=reading, warnings=summary.get("warnings") or [], tables=tables,
         links=[f"{role}/report.html" for role in summary["rows"]])
 

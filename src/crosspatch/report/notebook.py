@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 
-from .collections import LINEAGE_COLUMNS, compare_intervals, lineage_no_events, lineage_rows
+from .collections import LINEAGE_COLUMNS, compare_intervals, compare_readout, lineage_no_events, lineage_rows
 from .markdown import fmt_effect, has_intervals
 from .mdtext import visible_controls
 
@@ -65,7 +65,7 @@ def compare_card(summary: dict, out=None) -> str:
                                     for name in ("late_interaction_share", "interaction", "E_PT", "E_IT")]
             + [str(r["events"])] for role, r in summary.get("rows", {}).items()]
     head = (f"<b>crosspatch compare</b>: {escape(str(summary.get('base')))} against {len(rows)} descendant(s); "
-            f"headline boundary, common-IT readout, {compare_intervals(summary)}")
+            f"headline boundary, {compare_readout(summary)}, {compare_intervals(summary)}")
     table = _table(["descendant", "verdict", "I/E_IT", "interaction", "E_PT", "E_IT", "events"], rows)
     return f"<div style='{_STYLE}'><p>{head}</p>{table}{_where(out, 'report.html')}</div>"
 

@@ -80,7 +80,7 @@ class CompareResult:
     out: Path | None = None
 
     def effects(self):
-        """A DataFrame of every descendant's effects at its headline boundary (common-IT readout),
+        """A DataFrame of every descendant's effects at its headline boundary (in its verdict's readout, common-IT unless a policy says common-PT),
         one row per (descendant, effect) with its 95% interval, the descendant's verdict and counts
         (the compare table, as numbers)."""
         import pandas as pd
@@ -251,10 +251,11 @@ def compare_summary(models: ModelSet, runs: dict[str, RunResult], plan: dict[str
     rows = {}
     for role, result in runs.items():
         v = result.summary["verdict"]
-        block = result.summary["results"][str(v["boundary"])]["common_it"]["all"]
+        readout = "common_pt" if v.get("readout") == "common_pt" else "common_it"  # (the verdict's: a policy's)
+        block = result.summary["results"][str(v["boundary"])][readout]["all"]
         rows[role] = {"events": block["n_events"], "prompts": block["n_prompts"], "cells": block["cells"],
                       "effects": {k: block["effects"][k] for k in ("E_PT", "E_IT", "interaction", "direct_share", "late_interaction_share")},
-                      "verdict": v["verdict"], "reason": v["reason"], "boundary": v["boundary"]}
+                      "verdict": v["verdict"], "reason": v["reason"], "boundary": v["boundary"], "readout": readout}
     matrix: dict[str, dict[str, dict | None]] | None = None
     if plan:
         roles = list(models.roles)

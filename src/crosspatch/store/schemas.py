@@ -9,7 +9,7 @@ their own blocks to ``summary.json`` under their registered name.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from typing_extensions import Required, TypedDict  # pydantic validates these on Python < 3.12
@@ -235,6 +235,7 @@ class CompareRow(TypedDict, total=False):
     verdict: Required[str]
     reason: str
     boundary: int
+    readout: Literal["common_it", "common_pt"]  # the verdict's, which the row's numbers are read in (absent: common_it)
 
 
 @with_config(ConfigDict(extra="allow"))
