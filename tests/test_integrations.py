@@ -221,6 +221,21 @@ def test_a_callback_that_runs_only_at_saves_is_refused_when_the_training_saves_n
                                             short, None)
 
 
+def test_the_callback_logs_the_numbers_its_verdict_was_decided_on_in_the_policys_readout():
+    """Under a policy's ``readout: common_pt`` the logged effects were the common-IT ones, beside a
+    ``passed`` decided on the common-PT ones."""
+    from types import SimpleNamespace
+
+    def block(e):
+        return {"n_events": 8, "effects": {k: {"mean": e, "ci": [e - 0.1, e + 0.1]} for k in ("E_PT", "E_IT", "interaction")}}
+
+    summary = {"verdict": {"verdict": "portable", "boundary": 2, "readout": "common_pt"},
+               "results": {"2": {"common_it": {"all": block(0.25)}, "common_pt": {"all": block(1.75)}}}}
+    callback = CrosspatchCallback(PROMPTS, verbose=False, policy={"readout": "common_pt"})
+    row = callback._row(10, SimpleNamespace(summary=summary), 1.0)
+    assert row["metrics"]["E_PT"] == 1.75 and row["metrics"]["interaction_ci_low"] == 1.65 and row["passed"]
+
+
 def test_a_base_in_memory_of_another_dtype_is_refused_when_training_begins():
     from types import SimpleNamespace
 

@@ -315,7 +315,8 @@ class CrosspatchCallback(TrainerCallback):
 
         summary = result.summary
         boundary = (summary.get("verdict") or {}).get("boundary")
-        block = effects_at(summary, boundary) or {}
+        # the numbers the verdict was decided on: its readout (common-IT unless the policy says common-PT)
+        block = effects_at(summary, boundary, (summary.get("verdict") or {}).get("readout") or "common_it") or {}
         metrics: dict[str, float | None] = {}
         for name in METRICS:
             value = block.get(name) or {}
