@@ -176,7 +176,8 @@ class RunConfig:
     event_kinds: list[str] | str = _option(
         "all", "all, or a comma list of first_diff, first_nonformat_diff, first_assistant_marker_diff. The two "
                "later kinds are found on each prompt's greedy history, decoded until both are found or the budget "
-               "is spent: often half of a default run's time; first_diff alone skips it.", cli_type=str)
+               "is spent: often half of a default run's time; first_diff alone skips it. first_diff is always scored: "
+               "the verdict and the headline tables read it; the others are broken down by event kind.", cli_type=str)
     format_tokens: list[str] | str | None = _option(
         None, "Words counted as FORMAT (structural/discourse words), replacing crosspatch's list: a comma list or "
         "@FILE (one per line); punctuation, whitespace, markup and special tokens stay FORMAT.",
