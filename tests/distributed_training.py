@@ -38,3 +38,9 @@ import torch.distributed as dist  # noqa: E402
 
 if dist.is_initialized():
     dist.destroy_process_group()
+# gloo's threads still abort now and then in the interpreter's teardown on a loaded machine (seen
+# after destroy_process_group too): everything this process had to do is done and written, so it
+# leaves without that teardown
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
