@@ -250,6 +250,13 @@ def test_control_characters_of_ids_and_paths_print_as_symbols_never_as_terminal_
         text = out.getvalue()
         assert "\x1b[31m" not in text and "id ␛[31mx�" in text and "␛[31m" in text.split("│")[1], repr(text)
         assert ("\x1b[33m" in text) == bool(console_options)  # the warning's own colour
+    # a cell was laid out with the control characters' width (none), then shown with the symbols':
+    # its last characters were cut ("␛[31mre…"); it is laid out as shown, whole
+    table = Table("descendant", "events", title="compare \x07")
+    table.add_row("it\x1b[2Jfull", "12")
+    out = StringIO()
+    safe_console(file=out, width=80).print(table)
+    assert "it␛[2Jfull │ 12" in out.getvalue() and "compare ␇" in out.getvalue(), out.getvalue()
 
 
 def test_a_run_records_and_reports_where_its_prompts_were_read_from(tmp_path):

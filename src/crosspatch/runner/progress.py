@@ -116,8 +116,10 @@ def _safe_console_class():
 
     class SafeConsole(Console):
         """A rich Console that shows the control characters of what it prints as symbols
-        (:func:`visible_controls`); rich's own styles and cursor movements are untouched. Text is
-        shown so before it is laid out; inside other renderables (a table's cells), as rendered."""
+        (:func:`visible_controls`); rich's own styles and cursor movements are untouched. Text, and
+        a table's title, headers and cells, are shown so before they are laid out (a symbol takes
+        a column, where the control character it stands for took none); inside other renderables,
+        as rendered."""
 
         def print(self, *objects, **options):
             return super().print(*(_visible(o) for o in objects), **options)
@@ -131,13 +133,23 @@ def _safe_console_class():
     return SafeConsole
 
 
-def _visible(renderable):
+def _visible(renderable: Any) -> Any:
     """A string or rich ``Text`` with its control characters as symbols (the same length: a
-    Text's styles stay on their characters); anything else as it is."""
+    Text's styles stay on their characters), a rich ``Table`` with its title, headers and cells so;
+    anything else as it is."""
+    from rich.table import Table
     from rich.text import Text
 
     if isinstance(renderable, str):
         return visible_controls(renderable)
+    if isinstance(renderable, Table):  # (its parts in place: a table is printed once)
+        renderable.title = _visible(renderable.title)
+        for column in renderable.columns:
+            column.header = _visible(column.header)
+            cells = getattr(column, "_cells", None)  # (rich keeps a column's cells there)
+            if isinstance(cells, list):
+                cells[:] = [_visible(cell) for cell in cells]
+        return renderable
     if isinstance(renderable, Text) and CONTROL.search(renderable.plain):
         shown = renderable.copy()
         shown.plain = visible_controls(renderable.plain)
