@@ -63,4 +63,4 @@ def test_a_run_without_bootstrap_resamples_claims_no_intervals_on_any_page(tmp_p
     with_ci = {"effects": {"E_PT": {"mean": 0.1, "ci": [0.0, 0.2]}}, "cells": {}}
     bare = {"effects": {"E_PT": {"mean": 0.1, "ci": None}}, "cells": {}}
     assert compare_intervals({"rows": {"a": with_ci, "b": bare}}) == "95% prompt-cluster intervals"
-    assert compare_intervals({"rows": {"b": bare}}) == "no intervals (no bootstrap resamples)"
+    assert compare_intervals({"rows": {"b": bare}}).startswith("no intervals (no bootstrap resamples")

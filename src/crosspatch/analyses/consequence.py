@@ -30,6 +30,7 @@ from ..core.analysis import Analysis, EventSet
 from ..core.registry import AnalysisPlugin, PlanContext, Section, SummaryContext, Table, register_analysis
 from ..core.stats import MIN_CLUSTERS_FOR_CI, BootstrapConfig, cluster_mean_ci
 from ..execution import Decode, Executor, Program
+from ..report.markdown import WHY_NO_INTERVALS, any_interval
 from ..store import write_whole
 
 FORCED = ("t_it", "t_pt", "matched", "random")
@@ -279,8 +280,8 @@ def render_consequences(block: dict) -> Section | None:
         "Consequences: does the divergent token matter?",
         [f"{block['n_events']} event(s) with a validator; each first token forced, the continuation (suffix only, "
          "the forced token excluded) scored by the prompt's validator. Rates and deltas "
-         + ("with 95% prompt-cluster intervals." if any((s.get("ci") or [None])[0] is not None for s in stats) else
-            "without intervals (no bootstrap resamples: --bootstrap 0, or too few prompts)."), *notes],
+         + ("with 95% prompt-cluster intervals." if any_interval(stats) else f"without intervals ({WHY_NO_INTERVALS})."),
+         *notes],
         [Table(["", "pass t_IT", "pass t_PT", "pass matched", "pass random", "t_IT - t_PT", "t_IT - matched",
                 "corr(interaction, delta)"], rows)])
 

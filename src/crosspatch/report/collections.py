@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.records import CELLS
 from ..store import write_whole
-from .markdown import _table, fmt_effect, fmt_percent, fmt_value, has_intervals, md_escape
+from .markdown import WHY_NO_INTERVALS, _table, fmt_effect, fmt_percent, fmt_value, has_intervals, md_escape
 from .mdtext import page_environment
 from .plots import legend, matplotlib_label, save_figure
 
@@ -28,7 +28,7 @@ def compare_intervals(summary: dict) -> str:
     """What a compare's rows are printed with: 95% prompt-cluster intervals, or none (no bootstrap
     resamples), said so that no page claims intervals it does not show."""
     blocks = [{"effects": r.get("effects") or {}, "cells": r.get("cells") or {}} for r in summary["rows"].values()]
-    return "95% prompt-cluster intervals" if has_intervals(*blocks) else "no intervals (no bootstrap resamples)"
+    return "95% prompt-cluster intervals" if has_intervals(*blocks) else f"no intervals ({WHY_NO_INTERVALS})"
 
 
 def compare_readout(summary: dict) -> str:

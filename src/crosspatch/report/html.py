@@ -11,6 +11,7 @@ from pathlib import Path
 from ..core.records import READOUTS, cell_effects
 from .markdown import (
     _EFFECT_LABELS,
+    WHY_NO_INTERVALS,
     _fmt_number,
     counts_lines,
     fmt_effect,
@@ -40,7 +41,7 @@ def _section(result: dict, boundary: str, breakdown_plots: bool = True) -> dict:
 
     head = result["common_it"]["all"]
     groups, forests = [], []
-    effects = "effects with 95% CIs" if has_intervals(head) else "effects (no intervals: no bootstrap resamples)"
+    effects = "effects with 95% CIs" if has_intervals(head) else f"effects (no intervals: {WHY_NO_INTERVALS})"
     for key, block in result["common_it"].items():
         if key.startswith("by_") and block:
             label = key[3:]

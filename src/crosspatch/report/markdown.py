@@ -36,18 +36,27 @@ def fmt_value(stat: dict | None, signed: bool = True, percent: bool = False, fmt
     return text
 
 
+WHY_NO_INTERVALS = "no bootstrap resamples: --bootstrap 0, or too few prompts"  # (what a page says in their place)
+
+
+def any_interval(stats) -> bool:
+    """Whether any of these statistics (``{"mean", "ci"}``) has its interval."""
+    return any((ci := (stat or {}).get("ci")) and ci[0] is not None and ci[1] is not None for stat in stats)
+
+
 def has_intervals(*blocks: dict) -> bool:
     """Whether any cell or effect of these result blocks has its interval (none without bootstrap
-    resamples: ``--bootstrap 0``, or too few prompts)."""
-    return any((ci := (stat or {}).get("ci")) and ci[0] is not None and ci[1] is not None
-               for block in blocks for part in ("cells", "effects") for stat in (block.get(part) or {}).values())
+    resamples: ``--bootstrap 0``, or too few prompts), so that no page claims intervals it does not
+    show."""
+    return any_interval(stat for block in blocks for part in ("cells", "effects")
+                        for stat in (block.get(part) or {}).values())
 
 
 def interval_words(*blocks: dict) -> str:
     """What the numbers of these blocks are printed with: their 95% prompt-cluster bootstrap
-    intervals, or none (said, so that no page claims intervals it does not show)."""
+    intervals, or none (said)."""
     return ("with 95% prompt-cluster bootstrap intervals" if has_intervals(*blocks) else
-            "without intervals (no bootstrap resamples: --bootstrap 0, or too few prompts)")
+            f"without intervals ({WHY_NO_INTERVALS})")
 
 
 def fmt_percent(stat: dict | None) -> str:

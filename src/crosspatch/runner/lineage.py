@@ -18,6 +18,7 @@ from ..execution import Executor, ModelSet, Program
 from ..models.options import check_progress
 from ..models.vocab import masked_argmax
 from ..report.collections import LINEAGE_COLUMNS, lineage_rows, render_lineage_markdown, write_lineage_pages  # noqa: F401 (re-exported)
+from ..report.markdown import WHY_NO_INTERVALS, any_interval
 from ..store import checked, json_document, mark_collection, read_collection_summary, write_whole
 from .checks import check_model_set, check_out_dir
 from .config import check_switches
@@ -230,9 +231,8 @@ def lineage_summary(result: RunResult, stages: list[str], boundary: int, boot: B
     # checkpoint's NaN logits, a final model that never departs from the base)
     why = {} if result.summary["counts"]["events"] else {
         "no_events_reason": (result.summary.get("verdict") or {}).get("reason") or "no prompt produced an event"}
-    intervals = ("both with 95% prompt-cluster intervals" if any(
-        (stage["interaction"].get("ci") or [None])[0] is not None for stage in out_stages.values())
-        else "no intervals (no bootstrap resamples)")
+    intervals = ("both with 95% prompt-cluster intervals" if any_interval(stage["interaction"] for stage in out_stages.values())
+                 else f"no intervals ({WHY_NO_INTERVALS})")
     return {"schema_version": LINEAGE_SCHEMA, "stages": stages, "final": final, "boundary": boundary, **why,
             "warnings": list(result.config.get("pair_warnings") or []),  # the model set's (a stage that is the base)
             "events": result.summary["counts"]["events"], "by_stage": {s: out_stages[s] for s in stages},
