@@ -74,6 +74,13 @@ def mark_collection(path: str | Path, kind: str) -> None:
     write_whole(path / COLLECTION_MARKER, json.dumps({"kind": kind}) + "\n")
 
 
+def step_dirs(out: Path) -> dict[int, Path]:
+    """The run directories ``step-<N>`` of a training callback's ``out``, by step."""
+    if not out.is_dir():
+        return {}
+    return {int(p.name[5:]): p for p in out.glob("step-*") if p.is_dir() and p.name[5:].isdigit()}
+
+
 def not_a_run_message(path: Path) -> str:
     """Why ``path`` (a directory without config.json) is no run, naming the runs inside a
     compare's or lineage's output."""
@@ -83,10 +90,10 @@ def not_a_run_message(path: Path) -> str:
         return f"{path} is a file, not a run directory"
     kind = collection_kind(path)
     if kind is None:
-        steps = sorted((int(d.name[5:]), d) for d in path.glob("step-*") if d.is_dir() and d.name[5:].isdigit())
+        steps = step_dirs(path)
         if steps and (path / "steps.jsonl").is_file():  # the training callback's out (workflows.training_out)
             return (f"{path} holds a training callback's diagnostics, not one run: give one of its step "
-                    f"directories (the last: {steps[-1][1]})")
+                    f"directories (the last: {steps[max(steps)]})")
         workflow = workflow_output_kind(path)
         if workflow is not None:  # (its command's exit code is its gate; open_run reads it)
             inside = sorted(str(c.parent) for c in [*path.glob("*/config.json"), *path.glob("*/*/config.json")])

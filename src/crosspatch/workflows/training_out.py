@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import OptionError
 from ..store import write_whole
+from ..store.files import step_dirs
 
 OWNER_FILE = "training.json"  # {"output_dir": the owning training's output directory, resolved}
 SUPERSEDED_DIR = "superseded"
@@ -78,13 +79,6 @@ def _trial_run_dir(trainer: Any, state: Any, root: Path | None) -> Path | None:
             return Path(named)
     name = getattr(state, "trial_name", None)
     return root / name if root is not None and isinstance(name, str) and name else None
-
-
-def step_dirs(out: Path) -> dict[int, Path]:
-    """The run directories ``step-<N>`` in ``out``, by step."""
-    if not out.is_dir():
-        return {}
-    return {int(p.name[5:]): p for p in out.glob("step-*") if p.is_dir() and p.name[5:].isdigit()}
 
 
 def recorded_owner(out: Path) -> str | None:
