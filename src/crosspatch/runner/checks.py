@@ -286,8 +286,9 @@ def check_group_by(fields: list[str], prompts) -> list[str]:
             warnings.append(f"--group-by {name}: the by-{name} breakdown is built in; the option is ignored")
             continue
         if name in ("id", "prompt") and not any(name in p.metadata for p in prompts):
-            raise GroupByFieldError(f"--group-by {name}: every prompt's {'id' if name == 'id' else 'text'} is its own, so "
-                                    "each group would be one prompt, with no interval; group by a field that prompts share (a split, a source, "
+            own = "id" if name == "id" else "text"
+            raise GroupByFieldError(f"--group-by {name}: every prompt's {own} is its own, so each group would be one "
+                                    "prompt, with no interval; group by a field that prompts share (a split, a source, "
                                     "a task)")
         have = sum(name in p.metadata for p in prompts)
         if have == 0:
