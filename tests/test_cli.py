@@ -283,6 +283,27 @@ def test_a_run_records_and_reports_where_its_prompts_were_read_from(tmp_path):
     assert "prompt set" not in (tmp_path / "b" / "report.md").read_text()
 
 
+def test_both_reports_name_a_verdict_policy_and_a_chat_template_the_run_chose(tmp_path):
+    """A verdict decided under a policy of one's own (another bound, other verdicts let through,
+    the common-PT readout) read in the reports like a default one: neither named the policy, nor
+    that the prompts were rendered by a chat template. Both now do; a default run names neither."""
+    from crosspatch.report.markdown import chosen_settings
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import make_pair
+
+    pair = make_pair("llama")
+    options = dict(boundary=2, max_new_tokens=4, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+    run(pair, PROMPTS[:3], out=tmp_path / "r", policy={"max_interaction_share": 0.4, "readout": "common_pt",
+                                                        "pass_verdicts": ["portable", "no-late-effect"]}, **options)
+    said = "policy: max_interaction_share 0.4; readout common_pt (the rest as default)"
+    assert f"- {said}" in (tmp_path / "r" / "report.md").read_text()
+    assert said in (tmp_path / "r" / "report.html").read_text()
+    run(pair, PROMPTS[:3], out=tmp_path / "default", **options)
+    assert "policy:" not in (tmp_path / "default" / "report.md").read_text()
+    assert chosen_settings({"chat_template": True, "policy": {}}) == [
+        ("chat template", "every prompt rendered by the tokenizer's chat template")]
+
+
 def test_report_on_a_non_run_directory(tmp_path):
     res = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 2 and "RunDirectoryError" in res.output

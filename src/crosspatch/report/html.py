@@ -13,6 +13,7 @@ from .markdown import (
     _EFFECT_LABELS,
     WHY_NO_INTERVALS,
     _fmt_number,
+    chosen_settings,
     counts_lines,
     fmt_effect,
     fmt_value,
@@ -120,7 +121,8 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
                ("residency", config.get("residency", "?")), ("plan", opts.get("plan")),
                ("max new tokens", opts.get("max_new_tokens")), ("rollout model", opts.get("rollout_model")),
                ("bootstrap", f"{opts.get('bootstrap')} resamples, seed {opts.get('seed')}"),
-               ("event kinds", _names(opts.get("event_kinds"))), ("controls", _names(opts.get("controls")))],
+               ("event kinds", _names(opts.get("event_kinds"))), ("controls", _names(opts.get("controls"))),
+               *chosen_settings(opts)],
         counts=[_plain(line[2:]) for line in counts_lines(summary["counts"])]
         + ([f"--until-ci-width {summary['until_ci_width']['target']}: {summary['until_ci_width']['message']}"]
            if summary.get("until_ci_width") else []),

@@ -256,6 +256,27 @@ def prompt_source(config: dict) -> tuple[str, str] | None:
     return source, f"sha256 {str(digest)[:12]}…" if digest else "no digest"
 
 
+def chosen_settings(opts: dict) -> list[tuple[str, str]]:
+    """The settings a run chose that change what its verdict reads, named in both reports' setup:
+    a verdict policy other than the default (only the fields it changes) and the chat template
+    (the prompts as the tokenizer's chat template renders them). Empty for a default run."""
+    from ..core.verdict import VerdictPolicy
+
+    chosen = []
+    if opts.get("chat_template"):
+        chosen.append(("chat template", "every prompt rendered by the tokenizer's chat template"))
+    try:
+        given = VerdictPolicy.from_dict(opts.get("policy") or {}).as_dict()
+    except (ValueError, TypeError):  # (a policy the run refused would not be here; an older one read as stored)
+        given = {}
+    default = VerdictPolicy().as_dict()
+    changed = [f"{key} {', '.join(map(str, value)) if isinstance(value, list) else value}"
+               for key, value in given.items() if value != default.get(key)]
+    if changed:
+        chosen.append(("policy", "; ".join(changed) + " (the rest as default)"))
+    return chosen
+
+
 def render_markdown(config: dict, summary: dict) -> str:
     """The full report. Deterministic: the same stored files give the same text."""
     models = config.get("models", {})
@@ -277,6 +298,7 @@ def render_markdown(config: dict, summary: dict) -> str:
         f"{opts.get('max_new_tokens')}; dtype {config.get('load_options', {}).get('dtype', opts.get('dtype'))}; "
         f"rollout model {opts.get('rollout_model')}; bootstrap {opts.get('bootstrap')} resamples, seed {opts.get('seed')}"
     )
+    lines += [f"- {name}: {md_escape_prose(text)}" for name, text in chosen_settings(opts)]
     lines.append("")
     lines += counts_lines(summary["counts"])
     if summary.get("until_ci_width"):
