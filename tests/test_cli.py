@@ -285,8 +285,9 @@ def test_a_run_records_and_reports_where_its_prompts_were_read_from(tmp_path):
 
 def test_both_reports_name_a_verdict_policy_and_a_chat_template_the_run_chose(tmp_path):
     """A verdict decided under a policy of one's own (another bound, other verdicts let through,
-    the common-PT readout) read in the reports like a default one: neither named the policy, nor
-    that the prompts were rendered by a chat template. Both now do; a default run names neither."""
+    the common-PT readout) read in the reports like a default one: neither named the policy, that
+    the prompts were rendered by a chat template, nor word lists of the run's own (FORMAT words,
+    assistant markers). Both now do; a default run names none."""
     from crosspatch.report.markdown import chosen_settings
     from crosspatch.runner.pipeline import run
     from crosspatch.testing import make_pair
@@ -300,8 +301,9 @@ def test_both_reports_name_a_verdict_policy_and_a_chat_template_the_run_chose(tm
     assert said in (tmp_path / "r" / "report.html").read_text()
     run(pair, PROMPTS[:3], out=tmp_path / "default", **options)
     assert "policy:" not in (tmp_path / "default" / "report.md").read_text()
-    assert chosen_settings({"chat_template": True, "policy": {}}) == [
-        ("chat template", "every prompt rendered by the tokenizer's chat template")]
+    assert chosen_settings({"chat_template": True, "policy": {}, "format_tokens": ["a", "the"]}) == [
+        ("chat template", "every prompt rendered by the tokenizer's chat template"),
+        ("format words", "2 of the run's own, in place of crosspatch's (a, the)")]
 
 
 def test_report_on_a_non_run_directory(tmp_path):

@@ -258,8 +258,10 @@ def prompt_source(config: dict) -> tuple[str, str] | None:
 
 def chosen_settings(opts: dict) -> list[tuple[str, str]]:
     """The settings a run chose that change what its verdict reads, named in both reports' setup:
-    a verdict policy other than the default (only the fields it changes) and the chat template
-    (the prompts as the tokenizer's chat template renders them). Empty for a default run."""
+    a verdict policy other than the default (only the fields it changes), the chat template (the
+    prompts as the tokenizer's chat template renders them) and word lists of one's own (FORMAT
+    words, assistant markers: they decide the token categories and the later event kinds). Empty
+    for a default run."""
     from ..core.verdict import VerdictPolicy
 
     chosen = []
@@ -269,6 +271,10 @@ def chosen_settings(opts: dict) -> list[tuple[str, str]]:
         given = VerdictPolicy.from_dict(opts.get("policy") or {}).as_dict()
     except (ValueError, TypeError):  # (a policy the run refused would not be here; an older one read as stored)
         given = {}
+    for key, what in (("format_tokens", "format words"), ("marker_words", "assistant-marker words")):
+        if isinstance(words := opts.get(key), list):
+            shown = ", ".join(map(str, words[:8])) + (", ..." if len(words) > 8 else "")
+            chosen.append((what, f"{len(words)} of the run's own, in place of crosspatch's ({shown})"))
     default = VerdictPolicy().as_dict()
     changed = [f"{key} {', '.join(map(str, value)) if isinstance(value, list) else value}"
                for key, value in given.items() if value != default.get(key)]
