@@ -286,3 +286,23 @@ def test_the_label_swap_row_says_when_too_few_prompts_can_never_pass_its_level()
     weak = [rec(f"p{i}", (0.0, 0.0, 0.0, (-1.0) ** i)) for i in range(10)]
     row = summarize([], SummaryContext(config={}, records=weak, headline=2, boot=BootstrapConfig(0)), LabelSwapOptions())
     assert row["status"] == "warn" and "no sign-flip p-value" not in row["summary"]
+
+
+def test_the_label_swap_test_reads_the_interaction_of_the_readout_the_verdict_reads():
+    """Under a policy's ``readout: common_pt`` the verdict claims the common-PT interaction, yet the
+    label-swap test (which can weaken that claim) tested the common-IT one."""
+    from dataclasses import replace
+
+    from crosspatch.analyses.label_swap import LabelSwapOptions, summarize
+    from crosspatch.core.registry import SummaryContext
+
+    records = []
+    for i in range(8):
+        r = rec(f"p{i}", (0.0, 0.0, 0.0, 0.0))  # no interaction under the descendant's head
+        records.append(replace(r, cells={**r.cells, "common_pt": dict(zip(("upt_lpt", "upt_lit", "uit_lpt", "uit_lit"),
+                                                                          (0.0, 0.0, 0.0, 1.0 + i)))}))
+    rows = {readout: summarize([], SummaryContext(config={"options": {"policy": {"readout": readout}}}, records=records,
+                                                  headline=2, boot=BootstrapConfig(0)), LabelSwapOptions())
+            for readout in ("common_it", "common_pt")}
+    assert rows["common_it"]["value"] == 0.0 and rows["common_it"]["status"] == "warn"
+    assert rows["common_pt"]["value"] == pytest.approx(4.5) and rows["common_pt"]["status"] == "pass"

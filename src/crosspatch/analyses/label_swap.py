@@ -48,8 +48,9 @@ def _out_of_reach(null: dict, level: float) -> str:
 
 
 def summarize(rows: list[dict], ctx: SummaryContext, options: LabelSwapOptions) -> dict:
-    null = label_swap_null(ctx.first, resamples=options.resamples, seed=ctx.bootstrap("label_swap").seed,
-                           level=options.level)
+    # (the verdict's own interaction, in the readout it reads: a claim this test can weaken)
+    null = label_swap_null(ctx.first, readout=ctx.readout, resamples=options.resamples,
+                           seed=ctx.bootstrap("label_swap").seed, level=options.level)
     if null["observed"] is None:
         return control_row("label_swap", "warn", None, "no events", n=0)
     sig = null["rejects_null"]

@@ -114,6 +114,12 @@ class SummaryContext:
         return VerdictPolicy.from_dict(self.options.get("policy") or {})
 
     @property
+    def readout(self) -> str:
+        """The readout the verdict reads (the policy's: common_it unless it says common_pt), for a
+        control that tests the verdict's own interaction."""
+        return self.policy.readout
+
+    @property
     def options(self) -> dict:
         return self.config.get("options", {})
 
