@@ -160,7 +160,11 @@ def run_on_finished(run_dir: str | Path, analysis, events: list[DivergenceEvent]
     in chunks of the run's own size (:func:`~crosspatch.execution.batching.chunk_size`), each
     chunk's records appended as soon as it is scored: an interrupted call keeps the chunks it
     finished, and a call again skips the events ``<name>.jsonl`` already scores
-    (:func:`scored_event_keys`). An analysis that records nothing on any event (``routing`` on
+    (:func:`scored_event_keys`). Rows scored with other settings than an analysis object's are not
+    told apart here: such an analysis records its settings in its rows and refuses rows of others
+    itself, as ``consequence`` does (:func:`~crosspatch.analyses.consequence.check_stored_consequences`);
+    one given by name is built from the run's recorded options, the same each time. An analysis
+    that records nothing on any event (``routing`` on
     dense models) is an :class:`OptionError`, the run unchanged. ``progress``: as :func:`run`'s (True:
     bars on a terminal, lines otherwise; a function of one line; False). Holds the run directory's
     lock. Returns the new summary."""
