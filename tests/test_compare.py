@@ -508,8 +508,11 @@ def test_a_compare_under_a_common_pt_policy_reads_each_row_in_its_verdicts_reado
     summary = {"verdict": {"verdict": "portable", "reason": "...", "boundary": 2, "readout": "common_pt"},
                "results": {"2": {"common_it": {"all": block(0.25)}, "common_pt": {"all": block(1.75)}}}}
     models = SimpleNamespace(base="base", descendants=["a"], warnings=[])
-    document = compare_summary(models, {"a": SimpleNamespace(summary=summary)}, {})  # pyright: ignore[reportArgumentType]
+    config = {"options": {"policy": {"readout": "common_pt"}}}
+    document = compare_summary(models, {"a": SimpleNamespace(summary=summary, config=config)}, {})  # pyright: ignore[reportArgumentType]
     row = document["rows"]["a"]
+    assert document["settings"] == [["policy", "readout common_pt (the rest as default)"]]  # named on its pages
+    assert "- policy: readout common\\_pt (the rest as default)" in render_compare_markdown(document)
     assert row["readout"] == "common_pt" and row["effects"]["E_PT"]["mean"] == 1.75
     assert check_document("compare.json", document) == []
     assert compare_readout(document) == "common-PT readout" and "common-PT readout" in render_compare_markdown(document)

@@ -40,9 +40,18 @@ def compare_readout(summary: dict) -> str:
     return "common-PT readout" if readouts == {"common_pt"} else "common-IT readout"
 
 
+def _settings(summary: dict) -> list:
+    """The settings a compare chose that change its verdicts (``[name, what]`` pairs; none in an
+    older compare.json)."""
+    settings = summary.get("settings")
+    return [s for s in settings if isinstance(s, (list, tuple)) and len(s) == 2] if isinstance(settings, list) else []
+
+
 def render_compare_markdown(summary: dict) -> str:
     lines = ["# crosspatch compare", "", f"Base against {len(summary['rows'])} descendant(s); headline boundary, "
              f"{compare_readout(summary)}, {compare_intervals(summary)}.", ""]
+    lines += [f"- {md_escape(str(name))}: {md_escape(str(what))}" for name, what in _settings(summary)]
+    lines += [""] if _settings(summary) else []
     rows = []
     for role, r in summary["rows"].items():
         block = {"effects": r["effects"]}
@@ -82,7 +91,8 @@ def render_compare_html(summary: dict) -> str:
         reading.append(f"Cross-descendant patching: {summary['cross_note']}.")
     return env.get_template("tables.html.j2").render(
         title="crosspatch compare", intro=f"Base against {len(summary['rows'])} descendant(s); headline boundary, "
-                                          f"{compare_readout(summary)}, {compare_intervals(summary)}.",
+                                          f"{compare_readout(summary)}, {compare_intervals(summary)}."
+                                          + "".join(f" {name}: {what}." for name, what in _settings(summary)),
         reading=reading, warnings=summary.get("warnings") or [], tables=tables,
         links=[f"{role}/report.html" for role in summary["rows"]])
 

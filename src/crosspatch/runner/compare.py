@@ -271,8 +271,13 @@ def compare_summary(models: ModelSet, runs: dict[str, RunResult], plan: dict[str
             for x in plan.get(y, []):
                 matrix[x][y] = _mean(((r["prompt_id"], r["y"]) for r in result.analyses.get("cross_descendant", [])
                                       if r["upstream"] == x), boot, f"cross/{x}/{y}")
+    from ..report.markdown import chosen_settings
+
+    first = next(iter(runs.values()), None)  # (every member runs with the compare's one configuration)
+    settings = chosen_settings((getattr(first, "config", None) or {}).get("options") or {})
     return {"schema_version": COMPARE_SCHEMA, "base": models.base, "descendants": list(models.descendants),
             "warnings": list(dict.fromkeys(models.warnings)),  # the set's, once (each member's run repeats them)
+            "settings": [list(item) for item in settings],  # a policy or chat template chosen: named on the pages
             "rows": rows, "cross": matrix,
             "cross_note": ("Y(U_X, L_Y): upstream X (rows) through late stack Y (columns), on Y's events (t_base vs t_Y) "
                            "with Y's head; the base column uses the upstream descendant's events")}

@@ -248,6 +248,7 @@ class CompareDocument(TypedDict, total=False):
     rows: dict[str, CompareRow]
     cross: Optional[dict[str, Any]]
     warnings: list[str]  # the model set's warnings (each member run's summary.json repeats them)
+    settings: list[list[str]]  # [name, what] of each setting chosen that changes the verdicts (a policy, ...)
 
 
 @with_config(ConfigDict(extra="allow"))
