@@ -295,6 +295,17 @@ def test_gate_prints_the_verdict_for_people(portable_run):
     assert res.exit_code == 0 and "pass" in res.output and "portable" in res.output
 
 
+def test_a_gate_reading_another_readout_than_the_run_says_its_label_swap_test_read_the_runs(portable_run, tmp_path):
+    """The gate decides again under its policy's readout, but the label-swap test stored with the
+    run (which can weaken the verdict) tested the run's readout's interaction: said, not hidden."""
+    policy = tmp_path / "pt.yaml"
+    policy.write_text("readout: common_pt\n")
+    _, decided = _gate(portable_run, "--policy", policy)
+    assert decided["readout"] == "common_pt" and "tested the common-IT interaction" in decided["reason"], decided
+    _, default = _gate(portable_run)
+    assert "label-swap test stored" not in default["reason"]
+
+
 def test_no_event_at_all_says_so_instead_of_reporting_empty_numbers():
     empty = {"n_events": 0, "n_prompts": 0,
              "effects": {k: {"mean": None, "ci": None} for k in ("E_PT", "E_IT", "interaction")}}
