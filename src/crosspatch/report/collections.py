@@ -12,9 +12,9 @@ from .markdown import WHY_NO_INTERVALS, _table, fmt_effect, fmt_percent, fmt_val
 from .mdtext import page_environment
 from .plots import legend, matplotlib_label, save_figure
 
-__all__ = ["LINEAGE_COLUMNS", "compare_intervals", "compare_readout", "cross_cell", "lineage_no_events", "lineage_rows", "plot_lineage", "render_compare_html",
-           "render_compare_markdown", "render_lineage_html", "render_lineage_markdown", "write_compare_pages",
-           "write_lineage_pages"]
+__all__ = ["LINEAGE_COLUMNS", "compare_intervals", "compare_readout", "cross_cell", "lineage_no_events", "lineage_rows",
+           "plot_lineage", "render_compare_html", "render_compare_markdown", "render_lineage_html",
+           "render_lineage_markdown", "write_compare_pages", "write_lineage_pages"]
 
 
 def cross_cell(stat: dict | None) -> str:
@@ -50,8 +50,8 @@ def _settings(summary: dict) -> list:
 def render_compare_markdown(summary: dict) -> str:
     lines = ["# crosspatch compare", "", f"Base against {len(summary['rows'])} descendant(s); headline boundary, "
              f"{compare_readout(summary)}, {compare_intervals(summary)}.", ""]
-    lines += [f"- {md_escape(str(name))}: {md_escape(str(what))}" for name, what in _settings(summary)]
-    lines += [""] if _settings(summary) else []
+    settings = [f"- {md_escape(str(name))}: {md_escape(str(what))}" for name, what in _settings(summary)]
+    lines += settings + ([""] if settings else [])
     rows = []
     for role, r in summary["rows"].items():
         block = {"effects": r["effects"]}

@@ -31,6 +31,7 @@ from ..errors import OptionError
 from ..execution import Executor, Late, ModelSet, Program
 from ..models.options import check_progress
 from ..report.collections import cross_cell, render_compare_markdown, write_compare_pages  # noqa: F401 (cross_cell re-exported)
+from ..report.markdown import chosen_settings
 from ..store import checked, json_document, mark_collection, read_collection_summary, write_whole
 from .checks import check_model_set, check_out_dir
 from .config import check_switches
@@ -80,9 +81,9 @@ class CompareResult:
     out: Path | None = None
 
     def effects(self):
-        """A DataFrame of every descendant's effects at its headline boundary (in its verdict's readout, common-IT unless a policy says common-PT),
-        one row per (descendant, effect) with its 95% interval, the descendant's verdict and counts
-        (the compare table, as numbers)."""
+        """A DataFrame of every descendant's effects at its headline boundary, in its verdict's
+        readout (common-IT unless a policy says common-PT), one row per (descendant, effect) with its
+        95% interval, the descendant's verdict and counts (the compare table, as numbers)."""
         import pandas as pd
 
         return pd.DataFrame([{"descendant": role, "verdict": row["verdict"], "effect": name, **interval_columns(stat),
@@ -271,8 +272,6 @@ def compare_summary(models: ModelSet, runs: dict[str, RunResult], plan: dict[str
             for x in plan.get(y, []):
                 matrix[x][y] = _mean(((r["prompt_id"], r["y"]) for r in result.analyses.get("cross_descendant", [])
                                       if r["upstream"] == x), boot, f"cross/{x}/{y}")
-    from ..report.markdown import chosen_settings
-
     first = next(iter(runs.values()), None)  # (every member runs with the compare's one configuration)
     settings = chosen_settings((getattr(first, "config", None) or {}).get("options") or {})
     return {"schema_version": COMPARE_SCHEMA, "base": models.base, "descendants": list(models.descendants),
