@@ -11,7 +11,7 @@ from pathlib import Path
 from ..core.records import READOUTS, cell_effects
 from .markdown import (
     _EFFECT_LABELS,
-    WHY_NO_INTERVALS,
+    WHY_NO_INTERVALS_SHORT,
     _fmt_number,
     chosen_settings,
     counts_lines,
@@ -42,7 +42,7 @@ def _section(result: dict, boundary: str, breakdown_plots: bool = True) -> dict:
 
     head = result["common_it"]["all"]
     groups, forests = [], []
-    effects = "effects with 95% CIs" if has_intervals(head) else f"effects (no intervals: {WHY_NO_INTERVALS})"
+    effects = "effects with 95% CIs" if has_intervals(head) else f"effects (no intervals: {WHY_NO_INTERVALS_SHORT})"
     for key, block in result["common_it"].items():
         if key.startswith("by_") and block:
             label = key[3:]

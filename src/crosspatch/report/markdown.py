@@ -37,6 +37,7 @@ def fmt_value(stat: dict | None, signed: bool = True, percent: bool = False, fmt
 
 
 WHY_NO_INTERVALS = "no bootstrap resamples: --bootstrap 0, or too few prompts"  # (what a page says in their place)
+WHY_NO_INTERVALS_SHORT = "--bootstrap 0 or too few prompts"  # (in a plot's title)
 
 
 def any_interval(stats) -> bool:
