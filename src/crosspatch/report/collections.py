@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.records import CELLS
+from ..core.records import CELLS, READOUT_LABELS, verdict_readout
 from ..store import write_whole
 from .markdown import WHY_NO_INTERVALS, _table, fmt_effect, fmt_percent, fmt_value, has_intervals, md_escape
 from .mdtext import page_environment
@@ -34,10 +34,10 @@ def compare_intervals(summary: dict) -> str:
 def compare_readout(summary: dict) -> str:
     """The readout a compare's rows are read in: each its verdict's (common-IT unless a policy
     says common-PT)."""
-    readouts = {r.get("readout") or "common_it" for r in summary["rows"].values()}
+    readouts = {verdict_readout(r) for r in summary["rows"].values()}
     if len(readouts) > 1:
         return "each descendant in its verdict's readout"
-    return "common-PT readout" if readouts == {"common_pt"} else "common-IT readout"
+    return f"{READOUT_LABELS[readouts.pop()]} readout" if readouts else "common-IT readout"
 
 
 def _settings(summary: dict) -> list:

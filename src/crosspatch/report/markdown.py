@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.records import READOUTS
+from ..core.records import READOUTS, verdict_readout
 from .mdtext import _table, md_escape, md_escape_prose  # noqa: F401  (md_escape* are part of this module's API)
 from .sections import sections_markdown
 
@@ -324,7 +324,7 @@ def render_markdown(config: dict, summary: dict) -> str:
         lines += sweep_section(summary)
     for b in summary["boundaries"]:
         lines += boundary_section(summary["results"][b], b, num_layers,
-                                  verdict_readout=(summary.get("verdict") or {}).get("readout") or "common_it")
+                                  verdict_readout=verdict_readout(summary.get("verdict")))
     warnings = summary.get("warnings", [])
     lines.append("## Warnings")
     lines.append("")

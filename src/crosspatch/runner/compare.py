@@ -26,6 +26,7 @@ from ..core.analysis import Analysis, EventSet, late_passes
 from ..core.cells import event_y
 from ..core.divergence import RecordKey
 from ..core.pooling import pool_family_balanced
+from ..core.records import verdict_readout
 from ..core.stats import BootstrapConfig, block_bootstrap
 from ..errors import OptionError
 from ..execution import Executor, Late, ModelSet, Program
@@ -252,7 +253,7 @@ def compare_summary(models: ModelSet, runs: dict[str, RunResult], plan: dict[str
     rows = {}
     for role, result in runs.items():
         v = result.summary["verdict"]
-        readout = "common_pt" if v.get("readout") == "common_pt" else "common_it"  # (the verdict's: a policy's)
+        readout = verdict_readout(v)  # (a policy's common_pt too)
         block = result.summary["results"][str(v["boundary"])][readout]["all"]
         rows[role] = {"events": block["n_events"], "prompts": block["n_prompts"], "cells": block["cells"],
                       "effects": {k: block["effects"][k] for k in ("E_PT", "E_IT", "interaction", "direct_share", "late_interaction_share")},

@@ -40,6 +40,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ..core.records import verdict_readout
 from ..errors import ModelLoadError, OptionError
 from ..models.anatomy import is_peft_model
 from ..runner.summary import HEADLINE_EFFECTS as METRICS  # the effects it logs
@@ -316,7 +317,7 @@ class CrosspatchCallback(TrainerCallback):
         summary = result.summary
         boundary = (summary.get("verdict") or {}).get("boundary")
         # the numbers the verdict was decided on: its readout (common-IT unless the policy says common-PT)
-        block = effects_at(summary, boundary, (summary.get("verdict") or {}).get("readout") or "common_it") or {}
+        block = effects_at(summary, boundary, verdict_readout(summary.get("verdict"))) or {}
         metrics: dict[str, float | None] = {}
         for name in METRICS:
             value = block.get(name) or {}

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from ..core.records import READOUT_LABELS, verdict_readout
 from ..core.verdict import VerdictPolicy, decide
 from ..errors import CorruptRunFileError, RunSchemaError
 from ..store import check_summary_shape, collection_kind, collection_runs, not_a_run_message
@@ -114,20 +115,16 @@ def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
     except KeyError:
         return _unusable(f"summary.json has no results for boundary {boundary} and readout {rules.readout}")
     decision = decide(block, controls, rules, counts)
-    run_readout = stored.get("readout") or "common_it"
+    run_readout = verdict_readout(stored)
     if rules.readout != run_readout and any(c.get("control") == "label_swap" for c in controls):
-        decision["reason"] += (f" (The label-swap test stored with the run tested the {_label(run_readout)} interaction, "
-                               f"the run's verdict readout, not the {_label(rules.readout)} one this policy reads: run "
-                               "again with this policy for that test.)")
+        decision["reason"] += (f" (The label-swap test stored with the run tested the {READOUT_LABELS[run_readout]} "
+                               f"interaction, the run's verdict readout, not the {READOUT_LABELS[rules.readout]} one "
+                               "this policy reads: run again with this policy for that test.)")
     passed = decision["verdict"] in rules.pass_verdicts
     return {"status": "pass" if passed else "fail", "exit_code": 0 if passed else 1,
             "verdict": decision["verdict"], "reason": decision["reason"], "boundary": int(boundary),
             "readout": rules.readout, "policy": rules.as_dict(), "numbers": decision["numbers"],
             "run_dir": str(path)}
-
-
-def _label(readout: str) -> str:
-    return {"common_it": "common-IT", "common_pt": "common-PT"}.get(readout, readout)
 
 
 def _computes_the_base(config: dict) -> str | None:
