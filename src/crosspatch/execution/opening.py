@@ -34,9 +34,8 @@ from ..models.loading import (
     provenance,
     resolve_dtype,
     validate_load_options,
-    weight_files,
 )
-from ..models.paths import looks_local
+from ..models.paths import looks_local, weight_files
 from ..models.preload import check_checkpoints
 from ..models.vocab import RealVocabulary, build_real_vocabulary
 from .adapters import _load_adapters, descendant_tokenizer

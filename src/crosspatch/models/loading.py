@@ -18,7 +18,7 @@ import torch
 from ..errors import DeviceUnavailableError, ModelLoadError, OptionError, first_line
 from .digests import sha256_file
 from .options import LoadOptions, check_switches
-from .paths import DEFINING_FILES, check_weight_format, is_weight_file, some_of
+from .paths import DEFINING_FILES, check_weight_format, some_of, weight_files
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -133,11 +133,6 @@ def no_eos_warning(eos: set[int]) -> list[str]:
 
 def is_local(path: str) -> bool:
     return Path(path).expanduser().exists()
-
-
-def weight_files(path: str) -> list[Path]:
-    root = Path(path).expanduser()
-    return sorted(p for p in root.iterdir() if is_weight_file(p) and p.is_file())
 
 
 def defining_files(path: str) -> dict[str, str]:

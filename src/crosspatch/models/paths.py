@@ -155,6 +155,12 @@ def is_weight_file(path: Path) -> bool:
     return path.suffix in WEIGHT_SUFFIXES and not path.name.startswith(TRAINER_STATE_PREFIXES)
 
 
+def weight_files(path: str) -> list[Path]:
+    """The weight files of a checkpoint directory, sorted."""
+    root = Path(path).expanduser()
+    return sorted(p for p in root.iterdir() if is_weight_file(p) and p.is_file())
+
+
 # the JSON files of a checkpoint or adapter directory that loading reads; transformers skips a
 # generation config it cannot parse without a word (its EOS ids with it)
 CHECKPOINT_JSON_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer_config.json",
@@ -332,7 +338,7 @@ def check_weight_format(path: str, allow_pickle: bool, revision: str | None = No
         where = f"{path}: its snapshot in the local Hugging Face cache holds only pickle weights"
         remedy = ("The Hub cannot be reached to fetch safetensors. Pass --allow-pickle if you trust it, or download "
                   "its safetensors where there is network.")
-    weights = sorted(f.name for f in root.iterdir() if is_weight_file(f) and f.is_file())
+    weights = [f.name for f in weight_files(str(root))]
     if not weights or any(name.endswith(".safetensors") for name in weights):
         return
     if not local and not hub_offline() and hub_reachable():  # (the Hub may hold safetensors a load fetches)
