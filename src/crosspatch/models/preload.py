@@ -13,7 +13,7 @@ from .cached import checkable
 from .checks import check_weights_fit_config, compare_configs, compare_weight_layouts
 from .config_dicts import local_config
 from .loading import LoadOptions, check_custom_code
-from .paths import check_model_path, check_weight_format
+from .paths import check_model_path, check_weight_format, looks_local
 
 __all__ = ["check_checkpoints"]
 
@@ -34,8 +34,9 @@ def check_checkpoints(base: str, tuned: dict[str, str], adapters: list[str], opt
     for path in adapters:
         check_model_path(path, role, adapter=True)  # adapters load at their main revision
         check_adapter_files(path, options.allow_pickle, files[base])  # and that a LoRA's weights fit the base's
-    for path in [base, *tuned.values()]:
-        check_supported(local_config(files[path]))  # (a cached hub id's; one not cached: checked once loaded)
+    for path in [base, *tuned.values()]:  # a cached hub id's (a local one's: check_model_path; not cached: once loaded)
+        if not looks_local(path):
+            check_supported(local_config(files[path]))
     for path in [base, *tuned.values()]:  # model code a checkpoint ships is named before its model type is compared
         check_custom_code(files[path], options.trust_remote_code)
         check_weight_format(files[path], options.allow_pickle, options.revision)  # (a hub id's: its cached snapshot)
