@@ -518,6 +518,10 @@ CASES = [
              {**json.loads((d / "config.json").read_text()), "num_attention_heads": 1, "num_key_value_heads": 1,
               "head_dim": None})), e.base)),
          "ModelLoadError"),
+    Case("models", "a base whose config.json builds fewer layers than its weights hold (the last would be dropped)",
+         lambda e: e.run_args(base=_model_dir(e, "base_fewer_layers", lambda d: (d / "config.json").write_text(json.dumps(
+             {**json.loads((d / "config.json").read_text()), "num_hidden_layers": 3})), e.base)),
+         "ModelLoadError"),
     Case("models", "an adapter_config.json that is not JSON",
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_bad_cfg", lambda d: (d / "adapter_config.json").write_text("{x"))),
          "ModelLoadError"),

@@ -734,6 +734,44 @@ def test_a_base_lacking_a_weight_or_not_described_by_its_config_is_named_before_
         load_pair(base, tuned=tuned)
 
 
+def test_a_config_building_fewer_layers_than_its_weights_hold_is_named_before_any_weight_loads(tmp_path, monkeypatch):
+    """Both config.json files edited to fewer layers (so the pair still agrees): transformers would
+    drop the last layer's weights with a warning and run a shallower model than the checkpoints'.
+    It is named from the safetensors headers before any weight loads."""
+    import crosspatch.execution.opening as opening
+
+    base, tuned = _saved_pair_with_tuned_weights(tmp_path, lambda t: None)
+    for path in (base, tuned):
+        config = json.loads((tmp_path / path / "config.json").read_text())
+        (tmp_path / path / "config.json").write_text(json.dumps(config | {"num_hidden_layers": 3}))
+    monkeypatch.setattr(opening, "load_causal_lm", lambda *a, **k: pytest.fail("a model's weights were loaded"))
+    with pytest.raises(ModelLoadError, match=r"base holds weights of block\(s\) 3 that its config.json does not build "
+                                             r"\(model\.layers\.3\..*\): its LlamaForCausalLM would load without them"):
+        load_pair(base, tuned=tuned)
+
+
+def test_a_gpt2_checkpoint_is_checked_against_its_config_too(tmp_path):
+    """GPT-2's model class holds the weight names it drops as it loads in a set, not a list: its
+    checkpoints are checked before loading like any other (a missing weight, surplus layers)."""
+    from safetensors.torch import load_file, save_file
+
+    from crosspatch.models.checks import check_weights_fit_config
+
+    model = tiny_model("gpt2")
+    model.save_pretrained(tmp_path)
+    check_weights_fit_config(str(tmp_path))
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if k != "transformer.h.1.mlp.c_fc.weight"}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=r"lacks 1 weight\(s\) that its GPT2LMHeadModel needs \(transformer\.h\.1\.mlp"):
+        check_weights_fit_config(str(tmp_path))
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model.config.n_layer -= 1
+    model.config.save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"holds weights of block\(s\) 3 that its config.json does not build"):
+        check_weights_fit_config(str(tmp_path))
+
+
 def test_a_checkpoint_named_otherwise_than_its_model_is_left_to_the_loader(tmp_path):
     """Tensor names that are not the model's (another library version's layout, a conversion
     mapping) say nothing about missing weights: nothing is named before loading."""

@@ -174,6 +174,12 @@ def check_weights_fit_config(path: str) -> None:
 
     saved = checkpoint_shapes(path)
     skeleton = local_skeleton(path) if saved else None
+    beyond = skeleton.layers_beyond(saved) if skeleton is not None else {}
+    if skeleton is not None and beyond:  # (transformers would drop them with a warning: a shallower model than the checkpoint's)
+        numbers = ", ".join(str(i) for i in sorted(set(beyond.values())))
+        raise ModelLoadError(f"{path} holds weights of block(s) {numbers} that its config.json does not build "
+                             f"({some_of(sorted(beyond))}): its {skeleton.name} would load without them, a shallower "
+                             "model than the checkpoint's. Is the config.json the checkpoint's own (num_hidden_layers)?")
     if skeleton is None or not skeleton.holds(saved):
         return
     needed = [names for names in skeleton.tied_groups if not any(n in saved for n in names)]

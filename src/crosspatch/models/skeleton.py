@@ -46,9 +46,10 @@ class Skeleton:
             groups.setdefault(id(param), []).append(name)
         self.tied_groups = list(groups.values())
         self.buffers = {name for name, _ in model.named_buffers(remove_duplicate=False)}  # (shapes not compared)
-        self._missing = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_missing", None) or [])]
-        self._extra = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])
-                       + [r"rotary_emb\.inv_freq$"]]
+        # (patterns a model class lists, or holds in a set: GPT-2's, GPT-NeoX's)
+        self._missing = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_missing", None) or ())]
+        self._extra = [re.compile(p) for p in [*(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()),
+                                               r"rotary_emb\.inv_freq$"]]
 
     def ignored(self, name: str) -> bool:
         return any(p.search(name) for p in self._missing)
@@ -56,6 +57,22 @@ class Skeleton:
     def holds(self, names) -> bool:
         """Whether every one of ``names`` is the model's, or one transformers drops as it loads."""
         return all(n in self.shapes or n in self.buffers or any(p.search(n) for p in self._extra) for n in names)
+
+    def layers_beyond(self, names) -> dict[str, int]:
+        """Of ``names`` the model does not hold, those of a numbered block (a decoder layer) past the
+        ones it builds, with the number: the block's first weight name at index 0 is the model's.
+        Empty unless every name it does not hold is one (a checkpoint of another layout is not)."""
+        import re
+
+        beyond = {}
+        for name in names:
+            if self.holds([name]):
+                continue
+            found = re.search(r"\.(\d+)\.", name)
+            if found is None or name[:found.start()] + ".0." + name[found.end():] not in self.shapes:
+                return {}
+            beyond[name] = int(found.group(1))
+        return beyond
 
 
 def _signature(path: str) -> tuple:
