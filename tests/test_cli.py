@@ -299,6 +299,12 @@ def test_both_reports_name_a_verdict_policy_and_a_chat_template_the_run_chose(tm
     said = "policy: max_interaction_share 0.4; readout common_pt (the rest as default)"
     assert f"- {said}" in (tmp_path / "r" / "report.md").read_text()
     assert said in (tmp_path / "r" / "report.html").read_text()
+    # the verdict's readout is named as every page names it (report.md, report.html and a notebook's card said "common-pt")
+    from crosspatch import open_run
+
+    card = open_run(tmp_path / "r")._repr_html_()
+    for page in ((tmp_path / "r" / "report.md").read_text(), (tmp_path / "r" / "report.html").read_text(), card):
+        assert "common-PT readout)" in page and "common-pt" not in page
     run(pair, PROMPTS[:3], out=tmp_path / "default", **options)
     assert "policy:" not in (tmp_path / "default" / "report.md").read_text()
     assert chosen_settings({"chat_template": True, "policy": {}, "format_tokens": ["a", "the"]}) == [

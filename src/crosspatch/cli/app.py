@@ -109,7 +109,7 @@ def print_summary_table(summary: dict, title: str = "crosspatch") -> None:
     """A short rich table of the headline effects: at the verdict's boundary, in the readout the
     verdict reads (common-IT unless the policy says common-PT), so that it shows the numbers the
     verdict's sentence quotes."""
-    from ..core.records import READOUT_LABELS, verdict_readout
+    from ..core.records import readout_label, verdict_readout
     from ..report.markdown import fmt_effect, has_intervals
 
     out = _stdout()
@@ -125,7 +125,7 @@ def print_summary_table(summary: dict, title: str = "crosspatch") -> None:
     b = str(verdict.get("boundary", summary["boundaries"][0]))
     readout = verdict_readout(verdict)
     block = summary["results"][b][readout]["all"]
-    table = Table(title=f"{title}: boundary {b}, {READOUT_LABELS[readout]} readout, {block['n_events']} events")
+    table = Table(title=f"{title}: boundary {b}, {readout_label(readout)} readout, {block['n_events']} events")
     table.add_column("quantity")
     table.add_column("mean [95% CI]" if has_intervals(block) else "mean (no intervals)", justify="right")
     for name in ("E_PT", "E_IT", "interaction", "direct_share", "native_shift"):

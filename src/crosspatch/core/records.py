@@ -119,6 +119,11 @@ READOUTS = ("common_it", "common_pt")
 READOUT_LABELS = {"common_it": "common-IT", "common_pt": "common-PT"}  # as the pages name them
 
 
+def readout_label(readout: str) -> str:
+    """How every page, table and plot names a readout ("common-IT"); one it does not know, with dashes."""
+    return READOUT_LABELS.get(readout, str(readout).replace("_", "-"))
+
+
 def verdict_readout(verdict: dict | None) -> str:
     """The readout a stored verdict was decided on (its ``readout``: common_pt where a policy said
     so; common_it otherwise, as a verdict written before it was recorded was)."""

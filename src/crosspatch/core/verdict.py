@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from .records import READOUT_LABELS
+from .records import readout_label
 
 VERDICTS = ("portable", "partly-upstream-dependent", "upstream-dependent", "no-late-effect", "inconclusive")
 GRADED = ("portable", "partly-upstream-dependent", "upstream-dependent")
@@ -181,7 +181,7 @@ def _where_it_changed(block: dict, bound: float, readout: str = "common_it") -> 
                 f"Y(U_PT,L_PT) is {fmt_stat(shift)}, within ±{bound}): read through one head the two models barely "
                 "differ here, so what makes them decide apart is small, or lies in their readouts (final norm and "
                 f"output head), which the four cells share (compare the "
-                f"{READOUT_LABELS['common_it' if readout == 'common_pt' else 'common_pt']} readout).")
+                f"{readout_label('common_it' if readout == 'common_pt' else 'common_pt')} readout).")
     return (f"whatever changed it lies upstream of the boundary or in the readout (final norm and output head, "
             f"which the four cells share; the native shift D is {fmt_stat(shift) if shift else 'not measured'}).")
 

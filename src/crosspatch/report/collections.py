@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.records import CELLS, READOUT_LABELS, verdict_readout
+from ..core.records import CELLS, readout_label, verdict_readout
 from ..store import write_whole
 from .markdown import WHY_NO_INTERVALS, _table, fmt_effect, fmt_percent, fmt_value, has_intervals, md_escape
 from .mdtext import page_environment
@@ -37,7 +37,7 @@ def compare_readout(summary: dict) -> str:
     readouts = {verdict_readout(r) for r in summary["rows"].values()}
     if len(readouts) > 1:
         return "each descendant in its verdict's readout"
-    return f"{READOUT_LABELS[readouts.pop()]} readout" if readouts else "common-IT readout"
+    return f"{readout_label(readouts.pop())} readout" if readouts else "common-IT readout"
 
 
 def _settings(summary: dict) -> list:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..core.records import READOUTS, cell_effects
+from ..core.records import READOUTS, cell_effects, readout_label
 from .markdown import (
     _EFFECT_LABELS,
     WHY_NO_INTERVALS_SHORT,
@@ -56,7 +56,7 @@ def _section(result: dict, boundary: str, breakdown_plots: bool = True) -> dict:
     return {
         "boundary": boundary,
         "cells": {c: fmt_value(v) for c, v in head["cells"].items()},
-        "readouts": [r.replace("_", "-") for r in READOUTS],
+        "readouts": [readout_label(r) for r in READOUTS],
         "effects": [[_plain(label)] + [fmt_effect(result[r]["all"], key) for r in READOUTS]
                     for key, label in _EFFECT_LABELS.items()],
         "groups": groups,

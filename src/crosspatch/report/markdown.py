@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.records import READOUTS, verdict_readout
+from ..core.records import READOUTS, readout_label, verdict_readout
 from .mdtext import _table, md_escape, md_escape_prose  # noqa: F401  (md_escape* are part of this module's API)
 from .sections import sections_markdown
 
@@ -85,7 +85,7 @@ def cell_table(block: dict) -> list[str]:
 def effects_table(blocks: dict[str, dict]) -> list[str]:
     names = list(blocks)
     rows = [[label] + [fmt_effect(blocks[n], key) for n in names] for key, label in _EFFECT_LABELS.items()]
-    return _table(["quantity"] + [f"{n.replace('_', '-')} readout" for n in names], rows)
+    return _table(["quantity"] + [f"{readout_label(n)} readout" for n in names], rows)
 
 
 def breakdown_table(groups: dict[str, dict], label: str) -> list[str]:
@@ -206,7 +206,7 @@ def verdict_lines(summary: dict) -> list[str]:
     v = summary.get("verdict")
     if not v:
         return []
-    return [f"**Verdict: {v['verdict']}** (boundary {v['boundary']}, {v['readout'].replace('_', '-')} readout)", "",
+    return [f"**Verdict: {v['verdict']}** (boundary {v['boundary']}, {readout_label(v['readout'])} readout)", "",
             md_escape_prose(v["reason"]), ""]
 
 

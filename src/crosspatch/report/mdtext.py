@@ -29,8 +29,12 @@ def page_environment():
     def shown(value):
         return visible_controls(value) if isinstance(value, str) and not isinstance(value, Markup) else value
 
-    return Environment(loader=PackageLoader("crosspatch.report", "templates"), autoescape=select_autoescape(["j2"]),
-                       finalize=shown)
+    from ..core.records import readout_label
+
+    environment = Environment(loader=PackageLoader("crosspatch.report", "templates"),
+                              autoescape=select_autoescape(["j2"]), finalize=shown)
+    environment.filters["readout_label"] = readout_label
+    return environment
 
 
 def md_escape(text: str) -> str:

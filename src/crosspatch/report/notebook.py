@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 
+from ..core.records import readout_label
 from .collections import LINEAGE_COLUMNS, compare_intervals, compare_readout, lineage_no_events, lineage_rows
 from .markdown import fmt_effect, has_intervals
 from .mdtext import visible_controls
@@ -50,7 +51,7 @@ def run_card(summary: dict, run_dir=None) -> str:
     verdict, counts = summary.get("verdict") or {}, summary.get("counts") or {}
     boundary, readout = verdict.get("boundary"), verdict.get("readout", "common_it")
     head = (f"<b>crosspatch run</b>: <b>{escape(str(verdict.get('verdict', 'no verdict yet')))}</b>"
-            + (f" at boundary {escape(str(boundary))} ({escape(readout.replace('_', '-'))} readout)" if boundary else "")
+            + (f" at boundary {escape(str(boundary))} ({escape(readout_label(readout))} readout)" if boundary else "")
             + f"; {counts.get('prompts', 0)} prompts, {counts.get('events', 0)} events")
     block = (summary.get("results", {}).get(str(boundary), {}).get(readout) or {}).get("all")
     table = "" if not block else _table(["quantity", "mean [95% CI]" if has_intervals(block) else "mean (no intervals)"], [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.records import readout_label
 from .markdown import WHY_NO_INTERVALS_SHORT
 from .mdtext import visible_controls
 
@@ -75,7 +76,7 @@ def plot_sweep(summary: dict, out_dir: str | Path, readout: str = "common_it") -
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     banded = _draw_sweep(ax, summary, readout)
-    ax.set_title(f"Layer sweep ({readout.replace('_', '-')} readout, "
+    ax.set_title(f"Layer sweep ({readout_label(readout)} readout, "
                  f"{'95% bootstrap CI' if banded else 'no intervals: ' + WHY_NO_INTERVALS_SHORT})")
     fig.tight_layout()
     out_dir = Path(out_dir)

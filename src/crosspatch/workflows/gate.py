@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from ..core.records import READOUT_LABELS, verdict_readout
+from ..core.records import readout_label, verdict_readout
 from ..core.verdict import VerdictPolicy, decide
 from ..errors import CorruptRunFileError, RunSchemaError
 from ..store import check_summary_shape, collection_kind, collection_runs, not_a_run_message
@@ -117,8 +117,8 @@ def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
     decision = decide(block, controls, rules, counts)
     run_readout = verdict_readout(stored)
     if rules.readout != run_readout and any(c.get("control") == "label_swap" for c in controls):
-        decision["reason"] += (f" (The label-swap test stored with the run tested the {READOUT_LABELS[run_readout]} "
-                               f"interaction, the run's verdict readout, not the {READOUT_LABELS[rules.readout]} one "
+        decision["reason"] += (f" (The label-swap test stored with the run tested the {readout_label(run_readout)} "
+                               f"interaction, the run's verdict readout, not the {readout_label(rules.readout)} one "
                                "this policy reads: run again with this policy for that test.)")
     passed = decision["verdict"] in rules.pass_verdicts
     return {"status": "pass" if passed else "fail", "exit_code": 0 if passed else 1,
