@@ -86,6 +86,14 @@ def load_policy(path: str | Path) -> dict:
     return data
 
 
+def policy_given(policy):
+    """A policy as the Python API takes it: a file's path (a str or Path, as ``--policy`` gives it)
+    read with :func:`load_policy`; anything else (a mapping, a policy object, None) as it is."""
+    import os
+
+    return load_policy(os.fspath(policy)) if isinstance(policy, (str, os.PathLike)) else policy
+
+
 def parse_analysis_options(assignments: list[str]) -> dict[str, dict]:
     """``NAME.OPTION=VALUE`` items as ``{name: {option: value}}``, each value converted to the
     registered analysis' option type (an unknown analysis or option is a named error)."""

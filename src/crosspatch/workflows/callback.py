@@ -33,7 +33,6 @@ test trains a zoo LoRA with TRL and checks this to 1e-4).
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -88,10 +87,9 @@ class CrosspatchCallback(TrainerCallback):
         if tokenizer is not None and not callable(tokenizer):
             raise OptionError(f"tokenizer must be the model's tokenizer (or None: the trainer's), not {tokenizer!r}")
         try:
-            if isinstance(policy, (str, os.PathLike)):  # a file's path, as gate's --policy gives it
-                from ..runner.config import load_policy
+            from ..runner.config import policy_given
 
-                policy = load_policy(os.fspath(policy))
+            policy = policy_given(policy)
             self.policy = VerdictPolicy.from_dict({} if policy is None else policy)
         except ValueError as exc:
             raise OptionError(f"CrosspatchCallback policy: {exc}") from None

@@ -9,7 +9,6 @@ thresholds, so a stricter policy needs no re-run.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..core.records import readout_label, verdict_readout
@@ -30,14 +29,13 @@ def gate(run_dir: str | Path, policy: dict | str | Path | None = None) -> dict:
     that is no run, a ``run_dir`` that is no path included, is ``unusable`` (exit code 2)."""
     if not isinstance(run_dir, (str, Path)) or not str(run_dir).strip():
         return _unusable(f"run_dir must be the path of a run directory, not {run_dir!r}")
-    if isinstance(policy, (str, os.PathLike)):  # a file's path, as --policy gives it
-        from ..errors import PolicyFileError
-        from ..runner.config import load_policy
+    from ..errors import PolicyFileError
+    from ..runner.config import policy_given
 
-        try:
-            policy = load_policy(os.fspath(policy))
-        except PolicyFileError as exc:
-            return _unusable(f"bad policy: {exc}")
+    try:
+        policy = policy_given(policy)
+    except PolicyFileError as exc:
+        return _unusable(f"bad policy: {exc}")
     kind = collection_kind(run_dir)
     if kind is not None:
         return gate_collection(Path(run_dir), kind, policy)

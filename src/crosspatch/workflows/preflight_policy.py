@@ -54,15 +54,10 @@ class PreflightPolicy:
     def given(cls, policy) -> PreflightPolicy:
         """``preflight``'s ``policy``: a PreflightPolicy as it is, a dict of its fields, a YAML or
         JSON file of them (a str or Path, as ``--policy`` gives it), or None (the defaults)."""
-        import os
+        from ..runner.config import policy_given
 
-        if isinstance(policy, cls):
-            return policy
-        if isinstance(policy, (str, os.PathLike)):
-            from ..runner.config import load_policy
-
-            policy = load_policy(os.fspath(policy))
-        return cls.from_dict(policy)
+        policy = policy_given(policy)
+        return policy if isinstance(policy, cls) else cls.from_dict(policy)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> PreflightPolicy:
