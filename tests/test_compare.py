@@ -155,6 +155,21 @@ def test_a_lineage_whose_final_stage_is_broken_says_why_no_stage_is_scored(tmp_p
     assert "no_events_reason" not in healthy.summary
 
 
+def test_a_lineages_pages_name_a_chat_template_that_rendered_its_prompts(tmp_path):
+    """Every stage is scored on the prompts as the chat template rendered them; the lineage's pages
+    said nothing of it (its run's reports did). lineage.json records it (``settings``), both pages name it."""
+    tokenizer = char_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+    models = models_from_modules(_interpolated_stages(2), tokenizer)
+    result = lineage(models, many_prompts(4), out=tmp_path / "chat", chat_template=True, **OPTIONS)
+    said = ["chat template", "every prompt rendered by the tokenizer's chat template"]
+    assert result.summary["settings"] == [said]
+    assert "- chat template: every prompt rendered by the tokenizer's chat template" in (tmp_path / "chat" / "report.md").read_text()
+    assert "chat template: every prompt rendered by the tokenizer&#39;s chat template." in (
+        tmp_path / "chat" / "report.html").read_text()
+    assert lineage(models, many_prompts(4), **OPTIONS).summary["settings"] == []
+
+
 def _stages_with_their_own_heads():
     """Interpolated stages whose final also changes its head (lm_head): the final model's readout
     of a stage differs from the stage's own."""

@@ -41,17 +41,25 @@ def compare_readout(summary: dict) -> str:
 
 
 def _settings(summary: dict) -> list:
-    """The settings a compare chose that change its verdicts (``[name, what]`` pairs; none in an
-    older compare.json)."""
+    """The settings a compare or lineage chose that change what its pages show (``[name, what]``
+    pairs; none in an older compare.json or lineage.json)."""
     settings = summary.get("settings")
     return [s for s in settings if isinstance(s, (list, tuple)) and len(s) == 2] if isinstance(settings, list) else []
+
+
+def _settings_markdown(summary: dict) -> list[str]:
+    settings = [f"- {md_escape(str(name))}: {md_escape(str(what))}" for name, what in _settings(summary)]
+    return settings + ([""] if settings else [])
+
+
+def _settings_sentences(summary: dict) -> str:
+    return "".join(f" {name}: {what}." for name, what in _settings(summary))
 
 
 def render_compare_markdown(summary: dict) -> str:
     lines = ["# crosspatch compare", "", f"Base against {len(summary['rows'])} descendant(s); headline boundary, "
              f"{compare_readout(summary)}, {compare_intervals(summary)}.", ""]
-    settings = [f"- {md_escape(str(name))}: {md_escape(str(what))}" for name, what in _settings(summary)]
-    lines += settings + ([""] if settings else [])
+    lines += _settings_markdown(summary)
     rows = []
     for role, r in summary["rows"].items():
         block = {"effects": r["effects"]}
@@ -92,7 +100,7 @@ def render_compare_html(summary: dict) -> str:
     return env.get_template("tables.html.j2").render(
         title="crosspatch compare", intro=f"Base against {len(summary['rows'])} descendant(s); headline boundary, "
                                           f"{compare_readout(summary)}, {compare_intervals(summary)}."
-                                          + "".join(f" {name}: {what}." for name, what in _settings(summary)),
+                                          + _settings_sentences(summary),
         reading=reading, warnings=summary.get("warnings") or [], tables=tables,
         links=[f"{role}/report.html" for role in summary["rows"]])
 
@@ -162,7 +170,7 @@ def render_lineage_markdown(summary: dict) -> str:
     lines = ["# crosspatch lineage", "", md_escape(summary["note"]) + ".", "",
              f"{summary['events']} Base -> Final events at boundary {summary['boundary']}"
              + (f": {md_escape(why)}" if (why := lineage_no_events(summary)) else "."), "",
-             "![lineage](lineage.png)", ""]
+             "![lineage](lineage.png)", "", *_settings_markdown(summary)]
     rows = [[md_escape(row[0]), *row[1:]] for row in lineage_rows(summary)]
     lines += _table(list(LINEAGE_COLUMNS), rows)
     if summary.get("warnings"):
@@ -177,7 +185,7 @@ def render_lineage_html(summary: dict, out: Path) -> str:
     png = out / "lineage.png"
     return env.get_template("tables.html.j2").render(
         title="crosspatch lineage", intro=summary["note"] + (
-            f". No Base -> Final event: {why}" if (why := lineage_no_events(summary)) else ""),
+            f". No Base -> Final event: {why}" if (why := lineage_no_events(summary)) else "") + _settings_sentences(summary),
         tables=[("Stages", list(LINEAGE_COLUMNS), lineage_rows(summary))], links=[],
         warnings=summary.get("warnings") or [],
         image=base64.b64encode(png.read_bytes()).decode() if png.exists() else None)

@@ -18,7 +18,7 @@ from ..execution import Executor, ModelSet, Program
 from ..models.options import check_progress
 from ..models.vocab import masked_argmax
 from ..report.collections import LINEAGE_COLUMNS, lineage_rows, render_lineage_markdown, write_lineage_pages  # noqa: F401 (re-exported)
-from ..report.markdown import WHY_NO_INTERVALS, any_interval
+from ..report.markdown import WHY_NO_INTERVALS, any_interval, chosen_settings
 from ..store import checked, json_document, mark_collection, read_collection_summary, write_whole
 from .checks import check_model_set, check_out_dir
 from .config import check_switches
@@ -235,6 +235,9 @@ def lineage_summary(result: RunResult, stages: list[str], boundary: int, boot: B
                  else f"no intervals ({WHY_NO_INTERVALS})")
     return {"schema_version": LINEAGE_SCHEMA, "stages": stages, "final": final, "boundary": boundary, **why,
             "warnings": list(result.config.get("pair_warnings") or []),  # the model set's (a stage that is the base)
+            # a chat template rendered the prompts: named on the pages (the run's other settings change no stage's row)
+            "settings": [list(item) for item in chosen_settings(result.config.get("options") or {})
+                         if item[0] == "chat template"],
             "events": result.summary["counts"]["events"], "by_stage": {s: out_stages[s] for s in stages},
             "note": ("support fixed on the Base -> Final first divergences; each stage scored on (t_Base, t_Final). "
                      "Share of final (shift) = the stage's native shift Y(U_S,L_S) - Y(U_B,L_B), each model read with "

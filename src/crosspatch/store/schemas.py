@@ -292,6 +292,7 @@ class LineageDocument(TypedDict, total=False):
     note: str
     training_steps: dict[str, int]
     warnings: list[str]  # the model set's warnings (the lineage's run repeats them in its summary.json)
+    settings: list[list[str]]  # [name, what] of each setting chosen that changes the stages' rows (a chat template)
 
 
 # (the workflows' documents: preflight, splice, merge-check, in a module of their own)
