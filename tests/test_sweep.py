@@ -92,3 +92,41 @@ def test_boundaries_given_as_one_number_are_a_boundary_error_saying_how_to_give_
 
     with pytest.raises(BoundaryError, match=r"for one boundary, give boundary="):
         validate_run_options(RunConfig(boundaries=boundaries))
+
+
+def test_under_a_common_pt_policy_the_sweep_histogram_and_explorer_read_the_verdicts_readout(tmp_path):
+    """A verdict decided on the common-PT readout sat beside a sweep (table, plot), a histogram of
+    per-event interactions and an event explorer all read on common-IT. Each follows the
+    verdict's readout and names it; a default run keeps common-IT."""
+    import re
+
+    import torch
+
+    from crosspatch.core.records import cell_effects
+    from crosspatch.execution import pair_from_models
+    from crosspatch.testing import tiny_pair
+
+    base, tuned, tokenizer = tiny_pair("llama", layers=4, scale=0.5)
+    with torch.no_grad():  # its own head: the two readouts differ
+        tuned.lm_head.weight.add_(torch.randn(tuned.lm_head.weight.shape, generator=torch.Generator().manual_seed(3))
+                                  * tuned.lm_head.weight.std())
+    pair = pair_from_models(base, tuned, tokenizer)
+    options = dict(boundaries="1,2", max_new_tokens=4, bootstrap=0, progress=False, controls="none",
+                   event_kinds="first_diff")
+    result = run(pair, PROMPTS[:4], out=tmp_path / "pt", policy={"readout": "common_pt"}, **options)
+    markdown = (tmp_path / "pt" / "report.md").read_text()
+    sweep = markdown.split("## Layer sweep (common-PT)")[1].split("##")[0]
+    for b in ("1", "2"):
+        means = {readout: result.summary["results"][b][readout]["all"]["effects"]["interaction"]["mean"]
+                 for readout in ("common_pt", "common_it")}
+        assert f"{means['common_pt']:+.2f}" != f"{means['common_it']:+.2f}"
+        shown = re.escape(f"{means['common_pt']:+.2f}")
+        assert re.search(rf"^\| {b} \| \d+ \| .* \| {shown} \|$", sweep, re.M), sweep
+    page = (tmp_path / "pt" / "report.html").read_text()
+    assert "(first divergence, common-PT)" in page and "interaction (common-PT)</th>" in page
+    head = [r for r in result.records if r.boundary == 2 and r.valid]
+    shown = sorted(float(x) for x in re.findall(r'data-interaction="([-0-9.]+)"', page))
+    assert shown == pytest.approx(sorted(cell_effects(r.cells["common_pt"])["interaction"] for r in head), abs=1e-6)
+    run(pair, PROMPTS[:4], out=tmp_path / "it", **options)
+    assert "## Layer sweep (common-IT)" in (tmp_path / "it" / "report.md").read_text()
+    assert "interaction (common-IT)</th>" in (tmp_path / "it" / "report.html").read_text()

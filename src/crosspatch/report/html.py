@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..core.records import READOUTS, cell_effects, readout_label
+from ..core.records import READOUTS, cell_effects, readout_label, verdict_readout
 from .markdown import (
     _EFFECT_LABELS,
     WHY_NO_INTERVALS_SHORT,
@@ -66,9 +66,9 @@ def _section(result: dict, boundary: str, breakdown_plots: bool = True) -> dict:
     }
 
 
-def _event(r) -> dict:
+def _event(r, readout: str = "common_it") -> dict:
     y = {name: r.cells[name] for name in READOUTS}
-    inter = cell_effects(y["common_it"])["interaction"]
+    inter = cell_effects(y[readout])["interaction"]
     return {"prompt_id": r.prompt_id, "category": r.category or "", "kind": r.kind, "position": r.position,
             "t_pt_text": json.dumps(r.t_pt_text)[1:-1], "t_it_text": json.dumps(r.t_it_text)[1:-1],
             "t_pt_category": r.t_pt_category or "", "t_it_category": r.t_it_category or "",
@@ -77,16 +77,16 @@ def _event(r) -> dict:
             "continuation_text": r.continuation_text or ""}
 
 
-def explorer_events(records) -> list[dict]:
+def explorer_events(records, readout: str = "common_it") -> list[dict]:
     """One row per event (a prompt's divergence: position and token pair) with every event kind
-    that falls on it, in the records' order."""
+    that falls on it, in the records' order; its interaction read in ``readout`` (the verdict's)."""
     from ..core.tokens import ordered_kinds
 
     events: dict[tuple, dict] = {}
     for r in records:
         key = (r.prompt_id, r.position, r.t_pt, r.t_it)
         if key not in events:
-            events[key] = {**_event(r), "kinds": []}
+            events[key] = {**_event(r, readout), "kinds": []}
         events[key]["kinds"].append(r.kind)
     for e in events.values():
         e["kinds"] = ordered_kinds(e["kinds"])
@@ -105,9 +105,10 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
     tuned, kind = scored_descendant(config)
     head_b = str((summary.get("verdict") or {}).get("boundary", summary["boundaries"][0]))
     records = [r for r in store.load_records() if str(r.boundary) == head_b]
-    all_events = explorer_events(records)
+    readout = verdict_readout(summary.get("verdict"))  # (the sweep, the histogram and the explorer read the verdict's)
+    all_events = explorer_events(records, readout)
     events = all_events[:max_events]
-    firsts = [_event(r)["interaction"] for r in records if r.kind == "first_diff" and r.valid]
+    firsts = [_event(r, readout)["interaction"] for r in records if r.kind == "first_diff" and r.valid]
     opts, load = config.get("options", {}), config.get("load_options", {})
     vocab = summary.get("real_vocabulary") or config.get("real_vocabulary")
     env = page_environment()
@@ -131,11 +132,12 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
         controls=[{**c, "value_text": _fmt_number(c.get("value")),
                    "ci_text": f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]" if c.get("ci") and None not in c["ci"] else ""}
                   for c in summary.get("controls", [])],
-        sweep_svg=sweep_svg(summary) if len(summary["boundaries"]) > 1 else None,
-        histogram=histogram_svg(firsts, f"per-event interaction at boundary {head_b} (first divergence, common-IT)")
+        sweep_svg=sweep_svg(summary, readout) if len(summary["boundaries"]) > 1 else None,
+        histogram=histogram_svg(firsts, f"per-event interaction at boundary {head_b} (first divergence, "
+                                        f"{readout_label(readout)})")
         if firsts else None,
         sections=[_section(summary["results"][b], b, breakdown_plots=b == head_b) for b in summary["boundaries"]],
-        head_boundary=head_b, events=events, total_events=len(all_events),
+        head_boundary=head_b, verdict_readout=readout, events=events, total_events=len(all_events),
         categories=sorted({e["category"] for e in events}), kinds=sorted({k for e in events for k in e["kinds"]}),
         warnings=summary.get("warnings", []),
         analysis_sections=sections_html(summary),

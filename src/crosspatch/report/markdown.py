@@ -168,13 +168,15 @@ def boundary_section(result: dict, boundary: str, num_layers: int | None, level:
 
 
 def sweep_section(summary: dict) -> list[str]:
-    """Table of the three effects at every boundary, and the plot written beside the report."""
+    """Table of the three effects at every boundary in the verdict's readout, and the plot written
+    beside the report."""
+    readout = verdict_readout(summary.get("verdict"))
     rows = []
     for b in sorted(summary["boundaries"], key=int):
-        block = summary["results"][b]["common_it"]["all"]
+        block = summary["results"][b][readout]["all"]
         rows.append([b, str(block["n_events"]), fmt_effect(block, "E_PT"), fmt_effect(block, "E_IT"),
                      fmt_effect(block, "interaction")])
-    return (["## Layer sweep (common-IT)", "", "![layer sweep](sweep.png)", ""]
+    return ([f"## Layer sweep ({readout_label(readout)})", "", "![layer sweep](sweep.png)", ""]
             + _table(["boundary", "events", "`E_PT`", "`E_IT`", "interaction"], rows) + [""])
 
 

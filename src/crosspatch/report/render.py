@@ -10,9 +10,10 @@ def render_reports(store, summary: dict, config: dict) -> str:
     from .markdown import render_markdown
 
     if len(summary["boundaries"]) > 1:
+        from ..core.records import verdict_readout
         from .plots import plot_sweep
 
-        plot_sweep(summary, store.path)
+        plot_sweep(summary, store.path, verdict_readout(summary.get("verdict")))
     text = render_markdown(config, summary)
     store.write_page("report.md", text)
     store.write_page("report.html", render_html(store.path))
