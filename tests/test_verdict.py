@@ -295,15 +295,39 @@ def test_gate_prints_the_verdict_for_people(portable_run):
     assert res.exit_code == 0 and "pass" in res.output and "portable" in res.output
 
 
-def test_a_gate_reading_another_readout_than_the_run_says_its_label_swap_test_read_the_runs(portable_run, tmp_path):
-    """The gate decides again under its policy's readout, but the label-swap test stored with the
-    run (which can weaken the verdict) tested the run's readout's interaction: said, not hidden."""
-    policy = tmp_path / "pt.yaml"
-    policy.write_text("readout: common_pt\n")
-    _, decided = _gate(portable_run, "--policy", policy)
-    assert decided["readout"] == "common_pt" and "tested the common-IT interaction" in decided["reason"], decided
-    _, default = _gate(portable_run)
-    assert "label-swap test stored" not in default["reason"]
+@pytest.fixture(scope="module")
+def two_headed_pair():
+    """Late layers changed and a head of its own: the two readouts grade the late effect apart
+    once ``min_late_effect`` is set high (common-IT portable, common-PT no-late-effect)."""
+    import torch
+
+    from crosspatch.execution import pair_from_models
+    from crosspatch.testing import tiny_pair
+
+    base, tuned, tokenizer = tiny_pair("llama", layers=4, perturb=[2, 3], scale=1.0)
+    with torch.no_grad():
+        head = tuned.lm_head.weight
+        head.add_(torch.randn(head.shape, generator=torch.Generator().manual_seed(3)) * head.std())
+    return pair_from_models(base, tuned, tokenizer)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", [{"min_late_effect": 0.9}, {"readout": "common_pt"},
+                                    {"readout": "common_pt", "min_late_effect": 0.9}])
+def test_a_gate_under_another_policy_decides_as_a_run_under_that_policy(two_headed_pair, policy, tmp_path):
+    """The controls whose summary reads the policy were taken from the run as stored: readout
+    agreement graded under the run's bounds (so a stricter ``min_late_effect`` that makes the two
+    readouts disagree passed as ``portable``), the label-swap test on the run's readout. The gate
+    summarises them again under its policy: its verdict and reason are a run's under that policy."""
+    from crosspatch.workflows.gate import gate
+
+    options = dict(boundary=2, max_new_tokens=8, bootstrap=300, progress=False, event_kinds="first_diff")
+    run(two_headed_pair, many_prompts(16), out=tmp_path / "default", **options)
+    under = run(two_headed_pair, many_prompts(16), out=tmp_path / "under", policy=policy, **options).summary["verdict"]
+    decided = gate(tmp_path / "default", policy)
+    assert (decided["verdict"], decided["reason"]) == (under["verdict"], under["reason"])
+    if policy == {"min_late_effect": 0.9}:
+        assert decided["verdict"] == "inconclusive" and "the grade depends on the head" in decided["reason"]
 
 
 def test_no_event_at_all_says_so_instead_of_reporting_empty_numbers():

@@ -68,6 +68,6 @@ def summarize(rows: list[dict], ctx: SummaryContext, options: LabelSwapOptions) 
 
 
 PLUGIN = register_analysis(AnalysisPlugin(
-    "label_swap", summarize, options=LabelSwapOptions, role="control", default=True,
+    "label_swap", summarize, options=LabelSwapOptions, role="control", default=True, reads_policy=True,
     order=10,
     description="sign-flip null of the interaction over prompt clusters"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.records import readout_label
 from ..core.registry import AnalysisPlugin, SummaryContext, control_row, register_analysis
 from ..core.stats import cluster_mean_ci
 from ..core.verdict import GRADED, grade
@@ -31,10 +32,10 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
     native = {name: blocks[name]["all"]["effects"]["interaction"]["mean"] for name in ("native_late", "native_upstream")
               if name in blocks}
     ci = diff["ci"]
-    text = (f"{main.replace('_', '-')} and {other.replace('_', '-')} give the same grade ({grades.get(main)}); "
+    text = (f"{readout_label(main)} and {readout_label(other)} give the same grade ({grades.get(main)}); "
             f"interaction difference {diff['mean']:+.2f}" if agree else
-            f"the grade depends on the head: {main.replace('_', '-')} says {grades.get(main)}, "
-            f"{other.replace('_', '-')} says {grades.get(other)} (interaction difference {diff['mean']:+.2f}"
+            f"the grade depends on the head: {readout_label(main)} says {grades.get(main)}, "
+            f"{readout_label(other)} says {grades.get(other)} (interaction difference {diff['mean']:+.2f}"
             + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "") + ")")
     return control_row("readout_agreement", "pass" if agree else "warn", diff["mean"], text,
                        "the same grade under both common readouts", ci, len(first),
@@ -44,6 +45,6 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
 
 
 PLUGIN = register_analysis(AnalysisPlugin(
-    "readout_agreement", summarize, role="control", default=True,
+    "readout_agreement", summarize, role="control", default=True, reads_policy=True,
     order=50,
     description="the grade and the interaction under the common-IT and common-PT readouts"))

@@ -159,6 +159,7 @@ class AnalysisPlugin:
     records: str | None = ""  # records file stem ("": the name; controls: control_<name>; None: no records)
     summary_key: str | None = None  # the analysis' key in summary.json (default: its name)
     description: str = ""
+    reads_policy: bool = False  # its summary reads the verdict policy (ctx.policy, ctx.readout): gate redoes it under its own
     # where its row of the Controls table or its report section goes: lower first, equal ones in the
     # order they were registered (built-ins state theirs; others go after them)
     order: int = THIRD_PARTY_ORDER

@@ -80,11 +80,15 @@ def _warnings(config_record: dict, first: list[CellRecord], no_div: list[NoDiver
     return warnings
 
 
-def plugin_blocks(ctx: SummaryContext, analyses: dict[str, list]) -> tuple[list[dict], dict[str, dict]]:
-    """The Controls rows and every other enabled analysis' block, from each plug-in's records."""
+def plugin_blocks(ctx: SummaryContext, analyses: dict[str, list],
+                  only: set[str] | None = None) -> tuple[list[dict], dict[str, dict]]:
+    """The Controls rows and every other enabled analysis' block, from each plug-in's records
+    (``only``: of the enabled plug-ins, these names alone)."""
     rows, blocks = [], {}
     ran = [name for name, plugin in registered().items() if plugin.records and analyses.get(plugin.records)]
     for plugin in enabled_plugins(ctx.options, ran):  # selected, or with records (run after the fact)
+        if only is not None and plugin.name not in only:
+            continue
         data = [as_row(r) for r in analyses.get(plugin.records, [])] if plugin.records else []
         options = plugin.make_options((ctx.options.get("analysis_options") or {}).get(plugin.name))
         if plugin.role == "control":

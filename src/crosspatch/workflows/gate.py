@@ -3,7 +3,9 @@
 Exit codes: ``0`` pass (the verdict is one the policy lets through), ``1`` fail (another
 verdict), ``2`` unusable (no such directory, not a run, unfinished, one shard of a sharded run,
 counts that do not add up, or a sanity control failed). The verdict is recomputed from ``summary.json`` under the given
-thresholds, so a stricter policy needs no re-run.
+thresholds, so a stricter policy needs no re-run; under a policy other than the run's, the controls whose summary
+reads the policy (the label-swap test reads its readout, readout agreement grades under it) are summarised again from
+the stored records.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..core.records import readout_label, verdict_readout
 from ..core.verdict import VerdictPolicy, decide
 from ..errors import CorruptRunFileError, RunSchemaError
 from ..store import check_summary_shape, collection_kind, collection_runs, not_a_run_message
@@ -112,17 +113,42 @@ def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
         block = results[boundary][rules.readout]["all"]
     except KeyError:
         return _unusable(f"summary.json has no results for boundary {boundary} and readout {rules.readout}")
+    try:
+        controls = controls_under(path, config, summary, rules, int(boundary))
+    except (CorruptRunFileError, RunSchemaError) as exc:
+        return _unusable(str(exc))
     decision = decide(block, controls, rules, counts)
-    run_readout = verdict_readout(stored)
-    if rules.readout != run_readout and any(c.get("control") == "label_swap" for c in controls):
-        decision["reason"] += (f" (The label-swap test stored with the run tested the {readout_label(run_readout)} "
-                               f"interaction, the run's verdict readout, not the {readout_label(rules.readout)} one "
-                               "this policy reads: run again with this policy for that test.)")
     passed = decision["verdict"] in rules.pass_verdicts
     return {"status": "pass" if passed else "fail", "exit_code": 0 if passed else 1,
             "verdict": decision["verdict"], "reason": decision["reason"], "boundary": int(boundary),
             "readout": rules.readout, "policy": rules.as_dict(), "numbers": decision["numbers"],
             "run_dir": str(path)}
+
+
+def controls_under(path: Path, config: dict, summary: dict, rules: VerdictPolicy, headline: int) -> list[dict]:
+    """The run's Controls rows as a run under ``rules`` would have them: the stored rows, with
+    those of the plug-ins that read the verdict policy (``reads_policy``) summarised again from
+    the stored records where ``rules`` is not the run's policy."""
+    from ..core.registry import SummaryContext, registered
+    from ..core.stats import BootstrapConfig
+    from ..runner.finished import stored_analyses
+    from ..runner.summary import plugin_blocks
+    from ..store import RunStore
+
+    controls, options = summary.get("controls") or [], config.get("options") or {}
+    redo = {c.get("control") for c in controls if getattr(registered().get(c.get("control")), "reads_policy", False)}
+    try:
+        same = VerdictPolicy.from_dict(options.get("policy") or {}).as_dict() == rules.as_dict()
+    except (TypeError, ValueError):  # (a stored policy no longer valid: read as another)
+        same = False
+    if same or not redo:
+        return controls
+    store = RunStore(path)
+    ctx = SummaryContext({**config, "options": {**options, "policy": rules.as_dict()}}, store.load_records(), headline,
+                         BootstrapConfig(options.get("bootstrap", 2000), options.get("seed", 0)), run_dir=path,
+                         results=summary["results"])
+    again = {row["control"]: row for row in plugin_blocks(ctx, stored_analyses(store, skip_torn_tail=True), only=redo)[0]}
+    return [again[c["control"]] if c.get("control") in again else c for c in controls]
 
 
 def _computes_the_base(config: dict) -> str | None:
