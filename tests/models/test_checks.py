@@ -1044,7 +1044,7 @@ def test_a_descendant_as_far_from_the_base_as_an_unrelated_model_is_warned_about
     instruct model of another base) loaded without a word and was scored as a descendant. Its
     weights differ from the base's by about 141% of their norm, a fine-tune's by a few percent:
     the set's warnings say so, and a true descendant gets no such warning."""
-    from crosspatch.models.checks import weight_change
+    from crosspatch.models.kinship import weight_change
     from crosspatch.testing import save_tiny_pair
 
     root = save_tiny_pair(tmp_path / "pair", scale=0.3)

@@ -13,16 +13,9 @@ import torch
 from ..errors import ModelLoadError
 from ..models.adapters import adapter_settings, changes_base_in_place, method_conflict, vocabulary_conflict
 from ..models.cached import checkable
-from ..models.checks import (
-    check_readout,
-    check_special_tokens,
-    compare_facts,
-    identical_weights_warning,
-    inert_adapter,
-    model_facts,
-    unrelated_weights_warning,
-)
+from ..models.checks import check_readout, check_special_tokens, compare_facts, inert_adapter, model_facts
 from ..models.forward import ModelHandle
+from ..models.kinship import identical_weights_warning, unrelated_weights_warning
 from ..models.loading import (
     DTYPES,
     LoadOptions,
@@ -233,7 +226,7 @@ def load_models(
         entry = record["descendants"][role] if several else record["adapter" if adapter_roles else "tuned"]
         name = repr(role) if several else "the descendant"
         same = inert_adapter(path, name) if role in adapter_roles else \
-            identical_weights_warning(record["base"], entry, name)
+            identical_weights_warning(record["base"], entry, name, (base, path), options.revision)
         if same is not None:  # (recorded for gate, which calls such a run unusable)
             entry["computes_the_base"] = same
             warnings.append(same)
