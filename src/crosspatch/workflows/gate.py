@@ -128,20 +128,22 @@ def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
 def controls_under(path: Path, config: dict, summary: dict, rules: VerdictPolicy, headline: int) -> list[dict]:
     """The run's Controls rows as a run under ``rules`` would have them: the stored rows, with
     those of the plug-ins that read the verdict policy (``reads_policy``) summarised again from
-    the stored records where ``rules`` is not the run's policy."""
+    the stored records where ``rules`` is not the run's policy (then, and only then, the plug-ins
+    are imported: a gate under the run's own policy reads its JSON files alone, without torch)."""
+    controls, options = summary.get("controls") or [], config.get("options") or {}
+    try:
+        if VerdictPolicy.from_dict(options.get("policy") or {}).as_dict() == rules.as_dict():
+            return controls
+    except (TypeError, ValueError):  # (a stored policy no longer valid: read as another)
+        pass
     from ..core.registry import SummaryContext, registered
     from ..core.stats import BootstrapConfig
     from ..runner.finished import stored_analyses
     from ..runner.summary import plugin_blocks
     from ..store import RunStore
 
-    controls, options = summary.get("controls") or [], config.get("options") or {}
     redo = {c.get("control") for c in controls if getattr(registered().get(c.get("control")), "reads_policy", False)}
-    try:
-        same = VerdictPolicy.from_dict(options.get("policy") or {}).as_dict() == rules.as_dict()
-    except (TypeError, ValueError):  # (a stored policy no longer valid: read as another)
-        same = False
-    if same or not redo:
+    if not redo:
         return controls
     store = RunStore(path)
     ctx = SummaryContext({**config, "options": {**options, "policy": rules.as_dict()}}, store.load_records(), headline,
