@@ -96,8 +96,8 @@ def test_boundaries_given_as_one_number_are_a_boundary_error_saying_how_to_give_
 
 def test_under_a_common_pt_policy_the_sweep_histogram_and_explorer_read_the_verdicts_readout(tmp_path):
     """A verdict decided on the common-PT readout sat beside a sweep (table, plot), a histogram of
-    per-event interactions and an event explorer all read on common-IT. Each follows the
-    verdict's readout and names it; a default run keeps common-IT."""
+    per-event interactions, an event explorer and each boundary's cells and effects plot all read
+    on common-IT. Each follows the verdict's readout and names it; a default run keeps common-IT."""
     import re
 
     import torch
@@ -124,6 +124,10 @@ def test_under_a_common_pt_policy_the_sweep_histogram_and_explorer_read_the_verd
         assert re.search(rf"^\| {b} \| \d+ \| .* \| {shown} \|$", sweep, re.M), sweep
     page = (tmp_path / "pt" / "report.html").read_text()
     assert "(first divergence, common-PT)" in page and "interaction (common-PT)</th>" in page
+    # each boundary's cells (heatmap, table) and its effects plot too; the breakdowns stay common-IT, and say so
+    assert "Layer sweep (common-PT)</h2>" in page and "mean Y per cell, boundary 2 (common-PT)" in page
+    assert "boundary 2 (common-PT): effects" in page and "By category (common-IT)" in page
+    assert "per cell, common-PT readout (the verdict's)" in markdown
     head = [r for r in result.records if r.boundary == 2 and r.valid]
     shown = sorted(float(x) for x in re.findall(r'data-interaction="([-0-9.]+)"', page))
     assert shown == pytest.approx(sorted(cell_effects(r.cells["common_pt"])["interaction"] for r in head), abs=1e-6)

@@ -35,12 +35,13 @@ def _plain(text: str) -> str:
     return str(text).replace("`", "").replace("**", "")
 
 
-def _section(result: dict, boundary: str, breakdown_plots: bool = True) -> dict:
-    """One boundary's tables and plots (the per-group forest plots only where ``breakdown_plots``:
-    a sweep draws them at its headline boundary, the others keep their tables and the sweep curves)."""
+def _section(result: dict, boundary: str, breakdown_plots: bool = True, readout: str = "common_it") -> dict:
+    """One boundary's tables and plots: its cells and effects plot in ``readout`` (the verdict's), the
+    breakdowns in common-IT (the per-group forest plots only where ``breakdown_plots``: a sweep
+    draws them at its headline boundary, the others keep their tables and the sweep curves)."""
     from .plots import cells_heatmap_svg, forest_svg
 
-    head = result["common_it"]["all"]
+    head = result[readout]["all"]
     groups, forests = [], []
     effects = "effects with 95% CIs" if has_intervals(head) else f"effects (no intervals: {WHY_NO_INTERVALS_SHORT})"
     for key, block in result["common_it"].items():
@@ -52,7 +53,7 @@ def _section(result: dict, boundary: str, breakdown_plots: bool = True) -> dict:
             if key != "by_position" and breakdown_plots:
                 rows = [(name, b) for name, b in block.items() if b["n_events"]][:30]
                 if rows:
-                    forests.append(forest_svg(rows, f"by {label.replace('_', ' ')}: {effects}"))
+                    forests.append(forest_svg(rows, f"by {label.replace('_', ' ')} (common-IT): {effects}"))
     return {
         "boundary": boundary,
         "cells": {c: fmt_value(v) for c, v in head["cells"].items()},
@@ -60,8 +61,8 @@ def _section(result: dict, boundary: str, breakdown_plots: bool = True) -> dict:
         "effects": [[_plain(label)] + [fmt_effect(result[r]["all"], key) for r in READOUTS]
                     for key, label in _EFFECT_LABELS.items()],
         "groups": groups,
-        "heatmap": cells_heatmap_svg(head, f"mean Y per cell, boundary {boundary} (common-IT)"),
-        "forest_all": forest_svg([("all events", head)], f"boundary {boundary}: {effects}"),
+        "heatmap": cells_heatmap_svg(head, f"mean Y per cell, boundary {boundary} ({readout_label(readout)})"),
+        "forest_all": forest_svg([("all events", head)], f"boundary {boundary} ({readout_label(readout)}): {effects}"),
         "forests": forests,
     }
 
@@ -136,7 +137,8 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
         histogram=histogram_svg(firsts, f"per-event interaction at boundary {head_b} (first divergence, "
                                         f"{readout_label(readout)})")
         if firsts else None,
-        sections=[_section(summary["results"][b], b, breakdown_plots=b == head_b) for b in summary["boundaries"]],
+        sections=[_section(summary["results"][b], b, breakdown_plots=b == head_b, readout=readout)
+                  for b in summary["boundaries"]],
         head_boundary=head_b, verdict_readout=readout, events=events, total_events=len(all_events),
         categories=sorted({e["category"] for e in events}), kinds=sorted({k for e in events for k in e["kinds"]}),
         warnings=summary.get("warnings", []),

@@ -123,10 +123,9 @@ def boundary_section(result: dict, boundary: str, num_layers: int | None, level:
     depth = f" of {num_layers}" if num_layers else ""
     lines.append(f"{level} Boundary layer {boundary}{depth}")
     lines.append("")
-    head = result["common_it"]["all"]
-    headline = "headline" if verdict_readout != "common_pt" else "the verdict reads the common-PT readout's effects below"
-    lines.append(f"Mean `Y = logit(t_IT) - logit(t_PT)` per cell, common-IT readout ({headline}), "
-                 f"{interval_words(head)}:")
+    head = result[verdict_readout]["all"]  # the cells of the readout the verdict reads
+    lines.append(f"Mean `Y = logit(t_IT) - logit(t_PT)` per cell, {readout_label(verdict_readout)} readout (the "
+                 f"verdict's), {interval_words(head)}:")
     lines.append("")
     lines += cell_table(head)
     lines.append("")
