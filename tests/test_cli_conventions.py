@@ -146,7 +146,34 @@ def test_a_breakdown_with_no_group_is_an_empty_table_with_its_columns():
     by_category = result.effects(by="category")
     assert by_category.empty and list(by_category.columns) == list(result.effects().columns)
     assert by_category[by_category.effect == "interaction"].empty
-    assert list(result.cells().columns) == ["boundary", "cell", "mean", "ci_low", "ci_high", "n_events"]
+    assert list(result.cells().columns) == ["boundary", "readout", "cell", "mean", "ci_low", "ci_high", "n_events"]
+
+
+def test_a_results_effects_and_cells_read_the_verdicts_readout_unless_asked_and_say_which():
+    """Under a policy's ``readout: common_pt``, ``result.effects()`` and ``result.cells()`` gave the
+    common-IT numbers, in frames that did not say which readout they held. They read the verdict's
+    readout by default, another when asked, and carry a ``readout`` column."""
+    import torch
+
+    from crosspatch.execution import pair_from_models
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import tiny_pair
+
+    base, tuned, tokenizer = tiny_pair("llama", scale=0.5)
+    with torch.no_grad():  # a head of its own: the two readouts differ
+        tuned.lm_head.weight.mul_(1.5)
+    result = run(pair_from_models(base, tuned, tokenizer), ["Rain over the hills", "Snow in the valley"], boundary=2,
+                 max_new_tokens=6, bootstrap=0, progress=False, controls="none", event_kinds="first_diff",
+                 policy={"readout": "common_pt"})
+    blocks = result.summary["results"]["2"]
+    assert blocks["common_pt"]["all"]["cells"] != blocks["common_it"]["all"]["cells"]
+    for readout, frame in (("common_pt", result.effects()), ("common_it", result.effects(readout="common_it"))):
+        assert set(frame.readout) == {readout}
+        stored = {k: v["mean"] for k, v in blocks[readout]["all"]["effects"].items() if v["mean"] is not None}
+        assert dict(zip(frame.effect, frame["mean"])).items() >= stored.items()
+    cells = result.cells()
+    assert set(cells.readout) == {"common_pt"}
+    assert dict(zip(cells.cell, cells["mean"])) == {k: v["mean"] for k, v in blocks["common_pt"]["all"]["cells"].items()}
 
 
 def test_run_leaves_the_callers_config_as_it_was_and_names_a_wrong_model_argument():

@@ -21,8 +21,8 @@ from ..store import (
     records_frame,
 )
 
-EFFECT_COLUMNS = ["boundary", "group", "effect", "mean", "ci_low", "ci_high", "n_events", "n_prompts", "note"]
-CELL_COLUMNS = ["boundary", "cell", "mean", "ci_low", "ci_high", "n_events"]
+EFFECT_COLUMNS = ["boundary", "readout", "group", "effect", "mean", "ci_low", "ci_high", "n_events", "n_prompts", "note"]
+CELL_COLUMNS = ["boundary", "readout", "cell", "mean", "ci_low", "ci_high", "n_events"]
 CONTROL_COLUMNS = ("control", "status", "value", "ci", "n", "threshold", "summary")  # a Controls row, less details
 
 
@@ -71,7 +71,10 @@ class RunResult:
         stored = self.summary.get("verdict")
         return VerdictView(stored) if stored is not None else None
 
-    def _blocks(self, boundary, readout: str):
+    def _blocks(self, boundary, readout: str | None):
+        from ..core.records import verdict_readout
+
+        readout = verdict_readout(self.summary.get("verdict")) if readout is None else readout
         layers = self.summary.get("num_layers")
         if isinstance(boundary, float) and isinstance(layers, int):  # a depth fraction, as run(boundary=0.6) took it
             from ..core.cells import resolve_boundary
@@ -86,11 +89,13 @@ class RunResult:
             if readout not in blocks or readout == "readout_agreement":
                 known = [k for k in blocks if k != "readout_agreement"]
                 raise OptionError(f"no readout {readout!r}; readouts: {', '.join(known)}")
-            yield b, blocks[readout]
+            yield b, readout, blocks[readout]
 
-    def effects(self, boundary: int | float | None = None, readout: str = "common_it", by: str | None = None):
+    def effects(self, boundary: int | float | None = None, readout: str | None = None, by: str | None = None):
         """A DataFrame of the effects with 95% intervals: one row per (boundary, group, effect).
         ``boundary``: a scored layer, or a depth fraction as ``run`` takes it (default: every one).
+        ``readout``: ``common_it`` or ``common_pt`` (default: the one the verdict reads, common-IT
+        unless a policy said common-PT; the ``readout`` column says which).
         ``by``: a breakdown (``category``, ``position``, ``event_kind``, ``token_category`` or a
         ``--group-by`` field); default the headline (all first-divergence events)."""
         import pandas as pd
@@ -99,7 +104,7 @@ class RunResult:
             raise OptionError(f"by names one breakdown (a string such as 'category'), not {by!r}")
         by = {"kind": "event_kind", "kinds": "event_kind"}.get(by, by) if by is not None else None  # the records' and frames' names for it
         rows = []
-        for b, res in self._blocks(boundary, readout):
+        for b, read, res in self._blocks(boundary, readout):
             if by is not None and f"by_{by}" not in res:
                 known = sorted(k[3:] for k in res if k.startswith("by_"))
                 raise OptionError(f"no breakdown by {by!r} in this run; breakdowns: {', '.join(known) or 'none'} "
@@ -107,19 +112,20 @@ class RunResult:
             groups = {"all": res["all"]} if by is None else res[f"by_{by}"]
             for group, block in groups.items():
                 for name, stat in block["effects"].items():
-                    rows.append({"boundary": int(b), "group": group, "effect": name, **interval_columns(stat),
+                    rows.append({"boundary": int(b), "readout": read, "group": group, "effect": name, **interval_columns(stat),
                                  "n_events": block["n_events"], "n_prompts": block["n_prompts"],
                                  "note": stat.get("na_reason")})
         return pd.DataFrame(rows, columns=EFFECT_COLUMNS)  # its columns also with no group (no prompt has the field)
 
-    def cells(self, boundary: int | float | None = None, readout: str = "common_it"):
-        """A DataFrame of the four cell means with 95% intervals, per boundary."""
+    def cells(self, boundary: int | float | None = None, readout: str | None = None):
+        """A DataFrame of the four cell means with 95% intervals, per boundary (``readout``: as
+        :meth:`effects`)."""
         import pandas as pd
 
         rows = []
-        for b, res in self._blocks(boundary, readout):
+        for b, read, res in self._blocks(boundary, readout):
             for cell, stat in res["all"]["cells"].items():
-                rows.append({"boundary": int(b), "cell": cell, **interval_columns(stat), "n_events": res["all"]["n_events"]})
+                rows.append({"boundary": int(b), "readout": read, "cell": cell, **interval_columns(stat), "n_events": res["all"]["n_events"]})
         return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
     def controls(self):
