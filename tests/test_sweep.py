@@ -94,10 +94,10 @@ def test_boundaries_given_as_one_number_are_a_boundary_error_saying_how_to_give_
         validate_run_options(RunConfig(boundaries=boundaries))
 
 
-def test_under_a_common_pt_policy_the_sweep_histogram_and_explorer_read_the_verdicts_readout(tmp_path):
+def test_under_a_common_pt_policy_the_sweep_histogram_and_explorer_read_the_verdicts_readout(tmp_path, capsys):
     """A verdict decided on the common-PT readout sat beside a sweep (table, plot), a histogram of
-    per-event interactions, an event explorer and each boundary's cells and effects plot all read
-    on common-IT. Each follows the verdict's readout and names it; a default run keeps common-IT."""
+    per-event interactions, an event explorer and each boundary's cells, effects plot and breakdowns
+    all read on common-IT. Each follows the verdict's readout and names it; a default run keeps common-IT."""
     import re
 
     import torch
@@ -124,10 +124,16 @@ def test_under_a_common_pt_policy_the_sweep_histogram_and_explorer_read_the_verd
         assert re.search(rf"^\| {b} \| \d+ \| .* \| {shown} \|$", sweep, re.M), sweep
     page = (tmp_path / "pt" / "report.html").read_text()
     assert "(first divergence, common-PT)" in page and "interaction (common-PT)</th>" in page
-    # each boundary's cells (heatmap, table) and its effects plot too; the breakdowns stay common-IT, and say so
+    # each boundary's cells (heatmap, table), effects plot and breakdowns too, and the console's sweep table
     assert "Layer sweep (common-PT)</h2>" in page and "mean Y per cell, boundary 2 (common-PT)" in page
-    assert "boundary 2 (common-PT): effects" in page and "By category (common-IT)" in page
-    assert "per cell, common-PT readout (the verdict's)" in markdown
+    assert "boundary 2 (common-PT): effects" in page and "By category (common-PT)" in page
+    assert "per cell, common-PT readout (the verdict's)" in markdown and "# By category (common-PT)" in markdown
+    assert "common-IT" not in markdown.split("## Boundary layer 1")[1].split("Warnings")[0].replace(
+        "common-IT readout |", "")  # (the effects table's column of the other readout)
+    from crosspatch.cli.app import print_summary_table
+
+    print_summary_table(result.summary)
+    assert "layer sweep, common-PT readout" in " ".join(capsys.readouterr().out.split())
     head = [r for r in result.records if r.boundary == 2 and r.valid]
     shown = sorted(float(x) for x in re.findall(r'data-interaction="([-0-9.]+)"', page))
     assert shown == pytest.approx(sorted(cell_effects(r.cells["common_pt"])["interaction"] for r in head), abs=1e-6)

@@ -113,17 +113,18 @@ def print_summary_table(summary: dict, title: str = "crosspatch") -> None:
     from ..report.markdown import fmt_effect, has_intervals
 
     out = _stdout()
+    verdict = summary.get("verdict") or {}
+    readout = verdict_readout(verdict)
     if len(summary["boundaries"]) > 1:  # a sweep: one row per boundary
-        table = Table(title=f"{title}: layer sweep, common-IT readout (plot: sweep.png in the run directory)")
+        table = Table(title=f"{title}: layer sweep, {readout_label(readout)} readout (plot: sweep.png in the run "
+                            "directory)")
         for col in ("boundary", "events", "E_PT", "E_IT", "interaction"):
             table.add_column(col, justify="right")
         for b in summary["boundaries"]:
-            block = summary["results"][b]["common_it"]["all"]
+            block = summary["results"][b][readout]["all"]
             table.add_row(b, str(block["n_events"]), *[fmt_effect(block, k) for k in ("E_PT", "E_IT", "interaction")])
         out.print(table)
-    verdict = summary.get("verdict") or {}
     b = str(verdict.get("boundary", summary["boundaries"][0]))
-    readout = verdict_readout(verdict)
     block = summary["results"][b][readout]["all"]
     table = Table(title=f"{title}: boundary {b}, {readout_label(readout)} readout, {block['n_events']} events")
     table.add_column("quantity")

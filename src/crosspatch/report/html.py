@@ -36,24 +36,25 @@ def _plain(text: str) -> str:
 
 
 def _section(result: dict, boundary: str, breakdown_plots: bool = True, readout: str = "common_it") -> dict:
-    """One boundary's tables and plots: its cells and effects plot in ``readout`` (the verdict's), the
-    breakdowns in common-IT (the per-group forest plots only where ``breakdown_plots``: a sweep
-    draws them at its headline boundary, the others keep their tables and the sweep curves)."""
+    """One boundary's tables and plots in ``readout`` (the verdict's): its cells, effects plot and
+    breakdowns (the per-group forest plots only where ``breakdown_plots``: a sweep draws them at
+    its headline boundary, the others keep their tables and the sweep curves)."""
     from .plots import cells_heatmap_svg, forest_svg
 
     head = result[readout]["all"]
     groups, forests = [], []
     effects = "effects with 95% CIs" if has_intervals(head) else f"effects (no intervals: {WHY_NO_INTERVALS_SHORT})"
-    for key, block in result["common_it"].items():
+    named = readout_label(readout)
+    for key, block in result[readout].items():
         if key.startswith("by_") and block:
             label = key[3:]
-            groups.append({"title": f"By {label.replace('_', ' ')} (common-IT)", "label": label.replace("_", " "), "rows": [
+            groups.append({"title": f"By {label.replace('_', ' ')} ({named})", "label": label.replace("_", " "), "rows": [
                 [name, str(b["n_events"]), fmt_effect(b, "E_PT"), fmt_effect(b, "E_IT"), fmt_effect(b, "interaction")]
                 for name, b in block.items()]})
             if key != "by_position" and breakdown_plots:
                 rows = [(name, b) for name, b in block.items() if b["n_events"]][:30]
                 if rows:
-                    forests.append(forest_svg(rows, f"by {label.replace('_', ' ')} (common-IT): {effects}"))
+                    forests.append(forest_svg(rows, f"by {label.replace('_', ' ')} ({named}): {effects}"))
     return {
         "boundary": boundary,
         "cells": {c: fmt_value(v) for c, v in head["cells"].items()},
@@ -61,8 +62,8 @@ def _section(result: dict, boundary: str, breakdown_plots: bool = True, readout:
         "effects": [[_plain(label)] + [fmt_effect(result[r]["all"], key) for r in READOUTS]
                     for key, label in _EFFECT_LABELS.items()],
         "groups": groups,
-        "heatmap": cells_heatmap_svg(head, f"mean Y per cell, boundary {boundary} ({readout_label(readout)})"),
-        "forest_all": forest_svg([("all events", head)], f"boundary {boundary} ({readout_label(readout)}): {effects}"),
+        "heatmap": cells_heatmap_svg(head, f"mean Y per cell, boundary {boundary} ({named})"),
+        "forest_all": forest_svg([("all events", head)], f"boundary {boundary} ({named}): {effects}"),
         "forests": forests,
     }
 

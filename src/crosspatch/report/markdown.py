@@ -131,28 +131,29 @@ def boundary_section(result: dict, boundary: str, num_layers: int | None, level:
     lines.append("")
     lines += effects_table({name: result[name]["all"] for name in READOUTS})
     lines.append("")
-    by_cat = result["common_it"]["by_category"]
+    read, label = result[verdict_readout], readout_label(verdict_readout)  # the breakdowns: the verdict's readout too
+    by_cat = read["by_category"]
     if by_cat:
-        lines.append(f"{level}# By category (common-IT)")
+        lines.append(f"{level}# By category ({label})")
         lines.append("")
         lines += breakdown_table(by_cat, "category")
         lines.append("")
-    for key, groups in result["common_it"].items():
+    for key, groups in read.items():
         if key.startswith("by_") and key not in ("by_category", "by_position") and groups:
             field_name = key[3:]
-            lines.append(f"{level}# By {md_escape(field_name)} (common-IT)")
+            lines.append(f"{level}# By {md_escape(field_name)} ({label})")
             lines.append("")
             lines += breakdown_table(groups, md_escape(field_name))
             lines.append("")
-    averaged = result["common_it"].get("kinds_averaged")
+    averaged = read.get("kinds_averaged")
     if averaged:
         lines.append(f"Event kinds averaged per prompt before pooling (as the paper did): interaction "
                      f"{fmt_effect(averaged, 'interaction')}, `E_PT` {fmt_effect(averaged, 'E_PT')}, "
                      f"`E_IT` {fmt_effect(averaged, 'E_IT')} ({averaged['n_prompts']} prompts).")
         lines.append("")
-    lines.append(f"{level}# By generated position (common-IT)")
+    lines.append(f"{level}# By generated position ({label})")
     lines.append("")
-    lines += breakdown_table(result["common_it"]["by_position"], "position")
+    lines += breakdown_table(read["by_position"], "position")
     lines.append("")
     agree = result.get("readout_agreement", {})
     if agree.get("same_sign_fraction") is not None:
