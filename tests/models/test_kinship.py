@@ -45,9 +45,11 @@ def test_a_fine_tune_of_one_tensor_in_other_files_is_not_the_base(tmp_path):
     tuned = tiny_model("llama")
     with torch.no_grad():
         tuned.model.layers[-1].mlp.down_proj.weight[0, 0] += 1e-3
-    assert not same_tensors(base, _saved(tmp_path / "tuned", tuned, shard_size="100KB"))
+    changed = _saved(tmp_path / "tuned", tuned, shard_size="100KB")
+    assert not same_tensors(base, changed) and not same_tensors(base, changed, block=7)  # (read in slices of 7 rows or so)
     assert not same_tensors(base, _saved(tmp_path / "half", tiny_model("llama").to(torch.bfloat16)))
-    assert same_tensors(base, _saved(tmp_path / "same", tiny_model("llama"), shard_size="100KB"))
+    same = _saved(tmp_path / "same", tiny_model("llama"), shard_size="100KB")
+    assert same_tensors(base, same) and same_tensors(base, same, block=7)
     assert not same_tensors(base, str(tmp_path / "nowhere")) and not same_tensors(base, "no-such/model-anywhere")
 
 

@@ -100,15 +100,15 @@ def identical_weights_warning(base: dict, descendant: dict, name: str, paths: tu
             "fine-tune; is this the checkpoint you meant?")
 
 
-def same_tensors(base: str, descendant: str, revision: str | None = None) -> bool:
+def same_tensors(base: str, descendant: str, revision: str | None = None, block: int = 1 << 24) -> bool:
     """Whether two checkpoints hold the same tensors, name for name and byte for byte, whatever
     files they are saved in (another shard size, another file name): their safetensors headers
     list the same names, dtypes and shapes, and every tensor's bytes are equal. Tensors are read
-    one pair at a time in an order spread over the whole checkpoint, so that a fine-tune of a few
-    layers is told apart after a few reads; only identical checkpoints are read whole. False where
-    either is not on this disk as safetensors, or is quantized."""
-    import torch
-    from safetensors import safe_open
+    one pair at a time in an order spread over the whole checkpoint, the vocabulary-sized ones
+    last, each in slices of about ``block`` elements, so that a fine-tune of a few layers is told
+    apart after a few small reads; only identical checkpoints are read whole. False where either
+    is not on this disk as safetensors, or is quantized."""
+    import math
 
     from .config_dicts import is_quantized
 
@@ -120,13 +120,35 @@ def same_tensors(base: str, descendant: str, revision: str | None = None) -> boo
     if not ours or ours.keys() != theirs.keys() or any(ours[k][1:] != theirs[k][1:] for k in ours):
         return False
     names = sorted(ours)
-    for index in sorted(range(len(names)), key=lambda i: (i * 0.6180339887) % 1.0):  # (a low-discrepancy order)
-        key = names[index]
-        with safe_open(ours[key][0], framework="pt") as a, safe_open(theirs[key][0], framework="pt") as b:
-            x, y = a.get_tensor(key), b.get_tensor(key)
-        if not torch.equal(x.contiguous().reshape(-1).view(torch.uint8), y.contiguous().reshape(-1).view(torch.uint8)):
-            return False
+    order = sorted(range(len(names)), key=lambda i: (math.prod(ours[names[i]][2]) > block,  # (large ones last)
+                                                     (i * 0.6180339887) % 1.0))  # (a low-discrepancy order)
+    return all(_same_tensor(names[i], ours[names[i]], theirs[names[i]], block) for i in order)
+
+
+def _same_tensor(key: str, ours: tuple, theirs: tuple, block: int) -> bool:
+    """Whether one tensor's bytes are equal in two files, read in slices of rows of about ``block`` elements."""
+    import math
+
+    import torch
+    from safetensors import safe_open
+
+    shape = ours[2]
+    rows = shape[0] if shape else 1
+    step = max(1, block // max(1, math.prod(shape[1:]))) if shape else 1
+    with safe_open(ours[0], framework="pt") as a, safe_open(theirs[0], framework="pt") as b:
+        if not shape:  # (a scalar)
+            return torch.equal(_as_bytes(a.get_tensor(key)), _as_bytes(b.get_tensor(key)))
+        x, y = a.get_slice(key), b.get_slice(key)
+        for start in range(0, rows, step):
+            if not torch.equal(_as_bytes(x[start:start + step]), _as_bytes(y[start:start + step])):
+                return False
     return True
+
+
+def _as_bytes(tensor):
+    import torch
+
+    return tensor.contiguous().reshape(-1).view(torch.uint8)
 
 
 def _tensor_index(files) -> dict[str, tuple[str, str, tuple[int, ...]]]:
