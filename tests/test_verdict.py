@@ -330,6 +330,27 @@ def test_a_gate_under_another_policy_decides_as_a_run_under_that_policy(two_head
         assert decided["verdict"] == "inconclusive" and "the grade depends on the head" in decided["reason"]
 
 
+@pytest.mark.slow
+def test_a_gate_without_a_policy_decides_under_the_runs_own(two_headed_pair, tmp_path):
+    """A run made with ``--policy`` (here a stricter ``min_late_effect`` that leaves it
+    inconclusive) was gated under the default policy when ``crosspatch gate`` was given none, and
+    passed as portable against its own verdict. The gate starts from the run's recorded policy;
+    the fields given replace the run's one by one."""
+    from crosspatch.workflows.gate import gate
+
+    options = dict(boundary=2, max_new_tokens=8, bootstrap=300, progress=False, event_kinds="first_diff")
+    verdict = run(two_headed_pair, many_prompts(16), out=tmp_path / "strict", policy={"min_late_effect": 0.9},
+                  **options).summary["verdict"]
+    assert verdict["verdict"] == "inconclusive"
+    decided = gate(tmp_path / "strict")
+    assert (decided["status"], decided["verdict"], decided["reason"]) == ("fail", "inconclusive", verdict["reason"])
+    assert decided["policy"]["min_late_effect"] == 0.9
+    allowed = gate(tmp_path / "strict", {"pass_verdicts": ["portable", "no-late-effect", "inconclusive"]})
+    assert allowed["status"] == "pass" and allowed["policy"]["min_late_effect"] == 0.9  # (the run's bound kept)
+    code, out = _gate(tmp_path / "strict", "--min-late-effect", "0.5")
+    assert (code, out["verdict"]) == (0, "portable")
+
+
 def test_no_event_at_all_says_so_instead_of_reporting_empty_numbers():
     empty = {"n_events": 0, "n_prompts": 0,
              "effects": {k: {"mean": None, "ci": None} for k in ("E_PT", "E_IT", "interaction")}}

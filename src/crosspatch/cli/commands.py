@@ -32,21 +32,28 @@ from .targets import FIELDS
 def gate_cmd(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A finished run directory, or a compare/lineage directory."),
     max_interaction_share: Optional[float] = typer.Option(
-        None, "--max-interaction-share", help="Upstream-dependent when the whole I/E_IT interval lies above this (default 0.5)."),
+        None, "--max-interaction-share",
+        help="Upstream-dependent when the whole I/E_IT interval lies above this (default: the run's policy, else 0.5)."),
     portable_interaction_share: Optional[float] = typer.Option(
         None, "--portable-interaction-share",
-        help="Portable when the whole I/E_IT interval lies below this and E_PT is reliable (default 0.25)."),
-    min_late_effect: Optional[float] = typer.Option(None, "--min-late-effect",
-                                                    help="No late effect when both intervals lie within ±this (default 0.5)."),
-    min_prompts: Optional[int] = typer.Option(None, "--min-prompts", help="Fewer prompts with events: inconclusive (default 5)."),
+        help="Portable when the whole I/E_IT interval lies below this and E_PT is reliable (default: the run's policy, "
+             "else 0.25)."),
+    min_late_effect: Optional[float] = typer.Option(
+        None, "--min-late-effect", help="No late effect when both intervals lie within ±this (default: the run's policy, "
+                                        "else 0.5)."),
+    min_prompts: Optional[int] = typer.Option(
+        None, "--min-prompts", help="Fewer prompts with events: inconclusive (default: the run's policy, else 5)."),
     allow: Optional[str] = typer.Option(None, "--allow",
-                                        help="Verdicts that pass, comma list (default: portable,no-late-effect)."),
-    policy: Optional[Path] = typer.Option(None, "--policy", help="Thresholds from a YAML/JSON file (flags override it)."),
+                                        help="Verdicts that pass, comma list (default: the run's policy, else "
+                                             "portable,no-late-effect)."),
+    policy: Optional[Path] = typer.Option(
+        None, "--policy", help="Thresholds from a YAML/JSON file, in place of the run's policy's (flags override it)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object for machines."),
 ) -> None:
     """Pass or fail a run for CI: exit 0 pass, 1 fail, 2 unusable run (missing, unfinished,
-    inconsistent, or a sanity control failed). Prints the verdict and its reason. On a compare
-    directory: every descendant's run, one line each, and the exit code of the worst."""
+    inconsistent, or a sanity control failed). Prints the verdict and its reason, decided under the
+    run's own policy with the thresholds given in place. On a compare directory: every
+    descendant's run, one line each, and the exit code of the worst."""
 
     from ..store.files import json_document
     from ..workflows.gate import gate

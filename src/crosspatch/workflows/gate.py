@@ -2,8 +2,9 @@
 
 Exit codes: ``0`` pass (the verdict is one the policy lets through), ``1`` fail (another
 verdict), ``2`` unusable (no such directory, not a run, unfinished, one shard of a sharded run,
-counts that do not add up, or a sanity control failed). The verdict is recomputed from ``summary.json`` under the given
-thresholds, so a stricter policy needs no re-run; under a policy other than the run's, the controls whose summary
+counts that do not add up, or a sanity control failed). The verdict is recomputed from ``summary.json`` under the
+policy the run recorded with the given thresholds in place (none given: the run's own), so a stricter policy needs no
+re-run; under a policy other than the run's, the controls whose summary
 reads the policy (the label-swap test reads its readout, readout agreement grades under it) are summarised again from
 the stored records.
 """
@@ -23,8 +24,9 @@ def _unusable(reason: str, **extra) -> dict:
 
 
 def gate(run_dir: str | Path, policy: dict | str | Path | None = None) -> dict:
-    """Decide pass / fail / unusable for ``run_dir`` under ``policy`` (VerdictPolicy fields, or a
-    YAML/JSON file of them, as ``--policy``). A
+    """Decide pass / fail / unusable for ``run_dir`` under the policy its run recorded, with the
+    fields ``policy`` gives in place (VerdictPolicy fields, or a YAML/JSON file of them, as
+    ``--policy``; None: the run's own policy, the defaults where it recorded none). A
     ``compare`` directory gates every member run (one outcome each under ``members``, the exit
     code of the worst); a ``lineage`` directory gates its run (base vs the final stage). Anything
     that is no run, a ``run_dir`` that is no path included, is ``unusable`` (exit code 2)."""
@@ -69,10 +71,11 @@ def _shard_of(config: dict) -> str | None:
 
 
 def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
-    """Decide pass / fail / unusable for one run directory (see :func:`gate`)."""
+    """Decide pass / fail / unusable for one run directory (see :func:`gate`): under the policy the
+    run recorded (its ``--policy``; none: the defaults) with the fields ``policy`` gives in place."""
     path = Path(run_dir)
     try:
-        rules = VerdictPolicy.from_dict({} if policy is None else policy)
+        VerdictPolicy.from_dict({} if policy is None else policy)  # (a bad policy is named before the run is read)
     except (TypeError, ValueError) as exc:
         return _unusable(f"bad policy: {exc}")
     if not path.is_dir() or not (path / "config.json").exists():
@@ -85,6 +88,12 @@ def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
             raise ValueError(f"it holds a JSON {type(config).__name__}, not an object")
     except (OSError, ValueError) as exc:
         return _unusable(f"{path / 'config.json'} is unreadable or malformed: {exc}")
+    recorded = config.get("options", {}).get("policy") if isinstance(config.get("options"), dict) else None
+    try:
+        rules = VerdictPolicy.from_dict({**(recorded if isinstance(recorded, dict) else {}), **(policy or {})})
+    except (TypeError, ValueError) as exc:
+        return _unusable(f"the policy {path / 'config.json'} records, with the fields given in place, is no valid "
+                         f"policy: {exc}; give a whole policy with --policy")
     shard = _shard_of(config)
     if shard is not None:
         return _unusable(f"{path} is shard {shard} of a sharded run: its verdict covers that shard's prompts only; "
