@@ -140,8 +140,12 @@ def controls_under(path: Path, config: dict, summary: dict, rules: VerdictPolicy
     the stored records where ``rules`` is not the run's policy (then, and only then, the plug-ins
     are imported: a gate under the run's own policy reads its JSON files alone, without torch)."""
     controls, options = summary.get("controls") or [], config.get("options") or {}
+
+    def grading(policy: VerdictPolicy) -> dict:  # (which verdicts pass changes no control)
+        return {k: v for k, v in policy.as_dict().items() if k != "pass_verdicts"}
+
     try:
-        if VerdictPolicy.from_dict(options.get("policy") or {}).as_dict() == rules.as_dict():
+        if grading(VerdictPolicy.from_dict(options.get("policy") or {})) == grading(rules):
             return controls
     except (TypeError, ValueError):  # (a stored policy no longer valid: read as another)
         pass
