@@ -351,6 +351,21 @@ def test_a_gate_without_a_policy_decides_under_the_runs_own(two_headed_pair, tmp
     assert (code, out["verdict"]) == (0, "portable")
 
 
+def test_a_run_whose_recorded_policy_is_no_longer_valid_is_gated_under_the_policy_given(portable_run, tmp_path):
+    """An older run's config.json may record a field since retired (``min_portable_share``): gated
+    as it is, it is unusable, saying to give a policy; given one, that policy decides alone."""
+    from crosspatch.workflows.gate import gate
+
+    old = tmp_path / "old"
+    shutil.copytree(portable_run, old)
+    config = json.loads((old / "config.json").read_text())
+    config["options"]["policy"] = {"min_portable_share": 0.3}
+    (old / "config.json").write_text(json.dumps(config))
+    unusable = gate(old)
+    assert unusable["status"] == "unusable" and "min_portable_share" in unusable["reason"] and "--policy" in unusable["reason"]
+    assert gate(old, {"min_prompts": 5})["verdict"] == gate(portable_run)["verdict"] == "portable"
+
+
 def test_no_event_at_all_says_so_instead_of_reporting_empty_numbers():
     empty = {"n_events": 0, "n_prompts": 0,
              "effects": {k: {"mean": None, "ci": None} for k in ("E_PT", "E_IT", "interaction")}}

@@ -91,9 +91,11 @@ def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
     recorded = config.get("options", {}).get("policy") if isinstance(config.get("options"), dict) else None
     try:
         rules = VerdictPolicy.from_dict({**(recorded if isinstance(recorded, dict) else {}), **(policy or {})})
-    except (TypeError, ValueError) as exc:
-        return _unusable(f"the policy {path / 'config.json'} records, with the fields given in place, is no valid "
-                         f"policy: {exc}; give a whole policy with --policy")
+    except (TypeError, ValueError) as exc:  # (a policy an older crosspatch recorded, a retired field)
+        if not policy:
+            return _unusable(f"the policy {path / 'config.json'} records is no valid policy now: {exc}; gate it with "
+                             "--policy (the given fields over the defaults)")
+        rules = VerdictPolicy.from_dict(policy)
     shard = _shard_of(config)
     if shard is not None:
         return _unusable(f"{path} is shard {shard} of a sharded run: its verdict covers that shard's prompts only; "
