@@ -288,6 +288,28 @@ def test_pooling_families_in_directories_of_one_name_keeps_both(compared, tmp_pa
         pool_runs([out / "late", out / "early"], readout="common-it")
 
 
+def test_a_pool_reads_the_readout_its_runs_verdicts_read(compared, tmp_path):
+    """``pool`` pooled common-IT whatever its runs' verdicts read, and did not say so. It pools
+    the readout the verdicts read (runs under a ``readout: common_pt`` policy: common-PT), records
+    and names it; runs that read different ones need the readout given."""
+    import json
+    import shutil
+
+    _, out = compared
+    assert pool_runs([out / "late", out / "early"], bootstrap=0)["readout"] == "common_it"
+    for family in ("late", "early"):  # their verdicts as a common-PT policy decides them
+        shutil.copytree(out / family, tmp_path / family)
+        summary = json.loads((tmp_path / family / "summary.json").read_text())
+        summary["verdict"]["readout"] = "common_pt"
+        (tmp_path / family / "summary.json").write_text(json.dumps(summary))
+    pooled = pool_runs([tmp_path / "late", tmp_path / "early"], bootstrap=0)
+    asked = pool_runs([out / "late", out / "early"], readout="common_pt", bootstrap=0)
+    assert pooled["readout"] == "common_pt" and pooled["effects"] == asked["effects"]
+    with pytest.raises(OptionError, match="read different readouts.*late: common-PT, early: common-IT"):
+        pool_runs([tmp_path / "late", out / "early"], bootstrap=0)
+    assert pool_runs([tmp_path / "late", out / "early"], readout="common_it", bootstrap=0)["readout"] == "common_it"
+
+
 @pytest.mark.slow
 def test_compare_and_lineage_commands(tmp_path):
     from crosspatch.cli import app

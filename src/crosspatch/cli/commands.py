@@ -120,17 +120,20 @@ def pool_cmd(
     run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="Finished run directories, one per base/descendant family."),
     bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples (within each family)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    readout: Optional[str] = typer.Option(
+        None, "--readout", help="common_it or common_pt (default: the one the runs' verdicts read)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Pool several families family-balanced: the mean of per-family means, prompts resampled
-    within each family (each run at its headline boundary, common-IT readout)."""
+    within each family (each run at its headline boundary, in the readout its verdict reads)."""
 
+    from ..core.records import readout_label
     from ..report.markdown import fmt_effect, has_intervals
     from ..runner.compare import pool_runs
     from ..store.files import json_document
 
     try:
-        pooled = pool_runs(list(run_dirs), bootstrap=bootstrap, seed=seed)
+        pooled = pool_runs(list(run_dirs), readout=readout, bootstrap=bootstrap, seed=seed)
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
     if as_json:
@@ -141,7 +144,8 @@ def pool_cmd(
     quantities = ("E_PT", "E_IT", "interaction", "late_interaction_share", "direct_share", "native_shift")
     loo = pooled.get("leave_one_out") or {}
     n = pooled["n_pairs"]
-    table = Table(title=f"family-balanced pool of {n} {'family' if n == 1 else 'families'}, {pooled['n_events']} events")
+    table = Table(title=f"family-balanced pool of {n} {'family' if n == 1 else 'families'}, {pooled['n_events']} events, "
+                        f"{readout_label(pooled['readout'])} readout")
     table.add_column("quantity")
     table.add_column("mean [95% CI]" if has_intervals(pooled) else "mean (no intervals)", justify="right")
     table.add_column("leave-one-out range of the mean", justify="right")

@@ -26,7 +26,7 @@ from ..core.analysis import Analysis, EventSet, late_passes
 from ..core.cells import event_y
 from ..core.divergence import RecordKey
 from ..core.pooling import pool_family_balanced
-from ..core.records import verdict_readout
+from ..core.records import readout_label, verdict_readout
 from ..core.stats import BootstrapConfig, block_bootstrap
 from ..errors import OptionError
 from ..execution import Executor, Late, ModelSet, Program
@@ -284,12 +284,15 @@ def compare_summary(models: ModelSet, runs: dict[str, RunResult], plan: dict[str
 
 
 # -- pooling ------------------------------------------------------------------------------------
-def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str = "common_it",
+def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str | None = None,
               bootstrap: int = 2000, seed: int = 0) -> dict:
     """Family-balanced pooling of finished runs (one per base/descendant family): the mean of
     per-family means, prompts resampled within each family; at each run's headline boundary.
     ``run_dirs``: at least two, as ``{family name: directory}`` or a list (each family named after
-    its directory, or its path where two directories share a name); each directory once."""
+    its directory, or its path where two directories share a name); each directory once.
+    ``readout``: ``common_it`` or ``common_pt``; None: the one the runs' verdicts read (common-IT
+    unless their policy said common-PT; runs whose verdicts read different ones need it given).
+    The pool records it (``readout``)."""
     from ..core.cells import READOUTS
     from ..store import RunStore
     from .checks import _int, check_bootstrap, check_given_once
@@ -311,14 +314,15 @@ def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str =
         if len(set(map(str, names))) != len(names):  # two families in directories of one name: named by path
             names = [str(d) for d in given]
         run_dirs = dict(zip(map(str, names), given))
-    if readout not in READOUTS:
+    if readout is not None and readout not in READOUTS:
         raise OptionError(f"readout must be one of {', '.join(READOUTS)}, not {readout!r}")
     check_bootstrap(bootstrap)
     _int("seed", seed, 0)
-    groups, seen, pairs = {}, {}, {}
+    groups, seen, pairs, read = {}, {}, {}, {}
     for name, d in run_dirs.items():
         store = RunStore(d)
         summary = store.summary()
+        read[name] = verdict_readout(summary.get("verdict"))
         config = store.config()
         run_id = config.get("run_fingerprint")
         if run_id is not None and run_id in seen:  # one run (a copy, or two shards of it) must count once
@@ -332,7 +336,13 @@ def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str =
         pairs[pair] = d
         b = summary.get("verdict", {}).get("boundary", int(summary["boundaries"][0]))
         groups[name] = [r for r in store.load_records() if r.boundary == b and r.kind == "first_diff"]
-    return pool_family_balanced(groups, readout, BootstrapConfig(bootstrap, seed))
+    if readout is None:
+        if len(set(read.values())) > 1:
+            named = ", ".join(f"{name}: {readout_label(r)}" for name, r in read.items())
+            raise OptionError(f"the runs' verdicts read different readouts ({named}): give the readout to pool "
+                              "(readout='common_it' or 'common_pt', --readout)")
+    chosen: str = readout if readout is not None else next(iter(read.values()))
+    return {"readout": chosen, **pool_family_balanced(groups, chosen, BootstrapConfig(bootstrap, seed))}
 
 
 def _pair_identity(config: dict) -> str | None:
