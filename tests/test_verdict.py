@@ -366,6 +366,29 @@ def test_a_run_whose_recorded_policy_is_no_longer_valid_is_gated_under_the_polic
     assert gate(old, {"min_prompts": 5})["verdict"] == gate(portable_run)["verdict"] == "portable"
 
 
+def test_a_verdict_policy_object_is_taken_wherever_a_policy_is(portable_run, tmp_path):
+    """VerdictPolicy is the policy's dataclass, yet ``run``, a RunConfig, ``gate`` and the training
+    callback refused it ("a policy is a mapping of VerdictPolicy fields"). Each takes it as the
+    mapping of all its fields; the run records them."""
+    from crosspatch.core.verdict import VerdictPolicy
+    from crosspatch.runner.config import RunConfig
+    from crosspatch.workflows.callback import CrosspatchCallback
+    from crosspatch.workflows.gate import gate
+
+    policy = VerdictPolicy(min_late_effect=0.3, readout="common_pt")
+    pair = make_pair("llama")
+    options = dict(max_new_tokens=4, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+    given = run(pair, ["The sky is", "Rain will"], out=tmp_path / "kw", policy=policy, **options)
+    config = RunConfig(policy=policy)
+    through = run(pair, ["The sky is", "Rain will"], config=config, out=tmp_path / "cfg", **options)
+    assert isinstance(config.policy, VerdictPolicy)  # (the caller's object is not changed)
+    for result, out in ((given, "kw"), (through, "cfg")):
+        assert result.summary["verdict"]["policy"] == policy.as_dict()
+        assert json.loads((tmp_path / out / "config.json").read_text())["options"]["policy"] == policy.as_dict()
+    assert gate(portable_run, policy)["policy"] == policy.as_dict()
+    assert CrosspatchCallback(["The sky is"], policy=policy).policy == policy
+
+
 def test_no_event_at_all_says_so_instead_of_reporting_empty_numbers():
     empty = {"n_events": 0, "n_prompts": 0,
              "effects": {k: {"mean": None, "ci": None} for k in ("E_PT", "E_IT", "interaction")}}

@@ -88,9 +88,14 @@ def load_policy(path: str | Path) -> dict:
 
 def policy_given(policy):
     """A policy as the Python API takes it: a file's path (a str or Path, as ``--policy`` gives it)
-    read with :func:`load_policy`; anything else (a mapping, a policy object, None) as it is."""
+    read with :func:`load_policy`; a :class:`~crosspatch.core.verdict.VerdictPolicy` as the mapping
+    of all its fields; anything else (a mapping, another policy object, None) as it is."""
     import os
 
+    from ..core.verdict import VerdictPolicy
+
+    if isinstance(policy, VerdictPolicy):
+        return policy.as_dict()
     return load_policy(os.fspath(policy)) if isinstance(policy, (str, os.PathLike)) else policy
 
 
@@ -131,6 +136,8 @@ def _as_the_command_line_reads(key: str, value):
 
     if key in _SPELLED_AS_TEXT and (isinstance(value, str) or (key == "policy" and isinstance(value, os.PathLike))):
         return RunConfig.__dataclass_fields__[key].metadata["parse"](os.fspath(value) if key == "policy" else value)
+    if key == "policy":
+        return policy_given(value)  # (a VerdictPolicy: its fields)
     if key == "analysis_options" and (isinstance(value, str) or (
             isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value))):
         return parse_analysis_options([value] if isinstance(value, str) else list(value))
@@ -225,15 +232,18 @@ class RunConfig:
         option given as the command line spells it is read as the command line reads it: a string
         for ``boundary`` ("0.5"), ``boundaries`` ("1,3"), ``group_by`` ("split,era") or
         ``rollout_model`` ("it"), a file's path (str or Path) for ``policy``, ``NAME.OPTION=VALUE``
-        assignments (one, or a list) for ``analysis_options``."""
+        assignments (one, or a list) for ``analysis_options``. A ``policy`` may also be a
+        :class:`~crosspatch.core.verdict.VerdictPolicy` (recorded as its fields)."""
         from ..models.options import LoadOptions, copy_with_overrides
 
         loading = sorted(set(overrides) & set(LoadOptions.__dataclass_fields__) - set(cls.__dataclass_fields__))
         if loading:  # the models are loaded already: say where such an option goes
             raise TypeError(f"unknown run option {loading[0]!r}: it is a load option, given where the models are "
                             f"loaded (crosspatch.load_pair(..., {loading[0]}=...), load_models)")
-        return copy_with_overrides(cls, config, {key: _as_the_command_line_reads(key, value)
+        made = copy_with_overrides(cls, config, {key: _as_the_command_line_reads(key, value)
                                                  for key, value in overrides.items()}, "config", "run option")
+        made.policy = policy_given(made.policy)  # (a RunConfig's VerdictPolicy, or a file's path: its fields)
+        return made
 
 
 def normalise_run_config(config: RunConfig) -> RunConfig:
