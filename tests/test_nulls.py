@@ -126,6 +126,44 @@ def test_a_null_whose_cells_are_not_finite_is_no_yardstick_and_is_named():
     assert alone.verdict["verdict"] not in ("partly-upstream-dependent", "upstream-dependent")
 
 
+def test_under_a_common_pt_policy_the_null_yardstick_reads_the_base_head_for_both_interactions(tmp_path):
+    """The null yardstick can make an interaction claim inconclusive, yet under a policy's
+    ``readout: common_pt`` it compared the common-IT interaction (and each null read with its own
+    head) with a verdict decided on common-PT. The nulls' cells are recorded under both heads, and
+    the yardstick reads the verdict's readout: the observed interaction and each null's."""
+    from crosspatch.core.records import cell_effects
+    from crosspatch.execution.in_memory import models_from_modules
+
+    base = tiny_model("llama")
+    tuned, twin = perturb_layers(base, [0, 1, 2, 3], 0.5, seed=4), perturb_layers(base, [0, 1, 2, 3], 0.1, seed=9)
+    with torch.no_grad():  # heads of their own: the two readouts differ
+        for model, seed in ((tuned, 5), (twin, 6)):
+            head = model.lm_head.weight
+            head.add_(torch.randn(head.shape, generator=torch.Generator().manual_seed(seed)) * head.std())
+    models = models_from_modules({"base": base, "tuned": tuned, "null-1": twin}, char_tokenizer())
+    for readout in ("common_pt", "common_it"):
+        result = run(models, many_prompts(8), tuned="tuned", nulls=["null-1"], out=tmp_path / readout,
+                     policy={"readout": readout}, **OPTIONS)
+        row = next(r for r in result.summary["controls"] if r["control"] == "null_calibration")
+        first = [r for r in result.records if r.kind == "first_diff" and r.valid]
+        observed = sum(r.effects(readout)["interaction"] for r in first) / len(first)
+        stored = [json.loads(line) for line in (tmp_path / readout / "control_null_calibration.jsonl").read_text().splitlines()]
+        key = "cells_common_pt" if readout == "common_pt" else "cells"
+        null = sum(cell_effects(r[key])["interaction"] for r in stored) / len(stored)
+        assert row["summary"].startswith(f"the interaction {observed:+.2f} against 1 null(s) (largest null-1: {null:+.2f}")
+        assert row["details"]["by_null"]["null-1"]["interaction"] == pytest.approx(null)
+    assert f"{observed:+.2f}" != f"{sum(r.effects('common_pt')['interaction'] for r in first) / len(first):+.2f}"
+    # a null's rows written before they held the base's reading are read with its own head, and the row says so
+    from crosspatch.runner.finished import resummarize
+    from crosspatch.store import RunStore
+
+    records = tmp_path / "common_pt" / "control_null_calibration.jsonl"
+    older = [{k: v for k, v in json.loads(line).items() if k != "cells_common_pt"} for line in records.read_text().splitlines()]
+    records.write_text("".join(json.dumps(r) + "\n" for r in older))
+    row = next(r for r in resummarize(RunStore(tmp_path / "common_pt"))["controls"] if r["control"] == "null_calibration")
+    assert "null-1 read with its own head: recorded before the nulls held the base's reading" in row["summary"]
+
+
 @pytest.mark.slow
 def test_a_trained_null_is_given_on_the_command_line(tmp_path):
     from crosspatch.testing import save_tiny_pair

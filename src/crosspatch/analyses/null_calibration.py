@@ -2,7 +2,8 @@
 same base produce on the same events? Each null descendant (a trained null: ``--null DIR``, a seed
 twin or a generic-text fine-tune; or a synthetic null: ``--synthetic-null N``) is scored on the
 run's first-divergence events with the same ``(t_PT, t_IT)`` contrast: its 2x2 against the base,
-read with its own head. The control compares the observed interaction with the nulls' on two
+read with its own head (and with the base's, for a verdict that reads the common-PT readout: the
+observed interaction and the nulls' are then read with the base's head). The control compares the observed interaction with the nulls' on two
 counts: paired by event, the interval of ``I − I_null`` must lie beyond zero on the interaction's
 side for every null (prompt sampling); and with two or more nulls, ``I`` must lie beyond the
 one-sided 95% prediction bound of a further null, ``mean + t(K−1) · sd · sqrt(1 + 1/K)`` of the
@@ -39,7 +40,7 @@ def t_95(df: int) -> float:
 @dataclass
 class NullScores(Analysis):
     """Each null role's four cells against the base on the run's events (the run's contrast),
-    read with the null's own head."""
+    read with the null's own head (``cells``) and with the base's (``cells_common_pt``)."""
 
     boundary: int
     nulls: list[str]
@@ -53,13 +54,14 @@ class NullScores(Analysis):
         if not events.events or not self.nulls:
             return []
         b = self.boundary
-        scored = yield from cells_against_base(ex, events, b, list(self.nulls))
+        scored = yield from cells_against_base(ex, events, b, list(self.nulls), also_read_with=events.base)
         rows = []
-        for role, (ys, _) in scored.items():
+        for role, (ys, _, with_base) in scored.items():
             for j, e in enumerate(events.events):
                 rows.append({"key": str(RecordKey(e.prompt_id, e.kind, b, role)), "event_key": e.key,
                              "prompt_id": e.prompt_id, "null": role, "boundary": b,
-                             "cells": {c: float(ys[c][j]) for c in CELLS}})
+                             "cells": {c: float(ys[c][j]) for c in CELLS},
+                             "cells_common_pt": {c: float(with_base[c][j]) for c in CELLS}})
         return rows
 
 
@@ -84,7 +86,13 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
         return control_row("null_calibration", "info", None,
                            "no null descendant: nothing says how large an interaction a harmless fine-tune of this "
                            "base produces (give --null DIR, or --synthetic-null N for a weaker yardstick)", n=0)
-    observed = {r.event_key: r.effects()["interaction"] for r in ctx.first}
+    # the verdict's own interaction, in the readout it reads; the nulls' in the same one (with the base's head
+    # under common-PT; a null's rows recorded before they held that reading are read with its own head, and said)
+    readout = ctx.readout
+    key = "cells_common_pt" if readout == "common_pt" else "cells"
+    own_head = sorted({r["null"] for r in rows if key not in r})
+    rows = [{**r, "cells": r.get(key, r["cells"]) if r["null"] not in own_head else r["cells"]} for r in rows]
+    observed = {r.event_key: r.effects(readout)["interaction"] for r in ctx.first}
     i_obs = float(np.mean(list(observed.values()))) if observed else 0.0
     sign = 1.0 if i_obs >= 0 else -1.0
     by_null, beyond, unusable, dropped = {}, [], [], {}
@@ -110,7 +118,9 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
                          "ratio": (i_obs / i_null) if i_null != 0.0 else None, "beyond": ok,
                          "non_finite_events": dropped.get(null, 0)}
         beyond.append(ok)
-    broken = _non_finite_note(dropped, unusable, len(observed))
+    broken = _non_finite_note(dropped, unusable, len(observed)) + (
+        f" ({', '.join(own_head)} read with its own head: recorded before the nulls held the base's reading)"
+        if own_head else "")
     if len(unusable) == len(nulls):
         return control_row("null_calibration", "warn", None,
                            f"no null gives a yardstick for the interaction {i_obs:+.2f}{broken}: fix or replace the "
@@ -142,6 +152,6 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
 
 
 PLUGIN = register_analysis(AnalysisPlugin(
-    "null_calibration", summarize, build=build, role="control", default=True,
+    "null_calibration", summarize, build=build, role="control", default=True, reads_policy=True,
     order=120,
     description="the interaction against null descendants of the same base (--null, --synthetic-null)"))
