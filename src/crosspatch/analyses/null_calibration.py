@@ -3,13 +3,14 @@ same base produce on the same events? Each null descendant (a trained null: ``--
 twin or a generic-text fine-tune; or a synthetic null: ``--synthetic-null N``) is scored on the
 run's first-divergence events with the same ``(t_PT, t_IT)`` contrast: its 2x2 against the base,
 read with its own head (and with the base's, for a verdict that reads the common-PT readout: the
-observed interaction and the nulls' are then read with the base's head). The control compares the observed interaction with the nulls' on two
-counts: paired by event, the interval of ``I − I_null`` must lie beyond zero on the interaction's
-side for every null (prompt sampling); and with two or more nulls, ``I`` must lie beyond the
-one-sided 95% prediction bound of a further null, ``mean + t(K−1) · sd · sqrt(1 + 1/K)`` of the
-K null interactions (the spread between harmless fine-tunes; one null has no spread to measure,
-a weaker yardstick that the row says). Otherwise the verdicts that claim an interaction become
-``inconclusive``. Without a null it is an ``info`` row saying the verdict has no yardstick."""
+observed interaction and the nulls' are then read with the base's head). The control compares
+the observed interaction with the nulls' on two counts: paired by event, the interval of
+``I − I_null`` must lie beyond zero on the interaction's side for every null (prompt sampling);
+and with two or more nulls, ``I`` must lie beyond the one-sided 95% prediction bound of a
+further null, ``mean + t(K−1) · sd · sqrt(1 + 1/K)`` of the K null interactions (the spread
+between harmless fine-tunes; one null has no spread to measure, a weaker yardstick that the row
+says). Otherwise the verdicts that claim an interaction become ``inconclusive``. Without a null
+it is an ``info`` row saying the verdict has no yardstick."""
 
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def summarize(rows: list[dict], ctx: SummaryContext, options) -> dict:
     readout = ctx.readout
     key = "cells_common_pt" if readout == "common_pt" else "cells"
     own_head = sorted({r["null"] for r in rows if key not in r})
-    rows = [{**r, "cells": r.get(key, r["cells"]) if r["null"] not in own_head else r["cells"]} for r in rows]
+    rows = [{**r, "cells": r["cells"] if r["null"] in own_head else r[key]} for r in rows]
     observed = {r.event_key: r.effects(readout)["interaction"] for r in ctx.first}
     i_obs = float(np.mean(list(observed.values()))) if observed else 0.0
     sign = 1.0 if i_obs >= 0 else -1.0
