@@ -5,7 +5,8 @@ verdict), ``2`` unusable (no such directory, not a run, unfinished, one shard of
 counts that do not add up, or a sanity control failed). The verdict is recomputed from ``summary.json`` under the
 policy the run recorded with the given thresholds in place (none given: the run's own), so a stricter policy needs no
 re-run; under a policy other than the run's, the controls whose summary
-reads the policy (the label-swap test reads its readout, readout agreement grades under it) are summarised again from
+reads the policy (the label-swap test and the null yardstick read its readout, readout agreement grades under it) are
+summarised again from
 the stored records.
 """
 
