@@ -2,12 +2,11 @@
 
 Exit codes: ``0`` pass (the verdict is one the policy lets through), ``1`` fail (another
 verdict), ``2`` unusable (no such directory, not a run, unfinished, one shard of a sharded run,
-counts that do not add up, or a sanity control failed). The verdict is recomputed from ``summary.json`` under the
-policy the run recorded with the given thresholds in place (none given: the run's own), so a stricter policy needs no
-re-run; under a policy other than the run's, the controls whose summary
-reads the policy (the label-swap test and the null yardstick read its readout, readout agreement grades under it) are
-summarised again from
-the stored records.
+counts that do not add up, or a sanity control failed). The verdict is recomputed from
+``summary.json`` under the policy the run recorded with the given thresholds in place (none
+given: the run's own), so a stricter policy needs no re-run; under a policy other than the
+run's, the controls whose summary reads the policy (the label-swap test and the null yardstick
+read its readout, readout agreement grades under it) are summarised again from the stored records.
 """
 
 from __future__ import annotations
