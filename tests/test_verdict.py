@@ -364,6 +364,11 @@ def test_a_run_whose_recorded_policy_is_no_longer_valid_is_gated_under_the_polic
     unusable = gate(old)
     assert unusable["status"] == "unusable" and "min_portable_share" in unusable["reason"] and "--policy" in unusable["reason"]
     assert gate(old, {"min_prompts": 5})["verdict"] == gate(portable_run)["verdict"] == "portable"
+    # a valid recorded policy is kept: fields given that cross its bounds are named, not read over the defaults alone
+    config["options"]["policy"] = {"max_interaction_share": 0.3}
+    (old / "config.json").write_text(json.dumps(config))
+    crossed = gate(old, {"portable_interaction_share": 0.4})
+    assert crossed["status"] == "unusable" and "must not exceed max_interaction_share (0.3)" in crossed["reason"]
 
 
 def test_a_verdict_policy_object_is_taken_wherever_a_policy_is(portable_run, tmp_path):

@@ -89,13 +89,18 @@ def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
     except (OSError, ValueError) as exc:
         return _unusable(f"{path / 'config.json'} is unreadable or malformed: {exc}")
     recorded = config.get("options", {}).get("policy") if isinstance(config.get("options"), dict) else None
+    recorded = recorded if isinstance(recorded, dict) else {}
     try:
-        rules = VerdictPolicy.from_dict({**(recorded if isinstance(recorded, dict) else {}), **(policy or {})})
-    except (TypeError, ValueError) as exc:  # (a policy an older crosspatch recorded, a retired field)
+        VerdictPolicy.from_dict(recorded)
+    except (TypeError, ValueError) as exc:  # (a policy an older crosspatch recorded: a retired field)
         if not policy:
             return _unusable(f"the policy {path / 'config.json'} records is no valid policy now: {exc}; gate it with "
                              "--policy (the given fields over the defaults)")
-        rules = VerdictPolicy.from_dict(policy)
+        recorded = {}
+    try:
+        rules = VerdictPolicy.from_dict({**recorded, **(policy or {})})
+    except (TypeError, ValueError) as exc:  # the given fields do not fit the run's others (bounds crossed)
+        return _unusable(f"bad policy: {exc} (the fields given, over the policy the run recorded: {recorded})")
     shard = _shard_of(config)
     if shard is not None:
         return _unusable(f"{path} is shard {shard} of a sharded run: its verdict covers that shard's prompts only; "
