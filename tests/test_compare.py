@@ -553,6 +553,10 @@ def test_a_compare_under_a_common_pt_policy_reads_each_row_in_its_verdicts_reado
     assert row["readout"] == "common_pt" and row["effects"]["E_PT"]["mean"] == 1.75
     assert check_document("compare.json", document) == []
     assert compare_readout(document) == "common-PT readout" and "common-PT readout" in render_compare_markdown(document)
+    from crosspatch.runner.compare import CompareResult
+
+    frame = CompareResult({}, document, "").effects()  # pyright: ignore[reportArgumentType]
+    assert set(frame.readout) == {"common_pt"} and frame[frame.effect == "E_PT"]["mean"].tolist() == [1.75]
     summary["verdict"]["readout"] = "common_it"
     document = compare_summary(models, {"a": SimpleNamespace(summary=summary)}, {})  # pyright: ignore[reportArgumentType]
     assert document["rows"]["a"]["effects"]["E_PT"]["mean"] == 0.25 and compare_readout(document) == "common-IT readout"

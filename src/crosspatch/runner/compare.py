@@ -83,11 +83,13 @@ class CompareResult:
 
     def effects(self):
         """A DataFrame of every descendant's effects at its headline boundary, in its verdict's
-        readout (common-IT unless a policy says common-PT), one row per (descendant, effect) with its
-        95% interval, the descendant's verdict and counts (the compare table, as numbers)."""
+        readout (common-IT unless a policy says common-PT; the ``readout`` column), one row per
+        (descendant, effect) with its 95% interval, the descendant's verdict and counts (the compare
+        table, as numbers)."""
         import pandas as pd
 
-        return pd.DataFrame([{"descendant": role, "verdict": row["verdict"], "effect": name, **interval_columns(stat),
+        return pd.DataFrame([{"descendant": role, "verdict": row["verdict"], "readout": row.get("readout", "common_it"),
+                              "effect": name, **interval_columns(stat),
                               "n_events": row["events"], "n_prompts": row["prompts"]}
                              for role, row in self.summary["rows"].items() for name, stat in row["effects"].items()])
 
