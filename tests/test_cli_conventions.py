@@ -171,6 +171,7 @@ def test_a_results_effects_and_cells_read_the_verdicts_readout_unless_asked_and_
         assert set(frame.readout) == {readout}
         stored = {k: v["mean"] for k, v in blocks[readout]["all"]["effects"].items() if v["mean"] is not None}
         assert dict(zip(frame.effect, frame["mean"])).items() >= stored.items()
+    assert result.effects(readout="common-IT").equals(result.effects(readout="common_it"))  # (as the pages print it)
     cells = result.cells()
     assert set(cells.readout) == {"common_pt"}
     assert dict(zip(cells.cell, cells["mean"])) == {k: v["mean"] for k, v in blocks["common_pt"]["all"]["cells"].items()}

@@ -284,8 +284,10 @@ def test_pooling_families_in_directories_of_one_name_keeps_both(compared, tmp_pa
     for odd in (None, str(out / "late"), [out / "late"], {"": out / "late", "b": out / "early"}):
         with pytest.raises(OptionError):
             pool_runs(odd, bootstrap=200)  # type: ignore[arg-type]
-    with pytest.raises(OptionError, match="readout"):
-        pool_runs([out / "late", out / "early"], readout="common-it")
+    with pytest.raises(OptionError, match="readout must be one of common_it, common_pt, not 'common-XY'"):
+        pool_runs([out / "late", out / "early"], readout="common-XY")
+    # a readout named as the pages print it is the same readout
+    assert pool_runs([out / "late", out / "early"], readout="common-PT", bootstrap=0)["readout"] == "common_pt"
 
 
 def test_a_pool_reads_the_readout_its_runs_verdicts_read(compared, tmp_path):

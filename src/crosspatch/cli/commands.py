@@ -121,7 +121,8 @@ def pool_cmd(
     bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples (within each family)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     readout: Optional[str] = typer.Option(
-        None, "--readout", help="common_it or common_pt (default: the one the runs' verdicts read)."),
+        None, "--readout", help="common_it or common_pt, or as printed: common-IT, common-PT (default: the one the "
+                                "runs' verdicts read)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Pool several families family-balanced: the mean of per-family means, prompts resampled

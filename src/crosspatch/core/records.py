@@ -124,6 +124,16 @@ def readout_label(readout: str) -> str:
     return READOUT_LABELS.get(readout, str(readout).replace("_", "-"))
 
 
+def readout_key(name):
+    """A readout asked for by its key or as the pages print it, in any case (``common-IT``,
+    ``Common_PT``): its key; anything else as given (the caller names it)."""
+    if isinstance(name, str):
+        key = name.strip().lower().replace("-", "_")
+        if key in READOUT_LABELS:
+            return key
+    return name
+
+
 def verdict_readout(verdict: dict | None) -> str:
     """The readout a stored verdict was decided on (its ``readout``: common_pt where a policy said
     so; common_it otherwise, as a verdict written before it was recorded was)."""

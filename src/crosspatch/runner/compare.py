@@ -26,7 +26,7 @@ from ..core.analysis import Analysis, EventSet, late_passes
 from ..core.cells import event_y
 from ..core.divergence import RecordKey
 from ..core.pooling import pool_family_balanced
-from ..core.records import readout_label, verdict_readout
+from ..core.records import readout_key, readout_label, verdict_readout
 from ..core.stats import BootstrapConfig, block_bootstrap
 from ..errors import OptionError
 from ..execution import Executor, Late, ModelSet, Program
@@ -316,6 +316,7 @@ def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str |
         if len(set(map(str, names))) != len(names):  # two families in directories of one name: named by path
             names = [str(d) for d in given]
         run_dirs = dict(zip(map(str, names), given))
+    readout = readout_key(readout)  # (as the pages print it, too: common-PT)
     if readout is not None and readout not in READOUTS:
         raise OptionError(f"readout must be one of {', '.join(READOUTS)}, not {readout!r}")
     check_bootstrap(bootstrap)

@@ -72,9 +72,9 @@ class RunResult:
         return VerdictView(stored) if stored is not None else None
 
     def _blocks(self, boundary, readout: str | None):
-        from ..core.records import verdict_readout
+        from ..core.records import readout_key, verdict_readout
 
-        readout = verdict_readout(self.summary.get("verdict")) if readout is None else readout
+        readout = verdict_readout(self.summary.get("verdict")) if readout is None else readout_key(readout)
         layers = self.summary.get("num_layers")
         if isinstance(boundary, float) and isinstance(layers, int):  # a depth fraction, as run(boundary=0.6) took it
             from ..core.cells import resolve_boundary
