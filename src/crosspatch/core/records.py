@@ -138,6 +138,8 @@ def verdict_readout(verdict: dict | None) -> str:
     """The readout a stored verdict was decided on (its ``readout``: common_pt where a policy said
     so; common_it otherwise, as a verdict written before it was recorded was)."""
     return "common_pt" if (verdict or {}).get("readout") == "common_pt" else "common_it"
+
+
 CELLS = ("upt_lpt", "upt_lit", "uit_lpt", "uit_lit")  # U_<upstream>_L_<late stack>
 
 

@@ -125,19 +125,16 @@ def _option(default: Any = MISSING, help: str | None = None, factory: Any = MISS
     return field(default=default, metadata=metadata)
 
 
-# the options whose command-line text RunConfig.with_overrides reads as the command line does
-_SPELLED_AS_TEXT = ("boundary", "boundaries", "group_by", "rollout_model", "policy")
+# the options whose command-line text RunConfig.with_overrides reads as the command line does (a policy's
+# path too: RunConfig.with_overrides reads it with policy_given)
+_SPELLED_AS_TEXT = ("boundary", "boundaries", "group_by", "rollout_model")
 
 
 def _as_the_command_line_reads(key: str, value):
     """A run option given in Python as the command line spells it (see
     :meth:`RunConfig.with_overrides`), read as the command line reads it; any other value as given."""
-    import os
-
-    if key in _SPELLED_AS_TEXT and (isinstance(value, str) or (key == "policy" and isinstance(value, os.PathLike))):
-        return RunConfig.__dataclass_fields__[key].metadata["parse"](os.fspath(value) if key == "policy" else value)
-    if key == "policy":
-        return policy_given(value)  # (a VerdictPolicy: its fields)
+    if key in _SPELLED_AS_TEXT and isinstance(value, str):
+        return RunConfig.__dataclass_fields__[key].metadata["parse"](value)
     if key == "analysis_options" and (isinstance(value, str) or (
             isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value))):
         return parse_analysis_options([value] if isinstance(value, str) else list(value))
