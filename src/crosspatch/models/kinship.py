@@ -29,6 +29,17 @@ def _checkpoint_dir(path: str, revision: str | None = None):
     return Path(cached).parent if cached else None
 
 
+def _safetensors_pair(base: str, descendant: str, revision: str | None = None):
+    """The two checkpoints' safetensors files (each sorted), read from this disk; None where either
+    is not here (:func:`_checkpoint_dir`) or is quantized (its packed weights are no weights to compare)."""
+    from .config_dicts import is_quantized
+
+    roots = [r for r in (_checkpoint_dir(p, revision) for p in (base, descendant)) if r is not None]
+    if len(roots) < 2 or any(is_quantized(local_config(str(r))) for r in roots):
+        return None
+    return tuple(sorted(r.glob("*.safetensors")) for r in roots)
+
+
 def weight_change(base: str, descendant: str, revision: str | None = None, samples: int = 8,
                   max_elements: int = 1 << 26) -> tuple[float, int] | None:
     """``(median, k)``: the median relative change ``‖W_d − W_b‖ / ‖W_b‖`` over ``k`` (at most
@@ -40,12 +51,11 @@ def weight_change(base: str, descendant: str, revision: str | None = None, sampl
     from safetensors import safe_open
 
     from .adapters import weight_locations
-    from .config_dicts import is_quantized
 
-    roots = [r for r in (_checkpoint_dir(p, revision) for p in (base, descendant)) if r is not None]
-    if len(roots) < 2 or any(is_quantized(local_config(str(r))) for r in roots):
+    files = _safetensors_pair(base, descendant, revision)
+    if files is None:
         return None
-    ours, theirs = (weight_locations(sorted(r.glob("*.safetensors"))) for r in roots)
+    ours, theirs = (weight_locations(found) for found in files)
     common = sorted(k for k, (_, shape) in ours.items()
                     if len(shape) == 2 and k in theirs and theirs[k][1] == shape and shape[0] * shape[1] <= max_elements)
     if not common:
@@ -110,13 +120,10 @@ def same_tensors(base: str, descendant: str, revision: str | None = None, block:
     is not on this disk as safetensors, or is quantized."""
     import math
 
-    from .config_dicts import is_quantized
-
-    roots = [r for r in (_checkpoint_dir(p, revision) for p in (base, descendant)) if r is not None]
-    if len(roots) < 2 or any(is_quantized(local_config(str(r))) for r in roots):
+    files = _safetensors_pair(base, descendant, revision)
+    if files is None:
         return False
-    listed = [_tensor_index(sorted(r.glob("*.safetensors"))) for r in roots]
-    ours, theirs = listed
+    ours, theirs = (_tensor_index(found) for found in files)
     if not ours or ours.keys() != theirs.keys() or any(ours[k][1:] != theirs[k][1:] for k in ours):
         return False
     names = sorted(ours)
