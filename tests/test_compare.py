@@ -312,6 +312,32 @@ def test_a_pool_reads_the_readout_its_runs_verdicts_read(compared, tmp_path):
     assert pool_runs([tmp_path / "late", out / "early"], readout="common_it", bootstrap=0)["readout"] == "common_it"
 
 
+def test_a_pool_names_the_settings_its_families_runs_chose(compared, tmp_path):
+    """A pool of runs made under different policies (or one over chat-templated prompts) said
+    nothing of it: each family's chosen settings are recorded, and the command names them, with a
+    warning where they differ."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from crosspatch.cli import app
+
+    _, out = compared
+    assert pool_runs([out / "late", out / "early"], bootstrap=0)["settings"] == {"late": [], "early": []}
+    shutil.copytree(out / "late", tmp_path / "late")
+    config = json.loads((tmp_path / "late" / "config.json").read_text())
+    config["options"]["policy"] = {"min_late_effect": 0.125}
+    (tmp_path / "late" / "config.json").write_text(json.dumps(config))
+    pooled = pool_runs([tmp_path / "late", out / "early"], bootstrap=0)
+    assert pooled["settings"] == {"late": [["policy", "min_late_effect 0.125 (the rest as default)"]], "early": []}
+    res = CliRunner().invoke(app, ["pool", str(tmp_path / "late"), str(out / "early"), "--bootstrap", "0"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "late's run chose: policy: min_late_effect 0.125" in text and "early's run chose: the defaults" in text
+    assert "chose different settings" in text
+
+
 @pytest.mark.slow
 def test_compare_and_lineage_commands(tmp_path):
     from crosspatch.cli import app

@@ -43,6 +43,19 @@ def test_compare_and_lineage_cards_escape_every_name():
     assert "30% [10%, 50%]" in _text(card)
     empty = lineage_card({"stages": [], "events": 0, "boundary": 3})
     assert "0 stage(s)" in _text(empty) and "Base -> Final" in _text(empty)
+    assert "Settings" not in _text(card) + _text(empty)  # nothing chosen, nothing said
+
+
+def test_cards_name_the_settings_that_change_what_their_numbers_read(tmp_path):
+    # a run under a policy of its own, or over chat-templated prompts, showed a notebook card that
+    # did not say so, though both reports name it; a compare's and a lineage's cards did the same
+    result = run(make_pair("llama"), many_prompts(6), boundary=2, max_new_tokens=4, bootstrap=0, progress=False,
+                 policy={"min_late_effect": 0.125})
+    assert "Settings: policy: min_late_effect 0.125" in _text(result._repr_html_())
+    chosen = {"settings": [["chat template", "every prompt <rendered>"]]}
+    for card in (compare_card({"base": "b", "rows": {}, **chosen}),
+                 lineage_card({"stages": [], "events": 0, "boundary": 3, **chosen})):
+        assert "Settings: chat template: every prompt <rendered>" in _text(card) and "<rendered>" not in card
 
 
 def test_a_preflight_shows_pass_or_fail_and_each_check():

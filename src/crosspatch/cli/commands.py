@@ -1,4 +1,4 @@
-"""The commands on finished runs and the zoo: ``gate``, ``consequence``, ``pool``, ``features``,
+"""The commands on finished runs and the zoo: ``gate``, ``consequence``, ``features``,
 ``merge``, ``report``, ``demo``, ``zoo build|verify``."""
 
 from __future__ import annotations
@@ -113,60 +113,6 @@ def consequence_cmd(
     from ..analyses.consequence import render_consequences
 
     _print_section(render_consequences(cons), f"{run_dir / 'consequence.jsonl'}, summary.json, report.md, report.html")
-
-
-@app.command("pool")
-def pool_cmd(
-    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="Finished run directories, one per base/descendant family."),
-    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples (within each family)."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
-    readout: Optional[str] = typer.Option(
-        None, "--readout", help="common_it or common_pt, or as printed: common-IT, common-PT (default: the one the "
-                                "runs' verdicts read)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-) -> None:
-    """Pool several families family-balanced: the mean of per-family means, prompts resampled
-    within each family (each run at its headline boundary, in the readout its verdict reads)."""
-
-    from ..core.records import readout_label
-    from ..report.markdown import fmt_effect, has_intervals
-    from ..runner.compare import pool_runs
-    from ..store.files import json_document
-
-    try:
-        pooled = pool_runs(list(run_dirs), readout=readout, bootstrap=bootstrap, seed=seed)
-    except (CrosspatchError, ValueError) as exc:
-        _fail(exc)
-    if as_json:
-        print(json_document(pooled), end="")
-        return
-    print_warnings(f"{name}: no scorable first-divergence event at its headline boundary: left out of the pool (its "
-                   "report says why)" for name in pooled.get("families_without_events") or [])
-    quantities = ("E_PT", "E_IT", "interaction", "late_interaction_share", "direct_share", "native_shift")
-    loo = pooled.get("leave_one_out") or {}
-    n = pooled["n_pairs"]
-    table = Table(title=f"family-balanced pool of {n} {'family' if n == 1 else 'families'}, {pooled['n_events']} events, "
-                        f"{readout_label(pooled['readout'])} readout")
-    table.add_column("quantity")
-    table.add_column("mean [95% CI]" if has_intervals(pooled) else "mean (no intervals)", justify="right")
-    table.add_column("leave-one-out range of the mean", justify="right")
-    for name in quantities:
-        means = [b["effects"][name]["mean"] for b in loo.values() if b["effects"][name]["mean"] is not None]
-        spread = "n/a" if not means else (f"{100 * min(means):.0f}% .. {100 * max(means):.0f}%" if name.endswith("share")
-                                          else f"{min(means):+.2f} .. {max(means):+.2f}")
-        table.add_row(name, fmt_effect(pooled, name), spread)
-    _stdout().print(table)
-    if pooled.get("ci_note"):
-        _stdout().print(pooled["ci_note"], soft_wrap=True, markup=False)
-    families = Table(title="each family, and the pool without it (leave one out)")
-    for col in ("family", "events", "its interaction", "pooled interaction without it", "pooled I/E_IT without it"):
-        families.add_column(col)
-    for name, own in (pooled.get("families") or {}).items():
-        rest = loo.get(name)
-        families.add_row(name, str(own["n_events"]), fmt_effect(own, "interaction"),
-                         fmt_effect(rest, "interaction") if rest else "n/a",
-                         fmt_effect(rest, "late_interaction_share") if rest else "n/a")
-    _stdout().print(families)
 
 
 features_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS, cls=CommandGroup,

@@ -1,11 +1,14 @@
 """Commands that run the diagnostic several times: ``sweep`` (every boundary), ``compare`` (every
 descendant of one base, with cross-descendant patching) and ``lineage`` (every training stage).
-Each takes ``run``'s options, generated from the same dataclasses (``cli.options``)."""
+Each takes ``run``'s options, generated from the same dataclasses (``cli.options``). And ``pool``:
+several families' finished runs, pooled family-balanced."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
+import typer
 from rich.table import Table
 
 from ..errors import CrosspatchError, OptionError
@@ -165,3 +168,76 @@ def lineage_cmd(target: LineageTarget, config: RunConfig, load: LoadOptions, ses
     if why := lineage_no_events(result.summary):  # an empty table says why it is empty
         print_warnings([f"no Base -> Final event: {why}"])
     console.print(f"report: {out}/report.md, report.html, lineage.png", soft_wrap=True)
+
+
+@app.command("pool")
+def pool_cmd(
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="Finished run directories, one per base/descendant family."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples (within each family)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    readout: Optional[str] = typer.Option(
+        None, "--readout", help="common_it or common_pt, or as printed: common-IT, common-PT (default: the one the "
+                                "runs' verdicts read)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Pool several families family-balanced: the mean of per-family means, prompts resampled
+    within each family (each run at its headline boundary, in the readout its verdict reads)."""
+
+    from ..core.records import readout_label
+    from ..report.markdown import fmt_effect, has_intervals
+    from ..runner.compare import pool_runs
+    from ..store.files import json_document
+
+    try:
+        pooled = pool_runs(list(run_dirs), readout=readout, bootstrap=bootstrap, seed=seed)
+    except (CrosspatchError, ValueError) as exc:
+        _fail(exc)
+    if as_json:
+        print(json_document(pooled), end="")
+        return
+    print_warnings(f"{name}: no scorable first-divergence event at its headline boundary: left out of the pool (its "
+                   "report says why)" for name in pooled.get("families_without_events") or [])
+    quantities = ("E_PT", "E_IT", "interaction", "late_interaction_share", "direct_share", "native_shift")
+    loo = pooled.get("leave_one_out") or {}
+    n = pooled["n_pairs"]
+    table = Table(title=f"family-balanced pool of {n} {'family' if n == 1 else 'families'}, {pooled['n_events']} events, "
+                        f"{readout_label(pooled['readout'])} readout")
+    table.add_column("quantity")
+    table.add_column("mean [95% CI]" if has_intervals(pooled) else "mean (no intervals)", justify="right")
+    table.add_column("leave-one-out range of the mean", justify="right")
+    for name in quantities:
+        means = [b["effects"][name]["mean"] for b in loo.values() if b["effects"][name]["mean"] is not None]
+        spread = "n/a" if not means else (f"{100 * min(means):.0f}% .. {100 * max(means):.0f}%" if name.endswith("share")
+                                          else f"{min(means):+.2f} .. {max(means):+.2f}")
+        table.add_row(name, fmt_effect(pooled, name), spread)
+    _stdout().print(table)
+    if pooled.get("ci_note"):
+        _stdout().print(pooled["ci_note"], soft_wrap=True, markup=False)
+    families = Table(title="each family, and the pool without it (leave one out)")
+    for col in ("family", "events", "its interaction", "pooled interaction without it", "pooled I/E_IT without it"):
+        families.add_column(col)
+    for name, own in (pooled.get("families") or {}).items():
+        rest = loo.get(name)
+        families.add_row(name, str(own["n_events"]), fmt_effect(own, "interaction"),
+                         fmt_effect(rest, "interaction") if rest else "n/a",
+                         fmt_effect(rest, "late_interaction_share") if rest else "n/a")
+    _stdout().print(families)
+    _print_pool_settings(pooled.get("settings") or {})
+
+
+def _print_pool_settings(settings: dict) -> None:
+    """The settings the pooled runs chose (a policy, a chat template, word lists: as each run's
+    reports name them): once where every run chose the same, else each family's, with a warning."""
+    from ..store.files import json_document
+
+    def said(items) -> str:
+        return "; ".join(f"{what}: {how}" for what, how in items)
+
+    kinds = {json_document(items) for items in settings.values()}
+    if len(kinds) == 1 and (items := next(iter(settings.values()))):
+        _stdout().print(f"every family's run chose: {said(items)}", soft_wrap=True, markup=False)
+    elif len(kinds) > 1:
+        for name, items in settings.items():
+            _stdout().print(f"{name}'s run chose: {said(items) or 'the defaults'}", soft_wrap=True, markup=False)
+        print_warnings(["the families' runs chose different settings (above): the pool averages numbers read "
+                        "under each one's own"])

@@ -46,8 +46,17 @@ def _where(path, page: str) -> str:
     return "" if path is None else f"<p>Full report: <code>{escape(str(path))}/{page}</code></p>"
 
 
-def run_card(summary: dict, run_dir=None) -> str:
-    """A run's verdict, reason, headline effects and counts as a block of HTML."""
+def _settings(settings) -> str:
+    """The settings chosen that change what the numbers read (``[name, what]`` pairs, as the reports'
+    setup names them: a policy, a chat template, word lists of one's own); nothing for defaults."""
+    named = [f"{escape(str(item[0]))}: {escape(str(item[1]))}" for item in settings or ()
+             if isinstance(item, (list, tuple)) and len(item) == 2]
+    return "" if not named else "<p style='max-width:60em'>Settings: " + "; ".join(named) + "</p>"
+
+
+def run_card(summary: dict, run_dir=None, settings=()) -> str:
+    """A run's verdict, reason, headline effects and counts as a block of HTML; ``settings``: the
+    run's chosen settings (:func:`crosspatch.report.markdown.chosen_settings`), named below."""
     verdict, counts = summary.get("verdict") or {}, summary.get("counts") or {}
     boundary, readout = verdict.get("boundary"), verdict.get("readout", "common_it")
     head = (f"<b>crosspatch run</b>: <b>{escape(str(verdict.get('verdict', 'no verdict yet')))}</b>"
@@ -57,7 +66,8 @@ def run_card(summary: dict, run_dir=None) -> str:
     table = "" if not block else _table(["quantity", "mean [95% CI]" if has_intervals(block) else "mean (no intervals)"], [
         [label, fmt_effect(block, name)] for name, label in _HEADLINE if name in block["effects"]])
     reason = escape(verdict.get("reason", ""))
-    return f"<div style='{_STYLE}'><p>{head}</p>{table}<p style='max-width:60em'>{reason}</p>{_where(run_dir, 'report.html')}</div>"
+    return (f"<div style='{_STYLE}'><p>{head}</p>{table}<p style='max-width:60em'>{reason}</p>{_settings(settings)}"
+            f"{_where(run_dir, 'report.html')}</div>")
 
 
 def compare_card(summary: dict, out=None) -> str:
@@ -68,7 +78,7 @@ def compare_card(summary: dict, out=None) -> str:
     head = (f"<b>crosspatch compare</b>: {escape(str(summary.get('base')))} against {len(rows)} descendant(s); "
             f"headline boundary, {compare_readout(summary)}, {compare_intervals(summary)}")
     table = _table(["descendant", "verdict", "I/E_IT", "interaction", "E_PT", "E_IT", "events"], rows)
-    return f"<div style='{_STYLE}'><p>{head}</p>{table}{_where(out, 'report.html')}</div>"
+    return f"<div style='{_STYLE}'><p>{head}</p>{table}{_settings(summary.get('settings'))}{_where(out, 'report.html')}</div>"
 
 
 def lineage_card(summary: dict, out=None) -> str:
@@ -77,7 +87,7 @@ def lineage_card(summary: dict, out=None) -> str:
             f"{summary.get('events', 0)} Base -&gt; Final events at boundary {escape(str(summary.get('boundary')))}"
             + (f": {escape(why)}" if (why := lineage_no_events(summary)) else ""))
     table = _table(list(LINEAGE_COLUMNS), lineage_rows(summary)) if summary.get("stages") else ""
-    return f"<div style='{_STYLE}'><p>{head}</p>{table}{_where(out, 'report.html')}</div>"
+    return f"<div style='{_STYLE}'><p>{head}</p>{table}{_settings(summary.get('settings'))}{_where(out, 'report.html')}</div>"
 
 
 def preflight_card(document: dict, out=None) -> str:

@@ -292,6 +292,9 @@ def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str |
     per-family means, prompts resampled within each family; at each run's headline boundary.
     ``run_dirs``: at least two, as ``{family name: directory}`` or a list (each family named after
     its directory, or its path where two directories share a name); each directory once.
+    The pool records the settings each family's run chose that change what it reads (``settings``:
+    family -> ``[name, what]`` pairs, as its reports name them; empty for a default run), so a pool
+    of runs made under different policies or prompt renderings says so.
     ``readout``: ``common_it`` or ``common_pt``; None: the one the runs' verdicts read (common-IT
     unless their policy said common-PT; runs whose verdicts read different ones need it given).
     The pool records it (``readout``)."""
@@ -321,12 +324,13 @@ def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str |
         raise OptionError(f"readout must be one of {', '.join(READOUTS)}, not {readout!r}")
     check_bootstrap(bootstrap)
     _int("seed", seed, 0)
-    groups, seen, pairs, read = {}, {}, {}, {}
+    groups, seen, pairs, read, settings = {}, {}, {}, {}, {}
     for name, d in run_dirs.items():
         store = RunStore(d)
         summary = store.summary()
         read[name] = verdict_readout(summary.get("verdict"))
         config = store.config()
+        settings[name] = [list(item) for item in chosen_settings(config.get("options") or {})]
         run_id = config.get("run_fingerprint")
         if run_id is not None and run_id in seen:  # one run (a copy, or two shards of it) must count once
             raise OptionError(f"{d} and {seen[run_id]} hold the same run (or shards of one run): each family must "
@@ -345,7 +349,8 @@ def pool_runs(run_dirs: dict[str, str | Path] | list[str | Path], readout: str |
             raise OptionError(f"the runs' verdicts read different readouts ({named}): give the readout to pool "
                               "(readout='common_it' or 'common_pt', --readout)")
     chosen: str = readout if readout is not None else next(iter(read.values()))
-    return {"readout": chosen, **pool_family_balanced(groups, chosen, BootstrapConfig(bootstrap, seed))}
+    return {"readout": chosen, "settings": settings,
+            **pool_family_balanced(groups, chosen, BootstrapConfig(bootstrap, seed))}
 
 
 def _pair_identity(config: dict) -> str | None:

@@ -138,9 +138,10 @@ class RunResult:
 
     def _repr_html_(self) -> str:
         """What a notebook shows: the verdict, its sentence and the headline numbers."""
+        from ..report.markdown import chosen_settings
         from ..report.notebook import run_card
 
-        return run_card(self.summary, self.run_dir)
+        return run_card(self.summary, self.run_dir, chosen_settings((self.config or {}).get("options") or {}))
 
     def __repr__(self) -> str:
         counts = self.summary.get("counts", {})
