@@ -43,6 +43,22 @@ def test_well_formed_specs_keep_their_meaning():
     assert v.check("wind 14.3 mph") and not v.check("wind 16 mph")
 
 
+@pytest.mark.parametrize("text, value, passes", [
+    ("winds 10-15 mph", 15, True),     # a hyphen between numbers is no minus: 15 was read as -15
+    ("winds 10-15 mph", -15, False),
+    ("high 5, low −5 °C", -5, True),  # the Unicode minus is one
+    ("1,250 reports filed", 1250, True),  # thousands: read as 1.25
+    ("1,250 reports filed", 1.25, False),
+    ("a population of 2,500,000", 2500000, True),
+    ("3,5 mm of rain", 3.5, True),     # a decimal comma
+    ("temperature:-3", -3, True),
+    ("COVID-19", 19, True),
+    ("0.5e2 mm", 50, True),
+])
+def test_a_number_rule_reads_numbers_as_prose_writes_them(text, value, passes):
+    assert parse_validator({"type": "number", "value": value}, "x").check(text) is passes
+
+
 def test_the_reference_page_is_rendered_from_the_schema():
     docs = (Path(__file__).parents[1] / "docs" / "validators.md").read_text()
     assert docs.strip() == render_validator_docs().strip(), \

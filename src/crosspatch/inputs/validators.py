@@ -8,7 +8,7 @@ object with a ``type``:
 | ``exact`` | ``answer`` | the first non-empty line of the text equals ``answer`` (case and surrounding punctuation/whitespace ignored) |
 | ``regex`` | ``pattern``, ``must_match`` (default true), ``flags`` (``i``, ``m``, ``s``) | the pattern is found (or, with ``must_match: false``, is not found) |
 | ``sections`` | ``required`` (list of strings), ``case_sensitive`` (default true) | every required header/section string occurs in the text |
-| ``number`` | ``value``, ``tolerance`` (default 0) | some number in the text is within ``tolerance`` of ``value`` |
+| ``number`` | ``value``, ``tolerance`` (default 0) | some number in the text is within ``tolerance`` of ``value`` (``10-15`` is 10 and 15, ``1,250`` is 1250, ``3,5`` is 3.5) |
 | ``json`` | ``required`` (keys), ``types`` (key -> string, number, integer, boolean, array, object) | the first ``{...}`` object in the text parses and has the keys with those types |
 
 Each rule type is a pydantic model with strict types (``ExactRule``, ``RegexRule``, ...);
@@ -30,7 +30,23 @@ from ..errors import PromptFileError
 
 TYPES = ("exact", "regex", "sections", "number", "json")
 _JSON_TYPES = {"string": str, "number": (int, float), "integer": int, "boolean": bool, "array": list, "object": dict}
-_NUMBER = re.compile(r"[-+]?(?:\d+(?:[.,]\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
+# A number as prose writes it: a sign only where it is not a hyphen ("10-15 mph" is 10 and 15, not
+# 10 and -15; the Unicode minus too); groups of three after commas are thousands ("1,250" is
+# 1250), any other comma a decimal comma ("3,5" is 3.5).
+_NUMBER = re.compile(r"(?:(?<![\w.])(?P<sign>[-+\u2212]))?(?P<body>\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?"
+                     r"|\d+(?:[.,]\d+)?|\.\d+)(?P<exponent>[eE][-+]?\d+)?")
+
+
+def numbers_in(text: str):
+    """Each number ``text`` states, as a float (see ``_NUMBER``), in order."""
+    for m in _NUMBER.finditer(text):
+        body = m["body"]
+        body = body.replace(",", "") if re.fullmatch(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?", body) else body.replace(",", ".")
+        try:
+            value = float(("-" if m["sign"] in ("-", "\u2212") else "") + body + (m["exponent"] or ""))
+        except ValueError:  # (an exponent too large: inf, filtered by the caller)
+            continue
+        yield value
 
 
 def _norm(text: str) -> str:
@@ -65,14 +81,8 @@ def _check_rule(rule: dict, text: str) -> bool:
         return all((s if case else s.casefold()) in hay for s in rule["required"])
     if kind == "number":
         tol = float(rule.get("tolerance", 0))
-        for m in _NUMBER.finditer(text):
-            try:
-                value = float(m.group().replace(",", "."))
-            except ValueError:
-                continue
-            if math.isfinite(value) and abs(value - float(rule["value"])) <= tol + 1e-12:
-                return True
-        return False
+        return any(math.isfinite(value) and abs(value - float(rule["value"])) <= tol + 1e-12
+                   for value in numbers_in(text))
     if kind == "json":
         start = text.find("{")
         while start != -1:
@@ -147,7 +157,10 @@ def _finite(value: int | float) -> int | float:
 
 
 class NumberRule(_Rule):
-    """Some number in the text is within ``tolerance`` of ``value``."""
+    """Some number in the text is within ``tolerance`` of ``value``. Numbers are read as prose
+    writes them: a hyphen between two numbers is not a minus (``10-15`` is 10 and 15), the Unicode
+    minus is one (``−5``), commas before groups of three digits separate thousands (``1,250`` is
+    1250), any other comma is a decimal comma (``3,5`` is 3.5)."""
 
     type: Literal["number"]
     value: Annotated[Union[int, float], AfterValidator(_finite)]
