@@ -231,6 +231,18 @@ def test_models_in_memory_are_checked_before_they_are_used():
         pair_from_models("./base", model, tokenizer)
     with pytest.raises(UnsupportedArchitectureError, match="is a bare backbone without an LM head.*AutoModelForCausalLM"):
         pair_from_models(model.model, model.model, tokenizer)
+
+    import torch
+
+    class Wrapper(torch.nn.Module):  # a training framework's own wrapper: was an AttributeError (no .config)
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+    with pytest.raises(UnsupportedArchitectureError, match=r"Wrapper is not a transformers model.*its \.module"):
+        pair_from_models(Wrapper(model), model, tokenizer)
+    with pytest.raises(UnsupportedArchitectureError, match="Linear is not a transformers model"):
+        pair_from_models(model, torch.nn.Linear(2, 2), tokenizer)
     with pytest.raises(ModelLoadError, match="base: needs a Hugging Face tokenizer, not NoneType"):
         pair_from_models(model, model, None)
     with pytest.raises(ModelLoadError, match="at least two models"):

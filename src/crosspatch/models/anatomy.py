@@ -231,7 +231,14 @@ def find_anatomy(model: nn.Module) -> Anatomy:
     from .media import image_token_id, takes_token_types
 
     lm = unwrap_peft(model)
-    full_cfg = lm.config
+    full_cfg = getattr(lm, "config", None)
+    if full_cfg is None:  # a module of one's own (a wrapper, a plain torch model): no config to read layers from
+        inner = next((name for name in ("module", "model", "_orig_mod") if hasattr(lm, name)
+                      and isinstance(getattr(lm, name), nn.Module) and hasattr(getattr(lm, name), "config")), None)
+        raise UnsupportedArchitectureError(
+            f"{type(lm).__name__} is not a transformers model (it has no config): crosspatch reads a causal LM's "
+            "layers, final norm and head from its transformers class"
+            + (f"; give the model it wraps (its .{inner})" if inner else ""))
     check_supported(full_cfg)
     cfg = text_config(full_cfg)
     model_type = getattr(cfg, "model_type", "")
