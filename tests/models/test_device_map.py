@@ -37,3 +37,37 @@ def test_two_part_device_map_gives_the_same_cells(tmp_path):
     worst = max(abs(a.cells[n][c] - b.cells[n][c]) for a, b in zip(mapped.records, plain.records)
                 for n in READOUTS for c in CELLS)
     assert worst <= 1e-5
+
+
+def test_a_model_offloaded_whole_gives_the_same_cells(tmp_path):
+    """accelerate's ``cpu_offload`` (every weight, the input embeddings' too, on the meta device
+    under hooks that bring it in for each pass): the token ids went to the meta device and the
+    first pass failed ("Cannot copy out of meta tensor")."""
+    from accelerate import cpu_offload
+
+    base = tiny_model("llama")
+    child = perturb_layers(base, range(4), scale=0.2)
+    plain = run(pair_from_models(copy.deepcopy(base), copy.deepcopy(child), char_tokenizer()), PROMPTS,
+                boundary=2, max_new_tokens=8, bootstrap=0, progress=False)
+    offloaded = [cpu_offload(copy.deepcopy(m), execution_device="cpu") for m in (base, child)]
+    assert offloaded[1].get_input_embeddings().weight.is_meta
+    mapped = run(pair_from_models(*offloaded, char_tokenizer()), PROMPTS, boundary=2, max_new_tokens=8,
+                 bootstrap=0, progress=False)
+    assert [r.key for r in mapped.records] == [r.key for r in plain.records] and plain.records
+    assert max(abs(a.cells[n][c] - b.cells[n][c]) for a, b in zip(mapped.records, plain.records)
+               for n in READOUTS for c in CELLS) <= 1e-5
+
+
+def test_a_model_whose_weights_were_never_loaded_is_named():
+    """A model built on the meta device and never given its weights (no hook brings them in)."""
+    import pytest
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from crosspatch.errors import ModelLoadError
+
+    base = tiny_model("llama")
+    with torch.device("meta"):
+        empty = AutoModelForCausalLM.from_config(base.config)
+    with pytest.raises(ModelLoadError, match="tuned: its weight model.embed_tokens.weight is on the meta device"):
+        pair_from_models(base, empty, char_tokenizer())

@@ -19,7 +19,7 @@ from .roles import BASE, check_role_name
 
 IN_MEMORY = "<in-memory>"  # the path a run records for a model given in memory
 
-__all__ = ["IN_MEMORY", "check_injected_adapters", "differing_dtypes", "in_memory_options", "models_from_modules", "module_digest", "pair_from_models", "pair_from_peft_model", "unwrapped_module"]
+__all__ = ["IN_MEMORY", "check_injected_adapters", "check_weights_present", "differing_dtypes", "in_memory_options", "models_from_modules", "module_digest", "pair_from_models", "pair_from_peft_model", "unwrapped_module"]
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -145,6 +145,8 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
             raise ModelLoadError(f"{role}: a model in memory must be a torch module (a transformers model), "
                                  f"not {type(m).__name__}{hint}")
     check_injected_adapters(models)
+    for role, m in models.items():
+        check_weights_present(role, m)
     toks = {r: (tokenizers or {}).get(r, tokenizer) for r in models}
     for role, tok in toks.items():
         if not callable(getattr(tok, "get_vocab", None)):
@@ -173,6 +175,24 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
     return models_set
 
 
+def check_weights_present(role: str, model: nn.Module) -> None:
+    """A ``ModelLoadError`` for a model holding weights on the meta device that nothing loads: one
+    built under ``torch.device("meta")`` or accelerate's ``init_empty_weights`` and never given its
+    weights (its passes would fail on shapes alone). A model accelerate dispatched with offloading
+    keeps such weights under a hook that brings them in for each pass: it is fine."""
+    hooked: set[str] = set()
+    for name, module in model.named_modules():
+        if getattr(module, "_hf_hook", None) is not None:
+            hooked.add(name)
+        meta = next((p for p, w in module.named_parameters(recurse=False) if w.is_meta), None)
+        parts = name.split(".") if name else []
+        if meta is not None and not any(".".join(parts[:k]) in hooked for k in range(len(parts) + 1)):
+            where = f"{name}.{meta}" if name else meta
+            raise ModelLoadError(f"{role}: its weight {where} is on the meta device (a model built under "
+                                 "torch.device('meta') or init_empty_weights, never loaded): give the model with "
+                                 "its weights (from_pretrained, or load_state_dict(..., assign=True))")
+
+
 def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None, processors=None,
                          **options) -> ResidentSet:
     """A pair from one PEFT model in memory: ``base`` is the model with its adapters switched off,
@@ -188,6 +208,7 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
     peft_model = unwrapped_module(peft_model)
     if not is_peft_model(peft_model):
         raise ModelLoadError(f"pair_from_peft_model needs a PEFT model, not {type(peft_model).__name__}")
+    check_weights_present(BASE, peft_model)
     name = _adapter_to_score(peft_model, adapter_name)
     config = (getattr(peft_model, "peft_config", None) or {}).get(name)
     if (replicated := layer_replication_text(getattr(config, "layer_replication", None))) is not None:

@@ -96,7 +96,10 @@ class ModelHandle:
 
     @property
     def input_device(self) -> torch.device:
-        return unwrap_peft(self.module).get_input_embeddings().weight.device  # pyright: ignore[reportCallIssue]
+        """Where the token ids go: where the input embeddings compute (accelerate's execution
+        device where they are offloaded: their weight then lies on the meta device)."""
+        embeddings = unwrap_peft(self.module).get_input_embeddings()  # pyright: ignore[reportCallIssue]
+        return execution_device(embeddings) or embeddings.weight.device
 
     @property
     def config(self):
