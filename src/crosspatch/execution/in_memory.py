@@ -165,9 +165,13 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
     warnings = []
     for role in roles[1:]:  # a descendant that is the base (the same module, or a copy of its weights)
         if digests[role] == digests[roles[0]] and same_weights(models[roles[0]], models[role]):
-            why = (f"{'the descendant' if len(roles) == 2 else repr(role)}: its weights are the base's (the same "
-                   "module, or an exact copy), so it computes exactly the base and finding no divergence says nothing "
-                   "about a fine-tune; is this the model you meant?")
+            which = "the descendant" if len(roles) == 2 else repr(role)
+            why = (f"{which}: it is the base's very module, so it computes exactly the base and finding no divergence "
+                   "says nothing about a fine-tune; PEFT's merge_and_unload() merges an adapter into the model it "
+                   "was built on, in place: that module is no longer the base (load the base again for the base role)"
+                   if models[role] is models[roles[0]] else
+                   f"{which}: its weights are an exact copy of the base's, so it computes exactly the base and finding "
+                   "no divergence says nothing about a fine-tune; is this the model you meant?")
             (record["tuned"] if len(roles) == 2 else record["descendants"][role])["computes_the_base"] = why
             warnings.append(why)  # (recorded for gate, which calls such a run unusable)
     models_set = assemble_set(handles, toks, "both", opts, warnings, record)
