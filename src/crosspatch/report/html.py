@@ -110,7 +110,7 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
     readout = verdict_readout(summary.get("verdict"))  # (the sweep, the histogram and the explorer read the verdict's)
     all_events = explorer_events(records, readout)
     events = all_events[:max_events]
-    firsts = [_event(r, readout)["interaction"] for r in records if r.kind == "first_diff" and r.valid]
+    firsts = [cell_effects(r.cells[readout])["interaction"] for r in records if r.kind == "first_diff" and r.valid]
     opts, load = config.get("options", {}), config.get("load_options", {})
     vocab = summary.get("real_vocabulary") or config.get("real_vocabulary")
     env = page_environment()
