@@ -245,6 +245,9 @@ def test_models_in_memory_are_checked_before_they_are_used():
         pair_from_models(model, torch.nn.Linear(2, 2), tokenizer)
     with pytest.raises(ModelLoadError, match="base: needs a Hugging Face tokenizer, not NoneType"):
         pair_from_models(model, model, None)
+    with pytest.raises(ModelLoadError, match="not SimpleNamespace: give its .tokenizer as the tokenizer, and the "
+                                             "processor as processors="):  # a vision-language model's processor
+        pair_from_models(model, model, SimpleNamespace(tokenizer=tokenizer))
     with pytest.raises(ModelLoadError, match="at least two models"):
         models_from_modules({"base": model}, tokenizer)
     with pytest.raises(OptionError, match="not a safe name"):  # a role names a run directory

@@ -150,7 +150,10 @@ def models_from_modules(models: dict[str, nn.Module], tokenizer, tokenizers: dic
     toks = {r: (tokenizers or {}).get(r, tokenizer) for r in models}
     for role, tok in toks.items():
         if not callable(getattr(tok, "get_vocab", None)):
-            raise ModelLoadError(f"{role}: needs a Hugging Face tokenizer, not {type(tok).__name__}")
+            processor = callable(getattr(getattr(tok, "tokenizer", None), "get_vocab", None))  # (a VLM's processor)
+            raise ModelLoadError(f"{role}: needs a Hugging Face tokenizer, not {type(tok).__name__}"
+                                 + (": give its .tokenizer as the tokenizer, and the processor as processors="
+                                    if processor else ""))
     opts = in_memory_options(options, models, "both")
     roles = list(models)
     handles = {r: ModelHandle(r, m) for r, m in models.items()}
