@@ -524,6 +524,23 @@ def test_models_given_in_python_are_paths_or_hub_ids(base, tuned):
         load_pair(base, tuned=tuned)
 
 
+def test_a_model_in_memory_given_where_a_path_is_expected_says_how_to_give_it():
+    """preflight, splice and load_pair read checkpoints from disk: a model object given there was
+    refused with its whole repr (every layer) as the 'value'; it is named by its class, with the
+    way to give it (its saved directory, or pair_from_models for a run)."""
+    from crosspatch.errors import OptionError
+    from crosspatch.execution import load_pair
+    from crosspatch.testing import tiny_model
+    from crosspatch.workflows.preflight import preflight
+
+    model = tiny_model("llama")
+    for call in (lambda: load_pair(model, tuned="x"), lambda: preflight("x", merged=model)):
+        with pytest.raises(OptionError, match=r"not a model in memory \(LlamaForCausalLM\): save it with "
+                                              r"save_pretrained\(DIR\).*pair_from_models") as info:
+            call()
+        assert len(str(info.value)) < 300
+
+
 def test_load_options_given_in_python_are_never_changed_by_a_load():
     from crosspatch.errors import OptionError
     from crosspatch.models.options import LoadOptions

@@ -18,7 +18,13 @@ def model_path_arg(value, what: str) -> str:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str) or not value.strip():
-        raise OptionError(f"{what} must be a model directory or a hub id (a non-empty string), not {value!r}")
+        if callable(getattr(value, "state_dict", None)) and callable(getattr(value, "parameters", None)):
+            raise OptionError(f"{what} must be a model directory or a hub id, not a model in memory "
+                              f"({type(value).__name__}): save it with save_pretrained(DIR) and give DIR; "
+                              "crosspatch.run takes models in memory through crosspatch.pair_from_models")
+        shown = repr(value)
+        raise OptionError(f"{what} must be a model directory or a hub id (a non-empty string), not "
+                          f"{shown if len(shown) <= 120 else shown[:117] + '...'}")
     return value
 
 
