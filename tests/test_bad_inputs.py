@@ -427,6 +427,8 @@ CASES = [
     Case("models", "--tuned path that does not exist", lambda e: e.run_args(tuned=e.tmp / "nope"), "ModelPathNotFoundError"),
     Case("models", "--adapter path that does not exist",
          lambda e: e.run_args("--adapter", str(e.tmp / "nope"), tuned=False), "ModelPathNotFoundError"),
+    Case("models", "--tuned a hub id with a revision of its own (REPO@REVISION; --revision is every checkpoint's)",
+         lambda e: e.run_args(tuned="EleutherAI/pythia-70m@step1000"), "ModelPathNotFoundError"),
     Case("models", "--base is a file", lambda e: e.run_args(base=e.file("weights.bin", b"x")), "ModelPathNotFoundError"),
     Case("models", "an adapter directory given as --tuned", lambda e: e.run_args(base=e.lora_base, tuned=e.adapter),
          "AdapterGivenAsCheckpointError"),

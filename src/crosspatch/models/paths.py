@@ -72,6 +72,12 @@ def check_model_path(path: str, role: str, adapter: bool = False, revision: str 
     flag = "--adapter" if adapter and role in ("tuned", "base") else {"base": "--base", "tuned": "--tuned"}.get(role, role)
     if looks_local(path):
         if not p.exists():
+            repo, at, rev = str(path).partition("@")
+            if at and _HUB_ID.match(repo) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", rev):  # REPO@REVISION
+                raise ModelPathNotFoundError(
+                    f"{flag} {path}: no such directory, and a Hub revision is not given after '@': --revision "
+                    f"{rev} reads every checkpoint at that revision; for one checkpoint at its own, download it "
+                    f"(hf download {repo} --revision {rev} --local-dir DIR) and give DIR")
             raise ModelPathNotFoundError(f"{flag} {path}: no such directory")
         if not p.is_dir():
             if p.suffix.lower() == ".gguf" and not adapter:
