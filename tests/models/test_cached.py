@@ -174,7 +174,7 @@ def test_a_hub_id_cached_with_pickle_weights_only_is_refused_before_loading_whil
     had loaded. It is refused before any model loads, as a local directory of pickle weights is."""
     import crosspatch
     from crosspatch import execution
-    from crosspatch.models.paths import check_weight_format
+    from crosspatch.models.cached import check_weight_format
 
     for owner in (crosspatch, execution):  # (the package's export first, as above)
         monkeypatch.setattr(owner, "load_models", lambda *a, **k: pytest.fail("a model was loaded"))
@@ -205,3 +205,49 @@ def test_the_python_api_names_a_cached_hub_id_the_method_cannot_run_before_loadi
     monkeypatch.setattr(opening, "load_tokenizer", lambda *a, **k: pytest.fail("loading began"))
     with pytest.raises(UnsupportedArchitectureError, match="a classifier's checkpoint"):
         opening.load_models("org/base", tuned="org/reward", device="cpu")
+
+
+def test_a_hub_id_at_a_revision_of_its_own_is_read_as_that_revisions_snapshot(tmp_path, hub):
+    """``REPO@REVISION``: the intermediate checkpoints a training run publishes as revisions of one
+    repository (Pythia's ``step1000``, OLMo's stages), each at its own revision where ``--revision``
+    reads every checkpoint at one. It was "no such directory"; it is read as that revision's
+    snapshot in the cache, named as given (its role, the record), reloaded as given (a resume)."""
+    from crosspatch.errors import HubUnavailableError
+    from crosspatch.execution import load_models
+    from crosspatch.models.cached import revision_snapshot
+    from crosspatch.models.paths import split_hub_revision
+    from crosspatch.testing import perturb_layers
+
+    assert split_hub_revision("EleutherAI/pythia-160m@step1000") == ("EleutherAI/pythia-160m", "step1000")
+    assert split_hub_revision("org/run@refs/pr/1") == ("org/run", "refs/pr/1")
+    for not_one in ("org/run", "org/run@", "./runs/a@b", "org/run@../x", "org/run@step 1"):
+        assert split_hub_revision(not_one) is None, not_one
+    base = tiny_model("llama")
+    snapshots = {}
+    for k, model in enumerate([base, perturb_layers(base, range(4), 0.3, seed=1), perturb_layers(base, [3], 0.3)]):
+        model.save_pretrained(tmp_path / "saved" / f"step{k}")
+        char_tokenizer().save_pretrained(tmp_path / "saved" / f"step{k}")
+        snapshots[f"step{k}"] = hub("org/run", tmp_path / "saved" / f"step{k}", commit=str(k + 1) * 40,
+                                    branch=f"step{k}")
+    assert revision_snapshot("org/run@step1") == str(snapshots["step1"]) and checkable("org/run@step1") == str(
+        snapshots["step1"])
+    with pytest.raises(HubUnavailableError, match="--tuned org/run@step9: revision 'step9' of org/run is not in the "
+                                                  "local Hugging Face cache.*HF_HUB_OFFLINE=1"):
+        revision_snapshot("org/run@step9", "--tuned")
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n"
+                               for i, t in enumerate(["Rain in Boston", "Snow over Denver", "Fog at dawn"])))
+    args = ["--base", "org/run@step0", "--tuned", "org/run@step1", "--prompts", str(prompts),
+            "--out", str(tmp_path / "r"), "--bootstrap", "0"]
+    res = _run(*args)
+    assert res.exit_code == 0, res.output
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["models"]["base"]["given"] == "org/run@step0" and config["models"]["base"]["local"]
+    assert config["models"]["tuned"]["path"] == str(snapshots["step1"])
+    assert config["load_spec"]["tuned"] == {"tuned": "org/run@step1"}  # (reloaded as given: fetched where it runs)
+    again = _run(*args)  # the same command: the finished run, read back (the settings match)
+    assert again.exit_code == 0 and "finished" in again.output.lower(), again.output
+
+    models = load_models("org/run@step0", tuned=["org/run@step1", "org/run@step2"], device="cpu")
+    assert models.roles == ("base", "run-step1", "run-step2")

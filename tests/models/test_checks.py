@@ -524,20 +524,6 @@ def test_models_given_in_python_are_paths_or_hub_ids(base, tuned):
         load_pair(base, tuned=tuned)
 
 
-def test_a_hub_id_with_a_revision_of_its_own_says_how_to_read_it():
-    """``REPO@REVISION`` (a training run's intermediate checkpoint: Pythia's ``step1000``) was
-    refused as "no such directory"; it says how to read one checkpoint at its own revision."""
-    from crosspatch.errors import ModelPathNotFoundError
-    from crosspatch.models.paths import check_model_path
-
-    with pytest.raises(ModelPathNotFoundError, match=r"--tuned EleutherAI/pythia-70m@step1000: no such directory, and "
-                                                     r"a Hub revision is not given after '@'.*hf download "
-                                                     r"EleutherAI/pythia-70m --revision step1000 --local-dir DIR"):
-        check_model_path("EleutherAI/pythia-70m@step1000", "tuned")
-    with pytest.raises(ModelPathNotFoundError, match=r"no such directory$"):  # a path with an '@' is a path
-        check_model_path("./runs/a@b/final", "tuned")
-
-
 def test_a_model_in_memory_given_where_a_path_is_expected_says_how_to_give_it():
     """preflight, splice and load_pair read checkpoints from disk: a model object given there was
     refused with its whole repr (every layer) as the 'value'; it is named by its class, with the

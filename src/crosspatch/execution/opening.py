@@ -12,7 +12,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ..models.adapters import adapter_settings, changes_base_in_place, method_conflict, vocabulary_conflict
-from ..models.cached import checkable
+from ..models.cached import checkable, revision_snapshot
 from ..models.checks import check_readout, check_special_tokens, compare_facts, inert_adapter, model_facts
 from ..models.forward import ModelHandle
 from ..models.kinship import identical_weights_warning, unrelated_weights_warning
@@ -201,16 +201,26 @@ def load_models(
     check_checkpoints(base, tuned_roles, list(adapter_roles.values()), options)
     if not tuned_roles and not adapter_roles:
         raise ModelLoadError("give at least one descendant: tuned= (a checkpoint) or adapter= (a PEFT adapter dir)")
+    given = {BASE: base, **tuned_roles, **adapter_roles}  # (a reload names them so: REPO@REVISION fetched where it runs)
+    spec = load_spec(base, tuned_roles, adapter_roles, options)
+    base = revision_snapshot(base)  # REPO@REVISION: that revision's snapshot, read as a local checkpoint from here on
+    tuned_roles = {role: revision_snapshot(path) for role, path in tuned_roles.items()}
+    adapter_roles = {role: revision_snapshot(path) for role, path in adapter_roles.items()}
     residency, reason = choose_residency(base, list(tuned_roles.values()), list(adapter_roles.values()), options)
     options.residency = residency
+    spec["options"]["residency"] = residency
     roles = (BASE,) + tuple(tuned_roles) + tuple(adapter_roles)
-    record = {"base": provenance(base, options), "load_options": vars(options).copy(),
-              "residency_reason": reason, "load_spec": load_spec(base, tuned_roles, adapter_roles, options)}
+
+    def recorded(role: str, path: str) -> dict:  # (a REPO@REVISION: as given, beside the snapshot read)
+        return provenance(path, options) | ({"given": given[role]} if given[role] != path else {})
+
+    record = {"base": recorded(BASE, base), "load_options": vars(options).copy(), "residency_reason": reason,
+              "load_spec": spec}
     if len(roles) == 2:  # a pair: the record keeps the familiar single-descendant layout
-        key, path = ("adapter", *adapter_roles.values()) if adapter_roles else ("tuned", *tuned_roles.values())
-        record[key] = provenance(path, options)
+        (role, path), = ({**tuned_roles, **adapter_roles}).items()
+        record["adapter" if adapter_roles else "tuned"] = recorded(role, path)
     else:
-        record["descendants"] = {r: provenance(p, options) | ({"kind": "adapter"} if r in adapter_roles else {})
+        record["descendants"] = {r: recorded(r, p) | ({"kind": "adapter"} if r in adapter_roles else {})
                                  for r, p in {**tuned_roles, **adapter_roles}.items()}
     tokenizers = {BASE: load_tokenizer(base, options)}
     warnings: list[str] = []

@@ -42,10 +42,15 @@ def check_role_name(name: str) -> str:
 
 def role_name_of(path: str) -> str:
     """The role a descendant path gets: its resolved directory's name (``runs/sft/..`` is the
-    parent's name, never ``..``), or a hub id's last part; characters that are unsafe in a file
-    name become '-'."""
+    parent's name, never ``..``), or a hub id's last part (with its revision: ``REPO@step1000`` is
+    ``NAME-step1000``); characters that are unsafe in a file name become '-'."""
+    from ..models.paths import split_hub_revision
+
     p = Path(str(path)).expanduser()
-    name = p.resolve().name if p.exists() else str(path).rstrip("/").rsplit("/", 1)[-1]
+    if (split := split_hub_revision(path)) is not None:
+        name = f"{split[0].rsplit('/', 1)[-1]}-{split[1]}"
+    else:
+        name = p.resolve().name if p.exists() else str(path).rstrip("/").rsplit("/", 1)[-1]
     name = re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip(".-")
     return name or "tuned"
 

@@ -16,9 +16,10 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import DeviceUnavailableError, ModelLoadError, OptionError, first_line
+from .cached import check_weight_format, revision_snapshot
 from .digests import sha256_file
 from .options import LoadOptions, check_switches
-from .paths import DEFINING_FILES, check_weight_format, some_of, weight_files
+from .paths import DEFINING_FILES, some_of, weight_files
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -218,6 +219,7 @@ def load_causal_lm(path: str, options: LoadOptions, warnings: list[str] | None =
 
     from .collector import settle
 
+    path = revision_snapshot(path)  # (REPO@REVISION: its snapshot, as a local checkpoint)
     check_weight_format(path, options.allow_pickle, options.revision)
     settle()  # the command line's start is over: no weight is frozen (see collector)
     kwargs = dict(
@@ -323,6 +325,7 @@ def load_processor(path: str, options: LoadOptions):
 
     from ..errors import PromptImageError
 
+    path = revision_snapshot(path)
     try:
         with quiet_loading(options.verbose):
             return AutoProcessor.from_pretrained(path, trust_remote_code=options.trust_remote_code,
@@ -345,6 +348,7 @@ def load_tokenizer(path: str, options: LoadOptions):
     as the same fast tokenizer (``PreTrainedTokenizerFast``)."""
     from transformers import AutoTokenizer
 
+    path = revision_snapshot(path)
     try:
         with quiet_loading(options.verbose):
             return AutoTokenizer.from_pretrained(

@@ -19,6 +19,20 @@ def looks_local(path: str) -> bool:
             or p.endswith("/") or Path(p).expanduser().exists() or not _HUB_ID.match(p))
 
 
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+
+
+def split_hub_revision(path) -> tuple[str, str] | None:
+    """``REPO@REVISION`` (a hub id at a branch, tag or commit of its own, as training runs publish
+    their intermediate checkpoints: ``EleutherAI/pythia-160m@step1000``) as ``(repo, revision)``;
+    None for anything else, a local path whose name holds an '@' included."""
+    text = str(path)
+    repo, at, revision = text.partition("@")
+    if not at or not _HUB_ID.match(repo) or not _REVISION.fullmatch(revision) or ".." in revision:
+        return None
+    return None if Path(text).expanduser().exists() else (repo, revision)
+
+
 def path_key(path) -> str:
     """What a model path names, for telling two arguments apart: a local directory resolved
     (``./a`` and ``a/`` alike), a hub id as given."""
@@ -70,14 +84,11 @@ def check_model_path(path: str, role: str, adapter: bool = False, revision: str 
     p = Path(str(path)).expanduser()
     # how the user gave it: --base, --tuned, --adapter, or another name ("lineage stage", "--null")
     flag = "--adapter" if adapter and role in ("tuned", "base") else {"base": "--base", "tuned": "--tuned"}.get(role, role)
+    if (split := split_hub_revision(path)) is not None:  # REPO@REVISION: a hub id at a revision of its own
+        check_hub_id(split[0], flag, "adapter_config.json" if adapter else "config.json", split[1])
+        return
     if looks_local(path):
         if not p.exists():
-            repo, at, rev = str(path).partition("@")
-            if at and _HUB_ID.match(repo) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", rev):  # REPO@REVISION
-                raise ModelPathNotFoundError(
-                    f"{flag} {path}: no such directory, and a Hub revision is not given after '@': --revision "
-                    f"{rev} reads every checkpoint at that revision; for one checkpoint at its own, download it "
-                    f"(hf download {repo} --revision {rev} --local-dir DIR) and give DIR")
             raise ModelPathNotFoundError(f"{flag} {path}: no such directory")
         if not p.is_dir():
             if p.suffix.lower() == ".gguf" and not adapter:
@@ -316,42 +327,6 @@ def _snapshot_lacks_weights(root: Path, marker: str, named: str) -> str | None:
             return "not every shard its index names"
         raise
     return None
-
-
-def check_weight_format(path: str, allow_pickle: bool, revision: str | None = None) -> None:
-    """A checkpoint with pickle weights only loads only with ``allow_pickle`` (pickle can run code
-    when loaded): a PickleWeightsRefusedError before any weight loads. Read for a local directory,
-    and for a hub id whose cached snapshot holds only pickle weights while the Hub cannot be reached
-    to fetch safetensors it may hold (HF_HUB_OFFLINE=1, or no network). A hub id not cached, or
-    reachable: loading decides."""
-    if allow_pickle:
-        return
-    root = Path(str(path)).expanduser()
-    local = root.exists()
-    if local:
-        where = f"{path} has only pickle weights"
-        remedy = "Convert to safetensors, or pass --allow-pickle if you trust it."
-    elif looks_local(str(path)):
-        return
-    else:
-        try:
-            cached = _cached_file(str(path), "config.json", revision)
-        except Exception:  # noqa: BLE001 - no hub library, or an id it refuses to parse: loading names it
-            return
-        if cached is None:
-            return
-        root = Path(cached).parent
-        where = f"{path}: its snapshot in the local Hugging Face cache holds only pickle weights"
-        remedy = ("The Hub cannot be reached to fetch safetensors. Pass --allow-pickle if you trust it, or download "
-                  "its safetensors where there is network.")
-    weights = [f.name for f in weight_files(str(root))]
-    if not weights or any(name.endswith(".safetensors") for name in weights):
-        return
-    if not local and not hub_offline() and hub_reachable():  # (the Hub may hold safetensors a load fetches)
-        return
-    from ..errors import PickleWeightsRefusedError
-
-    raise PickleWeightsRefusedError(f"{where} ({some_of(weights)}); pickle can run arbitrary code when loaded. {remedy}")
 
 
 def hub_snapshot(repo: str, revision: str | None = None, marker: str = "config.json", cache_dir=None) -> str | None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from .adapters import check_adapter_files
 from .anatomy import check_supported
-from .cached import checkable
+from .cached import check_weight_format, checkable, revision_snapshot
 from .checks import check_weights_fit_config, compare_configs, compare_weight_layouts
 from .config_dicts import local_config
 from .loading import LoadOptions, check_custom_code
-from .paths import check_model_path, check_weight_format, looks_local
+from .paths import check_model_path, looks_local
 
 __all__ = ["check_checkpoints"]
 
@@ -29,13 +29,20 @@ def check_checkpoints(base: str, tuned: dict[str, str], adapters: list[str], opt
     check_model_path(base, "base", revision=options.revision)
     for path in tuned.values():
         check_model_path(path, role, revision=options.revision)
-    # a hub id's files are read from its snapshot in the local cache, when that holds the whole checkpoint
-    files = {path: checkable(path, options.revision) for path in [base, *tuned.values()]}
     for path in adapters:
         check_model_path(path, role, adapter=True)  # adapters load at their main revision
-        check_adapter_files(path, options.allow_pickle, files[base])  # and that a LoRA's weights fit the base's
+    # a checkpoint given as REPO@REVISION is read as that revision's snapshot, a local directory
+    local = {path: revision_snapshot(path, flag) for path, flag in
+             [(base, "--base"), *((p, "--tuned" if role == "tuned" else role) for p in tuned.values()), *((p, "--adapter") for p in adapters)]}
+    for path, where in local.items():
+        if where != path:  # (the checks a local directory gets)
+            check_model_path(where, "base" if path == base else role, adapter=path in adapters and path != base)
+    # a hub id's files are read from its snapshot in the local cache, when that holds the whole checkpoint
+    files = {path: checkable(local[path], options.revision) for path in [base, *tuned.values()]}
+    for path in adapters:
+        check_adapter_files(local[path], options.allow_pickle, files[base])  # a LoRA's weights fit the base's
     for path in [base, *tuned.values()]:  # a cached hub id's (a local one's: check_model_path; not cached: once loaded)
-        if not looks_local(path):
+        if not looks_local(local[path]):
             check_supported(local_config(files[path]))
     for path in [base, *tuned.values()]:  # model code a checkpoint ships is named before its model type is compared
         check_custom_code(files[path], options.trust_remote_code)

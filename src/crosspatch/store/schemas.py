@@ -181,6 +181,7 @@ class ModelEntry(TypedDict, total=False):
     """One model of a run: where it was loaded from, and the digests of its files."""
 
     path: str
+    given: str  # a checkpoint given as REPO@REVISION: as given (``path``: the snapshot directory read)
     kind: str
     revision: Optional[str]
 
