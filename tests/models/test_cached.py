@@ -234,6 +234,7 @@ def test_a_hub_id_at_a_revision_of_its_own_is_read_as_that_revisions_snapshot(tm
     with pytest.raises(HubUnavailableError, match="--tuned org/run@step9: revision 'step9' of org/run is not in the "
                                                   "local Hugging Face cache.*HF_HUB_OFFLINE=1"):
         revision_snapshot("org/run@step9", "--tuned")
+    assert revision_snapshot("org/run@step9", fetch=False) == "org/run@step9" == checkable("org/run@step9")
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n"
@@ -251,3 +252,37 @@ def test_a_hub_id_at_a_revision_of_its_own_is_read_as_that_revisions_snapshot(tm
 
     models = load_models("org/run@step0", tuned=["org/run@step1", "org/run@step2"], device="cpu")
     assert models.roles == ("base", "run-step1", "run-step2")
+
+
+def test_a_revision_the_cache_lacks_is_fetched_without_pickle_weights(tmp_path, monkeypatch):
+    """Online, ``REPO@REVISION`` is fetched (its safetensors, JSON and tokenizer files: never
+    pickle weights); a revision the repository lacks is named."""
+    import huggingface_hub
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    from crosspatch.errors import ModelLoadError, ModelPathNotFoundError
+    from crosspatch.models import cached
+
+    fetched = _saved(tmp_path, "fetched")
+    asked = {}
+
+    def snapshot_download(repo, revision=None, allow_patterns=None, **kwargs):
+        asked.update(repo=repo, revision=revision, patterns=allow_patterns)
+        if revision == "nope":  # (built without a response: its constructor differs across hub library versions)
+            error = RevisionNotFoundError.__new__(RevisionNotFoundError)
+            Exception.__init__(error, "no such revision")
+            raise error
+        return str(fetched)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(cached, "hub_offline", lambda: False)
+    monkeypatch.setattr(cached, "hub_reachable", lambda: True)
+    monkeypatch.setattr(cached, "_cached_file", lambda *args: None)  # (nothing cached)
+    assert cached.revision_snapshot("org/run@step5") == str(fetched)
+    assert asked["repo"] == "org/run" and asked["revision"] == "step5"
+    assert "*.safetensors" in asked["patterns"] and not any(p.endswith((".bin", ".pt")) for p in asked["patterns"])
+    with pytest.raises(ModelPathNotFoundError, match="--base org/run@nope: org/run has no revision 'nope' on the Hub"):
+        cached.revision_snapshot("org/run@nope", "--base")
+    (fetched / "model.safetensors").unlink()  # a revision with pickle weights only
+    with pytest.raises(ModelLoadError, match="holds no safetensors weights, and pickle weights are not fetched"):
+        cached.revision_snapshot("org/run@step5")

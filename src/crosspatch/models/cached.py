@@ -26,7 +26,7 @@ from .paths import (
     weight_files,
 )
 
-__all__ = ["cached_checkpoint", "check_weight_format", "checkable", "revision_snapshot"]
+__all__ = ["cached_checkpoint", "check_weight_format", "checkable", "hub_target", "revision_snapshot"]
 
 # what a REPO@REVISION's fetch takes of the revision: what loading a checkpoint or adapter reads,
 # never its pickle weights
@@ -55,17 +55,25 @@ def cached_checkpoint(repo: str, revision: str | None = None) -> str | None:
 def checkable(path: str, revision: str | None = None) -> str:
     """Where the checks before loading read a model's files: a local path as given, a hub id's
     whole cached snapshot (:func:`cached_checkpoint`), else the hub id (checked once loaded)."""
-    if split_hub_revision(path) is not None:
-        return revision_snapshot(path)
+    if split_hub_revision(path) is not None:  # (its cached snapshot; not cached: checked once loaded, as a hub id)
+        return revision_snapshot(path, fetch=False)
     if looks_local(str(path)):
         return path
     return cached_checkpoint(str(path), revision) or path
 
 
-def revision_snapshot(path: str, named: str | None = None) -> str:
+def hub_target(path: str, revision: str | None) -> tuple[str, str | None]:
+    """What ``from_pretrained`` is given for ``path``: ``(repo, its revision)`` for ``REPO@REVISION``
+    (a tokenizer or processor reads its own few files), else ``(path, revision)``."""
+    split = split_hub_revision(path)
+    return split if split is not None else (path, revision)
+
+
+def revision_snapshot(path: str, named: str | None = None, fetch: bool = True) -> str:
     """``path`` itself, or for ``REPO@REVISION`` that revision's snapshot directory in the local
     Hugging Face cache: the cached one where it holds a checkpoint's (or an adapter's) weights, else
-    fetched from the Hub (its safetensors, JSON, tokenizer and template files). Offline or out of
+    fetched from the Hub (its safetensors, JSON, tokenizer and template files); with ``fetch``
+    False (the checks before loading), ``path`` itself where the cache lacks it. Offline or out of
     reach and not cached, a revision the repository lacks, or no such repository: a named error
     (``named``: how the user gave it, e.g. ``--tuned``)."""
     split = split_hub_revision(path)
@@ -80,6 +88,8 @@ def revision_snapshot(path: str, named: str | None = None) -> str:
             cached = None
         if cached is not None and _snapshot_lacks_weights(Path(cached).parent, marker, named) is None:
             return str(Path(cached).parent)
+    if not fetch:
+        return path
     if hub_offline() or not hub_reachable():
         raise HubUnavailableError(
             f"{named}: revision {revision!r} of {repo} is not in the local Hugging Face cache with its weights, and the "

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import DeviceUnavailableError, ModelLoadError, OptionError, first_line
-from .cached import check_weight_format, revision_snapshot
+from .cached import check_weight_format, hub_target, revision_snapshot
 from .digests import sha256_file
 from .options import LoadOptions, check_switches
 from .paths import DEFINING_FILES, some_of, weight_files
@@ -325,11 +325,10 @@ def load_processor(path: str, options: LoadOptions):
 
     from ..errors import PromptImageError
 
-    path = revision_snapshot(path)
+    name, revision = hub_target(revision_snapshot(path, fetch=False), options.revision)  # (REPO@REVISION: its own)
     try:
         with quiet_loading(options.verbose):
-            return AutoProcessor.from_pretrained(path, trust_remote_code=options.trust_remote_code,
-                                                 revision=options.revision)
+            return AutoProcessor.from_pretrained(name, trust_remote_code=options.trust_remote_code, revision=revision)
     except Exception as exc:  # transformers raises many types for a missing or bad processor
         first = first_line(exc)
         raise PromptImageError(f"could not load an image processor from {path!r}: {first}") from exc
@@ -348,19 +347,17 @@ def load_tokenizer(path: str, options: LoadOptions):
     as the same fast tokenizer (``PreTrainedTokenizerFast``)."""
     from transformers import AutoTokenizer
 
-    path = revision_snapshot(path)
+    name, revision = hub_target(revision_snapshot(path, fetch=False), options.revision)  # (REPO@REVISION: its own)
     try:
         with quiet_loading(options.verbose):
-            return AutoTokenizer.from_pretrained(
-                path, trust_remote_code=options.trust_remote_code, revision=options.revision
-            )
+            return AutoTokenizer.from_pretrained(name, trust_remote_code=options.trust_remote_code, revision=revision)
     except Exception as exc:  # tokenizers and transformers raise many types for a bad tokenizer
-        if _saved_by_transformers_5(path):
+        if _saved_by_transformers_5(name):
             try:
                 from transformers import PreTrainedTokenizerFast
 
                 with quiet_loading(options.verbose):
-                    return PreTrainedTokenizerFast.from_pretrained(path, revision=options.revision or "main")
+                    return PreTrainedTokenizerFast.from_pretrained(name, revision=revision or "main")
             except Exception:  # noqa: BLE001 - the first failure is the one to report
                 pass
         first = first_line(exc)

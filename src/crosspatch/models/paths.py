@@ -13,10 +13,12 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?
 
 
 def looks_local(path: str) -> bool:
-    """Whether ``path`` names a local directory rather than a hub id (``org/name``)."""
+    """Whether ``path`` names a local directory rather than a hub id (``org/name``, or
+    ``org/name@REVISION``)."""
     p = str(path)
     return (p.startswith((".", "/", "~")) or os.sep in p.strip("/").replace("/", "", 1) or "\\" in p
-            or p.endswith("/") or Path(p).expanduser().exists() or not _HUB_ID.match(p))
+            or p.endswith("/") or Path(p).expanduser().exists()
+            or not _HUB_ID.match(p) and split_hub_revision(p) is None)  # (REPO@REVISION: a hub id)
 
 
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")

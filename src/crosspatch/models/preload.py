@@ -31,8 +31,9 @@ def check_checkpoints(base: str, tuned: dict[str, str], adapters: list[str], opt
         check_model_path(path, role, revision=options.revision)
     for path in adapters:
         check_model_path(path, role, adapter=True)  # adapters load at their main revision
-    # a checkpoint given as REPO@REVISION is read as that revision's snapshot, a local directory
-    local = {path: revision_snapshot(path, flag) for path, flag in
+    # a checkpoint given as REPO@REVISION is read as that revision's snapshot where the cache holds it (a local
+    # directory; not cached: checked once loaded, as a hub id is)
+    local = {path: revision_snapshot(path, flag, fetch=False) for path, flag in
              [(base, "--base"), *((p, "--tuned" if role == "tuned" else role) for p in tuned.values()), *((p, "--adapter") for p in adapters)]}
     for path, where in local.items():
         if where != path:  # (the checks a local directory gets)
