@@ -286,3 +286,26 @@ def test_a_revision_the_cache_lacks_is_fetched_without_pickle_weights(tmp_path, 
     (fetched / "model.safetensors").unlink()  # a revision with pickle weights only
     with pytest.raises(ModelLoadError, match="holds no safetensors weights, and pickle weights are not fetched"):
         cached.revision_snapshot("org/run@step5")
+
+
+def test_an_adapter_at_a_revision_of_its_own_loads_from_the_cache(tmp_path, hub):
+    """An adapter given as ``REPO@REVISION`` (a training run's LoRA checkpoints as branches): its
+    config, weights and tokenizer are read at that revision; scored as the same adapter given as
+    a local directory."""
+    from crosspatch.execution import load_pair
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing.contract import save_tiny_lora
+
+    base, adapter, _ = save_tiny_lora(tmp_path / "saved")
+    hub("org/lora", adapter, commit="5" * 40, branch="step40")
+    prompts = [{"id": f"p{i}", "prompt": t} for i, t in enumerate(["Rain in Boston", "Snow over Denver"])]
+    settings = dict(boundary=2, max_new_tokens=6, bootstrap=0, progress=False)
+    given = run(load_pair(str(base), adapter="org/lora@step40", device="cpu"), prompts, **settings)
+    local = run(load_pair(str(base), adapter=str(adapter), device="cpu"), prompts, **settings)
+    assert [r.cells for r in given.records] == [r.cells for r in local.records] and local.records
+    assert given.config["models"]["adapter"]["given"] == "org/lora@step40"
+    file = tmp_path / "p.jsonl"
+    file.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    res = _run("--base", str(base), "--adapter", "org/lora@step40", "--prompts", str(file), "--out", str(tmp_path / "r"),
+               "--boundary", "2", "--bootstrap", "0")  # (the command's checks before loading read it too)
+    assert res.exit_code == 0, res.output

@@ -68,14 +68,15 @@ def _hub_has_tokenizer(repo: str) -> bool:
     """Whether a hub repository holds a tokenizer (asked of the cache, then of the Hub if online)."""
     from huggingface_hub import file_exists, try_to_load_from_cache
 
-    from ..models.paths import hub_reachable
+    from ..models.paths import hub_reachable, split_hub_revision
 
-    if any(isinstance(try_to_load_from_cache(repo, name), str) for name in TOKENIZER_FILES):
+    repo, revision = split_hub_revision(repo) or (repo, None)  # (REPO@REVISION: at that revision)
+    if any(isinstance(try_to_load_from_cache(repo, name, revision=revision), str) for name in TOKENIZER_FILES):
         return True
     if not hub_reachable():
         return False
     try:
-        return any(file_exists(repo, name) for name in ("tokenizer_config.json", "tokenizer.json"))
+        return any(file_exists(repo, name, revision=revision) for name in ("tokenizer_config.json", "tokenizer.json"))
     except Exception:  # offline, gated or unreachable: nothing more to learn; PEFT loads the weights
         return False
 

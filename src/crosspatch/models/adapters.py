@@ -93,11 +93,15 @@ NON_GENERATIVE_TASKS = {"SEQ_CLS": "a reward model or sequence classifier", "TOK
 
 
 def _hub_adapter_config(repo: str) -> Path:
-    """A hub adapter's adapter_config.json, from the cache or the Hub (as PEFT would fetch it)."""
+    """A hub adapter's adapter_config.json, from the cache or the Hub (as PEFT would fetch it; an
+    adapter given as ``REPO@REVISION``: at that revision)."""
     from huggingface_hub import hf_hub_download
 
+    from .paths import split_hub_revision
+
+    name, revision = split_hub_revision(repo) or (repo, None)
     try:
-        return Path(hf_hub_download(repo, "adapter_config.json"))
+        return Path(hf_hub_download(name, "adapter_config.json", revision=revision))
     except Exception as exc:  # huggingface_hub raises many types: offline, not found, gated, network
         first = first_line(exc, 300)
         raise ModelLoadError(f"--adapter {repo}: could not fetch its adapter_config.json from the Hub or the local "

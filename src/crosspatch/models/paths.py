@@ -345,9 +345,11 @@ def hub_snapshot(repo: str, revision: str | None = None, marker: str = "config.j
 
 def _cached_file(repo: str, marker: str, revision: str | None, cache_dir=None) -> str | None:
     """The local Hugging Face cache's copy of ``repo``'s ``marker`` file at ``revision`` (its main
-    branch when None), or None where it is not cached; the hub library's errors pass through."""
+    branch when None; ``REPO@REVISION``: at its own), or None where it is not cached; the hub
+    library's errors pass through."""
     from huggingface_hub import try_to_load_from_cache
 
+    repo, revision = split_hub_revision(repo) or (repo, revision)  # (REPO@REVISION: at its own)
     cached = try_to_load_from_cache(repo, marker, cache_dir=cache_dir, revision=revision)
     return cached if isinstance(cached, str) else None
 
