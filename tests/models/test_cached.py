@@ -247,6 +247,8 @@ def test_a_hub_id_at_a_revision_of_its_own_is_read_as_that_revisions_snapshot(tm
     assert config["models"]["base"]["given"] == "org/run@step0" and config["models"]["base"]["local"]
     assert config["models"]["tuned"]["path"] == str(snapshots["step1"])
     assert config["load_spec"]["tuned"] == {"tuned": "org/run@step1"}  # (reloaded as given: fetched where it runs)
+    report = (tmp_path / "r" / "report.md").read_text() + (tmp_path / "r" / "report.html").read_text()
+    assert "org/run@step0" in report and "org/run@step1" in report and "snapshots" not in report  # named as given
     again = _run(*args)  # the same command: the finished run, read back (the settings match)
     assert again.exit_code == 0 and "finished" in again.output.lower(), again.output
 

@@ -18,6 +18,7 @@ from .markdown import (
     fmt_effect,
     fmt_value,
     has_intervals,
+    model_shown,
     prompt_source,
     reading_lines,
     scored_descendant,
@@ -117,7 +118,7 @@ def render_html(run_dir: str | Path, max_events: int = 2000, back_link: str | No
     return env.get_template("report.html.j2").render(
         title=config.get("title") or "crosspatch run",
         back_link=back_link or config.get("back_link"),
-        base=models.get("base", {}).get("path", "?"),
+        base=model_shown(models.get("base")),
         tuned=tuned, kind=kind, prompt_source=prompt_source(config),
         boundaries=summary["boundaries"], num_layers=summary.get("num_layers"),
         setup=[("dtype", load.get("dtype", "float32")), ("device", load.get("device", "cpu")),

@@ -234,6 +234,13 @@ def controls_table(rows: list[dict]) -> list[str]:
     return ["## Controls", ""] + _table(["control", "status", "value", "95% CI", "n", "threshold", "reading"], body) + [""]
 
 
+def model_shown(entry: dict | None) -> str:
+    """How a report names one recorded model: as given (``REPO@REVISION``: not the snapshot
+    directory it was read from), else its path."""
+    entry = entry if isinstance(entry, dict) else {}
+    return str(entry.get("given") or entry.get("path", "?"))
+
+
 def scored_descendant(config: dict) -> tuple[str, str]:
     """(path, "descendant" or "PEFT adapter") of the model a run scores against the base: the
     pair's ``tuned``/``adapter`` entry, or with several descendants loaded (compare, lineage)
@@ -243,10 +250,10 @@ def scored_descendant(config: dict) -> tuple[str, str]:
         roles = config.get("roles") or []
         role = (config.get("options") or {}).get("tuned") or (roles[1] if len(roles) > 1 else None)
         entry = models["descendants"].get(role, {})
-        return entry.get("path", "?"), "PEFT adapter" if entry.get("kind") == "adapter" else "descendant"
+        return model_shown(entry), "PEFT adapter" if entry.get("kind") == "adapter" else "descendant"
     if "adapter" in models:
-        return models["adapter"].get("path", "?"), "PEFT adapter"
-    return models.get("tuned", {}).get("path", "?"), "descendant"
+        return model_shown(models["adapter"]), "PEFT adapter"
+    return model_shown(models.get("tuned")), "descendant"
 
 
 def prompt_source(config: dict) -> tuple[str, str] | None:
@@ -293,7 +300,7 @@ def render_markdown(config: dict, summary: dict) -> str:
     title = config.get("title") or "crosspatch run"
     lines = [f"# {md_escape(title)}", ""]
     lines += verdict_lines(summary)
-    base = models.get("base", {}).get("path", "?")
+    base = model_shown(models.get("base"))
     tuned, kind = scored_descendant(config)
     # escaped text, not a code span: inside one a backslash escape prints (my\\_model) and
     # model text would stand there raw
