@@ -71,9 +71,10 @@ def hub_target(path: str, revision: str | None) -> tuple[str, str | None]:
 
 def revision_snapshot(path: str, named: str | None = None, fetch: bool = True) -> str:
     """``path`` itself, or for ``REPO@REVISION`` that revision's snapshot directory in the local
-    Hugging Face cache: the cached one where it holds a checkpoint's (or an adapter's) weights, else
-    fetched from the Hub (its safetensors, JSON, tokenizer and template files); with ``fetch``
-    False (the checks before loading), ``path`` itself where the cache lacks it. Offline or out of
+    Hugging Face cache: fetched from the Hub where it can be reached (its safetensors, JSON,
+    tokenizer and template files: what the cache lacks; a branch as it is now), else the cached one
+    where it holds a checkpoint's (or an adapter's) weights; with ``fetch`` False (the checks before
+    loading) the cached one, or ``path`` itself where the cache lacks it. Offline or out of
     reach and not cached, a revision the repository lacks, or no such repository: a named error
     (``named``: how the user gave it, e.g. ``--tuned``)."""
     split = split_hub_revision(path)
@@ -81,16 +82,20 @@ def revision_snapshot(path: str, named: str | None = None, fetch: bool = True) -
         return path
     repo, revision = split
     named = f"{named} {path}" if named else str(path)
+    snapshot = None
     for marker in ("config.json", "adapter_config.json"):
         try:
             cached = _cached_file(repo, marker, revision)
         except Exception:  # noqa: BLE001 - an id or revision the hub library refuses to parse: the fetch names it
             cached = None
         if cached is not None and _snapshot_lacks_weights(Path(cached).parent, marker, named) is None:
-            return str(Path(cached).parent)
+            snapshot = str(Path(cached).parent)
+            break
     if not fetch:
-        return path
-    if hub_offline() or not hub_reachable():
+        return snapshot or path
+    if hub_offline() or not hub_reachable():  # (online, a branch is read where it is now, as from_pretrained does)
+        if snapshot is not None:
+            return snapshot
         raise HubUnavailableError(
             f"{named}: revision {revision!r} of {repo} is not in the local Hugging Face cache with its weights, and the "
             f"Hub cannot be reached ({'HF_HUB_OFFLINE=1' if hub_offline() else 'no network'}): download it first "
