@@ -7,6 +7,12 @@ them; a hub id has them too once it is in the local cache (``huggingface-cli dow
 run), where the checks read its snapshot. A snapshot is read only when it holds the whole
 checkpoint in safetensors: with part of it, or only pickle weights (the Hub may hold safetensors a
 load would fetch), the checks are left to the loaded model, as for a hub id not in the cache.
+
+A checkpoint given as ``REPO@REVISION`` (a hub id at a branch, tag or commit of its own, as training
+runs publish their intermediate checkpoints: Pythia's ``step1000``) is read as that revision's
+snapshot directory (:func:`revision_snapshot`), fetched from the Hub where it can be reached and read
+from the cache where not: every check and load then reads it as a local checkpoint, while
+``--revision`` stays every other hub id's.
 """
 
 from __future__ import annotations
