@@ -159,7 +159,7 @@ def test_a_hub_id_cached_only_in_part_is_named_before_any_model_loads_while_offl
         res = _run("--base", "org/base", "--tuned", repo, "--prompts", str(prompts), "--out", str(tmp_path / "r"))
         output = " ".join(res.output.split())
         assert res.exit_code == 2 and f"HubUnavailableError: --tuned {repo} is cached only in part" in output, output
-        assert lacks in output and f"huggingface-cli download {repo}" in output, output
+        assert lacks in output and f"hf download {repo}" in output, output
     with pytest.raises(HubUnavailableError, match="cached only in part.*no weights"):
         check_model_path("org/config-only", "tuned")
     check_model_path("org/base", "base")  # a whole snapshot passes

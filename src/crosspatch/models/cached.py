@@ -3,7 +3,7 @@
 The checks made before any weight loads (the architecture, a depth the boundary must fit, the
 positions a prompt and its budget must fit, two configs and weight layouts that must agree, pickle
 weights, model code shipped with a checkpoint) read a checkpoint's files. A local directory has
-them; a hub id has them too once it is in the local cache (``huggingface-cli download``, an earlier
+them; a hub id has them too once it is in the local cache (``hf download``, an earlier
 run), where the checks read its snapshot. A snapshot is read only when it holds the whole
 checkpoint in safetensors: with part of it, or only pickle weights (the Hub may hold safetensors a
 load would fetch), the checks are left to the loaded model, as for a hub id not in the cache.

@@ -298,7 +298,7 @@ def check_hub_id(repo: str, flag: str, marker: str = "config.json", revision: st
                 f"{flag} {repo} is cached only in part: its snapshot in the local Hugging Face cache holds {marker} but "
                 f"{lacking}, and the Hub cannot be reached to fetch {'them' if 'shard' in lacking else 'it'} "
                 f"({'HF_HUB_OFFLINE=1' if hub_offline() else 'no network'}): download it whole first "
-                f"(huggingface-cli download {repo}) or give a local path")
+                f"(hf download {repo}) or give a local path")
         return
 
     where = "in the local Hugging Face cache" + (f" at revision {revision!r}" if revision else "")
