@@ -481,6 +481,38 @@ def test_a_run_on_another_adapter_of_a_peft_model_in_memory_leaves_its_active_ad
         assert list(model.active_adapters) == active
 
 
+def test_a_peft_model_with_its_adapter_merged_is_scored_unmerged_and_left_merged():
+    """``merge_adapter()`` (merged into the layers for fast inference): the run switched the adapter
+    off for the base's passes, which unmerges it, so its passes mixed merged and unmerged weights
+    and the model was left unmerged. Every pass now computes the adapter unmerged, the base's
+    digest is of the base's own weights, and the model is merged again after."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from crosspatch.execution import pair_from_peft_model
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import char_tokenizer
+
+    from ..conftest import PROMPTS
+
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                           init_lora_weights=False))
+    settings = dict(boundary=2, max_new_tokens=8, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+    unmerged = run(pair_from_peft_model(model, char_tokenizer()), PROMPTS, **settings)
+    model.merge_adapter()
+    pair = pair_from_peft_model(model, char_tokenizer())
+    assert all(layer.merged for layer in model.modules() if hasattr(layer, "merged_adapters"))  # left merged
+    from crosspatch.execution.in_memory import module_digest
+
+    assert pair.provenance["base"]["weights_digest"] != module_digest(model.get_base_model())  # (read unmerged)
+    merged = run(pair, PROMPTS, **settings)
+    assert all(layer.merged for layer in model.modules() if hasattr(layer, "merged_adapters"))
+    assert [r.key for r in merged.records] == [r.key for r in unmerged.records] and unmerged.records
+    assert max(abs(a.cells[n][c] - b.cells[n][c]) for a, b in zip(merged.records, unmerged.records)
+               for n in a.cells for c in a.cells[n]) <= 1e-5  # (a merge and unmerge round the weights)
+
+
 def test_a_descendant_that_is_the_base_is_named_in_the_run_warnings(tmp_path, prompts):
     """An adapter saved before its first training step (every lora_B zero, as PEFT initialises
     them) or a checkpoint that is a copy of the base computes exactly the base: the run found no

@@ -224,14 +224,14 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
     handles = {BASE: ModelHandle(BASE, peft_model, adapter_enabled=False),
                "tuned": ModelHandle("tuned", peft_model, adapter_enabled=True, adapter_name=name)}
     dtype = str(next(unwrap_peft(peft_model).parameters()).dtype).replace("torch.", "")
-    record = {"base": {"path": IN_MEMORY, "weights_digest": module_digest(unwrap_peft(peft_model))},
-              "adapter": {"path": IN_MEMORY, "adapter_name": name, "weights_digest": module_digest(peft_model)},
-              "load_options": vars(opts) | {"dtype": dtype}}
-    warnings = _rewritten_base(peft_model, name)
-    if (inert := _inert_in_memory(peft_model, name, config)) is not None:  # (recorded for gate: unusable)
-        record["adapter"]["computes_the_base"] = inert
-        warnings.append(inert)
-    with adapters_kept(peft_model):  # (the set's checks run the adapter scored)
+    with adapters_kept(peft_model):  # (the set's checks run the adapter scored; the base's weights read unmerged)
+        record = {"base": {"path": IN_MEMORY, "weights_digest": module_digest(unwrap_peft(peft_model))},
+                  "adapter": {"path": IN_MEMORY, "adapter_name": name, "weights_digest": module_digest(peft_model)},
+                  "load_options": vars(opts) | {"dtype": dtype}}
+        warnings = _rewritten_base(peft_model, name)
+        if (inert := _inert_in_memory(peft_model, name, config)) is not None:  # (recorded for gate: unusable)
+            record["adapter"]["computes_the_base"] = inert
+            warnings.append(inert)
         models_set = assemble_set(handles, {BASE: tokenizer, "tuned": tokenizer}, "adapter", opts, warnings, record)
     _give_processors(models_set, processors)
     return models_set

@@ -321,14 +321,26 @@ ModelPair = ModelSet  # the name of a two-role set in earlier releases
 @contextlib.contextmanager
 def adapters_kept(*peft_models: Any) -> Iterator[None]:
     """PEFT models computing, after the context, with the adapters they had active before it (a
-    role that scores another adapter activates it for its passes)."""
+    role that scores another adapter activates it for its passes), and merged as they were: an
+    adapter merged into its layers (``merge_adapter()``) is unmerged for the context, so that every
+    pass computes the adapter one way (the base's passes unmerge it anyway: merged and unmerged
+    differ by rounding), and merged again after it."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     active = [active_adapters(m) for m in peft_models]
+    merged = [(layer, list(layer.merged_adapters)) for m in peft_models for layer in m.modules()
+              if isinstance(layer, BaseTunerLayer) and layer.merged]
+    for layer, _ in merged:
+        layer.unmerge()
     try:
         yield
     finally:
         for model, adapters in zip(peft_models, active):
             if adapters and active_adapters(model) != adapters:
                 _activate(model, adapters)
+        for layer, names in merged:
+            if not layer.merged:
+                layer.merge(adapter_names=names)
 
 
 def active_adapters(peft_model) -> list[str]:
