@@ -513,6 +513,30 @@ def test_a_peft_model_with_its_adapter_merged_is_scored_unmerged_and_left_merged
                for n in a.cells for c in a.cells[n]) <= 1e-5  # (a merge and unmerge round the weights)
 
 
+def test_a_peft_model_with_its_adapter_layers_switched_off_is_scored_with_them_on_and_left_off():
+    """``disable_adapter_layers()`` (an evaluation of the base in the middle of training): the
+    descendant's passes computed the base, the run found no divergence and read it as "no late
+    effect". The adapter is scored as it is, and its layers are off again after."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from crosspatch.execution import pair_from_peft_model
+    from crosspatch.runner.pipeline import run
+    from crosspatch.testing import char_tokenizer
+
+    from ..conftest import PROMPTS
+
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                           init_lora_weights=False))
+    settings = dict(boundary=2, max_new_tokens=8, bootstrap=0, progress=False, controls="none", event_kinds="first_diff")
+    enabled = run(pair_from_peft_model(model, char_tokenizer()), PROMPTS, **settings)
+    model.base_model.disable_adapter_layers()
+    switched_off = run(pair_from_peft_model(model, char_tokenizer()), PROMPTS, **settings)
+    assert [r.cells for r in switched_off.records] == [r.cells for r in enabled.records] and enabled.records
+    assert all(layer.disable_adapters for layer in model.modules() if hasattr(layer, "merged_adapters"))
+
+
 def test_a_descendant_that_is_the_base_is_named_in_the_run_warnings(tmp_path, prompts):
     """An adapter saved before its first training step (every lora_B zero, as PEFT initialises
     them) or a checkpoint that is a copy of the base computes exactly the base: the run found no

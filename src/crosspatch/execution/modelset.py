@@ -324,20 +324,27 @@ def adapters_kept(*peft_models: Any) -> Iterator[None]:
     role that scores another adapter activates it for its passes), and merged as they were: an
     adapter merged into its layers (``merge_adapter()``) is unmerged for the context, so that every
     pass computes the adapter one way (the base's passes unmerge it anyway: merged and unmerged
-    differ by rounding), and merged again after it."""
+    differ by rounding), and merged again after it. Adapter layers switched off for good
+    (``disable_adapter_layers()``) are switched on for the context (the descendant's passes would
+    compute the base: no divergence, read as "no late effect") and off again after it."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     active = [active_adapters(m) for m in peft_models]
-    merged = [(layer, list(layer.merged_adapters)) for m in peft_models for layer in m.modules()
-              if isinstance(layer, BaseTunerLayer) and layer.merged]
+    layers = [[layer for layer in m.modules() if isinstance(layer, BaseTunerLayer)] for m in peft_models]
+    merged = [(layer, list(layer.merged_adapters)) for own in layers for layer in own if layer.merged]
+    disabled = [m for m, own in zip(peft_models, layers) if any(layer.disable_adapters for layer in own)]
     for layer, _ in merged:
         layer.unmerge()
+    for model in disabled:
+        model.base_model.enable_adapter_layers()
     try:
         yield
     finally:
         for model, adapters in zip(peft_models, active):
             if adapters and active_adapters(model) != adapters:
                 _activate(model, adapters)
+        for model in disabled:
+            model.base_model.disable_adapter_layers()
         for layer, names in merged:
             if not layer.merged:
                 layer.merge(adapter_names=names)
