@@ -222,6 +222,9 @@ def test_a_hub_id_at_a_revision_of_its_own_is_read_as_that_revisions_snapshot(tm
     assert split_hub_revision("org/run@refs/pr/1") == ("org/run", "refs/pr/1")
     for not_one in ("org/run", "org/run@", "./runs/a@b", "org/run@../x", "org/run@step 1"):
         assert split_hub_revision(not_one) is None, not_one
+    from crosspatch.models.paths import looks_local
+
+    assert not looks_local("org/run@refs/pr/1") and not looks_local("org/run@step1") and looks_local("./runs/a@b")
     base = tiny_model("llama")
     snapshots = {}
     for k, model in enumerate([base, perturb_layers(base, range(4), 0.3, seed=1), perturb_layers(base, [3], 0.3)]):

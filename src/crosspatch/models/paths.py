@@ -16,9 +16,10 @@ def looks_local(path: str) -> bool:
     """Whether ``path`` names a local directory rather than a hub id (``org/name``, or
     ``org/name@REVISION``)."""
     p = str(path)
+    if split_hub_revision(p) is not None:  # (a hub id at a revision of its own, ``refs/pr/1`` included)
+        return False
     return (p.startswith((".", "/", "~")) or os.sep in p.strip("/").replace("/", "", 1) or "\\" in p
-            or p.endswith("/") or Path(p).expanduser().exists()
-            or not _HUB_ID.match(p) and split_hub_revision(p) is None)  # (REPO@REVISION: a hub id)
+            or p.endswith("/") or Path(p).expanduser().exists() or not _HUB_ID.match(p))
 
 
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
