@@ -207,9 +207,9 @@ def pair_from_peft_model(peft_model, tokenizer, adapter_name: str | None = None,
     weights (residency "adapter"). A run computes it in eval mode with the adapter scored, and
     leaves it as it was found: each module's mode (a training loop's model goes on training), the
     adapters it had active, merged where they were (computed unmerged in every pass), and switched
-    off where its layers were (``disable_adapter_layers()``: scored switched on); an
-    ``adapter_name`` it does not hold, or several active
-    adapters and none named, is an ``OptionError``.
+    off where its layers were (``disable_adapter_layers()``: scored switched on). An
+    ``adapter_name`` it does not hold, or several active adapters and none named, is an
+    ``OptionError``.
     ``processors``: a vision-language model's processor (one for both roles, or a dict by role)."""
     from ..models.adapters import layer_replication_text
     from ..models.anatomy import is_peft_model, unwrap_peft
