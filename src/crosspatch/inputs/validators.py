@@ -22,7 +22,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Annotated, Literal, Union
+from typing import Annotated, Iterator, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -37,16 +37,13 @@ _NUMBER = re.compile(r"(?:(?<![\w.])(?P<sign>[-+\u2212]))?(?P<body>\d{1,3}(?:,\d
                      r"|\d+(?:[.,]\d+)?|\.\d+)(?P<exponent>[eE][-+]?\d+)?")
 
 
-def numbers_in(text: str):
-    """Each number ``text`` states, as a float (see ``_NUMBER``), in order."""
+def numbers_in(text: str) -> Iterator[float]:
+    """Each number ``text`` states, as a float (see ``_NUMBER``; inf where its exponent is too
+    large), in order."""
     for m in _NUMBER.finditer(text):
         body = m["body"]
         body = body.replace(",", "") if re.fullmatch(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?", body) else body.replace(",", ".")
-        try:
-            value = float(("-" if m["sign"] in ("-", "\u2212") else "") + body + (m["exponent"] or ""))
-        except ValueError:  # (an exponent too large: inf, filtered by the caller)
-            continue
-        yield value
+        yield float(("-" if m["sign"] in ("-", "\u2212") else "") + body + (m["exponent"] or ""))
 
 
 def _norm(text: str) -> str:
