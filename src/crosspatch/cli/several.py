@@ -228,15 +228,16 @@ def pool_cmd(
 def _print_pool_settings(settings: dict) -> None:
     """The settings the pooled runs chose (a policy, a chat template, word lists: as each run's
     reports name them): once where every run chose the same, else each family's, with a warning."""
-    from ..store.files import json_document
-
     def said(items) -> str:
         return "; ".join(f"{what}: {how}" for what, how in items)
 
-    kinds = {json_document(items) for items in settings.values()}
-    if len(kinds) == 1 and (items := next(iter(settings.values()))):
-        _stdout().print(f"every family's run chose: {said(items)}", soft_wrap=True, markup=False)
-    elif len(kinds) > 1:
+    chosen = list(settings.values())
+    if not chosen:
+        return
+    if all(items == chosen[0] for items in chosen):
+        if chosen[0]:
+            _stdout().print(f"every family's run chose: {said(chosen[0])}", soft_wrap=True, markup=False)
+    else:
         for name, items in settings.items():
             _stdout().print(f"{name}'s run chose: {said(items) or 'the defaults'}", soft_wrap=True, markup=False)
         print_warnings(["the families' runs chose different settings (above): the pool averages numbers read "
