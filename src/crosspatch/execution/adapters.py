@@ -68,9 +68,9 @@ def _hub_has_tokenizer(repo: str) -> bool:
     """Whether a hub repository holds a tokenizer (asked of the cache, then of the Hub if online)."""
     from huggingface_hub import file_exists, try_to_load_from_cache
 
-    from ..models.paths import hub_reachable, split_hub_revision
+    from ..models.paths import hub_reachable, hub_target
 
-    repo, revision = split_hub_revision(repo) or (repo, None)  # (REPO@REVISION: at that revision)
+    repo, revision = hub_target(repo, None)  # (REPO@REVISION: at that revision)
     if any(isinstance(try_to_load_from_cache(repo, name, revision=revision), str) for name in TOKENIZER_FILES):
         return True
     if not hub_reachable():

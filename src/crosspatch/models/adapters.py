@@ -97,9 +97,9 @@ def _hub_adapter_config(repo: str) -> Path:
     adapter given as ``REPO@REVISION``: at that revision)."""
     from huggingface_hub import hf_hub_download
 
-    from .paths import split_hub_revision
+    from .paths import hub_target
 
-    name, revision = split_hub_revision(repo) or (repo, None)
+    name, revision = hub_target(repo, None)
     try:
         return Path(hf_hub_download(name, "adapter_config.json", revision=revision))
     except Exception as exc:  # huggingface_hub raises many types: offline, not found, gated, network

@@ -32,7 +32,7 @@ from .paths import (
     weight_files,
 )
 
-__all__ = ["cached_checkpoint", "check_weight_format", "checkable", "hub_target", "revision_snapshot"]
+__all__ = ["cached_checkpoint", "check_weight_format", "checkable", "revision_snapshot"]
 
 # what a REPO@REVISION's fetch takes of the revision: what loading a checkpoint or adapter reads,
 # never its pickle weights
@@ -66,13 +66,6 @@ def checkable(path: str, revision: str | None = None) -> str:
     if looks_local(str(path)):
         return path
     return cached_checkpoint(str(path), revision) or path
-
-
-def hub_target(path: str, revision: str | None) -> tuple[str, str | None]:
-    """What ``from_pretrained`` is given for ``path``: ``(repo, its revision)`` for ``REPO@REVISION``
-    (a tokenizer or processor reads its own few files), else ``(path, revision)``."""
-    split = split_hub_revision(path)
-    return split if split is not None else (path, revision)
 
 
 def revision_snapshot(path: str, named: str | None = None, fetch: bool = True) -> str:

@@ -16,10 +16,10 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import DeviceUnavailableError, ModelLoadError, OptionError, first_line
-from .cached import check_weight_format, hub_target, revision_snapshot
+from .cached import check_weight_format, revision_snapshot
 from .digests import sha256_file
 from .options import LoadOptions, check_switches
-from .paths import DEFINING_FILES, some_of, weight_files
+from .paths import DEFINING_FILES, hub_target, some_of, weight_files
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}

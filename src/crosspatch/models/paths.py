@@ -36,6 +36,12 @@ def split_hub_revision(path) -> tuple[str, str] | None:
     return None if Path(text).expanduser().exists() else (repo, revision)
 
 
+def hub_target(path: str, revision: str | None) -> tuple[str, str | None]:
+    """Which hub repository and revision ``path`` reads: ``(repo, its revision)`` for
+    ``REPO@REVISION``, else ``(path, revision)``."""
+    return split_hub_revision(path) or (path, revision)
+
+
 def path_key(path) -> str:
     """What a model path names, for telling two arguments apart: a local directory resolved
     (``./a`` and ``a/`` alike), a hub id as given."""
@@ -350,7 +356,7 @@ def _cached_file(repo: str, marker: str, revision: str | None, cache_dir=None) -
     library's errors pass through."""
     from huggingface_hub import try_to_load_from_cache
 
-    repo, revision = split_hub_revision(repo) or (repo, revision)  # (REPO@REVISION: at its own)
+    repo, revision = hub_target(repo, revision)  # (REPO@REVISION: at its own)
     cached = try_to_load_from_cache(repo, marker, cache_dir=cache_dir, revision=revision)
     return cached if isinstance(cached, str) else None
 
