@@ -33,16 +33,15 @@ _JSON_TYPES = {"string": str, "number": (int, float), "integer": int, "boolean":
 # A number as prose writes it: a sign only where it is not a hyphen ("10-15 mph" is 10 and 15, not
 # 10 and -15; the Unicode minus too); groups of three after commas are thousands ("1,250" is
 # 1250), any other comma a decimal comma ("3,5" is 3.5).
-_NUMBER = re.compile(r"(?:(?<![\w.])(?P<sign>[-+\u2212]))?(?P<body>\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?"
-                     r"|\d+(?:[.,]\d+)?|\.\d+)(?P<exponent>[eE][-+]?\d+)?")
+_NUMBER = re.compile(r"(?:(?<![\w.])(?P<sign>[-+\u2212]))?(?:(?P<grouped>\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?)"
+                     r"|(?P<plain>\d+(?:[.,]\d+)?|\.\d+))(?P<exponent>[eE][-+]?\d+)?")
 
 
 def numbers_in(text: str) -> Iterator[float]:
     """Each number ``text`` states, as a float (see ``_NUMBER``; inf where its exponent is too
     large), in order."""
     for m in _NUMBER.finditer(text):
-        body = m["body"]
-        body = body.replace(",", "") if re.fullmatch(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?", body) else body.replace(",", ".")
+        body = m["grouped"].replace(",", "") if m["grouped"] else m["plain"].replace(",", ".")
         yield float(("-" if m["sign"] in ("-", "\u2212") else "") + body + (m["exponent"] or ""))
 
 
