@@ -59,6 +59,17 @@ class Env:
         return args + list(extra)
 
 
+def _aliases_of_aliases(key: str, depth: int = 9) -> str:
+    """A YAML mapping whose ``key`` holds aliases of aliases nested ``depth`` deep: a few lines that
+    expand to 9**depth values (a "billion laughs")."""
+    levels = [f'l0: &a0 [{", ".join(["lol"] * 9)}]']
+    levels += [f"l{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 9)}]" for k in range(1, depth + 1)]
+    return f"{key}: {{{', '.join(levels)}}}\n"
+
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000  # (valid JSON nested deeper than Python's parser recurses)
+
+
 GOOD = [{"id": f"p{k}", "prompt": f"Rain in city {k}", "category": "rain"} for k in range(4)]
 
 
@@ -524,6 +535,12 @@ CASES = [
          lambda e: e.run_args(base=_model_dir(e, "base_fewer_layers", lambda d: (d / "config.json").write_text(json.dumps(
              {**json.loads((d / "config.json").read_text()), "num_hidden_layers": 3})), e.base)),
          "ModelLoadError"),
+    Case("models", "a config.json nested thousands deep",
+         lambda e: e.run_args(tuned=_model_dir(e, "deep_config", lambda d: (d / "config.json").write_text(
+             (d / "config.json").read_text().rstrip().rstrip("}") + f', "x": {DEEP_JSON}}}'))), "ModelLoadError"),
+    Case("models", "an adapter_config.json nested thousands deep",
+         lambda e: _adapter_args(e, _adapter_dir(e, "adapter_deep_cfg", lambda d: (d / "adapter_config.json").write_text(
+             f'{{"peft_type": "LORA", "x": {DEEP_JSON}}}'))), "ModelLoadError"),
     Case("models", "an adapter_config.json that is not JSON",
          lambda e: _adapter_args(e, _adapter_dir(e, "adapter_bad_cfg", lambda d: (d / "adapter_config.json").write_text("{x"))),
          "ModelLoadError"),
@@ -676,6 +693,11 @@ CASES = [
     Case("options", "--policy file naming one threshold twice (which one is meant?)",
          lambda e: e.run_args("--policy", str(e.file("pol.yaml", "min_prompts: 5\nmin_prompts: 50\n"))),
          "PolicyFileError"),
+    Case("options", "--policy file whose aliases of aliases expand to billions of values (a billion laughs)",
+         lambda e: e.run_args("--policy", str(e.file("laughs.yaml", _aliases_of_aliases("pass_verdicts")))),
+         "PolicyFileError"),
+    Case("options", "--policy file nested thousands deep",
+         lambda e: e.run_args("--policy", str(e.file("deep.yaml", f"readout: {DEEP_JSON}\n"))), "PolicyFileError"),
     Case("options", "gate --policy JSON naming one threshold twice",
          lambda e: ["gate", str(e.root / "run"), "--policy",
                     str(e.file("pol.json", '{"max_interaction_share": 0.5, "max_interaction_share": 0.9}'))],
@@ -695,6 +717,9 @@ CASES = [
     Case("run directories", "events.jsonl with a corrupt line in the middle",
          lambda e: e.run_args(out=_broken_run(e, "badline", lambda d: (d / "events.jsonl").write_text(
              "{oops\n" + (d / "events.jsonl").read_text()))), "CorruptRunFileError"),
+    Case("run directories", "events.jsonl with a line nested thousands deep",
+         lambda e: e.run_args(out=_broken_run(e, "deepline", lambda d: (d / "events.jsonl").write_text(
+             DEEP_JSON + "\n" + (d / "events.jsonl").read_text()))), "CorruptRunFileError"),
     Case("run directories", "no_divergence.jsonl with a reason that is a list",
          lambda e: e.run_args(out=_broken_run(e, "nodiv_reason", _append_no_event)), "CorruptRunFileError"),
     Case("run directories", "events.jsonl holding records of another run",
@@ -793,6 +818,9 @@ CASES = [
     Case("workflows", "merge-check of a configuration with no models, slices or modules",
          lambda e: ["merge-check", str(e.file("empty-merge.yml", "merge_method: linear\n")), "--prompts",
                     str(e.prompts), "--out", str(e.tmp / "mc")], "UnsupportedMergeConfigError"),
+    Case("workflows", "merge-check of a configuration whose aliases of aliases expand to billions of values",
+         lambda e: ["merge-check", str(e.file("laughs-merge.yml", "merge_method: linear\n" + _aliases_of_aliases("x"))),
+                    "--prompts", str(e.prompts), "--out", str(e.tmp / "mc")], "UnsupportedMergeConfigError"),
     Case("workflows", "merge-check of a passthrough that repeats layers",
          lambda e: ["merge-check", str(e.file("frank.yml", f"merge_method: passthrough\nslices:\n"
                                                             f"  - sources: [{{model: {e.base}, layer_range: [0, 3]}}]\n"

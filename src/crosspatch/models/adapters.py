@@ -23,7 +23,7 @@ def read_adapter_config(adapter: str) -> dict:
         raise ModelLoadError(f"{adapter} is not a PEFT adapter directory (no adapter_config.json)")
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ModelLoadError(f"{adapter}: adapter_config.json is not readable JSON ({exc})") from None
     if not isinstance(cfg, dict) or not cfg.get("peft_type"):
         raise ModelLoadError(f"{adapter}: adapter_config.json names no peft_type; is it a PEFT adapter?")

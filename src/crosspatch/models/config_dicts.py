@@ -14,7 +14,7 @@ def _read_config(path: str):
 
     try:
         return json.loads((Path(str(path)).expanduser() / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 

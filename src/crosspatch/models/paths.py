@@ -217,7 +217,7 @@ def check_checkpoint_files(root: Path, named: str) -> list[Path]:
             data = json.loads((root / name).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
             raise ModelLoadError(f"{named}: {name} cannot be read ({exc.__class__.__name__}: {exc})") from exc
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # (JSON nested thousands deep)
             raise ModelLoadError(f"{named}: {name} is not valid JSON ({exc})") from exc
         if not isinstance(data, dict):
             raise ModelLoadError(f"{named}: {name} holds a JSON {type(data).__name__}, not an object")
@@ -247,7 +247,7 @@ def check_checkpoint_files(root: Path, named: str) -> list[Path]:
     for index in sorted(root.glob("*.index.json")):
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError, RecursionError) as exc:
             raise ModelLoadError(f"{named}: {index.name} is not a readable shard index ({exc})") from exc
         if not isinstance(weight_map, dict):
             raise ModelLoadError(f"{named}: {index.name} has no weight_map object")

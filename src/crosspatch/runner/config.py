@@ -44,10 +44,17 @@ def parse_words(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+# the most nodes a configuration may expand to through its aliases: a policy or merge file holds
+# hundreds; an alias nested on alias (a "billion laughs") expands to billions and hangs whatever reads it
+MAX_YAML_NODES = 100_000
+
+
 def strict_yaml_load(text: str):
     """``yaml.safe_load`` refusing a mapping that names one key twice (PyYAML keeps the last value
-    without a word: in a threshold or merge file, which one was meant cannot be told); the
-    refusal is a ``yaml.YAMLError`` naming the key and its line."""
+    without a word: in a threshold or merge file, which one was meant cannot be told) and a
+    document whose aliases expand it past :data:`MAX_YAML_NODES` nodes (aliases of aliases: a few
+    lines that stand for billions of values) or nested thousands deep; each refusal is a
+    ``yaml.YAMLError`` naming it."""
     import yaml
 
     class StrictLoader(yaml.SafeLoader):
@@ -64,7 +71,32 @@ def strict_yaml_load(text: str):
         return loader.construct_mapping(node, deep=deep)
 
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    loader = StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if (size := _expanded_size(node, {})) > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"its aliases expand it to {size:,} values (more than {MAX_YAML_NODES:,}): aliases "
+                                 "of aliases, which no configuration needs")
+        return loader.construct_document(node)
+    except RecursionError:  # (PyYAML composes and constructs recursively)
+        raise yaml.YAMLError("it nests lists or mappings thousands deep, deeper than it can be read") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node, sizes: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for with every alias written out (each node counted once
+    per place it appears; a node that contains itself counts as what it holds once)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # (a node reached again inside itself: a recursive alias)
+    children = node.value if isinstance(node.value, list) else []
+    total = 1 + sum(_expanded_size(part, sizes) for child in children
+                    for part in (child if isinstance(child, tuple) else (child,)))
+    sizes[id(node)] = total
+    return total
 
 
 def load_policy(path: str | Path) -> dict:

@@ -243,7 +243,7 @@ def read_json_object(path: Path, what: str) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         line = getattr(exc, "lineno", None)
         raise CorruptRunFileError(f"{path}{f':{line}' if line else ''}: {what} is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
@@ -326,7 +326,7 @@ def _read_jsonl(path: Path, skip_torn_tail: bool = False) -> list[tuple[int, dic
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             if skip_torn_tail and lineno == last and not text.endswith("\n"):
                 break
             advice = ("the last line was cut off: if the run was interrupted, run the same command again to resume it"
@@ -334,7 +334,7 @@ def _read_jsonl(path: Path, skip_torn_tail: bool = False) -> list[tuple[int, dic
                       "a line inside the file is damaged (not an interrupted write, which only cuts the last line): "
                       "restore the file from a copy, or delete that line and run the same command again to redo "
                       "its prompt, or start afresh with --overwrite")
-            error = CorruptRunFileError(f"{path}:{lineno}: not valid JSON ({exc.msg}); {advice}")
+            error = CorruptRunFileError(f"{path}:{lineno}: not valid JSON ({getattr(exc, 'msg', exc)}); {advice}")
             error.torn_tail = lineno == last and not text.endswith("\n")  # what a resume cuts off (cut_torn_tail)
             raise error from None
         if not isinstance(row, dict):

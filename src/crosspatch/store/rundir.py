@@ -78,7 +78,7 @@ def _records_file(path: Path) -> bool:
         return line.startswith('{"')
     try:
         row = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(row, dict) and "run" in row
 
