@@ -282,12 +282,18 @@ def test_gate_exit_codes(portable_run, tmp_path):
         assert code == 2 and out["status"] == "unusable" and "summary.json" in out["reason"], name
     # a damaged config.json (what the run was asked, a shard's part included) is no run to gate either,
     # as a missing one is not: it was gated on its summary alone
-    for name, text in (("config_cut", '{"options": {"shard": "0/'), ("config_list", "[1]")):
+    nested = "[" * 100_000 + "]" * 100_000  # (valid JSON nested deeper than Python's parser recurses)
+    for name, text in (("config_cut", '{"options": {"shard": "0/'), ("config_list", "[1]"), ("config_deep", nested)):
         damaged = tmp_path / name
         shutil.copytree(portable_run, damaged)
         (damaged / "config.json").write_text(text)
         code, out = _gate(damaged)
         assert code == 2 and out["status"] == "unusable" and "config.json" in out["reason"], name
+    deep = tmp_path / "summary_deep"  # (not a RecursionError's traceback, whose exit code 1 reads as a failed gate)
+    shutil.copytree(portable_run, deep)
+    (deep / "summary.json").write_text(nested)
+    code, out = _gate(deep)
+    assert code == 2 and out["status"] == "unusable" and "summary.json" in out["reason"]
 
 
 def test_gate_prints_the_verdict_for_people(portable_run):

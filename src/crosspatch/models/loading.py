@@ -379,5 +379,5 @@ def _saved_by_transformers_5(path: str) -> bool:
         return False
     try:
         return json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") == "TokenizersBackend"
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, RecursionError):
         return False

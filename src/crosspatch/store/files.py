@@ -119,7 +119,7 @@ def collection_runs(path: Path, kind: str) -> list[Path]:
     found = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / "config.json").exists())
     try:
         listed = json.loads((path / "compare.json").read_text(encoding="utf-8")).get("descendants")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         listed = None
     if not isinstance(listed, list):
         return [path / name for name in found]
@@ -130,7 +130,7 @@ def collection_kind(path: str | Path) -> str | None:
     """The kind :func:`mark_collection` wrote into ``path``, or None."""
     try:
         kind = json.loads((Path(path) / COLLECTION_MARKER).read_text(encoding="utf-8")).get("kind")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
     return kind if isinstance(kind, str) else None
 _OUTPUTS = ("config.json", "summary.json", "events.parquet", "report.md", "report.html", "sweep.png", "sweep.svg")

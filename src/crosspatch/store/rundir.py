@@ -142,7 +142,7 @@ class RunStore:
             try:
                 return str(json.loads(cfg.read_text(encoding="utf-8")).get("schema_version", "")).startswith(
                     "crosspatch.config")
-            except (OSError, ValueError, AttributeError):
+            except (OSError, ValueError, AttributeError, RecursionError):
                 return False
         return False
 
@@ -154,7 +154,7 @@ class RunStore:
     def _marker(self) -> dict:
         try:
             return json.loads((self.path / MARKER).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
 
     def clear(self) -> None:

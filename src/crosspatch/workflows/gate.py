@@ -86,7 +86,7 @@ def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         if not isinstance(config, dict):
             raise ValueError(f"it holds a JSON {type(config).__name__}, not an object")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # (RecursionError: JSON nested thousands deep)
         return _unusable(f"{path / 'config.json'} is unreadable or malformed: {exc}")
     recorded = config.get("options", {}).get("policy") if isinstance(config.get("options"), dict) else None
     recorded = recorded if isinstance(recorded, dict) else {}
@@ -114,7 +114,7 @@ def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
         results = summary["results"]
     except (CorruptRunFileError, RunSchemaError) as exc:
         return _unusable(str(exc))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         return _unusable(f"{path / 'summary.json'} is unreadable or malformed: {exc}")
     accounted = counts.get("events", 0) + counts.get("invalid", 0) + sum(counts.get("no_divergence", {}).values())
     if accounted != counts.get("prompts"):

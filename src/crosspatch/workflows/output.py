@@ -47,7 +47,7 @@ def finished_document(out: str | Path | None, kind: str, inputs: dict, allow_run
     if document_path.exists():
         try:
             document = json.loads(document_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise CorruptRunFileError(f"{document_path} is not readable JSON ({exc}); remove it or choose "
                                       "another --out") from None
         if not isinstance(document, dict) or document.get("fingerprint") != fingerprint_of(inputs):

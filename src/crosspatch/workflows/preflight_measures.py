@@ -37,7 +37,7 @@ def read_domain_text(path: str | Path) -> list[str]:
                 continue
             try:
                 row = json.loads(line)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise PromptFileError(f"--domain-text {path}:{number}: not JSON ({exc})") from None
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise PromptFileError(f"--domain-text {path}:{number}: each line needs a string field 'text'")

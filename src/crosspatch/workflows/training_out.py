@@ -86,7 +86,7 @@ def recorded_owner(out: Path) -> str | None:
     ``out`` of a callback run by hand, or of an earlier version)."""
     try:
         return json.loads((out / OWNER_FILE).read_text(encoding="utf-8")).get("output_dir")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
 
 
@@ -134,7 +134,7 @@ def _step_lines(out: Path) -> list[tuple[str, Any]]:
     for line in (out / STEPS_FILE).read_text(encoding="utf-8").splitlines():
         try:
             step = json.loads(line).get("step")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             step = None
         lines.append((line, step))
     return lines
