@@ -230,6 +230,24 @@ def _gate(*args):
     return res.exit_code, json.loads(res.output)
 
 
+def test_a_gate_that_crashes_exits_unusable_not_failed(monkeypatch, tmp_path):
+    """Python exits 1 on an uncaught exception, and 1 is the gate's "fail": CI would read a crash
+    of crosspatch as a verdict on the model. A crash is exit 2, with its traceback to report."""
+    import crosspatch.workflows.gate as gating
+
+    def crash(*_args, **_kwargs):
+        raise AttributeError("'str' object has no attribute 'get'")
+
+    monkeypatch.setattr(gating, "gate", crash)
+    result = CliRunner().invoke(app, ["gate", str(tmp_path), "--json"])
+    out = json.loads(result.stdout)  # (the traceback goes to standard error)
+    assert (result.exit_code, out["status"], out["verdict"]) == (2, "unusable", None)
+    assert "AttributeError" in out["reason"] and "crosspatch bug" in out["reason"]
+    assert "Traceback" in result.stderr
+    result = CliRunner().invoke(app, ["gate", str(tmp_path)])
+    assert result.exit_code == 2 and "unusable" in result.stdout
+
+
 @pytest.mark.slow
 def test_gate_exit_codes(portable_run, tmp_path):
     code, out = _gate(portable_run)
@@ -283,7 +301,9 @@ def test_gate_exit_codes(portable_run, tmp_path):
     # a damaged config.json (what the run was asked, a shard's part included) is no run to gate either,
     # as a missing one is not: it was gated on its summary alone
     nested = "[" * 100_000 + "]" * 100_000  # (valid JSON nested deeper than Python's parser recurses)
-    for name, text in (("config_cut", '{"options": {"shard": "0/'), ("config_list", "[1]"), ("config_deep", nested)):
+    options_text = json.dumps({**json.loads((portable_run / "config.json").read_text()), "options": "x"})
+    for name, text in (("config_cut", '{"options": {"shard": "0/'), ("config_list", "[1]"), ("config_deep", nested),
+                       ("config_options_text", options_text)):  # (not its schema's: named, not an AttributeError)
         damaged = tmp_path / name
         shutil.copytree(portable_run, damaged)
         (damaged / "config.json").write_text(text)

@@ -67,7 +67,13 @@ def gate_cmd(
         base_policy = load_policy(policy) if policy else {}
     except CrosspatchError as exc:
         _fail(exc)
-    outcome = gate(run_dir, {**base_policy, **overrides})
+    try:
+        outcome = gate(run_dir, {**base_policy, **overrides})
+    except Exception as exc:  # a crash is no verdict: exit 2 (unusable), never Python's 1, which CI reads as a fail
+        console.print_exception()
+        outcome = {"status": "unusable", "exit_code": 2, "verdict": None,
+                   "reason": f"crosspatch could not gate {run_dir} ({type(exc).__name__}: {exc}); the traceback above is "
+                             "a crosspatch bug, please report it"}
     if as_json:
         print(json_document(outcome), end="")
     else:

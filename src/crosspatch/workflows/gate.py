@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..core.verdict import VerdictPolicy, decide
 from ..errors import CorruptRunFileError, RunSchemaError
-from ..store import check_summary_shape, collection_kind, collection_runs, not_a_run_message
+from ..store import RunStore, check_summary_shape, collection_kind, collection_runs, not_a_run_message
 
 
 def _unusable(reason: str, **extra) -> dict:
@@ -83,11 +83,9 @@ def gate_run(run_dir: str | Path, policy: dict | None = None) -> dict:
     if not (path / "summary.json").exists():
         return _unusable(f"{path} has no summary.json: the run did not finish (run the same command again to resume)")
     try:  # what the run was asked (a shard's part of a run is no run to gate): a damaged file is no run either
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        if not isinstance(config, dict):
-            raise ValueError(f"it holds a JSON {type(config).__name__}, not an object")
-    except (OSError, ValueError, RecursionError) as exc:  # (RecursionError: JSON nested thousands deep)
-        return _unusable(f"{path / 'config.json'} is unreadable or malformed: {exc}")
+        config = RunStore(path).config()  # (JSON of the shape docs/schemas.md gives, else named)
+    except (CorruptRunFileError, RunSchemaError) as exc:
+        return _unusable(str(exc))  # (it names the file)
     recorded = config.get("options", {}).get("policy") if isinstance(config.get("options"), dict) else None
     recorded = recorded if isinstance(recorded, dict) else {}
     try:
