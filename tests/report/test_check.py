@@ -43,3 +43,18 @@ def test_names_tokens_and_paths_are_not_numbers():
     assert printed_numbers("t_IT top-1 L0 p7 run-3 /tmp/x2 3.5x 2x2") == []
     assert printed_numbers("E_PT +1.02 [+0.67, -1.37], 48%, n=1,234 and 5") == ["+1.02", "+0.67", "-1.37", "48%",
                                                                                "1,234", "5"]
+
+
+def test_a_check_that_crashes_exits_unusable_not_with_its_finding(monkeypatch, tmp_path):
+    """``report --check`` exits 1 for a number the stored data does not back; a crash of crosspatch
+    (Python's exit code 1) must not read as that finding: it exits 2 with its traceback."""
+    import crosspatch.workflows.rerender as rerender
+
+    def crash(*_args, **_kwargs):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(rerender, "rerender_workflow", crash)
+    res = CliRunner().invoke(app, ["report", str(tmp_path), "--check"])
+    assert res.exit_code == 2 and "Traceback" in res.stderr and "crosspatch report --check failed" in res.stderr
+    res = CliRunner().invoke(app, ["report", str(tmp_path)])  # (without --check: a crash as any command's)
+    assert isinstance(res.exception, IndexError)

@@ -311,6 +311,19 @@ def test_cli_exit_codes(tmp_path):
     assert unusable.exit_code == 2 and "ModelPathNotFoundError" in unusable.output
 
 
+def test_a_preflight_that_crashes_exits_unusable_not_failed(monkeypatch):
+    """Exit 1 is a failed check; Python's exit code for an uncaught exception is 1 too, which CI
+    would read as a finding about the adapter. A crash exits 2, with its traceback to report."""
+    import crosspatch.workflows.preflight as preflight_module
+
+    def crash(*_args, **_kwargs):
+        raise KeyError("input_ids")
+
+    monkeypatch.setattr(preflight_module, "preflight", crash)
+    result = CliRunner().invoke(app, ["preflight", "--base", str(Z / "base"), "--adapter", str(Z / "it-lora-all")])
+    assert result.exit_code == 2 and "Traceback" in result.stderr and "crosspatch preflight failed" in result.stderr
+
+
 @pytest.mark.slow
 def test_preflight_into_a_run_directory_adds_a_section_to_its_reports(tmp_path):
     import crosspatch

@@ -105,6 +105,17 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def _crashed(command: str) -> None:
+    """Inside an ``except``: the traceback of a crash of ``command``, a command whose exit code 1 is
+    a finding (preflight: a check failed; report --check: a number the stored data does not back),
+    and exit 2 (unusable): Python's own exit code for an uncaught exception, 1, would read to CI as
+    that finding."""
+    console.print_exception()
+    console.print(Text.assemble(("error ", "bold red"), f"crosspatch {command} failed (the traceback above is a "
+                                "crosspatch bug, please report it): unusable, exit 2"), soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
 def print_summary_table(summary: dict, title: str = "crosspatch") -> None:
     """A short rich table of the headline effects: at the verdict's boundary, in the readout the
     verdict reads (common-IT unless the policy says common-PT), so that it shows the numbers the

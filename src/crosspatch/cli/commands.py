@@ -15,6 +15,7 @@ from .app import (
     HELP_OPTIONS,
     CommandGroup,
     _boundary,
+    _crashed,
     _fail,
     _print_section,
     _stdout,
@@ -251,6 +252,10 @@ def report_cmd(
                         for member in members for problem in check_report(member)]
     except (CrosspatchError, ValueError) as exc:
         _fail(exc)
+    except Exception:
+        if not check:
+            raise
+        _crashed("report --check")  # (its exit 1 is a number the stored data does not back)
     print_warnings(written.warnings if written is not None else [])
     for path in written.files if written is not None else pages or []:
         console.print(f"wrote {path}", soft_wrap=True)

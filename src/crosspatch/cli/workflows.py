@@ -12,7 +12,7 @@ from rich.text import Text
 
 from ..errors import CrosspatchError, OptionError
 from ..models.options import LoadOptions
-from .app import _boundaries, _boundary, _fail, _stdout, app, console, load_policy, print_warnings
+from .app import _boundaries, _boundary, _crashed, _fail, _stdout, app, console, load_policy, print_warnings
 from .options import command
 from .targets import FIELDS, default_out, model_label
 
@@ -65,6 +65,8 @@ def preflight_cmd(
                            progress=None if as_json else (lambda m: console.print(Text(m, style="dim"), soft_wrap=True)))
     except CrosspatchError as exc:
         _fail(exc)
+    except Exception:  # exit 1 is a failed check: a crash is exit 2
+        _crashed("preflight")
     if as_json:
         print(json_document(result.document), end="")
     else:
