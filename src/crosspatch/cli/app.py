@@ -58,6 +58,24 @@ class CommandGroup(typer.core.TyperGroup):
                      f"value after its option{example}; crosspatch {name} -h lists them")
         return name, command, rest
 
+    def invoke(self, ctx):
+        """The command, with a path no file system holds (a name between slashes longer than its
+        255 bytes: Python's path checks raise where they would say "no such file") named as a
+        :class:`~crosspatch.errors.OptionError` rather than a traceback, wherever it is checked."""
+        import errno
+
+        from ..errors import OptionError
+
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            name = str(exc.filename)
+            shown = name if len(name) <= 160 else f"{name[:100]}...{name[-40:]}"
+            _fail(OptionError(f"{shown}: a path no file system can hold ({exc.strerror}: a name between its slashes is "
+                              "longer than the 255 bytes a file name may have); check the path given"))
+
 
 _plain_argument_help()
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
