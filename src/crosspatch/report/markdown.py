@@ -67,7 +67,7 @@ def fmt_percent(stat: dict | None) -> str:
 
 
 def fmt_effect(block: dict, name: str) -> str:
-    stat = block["effects"][name]
+    stat = block["effects"].get(name)  # (the later effects: absent from a summary an earlier crosspatch wrote)
     if name in _RATIOS:
         return fmt_value(stat, percent=True)
     return fmt_value(stat, signed=name != "odds_interaction")
@@ -197,7 +197,7 @@ def reading_lines(result: dict) -> list[str]:
     else:
         verdict = ("The interaction's interval includes zero: no evidence that the late stack's gain "
                    "depends on which upstream state it reads; the late effect looks portable.")
-    share = eff["direct_share"]["mean"]
+    share = (eff.get("direct_share") or {}).get("mean")  # (absent from a summary an earlier crosspatch wrote)
     extra = f" The portable part `E_PT` is {fmt_value(e_pt)}"
     extra += f", {100 * share:.0f}% of `E_IT`." if share is not None else "."
     return [verdict + extra]
@@ -230,7 +230,7 @@ def controls_table(rows: list[dict]) -> list[str]:
         ci_text = f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci and None not in ci else ""
         body.append([r["control"].replace("_", "-"), r["status"], _fmt_number(r.get("value")), ci_text,
                      str(r.get("n") if r.get("n") is not None else ""), md_escape_prose(r.get("threshold") or ""),
-                     md_escape_prose(r["summary"])])
+                     md_escape_prose(r.get("summary") or "")])
     return ["## Controls", ""] + _table(["control", "status", "value", "95% CI", "n", "threshold", "reading"], body) + [""]
 
 

@@ -52,8 +52,8 @@ class Effects(TypedDict, total=False):
 class EffectBlock(TypedDict, total=False):
     """One group of events under one readout: counts, the four cell means and every effect."""
 
-    n_events: int
-    n_prompts: int
+    n_events: Required[int]
+    n_prompts: Required[int]
     sign_count: dict[str, int]
     cells: Required[Cells]
     effects: Required[Effects]
@@ -116,14 +116,14 @@ class ControlRow(TypedDict, total=False):
 class VerdictRecord(TypedDict, total=False):
     """The verdict (docs/verdict.md): word, grade, reason, the numbers that decided it."""
 
-    verdict: str
+    verdict: Required[str]
     grade: str
-    reason: str
+    reason: Required[str]
     numbers: dict[str, Any]
     policy: dict[str, Any]
     weakened_by: list[str]
-    boundary: int
-    readout: str
+    boundary: Required[int]
+    readout: Required[str]
 
 
 class Counts(TypedDict, total=False):
