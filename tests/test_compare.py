@@ -488,6 +488,24 @@ def test_compare_pages_link_back_to_the_combined_page(compared):
         assert '<a href="../report.html">' in (out / role / "report.html").read_text()
 
 
+@pytest.mark.slow
+def test_a_compare_row_without_what_its_pages_print_is_named_not_a_key_error(compared, tmp_path):
+    import json
+    import shutil
+
+    from crosspatch.cli import app
+
+    _, out = compared
+    for field in ("events", "reason"):
+        damaged = tmp_path / field
+        shutil.copytree(out, damaged)
+        document = json.loads((damaged / "compare.json").read_text())
+        del document["rows"]["late"][field]
+        (damaged / "compare.json").write_text(json.dumps(document))
+        res = CliRunner().invoke(app, ["report", str(damaged)])
+        assert res.exit_code == 2 and "CorruptRunFileError" in res.output and f"rows.late.{field}" in res.output, field
+
+
 @pytest.mark.parametrize("tuned", ["", 0, []])
 def test_a_tuned_role_that_is_empty_is_refused_not_taken_for_the_first_descendant(tuned):
     from crosspatch.runner.pipeline import run

@@ -97,10 +97,12 @@ def test_a_document_of_the_wrong_shape_is_refused_on_write_and_on_read(tmp_path)
                 earlier(value)
 
     (tmp_path / "r" / "summary.json").write_text(json.dumps(damaged(
-        lambda s: (earlier(s["results"]), s.update(controls=[{"control": "c", "status": "warn"}])))))
+        lambda s: (earlier(s["results"]), s.update(controls=[{"control": "c", "status": "warn"}]),
+                   s["results"][b]["common_it"].pop("by_position")))))  # (groups a native readout lacks)
     for command in (["report", str(tmp_path / "r")], ["gate", str(tmp_path / "r")]):
         res = CliRunner().invoke(app, command)
-        assert res.exit_code in (0, 1) and "Traceback" not in res.output, res.output
+        assert res.exit_code in (0, 1) and (res.exception is None or isinstance(res.exception, SystemExit)), \
+            (command, res.exception)
     (tmp_path / "r" / "summary.json").write_text(json.dumps(summary))
     for what, models in (("a base of nothing", {**config["models"], "base": None}),
                          ("a descendant path of a number", {**config["models"], "base": {"path": 3}})):

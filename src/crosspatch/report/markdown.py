@@ -151,10 +151,11 @@ def boundary_section(result: dict, boundary: str, num_layers: int | None, level:
                      f"{fmt_effect(averaged, 'interaction')}, `E_PT` {fmt_effect(averaged, 'E_PT')}, "
                      f"`E_IT` {fmt_effect(averaged, 'E_IT')} ({averaged['n_prompts']} prompts).")
         lines.append("")
-    lines.append(f"{level}# By generated position ({label})")
-    lines.append("")
-    lines += breakdown_table(read["by_position"], "position")
-    lines.append("")
+    if "by_position" in read:  # (the common readouts' groups: a native readout has none)
+        lines.append(f"{level}# By generated position ({label})")
+        lines.append("")
+        lines += breakdown_table(read["by_position"], "position")
+        lines.append("")
     agree = result.get("readout_agreement", {})
     if agree.get("same_sign_fraction") is not None:
         corr = agree["interaction_correlation"]

@@ -229,12 +229,12 @@ class RunConfigRecord(TypedDict, total=False):
 class CompareRow(TypedDict, total=False):
     """A descendant's row of ``compare.json``: its run's headline block and verdict."""
 
-    events: int
+    events: Required[int]
     prompts: int
     cells: Required[Cells]
     effects: Required[Effects]
     verdict: Required[str]
-    reason: str
+    reason: Required[str]
     boundary: int
     readout: Literal["common_it", "common_pt"]  # the verdict's, which the row's numbers are read in (absent: common_it)
 
