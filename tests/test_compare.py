@@ -136,6 +136,18 @@ def test_lineage_on_an_interpolation_is_monotone_and_its_final_stage_equals_a_pl
     assert by["s3"]["native_y"]["mean"] == pytest.approx(cells["uit_lit"]["mean"], abs=1e-6)
     for name in ("lineage.json", "lineage.png", "lineage.svg", "report.md", "report.html", "run/summary.json"):
         assert (tmp_path / name).exists(), name
+    # lineage.json without what its pages print is named; an interval with one end is drawn as none
+    import json
+
+    from crosspatch.cli import app
+
+    document = json.loads((tmp_path / "lineage.json").read_text())
+    for damaged, code in (({k: v for k, v in document.items() if k != "note"}, 2),
+                          ({**document, "by_stage": {**document["by_stage"], "s1": {
+                              **document["by_stage"]["s1"], "E_PT": {"mean": 0.1, "ci": [None, 0.2]}}}}, 0)):
+        (tmp_path / "lineage.json").write_text(json.dumps(damaged))
+        res = CliRunner().invoke(app, ["report", str(tmp_path)])
+        assert res.exit_code == code and (code == 0 or "CorruptRunFileError" in res.output), (res.exception, res.output)
 
 
 def test_a_lineage_whose_final_stage_is_broken_says_why_no_stage_is_scored(tmp_path):

@@ -144,3 +144,29 @@ def test_report_renders_a_workflow_directory_again_with_the_runs_inside_it(tmp_p
     (tmp_path / "pf" / "preflight.json").write_text(json.dumps(PREFLIGHT))  # (no prompts: its page reads them)
     res = CliRunner().invoke(app, ["report", str(tmp_path / "pf")])
     assert res.exit_code == 2 and "CorruptRunFileError" in res.output and "cannot be rendered" in res.output
+
+
+def test_a_splice_document_its_pages_cannot_be_rendered_from_is_named(tmp_path):
+    """A chimera with fewer continuations than the splice has prompts, or an interval of one end, is
+    named as the document's damage (a CorruptRunFileError), not an IndexError."""
+    from typer.testing import CliRunner
+
+    from crosspatch.cli import app
+
+    output = {"prompt": "p0", "text": "rain", "tokens": 1, "departs_from_tuned": None, "ended": False}
+    chimera = {"early": "tuned", "late": "tuned", "validator_pass_rate": None, "validated": 0, "same_as_tuned": 1.0,
+               "median_departure": None, "outputs": [output, {**output, "prompt": "p1"}]}
+    whole = {**SPLICE, "inputs": {"base": "b", "tuned": "t", "adapter": None, "max_new_tokens": 4, "dtype": "float32"},
+             "num_layers": 6, "prompts": {"count": 2, "ids": ["p0", "p1"]},
+             "boundaries": {"3": {"chimeras": {"tuned early + tuned late": chimera}}}}
+    (tmp_path / "splice").mkdir()
+    (tmp_path / "splice" / "splice.json").write_text(json.dumps(whole))
+    assert CliRunner().invoke(app, ["report", str(tmp_path / "splice")]).exit_code == 0
+    short = {**chimera, "outputs": [output]}
+    one_end = {"n_events": 3, "E_PT": {"mean": 0.1, "ci": [0.0]}, "E_IT": {"mean": 0.2, "ci": None},
+               "interaction": {"mean": 0.1, "ci": None}}
+    for damaged in ({**whole, "boundaries": {"3": {"chimeras": {"tuned early + tuned late": short}}}},
+                    {**whole, "diagnostic": {"3": one_end, "verdict": None, "reason": None}}):
+        (tmp_path / "splice" / "splice.json").write_text(json.dumps(damaged))
+        res = CliRunner().invoke(app, ["report", str(tmp_path / "splice")])
+        assert res.exit_code == 2 and "CorruptRunFileError" in res.output, (res.exception, res.output)

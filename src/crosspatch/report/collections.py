@@ -122,8 +122,8 @@ def plot_lineage(summary: dict, out: Path) -> None:
         stats = [summary["by_stage"][s][key] for s in stages]
         means = [np.nan if st["mean"] is None else st["mean"] for st in stats]
         ax.plot(x, means, marker="o", label=label)
-        lo = [np.nan if not st.get("ci") else st["ci"][0] for st in stats]
-        hi = [np.nan if not st.get("ci") else st["ci"][1] for st in stats]
+        ends = [st.get("ci") if st.get("ci") and None not in st["ci"] else (np.nan, np.nan) for st in stats]
+        lo, hi = [end[0] for end in ends], [end[1] for end in ends]
         ax.fill_between(x, lo, hi, alpha=0.15)
     if by_step:
         ax.set_xlabel("training step")

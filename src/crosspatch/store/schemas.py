@@ -284,13 +284,13 @@ class LineageDocument(TypedDict, total=False):
     """``lineage.json``: every stage scored on the Base -> Final contrast."""
 
     schema_version: str
-    stages: list[str]
-    final: str
-    boundary: int
-    events: int
+    stages: Required[list[str]]
+    final: Required[str]
+    boundary: Required[int]
+    events: Required[int]
     no_events_reason: str
-    by_stage: dict[str, LineageStage]
-    note: str
+    by_stage: Required[dict[str, LineageStage]]
+    note: Required[str]
     training_steps: dict[str, int]
     warnings: list[str]  # the model set's warnings (the lineage's run repeats them in its summary.json)
     settings: list[list[str]]  # [name, what] of each setting chosen that changes the stages' rows (a chat template)

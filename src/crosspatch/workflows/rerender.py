@@ -31,7 +31,7 @@ def rerender_workflow(path: str | Path) -> list[Path] | None:
     document = read_checked_document(path / name)
     try:
         getattr(importlib.import_module(f"{__package__}.{module}"), writer)(path, document)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # (a part its pages show, lacking or damaged)
+    except (LookupError, TypeError, ValueError, AttributeError) as exc:  # (a part its pages show, lacking or damaged)
         raise CorruptRunFileError(f"{path / name}: its pages cannot be rendered from it ({type(exc).__name__}: "
                                   f"{exc}): not the document crosspatch wrote; run the command again into a new "
                                   "directory") from None
