@@ -516,6 +516,13 @@ def test_a_compare_row_without_what_its_pages_print_is_named_not_a_key_error(com
         (damaged / "compare.json").write_text(json.dumps(document))
         res = CliRunner().invoke(app, ["report", str(damaged)])
         assert res.exit_code == 2 and "CorruptRunFileError" in res.output and f"rows.late.{field}" in res.output, field
+    damaged = tmp_path / "cross"  # (a part no schema lists: its pages cannot be rendered, and it says so)
+    shutil.copytree(out, damaged)
+    document = json.loads((damaged / "compare.json").read_text())
+    del document["cross_note"]
+    (damaged / "compare.json").write_text(json.dumps(document))
+    res = CliRunner().invoke(app, ["report", str(damaged)])
+    assert res.exit_code == 2 and "cannot be rendered" in res.output and "cross_note" in res.output, res.exception
 
 
 @pytest.mark.parametrize("tuned", ["", 0, []])

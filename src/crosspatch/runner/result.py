@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.records import CellRecord, NoDivergence, in_run_order
-from ..errors import BoundaryNotScoredError, OptionError
+from ..errors import BoundaryNotScoredError, CorruptRunFileError, OptionError
 from ..report.markdown import render_markdown
 from ..report.render import render_reports
 from ..store import (
@@ -210,7 +210,12 @@ def _rerender_collection(path: Path, kind: str) -> Rendered:
         done = rerender_run(member)
         files += done.files
         warnings += [f"{member.name}: {w}" for w in done.warnings]
-    text = (write_compare_pages if kind == "compare" else write_lineage_pages)(path, summary)
+    try:
+        text = (write_compare_pages if kind == "compare" else write_lineage_pages)(path, summary)
+    except (LookupError, TypeError, ValueError, AttributeError) as exc:  # (a part its pages show, lacking or damaged)
+        raise CorruptRunFileError(f"{path / f'{kind}.json'}: its pages cannot be rendered from it ({type(exc).__name__}: "
+                                  f"{exc}): not the document crosspatch wrote; run the command again into a new "
+                                  "directory") from None
     files += [path / n for n in ("report.md", "report.html", "lineage.png", "lineage.svg") if (path / n).exists()]
     return Rendered(text, files, warnings)
 
