@@ -63,3 +63,22 @@ def test_the_reference_page_is_rendered_from_the_schema():
     docs = (Path(__file__).parents[1] / "docs" / "validators.md").read_text()
     assert docs.strip() == render_validator_docs().strip(), \
         'run: python -c "from crosspatch.inputs.validators import render_validator_docs as r; print(r())" > docs/validators.md'
+
+
+def test_a_pattern_that_backtracks_catastrophically_never_hangs_a_run(monkeypatch):
+    """``^(\\w+\\s?)*$`` on a sentence that ends in punctuation took Python's ``re`` longer than ten
+    minutes on one 60-character continuation, and a consequence or splice run hung on it. The
+    search defuses such patterns where it can, and names the pattern where it cannot."""
+    import crosspatch.inputs.validators as validators
+    from crosspatch.errors import PromptFileError
+
+    text = "Sunny with highs near seventy five degrees today and winds!"
+    assert parse_validator({"type": "regex", "pattern": r"^(\w+\s?)*$"}, "x").check(text) is False
+    assert parse_validator({"type": "regex", "pattern": r"(a+)+$"}, "x").check("a" * 40 + "b") is False
+    monkeypatch.setattr(validators, "REGEX_SECONDS", 0.2)
+    with pytest.raises(PromptFileError, match=r"validator pattern '\(a\|aa\)\+\$'.*backtracks catastrophically"):
+        parse_validator({"type": "regex", "pattern": r"(a|aa)+$"}, "x").check("a" * 40 + "b")
+    # the same meaning as re's otherwise: flags, must_match
+    rule = {"type": "regex", "pattern": "^rain", "flags": "im", "must_match": True}
+    assert parse_validator(rule, "x").check("Sun\nRAIN later") is True
+    assert parse_validator({**rule, "must_match": False}, "x").check("Sun\nRAIN later") is False

@@ -62,14 +62,34 @@ class Validator:
         return list(self.rules)
 
 
+# how long one regex rule may search one text: a pattern that backtracks catastrophically (nested
+# quantifiers, (a|aa)+$) would otherwise hang a consequence or splice run on a continuation it cannot match
+REGEX_SECONDS = 2.0
+
+
+def _search(pattern: str, flags: str, text: str):
+    """``pattern`` searched in ``text`` by the ``regex`` package (``re``'s syntax and meaning, with
+    safeguards against most catastrophic backtracking, and a timeout): past :data:`REGEX_SECONDS`, a
+    PromptFileError naming the pattern."""
+    import regex
+
+    try:
+        return regex.search(pattern, text, sum({"i": regex.I, "m": regex.M, "s": regex.S}[f] for f in flags),
+                            timeout=REGEX_SECONDS)
+    except TimeoutError:
+        raise PromptFileError(f"validator pattern {pattern!r} searched a {len(text)}-character text for more than "
+                              f"{REGEX_SECONDS:g} s: it backtracks catastrophically (a repetition of alternatives or "
+                              "quantifiers that can match the same text in many ways, as (a|aa)+); rewrite it "
+                              "(e.g. a+ for (a|aa)+) and run the command again: it resumes") from None
+
+
 def _check_rule(rule: dict, text: str) -> bool:
     kind = rule["type"]
     if kind == "exact":
         first = next((line for line in text.splitlines() if line.strip()), "")
         return _norm(first) == _norm(rule["answer"])
     if kind == "regex":
-        flags = sum({"i": re.I, "m": re.M, "s": re.S}[f] for f in rule.get("flags", ""))
-        found = re.search(rule["pattern"], text, flags) is not None
+        found = _search(rule["pattern"], rule.get("flags", ""), text) is not None
         return found if rule.get("must_match", True) else not found
     if kind == "sections":
         case = rule.get("case_sensitive", True)
@@ -117,7 +137,10 @@ class ExactRule(_Rule):
 
 
 class RegexRule(_Rule):
-    """``pattern`` is found (or, with ``must_match: false``, is not found)."""
+    """``pattern`` is found (or, with ``must_match: false``, is not found). The pattern is written
+    as for Python's ``re`` and searched by the ``regex`` package, which defuses most catastrophic
+    backtracking; a search that still runs past 2 seconds on one text is a ``PromptFileError``
+    naming the pattern, never a run that hangs."""
 
     type: Literal["regex"]
     pattern: str
@@ -127,9 +150,11 @@ class RegexRule(_Rule):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
+        import regex
+
+        try:  # (as the search reads it: the regex package, re's syntax)
+            regex.compile(value)
+        except regex.error as exc:
             raise ValueError(f"the pattern does not compile ({exc})") from None
         return value
 
