@@ -82,3 +82,9 @@ def test_a_pattern_that_backtracks_catastrophically_never_hangs_a_run(monkeypatc
     rule = {"type": "regex", "pattern": "^rain", "flags": "im", "must_match": True}
     assert parse_validator(rule, "x").check("Sun\nRAIN later") is True
     assert parse_validator({**rule, "must_match": False}, "x").check("Sun\nRAIN later") is False
+
+
+def test_a_continuation_nested_thousands_deep_fails_a_json_rule_and_never_crashes_the_run():
+    rule = parse_validator({"type": "json", "required": ["a"]}, "x")
+    assert rule.check('{"a":' * 3000) is False  # (a RecursionError stopped the consequence run)
+    assert rule.check('{"a":' * 3000 + ' then {"a": 1}') is True

@@ -104,7 +104,7 @@ def _check_rule(rule: dict, text: str) -> bool:
         while start != -1:
             try:
                 obj, _ = json.JSONDecoder().raw_decode(text[start:])
-            except ValueError:
+            except (ValueError, RecursionError):  # (an object nested thousands deep parses as none)
                 start = text.find("{", start + 1)
                 continue
             if not isinstance(obj, dict):
