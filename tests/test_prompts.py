@@ -99,6 +99,23 @@ def test_a_prompt_file_compressed_whole_reads_as_the_file_itself(tmp_path, codec
         load_prompts(tmp_path / f"p.txt{suffix}")
 
 
+@pytest.mark.parametrize("codec, suffix", [("gzip", ".gz"), ("bz2", ".bz2"), ("lzma", ".xz")])
+def test_a_compressed_prompt_file_that_decompresses_past_any_prompt_set_is_refused(tmp_path, codec, suffix, monkeypatch):
+    """A megabyte of gzip can stand for gigabytes of zeros: it was decompressed whole into memory."""
+    import importlib
+
+    import crosspatch.inputs.prompt_files as prompt_files
+
+    monkeypatch.setattr(prompt_files, "MAX_DECOMPRESSED_BYTES", 1000)
+    bomb = tmp_path / f"bomb.jsonl{suffix}"
+    bomb.write_bytes(importlib.import_module(codec).compress(b" " * 5000 + b'{"id": "a", "prompt": "Rain"}\n'))
+    with pytest.raises(PromptFileError, match=rf"bomb.jsonl{suffix}: decompresses to more than"):
+        load_prompts(bomb)
+    fits = tmp_path / f"fits.jsonl{suffix}"
+    fits.write_bytes(importlib.import_module(codec).compress(b'{"id": "a", "prompt": "Rain"}\n'))
+    assert [p.id for p in load_prompts(fits)] == ["a"]
+
+
 def test_a_json_object_wrapping_the_prompts_is_named_as_such(tmp_path):
     """``{"data": [...]}`` is no prompt (it was read as one row, then refused for its missing
     ``id``); one prompt object alone is still one prompt."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import json
 import re
 import sys
@@ -23,6 +24,9 @@ __all__ = ["COMPRESSIONS", "STDIN", "check_columns", "file_type", "is_stdin", "r
 # a prompt file compressed whole (``prompts.jsonl.gz``), as datasets and pandas read them: the
 # standard library's codecs, the file type named by the suffix before the compression's
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+# the most a compressed prompt file may decompress to: a prompt set is megabytes; a few megabytes of
+# zeros compressed (a "decompression bomb") would otherwise fill the memory before any check
+MAX_DECOMPRESSED_BYTES = 1 << 30
 
 
 STDIN = "-"  # ``--prompts -``: JSON lines (or one JSON array) piped in on standard input
@@ -60,10 +64,15 @@ def _read_bytes(path: Path) -> bytes:
     if codec is None:
         return data
     try:
-        return importlib.import_module(codec).decompress(data)
+        with importlib.import_module(codec).open(io.BytesIO(data), "rb") as stream:
+            text = stream.read(MAX_DECOMPRESSED_BYTES + 1)
     except Exception as exc:  # each codec raises its own error types (OSError, EOFError, LZMAError, ...)
         raise PromptFileError(f"{path}: cannot be decompressed as {codec} ({exc}): a damaged or truncated "
                               "file, or not compressed as its name says") from None
+    if len(text) > MAX_DECOMPRESSED_BYTES:
+        raise PromptFileError(f"{path}: decompresses to more than {MAX_DECOMPRESSED_BYTES / 2**30:g} GiB, far more "
+                              "than any prompt set (a compressed file of repeated bytes?); check the file")
+    return text
 
 
 def _stdin_bytes() -> bytes:
@@ -198,8 +207,6 @@ def _check_field_counts(path: Path, text: str, delimiter: str, columns: int) -> 
     """Every row of a .csv/.tsv (its ``text``) has at most the header's fields, or only empty ones
     past them (a trailing delimiter): a delimiter left unquoted inside a prompt would otherwise
     shift or cut its fields without a word."""
-    import io
-
     with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         next(reader, None)
@@ -214,8 +221,6 @@ def read_table(path: Path, fields: dict[str, str] | None = None) -> list[tuple[s
     """The rows of a CSV/TSV/Parquet file; ``fields`` (:mod:`crosspatch.inputs.fields`) names the
     columns that stand for ``id``, ``prompt``, ... (a CSV keeps those of the id and category as
     written)."""
-    import io
-
     import pandas as pd
 
     fields = fields or {}
