@@ -806,3 +806,17 @@ def test_an_image_field_that_is_no_usable_path_is_named(tmp_path):
         path.write_text(json.dumps({"id": "p0", "prompt": "Rain in", "image": image}) + "\n")
         with pytest.raises(PromptFileError, match=rf"field 'image' .*{says}"):
             load_prompts(path)
+
+
+def test_image_bytes_past_pils_pixel_limit_are_named(monkeypatch):
+    """Bytes of an image with more pixels than PIL opens (a decompression bomb) raised PIL's own
+    DecompressionBombError from reading the prompts."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("1", (64, 64)).save(buffer, format="PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(PromptFileError, match="an image PIL refuses to open"):
+        as_prompts([{"id": "a", "prompt": "x", "image": {"bytes": buffer.getvalue(), "path": None}}])

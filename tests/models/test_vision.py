@@ -268,6 +268,14 @@ def test_bad_image_prompts_are_named_errors(tmp_path, charts):
     not_an_image.write_text("not a png")
     with pytest.raises(PromptImageError, match="cannot read image"):
         run(pair, [{"id": "a", "prompt": "x", "image": str(not_an_image)}], **OPTIONS)
+    from PIL import Image
+
+    bomb = tmp_path / "bomb.png"  # (past PIL's pixel limit, a decompression bomb: its own error, not an OSError)
+    Image.new("1", (64, 64)).save(bomb)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+        with pytest.raises(PromptImageError, match="cannot read image.*decompression bomb"):
+            run(pair, [{"id": "a", "prompt": "x", "image": str(bomb)}], **OPTIONS)
     from crosspatch.testing import make_pair
 
     with pytest.raises(PromptImageError, match="text-only"):

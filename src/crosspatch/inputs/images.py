@@ -81,6 +81,8 @@ def _cached(data: bytes, where: str) -> str:
     try:
         with Image.open(io.BytesIO(data)) as image:
             kind = (image.format or "img").lower()
+    except Image.DecompressionBombError as exc:  # (more pixels than PIL opens: a decompression bomb)
+        raise PromptFileError(f"{where}: field 'image' holds an image PIL refuses to open ({exc})") from None
     except (OSError, UnidentifiedImageError, ValueError):
         raise PromptFileError(f"{where}: field 'image' holds {len(data)} bytes that are not an image PIL can read "
                               f"(they start {data[:8]!r})") from None

@@ -198,7 +198,7 @@ def encode_image_prompt(processor, prompt_id: str, text: str, image_path: str) -
     try:
         with Image.open(Path(image_path)) as img:
             image = img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:  # (bomb: past PIL's pixel limit)
         raise PromptImageError(f"prompt {prompt_id!r}: cannot read image {image_path!r} ({exc})") from None
     try:
         enc = processor(text=text, images=image, return_tensors="pt")
