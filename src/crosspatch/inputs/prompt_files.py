@@ -65,14 +65,14 @@ def _read_bytes(path: Path) -> bytes:
         return data
     try:
         with importlib.import_module(codec).open(io.BytesIO(data), "rb") as stream:
-            text = stream.read(MAX_DECOMPRESSED_BYTES + 1)
+            content = stream.read(MAX_DECOMPRESSED_BYTES + 1)
     except Exception as exc:  # each codec raises its own error types (OSError, EOFError, LZMAError, ...)
         raise PromptFileError(f"{path}: cannot be decompressed as {codec} ({exc}): a damaged or truncated "
                               "file, or not compressed as its name says") from None
-    if len(text) > MAX_DECOMPRESSED_BYTES:
+    if len(content) > MAX_DECOMPRESSED_BYTES:
         raise PromptFileError(f"{path}: decompresses to more than {MAX_DECOMPRESSED_BYTES / 2**30:g} GiB, far more "
                               "than any prompt set (a compressed file of repeated bytes?); check the file")
-    return text
+    return content
 
 
 def _stdin_bytes() -> bytes:
