@@ -80,7 +80,7 @@ def _search(pattern: str, flags: str, text: str):
         raise PromptFileError(f"validator pattern {pattern!r} searched a {len(text)}-character text for more than "
                               f"{REGEX_SECONDS:g} s: it backtracks catastrophically (a repetition of alternatives or "
                               "quantifiers that can match the same text in many ways, as (a|aa)+); rewrite it "
-                              "(e.g. a+ for (a|aa)+) and run the command again: it resumes") from None
+                              "(e.g. a+ for (a|aa)+) and run the command again (a consequence run resumes where it stopped)") from None
 
 
 def _check_rule(rule: dict, text: str) -> bool:
