@@ -820,3 +820,11 @@ def test_image_bytes_past_pils_pixel_limit_are_named(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(PromptFileError, match="an image PIL refuses to open"):
         as_prompts([{"id": "a", "prompt": "x", "image": {"bytes": buffer.getvalue(), "path": None}}])
+
+
+def test_a_csv_prompt_longer_than_the_csv_modules_field_limit_is_read(tmp_path):
+    """A long-context prompt (over 128 KiB) in a CSV was refused: "cannot be read as csv (field larger
+    than field limit)", the csv module's default, which the file never broke."""
+    long = "rain " * 40_000
+    pd.DataFrame({"id": ["a", "b"], "prompt": [long, "snow"]}).to_csv(tmp_path / "p.csv", index=False)
+    assert [p.prompt for p in load_prompts(tmp_path / "p.csv")] == [long, "snow"]

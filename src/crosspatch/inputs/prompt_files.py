@@ -207,6 +207,8 @@ def _check_field_counts(path: Path, text: str, delimiter: str, columns: int) -> 
     """Every row of a .csv/.tsv (its ``text``) has at most the header's fields, or only empty ones
     past them (a trailing delimiter): a delimiter left unquoted inside a prompt would otherwise
     shift or cut its fields without a word."""
+    # (the csv module refuses a field over 128 KiB by default: a long-context prompt is one, and the whole text is the bound)
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         next(reader, None)
