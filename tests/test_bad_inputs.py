@@ -325,6 +325,15 @@ CASES = [
     # -- prompts --------------------------------------------------------------------------------
     Case("prompts", "prompt file does not exist", lambda e: e.run_args(prompts=e.tmp / "none.jsonl"), "PromptFileError"),
     Case("prompts", "prompt file is a directory", lambda e: e.run_args(prompts=e.tmp), "PromptFileError"),
+    Case("prompts", "an id of 5000 digits (more than Python reads as a number)",
+         lambda e: e.run_args(prompts=e.file("digits.jsonl", '{"id": ' + "1" * 5000 + ', "prompt": "Rain"}\n')),
+         "PromptFileError"),
+    Case("prompts", "a .json array holding a number of 5000 digits",
+         lambda e: e.run_args(prompts=e.file("digits.json", '[{"id": "a", "prompt": "Rain", "n": ' + "1" * 5000 + "}]")),
+         "PromptFileError"),
+    Case("prompts", "a CSV validator cell holding a number of 5000 digits",
+         lambda e: e.run_args(prompts=e.file("digits.csv", 'id,prompt,validator\na,Rain,"{""type"": ""number"", '
+                                                           f'""value"": {"1" * 5000}}}"\n')), "PromptFileError"),
     Case("prompts", "a URL given as the prompt file (nothing is fetched)",
          lambda e: e.run_args(prompts="https://example.org/prompts.jsonl"), "PromptFileError"),
     Case("prompts", "unknown prompt file type (.txt)", lambda e: e.run_args(prompts=e.file("p.txt", "x")), "PromptFileError"),
@@ -707,6 +716,9 @@ CASES = [
     Case("options", "--policy file whose aliases of aliases expand to billions of values (a billion laughs)",
          lambda e: e.run_args("--policy", str(e.file("laughs.yaml", _aliases_of_aliases("pass_verdicts")))),
          "PolicyFileError"),
+    Case("options", "--policy file with a threshold of 5000 digits (more than Python reads as a number)",
+         lambda e: e.run_args("--policy", str(e.file("digits.yaml", f"min_prompts: {'9' * 5000}\n"))),
+         "PolicyFileError"),
     Case("options", "--policy file nested thousands deep",
          lambda e: e.run_args("--policy", str(e.file("deep.yaml", f"readout: {DEEP_JSON}\n"))), "PolicyFileError"),
     Case("options", "gate --policy JSON naming one threshold twice",
@@ -728,6 +740,9 @@ CASES = [
     Case("run directories", "events.jsonl with a corrupt line in the middle",
          lambda e: e.run_args(out=_broken_run(e, "badline", lambda d: (d / "events.jsonl").write_text(
              "{oops\n" + (d / "events.jsonl").read_text()))), "CorruptRunFileError"),
+    Case("run directories", "events.jsonl with a number of 5000 digits",
+         lambda e: e.run_args(out=_broken_run(e, "digits", lambda d: (d / "events.jsonl").write_text(
+             '{"n": ' + "1" * 5000 + "}\n" + (d / "events.jsonl").read_text()))), "CorruptRunFileError"),
     Case("run directories", "events.jsonl with a line nested thousands deep",
          lambda e: e.run_args(out=_broken_run(e, "deepline", lambda d: (d / "events.jsonl").write_text(
              DEEP_JSON + "\n" + (d / "events.jsonl").read_text()))), "CorruptRunFileError"),

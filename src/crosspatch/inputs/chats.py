@@ -80,8 +80,8 @@ def _turn_list(value, name: str, where: str, what: str) -> list:
     if isinstance(value, str):  # CSV/Parquet cells hold JSON text
         try:
             value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise PromptFileError(f"{where}: field '{name}' is not valid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:  # (invalid, nested too deeply, a number too long to read)
+            raise PromptFileError(f"{where}: field '{name}' is not valid JSON ({getattr(exc, 'msg', exc)})") from None
     value = _plain_list(value)
     if not isinstance(value, list) or not value:
         raise PromptFileError(f"{where}: field '{name}' must be a non-empty list of {what}")

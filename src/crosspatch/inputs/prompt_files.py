@@ -149,6 +149,8 @@ def read_jsonl(path: Path) -> list[tuple[str, dict]]:
             raise PromptFileError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         except RecursionError:
             raise PromptFileError(f"{where}: JSON nested too deeply") from None
+        except ValueError as exc:  # (a number of more digits than Python converts: sys.get_int_max_str_digits)
+            raise PromptFileError(f"{where}: not readable JSON ({exc})") from None
         if not isinstance(row, dict):
             raise PromptFileError(f"{where}: each line must be a JSON object")
         rows.append((where, row))
@@ -163,7 +165,7 @@ def read_json_array(path: Path) -> list[tuple[str, dict]] | None:
         data = _json(text)
     except _RepeatedKey as exc:
         raise _repeated(_name(path), exc) from None
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # (read as JSON lines, which names the line)
         return None
     if isinstance(data, dict) and not {"id", "prompt", "messages", "conversations"} & set(data):  # e.g. {"data": [...]}
         keys = ", ".join(repr(k) for k in list(data)[:5]) or "none"

@@ -125,8 +125,8 @@ def _row_to_prompt(row: dict, where: str) -> Prompt:
         if isinstance(spec, str):  # CSV/Parquet cells hold JSON text
             try:
                 spec = json.loads(spec)
-            except json.JSONDecodeError as exc:
-                raise PromptFileError(f"{where}: field 'validator' is not valid JSON ({exc.msg})") from None
+            except (ValueError, RecursionError) as exc:  # (invalid, nested too deeply, a number too long to read)
+                raise PromptFileError(f"{where}: field 'validator' is not valid JSON ({getattr(exc, 'msg', exc)})") from None
         validator = parse_validator(spec, where)
     meta = {k: v for k, v in row.items()
             if k not in ("id", "prompt", "category", "validator", "messages") and not _is_missing(v)}

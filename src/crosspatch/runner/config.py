@@ -82,6 +82,8 @@ def strict_yaml_load(text: str):
         return loader.construct_document(node)
     except RecursionError:  # (PyYAML composes and constructs recursively)
         raise yaml.YAMLError("it nests lists or mappings thousands deep, deeper than it can be read") from None
+    except ValueError as exc:  # (PyYAML's own: a number of more digits than Python converts)
+        raise yaml.YAMLError(str(exc)) from None
     finally:
         loader.dispose()
 

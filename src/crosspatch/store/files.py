@@ -243,7 +243,7 @@ def read_json_object(path: Path, what: str) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # (ValueError: invalid, or a number too long to read)
         line = getattr(exc, "lineno", None)
         raise CorruptRunFileError(f"{path}{f':{line}' if line else ''}: {what} is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
@@ -326,7 +326,7 @@ def _read_jsonl(path: Path, skip_torn_tail: bool = False) -> list[tuple[int, dic
             continue
         try:
             row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # (invalid, a number too long to read, nested too deeply)
             if skip_torn_tail and lineno == last and not text.endswith("\n"):
                 break
             advice = ("the last line was cut off: if the run was interrupted, run the same command again to resume it"
