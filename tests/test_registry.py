@@ -183,6 +183,23 @@ def test_unknown_analyses_and_options_are_named_errors_before_any_model_loads():
         plugin.make_options(plugin.options_from_text({"level": "2"}))
 
 
+def test_a_list_option_given_as_json_nested_thousands_deep_is_named():
+    """A plug-in's list option is read from the command line as JSON: text nested thousands deep
+    raised RecursionError from --analysis-option."""
+    from dataclasses import dataclass, field
+
+    from crosspatch.core.registry import AnalysisPlugin
+
+    @dataclass
+    class Horizons:
+        horizons: list[int] = field(default_factory=lambda: [4, 8])
+
+    plugin = AnalysisPlugin(name="horizons_probe", summarize=lambda rows, ctx, options: None, options=Horizons)
+    assert plugin.options_from_text({"horizons": "[2, 3]"}) == {"horizons": [2, 3]}
+    with pytest.raises(ValueError, match="option 'horizons' of analysis 'horizons_probe' takes list"):
+        plugin.options_from_text({"horizons": "[" * 5000 + "]" * 5000})
+
+
 def test_block_seeds_differ_by_name_and_are_stable():
     from crosspatch.core.stats import stable_seed
 

@@ -223,7 +223,7 @@ class AnalysisPlugin:
                     values[key] = kind(text)
                 else:
                     values[key] = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # (RecursionError: JSON nested thousands deep)
                 raise ValueError(f"option {key!r} of analysis {self.name!r} takes {getattr(kind, '__name__', kind)}, "
                                  f"not {text!r}") from None
         return values
