@@ -70,6 +70,20 @@ def _aliases_of_aliases(key: str, depth: int = 9) -> str:
 DEEP_JSON = "[" * 100_000 + "]" * 100_000  # (valid JSON nested deeper than Python's parser recurses)
 
 
+def _link(env: Env, name: str, target: str) -> Path:
+    link = env.tmp / name
+    link.symlink_to(target)
+    return link
+
+
+def _fifo(env: Env, name: str) -> Path:
+    import os
+
+    fifo = env.tmp / name
+    os.mkfifo(fifo)
+    return fifo
+
+
 GOOD = [{"id": f"p{k}", "prompt": f"Rain in city {k}", "category": "rain"} for k in range(4)]
 
 
@@ -325,6 +339,10 @@ CASES = [
     # -- prompts --------------------------------------------------------------------------------
     Case("prompts", "prompt file does not exist", lambda e: e.run_args(prompts=e.tmp / "none.jsonl"), "PromptFileError"),
     Case("prompts", "prompt file is a directory", lambda e: e.run_args(prompts=e.tmp), "PromptFileError"),
+    Case("prompts", "prompts.jsonl a link to /dev/zero (a device read until the memory runs out)",
+         lambda e: e.run_args(prompts=_link(e, "zero.jsonl", "/dev/zero")), "PromptFileError"),
+    Case("prompts", "prompts.jsonl a named pipe that nobody writes to", lambda e: e.run_args(prompts=_fifo(e, "pipe.jsonl")),
+         "PromptFileError"),
     Case("prompts", "an id of 5000 digits (more than Python reads as a number)",
          lambda e: e.run_args(prompts=e.file("digits.jsonl", '{"id": ' + "1" * 5000 + ', "prompt": "Rain"}\n')),
          "PromptFileError"),
@@ -719,6 +737,8 @@ CASES = [
     Case("options", "--policy file with a threshold of 5000 digits (more than Python reads as a number)",
          lambda e: e.run_args("--policy", str(e.file("digits.yaml", f"min_prompts: {'9' * 5000}\n"))),
          "PolicyFileError"),
+    Case("options", "--policy file that is a link to /dev/zero",
+         lambda e: e.run_args("--policy", str(_link(e, "zero.yaml", "/dev/zero"))), "PolicyFileError"),
     Case("options", "--policy file nested thousands deep",
          lambda e: e.run_args("--policy", str(e.file("deep.yaml", f"readout: {DEEP_JSON}\n"))), "PolicyFileError"),
     Case("options", "gate --policy JSON naming one threshold twice",

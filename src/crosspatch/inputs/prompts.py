@@ -179,18 +179,19 @@ def load_prompts(path, fields: str | dict[str, str] | None = None) -> list[Promp
                 + ("save a split of that Hub dataset with datasets' save_to_disk where there is network and give "
                    "its directory" if hub else "download the file and give its path"))
         if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not path.suffix:  # a Hub dataset's id, as given elsewhere
-            saved = path.name
             raise PromptFileError(
                 f"{text}: no such prompt file. If it names a dataset on the Hugging Face Hub, save a split of it "
                 f"where there is network and give that: python -c \"import datasets; datasets.load_dataset("
-                f"'{text}', split='train').save_to_disk('{saved}')\", then --prompts "
-                f"{saved} (with --fields naming its columns, e.g. prompt=instruction,id=@row)")
+                f"'{text}', split='train').save_to_disk('{path.name}')\", then --prompts "
+                f"{path.name} (with --fields naming its columns, e.g. prompt=instruction,id=@row)")
         raise PromptFileError(f"{path}: no such prompt file")
     if path.is_dir():
         if any((path / name).is_file() for name in ("dataset_info.json", "dataset_dict.json", "state.json")):
             return PromptSet(_saved_dataset(path, mapping), str(path), mapping)
         raise PromptFileError(f"{path}: is a directory; give a .jsonl, .json, .csv, .tsv or .parquet file (or a "
                               "dataset saved with datasets' save_to_disk)")
+    if not path.is_file():  # (/dev/zero behind a link would be read until the memory runs out)
+        raise PromptFileError(f"{path}: not a regular file (a device or pipe, which may never end); pipe it to --prompts -")
     kind = file_type(path)  # the suffix before a compression's (prompts.jsonl.gz)
     if kind == ".json" and (array := read_json_array(path)) is not None:
         rows = array
@@ -344,9 +345,8 @@ def as_prompts(items: Any, fields: str | dict[str, str] | None = None) -> list[P
 
 
 def _label_names(rows: list[dict], features) -> list[dict]:
-    """``rows`` of a datasets table with each ``ClassLabel`` column's integers as their label names
-    (a category or a ``--group-by`` field reads "sports", not "1"; -1, datasets' missing label,
-    is no value)."""
+    """``rows`` of a datasets table with each ``ClassLabel`` column's integers as their label names (a
+    category or a ``--group-by`` field reads "sports", not "1"; -1, datasets' missing label, is none)."""
     labels = {name: f for name, f in dict(features or {}).items()
               if type(f).__name__ == "ClassLabel" and callable(getattr(f, "int2str", None))}
     for row in rows if labels else []:
