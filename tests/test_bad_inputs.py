@@ -562,6 +562,14 @@ CASES = [
          lambda e: e.run_args(base=_model_dir(e, "base_fewer_layers", lambda d: (d / "config.json").write_text(json.dumps(
              {**json.loads((d / "config.json").read_text()), "num_hidden_layers": 3})), e.base)),
          "ModelLoadError"),
+    Case("models", "a tokenizer.json that is a link to /dev/zero (read until the memory runs out)",
+         lambda e: e.run_args(tuned=_model_dir(e, "zero_tokenizer", lambda d: ((d / "tokenizer.json").unlink(),
+                                                                               (d / "tokenizer.json").symlink_to("/dev/zero")))),
+         "ModelLoadError"),
+    Case("models", "an adapter_config.json that is a link to /dev/zero",
+         lambda e: _adapter_args(e, _adapter_dir(e, "adapter_zero_cfg", lambda d: ((d / "adapter_config.json").unlink(),
+                                                                                   (d / "adapter_config.json").symlink_to("/dev/zero")))),
+         "ModelLoadError"),
     Case("models", "a config.json nested thousands deep",
          lambda e: e.run_args(tuned=_model_dir(e, "deep_config", lambda d: (d / "config.json").write_text(
              (d / "config.json").read_text().rstrip().rstrip("}") + f', "x": {DEEP_JSON}}}'))), "ModelLoadError"),

@@ -210,6 +210,9 @@ def check_checkpoint_files(root: Path, named: str) -> list[Path]:
 
     from safetensors import SafetensorError, safe_open
 
+    for name in DEFINING_FILES + tuple(index.name for index in root.glob("*.index.json")):
+        if (root / name).exists() and not (root / name).is_file():  # (a device behind a link: read until memory runs out)
+            raise ModelLoadError(f"{named}: {name} is not a regular file (a folder, device or pipe)")
     for name in CHECKPOINT_JSON_FILES:
         if not (root / name).exists():
             continue
