@@ -210,7 +210,7 @@ def check_checkpoint_files(root: Path, named: str) -> list[Path]:
 
     from safetensors import SafetensorError, safe_open
 
-    for name in DEFINING_FILES + tuple(index.name for index in root.glob("*.index.json")):
+    for name in DEFINING_FILES:
         if (root / name).exists() and not (root / name).is_file():  # (a device behind a link: read until memory runs out)
             raise ModelLoadError(f"{named}: {name} is not a regular file (a folder, device or pipe)")
     for name in CHECKPOINT_JSON_FILES:
@@ -248,6 +248,8 @@ def check_checkpoint_files(root: Path, named: str) -> list[Path]:
                 raise ModelLoadError(f"{named}: weight file {entry.name} is not a whole safetensors file ({exc}): "
                                      "truncated or damaged; download or copy it again") from exc
     for index in sorted(root.glob("*.index.json")):
+        if not index.is_file():  # (as the files above)
+            raise ModelLoadError(f"{named}: {index.name} is not a regular file (a folder, device or pipe)")
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
         except (OSError, UnicodeDecodeError, ValueError, AttributeError, RecursionError) as exc:
