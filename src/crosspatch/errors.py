@@ -182,6 +182,13 @@ class CorruptRunFileError(RunDirectoryError):
 
     torn_tail: bool = False
 
+    @classmethod
+    def unrenderable(cls, document, exc: BaseException) -> "CorruptRunFileError":
+        """A stored document (compare.json, a workflow's) whose pages cannot be rendered from it:
+        ``exc``, what rendering raised at a part it lacks or holds damaged."""
+        return cls(f"{document}: its pages cannot be rendered from it ({type(exc).__name__}: {exc}): not the "
+                   "document crosspatch wrote; run the command again into a new directory")
+
 
 class RunSchemaError(RunDirectoryError):
     """A run file was written in another version of crosspatch's file format (its

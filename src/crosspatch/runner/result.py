@@ -213,9 +213,7 @@ def _rerender_collection(path: Path, kind: str) -> Rendered:
     try:
         text = (write_compare_pages if kind == "compare" else write_lineage_pages)(path, summary)
     except (LookupError, TypeError, ValueError, AttributeError) as exc:  # (a part its pages show, lacking or damaged)
-        raise CorruptRunFileError(f"{path / f'{kind}.json'}: its pages cannot be rendered from it ({type(exc).__name__}: "
-                                  f"{exc}): not the document crosspatch wrote; run the command again into a new "
-                                  "directory") from None
+        raise CorruptRunFileError.unrenderable(path / f"{kind}.json", exc) from None
     files += [path / n for n in ("report.md", "report.html", "lineage.png", "lineage.svg") if (path / n).exists()]
     return Rendered(text, files, warnings)
 

@@ -32,9 +32,7 @@ def rerender_workflow(path: str | Path) -> list[Path] | None:
     try:
         getattr(importlib.import_module(f"{__package__}.{module}"), writer)(path, document)
     except (LookupError, TypeError, ValueError, AttributeError) as exc:  # (a part its pages show, lacking or damaged)
-        raise CorruptRunFileError(f"{path / name}: its pages cannot be rendered from it ({type(exc).__name__}: "
-                                  f"{exc}): not the document crosspatch wrote; run the command again into a new "
-                                  "directory") from None
+        raise CorruptRunFileError.unrenderable(path / name, exc) from None
     return [path / f"{name.removesuffix('.json')}.{ext}" for ext in ("md", "html")] + _inner_pages(path, 2)
 
 
