@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import PromptFileError
 from .fields import source_columns
-from .text import marked_encoding, read_file_bytes
+from .text import marked_encoding
 
 __all__ = ["COMPRESSIONS", "STDIN", "check_columns", "file_type", "is_stdin", "read_json_array", "read_jsonl",
            "read_table"]
@@ -57,7 +57,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         if is_stdin(path):
             return _stdin_bytes()
-        data = read_file_bytes(path)
+        data = path.read_bytes()  # (a regular file: load_prompts refuses a device or pipe before any read)
     except OSError as exc:
         raise PromptFileError(f"{_name(path)}: cannot be read ({exc.strerror or exc})") from None
     codec = COMPRESSIONS.get(path.suffix)
